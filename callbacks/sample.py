@@ -1,0 +1,53 @@
+"""Print a generated text sample when fitting ends (a quick look at what the model learned)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+from typing_extensions import override
+
+from lit_psion.core.errors import ConfigError
+
+
+class GenerateSample(Callback):
+    """Decode ``max_new_tokens`` tokens from ``prompt`` with the datamodule's tokenizer at the end of fit.
+
+    Args:
+        prompt: Text the sample continues.
+        max_new_tokens: Tokens to generate (0 disables the sample).
+        temperature: Sampling temperature (0 is greedy).
+        top_k: Keep only the k most likely tokens at each step.
+        seed: Seed of the sampling generator (the global RNG is left untouched).
+    """
+
+    def __init__(
+        self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 40,
+        seed: int = 0,
+    ) -> None:  # fmt: skip
+        if max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens!r}")
+        self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.seed = (
+            prompt, max_new_tokens, temperature, top_k, seed,
+        )  # fmt: skip
+        self.text: str | None = None
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        if not self.max_new_tokens or tokenizer is None or not trainer.is_global_zero:
+            return
+        prompt_ids = tokenizer.encode(self.prompt).ids or [0]
+        idx = torch.tensor([prompt_ids], device=pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        out = pl_module.generate(idx, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                                 generator=generator)  # fmt: skip
+        pl_module.train(was_training)
+        self.text = tokenizer.decode(out[0].tolist())
+        console = Console(highlight=False)
+        console.rule("sample")
+        console.print(self.text, markup=False)
+        console.rule()

@@ -1,0 +1,6 @@
+"""Replay-safe DataModules (imported as ``lit_psion.datamodules``)."""
+
+from lit_psion.datamodules.corpus import CorpusDataModule, DataConfigError, DataManifestMismatch
+from lit_psion.datamodules.replay import Cursor, ReplayBatchSampler
+
+__all__ = ["CorpusDataModule", "Cursor", "DataConfigError", "DataManifestMismatch", "ReplayBatchSampler"]

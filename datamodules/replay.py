@@ -1,0 +1,97 @@
+"""Deterministic, resumable sample order shared by lit_psion's DataModules.
+
+The order of epoch ``e`` is a permutation drawn from ``(seed, e)`` alone, so any process can
+recompute it. A cursor ``(epoch, position)`` says how many samples of that order were consumed;
+a loader built from a cursor continues exactly there without reading consumed data again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cursor:
+    epoch: int = 0
+    """The epoch whose permutation is being consumed."""
+    position: int = 0
+    """How many samples of that permutation were consumed."""
+
+
+class IndexBatch(list):
+    """A batch of sample indices that also says where in the order it ends."""
+
+    epoch: int
+    end: int
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(num_samples)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=generator)
+
+
+class ReplayBatchSampler(Sampler[list[int]]):
+    """Batches of ``batch_size`` indices in the (seed, epoch) order, starting at a cursor.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch; an epoch other than the
+    cursor's starts from position 0.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, cursor: Cursor = Cursor(), shuffle: bool = True
+    ) -> None:
+        if batch_size > num_samples:
+            raise ValueError(f"batch_size {batch_size} is larger than the {num_samples} samples available")
+        self.num_samples, self.batch_size, self.seed, self.shuffle = num_samples, batch_size, seed, shuffle
+        self.cursor = cursor
+        self.epoch = cursor.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _start(self) -> int:
+        return self.cursor.position if self.epoch == self.cursor.epoch else 0
+
+    def __iter__(self) -> Iterator[IndexBatch]:
+        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle).tolist()
+        last_full = self.num_samples - self.num_samples % self.batch_size  # drop the ragged tail
+        for start in range(self._start(), last_full, self.batch_size):
+            batch = IndexBatch(order[start : start + self.batch_size])
+            batch.epoch, batch.end = self.epoch, start + self.batch_size
+            yield batch
+
+    def __len__(self) -> int:
+        return self.num_samples // self.batch_size
+
+
+class ReplayDataLoader(DataLoader):
+    """A DataLoader over a :class:`ReplayBatchSampler` whose state Lightning checkpoints.
+
+    Its state is the cursor of the last batch handed to a training step. Lightning fetches a batch
+    ahead, so the loader cannot count what it yielded; its DataModule reports each consumed batch
+    through :meth:`mark_consumed` instead (from ``on_after_batch_transfer``).
+    """
+
+    batch_sampler: ReplayBatchSampler
+
+    def __init__(self, dataset: Any, batch_sampler: ReplayBatchSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        self.consumed = batch_sampler.cursor
+
+    def mark_consumed(self, epoch: int, end: int) -> None:
+        self.consumed = Cursor(epoch, end)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.consumed.epoch, "position": self.consumed.position}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.consumed = Cursor(**state_dict)
+        self.batch_sampler.cursor = self.consumed
+        self.batch_sampler.epoch = self.consumed.epoch

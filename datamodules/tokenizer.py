@@ -1,0 +1,57 @@
+"""Tokenizers trained with the `tokenizers` library and cached by digest.
+
+Two kinds, one file format (tokenizer.json) so both are digested the same way:
+``bpe`` is byte-level BPE; ``char`` is one token per character (WordLevel over single characters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lit_psion.core import atomic_write_text, sha256_file, sha256_json
+
+TokenizerKind = Literal["bpe", "char"]
+END_OF_TEXT = "<|endoftext|>"
+UNKNOWN = "<|unk|>"
+
+
+def train_tokenizer(kind: TokenizerKind, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a tokenizer of ``kind`` on ``texts``; ``vocab_size`` caps BPE (char takes what the text has)."""
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[END_OF_TEXT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        return tokenizer
+    if kind == "char":
+        alphabet = sorted(set().union(*(set(text) for text in texts)))
+        vocab = {token: i for i, token in enumerate([END_OF_TEXT, UNKNOWN, *alphabet])}
+        tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tokenizer.decoder = decoders.Fuse()
+        return tokenizer
+    raise ValueError(f"tokenizer must be 'bpe' or 'char', got {kind!r}")
+
+
+def cached_tokenizer(
+    cache_dir: Path, kind: TokenizerKind, vocab_size: int, key: dict, texts: Iterable[str]
+) -> tuple[Tokenizer, str]:
+    """Load the tokenizer trained for ``key`` from the cache, or train and cache it.
+
+    Returns:
+        The tokenizer and the sha256 of its tokenizer.json.
+    """
+    path = cache_dir / "tokenizers" / sha256_json({"kind": kind, "vocab_size": vocab_size, **key}) / "tokenizer.json"
+    if not path.exists():
+        atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())
+    return Tokenizer.from_file(str(path)), sha256_file(path)

@@ -1,0 +1,108 @@
+"""``python -m lit_psion fit|validate|test|predict --config X.yaml``: LightningCLI plus the run directory.
+
+Exit codes (docs/cli.md): 0 success, 1 unexpected error, 2 bad argument or config, 3 bad data,
+4 bad or missing checkpoint, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_psion.callbacks import GenerateSample, PointerCheckpoint, RunDirectory, RunPlan, resolve_checkpoint
+from lit_psion.core import new_run_id
+from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
+from lit_psion.core.run import read_latest
+from lit_psion.loggers import RunCSVLogger
+
+DEFAULT_ROOT = "runs"
+EXIT_INTERRUPTED = 130
+
+
+class LitPsionCLI(LightningCLI):
+    """LightningCLI that gives every fit a run directory and resolves ``--ckpt_path last`` by pointer."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        self.plan: RunPlan | None = None
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,  # RunDirectory writes config.yaml into the run directory
+            trainer_defaults={"enable_checkpointing": False, "default_root_dir": DEFAULT_ROOT},
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+            seed_everything_default=1337,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(PointerCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(GenerateSample, "sample")
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.link_arguments("data.init_args.block_size", "model.init_args.decoder.block_size", apply_on="parse")
+        parser.link_arguments("data.vocab_size", "model.init_args.decoder.vocab_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
+        ckpt_path = config.get("ckpt_path")
+        run_id = None
+        if ckpt_path == "last":
+            run_id = read_latest(root)
+            if run_id is None:
+                raise CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
+            config.ckpt_path = str(resolve_checkpoint(root / run_id))
+        if self.subcommand == "fit":
+            config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
+            yaml = self.parser._subcommands_action._name_parser_map["fit"].dump(config, skip_none=False)
+            self.plan = RunPlan(root=root, run_id=run_id or new_run_id(), resumed=run_id is not None, config_yaml=yaml)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        if self.plan is not None:
+            loggers = config.get("logger")
+            loggers = [] if loggers in (None, True, False) else loggers if isinstance(loggers, list) else [loggers]
+            csv = RunCSVLogger(self.plan.root, self.plan.run_id)
+            config["logger"] = [csv, *loggers]
+            config["default_root_dir"] = str(self.plan.run_dir)
+            callbacks = [*callbacks, RunDirectory(self.plan)]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the CLI; a known error becomes one line on stderr and its exit code."""
+    debug = bool(os.environ.get("LIT_PSION_DEBUG"))
+    try:
+        LitPsionCLI(args=args)
+    except KeyboardInterrupt:
+        print("lit_psion: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except LitPsionError as error:
+        if debug:
+            raise
+        print(f"lit_psion: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except ArgumentError as error:
+        if debug:
+            raise
+        print(f"lit_psion: error: {_one_line(str(error))}", file=sys.stderr)
+        return ConfigError.exit_code
+    except Exception as error:  # the last resort: still one line unless debugging
+        if debug:
+            raise
+        print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
+              "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())

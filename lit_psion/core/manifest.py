@@ -1,0 +1,81 @@
+"""The data manifest: what a run's data is, pinned by digest (seed 004 "replay-safe data")."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lit_psion.core.digest import sha256_json
+
+PACKING_POLICY_VERSION = 1
+"""Bump when the way documents become training samples changes (the manifest digest changes with it)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SourceFile:
+    path: str
+    """The path as given (or, for the stdlib source, relative to the standard library)."""
+    sha256: str
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DataManifest:
+    """Every input that decides which token lands in which sample, and the resulting counts."""
+
+    sources: tuple[SourceFile, ...]
+    tokenizer_digest: str
+    split_rule: str
+    split_seed: int
+    val_fraction: float
+    documents: str
+    block_size: int
+    sample_stride: int
+    packing_policy_version: int = PACKING_POLICY_VERSION
+    token_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    sample_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json_dict(cls, record: dict[str, Any]) -> DataManifest:
+        record = dict(record)
+        record.pop("digest", None)
+        record["sources"] = tuple(SourceFile(**source) for source in record["sources"])
+        return cls(**record)
+
+    @property
+    def digest(self) -> str:
+        return sha256_json(self.to_json_dict())
+
+    def inputs_digest(self) -> str:
+        """The digest of everything known before tokenizing (the token cache key)."""
+        record = self.to_json_dict()
+        record.pop("token_counts")
+        record.pop("sample_counts")
+        return sha256_json(record)
+
+    def describe_change(self, other: DataManifest) -> str:
+        """Say in one line what differs between this manifest and ``other`` (this one is the old one)."""
+        old = {s.path: s for s in self.sources}
+        new = {s.path: s for s in other.sources}
+        changes = []
+        if removed := sorted(old.keys() - new.keys()):
+            changes.append(f"files removed: {_first(removed)}")
+        if added := sorted(new.keys() - old.keys()):
+            changes.append(f"files added: {_first(added)}")
+        if edited := sorted(p for p in old.keys() & new.keys() if old[p].sha256 != new[p].sha256):
+            changes.append(f"files changed: {_first(edited)}")
+        for field in dataclasses.fields(self):
+            if field.name == "sources":
+                continue
+            before, after = getattr(self, field.name), getattr(other, field.name)
+            if before != after:
+                changes.append(f"{field.name}: {before!r} -> {after!r}")
+        return "; ".join(changes) or "no difference"
+
+
+def _first(paths: list[str], limit: int = 3) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" (+{len(paths) - limit} more)" if len(paths) > limit else "")

@@ -1,0 +1,48 @@
+"""``metrics.csv`` in the run directory, continued (not overwritten) when a run resumes."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from lit_psion.core import atomic_write_text
+
+
+class _ContinuingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as handle:
+                self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+
+    def _check_log_dir_exists(self) -> None:
+        """The run directory is expected to hold files already (run.json, config.yaml)."""
+
+    def drop_after(self, step: int) -> None:
+        """Forget rows logged after ``step``: a resumed run logs those steps again."""
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fieldnames, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) <= step]
+        lines = [",".join(fieldnames)] + [",".join(row.get(k, "") or "" for k in fieldnames) for row in rows]
+        atomic_write_text(self.metrics_file_path, "\n".join(lines) + "\n")
+
+
+class RunCSVLogger(CSVLogger):
+    """A CSVLogger writing ``<save_dir>/<run_id>/metrics.csv`` and appending across resumes."""
+
+    def __init__(self, save_dir: str | os.PathLike, run_id: str) -> None:
+        super().__init__(save_dir=save_dir, name=run_id, version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _ContinuingWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment

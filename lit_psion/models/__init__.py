@@ -1,0 +1,5 @@
+"""LightningModules: thin wrappers owning steps, metrics and optimizers."""
+
+from lit_psion.models.decoder_lm import DecoderLM
+
+__all__ = ["DecoderLM"]

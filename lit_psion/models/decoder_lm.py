@@ -1,0 +1,87 @@
+"""``DecoderLM``: next-token training of :class:`lit_psion.nn.Decoder`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from lit_psion.core import sha256_json
+from lit_psion.core.errors import ConfigError
+from lit_psion.nn.decoder import Decoder, DecoderConfig
+from lit_psion.nn.optim import OptimizerConfig, build_optimizer, warmup_cosine
+
+
+class DecoderLM(L.LightningModule):
+    """A compact decoder LM trained on next-token cross-entropy.
+
+    Args:
+        decoder: Shape of the decoder. ``vocab_size`` and ``block_size`` are taken from the data
+            when trained through the CLI.
+        optimizer: Optimizer (``adamw`` or ``muon``) and warmup + cosine schedule.
+    """
+
+    def __init__(self, decoder: DecoderConfig | None = None, optimizer: OptimizerConfig | None = None) -> None:
+        super().__init__()
+        self.decoder_config = decoder or DecoderConfig()
+        self.optimizer_config = optimizer or OptimizerConfig()
+        self.model = Decoder(self.decoder_config)
+        self.val_loss = MeanMetric()
+        self.val_perplexity = Perplexity()
+
+    @property
+    def model_signature(self) -> str:
+        """sha256 of the canonical model config (SPEC §3; no base checkpoint for a from-scratch model)."""
+        return sha256_json({"family": "DecoderLM", "decoder": dataclasses.asdict(self.decoder_config), "base": None})
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
+        return self.model.generate(input_ids, max_new_tokens, **kwargs)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch["input_ids"])  # (B, T, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
+        return loss, logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits = self._loss(batch)
+        self.val_loss.update(loss, weight=batch["targets"].numel())
+        self.val_perplexity.update(logits, batch["targets"])
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/perplexity", self.val_perplexity)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, _ = self._loss(batch)
+        self.log("test/loss", loss)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.model(batch["input_ids"]).argmax(dim=-1)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = self.optimizer_config
+        optimizer = build_optimizer(config, self.model, self.model.hidden_matrices())
+        decay_steps = config.decay_steps or _finite_steps(self.trainer.estimated_stepping_batches)
+        schedule = warmup_cosine(config.warmup_steps, decay_steps, config.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _finite_steps(estimate: float) -> int:
+    if estimate == float("inf"):
+        raise ConfigError("cannot place the cosine decay of an endless run: set optimizer.decay_steps or max_steps")
+    return max(1, int(estimate))

@@ -1,0 +1,172 @@
+"""Optimizers and the learning-rate schedule, configured from one block.
+
+``adamw``: AdamW on every parameter (weight decay on matrices and embeddings only).
+``muon``: ``torch.optim.Muon`` on the 2-D hidden weights plus AdamW for embeddings, head,
+norms and biases, presented to Lightning as one optimizer so gradient clipping, schedulers
+and strategies see a single step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lit_psion.core.errors import ConfigError
+
+
+@dataclasses.dataclass(kw_only=True)
+class OptimizerConfig:
+    """One block for the optimizer and its schedule."""
+
+    name: Literal["adamw", "muon"] = "adamw"
+    """``adamw``, or ``muon`` (Muon on hidden matrices, AdamW on the rest)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW, and Muon too unless ``muon_lr`` is set)."""
+    muon_lr: float | None = None
+    """Peak learning rate of the Muon group; ``None`` reuses ``lr`` (Muon's RMS is matched to AdamW's)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices and embeddings (never on norms or biases)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    momentum: float = 0.95
+    """Muon momentum."""
+    ns_steps: int = 5
+    """Muon Newton-Schulz iterations."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to the peak learning rate."""
+    decay_steps: int | None = None
+    """Cosine decay ends here (defaults to the trainer's max_steps)."""
+    min_lr_ratio: float = 0.1
+    """The learning rate after decay, as a fraction of the peak."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.name not in ("adamw", "muon"):
+            problems.append(f"optimizer name must be 'adamw' or 'muon', got {self.name!r}")
+        for name in ("lr", "muon_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"{name} must be positive, got {value!r}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            problems.append(f"decay_steps must be >= 1, got {self.decay_steps!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.betas = tuple(self.betas)
+
+
+class _JointState(Mapping):
+    """``optimizer.state`` of a :class:`MuonAdamW`: one view over both inner states.
+
+    Writes go to the optimizer that owns the parameter, so utilities that move state between
+    devices (Lightning's ``_optimizer_to_device``) keep working.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self._optimizers = optimizers
+
+    def _owner(self, param: torch.Tensor) -> torch.optim.Optimizer:
+        for optimizer in self._optimizers:
+            if any(param is p for group in optimizer.param_groups for p in group["params"]):
+                return optimizer
+        raise KeyError(param)
+
+    def __getitem__(self, param: torch.Tensor) -> Any:
+        return self._owner(param).state[param]
+
+    def __setitem__(self, param: torch.Tensor, value: Any) -> None:
+        self._owner(param).state[param] = value
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for optimizer in self._optimizers:
+            yield from optimizer.state
+
+    def __len__(self) -> int:
+        return sum(len(optimizer.state) for optimizer in self._optimizers)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon on ``muon_params`` and AdamW on ``adamw_groups``, stepped together.
+
+    ``param_groups`` is the concatenation of the inner optimizers' groups (the same dicts), so a
+    scheduler or gradient clipper acting on this optimizer acts on both.
+    """
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+        self.muon, self.adamw = muon, adamw
+        super().__init__([*muon.param_groups, *adamw.param_groups], defaults={})
+        self.state = _JointState(muon, adamw)  # type: ignore[assignment]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def build_optimizer(
+    config: OptimizerConfig, model: nn.Module, hidden_matrices: list[nn.Parameter]
+) -> torch.optim.Optimizer:
+    """Build the optimizer ``config`` names for ``model``'s trainable parameters.
+
+    Args:
+        config: the optimizer block.
+        model: the module whose trainable parameters are optimised.
+        hidden_matrices: the 2-D weights Muon takes when ``config.name == "muon"``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    hidden_ids = {id(p) for p in hidden_matrices}
+    matrices = [p for p in params if p.ndim >= 2]
+    vectors = [p for p in params if p.ndim < 2]
+    adamw_kwargs = {"lr": config.lr, "betas": config.betas}
+    if config.name == "adamw":
+        groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], **adamw_kwargs)
+    muon_params = [p for p in matrices if id(p) in hidden_ids]
+    others = [p for p in matrices if id(p) not in hidden_ids]
+    if not muon_params:
+        raise ConfigError("optimizer 'muon' found no trainable hidden matrices; use 'adamw'")
+    muon = torch.optim.Muon(
+        muon_params,
+        lr=config.muon_lr or config.lr,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        ns_steps=config.ns_steps,
+        adjust_lr_fn=None if config.muon_lr else "match_rms_adamw",
+    )
+    groups = [{"params": others, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW([g for g in groups if g["params"]], **adamw_kwargs)
+    return MuonAdamW(muon, adamw)
+
+
+def warmup_cosine(warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> Any:
+    """The multiplier of the peak learning rate at each step: linear warmup, then cosine to ``min_lr_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if step >= decay_steps:
+            return min_lr_ratio
+        progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+        return min_lr_ratio + 0.5 * (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * progress))
+
+    return factor
