@@ -1,6 +1,14 @@
 """Replay-safe DataModules (imported as ``lit_psion.datamodules``)."""
 
 from lit_psion.datamodules.corpus import CorpusDataModule, DataConfigError, DataManifestMismatch
-from lit_psion.datamodules.replay import Cursor, ReplayBatchSampler
+from lit_psion.datamodules.replay import Cursor, ReplayBatchSampler, ReplayDataLoader, ReplaySampler
 
-__all__ = ["CorpusDataModule", "Cursor", "DataConfigError", "DataManifestMismatch", "ReplayBatchSampler"]
+__all__ = [
+    "CorpusDataModule",
+    "Cursor",
+    "DataConfigError",
+    "DataManifestMismatch",
+    "ReplayBatchSampler",
+    "ReplayDataLoader",
+    "ReplaySampler",
+]

@@ -22,7 +22,7 @@ import lightning as L
 import numpy as np
 import pyarrow.compute
 import torch
-from lit_psion.datamodules.replay import IndexBatch, ReplayBatchSampler, ReplayDataLoader
+from lit_psion.datamodules.replay import IndexBatch, ReplayBatchSampler, ReplayDataLoader, ReplaySampler
 from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
 from torch.utils.data import Dataset
 
@@ -235,6 +235,7 @@ class CorpusDataModule(L.LightningDataModule):
         cache = self.cache_dir / "corpora" / inputs_digest
         arrow = cache / "tokens.arrow"
         eot = self.tokenizer.token_to_id(END_OF_TEXT)
+        datasets.disable_progress_bars()
         if (cache / "counts.json").exists():
             table = datasets.Dataset.from_file(str(arrow))
         else:
@@ -287,21 +288,22 @@ class CorpusDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ReplayDataLoader:
         dataset = PackedTokens(self._splits["train"], self.block_size, self.sample_stride)
-        self._train_loader = self._loader(dataset, ReplayBatchSampler(len(dataset), self.batch_size, self.seed))
+        self._train_loader = self._loader(dataset, ReplaySampler(len(dataset), self.seed), self.batch_size)
         return self._train_loader
 
     def val_dataloader(self) -> ReplayDataLoader:
         dataset = PackedTokens(self._splits["val"], self.block_size, self.block_size)
-        sampler = ReplayBatchSampler(len(dataset), min(self.batch_size, len(dataset)), self.seed, shuffle=False)
-        return self._loader(dataset, sampler)
+        return self._loader(
+            dataset, ReplaySampler(len(dataset), self.seed, shuffle=False), min(self.batch_size, len(dataset))
+        )
 
     test_dataloader = val_dataloader
 
-    def _loader(self, dataset: PackedTokens, sampler: ReplayBatchSampler) -> ReplayDataLoader:
+    def _loader(self, dataset: PackedTokens, sampler: ReplaySampler, batch_size: int) -> ReplayDataLoader:
         # A private generator: creating the iterator must not draw from the global RNG, or a resumed
         # run's dropout masks would differ from the uninterrupted run's.
         return ReplayDataLoader(
-            dataset, sampler, collate_fn=_as_batch, num_workers=self.num_workers,
+            dataset, ReplayBatchSampler(sampler, batch_size), collate_fn=_as_batch, num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0,
         )  # fmt: skip
 

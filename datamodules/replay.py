@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,38 +37,48 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -
     return torch.randperm(num_samples, generator=generator)
 
 
-class ReplayBatchSampler(Sampler[list[int]]):
-    """Batches of ``batch_size`` indices in the (seed, epoch) order, starting at a cursor.
+class ReplaySampler(Sampler[int]):
+    """Sample indices in the (seed, epoch) order, from the cursor's position in the cursor's epoch.
 
     Lightning calls :meth:`set_epoch` at the start of every epoch; an epoch other than the
     cursor's starts from position 0.
     """
 
-    def __init__(
-        self, num_samples: int, batch_size: int, seed: int, cursor: Cursor = Cursor(), shuffle: bool = True
-    ) -> None:
-        if batch_size > num_samples:
-            raise ValueError(f"batch_size {batch_size} is larger than the {num_samples} samples available")
-        self.num_samples, self.batch_size, self.seed, self.shuffle = num_samples, batch_size, seed, shuffle
+    def __init__(self, num_samples: int, seed: int, cursor: Cursor = Cursor(), shuffle: bool = True) -> None:
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
         self.cursor = cursor
         self.epoch = cursor.epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _start(self) -> int:
+    def start(self) -> int:
         return self.cursor.position if self.epoch == self.cursor.epoch else 0
 
-    def __iter__(self) -> Iterator[IndexBatch]:
-        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle).tolist()
-        last_full = self.num_samples - self.num_samples % self.batch_size  # drop the ragged tail
-        for start in range(self._start(), last_full, self.batch_size):
-            batch = IndexBatch(order[start : start + self.batch_size])
-            batch.epoch, batch.end = self.epoch, start + self.batch_size
-            yield batch
+    def __iter__(self) -> Iterator[int]:
+        yield from epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)[self.start() :].tolist()
 
     def __len__(self) -> int:
-        return self.num_samples // self.batch_size
+        return self.num_samples
+
+
+class ReplayBatchSampler(BatchSampler):
+    """Full batches of a :class:`ReplaySampler`, each an :class:`IndexBatch` that knows where it ends."""
+
+    sampler: ReplaySampler
+
+    def __init__(self, sampler: ReplaySampler, batch_size: int) -> None:
+        if batch_size > sampler.num_samples:
+            raise ValueError(f"batch_size {batch_size} is larger than the {sampler.num_samples} samples available")
+        super().__init__(sampler, batch_size, drop_last=True)
+
+    def __iter__(self) -> Iterator[IndexBatch]:
+        position = self.sampler.start()
+        for indices in super().__iter__():
+            position += len(indices)
+            batch = IndexBatch(indices)
+            batch.epoch, batch.end = self.sampler.epoch, position
+            yield batch
 
 
 class ReplayDataLoader(DataLoader):
@@ -83,7 +93,7 @@ class ReplayDataLoader(DataLoader):
 
     def __init__(self, dataset: Any, batch_sampler: ReplayBatchSampler, **kwargs: Any) -> None:
         super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
-        self.consumed = batch_sampler.cursor
+        self.consumed = batch_sampler.sampler.cursor
 
     def mark_consumed(self, epoch: int, end: int) -> None:
         self.consumed = Cursor(epoch, end)
@@ -93,5 +103,5 @@ class ReplayDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.consumed = Cursor(**state_dict)
-        self.batch_sampler.cursor = self.consumed
-        self.batch_sampler.epoch = self.consumed.epoch
+        self.batch_sampler.sampler.cursor = self.consumed
+        self.batch_sampler.sampler.epoch = self.consumed.epoch

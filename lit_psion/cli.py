@@ -6,6 +6,7 @@ Exit codes (docs/cli.md): 0 success, 1 unexpected error, 2 bad argument or confi
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -80,28 +81,35 @@ class LitPsionCLI(LightningCLI):
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to" chatter
     try:
         LitPsionCLI(args=args)
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except LitPsionError as error:
+    except Exception as error:
         if debug:
             raise
-        print(f"lit_psion: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except ArgumentError as error:
-        if debug:
-            raise
-        print(f"lit_psion: error: {_one_line(str(error))}", file=sys.stderr)
-        return ConfigError.exit_code
-    except Exception as error:  # the last resort: still one line unless debugging
-        if debug:
-            raise
+        known = _known_cause(error)
+        if known is not None:
+            print(f"lit_psion: error: {_one_line(str(known))}", file=sys.stderr)
+            return known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code
         print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
               "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | None:
+    """The lit_psion error (or argument error) behind ``error``, following the exception chain."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LitPsionError | ArgumentError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _one_line(message: str) -> str:

@@ -1,0 +1,89 @@
+"""Test-only callbacks and utilities for driving ``python -m lit_psion`` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lit_psion.callbacks.checkpoint import resolve_checkpoint
+
+from lit_psion.cli import main
+from lit_psion.core.run import read_latest
+
+TINY = "fixtures/tiny.yaml"
+
+
+class RecordConsumed(Callback):
+    """Append ``{"step", "ids"}`` for every training batch to a JSONL file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"step": trainer.global_step, "ids": batch["sample_ids"].tolist()}) + "\n")
+
+
+class KillAt(Callback):
+    """SIGKILL this process at the end of global step ``step`` (no clean-up runs)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def callbacks_config(path: Path, *callbacks: tuple[str, dict]) -> str:
+    """Write a config overlay adding ``callbacks`` (class name in this module, init args) to the trainer."""
+    entries = [{"class_path": f"tests.helpers.{name}", "init_args": args} for name, args in callbacks]
+    path.write_text(json.dumps({"trainer": {"callbacks": entries}}))
+    return str(path)
+
+
+def fit(*args: str, config: str = TINY) -> int:
+    return main(["fit", "--config", config, *args])
+
+
+def fit_subprocess(*args: str, config: str = TINY) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lit_psion", "fit", "--config", config, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def latest_checkpoint(root: Path) -> dict[str, Any]:
+    """The checkpoint the latest run in ``root`` points at, loaded with ``weights_only=True``."""
+    return torch.load(resolve_checkpoint(root / read_latest(root)), weights_only=True)
+
+
+def consumed(path: Path) -> list[list[int]]:
+    """Sample ids per step; a later record of a step (replayed after a crash) replaces the earlier."""
+    by_step: dict[int, list[int]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record["ids"]
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def assert_tree_equal(a: Any, b: Any, where: str = "") -> None:
+    """Bitwise equality of nested checkpoint structures."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"tensors differ at {where}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"keys differ at {where}: {sorted(a.keys() ^ b.keys())}"
+        for key in a:
+            assert_tree_equal(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), f"lengths differ at {where}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_tree_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"values differ at {where}: {a!r} != {b!r}"

@@ -1,0 +1,64 @@
+"""Exact resume: a run stopped at step k and resumed to N equals the uninterrupted run, bitwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lit_psion.datamodules import CorpusDataModule
+
+from tests.helpers import assert_tree_equal, callbacks_config, consumed, fit, fit_subprocess, latest_checkpoint
+
+N = 12
+# 46 training samples at stride 200 -> 5 batches of 8 per epoch: step 5 closes epoch 0.
+# The cosine schedule is pinned to N, so a run told to stop at k follows the same learning rates.
+DATA = ("--data.sample_stride", "200", "--model.init_args.optimizer.decay_steps", str(N))
+STEPS_PER_EPOCH = 5
+
+
+def test_epoch_length_is_what_the_cases_assume() -> None:
+    data = CorpusDataModule(files="fixtures/tiny_corpus.txt", tokenizer="char", block_size=32, batch_size=8,
+                            sample_stride=200, split="tail")  # fmt: skip
+    data.setup("fit")
+    assert len(data.train_dataloader()) == STEPS_PER_EPOCH
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list]:
+    root = tmp_path_factory.mktemp("full")
+    extra = callbacks_config(root / "cb.json", ("RecordConsumed", {"path": str(root / "ids.jsonl")}))
+    assert fit(*DATA, "--config", extra, "--trainer.default_root_dir", str(root), "--trainer.max_steps", str(N)) == 0
+    return latest_checkpoint(root), consumed(root / "ids.jsonl")
+
+
+def _assert_same_run(resumed: dict, resumed_ids: list, uninterrupted: tuple[dict, list]) -> None:
+    reference, reference_ids = uninterrupted
+    assert resumed["global_step"] == reference["global_step"] == N
+    assert_tree_equal(resumed["state_dict"], reference["state_dict"], "state_dict")
+    assert_tree_equal(resumed["optimizer_states"], reference["optimizer_states"], "optimizer_states")
+    assert_tree_equal(resumed["lr_schedulers"], reference["lr_schedulers"], "lr_schedulers")
+    assert resumed_ids == reference_ids
+    assert len(resumed_ids) == N
+
+
+@pytest.mark.parametrize("k", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2], ids=["epoch-boundary", "mid-epoch"])
+def test_stop_and_resume_is_bitwise_identical(k: int, tmp_path: Path, uninterrupted: tuple[dict, list]) -> None:
+    extra = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(tmp_path / "ids.jsonl")}))
+    common = (*DATA, "--config", extra, "--trainer.default_root_dir", str(tmp_path))
+    assert fit(*common, "--trainer.max_steps", str(k)) == 0
+    assert fit(*common, "--trainer.max_steps", str(N), "--ckpt_path", "last") == 0
+    runs = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
+    assert len(runs) == 1, "resuming must continue the same run directory"
+    _assert_same_run(latest_checkpoint(tmp_path), consumed(tmp_path / "ids.jsonl"), uninterrupted)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path, uninterrupted: tuple[dict, list]) -> None:
+    ids = tmp_path / "ids.jsonl"
+    killed = callbacks_config(tmp_path / "kill.json", ("RecordConsumed", {"path": str(ids)}), ("KillAt", {"step": 8}))
+    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N))
+    result = fit_subprocess(*common, "--config", killed)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert latest_checkpoint(tmp_path)["global_step"] == 6  # steps 7 and 8 were lost with the process
+    resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
+    assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
+    _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
