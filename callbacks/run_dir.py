@@ -9,11 +9,11 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lit_psion.callbacks.checkpoint import POINTER_FILE
 from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
+from lit_psion.callbacks.checkpoint import POINTER_FILE
 from lit_psion.core import RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
@@ -99,7 +99,7 @@ class RunDirectory(Callback):
         pointer = run_dir / "checkpoints" / POINTER_FILE
         checkpoint = json.loads(pointer.read_text())["file"] if pointer.exists() else "none"
         metrics = {k: f"{float(v):.4f}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        console = Console(stderr=False, highlight=False)
+        console = Console(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
         console.print(f"[bold]run[/bold] {self.plan.run_id} {self.record.status if self.record else ''} "
                       f"at step {trainer.global_step} {' '.join(f'{k}={v}' for k, v in metrics.items())}")  # fmt: skip
         console.print(f"  run directory  {run_dir}")

@@ -22,13 +22,13 @@ import lightning as L
 import numpy as np
 import pyarrow.compute
 import torch
-from lit_psion.datamodules.replay import IndexBatch, ReplayBatchSampler, ReplayDataLoader, ReplaySampler
-from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
 from torch.utils.data import Dataset
 
 from lit_psion.core import atomic_write_json, sha256_bytes
 from lit_psion.core.errors import DataError
 from lit_psion.core.manifest import DataManifest, SourceFile
+from lit_psion.datamodules.replay import IndexBatch, ReplayBatchSampler, ReplayDataLoader, ReplaySampler
+from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
 
 STDLIB = "stdlib"
 _EXCLUDED_STDLIB_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}

@@ -17,6 +17,8 @@ from lit_psion.core import atomic_write_text, sha256_file, sha256_json
 TokenizerKind = Literal["bpe", "char"]
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
+FORMAT_VERSION = 1
+"""Part of every cache key: bump when the way a tokenizer is built changes."""
 
 
 def train_tokenizer(kind: TokenizerKind, texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -39,6 +41,7 @@ def train_tokenizer(kind: TokenizerKind, texts: Iterable[str], vocab_size: int) 
         tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         tokenizer.decoder = decoders.Fuse()
+        tokenizer.add_special_tokens([END_OF_TEXT, UNKNOWN])  # decode() skips them
         return tokenizer
     raise ValueError(f"tokenizer must be 'bpe' or 'char', got {kind!r}")
 
@@ -51,7 +54,8 @@ def cached_tokenizer(
     Returns:
         The tokenizer and the sha256 of its tokenizer.json.
     """
-    path = cache_dir / "tokenizers" / sha256_json({"kind": kind, "vocab_size": vocab_size, **key}) / "tokenizer.json"
+    digest = sha256_json({"kind": kind, "vocab_size": vocab_size, "format": FORMAT_VERSION, **key})
+    path = cache_dir / "tokenizers" / digest / "tokenizer.json"
     if not path.exists():
         atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())
     return Tokenizer.from_file(str(path)), sha256_file(path)

@@ -13,8 +13,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lit_psion.callbacks.checkpoint import resolve_checkpoint
 
+from lit_psion.callbacks.checkpoint import resolve_checkpoint
 from lit_psion.cli import main
 from lit_psion.core.run import read_latest
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lit_psion.datamodules import CorpusDataModule
 
+from lit_psion.datamodules import CorpusDataModule
 from tests.helpers import assert_tree_equal, callbacks_config, consumed, fit, fit_subprocess, latest_checkpoint
 
 N = 12

@@ -1,0 +1,56 @@
+"""Digests, atomic files and the run record."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from lit_psion.core import (
+    RunRecord,
+    RunStatus,
+    atomic_write_json,
+    canonical_json,
+    read_json,
+    sha256_file,
+    sha256_json,
+)
+from lit_psion.core.run import read_latest, write_latest
+
+
+def test_canonical_json_sorts_keys_and_drops_whitespace() -> None:
+    assert canonical_json({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"é"],"b":1}'.encode()
+    assert sha256_json({"a": 1, "b": 2}) == sha256_json({"b": 2, "a": 1})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {"x": [float("-inf")]}])
+def test_canonical_json_refuses_non_finite_floats(value: object) -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        canonical_json(value)
+
+
+def test_file_digest_streams_to_the_same_sha256(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 10_000  # larger than one read chunk
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "state.json"
+    atomic_write_json(path, {"step": 1})
+    atomic_write_json(path, {"step": 2})
+    assert read_json(path) == {"step": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["state.json"]
+
+
+def test_run_record_round_trips_and_latest_pointer(tmp_path: Path) -> None:
+    record = RunRecord(run_id="r1", status=RunStatus.ACTIVE, global_step=7)
+    record.save(tmp_path / "r1")
+    loaded = RunRecord.load(tmp_path / "r1")
+    assert loaded.status is RunStatus.ACTIVE and loaded.global_step == 7
+    assert read_json(tmp_path / "r1" / "run.json")["status"] == "active"
+    assert read_latest(tmp_path) is None
+    write_latest(tmp_path, "r1")
+    assert read_latest(tmp_path) == "r1"

@@ -1,0 +1,123 @@
+"""The replay-safe corpus: manifests pinned by digest, a document-level split, a resumable order."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_psion.core.manifest import DataManifest
+from lit_psion.datamodules import CorpusDataModule, Cursor, DataConfigError, DataManifestMismatch
+from lit_psion.datamodules.replay import ReplayBatchSampler, ReplaySampler, epoch_order
+
+CORPUS = Path("fixtures/tiny_corpus.txt")
+
+
+def corpus(tmp_path: Path, cache: str = "cache", **kwargs: object) -> CorpusDataModule:
+    settings = {"files": str(CORPUS), "tokenizer": "char", "block_size": 32, "batch_size": 4, **kwargs}
+    return CorpusDataModule(cache_dir=str(tmp_path / cache), **settings)
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_manifest_digest_is_stable_across_fresh_builds(tmp_path: Path, tokenizer: str) -> None:
+    first = corpus(tmp_path, "cache-a", tokenizer=tokenizer, vocab_size=300).prepare()
+    second = corpus(tmp_path, "cache-b", tokenizer=tokenizer, vocab_size=300).prepare()
+    assert first.digest == second.digest
+    assert first.token_counts["train"] > 0 and first.token_counts["val"] > 0
+
+
+def test_manifest_digest_changes_when_one_source_byte_changes(tmp_path: Path) -> None:
+    copy = tmp_path / "text.txt"
+    shutil.copy(CORPUS, copy)
+    before = corpus(tmp_path, files=str(copy)).prepare()
+    data = bytearray(copy.read_bytes())
+    data[100] = ord("Z") if data[100] != ord("Z") else ord("Y")
+    copy.write_bytes(bytes(data))
+    after = corpus(tmp_path, files=str(copy)).prepare()
+    assert before.digest != after.digest
+    assert f"files changed: {copy}" in before.describe_change(after)
+
+
+def test_manifest_json_round_trip(tmp_path: Path) -> None:
+    manifest = corpus(tmp_path).prepare()
+    assert DataManifest.from_json_dict({**manifest.to_json_dict(), "digest": "x"}).digest == manifest.digest
+
+
+@pytest.mark.parametrize("split", ["hash", "tail"])
+@pytest.mark.parametrize("documents", ["paragraph", "file"])
+def test_train_and_validation_never_share_a_document(tmp_path: Path, split: str, documents: str) -> None:
+    files = [tmp_path / f"doc{i}.txt" for i in range(12)]
+    for i, path in enumerate(files):
+        path.write_text(f"document {i}\n\n" + "words and more words\n" * (i + 3))
+    data = corpus(tmp_path, files=[str(p) for p in files], split=split, documents=documents, block_size=8)
+    _, texts = data._read_sources()
+    _, docs = data._documents(texts)
+    held_out = data._split_documents(docs)
+    train = {key for (key, _, _), val in zip(docs, held_out, strict=True) if not val}
+    val = {key for (key, _, _), val in zip(docs, held_out, strict=True) if val}
+    assert train and val and not train & val and len(train | val) == len(docs)
+
+
+def test_stdlib_source_is_sorted_and_capped(tmp_path: Path) -> None:
+    data = corpus(tmp_path, files="stdlib", max_bytes=200_000)
+    sources, _ = data._read_sources()
+    names = [s.path for s in sources]
+    assert names == sorted(names) and all(n.startswith("stdlib/") and n.endswith(".py") for n in names)
+    assert sum(s.bytes for s in sources) <= 200_000
+    assert Path(sysconfig.get_paths()["stdlib"], names[0].removeprefix("stdlib/")).is_file()
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch() -> None:
+    assert torch.equal(epoch_order(100, 5, 2), epoch_order(100, 5, 2))
+    assert not torch.equal(epoch_order(100, 5, 2), epoch_order(100, 5, 3))
+    assert sorted(epoch_order(100, 5, 2).tolist()) == list(range(100))
+
+
+def test_batches_resume_from_a_cursor_without_rereading() -> None:
+    whole = list(ReplayBatchSampler(ReplaySampler(40, seed=1), batch_size=4))
+    cursor = Cursor(epoch=0, position=whole[3].end)
+    rest = list(ReplayBatchSampler(ReplaySampler(40, seed=1, cursor=cursor), batch_size=4))
+    assert [list(b) for b in rest] == [list(b) for b in whole[4:]]
+    assert rest[-1].end == 40 and rest[0].epoch == 0
+
+
+def test_sampler_starts_other_epochs_from_zero() -> None:
+    sampler = ReplaySampler(40, seed=1, cursor=Cursor(epoch=0, position=20))
+    sampler.set_epoch(1)
+    assert list(sampler) == epoch_order(40, 1, 1).tolist()
+
+
+def test_resume_against_a_changed_manifest_is_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "text.txt"
+    shutil.copy(CORPUS, copy)
+    old = corpus(tmp_path, files=str(copy))
+    old.prepare()
+    state = old.state_dict()
+    copy.write_text(copy.read_text() + "\n\nOne more paragraph at the end.\n")
+    with pytest.raises(DataManifestMismatch, match=r"manifest changed .*files changed"):
+        corpus(tmp_path, files=str(copy)).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"files": "fixtures/does-not-exist.txt"}, "data file not found: 'fixtures/does-not-exist.txt'"),
+        ({"files": "fixtures/*.nothing"}, "data glob matched no files"),
+        ({"block_size": 100_000}, "block_size 100000 needs at least 100001 tokens"),
+        ({"val_fraction": 1.5}, "val_fraction must be in"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ],
+)
+def test_bad_data_settings_are_named(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(DataConfigError, match=message):
+        corpus(tmp_path, **kwargs).prepare()
+
+
+def test_empty_corpus_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(DataConfigError, match="corpus is empty"):
+        corpus(tmp_path, files=str(empty)).prepare()

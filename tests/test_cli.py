@@ -1,0 +1,92 @@
+"""The command line: run directory contents, `--ckpt_path last`, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_psion.core import read_json, sha256_file
+from lit_psion.core.run import read_latest
+from tests.helpers import TINY, fit
+
+
+def test_fit_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--sample.max_new_tokens", "20") == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    run = read_json(run_dir / "run.json")
+    assert run["status"] == "completed" and run["run_id"] == run_dir.name and run["global_step"] == 12
+    assert run["config_digest"] == sha256_file(run_dir / "config.yaml")
+    assert run["data_manifest_digest"] == read_json(run_dir / "data_manifest.json")["digest"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["trainer"]["max_steps"] == 12 and config["model"]["init_args"]["decoder"]["d_model"] == 32
+    pointer = read_json(run_dir / "checkpoints" / "pointer.json")
+    assert pointer["step"] == 12 and pointer["sha256"] == sha256_file(run_dir / "checkpoints" / pointer["file"])
+    assert len(list((run_dir / "checkpoints").glob("step-*.ckpt"))) == 3  # keep_last_k
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert any(row["val/loss"] for row in rows) and any(row["train/loss"] for row in rows)
+    out = capsys.readouterr().out
+    assert "sample" in out and str(run_dir) in out and "--ckpt_path last" in out
+
+
+def test_resume_continues_the_same_run_and_its_metrics(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "6") == 0
+    run_id = read_latest(tmp_path)
+    assert fit(*root, "--trainer.max_steps", "9", "--ckpt_path", "last") == 0
+    assert read_latest(tmp_path) == run_id and len(list(tmp_path.glob("*/run.json"))) == 1
+    run = read_json(tmp_path / run_id / "run.json")
+    assert run["global_step"] == 9 and run["attempts"] == 2 and run["status"] == "completed"
+    steps = [int(row["step"]) for row in csv.DictReader((tmp_path / run_id / "metrics.csv").open())]
+    assert min(steps) == 0 and max(steps) >= 8, "metrics.csv must keep the first attempt's rows"
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
+    checkpoint = next((tmp_path / read_latest(tmp_path) / "checkpoints").glob("step-*.ckpt"))
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last") == 4
+    assert "is corrupt: sha256" in capsys.readouterr().err
+
+
+def _empty_file(tmp_path: Path) -> str:
+    path = tmp_path / "empty.txt"
+    path.write_text("")
+    return str(path)
+
+
+ERRORS = [
+    ("unknown key", lambda p: ["--trainer.max_stepz", "3"], 2, "unrecognized arguments: --trainer.max_stepz"),
+    ("bad value", lambda p: ["--trainer.max_steps", "many"], 2, 'key "trainer.max_steps"'),
+    ("invalid model", lambda p: ["--model.init_args.decoder.n_head", "3"], 2, "n_head must divide d_model"),
+    ("missing data file", lambda p: ["--data.files", "nowhere.txt"], 3, "data file not found: 'nowhere.txt'"),
+    ("empty corpus", lambda p: ["--data.files", _empty_file(p)], 3, "corpus is empty"),
+    ("block larger than corpus", lambda p: ["--data.block_size", "20000"], 3, "block_size 20000 needs at least"),
+    ("nothing to resume", lambda p: ["--ckpt_path", "last"], 4, "no run to continue"),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "code", "message"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_bad_input_is_one_line_with_its_exit_code(
+    name: str, args: object, code: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path / "runs"), *args(tmp_path)) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("lit_psion:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/checkpoints/*.ckpt"))
+
+
+def test_the_real_command_prints_exactly_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "lit_psion", "fit", "--config", TINY, "--data.files", "nowhere.txt",
+               "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert result.stderr.strip() == "lit_psion: error: data file not found: 'nowhere.txt' (check --data.files)"

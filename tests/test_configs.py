@@ -1,0 +1,35 @@
+"""Every preset in configs/ parses and trains for 2 steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lit_psion.core import read_json
+from lit_psion.core.run import read_latest
+from tests.helpers import fit
+
+PRESETS = sorted(Path("configs").glob("*.yaml"))
+# Small stand-ins keep each preset to seconds: the stdlib source is capped, any --data.files is the fixture.
+SMALL_DATA = {
+    "stdlib": ("--data.init_args.max_bytes", "150000", "--data.init_args.vocab_size", "300"),
+    "files": ("--data.files", "fixtures/tiny_corpus.txt"),
+}
+
+
+def test_configs_folder_has_presets() -> None:
+    assert {"decoder_tiny.yaml", "shakespeare_char.yaml"} <= {p.name for p in PRESETS}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_preset_runs_two_steps(preset: Path, tmp_path: Path) -> None:
+    data = SMALL_DATA["stdlib"] if "files: stdlib" in preset.read_text() else SMALL_DATA["files"]
+    code = fit(
+        *data, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
+        "--sample.max_new_tokens", "5", "--trainer.default_root_dir", str(tmp_path), config=str(preset),
+    )  # fmt: skip
+    assert code == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    assert read_json(run_dir / "run.json")["status"] == "completed"
+    assert read_json(run_dir / "run.json")["global_step"] == 2
