@@ -52,10 +52,8 @@ class PackedTokens(Dataset):
     def __len__(self) -> int:
         return (len(self.tokens) - self.block_size - 1) // self.stride + 1
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        """The batch of samples ``indices`` (the loader hands over whole batches)."""
         sample_ids = torch.tensor(indices, dtype=torch.long)
         windows = self.tokens[sample_ids[:, None] * self.stride + self.offsets].long()  # (B, T + 1)
         batch = {"input_ids": windows[:, :-1], "targets": windows[:, 1:], "sample_ids": sample_ids}
@@ -298,14 +296,20 @@ class CorpusDataModule(L.LightningDataModule):
         )
 
     test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader
 
     def _loader(self, dataset: PackedTokens, sampler: ReplaySampler, batch_size: int) -> ReplayDataLoader:
         # A private generator: creating the iterator must not draw from the global RNG, or a resumed
         # run's dropout masks would differ from the uninterrupted run's.
         return ReplayDataLoader(
-            dataset, ReplayBatchSampler(sampler, batch_size), collate_fn=_as_batch, num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed), persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
+            dataset,
+            sampler=ReplayBatchSampler(sampler, batch_size),
+            batch_size=None,
+            collate_fn=_as_batch,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=self.num_workers > 0,
+        )
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # Runs for the batch about to be trained on (after Lightning's prefetch), so the cursor
@@ -327,6 +331,6 @@ class CorpusDataModule(L.LightningDataModule):
         if saved is not None and state_dict["manifest_digest"] != current.digest:
             change = DataManifest.from_json_dict(saved).describe_change(current)
             raise DataManifestMismatch(
-                f"refusing to resume: the data manifest changed since the checkpoint ({change}); "
+                f"refusing to load the checkpoint: the data manifest changed since it was written ({change}); "
                 "restore the original data or start a new run without --ckpt_path"
             )

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,23 +62,31 @@ class ReplaySampler(Sampler[int]):
         return self.num_samples
 
 
-class ReplayBatchSampler(BatchSampler):
-    """Full batches of a :class:`ReplaySampler`, each an :class:`IndexBatch` that knows where it ends."""
+class ReplayBatchSampler(Sampler[IndexBatch]):
+    """Full batches of a :class:`ReplaySampler`, each an :class:`IndexBatch` that knows where it ends.
 
-    sampler: ReplaySampler
+    Used as the DataLoader's ``sampler`` with ``batch_size=None``, so Lightning sees (and calls
+    ``set_epoch`` on) this object, and never rebuilds it as it would a ``batch_sampler``.
+    """
 
     def __init__(self, sampler: ReplaySampler, batch_size: int) -> None:
         if batch_size > sampler.num_samples:
             raise ValueError(f"batch_size {batch_size} is larger than the {sampler.num_samples} samples available")
-        super().__init__(sampler, batch_size, drop_last=True)
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[IndexBatch]:
-        position = self.sampler.start()
-        for indices in super().__iter__():
-            position += len(indices)
-            batch = IndexBatch(indices)
-            batch.epoch, batch.end = self.sampler.epoch, position
+        start = self.sampler.start()
+        order = list(self.sampler)
+        for offset in range(0, len(order) - self.batch_size + 1, self.batch_size):  # full batches only
+            batch = IndexBatch(order[offset : offset + self.batch_size])
+            batch.epoch, batch.end = self.sampler.epoch, start + offset + self.batch_size
             yield batch
+
+    def __len__(self) -> int:
+        return self.sampler.num_samples // self.batch_size
 
 
 class ReplayDataLoader(DataLoader):
@@ -89,11 +97,13 @@ class ReplayDataLoader(DataLoader):
     through :meth:`mark_consumed` instead (from ``on_after_batch_transfer``).
     """
 
-    batch_sampler: ReplayBatchSampler
+    sampler: ReplayBatchSampler
 
-    def __init__(self, dataset: Any, batch_sampler: ReplayBatchSampler, **kwargs: Any) -> None:
-        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
-        self.consumed = batch_sampler.sampler.cursor
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # DataLoader's own signature (sampler=ReplayBatchSampler, batch_size=None), so Lightning can
+        # rebuild the loader (it does for predict) without knowing this class.
+        super().__init__(*args, **kwargs)
+        self.consumed = self.sampler.sampler.cursor
 
     def mark_consumed(self, epoch: int, end: int) -> None:
         self.consumed = Cursor(epoch, end)
@@ -103,5 +113,5 @@ class ReplayDataLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.consumed = Cursor(**state_dict)
-        self.batch_sampler.sampler.cursor = self.consumed
-        self.batch_sampler.sampler.epoch = self.consumed.epoch
+        self.sampler.sampler.cursor = self.consumed
+        self.sampler.sampler.epoch = self.consumed.epoch

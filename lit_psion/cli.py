@@ -62,8 +62,9 @@ class LitPsionCLI(LightningCLI):
             if run_id is None:
                 raise CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
             config.ckpt_path = str(resolve_checkpoint(root / run_id))
-        if self.subcommand == "fit":
+        if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
+        if self.subcommand == "fit":
             yaml = self.parser._subcommands_action._name_parser_map["fit"].dump(config, skip_none=False)
             self.plan = RunPlan(root=root, run_id=run_id or new_run_id(), resumed=run_id is not None, config_yaml=yaml)
 
@@ -75,6 +76,8 @@ class LitPsionCLI(LightningCLI):
             config["logger"] = [csv, *loggers]
             config["default_root_dir"] = str(self.plan.run_dir)
             callbacks = [*callbacks, RunDirectory(self.plan)]
+        elif config.get("logger") in (None, True):
+            config["logger"] = False  # validate/test/predict print their metrics; no stray lightning_logs/
         return super()._instantiate_trainer(config, callbacks)
 
 

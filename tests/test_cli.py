@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_file
 from lit_psion.core.run import read_latest
 from tests.helpers import TINY, fit
@@ -90,3 +91,20 @@ def test_the_real_command_prints_exactly_one_line(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 3
     assert result.stderr.strip() == "lit_psion: error: data file not found: 'nowhere.txt' (check --data.files)"
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_subcommands_load_the_latest_checkpoint(subcommand: str, tmp_path: Path) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
+    args = [subcommand, "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"]
+    assert main([*args, f"--trainer.limit_{'val' if subcommand == 'validate' else subcommand}_batches", "1"]) == 0
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_omegaconf_interpolation_in_a_config(tmp_path: Path) -> None:
+    overlay = tmp_path / "interp.yaml"
+    overlay.write_text("trainer:\n  max_steps: 4\n  val_check_interval: ${trainer.max_steps}\n"
+                       "checkpoint:\n  every_n_train_steps: ${trainer.max_steps}\n")  # fmt: skip
+    assert fit("--config", str(overlay), "--trainer.default_root_dir", str(tmp_path)) == 0
+    config = yaml.safe_load((tmp_path / read_latest(tmp_path) / "config.yaml").read_text())
+    assert config["checkpoint"]["every_n_train_steps"] == 4 and config["trainer"]["val_check_interval"] == 4

@@ -97,7 +97,7 @@ def test_resume_against_a_changed_manifest_is_refused(tmp_path: Path) -> None:
     old.prepare()
     state = old.state_dict()
     copy.write_text(copy.read_text() + "\n\nOne more paragraph at the end.\n")
-    with pytest.raises(DataManifestMismatch, match=r"manifest changed .*files changed"):
+    with pytest.raises(DataManifestMismatch, match=r"manifest changed since it was written .*files changed"):
         corpus(tmp_path, files=str(copy)).load_state_dict(state)
 
 
