@@ -14,10 +14,16 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_psion.callbacks import GenerateSample, PointerCheckpoint, RunDirectory, RunPlan, resolve_checkpoint
+from lit_psion.callbacks import (
+    GenerateSample,
+    PointerCheckpoint,
+    ProgressBar,
+    RunDirectory,
+    RunPlan,
+    resolve_checkpoint,
+)
 from lit_psion.core import new_run_id
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
 from lit_psion.core.run import read_latest
@@ -48,7 +54,7 @@ class LitPsionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PointerCheckpoint, "checkpoint")
         parser.add_lightning_class_args(GenerateSample, "sample")
-        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(ProgressBar, "progress_bar")
         parser.link_arguments("data.init_args.block_size", "model.init_args.decoder.block_size", apply_on="parse")
         parser.link_arguments("data.vocab_size", "model.init_args.decoder.vocab_size", apply_on="instantiate")
 

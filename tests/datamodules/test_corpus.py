@@ -121,3 +121,12 @@ def test_empty_corpus_is_refused(tmp_path: Path) -> None:
     empty.write_text("  \n")
     with pytest.raises(DataConfigError, match="corpus is empty"):
         corpus(tmp_path, files=str(empty)).prepare()
+
+
+def test_worker_processes_keep_the_batch_cursor(tmp_path: Path) -> None:
+    in_process, with_worker = corpus(tmp_path), corpus(tmp_path, num_workers=1)
+    in_process.setup("fit")
+    with_worker.setup("fit")
+    expected, batch = next(iter(in_process.train_dataloader())), next(iter(with_worker.train_dataloader()))
+    assert batch["cursor"] == expected["cursor"] == (0, 4)
+    assert torch.equal(batch["sample_ids"], expected["sample_ids"])
