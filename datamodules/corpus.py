@@ -238,13 +238,15 @@ class CorpusDataModule(L.LightningDataModule):
             table = datasets.Dataset.from_file(str(arrow))
         else:
             cache.mkdir(parents=True, exist_ok=True)
-            table = datasets.Dataset.from_dict(
-                {"text": [t for _, t, _ in docs], "eot": [e for _, _, e in docs], "val": held_out}
-            ).map(
-                lambda batch: {"ids": [e.ids + [eot] * end for e, end in zip(
-                    self.tokenizer.encode_batch(batch["text"]), batch["eot"], strict=True)]},
-                batched=True, remove_columns=["text"], cache_file_name=str(arrow), new_fingerprint=inputs_digest,
-            )  # fmt: skip
+            columns = {"text": [t for _, t, _ in docs], "eot": [e for _, _, e in docs], "val": held_out}
+            table = datasets.Dataset.from_dict(columns).map(
+                self._encode_batch,
+                fn_kwargs={"eot": eot},
+                batched=True,
+                remove_columns=["text"],
+                cache_file_name=str(arrow),
+                new_fingerprint=inputs_digest,
+            )
         arrow_table, splits = table.data.table, {}
         for name, is_val in (("train", False), ("val", True)):
             part = arrow_table.filter(pyarrow.compute.equal(arrow_table.column("val"), is_val))
@@ -253,12 +255,17 @@ class CorpusDataModule(L.LightningDataModule):
         counts = {
             "token_counts": {name: len(tokens) for name, tokens in splits.items()},
             "sample_counts": {
-                "train": max(0, (len(splits["train"]) - self.block_size - 1) // self.sample_stride + 1),
-                "val": max(0, (len(splits["val"]) - self.block_size - 1) // self.block_size + 1),
+                "train": max(0, len(PackedTokens(splits["train"], self.block_size, self.sample_stride))),
+                "val": max(0, len(PackedTokens(splits["val"], self.block_size, self.block_size))),
             },
         }
         atomic_write_json(cache / "counts.json", counts)
         return splits, counts
+
+    def _encode_batch(self, batch: dict[str, list], eot: int) -> dict[str, list[list[int]]]:
+        """Token ids per document; a document that ends a file is followed by the end-of-text token."""
+        encodings = self.tokenizer.encode_batch(batch["text"])
+        return {"ids": [e.ids + [eot] * ends for e, ends in zip(encodings, batch["eot"], strict=True)]}
 
     def _check_sizes(self) -> None:
         for name, tokens in self._splits.items():
