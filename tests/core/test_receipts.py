@@ -1,0 +1,113 @@
+"""Hash-chained receipts: every tampering of a log is caught, named by line and reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from lit_psion.core.receipts import (
+    GENESIS,
+    RECEIPT_KINDS,
+    CheckpointReceipt,
+    EvalReceipt,
+    ReceiptBody,
+    ReceiptChainError,
+    ReceiptLog,
+    TrainerStepReceipt,
+    register_receipt,
+    verify_log,
+)
+
+
+def step(n: int) -> TrainerStepReceipt:
+    return TrainerStepReceipt(stage_id="pretrain", step_in=n, step_out=n + 1, batch_digest=f"{n:064x}",
+                              cursor=(0, 8 * (n + 1)), loss=2.5 - n / 10, lr=1e-3, optimizer="adamw")  # fmt: skip
+
+
+def write_log(path: Path, n: int = 6) -> str:
+    log = ReceiptLog(path, run_id="run-a")
+    for i in range(n):
+        log.append(step(i))
+    log.append(EvalReceipt(stage_id="pretrain", step=n, split="val", data_manifest_digest=None,
+                           policy_revision=None, scores={"loss": 2.0}))  # fmt: skip
+    return log.head
+
+
+def test_a_clean_log_verifies_and_chains_from_genesis(tmp_path: Path) -> None:
+    head = write_log(tmp_path / "r.jsonl")
+    result = verify_log(tmp_path / "r.jsonl", expected_head=head)
+    assert result.ok and result.count == 7 and result.head == head
+    first = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert first["prev_digest"] == GENESIS and first["seq"] == 0 and first["kind"] == "trainer_step"
+    assert set(first) == {"schema_version", "kind", "run_id", "seq", "prev_digest", "digest", "created_at", "body"}
+
+
+def _edit(lines: list[str]) -> list[str]:
+    record = json.loads(lines[2])
+    record["body"]["loss"] = 0.01
+    return [*lines[:2], json.dumps(record), *lines[3:]]
+
+
+def _edit_and_rehash_nothing_else(lines: list[str]) -> list[str]:
+    record = json.loads(lines[4])
+    record["run_id"] = "run-b"
+    return [*lines[:4], json.dumps(record), *lines[5:]]
+
+
+TAMPERING: list[tuple[str, Callable[[list[str]], list[str]], int | None, str]] = [
+    ("edit a field", _edit, 3, "edited"),
+    ("edit the envelope", _edit_and_rehash_nothing_else, 5, "edited"),
+    ("delete a line", lambda lines: lines[:3] + lines[4:], 4, "deleted"),
+    ("swap two lines", lambda lines: [*lines[:2], lines[3], lines[2], *lines[4:]], 3, "reordered"),
+    ("duplicate a line", lambda lines: [*lines[:3], lines[2], *lines[3:]], 4, "reordered"),
+    ("truncate the tail", lambda lines: lines[:-2], None, "truncated"),
+    ("garbage line", lambda lines: [*lines[:1], "{not json", *lines[1:]], 2, "malformed"),
+]
+
+
+@pytest.mark.parametrize(("name", "tamper", "line", "reason"), TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_tampering_is_caught(name: str, tamper: Callable, line: int | None, reason: str, tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    head = write_log(path)
+    path.write_text("\n".join(tamper(path.read_text().splitlines())) + "\n")
+    result = verify_log(path, expected_head=head)
+    assert not result.ok
+    assert (result.line, result.reason) == (line, reason), result.describe()
+
+
+def test_appending_continues_the_chain_and_refuses_a_broken_log(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    write_log(path, n=2)
+    log = ReceiptLog(path, run_id="run-a")
+    assert log.next_seq == 3
+    log.append(step(9))
+    assert verify_log(path, expected_head=log.head).ok
+    path.write_text(path.read_text().replace('"loss": 2.5', '"loss": 9.5'))
+    with pytest.raises(ReceiptChainError, match="line 1: edited"):
+        ReceiptLog(path, run_id="run-a")
+
+
+def test_bodies_are_frozen_and_registered_once() -> None:
+    receipt = CheckpointReceipt(
+        stage_id="pretrain", step=3, checkpoint="checkpoints/step-000003", manifest_digest=None,
+        object_digest=None, writer="rank0", durability="durable",
+    )  # fmt: skip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        receipt.step = 4  # type: ignore[misc]
+    assert {"training_run", "trainer_step", "checkpoint", "eval"} <= RECEIPT_KINDS.keys()
+    with pytest.raises(ValueError, match="already registered"):
+        register_receipt(CheckpointReceipt)
+
+
+def test_an_unregistered_body_cannot_be_appended(tmp_path: Path) -> None:
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Stray(ReceiptBody):
+        kind: ClassVar[str] = "stray"
+
+    with pytest.raises(TypeError, match="not a registered receipt body"):
+        ReceiptLog(tmp_path / "r.jsonl", run_id="x").append(Stray())
