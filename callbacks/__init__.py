@@ -1,8 +1,18 @@
 """Callbacks, one concern each (imported as ``lit_psion.callbacks``)."""
 
 from lit_psion.callbacks.checkpoint import PointerCheckpoint, resolve_checkpoint
+from lit_psion.callbacks.evidence import EvidenceCallback, Receipts
 from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.run_dir import RunDirectory, RunPlan
 from lit_psion.callbacks.sample import GenerateSample
 
-__all__ = ["GenerateSample", "PointerCheckpoint", "ProgressBar", "RunDirectory", "RunPlan", "resolve_checkpoint"]
+__all__ = [
+    "EvidenceCallback",
+    "GenerateSample",
+    "PointerCheckpoint",
+    "ProgressBar",
+    "Receipts",
+    "RunDirectory",
+    "RunPlan",
+    "resolve_checkpoint",
+]

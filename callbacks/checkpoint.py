@@ -15,17 +15,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lit_psion.callbacks.evidence import STAGE, EvidenceCallback, receipt_log, run_relative
 from lit_psion.core import atomic_write_json, read_json, sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.files import fsync_dir
+from lit_psion.core.receipts import CheckpointReceipt
 
 POINTER_FILE = "pointer.json"
 
 
-class PointerCheckpoint(Callback):
+class PointerCheckpoint(EvidenceCallback):
     """Save a checkpoint every ``every_n_train_steps`` and at the end of training.
 
     Args:
@@ -67,8 +68,15 @@ class PointerCheckpoint(Callback):
         if trainer.is_global_zero:
             _fsync_file(path)
             fsync_dir(directory)
-            atomic_write_json(directory / POINTER_FILE, {"step": step, "file": path.name, "sha256": sha256_file(path)})
+            digest = sha256_file(path)
+            atomic_write_json(directory / POINTER_FILE, {"step": step, "file": path.name, "sha256": digest})
             self._prune(directory, keep=path.name)
+            self.emit(trainer, CheckpointReceipt(
+                stage_id=STAGE, step=step, checkpoint=run_relative(trainer, path), manifest_digest=None,
+                object_digest=digest, writer=f"rank{trainer.global_rank}", durability="durable",
+            ))  # fmt: skip
+            if (log := receipt_log(trainer)) is not None:
+                log.sync()
         trainer.strategy.barrier("lit_psion.checkpoint")
         self._last_saved_step = step
 

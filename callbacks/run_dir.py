@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lit_psion import __version__
 from lit_psion.callbacks.checkpoint import POINTER_FILE
+from lit_psion.callbacks.evidence import receipt_log
 from lit_psion.core import RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
@@ -67,8 +68,18 @@ class RunDirectory(Callback):
         if self.record is None:
             return
         self.record.status, self.record.failure = status, failure
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        log = receipt_log(trainer)
         self.record.global_step = trainer.global_step
+        self.record.receipts_head = log.head if log is not None else self.record.receipts_head
         self.record.save(self.plan.run_dir)
+
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self.record is not None:
+            self._save(trainer)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

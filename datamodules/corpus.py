@@ -321,7 +321,7 @@ class CorpusDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # Runs for the batch about to be trained on (after Lightning's prefetch), so the cursor
         # saved in a checkpoint is exactly what was consumed.
-        cursor = batch.pop("cursor", None)
+        cursor = batch.get("cursor")
         if cursor is not None and self.trainer is not None and self.trainer.training and self._train_loader:
             self._train_loader.mark_consumed(*cursor)
         return batch

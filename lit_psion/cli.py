@@ -6,6 +6,7 @@ Exit codes (docs/cli.md): 0 success, 1 unexpected error, 2 bad argument or confi
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -20,13 +21,16 @@ from lit_psion.callbacks import (
     GenerateSample,
     PointerCheckpoint,
     ProgressBar,
+    Receipts,
     RunDirectory,
     RunPlan,
     resolve_checkpoint,
 )
+from lit_psion.callbacks.evidence import RECEIPTS_FILE
 from lit_psion.core import new_run_id
-from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
-from lit_psion.core.run import read_latest
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LitPsionError
+from lit_psion.core.receipts import verify_log
+from lit_psion.core.run import RUN_FILE, RunRecord, read_latest
 from lit_psion.loggers import RunCSVLogger
 
 DEFAULT_ROOT = "runs"
@@ -53,6 +57,7 @@ class LitPsionCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PointerCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Receipts, "receipts")
         parser.add_lightning_class_args(GenerateSample, "sample")
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
         parser.link_arguments("data.init_args.block_size", "model.init_args.decoder.block_size", apply_on="parse")
@@ -87,12 +92,36 @@ class LitPsionCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def verify_command(args: list[str]) -> None:
+    """``receipts verify RUN_DIR`` and ``ckpt verify RUN_DIR``: check evidence, print one line."""
+    parser = argparse.ArgumentParser(prog="python -m lit_psion", exit_on_error=False)
+    parser.add_argument("group", choices=["receipts", "ckpt"])
+    parser.add_argument("action", choices=["verify"])
+    parser.add_argument("run_dir", type=Path)
+    parsed = parser.parse_args(args)
+    if not (parsed.run_dir / RUN_FILE).is_file():
+        raise ConfigError(f"{str(parsed.run_dir)!r} is not a run directory (no {RUN_FILE}); give <root>/<run_id>")
+    if parsed.group == "ckpt":
+        path = resolve_checkpoint(parsed.run_dir)
+        print(f"ok: {path} matches the sha256 in its pointer")
+        return
+    record = RunRecord.load(parsed.run_dir)
+    result = verify_log(parsed.run_dir / RECEIPTS_FILE, expected_head=record.receipts_head)
+    if not result.ok:
+        raise EvidenceError(f"{parsed.run_dir / RECEIPTS_FILE}: {result.describe()}")
+    print(f"ok: {result.describe()}")
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to" chatter
+    args = sys.argv[1:] if args is None else args
     try:
-        LitPsionCLI(args=args)
+        if args[:1] in (["receipts"], ["ckpt"]):
+            verify_command(args)
+        else:
+            LitPsionCLI(args=args)
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -109,12 +138,12 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | None:
+def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | argparse.ArgumentError | None:
     """The lit_psion error (or argument error) behind ``error``, following the exception chain."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, LitPsionError | ArgumentError):
+        if isinstance(current, LitPsionError | ArgumentError | argparse.ArgumentError):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__

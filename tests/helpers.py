@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_psion.callbacks.checkpoint import resolve_checkpoint
+from lit_psion.callbacks.evidence import EvidenceCallback
 from lit_psion.cli import main
+from lit_psion.core.receipts import ReceiptBody, register_receipt
 from lit_psion.core.run import read_latest
 
 TINY = "fixtures/tiny.yaml"
@@ -87,3 +90,29 @@ def assert_tree_equal(a: Any, b: Any, where: str = "") -> None:
             assert_tree_equal(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"values differ at {where}: {a!r} != {b!r}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LossSpikeReceipt(ReceiptBody):
+    """The example evidence plug-in of docs/evidence.md: a receipt when the loss jumps."""
+
+    kind: ClassVar[str] = "example_loss_spike"
+    step: int
+    loss: float
+    previous: float
+
+
+register_receipt(LossSpikeReceipt)
+
+
+class LossSpikeEvidence(EvidenceCallback):
+    """Leave a LossSpikeReceipt whenever the training loss exceeds ``factor`` times the previous step's."""
+
+    def __init__(self, factor: float = 1.0) -> None:
+        self.factor, self.previous = factor, None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = float(outputs["loss"])
+        if self.previous is not None and loss > self.factor * self.previous:
+            self.emit(trainer, LossSpikeReceipt(step=trainer.global_step, loss=loss, previous=self.previous))
+        self.previous = loss

@@ -25,3 +25,9 @@ class CheckpointError(LitPsionError, RuntimeError):
     """A checkpoint that cannot be found or trusted."""
 
     exit_code = 4
+
+
+class EvidenceError(LitPsionError):
+    """Evidence that does not verify: a receipt chain edited, reordered, or cut short."""
+
+    exit_code = 5

@@ -43,6 +43,8 @@ class RunRecord:
     model_signature: str | None = None
     code_version: str | None = None
     global_step: int = 0
+    receipts_head: str | None = None
+    """Digest of the newest receipt when run.json was last written (catches a truncated receipts.jsonl)."""
     attempts: int = 0
     failure: str | None = None
 

@@ -1,0 +1,78 @@
+"""Receipts during fit: one chain per run, continued across resumes, open to user evidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lit_psion.callbacks.evidence import RECEIPTS_FILE
+from lit_psion.cli import main
+from lit_psion.core import read_json, sha256_json
+from lit_psion.core.run import read_latest
+from tests.helpers import callbacks_config, consumed, fit
+
+
+def receipts(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / RECEIPTS_FILE).read_text().splitlines()]
+
+
+def test_a_fit_leaves_a_verifiable_chain_of_typed_receipts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    extra = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(tmp_path / "ids.jsonl")}))
+    assert fit("--config", extra, "--trainer.default_root_dir", str(tmp_path)) == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    chain = receipts(run_dir)
+    kinds = [r["kind"] for r in chain]
+    assert kinds[0] == "training_run" and chain[0]["body"]["event"] == "started"
+    assert kinds[-1] == "training_run" and chain[-1]["body"]["event"] == "completed"
+    assert kinds.count("trainer_step") == 12 and kinds.count("eval") == 2 and kinds.count("checkpoint") == 4
+    steps = [r["body"] for r in chain if r["kind"] == "trainer_step"]
+    ids = consumed(tmp_path / "ids.jsonl")
+    assert [s["batch_digest"] for s in steps] == [
+        sha256_json({"sample_ids": batch, "cursor": list(s["cursor"])}) for batch, s in zip(ids, steps, strict=True)
+    ]
+    assert [s["step_out"] for s in steps] == list(range(1, 13))
+    assert read_json(run_dir / "run.json")["receipts_head"] == chain[-1]["digest"]
+    checkpoint = next(r["body"] for r in chain if r["kind"] == "checkpoint")
+    assert checkpoint["checkpoint"] == "checkpoints/step-000003.ckpt" and checkpoint["durability"] == "durable"
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(run_dir)]) == 0
+    assert "20 receipts verified" in capsys.readouterr().out
+
+
+def test_resume_continues_the_same_chain(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "6") == 0
+    assert fit(*root, "--trainer.max_steps", "9", "--ckpt_path", "last") == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    events = [r["body"]["event"] for r in receipts(run_dir) if r["kind"] == "training_run"]
+    assert events == ["started", "completed", "resumed", "completed"]
+    resumed_step = next(r["body"] for r in receipts(run_dir) if r["kind"] == "trainer_step" and r["body"]["checkpoint"])
+    assert resumed_step["step_out"] == 7 and resumed_step["checkpoint"] == "checkpoints/step-000006.ckpt"
+    assert main(["receipts", "verify", str(run_dir)]) == 0
+
+
+def test_every_n_steps_thins_step_receipts(tmp_path: Path) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--receipts.every_n_steps", "4") == 0
+    chain = receipts(tmp_path / read_latest(tmp_path))
+    assert [r["body"]["step_out"] for r in chain if r["kind"] == "trainer_step"] == [4, 8, 12]
+
+
+def test_truncated_receipts_fail_verification(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    lines = (run_dir / RECEIPTS_FILE).read_text().splitlines()
+    (run_dir / RECEIPTS_FILE).write_text("\n".join(lines[:-1]) + "\n")
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(run_dir)]) == 5
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_a_user_evidence_callback_joins_the_chain(tmp_path: Path) -> None:
+    extra = callbacks_config(tmp_path / "cb.json", ("LossSpikeEvidence", {"factor": 0.0}))
+    assert fit("--config", extra, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "4") == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    spikes = [r["body"] for r in receipts(run_dir) if r["kind"] == "example_loss_spike"]
+    assert [s["step"] for s in spikes] == [2, 3, 4]
+    assert main(["receipts", "verify", str(run_dir)]) == 0
