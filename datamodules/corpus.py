@@ -50,7 +50,7 @@ class PackedTokens(Dataset):
         self.offsets = torch.arange(block_size + 1)
 
     def __len__(self) -> int:
-        return (len(self.tokens) - self.block_size - 1) // self.stride + 1
+        return max(0, (len(self.tokens) - self.block_size - 1) // self.stride + 1)
 
     def __getitem__(self, indices: list[int]) -> dict[str, Any]:
         """The batch of samples ``indices`` (the loader hands over whole batches)."""
@@ -255,8 +255,8 @@ class CorpusDataModule(L.LightningDataModule):
         counts = {
             "token_counts": {name: len(tokens) for name, tokens in splits.items()},
             "sample_counts": {
-                "train": max(0, len(PackedTokens(splits["train"], self.block_size, self.sample_stride))),
-                "val": max(0, len(PackedTokens(splits["val"], self.block_size, self.block_size))),
+                "train": len(PackedTokens(splits["train"], self.block_size, self.sample_stride)),
+                "val": len(PackedTokens(splits["val"], self.block_size, self.block_size)),
             },
         }
         atomic_write_json(cache / "counts.json", counts)

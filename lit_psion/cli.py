@@ -116,10 +116,9 @@ def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to" chatter
-    args = sys.argv[1:] if args is None else args
     try:
-        if args[:1] in (["receipts"], ["ckpt"]):
-            verify_command(args)
+        if (sys.argv[1:] if args is None else args)[:1] in (["receipts"], ["ckpt"]):
+            verify_command(sys.argv[1:] if args is None else args)
         else:
             LitPsionCLI(args=args)
     except KeyboardInterrupt:
