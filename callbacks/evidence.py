@@ -37,8 +37,8 @@ class EvidenceCallback(Callback):
 def receipt_log(trainer: L.Trainer) -> ReceiptLog | None:
     """The run's receipt log, if a :class:`Receipts` callback is collecting one."""
     for callback in trainer.callbacks:
-        if isinstance(callback, Receipts) and callback.log is not None:
-            return callback.log
+        if isinstance(callback, Receipts) and callback.chain is not None:
+            return callback.chain
     return None
 
 
@@ -63,7 +63,7 @@ class Receipts(EvidenceCallback):
         if every_n_steps < 1:
             raise ConfigError(f"receipts.every_n_steps must be >= 1, got {every_n_steps!r}")
         self.every_n_steps = every_n_steps
-        self.log: ReceiptLog | None = None
+        self.chain: ReceiptLog | None = None
         self._batch_digest: str | None = None
         self._resumed_from: str | None = None
 
@@ -71,7 +71,7 @@ class Receipts(EvidenceCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
             run_dir = Path(trainer.default_root_dir)
-            self.log = ReceiptLog(run_dir / RECEIPTS_FILE, run_id=run_dir.name)
+            self.chain = ReceiptLog(run_dir / RECEIPTS_FILE, run_id=run_dir.name)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -113,15 +113,20 @@ class Receipts(EvidenceCallback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         event = "paused" if trainer.interrupted else "completed"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, event))
-        if self.log is not None:
-            self.log.sync()
+        if self.chain is not None:
+            self.chain.sync()
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.chain is not None:
+            self.chain.close()
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         event = "paused" if isinstance(exception, KeyboardInterrupt) else "failed"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, event, f"{type(exception).__name__}"))
-        if self.log is not None:
-            self.log.sync()
+        if self.chain is not None:
+            self.chain.sync()
 
     def _run_receipt(
         self, trainer: L.Trainer, pl_module: L.LightningModule, event: str, status: str, outcome: str | None = None

@@ -298,19 +298,20 @@ class CorpusDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ReplayDataLoader:
         dataset = PackedTokens(self._splits["val"], self.block_size, self.block_size)
-        return self._loader(
-            dataset, ReplaySampler(len(dataset), self.seed, shuffle=False), min(self.batch_size, len(dataset))
-        )
+        sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
+        return self._loader(dataset, sampler, min(self.batch_size, len(dataset)), drop_last=False)
 
     test_dataloader = val_dataloader
     predict_dataloader = val_dataloader
 
-    def _loader(self, dataset: PackedTokens, sampler: ReplaySampler, batch_size: int) -> ReplayDataLoader:
+    def _loader(
+        self, dataset: PackedTokens, sampler: ReplaySampler, batch_size: int, drop_last: bool = True
+    ) -> ReplayDataLoader:
         # A private generator: creating the iterator must not draw from the global RNG, or a resumed
         # run's dropout masks would differ from the uninterrupted run's.
         return ReplayDataLoader(
             dataset,
-            sampler=ReplayBatchSampler(sampler, batch_size),
+            sampler=ReplayBatchSampler(sampler, batch_size, drop_last),
             batch_size=None,
             collate_fn=_as_batch,
             num_workers=self.num_workers,

@@ -69,10 +69,10 @@ class ReplayBatchSampler(Sampler[IndexBatch]):
     ``set_epoch`` on) this object, and never rebuilds it as it would a ``batch_sampler``.
     """
 
-    def __init__(self, sampler: ReplaySampler, batch_size: int) -> None:
+    def __init__(self, sampler: ReplaySampler, batch_size: int, drop_last: bool = True) -> None:
         if batch_size > sampler.num_samples:
             raise ValueError(f"batch_size {batch_size} is larger than the {sampler.num_samples} samples available")
-        self.sampler, self.batch_size = sampler, batch_size
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -80,13 +80,15 @@ class ReplayBatchSampler(Sampler[IndexBatch]):
     def __iter__(self) -> Iterator[IndexBatch]:
         start = self.sampler.start()
         order = list(self.sampler)
-        for offset in range(0, len(order) - self.batch_size + 1, self.batch_size):  # full batches only
+        stop = len(order) - self.batch_size + 1 if self.drop_last else len(order)
+        for offset in range(0, stop, self.batch_size):
             batch = IndexBatch(order[offset : offset + self.batch_size])
-            batch.epoch, batch.end = self.sampler.epoch, start + offset + self.batch_size
+            batch.epoch, batch.end = self.sampler.epoch, start + offset + len(batch)
             yield batch
 
     def __len__(self) -> int:
-        return self.sampler.num_samples // self.batch_size
+        full, rest = divmod(self.sampler.num_samples, self.batch_size)
+        return full + (0 if self.drop_last or not rest else 1)
 
 
 class ReplayDataLoader(DataLoader):

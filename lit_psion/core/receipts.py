@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 from lit_psion.core.digest import sha256_json
 
@@ -153,6 +153,7 @@ class ReceiptLog:
     def __init__(self, path: str | Path, run_id: str) -> None:
         self.path, self.run_id = Path(path), run_id
         self.head, self.next_seq = GENESIS, 0
+        self._handle: TextIO | None = None
         if self.path.exists():
             result = verify_log(self.path)
             if not result.ok:
@@ -165,10 +166,16 @@ class ReceiptLog:
         receipt = Receipt.seal(
             kind=body.kind, run_id=self.run_id, seq=self.next_seq, prev_digest=self.head, body=body.to_json_dict()
         )
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(receipt.to_json_dict(), sort_keys=True) + "\n")
+        if self._handle is None:  # line-buffered: each receipt reaches the file in one write
+            self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._handle.write(json.dumps(receipt.to_json_dict(), sort_keys=True) + "\n")
         self.head, self.next_seq = receipt.digest, self.next_seq + 1
         return receipt
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
     def sync(self) -> None:
         """Make every appended line durable (called at checkpoints, not every step)."""

@@ -70,7 +70,8 @@ class DecoderLM(L.LightningModule):
         return self.model(batch["input_ids"]).argmax(dim=-1)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.log("train/lr", optimizer.param_groups[0]["lr"])
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only on steps that write a log row
+            self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optimizer_config

@@ -130,3 +130,10 @@ def test_worker_processes_keep_the_batch_cursor(tmp_path: Path) -> None:
     expected, batch = next(iter(in_process.train_dataloader())), next(iter(with_worker.train_dataloader()))
     assert batch["cursor"] == expected["cursor"] == (0, 4)
     assert torch.equal(batch["sample_ids"], expected["sample_ids"])
+
+
+def test_validation_covers_every_window_including_a_partial_batch(tmp_path: Path) -> None:
+    data = corpus(tmp_path, batch_size=5)
+    data.setup("validate")
+    seen = [i for batch in data.val_dataloader() for i in batch["sample_ids"].tolist()]
+    assert seen == list(range(data.manifest.sample_counts["val"])) and len(seen) % 5

@@ -1,0 +1,202 @@
+"""Training throughput (tokens/s) of ``lit_psion fit`` versus a plain PyTorch loop on the same work.
+
+Both sides train the same :class:`lit_psion.nn.Decoder` on the same ``CorpusDataModule`` train
+loader with the same batch size, optimizer, schedule and gradient clipping, in this process,
+alternating rounds. Only steady-state steps are timed: the clock starts when step ``warmup``
+ends and stops when the last step ends, so set-up, warm-up steps and the end-of-fit checkpoint are
+excluded on both sides.
+
+    LIT_PSION_CACHE=/tmp/lpcache python benchmarks/throughput.py            # the measurement
+    LIT_PSION_CACHE=/tmp/lpcache python benchmarks/throughput.py --steps 20 --warmup 5 --rounds 1  # smoke
+
+The last line of stdout is one JSON object; ``ratio`` is lit_psion tokens/s over plain tokens/s (median
+of the per-round ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from lit_psion.cli import LitPsionCLI
+from lit_psion.datamodules import CorpusDataModule
+from lit_psion.nn import Decoder, DecoderConfig
+from lit_psion.nn.optim import OptimizerConfig, build_optimizer, warmup_cosine
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = 0.95
+
+
+class Clock:
+    """Times of the ends of steps ``warmup`` .. ``steps`` (step n ends when n optimizer steps are done)."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.ticks: list[float] = []
+
+    def tick(self, done: int) -> None:
+        if self.warmup <= done <= self.steps:
+            self.ticks.append(time.perf_counter())
+
+    @property
+    def seconds(self) -> float:
+        return self.ticks[-1] - self.ticks[0]
+
+    @property
+    def step_seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self.ticks, self.ticks[1:], strict=False)]
+
+
+class StepTimer(Callback):
+    """Ticks a :class:`Clock` at the end of every training step."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.clock.tick(trainer.global_step)
+
+
+class TimedCLI(LitPsionCLI):
+    """The real CLI with one extra callback, placed first so the end-of-fit checkpoint is not timed."""
+
+    def __init__(self, timer: StepTimer, args: list[str]) -> None:
+        self.timer = timer
+        super().__init__(args=args)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        return super()._instantiate_trainer(config, [self.timer, *callbacks])
+
+
+def run_lit_psion(args: argparse.Namespace, root: Path) -> tuple[Clock, float]:
+    """The step clock and the whole-fit seconds of one ``fit`` through the CLI."""
+    clock = Clock(args.warmup, args.steps)
+    cli_args = [
+        "fit", "--config", str(args.config), "--trainer.max_steps", str(args.steps),
+        "--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "0",
+        "--trainer.enable_model_summary", "false", "--progress_bar.refresh_rate", "0",
+        "--sample.max_new_tokens", "0", "--checkpoint.every_n_train_steps", str(10**9),
+        "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.block_size", str(args.block_size),
+        *(["--data.init_args.files", args.files] if args.files else []),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees this script's flags
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON result
+            TimedCLI(StepTimer(clock), cli_args)
+    finally:
+        sys.argv = argv
+    if len(clock.ticks) != args.steps - args.warmup + 1:
+        raise RuntimeError("the lit_psion run ended before its last step was timed")
+    return clock, time.perf_counter() - start
+
+
+def run_plain(args: argparse.Namespace, preset: dict[str, Any]) -> Clock:
+    """The step clock of the same training written as a plain PyTorch loop."""
+    L.seed_everything(preset.get("seed_everything", 1337), verbose=False)
+    data = {**preset["data"]["init_args"], "batch_size": args.batch_size, "block_size": args.block_size}
+    data["files"] = args.files or data["files"]
+    datamodule = CorpusDataModule(**data)
+    datamodule.prepare()
+    model_args = preset["model"]["init_args"]
+    decoder = {**model_args.get("decoder", {}), "vocab_size": datamodule.vocab_size, "block_size": args.block_size}
+    model = Decoder(DecoderConfig(**decoder))
+    model.train()
+    opt_config = OptimizerConfig(**model_args.get("optimizer", {}))
+    optimizer = build_optimizer(opt_config, model, model.hidden_matrices())
+    schedule = warmup_cosine(opt_config.warmup_steps, opt_config.decay_steps or args.steps, opt_config.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    clip = preset["trainer"].get("gradient_clip_val")
+    clock, step = Clock(args.warmup, args.steps), 0
+    while step < args.steps:
+        for batch in datamodule.train_dataloader():
+            logits = model(batch["input_ids"])
+            loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            clock.tick(step)
+            if step == args.steps:
+                break
+    return clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "decoder_tiny.yaml")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per run")
+    parser.add_argument("--warmup", type=int, default=20, help="leading steps left out of the timing")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each one lit_psion run and one plain run")
+    parser.add_argument("--files", help="override the preset's data.files (a text file, a glob or 'stdlib')")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if not 0 < args.warmup < args.steps:
+        parser.error("need 0 < --warmup < --steps")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    preset = yaml.safe_load(args.config.read_text())
+    load_before = os.getloadavg()[0]  # well above 0 means something else is running: timings will be noisy
+    tokens = args.batch_size * args.block_size * (args.steps - args.warmup)
+    lit, plain, fit_seconds = list[Clock](), list[Clock](), list[float]()
+    with tempfile.TemporaryDirectory(prefix="lit_psion_throughput_") as tmp:
+        for index in range(args.rounds):  # alternate sides and their order, so drifts hit both alike
+            if index % 2:
+                plain.append(run_plain(args, preset))
+            clock, total = run_lit_psion(args, Path(tmp) / f"round{index}")
+            lit.append(clock)
+            fit_seconds.append(total)
+            if not index % 2:
+                plain.append(run_plain(args, preset))
+            rates = (tokens / lit[-1].seconds, tokens / plain[-1].seconds)
+            print(f"round {index}: lit_psion {rates[0]:.0f}, plain {rates[1]:.0f} tokens/s", file=sys.stderr)
+    lit_rates = [tokens / c.seconds for c in lit]
+    plain_rates = [tokens / c.seconds for c in plain]
+    # Pair each lit_psion run with the plain run beside it: cancels this VM's slow drifts in speed (several %).
+    ratio = statistics.median(a / b for a, b in zip(lit_rates, plain_rates, strict=True))
+    lit_median = statistics.median(s for c in lit for s in c.step_seconds)
+    plain_median = statistics.median(s for c in plain for s in c.step_seconds)
+    result = {
+        "benchmark": "throughput",
+        "lit_psion_tokens_per_s": round(statistics.median(lit_rates), 1),
+        "plain_tokens_per_s": round(statistics.median(plain_rates), 1),
+        "ratio": round(ratio, 4),
+        "target": TARGET,
+        "meets_target": ratio >= TARGET,
+        "statistic": "tokens/s over the timed steps; ratio = median over rounds of lit_psion/plain (adjacent runs)",
+        "best_of_rounds_ratio": round(max(lit_rates) / max(plain_rates), 4),
+        "median_step_ratio": round(plain_median / lit_median, 4),
+        "lit_psion_median_step_ms": round(lit_median * 1000, 2),
+        "plain_median_step_ms": round(plain_median * 1000, 2),
+        "lit_psion_rounds": [round(r, 1) for r in lit_rates],
+        "plain_rounds": [round(r, 1) for r in plain_rates],
+        "lit_psion_fit_wall_s": [round(s, 2) for s in fit_seconds],
+        "config": str(args.config),
+        **{key: getattr(args, key) for key in ("steps", "warmup", "rounds", "batch_size", "block_size")},
+        "threads": torch.get_num_threads(),
+        "load_avg_1m_before": round(load_before, 2),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
