@@ -76,7 +76,7 @@ class LitPsionCLI(LightningCLI):
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand == "fit":
-            yaml = self.parser._subcommands_action._name_parser_map["fit"].dump(config, skip_none=False)
+            yaml = self._parser(self.subcommand).dump(config, skip_none=False)
             self.plan = RunPlan(root=root, run_id=run_id or new_run_id(), resumed=run_id is not None, config_yaml=yaml)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
