@@ -1,15 +1,18 @@
-"""Checkpoints under ``<run_dir>/checkpoints/`` with a pointer that moves only to durable files.
+"""Checkpoints under ``<run_dir>/checkpoints/`` with a pointer that moves only to durable, verified ones.
 
-Each checkpoint is written by Lightning (weights, optimizer, schedulers, loops, the data cursor)
-plus the global RNG state this callback carries, made durable (fsync of the file and the
-directory), and only then named by ``checkpoints/pointer.json``. Resuming reads the pointer,
-never file modification times, and checks the file's sha256 before loading it.
+Each ``step-NNNNNN/`` directory is written by Lightning through :class:`ManifestCheckpointIO`
+(weights as safetensors; optimizer, schedulers, loops, the data cursor and the global RNG state
+this callback carries in ``trainer_state.pt``; a digest manifest) and is durable once it exists.
+Only then does ``checkpoints/pointer.json`` name it, with its manifest's sha256. Resuming reads the
+pointer, never file modification times, verifies every digest, and falls back to the newest
+checkpoint that verifies when the pointed-to one does not.
 """
 
 from __future__ import annotations
 
-import os
 import random
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,10 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from lit_psion.callbacks.checkpoint_io import EXTRA_KEY, MANIFEST, WEIGHTS, verify_checkpoint
 from lit_psion.callbacks.evidence import STAGE, EvidenceCallback, receipt_log, run_relative
 from lit_psion.core import atomic_write_json, read_json, sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.core.files import fsync_dir
 from lit_psion.core.receipts import CheckpointReceipt
 
 POINTER_FILE = "pointer.json"
@@ -63,17 +66,17 @@ class PointerCheckpoint(EvidenceCallback):
         if step == self._last_saved_step or step == 0:
             return
         directory = self.directory(trainer)
-        path = directory / f"step-{step:06d}.ckpt"
+        path = directory / f"step-{step:06d}"
         trainer.save_checkpoint(path, weights_only=False)  # full trainer state, loadable with weights_only=True
         if trainer.is_global_zero:
-            _fsync_file(path)
-            fsync_dir(directory)
-            digest = sha256_file(path)
-            atomic_write_json(directory / POINTER_FILE, {"step": step, "file": path.name, "sha256": digest})
+            manifest_digest = sha256_file(path / MANIFEST)
+            pointer = {"step": step, "checkpoint": path.name, "manifest_sha256": manifest_digest}
+            atomic_write_json(directory / POINTER_FILE, pointer)
             self._prune(directory, keep=path.name)
             self.emit(trainer, CheckpointReceipt(
-                stage_id=STAGE, step=step, checkpoint=run_relative(trainer, path), manifest_digest=None,
-                object_digest=digest, writer=f"rank{trainer.global_rank}", durability="durable",
+                stage_id=STAGE, step=step, checkpoint=run_relative(trainer, path), manifest_digest=manifest_digest,
+                object_digest=read_json(path / MANIFEST)["files"][WEIGHTS]["sha256"],
+                writer=f"rank{trainer.global_rank}", durability="durable",
             ))  # fmt: skip
             if (log := receipt_log(trainer)) is not None:
                 log.sync()
@@ -81,10 +84,25 @@ class PointerCheckpoint(EvidenceCallback):
         self._last_saved_step = step
 
     def _prune(self, directory: Path, keep: str) -> None:
-        saved = sorted(directory.glob("step-*.ckpt"))
+        saved = sorted(p for p in directory.glob("step-*") if p.is_dir())
         for old in saved[: max(0, len(saved) - self.keep_last_k)]:
             if old.name != keep:
-                old.unlink()
+                shutil.rmtree(old)
+
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Hand the manifest its run-level fields (ManifestCheckpointIO writes them to manifest.json)."""
+        pointer = self.directory(trainer) / POINTER_FILE
+        manifest = getattr(trainer.datamodule, "manifest", None)
+        loader = trainer.train_dataloader
+        checkpoint[EXTRA_KEY] = {
+            "run_id": Path(trainer.default_root_dir).name,
+            "model_signature": getattr(pl_module, "model_signature", None),
+            "data_manifest_digest": manifest.digest if manifest else None,
+            "cursor": loader.state_dict() if hasattr(loader, "state_dict") else None,
+            "parent": read_json(pointer)["checkpoint"] if pointer.exists() else None,
+            "writer": f"rank{trainer.global_rank}",
+        }
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -97,19 +115,11 @@ class PointerCheckpoint(EvidenceCallback):
         random.setstate(state_dict["python_rng"])
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def resolve_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint ``run_dir``'s pointer names, after checking its sha256.
+    """The checkpoint to resume ``run_dir`` from: the pointed-to one if it verifies, else the newest that does.
 
     Raises:
-        CheckpointError: no pointer, a missing file, or a digest mismatch.
+        CheckpointError: no pointer, or no checkpoint that verifies (naming the pointed-to one's problem).
     """
     directory = Path(run_dir) / "checkpoints"
     pointer_path = directory / POINTER_FILE
@@ -119,12 +129,25 @@ def resolve_checkpoint(run_dir: str | Path) -> Path:
             "start a new run without --ckpt_path"
         )
     pointer = read_json(pointer_path)
-    path = directory / pointer["file"]
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} named by {pointer_path} is missing")
-    actual = sha256_file(path)
-    if actual != pointer["sha256"]:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt: sha256 {actual} does not match {pointer['sha256']} in the pointer"
-        )
-    return path
+    pointed = directory / pointer["checkpoint"]
+    try:
+        _verify_pointed(pointed, pointer["manifest_sha256"])
+        return pointed
+    except CheckpointError as error:
+        problem = error
+    steps = sorted((p for p in directory.glob("step-*") if p.is_dir() and p != pointed), reverse=True)
+    for candidate in steps:
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointError:
+            continue
+        print(f"lit_psion: warning: {problem}; resuming from {candidate.name}, the newest checkpoint that verifies",
+              file=sys.stderr)  # fmt: skip
+        return candidate
+    raise problem
+
+
+def _verify_pointed(path: Path, manifest_sha256: str) -> None:
+    if (path / MANIFEST).is_file() and sha256_file(path / MANIFEST) != manifest_sha256:
+        raise CheckpointError(f"checkpoint manifest {str(path / MANIFEST)!r} does not match the digest in the pointer")
+    verify_checkpoint(path)

@@ -108,7 +108,7 @@ class RunDirectory(Callback):
     def _print_summary(self, trainer: L.Trainer) -> None:
         run_dir = self.plan.run_dir
         pointer = run_dir / "checkpoints" / POINTER_FILE
-        checkpoint = json.loads(pointer.read_text())["file"] if pointer.exists() else "none"
+        checkpoint = json.loads(pointer.read_text())["checkpoint"] if pointer.exists() else "none"
         metrics = {k: f"{float(v):.4f}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         console = Console(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
         console.print(f"[bold]run[/bold] {self.plan.run_id} {self.record.status if self.record else ''} "

@@ -26,6 +26,7 @@ from lit_psion.callbacks import (
     RunPlan,
     resolve_checkpoint,
 )
+from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
 from lit_psion.callbacks.evidence import RECEIPTS_FILE
 from lit_psion.core import new_run_id
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LitPsionError
@@ -80,6 +81,8 @@ class LitPsionCLI(LightningCLI):
             self.plan = RunPlan(root=root, run_id=run_id or new_run_id(), resumed=run_id is not None, config_yaml=yaml)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        plugins = config.get("plugins") or []
+        config["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), ManifestCheckpointIO()]
         if self.plan is not None:
             loggers = config.get("logger")
             loggers = [] if loggers in (None, True, False) else loggers if isinstance(loggers, list) else [loggers]
@@ -103,7 +106,7 @@ def verify_command(args: list[str]) -> None:
         raise ConfigError(f"{str(parsed.run_dir)!r} is not a run directory (no {RUN_FILE}); give <root>/<run_id>")
     if parsed.group == "ckpt":
         path = resolve_checkpoint(parsed.run_dir)
-        print(f"ok: {path} matches the sha256 in its pointer")
+        print(f"ok: {path} matches its manifest")
         return
     record = RunRecord.load(parsed.run_dir)
     result = verify_log(parsed.run_dir / RECEIPTS_FILE, expected_head=record.receipts_head)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_psion.callbacks.checkpoint import resolve_checkpoint
+from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
 from lit_psion.callbacks.evidence import EvidenceCallback
 from lit_psion.cli import main
 from lit_psion.core.receipts import ReceiptBody, register_receipt
@@ -64,7 +65,7 @@ def fit_subprocess(*args: str, config: str = TINY) -> subprocess.CompletedProces
 
 def latest_checkpoint(root: Path) -> dict[str, Any]:
     """The checkpoint the latest run in ``root`` points at, loaded with ``weights_only=True``."""
-    return torch.load(resolve_checkpoint(root / read_latest(root)), weights_only=True)
+    return ManifestCheckpointIO().load_checkpoint(resolve_checkpoint(root / read_latest(root)))
 
 
 def consumed(path: Path) -> list[list[int]]:

@@ -26,8 +26,10 @@ def test_fit_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["trainer"]["max_steps"] == 12 and config["model"]["init_args"]["decoder"]["d_model"] == 32
     pointer = read_json(run_dir / "checkpoints" / "pointer.json")
-    assert pointer["step"] == 12 and pointer["sha256"] == sha256_file(run_dir / "checkpoints" / pointer["file"])
-    assert len(list((run_dir / "checkpoints").glob("step-*.ckpt"))) == 3  # keep_last_k
+    checkpoint = run_dir / "checkpoints" / pointer["checkpoint"]
+    assert pointer["step"] == 12 and pointer["manifest_sha256"] == sha256_file(checkpoint / "manifest.json")
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["manifest.json", "model.safetensors", "trainer_state.pt"]
+    assert len(list((run_dir / "checkpoints").glob("step-*"))) == 3  # keep_last_k
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert any(row["val/loss"] for row in rows) and any(row["train/loss"] for row in rows)
     out = capsys.readouterr().out
@@ -48,12 +50,12 @@ def test_resume_continues_the_same_run_and_its_metrics(tmp_path: Path) -> None:
 
 def test_corrupt_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
-    checkpoint = next((tmp_path / read_latest(tmp_path) / "checkpoints").glob("step-*.ckpt"))
+    checkpoint = next((tmp_path / read_latest(tmp_path) / "checkpoints").glob("step-*")) / "model.safetensors"
     data = bytearray(checkpoint.read_bytes())
     data[len(data) // 2] ^= 0xFF
     checkpoint.write_bytes(bytes(data))
     assert fit("--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last") == 4
-    assert "is corrupt: sha256" in capsys.readouterr().err
+    assert "model.safetensors' is corrupt: expected sha256" in capsys.readouterr().err
 
 
 def _empty_file(tmp_path: Path) -> str:

@@ -35,7 +35,7 @@ def test_a_fit_leaves_a_verifiable_chain_of_typed_receipts(tmp_path: Path, capsy
     assert [s["step_out"] for s in steps] == list(range(1, 13))
     assert read_json(run_dir / "run.json")["receipts_head"] == chain[-1]["digest"]
     checkpoint = next(r["body"] for r in chain if r["kind"] == "checkpoint")
-    assert checkpoint["checkpoint"] == "checkpoints/step-000003.ckpt" and checkpoint["durability"] == "durable"
+    assert checkpoint["checkpoint"] == "checkpoints/step-000003" and checkpoint["durability"] == "durable"
     capsys.readouterr()
     assert main(["receipts", "verify", str(run_dir)]) == 0
     assert "20 receipts verified" in capsys.readouterr().out
@@ -49,7 +49,7 @@ def test_resume_continues_the_same_chain(tmp_path: Path) -> None:
     events = [r["body"]["event"] for r in receipts(run_dir) if r["kind"] == "training_run"]
     assert events == ["started", "completed", "resumed", "completed"]
     resumed_step = next(r["body"] for r in receipts(run_dir) if r["kind"] == "trainer_step" and r["body"]["checkpoint"])
-    assert resumed_step["step_out"] == 7 and resumed_step["checkpoint"] == "checkpoints/step-000006.ckpt"
+    assert resumed_step["step_out"] == 7 and resumed_step["checkpoint"] == "checkpoints/step-000006"
     assert main(["receipts", "verify", str(run_dir)]) == 0
 
 

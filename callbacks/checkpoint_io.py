@@ -1,0 +1,107 @@
+"""Checkpoint directories with a digest manifest, written atomically and verified before loading.
+
+``checkpoints/step-NNNNNN/`` holds ``model.safetensors`` (the weights), ``trainer_state.pt``
+(optimizer, schedulers, loops, data cursor, RNG: tensors and plain data, loadable with
+``weights_only=True``) and ``manifest.json`` (every file's sha256 and size, plus the step, run,
+model signature, data manifest digest, parent checkpoint and writer). The directory is built
+under a temporary name, every file and the directory are fsynced, and only then is it renamed
+into place. Loading refuses any difference from the manifest: a changed byte, a truncated,
+missing or extra file, or a symlink.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from safetensors.torch import load_file, save_file
+from typing_extensions import override
+
+from lit_psion.core import atomic_write_json, read_json, sha256_file
+from lit_psion.core.errors import CheckpointError
+from lit_psion.core.files import fsync_dir
+
+WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", "manifest.json"
+MANIFEST_VERSION = 1
+EXTRA_KEY = "lit_psion"
+"""Key of the checkpoint dict where PointerCheckpoint puts the manifest's run-level fields."""
+
+
+class ManifestCheckpointIO(CheckpointIO):
+    """Lightning ``CheckpointIO`` for verified checkpoint directories (pass it in ``trainer.plugins``)."""
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        final = Path(path)
+        staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        # Tied weights share storage, which safetensors refuses: each tensor gets its own copy.
+        save_file({k: v.detach().contiguous().clone() for k, v in checkpoint["state_dict"].items()}, staging / WEIGHTS)
+        torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, staging / STATE)
+        files = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+                 for name in (WEIGHTS, STATE)}  # fmt: skip
+        extra = checkpoint.get(EXTRA_KEY, {})
+        atomic_write_json(staging / MANIFEST, {"version": MANIFEST_VERSION, "step": checkpoint.get("global_step"),
+                                               "files": files, "durability": "durable", **extra})  # fmt: skip
+        for name in (WEIGHTS, STATE):
+            _fsync(staging / name)
+        fsync_dir(staging)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        fsync_dir(final.parent)
+
+    @override
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        directory = Path(path)
+        verify_checkpoint(directory)
+        state = torch.load(directory / STATE, map_location=map_location, weights_only=True)
+        state["state_dict"] = load_file(directory / WEIGHTS, device=str(map_location or "cpu"))
+        return state
+
+    @override
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Check a checkpoint directory against its manifest; return the manifest.
+
+    Raises:
+        CheckpointError: naming the first file that differs, with the expected and actual digest.
+    """
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        raise CheckpointError(f"checkpoint {str(directory)!r} has no {MANIFEST}; it is incomplete or not a checkpoint")
+    manifest = read_json(directory / MANIFEST)
+    expected = manifest.get("files", {})
+    present = {p.name for p in directory.iterdir()} - {MANIFEST}
+    if extra := sorted(present - expected.keys()):
+        raise CheckpointError(f"checkpoint {str(directory)!r} holds a file its manifest does not list: {extra[0]!r}")
+    for name, record in sorted(expected.items()):
+        file = directory / name
+        if file.is_symlink():
+            raise CheckpointError(f"checkpoint file {str(file)!r} is a symlink; checkpoints hold only regular files")
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint file {str(file)!r} listed in the manifest is missing")
+        actual = sha256_file(file)
+        if actual != record["sha256"]:
+            raise CheckpointError(
+                f"checkpoint file {str(file)!r} is corrupt: expected sha256 {record['sha256']}, got {actual}"
+            )
+    return manifest
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
