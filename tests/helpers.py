@@ -23,6 +23,7 @@ from lit_psion.core.receipts import ReceiptBody, register_receipt
 from lit_psion.core.run import read_latest
 
 TINY = "fixtures/tiny.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class RecordConsumed(Callback):

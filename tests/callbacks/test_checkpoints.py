@@ -1,0 +1,140 @@
+"""Checkpoint integrity: any difference from the manifest is refused by name; `last` falls back safely."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_psion.callbacks.checkpoint import resolve_checkpoint
+from lit_psion.callbacks.checkpoint_io import STATE, WEIGHTS, ManifestCheckpointIO, verify_checkpoint
+from lit_psion.cli import main
+from lit_psion.core import read_json
+from lit_psion.core.errors import CheckpointError
+from lit_psion.core.run import read_latest
+from tests.helpers import REPO_ROOT, fit
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ckpt")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "9") == 0
+    return root / read_latest(root)
+
+
+@pytest.fixture
+def damaged(run_dir: Path, tmp_path: Path) -> Callable[[Callable[[Path], None]], Path]:
+    """Copy the run, damage its newest checkpoint with ``harm``, return the copy."""
+
+    def make(harm: Callable[[Path], None]) -> Path:
+        copy = tmp_path / run_dir.name
+        shutil.copytree(run_dir, copy)
+        harm(copy / "checkpoints" / "step-000009")
+        return copy
+
+    return make
+
+
+def _flip(name: str) -> Callable[[Path], None]:
+    def harm(checkpoint: Path) -> None:
+        data = bytearray((checkpoint / name).read_bytes())
+        data[-len(data) // 3] ^= 0x01  # inside the tensor data, not the header
+        (checkpoint / name).write_bytes(bytes(data))
+
+    return harm
+
+
+def _truncate(name: str) -> Callable[[Path], None]:
+    return lambda checkpoint: (checkpoint / name).write_bytes((checkpoint / name).read_bytes()[:-100])
+
+
+def _symlink(checkpoint: Path) -> None:
+    target = checkpoint.parent / "elsewhere.safetensors"
+    (checkpoint / WEIGHTS).rename(target)
+    (checkpoint / WEIGHTS).symlink_to(target)
+
+
+DAMAGE = [
+    ("flip a byte in the weights", _flip(WEIGHTS), rf"{WEIGHTS}' is corrupt: expected sha256 [0-9a-f]{{64}}, got"),
+    ("flip a byte in the trainer state", _flip(STATE), rf"{STATE}' is corrupt: expected sha256"),
+    ("truncate the weights", _truncate(WEIGHTS), rf"{WEIGHTS}' is corrupt"),
+    ("truncate the trainer state", _truncate(STATE), rf"{STATE}' is corrupt"),
+    ("add a file", lambda c: (c / "extra.bin").write_bytes(b"x"), "does not list: 'extra.bin'"),
+    ("remove a file", lambda c: (c / STATE).unlink(), rf"{STATE}' listed in the manifest is missing"),
+    ("symlink a file", _symlink, rf"{WEIGHTS}' is a symlink"),
+]
+
+
+@pytest.mark.parametrize(("name", "harm", "message"), DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_damage_is_refused_by_name_and_last_falls_back(
+    name: str, harm: Callable, message: str, damaged: Callable, capsys: pytest.CaptureFixture
+) -> None:
+    run = damaged(harm)
+    with pytest.raises(CheckpointError, match=message):
+        verify_checkpoint(run / "checkpoints" / "step-000009")
+    with pytest.raises(CheckpointError, match=message):
+        ManifestCheckpointIO().load_checkpoint(run / "checkpoints" / "step-000009")
+    assert resolve_checkpoint(run).name == "step-000006"
+    assert re.search(message, capsys.readouterr().err), "the fallback must say why"
+
+
+def test_ckpt_verify_command(run_dir: Path, damaged: Callable, capsys: pytest.CaptureFixture) -> None:
+    assert main(["ckpt", "verify", str(run_dir)]) == 0
+    run = damaged(_flip(WEIGHTS))
+    for older in (run / "checkpoints").glob("step-*"):
+        if older.name != "step-000009":
+            _flip(WEIGHTS)(older)
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(run)]) == 4
+    assert "model.safetensors' is corrupt" in capsys.readouterr().err
+
+
+def test_last_follows_the_pointer_not_modification_times(damaged: Callable) -> None:
+    run = damaged(lambda c: None)
+    older = run / "checkpoints" / "step-000006"
+    future = time.time() + 3600
+    for path in [older, *older.iterdir()]:
+        os.utime(path, (future, future))
+    assert resolve_checkpoint(run).name == "step-000009"
+    assert read_json(run / "checkpoints" / "pointer.json")["step"] == 9
+
+
+class _Payload:
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(os.environ["MARKER"]),))
+
+
+def test_a_pickle_payload_in_trainer_state_is_never_executed(
+    damaged: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("MARKER", str(marker))
+
+    def plant(checkpoint: Path) -> None:
+        state = torch.load(checkpoint / STATE, weights_only=True)
+        state["evil"] = _Payload()
+        with open(checkpoint / STATE, "wb") as handle:
+            pickle.dump(state, handle)  # a legacy pickle, as an attacker would write it
+
+    run = damaged(plant)
+    with pytest.raises(CheckpointError):  # the digest catches it first
+        ManifestCheckpointIO().load_checkpoint(run / "checkpoints" / "step-000009")
+    with pytest.raises(pickle.UnpicklingError):  # and weights_only=True would refuse it anyway
+        torch.load(run / "checkpoints" / "step-000009" / STATE, weights_only=True)
+    assert not marker.exists()
+
+
+def test_every_torch_load_in_the_code_is_weights_only() -> None:
+    packages = ("lit_psion", "callbacks", "datamodules", "strategies")
+    sources = [path for package in packages for path in (REPO_ROOT / package).rglob("*.py")]
+    calls = [(p, m) for p in sources for m in re.finditer(r"torch\.load\(([^)]*)\)", p.read_text())]
+    assert calls, "the checkpoint loader uses torch.load"
+    for path, match in calls:  # no call may leave weights_only unset or fall back to False
+        assert "weights_only=True" in match.group(1), f"{path}: {match.group(0)}"
