@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from lit_psion.core import atomic_write_json, read_json, sha256_file
 from lit_psion.core.errors import CheckpointError
-from lit_psion.core.files import fsync_dir
+from lit_psion.core.files import fsync_dir, fsync_path
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", "manifest.json"
 MANIFEST_VERSION = 1
@@ -49,7 +49,7 @@ class ManifestCheckpointIO(CheckpointIO):
         atomic_write_json(staging / MANIFEST, {"version": MANIFEST_VERSION, "step": checkpoint.get("global_step"),
                                                "files": files, "durability": "durable", **extra})  # fmt: skip
         for name in (WEIGHTS, STATE):
-            _fsync(staging / name)
+            fsync_path(staging / name)
         fsync_dir(staging)
         if final.exists():
             shutil.rmtree(final)
@@ -97,11 +97,3 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
                 f"checkpoint file {str(file)!r} is corrupt: expected sha256 {record['sha256']}, got {actual}"
             )
     return manifest
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,10 +42,13 @@ def read_json(path: str | Path) -> Any:
         return json.load(handle)
 
 
-def fsync_dir(directory: str | Path) -> None:
-    """Make a rename inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str | Path) -> None:
+    """fsync a file's contents, or a directory's entries (making a rename inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path

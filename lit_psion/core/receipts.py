@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
 from lit_psion.core.digest import sha256_json
+from lit_psion.core.files import fsync_path
 
 SCHEMA_VERSION = 1
 GENESIS = "0" * 64
@@ -179,12 +179,10 @@ class ReceiptLog:
 
     def sync(self) -> None:
         """Make every appended line durable (called at checkpoints, not every step)."""
+        if self._handle is not None:
+            self._handle.flush()
         if self.path.exists():
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.path)
 
 
 class ReceiptChainError(RuntimeError):
