@@ -54,7 +54,9 @@ class PointerCheckpoint(EvidenceCallback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         # The last step is saved here, mid-epoch, rather than in on_train_end: by then Lightning has
         # closed the epoch, and a run resumed with a larger max_steps would skip to the next one.
-        if trainer.global_step % self.every_n_train_steps == 0 or trainer.global_step == trainer.max_steps:
+        # After SIGTERM, Lightning stops right after this hook, so this is the clean place to save.
+        step = trainer.global_step
+        if step % self.every_n_train_steps == 0 or step == trainer.max_steps or trainer.received_sigterm:
             self.save(trainer)
 
     @override

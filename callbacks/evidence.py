@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lit_psion.core import sha256_bytes, sha256_json
@@ -123,7 +124,7 @@ class Receipts(EvidenceCallback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        event = "paused" if isinstance(exception, KeyboardInterrupt) else "failed"
+        event = "paused" if isinstance(exception, KeyboardInterrupt | SIGTERMException) else "failed"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, event, f"{type(exception).__name__}"))
         if self.chain is not None:
             self.chain.sync()

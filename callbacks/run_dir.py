@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from typing_extensions import override
 
@@ -100,7 +101,7 @@ class RunDirectory(Callback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             self._update(trainer, RunStatus.PAUSED)
         else:
             self._update(trainer, RunStatus.FAILED, failure=f"{type(exception).__name__}: {exception}")

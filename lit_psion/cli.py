@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_psion.callbacks import (
     GenerateSample,
@@ -36,6 +37,7 @@ from lit_psion.loggers import RunCSVLogger
 
 DEFAULT_ROOT = "runs"
 EXIT_INTERRUPTED = 130
+EXIT_SIGTERM = 143
 
 
 class LitPsionCLI(LightningCLI):
@@ -127,6 +129,9 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SIGTERMException:
+        print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
+        return EXIT_SIGTERM
     except Exception as error:
         if debug:
             raise

@@ -48,6 +48,17 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SigtermAt(Callback):
+    """Send this process SIGTERM during global step ``step`` (as a scheduler would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def callbacks_config(path: Path, *callbacks: tuple[str, dict]) -> str:
     """Write a config overlay adding ``callbacks`` (class name in this module, init args) to the trainer."""
     entries = [{"class_path": f"tests.helpers.{name}", "init_args": args} for name, args in callbacks]

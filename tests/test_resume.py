@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from lit_psion.core import read_json
+from lit_psion.core.run import read_latest
 from lit_psion.datamodules import CorpusDataModule
 from tests.helpers import assert_tree_equal, callbacks_config, consumed, fit, fit_subprocess, latest_checkpoint
 
@@ -59,6 +61,25 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path, uninterrupted
     result = fit_subprocess(*common, "--config", killed)
     assert result.returncode == -9, result.stderr[-2000:]
     assert latest_checkpoint(tmp_path)["global_step"] == 6  # steps 7 and 8 were lost with the process
+    resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
+    assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
+    _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
+
+
+def test_sigterm_pauses_after_a_checkpoint_and_resumes_bitwise(
+    tmp_path: Path, uninterrupted: tuple[dict, list]
+) -> None:
+    ids = tmp_path / "ids.jsonl"
+    stopped = callbacks_config(
+        tmp_path / "term.json", ("RecordConsumed", {"path": str(ids)}), ("SigtermAt", {"step": 5})
+    )
+    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N))
+    result = fit_subprocess(*common, "--config", stopped)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("lit_psion: paused by SIGTERM")
+    run_dir = tmp_path / read_latest(tmp_path)
+    assert read_json(run_dir / "run.json")["status"] == "paused"
+    assert latest_checkpoint(tmp_path)["global_step"] == 5  # 5 is not a multiple of every_n_train_steps (3)
     resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
     assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
