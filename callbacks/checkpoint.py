@@ -117,8 +117,12 @@ class PointerCheckpoint(EvidenceCallback):
         random.setstate(state_dict["python_rng"])
 
 
-def resolve_checkpoint(run_dir: str | Path) -> Path:
+def resolve_checkpoint(run_dir: str | Path, rejected: list[tuple[Path, str]] | None = None) -> Path:
     """The checkpoint to resume ``run_dir`` from: the pointed-to one if it verifies, else the newest that does.
+
+    Args:
+        run_dir: the run directory.
+        rejected: if given, receives (checkpoint, reason) for every checkpoint skipped on the way.
 
     Raises:
         CheckpointError: no pointer, or no checkpoint that verifies (naming the pointed-to one's problem).
@@ -137,12 +141,16 @@ def resolve_checkpoint(run_dir: str | Path) -> Path:
         return pointed
     except CheckpointError as error:
         problem = error
+    skipped = [(pointed, str(problem))]
     steps = sorted((p for p in directory.glob("step-*") if p.is_dir() and p != pointed), reverse=True)
     for candidate in steps:
         try:
             verify_checkpoint(candidate)
-        except CheckpointError:
+        except CheckpointError as error:
+            skipped.append((candidate, str(error)))
             continue
+        if rejected is not None:
+            rejected.extend(skipped)
         print(f"lit_psion: warning: {problem}; resuming from {candidate.name}, the newest checkpoint that verifies",
               file=sys.stderr)  # fmt: skip
         return candidate

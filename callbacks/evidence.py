@@ -19,7 +19,14 @@ from typing_extensions import override
 
 from lit_psion.core import sha256_bytes, sha256_json
 from lit_psion.core.errors import ConfigError
-from lit_psion.core.receipts import EvalReceipt, ReceiptBody, ReceiptLog, TrainerStepReceipt, TrainingRunReceipt
+from lit_psion.core.receipts import (
+    CheckpointReceipt,
+    EvalReceipt,
+    ReceiptBody,
+    ReceiptLog,
+    TrainerStepReceipt,
+    TrainingRunReceipt,
+)
 
 RECEIPTS_FILE = "receipts.jsonl"
 STAGE = "pretrain"
@@ -67,6 +74,8 @@ class Receipts(EvidenceCallback):
         self.chain: ReceiptLog | None = None
         self._batch_digest: str | None = None
         self._resumed_from: str | None = None
+        self.rejected: list[tuple[Path, str]] = []
+        """Checkpoints skipped when resolving ``--ckpt_path last`` (receipted when training starts)."""
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -79,6 +88,12 @@ class Receipts(EvidenceCallback):
         self._resumed_from = trainer.ckpt_path
         event = "resumed" if trainer.ckpt_path else "started"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, "active"))
+        for checkpoint, reason in self.rejected:
+            step = int(checkpoint.name.removeprefix("step-"))
+            self.emit(trainer, CheckpointReceipt(
+                stage_id=STAGE, step=step, checkpoint=run_relative(trainer, checkpoint), manifest_digest=None,
+                object_digest=None, writer="resolver", durability="rejected", reason=reason,
+            ))  # fmt: skip
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:

@@ -45,6 +45,7 @@ class LitPsionCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.plan: RunPlan | None = None
+        self.rejected_checkpoints: list[tuple[Path, str]] = []
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
@@ -75,7 +76,7 @@ class LitPsionCLI(LightningCLI):
             run_id = read_latest(root)
             if run_id is None:
                 raise CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
-            config.ckpt_path = str(resolve_checkpoint(root / run_id))
+            config.ckpt_path = str(resolve_checkpoint(root / run_id, self.rejected_checkpoints))
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand == "fit":
@@ -92,6 +93,9 @@ class LitPsionCLI(LightningCLI):
             config["logger"] = [csv, *loggers]
             config["default_root_dir"] = str(self.plan.run_dir)
             callbacks = [*callbacks, RunDirectory(self.plan)]
+            for callback in callbacks:
+                if isinstance(callback, Receipts):
+                    callback.rejected = list(self.rejected_checkpoints)
         elif config.get("logger") in (None, True):
             config["logger"] = False  # validate/test/predict print their metrics; no stray lightning_logs/
         return super()._instantiate_trainer(config, callbacks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -138,3 +139,18 @@ def test_every_torch_load_in_the_code_is_weights_only() -> None:
     assert calls, "the checkpoint loader uses torch.load"
     for path, match in calls:  # no call may leave weights_only unset or fall back to False
         assert "weights_only=True" in match.group(1), f"{path}: {match.group(0)}"
+
+
+def test_resuming_past_a_corrupt_checkpoint_receipts_the_rejection(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "6") == 0
+    run = tmp_path / read_latest(tmp_path)
+    _flip(WEIGHTS)(run / "checkpoints" / "step-000006")
+    assert fit(*root, "--trainer.max_steps", "9", "--ckpt_path", "last") == 0
+    chain = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    rejected = [r["body"] for r in chain if r["kind"] == "checkpoint" and r["body"]["durability"] == "rejected"]
+    assert [r["checkpoint"] for r in rejected] == ["checkpoints/step-000006"]
+    assert "model.safetensors' is corrupt" in rejected[0]["reason"]
+    resumed = next(r["body"] for r in chain if r["kind"] == "trainer_step" and r["body"]["checkpoint"])
+    assert resumed["checkpoint"] == "checkpoints/step-000003" and resumed["step_out"] == 4
+    assert main(["receipts", "verify", str(run)]) == 0
