@@ -86,6 +86,8 @@ class PointerCheckpoint(EvidenceCallback):
         self._last_saved_step = step
 
     def _prune(self, directory: Path, keep: str) -> None:
+        for staging in directory.glob(".step-*.tmp-*"):  # left by a process killed mid-write
+            shutil.rmtree(staging, ignore_errors=True)
         saved = sorted(p for p in directory.glob("step-*") if p.is_dir())
         for old in saved[: max(0, len(saved) - self.keep_last_k)]:
             if old.name != keep:

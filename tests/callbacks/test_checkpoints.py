@@ -154,3 +154,16 @@ def test_resuming_past_a_corrupt_checkpoint_receipts_the_rejection(tmp_path: Pat
     resumed = next(r["body"] for r in chain if r["kind"] == "trainer_step" and r["body"]["checkpoint"])
     assert resumed["checkpoint"] == "checkpoints/step-000003" and resumed["step_out"] == 4
     assert main(["receipts", "verify", str(run)]) == 0
+
+
+def test_a_write_killed_midway_is_never_pointed_at_and_is_cleaned_up(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "6") == 0
+    checkpoints = tmp_path / read_latest(tmp_path) / "checkpoints"
+    staging = checkpoints / ".step-000009.tmp-4242"  # what a SIGKILL during the next save leaves behind
+    staging.mkdir()
+    (staging / WEIGHTS).write_bytes(b"half a file")
+    assert resolve_checkpoint(checkpoints.parent).name == "step-000006"
+    assert fit(*root, "--trainer.max_steps", "9", "--ckpt_path", "last") == 0
+    assert not list(checkpoints.glob(".*")), "the next save removes what a killed write left"
+    assert read_json(checkpoints / "pointer.json")["step"] == 9
