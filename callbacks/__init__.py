@@ -5,6 +5,7 @@ from lit_psion.callbacks.evidence import EvidenceCallback, Receipts
 from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.run_dir import RunDirectory, RunPlan
 from lit_psion.callbacks.sample import GenerateSample
+from lit_psion.callbacks.telemetry import Telemetry
 
 __all__ = [
     "EvidenceCallback",
@@ -14,5 +15,6 @@ __all__ = [
     "Receipts",
     "RunDirectory",
     "RunPlan",
+    "Telemetry",
     "resolve_checkpoint",
 ]

@@ -25,6 +25,7 @@ from lit_psion.callbacks import (
     Receipts,
     RunDirectory,
     RunPlan,
+    Telemetry,
     resolve_checkpoint,
 )
 from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
@@ -62,6 +63,7 @@ class LitPsionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PointerCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Receipts, "receipts")
+        parser.add_lightning_class_args(Telemetry, "telemetry")
         parser.add_lightning_class_args(GenerateSample, "sample")
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
         parser.link_arguments("data.init_args.block_size", "model.init_args.decoder.block_size", apply_on="parse")

@@ -1,0 +1,30 @@
+"""Telemetry lands in metrics.csv, with sane values, and stays out of the receipt chain."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from lit_psion.callbacks.evidence import RECEIPTS_FILE
+from lit_psion.core.run import read_latest
+from tests.helpers import fit
+
+KEYS = ["grad_norm", "clip_ratio", "update_norm", "param_norm", "tokens_per_s", "flops_per_s", "mfu"]
+
+
+def test_telemetry_is_logged_on_log_steps(tmp_path: Path) -> None:
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.log_every_n_steps", "4", "--trainer.max_steps", "8",
+            "--trainer.gradient_clip_val", "0.05", "--telemetry.peak_flops", "1e12")  # fmt: skip
+    assert fit(*args) == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("telemetry/grad_norm")]
+    assert [int(r["step"]) for r in rows] == [3, 7]
+    for row in rows:
+        values = {key: float(row[f"telemetry/{key}"]) for key in KEYS}
+        assert values["grad_norm"] > 0 and values["update_norm"] > 0 and values["param_norm"] > 0
+        assert values["clip_ratio"] == pytest.approx(0.05 / values["grad_norm"], rel=1e-5)  # the tiny clip bites
+        assert values["clip_ratio"] < 1.0
+        assert values["tokens_per_s"] > 0 and values["mfu"] == pytest.approx(values["flops_per_s"] / 1e12, rel=1e-5)
+    assert "telemetry" not in (run_dir / RECEIPTS_FILE).read_text()
