@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from lit_psion.core import atomic_write_json, read_json, sha256_file
 from lit_psion.core.errors import CheckpointError
-from lit_psion.core.files import fsync_dir, fsync_path
+from lit_psion.core.files import fsync_path
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", "manifest.json"
 MANIFEST_VERSION = 1
@@ -50,11 +50,11 @@ class ManifestCheckpointIO(CheckpointIO):
                                                "files": files, "durability": "durable", **extra})  # fmt: skip
         for name in (WEIGHTS, STATE):
             fsync_path(staging / name)
-        fsync_dir(staging)
+        fsync_path(staging)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
-        fsync_dir(final.parent)
+        fsync_path(final.parent)
 
     @override
     def load_checkpoint(

@@ -73,6 +73,7 @@ class Receipts(EvidenceCallback):
         self.every_n_steps = every_n_steps
         self.chain: ReceiptLog | None = None
         self._batch_digest: str | None = None
+        self._cursor: tuple[int, int] | None = None
         self._resumed_from: str | None = None
         self.rejected: list[tuple[Path, str]] = []
         """Checkpoints skipped when resolving ``--ckpt_path last`` (receipted when training starts)."""

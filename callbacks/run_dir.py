@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -118,6 +117,3 @@ class RunDirectory(Callback):
         console.print(f"  checkpoint     {run_dir / 'checkpoints' / checkpoint}")
         console.print(f"  metrics        {run_dir / 'metrics.csv'}")
         console.print(f"  resume with    --trainer.default_root_dir {self.plan.root} --ckpt_path last")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.plan.run_id}

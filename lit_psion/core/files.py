@@ -25,7 +25,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -50,5 +50,3 @@ def fsync_path(path: str | Path) -> None:
     finally:
         os.close(fd)
 
-
-fsync_dir = fsync_path
