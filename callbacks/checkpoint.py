@@ -10,9 +10,11 @@ checkpoint that verifies when the pointed-to one does not.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,10 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from lit_psion.callbacks.checkpoint_io import EXTRA_KEY, MANIFEST, WEIGHTS, verify_checkpoint
+from lit_psion.callbacks.checkpoint_io import EXTRA_KEY, MANIFEST, WEIGHTS, ManifestCheckpointIO, verify_checkpoint
 from lit_psion.callbacks.evidence import STAGE, EvidenceCallback, receipt_log, run_relative
 from lit_psion.core import atomic_write_json, read_json, sha256_file
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
 from lit_psion.core.receipts import CheckpointReceipt
 
 POINTER_FILE = "pointer.json"
@@ -34,63 +36,116 @@ class PointerCheckpoint(EvidenceCallback):
 
     Args:
         every_n_train_steps: Steps between checkpoints.
-        keep_last_k: How many checkpoints to keep (the pointed-to one is never deleted).
+        keep_last_k: How many checkpoints to keep (the pointed-to one and an in-flight one are never deleted).
+        async_write: Write in a background thread while training goes on. The checkpoint is receipted
+            ``async_write_in_flight`` when the write starts and ``durable`` when it lands; only then does
+            the pointer move. One write is in flight at a time; the end of training and SIGTERM wait for it.
     """
 
-    def __init__(self, every_n_train_steps: int = 100, keep_last_k: int = 3) -> None:
+    def __init__(self, every_n_train_steps: int = 100, keep_last_k: int = 3, async_write: bool = False) -> None:
         if every_n_train_steps < 1:
             raise ConfigError(f"every_n_train_steps must be >= 1, got {every_n_train_steps!r}")
         if keep_last_k < 1:
             raise ConfigError(f"keep_last_k must be >= 1, got {keep_last_k!r}")
         self.every_n_train_steps = every_n_train_steps
         self.keep_last_k = keep_last_k
+        self.async_write = async_write
         self._last_saved_step = -1
+        self._in_flight: tuple[Path, Future] | None = None
 
     @staticmethod
     def directory(trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir) / "checkpoints"
 
     @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        io = trainer.strategy.checkpoint_io
+        if self.async_write and not isinstance(io, ManifestCheckpointIO):
+            raise ConfigError(
+                f"checkpoint.async_write needs lit_psion's ManifestCheckpointIO, but the strategy uses "
+                f"{type(io).__name__}; drop the custom checkpoint plugin or set --checkpoint.async_write false"
+            )
+        if isinstance(io, ManifestCheckpointIO):
+            io.async_write = self.async_write
+
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._collect(trainer, wait=False)
         # The last step is saved here, mid-epoch, rather than in on_train_end: by then Lightning has
         # closed the epoch, and a run resumed with a larger max_steps would skip to the next one.
         # After SIGTERM, Lightning stops right after this hook, so this is the clean place to save.
         step = trainer.global_step
         if step % self.every_n_train_steps == 0 or step == trainer.max_steps or trainer.received_sigterm:
             self.save(trainer)
+            if trainer.received_sigterm:
+                self._collect(trainer, wait=True)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        self._collect(trainer, wait=True)
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # A write already under way may still land; it becomes durable and pointed at only if it does.
+        if self._in_flight is not None and not isinstance(exception, CheckpointWriteError):
+            with contextlib.suppress(CheckpointWriteError):
+                self._collect(trainer, wait=True)
 
     def save(self, trainer: L.Trainer) -> None:
         step = trainer.global_step
         if step == self._last_saved_step or step == 0:
             return
-        directory = self.directory(trainer)
-        path = directory / f"step-{step:06d}"
+        self._collect(trainer, wait=True)  # one write in flight at a time
+        path = self.directory(trainer) / f"step-{step:06d}"
         trainer.save_checkpoint(path, weights_only=False)  # full trainer state, loadable with weights_only=True
+        self._last_saved_step = step
+        io = trainer.strategy.checkpoint_io
+        pending = io.take_pending() if isinstance(io, ManifestCheckpointIO) else None
+        if pending is None:
+            self._commit(trainer, path)
+            return
+        self._in_flight = (path, pending)
+        self.emit(trainer, CheckpointReceipt(
+            stage_id=STAGE, step=step, checkpoint=run_relative(trainer, path), manifest_digest=None,
+            object_digest=None, writer=f"rank{trainer.global_rank}", durability="async_write_in_flight",
+        ))  # fmt: skip
+
+    def _collect(self, trainer: L.Trainer, wait: bool) -> None:
+        """Commit the in-flight write if it has landed (or, with ``wait``, once it lands); re-raise its failure."""
+        if self._in_flight is None or not (wait or self._in_flight[1].done()):
+            return
+        (path, pending), self._in_flight = self._in_flight, None
+        pending.result()  # CheckpointWriteError from the writer thread surfaces here, on the training thread
+        self._commit(trainer, path)
+
+    def _commit(self, trainer: L.Trainer, path: Path) -> None:
+        """Point at the durable checkpoint ``path``, receipt it, and apply retention."""
         if trainer.is_global_zero:
+            directory = path.parent
             manifest_digest = sha256_file(path / MANIFEST)
-            pointer = {"step": step, "checkpoint": path.name, "manifest_sha256": manifest_digest}
+            manifest = read_json(path / MANIFEST)
+            pointer = {"step": manifest["step"], "checkpoint": path.name, "manifest_sha256": manifest_digest}
             atomic_write_json(directory / POINTER_FILE, pointer)
             self._prune(directory, keep=path.name)
             self.emit(trainer, CheckpointReceipt(
-                stage_id=STAGE, step=step, checkpoint=run_relative(trainer, path), manifest_digest=manifest_digest,
-                object_digest=read_json(path / MANIFEST)["files"][WEIGHTS]["sha256"],
+                stage_id=STAGE, step=manifest["step"], checkpoint=run_relative(trainer, path),
+                manifest_digest=manifest_digest, object_digest=manifest["files"][WEIGHTS]["sha256"],
                 writer=f"rank{trainer.global_rank}", durability="durable",
             ))  # fmt: skip
             if (log := receipt_log(trainer)) is not None:
                 log.sync()
-        trainer.strategy.barrier("lit_psion.checkpoint")
-        self._last_saved_step = step
+        if not self.async_write:  # other ranks wait for the pointer (an async commit happens on rank 0 alone)
+            trainer.strategy.barrier("lit_psion.checkpoint")
 
     def _prune(self, directory: Path, keep: str) -> None:
+        in_flight = self._in_flight[0].name if self._in_flight is not None else None
         for staging in directory.glob(".step-*.tmp-*"):  # left by a process killed mid-write
-            shutil.rmtree(staging, ignore_errors=True)
+            if in_flight is None or not staging.name.startswith(f".{in_flight}."):
+                shutil.rmtree(staging, ignore_errors=True)
         saved = sorted(p for p in directory.glob("step-*") if p.is_dir())
         for old in saved[: max(0, len(saved) - self.keep_last_k)]:
-            if old.name != keep:
+            if old.name not in (keep, in_flight):
                 shutil.rmtree(old)
 
     @override

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 from safetensors.torch import load_file, save_file
 from typing_extensions import override
 
 from lit_psion.core import atomic_write_json, read_json, sha256_file
-from lit_psion.core.errors import CheckpointError
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError
 from lit_psion.core.files import fsync_path
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", "manifest.json"
@@ -32,29 +34,40 @@ EXTRA_KEY = "lit_psion"
 
 
 class ManifestCheckpointIO(CheckpointIO):
-    """Lightning ``CheckpointIO`` for verified checkpoint directories (pass it in ``trainer.plugins``)."""
+    """Lightning ``CheckpointIO`` for verified checkpoint directories (pass it in ``trainer.plugins``).
+
+    With ``async_write`` set, :meth:`save_checkpoint` copies the tensors on the caller's thread and
+    writes in a background thread; the write's future is then collected with :meth:`take_pending`.
+    """
+
+    def __init__(self) -> None:
+        self.async_write = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        final = Path(path)
-        staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        # Tied weights share storage, which safetensors refuses: each tensor gets its own copy.
-        save_file({k: v.detach().contiguous().clone() for k, v in checkpoint["state_dict"].items()}, staging / WEIGHTS)
-        torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, staging / STATE)
-        files = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
-                 for name in (WEIGHTS, STATE)}  # fmt: skip
-        extra = checkpoint.get(EXTRA_KEY, {})
-        atomic_write_json(staging / MANIFEST, {"version": MANIFEST_VERSION, "step": checkpoint.get("global_step"),
-                                               "files": files, "durability": "durable", **extra})  # fmt: skip
-        for name in (WEIGHTS, STATE):
-            fsync_path(staging / name)
-        fsync_path(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-        fsync_path(final.parent)
+        if not self.async_write:
+            write_checkpoint(checkpoint, path)
+            return
+        if self._pending is not None:
+            raise RuntimeError("a checkpoint write is already in flight; collect it with take_pending() first")
+        # A point-in-time copy: training goes on mutating the parameters and optimizer state in place.
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-checkpoint")
+        self._pending = self._executor.submit(write_checkpoint, snapshot, path)
+
+    def take_pending(self) -> Future | None:
+        """The in-flight write started by the last async :meth:`save_checkpoint` (None if there is none)."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    @override
+    def teardown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     @override
     def load_checkpoint(
@@ -69,6 +82,41 @@ class ManifestCheckpointIO(CheckpointIO):
     @override
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``checkpoint`` to the directory ``path``: staged, fsynced, renamed into place.
+
+    Raises:
+        CheckpointWriteError: the write failed (disk full, I/O error); nothing is left at ``path``'s
+            staging name and an existing ``path`` is untouched.
+    """
+    final = Path(path)
+    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        # Tied weights share storage, which safetensors refuses: each tensor gets its own copy.
+        save_file({k: v.detach().contiguous().clone() for k, v in checkpoint["state_dict"].items()}, staging / WEIGHTS)
+        torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, staging / STATE)
+        files = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+                 for name in (WEIGHTS, STATE)}  # fmt: skip
+        extra = checkpoint.get(EXTRA_KEY, {})
+        atomic_write_json(staging / MANIFEST, {"version": MANIFEST_VERSION, "step": checkpoint.get("global_step"),
+                                               "files": files, "durability": "durable", **extra})  # fmt: skip
+        for name in (WEIGHTS, STATE):
+            fsync_path(staging / name)
+        fsync_path(staging)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointWriteError(
+            f"writing checkpoint {str(final)!r} failed: {error.strerror or error}; "
+            "the previous checkpoint is still the pointed-to one (free space or fix the disk, then --ckpt_path last)"
+        ) from error
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    fsync_path(final.parent)
 
 
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:

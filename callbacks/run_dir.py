@@ -16,6 +16,7 @@ from lit_psion import __version__
 from lit_psion.callbacks.checkpoint import POINTER_FILE
 from lit_psion.callbacks.evidence import receipt_log
 from lit_psion.core import RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
+from lit_psion.core.errors import failure_class
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
 
@@ -64,10 +65,12 @@ class RunDirectory(Callback):
         self.record.save(run_dir)
         write_latest(self.plan.root, self.plan.run_id)
 
-    def _update(self, trainer: L.Trainer, status: RunStatus, failure: str | None = None) -> None:
+    def _update(self, trainer: L.Trainer, status: RunStatus, failure: BaseException | None = None) -> None:
         if self.record is None:
             return
-        self.record.status, self.record.failure = status, failure
+        self.record.status = status
+        self.record.failure = f"{type(failure).__name__}: {failure}" if failure is not None else None
+        self.record.failure_class = failure_class(failure) if failure is not None else None
         self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -103,7 +106,7 @@ class RunDirectory(Callback):
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             self._update(trainer, RunStatus.PAUSED)
         else:
-            self._update(trainer, RunStatus.FAILED, failure=f"{type(exception).__name__}: {exception}")
+            self._update(trainer, RunStatus.FAILED, failure=exception)
 
     def _print_summary(self, trainer: L.Trainer) -> None:
         run_dir = self.plan.run_dir

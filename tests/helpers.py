@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_psion.callbacks import checkpoint_io
 from lit_psion.callbacks.checkpoint import resolve_checkpoint
 from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
 from lit_psion.callbacks.evidence import EvidenceCallback
@@ -57,6 +60,40 @@ class SigtermAt(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step + 1 == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class KillDuringCheckpointWrite(Callback):
+    """SIGKILL this process while checkpoint ``step`` is half written: its files staged, not yet renamed."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        original, marker = checkpoint_io.fsync_path, f".step-{self.step:06d}.tmp-"
+
+        def fsync_then_die(path: str | os.PathLike) -> None:
+            if marker in str(path):
+                os.kill(os.getpid(), signal.SIGKILL)
+            original(path)
+
+        checkpoint_io.fsync_path = fsync_then_die
+
+
+class SlowCheckpointWrites(Callback):
+    """Make the background write of checkpoint ``step`` stall ``seconds`` before it serializes anything."""
+
+    def __init__(self, step: int, seconds: float) -> None:
+        self.step, self.seconds = step, seconds
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        original, seconds, marker = checkpoint_io.save_file, self.seconds, f".step-{self.step:06d}.tmp-"
+
+        def slow_save_file(tensors: dict, filename: str | os.PathLike) -> None:
+            if threading.current_thread() is not threading.main_thread() and marker in str(filename):
+                time.sleep(seconds)
+            original(tensors, filename)
+
+        checkpoint_io.save_file = slow_save_file
 
 
 def callbacks_config(path: Path, *callbacks: tuple[str, dict]) -> str:

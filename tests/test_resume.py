@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules import CorpusDataModule
@@ -26,15 +27,15 @@ def test_epoch_length_is_what_the_cases_assume() -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list]:
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list, Path]:
     root = tmp_path_factory.mktemp("full")
     extra = callbacks_config(root / "cb.json", ("RecordConsumed", {"path": str(root / "ids.jsonl")}))
     assert fit(*DATA, "--config", extra, "--trainer.default_root_dir", str(root), "--trainer.max_steps", str(N)) == 0
-    return latest_checkpoint(root), consumed(root / "ids.jsonl")
+    return latest_checkpoint(root), consumed(root / "ids.jsonl"), root / read_latest(root)
 
 
-def _assert_same_run(resumed: dict, resumed_ids: list, uninterrupted: tuple[dict, list]) -> None:
-    reference, reference_ids = uninterrupted
+def _assert_same_run(resumed: dict, resumed_ids: list, uninterrupted: tuple[dict, list, Path]) -> None:
+    reference, reference_ids, _ = uninterrupted
     assert resumed["global_step"] == reference["global_step"] == N
     assert_tree_equal(resumed["state_dict"], reference["state_dict"], "state_dict")
     assert_tree_equal(resumed["optimizer_states"], reference["optimizer_states"], "optimizer_states")
@@ -43,10 +44,17 @@ def _assert_same_run(resumed: dict, resumed_ids: list, uninterrupted: tuple[dict
     assert len(resumed_ids) == N
 
 
-@pytest.mark.parametrize("k", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2], ids=["epoch-boundary", "mid-epoch"])
-def test_stop_and_resume_is_bitwise_identical(k: int, tmp_path: Path, uninterrupted: tuple[dict, list]) -> None:
+@pytest.mark.parametrize(
+    ("k", "writes"),
+    [(STEPS_PER_EPOCH, "sync"), (STEPS_PER_EPOCH + 2, "sync"), (STEPS_PER_EPOCH + 2, "async")],
+    ids=["epoch-boundary", "mid-epoch", "mid-epoch-async-writes"],
+)
+def test_stop_and_resume_is_bitwise_identical(
+    k: int, writes: str, tmp_path: Path, uninterrupted: tuple[dict, list, Path]
+) -> None:
     extra = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(tmp_path / "ids.jsonl")}))
     common = (*DATA, "--config", extra, "--trainer.default_root_dir", str(tmp_path))
+    common += ("--checkpoint.async_write", str(writes == "async").lower())
     assert fit(*common, "--trainer.max_steps", str(k)) == 0
     assert fit(*common, "--trainer.max_steps", str(N), "--ckpt_path", "last") == 0
     runs = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
@@ -54,7 +62,7 @@ def test_stop_and_resume_is_bitwise_identical(k: int, tmp_path: Path, uninterrup
     _assert_same_run(latest_checkpoint(tmp_path), consumed(tmp_path / "ids.jsonl"), uninterrupted)
 
 
-def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path, uninterrupted: tuple[dict, list]) -> None:
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path, uninterrupted: tuple[dict, list, Path]) -> None:
     ids = tmp_path / "ids.jsonl"
     killed = callbacks_config(tmp_path / "kill.json", ("RecordConsumed", {"path": str(ids)}), ("KillAt", {"step": 8}))
     common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N))
@@ -66,14 +74,16 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path, uninterrupted
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
 
 
+@pytest.mark.parametrize("writes", ["sync", "async"])
 def test_sigterm_pauses_after_a_checkpoint_and_resumes_bitwise(
-    tmp_path: Path, uninterrupted: tuple[dict, list]
+    writes: str, tmp_path: Path, uninterrupted: tuple[dict, list, Path]
 ) -> None:
     ids = tmp_path / "ids.jsonl"
     stopped = callbacks_config(
         tmp_path / "term.json", ("RecordConsumed", {"path": str(ids)}), ("SigtermAt", {"step": 5})
     )
     common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N))
+    common += ("--checkpoint.async_write", str(writes == "async").lower())
     result = fit_subprocess(*common, "--config", stopped)
     assert result.returncode == 143, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("lit_psion: paused by SIGTERM")
@@ -83,3 +93,17 @@ def test_sigterm_pauses_after_a_checkpoint_and_resumes_bitwise(
     resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
     assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
+
+
+def test_an_async_write_holds_the_state_of_its_step_while_training_goes_on(
+    tmp_path: Path, uninterrupted: tuple[dict, list, Path]
+) -> None:
+    # step 6's background write stalls while steps 7 and 8 update the weights and optimizer in place
+    slow = callbacks_config(tmp_path / "slow.json", ("SlowCheckpointWrites", {"step": 6, "seconds": 3}))
+    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--checkpoint.async_write", "true")
+    assert fit(*common, "--config", slow, "--trainer.max_steps", "9") == 0
+    io = ManifestCheckpointIO()
+    written = io.load_checkpoint(tmp_path / read_latest(tmp_path) / "checkpoints" / "step-000006")
+    reference = io.load_checkpoint(uninterrupted[2] / "checkpoints" / "step-000006")
+    assert_tree_equal(written["state_dict"], reference["state_dict"], "state_dict")
+    assert_tree_equal(written["optimizer_states"], reference["optimizer_states"], "optimizer_states")

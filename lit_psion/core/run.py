@@ -47,6 +47,8 @@ class RunRecord:
     """Digest of the newest receipt when run.json was last written (catches a truncated receipts.jsonl)."""
     attempts: int = 0
     failure: str | None = None
+    failure_class: str | None = None
+    """Why a failed run failed, one of the classes in docs/cli.md (``checkpoint_flush_failed``, ...)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         record = dataclasses.asdict(self)

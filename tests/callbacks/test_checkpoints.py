@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -12,15 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
+from lit_psion.callbacks import checkpoint_io
 from lit_psion.callbacks.checkpoint import resolve_checkpoint
 from lit_psion.callbacks.checkpoint_io import STATE, WEIGHTS, ManifestCheckpointIO, verify_checkpoint
 from lit_psion.cli import main
 from lit_psion.core import read_json
-from lit_psion.core.errors import CheckpointError
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError
 from lit_psion.core.run import read_latest
-from tests.helpers import REPO_ROOT, fit
+from tests.helpers import REPO_ROOT, callbacks_config, fit, fit_subprocess, latest_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +159,85 @@ def test_resuming_past_a_corrupt_checkpoint_receipts_the_rejection(tmp_path: Pat
     assert main(["receipts", "verify", str(run)]) == 0
 
 
-def test_a_write_killed_midway_is_never_pointed_at_and_is_cleaned_up(tmp_path: Path) -> None:
-    root = ("--trainer.default_root_dir", str(tmp_path))
-    assert fit(*root, "--trainer.max_steps", "6") == 0
-    checkpoints = tmp_path / read_latest(tmp_path) / "checkpoints"
-    staging = checkpoints / ".step-000009.tmp-4242"  # what a SIGKILL during the next save leaves behind
-    staging.mkdir()
-    (staging / WEIGHTS).write_bytes(b"half a file")
-    assert resolve_checkpoint(checkpoints.parent).name == "step-000006"
-    assert fit(*root, "--trainer.max_steps", "9", "--ckpt_path", "last") == 0
-    assert not list(checkpoints.glob(".*")), "the next save removes what a killed write left"
+def _chain(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+
+
+def _checkpoint_receipts(run: Path) -> list[tuple[int, str]]:
+    return [(r["body"]["step"], r["body"]["durability"]) for r in _chain(run) if r["kind"] == "checkpoint"]
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_pointer_on_the_previous_one(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9")
+    killed = callbacks_config(tmp_path / "kill.json", ("KillDuringCheckpointWrite", {"step": 6}))
+    result = fit_subprocess(*root, "--config", killed)
+    assert result.returncode == -9, result.stderr[-2000:]
+    run = tmp_path / read_latest(tmp_path)
+    checkpoints = run / "checkpoints"
+    assert [p.name for p in checkpoints.glob(".step-000006.tmp-*")], "the kill landed mid-write"
+    assert read_json(checkpoints / "pointer.json")["step"] == 3
+    assert resolve_checkpoint(run).name == "step-000003"
+    assert fit(*root, "--ckpt_path", "last") == 0
+    assert not list(checkpoints.glob(".*")), "the next save removes what the killed write left"
     assert read_json(checkpoints / "pointer.json")["step"] == 9
+    assert main(["receipts", "verify", str(run)]) == 0
+
+
+def test_async_write_killed_before_durable_never_moves_the_pointer(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9", "--checkpoint.async_write", "true")
+    killed = callbacks_config(
+        tmp_path / "kill.json", ("SlowCheckpointWrites", {"step": 6, "seconds": 60}), ("KillAt", {"step": 7})
+    )  # save(6) returns at once; its write is still stalled when step 7 ends and the process dies
+    result = fit_subprocess(*root, "--config", killed)
+    assert result.returncode == -9, result.stderr[-2000:]
+    run = tmp_path / read_latest(tmp_path)
+    assert (6, "async_write_in_flight") in _checkpoint_receipts(run)
+    assert (6, "durable") not in _checkpoint_receipts(run)
+    assert read_json(run / "checkpoints" / "pointer.json")["step"] == 3
+    assert fit(*root, "--ckpt_path", "last") == 0
+    assert latest_checkpoint(tmp_path)["global_step"] == 9
+    assert not list((run / "checkpoints").glob(".*"))
+    receipts = _checkpoint_receipts(run)
+    assert receipts[-2:] == [(9, "async_write_in_flight"), (9, "durable")]
+    assert main(["receipts", "verify", str(run)]) == 0
+
+
+def test_async_writes_become_durable_in_order_and_retention_keeps_the_pointed(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "12")
+    assert fit(*root, "--checkpoint.async_write", "true", "--checkpoint.keep_last_k", "1") == 0
+    run = tmp_path / read_latest(tmp_path)
+    receipts = _checkpoint_receipts(run)
+    assert receipts == [(s, d) for s in (3, 6, 9, 12) for d in ("async_write_in_flight", "durable")]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["pointer.json", "step-000012"]
+    verify_checkpoint(run / "checkpoints" / "step-000012")
+
+
+@pytest.mark.parametrize("async_write", [False, True], ids=["sync", "async"])
+def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
+    async_write: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    writes = []
+
+    def save_file(tensors: dict, filename: Path) -> None:
+        writes.append(filename)
+        if len(writes) == 3:  # the step-9 checkpoint
+            Path(filename).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+        safetensors.torch.save_file(tensors, filename)
+
+    monkeypatch.setattr(checkpoint_io, "save_file", save_file)
+    root = ("--trainer.default_root_dir", str(tmp_path), "--checkpoint.keep_last_k", "2")
+    code = fit(*root, "--checkpoint.async_write", str(async_write).lower())
+    assert code == CheckpointWriteError.exit_code == 6
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("lit_psion: error: writing checkpoint") and "No space left on device" in error
+    run = tmp_path / read_latest(tmp_path)
+    record = read_json(run / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", "checkpoint_flush_failed")
+    checkpoints = run / "checkpoints"
+    assert read_json(checkpoints / "pointer.json")["step"] == 6
+    # retention did not run for the failed write: with keep_last_k 2 it would have removed step 3
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["pointer.json", "step-000003", "step-000006"]
+    verify_checkpoint(checkpoints / "step-000006")
+    assert (9, "durable") not in _checkpoint_receipts(run)
+    assert main(["receipts", "verify", str(run)]) == 0
