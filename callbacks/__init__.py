@@ -1,6 +1,7 @@
 """Callbacks, one concern each (imported as ``lit_psion.callbacks``)."""
 
 from lit_psion.callbacks.checkpoint import PointerCheckpoint, resolve_checkpoint
+from lit_psion.callbacks.dashboard import Dashboard
 from lit_psion.callbacks.evidence import EvidenceCallback, Receipts
 from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.run_dir import RunDirectory, RunPlan
@@ -8,6 +9,7 @@ from lit_psion.callbacks.sample import GenerateSample
 from lit_psion.callbacks.telemetry import Telemetry
 
 __all__ = [
+    "Dashboard",
     "EvidenceCallback",
     "GenerateSample",
     "PointerCheckpoint",

@@ -1,7 +1,9 @@
 """``python -m lit_psion fit|validate|test|predict --config X.yaml``: LightningCLI plus the run directory.
 
+Also ``receipts verify RUN_DIR``, ``ckpt verify RUN_DIR`` and ``compare RUN_DIR [RUN_DIR ...]``.
 Exit codes (docs/cli.md): 0 success, 1 unexpected error, 2 bad argument or config, 3 bad data,
-4 bad or missing checkpoint, 130 interrupted.
+4 bad or missing checkpoint, 5 evidence that does not verify, 6 checkpoint write failed,
+130 interrupted, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from typing import Any
 import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from rich.console import Console
+from rich.table import Column, Table
 
 from lit_psion.callbacks import (
+    Dashboard,
     GenerateSample,
     PointerCheckpoint,
     ProgressBar,
@@ -30,11 +36,13 @@ from lit_psion.callbacks import (
 )
 from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
 from lit_psion.callbacks.evidence import RECEIPTS_FILE
+from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.core import new_run_id
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LitPsionError
 from lit_psion.core.receipts import verify_log
 from lit_psion.core.run import RUN_FILE, RunRecord, read_latest
 from lit_psion.loggers import RunCSVLogger
+from lit_psion.report import compare
 
 DEFAULT_ROOT = "runs"
 EXIT_INTERRUPTED = 130
@@ -64,6 +72,7 @@ class LitPsionCLI(LightningCLI):
         parser.add_lightning_class_args(PointerCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Receipts, "receipts")
         parser.add_lightning_class_args(Telemetry, "telemetry")
+        parser.add_lightning_class_args(Dashboard, "dashboard")
         parser.add_lightning_class_args(GenerateSample, "sample")
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
         parser.link_arguments("data.init_args.block_size", "model.init_args.decoder.block_size", apply_on="parse")
@@ -84,6 +93,7 @@ class LitPsionCLI(LightningCLI):
         if self.subcommand == "fit":
             yaml = self._parser(self.subcommand).dump(config, skip_none=False)
             self.plan = RunPlan(root=root, run_id=run_id or new_run_id(), resumed=run_id is not None, config_yaml=yaml)
+            _place_wandb_runs(config.trainer.logger, self.plan)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
         plugins = config.get("plugins") or []
@@ -95,12 +105,38 @@ class LitPsionCLI(LightningCLI):
             config["logger"] = [csv, *loggers]
             config["default_root_dir"] = str(self.plan.run_dir)
             callbacks = [*callbacks, RunDirectory(self.plan)]
+            if any(isinstance(logger, WandbLogger) for logger in config["logger"]):
+                callbacks.append(WandbEvidence())
             for callback in callbacks:
                 if isinstance(callback, Receipts):
                     callback.rejected = list(self.rejected_checkpoints)
         elif config.get("logger") in (None, True):
             config["logger"] = False  # validate/test/predict print their metrics; no stray lightning_logs/
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _place_wandb_runs(loggers: Any, plan: RunPlan) -> None:
+    """Give each configured WandbLogger the run's id, name and directory; go offline without an API key."""
+    entries = loggers if isinstance(loggers, list) else [loggers]
+    for entry in entries:
+        if not str(getattr(entry, "class_path", "")).endswith("WandbLogger"):
+            continue
+        init_args = entry.init_args
+        init_args.save_dir = str(plan.run_dir)
+        for key in ("id", "name"):
+            if init_args.get(key) is None:
+                init_args[key] = plan.run_id
+        if not _wandb_api_key() and "WANDB_MODE" not in os.environ:
+            os.environ["WANDB_MODE"] = "offline"
+            print("lit_psion: no W&B API key: logging to W&B offline under the run directory (wandb sync to upload)",
+                  file=sys.stderr)  # fmt: skip
+
+
+def _wandb_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
 def verify_command(args: list[str]) -> None:
@@ -123,13 +159,42 @@ def verify_command(args: list[str]) -> None:
     print(f"ok: {result.describe()}")
 
 
+def compare_command(args: list[str]) -> None:
+    """``compare RUN_DIR [RUN_DIR ...] [--out DIR]``: config diff, final metrics, evidence, overlay plots."""
+    parser = argparse.ArgumentParser(prog="python -m lit_psion compare", exit_on_error=False)
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", type=Path, default=Path("compare"), help="where the PNGs and index.html go")
+    parsed = parser.parse_args(args)
+    result = compare(parsed.run_dirs, parsed.out)
+    labels = result["labels"]
+    console = Console(highlight=False, soft_wrap=True)
+    diff = Table(Column("config key", overflow="fold"), *labels, title="config differences")
+    for key, values in result["config_diff"]:
+        diff.add_row(key, *(str(v) for v in values))
+    console.print(diff if result["config_diff"] else "configs are identical")
+    finals = Table("metric", *labels, title="final metrics")
+    for key in result["metrics"]:
+        finals.add_row(key, *(_format(result["final"][label].get(key)) for label in labels))
+    for field in ("status", "global_step", "receipts_head", "checkpoint"):
+        finals.add_row(field, *(str(facts[field])[:16] for facts in result["evidence"]))
+    console.print(finals)
+    console.print(f"overlay plots: {result['page']}")
+
+
+def _format(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to" chatter
     try:
-        if (sys.argv[1:] if args is None else args)[:1] in (["receipts"], ["ckpt"]):
-            verify_command(sys.argv[1:] if args is None else args)
+        argv = sys.argv[1:] if args is None else args
+        if argv[:1] in (["receipts"], ["ckpt"]):
+            verify_command(argv)
+        elif argv[:1] == ["compare"]:
+            compare_command(argv[1:])
         else:
             LitPsionCLI(args=args)
     except KeyboardInterrupt:

@@ -1,0 +1,47 @@
+"""``dashboard/index.html`` with PNG plots, rewritten at every validation and when fit ends.
+
+The page is static (it opens from the file system, no server) and is built from the run's own
+files, so it shows exactly what ``metrics.csv`` and ``run.json`` say.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from typing_extensions import override
+
+from lit_psion.loggers import RunCSVLogger
+from lit_psion.report import write_dashboard
+
+
+class Dashboard(Callback):
+    """Write the run's dashboard (train/val loss, lr, norms, throughput) at validation and at the end.
+
+    Args:
+        enabled: False writes nothing.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def write(self, trainer: L.Trainer) -> Path | None:
+        run_dir = Path(trainer.default_root_dir)
+        if not self.enabled or not trainer.is_global_zero or not (run_dir / "run.json").is_file():
+            return None
+        for logger in trainer.loggers:
+            if isinstance(logger, RunCSVLogger):
+                logger.save()  # flush buffered rows into metrics.csv
+        return write_dashboard(run_dir)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self.write(trainer)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # after on_fit_end, so run.json already holds the final status
+            self.write(trainer)

@@ -1,0 +1,71 @@
+"""W&B run summary with lit_psion's evidence, so W&B's run comparison shows what produced each run.
+
+Added by the CLI whenever a Lightning ``WandbLogger`` is configured (``configs/overlays/wandb.yaml``). It
+logs the resolved config once, and puts the run id, the receipt-chain head, the config, data and
+model digests and the pointed-to checkpoint's digests into the W&B summary at every durable
+checkpoint and when fit ends. W&B stays telemetry: receipts and run.json remain the truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
+from typing_extensions import override
+
+from lit_psion.callbacks.checkpoint_io import MANIFEST, WEIGHTS
+from lit_psion.core import read_json
+from lit_psion.report import evidence
+
+PREFIX = "lit_psion/"
+
+
+def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
+class WandbEvidence(Callback):
+    """Keep the W&B summary of each ``WandbLogger`` in step with the run's evidence."""
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        config = Path(trainer.default_root_dir) / "config.yaml"
+        for logger in wandb_loggers(trainer):
+            if config.is_file():
+                logger.log_hyperparams(OmegaConf.to_container(OmegaConf.load(config)))
+        self.update(trainer)
+
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.update(trainer)  # the previous durable checkpoint; the final one is recorded at the end
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.update(trainer)
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        paused = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        self.update(trainer, status="paused" if paused else "failed")
+
+    def update(self, trainer: L.Trainer, status: str | None = None) -> dict[str, Any]:
+        run_dir = Path(trainer.default_root_dir)
+        if not trainer.is_global_zero or not (run_dir / "run.json").is_file():
+            return {}
+        facts = evidence(run_dir)
+        if status is not None:
+            facts["status"] = status
+        if facts["checkpoint"]:
+            manifest = run_dir / "checkpoints" / facts["checkpoint"] / MANIFEST
+            if manifest.is_file():
+                facts["checkpoint_weights_sha256"] = read_json(manifest)["files"][WEIGHTS]["sha256"]
+        summary = {PREFIX + key: value for key, value in facts.items() if value is not None}
+        for logger in wandb_loggers(trainer):
+            logger.experiment.summary.update(summary)
+        return summary

@@ -1,0 +1,223 @@
+"""Plots and pages built from run directories: the live dashboard and ``compare`` share them.
+
+Everything here reads what a run already wrote (``metrics.csv``, ``run.json``, ``config.yaml``,
+``checkpoints/pointer.json``) and writes static files: PNGs drawn with matplotlib and an HTML
+page that opens from the file system with no server.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt
+from omegaconf import OmegaConf
+
+from lit_psion.core import RunRecord, atomic_write_bytes, atomic_write_text, read_json
+from lit_psion.core.errors import ConfigError
+
+PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "loss": ("loss", ("train/loss", "val/loss")),
+    "lr": ("learning rate", ("train/lr",)),
+    "norms": ("norms", ("telemetry/grad_norm", "telemetry/update_norm", "telemetry/param_norm")),
+    "throughput": ("tokens/s", ("telemetry/tokens_per_s",)),
+}
+"""PNG name -> (title, metric keys drawn in it)."""
+
+Series = dict[str, list[tuple[int, float]]]
+"""metric key -> [(step, value), ...] in step order."""
+
+
+def read_metrics(run_dir: str | Path) -> Series:
+    """Every metric in ``run_dir/metrics.csv`` as (step, value) pairs; empty if there is no file yet."""
+    path = Path(run_dir) / "metrics.csv"
+    series: Series = {}
+    if not path.is_file():
+        return series
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(row["step"])
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in (None, ""):
+                    series.setdefault(key, []).append((step, float(value)))
+    return {key: sorted(points) for key, points in series.items()}
+
+
+def last_values(series: Series) -> dict[str, float]:
+    return {key: points[-1][1] for key, points in series.items() if points}
+
+
+def plot_panel(runs: dict[str, Series], panel: str, path: Path) -> bool:
+    """Draw ``panel`` for every run (one colour per run, one line style per metric); False if nothing to draw."""
+    title, keys = PANELS[panel]
+    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    drawn = False
+    styles = ("-", "--", ":")
+    for colour, (label, series) in enumerate(runs.items()):
+        for style, key in zip(styles, keys, strict=False):
+            points = [(s, v) for s, v in series.get(key, []) if math.isfinite(v)]
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            name = key if len(runs) == 1 else f"{label} {key}"
+            axes.plot(steps, values, style, color=f"C{colour}", label=name, marker="o" if len(points) < 3 else None)
+            drawn = True
+    if drawn:
+        axes.set_title(title)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        buffer = io.BytesIO()
+        figure.tight_layout()
+        figure.savefig(buffer, format="png")
+        atomic_write_bytes(path, buffer.getvalue())
+    plt.close(figure)
+    return drawn
+
+
+def write_plots(runs: dict[str, Series], directory: Path) -> list[str]:
+    """Write every panel that has data into ``directory``; return the PNG names written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return [f"{panel}.png" for panel in PANELS if plot_panel(runs, panel, directory / f"{panel}.png")]
+
+
+def evidence(run_dir: Path) -> dict[str, Any]:
+    """What a run's files say about it: status, step, digests, the pointed-to checkpoint."""
+    record = RunRecord.load(run_dir)
+    pointer_path = run_dir / "checkpoints" / "pointer.json"
+    pointer = read_json(pointer_path) if pointer_path.is_file() else {}
+    return {
+        "run_id": record.run_id,
+        "status": str(record.status),
+        "failure_class": record.failure_class,
+        "global_step": record.global_step,
+        "receipts_head": record.receipts_head,
+        "config_digest": record.config_digest,
+        "data_manifest_digest": record.data_manifest_digest,
+        "model_signature": record.model_signature,
+        "checkpoint": pointer.get("checkpoint"),
+        "checkpoint_manifest_sha256": pointer.get("manifest_sha256"),
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; font-family: monospace; }}
+img {{ max-width: 48%; margin: 0.5em 1% 0.5em 0; }}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def write_page(path: Path, title: str, sections: Sequence[tuple[str, str]], images: Sequence[str]) -> None:
+    """An HTML page of (heading, table html) sections and images relative to the page."""
+    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
+    body += "<h2>plots</h2>" + "".join(f'<img src="{html.escape(name)}" alt="{html.escape(name)}">' for name in images)
+    atomic_write_text(path, PAGE.format(title=html.escape(title), body=body))
+
+
+def write_dashboard(run_dir: str | Path) -> Path:
+    """``run_dir/dashboard/index.html`` and its PNGs, from the run's files as they are now."""
+    run_dir = Path(run_dir)
+    directory = run_dir / "dashboard"
+    series = read_metrics(run_dir)
+    images = write_plots({run_dir.name: series}, directory)
+    facts = evidence(run_dir)
+    latest = sorted(last_values(series).items())
+    write_page(
+        directory / "index.html",
+        f"lit_psion run {facts['run_id']}",
+        [
+            ("run", _table(["field", "value"], list(facts.items()))),
+            ("latest metrics", _table(["metric", "value"], latest)),
+        ],
+        images,
+    )
+    return directory / "index.html"
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): node}
+
+
+def config_diff(run_dirs: Sequence[Path]) -> list[tuple[str, list[Any]]]:
+    """Dotted config keys whose values differ between runs, with each run's value (absent: None)."""
+    flats = []
+    for run_dir in run_dirs:
+        path = run_dir / "config.yaml"
+        flats.append(_flatten(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {})
+    keys = sorted(set().union(*flats))
+    rows = [(key, [flat.get(key) for flat in flats]) for key in keys]
+    return [(key, values) for key, values in rows if len({repr(v) for v in values}) > 1]
+
+
+def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Compare runs: config diff, final metrics and evidence, overlay plots in ``out`` (PNG + index.html).
+
+    Raises:
+        ConfigError: a path that is not a run directory, or fewer than one run.
+    """
+    runs = [Path(r) for r in run_dirs]
+    if not runs:
+        raise ConfigError("compare needs at least one RUN_DIR (a directory holding run.json)")
+    for run in runs:
+        if not (run / "run.json").is_file():
+            raise ConfigError(f"{str(run)!r} is not a run directory (no run.json); give <root>/<run_id>")
+    labels = _labels(runs)
+    series = {label: read_metrics(run) for label, run in zip(labels, runs, strict=True)}
+    finals = {label: last_values(s) for label, s in series.items()}
+    metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss"))})
+    out = Path(out)
+    images = write_plots(series, out)
+    diff = config_diff(runs)
+    facts = [evidence(run) for run in runs]
+    fields = ("status", "global_step", "receipts_head", "checkpoint", "checkpoint_manifest_sha256")
+    final_rows = [(key, *(finals[label].get(key) for label in labels)) for key in metric_keys]
+    write_page(
+        out / "index.html",
+        f"lit_psion compare: {', '.join(labels)}",
+        [
+            ("config differences", _table(["key", *labels], [(k, *v) for k, v in diff])),
+            ("final metrics", _table(["metric", *labels], final_rows)),
+            ("evidence", _table(["field", *labels], [(f, *(e[f] for e in facts)) for f in fields])),
+        ],
+        images,
+    )
+    return {"labels": labels, "config_diff": diff, "final": finals, "metrics": metric_keys, "evidence": facts,
+            "page": out / "index.html", "images": images}  # fmt: skip
+
+
+def _labels(runs: Sequence[Path]) -> list[str]:
+    names = [run.name for run in runs]
+    return names if len(set(names)) == len(names) else [str(run) for run in runs]

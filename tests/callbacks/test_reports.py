@@ -1,0 +1,75 @@
+"""Dashboard, ``compare`` and the W&B preset: files a user opens after (or during) a run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core import read_json
+from lit_psion.core.run import read_latest
+from lit_psion.report import PANELS, read_metrics
+from tests.helpers import fit, fit_subprocess
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("reports")
+    assert fit("--trainer.default_root_dir", str(root / "a")) == 0
+    assert fit("--trainer.default_root_dir", str(root / "b"), "--model.init_args.optimizer.lr", "0.01") == 0
+    return root / "a" / read_latest(root / "a"), root / "b" / read_latest(root / "b")
+
+
+def _png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dashboard_shows_the_finished_run(two_runs: tuple[Path, Path]) -> None:
+    run = two_runs[0]
+    page = (run / "dashboard" / "index.html").read_text()
+    for panel in PANELS:
+        assert _png(run / "dashboard" / f"{panel}.png"), panel
+        assert f'src="{panel}.png"' in page  # relative: opens from the file system
+    record = read_json(run / "run.json")
+    assert "<td>completed</td>" in page and record["receipts_head"] in page
+    final_loss = read_metrics(run)["val/loss"][-1][1]
+    assert f"{final_loss:.6g}" in page
+
+
+def test_compare_prints_the_config_diff_and_final_metrics(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, two_runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"model\.init_args\.optimizer\.lr\s*│\s*0\.003\s*│\s*0\.01", printed), printed
+    for run in two_runs:
+        assert f"{read_metrics(run)['val/loss'][-1][1]:.4f}" in printed
+    assert _png(out / "loss.png") and 'src="loss.png"' in (out / "index.html").read_text()
+
+
+def test_compare_refuses_a_path_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_wandb_offline_run_holds_the_config_and_evidence_digests(tmp_path: Path) -> None:
+    result = fit_subprocess("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / read_latest(tmp_path)
+    (stream,) = run.glob(f"wandb/offline-run-*-{run.name}/run-{run.name}.wandb")  # W&B id = lit_psion run id
+    data = stream.read_bytes()
+    record, pointer = read_json(run / "run.json"), read_json(run / "checkpoints" / "pointer.json")
+    manifest = read_json(run / "checkpoints" / pointer["checkpoint"] / "manifest.json")
+    for key, value in [
+        ("lit_psion/receipts_head", record["receipts_head"]),
+        ("lit_psion/checkpoint_manifest_sha256", pointer["manifest_sha256"]),
+        ("lit_psion/checkpoint_weights_sha256", manifest["files"]["model.safetensors"]["sha256"]),
+        ("lit_psion/data_manifest_digest", record["data_manifest_digest"]),
+        ("lit_psion/status", "completed"),
+    ]:
+        assert key.encode() in data and value.encode() in data, key
+    assert b"tiny_corpus.txt" in data  # the resolved config was logged
