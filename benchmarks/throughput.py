@@ -11,6 +11,13 @@ excluded on both sides.
 
 The last line of stdout is one JSON object; ``ratio`` is lit_psion tokens/s over plain tokens/s (median
 of the per-round ratios).
+
+``--against evidence-off`` measures what the evidence layer costs instead: lit_psion with a step
+receipt every step, telemetry and a checkpoint every ``--checkpoint-every`` steps (all inside the
+timed window) against lit_psion with step receipts, telemetry and checkpoints off. ``overhead`` is
+1 - on/off (target <= 3%).
+
+    LIT_PSION_CACHE=/tmp/lpcache python benchmarks/throughput.py --against evidence-off --steps 200
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from lit_psion.nn.optim import OptimizerConfig, build_optimizer, warmup_cosine
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 0.95
+OVERHEAD_TARGET = 0.03
+NEVER = str(10**9)
+EVIDENCE_OFF = ["--receipts.every_n_steps", NEVER, "--telemetry.every_n_steps", NEVER]
 
 
 class Clock:
@@ -82,14 +92,20 @@ class TimedCLI(LitPsionCLI):
         return super()._instantiate_trainer(config, [self.timer, *callbacks])
 
 
-def run_lit_psion(args: argparse.Namespace, root: Path) -> tuple[Clock, float]:
-    """The step clock and the whole-fit seconds of one ``fit`` through the CLI."""
+def run_lit_psion(args: argparse.Namespace, root: Path, evidence: bool = True) -> tuple[Clock, float]:
+    """The step clock and the whole-fit seconds of one ``fit`` through the CLI.
+
+    ``evidence`` False turns off step receipts, telemetry and checkpoints; with ``--against evidence-off``
+    the evidence side checkpoints every ``--checkpoint-every`` steps.
+    """
+    every = str(args.checkpoint_every) if args.against == "evidence-off" and evidence else NEVER
     clock = Clock(args.warmup, args.steps)
     cli_args = [
         "fit", "--config", str(args.config), "--trainer.max_steps", str(args.steps),
         "--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "0",
         "--trainer.enable_model_summary", "false", "--progress_bar.refresh_rate", "0",
-        "--sample.max_new_tokens", "0", "--checkpoint.every_n_train_steps", str(10**9),
+        "--sample.max_new_tokens", "0", "--checkpoint.every_n_train_steps", every, "--dashboard.enabled", "false",
+        *([] if evidence else EVIDENCE_OFF),
         "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.block_size", str(args.block_size),
         *(["--data.init_args.files", args.files] if args.files else []),
     ]  # fmt: skip
@@ -149,6 +165,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--against",
+        choices=["plain", "evidence-off"],
+        default="plain",
+        help="the other side: a plain PyTorch loop, or lit_psion with its evidence layer off",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="with --against evidence-off")
     args = parser.parse_args()
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
@@ -158,22 +181,50 @@ def main() -> None:
     tokens = args.batch_size * args.block_size * (args.steps - args.warmup)
     lit, plain, fit_seconds = list[Clock](), list[Clock](), list[float]()
     with tempfile.TemporaryDirectory(prefix="lit_psion_throughput_") as tmp:
+
+        def other(index: int) -> Clock:
+            if args.against == "plain":
+                return run_plain(args, preset)
+            return run_lit_psion(args, Path(tmp) / f"off{index}", evidence=False)[0]
+
         for index in range(args.rounds):  # alternate sides and their order, so drifts hit both alike
             if index % 2:
-                plain.append(run_plain(args, preset))
+                plain.append(other(index))
             clock, total = run_lit_psion(args, Path(tmp) / f"round{index}")
             lit.append(clock)
             fit_seconds.append(total)
             if not index % 2:
-                plain.append(run_plain(args, preset))
+                plain.append(other(index))
             rates = (tokens / lit[-1].seconds, tokens / plain[-1].seconds)
-            print(f"round {index}: lit_psion {rates[0]:.0f}, plain {rates[1]:.0f} tokens/s", file=sys.stderr)
+            print(f"round {index}: lit_psion {rates[0]:.0f}, {args.against} {rates[1]:.0f} tokens/s", file=sys.stderr)
     lit_rates = [tokens / c.seconds for c in lit]
     plain_rates = [tokens / c.seconds for c in plain]
     # Pair each lit_psion run with the plain run beside it: cancels this VM's slow drifts in speed (several %).
     ratio = statistics.median(a / b for a, b in zip(lit_rates, plain_rates, strict=True))
     lit_median = statistics.median(s for c in lit for s in c.step_seconds)
     plain_median = statistics.median(s for c in plain for s in c.step_seconds)
+    if args.against == "evidence-off":
+        overhead = 1 - ratio
+        result = {
+            "benchmark": "evidence_overhead",
+            "evidence_on_tokens_per_s": round(statistics.median(lit_rates), 1),
+            "evidence_off_tokens_per_s": round(statistics.median(plain_rates), 1),
+            "overhead": round(overhead, 4),
+            "target": OVERHEAD_TARGET,
+            "meets_target": overhead <= OVERHEAD_TARGET,
+            "statistic": "overhead = 1 - median over rounds of on/off tokens/s (adjacent runs)",
+            "on": "receipt every step, telemetry every log_every_n_steps, sync checkpoint every checkpoint_every",
+            "checkpoints_timed": len(range(args.checkpoint_every, args.steps + 1, args.checkpoint_every)),
+            "on_rounds": [round(r, 1) for r in lit_rates],
+            "off_rounds": [round(r, 1) for r in plain_rates],
+            "config": str(args.config),
+            **{key: getattr(args, key) for key in ("steps", "warmup", "rounds", "checkpoint_every", "batch_size")},
+            "threads": torch.get_num_threads(),
+            "load_avg_1m_before": round(load_before, 2),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        }
+        print(json.dumps(result))
+        return
     result = {
         "benchmark": "throughput",
         "lit_psion_tokens_per_s": round(statistics.median(lit_rates), 1),

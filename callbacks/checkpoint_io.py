@@ -11,6 +11,9 @@ missing or extra file, or a symlink.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,16 +99,20 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        # Tied weights share storage, which safetensors refuses: each tensor gets its own copy.
-        save_file({k: v.detach().contiguous().clone() for k, v in checkpoint["state_dict"].items()}, staging / WEIGHTS)
-        torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, staging / STATE)
-        files = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
-                 for name in (WEIGHTS, STATE)}  # fmt: skip
+        # Each file is hashed and fsynced in a helper thread while the next one is written (both
+        # release the GIL), so the digests cost little more than the writes.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-digest") as digester:
+            save_file(_own_storage(checkpoint["state_dict"]), staging / WEIGHTS)
+            _check_complete(staging / WEIGHTS)
+            weights = digester.submit(_digest_and_sync, staging / WEIGHTS)
+            with open(staging / STATE, "wb") as handle:
+                state = _HashingWriter(handle)
+                torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, state)
+            fsync_path(staging / STATE)
+            files = {WEIGHTS: weights.result(), STATE: {"sha256": state.digest.hexdigest(), "bytes": state.size}}
         extra = checkpoint.get(EXTRA_KEY, {})
         atomic_write_json(staging / MANIFEST, {"version": MANIFEST_VERSION, "step": checkpoint.get("global_step"),
                                                "files": files, "durability": "durable", **extra})  # fmt: skip
-        for name in (WEIGHTS, STATE):
-            fsync_path(staging / name)
         fsync_path(staging)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -117,6 +124,52 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
         shutil.rmtree(final)
     staging.rename(final)
     fsync_path(final.parent)
+
+
+def _own_storage(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors safetensors accepts: contiguous, none sharing storage (tied weights get a copy)."""
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen or not tensor.is_contiguous():
+            tensor = tensor.contiguous().clone()
+        seen.add(storage)
+        tensors[name] = tensor
+    return tensors
+
+
+def _check_complete(path: Path) -> None:
+    """Raise if a safetensors file is shorter than its header says (its writer can drop a failed flush)."""
+    with open(path, "rb") as handle:
+        header_bytes = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_bytes) or b"{}")
+    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if path.stat().st_size != 8 + header_bytes + end:
+        raise OSError(errno.EIO, f"short write: {path.name} has {path.stat().st_size} bytes, its header says "
+                      f"{8 + header_bytes + end}")  # fmt: skip
+
+
+class _HashingWriter:
+    """A binary file that hashes what is written to it, so the digest needs no second read."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _digest_and_sync(path: Path) -> dict[str, Any]:
+    record = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    fsync_path(path)
+    return record
 
 
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:

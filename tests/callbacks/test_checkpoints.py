@@ -212,25 +212,32 @@ def test_async_writes_become_durable_in_order_and_retention_keeps_the_pointed(tm
     verify_checkpoint(run / "checkpoints" / "step-000012")
 
 
-@pytest.mark.parametrize("async_write", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize(
+    ("async_write", "failure"),
+    [(False, "raised"), (True, "raised"), (False, "swallowed")],
+    ids=["sync", "async", "short-write-not-reported"],
+)
 def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
-    async_write: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    async_write: bool, failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     writes = []
 
     def save_file(tensors: dict, filename: Path) -> None:
         writes.append(filename)
-        if len(writes) == 3:  # the step-9 checkpoint
-            Path(filename).write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
         safetensors.torch.save_file(tensors, filename)
+        if len(writes) == 3:  # the step-9 checkpoint: the disk fills up part-way through the weights
+            with open(filename, "r+b") as handle:
+                handle.truncate(Path(filename).stat().st_size // 2)
+            if failure == "raised":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
 
     monkeypatch.setattr(checkpoint_io, "save_file", save_file)
     root = ("--trainer.default_root_dir", str(tmp_path), "--checkpoint.keep_last_k", "2")
     code = fit(*root, "--checkpoint.async_write", str(async_write).lower())
     assert code == CheckpointWriteError.exit_code == 6
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("lit_psion: error: writing checkpoint") and "No space left on device" in error
+    assert error.startswith("lit_psion: error: writing checkpoint")
+    assert ("No space left on device" if failure == "raised" else "short write") in error
     run = tmp_path / read_latest(tmp_path)
     record = read_json(run / "run.json")
     assert (record["status"], record["failure_class"]) == ("failed", "checkpoint_flush_failed")
