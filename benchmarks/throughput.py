@@ -203,6 +203,13 @@ def main() -> None:
     ratio = statistics.median(a / b for a, b in zip(lit_rates, plain_rates, strict=True))
     lit_median = statistics.median(s for c in lit for s in c.step_seconds)
     plain_median = statistics.median(s for c in plain for s in c.step_seconds)
+    context = {
+        "config": str(args.config),
+        **{key: getattr(args, key) for key in ("steps", "warmup", "rounds", "batch_size", "block_size")},
+        "threads": torch.get_num_threads(),
+        "load_avg_1m_before": round(load_before, 2),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    }
     if args.against == "evidence-off":
         overhead = 1 - ratio
         result = {
@@ -214,14 +221,11 @@ def main() -> None:
             "meets_target": overhead <= OVERHEAD_TARGET,
             "statistic": "overhead = 1 - median over rounds of on/off tokens/s (adjacent runs)",
             "on": "receipt every step, telemetry every log_every_n_steps, sync checkpoint every checkpoint_every",
-            "checkpoints_timed": len(range(args.checkpoint_every, args.steps + 1, args.checkpoint_every)),
+            "checkpoint_every": args.checkpoint_every,
+            "checkpoints_timed": args.steps // args.checkpoint_every - args.warmup // args.checkpoint_every,
             "on_rounds": [round(r, 1) for r in lit_rates],
             "off_rounds": [round(r, 1) for r in plain_rates],
-            "config": str(args.config),
-            **{key: getattr(args, key) for key in ("steps", "warmup", "rounds", "checkpoint_every", "batch_size")},
-            "threads": torch.get_num_threads(),
-            "load_avg_1m_before": round(load_before, 2),
-            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+            **context,
         }
         print(json.dumps(result))
         return
@@ -240,11 +244,7 @@ def main() -> None:
         "lit_psion_rounds": [round(r, 1) for r in lit_rates],
         "plain_rounds": [round(r, 1) for r in plain_rates],
         "lit_psion_fit_wall_s": [round(s, 2) for s in fit_seconds],
-        "config": str(args.config),
-        **{key: getattr(args, key) for key in ("steps", "warmup", "rounds", "batch_size", "block_size")},
-        "threads": torch.get_num_threads(),
-        "load_avg_1m_before": round(load_before, 2),
-        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        **context,
     }
     print(json.dumps(result))
 
