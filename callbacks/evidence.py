@@ -106,6 +106,8 @@ class Receipts(EvidenceCallback):
         step = trainer.global_step
         if step % self.every_n_steps or outputs is None:
             return
+        if getattr(trainer.strategy, "last_decision", None) == "rollback":
+            return  # a transactional strategy undid this step; its transaction receipt says why
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         optimizer = trainer.optimizers[0]
         checkpoint, self._resumed_from = self._resumed_from and run_relative(trainer, self._resumed_from), None

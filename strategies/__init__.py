@@ -1,4 +1,9 @@
-"""Custom Lightning strategies (imported as ``lit_psion.strategies``).
+"""Custom Lightning strategies (imported as ``lit_psion.strategies``)."""
 
-The transactional (rollback-on-regression) and elastic-membership strategies land here.
-"""
+from lit_psion.strategies.transactional import (
+    TransactionalDDPStrategy,
+    TransactionalStrategy,
+    TransactionPolicy,
+)
+
+__all__ = ["TransactionPolicy", "TransactionalDDPStrategy", "TransactionalStrategy"]

@@ -45,6 +45,13 @@ class CheckpointWriteError(CheckpointError):
     failure_class = "checkpoint_flush_failed"
 
 
+class TransactionError(LitPsionError):
+    """Too many consecutive optimizer steps rolled back: training is diverging, so it stops."""
+
+    exit_code = 7
+    failure_class = "diverged"
+
+
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     """The lit_psion error behind ``error``, following the exception chain (Lightning wraps some)."""
     seen: set[int] = set()

@@ -64,6 +64,27 @@ class TrainingRunReceipt(ReceiptBody):
 
 @register_receipt
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionReceipt(ReceiptBody):
+    """One optimizer step's transaction: committed, or rolled back with reason codes."""
+
+    kind: ClassVar[str] = "transaction"
+    stage_id: str
+    step: int
+    batch_digest: str
+    pre_loss: float | None
+    post_loss: float | None
+    grad_norm: float | None
+    decision: str
+    """``commit`` or ``rollback``."""
+    reasons: tuple[str, ...] = ()
+    action: str | None = None
+    """After a rollback: ``skipped`` (skip-listed batch), ``restored:step-NNNNNN`` (last durable checkpoint
+    restored, offending batches skip-listed), ``skip_listed_no_checkpoint``, ``stopped`` (too many in a row,
+    the run ends with a TransactionError); None otherwise."""
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TrainerStepReceipt(ReceiptBody):
     """One accepted optimizer step."""
 

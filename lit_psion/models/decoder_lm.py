@@ -55,6 +55,10 @@ class DecoderLM(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def transaction_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss on ``batch`` without logging (what a transactional strategy measures)."""
+        return self._loss(batch)[0]
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss(batch)
         self.val_loss.update(loss, weight=batch["targets"].numel())

@@ -1,0 +1,45 @@
+"""Run under torchrun with 2 processes: rank 1 alone sees a NaN batch at step 3; both must roll back.
+
+Writes ``OUT/rank{r}.pt`` (weights-only loadable): parameters before/after each step and the decisions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lit_psion.strategies import TransactionalDDPStrategy
+from tests.strategies.regression import Regression, StateRecorder
+
+
+class Decisions(L.Callback):
+    def __init__(self) -> None:
+        self.decisions: list[str] = []
+        self.reasons: list[list[str]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        strategy = trainer.strategy
+        self.decisions.append(strategy.last_decision)
+        self.reasons.append([r for r, n in strategy.rollbacks.items() if n and strategy.last_decision == "rollback"])
+
+
+def main(out: Path) -> None:
+    recorder, decisions = StateRecorder(), Decisions()
+    trainer = L.Trainer(
+        strategy=TransactionalDDPStrategy(process_group_backend="gloo"), accelerator="cpu", devices=2,
+        max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(out), callbacks=[recorder, decisions],
+    )  # fmt: skip
+    # 64 samples over 2 ranks (the sampler deals them alternately), batches of 8: rank 1's third batch
+    # starts at sample 33, which Regression numbers batch 33 // 8 = 4.
+    trainer.fit(Regression(poison={4: "nan"}, poison_rank=1))
+    torch.save({"before": [s["params"] for s in recorder.before], "after": [s["params"] for s in recorder.after],
+                "decisions": decisions.decisions, "reasons": decisions.reasons},
+               out / f"rank{trainer.global_rank}.pt")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,145 @@
+"""Transactional steps: bad steps are undone bitwise, every decision is receipted, repeated failure is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_psion.callbacks import PointerCheckpoint, Receipts
+from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
+from lit_psion.core import read_json
+from lit_psion.core.errors import ConfigError, TransactionError
+from lit_psion.core.run import read_latest
+from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
+from tests.helpers import REPO_ROOT, assert_tree_equal, fit, latest_checkpoint
+from tests.strategies.regression import Regression, StateRecorder
+
+
+def train(root: Path, module: L.LightningModule, strategy: TransactionalStrategy, max_steps: int,
+          *callbacks: L.Callback) -> StateRecorder:  # fmt: skip
+    recorder = StateRecorder()
+    trainer = L.Trainer(
+        strategy=strategy, max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(root), plugins=[ManifestCheckpointIO()],
+        callbacks=[recorder, Receipts(), *callbacks],
+    )  # fmt: skip
+    trainer.fit(module)
+    return recorder
+
+
+def transactions(root: Path) -> list[dict]:
+    lines = (root / "receipts.jsonl").read_text().splitlines()
+    return [json.loads(line)["body"] for line in lines if json.loads(line)["kind"] == "transaction"]
+
+
+def test_nan_and_spike_batches_are_rolled_back_bitwise_and_training_goes_on(tmp_path: Path) -> None:
+    strategy = TransactionalStrategy(rollback_tol=1.0)  # momentum makes clean steps wobble by up to ~40%
+    recorder = train(tmp_path, Regression(poison={2: "nan", 4: "spike"}), strategy, max_steps=8)
+    for step in range(8):
+        before, after = recorder.before[step], recorder.after[step]
+        if step in (2, 4):
+            assert_tree_equal(after, before, f"step {step + 1}")  # params and optimizer state as they were
+        else:
+            assert not torch.equal(after["params"]["layer.weight"], before["params"]["layer.weight"])
+    receipts = transactions(tmp_path)
+    assert [r["decision"] for r in receipts] == ["commit"] * 2 + ["rollback", "commit", "rollback"] + ["commit"] * 3
+    assert "nonfinite_loss" in receipts[2]["reasons"] and "nonfinite_grad" in receipts[2]["reasons"]
+    assert receipts[4]["reasons"] == ["regression"] and receipts[4]["post_loss"] > receipts[4]["pre_loss"] * 2
+    assert (strategy.commits, strategy.rolled_back) == (6, 2)
+    step_receipts = [json.loads(line) for line in (tmp_path / "receipts.jsonl").read_text().splitlines()]
+    accepted = [r["body"]["step_out"] for r in step_receipts if r["kind"] == "trainer_step"]
+    assert accepted == [1, 2, 4, 6, 7, 8], "rolled-back steps get no trainer_step receipt"
+
+
+def test_grad_norm_max_rolls_back_the_spike_alone(tmp_path: Path) -> None:
+    strategy = TransactionalStrategy(grad_norm_max=50.0, rollback_tol=1e6)
+    train(tmp_path, Regression(poison={3: "spike"}), strategy, max_steps=6)
+    assert [r["reasons"] for r in transactions(tmp_path)] == [[]] * 3 + [["grad_norm"]] + [[]] * 2
+
+
+def test_all_commits_train_exactly_like_the_default_strategy(tmp_path: Path) -> None:
+    roots = [tmp_path / "plain", tmp_path / "tx"]
+    strategy = ("--trainer.strategy", "lit_psion.strategies.TransactionalStrategy")
+    assert fit("--trainer.default_root_dir", str(roots[0])) == 0
+    assert fit("--trainer.default_root_dir", str(roots[1]), *strategy, "--trainer.strategy.buffer_len", "2") == 0
+    plain, transactional = latest_checkpoint(roots[0]), latest_checkpoint(roots[1])
+    assert_tree_equal(transactional["state_dict"], plain["state_dict"], "state_dict")  # dropout 0.1 included
+    assert_tree_equal(transactional["optimizer_states"], plain["optimizer_states"], "optimizer_states")
+    run = roots[1] / read_latest(roots[1])
+    assert [r["decision"] for r in transactions(run)] == ["commit"] * 12
+    assert "transactions/commit_rate" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_repeated_rollbacks_restore_the_checkpoint_and_skip_list_survives_a_restart(tmp_path: Path) -> None:
+    strategy = TransactionalStrategy(rollback_tol=1.0, restore_after=2, stop_after=4)
+    checkpoints = PointerCheckpoint(every_n_train_steps=2, keep_last_k=10)
+    recorder = train(tmp_path, Regression(poison={3: "nan", 4: "nan"}), strategy, 13, checkpoints)  # 8 batches/epoch
+    receipts = transactions(tmp_path)
+    assert [r["action"] for r in receipts[3:5]] == [None, "restored:step-000004"]  # step 4 was rolled back before it
+    restored = ManifestCheckpointIO().load_checkpoint(tmp_path / "checkpoints" / "step-000004")
+    assert_tree_equal(recorder.after[4]["params"], restored["state_dict"], "restored weights")
+    skip = read_json(tmp_path / "skip_list.json")["batches"]
+    assert [entry["step"] for entry in skip] == [4, 5]
+    # epoch 2: the skip-listed batches are not trained on again
+    assert [(r["step"], r["reasons"], r["action"]) for r in receipts[11:13]] == [
+        (12, ["skip_listed"], "skipped"),
+        (13, ["skip_listed"], "skipped"),
+    ] or [r["step"] for r in receipts if r["action"] == "skipped"] == [12, 13]
+    # a new process on the same run directory, with clean data, still skips them
+    again = TransactionalStrategy(rollback_tol=1.0, restore_after=2, stop_after=4)
+    (tmp_path / "receipts.jsonl").unlink()
+    train(tmp_path, Regression(), again, 5)
+    assert [r["action"] for r in transactions(tmp_path)] == [None] * 3 + ["skipped", "skipped"]
+
+
+def test_persistent_failure_stops_with_a_typed_error(tmp_path: Path) -> None:
+    strategy = TransactionalStrategy(rollback_tol=1.0, restore_after=2, stop_after=4)
+    with pytest.raises(TransactionError, match="4 consecutive steps rolled back") as raised:
+        train(tmp_path, Regression(poison=dict.fromkeys(range(2, 8), "nan")), strategy, 12)
+    assert raised.value.exit_code == 7 and raised.value.failure_class == "diverged"
+    assert [r["decision"] for r in transactions(tmp_path)] == ["commit"] * 2 + ["rollback"] * 4
+
+
+def test_the_cli_stops_a_diverging_run_with_exit_7(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # lr 1e4 makes every step overshoot: each one is rolled back for regression
+    code = fit("--trainer.default_root_dir", str(tmp_path), "--trainer.strategy",
+               "lit_psion.strategies.TransactionalStrategy", "--trainer.strategy.stop_after", "3",
+               "--trainer.strategy.restore_after", "3", "--model.init_args.optimizer.lr", "1e4",
+               "--model.init_args.optimizer.warmup_steps", "0")  # fmt: skip
+    assert code == 7
+    assert "3 consecutive steps rolled back" in capsys.readouterr().err
+    run = tmp_path / read_latest(tmp_path)
+    assert read_json(run / "run.json")["failure_class"] == "diverged"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"rollback_tol": -1}, "rollback_tol"), ({"buffer_len": 0}, "buffer_len"), ({"grad_norm_max": 0}, "grad_norm_max"),
+     ({"restore_after": 5, "stop_after": 3}, "restore_after")],
+)  # fmt: skip
+def test_bad_policy_values_are_config_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TransactionPolicy(**kwargs)
+
+
+def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO_ROOT / "tests" / "strategies" / "ddp_rollback.py"), str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("PL_GLOBAL_SEED", None)  # left by in-process fits; it would change how the sampler deals samples
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["decisions"] == ranks[1]["decisions"] == ["commit", "commit", "rollback", "commit", "commit"]
+    assert ranks[1]["reasons"][2] == ["nonfinite_loss", "nonfinite_grad"] or "nonfinite_loss" in ranks[1]["reasons"][2]
+    for step in range(5):
+        assert_tree_equal(ranks[0]["after"][step], ranks[1]["after"][step], f"rank params at step {step + 1}")
+    for rank in ranks:
+        assert_tree_equal(rank["after"][2], rank["before"][2], "the rolled-back step")
