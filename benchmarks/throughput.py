@@ -92,20 +92,22 @@ class TimedCLI(LitPsionCLI):
         return super()._instantiate_trainer(config, [self.timer, *callbacks])
 
 
-def run_lit_psion(args: argparse.Namespace, root: Path, evidence: bool = True) -> tuple[Clock, float]:
+def run_lit_psion(
+    args: argparse.Namespace, root: Path, evidence: bool = True, extra: tuple[str, ...] = ()
+) -> tuple[Clock, float]:
     """The step clock and the whole-fit seconds of one ``fit`` through the CLI.
 
     ``evidence`` False turns off step receipts, telemetry and checkpoints; with ``--against evidence-off``
     the evidence side checkpoints every ``--checkpoint-every`` steps.
     """
-    every = str(args.checkpoint_every) if args.against == "evidence-off" and evidence else NEVER
+    every = str(args.checkpoint_every) if getattr(args, "against", None) == "evidence-off" and evidence else NEVER
     clock = Clock(args.warmup, args.steps)
     cli_args = [
         "fit", "--config", str(args.config), "--trainer.max_steps", str(args.steps),
         "--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "0",
         "--trainer.enable_model_summary", "false", "--progress_bar.refresh_rate", "0",
         "--sample.max_new_tokens", "0", "--checkpoint.every_n_train_steps", every, "--dashboard.enabled", "false",
-        *([] if evidence else EVIDENCE_OFF),
+        *([] if evidence else EVIDENCE_OFF), *extra,
         "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.block_size", str(args.block_size),
         *(["--data.init_args.files", args.files] if args.files else []),
     ]  # fmt: skip

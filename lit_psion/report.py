@@ -30,6 +30,7 @@ PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "lr": ("learning rate", ("train/lr",)),
     "norms": ("norms", ("telemetry/grad_norm", "telemetry/update_norm", "telemetry/param_norm")),
     "throughput": ("tokens/s", ("telemetry/tokens_per_s",)),
+    "transactions": ("transactions: commit rate", ("transactions/commit_rate",)),
 }
 """PNG name -> (title, metric keys drawn in it)."""
 

@@ -33,3 +33,10 @@ def test_preset_runs_two_steps(preset: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / read_latest(tmp_path)
     assert read_json(run_dir / "run.json")["status"] == "completed"
     assert read_json(run_dir / "run.json")["global_step"] == 2
+
+
+@pytest.mark.parametrize("overlay", sorted(Path("configs/overlays").glob("*.yaml")), ids=lambda p: p.name)
+def test_overlay_applies_on_top_of_a_preset(overlay: Path, tmp_path: Path) -> None:
+    code = fit("--config", str(overlay), "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path))
+    assert code == 0
+    assert read_json(tmp_path / read_latest(tmp_path) / "run.json")["status"] == "completed"
