@@ -143,6 +143,8 @@ class _Transactions:
         """Rolled-back steps by reason (a step can have several)."""
         self.last_decision: str | None = None
         """``commit`` or ``rollback``: what happened to the latest step (read by the Receipts callback)."""
+        self.last_record: dict[str, Any] | None = None
+        """The latest decision as its receipt states it (step, losses, decision, reasons, action)."""
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
@@ -309,13 +311,15 @@ class _Transactions:
 
     def _record(self, trainer: L.Trainer, module: Any, step: int, key: str, pre: float, post: float,
                 grad_norm: torch.Tensor, reasons: tuple[str, ...], action: str | None) -> None:  # fmt: skip
+        receipt = TransactionReceipt(
+            stage_id=STAGE, step=step, batch_digest=key, pre_loss=_finite_or_none(pre),
+            post_loss=_finite_or_none(post), grad_norm=_finite_or_none(float(grad_norm)),
+            decision="rollback" if reasons else "commit", reasons=reasons, action=action,
+        )  # fmt: skip
+        self.last_record = receipt.to_json_dict()
         log = receipt_log(trainer)
         if log is not None and trainer.is_global_zero:
-            log.append(TransactionReceipt(
-                stage_id=STAGE, step=step, batch_digest=key, pre_loss=_finite_or_none(pre),
-                post_loss=_finite_or_none(post), grad_norm=_finite_or_none(float(grad_norm)),
-                decision="rollback" if reasons else "commit", reasons=reasons, action=action,
-            ))  # fmt: skip
+            log.append(receipt)
         attempts = self.commits + self.rolled_back
         module.log("transactions/commit_rate", self.commits / max(1, attempts), on_step=True, on_epoch=False)
         module.log("transactions/rollbacks", float(self.rolled_back), on_step=True, on_epoch=False)

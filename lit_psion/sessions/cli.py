@@ -1,0 +1,93 @@
+"""``python -m lit_psion session init-base|new|fork|run|list|show [--artifacts_root DIR] ...``."""
+
+from __future__ import annotations
+
+import argparse
+
+from lit_psion.sessions import commands
+from lit_psion.sessions.store import Store
+from lit_psion.sessions.world import WorldConfig
+
+
+def _flag(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def _optimizer_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lr", type=float, default=0.005, help="Muon learning rate")
+    parser.add_argument("--momentum", type=float, default=0.95)
+    parser.add_argument("--ns_steps", type=int, default=5, help="Newton-Schulz iterations")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lit_psion session", exit_on_error=False,
+                                     description="Branching online-learning sessions (docs/sessions.md).")  # fmt: skip
+    commands_ = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        sub = commands_.add_parser(name, help=help_, exit_on_error=False)
+        sub.add_argument("--artifacts_root", default="artifacts", help="where base/ and sessions/ live")
+        return sub
+
+    init = command("init-base", "pretrain the base world model on the base environment")
+    init.add_argument("--pretrain_steps", type=int, default=500)
+    init.add_argument("--pretrain_batch", type=int, default=32)
+    init.add_argument("--pretrain_seq", type=int, default=32)
+    init.add_argument("--env_mode", default="linear", choices=["linear"])
+    init.add_argument("--u_dim", type=int, default=16)
+    init.add_argument("--n_state", type=int, default=32)
+    init.add_argument("--env_seed", type=int, default=0, help="draws the base environment and the drift direction")
+    init.add_argument("--seed", type=int, default=0)
+    _optimizer_flags(init)
+
+    new = command("new", "create a session on a drifted environment")
+    new.add_argument("--session_id", required=True)
+    new.add_argument("--mu", type=float, default=0.12, help="drift size: spectral norm of the change to A and B")
+    new.add_argument("--env_mode", default="linear", choices=["linear"])
+    _optimizer_flags(new)
+    new.add_argument("--chunk", type=int, default=32, help="transitions per update")
+    new.add_argument("--buffer_len", type=int, default=32, help="transitions the rollback test measures")
+    new.add_argument("--rollback_tol", type=float, default=0.20)
+    new.add_argument("--grad_norm_max", type=float, default=None)
+    new.add_argument("--state_norm_max", type=float, default=None)
+
+    fork = command("fork", "branch a session: same plastic weights, copied or fresh optimizer")
+    fork.add_argument("--parent_session_id", required=True)
+    fork.add_argument("--child_session_id", required=True)
+    fork.add_argument("--copy_optimizer", type=_flag, default=True, help="1: keep the parent's momentum")
+    fork.add_argument("--reset_optimizer", type=_flag, default=False, help="1: start the optimizer fresh")
+
+    run = command("run", "run a session online")
+    run.add_argument("--session_id", required=True)
+    run.add_argument("--steps", type=int, default=600, help="environment transitions")
+    run.add_argument("--seed", type=int, default=1, help="draws the session's trajectory")
+
+    command("list", "list sessions and their lineage")
+    show = command("show", "print a session's meta.json")
+    show.add_argument("--session_id", required=True)
+    return parser
+
+
+def session_main(args: list[str]) -> None:
+    parsed = build_parser().parse_args(args)
+    store = Store(parsed.artifacts_root)
+    if parsed.command == "init-base":
+        config = WorldConfig(env_mode=parsed.env_mode, u_dim=parsed.u_dim, n_state=parsed.n_state,
+                             env_seed=parsed.env_seed)  # fmt: skip
+        commands.init_base(store, config, parsed.pretrain_steps, parsed.pretrain_batch, parsed.pretrain_seq,
+                           parsed.lr, parsed.momentum, parsed.ns_steps, parsed.seed)  # fmt: skip
+    elif parsed.command == "new":
+        keys = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "rollback_tol", "grad_norm_max", "state_norm_max")
+        settings = {key: getattr(parsed, key) for key in keys}
+        commands.new_session(store, parsed.session_id, parsed.mu, parsed.env_mode, settings)
+    elif parsed.command == "fork":
+        commands.fork_session(store, parsed.parent_session_id, parsed.child_session_id, parsed.copy_optimizer,
+                              parsed.reset_optimizer)  # fmt: skip
+    elif parsed.command == "run":
+        commands.run_session(store, parsed.session_id, parsed.steps, parsed.seed)
+    elif parsed.command == "list":
+        commands.list_sessions(store)
+    else:
+        commands.show_session(store, parsed.session_id)

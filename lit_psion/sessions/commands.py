@@ -1,0 +1,221 @@
+"""The session commands: init-base, new, fork, run, list, show (seed 000's demo, on lit_psion's substrate)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lit_psion.callbacks import Receipts
+from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id
+from lit_psion.core.errors import ConfigError
+from lit_psion.report import plt
+from lit_psion.sessions.modules import BasePretrain, OnlineSession
+from lit_psion.sessions.store import OPTIM, PLASTIC, SCHEMA_VERSION, Store, load_torch, save_tensors, save_torch
+from lit_psion.sessions.world import Environment, WorldConfig, WorldModel
+from lit_psion.strategies import TransactionalStrategy
+
+NEVER = 10**9
+CURVES = ("mse_base", "mse_no_update", "mse_with_update")
+
+
+def _trainer(root: Path, max_steps: int, **kwargs: Any) -> L.Trainer:
+    return L.Trainer(max_steps=max_steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+                     enable_model_summary=False, enable_progress_bar=False, default_root_dir=str(root),
+                     accelerator="cpu", devices=1, **kwargs)  # fmt: skip
+
+
+def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_batch: int, pretrain_seq: int,
+              lr: float, momentum: float, ns_steps: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Pretrain the base model on the base environment and write base/."""
+    if min(pretrain_steps, pretrain_batch, pretrain_seq) < 1:
+        raise ConfigError("pretrain_steps, pretrain_batch and pretrain_seq must be >= 1, got "
+                          f"{pretrain_steps!r}, {pretrain_batch!r}, {pretrain_seq!r}")  # fmt: skip
+    L.seed_everything(seed, verbose=False)
+    module = BasePretrain(config, pretrain_steps, pretrain_batch, pretrain_seq, lr, momentum, ns_steps, seed)
+    _trainer(store.root / "base", pretrain_steps).fit(module)
+    z, u = module.env.rollout(256, pretrain_seq, torch.Generator().manual_seed(seed + 10_000))
+    with torch.no_grad():
+        mse = float(module.model.loss(z, u, plastic=False))
+    weights = {"A_hat": module.model.A_hat, "B_hat": module.model.B_hat}
+    pretrain = {"steps": pretrain_steps, "batch": pretrain_batch, "seq": pretrain_seq, "lr": lr,
+                "momentum": momentum, "ns_steps": ns_steps, "seed": seed}  # fmt: skip
+    meta = store.write_base(config, weights, {"pretrain": pretrain, "heldout_mse": mse})
+    print(f"base model written to {store.base_dir} (held-out one-step MSE {mse:.5f}, "
+          f"signature {meta['model_signature'][:16]})")  # fmt: skip
+    return meta
+
+
+def new_session(store: Store, session_id: str, mu: float, env_mode: str, settings: dict[str, Any]) -> dict:
+    """Create a root session: zero plastic weights, a fresh optimizer, the drifted environment ``mu``."""
+    base = store.base_meta()
+    if env_mode != base["config"]["env_mode"]:
+        raise ConfigError(f"env_mode {env_mode!r} differs from the base model's {base['config']['env_mode']!r}")
+    _check_settings(settings)
+    directory = store.session_dir(session_id)
+    if (directory / "meta.json").exists():
+        raise ConfigError(f"session {session_id!r} already exists in {str(store.root)!r}; pick another --session_id")
+    config = WorldConfig(**base["config"])
+    meta = {"schema_version": SCHEMA_VERSION, "session_id": session_id, "model_signature": base["model_signature"],
+            "base_ckpt_hash": base["base_ckpt_hash"], "parent_session_id": None, "root_session_id": session_id,
+            "created_at": time.time(), "mu": mu, "settings": settings, "runs": []}  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tensors(directory / PLASTIC, WorldModel(config).plastic_state())
+    save_torch(directory / OPTIM, {})
+    store.register(meta)
+    print(f"session {session_id} created (mu {mu}, root {session_id})")
+    return meta
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    if settings["chunk"] < 1 or settings["buffer_len"] < 1:
+        raise ConfigError(f"chunk and buffer_len must be >= 1, got {settings['chunk']!r} and "
+                          f"{settings['buffer_len']!r}")  # fmt: skip
+    if settings["lr"] <= 0:
+        raise ConfigError(f"lr must be positive, got {settings['lr']!r}")
+
+
+def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bool, reset_optimizer: bool) -> dict:
+    """A child with the parent's plastic weights and either a copy of its optimizer state or a fresh one."""
+    if copy_optimizer == reset_optimizer:
+        raise ConfigError("fork needs exactly one of --copy_optimizer 1 or --reset_optimizer 1, got "
+                          f"copy_optimizer={int(copy_optimizer)} reset_optimizer={int(reset_optimizer)}")  # fmt: skip
+    parent = store.session_meta(parent_id)
+    store.check_signature(parent)
+    child_dir = store.session_dir(child_id)
+    if (child_dir / "meta.json").exists():
+        raise ConfigError(f"session {child_id!r} already exists; pick another --child_session_id")
+    child_dir.mkdir(parents=True, exist_ok=True)
+    parent_dir = store.session_dir(parent_id)
+    shutil.copyfile(parent_dir / PLASTIC, child_dir / PLASTIC)
+    if copy_optimizer:
+        shutil.copyfile(parent_dir / OPTIM, child_dir / OPTIM)
+    else:
+        save_torch(child_dir / OPTIM, {})
+    meta = {**parent, "session_id": child_id, "parent_session_id": parent_id,
+            "root_session_id": parent["root_session_id"], "created_at": time.time(), "runs": [],
+            "forked": {"copy_optimizer": copy_optimizer, "parent_runs": len(parent["runs"])}}  # fmt: skip
+    store.register(meta)
+    print(f"session {child_id} forked from {parent_id} ({'copied' if copy_optimizer else 'fresh'} optimizer, "
+          f"root {meta['root_session_id']})")  # fmt: skip
+    return meta
+
+
+def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[str, Any]:
+    """Run the session online for ``steps`` transitions: predict, then one transactional Muon step per chunk."""
+    meta = store.session_meta(session_id)
+    store.check_signature(meta)
+    settings, directory = meta["settings"], store.session_dir(session_id)
+    if steps < settings["chunk"]:
+        raise ConfigError(f"--steps {steps} is shorter than one chunk ({settings['chunk']}); use at least that")
+    config = store.base_config()
+    model = WorldModel(config)
+    base = store.base_weights()
+    with torch.no_grad():
+        model.A_hat.copy_(base["A_hat"])
+        model.B_hat.copy_(base["B_hat"])
+    from safetensors.torch import load_file
+
+    model.load_plastic_state(load_file(directory / PLASTIC))
+    optimizer_state = load_torch(directory / OPTIM) or None
+    L.seed_everything(seed, verbose=False)
+    module = OnlineSession(model, Environment(config, meta["mu"]), steps, settings["chunk"], seed, settings["lr"],
+                           settings["momentum"], settings["ns_steps"], optimizer_state)  # fmt: skip
+    strategy = TransactionalStrategy(
+        rollback_tol=settings["rollback_tol"], buffer_len=math.ceil(settings["buffer_len"] / settings["chunk"]),
+        grad_norm_max=settings["grad_norm_max"], state_norm_max=settings["state_norm_max"],
+        restore_after=NEVER, stop_after=NEVER, device="cpu",
+    )  # fmt: skip
+    run_id = new_run_id()
+    run_dir = directory / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[Receipts()])
+    trainer.fit(module)
+    save_tensors(directory / PLASTIC, model.plastic_state())
+    save_torch(directory / OPTIM, trainer.optimizers[0].state_dict())
+    metrics = _write_run(run_dir, module, strategy, session_id, run_id, steps, seed)
+    with open(directory / "update_events.jsonl", "a") as handle:
+        for event in module.events:
+            handle.write(json.dumps({"run_id": run_id, **event}, sort_keys=True) + "\n")
+    atomic_write_json(directory / "metrics.json", metrics)
+    meta["runs"] = [*meta["runs"], {"run_id": run_id, "steps": steps, "seed": seed, **metrics["final"]}]
+    store.register(meta)
+    _print_metrics(metrics)
+    return metrics
+
+
+def _write_run(run_dir: Path, module: OnlineSession, strategy: TransactionalStrategy, session_id: str, run_id: str,
+               steps: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    rows = module.rows
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["step", *CURVES], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "per_step.csv", text.getvalue())
+    atomic_write_json(run_dir / "update_events.json", module.events)
+    tail = rows[len(rows) - max(1, len(rows) // 4) :]
+    metrics = {
+        "session_id": session_id, "run_id": run_id, "steps": len(rows), "seed": seed,
+        "updates": len(module.events), "commits": strategy.commits, "rollbacks": strategy.rolled_back,
+        "rollbacks_by_reason": {k: v for k, v in strategy.rollbacks.items() if v},
+        "mean": {c: statistics.fmean(r[c] for r in rows) for c in CURVES},
+        "final": {c: statistics.fmean(r[c] for r in tail) for c in CURVES},
+        "final_window": len(tail),
+    }  # fmt: skip
+    atomic_write_bytes(
+        run_dir / "mse_curve.png", _plot(rows, window=max(1, steps // 50), title=f"{session_id} {run_id}")
+    )
+    return metrics
+
+
+def _plot(rows: list[dict[str, float]], window: int, title: str) -> bytes:
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = [r["step"] for r in rows]
+    labels = {"mse_base": "base", "mse_no_update": "session, no updates", "mse_with_update": "session, with updates"}
+    for (curve, label), style in zip(labels.items(), ("--", "-", "-"), strict=True):
+        values = [r[curve] for r in rows]
+        smooth = [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+        axes.plot(steps, smooth, style, label=label, linewidth=2 if style == "--" else 1.2)
+    axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel(f"one-step MSE (mean of {window})")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    final, mean = metrics["final"], metrics["mean"]
+    print(f"[metrics] session={metrics['session_id']} run={metrics['run_id']} steps={metrics['steps']} "
+          f"updates={metrics['updates']} commits={metrics['commits']} rollbacks={metrics['rollbacks']}")  # fmt: skip
+    for curve in CURVES:
+        print(f"  {curve:<16} final={final[curve]:.6f} mean={mean[curve]:.6f}")
+
+
+def list_sessions(store: Store) -> list[dict[str, Any]]:
+    sessions = store.index()["sessions"]
+    print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
+    for session_id, entry in sorted(sessions.items()):
+        print(f"{session_id:<16} {entry['parent_session_id'] or '-':<16} {entry['root_session_id']:<16} "
+              f"{entry['mu']:>6} {len(entry.get('runs') or []):>4}")  # fmt: skip
+    return [{"session_id": k, **v} for k, v in sorted(sessions.items())]
+
+
+def show_session(store: Store, session_id: str) -> dict[str, Any]:
+    meta = store.session_meta(session_id)
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return meta
