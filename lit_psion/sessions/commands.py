@@ -112,6 +112,7 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
 
 def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[str, Any]:
     """Run the session online for ``steps`` transitions: predict, then one transactional Muon step per chunk."""
+    store.base_meta()  # says how to create the base when there is none
     meta = store.session_meta(session_id)
     store.check_signature(meta)
     settings, directory = meta["settings"], store.session_dir(session_id)
