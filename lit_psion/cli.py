@@ -9,6 +9,7 @@ Exit codes (docs/cli.md): 0 success, 1 unexpected error, 2 bad argument or confi
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Column, Table
@@ -80,6 +82,7 @@ class LitPsionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        config.trainer.strategy = _strategy_class(config.trainer.strategy)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         ckpt_path = config.get("ckpt_path")
         run_id = None
@@ -113,6 +116,23 @@ class LitPsionCLI(LightningCLI):
         elif config.get("logger") in (None, True):
             config["logger"] = False  # validate/test/predict print their metrics; no stray lightning_logs/
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _strategy_class(strategy: Any) -> Any:
+    """``--trainer.strategy pkg.Class`` given as a plain string means that class with its defaults."""
+    if not isinstance(strategy, str) or "." not in strategy:
+        return strategy  # a Lightning registry name ("ddp") or an already-parsed class_path
+    module_name, _, name = strategy.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"--trainer.strategy {strategy!r} cannot be imported ({error}); give a Lightning strategy name "
+            "such as 'ddp' or a class path such as lit_psion.strategies.TransactionalStrategy"
+        ) from error
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"--trainer.strategy {strategy!r} is not a lightning.pytorch.strategies.Strategy subclass")
+    return Namespace(class_path=strategy, init_args=Namespace())
 
 
 def _place_wandb_runs(loggers: Any, plan: RunPlan) -> None:

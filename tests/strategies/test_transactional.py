@@ -58,6 +58,18 @@ def test_nan_and_spike_batches_are_rolled_back_bitwise_and_training_goes_on(tmp_
     assert accepted == [1, 2, 4, 6, 7, 8], "rolled-back steps get no trainer_step receipt"
 
 
+class _NoTransactionLoss(Regression):
+    transaction_loss = None  # the strategy falls back to training_step, with logging switched off
+
+
+def test_a_module_without_transaction_loss_is_measured_through_training_step(tmp_path: Path) -> None:
+    strategy = TransactionalStrategy(rollback_tol=1.0)
+    train(tmp_path, _NoTransactionLoss(poison={2: "nan", 4: "spike"}), strategy, max_steps=6)
+    receipts = transactions(tmp_path)
+    assert [r["decision"] for r in receipts] == ["commit", "commit", "rollback", "commit", "rollback", "commit"]
+    assert all(r["post_loss"] is not None for i, r in enumerate(receipts) if i != 2)
+
+
 def test_grad_norm_max_rolls_back_the_spike_alone(tmp_path: Path) -> None:
     strategy = TransactionalStrategy(grad_norm_max=50.0, rollback_tol=1e6)
     train(tmp_path, Regression(poison={3: "spike"}), strategy, max_steps=6)
@@ -68,7 +80,7 @@ def test_all_commits_train_exactly_like_the_default_strategy(tmp_path: Path) -> 
     roots = [tmp_path / "plain", tmp_path / "tx"]
     strategy = ("--trainer.strategy", "lit_psion.strategies.TransactionalStrategy")
     assert fit("--trainer.default_root_dir", str(roots[0])) == 0
-    assert fit("--trainer.default_root_dir", str(roots[1]), *strategy, "--trainer.strategy.buffer_len", "2") == 0
+    assert fit("--trainer.default_root_dir", str(roots[1]), *strategy) == 0  # a bare class path: its defaults
     plain, transactional = latest_checkpoint(roots[0]), latest_checkpoint(roots[1])
     assert_tree_equal(transactional["state_dict"], plain["state_dict"], "state_dict")  # dropout 0.1 included
     assert_tree_equal(transactional["optimizer_states"], plain["optimizer_states"], "optimizer_states")
@@ -117,6 +129,11 @@ def test_the_cli_stops_a_diverging_run_with_exit_7(tmp_path: Path, capsys: pytes
     assert "3 consecutive steps rolled back" in capsys.readouterr().err
     run = tmp_path / read_latest(tmp_path)
     assert read_json(run / "run.json")["failure_class"] == "diverged"
+
+
+def test_a_strategy_path_that_does_not_import_is_a_config_error(capsys: pytest.CaptureFixture) -> None:
+    assert fit("--trainer.strategy", "lit_psion.strategies.Nope") == 2
+    assert "cannot be imported" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
