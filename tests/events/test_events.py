@@ -92,3 +92,21 @@ def test_codec_round_trip_is_lossless_and_spans_cover_the_text() -> None:
 def test_malformed_token_streams_are_refused(ids: list[int]) -> None:
     with pytest.raises(EventError):
         EventCodec().decode(ids)
+
+
+def test_traces_are_deterministic_and_their_lifecycle_is_consistent() -> None:
+    from lit_psion.events.traces import READ_MEM, WRITE_MEM, TraceSettings, generate_trace
+
+    settings = TraceSettings()
+    trace = generate_trace(settings, seed=0, split="train", index=5)
+    assert trace == generate_trace(settings, seed=0, split="train", index=5)
+    assert trace != generate_trace(settings, seed=0, split="val", index=5)
+    events = [s.event for s in trace]
+    assert EventCodec().decode(EventCodec().encode(events)) == events
+    opened = {e.commitment_id: e for e in events if e.commitment_delta == 1}
+    closed = {e.commitment_id: e for e in events if e.commitment_delta == -1}
+    assert len(opened) == settings.negotiation_pairs and opened.keys() == closed.keys()
+    assert all(opened[c].seq < closed[c].seq and opened[c].payload["text"].startswith("I will") for c in opened)
+    writes = {s.event.payload["key"]: s.event.payload["value"] for s in trace if s.opcode == WRITE_MEM}
+    reads = [s.event.payload for s in trace if s.opcode == READ_MEM]
+    assert len(reads) == settings.n_pairs and all(writes[r["key"]] == r["value"] for r in reads)
