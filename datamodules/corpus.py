@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from lit_psion.core import atomic_write_json, sha256_bytes
 from lit_psion.core.errors import DataError
 from lit_psion.core.manifest import DataManifest, SourceFile
-from lit_psion.datamodules.replay import IndexBatch, ReplayBatchSampler, ReplayDataLoader, ReplaySampler
+from lit_psion.datamodules.replay import IndexBatch, ReplayDataLoader, ReplaySampler, mark_consumed, replay_loader
 from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
 
 STDLIB = "stdlib"
@@ -60,10 +60,6 @@ class PackedTokens(Dataset):
         if isinstance(indices, IndexBatch):
             batch["cursor"] = (indices.epoch, indices.end)
         return batch
-
-
-def _as_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    return batch
 
 
 class CorpusDataModule(L.LightningDataModule):
@@ -307,24 +303,10 @@ class CorpusDataModule(L.LightningDataModule):
     def _loader(
         self, dataset: PackedTokens, sampler: ReplaySampler, batch_size: int, drop_last: bool = True
     ) -> ReplayDataLoader:
-        # A private generator: creating the iterator must not draw from the global RNG, or a resumed
-        # run's dropout masks would differ from the uninterrupted run's.
-        return ReplayDataLoader(
-            dataset,
-            sampler=ReplayBatchSampler(sampler, batch_size, drop_last),
-            batch_size=None,
-            collate_fn=_as_batch,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
-            persistent_workers=self.num_workers > 0,
-        )
+        return replay_loader(dataset, sampler, batch_size, drop_last, self.num_workers, self.seed)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        # Runs for the batch about to be trained on (after Lightning's prefetch), so the cursor
-        # saved in a checkpoint is exactly what was consumed.
-        cursor = batch.get("cursor")
-        if cursor is not None and self.trainer is not None and self.trainer.training and self._train_loader:
-            self._train_loader.mark_consumed(*cursor)
+        mark_consumed(batch, self.trainer, self._train_loader)
         return batch
 
     def state_dict(self) -> dict[str, Any]:

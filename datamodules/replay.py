@@ -117,3 +117,35 @@ class ReplayDataLoader(DataLoader):
         self.consumed = Cursor(**state_dict)
         self.sampler.sampler.cursor = self.consumed
         self.sampler.sampler.epoch = self.consumed.epoch
+
+
+def replay_loader(
+    dataset: Any, sampler: ReplaySampler, batch_size: int, drop_last: bool, num_workers: int, seed: int
+) -> ReplayDataLoader:
+    """A ReplayDataLoader handing ``dataset`` whole batches of indices (the dataset builds each batch)."""
+    # A private generator: creating the iterator must not draw from the global RNG, or a resumed
+    # run's dropout masks would differ from the uninterrupted run's.
+    return ReplayDataLoader(
+        dataset,
+        sampler=ReplayBatchSampler(sampler, batch_size, drop_last),
+        batch_size=None,
+        collate_fn=_whole_batch,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _whole_batch(batch: Any) -> Any:
+    return batch
+
+
+def mark_consumed(batch: dict[str, Any], trainer: Any, loader: ReplayDataLoader | None) -> None:
+    """Record a training batch's cursor as consumed (call from ``on_after_batch_transfer``).
+
+    That hook runs for the batch about to be trained on (after Lightning's prefetch), so the cursor
+    saved in a checkpoint is exactly what was consumed.
+    """
+    cursor = batch.get("cursor")
+    if cursor is not None and trainer is not None and trainer.training and loader is not None:
+        loader.mark_consumed(*cursor)

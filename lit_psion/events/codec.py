@@ -9,7 +9,8 @@ each event, the token range of its payload's ``text`` value, which the trace bui
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from lit_psion.core import canonical_json
 from lit_psion.events.envelope import EventEnvelope, EventError
@@ -75,3 +76,90 @@ class EventCodec:
         if current is not None:
             raise EventError("the token stream ends inside an event")
         return events
+
+
+EVENT_OPEN, EVENT_CLOSE, PAD_TOKEN = "<|event|>", "<|/event|>", "<|pad|>"
+
+
+class BpeEventCodec:
+    """The same event framing over a byte-level BPE trained on event JSON (lossless, about 6x shorter).
+
+    Args:
+        tokenizer: a byte-level BPE ``tokenizers.Tokenizer`` (see :func:`train_event_tokenizer`).
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.event_start = tokenizer.token_to_id(EVENT_OPEN)
+        self.event_end = tokenizer.token_to_id(EVENT_CLOSE)
+        self.pad = tokenizer.token_to_id(PAD_TOKEN)
+        if None in (self.event_start, self.event_end, self.pad):
+            raise EventError("the event tokenizer lacks its framing tokens; train it with train_event_tokenizer")
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    def encode(self, events: Sequence[EventEnvelope]) -> list[int]:
+        return self.encode_spans(events)[0]
+
+    def encode_spans(self, events: Sequence[EventEnvelope]) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+        """Token ids, and per event (start, end, text_start, text_end), as :meth:`EventCodec.encode_spans`.
+
+        The text span covers every token that overlaps the payload's ``text`` value.
+        """
+        ids: list[int] = []
+        spans = []
+        for event in events:
+            body = canonical_json(event.to_json_dict()).decode()
+            encoding = self.tokenizer.encode(body, add_special_tokens=False)
+            start = len(ids)
+            ids.append(self.event_start)
+            ids.extend(encoding.ids)
+            ids.append(self.event_end)
+            text_start = text_end = start + 1
+            text = event.payload.get("text")
+            if isinstance(text, str) and text:
+                quoted = canonical_json(text).decode()
+                offset = body.find('"text":' + quoted)
+                if offset >= 0:
+                    lo = offset + len('"text":') + 1
+                    hi = lo + len(quoted) - 2
+                    inside = [i for i, (a, b) in enumerate(encoding.offsets) if a < hi and b > lo]
+                    if inside:
+                        text_start, text_end = start + 1 + inside[0], start + 2 + inside[-1]
+            spans.append((start, len(ids), text_start, text_end))
+        return ids, spans
+
+    def decode(self, ids: Sequence[int]) -> list[EventEnvelope]:
+        events, current = [], None
+        for position, token in enumerate(ids):
+            if token == self.event_start:
+                if current is not None:
+                    raise EventError(f"token {position}: an event starts before the previous one ended")
+                current = []
+            elif token == self.event_end:
+                if current is None:
+                    raise EventError(f"token {position}: an event ends that never started")
+                text = self.tokenizer.decode(current, skip_special_tokens=False)
+                try:
+                    record = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise EventError(f"token {position}: the event's tokens are not JSON ({error})") from error
+                events.append(EventEnvelope.from_json_dict(record))
+                current = None
+            elif token == self.pad:
+                continue
+            elif current is not None:
+                current.append(token)
+            else:
+                raise EventError(f"token {position}: id {token} is outside an event")
+        if current is not None:
+            raise EventError("the token stream ends inside an event")
+        return events
+
+
+def train_event_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE over event JSON, with the event framing and padding tokens added."""
+    from lit_psion.datamodules.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer("bpe", texts, vocab_size)
+    tokenizer.add_special_tokens([EVENT_OPEN, EVENT_CLOSE, PAD_TOKEN])
+    return tokenizer
