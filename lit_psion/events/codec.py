@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from lit_psion.core import canonical_json
 from lit_psion.events.envelope import EventEnvelope, EventError
 
@@ -157,9 +159,18 @@ class BpeEventCodec:
 
 
 def train_event_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
-    """A byte-level BPE over event JSON, with the event framing and padding tokens added."""
-    from lit_psion.datamodules.tokenizer import train_tokenizer
+    """A byte-level BPE over event JSON, with the event framing and padding tokens added.
 
-    tokenizer = train_tokenizer("bpe", texts, vocab_size)
-    tokenizer.add_special_tokens([EVENT_OPEN, EVENT_CLOSE, PAD_TOKEN])
+    Merges stay inside a JSON string or inside the punctuation and numbers between strings, so a
+    token never spans a field name and its value: a payload's text keeps its own tokens.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r'"(?:[^"\\]|\\.)*"'), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[EVENT_OPEN, EVENT_CLOSE, PAD_TOKEN], show_progress=False)  # fmt: skip
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer

@@ -1,0 +1,200 @@
+"""Generated MOSAIC event traces (seed 003) as a replay-safe DataModule.
+
+Traces come from :func:`lit_psion.events.traces.generate_trace`, deterministic per (seed, split,
+index). Each event is encoded with its commitment meta-fields hidden (``commitment_delta`` 0, no
+``commitment_id``): predicting them is the model's job, so they appear only as teacher labels.
+Traces are packed into one token stream per split and cut into windows of ``block_size + 1``, like
+the corpus DataModule; a batch holds ``input_ids``, ``targets``, the per-input-token teacher
+tensors ``opcode_targets`` and ``commitment_targets`` (-100 where unsupervised), ``sample_ids`` and
+the ``cursor``. The manifest pins the generator settings, counts and tokenizer digest; resuming
+against a different one is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import Dataset
+
+from lit_psion.core import atomic_write_text, canonical_json, sha256_bytes, sha256_json
+from lit_psion.datamodules.corpus import DataConfigError, DataManifestMismatch
+from lit_psion.datamodules.replay import IndexBatch, ReplayDataLoader, ReplaySampler, mark_consumed, replay_loader
+from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
+from lit_psion.events.envelope import EventEnvelope
+from lit_psion.events.traces import IGNORE, Supervised, TraceSettings, generate_trace
+
+FORMAT_VERSION = 1
+
+
+def observed(event: EventEnvelope) -> EventEnvelope:
+    """The event as the model sees it: commitment meta-fields hidden."""
+    return dataclasses.replace(event, commitment_delta=0, commitment_id=None)
+
+
+def encode_trace(codec: BpeEventCodec, trace: list[Supervised]) -> tuple[list[int], list[int], list[int]]:
+    """Token ids with their opcode and commitment teacher labels (one per token, -100 unsupervised)."""
+    ids, spans = codec.encode_spans([observed(s.event) for s in trace])
+    opcodes, commitments = [IGNORE] * len(ids), [IGNORE] * len(ids)
+    for item, (start, end, text_start, text_end) in zip(trace, spans, strict=True):
+        opcodes[start:end] = [item.opcode] * (end - start)
+        if item.commitment is not None:
+            lo, hi = (start, end) if item.whole_event_commitment else (text_start, text_end)
+            commitments[lo:hi] = [item.commitment] * (hi - lo)
+    return ids, opcodes, commitments
+
+
+class PackedEvents(Dataset):
+    """Windows of ``block_size + 1`` tokens every ``block_size`` over a split's packed streams."""
+
+    def __init__(self, streams: dict[str, torch.Tensor], block_size: int) -> None:
+        self.streams, self.block_size = streams, block_size
+        self.offsets = torch.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        return max(0, (len(self.streams["ids"]) - 1) // self.block_size)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        sample_ids = torch.tensor(indices, dtype=torch.long)
+        window = sample_ids[:, None] * self.block_size + self.offsets
+        ids = self.streams["ids"][window].long()
+        batch = {
+            "input_ids": ids[:, :-1], "targets": ids[:, 1:], "sample_ids": sample_ids,
+            "opcode_targets": self.streams["opcode"][window[:, :-1]].long(),
+            "commitment_targets": self.streams["commitment"][window[:, :-1]].long(),
+        }  # fmt: skip
+        if isinstance(indices, IndexBatch):
+            batch["cursor"] = (indices.epoch, indices.end)
+        return batch
+
+
+class EventTraceDataModule(L.LightningDataModule):
+    """Associative-recall, sleep-replay and negotiation traces for MosaicLM.
+
+    Args:
+        n_train, n_val: Traces per split.
+        n_pairs, distractor_events, negotiation_pairs, sleep_replay_per_pair: The trace shape (seed 003).
+        vocab_size: Event BPE vocabulary size (trained on ``tokenizer_traces`` training traces).
+        block_size: Tokens of context per sample.
+        batch_size: Samples per training batch.
+        seed: Seed of the traces and of the sample order.
+    """
+
+    def __init__(
+        self,
+        n_train: int = 2000,
+        n_val: int = 100,
+        n_pairs: int = 3,
+        distractor_events: int = 4,
+        negotiation_pairs: int = 2,
+        sleep_replay_per_pair: int = 1,
+        vocab_size: int = 2048,
+        tokenizer_traces: int = 300,
+        block_size: int = 512,
+        batch_size: int = 8,
+        seed: int = 1337,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_train", n_train), ("n_val", n_val), ("block_size", block_size),
+                            ("batch_size", batch_size), ("tokenizer_traces", tokenizer_traces)):  # fmt: skip
+            if value < 1:
+                raise DataConfigError(f"{name} must be >= 1, got {value!r}")
+        if vocab_size < 300:
+            raise DataConfigError(f"vocab_size must be >= 300 (256 bytes and the framing tokens), got {vocab_size!r}")
+        self.settings = TraceSettings(n_pairs=n_pairs, distractor_events=distractor_events,
+                                      negotiation_pairs=negotiation_pairs,
+                                      sleep_replay_per_pair=sleep_replay_per_pair)  # fmt: skip
+        self.n_train, self.n_val, self.requested_vocab_size = n_train, n_val, vocab_size
+        self.tokenizer_traces, self.block_size, self.batch_size = tokenizer_traces, block_size, batch_size
+        self.seed = seed
+        self.cache_dir = Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
+        self.num_workers = num_workers
+        self.codec: BpeEventCodec | None = None
+        self.manifest: dict[str, Any] | None = None
+        self._streams: dict[str, dict[str, torch.Tensor]] = {}
+        self._train_loader: ReplayDataLoader | None = None
+
+    @property
+    def manifest_digest(self) -> str:
+        return sha256_json(self.prepare())
+
+    def prepare(self) -> dict[str, Any]:
+        """Train or load the tokenizer, generate and encode the traces; return the manifest."""
+        if self.manifest is not None:
+            return self.manifest
+        key = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(self.settings), "seed": self.seed,
+               "vocab_size": self.requested_vocab_size, "traces": self.tokenizer_traces}  # fmt: skip
+        path = self.cache_dir / "event_tokenizers" / sha256_json(key) / "tokenizer.json"
+        if not path.exists():
+            texts = (canonical_json(observed(s.event).to_json_dict()).decode()
+                     for i in range(self.tokenizer_traces) for s in self.trace("train", i))  # fmt: skip
+            atomic_write_text(path, train_event_tokenizer(texts, self.requested_vocab_size).to_str())
+        self.codec = BpeEventCodec(Tokenizer.from_str(path.read_text()))
+        counts = {}
+        for split, count in (("train", self.n_train), ("val", self.n_val)):
+            ids, opcodes, commitments = [], [], []
+            for index in range(count):
+                trace_ids, trace_opcodes, trace_commitments = encode_trace(self.codec, self.trace(split, index))
+                ids += trace_ids
+                opcodes += trace_opcodes
+                commitments += trace_commitments
+            self._streams[split] = {"ids": torch.tensor(ids, dtype=torch.int32),
+                                    "opcode": torch.tensor(opcodes, dtype=torch.int16),
+                                    "commitment": torch.tensor(commitments, dtype=torch.int16)}  # fmt: skip
+            counts[split] = {"traces": count, "tokens": len(ids),
+                             "samples": len(PackedEvents(self._streams[split], self.block_size))}  # fmt: skip
+            if counts[split]["samples"] < (self.batch_size if split == "train" else 1):
+                raise DataConfigError(f"{count} {split} traces make {counts[split]['samples']} samples of "
+                                      f"{self.block_size} tokens; raise n_{split} or lower block_size")  # fmt: skip
+        tokenizer_digest = sha256_bytes(path.read_bytes())
+        self.manifest = {"kind": "event_traces", **key, "block_size": self.block_size, "n_train": self.n_train,
+                         "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts}  # fmt: skip
+        return self.manifest
+
+    def trace(self, split: str, index: int) -> list[Supervised]:
+        return generate_trace(self.settings, self.seed, split, index)
+
+    @property
+    def vocab_size(self) -> int:
+        self.prepare()
+        return self.codec.vocab_size
+
+    def setup(self, stage: str) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> ReplayDataLoader:
+        dataset = PackedEvents(self._streams["train"], self.block_size)
+        sampler = ReplaySampler(len(dataset), self.seed)
+        self._train_loader = replay_loader(dataset, sampler, self.batch_size, True, self.num_workers, self.seed)
+        return self._train_loader
+
+    def val_dataloader(self) -> ReplayDataLoader:
+        dataset = PackedEvents(self._streams["val"], self.block_size)
+        sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
+        return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, self.num_workers, self.seed)
+
+    test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        mark_consumed(batch, self.trainer, self._train_loader)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"manifest": self.prepare(), "manifest_digest": self.manifest_digest}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("manifest_digest") not in (None, self.manifest_digest):
+            saved, current = state_dict["manifest"], self.prepare()
+            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise DataManifestMismatch(
+                f"refusing to load the checkpoint: the event-trace data changed since it was written "
+                f"({', '.join(changed)} differ); use the original settings or start a new run without --ckpt_path"
+            )
