@@ -49,6 +49,20 @@ def encode_trace(codec: BpeEventCodec, trace: list[Supervised]) -> tuple[list[in
     return ids, opcodes, commitments
 
 
+@dataclasses.dataclass(frozen=True)
+class TraceManifest:
+    """The event-trace data's manifest: generator settings, counts and tokenizer digest."""
+
+    record: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return sha256_json(self.record)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.record
+
+
 class PackedEvents(Dataset):
     """Windows of ``block_size + 1`` tokens every ``block_size`` over a split's packed streams."""
 
@@ -117,15 +131,11 @@ class EventTraceDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
         self.num_workers = num_workers
         self.codec: BpeEventCodec | None = None
-        self.manifest: dict[str, Any] | None = None
+        self.manifest: TraceManifest | None = None
         self._streams: dict[str, dict[str, torch.Tensor]] = {}
         self._train_loader: ReplayDataLoader | None = None
 
-    @property
-    def manifest_digest(self) -> str:
-        return sha256_json(self.prepare())
-
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self) -> TraceManifest:
         """Train or load the tokenizer, generate and encode the traces; return the manifest."""
         if self.manifest is not None:
             return self.manifest
@@ -154,8 +164,9 @@ class EventTraceDataModule(L.LightningDataModule):
                 raise DataConfigError(f"{count} {split} traces make {counts[split]['samples']} samples of "
                                       f"{self.block_size} tokens; raise n_{split} or lower block_size")  # fmt: skip
         tokenizer_digest = sha256_bytes(path.read_bytes())
-        self.manifest = {"kind": "event_traces", **key, "block_size": self.block_size, "n_train": self.n_train,
-                         "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts}  # fmt: skip
+        self.manifest = TraceManifest({"kind": "event_traces", **key, "block_size": self.block_size,
+                                       "n_train": self.n_train, "n_val": self.n_val,
+                                       "tokenizer_digest": tokenizer_digest, "counts": counts})  # fmt: skip
         return self.manifest
 
     def trace(self, split: str, index: int) -> list[Supervised]:
@@ -188,11 +199,12 @@ class EventTraceDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"manifest": self.prepare(), "manifest_digest": self.manifest_digest}
+        manifest = self.prepare()
+        return {"manifest": manifest.to_json_dict(), "manifest_digest": manifest.digest}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("manifest_digest") not in (None, self.manifest_digest):
-            saved, current = state_dict["manifest"], self.prepare()
+        if state_dict.get("manifest_digest") not in (None, self.prepare().digest):
+            saved, current = state_dict["manifest"], self.prepare().to_json_dict()
             changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise DataManifestMismatch(
                 f"refusing to load the checkpoint: the event-trace data changed since it was written "

@@ -77,12 +77,12 @@ class LitPsionCLI(LightningCLI):
         parser.add_lightning_class_args(Dashboard, "dashboard")
         parser.add_lightning_class_args(GenerateSample, "sample")
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
-        parser.link_arguments("data.init_args.block_size", "model.init_args.decoder.block_size", apply_on="parse")
         parser.link_arguments("data.vocab_size", "model.init_args.decoder.vocab_size", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
         config.trainer.strategy = _strategy_class(config.trainer.strategy)
+        _link_block_size(config)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         ckpt_path = config.get("ckpt_path")
         run_id = None
@@ -116,6 +116,17 @@ class LitPsionCLI(LightningCLI):
         elif config.get("logger") in (None, True):
             config["logger"] = False  # validate/test/predict print their metrics; no stray lightning_logs/
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _link_block_size(config: Any) -> None:
+    """The model's context is the data's ``block_size`` (set here: jsonargparse's parse-time link does
+    not reach a field of a dataclass inside a subclass's init args)."""
+    data = config.get("data")
+    model = config.get("model")
+    block_size = data.get("init_args", {}).get("block_size") if data is not None else None
+    decoder = model.get("init_args", {}).get("decoder") if model is not None else None
+    if block_size is not None and decoder is not None:
+        decoder.block_size = block_size
 
 
 def _strategy_class(strategy: Any) -> Any:

@@ -110,3 +110,11 @@ def test_omegaconf_interpolation_in_a_config(tmp_path: Path) -> None:
     assert fit("--config", str(overlay), "--trainer.default_root_dir", str(tmp_path)) == 0
     config = yaml.safe_load((tmp_path / read_latest(tmp_path) / "config.yaml").read_text())
     assert config["checkpoint"]["every_n_train_steps"] == 4 and config["trainer"]["val_check_interval"] == 4
+
+
+def test_the_model_context_follows_the_data_block_size() -> None:
+    from lit_psion.cli import LitPsionCLI
+
+    cli = LitPsionCLI(args=["--config", TINY, "--data.block_size", "24"], run=False)
+    assert cli.model.decoder_config.block_size == 24 == cli.datamodule.block_size
+    assert cli.model.decoder_config.vocab_size == cli.datamodule.vocab_size

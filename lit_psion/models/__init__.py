@@ -1,5 +1,6 @@
 """LightningModules: thin wrappers owning steps, metrics and optimizers."""
 
 from lit_psion.models.decoder_lm import DecoderLM
+from lit_psion.models.mosaic_lm import MosaicLM
 
-__all__ = ["DecoderLM"]
+__all__ = ["DecoderLM", "MosaicLM"]

@@ -1,0 +1,128 @@
+"""``MosaicLM``: next-token training of :class:`lit_psion.nn.mosaic.Mosaic` with its auxiliary heads.
+
+Objective (seed 003): next-token cross-entropy
++ ``aux_opcode_weight`` * opcode cross-entropy (teacher ``opcode_targets``)
++ ``aux_commitment_weight`` * commitment cross-entropy (teacher ``commitment_targets`` in
+{-1, 0, +1} mapped to classes {0: close, 1: neutral, 2: open}); -100 positions are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_psion.core import sha256_json
+from lit_psion.core.errors import ConfigError
+from lit_psion.models.decoder_lm import DecoderLM
+from lit_psion.nn.decoder import DecoderConfig
+from lit_psion.nn.mosaic import Mosaic, MosaicConfig
+from lit_psion.nn.optim import OptimizerConfig
+
+IGNORE = -100
+COMMITMENT_CLASSES = ("close", "neutral", "open")
+
+
+def commitment_labels(deltas: torch.Tensor) -> torch.Tensor:
+    """Teacher deltas {-1, 0, +1} (or -100) as class indices {0, 1, 2} (or -100)."""
+    return torch.where(deltas == IGNORE, deltas, (deltas + 1).clamp(0, 2))
+
+
+class MosaicLM(DecoderLM):
+    """The event-native MOSAIC decoder.
+
+    Args:
+        decoder: Shape of the core decoder (``vocab_size``/``block_size`` come from the data via the CLI).
+        mosaic: Memory and heads.
+        optimizer: As for DecoderLM.
+        aux_opcode_weight: Weight of the opcode cross-entropy.
+        aux_commitment_weight: Weight of the commitment cross-entropy.
+    """
+
+    def __init__(
+        self,
+        decoder: DecoderConfig | None = None,
+        mosaic: MosaicConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        aux_opcode_weight: float = 0.1,
+        aux_commitment_weight: float = 0.1,
+    ) -> None:
+        super().__init__(decoder, optimizer)
+        if aux_opcode_weight < 0 or aux_commitment_weight < 0:
+            raise ConfigError(f"aux weights must be >= 0, got {aux_opcode_weight!r} and {aux_commitment_weight!r}")
+        self.mosaic_config = mosaic or MosaicConfig()
+        self.model = Mosaic(self.decoder_config, self.mosaic_config)
+        self.aux_opcode_weight, self.aux_commitment_weight = aux_opcode_weight, aux_commitment_weight
+        self.val_parts = torch.nn.ModuleDict({name: MeanMetric() for name in ("lm_ce", "aux_opcode_ce",
+                                                                               "aux_commitment_ce")})  # fmt: skip
+        self.val_commitment_accuracy = MulticlassAccuracy(num_classes=3, average=None, ignore_index=IGNORE)
+
+    @property
+    def model_signature(self) -> str:
+        return sha256_json({"family": "MosaicLM", "decoder": dataclasses.asdict(self.decoder_config),
+                            "mosaic": dataclasses.asdict(self.mosaic_config), "base": None})  # fmt: skip
+
+    def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(input_ids)
+
+    def generate(self, *args: object, **kwargs: object) -> torch.Tensor:
+        raise NotImplementedError("MosaicLM predicts events: use `python -m lit_psion events predict`")
+
+    def objective(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        """Total loss, its parts, and the model outputs."""
+        out = self.model(batch["input_ids"])
+        parts = {"lm_ce": F.cross_entropy(out["logits"].flatten(0, 1), batch["targets"].flatten())}
+        loss = parts["lm_ce"]
+        opcode_targets = batch.get("opcode_targets")
+        if opcode_targets is not None and (opcode_targets != IGNORE).any():
+            parts["aux_opcode_ce"] = F.cross_entropy(out["mosaic_opcode_logits"].float().flatten(0, 1),
+                                                     opcode_targets.flatten(), ignore_index=IGNORE)  # fmt: skip
+            loss = loss + self.aux_opcode_weight * parts["aux_opcode_ce"]
+        commitment = batch.get("commitment_targets")
+        logits = out.get("mosaic_commitment_logits")
+        if commitment is not None and logits is not None and (commitment != IGNORE).any():
+            labels = commitment_labels(commitment).flatten()
+            parts["aux_commitment_ce"] = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=IGNORE)
+            parts["aux_commitment_weighted"] = self.aux_commitment_weight * parts["aux_commitment_ce"]
+            loss = loss + parts["aux_commitment_weighted"]
+        return loss, parts, out
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, _, out = self.objective(batch)
+        return loss, out["logits"]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, parts, _ = self.objective(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, parts, out = self.objective(batch)
+        self.val_loss.update(loss)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        for name, value in parts.items():
+            if name in self.val_parts:
+                self.val_parts[name].update(value)
+                self.log(f"val/{name}", self.val_parts[name])
+        if "mosaic_commitment_logits" in out and "commitment_targets" in batch:
+            self.val_commitment_accuracy.update(out["mosaic_commitment_logits"].flatten(0, 1),
+                                                commitment_labels(batch["commitment_targets"]).flatten())  # fmt: skip
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_commitment_accuracy.update_count:
+            accuracy = self.val_commitment_accuracy.compute()
+            for name, value in zip(COMMITMENT_CLASSES, accuracy, strict=True):
+                self.log(f"val/commitment_acc_{name}", value)
+            self.val_commitment_accuracy.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, _, _ = self.objective(batch)
+        self.log("test/loss", loss)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.model(batch["input_ids"])["mosaic_commitment_logits"].argmax(-1) - 1
