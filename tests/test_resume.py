@@ -52,8 +52,29 @@ def _assert_same_run(resumed: dict, resumed_ids: list, uninterrupted: tuple[dict
 def test_stop_and_resume_is_bitwise_identical(
     k: int, writes: str, tmp_path: Path, uninterrupted: tuple[dict, list, Path]
 ) -> None:
+    _stop_and_resume(k, writes, tmp_path, uninterrupted)
+
+
+def test_stop_and_resume_with_muon_is_bitwise_identical(tmp_path: Path, muon_uninterrupted: tuple) -> None:
+    # Muon's resume once lost the schedule: the inner optimizers kept stale learning rates after loading
+    _stop_and_resume(STEPS_PER_EPOCH + 2, "sync", tmp_path, muon_uninterrupted, MUON)
+
+
+MUON = ("--model.init_args.optimizer.name", "muon")
+
+
+@pytest.fixture(scope="module")
+def muon_uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list, Path]:
+    root = tmp_path_factory.mktemp("full_muon")
+    extra = callbacks_config(root / "cb.json", ("RecordConsumed", {"path": str(root / "ids.jsonl")}))
+    args = (*DATA, *MUON, "--config", extra, "--trainer.default_root_dir", str(root), "--trainer.max_steps", str(N))
+    assert fit(*args) == 0
+    return latest_checkpoint(root), consumed(root / "ids.jsonl"), root / read_latest(root)
+
+
+def _stop_and_resume(k: int, writes: str, tmp_path: Path, uninterrupted: tuple, extra_args: tuple = ()) -> None:
     extra = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(tmp_path / "ids.jsonl")}))
-    common = (*DATA, "--config", extra, "--trainer.default_root_dir", str(tmp_path))
+    common = (*DATA, *extra_args, "--config", extra, "--trainer.default_root_dir", str(tmp_path))
     common += ("--checkpoint.async_write", str(writes == "async").lower())
     assert fit(*common, "--trainer.max_steps", str(k)) == 0
     assert fit(*common, "--trainer.max_steps", str(N), "--ckpt_path", "last") == 0

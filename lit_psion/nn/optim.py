@@ -121,6 +121,9 @@ class MuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        # Loading gives the inner optimizers new group dicts: share them again, or a scheduler
+        # stepping this optimizer would set learning rates the inner ones never read.
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]
 
 
 def build_optimizer(
