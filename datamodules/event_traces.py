@@ -139,14 +139,8 @@ class EventTraceDataModule(L.LightningDataModule):
         """Train or load the tokenizer, generate and encode the traces; return the manifest."""
         if self.manifest is not None:
             return self.manifest
-        key = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(self.settings), "seed": self.seed,
-               "vocab_size": self.requested_vocab_size, "traces": self.tokenizer_traces}  # fmt: skip
-        path = self.cache_dir / "event_tokenizers" / sha256_json(key) / "tokenizer.json"
-        if not path.exists():
-            texts = (canonical_json(observed(s.event).to_json_dict()).decode()
-                     for i in range(self.tokenizer_traces) for s in self.trace("train", i))  # fmt: skip
-            atomic_write_text(path, train_event_tokenizer(texts, self.requested_vocab_size).to_str())
-        self.codec = BpeEventCodec(Tokenizer.from_str(path.read_text()))
+        key, path = self._tokenizer_key()
+        self.load_codec()
         counts = {}
         for split, count in (("train", self.n_train), ("val", self.n_val)):
             ids, opcodes, commitments = [], [], []
@@ -169,13 +163,28 @@ class EventTraceDataModule(L.LightningDataModule):
                                        "tokenizer_digest": tokenizer_digest, "counts": counts})  # fmt: skip
         return self.manifest
 
+    def _tokenizer_key(self) -> tuple[dict[str, Any], Path]:
+        key = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(self.settings), "seed": self.seed,
+               "vocab_size": self.requested_vocab_size, "traces": self.tokenizer_traces}  # fmt: skip
+        return key, self.cache_dir / "event_tokenizers" / sha256_json(key) / "tokenizer.json"
+
+    def load_codec(self) -> BpeEventCodec:
+        """The event codec (its tokenizer trained on the first training traces, cached by settings)."""
+        if self.codec is None:
+            _, path = self._tokenizer_key()
+            if not path.exists():
+                texts = (canonical_json(observed(s.event).to_json_dict()).decode()
+                         for i in range(self.tokenizer_traces) for s in self.trace("train", i))  # fmt: skip
+                atomic_write_text(path, train_event_tokenizer(texts, self.requested_vocab_size).to_str())
+            self.codec = BpeEventCodec(Tokenizer.from_str(path.read_text()))
+        return self.codec
+
     def trace(self, split: str, index: int) -> list[Supervised]:
         return generate_trace(self.settings, self.seed, split, index)
 
     @property
     def vocab_size(self) -> int:
-        self.prepare()
-        return self.codec.vocab_size
+        return self.load_codec().vocab_size
 
     def setup(self, stage: str) -> None:
         self.prepare()

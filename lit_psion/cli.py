@@ -226,6 +226,10 @@ def main(args: list[str] | None = None) -> int:
             verify_command(argv)
         elif argv[:1] == ["compare"]:
             compare_command(argv[1:])
+        elif argv[:1] == ["events"]:
+            from lit_psion.events.predict import events_command  # imported on use
+
+            events_command(argv[1:])
         elif argv[:1] == ["session"]:
             from lit_psion.sessions.cli import session_main  # imported on use: fit does not need it
 

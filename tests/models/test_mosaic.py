@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from pathlib import Path
 
 import pytest
 import torch
 
+from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
+from lit_psion.events.traces import TraceSettings, generate_trace
 from lit_psion.nn.decoder import DecoderConfig
 from lit_psion.nn.mosaic import Mosaic, MosaicConfig
 from tests.helpers import assert_tree_equal, fit, latest_checkpoint
@@ -18,10 +21,16 @@ from tests.helpers import assert_tree_equal, fit, latest_checkpoint
 MOSAIC_TINY = "fixtures/mosaic_tiny.yaml"
 
 
-def test_tiny_preset_meets_the_seed_acceptance_criteria(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mosaic")
     # 1. runtime: the fit completes
-    assert fit("--trainer.default_root_dir", str(tmp_path), config=MOSAIC_TINY) == 0
-    run = tmp_path / read_latest(tmp_path)
+    assert fit("--trainer.default_root_dir", str(root), config=MOSAIC_TINY) == 0
+    return root / read_latest(root)
+
+
+def test_tiny_preset_meets_the_seed_acceptance_criteria(trained: Path) -> None:
+    run = trained
     assert read_json(run / "run.json")["status"] == "completed"
     with open(run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -73,3 +82,24 @@ def test_resuming_against_different_traces_is_refused(tmp_path: Path, capsys: py
     code = fit(*root, "--trainer.max_steps", "8", "--ckpt_path", "last", "--data.n_pairs", "3", config=MOSAIC_TINY)
     assert code == 3
     assert "event-trace data changed" in capsys.readouterr().err
+
+
+def test_events_predict_tracks_commitments_on_new_traces(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    trace = generate_trace(TraceSettings(n_pairs=2, distractor_events=1, negotiation_pairs=2), 99, "heldout", 0)
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(s.event.to_json_dict()) + "\n" for s in trace))
+    assert main(["events", "predict", "--ckpt", str(trained), str(events), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = [s.event.commitment_delta for s in trace]
+    assert [r["predicted_delta"] for r in rows] == expected
+    assert rows[-1]["open"] == [] and max(len(r["open"]) for r in rows) == 1
+
+
+def test_events_predict_names_the_bad_line(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    events = tmp_path / "events.jsonl"
+    good = {"id": "a", "type": "Message", "sender": "u", "payload": {"text": "hi"}, "seq": 0}
+    events.write_text(json.dumps(good) + "\n" + json.dumps({**good, "commitment_delta": 2}) + "\n")
+    assert main(["events", "predict", "--ckpt", str(trained), str(events)]) == 3
+    assert "events.jsonl:2" in capsys.readouterr().err
