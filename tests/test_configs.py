@@ -15,7 +15,15 @@ PRESETS = sorted(Path("configs").glob("*.yaml"))
 SMALL_DATA = {
     "stdlib": ("--data.init_args.max_bytes", "150000", "--data.init_args.vocab_size", "300"),
     "files": ("--data.files", "fixtures/tiny_corpus.txt"),
+    "events": ("--data.n_train", "40", "--data.n_val", "10", "--data.tokenizer_traces", "30"),
 }
+
+
+def _small_data(preset: Path) -> tuple[str, ...]:
+    text = preset.read_text()
+    if "EventTraceDataModule" in text:
+        return SMALL_DATA["events"]
+    return SMALL_DATA["stdlib"] if "files: stdlib" in text else SMALL_DATA["files"]
 
 
 def test_configs_folder_has_presets() -> None:
@@ -24,7 +32,7 @@ def test_configs_folder_has_presets() -> None:
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_preset_runs_two_steps(preset: Path, tmp_path: Path) -> None:
-    data = SMALL_DATA["stdlib"] if "files: stdlib" in preset.read_text() else SMALL_DATA["files"]
+    data = _small_data(preset)
     code = fit(
         *data, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
         "--sample.max_new_tokens", "5", "--trainer.default_root_dir", str(tmp_path), config=str(preset),
