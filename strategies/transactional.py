@@ -320,6 +320,8 @@ class _Transactions:
         log = receipt_log(trainer)
         if log is not None and trainer.is_global_zero:
             log.append(receipt)
+        if step % trainer.log_every_n_steps:
+            return  # the counters are cumulative: log them on the steps that write a log row
         attempts = self.commits + self.rolled_back
         module.log("transactions/commit_rate", self.commits / max(1, attempts), on_step=True, on_epoch=False)
         module.log("transactions/rollbacks", float(self.rolled_back), on_step=True, on_epoch=False)
