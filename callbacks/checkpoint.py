@@ -143,7 +143,7 @@ class PointerCheckpoint(EvidenceCallback):
         for staging in directory.glob(".step-*.tmp-*"):  # left by a process killed mid-write
             if in_flight is None or not staging.name.startswith(f".{in_flight}."):
                 shutil.rmtree(staging, ignore_errors=True)
-        saved = sorted(p for p in directory.glob("step-*") if p.is_dir())
+        saved = sorted((p for p in directory.glob("step-*") if p.is_dir()), key=_step_of)
         for old in saved[: max(0, len(saved) - self.keep_last_k)]:
             if old.name not in (keep, in_flight):
                 shutil.rmtree(old)
@@ -199,7 +199,7 @@ def resolve_checkpoint(run_dir: str | Path, rejected: list[tuple[Path, str]] | N
     except CheckpointError as error:
         problem = error
     skipped = [(pointed, str(problem))]
-    steps = sorted((p for p in directory.glob("step-*") if p.is_dir() and p != pointed), reverse=True)
+    steps = sorted((p for p in directory.glob("step-*") if p.is_dir() and p != pointed), key=_step_of, reverse=True)
     for candidate in steps:
         try:
             verify_checkpoint(candidate)
@@ -212,6 +212,12 @@ def resolve_checkpoint(run_dir: str | Path, rejected: list[tuple[Path, str]] | N
               file=sys.stderr)  # fmt: skip
         return candidate
     raise problem
+
+
+def _step_of(path: Path) -> int:
+    """The step of a ``step-N`` directory, for ordering (names stop sorting by step past 999999)."""
+    suffix = path.name.removeprefix("step-")
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def _verify_pointed(path: Path, manifest_sha256: str) -> None:

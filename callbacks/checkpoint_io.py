@@ -56,7 +56,7 @@ class ManifestCheckpointIO(CheckpointIO):
         if self._pending is not None:
             raise RuntimeError("a checkpoint write is already in flight; collect it with take_pending() first")
         # A point-in-time copy: training goes on mutating the parameters and optimizer state in place.
-        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-checkpoint")
         self._pending = self._executor.submit(write_checkpoint, snapshot, path)
@@ -114,8 +114,12 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
         atomic_write_json(staging / MANIFEST, {"version": MANIFEST_VERSION, "step": checkpoint.get("global_step"),
                                                "files": files, "durability": "durable", **extra})  # fmt: skip
         fsync_path(staging)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(error, OSError):  # torch.save reports its file's OSError as a RuntimeError
+            if not isinstance(error.__context__, OSError):
+                raise
+            error = error.__context__
         raise CheckpointWriteError(
             f"writing checkpoint {str(final)!r} failed: {error.strerror or error}; "
             "the previous checkpoint is still the pointed-to one (free space or fix the disk, then --ckpt_path last)"

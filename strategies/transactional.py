@@ -110,21 +110,22 @@ def batch_key(batch: Any) -> str:
 
 
 class _Snapshot:
-    """Trainable parameters, optimizer and scaler state before a step; ``restore`` puts them back bitwise."""
+    """Trainable parameters and optimizer state before a step; ``restore`` puts them back bitwise.
 
-    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, scaler: Any) -> None:
+    A grad scaler's state is deliberately not restored: its update after an overflow (a lower scale)
+    is what lets the next step succeed.
+    """
+
+    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
         self.params = params
         self.values = [p.detach().clone() for p in params]
         self.optimizer, self.optimizer_state = optimizer, _clone(optimizer.state_dict())
-        self.scaler, self.scaler_state = scaler, (scaler.state_dict() if scaler is not None else None)
 
     @torch.no_grad()
     def restore(self) -> None:
         for param, value in zip(self.params, self.values, strict=True):
             param.copy_(value)
         self.optimizer.load_state_dict(self.optimizer_state)
-        if self.scaler is not None:
-            self.scaler.load_state_dict(self.scaler_state)
 
 
 class _Transactions:
@@ -167,9 +168,12 @@ class _Transactions:
         module = self.lightning_module
         trainer = module.trainer
         params = [p for p in module.parameters() if p.requires_grad]
-        snapshot = _Snapshot(params, optimizer, getattr(self.precision_plugin, "scaler", None))
+        snapshot = _Snapshot(params, optimizer)
+        scaler = getattr(self.precision_plugin, "scaler", None)
         buffered = list(self._buffer)
+        before = _rng_state()
         pre_old = [self._eval_loss(module, batch, rng) for batch, rng in buffered]
+        _set_rng_state(before)  # the training forward draws from where an ordinary step would
         seen: dict[str, Any] = {}
 
         def watched_closure() -> Any:
@@ -177,7 +181,8 @@ class _Transactions:
             seen["loss"] = loss
             grads = [p.grad for p in params if p.grad is not None]
             norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]) if grads else None
-            seen["grad_norm"] = torch.linalg.vector_norm(norms) if norms is not None else torch.zeros(())
+            norm = torch.linalg.vector_norm(norms) if norms is not None else torch.zeros(())
+            seen["grad_norm"] = norm / scaler.get_scale() if scaler is not None else norm  # mixed precision: unscale
             return loss
 
         result = super().optimizer_step(optimizer, watched_closure, model, **kwargs)
@@ -185,15 +190,16 @@ class _Transactions:
         batch, batch_rng = self._batch, self._batch_rng
         current = seen.get("loss")
         current = current.detach().float() if isinstance(current, torch.Tensor) else torch.tensor(float("nan"))
+        current = current * trainer.accumulate_grad_batches  # Lightning divides the closure's loss by it
         post_all = [self._eval_loss(module, b, rng) for b, rng in [*buffered, (batch, batch_rng)]]
         _set_rng_state(after)
         pre = torch.stack([*pre_old, current]).mean()
         post = torch.stack(post_all).mean()
         grad_norm = seen.get("grad_norm", torch.zeros(())).float()
         key = batch_key(batch)
-        flags = self._flags(module, current, grad_norm, pre, post, key)
+        pre, post = self._mean(pre), self._mean(post)  # the regression test uses the means over ranks
+        flags = self._flags(module, current, grad_norm, torch.tensor(pre), torch.tensor(post), key)
         decision_bits = self._agree(flags)  # identical on every rank
-        pre, post = self._mean(pre), self._mean(post)
         reasons = tuple(reason for bit, reason in enumerate(REASONS) if decision_bits >> bit & 1)
         step = trainer.global_step + 1  # this step's number once Lightning counts it
         if reasons:
@@ -202,7 +208,10 @@ class _Transactions:
             self.rolled_back += 1
             for reason in reasons:
                 self.rollbacks[reason] += 1
-            action = self._after_rollback(trainer, optimizer, key, batch, step, reasons)
+            if scaler is not None and set(reasons) <= {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}:
+                action = "scaler_overflow"  # the grad scaler skipped the step and lowered its scale: not divergence
+            else:
+                action = self._after_rollback(trainer, optimizer, key, batch, step, reasons)
         else:
             self.last_decision = "commit"
             self.commits += 1
@@ -249,6 +258,10 @@ class _Transactions:
     def reduce_boolean_any(self, bits: torch.Tensor) -> torch.Tensor:
         return bits
 
+    def _gather(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every rank's entries (one rank here)."""
+        return list(entries)
+
     def _mean(self, value: torch.Tensor) -> float:
         return float(value)
 
@@ -258,13 +271,14 @@ class _Transactions:
         if rng is not None:
             _set_rng_state(rng)
         measure = getattr(module, "transaction_loss", None)
-        if measure is not None:
-            return torch.as_tensor(measure(batch)).detach().float()
-        module.log = module.log_dict = lambda *args, **kwargs: None  # training_step must not log twice
-        try:
-            output = module.training_step(batch, 0)
-        finally:
-            del module.log, module.log_dict
+        with self.precision_plugin.train_step_context():  # the same numerics as the training forward
+            if measure is not None:
+                return torch.as_tensor(measure(batch)).detach().float()
+            module.log = module.log_dict = lambda *args, **kwargs: None  # training_step must not log twice
+            try:
+                output = module.training_step(batch, 0)
+            finally:
+                del module.log, module.log_dict
         loss = output["loss"] if isinstance(output, dict) else output
         return loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float("nan"))
 
@@ -281,7 +295,7 @@ class _Transactions:
             return "stopped"
         if count % self.policy.restore_after:
             return None
-        for entry in self._pending:
+        for entry in self._gather(self._pending):
             self._skip[entry["key"]] = entry
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / SKIP_LIST_FILE
@@ -401,6 +415,12 @@ class TransactionalDDPStrategy(_Transactions, DDPStrategy):
     def reduce_boolean_any(self, bits: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(bits, op=torch.distributed.ReduceOp.MAX)
         return bits
+
+    @override
+    def _gather(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, list(entries))
+        return [entry for rank_entries in gathered for entry in rank_entries]
 
     @override
     def _mean(self, value: torch.Tensor) -> float:

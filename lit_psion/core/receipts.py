@@ -79,7 +79,8 @@ class TransactionReceipt(ReceiptBody):
     reasons: tuple[str, ...] = ()
     action: str | None = None
     """After a rollback: ``skipped`` (skip-listed batch), ``restored:step-NNNNNN`` (last durable checkpoint
-    restored, offending batches skip-listed), ``skip_listed_no_checkpoint``, ``stopped`` (too many in a row,
+    restored, offending batches skip-listed), ``skip_listed_no_checkpoint``, ``scaler_overflow`` (mixed
+    precision's grad scaler skipped the step; not counted as divergence), ``stopped`` (too many in a row,
     the run ends with a TransactionError); None otherwise."""
 
 

@@ -214,8 +214,8 @@ def test_async_writes_become_durable_in_order_and_retention_keeps_the_pointed(tm
 
 @pytest.mark.parametrize(
     ("async_write", "failure"),
-    [(False, "raised"), (True, "raised"), (False, "swallowed")],
-    ids=["sync", "async", "short-write-not-reported"],
+    [(False, "raised"), (True, "raised"), (False, "swallowed"), (False, "state-file"), (True, "state-file")],
+    ids=["sync", "async", "short-write-not-reported", "sync-state-file", "async-state-file"],
 )
 def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
     async_write: bool, failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
@@ -231,13 +231,33 @@ def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
             if failure == "raised":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
 
+    if failure == "state-file":  # the disk fills while torch.save writes trainer_state.pt
+
+        def write(self: object, data: object) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        save_file = safetensors.torch.save_file
+        original_init = checkpoint_io._HashingWriter.__init__
+
+        def init(self: object, handle: object) -> None:
+            original_init(self, handle)
+            if len(writes) == 3:
+                self.write = write.__get__(self)
+
+        monkeypatch.setattr(checkpoint_io._HashingWriter, "__init__", init)
+
+        def counting(tensors: dict, filename: Path) -> None:
+            writes.append(filename)
+            safetensors.torch.save_file(tensors, filename)
+
+        save_file = counting
     monkeypatch.setattr(checkpoint_io, "save_file", save_file)
     root = ("--trainer.default_root_dir", str(tmp_path), "--checkpoint.keep_last_k", "2")
     code = fit(*root, "--checkpoint.async_write", str(async_write).lower())
     assert code == CheckpointWriteError.exit_code == 6
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("lit_psion: error: writing checkpoint")
-    assert ("No space left on device" if failure == "raised" else "short write") in error
+    assert ("short write" if failure == "swallowed" else "No space left on device") in error
     run = tmp_path / read_latest(tmp_path)
     record = read_json(run / "run.json")
     assert (record["status"], record["failure_class"]) == ("failed", "checkpoint_flush_failed")

@@ -70,6 +70,16 @@ def test_a_module_without_transaction_loss_is_measured_through_training_step(tmp
     assert all(r["post_loss"] is not None for i, r in enumerate(receipts) if i != 2)
 
 
+def test_gradient_accumulation_compares_like_with_like(tmp_path: Path) -> None:
+    strategy = TransactionalStrategy(rollback_tol=1.0)
+    recorder = StateRecorder()
+    trainer = L.Trainer(strategy=strategy, max_steps=4, accumulate_grad_batches=4, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), callbacks=[recorder])  # fmt: skip
+    trainer.fit(Regression())
+    assert (strategy.commits, strategy.rolled_back) == (4, 0)  # pre_loss was once 1/4 of post_loss: all rolled back
+
+
 def test_grad_norm_max_rolls_back_the_spike_alone(tmp_path: Path) -> None:
     strategy = TransactionalStrategy(grad_norm_max=50.0, rollback_tol=1e6)
     train(tmp_path, Regression(poison={3: "spike"}), strategy, max_steps=6)
