@@ -163,6 +163,9 @@ class EventTraceDataModule(L.LightningDataModule):
                                        "tokenizer_digest": tokenizer_digest, "counts": counts})  # fmt: skip
         return self.manifest
 
+    def tokenizer_path(self) -> Path:
+        return self._tokenizer_key()[1]
+
     def _tokenizer_key(self) -> tuple[dict[str, Any], Path]:
         key = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(self.settings), "seed": self.seed,
                "vocab_size": self.requested_vocab_size, "traces": self.tokenizer_traces}  # fmt: skip

@@ -92,6 +92,7 @@ class BpeEventCodec:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        tokenizer.encode_special_tokens = True  # "<|event|>" inside a payload's text is text, not framing
         self.event_start = tokenizer.token_to_id(EVENT_OPEN)
         self.event_end = tokenizer.token_to_id(EVENT_CLOSE)
         self.pad = tokenizer.token_to_id(PAD_TOKEN)

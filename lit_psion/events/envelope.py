@@ -88,7 +88,7 @@ def _validate(event: EventEnvelope) -> None:
     if not isinstance(event.time, float) or not math.isfinite(event.time):
         raise EventError(f"{where}: 'time' must be a finite number of seconds, got {event.time!r}")
     delta = event.commitment_delta
-    if isinstance(delta, bool) or delta not in COMMITMENT_DELTAS:
+    if type(delta) is not int or delta not in COMMITMENT_DELTAS:  # not bool, not 1.0
         raise EventError(f"{where}: 'commitment_delta' must be -1 (close), 0 or +1 (open), got {delta!r}")
     if event.commitment_id is not None and (not isinstance(event.commitment_id, str) or not event.commitment_id):
         raise EventError(f"{where}: 'commitment_id' must be a non-empty string or absent, got {event.commitment_id!r}")

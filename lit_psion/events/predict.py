@@ -67,7 +67,24 @@ def load_model(location: Path) -> tuple[Any, Any]:
         raise ConfigError(f"the run in {str(run_dir)!r} trained {type(cli.model).__name__}, not MosaicLM")
     state = ManifestCheckpointIO().load_checkpoint(checkpoint)
     cli.model.load_state_dict(state["state_dict"])
-    return cli.model.eval(), cli.datamodule.load_codec()
+    codec = cli.datamodule.load_codec()
+    _check_tokenizer(run_dir, cli.datamodule)
+    return cli.model.eval(), codec
+
+
+def _check_tokenizer(run_dir: Path, datamodule: Any) -> None:
+    """Refuse a tokenizer other than the one the run trained with (a different cache or tokenizers version)."""
+    from lit_psion.core import read_json, sha256_file
+    from lit_psion.core.errors import DataError
+
+    manifest = run_dir / "data_manifest.json"
+    if not manifest.is_file():
+        return
+    expected = read_json(manifest).get("tokenizer_digest")
+    actual = sha256_file(datamodule.tokenizer_path())
+    if expected is not None and actual != expected:
+        raise DataError(f"the event tokenizer here (sha256 {actual[:16]}...) is not the one run {run_dir.name!r} "
+                        f"trained with ({expected[:16]}...); predict where the run's cache is, or retrain")  # fmt: skip
 
 
 @torch.no_grad()

@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     fork = command("fork", "branch a session: same plastic weights, copied or fresh optimizer")
     fork.add_argument("--parent_session_id", required=True)
     fork.add_argument("--child_session_id", required=True)
-    fork.add_argument("--copy_optimizer", type=_flag, default=True, help="1: keep the parent's momentum")
-    fork.add_argument("--reset_optimizer", type=_flag, default=False, help="1: start the optimizer fresh")
+    fork.add_argument("--copy_optimizer", type=_flag, default=None, help="1: keep the parent's momentum (default)")
+    fork.add_argument("--reset_optimizer", type=_flag, default=None, help="1: start the optimizer fresh")
 
     run = command("run", "run a session online")
     run.add_argument("--session_id", required=True)

@@ -22,7 +22,7 @@ from lit_psion.report import plt
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
 from lit_psion.sessions.store import OPTIM, PLASTIC, SCHEMA_VERSION, Store, load_torch, save_tensors, save_torch
 from lit_psion.sessions.world import Environment, WorldConfig, WorldModel
-from lit_psion.strategies import TransactionalStrategy
+from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
 
 NEVER = 10**9
 CURVES = ("mse_base", "mse_no_update", "mse_with_update")
@@ -77,6 +77,11 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
+    TransactionPolicy(
+        rollback_tol=settings["rollback_tol"],
+        grad_norm_max=settings["grad_norm_max"],
+        state_norm_max=settings["state_norm_max"],
+    )  # fmt: skip  (raises ConfigError naming the value)
     if settings["chunk"] < 1 or settings["buffer_len"] < 1:
         raise ConfigError(f"chunk and buffer_len must be >= 1, got {settings['chunk']!r} and "
                           f"{settings['buffer_len']!r}")  # fmt: skip
@@ -84,8 +89,16 @@ def _check_settings(settings: dict[str, Any]) -> None:
         raise ConfigError(f"lr must be positive, got {settings['lr']!r}")
 
 
-def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bool, reset_optimizer: bool) -> dict:
-    """A child with the parent's plastic weights and either a copy of its optimizer state or a fresh one."""
+def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bool | None,
+                 reset_optimizer: bool | None) -> dict:  # fmt: skip
+    """A child with the parent's plastic weights and either a copy of its optimizer state or a fresh one.
+
+    Give one flag and the other follows (``reset_optimizer=True`` alone means no copy); neither means copy.
+    """
+    if copy_optimizer is None:
+        copy_optimizer = not reset_optimizer if reset_optimizer is not None else True
+    if reset_optimizer is None:
+        reset_optimizer = not copy_optimizer
     if copy_optimizer == reset_optimizer:
         raise ConfigError("fork needs exactly one of --copy_optimizer 1 or --reset_optimizer 1, got "
                           f"copy_optimizer={int(copy_optimizer)} reset_optimizer={int(reset_optimizer)}")  # fmt: skip

@@ -1,7 +1,7 @@
 """Seed 000's latent world model and its linear environment.
 
 The environment has a latent state ``z`` (``n_state``) driven by an input ``u`` (``u_dim``):
-``z' = A z + B u + noise``. The base environment's ``A`` has spectral radius 0.9. A session's
+``z' = A z + B u + noise``. The base environment's ``A`` has spectral norm 0.9. A session's
 environment drifts from it by ``mu``: ``A_s = A + mu * D_A`` and ``B_s = B + mu * D_B``, where
 ``D_A`` and ``D_B`` are fixed random directions of spectral norm 1 (drawn from ``env_seed``), and
 ``A_s`` is scaled back to spectral radius 0.95 if the drift pushed it past that (so rollouts stay
@@ -57,8 +57,7 @@ class Environment:
     def __init__(self, config: WorldConfig, mu: float = 0.0) -> None:
         generator = torch.Generator().manual_seed(config.env_seed)
         n, m = config.n_state, config.u_dim
-        self.A = _unit_spectral(torch.randn(n, n, generator=generator)) * 0.9
-        self.A = _cap_radius(self.A, 0.9)
+        self.A = _unit_spectral(torch.randn(n, n, generator=generator)) * 0.9  # spectral norm 0.9
         self.B = torch.randn(n, m, generator=generator) / m**0.5
         drift = torch.Generator().manual_seed(config.env_seed + 1)
         if mu:

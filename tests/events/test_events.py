@@ -24,6 +24,8 @@ def test_to_json_dict_omits_commitment_id_when_none() -> None:
     [
         ({"commitment_delta": 2}, "commitment_delta"),
         ({"commitment_delta": True, "commitment_id": "c"}, "commitment_delta"),
+        ({"commitment_delta": 1.0, "commitment_id": "c"}, "commitment_delta"),
+        ({"commitment_delta": 1.0}, "commitment_delta"),
         ({"commitment_delta": 1}, "commitment_id"),  # an open without an id cannot be closed
         ({"commitment_id": ""}, "commitment_id"),
         ({"payload": ["not", "an", "object"]}, "payload"),
@@ -110,3 +112,13 @@ def test_traces_are_deterministic_and_their_lifecycle_is_consistent() -> None:
     writes = {s.event.payload["key"]: s.event.payload["value"] for s in trace if s.opcode == WRITE_MEM}
     reads = [s.event.payload for s in trace if s.opcode == READ_MEM]
     assert len(reads) == settings.n_pairs and all(writes[r["key"]] == r["value"] for r in reads)
+
+
+def test_the_bpe_codec_keeps_framing_tokens_inside_text_as_text() -> None:
+    from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
+
+    tricky = [EventEnvelope(id="x", type="Message", sender="u", seq=0,
+                            payload={"text": "see <|pad|> and <|event|> or <|/event|> here"})]  # fmt: skip
+    texts = [json.dumps(e.to_json_dict()) for e in tricky] * 20
+    codec = BpeEventCodec(train_event_tokenizer(texts, 400))
+    assert codec.decode(codec.encode(tricky)) == tricky

@@ -78,8 +78,10 @@ def test_fork_lineage_and_copy_versus_reset_optimizer(trained: Path) -> None:
                                    for k, v in parent["state"].items())  # fmt: skip
     assert torch.load(sessions / "grandchild" / "optim_state.pt", weights_only=True) == {}
     # the same plastic weights and data, different inertia: the first update differs
-    assert session("fork", *root, "--parent_session_id", "s1", "--child_session_id", "reset",
-                   "--copy_optimizer", "0", "--reset_optimizer", "1") == 0  # fmt: skip
+    assert (
+        session("fork", *root, "--parent_session_id", "s1", "--child_session_id", "reset", "--reset_optimizer", "1")
+        == 0
+    )  # fmt: skip  (one flag implies the other)
     for child in ("copy", "reset"):
         assert session("run", *root, "--session_id", child, "--steps", "32", "--seed", "5") == 0
     from safetensors.torch import load_file
@@ -126,8 +128,9 @@ def test_bad_arguments_are_one_line_errors(trained: Path, capsys: pytest.Capture
         (["run", *root, "--session_id", "missing"], "no session 'missing'"),
         (["new", *root, "--session_id", "s1"], "already exists"),
         (["new", *root, "--session_id", "../escape"], "is not valid"),
-        (["fork", *root, "--parent_session_id", "s1", "--child_session_id", "x", "--reset_optimizer", "1"],
-         "exactly one of"),
+        (["fork", *root, "--parent_session_id", "s1", "--child_session_id", "x", "--reset_optimizer", "1",
+          "--copy_optimizer", "1"], "exactly one of"),
+        (["new", *root, "--session_id", "s2", "--grad_norm_max", "0"], "grad_norm_max"),
         (["run", "--artifacts_root", str(trained / "empty"), "--session_id", "s1"], "no base model"),
     ]  # fmt: skip
     for argv, message in cases:
