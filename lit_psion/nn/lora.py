@@ -1,0 +1,115 @@
+"""LoRA adapters on a frozen base (seed 004's first adapter lane: LM-head LoRA, rank 8, alpha 16).
+
+``LoRALinear`` wraps an existing ``nn.Linear`` without touching its weight: the output is
+``base(x) + (alpha / r) * B(A(dropout(x)))`` with ``A`` random and ``B`` zero, so an untrained
+adapter changes nothing. ``merge()`` folds the update into a new weight (never into the base
+tensor itself: with tied embeddings the head's weight is the embedding's) and ``unmerge()`` puts the
+original tensor back, so unmerge restores the base bitwise. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from lit_psion.core.errors import ConfigError
+
+TARGETS = {
+    "lm_head": r"head",
+    "attn_qkv": r"blocks\.\d+\.attn\.qkv",
+    "attn_out": r"blocks\.\d+\.attn\.proj",
+    "mlp_in": r"blocks\.\d+\.mlp\.gate_up",
+    "mlp_out": r"blocks\.\d+\.mlp\.down",
+}
+"""Declared target names -> module-path patterns in :class:`lit_psion.nn.Decoder`."""
+
+
+class AdapterModule(Protocol):
+    def adapter_params(self) -> list[nn.Parameter]: ...
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ConfigError(f"LoRA rank must be >= 1, got {rank!r}")
+        if alpha <= 0:
+            raise ConfigError(f"LoRA alpha must be positive, got {alpha!r}")
+        self.base, self.rank, self.alpha = base, rank, alpha
+        self.scaling = alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout)
+        self.merged = False
+        self._unmerged_weight: nn.Parameter | None = None
+
+    def adapter_params(self) -> list[nn.Parameter]:
+        return [self.lora_a, self.lora_b]
+
+    def delta(self) -> torch.Tensor:
+        """The weight update ``(alpha / r) * B @ A`` (out_features, in_features)."""
+        return (self.lora_b @ self.lora_a) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + (self.dropout(x) @ self.lora_a.T @ self.lora_b.T) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter into a new base weight (a second call does nothing)."""
+        if self.merged:
+            return
+        merged = self.base.weight.detach() + self.delta().to(self.base.weight.dtype)
+        if not torch.isfinite(merged).all():
+            raise ValueError("refusing to merge: the merged weight is not finite (the adapter holds NaN or inf)")
+        self._unmerged_weight = self.base.weight
+        self.base.weight = nn.Parameter(merged, requires_grad=False)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Put the original base weight back, bitwise (a second call does nothing)."""
+        if not self.merged:
+            return
+        self.base.weight = self._unmerged_weight
+        self._unmerged_weight = None
+        self.merged = False
+
+
+def inject_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: float = 16.0,
+                dropout: float = 0.0) -> list[str]:  # fmt: skip
+    """Wrap every Linear of ``model`` that a declared target names; return the wrapped module paths.
+
+    Raises:
+        ConfigError: an unknown target name, or a target that matches no Linear in ``model``.
+    """
+    if unknown := sorted(set(targets) - TARGETS.keys()):
+        raise ConfigError(f"unknown LoRA target {unknown[0]!r}; targets are {', '.join(TARGETS)}")
+    wrapped = []
+    for target in targets:
+        pattern = re.compile(TARGETS[target])
+        matches = [name for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and pattern.fullmatch(name)]  # fmt: skip
+        if not matches:
+            raise ConfigError(f"LoRA target {target!r} matches no Linear layer in {type(model).__name__}")
+        for name in matches:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, LoRALinear(getattr(parent, child), rank, alpha, dropout))
+            wrapped.append(name)
+    return wrapped
+
+
+def lora_layers(model: nn.Module) -> list[LoRALinear]:
+    return [module for module in model.modules() if isinstance(module, LoRALinear)]
+
+
+def adapter_params(model: nn.Module) -> list[nn.Parameter]:
+    return [param for layer in lora_layers(model) for param in layer.adapter_params()]
