@@ -4,6 +4,7 @@ from lit_psion.callbacks.checkpoint import PointerCheckpoint, resolve_checkpoint
 from lit_psion.callbacks.dashboard import Dashboard
 from lit_psion.callbacks.evidence import EvidenceCallback, Receipts
 from lit_psion.callbacks.progress import ProgressBar
+from lit_psion.callbacks.promotion import PromotionGate
 from lit_psion.callbacks.run_dir import RunDirectory, RunPlan
 from lit_psion.callbacks.sample import GenerateSample
 from lit_psion.callbacks.telemetry import Telemetry
@@ -14,6 +15,7 @@ __all__ = [
     "GenerateSample",
     "PointerCheckpoint",
     "ProgressBar",
+    "PromotionGate",
     "Receipts",
     "RunDirectory",
     "RunPlan",

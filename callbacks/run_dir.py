@@ -62,6 +62,9 @@ class RunDirectory(Callback):
         if manifest is not None:
             self.record.data_manifest_digest = manifest.digest
             atomic_write_json(run_dir / "data_manifest.json", {**manifest.to_json_dict(), "digest": manifest.digest})
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        if tokenizer is not None and hasattr(tokenizer, "to_str"):  # so a fine-tune or predict can reuse it
+            atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_str())
         self.record.save(run_dir)
         write_latest(self.plan.root, self.plan.run_id)
 

@@ -22,9 +22,10 @@ import lightning as L
 import numpy as np
 import pyarrow.compute
 import torch
+from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
-from lit_psion.core import atomic_write_json, sha256_bytes
+from lit_psion.core import atomic_write_json, sha256_bytes, sha256_file
 from lit_psion.core.errors import DataError
 from lit_psion.core.manifest import DataManifest, SourceFile
 from lit_psion.datamodules.replay import IndexBatch, ReplayDataLoader, ReplaySampler, mark_consumed, replay_loader
@@ -81,6 +82,8 @@ class CorpusDataModule(L.LightningDataModule):
         seed: Seed of the split and of the sample order.
         cache_dir: Where tokenizers and tokenized corpora are cached (default ``$LIT_PSION_CACHE``
             or ``~/.cache/lit_psion``).
+        tokenizer_file: Use this ``tokenizer.json`` instead of training one (e.g. a base run's
+            ``<run_dir>/tokenizer.json`` when fine-tuning it on other text).
         num_workers: DataLoader worker processes.
     """
 
@@ -99,8 +102,10 @@ class CorpusDataModule(L.LightningDataModule):
         seed: int = 1337,
         cache_dir: str | None = None,
         num_workers: int = 0,
+        tokenizer_file: str | None = None,
     ) -> None:
         super().__init__()
+        self.tokenizer_file = tokenizer_file
         self.files = [files] if isinstance(files, str) else list(files)
         self.max_bytes, self.tokenizer_kind, self.requested_vocab_size = max_bytes, tokenizer, vocab_size
         self.block_size, self.batch_size, self.documents, self.split = block_size, batch_size, documents, split
@@ -208,10 +213,16 @@ class CorpusDataModule(L.LightningDataModule):
         train_texts = [text for (_, text, _), val in zip(docs, held_out, strict=True) if not val]
         all_texts = [text for _, text, _ in docs]
         key = {"sources": [s.sha256 for s in sources], "split": [self.split, self.seed, self.val_fraction, mode]}
-        self.tokenizer, tokenizer_digest = cached_tokenizer(
-            self.cache_dir, self.tokenizer_kind, self.requested_vocab_size, key,
-            all_texts if self.tokenizer_kind == "char" else train_texts,
-        )  # fmt: skip
+        if self.tokenizer_file is not None:
+            path = Path(self.tokenizer_file)
+            if not path.is_file():
+                raise DataError(f"tokenizer file not found: {self.tokenizer_file!r} (check --data.tokenizer_file)")
+            self.tokenizer, tokenizer_digest = Tokenizer.from_file(str(path)), sha256_file(path)
+        else:
+            self.tokenizer, tokenizer_digest = cached_tokenizer(
+                self.cache_dir, self.tokenizer_kind, self.requested_vocab_size, key,
+                all_texts if self.tokenizer_kind == "char" else train_texts,
+            )  # fmt: skip
         manifest = DataManifest(
             sources=tuple(sources), tokenizer_digest=tokenizer_digest, split_rule=self.split, split_seed=self.seed,
             val_fraction=self.val_fraction, documents=mode, block_size=self.block_size,

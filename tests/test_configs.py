@@ -19,8 +19,22 @@ SMALL_DATA = {
 }
 
 
-def _small_data(preset: Path) -> tuple[str, ...]:
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained DecoderLM for the adapter presets to fine-tune."""
+    root = tmp_path_factory.mktemp("base")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "3") == 0
+    return root / read_latest(root)
+
+
+def _small_data(preset: Path, base: Path | None = None) -> tuple[str, ...]:
     text = preset.read_text()
+    if "AdapterLM" in text:
+        assert base is not None
+        tokenizer = str(base / "tokenizer.json")
+        return (*SMALL_DATA["stdlib"][:2], "--model.init_args.base_checkpoint", str(base),
+                "--data.init_args.tokenizer_file", tokenizer, "--data.init_args.block_size", "32",
+                "--trainer.callbacks", "[]")  # fmt: skip
     if "EventTraceDataModule" in text:
         return SMALL_DATA["events"]
     return SMALL_DATA["stdlib"] if "files: stdlib" in text else SMALL_DATA["files"]
@@ -31,8 +45,8 @@ def test_configs_folder_has_presets() -> None:
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
-def test_preset_runs_two_steps(preset: Path, tmp_path: Path) -> None:
-    data = _small_data(preset)
+def test_preset_runs_two_steps(preset: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    data = _small_data(preset, request.getfixturevalue("base_run") if "AdapterLM" in preset.read_text() else None)
     code = fit(
         *data, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
         "--sample.max_new_tokens", "5", "--trainer.default_root_dir", str(tmp_path), config=str(preset),

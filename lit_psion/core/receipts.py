@@ -86,6 +86,22 @@ class TransactionReceipt(ReceiptBody):
 
 @register_receipt
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyPromotionReceipt(ReceiptBody):
+    """A candidate revision (e.g. a fine-tuned adapter) promoted over, or held behind, the previous one."""
+
+    kind: ClassVar[str] = "policy_promotion"
+    stage_id: str
+    previous_revision: str
+    candidate_revision: str
+    split: str
+    scores: dict[str, float]
+    decision: str
+    """``promote`` or ``hold``."""
+    reasons: tuple[str, ...] = ()
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TrainerStepReceipt(ReceiptBody):
     """One accepted optimizer step."""
 

@@ -73,13 +73,22 @@ class DecoderLM(L.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model(batch["input_ids"]).argmax(dim=-1)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain data (loadable with weights_only=True): what an adapter needs to rebuild this model.
+        checkpoint["decoder_config"] = dataclasses.asdict(self.decoder_config)
+        checkpoint["model_signature"] = self.model_signature
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only on steps that write a log row
             self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optimizer_config
-        optimizer = build_optimizer(config, self.model, self.model.hidden_matrices())
+        return self._with_schedule(build_optimizer(config, self.model, self.model.hidden_matrices()))
+
+    def _with_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """``optimizer`` with the configured warmup + cosine schedule, stepped every optimizer step."""
+        config = self.optimizer_config
         decay_steps = config.decay_steps or _finite_steps(self.trainer.estimated_stepping_batches)
         schedule = warmup_cosine(config.warmup_steps, decay_steps, config.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

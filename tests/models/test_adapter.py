@@ -1,0 +1,93 @@
+"""AdapterLM: frozen base, adapter-only training, exact resume, refusals, and the promotion gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_psion.core import read_json
+from lit_psion.core.run import read_latest
+from tests.helpers import assert_tree_equal, fit, latest_checkpoint
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("base")
+    assert fit("--trainer.default_root_dir", str(root)) == 0
+    return root / read_latest(root)
+
+
+def adapter_args(base: Path, root: Path, *extra: str) -> tuple[str, ...]:
+    gate = root.parent / f"{root.name}-gate.json"
+    gate.write_text(json.dumps({"trainer": {"callbacks": [
+        {"class_path": "lit_psion.callbacks.PromotionGate", "init_args": {"min_delta": 0.0}}]}}))  # fmt: skip
+    return (
+        "--config", str(gate), "--model", "lit_psion.models.AdapterLM", "--model.init_args.base_checkpoint",
+        str(base), "--data.tokenizer_file", str(base / "tokenizer.json"), "--trainer.default_root_dir", str(root),
+        "--model.init_args.optimizer.lr", "0.02", "--model.init_args.optimizer.decay_steps", str(N), *extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("targets", [["lm_head"], ["attn_qkv", "attn_out", "mlp_in", "mlp_out"]], ids=len)
+def test_only_adapters_train_and_the_gate_promotes_a_gain(base: Path, tmp_path: Path, targets: list[str]) -> None:
+    root = tmp_path / "ft"
+    assert fit(*adapter_args(base, root, "--model.init_args.targets", json.dumps(targets))) == 0
+    run = root / read_latest(root)
+    tuned, original = latest_checkpoint(root)["state_dict"], latest_checkpoint(base.parent)["state_dict"]
+    for key, value in original.items():  # every base weight, bitwise (tied embedding included)
+        wrapped = key.replace(".head.", ".head.base.").replace(".qkv.", ".qkv.base.").replace(".proj.", ".proj.base.")
+        wrapped = wrapped.replace(".gate_up.", ".gate_up.base.").replace(".down.", ".down.base.")
+        assert torch.equal(tuned.get(wrapped, tuned.get(key)), value), key
+    assert any("lora_b" in k and tuned[k].abs().sum() > 0 for k in tuned)  # the adapters did learn
+    promotion = read_json(run / "promotion.json")
+    assert promotion["decision"] == "promote" and promotion["candidate_loss"] < promotion["base_loss"]
+    chain = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    receipt = next(r["body"] for r in chain if r["kind"] == "policy_promotion")
+    assert receipt["decision"] == "promote" and receipt["previous_revision"].startswith("base:")
+
+
+def test_the_gate_holds_without_enough_gain(base: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ft"
+    gate = tmp_path / "strict.json"
+    gate.write_text(json.dumps({"trainer": {"callbacks": [
+        {"class_path": "lit_psion.callbacks.PromotionGate", "init_args": {"min_delta": 100.0}}]}}))  # fmt: skip
+    assert fit(*adapter_args(base, root), "--config", str(gate)) == 0
+    promotion = read_json(root / read_latest(root) / "promotion.json")
+    assert (promotion["decision"], promotion["reasons"]) == ("hold", ["below_min_delta"])
+
+
+def test_adapter_fine_tune_resumes_bitwise(base: Path, tmp_path: Path) -> None:
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert fit(*adapter_args(base, full)) == 0
+    assert fit(*adapter_args(base, split), "--trainer.max_steps", "7") == 0
+    assert fit(*adapter_args(base, split), "--ckpt_path", "last") == 0
+    a, b = latest_checkpoint(full), latest_checkpoint(split)
+    assert_tree_equal(b["state_dict"], a["state_dict"], "state_dict")
+    assert_tree_equal(b["optimizer_states"], a["optimizer_states"], "optimizer_states")
+
+
+def test_a_different_vocabulary_is_refused(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [a for a in adapter_args(base, tmp_path / "ft") if a not in ("--data.tokenizer_file",
+                                                                           str(base / "tokenizer.json"))]  # fmt: skip
+    assert fit(*args, "--data.tokenizer", "bpe", "--data.vocab_size", "300") == 2
+    assert "use the base run's tokenizer" in capsys.readouterr().err
+
+
+def test_a_tampered_base_is_refused(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    copy = tmp_path / "base"
+    shutil.copytree(base, copy)
+    pointed = copy / "checkpoints" / read_json(copy / "checkpoints" / "pointer.json")["checkpoint"]
+    for step in copy.glob("checkpoints/step-*"):
+        weights = step / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1
+        weights.write_bytes(bytes(data))
+    assert fit(*adapter_args(copy, tmp_path / "ft")) == 4
+    assert "is corrupt" in capsys.readouterr().err and pointed.exists()
