@@ -226,6 +226,10 @@ def main(args: list[str] | None = None) -> int:
             verify_command(argv)
         elif argv[:1] == ["compare"]:
             compare_command(argv[1:])
+        elif argv[:1] == ["adapter"]:
+            from lit_psion.adapters import adapter_command  # imported on use
+
+            adapter_command(argv[1:])
         elif argv[:1] == ["events"]:
             from lit_psion.events.predict import events_command  # imported on use
 

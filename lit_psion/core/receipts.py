@@ -102,6 +102,21 @@ class PolicyPromotionReceipt(ReceiptBody):
 
 @register_receipt
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AdapterExportReceipt(ReceiptBody):
+    """An adapter exported, or merged into its base, with the measured effect of merging."""
+
+    kind: ClassVar[str] = "adapter_export"
+    action: str
+    """``export`` or ``merge``."""
+    adapter_digest: str
+    base_checkpoint_digest: str
+    output_digest: str
+    max_abs_logit_diff: float | None = None
+    """Merged against unmerged model on the fixed probe batch (``merge`` only)."""
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TrainerStepReceipt(ReceiptBody):
     """One accepted optimizer step."""
 

@@ -46,7 +46,7 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout)
         self.merged = False
-        self._unmerged_weight: nn.Parameter | None = None
+        self._unmerged: tuple[nn.Parameter, ...] = ()  # a tuple, so the kept base weight is not a registered parameter
 
     def adapter_params(self) -> list[nn.Parameter]:
         return [self.lora_a, self.lora_b]
@@ -69,7 +69,7 @@ class LoRALinear(nn.Module):
         merged = self.base.weight.detach() + self.delta().to(self.base.weight.dtype)
         if not torch.isfinite(merged).all():
             raise ValueError("refusing to merge: the merged weight is not finite (the adapter holds NaN or inf)")
-        self._unmerged_weight = self.base.weight
+        self._unmerged = (self.base.weight,)
         self.base.weight = nn.Parameter(merged, requires_grad=False)
         self.merged = True
 
@@ -78,8 +78,8 @@ class LoRALinear(nn.Module):
         """Put the original base weight back, bitwise (a second call does nothing)."""
         if not self.merged:
             return
-        self.base.weight = self._unmerged_weight
-        self._unmerged_weight = None
+        (self.base.weight,) = self._unmerged
+        self._unmerged = ()
         self.merged = False
 
 

@@ -91,3 +91,45 @@ def test_a_tampered_base_is_refused(base: Path, tmp_path: Path, capsys: pytest.C
         weights.write_bytes(bytes(data))
     assert fit(*adapter_args(copy, tmp_path / "ft")) == 4
     assert "is corrupt" in capsys.readouterr().err and pointed.exists()
+
+
+@pytest.fixture(scope="module")
+def tuned(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tuned")
+    assert fit(*adapter_args(base, root, "--model.init_args.targets", '["lm_head", "attn_qkv"]')) == 0
+    return root / read_latest(root)
+
+
+def test_export_inspect_merge_round_trip(
+    base: Path, tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from lit_psion.cli import main
+
+    assert main(["adapter", "export", str(tuned), "--out", str(tmp_path / "adapter")]) == 0
+    meta = read_json(tmp_path / "adapter" / "adapter.json")
+    assert (meta["targets"], meta["rank"], meta["alpha"]) == (["lm_head", "attn_qkv"], 8, 16.0)
+    assert main(["adapter", "inspect", str(tmp_path / "adapter")]) == 0
+    assert meta["adapter_sha256"] in capsys.readouterr().out
+    assert main(["adapter", "merge", str(tmp_path / "adapter"), "--base", str(base), "--out", str(tmp_path / "m")]) == 0
+    record = read_json(tmp_path / "m" / "merge.json")
+    assert record["max_abs_logit_diff"] < 1e-4 and record["decoder_config"]["tie_embeddings"] is False
+    assert main(["receipts", "verify", str(tmp_path / "m")]) == 2  # not a run directory: the chain is checked below
+    from lit_psion.core.receipts import verify_log
+
+    assert verify_log(tmp_path / "m" / "receipts.jsonl").ok
+
+
+def test_merge_onto_another_base_names_both_digests(tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lit_psion.cli import main
+
+    assert main(["adapter", "export", str(tuned), "--out", str(tmp_path / "adapter")]) == 0
+    expected = read_json(tmp_path / "adapter" / "adapter.json")["base_checkpoint_digest"]
+    merge = ["adapter", "merge", str(tmp_path / "adapter"), "--base", str(tuned), "--out", str(tmp_path / "m")]
+    assert main(merge) == 4
+    error = capsys.readouterr().err
+    assert expected in error and "merge onto the base it was trained on" in error
+    assert not (tmp_path / "m").exists()
+    data = bytearray((tmp_path / "adapter" / "adapter.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "adapter" / "adapter.safetensors").write_bytes(bytes(data))
+    assert main(["adapter", "inspect", str(tmp_path / "adapter")]) == 4

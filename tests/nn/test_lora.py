@@ -33,6 +33,7 @@ def test_lora_conformance(targets: list[str]) -> None:
         layer.merge()
     merged = model(tokens)
     assert torch.allclose(merged, adapted, atol=1e-5), (merged - adapted).abs().max()
+    assert not [k for k in model.state_dict() if "unmerged" in k]  # the kept base weight is not state
     for layer in lora_layers(model):
         layer.merge()  # twice is once
     assert torch.equal(model(tokens), merged)
