@@ -24,11 +24,11 @@ class PromotionGate(EvidenceCallback):
     """Promote an AdapterLM only if held-out loss improves by at least ``min_delta``.
 
     Args:
-        min_delta: The improvement (base loss - candidate loss) a promotion needs.
+        min_delta: The improvement (base loss - candidate loss) a promotion needs (default 0.001: a real gain).
         max_batches: Validation batches to score (``None``: the whole split).
     """
 
-    def __init__(self, min_delta: float = 0.0, max_batches: int | None = None) -> None:
+    def __init__(self, min_delta: float = 1e-3, max_batches: int | None = None) -> None:
         if min_delta < 0:
             raise ConfigError(f"promotion min_delta must be >= 0, got {min_delta!r}")
         self.min_delta, self.max_batches = min_delta, max_batches

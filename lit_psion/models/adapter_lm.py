@@ -116,14 +116,16 @@ class AdapterLM(DecoderLM):
     def held_out_loss(self, loader: Any, adapters: bool) -> float:
         """Mean loss over ``loader`` with the adapters on, or off (the base model)."""
         layers = lora_layers(self.model)
-        saved = [layer.scaling for layer in layers]
+        saved, was_training = [layer.scaling for layer in layers], self.training
         if not adapters:
             for layer in layers:
                 layer.scaling = 0.0
+        self.eval()  # no dropout: base and candidate are scored on the same function of the same data
         try:
             losses = [float(self._loss({k: v.to(self.device) if isinstance(v, torch.Tensor) else v
                                         for k, v in batch.items()})[0]) for batch in loader]  # fmt: skip
         finally:
+            self.train(was_training)
             for layer, scaling in zip(layers, saved, strict=True):
                 layer.scaling = scaling
         return sum(losses) / max(1, len(losses))

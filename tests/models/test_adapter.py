@@ -22,10 +22,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / read_latest(root)
 
 
-def adapter_args(base: Path, root: Path, *extra: str) -> tuple[str, ...]:
+def adapter_args(base: Path, root: Path, *extra: str, min_delta: float | None = 0.0) -> tuple[str, ...]:
     gate = root.parent / f"{root.name}-gate.json"
+    init_args = {} if min_delta is None else {"min_delta": min_delta}  # None: the gate's default
     gate.write_text(json.dumps({"trainer": {"callbacks": [
-        {"class_path": "lit_psion.callbacks.PromotionGate", "init_args": {"min_delta": 0.0}}]}}))  # fmt: skip
+        {"class_path": "lit_psion.callbacks.PromotionGate", "init_args": init_args}]}}))  # fmt: skip
     return (
         "--config", str(gate), "--model", "lit_psion.models.AdapterLM", "--model.init_args.base_checkpoint",
         str(base), "--data.tokenizer_file", str(base / "tokenizer.json"), "--trainer.default_root_dir", str(root),
@@ -53,11 +54,16 @@ def test_only_adapters_train_and_the_gate_promotes_a_gain(base: Path, tmp_path: 
 
 def test_the_gate_holds_without_enough_gain(base: Path, tmp_path: Path) -> None:
     root = tmp_path / "ft"
-    gate = tmp_path / "strict.json"
-    gate.write_text(json.dumps({"trainer": {"callbacks": [
-        {"class_path": "lit_psion.callbacks.PromotionGate", "init_args": {"min_delta": 100.0}}]}}))  # fmt: skip
-    assert fit(*adapter_args(base, root), "--config", str(gate)) == 0
+    assert fit(*adapter_args(base, root, min_delta=100.0)) == 0
     promotion = read_json(root / read_latest(root) / "promotion.json")
+    assert (promotion["decision"], promotion["reasons"]) == ("hold", ["below_min_delta"])
+
+
+def test_the_gate_holds_an_adapter_that_did_not_learn(base: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ft"
+    assert fit(*adapter_args(base, root, "--model.init_args.optimizer.lr", "1e-9", min_delta=None)) == 0
+    promotion = read_json(root / read_latest(root) / "promotion.json")
+    assert abs(promotion["improvement"]) < 1e-4  # B barely moved: the candidate is the base
     assert (promotion["decision"], promotion["reasons"]) == ("hold", ["below_min_delta"])
 
 
