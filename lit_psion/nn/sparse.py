@@ -1,0 +1,97 @@
+"""``SparseMaskedLinear`` (seed 002): a linear layer whose weight exists only at chosen (row, col) entries.
+
+The weight is COO: fixed ``indices`` (2, nnz) and trainable ``values`` (nnz,), so the mask is truly
+sparse and gradients reach only the values. It starts as the identity (1 on the diagonal entries
+the mask holds, 0 elsewhere) for square and non-square shapes alike, so an untrained layer passes
+its input through (truncated or zero-padded to ``out_features``).
+
+Two ways to compute the same product: the sparse path (``torch.sparse.mm``, cost ~ nnz) and the
+dense path (scatter the values into a dense matrix, cost ~ in * out). The dense crossover policy
+measures both on the current device for this layer's shape and density (``alpha`` seconds per
+non-zero, ``beta`` seconds per dense entry) and uses the faster, switching only when the other
+path is faster by more than ``hysteresis``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from lit_psion.core.errors import ConfigError
+
+
+def random_mask(out_features: int, in_features: int, density: float, seed: int = 0) -> torch.Tensor:
+    """COO indices (2, nnz) of a seeded random mask of ``density`` that always holds the diagonal."""
+    if not 0 < density <= 1:
+        raise ConfigError(f"density must be in (0, 1], got {density!r}")
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.rand(out_features, in_features, generator=generator) < density
+    diagonal = torch.arange(min(out_features, in_features))
+    mask[diagonal, diagonal] = True
+    return mask.nonzero().T.contiguous()
+
+
+class SparseMaskedLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, indices: torch.Tensor, hysteresis: float = 0.1) -> None:
+        super().__init__()
+        if indices.ndim != 2 or indices.shape[0] != 2:
+            raise ConfigError(f"indices must have shape (2, nnz), got {tuple(indices.shape)}")
+        if indices.numel() and (indices[0].max() >= out_features or indices[1].max() >= in_features):
+            raise ConfigError(f"indices fall outside a ({out_features}, {in_features}) weight")
+        self.in_features, self.out_features, self.hysteresis = in_features, out_features, hysteresis
+        self.register_buffer("indices", indices.long())
+        self.values = nn.Parameter((indices[0] == indices[1]).float())  # identity init
+        self.path = "sparse"
+        self.calibrated = False
+        self.costs: dict[str, float] = {}
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @property
+    def density(self) -> float:
+        return self.nnz / (self.in_features * self.out_features)
+
+    def weight(self) -> torch.Tensor:
+        """The dense weight (out, in): zero outside the mask."""
+        dense = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device)
+        return dense.index_put((self.indices[0], self.indices[1]), self.values)
+
+    def forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.sparse_coo_tensor(self.indices, self.values, (self.out_features, self.in_features))
+        flat = x.reshape(-1, self.in_features)
+        return torch.sparse.mm(weight, flat.T).T.reshape(*x.shape[:-1], self.out_features)
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight().T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_sparse(x) if self.path == "sparse" else self.forward_dense(x)
+
+    def calibrate(self, batch_size: int = 64, repeats: int = 11) -> str:
+        """Measure both paths (forward + backward) here and take the faster one.
+
+        The first calibration picks the faster path outright; later ones (after the mask grew or was
+        pruned) switch only when the other path is faster by more than ``hysteresis``.
+        """
+        x = torch.randn(batch_size, self.in_features, device=self.values.device)
+        times: dict[str, list[float]] = {"sparse": [], "dense": []}
+        for _ in range(repeats + 1):  # alternating, so drifts hit both; the first round warms up
+            for path, run in (("sparse", self.forward_sparse), ("dense", self.forward_dense)):
+                start = time.perf_counter()
+                run(x).sum().backward()
+                times[path].append(time.perf_counter() - start)
+        for path, measured in times.items():
+            self.costs[path] = sorted(measured[1:])[len(measured[1:]) // 2]
+        self.values.grad = None
+        self.costs["alpha"] = self.costs["sparse"] / max(1, self.nnz)
+        self.costs["beta"] = self.costs["dense"] / (self.in_features * self.out_features)
+        other = "dense" if self.path == "sparse" else "sparse"
+        margin = self.hysteresis if self.calibrated else 0.0
+        if self.costs[other] < self.costs[self.path] * (1 - margin):
+            self.path = other
+        self.calibrated = True
+        return self.path

@@ -1,0 +1,89 @@
+"""Seed 002 building blocks: SparseMaskedLinear, the relativistic barrier, the delta-state log."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_psion.core.errors import ConfigError
+from lit_psion.nn.barrier import admissible, gamma, total_loss
+from lit_psion.nn.delta_log import DeltaStateLog
+from lit_psion.nn.sparse import SparseMaskedLinear, random_mask
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(8, 8), (8, 5), (5, 8)])
+def test_identity_init_passes_state_through(n_in: int, n_out: int) -> None:
+    layer = SparseMaskedLinear(n_in, n_out, random_mask(n_out, n_in, 0.3))
+    x = torch.randn(3, n_in)
+    expected = torch.zeros(3, n_out)
+    k = min(n_in, n_out)
+    expected[:, :k] = x[:, :k]
+    for path in ("sparse", "dense"):
+        layer.path = path
+        assert torch.equal(layer(x), expected), path
+
+
+def test_both_paths_agree_and_gradients_reach_only_the_values() -> None:
+    torch.manual_seed(0)
+    layer = SparseMaskedLinear(16, 12, random_mask(12, 16, 0.2, seed=3))
+    torch.nn.init.normal_(layer.values)
+    x = torch.randn(4, 16)
+    outputs, grads = [], []
+    for path in ("sparse", "dense"):
+        layer.path = path
+        layer.values.grad = None
+        y = layer(x)
+        (y**2).sum().backward()
+        outputs.append(y.detach())
+        grads.append(layer.values.grad.clone())
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5) and torch.allclose(grads[0], grads[1], atol=1e-4)
+    assert [name for name, _ in layer.named_parameters()] == ["values"]
+    assert layer.values.numel() == layer.nnz < 16 * 12  # truly sparse storage
+    masked_out = torch.ones(12, 16, dtype=torch.bool)
+    masked_out[layer.indices[0], layer.indices[1]] = False
+    assert (layer.weight()[masked_out] == 0).all()
+
+
+def test_calibration_keeps_the_faster_path_with_hysteresis() -> None:
+    layer = SparseMaskedLinear(64, 64, random_mask(64, 64, 0.5))
+    chosen = layer.calibrate(batch_size=32, repeats=3)
+    assert chosen in ("sparse", "dense") and {"sparse", "dense", "alpha", "beta"} <= layer.costs.keys()
+    assert layer.calibrated
+    layer.hysteresis = 1.0  # a recalibration switches only for a 100% gain, which never happens
+    layer.path = "sparse" if chosen == "dense" else "dense"
+    kept = layer.path
+    assert layer.calibrate(batch_size=8, repeats=1) == kept
+
+
+def test_the_barrier_keeps_complexity_below_the_limit() -> None:
+    assert gamma(0.0, 100.0) == 1.0
+    values = [gamma(c, 100.0) for c in (0, 50, 90, 99, 99.99)]
+    assert values == sorted(values) and all(v < float("inf") for v in values)
+    assert total_loss(2.0, 90.0, 100.0) == pytest.approx(2.0 * gamma(90.0, 100.0))
+    complexity = 0.0
+    for added in [7.0] * 40:  # a planner that asks for more than the limit allows
+        if admissible(complexity, added, 100.0):
+            complexity += added
+        assert complexity < 100.0
+    with pytest.raises(ConfigError):
+        gamma(1.0, 0.0)
+
+
+def test_delta_log_reconstruction_is_exact() -> None:
+    generator = torch.Generator().manual_seed(0)
+    state = torch.randn(6, 7, generator=generator)
+    log = DeltaStateLog(state, capacity=10)
+    history = {0: state.clone()}
+    for step in range(1, 40):
+        state = state.clone()
+        changed = torch.rand(6, 7, generator=generator) < 0.1
+        state[changed] = torch.randn(int(changed.sum()), generator=generator)
+        log.record(step, state)
+        history[step] = state.clone()
+    assert torch.equal(log.reconstruct(), history[39])
+    for step in range(log.base_step, 40):
+        assert torch.equal(log.reconstruct(step), history[step]), step
+    with pytest.raises(ConfigError, match="older than"):
+        log.reconstruct(0)
+    with pytest.raises(ConfigError, match="must increase"):
+        log.record(39, state)
