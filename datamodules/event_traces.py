@@ -23,8 +23,16 @@ from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
 from lit_psion.core import atomic_write_text, canonical_json, sha256_bytes, sha256_json
-from lit_psion.datamodules.corpus import DataConfigError, DataManifestMismatch
-from lit_psion.datamodules.replay import IndexBatch, ReplayDataLoader, ReplaySampler, mark_consumed, replay_loader
+from lit_psion.core.manifest import RecordManifest
+from lit_psion.datamodules.corpus import DataConfigError
+from lit_psion.datamodules.replay import (
+    IndexBatch,
+    ReplayDataLoader,
+    ReplaySampler,
+    mark_consumed,
+    refuse_changed,
+    replay_loader,
+)
 from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
 from lit_psion.events.envelope import EventEnvelope
 from lit_psion.events.traces import IGNORE, Supervised, TraceSettings, generate_trace
@@ -47,20 +55,6 @@ def encode_trace(codec: BpeEventCodec, trace: list[Supervised]) -> tuple[list[in
             lo, hi = (start, end) if item.whole_event_commitment else (text_start, text_end)
             commitments[lo:hi] = [item.commitment] * (hi - lo)
     return ids, opcodes, commitments
-
-
-@dataclasses.dataclass(frozen=True)
-class TraceManifest:
-    """The event-trace data's manifest: generator settings, counts and tokenizer digest."""
-
-    record: dict[str, Any]
-
-    @property
-    def digest(self) -> str:
-        return sha256_json(self.record)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return self.record
 
 
 class PackedEvents(Dataset):
@@ -131,11 +125,11 @@ class EventTraceDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
         self.num_workers = num_workers
         self.codec: BpeEventCodec | None = None
-        self.manifest: TraceManifest | None = None
+        self.manifest: RecordManifest | None = None
         self._streams: dict[str, dict[str, torch.Tensor]] = {}
         self._train_loader: ReplayDataLoader | None = None
 
-    def prepare(self) -> TraceManifest:
+    def prepare(self) -> RecordManifest:
         """Train or load the tokenizer, generate and encode the traces; return the manifest."""
         if self.manifest is not None:
             return self.manifest
@@ -158,7 +152,7 @@ class EventTraceDataModule(L.LightningDataModule):
                 raise DataConfigError(f"{count} {split} traces make {counts[split]['samples']} samples of "
                                       f"{self.block_size} tokens; raise n_{split} or lower block_size")  # fmt: skip
         tokenizer_digest = sha256_bytes(path.read_bytes())
-        self.manifest = TraceManifest({"kind": "event_traces", **key, "block_size": self.block_size,
+        self.manifest = RecordManifest({"kind": "event_traces", **key, "block_size": self.block_size,
                                        "n_train": self.n_train, "n_val": self.n_val,
                                        "tokenizer_digest": tokenizer_digest, "counts": counts})  # fmt: skip
         return self.manifest
@@ -215,10 +209,4 @@ class EventTraceDataModule(L.LightningDataModule):
         return {"manifest": manifest.to_json_dict(), "manifest_digest": manifest.digest}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("manifest_digest") not in (None, self.prepare().digest):
-            saved, current = state_dict["manifest"], self.prepare().to_json_dict()
-            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise DataManifestMismatch(
-                f"refusing to load the checkpoint: the event-trace data changed since it was written "
-                f"({', '.join(changed)} differ); use the original settings or start a new run without --ckpt_path"
-            )
+        refuse_changed(state_dict, self.prepare(), "event-trace")

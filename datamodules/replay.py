@@ -149,3 +149,16 @@ def mark_consumed(batch: dict[str, Any], trainer: Any, loader: ReplayDataLoader 
     cursor = batch.get("cursor")
     if cursor is not None and trainer is not None and trainer.training and loader is not None:
         loader.mark_consumed(*cursor)
+
+
+def refuse_changed(state_dict: dict[str, Any], current: Any, what: str) -> None:
+    """Raise DataManifestMismatch when a checkpoint's saved manifest is not ``current`` (a RecordManifest)."""
+    if state_dict.get("manifest_digest") in (None, current.digest):
+        return
+    from lit_psion.datamodules.corpus import DataManifestMismatch
+
+    changed = ", ".join(current.changed_keys(state_dict["manifest"]))
+    raise DataManifestMismatch(
+        f"refusing to load the checkpoint: the {what} data changed since it was written ({changed} differ); "
+        "use the original settings or start a new run without --ckpt_path"
+    )

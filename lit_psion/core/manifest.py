@@ -79,3 +79,21 @@ class DataManifest:
 def _first(paths: list[str], limit: int = 3) -> str:
     shown = ", ".join(paths[:limit])
     return shown + (f" (+{len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordManifest:
+    """The manifest of generated data: the generator's settings and counts, as one JSON record."""
+
+    record: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return sha256_json(self.record)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.record
+
+    def changed_keys(self, saved: dict[str, Any]) -> list[str]:
+        """The top-level keys whose values differ from a saved record."""
+        return sorted(k for k in set(saved) | set(self.record) if saved.get(k) != self.record.get(k))

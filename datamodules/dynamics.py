@@ -1,0 +1,162 @@
+"""Trajectories of known dynamical systems (seed 002's "next directions"), replay-safe.
+
+Systems, integrated with fixed-step RK4 from seeded initial states:
+
+- ``oscillators``: ``n_bodies`` unit masses on a ring of springs (coupling ``k``), state (x, v);
+- ``lorenz``: the Lorenz system (sigma 10, rho 28, beta 8/3), scaled by 1/20;
+- ``linear``: ``z' = A z`` with a seeded stable ``A`` (eigenvalues with negative real parts).
+
+A sample is a window of ``window + 1`` consecutive states; the task is one-step prediction
+(``inputs`` -> ``targets``). Trajectories are split by trajectory (train / val never share one).
+The generator settings form the manifest; the sample order replays exactly from a cursor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from lit_psion.core.manifest import RecordManifest
+from lit_psion.datamodules.corpus import DataConfigError
+from lit_psion.datamodules.replay import (
+    IndexBatch,
+    ReplayDataLoader,
+    ReplaySampler,
+    mark_consumed,
+    refuse_changed,
+    replay_loader,
+)
+
+System = Literal["oscillators", "lorenz", "linear"]
+
+
+def _oscillators(state: torch.Tensor, k: float) -> torch.Tensor:
+    n = state.shape[-1] // 2
+    x, v = state[..., :n], state[..., n:]
+    force = k * (x.roll(1, -1) + x.roll(-1, -1) - 2 * x) - 0.1 * x
+    return torch.cat([v, force], dim=-1)
+
+
+def _lorenz(state: torch.Tensor) -> torch.Tensor:
+    x, y, z = (state[..., i] * 20 for i in range(3))
+    return torch.stack([10 * (y - x), x * (28 - z) - y, x * y - 8 / 3 * z], dim=-1) / 20
+
+
+def simulate(system: System, n: int, steps: int, dt: float, seed: int, n_bodies: int = 4) -> torch.Tensor:
+    """``n`` trajectories of ``steps + 1`` states (n, steps + 1, dim), float64 integration, float32 result."""
+    generator = torch.Generator().manual_seed(seed)
+    if system == "oscillators":
+        dim = 2 * n_bodies
+        field = lambda s: _oscillators(s, 1.0)  # noqa: E731
+    elif system == "lorenz":
+        dim = 3
+        field = _lorenz
+    elif system == "linear":
+        dim = n_bodies
+        raw = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+        matrix = (raw - raw.T) / 2 - 0.05 * torch.eye(dim, dtype=torch.float64)  # rotation with slow decay
+        field = lambda s: s @ matrix.T  # noqa: E731
+    else:
+        raise DataConfigError(f"system must be oscillators, lorenz or linear, got {system!r}")
+    state = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+    if system == "lorenz":
+        state = state * 0.5 + torch.tensor([0.0, 0.0, 1.2], dtype=torch.float64)
+    states = [state]
+    for _ in range(steps):
+        k1 = field(state)
+        k2 = field(state + dt / 2 * k1)
+        k3 = field(state + dt / 2 * k2)
+        k4 = field(state + dt * k3)
+        state = state + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        states.append(state)
+    return torch.stack(states, dim=1).float()
+
+
+class Windows(Dataset):
+    def __init__(self, trajectories: torch.Tensor, window: int) -> None:
+        self.trajectories, self.window = trajectories, window
+        self.per_trajectory = trajectories.shape[1] - window
+
+    def __len__(self) -> int:
+        return self.trajectories.shape[0] * self.per_trajectory
+
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        sample_ids = torch.tensor(indices, dtype=torch.long)
+        rows, starts = sample_ids // self.per_trajectory, sample_ids % self.per_trajectory
+        offsets = starts[:, None] + torch.arange(self.window + 1)
+        windows = self.trajectories[rows[:, None], offsets]  # (B, window + 1, dim)
+        batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:], "sample_ids": sample_ids}
+        if isinstance(indices, IndexBatch):
+            batch["cursor"] = (indices.epoch, indices.end)
+        return batch
+
+
+class DynamicsDataModule(L.LightningDataModule):
+    """One-step prediction windows over simulated trajectories of a known system.
+
+    Args:
+        system: ``oscillators``, ``lorenz`` or ``linear``.
+        n_train, n_val: Trajectories per split.
+        steps: States per trajectory (after the initial one).
+        dt: Integration step.
+        window: States per sample (the model sees ``window`` and predicts the next of each).
+        n_bodies: Oscillators on the ring (or the linear system's dimension).
+        batch_size, seed: As usual.
+    """
+
+    def __init__(self, system: System = "oscillators", n_train: int = 64, n_val: int = 8, steps: int = 200,
+                 dt: float = 0.05, window: int = 16, n_bodies: int = 4, batch_size: int = 32,
+                 seed: int = 1337) -> None:  # fmt: skip
+        super().__init__()
+        for name, value in (("n_train", n_train), ("n_val", n_val), ("window", window), ("batch_size", batch_size)):
+            if value < 1:
+                raise DataConfigError(f"{name} must be >= 1, got {value!r}")
+        if steps <= window:
+            raise DataConfigError(f"steps ({steps}) must exceed window ({window})")
+        self.settings = {"system": system, "n_train": n_train, "n_val": n_val, "steps": steps, "dt": dt,
+                         "window": window, "n_bodies": n_bodies, "seed": seed, "format": 1}  # fmt: skip
+        self.batch_size, self.seed, self.window = batch_size, seed, window
+        self.manifest: RecordManifest | None = None
+        self._splits: dict[str, torch.Tensor] = {}
+        self._train_loader: ReplayDataLoader | None = None
+
+    @property
+    def state_dim(self) -> int:
+        self.prepare()
+        return self._splits["train"].shape[-1]
+
+    def prepare(self) -> RecordManifest:
+        if self.manifest is None:
+            s = self.settings
+            both = simulate(s["system"], s["n_train"] + s["n_val"], s["steps"], s["dt"], s["seed"], s["n_bodies"])
+            self._splits = {"train": both[: s["n_train"]], "val": both[s["n_train"] :]}
+            self.manifest = RecordManifest(dict(self.settings))
+        return self.manifest
+
+    def setup(self, stage: str) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> ReplayDataLoader:
+        dataset = Windows(self._splits["train"], self.window)
+        self._train_loader = replay_loader(dataset, ReplaySampler(len(dataset), self.seed), self.batch_size, True,
+                                           0, self.seed)  # fmt: skip
+        return self._train_loader
+
+    def val_dataloader(self) -> ReplayDataLoader:
+        dataset = Windows(self._splits["val"], self.window)
+        sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
+        return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, 0, self.seed)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        mark_consumed(batch, self.trainer, self._train_loader)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        manifest = self.prepare()
+        return {"manifest": manifest.to_json_dict(), "manifest_digest": manifest.digest}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        refuse_changed(state_dict, self.prepare(), "dynamics")
