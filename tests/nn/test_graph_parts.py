@@ -87,3 +87,33 @@ def test_delta_log_reconstruction_is_exact() -> None:
         log.reconstruct(0)
     with pytest.raises(ConfigError, match="must increase"):
         log.record(39, state)
+
+
+def test_an_untrained_graph_passes_state_through_exactly() -> None:
+    from lit_psion.nn.graph import Graph
+
+    graph = Graph(5, 3, edges=[(0, 1, 0), (2, 1, 2), (4, 0, 1)], max_history_length=3)
+    state = torch.randn(2, 5, 3)
+    states = graph(state, steps=6)
+    assert torch.equal(states, state[:, None].expand(-1, 6, -1, -1))
+
+
+def test_graph_steps_gather_then_commit_and_respect_update_frequency() -> None:
+    from lit_psion.nn.graph import Graph
+
+    graph = Graph(3, 2, edges=[(0, 1, 0), (1, 2, 0)], update_frequency=[1, 1, 2])
+    with torch.no_grad():
+        graph.edge_weight.copy_(torch.eye(2).repeat(2, 1, 1))
+    state = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    first = graph.step(graph.initial_history(state), step=1)[:, :, 0]
+    # gather uses pre-step states: node 1 receives node 0's 1.0, node 2 receives node 1's old 0.0
+    assert torch.equal(first[0, 1], torch.tensor([1.0, 0.0])) and torch.equal(first[0, 2], torch.tensor([0.0, 0.0]))
+    permuted = Graph(3, 2, edges=[(2, 1, 0), (1, 0, 0)], update_frequency=[2, 1, 1])  # the same graph, nodes reversed
+    with torch.no_grad():
+        permuted.edge_weight.copy_(torch.eye(2).repeat(2, 1, 1))
+    again = permuted.step(permuted.initial_history(state.flip(1)), step=1)[:, :, 0]
+    assert torch.equal(again.flip(1), first)  # no dependence on node order
+    second = graph.step(graph.step(graph.initial_history(state), 1), 2)[:, :, 0]
+    assert torch.equal(second[0, 2], torch.tensor([1.0, 0.0]))  # node 2 updates on even steps only
+    with pytest.raises(ConfigError, match="outside"):
+        Graph(2, 2, edges=[(0, 5, 0)])
