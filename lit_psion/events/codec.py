@@ -54,30 +54,13 @@ class EventCodec:
 
     def decode(self, ids: Sequence[int]) -> list[EventEnvelope]:
         """Events from token ids; raises EventError on a malformed stream."""
-        events, current = [], None
-        for position, token in enumerate(ids):
-            if token == EVENT_START:
-                if current is not None:
-                    raise EventError(f"token {position}: an event starts before the previous one ended")
-                current = bytearray()
-            elif token == EVENT_END:
-                if current is None:
-                    raise EventError(f"token {position}: an event ends that never started")
-                try:
-                    record = json.loads(current.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                    raise EventError(f"token {position}: the event's bytes are not JSON ({error})") from error
-                events.append(EventEnvelope.from_json_dict(record))
-                current = None
-            elif token == PAD:
-                continue
-            elif 0 <= token < 256 and current is not None:
-                current.append(token)
-            else:
-                raise EventError(f"token {position}: id {token} is outside an event or not a codec id")
-        if current is not None:
-            raise EventError("the token stream ends inside an event")
-        return events
+
+        def body(tokens: list[int]) -> str:
+            if any(not 0 <= t < 256 for t in tokens):
+                raise EventError(f"ids {sorted(set(t for t in tokens if not 0 <= t < 256))[:3]} are not codec bytes")
+            return bytes(tokens).decode("utf-8")
+
+        return decode_frames(ids, EVENT_START, EVENT_END, PAD, body)
 
 
 EVENT_OPEN, EVENT_CLOSE, PAD_TOKEN = "<|event|>", "<|/event|>", "<|pad|>"
@@ -132,31 +115,8 @@ class BpeEventCodec:
         return ids, spans
 
     def decode(self, ids: Sequence[int]) -> list[EventEnvelope]:
-        events, current = [], None
-        for position, token in enumerate(ids):
-            if token == self.event_start:
-                if current is not None:
-                    raise EventError(f"token {position}: an event starts before the previous one ended")
-                current = []
-            elif token == self.event_end:
-                if current is None:
-                    raise EventError(f"token {position}: an event ends that never started")
-                text = self.tokenizer.decode(current, skip_special_tokens=False)
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise EventError(f"token {position}: the event's tokens are not JSON ({error})") from error
-                events.append(EventEnvelope.from_json_dict(record))
-                current = None
-            elif token == self.pad:
-                continue
-            elif current is not None:
-                current.append(token)
-            else:
-                raise EventError(f"token {position}: id {token} is outside an event")
-        if current is not None:
-            raise EventError("the token stream ends inside an event")
-        return events
+        body = lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=False)  # noqa: E731
+        return decode_frames(ids, self.event_start, self.event_end, self.pad, body)
 
 
 def train_event_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
@@ -175,3 +135,32 @@ def train_event_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
                                   special_tokens=[EVENT_OPEN, EVENT_CLOSE, PAD_TOKEN], show_progress=False)  # fmt: skip
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
+
+
+def decode_frames(ids: Sequence[int], start: int, end: int, pad: int, body: Any) -> list[EventEnvelope]:
+    """Split ``ids`` at the framing tokens, turn each frame into JSON text with ``body``, parse and validate it."""
+    events: list[EventEnvelope] = []
+    current: list[int] | None = None
+    for position, token in enumerate(ids):
+        if token == start:
+            if current is not None:
+                raise EventError(f"token {position}: an event starts before the previous one ended")
+            current = []
+        elif token == end:
+            if current is None:
+                raise EventError(f"token {position}: an event ends that never started")
+            try:
+                record = json.loads(body(current))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise EventError(f"token {position}: the event is not JSON ({error})") from error
+            events.append(EventEnvelope.from_json_dict(record))
+            current = None
+        elif token == pad:
+            continue
+        elif current is not None:
+            current.append(token)
+        else:
+            raise EventError(f"token {position}: id {token} is outside an event")
+    if current is not None:
+        raise EventError("the token stream ends inside an event")
+    return events
