@@ -3,6 +3,7 @@
 from lit_psion.callbacks.checkpoint import PointerCheckpoint, resolve_checkpoint
 from lit_psion.callbacks.dashboard import Dashboard
 from lit_psion.callbacks.evidence import EvidenceCallback, Receipts
+from lit_psion.callbacks.growth import GrowthPlanner
 from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.promotion import PromotionGate
 from lit_psion.callbacks.run_dir import RunDirectory, RunPlan
@@ -13,6 +14,7 @@ __all__ = [
     "Dashboard",
     "EvidenceCallback",
     "GenerateSample",
+    "GrowthPlanner",
     "PointerCheckpoint",
     "ProgressBar",
     "PromotionGate",

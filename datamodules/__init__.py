@@ -1,6 +1,7 @@
 """Replay-safe DataModules (imported as ``lit_psion.datamodules``)."""
 
 from lit_psion.datamodules.corpus import CorpusDataModule, DataConfigError, DataManifestMismatch
+from lit_psion.datamodules.dynamics import DynamicsDataModule
 from lit_psion.datamodules.event_traces import EventTraceDataModule
 from lit_psion.datamodules.replay import Cursor, ReplayBatchSampler, ReplayDataLoader, ReplaySampler
 
@@ -9,6 +10,7 @@ __all__ = [
     "Cursor",
     "DataConfigError",
     "DataManifestMismatch",
+    "DynamicsDataModule",
     "EventTraceDataModule",
     "ReplayBatchSampler",
     "ReplayDataLoader",

@@ -2,7 +2,8 @@
 
 Systems, integrated with fixed-step RK4 from seeded initial states:
 
-- ``oscillators``: ``n_bodies`` unit masses on a ring of springs (coupling ``k``), state (x, v);
+- ``oscillators``: ``n_bodies`` unit masses on a ring of springs (coupling ``k``), state
+  ``(x_0, v_0, x_1, v_1, ...)``: body ``i`` is the pair at ``2i`` (one graph node of dim 2);
 - ``lorenz``: the Lorenz system (sigma 10, rho 28, beta 8/3), scaled by 1/20;
 - ``linear``: ``z' = A z`` with a seeded stable ``A`` (eigenvalues with negative real parts).
 
@@ -72,7 +73,10 @@ def simulate(system: System, n: int, steps: int, dt: float, seed: int, n_bodies:
         k4 = field(state + dt * k3)
         state = state + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         states.append(state)
-    return torch.stack(states, dim=1).float()
+    trajectories = torch.stack(states, dim=1).float()
+    if system == "oscillators":  # (x..., v...) -> (x_0, v_0, x_1, v_1, ...): each body's state together
+        trajectories = trajectories.view(n, steps + 1, 2, n_bodies).transpose(2, 3).reshape(n, steps + 1, dim)
+    return trajectories
 
 
 class Windows(Dataset):
@@ -117,7 +121,7 @@ class DynamicsDataModule(L.LightningDataModule):
         if steps <= window:
             raise DataConfigError(f"steps ({steps}) must exceed window ({window})")
         self.settings = {"system": system, "n_train": n_train, "n_val": n_val, "steps": steps, "dt": dt,
-                         "window": window, "n_bodies": n_bodies, "seed": seed, "format": 1}  # fmt: skip
+                         "window": window, "n_bodies": n_bodies, "seed": seed, "format": 2}  # fmt: skip
         self.batch_size, self.seed, self.window = batch_size, seed, window
         self.manifest: RecordManifest | None = None
         self._splits: dict[str, torch.Tensor] = {}
@@ -149,6 +153,15 @@ class DynamicsDataModule(L.LightningDataModule):
         dataset = Windows(self._splits["val"], self.window)
         sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
         return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, 0, self.seed)
+
+    def sample_batch(self, key: int, batch_size: int | None = None) -> dict[str, Any]:
+        """A training batch drawn by ``key`` alone (not from the training order, which it leaves untouched):
+        what a growth probe evaluates on. The same key gives the same batch on every run."""
+        self.prepare()
+        dataset = Windows(self._splits["train"], self.window)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
+        picks = torch.randint(len(dataset), (batch_size or self.batch_size,), generator=generator)
+        return dataset[picks.tolist()]
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         mark_consumed(batch, self.trainer, self._train_loader)

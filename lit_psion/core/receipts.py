@@ -167,6 +167,29 @@ class EvalReceipt(ReceiptBody):
     scores: dict[str, float]
 
 
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GrowthReceipt(ReceiptBody):
+    """One structural change to a graph-core operator, with the evidence it was made on."""
+
+    kind: ClassVar[str] = "growth"
+    stage_id: str
+    step: int
+    action: str
+    """``commit`` (Warm -> Hot: a probed region joins the structure) or ``prune`` (Hot -> Cold)."""
+    object: str
+    """``core:N`` (node N's own state function) or ``edge:S->T`` (the connector from node S to node T)."""
+    region: str
+    """What changed, e.g. ``T.d0<-S@lag1`` (target node T's dim 0 reading node S one step back)."""
+    entries: int
+    complexity_before: int
+    complexity_after: int
+    gamma_after: float
+    evidence: dict[str, float]
+    """Commit: ``snr``, ``loss_change_mean`` and ``loss_change_std`` (of L_total, negative is better, over
+    fresh batches), ``score``. Prune: ``taylor_score`` (0.5 * v * w^2, summed) and ``abs_value_max``."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Receipt:
     """The envelope every receipt line carries."""

@@ -1,26 +1,67 @@
-"""Graph-core building block (seed 002, Archive 00/01): nodes with state history and sparse temporal edges.
+"""Graph-core structure (seed 002, Archive 00/01/03): nodes with state history, sparse temporal edges,
+recursive graph modules and the supergraph that steps them.
 
-``Graph`` holds ``n_nodes`` nodes, each with a state of ``dim`` and a history of the last
-``max_history_length`` states, all in one tensor (batch, nodes, history, dim): the hot path has no
-per-node Python loop. A node's state function is an identity-initialised affine map; an edge
-(source, target, lag) carries a zero-initialised weight from the source's state ``lag`` steps ago.
-``step`` has two phases: every node *gathers* its messages from the states as they were before the
-step, then every node *commits* its new state (nodes whose ``update_frequency`` does not divide the
-step keep theirs). So an untrained graph passes every state through unchanged, and the result never
-depends on node order. Recursive modules, the supergraph and growth build on this (issue 7).
+``Graph`` holds ``n_nodes`` nodes, each with a state of ``dim`` and a history of its last
+``max_history_length`` states, all in one tensor (batch, nodes, history, dim). Every node's state
+function and every edge live in one :class:`SparseMaskedLinear` *operator* over the flattened history
+(input index ``(lag * n_nodes + source) * dim + e``, output index ``target * dim + d``): a node
+proposes ``state + operator(history)``, so with the operator's values at zero (their initial value)
+the state function is the identity and an untrained graph passes every state through exactly. An
+edge ``(source, target, lag)`` is a ``dim x dim`` block of operator entries reading the source's
+state ``lag`` steps ago; a node's own block ``(n, n, lag)`` is its state function's learnable part.
+The hot path is one sparse product per step for all nodes and edges: no per-node Python loop.
+
+``step`` has two phases: every node *gathers* (proposes from the states as they were before the
+step), then every node *commits* (nodes whose ``update_frequency`` does not divide the step keep
+their state), so a result never depends on node order.
+
+``GraphModule`` is the recursive container: a level-0 module is one node; a level-``l`` module
+clusters at least two level-``l-1`` modules, so there are at most ``ceil(log2(n_level0))`` levels.
+``SuperGraph`` gives each level above 0 its own ``Graph`` over that level's modules (a module's state
+is the mean of its leaves' states) and zero-initialised *sup edges* carrying each module's proposal
+back down to its leaves; all levels gather, then level 0 commits. Growth (``callbacks/growth.py``)
+edits the level-0 operator's structure.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from lit_psion.core.errors import ConfigError
+from lit_psion.nn.sparse import SparseMaskedLinear
+
+
+def commit(history: torch.Tensor, proposed: torch.Tensor, step: int | torch.Tensor,
+           frequency: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Phase two: nodes due at ``step`` take their proposal; return the new history (latest first).
+
+    ``step`` is one int, or one per batch row (teacher-forced windows step every position at once).
+    """
+    current = history[:, :, 0]
+    step = torch.as_tensor(step, device=history.device).reshape(-1, 1)  # (1 or B, 1)
+    active = (step % frequency[None, :] == 0)[:, :, None]
+    new = torch.where(active, proposed, current)
+    return torch.cat([new[:, :, None], history[:, :, :-1]], dim=2)
 
 
 class Graph(nn.Module):
-    def __init__(self, n_nodes: int, dim: int, edges: list[tuple[int, int, int]], max_history_length: int = 4,
-                 update_frequency: list[int] | None = None) -> None:  # fmt: skip
+    """Nodes and sparse temporal edges over one operator (see the module docstring).
+
+    Args:
+        n_nodes, dim: Nodes and the size of each node's state.
+        edges: ``(source, target, lag)`` blocks present from the start (zero-valued).
+        max_history_length: States each node remembers (lags ``0 .. max_history_length - 1``).
+        update_frequency: Per node: it commits on steps divisible by this (default every step).
+        cores: Start each node's own lag-0 block in the structure (zero-valued).
+        entries: Further individual operator entries (2, k) present from the start (zero-valued).
+    """
+
+    def __init__(self, n_nodes: int, dim: int, edges: list[tuple[int, int, int]] = (), max_history_length: int = 1,
+                 update_frequency: list[int] | None = None, cores: bool = False,
+                 entries: torch.Tensor | None = None) -> None:  # fmt: skip
         super().__init__()
         if n_nodes < 1 or dim < 1 or max_history_length < 1:
             raise ConfigError(f"n_nodes, dim and max_history_length must be >= 1, got {n_nodes}, {dim}, "
@@ -33,35 +74,157 @@ class Graph(nn.Module):
         if len(frequency) != n_nodes or min(frequency) < 1:
             raise ConfigError(f"update_frequency needs {n_nodes} values >= 1, got {frequency!r}")
         self.n_nodes, self.dim, self.history = n_nodes, dim, max_history_length
-        self.state_weight = nn.Parameter(torch.eye(dim).repeat(n_nodes, 1, 1))  # identity init
-        self.state_bias = nn.Parameter(torch.zeros(n_nodes, dim))
-        edge_index = torch.tensor(edges, dtype=torch.long).reshape(-1, 3)
-        self.register_buffer("edge_index", edge_index)
-        self.edge_weight = nn.Parameter(torch.zeros(len(edges), dim, dim))  # zero: no influence until trained
+        blocks = [(n, n, 0) for n in range(n_nodes)] if cores else []
+        indices = [self.block_entries(*block) for block in [*blocks, *edges]]
+        if entries is not None:
+            indices.append(entries.long())
+        indices = torch.cat(indices, 1) if indices else torch.zeros(2, 0, dtype=torch.long)
+        indices = torch.unique(indices, dim=1)  # sorted, no duplicates
+        self.operator = SparseMaskedLinear(self.in_features, self.out_features, indices, init="zero")
         self.register_buffer("update_frequency", torch.tensor(frequency))
+
+    @property
+    def in_features(self) -> int:
+        return self.history * self.n_nodes * self.dim
+
+    @property
+    def out_features(self) -> int:
+        return self.n_nodes * self.dim
+
+    def block_entries(self, source: int, target: int, lag: int) -> torch.Tensor:
+        """The operator entries (2, dim * dim) of the edge ``source -> target`` at ``lag``."""
+        d = torch.arange(self.dim)
+        rows = (target * self.dim + d).repeat_interleave(self.dim)
+        cols = ((lag * self.n_nodes + source) * self.dim + d).repeat(self.dim)
+        return torch.stack([rows, cols])
+
+    def coordinates(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Operator entries (2, k) as (target, target_dim, source, lag, source_dim)."""
+        rows, cols = indices
+        return {"target": rows // self.dim, "target_dim": rows % self.dim, "source": (cols // self.dim) % self.n_nodes,
+                "lag": cols // (self.dim * self.n_nodes), "source_dim": cols % self.dim}  # fmt: skip
+
+    def set_block(self, source: int, target: int, lag: int, matrix: torch.Tensor) -> None:
+        """Set the values of a block already in the structure (``matrix[d, e]``: target dim d from source dim e)."""
+        want = self.block_entries(source, target, lag)
+        held = self.operator.indices
+        match = ((held[:, :, None] == want[:, None, :]).all(0)).nonzero()
+        if match.shape[0] != want.shape[1]:
+            raise ConfigError(f"edge ({source}, {target}, lag {lag}) is not in the structure")
+        with torch.no_grad():
+            self.operator.values[match[:, 0]] = matrix.reshape(-1)[match[:, 1]].to(self.operator.values)
+
+    def flatten(self, history: torch.Tensor) -> torch.Tensor:
+        """(batch, nodes, history, dim) -> (batch, history * nodes * dim), the operator's input order."""
+        return history.transpose(1, 2).reshape(history.shape[0], -1)
+
+    def propose(self, history: torch.Tensor) -> torch.Tensor:
+        """Phase one: every node's proposed next state (batch, nodes, dim)."""
+        update = self.operator(self.flatten(history)).view(history.shape[0], self.n_nodes, self.dim)
+        return history[:, :, 0] + update
 
     def initial_history(self, state: torch.Tensor) -> torch.Tensor:
         """A history (batch, nodes, history, dim) whose every slot is ``state`` (batch, nodes, dim)."""
         return state[:, :, None, :].expand(-1, -1, self.history, -1).clone()
 
-    def step(self, history: torch.Tensor, step: int) -> torch.Tensor:
+    def step(self, history: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
         """One two-phase step; returns the new history (latest state at index 0)."""
-        current = history[:, :, 0]  # (B, N, D)
-        # gather: messages from the states before this step
-        source, target, lag = self.edge_index.unbind(-1) if len(self.edge_index) else (None, None, None)
-        messages = torch.zeros_like(current)
-        if source is not None:
-            sent = torch.einsum("bed,eod->beo", history[:, source, lag], self.edge_weight)  # (B, E, D)
-            messages = messages.index_add(1, target, sent)
-        # commit: every node's new state at once
-        proposed = torch.einsum("bnd,nod->bno", current, self.state_weight) + self.state_bias + messages
-        active = (step % self.update_frequency == 0)[None, :, None]
-        new = torch.where(active, proposed, current)
-        return torch.cat([new[:, :, None], history[:, :, :-1]], dim=2)
+        return commit(history, self.propose(history), step, self.update_frequency)
 
     def forward(self, state: torch.Tensor, steps: int) -> torch.Tensor:
         """Run ``steps`` steps from ``state`` (batch, nodes, dim); return the states (batch, steps, nodes, dim)."""
         history, states = self.initial_history(state), []
+        for t in range(1, steps + 1):
+            history = self.step(history, t)
+            states.append(history[:, :, 0])
+        return torch.stack(states, dim=1)
+
+
+class GraphModule:
+    """A node of the module hierarchy: a level-0 module is one graph node; a higher one clusters modules."""
+
+    def __init__(self, level_id: int, index: int, sub_modules: list[GraphModule] = ()) -> None:
+        self.level_id, self.index, self.sub_modules = level_id, index, list(sub_modules)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.level_id == 0
+
+    def leaves(self) -> list[int]:
+        """The level-0 nodes under this module."""
+        return [self.index] if self.is_leaf else [leaf for sub in self.sub_modules for leaf in sub.leaves()]
+
+    def __repr__(self) -> str:
+        return f"GraphModule(level={self.level_id}, index={self.index}, leaves={self.leaves()})"
+
+
+def max_levels(n_level0: int) -> int:
+    """Levels the hierarchy may have with clusters of at least two: ``ceil(log2(n_level0))`` (at least 1)."""
+    return max(1, math.ceil(math.log2(n_level0)))
+
+
+def build_hierarchy(n_nodes: int, levels: int) -> list[list[GraphModule]]:
+    """Tiers of modules, level 0 first; each higher module clusters consecutive pairs (a leftover joins
+    the last pair)."""
+    if not 1 <= levels <= max_levels(n_nodes):
+        raise ConfigError(f"levels must be between 1 and ceil(log2({n_nodes})) = {max_levels(n_nodes)}, "
+                          f"got {levels!r}")  # fmt: skip
+    tiers = [[GraphModule(0, i) for i in range(n_nodes)]]
+    for level in range(1, levels):
+        below = tiers[-1]
+        groups = [below[i : i + 2] for i in range(0, len(below) - len(below) % 2, 2)]
+        if len(below) % 2:
+            groups[-1].append(below[-1])
+        tiers.append([GraphModule(level, i, group) for i, group in enumerate(groups)])
+    return tiers
+
+
+class SuperGraph(nn.Module):
+    """The recursive graph: a level-0 ``Graph`` plus one ``Graph`` per higher level, stepped together.
+
+    Args:
+        n_nodes, dim, edges, max_history_length, update_frequency, cores, entries: The level-0 graph.
+        levels: Hierarchy levels, 1 (level 0 alone) to ``ceil(log2(n_nodes))``.
+    """
+
+    def __init__(self, n_nodes: int, dim: int, edges: list[tuple[int, int, int]] = (), max_history_length: int = 1,
+                 levels: int = 1, update_frequency: list[int] | None = None, cores: bool = False,
+                 entries: torch.Tensor | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.tiers = build_hierarchy(n_nodes, levels)
+        self.graphs = nn.ModuleList([Graph(n_nodes, dim, edges, max_history_length, update_frequency, cores, entries)])
+        self.sup_edges = nn.ModuleList()
+        for level, tier in enumerate(self.tiers[1:], start=1):
+            self.graphs.append(Graph(len(tier), dim, max_history_length=max_history_length, cores=True))
+            pool = torch.zeros(len(tier), n_nodes)
+            down = []
+            for module in tier:
+                leaves = module.leaves()
+                pool[module.index, leaves] = 1.0 / len(leaves)
+                d = torch.arange(dim)
+                for leaf in leaves:  # leaf <- its ancestor: a dim x dim block, zero at the start
+                    rows, cols = (leaf * dim + d).repeat_interleave(dim), (module.index * dim + d).repeat(dim)
+                    down.append(torch.stack([rows, cols]))
+            self.register_buffer(f"pool_{level}", pool)
+            self.sup_edges.append(SparseMaskedLinear(len(tier) * dim, n_nodes * dim, torch.cat(down, 1), init="zero"))
+
+    @property
+    def level0(self) -> Graph:
+        return self.graphs[0]
+
+    def propose(self, history: torch.Tensor) -> torch.Tensor:
+        """Phase one at every level, from the states before the step; the level-0 proposals (batch, nodes, dim)."""
+        proposed = self.level0.propose(history)
+        for level, (graph, sup) in enumerate(zip(self.graphs[1:], self.sup_edges, strict=True), start=1):
+            pooled = torch.einsum("kn,bnhd->bkhd", getattr(self, f"pool_{level}"), history)
+            proposed = proposed + sup(graph.propose(pooled).flatten(1)).view_as(proposed)
+        return proposed
+
+    def step(self, history: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        return commit(history, self.propose(history), step, self.level0.update_frequency)
+
+    def forward(self, state: torch.Tensor, steps: int) -> torch.Tensor:
+        history, states = self.level0.initial_history(state), []
         for t in range(1, steps + 1):
             history = self.step(history, t)
             states.append(history[:, :, 0])

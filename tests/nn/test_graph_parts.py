@@ -102,15 +102,15 @@ def test_graph_steps_gather_then_commit_and_respect_update_frequency() -> None:
     from lit_psion.nn.graph import Graph
 
     graph = Graph(3, 2, edges=[(0, 1, 0), (1, 2, 0)], update_frequency=[1, 1, 2])
-    with torch.no_grad():
-        graph.edge_weight.copy_(torch.eye(2).repeat(2, 1, 1))
+    graph.set_block(0, 1, 0, torch.eye(2))
+    graph.set_block(1, 2, 0, torch.eye(2))
     state = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
     first = graph.step(graph.initial_history(state), step=1)[:, :, 0]
     # gather uses pre-step states: node 1 receives node 0's 1.0, node 2 receives node 1's old 0.0
     assert torch.equal(first[0, 1], torch.tensor([1.0, 0.0])) and torch.equal(first[0, 2], torch.tensor([0.0, 0.0]))
     permuted = Graph(3, 2, edges=[(2, 1, 0), (1, 0, 0)], update_frequency=[2, 1, 1])  # the same graph, nodes reversed
-    with torch.no_grad():
-        permuted.edge_weight.copy_(torch.eye(2).repeat(2, 1, 1))
+    permuted.set_block(2, 1, 0, torch.eye(2))
+    permuted.set_block(1, 0, 0, torch.eye(2))
     again = permuted.step(permuted.initial_history(state.flip(1)), step=1)[:, :, 0]
     assert torch.equal(again.flip(1), first)  # no dependence on node order
     second = graph.step(graph.step(graph.initial_history(state), 1), 2)[:, :, 0]
