@@ -15,7 +15,8 @@ of a :class:`lit_psion.models.GraphCore`:
    ``-(mean change) - variance_weight * std``.
 3. **Warm -> Hot.** Regions with a positive score are committed best first, at most
    ``commits_per_object`` per object (a node's ``core`` or an ``edge``) per cycle, within the
-   object's ``struct_budget`` and only while complexity stays below the barrier's limit. A committed
+   object's ``struct_budget`` and only while complexity stays below the barrier's limit; of regions
+   that differ only in lag (they overlap: states one step apart are alike) one per cycle. A committed
    region starts from its probe delta; the optimizer's state follows the structure.
 4. **Prune.** With ``l1 > 0`` every step ends with prox-L1 (soft-thresholding the Hot values by
    ``lr * l1``) and entries it drove to zero go back to Cold; an object whose active entries exceed
@@ -218,17 +219,19 @@ class GrowthPlanner(EvidenceCallback):
         per_object: dict[int, int] = {}
         used = self._object_use(graph, operator.indices.cpu())
         complexity = pl_module.complexity
-        chosen = []
+        chosen, covered = [], set()
         for probe in sorted(probes, key=lambda p: -p["score"]):
             entries = probe["entries"]
             where = graph.coordinates(entries.cpu())
             obj = int(where["target"][0] * graph.n_nodes + where["source"][0])
+            reads = (obj, int(where["target_dim"][0]))  # the same read at another lag overlaps this one
             size = entries.shape[1]
-            if probe["score"] <= 0 or per_object.get(obj, 0) >= self.commits_per_object:
+            if probe["score"] <= 0 or per_object.get(obj, 0) >= self.commits_per_object or reads in covered:
                 continue
             if used[obj] + size > self._budget(graph) or not admissible(complexity, size, limit):
                 continue
             per_object[obj] = per_object.get(obj, 0) + 1
+            covered.add(reads)
             used[obj] += size
             chosen.append((probe, obj, complexity))
             complexity += size

@@ -16,6 +16,7 @@ SMALL_DATA = {
     "stdlib": ("--data.init_args.max_bytes", "150000", "--data.init_args.vocab_size", "300"),
     "files": ("--data.files", "fixtures/tiny_corpus.txt"),
     "events": ("--data.n_train", "40", "--data.n_val", "10", "--data.tokenizer_traces", "30"),
+    "dynamics": ("--data.n_train", "8", "--data.n_val", "2", "--data.steps", "40", "--data.window", "8"),
 }
 
 
@@ -37,6 +38,8 @@ def _small_data(preset: Path, base: Path | None = None) -> tuple[str, ...]:
                 "--trainer.callbacks", "[]")  # fmt: skip
     if "EventTraceDataModule" in text:
         return SMALL_DATA["events"]
+    if "DynamicsDataModule" in text:
+        return SMALL_DATA["dynamics"]
     return SMALL_DATA["stdlib"] if "files: stdlib" in text else SMALL_DATA["files"]
 
 

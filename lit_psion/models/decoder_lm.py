@@ -12,9 +12,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from lit_psion.core import sha256_json
-from lit_psion.core.errors import ConfigError
 from lit_psion.nn.decoder import Decoder, DecoderConfig
-from lit_psion.nn.optim import OptimizerConfig, build_optimizer, warmup_cosine
+from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
 
 
 class DecoderLM(L.LightningModule):
@@ -89,13 +88,7 @@ class DecoderLM(L.LightningModule):
     def _with_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """``optimizer`` with the configured warmup + cosine schedule, stepped every optimizer step."""
         config = self.optimizer_config
-        decay_steps = config.decay_steps or _finite_steps(self.trainer.estimated_stepping_batches)
+        decay_steps = config.decay_steps or finite_steps(self.trainer.estimated_stepping_batches)
         schedule = warmup_cosine(config.warmup_steps, decay_steps, config.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _finite_steps(estimate: float) -> int:
-    if estimate == float("inf"):
-        raise ConfigError("cannot place the cosine decay of an endless run: set optimizer.decay_steps or max_steps")
-    return max(1, int(estimate))

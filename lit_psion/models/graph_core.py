@@ -25,6 +25,7 @@ from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.nn.barrier import gamma
 from lit_psion.nn.delta_log import DeltaStateLog
 from lit_psion.nn.graph import Graph, SuperGraph
+from lit_psion.nn.optim import finite_steps, warmup_cosine
 from lit_psion.nn.sparse import SparseMaskedLinear
 
 
@@ -43,7 +44,9 @@ class GraphCore(L.LightningModule):
         mask_seed: Seed of the ``random`` structure.
         complexity_limit: The barrier's limit on Hot level-0 entries (complexity never reaches it).
         barrier_scale: The barrier's ``scale``.
-        lr: Adam learning rate.
+        lr: Adam's peak learning rate; it decays on a cosine to ``lr * min_lr_ratio`` at ``decay_steps``
+            (default: the trainer's ``max_steps``), so the final fit is precise.
+        min_lr_ratio, decay_steps: The schedule.
         path: ``auto`` (each operator measures its sparse and dense paths at fit start and takes the
             faster), ``sparse`` or ``dense``.
     """
@@ -51,6 +54,7 @@ class GraphCore(L.LightningModule):
     def __init__(self, n_nodes: int = 8, node_dim: int = 2, max_history_length: int = 2, levels: int = 2,
                  initial: Literal["empty", "cores", "random"] = "empty", initial_nnz: int = 0, mask_seed: int = 0,
                  complexity_limit: float = 128.0, barrier_scale: float = 1.0, lr: float = 1e-2,
+                 min_lr_ratio: float = 0.01, decay_steps: int | None = None,
                  path: Literal["auto", "sparse", "dense"] = "auto") -> None:  # fmt: skip
         super().__init__()
         if initial not in ("empty", "cores", "random"):
@@ -150,8 +154,12 @@ class GraphCore(L.LightningModule):
                 log.record(t, states[-1])
         return torch.stack(states, dim=1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        decay_steps = self.hparams.decay_steps or finite_steps(self.trainer.estimated_stepping_batches)
+        factor = warmup_cosine(0, decay_steps, self.hparams.min_lr_ratio)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_start(self) -> None:
         if self.hparams.path == "auto":

@@ -161,6 +161,13 @@ def build_optimizer(
     return MuonAdamW(muon, adamw)
 
 
+def finite_steps(estimate: float) -> int:
+    """The steps a cosine decay spans: the trainer's estimate, refused when the run is endless."""
+    if estimate == float("inf"):
+        raise ConfigError("cannot place the cosine decay of an endless run: set decay_steps or max_steps")
+    return max(1, int(estimate))
+
+
 def warmup_cosine(warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> Any:
     """The multiplier of the peak learning rate at each step: linear warmup, then cosine to ``min_lr_ratio``."""
 

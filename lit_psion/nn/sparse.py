@@ -82,8 +82,8 @@ class SparseMaskedLinear(nn.Module):
         return x @ self.weight().T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.nnz == 0:  # nothing Hot: a pure pass-through, no compute
-            y = x.new_zeros(*x.shape[:-1], self.out_features)
+        if self.nnz == 0:  # nothing Hot: no product; the (empty) values stay in the graph so backward still runs
+            y = x.new_zeros(*x.shape[:-1], self.out_features) + self.values.sum()
         else:
             y = self.forward_sparse(x) if self.path == "sparse" else self.forward_dense(x)
         if self.shadow is not None:  # K_eff = (indices, values) + (shadow indices, delta)
