@@ -99,6 +99,8 @@ class LitPsionCLI(LightningCLI):
             _place_wandb_runs(config.trainer.logger, self.plan)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
+        if config.get("enable_progress_bar") is False:  # the user turned the bar off: drop ours, not fail
+            callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
         plugins = config.get("plugins") or []
         config["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), ManifestCheckpointIO()]
         if self.plan is not None:

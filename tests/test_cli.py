@@ -36,6 +36,12 @@ def test_fit_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "sample" in out and str(run_dir) in out and "--ckpt_path last" in out
 
 
+def test_turning_the_progress_bar_off_is_honoured(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", "--trainer.enable_progress_bar")
+    assert fit(*args, "false") == 0  # was a MisconfigurationException: our bar clashed with the flag
+    assert "Epoch 0" not in capsys.readouterr().out
+
+
 def test_resume_continues_the_same_run_and_its_metrics(tmp_path: Path) -> None:
     root = ("--trainer.default_root_dir", str(tmp_path))
     assert fit(*root, "--trainer.max_steps", "6") == 0
