@@ -15,12 +15,20 @@ of a :class:`lit_psion.models.GraphCore`:
    ``-(mean change) - variance_weight * std``.
 3. **Warm -> Hot.** Regions with a positive score are committed best first, at most
    ``commits_per_object`` per object (a node's ``core`` or an ``edge``) per cycle, within the
-   object's ``struct_budget`` and only while complexity stays below the barrier's limit; of regions
-   that differ only in lag (they overlap: states one step apart are alike) one per cycle. A committed
-   region starts from its probe delta; the optimizer's state follows the structure.
-4. **Prune.** With ``l1 > 0`` every step ends with prox-L1 (soft-thresholding the Hot values by
-   ``lr * l1``) and entries it drove to zero go back to Cold; an object whose active entries exceed
-   ``active_budget`` loses its lowest Taylor scores ``0.5 * v * w^2`` (``v``: Adam's second moment).
+   object's ``struct_budget`` (and ``active_budget``) and only while complexity stays below the
+   barrier's limit; of regions that differ only in lag (they overlap: states one step apart are
+   alike) one per cycle. A committed region starts from its probe delta and its probe's Adam
+   moments; the rest of the optimizer's state follows the structure.
+4. **Prune.** With ``l1 > 0`` every optimizer step ends with prox-L1 (soft-thresholding the Hot
+   values by ``lr * l1``, ``lr`` as the scheduler has just set it) and entries it drove to zero go
+   back to Cold; an object whose active entries exceed ``active_budget`` loses its lowest Taylor
+   scores ``0.5 * v * w^2`` (``v``: Adam's second moment). Entries committed in this cycle are
+   not pruned in it, and a commit never takes an object over ``active_budget``.
+
+Gradient accumulation is honoured (cycles run on optimizer steps only); growth on several
+processes is refused (DDP cannot follow a replaced parameter). With the Python API, list the
+planner before any checkpoint callback so a checkpoint taken on a cycle step holds that cycle
+(the CLI puts ``trainer.callbacks`` first).
 
 Each commit and prune leaves a :class:`GrowthReceipt` with its evidence. Probe batches come from
 the datamodule's ``sample_batch(key)`` with keys fixed by the step, so the training order is left
@@ -74,6 +82,12 @@ class GrowthPlanner(EvidenceCallback):
                             ("probe_batches", probe_batches), ("commits_per_object", commits_per_object)):  # fmt: skip
             if value < 1:
                 raise ConfigError(f"growth {name} must be >= 1, got {value!r}")
+        if commits_per_object > 2:
+            raise ConfigError(f"growth commits_per_object is at most 2 (seed 002's hard rule), "
+                              f"got {commits_per_object!r}")  # fmt: skip
+        for name, value in (("struct_budget", struct_budget), ("active_budget", active_budget)):
+            if value is not None and value < 1:
+                raise ConfigError(f"growth {name} must be >= 1 or null (no cap), got {value!r}")
         if snr_batches < 2:
             raise ConfigError(f"growth snr_batches must be >= 2 (the SNR needs a variance), got {snr_batches!r}")
         if l1 < 0 or probe_lr <= 0:
@@ -92,11 +106,19 @@ class GrowthPlanner(EvidenceCallback):
             raise ConfigError(f"GrowthPlanner grows a GraphCore; {type(pl_module).__name__} has no growable graph "
                               f"(remove the growth callback or use lit_psion.models.GraphCore)")  # fmt: skip
         if not hasattr(trainer.datamodule, "sample_batch"):
-            raise ConfigError(f"GrowthPlanner probes on datamodule.sample_batch(key), which "
-                              f"{type(trainer.datamodule).__name__} lacks (use DynamicsDataModule)")  # fmt: skip
+            have = "fit was given no datamodule" if trainer.datamodule is None else \
+                f"{type(trainer.datamodule).__name__} lacks it"  # fmt: skip
+            raise ConfigError(f"GrowthPlanner probes on datamodule.sample_batch(key), but {have} "
+                              f"(use DynamicsDataModule)")  # fmt: skip
+        if trainer.world_size > 1:
+            raise ConfigError("GrowthPlanner edits parameters between steps, which DDP's reducer cannot follow: "
+                              "grow on one process (devices: 1)")  # fmt: skip
 
     @override
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: no optimizer step yet, and the gathered gradient must survive
         step = trainer.global_step
         optimizer = trainer.optimizers[0]
         if self.l1 > 0:
@@ -126,8 +148,8 @@ class GrowthPlanner(EvidenceCallback):
         finally:
             operator.shadow = None
             pl_module.train(was_training)
-        self._commit(trainer, pl_module, graph, optimizer, probes, step)
-        self._prune(trainer, pl_module, graph, optimizer, step)
+        committed = self._commit(trainer, pl_module, graph, optimizer, probes, step)
+        self._prune(trainer, pl_module, graph, optimizer, step, protected=committed)
 
     # Cold -> Warm ---------------------------------------------------------------------------------
 
@@ -162,7 +184,7 @@ class GrowthPlanner(EvidenceCallback):
             return []
         grads = []
         for batch in batches:
-            delta = torch.zeros(cold.shape[1], device=cold.device, requires_grad=True)
+            delta = operator.values.new_zeros(cold.shape[1]).requires_grad_()
             operator.shadow = (cold, delta)
             (grad,) = torch.autograd.grad(pl_module.task_loss(batch), delta)
             grads.append(grad.detach().cpu())
@@ -172,7 +194,7 @@ class GrowthPlanner(EvidenceCallback):
         n_regions = int(region.max()) + 1
         signal = torch.zeros(n_regions).index_add(0, region, mean**2).sqrt()
         spread = torch.zeros(n_regions).index_add(0, region, ((g - mean) ** 2).sum(0) / (len(batches) - 1)).sqrt()
-        snr = signal / (spread + 1e-12)
+        snr = signal / (spread + 1e-12)  # the seed's eps: only guards an exactly constant gradient
         present = torch.zeros(n_regions, dtype=torch.bool)
         present[region] = True
         order = [int(r) for r in snr.argsort(descending=True) if present[r] and snr[r] >= self.snr_threshold]
@@ -184,7 +206,7 @@ class GrowthPlanner(EvidenceCallback):
                train_batches: list[dict], snr: float) -> dict[str, Any]:  # fmt: skip
         limit, scale = pl_module.hparams.complexity_limit, pl_module.hparams.barrier_scale
         before, after = pl_module.complexity, pl_module.complexity + entries.shape[1]
-        delta = torch.zeros(entries.shape[1], device=entries.device, requires_grad=True)
+        delta = operator.values.new_zeros(entries.shape[1]).requires_grad_()
         adam = torch.optim.Adam([delta], lr=self.probe_lr)
         operator.shadow = (entries, delta)
         for batch in train_batches:  # frozen micro-rollout: only the shadow delta moves
@@ -207,17 +229,23 @@ class GrowthPlanner(EvidenceCallback):
         mean = float(changes_t.mean())
         std = float(changes_t.std()) if len(changes) > 1 else 0.0
         score = -mean - self.variance_weight * std if math.isfinite(mean) else -math.inf
-        return {"entries": entries, "delta": delta.detach(), "snr": snr, "loss_change_mean": mean,
-                "loss_change_std": std, "score": score}  # fmt: skip
+        # the probe's bias-corrected Adam moments: a committed region goes on from where its probe was
+        state, (beta1, beta2) = adam.state[delta], adam.param_groups[0]["betas"]
+        moments = {"exp_avg": state["exp_avg"] / (1 - beta1**self.probe_steps),
+                   "exp_avg_sq": state["exp_avg_sq"] / (1 - beta2**self.probe_steps)}  # fmt: skip
+        return {"entries": entries, "delta": delta.detach(), "moments": moments, "snr": snr,
+                "loss_change_mean": mean, "loss_change_std": std, "score": score}  # fmt: skip
 
     # Warm -> Hot -------------------------------------------------------------------------------------
 
     def _commit(self, trainer: L.Trainer, pl_module: L.LightningModule, graph: Any, optimizer: Any,
-                probes: list[dict], step: int) -> None:  # fmt: skip
+                probes: list[dict], step: int) -> int:  # fmt: skip
+        """Commit the best probes within the rules; return how many entries joined (at the end of ``values``)."""
         operator = graph.operator
         limit, scale = pl_module.hparams.complexity_limit, pl_module.hparams.barrier_scale
         per_object: dict[int, int] = {}
         used = self._object_use(graph, operator.indices.cpu())
+        active = self._object_use(graph, operator.indices.cpu(), operator.values.detach().abs() > self.eps)
         complexity = pl_module.complexity
         chosen, covered = [], set()
         for probe in sorted(probes, key=lambda p: -p["score"]):
@@ -230,17 +258,21 @@ class GrowthPlanner(EvidenceCallback):
                 continue
             if used[obj] + size > self._budget(graph) or not admissible(complexity, size, limit):
                 continue
+            if self.active_budget is not None and active[obj] + size > self.active_budget:
+                continue
             per_object[obj] = per_object.get(obj, 0) + 1
             covered.add(reads)
             used[obj] += size
+            active[obj] += size
             chosen.append((probe, obj, complexity))
             complexity += size
         if not chosen:
-            return
+            return 0
         old = operator.values
         source = operator.grow(torch.cat([p["entries"] for p, _, _ in chosen], 1),
                                torch.cat([p["delta"] for p, _, _ in chosen]))  # fmt: skip
-        follow_parameter(optimizer, old, operator.values, source)
+        fresh = {key: torch.cat([p["moments"][key] for p, _, _ in chosen]) for key in ("exp_avg", "exp_avg_sq")}
+        follow_parameter(optimizer, old, operator.values, source, fresh)
         self._recalibrate(pl_module, operator)
         for probe, obj, before in chosen:
             size = probe["entries"].shape[1]
@@ -252,6 +284,7 @@ class GrowthPlanner(EvidenceCallback):
                 evidence={"snr": probe["snr"], "loss_change_mean": probe["loss_change_mean"],
                           "loss_change_std": probe["loss_change_std"], "score": probe["score"]},
             ))  # fmt: skip
+        return sum(p["entries"].shape[1] for p, _, _ in chosen)
 
     # Prune -------------------------------------------------------------------------------------------
 
@@ -261,12 +294,15 @@ class GrowthPlanner(EvidenceCallback):
             values.copy_(_soft_threshold(values, threshold))
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, graph: Any, optimizer: Any,
-               step: int) -> None:  # fmt: skip
+               step: int, protected: int = 0) -> None:  # fmt: skip
+        """Prune within the budgets; the last ``protected`` entries (committed this cycle) are left alone."""
         operator = graph.operator
         values = operator.values.detach()
         drop = torch.zeros(operator.nnz, dtype=torch.bool)
+        candidate = torch.ones(operator.nnz, dtype=torch.bool)
+        candidate[operator.nnz - protected :] = False
         if self.l1 > 0:
-            drop |= (values.abs() <= self.eps).cpu()  # consolidated to identity by prox-L1
+            drop |= (values.abs() <= self.eps).cpu() & candidate  # consolidated to identity by prox-L1
         state = optimizer.state.get(operator.values, {})
         curvature = state.get("exp_avg_sq", torch.ones_like(values))
         taylor = (0.5 * curvature * values**2).cpu()
@@ -277,8 +313,9 @@ class GrowthPlanner(EvidenceCallback):
             for obj in torch.unique(objects[active]).tolist():
                 members = (active & (objects == obj)).nonzero().squeeze(1)
                 excess = members.numel() - self.active_budget
+                prunable = members[candidate[members]]
                 if excess > 0:
-                    drop[members[taylor[members].argsort()[:excess]]] = True
+                    drop[prunable[taylor[prunable].argsort()[:excess]]] = True
         if not drop.any():
             return
         limit, scale = pl_module.hparams.complexity_limit, pl_module.hparams.barrier_scale

@@ -61,8 +61,12 @@ class GraphCore(L.LightningModule):
             raise ConfigError(f"initial must be empty, cores or random, got {initial!r}")
         if path not in ("auto", "sparse", "dense"):
             raise ConfigError(f"path must be auto, sparse or dense, got {path!r}")
-        if complexity_limit <= 0:
-            raise ConfigError(f"complexity_limit must be > 0, got {complexity_limit!r}")
+        if complexity_limit <= 0 or barrier_scale <= 0:
+            raise ConfigError(f"complexity_limit and barrier_scale must be > 0, got {complexity_limit!r} and "
+                              f"{barrier_scale!r}")  # fmt: skip
+        if initial == "random" and initial_nnz < 1:
+            raise ConfigError(f"initial: random needs initial_nnz >= 1 (the static structure's size), "
+                              f"got {initial_nnz!r}")  # fmt: skip
         self.save_hyperparameters()
         entries = None
         if initial == "random":
@@ -94,7 +98,9 @@ class GraphCore(L.LightningModule):
 
     @property
     def model_signature(self) -> str:
-        return sha256_json({"family": "GraphCore", **{k: v for k, v in self.hparams.items() if k != "path"}})
+        """sha256 of the graph's shape (the structure itself travels in the checkpoint)."""
+        shape = ("n_nodes", "node_dim", "max_history_length", "levels")
+        return sha256_json({"family": "GraphCore", **{key: self.hparams[key] for key in shape}})
 
     def operators(self) -> list[SparseMaskedLinear]:
         return [module for module in self.modules() if isinstance(module, SparseMaskedLinear)]
@@ -175,8 +181,13 @@ class GraphCore(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Give every operator the checkpoint's structure before its values load (growth changed the shapes)."""
+        saved = checkpoint.get("model_signature")
+        if saved is not None and saved != self.model_signature:
+            raise CheckpointError(f"checkpoint was written by a GraphCore of another shape (model signature "
+                                  f"{saved[:12]}, this model {self.model_signature[:12]}): load it with the "
+                                  f"config of the run that wrote it")  # fmt: skip
         state = checkpoint.get("state_dict", {})
-        paths = checkpoint.get("graph_paths", {})
+        paths = checkpoint.get("graph_paths", {}) if self.hparams.path == "auto" else {}  # a pinned path wins
         for name, module in self.named_modules():
             if not isinstance(module, SparseMaskedLinear):
                 continue
@@ -184,7 +195,10 @@ class GraphCore(L.LightningModule):
             if indices is None or indices.ndim != 2 or indices.shape[0] != 2:
                 raise CheckpointError(f"checkpoint has no structure for {name!r}: it is not a GraphCore checkpoint "
                                       f"of this shape")  # fmt: skip
-            module._restructure(indices.to(module.indices), torch.zeros(indices.shape[1]))
+            if indices.numel() and (indices[0].max() >= module.out_features or indices[1].max() >= module.in_features):
+                raise CheckpointError(f"checkpoint structure of {name!r} falls outside this model's "
+                                      f"({module.out_features}, {module.in_features}) operator")  # fmt: skip
+            module._restructure(indices.to(module.indices), module.values.new_zeros(indices.shape[1]))
             if name in paths:
                 module.path, module.calibrated = paths[name], True
 

@@ -137,10 +137,11 @@ class SparseMaskedLinear(nn.Module):
         return self.path
 
 
-def follow_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter,
-                     source: torch.Tensor) -> None:  # fmt: skip
+def follow_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter, source: torch.Tensor,
+                     fresh: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
     """Point ``optimizer`` at ``new`` in place of ``old``, carrying per-entry state (Adam's moments)
-    from ``old[source]``; entries whose source is -1 start with zero state."""
+    from ``old[source]``; entries whose source is -1 take their state from ``fresh`` (in order),
+    else zero."""
     for group in optimizer.param_groups:
         group["params"] = [new if p is old else p for p in group["params"]]
     state = optimizer.state.pop(old, None)
@@ -152,6 +153,8 @@ def follow_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: n
         if torch.is_tensor(value) and value.shape == old.shape:
             carried = torch.zeros(new.shape, dtype=value.dtype, device=value.device)
             carried[known] = value[source[known]]
+            if fresh is not None and key in fresh:
+                carried[~known] = fresh[key].to(carried)
             value = carried
         moved[key] = value
     optimizer.state[new] = moved
