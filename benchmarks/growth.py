@@ -73,7 +73,8 @@ def main() -> None:
         grown_run = fit(root / "grown", *steps)
         indices = final_structure(grown_run)
         nnz = indices.shape[1]
-        n_nodes, dim = 8, 2
+        model = yaml.safe_load(Path(PRESET).read_text())["model"]["init_args"]
+        n_nodes, dim = model["n_nodes"], model["node_dim"]
         target, source = indices[0] // dim, (indices[1] // dim) % n_nodes
         ring = int(torch.isin((source - target) % n_nodes, torch.tensor([0, 1, n_nodes - 1])).sum())
         static = {}

@@ -38,7 +38,6 @@ alone and a resumed run makes the same decisions: the planner's state is the str
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -143,8 +142,10 @@ class GrowthPlanner(EvidenceCallback):
         try:
             cold, region = self._cold_regions(graph)
             shortlist = self._shortlist(pl_module, operator, cold, region, snr_batches)
+            limit = pl_module.hparams.complexity_limit
             probes = [self._probe(pl_module, operator, cold[:, region == r], eval_batches, train_batches, snr)
-                      for r, snr in shortlist]  # fmt: skip
+                      for r, snr in shortlist
+                      if admissible(pl_module.complexity, int((region == r).sum()), limit)]  # fmt: skip
         finally:
             operator.shadow = None
             pl_module.train(was_training)
@@ -221,14 +222,11 @@ class GrowthPlanner(EvidenceCallback):
                 probed = float(pl_module.task_loss(batch))
                 operator.shadow = None
                 base = float(pl_module.task_loss(batch))
-                if not admissible(before, entries.shape[1], limit):
-                    changes.append(math.inf)
-                    continue
                 changes.append(probed * gamma(after, limit, scale) - base * gamma(before, limit, scale))
         changes_t = torch.tensor(changes, dtype=torch.float64)
         mean = float(changes_t.mean())
         std = float(changes_t.std()) if len(changes) > 1 else 0.0
-        score = -mean - self.variance_weight * std if math.isfinite(mean) else -math.inf
+        score = -mean - self.variance_weight * std
         # the probe's bias-corrected Adam moments: a committed region goes on from where its probe was
         state, (beta1, beta2) = adam.state[delta], adam.param_groups[0]["betas"]
         moments = {"exp_avg": state["exp_avg"] / (1 - beta1**self.probe_steps),

@@ -154,6 +154,9 @@ class DynamicsDataModule(L.LightningDataModule):
         sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
         return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, 0, self.seed)
 
+    test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader
+
     def sample_batch(self, key: int, batch_size: int | None = None) -> dict[str, Any]:
         """A training batch drawn by ``key`` alone (not from the training order, which it leaves untouched):
         what a growth probe evaluates on. The same key gives the same batch on every run."""

@@ -110,13 +110,22 @@ class GraphCore(L.LightningModule):
         history before the window's first state repeats that state."""
         batch, window, dim = inputs.shape
         n, d, h = self.hparams.n_nodes, self.hparams.node_dim, self.hparams.max_history_length
-        if dim != n * d:
-            raise ConfigError(f"the data's state has {dim} dims but n_nodes * node_dim = {n} * {d}: set them to "
-                              f"match (e.g. oscillators: n_nodes = n_bodies, node_dim = 2)")  # fmt: skip
+        self._check_state_dim(dim)
         states = inputs.view(batch, window, n, d)
         positions = torch.arange(window, device=inputs.device)
         lagged = [states[:, (positions - lag).clamp(min=0)] for lag in range(h)]
         return torch.stack(lagged, dim=3).flatten(0, 1)
+
+    def _check_state_dim(self, dim: int) -> None:
+        n, d = self.hparams.n_nodes, self.hparams.node_dim
+        if dim != n * d:
+            raise ConfigError(f"the data's state has {dim} dims but n_nodes * node_dim = {n} * {d}: set them to "
+                              f"match (e.g. oscillators: n_nodes = n_bodies, node_dim = 2)")  # fmt: skip
+
+    def setup(self, stage: str) -> None:
+        dim = getattr(self.trainer.datamodule, "state_dim", None)  # refuse a mismatch before any work starts
+        if dim is not None:
+            self._check_state_dim(dim)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """One-step predictions (B, W, state) for every position of the windows."""
@@ -152,13 +161,11 @@ class GraphCore(L.LightningModule):
         """Free-running prediction from ``state`` (B, state dim): (B, steps, state dim). With ``log``,
         every step's state is recorded as a delta (reconstructible exactly)."""
         n, d = self.hparams.n_nodes, self.hparams.node_dim
-        history, states = self.growable.initial_history(state.view(-1, n, d)), []
-        for t in range(1, steps + 1):
-            history = self.graph.step(history, t)
-            states.append(history[:, :, 0].reshape(state.shape))
-            if log is not None:
-                log.record(t, states[-1])
-        return torch.stack(states, dim=1)
+        states = self.graph(state.view(-1, n, d), steps).reshape(*state.shape[:-1], steps, -1)
+        if log is not None:
+            for t in range(steps):
+                log.record(t + 1, states[:, t])
+        return states
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
@@ -198,7 +205,7 @@ class GraphCore(L.LightningModule):
             if indices.numel() and (indices[0].max() >= module.out_features or indices[1].max() >= module.in_features):
                 raise CheckpointError(f"checkpoint structure of {name!r} falls outside this model's "
                                       f"({module.out_features}, {module.in_features}) operator")  # fmt: skip
-            module._restructure(indices.to(module.indices), module.values.new_zeros(indices.shape[1]))
+            module.set_structure(indices.to(module.indices), module.values.new_zeros(indices.shape[1]))
             if name in paths:
                 module.path, module.calibrated = paths[name], True
 

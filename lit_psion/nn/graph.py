@@ -26,6 +26,7 @@ edits the level-0 operator's structure.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +46,15 @@ def commit(history: torch.Tensor, proposed: torch.Tensor, step: int | torch.Tens
     active = (step % frequency[None, :] == 0)[:, :, None]
     new = torch.where(active, proposed, current)
     return torch.cat([new[:, :, None], history[:, :, :-1]], dim=2)
+
+
+def unroll(step: Any, history: torch.Tensor, steps: int) -> torch.Tensor:
+    """Steps 1 .. ``steps`` of ``step(history, t)``; the states (batch, steps, nodes, dim)."""
+    states = []
+    for t in range(1, steps + 1):
+        history = step(history, t)
+        states.append(history[:, :, 0])
+    return torch.stack(states, dim=1)
 
 
 class Graph(nn.Module):
@@ -133,11 +143,7 @@ class Graph(nn.Module):
 
     def forward(self, state: torch.Tensor, steps: int) -> torch.Tensor:
         """Run ``steps`` steps from ``state`` (batch, nodes, dim); return the states (batch, steps, nodes, dim)."""
-        history, states = self.initial_history(state), []
-        for t in range(1, steps + 1):
-            history = self.step(history, t)
-            states.append(history[:, :, 0])
-        return torch.stack(states, dim=1)
+        return unroll(self.step, self.initial_history(state), steps)
 
 
 class GraphModule:
@@ -224,8 +230,5 @@ class SuperGraph(nn.Module):
         return commit(history, self.propose(history), step, self.level0.update_frequency)
 
     def forward(self, state: torch.Tensor, steps: int) -> torch.Tensor:
-        history, states = self.level0.initial_history(state), []
-        for t in range(1, steps + 1):
-            history = self.step(history, t)
-            states.append(history[:, :, 0])
-        return torch.stack(states, dim=1)
+        """As :meth:`Graph.forward`, every level stepping."""
+        return unroll(self.step, self.level0.initial_history(state), steps)

@@ -94,7 +94,7 @@ class SparseMaskedLinear(nn.Module):
     def grow(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Add entries (2, k) with their starting values; return each new position's source (-1: new)."""
         source = torch.cat([torch.arange(self.nnz), torch.full((indices.shape[1],), -1)])
-        self._restructure(torch.cat([self.indices, indices.to(self.indices)], 1),
+        self.set_structure(torch.cat([self.indices, indices.to(self.indices)], 1),
                           torch.cat([self.values.detach(), values.detach().to(self.values)]))  # fmt: skip
         return source
 
@@ -103,10 +103,11 @@ class SparseMaskedLinear(nn.Module):
         keep = torch.ones(self.nnz, dtype=torch.bool)
         keep[positions] = False
         source = keep.nonzero().squeeze(1)
-        self._restructure(self.indices[:, source], self.values.detach()[source])
+        self.set_structure(self.indices[:, source], self.values.detach()[source])
         return source
 
-    def _restructure(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+    def set_structure(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """Replace the structure and values (a new ``values`` Parameter: an optimizer must follow it)."""
         self.indices = indices.contiguous()
         self.values = nn.Parameter(values.clone())
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lit_psion.callbacks import GrowthPlanner, Receipts
+from lit_psion.cli import main
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules import DynamicsDataModule
@@ -239,6 +240,8 @@ def test_a_grown_run_resumes_exactly_with_its_structure(tmp_path: Path) -> None:
     assert_tree_equal(resumed["optimizer_states"], reference["optimizer_states"], "optimizer_states")
     receipts = (parts / read_latest(parts) / "receipts.jsonl").read_text()
     assert '"kind": "growth"' in receipts
+    tested = ("test", "--config", PRESET, *small, "--trainer.default_root_dir", str(parts), "--ckpt_path", "last")
+    assert main(list(tested)) == 0  # the grown structure loads for evaluation too
 
 
 def test_growth_refuses_a_model_it_cannot_grow() -> None:
