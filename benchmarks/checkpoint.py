@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import REPO, Clock, StepTimer, TimedCLI
+from throughput import REPO, Clock, StepTimer
 
 from lit_psion.callbacks.checkpoint import PointerCheckpoint
-from lit_psion.callbacks.checkpoint_io import write_checkpoint
+from lit_psion.checkpoint_io import write_checkpoint
+from lit_psion.cli import LitPsionCLI
 from lit_psion.core.files import fsync_path
 from lit_psion.nn import Decoder, DecoderConfig
 
@@ -123,7 +124,7 @@ def timed_fit(args: argparse.Namespace, root: Path, mode: str) -> float:
     cli_args = [
         "fit", "--config", str(REPO / "configs" / "decoder_tiny.yaml"), "--trainer.max_steps", str(args.steps),
         "--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "0",
-        "--trainer.enable_model_summary", "false", "--progress_bar.refresh_rate", "0", "--sample.max_new_tokens", "0",
+        "--trainer.enable_model_summary", "false", "--progress_bar.refresh_rate", "0",
         "--dashboard.enabled", "false", "--data.init_args.max_bytes", "1000000",
         "--model.init_args.decoder.n_layer", str(args.fit_layers), "--model.init_args.decoder.d_model",
         str(args.fit_d_model), "--data.init_args.batch_size", str(args.fit_batch_size),
@@ -133,7 +134,7 @@ def timed_fit(args: argparse.Namespace, root: Path, mode: str) -> float:
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-            TimedCLI(StepTimer(clock), cli_args)
+            LitPsionCLI(args=cli_args, callbacks=[StepTimer(clock)])
     finally:
         sys.argv = argv
     # The step-`steps` checkpoint is written after the last tick; take the window to the step before,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules import DynamicsDataModule
+from lit_psion.runs import load_run
 
 PRESET = "configs/graph_core_oscillators.yaml"
 
@@ -49,9 +48,8 @@ def held_out_mse(run_dir: Path) -> float:
 
 
 def final_structure(run_dir: Path) -> torch.Tensor:
-    last = sorted(os.listdir(run_dir / "checkpoints"))[-1]
-    checkpoint = ManifestCheckpointIO().load_checkpoint(run_dir / "checkpoints" / last)
-    return checkpoint["state_dict"]["graph.graphs.0.operator.indices"]
+    """The level-0 structure (2, nnz) of the run's latest verified checkpoint."""
+    return load_run(run_dir).state["state_dict"]["graph.graphs.0.operator.indices"]
 
 
 def pass_through_mse() -> float:
@@ -73,15 +71,15 @@ def main() -> None:
         grown_run = fit(root / "grown", *steps)
         indices = final_structure(grown_run)
         nnz = indices.shape[1]
-        model = yaml.safe_load(Path(PRESET).read_text())["model"]["init_args"]
-        n_nodes, dim = model["n_nodes"], model["node_dim"]
+        graph = yaml.safe_load(Path(PRESET).read_text())["model"]["init_args"]["config"]
+        n_nodes, dim = graph["n_nodes"], graph["node_dim"]
         target, source = indices[0] // dim, (indices[1] // dim) % n_nodes
         ring = int(torch.isin((source - target) % n_nodes, torch.tensor([0, 1, n_nodes - 1])).sum())
         static = {}
         for seed in args.mask_seeds:
-            static_args = ("--trainer.callbacks", "[]", "--model.init_args.initial", "random",  # no planner
-                           "--model.init_args.initial_nnz", str(nnz),
-                           "--model.init_args.mask_seed", str(seed))  # fmt: skip
+            static_args = ("--trainer.callbacks", "[]", "--model.init_args.config.initial", "random",  # no planner
+                           "--model.init_args.config.initial_nnz", str(nnz),
+                           "--model.init_args.config.mask_seed", str(seed))  # fmt: skip
             static[seed] = held_out_mse(fit(root / f"static{seed}", *steps, *static_args))
         grown = held_out_mse(grown_run)
         best_static = min(static.values())

@@ -52,15 +52,6 @@ class Curve(Callback):
                             "tokens": self.tokens, "loss": loss})  # fmt: skip
 
 
-class CurveCLI(LitPsionCLI):
-    def __init__(self, curve: Curve, args: list[str]) -> None:
-        self.curve = curve
-        super().__init__(args=args)
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
-        return super()._instantiate_trainer(config, [self.curve, *callbacks])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "mosaic_commitment_cpu.yaml")
@@ -75,7 +66,7 @@ def main() -> None:
         argv, sys.argv = sys.argv, sys.argv[:1]
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                cli = CurveCLI(curve, cli_args)
+                cli = LitPsionCLI(args=cli_args, callbacks=[curve])
         finally:
             sys.argv = argv
         val = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}

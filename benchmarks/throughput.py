@@ -81,17 +81,6 @@ class StepTimer(Callback):
         self.clock.tick(trainer.global_step)
 
 
-class TimedCLI(LitPsionCLI):
-    """The real CLI with one extra callback, placed first so the end-of-fit checkpoint is not timed."""
-
-    def __init__(self, timer: StepTimer, args: list[str]) -> None:
-        self.timer = timer
-        super().__init__(args=args)
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> L.Trainer:
-        return super()._instantiate_trainer(config, [self.timer, *callbacks])
-
-
 def run_lit_psion(
     args: argparse.Namespace, root: Path, evidence: bool = True, extra: tuple[str, ...] = ()
 ) -> tuple[Clock, float]:
@@ -106,7 +95,7 @@ def run_lit_psion(
         "fit", "--config", str(args.config), "--trainer.max_steps", str(args.steps),
         "--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "0",
         "--trainer.enable_model_summary", "false", "--progress_bar.refresh_rate", "0",
-        "--sample.max_new_tokens", "0", "--checkpoint.every_n_train_steps", every, "--dashboard.enabled", "false",
+        "--checkpoint.every_n_train_steps", every, "--dashboard.enabled", "false",
         *([] if evidence else EVIDENCE_OFF), *extra,
         "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.block_size", str(args.block_size),
         *(["--data.init_args.files", args.files] if args.files else []),
@@ -115,7 +104,7 @@ def run_lit_psion(
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it also sees this script's flags
     try:
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON result
-            TimedCLI(StepTimer(clock), cli_args)
+            LitPsionCLI(args=cli_args, callbacks=[StepTimer(clock)])
     finally:
         sys.argv = argv
     if len(clock.ticks) != args.steps - args.warmup + 1:

@@ -29,7 +29,7 @@ from throughput import REPO, run_lit_psion
 
 TARGET = 1.35
 TRANSACTIONAL = ("--trainer.strategy", "lit_psion.strategies.TransactionalStrategy",
-                 "--trainer.strategy.buffer_len", "1")  # fmt: skip
+                 "--trainer.strategy.policy.buffer_len", "1")  # fmt: skip
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """Callbacks, one concern each (imported as ``lit_psion.callbacks``)."""
 
-from lit_psion.callbacks.checkpoint import PointerCheckpoint, resolve_checkpoint
+from lit_psion.callbacks.checkpoint import PointerCheckpoint
 from lit_psion.callbacks.dashboard import Dashboard
 from lit_psion.callbacks.evidence import EvidenceCallback, Receipts
 from lit_psion.callbacks.growth import GrowthPlanner
 from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.promotion import PromotionGate
-from lit_psion.callbacks.run_dir import RunDirectory, RunPlan
+from lit_psion.callbacks.run_dir import RunDirectory
 from lit_psion.callbacks.sample import GenerateSample
 from lit_psion.callbacks.telemetry import Telemetry
 
@@ -20,7 +20,5 @@ __all__ = [
     "PromotionGate",
     "Receipts",
     "RunDirectory",
-    "RunPlan",
     "Telemetry",
-    "resolve_checkpoint",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
-import sys
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,15 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from lit_psion.callbacks.checkpoint_io import EXTRA_KEY, MANIFEST, WEIGHTS, ManifestCheckpointIO, verify_checkpoint
-from lit_psion.callbacks.evidence import STAGE, EvidenceCallback, receipt_log, run_relative
-from lit_psion.core import atomic_write_json, read_json, sha256_file
+from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest, signature_of
+from lit_psion.checkpoint_io import EXTRA_KEY, WEIGHTS, ManifestCheckpointIO
+from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, CheckpointPointer, read_pointer, write_pointer
+from lit_psion.core.contracts import Resumable
+from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
-from lit_psion.core.receipts import CheckpointReceipt
-
-POINTER_FILE = "pointer.json"
+from lit_psion.core.files import read_json
+from lit_psion.core.layout import RunLayout, step_of
+from lit_psion.core.receipts import CheckpointReceipt, receipt_log
 
 
 class PointerCheckpoint(EvidenceCallback):
@@ -52,10 +53,6 @@ class PointerCheckpoint(EvidenceCallback):
         self.async_write = async_write
         self._last_saved_step = -1
         self._in_flight: tuple[Path, Future] | None = None
-
-    @staticmethod
-    def directory(trainer: L.Trainer) -> Path:
-        return Path(trainer.default_root_dir) / "checkpoints"
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -97,7 +94,7 @@ class PointerCheckpoint(EvidenceCallback):
         if step == self._last_saved_step or step == 0:
             return
         self._collect(trainer, wait=True)  # one write in flight at a time
-        path = self.directory(trainer) / f"step-{step:06d}"
+        path = self.run(trainer).layout.checkpoint(step)
         trainer.save_checkpoint(path, weights_only=False)  # full trainer state, loadable with weights_only=True
         self._last_saved_step = step
         io = trainer.strategy.checkpoint_io
@@ -106,8 +103,9 @@ class PointerCheckpoint(EvidenceCallback):
             self._commit(trainer, path)
             return
         self._in_flight = (path, pending)
+        run = self.run(trainer)
         self.emit(trainer, CheckpointReceipt(
-            stage_id=STAGE, step=step, checkpoint=run_relative(trainer, path), manifest_digest=None,
+            stage_id=run.stage, step=step, checkpoint=run.layout.relative(path), manifest_digest=None,
             object_digest=None, writer=f"rank{trainer.global_rank}", durability="async_write_in_flight",
         ))  # fmt: skip
 
@@ -122,15 +120,18 @@ class PointerCheckpoint(EvidenceCallback):
     def _commit(self, trainer: L.Trainer, path: Path) -> None:
         """Point at the durable checkpoint ``path``, receipt it, and apply retention."""
         if trainer.is_global_zero:
-            directory = path.parent
-            manifest_digest = sha256_file(path / MANIFEST)
-            manifest = read_json(path / MANIFEST)
-            pointer = {"step": manifest["step"], "checkpoint": path.name, "manifest_sha256": manifest_digest}
-            atomic_write_json(directory / POINTER_FILE, pointer)
-            self._prune(directory, keep=path.name)
+            # The writer just produced these files (and hashed them as it wrote): the manifest's own
+            # digest is all the pointer needs; verification is for loading, not for writing.
+            run = self.run(trainer)
+            manifest_path = path / MANIFEST_FILE
+            manifest = CheckpointManifest.from_json_dict(read_json(manifest_path), str(manifest_path))
+            pointer = CheckpointPointer(step=manifest.step, checkpoint=path.name,
+                                        manifest_sha256=sha256_file(manifest_path))  # fmt: skip
+            write_pointer(run.layout, pointer)
+            self._prune(path.parent, keep=path.name)
             self.emit(trainer, CheckpointReceipt(
-                stage_id=STAGE, step=manifest["step"], checkpoint=run_relative(trainer, path),
-                manifest_digest=manifest_digest, object_digest=manifest["files"][WEIGHTS]["sha256"],
+                stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(path),
+                manifest_digest=pointer.manifest_sha256, object_digest=manifest.files[WEIGHTS].sha256,
                 writer=f"rank{trainer.global_rank}", durability="durable",
             ))  # fmt: skip
             if (log := receipt_log(trainer)) is not None:
@@ -143,7 +144,7 @@ class PointerCheckpoint(EvidenceCallback):
         for staging in directory.glob(".step-*.tmp-*"):  # left by a process killed mid-write
             if in_flight is None or not staging.name.startswith(f".{in_flight}."):
                 shutil.rmtree(staging, ignore_errors=True)
-        saved = sorted((p for p in directory.glob("step-*") if p.is_dir()), key=_step_of)
+        saved = sorted((p for p in directory.glob("step-*") if p.is_dir()), key=lambda p: step_of(p.name) or -1)
         for old in saved[: max(0, len(saved) - self.keep_last_k)]:
             if old.name not in (keep, in_flight):
                 shutil.rmtree(old)
@@ -151,15 +152,15 @@ class PointerCheckpoint(EvidenceCallback):
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """Hand the manifest its run-level fields (ManifestCheckpointIO writes them to manifest.json)."""
-        pointer = self.directory(trainer) / POINTER_FILE
-        manifest = getattr(trainer.datamodule, "manifest", None)
+        layout = self.run(trainer).layout
+        pointer = _readable_pointer(layout)
         loader = trainer.train_dataloader
         checkpoint[EXTRA_KEY] = {
-            "run_id": Path(trainer.default_root_dir).name,
-            "model_signature": getattr(pl_module, "model_signature", None),
-            "data_manifest_digest": manifest.digest if manifest else None,
-            "cursor": loader.state_dict() if hasattr(loader, "state_dict") else None,
-            "parent": read_json(pointer)["checkpoint"] if pointer.exists() else None,
+            "run_id": layout.run_id,
+            "model_signature": signature_of(pl_module),
+            "data_manifest_digest": data_manifest_digest(trainer),
+            "cursor": loader.state_dict() if isinstance(loader, Resumable) else None,
+            "parent": pointer.checkpoint if pointer is not None else None,
             "writer": f"rank{trainer.global_rank}",
         }
 
@@ -174,53 +175,9 @@ class PointerCheckpoint(EvidenceCallback):
         random.setstate(state_dict["python_rng"])
 
 
-def resolve_checkpoint(run_dir: str | Path, rejected: list[tuple[Path, str]] | None = None) -> Path:
-    """The checkpoint to resume ``run_dir`` from: the pointed-to one if it verifies, else the newest that does.
-
-    Args:
-        run_dir: the run directory.
-        rejected: if given, receives (checkpoint, reason) for every checkpoint skipped on the way.
-
-    Raises:
-        CheckpointError: no pointer, or no checkpoint that verifies (naming the pointed-to one's problem).
-    """
-    directory = Path(run_dir) / "checkpoints"
-    pointer_path = directory / POINTER_FILE
-    if not pointer_path.exists():
-        raise CheckpointError(
-            f"run {Path(run_dir).name!r} has no durable checkpoint yet ({pointer_path} is missing); "
-            "start a new run without --ckpt_path"
-        )
-    pointer = read_json(pointer_path)
-    pointed = directory / pointer["checkpoint"]
+def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:
+    """The pointer a new checkpoint names as its parent (none if it is missing or unreadable)."""
     try:
-        _verify_pointed(pointed, pointer["manifest_sha256"])
-        return pointed
-    except CheckpointError as error:
-        problem = error
-    skipped = [(pointed, str(problem))]
-    steps = sorted((p for p in directory.glob("step-*") if p.is_dir() and p != pointed), key=_step_of, reverse=True)
-    for candidate in steps:
-        try:
-            verify_checkpoint(candidate)
-        except CheckpointError as error:
-            skipped.append((candidate, str(error)))
-            continue
-        if rejected is not None:
-            rejected.extend(skipped)
-        print(f"lit_psion: warning: {problem}; resuming from {candidate.name}, the newest checkpoint that verifies",
-              file=sys.stderr)  # fmt: skip
-        return candidate
-    raise problem
-
-
-def _step_of(path: Path) -> int:
-    """The step of a ``step-N`` directory, for ordering (names stop sorting by step past 999999)."""
-    suffix = path.name.removeprefix("step-")
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def _verify_pointed(path: Path, manifest_sha256: str) -> None:
-    if (path / MANIFEST).is_file() and sha256_file(path / MANIFEST) != manifest_sha256:
-        raise CheckpointError(f"checkpoint manifest {str(path / MANIFEST)!r} does not match the digest in the pointer")
-    verify_checkpoint(path)
+        return read_pointer(layout)
+    except CheckpointError:
+        return None

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
+from lit_psion.core import run_context
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.report import write_dashboard
 
@@ -28,13 +29,13 @@ class Dashboard(Callback):
         self.enabled = enabled
 
     def write(self, trainer: L.Trainer) -> Path | None:
-        run_dir = Path(trainer.default_root_dir)
-        if not self.enabled or not trainer.is_global_zero or not (run_dir / "run.json").is_file():
+        layout = run_context(trainer).layout
+        if not self.enabled or not trainer.is_global_zero or not layout.is_run():
             return None
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):
                 logger.save()  # flush buffered rows into metrics.csv
-        return write_dashboard(run_dir)
+        return write_dashboard(layout.run_dir)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -6,8 +6,6 @@ checkpoint callback, or a user's, added by ``class_path``) appends through it wi
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,7 +15,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lit_psion.core import sha256_bytes, sha256_json
+from lit_psion.core import RunContext, run_context, sha256_bytes
+from lit_psion.core.contracts import ReplayData, RollbackAware, SignedModel
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.receipts import (
     CheckpointReceipt,
@@ -26,10 +25,9 @@ from lit_psion.core.receipts import (
     ReceiptLog,
     TrainerStepReceipt,
     TrainingRunReceipt,
+    batch_digest,
+    emit_receipt,
 )
-
-RECEIPTS_FILE = "receipts.jsonl"
-STAGE = "pretrain"
 
 
 class EvidenceCallback(Callback):
@@ -37,27 +35,23 @@ class EvidenceCallback(Callback):
 
     def emit(self, trainer: L.Trainer, body: ReceiptBody) -> None:
         """Append ``body`` to the run's receipt chain (on rank 0; a no-op when receipts are off)."""
-        log = receipt_log(trainer)
-        if log is not None and trainer.is_global_zero:
-            log.append(body)
+        emit_receipt(trainer, body)
+
+    @staticmethod
+    def run(trainer: L.Trainer) -> RunContext:
+        """The fit's run: its layout (where files go) and its stage (what receipts say it is)."""
+        return run_context(trainer)
 
 
-def receipt_log(trainer: L.Trainer) -> ReceiptLog | None:
-    """The run's receipt log, if a :class:`Receipts` callback is collecting one."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, Receipts) and callback.chain is not None:
-            return callback.chain
-    return None
+def data_manifest_digest(trainer: L.Trainer) -> str | None:
+    """The digest of the fit's data manifest, if its DataModule pins one."""
+    data = trainer.datamodule
+    manifest = data.manifest if isinstance(data, ReplayData) else None
+    return manifest.digest if manifest is not None else None
 
 
-def run_relative(trainer: L.Trainer, path: str | Path) -> str:
-    """``path`` relative to the run directory (digested records never hold absolute paths)."""
-    return os.path.relpath(path, trainer.default_root_dir)
-
-
-def batch_digest(batch: dict[str, Any]) -> str:
-    """sha256 of the sample ids and the cursor a batch consumed."""
-    return sha256_json({"sample_ids": batch["sample_ids"].tolist(), "cursor": list(batch.get("cursor") or ())})
+def signature_of(module: L.LightningModule) -> str | None:
+    return module.model_signature if isinstance(module, SignedModel) else None
 
 
 class Receipts(EvidenceCallback):
@@ -75,45 +69,46 @@ class Receipts(EvidenceCallback):
         self._batch_digest: str | None = None
         self._cursor: tuple[int, int] | None = None
         self._resumed_from: str | None = None
-        self.rejected: list[tuple[Path, str]] = []
-        """Checkpoints skipped when resolving ``--ckpt_path last`` (receipted when training starts)."""
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
-            run_dir = Path(trainer.default_root_dir)
-            self.chain = ReceiptLog(run_dir / RECEIPTS_FILE, run_id=run_dir.name)
+            layout = self.run(trainer).layout
+            self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._resumed_from = trainer.ckpt_path
         event = "resumed" if trainer.ckpt_path else "started"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, "active"))
-        for checkpoint, reason in self.rejected:
-            step = int(checkpoint.name.removeprefix("step-"))
+        run = self.run(trainer)
+        for rejected in run.rejected:
             self.emit(trainer, CheckpointReceipt(
-                stage_id=STAGE, step=step, checkpoint=run_relative(trainer, checkpoint), manifest_digest=None,
-                object_digest=None, writer="resolver", durability="rejected", reason=reason,
+                stage_id=run.stage, step=rejected.step, checkpoint=run.layout.relative(rejected.path),
+                manifest_digest=None, object_digest=None, writer="resolver", durability="rejected",
+                reason=rejected.reason,
             ))  # fmt: skip
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
-        self._batch_digest = batch_digest(batch) if isinstance(batch, dict) and "sample_ids" in batch else None
-        self._cursor = tuple(batch["cursor"]) if isinstance(batch, dict) and batch.get("cursor") else None
+        has_ids = isinstance(batch, dict) and "sample_ids" in batch
+        self._cursor = tuple(batch["cursor"]) if has_ids and batch.get("cursor") else None
+        self._batch_digest = batch_digest(batch["sample_ids"].tolist(), self._cursor) if has_ids else None
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         step = trainer.global_step
         if step % self.every_n_steps or outputs is None:
             return
-        if getattr(trainer.strategy, "last_decision", None) == "rollback":
+        if isinstance(trainer.strategy, RollbackAware) and trainer.strategy.last_decision == "rollback":
             return  # a transactional strategy undid this step; its transaction receipt says why
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         optimizer = trainer.optimizers[0]
-        checkpoint, self._resumed_from = self._resumed_from and run_relative(trainer, self._resumed_from), None
+        run = self.run(trainer)
+        checkpoint, self._resumed_from = self._resumed_from and run.layout.relative(self._resumed_from), None
         self.emit(trainer, TrainerStepReceipt(
-            stage_id=STAGE, step_in=step - 1, step_out=step, batch_digest=self._batch_digest or "", cursor=self._cursor,
-            loss=float(loss), lr=float(optimizer.param_groups[0]["lr"]),
+            stage_id=run.stage, step_in=step - 1, step_out=step, batch_digest=self._batch_digest or "",
+            cursor=self._cursor, loss=float(loss), lr=float(optimizer.param_groups[0]["lr"]),
             optimizer=type(optimizer).__name__, checkpoint=checkpoint,
         ))  # fmt: skip
 
@@ -122,9 +117,9 @@ class Receipts(EvidenceCallback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and _finite(v)}
-        manifest = getattr(trainer.datamodule, "manifest", None)
         self.emit(trainer, EvalReceipt(
-            stage_id=STAGE, step=trainer.global_step, split="val", data_manifest_digest=manifest and manifest.digest,
+            stage_id=self.run(trainer).stage, step=trainer.global_step, split="val",
+            data_manifest_digest=data_manifest_digest(trainer),
             policy_revision=f"step-{trainer.global_step}", scores=scores,
         ))  # fmt: skip
 
@@ -150,14 +145,14 @@ class Receipts(EvidenceCallback):
     def _run_receipt(
         self, trainer: L.Trainer, pl_module: L.LightningModule, event: str, status: str, outcome: str | None = None
     ) -> TrainingRunReceipt:
-        manifest = getattr(trainer.datamodule, "manifest", None)
-        config = Path(trainer.default_root_dir) / "config.yaml"
+        run = self.run(trainer)
+        config = run.layout.config
         return TrainingRunReceipt(
-            stage_id=STAGE, event=event, status=status,
+            stage_id=run.stage, event=event, status=status,
             config_digest=sha256_bytes(config.read_bytes()) if config.exists() else None,
-            data_manifest_digest=manifest.digest if manifest else None,
-            model_signature=getattr(pl_module, "model_signature", None),
-            checkpoint_lineage=(run_relative(trainer, trainer.ckpt_path),) if trainer.ckpt_path else (),
+            data_manifest_digest=data_manifest_digest(trainer),
+            model_signature=signature_of(pl_module),
+            checkpoint_lineage=(run.layout.relative(trainer.ckpt_path),) if trainer.ckpt_path else (),
             outcome=outcome,
         )  # fmt: skip
 

@@ -9,13 +9,13 @@ receipt joins the run's chain and ``<run_dir>/promotion.json`` records the decis
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning as L
 from typing_extensions import override
 
-from lit_psion.callbacks.evidence import STAGE, EvidenceCallback
+from lit_psion.callbacks.evidence import EvidenceCallback
 from lit_psion.core import atomic_write_json
+from lit_psion.core.contracts import Promotable
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.receipts import PolicyPromotionReceipt
 
@@ -36,7 +36,7 @@ class PromotionGate(EvidenceCallback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.interrupted or not hasattr(pl_module, "held_out_loss"):
+        if trainer.interrupted or not isinstance(pl_module, Promotable):
             return
         loader = trainer.datamodule.val_dataloader()
         batches = [batch for i, batch in enumerate(loader) if self.max_batches is None or i < self.max_batches]
@@ -51,16 +51,16 @@ class PromotionGate(EvidenceCallback):
         elif improvement < self.min_delta:
             reasons.append("below_min_delta")
         decision = "hold" if reasons else "promote"
-        run_dir = Path(trainer.default_root_dir)
+        run = self.run(trainer)
         self.decision = {"decision": decision, "reasons": reasons, "base_loss": base, "candidate_loss": candidate,
                          "improvement": improvement, "min_delta": self.min_delta,
                          "previous_revision": f"base:{pl_module.base_digest}",
                          "candidate_revision": f"adapter:{pl_module.model_signature}"}  # fmt: skip
         if trainer.is_global_zero:
-            atomic_write_json(run_dir / "promotion.json", self.decision)
+            atomic_write_json(run.layout.promotion, self.decision)
         scores = {"base_loss": base, **({"candidate_loss": candidate} if math.isfinite(candidate) else {})}
         self.emit(trainer, PolicyPromotionReceipt(
-            stage_id=STAGE, previous_revision=self.decision["previous_revision"],
+            stage_id=run.stage, previous_revision=self.decision["previous_revision"],
             candidate_revision=self.decision["candidate_revision"], split="val",
             scores=scores,
             decision=decision, reasons=tuple(reasons),

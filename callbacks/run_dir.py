@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
-
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -13,60 +9,58 @@ from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
-from lit_psion.callbacks.checkpoint import POINTER_FILE
-from lit_psion.callbacks.evidence import receipt_log
-from lit_psion.core import RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
-from lit_psion.core.errors import failure_class
+from lit_psion.callbacks.evidence import signature_of
+from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
+from lit_psion.core.checkpoint import read_pointer
+from lit_psion.core.contracts import ReplayData, TokenizedData
+from lit_psion.core.errors import CheckpointError, failure_class
+from lit_psion.core.receipts import receipt_log
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RunPlan:
-    """Where a fit writes, decided by the CLI before anything is instantiated."""
-
-    root: Path
-    run_id: str
-    resumed: bool
-    config_yaml: str
-
-    @property
-    def run_dir(self) -> Path:
-        return self.root / self.run_id
-
-
 class RunDirectory(Callback):
-    """Keep ``run.json`` true through the run's life and write the files that describe it."""
+    """Keep ``run.json`` true through the run's life and write the files that describe it.
 
-    def __init__(self, plan: RunPlan) -> None:
-        self.plan = plan
+    Args:
+        run_context: Where the fit writes and what it resumes; other callbacks and strategies read it
+            through :func:`lit_psion.core.run_context`.
+    """
+
+    def __init__(self, run_context: RunContext) -> None:
+        self.run_context = run_context
         self.record: RunRecord | None = None
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero:
             return
-        run_dir = self.plan.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if self.plan.resumed and (run_dir / "run.json").exists():
-            self.record = RunRecord.load(run_dir)
+        run, layout = self.run_context, self.run_context.layout
+        layout.run_dir.mkdir(parents=True, exist_ok=True)
+        if run.resumed and layout.is_run():
+            self.record = RunRecord.load(layout)
             self.record.status = RunStatus.RECOVERING
         else:
-            self.record = RunRecord(run_id=self.plan.run_id, status=RunStatus.INITIALIZING)
+            self.record = RunRecord(run_id=layout.run_id, status=RunStatus.INITIALIZING)
+        self.record.stage = run.stage
         self.record.attempts += 1
         self.record.code_version = __version__
-        self.record.config_digest = sha256_bytes(self.plan.config_yaml.encode())
-        self.record.model_signature = getattr(pl_module, "model_signature", None)
-        atomic_write_text(run_dir / "config.yaml", self.plan.config_yaml)
-        manifest = getattr(trainer.datamodule, "manifest", None)
+        self.record.model_signature = signature_of(pl_module)
+        if run.config_yaml is not None:
+            self.record.config_digest = sha256_bytes(run.config_yaml.encode())
+            atomic_write_text(layout.config, run.config_yaml)
+        self._describe_data(trainer.datamodule)
+        self.record.save(layout)
+        write_latest(layout.root, layout.run_id)
+
+    def _describe_data(self, data: L.LightningDataModule | None) -> None:
+        layout = self.run_context.layout
+        manifest = data.manifest if isinstance(data, ReplayData) else None
         if manifest is not None:
             self.record.data_manifest_digest = manifest.digest
-            atomic_write_json(run_dir / "data_manifest.json", {**manifest.to_json_dict(), "digest": manifest.digest})
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        if tokenizer is not None and hasattr(tokenizer, "to_str"):  # so a fine-tune or predict can reuse it
-            atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_str())
-        self.record.save(run_dir)
-        write_latest(self.plan.root, self.plan.run_id)
+            atomic_write_json(layout.data_manifest, {**manifest.to_json_dict(), "digest": manifest.digest})
+        if isinstance(data, TokenizedData) and (tokenizer := data.tokenizer_json()) is not None:
+            atomic_write_text(layout.tokenizer, tokenizer)  # so a fine-tune or predict can reuse it
 
     def _update(self, trainer: L.Trainer, status: RunStatus, failure: BaseException | None = None) -> None:
         if self.record is None:
@@ -80,7 +74,7 @@ class RunDirectory(Callback):
         log = receipt_log(trainer)
         self.record.global_step = trainer.global_step
         self.record.receipts_head = log.head if log is not None else self.record.receipts_head
-        self.record.save(self.plan.run_dir)
+        self.record.save(self.run_context.layout)
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
@@ -89,7 +83,7 @@ class RunDirectory(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.plan.resumed:
+        if self.run_context.resumed:
             for logger in trainer.loggers:
                 if isinstance(logger, RunCSVLogger):
                     logger.experiment.drop_after(trainer.global_step)
@@ -112,14 +106,17 @@ class RunDirectory(Callback):
             self._update(trainer, RunStatus.FAILED, failure=exception)
 
     def _print_summary(self, trainer: L.Trainer) -> None:
-        run_dir = self.plan.run_dir
-        pointer = run_dir / "checkpoints" / POINTER_FILE
-        checkpoint = json.loads(pointer.read_text())["checkpoint"] if pointer.exists() else "none"
+        layout = self.run_context.layout
+        try:
+            pointer = read_pointer(layout)
+        except CheckpointError:
+            pointer = None
+        checkpoint = layout.checkpoints / pointer.checkpoint if pointer is not None else "none"
         metrics = {k: f"{float(v):.4f}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         console = Console(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
-        console.print(f"[bold]run[/bold] {self.plan.run_id} {self.record.status if self.record else ''} "
+        console.print(f"[bold]run[/bold] {layout.run_id} {self.record.status if self.record else ''} "
                       f"at step {trainer.global_step} {' '.join(f'{k}={v}' for k, v in metrics.items())}")  # fmt: skip
-        console.print(f"  run directory  {run_dir}")
-        console.print(f"  checkpoint     {run_dir / 'checkpoints' / checkpoint}")
-        console.print(f"  metrics        {run_dir / 'metrics.csv'}")
-        console.print(f"  resume with    --trainer.default_root_dir {self.plan.root} --ckpt_path last")
+        console.print(f"  run directory  {layout.run_dir}")
+        console.print(f"  checkpoint     {checkpoint}")
+        console.print(f"  metrics        {layout.metrics}")
+        console.print(f"  resume with    --trainer.default_root_dir {layout.root} --ckpt_path last")

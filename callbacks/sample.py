@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 from typing_extensions import override
 
+from lit_psion.core.contracts import TokenizedData
 from lit_psion.core.errors import ConfigError
 
 
@@ -35,7 +36,8 @@ class GenerateSample(Callback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        data = trainer.datamodule
+        tokenizer = data.tokenizer if isinstance(data, TokenizedData) else None
         if not self.max_new_tokens or tokenizer is None or not trainer.is_global_zero:
             return
         prompt_ids = tokenizer.encode(self.prompt).ids or [0]

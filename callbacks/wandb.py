@@ -8,7 +8,6 @@ checkpoint and when fit ends. W&B stays telemetry: receipts and run.json remain 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,8 +17,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 from typing_extensions import override
 
-from lit_psion.callbacks.checkpoint_io import MANIFEST, WEIGHTS
-from lit_psion.core import read_json
+from lit_psion.checkpoint_io import MANIFEST, WEIGHTS
+from lit_psion.core import read_json, run_context
 from lit_psion.report import evidence
 
 PREFIX = "lit_psion/"
@@ -34,7 +33,7 @@ class WandbEvidence(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        config = Path(trainer.default_root_dir) / "config.yaml"
+        config = run_context(trainer).layout.config
         for logger in wandb_loggers(trainer):
             if config.is_file():
                 logger.log_hyperparams(OmegaConf.to_container(OmegaConf.load(config)))
@@ -55,14 +54,14 @@ class WandbEvidence(Callback):
         self.update(trainer, status="paused" if paused else "failed")
 
     def update(self, trainer: L.Trainer, status: str | None = None) -> dict[str, Any]:
-        run_dir = Path(trainer.default_root_dir)
-        if not trainer.is_global_zero or not (run_dir / "run.json").is_file():
+        layout = run_context(trainer).layout
+        if not trainer.is_global_zero or not layout.is_run():
             return {}
-        facts = evidence(run_dir)
+        facts = evidence(layout.run_dir)
         if status is not None:
             facts["status"] = status
         if facts["checkpoint"]:
-            manifest = run_dir / "checkpoints" / facts["checkpoint"] / MANIFEST
+            manifest = layout.checkpoints / facts["checkpoint"] / MANIFEST
             if manifest.is_file():
                 facts["checkpoint_weights_sha256"] = read_json(manifest)["files"][WEIGHTS]["sha256"]
         summary = {PREFIX + key: value for key, value in facts.items() if value is not None}

@@ -1,6 +1,8 @@
 """Replay-safe DataModules (imported as ``lit_psion.datamodules``)."""
 
-from lit_psion.datamodules.corpus import CorpusDataModule, DataConfigError, DataManifestMismatch
+from lit_psion.core.errors import DataConfigError, DataManifestMismatch
+from lit_psion.datamodules.base import ReplayDataModule
+from lit_psion.datamodules.corpus import CorpusDataModule
 from lit_psion.datamodules.dynamics import DynamicsDataModule
 from lit_psion.datamodules.event_traces import EventTraceDataModule
 from lit_psion.datamodules.replay import Cursor, ReplayBatchSampler, ReplayDataLoader, ReplaySampler
@@ -14,5 +16,6 @@ __all__ = [
     "EventTraceDataModule",
     "ReplayBatchSampler",
     "ReplayDataLoader",
+    "ReplayDataModule",
     "ReplaySampler",
 ]

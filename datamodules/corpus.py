@@ -11,14 +11,12 @@ from __future__ import annotations
 import dataclasses
 import glob
 import math
-import os
 import re
 import sysconfig
 from pathlib import Path
 from typing import Any, Literal
 
 import datasets
-import lightning as L
 import numpy as np
 import pyarrow.compute
 import torch
@@ -26,21 +24,16 @@ from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
 from lit_psion.core import atomic_write_json, sha256_bytes, sha256_file
-from lit_psion.core.errors import DataError
+from lit_psion.core.contracts import DataFacts
+from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
 from lit_psion.core.manifest import DataManifest, SourceFile
-from lit_psion.datamodules.replay import IndexBatch, ReplayDataLoader, ReplaySampler, mark_consumed, replay_loader
+from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
 from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
+
+__all__ = ["CorpusDataModule", "DataConfigError", "DataManifestMismatch", "PackedTokens"]
 
 STDLIB = "stdlib"
 _EXCLUDED_STDLIB_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-
-
-class DataConfigError(DataError):
-    """Bad data settings or data: the message names the value and the fix."""
-
-
-class DataManifestMismatch(DataConfigError):
-    """A resume against data that is not the data the checkpoint was trained on."""
 
 
 class PackedTokens(Dataset):
@@ -57,13 +50,10 @@ class PackedTokens(Dataset):
         """The batch of samples ``indices`` (the loader hands over whole batches)."""
         sample_ids = torch.tensor(indices, dtype=torch.long)
         windows = self.tokens[sample_ids[:, None] * self.stride + self.offsets].long()  # (B, T + 1)
-        batch = {"input_ids": windows[:, :-1], "targets": windows[:, 1:], "sample_ids": sample_ids}
-        if isinstance(indices, IndexBatch):
-            batch["cursor"] = (indices.epoch, indices.end)
-        return batch
+        return {"input_ids": windows[:, :-1], "targets": windows[:, 1:], "sample_ids": sample_ids}
 
 
-class CorpusDataModule(L.LightningDataModule):
+class CorpusDataModule(ReplayDataModule):
     """Tokenized text for next-token prediction, replayable exactly from a cursor.
 
     Args:
@@ -87,6 +77,9 @@ class CorpusDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
+    data_name = "data manifest"
+    more_data_hint = "lower --data.batch_size or add text"
+
     def __init__(
         self,
         files: str | list[str] = STDLIB,
@@ -104,34 +97,30 @@ class CorpusDataModule(L.LightningDataModule):
         num_workers: int = 0,
         tokenizer_file: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers, cache_dir=cache_dir)
         self.tokenizer_file = tokenizer_file
         self.files = [files] if isinstance(files, str) else list(files)
         self.max_bytes, self.tokenizer_kind, self.requested_vocab_size = max_bytes, tokenizer, vocab_size
-        self.block_size, self.batch_size, self.documents, self.split = block_size, batch_size, documents, split
-        self.val_fraction, self.sample_stride, self.seed = val_fraction, sample_stride or block_size, seed
-        self.cache_dir = Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
-        self.num_workers = num_workers
-        self._validate()
-        self._train_loader: ReplayDataLoader | None = None
-        self.tokenizer = None
-        self.manifest: DataManifest | None = None
+        self.block_size, self.documents, self.split = block_size, documents, split
+        self.val_fraction, self.sample_stride = val_fraction, sample_stride or block_size
+        self.tokenizer: Tokenizer | None = None
         self._splits: dict[str, torch.Tensor] = {}
+        self._refuse_bad_settings(*self._setting_problems())
 
-    def _validate(self) -> None:
-        problems = []
-        if not self.files:
-            problems.append("files is empty; give --data.files a file, a glob or 'stdlib'")
-        for name in ("block_size", "batch_size", "vocab_size", "sample_stride"):
-            value = self.requested_vocab_size if name == "vocab_size" else getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
+    def _setting_problems(self) -> list[str]:
+        problems = [] if self.files else ["files is empty; give --data.files a file, a glob or 'stdlib'"]
+        problems += positive_integers(block_size=self.block_size, vocab_size=self.requested_vocab_size,
+                                      sample_stride=self.sample_stride)  # fmt: skip
+        choices = (("tokenizer", self.tokenizer_kind, ("bpe", "char")), ("split", self.split, ("hash", "tail")),
+                   ("documents", self.documents, ("auto", "file", "paragraph")))  # fmt: skip
+        for name, value, allowed in choices:
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.max_bytes is not None and self.max_bytes < 1:
             problems.append(f"max_bytes must be positive or null, got {self.max_bytes!r}")
-        if problems:
-            raise DataConfigError("; ".join(problems))
+        return problems
 
     # -- sources and documents -------------------------------------------------------------
 
@@ -147,12 +136,12 @@ class CorpusDataModule(L.LightningDataModule):
             elif glob.has_magic(entry):
                 matches = sorted(glob.glob(entry, recursive=True))
                 if not matches:
-                    raise DataConfigError(f"data glob matched no files: {entry!r} (check --data.files)")
+                    raise DataError(f"data glob matched no files: {entry!r} (check --data.files)")
                 paths += [(m, Path(m)) for m in matches if Path(m).is_file()]
             elif Path(entry).is_file():
                 paths.append((entry, Path(entry)))
             else:
-                raise DataConfigError(f"data file not found: {entry!r} (check --data.files)")
+                raise DataError(f"data file not found: {entry!r} (check --data.files)")
         return paths
 
     def _read_sources(self) -> tuple[list[SourceFile], list[tuple[str, str]]]:
@@ -167,7 +156,7 @@ class CorpusDataModule(L.LightningDataModule):
             texts.append((name, data.decode("utf-8", errors="replace")))
         if not any(text.strip() for _, text in texts):
             named = ", ".join(self.files)
-            raise DataConfigError(f"corpus is empty: {named!r} has no text; give --data.files a file with text")
+            raise DataError(f"corpus is empty: {named!r} has no text; give --data.files a file with text")
         return sources, texts
 
     def _documents(self, texts: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str, bool]]]:
@@ -186,7 +175,7 @@ class CorpusDataModule(L.LightningDataModule):
     def _split_documents(self, docs: list[tuple[str, str, bool]]) -> list[bool]:
         """Whether each document is held out for validation; both splits get at least one."""
         if len(docs) < 2:
-            raise DataConfigError(
+            raise DataError(
                 f"corpus has {len(docs)} document(s); splitting train/validation by document needs 2 or more "
                 "(add files, or use --data.documents paragraph)"
             )
@@ -203,10 +192,8 @@ class CorpusDataModule(L.LightningDataModule):
 
     # -- tokenizing and packing ------------------------------------------------------------
 
-    def prepare(self) -> DataManifest:
-        """Build (or load from cache) the tokenizer, the token streams and the manifest. Idempotent."""
-        if self.manifest is not None:
-            return self.manifest
+    def _prepare(self) -> DataManifest:
+        """Build (or load from cache) the tokenizer, the token streams and the manifest."""
         sources, texts = self._read_sources()
         mode, docs = self._documents(texts)
         held_out = self._split_documents(docs)
@@ -229,9 +216,8 @@ class CorpusDataModule(L.LightningDataModule):
             sample_stride=self.sample_stride,
         )  # fmt: skip
         self._splits, counts = self._tokenize(manifest.inputs_digest(), docs, held_out)
-        self.manifest = dataclasses.replace(manifest, **counts)
         self._check_sizes()
-        return self.manifest
+        return dataclasses.replace(manifest, **counts)
 
     def _tokenize(
         self, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[bool]
@@ -277,17 +263,20 @@ class CorpusDataModule(L.LightningDataModule):
     def _check_sizes(self) -> None:
         for name, tokens in self._splits.items():
             if len(tokens) < self.block_size + 1:
-                raise DataConfigError(
+                raise DataError(
                     f"block_size {self.block_size} needs at least {self.block_size + 1} tokens per split, but the "
                     f"{name} split has {len(tokens)}; lower --data.block_size or add text"
                 )
-        if self.manifest.sample_counts["train"] < self.batch_size:
-            raise DataConfigError(
-                f"batch_size {self.batch_size} is larger than the {self.manifest.sample_counts['train']} training "
-                "samples; lower --data.batch_size or add text"
-            )
 
-    # -- Lightning hooks -------------------------------------------------------------------
+    # -- what the base serves and a run keeps ------------------------------------------------
+
+    def _dataset(self, split: Split) -> PackedTokens:
+        # Training windows start every sample_stride tokens; validation windows tile the split.
+        stride = self.sample_stride if split == "train" else self.block_size
+        return PackedTokens(self._splits[split], self.block_size, stride)
+
+    def _describe_change(self, saved: dict[str, Any]) -> str:
+        return DataManifest.from_json_dict(saved).describe_change(self.prepare())
 
     @property
     def vocab_size(self) -> int:
@@ -295,43 +284,9 @@ class CorpusDataModule(L.LightningDataModule):
         self.prepare()
         return self.tokenizer.get_vocab_size()
 
-    def setup(self, stage: str) -> None:
-        self.prepare()
+    def data_facts(self) -> DataFacts:
+        return DataFacts(vocab_size=self.vocab_size, block_size=self.block_size)
 
-    def train_dataloader(self) -> ReplayDataLoader:
-        dataset = PackedTokens(self._splits["train"], self.block_size, self.sample_stride)
-        self._train_loader = self._loader(dataset, ReplaySampler(len(dataset), self.seed), self.batch_size)
-        return self._train_loader
-
-    def val_dataloader(self) -> ReplayDataLoader:
-        dataset = PackedTokens(self._splits["val"], self.block_size, self.block_size)
-        sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
-        return self._loader(dataset, sampler, min(self.batch_size, len(dataset)), drop_last=False)
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
-
-    def _loader(
-        self, dataset: PackedTokens, sampler: ReplaySampler, batch_size: int, drop_last: bool = True
-    ) -> ReplayDataLoader:
-        return replay_loader(dataset, sampler, batch_size, drop_last, self.num_workers, self.seed)
-
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        mark_consumed(batch, self.trainer, self._train_loader)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "manifest": self.manifest.to_json_dict() if self.manifest else None,
-            "manifest_digest": self.manifest.digest if self.manifest else None,
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("manifest")
-        current = self.prepare()
-        if saved is not None and state_dict["manifest_digest"] != current.digest:
-            change = DataManifest.from_json_dict(saved).describe_change(current)
-            raise DataManifestMismatch(
-                f"refusing to load the checkpoint: the data manifest changed since it was written ({change}); "
-                "restore the original data or start a new run without --ckpt_path"
-            )
+    def tokenizer_json(self) -> str | None:
+        """The tokenizer a run keeps as ``tokenizer.json`` (None before :meth:`prepare`)."""
+        return self.tokenizer.to_str() if self.tokenizer is not None else None

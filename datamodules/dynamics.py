@@ -14,22 +14,15 @@ The generator settings form the manifest; the sample order replays exactly from 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from lit_psion.core.contracts import DataFacts
+from lit_psion.core.errors import DataConfigError
 from lit_psion.core.manifest import RecordManifest
-from lit_psion.datamodules.corpus import DataConfigError
-from lit_psion.datamodules.replay import (
-    IndexBatch,
-    ReplayDataLoader,
-    ReplaySampler,
-    mark_consumed,
-    refuse_changed,
-    replay_loader,
-)
+from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
 
 System = Literal["oscillators", "lorenz", "linear"]
 
@@ -80,6 +73,8 @@ def simulate(system: System, n: int, steps: int, dt: float, seed: int, n_bodies:
 
 
 class Windows(Dataset):
+    """Windows of ``window + 1`` consecutive states; sample ``i`` is trajectory ``i // per_trajectory``."""
+
     def __init__(self, trajectories: torch.Tensor, window: int) -> None:
         self.trajectories, self.window = trajectories, window
         self.per_trajectory = trajectories.shape[1] - window
@@ -92,13 +87,10 @@ class Windows(Dataset):
         rows, starts = sample_ids // self.per_trajectory, sample_ids % self.per_trajectory
         offsets = starts[:, None] + torch.arange(self.window + 1)
         windows = self.trajectories[rows[:, None], offsets]  # (B, window + 1, dim)
-        batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:], "sample_ids": sample_ids}
-        if isinstance(indices, IndexBatch):
-            batch["cursor"] = (indices.epoch, indices.end)
-        return batch
+        return {"inputs": windows[:, :-1], "targets": windows[:, 1:], "sample_ids": sample_ids}
 
 
-class DynamicsDataModule(L.LightningDataModule):
+class DynamicsDataModule(ReplayDataModule):
     """One-step prediction windows over simulated trajectories of a known system.
 
     Args:
@@ -108,71 +100,52 @@ class DynamicsDataModule(L.LightningDataModule):
         dt: Integration step.
         window: States per sample (the model sees ``window`` and predicts the next of each).
         n_bodies: Oscillators on the ring (or the linear system's dimension).
-        batch_size, seed: As usual.
+        batch_size: Samples per training batch.
+        seed: Seed of the initial states (and the linear system) and of the sample order.
+        num_workers: DataLoader worker processes.
     """
+
+    data_name = "dynamics data"
+    more_data_hint = "raise --data.n_train or --data.steps, or lower --data.batch_size"
 
     def __init__(self, system: System = "oscillators", n_train: int = 64, n_val: int = 8, steps: int = 200,
                  dt: float = 0.05, window: int = 16, n_bodies: int = 4, batch_size: int = 32,
-                 seed: int = 1337) -> None:  # fmt: skip
-        super().__init__()
-        for name, value in (("n_train", n_train), ("n_val", n_val), ("window", window), ("batch_size", batch_size)):
-            if value < 1:
-                raise DataConfigError(f"{name} must be >= 1, got {value!r}")
-        if steps <= window:
-            raise DataConfigError(f"steps ({steps}) must exceed window ({window})")
+                 seed: int = 1337, num_workers: int = 0) -> None:  # fmt: skip
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.settings = {"system": system, "n_train": n_train, "n_val": n_val, "steps": steps, "dt": dt,
                          "window": window, "n_bodies": n_bodies, "seed": seed, "format": 2}  # fmt: skip
-        self.batch_size, self.seed, self.window = batch_size, seed, window
-        self.manifest: RecordManifest | None = None
+        self.window = window
         self._splits: dict[str, torch.Tensor] = {}
-        self._train_loader: ReplayDataLoader | None = None
+        problems = positive_integers(n_train=n_train, n_val=n_val, window=window, n_bodies=n_bodies)
+        if system not in get_args(System):
+            problems.append(f"system must be oscillators, lorenz or linear, got {system!r}")
+        if steps <= window:
+            problems.append(f"steps ({steps}) must exceed window ({window})")
+        self._refuse_bad_settings(*problems)
 
     @property
     def state_dim(self) -> int:
+        """The size of one state (simulates the data on first use)."""
         self.prepare()
         return self._splits["train"].shape[-1]
 
-    def prepare(self) -> RecordManifest:
-        if self.manifest is None:
-            s = self.settings
-            both = simulate(s["system"], s["n_train"] + s["n_val"], s["steps"], s["dt"], s["seed"], s["n_bodies"])
-            self._splits = {"train": both[: s["n_train"]], "val": both[s["n_train"] :]}
-            self.manifest = RecordManifest(dict(self.settings))
-        return self.manifest
+    def data_facts(self) -> DataFacts:
+        return DataFacts(state_dim=self.state_dim)
 
-    def setup(self, stage: str) -> None:
-        self.prepare()
+    def _prepare(self) -> RecordManifest:
+        s = self.settings
+        both = simulate(s["system"], s["n_train"] + s["n_val"], s["steps"], s["dt"], s["seed"], s["n_bodies"])
+        self._splits = {"train": both[: s["n_train"]], "val": both[s["n_train"] :]}
+        return RecordManifest(dict(self.settings))
 
-    def train_dataloader(self) -> ReplayDataLoader:
-        dataset = Windows(self._splits["train"], self.window)
-        self._train_loader = replay_loader(dataset, ReplaySampler(len(dataset), self.seed), self.batch_size, True,
-                                           0, self.seed)  # fmt: skip
-        return self._train_loader
-
-    def val_dataloader(self) -> ReplayDataLoader:
-        dataset = Windows(self._splits["val"], self.window)
-        sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
-        return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, 0, self.seed)
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
+    def _dataset(self, split: Split) -> Windows:
+        return Windows(self._splits[split], self.window)
 
     def sample_batch(self, key: int, batch_size: int | None = None) -> dict[str, Any]:
         """A training batch drawn by ``key`` alone (not from the training order, which it leaves untouched):
         what a growth probe evaluates on. The same key gives the same batch on every run."""
         self.prepare()
-        dataset = Windows(self._splits["train"], self.window)
+        dataset = self._dataset("train")
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
         picks = torch.randint(len(dataset), (batch_size or self.batch_size,), generator=generator)
         return dataset[picks.tolist()]
-
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        mark_consumed(batch, self.trainer, self._train_loader)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        manifest = self.prepare()
-        return {"manifest": manifest.to_json_dict(), "manifest_digest": manifest.digest}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        refuse_changed(state_dict, self.prepare(), "dynamics")

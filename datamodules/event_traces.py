@@ -13,26 +13,18 @@ against a different one is refused.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
 from lit_psion.core import atomic_write_text, canonical_json, sha256_bytes, sha256_json
+from lit_psion.core.contracts import DataFacts
+from lit_psion.core.layout import TOKENIZER_FILE
 from lit_psion.core.manifest import RecordManifest
-from lit_psion.datamodules.corpus import DataConfigError
-from lit_psion.datamodules.replay import (
-    IndexBatch,
-    ReplayDataLoader,
-    ReplaySampler,
-    mark_consumed,
-    refuse_changed,
-    replay_loader,
-)
+from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
 from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
 from lit_psion.events.envelope import EventEnvelope
 from lit_psion.events.traces import IGNORE, Supervised, TraceSettings, generate_trace
@@ -71,17 +63,14 @@ class PackedEvents(Dataset):
         sample_ids = torch.tensor(indices, dtype=torch.long)
         window = sample_ids[:, None] * self.block_size + self.offsets
         ids = self.streams["ids"][window].long()
-        batch = {
+        return {
             "input_ids": ids[:, :-1], "targets": ids[:, 1:], "sample_ids": sample_ids,
             "opcode_targets": self.streams["opcode"][window[:, :-1]].long(),
             "commitment_targets": self.streams["commitment"][window[:, :-1]].long(),
         }  # fmt: skip
-        if isinstance(indices, IndexBatch):
-            batch["cursor"] = (indices.epoch, indices.end)
-        return batch
 
 
-class EventTraceDataModule(L.LightningDataModule):
+class EventTraceDataModule(ReplayDataModule):
     """Associative-recall, sleep-replay and negotiation traces for MosaicLM.
 
     Args:
@@ -91,7 +80,12 @@ class EventTraceDataModule(L.LightningDataModule):
         block_size: Tokens of context per sample.
         batch_size: Samples per training batch.
         seed: Seed of the traces and of the sample order.
+        cache_dir: Where event tokenizers are cached (default ``$LIT_PSION_CACHE`` or ``~/.cache/lit_psion``).
+        num_workers: DataLoader worker processes.
     """
+
+    data_name = "event-trace data"
+    more_data_hint = "raise --data.n_train or --data.n_val, or lower --data.block_size or --data.batch_size"
 
     def __init__(
         self,
@@ -109,53 +103,47 @@ class EventTraceDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        for name, value in (("n_train", n_train), ("n_val", n_val), ("block_size", block_size),
-                            ("batch_size", batch_size), ("tokenizer_traces", tokenizer_traces)):  # fmt: skip
-            if value < 1:
-                raise DataConfigError(f"{name} must be >= 1, got {value!r}")
-        if vocab_size < 300:
-            raise DataConfigError(f"vocab_size must be >= 300 (256 bytes and the framing tokens), got {vocab_size!r}")
+        super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers, cache_dir=cache_dir)
         self.settings = TraceSettings(n_pairs=n_pairs, distractor_events=distractor_events,
                                       negotiation_pairs=negotiation_pairs,
                                       sleep_replay_per_pair=sleep_replay_per_pair)  # fmt: skip
         self.n_train, self.n_val, self.requested_vocab_size = n_train, n_val, vocab_size
-        self.tokenizer_traces, self.block_size, self.batch_size = tokenizer_traces, block_size, batch_size
-        self.seed = seed
-        self.cache_dir = Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
-        self.num_workers = num_workers
+        self.tokenizer_traces, self.block_size = tokenizer_traces, block_size
         self.codec: BpeEventCodec | None = None
-        self.manifest: RecordManifest | None = None
         self._streams: dict[str, dict[str, torch.Tensor]] = {}
-        self._train_loader: ReplayDataLoader | None = None
+        problems = positive_integers(n_train=n_train, n_val=n_val, block_size=block_size,
+                                     tokenizer_traces=tokenizer_traces)  # fmt: skip
+        if not isinstance(vocab_size, int) or vocab_size < 300:
+            problems.append(f"vocab_size must be >= 300 (256 bytes and the framing tokens), got {vocab_size!r}")
+        self._refuse_bad_settings(*problems)
 
-    def prepare(self) -> RecordManifest:
+    def _prepare(self) -> RecordManifest:
         """Train or load the tokenizer, generate and encode the traces; return the manifest."""
-        if self.manifest is not None:
-            return self.manifest
         key, path = self._tokenizer_key()
         self.load_codec()
         counts = {}
         for split, count in (("train", self.n_train), ("val", self.n_val)):
-            ids, opcodes, commitments = [], [], []
-            for index in range(count):
-                trace_ids, trace_opcodes, trace_commitments = encode_trace(self.codec, self.trace(split, index))
-                ids += trace_ids
-                opcodes += trace_opcodes
-                commitments += trace_commitments
-            self._streams[split] = {"ids": torch.tensor(ids, dtype=torch.int32),
-                                    "opcode": torch.tensor(opcodes, dtype=torch.int16),
-                                    "commitment": torch.tensor(commitments, dtype=torch.int16)}  # fmt: skip
-            counts[split] = {"traces": count, "tokens": len(ids),
-                             "samples": len(PackedEvents(self._streams[split], self.block_size))}  # fmt: skip
-            if counts[split]["samples"] < (self.batch_size if split == "train" else 1):
-                raise DataConfigError(f"{count} {split} traces make {counts[split]['samples']} samples of "
-                                      f"{self.block_size} tokens; raise n_{split} or lower block_size")  # fmt: skip
+            self._streams[split] = self._encode(split, count)
+            counts[split] = {"traces": count, "tokens": len(self._streams[split]["ids"]),
+                             "samples": len(self._dataset(split))}  # fmt: skip
         tokenizer_digest = sha256_bytes(path.read_bytes())
-        self.manifest = RecordManifest({"kind": "event_traces", **key, "block_size": self.block_size,
-                                       "n_train": self.n_train, "n_val": self.n_val,
-                                       "tokenizer_digest": tokenizer_digest, "counts": counts})  # fmt: skip
-        return self.manifest
+        return RecordManifest({"kind": "event_traces", **key, "block_size": self.block_size,
+                               "n_train": self.n_train, "n_val": self.n_val,
+                               "tokenizer_digest": tokenizer_digest, "counts": counts})  # fmt: skip
+
+    def _encode(self, split: Split, count: int) -> dict[str, torch.Tensor]:
+        """The packed token, opcode-label and commitment-label streams of ``count`` traces of ``split``."""
+        ids, opcodes, commitments = [], [], []
+        for index in range(count):
+            trace_ids, trace_opcodes, trace_commitments = encode_trace(self.codec, self.trace(split, index))
+            ids += trace_ids
+            opcodes += trace_opcodes
+            commitments += trace_commitments
+        return {"ids": torch.tensor(ids, dtype=torch.int32), "opcode": torch.tensor(opcodes, dtype=torch.int16),
+                "commitment": torch.tensor(commitments, dtype=torch.int16)}  # fmt: skip
+
+    def _dataset(self, split: Split) -> PackedEvents:
+        return PackedEvents(self._streams[split], self.block_size)
 
     def tokenizer_path(self) -> Path:
         return self._tokenizer_key()[1]
@@ -163,7 +151,7 @@ class EventTraceDataModule(L.LightningDataModule):
     def _tokenizer_key(self) -> tuple[dict[str, Any], Path]:
         key = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(self.settings), "seed": self.seed,
                "vocab_size": self.requested_vocab_size, "traces": self.tokenizer_traces}  # fmt: skip
-        return key, self.cache_dir / "event_tokenizers" / sha256_json(key) / "tokenizer.json"
+        return key, self.cache_dir / "event_tokenizers" / sha256_json(key) / TOKENIZER_FILE
 
     def load_codec(self) -> BpeEventCodec:
         """The event codec (its tokenizer trained on the first training traces, cached by settings)."""
@@ -181,32 +169,8 @@ class EventTraceDataModule(L.LightningDataModule):
 
     @property
     def vocab_size(self) -> int:
+        """The event tokenizer's vocabulary size (trains or loads the tokenizer, not the traces)."""
         return self.load_codec().vocab_size
 
-    def setup(self, stage: str) -> None:
-        self.prepare()
-
-    def train_dataloader(self) -> ReplayDataLoader:
-        dataset = PackedEvents(self._streams["train"], self.block_size)
-        sampler = ReplaySampler(len(dataset), self.seed)
-        self._train_loader = replay_loader(dataset, sampler, self.batch_size, True, self.num_workers, self.seed)
-        return self._train_loader
-
-    def val_dataloader(self) -> ReplayDataLoader:
-        dataset = PackedEvents(self._streams["val"], self.block_size)
-        sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
-        return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, self.num_workers, self.seed)
-
-    test_dataloader = val_dataloader
-    predict_dataloader = val_dataloader
-
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        mark_consumed(batch, self.trainer, self._train_loader)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        manifest = self.prepare()
-        return {"manifest": manifest.to_json_dict(), "manifest_digest": manifest.digest}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        refuse_changed(state_dict, self.prepare(), "event-trace")
+    def data_facts(self) -> DataFacts:
+        return DataFacts(vocab_size=self.vocab_size, block_size=self.block_size)

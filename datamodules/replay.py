@@ -1,8 +1,11 @@
 """Deterministic, resumable sample order shared by lit_psion's DataModules.
 
 The order of epoch ``e`` is a permutation drawn from ``(seed, e)`` alone, so any process can
-recompute it. A cursor ``(epoch, position)`` says how many samples of that order were consumed;
-a loader built from a cursor continues exactly there without reading consumed data again.
+recompute it. A :class:`Cursor` ``(epoch, position)`` says how many samples of that order were
+consumed; a loader built from a cursor continues exactly there without reading consumed data again.
+The cursor travels as one type: on each :class:`IndexBatch`, stamped on its batch as the plain tuple
+``batch["cursor"]`` by :class:`CursorStamped`, and saved as ``{"epoch": e, "position": p}`` by
+:meth:`ReplayDataLoader.state_dict`.
 """
 
 from __future__ import annotations
@@ -12,25 +15,37 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Cursor:
+    """A place in the replay order: ``position`` samples of epoch ``epoch``'s permutation are consumed."""
+
     epoch: int = 0
     """The epoch whose permutation is being consumed."""
     position: int = 0
     """How many samples of that permutation were consumed."""
 
+    def as_tuple(self) -> tuple[int, int]:
+        """``(epoch, position)``: what a batch carries as ``batch["cursor"]`` (and receipts digest)."""
+        return (self.epoch, self.position)
 
-class IndexBatch(list):
-    """A batch of sample indices that also says where in the order it ends."""
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "position": p}``: what a checkpoint carries."""
+        return {"epoch": self.epoch, "position": self.position}
 
-    epoch: int
-    end: int
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexBatch:
+    """The sample indices of one batch and the cursor after it (where in the order the batch ends)."""
+
+    indices: list[int]
+    cursor: Cursor
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    """The permutation of ``range(num_samples)`` epoch ``epoch`` consumes (identity when not shuffled)."""
     if not shuffle:
         return torch.arange(num_samples)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -63,7 +78,7 @@ class ReplaySampler(Sampler[int]):
 
 
 class ReplayBatchSampler(Sampler[IndexBatch]):
-    """Full batches of a :class:`ReplaySampler`, each an :class:`IndexBatch` that knows where it ends.
+    """Full batches of a :class:`ReplaySampler`, each an :class:`IndexBatch` that knows its cursor.
 
     Used as the DataLoader's ``sampler`` with ``batch_size=None``, so Lightning sees (and calls
     ``set_epoch`` on) this object, and never rebuilds it as it would a ``batch_sampler``.
@@ -82,13 +97,31 @@ class ReplayBatchSampler(Sampler[IndexBatch]):
         order = list(self.sampler)
         stop = len(order) - self.batch_size + 1 if self.drop_last else len(order)
         for offset in range(0, stop, self.batch_size):
-            batch = IndexBatch(order[offset : offset + self.batch_size])
-            batch.epoch, batch.end = self.sampler.epoch, start + offset + len(batch)
-            yield batch
+            indices = order[offset : offset + self.batch_size]
+            yield IndexBatch(indices, Cursor(self.sampler.epoch, start + offset + len(indices)))
 
     def __len__(self) -> int:
         full, rest = divmod(self.sampler.num_samples, self.batch_size)
         return full + (0 if self.drop_last or not rest else 1)
+
+
+class CursorStamped(Dataset):
+    """A dataset of whole batches whose every batch carries its cursor: the one place a cursor is stamped.
+
+    The wrapped dataset builds the batch dict for a list of sample indices; this adds
+    ``batch["cursor"] = (epoch, position)``, the cursor after the batch.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index_batch: IndexBatch) -> dict[str, Any]:
+        batch = self.dataset[index_batch.indices]
+        batch["cursor"] = index_batch.cursor.as_tuple()
+        return batch
 
 
 class ReplayDataLoader(DataLoader):
@@ -107,11 +140,11 @@ class ReplayDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.consumed = self.sampler.sampler.cursor
 
-    def mark_consumed(self, epoch: int, end: int) -> None:
-        self.consumed = Cursor(epoch, end)
+    def mark_consumed(self, cursor: Cursor) -> None:
+        self.consumed = cursor
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.consumed.epoch, "position": self.consumed.position}
+        return self.consumed.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.consumed = Cursor(**state_dict)
@@ -120,13 +153,16 @@ class ReplayDataLoader(DataLoader):
 
 
 def replay_loader(
-    dataset: Any, sampler: ReplaySampler, batch_size: int, drop_last: bool, num_workers: int, seed: int
+    dataset: Dataset, sampler: ReplaySampler, batch_size: int, drop_last: bool, num_workers: int, seed: int
 ) -> ReplayDataLoader:
-    """A ReplayDataLoader handing ``dataset`` whole batches of indices (the dataset builds each batch)."""
+    """A ReplayDataLoader handing ``dataset`` whole batches of indices (the dataset builds each batch).
+
+    Each batch comes back with its ``cursor`` stamped (:class:`CursorStamped`).
+    """
     # A private generator: creating the iterator must not draw from the global RNG, or a resumed
     # run's dropout masks would differ from the uninterrupted run's.
     return ReplayDataLoader(
-        dataset,
+        CursorStamped(dataset),
         sampler=ReplayBatchSampler(sampler, batch_size, drop_last),
         batch_size=None,
         collate_fn=_whole_batch,
@@ -138,27 +174,3 @@ def replay_loader(
 
 def _whole_batch(batch: Any) -> Any:
     return batch
-
-
-def mark_consumed(batch: dict[str, Any], trainer: Any, loader: ReplayDataLoader | None) -> None:
-    """Record a training batch's cursor as consumed (call from ``on_after_batch_transfer``).
-
-    That hook runs for the batch about to be trained on (after Lightning's prefetch), so the cursor
-    saved in a checkpoint is exactly what was consumed.
-    """
-    cursor = batch.get("cursor")
-    if cursor is not None and trainer is not None and trainer.training and loader is not None:
-        loader.mark_consumed(*cursor)
-
-
-def refuse_changed(state_dict: dict[str, Any], current: Any, what: str) -> None:
-    """Raise DataManifestMismatch when a checkpoint's saved manifest is not ``current`` (a RecordManifest)."""
-    if state_dict.get("manifest_digest") in (None, current.digest):
-        return
-    from lit_psion.datamodules.corpus import DataManifestMismatch
-
-    changed = ", ".join(current.changed_keys(state_dict["manifest"]))
-    raise DataManifestMismatch(
-        f"refusing to load the checkpoint: the {what} data changed since it was written ({changed} differ); "
-        "use the original settings or start a new run without --ckpt_path"
-    )

@@ -13,6 +13,7 @@ from typing import Literal
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lit_psion.core import atomic_write_text, sha256_file, sha256_json
+from lit_psion.core.layout import TOKENIZER_FILE
 
 TokenizerKind = Literal["bpe", "char"]
 END_OF_TEXT = "<|endoftext|>"
@@ -55,7 +56,7 @@ def cached_tokenizer(
         The tokenizer and the sha256 of its tokenizer.json.
     """
     digest = sha256_json({"kind": kind, "vocab_size": vocab_size, "format": FORMAT_VERSION, **key})
-    path = cache_dir / "tokenizers" / digest / "tokenizer.json"
+    path = cache_dir / "tokenizers" / digest / TOKENIZER_FILE
     if not path.exists():
         atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())
     return Tokenizer.from_file(str(path)), sha256_file(path)

@@ -11,15 +11,15 @@ leave an ``adapter_export`` receipt in the output directory's ``receipts.jsonl``
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
 
-from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
+from lit_psion.core import RunLayout, atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.receipts import AdapterExportReceipt, ReceiptLog
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 1
@@ -27,12 +27,12 @@ PROBE_SEED, PROBE_SHAPE = 0, (4, 64)
 
 
 def export(run_dir: Path, out: Path | None = None) -> Path:
-    from lit_psion.callbacks.checkpoint import resolve_checkpoint
-    from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
+    from lit_psion.runs import load_run
 
-    if not (run_dir / "run.json").is_file():
+    if not RunLayout.of(run_dir).is_run():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no run.json); give an AdapterLM run")
-    state = ManifestCheckpointIO().load_checkpoint(resolve_checkpoint(run_dir))
+    run = load_run(run_dir)
+    state = run.state
     info = state.get("adapter")
     if info is None:
         raise ConfigError(f"the run in {str(run_dir)!r} did not train an AdapterLM (its checkpoint has no adapter)")
@@ -41,10 +41,9 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data = save(tensors)
     atomic_write_bytes(out / ADAPTER_FILE, data)
-    record = read_json(run_dir / "run.json")
     meta = {"format_version": FORMAT_VERSION, **info, "dtype": str(next(iter(tensors.values())).dtype),
             "decoder_config": state["decoder_config"], "adapter_sha256": sha256_bytes(data),
-            "data_manifest_digest": record.get("data_manifest_digest"), "source_run": run_dir.name}  # fmt: skip
+            "data_manifest_digest": run.record.data_manifest_digest, "source_run": run_dir.name}  # fmt: skip
     atomic_write_json(out / META_FILE, meta)
     _receipt(out, AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
                                        base_checkpoint_digest=info["base_checkpoint_digest"],
@@ -125,33 +124,6 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
 
 
 def _receipt(directory: Path, body: AdapterExportReceipt) -> None:
-    log = ReceiptLog(directory / "receipts.jsonl", run_id=directory.name)
+    log = ReceiptLog(directory / RECEIPTS_FILE, run_id=directory.name)
     log.append(body)
     log.close()
-
-
-def adapter_command(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_psion adapter", exit_on_error=False)
-    commands = parser.add_subparsers(dest="command", required=True)
-    export_ = commands.add_parser("export", exit_on_error=False, help="write a run's adapter as safetensors")
-    export_.add_argument("run_dir", type=Path)
-    export_.add_argument("--out", type=Path, default=None)
-    inspect = commands.add_parser("inspect", exit_on_error=False, help="print and verify an exported adapter")
-    inspect.add_argument("adapter_dir", type=Path)
-    merge_ = commands.add_parser("merge", exit_on_error=False, help="fold an adapter into its base")
-    merge_.add_argument("adapter_dir", type=Path)
-    merge_.add_argument("--base", type=Path, required=True, help="the base run directory or checkpoint directory")
-    merge_.add_argument("--out", type=Path, required=True)
-    parsed = parser.parse_args(args)
-    if parsed.command == "export":
-        print(f"adapter written to {export(parsed.run_dir, parsed.out)}")
-    elif parsed.command == "inspect":
-        meta, tensors = load_adapter(parsed.adapter_dir)
-        for key in ("targets", "rank", "alpha", "dtype", "base_checkpoint_digest", "data_manifest_digest",
-                    "adapter_sha256"):  # fmt: skip
-            print(f"{key:<24} {meta.get(key)}")
-        print(f"{'tensors':<24} {len(tensors)} ({sum(t.numel() for t in tensors.values())} parameters)")
-    else:
-        record = merge(parsed.adapter_dir, parsed.base, parsed.out)
-        print(f"merged into {parsed.out / 'model.safetensors'}; max |logit difference| merged vs unmerged "
-              f"{record['max_abs_logit_diff']:.3g} on the probe batch")  # fmt: skip

@@ -22,8 +22,9 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 from omegaconf import OmegaConf
 
-from lit_psion.core import RunRecord, atomic_write_bytes, atomic_write_text, read_json
-from lit_psion.core.errors import ConfigError
+from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
+from lit_psion.core.checkpoint import read_pointer
+from lit_psion.core.errors import CheckpointError, ConfigError
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("loss", ("train/loss", "val/loss")),
@@ -40,7 +41,7 @@ Series = dict[str, list[tuple[int, float]]]
 
 def read_metrics(run_dir: str | Path) -> Series:
     """Every metric in ``run_dir/metrics.csv`` as (step, value) pairs; empty if there is no file yet."""
-    path = Path(run_dir) / "metrics.csv"
+    path = RunLayout.of(run_dir).metrics
     series: Series = {}
     if not path.is_file():
         return series
@@ -93,9 +94,12 @@ def write_plots(runs: dict[str, Series], directory: Path) -> list[str]:
 
 def evidence(run_dir: Path) -> dict[str, Any]:
     """What a run's files say about it: status, step, digests, the pointed-to checkpoint."""
-    record = RunRecord.load(run_dir)
-    pointer_path = run_dir / "checkpoints" / "pointer.json"
-    pointer = read_json(pointer_path) if pointer_path.is_file() else {}
+    layout = RunLayout.of(run_dir)
+    record = RunRecord.load(layout)
+    try:
+        pointer = read_pointer(layout)
+    except CheckpointError:
+        pointer = None
     return {
         "run_id": record.run_id,
         "status": str(record.status),
@@ -105,8 +109,8 @@ def evidence(run_dir: Path) -> dict[str, Any]:
         "config_digest": record.config_digest,
         "data_manifest_digest": record.data_manifest_digest,
         "model_signature": record.model_signature,
-        "checkpoint": pointer.get("checkpoint"),
-        "checkpoint_manifest_sha256": pointer.get("manifest_sha256"),
+        "checkpoint": pointer.checkpoint if pointer is not None else None,
+        "checkpoint_manifest_sha256": pointer.manifest_sha256 if pointer is not None else None,
     }
 
 
@@ -146,7 +150,7 @@ def write_page(path: Path, title: str, sections: Sequence[tuple[str, str]], imag
 def write_dashboard(run_dir: str | Path) -> Path:
     """``run_dir/dashboard/index.html`` and its PNGs, from the run's files as they are now."""
     run_dir = Path(run_dir)
-    directory = run_dir / "dashboard"
+    directory = RunLayout.of(run_dir).dashboard
     series = read_metrics(run_dir)
     images = write_plots({run_dir.name: series}, directory)
     facts = evidence(run_dir)
@@ -176,7 +180,7 @@ def config_diff(run_dirs: Sequence[Path]) -> list[tuple[str, list[Any]]]:
     """Dotted config keys whose values differ between runs, with each run's value (absent: None)."""
     flats = []
     for run_dir in run_dirs:
-        path = run_dir / "config.yaml"
+        path = RunLayout.of(run_dir).config
         flats.append(_flatten(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {})
     keys = sorted(set().union(*flats))
     rows = [(key, [flat.get(key) for flat in flats]) for key in keys]
@@ -193,7 +197,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     if not runs:
         raise ConfigError("compare needs at least one RUN_DIR (a directory holding run.json)")
     for run in runs:
-        if not (run / "run.json").is_file():
+        if not RunLayout.of(run).is_run():
             raise ConfigError(f"{str(run)!r} is not a run directory (no run.json); give <root>/<run_id>")
     labels = _labels(runs)
     series = {label: read_metrics(run) for label, run in zip(labels, runs, strict=True)}

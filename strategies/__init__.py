@@ -1,9 +1,28 @@
-"""Custom Lightning strategies (imported as ``lit_psion.strategies``)."""
+"""Custom Lightning strategies (imported as ``lit_psion.strategies``).
 
+Importing this package registers them in Lightning's ``StrategyRegistry``, one line each (the
+registry refuses a name twice), so ``--trainer.strategy transactional`` selects one by name with
+its default policy.
+"""
+
+from lightning.pytorch.strategies import StrategyRegistry
+
+from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 from lit_psion.strategies.transactional import (
+    Transactional,
     TransactionalDDPStrategy,
     TransactionalStrategy,
     TransactionPolicy,
 )
 
-__all__ = ["TransactionPolicy", "TransactionalDDPStrategy", "TransactionalStrategy"]
+StrategyRegistry.register("transactional", TransactionalStrategy, description="transactional steps, one device")
+StrategyRegistry.register("transactional_ddp", TransactionalDDPStrategy, description="transactional steps under DDP")
+
+__all__ = [
+    "SkipList",
+    "SkippedBatch",
+    "TransactionPolicy",
+    "Transactional",
+    "TransactionalDDPStrategy",
+    "TransactionalStrategy",
+]

@@ -1,7 +1,6 @@
 """Transactional training: every optimizer step is attempted, validated, then committed or undone.
 
-``TransactionalStrategy`` (one device) and ``TransactionalDDPStrategy`` (DDP) wrap Lightning's
-optimizer step (seed 000's rollback trigger, SPEC §3):
+:class:`Transactional` wraps a Lightning strategy's optimizer step (seed 000's rollback trigger, SPEC §3):
 
 1. snapshot the trainable parameters, the optimizer state and any grad-scaler state;
 2. run the step, measuring the loss on a rolling buffer of recent batches before (``pre_loss``)
@@ -10,16 +9,23 @@ optimizer step (seed 000's rollback trigger, SPEC §3):
    ``grad_norm_max``, a declared state norm exceeds ``state_norm_max``, or
    ``post_loss > pre_loss * (1 + rollback_tol)``; otherwise commit.
 
-The decision is reduced across ranks, so every rank commits or rolls back together. Each decision
-leaves a ``transaction`` receipt. A rolled-back batch is skipped; after ``restore_after``
-consecutive rollbacks the last durable checkpoint is restored and the offending batches go on a
-skip list (``<run_dir>/skip_list.json``, read again on resume); after ``stop_after`` the run stops
-with :class:`TransactionError`.
+The decision goes through the strategy's own ``reduce``, so every rank commits or rolls back
+together. Each decision leaves a ``transaction`` receipt. A rolled-back batch is skipped; after
+``restore_after`` consecutive rollbacks the last durable checkpoint is restored and the offending
+batches go on the run's :class:`~lit_psion.strategies.skip_list.SkipList` (read again on resume);
+after ``stop_after`` the run stops with :class:`TransactionError`.
 
 Losses are measured with each batch's own RNG state (the state its training forward used), so
 dropout masks match between ``pre_loss`` and ``post_loss``, and the training RNG stream is left
 exactly as an ordinary step leaves it. The schedule follows the global step: a rolled-back step
 still consumes its batch and advances the learning-rate schedule.
+
+The mixin composes with any Lightning strategy whose ``reduce``/``broadcast``/``barrier`` reach
+every rank; :class:`TransactionalStrategy` and :class:`TransactionalDDPStrategy` are two such
+compositions, and a third is as short::
+
+    class TransactionalElasticStrategy(Transactional, ElasticMeshStrategy):
+        \"\"\"Transactional steps on an elastic mesh.\"\"\"
 """
 
 from __future__ import annotations
@@ -28,62 +34,69 @@ import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning_utilities.core.apply_func import apply_to_collection
 from typing_extensions import override
 
-from lit_psion.callbacks.checkpoint import resolve_checkpoint
-from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
-from lit_psion.callbacks.evidence import STAGE, batch_digest, receipt_log
-from lit_psion.core import atomic_write_json, read_json, sha256_bytes
+from lit_psion.checkpoint_io import load_verified
+from lit_psion.core import RunContext, run_context, sha256_bytes
+from lit_psion.core.checkpoint import resolve_checkpoint
+from lit_psion.core.contracts import StateNormed, TransactionalModule
 from lit_psion.core.errors import CheckpointError, ConfigError, TransactionError
-from lit_psion.core.receipts import TransactionReceipt
+from lit_psion.core.receipts import TransactionReceipt, batch_digest, emit_receipt
+from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 
-SKIP_LIST_FILE = "skip_list.json"
 REASONS = ("nonfinite_loss", "nonfinite_grad", "grad_norm", "state_norm", "nonfinite_post_loss", "regression",
            "skip_listed")  # fmt: skip
-"""Rollback reason codes, in the order of their bits in the cross-rank decision."""
+"""Rollback reason codes, in the order receipts list them."""
+_OVERFLOW = {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TransactionPolicy:
-    """When a step is rolled back, and what repeated rollbacks lead to.
-
-    Args:
-        rollback_tol: Roll back when post_loss > pre_loss * (1 + rollback_tol).
-        buffer_len: Batches the losses are measured on: the current one plus up to ``buffer_len - 1``
-            recently committed ones.
-        grad_norm_max: Roll back when the gradient norm (before clipping) exceeds this (None: no limit).
-        state_norm_max: Roll back when the module's ``transaction_state_norm()`` exceeds this.
-        restore_after: Consecutive rollbacks after which the last durable checkpoint is restored and
-            the offending batches are skip-listed.
-        stop_after: Consecutive rollbacks after which the run stops with a TransactionError.
-    """
+    """When a step is rolled back, and what repeated rollbacks lead to (YAML: ``policy: {...}``)."""
 
     rollback_tol: float = 0.20
+    """Roll back when post_loss > pre_loss * (1 + rollback_tol)."""
     buffer_len: int = 1
+    """Batches the losses are measured on: the current one plus up to buffer_len - 1 recently committed ones."""
     grad_norm_max: float | None = None
+    """Roll back when the gradient norm (before clipping) exceeds this (None: no limit)."""
     state_norm_max: float | None = None
+    """Roll back when the module's transaction_state_norm() exceeds this (None: no limit)."""
     restore_after: int = 3
+    """Consecutive rollbacks after which the last durable checkpoint is restored and the batches skip-listed."""
     stop_after: int = 6
+    """Consecutive rollbacks after which the run stops with a TransactionError (exit code 7)."""
 
     def __post_init__(self) -> None:
+        problems = []
         if not self.rollback_tol >= 0:
-            raise ConfigError(f"rollback_tol must be >= 0, got {self.rollback_tol!r}")
+            problems.append(f"rollback_tol must be >= 0, got {self.rollback_tol!r}")
         if self.buffer_len < 1:
-            raise ConfigError(f"buffer_len must be >= 1 (1: the current batch only), got {self.buffer_len!r}")
-        for name in ("grad_norm_max", "state_norm_max"):
-            value = getattr(self, name)
+            problems.append(f"buffer_len must be >= 1 (1: the current batch only), got {self.buffer_len!r}")
+        for name, value in (("grad_norm_max", self.grad_norm_max), ("state_norm_max", self.state_norm_max)):
             if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be positive or null, got {value!r}")
+                problems.append(f"{name} must be positive or null, got {value!r}")
         if not 1 <= self.restore_after <= self.stop_after:
-            raise ConfigError(f"need 1 <= restore_after <= stop_after, got {self.restore_after!r} and "
-                              f"{self.stop_after!r}")  # fmt: skip
+            problems.append(f"need 1 <= restore_after <= stop_after, got {self.restore_after!r} and "
+                            f"{self.stop_after!r}")  # fmt: skip
+        if problems:
+            raise ConfigError("transaction policy: " + "; ".join(problems))
+
+
+def batch_key(batch: Any) -> str:
+    """A stable digest of a batch: its sample ids and cursor when it has them, else its tensors' bytes."""
+    if isinstance(batch, dict) and "sample_ids" in batch:
+        return batch_digest(batch["sample_ids"].tolist(), batch.get("cursor"))
+    parts: list[bytes] = []
+    apply_to_collection(batch, torch.Tensor, lambda t: parts.append(t.detach().cpu().contiguous().numpy().tobytes()))
+    return sha256_bytes(b"".join(parts))
 
 
 def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -96,17 +109,8 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
-def _clone(tree: Any) -> Any:
-    return apply_to_collection(tree, torch.Tensor, lambda t: t.detach().clone())
-
-
-def batch_key(batch: Any) -> str:
-    """A stable digest of a batch: its sample ids and cursor when it has them, else its tensors' bytes."""
-    if isinstance(batch, dict) and "sample_ids" in batch:
-        return batch_digest(batch)
-    parts: list[bytes] = []
-    apply_to_collection(batch, torch.Tensor, lambda t: parts.append(t.detach().cpu().contiguous().numpy().tobytes()))
-    return sha256_bytes(b"".join(parts))
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 class _Snapshot:
@@ -119,7 +123,8 @@ class _Snapshot:
     def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
         self.params = params
         self.values = [p.detach().clone() for p in params]
-        self.optimizer, self.optimizer_state = optimizer, _clone(optimizer.state_dict())
+        self.optimizer = optimizer
+        self.optimizer_state = apply_to_collection(optimizer.state_dict(), torch.Tensor, lambda t: t.detach().clone())
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -128,32 +133,62 @@ class _Snapshot:
         self.optimizer.load_state_dict(self.optimizer_state)
 
 
-class _Transactions:
-    """The transaction logic shared by the single-device and DDP strategies (a mixin, first in the MRO)."""
+class _WatchedClosure:
+    """Lightning's training closure, remembering the loss it returned and the gradient norm it left."""
 
-    def _init_transactions(self, policy: TransactionPolicy) -> None:
-        self.policy = policy
-        self._batch: Any = None
-        self._batch_rng: tuple | None = None
-        self._buffer: deque[tuple[Any, tuple]] = deque(maxlen=max(0, policy.buffer_len - 1))
-        self._skip: dict[str, dict[str, Any]] = {}
-        self._pending: list[dict[str, Any]] = []  # the batches of the current run of consecutive rollbacks
+    def __init__(self, closure: Callable[[], Any], params: list[torch.Tensor], scaler: Any) -> None:
+        self.closure, self.params, self.scaler = closure, params, scaler
+        self.loss = torch.tensor(float("nan"))
+        self.grad_norm = torch.zeros(())
+
+    def __call__(self) -> Any:
+        loss = self.closure()
+        if isinstance(loss, torch.Tensor):
+            self.loss = loss.detach().float()
+        norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in self.params if p.grad is not None]
+        if norms:
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+            self.grad_norm = norm / self.scaler.get_scale() if self.scaler is not None else norm  # unscaled
+        return loss
+
+
+class Transactional:
+    """Makes a Lightning strategy's optimizer steps transactions. A mixin: put it first in the bases.
+
+    Args:
+        policy: When to roll back and what repeated rollbacks lead to (default: :class:`TransactionPolicy`'s).
+        kwargs: The strategy's own arguments.
+    """
+
+    def __init__(self, policy: TransactionPolicy | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy = policy if policy is not None else TransactionPolicy()
         self.commits = 0
         self.rolled_back = 0
         self.rollbacks: dict[str, int] = dict.fromkeys(REASONS, 0)
         """Rolled-back steps by reason (a step can have several)."""
-        self.last_decision: str | None = None
-        """``commit`` or ``rollback``: what happened to the latest step (read by the Receipts callback)."""
-        self.last_record: dict[str, Any] | None = None
-        """The latest decision as its receipt states it (step, losses, decision, reasons, action)."""
+        self.last_receipt: TransactionReceipt | None = None
+        """The latest step's decision as its receipt states it (step, losses, decision, reasons, action)."""
+        self.skip_list: SkipList | None = None
+        """The run's skip list, loaded from its run directory at setup."""
+        self._run: RunContext | None = None
+        self._batch: Any = None
+        self._batch_rng: tuple | None = None
+        self._buffer: deque[tuple[Any, tuple]] = deque(maxlen=self.policy.buffer_len - 1)
+        self._streak: list[SkippedBatch] = []  # the batches of the current run of consecutive rollbacks
+
+    @property
+    def last_decision(self) -> str | None:
+        """``commit`` or ``rollback``: what happened to the latest step (the Receipts callback reads it)."""
+        return self.last_receipt.decision if self.last_receipt is not None else None
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
     @override
     def setup(self, trainer: L.Trainer) -> None:
         super().setup(trainer)
-        path = Path(trainer.default_root_dir) / SKIP_LIST_FILE  # a resumed run skips what the first run listed
-        self._skip = {entry["key"]: entry for entry in read_json(path)["batches"]} if path.is_file() else {}
+        self._run = run_context(trainer)
+        self.skip_list = SkipList.load(self._run.layout.skip_list)  # a resumed run skips what the first listed
 
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
@@ -166,67 +201,41 @@ class _Transactions:
         self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any
     ) -> Any:
         module = self.lightning_module
-        trainer = module.trainer
         params = [p for p in module.parameters() if p.requires_grad]
         snapshot = _Snapshot(params, optimizer)
-        scaler = getattr(self.precision_plugin, "scaler", None)
         buffered = list(self._buffer)
         before = _rng_state()
-        pre_old = [self._eval_loss(module, batch, rng) for batch, rng in buffered]
+        pre = [self._eval_loss(module, batch, rng) for batch, rng in buffered]
         _set_rng_state(before)  # the training forward draws from where an ordinary step would
-        seen: dict[str, Any] = {}
-
-        def watched_closure() -> Any:
-            loss = closure()
-            seen["loss"] = loss
-            grads = [p.grad for p in params if p.grad is not None]
-            norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]) if grads else None
-            norm = torch.linalg.vector_norm(norms) if norms is not None else torch.zeros(())
-            seen["grad_norm"] = norm / scaler.get_scale() if scaler is not None else norm  # mixed precision: unscale
-            return loss
-
-        result = super().optimizer_step(optimizer, watched_closure, model, **kwargs)
-        after = _rng_state()
-        batch, batch_rng = self._batch, self._batch_rng
-        current = seen.get("loss")
-        current = current.detach().float() if isinstance(current, torch.Tensor) else torch.tensor(float("nan"))
-        current = current * trainer.accumulate_grad_batches  # Lightning divides the closure's loss by it
-        post_all = [self._eval_loss(module, b, rng) for b, rng in [*buffered, (batch, batch_rng)]]
+        watched = _WatchedClosure(closure, params, self._scaler)
+        result = super().optimizer_step(optimizer, watched, model, **kwargs)
+        after, current = _rng_state(), (self._batch, self._batch_rng)  # training_step ran inside the closure
+        post = [self._eval_loss(module, batch, rng) for batch, rng in [*buffered, current]]
         _set_rng_state(after)
-        pre = torch.stack([*pre_old, current]).mean()
-        post = torch.stack(post_all).mean()
-        grad_norm = seen.get("grad_norm", torch.zeros(())).float()
-        key = batch_key(batch)
-        pre, post = self._mean(pre), self._mean(post)  # the regression test uses the means over ranks
-        flags = self._flags(module, current, grad_norm, torch.tensor(pre), torch.tensor(post), key)
-        decision_bits = self._agree(flags)  # identical on every rank
-        reasons = tuple(reason for bit, reason in enumerate(REASONS) if decision_bits >> bit & 1)
-        step = trainer.global_step + 1  # this step's number once Lightning counts it
+        loss = watched.loss.to(self.root_device) * module.trainer.accumulate_grad_batches  # Lightning divided by it
+        means = torch.stack([torch.stack([*pre, loss]).mean(), torch.stack(post).mean()]).to(self.root_device)
+        pre_loss, post_loss = self.reduce(means, reduce_op="mean").tolist()  # the means over ranks
+        key = batch_key(current[0])
+        reasons = self._decide(module, loss, watched.grad_norm, pre_loss, post_loss, key)
         if reasons:
             snapshot.restore()
-            self.last_decision = "rollback"
-            self.rolled_back += 1
-            for reason in reasons:
-                self.rollbacks[reason] += 1
-            if scaler is not None and set(reasons) <= {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}:
-                action = "scaler_overflow"  # the grad scaler skipped the step and lowered its scale: not divergence
-            else:
-                action = self._after_rollback(trainer, optimizer, key, batch, step, reasons)
+            action = self._after_rollback(optimizer, key, reasons)
         else:
-            self.last_decision = "commit"
-            self.commits += 1
-            self._pending.clear()
-            self._buffer.append((batch, batch_rng))
+            self._streak.clear()
+            self._buffer.append(current)
             action = None
-        self._record(trainer, module, step, key, pre, post, grad_norm, reasons, action)
-        if action == "stopped":
-            self._stop(reasons)
+        self._settle(key, pre_loss, post_loss, float(watched.grad_norm), reasons, action)
         return result
 
     # -- the decision ----------------------------------------------------------------------------
 
-    def _flags(self, module: Any, loss: torch.Tensor, grad_norm: torch.Tensor, pre: torch.Tensor,
-               post: torch.Tensor, key: str) -> int:  # fmt: skip
+    @property
+    def _scaler(self) -> Any:
+        return self.precision_plugin.scaler if isinstance(self.precision_plugin, MixedPrecision) else None
+
+    def _decide(self, module: L.LightningModule, loss: torch.Tensor, grad_norm: torch.Tensor, pre: float,
+                post: float, key: str) -> tuple[str, ...]:  # fmt: skip
+        """The reasons to roll back, OR-ed over ranks (one rank's NaN rolls back all); empty: commit."""
         policy, reasons = self.policy, set()
         if not torch.isfinite(loss):
             reasons.add("nonfinite_loss")
@@ -234,46 +243,29 @@ class _Transactions:
             reasons.add("nonfinite_grad")
         elif policy.grad_norm_max is not None and grad_norm > policy.grad_norm_max:
             reasons.add("grad_norm")
-        state_norm = getattr(module, "transaction_state_norm", None)
-        if policy.state_norm_max is not None and state_norm is not None:
+        if policy.state_norm_max is not None and isinstance(module, StateNormed):
             with torch.no_grad():
-                value = torch.as_tensor(state_norm()).float()
-            if not torch.isfinite(value) or value > policy.state_norm_max:
+                state_norm = torch.as_tensor(module.transaction_state_norm()).float()
+            if not torch.isfinite(state_norm) or state_norm > policy.state_norm_max:
                 reasons.add("state_norm")
-        if not torch.isfinite(post):
+        if not math.isfinite(post):
             reasons.add("nonfinite_post_loss")
-        elif torch.isfinite(pre) and post > pre * (1 + policy.rollback_tol):
+        elif math.isfinite(pre) and post > pre * (1 + policy.rollback_tol):
             reasons.add("regression")
-        if key in self._skip:
+        if self.skip_list is not None and key in self.skip_list:
             reasons.add("skip_listed")
-        return sum(1 << bit for bit, reason in enumerate(REASONS) if reason in reasons)
-
-    def _agree(self, flags: int) -> int:
-        """OR the rollback flags over ranks (one rank's NaN rolls back all)."""
-        bits = torch.tensor([flags >> bit & 1 for bit in range(len(REASONS))], dtype=torch.float32,
-                            device=self.root_device)  # fmt: skip
-        bits = self.reduce_boolean_any(bits)
-        return sum(1 << bit for bit in range(len(REASONS)) if bits[bit] > 0)
-
-    def reduce_boolean_any(self, bits: torch.Tensor) -> torch.Tensor:
-        return bits
-
-    def _gather(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Every rank's entries (one rank here)."""
-        return list(entries)
-
-    def _mean(self, value: torch.Tensor) -> float:
-        return float(value)
+        flags = torch.tensor([float(reason in reasons) for reason in REASONS], device=self.root_device)
+        agreed = self.reduce(flags, reduce_op="max").tolist()
+        return tuple(reason for reason, flag in zip(REASONS, agreed, strict=True) if flag > 0)
 
     @torch.no_grad()
-    def _eval_loss(self, module: Any, batch: Any, rng: tuple | None) -> torch.Tensor:
+    def _eval_loss(self, module: L.LightningModule, batch: Any, rng: tuple | None) -> torch.Tensor:
         """``module``'s loss on ``batch`` with the RNG state that batch trained with."""
         if rng is not None:
             _set_rng_state(rng)
-        measure = getattr(module, "transaction_loss", None)
         with self.precision_plugin.train_step_context():  # the same numerics as the training forward
-            if measure is not None:
-                return torch.as_tensor(measure(batch)).detach().float()
+            if isinstance(module, TransactionalModule):
+                return torch.as_tensor(module.transaction_loss(batch)).detach().float()
             module.log = module.log_dict = lambda *args, **kwargs: None  # training_step must not log twice
             try:
                 output = module.training_step(batch, 0)
@@ -284,146 +276,101 @@ class _Transactions:
 
     # -- repeated failure ------------------------------------------------------------------------
 
-    def _after_rollback(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer, key: str, batch: Any,
-                        step: int, reasons: tuple[str, ...]) -> str | None:  # fmt: skip
+    def _after_rollback(self, optimizer: torch.optim.Optimizer, key: str, reasons: tuple[str, ...]) -> str | None:
+        if self._scaler is not None and set(reasons) <= _OVERFLOW:
+            return "scaler_overflow"  # the grad scaler skipped the step and lowered its scale: not divergence
         if "skip_listed" in reasons:
             return "skipped"
-        ids = batch["sample_ids"].tolist() if isinstance(batch, dict) and "sample_ids" in batch else None
-        self._pending.append({"key": key, "sample_ids": ids, "step": step, "reasons": list(reasons)})
-        count = len(self._pending)
-        if count >= self.policy.stop_after:
+        batch = self._batch
+        ids = tuple(batch["sample_ids"].tolist()) if isinstance(batch, dict) and "sample_ids" in batch else None
+        step = self.lightning_module.trainer.global_step + 1  # this step's number once Lightning counts it
+        self._streak.append(SkippedBatch(key=key, sample_ids=ids, step=step, reasons=reasons))
+        if len(self._streak) >= self.policy.stop_after:
             return "stopped"
-        if count % self.policy.restore_after:
+        if len(self._streak) % self.policy.restore_after:
             return None
-        for entry in self._gather(self._pending):
-            self._skip[entry["key"]] = entry
-        if trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / SKIP_LIST_FILE
-            atomic_write_json(path, {"version": 1, "batches": list(self._skip.values())})
+        assert self.skip_list is not None, "setup() runs before the first step"
+        for rank in range(self.world_size):  # every rank's batches, in rank order
+            for entry in self.broadcast(list(self._streak), src=rank):
+                self.skip_list.add(entry)
+        if self.is_global_zero:
+            self.skip_list.save()
         self.barrier("lit_psion.skip_list")
-        return self._restore_checkpoint(trainer, optimizer)
+        return self._restore_checkpoint(optimizer)
 
-    def _stop(self, reasons: tuple[str, ...]) -> None:
-        count, first, last = len(self._pending), self._pending[0]["step"], self._pending[-1]["step"]
-        raise TransactionError(
-            f"{count} consecutive steps rolled back (steps {first}-{last}, last reasons: {', '.join(reasons)}); "
-            "training is diverging: lower the learning rate or check the data, then continue with --ckpt_path last"
-        )
-
-    def _restore_checkpoint(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> str:
+    def _restore_checkpoint(self, optimizer: torch.optim.Optimizer) -> str:
+        """Load the weights and this optimizer's state from the run's last durable checkpoint."""
+        assert self._run is not None, "setup() runs before the first step"
         try:
-            path = resolve_checkpoint(trainer.default_root_dir)
+            verified = resolve_checkpoint(self._run.layout, quiet=not self.is_global_zero)
         except CheckpointError:
             return "skip_listed_no_checkpoint"  # nothing durable yet: carry on from the last committed state
-        checkpoint = ManifestCheckpointIO().load_checkpoint(path, map_location=self.root_device)
+        checkpoint = load_verified(verified, map_location=self.root_device)
         self.lightning_module.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+        index = self.lightning_module.trainer.optimizers.index(optimizer)
+        optimizer.load_state_dict(checkpoint["optimizer_states"][index])
         self._buffer.clear()
-        return f"restored:{path.name}"
+        return f"restored:{verified.path.name}"
 
     # -- evidence --------------------------------------------------------------------------------
 
-    def _record(self, trainer: L.Trainer, module: Any, step: int, key: str, pre: float, post: float,
-                grad_norm: torch.Tensor, reasons: tuple[str, ...], action: str | None) -> None:  # fmt: skip
-        receipt = TransactionReceipt(
-            stage_id=STAGE, step=step, batch_digest=key, pre_loss=_finite_or_none(pre),
-            post_loss=_finite_or_none(post), grad_norm=_finite_or_none(float(grad_norm)),
+    def _settle(self, key: str, pre: float, post: float, grad_norm: float, reasons: tuple[str, ...],
+                action: str | None) -> None:  # fmt: skip
+        """Count, receipt and log the decision; stop the run when the streak is too long."""
+        assert self._run is not None, "setup() runs before the first step"
+        module = self.lightning_module
+        trainer = module.trainer
+        step = trainer.global_step + 1
+        self.last_receipt = TransactionReceipt(
+            stage_id=self._run.stage, step=step, batch_digest=key,
+            pre_loss=_finite_or_none(pre), post_loss=_finite_or_none(post), grad_norm=_finite_or_none(grad_norm),
             decision="rollback" if reasons else "commit", reasons=reasons, action=action,
         )  # fmt: skip
-        self.last_record = receipt.to_json_dict()
-        log = receipt_log(trainer)
-        if log is not None and trainer.is_global_zero:
-            log.append(receipt)
-        if step % trainer.log_every_n_steps:
-            return  # the counters are cumulative: log them on the steps that write a log row
-        attempts = self.commits + self.rolled_back
-        module.log("transactions/commit_rate", self.commits / max(1, attempts), on_step=True, on_epoch=False)
+        emit_receipt(trainer, self.last_receipt)
+        if reasons:
+            self.rolled_back += 1
+            for reason in reasons:
+                self.rollbacks[reason] += 1
+        else:
+            self.commits += 1
+        if action == "stopped":
+            first, last = self._streak[0].step, self._streak[-1].step
+            raise TransactionError(
+                f"{len(self._streak)} consecutive steps rolled back (steps {first}-{last}, last reasons: "
+                f"{', '.join(reasons)}); training is diverging: lower the learning rate or check the data, then "
+                "continue with --ckpt_path last"
+            )
+        if step % trainer.log_every_n_steps == 0:  # cumulative counters: log them on the steps that write a row
+            self._log_counters(module)
+
+    def _log_counters(self, module: L.LightningModule) -> None:
+        module.log("transactions/commit_rate", self.commits / (self.commits + self.rolled_back), on_step=True,
+                   on_epoch=False)  # fmt: skip
         module.log("transactions/rollbacks", float(self.rolled_back), on_step=True, on_epoch=False)
         for reason, count in self.rollbacks.items():
             if count:
                 module.log(f"transactions/rollbacks_{reason}", float(count), on_step=True, on_epoch=False)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-class TransactionalStrategy(_Transactions, SingleDeviceStrategy):
-    """Transactional steps on one device. Select it with ``trainer.strategy.class_path`` in YAML.
+class TransactionalStrategy(Transactional, SingleDeviceStrategy):
+    """Transactional steps on one device (registry name ``transactional``).
 
     Args:
-        rollback_tol, buffer_len, grad_norm_max, state_norm_max, restore_after, stop_after: the
-            :class:`TransactionPolicy`.
+        policy: When to roll back and what repeated rollbacks lead to (default: :class:`TransactionPolicy`'s).
         device: ``cpu``, ``cuda:0``, ... (default: the first GPU if there is one, else the CPU).
     """
 
-    def __init__(
-        self,
-        rollback_tol: float = 0.20,
-        buffer_len: int = 1,
-        grad_norm_max: float | None = None,
-        state_norm_max: float | None = None,
-        restore_after: int = 3,
-        stop_after: int = 6,
-        device: str | None = None,
-    ) -> None:
-        super().__init__(device=device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
-        self._init_transactions(
-            TransactionPolicy(
-                rollback_tol=rollback_tol,
-                buffer_len=buffer_len,
-                grad_norm_max=grad_norm_max,
-                state_norm_max=state_norm_max,
-                restore_after=restore_after,
-                stop_after=stop_after,
-            )
-        )
+    def __init__(self, policy: TransactionPolicy | None = None, device: str | None = None) -> None:
+        super().__init__(policy, device=device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
 
 
-class TransactionalDDPStrategy(_Transactions, DDPStrategy):
-    """Transactional steps under DDP: every rank reaches the same decision (one rank's NaN rolls back all).
+class TransactionalDDPStrategy(Transactional, DDPStrategy):
+    """Transactional steps under DDP (registry name ``transactional_ddp``): every rank reaches the same decision.
+
+    Losses are averaged over ranks before the regression test, the other rollback reasons are OR-ed
+    over ranks (one rank's NaN rolls back all), and the skip list gathers every rank's batches.
 
     Args:
-        rollback_tol, buffer_len, grad_norm_max, state_norm_max, restore_after, stop_after: the
-            :class:`TransactionPolicy`. Losses are averaged over ranks before the regression test.
-        process_group_backend: ``gloo`` on CPU, ``nccl`` on GPUs (default: Lightning's choice).
+        policy: When to roll back and what repeated rollbacks lead to (default: :class:`TransactionPolicy`'s).
+        kwargs: :class:`~lightning.pytorch.strategies.DDPStrategy`'s arguments (``process_group_backend``, ...).
     """
-
-    def __init__(
-        self,
-        rollback_tol: float = 0.20,
-        buffer_len: int = 1,
-        grad_norm_max: float | None = None,
-        state_norm_max: float | None = None,
-        restore_after: int = 3,
-        stop_after: int = 6,
-        process_group_backend: str | None = None,
-    ) -> None:
-        super().__init__(process_group_backend=process_group_backend)
-        self._init_transactions(
-            TransactionPolicy(
-                rollback_tol=rollback_tol,
-                buffer_len=buffer_len,
-                grad_norm_max=grad_norm_max,
-                state_norm_max=state_norm_max,
-                restore_after=restore_after,
-                stop_after=stop_after,
-            )
-        )
-
-    @override
-    def reduce_boolean_any(self, bits: torch.Tensor) -> torch.Tensor:
-        torch.distributed.all_reduce(bits, op=torch.distributed.ReduceOp.MAX)
-        return bits
-
-    @override
-    def _gather(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        gathered: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(gathered, list(entries))
-        return [entry for rank_entries in gathered for entry in rank_entries]
-
-    @override
-    def _mean(self, value: torch.Tensor) -> float:
-        value = value.detach().clone().to(self.root_device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.SUM)
-        return float(value) / self.world_size

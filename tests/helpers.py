@@ -17,11 +17,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_psion.callbacks import checkpoint_io
-from lit_psion.callbacks.checkpoint import resolve_checkpoint
-from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
+from lit_psion import checkpoint_io
 from lit_psion.callbacks.evidence import EvidenceCallback
+from lit_psion.checkpoint_io import load_verified
 from lit_psion.cli import main
+from lit_psion.core import RunLayout
+from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.receipts import ReceiptBody, register_receipt
 from lit_psion.core.run import read_latest
 
@@ -114,7 +115,7 @@ def fit_subprocess(*args: str, config: str = TINY) -> subprocess.CompletedProces
 
 def latest_checkpoint(root: Path) -> dict[str, Any]:
     """The checkpoint the latest run in ``root`` points at, loaded with ``weights_only=True``."""
-    return ManifestCheckpointIO().load_checkpoint(resolve_checkpoint(root / read_latest(root)))
+    return load_verified(resolve_checkpoint(RunLayout(root, read_latest(root))))
 
 
 def consumed(path: Path) -> list[list[int]]:

@@ -17,7 +17,8 @@ from tests.helpers import TINY, fit
 
 
 def test_fit_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert fit("--trainer.default_root_dir", str(tmp_path), "--sample.max_new_tokens", "20") == 0
+    sample = ("--trainer.callbacks+=lit_psion.callbacks.GenerateSample", "--trainer.callbacks.max_new_tokens", "20")
+    assert fit("--trainer.default_root_dir", str(tmp_path), *sample) == 0
     run_dir = tmp_path / read_latest(tmp_path)
     run = read_json(run_dir / "run.json")
     assert run["status"] == "completed" and run["run_id"] == run_dir.name and run["global_step"] == 12

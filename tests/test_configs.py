@@ -52,7 +52,7 @@ def test_preset_runs_two_steps(preset: Path, tmp_path: Path, request: pytest.Fix
     data = _small_data(preset, request.getfixturevalue("base_run") if "AdapterLM" in preset.read_text() else None)
     code = fit(
         *data, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
-        "--sample.max_new_tokens", "5", "--trainer.default_root_dir", str(tmp_path), config=str(preset),
+        "--trainer.default_root_dir", str(tmp_path), config=str(preset),
     )  # fmt: skip
     assert code == 0
     run_dir = tmp_path / read_latest(tmp_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
+from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules import CorpusDataModule

@@ -24,6 +24,14 @@ class DataError(LitPsionError, ValueError):
     failure_class = "data_invalid"
 
 
+class DataConfigError(ConfigError):
+    """A bad data setting (``batch_size`` below 1, an unknown split rule, a vocabulary too small): exit 2."""
+
+
+class DataManifestMismatch(DataError):
+    """A resume against data that is not the data the checkpoint was trained on: exit 3."""
+
+
 class CheckpointError(LitPsionError, RuntimeError):
     """A checkpoint that cannot be found or trusted."""
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Protocol, TextIO, runtime_checkable
 
 from lit_psion.core.digest import sha256_json
 from lit_psion.core.files import fsync_path
@@ -335,3 +336,30 @@ def _seqs(lines: list[str]) -> set[int]:
         except (ValueError, TypeError, KeyError):
             continue
     return seqs
+
+
+@runtime_checkable
+class ReceiptChainHolder(Protocol):
+    """What owns a fit's receipt chain among the trainer's callbacks (``lit_psion.callbacks.Receipts``)."""
+
+    chain: ReceiptLog | None
+
+
+def receipt_log(trainer: Any) -> ReceiptLog | None:
+    """The fit's receipt log, if a callback is collecting one (on rank 0 only; None elsewhere or when off)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ReceiptChainHolder) and isinstance(callback.chain, ReceiptLog):
+            return callback.chain
+    return None
+
+
+def emit_receipt(trainer: Any, body: ReceiptBody) -> None:
+    """Append ``body`` to the fit's receipt chain on rank 0 (a no-op when receipts are off)."""
+    log = receipt_log(trainer)
+    if log is not None and trainer.is_global_zero:
+        log.append(body)
+
+
+def batch_digest(sample_ids: Sequence[int], cursor: Sequence[int] | None) -> str:
+    """sha256 of the sample ids a batch holds and the cursor it consumed (the data a step saw)."""
+    return sha256_json({"sample_ids": list(sample_ids), "cursor": list(cursor or ())})

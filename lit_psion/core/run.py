@@ -7,12 +7,13 @@ import enum
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from lit_psion.core.checkpoint import RejectedCheckpoint
+from lit_psion.core.contracts import STAGES, Staged
+from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.files import atomic_write_json, read_json
-
-RUN_FILE = "run.json"
-LATEST_FILE = "latest_run.json"
+from lit_psion.core.layout import RunLayout
 
 
 class RunStatus(enum.StrEnum):
@@ -36,6 +37,8 @@ class RunRecord:
 
     run_id: str
     status: RunStatus = RunStatus.PLANNED
+    stage: str = "pretrain"
+    """What the run is: ``pretrain``, ``finetune``, ``growth``, ``session`` or ``window``."""
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
     config_digest: str | None = None
@@ -62,22 +65,83 @@ class RunRecord:
         values["status"] = RunStatus(values.get("status", RunStatus.PLANNED))
         return cls(**values)
 
-    def save(self, run_dir: str | Path) -> None:
+    def save(self, layout: RunLayout | str | Path) -> None:
+        layout = layout if isinstance(layout, RunLayout) else RunLayout.of(layout)
         self.updated_at = time.time()
-        atomic_write_json(Path(run_dir) / RUN_FILE, self.to_json_dict())
+        atomic_write_json(layout.run_file, self.to_json_dict())
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> RunRecord:
-        return cls.from_json_dict(read_json(Path(run_dir) / RUN_FILE))
+    def load(cls, layout: RunLayout | str | Path) -> RunRecord:
+        layout = layout if isinstance(layout, RunLayout) else RunLayout.of(layout)
+        return cls.from_json_dict(read_json(layout.run_file))
 
 
 def write_latest(root: str | Path, run_id: str) -> None:
     """Point ``root/latest_run.json`` at ``run_id`` (the run that `--ckpt_path last` continues)."""
-    atomic_write_json(Path(root) / LATEST_FILE, {"run_id": run_id})
+    atomic_write_json(RunLayout(Path(root), run_id).latest, {"run_id": run_id})
 
 
 def read_latest(root: str | Path) -> str | None:
-    path = Path(root) / LATEST_FILE
+    """The run id ``root/latest_run.json`` names (None if there is none); it must name a run inside ``root``."""
+    path = RunLayout(Path(root), "").latest
     if not path.exists():
         return None
-    return str(read_json(path)["run_id"])
+    try:
+        run_id = read_json(path)["run_id"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{str(path)!r} is malformed ({error}); delete it and give --ckpt_path a checkpoint "
+                              "directory") from error  # fmt: skip
+    if not isinstance(run_id, str) or not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
+        raise CheckpointError(f"{str(path)!r} names run {run_id!r}, which is not a run directory inside "
+                              f"{str(root)!r}; delete it and give --ckpt_path a checkpoint directory")  # fmt: skip
+    return run_id
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunContext:
+    """Where a fit writes and what it resumes, decided before anything is instantiated.
+
+    The CLI builds one and hands it to :class:`lit_psion.callbacks.RunDirectory`; callbacks and
+    strategies read it with :func:`run_context`. A Python-API fit without a RunDirectory gets
+    :meth:`for_run_dir` of ``trainer.default_root_dir`` (there, the run directory itself).
+    """
+
+    layout: RunLayout
+    stage: str = "pretrain"
+    resumed: bool = False
+    config_yaml: str | None = None
+    resume_from: Path | None = None
+    """The verified checkpoint the fit resumes from."""
+    rejected: tuple[RejectedCheckpoint, ...] = ()
+    """Checkpoints skipped while resolving ``--ckpt_path last`` (receipted when training starts)."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"a run's stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+
+    @classmethod
+    def for_run_dir(cls, run_dir: str | Path, stage: str = "pretrain") -> RunContext:
+        return cls(layout=RunLayout.of(run_dir), stage=stage)
+
+
+@runtime_checkable
+class RunContextHolder(Protocol):
+    """What carries a fit's RunContext among the trainer's callbacks (``RunDirectory``)."""
+
+    run_context: RunContext
+
+
+def run_context(trainer: Any) -> RunContext:
+    """The fit's RunContext: the one its RunDirectory holds, else one for ``trainer.default_root_dir``."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunContextHolder) and isinstance(callback.run_context, RunContext):
+            return callback.run_context
+    return RunContext.for_run_dir(trainer.default_root_dir, run_stage(trainer.lightning_module, trainer.callbacks))
+
+
+def run_stage(model: Any, callbacks: list[Any]) -> str:
+    """The stage of a run: a callback's declared stage (growth) wins over the model's (finetune); else pretrain."""
+    declared = [c.stage for c in callbacks if isinstance(c, Staged)]
+    if declared:
+        return declared[0]
+    return model.stage if isinstance(model, Staged) else "pretrain"

@@ -10,35 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from lit_psion.core import sha256_json
+from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.models.decoder_lm import DecoderLM
 from lit_psion.nn.decoder import DecoderConfig
 from lit_psion.nn.lora import adapter_params, inject_lora, lora_layers
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer
+from lit_psion.runs import load_run
 
 
 def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str]:
     """The verified base checkpoint at ``location``: its state, its directory, its manifest's sha256."""
-    from lit_psion.callbacks.checkpoint import resolve_checkpoint
-    from lit_psion.callbacks.checkpoint_io import MANIFEST, ManifestCheckpointIO
-    from lit_psion.core import sha256_file
-
-    path = Path(location)
-    if (path / "run.json").is_file():
-        path = resolve_checkpoint(path)
-    elif not (path / MANIFEST).is_file():
+    try:
+        base = load_run(location)  # every digest verified, each file read once
+    except ConfigError as error:
         raise CheckpointError(f"base_checkpoint {str(location)!r} is neither a run directory nor a checkpoint "
-                              "directory (step-NNNNNN with manifest.json)")  # fmt: skip
-    state = ManifestCheckpointIO().load_checkpoint(path)  # verifies every digest first
-    if "decoder_config" not in state:
-        raise CheckpointError(f"base checkpoint {str(path)!r} does not record its decoder_config; "
+                              "directory (step-NNNNNN with manifest.json)") from error  # fmt: skip
+    if "decoder_config" not in base.state:
+        raise CheckpointError(f"base checkpoint {str(base.checkpoint.path)!r} does not record its decoder_config; "
                               "it was not written by DecoderLM")  # fmt: skip
-    return state, path, sha256_file(path / MANIFEST)
+    return base.state, base.checkpoint.path, base.checkpoint.manifest_sha256
 
 
 class AdapterLM(DecoderLM):
@@ -50,9 +45,11 @@ class AdapterLM(DecoderLM):
         rank, alpha, lora_dropout: The adapters' shape and regularisation.
         optimizer: Optimizer and schedule for the adapter parameters.
         muon_on_adapters: With ``optimizer.name: muon``, let Muon train the adapter matrices.
-        decoder: Give it as ``decoder: {}``: the CLI fills in the data's vocab and block size, which are
-            checked against the base; the model's shape itself always comes from the base checkpoint.
+        data_facts: The data's vocabulary and context (linked by the CLI), checked against the base; the
+            model's shape itself always comes from the base checkpoint.
     """
+
+    stage: ClassVar[str] = "finetune"
 
     def __init__(
         self,
@@ -63,17 +60,18 @@ class AdapterLM(DecoderLM):
         lora_dropout: float = 0.0,
         optimizer: OptimizerConfig | None = None,
         muon_on_adapters: bool = False,
-        decoder: DecoderConfig | None = None,
+        data_facts: DataFacts | None = None,
     ) -> None:
         state, path, base_digest = load_base(base_checkpoint)
         base_config = DecoderConfig(**state["decoder_config"])
         super().__init__(base_config, optimizer)
-        if decoder is not None and decoder.vocab_size != base_config.vocab_size:
-            raise ConfigError(f"the data's vocabulary ({decoder.vocab_size}) differs from the base model's "
+        data = data_facts or DataFacts()
+        if data.vocab_size is not None and data.vocab_size != base_config.vocab_size:
+            raise ConfigError(f"the data's vocabulary ({data.vocab_size}) differs from the base model's "
                               f"({base_config.vocab_size}); use the base run's tokenizer (--data.tokenizer_file "
                               "<base run>/tokenizer.json)")  # fmt: skip
-        if decoder is not None and decoder.block_size > base_config.block_size:
-            raise ConfigError(f"data.block_size {decoder.block_size} exceeds the base model's context "
+        if data.block_size is not None and data.block_size > base_config.block_size:
+            raise ConfigError(f"data.block_size {data.block_size} exceeds the base model's context "
                               f"{base_config.block_size}; use at most that")  # fmt: skip
         self.model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
         self.model.requires_grad_(False)
@@ -85,9 +83,8 @@ class AdapterLM(DecoderLM):
 
     @property
     def model_signature(self) -> str:
-        return sha256_json({"family": "AdapterLM", "decoder": dataclasses.asdict(self.decoder_config),
-                            "base": self.base_digest, "targets": self.targets, "rank": self.rank,
-                            "alpha": self.alpha})  # fmt: skip
+        return model_signature("AdapterLM", base=self.base_digest, decoder=dataclasses.asdict(self.decoder_config),
+                               targets=self.targets, rank=self.rank, alpha=self.alpha)  # fmt: skip
 
     def adapter_params(self) -> list[torch.nn.Parameter]:
         return adapter_params(self.model)

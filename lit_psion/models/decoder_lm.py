@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -11,23 +11,34 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from lit_psion.core import sha256_json
+from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
+
+
+def shaped_by_data(config: DecoderConfig, facts: DataFacts | None) -> DecoderConfig:
+    """``config`` with the vocabulary and context the data has (the data decides them, not the preset)."""
+    if facts is None:
+        return config
+    changes = {"vocab_size": facts.vocab_size, "block_size": facts.block_size}
+    return dataclasses.replace(config, **{key: value for key, value in changes.items() if value is not None})
 
 
 class DecoderLM(L.LightningModule):
     """A compact decoder LM trained on next-token cross-entropy.
 
     Args:
-        decoder: Shape of the decoder. ``vocab_size`` and ``block_size`` are taken from the data
-            when trained through the CLI.
+        decoder: Shape of the decoder. ``vocab_size`` and ``block_size`` come from ``data_facts`` when given.
         optimizer: Optimizer (``adamw`` or ``muon``) and warmup + cosine schedule.
+        data_facts: The data's vocabulary and context (``python -m lit_psion`` links them from the DataModule).
     """
 
-    def __init__(self, decoder: DecoderConfig | None = None, optimizer: OptimizerConfig | None = None) -> None:
+    stage: ClassVar[str] = "pretrain"
+
+    def __init__(self, decoder: DecoderConfig | None = None, optimizer: OptimizerConfig | None = None,
+                 data_facts: DataFacts | None = None) -> None:  # fmt: skip
         super().__init__()
-        self.decoder_config = decoder or DecoderConfig()
+        self.decoder_config = shaped_by_data(decoder or DecoderConfig(), data_facts)
         self.optimizer_config = optimizer or OptimizerConfig()
         self.model = Decoder(self.decoder_config)
         self.val_loss = MeanMetric()
@@ -36,7 +47,7 @@ class DecoderLM(L.LightningModule):
     @property
     def model_signature(self) -> str:
         """sha256 of the canonical model config (SPEC §3; no base checkpoint for a from-scratch model)."""
-        return sha256_json({"family": "DecoderLM", "decoder": dataclasses.asdict(self.decoder_config), "base": None})
+        return model_signature("DecoderLM", decoder=dataclasses.asdict(self.decoder_config))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)

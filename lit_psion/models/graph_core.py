@@ -13,73 +13,137 @@ stays below ``complexity_limit``, so ``gamma`` stays finite and the loss prices 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from lit_psion.core import sha256_json
+from lit_psion.core.contracts import DataFacts, ReplayData, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.nn.barrier import gamma
+from lit_psion.nn.barrier import Barrier
 from lit_psion.nn.delta_log import DeltaStateLog
-from lit_psion.nn.graph import Graph, SuperGraph
+from lit_psion.nn.graph import Graph, SuperGraph, max_levels
 from lit_psion.nn.optim import finite_steps, warmup_cosine
 from lit_psion.nn.sparse import SparseMaskedLinear
+
+
+@dataclasses.dataclass(kw_only=True)
+class GraphCoreConfig:
+    """Shape, starting structure, barrier, schedule and product path of a :class:`GraphCore`."""
+
+    n_nodes: int = 8
+    """Graph nodes at level 0."""
+    node_dim: int = 2
+    """State dims per node (``n_nodes * node_dim`` must equal the data's state dim)."""
+    max_history_length: int = 2
+    """States each node remembers (temporal edges reach lags below this)."""
+    levels: int = 2
+    """Hierarchy levels, 1 to ``ceil(log2(n_nodes))``."""
+    initial: Literal["empty", "cores", "random"] = "empty"
+    """The level-0 structure at the start: ``empty`` (nothing Hot; grow it with a GrowthPlanner), ``cores``
+    (each node's own lag-0 block) or ``random`` (``initial_nnz`` seeded random entries: the static baseline)."""
+    initial_nnz: int = 0
+    """Entries of the ``random`` structure."""
+    mask_seed: int = 0
+    """Seed of the ``random`` structure."""
+    complexity_limit: float = 128.0
+    """The barrier's limit on Hot level-0 entries (complexity never reaches it)."""
+    barrier_scale: float = 1.0
+    """The barrier's ``scale``."""
+    lr: float = 1e-2
+    """Adam's peak learning rate; it decays on a cosine to ``lr * min_lr_ratio`` at ``decay_steps``."""
+    min_lr_ratio: float = 0.01
+    """Where the cosine ends, as a fraction of ``lr`` (a small final rate makes the final fit precise)."""
+    decay_steps: int | None = None
+    """Steps of the cosine (``None``: the trainer's ``max_steps``)."""
+    path: Literal["auto", "sparse", "dense"] = "auto"
+    """``auto`` (each operator measures its sparse and dense paths at fit start and after each structural
+    change, and takes the faster), or a pinned ``sparse`` or ``dense`` (for bitwise comparisons)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("n_nodes", "node_dim", "max_history_length", "levels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not problems and self.levels > max_levels(self.n_nodes):
+            problems.append(f"levels must be between 1 and ceil(log2({self.n_nodes})) = {max_levels(self.n_nodes)}, "
+                            f"got {self.levels!r}")  # fmt: skip
+        if self.initial not in ("empty", "cores", "random"):
+            problems.append(f"initial must be empty, cores or random, got {self.initial!r}")
+        if self.initial == "random" and self.initial_nnz < 1:
+            problems.append(f"initial: random needs initial_nnz >= 1 (the static structure's size), "
+                            f"got {self.initial_nnz!r}")  # fmt: skip
+        elif self.initial == "random" and not problems and self.initial_nnz > self.operator_entries:
+            problems.append(f"initial_nnz must be at most the level-0 operator's {self.operator_entries} entries, "
+                            f"got {self.initial_nnz!r}")  # fmt: skip
+        if self.path not in ("auto", "sparse", "dense"):
+            problems.append(f"path must be auto, sparse or dense, got {self.path!r}")
+        if not (self.complexity_limit > 0 and self.barrier_scale > 0):
+            problems.append(f"complexity_limit and barrier_scale must be > 0, got {self.complexity_limit!r} and "
+                            f"{self.barrier_scale!r}")  # fmt: skip
+        elif not problems and self.initial_complexity >= self.complexity_limit:
+            problems.append(f"the initial structure has {self.initial_complexity} entries, at or above "
+                            f"complexity_limit {self.complexity_limit!r}: raise the limit or start smaller")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr!r} and {self.min_lr_ratio!r}")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            problems.append(f"decay_steps must be >= 1 or null (the trainer's max_steps), got {self.decay_steps!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def state_dim(self) -> int:
+        """The data's state dim this graph splits into nodes."""
+        return self.n_nodes * self.node_dim
+
+    @property
+    def operator_entries(self) -> int:
+        """Entries the level-0 operator can hold: every state dim reading every state dim at every lag."""
+        return self.state_dim * self.max_history_length * self.state_dim
+
+    @property
+    def initial_complexity(self) -> int:
+        """C at the start: the Hot level-0 entries of the ``initial`` structure."""
+        return {"empty": 0, "cores": self.n_nodes * self.node_dim**2, "random": self.initial_nnz}[self.initial]
+
+    @property
+    def shape(self) -> dict[str, int]:
+        """What decides the model's parameters (its signature; the structure itself is in the checkpoint)."""
+        return {"n_nodes": self.n_nodes, "node_dim": self.node_dim, "max_history_length": self.max_history_length,
+                "levels": self.levels}  # fmt: skip
 
 
 class GraphCore(L.LightningModule):
     """A recursive sparse graph trained on known dynamics, grown by evidence.
 
     Args:
-        n_nodes: Graph nodes at level 0.
-        node_dim: State dims per node (``n_nodes * node_dim`` must equal the data's state dim).
-        max_history_length: States each node remembers (temporal edges reach lags below this).
-        levels: Hierarchy levels, 1 to ``ceil(log2(n_nodes))``.
-        initial: The level-0 structure at the start: ``empty`` (nothing Hot; grow it with a
-            GrowthPlanner), ``cores`` (each node's own lag-0 block) or ``random`` (``initial_nnz``
-            seeded random entries: the static sparse baseline).
-        initial_nnz: Entries of the ``random`` structure.
-        mask_seed: Seed of the ``random`` structure.
-        complexity_limit: The barrier's limit on Hot level-0 entries (complexity never reaches it).
-        barrier_scale: The barrier's ``scale``.
-        lr: Adam's peak learning rate; it decays on a cosine to ``lr * min_lr_ratio`` at ``decay_steps``
-            (default: the trainer's ``max_steps``), so the final fit is precise.
-        min_lr_ratio, decay_steps: The schedule.
-        path: ``auto`` (each operator measures its sparse and dense paths at fit start and takes the
-            faster), ``sparse`` or ``dense``.
+        config: Shape, starting structure, barrier, schedule and product path.
+        data_facts: The data's state dim (``python -m lit_psion`` links it from the DataModule); a
+            mismatch with ``n_nodes * node_dim`` is refused here.
     """
 
-    def __init__(self, n_nodes: int = 8, node_dim: int = 2, max_history_length: int = 2, levels: int = 2,
-                 initial: Literal["empty", "cores", "random"] = "empty", initial_nnz: int = 0, mask_seed: int = 0,
-                 complexity_limit: float = 128.0, barrier_scale: float = 1.0, lr: float = 1e-2,
-                 min_lr_ratio: float = 0.01, decay_steps: int | None = None,
-                 path: Literal["auto", "sparse", "dense"] = "auto") -> None:  # fmt: skip
+    stage: ClassVar[str] = "pretrain"
+
+    def __init__(self, config: GraphCoreConfig | None = None, data_facts: DataFacts | None = None) -> None:
         super().__init__()
-        if initial not in ("empty", "cores", "random"):
-            raise ConfigError(f"initial must be empty, cores or random, got {initial!r}")
-        if path not in ("auto", "sparse", "dense"):
-            raise ConfigError(f"path must be auto, sparse or dense, got {path!r}")
-        if complexity_limit <= 0 or barrier_scale <= 0:
-            raise ConfigError(f"complexity_limit and barrier_scale must be > 0, got {complexity_limit!r} and "
-                              f"{barrier_scale!r}")  # fmt: skip
-        if initial == "random" and initial_nnz < 1:
-            raise ConfigError(f"initial: random needs initial_nnz >= 1 (the static structure's size), "
-                              f"got {initial_nnz!r}")  # fmt: skip
-        self.save_hyperparameters()
+        config = config or GraphCoreConfig()
+        self.config = config
+        if data_facts is not None and data_facts.state_dim is not None:
+            self._check_state_dim(data_facts.state_dim)
+        self.barrier = Barrier(limit=config.complexity_limit, scale=config.barrier_scale)
         entries = None
-        if initial == "random":
-            entries = random_entries(n_nodes * node_dim, max_history_length * n_nodes * node_dim, initial_nnz,
-                                     mask_seed)  # fmt: skip
-        self.graph = SuperGraph(n_nodes, node_dim, max_history_length=max_history_length, levels=levels,
-                                cores=initial == "cores", entries=entries)  # fmt: skip
-        if self.complexity >= complexity_limit:
-            raise ConfigError(f"the initial structure has {self.complexity} entries, at or above complexity_limit "
-                              f"{complexity_limit}: raise the limit or start smaller")  # fmt: skip
-        if path != "auto":
+        if config.initial == "random":
+            entries = random_entries(config.state_dim, config.max_history_length * config.state_dim,
+                                     config.initial_nnz, config.mask_seed)  # fmt: skip
+        self.graph = SuperGraph(config.n_nodes, config.node_dim, max_history_length=config.max_history_length,
+                                levels=config.levels, cores=config.initial == "cores", entries=entries)  # fmt: skip
+        if config.path != "auto":
             for operator in self.operators():
-                operator.path = path
+                operator.pin(config.path)
         self.val_mse = MeanMetric()
 
     @property
@@ -94,13 +158,13 @@ class GraphCore(L.LightningModule):
 
     @property
     def gamma(self) -> float:
-        return gamma(self.complexity, self.hparams.complexity_limit, self.hparams.barrier_scale)
+        """gamma(C): the barrier's factor on the task loss at the current complexity."""
+        return self.barrier.gamma(self.complexity)
 
     @property
     def model_signature(self) -> str:
         """sha256 of the graph's shape (the structure itself travels in the checkpoint)."""
-        shape = ("n_nodes", "node_dim", "max_history_length", "levels")
-        return sha256_json({"family": "GraphCore", **{key: self.hparams[key] for key in shape}})
+        return model_signature("GraphCore", **self.config.shape)
 
     def operators(self) -> list[SparseMaskedLinear]:
         return [module for module in self.modules() if isinstance(module, SparseMaskedLinear)]
@@ -109,7 +173,7 @@ class GraphCore(L.LightningModule):
         """Windows (B, W, state) -> every position's history (B * W, nodes, history, node_dim); the
         history before the window's first state repeats that state."""
         batch, window, dim = inputs.shape
-        n, d, h = self.hparams.n_nodes, self.hparams.node_dim, self.hparams.max_history_length
+        n, d, h = self.config.n_nodes, self.config.node_dim, self.config.max_history_length
         self._check_state_dim(dim)
         states = inputs.view(batch, window, n, d)
         positions = torch.arange(window, device=inputs.device)
@@ -117,15 +181,16 @@ class GraphCore(L.LightningModule):
         return torch.stack(lagged, dim=3).flatten(0, 1)
 
     def _check_state_dim(self, dim: int) -> None:
-        n, d = self.hparams.n_nodes, self.hparams.node_dim
+        n, d = self.config.n_nodes, self.config.node_dim
         if dim != n * d:
             raise ConfigError(f"the data's state has {dim} dims but n_nodes * node_dim = {n} * {d}: set them to "
                               f"match (e.g. oscillators: n_nodes = n_bodies, node_dim = 2)")  # fmt: skip
 
     def setup(self, stage: str) -> None:
-        dim = getattr(self.trainer.datamodule, "state_dim", None)  # refuse a mismatch before any work starts
-        if dim is not None:
-            self._check_state_dim(dim)
+        data = self.trainer.datamodule  # a Python-API fit has no data_facts: refuse a mismatch before any work
+        facts = data.data_facts() if isinstance(data, ReplayData) else None
+        if facts is not None and facts.state_dim is not None:
+            self._check_state_dim(facts.state_dim)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """One-step predictions (B, W, state) for every position of the windows."""
@@ -160,7 +225,7 @@ class GraphCore(L.LightningModule):
     def rollout(self, state: torch.Tensor, steps: int, log: DeltaStateLog | None = None) -> torch.Tensor:
         """Free-running prediction from ``state`` (B, state dim): (B, steps, state dim). With ``log``,
         every step's state is recorded as a delta (reconstructible exactly)."""
-        n, d = self.hparams.n_nodes, self.hparams.node_dim
+        n, d = self.config.n_nodes, self.config.node_dim
         states = self.graph(state.view(-1, n, d), steps).reshape(*state.shape[:-1], steps, -1)
         if log is not None:
             for t in range(steps):
@@ -168,17 +233,16 @@ class GraphCore(L.LightningModule):
         return states
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        decay_steps = self.hparams.decay_steps or finite_steps(self.trainer.estimated_stepping_batches)
-        factor = warmup_cosine(0, decay_steps, self.hparams.min_lr_ratio)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr)
+        decay_steps = self.config.decay_steps or finite_steps(self.trainer.estimated_stepping_batches)
+        factor = warmup_cosine(0, decay_steps, self.config.min_lr_ratio)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        if self.hparams.path == "auto":
-            for operator in self.operators():
-                if not operator.calibrated:
-                    operator.calibrate()
+        for operator in self.operators():
+            if not operator.pinned and not operator.calibrated:
+                operator.calibrate()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the structure is in the state dict (indices buffers); the chosen paths travel with it
@@ -194,7 +258,7 @@ class GraphCore(L.LightningModule):
                                   f"{saved[:12]}, this model {self.model_signature[:12]}): load it with the "
                                   f"config of the run that wrote it")  # fmt: skip
         state = checkpoint.get("state_dict", {})
-        paths = checkpoint.get("graph_paths", {}) if self.hparams.path == "auto" else {}  # a pinned path wins
+        paths = checkpoint.get("graph_paths", {})
         for name, module in self.named_modules():
             if not isinstance(module, SparseMaskedLinear):
                 continue
@@ -206,7 +270,7 @@ class GraphCore(L.LightningModule):
                 raise CheckpointError(f"checkpoint structure of {name!r} falls outside this model's "
                                       f"({module.out_features}, {module.in_features}) operator")  # fmt: skip
             module.set_structure(indices.to(module.indices), module.values.new_zeros(indices.shape[1]))
-            if name in paths:
+            if name in paths and not module.pinned:  # a pinned path wins over the saved one
                 module.path, module.calibrated = paths[name], True
 
 

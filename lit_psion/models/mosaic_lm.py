@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_psion.core import sha256_json
+from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import ConfigError
 from lit_psion.models.decoder_lm import DecoderLM
 from lit_psion.nn.decoder import DecoderConfig
@@ -40,6 +40,7 @@ class MosaicLM(DecoderLM):
         optimizer: As for DecoderLM.
         aux_opcode_weight: Weight of the opcode cross-entropy.
         aux_commitment_weight: Weight of the commitment cross-entropy.
+        data_facts: The data's vocabulary and context (linked by the CLI).
     """
 
     def __init__(
@@ -49,8 +50,9 @@ class MosaicLM(DecoderLM):
         optimizer: OptimizerConfig | None = None,
         aux_opcode_weight: float = 0.1,
         aux_commitment_weight: float = 0.1,
+        data_facts: DataFacts | None = None,
     ) -> None:
-        super().__init__(decoder, optimizer)
+        super().__init__(decoder, optimizer, data_facts)
         if aux_opcode_weight < 0 or aux_commitment_weight < 0:
             raise ConfigError(f"aux weights must be >= 0, got {aux_opcode_weight!r} and {aux_commitment_weight!r}")
         self.mosaic_config = mosaic or MosaicConfig()
@@ -62,8 +64,8 @@ class MosaicLM(DecoderLM):
 
     @property
     def model_signature(self) -> str:
-        return sha256_json({"family": "MosaicLM", "decoder": dataclasses.asdict(self.decoder_config),
-                            "mosaic": dataclasses.asdict(self.mosaic_config), "base": None})  # fmt: skip
+        return model_signature("MosaicLM", decoder=dataclasses.asdict(self.decoder_config),
+                               mosaic=dataclasses.asdict(self.mosaic_config))  # fmt: skip
 
     def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model(input_ids)

@@ -19,7 +19,7 @@ their state), so a result never depends on node order.
 clusters at least two level-``l-1`` modules, so there are at most ``ceil(log2(n_level0))`` levels.
 ``SuperGraph`` gives each level above 0 its own ``Graph`` over that level's modules (a module's state
 is the mean of its leaves' states) and zero-initialised *sup edges* carrying each module's proposal
-back down to its leaves; all levels gather, then level 0 commits. Growth (``callbacks/growth.py``)
+back down to its leaves; all levels gather, then level 0 commits. Growth (:mod:`lit_psion.nn.growth`)
 edits the level-0 operator's structure.
 """
 

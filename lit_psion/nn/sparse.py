@@ -16,7 +16,8 @@ Two ways to compute the same product: the sparse path (``torch.sparse.mm``, cost
 dense path (scatter the values into a dense matrix, cost ~ in * out). The dense crossover policy
 measures both on the current device for this layer's shape and density (``alpha`` seconds per
 non-zero, ``beta`` seconds per dense entry) and uses the faster, switching only when the other
-path is faster by more than ``hysteresis``.
+path is faster by more than ``hysteresis``. A path set with :meth:`pin` is never measured again
+(the two paths differ in the last bits, so bitwise comparisons pin one).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SparseMaskedLinear(nn.Module):
         self.values = nn.Parameter(identity if init == "identity" else torch.zeros_like(identity))
         self.shadow: tuple[torch.Tensor, torch.Tensor] | None = None
         self.path = "sparse"
+        self.pinned = False
         self.calibrated = False
         self.costs: dict[str, float] = {}
 
@@ -110,6 +112,17 @@ class SparseMaskedLinear(nn.Module):
         """Replace the structure and values (a new ``values`` Parameter: an optimizer must follow it)."""
         self.indices = indices.contiguous()
         self.values = nn.Parameter(values.clone())
+
+    def pin(self, path: str) -> None:
+        """Use ``path`` (``sparse`` or ``dense``) from now on; :meth:`recalibrate` leaves it alone."""
+        if path not in ("sparse", "dense"):
+            raise ConfigError(f"a pinned path is sparse or dense, got {path!r}")
+        self.path, self.pinned = path, True
+
+    def recalibrate(self) -> None:
+        """After a structural change: measure both paths again, unless the path is pinned or nothing is Hot."""
+        if not self.pinned and self.nnz:
+            self.calibrate()
 
     def calibrate(self, batch_size: int = 64, repeats: int = 11) -> str:
         """Measure both paths (forward + backward) here and take the faster one.

@@ -7,6 +7,7 @@ import argparse
 from lit_psion.sessions import commands
 from lit_psion.sessions.store import Store
 from lit_psion.sessions.world import WorldConfig
+from lit_psion.strategies import TransactionPolicy
 
 
 def _flag(value: str) -> bool:
@@ -49,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     _optimizer_flags(new)
     new.add_argument("--chunk", type=int, default=32, help="transitions per update")
     new.add_argument("--buffer_len", type=int, default=32, help="transitions the rollback test measures")
-    new.add_argument("--rollback_tol", type=float, default=0.20)
-    new.add_argument("--grad_norm_max", type=float, default=None)
-    new.add_argument("--state_norm_max", type=float, default=None)
+    policy = TransactionPolicy()
+    new.add_argument("--rollback_tol", type=float, default=policy.rollback_tol, help="see docs/transactions.md")
+    new.add_argument("--grad_norm_max", type=float, default=policy.grad_norm_max)
+    new.add_argument("--state_norm_max", type=float, default=policy.state_norm_max)
 
     fork = command("fork", "branch a session: same plastic weights, copied or fresh optimizer")
     fork.add_argument("--parent_session_id", required=True)

@@ -77,16 +77,21 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    TransactionPolicy(
-        rollback_tol=settings["rollback_tol"],
-        grad_norm_max=settings["grad_norm_max"],
-        state_norm_max=settings["state_norm_max"],
-    )  # fmt: skip  (raises ConfigError naming the value)
     if settings["chunk"] < 1 or settings["buffer_len"] < 1:
         raise ConfigError(f"chunk and buffer_len must be >= 1, got {settings['chunk']!r} and "
                           f"{settings['buffer_len']!r}")  # fmt: skip
     if settings["lr"] <= 0:
         raise ConfigError(f"lr must be positive, got {settings['lr']!r}")
+    _policy(settings)  # raises ConfigError naming the bad value
+
+
+def _policy(settings: dict[str, Any]) -> TransactionPolicy:
+    """A session's transaction policy: seed 000's, where a rolled-back update is skipped, never restored or stopped."""
+    return TransactionPolicy(
+        rollback_tol=settings["rollback_tol"], buffer_len=math.ceil(settings["buffer_len"] / settings["chunk"]),
+        grad_norm_max=settings["grad_norm_max"], state_norm_max=settings["state_norm_max"],
+        restore_after=NEVER, stop_after=NEVER,
+    )  # fmt: skip
 
 
 def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bool | None,
@@ -144,11 +149,7 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
     L.seed_everything(seed, verbose=False)
     module = OnlineSession(model, Environment(config, meta["mu"]), steps, settings["chunk"], seed, settings["lr"],
                            settings["momentum"], settings["ns_steps"], optimizer_state)  # fmt: skip
-    strategy = TransactionalStrategy(
-        rollback_tol=settings["rollback_tol"], buffer_len=math.ceil(settings["buffer_len"] / settings["chunk"]),
-        grad_norm_max=settings["grad_norm_max"], state_norm_max=settings["state_norm_max"],
-        restore_after=NEVER, stop_after=NEVER, device="cpu",
-    )  # fmt: skip
+    strategy = TransactionalStrategy(_policy(settings), device="cpu")
     run_id = new_run_id()
     run_dir = directory / "runs" / run_id
     run_dir.mkdir(parents=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_psion.sessions.world import Environment, WorldConfig, WorldModel
+from lit_psion.strategies import Transactional
 
 
 class _Batches(Dataset):
@@ -62,8 +63,12 @@ class OnlineSession(L.LightningModule):
 
     Every transition is scored before the model learns from it (prequential), by three predictors:
     the base model (no plastic weights), the session as it started the run (no updates), and the
-    session as it is updated. ``rows`` holds those per-step squared errors for ``per_step.csv``.
+    session as it is updated. ``rows`` holds those per-step squared errors for ``per_step.csv``;
+    ``events`` holds each update's transaction receipt (the strategy's ``last_receipt``).
     """
+
+    stage: ClassVar[str] = "session"
+    """Receipts of a session run carry stage ``session``."""
 
     def __init__(self, model: WorldModel, env: Environment, steps: int, chunk: int, seed: int, lr: float,
                  momentum: float, ns_steps: int, optimizer_state: dict | None = None) -> None:  # fmt: skip
@@ -110,9 +115,9 @@ class OnlineSession(L.LightningModule):
         return self.model.free_run_norm(z, u)
 
     def on_train_batch_end(self, outputs: Any, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        record = getattr(self.trainer.strategy, "last_record", None)
-        if record is not None:
-            self.events.append({**record, "chunk_start": int(batch[2])})
+        strategy = self.trainer.strategy
+        if isinstance(strategy, Transactional) and strategy.last_receipt is not None:
+            self.events.append({**strategy.last_receipt.to_json_dict(), "chunk_start": int(batch[2])})
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return muon(self.model.plastic_parameters(), *self.optim_args)

@@ -16,11 +16,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from lit_psion.callbacks import checkpoint_io
-from lit_psion.callbacks.checkpoint import resolve_checkpoint
-from lit_psion.callbacks.checkpoint_io import STATE, WEIGHTS, ManifestCheckpointIO, verify_checkpoint
+from lit_psion import checkpoint_io
+from lit_psion.checkpoint_io import STATE, WEIGHTS, ManifestCheckpointIO
 from lit_psion.cli import main
 from lit_psion.core import read_json
+from lit_psion.core.checkpoint import resolve_checkpoint, verify_checkpoint
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError
 from lit_psion.core.run import read_latest
 from tests.helpers import REPO_ROOT, callbacks_config, fit, fit_subprocess, latest_checkpoint
@@ -85,7 +85,7 @@ def test_damage_is_refused_by_name_and_last_falls_back(
         verify_checkpoint(run / "checkpoints" / "step-000009")
     with pytest.raises(CheckpointError, match=message):
         ManifestCheckpointIO().load_checkpoint(run / "checkpoints" / "step-000009")
-    assert resolve_checkpoint(run).name == "step-000006"
+    assert resolve_checkpoint(run).path.name == "step-000006"
     assert re.search(message, capsys.readouterr().err), "the fallback must say why"
 
 
@@ -106,7 +106,7 @@ def test_last_follows_the_pointer_not_modification_times(damaged: Callable) -> N
     future = time.time() + 3600
     for path in [older, *older.iterdir()]:
         os.utime(path, (future, future))
-    assert resolve_checkpoint(run).name == "step-000009"
+    assert resolve_checkpoint(run).path.name == "step-000009"
     assert read_json(run / "checkpoints" / "pointer.json")["step"] == 9
 
 
@@ -176,7 +176,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_pointer_on_the_previous_on
     checkpoints = run / "checkpoints"
     assert [p.name for p in checkpoints.glob(".step-000006.tmp-*")], "the kill landed mid-write"
     assert read_json(checkpoints / "pointer.json")["step"] == 3
-    assert resolve_checkpoint(run).name == "step-000003"
+    assert resolve_checkpoint(run).path.name == "step-000003"
     assert fit(*root, "--ckpt_path", "last") == 0
     assert not list(checkpoints.glob(".*")), "the next save removes what the killed write left"
     assert read_json(checkpoints / "pointer.json")["step"] == 9

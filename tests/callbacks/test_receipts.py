@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lit_psion.callbacks.evidence import RECEIPTS_FILE
 from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_json
+from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.run import read_latest
 from tests.helpers import callbacks_config, consumed, fit
 

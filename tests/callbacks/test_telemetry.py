@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_psion.callbacks.evidence import RECEIPTS_FILE
+from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.run import read_latest
 from tests.helpers import fit
 

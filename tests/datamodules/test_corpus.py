@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_psion.core.errors import DataError
 from lit_psion.core.manifest import DataManifest
 from lit_psion.datamodules import CorpusDataModule, Cursor, DataConfigError, DataManifestMismatch
 from lit_psion.datamodules.replay import ReplayBatchSampler, ReplaySampler, epoch_order
@@ -78,10 +79,10 @@ def test_order_is_a_pure_function_of_seed_and_epoch() -> None:
 
 def test_batches_resume_from_a_cursor_without_rereading() -> None:
     whole = list(ReplayBatchSampler(ReplaySampler(40, seed=1), batch_size=4))
-    cursor = Cursor(epoch=0, position=whole[3].end)
-    rest = list(ReplayBatchSampler(ReplaySampler(40, seed=1, cursor=cursor), batch_size=4))
-    assert [list(b) for b in rest] == [list(b) for b in whole[4:]]
-    assert rest[-1].end == 40 and rest[0].epoch == 0
+    assert whole[3].cursor == Cursor(epoch=0, position=16)
+    rest = list(ReplayBatchSampler(ReplaySampler(40, seed=1, cursor=whole[3].cursor), batch_size=4))
+    assert rest == whole[4:]
+    assert rest[-1].cursor == Cursor(epoch=0, position=40)
 
 
 def test_sampler_starts_other_epochs_from_zero() -> None:
@@ -104,22 +105,45 @@ def test_resume_against_a_changed_manifest_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"val_fraction": 1.5}, "val_fraction must be in"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"split": "random"}, "split must be one of hash, tail, got 'random'"),
+        ({"documents": "line"}, "documents must be one of auto, file, paragraph, got 'line'"),
+        ({"tokenizer": "wordpiece"}, "tokenizer must be one of bpe, char, got 'wordpiece'"),
+        ({"max_bytes": 0}, "max_bytes must be positive or null, got 0"),
+    ],
+)
+def test_bad_settings_are_named_before_any_data_is_read(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(DataConfigError, match=message):
+        corpus(tmp_path, **kwargs)
+
+
+def test_every_bad_setting_is_named_in_one_error(tmp_path: Path) -> None:
+    with pytest.raises(DataConfigError, match=r"block_size must .*vocab_size must .*val_fraction must"):
+        corpus(tmp_path, block_size=0, vocab_size=-1, val_fraction=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
         ({"files": "fixtures/does-not-exist.txt"}, "data file not found: 'fixtures/does-not-exist.txt'"),
         ({"files": "fixtures/*.nothing"}, "data glob matched no files"),
         ({"block_size": 100_000}, "block_size 100000 needs at least 100001 tokens"),
-        ({"val_fraction": 1.5}, "val_fraction must be in"),
-        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": 10_000}, "batch_size 10000 is larger than the .* training samples"),
+        ({"tokenizer_file": "nowhere/tokenizer.json"}, "tokenizer file not found: 'nowhere/tokenizer.json'"),
     ],
 )
-def test_bad_data_settings_are_named(tmp_path: Path, kwargs: dict, message: str) -> None:
-    with pytest.raises(DataConfigError, match=message):
-        corpus(tmp_path, **kwargs).prepare()
+def test_bad_data_is_named(tmp_path: Path, kwargs: dict, message: str) -> None:
+    data = corpus(tmp_path, **kwargs)
+    with pytest.raises(DataError, match=message) as raised:
+        data.prepare()
+    assert not isinstance(raised.value, DataConfigError)
 
 
 def test_empty_corpus_is_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    with pytest.raises(DataConfigError, match="corpus is empty"):
+    with pytest.raises(DataError, match="corpus is empty"):
         corpus(tmp_path, files=str(empty)).prepare()
 
 

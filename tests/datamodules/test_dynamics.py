@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_psion.datamodules.corpus import DataManifestMismatch
+from lit_psion.datamodules import DataManifestMismatch
 from lit_psion.datamodules.dynamics import DynamicsDataModule, simulate
 
 

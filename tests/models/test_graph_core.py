@@ -1,6 +1,6 @@
 """GraphCore and its growth planner (issue 7's acceptance): identity pass-through, growth by evidence
 beating a static sparse model with the same final nnz, the barrier bound, the delta log on rollouts,
-and exact resume with the grown structure."""
+and exact resume with the grown structure. The growth functions themselves: tests/nn/test_graph_parts.py."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ import torch
 
 from lit_psion.callbacks import GrowthPlanner, Receipts
 from lit_psion.cli import main
+from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules import DynamicsDataModule
 from lit_psion.models import GraphCore
+from lit_psion.models.graph_core import GraphCoreConfig
 from lit_psion.nn.delta_log import DeltaStateLog
 from lit_psion.nn.graph import SuperGraph, build_hierarchy
+from lit_psion.nn.growth import GrowthPolicy
 from lit_psion.nn.sparse import SparseMaskedLinear, follow_parameter
 from tests.helpers import assert_tree_equal, fit, latest_checkpoint
 
@@ -33,7 +36,7 @@ def _data(**overrides: Any) -> DynamicsDataModule:
 
 def _model(**overrides: Any) -> GraphCore:
     settings = {"n_nodes": 6, "node_dim": 2, "max_history_length": 2, "levels": 2, "path": "dense"}
-    return GraphCore(**{**settings, **overrides})
+    return GraphCore(GraphCoreConfig(**{**settings, **overrides}))
 
 
 def _train(model: GraphCore, data: DynamicsDataModule, steps: int, callbacks: list, **trainer: Any) -> L.Trainer:
@@ -128,22 +131,11 @@ def test_the_barrier_keeps_complexity_below_the_limit_at_every_step(tmp_path: Pa
     growth = [json.loads(line)["body"] for line in (tmp_path / "receipts.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "growth"]  # fmt: skip
     assert len(growth) == 6 and all(r["complexity_after"] < 13 and r["gamma_after"] < 1e3 for r in growth)
+    assert {r["stage_id"] for r in growth} == {"growth"}  # the run's stage, which the planner declares
     commit = growth[0]
     assert commit["action"] == "commit" and commit["entries"] == 2
     assert commit["evidence"]["snr"] >= 1.0 and commit["evidence"]["loss_change_mean"] < 0
     assert set(commit["evidence"]) == {"snr", "loss_change_mean", "loss_change_std", "score"}
-
-
-def _planner_at_step(model: GraphCore, planner: GrowthPlanner, tmp_path: Path) -> tuple[L.Trainer, torch.optim.Adam]:
-    """A trainer with receipts and an Adam that has taken one step, to drive the planner directly."""
-    trainer = L.Trainer(logger=False, callbacks=[planner, Receipts()], default_root_dir=str(tmp_path))
-    receipts = trainer.callbacks[1]
-    receipts.setup(trainer, model, "fit")
-    receipts.on_fit_start(trainer, model)
-    adam = torch.optim.Adam(model.parameters())
-    model.task_loss(_data().sample_batch(0)).backward()
-    adam.step()
-    return trainer, adam
 
 
 def _growth_receipts(tmp_path: Path) -> list[dict]:
@@ -151,46 +143,10 @@ def _growth_receipts(tmp_path: Path) -> list[dict]:
     return [json.loads(line)["body"] for line in lines if json.loads(line)["kind"] == "growth"]
 
 
-def test_pruning_keeps_each_object_within_its_active_budget_by_taylor_score(tmp_path: Path) -> None:
-    model = _model(initial="cores", levels=1)  # 4 Hot entries per core
-    planner = GrowthPlanner(active_budget=2)
-    trainer, adam = _planner_at_step(model, planner, tmp_path)
-    operator = model.growable.operator
-    with torch.no_grad():  # core 0: |w| ranks entries 0 > 1 > 2 > 3, the curvature turns the Taylor order around
-        operator.values[:4] = torch.tensor([0.4, 0.3, 0.2, 0.1])
-        adam.state[operator.values]["exp_avg_sq"][:4] = torch.tensor([0.001, 1.0, 1.0, 100.0])
-    kept = operator.indices[:, [1, 3]].clone()  # Taylor 0.5*v*w^2: 8e-5, 0.045, 0.02, 0.5 -> keep 1 and 3
-    planner._prune(trainer, model, model.growable, adam, step=5)
-    assert model.complexity == 6 * 2 and adam.param_groups[0]["params"][0] is operator.values
-    core0 = operator.indices[:, (operator.indices[0] < 2) & (operator.indices[1] < 2)]
-    assert torch.equal(core0, kept)
-    prunes = _growth_receipts(tmp_path)
-    assert {r["object"] for r in prunes} == {f"core:{n}" for n in range(6)} and prunes[0]["entries"] == 2
-    assert prunes[0]["evidence"]["taylor_score"] == pytest.approx(0.5 * (0.001 * 0.16 + 0.04))
-
-
-def test_prox_l1_consolidates_small_entries_to_identity_and_frees_their_structure(tmp_path: Path) -> None:
-    model = _model(initial="cores", levels=1)
-    planner = GrowthPlanner(l1=1.0)
-    trainer, adam = _planner_at_step(model, planner, tmp_path)
-    operator = model.growable.operator
-    with torch.no_grad():
-        operator.values.copy_(torch.linspace(-0.2, 0.2, operator.nnz))
-    planner._prox_l1(model, 0.05)
-    survivors = operator.values.detach()[operator.values.detach() != 0].clone()
-    assert (survivors.abs() <= 0.15 + 1e-6).all() and len(survivors) < operator.nnz
-    planner._prune(trainer, model, model.growable, adam, step=5)
-    assert model.complexity == len(survivors) and torch.equal(operator.values.detach(), survivors)
-    state = torch.randn(2, 12)
-    with torch.no_grad():
-        operator.values.zero_()
-    assert torch.equal(model.rollout(state, 3)[:, -1], state)  # what is left at zero is the identity again
-
-
 def test_a_region_committed_in_a_cycle_is_not_pruned_in_it(tmp_path: Path) -> None:
     data = _data()
     model = _model(initial="empty")
-    _train(model, data, 25, [GrowthPlanner(every_n_steps=10, active_budget=2), Receipts()],
+    _train(model, data, 25, [GrowthPlanner(every_n_steps=10, policy=GrowthPolicy(active_budget=2)), Receipts()],
            default_root_dir=str(tmp_path))  # fmt: skip
     growth = _growth_receipts(tmp_path)
     commits = {(r["step"], r["region"]) for r in growth if r["action"] == "commit"}
@@ -220,11 +176,12 @@ def test_rollouts_reconstruct_exactly_from_the_delta_log() -> None:
 
 
 def test_a_grown_run_resumes_exactly_with_its_structure(tmp_path: Path) -> None:
-    small = ("--data.init_args.n_bodies", "6", "--model.init_args.n_nodes", "6", "--data.init_args.steps", "60",
+    # decay_steps is pinned, so the run stopped at 11 keeps the schedule
+    small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.steps", "60",
              "--data.init_args.n_train", "16", "--data.init_args.window", "8", "--trainer.val_check_interval", "20",
              "--trainer.callbacks.init_args.every_n_steps", "10", "--trainer.callbacks.init_args.until_step", "40",
-             "--checkpoint.every_n_train_steps", "10", "--model.init_args.path", "sparse",
-             "--model.init_args.decay_steps", "40")  # pinned: the run stopped at 11 keeps the schedule  # fmt: skip
+             "--checkpoint.every_n_train_steps", "10", "--model.init_args.config.path", "sparse",
+             "--model.init_args.config.decay_steps", "40")  # fmt: skip
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert fit(*small, "--trainer.max_steps", "40", "--trainer.default_root_dir", str(full), config=PRESET) == 0
     assert fit(*small, "--trainer.max_steps", "11", "--trainer.default_root_dir", str(parts), config=PRESET) == 0
@@ -253,9 +210,28 @@ def test_growth_refuses_a_model_it_cannot_grow() -> None:
     with pytest.raises(ConfigError, match="n_nodes \\* node_dim"):
         _model(n_nodes=5)(torch.randn(1, 3, 12))
     with pytest.raises(ConfigError, match="hard rule"):
-        GrowthPlanner(commits_per_object=3)
+        GrowthPlanner(policy=GrowthPolicy(commits_per_object=3))
     with pytest.raises(ConfigError, match="initial_nnz >= 1"):
         _model(initial="random")
+    with pytest.raises(ConfigError, match=r"datamodule\.sample_batch"):  # no data to draw probe batches from
+        planner.on_fit_start(L.Trainer(logger=False), _model())
+
+
+def test_a_state_dim_mismatch_is_refused_before_any_step_and_config_problems_together() -> None:
+    with pytest.raises(ConfigError, match=r"state has 12 dims but n_nodes \* node_dim = 5 \* 2"):
+        GraphCore(GraphCoreConfig(n_nodes=5), DataFacts(state_dim=12))  # at construction (the CLI links the facts)
+    record = RecordComplexity()
+    with pytest.raises(ConfigError, match=r"state has 12 dims but n_nodes \* node_dim = 5 \* 2"):
+        _train(_model(n_nodes=5), _data(), 1, [record])  # a Python-API fit (no data facts): at setup
+    assert record.seen == []  # before any step
+    assert GraphCore(GraphCoreConfig(n_nodes=6), DataFacts(state_dim=12)).config.state_dim == 12
+    assert GraphCore(GraphCoreConfig(n_nodes=5), DataFacts()).complexity == 0  # no state dim: nothing to refuse
+    with pytest.raises(ConfigError) as refused:
+        GraphCoreConfig(n_nodes=8, levels=4, initial="cores", path="gpu", lr=0.0)
+    for problem in ("ceil(log2(8)) = 3, got 4", "path must be auto, sparse or dense, got 'gpu'", "lr must be > 0"):
+        assert problem in str(refused.value)  # every problem at once
+    with pytest.raises(ConfigError, match="initial structure has 32 entries, at or above complexity_limit 32"):
+        GraphCoreConfig(n_nodes=8, initial="cores", complexity_limit=32)  # 8 cores of 2 x 2
 
 
 def test_a_checkpoint_of_another_shape_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -1,13 +1,18 @@
-"""Seed 002 building blocks: SparseMaskedLinear, the relativistic barrier, the delta-state log."""
+"""Seed 002 building blocks: SparseMaskedLinear, the relativistic barrier, the delta-state log, the graph and
+the growth functions (lit_psion.nn.growth)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from lit_psion.core.errors import ConfigError
-from lit_psion.nn.barrier import admissible, gamma, total_loss
+from lit_psion.nn.barrier import Barrier, admissible, gamma, total_loss
 from lit_psion.nn.delta_log import DeltaStateLog
+from lit_psion.nn.graph import Graph
+from lit_psion.nn.growth import GrowthPolicy, Probe, commit, grow_cycle, probe, prox_l1, prune
 from lit_psion.nn.sparse import SparseMaskedLinear, random_mask
 
 
@@ -117,3 +122,139 @@ def test_graph_steps_gather_then_commit_and_respect_update_frequency() -> None:
     assert torch.equal(second[0, 2], torch.tensor([1.0, 0.0]))  # node 2 updates on even steps only
     with pytest.raises(ConfigError, match="outside"):
         Graph(2, 2, edges=[(0, 5, 0)])
+
+
+# Growth (lit_psion.nn.growth) ----------------------------------------------------------------------
+
+
+def _coupled_pair() -> tuple[Graph, Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor]]:
+    """Two 1-dim nodes whose truth is ``x0' = x0, x1' = x1 + 0.5 * x0``: only node 1 reading node 0 helps."""
+    graph = Graph(2, 1)
+
+    def task_loss(states: torch.Tensor) -> torch.Tensor:  # states (B, 2, 1)
+        target = states + 0.5 * torch.stack([torch.zeros_like(states[:, 0]), states[:, 0]], dim=1)
+        return torch.nn.functional.mse_loss(graph.propose(graph.initial_history(states)), target)
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(32, 2, 1, generator=generator) for _ in range(GrowthPolicy().batches_per_cycle)]
+    return graph, task_loss, batches
+
+
+def _graph_after_one_adam_step(graph: Graph) -> torch.optim.Adam:
+    adam = torch.optim.Adam(graph.parameters())
+    states = torch.randn(4, graph.n_nodes, graph.dim, generator=torch.Generator().manual_seed(1))
+    graph(states, 1).pow(2).sum().backward()
+    adam.step()
+    return adam
+
+
+def _region_probe(graph: Graph, target: int, target_dim: int, source: int, lag: int, score: float) -> Probe:
+    """A probe record on one region: ``target``'s ``target_dim`` reading ``source`` at ``lag`` (every source dim)."""
+    e = torch.arange(graph.dim)
+    rows = torch.full((graph.dim,), target * graph.dim + target_dim)
+    entries = torch.stack([rows, (lag * graph.n_nodes + source) * graph.dim + e])
+    return Probe(entries=entries, delta=torch.full((graph.dim,), score), exp_avg=torch.full((graph.dim,), 0.1),
+                 exp_avg_sq=torch.full((graph.dim,), 0.01), snr=2.0, loss_change_mean=-score, loss_change_std=0.0,
+                 score=score)  # fmt: skip
+
+
+def test_a_cycle_grows_only_the_coupling_the_data_has() -> None:
+    graph, task_loss, batches = _coupled_pair()
+    adam = torch.optim.Adam(graph.parameters(), lr=0.1)
+    changes = grow_cycle(graph, task_loss, adam, batches, Barrier(limit=10), GrowthPolicy())
+    assert [(c.action, c.object, c.region) for c in changes] == [("commit", "edge:0->1", "1.d0<-0@lag0")]
+    assert (changes[0].complexity_before, changes[0].complexity_after) == (0, 1) and changes[0].evidence["score"] > 0
+    assert graph.operator.indices.tolist() == [[1], [0]] and 0 < graph.operator.values.item() < 0.5
+    assert adam.param_groups[0]["params"] == [graph.operator.values]  # Adam follows the new structure
+    assert graph.operator.shadow is None
+
+
+def test_a_probe_is_frozen_and_records_its_evidence() -> None:
+    graph, task_loss, batches = _coupled_pair()
+    graph.operator.grow(torch.tensor([[1], [1]]), torch.tensor([0.25]))  # a Hot entry the probe must not move
+    policy = GrowthPolicy(probe_steps=3, probe_batches=4)
+    helpful = probe(task_loss, graph.operator, torch.tensor([[1], [0]]), batches[:3], batches[3:7], 5.0,
+                    Barrier(limit=10), policy)  # fmt: skip
+    assert graph.operator.values.tolist() == [0.25] and graph.operator.indices.tolist() == [[1], [1]]
+    assert helpful.snr == 5.0 and helpful.loss_change_mean < 0 < helpful.score
+    assert helpful.score == pytest.approx(-helpful.loss_change_mean - 0.5 * helpful.loss_change_std)
+    assert helpful.delta.shape == helpful.exp_avg.shape == helpful.exp_avg_sq.shape == (1,)
+    assert helpful.delta.item() == pytest.approx(3 * policy.probe_lr, rel=0.05)  # 3 Adam steps of about lr each
+    assert helpful.exp_avg_sq.item() > 0 and not helpful.delta.requires_grad
+    useless = probe(task_loss, graph.operator, torch.tensor([[0], [1]]), batches[:3], batches[3:7], 1.0,
+                    Barrier(limit=10), policy)  # fmt: skip
+    assert useless.score <= 0  # node 0 is already exact: reading node 1 cannot help it
+
+
+def test_commits_respect_the_per_object_limit_the_budgets_the_barrier_and_overlapping_lags() -> None:
+    def graph_and_probes() -> tuple[Graph, list[Probe]]:
+        graph = Graph(2, 2, max_history_length=2)
+        probes = [_region_probe(graph, 1, 0, 0, 0, 0.5), _region_probe(graph, 1, 1, 0, 0, 0.4),
+                  _region_probe(graph, 1, 1, 0, 1, 0.35),  # a third region of edge 0->1 in one cycle
+                  _region_probe(graph, 0, 0, 1, 1, 0.3),
+                  _region_probe(graph, 0, 0, 1, 0, 0.25),  # the same read as the one above at another lag
+                  _region_probe(graph, 0, 1, 0, 0, -0.1)]  # no gain  # fmt: skip
+        return graph, probes
+
+    graph, probes = graph_and_probes()
+    adam = _graph_after_one_adam_step(graph)
+    changes = commit(graph, adam, probes, Barrier(limit=100), GrowthPolicy())
+    assert [c.region for c in changes] == ["1.d0<-0@lag0", "1.d1<-0@lag0", "0.d0<-1@lag1"]
+    assert [c.object for c in changes] == ["edge:0->1", "edge:0->1", "edge:1->0"]
+    assert [(c.complexity_before, c.complexity_after) for c in changes] == [(0, 2), (2, 4), (4, 6)]
+    assert graph.operator.values.tolist() == pytest.approx([0.5, 0.5, 0.4, 0.4, 0.3, 0.3])  # from the probes' deltas
+    moments = adam.state[graph.operator.values]  # and on with the probes' Adam moments
+    assert torch.equal(moments["exp_avg"], torch.full((6,), 0.1))
+    assert torch.equal(moments["exp_avg_sq"], torch.full((6,), 0.01))
+    for barrier, policy, committed in [(Barrier(limit=3), GrowthPolicy(), 1),  # 2 + 2 would reach the limit
+                                       (Barrier(limit=100), GrowthPolicy(commits_per_object=1), 2),
+                                       (Barrier(limit=100), GrowthPolicy(struct_budget=3), 2),
+                                       (Barrier(limit=100), GrowthPolicy(active_budget=2), 2)]:  # fmt: skip
+        graph, probes = graph_and_probes()
+        changes = commit(graph, torch.optim.Adam(graph.parameters()), probes, barrier, policy)
+        assert [c.region for c in changes] == ["1.d0<-0@lag0", "0.d0<-1@lag1"][:committed], (barrier, policy)
+        assert graph.operator.nnz == 2 * committed
+
+
+def test_pruning_keeps_each_object_within_its_active_budget_by_taylor_score() -> None:
+    graph = Graph(6, 2, max_history_length=2, cores=True)  # 4 Hot entries per core
+    adam = _graph_after_one_adam_step(graph)
+    operator = graph.operator
+    with torch.no_grad():  # core 0: |w| ranks entries 0 > 1 > 2 > 3, the curvature turns the Taylor order around
+        operator.values[:4] = torch.tensor([0.4, 0.3, 0.2, 0.1])
+        adam.state[operator.values]["exp_avg_sq"][:4] = torch.tensor([0.001, 1.0, 1.0, 100.0])
+    kept = operator.indices[:, [1, 3]].clone()  # Taylor 0.5*v*w^2: 8e-5, 0.045, 0.02, 0.5 -> keep 1 and 3
+    prunes = prune(graph, adam, Barrier(limit=100), GrowthPolicy(active_budget=2))
+    assert operator.nnz == 6 * 2 and adam.param_groups[0]["params"][0] is operator.values
+    core0 = operator.indices[:, (operator.indices[0] < 2) & (operator.indices[1] < 2)]
+    assert torch.equal(core0, kept)
+    assert [c.object for c in prunes] == [f"core:{n}" for n in range(6)] and prunes[0].entries == 2
+    assert prunes[0].evidence["taylor_score"] == pytest.approx(0.5 * (0.001 * 0.16 + 0.04))
+    assert (prunes[0].complexity_before, prunes[-1].complexity_after) == (24, 12)
+
+
+def test_prox_l1_consolidates_small_entries_to_identity_and_frees_their_structure() -> None:
+    graph = Graph(6, 2, max_history_length=2, cores=True)
+    adam = _graph_after_one_adam_step(graph)
+    operator = graph.operator
+    with torch.no_grad():
+        operator.values.copy_(torch.linspace(-0.2, 0.2, operator.nnz))
+    prox_l1(operator, 0.05)
+    survivors = operator.values.detach()[operator.values.detach() != 0].clone()
+    assert (survivors.abs() <= 0.15 + 1e-6).all() and len(survivors) < operator.nnz
+    protected = prune(graph, adam, Barrier(limit=100), GrowthPolicy(l1=1.0), protected=operator.nnz)
+    assert protected == [] and operator.nnz == 24  # entries committed in this cycle are not pruned in it
+    prune(graph, adam, Barrier(limit=100), GrowthPolicy(l1=1.0))
+    assert operator.nnz == len(survivors) and torch.equal(operator.values.detach(), survivors)
+    state = torch.randn(2, 6, 2)
+    with torch.no_grad():
+        operator.values.zero_()
+    assert torch.equal(graph(state, 3)[:, -1], state)  # what is left at zero is the identity again
+
+
+def test_a_growth_policy_reports_every_bad_setting_at_once() -> None:
+    with pytest.raises(ConfigError) as refused:
+        GrowthPolicy(snr_batches=1, commits_per_object=3, struct_budget=0, probe_lr=0.0)
+    for problem in ("snr_batches must be >= 2", "hard rule", "struct_budget must be >= 1 or null", "probe_lr > 0"):
+        assert problem in str(refused.value)
+    assert GrowthPolicy(snr_batches=2, probe_steps=1, probe_batches=3).batches_per_cycle == 6

@@ -16,7 +16,9 @@ import torch
 
 from lit_psion.cli import main
 from lit_psion.core import read_json
+from lit_psion.sessions.cli import build_parser
 from lit_psion.sessions.store import Store
+from lit_psion.strategies import TransactionPolicy
 from tests.helpers import REPO_ROOT
 
 SMALL_BASE = ["--pretrain_steps", "150", "--pretrain_batch", "16", "--pretrain_seq", "16"]
@@ -62,6 +64,24 @@ def trained(tmp_path: Path) -> Path:
     assert session("new", "--artifacts_root", str(root), "--session_id", "s1") == 0
     assert session("run", "--artifacts_root", str(root), "--session_id", "s1", "--steps", "96") == 0
     return root
+
+
+def test_a_session_run_receipts_its_updates_as_stage_session(trained: Path) -> None:
+    (run,) = (trained / "sessions" / "s1" / "runs").iterdir()
+    lines = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    receipts = [line["body"] for line in lines if line["kind"] == "transaction"]
+    events = read_json(run / "update_events.json")
+    assert len(receipts) == len(events) == 3  # 96 steps in chunks of 32
+    assert {receipt["stage_id"] for receipt in receipts} == {"session"}
+    assert [{k: v for k, v in event.items() if k != "chunk_start"} for event in events] == receipts
+    assert [event["chunk_start"] for event in events] == [0, 32, 64]
+
+
+def test_the_session_policy_defaults_are_the_transaction_policy_defaults() -> None:
+    parsed = build_parser().parse_args(["new", "--session_id", "s"])
+    defaults = TransactionPolicy()
+    assert (parsed.rollback_tol, parsed.grad_norm_max, parsed.state_norm_max) == (
+        defaults.rollback_tol, defaults.grad_norm_max, defaults.state_norm_max)  # fmt: skip
 
 
 def test_fork_lineage_and_copy_versus_reset_optimizer(trained: Path) -> None:

@@ -1,6 +1,8 @@
 """Run under torchrun with 2 processes: rank 1 alone sees a NaN batch at step 3; both must roll back.
 
 Writes ``OUT/rank{r}.pt`` (weights-only loadable): parameters before/after each step and the decisions.
+``restore_after`` is 1, so the rollback also skip-lists both ranks' batches in ``OUT/skip_list.json``
+(there is no checkpoint to restore).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_psion.strategies import TransactionalDDPStrategy
+from lit_psion.strategies import TransactionalDDPStrategy, TransactionPolicy
 from tests.strategies.regression import Regression, StateRecorder
 
 
@@ -28,8 +30,9 @@ class Decisions(L.Callback):
 
 def main(out: Path) -> None:
     recorder, decisions = StateRecorder(), Decisions()
+    strategy = TransactionalDDPStrategy(TransactionPolicy(restore_after=1), process_group_backend="gloo")
     trainer = L.Trainer(
-        strategy=TransactionalDDPStrategy(process_group_backend="gloo"), accelerator="cpu", devices=2,
+        strategy=strategy, accelerator="cpu", devices=2,
         max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=str(out), callbacks=[recorder, decisions],
     )  # fmt: skip

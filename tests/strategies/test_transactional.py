@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import pytest
 import torch
+import yaml
+from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 
 from lit_psion.callbacks import PointerCheckpoint, Receipts
-from lit_psion.callbacks.checkpoint_io import ManifestCheckpointIO
-from lit_psion.core import read_json
+from lit_psion.checkpoint_io import ManifestCheckpointIO
+from lit_psion.core import RunLayout, read_json
 from lit_psion.core.errors import ConfigError, TransactionError
 from lit_psion.core.run import read_latest
-from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
+from lit_psion.strategies import (
+    SkipList,
+    SkippedBatch,
+    Transactional,
+    TransactionalDDPStrategy,
+    TransactionalStrategy,
+    TransactionPolicy,
+)
 from tests.helpers import REPO_ROOT, assert_tree_equal, fit, latest_checkpoint
 from tests.strategies.regression import Regression, StateRecorder
+
+TOLERANT = TransactionPolicy(rollback_tol=1.0)  # momentum makes clean steps wobble by up to ~40%
+RESTORING = TransactionPolicy(rollback_tol=1.0, restore_after=2, stop_after=4)
 
 
 def train(root: Path, module: L.LightningModule, strategy: TransactionalStrategy, max_steps: int,
@@ -40,7 +54,7 @@ def transactions(root: Path) -> list[dict]:
 
 
 def test_nan_and_spike_batches_are_rolled_back_bitwise_and_training_goes_on(tmp_path: Path) -> None:
-    strategy = TransactionalStrategy(rollback_tol=1.0)  # momentum makes clean steps wobble by up to ~40%
+    strategy = TransactionalStrategy(TOLERANT)
     recorder = train(tmp_path, Regression(poison={2: "nan", 4: "spike"}), strategy, max_steps=8)
     for step in range(8):
         before, after = recorder.before[step], recorder.after[step]
@@ -63,7 +77,7 @@ class _NoTransactionLoss(Regression):
 
 
 def test_a_module_without_transaction_loss_is_measured_through_training_step(tmp_path: Path) -> None:
-    strategy = TransactionalStrategy(rollback_tol=1.0)
+    strategy = TransactionalStrategy(TOLERANT)
     train(tmp_path, _NoTransactionLoss(poison={2: "nan", 4: "spike"}), strategy, max_steps=6)
     receipts = transactions(tmp_path)
     assert [r["decision"] for r in receipts] == ["commit", "commit", "rollback", "commit", "rollback", "commit"]
@@ -71,7 +85,7 @@ def test_a_module_without_transaction_loss_is_measured_through_training_step(tmp
 
 
 def test_gradient_accumulation_compares_like_with_like(tmp_path: Path) -> None:
-    strategy = TransactionalStrategy(rollback_tol=1.0)
+    strategy = TransactionalStrategy(TOLERANT)
     recorder = StateRecorder()
     trainer = L.Trainer(strategy=strategy, max_steps=4, accumulate_grad_batches=4, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -81,48 +95,48 @@ def test_gradient_accumulation_compares_like_with_like(tmp_path: Path) -> None:
 
 
 def test_grad_norm_max_rolls_back_the_spike_alone(tmp_path: Path) -> None:
-    strategy = TransactionalStrategy(grad_norm_max=50.0, rollback_tol=1e6)
+    strategy = TransactionalStrategy(TransactionPolicy(grad_norm_max=50.0, rollback_tol=1e6))
     train(tmp_path, Regression(poison={3: "spike"}), strategy, max_steps=6)
     assert [r["reasons"] for r in transactions(tmp_path)] == [[]] * 3 + [["grad_norm"]] + [[]] * 2
 
 
 def test_all_commits_train_exactly_like_the_default_strategy(tmp_path: Path) -> None:
     roots = [tmp_path / "plain", tmp_path / "tx"]
-    strategy = ("--trainer.strategy", "lit_psion.strategies.TransactionalStrategy")
     assert fit("--trainer.default_root_dir", str(roots[0])) == 0
-    assert fit("--trainer.default_root_dir", str(roots[1]), *strategy) == 0  # a bare class path: its defaults
+    assert fit("--trainer.default_root_dir", str(roots[1]), "--trainer.strategy", "transactional") == 0  # by name
     plain, transactional = latest_checkpoint(roots[0]), latest_checkpoint(roots[1])
     assert_tree_equal(transactional["state_dict"], plain["state_dict"], "state_dict")  # dropout 0.1 included
     assert_tree_equal(transactional["optimizer_states"], plain["optimizer_states"], "optimizer_states")
     run = roots[1] / read_latest(roots[1])
-    assert [r["decision"] for r in transactions(run)] == ["commit"] * 12
+    assert [(r["decision"], r["stage_id"]) for r in transactions(run)] == [("commit", "pretrain")] * 12
     assert "transactions/commit_rate" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
 def test_repeated_rollbacks_restore_the_checkpoint_and_skip_list_survives_a_restart(tmp_path: Path) -> None:
-    strategy = TransactionalStrategy(rollback_tol=1.0, restore_after=2, stop_after=4)
+    strategy = TransactionalStrategy(RESTORING)
     checkpoints = PointerCheckpoint(every_n_train_steps=2, keep_last_k=10)
     recorder = train(tmp_path, Regression(poison={3: "nan", 4: "nan"}), strategy, 13, checkpoints)  # 8 batches/epoch
     receipts = transactions(tmp_path)
     assert [r["action"] for r in receipts[3:5]] == [None, "restored:step-000004"]  # step 4 was rolled back before it
     restored = ManifestCheckpointIO().load_checkpoint(tmp_path / "checkpoints" / "step-000004")
     assert_tree_equal(recorder.after[4]["params"], restored["state_dict"], "restored weights")
-    skip = read_json(tmp_path / "skip_list.json")["batches"]
-    assert [entry["step"] for entry in skip] == [4, 5]
+    skip = SkipList.load(RunLayout.of(tmp_path).skip_list)
+    assert [entry.step for entry in skip] == [4, 5]
+    assert all(entry.key in skip and "nonfinite_loss" in entry.reasons for entry in skip)
     # epoch 2: the skip-listed batches are not trained on again
     assert [(r["step"], r["reasons"], r["action"]) for r in receipts[11:13]] == [
         (12, ["skip_listed"], "skipped"),
         (13, ["skip_listed"], "skipped"),
     ] or [r["step"] for r in receipts if r["action"] == "skipped"] == [12, 13]
     # a new process on the same run directory, with clean data, still skips them
-    again = TransactionalStrategy(rollback_tol=1.0, restore_after=2, stop_after=4)
+    again = TransactionalStrategy(RESTORING)
     (tmp_path / "receipts.jsonl").unlink()
     train(tmp_path, Regression(), again, 5)
     assert [r["action"] for r in transactions(tmp_path)] == [None] * 3 + ["skipped", "skipped"]
 
 
 def test_persistent_failure_stops_with_a_typed_error(tmp_path: Path) -> None:
-    strategy = TransactionalStrategy(rollback_tol=1.0, restore_after=2, stop_after=4)
+    strategy = TransactionalStrategy(RESTORING)
     with pytest.raises(TransactionError, match="4 consecutive steps rolled back") as raised:
         train(tmp_path, Regression(poison=dict.fromkeys(range(2, 8), "nan")), strategy, 12)
     assert raised.value.exit_code == 7 and raised.value.failure_class == "diverged"
@@ -132,8 +146,8 @@ def test_persistent_failure_stops_with_a_typed_error(tmp_path: Path) -> None:
 def test_the_cli_stops_a_diverging_run_with_exit_7(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # lr 1e4 makes every step overshoot: each one is rolled back for regression
     code = fit("--trainer.default_root_dir", str(tmp_path), "--trainer.strategy",
-               "lit_psion.strategies.TransactionalStrategy", "--trainer.strategy.stop_after", "3",
-               "--trainer.strategy.restore_after", "3", "--model.init_args.optimizer.lr", "1e4",
+               "lit_psion.strategies.TransactionalStrategy", "--trainer.strategy.policy.stop_after", "3",
+               "--trainer.strategy.policy.restore_after", "3", "--model.init_args.optimizer.lr", "1e4",
                "--model.init_args.optimizer.warmup_steps", "0")  # fmt: skip
     assert code == 7
     assert "3 consecutive steps rolled back" in capsys.readouterr().err
@@ -141,9 +155,10 @@ def test_the_cli_stops_a_diverging_run_with_exit_7(tmp_path: Path, capsys: pytes
     assert read_json(run / "run.json")["failure_class"] == "diverged"
 
 
-def test_a_strategy_path_that_does_not_import_is_a_config_error(capsys: pytest.CaptureFixture) -> None:
+def test_an_unknown_strategy_is_a_config_error_naming_the_registered_ones(capsys: pytest.CaptureFixture) -> None:
     assert fit("--trainer.strategy", "lit_psion.strategies.Nope") == 2
-    assert "cannot be imported" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lit_psion.strategies.Nope" in err and "transactional" in err
 
 
 @pytest.mark.parametrize(
@@ -154,6 +169,72 @@ def test_a_strategy_path_that_does_not_import_is_a_config_error(capsys: pytest.C
 def test_bad_policy_values_are_config_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TransactionPolicy(**kwargs)
+
+
+def test_policy_problems_are_reported_together() -> None:
+    with pytest.raises(ConfigError, match=r"rollback_tol must be >= 0, got -1; buffer_len must be >= 1"):
+        TransactionPolicy(rollback_tol=-1, buffer_len=0)
+
+
+def test_the_strategies_take_one_policy_with_its_defaults() -> None:
+    assert TransactionalStrategy().policy == TransactionPolicy() == TransactionalDDPStrategy().policy
+    assert TransactionalStrategy(TOLERANT, device="cpu").policy is TOLERANT
+    assert TransactionalDDPStrategy(RESTORING, process_group_backend="gloo").policy is RESTORING
+
+
+def test_strategies_are_registered_by_name_once() -> None:
+    assert StrategyRegistry["transactional"]["strategy"] is TransactionalStrategy
+    assert StrategyRegistry["transactional_ddp"]["strategy"] is TransactionalDDPStrategy
+    with pytest.raises(ValueError, match="already present"):
+        StrategyRegistry.register("transactional", TransactionalStrategy)
+    trainer = L.Trainer(strategy="transactional", logger=False, enable_checkpointing=False)
+    assert isinstance(trainer.strategy, TransactionalStrategy) and trainer.strategy.policy == TransactionPolicy()
+
+
+def test_the_overlay_sets_the_policy_and_a_flag_overrides_one_field(tmp_path: Path) -> None:
+    assert fit("--config", "configs/overlays/transactional.yaml", "--trainer.strategy.init_args.policy.stop_after", "5",
+               "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "1") == 0  # fmt: skip
+    config = yaml.safe_load((tmp_path / read_latest(tmp_path) / "config.yaml").read_text())
+    policy = config["trainer"]["strategy"]["init_args"]["policy"]
+    assert policy == {**dataclasses.asdict(TransactionPolicy()), "stop_after": 5}
+
+
+class _Finetune(Regression):
+    stage: ClassVar[str] = "finetune"
+
+
+def test_receipts_carry_the_stage_of_the_run(tmp_path: Path) -> None:
+    train(tmp_path, _Finetune(), TransactionalStrategy(TOLERANT), max_steps=2)
+    assert [r["stage_id"] for r in transactions(tmp_path)] == ["finetune"] * 2
+
+
+class _ComposedStrategy(Transactional, SingleDeviceStrategy):
+    """A third composition: the transaction mixin over another Lightning strategy, and nothing else."""
+
+
+def test_the_mixin_makes_another_strategy_transactional(tmp_path: Path) -> None:
+    strategy = _ComposedStrategy(TOLERANT, device="cpu")
+    recorder = train(tmp_path, Regression(poison={1: "nan"}), strategy, max_steps=3)
+    assert [r["decision"] for r in transactions(tmp_path)] == ["commit", "rollback", "commit"]
+    assert_tree_equal(recorder.after[1], recorder.before[1], "the rolled-back step")
+
+
+def test_the_skip_list_round_trips_through_its_file(tmp_path: Path) -> None:
+    path = RunLayout(tmp_path, "run").skip_list
+    skip = SkipList.load(path)
+    assert len(skip) == 0 and not path.exists()
+    first = SkippedBatch(key="a" * 64, sample_ids=(3, 4), step=7, reasons=("regression",))
+    skip.add(first)
+    skip.add(dataclasses.replace(first, step=9))  # listed again: the first entry stays
+    skip.add(SkippedBatch(key="b" * 64, sample_ids=None, step=8, reasons=("nonfinite_loss", "nonfinite_grad")))
+    path.parent.mkdir()
+    skip.save()
+    again = SkipList.load(path)
+    assert list(again) == list(skip) and again.path == path
+    assert "a" * 64 in again and "c" * 64 not in again and next(iter(again)).step == 7
+    assert read_json(path) == {"version": 1, "batches": [entry.to_json_dict() for entry in skip]}
+    assert read_json(path)["batches"][0] == {"key": "a" * 64, "sample_ids": [3, 4], "step": 7,
+                                             "reasons": ["regression"]}  # fmt: skip
 
 
 def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path) -> None:
@@ -170,3 +251,6 @@ def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path) -> None:
         assert_tree_equal(ranks[0]["after"][step], ranks[1]["after"][step], f"rank params at step {step + 1}")
     for rank in ranks:
         assert_tree_equal(rank["after"][2], rank["before"][2], "the rolled-back step")
+    skipped = list(SkipList.load(tmp_path / "skip_list.json"))  # gathered from both ranks, written by rank 0
+    assert [entry.step for entry in skipped] == [3, 3] and skipped[0].key != skipped[1].key
+    assert "nonfinite_loss" in skipped[1].reasons

@@ -1,4 +1,4 @@
-"""Checkpoint directories with a digest manifest, written atomically and verified before loading.
+"""Writing and loading checkpoint directories: Lightning's ``CheckpointIO`` over core's manifest truth.
 
 ``checkpoints/step-NNNNNN/`` holds ``model.safetensors`` (the weights), ``trainer_state.pt``
 (optimizer, schedulers, loops, data cursor, RNG: tensors and plain data, loadable with
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,15 +24,22 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save_file
 from typing_extensions import override
 
-from lit_psion.core import atomic_write_json, read_json, sha256_file
+from lit_psion.core import atomic_write_json, sha256_file
+from lit_psion.core.checkpoint import (
+    MANIFEST_FILE,
+    CheckpointManifest,
+    FileRecord,
+    VerifiedCheckpoint,
+    verify_checkpoint,
+)
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError
 from lit_psion.core.files import fsync_path
 
-WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", "manifest.json"
-MANIFEST_VERSION = 1
+WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", MANIFEST_FILE
 EXTRA_KEY = "lit_psion"
 """Key of the checkpoint dict where PointerCheckpoint puts the manifest's run-level fields."""
 
@@ -43,8 +51,9 @@ class ManifestCheckpointIO(CheckpointIO):
     writes in a background thread; the write's future is then collected with :meth:`take_pending`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, verified: VerifiedCheckpoint | None = None) -> None:
         self.async_write = False
+        self._verified = verified
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
 
@@ -76,11 +85,10 @@ class ManifestCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        directory = Path(path)
-        verify_checkpoint(directory)
-        state = torch.load(directory / STATE, map_location=map_location, weights_only=True)
-        state["state_dict"] = load_file(directory / WEIGHTS, device=str(map_location or "cpu"))
-        return state
+        verified, self._verified = self._verified, None
+        if verified is None or Path(path).resolve() != verified.path.resolve():
+            verified = verify_checkpoint(path)
+        return load_verified(verified, map_location)
 
     @override
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
@@ -109,10 +117,9 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
                 state = _HashingWriter(handle)
                 torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, state)
             fsync_path(staging / STATE)
-            files = {WEIGHTS: weights.result(), STATE: {"sha256": state.digest.hexdigest(), "bytes": state.size}}
-        extra = checkpoint.get(EXTRA_KEY, {})
-        atomic_write_json(staging / MANIFEST, {"version": MANIFEST_VERSION, "step": checkpoint.get("global_step"),
-                                               "files": files, "durability": "durable", **extra})  # fmt: skip
+            files = {WEIGHTS: weights.result(), STATE: FileRecord(sha256=state.digest.hexdigest(), bytes=state.size)}
+        manifest = CheckpointManifest(step=checkpoint["global_step"], files=files, **checkpoint.get(EXTRA_KEY, {}))
+        atomic_write_json(staging / MANIFEST, manifest.to_json_dict())
         fsync_path(staging)
     except (OSError, RuntimeError) as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -170,35 +177,34 @@ class _HashingWriter:
         self.handle.flush()
 
 
-def _digest_and_sync(path: Path) -> dict[str, Any]:
-    record = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+def _digest_and_sync(path: Path) -> FileRecord:
+    record = FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
     fsync_path(path)
     return record
 
 
-def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Check a checkpoint directory against its manifest; return the manifest.
+def load_verified(verified: VerifiedCheckpoint, map_location: Any = None) -> dict[str, Any]:
+    """The checkpoint dict of a verified checkpoint, deserialized from the very bytes that were hashed.
 
-    Raises:
-        CheckpointError: naming the first file that differs, with the expected and actual digest.
+    Weights come from safetensors; everything else through ``torch.load(weights_only=True)``, so no
+    pickled code from a checkpoint ever runs.
     """
-    directory = Path(directory)
-    if not (directory / MANIFEST).is_file():
-        raise CheckpointError(f"checkpoint {str(directory)!r} has no {MANIFEST}; it is incomplete or not a checkpoint")
-    manifest = read_json(directory / MANIFEST)
-    expected = manifest.get("files", {})
-    present = {p.name for p in directory.iterdir()} - {MANIFEST}
-    if extra := sorted(present - expected.keys()):
-        raise CheckpointError(f"checkpoint {str(directory)!r} holds a file its manifest does not list: {extra[0]!r}")
-    for name, record in sorted(expected.items()):
-        file = directory / name
-        if file.is_symlink():
-            raise CheckpointError(f"checkpoint file {str(file)!r} is a symlink; checkpoints hold only regular files")
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint file {str(file)!r} listed in the manifest is missing")
-        actual = sha256_file(file)
-        if actual != record["sha256"]:
-            raise CheckpointError(
-                f"checkpoint file {str(file)!r} is corrupt: expected sha256 {record['sha256']}, got {actual}"
-            )
-    return manifest
+    try:
+        state_bytes, weights_bytes = io.BytesIO(verified.contents[STATE]), verified.contents[WEIGHTS]
+        state = torch.load(state_bytes, map_location=map_location, weights_only=True)
+        weights = safetensors_load(weights_bytes)
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint {str(verified.path)!r} lacks {error.args[0]}; it was not written by "
+                              "lit_psion") from error  # fmt: skip
+    except Exception as error:  # torch.load refusing a pickled object, a malformed safetensors header
+        raise CheckpointError(f"checkpoint {str(verified.path)!r} cannot be loaded safely: "
+                              f"{type(error).__name__}: {error}") from error  # fmt: skip
+    if map_location is not None:
+        weights = {name: tensor.to(map_location) for name, tensor in weights.items()}
+    state["state_dict"] = weights
+    return state
+
+
+def load_checkpoint_dir(path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """Verify the checkpoint directory ``path`` and load it (each file read and hashed once)."""
+    return load_verified(verify_checkpoint(path), map_location)

@@ -1,0 +1,176 @@
+"""ReplayDataModule: the base every lit_psion DataModule shares (seed, batch size, workers, cache, loaders, state).
+
+A subclass builds its data and says what it knows; the base serves it replay-safely:
+
+- :meth:`ReplayDataModule.prepare` builds the data once (the subclass's :meth:`~ReplayDataModule._prepare`),
+  refuses data too small for the settings, and keeps the manifest;
+- the training loader replays the ``(seed, epoch)`` order from a cursor; validation, test and predict
+  read the validation split in order, every sample once;
+- :meth:`~ReplayDataModule.on_after_batch_transfer` marks each training batch's cursor consumed, so a
+  checkpoint saves exactly what was trained on;
+- ``state_dict`` carries the manifest, and ``load_state_dict`` refuses a checkpoint written against
+  other data (:class:`~lit_psion.core.errors.DataManifestMismatch`, exit 3).
+
+Bad settings raise :class:`~lit_psion.core.errors.DataConfigError` (exit 2) from the constructor, all
+named together; bad data raises :class:`~lit_psion.core.errors.DataError` (exit 3) from ``prepare``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+from torch.utils.data import Dataset
+
+from lit_psion.core.contracts import DataFacts, Manifest
+from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
+from lit_psion.datamodules.replay import Cursor, ReplayDataLoader, ReplaySampler, replay_loader
+
+Split = Literal["train", "val"]
+
+
+def default_cache_dir(cache_dir: str | None) -> Path:
+    """``cache_dir``, else ``$LIT_PSION_CACHE``, else ``~/.cache/lit_psion``."""
+    return Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
+
+
+def positive_integers(**settings: Any) -> list[str]:
+    """A problem for each setting that is not a positive integer, quoting its value."""
+    return [f"{name} must be a positive integer, got {value!r}"
+            for name, value in settings.items() if not isinstance(value, int) or value < 1]  # fmt: skip
+
+
+class ReplayDataModule(L.LightningDataModule):
+    """Replay-safe loaders, consumed-cursor marking and manifest state over a subclass's data.
+
+    A subclass implements :meth:`_prepare` (build or load the data, return its manifest),
+    :meth:`_dataset` (a split's dataset of whole batches: ``dataset[indices]`` is a batch dict with
+    ``sample_ids``) and :meth:`data_facts`, calls :meth:`_refuse_bad_settings` at the end of its constructor,
+    and may override :meth:`_describe_change` (how a saved manifest differs from the current one).
+
+    Args:
+        batch_size: Samples per training batch (validation batches are at most this).
+        seed: Seed of the sample order (and, in subclasses, of the data).
+        num_workers: DataLoader worker processes.
+        cache_dir: Where built data is cached (default ``$LIT_PSION_CACHE`` or ``~/.cache/lit_psion``).
+    """
+
+    data_name: ClassVar[str] = "data"
+    """How a refused resume names this data: ``the {data_name} changed since it was written``."""
+    more_data_hint: ClassVar[str] = "lower --data.batch_size or add data"
+    """The fix a too-small-data error suggests."""
+
+    def __init__(self, *, batch_size: int, seed: int, num_workers: int = 0, cache_dir: str | None = None) -> None:
+        super().__init__()
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.cache_dir = default_cache_dir(cache_dir)
+        self.manifest: Manifest | None = None
+        self._train_loader: ReplayDataLoader | None = None
+
+    def _refuse_bad_settings(self, *problems: str) -> None:
+        """Raise one DataConfigError naming ``problems`` and any bad shared setting (exit 2)."""
+        found = [*positive_integers(batch_size=self.batch_size), *problems]
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            found.append(f"num_workers must be 0 or more, got {self.num_workers!r}")
+        if found:
+            raise DataConfigError("; ".join(found))
+
+    # -- what a subclass provides ------------------------------------------------------------
+
+    def _prepare(self) -> Manifest:
+        """Build (or load from cache) the data; return its manifest. Raise DataError for bad data."""
+        raise NotImplementedError
+
+    def _dataset(self, split: Split) -> Dataset:
+        """The dataset of ``split`` (after :meth:`prepare`): ``dataset[indices]`` is one batch dict."""
+        raise NotImplementedError
+
+    def data_facts(self) -> DataFacts:
+        """What a model must know of this data to be built (vocabulary, context, state size)."""
+        raise NotImplementedError
+
+    def _describe_change(self, saved: dict[str, Any]) -> str:
+        """How the saved manifest record differs from the current manifest (a RecordManifest by default)."""
+        return ", ".join(self.prepare().changed_keys(saved)) + " differ"
+
+    # -- data -----------------------------------------------------------------------------
+
+    def prepare(self) -> Manifest:
+        """Build the data and its manifest once (later calls return the same manifest).
+
+        Raises:
+            DataError: The data is missing, empty, or too small for the settings.
+        """
+        if self.manifest is None:
+            manifest = self._prepare()
+            self._require_samples()
+            self.manifest = manifest
+        return self.manifest
+
+    def _require_samples(self) -> None:
+        """Refuse data too small for one full training batch or one validation sample."""
+        samples = len(self._dataset("train"))
+        if samples < self.batch_size:
+            raise DataError(f"batch_size {self.batch_size} is larger than the {samples} training samples; "
+                            f"{self.more_data_hint}")  # fmt: skip
+        if len(self._dataset("val")) < 1:
+            raise DataError(f"the validation split has no samples; {self.more_data_hint}")
+
+    # -- Lightning hooks ------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> ReplayDataLoader:
+        """The training split in the ``(seed, epoch)`` order, full batches, resumable from its cursor."""
+        dataset = self._dataset("train")
+        sampler = ReplaySampler(len(dataset), self.seed)
+        self._train_loader = replay_loader(dataset, sampler, self.batch_size, True, self.num_workers, self.seed)
+        return self._train_loader
+
+    def val_dataloader(self) -> ReplayDataLoader:
+        """The validation split in order, every sample once (the last batch may be partial)."""
+        dataset = self._dataset("val")
+        sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
+        return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, self.num_workers, self.seed)
+
+    def test_dataloader(self) -> ReplayDataLoader:
+        """The validation split (there is no separate test split)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> ReplayDataLoader:
+        """The validation split (there is no separate predict split)."""
+        return self.val_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Mark a training batch's cursor consumed.
+
+        This hook runs for the batch about to be trained on (after Lightning's prefetch), so the cursor
+        saved in a checkpoint is exactly what was consumed.
+        """
+        training = self.trainer is not None and self.trainer.training
+        if training and self._train_loader is not None and isinstance(batch, dict) and "cursor" in batch:
+            self._train_loader.mark_consumed(Cursor(*batch["cursor"]))
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        manifest = self.prepare()
+        return {"manifest": manifest.to_json_dict(), "manifest_digest": manifest.digest}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose saved manifest is not this data's (exit 3).
+
+        Raises:
+            DataManifestMismatch: The data or its settings changed since the checkpoint was written.
+        """
+        current = self.prepare()
+        saved = state_dict.get("manifest")
+        if saved is None or state_dict.get("manifest_digest") == current.digest:
+            return
+        raise DataManifestMismatch(
+            f"refusing to load the checkpoint: the {self.data_name} changed since it was written "
+            f"({self._describe_change(saved)}); restore the original data and settings or start a new run "
+            "without --ckpt_path"
+        )

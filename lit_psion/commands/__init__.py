@@ -1,0 +1,30 @@
+"""The subcommands beside LightningCLI's fit/validate/test/predict, dispatched from one table.
+
+Each command is a thin module over the library with a ``main(args)`` taking the arguments after
+its name; it is imported only when used, so ``compare`` does not pay for what ``session`` needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+COMMANDS_MODULES = {
+    "receipts": "lit_psion.commands.receipts",
+    "ckpt": "lit_psion.commands.ckpt",
+    "compare": "lit_psion.commands.compare",
+    "adapter": "lit_psion.commands.adapter",
+    "events": "lit_psion.commands.events",
+    "session": "lit_psion.commands.session",
+}
+"""``python -m lit_psion NAME ...`` -> the module whose ``main`` runs it."""
+
+
+def _lazy(module: str) -> Callable[[list[str]], None]:
+    def run(argv: list[str]) -> None:
+        importlib.import_module(module).main(argv[1:])
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {name: _lazy(module) for name, module in COMMANDS_MODULES.items()}

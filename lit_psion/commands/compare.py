@@ -1,0 +1,36 @@
+"""``python -m lit_psion compare RUN_DIR [RUN_DIR ...] [--out DIR]``: config diff, final metrics, plots."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Column, Table
+
+from lit_psion.report import compare
+
+
+def main(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lit_psion compare", exit_on_error=False)
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", type=Path, default=Path("compare"), help="where the PNGs and index.html go")
+    parsed = parser.parse_args(args)
+    result = compare(parsed.run_dirs, parsed.out)
+    labels = result["labels"]
+    console = Console(highlight=False, soft_wrap=True)
+    diff = Table(Column("config key", overflow="fold"), *labels, title="config differences")
+    for key, values in result["config_diff"]:
+        diff.add_row(key, *(str(v) for v in values))
+    console.print(diff if result["config_diff"] else "configs are identical")
+    finals = Table("metric", *labels, title="final metrics")
+    for key in result["metrics"]:
+        finals.add_row(key, *(_format(result["final"][label].get(key)) for label in labels))
+    for field in ("status", "global_step", "receipts_head", "checkpoint"):
+        finals.add_row(field, *(str(facts[field])[:16] for facts in result["evidence"]))
+    console.print(finals)
+    console.print(f"overlay plots: {result['page']}")
+
+
+def _format(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

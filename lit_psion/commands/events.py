@@ -1,0 +1,34 @@
+"""``python -m lit_psion events predict --ckpt RUN_OR_CHECKPOINT EVENTS.jsonl``: commitment states of events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lit_psion.events.predict import load_model, predict, read_events
+
+LABELS = {-1: "close", 0: "neutral", 1: "open"}
+
+
+def main(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lit_psion events", exit_on_error=False)
+    parser.add_argument("action", choices=["predict"])
+    parser.add_argument("--ckpt", type=Path, required=True, help="a MosaicLM run directory or checkpoint directory")
+    parser.add_argument("events", type=Path, help="JSONL, one event envelope per line")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per event")
+    parsed = parser.parse_args(args)
+    events = read_events(parsed.events)
+    model, codec = load_model(parsed.ckpt)
+    results = predict(model, codec, events)
+    for row in results:
+        if parsed.json:
+            print(json.dumps(row, sort_keys=True))
+        else:
+            text = (row["text"] or "")[:48]
+            print(f"{row['seq']:>4} {row['type']:<11} {row['sender']:<6} {row['predicted_delta']:+d} "
+                  f"{LABELS[row['predicted_delta']]:<7} open={len(row['open'])}  {text}")  # fmt: skip
+    outstanding = results[-1]["open"] if results else []
+    print(f"open commitments outstanding: {', '.join(outstanding) if outstanding else 'none'}",
+          file=sys.stderr if parsed.json else sys.stdout)  # fmt: skip

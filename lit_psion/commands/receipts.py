@@ -1,0 +1,30 @@
+"""``python -m lit_psion receipts verify RUN_DIR``: check a run's receipt chain, print one line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lit_psion.core import RunLayout, RunRecord
+from lit_psion.core.errors import ConfigError, EvidenceError
+from lit_psion.core.receipts import verify_log
+
+
+def run_layout(run_dir: Path) -> RunLayout:
+    """The layout of ``run_dir``, refused in one line when it is not a run directory."""
+    layout = RunLayout.of(run_dir)
+    if not layout.is_run():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no {layout.run_file.name}); give <root>/<run_id>")
+    return layout
+
+
+def main(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lit_psion receipts", exit_on_error=False)
+    parser.add_argument("action", choices=["verify"])
+    parser.add_argument("run_dir", type=Path)
+    layout = run_layout(parser.parse_args(args).run_dir)
+    record = RunRecord.load(layout)
+    result = verify_log(layout.receipts, expected_head=record.receipts_head)
+    if not result.ok:
+        raise EvidenceError(f"{layout.receipts}: {result.describe()}")
+    print(f"ok: {result.describe()}")

@@ -1,0 +1,239 @@
+"""Checkpoint truth (SPEC §3): manifests, the pointer, verification and the resume resolver.
+
+A checkpoint is a directory ``checkpoints/step-NNNNNN/`` whose ``manifest.json`` lists every file
+with its sha256 and size, plus the step, run, model signature, data manifest digest, data cursor,
+parent checkpoint and writer. ``checkpoints/pointer.json`` names the latest durable one with its
+manifest's sha256. Verification reads each file once, hashes the bytes it read and hands those
+same bytes on, so a verified load never reads or hashes a file twice, and what is loaded is what
+was hashed. Framework-free: deserializing the bytes is the caller's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lit_psion.core.errors import CheckpointError
+from lit_psion.core.files import atomic_write_json
+from lit_psion.core.layout import RunLayout, step_of
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+DURABLE = "durable"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FileRecord:
+    sha256: str
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointManifest:
+    """What ``manifest.json`` records about one checkpoint directory."""
+
+    step: int
+    files: dict[str, FileRecord]
+    run_id: str | None = None
+    model_signature: str | None = None
+    data_manifest_digest: str | None = None
+    cursor: dict[str, Any] | None = None
+    """The data cursor the checkpoint resumes from (the training loader's state)."""
+    parent: str | None = None
+    """The checkpoint the pointer named when this one was written."""
+    writer: str | None = None
+    durability: str = DURABLE
+    version: int = MANIFEST_VERSION
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json_dict(cls, record: dict[str, Any], where: str = "manifest") -> CheckpointManifest:
+        """Parse a manifest record; a malformed one is a :class:`CheckpointError` naming ``where``."""
+        try:
+            known = {field.name for field in dataclasses.fields(cls)}
+            values = {key: value for key, value in record.items() if key in known}
+            values["files"] = {str(name): FileRecord(**entry) for name, entry in record["files"].items()}
+            manifest = cls(**values)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"checkpoint manifest {where!r} is malformed ({error}); it is not a lit_psion "
+                                  "checkpoint or it was edited") from error  # fmt: skip
+        if not isinstance(manifest.step, int):
+            raise CheckpointError(f"checkpoint manifest {where!r} has step {manifest.step!r}, not an integer")
+        return manifest
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointPointer:
+    """``checkpoints/pointer.json``: the latest durable, accepted checkpoint of a run."""
+
+    step: int
+    checkpoint: str
+    """The checkpoint directory's name inside ``checkpoints/``."""
+    manifest_sha256: str
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedCheckpoint:
+    """A checkpoint whose files matched its manifest, with the bytes that were hashed.
+
+    ``contents`` maps each listed file to the exact bytes verified; a loader deserializes those
+    (never re-reading the file), so a checkpoint swapped on disk after verification is not loaded.
+    """
+
+    path: Path
+    manifest: CheckpointManifest
+    manifest_sha256: str
+    contents: dict[str, bytes] = dataclasses.field(repr=False)
+
+    @property
+    def step(self) -> int:
+        return self.manifest.step
+
+
+def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None) -> VerifiedCheckpoint:
+    """Check a checkpoint directory against its manifest, reading and hashing each file once.
+
+    Args:
+        directory: The ``step-NNNNNN`` directory.
+        manifest_sha256: If given (a pointer's record), the manifest itself must have this digest.
+
+    Raises:
+        CheckpointError: naming the first thing that differs: a missing, extra, symlinked or
+            changed file (expected and actual digest), or a manifest that does not match the pointer.
+    """
+    directory = Path(directory)
+    if directory.is_symlink():
+        raise CheckpointError(f"checkpoint {str(directory)!r} is a symlink; checkpoints are regular directories")
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file() or manifest_path.is_symlink():
+        raise CheckpointError(f"checkpoint {str(directory)!r} has no {MANIFEST_FILE}; it is incomplete or not a "
+                              "checkpoint")  # fmt: skip
+    raw = manifest_path.read_bytes()
+    actual_manifest = hashlib.sha256(raw).hexdigest()
+    if manifest_sha256 is not None and actual_manifest != manifest_sha256:
+        raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} does not match the digest in the pointer")
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} is not valid JSON ({error})") from error
+    if not isinstance(record, dict):
+        raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} is not a JSON object")
+    manifest = CheckpointManifest.from_json_dict(record, str(manifest_path))
+    present = {p.name for p in directory.iterdir()} - {MANIFEST_FILE}
+    if extra := sorted(present - manifest.files.keys()):
+        raise CheckpointError(f"checkpoint {str(directory)!r} holds a file its manifest does not list: {extra[0]!r}")
+    contents = {}
+    for name, expected in sorted(manifest.files.items()):
+        contents[name] = _read_verified(directory, name, expected)
+    return VerifiedCheckpoint(path=directory, manifest=manifest, manifest_sha256=actual_manifest, contents=contents)
+
+
+def _read_verified(directory: Path, name: str, expected: FileRecord) -> bytes:
+    file = directory / name
+    if Path(name).name != name:
+        raise CheckpointError(f"checkpoint manifest in {str(directory)!r} lists {name!r}, which is not a plain file "
+                              "name inside the checkpoint")  # fmt: skip
+    if file.is_symlink():
+        raise CheckpointError(f"checkpoint file {str(file)!r} is a symlink; checkpoints hold only regular files")
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint file {str(file)!r} listed in the manifest is missing")
+    data = file.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected.sha256:
+        raise CheckpointError(f"checkpoint file {str(file)!r} is corrupt: expected sha256 {expected.sha256}, "
+                              f"got {actual}")  # fmt: skip
+    return data
+
+
+def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
+    """The run's pointer, or None if it has none; a malformed pointer is a :class:`CheckpointError`."""
+    path = layout.pointer
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_bytes())
+        pointer = CheckpointPointer(step=int(record["step"]), checkpoint=str(record["checkpoint"]),
+                                    manifest_sha256=str(record["manifest_sha256"]))  # fmt: skip
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint pointer {str(path)!r} is malformed ({error})") from error
+    if step_of(pointer.checkpoint) is None:
+        raise CheckpointError(f"checkpoint pointer {str(path)!r} names {pointer.checkpoint!r}, which is not a "
+                              "step-NNNNNN directory of this run")  # fmt: skip
+    return pointer
+
+
+def write_pointer(layout: RunLayout, checkpoint: VerifiedCheckpoint | CheckpointPointer) -> CheckpointPointer:
+    """Point the run at ``checkpoint`` (atomically); return the pointer written."""
+    if isinstance(checkpoint, VerifiedCheckpoint):
+        checkpoint = CheckpointPointer(step=checkpoint.step, checkpoint=checkpoint.path.name,
+                                       manifest_sha256=checkpoint.manifest_sha256)  # fmt: skip
+    atomic_write_json(layout.pointer, checkpoint.to_json_dict())
+    return checkpoint
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RejectedCheckpoint:
+    """A checkpoint the resolver skipped, and why."""
+
+    path: Path
+    reason: str
+
+    @property
+    def step(self) -> int:
+        return step_of(self.path.name) or 0
+
+
+def resolve_checkpoint(
+    layout: RunLayout | str | Path, rejected: list[RejectedCheckpoint] | None = None, quiet: bool = False
+) -> VerifiedCheckpoint:
+    """The checkpoint to resume a run from, already verified: the pointed-to one, else the newest that verifies.
+
+    Args:
+        layout: The run (or its directory).
+        rejected: If given, receives every checkpoint skipped on the way, with its reason.
+        quiet: Do not print the fallback warning.
+
+    Raises:
+        CheckpointError: no pointer, or no checkpoint that verifies (naming the pointed-to one's problem).
+    """
+    layout = layout if isinstance(layout, RunLayout) else RunLayout.of(layout)
+    try:
+        pointer = read_pointer(layout)
+    except CheckpointError as error:
+        pointer, problem = None, error
+    else:
+        problem = None
+    if pointer is None and problem is None:
+        raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
+                              "missing); start a new run without --ckpt_path")  # fmt: skip
+    pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
+    if pointer is not None:
+        try:
+            return verify_checkpoint(pointed, pointer.manifest_sha256)
+        except CheckpointError as error:
+            problem = error
+    skipped = [RejectedCheckpoint(pointed, str(problem))] if pointed is not None else []
+    for candidate in reversed(layout.checkpoint_dirs()):
+        if candidate == pointed:
+            continue
+        try:
+            verified = verify_checkpoint(candidate)
+        except CheckpointError as error:
+            skipped.append(RejectedCheckpoint(candidate, str(error)))
+            continue
+        if rejected is not None:
+            rejected.extend(skipped)
+        if not quiet:
+            print(f"lit_psion: warning: {problem}; resuming from {candidate.name}, the newest checkpoint that "
+                  "verifies", file=sys.stderr)  # fmt: skip
+        return verified
+    raise problem

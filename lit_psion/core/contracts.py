@@ -1,0 +1,150 @@
+"""The contracts between lit_psion's parts, as small runtime-checkable Protocols (SPEC §1).
+
+A callback, strategy or command that needs something of a model or DataModule checks it with
+``isinstance(obj, Contract)`` against one of these, never with ``getattr(obj, "name", None)``.
+Framework-free: tensors and batches are ``Any`` here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from lit_psion.core.digest import sha256_json
+
+STAGES = ("pretrain", "finetune", "growth", "session", "window")
+"""The stages a run can be (receipts carry the run's stage as ``stage_id``)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DataFacts:
+    """What a model must know of its data to be built: handed over by the CLI in one declared place.
+
+    A model takes ``data_facts: DataFacts | None = None`` in its constructor; ``python -m lit_psion``
+    links it from the DataModule's :meth:`ReplayData.data_facts`. ``None`` fields say "this data has no such fact".
+    """
+
+    vocab_size: int | None = None
+    block_size: int | None = None
+    state_dim: int | None = None
+
+
+def model_signature(family: str, base: str | None = None, **config: Any) -> str:
+    """SPEC §3's model_signature: sha256 of the canonical model config and the base checkpoint digest.
+
+    Args:
+        family: The model class (``DecoderLM``, ``AdapterLM``, ...).
+        base: The digest of the checkpoint the model is built on (None for a model trained from scratch).
+        config: Everything that decides the model's shape, as plain JSON-able values.
+    """
+    return sha256_json({"family": family, "base": base, **config})
+
+
+class Manifest(Protocol):
+    """A data manifest: a digest and its JSON record (``DataManifest``, ``RecordManifest``)."""
+
+    @property
+    def digest(self) -> str: ...
+
+    def to_json_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SignedModel(Protocol):
+    """A model that names its shape and base by a signature (checked on resume, adapters, sessions)."""
+
+    @property
+    def model_signature(self) -> str: ...
+
+
+@runtime_checkable
+class Staged(Protocol):
+    """A model or callback that says which stage its run is (``pretrain``, ``finetune``, ``growth``, ...)."""
+
+    stage: ClassVar[str]
+
+
+@runtime_checkable
+class TransactionalModule(Protocol):
+    """A module a transactional strategy can measure: the training loss on a batch, without logging."""
+
+    def transaction_loss(self, batch: Any) -> Any: ...
+
+
+@runtime_checkable
+class StateNormed(Protocol):
+    """A module whose state norm a transactional strategy bounds (seed 000's state_norm trigger)."""
+
+    def transaction_state_norm(self) -> float: ...
+
+
+@runtime_checkable
+class ReplayData(Protocol):
+    """A DataModule whose data is pinned by a manifest and replays exactly from a cursor.
+
+    ``data_facts`` is a method, not a property: ``isinstance`` on a runtime-checkable Protocol
+    reads every member, and knowing the vocabulary can mean training a tokenizer.
+    """
+
+    manifest: Manifest | None
+
+    def data_facts(self) -> DataFacts: ...
+
+
+@runtime_checkable
+class TokenizedData(Protocol):
+    """A DataModule with a tokenizer (``encode``/``decode``) the run keeps as ``tokenizer.json``."""
+
+    tokenizer: Any
+
+    def tokenizer_json(self) -> str | None: ...
+
+
+@runtime_checkable
+class ProbeData(Protocol):
+    """A DataModule that draws probe batches by key without touching the training order (growth)."""
+
+    def sample_batch(self, key: int, batch_size: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class Promotable(Protocol):
+    """A candidate a promotion gate can score against its base on held-out data."""
+
+    @property
+    def model_signature(self) -> str: ...
+
+    @property
+    def base_digest(self) -> str: ...
+
+    def held_out_loss(self, loader: Any, adapters: bool) -> float: ...
+
+
+@runtime_checkable
+class RollbackAware(Protocol):
+    """A strategy that may undo a step; ``last_decision`` is ``commit``, ``rollback`` or None."""
+
+    last_decision: str | None
+
+
+@runtime_checkable
+class Growable(Protocol):
+    """A model whose sparse structure a growth planner edits (GraphCore): the graph (``nn.graph.Graph``)
+    whose operator it edits, the barrier (``nn.barrier.Barrier``) that bounds it, and ``L_task``."""
+
+    @property
+    def growable(self) -> Any: ...
+
+    @property
+    def barrier(self) -> Any: ...
+
+    def task_loss(self, batch: Any) -> Any: ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """An object whose state a checkpoint carries (a replay loader's cursor, a callback's RNG state)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...

@@ -1,0 +1,139 @@
+"""The run directory's layout (SPEC §2): the one place that spells its file names.
+
+``RunLayout(root, run_id)`` names every path of a run; nothing else in lit_psion writes
+``"run.json"`` or ``"checkpoints"`` by hand. ``root`` is what ``trainer.default_root_dir`` says
+in a config (the runs root); the run directory is ``root / run_id``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+LATEST_FILE = "latest_run.json"
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+DATA_MANIFEST_FILE = "data_manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+RECEIPTS_FILE = "receipts.jsonl"
+METRICS_FILE = "metrics.csv"
+SKIP_LIST_FILE = "skip_list.json"
+MEMBERSHIP_FILE = "membership.json"
+PROMOTION_FILE = "promotion.json"
+CHECKPOINTS_DIR = "checkpoints"
+POINTER_FILE = "pointer.json"
+DASHBOARD_DIR = "dashboard"
+STEP_PREFIX = "step-"
+
+_STEP_NAME = re.compile(r"step-(\d+)")
+
+
+def step_name(step: int) -> str:
+    """The directory name of the checkpoint at ``step`` (``step-000100``)."""
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def step_of(name: str) -> int | None:
+    """The step a checkpoint directory name stands for, or None if it is not a checkpoint name.
+
+    Names stop sorting by step past 999999, so order checkpoints by this, not by name.
+    """
+    match = _STEP_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunLayout:
+    """Every path of one run, from its runs root and run id."""
+
+    root: Path
+    run_id: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> RunLayout:
+        """The layout of an existing run directory ``<root>/<run_id>``."""
+        run_dir = Path(run_dir)
+        return cls(run_dir.parent, run_dir.name)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / self.run_id
+
+    @property
+    def latest(self) -> Path:
+        """``<root>/latest_run.json``: the run ``--ckpt_path last`` continues."""
+        return self.root / LATEST_FILE
+
+    @property
+    def run_file(self) -> Path:
+        return self.run_dir / RUN_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.run_dir / CONFIG_FILE
+
+    @property
+    def data_manifest(self) -> Path:
+        return self.run_dir / DATA_MANIFEST_FILE
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.run_dir / TOKENIZER_FILE
+
+    @property
+    def receipts(self) -> Path:
+        return self.run_dir / RECEIPTS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    @property
+    def skip_list(self) -> Path:
+        return self.run_dir / SKIP_LIST_FILE
+
+    @property
+    def promotion(self) -> Path:
+        return self.run_dir / PROMOTION_FILE
+
+    @property
+    def membership(self) -> Path:
+        return self.run_dir / MEMBERSHIP_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / CHECKPOINTS_DIR
+
+    @property
+    def pointer(self) -> Path:
+        return self.checkpoints / POINTER_FILE
+
+    @property
+    def dashboard(self) -> Path:
+        return self.run_dir / DASHBOARD_DIR
+
+    def checkpoint(self, step: int) -> Path:
+        """The directory of the checkpoint at ``step``."""
+        return self.checkpoints / step_name(step)
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """The run's checkpoint directories, oldest step first (staging directories excluded)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(step_of(p.name), p) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink()]
+        return [path for step, path in sorted((s, p) for s, p in found if s is not None)]
+
+    def relative(self, path: str | Path) -> str:
+        """``path`` relative to the run directory (digested records never hold absolute paths)."""
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.run_dir.resolve()))
+        except ValueError:
+            return str(path)
+
+    def is_run(self) -> bool:
+        return self.run_file.is_file()

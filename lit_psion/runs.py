@@ -1,0 +1,79 @@
+"""Reading a finished or paused run back: ``load_run(path)`` for commands, adapters and benchmarks.
+
+``load_run`` takes a run directory (its pointed-to checkpoint, or the newest that verifies) or a
+``step-NNNNNN`` checkpoint directory, verifies the checkpoint once and loads it. ``LoadedRun.build``
+re-creates the run's model and DataModule from its ``config.yaml`` (the same data-facts hand-over
+as ``fit``) with the checkpoint's weights in the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser
+
+from lit_psion.checkpoint_io import load_verified
+from lit_psion.core import RunLayout, RunRecord
+from lit_psion.core.checkpoint import MANIFEST_FILE, VerifiedCheckpoint, resolve_checkpoint, verify_checkpoint
+from lit_psion.core.contracts import DataFacts, ReplayData
+from lit_psion.core.errors import ConfigError
+
+
+def add_data_facts_link(parser: LightningArgumentParser) -> None:
+    """The one declared hand-over: the DataModule's ``data_facts()`` becomes the model's ``data_facts`` argument."""
+    parser.link_arguments("data", "model.init_args.data_facts", compute_fn=_data_facts, apply_on="instantiate")
+
+
+def _data_facts(data: L.LightningDataModule | None) -> DataFacts | None:
+    return data.data_facts() if isinstance(data, ReplayData) else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedRun:
+    """A run's layout and record, and its verified, loaded checkpoint."""
+
+    layout: RunLayout
+    record: RunRecord
+    checkpoint: VerifiedCheckpoint
+    state: dict[str, Any] = dataclasses.field(repr=False)
+    """The checkpoint dict (``state_dict`` holds the weights), loaded with ``weights_only=True``."""
+
+    def config(self) -> dict[str, Any]:
+        """The run's resolved ``config.yaml``."""
+        return yaml.safe_load(self.layout.config.read_text())
+
+    def build(self) -> tuple[L.LightningModule, L.LightningDataModule]:
+        """The run's model (with the checkpoint's weights, in eval mode) and its DataModule."""
+        config = self.config()
+        parser = LightningArgumentParser(parser_mode="omegaconf", exit_on_error=False)
+        parser.add_lightning_class_args(L.LightningModule, "model", subclass_mode=True)
+        parser.add_lightning_class_args(L.LightningDataModule, "data", subclass_mode=True)
+        add_data_facts_link(parser)
+        parsed = parser.parse_object({"model": config["model"], "data": config["data"]})
+        init = parser.instantiate_classes(parsed)
+        init.model.load_state_dict(self.state["state_dict"])
+        return init.model.eval(), init.data
+
+
+def load_run(location: str | Path, map_location: Any = None) -> LoadedRun:
+    """The run at ``location`` (a run directory or one of its checkpoint directories), verified and loaded.
+
+    Raises:
+        ConfigError: ``location`` is neither a run directory nor a checkpoint directory of one.
+        CheckpointError: no checkpoint verifies.
+    """
+    location = Path(location)
+    if RunLayout.of(location).is_run():
+        layout = RunLayout.of(location)
+        checkpoint = resolve_checkpoint(layout)
+    elif (location / MANIFEST_FILE).is_file() and RunLayout.of(location.parent.parent).is_run():
+        layout, checkpoint = RunLayout.of(location.parent.parent), verify_checkpoint(location)
+    else:
+        raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "
+                          "directory of one (<run>/checkpoints/step-NNNNNN)")  # fmt: skip
+    state = load_verified(checkpoint, map_location)
+    return LoadedRun(layout=layout, record=RunRecord.load(layout), checkpoint=checkpoint, state=state)

@@ -1,0 +1,81 @@
+"""The skip list: batches a transactional run must not train on again (``<run_dir>/skip_list.json``).
+
+Plain Python: a transactional strategy adds the batches of a failing streak when it restores the
+last durable checkpoint, saves the list on rank 0, and loads it again whenever it is set up, so a
+resumed run skips what the first run listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lit_psion.core import atomic_write_json, read_json
+
+SKIP_LIST_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SkippedBatch:
+    """One skip-listed batch and why it was listed."""
+
+    key: str
+    """The batch's digest (:func:`lit_psion.strategies.transactional.batch_key`)."""
+    sample_ids: tuple[int, ...] | None
+    """The sample ids the batch held, when it names them."""
+    step: int
+    """The step that rolled back on it."""
+    reasons: tuple[str, ...]
+    """The rollback reason codes of that step."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "sample_ids": None if self.sample_ids is None else list(self.sample_ids),
+                "step": self.step, "reasons": list(self.reasons)}  # fmt: skip
+
+    @classmethod
+    def from_json_dict(cls, record: dict[str, Any]) -> SkippedBatch:
+        ids = record.get("sample_ids")
+        return cls(key=str(record["key"]), sample_ids=None if ids is None else tuple(int(i) for i in ids),
+                   step=int(record["step"]), reasons=tuple(record.get("reasons", ())))  # fmt: skip
+
+
+class SkipList:
+    """The skip-listed batches of one run, by key, kept in a JSON file written atomically.
+
+    Args:
+        path: The run's ``skip_list.json`` (``run_context(trainer).layout.skip_list``).
+        batches: The batches already listed.
+    """
+
+    def __init__(self, path: str | Path, batches: dict[str, SkippedBatch] | None = None) -> None:
+        self.path = Path(path)
+        self._batches: dict[str, SkippedBatch] = dict(batches or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> SkipList:
+        """The list saved at ``path``, or an empty one if there is no file yet."""
+        path = Path(path)
+        if not path.is_file():
+            return cls(path)
+        entries = (SkippedBatch.from_json_dict(record) for record in read_json(path)["batches"])
+        return cls(path, {entry.key: entry for entry in entries})
+
+    def save(self) -> None:
+        """Write the list (call on rank 0 only)."""
+        batches = [entry.to_json_dict() for entry in self._batches.values()]
+        atomic_write_json(self.path, {"version": SKIP_LIST_VERSION, "batches": batches})
+
+    def add(self, entry: SkippedBatch) -> None:
+        """List ``entry``; a batch listed again keeps its first entry."""
+        self._batches.setdefault(entry.key, entry)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._batches
+
+    def __iter__(self) -> Iterator[SkippedBatch]:
+        return iter(self._batches.values())
+
+    def __len__(self) -> int:
+        return len(self._batches)

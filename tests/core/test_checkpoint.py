@@ -1,0 +1,190 @@
+"""Checkpoint truth in core: manifests, pointer, verification, and a resume that hashes each file once."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lit_psion.core import RunLayout
+from lit_psion.core.checkpoint import (
+    MANIFEST_FILE,
+    CheckpointManifest,
+    CheckpointPointer,
+    read_pointer,
+    resolve_checkpoint,
+    verify_checkpoint,
+    write_pointer,
+)
+from lit_psion.core.errors import CheckpointError
+from lit_psion.core.layout import step_name, step_of
+from lit_psion.core.run import read_latest
+from tests.helpers import fit
+
+
+def make_checkpoint(directory: Path, step: int, files: dict[str, bytes]) -> Path:
+    """A checkpoint directory with a correct manifest over ``files``."""
+    path = directory / step_name(step)
+    path.mkdir(parents=True)
+    records = {}
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+        records[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": records, "run_id": directory.parent.name}))
+    return path
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> RunLayout:
+    layout = RunLayout(tmp_path, "run-a")
+    layout.run_dir.mkdir()
+    layout.run_file.write_text("{}")
+    return layout
+
+
+def test_layout_names_every_path_of_a_run(tmp_path: Path) -> None:
+    layout = RunLayout(tmp_path, "r1")
+    assert layout.run_dir == tmp_path / "r1" and layout.latest == tmp_path / "latest_run.json"
+    assert layout.checkpoint(100) == tmp_path / "r1" / "checkpoints" / "step-000100"
+    assert layout.pointer.parent == layout.checkpoints and RunLayout.of(layout.run_dir) == layout
+    assert [step_of("step-000100"), step_of("step-1000000"), step_of(".step-000001.tmp-3"), step_of("x")] == [
+        100, 1000000, None, None]  # fmt: skip
+
+
+def test_checkpoint_dirs_order_by_step_not_by_name(layout: RunLayout) -> None:
+    for step in (999999, 1000000, 5):
+        make_checkpoint(layout.checkpoints, step, {"a": b"x"})
+    (layout.checkpoints / ".step-000007.tmp-1").mkdir()
+    assert [step_of(p.name) for p in layout.checkpoint_dirs()] == [5, 999999, 1000000]
+
+
+def test_verify_returns_the_bytes_it_hashed(layout: RunLayout) -> None:
+    path = make_checkpoint(layout.checkpoints, 3, {"w": b"weights", "s": b"state"})
+    verified = verify_checkpoint(path)
+    assert verified.contents == {"w": b"weights", "s": b"state"} and verified.step == 3
+    assert verified.manifest_sha256 == hashlib.sha256((path / MANIFEST_FILE).read_bytes()).hexdigest()
+    assert verified.manifest.run_id == "run-a"
+
+
+MALFORMED = [
+    ("not JSON", b"{", "not valid JSON"),
+    ("not an object", b"[]", "not a JSON object"),
+    ("no files", b'{"step": 3}', "malformed"),
+    ("step not an integer", b'{"step": "3", "files": {}}', "not an integer"),
+    ("a file outside the checkpoint", b'{"step": 3, "files": {"../x": {"sha256": "0", "bytes": 1}}}',
+     "not a plain file name"),
+]
+
+
+@pytest.mark.parametrize(("name", "manifest", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_manifest_is_a_checkpoint_error(layout: RunLayout, name: str, manifest: bytes,
+                                                    message: str) -> None:  # fmt: skip
+    path = make_checkpoint(layout.checkpoints, 3, {})
+    (path / MANIFEST_FILE).write_bytes(manifest)
+    with pytest.raises(CheckpointError, match=message):
+        verify_checkpoint(path)
+
+
+def test_a_symlinked_checkpoint_directory_is_refused(layout: RunLayout, tmp_path: Path) -> None:
+    real = make_checkpoint(tmp_path / "elsewhere", 3, {"a": b"x"})
+    layout.checkpoints.mkdir()
+    (layout.checkpoints / step_name(3)).symlink_to(real)
+    with pytest.raises(CheckpointError, match="is a symlink"):
+        verify_checkpoint(layout.checkpoints / step_name(3))
+
+
+POINTERS = [
+    ("empty", ""),
+    ("not JSON", "{"),
+    ("missing keys", '{"step": 3}'),
+    ("escapes the run", '{"step": 3, "checkpoint": "../../other/checkpoints/step-000003", "manifest_sha256": "0"}'),
+    ("absolute path", '{"step": 3, "checkpoint": "/tmp/step-000003", "manifest_sha256": "0"}'),
+]
+
+
+@pytest.mark.parametrize(("name", "text"), POINTERS, ids=[p[0] for p in POINTERS])
+def test_a_bad_pointer_falls_back_to_the_newest_checkpoint_that_verifies(
+    layout: RunLayout, name: str, text: str
+) -> None:
+    make_checkpoint(layout.checkpoints, 3, {"a": b"x"})
+    make_checkpoint(layout.checkpoints, 6, {"a": b"y"})
+    layout.pointer.write_text(text)
+    with pytest.raises(CheckpointError):
+        read_pointer(layout)
+    rejected: list = []
+    assert resolve_checkpoint(layout, rejected, quiet=True).step == 6
+
+
+def test_the_pointed_checkpoint_wins_and_a_swapped_manifest_is_refused(layout: RunLayout) -> None:
+    three = verify_checkpoint(make_checkpoint(layout.checkpoints, 3, {"a": b"x"}))
+    make_checkpoint(layout.checkpoints, 6, {"a": b"y"})
+    write_pointer(layout, three)
+    assert read_pointer(layout) == CheckpointPointer(step=3, checkpoint="step-000003",
+                                                     manifest_sha256=three.manifest_sha256)  # fmt: skip
+    assert resolve_checkpoint(layout).step == 3
+    manifest = layout.checkpoint(3) / MANIFEST_FILE
+    manifest.write_text(manifest.read_text() + " ")  # still a valid manifest, but not the one pointed at
+    rejected: list = []
+    assert resolve_checkpoint(layout, rejected, quiet=True).step == 6
+    assert "does not match the digest in the pointer" in rejected[0].reason
+
+
+def test_no_pointer_and_nothing_that_verifies_is_refused(layout: RunLayout) -> None:
+    with pytest.raises(CheckpointError, match="no durable checkpoint yet"):
+        resolve_checkpoint(layout)
+
+
+def test_manifest_round_trip() -> None:
+    record = {"step": 3, "files": {"a": {"sha256": "0" * 64, "bytes": 1}}, "cursor": {"epoch": 0, "position": 8},
+              "future_field": "ignored"}  # fmt: skip
+    manifest = CheckpointManifest.from_json_dict(record)
+    assert manifest.to_json_dict()["cursor"] == {"epoch": 0, "position": 8}
+    assert CheckpointManifest.from_json_dict(manifest.to_json_dict()) == manifest
+
+
+class _Spy:
+    """Counts the opens of files under one directory and the sha256 digests computed, by value."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+        self.directory, self.opened, self.digests = str(directory), [], []
+        real_open, real_sha256 = io.open, hashlib.sha256
+        spy = self
+
+        def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(file, str | Path) and str(file).startswith(spy.directory):
+                spy.opened.append(Path(file).name)
+            return real_open(file, *args, **kwargs)
+
+        class CountingHash:
+            def __init__(self, data: bytes = b"", **kwargs: Any) -> None:
+                self.inner = real_sha256(data, **kwargs)
+
+            def update(self, data: bytes) -> None:
+                self.inner.update(data)
+
+            def hexdigest(self) -> str:
+                spy.digests.append(self.inner.hexdigest())
+                return spy.digests[-1]
+
+        monkeypatch.setattr(io, "open", counting_open)
+        monkeypatch.setattr(builtins, "open", counting_open)
+        monkeypatch.setattr(hashlib, "sha256", CountingHash)
+
+
+def test_a_resume_reads_and_hashes_each_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "6") == 0
+    layout = RunLayout(tmp_path, read_latest(tmp_path))
+    checkpoint = layout.checkpoint(6)
+    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    expected = {name: record["sha256"] for name, record in manifest["files"].items()}
+    expected[MANIFEST_FILE] = hashlib.sha256((checkpoint / MANIFEST_FILE).read_bytes()).hexdigest()
+    spy = _Spy(monkeypatch, checkpoint)
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "7", "--ckpt_path", "last") == 0
+    monkeypatch.undo()
+    assert sorted(spy.opened) == sorted(expected), f"opened {spy.opened}"
+    assert {name: spy.digests.count(digest) for name, digest in expected.items()} == dict.fromkeys(expected, 1)

@@ -1,0 +1,185 @@
+"""What ReplayDataModule gives every DataModule, checked as one table over the three of them.
+
+Loaders for fit, validate, test and predict; the cursor stamped on every batch and marked consumed only
+for training batches; the loader and manifest state round trips; facts; and the error classes (a bad
+setting exits 2, bad data exits 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from lit_psion.core.contracts import DataFacts, ProbeData, ReplayData, TokenizedData
+from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
+from lit_psion.datamodules import CorpusDataModule, DynamicsDataModule, EventTraceDataModule, ReplayDataModule
+
+Factory = Callable[..., ReplayDataModule]
+
+
+def corpus(cache: Path, **overrides: Any) -> CorpusDataModule:
+    settings = {"files": "fixtures/tiny_corpus.txt", "tokenizer": "char", "block_size": 32, "batch_size": 4}
+    return CorpusDataModule(cache_dir=str(cache), **{**settings, **overrides})
+
+
+def dynamics(cache: Path, **overrides: Any) -> DynamicsDataModule:
+    return DynamicsDataModule(**{"n_train": 4, "n_val": 2, "steps": 40, "window": 8, "batch_size": 5, **overrides})
+
+
+def events(cache: Path, **overrides: Any) -> EventTraceDataModule:
+    settings = {"n_train": 10, "n_val": 3, "n_pairs": 2, "distractor_events": 1, "negotiation_pairs": 1,
+                "sleep_replay_per_pair": 0, "vocab_size": 300, "tokenizer_traces": 10, "block_size": 64,
+                "batch_size": 4}  # fmt: skip
+    return EventTraceDataModule(cache_dir=str(cache), **{**settings, **overrides})
+
+
+FACTORIES = {"corpus": corpus, "dynamics": dynamics, "events": events}
+# name: (facts pinned for the settings above, a setting that changes the manifest)
+CASES = {
+    "corpus": (DataFacts(vocab_size=32, block_size=32), {"block_size": 16}),
+    "dynamics": (DataFacts(state_dim=8), {"dt": 0.1}),
+    "events": (DataFacts(vocab_size=300, block_size=64), {"n_pairs": 3}),
+}
+each_module = pytest.mark.parametrize("name", FACTORIES)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def make(name: str, cache: Path) -> Callable[..., ReplayDataModule]:
+    return lambda **overrides: FACTORIES[name](cache, **overrides)
+
+
+def _prepared(make: Callable[..., ReplayDataModule], **overrides: Any) -> ReplayDataModule:
+    data = make(**overrides)
+    data.setup("fit")
+    return data
+
+
+def _ids(loader: Any) -> list[int]:
+    return [i for batch in loader for i in batch["sample_ids"].tolist()]
+
+
+@each_module
+def test_validate_test_and_predict_read_the_validation_split_in_order(make: Callable[..., ReplayDataModule]) -> None:
+    data = _prepared(make)
+    val = _ids(data.val_dataloader())
+    assert val == list(range(len(data._dataset("val"))))
+    assert _ids(data.test_dataloader()) == val == _ids(data.predict_dataloader())
+
+
+@each_module
+def test_every_training_batch_carries_its_cursor_as_a_plain_tuple(make: Callable[..., ReplayDataModule]) -> None:
+    data = _prepared(make)
+    cursors = [batch["cursor"] for batch in data.train_dataloader()]
+    assert cursors == [(0, (i + 1) * data.batch_size) for i in range(len(cursors))]
+    assert all(type(c) is tuple and all(type(v) is int for v in c) for c in cursors)
+    assert "cursor" not in data._dataset("train")[[0, 1]]  # stamped by the loader alone, not by each dataset
+
+
+@each_module
+def test_only_training_batches_are_marked_consumed(make: Callable[..., ReplayDataModule]) -> None:
+    data = _prepared(make)
+    loader = data.train_dataloader()
+    first, second = list(iter(loader))[:2]
+    data.trainer = SimpleNamespace(training=False)  # a validation batch inside fit
+    data.on_after_batch_transfer(first, 0)
+    assert loader.state_dict() == {"epoch": 0, "position": 0}
+    data.trainer = SimpleNamespace(training=True)
+    data.on_after_batch_transfer(first, 0)
+    data.on_after_batch_transfer(second, 0)
+    assert loader.state_dict() == {"epoch": 0, "position": 2 * data.batch_size}
+
+
+@each_module
+def test_loader_state_round_trip_resumes_where_it_stopped(make: Callable[..., ReplayDataModule]) -> None:
+    data = _prepared(make)
+    data.trainer = SimpleNamespace(training=True)
+    whole = [batch["sample_ids"].tolist() for batch in data.train_dataloader()]
+    stopped = data.train_dataloader()
+    for batch, _ in zip(stopped, range(3), strict=False):
+        data.on_after_batch_transfer(batch, 0)
+    state = stopped.state_dict()
+    assert state == {"epoch": 0, "position": 3 * data.batch_size}
+    resumed = _prepared(make).train_dataloader()
+    resumed.load_state_dict(state)
+    assert [batch["sample_ids"].tolist() for batch in resumed] == whole[3:]
+
+
+@each_module
+def test_creating_an_iterator_leaves_the_global_rng_alone(make: Callable[..., ReplayDataModule]) -> None:
+    data = _prepared(make)
+    before = torch.get_rng_state()
+    next(iter(data.train_dataloader()))
+    next(iter(data.val_dataloader()))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@each_module
+def test_manifest_state_round_trip_and_refusal(name: str, make: Callable[..., ReplayDataModule]) -> None:
+    saved = make().state_dict()
+    assert saved == {"manifest": saved["manifest"], "manifest_digest": make().prepare().digest}
+    make().load_state_dict(saved)  # the same data: accepted
+    with pytest.raises(DataManifestMismatch, match="changed since it was written") as raised:
+        make(**CASES[name][1]).load_state_dict(saved)
+    assert (raised.value.exit_code, raised.value.failure_class) == (3, "data_invalid")
+
+
+@each_module
+def test_facts_say_what_a_model_must_know(name: str, make: Callable[..., ReplayDataModule]) -> None:
+    assert make().data_facts() == CASES[name][0]
+
+
+@each_module
+def test_declared_contracts(name: str, make: Callable[..., ReplayDataModule]) -> None:
+    data = make()
+    assert isinstance(data, ReplayData)
+    assert isinstance(data, TokenizedData) == (name == "corpus")
+    assert isinstance(data, ProbeData) == (name == "dynamics")
+
+
+def test_the_corpus_tokenizer_a_run_keeps(cache: Path) -> None:
+    data = corpus(cache)
+    assert data.tokenizer_json() is None
+    data.prepare()
+    assert data.tokenizer_json() == data.tokenizer.to_str() and '"<|endoftext|>"' in data.tokenizer_json()
+
+
+BAD_SETTINGS = [
+    ("corpus", {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ("corpus", {"num_workers": -1}, "num_workers must be 0 or more, got -1"),
+    ("corpus", {"split": "random"}, "split must be one of hash, tail"),
+    ("corpus", {"vocab_size": 0}, "vocab_size must be a positive integer"),
+    ("dynamics", {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ("dynamics", {"system": "pendulum"}, "system must be oscillators, lorenz or linear, got 'pendulum'"),
+    ("dynamics", {"steps": 8}, r"steps \(8\) must exceed window \(8\)"),
+    ("events", {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ("events", {"vocab_size": 100}, "vocab_size must be >= 300"),
+    ("events", {"n_train": 0, "block_size": 0}, "n_train must .*block_size must"),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "message"), BAD_SETTINGS)
+def test_a_bad_setting_exits_2_before_any_data_is_built(
+    name: str, overrides: dict, message: str, make: Callable[..., ReplayDataModule]
+) -> None:
+    with pytest.raises(DataConfigError, match=message) as raised:
+        make(**overrides)
+    assert (raised.value.exit_code, raised.value.failure_class) == (2, "config_invalid")
+
+
+@each_module
+def test_too_little_data_exits_3(make: Callable[..., ReplayDataModule]) -> None:
+    data = make(batch_size=100_000)  # a valid setting the data cannot fill
+    with pytest.raises(DataError, match=r"batch_size 100000 is larger than the .* training samples") as raised:
+        data.prepare()
+    assert (raised.value.exit_code, raised.value.failure_class) == (3, "data_invalid")
+    assert data.manifest is None
