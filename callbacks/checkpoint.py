@@ -26,9 +26,9 @@ from lit_psion.checkpoint_io import EXTRA_KEY, WEIGHTS, ManifestCheckpointIO
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, CheckpointPointer, read_pointer, write_pointer
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, DataManifestMismatch
 from lit_psion.core.files import read_json
-from lit_psion.core.layout import RunLayout, step_of
+from lit_psion.core.layout import RunLayout
 from lit_psion.core.receipts import CheckpointReceipt, receipt_log
 
 
@@ -56,6 +56,8 @@ class PointerCheckpoint(EvidenceCallback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            refuse_unbound(self.run(trainer).resume_manifest, trainer, pl_module)
         io = trainer.strategy.checkpoint_io
         if self.async_write and not isinstance(io, ManifestCheckpointIO):
             raise ConfigError(
@@ -94,6 +96,8 @@ class PointerCheckpoint(EvidenceCallback):
         if step == self._last_saved_step or step == 0:
             return
         self._collect(trainer, wait=True)  # one write in flight at a time
+        if (log := receipt_log(trainer)) is not None:
+            log.sync()  # the head the manifest records is durable before the checkpoint that names it
         path = self.run(trainer).layout.checkpoint(step)
         trainer.save_checkpoint(path, weights_only=False)  # full trainer state, loadable with weights_only=True
         self._last_saved_step = step
@@ -128,7 +132,7 @@ class PointerCheckpoint(EvidenceCallback):
             pointer = CheckpointPointer(step=manifest.step, checkpoint=path.name,
                                         manifest_sha256=sha256_file(manifest_path))  # fmt: skip
             write_pointer(run.layout, pointer)
-            self._prune(path.parent, keep=path.name)
+            self._prune(run.layout, keep=path.name)
             self.emit(trainer, CheckpointReceipt(
                 stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(path),
                 manifest_digest=pointer.manifest_sha256, object_digest=manifest.files[WEIGHTS].sha256,
@@ -139,12 +143,15 @@ class PointerCheckpoint(EvidenceCallback):
         if not self.async_write:  # other ranks wait for the pointer (an async commit happens on rank 0 alone)
             trainer.strategy.barrier("lit_psion.checkpoint")
 
-    def _prune(self, directory: Path, keep: str) -> None:
+    def _prune(self, layout: RunLayout, keep: str) -> None:
         in_flight = self._in_flight[0].name if self._in_flight is not None else None
-        for staging in directory.glob(".step-*.tmp-*"):  # left by a process killed mid-write
+        for staging in layout.checkpoints.glob(".step-*.tmp-*"):  # left by a process killed mid-write
             if in_flight is None or not staging.name.startswith(f".{in_flight}."):
                 shutil.rmtree(staging, ignore_errors=True)
-        saved = sorted((p for p in directory.glob("step-*") if p.is_dir()), key=lambda p: step_of(p.name) or -1)
+        for link in layout.checkpoints.glob("step-*"):
+            if link.is_symlink():  # never one of ours, never followed: a checkpoint is a real directory
+                link.unlink()
+        saved = layout.checkpoint_dirs()
         for old in saved[: max(0, len(saved) - self.keep_last_k)]:
             if old.name not in (keep, in_flight):
                 shutil.rmtree(old)
@@ -154,8 +161,9 @@ class PointerCheckpoint(EvidenceCallback):
         """Hand the manifest its run-level fields (ManifestCheckpointIO writes them to manifest.json)."""
         layout = self.run(trainer).layout
         pointer = _readable_pointer(layout)
-        loader = trainer.train_dataloader
+        loader, log = trainer.train_dataloader, receipt_log(trainer)
         checkpoint[EXTRA_KEY] = {
+            "receipts_head": log.head if log is not None else None,
             "run_id": layout.run_id,
             "model_signature": signature_of(pl_module),
             "data_manifest_digest": data_manifest_digest(trainer),
@@ -173,6 +181,28 @@ class PointerCheckpoint(EvidenceCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         torch.set_rng_state(state_dict["torch_rng"])
         random.setstate(state_dict["python_rng"])
+
+
+def refuse_unbound(manifest: CheckpointManifest | None, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """Refuse, before any weight is restored, a checkpoint made for another model or other data.
+
+    Raises:
+        CheckpointError: the checkpoint's model signature is not this model's (exit 4).
+        DataManifestMismatch: it was trained on other data (exit 3).
+    """
+    if manifest is None:
+        return
+    data = data_manifest_digest(trainer)  # first: other data can change the model's shape through its facts
+    if None not in (manifest.data_manifest_digest, data) and manifest.data_manifest_digest != data:
+        raise DataManifestMismatch(f"checkpoint step {manifest.step} was trained on data manifest "
+                                   f"{manifest.data_manifest_digest[:16]}..., but this config's data is {data[:16]}... "
+                                   "(files, tokenizer or settings changed); restore the original data and settings "
+                                   "or start a new run without --ckpt_path")  # fmt: skip
+    signature = signature_of(pl_module)
+    if None not in (manifest.model_signature, signature) and manifest.model_signature != signature:
+        raise CheckpointError(f"checkpoint step {manifest.step} was written by a model with signature "
+                              f"{manifest.model_signature[:16]}..., but this config builds {signature[:16]}... "
+                              "(another architecture or model setting); resume with the run's own model settings")
 
 
 def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:

@@ -19,6 +19,7 @@ from lit_psion.core import RunContext, run_context, sha256_bytes
 from lit_psion.core.contracts import ReplayData, RollbackAware, SignedModel
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.receipts import (
+    ChainSealReceipt,
     CheckpointReceipt,
     EvalReceipt,
     ReceiptBody,
@@ -73,8 +74,9 @@ class Receipts(EvidenceCallback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
-            layout = self.run(trainer).layout
-            self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id)
+            run = self.run(trainer)
+            layout = run.layout
+            self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -127,6 +129,9 @@ class Receipts(EvidenceCallback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         event = "paused" if trainer.interrupted else "completed"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, event))
+        if event == "completed" and self.chain is not None:
+            self.emit(trainer, ChainSealReceipt(stage_id=self.run(trainer).stage, step=trainer.global_step,
+                                                receipts=self.chain.next_seq))  # fmt: skip
         if self.chain is not None:
             self.chain.sync()
 

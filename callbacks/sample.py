@@ -27,8 +27,13 @@ class GenerateSample(Callback):
         self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 40,
         seed: int = 0,
     ) -> None:  # fmt: skip
-        if max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens!r}")
+        problems = [f"max_new_tokens must be >= 0, got {max_new_tokens!r}"] if max_new_tokens < 0 else []
+        if not temperature >= 0:
+            problems.append(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
+        if top_k is not None and top_k < 1:
+            problems.append(f"top_k must be >= 1 or null, got {top_k!r}")
+        if problems:  # checked now, not after training: a bad sampling setting must not fail a trained run
+            raise ConfigError("sample: " + "; ".join(problems))
         self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.seed = (
             prompt, max_new_tokens, temperature, top_k, seed,
         )  # fmt: skip

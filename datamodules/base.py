@@ -9,7 +9,8 @@ A subclass builds its data and says what it knows; the base serves it replay-saf
 - :meth:`~ReplayDataModule.on_after_batch_transfer` marks each training batch's cursor consumed, so a
   checkpoint saves exactly what was trained on;
 - ``state_dict`` carries the manifest, and ``load_state_dict`` refuses a checkpoint written against
-  other data (:class:`~lit_psion.core.errors.DataManifestMismatch`, exit 3).
+  other data (:class:`~lit_psion.core.errors.DataManifestMismatch`, exit 3); ``setup`` refuses it
+  already, before Lightning restores the model's weights (a vocabulary change would fail there first).
 
 Bad settings raise :class:`~lit_psion.core.errors.DataConfigError` (exit 2) from the constructor, all
 named together; bad data raises :class:`~lit_psion.core.errors.DataError` (exit 3) from ``prepare``.
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset
 
 from lit_psion.core.contracts import DataFacts, Manifest
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
+from lit_psion.core.run import run_context
 from lit_psion.datamodules.replay import Cursor, ReplayDataLoader, ReplaySampler, replay_loader
 
 Split = Literal["train", "val"]
@@ -122,6 +124,33 @@ class ReplayDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.prepare()
+        if self.trainer is not None:
+            self._refuse_a_checkpoint_of_other_data(self.trainer)
+
+    def _refuse_a_checkpoint_of_other_data(self, trainer: L.Trainer) -> None:
+        """Refuse resuming from a checkpoint trained on other data before any of its weights are restored.
+
+        Lightning restores the model's weights before the datamodule's state
+        (``_CheckpointConnector._restore_modules_and_callbacks``: ``restore_model`` then
+        ``restore_datamodule``), so a data change that reshapes the model (a character vocabulary
+        that gained a character) would fail there as a size mismatch. ``setup`` runs before both: the
+        verified checkpoint manifest the run resumes from records the data manifest digest, and only when
+        it differs is the checkpoint loaded (from the bytes already verified), to name what changed.
+
+        Raises:
+            DataManifestMismatch: The fit resumes from a checkpoint of other data or settings.
+        """
+        run = run_context(trainer)
+        recorded = run.resume_manifest.data_manifest_digest if run.resume_manifest is not None else None
+        if run.resume_from is None or recorded in (None, self.prepare().digest):
+            return
+        saved = trainer.strategy.load_checkpoint(run.resume_from).get(type(self).__qualname__)
+        self.load_state_dict(saved or {})
+        raise DataManifestMismatch(
+            f"refusing to load the checkpoint: it was trained on {self.data_name} {recorded[:12]}..., not this "
+            f"data's {self.prepare().digest[:12]}...; restore the original data and settings or start a new run "
+            "without --ckpt_path"
+        )
 
     def train_dataloader(self) -> ReplayDataLoader:
         """The training split in the ``(seed, epoch)`` order, full batches, resumable from its cursor."""

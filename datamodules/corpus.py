@@ -4,14 +4,23 @@ Flow: resolve sources -> read and digest every file -> cut into documents -> spl
 (train / validation never share one) -> train or load the tokenizer (cached by digest) ->
 tokenize with ``datasets`` (Arrow cache keyed by the manifest) -> pack each split into one
 token stream -> samples are windows of ``block_size + 1`` tokens every ``sample_stride`` tokens.
+
+The token cache is bound to its contents: writing it records the sha256 of each split's packed
+stream, and every load recomputes them; a cache that does not match (edited, truncated, swapped,
+without its record) is rebuilt from the sources, never trained on. The same digests enter the
+manifest (``token_digests``), so the data manifest digest commits to the tokens themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import math
+import os
 import re
+import shutil
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Any, Literal
@@ -23,17 +32,32 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
-from lit_psion.core import atomic_write_json, sha256_bytes, sha256_file
+from lit_psion.core import atomic_write_json, read_json, sha256_bytes, sha256_file
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
 from lit_psion.core.manifest import DataManifest, SourceFile
-from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
+from lit_psion.datamodules.base import ReplayDataModule, Split, default_cache_dir, positive_integers
 from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
 
 __all__ = ["CorpusDataModule", "DataConfigError", "DataManifestMismatch", "PackedTokens"]
 
+BPE_MIN_VOCAB = 257
+"""A byte-level BPE starts from 256 byte tokens plus the end-of-text token."""
 STDLIB = "stdlib"
 _EXCLUDED_STDLIB_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+TOKENS_FILE = "tokens.arrow"
+"""The tokenized documents in a token cache directory (``<cache_dir>/corpora/<inputs digest>/``)."""
+TOKEN_RECORD_FILE = "token_digests.json"
+"""The cache's record of what it holds: the inputs digest it was built for and each split's token digest."""
+
+
+def token_digest(tokens: np.ndarray) -> str:
+    """The sha256 of a packed token stream as little-endian int32 (what training reads)."""
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").data).hexdigest()
+
+
+class TokenCacheMismatch(Exception):
+    """A token cache that is not what its record says (internal: the cache is rebuilt, never trained on)."""
 
 
 class PackedTokens(Dataset):
@@ -59,7 +83,10 @@ class CorpusDataModule(ReplayDataModule):
     Args:
         files: ``"stdlib"`` (the running Python's standard-library ``.py`` files, sorted) or a list
             of files and globs.
-        max_bytes: Stop adding source files once this many bytes are taken (``None``: no cap).
+        max_bytes: At most this many source bytes (``None``: no cap). Files are taken whole, in order,
+            while the total stays within the cap; the first file that would pass it and every later
+            one are left out. A file is never cut (the manifest's sha256 is the file's own), so a
+            first file larger than the cap is refused with a DataError naming its size.
         tokenizer: ``bpe`` (byte-level BPE) or ``char`` (one token per character).
         vocab_size: BPE vocabulary size (``char`` takes the corpus's alphabet).
         block_size: Tokens of context per sample.
@@ -116,6 +143,10 @@ class CorpusDataModule(ReplayDataModule):
         for name, value, allowed in choices:
             if value not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.tokenizer_kind == "bpe" and isinstance(self.requested_vocab_size, int) and \
+                self.requested_vocab_size < BPE_MIN_VOCAB:
+            problems.append(f"vocab_size must be >= {BPE_MIN_VOCAB} for bpe (256 bytes and the end-of-text token), "
+                            f"got {self.requested_vocab_size!r}")  # fmt: skip
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.max_bytes is not None and self.max_bytes < 1:
@@ -145,15 +176,24 @@ class CorpusDataModule(ReplayDataModule):
         return paths
 
     def _read_sources(self) -> tuple[list[SourceFile], list[tuple[str, str]]]:
-        """Digest the sources (within ``max_bytes``) and return them with their texts."""
+        """Digest the sources (whole files within ``max_bytes``) and return them with their texts.
+
+        Raises:
+            DataError: A first file larger than ``max_bytes``, or a source that is not UTF-8 text.
+        """
         sources, texts, taken = [], [], 0
         for name, path in self._source_paths():
             data = path.read_bytes()
-            if self.max_bytes is not None and taken + len(data) > self.max_bytes and sources:
+            if self.max_bytes is not None and taken + len(data) > self.max_bytes:
+                if not sources:
+                    raise DataError(
+                        f"data file {name!r} alone is {len(data)} bytes, over max_bytes {self.max_bytes}; files are "
+                        "taken whole, so raise --data.max_bytes, set it to null, or give a smaller file"
+                    )
                 break
             taken += len(data)
             sources.append(SourceFile(path=name, sha256=sha256_bytes(data), bytes=len(data)))
-            texts.append((name, data.decode("utf-8", errors="replace")))
+            texts.append((name, _decode_text(name, data)))
         if not any(text.strip() for _, text in texts):
             named = ", ".join(self.files)
             raise DataError(f"corpus is empty: {named!r} has no text; give --data.files a file with text")
@@ -215,45 +255,59 @@ class CorpusDataModule(ReplayDataModule):
             val_fraction=self.val_fraction, documents=mode, block_size=self.block_size,
             sample_stride=self.sample_stride,
         )  # fmt: skip
-        self._splits, counts = self._tokenize(manifest.inputs_digest(), docs, held_out)
+        streams, token_digests = self._tokenize(manifest.inputs_digest(), docs, held_out)
+        self._splits = {name: torch.from_numpy(tokens) for name, tokens in streams.items()}
         self._check_sizes()
-        return dataclasses.replace(manifest, **counts)
+        return dataclasses.replace(
+            manifest,
+            token_counts={name: len(tokens) for name, tokens in self._splits.items()},
+            sample_counts={name: len(self._dataset(name)) for name in self._splits},
+            token_digests=token_digests,
+        )
 
     def _tokenize(
         self, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[bool]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, int]]]:
-        """Token streams per split, through an Arrow cache keyed by the manifest inputs."""
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Token streams per split and their digests, through a token cache keyed by the manifest inputs.
+
+        A cache that does not match its record is rebuilt (one warning line on stderr), never trained on.
+        """
         cache = self.cache_dir / "corpora" / inputs_digest
-        arrow = cache / "tokens.arrow"
-        eot = self.tokenizer.token_to_id(END_OF_TEXT)
         datasets.disable_progress_bars()
-        if (cache / "counts.json").exists():
-            table = datasets.Dataset.from_file(str(arrow))
-        else:
-            cache.mkdir(parents=True, exist_ok=True)
-            columns = {"text": [t for _, t, _ in docs], "eot": [e for _, _, e in docs], "val": held_out}
-            table = datasets.Dataset.from_dict(columns).map(
-                self._encode_batch,
-                fn_kwargs={"eot": eot},
-                batched=True,
-                remove_columns=["text"],
-                cache_file_name=str(arrow),
-                new_fingerprint=inputs_digest,
-            )
-        arrow_table, splits = table.data.table, {}
-        for name, is_val in (("train", False), ("val", True)):
-            part = arrow_table.filter(pyarrow.compute.equal(arrow_table.column("val"), is_val))
-            ids = part.column("ids").combine_chunks().flatten().to_numpy()
-            splits[name] = torch.from_numpy(np.asarray(ids, dtype=np.int32).copy())
-        counts = {
-            "token_counts": {name: len(tokens) for name, tokens in splits.items()},
-            "sample_counts": {
-                "train": len(PackedTokens(splits["train"], self.block_size, self.sample_stride)),
-                "val": len(PackedTokens(splits["val"], self.block_size, self.block_size)),
-            },
-        }
-        atomic_write_json(cache / "counts.json", counts)
-        return splits, counts
+        try:
+            if (cached := _load_token_cache(cache, inputs_digest)) is not None:
+                return cached
+        except TokenCacheMismatch as mismatch:
+            print(f"lit_psion: warning: token cache {str(cache)!r} {mismatch}; rebuilding it from the sources",
+                  file=sys.stderr)  # fmt: skip
+        return self._build_token_cache(cache, inputs_digest, docs, held_out)
+
+    def _build_token_cache(
+        self, cache: Path, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[bool]
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Tokenize into a staging directory, record the token digests of what it holds, move it into place."""
+        staging = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        columns = {"text": [t for _, t, _ in docs], "eot": [e for _, _, e in docs], "val": held_out}
+        datasets.Dataset.from_dict(columns).map(
+            self._encode_batch,
+            fn_kwargs={"eot": self.tokenizer.token_to_id(END_OF_TEXT)},
+            batched=True,
+            remove_columns=["text"],
+            cache_file_name=str(staging / TOKENS_FILE),
+            new_fingerprint=inputs_digest,
+            load_from_cache_file=False,
+        )
+        streams = _split_streams(staging / TOKENS_FILE)  # what a later load reads is what is recorded
+        digests = {name: token_digest(tokens) for name, tokens in streams.items()}
+        atomic_write_json(staging / TOKEN_RECORD_FILE, {"inputs_digest": inputs_digest, "token_digests": digests})
+        shutil.rmtree(cache, ignore_errors=True)
+        try:
+            staging.rename(cache)
+        except OSError:  # another process put a cache in place first; ours is in memory already
+            shutil.rmtree(staging, ignore_errors=True)
+        return streams, digests
 
     def _encode_batch(self, batch: dict[str, list], eot: int) -> dict[str, list[list[int]]]:
         """Token ids per document; a document that ends a file is followed by the end-of-text token."""
@@ -261,6 +315,7 @@ class CorpusDataModule(ReplayDataModule):
         return {"ids": [e.ids + [eot] * ends for e, ends in zip(encodings, batch["eot"], strict=True)]}
 
     def _check_sizes(self) -> None:
+        """Refuse a split shorter than one sample."""
         for name, tokens in self._splits.items():
             if len(tokens) < self.block_size + 1:
                 raise DataError(
@@ -290,3 +345,83 @@ class CorpusDataModule(ReplayDataModule):
     def tokenizer_json(self) -> str | None:
         """The tokenizer a run keeps as ``tokenizer.json`` (None before :meth:`prepare`)."""
         return self.tokenizer.to_str() if self.tokenizer is not None else None
+
+
+def _decode_text(name: str, data: bytes) -> str:
+    """``data`` as UTF-8 text; a binary or non-UTF-8 source is refused, naming the first bad byte.
+
+    Raises:
+        DataError: ``data`` holds a NUL byte (binary) or a byte sequence that is not UTF-8.
+    """
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = error.start if nul < 0 else min(nul, error.start)
+    else:
+        if nul < 0:
+            return text
+        offset = nul
+    kind = "a NUL byte (a binary file)" if offset == nul else f"byte 0x{data[offset]:02x}, not UTF-8"
+    raise DataError(f"data file {name!r} is not UTF-8 text: {kind} at byte offset {offset}; exclude it from "
+                    "--data.files (sources are read as UTF-8 text)")  # fmt: skip
+
+
+def _split_streams(arrow: Path) -> dict[str, np.ndarray]:
+    """Each split's packed token stream (int32) from a tokenized Arrow file."""
+    table = datasets.Dataset.from_file(str(arrow)).data.table
+    streams = {}
+    for name, is_val in (("train", False), ("val", True)):
+        part = table.filter(pyarrow.compute.equal(table.column("val"), is_val))
+        ids = part.column("ids").combine_chunks().flatten().to_numpy()
+        streams[name] = np.asarray(ids, dtype=np.int32).copy()
+    return streams
+
+
+def _load_token_cache(cache: Path, inputs_digest: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+    """The cached token streams and digests if the cache holds exactly what its record says; None if absent.
+
+    Raises:
+        TokenCacheMismatch: The cache exists but its record is missing or names other inputs, it cannot be
+            read, or a split's tokens do not hash to the recorded digest.
+    """
+    record_path, arrow = cache / TOKEN_RECORD_FILE, cache / TOKENS_FILE
+    if not cache.exists():
+        return None
+    if not record_path.is_file():
+        raise TokenCacheMismatch(f"has no {TOKEN_RECORD_FILE} digest record")
+    try:
+        record = read_json(record_path)
+        bound, recorded = record["inputs_digest"], dict(record["token_digests"])
+        streams = _split_streams(arrow)
+    except (OSError, ValueError, KeyError, TypeError, pyarrow.ArrowException) as error:
+        reason = (str(error).splitlines() or [""])[0][:200]
+        raise TokenCacheMismatch(f"cannot be read ({type(error).__name__}: {reason})") from error
+    if bound != inputs_digest:
+        raise TokenCacheMismatch(f"was recorded for other inputs ({str(bound)[:12]}...)")
+    digests = {name: token_digest(tokens) for name, tokens in streams.items()}
+    if changed := sorted(name for name in digests.keys() | recorded.keys() if digests.get(name) != recorded.get(name)):
+        raise TokenCacheMismatch(f"does not match its digest record ({', '.join(changed)} tokens differ)")
+    return streams, digests
+
+
+def check_token_cache(manifest: DataManifest, cache_dir: str | None = None) -> str:
+    """Say whether the token cache a run's manifest names holds exactly the tokens it committed to.
+
+    Returns:
+        ``"absent"`` (it will be rebuilt from the sources when needed) or ``"matches"``.
+
+    Raises:
+        DataError: the cache exists but does not hold the manifest's tokens (a fit would rebuild it).
+    """
+    cache = default_cache_dir(cache_dir) / "corpora" / manifest.inputs_digest()
+    try:
+        cached = _load_token_cache(cache, manifest.inputs_digest())
+    except TokenCacheMismatch as mismatch:
+        raise DataError(f"token cache {str(cache)!r} {mismatch}; a fit rebuilds it from the sources") from mismatch
+    if cached is None:
+        return "absent (rebuilt from the sources when a fit needs it)"
+    if manifest.token_digests and cached[1] != dict(manifest.token_digests):
+        raise DataError(f"token cache {str(cache)!r} holds other tokens than the run's manifest records")
+    return f"matches the manifest's token digests ({str(cache)!r})"
+

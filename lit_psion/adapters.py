@@ -2,7 +2,11 @@
 
 ``export RUN_DIR`` writes ``<RUN_DIR>/adapter/`` (or ``--out``): ``adapter.safetensors`` (the LoRA
 tensors) and ``adapter.json`` (base checkpoint digest, base model signature, targets, rank, alpha,
-dtype, data manifest digest, the adapter file's sha256). ``merge ADAPTER_DIR --base BASE --out DIR``
+dtype, data manifest digest, the adapter file's sha256). The two bind each other: ``adapter.json``
+ends with ``metadata_sha256``, the digest of its own canonical JSON without that field, and the
+tensor file's header carries a copy of the metadata (everything but the two digests), so an edit
+to either is refused (exit 4) naming the field that changed. ``inspect`` and ``merge`` verify
+both, then refuse non-finite adapter tensors. ``merge ADAPTER_DIR --base BASE --out DIR``
 refuses a base whose manifest digest differs from the one the adapter was trained on, folds the
 adapter in, measures the largest |logit difference| between the merged and unmerged model on a
 fixed probe batch, and writes ``model.safetensors`` plus ``merge.json``; export and merge each
@@ -11,19 +15,35 @@ leave an ``adapter_export`` receipt in the output directory's ``receipts.jsonl``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
-from lit_psion.core import RunLayout, atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
+from lit_psion.core import (
+    RunLayout,
+    atomic_write_bytes,
+    atomic_write_json,
+    canonical_json,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+    sha256_json,
+)
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.receipts import AdapterExportReceipt, ReceiptLog
 
-ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 1
+ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
 PROBE_SEED, PROBE_SHAPE = 0, (4, 64)
+HEADER_KEY = "lit_psion.adapter"
+"""Key, in ``adapter.safetensors``' header metadata, of the copy of ``adapter.json``'s fields."""
+DIGESTS = ("adapter_sha256", "metadata_sha256")
+"""The fields of ``adapter.json`` that are digests: not in the header copy (the file cannot hold its own digest)."""
+REQUIRED = ("format_version", "base_checkpoint_digest", "targets", "rank", "alpha", "dtype", "decoder_config",
+            "data_manifest_digest", "source_run", *DIGESTS)  # fmt: skip
 
 
 def export(run_dir: Path, out: Path | None = None) -> Path:
@@ -37,13 +57,16 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     if info is None:
         raise ConfigError(f"the run in {str(run_dir)!r} did not train an AdapterLM (its checkpoint has no adapter)")
     tensors = {k: v.contiguous() for k, v in state["state_dict"].items() if ".lora_" in k}
+    _require_finite(tensors, f"the adapter of the run in {str(run_dir)!r}")
     out = out or run_dir / "adapter"
     out.mkdir(parents=True, exist_ok=True)
-    data = save(tensors)
+    exported = {"format_version": FORMAT_VERSION, **info, "dtype": str(next(iter(tensors.values())).dtype),
+                "decoder_config": state["decoder_config"], "data_manifest_digest": run.record.data_manifest_digest,
+                "source_run": run_dir.name}  # fmt: skip
+    data = save(tensors, metadata={HEADER_KEY: canonical_json(exported).decode()})
     atomic_write_bytes(out / ADAPTER_FILE, data)
-    meta = {"format_version": FORMAT_VERSION, **info, "dtype": str(next(iter(tensors.values())).dtype),
-            "decoder_config": state["decoder_config"], "adapter_sha256": sha256_bytes(data),
-            "data_manifest_digest": run.record.data_manifest_digest, "source_run": run_dir.name}  # fmt: skip
+    meta = {**exported, "adapter_sha256": sha256_bytes(data)}
+    meta["metadata_sha256"] = sha256_json(meta)  # of everything but itself
     atomic_write_json(out / META_FILE, meta)
     _receipt(out, AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
                                        base_checkpoint_digest=info["base_checkpoint_digest"],
@@ -52,15 +75,80 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The adapter's metadata and tensors, after checking the tensors against the metadata's digest."""
-    if not (directory / META_FILE).is_file():
+    """The adapter's metadata and tensors, after checking that each binds the other and the tensors are finite.
+
+    Raises:
+        ConfigError: ``directory`` holds no ``adapter.json``.
+        CheckpointError: a field missing, ``adapter.json`` edited (naming the fields that changed), the
+            tensor file changed, or a tensor not finite (exit 4).
+    """
+    meta_path, path = directory / META_FILE, directory / ADAPTER_FILE
+    if not meta_path.is_file():
         raise ConfigError(f"{str(directory)!r} holds no {META_FILE}; export an adapter first (adapter export RUN_DIR)")
-    meta = read_json(directory / META_FILE)
-    actual = sha256_file(directory / ADAPTER_FILE) if (directory / ADAPTER_FILE).is_file() else "missing"
-    if actual != meta["adapter_sha256"]:
-        raise CheckpointError(f"adapter file {str(directory / ADAPTER_FILE)!r} is corrupt: expected sha256 "
-                              f"{meta['adapter_sha256']}, got {actual}")  # fmt: skip
-    return meta, load_file(directory / ADAPTER_FILE)
+    meta = _read_meta(meta_path)
+    data = path.read_bytes() if path.is_file() else None
+    actual = sha256_bytes(data) if data is not None else "missing"
+    exported = _exported_copy(data)
+    changed = _changed_fields(meta, exported, actual)
+    computed = sha256_json({k: v for k, v in meta.items() if k != "metadata_sha256"})
+    if computed != meta["metadata_sha256"]:
+        raise CheckpointError(f"{str(meta_path)!r} was edited after export{changed}: metadata_sha256 records "
+                              f"{meta['metadata_sha256']}, its fields hash to {computed}; export it again")  # fmt: skip
+    if data is None or actual != meta["adapter_sha256"]:
+        raise CheckpointError(f"adapter file {str(path)!r} is corrupt: expected sha256 {meta['adapter_sha256']}, "
+                              f"got {actual}")  # fmt: skip
+    if changed:  # both digests re-recorded over an edit: the copy exported inside the tensor file disagrees
+        raise CheckpointError(f"{str(meta_path)!r} does not match the metadata exported in {str(path)!r}{changed}; "
+                              "export the adapter again")  # fmt: skip
+    tensors = load(data)  # the bytes that were hashed
+    _require_finite(tensors, repr(str(path)))
+    return meta, tensors
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({error}); export the adapter again") from error
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{str(path)!r} is not a JSON object; export the adapter again")
+    missing = [field for field in REQUIRED if field not in meta]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} lacks field(s) {', '.join(map(repr, missing))} (edited, or written "
+                              f"before format {FORMAT_VERSION}); export the adapter again")  # fmt: skip
+    return meta
+
+
+def _exported_copy(data: bytes | None) -> dict[str, Any] | None:
+    """The metadata export put in the tensor file's header (None if the header holds none)."""
+    if data is None:
+        return None
+    try:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        copy = json.loads(header["__metadata__"][HEADER_KEY])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return copy if isinstance(copy, dict) else None
+
+
+def _changed_fields(meta: dict[str, Any], exported: dict[str, Any] | None, actual: str) -> str:
+    """``" (field: exported X, now Y; ...)"`` for the fields of ``meta`` that differ from what was exported."""
+    changes = []
+    if exported is not None:
+        for field in sorted((meta.keys() | exported.keys()) - set(DIGESTS)):
+            if meta.get(field, "<deleted>") != exported.get(field, "<absent>"):
+                changes.append(f"{field}: exported {exported.get(field, '<absent>')!r}, now "
+                               f"{meta.get(field, '<deleted>')!r}")  # fmt: skip
+    if actual not in ("missing", meta["adapter_sha256"]) and exported is not None:
+        changes.append(f"adapter_sha256: now {meta['adapter_sha256']}, the tensor file's is {actual}")
+    return f" ({'; '.join(changes)})" if changes else ""
+
+
+def _require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"{what} holds non-finite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}); "
+                              "refusing to use it")  # fmt: skip
 
 
 def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:

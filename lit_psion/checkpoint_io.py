@@ -131,7 +131,9 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
             f"writing checkpoint {str(final)!r} failed: {error.strerror or error}; "
             "the previous checkpoint is still the pointed-to one (free space or fix the disk, then --ckpt_path last)"
         ) from error
-    if final.exists():
+    if final.is_symlink():  # never followed: whatever it points at is not ours to delete
+        final.unlink()
+    elif final.exists():
         shutil.rmtree(final)
     staging.rename(final)
     fsync_path(final.parent)

@@ -19,10 +19,11 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import StrategyRegistry
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import lit_psion.strategies  # noqa: F401  (registers lit_psion's strategies by name)
 from lit_psion.callbacks import Dashboard, PointerCheckpoint, ProgressBar, Receipts, RunDirectory, Telemetry
@@ -30,8 +31,15 @@ from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.checkpoint import RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint, verify_checkpoint
+from lit_psion.core.checkpoint import (
+    MANIFEST_FILE,
+    RejectedCheckpoint,
+    VerifiedCheckpoint,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
+from lit_psion.core.lock import RunLock
 from lit_psion.core.run import read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
@@ -39,9 +47,10 @@ from lit_psion.runs import add_data_facts_link
 DEFAULT_ROOT = "runs"
 EXIT_INTERRUPTED = 130
 EXIT_SIGTERM = 143
-CALLBACK_GROUPS = {"checkpoint": PointerCheckpoint, "receipts": Receipts, "telemetry": Telemetry,
-                   "dashboard": Dashboard, "progress_bar": ProgressBar}  # fmt: skip
-"""The config groups of lit_psion's always-on callbacks (``--checkpoint.every_n_train_steps`` ...)."""
+CALLBACK_GROUPS = {"receipts": Receipts, "telemetry": Telemetry, "dashboard": Dashboard, "progress_bar": ProgressBar,
+                   "checkpoint": PointerCheckpoint}  # fmt: skip
+"""The config groups of lit_psion's always-on callbacks (``--checkpoint.every_n_train_steps`` ...), in hook
+order: a step's receipt is appended before the checkpoint that records the chain's head is written."""
 
 
 class LitPsionCLI(LightningCLI):
@@ -58,37 +67,62 @@ class LitPsionCLI(LightningCLI):
         self.extra_callbacks = list(callbacks or [])
         self.run_context: RunContext | None = None
         self.verified: VerifiedCheckpoint | None = None
-        super().__init__(
-            model_class=L.LightningModule,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=None,  # RunDirectory writes config.yaml into the run directory
-            trainer_defaults={"enable_checkpointing": False, "default_root_dir": DEFAULT_ROOT},
-            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
-            seed_everything_default=1337,
-            args=args,
-            run=run,
-        )
+        self.lock: RunLock | None = None
+        """One writer per run: held from before a fit reads its run until the fit returns."""
+        try:
+            super().__init__(
+                model_class=L.LightningModule,
+                datamodule_class=L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=None,  # RunDirectory writes config.yaml into the run directory
+                trainer_defaults={"enable_checkpointing": False, "default_root_dir": DEFAULT_ROOT},
+                parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+                seed_everything_default=1337,
+                args=args,
+                run=run,
+            )
+        finally:
+            if run and self.lock is not None:
+                self.lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name, callback in CALLBACK_GROUPS.items():
             parser.add_lightning_class_args(callback, name)
         add_data_facts_link(parser)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then refuse a ``--ckpt_path`` that is not a checkpoint directory before anything reads it.
+
+        LightningCLI would otherwise load a checkpoint *file* to apply its hyper-parameters to the config
+        before lit_psion verified it: nothing from an unverified file may shape the run.
+        """
+        super().parse_arguments(parser, args)
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        if problems := setting_problems(config, self.config.get("subcommand")):
+            raise ConfigError("; ".join(problems))
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is not None and ckpt_path != "last" and not (Path(ckpt_path) / MANIFEST_FILE).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt_path!r} is not a lit_psion checkpoint directory (a "
+                              "<run>/checkpoints/step-NNNNNN with manifest.json); give one, or 'last' to continue the "
+                              "latest run")  # fmt: skip
+
     def before_instantiate_classes(self) -> None:
         config = self._config()
         _check_strategy(config.trainer.strategy)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
+        if self.subcommand == "fit":
+            _make_root(root)
         run_id, rejected = self._resolve_resume(config, root)
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand == "fit":
             yaml = self._parser(self.subcommand).dump(config, skip_none=False)
             layout = RunLayout(root, run_id or new_run_id())
-            resume_from = self.verified.path if self.verified is not None else None
+            start = self.verified
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
-                                          resume_from=resume_from, rejected=rejected)  # fmt: skip
+                                          resume_from=start and start.path, resume_manifest=start and start.manifest,
+                                          rejected=rejected)  # fmt: skip
             _place_wandb_runs(config.trainer.logger, layout)
 
     def _config(self) -> Namespace:
@@ -100,20 +134,33 @@ class LitPsionCLI(LightningCLI):
         if ckpt_path is None:
             return None, ()
         if ckpt_path != "last":
-            self.verified = verify_checkpoint(ckpt_path) if Path(ckpt_path).is_dir() else None
+            self.verified = verify_checkpoint(ckpt_path)
             return None, ()
         run_id = read_latest(root)
         if run_id is None:
             raise CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
+        if self.subcommand == "fit":
+            self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
         self.verified = resolve_checkpoint(RunLayout(root, run_id), rejected)
         config.ckpt_path = str(self.verified.path)
         return run_id, tuple(rejected)
+
+    def _lock(self, layout: RunLayout) -> None:
+        if not layout.run_dir.is_dir():
+            raise CheckpointError(f"--ckpt_path last: run {layout.run_id!r} named by {str(layout.latest)!r} does not "
+                                  "exist; give --ckpt_path a checkpoint directory")  # fmt: skip
+        self.lock = RunLock(layout.run_dir, purpose=f"fit {layout.run_id}").acquire()
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer with lit_psion's checkpoint IO, callbacks and (for fit) run directory and loggers."""
         config = {**self._instantiated("trainer"), **kwargs}
         callbacks = [*self.extra_callbacks, *_as_list(config.pop("callbacks", None)), *self._group_callbacks(config)]
-        plugins = [*_as_list(config.get("plugins")), ManifestCheckpointIO(self.verified)]
+        plugins = _as_list(config.get("plugins"))
+        if custom := [type(p).__name__ for p in plugins if isinstance(p, CheckpointIO)]:
+            raise ConfigError(f"trainer.plugins holds a CheckpointIO ({custom[0]}); lit_psion writes and verifies "
+                              "checkpoints with its own ManifestCheckpointIO: remove it")  # fmt: skip
+        plugins.append(ManifestCheckpointIO(self.verified))
+        self.verified = None  # the IO holds the verified bytes until it loads them, then lets them go
         loggers = _as_list(config.get("logger")) if config.get("logger") not in (None, True, False) else []
         if self.run_context is not None:
             run = dataclasses.replace(self.run_context, stage=run_stage(self.model, callbacks))
@@ -124,7 +171,14 @@ class LitPsionCLI(LightningCLI):
                 callbacks.append(WandbEvidence())
         elif config.get("logger") in (None, True):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
-        return self.trainer_class(**{**config, "plugins": plugins, "logger": loggers}, callbacks=callbacks)
+        try:
+            trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers}, callbacks=callbacks)
+        except MisconfigurationException as error:  # Lightning's word for a setting it cannot honour
+            raise ConfigError(f"trainer: {error}") from error
+        if self.run_context is not None and self.lock is None:  # a new run: fresh id, locked before it is findable
+            self.run_context.layout.run_dir.mkdir(exist_ok=True)
+            self._lock(self.run_context.layout)
+        return trainer
 
     def _instantiated(self, key: str) -> dict[str, Any]:
         section = self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -136,6 +190,39 @@ class LitPsionCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is False:  # the user turned the bar off: drop ours
             callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
         return callbacks
+
+
+def setting_problems(config: Namespace, subcommand: str | None) -> list[str]:
+    """Trainer settings Lightning would accept and then fail on mid-run (or never finish with), as messages."""
+    trainer, problems = config.trainer, []
+    for key in ("log_every_n_steps", "accumulate_grad_batches"):
+        if isinstance(trainer.get(key), int) and trainer.get(key) < 1:
+            problems.append(f"trainer.{key} must be >= 1, got {trainer.get(key)!r}")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int | float) and not interval > 0:
+        problems.append(f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {interval!r}")
+    max_steps, max_epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
+        problems.append(f"trainer.max_steps must be >= 1 (or -1 with max_epochs), got {max_steps!r}")
+    elif max_steps == -1 and max_epochs in (None, -1) and subcommand == "fit":
+        problems.append("trainer.max_steps -1 with no max_epochs never ends; set trainer.max_steps or max_epochs")
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+        problems.append(f"seed_everything must be in 0..{2**32 - 1}, got {seed!r}")
+    return problems
+
+
+def _make_root(root: Path) -> None:
+    """Create the runs root, or refuse in one line a root that cannot hold runs."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is a file; give a directory for runs")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"trainer.default_root_dir {str(root)!r} cannot be created ({error.strerror or error}); "
+                          "give a writable directory") from error  # fmt: skip
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -163,7 +250,7 @@ def _place_wandb_runs(loggers: Any, layout: RunLayout) -> None:
         for key in ("id", "name"):
             if init_args.get(key) is None:
                 init_args[key] = layout.run_id
-        if not _wandb_api_key() and os.environ.get("WANDB_MODE") != "online" and not init_args.get("offline"):
+        if not _wandb_api_key() and "WANDB_MODE" not in os.environ and not init_args.get("offline"):
             init_args.offline = True
             print("lit_psion: no W&B API key: logging to W&B offline under the run directory (wandb sync to upload)",
                   file=sys.stderr)  # fmt: skip
@@ -190,9 +277,11 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SIGTERMException:
+    except SIGTERMException:  # a SystemExit: caught before the clause below
         print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
         return EXIT_SIGTERM
+    except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:
         if debug:
             raise

@@ -34,16 +34,23 @@ def _data_facts(data: L.LightningDataModule | None) -> DataFacts | None:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LoadedRun:
-    """A run's layout and record, and its verified, loaded checkpoint."""
+    """A run's layout and record, and its verified, loaded checkpoint (a bare checkpoint has no run)."""
 
-    layout: RunLayout
-    record: RunRecord
+    layout: RunLayout | None
+    record: RunRecord | None
     checkpoint: VerifiedCheckpoint
     state: dict[str, Any] = dataclasses.field(repr=False)
     """The checkpoint dict (``state_dict`` holds the weights), loaded with ``weights_only=True``."""
 
     def config(self) -> dict[str, Any]:
-        """The run's resolved ``config.yaml``."""
+        """The run's resolved ``config.yaml``.
+
+        Raises:
+            ConfigError: a checkpoint outside a run directory carries no config.
+        """
+        if self.layout is None:
+            raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} is not inside a run directory, so there is "
+                              "no config.yaml to rebuild its model from; give the run directory")  # fmt: skip
         return yaml.safe_load(self.layout.config.read_text())
 
     def build(self) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -60,20 +67,23 @@ class LoadedRun:
 
 
 def load_run(location: str | Path, map_location: Any = None) -> LoadedRun:
-    """The run at ``location`` (a run directory or one of its checkpoint directories), verified and loaded.
+    """The run at ``location`` (a run directory, or a checkpoint directory inside a run or on its own), loaded.
 
     Raises:
-        ConfigError: ``location`` is neither a run directory nor a checkpoint directory of one.
+        ConfigError: ``location`` is neither a run directory nor a checkpoint directory.
         CheckpointError: no checkpoint verifies.
     """
     location = Path(location)
     if RunLayout.of(location).is_run():
         layout = RunLayout.of(location)
         checkpoint = resolve_checkpoint(layout)
-    elif (location / MANIFEST_FILE).is_file() and RunLayout.of(location.parent.parent).is_run():
-        layout, checkpoint = RunLayout.of(location.parent.parent), verify_checkpoint(location)
+    elif (location / MANIFEST_FILE).is_file():
+        checkpoint = verify_checkpoint(location)
+        layout = RunLayout.of(location.parent.parent)
+        layout = layout if layout.is_run() and location.parent == layout.checkpoints else None
     else:
         raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "
-                          "directory of one (<run>/checkpoints/step-NNNNNN)")  # fmt: skip
+                          "directory (step-NNNNNN with manifest.json)")  # fmt: skip
     state = load_verified(checkpoint, map_location)
-    return LoadedRun(layout=layout, record=RunRecord.load(layout), checkpoint=checkpoint, state=state)
+    record = RunRecord.load(layout) if layout is not None else None
+    return LoadedRun(layout=layout, record=record, checkpoint=checkpoint, state=state)

@@ -20,6 +20,10 @@ dropout masks match between ``pre_loss`` and ``post_loss``, and the training RNG
 exactly as an ordinary step leaves it. The schedule follows the global step: a rolled-back step
 still consumes its batch and advances the learning-rate schedule.
 
+The rolling buffer, the rollback streak and the counters ride in every checkpoint (under
+:data:`STATE_KEY`, through the strategy's own ``save_checkpoint``/``load_checkpoint``), so a run
+stopped at any step resumes to exactly the decisions and weights of the uninterrupted run.
+
 The mixin composes with any Lightning strategy whose ``reduce``/``broadcast``/``barrier`` reach
 every rank; :class:`TransactionalStrategy` and :class:`TransactionalDDPStrategy` are two such
 compositions, and a third is as short::
@@ -40,6 +44,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from typing_extensions import override
 
@@ -55,6 +60,9 @@ REASONS = ("nonfinite_loss", "nonfinite_grad", "grad_norm", "state_norm", "nonfi
            "skip_listed")  # fmt: skip
 """Rollback reason codes, in the order receipts list them."""
 _OVERFLOW = {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}
+STATE_KEY = "transactional"
+"""Key of the checkpoint dict holding the strategy's state (:meth:`Transactional.transaction_state_dict`)."""
+STATE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +119,15 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _is_plain(obj: Any) -> bool:
+    """Whether ``obj`` is tensors and plain Python data only (what ``torch.load(weights_only=True)`` reads back)."""
+    if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (bool, int, float, str):
+        return True
+    if type(obj) is dict:
+        return all(type(k) in (int, str) and _is_plain(v) for k, v in obj.items())
+    return type(obj) in (list, tuple) and all(_is_plain(v) for v in obj)
 
 
 class _Snapshot:
@@ -182,6 +199,42 @@ class Transactional:
         """``commit`` or ``rollback``: what happened to the latest step (the Receipts callback reads it)."""
         return self.last_receipt.decision if self.last_receipt is not None else None
 
+    # -- state that rides in the checkpoint ------------------------------------------------------
+
+    def transaction_state_dict(self) -> dict[str, Any]:
+        """This rank's state: counters, the current rollback streak and the rolling buffer (on the CPU).
+
+        The buffer holds each recently committed batch with the RNG state it trained with, which is
+        what ``pre_loss``/``post_loss`` are measured on; the streak is what ``restore_after`` and
+        ``stop_after`` count. Tensors and plain Python data only: it loads with ``weights_only=True``.
+        """
+        buffer = []
+        for batch, (cpu_rng, cuda_rng) in self._buffer:
+            if not _is_plain(batch):  # it would not load with weights_only=True: measured on fewer batches
+                rank_zero_warn(f"a {type(batch).__name__} batch is not tensors and plain data: the transaction "
+                               "buffer leaves it out of the checkpoint, so a resume measures on fewer batches")
+                continue
+            on_cpu = apply_to_collection(batch, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
+            buffer.append({"batch": on_cpu, "cpu_rng": cpu_rng.clone(), "cuda_rng": [t.clone() for t in cuda_rng]})
+        return {
+            "version": STATE_VERSION, "commits": self.commits, "rolled_back": self.rolled_back,
+            "rollbacks": dict(self.rollbacks), "streak": [entry.to_json_dict() for entry in self._streak],
+            "buffer": buffer,
+        }  # fmt: skip
+
+    def load_transaction_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`transaction_state_dict` returned (batches go to this rank's device)."""
+        if state.get("version") != STATE_VERSION:
+            raise CheckpointError(f"transactional strategy state version {state.get('version')!r} is not "
+                                  f"{STATE_VERSION}; resume with the lit_psion version that wrote it")  # fmt: skip
+        self.commits, self.rolled_back = int(state["commits"]), int(state["rolled_back"])
+        self.rollbacks = {**dict.fromkeys(REASONS, 0), **{k: int(v) for k, v in state["rollbacks"].items()}}
+        self._streak = [SkippedBatch.from_json_dict(entry) for entry in state["streak"]]
+        self._buffer.clear()
+        for entry in state["buffer"]:  # a deque: a shorter buffer_len keeps the newest
+            batch = apply_to_collection(entry["batch"], torch.Tensor, lambda t: t.to(self.root_device))
+            self._buffer.append((batch, (entry["cpu_rng"], list(entry["cuda_rng"]))))
+
     # -- Lightning hooks -------------------------------------------------------------------------
 
     @override
@@ -189,6 +242,24 @@ class Transactional:
         super().setup(trainer)
         self._run = run_context(trainer)
         self.skip_list = SkipList.load(self._run.layout.skip_list)  # a resumed run skips what the first listed
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Add every rank's :meth:`transaction_state_dict` (in rank order) under :data:`STATE_KEY`, then save."""
+        mine = self.transaction_state_dict()
+        checkpoint[STATE_KEY] = {"ranks": [self.broadcast(mine, src=rank) for rank in range(self.world_size)]}
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Load the checkpoint and this rank's transaction state from it (none in it: start afresh)."""
+        checkpoint = super().load_checkpoint(checkpoint_path, *args, **kwargs)
+        ranks = checkpoint.get(STATE_KEY, {}).get("ranks", [])
+        if len(ranks) == self.world_size:
+            self.load_transaction_state_dict(ranks[self.global_rank])
+        elif ranks:  # another world size: the batches were other ranks', the counters are shared
+            self.load_transaction_state_dict({**ranks[0], "streak": [], "buffer": []})
+        return checkpoint
 
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:

@@ -80,6 +80,26 @@ class KillDuringCheckpointWrite(Callback):
         checkpoint_io.fsync_path = fsync_then_die
 
 
+class KillAfterPointer(Callback):
+    """SIGKILL this process right after the pointer moves to checkpoint ``step`` (before anything else runs)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lit_psion.callbacks import checkpoint
+
+        original, step = checkpoint.write_pointer, self.step
+
+        def write_then_die(layout: Any, pointer: Any) -> Any:
+            written = original(layout, pointer)
+            if written.step == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return written
+
+        checkpoint.write_pointer = write_then_die
+
+
 class SlowCheckpointWrites(Callback):
     """Make the background write of checkpoint ``step`` stall ``seconds`` before it serializes anything."""
 

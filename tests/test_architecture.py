@@ -14,15 +14,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPED = {folder: f"lit_psion.{folder}" for folder in ("callbacks", "datamodules", "strategies")}
-LAYERS = ("core", "nn", "models", "callbacks", "datamodules", "strategies", "commands", "events", "sessions")
+LAYERS = ("core", "nn", "models", "callbacks", "datamodules", "strategies", "commands", "events", "sessions",
+          "checkpoint_io", "runs", "loggers", "report", "adapters")  # fmt: skip
+"""The package's parts: its folders and its top-level library modules."""
+APPLICATIONS = {"commands", "sessions", "adapters", "events"}
 FORBIDDEN = {
-    "nn": {"models", "callbacks", "datamodules", "strategies", "commands", "events", "sessions"},
-    "models": {"callbacks", "datamodules", "strategies", "commands", "sessions"},
-    "callbacks": {"datamodules", "strategies", "commands", "sessions"},
-    "strategies": {"callbacks", "datamodules", "models", "commands", "sessions"},
-    "datamodules": {"callbacks", "strategies", "models", "commands", "sessions"},
+    "nn": {"models", "callbacks", "datamodules", "strategies", "events", "runs", "checkpoint_io", "loggers", "report",
+           *APPLICATIONS},
+    "models": {"callbacks", "datamodules", "strategies", "loggers", "report", *APPLICATIONS},
+    "callbacks": {"models", "datamodules", "strategies", "runs", *APPLICATIONS},
+    "strategies": {"callbacks", "datamodules", "models", "runs", "loggers", "report", *APPLICATIONS},
+    "datamodules": {"callbacks", "strategies", "models", "runs", "checkpoint_io", "loggers", "report", "commands",
+                    "sessions", "adapters"},
+    "checkpoint_io": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "loggers", "report",
+                      *APPLICATIONS},
+    "runs": {"nn", "models", "callbacks", "datamodules", "strategies", "loggers", "report", *APPLICATIONS},
+    "loggers": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "checkpoint_io", "report",
+                *APPLICATIONS},
+    "report": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "checkpoint_io", *APPLICATIONS},
 }
-"""layer -> the layers it must not import (core is checked separately: it imports only the standard library)."""
+"""part -> the parts it must not import (core is checked separately: it imports only the standard library).
+Applications (commands, sessions, adapters, events) may use the library; the library never uses them."""
 RUN_LAYOUT_NAMES = {"run.json", "config.yaml", "checkpoints", "pointer.json", "receipts.jsonl", "manifest.json",
                     "latest_run.json", "data_manifest.json", "metrics.csv", "skip_list.json", "membership.json",
                     "tokenizer.json", "promotion.json"}  # fmt: skip
@@ -65,6 +77,12 @@ MODULES = list(package_modules())
 
 def test_the_walk_sees_every_layer() -> None:
     assert {layer_of(module) for module, _ in MODULES} >= set(LAYERS)
+
+
+def test_every_module_belongs_to_a_part() -> None:
+    entry_points = ("lit_psion", "lit_psion.cli", "lit_psion.__main__")
+    loose = [module for module, _ in MODULES if layer_of(module) is None and module not in entry_points]
+    assert not loose, f"modules outside every part of docs/architecture.md: {loose}"
 
 
 @pytest.mark.parametrize(("module", "path"), [m for m in MODULES if layer_of(m[0]) == "core"], ids=lambda x: str(x))

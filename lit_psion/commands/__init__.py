@@ -6,12 +6,28 @@ its name; it is imported only when used, so ``compare`` does not pay for what ``
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from collections.abc import Callable
+from typing import NoReturn
+
+from lit_psion.core.errors import ConfigError
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argparse parser whose every complaint (a missing argument too) is one line and exit 2."""
+
+    def __init__(self, prog: str | None = None, **kwargs: object) -> None:
+        kwargs.setdefault("exit_on_error", False)
+        super().__init__(prog=prog, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 COMMANDS_MODULES = {
     "receipts": "lit_psion.commands.receipts",
     "ckpt": "lit_psion.commands.ckpt",
+    "doctor": "lit_psion.commands.doctor",
     "compare": "lit_psion.commands.compare",
     "adapter": "lit_psion.commands.adapter",
     "events": "lit_psion.commands.events",

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from lit_psion.adapters import export, load_adapter, merge
+from lit_psion.adapters import ADAPTER_FILE, META_FILE, export, load_adapter, merge
+from lit_psion.commands import CommandParser
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_psion adapter", exit_on_error=False)
+    parser = CommandParser("python -m lit_psion adapter")
     commands = parser.add_subparsers(dest="command", required=True)
     export_ = commands.add_parser("export", exit_on_error=False, help="write a run's adapter as safetensors")
     export_.add_argument("run_dir", type=Path)
     export_.add_argument("--out", type=Path, default=None)
-    inspect = commands.add_parser("inspect", exit_on_error=False, help="print and verify an exported adapter")
+    inspect = commands.add_parser("inspect", exit_on_error=False, help="verify an exported adapter, then print it")
     inspect.add_argument("adapter_dir", type=Path)
     merge_ = commands.add_parser("merge", exit_on_error=False, help="fold an adapter into its base")
     merge_.add_argument("adapter_dir", type=Path)
@@ -26,9 +26,10 @@ def main(args: list[str]) -> None:
     elif parsed.command == "inspect":
         meta, tensors = load_adapter(parsed.adapter_dir)
         for key in ("targets", "rank", "alpha", "dtype", "base_checkpoint_digest", "data_manifest_digest",
-                    "adapter_sha256"):  # fmt: skip
+                    "adapter_sha256", "metadata_sha256"):  # fmt: skip
             print(f"{key:<24} {meta.get(key)}")
-        print(f"{'tensors':<24} {len(tensors)} ({sum(t.numel() for t in tensors.values())} parameters)")
+        print(f"{'tensors':<24} {len(tensors)} ({sum(t.numel() for t in tensors.values())} parameters, all finite)")
+        print(f"{'verified':<24} {META_FILE} and {ADAPTER_FILE} bind each other")
     else:
         record = merge(parsed.adapter_dir, parsed.base, parsed.out)
         print(f"merged into {parsed.out / 'model.safetensors'}; max |logit difference| merged vs unmerged "

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
+from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
-from lit_psion.core.checkpoint import resolve_checkpoint
+from lit_psion.core.checkpoint import RejectedCheckpoint, resolve_checkpoint
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_psion ckpt", exit_on_error=False)
+    parser = CommandParser("python -m lit_psion ckpt")
     parser.add_argument("action", choices=["verify"])
     parser.add_argument("run_dir", type=Path)
-    checkpoint = resolve_checkpoint(run_layout(parser.parse_args(args).run_dir))
-    print(f"ok: {checkpoint.path} matches its manifest")
+    rejected: list[RejectedCheckpoint] = []
+    checkpoint = resolve_checkpoint(run_layout(parser.parse_args(args).run_dir), rejected, quiet=True)
+    for skipped in rejected:
+        print(f"lit_psion: warning: skipped {skipped.path.name}: {skipped.reason}", file=sys.stderr)
+    print(f"ok: {checkpoint.path} matches its manifest (what --ckpt_path last loads)")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Column, Table
 
+from lit_psion.commands import CommandParser
 from lit_psion.report import compare
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_psion compare", exit_on_error=False)
+    parser = CommandParser("python -m lit_psion compare")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, default=Path("compare"), help="where the PNGs and index.html go")
     parsed = parser.parse_args(args)

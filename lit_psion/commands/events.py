@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from lit_psion.commands import CommandParser
 from lit_psion.events.predict import load_model, predict, read_events
 
 LABELS = {-1: "close", 0: "neutral", 1: "open"}
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_psion events", exit_on_error=False)
+    parser = CommandParser("python -m lit_psion events")
     parser.add_argument("action", choices=["predict"])
     parser.add_argument("--ckpt", type=Path, required=True, help="a MosaicLM run directory or checkpoint directory")
     parser.add_argument("events", type=Path, help="JSONL, one event envelope per line")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from lit_psion.commands import CommandParser
 from lit_psion.core import RunLayout, RunRecord
-from lit_psion.core.errors import ConfigError, EvidenceError
-from lit_psion.core.receipts import verify_log
+from lit_psion.core.audit import check_chain
+from lit_psion.core.errors import ConfigError
 
 
 def run_layout(run_dir: Path) -> RunLayout:
@@ -19,12 +19,9 @@ def run_layout(run_dir: Path) -> RunLayout:
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_psion receipts", exit_on_error=False)
+    parser = CommandParser("python -m lit_psion receipts")
     parser.add_argument("action", choices=["verify"])
     parser.add_argument("run_dir", type=Path)
     layout = run_layout(parser.parse_args(args).run_dir)
-    record = RunRecord.load(layout)
-    result = verify_log(layout.receipts, expected_head=record.receipts_head)
-    if not result.ok:
-        raise EvidenceError(f"{layout.receipts}: {result.describe()}")
+    result = check_chain(layout, RunRecord.load(layout))  # EvidenceError (exit 5) names the first problem
     print(f"ok: {result.describe()}")

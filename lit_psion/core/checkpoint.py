@@ -46,6 +46,9 @@ class CheckpointManifest:
     parent: str | None = None
     """The checkpoint the pointer named when this one was written."""
     writer: str | None = None
+    receipts_head: str | None = None
+    """The receipt chain's head when the checkpoint was written: a durable anchor of the chain (truncation
+    below it is detected even if run.json is edited)."""
     durability: str = DURABLE
     version: int = MANIFEST_VERSION
 
@@ -192,6 +195,14 @@ class RejectedCheckpoint:
         return step_of(self.path.name) or 0
 
 
+def _belonging(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> VerifiedCheckpoint:
+    """``checkpoint``, if its manifest says it was written by the run it is found in."""
+    if checkpoint.manifest.run_id != layout.run_id:
+        raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was written by run {checkpoint.manifest.run_id!r}, "
+                              f"not by run {layout.run_id!r} it sits in; it was copied in and is not resumed from")
+    return checkpoint
+
+
 def resolve_checkpoint(
     layout: RunLayout | str | Path, rejected: list[RejectedCheckpoint] | None = None, quiet: bool = False
 ) -> VerifiedCheckpoint:
@@ -218,7 +229,7 @@ def resolve_checkpoint(
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
         try:
-            return verify_checkpoint(pointed, pointer.manifest_sha256)
+            return _belonging(verify_checkpoint(pointed, pointer.manifest_sha256), layout)
         except CheckpointError as error:
             problem = error
     skipped = [RejectedCheckpoint(pointed, str(problem))] if pointed is not None else []
@@ -226,7 +237,7 @@ def resolve_checkpoint(
         if candidate == pointed:
             continue
         try:
-            verified = verify_checkpoint(candidate)
+            verified = _belonging(verify_checkpoint(candidate), layout)
         except CheckpointError as error:
             skipped.append(RejectedCheckpoint(candidate, str(error)))
             continue

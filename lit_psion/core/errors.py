@@ -60,6 +60,13 @@ class TransactionError(LitPsionError):
     failure_class = "diverged"
 
 
+class LockedError(LitPsionError):
+    """Another process holds the lock on a directory it is writing (a run, a session): exit 8, nothing written."""
+
+    exit_code = 8
+    failure_class = "locked"
+
+
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     """The lit_psion error behind ``error``, following the exception chain (Lightning wraps some)."""
     seen: set[int] = set()

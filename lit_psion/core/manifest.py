@@ -34,6 +34,11 @@ class DataManifest:
     packing_policy_version: int = PACKING_POLICY_VERSION
     token_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     sample_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    token_digests: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Per split, the sha256 of its packed token stream (little-endian int32): what training reads.
+
+    Part of the digest, so the data manifest digest that run.json, every checkpoint and the receipts
+    record commits to the tokens themselves, not only to the inputs that should produce them."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,8 +57,8 @@ class DataManifest:
     def inputs_digest(self) -> str:
         """The digest of everything known before tokenizing (the token cache key)."""
         record = self.to_json_dict()
-        record.pop("token_counts")
-        record.pop("sample_counts")
+        for outcome in _TOKENIZED_FIELDS:
+            record.pop(outcome)
         return sha256_json(record)
 
     def describe_change(self, other: DataManifest) -> str:
@@ -67,13 +72,20 @@ class DataManifest:
             changes.append(f"files added: {_first(added)}")
         if edited := sorted(p for p in old.keys() & new.keys() if old[p].sha256 != new[p].sha256):
             changes.append(f"files changed: {_first(edited)}")
+        if changed := sorted(k for k in self.token_digests.keys() | other.token_digests.keys()
+                             if self.token_digests.get(k) != other.token_digests.get(k)):  # fmt: skip
+            changes.append(f"token content changed ({', '.join(changed)})")
         for field in dataclasses.fields(self):
-            if field.name == "sources":
+            if field.name in ("sources", "token_digests"):
                 continue
             before, after = getattr(self, field.name), getattr(other, field.name)
             if before != after:
                 changes.append(f"{field.name}: {before!r} -> {after!r}")
         return "; ".join(changes) or "no difference"
+
+
+_TOKENIZED_FIELDS = ("token_counts", "sample_counts", "token_digests")
+"""What tokenizing produces (left out of :meth:`DataManifest.inputs_digest`)."""
 
 
 def _first(paths: list[str], limit: int = 3) -> str:

@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TextIO, runtime_checkable
 
-from lit_psion.core.digest import sha256_json
+from lit_psion.core.digest import sha256_bytes, sha256_json
+from lit_psion.core.errors import EvidenceError
 from lit_psion.core.files import fsync_path
 
-SCHEMA_VERSION = 1
-GENESIS = "0" * 64
-"""The ``prev_digest`` of the first receipt in a log."""
+SCHEMA_VERSION = 2
+"""2: the chain starts from a genesis bound to its run (1 started every log from zeros)."""
+
+
+def genesis(run_id: str) -> str:
+    """The ``prev_digest`` of a run's first receipt: binds the chain to its run id from the start."""
+    return sha256_json({"genesis": run_id, "schema_version": SCHEMA_VERSION})
 
 RECEIPT_KINDS: dict[str, type[ReceiptBody]] = {}
 
@@ -191,6 +197,30 @@ class GrowthReceipt(ReceiptBody):
     fresh batches), ``score``. Prune: ``taylor_score`` (0.5 * v * w^2, summed) and ``abs_value_max``."""
 
 
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ChainSealReceipt(ReceiptBody):
+    """The terminal receipt of a completed run: nothing may follow it but a resume of the same run."""
+
+    kind: ClassVar[str] = "chain_seal"
+    stage_id: str
+    step: int
+    receipts: int
+    """How many receipts the chain holds before this one."""
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ChainRepairReceipt(ReceiptBody):
+    """A torn final line (a kill or a full disk during an append) cut off on resume, and what it held."""
+
+    kind: ClassVar[str] = "chain_repair"
+    dropped_bytes: int
+    dropped_sha256: str
+    anchor: str
+    """The durable checkpoint's recorded head the kept chain reaches (what proves the cut line came after it)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Receipt:
     """The envelope every receipt line carries."""
@@ -225,17 +255,42 @@ class ReceiptLog:
     Args:
         path: the ``receipts.jsonl`` file (created on first append).
         run_id: the run every appended receipt belongs to.
+        repair_after: the head recorded by the run's durable checkpoint being resumed. A torn final
+            line (unterminated and unreadable: a kill or a full disk during an append) that comes
+            after this head is cut off and a ``chain_repair`` receipt says so; anything else that
+            does not verify is refused.
+
+    Raises:
+        ReceiptChainError: the existing log does not verify (exit 5).
     """
 
-    def __init__(self, path: str | Path, run_id: str) -> None:
+    def __init__(self, path: str | Path, run_id: str, repair_after: str | None = None) -> None:
         self.path, self.run_id = Path(path), run_id
-        self.head, self.next_seq = GENESIS, 0
+        self.head, self.next_seq = genesis(run_id), 0
         self._handle: TextIO | None = None
-        if self.path.exists():
-            result = verify_log(self.path)
-            if not result.ok:
-                raise ReceiptChainError(f"cannot append to {self.path}: {result.describe()}")
-            self.head, self.next_seq = result.head, result.count
+        if not self.path.exists():
+            return
+        torn = torn_tail(self.path)
+        result = verify_log(self.path, run_id=run_id, upto=len(self.path.read_bytes()) - len(torn) if torn else None)
+        if not result.ok:
+            raise ReceiptChainError(f"cannot append to {self.path}: {result.describe()}")
+        self.head, self.next_seq = result.head, result.count
+        if torn:
+            self._repair(torn, result, repair_after)
+
+    def _repair(self, torn: bytes, kept: VerifyResult, anchor: str | None) -> None:
+        if anchor is None or anchor not in kept.digests:
+            raise ReceiptChainError(
+                f"cannot append to {self.path}: its last line is torn ({len(torn)} bytes, unterminated) and the kept "
+                "chain does not reach the resumed checkpoint's recorded head, so the cut cannot be proven safe; "
+                "restore the log from a backup or start a new run"
+            )
+        with open(self.path, "r+b") as handle:
+            handle.truncate(self.path.stat().st_size - len(torn))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.append(ChainRepairReceipt(dropped_bytes=len(torn), dropped_sha256=sha256_bytes(torn), anchor=anchor))
+        self.sync()
 
     def append(self, body: ReceiptBody) -> Receipt:
         if not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body):
@@ -262,8 +317,21 @@ class ReceiptLog:
             fsync_path(self.path)
 
 
-class ReceiptChainError(RuntimeError):
-    """A receipt log that does not verify."""
+class ReceiptChainError(EvidenceError):
+    """A receipt log that does not verify (exit 5)."""
+
+
+def torn_tail(path: str | Path) -> bytes:
+    """The unterminated, unreadable final line of a log (a torn append), or ``b""`` if there is none."""
+    data = Path(path).read_bytes()
+    if not data or data.endswith(b"\n"):
+        return b""
+    tail = data[data.rfind(b"\n") + 1 :]
+    try:
+        Receipt(**json.loads(tail))
+    except (ValueError, TypeError):
+        return tail
+    return b""  # a complete receipt that only lacks its newline is not torn
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -276,8 +344,13 @@ class VerifyResult:
     line: int | None = None
     """1-based line number of the first problem."""
     reason: str | None = None
-    """``malformed``, ``edited``, ``deleted``, ``reordered``, ``foreign`` or ``truncated``."""
+    """``malformed``, ``torn``, ``edited``, ``deleted``, ``reordered``, ``foreign``, ``unbound``, ``after_seal``
+    or ``truncated``."""
     detail: str = ""
+    digests: frozenset[str] = frozenset()
+    """Every digest in the verified part of the chain (to check heads recorded elsewhere)."""
+    sealed: bool = False
+    """The verified chain ends with a ``chain_seal`` receipt."""
 
     def describe(self) -> str:
         if self.ok:
@@ -286,31 +359,47 @@ class VerifyResult:
         return f"{where}: {self.reason}: {self.detail}"
 
 
-def verify_log(path: str | Path, expected_head: str | None = None) -> VerifyResult:
+def verify_log(
+    path: str | Path, expected_head: str | None = None, run_id: str | None = None, upto: int | None = None
+) -> VerifyResult:
     """Check every line of a receipt log and report the first problem.
 
     Args:
         path: the ``receipts.jsonl`` file.
-        expected_head: the head digest recorded elsewhere (``run.json``); a valid chain that does
-            not contain it was truncated.
+        expected_head: a head digest recorded elsewhere (``run.json``, a checkpoint manifest); a valid
+            chain that does not contain it was truncated.
+        run_id: the run the log must belong to (its first receipt chains from this run's genesis).
+        upto: verify only the first ``upto`` bytes (the part before a torn tail).
     """
-    head, count, run_id, seen = GENESIS, 0, None, {GENESIS}
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    data = Path(path).read_bytes()[:upto]
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    head, count, seen, sealed = None, 0, set(), False
     for number, line in enumerate(lines, start=1):
         checked = _check_line(line, count, head, run_id, seen)
         if isinstance(checked, tuple):
             if checked[0] == "deleted" and count in _seqs(lines[number:]):  # the missing one comes later
                 checked = ("reordered", f"seq {count} is expected here but comes later in the log")
-            return VerifyResult(False, count, head, number, *checked)
+            if checked[0] == "malformed" and number == len(lines) and not data.endswith(b"\n"):
+                checked = ("torn", f"the last line is unterminated and unreadable ({checked[1]})")
+            return VerifyResult(False, count, head or "", number, *checked, digests=frozenset(seen))
+        resuming = checked.kind == "chain_repair" or (checked.kind == "training_run" and
+                                                       checked.body.get("event") == "resumed")  # fmt: skip
+        if sealed and not resuming:
+            detail = f"a {checked.kind!r} receipt follows the completed run's seal (only a resume may)"
+            return VerifyResult(False, count, head or "", number, "after_seal", detail, digests=frozenset(seen))
         head, count, run_id = checked.digest, count + 1, checked.run_id
+        sealed = checked.kind == "chain_seal" or (sealed and checked.kind == "chain_repair")
         seen.add(head)
     if expected_head is not None and expected_head not in seen:
         detail = f"the recorded head {expected_head} is not in the log ({count} receipts remain)"
-        return VerifyResult(False, count, head, None, "truncated", detail)
-    return VerifyResult(True, count, head)
+        return VerifyResult(False, count, head or "", None, "truncated", detail, digests=frozenset(seen))
+    return VerifyResult(True, count, head or (genesis(run_id) if run_id else ""), digests=frozenset(seen),
+                        sealed=sealed)  # fmt: skip
 
 
-def _check_line(line: str, count: int, head: str, run_id: str | None, seen: set[str]) -> Receipt | tuple[str, str]:
+def _check_line(
+    line: str, count: int, head: str | None, run_id: str | None, seen: set[str]
+) -> Receipt | tuple[str, str]:
     """The receipt on ``line`` if it extends the chain, else (reason, detail)."""
     try:
         receipt = Receipt(**json.loads(line))
@@ -320,6 +409,10 @@ def _check_line(line: str, count: int, head: str, run_id: str | None, seen: set[
         return "edited", f"content does not match its digest {receipt.digest}"
     if run_id is not None and receipt.run_id != run_id:
         return "foreign", f"run_id {receipt.run_id!r} in a log of run {run_id!r}"
+    if head is None:  # the first receipt: it must chain from its own run's genesis
+        head = genesis(receipt.run_id)
+        if receipt.seq == 0 and receipt.prev_digest != head:
+            return "unbound", f"the first receipt does not chain from run {receipt.run_id!r}'s genesis"
     if receipt.seq > count:
         return "deleted", f"seq {receipt.seq} follows seq {count - 1}: {receipt.seq - count} receipt(s) missing"
     if receipt.seq < count or receipt.prev_digest != head:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from lit_psion.core.checkpoint import RejectedCheckpoint
+from lit_psion.core.checkpoint import CheckpointManifest, RejectedCheckpoint
 from lit_psion.core.contracts import STAGES, Staged
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.files import atomic_write_json, read_json
@@ -114,10 +114,17 @@ class RunContext:
     """The verified checkpoint the fit resumes from."""
     rejected: tuple[RejectedCheckpoint, ...] = ()
     """Checkpoints skipped while resolving ``--ckpt_path last`` (receipted when training starts)."""
+    resume_manifest: CheckpointManifest | None = None
+    """The verified manifest of the checkpoint the fit starts from (compared with the run at setup)."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"a run's stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+
+    @property
+    def resume_receipts_head(self) -> str | None:
+        """The receipt head a resumed checkpoint recorded (what a torn-tail repair must still reach)."""
+        return self.resume_manifest.receipts_head if self.resumed and self.resume_manifest is not None else None
 
     @classmethod
     def for_run_dir(cls, run_dir: str | Path, stage: str = "pretrain") -> RunContext:
@@ -141,7 +148,7 @@ def run_context(trainer: Any) -> RunContext:
 
 def run_stage(model: Any, callbacks: list[Any]) -> str:
     """The stage of a run: a callback's declared stage (growth) wins over the model's (finetune); else pretrain."""
-    declared = [c.stage for c in callbacks if isinstance(c, Staged)]
+    declared = [c.stage for c in callbacks if isinstance(c, Staged) and c.stage in STAGES]
     if declared:
         return declared[0]
-    return model.stage if isinstance(model, Staged) else "pretrain"
+    return model.stage if isinstance(model, Staged) and model.stage in STAGES else "pretrain"

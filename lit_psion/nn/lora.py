@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -28,7 +28,10 @@ TARGETS = {
 """Declared target names -> module-path patterns in :class:`lit_psion.nn.Decoder`."""
 
 
+@runtime_checkable
 class AdapterModule(Protocol):
+    """A module that carries adapter parameters (the only ones an adapter fine-tune trains)."""
+
     def adapter_params(self) -> list[nn.Parameter]: ...
 
 
@@ -112,4 +115,6 @@ def lora_layers(model: nn.Module) -> list[LoRALinear]:
 
 
 def adapter_params(model: nn.Module) -> list[nn.Parameter]:
-    return [param for layer in lora_layers(model) for param in layer.adapter_params()]
+    """The parameters of every :class:`AdapterModule` inside ``model`` (LoRA layers, or any other kind)."""
+    adapters = [module for module in model.modules() if module is not model and isinstance(module, AdapterModule)]
+    return [param for adapter in adapters for param in adapter.adapter_params()]

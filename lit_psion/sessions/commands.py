@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -16,11 +15,20 @@ import lightning as L
 import torch
 
 from lit_psion.callbacks import Receipts
-from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id
-from lit_psion.core.errors import ConfigError
+from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id, sha256_file
+from lit_psion.core.errors import ConfigError, TransactionError
 from lit_psion.report import plt
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
-from lit_psion.sessions.store import OPTIM, PLASTIC, SCHEMA_VERSION, Store, load_torch, save_tensors, save_torch
+from lit_psion.sessions.store import (
+    EVENTS,
+    METRICS,
+    OPTIM,
+    PLASTIC,
+    SCHEMA_VERSION,
+    Store,
+    tensors_bytes,
+    torch_bytes,
+)
 from lit_psion.sessions.world import Environment, WorldConfig, WorldModel
 from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
 
@@ -40,16 +48,17 @@ def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_b
     if min(pretrain_steps, pretrain_batch, pretrain_seq) < 1:
         raise ConfigError("pretrain_steps, pretrain_batch and pretrain_seq must be >= 1, got "
                           f"{pretrain_steps!r}, {pretrain_batch!r}, {pretrain_seq!r}")  # fmt: skip
-    L.seed_everything(seed, verbose=False)
-    module = BasePretrain(config, pretrain_steps, pretrain_batch, pretrain_seq, lr, momentum, ns_steps, seed)
-    _trainer(store.root / "base", pretrain_steps).fit(module)
-    z, u = module.env.rollout(256, pretrain_seq, torch.Generator().manual_seed(seed + 10_000))
-    with torch.no_grad():
-        mse = float(module.model.loss(z, u, plastic=False))
-    weights = {"A_hat": module.model.A_hat, "B_hat": module.model.B_hat}
-    pretrain = {"steps": pretrain_steps, "batch": pretrain_batch, "seq": pretrain_seq, "lr": lr,
-                "momentum": momentum, "ns_steps": ns_steps, "seed": seed}  # fmt: skip
-    meta = store.write_base(config, weights, {"pretrain": pretrain, "heldout_mse": mse})
+    with store.lock(store.base_dir, "session init-base"):
+        L.seed_everything(seed, verbose=False)
+        module = BasePretrain(config, pretrain_steps, pretrain_batch, pretrain_seq, lr, momentum, ns_steps, seed)
+        _trainer(store.root / "base", pretrain_steps).fit(module)
+        z, u = module.env.rollout(256, pretrain_seq, torch.Generator().manual_seed(seed + 10_000))
+        with torch.no_grad():
+            mse = float(module.model.loss(z, u, plastic=False))
+        weights = {"A_hat": module.model.A_hat, "B_hat": module.model.B_hat}
+        pretrain = {"steps": pretrain_steps, "batch": pretrain_batch, "seq": pretrain_seq, "lr": lr,
+                    "momentum": momentum, "ns_steps": ns_steps, "seed": seed}  # fmt: skip
+        meta = store.write_base(config, weights, {"pretrain": pretrain, "heldout_mse": mse})
     print(f"base model written to {store.base_dir} (held-out one-step MSE {mse:.5f}, "
           f"signature {meta['model_signature'][:16]})")  # fmt: skip
     return meta
@@ -62,16 +71,17 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
         raise ConfigError(f"env_mode {env_mode!r} differs from the base model's {base['config']['env_mode']!r}")
     _check_settings(settings)
     directory = store.session_dir(session_id)
-    if (directory / "meta.json").exists():
-        raise ConfigError(f"session {session_id!r} already exists in {str(store.root)!r}; pick another --session_id")
-    config = WorldConfig(**base["config"])
-    meta = {"schema_version": SCHEMA_VERSION, "session_id": session_id, "model_signature": base["model_signature"],
-            "base_ckpt_hash": base["base_ckpt_hash"], "parent_session_id": None, "root_session_id": session_id,
-            "created_at": time.time(), "mu": mu, "settings": settings, "runs": []}  # fmt: skip
-    directory.mkdir(parents=True, exist_ok=True)
-    save_tensors(directory / PLASTIC, WorldModel(config).plastic_state())
-    save_torch(directory / OPTIM, {})
-    store.register(meta)
+    with store.lock(directory, f"session new {session_id}"):
+        if (directory / "meta.json").exists():
+            raise ConfigError(f"session {session_id!r} already exists in {str(store.root)!r}; pick another "
+                              "--session_id")  # fmt: skip
+        config = WorldConfig(**base["config"])
+        meta = {"schema_version": SCHEMA_VERSION, "session_id": session_id,
+                "model_signature": base["model_signature"], "base_ckpt_hash": base["base_ckpt_hash"],
+                "parent_session_id": None, "root_session_id": session_id, "created_at": time.time(), "mu": mu,
+                "settings": settings, "runs": []}  # fmt: skip
+        store.recover(session_id)  # drops what a crashed `new` of this id staged
+        meta = store.commit(meta, {PLASTIC: tensors_bytes(WorldModel(config).plastic_state()), OPTIM: torch_bytes({})})
     print(f"session {session_id} created (mu {mu}, root {session_id})")
     return meta
 
@@ -107,65 +117,82 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
     if copy_optimizer == reset_optimizer:
         raise ConfigError("fork needs exactly one of --copy_optimizer 1 or --reset_optimizer 1, got "
                           f"copy_optimizer={int(copy_optimizer)} reset_optimizer={int(reset_optimizer)}")  # fmt: skip
-    parent = store.session_meta(parent_id)
-    store.check_signature(parent)
-    child_dir = store.session_dir(child_id)
-    if (child_dir / "meta.json").exists():
-        raise ConfigError(f"session {child_id!r} already exists; pick another --child_session_id")
-    child_dir.mkdir(parents=True, exist_ok=True)
-    parent_dir = store.session_dir(parent_id)
-    shutil.copyfile(parent_dir / PLASTIC, child_dir / PLASTIC)
-    if copy_optimizer:
-        shutil.copyfile(parent_dir / OPTIM, child_dir / OPTIM)
-    else:
-        save_torch(child_dir / OPTIM, {})
-    meta = {**parent, "session_id": child_id, "parent_session_id": parent_id,
-            "root_session_id": parent["root_session_id"], "created_at": time.time(), "runs": [],
-            "forked": {"copy_optimizer": copy_optimizer, "parent_runs": len(parent["runs"])}}  # fmt: skip
-    store.register(meta)
+    store.session_meta(parent_id)  # says which sessions there are when there is no such one
+    parent_dir, child_dir = store.session_dir(parent_id), store.session_dir(child_id)
+    purpose = f"session fork {parent_id} -> {child_id}"
+    with store.lock(parent_dir, purpose), store.lock(child_dir, purpose):  # the parent must not change meanwhile
+        store.recover(parent_id)
+        parent = store.session_meta(parent_id)
+        store.check_signature(parent)
+        if (child_dir / "meta.json").exists():
+            raise ConfigError(f"session {child_id!r} already exists; pick another --child_session_id")
+        # Checked (digest, finiteness) before a state spreads to a child, and copied from the bytes checked.
+        plastic = tensors_bytes(store.plastic_state(parent))
+        optimizer = torch_bytes(store.optimizer_state(parent) if copy_optimizer else {})
+        meta = {**parent, "session_id": child_id, "parent_session_id": parent_id,
+                "root_session_id": parent["root_session_id"], "created_at": time.time(), "runs": [],
+                "forked": {"copy_optimizer": copy_optimizer, "parent_runs": len(parent["runs"])},
+                "artifacts": {}}  # fmt: skip
+        store.recover(child_id)
+        meta = store.commit(meta, {PLASTIC: plastic, OPTIM: optimizer})
     print(f"session {child_id} forked from {parent_id} ({'copied' if copy_optimizer else 'fresh'} optimizer, "
           f"root {meta['root_session_id']})")  # fmt: skip
     return meta
 
 
 def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[str, Any]:
-    """Run the session online for ``steps`` transitions: predict, then one transactional Muon step per chunk."""
+    """Run the session online for ``steps`` transitions: predict, then one transactional Muon step per chunk.
+
+    The session is locked for the whole run (a second writer gets exit 8), every artifact is checked
+    against its recorded digest before use, and the new state is committed with its digests at the end.
+    """
     store.base_meta()  # says how to create the base when there is none
-    meta = store.session_meta(session_id)
-    store.check_signature(meta)
-    settings, directory = meta["settings"], store.session_dir(session_id)
-    if steps < settings["chunk"]:
-        raise ConfigError(f"--steps {steps} is shorter than one chunk ({settings['chunk']}); use at least that")
-    config = store.base_config()
-    model = WorldModel(config)
+    store.session_meta(session_id)  # says which sessions there are when there is no such one
+    directory = store.session_dir(session_id)
+    with store.lock(directory, f"session run {session_id}"):
+        store.recover(session_id)
+        meta = store.session_meta(session_id)
+        store.check_signature(meta)
+        settings = meta["settings"]
+        if steps < settings["chunk"]:
+            raise ConfigError(f"--steps {steps} is shorter than one chunk ({settings['chunk']}); use at least that")
+        events = store.read_artifact(meta, EVENTS, optional=True) or b""  # checked before it is appended to
+        model = _session_model(store, meta)
+        L.seed_everything(seed, verbose=False)
+        module = OnlineSession(model, Environment(model.config, meta["mu"]), steps, settings["chunk"], seed,
+                               settings["lr"], settings["momentum"], settings["ns_steps"],
+                               store.optimizer_state(meta) or None)  # fmt: skip
+        strategy = TransactionalStrategy(_policy(settings), device="cpu")
+        run_id = new_run_id()
+        run_dir = directory / "runs" / run_id
+        run_dir.mkdir(parents=True)
+        trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[Receipts()])
+        trainer.fit(module)
+        plastic = model.plastic_state()
+        if not all(bool(torch.isfinite(t).all()) for t in plastic.values()):
+            raise TransactionError(f"session {session_id!r}: run {run_id} left a non-finite plastic state; nothing "
+                                   "was saved and the session keeps its state from before the run")  # fmt: skip
+        metrics = _write_run(run_dir, module, strategy, session_id, run_id, steps, seed)
+        files = {path.name: sha256_file(path) for path in sorted(run_dir.iterdir()) if path.is_file()}
+        meta["runs"] = [*meta["runs"], {"run_id": run_id, "steps": steps, "seed": seed, **metrics["final"],
+                                        "files": files}]  # fmt: skip
+        lines = "".join(json.dumps({"run_id": run_id, **event}, sort_keys=True) + "\n" for event in module.events)
+        store.commit(meta, {PLASTIC: tensors_bytes(plastic), OPTIM: torch_bytes(trainer.optimizers[0].state_dict()),
+                            EVENTS: events + lines.encode(),
+                            METRICS: (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode()})  # fmt: skip
+    _print_metrics(metrics)
+    return metrics
+
+
+def _session_model(store: Store, meta: dict[str, Any]) -> WorldModel:
+    """The world model with the verified base weights and the session's verified plastic state."""
+    model = WorldModel(store.base_config())
     base = store.base_weights()
     with torch.no_grad():
         model.A_hat.copy_(base["A_hat"])
         model.B_hat.copy_(base["B_hat"])
-    from safetensors.torch import load_file
-
-    model.load_plastic_state(load_file(directory / PLASTIC))
-    optimizer_state = load_torch(directory / OPTIM) or None
-    L.seed_everything(seed, verbose=False)
-    module = OnlineSession(model, Environment(config, meta["mu"]), steps, settings["chunk"], seed, settings["lr"],
-                           settings["momentum"], settings["ns_steps"], optimizer_state)  # fmt: skip
-    strategy = TransactionalStrategy(_policy(settings), device="cpu")
-    run_id = new_run_id()
-    run_dir = directory / "runs" / run_id
-    run_dir.mkdir(parents=True)
-    trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[Receipts()])
-    trainer.fit(module)
-    save_tensors(directory / PLASTIC, model.plastic_state())
-    save_torch(directory / OPTIM, trainer.optimizers[0].state_dict())
-    metrics = _write_run(run_dir, module, strategy, session_id, run_id, steps, seed)
-    with open(directory / "update_events.jsonl", "a") as handle:
-        for event in module.events:
-            handle.write(json.dumps({"run_id": run_id, **event}, sort_keys=True) + "\n")
-    atomic_write_json(directory / "metrics.json", metrics)
-    meta["runs"] = [*meta["runs"], {"run_id": run_id, "steps": steps, "seed": seed, **metrics["final"]}]
-    store.register(meta)
-    _print_metrics(metrics)
-    return metrics
+    model.load_plastic_state(store.plastic_state(meta))
+    return model
 
 
 def _write_run(run_dir: Path, module: OnlineSession, strategy: TransactionalStrategy, session_id: str, run_id: str,

@@ -6,8 +6,15 @@
     sessions/<id>/plastic_state.safetensors, optim_state.pt (weights_only), metrics.json, update_events.jsonl
     sessions/<id>/runs/<run_id>/per_step.csv, update_events.json, mse_curve.png, receipts.jsonl
 
-Every JSON file is replaced by rename, so a reader never sees a torn file; read-modify-write of
-``index.json`` holds an exclusive lock so concurrent writers do not lose each other's entries.
+Every session artifact's sha256 is recorded in its ``meta.json`` (``artifacts``) when it is written
+and checked, on the very bytes then loaded, before it is used; a plastic or optimizer state that
+is not finite is refused. A session's files change only under its :class:`~lit_psion.core.lock.RunLock`
+(``sessions/<id>/.lock``), and only through :meth:`Store.commit`: new files are staged in
+``.pending-*``, ``meta.json`` naming their digests is the commit point, then they are renamed into
+place, so a crash at any point leaves the old or the new state (:meth:`Store.recover` finishes or
+drops an interrupted commit). Every JSON file is replaced by rename, so a reader never sees a torn
+file; read-modify-write of ``index.json`` holds an exclusive lock so concurrent writers do not lose
+each other's entries.
 """
 
 from __future__ import annotations
@@ -16,23 +23,31 @@ import contextlib
 import dataclasses
 import fcntl
 import io
+import os
 import pickle
 import re
+import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
-from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_file, sha256_json
+from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
 from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.files import fsync_path
+from lit_psion.core.lock import RunLock
 from lit_psion.sessions.world import WorldConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: meta.json records every artifact's sha256 (``artifacts``)."""
 BASE_CHECKPOINT = "base_checkpoint.safetensors"
 PLASTIC, OPTIM = "plastic_state.safetensors", "optim_state.pt"
+METRICS, EVENTS = "metrics.json", "update_events.jsonl"
+_PENDING = ".pending-"
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -47,23 +62,46 @@ def model_signature(config: WorldConfig, base_ckpt_hash: str) -> str:
     return sha256_json({"config": dataclasses.asdict(config), "base_ckpt_hash": base_ckpt_hash})
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()}))
+def tensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """``tensors`` as safetensors bytes."""
+    return save({k: v.detach().contiguous() for k, v in tensors.items()})
 
 
-def save_torch(path: Path, obj: Any) -> None:
+def torch_bytes(obj: Any) -> bytes:
+    """``obj`` (tensors and plain data) as ``torch.save`` bytes."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def load_torch(path: Path) -> Any:
+def load_torch(data: bytes, path: Path) -> Any:
     """Tensors and plain data only: a pickle that would run code is refused, never executed."""
+    buffer = io.BytesIO(data)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(buffer, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{str(path)!r} holds something other than tensors and plain data; refusing to "
                               f"load it ({_first_line(error)})") from error  # fmt: skip
+
+
+def require_finite(state: Any, path: Path) -> None:
+    """Refuse ``state`` (tensors, nested in plain data) if a floating-point value in it is NaN or infinite."""
+    bad = [f"{name} ({count} of {tensor.numel()})" for name, tensor in _named_tensors(state)
+           if tensor.is_floating_point() and (count := int((~torch.isfinite(tensor)).sum()))]  # fmt: skip
+    if bad:
+        raise CheckpointError(f"{str(path)!r} holds non-finite values: {', '.join(bad)}; refusing to use it "
+                              "(create or fork a session with a finite state)")  # fmt: skip
+
+
+def _named_tensors(obj: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield name or "tensor", obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _named_tensors(value, f"{name}.{key}" if name else str(key))
+    elif isinstance(obj, list | tuple):
+        for index, value in enumerate(obj):
+            yield from _named_tensors(value, f"{name}[{index}]")
 
 
 def _first_line(error: BaseException) -> str:
@@ -93,22 +131,31 @@ class Store:
         return WorldConfig(**self.base_meta()["config"])
 
     def base_weights(self) -> dict[str, torch.Tensor]:
-        """The base checkpoint, after checking it is the one base_meta.json names."""
+        """The base checkpoint, after checking it is the one base_meta.json names and that it is finite."""
         meta, path = self.base_meta(), self.base_dir / BASE_CHECKPOINT
-        actual = sha256_file(path) if path.is_file() else "missing"
-        if actual != meta["base_ckpt_hash"]:
+        data = path.read_bytes() if path.is_file() else None
+        actual = sha256_bytes(data) if data is not None else "missing"
+        if data is None or actual != meta["base_ckpt_hash"]:
             raise SignatureMismatch(f"base checkpoint {str(path)!r} does not match base_meta.json: expected sha256 "
                                     f"{meta['base_ckpt_hash']}, got {actual}")  # fmt: skip
-        return load_file(path)
+        weights = load(data)  # the bytes that were hashed
+        require_finite(weights, path)
+        return weights
 
     def write_base(self, config: WorldConfig, weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict:
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.base_dir / BASE_CHECKPOINT, weights)
-        digest = sha256_file(self.base_dir / BASE_CHECKPOINT)
+        """Write base/ (call holding :meth:`lock` on :attr:`base_dir`)."""
+        data = tensors_bytes(weights)
+        atomic_write_bytes(self.base_dir / BASE_CHECKPOINT, data)
+        digest = sha256_bytes(data)
         meta = {"schema_version": SCHEMA_VERSION, "config": dataclasses.asdict(config), "base_ckpt_hash": digest,
                 "model_signature": model_signature(config, digest), "created_at": time.time(), **extra}  # fmt: skip
         atomic_write_json(self.base_dir / "base_meta.json", meta)
         return meta
+
+    def lock(self, directory: Path, purpose: str) -> RunLock:
+        """The lock on ``directory`` (a session's, or :attr:`base_dir`), created if need be; hold it to write there."""
+        directory.mkdir(parents=True, exist_ok=True)
+        return RunLock(directory, purpose=purpose)
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -135,6 +182,87 @@ class Store:
                 f"but the base in {str(self.root)!r} has {expected[:16]}...: it belongs to a different base model; "
                 "create a new session on this base (session new) instead"
             )
+
+    # -- session artifacts: digest-recorded, checked before use, committed through meta.json ---
+
+    def read_artifact(self, meta: dict[str, Any], name: str, optional: bool = False) -> bytes | None:
+        """The bytes of a session artifact, after checking them against the sha256 ``meta.json`` records.
+
+        Args:
+            meta: The session's meta.json.
+            name: The artifact's file name (``PLASTIC``, ``OPTIM``, ``EVENTS``, ...).
+            optional: Return None for an artifact neither recorded nor present (not written yet).
+
+        Raises:
+            CheckpointError: no digest recorded for it, or its bytes do not match the digest (exit 4).
+        """
+        path = self.session_dir(meta["session_id"]) / name
+        expected = (meta.get("artifacts") or {}).get(name)
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        if expected is None:
+            if optional and data is None:
+                return None
+            raise CheckpointError(f"meta.json of session {meta['session_id']!r} records no sha256 for {str(path)!r}, "
+                                  "so it cannot be checked (an edited meta.json, or a session from before artifact "
+                                  "digests): create the session again")  # fmt: skip
+        actual = sha256_bytes(data) if data is not None else "missing"
+        if actual != expected:
+            raise CheckpointError(f"session artifact {str(path)!r} does not match its meta.json: expected sha256 "
+                                  f"{expected}, got {actual}")  # fmt: skip
+        return data
+
+    def plastic_state(self, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The session's plastic weights, checked (digest, then finiteness) on the bytes loaded."""
+        path = self.session_dir(meta["session_id"]) / PLASTIC
+        tensors = load(self.read_artifact(meta, PLASTIC))
+        require_finite(tensors, path)
+        return tensors
+
+    def optimizer_state(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The session's optimizer state (``{}``: a fresh optimizer), checked like :meth:`plastic_state`."""
+        path = self.session_dir(meta["session_id"]) / OPTIM
+        state = load_torch(self.read_artifact(meta, OPTIM), path)
+        require_finite(state, path)
+        return state
+
+    def commit(self, meta: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+        """Write ``files`` into the session and ``meta`` (their digests added) as one change; return that meta.
+
+        The files are staged in ``.pending-*``; writing meta.json (and index.json) is the commit point;
+        then they are renamed into place. Call holding the session's :meth:`lock`.
+        """
+        directory = self.session_dir(meta["session_id"])
+        staging = directory / f"{_PENDING}{uuid.uuid4().hex[:12]}"
+        for name, data in files.items():
+            atomic_write_bytes(staging / name, data)
+        digests = {name: sha256_bytes(data) for name, data in files.items()}
+        meta = {**meta, "schema_version": SCHEMA_VERSION, "artifacts": {**(meta.get("artifacts") or {}), **digests}}
+        self.register(meta)
+        self._install(staging)
+        return meta
+
+    def recover(self, session_id: str) -> None:
+        """Finish a commit that meta.json names but a crash interrupted, or drop one it never reached.
+
+        Call holding the session's :meth:`lock`, before reading its artifacts.
+        """
+        directory = self.session_dir(session_id)
+        meta_path = directory / "meta.json"
+        recorded = (read_json(meta_path).get("artifacts") or {}) if meta_path.is_file() else {}
+        for staging in sorted(directory.glob(f"{_PENDING}*")):
+            staged = {p.name: sha256_bytes(p.read_bytes()) for p in staging.iterdir() if not p.name.startswith(".")}
+            if staged and all(recorded.get(name) == digest for name, digest in staged.items()):
+                self._install(staging)  # committed: meta.json names these files
+            else:
+                shutil.rmtree(staging)  # never committed
+
+    @staticmethod
+    def _install(staging: Path) -> None:
+        for path in sorted(staging.iterdir()):
+            if not path.name.startswith("."):  # an atomic write's leftover temp file
+                os.replace(path, staging.parent / path.name)
+        fsync_path(staging.parent)
+        shutil.rmtree(staging)
 
     def index(self) -> dict[str, Any]:
         path = self.root / "sessions" / "index.json"

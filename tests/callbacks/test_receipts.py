@@ -25,7 +25,8 @@ def test_a_fit_leaves_a_verifiable_chain_of_typed_receipts(tmp_path: Path, capsy
     chain = receipts(run_dir)
     kinds = [r["kind"] for r in chain]
     assert kinds[0] == "training_run" and chain[0]["body"]["event"] == "started"
-    assert kinds[-1] == "training_run" and chain[-1]["body"]["event"] == "completed"
+    assert kinds[-2] == "training_run" and chain[-2]["body"]["event"] == "completed"
+    assert kinds[-1] == "chain_seal" and chain[-1]["body"] == {"stage_id": "pretrain", "step": 12, "receipts": 20}
     assert kinds.count("trainer_step") == 12 and kinds.count("eval") == 2 and kinds.count("checkpoint") == 4
     steps = [r["body"] for r in chain if r["kind"] == "trainer_step"]
     ids = consumed(tmp_path / "ids.jsonl")
@@ -38,7 +39,7 @@ def test_a_fit_leaves_a_verifiable_chain_of_typed_receipts(tmp_path: Path, capsy
     assert checkpoint["checkpoint"] == "checkpoints/step-000003" and checkpoint["durability"] == "durable"
     capsys.readouterr()
     assert main(["receipts", "verify", str(run_dir)]) == 0
-    assert "20 receipts verified" in capsys.readouterr().out
+    assert "21 receipts verified" in capsys.readouterr().out
 
 
 def test_resume_continues_the_same_chain(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from typing import ClassVar
 import pytest
 
 from lit_psion.core.receipts import (
-    GENESIS,
     RECEIPT_KINDS,
     CheckpointReceipt,
     EvalReceipt,
@@ -19,6 +18,7 @@ from lit_psion.core.receipts import (
     ReceiptChainError,
     ReceiptLog,
     TrainerStepReceipt,
+    genesis,
     register_receipt,
     verify_log,
 )
@@ -43,7 +43,7 @@ def test_a_clean_log_verifies_and_chains_from_genesis(tmp_path: Path) -> None:
     result = verify_log(tmp_path / "r.jsonl", expected_head=head)
     assert result.ok and result.count == 7 and result.head == head
     first = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
-    assert first["prev_digest"] == GENESIS and first["seq"] == 0 and first["kind"] == "trainer_step"
+    assert first["prev_digest"] == genesis("run-a") and first["seq"] == 0 and first["kind"] == "trainer_step"
     assert set(first) == {"schema_version", "kind", "run_id", "seq", "prev_digest", "digest", "created_at", "body"}
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
-from lit_psion.core import read_json
+from lit_psion.core import read_json, sha256_bytes, sha256_file, sha256_json
 from lit_psion.core.run import read_latest
 from tests.helpers import assert_tree_equal, fit, latest_checkpoint
 
@@ -138,3 +142,102 @@ def test_merge_onto_another_base_names_both_digests(tuned: Path, tmp_path: Path,
     data[-1] ^= 1
     (tmp_path / "adapter" / "adapter.safetensors").write_bytes(bytes(data))
     assert main(["adapter", "inspect", str(tmp_path / "adapter")]) == 4
+
+
+# -- adapter.json and adapter.safetensors bind each other --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tuned: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lit_psion.cli import main
+
+    out = tmp_path_factory.mktemp("exported") / "adapter"
+    assert main(["adapter", "export", str(tuned), "--out", str(out)]) == 0
+    return out
+
+
+def _edit(field: str, value: object, rerecord: bool = False) -> Callable[[Path], None]:
+    """Set (or, with value DELETE, remove) one field of adapter.json; ``rerecord`` also fixes metadata_sha256."""
+
+    def edit(adapter: Path) -> None:
+        meta = read_json(adapter / "adapter.json")
+        if value is DELETE:
+            del meta[field]
+        else:
+            meta[field] = value
+        if rerecord:
+            meta["metadata_sha256"] = sha256_json({k: v for k, v in meta.items() if k != "metadata_sha256"})
+        (adapter / "adapter.json").write_text(json.dumps(meta, indent=2))
+
+    return edit
+
+
+def _flip_tensor_byte(adapter: Path) -> None:
+    data = bytearray((adapter / "adapter.safetensors").read_bytes())
+    data[-1] ^= 1
+    (adapter / "adapter.safetensors").write_bytes(bytes(data))
+
+
+def _nan_tensor_rerecorded(adapter: Path) -> None:
+    """A NaN in one tensor, with the header copy kept and both digests recomputed: only finiteness catches it."""
+    with safe_open(adapter / "adapter.safetensors", "pt") as handle:
+        header = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    next(iter(tensors.values())).view(-1)[0] = float("nan")
+    data = save(tensors, metadata=header)
+    (adapter / "adapter.safetensors").write_bytes(data)
+    _edit("adapter_sha256", sha256_bytes(data), rerecord=True)(adapter)
+
+
+DELETE = object()
+TAMPERED = {  # case: (tamper, what the one error line must say)
+    "alpha-edited": (_edit("alpha", 32.0), ["was edited after export (alpha: exported 16.0, now 32.0):"]),
+    "rank-edited": (_edit("rank", 4), ["rank: exported 8, now 4"]),
+    "targets-edited": (_edit("targets", ["lm_head"]), ["targets: exported ['lm_head', 'attn_qkv'], now ['lm_head']"]),
+    "base-digest-edited": (_edit("base_checkpoint_digest", "0" * 64), ["base_checkpoint_digest: exported '"]),
+    "adapter-sha256-edited": (_edit("adapter_sha256", "0" * 64), ["adapter_sha256: now " + "0" * 64]),
+    "field-deleted": (_edit("dtype", DELETE), ["lacks field(s) 'dtype'"]),
+    "not-json": (lambda a: (a / "adapter.json").write_text("{"), ["is not valid JSON"]),
+    "tensor-byte-flipped": (_flip_tensor_byte, ["adapter.safetensors' is corrupt: expected sha256"]),
+    "alpha-edited-digest-rerecorded": (_edit("alpha", 32.0, rerecord=True),
+                                       ["does not match the metadata exported in", "alpha: exported 16.0, now 32.0"]),
+    "nan-tensor-digests-rerecorded": (_nan_tensor_rerecorded, ["holds non-finite values in 1 tensor(s)"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["inspect", "merge"])
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_a_tampered_adapter_is_refused_naming_what_changed(
+    case: str, command: str, base: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from lit_psion.cli import main
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(exported, adapter)
+    recorded = read_json(adapter / "adapter.json")
+    tamper, messages = TAMPERED[case]
+    tamper(adapter)
+    capsys.readouterr()
+    argv = ["adapter", "inspect", str(adapter)] if command == "inspect" else \
+        ["adapter", "merge", str(adapter), "--base", str(base), "--out", str(tmp_path / "merged")]  # fmt: skip
+    assert main(argv) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(message in err[0] for message in messages), err
+    if case.endswith("-edited"):  # the digests: the one recorded and the one the fields hash to
+        assert recorded["metadata_sha256"] in err[0] and "its fields hash to" in err[0]
+    if case == "tensor-byte-flipped":
+        assert recorded["adapter_sha256"] in err[0] and sha256_file(adapter / "adapter.safetensors") in err[0]
+    assert not (tmp_path / "merged").exists()
+
+
+def test_an_untouched_export_verifies_and_its_digests_are_what_they_say(exported: Path) -> None:
+    meta = read_json(exported / "adapter.json")
+    assert meta["format_version"] == 2
+    assert meta["metadata_sha256"] == sha256_json({k: v for k, v in meta.items() if k != "metadata_sha256"})
+    assert meta["adapter_sha256"] == sha256_file(exported / "adapter.safetensors")
+    with safe_open(exported / "adapter.safetensors", "pt") as handle:
+        copy = json.loads(handle.metadata()["lit_psion.adapter"])
+    assert copy == {k: v for k, v in meta.items() if k not in ("adapter_sha256", "metadata_sha256")}
+    from lit_psion.adapters import load_adapter
+
+    assert load_adapter(exported)[0] == meta

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from lit_psion.cli import main
-from lit_psion.core import read_json
+from lit_psion.core import read_json, sha256_file
+from lit_psion.sessions import commands
 from lit_psion.sessions.cli import build_parser
 from lit_psion.sessions.store import Store
 from lit_psion.strategies import TransactionPolicy
@@ -57,12 +60,20 @@ def test_the_documented_demo_runs_and_updates_beat_no_updates(tmp_path: Path) ->
     assert "s1b" in outputs[-1] and "s1" in outputs[-1]
 
 
-@pytest.fixture
-def trained(tmp_path: Path) -> Path:
-    root = tmp_path / "artifacts"
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trained") / "artifacts"
     assert session("init-base", "--artifacts_root", str(root), *SMALL_BASE) == 0
     assert session("new", "--artifacts_root", str(root), "--session_id", "s1") == 0
     assert session("run", "--artifacts_root", str(root), "--session_id", "s1", "--steps", "96") == 0
+    return root
+
+
+@pytest.fixture
+def trained(trained_once: Path, tmp_path: Path) -> Path:
+    """A fresh copy of an artifacts root with a base and session s1 after one run of 96 steps."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(trained_once, root)
     return root
 
 
@@ -104,8 +115,6 @@ def test_fork_lineage_and_copy_versus_reset_optimizer(trained: Path) -> None:
     )  # fmt: skip  (one flag implies the other)
     for child in ("copy", "reset"):
         assert session("run", *root, "--session_id", child, "--steps", "32", "--seed", "5") == 0
-    from safetensors.torch import load_file
-
     after = {child: load_file(sessions / child / "plastic_state.safetensors") for child in ("copy", "reset")}
     assert not torch.equal(after["copy"]["P_A"], after["reset"]["P_A"])
 
@@ -137,6 +146,7 @@ class _Payload:
 def test_a_pickle_in_optimizer_state_is_never_executed(trained: Path, capsys: pytest.CaptureFixture) -> None:
     marker = trained / "pwned"
     torch.save({"state": _Payload(marker)}, trained / "sessions" / "s1" / "optim_state.pt")
+    record_digest(trained, "s1", "optim_state.pt")  # an attacker who rewrites meta.json too meets weights_only
     assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "32") == 4
     assert not marker.exists()
     assert "refusing to load it" in capsys.readouterr().err
@@ -188,3 +198,189 @@ def test_every_artifact_load_is_weights_only() -> None:
     source = "\n".join(p.read_text() for p in (REPO_ROOT / "lit_psion" / "sessions").glob("*.py"))
     calls = re.findall(r"torch\.load\(([^)]*)\)", source)
     assert calls and all("weights_only=True" in call for call in calls)
+
+
+# -- artifact digests ------------------------------------------------------------------------------
+
+
+def record_digest(root: Path, session_id: str, name: str) -> None:
+    """Re-record ``name``'s sha256 in meta.json, as someone who edits both files would."""
+    path = root / "sessions" / session_id / "meta.json"
+    meta = read_json(path)
+    meta["artifacts"][name] = sha256_file(path.parent / name)
+    path.write_text(json.dumps(meta))
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _nan_plastic(directory: Path) -> None:
+    tensors = load_file(directory / "plastic_state.safetensors")
+    tensors["P_A"][0, 0] = float("nan")
+    save_file(tensors, directory / "plastic_state.safetensors")
+    record_digest(directory.parents[1], directory.name, "plastic_state.safetensors")
+
+
+def _inf_momentum(directory: Path) -> None:
+    state = torch.load(directory / "optim_state.pt", weights_only=True)
+    next(iter(state["state"].values()))["momentum_buffer"][0, 0] = float("inf")
+    torch.save(state, directory / "optim_state.pt")
+    record_digest(directory.parents[1], directory.name, "optim_state.pt")
+
+
+def _forget_digest(directory: Path) -> None:
+    meta = read_json(directory / "meta.json")
+    del meta["artifacts"]["plastic_state.safetensors"]
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def _append_event(directory: Path) -> None:
+    with open(directory / "update_events.jsonl", "a") as handle:
+        handle.write('{"decision": "commit", "run_id": "forged"}\n')
+
+
+TAMPERED = {  # case: (tamper, the file named, what the one line says, the commands that use the file)
+    "plastic-byte-flipped": (lambda d: _flip_last_byte(d / "plastic_state.safetensors"), "plastic_state.safetensors",
+                             "does not match its meta.json", ("run", "fork")),
+    "plastic-deleted": (lambda d: (d / "plastic_state.safetensors").unlink(), "plastic_state.safetensors",
+                        "got missing", ("run", "fork")),
+    "plastic-nan-digest-rerecorded": (_nan_plastic, "plastic_state.safetensors", "non-finite values: P_A (1 of",
+                                      ("run", "fork")),
+    "plastic-digest-deleted": (_forget_digest, "plastic_state.safetensors", "records no sha256", ("run", "fork")),
+    "optim-byte-flipped": (lambda d: _flip_last_byte(d / "optim_state.pt"), "optim_state.pt",
+                           "does not match its meta.json", ("run", "fork")),
+    "optim-inf-digest-rerecorded": (_inf_momentum, "optim_state.pt", "non-finite values: state.", ("run", "fork")),
+    "events-appended": (_append_event, "update_events.jsonl", "does not match its meta.json", ("run",)),
+}  # fmt: skip
+CASES = [(case, command) for case, entry in TAMPERED.items() for command in entry[3]]
+
+
+@pytest.mark.parametrize(("case", "command"), CASES, ids=[f"{case}-{command}" for case, command in CASES])
+def test_a_tampered_or_non_finite_session_artifact_is_refused_before_use(
+    case: str, command: str, trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    tamper, name, message, _ = TAMPERED[case]
+    directory = trained / "sessions" / "s1"
+    recorded = read_json(directory / "meta.json")["artifacts"].get(name)
+    tamper(directory)
+    capsys.readouterr()
+    root = ("--artifacts_root", str(trained))
+    argv = ["run", *root, "--session_id", "s1", "--steps", "32"] if command == "run" else \
+        ["fork", *root, "--parent_session_id", "s1", "--child_session_id", "child"]  # fmt: skip
+    assert session(*argv) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(directory / name) in err[0], err
+    if "does not match" in message:  # names the digest recorded and the one found
+        assert recorded in err[0] and sha256_file(directory / name) in err[0]
+    assert len(read_json(directory / "meta.json")["runs"]) == 1  # nothing ran
+    assert not (trained / "sessions" / "child" / "meta.json").exists()
+    assert "child" not in read_json(trained / "sessions" / "index.json")["sessions"]
+
+
+def test_every_artifact_a_run_writes_is_digest_recorded(trained: Path) -> None:
+    directory = trained / "sessions" / "s1"
+    assert session("fork", "--artifacts_root", str(trained), "--parent_session_id", "s1", "--child_session_id",
+                   "c") == 0  # fmt: skip
+    for session_id in ("s1", "c"):
+        meta = read_json(trained / "sessions" / session_id / "meta.json")
+        files = {p.name for p in (trained / "sessions" / session_id).iterdir() if p.is_file()}
+        on_disk = files - {"meta.json", ".lock"}
+        assert set(meta["artifacts"]) == on_disk and meta["schema_version"] == 2
+        for name, digest in meta["artifacts"].items():
+            assert sha256_file(trained / "sessions" / session_id / name) == digest, (session_id, name)
+    (run,) = read_json(directory / "meta.json")["runs"]
+    run_dir = directory / "runs" / run["run_id"]
+    assert run["files"] == {p.name: sha256_file(p) for p in run_dir.iterdir()}
+    assert set(run["files"]) == {"per_step.csv", "update_events.json", "mse_curve.png", "receipts.jsonl"}
+    child = read_json(trained / "sessions" / "c" / "meta.json")["artifacts"]
+    parent = read_json(directory / "meta.json")["artifacts"]
+    assert {k: child[k] for k in ("plastic_state.safetensors", "optim_state.pt")} == \
+        {k: parent[k] for k in ("plastic_state.safetensors", "optim_state.pt")}  # fmt: skip
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash", ["before-meta", "after-meta"])
+def test_a_run_interrupted_while_committing_leaves_the_old_or_the_new_state(
+    crash: str, trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = trained / "sessions" / "s1"
+    before = read_json(directory / "meta.json")
+    target = "register" if crash == "before-meta" else "_install"
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise _Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, target, die)
+        with pytest.raises(_Crash):
+            commands.run_session(Store(trained), "s1", 32, 3)
+    assert list(directory.glob(".pending-*")), "the crash left a staged commit"
+    middle = read_json(directory / "meta.json")
+    assert middle == before if crash == "before-meta" else len(middle["runs"]) == 2
+    assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "32") == 0
+    after = read_json(directory / "meta.json")
+    assert len(after["runs"]) == len(middle["runs"]) + 1 and not list(directory.glob(".pending-*"))
+    for name, digest in after["artifacts"].items():
+        assert sha256_file(directory / name) == digest, name
+
+
+# -- one writer per session ------------------------------------------------------------------------
+
+HOLD = """
+import sys
+from lit_psion.core.lock import RunLock
+with RunLock(sys.argv[1], purpose="holding for a test"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _session_process(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lit_psion", "session", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+def test_a_locked_session_refuses_a_second_writer_with_exit_8_naming_the_holder(trained: Path) -> None:
+    directory = trained / "sessions" / "s1"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    try:
+        root = ("--artifacts_root", str(trained))
+        writers = [_session_process("run", *root, "--session_id", "s1", "--steps", "32"),
+                   _session_process("fork", *root, "--parent_session_id", "s1", "--child_session_id", "c")]  # fmt: skip
+        for writer in writers:
+            _, err = writer.communicate(timeout=300)
+            lines = err.strip().splitlines()
+            assert writer.returncode == 8, err[-2000:]
+            assert len(lines) == 1 and lines[0].startswith("lit_psion: error:"), lines
+            assert f"is locked by pid {holder.pid} on " in lines[0] and "(holding for a test)" in lines[0]
+    finally:
+        holder.communicate("")
+    assert len(read_json(directory / "meta.json")["runs"]) == 1
+    assert not (trained / "sessions" / "c" / "meta.json").exists()
+
+
+def test_concurrent_runs_of_one_session_lose_no_run(trained: Path) -> None:
+    directory = trained / "sessions" / "s1"
+    root = ("--artifacts_root", str(trained))
+    runs = [_session_process("run", *root, "--session_id", "s1", "--steps", "1600", "--seed", str(seed))
+            for seed in (11, 12)]  # fmt: skip
+    results = [(run.pid, *run.communicate(timeout=300), run.returncode) for run in runs]
+    codes = sorted(code for *_, code in results)
+    assert codes == [0, 8], [err[-1000:] for _, _, err, _ in results]  # a run holds the lock for seconds
+    (winner,) = [pid for pid, _, _, code in results if code == 0]
+    (loser_err,) = [err for _, _, err, code in results if code == 8]
+    assert f"is locked by pid {winner} on " in loser_err and "(session run s1)" in loser_err
+    meta = read_json(directory / "meta.json")
+    index = read_json(trained / "sessions" / "index.json")["sessions"]["s1"]
+    assert len(meta["runs"]) == len(index["runs"]) == 2  # the fixture's run and the winner's, in both
+    (out,) = [out for _, out, _, code in results if code == 0]
+    assert meta["runs"][-1]["run_id"] in out

@@ -74,3 +74,20 @@ class StateRecorder(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         self.after.append(self.state(trainer, module))
+
+
+class PoisonGradients(Callback):
+    """Make a gradient NaN on the given (1-based) optimizer steps, so a transactional strategy rolls them back.
+
+    It acts in ``on_after_backward``, inside Lightning's training closure, so the strategy sees the
+    NaN in the gradient norm (``nonfinite_grad``) exactly as it would see a real one. Usable from
+    YAML: ``class_path: tests.strategies.regression.PoisonGradients``.
+    """
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = frozenset(steps)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step + 1 in self.steps:
+            grad = next(p.grad for p in pl_module.parameters() if p.grad is not None)
+            grad.view(-1)[0] = float("nan")

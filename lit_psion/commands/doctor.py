@@ -1,0 +1,66 @@
+"""``python -m lit_psion doctor RUN_DIR``: check everything a run holds, one verdict line per artifact.
+
+Beyond the run directory's own files (core's audit), it checks the token cache the run's data
+manifest names (under ``$LIT_PSION_CACHE``) and an exported adapter (``RUN_DIR/adapter``).
+
+Exit 0 when every artifact verifies; otherwise the exit code of the first failing artifact's class
+(3 data, 4 checkpoint, 5 evidence), after every line is printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lit_psion.commands import CommandParser
+from lit_psion.commands.receipts import run_layout
+from lit_psion.core import RunLayout, read_json
+from lit_psion.core.audit import Verdict, audit_run
+from lit_psion.core.errors import LitPsionError
+from lit_psion.core.manifest import DataManifest
+
+
+class DoctorFailed(SystemExit):
+    """Some artifact failed: the verdicts are printed; the exit code is the first failure's."""
+
+
+def main(args: list[str]) -> None:
+    parser = CommandParser("python -m lit_psion doctor")
+    parser.add_argument("run_dir", type=Path)
+    layout = run_layout(parser.parse_args(args).run_dir)
+    verdicts = [*audit_run(layout), *_token_cache(layout), *_adapter(layout)]
+    for verdict in verdicts:
+        print(verdict.line())
+    failed = [verdict for verdict in verdicts if not verdict.ok]
+    if failed:
+        print(f"lit_psion: doctor: {len(failed)} of {len(verdicts)} artifacts failed", file=sys.stderr)
+        raise DoctorFailed(failed[0].exit_code)
+    print(f"all {len(verdicts)} artifacts verified")
+
+
+def _token_cache(layout: RunLayout) -> list[Verdict]:
+    from lit_psion.datamodules.corpus import check_token_cache  # the corpus stack, only when there is a corpus
+
+    try:
+        manifest = DataManifest.from_json_dict(read_json(layout.data_manifest))
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # not a corpus run (or no manifest: its own verdict says so)
+    try:
+        return [Verdict("token cache", True, check_token_cache(manifest))]
+    except LitPsionError as error:
+        return [Verdict("token cache", False, str(error), error.exit_code)]
+
+
+def _adapter(layout: RunLayout) -> list[Verdict]:
+    directory = layout.run_dir / "adapter"
+    if not directory.is_dir():
+        return []
+    from lit_psion.adapters import load_adapter
+
+    try:
+        meta, tensors = load_adapter(directory)
+    except LitPsionError as error:
+        return [Verdict("adapter/", False, str(error), error.exit_code)]
+    return [Verdict("adapter/", True, f"{len(tensors)} tensors match adapter.json (rank {meta['rank']}, "
+                                      f"alpha {meta['alpha']})")]  # fmt: skip
+

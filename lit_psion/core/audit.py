@@ -1,0 +1,141 @@
+"""Checking everything a run directory holds, one verdict per artifact (``python -m lit_psion doctor``).
+
+What a verdict proves is what docs/receipts.md's "What verify proves" says: every file matches the
+digest recorded when it was written; the receipt chain is complete from its run-bound genesis to
+a head anchored in ``run.json``, in every durable checkpoint's manifest and, for a completed run,
+in its terminal seal; every path the pointer names stays inside the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from lit_psion.core.checkpoint import MANIFEST_FILE, read_pointer, resolve_checkpoint, verify_checkpoint
+from lit_psion.core.digest import sha256_file
+from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
+from lit_psion.core.layout import RunLayout
+from lit_psion.core.receipts import VerifyResult, verify_log
+from lit_psion.core.run import RunRecord, RunStatus
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """One artifact's check: ``ok``, or the error class it failed with (its exit code) and why."""
+
+    artifact: str
+    ok: bool
+    detail: str
+    exit_code: int = 0
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.artifact}: {self.detail}"
+
+
+def _fail(artifact: str, error: LitPsionError) -> Verdict:
+    return Verdict(artifact, False, str(error), error.exit_code)
+
+
+def audit_receipts(layout: RunLayout, record: RunRecord) -> Verdict:
+    """The chain from the run's genesis to its anchors: run.json's head, every checkpoint's head, the seal."""
+    try:
+        result = check_chain(layout, record)
+    except EvidenceError as error:
+        return _fail(layout.receipts.name, error)
+    sealed = ", sealed" if result.sealed else ""
+    return Verdict(layout.receipts.name, True, f"{result.count} receipts from the run's genesis{sealed}, "
+                                               f"head {result.head}")  # fmt: skip
+
+
+def check_chain(layout: RunLayout, record: RunRecord) -> VerifyResult:
+    """Verify the run's chain and every anchor of it.
+
+    Raises:
+        EvidenceError: the first problem, by line or by anchor.
+    """
+    if not layout.receipts.is_file():
+        raise EvidenceError(f"{layout.receipts} is missing")
+    result = verify_log(layout.receipts, expected_head=record.receipts_head, run_id=layout.run_id)
+    if not result.ok:
+        raise EvidenceError(f"{layout.receipts}: {result.describe()}")
+    for checkpoint in layout.checkpoint_dirs():
+        head = _recorded_head(checkpoint)
+        if head is not None and head not in result.digests:
+            raise EvidenceError(f"{layout.receipts}: truncated: checkpoint {checkpoint.name} recorded head {head}, "
+                                "which is not in the log")  # fmt: skip
+    if record.status == RunStatus.COMPLETED and not result.sealed:
+        raise EvidenceError(f"{layout.receipts}: run.json says the run completed, but the chain does not end with "
+                            "its seal (receipts were cut off or appended)")  # fmt: skip
+    return result
+
+
+def _recorded_head(checkpoint: Path) -> str | None:
+    try:
+        return json.loads((checkpoint / MANIFEST_FILE).read_bytes()).get("receipts_head")
+    except (OSError, ValueError, AttributeError):
+        return None  # an unreadable manifest is the checkpoint's own verdict
+
+
+def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
+    """Every checkpoint against its manifest, and the pointer (or the fallback a resume would take)."""
+    verdicts = []
+    for checkpoint in layout.checkpoint_dirs():
+        name = f"{layout.checkpoints.name}/{checkpoint.name}"
+        try:
+            verified = verify_checkpoint(checkpoint)
+        except CheckpointError as error:
+            verdicts.append(_fail(name, error))
+            continue
+        if verified.manifest.run_id != layout.run_id:
+            verdicts.append(Verdict(name, False, f"written by run {verified.manifest.run_id!r}, not this run",
+                                    CheckpointError.exit_code))  # fmt: skip
+            continue
+        verdicts.append(Verdict(name, True, f"{len(verified.contents)} files match the manifest"))
+    try:
+        pointer = read_pointer(layout)
+        if pointer is None and not verdicts:
+            return [Verdict(layout.pointer.name, True, "no checkpoint yet")]
+        resumed = resolve_checkpoint(layout, quiet=True)
+        detail = f"a resume loads {resumed.path.name}"
+        ok = pointer is not None and resumed.path.name == pointer.checkpoint
+        verdicts.append(Verdict(layout.pointer.name, ok, detail if ok else f"{detail} (the pointed-to one fails)",
+                                0 if ok else CheckpointError.exit_code))  # fmt: skip
+    except CheckpointError as error:
+        verdicts.append(_fail(layout.pointer.name, error))
+    return verdicts
+
+
+def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
+    """The run's description files against the digests run.json records."""
+    verdicts = []
+    for path, expected, what in ((layout.config, record.config_digest, "config"),
+                                 (layout.data_manifest, record.data_manifest_digest, "data manifest")):  # fmt: skip
+        if expected is None:
+            continue
+        actual = _recorded_digest(path, what)
+        ok = actual == expected
+        verdicts.append(Verdict(path.name, ok, f"{what} digest {'matches' if ok else 'differs from'} run.json's "
+                                f"({actual})", 0 if ok else DataError.exit_code))  # fmt: skip
+    return verdicts
+
+
+def _recorded_digest(path: Path, what: str) -> str | None:
+    if not path.is_file():
+        return None
+    if what == "config":
+        return sha256_file(path)
+    try:
+        return json.loads(path.read_bytes()).get("digest")
+    except (ValueError, AttributeError):
+        return None
+
+
+def audit_run(layout: RunLayout) -> list[Verdict]:
+    """One verdict per artifact of the run: run.json, the chain and its anchors, checkpoints, files."""
+    try:
+        record = RunRecord.load(layout)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        return [Verdict(layout.run_file.name, False, f"unreadable: {error}", EvidenceError.exit_code)]
+    verdicts = [Verdict(layout.run_file.name, True, f"{record.status} at step {record.global_step}")]
+    return [*verdicts, audit_receipts(layout, record), *audit_checkpoints(layout), *audit_files(layout, record)]

@@ -1,0 +1,157 @@
+"""One writer per directory: an exclusive, non-blocking ``flock`` on ``<directory>/.lock``.
+
+A run or a session directory is written by one process at a time. :class:`RunLock` takes the lock
+or fails at once with :class:`~lit_psion.core.errors.LockedError` (exit 8) naming the holder: its
+pid, host and since when, which the holder writes into the lock file once it has the lock::
+
+    with RunLock(session_dir, purpose="session run s1"):
+        ...  # read, train, write: no other RunLock on session_dir succeeds meanwhile
+
+The lock is the kernel's, not the file's: it goes when its holder's process ends, however it ends
+(SIGKILL included), so a lock file left behind never blocks anyone and is never to be deleted by
+hand. It is not re-entrant: a second ``RunLock`` on the same directory fails even in the same
+process. A program started by the holder does not inherit it (the descriptor is close-on-exec),
+but a child forked without exec (a ``fork`` DataLoader worker) shares it until that child exits.
+``flock`` is reliable on local file systems; on network file systems it depends on the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+
+from lit_psion.core.errors import LockedError
+
+LOCK_FILE = ".lock"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LockHolder:
+    """Who holds a directory's lock, as the holder recorded it in the lock file."""
+
+    pid: int
+    """The holding process."""
+    host: str
+    """The host it runs on."""
+    since: str
+    """When it took the lock (UTC, ISO 8601)."""
+    purpose: str = ""
+    """What it is doing (``session run s1``, ``fit``), for the message a second writer gets."""
+
+    def describe(self) -> str:
+        doing = f" ({self.purpose})" if self.purpose else ""
+        return f"pid {self.pid} on {self.host} since {self.since}{doing}"
+
+
+class RunLock:
+    """An exclusive lock on ``directory`` (a context manager; or :meth:`acquire` / :meth:`release`).
+
+    Args:
+        directory: The directory to lock; it must exist. The lock file is ``directory/.lock``.
+        purpose: What the holder is doing, shown to a process that finds the directory locked.
+
+    Raises:
+        LockedError: from :meth:`acquire` (and ``with``): another holder has the lock (the message
+            names it), or the lock file cannot be opened (a symlink, no permission, no directory).
+    """
+
+    def __init__(self, directory: str | Path, purpose: str = "") -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_FILE
+        self.purpose = purpose
+        self.holder: LockHolder | None = None
+        """This lock's own holder record while it is held, else None."""
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock now or raise :class:`LockedError`; never waits."""
+        if self._fd is not None:
+            raise LockedError(f"{str(self.directory)!r} is already locked by this RunLock")
+        fd = _open(self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            other = _read_holder(fd)
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LockedError(f"cannot lock {str(self.directory)!r}: {error.strerror}") from error
+            who = other.describe() if other is not None else "another process (it has not recorded itself yet)"
+            message = (f"{str(self.directory)!r} is locked by {who}: another writer is using it; wait for it to "
+                       "finish (the lock goes with its process: no lock file needs removing)")  # fmt: skip
+            raise LockedError(message) from None
+        self.holder = LockHolder(pid=os.getpid(), host=socket.gethostname(), purpose=self.purpose,
+                                 since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(dataclasses.asdict(self.holder), sort_keys=True) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (clearing the holder record); releasing a lock not held does nothing."""
+        fd, self._fd, self.holder = self._fd, None, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        """Whether this RunLock holds its directory's lock."""
+        return self._fd is not None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+def lock_holder(directory: str | Path) -> LockHolder | None:
+    """Who holds ``directory``'s lock right now (None: nobody does, or there is no lock file).
+
+    A holder that has not recorded itself yet is reported as pid 0 on host ``unknown``. For reports
+    (``doctor``); to write, take a :class:`RunLock` instead of asking first.
+    """
+    path = Path(directory) / LOCK_FILE
+    if not path.is_file() or path.is_symlink():
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        return holder if holder is not None else LockHolder(pid=0, host="unknown", since="unknown")
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _open(path: Path) -> int:
+    """The lock file, created if need be; never followed through a symlink."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        reason = "it is a symlink" if error.errno == errno.ELOOP else error.strerror
+        raise LockedError(f"cannot lock {str(path.parent)!r}: cannot open {str(path)!r}: {reason}") from error
+
+
+def _read_holder(fd: int) -> LockHolder | None:
+    """The holder record in the lock file, or None if there is none yet (or it is not one)."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return LockHolder(pid=int(record["pid"]), host=str(record["host"]), since=str(record["since"]),
+                          purpose=str(record.get("purpose", "")))  # fmt: skip
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

@@ -1,0 +1,94 @@
+"""``python -m lit_psion doctor RUN_DIR``: one verdict per artifact, and the first failure's exit code."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core import RunLayout, read_json
+from lit_psion.core.manifest import DataManifest
+from lit_psion.core.run import read_latest
+from lit_psion.datamodules.base import default_cache_dir
+from tests.helpers import fit
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
+    root = tmp_path_factory.mktemp("doctor")
+    with pytest.MonkeyPatch.context() as patch:  # the session's cache, as the function-scoped tests see it
+        patch.setenv("LIT_PSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert fit("--trainer.default_root_dir", str(root)) == 0
+    return RunLayout(root, read_latest(root))
+
+
+def flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def token_cache(layout: RunLayout) -> Path:
+    manifest = DataManifest.from_json_dict(read_json(layout.data_manifest))
+    return default_cache_dir(None) / "corpora" / manifest.inputs_digest()
+
+
+HARMS = [
+    ("a flipped byte in a checkpoint", lambda run: flip(run.checkpoint(9) / "model.safetensors"),
+     "FAIL checkpoints/step-000009", 4),
+    ("an edited config.yaml", lambda run: run.config.write_text(run.config.read_text() + "# edited\n"),
+     "FAIL config.yaml", 3),
+    ("an edited data manifest",
+     lambda run: run.data_manifest.write_text(run.data_manifest.read_text().replace('"digest": "', '"digest": "0')),
+     "FAIL data_manifest.json", 3),
+    ("a run.json that is not JSON", lambda run: run.run_file.write_text("{"), "FAIL run.json", 5),
+]
+
+
+@pytest.mark.parametrize(("name", "harm", "line", "code"), HARMS, ids=[h[0] for h in HARMS])
+def test_doctor_names_the_failing_artifact_and_exits_with_its_class(
+    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, line: str,
+    code: int,
+) -> None:
+    copy = RunLayout(tmp_path, completed.run_id)
+    shutil.copytree(completed.run_dir, copy.run_dir)
+    harm(copy)
+    capsys.readouterr()
+    assert main(["doctor", str(copy.run_dir)]) == code
+    out = capsys.readouterr().out
+    assert line in out
+    assert sum(verdict.startswith("FAIL") for verdict in out.splitlines()) >= 1
+
+
+def test_a_healthy_run_passes_every_verdict(completed: RunLayout, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["doctor", str(completed.run_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    artifacts = [line.split(":")[0].split(maxsplit=1)[1] for line in out if line.startswith("ok")]
+    assert {"run.json", "receipts.jsonl", "pointer.json", "config.yaml", "data_manifest.json", "token cache"} <= set(
+        artifacts)  # fmt: skip
+    assert sum(name.startswith("checkpoints/") for name in artifacts) == 3
+    assert out[-1] == f"all {len(artifacts)} artifacts verified"
+
+
+def test_a_tampered_token_cache_fails_the_doctor(completed: RunLayout, capsys: pytest.CaptureFixture) -> None:
+    cache = token_cache(completed)
+    saved = cache.with_name(cache.name + ".saved")
+    shutil.copytree(cache, saved)
+    try:
+        record = cache / "token_digests.json"
+        record.write_text(record.read_text().replace('"train": "', '"train": "0'))
+        capsys.readouterr()
+        assert main(["doctor", str(completed.run_dir)]) == 3
+        assert "FAIL token cache" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(cache)
+        saved.rename(cache)
+
+
+def test_doctor_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["doctor", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
