@@ -24,7 +24,7 @@ from typing_extensions import override
 from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest, signature_of
 from lit_psion.checkpoint_io import EXTRA_KEY, WEIGHTS, ManifestCheckpointIO
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, CheckpointPointer, read_pointer, write_pointer
-from lit_psion.core.contracts import Resumable
+from lit_psion.core.contracts import MembershipAware, Resumable
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, DataManifestMismatch
 from lit_psion.core.files import read_json
@@ -161,9 +161,10 @@ class PointerCheckpoint(EvidenceCallback):
         """Hand the manifest its run-level fields (ManifestCheckpointIO writes them to manifest.json)."""
         layout = self.run(trainer).layout
         pointer = _readable_pointer(layout)
-        loader, log = trainer.train_dataloader, receipt_log(trainer)
+        loader, log, strategy = trainer.train_dataloader, receipt_log(trainer), trainer.strategy
         checkpoint[EXTRA_KEY] = {
             "receipts_head": log.head if log is not None else None,
+            "membership": strategy.membership_record() if isinstance(strategy, MembershipAware) else None,
             "run_id": layout.run_id,
             "model_signature": signature_of(pl_module),
             "data_manifest_digest": data_manifest_digest(trainer),

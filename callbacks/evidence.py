@@ -95,7 +95,8 @@ class Receipts(EvidenceCallback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         has_ids = isinstance(batch, dict) and "sample_ids" in batch
         self._cursor = tuple(batch["cursor"]) if has_ids and batch.get("cursor") else None
-        self._batch_digest = batch_digest(batch["sample_ids"].tolist(), self._cursor) if has_ids else None
+        ids = batch.get("global_sample_ids", batch.get("sample_ids")) if has_ids else None
+        self._batch_digest = batch_digest(ids.tolist(), self._cursor) if has_ids else None  # the whole global batch
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:

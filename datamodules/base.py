@@ -6,6 +6,10 @@ A subclass builds its data and says what it knows; the base serves it replay-saf
   refuses data too small for the settings, and keeps the manifest;
 - the training loader replays the ``(seed, epoch)`` order from a cursor; validation, test and predict
   read the validation split in order, every sample once;
+- ``batch_size`` is the global batch: under data parallelism (learnt from the trainer in ``setup``) each
+  rank trains on its contiguous slice of each global batch, the cursor stays global, and the global
+  batches are those of a single process, step for step (a world size that does not divide ``batch_size``
+  is refused at setup, exit 2); every rank reads the whole validation split;
 - :meth:`~ReplayDataModule.on_after_batch_transfer` marks each training batch's cursor consumed, so a
   checkpoint saves exactly what was trained on;
 - ``state_dict`` carries the manifest, and ``load_state_dict`` refuses a checkpoint written against
@@ -53,7 +57,8 @@ class ReplayDataModule(L.LightningDataModule):
     and may override :meth:`_describe_change` (how a saved manifest differs from the current one).
 
     Args:
-        batch_size: Samples per training batch (validation batches are at most this).
+        batch_size: Samples per training step across all ranks (the global batch; each rank trains on
+            ``batch_size // world_size`` of them). Validation batches are at most this.
         seed: Seed of the sample order (and, in subclasses, of the data).
         num_workers: DataLoader worker processes.
         cache_dir: Where built data is cached (default ``$LIT_PSION_CACHE`` or ``~/.cache/lit_psion``).
@@ -70,6 +75,7 @@ class ReplayDataModule(L.LightningDataModule):
         self.cache_dir = default_cache_dir(cache_dir)
         self.manifest: Manifest | None = None
         self._train_loader: ReplayDataLoader | None = None
+        self._rank, self._world_size = 0, 1  # this process's place among the data-parallel ranks (set in setup)
 
     def _refuse_bad_settings(self, *problems: str) -> None:
         """Raise one DataConfigError naming ``problems`` and any bad shared setting (exit 2)."""
@@ -124,8 +130,29 @@ class ReplayDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.prepare()
-        if self.trainer is not None:
-            self._refuse_a_checkpoint_of_other_data(self.trainer)
+        if self.trainer is None:
+            return
+        if stage == "fit":  # only the training loader slices
+            self._slice_global_batches(self.trainer.global_rank, self.trainer.world_size)
+        self._refuse_a_checkpoint_of_other_data(self.trainer)
+
+    def _slice_global_batches(self, rank: int, world_size: int) -> None:
+        """Train on slice ``rank`` of ``world_size`` of each global batch (contiguous, equal slices).
+
+        Uneven slices are refused rather than handled: DDP averages the ranks' gradients with equal weight,
+        so unequal slices would need every model's loss to become sample-weighted.
+
+        Raises:
+            DataConfigError: ``world_size`` does not divide the global batch (exit 2).
+        """
+        if self.batch_size % world_size:
+            lower, upper = self.batch_size // world_size * world_size, (self.batch_size // world_size + 1) * world_size
+            nearest = f"{lower} or {upper}" if lower else f"{upper}"
+            raise DataConfigError(
+                f"batch_size {self.batch_size} (the global batch) cannot be split evenly over world size {world_size}; "
+                f"use a multiple of {world_size} (--data.batch_size {nearest})"
+            )
+        self._rank, self._world_size = rank, world_size
 
     def _refuse_a_checkpoint_of_other_data(self, trainer: L.Trainer) -> None:
         """Refuse resuming from a checkpoint trained on other data before any of its weights are restored.
@@ -153,14 +180,22 @@ class ReplayDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> ReplayDataLoader:
-        """The training split in the ``(seed, epoch)`` order, full batches, resumable from its cursor."""
+        """The training split in the ``(seed, epoch)`` order: this rank's slice of each full global batch.
+
+        Resumable from its (global) cursor, at any world size that divides the batch size.
+        """
         dataset = self._dataset("train")
         sampler = ReplaySampler(len(dataset), self.seed)
-        self._train_loader = replay_loader(dataset, sampler, self.batch_size, True, self.num_workers, self.seed)
+        self._train_loader = replay_loader(dataset, sampler, self.batch_size, True, self.num_workers, self.seed,
+                                           rank=self._rank, world_size=self._world_size)  # fmt: skip
         return self._train_loader
 
     def val_dataloader(self) -> ReplayDataLoader:
-        """The validation split in order, every sample once (the last batch may be partial)."""
+        """The validation split in order, every sample once (the last batch may be partial).
+
+        Every rank reads all of it: the metrics are then a single process's exactly (torchmetrics' sync
+        of identical states leaves a mean unchanged), at the cost of repeating the evaluation per rank.
+        """
         dataset = self._dataset("val")
         sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
         return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, self.num_workers, self.seed)

@@ -6,6 +6,12 @@ consumed; a loader built from a cursor continues exactly there without reading c
 The cursor travels as one type: on each :class:`IndexBatch`, stamped on its batch as the plain tuple
 ``batch["cursor"]`` by :class:`CursorStamped`, and saved as ``{"epoch": e, "position": p}`` by
 :meth:`ReplayDataLoader.state_dict`.
+
+Under data parallelism the order is cut into global batches (what one optimizer step consumes across
+all ranks) exactly as in a single process, and each rank takes its contiguous slice of each
+(:class:`ReplayBatchSampler`). The cursor stays global: every rank's batch carries the cursor after the
+whole global batch, so a loader state written at one world size resumes at any other on the next global
+batch.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,10 +45,14 @@ class Cursor:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IndexBatch:
-    """The sample indices of one batch and the cursor after it (where in the order the batch ends)."""
+    """One rank's sample indices of a global batch, the global cursor after it, and the whole global batch."""
 
     indices: list[int]
+    """This rank's slice of the global batch (all of it in a single process)."""
     cursor: Cursor
+    """Where in the order the global batch ends: the same on every rank."""
+    global_indices: list[int]
+    """The whole global batch: every rank's slice, concatenated in rank order."""
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
@@ -77,17 +88,39 @@ class ReplaySampler(Sampler[int]):
         return self.num_samples
 
 
-class ReplayBatchSampler(Sampler[IndexBatch]):
-    """Full batches of a :class:`ReplaySampler`, each an :class:`IndexBatch` that knows its cursor.
+class ReplayBatchSampler(DistributedSampler):
+    """Rank ``rank``'s slice of each full batch of a :class:`ReplaySampler`, as an :class:`IndexBatch`.
+
+    The global batches (``batch_size`` consecutive samples of the order) do not depend on the world
+    size. Rank ``r`` of ``world_size`` takes the contiguous slice ``[r * s, (r + 1) * s)`` of each, with
+    ``s = batch_size // world_size``, so the slices concatenated in rank order are the global batch and a
+    run at any world size consumes the same global batches, step for step. Every rank's IndexBatch carries
+    the same, global cursor. A batch size the world size does not divide is refused (uneven slices would
+    need a sample-weighted loss: DDP averages the ranks' gradients with equal weight).
 
     Used as the DataLoader's ``sampler`` with ``batch_size=None``, so Lightning sees (and calls
-    ``set_epoch`` on) this object, and never rebuilds it as it would a ``batch_sampler``.
+    ``set_epoch`` on) this object, and never rebuilds it as it would a ``batch_sampler``. It is a
+    ``DistributedSampler`` because it already gives each rank its share: Lightning then leaves it alone under
+    DDP even with ``use_distributed_sampler=True``, instead of wrapping it in a ``DistributedSamplerWrapper``
+    that would re-deal its items by stride.
+
+    Raises:
+        ValueError: ``batch_size`` exceeds the samples, ``rank`` is not in the world, the world size does not
+            divide ``batch_size``, or a partial last batch (``drop_last=False``) would be sliced.
     """
 
-    def __init__(self, sampler: ReplaySampler, batch_size: int, drop_last: bool = True) -> None:
+    def __init__(
+        self, sampler: ReplaySampler, batch_size: int, drop_last: bool = True, *, rank: int = 0, world_size: int = 1
+    ) -> None:
+        # Not DistributedSampler.__init__: that one deals a dataset's indices by stride; this slices global batches.
         if batch_size > sampler.num_samples:
             raise ValueError(f"batch_size {batch_size} is larger than the {sampler.num_samples} samples available")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+        if batch_size % world_size or (world_size > 1 and not drop_last):
+            raise ValueError(f"cannot slice batches of {batch_size} (drop_last={drop_last}) over {world_size} ranks")
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.rank, self.num_replicas = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -96,9 +129,11 @@ class ReplayBatchSampler(Sampler[IndexBatch]):
         start = self.sampler.start()
         order = list(self.sampler)
         stop = len(order) - self.batch_size + 1 if self.drop_last else len(order)
+        share = self.batch_size // self.num_replicas
         for offset in range(0, stop, self.batch_size):
-            indices = order[offset : offset + self.batch_size]
-            yield IndexBatch(indices, Cursor(self.sampler.epoch, start + offset + len(indices)))
+            whole = order[offset : offset + self.batch_size]
+            cursor = Cursor(self.sampler.epoch, start + offset + len(whole))
+            yield IndexBatch(whole[self.rank * share : (self.rank + 1) * share], cursor, whole)
 
     def __len__(self) -> int:
         full, rest = divmod(self.sampler.num_samples, self.batch_size)
@@ -108,8 +143,10 @@ class ReplayBatchSampler(Sampler[IndexBatch]):
 class CursorStamped(Dataset):
     """A dataset of whole batches whose every batch carries its cursor: the one place a cursor is stamped.
 
-    The wrapped dataset builds the batch dict for a list of sample indices; this adds
-    ``batch["cursor"] = (epoch, position)``, the cursor after the batch.
+    The wrapped dataset builds the batch dict for a list of sample indices (this rank's slice); this adds
+    ``batch["cursor"] = (epoch, position)``, the global cursor after the batch, and
+    ``batch["global_sample_ids"]``, the sample ids of the whole global batch (``batch["sample_ids"]`` in a
+    single process), so every rank can name what the step consumed across all ranks.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -121,6 +158,7 @@ class CursorStamped(Dataset):
     def __getitem__(self, index_batch: IndexBatch) -> dict[str, Any]:
         batch = self.dataset[index_batch.indices]
         batch["cursor"] = index_batch.cursor.as_tuple()
+        batch["global_sample_ids"] = torch.tensor(index_batch.global_indices, dtype=torch.long)
         return batch
 
 
@@ -153,17 +191,26 @@ class ReplayDataLoader(DataLoader):
 
 
 def replay_loader(
-    dataset: Dataset, sampler: ReplaySampler, batch_size: int, drop_last: bool, num_workers: int, seed: int
+    dataset: Dataset,
+    sampler: ReplaySampler,
+    batch_size: int,
+    drop_last: bool,
+    num_workers: int,
+    seed: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> ReplayDataLoader:
-    """A ReplayDataLoader handing ``dataset`` whole batches of indices (the dataset builds each batch).
+    """A ReplayDataLoader handing ``dataset`` rank ``rank``'s slice of each global batch of ``batch_size`` indices.
 
-    Each batch comes back with its ``cursor`` stamped (:class:`CursorStamped`).
+    The dataset builds each batch; it comes back with the global ``cursor`` and ``global_sample_ids``
+    stamped (:class:`CursorStamped`).
     """
     # A private generator: creating the iterator must not draw from the global RNG, or a resumed
     # run's dropout masks would differ from the uninterrupted run's.
     return ReplayDataLoader(
         CursorStamped(dataset),
-        sampler=ReplayBatchSampler(sampler, batch_size, drop_last),
+        sampler=ReplayBatchSampler(sampler, batch_size, drop_last, rank=rank, world_size=world_size),
         batch_size=None,
         collate_fn=_whole_batch,
         num_workers=num_workers,

@@ -45,6 +45,10 @@ from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
 
 DEFAULT_ROOT = "runs"
+RUN_ID_ENV = "LIT_PSION_RUN_ID"
+"""The run a fit writes, shared by every process of a multi-process launch (``mesh launch`` sets it; a
+fit that plans a new run sets it for the worker processes Lightning starts). When it names a run that
+has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
 EXIT_INTERRUPTED = 130
 EXIT_SIGTERM = 143
 CALLBACK_GROUPS = {"receipts": Receipts, "telemetry": Telemetry, "dashboard": Dashboard, "progress_bar": ProgressBar,
@@ -68,6 +72,7 @@ class LitPsionCLI(LightningCLI):
         self.run_context: RunContext | None = None
         self.verified: VerifiedCheckpoint | None = None
         self.lock: RunLock | None = None
+        self._exported_run_id = False
         """One writer per run: held from before a fit reads its run until the fit returns."""
         try:
             super().__init__(
@@ -85,6 +90,8 @@ class LitPsionCLI(LightningCLI):
         finally:
             if run and self.lock is not None:
                 self.lock.release()
+            if self._exported_run_id:
+                os.environ.pop(RUN_ID_ENV, None)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name, callback in CALLBACK_GROUPS.items():
@@ -110,15 +117,21 @@ class LitPsionCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self._config()
         _check_strategy(config.trainer.strategy)
+        _follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit":
             _make_root(root)
         run_id, rejected = self._resolve_resume(config, root)
+        named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None
+        if named is not None and config.get("ckpt_path") is None:
+            run_id, rejected = self._resume_named(config, RunLayout(root, _plain_run_id(named)))
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand == "fit":
             yaml = self._parser(self.subcommand).dump(config, skip_none=False)
-            layout = RunLayout(root, run_id or new_run_id())
+            layout = RunLayout(root, run_id or (named and _plain_run_id(named)) or new_run_id())
+            if named is None:  # the worker processes Lightning starts for this fit must plan the same run
+                os.environ[RUN_ID_ENV], self._exported_run_id = layout.run_id, True
             start = self.verified
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
@@ -145,11 +158,22 @@ class LitPsionCLI(LightningCLI):
         config.ckpt_path = str(self.verified.path)
         return run_id, tuple(rejected)
 
+    def _resume_named(self, config: Namespace, layout: RunLayout) -> tuple[str | None, tuple[RejectedCheckpoint, ...]]:
+        """Resume the run ``LIT_PSION_RUN_ID`` names if it has a durable checkpoint (else it starts as new)."""
+        if not layout.pointer.is_file() and not layout.checkpoint_dirs():
+            return None, ()
+        rejected: list[RejectedCheckpoint] = []
+        self._lock(layout)
+        self.verified = resolve_checkpoint(layout, rejected)
+        config.ckpt_path = str(self.verified.path)
+        return layout.run_id, tuple(rejected)
+
     def _lock(self, layout: RunLayout) -> None:
         if not layout.run_dir.is_dir():
             raise CheckpointError(f"--ckpt_path last: run {layout.run_id!r} named by {str(layout.latest)!r} does not "
                                   "exist; give --ckpt_path a checkpoint directory")  # fmt: skip
-        self.lock = RunLock(layout.run_dir, purpose=f"fit {layout.run_id}").acquire()
+        if _is_launcher_rank_zero():  # the other ranks of the same fit run under rank 0's lock
+            self.lock = RunLock(layout.run_dir, purpose=f"fit {layout.run_id}").acquire()
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer with lit_psion's checkpoint IO, callbacks and (for fit) run directory and loggers."""
@@ -175,8 +199,8 @@ class LitPsionCLI(LightningCLI):
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers}, callbacks=callbacks)
         except MisconfigurationException as error:  # Lightning's word for a setting it cannot honour
             raise ConfigError(f"trainer: {error}") from error
-        if self.run_context is not None and self.lock is None:  # a new run: fresh id, locked before it is findable
-            self.run_context.layout.run_dir.mkdir(exist_ok=True)
+        if self.run_context is not None and self.lock is None and _is_launcher_rank_zero():
+            self.run_context.layout.run_dir.mkdir(exist_ok=True)  # a new run: locked before it is findable
             self._lock(self.run_context.layout)
         return trainer
 
@@ -190,6 +214,26 @@ class LitPsionCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is False:  # the user turned the bar off: drop ours
             callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
         return callbacks
+
+
+def _follow_torchrun(trainer: Namespace) -> None:
+    """Under torchrun, take the node count and devices per node from the launch (an elastic launch changes them)."""
+    world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not (world and local and world.isdigit() and local.isdigit()):
+        return
+    if trainer.get("num_nodes") in (None, 1) and trainer.get("devices") in (None, "auto", 1, "1"):
+        trainer.num_nodes, trainer.devices = max(1, int(world) // max(1, int(local))), int(local)
+
+
+def _plain_run_id(run_id: str) -> str:
+    if not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
+        raise ConfigError(f"{RUN_ID_ENV}={run_id!r} is not a run id (a plain directory name inside the runs root)")
+    return run_id
+
+
+def _is_launcher_rank_zero() -> bool:
+    """Whether this process is rank 0 of its launch (torchrun sets RANK; Lightning's launcher LOCAL_RANK)."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def setting_problems(config: Namespace, subcommand: str | None) -> list[str]:

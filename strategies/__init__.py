@@ -7,6 +7,7 @@ its default policy.
 
 from lightning.pytorch.strategies import StrategyRegistry
 
+from lit_psion.strategies.elastic import ElasticMeshStrategy, TransactionalElasticMeshStrategy
 from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 from lit_psion.strategies.transactional import (
     Transactional,
@@ -17,12 +18,17 @@ from lit_psion.strategies.transactional import (
 
 StrategyRegistry.register("transactional", TransactionalStrategy, description="transactional steps, one device")
 StrategyRegistry.register("transactional_ddp", TransactionalDDPStrategy, description="transactional steps under DDP")
+StrategyRegistry.register("elastic_mesh", ElasticMeshStrategy, description="DDP with receipted membership epochs")
+StrategyRegistry.register("transactional_elastic_mesh", TransactionalElasticMeshStrategy,
+                          description="transactional steps on an elastic mesh")
 
 __all__ = [
+    "ElasticMeshStrategy",
     "SkipList",
     "SkippedBatch",
     "TransactionPolicy",
     "Transactional",
     "TransactionalDDPStrategy",
+    "TransactionalElasticMeshStrategy",
     "TransactionalStrategy",
 ]

@@ -99,9 +99,10 @@ class TransactionPolicy:
 
 
 def batch_key(batch: Any) -> str:
-    """A stable digest of a batch: its sample ids and cursor when it has them, else its tensors' bytes."""
+    """A stable digest of a batch: its global batch's sample ids and cursor when it has them (the same key on
+    every rank and at every world size), else its tensors' bytes."""
     if isinstance(batch, dict) and "sample_ids" in batch:
-        return batch_digest(batch["sample_ids"].tolist(), batch.get("cursor"))
+        return batch_digest(batch.get("global_sample_ids", batch["sample_ids"]).tolist(), batch.get("cursor"))
     parts: list[bytes] = []
     apply_to_collection(batch, torch.Tensor, lambda t: parts.append(t.detach().cpu().contiguous().numpy().tobytes()))
     return sha256_bytes(b"".join(parts))

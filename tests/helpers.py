@@ -187,3 +187,19 @@ class LossSpikeEvidence(EvidenceCallback):
         if self.previous is not None and loss > self.factor * self.previous:
             self.emit(trainer, LossSpikeReceipt(step=trainer.global_step, loss=loss, previous=self.previous))
         self.previous = loss
+
+
+class RecordRankBatches(Callback):
+    """Append ``{"step", "world_size", "ids", "global_ids", "cursor"}`` per training batch to ``{path}.rank{r}``.
+
+    One file per rank, so a multi-process run's ranks never interleave their records.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        record = {"step": trainer.global_step, "world_size": trainer.world_size, "ids": batch["sample_ids"].tolist(),
+                  "global_ids": batch["global_sample_ids"].tolist(), "cursor": list(batch["cursor"])}  # fmt: skip
+        with open(f"{self.path}.rank{trainer.global_rank}", "a") as handle:
+            handle.write(json.dumps(record) + "\n")

@@ -46,6 +46,8 @@ class CheckpointManifest:
     parent: str | None = None
     """The checkpoint the pointer named when this one was written."""
     writer: str | None = None
+    membership: dict[str, Any] | None = None
+    """The mesh membership (epoch, nodes, world size) the checkpoint was written in, under a mesh strategy."""
     receipts_head: str | None = None
     """The receipt chain's head when the checkpoint was written: a durable anchor of the chain (truncation
     below it is detected even if run.json is edited)."""

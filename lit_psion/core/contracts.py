@@ -148,3 +148,10 @@ class Resumable(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class MembershipAware(Protocol):
+    """A strategy that trains as a mesh with membership epochs; checkpoints record its membership."""
+
+    def membership_record(self) -> dict[str, Any] | None: ...

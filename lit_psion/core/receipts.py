@@ -199,6 +199,33 @@ class GrowthReceipt(ReceiptBody):
 
 @register_receipt
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipReceipt(ReceiptBody):
+    """One worker-group start of a mesh: who trains from here on, and what changed (docs/elastic.md)."""
+
+    kind: ClassVar[str] = "membership"
+    stage_id: str
+    epoch: int
+    """The membership epoch: the previous one (from the resumed checkpoint) plus one; 1 at the start."""
+    change: str
+    """``start``, ``grow``, ``shrink``, ``replace`` or ``restart``."""
+    previous_members: dict[str, str]
+    """node id -> state in the previous epoch (empty at the start)."""
+    members: dict[str, str]
+    """node id -> state in this epoch (the nodes gone are ``offline``)."""
+    previous_world_size: int | None
+    world_size: int
+    settings: dict[str, Any]
+    """The launcher's rendezvous and lease settings, as recorded in the environment (torchrun's)."""
+    checkpoint_manifest_digest: str | None
+    """The manifest digest of the checkpoint this epoch resumed from (None at the start)."""
+    cursor: dict[str, int] | None
+    """The global data cursor this epoch starts from."""
+    steps_replayed: int
+    """Steps the previous epoch trained past its last durable checkpoint, trained again now."""
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ChainSealReceipt(ReceiptBody):
     """The terminal receipt of a completed run: nothing may follow it but a resume of the same run."""
 

@@ -1,0 +1,103 @@
+"""Mesh membership (seed 004's vocabulary, SPEC §3): who trains a run, in which epoch, and what changed.
+
+Every worker-group start is a membership epoch. All ranks agree on the member list (node ids
+gathered from every rank), compare it with the membership the last durable checkpoint recorded,
+and classify the change: ``start`` (no previous membership), ``grow`` (nodes added), ``shrink``
+(nodes gone), ``replace`` (as many nodes, other ids), ``restart`` (the same nodes again). The
+epoch is the previous one plus one, computed from the checkpoint, so it is identical on every
+rank whatever each agent's own restart count says. Framework-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+from lit_psion.core.errors import ConfigError
+from lit_psion.core.files import atomic_write_json, read_json
+from lit_psion.core.layout import RunLayout
+
+
+class NodeState(enum.StrEnum):
+    ACTIVE = "active"
+    JOINING = "joining"
+    DRAINING = "draining"
+    OFFLINE = "offline"
+
+
+class MembershipChange(enum.StrEnum):
+    START = "start"
+    GROW = "grow"
+    SHRINK = "shrink"
+    REPLACE = "replace"
+    RESTART = "restart"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Membership:
+    """One membership epoch: its number, its nodes and their states, and the world size they make."""
+
+    epoch: int
+    nodes: dict[str, NodeState]
+    """node id -> state."""
+    world_size: int
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return tuple(sorted(node for node, state in self.nodes.items() if state == NodeState.ACTIVE))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "world_size": self.world_size,
+                "nodes": {node: str(state) for node, state in sorted(self.nodes.items())}}  # fmt: skip
+
+    @classmethod
+    def from_json_dict(cls, record: dict[str, Any]) -> Membership:
+        try:
+            nodes = {str(node): NodeState(state) for node, state in record["nodes"].items()}
+            return cls(epoch=int(record["epoch"]), nodes=nodes, world_size=int(record["world_size"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ConfigError(f"membership record is malformed ({error}): {record!r}") from error
+
+
+def classify(previous: Membership | None, members: Iterable[str]) -> MembershipChange:
+    """What a worker-group start with ``members`` is, against the previous epoch's active nodes.
+
+    Nodes only added: ``grow``; only removed: ``shrink``; some of each: ``replace``; none: ``restart``.
+    """
+    if previous is None:
+        return MembershipChange.START
+    before, after = set(previous.active), set(members)
+    added, removed = after - before, before - after
+    if added and removed:
+        return MembershipChange.REPLACE
+    if added:
+        return MembershipChange.GROW
+    if removed:
+        return MembershipChange.SHRINK
+    return MembershipChange.RESTART
+
+
+def next_membership(previous: Membership | None, members: Iterable[str], world_size: int) -> Membership:
+    """The epoch a worker-group start with ``members`` opens: previous + 1, every member active."""
+    members = sorted(set(members))
+    if not members:
+        raise ConfigError("a membership needs at least one node")
+    epoch = previous.epoch + 1 if previous is not None else 1
+    nodes = {node: NodeState.ACTIVE for node in members}
+    if previous is not None:
+        nodes |= {node: NodeState.OFFLINE for node in previous.nodes if node not in nodes}
+    return Membership(epoch=epoch, nodes=nodes, world_size=world_size)
+
+
+def read_membership(layout: RunLayout) -> Membership | None:
+    """The run's ``membership.json`` (None for a run that never had one)."""
+    if not layout.membership.is_file():
+        return None
+    return Membership.from_json_dict(read_json(layout.membership))
+
+
+def write_membership(layout: RunLayout, membership: Membership) -> None:
+    """Write ``membership.json`` atomically (``mesh status`` reads it)."""
+    atomic_write_json(layout.membership, membership.to_json_dict())

@@ -1,0 +1,130 @@
+"""ElasticMeshStrategy: each worker-group start is a membership epoch, receipted, resumed on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from lit_psion.core import RunLayout, read_json, sha256_file
+from lit_psion.core.run import read_latest
+from tests.helpers import callbacks_config, fit, fit_subprocess
+
+ELASTIC = ("--trainer.strategy", "elastic_mesh", "--trainer.devices", "1")
+
+
+@pytest.fixture(autouse=True)
+def _own_process_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A fresh port per test (Lightning writes MASTER_PORT into the environment), no group left behind."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(probe.getsockname()[1]))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def memberships(layout: RunLayout) -> list[dict]:
+    chain = [json.loads(line) for line in layout.receipts.read_text().splitlines()]
+    return [receipt["body"] for receipt in chain if receipt["kind"] == "membership"]
+
+
+def _fit(root: Path, node: str, steps: int, monkeypatch: pytest.MonkeyPatch, run_id: str | None = None) -> int:
+    monkeypatch.setenv("LIT_PSION_NODE_ID", node)
+    if run_id is not None:
+        monkeypatch.setenv("LIT_PSION_RUN_ID", run_id)
+    return fit("--trainer.default_root_dir", str(root), *ELASTIC, "--trainer.max_steps", str(steps))
+
+
+def test_epochs_rise_by_one_per_start_and_each_change_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _fit(tmp_path, "node-a", 6, monkeypatch) == 0
+    layout = RunLayout(tmp_path, read_latest(tmp_path))
+    pointed = layout.checkpoint(6) / "manifest.json"
+    assert read_json(pointed)["membership"] == {"epoch": 1, "nodes": {"node-a": "active"}, "world_size": 1}
+    digest_6 = sha256_file(pointed)
+    assert _fit(tmp_path, "node-a", 9, monkeypatch, run_id=layout.run_id) == 0  # resumes on its own: no --ckpt_path
+    assert _fit(tmp_path, "node-b", 12, monkeypatch, run_id=layout.run_id) == 0
+    start, restart, replace = memberships(layout)
+    assert (start["epoch"], start["change"], start["previous_members"]) == (1, "start", {})
+    assert (restart["epoch"], restart["change"]) == (2, "restart")
+    assert restart["checkpoint_manifest_digest"] == digest_6 and restart["cursor"]["position"] > 0
+    assert (replace["epoch"], replace["change"]) == (3, "replace")
+    assert replace["previous_members"] == {"node-a": "active"}
+    assert replace["members"] == {"node-a": "offline", "node-b": "active"}
+    assert read_json(layout.membership)["epoch"] == 3
+    steps = [json.loads(line)["body"]["step_out"] for line in layout.receipts.read_text().splitlines()
+             if '"trainer_step"' in line]  # fmt: skip
+    assert steps == list(range(1, 13)), "every step trained once across the three epochs"
+
+
+def test_steps_trained_past_the_checkpoint_before_a_crash_are_counted_as_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIT_PSION_NODE_ID", "node-a")
+    monkeypatch.setenv("LIT_PSION_RUN_ID", "mesh-run")
+    kill = callbacks_config(tmp_path / "kill.json", ("KillAt", {"step": 5}))
+    result = fit_subprocess("--config", kill, "--trainer.default_root_dir", str(tmp_path), *ELASTIC)
+    assert result.returncode == -9, result.stderr[-2000:]
+    layout = RunLayout(tmp_path, "mesh-run")
+    assert read_json(layout.pointer)["step"] == 3
+    assert _fit(tmp_path, "node-a", 12, monkeypatch) == 0
+    restart = memberships(layout)[-1]
+    assert (restart["epoch"], restart["change"], restart["steps_replayed"]) == (2, "restart", 1)
+
+
+def test_a_run_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    capsys.readouterr()
+    assert _fit(tmp_path, "node-a", 3, monkeypatch, run_id="../escape") == 2
+    assert "is not a run id" in capsys.readouterr().err
+
+
+def _torchrun_node(root: Path, node: str, rank: int, nodes: int, port: int, steps: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LIT_PSION_NODE_ID": node, "LIT_PSION_RUN_ID": "mesh-run"}
+    env.pop("MASTER_PORT", None)
+    env.pop("MASTER_ADDR", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", "1",
+               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+               "-m", "lit_psion", "fit", "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(root),
+               "--trainer.strategy", "elastic_mesh", "--trainer.max_steps", str(steps),
+               "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_agree_on_membership_and_a_shrink_continues_the_same_batches(tmp_path: Path) -> None:
+    port = _free_port()
+    agents = [_torchrun_node(tmp_path, node, rank, 2, port, 6) for rank, node in enumerate(("node-a", "node-b"))]
+    for agent in agents:
+        assert agent.wait(timeout=600) == 0, agent.stderr.read()[-3000:]
+    solo = _torchrun_node(tmp_path, "node-a", 0, 1, _free_port(), 12)
+    assert solo.wait(timeout=600) == 0, solo.stderr.read()[-3000:]
+    layout = RunLayout(tmp_path, "mesh-run")
+    start, shrink = memberships(layout)
+    assert (start["epoch"], start["change"], start["world_size"]) == (1, "start", 2)
+    assert start["members"] == {"node-a": "active", "node-b": "active"}
+    assert (shrink["epoch"], shrink["change"], shrink["world_size"]) == (2, "shrink", 1)
+    assert shrink["members"] == {"node-a": "active", "node-b": "offline"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["mesh-run"], "one run, whatever the ranks"
+    chain = [json.loads(line) for line in layout.receipts.read_text().splitlines()]
+    digests = [r["body"]["batch_digest"] for r in chain if r["kind"] == "trainer_step"]
+    reference = tmp_path / "single"
+    assert fit("--trainer.default_root_dir", str(reference), "--trainer.max_steps", "12") == 0
+    single = RunLayout(reference, read_latest(reference))
+    expected = [json.loads(line)["body"]["batch_digest"] for line in single.receipts.read_text().splitlines()
+                if '"trainer_step"' in line]  # fmt: skip
+    assert digests == expected, "the mesh trained the single-process run's global batches, step for step"
