@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,14 @@ from lit_psion.core import run_context
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.membership import Membership, MembershipChange, classify, next_membership, write_membership
+from lit_psion.core.membership import (
+    MESH_SETTINGS_ENV,
+    Membership,
+    MembershipChange,
+    classify,
+    next_membership,
+    write_membership,
+)
 from lit_psion.core.receipts import MembershipReceipt, emit_receipt
 from lit_psion.strategies.transactional import Transactional
 
@@ -62,6 +71,8 @@ class ElasticMeshStrategy(DDPStrategy):
 
     @override
     def setup(self, trainer: L.Trainer) -> None:
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            _exit_with_the_agent()
         super().setup(trainer)
         members = self._gather_node_ids()
         run = run_context(trainer)
@@ -96,7 +107,7 @@ class ElasticMeshStrategy(DDPStrategy):
             members=self.membership.to_json_dict()["nodes"],
             previous_world_size=self.previous.world_size if self.previous else None,
             world_size=self.membership.world_size,
-            settings={key: os.environ[key] for key in LAUNCH_SETTINGS_ENV if key in os.environ},
+            settings=launch_settings(),
             checkpoint_manifest_digest=_manifest_digest(run.resume_from) if manifest is not None else None,
             cursor=cursor, steps_replayed=_steps_replayed(run.layout.receipts, manifest.step) if manifest else 0,
         ))  # fmt: skip
@@ -104,6 +115,33 @@ class ElasticMeshStrategy(DDPStrategy):
     def membership_record(self) -> dict[str, Any] | None:
         """What a checkpoint records of the mesh it was written in."""
         return self.membership.to_json_dict() if self.membership is not None else None
+
+
+EXIT_ORPHANED = 9
+"""A worker whose elastic agent is gone exits by itself with this code (its node has left the mesh)."""
+
+
+def _exit_with_the_agent() -> None:
+    """Exit as soon as this worker's agent dies (torchrun starts workers in their own session, so
+    killing the agent alone would leave the worker training on as an orphan)."""
+    agent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == agent:
+            time.sleep(0.5)
+        os._exit(EXIT_ORPHANED)  # no clean-up: the node is gone; the mesh resumes from its durable checkpoint
+
+    threading.Thread(target=watch, name="lit_psion-agent-watch", daemon=True).start()
+
+
+def launch_settings() -> dict[str, Any]:
+    """What the launcher says about itself: ``mesh launch``'s settings and torchrun's environment."""
+    settings = {key: os.environ[key] for key in LAUNCH_SETTINGS_ENV if key in os.environ}
+    try:
+        settings |= json.loads(os.environ.get(MESH_SETTINGS_ENV, "{}"))
+    except ValueError:
+        settings["unreadable_settings"] = os.environ[MESH_SETTINGS_ENV]
+    return settings
 
 
 class TransactionalElasticMeshStrategy(Transactional, ElasticMeshStrategy):

@@ -28,6 +28,7 @@ COMMANDS_MODULES = {
     "receipts": "lit_psion.commands.receipts",
     "ckpt": "lit_psion.commands.ckpt",
     "doctor": "lit_psion.commands.doctor",
+    "mesh": "lit_psion.commands.mesh",
     "compare": "lit_psion.commands.compare",
     "adapter": "lit_psion.commands.adapter",
     "events": "lit_psion.commands.events",

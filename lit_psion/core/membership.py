@@ -19,6 +19,9 @@ from lit_psion.core.errors import ConfigError
 from lit_psion.core.files import atomic_write_json, read_json
 from lit_psion.core.layout import RunLayout
 
+MESH_SETTINGS_ENV = "LIT_PSION_MESH_SETTINGS"
+"""The launch settings ``mesh launch`` hands its workers (JSON), recorded in every membership receipt."""
+
 
 class NodeState(enum.StrEnum):
     ACTIVE = "active"

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
+from lit_psion.cli import main
 from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.run import read_latest
 from tests.helpers import callbacks_config, fit, fit_subprocess
@@ -128,3 +131,83 @@ def test_two_torchrun_nodes_agree_on_membership_and_a_shrink_continues_the_same_
     expected = [json.loads(line)["body"]["batch_digest"] for line in single.receipts.read_text().splitlines()
                 if '"trainer_step"' in line]  # fmt: skip
     assert digests == expected, "the mesh trained the single-process run's global batches, step for step"
+
+
+def _node_processes(node: str) -> list[int]:
+    """Every process (agent and worker) of mesh node ``node``, found by the node id in its environment."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"LIT_PSION_NODE_ID={node}".encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+def test_a_mesh_grows_when_a_node_joins_and_shrinks_when_one_is_killed_training_each_batch_once(
+    tmp_path: Path,
+) -> None:
+    port, root, env = _free_port(), tmp_path / "runs", {**os.environ, "OMP_NUM_THREADS": "1"}
+    store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    fit_args = ["--config", "fixtures/tiny.yaml", "--nnodes", "2:3", "--store", f"127.0.0.1:{port}", "--run-id", "m",
+                "--trainer.default_root_dir", str(root), "--trainer.max_steps", "900", "--data.batch_size", "12",
+                "--trainer.enable_progress_bar", "false", "--checkpoint.every_n_train_steps", "10",
+                "--trainer.val_check_interval", "300", "--trainer.log_every_n_steps", "10"]  # fmt: skip
+    layout = RunLayout(root, "m")
+
+    def launch(node: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", node, *fit_args]
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+
+    def epochs() -> list[dict]:
+        return memberships(layout) if layout.receipts.is_file() else []
+
+    def steps() -> int:
+        return layout.receipts.read_text().count('"trainer_step"') if layout.receipts.is_file() else 0
+
+    agents = {}
+    try:
+        assert "listening" in store.stdout.readline()
+        agents = {node: launch(node) for node in ("A", "B")}
+        assert _wait_for(lambda: steps() >= 20, 180), "the 2-node mesh trains"
+        agents["C"] = launch("C")
+        assert _wait_for(lambda: any(e["change"] == "grow" for e in epochs()), 120), "C joins within 2 minutes"
+        mark = steps()
+        assert _wait_for(lambda: steps() >= mark + 30, 120), "the 3-node mesh trains"
+        for pid in _node_processes("C"):  # the agent and its worker, at once: a node lost
+            os.kill(pid, signal.SIGKILL)
+        assert _wait_for(lambda: any(e["change"] == "shrink" for e in epochs()), 120), "survivors re-form"
+        assert _wait_for(lambda: not _node_processes("C"), 5), "no process of the killed node is left"
+        for node in ("A", "B"):
+            assert agents[node].wait(timeout=600) == 0, agents[node].stderr.read()[-3000:]
+    finally:
+        for process in [store, *agents.values()]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL) if process is not store else process.kill()
+    start, grow, shrink = [(e["epoch"], e["change"], e["world_size"]) for e in epochs()]
+    assert (start, grow, shrink) == ((1, "start", 2), (2, "grow", 3), (3, "shrink", 2))
+    assert epochs()[-1]["members"] == {"A": "active", "B": "active", "C": "offline"}
+    chain = [json.loads(line)["body"] for line in layout.receipts.read_text().splitlines() if '"trainer_step"' in line]
+    by_step = {receipt["step_out"]: receipt["batch_digest"] for receipt in chain}  # a replayed step: its last run
+    assert sorted(by_step) == list(range(1, 901)), "every step once in the end, none missing"
+    reference = tmp_path / "single"
+    assert fit("--trainer.default_root_dir", str(reference), "--trainer.max_steps", "900", "--data.batch_size", "12",
+               "--trainer.val_check_interval", "300", "--checkpoint.every_n_train_steps", "300") == 0  # fmt: skip
+    single = RunLayout(reference, read_latest(reference))
+    expected = [json.loads(line)["body"]["batch_digest"] for line in single.receipts.read_text().splitlines()
+                if '"trainer_step"' in line]  # fmt: skip
+    assert [by_step[step] for step in range(1, 901)] == expected, "exactly the single-process run's global batches"
+    assert main(["doctor", str(layout.run_dir)]) == 0
