@@ -15,7 +15,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lit_psion.core import RunContext, run_context, sha256_bytes
+from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
+from lit_psion.core.audit import check_chain
 from lit_psion.core.contracts import ReplayData, RollbackAware, SignedModel
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.receipts import (
@@ -24,6 +25,7 @@ from lit_psion.core.receipts import (
     EvalReceipt,
     ReceiptBody,
     ReceiptLog,
+    ReceiptWriteError,
     TrainerStepReceipt,
     TrainingRunReceipt,
     batch_digest,
@@ -70,17 +72,21 @@ class Receipts(EvidenceCallback):
         self._batch_digest: str | None = None
         self._cursor: tuple[int, int] | None = None
         self._resumed_from: str | None = None
+        self._started = False
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
             run = self.run(trainer)
             layout = run.layout
+            if run.resumed and layout.is_run() and layout.receipts.is_file():  # every recorded head, or no resume
+                known = {run.resume_from.name: run.resume_manifest.receipts_head} if run.resume_manifest else {}
+                check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known)
             self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._resumed_from = trainer.ckpt_path
+        self._resumed_from, self._started = trainer.ckpt_path, True
         event = "resumed" if trainer.ckpt_path else "started"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, "active"))
         run = self.run(trainer)
@@ -143,6 +149,8 @@ class Receipts(EvidenceCallback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not self._started or isinstance(exception, ReceiptWriteError):
+            return  # refused before training began (or the log cannot take a receipt): leave the log as it was
         event = "paused" if isinstance(exception, KeyboardInterrupt | SIGTERMException) else "failed"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, event, f"{type(exception).__name__}"))
         if self.chain is not None:

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from lit_psion.core.checkpoint import (
     verify_checkpoint,
 )
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
-from lit_psion.core.lock import RunLock
+from lit_psion.core.lock import LOCK_FILE, RunLock
 from lit_psion.core.run import read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
@@ -89,6 +90,7 @@ class LitPsionCLI(LightningCLI):
             )
         finally:
             if run and self.lock is not None:
+                _remove_if_unborn(self.lock.directory)
                 self.lock.release()
             if self._exported_run_id:
                 os.environ.pop(RUN_ID_ENV, None)
@@ -216,6 +218,12 @@ class LitPsionCLI(LightningCLI):
         return callbacks
 
 
+def _remove_if_unborn(run_dir: Path) -> None:
+    """A new run refused before its run.json was written leaves no directory behind (only its lock was there)."""
+    if run_dir.is_dir() and not RunLayout.of(run_dir).is_run() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _follow_torchrun(trainer: Namespace) -> None:
     """Under torchrun, take the node count and devices per node from the launch (an elastic launch changes them)."""
     world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
@@ -239,9 +247,18 @@ def _is_launcher_rank_zero() -> bool:
 def setting_problems(config: Namespace, subcommand: str | None) -> list[str]:
     """Trainer settings Lightning would accept and then fail on mid-run (or never finish with), as messages."""
     trainer, problems = config.trainer, []
-    for key in ("log_every_n_steps", "accumulate_grad_batches"):
+    epochs = trainer.get("max_epochs")
+    if isinstance(epochs, int) and (epochs == 0 or epochs < -1):
+        problems.append(f"trainer.max_epochs must be >= 1 (or -1: no limit), got {epochs!r}")
+    for key in ("log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
         if isinstance(trainer.get(key), int) and trainer.get(key) < 1:
             problems.append(f"trainer.{key} must be >= 1, got {trainer.get(key)!r}")
+    if isinstance(trainer.get("limit_train_batches"), int | float) and not trainer.get("limit_train_batches") > 0:
+        problems.append(f"trainer.limit_train_batches must be > 0 (it trains nothing), got "
+                        f"{trainer.get('limit_train_batches')!r}")  # fmt: skip
+    if isinstance(trainer.get("gradient_clip_val"), int | float) and trainer.get("gradient_clip_val") < 0:
+        problems.append(f"trainer.gradient_clip_val must be >= 0 (null: no clipping), got "
+                        f"{trainer.get('gradient_clip_val')!r}")  # fmt: skip
     interval = trainer.get("val_check_interval")
     if isinstance(interval, int | float) and not interval > 0:
         problems.append(f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {interval!r}")

@@ -203,3 +203,31 @@ class RecordRankBatches(Callback):
                   "global_ids": batch["global_sample_ids"].tolist(), "cursor": list(batch["cursor"])}  # fmt: skip
         with open(f"{self.path}.rank{trainer.global_rank}", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+class FullDiskAtStep(Callback):
+    """From global step ``step`` on, every receipt append hits a full disk after writing half its line."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        from lit_psion.core.receipts import receipt_log
+
+        log = receipt_log(trainer)
+        if trainer.global_step + 1 != self.step or log is None:
+            return
+        log.append  # noqa: B018  (the handle is opened on first append; by this step it exists)
+
+        class HalfThenFull:
+            def __init__(self, handle: Any) -> None:
+                self.handle = handle
+
+            def write(self, data: bytes) -> int:
+                self.handle.write(data[: len(data) // 2])
+                raise OSError(28, "No space left on device")
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.handle, name)
+
+        log._handle = HalfThenFull(log._handle)

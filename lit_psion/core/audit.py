@@ -16,7 +16,7 @@ from lit_psion.core.checkpoint import MANIFEST_FILE, read_pointer, resolve_check
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.layout import RunLayout
-from lit_psion.core.receipts import VerifyResult, verify_log
+from lit_psion.core.receipts import VerifyResult, torn_tail, verify_log
 from lit_psion.core.run import RunRecord, RunStatus
 
 
@@ -48,32 +48,50 @@ def audit_receipts(layout: RunLayout, record: RunRecord) -> Verdict:
                                                f"head {result.head}")  # fmt: skip
 
 
-def check_chain(layout: RunLayout, record: RunRecord) -> VerifyResult:
+def check_chain(
+    layout: RunLayout,
+    record: RunRecord,
+    before_torn_tail: bool = False,
+    known_heads: dict[str, str | None] | None = None,
+) -> VerifyResult:
     """Verify the run's chain and every anchor of it.
+
+    Args:
+        before_torn_tail: check only what comes before a torn last line (a resume checks this, then repairs).
+        known_heads: checkpoint name -> its recorded head, for manifests already read and verified (a resume's).
 
     Raises:
         EvidenceError: the first problem, by line or by anchor.
     """
     if not layout.receipts.is_file():
         raise EvidenceError(f"{layout.receipts} is missing")
-    result = verify_log(layout.receipts, expected_head=record.receipts_head, run_id=layout.run_id)
+    known_heads = known_heads or {}
+    torn = len(torn_tail(layout.receipts)) if before_torn_tail else 0
+    upto = layout.receipts.stat().st_size - torn if torn else None
+    result = verify_log(layout.receipts, expected_head=record.receipts_head, run_id=layout.run_id, upto=upto)
     if not result.ok:
         raise EvidenceError(f"{layout.receipts}: {result.describe()}")
     for checkpoint in layout.checkpoint_dirs():
-        head = _recorded_head(checkpoint)
+        head = known_heads[checkpoint.name] if checkpoint.name in known_heads else _recorded_head(checkpoint, layout)
         if head is not None and head not in result.digests:
             raise EvidenceError(f"{layout.receipts}: truncated: checkpoint {checkpoint.name} recorded head {head}, "
                                 "which is not in the log")  # fmt: skip
+    ended = (RunStatus.COMPLETED, RunStatus.PAUSED, RunStatus.FAILED)
+    if record.status in ended and record.receipts_head not in (None, result.head):
+        raise EvidenceError(f"{layout.receipts}: after_end: the run {record.status} with head "
+                            f"{record.receipts_head}, but receipts follow it (appended after the run ended)")
     if record.status == RunStatus.COMPLETED and not result.sealed:
         raise EvidenceError(f"{layout.receipts}: run.json says the run completed, but the chain does not end with "
                             "its seal (receipts were cut off or appended)")  # fmt: skip
     return result
 
 
-def _recorded_head(checkpoint: Path) -> str | None:
+def _recorded_head(checkpoint: Path, layout: RunLayout) -> str | None:
+    """The head a checkpoint of this run recorded (a checkpoint copied in from another run anchors nothing)."""
     try:
-        return json.loads((checkpoint / MANIFEST_FILE).read_bytes()).get("receipts_head")
-    except (OSError, ValueError, AttributeError):
+        manifest = json.loads((checkpoint / MANIFEST_FILE).read_bytes())
+        return manifest.get("receipts_head") if manifest.get("run_id") == layout.run_id else None
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None  # an unreadable manifest is the checkpoint's own verdict
 
 

@@ -133,6 +133,9 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
     if not isinstance(record, dict):
         raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} is not a JSON object")
     manifest = CheckpointManifest.from_json_dict(record, str(manifest_path))
+    if step_of(directory.name) not in (None, manifest.step):
+        raise CheckpointError(f"checkpoint {str(directory)!r} holds the manifest of step {manifest.step}; a "
+                              "checkpoint's directory names its own step")  # fmt: skip
     present = {p.name for p in directory.iterdir()} - {MANIFEST_FILE}
     if extra := sorted(present - manifest.files.keys()):
         raise CheckpointError(f"checkpoint {str(directory)!r} holds a file its manifest does not list: {extra[0]!r}")
@@ -168,7 +171,7 @@ def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
         record = json.loads(path.read_bytes())
         pointer = CheckpointPointer(step=int(record["step"]), checkpoint=str(record["checkpoint"]),
                                     manifest_sha256=str(record["manifest_sha256"]))  # fmt: skip
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
         raise CheckpointError(f"checkpoint pointer {str(path)!r} is malformed ({error})") from error
     if step_of(pointer.checkpoint) is None:
         raise CheckpointError(f"checkpoint pointer {str(path)!r} names {pointer.checkpoint!r}, which is not a "
@@ -231,7 +234,11 @@ def resolve_checkpoint(
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
         try:
-            return _belonging(verify_checkpoint(pointed, pointer.manifest_sha256), layout)
+            verified = _belonging(verify_checkpoint(pointed, pointer.manifest_sha256), layout)
+            if verified.step != pointer.step:
+                raise CheckpointError(f"pointer {str(layout.pointer)!r} says step {pointer.step}, its checkpoint's "
+                                      f"manifest says {verified.step}")  # fmt: skip
+            return verified
         except CheckpointError as error:
             problem = error
     skipped = [RejectedCheckpoint(pointed, str(problem))] if pointed is not None else []

@@ -26,7 +26,7 @@ POINTER_FILE = "pointer.json"
 DASHBOARD_DIR = "dashboard"
 STEP_PREFIX = "step-"
 
-_STEP_NAME = re.compile(r"step-(\d+)")
+_STEP_NAME = re.compile(r"step-([0-9]+)")  # ASCII digits only: "step-٩" is not a checkpoint name
 
 
 def step_name(step: int) -> str:

@@ -11,16 +11,18 @@ membership, adapter windows, promotion) register the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TextIO, runtime_checkable
+from typing import Any, BinaryIO, ClassVar, Protocol, runtime_checkable
 
 from lit_psion.core.digest import sha256_bytes, sha256_json
-from lit_psion.core.errors import EvidenceError
+from lit_psion.core.errors import EvidenceError, LitPsionError
 from lit_psion.core.files import fsync_path
 
 SCHEMA_VERSION = 2
@@ -294,10 +296,14 @@ class ReceiptLog:
     def __init__(self, path: str | Path, run_id: str, repair_after: str | None = None) -> None:
         self.path, self.run_id = Path(path), run_id
         self.head, self.next_seq = genesis(run_id), 0
-        self._handle: TextIO | None = None
+        self._handle: BinaryIO | None = None
+        self._broken: str | None = None
         if not self.path.exists():
             return
         torn = torn_tail(self.path)
+        if not torn and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            with open(self.path, "ab") as handle:  # a whole receipt that lost only its newline: restore it
+                handle.write(b"\n")
         result = verify_log(self.path, run_id=run_id, upto=len(self.path.read_bytes()) - len(torn) if torn else None)
         if not result.ok:
             raise ReceiptChainError(f"cannot append to {self.path}: {result.describe()}")
@@ -325,9 +331,22 @@ class ReceiptLog:
         receipt = Receipt.seal(
             kind=body.kind, run_id=self.run_id, seq=self.next_seq, prev_digest=self.head, body=body.to_json_dict()
         )
-        if self._handle is None:  # line-buffered: each receipt reaches the file in one write
-            self._handle = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-        self._handle.write(json.dumps(receipt.to_json_dict(), sort_keys=True) + "\n")
+        if self._broken is not None:
+            raise ReceiptWriteError(self._broken)
+        if self._handle is None:
+            self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115  (unbuffered: one write per receipt)
+        line = (json.dumps(receipt.to_json_dict(), sort_keys=True) + "\n").encode()
+        offset = self._handle.seek(0, os.SEEK_END)
+        try:
+            written = self._handle.write(line)
+            if written != len(line):
+                raise OSError(errno.EIO, f"short write ({written} of {len(line)} bytes)")
+        except OSError as error:  # a full disk: take the partial line back, so the log stays a chain
+            with contextlib.suppress(OSError):
+                self._handle.truncate(offset)
+            self._broken = (f"appending to {self.path} failed: {error.strerror or error}; the receipt was not "
+                            "written and the log is intact up to it (free space, then --ckpt_path last)")  # fmt: skip
+            raise ReceiptWriteError(self._broken) from error
         self.head, self.next_seq = receipt.digest, self.next_seq + 1
         return receipt
 
@@ -346,6 +365,13 @@ class ReceiptLog:
 
 class ReceiptChainError(EvidenceError):
     """A receipt log that does not verify (exit 5)."""
+
+
+class ReceiptWriteError(LitPsionError):
+    """A receipt could not be appended (disk full, I/O error); the log was rolled back to its last whole receipt."""
+
+    exit_code = 6
+    failure_class = "evidence_flush_failed"
 
 
 def torn_tail(path: str | Path) -> bytes:
@@ -400,7 +426,7 @@ def verify_log(
     """
     data = Path(path).read_bytes()[:upto]
     lines = data.decode("utf-8", errors="replace").splitlines()
-    head, count, seen, sealed = None, 0, set(), False
+    head, count, seen, sealed, previous_kind = None, 0, set(), False, None
     for number, line in enumerate(lines, start=1):
         checked = _check_line(line, count, head, run_id, seen)
         if isinstance(checked, tuple):
@@ -409,19 +435,36 @@ def verify_log(
             if checked[0] == "malformed" and number == len(lines) and not data.endswith(b"\n"):
                 checked = ("torn", f"the last line is unterminated and unreadable ({checked[1]})")
             return VerifyResult(False, count, head or "", number, *checked, digests=frozenset(seen))
-        resuming = checked.kind == "chain_repair" or (checked.kind == "training_run" and
-                                                       checked.body.get("event") == "resumed")  # fmt: skip
-        if sealed and not resuming:
-            detail = f"a {checked.kind!r} receipt follows the completed run's seal (only a resume may)"
-            return VerifyResult(False, count, head or "", number, "after_seal", detail, digests=frozenset(seen))
+        if (problem := _out_of_place(checked, previous_kind, sealed)) is not None:
+            return VerifyResult(False, count, head or "", number, *problem, digests=frozenset(seen))
         head, count, run_id = checked.digest, count + 1, checked.run_id
         sealed = checked.kind == "chain_seal" or (sealed and checked.kind == "chain_repair")
+        previous_kind = checked.kind
         seen.add(head)
     if expected_head is not None and expected_head not in seen:
         detail = f"the recorded head {expected_head} is not in the log ({count} receipts remain)"
         return VerifyResult(False, count, head or "", None, "truncated", detail, digests=frozenset(seen))
     return VerifyResult(True, count, head or (genesis(run_id) if run_id else ""), digests=frozenset(seen),
                         sealed=sealed)  # fmt: skip
+
+
+def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> tuple[str, str] | None:
+    """(reason, detail) when a well-formed receipt is not what may stand here, else None."""
+    body_class = RECEIPT_KINDS.get(receipt.kind)  # a user's kind unknown to this process is checked by its chain only
+    if body_class is not None:
+        try:
+            body_class(**receipt.body)
+        except TypeError as error:
+            return "malformed", f"a {receipt.kind!r} body that is not one ({error})"
+    resuming = receipt.kind == "training_run" and receipt.body.get("event") == "resumed"
+    if previous_kind == "chain_repair" and not resuming:
+        return "after_seal", f"a {receipt.kind!r} receipt follows a chain repair (only the resume that made it may)"
+    if sealed and not (resuming or receipt.kind == "chain_repair"):
+        return "after_seal", f"a {receipt.kind!r} receipt follows the completed run's seal (only a resume may)"
+    if receipt.kind == "chain_seal" and receipt.body.get("receipts") != receipt.seq:
+        counted = receipt.body.get("receipts")
+        return "edited", f"the seal counts {counted!r} receipts before it, the chain has {receipt.seq}"
+    return None
 
 
 def _check_line(

@@ -88,7 +88,7 @@ def read_latest(root: str | Path) -> str | None:
         return None
     try:
         run_id = read_json(path)["run_id"]
-    except (ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{str(path)!r} is malformed ({error}); delete it and give --ckpt_path a checkpoint "
                               "directory") from error  # fmt: skip
     if not isinstance(run_id, str) or not run_id or Path(run_id).name != run_id or run_id in (".", ".."):

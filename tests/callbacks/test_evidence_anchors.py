@@ -14,7 +14,7 @@ from lit_psion.core import read_json
 from lit_psion.core.digest import sha256_json
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.receipts import Receipt, genesis, verify_log
-from lit_psion.core.run import read_latest
+from lit_psion.core.run import read_latest, write_latest
 from tests.helpers import callbacks_config, fit, fit_subprocess
 
 
@@ -29,7 +29,9 @@ def write_lines(layout: RunLayout, kept: list[str], tail: str = "\n") -> None:
 def forge(run_id: str, seq: int, prev: str, kind: str = "trainer_step", body: dict | None = None) -> str:
     """A receipt line with a correct digest, seq and prev_digest: what anyone can write without a key."""
     fields = {"schema_version": 2, "kind": kind, "run_id": run_id, "seq": seq, "prev_digest": prev,
-              "created_at": 0.0, "body": body or {"stage_id": "pretrain", "step_in": 12, "step_out": 13}}  # fmt: skip
+              "created_at": 0.0, "body": body or {"stage_id": "pretrain", "step_in": 12, "step_out": 13,
+                                                  "batch_digest": "", "cursor": None, "loss": 0.001, "lr": 0.0,
+                                                  "optimizer": "AdamW", "checkpoint": None}}  # fmt: skip
     return json.dumps({**fields, "digest": sha256_json(fields)})
 
 
@@ -167,7 +169,7 @@ def test_a_resume_repairs_a_provably_torn_tail_and_receipts_it(tmp_path: Path) -
 
 UNREPAIRABLE = [
     ("a torn line after a cut below the checkpoint's head",
-     lambda layout: write_lines(layout, lines(layout)[:4], tail='\n{"torn'), "torn"),
+     lambda layout: write_lines(layout, lines(layout)[:4], tail='\n{"torn'), "truncated"),
     ("a complete garbage line in the middle",
      lambda layout: write_lines(layout, [*lines(layout)[:5], "not json", *lines(layout)[5:]]), "malformed"),
     ("an edited receipt before the tail", edit_a_loss, "edited"),
@@ -197,4 +199,99 @@ def test_a_kill_right_after_a_checkpoint_leaves_every_step_up_to_it_receipted(tm
     steps = [json.loads(line)["body"]["step_out"] for line in lines(layout) if '"trainer_step"' in line]
     assert steps == list(range(1, 7))
     assert fit("--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last") == 0
+    assert main(["doctor", str(layout.run_dir)]) == 0
+
+
+def _after_seal(kinds: list[tuple[str, dict]]) -> Callable[[RunLayout], None]:
+    """Forged receipts with valid links appended after the seal, run.json left as the run wrote it."""
+
+    def harm(layout: RunLayout) -> None:
+        kept = lines(layout)
+        for kind, body in kinds:
+            kept.append(forge(layout.run_id, len(kept), last_digest(kept), kind, body))
+        write_lines(layout, kept)
+
+    return harm
+
+
+RUN = {"stage_id": "pretrain", "status": "active", "config_digest": None, "data_manifest_digest": None,
+       "model_signature": None, "checkpoint_lineage": [], "outcome": None}  # fmt: skip
+STEP = {"stage_id": "pretrain", "step_in": 12, "step_out": 13, "batch_digest": "", "cursor": None, "loss": 0.001,
+        "lr": 0.0, "optimizer": "AdamW", "checkpoint": None}  # fmt: skip
+SUBTLE_FORGERIES = [
+    ("a whole resumed session forged after the seal",
+     _after_seal([("training_run", {**RUN, "event": "resumed"}), ("trainer_step", STEP),
+                  ("training_run", {**RUN, "event": "completed", "status": "completed"})]), "after_end"),
+    ("a chain repair with a made-up body", _after_seal([("chain_repair", {"note": "trained on the test set"})]),
+     "malformed"),
+    ("two chain repairs",
+     _after_seal([("chain_repair", {"dropped_bytes": 1, "dropped_sha256": "0", "anchor": "0"})] * 2), "after_seal"),
+]
+
+
+@pytest.mark.parametrize(("name", "harm", "reason"), SUBTLE_FORGERIES, ids=[f[0] for f in SUBTLE_FORGERIES])
+def test_receipts_forged_after_a_finished_run_fail_verify(
+    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, reason: str
+) -> None:
+    copy = RunLayout(tmp_path, completed.run_id)
+    shutil.copytree(completed.run_dir, copy.run_dir)
+    harm(copy)
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(copy.run_dir)]) == 5
+    assert reason in capsys.readouterr().err
+
+
+def test_an_edited_seal_count_fails_verify(completed: RunLayout, tmp_path: Path) -> None:
+    copy = RunLayout(tmp_path, completed.run_id)
+    shutil.copytree(completed.run_dir, copy.run_dir)
+    kept = lines(copy)
+    seal = json.loads(kept[-1])
+    kept[-1] = forge(copy.run_id, seal["seq"], seal["prev_digest"], "chain_seal", {**seal["body"], "receipts": 999})
+    write_lines(copy, kept)
+    set_run_json(copy, receipts_head=last_digest(kept))
+    assert main(["receipts", "verify", str(copy.run_dir)]) == 5
+
+
+def test_a_refused_resume_leaves_a_completed_run_verifiable(completed: RunLayout, tmp_path: Path) -> None:
+    copy = RunLayout(tmp_path, completed.run_id)
+    shutil.copytree(completed.run_dir, copy.run_dir)
+    write_latest(tmp_path, copy.run_id)
+    before = copy.receipts.read_bytes()
+    root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "15", "--ckpt_path", "last")
+    assert fit(*root, "--model.init_args.decoder.dropout", "0.0") == 4
+    assert copy.receipts.read_bytes() == before
+    assert main(["receipts", "verify", str(copy.run_dir)]) == 0
+    assert fit(*root) == 0 and main(["receipts", "verify", str(copy.run_dir)]) == 0
+
+
+def test_a_resume_refuses_a_chain_cut_below_run_json_s_head(completed: RunLayout, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    copy = RunLayout(tmp_path, completed.run_id)
+    shutil.copytree(completed.run_dir, copy.run_dir)
+    write_latest(tmp_path, copy.run_id)
+    write_lines(copy, lines(copy)[:-2])
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "15", "--ckpt_path", "last") == 5
+    assert "truncated" in capsys.readouterr().err
+    assert main(["receipts", "verify", str(copy.run_dir)]) == 5, "the cut is not covered up"
+
+
+def test_a_last_receipt_without_its_newline_is_kept_and_the_chain_continues(tmp_path: Path) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "6") == 0
+    layout = RunLayout(tmp_path, read_latest(tmp_path))
+    layout.receipts.write_bytes(layout.receipts.read_bytes()[:-1])
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9", "--ckpt_path", "last") == 0
+    assert main(["receipts", "verify", str(layout.run_dir)]) == 0
+    assert not any(json.loads(line)["kind"] == "chain_repair" for line in lines(layout))
+
+
+def test_a_full_disk_during_an_append_stops_with_exit_6_and_an_intact_chain(tmp_path: Path) -> None:
+    full = callbacks_config(tmp_path / "full.json", ("FullDiskAtStep", {"step": 5}))
+    assert fit("--config", full, "--trainer.default_root_dir", str(tmp_path / "runs")) == 6
+    layout = RunLayout(tmp_path / "runs", read_latest(tmp_path / "runs"))
+    assert layout.receipts.read_bytes().endswith(b"\n")
+    record = read_json(layout.run_file)
+    assert (record["status"], record["failure_class"]) == ("failed", "evidence_flush_failed")
+    assert main(["receipts", "verify", str(layout.run_dir)]) == 0
+    assert fit("--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", "last") == 0
     assert main(["doctor", str(layout.run_dir)]) == 0
