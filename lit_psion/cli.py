@@ -39,6 +39,7 @@ from lit_psion.core.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
+from lit_psion.core.contracts import SignedModel
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
 from lit_psion.core.lock import LOCK_FILE, RunLock
 from lit_psion.core.run import read_latest, run_stage
@@ -185,6 +186,8 @@ class LitPsionCLI(LightningCLI):
         if custom := [type(p).__name__ for p in plugins if isinstance(p, CheckpointIO)]:
             raise ConfigError(f"trainer.plugins holds a CheckpointIO ({custom[0]}); lit_psion writes and verifies "
                               "checkpoints with its own ManifestCheckpointIO: remove it")  # fmt: skip
+        if self.verified is not None and self.subcommand != "fit":  # fit checks at setup, with the data too
+            _refuse_another_model(self.verified, self.model)
         plugins.append(ManifestCheckpointIO(self.verified))
         self.verified = None  # the IO holds the verified bytes until it loads them, then lets them go
         loggers = _as_list(config.get("logger")) if config.get("logger") not in (None, True, False) else []
@@ -216,6 +219,16 @@ class LitPsionCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is False:  # the user turned the bar off: drop ours
             callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
         return callbacks
+
+
+def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModule) -> None:
+    """validate/test/predict load weights only into the model that wrote them (same signature)."""
+    recorded = checkpoint.manifest.model_signature
+    signature = model.model_signature if isinstance(model, SignedModel) else None
+    if None not in (recorded, signature) and recorded != signature:
+        raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
+                              f"{recorded[:16]}..., but this config builds {signature[:16]}...; evaluate it with "
+                              "the run's own model settings")  # fmt: skip
 
 
 def _remove_if_unborn(run_dir: Path) -> None:

@@ -204,6 +204,11 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     finals = {label: last_values(s) for label, s in series.items()}
     metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss"))})
     out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {str(out)!r} cannot be created ({error.strerror or error}); give a writable "
+                          "directory") from error  # fmt: skip
     images = write_plots(series, out)
     diff = config_diff(runs)
     facts = [evidence(run) for run in runs]

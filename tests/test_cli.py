@@ -122,6 +122,16 @@ def test_the_real_command_prints_exactly_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_subcommands_refuse_a_checkpoint_of_another_model(subcommand: str, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
+    args = [subcommand, "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"]
+    capsys.readouterr()
+    assert main([*args, "--model.init_args.decoder.n_head", "4"]) == 4
+    assert "was written by a model with signature" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
 def test_other_subcommands_load_the_latest_checkpoint(subcommand: str, tmp_path: Path) -> None:
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
     args = [subcommand, "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"]

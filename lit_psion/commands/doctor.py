@@ -16,7 +16,8 @@ from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
 from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import Verdict, audit_run
-from lit_psion.core.errors import LitPsionError
+from lit_psion.core.errors import LitPsionError, LockedError
+from lit_psion.core.lock import lock_holder
 from lit_psion.core.manifest import DataManifest
 
 
@@ -28,6 +29,9 @@ def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion doctor")
     parser.add_argument("run_dir", type=Path)
     layout = run_layout(parser.parse_args(args).run_dir)
+    if (holder := lock_holder(layout.run_dir)) is not None:
+        raise LockedError(f"run {layout.run_id!r} is being written by {holder.describe()}; its files change under "
+                          "a check: run doctor once that fit has finished")  # fmt: skip
     verdicts = [*audit_run(layout), *_token_cache(layout), *_adapter(layout)]
     for verdict in verdicts:
         print(verdict.line())

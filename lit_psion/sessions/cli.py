@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 
+from lit_psion.commands import CommandParser
+from lit_psion.core.errors import ConfigError
 from lit_psion.sessions import commands
 from lit_psion.sessions.store import Store
 from lit_psion.sessions.world import WorldConfig
@@ -23,7 +26,7 @@ def _optimizer_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lit_psion session", exit_on_error=False,
+    parser = CommandParser(prog="python -m lit_psion session",
                                      description="Branching online-learning sessions (docs/sessions.md).")  # fmt: skip
     commands_ = parser.add_subparsers(dest="command", required=True)
 
@@ -81,6 +84,8 @@ def session_main(args: list[str]) -> None:
         commands.init_base(store, config, parsed.pretrain_steps, parsed.pretrain_batch, parsed.pretrain_seq,
                            parsed.lr, parsed.momentum, parsed.ns_steps, parsed.seed)  # fmt: skip
     elif parsed.command == "new":
+        if not math.isfinite(parsed.mu) or parsed.mu < 0:
+            raise ConfigError(f"--mu must be a finite drift size >= 0, got {parsed.mu!r}")
         keys = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "rollback_tol", "grad_norm_max", "state_norm_max")
         settings = {key: getattr(parsed, key) for key in keys}
         commands.new_session(store, parsed.session_id, parsed.mu, parsed.env_mode, settings)

@@ -117,6 +117,8 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
     if copy_optimizer == reset_optimizer:
         raise ConfigError("fork needs exactly one of --copy_optimizer 1 or --reset_optimizer 1, got "
                           f"copy_optimizer={int(copy_optimizer)} reset_optimizer={int(reset_optimizer)}")  # fmt: skip
+    if parent_id == child_id:
+        raise ConfigError(f"fork needs a child id other than its parent's, got {child_id!r} for both")
     store.session_meta(parent_id)  # says which sessions there are when there is no such one
     parent_dir, child_dir = store.session_dir(parent_id), store.session_dir(child_id)
     purpose = f"session fork {parent_id} -> {child_id}"

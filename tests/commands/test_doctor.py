@@ -10,6 +10,7 @@ import pytest
 
 from lit_psion.cli import main
 from lit_psion.core import RunLayout, read_json
+from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules.base import default_cache_dir
@@ -92,3 +93,12 @@ def test_a_tampered_token_cache_fails_the_doctor(completed: RunLayout, capsys: p
 def test_doctor_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["doctor", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_doctor_does_not_judge_a_run_while_it_is_being_written(completed: RunLayout,
+                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    with RunLock(completed.run_dir, purpose="fit"):
+        capsys.readouterr()
+        assert main(["doctor", str(completed.run_dir)]) == 8
+        assert "is being written by pid" in capsys.readouterr().err
+    assert main(["doctor", str(completed.run_dir)]) == 0
