@@ -12,7 +12,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from lit_psion.core.checkpoint import MANIFEST_FILE, read_pointer, resolve_checkpoint, verify_checkpoint
+from lit_psion.core.checkpoint import (
+    MANIFEST_FILE,
+    VerifiedCheckpoint,
+    read_pointer,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.layout import RunLayout
@@ -95,9 +101,26 @@ def _recorded_head(checkpoint: Path, layout: RunLayout) -> str | None:
         return None  # an unreadable manifest is the checkpoint's own verdict
 
 
+def receipted_checkpoints(layout: RunLayout) -> dict[str, tuple[str | None, str | None]]:
+    """Checkpoint name -> (manifest sha256, weights sha256) its latest ``durable`` checkpoint receipt recorded."""
+    recorded: dict[str, tuple[str | None, str | None]] = {}
+    if not layout.receipts.is_file():
+        return recorded
+    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            receipt = json.loads(line)
+            body = receipt["body"]
+            if receipt["kind"] == "checkpoint" and body["durability"] == "durable":
+                recorded[Path(body["checkpoint"]).name] = (body["manifest_digest"], body["object_digest"])
+        except (ValueError, KeyError, TypeError):
+            continue  # the chain's own verdict names a bad line
+    return recorded
+
+
 def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
-    """Every checkpoint against its manifest, and the pointer (or the fallback a resume would take)."""
-    verdicts = []
+    """Every checkpoint against its manifest and against the digests its checkpoint receipt recorded, and
+    the pointer (or the fallback a resume would take)."""
+    verdicts, receipted = [], receipted_checkpoints(layout)
     for checkpoint in layout.checkpoint_dirs():
         name = f"{layout.checkpoints.name}/{checkpoint.name}"
         try:
@@ -109,7 +132,13 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             verdicts.append(Verdict(name, False, f"written by run {verified.manifest.run_id!r}, not this run",
                                     CheckpointError.exit_code))  # fmt: skip
             continue
-        verdicts.append(Verdict(name, True, f"{len(verified.contents)} files match the manifest"))
+        if checkpoint.name in receipted and receipted[checkpoint.name] != (verified.manifest_sha256,
+                                                                           _weights_digest(verified)):
+            verdicts.append(Verdict(name, False, "its manifest or weights are not the ones its durable checkpoint "
+                                    "receipt recorded (the checkpoint was replaced after it was written)",
+                                    CheckpointError.exit_code))  # fmt: skip
+            continue
+        verdicts.append(Verdict(name, True, f"{len(verified.contents)} files match the manifest and its receipt"))
     try:
         pointer = read_pointer(layout)
         if pointer is None and not verdicts:
@@ -122,6 +151,11 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
     except CheckpointError as error:
         verdicts.append(_fail(layout.pointer.name, error))
     return verdicts
+
+
+def _weights_digest(verified: VerifiedCheckpoint) -> str | None:
+    weights = [record.sha256 for name, record in verified.manifest.files.items() if name.endswith(".safetensors")]
+    return weights[0] if len(weights) == 1 else None
 
 
 def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lit_psion.cli import main
-from lit_psion.core import RunLayout, read_json
+from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import read_latest
@@ -37,7 +38,18 @@ def token_cache(layout: RunLayout) -> Path:
     return default_cache_dir(None) / "corpora" / manifest.inputs_digest()
 
 
+def swap_weights_and_rewrite_the_manifest(run: RunLayout) -> None:
+    """Step 6's weights in step 9, with step 9's manifest rewritten to match: every file verifies on its own."""
+    weights = run.checkpoint(6) / "model.safetensors"
+    shutil.copyfile(weights, run.checkpoint(9) / "model.safetensors")
+    manifest = read_json(run.checkpoint(9) / "manifest.json")
+    manifest["files"]["model.safetensors"] = {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}
+    (run.checkpoint(9) / "manifest.json").write_text(json.dumps(manifest))
+
+
 HARMS = [
+    ("another checkpoint's weights under a rewritten manifest", swap_weights_and_rewrite_the_manifest,
+     "FAIL checkpoints/step-000009", 4),
     ("a flipped byte in a checkpoint", lambda run: flip(run.checkpoint(9) / "model.safetensors"),
      "FAIL checkpoints/step-000009", 4),
     ("an edited config.yaml", lambda run: run.config.write_text(run.config.read_text() + "# edited\n"),
