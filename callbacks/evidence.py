@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
 from lit_psion.core.audit import check_chain
+from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, emit_receipt
 from lit_psion.core.contracts import ReplayData, RollbackAware, SignedModel
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.receipts import (
@@ -24,12 +25,8 @@ from lit_psion.core.receipts import (
     CheckpointReceipt,
     EvalReceipt,
     ReceiptBody,
-    ReceiptLog,
-    ReceiptWriteError,
     TrainerStepReceipt,
     TrainingRunReceipt,
-    batch_digest,
-    emit_receipt,
 )
 
 

@@ -11,10 +11,10 @@ from typing_extensions import override
 from lit_psion import __version__
 from lit_psion.callbacks.evidence import signature_of
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
+from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.contracts import ReplayData, TokenizedData
 from lit_psion.core.errors import CheckpointError, failure_class
-from lit_psion.core.receipts import receipt_log
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
 

@@ -32,9 +32,10 @@ from lit_psion.core import (
     sha256_file,
     sha256_json,
 )
+from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.layout import RECEIPTS_FILE
-from lit_psion.core.receipts import AdapterExportReceipt, ReceiptLog
+from lit_psion.core.receipts import AdapterExportReceipt
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
 PROBE_SEED, PROBE_SHAPE = 0, (4, 64)

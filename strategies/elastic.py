@@ -29,6 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
 from lit_psion.core import run_context
+from lit_psion.core.chain import emit_receipt
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
@@ -40,7 +41,7 @@ from lit_psion.core.membership import (
     next_membership,
     write_membership,
 )
-from lit_psion.core.receipts import MembershipReceipt, emit_receipt
+from lit_psion.core.receipts import MembershipReceipt
 from lit_psion.strategies.transactional import Transactional
 
 NODE_ID_ENV = "LIT_PSION_NODE_ID"

@@ -50,10 +50,11 @@ from typing_extensions import override
 
 from lit_psion.checkpoint_io import load_verified
 from lit_psion.core import RunContext, run_context, sha256_bytes
+from lit_psion.core.chain import batch_digest, emit_receipt
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.contracts import StateNormed, TransactionalModule
 from lit_psion.core.errors import CheckpointError, ConfigError, TransactionError
-from lit_psion.core.receipts import TransactionReceipt, batch_digest, emit_receipt
+from lit_psion.core.receipts import TransactionReceipt
 from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 
 REASONS = ("nonfinite_loss", "nonfinite_grad", "grad_norm", "state_norm", "nonfinite_post_loss", "regression",

@@ -212,7 +212,7 @@ class FullDiskAtStep(Callback):
         self.step = step
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        from lit_psion.core.receipts import receipt_log
+        from lit_psion.core.chain import receipt_log
 
         log = receipt_log(trainer)
         if trainer.global_step + 1 != self.step or log is None:

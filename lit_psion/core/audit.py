@@ -12,6 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from lit_psion.core.chain import VerifyResult, torn_tail, verify_log
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     VerifiedCheckpoint,
@@ -22,7 +23,6 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.layout import RunLayout
-from lit_psion.core.receipts import VerifyResult, torn_tail, verify_log
 from lit_psion.core.run import RunRecord, RunStatus
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from lit_psion.cli import main
 from lit_psion.core import read_json
+from lit_psion.core.chain import Receipt, genesis, verify_log
 from lit_psion.core.digest import sha256_json
 from lit_psion.core.layout import RunLayout
-from lit_psion.core.receipts import Receipt, genesis, verify_log
 from lit_psion.core.run import read_latest, write_latest
 from tests.helpers import callbacks_config, fit, fit_subprocess
 
@@ -110,6 +110,13 @@ FORGERIES = [
 ]
 
 
+def copy_run(run: RunLayout, root: Path) -> RunLayout:
+    """A copy of ``run`` under ``root`` (with the same run id), to harm without touching the original."""
+    copy = RunLayout(root, run.run_id)
+    shutil.copytree(run.run_dir, copy.run_dir)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
     root = tmp_path_factory.mktemp("anchors")
@@ -117,12 +124,8 @@ def completed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
     return RunLayout(root, read_latest(root))
 
 
-@pytest.mark.parametrize(("name", "harm", "reason"), FORGERIES, ids=[f[0] for f in FORGERIES])
-def test_forged_or_lost_evidence_fails_verify_and_doctor(
-    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, reason: str
-) -> None:
-    copy = RunLayout(tmp_path, completed.run_id)
-    shutil.copytree(completed.run_dir, copy.run_dir)
+def _refused(copy: RunLayout, harm: Callable[[RunLayout], None], reason: str, capsys: pytest.CaptureFixture) -> None:
+    """The copy verifies; once harmed, receipts verify and doctor refuse it with exit 5, naming ``reason``."""
     assert main(["receipts", "verify", str(copy.run_dir)]) == 0
     harm(copy)
     capsys.readouterr()
@@ -130,6 +133,13 @@ def test_forged_or_lost_evidence_fails_verify_and_doctor(
     assert reason in capsys.readouterr().err
     assert main(["doctor", str(copy.run_dir)]) == 5
     assert "FAIL receipts.jsonl" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("name", "harm", "reason"), FORGERIES, ids=[f[0] for f in FORGERIES])
+def test_forged_or_lost_evidence_fails_verify_and_doctor(
+    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, reason: str
+) -> None:
+    _refused(copy_run(completed, tmp_path), harm, reason, capsys)
 
 
 def test_the_first_receipt_is_bound_to_its_run(completed: RunLayout) -> None:
@@ -233,17 +243,11 @@ SUBTLE_FORGERIES = [
 def test_receipts_forged_after_a_finished_run_fail_verify(
     completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, reason: str
 ) -> None:
-    copy = RunLayout(tmp_path, completed.run_id)
-    shutil.copytree(completed.run_dir, copy.run_dir)
-    harm(copy)
-    capsys.readouterr()
-    assert main(["receipts", "verify", str(copy.run_dir)]) == 5
-    assert reason in capsys.readouterr().err
+    _refused(copy_run(completed, tmp_path), harm, reason, capsys)
 
 
 def test_an_edited_seal_count_fails_verify(completed: RunLayout, tmp_path: Path) -> None:
-    copy = RunLayout(tmp_path, completed.run_id)
-    shutil.copytree(completed.run_dir, copy.run_dir)
+    copy = copy_run(completed, tmp_path)
     kept = lines(copy)
     seal = json.loads(kept[-1])
     kept[-1] = forge(copy.run_id, seal["seq"], seal["prev_digest"], "chain_seal", {**seal["body"], "receipts": 999})
@@ -253,8 +257,7 @@ def test_an_edited_seal_count_fails_verify(completed: RunLayout, tmp_path: Path)
 
 
 def test_a_refused_resume_leaves_a_completed_run_verifiable(completed: RunLayout, tmp_path: Path) -> None:
-    copy = RunLayout(tmp_path, completed.run_id)
-    shutil.copytree(completed.run_dir, copy.run_dir)
+    copy = copy_run(completed, tmp_path)
     write_latest(tmp_path, copy.run_id)
     before = copy.receipts.read_bytes()
     root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "15", "--ckpt_path", "last")
@@ -266,8 +269,7 @@ def test_a_refused_resume_leaves_a_completed_run_verifiable(completed: RunLayout
 
 def test_a_resume_refuses_a_chain_cut_below_run_json_s_head(completed: RunLayout, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    copy = RunLayout(tmp_path, completed.run_id)
-    shutil.copytree(completed.run_dir, copy.run_dir)
+    copy = copy_run(completed, tmp_path)
     write_latest(tmp_path, copy.run_id)
     write_lines(copy, lines(copy)[:-2])
     capsys.readouterr()

@@ -10,17 +10,14 @@ from typing import ClassVar
 
 import pytest
 
+from lit_psion.core.chain import ReceiptChainError, ReceiptLog, genesis, verify_log
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
     CheckpointReceipt,
     EvalReceipt,
     ReceiptBody,
-    ReceiptChainError,
-    ReceiptLog,
     TrainerStepReceipt,
-    genesis,
     register_receipt,
-    verify_log,
 )
 
 

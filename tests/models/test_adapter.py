@@ -123,7 +123,7 @@ def test_export_inspect_merge_round_trip(
     assert main(["adapter", "merge", str(tmp_path / "adapter"), "--base", str(base), "--out", str(tmp_path / "m")]) == 0
     record = read_json(tmp_path / "m" / "merge.json")
     assert record["max_abs_logit_diff"] < 1e-4 and record["decoder_config"]["tie_embeddings"] is False
-    from lit_psion.core.receipts import verify_log
+    from lit_psion.core.chain import verify_log
 
     assert verify_log(tmp_path / "m" / "receipts.jsonl").ok
 

@@ -1,0 +1,311 @@
+"""The hash chain of receipts: the envelope, the append-only log, and its verification (SPEC §3).
+
+Every receipt shares one envelope: schema_version, kind, run_id, seq, prev_digest, digest,
+created_at, body. ``digest`` is the sha256 of the canonical JSON of everything but ``digest``,
+and ``prev_digest`` is the previous receipt's digest, so a log is a chain: editing, deleting,
+reordering or truncating lines is detected by :func:`verify_log`. docs/receipts.md says what a
+verified chain proves and what it cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+from lit_psion.core.digest import sha256_bytes, sha256_json
+from lit_psion.core.errors import EvidenceError, LitPsionError
+from lit_psion.core.files import fsync_path
+from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody
+
+SCHEMA_VERSION = 2
+"""2: the chain starts from a genesis bound to its run (1 started every log from zeros)."""
+
+
+def genesis(run_id: str) -> str:
+    """The ``prev_digest`` of a run's first receipt: binds the chain to its run id from the start."""
+    return sha256_json({"genesis": run_id, "schema_version": SCHEMA_VERSION})
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """The envelope every receipt line carries."""
+
+    schema_version: int
+    kind: str
+    run_id: str
+    seq: int
+    prev_digest: str
+    created_at: float
+    body: dict[str, Any]
+    digest: str
+
+    @staticmethod
+    def seal(*, kind: str, run_id: str, seq: int, prev_digest: str, body: dict[str, Any]) -> Receipt:
+        fields = {"schema_version": SCHEMA_VERSION, "kind": kind, "run_id": run_id, "seq": seq,
+                  "prev_digest": prev_digest, "created_at": time.time(), "body": body}  # fmt: skip
+        return Receipt(**fields, digest=sha256_json(fields))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def expected_digest(self) -> str:
+        record = self.to_json_dict()
+        record.pop("digest")
+        return sha256_json(record)
+
+
+class ReceiptLog:
+    """An append-only JSONL file of chained receipts for one run.
+
+    Args:
+        path: the ``receipts.jsonl`` file (created on first append).
+        run_id: the run every appended receipt belongs to.
+        repair_after: the head recorded by the run's durable checkpoint being resumed. A torn final
+            line (unterminated and unreadable: a kill or a full disk during an append) that comes
+            after this head is cut off and a ``chain_repair`` receipt says so; anything else that
+            does not verify is refused.
+
+    Raises:
+        ReceiptChainError: the existing log does not verify (exit 5).
+    """
+
+    def __init__(self, path: str | Path, run_id: str, repair_after: str | None = None) -> None:
+        self.path, self.run_id = Path(path), run_id
+        self.head, self.next_seq = genesis(run_id), 0
+        self._handle: BinaryIO | None = None
+        self._broken: str | None = None
+        if not self.path.exists():
+            return
+        torn = torn_tail(self.path)
+        if not torn and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            with open(self.path, "ab") as handle:  # a whole receipt that lost only its newline: restore it
+                handle.write(b"\n")
+        result = verify_log(self.path, run_id=run_id, upto=len(self.path.read_bytes()) - len(torn) if torn else None)
+        if not result.ok:
+            raise ReceiptChainError(f"cannot append to {self.path}: {result.describe()}")
+        self.head, self.next_seq = result.head, result.count
+        if torn:
+            self._repair(torn, result, repair_after)
+
+    def _repair(self, torn: bytes, kept: VerifyResult, anchor: str | None) -> None:
+        if anchor is None or anchor not in kept.digests:
+            raise ReceiptChainError(
+                f"cannot append to {self.path}: its last line is torn ({len(torn)} bytes, unterminated) and the kept "
+                "chain does not reach the resumed checkpoint's recorded head, so the cut cannot be proven safe; "
+                "restore the log from a backup or start a new run"
+            )
+        with open(self.path, "r+b") as handle:
+            handle.truncate(self.path.stat().st_size - len(torn))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.append(ChainRepairReceipt(dropped_bytes=len(torn), dropped_sha256=sha256_bytes(torn), anchor=anchor))
+        self.sync()
+
+    def append(self, body: ReceiptBody) -> Receipt:
+        if not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body):
+            raise TypeError(f"{type(body).__name__} is not a registered receipt body")
+        receipt = Receipt.seal(
+            kind=body.kind, run_id=self.run_id, seq=self.next_seq, prev_digest=self.head, body=body.to_json_dict()
+        )
+        if self._broken is not None:
+            raise ReceiptWriteError(self._broken)
+        if self._handle is None:
+            self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115  (unbuffered: one write per receipt)
+        line = (json.dumps(receipt.to_json_dict(), sort_keys=True) + "\n").encode()
+        offset = self._handle.seek(0, os.SEEK_END)
+        try:
+            written = self._handle.write(line)
+            if written != len(line):
+                raise OSError(errno.EIO, f"short write ({written} of {len(line)} bytes)")
+        except OSError as error:  # a full disk: take the partial line back, so the log stays a chain
+            with contextlib.suppress(OSError):
+                self._handle.truncate(offset)
+            self._broken = (f"appending to {self.path} failed: {error.strerror or error}; the receipt was not "
+                            "written and the log is intact up to it (free space, then --ckpt_path last)")  # fmt: skip
+            raise ReceiptWriteError(self._broken) from error
+        self.head, self.next_seq = receipt.digest, self.next_seq + 1
+        return receipt
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def sync(self) -> None:
+        """Make every appended line durable (called at checkpoints, not every step)."""
+        if self._handle is not None:
+            self._handle.flush()
+        if self.path.exists():
+            fsync_path(self.path)
+
+
+class ReceiptChainError(EvidenceError):
+    """A receipt log that does not verify (exit 5)."""
+
+
+class ReceiptWriteError(LitPsionError):
+    """A receipt could not be appended (disk full, I/O error); the log was rolled back to its last whole receipt."""
+
+    exit_code = 6
+    failure_class = "evidence_flush_failed"
+
+
+def torn_tail(path: str | Path) -> bytes:
+    """The unterminated, unreadable final line of a log (a torn append), or ``b""`` if there is none."""
+    data = Path(path).read_bytes()
+    if not data or data.endswith(b"\n"):
+        return b""
+    tail = data[data.rfind(b"\n") + 1 :]
+    try:
+        Receipt(**json.loads(tail))
+    except (ValueError, TypeError):
+        return tail
+    return b""  # a complete receipt that only lacks its newline is not torn
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    count: int
+    """Receipts that verified before the first problem (all of them when ``ok``)."""
+    head: str
+    """Digest of the last receipt that verified."""
+    line: int | None = None
+    """1-based line number of the first problem."""
+    reason: str | None = None
+    """``malformed``, ``torn``, ``edited``, ``deleted``, ``reordered``, ``foreign``, ``unbound``, ``after_seal``
+    or ``truncated``."""
+    detail: str = ""
+    digests: frozenset[str] = frozenset()
+    """Every digest in the verified part of the chain (to check heads recorded elsewhere)."""
+    sealed: bool = False
+    """The verified chain ends with a ``chain_seal`` receipt."""
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"{self.count} receipts verified, head {self.head}"
+        where = f"line {self.line}" if self.line is not None else "end of log"
+        return f"{where}: {self.reason}: {self.detail}"
+
+
+def verify_log(
+    path: str | Path, expected_head: str | None = None, run_id: str | None = None, upto: int | None = None
+) -> VerifyResult:
+    """Check every line of a receipt log and report the first problem.
+
+    Args:
+        path: the ``receipts.jsonl`` file.
+        expected_head: a head digest recorded elsewhere (``run.json``, a checkpoint manifest); a valid
+            chain that does not contain it was truncated.
+        run_id: the run the log must belong to (its first receipt chains from this run's genesis).
+        upto: verify only the first ``upto`` bytes (the part before a torn tail).
+    """
+    data = Path(path).read_bytes()[:upto]
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    head, count, seen, sealed, previous_kind = None, 0, set(), False, None
+    for number, line in enumerate(lines, start=1):
+        checked = _check_line(line, count, head, run_id, seen)
+        if isinstance(checked, tuple):
+            if checked[0] == "deleted" and count in _seqs(lines[number:]):  # the missing one comes later
+                checked = ("reordered", f"seq {count} is expected here but comes later in the log")
+            if checked[0] == "malformed" and number == len(lines) and not data.endswith(b"\n"):
+                checked = ("torn", f"the last line is unterminated and unreadable ({checked[1]})")
+            return VerifyResult(False, count, head or "", number, *checked, digests=frozenset(seen))
+        if (problem := _out_of_place(checked, previous_kind, sealed)) is not None:
+            return VerifyResult(False, count, head or "", number, *problem, digests=frozenset(seen))
+        head, count, run_id = checked.digest, count + 1, checked.run_id
+        sealed = checked.kind == "chain_seal" or (sealed and checked.kind == "chain_repair")
+        previous_kind = checked.kind
+        seen.add(head)
+    if expected_head is not None and expected_head not in seen:
+        detail = f"the recorded head {expected_head} is not in the log ({count} receipts remain)"
+        return VerifyResult(False, count, head or "", None, "truncated", detail, digests=frozenset(seen))
+    return VerifyResult(True, count, head or (genesis(run_id) if run_id else ""), digests=frozenset(seen),
+                        sealed=sealed)  # fmt: skip
+
+
+def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> tuple[str, str] | None:
+    """(reason, detail) when a well-formed receipt is not what may stand here, else None."""
+    body_class = RECEIPT_KINDS.get(receipt.kind)  # a user's kind unknown to this process is checked by its chain only
+    if body_class is not None:
+        try:
+            body_class(**receipt.body)
+        except TypeError as error:
+            return "malformed", f"a {receipt.kind!r} body that is not one ({error})"
+    resuming = receipt.kind == "training_run" and receipt.body.get("event") == "resumed"
+    if previous_kind == "chain_repair" and not resuming:
+        return "after_seal", f"a {receipt.kind!r} receipt follows a chain repair (only the resume that made it may)"
+    if sealed and not (resuming or receipt.kind == "chain_repair"):
+        return "after_seal", f"a {receipt.kind!r} receipt follows the completed run's seal (only a resume may)"
+    if receipt.kind == "chain_seal" and receipt.body.get("receipts") != receipt.seq:
+        counted = receipt.body.get("receipts")
+        return "edited", f"the seal counts {counted!r} receipts before it, the chain has {receipt.seq}"
+    return None
+
+
+def _check_line(
+    line: str, count: int, head: str | None, run_id: str | None, seen: set[str]
+) -> Receipt | tuple[str, str]:
+    """The receipt on ``line`` if it extends the chain, else (reason, detail)."""
+    try:
+        receipt = Receipt(**json.loads(line))
+    except (ValueError, TypeError) as error:
+        return "malformed", f"not a receipt envelope ({error})"
+    if receipt.expected_digest() != receipt.digest:
+        return "edited", f"content does not match its digest {receipt.digest}"
+    if run_id is not None and receipt.run_id != run_id:
+        return "foreign", f"run_id {receipt.run_id!r} in a log of run {run_id!r}"
+    if head is None:  # the first receipt: it must chain from its own run's genesis
+        head = genesis(receipt.run_id)
+        if receipt.seq == 0 and receipt.prev_digest != head:
+            return "unbound", f"the first receipt does not chain from run {receipt.run_id!r}'s genesis"
+    if receipt.seq > count:
+        return "deleted", f"seq {receipt.seq} follows seq {count - 1}: {receipt.seq - count} receipt(s) missing"
+    if receipt.seq < count or receipt.prev_digest != head:
+        why = "was seen earlier" if receipt.prev_digest in seen else "does not chain to the line before"
+        return "reordered", f"seq {receipt.seq} at position {count}; its prev_digest {why}"
+    return receipt
+
+
+def _seqs(lines: list[str]) -> set[int]:
+    seqs = set()
+    for line in lines:
+        try:
+            seqs.add(json.loads(line)["seq"])
+        except (ValueError, TypeError, KeyError):
+            continue
+    return seqs
+
+
+@runtime_checkable
+class ReceiptChainHolder(Protocol):
+    """What owns a fit's receipt chain among the trainer's callbacks (``lit_psion.callbacks.Receipts``)."""
+
+    chain: ReceiptLog | None
+
+
+def receipt_log(trainer: Any) -> ReceiptLog | None:
+    """The fit's receipt log, if a callback is collecting one (on rank 0 only; None elsewhere or when off)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ReceiptChainHolder) and isinstance(callback.chain, ReceiptLog):
+            return callback.chain
+    return None
+
+
+def emit_receipt(trainer: Any, body: ReceiptBody) -> None:
+    """Append ``body`` to the fit's receipt chain on rank 0 (a no-op when receipts are off)."""
+    log = receipt_log(trainer)
+    if log is not None and trainer.is_global_zero:
+        log.append(body)
+
+
+def batch_digest(sample_ids: Sequence[int], cursor: Sequence[int] | None) -> str:
+    """sha256 of the sample ids a batch holds and the cursor it consumed (the data a step saw)."""
+    return sha256_json({"sample_ids": list(sample_ids), "cursor": list(cursor or ())})
