@@ -76,10 +76,12 @@ class Receipts(EvidenceCallback):
         if stage == "fit" and trainer.is_global_zero:
             run = self.run(trainer)
             layout = run.layout
+            verified = None
             if run.resumed and layout.is_run() and layout.receipts.is_file():  # every recorded head, or no resume
                 known = {run.resume_from.name: run.resume_manifest.receipts_head} if run.resume_manifest else {}
-                check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known)
-            self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head)
+                verified = check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known)
+            self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head,
+                                    verified=verified)  # fmt: skip
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -76,18 +76,22 @@ class ReceiptLog:
         ReceiptChainError: the existing log does not verify (exit 5).
     """
 
-    def __init__(self, path: str | Path, run_id: str, repair_after: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, run_id: str, repair_after: str | None = None, verified: VerifyResult | None = None
+    ) -> None:
         self.path, self.run_id = Path(path), run_id
         self.head, self.next_seq = genesis(run_id), 0
         self._handle: BinaryIO | None = None
         self._broken: str | None = None
         if not self.path.exists():
             return
-        torn = torn_tail(self.path)
-        if not torn and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+        data = self.path.read_bytes()
+        torn = _torn(data)
+        if not torn and data and not data.endswith(b"\n"):
             with open(self.path, "ab") as handle:  # a whole receipt that lost only its newline: restore it
                 handle.write(b"\n")
-        result = verify_log(self.path, run_id=run_id, upto=len(self.path.read_bytes()) - len(torn) if torn else None)
+        # ``verified``: the caller already checked this log up to any torn tail (a resume checks its anchors)
+        result = verified or verify_log(self.path, run_id=run_id, upto=len(data) - len(torn) if torn else None)
         if not result.ok:
             raise ReceiptChainError(f"cannot append to {self.path}: {result.describe()}")
         self.head, self.next_seq = result.head, result.count
@@ -159,7 +163,10 @@ class ReceiptWriteError(LitPsionError):
 
 def torn_tail(path: str | Path) -> bytes:
     """The unterminated, unreadable final line of a log (a torn append), or ``b""`` if there is none."""
-    data = Path(path).read_bytes()
+    return _torn(Path(path).read_bytes())
+
+
+def _torn(data: bytes) -> bytes:
     if not data or data.endswith(b"\n"):
         return b""
     tail = data[data.rfind(b"\n") + 1 :]
