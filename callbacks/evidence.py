@@ -165,9 +165,14 @@ class Receipts(EvidenceCallback):
             config_digest=sha256_bytes(config.read_bytes()) if config.exists() else None,
             data_manifest_digest=data_manifest_digest(trainer),
             model_signature=signature_of(pl_module),
-            checkpoint_lineage=(run.layout.relative(trainer.ckpt_path),) if trainer.ckpt_path else (),
+            checkpoint_lineage=run.lineage or _path_lineage(run, trainer.ckpt_path),
             outcome=outcome,
         )  # fmt: skip
+
+
+def _path_lineage(run: RunContext, ckpt_path: str | None) -> tuple[str, ...]:
+    """The lineage of a Python-API fit given ``ckpt_path`` directly (the CLI records a verified one)."""
+    return (run.layout.relative(ckpt_path),) if ckpt_path else ()
 
 
 def _finite(value: Any) -> bool:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,12 @@ from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS
 from lit_psion.core import RunContext, RunLayout, new_run_id
+from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
     VerifiedCheckpoint,
+    as_receipted,
     resolve_checkpoint,
     verify_checkpoint,
 )
@@ -138,6 +141,7 @@ class LitPsionCLI(LightningCLI):
             start = self.verified
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
+                                          resume_manifest_sha256=start and start.manifest_sha256,
                                           rejected=rejected)  # fmt: skip
             _place_wandb_runs(config.trainer.logger, layout)
 
@@ -150,14 +154,15 @@ class LitPsionCLI(LightningCLI):
         if ckpt_path is None:
             return None, ()
         if ckpt_path != "last":
-            self.verified = verify_checkpoint(ckpt_path)
+            self.verified = _as_its_run_receipted(verify_checkpoint(ckpt_path))
             return None, ()
         run_id = read_latest(root)
         if run_id is None:
             raise CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
         if self.subcommand == "fit":
             self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
-        self.verified = resolve_checkpoint(RunLayout(root, run_id), rejected)
+        layout = RunLayout(root, run_id)
+        self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
         config.ckpt_path = str(self.verified.path)
         return run_id, tuple(rejected)
 
@@ -167,7 +172,7 @@ class LitPsionCLI(LightningCLI):
             return None, ()
         rejected: list[RejectedCheckpoint] = []
         self._lock(layout)
-        self.verified = resolve_checkpoint(layout, rejected)
+        self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
         config.ckpt_path = str(self.verified.path)
         return layout.run_id, tuple(rejected)
 
@@ -219,6 +224,14 @@ class LitPsionCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is False:  # the user turned the bar off: drop ours
             callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
         return callbacks
+
+
+def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
+    """A checkpoint given by path, if it matches the durable checkpoint receipt of the run it sits in (if any)."""
+    layout = RunLayout.of(checkpoint.path.parent.parent)
+    if not layout.is_run() or layout.run_id != checkpoint.manifest.run_id:
+        return checkpoint
+    return as_receipted(checkpoint, receipted_checkpoints(layout))
 
 
 def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModule) -> None:
@@ -280,10 +293,30 @@ def setting_problems(config: Namespace, subcommand: str | None) -> list[str]:
         problems.append(f"trainer.max_steps must be >= 1 (or -1 with max_epochs), got {max_steps!r}")
     elif max_steps == -1 and max_epochs in (None, -1) and subcommand == "fit":
         problems.append("trainer.max_steps -1 with no max_epochs never ends; set trainer.max_steps or max_epochs")
+    if (problem := _max_time_problem(trainer.get("max_time"))) is not None:
+        problems.append(problem)
     seed = config.get("seed_everything")
     if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
         problems.append(f"seed_everything must be in 0..{2**32 - 1}, got {seed!r}")
     return problems
+
+
+def _max_time_problem(value: Any) -> str | None:
+    """``trainer.max_time`` as Lightning reads it (``DD:HH:MM:SS`` or a dict of timedelta fields), if it is not a
+    positive duration."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            days, hours, minutes, seconds = (int(part) for part in value.split(":"))
+            duration = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        else:
+            duration = value if isinstance(value, timedelta) else timedelta(**dict(value))
+    except (ValueError, TypeError):
+        return f"trainer.max_time must be DD:HH:MM:SS (e.g. 00:01:30:00) or a dict such as {{hours: 2}}, got {value!r}"
+    if duration <= timedelta(0):
+        return f"trainer.max_time must be a positive duration (it would stop before the first step), got {value!r}"
+    return None
 
 
 def _make_root(root: Path) -> None:
@@ -361,7 +394,8 @@ def main(args: list[str] | None = None) -> int:
             raise
         known = _known_cause(error)
         if known is not None:
-            print(f"lit_psion: error: {_one_line(str(known))}", file=sys.stderr)
+            if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # the other ranks of a node reach the same verdict
+                print(f"lit_psion: error: {_one_line(str(known))}", file=sys.stderr)
             return known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code
         print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
               "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip

@@ -154,3 +154,28 @@ def test_the_model_context_follows_the_data_block_size() -> None:
     cli = LitPsionCLI(args=["--config", TINY, "--data.block_size", "24"], run=False)
     assert cli.model.decoder_config.block_size == 24 == cli.datamodule.block_size
     assert cli.model.decoder_config.vocab_size == cli.datamodule.vocab_size
+
+
+MAX_TIMES = [("00:00:00:00", "positive"), ("00:00:-1:00", "positive"), ("ninety minutes", "DD:HH:MM:SS"),
+             ("00:01:00", "DD:HH:MM:SS")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "message"), MAX_TIMES, ids=[m[0] for m in MAX_TIMES])
+def test_a_max_time_that_is_not_a_positive_duration_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               value: str, message: str) -> None:  # fmt: skip
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_time", value) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_time" in err and message in err and value in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_input_is_reported_once_per_node_not_once_per_rank(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "0")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert fit(*args) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert fit(*args) == 2
+    assert capsys.readouterr().err.count("lit_psion: error:") == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 from lit_psion.core.chain import VerifyResult, torn_tail, verify_log
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
-    VerifiedCheckpoint,
+    as_receipted,
     read_pointer,
     resolve_checkpoint,
     verify_checkpoint,
@@ -132,18 +132,17 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             verdicts.append(Verdict(name, False, f"written by run {verified.manifest.run_id!r}, not this run",
                                     CheckpointError.exit_code))  # fmt: skip
             continue
-        if checkpoint.name in receipted and receipted[checkpoint.name] != (verified.manifest_sha256,
-                                                                           _weights_digest(verified)):
-            verdicts.append(Verdict(name, False, "its manifest or weights are not the ones its durable checkpoint "
-                                    "receipt recorded (the checkpoint was replaced after it was written)",
-                                    CheckpointError.exit_code))  # fmt: skip
+        try:
+            as_receipted(verified, receipted)
+        except CheckpointError as error:
+            verdicts.append(_fail(name, error))
             continue
         verdicts.append(Verdict(name, True, f"{len(verified.contents)} files match the manifest and its receipt"))
     try:
         pointer = read_pointer(layout)
         if pointer is None and not verdicts:
             return [Verdict(layout.pointer.name, True, "no checkpoint yet")]
-        resumed = resolve_checkpoint(layout, quiet=True)
+        resumed = resolve_checkpoint(layout, quiet=True, receipted=receipted)
         detail = f"a resume loads {resumed.path.name}"
         ok = pointer is not None and resumed.path.name == pointer.checkpoint
         verdicts.append(Verdict(layout.pointer.name, ok, detail if ok else f"{detail} (the pointed-to one fails)",
@@ -151,11 +150,6 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
     except CheckpointError as error:
         verdicts.append(_fail(layout.pointer.name, error))
     return verdicts
-
-
-def _weights_digest(verified: VerifiedCheckpoint) -> str | None:
-    weights = [record.sha256 for name, record in verified.manifest.files.items() if name.endswith(".safetensors")]
-    return weights[0] if len(weights) == 1 else None
 
 
 def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:

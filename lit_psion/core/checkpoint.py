@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,12 @@ class VerifiedCheckpoint:
     @property
     def step(self) -> int:
         return self.manifest.step
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """The digest of the checkpoint's one safetensors file (what a checkpoint receipt records)."""
+        weights = [record.sha256 for name, record in self.manifest.files.items() if name.endswith(".safetensors")]
+        return weights[0] if len(weights) == 1 else None
 
 
 def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None) -> VerifiedCheckpoint:
@@ -208,8 +215,25 @@ def _belonging(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> VerifiedChe
     return checkpoint
 
 
+def as_receipted(checkpoint: VerifiedCheckpoint, receipted: Mapping[str, tuple[str | None, str | None]]
+                 ) -> VerifiedCheckpoint:  # fmt: skip
+    """``checkpoint``, if its manifest and weights are the ones its durable checkpoint receipt recorded.
+
+    ``receipted`` maps a checkpoint's directory name to the (manifest, weights) digests of its receipt
+    (:func:`lit_psion.core.audit.receipted_checkpoints`); a checkpoint without a receipt passes.
+    """
+    recorded = receipted.get(checkpoint.path.name)
+    if recorded is not None and recorded != (checkpoint.manifest_sha256, checkpoint.weights_sha256):
+        raise CheckpointError(f"checkpoint {checkpoint.path.name}: its manifest or weights are not the ones its "
+                              "durable checkpoint receipt recorded (it was replaced after it was written)")
+    return checkpoint
+
+
 def resolve_checkpoint(
-    layout: RunLayout | str | Path, rejected: list[RejectedCheckpoint] | None = None, quiet: bool = False
+    layout: RunLayout | str | Path,
+    rejected: list[RejectedCheckpoint] | None = None,
+    quiet: bool = False,
+    receipted: Mapping[str, tuple[str | None, str | None]] | None = None,
 ) -> VerifiedCheckpoint:
     """The checkpoint to resume a run from, already verified: the pointed-to one, else the newest that verifies.
 
@@ -217,11 +241,13 @@ def resolve_checkpoint(
         layout: The run (or its directory).
         rejected: If given, receives every checkpoint skipped on the way, with its reason.
         quiet: Do not print the fallback warning.
+        receipted: If given, each checkpoint must also match its durable checkpoint receipt (:func:`as_receipted`).
 
     Raises:
         CheckpointError: no pointer, or no checkpoint that verifies (naming the pointed-to one's problem).
     """
     layout = layout if isinstance(layout, RunLayout) else RunLayout.of(layout)
+    receipted = receipted or {}
     try:
         pointer = read_pointer(layout)
     except CheckpointError as error:
@@ -234,7 +260,7 @@ def resolve_checkpoint(
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
         try:
-            verified = _belonging(verify_checkpoint(pointed, pointer.manifest_sha256), layout)
+            verified = as_receipted(_belonging(verify_checkpoint(pointed, pointer.manifest_sha256), layout), receipted)
             if verified.step != pointer.step:
                 raise CheckpointError(f"pointer {str(layout.pointer)!r} says step {pointer.step}, its checkpoint's "
                                       f"manifest says {verified.step}")  # fmt: skip
@@ -246,7 +272,7 @@ def resolve_checkpoint(
         if candidate == pointed:
             continue
         try:
-            verified = _belonging(verify_checkpoint(candidate), layout)
+            verified = as_receipted(_belonging(verify_checkpoint(candidate), layout), receipted)
         except CheckpointError as error:
             skipped.append(RejectedCheckpoint(candidate, str(error)))
             continue

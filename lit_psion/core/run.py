@@ -116,6 +116,8 @@ class RunContext:
     """Checkpoints skipped while resolving ``--ckpt_path last`` (receipted when training starts)."""
     resume_manifest: CheckpointManifest | None = None
     """The verified manifest of the checkpoint the fit starts from (compared with the run at setup)."""
+    resume_manifest_sha256: str | None = None
+    """That manifest's digest (what the run's lineage names)."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -125,6 +127,19 @@ class RunContext:
     def resume_receipts_head(self) -> str | None:
         """The receipt head a resumed checkpoint recorded (what a torn-tail repair must still reach)."""
         return self.resume_manifest.receipts_head if self.resumed and self.resume_manifest is not None else None
+
+    @property
+    def lineage(self) -> tuple[str, ...]:
+        """Where the fit's weights come from: ``checkpoints/step-NNNNNN`` of this run, or ``run:<id>/step-NNNNNN``
+        of another, with ``@sha256:<manifest digest>`` when the checkpoint was verified."""
+        if self.resume_from is None:
+            return ()
+        manifest = self.resume_manifest
+        if manifest is None or manifest.run_id == self.layout.run_id:
+            where = self.layout.relative(self.resume_from)
+        else:
+            where = f"run:{manifest.run_id}/{Path(self.resume_from).name}"
+        return (f"{where}@sha256:{self.resume_manifest_sha256}" if self.resume_manifest_sha256 else where,)
 
     @classmethod
     def for_run_dir(cls, run_dir: str | Path, stage: str = "pretrain") -> RunContext:

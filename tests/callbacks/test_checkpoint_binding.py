@@ -142,3 +142,64 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_holder(tmp_path: Path, c
     assert read_json(layout.run_file)["attempts"] == 2, "the refused writer wrote nothing"
     assert layout.receipts.read_text().count('"event": "resumed"') == 1
     assert _resume(tmp_path) == 0  # the lock went with its process
+
+
+def _forge(run: RunLayout, step: int, weights_from: int) -> None:
+    """Step ``weights_from``'s weights in step ``step``, its manifest and the pointer rewritten to match: the
+    checkpoint verifies on its own; only its durable checkpoint receipt remembers what was written."""
+    weights = run.checkpoint(weights_from) / "model.safetensors"
+    shutil.copyfile(weights, run.checkpoint(step) / "model.safetensors")
+    manifest = read_json(run.checkpoint(step) / "manifest.json")
+    manifest["files"]["model.safetensors"] = {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}
+    (run.checkpoint(step) / "manifest.json").write_text(json.dumps(manifest))
+    pointer = read_json(run.pointer)
+    if pointer["checkpoint"] == run.checkpoint(step).name:
+        pointer["manifest_sha256"] = sha256_file(run.checkpoint(step) / "manifest.json")
+        run.pointer.write_text(json.dumps(pointer))
+
+
+def test_a_resume_falls_back_from_a_checkpoint_replaced_after_its_receipt(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = _run(tmp_path)
+    _forge(run, 6, weights_from=3)
+    capsys.readouterr()
+    assert _resume(tmp_path) == 0
+    assert "durable checkpoint receipt" in capsys.readouterr().err
+    chain = [json.loads(line) for line in run.receipts.read_text().splitlines()]
+    assert next(r["body"]["checkpoint"] for r in chain if r["kind"] == "trainer_step" and r["body"]["checkpoint"]) \
+        == "checkpoints/step-000003"
+    assert any(r["kind"] == "checkpoint" and r["body"]["durability"] == "rejected"
+               and r["body"]["checkpoint"] == "checkpoints/step-000006" for r in chain)  # fmt: skip
+
+
+def test_a_run_whose_every_checkpoint_was_replaced_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = _run(tmp_path)
+    _forge(run, 6, weights_from=3)
+    _forge(run, 3, weights_from=6)
+    before = run.receipts.read_bytes()
+    capsys.readouterr()
+    assert _resume(tmp_path) == 4
+    assert "durable checkpoint receipt" in capsys.readouterr().err
+    assert run.receipts.read_bytes() == before
+
+
+def test_a_replaced_checkpoint_given_by_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = _run(tmp_path / "source")
+    _forge(run, 6, weights_from=3)
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "9",
+               "--ckpt_path", str(run.checkpoint(6))) == 4  # fmt: skip
+    assert "durable checkpoint receipt" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() or read_latest(tmp_path / "new") is None
+
+
+def test_a_run_started_from_another_runs_checkpoint_names_it_and_its_manifest(tmp_path: Path) -> None:
+    source = _run(tmp_path / "source")
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "9",
+               "--ckpt_path", str(source.checkpoint(6))) == 0  # fmt: skip
+    new = RunLayout(tmp_path / "new", read_latest(tmp_path / "new"))
+    started = next(json.loads(line)["body"] for line in new.receipts.read_text().splitlines()
+                   if json.loads(line)["kind"] == "training_run")  # fmt: skip
+    digest = sha256_file(source.checkpoint(6) / "manifest.json")
+    assert started["checkpoint_lineage"] == [f"run:{source.run_id}/step-000006@sha256:{digest}"]
