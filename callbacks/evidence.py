@@ -16,10 +16,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
-from lit_psion.core.audit import check_chain
+from lit_psion.core.audit import check_chain, receipted_checkpoints
 from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, emit_receipt
-from lit_psion.core.contracts import ReplayData, RollbackAware, SignedModel
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.contracts import MembershipAware, ReplayData, RollbackAware, SignedModel
+from lit_psion.core.errors import ConfigError, TransactionError, failure_class
 from lit_psion.core.receipts import (
     ChainSealReceipt,
     CheckpointReceipt,
@@ -79,7 +79,8 @@ class Receipts(EvidenceCallback):
             verified = None
             if run.resumed and layout.is_run() and layout.receipts.is_file():  # every recorded head, or no resume
                 known = {run.resume_from.name: run.resume_manifest.receipts_head} if run.resume_manifest else {}
-                verified = check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known)
+                verified = check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known,
+                                       untrusted={rejected.path.name for rejected in run.rejected})  # fmt: skip
             self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head,
                                     verified=verified)  # fmt: skip
 
@@ -89,12 +90,28 @@ class Receipts(EvidenceCallback):
         event = "resumed" if trainer.ckpt_path else "started"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, "active"))
         run = self.run(trainer)
+        self._receipt_a_resumed_checkpoint(trainer, run)
         for rejected in run.rejected:
             self.emit(trainer, CheckpointReceipt(
                 stage_id=run.stage, step=rejected.step, checkpoint=run.layout.relative(rejected.path),
                 manifest_digest=None, object_digest=None, writer="resolver", durability="rejected",
                 reason=rejected.reason,
             ))  # fmt: skip
+
+    def _receipt_a_resumed_checkpoint(self, trainer: L.Trainer, run: RunContext) -> None:
+        """A checkpoint of this run resumed without its durable receipt (the run was killed between the two)
+        gets it now, so every checkpoint a sealed chain covers is receipted."""
+        manifest = run.resume_manifest
+        if run.resume_from is None or manifest is None or manifest.run_id != run.layout.run_id:
+            return
+        if manifest.step in receipted_checkpoints(run.layout).recorded:
+            return
+        self.emit(trainer, CheckpointReceipt(
+            stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(run.resume_from),
+            manifest_digest=run.resume_manifest_sha256, object_digest=manifest.weights_sha256, writer="resolver",
+            durability="durable", reason="receipted on resume: the run stopped after it became durable, before its "
+            "receipt",
+        ))  # fmt: skip
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
@@ -106,11 +123,14 @@ class Receipts(EvidenceCallback):
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps or outputs is None:
+        if outputs is None:
             return
         if isinstance(trainer.strategy, RollbackAware) and trainer.strategy.last_decision == "rollback":
             return  # a transactional strategy undid this step; its transaction receipt says why
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        _stop_if_diverged(trainer, step, loss)
+        if step % self.every_n_steps:
+            return
         optimizer = trainer.optimizers[0]
         run = self.run(trainer)
         checkpoint, self._resumed_from = self._resumed_from and run.layout.relative(self._resumed_from), None
@@ -151,7 +171,10 @@ class Receipts(EvidenceCallback):
         if not self._started or isinstance(exception, ReceiptWriteError):
             return  # refused before training began (or the log cannot take a receipt): leave the log as it was
         event = "paused" if isinstance(exception, KeyboardInterrupt | SIGTERMException) else "failed"
-        self.emit(trainer, self._run_receipt(trainer, pl_module, event, event, f"{type(exception).__name__}"))
+        strategy = trainer.strategy
+        mesh = strategy.stop_reason() if isinstance(strategy, MembershipAware) else None
+        outcome = (mesh or type(exception).__name__) if event == "paused" else failure_class(exception)
+        self.emit(trainer, self._run_receipt(trainer, pl_module, event, event, outcome))
         if self.chain is not None:
             self.chain.sync()
 
@@ -173,6 +196,18 @@ class Receipts(EvidenceCallback):
 def _path_lineage(run: RunContext, ckpt_path: str | None) -> tuple[str, ...]:
     """The lineage of a Python-API fit given ``ckpt_path`` directly (the CLI records a verified one)."""
     return (run.layout.relative(ckpt_path),) if ckpt_path else ()
+
+
+def _stop_if_diverged(trainer: L.Trainer, step: int, loss: Any) -> None:
+    """Stop a fit whose training loss is not finite (a step no transactional strategy rolled back): its receipt
+    could not record the loss, and every later step would train on non-finite weights."""
+    diverged = trainer.strategy.reduce_boolean_decision(not _finite(loss), all=False)  # any rank: every rank stops
+    if diverged:
+        value = float(torch.as_tensor(loss).detach().float().mean()) if not _finite(loss) else "non-finite on a peer"
+        raise TransactionError(
+            f"the training loss at step {step} is {value}: training diverged; lower --model.init_args.optimizer.lr, "
+            "or use --trainer.strategy transactional, which rolls such steps back"
+        )
 
 
 def _finite(value: Any) -> bool:

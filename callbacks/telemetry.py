@@ -66,7 +66,7 @@ class Telemetry(Callback):
         update = torch.stack([torch.linalg.vector_norm(p - b) for p, b in zip(params, self._before, strict=True)])
         self._before = None
         seconds = max(time.perf_counter() - self._started, 1e-9)
-        tokens = batch["input_ids"].numel() if isinstance(batch, dict) and "input_ids" in batch else 0
+        tokens = global_tokens(batch)
         n_params = sum(p.numel() for p in params)
         flops = 6 * n_params * tokens / seconds  # forward + backward of a dense model (Kaplan et al. 2020)
         pl_module.log("telemetry/update_norm", float(torch.linalg.vector_norm(update)))
@@ -75,4 +75,16 @@ class Telemetry(Callback):
         pl_module.log("telemetry/tokens_per_s", tokens / seconds)
         pl_module.log("telemetry/flops_per_s", flops)
         if self.peak_flops:
-            pl_module.log("telemetry/mfu", flops / self.peak_flops)
+            pl_module.log("telemetry/mfu", flops / (self.peak_flops * trainer.world_size))
+
+
+def global_tokens(batch: Any) -> int:
+    """Tokens in the step's global batch: a rank's slice scaled by the global batch's sample count over the
+    slice's, so tokens/s is the whole mesh's, whatever the world size."""
+    if not isinstance(batch, dict) or "input_ids" not in batch:
+        return 0
+    tokens = batch["input_ids"].numel()
+    local, everyone = batch.get("sample_ids"), batch.get("global_sample_ids")
+    if local is not None and everyone is not None and len(local) > 0:
+        return tokens * len(everyone) // len(local)
+    return tokens

@@ -32,7 +32,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
-from lit_psion.core import atomic_write_json, read_json, sha256_bytes, sha256_file
+from lit_psion.core import atomic_write_json, read_json, sha256_bytes
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
 from lit_psion.core.manifest import DataManifest, SourceFile
@@ -131,6 +131,7 @@ class CorpusDataModule(ReplayDataModule):
         self.block_size, self.documents, self.split = block_size, documents, split
         self.val_fraction, self.sample_stride = val_fraction, sample_stride or block_size
         self.tokenizer: Tokenizer | None = None
+        self._tokenizer_text: str | None = None
         self._splits: dict[str, torch.Tensor] = {}
         self._refuse_bad_settings(*self._setting_problems())
 
@@ -244,7 +245,13 @@ class CorpusDataModule(ReplayDataModule):
             path = Path(self.tokenizer_file)
             if not path.is_file():
                 raise DataError(f"tokenizer file not found: {self.tokenizer_file!r} (check --data.tokenizer_file)")
-            self.tokenizer, tokenizer_digest = Tokenizer.from_file(str(path)), sha256_file(path)
+            raw = path.read_bytes()  # one read: the run keeps these very bytes as tokenizer.json, under this digest
+            try:
+                self.tokenizer, tokenizer_digest = Tokenizer.from_str(raw.decode("utf-8")), sha256_bytes(raw)
+            except Exception as error:  # tokenizers raises its own exception type for a malformed file
+                raise DataError(f"tokenizer file {self.tokenizer_file!r} is not a tokenizers JSON file ({error}); "
+                                "give one written by tokenizers' Tokenizer.save") from error  # fmt: skip
+            self._tokenizer_text = raw.decode("utf-8")
         else:
             self.tokenizer, tokenizer_digest = cached_tokenizer(
                 self.cache_dir, self.tokenizer_kind, self.requested_vocab_size, key,
@@ -344,7 +351,9 @@ class CorpusDataModule(ReplayDataModule):
 
     def tokenizer_json(self) -> str | None:
         """The tokenizer a run keeps as ``tokenizer.json`` (None before :meth:`prepare`)."""
-        return self.tokenizer.to_str() if self.tokenizer is not None else None
+        if self.tokenizer is None:
+            return None
+        return self._tokenizer_text or self.tokenizer.to_str()
 
 
 def _decode_text(name: str, data: bytes) -> str:

@@ -201,6 +201,12 @@ def load_verified(verified: VerifiedCheckpoint, map_location: Any = None) -> dic
     except Exception as error:  # torch.load refusing a pickled object, a malformed safetensors header
         raise CheckpointError(f"checkpoint {str(verified.path)!r} cannot be loaded safely: "
                               f"{type(error).__name__}: {error}") from error  # fmt: skip
+    where = str(verified.path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {where!r} holds no trainer state; it was not written by lit_psion")
+    if "global_step" in state and state["global_step"] != verified.step:
+        raise CheckpointError(f"checkpoint {where!r}: its trainer state is at step {state['global_step']}, its "
+                              f"manifest says {verified.step}; it was assembled from another checkpoint")  # fmt: skip
     if map_location is not None:
         weights = {name: tensor.to(map_location) for name, tensor in weights.items()}
     state["state_dict"] = weights

@@ -14,7 +14,9 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,14 @@ from lit_psion.core.checkpoint import (
     verify_checkpoint,
 )
 from lit_psion.core.contracts import SignedModel
-from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
+from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, MembershipChanged, lit_psion_cause
+from lit_psion.core.files import atomic_write_json
 from lit_psion.core.lock import LOCK_FILE, RunLock
+from lit_psion.core.membership import DRAIN_MARKERS_ENV
 from lit_psion.core.run import read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
+from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop
 
 DEFAULT_ROOT = "runs"
 RUN_ID_ENV = "LIT_PSION_RUN_ID"
@@ -131,6 +136,8 @@ class LitPsionCLI(LightningCLI):
         named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None
         if named is not None and config.get("ckpt_path") is None:
             run_id, rejected = self._resume_named(config, RunLayout(root, _plain_run_id(named)))
+        if self.subcommand == "fit" and self.verified is not None:
+            _refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"))
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand == "fit":
@@ -226,9 +233,17 @@ class LitPsionCLI(LightningCLI):
         return callbacks
 
 
+def _refuse_nothing_to_train(checkpoint: VerifiedCheckpoint, max_steps: Any) -> None:
+    """A fit from a checkpoint already at ``max_steps`` would train nothing (and receipt an end with no start)."""
+    if isinstance(max_steps, int) and 0 < max_steps <= checkpoint.step:
+        raise ConfigError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is already at step "
+                          f"{checkpoint.step}, and --trainer.max_steps is {max_steps}: nothing to train; raise "
+                          "--trainer.max_steps to train further")  # fmt: skip
+
+
 def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     """A checkpoint given by path, if it matches the durable checkpoint receipt of the run it sits in (if any)."""
-    layout = RunLayout.of(checkpoint.path.parent.parent)
+    layout = RunLayout.of(checkpoint.path.resolve().parent.parent)
     if not layout.is_run() or layout.run_id != checkpoint.manifest.run_id:
         return checkpoint
     return as_receipted(checkpoint, receipted_checkpoints(layout))
@@ -293,6 +308,15 @@ def setting_problems(config: Namespace, subcommand: str | None) -> list[str]:
         problems.append(f"trainer.max_steps must be >= 1 (or -1 with max_epochs), got {max_steps!r}")
     elif max_steps == -1 and max_epochs in (None, -1) and subcommand == "fit":
         problems.append("trainer.max_steps -1 with no max_epochs never ends; set trainer.max_steps or max_epochs")
+    nodes, devices = trainer.get("num_nodes"), trainer.get("devices")
+    if isinstance(nodes, int) and nodes < 1:
+        problems.append(f"trainer.num_nodes must be >= 1, got {nodes!r}")
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)  # "--trainer.devices -2" arrives as text
+    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
+        problems.append(f"trainer.devices must be >= 1, -1 (all) or auto, got {devices!r}")
+    if trainer.get("default_root_dir") == "":
+        problems.append(f"trainer.default_root_dir is empty; give the directory runs go in (default: {DEFAULT_ROOT})")
     if (problem := _max_time_problem(trainer.get("max_time"))) is not None:
         problems.append(problem)
     seed = config.get("seed_everything")
@@ -374,6 +398,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to" chatter
+    clear_mesh_stop()
     try:
         argv = sys.argv[1:] if args is None else args
         command = COMMANDS.get(argv[0]) if argv else None
@@ -385,6 +410,8 @@ def main(args: list[str] | None = None) -> int:
         print("lit_psion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SIGTERMException:  # a SystemExit: caught before the clause below
+        if (stop := mesh_stop()) is not None:
+            return _leave_for_the_mesh(stop)
         print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
         return EXIT_SIGTERM
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
@@ -403,6 +430,37 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
+def _leave_for_the_mesh(stop: MeshStop) -> int:
+    """The exit of a mesh worker that stopped, after a checkpoint, with the rest of the mesh: 0 for a drained
+    node (its launcher stops its agent), else ``membership_changed`` (its agent re-forms the mesh)."""
+    say = int(os.environ.get("LOCAL_RANK") or 0) == 0
+    if stop.drained:
+        if markers := os.environ.get(DRAIN_MARKERS_ENV):
+            atomic_write_json(Path(markers) / f"{os.getpid()}.json", {"node": stop.node, "step": stop.step})
+        if say:
+            print(f"lit_psion: node {stop.node} drained after the checkpoint of step {stop.step}; it has left the mesh",
+                  file=sys.stderr)  # fmt: skip
+        return 0
+    if not stop.signalled and not stop.drain:
+        _await_sigterm(AGENT_FOLLOW_SECONDS)  # another agent re-forms the mesh for a join; ours follows (no restart)
+    if say:
+        print(f"lit_psion: node {stop.node} stopped after the checkpoint of step {stop.step}: the mesh re-forms "
+              f"({MembershipChanged.failure_class}); its agent starts the next membership epoch",
+              file=sys.stderr)  # fmt: skip
+    return MembershipChanged.exit_code
+
+
+AGENT_FOLLOW_SECONDS = 5.0
+"""How long a worker stopped by another node's SIGTERM waits for its own agent's (which then restarts it
+without counting a failure) before it exits ``membership_changed`` on its own."""
+
+
+def _await_sigterm(seconds: float) -> None:
+    arrived = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: arrived.set())
+    arrived.wait(seconds)
+
+
 def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | argparse.ArgumentError | None:
     """The lit_psion error (or argument error) behind ``error``, following the exception chain."""
     seen: set[int] = set()
@@ -412,7 +470,7 @@ def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | argpar
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+    return lit_psion_cause(error)  # a collective that lost its peer
 
 
 def _one_line(message: str) -> str:

@@ -20,11 +20,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
 from lit_psion.core.checkpoint import read_pointer
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("loss", ("train/loss", "val/loss")),
@@ -40,17 +42,25 @@ Series = dict[str, list[tuple[int, float]]]
 
 
 def read_metrics(run_dir: str | Path) -> Series:
-    """Every metric in ``run_dir/metrics.csv`` as (step, value) pairs; empty if there is no file yet."""
+    """Every metric in ``run_dir/metrics.csv`` as (step, value) pairs; empty if there is no file yet.
+
+    Raises:
+        EvidenceError: the file is not the CSV a run writes (not UTF-8, no ``step`` column, a value not a number).
+    """
     path = RunLayout.of(run_dir).metrics
     series: Series = {}
     if not path.is_file():
         return series
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            step = int(row["step"])
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in (None, ""):
-                    series.setdefault(key, []).append((step, float(value)))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                step = int(row["step"])
+                for key, value in row.items():
+                    if key not in ("step", "epoch") and value not in (None, ""):
+                        series.setdefault(key, []).append((step, float(value)))
+    except (OSError, ValueError, TypeError, KeyError, csv.Error) as error:
+        raise EvidenceError(f"{str(path)!r} is not a run's metrics CSV ({_one_line(error)}); restore it, or leave "
+                            "this run out") from error  # fmt: skip
     return {key: sorted(points) for key, points in series.items()}
 
 
@@ -176,12 +186,42 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/config.yaml`` as dotted keys (empty if there is none).
+
+    Raises:
+        EvidenceError: the file is not a YAML mapping (broken YAML, not UTF-8, nested too deeply).
+    """
+    path = RunLayout.of(run_dir).config
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        # PyYAML's pure-Python loader first: it refuses deep nesting with a RecursionError, where the C loader
+        # OmegaConf uses overflows the C stack and kills the process.
+        shape = yaml.safe_load(text)
+        config = OmegaConf.to_container(OmegaConf.create(text)) if isinstance(shape, dict) else shape
+    except RecursionError as error:
+        raise EvidenceError(f"{str(path)!r} is nested too deeply to be the run's config YAML; restore it, or leave "
+                            "this run out") from error  # fmt: skip
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise EvidenceError(f"{str(path)!r} is not the run's config YAML ({_one_line(error)}); restore it, or "
+                            "leave this run out") from error  # fmt: skip
+    if not isinstance(config, dict):
+        what = "nothing" if config is None else f"a YAML {type(config).__name__}"
+        raise EvidenceError(f"{str(path)!r} holds {what}, not the run's config mapping; restore it, or leave this "
+                            "run out")  # fmt: skip
+    return _flatten(config)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:160] + "..."
+
+
 def config_diff(run_dirs: Sequence[Path]) -> list[tuple[str, list[Any]]]:
     """Dotted config keys whose values differ between runs, with each run's value (absent: None)."""
-    flats = []
-    for run_dir in run_dirs:
-        path = RunLayout.of(run_dir).config
-        flats.append(_flatten(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {})
+    flats = [read_config(run_dir) for run_dir in run_dirs]
     keys = sorted(set().union(*flats))
     rows = [(key, [flat.get(key) for flat in flats]) for key in keys]
     return [(key, values) for key, values in rows if len({repr(v) for v in values}) > 1]
@@ -192,6 +232,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
 
     Raises:
         ConfigError: a path that is not a run directory, or fewer than one run.
+        EvidenceError: a run's run.json, metrics.csv or config.yaml cannot be read (``out`` is then left untouched).
     """
     runs = [Path(r) for r in run_dirs]
     if not runs:
@@ -203,6 +244,8 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     series = {label: read_metrics(run) for label, run in zip(labels, runs, strict=True)}
     finals = {label: last_values(s) for label, s in series.items()}
     metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss"))})
+    diff = config_diff(runs)
+    facts = [evidence(run) for run in runs]  # every run is read before anything is written
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -210,8 +253,6 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--out {str(out)!r} cannot be created ({error.strerror or error}); give a writable "
                           "directory") from error  # fmt: skip
     images = write_plots(series, out)
-    diff = config_diff(runs)
-    facts = [evidence(run) for run in runs]
     fields = ("status", "global_step", "receipts_head", "checkpoint", "checkpoint_manifest_sha256")
     final_rows = [(key, *(finals[label].get(key) for label in labels)) for key in metric_keys]
     write_page(

@@ -9,14 +9,20 @@ members with their states, world sizes, the change (start, grow, shrink, replace
 launcher's settings, the resumed checkpoint's manifest digest, the global cursor and the steps
 replayed since that checkpoint. Checkpoints record the membership they were written in.
 
-Still to come (issue 14, open): the ``mesh`` commands (store, launch, status, drain), draining,
-automatic resume without ``--ckpt_path``, and the failure classes of a crashed worker.
+Every step starts with one agreement among the ranks (a 2-int all-reduce): has any worker's agent
+sent SIGTERM (the mesh re-forms: a node joins, or the agents stop), or has ``mesh drain`` asked a
+node to leave? If so, every rank finishes that step, the mesh checkpoints, and the workers stop
+together: a drained node's workers exit 0 (their agent leaves the mesh), the others exit 10
+(``membership_changed``) and their agents re-form the mesh. Nothing is trained twice that was
+checkpointed, and no rank decides alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
@@ -37,8 +44,11 @@ from lit_psion.core.membership import (
     MESH_SETTINGS_ENV,
     Membership,
     MembershipChange,
+    NodeState,
     classify,
     next_membership,
+    read_drain_requests,
+    write_drain_requests,
     write_membership,
 )
 from lit_psion.core.receipts import MembershipReceipt
@@ -48,6 +58,38 @@ NODE_ID_ENV = "LIT_PSION_NODE_ID"
 LAUNCH_SETTINGS_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RESTART_COUNT",
                        "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_USE_AGENT_STORE")  # fmt: skip
 """What a torchrun launch says about itself, recorded in each membership receipt."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MeshStop:
+    """Why a mesh worker stopped at a step boundary (what ``python -m lit_psion`` exits with)."""
+
+    node: str
+    step: int
+    drained: bool
+    """This worker's node was drained: it leaves the mesh (exit 0)."""
+    signalled: bool
+    """This worker's own agent sent SIGTERM (it is restarting or stopping the worker group)."""
+    drain: bool
+    """The stop was for a drain (of this node or another)."""
+
+    @property
+    def reason(self) -> str:
+        return "drained" if self.drained else "membership_changed"
+
+
+_stopped: MeshStop | None = None
+
+
+def mesh_stop() -> MeshStop | None:
+    """How this process's mesh worker stopped, if it stopped for the mesh (None otherwise)."""
+    return _stopped
+
+
+def clear_mesh_stop() -> None:
+    """Forget a previous fit's stop (one process may run several fits)."""
+    global _stopped
+    _stopped = None
 
 
 def node_id() -> str:
@@ -69,6 +111,8 @@ class ElasticMeshStrategy(DDPStrategy):
         self.membership: Membership | None = None
         self.previous: Membership | None = None
         self.change: MembershipChange | None = None
+        self._signalled = False
+        self._requests_seen: float | None = None
 
     @override
     def setup(self, trainer: L.Trainer) -> None:
@@ -84,6 +128,8 @@ class ElasticMeshStrategy(DDPStrategy):
         self.membership = next_membership(self.previous, members, self.world_size)
         if self.is_global_zero:
             write_membership(run.layout, self.membership)
+            requests = read_drain_requests(run.layout)  # a drain is done once its node has left
+            write_drain_requests(run.layout, {node: at for node, at in requests.items() if node in members})
 
     def _gather_node_ids(self) -> list[str]:
         """Every rank's node id, in rank order, the same list on every rank."""
@@ -112,6 +158,54 @@ class ElasticMeshStrategy(DDPStrategy):
             checkpoint_manifest_digest=_manifest_digest(run.resume_from) if manifest is not None else None,
             cursor=cursor, steps_replayed=_steps_replayed(run.layout.receipts, manifest.step) if manifest else 0,
         ))  # fmt: skip
+        self._signalled = trainer.received_sigterm
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note_sigterm)  # in place of Lightning's: no collective in a handler
+
+    def _note_sigterm(self, *_: Any) -> None:
+        self._signalled = True
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        trainer = self.lightning_module.trainer
+        requested = self._pending_drains(trainer) if self.is_global_zero else []
+        flags = torch.tensor([int(self._signalled), int(bool(requested))])
+        if self.world_size > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # one agreement, the same on every rank
+        if not flags.any():
+            return
+        if flags[1]:
+            box = [requested]
+            if self.world_size > 1:
+                dist.broadcast_object_list(box, src=0)
+            self.membership = self.membership.draining(box[0])  # recorded by this step's checkpoint
+            if self.is_global_zero:
+                write_membership(run_context(trainer).layout, self.membership)
+        global _stopped
+        mine = self.node_id or node_id()
+        _stopped = MeshStop(node=mine, step=trainer.global_step + 1, signalled=self._signalled, drain=bool(flags[1]),
+                            drained=self.membership.nodes.get(mine) == NodeState.DRAINING)  # fmt: skip
+        # Lightning's own stop on every rank at once: this step trains, the checkpoint callback saves at
+        # its end (it saves when ``received_sigterm``), then the fit loop raises SIGTERMException.
+        trainer._signal_connector.received_sigterm = True
+
+    def _pending_drains(self, trainer: L.Trainer) -> list[str]:
+        """Rank 0: the training nodes ``mesh drain`` asked to leave (read when the request file changes)."""
+        layout = run_context(trainer).layout
+        try:
+            changed = layout.drain_requests.stat().st_mtime
+        except OSError:
+            return []
+        if changed == self._requests_seen:
+            return []
+        self._requests_seen = changed
+        requested = [node for node in read_drain_requests(layout) if node in self.membership.active]
+        return sorted(requested) if len(requested) < len(self.membership.active) else []
+
+    def stop_reason(self) -> str | None:
+        """Why this worker stopped for the mesh (``membership_changed`` or ``drained``), if it did."""
+        return _stopped.reason if _stopped is not None else None
 
     def membership_record(self) -> dict[str, Any] | None:
         """What a checkpoint records of the mesh it was written in."""

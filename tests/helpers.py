@@ -100,6 +100,16 @@ class KillAfterPointer(Callback):
         checkpoint.write_pointer = write_then_die
 
 
+class SlowSteps(Callback):
+    """Sleep ``seconds`` after every optimizer step: a scenario's events land at known steps on any machine."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        time.sleep(self.seconds)
+
+
 class SlowCheckpointWrites(Callback):
     """Make the background write of checkpoint ``step`` stall ``seconds`` before it serializes anything."""
 

@@ -37,7 +37,7 @@ FORBIDDEN = {
 Applications (commands, sessions, adapters, events) may use the library; the library never uses them."""
 RUN_LAYOUT_NAMES = {"run.json", "config.yaml", "checkpoints", "pointer.json", "receipts.jsonl", "manifest.json",
                     "latest_run.json", "data_manifest.json", "metrics.csv", "skip_list.json", "membership.json",
-                    "tokenizer.json", "promotion.json"}  # fmt: skip
+                    "drain_requests.json", "tokenizer.json", "promotion.json"}  # fmt: skip
 LAYOUT_OWNERS = {"lit_psion.core.layout", "lit_psion.core.checkpoint"}
 
 

@@ -179,3 +179,19 @@ def test_a_bad_input_is_reported_once_per_node_not_once_per_rank(
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert fit(*args) == 2
     assert capsys.readouterr().err.count("lit_psion: error:") == 1
+
+
+TRAINER_SETTINGS = [("--trainer.num_nodes", "0"), ("--trainer.devices", "-2"), ("--trainer.devices", "0"),
+                    ("--trainer.default_root_dir", "")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value"), TRAINER_SETTINGS, ids=[f"{k} {v!r}" for k, v in TRAINER_SETTINGS])
+def test_a_trainer_setting_lightning_would_crash_on_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, key: str, value: str
+) -> None:
+    config = str(Path(TINY).resolve())
+    monkeypatch.chdir(tmp_path)
+    root = () if key.endswith("default_root_dir") else ("--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert fit(*root, key, value, config=config) == 2
+    assert key.removeprefix("--") in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

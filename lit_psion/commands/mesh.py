@@ -1,4 +1,4 @@
-"""``python -m lit_psion mesh store|launch|status``: an elastic mesh on TorchElastic (docs/elastic.md).
+"""``python -m lit_psion mesh store|launch|status|drain``: an elastic mesh on TorchElastic (docs/elastic.md).
 
 ``store`` runs the rendezvous TCPStore apart from every node, so a node's death never takes the
 rendezvous with it. ``launch`` runs one node's torchrun elastic agent against that store with the
@@ -6,7 +6,9 @@ settings that work (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` so a joining node i
 ``keep_alive_interval=1,keep_alive_max_attempt=3`` so a dead node is noticed in seconds), every
 worker training the same run (``LIT_PSION_RUN_ID``) as node ``--node-id`` under
 ``ElasticMeshStrategy``; each worker-group start resumes the run's latest durable checkpoint and
-receipts its membership. ``status`` prints a run's membership epoch and members.
+receipts its membership. ``status`` prints a run's membership epoch and members. ``drain`` asks a
+node to leave: at the next step boundary the mesh checkpoints, the node's workers exit 0, its
+launcher stops its agent (exit 0), and the rest re-form without it.
 """
 
 from __future__ import annotations
@@ -16,16 +18,28 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import ConfigError, RendezvousTimeout
 from lit_psion.core.lock import lock_holder
-from lit_psion.core.membership import MESH_SETTINGS_ENV, read_membership
+from lit_psion.core.membership import (
+    DRAIN_MARKERS_ENV,
+    MESH_SETTINGS_ENV,
+    read_drain_requests,
+    read_membership,
+    write_drain_requests,
+)
+from lit_psion.core.run import RunRecord, RunStatus
 
 RDZV_CONF = "is_host=false,keep_alive_interval=1,keep_alive_max_attempt=3"
+RENDEZVOUS_TIMEOUT_MARK = "RendezvousTimeoutError"
+"""What torchrun's agent prints when no mesh of ``--nnodes``' minimum formed within the join timeout."""
 
 
 def main(args: list[str]) -> None:
@@ -42,13 +56,22 @@ def main(args: list[str]) -> None:
     launch.add_argument("--run-id", required=True, help="the run every node trains (a plain name)")
     launch.add_argument("--max-restarts", type=int, default=100, help="worker-group restarts before giving up")
     launch.add_argument("--nproc-per-node", type=int, default=1)
+    launch.add_argument("--join-timeout", type=int, default=600,
+                        help="seconds to wait for --nnodes' minimum before giving up (exit 12, rendezvous_timeout)")
     status = actions.add_parser("status", help="print a run's membership epoch and members")
     status.add_argument("run_dir", type=Path)
+    drain = actions.add_parser("drain", help="ask a node to leave the mesh after the next checkpoint")
+    drain.add_argument("run_dir", type=Path)
+    drain.add_argument("node_id")
     parsed, extra = parser.parse_known_args(args)
+    if parsed.action != "launch" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if parsed.action == "store":
         serve_store(parsed.host, parsed.port)
     elif parsed.action == "launch":
         raise SystemExit(launch_node(parsed, extra))
+    elif parsed.action == "drain":
+        request_drain(parsed.run_dir, parsed.node_id)
     else:
         print_status(parsed.run_dir)
 
@@ -73,23 +96,104 @@ def serve_store(host: str, port: int) -> None:
 
 
 def launch_node(parsed: object, extra: list[str]) -> int:
-    """Run torchrun's elastic agent for this node; its exit code is the node's."""
+    """Run torchrun's elastic agent for this node; its exit code is the node's (0 also when it was drained)."""
     host, _, port = parsed.store.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--store {parsed.store!r} is not HOST:PORT; give the address `mesh store` printed")
+    if parsed.join_timeout < 1:
+        raise ConfigError(f"--join-timeout must be >= 1 second, got {parsed.join_timeout}")
+    rdzv_conf = f"{RDZV_CONF},join_timeout={parsed.join_timeout}"
     settings = {"nnodes": parsed.nnodes, "rdzv_backend": "c10d", "rdzv_endpoint": parsed.store,
-                "rdzv_conf": RDZV_CONF, "max_restarts": parsed.max_restarts,
+                "rdzv_conf": rdzv_conf, "max_restarts": parsed.max_restarts,
                 "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip
+    markers = Path(tempfile.mkdtemp(prefix="lit_psion-drain-"))
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "LIT_PSION_NODE_ID": parsed.node_id,
-           "LIT_PSION_RUN_ID": parsed.run_id, MESH_SETTINGS_ENV: json.dumps(settings, sort_keys=True)}  # fmt: skip
+           "LIT_PSION_RUN_ID": parsed.run_id, MESH_SETTINGS_ENV: json.dumps(settings, sort_keys=True),
+           DRAIN_MARKERS_ENV: str(markers)}  # fmt: skip
     env.setdefault("OMP_NUM_THREADS", "1")
     configs = [arg for path in parsed.config for arg in ("--config", path)]
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", parsed.nnodes,
                "--nproc-per-node", str(parsed.nproc_per_node), "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", parsed.store, "--rdzv-id", parsed.run_id, "--rdzv-conf", RDZV_CONF,
+               "--rdzv-endpoint", parsed.store, "--rdzv-id", parsed.run_id, "--rdzv-conf", rdzv_conf,
                "--max-restarts", str(parsed.max_restarts), "--monitor-interval", "1",
                "-m", "lit_psion", "fit", *configs, "--trainer.strategy", "elastic_mesh", *extra]  # fmt: skip
-    return subprocess.call(command, env=env)
+    agent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    timed_out = threading.Event()
+    echo = threading.Thread(target=_echo, args=(agent.stderr, timed_out), daemon=True)
+    echo.start()
+    try:
+        while agent.poll() is None:
+            if _drained(markers, parsed.nproc_per_node):
+                # torchrun's agent waits in its exit barrier for nodes that train on: stop it before it rejoins
+                agent.kill()
+                agent.wait()
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        agent.send_signal(signal.SIGTERM)  # the agent stops its workers (they checkpoint at the step boundary)
+        agent.wait(timeout=120)
+        raise
+    finally:
+        echo.join(timeout=5)
+    if _drained(markers, parsed.nproc_per_node):
+        print(f"mesh node {parsed.node_id} drained: it has left run {parsed.run_id}", file=sys.stderr, flush=True)
+        return 0
+    if timed_out.is_set():
+        raise RendezvousTimeout(f"node {parsed.node_id}: no mesh of --nnodes {parsed.nnodes} formed at "
+                                f"{parsed.store} within --join-timeout {parsed.join_timeout} s; start the other "
+                                "nodes (or lower --nnodes' minimum) and launch again")  # fmt: skip
+    return agent.returncode
+
+
+def _echo(stream: IO[str], timed_out: threading.Event) -> None:
+    """Pass the agent's (and its workers') stderr through, noting a rendezvous timeout."""
+    for line in stream:
+        if RENDEZVOUS_TIMEOUT_MARK in line:
+            timed_out.set()
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def _drained(markers: Path, workers: int) -> bool:
+    """Every worker of this node left a drain marker and has exited."""
+    left = [int(path.stem) for path in markers.glob("*.json") if path.stem.isdigit()]
+    return len(left) >= workers and not any(_alive(pid) for pid in left)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not Path("/proc").is_dir()  # no /proc: kill(0) is all there is
+    return state != "Z"
+
+
+def request_drain(run_dir: Path, node: str) -> None:
+    """Ask ``node`` to leave the mesh training ``run_dir`` after the next checkpoint."""
+    layout = run_layout(run_dir)
+    membership = read_membership(layout)
+    if membership is None:
+        raise ConfigError(f"{str(run_dir)!r} is not a mesh run (it has no membership); `mesh drain` applies to runs "
+                          "trained by `mesh launch`")  # fmt: skip
+    if lock_holder(layout.run_dir) is None and RunRecord.load(layout).status == RunStatus.COMPLETED:
+        raise ConfigError(f"run {layout.run_id} has completed, so there is nothing to leave")
+    if node not in membership.active:
+        states = ", ".join(f"{name} ({state})" for name, state in sorted(membership.nodes.items()))
+        raise ConfigError(f"node {node!r} is not an active member of {layout.run_id} (members: {states}); give an "
+                          "active node id (mesh status RUN_DIR)")  # fmt: skip
+    requests = read_drain_requests(layout)
+    if not set(membership.active) - set(requests) - {node}:
+        raise ConfigError(f"draining {node} would leave {layout.run_id} no active node; stop the mesh instead "
+                          "(Ctrl-C each `mesh launch`: the workers checkpoint at the step boundary first)")  # fmt: skip
+    write_drain_requests(layout, {**requests, node: time.time()})
+    print(f"drain of {node} requested: at the next step boundary the mesh checkpoints, {node} leaves and the "
+          f"rest go on (mesh status {run_dir})")  # fmt: skip
 
 
 def print_status(run_dir: Path) -> None:
@@ -101,5 +205,7 @@ def print_status(run_dir: Path) -> None:
     print(f"{layout.run_id}: membership epoch {membership.epoch}, world size {membership.world_size}")
     for node, state in sorted(membership.nodes.items()):
         print(f"  {node:<24} {state}")
+    if pending := sorted(node for node in read_drain_requests(layout) if node in membership.active):
+        print(f"  drain requested: {', '.join(pending)} (not yet picked up)")
     holder = lock_holder(layout.run_dir)
     print(f"  writer: {holder.describe() if holder else 'none (no fit is running)'}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 from lit_psion.core.chain import VerifyResult, torn_tail, verify_log
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
+    CheckpointReceipts,
     as_receipted,
     read_pointer,
     resolve_checkpoint,
@@ -22,7 +24,9 @@ from lit_psion.core.checkpoint import (
 )
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
+from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
+from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import RunRecord, RunStatus
 
 
@@ -59,12 +63,14 @@ def check_chain(
     record: RunRecord,
     before_torn_tail: bool = False,
     known_heads: dict[str, str | None] | None = None,
+    untrusted: Collection[str] = (),
 ) -> VerifyResult:
     """Verify the run's chain and every anchor of it.
 
     Args:
         before_torn_tail: check only what comes before a torn last line (a resume checks this, then repairs).
         known_heads: checkpoint name -> its recorded head, for manifests already read and verified (a resume's).
+        untrusted: checkpoint names a resume has rejected (their recorded heads anchor nothing).
 
     Raises:
         EvidenceError: the first problem, by line or by anchor.
@@ -78,6 +84,8 @@ def check_chain(
     if not result.ok:
         raise EvidenceError(f"{layout.receipts}: {result.describe()}")
     for checkpoint in layout.checkpoint_dirs():
+        if checkpoint.name in untrusted:
+            continue
         head = known_heads[checkpoint.name] if checkpoint.name in known_heads else _recorded_head(checkpoint, layout)
         if head is not None and head not in result.digests:
             raise EvidenceError(f"{layout.receipts}: truncated: checkpoint {checkpoint.name} recorded head {head}, "
@@ -101,20 +109,22 @@ def _recorded_head(checkpoint: Path, layout: RunLayout) -> str | None:
         return None  # an unreadable manifest is the checkpoint's own verdict
 
 
-def receipted_checkpoints(layout: RunLayout) -> dict[str, tuple[str | None, str | None]]:
-    """Checkpoint name -> (manifest sha256, weights sha256) its latest ``durable`` checkpoint receipt recorded."""
-    recorded: dict[str, tuple[str | None, str | None]] = {}
+def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
+    """What the run's ``durable`` checkpoint receipts recorded (the latest per step), and whether it is sealed."""
+    recorded: dict[int, tuple[str | None, str | None]] = {}
+    sealed = False
     if not layout.receipts.is_file():
-        return recorded
+        return CheckpointReceipts()
     for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             receipt = json.loads(line)
             body = receipt["body"]
+            sealed = receipt["kind"] == "chain_seal" or (sealed and receipt["kind"] == "chain_repair")
             if receipt["kind"] == "checkpoint" and body["durability"] == "durable":
-                recorded[Path(body["checkpoint"]).name] = (body["manifest_digest"], body["object_digest"])
-        except (ValueError, KeyError, TypeError):
+                recorded[int(body["step"])] = (body["manifest_digest"], body["object_digest"])
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue  # the chain's own verdict names a bad line
-    return recorded
+    return CheckpointReceipts(recorded=recorded, sealed=sealed)
 
 
 def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
@@ -153,28 +163,31 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
 
 
 def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
-    """The run's description files against the digests run.json records."""
+    """The run's description files against the digests run.json records; the data manifest's digest recomputed
+    from its content, and ``tokenizer.json`` against the digest the data manifest records."""
     verdicts = []
-    for path, expected, what in ((layout.config, record.config_digest, "config"),
-                                 (layout.data_manifest, record.data_manifest_digest, "data manifest")):  # fmt: skip
-        if expected is None:
-            continue
-        actual = _recorded_digest(path, what)
-        ok = actual == expected
-        verdicts.append(Verdict(path.name, ok, f"{what} digest {'matches' if ok else 'differs from'} run.json's "
-                                f"({actual})", 0 if ok else DataError.exit_code))  # fmt: skip
-    return verdicts
-
-
-def _recorded_digest(path: Path, what: str) -> str | None:
-    if not path.is_file():
-        return None
-    if what == "config":
-        return sha256_file(path)
+    if record.config_digest is not None and layout.config.is_file():
+        actual = sha256_file(layout.config)
+        ok = actual == record.config_digest
+        verdicts.append(Verdict(layout.config.name, ok, f"config digest {'matches' if ok else 'differs from'} "
+                                f"run.json's ({actual})", 0 if ok else DataError.exit_code))  # fmt: skip
+    if record.data_manifest_digest is None or not layout.data_manifest.is_file():
+        return verdicts
+    name = layout.data_manifest.name
     try:
-        return json.loads(path.read_bytes()).get("digest")
-    except (ValueError, AttributeError):
-        return None
+        payload = read_json(layout.data_manifest)
+        manifest = DataManifest.from_json_dict(payload)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        return [*verdicts, Verdict(name, False, f"unreadable: {type(error).__name__}: {error}", DataError.exit_code)]
+    ok = manifest.digest == record.data_manifest_digest == payload.get("digest")
+    verdicts.append(Verdict(name, ok, f"data manifest content digest {'matches' if ok else 'differs from'} run.json's "
+                            f"and its own ({manifest.digest})", 0 if ok else DataError.exit_code))  # fmt: skip
+    if layout.tokenizer.is_file():
+        actual = sha256_file(layout.tokenizer)
+        ok = actual == manifest.tokenizer_digest
+        verdicts.append(Verdict(layout.tokenizer.name, ok, f"tokenizer digest {'matches' if ok else 'differs from'} "
+                                f"the data manifest's ({actual})", 0 if ok else DataError.exit_code))  # fmt: skip
+    return verdicts
 
 
 def audit_run(layout: RunLayout) -> list[Verdict]:

@@ -83,28 +83,39 @@ class ReceiptLog:
         self.head, self.next_seq = genesis(run_id), 0
         self._handle: BinaryIO | None = None
         self._broken: str | None = None
+        self._torn, self._anchor, self._lost_newline = b"", None, False
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         torn = _torn(data)
-        if not torn and data and not data.endswith(b"\n"):
-            with open(self.path, "ab") as handle:  # a whole receipt that lost only its newline: restore it
-                handle.write(b"\n")
         # ``verified``: the caller already checked this log up to any torn tail (a resume checks its anchors)
         result = verified or verify_log(self.path, run_id=run_id, upto=len(data) - len(torn) if torn else None)
         if not result.ok:
             raise ReceiptChainError(f"cannot append to {self.path}: {result.describe()}")
         self.head, self.next_seq = result.head, result.count
-        if torn:
-            self._repair(torn, result, repair_after)
-
-    def _repair(self, torn: bytes, kept: VerifyResult, anchor: str | None) -> None:
-        if anchor is None or anchor not in kept.digests:
+        if torn and (repair_after is None or repair_after not in result.digests):
             raise ReceiptChainError(
                 f"cannot append to {self.path}: its last line is torn ({len(torn)} bytes, unterminated) and the kept "
                 "chain does not reach the resumed checkpoint's recorded head, so the cut cannot be proven safe; "
                 "restore the log from a backup or start a new run"
             )
+        # Mended at the first append, not here: a fit refused after opening the log (another model, other
+        # data) leaves the file exactly as it found it.
+        self._torn = torn
+        self._anchor = repair_after
+        self._lost_newline = not torn and bool(data) and not data.endswith(b"\n")
+
+    def _mend(self) -> None:
+        """Before the first append: restore a lost final newline, or cut a provably torn tail and receipt it."""
+        if self._lost_newline:
+            self._lost_newline = False
+            with open(self.path, "ab") as handle:  # a whole receipt that lost only its newline
+                handle.write(b"\n")
+        if self._torn:
+            torn, self._torn = self._torn, b""
+            self._repair(torn, self._anchor)
+
+    def _repair(self, torn: bytes, anchor: str) -> None:
         with open(self.path, "r+b") as handle:
             handle.truncate(self.path.stat().st_size - len(torn))
             handle.flush()
@@ -115,6 +126,8 @@ class ReceiptLog:
     def append(self, body: ReceiptBody) -> Receipt:
         if not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body):
             raise TypeError(f"{type(body).__name__} is not a registered receipt body")
+        if self._torn or self._lost_newline:
+            self._mend()
         receipt = Receipt.seal(
             kind=body.kind, run_id=self.run_id, seq=self.next_seq, prev_digest=self.head, body=body.to_json_dict()
         )
@@ -171,8 +184,8 @@ def _torn(data: bytes) -> bytes:
         return b""
     tail = data[data.rfind(b"\n") + 1 :]
     try:
-        Receipt(**json.loads(tail))
-    except (ValueError, TypeError):
+        parse_receipt(tail.decode("utf-8", errors="replace"))
+    except (ValueError, TypeError, RecursionError):
         return tail
     return b""  # a complete receipt that only lacks its newline is not torn
 
@@ -262,10 +275,13 @@ def _check_line(
 ) -> Receipt | tuple[str, str]:
     """The receipt on ``line`` if it extends the chain, else (reason, detail)."""
     try:
-        receipt = Receipt(**json.loads(line))
+        receipt = parse_receipt(line)
+        digest = receipt.expected_digest()
+    except RecursionError:
+        return "malformed", "not a receipt envelope (nested too deeply to parse)"
     except (ValueError, TypeError) as error:
-        return "malformed", f"not a receipt envelope ({error})"
-    if receipt.expected_digest() != receipt.digest:
+        return "malformed", f"not a receipt envelope ({_first_words(error)})"
+    if digest != receipt.digest:
         return "edited", f"content does not match its digest {receipt.digest}"
     if run_id is not None and receipt.run_id != run_id:
         return "foreign", f"run_id {receipt.run_id!r} in a log of run {run_id!r}"
@@ -285,10 +301,46 @@ def _seqs(lines: list[str]) -> set[int]:
     seqs = set()
     for line in lines:
         try:
-            seqs.add(json.loads(line)["seq"])
-        except (ValueError, TypeError, KeyError):
+            seqs.add(parse_receipt(line).seq)
+        except (ValueError, TypeError, RecursionError):
             continue
     return seqs
+
+
+ENVELOPE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int, "kind": str, "run_id": str, "seq": int, "prev_digest": str,
+    "created_at": (int, float), "body": dict, "digest": str,
+}  # fmt: skip
+"""The JSON type of each envelope field (a bool is not a number)."""
+
+
+def parse_receipt(line: str) -> Receipt:
+    """The receipt envelope on one log line, its fields of the types the envelope declares.
+
+    Raises:
+        ValueError: the line is not JSON, holds a non-finite number (``NaN``, ``Infinity``: canonical JSON has
+            none, so no sealed receipt does), or a field of the wrong type.
+        TypeError: the line is not an object with exactly the envelope's fields.
+        RecursionError: the line is nested too deeply to parse.
+    """
+    record = json.loads(line, parse_constant=_refuse_constant)
+    if not isinstance(record, dict):
+        raise TypeError(f"a JSON {type(record).__name__}, not an object")
+    receipt = Receipt(**record)
+    for name, expected in ENVELOPE_TYPES.items():
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ValueError(f"{name} is {_first_words(repr(value))}, not {getattr(expected, '__name__', 'a number')}")
+    return receipt
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"the non-finite number {name}")
+
+
+def _first_words(error: BaseException | str, limit: int = 120) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @runtime_checkable

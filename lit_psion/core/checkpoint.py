@@ -58,6 +58,12 @@ class CheckpointManifest:
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def weights_sha256(self) -> str | None:
+        """The digest of the checkpoint's one safetensors file (what a checkpoint receipt records)."""
+        weights = [record.sha256 for name, record in self.files.items() if name.endswith(".safetensors")]
+        return weights[0] if len(weights) == 1 else None
+
     @classmethod
     def from_json_dict(cls, record: dict[str, Any], where: str = "manifest") -> CheckpointManifest:
         """Parse a manifest record; a malformed one is a :class:`CheckpointError` naming ``where``."""
@@ -66,7 +72,7 @@ class CheckpointManifest:
             values = {key: value for key, value in record.items() if key in known}
             values["files"] = {str(name): FileRecord(**entry) for name, entry in record["files"].items()}
             manifest = cls(**values)
-        except (KeyError, TypeError, AttributeError) as error:
+        except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as error:
             raise CheckpointError(f"checkpoint manifest {where!r} is malformed ({error}); it is not a lit_psion "
                                   "checkpoint or it was edited") from error  # fmt: skip
         if not isinstance(manifest.step, int):
@@ -106,9 +112,7 @@ class VerifiedCheckpoint:
 
     @property
     def weights_sha256(self) -> str | None:
-        """The digest of the checkpoint's one safetensors file (what a checkpoint receipt records)."""
-        weights = [record.sha256 for name, record in self.manifest.files.items() if name.endswith(".safetensors")]
-        return weights[0] if len(weights) == 1 else None
+        return self.manifest.weights_sha256
 
 
 def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None) -> VerifiedCheckpoint:
@@ -135,7 +139,7 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
         raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} does not match the digest in the pointer")
     try:
         record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} is not valid JSON ({error})") from error
     if not isinstance(record, dict):
         raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} is not a JSON object")
@@ -215,15 +219,36 @@ def _belonging(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> VerifiedChe
     return checkpoint
 
 
-def as_receipted(checkpoint: VerifiedCheckpoint, receipted: Mapping[str, tuple[str | None, str | None]]
-                 ) -> VerifiedCheckpoint:  # fmt: skip
-    """``checkpoint``, if its manifest and weights are the ones its durable checkpoint receipt recorded.
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointReceipts:
+    """What a run's durable ``checkpoint`` receipts recorded (:func:`lit_psion.core.audit.receipted_checkpoints`).
 
-    ``receipted`` maps a checkpoint's directory name to the (manifest, weights) digests of its receipt
-    (:func:`lit_psion.core.audit.receipted_checkpoints`); a checkpoint without a receipt passes.
+    Receipts are appended in step order once each checkpoint is durable, so only the newest checkpoint
+    can lack one (a kill between the two); a checkpoint older than a receipted one, or any checkpoint
+    of a sealed chain, that has none was not written by the run's fit.
     """
-    recorded = receipted.get(checkpoint.path.name)
-    if recorded is not None and recorded != (checkpoint.manifest_sha256, checkpoint.weights_sha256):
+
+    recorded: Mapping[int, tuple[str | None, str | None]] = dataclasses.field(default_factory=dict)
+    """step -> (manifest sha256, weights sha256)."""
+    sealed: bool = False
+
+    @property
+    def newest(self) -> int | None:
+        return max(self.recorded, default=None)
+
+
+def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -> VerifiedCheckpoint:
+    """``checkpoint``, if its manifest and weights are the ones its durable checkpoint receipt recorded, or it is
+    the newest checkpoint of an unsealed chain whose receipt a kill may have prevented."""
+    recorded = receipts.recorded.get(checkpoint.step)
+    if recorded is None:
+        newest = receipts.newest
+        if receipts.sealed or (newest is not None and newest > checkpoint.step):
+            why = "the run's chain is sealed" if receipts.sealed else f"the chain receipts step {newest}"
+            raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, though {why}: "
+                                  "the run's fit did not write it")  # fmt: skip
+        return checkpoint
+    if recorded != (checkpoint.manifest_sha256, checkpoint.weights_sha256):
         raise CheckpointError(f"checkpoint {checkpoint.path.name}: its manifest or weights are not the ones its "
                               "durable checkpoint receipt recorded (it was replaced after it was written)")
     return checkpoint
@@ -233,7 +258,7 @@ def resolve_checkpoint(
     layout: RunLayout | str | Path,
     rejected: list[RejectedCheckpoint] | None = None,
     quiet: bool = False,
-    receipted: Mapping[str, tuple[str | None, str | None]] | None = None,
+    receipted: CheckpointReceipts | None = None,
 ) -> VerifiedCheckpoint:
     """The checkpoint to resume a run from, already verified: the pointed-to one, else the newest that verifies.
 
@@ -247,7 +272,7 @@ def resolve_checkpoint(
         CheckpointError: no pointer, or no checkpoint that verifies (naming the pointed-to one's problem).
     """
     layout = layout if isinstance(layout, RunLayout) else RunLayout.of(layout)
-    receipted = receipted or {}
+    receipted = receipted or CheckpointReceipts()
     try:
         pointer = read_pointer(layout)
     except CheckpointError as error:
@@ -264,7 +289,11 @@ def resolve_checkpoint(
             if verified.step != pointer.step:
                 raise CheckpointError(f"pointer {str(layout.pointer)!r} says step {pointer.step}, its checkpoint's "
                                       f"manifest says {verified.step}")  # fmt: skip
-            return verified
+            if receipted.newest is None or verified.step >= receipted.newest:
+                return verified
+            problem = CheckpointError(f"pointer {str(layout.pointer)!r} names step {verified.step}, but the chain "
+                                      f"receipts a durable checkpoint at step {receipted.newest}: it was moved back")
+            pointed = None  # still a candidate below, in step order
         except CheckpointError as error:
             problem = error
     skipped = [RejectedCheckpoint(pointed, str(problem))] if pointed is not None else []

@@ -155,3 +155,7 @@ class MembershipAware(Protocol):
     """A strategy that trains as a mesh with membership epochs; checkpoints record its membership."""
 
     def membership_record(self) -> dict[str, Any] | None: ...
+
+    def stop_reason(self) -> str | None:
+        """Why the worker stopped for the mesh (``membership_changed``, ``drained``), if it did."""
+        ...

@@ -67,16 +67,58 @@ class LockedError(LitPsionError):
     failure_class = "locked"
 
 
+class MembershipChanged(LitPsionError):
+    """A mesh worker stopped at a step boundary, after a checkpoint, because the mesh re-forms (a node joins,
+    drains or restarts): expected and receipted; its agent restarts it in the next membership epoch."""
+
+    exit_code = 10
+    failure_class = "membership_changed"
+
+
+class WorkerCrashed(LitPsionError):
+    """A collective failed because another worker of the mesh is gone (killed, crashed, its node lost)."""
+
+    exit_code = 11
+    failure_class = "worker_crashed"
+
+
+class RendezvousTimeout(LitPsionError):
+    """A mesh node's agent could not form a mesh of its minimum size within the join timeout."""
+
+    exit_code = 12
+    failure_class = "rendezvous_timeout"
+
+
+PEER_LOSS_TYPES = {"DistBackendError", "DistNetworkError", "DistStoreError"}
+"""torch.distributed's error types for a lost peer or store (named here: core does not import torch)."""
+PEER_LOSS_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Socket Timeout",
+                      "NCCL communicator was aborted")  # fmt: skip
+"""What gloo and NCCL say when the worker at the other end of a collective is gone."""
+
+
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:
-    """The lit_psion error behind ``error``, following the exception chain (Lightning wraps some)."""
+    """The lit_psion error behind ``error``, following the exception chain (Lightning wraps some); a
+    collective that failed because a peer is gone is a :class:`WorkerCrashed`."""
     seen: set[int] = set()
     current: BaseException | None = error
+    lost_peer: BaseException | None = None
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError):
             return current
+        if lost_peer is None and _is_peer_loss(current):
+            lost_peer = current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
+    if lost_peer is not None:
+        first_line = (str(lost_peer).strip().splitlines() or [type(lost_peer).__name__])[0]
+        return WorkerCrashed(f"another worker of the mesh is gone ({first_line[:200]}); its agent re-forms the mesh "
+                             "and it resumes from the latest durable checkpoint")  # fmt: skip
     return None
+
+
+def _is_peer_loss(error: BaseException) -> bool:
+    return type(error).__name__ in PEER_LOSS_TYPES or (
+        isinstance(error, RuntimeError) and any(text in str(error) for text in PEER_LOSS_MESSAGES))
 
 
 def failure_class(error: BaseException) -> str:

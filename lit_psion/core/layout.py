@@ -20,6 +20,7 @@ RECEIPTS_FILE = "receipts.jsonl"
 METRICS_FILE = "metrics.csv"
 SKIP_LIST_FILE = "skip_list.json"
 MEMBERSHIP_FILE = "membership.json"
+DRAIN_REQUESTS_FILE = "drain_requests.json"
 PROMOTION_FILE = "promotion.json"
 CHECKPOINTS_DIR = "checkpoints"
 POINTER_FILE = "pointer.json"
@@ -40,7 +41,11 @@ def step_of(name: str) -> int | None:
     Names stop sorting by step past 999999, so order checkpoints by this, not by name.
     """
     match = _STEP_NAME.fullmatch(name)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    step = int(match.group(1))
+    return step if name == step_name(step) else None  # one name per step: no ``step-0000006`` alias
+
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,8 +60,9 @@ class RunLayout:
 
     @classmethod
     def of(cls, run_dir: str | Path) -> RunLayout:
-        """The layout of an existing run directory ``<root>/<run_id>``."""
-        run_dir = Path(run_dir)
+        """The layout of an existing run directory ``<root>/<run_id>`` (``.``, ``..`` and symlinks resolved, so
+        the run id is the directory's own name)."""
+        run_dir = Path(run_dir).resolve()
         return cls(run_dir.parent, run_dir.name)
 
     @property
@@ -103,6 +109,10 @@ class RunLayout:
     @property
     def membership(self) -> Path:
         return self.run_dir / MEMBERSHIP_FILE
+
+    @property
+    def drain_requests(self) -> Path:
+        return self.run_dir / DRAIN_REQUESTS_FILE
 
     @property
     def checkpoints(self) -> Path:

@@ -3,7 +3,10 @@
 Every worker-group start is a membership epoch. All ranks agree on the member list (node ids
 gathered from every rank), compare it with the membership the last durable checkpoint recorded,
 and classify the change: ``start`` (no previous membership), ``grow`` (nodes added), ``shrink``
-(nodes gone), ``replace`` (as many nodes, other ids), ``restart`` (the same nodes again). The
+(nodes gone), ``drain`` (only nodes that were draining gone), ``replace`` (nodes added and gone),
+``restart`` (the same nodes again). A drain is requested through ``drain_requests.json`` (``mesh
+drain``); the mesh marks the node ``draining``, checkpoints at the next step boundary, and the node
+leaves. The
 epoch is the previous one plus one, computed from the checkpoint, so it is identical on every
 rank whatever each agent's own restart count says. Framework-free.
 """
@@ -21,6 +24,9 @@ from lit_psion.core.layout import RunLayout
 
 MESH_SETTINGS_ENV = "LIT_PSION_MESH_SETTINGS"
 """The launch settings ``mesh launch`` hands its workers (JSON), recorded in every membership receipt."""
+DRAIN_MARKERS_ENV = "LIT_PSION_DRAIN_MARKERS"
+"""A directory of ``mesh launch``'s where each worker of a drained node leaves ``<pid>.json`` as it exits, so
+the launcher knows its node has left the mesh (and stops its agent instead of letting it rejoin)."""
 
 
 class NodeState(enum.StrEnum):
@@ -34,6 +40,7 @@ class MembershipChange(enum.StrEnum):
     START = "start"
     GROW = "grow"
     SHRINK = "shrink"
+    DRAIN = "drain"
     REPLACE = "replace"
     RESTART = "restart"
 
@@ -51,6 +58,18 @@ class Membership:
     def active(self) -> tuple[str, ...]:
         return tuple(sorted(node for node, state in self.nodes.items() if state == NodeState.ACTIVE))
 
+    @property
+    def training(self) -> tuple[str, ...]:
+        """The nodes training in this epoch (active or draining)."""
+        return tuple(sorted(node for node, state in self.nodes.items()
+                            if state in (NodeState.ACTIVE, NodeState.DRAINING)))  # fmt: skip
+
+    def draining(self, nodes: Iterable[str]) -> Membership:
+        """This epoch with ``nodes`` marked ``draining``: they checkpoint with the rest and then leave."""
+        marked = {node: NodeState.DRAINING if node in set(nodes) and state == NodeState.ACTIVE else state
+                  for node, state in self.nodes.items()}  # fmt: skip
+        return dataclasses.replace(self, nodes=marked)
+
     def to_json_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "world_size": self.world_size,
                 "nodes": {node: str(state) for node, state in sorted(self.nodes.items())}}  # fmt: skip
@@ -65,20 +84,22 @@ class Membership:
 
 
 def classify(previous: Membership | None, members: Iterable[str]) -> MembershipChange:
-    """What a worker-group start with ``members`` is, against the previous epoch's active nodes.
+    """What a worker-group start with ``members`` is, against the previous epoch's training nodes.
 
-    Nodes only added: ``grow``; only removed: ``shrink``; some of each: ``replace``; none: ``restart``.
+    Nodes only added: ``grow``; only removed: ``drain`` if every one of them was draining, else
+    ``shrink``; some of each: ``replace``; none: ``restart``.
     """
     if previous is None:
         return MembershipChange.START
-    before, after = set(previous.active), set(members)
+    before, after = set(previous.training), set(members)
     added, removed = after - before, before - after
     if added and removed:
         return MembershipChange.REPLACE
     if added:
         return MembershipChange.GROW
     if removed:
-        return MembershipChange.SHRINK
+        drained = all(previous.nodes[node] == NodeState.DRAINING for node in removed)
+        return MembershipChange.DRAIN if drained else MembershipChange.SHRINK
     return MembershipChange.RESTART
 
 
@@ -104,3 +125,22 @@ def read_membership(layout: RunLayout) -> Membership | None:
 def write_membership(layout: RunLayout, membership: Membership) -> None:
     """Write ``membership.json`` atomically (``mesh status`` reads it)."""
     atomic_write_json(layout.membership, membership.to_json_dict())
+
+
+def read_drain_requests(layout: RunLayout) -> dict[str, float]:
+    """Node id -> when its drain was requested (``mesh drain``); empty if none or unreadable."""
+    if not layout.drain_requests.is_file():
+        return {}
+    try:
+        nodes = read_json(layout.drain_requests).get("nodes", {})
+        return {str(node): float(at) for node, at in nodes.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def write_drain_requests(layout: RunLayout, requests: dict[str, float]) -> None:
+    """Write the pending drain requests atomically (an empty dict removes the file)."""
+    if requests:
+        atomic_write_json(layout.drain_requests, {"nodes": dict(sorted(requests.items()))})
+    else:
+        layout.drain_requests.unlink(missing_ok=True)

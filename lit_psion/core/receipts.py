@@ -186,7 +186,7 @@ class MembershipReceipt(ReceiptBody):
     epoch: int
     """The membership epoch: the previous one (from the resumed checkpoint) plus one; 1 at the start."""
     change: str
-    """``start``, ``grow``, ``shrink``, ``replace`` or ``restart``."""
+    """``start``, ``grow``, ``shrink``, ``drain`` (only drained nodes left), ``replace`` or ``restart``."""
     previous_members: dict[str, str]
     """node id -> state in the previous epoch (empty at the start)."""
     members: dict[str, str]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import secrets
 import time
+import typing
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from lit_psion.core.checkpoint import CheckpointManifest, RejectedCheckpoint
 from lit_psion.core.contracts import STAGES, Staged
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.files import atomic_write_json, read_json
 from lit_psion.core.layout import RunLayout
 
@@ -59,10 +61,25 @@ class RunRecord:
         return record
 
     @classmethod
-    def from_json_dict(cls, record: dict[str, Any]) -> RunRecord:
-        known = {field.name for field in dataclasses.fields(cls)}
-        values = {key: value for key, value in record.items() if key in known}
-        values["status"] = RunStatus(values.get("status", RunStatus.PLANNED))
+    def from_json_dict(cls, record: Any) -> RunRecord:
+        """The record ``record`` (parsed run.json) describes; keys this version does not know are ignored.
+
+        Raises:
+            RunRecordError: ``record`` is not an object, lacks ``run_id``, or holds a field of the wrong type.
+        """
+        if not isinstance(record, dict):
+            raise RunRecordError(f"it holds a JSON {type(record).__name__}, not an object")
+        hints = typing.get_type_hints(cls)
+        values = {key: value for key, value in record.items() if key in hints}
+        if "run_id" not in values:
+            raise RunRecordError("it has no 'run_id'")
+        for key, value in values.items():
+            if key != "status" and not _is_a(value, hints[key]):
+                raise RunRecordError(f"its {key!r} is {value!r}, not {_type_name(hints[key])}")
+        status = values.get("status", RunStatus.PLANNED)
+        if status not in tuple(RunStatus):
+            raise RunRecordError(f"its 'status' is {status!r}, not one of {', '.join(RunStatus)}")
+        values["status"] = RunStatus(status)
         return cls(**values)
 
     def save(self, layout: RunLayout | str | Path) -> None:
@@ -72,8 +89,51 @@ class RunRecord:
 
     @classmethod
     def load(cls, layout: RunLayout | str | Path) -> RunRecord:
+        """The run's ``run.json``.
+
+        Raises:
+            RunRecordError: it cannot be read, is not JSON (or nested too deep to parse), or is not a run record
+                (exit 5, naming the file and what is wrong with it).
+        """
         layout = layout if isinstance(layout, RunLayout) else RunLayout.of(layout)
-        return cls.from_json_dict(read_json(layout.run_file))
+        path = layout.run_file
+        try:
+            return cls.from_json_dict(read_json(path))
+        except RunRecordError as error:
+            problem = str(error)
+        except RecursionError:
+            problem = "it is nested too deeply to parse"
+        except ValueError as error:  # not JSON, not UTF-8
+            problem = f"it is not JSON ({_one_line(error)})"
+        except OSError as error:
+            problem = f"it cannot be read ({error.strerror or error})"
+        raise RunRecordError(f"{str(path)!r} is not a valid run record: {problem}; restore it from a backup (the "
+                             "run's history is in receipts.jsonl) or start a new run")  # fmt: skip
+
+
+class RunRecordError(EvidenceError, ValueError):
+    """A ``run.json`` that cannot be read as a run record (empty, not JSON, a field of the wrong type): exit 5."""
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    """Whether the JSON value ``value`` fits the field type ``hint`` (an int is a float; a bool is neither)."""
+    allowed = typing.get_args(hint) or (hint,)
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, float):
+        return float in allowed and math.isfinite(value)
+    if isinstance(value, int):
+        return value >= 0 if int in allowed else float in allowed  # counts (global_step, attempts) are never negative
+    return isinstance(value, tuple(t for t in allowed if isinstance(t, type)))
+
+
+def _type_name(hint: Any) -> str:
+    names = {type(None): "null", int: "an int >= 0", float: "a finite number", str: "a string"}
+    return " or ".join(names.get(t, str(t)) for t in typing.get_args(hint) or (hint,))
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def write_latest(root: str | Path, run_id: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
@@ -45,22 +45,47 @@ class OptimizerConfig:
     """The learning rate after decay, as a fraction of the peak."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems: list[str | None] = []
         if self.name not in ("adamw", "muon"):
             problems.append(f"optimizer name must be 'adamw' or 'muon', got {self.name!r}")
-        for name in ("lr", "muon_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                problems.append(f"{name} must be positive, got {value!r}")
-        if self.warmup_steps < 0:
-            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        if self.decay_steps is not None and self.decay_steps < 1:
-            problems.append(f"decay_steps must be >= 1, got {self.decay_steps!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if problems:
+        problems += [_problem(name, getattr(self, name), rule, valid) for name, rule, valid in _RULES]
+        if not isinstance(self.betas, tuple | list) or len(self.betas) != 2:
+            problems.append(f"optimizer.betas must be two numbers in [0, 1), like [0.9, 0.95], got {self.betas!r}")
+        else:
+            self.betas = tuple(self.betas)
+            problems += [_problem(f"betas[{i}]", beta, _unit, "in [0, 1)") for i, beta in enumerate(self.betas)]
+        if problems := [problem for problem in problems if problem]:
             raise ConfigError("; ".join(problems))
-        self.betas = tuple(self.betas)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _unit(value: Any) -> bool:
+    return _number(value) and 0.0 <= value < 1.0
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
+    ("muon_lr", lambda v: v is None or (_number(v) and v > 0), "a finite number > 0 (or null to reuse lr)"),
+    ("weight_decay", lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    ("momentum", _unit, "in [0, 1)"),
+    ("ns_steps", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+    ("warmup_steps", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    ("decay_steps", lambda v: v is None or (_whole(v) and v >= 1), "a whole number >= 1 (or null for max_steps)"),
+    ("min_lr_ratio", lambda v: _number(v) and 0.0 <= v <= 1.0, "in [0, 1]"),
+)
+"""Each numeric field of :class:`OptimizerConfig`: its name, its valid range, and that range in words."""
+
+
+def _problem(name: str, value: Any, rule: Callable[[Any], bool], valid: str) -> str | None:
+    """What is wrong with ``value`` of field ``name``, or None when ``rule`` holds for it."""
+    return None if rule(value) else f"optimizer.{name} must be {valid}, got {value!r}"
 
 
 class _JointState(Mapping):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_file
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.lock import lock_holder
@@ -141,7 +142,7 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_holder(tmp_path: Path, c
     assert lock_holder(layout.run_dir) is None
     assert read_json(layout.run_file)["attempts"] == 2, "the refused writer wrote nothing"
     assert layout.receipts.read_text().count('"event": "resumed"') == 1
-    assert _resume(tmp_path) == 0  # the lock went with its process
+    assert _resume(tmp_path, "--trainer.max_steps", "12") == 0  # the lock went with its process
 
 
 def _forge(run: RunLayout, step: int, weights_from: int) -> None:
@@ -203,3 +204,85 @@ def test_a_run_started_from_another_runs_checkpoint_names_it_and_its_manifest(tm
                    if json.loads(line)["kind"] == "training_run")  # fmt: skip
     digest = sha256_file(source.checkpoint(6) / "manifest.json")
     assert started["checkpoint_lineage"] == [f"run:{source.run_id}/step-000006@sha256:{digest}"]
+
+
+def _plant(run: RunLayout, name: str, source: Path, step: int) -> None:
+    """Another run's checkpoint planted in ``run`` as ``name`` (manifest rewritten to claim ``run`` and ``step``), and
+    the pointer moved to it: every file verifies on its own."""
+    planted = run.checkpoints / name
+    shutil.rmtree(planted, ignore_errors=True)
+    shutil.copytree(source, planted)
+    manifest = read_json(planted / "manifest.json")
+    manifest.update(run_id=run.run_id, step=step)
+    (planted / "manifest.json").write_text(json.dumps(manifest))
+    pointer = read_json(run.pointer)
+    pointer.update(checkpoint=name, step=step, manifest_sha256=sha256_file(planted / "manifest.json"))
+    run.pointer.write_text(json.dumps(pointer))
+
+
+def _move_pointer_back(run: RunLayout) -> None:
+    pointer = read_json(run.pointer)
+    pointer.update(checkpoint="step-000003", step=3, manifest_sha256=sha256_file(run.checkpoint(3) / "manifest.json"))
+    run.pointer.write_text(json.dumps(pointer))
+
+
+PLANTS = [
+    ("an alias name for step 6", lambda run, other: _plant(run, "step-0000006", other.checkpoint(6), 6)),
+    ("a new step no receipt knows, in a sealed chain", lambda run, other: _plant(run, "step-000007",
+                                                                                  other.checkpoint(6), 7)),
+    ("the pointer moved back to step 3", lambda run, other: _move_pointer_back(run)),
+]
+
+
+@pytest.mark.parametrize(("name", "harm"), PLANTS, ids=[p[0] for p in PLANTS])
+def test_a_resume_takes_the_newest_receipted_checkpoint_not_a_planted_or_older_one(
+    tmp_path: Path, name: str, harm: Callable[[RunLayout, RunLayout], None]
+) -> None:
+    other = _run(tmp_path / "other", "--seed_everything", "11")
+    run = _run(tmp_path / "mine")
+    harm(run, other)
+    assert _resume(run.root) == 0
+    chain = [json.loads(line) for line in run.receipts.read_text().splitlines()]
+    resumed = next(r["body"] for r in chain if r["kind"] == "trainer_step" and r["body"]["checkpoint"])
+    assert (resumed["checkpoint"], resumed["step_in"]) == ("checkpoints/step-000006", 6)
+    assert main(["doctor", str(run.run_dir)]) == 0 or name.startswith("a new step")  # the plant itself FAILs doctor
+
+
+def test_a_checkpoint_whose_trainer_state_is_another_step_is_refused(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    source = _run(tmp_path / "source")
+    forged = tmp_path / "forged" / "step-000009"
+    shutil.copytree(source.checkpoint(6), forged)
+    manifest = read_json(forged / "manifest.json")
+    manifest["step"] = 9
+    (forged / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "12",
+               "--ckpt_path", str(forged)) == 4  # fmt: skip
+    assert "trainer state is at step 6" in capsys.readouterr().err
+
+
+def test_a_replaced_checkpoint_is_refused_through_a_symlinked_path_and_by_ckpt_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = _run(tmp_path / "source")
+    _forge(run, 6, weights_from=3)
+    (tmp_path / "alias").symlink_to(run.checkpoints)
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "9",
+               "--ckpt_path", str(tmp_path / "alias" / "step-000006")) == 4  # fmt: skip
+    assert "durable checkpoint receipt" in capsys.readouterr().err
+    assert main(["ckpt", "verify", str(run.run_dir)]) == 0
+    out = capsys.readouterr()
+    assert "step-000003" in out.out and "step-000006" in out.err
+
+
+def test_run_commands_accept_a_run_directory_given_as_dot_or_through_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _run(tmp_path / "runs")
+    (tmp_path / "myrun").symlink_to(run.run_dir)
+    for path in (str(tmp_path / "myrun"), "."):
+        monkeypatch.chdir(run.run_dir if path == "." else tmp_path)
+        for command in (["receipts", "verify", path], ["doctor", path], ["ckpt", "verify", path]):
+            assert main(command) == 0, command

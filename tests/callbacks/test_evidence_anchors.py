@@ -297,3 +297,40 @@ def test_a_full_disk_during_an_append_stops_with_exit_6_and_an_intact_chain(tmp_
     assert main(["receipts", "verify", str(layout.run_dir)]) == 0
     assert fit("--trainer.default_root_dir", str(tmp_path / "runs"), "--ckpt_path", "last") == 0
     assert main(["doctor", str(layout.run_dir)]) == 0
+
+
+REFUSED_WITH_A_TORN_TAIL = [
+    ("another model", ("--model.init_args.decoder.n_layer", "3"), 4),
+    ("other data", ("--data.sample_stride", "8"), 3),
+    ("nothing left to train", ("--trainer.max_steps", "6"), 2),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "code"), REFUSED_WITH_A_TORN_TAIL,
+                         ids=[r[0] for r in REFUSED_WITH_A_TORN_TAIL])  # fmt: skip
+def test_a_refused_resume_leaves_a_torn_tail_for_the_right_resume_to_repair(
+    tmp_path: Path, name: str, change: tuple[str, ...], code: int
+) -> None:
+    layout = _torn_run(tmp_path)
+    before = layout.receipts.read_bytes()
+    resume = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9", "--ckpt_path", "last")
+    assert fit(*resume, *change) == code
+    assert layout.receipts.read_bytes() == before, "the refused resume neither cut the tail nor receipted a repair"
+    assert fit(*resume) == 0
+    assert main(["receipts", "verify", str(layout.run_dir)]) == 0
+
+
+def test_a_resume_with_nothing_left_to_train_is_refused_and_writes_nothing(
+    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    copy = copy_run(completed, tmp_path)
+    write_latest(tmp_path, copy.run_id)
+    before = {p.name: p.read_bytes() for p in copy.run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+    step = read_json(copy.run_file)["global_step"]
+    for max_steps in (step, step - 1):
+        capsys.readouterr()
+        assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(max_steps),
+                   "--ckpt_path", "last") == 2  # fmt: skip
+        assert f"already at step {step}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in copy.run_dir.iterdir() if p.is_file() and p.name != ".lock"} == before
+    assert main(["receipts", "verify", str(copy.run_dir)]) == 0

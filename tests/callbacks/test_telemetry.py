@@ -28,3 +28,14 @@ def test_telemetry_is_logged_on_log_steps(tmp_path: Path) -> None:
         assert values["clip_ratio"] < 1.0
         assert values["tokens_per_s"] > 0 and values["mfu"] == pytest.approx(values["flops_per_s"] / 1e12, rel=1e-5)
     assert "telemetry" not in (run_dir / RECEIPTS_FILE).read_text()
+
+
+def test_tokens_count_the_global_batch_whatever_slice_a_rank_trains() -> None:
+    import torch
+
+    from lit_psion.callbacks.telemetry import global_tokens
+
+    whole = {"input_ids": torch.zeros(12, 32), "sample_ids": torch.arange(12), "global_sample_ids": torch.arange(12)}
+    slice_of_3 = {"input_ids": torch.zeros(4, 32), "sample_ids": torch.arange(4), "global_sample_ids": torch.arange(12)}
+    assert global_tokens(whole) == global_tokens(slice_of_3) == 12 * 32
+    assert global_tokens({"input_ids": torch.zeros(2, 8)}) == 16 and global_tokens(torch.zeros(3)) == 0

@@ -47,6 +47,20 @@ def swap_weights_and_rewrite_the_manifest(run: RunLayout) -> None:
     (run.checkpoint(9) / "manifest.json").write_text(json.dumps(manifest))
 
 
+def edit_block_size(run: RunLayout) -> None:
+    manifest = read_json(run.data_manifest)
+    manifest["block_size"] += 1  # its "digest" field left as it was
+    run.data_manifest.write_text(json.dumps(manifest))
+
+
+def swap_two_tokens(run: RunLayout) -> None:
+    tokenizer = read_json(run.tokenizer)
+    vocab = tokenizer["model"]["vocab"]
+    first, second = list(vocab)[:2]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    run.tokenizer.write_text(json.dumps(tokenizer))
+
+
 HARMS = [
     ("another checkpoint's weights under a rewritten manifest", swap_weights_and_rewrite_the_manifest,
      "FAIL checkpoints/step-000009", 4),
@@ -57,6 +71,8 @@ HARMS = [
     ("an edited data manifest",
      lambda run: run.data_manifest.write_text(run.data_manifest.read_text().replace('"digest": "', '"digest": "0')),
      "FAIL data_manifest.json", 3),
+    ("a data manifest edited under its own digest field", edit_block_size, "FAIL data_manifest.json", 3),
+    ("a tokenizer.json with two entries swapped", swap_two_tokens, "FAIL tokenizer.json", 3),
     ("a run.json that is not JSON", lambda run: run.run_file.write_text("{"), "FAIL run.json", 5),
 ]
 

@@ -188,3 +188,15 @@ def test_a_resume_reads_and_hashes_each_checkpoint_file_once(tmp_path: Path, mon
     monkeypatch.undo()
     assert sorted(spy.opened) == sorted(expected), f"opened {spy.opened}"
     assert {name: spy.digests.count(digest) for name, digest in expected.items()} == dict.fromkeys(expected, 1)
+
+
+def test_a_deeply_nested_manifest_is_a_checkpoint_error_not_a_crash(tmp_path: Path) -> None:
+    from lit_psion.core.checkpoint import verify_checkpoint
+    from lit_psion.core.errors import CheckpointError
+
+    checkpoint = tmp_path / "step-000003"
+    checkpoint.mkdir()
+    for payload in ("[" * 100000 + "]" * 100000, '{"files": ' + "[" * 100000 + "]" * 100000 + "}"):
+        (checkpoint / "manifest.json").write_text(payload)
+        with pytest.raises(CheckpointError):
+            verify_checkpoint(checkpoint)

@@ -17,6 +17,10 @@ CHANGES = [
     ("a node is replaced", EPOCH_3, ["a", "c"], MembershipChange.REPLACE),
     ("one leaves, two join", EPOCH_3, ["a", "c", "d"], MembershipChange.REPLACE),
     ("several ranks on one node count once", EPOCH_3, ["a", "a", "b", "b"], MembershipChange.RESTART),
+    ("the draining node leaves", EPOCH_3.draining(["b"]), ["a"], MembershipChange.DRAIN),
+    ("a draining node and an active one leave", EPOCH_3.draining(["b"]), [], MembershipChange.SHRINK),
+    ("a draining node that stays is a restart", EPOCH_3.draining(["b"]), ["a", "b"], MembershipChange.RESTART),
+    ("a drain while another joins", EPOCH_3.draining(["b"]), ["a", "c"], MembershipChange.REPLACE),
 ]
 
 
@@ -39,3 +43,27 @@ def test_membership_round_trips_and_refuses_a_malformed_record() -> None:
         Membership.from_json_dict({"epoch": 1, "nodes": {"a": "sleeping"}, "world_size": 1})
     with pytest.raises(ConfigError, match="at least one node"):
         next_membership(None, [], 0)
+
+
+def test_a_drain_marks_only_active_nodes_and_the_next_epoch_has_them_offline() -> None:
+    drained = EPOCH_3.draining(["b", "z"])
+    assert drained.nodes == {"a": NodeState.ACTIVE, "b": NodeState.DRAINING} and drained.epoch == 3
+    assert drained.active == ("a",) and drained.training == ("a", "b")
+    after = next_membership(drained, ["a"], 1)
+    assert after.nodes == {"a": NodeState.ACTIVE, "b": NodeState.OFFLINE} and after.epoch == 4
+    assert Membership.from_json_dict(drained.to_json_dict()) == drained
+
+
+def test_drain_requests_round_trip_and_a_damaged_file_is_no_request(tmp_path) -> None:
+    from lit_psion.core.layout import RunLayout
+    from lit_psion.core.membership import read_drain_requests, write_drain_requests
+
+    layout = RunLayout(tmp_path, "r")
+    layout.run_dir.mkdir()
+    assert read_drain_requests(layout) == {}
+    write_drain_requests(layout, {"b": 1.5})
+    assert read_drain_requests(layout) == {"b": 1.5}
+    layout.drain_requests.write_text("{")
+    assert read_drain_requests(layout) == {}
+    write_drain_requests(layout, {})
+    assert not layout.drain_requests.exists()

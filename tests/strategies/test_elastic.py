@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 
 from lit_psion.cli import main
 from lit_psion.core import RunLayout, read_json, sha256_file
+from lit_psion.core.lock import lock_holder
 from lit_psion.core.run import read_latest
 from tests.helpers import callbacks_config, fit, fit_subprocess
 
@@ -155,22 +158,24 @@ def _wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
 
 
 @pytest.mark.slow
-def test_a_mesh_grows_when_a_node_joins_and_shrinks_when_one_is_killed_training_each_batch_once(
-    tmp_path: Path,
-) -> None:
+def test_a_mesh_that_grows_drains_loses_rank_0_and_is_replaced_trains_the_single_process_run(tmp_path: Path) -> None:
+    """2 -> 3 (C joins) -> 2 (C drained) -> 2 (rank 0's node killed, D replaces it) -> 1 (D drained): every
+    change a membership epoch, each global batch trained once, in the single-process run's order, to its weights."""
     port, root, env = _free_port(), tmp_path / "runs", {**os.environ, "OMP_NUM_THREADS": "1"}
     store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    fit_args = ["--config", "fixtures/tiny.yaml", "--nnodes", "2:3", "--store", f"127.0.0.1:{port}", "--run-id", "m",
-                "--trainer.default_root_dir", str(root), "--trainer.max_steps", "900", "--data.batch_size", "12",
-                "--trainer.enable_progress_bar", "false", "--checkpoint.every_n_train_steps", "10",
-                "--trainer.val_check_interval", "300", "--trainer.log_every_n_steps", "10"]  # fmt: skip
+    steps_total, settings = 1500, ["--data.batch_size", "12", "--model.init_args.decoder.dropout", "0.0",
+                                   "--trainer.val_check_interval", "500", "--trainer.log_every_n_steps", "50"]
+    slow = callbacks_config(tmp_path / "slow.json", ("SlowSteps", {"seconds": 0.03}))
+    fit_args = ["--config", "fixtures/tiny.yaml", "--config", slow, "--nnodes", "1:3", "--store", f"127.0.0.1:{port}",
+                "--run-id", "m", "--max-restarts", "3", "--trainer.default_root_dir", str(root),
+                "--trainer.max_steps", str(steps_total), "--trainer.enable_progress_bar", "false",
+                "--checkpoint.every_n_train_steps", "100", *settings]  # fmt: skip
     layout = RunLayout(root, "m")
 
     def launch(node: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", node, *fit_args]
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def epochs() -> list[dict]:
         return memberships(layout) if layout.receipts.is_file() else []
@@ -178,36 +183,87 @@ def test_a_mesh_grows_when_a_node_joins_and_shrinks_when_one_is_killed_training_
     def steps() -> int:
         return layout.receipts.read_text().count('"trainer_step"') if layout.receipts.is_file() else 0
 
+    def changed_to(change: str, count: int = 1) -> Callable[[], bool]:
+        return lambda: sum(e["change"] == change for e in epochs()) >= count
+
+    def trains_on(seconds: float = 120) -> None:
+        mark = steps()
+        assert _wait_for(lambda: steps() >= mark + 40, seconds), f"the mesh trains on after {epochs()[-1]}"
+
     agents = {}
     try:
         assert "listening" in store.stdout.readline()
         agents = {node: launch(node) for node in ("A", "B")}
         assert _wait_for(lambda: steps() >= 20, 180), "the 2-node mesh trains"
         agents["C"] = launch("C")
-        assert _wait_for(lambda: any(e["change"] == "grow" for e in epochs()), 120), "C joins within 2 minutes"
-        mark = steps()
-        assert _wait_for(lambda: steps() >= mark + 30, 120), "the 3-node mesh trains"
-        for pid in _node_processes("C"):  # the agent and its worker, at once: a node lost
+        joined = time.monotonic()
+        assert _wait_for(changed_to("grow"), 60), "C joins within 60 s"
+        trains_on()
+        assert time.monotonic() - joined < 90, "training at world 3 within 90 s of the join"
+        assert main(["mesh", "drain", str(layout.run_dir), "C"]) == 0
+        assert agents["C"].wait(timeout=120) == 0, agents["C"].stderr.read()[-3000:]
+        assert _wait_for(changed_to("drain"), 60), "A and B go on without C"
+        trains_on()
+        holder = lock_holder(layout.run_dir)
+        rank_0 = next(n for n in ("A", "B") if holder is not None and holder.pid in _node_processes(n))
+        killed = time.monotonic()
+        for pid in _node_processes(rank_0):  # the agent and its worker, at once: the node hosting rank 0 lost
             os.kill(pid, signal.SIGKILL)
-        assert _wait_for(lambda: any(e["change"] == "shrink" for e in epochs()), 120), "survivors re-form"
-        assert _wait_for(lambda: not _node_processes("C"), 5), "no process of the killed node is left"
-        for node in ("A", "B"):
-            assert agents[node].wait(timeout=600) == 0, agents[node].stderr.read()[-3000:]
+        assert _wait_for(lambda: not _node_processes(rank_0), 5), "no process of the killed node is left"
+        assert time.monotonic() - killed < 6
+        agents["D"] = launch("D")
+        assert _wait_for(lambda: len(epochs()) >= 4, 120), "the survivor and D re-form the mesh"
+        trains_on()
+        survivor = "B" if rank_0 == "A" else "A"
+        assert main(["mesh", "drain", str(layout.run_dir), "D"]) == 0
+        assert agents["D"].wait(timeout=120) == 0, agents["D"].stderr.read()[-3000:]
+        assert agents[survivor].wait(timeout=600) == 0, agents[survivor].stderr.read()[-3000:]
     finally:
         for process in [store, *agents.values()]:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL) if process is not store else process.kill()
-    start, grow, shrink = [(e["epoch"], e["change"], e["world_size"]) for e in epochs()]
-    assert (start, grow, shrink) == ((1, "start", 2), (2, "grow", 3), (3, "shrink", 2))
-    assert epochs()[-1]["members"] == {"A": "active", "B": "active", "C": "offline"}
+                process.kill()
+        for node in "ABCD":
+            for pid in _node_processes(node):
+                os.kill(pid, signal.SIGKILL)
+    history = [(e["epoch"], e["change"], e["world_size"]) for e in epochs()]
+    assert history == [(1, "start", 2), (2, "grow", 3), (3, "drain", 2), (4, "replace", 2), (5, "drain", 1)]
+    replaced = epochs()[3]
+    assert replaced["previous_members"][rank_0] == "active" and replaced["members"][rank_0] == "offline"
+    assert replaced["members"]["D"] == "active" and epochs()[-1]["members"][survivor] == "active"
+    restarts = [int(e["settings"].get("TORCHELASTIC_RESTART_COUNT", 0)) for e in epochs()]
+    assert max(restarts) <= 3, "joins did not use up --max-restarts 3 (a drain or a crash uses one per agent)"
     chain = [json.loads(line)["body"] for line in layout.receipts.read_text().splitlines() if '"trainer_step"' in line]
     by_step = {receipt["step_out"]: receipt["batch_digest"] for receipt in chain}  # a replayed step: its last run
-    assert sorted(by_step) == list(range(1, 901)), "every step once in the end, none missing"
+    assert sorted(by_step) == list(range(1, steps_total + 1)), "every step once in the end, none missing"
     reference = tmp_path / "single"
-    assert fit("--trainer.default_root_dir", str(reference), "--trainer.max_steps", "900", "--data.batch_size", "12",
-               "--trainer.val_check_interval", "300", "--checkpoint.every_n_train_steps", "300") == 0  # fmt: skip
+    assert fit("--trainer.default_root_dir", str(reference), "--trainer.max_steps", str(steps_total),
+               "--checkpoint.every_n_train_steps", "500", *settings) == 0  # fmt: skip
     single = RunLayout(reference, read_latest(reference))
     expected = [json.loads(line)["body"]["batch_digest"] for line in single.receipts.read_text().splitlines()
                 if '"trainer_step"' in line]  # fmt: skip
-    assert [by_step[step] for step in range(1, 901)] == expected, "exactly the single-process run's global batches"
+    assert [by_step[step] for step in range(1, steps_total + 1)] == expected, "the single-process run's batches"
+    mesh_weights = load_file(layout.checkpoint(steps_total) / "model.safetensors")
+    single_weights = load_file(single.checkpoint(steps_total) / "model.safetensors")
+    for name, tensor in single_weights.items():
+        assert torch.allclose(mesh_weights[name], tensor, rtol=1e-3, atol=1e-4), name
     assert main(["doctor", str(layout.run_dir)]) == 0
+
+
+def test_a_sigterm_from_the_agent_stops_the_mesh_at_the_next_step_after_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    sigterm = callbacks_config(tmp_path / "sigterm.json", ("SigtermAt", {"step": 4}))
+    monkeypatch.setenv("LIT_PSION_NODE_ID", "node-a")
+    capsys.readouterr()
+    code = fit("--config", sigterm, "--trainer.default_root_dir", str(tmp_path), *ELASTIC, "--trainer.max_steps", "12")
+    assert code == 10
+    assert "membership_changed" in capsys.readouterr().err
+    layout = RunLayout(tmp_path, read_latest(tmp_path))
+    assert read_json(layout.pointer)["step"] == 4, "the step under way when the signal came finished, then a checkpoint"
+    assert read_json(layout.run_file)["status"] == "paused"
+    paused = [json.loads(line)["body"] for line in layout.receipts.read_text().splitlines()
+              if '"training_run"' in line][-1]  # fmt: skip
+    assert (paused["event"], paused["outcome"]) == ("paused", "membership_changed")
+    assert _fit(tmp_path, "node-a", 12, monkeypatch, run_id=layout.run_id) == 0
+    restart = memberships(layout)[-1]
+    assert (restart["epoch"], restart["change"], restart["steps_replayed"]) == (2, "restart", 0)
