@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -267,3 +268,82 @@ def test_a_sigterm_from_the_agent_stops_the_mesh_at_the_next_step_after_a_checkp
     assert _fit(tmp_path, "node-a", 12, monkeypatch, run_id=layout.run_id) == 0
     restart = memberships(layout)[-1]
     assert (restart["epoch"], restart["change"], restart["steps_replayed"]) == (2, "restart", 0)
+
+
+@pytest.fixture(scope="module")
+def mesh_run(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
+    """A run trained under ElasticMeshStrategy by node-a (world 1), completed."""
+    root = tmp_path_factory.mktemp("mesh")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MASTER_PORT", str(port))
+        patch.setenv("LIT_PSION_NODE_ID", "node-a")
+        assert fit("--trainer.default_root_dir", str(root), *ELASTIC, "--trainer.max_steps", "3") == 0
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return RunLayout(root, read_latest(root))
+
+
+def _two_nodes_paused(layout: RunLayout) -> None:
+    layout.membership.write_text(json.dumps({"epoch": 2, "world_size": 2,
+                                             "nodes": {"node-a": "active", "node-b": "active"}}))  # fmt: skip
+    record = read_json(layout.run_file)
+    layout.run_file.write_text(json.dumps({**record, "status": "paused"}))
+
+
+DRAINS = [
+    ("a run that has completed", lambda layout: None, "node-a", "has completed"),
+    ("a node that is not a member", _two_nodes_paused, "node-z", "not an active member"),
+    ("the last active node", lambda layout: _two_nodes_paused(layout) or layout.membership.write_text(json.dumps(
+        {"epoch": 2, "world_size": 1, "nodes": {"node-a": "active", "node-b": "offline"}})), "node-a",
+     "no active node"),
+    ("a run without a membership", lambda layout: layout.membership.unlink(), "node-a", "not a mesh run"),
+]
+
+
+@pytest.mark.parametrize(("name", "setup", "node", "message"), DRAINS, ids=[d[0] for d in DRAINS])
+def test_mesh_drain_refuses_what_cannot_leave_in_one_line(
+    mesh_run: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, setup: Callable, node: str,
+    message: str,
+) -> None:
+    shutil.copytree(mesh_run.run_dir, tmp_path / mesh_run.run_id)
+    layout = RunLayout(tmp_path, mesh_run.run_id)
+    setup(layout)
+    capsys.readouterr()
+    assert main(["mesh", "drain", str(layout.run_dir), node]) == 2
+    assert message in capsys.readouterr().err
+    assert not layout.drain_requests.exists()
+
+
+def test_mesh_drain_records_a_request_that_status_shows(mesh_run: RunLayout, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    shutil.copytree(mesh_run.run_dir, tmp_path / mesh_run.run_id)
+    layout = RunLayout(tmp_path, mesh_run.run_id)
+    _two_nodes_paused(layout)
+    assert main(["mesh", "drain", str(layout.run_dir), "node-b"]) == 0
+    assert list(read_json(layout.drain_requests)["nodes"]) == ["node-b"]
+    assert main(["mesh", "drain", str(layout.run_dir), "node-a"]) == 2, "then node-a is the last one left"
+    capsys.readouterr()
+    assert main(["mesh", "status", str(layout.run_dir)]) == 0
+    assert "drain requested: node-b" in capsys.readouterr().out
+
+
+def test_a_node_that_finds_no_mesh_within_the_join_timeout_exits_rendezvous_timeout(tmp_path: Path) -> None:
+    port, env = _free_port(), {**os.environ, "OMP_NUM_THREADS": "1"}
+    store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "listening" in store.stdout.readline()
+        started = time.monotonic()
+        node = subprocess.run([sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", "A", "--nnodes", "2:3",
+                               "--store", f"127.0.0.1:{port}", "--run-id", "lonely", "--join-timeout", "3",
+                               "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(tmp_path)],
+                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        store.kill()
+    assert node.returncode == 12, node.stderr[-2000:]
+    assert "no mesh of --nnodes 2:3 formed" in node.stderr.splitlines()[-1]
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "lonely").exists(), "no run was started"

@@ -1,0 +1,254 @@
+"""Bad input is refused in one line with its documented exit code, before anything is half-written.
+
+Three classes: a training loss that stops being finite (diverged, exit 7), optimizer settings out of range
+(config, exit 2, before a run directory exists), and evidence ``compare`` cannot read (exit 5, nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from lit_psion.callbacks import Receipts
+from lit_psion.checkpoint_io import ManifestCheckpointIO
+from lit_psion.cli import main
+from lit_psion.core import RunLayout, read_json
+from lit_psion.core.chain import verify_log
+from lit_psion.core.errors import ConfigError, TransactionError
+from lit_psion.core.run import read_latest
+from lit_psion.nn.optim import OptimizerConfig
+from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
+from tests.helpers import fit
+from tests.strategies.regression import Regression
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lit_psion: error:"), err
+    assert "unexpected error" not in err
+    return lines[0]
+
+
+# --- a training loss that is not finite ----------------------------------------------------------------------
+
+
+class ScaledLoss(Regression):
+    """A regression whose loss on batch ``at`` (0-based) is multiplied by ``value`` (NaN, +inf, -inf)."""
+
+    def __init__(self, at: int, value: float) -> None:
+        super().__init__()
+        self.at, self.value = at, value
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * self.value if batch_idx == self.at else loss
+
+    def transaction_loss(self, batch: Any) -> torch.Tensor:
+        loss = self.loss(batch)
+        return loss * self.value if int(batch[0][0]) // self.batch_size == self.at else loss
+
+
+def train(root: Path, module: L.LightningModule, every_n_steps: int, strategy: Any = "auto") -> None:
+    trainer = L.Trainer(
+        strategy=strategy, max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(root), plugins=[ManifestCheckpointIO()],
+        callbacks=[Receipts(every_n_steps=every_n_steps)],
+    )  # fmt: skip
+    trainer.fit(module)
+
+
+def receipts(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "receipts.jsonl").read_text().splitlines()]
+
+
+NON_FINITE = [  # (case, batch made non-finite (0-based), the loss, receipts.every_n_steps)
+    ("nan on the first step", 0, math.nan, 1),
+    ("nan mid-run", 2, math.nan, 1),
+    ("+inf", 3, math.inf, 1),
+    ("-inf", 1, -math.inf, 1),
+    ("nan on a step without a step receipt", 2, math.nan, 5),
+]
+
+
+@pytest.mark.parametrize(("case", "at", "value", "every"), NON_FINITE, ids=[c[0] for c in NON_FINITE])
+def test_a_non_finite_loss_stops_a_plain_fit_as_diverged(
+    tmp_path: Path, case: str, at: int, value: float, every: int
+) -> None:
+    with pytest.raises(TransactionError) as raised:
+        train(tmp_path, ScaledLoss(at, value), every)
+    message = str(raised.value)
+    assert raised.value.exit_code == 7 and raised.value.failure_class == "diverged"
+    assert f"at step {at + 1} is {value}" in message and "--trainer.strategy transactional" in message
+    assert "lr" in message and "\n" not in message
+    assert verify_log(tmp_path / "receipts.jsonl", run_id=tmp_path.name).ok  # the NaN never reached the chain
+    written = receipts(tmp_path)
+    steps = [r["body"]["step_out"] for r in written if r["kind"] == "trainer_step"]
+    assert steps == [s for s in range(1, at + 1) if s % every == 0]
+    assert written[-1]["kind"] == "training_run" and written[-1]["body"]["event"] == "failed"
+    assert written[-1]["body"]["outcome"] == "diverged"
+
+
+@pytest.mark.parametrize(("case", "at", "value", "every"), NON_FINITE, ids=[c[0] for c in NON_FINITE])
+def test_a_transactional_fit_rolls_the_non_finite_step_back_and_goes_on(
+    tmp_path: Path, case: str, at: int, value: float, every: int
+) -> None:
+    train(tmp_path, ScaledLoss(at, value), every, TransactionalStrategy(TransactionPolicy(rollback_tol=1.0)))
+    written = receipts(tmp_path)
+    assert verify_log(tmp_path / "receipts.jsonl", run_id=tmp_path.name).ok
+    rolled_back = [r["body"] for r in written if r["kind"] == "transaction" and r["body"]["decision"] == "rollback"]
+    assert rolled_back and "nonfinite_loss" in rolled_back[0]["reasons"]
+    assert all(math.isfinite(r["body"]["loss"]) for r in written if r["kind"] == "trainer_step")
+    assert written[-1]["kind"] == "chain_seal"
+
+
+DIVERGING_FITS = [  # (case, flags that make the fit diverge)
+    ("adamw, lr 1e12", ["--model.init_args.optimizer.name", "adamw"]),
+    ("muon, lr 1e12", ["--model.init_args.optimizer.name", "muon"]),
+    ("adamw, lr 1e12, a receipt every 4 steps", ["--receipts.every_n_steps", "4"]),
+]
+EXPLODE = ["--model.init_args.optimizer.lr", "1e12", "--model.init_args.optimizer.warmup_steps", "0",
+           "--trainer.gradient_clip_val", "0", "--checkpoint.every_n_train_steps", "3",
+           "--trainer.max_steps", "6"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "flags"), DIVERGING_FITS, ids=[c[0] for c in DIVERGING_FITS])
+def test_a_diverging_cli_fit_exits_7_with_a_valid_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture, case: str, flags: list[str]
+) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), *EXPLODE, *flags) == 7
+    line = one_error_line(capsys.readouterr().err)
+    assert "training diverged" in line and "is nan" in line and "--trainer.strategy transactional" in line
+    run_dir = tmp_path / read_latest(tmp_path)
+    run = read_json(run_dir / "run.json")
+    assert (run["status"], run["failure_class"]) == ("failed", "diverged")
+    assert main(["receipts", "verify", str(run_dir)]) == 0
+    assert main(["doctor", str(run_dir)]) == 0
+
+
+# --- optimizer settings out of range -------------------------------------------------------------------------
+
+BAD_OPTIMIZER_FLAGS = [  # (flag, value, what the error names)
+    ("weight_decay", "-1", "optimizer.weight_decay must be a finite number >= 0, got -1.0"),
+    ("betas", "[1.5, 0.9]", "optimizer.betas[0] must be in [0, 1), got 1.5"),
+    ("betas", "[0.9, 1.0]", "optimizer.betas[1] must be in [0, 1), got 1.0"),
+    ("betas", "[-0.1, 0.9]", "optimizer.betas[0] must be in [0, 1), got -0.1"),
+    ("momentum", "-1", "optimizer.momentum must be in [0, 1), got -1.0"),
+    ("momentum", "1.5", "optimizer.momentum must be in [0, 1), got 1.5"),
+    ("ns_steps", "0", "optimizer.ns_steps must be a whole number >= 1, got 0"),
+    ("ns_steps", "-1", "optimizer.ns_steps must be a whole number >= 1, got -1"),
+    ("lr", "0", "optimizer.lr must be a finite number > 0, got 0.0"),
+    ("lr", "-1e-3", "optimizer.lr must be a finite number > 0, got -0.001"),
+    ("muon_lr", "0", "optimizer.muon_lr must be a finite number > 0 (or null to reuse lr), got 0.0"),
+    ("warmup_steps", "-1", "optimizer.warmup_steps must be a whole number >= 0, got -1"),
+    ("decay_steps", "0", "optimizer.decay_steps must be a whole number >= 1 (or null for max_steps), got 0"),
+    ("min_lr_ratio", "1.5", "optimizer.min_lr_ratio must be in [0, 1], got 1.5"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), BAD_OPTIMIZER_FLAGS, ids=[f"{f}={v}" for f, v, _ in
+                                                                              BAD_OPTIMIZER_FLAGS])  # fmt: skip
+def test_a_bad_optimizer_flag_exits_2_before_a_run_directory_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flag: str, value: str, says: str
+) -> None:
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), f"--model.init_args.optimizer.{flag}={value}") == 2
+    assert says in one_error_line(capsys.readouterr().err)
+    assert not root.exists() or not any(root.iterdir())  # no run directory, no latest_run.json
+
+
+BAD_OPTIMIZER_VALUES = [  # (field, value) a Python caller can pass that the command line already refuses
+    ("lr", math.inf), ("lr", math.nan), ("lr", True), ("muon_lr", math.inf), ("weight_decay", math.nan),
+    ("weight_decay", math.inf), ("momentum", math.nan), ("ns_steps", 2.5), ("warmup_steps", 1.5),
+    ("decay_steps", math.inf), ("min_lr_ratio", math.nan), ("betas", (0.9,)), ("betas", (0.9, 0.95, 0.99)),
+    ("betas", (0.9, math.nan)), ("betas", 0.9), ("betas", ("0.9", 0.95)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_OPTIMIZER_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_OPTIMIZER_VALUES])
+def test_every_numeric_optimizer_field_is_range_checked(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"optimizer\.{field}"):
+        OptimizerConfig(**{field: value})
+
+
+def test_all_problems_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as raised:
+        OptimizerConfig(lr=-1.0, weight_decay=-1.0, ns_steps=0)
+    assert all(f"optimizer.{name}" in str(raised.value) for name in ("lr", "weight_decay", "ns_steps"))
+
+
+GOOD_OPTIMIZER_EDGES = [  # the ends of each valid range are accepted
+    {"weight_decay": 0.0}, {"betas": (0.0, 0.0)}, {"betas": [0.5, 0.999]}, {"momentum": 0.0}, {"ns_steps": 1},
+    {"warmup_steps": 0}, {"decay_steps": 1}, {"min_lr_ratio": 0.0}, {"min_lr_ratio": 1.0}, {"lr": 1e12},
+    {"muon_lr": None}, {"decay_steps": None}, {"lr": 1},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("values", GOOD_OPTIMIZER_EDGES, ids=[str(v) for v in GOOD_OPTIMIZER_EDGES])
+def test_the_edges_of_each_valid_range_are_accepted(values: dict) -> None:
+    config = OptimizerConfig(**values)
+    assert isinstance(config.betas, tuple)
+
+
+# --- evidence ``compare`` cannot read --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[RunLayout]:
+    root = tmp_path_factory.mktemp("compare")
+    layouts = []
+    with pytest.MonkeyPatch.context() as patch:  # the session's cache, as the function-scoped tests see it
+        patch.setenv("LIT_PSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        for seed in ("1", "2"):
+            assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "3", "--seed_everything",
+                       seed) == 0  # fmt: skip
+            layouts.append(RunLayout(root, read_latest(root)))
+    return layouts
+
+
+def write(name: str, data: bytes) -> Callable[[RunLayout], None]:
+    return lambda run: (run.run_dir / name).write_bytes(data)
+
+
+UNREADABLE = [  # (case, the harm, the file the error names, what it says)
+    ("an empty run.json", write("run.json", b""), "run.json", "not JSON"),
+    ("a run.json list", write("run.json", b"[]"), "run.json", "a JSON list"),
+    ("a run.json with a step in words", lambda run: run.run_file.write_text(
+        run.run_file.read_text().replace('"global_step": 3', '"global_step": "three"')), "run.json", "'three'"),
+    ("a non-UTF-8 metrics.csv", write("metrics.csv", b"step,train/loss\n1,\xff\xfe\n"), "metrics.csv", "utf-8"),
+    ("a metrics.csv step in words", write("metrics.csv", b"step,train/loss\nsix,1.0\n"), "metrics.csv", "six"),
+    ("a metrics.csv value in words", write("metrics.csv", b"step,train/loss\n1,low\n"), "metrics.csv", "low"),
+    ("a metrics.csv without a step column", write("metrics.csv", b"loss\n1.0\n"), "metrics.csv", "step"),
+    ("broken YAML in config.yaml", write("config.yaml", b"trainer: [1, 2\nmodel: {"), "config.yaml", "YAML"),
+    ("a non-UTF-8 config.yaml", write("config.yaml", b"trainer: \xff\n"), "config.yaml", "utf-8"),
+    ("a config.yaml list", write("config.yaml", b"- 1\n- 2\n"), "config.yaml", "a YAML list"),
+    ("a config.yaml scalar", write("config.yaml", b"hello\n"), "config.yaml", "a YAML str"),
+    ("a config.yaml nested too deeply", write("config.yaml", b"a: " + b"[" * 100_000 + b"]" * 100_000),
+     "config.yaml", "nested too deeply"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["first run", "second run"])
+@pytest.mark.parametrize(("case", "harm", "file", "says"), UNREADABLE, ids=[c[0] for c in UNREADABLE])
+def test_compare_exits_5_on_evidence_it_cannot_read_and_writes_nothing(
+    two_runs: list[RunLayout], tmp_path: Path, capsys: pytest.CaptureFixture, which: int, case: str,
+    harm: Callable, file: str, says: str,
+) -> None:  # fmt: skip
+    copies = []
+    for run in two_runs:
+        shutil.copytree(run.run_dir, tmp_path / run.run_id)
+        copies.append(RunLayout(tmp_path, run.run_id))
+    harm(copies[which])
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["compare", *(str(c.run_dir) for c in copies), "--out", str(out)]) == 5
+    line = one_error_line(capsys.readouterr().err)
+    assert str(copies[which].run_dir / file) in line and says in line
+    assert not out.exists()
