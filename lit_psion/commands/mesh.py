@@ -58,6 +58,8 @@ def main(args: list[str]) -> None:
     launch.add_argument("--nproc-per-node", type=int, default=1)
     launch.add_argument("--join-timeout", type=int, default=600,
                         help="seconds to wait for --nnodes' minimum before giving up (exit 12, rendezvous_timeout)")
+    launch.add_argument("--last-call", type=int, default=5,
+                        help="seconds a rendezvous that has --nnodes' minimum waits for more nodes before it starts")
     status = actions.add_parser("status", help="print a run's membership epoch and members")
     status.add_argument("run_dir", type=Path)
     drain = actions.add_parser("drain", help="ask a node to leave the mesh after the next checkpoint")
@@ -100,9 +102,10 @@ def launch_node(parsed: object, extra: list[str]) -> int:
     host, _, port = parsed.store.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--store {parsed.store!r} is not HOST:PORT; give the address `mesh store` printed")
-    if parsed.join_timeout < 1:
-        raise ConfigError(f"--join-timeout must be >= 1 second, got {parsed.join_timeout}")
-    rdzv_conf = f"{RDZV_CONF},join_timeout={parsed.join_timeout}"
+    for flag, seconds in (("--join-timeout", parsed.join_timeout), ("--last-call", parsed.last_call)):
+        if seconds < 1:
+            raise ConfigError(f"{flag} must be >= 1 second, got {seconds}")
+    rdzv_conf = f"{RDZV_CONF},join_timeout={parsed.join_timeout},last_call_timeout={parsed.last_call}"
     settings = {"nnodes": parsed.nnodes, "rdzv_backend": "c10d", "rdzv_endpoint": parsed.store,
                 "rdzv_conf": rdzv_conf, "max_restarts": parsed.max_restarts,
                 "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip

@@ -169,7 +169,7 @@ def test_a_mesh_that_grows_drains_loses_rank_0_and_is_replaced_trains_the_single
                                    "--trainer.val_check_interval", "500", "--trainer.log_every_n_steps", "50"]
     slow = callbacks_config(tmp_path / "slow.json", ("SlowSteps", {"seconds": 0.03}))
     fit_args = ["--config", "fixtures/tiny.yaml", "--config", slow, "--nnodes", "1:3", "--store", f"127.0.0.1:{port}",
-                "--run-id", "m", "--max-restarts", "3", "--trainer.default_root_dir", str(root),
+                "--run-id", "m", "--max-restarts", "3", "--last-call", "20", "--trainer.default_root_dir", str(root),
                 "--trainer.max_steps", str(steps_total), "--trainer.enable_progress_bar", "false",
                 "--checkpoint.every_n_train_steps", "100", *settings]  # fmt: skip
     layout = RunLayout(root, "m")
