@@ -9,6 +9,7 @@ Objective (seed 003): next-token cross-entropy
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,21 @@ from lit_psion.nn.mosaic import Mosaic, MosaicConfig
 from lit_psion.nn.optim import OptimizerConfig
 
 IGNORE = -100
+
+
+def masked_ce(logits: torch.Tensor, labels: torch.Tensor, world: int = 1,
+              reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy over the positions not labelled ``IGNORE``, as this rank's share of the global-batch mean.
+
+    With ``world`` ranks whose gradients DDP averages, each returns ``world * sum / global_count`` (the
+    count summed over ranks by ``reduce_sum``); on one rank it is the plain mean. No labelled position
+    anywhere: 0, with the graph intact (every rank runs the same collectives and backward).
+    """
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    count = (labels != IGNORE).sum().to(total.dtype)
+    if reduce_sum is not None:
+        count = reduce_sum(count.detach())
+    return total * world / count.clamp_min(1)
 COMMITMENT_CLASSES = ("close", "neutral", "open")
 
 
@@ -74,23 +90,37 @@ class MosaicLM(DecoderLM):
         raise NotImplementedError("MosaicLM predicts events: use `python -m lit_psion events predict`")
 
     def objective(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-        """Total loss, its parts, and the model outputs."""
+        """Total loss, its parts, and the model outputs.
+
+        Every part is a mean over the labelled positions of the *global* batch: under DDP a rank's
+        slice holds its own count of labelled tokens, so each rank divides its sum by the count over
+        all ranks (one all-reduce) instead of by its own, and DDP's gradient average is then exactly
+        the single-process gradient of the global batch.
+        """
         out = self.model(batch["input_ids"])
-        parts = {"lm_ce": F.cross_entropy(out["logits"].flatten(0, 1), batch["targets"].flatten())}
+        world, reduce_sum = self._global_batch()
+        parts = {"lm_ce": masked_ce(out["logits"].flatten(0, 1), batch["targets"].flatten(), world, reduce_sum)}
         loss = parts["lm_ce"]
         opcode_targets = batch.get("opcode_targets")
-        if opcode_targets is not None and (opcode_targets != IGNORE).any():
-            parts["aux_opcode_ce"] = F.cross_entropy(out["mosaic_opcode_logits"].float().flatten(0, 1),
-                                                     opcode_targets.flatten(), ignore_index=IGNORE)  # fmt: skip
+        if opcode_targets is not None and (world > 1 or (opcode_targets != IGNORE).any()):
+            parts["aux_opcode_ce"] = masked_ce(out["mosaic_opcode_logits"].float().flatten(0, 1),
+                                               opcode_targets.flatten(), world, reduce_sum)  # fmt: skip
             loss = loss + self.aux_opcode_weight * parts["aux_opcode_ce"]
         commitment = batch.get("commitment_targets")
         logits = out.get("mosaic_commitment_logits")
-        if commitment is not None and logits is not None and (commitment != IGNORE).any():
+        if commitment is not None and logits is not None and (world > 1 or (commitment != IGNORE).any()):
             labels = commitment_labels(commitment).flatten()
-            parts["aux_commitment_ce"] = F.cross_entropy(logits.float().flatten(0, 1), labels, ignore_index=IGNORE)
+            parts["aux_commitment_ce"] = masked_ce(logits.float().flatten(0, 1), labels, world, reduce_sum)
             parts["aux_commitment_weighted"] = self.aux_commitment_weight * parts["aux_commitment_ce"]
             loss = loss + parts["aux_commitment_weighted"]
         return loss, parts, out
+
+    def _global_batch(self) -> tuple[int, Callable[[torch.Tensor], torch.Tensor] | None]:
+        """The world a training step's batch is sliced over, and how to sum a count over it (None: one rank)."""
+        trainer = self._trainer
+        if trainer is None or not self.training or trainer.world_size == 1:
+            return 1, None
+        return trainer.world_size, lambda count: trainer.strategy.reduce(count, reduce_op="sum")
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         loss, _, out = self.objective(batch)

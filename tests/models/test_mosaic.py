@@ -103,3 +103,52 @@ def test_events_predict_names_the_bad_line(trained: Path, tmp_path: Path, capsys
     events.write_text(json.dumps(good) + "\n" + json.dumps({**good, "commitment_delta": 2}) + "\n")
     assert main(["events", "predict", "--ckpt", str(trained), str(events)]) == 3
     assert "events.jsonl:2" in capsys.readouterr().err
+
+
+def _rank_gradient(rank: int, port: int, logits_in: torch.Tensor, labels: torch.Tensor, out: dict) -> None:
+    """One DDP-like rank: its slice's share of the global-batch mean, then the averaged gradient."""
+    import torch.distributed as dist
+
+    from lit_psion.models.mosaic_lm import masked_ce
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        half = len(labels) // 2
+        weight = torch.nn.Parameter(torch.eye(logits_in.shape[1]))
+        mine = slice(rank * half, (rank + 1) * half)
+
+        def reduce_sum(count: torch.Tensor) -> torch.Tensor:
+            dist.all_reduce(count)
+            return count
+
+        masked_ce(logits_in[mine] @ weight, labels[mine], world=2, reduce_sum=reduce_sum).backward()
+        dist.all_reduce(weight.grad)
+        out[rank] = (weight.grad / 2).clone()  # DDP averages gradients over ranks
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_auxiliary_loss_over_rank_slices_has_the_global_batch_gradient() -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from lit_psion.models.mosaic_lm import IGNORE, masked_ce
+
+    generator = torch.Generator().manual_seed(3)
+    logits_in = torch.randn(8, 5, generator=generator)
+    labels = torch.tensor([IGNORE, IGNORE, IGNORE, 2, 0, 1, 4, 3])  # rank 0 has 1 labelled position, rank 1 has 4
+    weight = torch.nn.Parameter(torch.eye(5))
+    masked_ce(logits_in @ weight, labels).backward()
+    expected = weight.grad.clone()
+    naive = torch.nn.Parameter(torch.eye(5))  # each rank's own mean, averaged: what a per-rank mean gives
+    ((masked_ce(logits_in[:4] @ naive, labels[:4]) + masked_ce(logits_in[4:] @ naive, labels[4:])) / 2).backward()
+    assert not torch.allclose(naive.grad, expected, atol=1e-4), "the case must tell the two apart"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_gradient, args=(port, logits_in, labels, out), nprocs=2, join=True)
+        for rank in (0, 1):
+            assert torch.allclose(out[rank], expected, atol=1e-6), rank
