@@ -1,5 +1,8 @@
 """Run under torchrun with 2 processes: rank 1 alone sees a NaN batch at step 3; both must roll back.
 
+``python ddp_rollback.py OUT [ddp|elastic_mesh]``: under TransactionalDDPStrategy (default) or
+TransactionalElasticMeshStrategy (a mesh's transactions, with its per-step membership agreement).
+
 Writes ``OUT/rank{r}.pt`` (weights-only loadable): parameters before/after each step and the decisions.
 ``restore_after`` is 1, so the rollback also skip-lists both ranks' batches in ``OUT/skip_list.json``
 (there is no checkpoint to restore).
@@ -13,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_psion.strategies import TransactionalDDPStrategy, TransactionPolicy
+from lit_psion.strategies import TransactionalDDPStrategy, TransactionalElasticMeshStrategy, TransactionPolicy
 from tests.strategies.regression import Regression, StateRecorder
 
 
@@ -28,9 +31,10 @@ class Decisions(L.Callback):
         self.reasons.append([r for r, n in strategy.rollbacks.items() if n and strategy.last_decision == "rollback"])
 
 
-def main(out: Path) -> None:
+def main(out: Path, kind: str = "ddp") -> None:
     recorder, decisions = StateRecorder(), Decisions()
-    strategy = TransactionalDDPStrategy(TransactionPolicy(restore_after=1), process_group_backend="gloo")
+    strategy_class = TransactionalElasticMeshStrategy if kind == "elastic_mesh" else TransactionalDDPStrategy
+    strategy = strategy_class(TransactionPolicy(restore_after=1), process_group_backend="gloo")
     trainer = L.Trainer(
         strategy=strategy, accelerator="cpu", devices=2,
         max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -45,4 +49,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

@@ -237,9 +237,10 @@ def test_the_skip_list_round_trips_through_its_file(tmp_path: Path) -> None:
                                              "reasons": ["regression"]}  # fmt: skip
 
 
-def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ddp", "elastic_mesh"])
+def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path, kind: str) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "strategies" / "ddp_rollback.py"), str(tmp_path)]  # fmt: skip
+               str(REPO_ROOT / "tests" / "strategies" / "ddp_rollback.py"), str(tmp_path), kind]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("PL_GLOBAL_SEED", None)  # left by in-process fits; it would change how the sampler deals samples
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO_ROOT)
