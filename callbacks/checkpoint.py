@@ -79,6 +79,8 @@ class PointerCheckpoint(EvidenceCallback):
             self.save(trainer)
             if trainer.received_sigterm:
                 self._collect(trainer, wait=True)
+                if isinstance(trainer.strategy, MembershipAware):  # a mesh's stop is agreed by every rank:
+                    trainer.strategy.barrier("lit_psion.mesh_stop")  # none leaves before the checkpoint is durable
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -10,6 +10,7 @@ missing checkpoint, 5 evidence that does not verify, 6 checkpoint write failed, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -49,10 +50,10 @@ from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, M
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.lock import LOCK_FILE, RunLock
 from lit_psion.core.membership import DRAIN_MARKERS_ENV
-from lit_psion.core.run import read_latest, run_stage
+from lit_psion.core.run import RunRecord, RunStatus, read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
-from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop
+from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
 
 DEFAULT_ROOT = "runs"
 RUN_ID_ENV = "LIT_PSION_RUN_ID"
@@ -180,6 +181,11 @@ class LitPsionCLI(LightningCLI):
         rejected: list[RejectedCheckpoint] = []
         self._lock(layout)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
+        max_steps = config.trainer.get("max_steps")
+        if isinstance(max_steps, int) and 0 < max_steps <= self.verified.step and layout.is_run() and (
+                RunRecord.load(layout).status == RunStatus.COMPLETED):  # fmt: skip
+            print(f"lit_psion: run {layout.run_id} is complete at step {self.verified.step}", file=sys.stderr)
+            raise SystemExit(0)  # a mesh re-formed around the last step: nothing left to do, not an error
         config.ckpt_path = str(self.verified.path)
         return layout.run_id, tuple(rejected)
 
@@ -423,7 +429,9 @@ def main(args: list[str] | None = None) -> int:
         if known is not None:
             if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # the other ranks of a node reach the same verdict
                 print(f"lit_psion: error: {_one_line(str(known))}", file=sys.stderr)
-            return known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code
+            code = known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code
+            _tell_the_launcher(code, _one_line(str(known)))
+            return code
         print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
               "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1
@@ -435,13 +443,11 @@ def _leave_for_the_mesh(stop: MeshStop) -> int:
     node (its launcher stops its agent), else ``membership_changed`` (its agent re-forms the mesh)."""
     say = int(os.environ.get("LOCAL_RANK") or 0) == 0
     if stop.drained:
-        if markers := os.environ.get(DRAIN_MARKERS_ENV):
-            atomic_write_json(Path(markers) / f"{os.getpid()}.json", {"node": stop.node, "step": stop.step})
         if say:
             print(f"lit_psion: node {stop.node} drained after the checkpoint of step {stop.step}; it has left the mesh",
                   file=sys.stderr)  # fmt: skip
         return 0
-    if not stop.signalled and not stop.drain:
+    if not signal_seen() and not stop.drain:
         _await_sigterm(AGENT_FOLLOW_SECONDS)  # another agent re-forms the mesh for a join; ours follows (no restart)
     if say:
         print(f"lit_psion: node {stop.node} stopped after the checkpoint of step {stop.step}: the mesh re-forms "
@@ -450,9 +456,22 @@ def _leave_for_the_mesh(stop: MeshStop) -> int:
     return MembershipChanged.exit_code
 
 
-AGENT_FOLLOW_SECONDS = 5.0
+AGENT_FOLLOW_SECONDS = 3.0
 """How long a worker stopped by another node's SIGTERM waits for its own agent's (which then restarts it
-without counting a failure) before it exits ``membership_changed`` on its own."""
+without counting a failure) before it exits ``membership_changed`` on its own; under ``mesh launch
+--last-call`` (5 s), so the node is back in time for the rendezvous."""
+
+
+def _tell_the_launcher(code: int, message: str) -> None:
+    """Under ``mesh launch``: an error no restart can fix (bad config, data, checkpoint, evidence, a full disk,
+    divergence) stops the node instead of its agent retrying it ``--max-restarts`` times."""
+    markers = os.environ.get(DRAIN_MARKERS_ENV)
+    if markers and code in FATAL_IN_A_MESH and Path(markers).is_dir():
+        with contextlib.suppress(OSError):
+            atomic_write_json(Path(markers) / f"fatal-{os.getpid()}.json", {"code": code, "message": message})
+
+
+FATAL_IN_A_MESH = (2, 3, 4, 5, 6, 7)
 
 
 def _await_sigterm(seconds: float) -> None:

@@ -26,6 +26,7 @@ import signal
 import socket
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ from lit_psion.core.chain import emit_receipt
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
+from lit_psion.core.files import atomic_write_json
 from lit_psion.core.membership import (
+    DRAIN_MARKERS_ENV,
     MESH_SETTINGS_ENV,
     Membership,
     MembershipChange,
@@ -79,6 +82,10 @@ class MeshStop:
 
 
 _stopped: MeshStop | None = None
+_signal_seen = False
+COLLECTIVE_TIMEOUT = timedelta(seconds=120)
+"""How long a collective waits for a peer (torch's default is 30 minutes): a node lost without closing its
+sockets (power, network) fails the survivors' next collective within this, and they re-form."""
 
 
 def mesh_stop() -> MeshStop | None:
@@ -88,8 +95,13 @@ def mesh_stop() -> MeshStop | None:
 
 def clear_mesh_stop() -> None:
     """Forget a previous fit's stop (one process may run several fits)."""
-    global _stopped
-    _stopped = None
+    global _stopped, _signal_seen
+    _stopped, _signal_seen = None, False
+
+
+def signal_seen() -> bool:
+    """Whether this worker's agent has sent SIGTERM (or SIGINT) since its fit began, before or after the stop."""
+    return _signal_seen
 
 
 def node_id() -> str:
@@ -106,18 +118,26 @@ class ElasticMeshStrategy(DDPStrategy):
     """
 
     def __init__(self, node_id: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", COLLECTIVE_TIMEOUT)  # a peer lost without a word fails in a minute, not 30
         super().__init__(**kwargs)
         self.node_id = node_id
         self.membership: Membership | None = None
         self.previous: Membership | None = None
         self.change: MembershipChange | None = None
         self._signalled = False
-        self._requests_seen: float | None = None
+        self._stop_pending = False
+        self._drain_pending = False
+        self._requests_seen: tuple[int, int] | None = None
 
     @override
     def setup(self, trainer: L.Trainer) -> None:
         if "TORCHELASTIC_RUN_ID" in os.environ:
             _exit_with_the_agent()
+        clear_mesh_stop()
+        # Lightning registers its SIGTERM handler after setup: make it ours, which only notes the signal (Lightning's
+        # broadcasts from inside the handler, a collective on the signalled rank alone). SIGINT too: torchrun passes
+        # Ctrl-C on to its workers as SIGINT, and a mesh stops at a step boundary either way.
+        trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
         super().setup(trainer)
         members = self._gather_node_ids()
         run = run_context(trainer)
@@ -158,34 +178,41 @@ class ElasticMeshStrategy(DDPStrategy):
             checkpoint_manifest_digest=_manifest_digest(run.resume_from) if manifest is not None else None,
             cursor=cursor, steps_replayed=_steps_replayed(run.layout.receipts, manifest.step) if manifest else 0,
         ))  # fmt: skip
-        self._signalled = trainer.received_sigterm
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._note_sigterm)  # in place of Lightning's: no collective in a handler
+            signal.signal(signal.SIGINT, self._note_sigterm)
 
     def _note_sigterm(self, *_: Any) -> None:
-        self._signalled = True
+        global _signal_seen
+        self._signalled = _signal_seen = True
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
         trainer = self.lightning_module.trainer
         requested = self._pending_drains(trainer) if self.is_global_zero else []
-        flags = torch.tensor([int(self._signalled), int(bool(requested))])
+        flags = torch.tensor([int(self._signalled), int(bool(requested))], device=self.root_device)
         if self.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # one agreement, the same on every rank
-        if not flags.any():
-            return
         if flags[1]:
             box = [requested]
             if self.world_size > 1:
                 dist.broadcast_object_list(box, src=0)
-            self.membership = self.membership.draining(box[0])  # recorded by this step's checkpoint
+            self.membership = self.membership.draining(box[0])  # recorded by the stopping step's checkpoint
+            self._drain_pending = True
             if self.is_global_zero:
                 write_membership(run_context(trainer).layout, self.membership)
+        self._stop_pending = self._stop_pending or bool(flags.any())
+        if not self._stop_pending or trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # nothing to stop for, or mid accumulation window: stop where an optimizer step ends
+        if trainer.global_step + 1 >= trainer.max_steps > 0:
+            return  # the run's last step: it completes instead (a restarted group then finds it complete)
         global _stopped
         mine = self.node_id or node_id()
-        _stopped = MeshStop(node=mine, step=trainer.global_step + 1, signalled=self._signalled, drain=bool(flags[1]),
-                            drained=self.membership.nodes.get(mine) == NodeState.DRAINING)  # fmt: skip
+        drained = self.membership.nodes.get(mine) == NodeState.DRAINING
+        _stopped = MeshStop(node=mine, step=trainer.global_step + 1, signalled=self._signalled,
+                            drain=self._drain_pending, drained=drained)  # fmt: skip
+        if drained and (markers := os.environ.get(DRAIN_MARKERS_ENV)):  # now: the launcher freezes our agent
+            atomic_write_json(Path(markers) / f"{os.getpid()}.json", {"node": mine, "step": _stopped.step})
         # Lightning's own stop on every rank at once: this step trains, the checkpoint callback saves at
         # its end (it saves when ``received_sigterm``), then the fit loop raises SIGTERMException.
         trainer._signal_connector.received_sigterm = True
@@ -194,9 +221,10 @@ class ElasticMeshStrategy(DDPStrategy):
         """Rank 0: the training nodes ``mesh drain`` asked to leave (read when the request file changes)."""
         layout = run_context(trainer).layout
         try:
-            changed = layout.drain_requests.stat().st_mtime
+            stat = layout.drain_requests.stat()
         except OSError:
             return []
+        changed = (stat.st_mtime_ns, stat.st_ino)
         if changed == self._requests_seen:
             return []
         self._requests_seen = changed
@@ -204,8 +232,9 @@ class ElasticMeshStrategy(DDPStrategy):
         return sorted(requested) if len(requested) < len(self.membership.active) else []
 
     def stop_reason(self) -> str | None:
-        """Why this worker stopped for the mesh (``membership_changed`` or ``drained``), if it did."""
-        return _stopped.reason if _stopped is not None else None
+        """``membership_changed`` if this worker stopped because the mesh re-forms (a drained node too: the run
+        was not drained, one of its nodes was)."""
+        return "membership_changed" if _stopped is not None else None
 
     def membership_record(self) -> dict[str, Any] | None:
         """What a checkpoint records of the mesh it was written in."""
@@ -248,7 +277,7 @@ def _manifest_digest(checkpoint: Path) -> str:
 
 
 def _steps_replayed(receipts: Path, checkpoint_step: int) -> int:
-    """Steps receipted past the resumed checkpoint before this epoch (they are trained again now)."""
+    """Steps the previous epoch receipted past the resumed checkpoint (they are trained again now)."""
     if not receipts.is_file():
         return 0
     last = checkpoint_step
@@ -257,6 +286,8 @@ def _steps_replayed(receipts: Path, checkpoint_step: int) -> int:
             receipt = json.loads(line)
         except ValueError:
             continue
-        if receipt.get("kind") == "trainer_step":
+        if receipt.get("kind") == "membership":
+            last = checkpoint_step  # only the epoch that ran last counts: earlier replays were counted then
+        elif receipt.get("kind") == "trainer_step":
             last = max(last, int(receipt["body"]["step_out"]))
     return last - checkpoint_step

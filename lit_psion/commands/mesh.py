@@ -13,8 +13,11 @@ launcher stops its agent (exit 0), and the rest re-form without it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,26 +122,37 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                "--nproc-per-node", str(parsed.nproc_per_node), "--rdzv-backend", "c10d",
                "--rdzv-endpoint", parsed.store, "--rdzv-id", parsed.run_id, "--rdzv-conf", rdzv_conf,
                "--max-restarts", str(parsed.max_restarts), "--monitor-interval", "1",
-               "-m", "lit_psion", "fit", *configs, "--trainer.strategy", "elastic_mesh", *extra]  # fmt: skip
-    agent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+               "-m", "lit_psion", "fit", *configs, *_mesh_strategy(parsed.config, extra), *extra]  # fmt: skip
+    agent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
+                             start_new_session=True, preexec_fn=_die_with_the_launcher)  # fmt: skip
     timed_out = threading.Event()
     echo = threading.Thread(target=_echo, args=(agent.stderr, timed_out), daemon=True)
     echo.start()
+    stopping = _forward_stop_signals(agent)
     try:
+        frozen = False
         while agent.poll() is None:
-            if _drained(markers, parsed.nproc_per_node):
-                # torchrun's agent waits in its exit barrier for nodes that train on: stop it before it rejoins
+            if (fatal := _fatal(markers)) is not None:
+                agent.send_signal(signal.SIGTERM)  # no restart can fix it: stop the node with the worker's code
+                _wait_or_kill(agent, 60)
+                raise SystemExit(fatal)
+            if not frozen and _marked(markers, parsed.nproc_per_node):
+                # Drained: freeze the agent at once, so it cannot restart its workers or rejoin the rendezvous
+                # while they finish their checkpoint; kill it once they are gone.
+                agent.send_signal(signal.SIGSTOP)
+                frozen = True
+            if frozen and _drained(markers, parsed.nproc_per_node):
                 agent.kill()
                 agent.wait()
                 break
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        agent.send_signal(signal.SIGTERM)  # the agent stops its workers (they checkpoint at the step boundary)
-        agent.wait(timeout=120)
-        raise
     finally:
         echo.join(timeout=5)
-    if _drained(markers, parsed.nproc_per_node):
+        signal.signal(signal.SIGINT, stopping[0])
+        signal.signal(signal.SIGTERM, stopping[1])
+        drained = _drained(markers, parsed.nproc_per_node)
+        shutil.rmtree(markers, ignore_errors=True)
+    if drained:
         print(f"mesh node {parsed.node_id} drained: it has left run {parsed.run_id}", file=sys.stderr, flush=True)
         return 0
     if timed_out.is_set():
@@ -146,6 +160,60 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                                 f"{parsed.store} within --join-timeout {parsed.join_timeout} s; start the other "
                                 "nodes (or lower --nnodes' minimum) and launch again")  # fmt: skip
     return agent.returncode
+
+
+def _die_with_the_launcher() -> None:
+    """In the agent, before torchrun starts: SIGTERM when ``mesh launch`` dies (Linux), so a killed launcher
+    never leaves an agent training on in its own session."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _forward_stop_signals(agent: subprocess.Popen) -> tuple[object, object]:
+    """Ctrl-C, SIGTERM or SIGHUP to ``mesh launch``: one SIGTERM to the agent, whose workers then stop at the
+    step boundary after a checkpoint (the agent runs in its own session, so nothing else reaches it)."""
+
+    def stop(*_: object) -> None:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    for which in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(which, stop)
+    return previous
+
+
+def _wait_or_kill(process: subprocess.Popen, seconds: float) -> None:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _fatal(markers: Path) -> int | None:
+    """The exit code a worker of this node left for an error no restart fixes (config, data, ...), if any."""
+    for path in sorted(markers.glob("fatal-*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads(path.read_text())["code"])
+    return None
+
+
+def _marked(markers: Path, workers: int) -> bool:
+    """Every worker of this node has left a drain marker (they may still be finishing their checkpoint)."""
+    return len([path for path in markers.glob("*.json") if path.stem.isdigit()]) >= workers
+
+
+def _mesh_strategy(configs: list[str], extra: list[str]) -> list[str]:
+    """``--trainer.strategy elastic_mesh`` unless a config or an argument already names a mesh strategy (whose
+    settings that flag would replace)."""
+    texts = [Path(path).read_text(errors="replace") for path in configs if Path(path).is_file()]
+    if any("ElasticMesh" in text or "elastic_mesh" in text for text in [*texts, " ".join(extra)]):
+        return []
+    return ["--trainer.strategy", "elastic_mesh"]
 
 
 def _echo(stream: IO[str], timed_out: threading.Event) -> None:

@@ -92,7 +92,7 @@ class RendezvousTimeout(LitPsionError):
 PEER_LOSS_TYPES = {"DistBackendError", "DistNetworkError", "DistStoreError"}
 """torch.distributed's error types for a lost peer or store (named here: core does not import torch)."""
 PEER_LOSS_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Socket Timeout",
-                      "NCCL communicator was aborted")  # fmt: skip
+                      "Timed out waiting", "NCCL communicator was aborted")  # fmt: skip
 """What gloo and NCCL say when the worker at the other end of a collective is gone."""
 
 

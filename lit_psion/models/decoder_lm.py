@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from lit_psion.core.contracts import DataFacts, model_signature
+from lit_psion.core.errors import CheckpointError
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
 
@@ -87,6 +88,16 @@ class DecoderLM(L.LightningModule):
         # Plain data (loadable with weights_only=True): what an adapter needs to rebuild this model.
         checkpoint["decoder_config"] = dataclasses.asdict(self.decoder_config)
         checkpoint["model_signature"] = self.model_signature
+        checkpoint["optimizer_name"] = self.optimizer_config.name
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Before Lightning loads the optimizer state: another optimizer's state would fail deep inside torch.
+        recorded = checkpoint.get("optimizer_name")
+        if self._trainer is not None and checkpoint.get("optimizer_states") and recorded not in (
+                None, self.optimizer_config.name):  # fmt: skip
+            raise CheckpointError(f"the checkpoint holds the state of optimizer {recorded!r}, this config builds "
+                                  f"{self.optimizer_config.name!r}; resume with --model.init_args.optimizer.name "
+                                  f"{recorded}")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only on steps that write a log row

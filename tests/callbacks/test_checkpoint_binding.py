@@ -286,3 +286,13 @@ def test_run_commands_accept_a_run_directory_given_as_dot_or_through_a_symlink(
         monkeypatch.chdir(run.run_dir if path == "." else tmp_path)
         for command in (["receipts", "verify", path], ["doctor", path], ["ckpt", "verify", path]):
             assert main(command) == 0, command
+
+
+def test_a_resume_with_another_optimizer_is_refused_naming_both(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = _run(tmp_path)
+    capsys.readouterr()
+    assert _resume(tmp_path, "--model.init_args.optimizer.name", "muon") == 4
+    err = capsys.readouterr().err
+    assert "optimizer 'adamw'" in err and "'muon'" in err and err.count("\n") == 1
+    assert main(["receipts", "verify", str(run.run_dir)]) == 0
+    assert _resume(tmp_path) == 0

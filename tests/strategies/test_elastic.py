@@ -347,3 +347,52 @@ def test_a_node_that_finds_no_mesh_within_the_join_timeout_exits_rendezvous_time
     assert "no mesh of --nnodes 2:3 formed" in node.stderr.splitlines()[-1]
     assert time.monotonic() - started < 60
     assert not (tmp_path / "lonely").exists(), "no run was started"
+
+
+def test_a_stop_on_the_last_step_lets_the_run_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sigterm = callbacks_config(tmp_path / "sigterm.json", ("SigtermAt", {"step": 6}))
+    monkeypatch.setenv("LIT_PSION_NODE_ID", "node-a")
+    assert fit("--config", sigterm, "--trainer.default_root_dir", str(tmp_path), *ELASTIC,
+               "--trainer.max_steps", "6") == 0  # fmt: skip
+    assert read_json(RunLayout(tmp_path, read_latest(tmp_path)).run_file)["status"] == "completed"
+
+
+def test_a_stop_inside_an_accumulation_window_waits_for_its_optimizer_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sigterm = callbacks_config(tmp_path / "sigterm.json", ("SigtermAt", {"step": 4}))  # at step 4's first micro-batch
+    monkeypatch.setenv("LIT_PSION_NODE_ID", "node-a")
+    accumulate = ("--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "8")
+    root = tmp_path / "mesh"
+    assert fit("--config", sigterm, "--trainer.default_root_dir", str(root), *ELASTIC, *accumulate) == 10
+    layout = RunLayout(root, read_latest(root))
+    assert read_json(layout.pointer)["step"] == 4
+    monkeypatch.setenv("LIT_PSION_RUN_ID", layout.run_id)
+    assert fit("--trainer.default_root_dir", str(root), *ELASTIC, *accumulate) == 0
+    monkeypatch.delenv("LIT_PSION_RUN_ID")
+    reference = tmp_path / "single"
+    assert fit("--trainer.default_root_dir", str(reference), *accumulate) == 0
+
+    def digests(run: RunLayout) -> list[str]:
+        return [json.loads(line)["body"]["batch_digest"] for line in run.receipts.read_text().splitlines()
+                if '"trainer_step"' in line]  # fmt: skip
+
+    assert digests(layout) == digests(RunLayout(reference, read_latest(reference))), "every micro-batch once, in order"
+
+
+def test_an_error_no_restart_can_fix_stops_the_node_with_its_code(tmp_path: Path) -> None:
+    port, env = _free_port(), {**os.environ, "OMP_NUM_THREADS": "1"}
+    store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "listening" in store.stdout.readline()
+        started = time.monotonic()
+        node = subprocess.run([sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", "A", "--nnodes", "1",
+                               "--store", f"127.0.0.1:{port}", "--run-id", "bad", "--config", "fixtures/tiny.yaml",
+                               "--trainer.default_root_dir", str(tmp_path), "--data.files", "missing.txt"],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:
+        store.kill()
+    assert node.returncode == 3, node.stderr[-2000:]
+    assert node.stderr.count("data file not found: 'missing.txt'") == 1, "one try, not --max-restarts of them"
+    assert time.monotonic() - started < 90
