@@ -19,6 +19,7 @@ checkpointed, and no rank decides alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,11 +37,12 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
-from lit_psion.core import run_context
+from lit_psion.core import RunLayout, run_context
 from lit_psion.core.chain import emit_receipt
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
+from lit_psion.core.errors import ConfigError
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.membership import (
     DRAIN_MARKERS_ENV,
@@ -51,6 +53,7 @@ from lit_psion.core.membership import (
     classify,
     next_membership,
     read_drain_requests,
+    read_membership,
     write_drain_requests,
     write_membership,
 )
@@ -143,13 +146,27 @@ class ElasticMeshStrategy(DDPStrategy):
         run = run_context(trainer)
         manifest = run.resume_manifest
         recorded = manifest.membership if manifest is not None and run.resume_from is not None else None
-        self.previous = Membership.from_json_dict(recorded) if recorded else None
+        checkpointed = Membership.from_json_dict(recorded) if recorded else None
+        last = self._last_epoch(run.layout)  # an epoch that ended before its first checkpoint still counts
+        self.previous = last if last is not None and (checkpointed is None or last.epoch >= checkpointed.epoch) \
+            else checkpointed
         self.change = classify(self.previous, members)
         self.membership = next_membership(self.previous, members, self.world_size)
         if self.is_global_zero:
             write_membership(run.layout, self.membership)
             requests = read_drain_requests(run.layout)  # a drain is done once its node has left
             write_drain_requests(run.layout, {node: at for node, at in requests.items() if node in members})
+
+    def _last_epoch(self, layout: RunLayout) -> Membership | None:
+        """The epoch that ran last (rank 0 reads ``membership.json`` and tells every rank)."""
+        box: list[Any] = [None]
+        if self.is_global_zero:
+            with contextlib.suppress(ConfigError, OSError, ValueError):
+                last = read_membership(layout)
+                box = [last.to_json_dict() if last is not None else None]
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.broadcast_object_list(box, src=0)
+        return Membership.from_json_dict(box[0]) if box[0] else None
 
     def _gather_node_ids(self) -> list[str]:
         """Every rank's node id, in rank order, the same list on every rank."""

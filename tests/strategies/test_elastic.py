@@ -396,3 +396,17 @@ def test_an_error_no_restart_can_fix_stops_the_node_with_its_code(tmp_path: Path
     assert node.returncode == 3, node.stderr[-2000:]
     assert node.stderr.count("data file not found: 'missing.txt'") == 1, "one try, not --max-restarts of them"
     assert time.monotonic() - started < 90
+
+
+def test_epochs_rise_by_one_even_when_an_epoch_ends_before_its_first_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIT_PSION_NODE_ID", "node-a")
+    monkeypatch.setenv("LIT_PSION_RUN_ID", "mesh-run")
+    kill = callbacks_config(tmp_path / "kill.json", ("KillAt", {"step": 5}))
+    for _ in range(2):  # each attempt resumes from step 3 and is killed at step 5, before step 6's checkpoint
+        result = fit_subprocess("--config", kill, "--trainer.default_root_dir", str(tmp_path), *ELASTIC)
+        assert result.returncode == -9, result.stderr[-2000:]
+    assert _fit(tmp_path, "node-a", 12, monkeypatch) == 0
+    epochs = [m["epoch"] for m in memberships(RunLayout(tmp_path, "mesh-run"))]
+    assert epochs == [1, 2, 3]
