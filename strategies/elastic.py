@@ -174,8 +174,15 @@ class ElasticMeshStrategy(DDPStrategy):
         if not (dist.is_available() and dist.is_initialized()) or self.world_size == 1:
             return [mine]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, mine)  # Lightning's all_gather takes tensors; node ids are strings
-        return [str(node) for node in gathered]
+        machine = os.environ.get("GROUP_RANK", "0")  # torchrun's rank of this worker's agent (its node)
+        dist.all_gather_object(gathered, (mine, machine))  # Lightning's all_gather takes tensors; ids are strings
+        agents: dict[str, set[str]] = {}
+        for node, agent in gathered:
+            agents.setdefault(str(node), set()).add(str(agent))
+        if shared := sorted(node for node, of in agents.items() if len(of) > 1):
+            raise ConfigError(f"node id {shared[0]!r} is used by {len(agents[shared[0]])} nodes of the mesh at once; "
+                              "give each `mesh launch` its own --node-id")  # fmt: skip
+        return [str(node) for node, _ in gathered]
 
     @override
     def on_train_start(self) -> None:

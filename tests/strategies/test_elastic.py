@@ -412,3 +412,15 @@ def test_epochs_rise_by_one_even_when_an_epoch_ends_before_its_first_checkpoint(
     assert _fit(tmp_path, "node-a", 12, monkeypatch) == 0
     epochs = [m["epoch"] for m in memberships(RunLayout(tmp_path, "mesh-run"))]
     assert epochs == [1, 2, 3]
+
+
+def test_two_nodes_with_one_node_id_are_refused_in_one_line(tmp_path: Path) -> None:
+    port = _free_port()
+    agents = [_torchrun_node(tmp_path, "same", rank, 2, port, 6) for rank in range(2)]
+    errors = []
+    for agent in agents:
+        agent.wait(timeout=300)
+        errors.append(agent.stderr.read())
+    assert all(agent.returncode != 0 for agent in agents)
+    assert any("lit_psion: error: node id 'same' is used by 2 nodes" in error for error in errors), errors[0][-2000:]
+    assert all(error.count("lit_psion: error:") <= 1 for error in errors), "one line per node"
