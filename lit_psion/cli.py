@@ -49,7 +49,7 @@ from lit_psion.core.contracts import SignedModel
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, MembershipChanged, lit_psion_cause
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.lock import LOCK_FILE, RunLock
-from lit_psion.core.membership import DRAIN_MARKERS_ENV
+from lit_psion.core.membership import NODE_MARKERS_ENV
 from lit_psion.core.run import RunRecord, RunStatus, read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
@@ -465,7 +465,7 @@ without counting a failure) before it exits ``membership_changed`` on its own; u
 def _tell_the_launcher(code: int, message: str) -> None:
     """Under ``mesh launch``: an error no restart can fix (bad config, data, checkpoint, evidence, a full disk,
     divergence) stops the node instead of its agent retrying it ``--max-restarts`` times."""
-    markers = os.environ.get(DRAIN_MARKERS_ENV)
+    markers = os.environ.get(NODE_MARKERS_ENV)
     if markers and code in FATAL_IN_A_MESH and Path(markers).is_dir():
         with contextlib.suppress(OSError):
             atomic_write_json(Path(markers) / f"fatal-{os.getpid()}.json", {"code": code, "message": message})

@@ -45,8 +45,8 @@ from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.membership import (
-    DRAIN_MARKERS_ENV,
     MESH_SETTINGS_ENV,
+    NODE_MARKERS_ENV,
     Membership,
     MembershipChange,
     NodeState,
@@ -78,10 +78,6 @@ class MeshStop:
     """This worker's own agent sent SIGTERM (it is restarting or stopping the worker group)."""
     drain: bool
     """The stop was for a drain (of this node or another)."""
-
-    @property
-    def reason(self) -> str:
-        return "drained" if self.drained else "membership_changed"
 
 
 _stopped: MeshStop | None = None
@@ -235,7 +231,7 @@ class ElasticMeshStrategy(DDPStrategy):
         drained = self.membership.nodes.get(mine) == NodeState.DRAINING
         _stopped = MeshStop(node=mine, step=trainer.global_step + 1, signalled=self._signalled,
                             drain=self._drain_pending, drained=drained)  # fmt: skip
-        if drained and (markers := os.environ.get(DRAIN_MARKERS_ENV)):  # now: the launcher freezes our agent
+        if drained and (markers := os.environ.get(NODE_MARKERS_ENV)):  # now: the launcher freezes our agent
             atomic_write_json(Path(markers) / f"{os.getpid()}.json", {"node": mine, "step": _stopped.step})
         # Lightning's own stop on every rank at once: this step trains, the checkpoint callback saves at
         # its end (it saves when ``received_sigterm``), then the fit loop raises SIGTERMException.

@@ -32,8 +32,8 @@ from lit_psion.commands.receipts import run_layout
 from lit_psion.core.errors import ConfigError, RendezvousTimeout
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.membership import (
-    DRAIN_MARKERS_ENV,
     MESH_SETTINGS_ENV,
+    NODE_MARKERS_ENV,
     read_drain_requests,
     read_membership,
     write_drain_requests,
@@ -112,10 +112,10 @@ def launch_node(parsed: object, extra: list[str]) -> int:
     settings = {"nnodes": parsed.nnodes, "rdzv_backend": "c10d", "rdzv_endpoint": parsed.store,
                 "rdzv_conf": rdzv_conf, "max_restarts": parsed.max_restarts,
                 "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip
-    markers = Path(tempfile.mkdtemp(prefix="lit_psion-drain-"))
+    markers = Path(tempfile.mkdtemp(prefix="lit_psion-node-"))
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "LIT_PSION_NODE_ID": parsed.node_id,
            "LIT_PSION_RUN_ID": parsed.run_id, MESH_SETTINGS_ENV: json.dumps(settings, sort_keys=True),
-           DRAIN_MARKERS_ENV: str(markers)}  # fmt: skip
+           NODE_MARKERS_ENV: str(markers)}  # fmt: skip
     env.setdefault("OMP_NUM_THREADS", "1")
     configs = [arg for path in parsed.config for arg in ("--config", path)]
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", parsed.nnodes,

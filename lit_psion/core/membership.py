@@ -24,9 +24,10 @@ from lit_psion.core.layout import RunLayout
 
 MESH_SETTINGS_ENV = "LIT_PSION_MESH_SETTINGS"
 """The launch settings ``mesh launch`` hands its workers (JSON), recorded in every membership receipt."""
-DRAIN_MARKERS_ENV = "LIT_PSION_DRAIN_MARKERS"
-"""A directory of ``mesh launch``'s where each worker of a drained node leaves ``<pid>.json`` as it exits, so
-the launcher knows its node has left the mesh (and stops its agent instead of letting it rejoin)."""
+NODE_MARKERS_ENV = "LIT_PSION_NODE_MARKERS"
+"""A directory of ``mesh launch``'s where its workers leave markers for it: ``<pid>.json`` when their node is
+drained (the launcher freezes its agent, so it cannot rejoin, and stops it once they are gone), and
+``fatal-<pid>.json`` with an exit code no restart fixes (the launcher stops the node with it)."""
 
 
 class NodeState(enum.StrEnum):

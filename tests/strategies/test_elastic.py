@@ -332,22 +332,28 @@ def test_mesh_drain_records_a_request_that_status_shows(mesh_run: RunLayout, tmp
     assert "drain requested: node-b" in capsys.readouterr().out
 
 
-def test_a_node_that_finds_no_mesh_within_the_join_timeout_exits_rendezvous_timeout(tmp_path: Path) -> None:
+def _one_node(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run one `mesh launch` node of ``fixtures/tiny.yaml`` against a fresh `mesh store`: its result and seconds."""
     port, env = _free_port(), {**os.environ, "OMP_NUM_THREADS": "1"}
     store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert "listening" in store.stdout.readline()
         started = time.monotonic()
-        node = subprocess.run([sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", "A", "--nnodes", "2:3",
-                               "--store", f"127.0.0.1:{port}", "--run-id", "lonely", "--join-timeout", "3",
-                               "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(tmp_path)],
-                              env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        node = subprocess.run([sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", "A",
+                               "--store", f"127.0.0.1:{port}", "--config", "fixtures/tiny.yaml",
+                               "--trainer.default_root_dir", str(root), *args],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        return node, time.monotonic() - started
     finally:
         store.kill()
+
+
+def test_a_node_that_finds_no_mesh_within_the_join_timeout_exits_rendezvous_timeout(tmp_path: Path) -> None:
+    node, seconds = _one_node(tmp_path, "--nnodes", "2:3", "--run-id", "lonely", "--join-timeout", "3")
     assert node.returncode == 12, node.stderr[-2000:]
     assert "no mesh of --nnodes 2:3 formed" in node.stderr.splitlines()[-1]
-    assert time.monotonic() - started < 60
+    assert seconds < 60
     assert not (tmp_path / "lonely").exists(), "no run was started"
 
 
@@ -383,21 +389,10 @@ def test_a_stop_inside_an_accumulation_window_waits_for_its_optimizer_step(
 
 
 def test_an_error_no_restart_can_fix_stops_the_node_with_its_code(tmp_path: Path) -> None:
-    port, env = _free_port(), {**os.environ, "OMP_NUM_THREADS": "1"}
-    store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert "listening" in store.stdout.readline()
-        started = time.monotonic()
-        node = subprocess.run([sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", "A", "--nnodes", "1",
-                               "--store", f"127.0.0.1:{port}", "--run-id", "bad", "--config", "fixtures/tiny.yaml",
-                               "--trainer.default_root_dir", str(tmp_path), "--data.files", "missing.txt"],
-                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    finally:
-        store.kill()
+    node, seconds = _one_node(tmp_path, "--nnodes", "1", "--run-id", "bad", "--data.files", "missing.txt")
     assert node.returncode == 3, node.stderr[-2000:]
     assert node.stderr.count("data file not found: 'missing.txt'") == 1, "one try, not --max-restarts of them"
-    assert time.monotonic() - started < 90
+    assert seconds < 90
 
 
 def test_epochs_rise_by_one_even_when_an_epoch_ends_before_its_first_checkpoint(
