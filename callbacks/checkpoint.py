@@ -22,7 +22,7 @@ import torch
 from typing_extensions import override
 
 from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest, signature_of
-from lit_psion.checkpoint_io import EXTRA_KEY, WEIGHTS, ManifestCheckpointIO
+from lit_psion.checkpoint_io import EXTRA_KEY, ManifestCheckpointIO
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, CheckpointPointer, read_pointer, write_pointer
 from lit_psion.core.contracts import MembershipAware, Resumable
@@ -138,7 +138,7 @@ class PointerCheckpoint(EvidenceCallback):
             self._prune(run.layout, keep=path.name)
             self.emit(trainer, CheckpointReceipt(
                 stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(path),
-                manifest_digest=pointer.manifest_sha256, object_digest=manifest.files[WEIGHTS].sha256,
+                manifest_digest=pointer.manifest_sha256, object_digest=manifest.weights_sha256,
                 writer=f"rank{trainer.global_rank}", durability="durable",
             ))  # fmt: skip
             if (log := receipt_log(trainer)) is not None:

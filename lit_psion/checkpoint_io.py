@@ -11,17 +11,20 @@ missing or extra file, or a symlink.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
 import shutil
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from safetensors.torch import load as safetensors_load
@@ -38,6 +41,7 @@ from lit_psion.core.checkpoint import (
 )
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError
 from lit_psion.core.files import fsync_path
+from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", MANIFEST_FILE
 EXTRA_KEY = "lit_psion"
@@ -85,10 +89,14 @@ class ManifestCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        return load_verified(self.take_verified(path), map_location)
+
+    def take_verified(self, path: str | os.PathLike) -> VerifiedCheckpoint:
+        """``path`` verified: the checkpoint the CLI already verified if it is that one, else verified now."""
         verified, self._verified = self._verified, None
         if verified is None or Path(path).resolve() != verified.path.resolve():
             verified = verify_checkpoint(path)
-        return load_verified(verified, map_location)
+        return verified
 
     @override
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
@@ -191,28 +199,142 @@ def load_verified(verified: VerifiedCheckpoint, map_location: Any = None) -> dic
     Weights come from safetensors; everything else through ``torch.load(weights_only=True)``, so no
     pickled code from a checkpoint ever runs.
     """
+    state = load_trainer_state(verified, map_location)
+    if WEIGHTS not in verified.contents:
+        sharded = " (a sharded checkpoint: `python -m lit_psion ckpt consolidate` makes one)" * verified.sharded
+        raise CheckpointError(f"checkpoint {str(verified.path)!r} lacks {WEIGHTS}{sharded}")
     try:
-        state_bytes, weights_bytes = io.BytesIO(verified.contents[STATE]), verified.contents[WEIGHTS]
-        state = torch.load(state_bytes, map_location=map_location, weights_only=True)
-        weights = safetensors_load(weights_bytes)
-    except KeyError as error:
-        raise CheckpointError(f"checkpoint {str(verified.path)!r} lacks {error.args[0]}; it was not written by "
-                              "lit_psion") from error  # fmt: skip
-    except Exception as error:  # torch.load refusing a pickled object, a malformed safetensors header
+        weights = safetensors_load(verified.contents[WEIGHTS])
+    except Exception as error:  # a malformed safetensors header
         raise CheckpointError(f"checkpoint {str(verified.path)!r} cannot be loaded safely: "
                               f"{type(error).__name__}: {error}") from error  # fmt: skip
-    where = str(verified.path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {where!r} holds no trainer state; it was not written by lit_psion")
-    if "global_step" in state and state["global_step"] != verified.step:
-        raise CheckpointError(f"checkpoint {where!r}: its trainer state is at step {state['global_step']}, its "
-                              f"manifest says {verified.step}; it was assembled from another checkpoint")  # fmt: skip
     if map_location is not None:
         weights = {name: tensor.to(map_location) for name, tensor in weights.items()}
     state["state_dict"] = weights
     return state
 
 
+def load_trainer_state(verified: VerifiedCheckpoint, map_location: Any = None) -> dict[str, Any]:
+    """The trainer state (``trainer_state.pt``) of a verified checkpoint, through ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: it is missing, not loadable without running pickled code, or at another step
+            than the manifest.
+    """
+    where = str(verified.path)
+    if STATE not in verified.contents:
+        raise CheckpointError(f"checkpoint {where!r} lacks {STATE}; it was not written by lit_psion")
+    try:
+        state = torch.load(io.BytesIO(verified.contents[STATE]), map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load refusing a pickled object
+        raise CheckpointError(f"checkpoint {where!r} cannot be loaded safely: {type(error).__name__}: "
+                              f"{error}") from error  # fmt: skip
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {where!r} holds no trainer state; it was not written by lit_psion")
+    if "global_step" in state and state["global_step"] != verified.step:
+        raise CheckpointError(f"checkpoint {where!r}: its trainer state is at step {state['global_step']}, its "
+                              f"manifest says {verified.step}; it was assembled from another checkpoint")  # fmt: skip
+    return state
+
+
 def load_checkpoint_dir(path: str | Path, map_location: Any = None) -> dict[str, Any]:
     """Verify the checkpoint directory ``path`` and load it (each file read and hashed once)."""
     return load_verified(verify_checkpoint(path), map_location)
+
+
+class _VerifiedFiles(dcp.filesystem.FileSystem):
+    """DCP's file system, reading a verified checkpoint's files from the very bytes that were hashed."""
+
+    def __init__(self, verified: VerifiedCheckpoint) -> None:
+        self.verified = verified
+
+    @contextlib.contextmanager
+    def create_stream(self, path: str | os.PathLike, mode: str) -> Generator[io.IOBase, None, None]:
+        name = Path(path).name
+        if mode != "rb" or Path(path).parent != self.verified.path or name not in self.verified.contents:
+            raise CheckpointError(f"checkpoint {str(self.verified.path)!r}: DCP asked for {str(path)!r}, which its "
+                                  "manifest does not list")  # fmt: skip
+        yield io.BytesIO(self.verified.contents[name])
+
+
+def verified_reader(verified: VerifiedCheckpoint) -> dcp.FileSystemReader:
+    """A DCP storage reader over a verified sharded checkpoint: what it loads is what was hashed.
+
+    DCP's ``.metadata`` is a pickle; through this reader it is only ever unpickled from bytes whose
+    sha256 the manifest (held to its receipt) vouches for.
+    """
+    reader = dcp.FileSystemReader(verified.path)
+    reader.fs = _VerifiedFiles(verified)
+    return reader
+
+
+def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str, Any]]:
+    """Gather a verified sharded checkpoint into one single-file checkpoint ``out/step-NNNNNN/``.
+
+    The weights become ``model.safetensors``; ``trainer_state.pt`` keeps the sharded checkpoint's
+    trainer state (no optimizer state: this is a model to load, sample, adapt or export, not to
+    resume). Its manifest records ``consolidated_from`` (the source manifest's sha256); a receipt goes
+    to ``out/receipts.jsonl``. One process, no process group; it holds the whole model in memory.
+
+    Returns:
+        The checkpoint directory written and the consolidation receipt's fields.
+    """
+    # What torch's own dcp_to_torch_save runs (one process, the plan built from the metadata), over verified bytes.
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    from lit_psion.core.chain import ReceiptLog
+    from lit_psion.core.receipts import ConsolidationReceipt
+
+    if not verified.sharded:
+        raise CheckpointError(f"checkpoint {str(verified.path)!r} is not sharded; it already is one "
+                              f"{WEIGHTS} (nothing to consolidate)")  # fmt: skip
+    state = load_trainer_state(verified)
+    gathered: dict[str, Any] = {}
+    try:
+        _load_state_dict(gathered, storage_reader=verified_reader(verified),
+                         planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)  # fmt: skip
+    except Exception as error:  # a DCP checkpoint without model shards, or an unreadable plan
+        raise CheckpointError(f"checkpoint {str(verified.path)!r}: its shards cannot be gathered "
+                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+    weights = gathered.get("state_dict")
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"checkpoint {str(verified.path)!r} holds no model shards")
+    manifest = verified.manifest
+    extra = {**state.pop(EXTRA_KEY, {}), "writer": "consolidate", "consolidated_from": verified.manifest_sha256}
+    for key in ("run_id", "model_signature", "data_manifest_digest", "cursor", "membership", "receipts_head"):
+        extra[key] = getattr(manifest, key)
+    path = out / step_name(verified.step)
+    write_checkpoint({**state, "state_dict": weights, EXTRA_KEY: extra}, path)
+    written = verify_checkpoint(path)
+    body = ConsolidationReceipt(source=f"run:{manifest.run_id}/{verified.path.name}",
+                                source_manifest_digest=verified.manifest_sha256, step=verified.step,
+                                checkpoint=path.name, manifest_digest=written.manifest_sha256,
+                                weights_digest=written.weights_sha256 or "")  # fmt: skip
+    log = ReceiptLog(out / RECEIPTS_FILE, run_id=f"consolidate-{manifest.run_id}")
+    log.append(body)
+    log.close()
+    return path, {"checkpoint": str(path), "weights_sha256": written.weights_sha256,
+                  "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values())}
+
+
+def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> VerifiedCheckpoint:
+    """The run's consolidated copy of the sharded checkpoint ``verified`` (``<run>/consolidated/step-NNNNNN``).
+
+    Raises:
+        CheckpointError: there is none, it does not verify, or it gathers another checkpoint.
+    """
+    path = layout.run_dir / CONSOLIDATED_DIR / verified.path.name
+    hint = f"run `python -m lit_psion ckpt consolidate {layout.run_dir}` first"
+    if not (path / MANIFEST_FILE).is_file():
+        raise CheckpointError(f"checkpoint {verified.path.name} of run {layout.run_id!r} is sharded (one file per "
+                              f"rank); reading it as one model needs its consolidated copy: {hint}")  # fmt: skip
+    copy = verify_checkpoint(path)
+    if copy.manifest.consolidated_from != verified.manifest_sha256:
+        raise CheckpointError(f"{str(path)!r} gathers another checkpoint than {verified.path.name} (its "
+                              f"consolidated_from differs); {hint}")  # fmt: skip
+    return copy
+
+
+CONSOLIDATED_DIR = "consolidated"
+"""Where ``ckpt consolidate`` writes inside a run directory by default."""

@@ -1,7 +1,9 @@
 """Reading a finished or paused run back: ``load_run(path)`` for commands, adapters and benchmarks.
 
 ``load_run`` takes a run directory (its pointed-to checkpoint, or the newest that verifies) or a
-``step-NNNNNN`` checkpoint directory, verifies the checkpoint once and loads it. ``LoadedRun.build``
+``step-NNNNNN`` checkpoint directory, verifies the checkpoint once and loads it. A sharded
+checkpoint (the sharded strategy's) is read through its verified consolidated copy
+(``ckpt consolidate``). ``LoadedRun.build``
 re-creates the run's model and DataModule from its ``config.yaml`` (the same data-facts hand-over
 as ``fit``) with the checkpoint's weights in the model.
 """
@@ -16,7 +18,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_psion.checkpoint_io import load_verified
+from lit_psion.checkpoint_io import CONSOLIDATED_DIR, consolidated_for, load_verified
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.checkpoint import MANIFEST_FILE, VerifiedCheckpoint, resolve_checkpoint, verify_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
@@ -80,10 +82,13 @@ def load_run(location: str | Path, map_location: Any = None) -> LoadedRun:
     elif (location / MANIFEST_FILE).is_file():
         checkpoint = verify_checkpoint(location)
         layout = RunLayout.of(location.parent.parent)
-        layout = layout if layout.is_run() and location.parent == layout.checkpoints else None
+        inside = location.parent in (layout.checkpoints, layout.run_dir / CONSOLIDATED_DIR)
+        layout = layout if layout.is_run() and inside else None
     else:
         raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "
                           "directory (step-NNNNNN with manifest.json)")  # fmt: skip
+    if checkpoint.sharded and layout is not None:
+        checkpoint = consolidated_for(layout, checkpoint)  # one model, gathered from the shards and verified
     state = load_verified(checkpoint, map_location)
     record = RunRecord.load(layout) if layout is not None else None
     return LoadedRun(layout=layout, record=record, checkpoint=checkpoint, state=state)

@@ -8,6 +8,7 @@ its default policy.
 from lightning.pytorch.strategies import StrategyRegistry
 
 from lit_psion.strategies.elastic import ElasticMeshStrategy, TransactionalElasticMeshStrategy
+from lit_psion.strategies.sharded import ShardedStrategy
 from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 from lit_psion.strategies.transactional import (
     Transactional,
@@ -18,12 +19,14 @@ from lit_psion.strategies.transactional import (
 
 StrategyRegistry.register("transactional", TransactionalStrategy, description="transactional steps, one device")
 StrategyRegistry.register("transactional_ddp", TransactionalDDPStrategy, description="transactional steps under DDP")
+StrategyRegistry.register("sharded", ShardedStrategy, description="FSDP2 with verified sharded checkpoints")
 StrategyRegistry.register("elastic_mesh", ElasticMeshStrategy, description="DDP with receipted membership epochs")
 StrategyRegistry.register("transactional_elastic_mesh", TransactionalElasticMeshStrategy,
                           description="transactional steps on an elastic mesh")
 
 __all__ = [
     "ElasticMeshStrategy",
+    "ShardedStrategy",
     "SkipList",
     "SkippedBatch",
     "TransactionPolicy",

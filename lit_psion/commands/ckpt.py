@@ -1,4 +1,10 @@
-"""``python -m lit_psion ckpt verify RUN_DIR``: the checkpoint a resume would use, verified."""
+"""``python -m lit_psion ckpt verify|consolidate RUN_DIR``: the checkpoint a resume would use, verified (or gathered).
+
+``consolidate`` turns the run's sharded checkpoint (one file per rank, the sharded strategy's) into
+one verified ``model.safetensors`` checkpoint under ``RUN_DIR/consolidated/`` (or ``--out``), with a
+``checkpoint_consolidate`` receipt in that directory's ``receipts.jsonl``; adapters, ``events
+predict``, sampling and export read that copy.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,22 @@ from lit_psion.core.checkpoint import RejectedCheckpoint, resolve_checkpoint
 
 def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion ckpt")
-    parser.add_argument("action", choices=["verify"])
+    parser.add_argument("action", choices=["verify", "consolidate"])
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="consolidate: the output directory (default: RUN_DIR/consolidated)")  # fmt: skip
+    parsed = parser.parse_args(args)
     rejected: list[RejectedCheckpoint] = []
-    layout = run_layout(parser.parse_args(args).run_dir)
+    layout = run_layout(parsed.run_dir)
     checkpoint = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
     for skipped in rejected:
         print(f"lit_psion: warning: skipped {skipped.path.name}: {skipped.reason}", file=sys.stderr)
-    print(f"ok: {checkpoint.path} matches its manifest (what --ckpt_path last loads)")
+    if parsed.action == "verify":
+        kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
+        print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
+        return
+    from lit_psion.checkpoint_io import CONSOLIDATED_DIR, consolidate
+
+    path, summary = consolidate(checkpoint, parsed.out or layout.run_dir / CONSOLIDATED_DIR)
+    print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
+          f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")

@@ -52,6 +52,8 @@ class CheckpointManifest:
     receipts_head: str | None = None
     """The receipt chain's head when the checkpoint was written: a durable anchor of the chain (truncation
     below it is detected even if run.json is edited)."""
+    consolidated_from: str | None = None
+    """For a checkpoint made by ``ckpt consolidate``: the manifest sha256 of the sharded checkpoint it gathers."""
     durability: str = DURABLE
     version: int = MANIFEST_VERSION
 
@@ -63,6 +65,11 @@ class CheckpointManifest:
         """The digest of the checkpoint's one safetensors file (what a checkpoint receipt records)."""
         weights = [record.sha256 for name, record in self.files.items() if name.endswith(".safetensors")]
         return weights[0] if len(weights) == 1 else None
+
+    @property
+    def sharded(self) -> bool:
+        """Written by every rank as DCP shards (``*.distcp``) rather than one safetensors file."""
+        return any(name.endswith(".distcp") for name in self.files)
 
     @classmethod
     def from_json_dict(cls, record: dict[str, Any], where: str = "manifest") -> CheckpointManifest:
@@ -113,6 +120,11 @@ class VerifiedCheckpoint:
     @property
     def weights_sha256(self) -> str | None:
         return self.manifest.weights_sha256
+
+    @property
+    def sharded(self) -> bool:
+        """Written by every rank as DCP shards (the sharded strategy), not as one safetensors file."""
+        return self.manifest.sharded
 
 
 def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None) -> VerifiedCheckpoint:

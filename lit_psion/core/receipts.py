@@ -103,6 +103,22 @@ class AdapterExportReceipt(ReceiptBody):
 
 @register_receipt
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConsolidationReceipt(ReceiptBody):
+    """A sharded checkpoint gathered into one safetensors model (``ckpt consolidate``)."""
+
+    kind: ClassVar[str] = "checkpoint_consolidate"
+    source: str
+    """``run:<id>/step-NNNNNN``: the sharded checkpoint."""
+    source_manifest_digest: str
+    step: int
+    checkpoint: str
+    """The consolidated checkpoint directory, relative to the output directory."""
+    manifest_digest: str
+    weights_digest: str
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TrainerStepReceipt(ReceiptBody):
     """One accepted optimizer step."""
 

@@ -16,7 +16,7 @@ import torch
 
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.models.decoder_lm import DecoderLM
+from lit_psion.models.decoder_lm import DecoderLM, refuse_sharded_muon
 from lit_psion.nn.decoder import DecoderConfig
 from lit_psion.nn.lora import adapter_params, inject_lora, lora_layers
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer
@@ -101,6 +101,7 @@ class AdapterLM(DecoderLM):
         hidden = self.adapter_params() if config.name == "muon" and self.muon_on_adapters else []
         if config.name == "muon" and not hidden:
             config = dataclasses.replace(config, name="adamw")  # never Muon by accident through a "2-D" rule
+        refuse_sharded_muon(self, config)
         optimizer = build_optimizer(config, self.model, hidden)
         return self._with_schedule(optimizer)
 

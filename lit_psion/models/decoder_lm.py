@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from lit_psion.core.contracts import DataFacts, model_signature
-from lit_psion.core.errors import CheckpointError
+from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
 
@@ -23,6 +23,14 @@ def shaped_by_data(config: DecoderConfig, facts: DataFacts | None) -> DecoderCon
         return config
     changes = {"vocab_size": facts.vocab_size, "block_size": facts.block_size}
     return dataclasses.replace(config, **{key: value for key, value in changes.items() if value is not None})
+
+
+def refuse_sharded_muon(module: L.LightningModule, config: OptimizerConfig) -> None:
+    """Muon orthogonalises whole matrices; under FSDP each rank holds a slice of each, so it is refused."""
+    if config.name == "muon" and module.device_mesh is not None:
+        raise ConfigError("optimizer muon needs whole weight matrices, but the sharded strategy gives each rank a "
+                          "slice of them; use --model.init_args.optimizer.name adamw (configs/overlays/fsdp.yaml "
+                          "does) or --trainer.strategy ddp")  # fmt: skip
 
 
 class DecoderLM(L.LightningModule):
@@ -99,12 +107,22 @@ class DecoderLM(L.LightningModule):
                                   f"{self.optimizer_config.name!r}; resume with --model.init_args.optimizer.name "
                                   f"{recorded}")
 
+    def configure_model(self) -> None:
+        """Under the sharded strategy (a device mesh), shard the model per block with FSDP2; otherwise nothing."""
+        if self.device_mesh is None:
+            return
+        from lit_psion.nn.sharding import shard_per_block
+
+        shard_per_block(self.model, self.model.blocks, self.device_mesh,
+                        getattr(self.trainer.strategy, "param_dtype", None))  # fmt: skip
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only on steps that write a log row
             self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optimizer_config
+        refuse_sharded_muon(self, config)
         return self._with_schedule(build_optimizer(config, self.model, self.model.hidden_matrices()))
 
     def _with_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

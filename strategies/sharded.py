@@ -1,0 +1,189 @@
+"""``ShardedStrategy``: FSDP2 through Lightning's ``ModelParallelStrategy``, with verified sharded checkpoints.
+
+Every rank holds a shard of each parameter, gradient and optimizer state (the model's
+``configure_model`` applies ``fully_shard`` per block; see :mod:`lit_psion.nn.sharding`). It runs on
+CPU with gloo as well as on CUDA with NCCL, unlike Lightning's ``fsdp`` strategy (FSDP1, GPU only).
+
+A checkpoint is one ``step-NNNNNN/`` directory, written the way single-file checkpoints are, but by
+every rank:
+
+1. rank 0 names a staging directory; each rank writes its shard (``__<rank>_0.distcp``) through
+   ``torch.distributed.checkpoint`` (which fsyncs it), rank 0 the DCP ``.metadata`` and
+   ``trainer_state.pt`` (loops, schedulers, the data cursor, RNG: no tensors of the model);
+2. each rank hashes the files it wrote and reports ``{name: sha256, bytes}`` to rank 0;
+3. rank 0 writes ``manifest.json`` over every rank's files only once every rank has reported,
+   fsyncs, and renames the directory into place; then every rank learns whether that worked.
+
+Only then does :class:`~lit_psion.callbacks.PointerCheckpoint` move the pointer. Loading verifies
+the whole manifest first (every shard, on every rank, as for single-file checkpoints) and feeds
+``torch.distributed.checkpoint`` the very bytes that were hashed, so a shard changed after
+verification is never loaded, and DCP's pickled ``.metadata`` is only read once its digest matched.
+The checkpoint directory must be on a filesystem every rank sees (as DCP itself needs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from typing_extensions import override
+
+from lit_psion.checkpoint_io import EXTRA_KEY, STATE, ManifestCheckpointIO, load_trainer_state, verified_reader
+from lit_psion.core import atomic_write_json, sha256_file
+from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
+from lit_psion.core.files import fsync_path
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ShardedStrategy(ModelParallelStrategy):
+    """FSDP2 over every rank (data parallel only), checkpointed as verified shards.
+
+    Args:
+        param_dtype: ``bf16`` or ``fp16``: a mixed-precision policy (compute in that dtype, reduce
+            gradients in float32); CUDA only. ``None`` trains in the parameters' dtype.
+        process_group_backend: ``gloo`` on CPU, ``nccl`` on CUDA by default.
+        timeout: How long a collective may wait for a peer.
+    """
+
+    strategy_name = "sharded"
+
+    def __init__(
+        self,
+        param_dtype: Literal["bf16", "fp16"] | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = timedelta(minutes=30),
+    ) -> None:
+        if param_dtype is not None and param_dtype not in DTYPES:
+            raise ConfigError(f"sharded strategy: param_dtype must be one of {sorted(DTYPES)} or null, got "
+                              f"{param_dtype!r}")  # fmt: skip
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=True,
+                         process_group_backend=process_group_backend, timeout=timeout)  # fmt: skip
+        self.param_dtype = DTYPES.get(param_dtype) if param_dtype else None
+
+    @override
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes  # every rank holds one shard
+        super().setup_environment()
+        if self.param_dtype is not None and self.root_device.type != "cuda":
+            raise ConfigError("sharded strategy: param_dtype (a mixed-precision policy) needs CUDA; on CPU drop "
+                              "--trainer.strategy.init_args.param_dtype")  # fmt: skip
+
+    @override
+    def setup(self, trainer: L.Trainer) -> None:
+        if not is_overridden("configure_model", self.lightning_module):
+            raise ConfigError(f"{type(self.lightning_module).__name__} has no sharding plan (configure_model); the "
+                              "sharded strategy trains DecoderLM, MosaicLM and AdapterLM: use --trainer.strategy ddp")
+        super().setup(trainer)
+
+    # ----------------------------------------------------------------------------------------- saving
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | os.PathLike, storage_options: Any = None) -> None:
+        final = Path(self.broadcast(str(filepath)))
+        staging = final.with_name(f".{final.name}.tmp-{self.broadcast(os.getpid())}")
+        if self.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.barrier("lit_psion.sharded_staging")
+        shards = {"state_dict": checkpoint.pop("state_dict")}
+        shards.update({f"optimizer_{i}": state for i, state in enumerate(checkpoint.pop("optimizer_states", []))})
+        problem: str | None = None
+        try:
+            dcp.save(shards, storage_writer=dcp.FileSystemWriter(staging, single_file_per_rank=True, sync_files=True))
+            records = {path.name: _record(path) for path in staging.glob(f"__{self.global_rank}_*.distcp")}
+        except (OSError, dcp.api.CheckpointException) as error:
+            problem, records = _reason(error), {}
+        reports = [None] * self.world_size
+        dist.all_gather_object(reports, (problem, records))
+        if self.is_global_zero:
+            problem = next((reported for reported, _ in reports if reported), None)
+            if problem is None:
+                problem = _seal(checkpoint, staging, final, {n: r for _, files in reports for n, r in files.items()})
+            if problem is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        problem = self.broadcast(problem)
+        if problem is not None:
+            raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; the previous "
+                                       "checkpoint is still the pointed-to one (free space or fix the disk, then "
+                                       "--ckpt_path last)")  # fmt: skip
+
+    # ---------------------------------------------------------------------------------------- loading
+
+    @override
+    def load_checkpoint(self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None) -> dict[str, Any]:
+        io_plugin = self.checkpoint_io
+        if not isinstance(io_plugin, ManifestCheckpointIO):
+            raise CheckpointError("the sharded strategy loads lit_psion checkpoints only (through ManifestCheckpointIO)")
+        verified = io_plugin.take_verified(checkpoint_path)
+        if not verified.sharded:
+            raise CheckpointError(f"checkpoint {str(verified.path)!r} is a single-file checkpoint; the sharded "
+                                  "strategy resumes sharded checkpoints only: resume it with the strategy that wrote "
+                                  "it, or start a new run from its weights")  # fmt: skip
+        reader = verified_reader(verified)
+        model_state = {"state_dict": get_model_state_dict(self.model)}
+        try:
+            dcp.load(model_state, storage_reader=reader)
+            self.model.load_state_dict(model_state["state_dict"], strict=self.lightning_module.strict_loading)
+            for index, optimizer in enumerate(self.optimizers):
+                key = f"optimizer_{index}"
+                state = {key: get_optimizer_state_dict(self.model, optimizer)}
+                dcp.load(state, storage_reader=verified_reader(verified))
+                set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[key],
+                                         options=StateDictOptions(cpu_offload=True))  # fmt: skip
+        except (dcp.api.CheckpointException, RuntimeError, KeyError) as error:
+            raise CheckpointError(f"checkpoint {str(verified.path)!r} does not fit this model's shards "
+                                  f"({_reason(error)}); resume with the run's own model settings") from error
+        return load_trainer_state(verified)
+
+
+def _record(path: Path) -> FileRecord:
+    return FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _seal(checkpoint: dict[str, Any], staging: Path, final: Path, shards: dict[str, FileRecord]) -> str | None:
+    """Rank 0: write the trainer state and the manifest over every rank's files, then rename into place."""
+    try:
+        with open(staging / STATE, "wb") as handle:
+            torch.save(checkpoint, handle)
+        fsync_path(staging / STATE)
+        metadata = staging / ".metadata"
+        files = {**shards, metadata.name: _record(metadata), STATE: _record(staging / STATE)}
+        listed = set(files) | {MANIFEST_FILE}
+        if stray := sorted(p.name for p in staging.iterdir() if p.name not in listed):
+            return f"the staging directory holds files no rank reported: {stray}"
+        extra = checkpoint.get(EXTRA_KEY, {})
+        manifest = CheckpointManifest(step=checkpoint["global_step"], files=files, **extra)
+        atomic_write_json(staging / MANIFEST_FILE, manifest.to_json_dict())
+        fsync_path(staging)
+        if final.is_symlink():
+            final.unlink()
+        elif final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        fsync_path(final.parent)
+    except OSError as error:
+        return _reason(error)
+    return None
