@@ -295,8 +295,9 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
         _load_state_dict(gathered, storage_reader=verified_reader(verified),
                          planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)  # fmt: skip
     except Exception as error:  # a DCP checkpoint without model shards, or an unreadable plan
+        reason = str(error).splitlines()[0] if str(error) else ""
         raise CheckpointError(f"checkpoint {str(verified.path)!r}: its shards cannot be gathered "
-                              f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+                              f"({type(error).__name__}: {reason})") from error
     weights = gathered.get("state_dict")
     if not isinstance(weights, dict) or not weights:
         raise CheckpointError(f"checkpoint {str(verified.path)!r} holds no model shards")

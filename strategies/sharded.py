@@ -95,7 +95,9 @@ class ShardedStrategy(ModelParallelStrategy):
     # ----------------------------------------------------------------------------------------- saving
 
     @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | os.PathLike, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: str | os.PathLike, storage_options: Any = None
+    ) -> None:
         final = Path(self.broadcast(str(filepath)))
         staging = final.with_name(f".{final.name}.tmp-{self.broadcast(os.getpid())}")
         if self.is_global_zero:
@@ -130,7 +132,7 @@ class ShardedStrategy(ModelParallelStrategy):
     def load_checkpoint(self, checkpoint_path: str | os.PathLike, weights_only: bool | None = None) -> dict[str, Any]:
         io_plugin = self.checkpoint_io
         if not isinstance(io_plugin, ManifestCheckpointIO):
-            raise CheckpointError("the sharded strategy loads lit_psion checkpoints only (through ManifestCheckpointIO)")
+            raise CheckpointError("the sharded strategy loads lit_psion checkpoints only (ManifestCheckpointIO)")
         verified = io_plugin.take_verified(checkpoint_path)
         if not verified.sharded:
             raise CheckpointError(f"checkpoint {str(verified.path)!r} is a single-file checkpoint; the sharded "
