@@ -200,9 +200,12 @@ def load_verified(verified: VerifiedCheckpoint, map_location: Any = None) -> dic
     pickled code from a checkpoint ever runs.
     """
     state = load_trainer_state(verified, map_location)
+    if verified.sharded:
+        raise CheckpointError(f"checkpoint {str(verified.path)!r} is sharded (one file per rank): resume it with "
+                              "the sharded strategy (configs/overlays/fsdp.yaml), or read it as one model after "
+                              "`python -m lit_psion ckpt consolidate RUN_DIR`")  # fmt: skip
     if WEIGHTS not in verified.contents:
-        sharded = " (a sharded checkpoint: `python -m lit_psion ckpt consolidate` makes one)" * verified.sharded
-        raise CheckpointError(f"checkpoint {str(verified.path)!r} lacks {WEIGHTS}{sharded}")
+        raise CheckpointError(f"checkpoint {str(verified.path)!r} lacks {WEIGHTS}; it was not written by lit_psion")
     try:
         weights = safetensors_load(verified.contents[WEIGHTS])
     except Exception as error:  # a malformed safetensors header
@@ -225,7 +228,8 @@ def load_trainer_state(verified: VerifiedCheckpoint, map_location: Any = None) -
     if STATE not in verified.contents:
         raise CheckpointError(f"checkpoint {where!r} lacks {STATE}; it was not written by lit_psion")
     try:
-        state = torch.load(io.BytesIO(verified.contents[STATE]), map_location=map_location, weights_only=True)
+        state_bytes = io.BytesIO(verified.contents[STATE])
+        state = torch.load(state_bytes, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load refusing a pickled object
         raise CheckpointError(f"checkpoint {where!r} cannot be loaded safely: {type(error).__name__}: "
                               f"{error}") from error  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -129,6 +131,7 @@ class LitPsionCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self._config()
         _check_strategy(config.trainer.strategy)
+        _refuse_deepspeed_without_cuda(config.trainer)
         _follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit":
@@ -137,6 +140,8 @@ class LitPsionCLI(LightningCLI):
         named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None
         if named is not None and config.get("ckpt_path") is None:
             run_id, rejected = self._resume_named(config, RunLayout(root, _plain_run_id(named)))
+        if self.verified is not None:
+            _refuse_another_layout(self.verified, config.trainer.strategy)
         if self.subcommand == "fit" and self.verified is not None:
             _refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"))
         if "weights_only" in config:
@@ -375,6 +380,45 @@ def _check_strategy(strategy: Any) -> None:
     raise ConfigError(f"--trainer.strategy {strategy!r} is not a registered strategy name; use one such as ddp, "
                       "transactional or transactional_ddp (all: lightning.pytorch.strategies.StrategyRegistry), or "
                       "give class_path and init_args in YAML")  # fmt: skip
+
+
+def _strategy_name(strategy: Any) -> str:
+    """The registered name or class name a config gives for the strategy (``""`` for anything else)."""
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, Namespace | dict):
+        return str(strategy.get("class_path", "")).rsplit(".", 1)[-1]
+    return type(strategy).__name__ if strategy is not None else ""
+
+
+def _writes_shards(strategy: Any) -> bool:
+    return _strategy_name(strategy) in ("sharded", "ShardedStrategy")
+
+
+def _refuse_another_layout(checkpoint: VerifiedCheckpoint, strategy: Any) -> None:
+    """A sharded checkpoint loads only under the sharded strategy, a single-file one only outside it; refused
+    before the run is touched (its run.json keeps its status)."""
+    if checkpoint.sharded and not _writes_shards(strategy):
+        raise CheckpointError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is sharded (one "
+                              "file per rank, written by the sharded strategy); resume it with --config "
+                              "configs/overlays/fsdp.yaml (or --trainer.strategy sharded), or read it as one model "
+                              "after `python -m lit_psion ckpt consolidate RUN_DIR`")  # fmt: skip
+    if not checkpoint.sharded and _writes_shards(strategy):
+        raise CheckpointError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is a single-file "
+                              "checkpoint; the sharded strategy resumes sharded checkpoints only: resume it with the "
+                              "strategy that wrote it, or start a new run")  # fmt: skip
+
+
+def _refuse_deepspeed_without_cuda(trainer: Namespace) -> None:
+    """Lightning's DeepSpeed strategy needs CUDA and the ``deepspeed`` extra: refused up front, naming the fix."""
+    if "deepspeed" not in _strategy_name(trainer.strategy).lower():
+        return
+    if trainer.get("accelerator") == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("DeepSpeed needs a CUDA GPU, and this machine has none (or --trainer.accelerator is cpu); "
+                          "on CPU shard with FSDP2 instead: --config configs/overlays/fsdp.yaml")  # fmt: skip
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("DeepSpeed is not installed; install the extra: DS_BUILD_OPS=0 pip install "
+                          "--no-build-isolation -c constraints.txt -e '.[deepspeed]'")  # fmt: skip
 
 
 def _place_wandb_runs(loggers: Any, layout: RunLayout) -> None:

@@ -33,7 +33,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import ModelParallelStrategy, ParallelStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -90,6 +90,9 @@ class ShardedStrategy(ModelParallelStrategy):
         if not is_overridden("configure_model", self.lightning_module):
             raise ConfigError(f"{type(self.lightning_module).__name__} has no sharding plan (configure_model); the "
                               "sharded strategy trains DecoderLM, MosaicLM and AdapterLM: use --trainer.strategy ddp")
+        if isinstance(self.checkpoint_io, ManifestCheckpointIO) and self.checkpoint_io.async_write:
+            raise ConfigError("checkpoint.async_write is not supported by the sharded strategy yet (every rank writes "
+                              "its shard in step with the others); set --checkpoint.async_write false")  # fmt: skip
         super().setup(trainer)
 
     # ----------------------------------------------------------------------------------------- saving
@@ -98,33 +101,15 @@ class ShardedStrategy(ModelParallelStrategy):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: str | os.PathLike, storage_options: Any = None
     ) -> None:
-        final = Path(self.broadcast(str(filepath)))
-        staging = final.with_name(f".{final.name}.tmp-{self.broadcast(os.getpid())}")
-        if self.is_global_zero:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self.barrier("lit_psion.sharded_staging")
+        final, staging = stage_checkpoint(self, filepath)
         shards = {"state_dict": checkpoint.pop("state_dict")}
         shards.update({f"optimizer_{i}": state for i, state in enumerate(checkpoint.pop("optimizer_states", []))})
         problem: str | None = None
         try:
             dcp.save(shards, storage_writer=dcp.FileSystemWriter(staging, single_file_per_rank=True, sync_files=True))
-            records = {path.name: _record(path) for path in staging.glob(f"__{self.global_rank}_*.distcp")}
         except (OSError, dcp.api.CheckpointException) as error:
-            problem, records = _reason(error), {}
-        reports = [None] * self.world_size
-        dist.all_gather_object(reports, (problem, records))
-        if self.is_global_zero:
-            problem = next((reported for reported, _ in reports if reported), None)
-            if problem is None:
-                problem = _seal(checkpoint, staging, final, {n: r for _, files in reports for n, r in files.items()})
-            if problem is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-        problem = self.broadcast(problem)
-        if problem is not None:
-            raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; the previous "
-                                       "checkpoint is still the pointed-to one (free space or fix the disk, then "
-                                       "--ckpt_path last)")  # fmt: skip
+            problem = _reason(error)
+        seal_checkpoint(self, checkpoint, staging, final, f"__{self.global_rank}_*.distcp", problem, STATE)
 
     # ---------------------------------------------------------------------------------------- loading
 
@@ -165,21 +150,77 @@ def _reason(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-def _seal(checkpoint: dict[str, Any], staging: Path, final: Path, shards: dict[str, FileRecord]) -> str | None:
-    """Rank 0: write the trainer state and the manifest over every rank's files, then rename into place."""
+def stage_checkpoint(strategy: ParallelStrategy, filepath: str | os.PathLike) -> tuple[Path, Path]:
+    """Rank 0's checkpoint path and a fresh staging directory beside it, known to every rank."""
+    final = Path(strategy.broadcast(str(filepath)))
+    staging = final.with_name(f".{final.name}.tmp-{strategy.broadcast(os.getpid())}")
+    if strategy.is_global_zero:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    strategy.barrier("lit_psion.checkpoint_staging")
+    return final, staging
+
+
+def seal_checkpoint(
+    strategy: ParallelStrategy,
+    checkpoint: dict[str, Any],
+    staging: Path,
+    final: Path,
+    mine: str,
+    problem: str | None,
+    state_file: str | None,
+) -> None:
+    """Every rank: report the digests of the staged files it wrote (those matching the glob ``mine``), or its
+    write's failure; rank 0 then writes ``state_file`` (the rest of ``checkpoint``, if named), hashes what
+    no rank claimed, writes the manifest over all of it, fsyncs and renames the directory into place.
+
+    Raises:
+        CheckpointWriteError: on every rank, if any rank's write or the seal failed; the staging directory
+            is removed and the previous checkpoint stays the pointed-to one.
+    """
+    records: dict[str, FileRecord] = {}
+    if problem is None:
+        try:
+            records = {_name(path, staging): _record(path) for path in staging.rglob(mine) if path.is_file()}
+        except OSError as error:
+            problem = _reason(error)
+    reports: list[Any] = [None] * strategy.world_size
+    dist.all_gather_object(reports, (problem, records))
+    if strategy.is_global_zero:
+        problem = next((reported for reported, _ in reports if reported), None)
+        if problem is None:
+            claimed = {name: record for _, files in reports for name, record in files.items()}
+            problem = _seal(checkpoint, staging, final, claimed, state_file)
+        if problem is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    problem = strategy.broadcast(problem)
+    if problem is not None:
+        raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; the previous "
+                                   "checkpoint is still the pointed-to one (free space or fix the disk, then "
+                                   "--ckpt_path last)")  # fmt: skip
+
+
+def _name(path: Path, staging: Path) -> str:
+    return path.relative_to(staging).as_posix()
+
+
+def _seal(checkpoint: dict[str, Any], staging: Path, final: Path, claimed: dict[str, FileRecord],
+          state_file: str | None) -> str | None:  # fmt: skip
+    """Rank 0: the trainer state, the manifest over every rank's files and its own, then the rename into place."""
     try:
-        with open(staging / STATE, "wb") as handle:
-            torch.save(checkpoint, handle)
-        fsync_path(staging / STATE)
-        metadata = staging / ".metadata"
-        files = {**shards, metadata.name: _record(metadata), STATE: _record(staging / STATE)}
-        listed = set(files) | {MANIFEST_FILE}
-        if stray := sorted(p.name for p in staging.iterdir() if p.name not in listed):
-            return f"the staging directory holds files no rank reported: {stray}"
+        if state_file is not None:
+            with open(staging / state_file, "wb") as handle:
+                torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, handle)
+            fsync_path(staging / state_file)
+        files = dict(claimed)
+        for path in sorted(staging.rglob("*")):
+            if path.is_file() and (name := _name(path, staging)) not in files and name != MANIFEST_FILE:
+                files[name] = _record(path)  # DCP's .metadata, the trainer state: rank 0's own
         extra = checkpoint.get(EXTRA_KEY, {})
-        manifest = CheckpointManifest(step=checkpoint["global_step"], files=files, **extra)
+        manifest = CheckpointManifest(step=checkpoint["global_step"], files=dict(sorted(files.items())), **extra)
         atomic_write_json(staging / MANIFEST_FILE, manifest.to_json_dict())
-        fsync_path(staging)
+        for directory in sorted({path.parent for path in staging.rglob("*") if path.is_file()}, reverse=True):
+            fsync_path(directory)
         if final.is_symlink():
             final.unlink()
         elif final.exists():

@@ -241,3 +241,35 @@ class FullDiskAtStep(Callback):
                 return getattr(self.handle, name)
 
         log._handle = HalfThenFull(log._handle)
+
+
+class KillGroupAt(Callback):
+    """On global rank 0, SIGKILL every process of this process group at the end of global step ``step``
+    (a multi-process run lost at once: no rank runs any clean-up)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class ShardDigestFailsAt(Callback):
+    """On global rank ``rank``, hashing its checkpoint shard for step ``step`` hits an I/O error (a disk failing
+    under one rank only)."""
+
+    def __init__(self, step: int, rank: int) -> None:
+        self.step, self.rank = step, rank
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lit_psion.strategies import sharded
+
+        original, marker, rank = sharded.sha256_file, f".step-{self.step:06d}.tmp-", self.rank
+
+        def failing(path: str | os.PathLike) -> str:
+            if marker in str(path) and trainer.global_rank == rank and Path(path).name.endswith(".distcp"):
+                raise OSError(5, "Input/output error")
+            return original(path)
+
+        sharded.sha256_file = failing

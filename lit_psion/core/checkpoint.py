@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lit_psion.core.errors import CheckpointError
@@ -159,7 +159,7 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
     if step_of(directory.name) not in (None, manifest.step):
         raise CheckpointError(f"checkpoint {str(directory)!r} holds the manifest of step {manifest.step}; a "
                               "checkpoint's directory names its own step")  # fmt: skip
-    present = {p.name for p in directory.iterdir()} - {MANIFEST_FILE}
+    present = _present_files(directory) - {MANIFEST_FILE}
     if extra := sorted(present - manifest.files.keys()):
         raise CheckpointError(f"checkpoint {str(directory)!r} holds a file its manifest does not list: {extra[0]!r}")
     contents = {}
@@ -168,13 +168,26 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
     return VerifiedCheckpoint(path=directory, manifest=manifest, manifest_sha256=actual_manifest, contents=contents)
 
 
+def _present_files(directory: Path) -> set[str]:
+    """Every entry under ``directory`` that is not a real directory (files, symlinks), as relative POSIX paths."""
+    present = set()
+    for path in directory.rglob("*"):  # rglob does not descend into symlinked directories
+        if path.is_symlink() or not path.is_dir():
+            present.add(path.relative_to(directory).as_posix())
+    return present
+
+
 def _read_verified(directory: Path, name: str, expected: FileRecord) -> bytes:
     file = directory / name
-    if Path(name).name != name:
+    parts = PurePosixPath(name).parts
+    if not parts or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts) or (
+            PurePosixPath(*parts).as_posix() != name):  # fmt: skip
         raise CheckpointError(f"checkpoint manifest in {str(directory)!r} lists {name!r}, which is not a plain file "
                               "name inside the checkpoint")  # fmt: skip
-    if file.is_symlink():
-        raise CheckpointError(f"checkpoint file {str(file)!r} is a symlink; checkpoints hold only regular files")
+    for depth in range(1, len(parts) + 1):  # a symlink anywhere on the way could lead outside the checkpoint
+        if directory.joinpath(*parts[:depth]).is_symlink():
+            raise CheckpointError(f"checkpoint file {str(file)!r} is a symlink (or lies under one); checkpoints hold "
+                                  "only regular files")  # fmt: skip
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {str(file)!r} listed in the manifest is missing")
     data = file.read_bytes()
