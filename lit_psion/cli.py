@@ -40,7 +40,10 @@ from lit_psion.commands import COMMANDS
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
+    DEEPSPEED,
     MANIFEST_FILE,
+    SHARDED,
+    SINGLE,
     RejectedCheckpoint,
     VerifiedCheckpoint,
     as_receipted,
@@ -132,6 +135,7 @@ class LitPsionCLI(LightningCLI):
         config = self._config()
         _check_strategy(config.trainer.strategy)
         _refuse_deepspeed_without_cuda(config.trainer)
+        _refuse_unverified_engine(config.trainer.strategy)
         _follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit":
@@ -391,22 +395,31 @@ def _strategy_name(strategy: Any) -> str:
     return type(strategy).__name__ if strategy is not None else ""
 
 
-def _writes_shards(strategy: Any) -> bool:
-    return _strategy_name(strategy) in ("sharded", "ShardedStrategy")
+def _layout_of(strategy: Any) -> str:
+    """The checkpoint layout a strategy writes and reads."""
+    name = _strategy_name(strategy)
+    if name in ("sharded", "ShardedStrategy"):
+        return SHARDED
+    return DEEPSPEED if "deepspeed" in name.lower() else SINGLE
+
+
+LAYOUT_HINTS = {
+    SHARDED: "resume it with --config configs/overlays/fsdp.yaml (or --trainer.strategy sharded), or read it as one "
+             "model after `python -m lit_psion ckpt consolidate RUN_DIR`",
+    DEEPSPEED: "resume it with the DeepSpeed overlay that wrote it (configs/overlays/deepspeed_zero2.yaml or _zero3)",
+    SINGLE: "resume it with the strategy that wrote it (single device, ddp, transactional, elastic_mesh)",
+}  # fmt: skip
 
 
 def _refuse_another_layout(checkpoint: VerifiedCheckpoint, strategy: Any) -> None:
-    """A sharded checkpoint loads only under the sharded strategy, a single-file one only outside it; refused
-    before the run is touched (its run.json keeps its status)."""
-    if checkpoint.sharded and not _writes_shards(strategy):
-        raise CheckpointError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is sharded (one "
-                              "file per rank, written by the sharded strategy); resume it with --config "
-                              "configs/overlays/fsdp.yaml (or --trainer.strategy sharded), or read it as one model "
-                              "after `python -m lit_psion ckpt consolidate RUN_DIR`")  # fmt: skip
-    if not checkpoint.sharded and _writes_shards(strategy):
-        raise CheckpointError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is a single-file "
-                              "checkpoint; the sharded strategy resumes sharded checkpoints only: resume it with the "
-                              "strategy that wrote it, or start a new run")  # fmt: skip
+    """A checkpoint loads only under a strategy that reads its layout (one safetensors file, DCP shards, DeepSpeed);
+    refused before the run is touched (its run.json keeps its status)."""
+    wanted = _layout_of(strategy)
+    if checkpoint.layout != wanted:
+        raise CheckpointError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is a "
+                              f"{checkpoint.layout} checkpoint, but --trainer.strategy "
+                              f"{_strategy_name(strategy) or 'auto'} reads {wanted} ones; "
+                              f"{LAYOUT_HINTS[checkpoint.layout]}")  # fmt: skip
 
 
 def _refuse_deepspeed_without_cuda(trainer: Namespace) -> None:
@@ -419,6 +432,17 @@ def _refuse_deepspeed_without_cuda(trainer: Namespace) -> None:
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError("DeepSpeed is not installed; install the extra: DS_BUILD_OPS=0 pip install "
                           "--no-build-isolation -c constraints.txt -e '.[deepspeed]'")  # fmt: skip
+
+
+def _refuse_unverified_engine(strategy: Any) -> None:
+    """Lightning's own FSDP, ModelParallel and DeepSpeed strategies write checkpoints past lit_psion's
+    CheckpointIO (no manifest, no pointer); lit_psion's subclasses of them write verified ones."""
+    name = _strategy_name(strategy)
+    if name in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy") or (
+            isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed"))):  # fmt: skip
+        raise ConfigError(f"--trainer.strategy {name} writes checkpoints lit_psion cannot verify; use "
+                          "configs/overlays/fsdp.yaml (lit_psion.strategies.ShardedStrategy, FSDP2, CPU or CUDA) or "
+                          "configs/overlays/deepspeed_zero2.yaml / _zero3.yaml (VerifiedDeepSpeedStrategy, CUDA)")
 
 
 def _place_wandb_runs(loggers: Any, layout: RunLayout) -> None:

@@ -7,6 +7,7 @@ its default policy.
 
 from lightning.pytorch.strategies import StrategyRegistry
 
+from lit_psion.strategies.deepspeed import VerifiedDeepSpeedStrategy
 from lit_psion.strategies.elastic import ElasticMeshStrategy, TransactionalElasticMeshStrategy
 from lit_psion.strategies.sharded import ShardedStrategy
 from lit_psion.strategies.skip_list import SkipList, SkippedBatch
@@ -34,4 +35,5 @@ __all__ = [
     "TransactionalDDPStrategy",
     "TransactionalElasticMeshStrategy",
     "TransactionalStrategy",
+    "VerifiedDeepSpeedStrategy",
 ]

@@ -25,6 +25,8 @@ from lit_psion.core.layout import RunLayout, step_of
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 DURABLE = "durable"
+SINGLE, SHARDED, DEEPSPEED = "single", "sharded", "deepspeed"
+"""Checkpoint layouts (:attr:`CheckpointManifest.layout`), each loaded by its own strategies only."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +71,17 @@ class CheckpointManifest:
     @property
     def sharded(self) -> bool:
         """Written by every rank as DCP shards (``*.distcp``) rather than one safetensors file."""
-        return any(name.endswith(".distcp") for name in self.files)
+        return self.layout == SHARDED
+
+    @property
+    def layout(self) -> str:
+        """How the weights are stored: ``single`` (one safetensors file), ``sharded`` (DCP shards, one per rank)
+        or ``deepspeed`` (a DeepSpeed checkpoint directory)."""
+        if any(name.endswith(".distcp") for name in self.files):
+            return SHARDED
+        if any(name.endswith("_model_states.pt") for name in self.files):
+            return DEEPSPEED
+        return SINGLE
 
     @classmethod
     def from_json_dict(cls, record: dict[str, Any], where: str = "manifest") -> CheckpointManifest:
@@ -125,6 +137,10 @@ class VerifiedCheckpoint:
     def sharded(self) -> bool:
         """Written by every rank as DCP shards (the sharded strategy), not as one safetensors file."""
         return self.manifest.sharded
+
+    @property
+    def layout(self) -> str:
+        return self.manifest.layout
 
 
 def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None) -> VerifiedCheckpoint:
