@@ -176,6 +176,9 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
         raise CheckpointError(f"checkpoint {str(directory)!r} holds the manifest of step {manifest.step}; a "
                               "checkpoint's directory names its own step")  # fmt: skip
     present = _present_files(directory) - {MANIFEST_FILE}
+    if links := sorted(name for name in present if (directory / name).is_symlink()):
+        raise CheckpointError(f"checkpoint entry {str(directory / links[0])!r} is a symlink; checkpoints hold only "
+                              "regular files and directories")  # fmt: skip
     if extra := sorted(present - manifest.files.keys()):
         raise CheckpointError(f"checkpoint {str(directory)!r} holds a file its manifest does not list: {extra[0]!r}")
     contents = {}

@@ -78,6 +78,13 @@ MALFORMED = [
     ("step not an integer", b'{"step": "3", "files": {}}', "not an integer"),
     ("a file outside the checkpoint", b'{"step": 3, "files": {"../x": {"sha256": "0", "bytes": 1}}}',
      "not a plain file name"),
+    ("a climb inside a nested path", b'{"step": 3, "files": {"a/../../x": {"sha256": "0", "bytes": 1}}}',
+     "not a plain file name"),
+    ("an absolute path", b'{"step": 3, "files": {"/etc/passwd": {"sha256": "0", "bytes": 1}}}',
+     "not a plain file name"),
+    ("a dot component", b'{"step": 3, "files": {"a/./x": {"sha256": "0", "bytes": 1}}}', "not a plain file name"),
+    ("an empty component", b'{"step": 3, "files": {"a//x": {"sha256": "0", "bytes": 1}}}', "not a plain file name"),
+    ("a backslash", b'{"step": 3, "files": {"a\\\\x": {"sha256": "0", "bytes": 1}}}', "not a plain file name"),
 ]
 
 
@@ -86,6 +93,52 @@ def test_a_malformed_manifest_is_a_checkpoint_error(layout: RunLayout, name: str
                                                     message: str) -> None:  # fmt: skip
     path = make_checkpoint(layout.checkpoints, 3, {})
     (path / MANIFEST_FILE).write_bytes(manifest)
+    with pytest.raises(CheckpointError, match=message):
+        verify_checkpoint(path)
+
+
+def make_nested(directory: Path) -> Path:
+    """A checkpoint whose manifest lists files in a subdirectory (the layout DeepSpeed writes)."""
+    path = make_checkpoint(directory, 3, {"latest": b"checkpoint"})
+    (path / "checkpoint").mkdir()
+    files = {"checkpoint/mp_rank_00_model_states.pt": b"model", "checkpoint/zero_pp_rank_1_optim_states.pt": b"opt"}
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return path
+
+
+def test_a_nested_manifest_verifies_every_file_and_names_its_layout(layout: RunLayout) -> None:
+    verified = verify_checkpoint(make_nested(layout.checkpoints))
+    assert verified.contents["checkpoint/zero_pp_rank_1_optim_states.pt"] == b"opt"
+    assert verified.layout == "deepspeed" and not verified.sharded
+
+
+NESTED_TAMPERING = {
+    "nested byte flipped": (lambda p: (p / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"modeL"),
+                            "is corrupt"),
+    "nested extra file": (lambda p: (p / "checkpoint" / "zero_pp_rank_2_optim_states.pt").write_bytes(b"x"),
+                          "does not list: 'checkpoint/zero_pp_rank_2_optim_states.pt'"),
+    "nested file missing": (lambda p: (p / "checkpoint" / "zero_pp_rank_1_optim_states.pt").unlink(), "missing"),
+    "subdirectory symlinked": (lambda p: _relink(p / "checkpoint"), "symlink"),
+    "nested file symlinked": (lambda p: _relink(p / "checkpoint" / "mp_rank_00_model_states.pt"), "symlink"),
+}  # fmt: skip
+
+
+def _relink(path: Path) -> None:
+    """Move ``path`` out of the checkpoint and leave a symlink to it in its place (same bytes, other place)."""
+    moved = path.parent.parent.parent / f"moved-{path.name}"
+    path.rename(moved)
+    path.symlink_to(moved)
+
+
+@pytest.mark.parametrize("case", NESTED_TAMPERING)
+def test_a_nested_checkpoint_is_held_to_its_manifest(layout: RunLayout, case: str) -> None:
+    tamper, message = NESTED_TAMPERING[case]
+    path = make_nested(layout.checkpoints)
+    tamper(path)
     with pytest.raises(CheckpointError, match=message):
         verify_checkpoint(path)
 
