@@ -329,7 +329,7 @@ def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> Verifie
     Raises:
         CheckpointError: there is none, it does not verify, or it gathers another checkpoint.
     """
-    path = layout.run_dir / CONSOLIDATED_DIR / verified.path.name
+    path = layout.consolidated / verified.path.name
     hint = f"run `python -m lit_psion ckpt consolidate {layout.run_dir}` first"
     if not (path / MANIFEST_FILE).is_file():
         raise CheckpointError(f"checkpoint {verified.path.name} of run {layout.run_id!r} is sharded (one file per "
@@ -339,7 +339,3 @@ def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> Verifie
         raise CheckpointError(f"{str(path)!r} gathers another checkpoint than {verified.path.name} (its "
                               f"consolidated_from differs); {hint}")  # fmt: skip
     return copy
-
-
-CONSOLIDATED_DIR = "consolidated"
-"""Where ``ckpt consolidate`` writes inside a run directory by default."""

@@ -18,7 +18,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_psion.checkpoint_io import CONSOLIDATED_DIR, consolidated_for, load_verified
+from lit_psion.checkpoint_io import consolidated_for, load_verified
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.checkpoint import MANIFEST_FILE, VerifiedCheckpoint, resolve_checkpoint, verify_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
@@ -82,7 +82,7 @@ def load_run(location: str | Path, map_location: Any = None) -> LoadedRun:
     elif (location / MANIFEST_FILE).is_file():
         checkpoint = verify_checkpoint(location)
         layout = RunLayout.of(location.parent.parent)
-        inside = location.parent in (layout.checkpoints, layout.run_dir / CONSOLIDATED_DIR)
+        inside = location.parent in (layout.checkpoints, layout.consolidated)
         layout = layout if layout.is_run() and inside else None
     else:
         raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "

@@ -58,6 +58,9 @@ class ShardedStrategy(ModelParallelStrategy):
     Args:
         param_dtype: ``bf16`` or ``fp16``: a mixed-precision policy (compute in that dtype, reduce
             gradients in float32); CUDA only. ``None`` trains in the parameters' dtype.
+        reshard_after_forward: ``True`` (ZeRO-3): each block's parameters are gathered for its forward
+            and again for its backward; ``False`` (ZeRO-2-like): gathered once per step and held from
+            forward to backward (faster, more memory).
         process_group_backend: ``gloo`` on CPU, ``nccl`` on CUDA by default.
         timeout: How long a collective may wait for a peer.
     """
@@ -67,6 +70,7 @@ class ShardedStrategy(ModelParallelStrategy):
     def __init__(
         self,
         param_dtype: Literal["bf16", "fp16"] | None = None,
+        reshard_after_forward: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = timedelta(minutes=30),
     ) -> None:
@@ -76,6 +80,11 @@ class ShardedStrategy(ModelParallelStrategy):
         super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=True,
                          process_group_backend=process_group_backend, timeout=timeout)  # fmt: skip
         self.param_dtype = DTYPES.get(param_dtype) if param_dtype else None
+        self.reshard_after_forward = reshard_after_forward
+
+    def sharding_options(self) -> dict[str, Any]:
+        """What a model's ``configure_model`` passes to :func:`lit_psion.nn.sharding.shard_per_block`."""
+        return {"param_dtype": self.param_dtype, "reshard_after_forward": self.reshard_after_forward}
 
     @override
     def setup_environment(self) -> None:

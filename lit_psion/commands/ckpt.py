@@ -33,8 +33,8 @@ def main(args: list[str]) -> None:
         kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
         print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
         return
-    from lit_psion.checkpoint_io import CONSOLIDATED_DIR, consolidate
+    from lit_psion.checkpoint_io import consolidate
 
-    path, summary = consolidate(checkpoint, parsed.out or layout.run_dir / CONSOLIDATED_DIR)
+    path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
     print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")

@@ -25,6 +25,7 @@ PROMOTION_FILE = "promotion.json"
 CHECKPOINTS_DIR = "checkpoints"
 POINTER_FILE = "pointer.json"
 DASHBOARD_DIR = "dashboard"
+CONSOLIDATED_DIR = "consolidated"
 STEP_PREFIX = "step-"
 
 _STEP_NAME = re.compile(r"step-([0-9]+)")  # ASCII digits only: "step-٩" is not a checkpoint name
@@ -125,6 +126,11 @@ class RunLayout:
     @property
     def dashboard(self) -> Path:
         return self.run_dir / DASHBOARD_DIR
+
+    @property
+    def consolidated(self) -> Path:
+        """Where ``ckpt consolidate`` writes the run's sharded checkpoints as single-file ones, by default."""
+        return self.run_dir / CONSOLIDATED_DIR
 
     def checkpoint(self, step: int) -> Path:
         """The directory of the checkpoint at ``step``."""

@@ -113,8 +113,8 @@ class DecoderLM(L.LightningModule):
             return
         from lit_psion.nn.sharding import shard_per_block
 
-        shard_per_block(self.model, self.model.blocks, self.device_mesh,
-                        getattr(self.trainer.strategy, "param_dtype", None))  # fmt: skip
+        options = getattr(self.trainer.strategy, "sharding_options", dict)()
+        shard_per_block(self.model, self.model.blocks, self.device_mesh, **options)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only on steps that write a log row

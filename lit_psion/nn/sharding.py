@@ -17,7 +17,11 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 
 def shard_per_block(
-    root: nn.Module, blocks: Iterable[nn.Module], mesh: DeviceMesh, param_dtype: torch.dtype | None = None
+    root: nn.Module,
+    blocks: Iterable[nn.Module],
+    mesh: DeviceMesh,
+    param_dtype: torch.dtype | None = None,
+    reshard_after_forward: bool = True,
 ) -> None:
     """Apply ``fully_shard`` to each of ``blocks`` and then to ``root``, in place, over ``mesh``'s data-parallel ranks.
 
@@ -27,10 +31,15 @@ def shard_per_block(
         mesh: A device mesh with a ``data_parallel`` dimension (Lightning's ModelParallelStrategy makes one).
         param_dtype: Compute in this dtype with gradients reduced in float32 (a CUDA mixed-precision
             policy); ``None`` keeps the parameters' dtype.
+        reshard_after_forward: Free each block's gathered parameters after its forward and gather them
+            again for its backward (ZeRO-3: least memory); ``False`` keeps them until the backward
+            (ZeRO-2-like: one all-gather per block per step, the full parameters held meanwhile).
     """
     data_parallel = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
     kwargs = {"mesh": data_parallel, **({"mp_policy": policy} if policy is not None else {})}
-    for block in blocks:
-        fully_shard(block, **kwargs)
-    fully_shard(root, **kwargs)
+    blocks = list(blocks)
+    for index, block in enumerate(blocks):
+        # The last block's backward starts right after its forward: resharding it would only re-gather it.
+        fully_shard(block, reshard_after_forward=reshard_after_forward and index < len(blocks) - 1, **kwargs)
+    fully_shard(root, reshard_after_forward=False, **kwargs)  # the root's parameters are used again first
