@@ -74,6 +74,12 @@ class ManifestCheckpointIO(CheckpointIO):
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-checkpoint")
         self._pending = self._executor.submit(write_checkpoint, snapshot, path)
 
+    def hold_pending(self, pending: Future) -> None:
+        """Hold a write a strategy started itself (the sharded strategy's), to be collected like this IO's own."""
+        if self._pending is not None:
+            raise RuntimeError("a checkpoint write is already in flight; collect it with take_pending() first")
+        self._pending = pending
+
     def take_pending(self) -> Future | None:
         """The in-flight write started by the last async :meth:`save_checkpoint` (None if there is none)."""
         pending, self._pending = self._pending, None

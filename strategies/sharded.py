@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from lightning.pytorch.strategies import ModelParallelStrategy, ParallelStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -81,6 +83,9 @@ class ShardedStrategy(ModelParallelStrategy):
                          process_group_backend=process_group_backend, timeout=timeout)  # fmt: skip
         self.param_dtype = DTYPES.get(param_dtype) if param_dtype else None
         self.reshard_after_forward = reshard_after_forward
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_group: Any = None
+        self._signalled = self._stopping = False
 
     def sharding_options(self) -> dict[str, Any]:
         """What a model's ``configure_model`` passes to :func:`lit_psion.nn.sharding.shard_per_block`."""
@@ -99,10 +104,46 @@ class ShardedStrategy(ModelParallelStrategy):
         if not is_overridden("configure_model", self.lightning_module):
             raise ConfigError(f"{type(self.lightning_module).__name__} has no sharding plan (configure_model); the "
                               "sharded strategy trains DecoderLM, MosaicLM and AdapterLM: use --trainer.strategy ddp")
-        if isinstance(self.checkpoint_io, ManifestCheckpointIO) and self.checkpoint_io.async_write:
-            raise ConfigError("checkpoint.async_write is not supported by the sharded strategy yet (every rank writes "
-                              "its shard in step with the others); set --checkpoint.async_write false")  # fmt: skip
+        # Lightning's SIGTERM handler broadcasts from inside the handler: a collective on the signalled rank
+        # alone, mid-step, which hangs a sharded step's all-gathers. Ours only notes the signal; every rank
+        # agrees on it at the next step boundary (on_train_batch_start).
+        trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
         super().setup(trainer)
+        if self._writes_async() and self._writer_group is None and dist.is_initialized():
+            # The background writes' collectives (DCP's plan, the digest reports) get a group of their own,
+            # so they never interleave with the training step's collectives on the default group.
+            self._writer_group = dist.new_group(backend="gloo")
+
+    def _note_sigterm(self, signum: int, *_: Any) -> None:
+        if not self._signalled:
+            launcher = self.launcher
+            if launcher is not None:  # the ranks Lightning started from this process get it too
+                launcher.kill(signum)
+        self._signalled = True
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        trainer = self.lightning_module.trainer
+        if self._stopping or trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # already agreed, or mid accumulation window: a stop waits for the optimizer step
+        flag = torch.tensor([int(self._signalled)], device=self.root_device)
+        if self.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one agreement, the same on every rank
+        if flag.item():
+            # Every rank at once: this step trains, PointerCheckpoint saves at its end (it saves when
+            # received_sigterm), then Lightning's fit loop raises SIGTERMException on every rank.
+            self._stopping = trainer._signal_connector.received_sigterm = True
+
+    def _writes_async(self) -> bool:
+        return isinstance(self.checkpoint_io, ManifestCheckpointIO) and self.checkpoint_io.async_write
+
+    @override
+    def teardown(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        super().teardown()
 
     # ----------------------------------------------------------------------------------------- saving
 
@@ -113,12 +154,26 @@ class ShardedStrategy(ModelParallelStrategy):
         final, staging = stage_checkpoint(self, filepath)
         shards = {"state_dict": checkpoint.pop("state_dict")}
         shards.update({f"optimizer_{i}": state for i, state in enumerate(checkpoint.pop("optimizer_states", []))})
+        if not self._writes_async():
+            self._write(shards, checkpoint, staging, final, None)
+            return
+        # A point-in-time copy (each rank its own shards: no collective), written while training goes on.
+        copy = (lambda t: t.detach().clone()) if self.root_device.type == "cpu" else (lambda t: t.detach().cpu())
+        shards, checkpoint = apply_to_collection((shards, checkpoint), torch.Tensor, copy)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-shards")
+        future = self._writer.submit(self._write, shards, checkpoint, staging, final, self._writer_group)
+        self.checkpoint_io.hold_pending(future)
+
+    def _write(self, shards: dict[str, Any], checkpoint: dict[str, Any], staging: Path, final: Path,
+               group: Any) -> None:  # fmt: skip
         problem: str | None = None
         try:
-            dcp.save(shards, storage_writer=dcp.FileSystemWriter(staging, single_file_per_rank=True, sync_files=True))
+            writer = dcp.FileSystemWriter(staging, single_file_per_rank=True, sync_files=True)
+            dcp.save(shards, storage_writer=writer, process_group=group)
         except (OSError, dcp.api.CheckpointException) as error:
             problem = _reason(error)
-        seal_checkpoint(self, checkpoint, staging, final, f"__{self.global_rank}_*.distcp", problem, STATE)
+        seal_checkpoint(self, checkpoint, staging, final, f"__{self.global_rank}_*.distcp", problem, STATE, group)
 
     # ---------------------------------------------------------------------------------------- loading
 
@@ -178,10 +233,13 @@ def seal_checkpoint(
     mine: str,
     problem: str | None,
     state_file: str | None,
+    group: Any = None,
 ) -> None:
     """Every rank: report the digests of the staged files it wrote (those matching the glob ``mine``), or its
     write's failure; rank 0 then writes ``state_file`` (the rest of ``checkpoint``, if named), hashes what
     no rank claimed, writes the manifest over all of it, fsyncs and renames the directory into place.
+
+    ``group``: the process group of the reports (a background writer's own; default: the world).
 
     Raises:
         CheckpointWriteError: on every rank, if any rank's write or the seal failed; the staging directory
@@ -194,7 +252,7 @@ def seal_checkpoint(
         except OSError as error:
             problem = _reason(error)
     reports: list[Any] = [None] * strategy.world_size
-    dist.all_gather_object(reports, (problem, records))
+    dist.all_gather_object(reports, (problem, records), group=group)
     if strategy.is_global_zero:
         problem = next((reported for reported, _ in reports if reported), None)
         if problem is None:
@@ -202,8 +260,9 @@ def seal_checkpoint(
             problem = _seal(checkpoint, staging, final, claimed, state_file)
         if problem is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    problem = strategy.broadcast(problem)
-    if problem is not None:
+    verdict = [problem]
+    dist.broadcast_object_list(verdict, src=0, group=group)
+    if (problem := verdict[0]) is not None:
         raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; the previous "
                                    "checkpoint is still the pointed-to one (free space or fix the disk, then "
                                    "--ckpt_path last)")  # fmt: skip

@@ -122,6 +122,42 @@ def test_a_sigkilled_world_2_run_resumes_bitwise_equal_to_the_uninterrupted_one(
     assert main(["receipts", "verify", str(run)]) == 0
 
 
+def test_async_writes_are_receipted_in_flight_then_durable_and_train_the_same_run(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    result = run_fit(tmp_path, "--trainer.max_steps", str(N), "--checkpoint.async_write", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_dir(tmp_path)
+    assert_same_training(run, uninterrupted)
+    chain = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    states = [(r["body"]["checkpoint"], r["body"]["durability"]) for r in chain if r["kind"] == "checkpoint"]
+    for step in (3, 6, 9, 12):
+        name = f"checkpoints/step-{step:06d}"
+        assert states.index((name, "async_write_in_flight")) < states.index((name, "durable")), states
+    assert main(["receipts", "verify", str(run)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill-async"])
+def test_a_world_2_run_stopped_by_sigterm_or_killed_mid_async_writes_resumes_bitwise(
+    stop: str, tmp_path: Path, uninterrupted: Path
+) -> None:
+    writes = ("--checkpoint.async_write", "true") if stop == "sigkill-async" else ()
+    callback = ("SigtermAt", {"step": 7}) if stop == "sigterm" else ("KillGroupAt", {"step": 8})
+    first = run_fit(tmp_path, "--trainer.max_steps", str(N), *writes, callbacks=(callback,))
+    run = run_dir(tmp_path)
+    if stop == "sigterm":  # every rank finishes step 7, checkpoints it and pauses
+        assert first.returncode == 143, first.stderr[-3000:]
+        assert read_pointer(RunLayout.of(run)).step == 7
+        assert read_json(run / "run.json")["status"] == "paused"
+    else:
+        assert first.returncode == -9, first.stderr[-3000:]
+    resumed = run_fit(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last", *writes)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(run, uninterrupted)
+    assert main(["receipts", "verify", str(run)]) == 0
+
+
 def _flip(name: str):
     def tamper(checkpoint: Path) -> None:
         data = bytearray((checkpoint / name).read_bytes())
@@ -296,7 +332,6 @@ def test_mosaic_trains_sharded_and_consolidates(tmp_path: Path) -> None:
 REFUSED_AT_START = {
     "muon under fsdp": (("--model.init_args.optimizer.name", "muon"), "optimizer muon needs whole weight matrices"),
     "mixed precision on cpu": (("--trainer.strategy.init_args.param_dtype", "bf16"), "needs CUDA"),
-    "async checkpoint writes": (("--checkpoint.async_write", "true"), "async_write is not supported"),
 }
 
 
