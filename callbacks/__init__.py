@@ -8,6 +8,7 @@ from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.promotion import PromotionGate
 from lit_psion.callbacks.run_dir import RunDirectory
 from lit_psion.callbacks.sample import GenerateSample
+from lit_psion.callbacks.stop import StopAgreement
 from lit_psion.callbacks.telemetry import Telemetry
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "PromotionGate",
     "Receipts",
     "RunDirectory",
+    "StopAgreement",
     "Telemetry",
 ]

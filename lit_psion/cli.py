@@ -33,7 +33,15 @@ from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import lit_psion.strategies  # noqa: F401  (registers lit_psion's strategies by name)
-from lit_psion.callbacks import Dashboard, PointerCheckpoint, ProgressBar, Receipts, RunDirectory, Telemetry
+from lit_psion.callbacks import (
+    Dashboard,
+    PointerCheckpoint,
+    ProgressBar,
+    Receipts,
+    RunDirectory,
+    StopAgreement,
+    Telemetry,
+)
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS
@@ -222,7 +230,7 @@ class LitPsionCLI(LightningCLI):
             run = dataclasses.replace(self.run_context, stage=run_stage(self.model, callbacks))
             self.run_context = run
             loggers = [RunCSVLogger(run.layout.root, run.layout.run_id), *loggers]
-            callbacks.append(RunDirectory(run))
+            callbacks += [RunDirectory(run), StopAgreement()]
             if any(isinstance(logger, WandbLogger) for logger in loggers):
                 callbacks.append(WandbEvidence())
         elif config.get("logger") in (None, True):

@@ -85,7 +85,6 @@ class ShardedStrategy(ModelParallelStrategy):
         self.reshard_after_forward = reshard_after_forward
         self._writer: ThreadPoolExecutor | None = None
         self._writer_group: Any = None
-        self._signalled = self._stopping = False
 
     def sharding_options(self) -> dict[str, Any]:
         """What a model's ``configure_model`` passes to :func:`lit_psion.nn.sharding.shard_per_block`."""
@@ -104,36 +103,11 @@ class ShardedStrategy(ModelParallelStrategy):
         if not is_overridden("configure_model", self.lightning_module):
             raise ConfigError(f"{type(self.lightning_module).__name__} has no sharding plan (configure_model); the "
                               "sharded strategy trains DecoderLM, MosaicLM and AdapterLM: use --trainer.strategy ddp")
-        # Lightning's SIGTERM handler broadcasts from inside the handler: a collective on the signalled rank
-        # alone, mid-step, which hangs a sharded step's all-gathers. Ours only notes the signal; every rank
-        # agrees on it at the next step boundary (on_train_batch_start).
-        trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
         super().setup(trainer)
         if self._writes_async() and self._writer_group is None and dist.is_initialized():
             # The background writes' collectives (DCP's plan, the digest reports) get a group of their own,
             # so they never interleave with the training step's collectives on the default group.
             self._writer_group = dist.new_group(backend="gloo")
-
-    def _note_sigterm(self, signum: int, *_: Any) -> None:
-        if not self._signalled:
-            launcher = self.launcher
-            if launcher is not None:  # the ranks Lightning started from this process get it too
-                launcher.kill(signum)
-        self._signalled = True
-
-    @override
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        trainer = self.lightning_module.trainer
-        if self._stopping or trainer.fit_loop.epoch_loop._should_accumulate():
-            return  # already agreed, or mid accumulation window: a stop waits for the optimizer step
-        flag = torch.tensor([int(self._signalled)], device=self.root_device)
-        if self.world_size > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one agreement, the same on every rank
-        if flag.item():
-            # Every rank at once: this step trains, PointerCheckpoint saves at its end (it saves when
-            # received_sigterm), then Lightning's fit loop raises SIGTERMException on every rank.
-            self._stopping = trainer._signal_connector.received_sigterm = True
 
     def _writes_async(self) -> bool:
         return isinstance(self.checkpoint_io, ManifestCheckpointIO) and self.checkpoint_io.async_write

@@ -158,6 +158,22 @@ def test_a_world_2_run_stopped_by_sigterm_or_killed_mid_async_writes_resumes_bit
     assert main(["receipts", "verify", str(run)]) == 0
 
 
+@pytest.mark.slow
+def test_a_sigterm_pauses_every_ddp_rank_at_one_step_and_the_resume_is_bitwise(
+    tmp_path: Path, ddp_uninterrupted: Path
+) -> None:
+    # Lightning's handler broadcast from inside the signal handler and hung DDP; StopAgreement agrees instead.
+    first = run_fit(tmp_path, "--trainer.max_steps", str(N), strategy=DDP, callbacks=(("SigtermAt", {"step": 7}),))
+    assert first.returncode == 143, first.stderr[-3000:]
+    run = run_dir(tmp_path)
+    assert read_pointer(RunLayout.of(run)).step == 7 and read_json(run / "run.json")["status"] == "paused"
+    resumed = run_fit(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last", strategy=DDP)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = (run / "checkpoints" / "step-000012" / "model.safetensors").read_bytes()
+    assert final == (ddp_uninterrupted / "checkpoints" / "step-000012" / "model.safetensors").read_bytes()
+    assert main(["receipts", "verify", str(run)]) == 0
+
+
 def _flip(name: str):
     def tamper(checkpoint: Path) -> None:
         data = bytearray((checkpoint / name).read_bytes())
@@ -219,11 +235,19 @@ def test_a_run_resumed_past_a_corrupt_shard_falls_back_and_still_ends_bitwise_eq
     assert_same_training(run, uninterrupted)
 
 
-def test_fsdp2_and_ddp_train_the_same_model_within_fp_tolerance(tmp_path: Path, uninterrupted: Path) -> None:
-    ddp = run_fit(tmp_path, "--trainer.max_steps", str(N), "--model.init_args.optimizer.name", "adamw",
-                  strategy=("--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"))
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    reference = run_dir(tmp_path)
+DDP = ("--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2")
+
+
+@pytest.fixture(scope="module")
+def ddp_uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ddp")
+    result = run_fit(root, "--trainer.max_steps", str(N), strategy=DDP)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir(root)
+
+
+def test_fsdp2_and_ddp_train_the_same_model_within_fp_tolerance(uninterrupted: Path, ddp_uninterrupted: Path) -> None:
+    reference = ddp_uninterrupted
     ddp_weights = safetensors_load((reference / "checkpoints" / "step-000012" / "model.safetensors").read_bytes())
     shards, _ = sharded_state(uninterrupted / "checkpoints" / "step-000012")
     assert set(shards["state_dict"]) <= set(ddp_weights)
