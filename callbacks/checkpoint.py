@@ -118,11 +118,21 @@ class PointerCheckpoint(EvidenceCallback):
 
     def _collect(self, trainer: L.Trainer, wait: bool) -> None:
         """Commit the in-flight write if it has landed (or, with ``wait``, once it lands); re-raise its failure."""
-        if self._in_flight is None or not (wait or self._in_flight[1].done()):
+        if self._in_flight is None or not (wait or self._landed(trainer)):
             return
         (path, pending), self._in_flight = self._in_flight, None
         pending.result()  # CheckpointWriteError from the writer thread surfaces here, on the training thread
         self._commit(trainer, path)
+
+    def _landed(self, trainer: L.Trainer) -> bool:
+        """Whether the in-flight write is done: on a strategy where every rank writes, done on every rank, agreed
+        by all, so a failed write surfaces on every rank at the same step."""
+        done = self._in_flight[1].done()
+        if trainer.world_size > 1 and getattr(trainer.strategy, "writes_on_every_rank", False):
+            flag = torch.tensor([int(done)], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            done = bool(flag.item())
+        return done
 
     def _commit(self, trainer: L.Trainer, path: Path) -> None:
         """Point at the durable checkpoint ``path``, receipt it, and apply retention."""

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -267,15 +268,69 @@ class _VerifiedFiles(dcp.filesystem.FileSystem):
         yield io.BytesIO(self.verified.contents[name])
 
 
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``.metadata`` with the classes DCP metadata is made of, and nothing else: a forged
+    ``.metadata`` cannot run code even if its manifest was forged with it."""
+
+    MODULES = {"torch.distributed.checkpoint.metadata"}
+    NAMES = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+             ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in self.MODULES or (module, name) in self.NAMES:
+            return super().find_class(module, name)
+        found = getattr(torch, name, None) if module == "torch" else None
+        if found is torch.Size or isinstance(found, torch.dtype | torch.layout | torch.memory_format):
+            return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP checkpoint metadata")
+
+
+class _VerifiedReader(dcp.FileSystemReader):
+    def __init__(self, verified: VerifiedCheckpoint) -> None:
+        super().__init__(verified.path)
+        self.fs = _VerifiedFiles(verified)
+        self.verified = verified
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        name = ".metadata"
+        if name not in self.verified.contents:
+            raise CheckpointError(f"checkpoint {str(self.verified.path)!r} has no DCP .metadata in its manifest")
+        try:
+            metadata = _MetadataUnpickler(io.BytesIO(self.verified.contents[name])).load()
+        except Exception as error:
+            raise CheckpointError(f"checkpoint {str(self.verified.path)!r}: its .metadata is not DCP metadata "
+                                  f"({type(error).__name__}: {error})") from error  # fmt: skip
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp.metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
 def verified_reader(verified: VerifiedCheckpoint) -> dcp.FileSystemReader:
     """A DCP storage reader over a verified sharded checkpoint: what it loads is what was hashed.
 
-    DCP's ``.metadata`` is a pickle; through this reader it is only ever unpickled from bytes whose
-    sha256 the manifest (held to its receipt) vouches for.
+    DCP's ``.metadata`` is a pickle: it is unpickled from the verified bytes with an allowlist of DCP's
+    metadata classes only. Use it with :class:`WeightsOnlyLoadPlanner` (DCP's own planner loads
+    non-tensor items, such as optimizer hyper-parameters, with ``weights_only=False``).
     """
-    reader = dcp.FileSystemReader(verified.path)
-    reader.fs = _VerifiedFiles(verified)
-    return reader
+    return _VerifiedReader(verified)
+
+
+class _WeightsOnlyBytes:
+    """A load planner whose non-tensor items are loaded with ``torch.load(weights_only=True)``."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        loaded = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+class WeightsOnlyLoadPlanner(_WeightsOnlyBytes, dcp.DefaultLoadPlanner):
+    """DCP's default load planner, loading non-tensor items with ``weights_only=True``."""
 
 
 def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str, Any]]:
@@ -302,8 +357,8 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
     state = load_trainer_state(verified)
     gathered: dict[str, Any] = {}
     try:
-        _load_state_dict(gathered, storage_reader=verified_reader(verified),
-                         planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)  # fmt: skip
+        planner = type("_Gather", (_WeightsOnlyBytes, _EmptyStateDictLoadPlanner), {})(keys={"state_dict"})
+        _load_state_dict(gathered, storage_reader=verified_reader(verified), planner=planner, no_dist=True)
     except Exception as error:  # a DCP checkpoint without model shards, or an unreadable plan
         reason = str(error).splitlines()[0] if str(error) else ""
         raise CheckpointError(f"checkpoint {str(verified.path)!r}: its shards cannot be gathered "
@@ -344,4 +399,15 @@ def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> Verifie
     if copy.manifest.consolidated_from != verified.manifest_sha256:
         raise CheckpointError(f"{str(path)!r} gathers another checkpoint than {verified.path.name} (its "
                               f"consolidated_from differs); {hint}")  # fmt: skip
+    from lit_psion.core.chain import parse_receipt, verify_log
+
+    receipts = layout.consolidated / RECEIPTS_FILE
+    checked = verify_log(receipts) if receipts.is_file() else None
+    if checked is None or not checked.ok:
+        raise CheckpointError(f"{str(path)!r} has no verifying consolidation receipts ({str(receipts)!r}); {hint}")
+    receipted = [parse_receipt(line) for line in receipts.read_text().splitlines() if line.strip()]
+    wanted = {"manifest_digest": copy.manifest_sha256, "source_manifest_digest": verified.manifest_sha256}
+    if not any(r.kind == "checkpoint_consolidate" and wanted.items() <= r.body.items() for r in receipted):
+        raise CheckpointError(f"{str(path)!r} is not the copy its consolidation receipt recorded (its manifest was "
+                              f"replaced after it was written); {hint}")  # fmt: skip
     return copy

@@ -154,6 +154,11 @@ class LitPsionCLI(LightningCLI):
             run_id, rejected = self._resume_named(config, RunLayout(root, _plain_run_id(named)))
         if self.verified is not None:
             _refuse_another_layout(self.verified, config.trainer.strategy)
+            if self.subcommand == "fit" and self.verified.manifest.consolidated_from is not None:
+                raise CheckpointError(f"checkpoint {str(self.verified.path)!r} is a consolidated model (no optimizer "
+                                      "state): a fit cannot resume from it; fine-tune it with --model.init_args."
+                                      "base_checkpoint, or resume the sharded run with --config "
+                                      "configs/overlays/fsdp.yaml --ckpt_path last")  # fmt: skip
         if self.subcommand == "fit" and self.verified is not None:
             _refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"))
         if "weights_only" in config:
@@ -269,7 +274,14 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     layout = RunLayout.of(checkpoint.path.resolve().parent.parent)
     if not layout.is_run() or layout.run_id != checkpoint.manifest.run_id:
         return checkpoint
-    return as_receipted(checkpoint, receipted_checkpoints(layout))
+    receipted = receipted_checkpoints(layout)
+    if (source := checkpoint.manifest.consolidated_from) is not None:  # a copy gathered from a sharded checkpoint
+        if not any(manifest == source for manifest, _ in receipted.recorded.values()):
+            raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was consolidated from a checkpoint the run's "
+                                  "receipts do not record; consolidate again with `python -m lit_psion ckpt "
+                                  "consolidate RUN_DIR`")  # fmt: skip
+        return checkpoint
+    return as_receipted(checkpoint, receipted)
 
 
 def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModule) -> None:

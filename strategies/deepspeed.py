@@ -35,8 +35,8 @@ class VerifiedDeepSpeedStrategy(DeepSpeedStrategy):
         problem: str | None = None
         try:
             super().save_checkpoint(checkpoint, staging, storage_options)
-        except OSError as error:
-            problem = error.strerror or str(error)
+        except Exception as error:  # reported to every rank by the seal: no rank waits for one that failed
+            problem = (error.strerror if isinstance(error, OSError) else None) or str(error) or type(error).__name__
         self.barrier("lit_psion.deepspeed_written")  # the model states rank 0 hashes are complete
         seal_checkpoint(self, checkpoint, staging, final, f"*zero_pp_rank_{self.global_rank}_*", problem, None)
 

@@ -45,7 +45,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from typing_extensions import override
 
-from lit_psion.checkpoint_io import EXTRA_KEY, STATE, ManifestCheckpointIO, load_trainer_state, verified_reader
+from lit_psion.checkpoint_io import (
+    EXTRA_KEY,
+    STATE,
+    ManifestCheckpointIO,
+    WeightsOnlyLoadPlanner,
+    load_trainer_state,
+    verified_reader,
+)
 from lit_psion.core import atomic_write_json, sha256_file
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
@@ -68,6 +75,8 @@ class ShardedStrategy(ModelParallelStrategy):
     """
 
     strategy_name = "sharded"
+    writes_on_every_rank = True
+    """Every rank writes (and, with async writes, holds in flight) its part of each checkpoint."""
 
     def __init__(
         self,
@@ -132,8 +141,9 @@ class ShardedStrategy(ModelParallelStrategy):
             self._write(shards, checkpoint, staging, final, None)
             return
         # A point-in-time copy (each rank its own shards: no collective), written while training goes on.
-        copy = (lambda t: t.detach().clone()) if self.root_device.type == "cpu" else (lambda t: t.detach().cpu())
-        shards, checkpoint = apply_to_collection((shards, checkpoint), torch.Tensor, copy)
+        # Always a copy: a tensor already on the CPU (AdamW's step count, CPU-offloaded shards) is updated in place.
+        shards, checkpoint = apply_to_collection((shards, checkpoint), torch.Tensor,
+                                                 lambda t: t.detach().to("cpu", copy=True))  # fmt: skip
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-shards")
         future = self._writer.submit(self._write, shards, checkpoint, staging, final, self._writer_group)
@@ -145,7 +155,7 @@ class ShardedStrategy(ModelParallelStrategy):
         try:
             writer = dcp.FileSystemWriter(staging, single_file_per_rank=True, sync_files=True)
             dcp.save(shards, storage_writer=writer, process_group=group)
-        except (OSError, dcp.api.CheckpointException) as error:
+        except Exception as error:  # any failure on any rank: reported to every rank by the seal, never a hang
             problem = _reason(error)
         seal_checkpoint(self, checkpoint, staging, final, f"__{self.global_rank}_*.distcp", problem, STATE, group)
 
@@ -161,21 +171,31 @@ class ShardedStrategy(ModelParallelStrategy):
             raise CheckpointError(f"checkpoint {str(verified.path)!r} is a single-file checkpoint; the sharded "
                                   "strategy resumes sharded checkpoints only: resume it with the strategy that wrote "
                                   "it, or start a new run from its weights")  # fmt: skip
-        reader = verified_reader(verified)
         model_state = {"state_dict": get_model_state_dict(self.model)}
         try:
-            dcp.load(model_state, storage_reader=reader)
+            dcp.load(model_state, storage_reader=verified_reader(verified), planner=WeightsOnlyLoadPlanner())
             self.model.load_state_dict(model_state["state_dict"], strict=self.lightning_module.strict_loading)
             for index, optimizer in enumerate(self.optimizers):
                 key = f"optimizer_{index}"
                 state = {key: get_optimizer_state_dict(self.model, optimizer)}
-                dcp.load(state, storage_reader=verified_reader(verified))
+                dcp.load(state, storage_reader=verified_reader(verified), planner=WeightsOnlyLoadPlanner())
                 set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[key],
                                          options=StateDictOptions(cpu_offload=True))  # fmt: skip
-        except (dcp.api.CheckpointException, RuntimeError, KeyError) as error:
+        except (dcp.api.CheckpointException, RuntimeError, KeyError, ValueError) as error:
+            if isinstance(cause := _first_failure(error), CheckpointError):
+                raise cause from error
             raise CheckpointError(f"checkpoint {str(verified.path)!r} does not fit this model's shards "
                                   f"({_reason(error)}); resume with the run's own model settings") from error
         return load_trainer_state(verified)
+
+
+def _first_failure(error: BaseException) -> BaseException:
+    """The first rank's exception inside DCP's CheckpointException (which wraps every rank's), else ``error``."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        return first if isinstance(first, BaseException) else error
+    return error
 
 
 def _record(path: Path) -> FileRecord:
@@ -192,10 +212,16 @@ def stage_checkpoint(strategy: ParallelStrategy, filepath: str | os.PathLike) ->
     """Rank 0's checkpoint path and a fresh staging directory beside it, known to every rank."""
     final = Path(strategy.broadcast(str(filepath)))
     staging = final.with_name(f".{final.name}.tmp-{strategy.broadcast(os.getpid())}")
+    problem = None
     if strategy.is_global_zero:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    strategy.barrier("lit_psion.checkpoint_staging")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        except OSError as error:  # every rank learns it (none may wait in a collective rank 0 never enters)
+            problem = _reason(error)
+    if (problem := strategy.broadcast(problem)) is not None:
+        raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; the previous "
+                                   "checkpoint is still the pointed-to one (fix the directory, then --ckpt_path last)")
     return final, staging
 
 
@@ -231,7 +257,10 @@ def seal_checkpoint(
         problem = next((reported for reported, _ in reports if reported), None)
         if problem is None:
             claimed = {name: record for _, files in reports for name, record in files.items()}
-            problem = _seal(checkpoint, staging, final, claimed, state_file)
+            try:
+                problem = _seal(checkpoint, staging, final, claimed, state_file)
+            except Exception as error:  # torch.save reports a full disk as RuntimeError: still a verdict for all
+                problem = _reason(error.__context__ if isinstance(error.__context__, OSError) else error)
         if problem is not None:
             shutil.rmtree(staging, ignore_errors=True)
     verdict = [problem]

@@ -296,14 +296,24 @@ def test_consolidate_gathers_one_verified_safetensors_model_with_a_receipt(
     model, _ = loaded.build()
     assert_tree_equal({k: v for k, v in model.state_dict().items() if k in shards["state_dict"]},
                       shards["state_dict"], "built model")  # fmt: skip
-    manifest = read_json(copy / MANIFEST_FILE)  # a copy of another checkpoint is not this one's
+    raw, manifest = (copy / MANIFEST_FILE).read_bytes(), read_json(copy / MANIFEST_FILE)
     (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "consolidated_from": "0" * 64}))
-    with pytest.raises(CheckpointError, match="gathers another checkpoint"):
+    with pytest.raises(CheckpointError, match="gathers another checkpoint"):  # a copy of another checkpoint
         load_run(run)
-    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
-    _flip("model.safetensors")(copy)
+    weights = (copy / "model.safetensors").read_bytes()
+    _flip("model.safetensors")(copy)  # other weights under a consistently rewritten manifest
+    forged = {**manifest["files"]["model.safetensors"], "sha256": sha256_file(copy / "model.safetensors")}
+    files = {**manifest["files"], "model.safetensors": forged}
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "files": files}))
+    with pytest.raises(CheckpointError, match="is not the copy its consolidation receipt recorded"):
+        load_run(run)
+    (copy / MANIFEST_FILE).write_bytes(raw)
     with pytest.raises(CheckpointError, match="is corrupt"):
         load_run(run)
+    (copy / "model.safetensors").write_bytes(weights)
+    assert load_run(run).checkpoint.path == copy
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "new"),
+                 "--ckpt_path", str(copy)]) == 4  # a model without optimizer state is not resumed  # fmt: skip
     capsys.readouterr()
     assert main(["ckpt", "consolidate", str(run), "--out", str(tmp_path / "elsewhere")]) == 0
     assert verify_checkpoint(tmp_path / "elsewhere" / "step-000012").weights_sha256 == verified.weights_sha256
