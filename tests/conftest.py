@@ -19,6 +19,15 @@ def _repo_root(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_environment_per_module() -> Iterator[None]:
+    """The same for what a module-scoped fixture's in-process fit left (it runs before a test's own snapshot)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(autouse=True)
 def _restore_environment() -> Iterator[None]:
     """Undo what a test's in-process fit left in os.environ (Lightning's launcher sets LOCAL_RANK, NODE_RANK,

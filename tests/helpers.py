@@ -138,9 +138,20 @@ def fit(*args: str, config: str = TINY) -> int:
     return main(["fit", "--config", config, *args])
 
 
+LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+"""What Lightning's launcher writes into os.environ during an in-process multi-rank fit. A subprocess fit that
+inherits LOCAL_RANK believes its ranks were started for it, starts none, and waits for them forever."""
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment without a launcher's rank variables, plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}, **extra}
+
+
 def fit_subprocess(*args: str, config: str = TINY) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "lit_psion", "fit", "--config", config, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env())
 
 
 def latest_checkpoint(root: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ shards, the digests each rank reports and rank 0's seal are the real ones.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from lit_psion.core.errors import CheckpointError
 from lit_psion.core.layout import LATEST_FILE
 from lit_psion.core.run import read_latest
 from lit_psion.runs import load_run
-from tests.helpers import REPO_ROOT, TINY, assert_tree_equal, callbacks_config
+from tests.helpers import REPO_ROOT, TINY, assert_tree_equal, callbacks_config, subprocess_env
 
 N = 12
 FSDP = ("--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2")
@@ -44,7 +43,7 @@ def run_fit(root: Path, *args: str, callbacks: tuple[tuple[str, dict], ...] = ()
     extra = ("--config", callbacks_config(root.parent / f"{root.name}-cb.json", *callbacks)) if callbacks else ()
     command = [sys.executable, "-m", "lit_psion", "fit", "--config", config, *strategy, *data, *extra,
                "--trainer.default_root_dir", str(root), *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = subprocess_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     return subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=REPO_ROOT,
                           start_new_session=True)  # fmt: skip
 
@@ -425,3 +424,30 @@ def test_a_checkpoint_is_resumed_only_by_a_strategy_that_reads_its_layout(
     assert "is a single checkpoint, but --trainer.strategy ShardedStrategy reads sharded" in capsys.readouterr().err
     assert (run_dir(single) / "run.json").read_bytes() == run_json
     assert main(["ckpt", "consolidate", str(run_dir(single))]) == 4
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_forged_dcp_metadata_under_a_rewritten_manifest_runs_no_code(tmp_path: Path, uninterrupted: Path) -> None:
+    import pickle
+
+    from lit_psion.checkpoint_io import consolidate
+
+    forged = tmp_path / "elsewhere" / "step-000012"  # outside any run: no receipt vouches for its manifest
+    shutil.copytree(uninterrupted / "checkpoints" / "step-000012", forged)
+    marker = tmp_path / "code-ran"
+    (forged / ".metadata").write_bytes(pickle.dumps(_Evil(marker)))
+    manifest = read_json(forged / MANIFEST_FILE)
+    manifest["files"][".metadata"] = {"sha256": sha256_file(forged / ".metadata"),
+                                      "bytes": (forged / ".metadata").stat().st_size}  # fmt: skip
+    (forged / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="is not DCP metadata"):
+        consolidate(verify_checkpoint(forged), tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
