@@ -333,6 +333,16 @@ class WeightsOnlyLoadPlanner(_WeightsOnlyBytes, dcp.DefaultLoadPlanner):
     """DCP's default load planner, loading non-tensor items with ``weights_only=True``."""
 
 
+def first_failure(error: BaseException) -> BaseException:
+    """The first rank's exception inside DCP's CheckpointException (which wraps every rank's), else ``error``."""
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))  # (exception, its stack summary)
+        first = first[0] if isinstance(first, tuple) and first else first
+        return first if isinstance(first, BaseException) else error
+    return error
+
+
 def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str, Any]]:
     """Gather a verified sharded checkpoint into one single-file checkpoint ``out/step-NNNNNN/``.
 
@@ -359,10 +369,13 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
     try:
         planner = type("_Gather", (_WeightsOnlyBytes, _EmptyStateDictLoadPlanner), {})(keys={"state_dict"})
         _load_state_dict(gathered, storage_reader=verified_reader(verified), planner=planner, no_dist=True)
-    except Exception as error:  # a DCP checkpoint without model shards, or an unreadable plan
-        reason = str(error).splitlines()[0] if str(error) else ""
+    except (Exception, dcp.api.CheckpointException) as error:  # DCP's is a BaseException: named, or it escapes
+        cause = first_failure(error)
+        if isinstance(cause, CheckpointError):
+            raise cause from error
+        reason = str(cause).splitlines()[0] if str(cause) else ""
         raise CheckpointError(f"checkpoint {str(verified.path)!r}: its shards cannot be gathered "
-                              f"({type(error).__name__}: {reason})") from error
+                              f"({type(cause).__name__}: {reason})") from error
     weights = gathered.get("state_dict")
     if not isinstance(weights, dict) or not weights:
         raise CheckpointError(f"checkpoint {str(verified.path)!r} holds no model shards")

@@ -50,6 +50,7 @@ from lit_psion.checkpoint_io import (
     STATE,
     ManifestCheckpointIO,
     WeightsOnlyLoadPlanner,
+    first_failure,
     load_trainer_state,
     verified_reader,
 )
@@ -155,7 +156,8 @@ class ShardedStrategy(ModelParallelStrategy):
         try:
             writer = dcp.FileSystemWriter(staging, single_file_per_rank=True, sync_files=True)
             dcp.save(shards, storage_writer=writer, process_group=group)
-        except Exception as error:  # any failure on any rank: reported to every rank by the seal, never a hang
+        except (Exception, dcp.api.CheckpointException) as error:  # any failure (DCP's is a BaseException) on any
+            # rank is reported to every rank by the seal: never a hang
             problem = _reason(error)
         seal_checkpoint(self, checkpoint, staging, final, f"__{self.global_rank}_*.distcp", problem, STATE, group)
 
@@ -182,20 +184,11 @@ class ShardedStrategy(ModelParallelStrategy):
                 set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[key],
                                          options=StateDictOptions(cpu_offload=True))  # fmt: skip
         except (dcp.api.CheckpointException, RuntimeError, KeyError, ValueError) as error:
-            if isinstance(cause := _first_failure(error), CheckpointError):
+            if isinstance(cause := first_failure(error), CheckpointError):
                 raise cause from error
             raise CheckpointError(f"checkpoint {str(verified.path)!r} does not fit this model's shards "
                                   f"({_reason(error)}); resume with the run's own model settings") from error
         return load_trainer_state(verified)
-
-
-def _first_failure(error: BaseException) -> BaseException:
-    """The first rank's exception inside DCP's CheckpointException (which wraps every rank's), else ``error``."""
-    failures = getattr(error, "failures", None)
-    if isinstance(failures, dict) and failures:
-        first = next(iter(failures.values()))
-        return first if isinstance(first, BaseException) else error
-    return error
 
 
 def _record(path: Path) -> FileRecord:

@@ -121,6 +121,7 @@ def test_a_sigkilled_world_2_run_resumes_bitwise_equal_to_the_uninterrupted_one(
     assert main(["receipts", "verify", str(run)]) == 0
 
 
+@pytest.mark.slow
 def test_async_writes_are_receipted_in_flight_then_durable_and_train_the_same_run(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
@@ -318,6 +319,7 @@ def test_consolidate_gathers_one_verified_safetensors_model_with_a_receipt(
     assert verify_checkpoint(tmp_path / "elsewhere" / "step-000012").weights_sha256 == verified.weights_sha256
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_hash_its_shard_fails_the_checkpoint_on_every_rank(tmp_path: Path) -> None:
     failing = (("ShardDigestFailsAt", {"step": 6, "rank": 1}),)
     result = run_fit(tmp_path, "--trainer.max_steps", str(N), callbacks=failing)
@@ -331,6 +333,7 @@ def test_a_rank_that_cannot_hash_its_shard_fails_the_checkpoint_on_every_rank(tm
     assert read_json(layout.run_file)["failure_class"] == "checkpoint_flush_failed"
 
 
+@pytest.mark.slow
 def test_adapters_train_on_a_frozen_sharded_base(tmp_path: Path, uninterrupted: Path) -> None:
     base = tmp_path / "base" / uninterrupted.name
     shutil.copytree(uninterrupted, base)
@@ -368,6 +371,7 @@ REFUSED_AT_START = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", REFUSED_AT_START)
 def test_settings_the_sharded_strategy_cannot_honour_are_refused_in_one_line(case: str, tmp_path: Path) -> None:
     args, message = REFUSED_AT_START[case]
@@ -377,6 +381,7 @@ def test_settings_the_sharded_strategy_cannot_honour_are_refused_in_one_line(cas
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_model_without_a_sharding_plan_is_refused(tmp_path: Path) -> None:
     result = run_fit(tmp_path, "--trainer.max_steps", "2", config="configs/graph_core_oscillators.yaml", data=(),
                      strategy=("--trainer.strategy", "sharded", "--trainer.accelerator", "cpu"))
