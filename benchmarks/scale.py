@@ -92,16 +92,12 @@ class ScaleProbe(Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         record = {"rank": trainer.global_rank, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "state_mb": self.state_bytes / 2**20, "peaks": self.peaks, "ticks": self.ticks, "save_s": self.saves,
-                  "parameters": sum(_global_numel(p) for p in pl_module.parameters())}  # fmt: skip
+                  "parameters": sum(p.numel() for p in pl_module.parameters())}  # fmt: skip  (a DTensor counts its global size)
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def _global_numel(tensor: torch.Tensor) -> int:
-    return tensor.numel()  # a DTensor reports its global shape
 
 
 ALLOCATORS = {"glibc-default": {}, "mmap-threshold-128k": {"MALLOC_MMAP_THRESHOLD_": "131072"}}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import logging
 import os
 import shutil
@@ -24,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import lit_psion.strategies  # noqa: F401  (registers lit_psion's strategies by name)
@@ -48,10 +45,7 @@ from lit_psion.commands import COMMANDS
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
-    DEEPSPEED,
     MANIFEST_FILE,
-    SHARDED,
-    SINGLE,
     RejectedCheckpoint,
     VerifiedCheckpoint,
     as_receipted,
@@ -67,6 +61,7 @@ from lit_psion.core.run import RunRecord, RunStatus, read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
 from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
+from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy
 
 DEFAULT_ROOT = "runs"
 RUN_ID_ENV = "LIT_PSION_RUN_ID"
@@ -141,9 +136,7 @@ class LitPsionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._config()
-        _check_strategy(config.trainer.strategy)
-        _refuse_deepspeed_without_cuda(config.trainer)
-        _refuse_unverified_engine(config.trainer.strategy)
+        refuse_unrunnable_strategy(config.trainer)
         _follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit":
@@ -153,12 +146,7 @@ class LitPsionCLI(LightningCLI):
         if named is not None and config.get("ckpt_path") is None:
             run_id, rejected = self._resume_named(config, RunLayout(root, _plain_run_id(named)))
         if self.verified is not None:
-            _refuse_another_layout(self.verified, config.trainer.strategy)
-            if self.subcommand == "fit" and self.verified.manifest.consolidated_from is not None:
-                raise CheckpointError(f"checkpoint {str(self.verified.path)!r} is a consolidated model (no optimizer "
-                                      "state): a fit cannot resume from it; fine-tune it with --model.init_args."
-                                      "base_checkpoint, or resume the sharded run with --config "
-                                      "configs/overlays/fsdp.yaml --ckpt_path last")  # fmt: skip
+            refuse_another_layout(self.verified, config.trainer.strategy, fitting=self.subcommand == "fit")
         if self.subcommand == "fit" and self.verified is not None:
             _refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"))
         if "weights_only" in config:
@@ -395,74 +383,6 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _check_strategy(strategy: Any) -> None:
-    """A strategy given by name must be one Lightning's StrategyRegistry knows (lit_psion registers its own)."""
-    if not isinstance(strategy, str) or strategy == "auto" or strategy in StrategyRegistry:
-        return
-    raise ConfigError(f"--trainer.strategy {strategy!r} is not a registered strategy name; use one such as ddp, "
-                      "transactional or transactional_ddp (all: lightning.pytorch.strategies.StrategyRegistry), or "
-                      "give class_path and init_args in YAML")  # fmt: skip
-
-
-def _strategy_name(strategy: Any) -> str:
-    """The registered name or class name a config gives for the strategy (``""`` for anything else)."""
-    if isinstance(strategy, str):
-        return strategy
-    if isinstance(strategy, Namespace | dict):
-        return str(strategy.get("class_path", "")).rsplit(".", 1)[-1]
-    return type(strategy).__name__ if strategy is not None else ""
-
-
-def _layout_of(strategy: Any) -> str:
-    """The checkpoint layout a strategy writes and reads."""
-    name = _strategy_name(strategy)
-    if name in ("sharded", "ShardedStrategy"):
-        return SHARDED
-    return DEEPSPEED if "deepspeed" in name.lower() else SINGLE
-
-
-LAYOUT_HINTS = {
-    SHARDED: "resume it with --config configs/overlays/fsdp.yaml (or --trainer.strategy sharded), or read it as one "
-             "model after `python -m lit_psion ckpt consolidate RUN_DIR`",
-    DEEPSPEED: "resume it with the DeepSpeed overlay that wrote it (configs/overlays/deepspeed_zero2.yaml or _zero3)",
-    SINGLE: "resume it with the strategy that wrote it (single device, ddp, transactional, elastic_mesh)",
-}  # fmt: skip
-
-
-def _refuse_another_layout(checkpoint: VerifiedCheckpoint, strategy: Any) -> None:
-    """A checkpoint loads only under a strategy that reads its layout (one safetensors file, DCP shards, DeepSpeed);
-    refused before the run is touched (its run.json keeps its status)."""
-    wanted = _layout_of(strategy)
-    if checkpoint.layout != wanted:
-        raise CheckpointError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is a "
-                              f"{checkpoint.layout} checkpoint, but --trainer.strategy "
-                              f"{_strategy_name(strategy) or 'auto'} reads {wanted} ones; "
-                              f"{LAYOUT_HINTS[checkpoint.layout]}")  # fmt: skip
-
-
-def _refuse_deepspeed_without_cuda(trainer: Namespace) -> None:
-    """Lightning's DeepSpeed strategy needs CUDA and the ``deepspeed`` extra: refused up front, naming the fix."""
-    if "deepspeed" not in _strategy_name(trainer.strategy).lower():
-        return
-    if trainer.get("accelerator") == "cpu" or not torch.cuda.is_available():
-        raise ConfigError("DeepSpeed needs a CUDA GPU, and this machine has none (or --trainer.accelerator is cpu); "
-                          "on CPU shard with FSDP2 instead: --config configs/overlays/fsdp.yaml")  # fmt: skip
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("DeepSpeed is not installed; install the extra: DS_BUILD_OPS=0 pip install "
-                          "--no-build-isolation -c constraints.txt -e '.[deepspeed]'")  # fmt: skip
-
-
-def _refuse_unverified_engine(strategy: Any) -> None:
-    """Lightning's own FSDP, ModelParallel and DeepSpeed strategies write checkpoints past lit_psion's
-    CheckpointIO (no manifest, no pointer); lit_psion's subclasses of them write verified ones."""
-    name = _strategy_name(strategy)
-    if name in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy") or (
-            isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed"))):  # fmt: skip
-        raise ConfigError(f"--trainer.strategy {name} writes checkpoints lit_psion cannot verify; use "
-                          "configs/overlays/fsdp.yaml (lit_psion.strategies.ShardedStrategy, FSDP2, CPU or CUDA) or "
-                          "configs/overlays/deepspeed_zero2.yaml / _zero3.yaml (VerifiedDeepSpeedStrategy, CUDA)")
 
 
 def _place_wandb_runs(loggers: Any, layout: RunLayout) -> None:

@@ -1,0 +1,97 @@
+"""Which strategies ``python -m lit_psion`` can run here, and which checkpoint layout each one reads.
+
+Checked before anything of a run is written: a name Lightning's registry does not know, DeepSpeed
+without CUDA or without its extra, and Lightning's own FSDP/ModelParallel/DeepSpeed strategies (their
+checkpoints bypass lit_psion's manifest) are refused with exit 2; a checkpoint whose layout (one
+safetensors file, DCP shards, a DeepSpeed directory) the chosen strategy does not read, with exit 4.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import StrategyRegistry
+
+from lit_psion.core.checkpoint import DEEPSPEED, SHARDED, SINGLE, VerifiedCheckpoint
+from lit_psion.core.errors import CheckpointError, ConfigError
+
+
+def refuse_unrunnable_strategy(trainer: Any) -> None:
+    """Refuse (exit 2) the strategy of a parsed ``trainer`` config that cannot run here or cannot be verified."""
+    _check_name(trainer.strategy)
+    _refuse_deepspeed_without_cuda(trainer)
+    _refuse_unverified_engine(trainer.strategy)
+
+
+def _check_name(strategy: Any) -> None:
+    """A strategy given by name must be one Lightning's StrategyRegistry knows (lit_psion registers its own)."""
+    if not isinstance(strategy, str) or strategy == "auto" or strategy in StrategyRegistry:
+        return
+    raise ConfigError(f"--trainer.strategy {strategy!r} is not a registered strategy name; use one such as ddp, "
+                      "transactional or transactional_ddp (all: lightning.pytorch.strategies.StrategyRegistry), or "
+                      "give class_path and init_args in YAML")  # fmt: skip
+
+
+def _strategy_name(strategy: Any) -> str:
+    """The registered name or class name a config gives for the strategy (``""`` for anything else)."""
+    if isinstance(strategy, str):
+        return strategy
+    if hasattr(strategy, "get"):  # a class_path + init_args mapping (jsonargparse's Namespace, a dict)
+        return str(strategy.get("class_path", "")).rsplit(".", 1)[-1]
+    return type(strategy).__name__ if strategy is not None else ""
+
+
+def _layout_of(strategy: Any) -> str:
+    """The checkpoint layout a strategy writes and reads."""
+    name = _strategy_name(strategy)
+    if name in ("sharded", "ShardedStrategy"):
+        return SHARDED
+    return DEEPSPEED if "deepspeed" in name.lower() else SINGLE
+
+
+LAYOUT_HINTS = {
+    SHARDED: "resume it with --config configs/overlays/fsdp.yaml (or --trainer.strategy sharded), or read it as one "
+             "model after `python -m lit_psion ckpt consolidate RUN_DIR`",
+    DEEPSPEED: "resume it with the DeepSpeed overlay that wrote it (configs/overlays/deepspeed_zero2.yaml or _zero3)",
+    SINGLE: "resume it with the strategy that wrote it (single device, ddp, transactional, elastic_mesh)",
+}  # fmt: skip
+
+
+def refuse_another_layout(checkpoint: VerifiedCheckpoint, strategy: Any, fitting: bool) -> None:
+    """A checkpoint loads only under a strategy that reads its layout (one safetensors file, DCP shards, DeepSpeed);
+    refused before the run is touched (its run.json keeps its status)."""
+    wanted = _layout_of(strategy)
+    if checkpoint.layout != wanted:
+        raise CheckpointError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is a "
+                              f"{checkpoint.layout} checkpoint, but --trainer.strategy "
+                              f"{_strategy_name(strategy) or 'auto'} reads {wanted} ones; "
+                              f"{LAYOUT_HINTS[checkpoint.layout]}")  # fmt: skip
+    if fitting and checkpoint.manifest.consolidated_from is not None:
+        raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} is a consolidated model (no optimizer state): a "
+                              "fit cannot resume from it; fine-tune it with --model.init_args.base_checkpoint, or "
+                              "resume the sharded run with --config configs/overlays/fsdp.yaml --ckpt_path last")
+
+
+def _refuse_deepspeed_without_cuda(trainer: Any) -> None:
+    """Lightning's DeepSpeed strategy needs CUDA and the ``deepspeed`` extra: refused up front, naming the fix."""
+    if "deepspeed" not in _strategy_name(trainer.strategy).lower():
+        return
+    if trainer.get("accelerator") == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("DeepSpeed needs a CUDA GPU, and this machine has none (or --trainer.accelerator is cpu); "
+                          "on CPU shard with FSDP2 instead: --config configs/overlays/fsdp.yaml")  # fmt: skip
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("DeepSpeed is not installed; install the extra: DS_BUILD_OPS=0 pip install "
+                          "--no-build-isolation -c constraints.txt -e '.[deepspeed]'")  # fmt: skip
+
+
+def _refuse_unverified_engine(strategy: Any) -> None:
+    """Lightning's own FSDP, ModelParallel and DeepSpeed strategies write checkpoints past lit_psion's
+    CheckpointIO (no manifest, no pointer); lit_psion's subclasses of them write verified ones."""
+    name = _strategy_name(strategy)
+    if name in ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy") or (
+            isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed"))):  # fmt: skip
+        raise ConfigError(f"--trainer.strategy {name} writes checkpoints lit_psion cannot verify; use "
+                          "configs/overlays/fsdp.yaml (lit_psion.strategies.ShardedStrategy, FSDP2, CPU or CUDA) or "
+                          "configs/overlays/deepspeed_zero2.yaml / _zero3.yaml (VerifiedDeepSpeedStrategy, CUDA)")
