@@ -90,9 +90,10 @@ class ScaleProbe(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        # A DTensor's numel is its global size, so the count is the whole model's on every rank.
         record = {"rank": trainer.global_rank, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "state_mb": self.state_bytes / 2**20, "peaks": self.peaks, "ticks": self.ticks, "save_s": self.saves,
-                  "parameters": sum(p.numel() for p in pl_module.parameters())}  # fmt: skip  (a DTensor counts its global size)
+                  "parameters": sum(p.numel() for p in pl_module.parameters())}  # fmt: skip
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
