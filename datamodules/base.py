@@ -117,6 +117,11 @@ class ReplayDataModule(L.LightningDataModule):
             self.manifest = manifest
         return self.manifest
 
+    def samples(self, split: Split) -> Dataset:
+        """The samples of ``split`` (prepared first), for code that reads them outside a Trainer."""
+        self.prepare()
+        return self._dataset(split)
+
     def _require_samples(self) -> None:
         """Refuse data too small for one full training batch or one validation sample."""
         samples = len(self._dataset("train"))

@@ -15,9 +15,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MAPPED = {folder: f"lit_psion.{folder}" for folder in ("callbacks", "datamodules", "strategies")}
 LAYERS = ("core", "nn", "models", "callbacks", "datamodules", "strategies", "commands", "events", "sessions",
-          "checkpoint_io", "runs", "loggers", "report", "adapters")  # fmt: skip
+          "checkpoint_io", "runs", "loggers", "report", "adapters", "windows")  # fmt: skip
 """The package's parts: its folders and its top-level library modules."""
-APPLICATIONS = {"commands", "sessions", "adapters", "events"}
+APPLICATIONS = {"commands", "sessions", "adapters", "events", "windows"}
 FORBIDDEN = {
     "nn": {"models", "callbacks", "datamodules", "strategies", "events", "runs", "checkpoint_io", "loggers", "report",
            *APPLICATIONS},
@@ -25,7 +25,7 @@ FORBIDDEN = {
     "callbacks": {"models", "datamodules", "strategies", "runs", *APPLICATIONS},
     "strategies": {"callbacks", "datamodules", "models", "runs", "loggers", "report", *APPLICATIONS},
     "datamodules": {"callbacks", "strategies", "models", "runs", "checkpoint_io", "loggers", "report", "commands",
-                    "sessions", "adapters"},
+                    "sessions", "adapters", "windows"},
     "checkpoint_io": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "loggers", "report",
                       *APPLICATIONS},
     "runs": {"nn", "models", "callbacks", "datamodules", "strategies", "loggers", "report", *APPLICATIONS},
@@ -34,7 +34,7 @@ FORBIDDEN = {
     "report": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "checkpoint_io", *APPLICATIONS},
 }
 """part -> the parts it must not import (core is checked separately: it imports only the standard library).
-Applications (commands, sessions, adapters, events) may use the library; the library never uses them."""
+Applications (commands, sessions, adapters, events, windows) may use the library; the library never uses them."""
 RUN_LAYOUT_NAMES = {"run.json", "config.yaml", "checkpoints", "pointer.json", "receipts.jsonl", "manifest.json",
                     "latest_run.json", "data_manifest.json", "metrics.csv", "skip_list.json", "membership.json",
                     "drain_requests.json", "tokenizer.json", "promotion.json"}  # fmt: skip

@@ -12,7 +12,8 @@ from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
 from tests.helpers import fit, fit_subprocess
 
-PRESETS = sorted(Path("configs").glob("*.yaml"))
+PRESETS = sorted(p for p in Path("configs").glob("*.yaml") if "\nwindow:" not in p.read_text())
+"""The fit presets (a window program's settings are tested in tests/windows)."""
 # Small stand-ins keep each preset to seconds: the stdlib source is capped, any --data.files is the fixture.
 SMALL_DATA = {
     "stdlib": ("--data.init_args.max_bytes", "150000", "--data.init_args.vocab_size", "300"),

@@ -33,6 +33,7 @@ COMMANDS_MODULES = {
     "adapter": "lit_psion.commands.adapter",
     "events": "lit_psion.commands.events",
     "session": "lit_psion.commands.session",
+    "window": "lit_psion.commands.window",
 }
 """``python -m lit_psion NAME ...`` -> the module whose ``main`` runs it."""
 

@@ -84,6 +84,75 @@ class PolicyPromotionReceipt(ReceiptBody):
     decision: str
     """``promote`` or ``hold``."""
     reasons: tuple[str, ...] = ()
+    accepted_artifacts: tuple[str, ...] = ()
+    """For an adapter window: the sha256 of every accepted contribution the candidate aggregates."""
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WindowStateReceipt(ReceiptBody):
+    """An adapter window moving to its next state (``planned`` -> ``active`` -> ``sealed`` -> ``scored`` ->
+    ``reconciled``; docs/windows.md)."""
+
+    kind: ClassVar[str] = "window_state"
+    window_id: str
+    previous: str | None
+    """None for the receipt that plans the window."""
+    state: str
+    plan_digest: str
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What the transition froze: the submissions at the seal, the disposition counts when scored."""
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AdapterContributionReceipt(ReceiptBody):
+    """One contribution to an adapter window: its submission as received, then the validator's disposition."""
+
+    kind: ClassVar[str] = "adapter_contribution"
+    window_id: str
+    assignment_id: str
+    contributor: str
+    event: str
+    """``submitted`` (the bytes as received, before the seal) or ``disposed`` (the validator's verdict)."""
+    input_revision: str
+    """The window's input revision (what the contribution had to be trained on)."""
+    slice_index: int
+    slice_digest: str
+    """The assigned slice's digest."""
+    artifact_digest: str | None
+    """sha256 of ``adapter.safetensors`` (None when nothing arrived)."""
+    metadata_digest: str | None
+    """sha256 of ``contribution.json``: the claimed revision, slice, shape and execution summary."""
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The contributor's execution summary (steps, tokens, first and last loss, seconds) as it claimed it."""
+    disposition: str | None = None
+    """``accepted``, ``quarantined``, ``rejected`` or ``replay_required`` (``disposed`` only)."""
+    reasons: tuple[str, ...] = ()
+    evidence: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The validator's measurements: ``delta_norm``, ``median_norm``, ``held_out_loss``, ``input_loss``."""
+    aggregation_eligible: bool = False
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AdapterAggregationReceipt(ReceiptBody):
+    """How a scored window's accepted contributions were combined into a candidate revision."""
+
+    kind: ClassVar[str] = "adapter_aggregation"
+    window_id: str
+    rule: str
+    """``exact_delta_tokens_v1``: dW = sum_k p_k (alpha_k / r_k) B_k A_k, p_k by tokens trained."""
+    input_revision: str
+    accepted_artifacts: tuple[str, ...]
+    weights: dict[str, float]
+    """Assignment id -> p_k."""
+    candidate_revision: str | None
+    """The manifest sha256 of the merged candidate checkpoint (None when nothing was accepted)."""
+    candidate_checkpoint: str | None
+    """Its directory, relative to the program root."""
+    stacked_adapter_digest: str | None
+    """sha256 of the stacked adapter (rank sum r_k, exact) written beside it."""
 
 
 @register_receipt

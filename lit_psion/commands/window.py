@@ -1,0 +1,139 @@
+"""``python -m lit_psion window init|plan|open|contribute|close|run|status|verify`` (docs/windows.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lit_psion.commands import CommandParser
+
+
+def main(args: list[str]) -> None:
+    parser = CommandParser("python -m lit_psion window")
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", exit_on_error=False, help="create a window program from a verified base")
+    init.add_argument("root", type=Path)
+    init.add_argument("--config", type=Path, required=True, help="window settings (configs/window_lora.yaml)")
+    init.add_argument("--base", type=Path, required=True, help="the base run directory or checkpoint directory")
+    plan = commands.add_parser("plan", exit_on_error=False, help="plan the next window from the current revision")
+    plan.add_argument("root", type=Path)
+    plan.add_argument("--contributors", type=int, default=None)
+    open_ = commands.add_parser("open", exit_on_error=False, help="open a planned window to contributions")
+    open_.add_argument("root", type=Path)
+    open_.add_argument("window_id")
+    contribute = commands.add_parser("contribute", exit_on_error=False, help="train and submit one assignment")
+    contribute.add_argument("root", type=Path)
+    contribute.add_argument("window_id")
+    contribute.add_argument("assignment_id")
+    contribute.add_argument("--contributor", default=None, help="who is contributing (default: the assignee)")
+    close = commands.add_parser("close", exit_on_error=False, help="seal, score, aggregate and promote or hold")
+    close.add_argument("root", type=Path)
+    close.add_argument("window_id")
+    run = commands.add_parser("run", exit_on_error=False, help="plan, contribute (one process each) and close")
+    run.add_argument("root", type=Path)
+    run.add_argument("--contributors", type=int, default=None)
+    run.add_argument("--windows", type=int, default=1, help="run this many windows one after another")
+    run.add_argument("--deadline", type=float, default=None, help="seconds before unfinished contributors are killed")
+    status = commands.add_parser("status", exit_on_error=False, help="the program's windows and revision")
+    status.add_argument("root", type=Path)
+    verify = commands.add_parser("verify", exit_on_error=False, help="verify every window's receipts and revisions")
+    verify.add_argument("root", type=Path)
+    parsed = parser.parse_args(args)
+    _checked(parser, parsed)
+    getattr(_Commands, parsed.command)(parsed)
+
+
+def _checked(parser: CommandParser, parsed: object) -> None:
+    for name in ("contributors", "windows"):
+        value = getattr(parsed, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    deadline = getattr(parsed, "deadline", None)
+    if deadline is not None and not deadline > 0:
+        parser.error(f"--deadline must be > 0 seconds, got {deadline}")
+
+
+class _Commands:
+    @staticmethod
+    def init(parsed: object) -> None:
+        from lit_psion.windows.coordinator import program_lock
+        from lit_psion.windows.program import init_program, load_settings
+
+        settings = load_settings(parsed.config)
+        parsed.root.mkdir(parents=True, exist_ok=True)
+        with program_lock(parsed.root, "window init"):
+            record = init_program(parsed.root, settings, parsed.base)
+        print(f"window program in {parsed.root}: revision 0 is {record['revision'][:12]}... "
+              f"(base {record['base'][:12]}...)")
+
+    @staticmethod
+    def plan(parsed: object) -> None:
+        from lit_psion.windows.coordinator import program_lock
+        from lit_psion.windows.program import Program, plan_window
+
+        Program(parsed.root).require()
+        with program_lock(parsed.root, "window plan"):
+            plan = plan_window(parsed.root, parsed.contributors)
+        print(f"{plan.window_id} planned: {len(plan.assignments)} assignment(s) on revision "
+              f"{plan.input_revision[:12]}...")
+        for a in plan.assignments:
+            replay = f" (replays {a.replay_of})" if a.replay_of else ""
+            print(f"  {a.assignment_id} {a.contributor:<6} slice {a.slice.index} "
+                  f"[{a.slice.start}, {a.slice.stop}){replay}")
+
+    @staticmethod
+    def open(parsed: object) -> None:
+        from lit_psion.windows.coordinator import open_window, program_lock
+        from lit_psion.windows.program import Program
+
+        Program(parsed.root).require()
+        with program_lock(parsed.root, "window open"):
+            open_window(parsed.root, parsed.window_id)
+        print(f"{parsed.window_id} is active: contributors may submit")
+
+    @staticmethod
+    def contribute(parsed: object) -> None:
+        from lit_psion.windows.contribute import contribute
+        from lit_psion.windows.program import Program
+
+        Program(parsed.root).require()
+        path = contribute(parsed.root, parsed.window_id, parsed.assignment_id, parsed.contributor)
+        print(f"submitted {path}")
+
+    @staticmethod
+    def close(parsed: object) -> None:
+        from lit_psion.windows.coordinator import close_window, program_lock
+        from lit_psion.windows.program import Program
+
+        Program(parsed.root).require()
+        with program_lock(parsed.root, "window close"):
+            promotion = close_window(parsed.root, parsed.window_id)
+        print(f"{parsed.window_id}: {promotion['decision']} ({', '.join(promotion['reasons']) or 'held-out gain'}); "
+              f"next revision {promotion['next_revision'][:12]}...")  # fmt: skip
+
+    @staticmethod
+    def run(parsed: object) -> None:
+        from lit_psion.windows.coordinator import run_window
+        from lit_psion.windows.program import Program
+
+        Program(parsed.root).require()
+        for _ in range(parsed.windows):
+            run_window(parsed.root, parsed.contributors, parsed.deadline)
+        print(f"receipts and dispositions under {parsed.root / 'windows'}; "
+              f"python -m lit_psion window status {parsed.root}")
+
+    @staticmethod
+    def status(parsed: object) -> None:
+        from lit_psion.windows.program import Program
+        from lit_psion.windows.status import program_status
+
+        Program(parsed.root).require()
+        print(json.dumps(program_status(parsed.root), indent=2))
+
+    @staticmethod
+    def verify(parsed: object) -> None:
+        from lit_psion.windows.status import verify_program
+
+        checked = verify_program(parsed.root)
+        print(f"verified {checked['windows']} window(s), {checked['receipts']} receipt(s); pointer at revision "
+              f"{checked['revision'][:12]}...")  # fmt: skip

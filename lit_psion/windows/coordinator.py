@@ -1,0 +1,107 @@
+"""One machine's engine: ``window run`` plans a window, starts one contributor process per assignment, and
+closes the window (seal, dispositions, aggregation, promotion) when they are done or the deadline passes.
+
+Every command that writes the program (plan, open, close, run) holds the program root's lock, so two
+coordinators never interleave; contributors only add their own submission directories.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lit_psion.core.lock import RunLock
+from lit_psion.core.windows import ACTIVE, PLANNED, SCORED, SEALED
+from lit_psion.windows.aggregate import reconcile
+from lit_psion.windows.program import Program, plan_window
+from lit_psion.windows.validate import score, seal
+
+
+def program_lock(root: Path, purpose: str) -> RunLock:
+    return RunLock(root, purpose=purpose)
+
+
+def open_window(root: Path, window_id: str) -> None:
+    """planned -> active: contributions are taken from now until the seal."""
+    program = Program(root)
+    plan = program.plan(window_id)
+    program.transition(window_id, ACTIVE, {"dispatched": {a.assignment_id: a.contributor for a in plan.assignments}})
+
+
+def close_window(root: Path, window_id: str) -> dict[str, Any]:
+    """Take the window from wherever it is (active, sealed or scored) to reconciled; the promotion record."""
+    program = Program(root)
+    if program.state(window_id) == PLANNED:
+        open_window(root, window_id)  # nothing was dispatched: every assignment ends replay_required
+    if program.state(window_id) == ACTIVE:
+        seal(root, window_id)
+    if program.state(window_id) == SEALED:
+        score(root, window_id)
+    if program.state(window_id) == SCORED:
+        return reconcile(root, window_id)
+    from lit_psion.core.windows import WindowStateError
+
+    raise WindowStateError(f"{window_id} is already {program.state(window_id)!r}; plan the next window")
+
+
+def contributor_command(root: Path, window_id: str, assignment_id: str) -> list[str]:
+    return [sys.executable, "-m", "lit_psion", "window", "contribute", str(root), window_id, assignment_id]
+
+
+def run_window(root: Path, contributors: int | None = None, deadline: float | None = None,
+               echo: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Plan, open, contribute (one process per assignment), close. A contributor still running at ``deadline``
+    seconds is killed: its slice is ``replay_required`` and the next window reassigns it."""
+    with program_lock(root, "window run"):
+        plan = plan_window(root, contributors)
+        window_id = plan.window_id
+        open_window(root, window_id)
+        logs = Program(root).window_dir(window_id) / "logs"
+        logs.mkdir(exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        started = time.monotonic()
+        processes = {}
+        for assignment in plan.assignments:
+            with open(logs / f"{assignment.assignment_id}.log", "wb") as log:
+                processes[assignment.assignment_id] = subprocess.Popen(
+                    contributor_command(root, window_id, assignment.assignment_id), stdout=log,
+                    stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+        if echo:
+            print(f"{window_id}: {len(processes)} contributor(s) training on revision {plan.input_revision[:12]}...")
+        exit_codes = _wait(processes, None if deadline is None else started + deadline)
+        train_s = time.monotonic() - started
+        clock = time.monotonic()
+        seal(root, window_id)
+        dispositions = score(root, window_id)
+        validate_s = time.monotonic() - clock
+        clock = time.monotonic()
+        promotion = reconcile(root, window_id)
+        aggregate_s = time.monotonic() - clock
+    counts: dict[str, int] = {}
+    for entry in dispositions["assignments"].values():
+        counts[entry["disposition"]] = counts.get(entry["disposition"], 0) + 1
+    result = {**promotion, "dispositions": counts, "exit_codes": exit_codes,
+              "seconds": {"train": train_s, "validate": validate_s, "aggregate": aggregate_s}}  # fmt: skip
+    if echo:
+        scores = promotion["scores"]
+        print(f"{window_id}: {', '.join(f'{n} {d}' for d, n in sorted(counts.items()))}; {promotion['decision']} "
+              f"(gate loss {scores['input_loss']:.4f} -> {scores.get('candidate_loss', float('nan')):.4f}"
+              f"{', ' + ', '.join(promotion['reasons']) if promotion['reasons'] else ''})")  # fmt: skip
+    return result
+
+
+def _wait(processes: dict[str, subprocess.Popen], until: float | None) -> dict[str, int]:
+    """Each contributor's exit code; those still running at ``until`` are killed (their code is -9)."""
+    codes = {}
+    for assignment_id, process in processes.items():
+        try:
+            codes[assignment_id] = process.wait(None if until is None else max(0.0, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            codes[assignment_id] = process.wait()
+    return codes

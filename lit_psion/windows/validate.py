@@ -1,0 +1,272 @@
+"""The validator's side of a window: seal the submissions, then give every assignment a disposition.
+
+``seal`` (active -> sealed) records each submission's bytes as they are at the seal (an
+``adapter_contribution`` receipt, event ``submitted``) and freezes the set. ``score`` (sealed ->
+scored) checks each sealed submission against the plan and the sealed digests (reason codes in
+:data:`lit_psion.core.windows.REASONS`), measures the survivors' weight deltas (norm against the
+window's median, held-out loss of the input revision plus each delta alone), writes
+``dispositions.json`` and one ``disposed`` receipt per assignment. Norms and inner products are
+computed on dW = (alpha / r) B A, never on the factors, which are not unique (BA = (BR)(R^-1 A)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load
+
+from lit_psion.core import atomic_write_json, read_json, sha256_bytes
+from lit_psion.core.chain import parse_receipt
+from lit_psion.core.errors import EvidenceError
+from lit_psion.core.layout import RECEIPTS_FILE
+from lit_psion.core.receipts import AdapterContributionReceipt
+from lit_psion.core.windows import (
+    ACCEPTED,
+    SCORED,
+    SEALED,
+    Assignment,
+    WindowPlan,
+    disposition_for,
+    norm_outliers,
+)
+from lit_psion.windows.contribute import ADAPTER, CONTRIBUTION
+from lit_psion.windows.data import held_out_loss
+from lit_psion.windows.program import DISPOSITIONS, Program, corpus, verify_window_chain
+
+REQUIRED = ("window_id", "assignment_id", "contributor", "input_revision", "slice_index", "slice_digest", "targets",
+            "rank", "alpha", "summary", "adapter_sha256")  # fmt: skip
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+
+
+def submission(program: Program, window_id: str, assignment_id: str) -> tuple[bytes | None, bytes | None]:
+    """The bytes of a submission's ``adapter.safetensors`` and ``contribution.json`` (None where absent)."""
+    directory = program.window_dir(window_id) / "contributions" / assignment_id
+    if directory.is_symlink() or not directory.is_dir():
+        return None, None
+    return _read(directory / ADAPTER), _read(directory / CONTRIBUTION)
+
+
+def seal(root: Path, window_id: str) -> dict[str, Any]:
+    """Freeze the window's submissions (active -> sealed); a receipt per submission binds its bytes."""
+    program = Program(root)
+    plan = program.plan(window_id)
+    program.state(window_id)  # a window with no state file is not one to seal
+    submitted, receipts = {}, []
+    for assignment in plan.assignments:
+        directory = program.window_dir(window_id) / "contributions" / assignment.assignment_id
+        if not directory.exists() and not directory.is_symlink():
+            submitted[assignment.assignment_id] = None
+            continue
+        data, meta = submission(program, window_id, assignment.assignment_id)
+        digests = {"artifact": sha256_bytes(data) if data is not None else None,
+                   "metadata": sha256_bytes(meta) if meta is not None else None}  # fmt: skip
+        submitted[assignment.assignment_id] = digests
+        receipts.append(AdapterContributionReceipt(
+            window_id=window_id, assignment_id=assignment.assignment_id, contributor=assignment.contributor,
+            event="submitted", input_revision=plan.input_revision, slice_index=assignment.slice.index,
+            slice_digest=assignment.slice.digest, artifact_digest=digests["artifact"],
+            metadata_digest=digests["metadata"], summary=_claimed_summary(meta)))  # fmt: skip
+    program.transition(window_id, SEALED, {"submissions": submitted}, receipts)
+    return submitted
+
+
+def _claimed_summary(meta: bytes | None) -> dict[str, Any]:
+    try:
+        summary = json.loads(meta)["summary"] if meta is not None else {}
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def sealed_submissions(program: Program, window_id: str) -> dict[str, dict[str, str | None] | None]:
+    """The submissions the window's verified receipt chain froze at its seal.
+
+    Raises:
+        EvidenceError: the chain does not verify or holds no seal (exit 5).
+    """
+    path = program.window_dir(window_id) / RECEIPTS_FILE
+    verify_window_chain(program, window_id)
+    for line in reversed(path.read_text().splitlines()):
+        receipt = parse_receipt(line)
+        if receipt.kind == "window_state" and receipt.body["state"] == SEALED:
+            return receipt.body["detail"]["submissions"]
+    raise EvidenceError(f"{str(path)!r} records no seal of {window_id}; seal it first")
+
+
+def seen_artifacts(program: Program, before: str) -> set[str]:
+    """The digests of every artifact submitted to an earlier window of the program."""
+    seen = set()
+    for window_id in program.window_ids():
+        if window_id >= before:
+            break
+        path = program.window_dir(window_id) / DISPOSITIONS
+        if path.is_file():
+            seen |= {e["artifact_digest"] for e in read_json(path)["assignments"].values() if e["artifact_digest"]}
+    return seen
+
+
+def expected_shapes(decoder_config: dict[str, Any], lora: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every LoRA tensor the plan's targets, rank and alpha give on the input revision's model."""
+    from lit_psion.nn.decoder import Decoder, DecoderConfig
+    from lit_psion.nn.lora import inject_lora
+
+    with torch.device("meta"):
+        model = Decoder(DecoderConfig(**decoder_config))
+        inject_lora(model, lora["targets"], lora["rank"], lora["alpha"])
+    return {f"model.{name}": tuple(p.shape) for name, p in model.named_parameters() if ".lora_" in name}
+
+
+def check_submission(plan: WindowPlan, assignment: Assignment, sealed: dict[str, str | None], data: bytes | None,
+                     meta_bytes: bytes | None, shapes: dict[str, tuple[int, ...]],
+                     seen: set[str]) -> tuple[list[str], dict[str, torch.Tensor] | None, dict[str, Any]]:  # fmt: skip
+    """The rejection reasons of one sealed submission (empty when it may be measured), its tensors and metadata."""
+    if data is None or meta_bytes is None:
+        return ["malformed"], None, {}
+    if sha256_bytes(data) != sealed["artifact"] or sha256_bytes(meta_bytes) != sealed["metadata"]:
+        return ["digest_mismatch"], None, {}
+    try:
+        meta = json.loads(meta_bytes)
+    except ValueError:
+        return ["malformed"], None, {}
+    if not isinstance(meta, dict) or any(field not in meta for field in REQUIRED):
+        return ["malformed"], None, {}
+    if meta["adapter_sha256"] != sha256_bytes(data):
+        return ["digest_mismatch"], None, meta
+    reasons = []
+    if meta["contributor"] != assignment.contributor or meta["contributor"] not in plan.contributors:
+        reasons.append("wrong_contributor")
+    if meta["input_revision"] != plan.input_revision:
+        reasons.append("stale_revision")
+    if (meta["window_id"], meta["assignment_id"], meta["slice_index"], meta["slice_digest"]) != (
+            plan.window_id, assignment.assignment_id, assignment.slice.index, assignment.slice.digest):  # fmt: skip
+        reasons.append("wrong_slice")
+    try:
+        tensors = load(data)
+    except Exception:  # safetensors raises its own error type for a malformed file
+        return [*reasons, "malformed"], None, meta
+    shape_claims = (meta["targets"], meta["rank"], meta["alpha"])
+    actual = {name: tuple(t.shape) for name, t in tensors.items()}
+    if shape_claims != (plan.lora["targets"], plan.lora["rank"], plan.lora["alpha"]) or actual != shapes:
+        reasons.append("wrong_shape")
+    summary = meta["summary"] if isinstance(meta["summary"], dict) else {}
+    numbers = [v for v in summary.values() if isinstance(v, (int, float))]
+    if any(not torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()) or any(
+            not math.isfinite(v) for v in numbers):  # fmt: skip
+        reasons.append("non_finite")
+    budget = plan.budget["steps"] * plan.budget["batch_size"] * plan.data.get("block_size", 128)
+    tokens = summary.get("tokens")
+    if not isinstance(tokens, int) or not 0 < tokens <= budget:
+        reasons.append("malformed")
+    if meta["adapter_sha256"] in seen:
+        reasons.append("duplicate_artifact")
+    return reasons, tensors, meta
+
+
+def layer_factors(tensors: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Layer path -> (B, A, scaling) of an adapter's tensors."""
+    layers = sorted({name.rsplit(".", 1)[0] for name in tensors})
+    return {layer: (tensors[f"{layer}.lora_b"].double(), tensors[f"{layer}.lora_a"].double(), alpha / rank)
+            for layer in layers}  # fmt: skip
+
+
+def delta_inner(first: dict[str, tuple[torch.Tensor, ...]], second: dict[str, tuple[torch.Tensor, ...]]) -> float:
+    """<dW1, dW2> summed over layers, as tr((B1^T B2)(A2 A1^T)) scaled: never forms dW."""
+    total = 0.0
+    for layer, (b1, a1, s1) in first.items():
+        b2, a2, s2 = second[layer]
+        total += s1 * s2 * float(torch.trace((b1.T @ b2) @ (a2 @ a1.T)))
+    return total
+
+
+def score(root: Path, window_id: str) -> dict[str, Any]:
+    """Give every assignment a disposition (sealed -> scored); ``dispositions.json`` and a receipt each."""
+    from lit_psion.checkpoint_io import load_verified
+
+    program = Program(root)
+    plan = program.plan(window_id)
+    sealed = sealed_submissions(program, window_id)
+    revision = program.revision(plan.input_checkpoint, plan.input_revision)
+    state = load_verified(revision)
+    shapes = expected_shapes(state["decoder_config"], plan.lora)
+    seen = seen_artifacts(program, window_id)
+    entries: dict[str, dict[str, Any]] = {}
+    measured: dict[str, dict[str, torch.Tensor]] = {}
+    for assignment in plan.assignments:
+        aid = assignment.assignment_id
+        entry = {"contributor": assignment.contributor, "artifact_digest": None, "metadata_digest": None,
+                 "summary": {}, "evidence": {}}  # fmt: skip
+        entries[aid] = entry
+        if sealed.get(aid) is None:
+            arrived = (program.window_dir(window_id) / "contributions" / aid).exists()
+            entry["reasons"] = ["arrived_after_seal" if arrived else "missing_at_seal"]
+            continue
+        data, meta_bytes = submission(program, window_id, aid)
+        entry["artifact_digest"], entry["metadata_digest"] = sealed[aid]["artifact"], sealed[aid]["metadata"]
+        reasons, tensors, meta = check_submission(plan, assignment, sealed[aid], data, meta_bytes, shapes, seen)
+        entry["summary"] = meta.get("summary", {}) if isinstance(meta.get("summary"), dict) else {}
+        entry["reasons"] = reasons
+        if not reasons and tensors is not None:
+            measured[aid] = tensors
+        if sealed[aid]["artifact"] is not None:
+            seen.add(sealed[aid]["artifact"])  # a later copy in this window is a duplicate
+    _measure(plan, state, measured, entries, program)
+    for entry in entries.values():
+        entry["disposition"] = disposition_for(entry["reasons"])
+        entry["eligible"] = entry["disposition"] == ACCEPTED
+    record = {"window_id": window_id, "plan_digest": plan.digest, "assignments": entries}
+    receipts = [AdapterContributionReceipt(
+        window_id=window_id, assignment_id=aid, contributor=e["contributor"], event="disposed",
+        input_revision=plan.input_revision, slice_index=plan.assignment(aid).slice.index,
+        slice_digest=plan.assignment(aid).slice.digest, artifact_digest=e["artifact_digest"],
+        metadata_digest=e["metadata_digest"], summary=e["summary"], disposition=e["disposition"],
+        reasons=tuple(e["reasons"]), evidence=e["evidence"], aggregation_eligible=e["eligible"],
+    ) for aid, e in entries.items()]  # fmt: skip
+    counts: dict[str, int] = {}
+    for entry in entries.values():
+        counts[entry["disposition"]] = counts.get(entry["disposition"], 0) + 1
+    atomic_write_json(program.window_dir(window_id) / DISPOSITIONS, record)
+    program.transition(window_id, SCORED, {"dispositions": counts}, receipts)
+    return record
+
+
+def _measure(plan: WindowPlan, state: dict[str, Any], measured: dict[str, dict[str, torch.Tensor]],
+             entries: dict[str, dict[str, Any]], program: Program) -> None:  # fmt: skip
+    """Quarantine the measured contributions whose delta norm is an outlier or whose delta alone regresses held out."""
+    from lit_psion.nn.decoder import Decoder, DecoderConfig
+    from lit_psion.nn.lora import inject_lora
+
+    if not measured:
+        return
+    policy = plan.validator
+    rank, alpha = plan.lora["rank"], plan.lora["alpha"]
+    factors = {aid: layer_factors(t, rank, alpha) for aid, t in measured.items()}
+    norms = {aid: math.sqrt(max(delta_inner(f, f), 0.0)) for aid, f in factors.items()}
+    median = statistics.median(norms.values())
+    outliers = norm_outliers(norms, policy.norm_factor)
+    samples = corpus(program, plan.data).samples("val")
+    start, stop = plan.held_out["validator"]
+    if policy.held_out_samples is not None:
+        stop = min(stop, start + policy.held_out_samples)
+    model = Decoder(DecoderConfig(**state["decoder_config"]))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    inject_lora(model, plan.lora["targets"], rank, alpha)
+    base_loss = held_out_loss(model, samples, start, stop)  # B = 0: the input revision itself
+    for aid, tensors in measured.items():
+        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()}, strict=False)
+        loss = held_out_loss(model, samples, start, stop)
+        entry = entries[aid]
+        entry["evidence"] = {"delta_norm": norms[aid], "median_norm": median, "held_out_loss": loss,
+                             "input_loss": base_loss}  # fmt: skip
+        if aid in outliers:
+            entry["reasons"].append("delta_norm_outlier")
+        if not math.isfinite(loss) or loss - base_loss > policy.max_regression:
+            entry["reasons"].append("held_out_regression")
+
