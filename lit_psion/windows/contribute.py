@@ -77,9 +77,6 @@ def train_adapter(
         CheckpointError: the input revision does not verify against the plan's digest (exit 4).
         DataManifestMismatch: the data rebuilt here is not the plan's, or the slice's tokens differ (exit 3).
     """
-    from lit_psion.models.adapter_lm import AdapterLM
-    from lit_psion.nn.optim import OptimizerConfig
-
     revision = program.revision(plan.input_checkpoint, plan.input_revision)
     data = corpus(program, plan.data)
     if data.prepare().digest != plan.data_manifest_digest:
@@ -89,10 +86,19 @@ def train_adapter(
     data_slice = assignment.slice
     if slice_digest(samples, data_slice.start, data_slice.stop) != data_slice.digest:
         raise DataManifestMismatch(f"slice {data_slice.index} of the data here does not match its digest in the plan")
-    steps, batch_size, lr = plan.budget["steps"], plan.budget["batch_size"], plan.budget["lr"]
+    return train_lora(revision.path, plan.lora, plan.budget, samples, assignment, transform)
+
+
+def train_lora(revision: Path, lora: dict[str, Any], budget: dict[str, Any], samples: Any, assignment: Assignment,
+               transform: Callable[[Batch], Batch] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """LoRA (``lora``'s targets, rank, alpha) on the checkpoint ``revision``, trained from B=0 for ``budget``'s
+    steps over the assignment's samples: its tensors and execution summary."""
+    from lit_psion.models.adapter_lm import AdapterLM
+    from lit_psion.nn.optim import OptimizerConfig
+
+    steps, batch_size, lr = budget["steps"], budget["batch_size"], budget["lr"]
     L.seed_everything(assignment.seed, verbose=False)  # the adapter's A init: B starts at zero
-    model = AdapterLM(base_checkpoint=str(revision.path), targets=plan.lora["targets"], rank=plan.lora["rank"],
-                      alpha=plan.lora["alpha"],
+    model = AdapterLM(base_checkpoint=str(revision), targets=lora["targets"], rank=lora["rank"], alpha=lora["alpha"],
                       optimizer=OptimizerConfig(name="adamw", lr=lr, weight_decay=0.0, warmup_steps=0,
                                                 decay_steps=steps))  # fmt: skip
     batches = slice_batches(samples, assignment, steps, batch_size)

@@ -63,7 +63,7 @@ class ProgramSettings:
     """
 
     contributors: int = 4
-    slice_samples: int = 32
+    slice_samples: int = 160
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     lora: dict[str, Any] = dataclasses.field(default_factory=lambda: {"targets": ["lm_head"], "rank": 8,
                                                                       "alpha": 16.0})  # fmt: skip
