@@ -23,5 +23,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+# The slow scenarios include adapter windows under Flower's deployment runtime: the flower extra.
+FLOWER := $(VENV)/.flower
+
+$(FLOWER): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,flower]"
+	touch $(FLOWER)
+
+test-slow: $(FLOWER)
 	$(BIN)/python -m pytest -q -m slow
