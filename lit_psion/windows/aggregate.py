@@ -144,10 +144,9 @@ def reconcile(root: Path, window_id: str) -> dict[str, Any]:
                                reasons=tuple(reasons), accepted_artifacts=tuple(digests)),
     ]  # fmt: skip
     atomic_write_json(program.window_dir(window_id) / PROMOTION, promotion)
+    moved = (lambda: program.move_pointer(candidate, candidate_path, window_id)) if decision == "promote" else None
     program.transition(window_id, RECONCILED, {"decision": decision, "next_revision": promotion["next_revision"]},
-                       receipts)  # fmt: skip
-    if decision == "promote":
-        program.move_pointer(candidate, candidate_path, window_id)
+                       receipts, then=moved)  # fmt: skip
     return promotion
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +210,10 @@ class Program:
         return ReceiptLog(self.window_dir(window_id) / RECEIPTS_FILE, run_id=f"window:{window_id}")
 
     def transition(self, window_id: str, target: str, detail: dict[str, Any] | None = None,
-                   receipts: list[ReceiptBody] = ()) -> None:  # fmt: skip
-        """Move ``window_id`` to ``target``: its receipts, then the state receipt, then ``window.json``.
+                   receipts: list[ReceiptBody] = (), then: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Move ``window_id`` to ``target``: its receipts, then the state receipt, then ``then()`` (the pointer),
+        then ``window.json``. A crash before ``window.json`` is rewritten leaves the window in its old state: the
+        same step runs again and appends its receipts again (the last ones are the ones that count).
 
         Raises:
             WindowStateError: ``target`` is not the window's one legal next state (exit 13).
@@ -228,6 +231,8 @@ class Program:
             head = log.head
         finally:
             log.close()
+        if then is not None:
+            then()
         atomic_write_json(self.window_dir(window_id) / STATE, {"window_id": window_id, "state": target,
                                                                "receipts_head": head})  # fmt: skip
 

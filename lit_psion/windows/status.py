@@ -91,10 +91,9 @@ def _check_reconciled(program: Program, window_id: str, receipts: list, revision
     """The revision a reconciled window leaves, after checking its promotion record and candidate."""
     promotions = [r.body for r in receipts if r.kind == "policy_promotion"]
     aggregations = [r.body for r in receipts if r.kind == "adapter_aggregation"]
-    if len(promotions) != 1 or len(aggregations) != 1:
-        raise EvidenceError(f"{window_id} is reconciled but holds {len(promotions)} promotion and "
-                            f"{len(aggregations)} aggregation receipts, not one each")  # fmt: skip
-    promotion, aggregation = promotions[0], aggregations[0]
+    if not promotions or not aggregations:
+        raise EvidenceError(f"{window_id} is reconciled but holds no promotion or no aggregation receipt")
+    promotion, aggregation = promotions[-1], aggregations[-1]  # an interrupted reconcile's are followed by its rerun's
     recorded = read_json(program.window_dir(window_id) / PROMOTION)
     if recorded["decision"] != promotion["decision"] or recorded["candidate_revision"] != aggregation[
             "candidate_revision"]:  # fmt: skip

@@ -431,3 +431,41 @@ def test_a_deadline_kills_unfinished_contributors_and_their_slices_are_replayed(
     promotion = read_json(program.window_dir("w-0001") / "promotion.json")
     assert (promotion["decision"], promotion["reasons"]) == ("hold", ["no_accepted_contributions"])
     assert [a.replay_of for a in plan_window(root).assignments if a.replay_of] == ["w-0001/a00", "w-0001/a01"]
+
+
+def test_a_reconcile_interrupted_before_its_state_is_written_runs_again(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lit_psion.windows.program as program_module
+
+    root = new_program(base, tmp_path / "crash", contributors=3)
+    program = Program(root)
+    plan = plan_window(root)
+    open_window(root, plan.window_id)
+    for assignment in plan.assignments:
+        contribute(root, plan.window_id, assignment.assignment_id)
+    real = program_module.atomic_write_json
+
+    def crash_on_reconciled(path: Path, record: object) -> None:
+        if Path(path).name == "window.json" and record.get("state") == "reconciled":
+            raise KeyboardInterrupt("killed between the receipts and window.json")
+        real(path, record)
+
+    monkeypatch.setattr(program_module, "atomic_write_json", crash_on_reconciled)
+    with pytest.raises(KeyboardInterrupt):
+        close_window(root, plan.window_id)
+    monkeypatch.setattr(program_module, "atomic_write_json", real)
+    assert program.state(plan.window_id) == "scored"
+    promotion = close_window(root, plan.window_id)  # the same step again: same candidate, receipts appended again
+    assert program.state(plan.window_id) == "reconciled"
+    assert program.pointer()["revision"] == promotion["next_revision"]
+    assert main(["window", "verify", str(root)]) == 0
+    assert plan_window(root).input_revision == promotion["next_revision"]
+
+
+def test_a_second_coordinator_is_locked_out(program: Program, capsys: pytest.CaptureFixture, matrix: dict) -> None:
+    from lit_psion.windows.coordinator import program_lock
+
+    with program_lock(program.root, "another coordinator"):
+        assert main(["window", "plan", str(program.root)]) == 8
+    assert "locked" in capsys.readouterr().err
