@@ -33,12 +33,11 @@ import yaml
 
 from lit_psion.cli import main as cli
 from lit_psion.core.run import read_latest
-from lit_psion.core.windows import Assignment, DataSlice
 from lit_psion.windows import adversary
 from lit_psion.windows.contribute import contribute, train_adapter, train_lora
 from lit_psion.windows.coordinator import close_window, open_window, run_window
-from lit_psion.windows.data import held_out_loss
-from lit_psion.windows.program import Program, corpus, plan_window
+from lit_psion.windows.data import held_out_loss, slice_indices
+from lit_psion.windows.program import SLICE_SEED, Program, corpus, plan_window
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -46,7 +45,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinysha
 def settings(args: argparse.Namespace) -> dict:
     return {"window": {
         "contributors": args.contributors, "slice_samples": args.slice_samples,
-        "data": {"files": str(args.data), "max_bytes": None, "block_size": args.block_size, "split": "tail",
+        "data": {"files": str(args.data), "max_bytes": None, "block_size": args.block_size, "split": "hash",
                  "val_fraction": args.val_fraction},
         "lora": {"targets": ["lm_head", "attn_qkv"], "rank": 8, "alpha": 16.0},
         "budget": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr},
@@ -114,12 +113,12 @@ def centralized(root: Path, args: argparse.Namespace) -> dict:
     stop = max(a.slice.stop for p in plans for a in p.assignments)
     total_steps = sum(p.budget["steps"] for p in plans for _ in p.assignments)
     first = plans[0]
-    union = Assignment(assignment_id="a00", contributor="central", seed=0,
-                       slice=DataSlice(index=0, start=0, stop=stop, digest=""))  # fmt: skip
     revision = program.revision(first.input_checkpoint, first.input_revision)
     samples = corpus(program, first.data).samples("train")
+    union = slice_indices(samples, 0, stop, first.data.get("seed", SLICE_SEED))  # every slice the windows used
     started = time.perf_counter()
-    tensors, summary = train_lora(revision.path, first.lora, {**first.budget, "steps": total_steps}, samples, union)
+    tensors, summary = train_lora(revision.path, first.lora, {**first.budget, "steps": total_steps}, samples, union,
+                                  seed=0)  # fmt: skip
     seconds = time.perf_counter() - started
     from lit_psion.checkpoint_io import load_verified
     from lit_psion.nn.decoder import Decoder, DecoderConfig
@@ -170,7 +169,7 @@ def main() -> None:
             "optimizer": {"name": "adamw", "lr": 3.0e-3, "warmup_steps": 20}}},
         "data": {"class_path": "lit_psion.datamodules.CorpusDataModule", "init_args": {
             "files": str(args.data), "max_bytes": None, "tokenizer": "char", "block_size": args.block_size,
-            "batch_size": 32, "split": "tail", "val_fraction": args.val_fraction}},
+            "batch_size": 32, "split": "hash", "val_fraction": args.val_fraction}},
         "checkpoint": {"every_n_train_steps": args.base_steps}, "dashboard": {"enabled": False},
     }))  # fmt: skip
     assert cli(["fit", "--config", str(base_config)]) == 0

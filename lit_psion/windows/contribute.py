@@ -25,8 +25,8 @@ from safetensors.torch import save
 from lit_psion.core import atomic_write_bytes, atomic_write_json, sha256_bytes
 from lit_psion.core.errors import ConfigError, DataManifestMismatch
 from lit_psion.core.windows import ACTIVE, Assignment, WindowPlan, WindowStateError
-from lit_psion.windows.data import slice_digest
-from lit_psion.windows.program import Program, corpus, remove_staging
+from lit_psion.windows.data import slice_digest, slice_indices
+from lit_psion.windows.program import SLICE_SEED, Program, corpus, remove_staging
 
 ADAPTER, CONTRIBUTION = "adapter.safetensors", "contribution.json"
 FORMAT_VERSION = 1
@@ -56,12 +56,12 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def slice_batches(samples: Any, assignment: Assignment, steps: int, batch_size: int) -> list[Batch]:
-    """``steps`` batches over the assignment's slice: seeded permutations of it, one after another."""
-    generator = torch.Generator().manual_seed(assignment.seed)
+def slice_batches(samples: Any, indices: list[int], seed: int, steps: int, batch_size: int) -> list[Batch]:
+    """``steps`` batches over the samples ``indices``: seeded permutations of them, one after another."""
+    generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     while len(order) < steps * batch_size:
-        order += (torch.randperm(assignment.slice.samples, generator=generator) + assignment.slice.start).tolist()
+        order += [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
     return [samples[order[i * batch_size : (i + 1) * batch_size]] for i in range(steps)]
 
 
@@ -84,24 +84,26 @@ def train_adapter(
                                    f"({plan.data_manifest_digest[:12]}...); use the program's data files")  # fmt: skip
     samples = data.samples("train")
     data_slice = assignment.slice
-    if slice_digest(samples, data_slice.start, data_slice.stop) != data_slice.digest:
+    indices = slice_indices(samples, data_slice.start, data_slice.stop, plan.data.get("seed", SLICE_SEED))
+    if slice_digest(samples, indices) != data_slice.digest:
         raise DataManifestMismatch(f"slice {data_slice.index} of the data here does not match its digest in the plan")
-    return train_lora(revision.path, plan.lora, plan.budget, samples, assignment, transform)
+    return train_lora(revision.path, plan.lora, plan.budget, samples, indices, assignment.seed, transform)
 
 
-def train_lora(revision: Path, lora: dict[str, Any], budget: dict[str, Any], samples: Any, assignment: Assignment,
-               transform: Callable[[Batch], Batch] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """LoRA (``lora``'s targets, rank, alpha) on the checkpoint ``revision``, trained from B=0 for ``budget``'s
-    steps over the assignment's samples: its tensors and execution summary."""
+def train_lora(revision: Path, lora: dict[str, Any], budget: dict[str, Any], samples: Any, indices: list[int],
+               seed: int, transform: Callable[[Batch], Batch] | None = None,
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:  # fmt: skip
+    """LoRA (``lora``'s targets, rank, alpha) on the checkpoint ``revision``, trained from B=0 (A drawn from
+    ``seed``) for ``budget``'s steps over the samples ``indices``: its tensors and execution summary."""
     from lit_psion.models.adapter_lm import AdapterLM
     from lit_psion.nn.optim import OptimizerConfig
 
     steps, batch_size, lr = budget["steps"], budget["batch_size"], budget["lr"]
-    L.seed_everything(assignment.seed, verbose=False)  # the adapter's A init: B starts at zero
+    L.seed_everything(seed, verbose=False)  # the adapter's A init: B starts at zero
     model = AdapterLM(base_checkpoint=str(revision), targets=lora["targets"], rank=lora["rank"], alpha=lora["alpha"],
                       optimizer=OptimizerConfig(name="adamw", lr=lr, weight_decay=0.0, warmup_steps=0,
                                                 decay_steps=steps))  # fmt: skip
-    batches = slice_batches(samples, assignment, steps, batch_size)
+    batches = slice_batches(samples, indices, seed, steps, batch_size)
     if transform is not None:
         batches = [transform(batch) for batch in batches]
     losses = _Losses()

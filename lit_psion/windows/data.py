@@ -10,15 +10,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def slice_tokens(samples: Any, start: int, stop: int) -> torch.Tensor:
-    """The token windows (``block_size + 1`` each) of samples ``[start, stop)``."""
-    batch = samples[list(range(start, stop))]
+def slice_indices(samples: Any, start: int, stop: int, seed: int) -> list[int]:
+    """The training samples of the slice ``[start, stop)``: positions in one seeded permutation of every sample,
+    so each slice is drawn from the whole corpus (a slice of consecutive samples would be one scene of one play,
+    and its adapter would specialise to it)."""
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
+    return order[start:stop].tolist()
+
+
+def slice_tokens(samples: Any, indices: list[int]) -> torch.Tensor:
+    """The token windows (``block_size + 1`` each) of the samples ``indices``."""
+    batch = samples[indices]
     return torch.cat([batch["input_ids"], batch["targets"][:, -1:]], dim=1)
 
 
-def slice_digest(samples: Any, start: int, stop: int) -> str:
-    """sha256 of samples ``[start, stop)``'s tokens as little-endian int32: what a slice is pinned by."""
-    tokens = slice_tokens(samples, start, stop).to(torch.int32).contiguous()
+def slice_digest(samples: Any, indices: list[int]) -> str:
+    """sha256 of the samples' tokens as little-endian int32, in slice order: what a slice is pinned by."""
+    tokens = slice_tokens(samples, indices).to(torch.int32).contiguous()
     return hashlib.sha256(tokens.numpy().astype("<i4").tobytes()).hexdigest()
 
 

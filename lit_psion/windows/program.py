@@ -46,6 +46,8 @@ FORMAT_VERSION = 1
 PROGRAM, PLAN, STATE, DISPOSITIONS = "program.json", "plan.json", "window.json", "dispositions.json"
 POINTER, TOKENIZER, PROMOTION = POINTER_FILE, TOKENIZER_FILE, PROMOTION_FILE  # the names a run uses for the same
 BASE_REVISION = "revisions/base"
+SLICE_SEED = 1337
+"""The permutation slices are cut from, unless ``data.seed`` sets it (the corpus' own seed default)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,7 +321,8 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
         raise DataError(f"the data has {max(available, 0)} fresh slice(s) of {settings.slice_samples} samples "
                         f"left, {count} contributors need one each; add text (data.files) or lower "
                         "slice_samples")  # fmt: skip
-    fresh = [_slice(train, i, settings.slice_samples) for i in range(first, first + count)]
+    seed = settings.data.get("seed", SLICE_SEED)
+    fresh = [_slice(train, i, settings.slice_samples, seed) for i in range(first, first + count)]
     replays = _replays(program, previous) if previous else []
     held = len(val) // 2
     if held < 1:
@@ -365,11 +368,12 @@ def verify_window_chain(program: Program, window_id: str) -> None:
         raise EvidenceError(f"{str(path)!r}: line {result.line}: {result.reason}: {result.detail}")
 
 
-def _slice(train: Any, index: int, size: int) -> DataSlice:
-    from lit_psion.windows.data import slice_digest
+def _slice(train: Any, index: int, size: int, seed: int) -> DataSlice:
+    from lit_psion.windows.data import slice_digest, slice_indices
 
     start = index * size
-    return DataSlice(index=index, start=start, stop=start + size, digest=slice_digest(train, start, start + size))
+    indices = slice_indices(train, start, start + size, seed)
+    return DataSlice(index=index, start=start, stop=start + size, digest=slice_digest(train, indices))
 
 
 def _replays(program: Program, previous: str) -> list[tuple[str, DataSlice]]:
