@@ -1,6 +1,28 @@
-"""`python -m lit_psion ...` entry point."""
+"""`python -m lit_psion ...` entry point.
 
-from lit_psion.cli import main
+Only fit/validate/test/predict need Lightning; every other subcommand (and the top-level help) is
+dispatched from :mod:`lit_psion.commands` without importing it, so it answers at once.
+"""
+
+import sys
+
+from lit_psion.commands import COMMANDS, TRAINING, run_command, usage
+
+
+def _entry(argv: list[str]) -> int:
+    if argv and argv[0] in COMMANDS:
+        return run_command(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in TRAINING and not argv[0].startswith("-"):
+        print(f"lit_psion: error: unknown command {argv[0]!r}; commands are {', '.join([*TRAINING, *COMMANDS])} "
+              "(python -m lit_psion --help)", file=sys.stderr)  # fmt: skip
+        return 2
+    from lit_psion.cli import main
+
+    return main()  # LightningCLI reads sys.argv itself (given both, it warns)
+
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_entry(sys.argv[1:]))

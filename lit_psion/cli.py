@@ -41,7 +41,7 @@ from lit_psion.callbacks import (
 )
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
-from lit_psion.commands import COMMANDS
+from lit_psion.commands import COMMANDS, run_command
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
@@ -415,11 +415,9 @@ def main(args: list[str] | None = None) -> int:
     clear_mesh_stop()
     try:
         argv = sys.argv[1:] if args is None else args
-        command = COMMANDS.get(argv[0]) if argv else None
-        if command is not None:
-            command(argv)
-        else:
-            LitPsionCLI(args=args)
+        if argv and argv[0] in COMMANDS:
+            return run_command(argv)  # the same path as ``python -m lit_psion NAME`` takes
+        LitPsionCLI(args=args)
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -195,3 +195,41 @@ def test_a_trainer_setting_lightning_would_crash_on_is_refused_in_one_line(
     assert fit(*root, key, value, config=config) == 2
     assert key.removeprefix("--") in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def _modules_imported(*args: str) -> tuple[int, set[str]]:
+    """Run ``python -m lit_psion ARGS`` with ``-X importtime``: its exit code and every module it imported."""
+    command = [sys.executable, "-X", "importtime", "-m", "lit_psion", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    names = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    return result.returncode, names
+
+
+def test_the_top_level_help_lists_every_subcommand_without_importing_lightning() -> None:
+    from lit_psion.commands import COMMANDS, TRAINING
+
+    result = subprocess.run([sys.executable, "-m", "lit_psion", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    listed = {line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert listed == set(TRAINING) | set(COMMANDS)
+    code, modules = _modules_imported("--help")
+    assert code == 0 and "lightning" not in modules and "torch" not in modules
+
+
+@pytest.mark.parametrize(("args", "code"), [((), 2), (("frobnicate",), 2)])
+def test_no_command_or_an_unknown_one_is_one_line(args: tuple[str, ...], code: int) -> None:
+    result = subprocess.run([sys.executable, "-m", "lit_psion", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == code
+    if args:
+        assert result.stderr.strip().splitlines() == [
+            "lit_psion: error: unknown command 'frobnicate'; commands are fit, validate, test, predict, receipts, "
+            "ckpt, doctor, mesh, compare, adapter, events, session, window (python -m lit_psion --help)"]  # fmt: skip
+
+
+def test_evidence_commands_answer_without_lightning_or_torch(tmp_path: Path) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
+    run = tmp_path / read_latest(tmp_path)
+    for args in (("receipts", "verify", str(run)), ("ckpt", "verify", str(run)), ("window", "status", str(tmp_path))):
+        code, modules = _modules_imported(*args)
+        assert code in (0, 2), args
+        assert not {"lightning", "torch"} & modules, (args, sorted({"lightning", "torch"} & modules))

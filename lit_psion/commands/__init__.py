@@ -46,3 +46,69 @@ def _lazy(module: str) -> Callable[[list[str]], None]:
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {name: _lazy(module) for name, module in COMMANDS_MODULES.items()}
+
+TRAINING = {
+    "fit": "train a model (python -m lit_psion fit --config configs/decoder_tiny.yaml)",
+    "validate": "evaluate a run's checkpoint on the validation split",
+    "test": "evaluate a run's checkpoint on the test split",
+    "predict": "run a checkpoint over the predict split",
+}
+"""LightningCLI's subcommands (they import Lightning; the others answer without it)."""
+SUMMARIES = {
+    "receipts": "verify a run's receipt chain (receipts verify RUN_DIR)",
+    "ckpt": "verify or consolidate a run's checkpoint (ckpt verify|consolidate RUN_DIR)",
+    "doctor": "check everything a run holds, one verdict per artifact",
+    "compare": "diff runs' configs and final metrics, overlay their curves",
+    "adapter": "export, inspect or merge a LoRA adapter",
+    "events": "predict MOSAIC events with a trained run",
+    "session": "branching online-learning sessions (seed 000)",
+    "mesh": "elastic mesh membership on torchrun: store, launch, status, drain",
+    "window": "decentralized adapter windows: init, plan, open, contribute, close, run, status, verify",
+}
+EXIT_INTERRUPTED = 130
+
+
+def usage() -> str:
+    """The top-level help: every subcommand, one line each (docs/cli.md has them all)."""
+    width = max(map(len, [*TRAINING, *SUMMARIES]))
+    lines = ["usage: python -m lit_psion COMMAND [ARGS] (COMMAND --help for its options)", "", "training:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in TRAINING.items()]
+    lines += ["", "runs, checkpoints and evidence:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in SUMMARIES.items()]
+    lines += ["", "A model's own options: python -m lit_psion fit --model.help lit_psion.models.DecoderLM",
+              "Exit codes and every flag: docs/cli.md"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_command(argv: list[str]) -> int:
+    """Run a subcommand other than LightningCLI's; a known error becomes one line on stderr and its exit code.
+
+    This is the whole path of ``python -m lit_psion receipts ...`` and the like: no Lightning is imported
+    unless the command itself needs it, so they answer in well under a second.
+    """
+    import os
+    import sys
+
+    from lit_psion.core.errors import LitPsionError, lit_psion_cause
+
+    try:
+        COMMANDS[argv[0]](argv)
+    except KeyboardInterrupt:
+        print("lit_psion: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    except Exception as error:
+        if os.environ.get("LIT_PSION_DEBUG"):
+            raise
+        known = lit_psion_cause(error)
+        if known is None and isinstance(error, argparse.ArgumentError):
+            known = ConfigError(str(error))
+        if known is not None:
+            print(f"lit_psion: error: {' '.join(str(known).split())}", file=sys.stderr)
+            return known.exit_code
+        if not isinstance(error, LitPsionError):
+            print(f"lit_psion: unexpected error: {type(error).__name__}: {' '.join(str(error).split())} "
+                  "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
