@@ -22,8 +22,6 @@ named together; bad data raises :class:`~lit_psion.core.errors.DataError` (exit 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -33,13 +31,9 @@ from lit_psion.core.contracts import DataFacts, Manifest
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
 from lit_psion.core.run import run_context
 from lit_psion.datamodules.replay import Cursor, ReplayDataLoader, ReplaySampler, replay_loader
+from lit_psion.datamodules.token_cache import default_cache_dir
 
 Split = Literal["train", "val"]
-
-
-def default_cache_dir(cache_dir: str | None) -> Path:
-    """``cache_dir``, else ``$LIT_PSION_CACHE``, else ``~/.cache/lit_psion``."""
-    return Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
 
 
 def positive_integers(**settings: Any) -> list[str]:

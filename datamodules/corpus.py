@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import math
 import os
 import re
@@ -27,39 +26,32 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
-import pyarrow.compute
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
-from lit_psion.core import atomic_write_json, read_json, sha256_bytes
+from lit_psion.core import atomic_write_json, sha256_bytes
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
 from lit_psion.core.manifest import DataManifest, SourceFile
-from lit_psion.datamodules.base import ReplayDataModule, Split, default_cache_dir, positive_integers
+from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
+from lit_psion.datamodules.token_cache import (
+    TOKEN_RECORD_FILE,
+    TOKENS_FILE,
+    TokenCacheMismatch,
+    check_token_cache,
+    load_token_cache,
+    split_streams,
+    token_digest,
+)
 from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
 
-__all__ = ["CorpusDataModule", "DataConfigError", "DataManifestMismatch", "PackedTokens"]
+__all__ = ["CorpusDataModule", "DataConfigError", "DataManifestMismatch", "PackedTokens", "check_token_cache"]
 
 BPE_MIN_VOCAB = 257
 """A byte-level BPE starts from 256 byte tokens plus the end-of-text token."""
 STDLIB = "stdlib"
 _EXCLUDED_STDLIB_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-TOKENS_FILE = "tokens.arrow"
-"""The tokenized documents in a token cache directory (``<cache_dir>/corpora/<inputs digest>/``)."""
-TOKEN_RECORD_FILE = "token_digests.json"
-"""The cache's record of what it holds: the inputs digest it was built for and each split's token digest."""
-
-
-def token_digest(tokens: np.ndarray) -> str:
-    """The sha256 of a packed token stream as little-endian int32 (what training reads)."""
-    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").data).hexdigest()
-
-
-class TokenCacheMismatch(Exception):
-    """A token cache that is not what its record says (internal: the cache is rebuilt, never trained on)."""
-
-
 class PackedTokens(Dataset):
     """Windows of ``block_size + 1`` tokens every ``stride`` tokens over one token stream."""
 
@@ -282,7 +274,7 @@ class CorpusDataModule(ReplayDataModule):
         cache = self.cache_dir / "corpora" / inputs_digest
         datasets.disable_progress_bars()
         try:
-            if (cached := _load_token_cache(cache, inputs_digest)) is not None:
+            if (cached := load_token_cache(cache, inputs_digest)) is not None:
                 return cached
         except TokenCacheMismatch as mismatch:
             print(f"lit_psion: warning: token cache {str(cache)!r} {mismatch}; rebuilding it from the sources",
@@ -306,7 +298,7 @@ class CorpusDataModule(ReplayDataModule):
             new_fingerprint=inputs_digest,
             load_from_cache_file=False,
         )
-        streams = _split_streams(staging / TOKENS_FILE)  # what a later load reads is what is recorded
+        streams = split_streams(staging / TOKENS_FILE)  # what a later load reads is what is recorded
         digests = {name: token_digest(tokens) for name, tokens in streams.items()}
         atomic_write_json(staging / TOKEN_RECORD_FILE, {"inputs_digest": inputs_digest, "token_digests": digests})
         shutil.rmtree(cache, ignore_errors=True)
@@ -374,63 +366,3 @@ def _decode_text(name: str, data: bytes) -> str:
     kind = "a NUL byte (a binary file)" if offset == nul else f"byte 0x{data[offset]:02x}, not UTF-8"
     raise DataError(f"data file {name!r} is not UTF-8 text: {kind} at byte offset {offset}; exclude it from "
                     "--data.files (sources are read as UTF-8 text)")  # fmt: skip
-
-
-def _split_streams(arrow: Path) -> dict[str, np.ndarray]:
-    """Each split's packed token stream (int32) from a tokenized Arrow file."""
-    table = datasets.Dataset.from_file(str(arrow)).data.table
-    streams = {}
-    for name, is_val in (("train", False), ("val", True)):
-        part = table.filter(pyarrow.compute.equal(table.column("val"), is_val))
-        ids = part.column("ids").combine_chunks().flatten().to_numpy()
-        streams[name] = np.asarray(ids, dtype=np.int32).copy()
-    return streams
-
-
-def _load_token_cache(cache: Path, inputs_digest: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
-    """The cached token streams and digests if the cache holds exactly what its record says; None if absent.
-
-    Raises:
-        TokenCacheMismatch: The cache exists but its record is missing or names other inputs, it cannot be
-            read, or a split's tokens do not hash to the recorded digest.
-    """
-    record_path, arrow = cache / TOKEN_RECORD_FILE, cache / TOKENS_FILE
-    if not cache.exists():
-        return None
-    if not record_path.is_file():
-        raise TokenCacheMismatch(f"has no {TOKEN_RECORD_FILE} digest record")
-    try:
-        record = read_json(record_path)
-        bound, recorded = record["inputs_digest"], dict(record["token_digests"])
-        streams = _split_streams(arrow)
-    except (OSError, ValueError, KeyError, TypeError, pyarrow.ArrowException) as error:
-        reason = (str(error).splitlines() or [""])[0][:200]
-        raise TokenCacheMismatch(f"cannot be read ({type(error).__name__}: {reason})") from error
-    if bound != inputs_digest:
-        raise TokenCacheMismatch(f"was recorded for other inputs ({str(bound)[:12]}...)")
-    digests = {name: token_digest(tokens) for name, tokens in streams.items()}
-    if changed := sorted(name for name in digests.keys() | recorded.keys() if digests.get(name) != recorded.get(name)):
-        raise TokenCacheMismatch(f"does not match its digest record ({', '.join(changed)} tokens differ)")
-    return streams, digests
-
-
-def check_token_cache(manifest: DataManifest, cache_dir: str | None = None) -> str:
-    """Say whether the token cache a run's manifest names holds exactly the tokens it committed to.
-
-    Returns:
-        ``"absent"`` (it will be rebuilt from the sources when needed) or ``"matches"``.
-
-    Raises:
-        DataError: the cache exists but does not hold the manifest's tokens (a fit would rebuild it).
-    """
-    cache = default_cache_dir(cache_dir) / "corpora" / manifest.inputs_digest()
-    try:
-        cached = _load_token_cache(cache, manifest.inputs_digest())
-    except TokenCacheMismatch as mismatch:
-        raise DataError(f"token cache {str(cache)!r} {mismatch}; a fit rebuilds it from the sources") from mismatch
-    if cached is None:
-        return "absent (rebuilt from the sources when a fit needs it)"
-    if manifest.token_digests and cached[1] != dict(manifest.token_digests):
-        raise DataError(f"token cache {str(cache)!r} holds other tokens than the run's manifest records")
-    return f"matches the manifest's token digests ({str(cache)!r})"
-

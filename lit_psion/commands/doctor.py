@@ -43,7 +43,7 @@ def main(args: list[str]) -> None:
 
 
 def _token_cache(layout: RunLayout) -> list[Verdict]:
-    from lit_psion.datamodules.corpus import check_token_cache  # the corpus stack, only when there is a corpus
+    from lit_psion.datamodules.token_cache import check_token_cache  # numpy and pyarrow, not the corpus stack
 
     try:
         manifest = DataManifest.from_json_dict(read_json(layout.data_manifest))

@@ -15,7 +15,7 @@ import torch
 from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.errors import DataError
 from lit_psion.datamodules import CorpusDataModule, DataConfigError
-from lit_psion.datamodules.corpus import TOKEN_RECORD_FILE, TOKENS_FILE, _split_streams, token_digest
+from lit_psion.datamodules.token_cache import TOKEN_RECORD_FILE, TOKENS_FILE, split_streams, token_digest
 from tests.helpers import fit
 
 CORPUS = Path("fixtures/tiny_corpus.txt")
@@ -140,7 +140,7 @@ def test_the_manifest_digest_commits_to_the_tokens(tmp_path: Path, capsys: pytes
     clean_manifest = clean.prepare()
     cache = cache_of(clean)
     rewrite_ids(cache, cache)
-    streams = _split_streams(cache / TOKENS_FILE)
+    streams = split_streams(cache / TOKENS_FILE)
     record = read_json(cache / TOKEN_RECORD_FILE)
     digests = {name: token_digest(tokens) for name, tokens in streams.items()}
     atomic_write_json(cache / TOKEN_RECORD_FILE, {**record, "token_digests": digests})
@@ -260,7 +260,7 @@ def _add_text_in_the_same_alphabet(text: Path, cache: Path) -> None:
 def _rewrite_the_token_cache_and_its_record(text: Path, cache: Path) -> None:
     (entry,) = (cache / "corpora").iterdir()
     rewrite_ids(entry, entry)
-    digests = {name: token_digest(tokens) for name, tokens in _split_streams(entry / TOKENS_FILE).items()}
+    digests = {name: token_digest(tokens) for name, tokens in split_streams(entry / TOKENS_FILE).items()}
     atomic_write_json(entry / TOKEN_RECORD_FILE, {**read_json(entry / TOKEN_RECORD_FILE), "token_digests": digests})
 
 

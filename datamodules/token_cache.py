@@ -1,0 +1,101 @@
+"""The token cache of a tokenized corpus, read and checked without the corpus stack (``doctor`` uses it).
+
+A cache directory (``<cache_dir>/corpora/<inputs digest>/``) holds ``tokens.arrow`` (the tokenized
+documents, an Arrow IPC stream written by ``datasets``) and ``token_digests.json`` (the inputs digest it
+was built for and each split's token digest). Only numpy and pyarrow are imported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow
+import pyarrow.compute
+import pyarrow.ipc
+
+from lit_psion.core import read_json
+from lit_psion.core.errors import DataError
+from lit_psion.core.manifest import DataManifest
+
+TOKENS_FILE = "tokens.arrow"
+"""The tokenized documents in a token cache directory (``<cache_dir>/corpora/<inputs digest>/``)."""
+TOKEN_RECORD_FILE = "token_digests.json"
+"""The cache's record of what it holds: the inputs digest it was built for and each split's token digest."""
+
+
+def token_digest(tokens: np.ndarray) -> str:
+    """The sha256 of a packed token stream as little-endian int32 (what training reads)."""
+    return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").data).hexdigest()
+
+
+class TokenCacheMismatch(Exception):
+    """A token cache that is not what its record says (internal: the cache is rebuilt, never trained on)."""
+
+
+def default_cache_dir(cache_dir: str | None) -> Path:
+    """``cache_dir``, else ``$LIT_PSION_CACHE``, else ``~/.cache/lit_psion``."""
+    return Path(cache_dir or os.environ.get("LIT_PSION_CACHE") or Path.home() / ".cache" / "lit_psion")
+
+
+def split_streams(arrow: Path) -> dict[str, np.ndarray]:
+    """Each split's packed token stream (int32) from a tokenized Arrow file."""
+    with pyarrow.memory_map(str(arrow)) as source:  # the Arrow IPC stream datasets wrote
+        table = pyarrow.ipc.open_stream(source).read_all()
+    streams = {}
+    for name, is_val in (("train", False), ("val", True)):
+        part = table.filter(pyarrow.compute.equal(table.column("val"), is_val))
+        ids = part.column("ids").combine_chunks().flatten().to_numpy()
+        streams[name] = np.asarray(ids, dtype=np.int32).copy()
+    return streams
+
+
+def load_token_cache(cache: Path, inputs_digest: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+    """The cached token streams and digests if the cache holds exactly what its record says; None if absent.
+
+    Raises:
+        TokenCacheMismatch: The cache exists but its record is missing or names other inputs, it cannot be
+            read, or a split's tokens do not hash to the recorded digest.
+    """
+    record_path, arrow = cache / TOKEN_RECORD_FILE, cache / TOKENS_FILE
+    if not cache.exists():
+        return None
+    if not record_path.is_file():
+        raise TokenCacheMismatch(f"has no {TOKEN_RECORD_FILE} digest record")
+    try:
+        record = read_json(record_path)
+        bound, recorded = record["inputs_digest"], dict(record["token_digests"])
+        streams = split_streams(arrow)
+    except (OSError, ValueError, KeyError, TypeError, pyarrow.ArrowException) as error:
+        reason = (str(error).splitlines() or [""])[0][:200]
+        raise TokenCacheMismatch(f"cannot be read ({type(error).__name__}: {reason})") from error
+    if bound != inputs_digest:
+        raise TokenCacheMismatch(f"was recorded for other inputs ({str(bound)[:12]}...)")
+    digests = {name: token_digest(tokens) for name, tokens in streams.items()}
+    if changed := sorted(name for name in digests.keys() | recorded.keys() if digests.get(name) != recorded.get(name)):
+        raise TokenCacheMismatch(f"does not match its digest record ({', '.join(changed)} tokens differ)")
+    return streams, digests
+
+
+def check_token_cache(manifest: DataManifest, cache_dir: str | None = None) -> str:
+    """Say whether the token cache a run's manifest names holds exactly the tokens it committed to.
+
+    Returns:
+        ``"absent"`` (it will be rebuilt from the sources when needed) or ``"matches"``.
+
+    Raises:
+        DataError: the cache exists but does not hold the manifest's tokens (a fit would rebuild it).
+    """
+    cache = default_cache_dir(cache_dir) / "corpora" / manifest.inputs_digest()
+    try:
+        cached = load_token_cache(cache, manifest.inputs_digest())
+    except TokenCacheMismatch as mismatch:
+        raise DataError(f"token cache {str(cache)!r} {mismatch}; a fit rebuilds it from the sources") from mismatch
+    if cached is None:
+        return "absent (rebuilt from the sources when a fit needs it)"
+    if manifest.token_digests and cached[1] != dict(manifest.token_digests):
+        raise DataError(f"token cache {str(cache)!r} holds other tokens than the run's manifest records")
+    return f"matches the manifest's token digests ({str(cache)!r})"
+
