@@ -14,16 +14,27 @@ from pathlib import Path
 from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
 from lit_psion.core.audit import receipted_checkpoints
-from lit_psion.core.checkpoint import RejectedCheckpoint, resolve_checkpoint
+from lit_psion.core.checkpoint import (
+    MANIFEST_FILE,
+    RejectedCheckpoint,
+    as_receipted,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
+from lit_psion.core.errors import CheckpointError
+from lit_psion.core.layout import RunLayout
 
 
 def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion ckpt")
     parser.add_argument("action", choices=["verify", "consolidate"])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, help="a run directory (verify: or one of its step-NNNNNN directories)")
     parser.add_argument("--out", type=Path, default=None,
                         help="consolidate: the output directory (default: RUN_DIR/consolidated)")  # fmt: skip
     parsed = parser.parse_args(args)
+    if parsed.action == "verify" and (parsed.run_dir / MANIFEST_FILE).is_file():
+        _verify_one(parsed.run_dir)
+        return
     rejected: list[RejectedCheckpoint] = []
     layout = run_layout(parsed.run_dir)
     checkpoint = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
@@ -38,3 +49,23 @@ def main(args: list[str]) -> None:
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
     print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")
+
+
+def _verify_one(path: Path) -> None:
+    """Verify the checkpoint directory ``path`` itself; inside a run, hold it to the run and its receipts too.
+
+    Raises:
+        CheckpointError: a file differs from the manifest, or (inside a run) it was written by another run or is
+            not the checkpoint its durable receipt recorded (exit 4).
+    """
+    checkpoint = verify_checkpoint(path)
+    layout = RunLayout.of(path.parent.parent)
+    where = ""
+    if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
+        if checkpoint.manifest.run_id != layout.run_id:
+            raise CheckpointError(f"checkpoint {str(path)!r} was written by run {checkpoint.manifest.run_id!r}, not by "
+                                  f"run {layout.run_id!r} it sits in")  # fmt: skip
+        as_receipted(checkpoint, receipted_checkpoints(layout))
+        where = f", written by run {layout.run_id} as its receipts record"
+    kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
+    print(f"ok: {checkpoint.path} matches its manifest ({kind}step {checkpoint.step}{where})")

@@ -268,3 +268,24 @@ def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
     verify_checkpoint(checkpoints / "step-000006")
     assert (9, "durable") not in _checkpoint_receipts(run)
     assert main(["receipts", "verify", str(run)]) == 0
+
+
+def test_ckpt_verify_takes_one_checkpoint_directory(run_dir: Path, damaged: Callable, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    assert main(["ckpt", "verify", str(run_dir / "checkpoints" / "step-000006")]) == 0
+    assert "step 6, written by run" in capsys.readouterr().out
+    run = damaged(_flip(WEIGHTS))
+    assert main(["ckpt", "verify", str(run / "checkpoints" / "step-000009")]) == 4  # no fallback: this one
+    assert "model.safetensors' is corrupt" in capsys.readouterr().err
+    # Another run's checkpoint copied in (it verifies on its own) is not this run's.
+    other = tmp_path / "other"
+    assert fit("--trainer.default_root_dir", str(other), "--trainer.max_steps", "3") == 0
+    stranger = run / "checkpoints" / "step-000003"
+    shutil.rmtree(stranger, ignore_errors=True)
+    shutil.copytree(other / read_latest(other) / "checkpoints" / "step-000003", stranger)
+    assert main(["ckpt", "verify", str(stranger)]) == 4
+    assert "was written by run" in capsys.readouterr().err
+    # Outside any run, the directory is checked against its own manifest only.
+    loose = tmp_path / "loose" / "step-000003"
+    shutil.copytree(stranger, loose)
+    assert main(["ckpt", "verify", str(loose)]) == 0
