@@ -233,3 +233,17 @@ def test_evidence_commands_answer_without_lightning_or_torch(tmp_path: Path) -> 
         code, modules = _modules_imported(*args)
         assert code in (0, 2), args
         assert not {"lightning", "torch"} & modules, (args, sorted({"lightning", "torch"} & modules))
+
+
+def test_last_refuses_the_latest_run_of_another_model_family(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    graph = ["--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", "--data.n_train", "8",
+             "--data.n_val", "2", "--data.steps", "40", "--data.window", "8"]  # fmt: skip
+    assert main(["fit", "--config", "configs/graph_core_oscillators.yaml", *graph]) == 0
+    run = tmp_path / read_latest(tmp_path)
+    before = (run / "run.json").read_bytes()
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last") == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    wanted = "trains lit_psion.models.GraphCore, but this config builds lit_psion.models.DecoderLM"
+    assert len(err) == 1 and wanted in err[0], err
+    assert (run / "run.json").read_bytes() == before
