@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -124,7 +125,10 @@ class LitPsionCLI(LightningCLI):
         LightningCLI would otherwise load a checkpoint *file* to apply its hyper-parameters to the config
         before lit_psion verified it: nothing from an unverified file may shape the run.
         """
-        super().parse_arguments(parser, args)
+        if isinstance(args, dict | Namespace):
+            super().parse_arguments(parser, args)
+        else:
+            self.config = parser.parse_args(gather_files(sys.argv[1:] if args is None else list(args)))
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if problems := setting_problems(config, self.config.get("subcommand")):
             raise ConfigError("; ".join(problems))
@@ -281,6 +285,27 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
                               f"{recorded[:16]}..., but this config builds {signature[:16]}...; evaluate it with "
                               "the run's own model settings")  # fmt: skip
+
+
+FILES_FLAGS = ("--data.files", "--data.init_args.files")
+
+
+def gather_files(argv: list[str]) -> list[str]:
+    """``argv`` with ``--data.files a.md b.md ...`` (what a shell makes of ``--data.files notes/*.md``) as one
+    list value; a single value, a quoted glob or ``--data.files=...`` is left as it is."""
+    gathered, i = [], 0
+    while i < len(argv):
+        gathered.append(argv[i])
+        if argv[i] in FILES_FLAGS:
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                values.append(argv[i + 1])
+                i += 1
+            gathered.append(values[0] if len(values) == 1 else json.dumps(values) if values else "")
+            if not values:
+                gathered.pop()
+        i += 1
+    return gathered
 
 
 def _refuse_another_family(layout: RunLayout, config: Namespace) -> None:

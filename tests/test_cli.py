@@ -247,3 +247,21 @@ def test_last_refuses_the_latest_run_of_another_model_family(tmp_path: Path, cap
     wanted = "trains lit_psion.models.GraphCore, but this config builds lit_psion.models.DecoderLM"
     assert len(err) == 1 and wanted in err[0], err
     assert (run / "run.json").read_bytes() == before
+
+
+def test_data_files_takes_the_several_paths_a_shell_glob_expands_to(tmp_path: Path) -> None:
+    from lit_psion.cli import gather_files
+
+    assert gather_files(["fit", "--data.files", "a.md", "b.md", "--trainer.max_steps", "2"]) == [
+        "fit", "--data.files", '["a.md", "b.md"]', "--trainer.max_steps", "2"]  # fmt: skip
+    assert gather_files(["fit", "--data.files", "notes/*.md"]) == ["fit", "--data.files", "notes/*.md"]
+    assert gather_files(["fit", "--data.files"]) == ["fit", "--data.files"]
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    text = Path("fixtures/tiny_corpus.txt").read_text()
+    first.write_text(text)
+    second.write_text(text[: len(text) // 2])
+    root = tmp_path / "runs"
+    assert fit("--data.files", str(first), str(second), "--trainer.max_steps", "2",
+               "--trainer.default_root_dir", str(root)) == 0  # fmt: skip
+    manifest = read_json(root / read_latest(root) / "data_manifest.json")
+    assert [source["path"] for source in manifest["sources"]] == [str(first), str(second)]
