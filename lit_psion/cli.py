@@ -104,6 +104,7 @@ class LitPsionCLI(LightningCLI):
                 trainer_defaults={"enable_checkpointing": False, "default_root_dir": DEFAULT_ROOT},
                 parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
                 seed_everything_default=1337,
+                auto_configure_optimizers=False,  # the model builds its optimizer (model.init_args.optimizer)
                 args=args,
                 run=run,
             )
@@ -128,7 +129,9 @@ class LitPsionCLI(LightningCLI):
         if isinstance(args, dict | Namespace):
             super().parse_arguments(parser, args)
         else:
-            self.config = parser.parse_args(gather_files(sys.argv[1:] if args is None else list(args)))
+            argv = gather_files(sys.argv[1:] if args is None else list(args))
+            _refuse_lightning_optimizer_groups(argv)
+            self.config = parser.parse_args(argv)
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if problems := setting_problems(config, self.config.get("subcommand")):
             raise ConfigError("; ".join(problems))
@@ -285,6 +288,17 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
                               f"{recorded[:16]}..., but this config builds {signature[:16]}...; evaluate it with "
                               "the run's own model settings")  # fmt: skip
+
+
+def _refuse_lightning_optimizer_groups(argv: list[str]) -> None:
+    """LightningCLI's ``--optimizer``/``--lr_scheduler`` would replace the model's own optimizer without a trace in
+    its receipts or checkpoint; lit_psion models build theirs from ``model.init_args.optimizer``."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.split(".", 1)[0] in ("--optimizer", "--lr_scheduler"):
+            raise ConfigError(f"{flag} is not used: lit_psion models build their optimizer and schedule from "
+                              "model.init_args.optimizer (--model.init_args.optimizer.name adamw|muon, .lr, "
+                              ".weight_decay, .warmup_steps, .decay_steps, .min_lr_ratio); set those instead")
 
 
 FILES_FLAGS = ("--data.files", "--data.init_args.files")
