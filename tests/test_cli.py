@@ -226,7 +226,8 @@ def test_no_command_or_an_unknown_one_is_one_line(args: tuple[str, ...], code: i
     if args:
         assert result.stderr.strip().splitlines() == [
             "lit_psion: error: unknown command 'frobnicate'; commands are fit, validate, test, predict, receipts, "
-            "ckpt, doctor, mesh, compare, adapter, events, session, window (python -m lit_psion --help)"]  # fmt: skip
+            "ckpt, doctor, mesh, compare, adapter, events, session, window, generate "
+            "(python -m lit_psion --help)"]
 
 
 def test_evidence_commands_answer_without_lightning_or_torch(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ COMMANDS_MODULES = {
     "events": "lit_psion.commands.events",
     "session": "lit_psion.commands.session",
     "window": "lit_psion.commands.window",
+    "generate": "lit_psion.commands.generate",
 }
 """``python -m lit_psion NAME ...`` -> the module whose ``main`` runs it."""
 
@@ -64,6 +65,7 @@ SUMMARIES = {
     "session": "branching online-learning sessions (seed 000)",
     "mesh": "elastic mesh membership on torchrun: store, launch, status, drain",
     "window": "decentralized adapter windows: init, plan, open, contribute, close, run, status, verify",
+    "generate": "sample text from a run, a checkpoint, a merged adapter or a window program's revision",
 }
 EXIT_INTERRUPTED = 130
 

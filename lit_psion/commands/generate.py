@@ -1,0 +1,129 @@
+"""``python -m lit_psion generate PATH [--prompt TEXT]``: sample text from a trained decoder, verified first.
+
+``PATH`` is any model lit_psion writes:
+
+- a run directory (its pointed-to checkpoint; a sharded run's consolidated copy), with the run's
+  ``tokenizer.json``; an AdapterLM run samples with its adapters on;
+- a ``step-NNNNNN`` checkpoint directory (the tokenizer of the run it sits in, or ``--tokenizer``);
+- a merged adapter directory (``adapter merge``'s ``model.safetensors`` + ``merge.json``; its sha256 is
+  checked against ``merge.json``), with ``--tokenizer``;
+- an adapter window program (its current revision, with the program's tokenizer).
+
+Every weight is digest-checked before it is loaded. MOSAIC runs predict events instead
+(``events predict``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lit_psion.commands import CommandParser
+from lit_psion.core import read_json, sha256_bytes
+from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.layout import TOKENIZER_FILE
+
+MERGE_RECORD = "merge.json"
+
+
+def main(args: list[str]) -> None:
+    parser = CommandParser("python -m lit_psion generate")
+    parser.add_argument("path", type=Path, help="a run, checkpoint, merged adapter or window program directory")
+    parser.add_argument("--prompt", default="\n", help="the text to continue (default: a new line)")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens to sample (default 200)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 picks the most likely token")
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=1, help="independent samples (default 1)")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="a tokenizer.json (default: the model's own)")
+    parsed = parser.parse_args(args)
+    for name, low in (("tokens", 1), ("samples", 1), ("top_k", 1)):
+        value = getattr(parsed, name)
+        if value is not None and value < low:
+            parser.error(f"--{name} must be >= {low}, got {value}")
+    if parsed.temperature < 0:
+        parser.error(f"--temperature must be >= 0, got {parsed.temperature}")
+    for text in sample(parsed.path, parsed.prompt, parsed.tokens, parsed.temperature, parsed.top_k, parsed.seed,
+                       parsed.samples, parsed.tokenizer):  # fmt: skip
+        print(text)
+
+
+def sample(path: Path, prompt: str, tokens: int, temperature: float, top_k: int | None, seed: int, samples: int,
+           tokenizer_file: Path | None) -> list[str]:  # fmt: skip
+    """``samples`` continuations of ``prompt`` by the verified model at ``path``."""
+    import torch
+    from tokenizers import Tokenizer
+
+    model, tokenizer_path = load_decoder(path)
+    tokenizer_path = tokenizer_file or tokenizer_path
+    if tokenizer_path is None or not tokenizer_path.is_file():
+        raise ConfigError(f"no tokenizer for {str(path)!r}: give --tokenizer <the base run>/tokenizer.json")
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as error:  # tokenizers raises its own exception type for a malformed file
+        raise ConfigError(f"{str(tokenizer_path)!r} is not a tokenizers JSON file ({error})") from error
+    if tokenizer.get_vocab_size() != model.config.vocab_size:
+        raise ConfigError(f"tokenizer {str(tokenizer_path)!r} has {tokenizer.get_vocab_size()} tokens, the model "
+                          f"{model.config.vocab_size}; give the tokenizer the model was trained with")  # fmt: skip
+    ids = tokenizer.encode(prompt).ids or [0]
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.tensor([ids] * samples, dtype=torch.long)
+    with torch.no_grad():
+        out = model.eval().generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator)
+    return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def load_decoder(path: Path) -> tuple[Any, Path | None]:
+    """The verified Decoder at ``path`` (adapters merged in) and the tokenizer that goes with it, if known."""
+    from lit_psion.nn.decoder import Decoder, DecoderConfig
+
+    if (path / MERGE_RECORD).is_file():
+        return _merged(path)
+    from lit_psion.windows.program import Program
+
+    program = Program(path)
+    if program.exists():
+        pointer = program.pointer()
+        state = _load(program.revision(pointer["checkpoint"], pointer["revision"]))
+        tokenizer: Path | None = path / TOKENIZER_FILE
+    else:
+        from lit_psion.runs import load_run
+
+        run = load_run(path)
+        state = run.state
+        tokenizer = run.layout.tokenizer if run.layout is not None else None
+    if "decoder_config" not in state:
+        raise ConfigError(f"{str(path)!r} holds no DecoderLM (its checkpoint records no decoder_config); MOSAIC runs "
+                          "predict events: python -m lit_psion events predict")  # fmt: skip
+    model = Decoder(DecoderConfig(**state["decoder_config"]))
+    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    adapter = state.get("adapter")
+    if adapter is not None:
+        from lit_psion.nn.lora import inject_lora
+
+        inject_lora(model, adapter["targets"], adapter["rank"], adapter["alpha"])
+    if missing := [k for k in model.load_state_dict(weights, strict=False).missing_keys]:
+        raise CheckpointError(f"{str(path)!r} lacks weights the model needs ({', '.join(missing[:3])})")
+    return model, tokenizer
+
+
+def _load(verified: Any) -> dict[str, Any]:
+    from lit_psion.checkpoint_io import load_verified
+
+    return load_verified(verified)
+
+
+def _merged(path: Path) -> tuple[Any, None]:
+    """A merged adapter directory: ``model.safetensors`` held to the sha256 ``merge.json`` records."""
+    from safetensors.torch import load
+
+    from lit_psion.nn.decoder import Decoder, DecoderConfig
+
+    record = read_json(path / MERGE_RECORD)
+    data = (path / "model.safetensors").read_bytes() if (path / "model.safetensors").is_file() else b""
+    if sha256_bytes(data) != record.get("model_sha256"):
+        raise CheckpointError(f"{str(path / 'model.safetensors')!r} is not the merged model {MERGE_RECORD} records "
+                              f"(sha256 {record.get('model_sha256')}); merge the adapter again")  # fmt: skip
+    model = Decoder(DecoderConfig(**record["decoder_config"]))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in load(data).items()})
+    return model, None

@@ -1,0 +1,73 @@
+"""``generate``: samples from every kind of model lit_psion writes, each verified before it is loaded."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core.run import read_latest
+from tests.helpers import fit
+
+ADAPTER = ("--model", "lit_psion.models.AdapterLM", "--model.init_args.optimizer.lr", "0.02")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("generate")
+    assert fit("--trainer.default_root_dir", str(root / "base"), "--trainer.max_steps", "6") == 0
+    base = root / "base" / read_latest(root / "base")
+    assert fit("--trainer.default_root_dir", str(root / "tuned"), "--trainer.max_steps", "3", *ADAPTER,
+               "--model.init_args.base_checkpoint", str(base), "--data.tokenizer_file",
+               str(base / "tokenizer.json")) == 0  # fmt: skip
+    tuned = root / "tuned" / read_latest(root / "tuned")
+    assert main(["adapter", "export", str(tuned)]) == 0
+    assert main(["adapter", "merge", str(tuned / "adapter"), "--base", str(base), "--out", str(root / "merged")]) == 0
+    return {"base": base, "tuned": tuned, "merged": root / "merged"}
+
+
+def _sample(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["generate", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_run_samples_the_same_text_for_the_same_seed(runs: dict, capsys: pytest.CaptureFixture) -> None:
+    code, first, _ = _sample(capsys, str(runs["base"]), "--prompt", "The ", "--tokens", "30", "--seed", "1")
+    assert code == 0 and first.startswith("The ") and len(first.strip()) > len("The ")
+    assert _sample(capsys, str(runs["base"]), "--prompt", "The ", "--tokens", "30", "--seed", "1")[1] == first
+    assert _sample(capsys, str(runs["base"]), "--prompt", "The ", "--tokens", "30", "--seed", "2")[1] != first
+
+
+def test_checkpoints_adapter_runs_and_merged_adapters_sample(runs: dict, capsys: pytest.CaptureFixture) -> None:
+    step = sorted((runs["base"] / "checkpoints").glob("step-*"))[-1]
+    assert _sample(capsys, str(step), "--tokens", "5")[0] == 0  # the run's tokenizer, found from the checkpoint
+    greedy = ("--tokens", "20", "--temperature", "0", "--prompt", "Th")
+    code, tuned, _ = _sample(capsys, str(runs["tuned"]), *greedy)
+    assert code == 0
+    tokenizer = str(runs["base"] / "tokenizer.json")
+    code, merged, _ = _sample(capsys, str(runs["merged"]), *greedy, "--tokenizer", tokenizer)
+    assert code == 0 and merged == tuned  # the merged model is the adapter run's model
+    assert _sample(capsys, str(runs["merged"]), "--tokens", "5")[0] == 2  # no tokenizer of its own: asks for one
+
+
+def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    merged = tmp_path / "merged"
+    shutil.copytree(runs["merged"], merged)
+    data = bytearray((merged / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (merged / "model.safetensors").write_bytes(bytes(data))
+    code, _, err = _sample(capsys, str(merged), "--tokenizer", str(runs["base"] / "tokenizer.json"))
+    assert code == 4 and "is not the merged model" in err
+    foreign = tmp_path / "tokenizer.json"
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(foreign))
+    code, _, err = _sample(capsys, str(runs["base"]), "--tokenizer", str(foreign))
+    assert code == 2 and "has 2 tokens" in err
+    code, _, err = _sample(capsys, str(runs["base"]), "--tokens", "0")
+    assert code == 2 and "--tokens must be >= 1" in err
