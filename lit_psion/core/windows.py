@@ -37,7 +37,7 @@ REASONS = {
     "non_finite": REJECTED,  # a NaN or inf in the adapter or its execution summary
     "duplicate_artifact": REJECTED,  # the same adapter bytes were submitted before (this window or an earlier one)
     # quarantined: kept for review, not aggregated
-    "delta_norm_outlier": QUARANTINED,  # ||dW|| far above the window's median
+    "delta_norm_outlier": QUARANTINED,  # ||dW|| far above (or far below: a free rider) the window's median
     "held_out_regression": QUARANTINED,  # input revision + this delta is worse held out than the input revision
     # replay_required: the slice is trained again under a fresh assignment in the next window
     "missing_at_seal": REPLAY_REQUIRED,
@@ -201,9 +201,10 @@ def plan_assignments(contributors: list[str], fresh: list[DataSlice], replays: l
 
 
 def norm_outliers(norms: dict[str, float], factor: float) -> set[str]:
-    """The keys whose norm exceeds ``factor`` times the median of all (none when fewer than three: a median of
-    two cannot tell which one is the outlier)."""
+    """The keys whose norm is more than ``factor`` times the median of all, or less than the median over
+    ``factor`` (a delta of almost nothing: a free rider); none when fewer than three (a median of two cannot tell
+    which one is the outlier)."""
     if len(norms) < 3:
         return set()
     median = statistics.median(norms.values())
-    return {key for key, norm in norms.items() if norm > factor * median}
+    return {key for key, norm in norms.items() if norm > factor * median or norm * factor < median}

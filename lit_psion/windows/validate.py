@@ -11,6 +11,7 @@ computed on dW = (alpha / r) B A, never on the factors, which are not unique (BA
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -78,12 +79,40 @@ def seal(root: Path, window_id: str) -> dict[str, Any]:
     return submitted
 
 
-def _claimed_summary(meta: bytes | None) -> dict[str, Any]:
+SUMMARY_FIELDS = ("steps", "tokens", "first_loss", "last_loss", "mean_loss", "seconds")
+MAX_METADATA_BYTES = 1 << 20
+
+
+def parse_metadata(meta: bytes | None) -> dict[str, Any] | None:
+    """A submission's ``contribution.json`` as a dict, or None when it is not one a validator can read (absent,
+    over 1 MiB, not JSON, nested past the parser's limit, not an object)."""
+    if meta is None or len(meta) > MAX_METADATA_BYTES:
+        return None
     try:
-        summary = json.loads(meta)["summary"] if meta is not None else {}
-    except (ValueError, KeyError, TypeError):
+        parsed = json.loads(meta)
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _claimed_summary(meta: bytes | None) -> dict[str, Any]:
+    """The execution summary as claimed, kept to its known fields with finite numbers (what a receipt can hold:
+    canonical JSON has no NaN, and a claim is evidence, not something to crash on)."""
+    parsed = parse_metadata(meta)
+    summary = parsed.get("summary") if parsed is not None else None
+    if not isinstance(summary, dict):
         return {}
-    return summary if isinstance(summary, dict) else {}
+    kept = {}
+    for field in SUMMARY_FIELDS:
+        value = summary.get(field)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        try:
+            if math.isfinite(float(value)):
+                kept[field] = value
+        except OverflowError:
+            continue
+    return kept
 
 
 def sealed_submissions(program: Program, window_id: str) -> dict[str, dict[str, str | None] | None]:
@@ -109,7 +138,8 @@ def seen_artifacts(program: Program, before: str) -> set[str]:
             break
         path = program.window_dir(window_id) / DISPOSITIONS
         if path.is_file():
-            seen |= {e["artifact_digest"] for e in read_json(path)["assignments"].values() if e["artifact_digest"]}
+            for entry in read_json(path)["assignments"].values():
+                seen |= {d for d in (entry.get("artifact_digest"), entry.get("content_digest")) if d}
     return seen
 
 
@@ -132,11 +162,8 @@ def check_submission(plan: WindowPlan, assignment: Assignment, sealed: dict[str,
         return ["malformed"], None, {}
     if sha256_bytes(data) != sealed["artifact"] or sha256_bytes(meta_bytes) != sealed["metadata"]:
         return ["digest_mismatch"], None, {}
-    try:
-        meta = json.loads(meta_bytes)
-    except ValueError:
-        return ["malformed"], None, {}
-    if not isinstance(meta, dict) or any(field not in meta for field in REQUIRED):
+    meta = parse_metadata(meta_bytes)
+    if meta is None or any(field not in meta for field in REQUIRED):
         return ["malformed"], None, {}
     if meta["adapter_sha256"] != sha256_bytes(data):
         return ["digest_mismatch"], None, meta
@@ -157,17 +184,28 @@ def check_submission(plan: WindowPlan, assignment: Assignment, sealed: dict[str,
     if shape_claims != (plan.lora["targets"], plan.lora["rank"], plan.lora["alpha"]) or actual != shapes:
         reasons.append("wrong_shape")
     summary = meta["summary"] if isinstance(meta["summary"], dict) else {}
-    numbers = [v for v in summary.values() if isinstance(v, (int, float))]
-    if any(not torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()) or any(
-            not math.isfinite(v) for v in numbers):  # fmt: skip
+    claimed = [k for k in SUMMARY_FIELDS if isinstance(summary.get(k), int | float)
+               and not isinstance(summary[k], bool)]  # fmt: skip
+    if any(not t.is_floating_point() or not torch.isfinite(t).all() for t in tensors.values()) or len(
+            _claimed_summary(meta_bytes)) != len(claimed):  # fmt: skip
         reasons.append("non_finite")
     budget = plan.budget["steps"] * plan.budget["batch_size"] * plan.data.get("block_size", 128)
     tokens = summary.get("tokens")
-    if not isinstance(tokens, int) or not 0 < tokens <= budget:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 < tokens <= budget:
         reasons.append("malformed")
     if meta["adapter_sha256"] in seen:
         reasons.append("duplicate_artifact")
     return reasons, tensors, meta
+
+
+def content_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors themselves (names, dtypes, shapes, values), whatever file bytes carried them."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def layer_factors(tensors: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -210,13 +248,16 @@ def score(root: Path, window_id: str) -> dict[str, Any]:
             continue
         data, meta_bytes = submission(program, window_id, aid)
         entry["artifact_digest"], entry["metadata_digest"] = sealed[aid]["artifact"], sealed[aid]["metadata"]
-        reasons, tensors, meta = check_submission(plan, assignment, sealed[aid], data, meta_bytes, shapes, seen)
-        entry["summary"] = meta.get("summary", {}) if isinstance(meta.get("summary"), dict) else {}
+        reasons, tensors, _ = check_submission(plan, assignment, sealed[aid], data, meta_bytes, shapes, seen)
+        if tensors is not None:
+            entry["content_digest"] = content_digest(tensors)
+            if entry["content_digest"] in seen and "duplicate_artifact" not in reasons:
+                reasons.append("duplicate_artifact")  # the same tensors under other file bytes
+        entry["summary"] = _claimed_summary(meta_bytes)
         entry["reasons"] = reasons
         if not reasons and tensors is not None:
             measured[aid] = tensors
-        if sealed[aid]["artifact"] is not None:
-            seen.add(sealed[aid]["artifact"])  # a later copy in this window is a duplicate
+        seen |= {d for d in (sealed[aid]["artifact"], entry.get("content_digest")) if d}  # later copies: duplicates
     _measure(plan, state, measured, entries, program)
     for entry in entries.values():
         entry["disposition"] = disposition_for(entry["reasons"])
@@ -249,8 +290,12 @@ def _measure(plan: WindowPlan, state: dict[str, Any], measured: dict[str, dict[s
     rank, alpha = plan.lora["rank"], plan.lora["alpha"]
     factors = {aid: layer_factors(t, rank, alpha) for aid, t in measured.items()}
     norms = {aid: math.sqrt(max(delta_inner(f, f), 0.0)) for aid, f in factors.items()}
-    median = statistics.median(norms.values())
-    outliers = norm_outliers(norms, policy.norm_factor)
+    finite = {aid: norm for aid, norm in norms.items() if math.isfinite(norm)}
+    median = statistics.median(finite.values()) if finite else 0.0
+    outliers = norm_outliers(finite, policy.norm_factor) | (norms.keys() - finite.keys())
+    for later, earlier in _same_delta(factors, norms):
+        entries[later]["reasons"].append("duplicate_artifact")  # the same update under other bytes (or factors)
+        entries[later]["evidence"]["same_delta_as"] = earlier
     samples = corpus(program, plan.data).samples("val")
     start, stop = plan.held_out["validator"]
     if policy.held_out_samples is not None:
@@ -263,10 +308,30 @@ def _measure(plan: WindowPlan, state: dict[str, Any], measured: dict[str, dict[s
         model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()}, strict=False)
         loss = held_out_loss(model, samples, start, stop)
         entry = entries[aid]
-        entry["evidence"] = {"delta_norm": norms[aid], "median_norm": median, "held_out_loss": loss,
-                             "input_loss": base_loss}  # fmt: skip
+        evidence = {"delta_norm": norms[aid], "median_norm": median, "held_out_loss": loss, "input_loss": base_loss}
+        entry["evidence"] = {**entry["evidence"], **{k: v for k, v in evidence.items() if math.isfinite(v)}}
         if aid in outliers:
             entry["reasons"].append("delta_norm_outlier")
         if not math.isfinite(loss) or loss - base_loss > policy.max_regression:
             entry["reasons"].append("held_out_regression")
 
+
+SAME_DELTA_COSINE = 0.9999
+"""Two contributions whose dW have at least this cosine are one update submitted twice."""
+
+
+def _same_delta(factors: dict[str, dict[str, tuple[torch.Tensor, ...]]],
+                norms: dict[str, float]) -> list[tuple[str, str]]:  # fmt: skip
+    """(later, earlier) pairs, in plan order, of contributions with the same weight delta (cosine on dW)."""
+    pairs, kept = [], []
+    for aid in factors:
+        if not math.isfinite(norms[aid]) or norms[aid] == 0:
+            continue
+        for earlier in kept:
+            cosine = delta_inner(factors[aid], factors[earlier]) / (norms[aid] * norms[earlier])
+            if cosine >= SAME_DELTA_COSINE:
+                pairs.append((aid, earlier))
+                break
+        else:
+            kept.append(aid)
+    return pairs
