@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from lit_psion.commands import CommandParser
+from lit_psion.core.errors import ConfigError
+from lit_psion.core.lock import LOCK_FILE
 
 
 def main(args: list[str]) -> None:
@@ -60,9 +63,17 @@ class _Commands:
         from lit_psion.windows.program import init_program, load_settings
 
         settings = load_settings(parsed.config)
+        if parsed.root.exists() and not parsed.root.is_dir():
+            raise ConfigError(f"program root {str(parsed.root)!r} is a file; give a directory (created if missing)")
+        created = not parsed.root.exists()
         parsed.root.mkdir(parents=True, exist_ok=True)
-        with program_lock(parsed.root, "window init"):
-            record = init_program(parsed.root, settings, parsed.base)
+        try:
+            with program_lock(parsed.root, "window init"):
+                record = init_program(parsed.root, settings, parsed.base)
+        except BaseException:
+            if created and {p.name for p in parsed.root.iterdir()} <= {LOCK_FILE}:
+                shutil.rmtree(parsed.root, ignore_errors=True)  # a refused init leaves nothing behind
+            raise
         print(f"window program in {parsed.root}: revision 0 is {record['revision'][:12]}... "
               f"(base {record['base'][:12]}...)")
 

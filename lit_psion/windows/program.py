@@ -16,6 +16,7 @@ lock; contributors only add their own ``contributions/<assignment>/`` directory,
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha
 from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.checkpoint import VerifiedCheckpoint, verify_checkpoint
 from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError
-from lit_psion.core.layout import POINTER_FILE, PROMOTION_FILE, RECEIPTS_FILE, TOKENIZER_FILE
+from lit_psion.core.layout import POINTER_FILE, PROMOTION_FILE, RECEIPTS_FILE, TOKENIZER_FILE, RunLayout
 from lit_psion.core.receipts import ReceiptBody, WindowStateReceipt
 from lit_psion.core.windows import (
     PLANNED,
@@ -90,33 +91,68 @@ class ProgramSettings:
         return settings
 
     def check(self, where: str) -> None:
+        """Refuse (exit 2) any setting a window could not run with, before anything is written: each block a
+        mapping of known keys, integers that are integers (not booleans), positive numbers that are numbers."""
         problems = []
-        if not isinstance(self.contributors, int) or self.contributors < 1:
-            problems.append(f"contributors must be an integer >= 1, got {self.contributors!r}")
-        if not isinstance(self.slice_samples, int) or self.slice_samples < 1:
-            problems.append(f"slice_samples must be an integer >= 1, got {self.slice_samples!r}")
-        for key in ("steps", "batch_size"):
-            value = self.budget.get(key)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"budget.{key} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.budget.get("lr"), (int, float)) or not self.budget["lr"] > 0:
-            problems.append(f"budget.lr must be > 0, got {self.budget.get('lr')!r}")
-        for key in ("targets", "rank", "alpha"):
-            if key not in self.lora:
-                problems.append(f"lora.{key} is missing")
-        if not isinstance(self.lora.get("rank"), int) or self.lora.get("rank", 0) < 1:
-            problems.append(f"lora.rank must be an integer >= 1, got {self.lora.get('rank')!r}")
+        blocks = {"data": self.data, "lora": self.lora, "budget": self.budget, "validator": self.validator,
+                  "gate": self.gate}  # fmt: skip
+        for name, block in blocks.items():
+            if not isinstance(block, dict):
+                raise ConfigError(f"{where}: {name} must be a mapping, got {block!r}; see configs/window_lora.yaml")
+        known = {"lora": {"targets", "rank", "alpha"}, "budget": {"steps", "batch_size", "lr"},
+                 "validator": {"norm_factor", "max_regression", "held_out_samples"}, "gate": {"min_delta"},
+                 "data": _corpus_settings()}  # fmt: skip
+        for name, keys in known.items():
+            if unknown := sorted(set(blocks[name]) - keys):
+                problems.append(f"unknown setting {name}.{unknown[0]}; {name} takes {', '.join(sorted(keys))}")
+        problems += _integers(contributors=self.contributors, slice_samples=self.slice_samples,
+                              **{f"budget.{k}": self.budget.get(k) for k in ("steps", "batch_size")},
+                              **{"lora.rank": self.lora.get("rank")})  # fmt: skip
+        problems += _positive_numbers(**{"budget.lr": self.budget.get("lr"), "lora.alpha": self.lora.get("alpha")})
+        targets = self.lora.get("targets")
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            problems.append(f"lora.targets must be a non-empty list of target names, got {targets!r}")
         if "tokenizer_file" in self.data or "tokenizer" in self.data:
             problems.append("data.tokenizer_file / data.tokenizer cannot be set: a window program tokenizes with "
                             "its base run's tokenizer")  # fmt: skip
-        try:
-            problems += ValidatorPolicy(**self.validator).problems()
-        except TypeError as error:
-            problems.append(f"validator: {error}")
-        if not isinstance(self.gate.get("min_delta", 0.0), (int, float)) or self.gate.get("min_delta", 0.0) < 0:
-            problems.append(f"gate.min_delta must be >= 0, got {self.gate.get('min_delta')!r}")
+        policy = self.validator
+        problems += _positive_numbers(**{f"validator.{k}": policy[k] for k in ("norm_factor",) if k in policy})
+        if "max_regression" in policy:
+            problems += _non_negative(**{"validator.max_regression": policy["max_regression"]})
+        if policy.get("held_out_samples") is not None:
+            problems += _integers(**{"validator.held_out_samples": policy["held_out_samples"]})
+        if "min_delta" in self.gate:
+            problems += _non_negative(**{"gate.min_delta": self.gate["min_delta"]})
+        if not problems:
+            problems += ValidatorPolicy(**policy).problems()
         if problems:
             raise ConfigError(f"{where}: {problems[0]}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integers(**values: Any) -> list[str]:
+    return [f"{name} must be an integer >= 1, got {value!r}" for name, value in values.items()
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1]  # fmt: skip
+
+
+def _positive_numbers(**values: Any) -> list[str]:
+    return [f"{name} must be a number > 0, got {value!r}" for name, value in values.items()
+            if not _number(value) or not value > 0]  # fmt: skip
+
+
+def _non_negative(**values: Any) -> list[str]:
+    return [f"{name} must be a number >= 0, got {value!r}" for name, value in values.items()
+            if not _number(value) or value < 0]  # fmt: skip
+
+
+def _corpus_settings() -> set[str]:
+    """The CorpusDataModule arguments a program's ``data`` may set (all but the tokenizer's; a test holds this list
+    to the class's signature, which is not imported here: settings are checked before anything heavy loads)."""
+    return {"files", "max_bytes", "vocab_size", "block_size", "documents", "split", "val_fraction", "sample_stride",
+            "seed", "cache_dir", "num_workers", "batch_size"}
 
 
 def load_settings(path: Path) -> ProgramSettings:
@@ -241,11 +277,14 @@ class Program:
 
 def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dict[str, str]:
     """Create a program under ``root`` from the verified base run or checkpoint ``base``: settings, tokenizer,
-    revision 0 and the pointer at it.
+    revision 0 and the pointer at it. Everything is checked before anything is written.
 
     Raises:
-        ConfigError: ``root`` already holds a program, or ``base`` is neither a run nor a checkpoint directory.
-        CheckpointError: the base does not verify, or it is not a DecoderLM.
+        ConfigError: ``root`` already holds a program, is a file or a run directory; ``base`` is neither a run
+            nor a checkpoint directory; the LoRA shape does not fit the base; the base trained on the program's
+            data with another split (its training text would be held out here).
+        CheckpointError: the base does not verify, is not a DecoderLM, or carries adapters of its own.
+        DataError: the data does not build, or holds text the base's tokenizer does not know.
     """
     from lit_psion.checkpoint_io import write_checkpoint
     from lit_psion.models.adapter_lm import load_base
@@ -254,8 +293,22 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     if program.exists():
         raise ConfigError(f"{str(root)!r} already holds a window program; plan its next window with "
                           f"python -m lit_psion window plan {root}")  # fmt: skip
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"program root {str(root)!r} is a file; give a directory (it is created if missing)")
+    if RunLayout.of(root).is_run():
+        raise ConfigError(f"{str(root)!r} is a run directory; give the program a directory of its own")
+    if not Path(base).exists():
+        raise ConfigError(f"base {str(base)!r} does not exist; give a DecoderLM run directory (runs/<run_id>)")
     state, path, digest = load_base(base)
+    if state.get("adapter") is not None:
+        raise CheckpointError(f"base {str(base)!r} is an AdapterLM run (a frozen base plus adapters); give its base "
+                              "run, or a DecoderLM run")  # fmt: skip
+    _check_lora(settings.lora, state["decoder_config"])
     tokenizer = _tokenizer_of(Path(base), path)
+    data = {**settings.data}
+    data["files"] = [str(Path(f).resolve()) for f in ([data["files"]] if isinstance(data.get("files"), str)
+                                                      else data.get("files", []))]  # fmt: skip
+    _check_data(data, tokenizer, state["decoder_config"], Path(base), path)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(root / TOKENIZER, tokenizer)
     revision_dir = root / BASE_REVISION
@@ -263,15 +316,63 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
                       "model_signature": state.get("model_signature"),
                       "lit_psion": {"writer": "window init", "parent": digest}}, revision_dir)  # fmt: skip
     revision = verify_checkpoint(revision_dir)
-    data = {**settings.data}
-    data["files"] = [str(Path(f).resolve()) for f in ([data["files"]] if isinstance(data.get("files"), str)
-                                                      else data.get("files", []))]  # fmt: skip
     record = {"format_version": FORMAT_VERSION, "settings": {**settings.to_json_dict(), "data": data},
               "base": {"checkpoint_digest": digest, "path": str(path)}, "tokenizer_sha256": sha256_bytes(tokenizer),
               "next_slice": 0}  # fmt: skip
     atomic_write_json(root / PROGRAM, record)
     program.move_pointer(revision.manifest_sha256, BASE_REVISION, None)
     return {"revision": revision.manifest_sha256, "base": digest}
+
+
+def _check_lora(lora: dict[str, Any], decoder_config: dict[str, Any]) -> None:
+    """The plan's LoRA targets exist in the base and its rank fits every targeted layer."""
+    import torch
+
+    from lit_psion.nn.decoder import Decoder, DecoderConfig
+    from lit_psion.nn.lora import inject_lora, lora_layers
+
+    with torch.device("meta"):
+        model = Decoder(DecoderConfig(**decoder_config))
+        inject_lora(model, lora["targets"], 1, 1.0)  # unknown targets: one line, exit 2
+    smallest = min(min(layer.base.in_features, layer.base.out_features) for layer in lora_layers(model))
+    if lora["rank"] > smallest:
+        raise ConfigError(f"lora.rank {lora['rank']} exceeds the smallest targeted layer's dimension ({smallest}); "
+                          f"use at most {smallest}")  # fmt: skip
+
+
+def _check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str, Any], base: Path,
+                checkpoint: Path) -> None:  # fmt: skip
+    """The data builds with the base's tokenizer, every character of it is known to that tokenizer, its context
+    fits the base, and held-out text here was not training text of the base (same files, another split)."""
+    import tempfile
+
+    from lit_psion.core.manifest import DataManifest
+
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / TOKENIZER).write_bytes(tokenizer)
+        built = corpus(Program(scratch), data)
+        manifest = built.prepare()
+        unknown = built.tokenizer.token_to_id("<|unk|>")
+        if unknown is not None:
+            counts = {name: int((built.samples(name).tokens == unknown).sum()) for name in ("train", "val")}
+            if any(counts.values()):
+                raise DataError(f"the program's data holds {sum(counts.values())} token(s) the base's tokenizer does "
+                                "not know (<|unk|>); train the base on this text, or give data in its alphabet")
+    if built.block_size > decoder_config["block_size"]:
+        raise ConfigError(f"data.block_size {built.block_size} exceeds the base's context "
+                          f"{decoder_config['block_size']}; use at most that")  # fmt: skip
+    for candidate in (base, checkpoint.parent.parent):
+        layout = RunLayout.of(candidate)
+        if layout.is_run() and layout.data_manifest.is_file():
+            trained = DataManifest.from_json_dict(read_json(layout.data_manifest))
+            shared = {s.sha256 for s in trained.sources} & {s.sha256 for s in manifest.sources}
+            split = ("split_rule", "split_seed", "val_fraction", "documents")
+            if shared and any(getattr(trained, k) != getattr(manifest, k) for k in split):
+                theirs = ", ".join(f"{k} {getattr(trained, k)!r}" for k in split)
+                raise ConfigError(f"the base trained on the program's data with another split ({theirs}): text held "
+                                  "out here was training text there; set data.split, data.val_fraction, data.seed "
+                                  "and data.documents as the base run did")  # fmt: skip
+            return
 
 
 def _tokenizer_of(base: Path, checkpoint: Path) -> bytes:

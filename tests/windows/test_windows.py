@@ -38,7 +38,7 @@ from tests.helpers import fit, subprocess_env
 SETTINGS = {
     "contributors": 4,
     "slice_samples": 16,
-    "data": {"files": "fixtures/tiny_corpus.txt", "block_size": 32, "split": "tail", "val_fraction": 0.15,
+    "data": {"files": "fixtures/tiny_corpus.txt", "block_size": 32, "split": "tail", "val_fraction": 0.1,
              "sample_stride": 16},
     "lora": {"targets": ["lm_head"], "rank": 4, "alpha": 8.0},
     "budget": {"steps": 8, "batch_size": 8, "lr": 0.02},
@@ -469,3 +469,47 @@ def test_a_second_coordinator_is_locked_out(program: Program, capsys: pytest.Cap
     with program_lock(program.root, "another coordinator"):
         assert main(["window", "plan", str(program.root)]) == 8
     assert "locked" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"lora": {"targets": ["lm_head"], "rank": 4, "alpha": "16"}}, "lora.alpha must be a number > 0"),
+    ({"lora": {"targets": ["lm_head"], "rank": True, "alpha": 8.0}}, "lora.rank must be an integer >= 1"),
+    ({"lora": {"targets": "lm_head", "rank": 4, "alpha": 8.0}}, "lora.targets must be a non-empty list"),
+    ({"lora": {"targets": [], "rank": 4, "alpha": 8.0}}, "lora.targets must be a non-empty list"),
+    ({"lora": {"targets": ["nope"], "rank": 4, "alpha": 8.0}}, "unknown LoRA target 'nope'"),
+    ({"lora": {"targets": ["lm_head"], "rank": 100000, "alpha": 8.0}}, "exceeds the smallest targeted layer"),
+    ({"lora": {"targets": ["lm_head"], "rank": 4, "alpha": -1}}, "lora.alpha must be a number > 0"),
+    ({"lora": {"targets": ["lm_head"], "rank": 4, "alpha": 8.0, "dropout": 0.1}}, "unknown setting lora.dropout"),
+    ({"gate": {"min_dleta": 0.1}}, "unknown setting gate.min_dleta"),
+    ({"budget": [1, 2]}, "budget must be a mapping"),
+    ({"budget": {"steps": 8, "batch_size": 8, "lr": True}}, "budget.lr must be a number > 0"),
+    ({"validator": {"held_out_samples": 1.5}}, "validator.held_out_samples must be an integer"),
+    ({"data": {"files": "fixtures/tiny_corpus.txt", "bogus": 1}}, "unknown setting data.bogus"),
+    ({"data": {"files": "fixtures/tiny_corpus.txt", "block_size": 32, "split": "hash", "val_fraction": 0.1,
+               "sample_stride": 16}}, "the base trained on the program's data with another split"),
+])  # fmt: skip
+def test_init_refuses_settings_a_window_could_not_run_with(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           changes: dict, message: str) -> None:  # fmt: skip
+    settings = write_settings(tmp_path / "settings.yaml", **changes)
+    assert main(["window", "init", str(tmp_path / "p"), "--config", str(settings), "--base", str(base)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "p" / "program.json").exists()
+
+
+def test_init_refuses_an_adapter_base_a_file_root_and_a_run_root(base: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    settings = write_settings(tmp_path / "settings.yaml")
+    tuned_root = tmp_path / "tuned"
+    assert fit("--trainer.default_root_dir", str(tuned_root), "--trainer.max_steps", "2", "--model",
+               "lit_psion.models.AdapterLM", "--model.init_args.base_checkpoint", str(base), "--data.tokenizer_file",
+               str(base / "tokenizer.json")) == 0  # fmt: skip
+    tuned = tuned_root / read_latest(tuned_root)
+    capsys.readouterr()
+    assert main(["window", "init", str(tmp_path / "p"), "--config", str(settings), "--base", str(tuned)]) == 4
+    assert "is an AdapterLM run" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["window", "init", str(tmp_path / "afile"), "--config", str(settings), "--base", str(base)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["window", "init", str(tuned), "--config", str(settings), "--base", str(base)]) == 2
+    assert "is a run directory" in capsys.readouterr().err
