@@ -47,6 +47,13 @@ def main(args: list[str]) -> None:
 
 
 def _checked(parser: CommandParser, parsed: object) -> None:
+    from lit_psion.core.windows import ASSIGNMENT_ID, WINDOW_ID
+
+    window_id, assignment_id = getattr(parsed, "window_id", None), getattr(parsed, "assignment_id", None)
+    if window_id is not None and not WINDOW_ID.fullmatch(window_id):
+        parser.error(f"window id {window_id!r} is not one: window ids are w-NNNN (window status ROOT lists them)")
+    if assignment_id is not None and not ASSIGNMENT_ID.fullmatch(assignment_id):
+        parser.error(f"assignment id {assignment_id!r} is not one: assignment ids are aNN (window plan prints them)")
     for name in ("contributors", "windows"):
         value = getattr(parsed, name, None)
         if value is not None and value < 1:

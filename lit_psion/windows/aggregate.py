@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from lit_psion.core import atomic_write_bytes, atomic_write_json, sha256_bytes
 from lit_psion.core.checkpoint import verify_checkpoint
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.receipts import AdapterAggregationReceipt, PolicyPromotionReceipt
 from lit_psion.core.windows import ACCEPTED, RECONCILED, WindowPlan
 from lit_psion.windows.data import held_out_loss
-from lit_psion.windows.program import DISPOSITIONS, PROMOTION, Program, corpus
+from lit_psion.windows.program import DISPOSITIONS, PROMOTION, Program, own_directory, plan_data, record
 from lit_psion.windows.validate import sealed_submissions, submission
 
 RULE = "exact_delta_tokens_v1"
@@ -90,13 +90,13 @@ def reconcile(root: Path, window_id: str) -> dict[str, Any]:
 
     program = Program(root)
     plan = program.plan(window_id)
-    dispositions = read_json(program.window_dir(window_id) / DISPOSITIONS)["assignments"]
+    dispositions = record(program.window_dir(window_id) / DISPOSITIONS)["assignments"]
     sealed = sealed_submissions(program, window_id)
     accepted = [aid for aid, entry in dispositions.items() if entry["disposition"] == ACCEPTED]
     revision = program.revision(plan.input_checkpoint, plan.input_revision)
     state = load_verified(revision)
     adapters, digests = _accepted_adapters(program, plan, accepted, sealed)
-    samples = corpus(program, plan.data).samples("val")
+    samples = plan_data(program, plan).samples("val")
     start, stop = plan.held_out["gate"]
     model = Decoder(DecoderConfig(**state["decoder_config"]))
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
@@ -107,12 +107,14 @@ def reconcile(root: Path, window_id: str) -> dict[str, Any]:
     reasons = []
     if adapters:
         merged, config = merged_weights(state, exact_delta(adapters))
-        directory = program.window_dir(window_id) / CANDIDATE
+        directory = own_directory(program.window_dir(window_id) / "aggregate") / "candidate"
         write_checkpoint({"global_step": int(window_id.removeprefix("w-")), "state_dict": merged,
                           "decoder_config": config, "model_signature": state.get("model_signature"),
                           "lit_psion": {"writer": f"window {window_id} aggregate", "parent": plan.input_revision}},
                          directory)  # fmt: skip
-        candidate, candidate_path = verify_checkpoint(directory).manifest_sha256, f"windows/{window_id}/{CANDIDATE}"
+        candidate_path = f"windows/{window_id}/{CANDIDATE}"
+        candidate = verify_checkpoint(directory).manifest_sha256
+        program.revision(candidate_path, candidate)  # inside the root, and what was just written
         data = save(stacked(adapters), metadata={"rank": str(sum(a.rank for a in adapters)), "scaling": "1.0"})
         atomic_write_bytes(program.window_dir(window_id) / "aggregate" / "stacked_adapter.safetensors", data)
         stacked_digest = sha256_bytes(data)

@@ -26,7 +26,7 @@ from lit_psion.core import atomic_write_bytes, atomic_write_json, sha256_bytes
 from lit_psion.core.errors import ConfigError, DataManifestMismatch
 from lit_psion.core.windows import ACTIVE, Assignment, WindowPlan, WindowStateError
 from lit_psion.windows.data import slice_digest, slice_indices
-from lit_psion.windows.program import SLICE_SEED, Program, corpus, remove_staging
+from lit_psion.windows.program import SLICE_SEED, Program, corpus, own_directory, remove_staging
 
 ADAPTER, CONTRIBUTION = "adapter.safetensors", "contribution.json"
 FORMAT_VERSION = 1
@@ -149,7 +149,7 @@ def submit(program: Program, window_id: str, assignment_id: str, staged: Path) -
     Raises:
         ConfigError: the assignment already has a submission (exit 2; nothing is replaced).
     """
-    target = program.window_dir(window_id) / "contributions" / assignment_id
+    target = own_directory(program.window_dir(window_id) / "contributions") / assignment_id
     try:
         os.rename(staged, target)  # fails if the target exists and is not empty: the first submission stands
     except OSError as error:

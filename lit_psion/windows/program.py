@@ -51,6 +51,21 @@ SLICE_SEED = 1337
 """The permutation slices are cut from, unless ``data.seed`` sets it (the corpus' own seed default)."""
 
 
+def record(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A program record (a JSON object holding ``keys``), or an EvidenceError naming it (exit 5): a missing,
+    truncated or edited record is reported in one line, never as a crash."""
+    try:
+        value = read_json(path)
+    except FileNotFoundError as error:
+        raise EvidenceError(f"{str(path)!r} is missing; the program's records are incomplete") from error
+    except (OSError, ValueError, RecursionError) as error:
+        raise EvidenceError(f"{str(path)!r} cannot be read ({type(error).__name__}); it was damaged or "
+                            "edited") from error
+    if not isinstance(value, dict) or any(key not in value for key in keys):
+        raise EvidenceError(f"{str(path)!r} is not the record it should be (fields {', '.join(keys)}); it was edited")
+    return value
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ProgramSettings:
     """What ``configs/window_lora.yaml`` sets (docs/windows.md).
@@ -199,8 +214,8 @@ class Program:
 
     def settings(self) -> ProgramSettings:
         self.require()
-        record = read_json(self.settings_path)
-        return ProgramSettings.from_mapping(record["settings"], repr(str(self.settings_path)))
+        values = record(self.settings_path, ("settings", "next_slice"))
+        return ProgramSettings.from_mapping(values["settings"], repr(str(self.settings_path)))
 
     # -- revisions ----------------------------------------------------------------------
 
@@ -214,10 +229,7 @@ class Program:
     def pointer(self) -> dict[str, str]:
         """The current input revision: ``{"revision": manifest sha256, "checkpoint": root-relative dir}``."""
         self.require()
-        record = read_json(self.root / POINTER)
-        if not isinstance(record, dict) or not {"revision", "checkpoint"} <= record.keys():
-            raise CheckpointError(f"{str(self.root / POINTER)!r} is not a revision pointer; it was edited")
-        return record
+        return record(self.root / POINTER, ("revision", "checkpoint"))
 
     def move_pointer(self, revision: str, checkpoint: str, window_id: str | None) -> None:
         atomic_write_json(self.root / POINTER, {"revision": revision, "checkpoint": checkpoint, "window": window_id})
@@ -229,20 +241,41 @@ class Program:
         if not path.is_file():
             raise ConfigError(f"no window {window_id!r} in {str(self.root)!r} (windows: "
                               f"{', '.join(self.window_ids()) or 'none'})")  # fmt: skip
-        return WindowPlan.from_json_dict(read_json(path))
+        try:
+            plan = WindowPlan.from_json_dict(record(path))
+        except (TypeError, KeyError, AttributeError) as error:
+            raise EvidenceError(f"{str(path)!r} is not a window plan ({error}); it was edited") from error
+        planned = self._planned_digest(window_id)
+        if planned != plan.digest:
+            raise EvidenceError(f"{str(path)!r} is not the plan {window_id} was planned with (its receipts record "
+                                f"plan digest {str(planned)[:12]}..., the file hashes to {plan.digest[:12]}...); "
+                                "it was edited")  # fmt: skip
+        return plan
+
+    def _planned_digest(self, window_id: str) -> str | None:
+        """The plan digest the window's first receipt (``planned``) records."""
+        from lit_psion.core.chain import parse_receipt
+
+        path = self.window_dir(window_id) / RECEIPTS_FILE
+        try:
+            with open(path, encoding="utf-8") as handle:
+                first = parse_receipt(handle.readline())
+        except (OSError, ValueError, TypeError, UnicodeDecodeError) as error:
+            raise EvidenceError(f"{str(path)!r} has no readable planning receipt; the window's records are damaged") \
+                from error
+        if first.kind != "window_state" or first.body.get("state") != PLANNED:
+            raise EvidenceError(f"{str(path)!r} does not start with the window's planning receipt; it was edited")
+        return first.body.get("plan_digest")
 
     def state(self, window_id: str) -> str:
         return self.state_record(window_id)["state"]
 
     def state_record(self, window_id: str) -> dict[str, Any]:
         path = self.window_dir(window_id) / STATE
-        try:
-            record = read_json(path)
-        except (OSError, ValueError) as error:
-            raise EvidenceError(f"{str(path)!r} cannot be read ({error}); the window's state is unknown") from error
-        if not isinstance(record, dict) or not isinstance(record.get("state"), str):
+        values = record(path, ("state",))
+        if not isinstance(values["state"], str):
             raise EvidenceError(f"{str(path)!r} is not a window state record; it was edited")
-        return record
+        return values
 
     def receipts(self, window_id: str) -> ReceiptLog:
         return ReceiptLog(self.window_dir(window_id) / RECEIPTS_FILE, run_id=f"window:{window_id}")
@@ -393,6 +426,35 @@ def corpus(program: Program, data: dict[str, Any]) -> Any:
     return corpus
 
 
+def plan_data(program: Program, plan: WindowPlan) -> Any:
+    """The program's data as the plan pinned it.
+
+    Raises:
+        DataManifestMismatch: the data rebuilt now is not the data the window was planned on (exit 3).
+    """
+    from lit_psion.core.errors import DataManifestMismatch
+
+    data = corpus(program, plan.data)
+    if data.prepare().digest != plan.data_manifest_digest:
+        raise DataManifestMismatch(f"the data rebuilt now ({data.prepare().digest[:12]}...) is not the data "
+                                   f"{plan.window_id} was planned on ({plan.data_manifest_digest[:12]}...); restore "
+                                   "the program's data files")  # fmt: skip
+    return data
+
+
+def own_directory(path: Path) -> Path:
+    """``path`` as a real directory of the program (created if missing), never written through a symlink.
+
+    Raises:
+        EvidenceError: ``path`` or its parent is a symlink (exit 5).
+    """
+    for part in (path.parent, path):
+        if part.is_symlink():
+            raise EvidenceError(f"{str(part)!r} is a symlink; the program's directories are its own: remove it")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     """Plan the next window from the current pointer: fresh slices, plus each slice the previous window marked
     ``replay_required`` (once).
@@ -403,12 +465,12 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     """
     program = Program(root)
     settings = program.settings()
-    record = read_json(program.settings_path)
+    values = record(program.settings_path, ("settings", "next_slice"))
     windows = program.window_ids()
     previous = windows[-1] if windows else None
     if previous is not None and program.state(previous) != RECONCILED:
         raise WindowStateError(f"window {previous} is {program.state(previous)!r}, not reconciled; close it first "
-                               f"(python -m lit_psion window close {program.window_dir(previous)})")  # fmt: skip
+                               f"(python -m lit_psion window close {root} {previous})")  # fmt: skip
     window_id = f"w-{len(windows) + 1:04d}"
     pointer = program.pointer()
     program.revision(pointer["checkpoint"], pointer["revision"])
@@ -416,7 +478,7 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     train, val = data.samples("train"), data.samples("val")
     count = contributors or settings.contributors
     ids = [f"c{i}" for i in range(count)]
-    first = record["next_slice"]
+    first = values["next_slice"]
     available = (len(train) // settings.slice_samples) - first
     if available < count:
         raise DataError(f"the data has {max(available, 0)} fresh slice(s) of {settings.slice_samples} samples "
@@ -448,7 +510,7 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     finally:
         log.close()
     atomic_write_json(directory / STATE, {"window_id": window_id, "state": PLANNED, "receipts_head": head})
-    atomic_write_json(program.settings_path, {**record, "next_slice": first + count})
+    atomic_write_json(program.settings_path, {**values, "next_slice": first + count})
     return plan
 
 
@@ -480,7 +542,7 @@ def _slice(train: Any, index: int, size: int, seed: int) -> DataSlice:
 def _replays(program: Program, previous: str) -> list[tuple[str, DataSlice]]:
     """The previous window's replay_required slices, unless they were themselves a replay (reassigned once)."""
     plan = program.plan(previous)
-    dispositions = read_json(program.window_dir(previous) / DISPOSITIONS)
+    dispositions = record(program.window_dir(previous) / DISPOSITIONS, ("assignments",))
     replays = []
     for assignment in plan.assignments:
         entry = dispositions["assignments"].get(assignment.assignment_id, {})

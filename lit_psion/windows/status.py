@@ -13,27 +13,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lit_psion.core import read_json
 from lit_psion.core.chain import parse_receipt
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.windows import RECONCILED
-from lit_psion.windows.program import BASE_REVISION, DISPOSITIONS, PROMOTION, Program, verify_window_chain
+from lit_psion.windows.program import BASE_REVISION, DISPOSITIONS, PROMOTION, Program, record, verify_window_chain
 
 
 def program_status(root: Path) -> dict[str, Any]:
     program = Program(root)
+    program.settings()
     windows = []
     for window_id in program.window_ids():
         entry: dict[str, Any] = {"window": window_id, "state": program.state(window_id)}
         path = program.window_dir(window_id) / DISPOSITIONS
         if path.is_file():
             counts: dict[str, int] = {}
-            for e in read_json(path)["assignments"].values():
+            for e in record(path)["assignments"].values():
                 counts[e["disposition"]] = counts.get(e["disposition"], 0) + 1
             entry["dispositions"] = counts
         if (program.window_dir(window_id) / PROMOTION).is_file():
-            promotion = read_json(program.window_dir(window_id) / PROMOTION)
+            promotion = record(program.window_dir(window_id) / PROMOTION)
             entry |= {"decision": promotion["decision"], "reasons": promotion["reasons"], "scores": promotion["scores"]}
         windows.append(entry)
     return {"root": str(root), "revision": program.pointer(), "windows": windows}
@@ -43,6 +43,7 @@ def verify_program(root: Path) -> dict[str, Any]:
     """Check the program's records against each other and its receipts (see the module docstring)."""
     program = Program(root)
     program.require()
+    program.settings()
     pointer = program.pointer()
     revision = _base_revision(program)
     receipts_total = 0
@@ -65,7 +66,7 @@ def verify_program(root: Path) -> dict[str, Any]:
         disposed = {r.body["assignment_id"]: r.body for r in receipts
                     if r.kind == "adapter_contribution" and r.body["event"] == "disposed"}  # fmt: skip
         if disposed:
-            recorded = read_json(program.window_dir(window_id) / DISPOSITIONS)["assignments"]
+            recorded = record(program.window_dir(window_id) / DISPOSITIONS)["assignments"]
             for aid, body in disposed.items():
                 entry = recorded.get(aid, {})
                 if (entry.get("disposition"), entry.get("artifact_digest")) != (body["disposition"],
@@ -94,7 +95,7 @@ def _check_reconciled(program: Program, window_id: str, receipts: list, revision
     if not promotions or not aggregations:
         raise EvidenceError(f"{window_id} is reconciled but holds no promotion or no aggregation receipt")
     promotion, aggregation = promotions[-1], aggregations[-1]  # an interrupted reconcile's are followed by its rerun's
-    recorded = read_json(program.window_dir(window_id) / PROMOTION)
+    recorded = record(program.window_dir(window_id) / PROMOTION)
     if recorded["decision"] != promotion["decision"] or recorded["candidate_revision"] != aggregation[
             "candidate_revision"]:  # fmt: skip
         raise EvidenceError(f"{window_id}: promotion.json does not say what its promotion receipt says")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load
 
-from lit_psion.core import atomic_write_json, read_json, sha256_bytes
+from lit_psion.core import atomic_write_json, sha256_bytes
 from lit_psion.core.chain import parse_receipt
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
@@ -37,7 +37,7 @@ from lit_psion.core.windows import (
 )
 from lit_psion.windows.contribute import ADAPTER, CONTRIBUTION
 from lit_psion.windows.data import held_out_loss
-from lit_psion.windows.program import DISPOSITIONS, Program, corpus, verify_window_chain
+from lit_psion.windows.program import DISPOSITIONS, Program, plan_data, record, verify_window_chain
 
 REQUIRED = ("window_id", "assignment_id", "contributor", "input_revision", "slice_index", "slice_digest", "targets",
             "rank", "alpha", "summary", "adapter_sha256")  # fmt: skip
@@ -138,7 +138,7 @@ def seen_artifacts(program: Program, before: str) -> set[str]:
             break
         path = program.window_dir(window_id) / DISPOSITIONS
         if path.is_file():
-            for entry in read_json(path)["assignments"].values():
+            for entry in record(path)["assignments"].values():
                 seen |= {d for d in (entry.get("artifact_digest"), entry.get("content_digest")) if d}
     return seen
 
@@ -296,7 +296,7 @@ def _measure(plan: WindowPlan, state: dict[str, Any], measured: dict[str, dict[s
     for later, earlier in _same_delta(factors, norms):
         entries[later]["reasons"].append("duplicate_artifact")  # the same update under other bytes (or factors)
         entries[later]["evidence"]["same_delta_as"] = earlier
-    samples = corpus(program, plan.data).samples("val")
+    samples = plan_data(program, plan).samples("val")
     start, stop = plan.held_out["validator"]
     if policy.held_out_samples is not None:
         stop = min(stop, start + policy.held_out_samples)

@@ -513,3 +513,94 @@ def test_init_refuses_an_adapter_base_a_file_root_and_a_run_root(base: Path, tmp
     assert "is a file" in capsys.readouterr().err
     assert main(["window", "init", str(tuned), "--config", str(settings), "--base", str(base)]) == 2
     assert "is a run directory" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def active(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A program whose w-0001 is active with all three contributions in, the corpus a copy of the fixture."""
+    tmp = tmp_path_factory.mktemp("active")
+    corpus = tmp / "corpus.txt"
+    shutil.copy("fixtures/tiny_corpus.txt", corpus)
+    data = {**SETTINGS["data"], "files": str(corpus)}
+    root = new_program(base, tmp / "windows", contributors=3, data=data)
+    plan = plan_window(root)
+    open_window(root, plan.window_id)
+    for assignment in plan.assignments:
+        contribute(root, plan.window_id, assignment.assignment_id)
+    return root
+
+
+def _edit_plan(root: Path) -> None:
+    path = root / "windows" / "w-0001" / "plan.json"
+    path.write_text(path.read_text().replace('"norm_factor": 4.0', '"norm_factor": 1000000000.0'))
+
+
+def _change_data(root: Path) -> None:
+    corpus = Path(read_json(root / "windows" / "w-0001" / "plan.json")["data"]["files"][0])
+    corpus.write_text(corpus.read_text() + "\nMore text arrives after the plan.\n")
+
+
+def _symlink_aggregate(root: Path) -> None:
+    (root.parent / "elsewhere").mkdir(exist_ok=True)
+    (root / "windows" / "w-0001" / "aggregate").symlink_to(root.parent / "elsewhere")
+
+
+@pytest.mark.parametrize(("harm", "code", "message"), [
+    (_edit_plan, 5, "is not the plan w-0001 was planned with"),
+    (_change_data, 3, "is not the data w-0001 was planned on"),
+    (_symlink_aggregate, 5, "is a symlink"),
+])  # fmt: skip
+def test_close_refuses_an_edited_plan_changed_data_and_a_symlinked_directory(
+    active: Path, tmp_path: Path, capsys: pytest.CaptureFixture, harm, code: int, message: str
+) -> None:
+    copy = tmp_path / "windows"
+    shutil.copytree(active, copy, symlinks=True)
+    original = Path(read_json(active / "windows" / "w-0001" / "plan.json")["data"]["files"][0])
+    text = original.read_text()
+    try:
+        harm(copy)
+        capsys.readouterr()
+        assert main(["window", "close", str(copy), "w-0001"]) == code
+    finally:
+        original.write_text(text)  # the module's program reads it too
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "elsewhere" / "candidate").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["open", "{root}", "w-0001/"], "window id 'w-0001/' is not one"),
+    (["contribute", "{root}", "../windows/w-0001", "a00"], "is not one: window ids are w-NNNN"),
+    (["contribute", "{root}", "w-0001", "../a00"], "assignment id '../a00' is not one"),
+])  # fmt: skip
+def test_window_and_assignment_ids_are_checked(active: Path, capsys: pytest.CaptureFixture, args: list,
+                                               message: str) -> None:  # fmt: skip
+    assert main(["window", *[a.format(root=active) for a in args]]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("damage", "message", "commands"), [
+    (lambda r, w: (r / "windows" / w / "dispositions.json").write_text('{"assign'), "cannot be read",
+     ("verify", "status", "plan")),
+    (lambda r, w: (r / "windows" / w / "promotion.json").unlink(), "is missing", ("verify",)),
+    (lambda r, w: (r / "pointer.json").write_text("["), "cannot be read", ("verify", "status", "plan")),
+    (lambda r, w: (r / "program.json").write_text(json.dumps({"settings": {}})), "is not the record it should be",
+     ("verify", "status", "plan")),
+])  # fmt: skip
+def test_damaged_records_are_one_line_exit_5(program: Program, matrix: dict, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture, damage, message: str,
+                                             commands: tuple[str, ...]) -> None:  # fmt: skip
+    copy = _copy(program, tmp_path)
+    damage(copy, Program(copy).window_ids()[-1])  # plan reads the last window's records (verify reads them all)
+    capsys.readouterr()
+    for command in ([name, str(copy)] for name in commands):
+        assert main(["window", *command]) == 5, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (command, err)
+
+
+def test_planning_while_a_window_is_open_names_the_command_that_closes_it(
+    active: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["window", "plan", str(active)]) == 13
+    assert f"python -m lit_psion window close {active} w-0001" in capsys.readouterr().err
