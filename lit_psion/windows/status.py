@@ -10,14 +10,24 @@ outcome. Any difference is an EvidenceError (exit 5) or a CheckpointError (exit 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from lit_psion.core import sha256_file
 from lit_psion.core.chain import parse_receipt
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.windows import RECONCILED
-from lit_psion.windows.program import BASE_REVISION, DISPOSITIONS, PROMOTION, Program, record, verify_window_chain
+from lit_psion.windows.program import (
+    BASE_REVISION,
+    DISPOSITIONS,
+    PROMOTION,
+    TOKENIZER,
+    Program,
+    record,
+    verify_window_chain,
+)
 
 
 def program_status(root: Path) -> dict[str, Any]:
@@ -43,7 +53,12 @@ def verify_program(root: Path) -> dict[str, Any]:
     """Check the program's records against each other and its receipts (see the module docstring)."""
     program = Program(root)
     program.require()
+    settings = record(program.settings_path, ("tokenizer_sha256",))
     program.settings()
+    tokenizer = program.root / TOKENIZER
+    if not tokenizer.is_file() or sha256_file(tokenizer) != settings["tokenizer_sha256"]:
+        raise EvidenceError(f"{str(tokenizer)!r} is not the tokenizer the program was created with (sha256 "
+                            f"{settings['tokenizer_sha256'][:12]}...)")  # fmt: skip
     pointer = program.pointer()
     revision = _base_revision(program)
     receipts_total = 0
@@ -66,13 +81,17 @@ def verify_program(root: Path) -> dict[str, Any]:
         disposed = {r.body["assignment_id"]: r.body for r in receipts
                     if r.kind == "adapter_contribution" and r.body["event"] == "disposed"}  # fmt: skip
         if disposed:
-            recorded = record(program.window_dir(window_id) / DISPOSITIONS)["assignments"]
+            recorded = record(program.window_dir(window_id) / DISPOSITIONS, ("assignments",))["assignments"]
+            if set(recorded) != set(disposed):
+                raise EvidenceError(f"{where}: dispositions.json lists assignments {sorted(recorded)}, its receipts "
+                                    f"{sorted(disposed)}")  # fmt: skip
             for aid, body in disposed.items():
-                entry = recorded.get(aid, {})
-                if (entry.get("disposition"), entry.get("artifact_digest")) != (body["disposition"],
-                                                                                  body["artifact_digest"]):  # fmt: skip
-                    raise EvidenceError(f"{where}: dispositions.json says {aid} is {entry.get('disposition')!r}, its "
-                                        f"receipt says {body['disposition']!r}")  # fmt: skip
+                entry = recorded[aid]
+                fields = ("disposition", "artifact_digest", "reasons", "evidence")
+                if any(_plain(entry.get(k)) != _plain(body.get(k)) for k in fields):
+                    raise EvidenceError(f"{where}: dispositions.json says of {aid} what its receipt does not "
+                                        f"({entry.get('disposition')!r} {entry.get('reasons')}, receipt "
+                                        f"{body['disposition']!r} {list(body['reasons'])})")  # fmt: skip
         if states[-1]["state"] == RECONCILED:
             revision = _check_reconciled(program, window_id, receipts, revision)
     if pointer["revision"] != revision:
@@ -96,9 +115,38 @@ def _check_reconciled(program: Program, window_id: str, receipts: list, revision
         raise EvidenceError(f"{window_id} is reconciled but holds no promotion or no aggregation receipt")
     promotion, aggregation = promotions[-1], aggregations[-1]  # an interrupted reconcile's are followed by its rerun's
     recorded = record(program.window_dir(window_id) / PROMOTION)
-    if recorded["decision"] != promotion["decision"] or recorded["candidate_revision"] != aggregation[
-            "candidate_revision"]:  # fmt: skip
-        raise EvidenceError(f"{window_id}: promotion.json does not say what its promotion receipt says")
+    said = {"decision": promotion["decision"], "reasons": promotion["reasons"],
+            "candidate_revision": aggregation["candidate_revision"], "weights": aggregation["weights"],
+            "accepted_artifacts": aggregation["accepted_artifacts"],
+            "scores": {k: v for k, v in recorded.get("scores", {}).items() if k in promotion["scores"]}}  # fmt: skip
+    if recorded.get("scores", {}).keys() - promotion["scores"].keys() - {"candidate_loss"} or said["scores"] != (
+            promotion["scores"]) or any(_plain(recorded.get(k)) != _plain(v) for k, v in said.items()):  # fmt: skip
+        raise EvidenceError(f"{window_id}: promotion.json does not say what its promotion and aggregation receipts "
+                            "say")  # fmt: skip
+    for digest in aggregation["accepted_artifacts"]:
+        if digest not in _present_artifacts(program, window_id):
+            raise EvidenceError(f"{window_id}: accepted artifact {digest[:12]}... is no longer among its "
+                                "contributions (deleted or replaced after it was aggregated)")  # fmt: skip
     if aggregation["candidate_revision"] is not None:
         program.revision(aggregation["candidate_checkpoint"], aggregation["candidate_revision"])
+        stacked = program.window_dir(window_id) / "aggregate" / "stacked_adapter.safetensors"
+        if not stacked.is_file() or sha256_file(stacked) != aggregation["stacked_adapter_digest"]:
+            raise EvidenceError(f"{window_id}: {str(stacked)!r} is not the stacked adapter its aggregation receipt "
+                                "records")  # fmt: skip
     return aggregation["candidate_revision"] if promotion["decision"] == "promote" else revision
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a value (tuples are lists), to compare a record with a receipt body."""
+    return json.loads(json.dumps(value)) if value is not None else None
+
+
+def _present_artifacts(program: Program, window_id: str) -> set[str]:
+    """The sha256 of every contribution's adapter file in the window now."""
+    contributions = program.window_dir(window_id) / "contributions"
+    found = set()
+    for directory in contributions.iterdir() if contributions.is_dir() else ():
+        adapter = directory / "adapter.safetensors"
+        if not directory.name.startswith(".") and adapter.is_file() and not adapter.is_symlink():
+            found.add(sha256_file(adapter))
+    return found

@@ -355,6 +355,12 @@ def test_bad_window_arguments_get_one_line(base: Path, tmp_path: Path, capsys: p
     assert len(err) == 1 and message in err[0], err
 
 
+def _edit_json(path: Path, change) -> None:
+    record = read_json(path)
+    change(record)
+    path.write_text(json.dumps(record))
+
+
 def _copy(program: Program, tmp_path: Path) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(program.root, copy)
@@ -369,6 +375,17 @@ def _copy(program: Program, tmp_path: Path) -> Path:
     (lambda w: (w / "w-0001" / "receipts.jsonl").write_text(
         "".join((w / "w-0001" / "receipts.jsonl").read_text().splitlines(keepends=True)[:-1])), 5),
     (lambda w: adversary.flip_byte(w / "w-0001" / "aggregate" / "candidate" / "model.safetensors"), 4),
+    (lambda w: adversary.flip_byte(w / "w-0001" / "aggregate" / "stacked_adapter.safetensors"), 5),
+    (lambda w: shutil.rmtree(w / "w-0001" / "contributions" / "a01"), 5),
+    (lambda w: shutil.copytree(w / "w-0001" / "contributions" / "a00", w / "w-0001" / "contributions" / "a01",
+                               dirs_exist_ok=True), 5),
+    (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r["scores"].update(candidate_loss=0.1)), 5),
+    (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r["weights"].update(a00=0.9)), 5),
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"].update(
+        a99={**r["assignments"]["a00"]})), 5),
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"]["a00"].update(
+        reasons=["edited"])), 5),
+    (lambda w: (w.parent / "tokenizer.json").write_text((w.parent / "tokenizer.json").read_text() + " "), 5),
     (lambda w: (w.parent / "pointer.json").write_text(json.dumps(  # back to an older revision, consistently
         {**read_json(w.parent / "pointer.json"), "checkpoint": "windows/w-0001/aggregate/candidate",
          "revision": read_json(w / "w-0001" / "promotion.json")["candidate_revision"]})), 5),
