@@ -121,12 +121,15 @@ def reconcile(root: Path, window_id: str) -> dict[str, Any]:
         merged_model = Decoder(DecoderConfig(**config))
         merged_model.load_state_dict({k.removeprefix("model."): v for k, v in merged.items()})
         candidate_loss = held_out_loss(merged_model, samples, start, stop)
-        scores["candidate_loss"] = candidate_loss if math.isfinite(candidate_loss) else float("nan")
+        if math.isfinite(candidate_loss):
+            scores["candidate_loss"] = candidate_loss
         improvement = input_loss - candidate_loss
         if not math.isfinite(candidate_loss):
             reasons.append("candidate_not_finite")
         elif improvement < 0:
             reasons.append("held_out_regression")
+        elif improvement == 0:
+            reasons.append("no_improvement")
         elif improvement < plan.gate.get("min_delta", 0.0):
             reasons.append("below_min_delta")
     else:

@@ -7,6 +7,7 @@ coordinators never interleave; contributors only add their own submission direct
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,7 +74,15 @@ def run_window(root: Path, contributors: int | None = None, deadline: float | No
                     stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
         if echo:
             print(f"{window_id}: {len(processes)} contributor(s) training on revision {plan.input_revision[:12]}...")
-        exit_codes = _wait(processes, None if deadline is None else started + deadline)
+        try:
+            exit_codes = _wait(processes, None if deadline is None else started + deadline)
+        except BaseException:  # Ctrl-C or an error here: no contributor outlives its coordinator
+            for process in processes.values():
+                _kill(process)
+            raise
+        if failed := {aid: code for aid, code in exit_codes.items() if code not in (0, -signal.SIGKILL)}:
+            for aid, code in sorted(failed.items()):
+                print(f"lit_psion: warning: contributor {aid} exited {code}: {logs / f'{aid}.log'}", file=sys.stderr)
         train_s = time.monotonic() - started
         clock = time.monotonic()
         seal(root, window_id)
@@ -89,8 +98,9 @@ def run_window(root: Path, contributors: int | None = None, deadline: float | No
               "seconds": {"train": train_s, "validate": validate_s, "aggregate": aggregate_s}}  # fmt: skip
     if echo:
         scores = promotion["scores"]
+        after = f"{scores['candidate_loss']:.4f}" if "candidate_loss" in scores else "no candidate"
         print(f"{window_id}: {', '.join(f'{n} {d}' for d, n in sorted(counts.items()))}; {promotion['decision']} "
-              f"(gate loss {scores['input_loss']:.4f} -> {scores.get('candidate_loss', float('nan')):.4f}"
+              f"(gate loss {scores['input_loss']:.4f} -> {after}"
               f"{', ' + ', '.join(promotion['reasons']) if promotion['reasons'] else ''})")  # fmt: skip
     return result
 
@@ -102,6 +112,12 @@ def _wait(processes: dict[str, subprocess.Popen], until: float | None) -> dict[s
         try:
             codes[assignment_id] = process.wait(None if until is None else max(0.0, until - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            codes[assignment_id] = process.wait()
+            codes[assignment_id] = _kill(process)
     return codes
+
+
+def _kill(process: subprocess.Popen) -> int:
+    """Kill a contributor's whole process group; its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.wait()

@@ -202,7 +202,8 @@ class Program:
         windows = self.root / "windows"
         if not windows.is_dir():
             return []
-        return sorted(p.name for p in windows.iterdir() if WINDOW_ID.fullmatch(p.name) and (p / PLAN).is_file())
+        return sorted(p.name for p in windows.iterdir() if WINDOW_ID.fullmatch(p.name) and (p / STATE).is_file())
+        # A window directory without window.json never finished planning (window.json is its commit point).
 
     def exists(self) -> bool:
         return self.settings_path.is_file()
@@ -472,13 +473,15 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
         raise WindowStateError(f"window {previous} is {program.state(previous)!r}, not reconciled; close it first "
                                f"(python -m lit_psion window close {root} {previous})")  # fmt: skip
     window_id = f"w-{len(windows) + 1:04d}"
+    shutil.rmtree(program.window_dir(window_id), ignore_errors=True)  # a planning cut short before window.json
     pointer = program.pointer()
     program.revision(pointer["checkpoint"], pointer["revision"])
     data = corpus(program, settings.data)
     train, val = data.samples("train"), data.samples("val")
     count = contributors or settings.contributors
     ids = [f"c{i}" for i in range(count)]
-    first = values["next_slice"]
+    used = [a.slice.index for w in windows for a in program.plan(w).assignments if a.replay_of is None]
+    first = max(values["next_slice"], max(used, default=-1) + 1)  # never a slice twice, even if the cursor lags
     available = (len(train) // settings.slice_samples) - first
     if available < count:
         raise DataError(f"the data has {max(available, 0)} fresh slice(s) of {settings.slice_samples} samples "

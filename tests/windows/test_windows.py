@@ -621,3 +621,32 @@ def test_planning_while_a_window_is_open_names_the_command_that_closes_it(
 ) -> None:
     assert main(["window", "plan", str(active)]) == 13
     assert f"python -m lit_psion window close {active} w-0001" in capsys.readouterr().err
+
+
+def test_a_planning_cut_short_is_planned_again_and_no_slice_is_used_twice(base: Path, tmp_path: Path) -> None:
+    root = new_program(base, tmp_path / "cut", contributors=2)
+    program = Program(root)
+    first = plan_window(root)
+    close_window(root, first.window_id)
+    # A planning killed after plan.json and before window.json: the directory is not a window.
+    second = plan_window(root)
+    (program.window_dir(second.window_id) / "window.json").unlink()
+    record = read_json(root / "program.json")
+    (root / "program.json").write_text(json.dumps({**record, "next_slice": 0}))  # and a cursor that lags
+    assert program.window_ids() == [first.window_id]
+    again = plan_window(root)
+    assert again.window_id == second.window_id
+    fresh = [a.slice.index for a in again.assignments if not a.replay_of]
+    assert not set(fresh) & {a.slice.index for a in first.assignments}
+    assert main(["window", "verify", str(root)]) == 0
+
+
+def test_a_zero_delta_is_no_gain(base: Path, tmp_path: Path) -> None:
+    root = new_program(base, tmp_path / "zero", contributors=1)
+    program = Program(root)
+    plan = plan_window(root)
+    open_window(root, plan.window_id)
+    tensors, summary = train_adapter(program, plan, plan.assignments[0])
+    adversary.place(program, plan, plan.assignments[0], adversary.scaled(tensors, 0.0), summary)
+    promotion = close_window(root, plan.window_id)
+    assert (promotion["decision"], promotion["reasons"]) == ("hold", ["no_improvement"])
