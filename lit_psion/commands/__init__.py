@@ -98,6 +98,9 @@ def run_command(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (``| head``): what it read was complete, so was the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:

@@ -35,7 +35,16 @@ def program_status(root: Path) -> dict[str, Any]:
     program.settings()
     windows = []
     for window_id in program.window_ids():
-        entry: dict[str, Any] = {"window": window_id, "state": program.state(window_id)}
+        plan, state = program.plan(window_id), program.state(window_id)
+        contributions = program.window_dir(window_id) / "contributions"
+        submitted = sorted(p.name for p in contributions.iterdir() if not p.name.startswith(".")) if (
+            contributions.is_dir()) else []  # fmt: skip
+        entry: dict[str, Any] = {"window": window_id, "state": state, "input_revision": plan.input_revision,
+                                 "assignments": {a.assignment_id: {"contributor": a.contributor,
+                                                                   "slice": a.slice.index,
+                                                                   **({"replay_of": a.replay_of} if a.replay_of
+                                                                      else {})} for a in plan.assignments},
+                                 "submitted": submitted}  # fmt: skip
         path = program.window_dir(window_id) / DISPOSITIONS
         if path.is_file():
             counts: dict[str, int] = {}
@@ -46,7 +55,15 @@ def program_status(root: Path) -> dict[str, Any]:
             promotion = record(program.window_dir(window_id) / PROMOTION)
             entry |= {"decision": promotion["decision"], "reasons": promotion["reasons"], "scores": promotion["scores"]}
         windows.append(entry)
-    return {"root": str(root), "revision": program.pointer(), "windows": windows}
+    last = windows[-1] if windows else None
+    hint = {None: f"python -m lit_psion window run {root}", "planned": f"python -m lit_psion window open {root} {{w}}",
+            "active": f"python -m lit_psion window close {root} {{w}} (contributors: window contribute {root} {{w}} "
+                      "aNN)", "sealed": f"python -m lit_psion window close {root} {{w}}",
+            "scored": f"python -m lit_psion window close {root} {{w}}",
+            "reconciled": f"python -m lit_psion window run {root}"}  # fmt: skip
+    state = last["state"] if last else None
+    return {"root": str(root), "revision": program.pointer(), "windows": windows,
+            "next": hint[state].format(w=last["window"] if last else "")}
 
 
 def verify_program(root: Path) -> dict[str, Any]:

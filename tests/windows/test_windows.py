@@ -650,3 +650,15 @@ def test_a_zero_delta_is_no_gain(base: Path, tmp_path: Path) -> None:
     adversary.place(program, plan, plan.assignments[0], adversary.scaled(tensors, 0.0), summary)
     promotion = close_window(root, plan.window_id)
     assert (promotion["decision"], promotion["reasons"]) == ("hold", ["no_improvement"])
+
+
+def test_status_shows_each_window_its_assignments_and_the_next_command(
+    active: Path, capsys: pytest.CaptureFixture
+) -> None:
+    capsys.readouterr()
+    assert main(["window", "status", str(active)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    window = status["windows"][-1]
+    assert window["state"] == "active" and window["submitted"] == ["a00", "a01", "a02"]
+    assert set(window["assignments"]) == {"a00", "a01", "a02"}
+    assert status["next"].startswith(f"python -m lit_psion window close {active} w-0001")
