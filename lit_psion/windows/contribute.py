@@ -182,6 +182,8 @@ def contribute(root: Path, window_id: str, assignment_id: str, contributor: str 
     if state != ACTIVE:
         raise WindowStateError(f"{window_id} is {state!r}, not active: contributions are taken only while it is "
                                "active")  # fmt: skip
+    if (program.window_dir(window_id) / "contributions" / assignment_id).exists():
+        raise ConfigError(f"assignment {assignment_id} of {window_id} already has a submission; one per assignment")
     tensors, summary = train_adapter(program, plan, assignment, transform)
     staged = program.window_dir(window_id) / "contributions" / f".{assignment_id}.tmp-{os.getpid()}"
     remove_staging(staged)
