@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # The slow scenarios include adapter windows under Flower's deployment runtime: the flower extra.
 FLOWER := $(VENV)/.flower

@@ -423,19 +423,20 @@ def test_a_contributor_killed_mid_window_is_replayed(base: Path, tmp_path: Path)
 
 def test_window_run_starts_one_contributor_process_per_assignment(base: Path, tmp_path: Path) -> None:
     root = new_program(base, tmp_path / "run", contributors=2)
-    command = [sys.executable, "-m", "lit_psion", "window", "run", str(root), "--contributors", "3"]
+    command = [sys.executable, "-m", "lit_psion", "window", "run", str(root), "--contributors", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "w-0001: 3 contributor(s) training" in done.stdout
+    assert "w-0001: 2 contributor(s) training" in done.stdout
     program = Program(root)
     dispositions = read_json(program.window_dir("w-0001") / "dispositions.json")["assignments"]
-    assert len(dispositions) == 3 and all(e["summary"].get("steps") == 8 for e in dispositions.values())
+    assert len(dispositions) == 2 and all(e["summary"].get("steps") == 8 for e in dispositions.values())
     logs = sorted(p.name for p in (program.window_dir("w-0001") / "logs").iterdir())
-    assert logs == ["a00.log", "a01.log", "a02.log"]
+    assert logs == ["a00.log", "a01.log"]
     assert program.state("w-0001") == "reconciled"
     assert main(["window", "verify", str(root)]) == 0
 
 
+@pytest.mark.slow
 def test_a_deadline_kills_unfinished_contributors_and_their_slices_are_replayed(base: Path, tmp_path: Path) -> None:
     root = new_program(base, tmp_path / "deadline", contributors=2)
     command = [sys.executable, "-m", "lit_psion", "window", "run", str(root), "--deadline", "0.5"]
