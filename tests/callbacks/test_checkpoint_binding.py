@@ -118,6 +118,7 @@ def test_a_pointer_out_of_the_run_or_a_symlinked_step_falls_back_inside(tmp_path
         == "checkpoints/step-000003"
 
 
+@pytest.mark.slow  # a first writer held for 30 s: the default suite's budget
 def test_a_second_writer_of_a_run_is_refused_naming_the_holder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     layout = _run(tmp_path)
     slow = callbacks_config(tmp_path / "slow.json", ("SlowCheckpointWrites", {"step": 9, "seconds": 30}))

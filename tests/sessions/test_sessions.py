@@ -37,6 +37,7 @@ def demo_commands() -> list[list[str]]:
     return [shlex.split(line) for line in block.strip().splitlines()]
 
 
+@pytest.mark.slow  # the whole documented demo, about 40 s
 def test_the_documented_demo_runs_and_updates_beat_no_updates(tmp_path: Path) -> None:
     outputs = []
     for command in demo_commands():

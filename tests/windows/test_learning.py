@@ -18,7 +18,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinysha
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("poison", ["shuffled_labels", "x50"])
+@pytest.mark.parametrize("poison", ["shuffled_labels"])  # x50 is quarantined the same way: benchmarks/windows.py
 def test_windows_learn_and_a_poisoner_does_not_move_the_promoted_loss(poison: str) -> None:
     if not SHAKESPEARE.is_file():
         pytest.skip(f"{SHAKESPEARE} is absent")
