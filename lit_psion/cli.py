@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import signal
 import sys
 import threading
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,12 @@ from lit_psion.callbacks import (
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
+from lit_psion.commands.fit_args import (
+    DEFAULT_ROOT,
+    gather_files,
+    refuse_lightning_optimizer_groups,
+    setting_problems,
+)
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
@@ -64,7 +68,6 @@ from lit_psion.runs import add_data_facts_link
 from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
 from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy
 
-DEFAULT_ROOT = "runs"
 RUN_ID_ENV = "LIT_PSION_RUN_ID"
 """The run a fit writes, shared by every process of a multi-process launch (``mesh launch`` sets it; a
 fit that plans a new run sets it for the worker processes Lightning starts). When it names a run that
@@ -130,7 +133,7 @@ class LitPsionCLI(LightningCLI):
             super().parse_arguments(parser, args)
         else:
             argv = gather_files(sys.argv[1:] if args is None else list(args))
-            _refuse_lightning_optimizer_groups(argv)
+            refuse_lightning_optimizer_groups(argv)
             self.config = parser.parse_args(argv)
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if problems := setting_problems(config, self.config.get("subcommand")):
@@ -290,38 +293,6 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
                               "the run's own model settings")  # fmt: skip
 
 
-def _refuse_lightning_optimizer_groups(argv: list[str]) -> None:
-    """LightningCLI's ``--optimizer``/``--lr_scheduler`` would replace the model's own optimizer without a trace in
-    its receipts or checkpoint; lit_psion models build theirs from ``model.init_args.optimizer``."""
-    for arg in argv:
-        flag = arg.split("=", 1)[0]
-        if flag.split(".", 1)[0] in ("--optimizer", "--lr_scheduler"):
-            raise ConfigError(f"{flag} is not used: lit_psion models build their optimizer and schedule from "
-                              "model.init_args.optimizer (--model.init_args.optimizer.name adamw|muon, .lr, "
-                              ".weight_decay, .warmup_steps, .decay_steps, .min_lr_ratio); set those instead")
-
-
-FILES_FLAGS = ("--data.files", "--data.init_args.files")
-
-
-def gather_files(argv: list[str]) -> list[str]:
-    """``argv`` with ``--data.files a.md b.md ...`` (what a shell makes of ``--data.files notes/*.md``) as one
-    list value; a single value, a quoted glob or ``--data.files=...`` is left as it is."""
-    gathered, i = [], 0
-    while i < len(argv):
-        gathered.append(argv[i])
-        if argv[i] in FILES_FLAGS:
-            values = []
-            while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-                values.append(argv[i + 1])
-                i += 1
-            gathered.append(values[0] if len(values) == 1 else json.dumps(values) if values else "")
-            if not values:
-                gathered.pop()
-        i += 1
-    return gathered
-
-
 def _refuse_another_family(layout: RunLayout, config: Namespace) -> None:
     """``--ckpt_path last`` continues the latest run under the root: refused, before anything of it is read, when
     that run trained another model class than this config builds (its run.json stays as it is)."""
@@ -362,64 +333,6 @@ def _plain_run_id(run_id: str) -> str:
 def _is_launcher_rank_zero() -> bool:
     """Whether this process is rank 0 of its launch (torchrun sets RANK; Lightning's launcher LOCAL_RANK)."""
     return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-
-
-def setting_problems(config: Namespace, subcommand: str | None) -> list[str]:
-    """Trainer settings Lightning would accept and then fail on mid-run (or never finish with), as messages."""
-    trainer, problems = config.trainer, []
-    epochs = trainer.get("max_epochs")
-    if isinstance(epochs, int) and (epochs == 0 or epochs < -1):
-        problems.append(f"trainer.max_epochs must be >= 1 (or -1: no limit), got {epochs!r}")
-    for key in ("log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
-        if isinstance(trainer.get(key), int) and trainer.get(key) < 1:
-            problems.append(f"trainer.{key} must be >= 1, got {trainer.get(key)!r}")
-    if isinstance(trainer.get("limit_train_batches"), int | float) and not trainer.get("limit_train_batches") > 0:
-        problems.append(f"trainer.limit_train_batches must be > 0 (it trains nothing), got "
-                        f"{trainer.get('limit_train_batches')!r}")  # fmt: skip
-    if isinstance(trainer.get("gradient_clip_val"), int | float) and trainer.get("gradient_clip_val") < 0:
-        problems.append(f"trainer.gradient_clip_val must be >= 0 (null: no clipping), got "
-                        f"{trainer.get('gradient_clip_val')!r}")  # fmt: skip
-    interval = trainer.get("val_check_interval")
-    if isinstance(interval, int | float) and not interval > 0:
-        problems.append(f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {interval!r}")
-    max_steps, max_epochs = trainer.get("max_steps"), trainer.get("max_epochs")
-    if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
-        problems.append(f"trainer.max_steps must be >= 1 (or -1 with max_epochs), got {max_steps!r}")
-    elif max_steps == -1 and max_epochs in (None, -1) and subcommand == "fit":
-        problems.append("trainer.max_steps -1 with no max_epochs never ends; set trainer.max_steps or max_epochs")
-    nodes, devices = trainer.get("num_nodes"), trainer.get("devices")
-    if isinstance(nodes, int) and nodes < 1:
-        problems.append(f"trainer.num_nodes must be >= 1, got {nodes!r}")
-    if isinstance(devices, str) and devices.lstrip("-").isdigit():
-        devices = int(devices)  # "--trainer.devices -2" arrives as text
-    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
-        problems.append(f"trainer.devices must be >= 1, -1 (all) or auto, got {devices!r}")
-    if trainer.get("default_root_dir") == "":
-        problems.append(f"trainer.default_root_dir is empty; give the directory runs go in (default: {DEFAULT_ROOT})")
-    if (problem := _max_time_problem(trainer.get("max_time"))) is not None:
-        problems.append(problem)
-    seed = config.get("seed_everything")
-    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
-        problems.append(f"seed_everything must be in 0..{2**32 - 1}, got {seed!r}")
-    return problems
-
-
-def _max_time_problem(value: Any) -> str | None:
-    """``trainer.max_time`` as Lightning reads it (``DD:HH:MM:SS`` or a dict of timedelta fields), if it is not a
-    positive duration."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, str):
-            days, hours, minutes, seconds = (int(part) for part in value.split(":"))
-            duration = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-        else:
-            duration = value if isinstance(value, timedelta) else timedelta(**dict(value))
-    except (ValueError, TypeError):
-        return f"trainer.max_time must be DD:HH:MM:SS (e.g. 00:01:30:00) or a dict such as {{hours: 2}}, got {value!r}"
-    if duration <= timedelta(0):
-        return f"trainer.max_time must be a positive duration (it would stop before the first step), got {value!r}"
-    return None
 
 
 def _make_root(root: Path) -> None:

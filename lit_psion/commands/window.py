@@ -67,7 +67,8 @@ class _Commands:
     @staticmethod
     def init(parsed: object) -> None:
         from lit_psion.windows.coordinator import program_lock
-        from lit_psion.windows.program import init_program, load_settings
+        from lit_psion.windows.program import init_program
+        from lit_psion.windows.settings import load_settings
 
         settings = load_settings(parsed.config)
         if parsed.root.exists() and not parsed.root.is_dir():

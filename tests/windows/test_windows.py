@@ -663,3 +663,13 @@ def test_status_shows_each_window_its_assignments_and_the_next_command(
     assert window["state"] == "active" and window["submitted"] == ["a00", "a01", "a02"]
     assert set(window["assignments"]) == {"a00", "a01", "a02"}
     assert status["next"].startswith(f"python -m lit_psion window close {active} w-0001")
+
+
+def test_the_data_settings_a_program_accepts_are_the_corpus_arguments() -> None:
+    import inspect
+
+    from lit_psion.datamodules.corpus import CorpusDataModule
+    from lit_psion.windows.settings import corpus_settings
+
+    arguments = set(inspect.signature(CorpusDataModule).parameters) - {"tokenizer", "tokenizer_file"}
+    assert corpus_settings() == arguments

@@ -1,0 +1,106 @@
+"""What the CLI checks and rewrites of fit/validate/test/predict arguments around LightningCLI's parse.
+
+Plain functions over argv and the parsed config (no Lightning import): the shell's expansion of
+``--data.files notes/*.md`` gathered into one list, Lightning's own optimizer groups refused, and trainer
+settings Lightning would accept and then fail on mid-run reported as one line each.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from lit_psion.core.errors import ConfigError
+
+DEFAULT_ROOT = "runs"
+
+
+def refuse_lightning_optimizer_groups(argv: list[str]) -> None:
+    """LightningCLI's ``--optimizer``/``--lr_scheduler`` would replace the model's own optimizer without a trace in
+    its receipts or checkpoint; lit_psion models build theirs from ``model.init_args.optimizer``."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.split(".", 1)[0] in ("--optimizer", "--lr_scheduler"):
+            raise ConfigError(f"{flag} is not used: lit_psion models build their optimizer and schedule from "
+                              "model.init_args.optimizer (--model.init_args.optimizer.name adamw|muon, .lr, "
+                              ".weight_decay, .warmup_steps, .decay_steps, .min_lr_ratio); set those instead")
+
+
+FILES_FLAGS = ("--data.files", "--data.init_args.files")
+
+
+def gather_files(argv: list[str]) -> list[str]:
+    """``argv`` with ``--data.files a.md b.md ...`` (what a shell makes of ``--data.files notes/*.md``) as one
+    list value; a single value, a quoted glob or ``--data.files=...`` is left as it is."""
+    gathered, i = [], 0
+    while i < len(argv):
+        gathered.append(argv[i])
+        if argv[i] in FILES_FLAGS:
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                values.append(argv[i + 1])
+                i += 1
+            gathered.append(values[0] if len(values) == 1 else json.dumps(values) if values else "")
+            if not values:
+                gathered.pop()
+        i += 1
+    return gathered
+
+
+def setting_problems(config: Any, subcommand: str | None) -> list[str]:
+    """Trainer settings Lightning would accept and then fail on mid-run (or never finish with), as messages."""
+    trainer, problems = config.trainer, []
+    epochs = trainer.get("max_epochs")
+    if isinstance(epochs, int) and (epochs == 0 or epochs < -1):
+        problems.append(f"trainer.max_epochs must be >= 1 (or -1: no limit), got {epochs!r}")
+    for key in ("log_every_n_steps", "accumulate_grad_batches", "check_val_every_n_epoch"):
+        if isinstance(trainer.get(key), int) and trainer.get(key) < 1:
+            problems.append(f"trainer.{key} must be >= 1, got {trainer.get(key)!r}")
+    if isinstance(trainer.get("limit_train_batches"), int | float) and not trainer.get("limit_train_batches") > 0:
+        problems.append(f"trainer.limit_train_batches must be > 0 (it trains nothing), got "
+                        f"{trainer.get('limit_train_batches')!r}")  # fmt: skip
+    if isinstance(trainer.get("gradient_clip_val"), int | float) and trainer.get("gradient_clip_val") < 0:
+        problems.append(f"trainer.gradient_clip_val must be >= 0 (null: no clipping), got "
+                        f"{trainer.get('gradient_clip_val')!r}")  # fmt: skip
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int | float) and not interval > 0:
+        problems.append(f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {interval!r}")
+    max_steps, max_epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
+        problems.append(f"trainer.max_steps must be >= 1 (or -1 with max_epochs), got {max_steps!r}")
+    elif max_steps == -1 and max_epochs in (None, -1) and subcommand == "fit":
+        problems.append("trainer.max_steps -1 with no max_epochs never ends; set trainer.max_steps or max_epochs")
+    nodes, devices = trainer.get("num_nodes"), trainer.get("devices")
+    if isinstance(nodes, int) and nodes < 1:
+        problems.append(f"trainer.num_nodes must be >= 1, got {nodes!r}")
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)  # "--trainer.devices -2" arrives as text
+    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
+        problems.append(f"trainer.devices must be >= 1, -1 (all) or auto, got {devices!r}")
+    if trainer.get("default_root_dir") == "":
+        problems.append(f"trainer.default_root_dir is empty; give the directory runs go in (default: {DEFAULT_ROOT})")
+    if (problem := _max_time_problem(trainer.get("max_time"))) is not None:
+        problems.append(problem)
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+        problems.append(f"seed_everything must be in 0..{2**32 - 1}, got {seed!r}")
+    return problems
+
+
+def _max_time_problem(value: Any) -> str | None:
+    """``trainer.max_time`` as Lightning reads it (``DD:HH:MM:SS`` or a dict of timedelta fields), if it is not a
+    positive duration."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            days, hours, minutes, seconds = (int(part) for part in value.split(":"))
+            duration = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        else:
+            duration = value if isinstance(value, timedelta) else timedelta(**dict(value))
+    except (ValueError, TypeError):
+        return f"trainer.max_time must be DD:HH:MM:SS (e.g. 00:01:30:00) or a dict such as {{hours: 2}}, got {value!r}"
+    if duration <= timedelta(0):
+        return f"trainer.max_time must be a positive duration (it would stop before the first step), got {value!r}"
+    return None
