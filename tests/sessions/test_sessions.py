@@ -7,9 +7,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -369,19 +371,37 @@ def test_a_locked_session_refuses_a_second_writer_with_exit_8_naming_the_holder(
     assert not (trained / "sessions" / "c" / "meta.json").exists()
 
 
+def _wait_for_lock_holder(directory: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Return once ``process`` has written itself into ``directory``'s lock file (it holds the lock)."""
+    lock_file = directory / ".lock"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        try:
+            if json.loads(lock_file.read_text()).get("pid") == process.pid:
+                return
+        except (OSError, ValueError):
+            pass  # not written yet, or written by the fixture's earlier run
+        time.sleep(0.05)
+    raise AssertionError(f"pid {process.pid} did not take the lock on {directory} in {timeout} s")
+
+
 def test_concurrent_runs_of_one_session_lose_no_run(trained: Path) -> None:
     directory = trained / "sessions" / "s1"
     root = ("--artifacts_root", str(trained))
-    runs = [_session_process("run", *root, "--session_id", "s1", "--steps", "1600", "--seed", str(seed))
-            for seed in (11, 12)]  # fmt: skip
-    results = [(run.pid, *run.communicate(timeout=300), run.returncode) for run in runs]
-    codes = sorted(code for *_, code in results)
-    assert codes == [0, 8], [err[-1000:] for _, _, err, _ in results]  # a run holds the lock for seconds
-    (winner,) = [pid for pid, _, _, code in results if code == 0]
-    (loser_err,) = [err for _, _, err, code in results if code == 8]
-    assert f"is locked by pid {winner} on " in loser_err and "(session run s1)" in loser_err
+    first = _session_process("run", *root, "--session_id", "s1", "--steps", "96", "--seed", "11")
+    _wait_for_lock_holder(directory, first)
+    first.send_signal(signal.SIGSTOP)  # it holds the lock, mid-run, while the second writer starts
+    try:
+        second = _session_process("run", *root, "--session_id", "s1", "--steps", "96", "--seed", "12")
+        _, second_err = second.communicate(timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first_out, first_err = first.communicate(timeout=300)
+    assert second.returncode == 8, second_err[-2000:]
+    assert first.returncode == 0, first_err[-2000:]
+    assert f"is locked by pid {first.pid} on " in second_err and "(session run s1)" in second_err
     meta = read_json(directory / "meta.json")
     index = read_json(trained / "sessions" / "index.json")["sessions"]["s1"]
     assert len(meta["runs"]) == len(index["runs"]) == 2  # the fixture's run and the winner's, in both
-    (out,) = [out for _, out, _, code in results if code == 0]
-    assert meta["runs"][-1]["run_id"] in out
+    assert meta["runs"][-1]["run_id"] in first_out
