@@ -34,7 +34,6 @@ compositions, and a third is as short::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable
@@ -53,7 +52,8 @@ from lit_psion.core import RunContext, run_context, sha256_bytes
 from lit_psion.core.chain import batch_digest, emit_receipt
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.contracts import StateNormed, TransactionalModule
-from lit_psion.core.errors import CheckpointError, ConfigError, TransactionError
+from lit_psion.core.errors import CheckpointError, TransactionError
+from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
 from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 
@@ -64,39 +64,6 @@ _OVERFLOW = {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}
 STATE_KEY = "transactional"
 """Key of the checkpoint dict holding the strategy's state (:meth:`Transactional.transaction_state_dict`)."""
 STATE_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class TransactionPolicy:
-    """When a step is rolled back, and what repeated rollbacks lead to (YAML: ``policy: {...}``)."""
-
-    rollback_tol: float = 0.20
-    """Roll back when post_loss > pre_loss * (1 + rollback_tol)."""
-    buffer_len: int = 1
-    """Batches the losses are measured on: the current one plus up to buffer_len - 1 recently committed ones."""
-    grad_norm_max: float | None = None
-    """Roll back when the gradient norm (before clipping) exceeds this (None: no limit)."""
-    state_norm_max: float | None = None
-    """Roll back when the module's transaction_state_norm() exceeds this (None: no limit)."""
-    restore_after: int = 3
-    """Consecutive rollbacks after which the last durable checkpoint is restored and the batches skip-listed."""
-    stop_after: int = 6
-    """Consecutive rollbacks after which the run stops with a TransactionError (exit code 7)."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.rollback_tol >= 0:
-            problems.append(f"rollback_tol must be >= 0, got {self.rollback_tol!r}")
-        if self.buffer_len < 1:
-            problems.append(f"buffer_len must be >= 1 (1: the current batch only), got {self.buffer_len!r}")
-        for name, value in (("grad_norm_max", self.grad_norm_max), ("state_norm_max", self.state_norm_max)):
-            if value is not None and not value > 0:
-                problems.append(f"{name} must be positive or null, got {value!r}")
-        if not 1 <= self.restore_after <= self.stop_after:
-            problems.append(f"need 1 <= restore_after <= stop_after, got {self.restore_after!r} and "
-                            f"{self.stop_after!r}")  # fmt: skip
-        if problems:
-            raise ConfigError("transaction policy: " + "; ".join(problems))
 
 
 def batch_key(batch: Any) -> str:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from typing import Any
 
 from lit_psion.commands import CommandParser
 from lit_psion.core.errors import ConfigError
-from lit_psion.sessions import commands
+from lit_psion.core.policy import TransactionPolicy
+from lit_psion.sessions.settings import WorldConfig
 from lit_psion.sessions.store import Store
-from lit_psion.sessions.world import WorldConfig
-from lit_psion.strategies import TransactionPolicy
 
 
 def _flag(value: str) -> bool:
@@ -75,9 +76,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def list_sessions(store: Store) -> list[dict[str, Any]]:
+    sessions = store.index()["sessions"]
+    print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
+    for session_id, entry in sorted(sessions.items()):
+        print(f"{session_id:<16} {entry['parent_session_id'] or '-':<16} {entry['root_session_id']:<16} "
+              f"{entry['mu']:>6} {len(entry.get('runs') or []):>4}")  # fmt: skip
+    return [{"session_id": k, **v} for k, v in sorted(sessions.items())]
+
+
+def show_session(store: Store, session_id: str) -> dict[str, Any]:
+    meta = store.session_meta(session_id)
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return meta
+
+
 def session_main(args: list[str]) -> None:
     parsed = build_parser().parse_args(args)
     store = Store(parsed.artifacts_root)
+    if parsed.command == "list":  # reads JSON only: no torch, no Lightning
+        list_sessions(store)
+        return
+    if parsed.command == "show":
+        show_session(store, parsed.session_id)
+        return
+    from lit_psion.sessions import commands  # trains: torch and Lightning, imported here
+
     if parsed.command == "init-base":
         config = WorldConfig(env_mode=parsed.env_mode, u_dim=parsed.u_dim, n_state=parsed.n_state,
                              env_seed=parsed.env_seed)  # fmt: skip
@@ -92,9 +116,5 @@ def session_main(args: list[str]) -> None:
     elif parsed.command == "fork":
         commands.fork_session(store, parsed.parent_session_id, parsed.child_session_id, parsed.copy_optimizer,
                               parsed.reset_optimizer)  # fmt: skip
-    elif parsed.command == "run":
-        commands.run_session(store, parsed.session_id, parsed.steps, parsed.seed)
-    elif parsed.command == "list":
-        commands.list_sessions(store)
     else:
-        commands.show_session(store, parsed.session_id)
+        commands.run_session(store, parsed.session_id, parsed.steps, parsed.seed)

@@ -248,18 +248,3 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
           f"updates={metrics['updates']} commits={metrics['commits']} rollbacks={metrics['rollbacks']}")  # fmt: skip
     for curve in CURVES:
         print(f"  {curve:<16} final={final[curve]:.6f} mean={mean[curve]:.6f}")
-
-
-def list_sessions(store: Store) -> list[dict[str, Any]]:
-    sessions = store.index()["sessions"]
-    print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
-    for session_id, entry in sorted(sessions.items()):
-        print(f"{session_id:<16} {entry['parent_session_id'] or '-':<16} {entry['root_session_id']:<16} "
-              f"{entry['mu']:>6} {len(entry.get('runs') or []):>4}")  # fmt: skip
-    return [{"session_id": k, **v} for k, v in sorted(sessions.items())]
-
-
-def show_session(store: Store, session_id: str) -> dict[str, Any]:
-    meta = store.session_meta(session_id)
-    print(json.dumps(meta, indent=2, sort_keys=True))
-    return meta

@@ -31,16 +31,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load, save
+from typing import TYPE_CHECKING, Any
 
 from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.files import fsync_path
 from lit_psion.core.lock import RunLock
-from lit_psion.sessions.world import WorldConfig
+from lit_psion.sessions.settings import WorldConfig
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 2
 """2: meta.json records every artifact's sha256 (``artifacts``)."""
@@ -64,11 +64,21 @@ def model_signature(config: WorldConfig, base_ckpt_hash: str) -> str:
 
 def tensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     """``tensors`` as safetensors bytes."""
+    from safetensors.torch import save
+
     return save({k: v.detach().contiguous() for k, v in tensors.items()})
+
+
+def _load_tensors(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
 
 
 def torch_bytes(obj: Any) -> bytes:
     """``obj`` (tensors and plain data) as ``torch.save`` bytes."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -76,6 +86,8 @@ def torch_bytes(obj: Any) -> bytes:
 
 def load_torch(data: bytes, path: Path) -> Any:
     """Tensors and plain data only: a pickle that would run code is refused, never executed."""
+    import torch
+
     buffer = io.BytesIO(data)
     try:
         return torch.load(buffer, map_location="cpu", weights_only=True)
@@ -86,6 +98,8 @@ def load_torch(data: bytes, path: Path) -> Any:
 
 def require_finite(state: Any, path: Path) -> None:
     """Refuse ``state`` (tensors, nested in plain data) if a floating-point value in it is NaN or infinite."""
+    import torch
+
     bad = [f"{name} ({count} of {tensor.numel()})" for name, tensor in _named_tensors(state)
            if tensor.is_floating_point() and (count := int((~torch.isfinite(tensor)).sum()))]  # fmt: skip
     if bad:
@@ -94,6 +108,8 @@ def require_finite(state: Any, path: Path) -> None:
 
 
 def _named_tensors(obj: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    import torch
+
     if isinstance(obj, torch.Tensor):
         yield name or "tensor", obj
     elif isinstance(obj, dict):
@@ -138,7 +154,7 @@ class Store:
         if data is None or actual != meta["base_ckpt_hash"]:
             raise SignatureMismatch(f"base checkpoint {str(path)!r} does not match base_meta.json: expected sha256 "
                                     f"{meta['base_ckpt_hash']}, got {actual}")  # fmt: skip
-        weights = load(data)  # the bytes that were hashed
+        weights = _load_tensors(data)  # the bytes that were hashed
         require_finite(weights, path)
         return weights
 
@@ -214,7 +230,7 @@ class Store:
     def plastic_state(self, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The session's plastic weights, checked (digest, then finiteness) on the bytes loaded."""
         path = self.session_dir(meta["session_id"]) / PLASTIC
-        tensors = load(self.read_artifact(meta, PLASTIC))
+        tensors = _load_tensors(self.read_artifact(meta, PLASTIC))
         require_finite(tensors, path)
         return tensors
 

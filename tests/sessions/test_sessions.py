@@ -172,6 +172,21 @@ def test_bad_arguments_are_one_line_errors(trained: Path, capsys: pytest.Capture
         assert len(err) == 1 and message in err[0], err
 
 
+def test_list_and_show_answer_from_json_without_torch_or_lightning(trained: Path) -> None:
+    root = ("--artifacts_root", str(trained))
+    for args in (("list", *root), ("show", *root, "--session_id", "s1")):
+        command = [sys.executable, "-X", "importtime", "-m", "lit_psion", "session", *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = result.stderr.splitlines()
+        imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+        assert not {"torch", "lightning"} & imported, args
+        assert "s1" in result.stdout
+    shown = subprocess.run([sys.executable, "-m", "lit_psion", "session", "show", *root, "--session_id", "s1"],
+                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)  # fmt: skip
+    assert json.loads(shown.stdout) == read_json(trained / "sessions" / "s1" / "meta.json")
+
+
 def test_concurrent_list_never_sees_a_torn_index(trained: Path) -> None:
     store, errors, done = Store(trained), [], threading.Event()
     meta = read_json(trained / "sessions" / "s1" / "meta.json")
