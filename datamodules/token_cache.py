@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow
-import pyarrow.compute
 import pyarrow.ipc
 
 from lit_psion.core import read_json
@@ -41,15 +40,23 @@ def default_cache_dir(cache_dir: str | None) -> Path:
 
 
 def split_streams(arrow: Path) -> dict[str, np.ndarray]:
-    """Each split's packed token stream (int32) from a tokenized Arrow file."""
+    """Each split's packed token stream (int32) from a tokenized Arrow file.
+
+    Read straight from the Arrow buffers (pyarrow's ``to_numpy`` and its compute kernels cost ~0.3 s
+    to load, more than the read): every document's ids in order, each sent to its split.
+    """
     with pyarrow.memory_map(str(arrow)) as source:  # the Arrow IPC stream datasets wrote
         table = pyarrow.ipc.open_stream(source).read_all()
-    streams = {}
-    for name, is_val in (("train", False), ("val", True)):
-        part = table.filter(pyarrow.compute.equal(table.column("val"), is_val))
-        ids = part.column("ids").combine_chunks().flatten().to_numpy()
-        streams[name] = np.asarray(ids, dtype=np.int32).copy()
-    return streams
+    ids = table.column("ids").combine_chunks()
+    if not pyarrow.types.is_list(ids.type) or ids.type.value_type != pyarrow.int64() or ids.null_count:
+        raise ValueError(f"ids column is {ids.type} with {ids.null_count} nulls, not a list<int64> without nulls")
+    values = ids.flatten()
+    if values.null_count:
+        raise ValueError(f"ids column holds {values.null_count} null token ids")
+    tokens = np.frombuffer(values.buffers()[1], dtype="<i8")[values.offset : values.offset + len(values)]
+    offsets = np.frombuffer(ids.buffers()[1], dtype="<i4")[ids.offset : ids.offset + len(ids) + 1]
+    held_out = np.repeat(np.array(table.column("val").to_pylist(), dtype=bool), np.diff(offsets))
+    return {"train": tokens[~held_out].astype(np.int32), "val": tokens[held_out].astype(np.int32)}
 
 
 def load_token_cache(cache: Path, inputs_digest: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:

@@ -10,17 +10,14 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-
-import matplotlib.pyplot as plt
 import yaml
+from matplotlib.figure import Figure  # drawn to PNG bytes with Agg: no pyplot, no window, no global state
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -36,6 +33,10 @@ PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "transactions": ("transactions: commit rate", ("transactions/commit_rate",)),
 }
 """PNG name -> (title, metric keys drawn in it)."""
+SEPARATE_SCALES = frozenset({"norms"})
+"""Panels that give each metric its own axes: the parameter norm (~70) would flatten gradient and update norms (~1)."""
+TIMELINE = "timeline.png"
+"""The PNG of a run's events (checkpoints, rollbacks, restores, membership changes, growth, promotions) by step."""
 
 Series = dict[str, list[tuple[int, float]]]
 """metric key -> [(step, value), ...] in step order."""
@@ -69,31 +70,111 @@ def last_values(series: Series) -> dict[str, float]:
 
 
 def plot_panel(runs: dict[str, Series], panel: str, path: Path) -> bool:
-    """Draw ``panel`` for every run (one colour per run, one line style per metric); False if nothing to draw."""
+    """Draw ``panel`` for every run (one colour per run, one line style per metric); False if nothing to draw.
+
+    A panel in :data:`SEPARATE_SCALES` stacks one axes per metric (shared step axis), each on its own scale.
+    """
     title, keys = PANELS[panel]
-    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    drawn = False
+    present = [key for key in keys if any(_finite(series.get(key, [])) for series in runs.values())]
+    if not present:
+        return False
+    rows = axes_rows(panel, present)
+    figure = Figure(figsize=(6.4, 3.6 if len(rows) == 1 else 1.9 * len(rows) + 0.6), dpi=100)
+    grid = figure.subplots(len(rows), 1, sharex=True, squeeze=False)
     styles = ("-", "--", ":")
-    for colour, (label, series) in enumerate(runs.items()):
-        for style, key in zip(styles, keys, strict=False):
-            points = [(s, v) for s, v in series.get(key, []) if math.isfinite(v)]
-            if not points:
-                continue
-            steps, values = zip(*points, strict=True)
-            name = key if len(runs) == 1 else f"{label} {key}"
-            axes.plot(steps, values, style, color=f"C{colour}", label=name, marker="o" if len(points) < 3 else None)
-            drawn = True
-    if drawn:
-        axes.set_title(title)
-        axes.set_xlabel("step")
+    for axes, row in zip(grid[:, 0], rows, strict=True):
+        for colour, (label, series) in enumerate(runs.items()):
+            for key in row:
+                points = _finite(series.get(key, []))
+                if not points:
+                    continue
+                steps, values = zip(*points, strict=True)
+                name = key if len(runs) == 1 else f"{label} {key}"
+                style = styles[keys.index(key) % len(styles)]
+                axes.plot(steps, values, style, color=f"C{colour}", label=name, marker="o" if len(points) < 3 else None)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-        buffer = io.BytesIO()
-        figure.tight_layout()
-        figure.savefig(buffer, format="png")
-        atomic_write_bytes(path, buffer.getvalue())
-    plt.close(figure)
-    return drawn
+    grid[0, 0].set_title(title)
+    grid[-1, 0].set_xlabel("step")
+    _save(figure, path)
+    return True
+
+
+def axes_rows(panel: str, keys: list[str]) -> list[list[str]]:
+    """The metric keys each axes of ``panel`` draws, top to bottom: one axes per key for a panel in
+    :data:`SEPARATE_SCALES`, else one axes for all."""
+    return [[key] for key in keys] if panel in SEPARATE_SCALES else [list(keys)]
+
+
+def _finite(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    return [(step, value) for step, value in points if math.isfinite(value)]
+
+
+def _save(figure: Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+TIMELINE_ROWS = ("checkpoint", "rollback", "restore", "membership", "growth", "promotion", "hold")
+"""The timeline's rows, top to bottom."""
+
+
+def timeline_events(run_dir: str | Path) -> list[tuple[int, str, str]]:
+    """(step, row, label) for every event a run's receipts record, in chain order.
+
+    Rows are :data:`TIMELINE_ROWS`: durable checkpoints; rolled-back transactions, and rollbacks that
+    restored a checkpoint; membership changes; growth actions; promotions and holds. A receipt with no
+    step of its own (membership, promotion) is placed at the step the chain had reached. This reads the
+    file as it is (a torn last line is skipped); ``receipts verify`` is what checks it.
+    """
+    path = RunLayout.of(run_dir).receipts
+    events: list[tuple[int, str, str]] = []
+    step = 0
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return events
+    for line in lines:
+        try:
+            receipt = json.loads(line)
+            kind, body = receipt["kind"], receipt["body"]
+            step = int(body.get("step_out", body.get("step", step)))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
+        if kind == "checkpoint" and body.get("durability") == "durable":
+            events.append((step, "checkpoint", str(body.get("checkpoint"))))
+        elif kind == "transaction" and body.get("decision") == "rollback":
+            action = str(body.get("action") or "")
+            row = "restore" if action.startswith("restored:") else "rollback"
+            events.append((step, row, ",".join(map(str, body.get("reasons") or ())) or action))
+        elif kind == "membership":
+            events.append((step, "membership", f"{body.get('change')} -> world {body.get('world_size')}"))
+        elif kind == "growth":
+            events.append((step, "growth", str(body.get("action"))))
+        elif kind == "policy_promotion":
+            events.append((step, "promotion" if body.get("decision") == "promote" else "hold", ""))
+    return events
+
+
+def plot_timeline(events: list[tuple[int, str, str]], path: Path) -> bool:
+    """Draw ``events`` as one row of markers per kind against step; False (nothing written) if there are none."""
+    if not events:
+        return False
+    rows = [row for row in TIMELINE_ROWS if any(event_row == row for _, event_row, _ in events)]
+    figure = Figure(figsize=(6.4, 0.5 * len(rows) + 1.4), dpi=100)
+    axes = figure.subplots()
+    for index, row in enumerate(rows):
+        steps = [step for step, event_row, _ in events if event_row == row]
+        axes.scatter(steps, [len(rows) - 1 - index] * len(steps), marker="|", s=300, color=f"C{index}")
+    axes.set_yticks(range(len(rows)), [f"{row} ({sum(r == row for _, r, _ in events)})" for row in reversed(rows)])
+    axes.set_ylim(-0.6, len(rows) - 0.4)
+    axes.set_xlabel("step")
+    axes.set_title("timeline (from receipts.jsonl)")
+    axes.grid(axis="x", alpha=0.3)
+    _save(figure, path)
+    return True
 
 
 def write_plots(runs: dict[str, Series], directory: Path) -> list[str]:
@@ -163,6 +244,8 @@ def write_dashboard(run_dir: str | Path) -> Path:
     directory = RunLayout.of(run_dir).dashboard
     series = read_metrics(run_dir)
     images = write_plots({run_dir.name: series}, directory)
+    if plot_timeline(timeline_events(run_dir), directory / TIMELINE):
+        images.append(TIMELINE)
     facts = evidence(run_dir)
     latest = sorted(last_values(series).items())
     write_page(

@@ -13,11 +13,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from matplotlib.figure import Figure
 
 from lit_psion.callbacks import Receipts
 from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id, sha256_file
 from lit_psion.core.errors import ConfigError, TransactionError
-from lit_psion.report import plt
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
 from lit_psion.sessions.store import (
     EVENTS,
@@ -222,7 +222,8 @@ def _write_run(run_dir: Path, module: OnlineSession, strategy: TransactionalStra
 
 
 def _plot(rows: list[dict[str, float]], window: int, title: str) -> bytes:
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    figure = Figure(figsize=(7, 4), dpi=100)
+    axes = figure.subplots()
     steps = [r["step"] for r in rows]
     labels = {"mse_base": "base", "mse_no_update": "session, no updates", "mse_with_update": "session, with updates"}
     for (curve, label), style in zip(labels.items(), ("--", "-", "-"), strict=True):
@@ -238,7 +239,6 @@ def _plot(rows: list[dict[str, float]], window: int, title: str) -> bytes:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    plt.close(figure)
     return buffer.getvalue()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
-from lit_psion.report import PANELS, read_metrics
+from lit_psion.report import PANELS, TIMELINE, axes_rows, read_metrics, timeline_events
 from tests.helpers import fit, fit_subprocess
 
 
@@ -37,6 +38,30 @@ def test_dashboard_shows_the_finished_run(two_runs: tuple[Path, Path]) -> None:
     assert "<td>completed</td>" in page and record["receipts_head"] in page
     final_loss = read_metrics(run)["val/loss"][-1][1]
     assert f"{final_loss:.6g}" in page
+    assert _png(run / "dashboard" / TIMELINE) and f'src="{TIMELINE}"' in page
+    lines = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    durable = [(r["body"]["step"], r["body"]["checkpoint"]) for r in lines
+               if r["kind"] == "checkpoint" and r["body"]["durability"] == "durable"]  # fmt: skip
+    assert durable and [(step, label) for step, row, label in timeline_events(run) if row == "checkpoint"] == durable
+
+
+def test_each_norm_gets_its_own_axes_and_other_panels_share_one() -> None:
+    keys = list(PANELS["norms"][1])
+    assert axes_rows("norms", keys) == [[key] for key in keys]  # param norm ~70 next to grad norm ~1
+    assert axes_rows("loss", ["train/loss", "val/loss"]) == [["train/loss", "val/loss"]]
+
+
+def test_the_timeline_skips_a_torn_last_line_and_places_stepless_events_at_the_chain_step(tmp_path: Path) -> None:
+    receipts = [
+        {"kind": "trainer_step", "body": {"step_in": 6, "step_out": 7}},
+        {"kind": "membership", "body": {"change": "left", "world_size": 1}},
+        {"kind": "policy_promotion", "body": {"decision": "hold"}},
+        {"kind": "transaction", "body": {"step": 8, "decision": "commit"}},
+        {"kind": "growth", "body": {"step": 9, "action": "split"}},
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in receipts) + '{"kind": "checkpoint", "bo'
+    (tmp_path / "receipts.jsonl").write_text(text)
+    assert timeline_events(tmp_path) == [(7, "membership", "left -> world 1"), (7, "hold", ""), (9, "growth", "split")]
 
 
 def test_compare_prints_the_config_diff_and_final_metrics(

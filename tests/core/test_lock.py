@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,12 +75,13 @@ from pathlib import Path
 from lit_psion.core.errors import LockedError
 from lit_psion.core.lock import RunLock
 start = Path(sys.argv[2])
+print("ready", flush=True)
 while not start.exists():
     time.sleep(0.001)
 try:
     with RunLock(sys.argv[1]):
         print("acquired", flush=True)
-        time.sleep(2)
+        sys.stdin.read()  # hold the lock until the test has every other outcome
 except LockedError as error:
     print("refused", error.exit_code, flush=True)
 """
@@ -89,12 +89,17 @@ except LockedError as error:
 
 def test_of_processes_racing_for_the_lock_exactly_one_wins(tmp_path: Path) -> None:
     start = tmp_path / "go"
-    racers = [subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), str(start)], stdout=subprocess.PIPE,
-                               text=True, cwd=REPO_ROOT) for _ in range(4)]  # fmt: skip
-    time.sleep(1.5)  # let every racer reach its start line
-    start.touch()
-    outcomes = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
-    assert outcomes == ["acquired", "refused 8", "refused 8", "refused 8"]
+    racers = [subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), str(start)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT) for _ in range(4)]  # fmt: skip
+    try:
+        for racer in racers:
+            assert racer.stdout is not None and racer.stdout.readline().strip() == "ready"
+        start.touch()  # every racer is at its start line
+        outcomes = {racer: racer.stdout.readline().strip() for racer in racers if racer.stdout is not None}
+        assert sorted(outcomes.values()) == ["acquired", "refused 8", "refused 8", "refused 8"]
+    finally:
+        for racer in racers:
+            racer.communicate("", timeout=60)
 
 
 def test_the_lock_is_not_reentrant_and_a_with_block_releases_on_error(tmp_path: Path) -> None:

@@ -386,17 +386,25 @@ def test_a_locked_session_refuses_a_second_writer_with_exit_8_naming_the_holder(
     assert not (trained / "sessions" / "c" / "meta.json").exists()
 
 
-def _wait_for_lock_holder(directory: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Return once ``process`` has written itself into ``directory``'s lock file (it holds the lock)."""
-    lock_file = directory / ".lock"
+def _holds(directory: Path, pid: int) -> bool:
+    try:  # the holder writes itself in once it has the lock, and clears the record before letting go
+        return json.loads((directory / ".lock").read_text()).get("pid") == pid
+    except (OSError, ValueError):
+        return False  # not written yet, or written by the fixture's earlier run
+
+
+def _stop_while_holding_the_lock(directory: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """SIGSTOP ``process`` at a moment it holds ``directory``'s lock (checked after it stopped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]
-        try:
-            if json.loads(lock_file.read_text()).get("pid") == process.pid:
+        if _holds(directory, process.pid):
+            process.send_signal(signal.SIGSTOP)
+            while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+                time.sleep(0.01)  # the signal is delivered asynchronously
+            if _holds(directory, process.pid):
                 return
-        except (OSError, ValueError):
-            pass  # not written yet, or written by the fixture's earlier run
+            process.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError(f"pid {process.pid} did not take the lock on {directory} in {timeout} s")
 
@@ -405,8 +413,7 @@ def test_concurrent_runs_of_one_session_lose_no_run(trained: Path) -> None:
     directory = trained / "sessions" / "s1"
     root = ("--artifacts_root", str(trained))
     first = _session_process("run", *root, "--session_id", "s1", "--steps", "96", "--seed", "11")
-    _wait_for_lock_holder(directory, first)
-    first.send_signal(signal.SIGSTOP)  # it holds the lock, mid-run, while the second writer starts
+    _stop_while_holding_the_lock(directory, first)  # it holds the lock, mid-run, while the second writer starts
     try:
         second = _session_process("run", *root, "--session_id", "s1", "--steps", "96", "--seed", "12")
         _, second_err = second.communicate(timeout=300)

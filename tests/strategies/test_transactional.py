@@ -21,6 +21,7 @@ from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.core import RunLayout, read_json
 from lit_psion.core.errors import ConfigError, TransactionError
 from lit_psion.core.run import read_latest
+from lit_psion.report import timeline_events
 from lit_psion.strategies import (
     SkipList,
     SkippedBatch,
@@ -118,6 +119,10 @@ def test_repeated_rollbacks_restore_the_checkpoint_and_skip_list_survives_a_rest
     recorder = train(tmp_path, Regression(poison={3: "nan", 4: "nan"}), strategy, 13, checkpoints)  # 8 batches/epoch
     receipts = transactions(tmp_path)
     assert [r["action"] for r in receipts[3:5]] == [None, "restored:step-000004"]  # step 4 was rolled back before it
+    rolled_back = [(r["step"], "restore" if (r["action"] or "").startswith("restored:") else "rollback")
+                   for r in receipts if r["decision"] == "rollback"]  # fmt: skip
+    drawn = [(step, row) for step, row, _ in timeline_events(tmp_path) if row in ("rollback", "restore")]
+    assert drawn == rolled_back and {row for _, row in drawn} == {"rollback", "restore"}  # the dashboard's timeline
     restored = ManifestCheckpointIO().load_checkpoint(tmp_path / "checkpoints" / "step-000004")
     assert_tree_equal(recorder.after[4]["params"], restored["state_dict"], "restored weights")
     skip = SkipList.load(RunLayout.of(tmp_path).skip_list)
