@@ -33,7 +33,7 @@ from lit_psion.core.run import run_context
 from lit_psion.datamodules.replay import Cursor, ReplayDataLoader, ReplaySampler, replay_loader
 from lit_psion.datamodules.token_cache import default_cache_dir
 
-Split = Literal["train", "val"]
+Split = Literal["train", "val", "test"]
 
 
 def positive_integers(**settings: Any) -> list[str]:
@@ -61,6 +61,8 @@ class ReplayDataModule(L.LightningDataModule):
     data_name: ClassVar[str] = "data"
     """How a refused resume names this data: ``the {data_name} changed since it was written``."""
     more_data_hint: ClassVar[str] = "lower --data.batch_size or add data"
+    test_split_hint: ClassVar[str] = "it generates training and validation data only"
+    """Why there is no test split, or how to get one (the line ``test`` is refused with)."""
     """The fix a too-small-data error suggests."""
 
     def __init__(self, *, batch_size: int, seed: int, num_workers: int = 0, cache_dir: str | None = None) -> None:
@@ -195,13 +197,27 @@ class ReplayDataModule(L.LightningDataModule):
         Every rank reads all of it: the metrics are then a single process's exactly (torchmetrics' sync
         of identical states leaves a mean unchanged), at the cost of repeating the evaluation per rank.
         """
-        dataset = self._dataset("val")
+        return self._in_order("val")
+
+    def _in_order(self, split: Split) -> ReplayDataLoader:
+        dataset = self._dataset(split)
         sampler = ReplaySampler(len(dataset), self.seed, shuffle=False)
         return replay_loader(dataset, sampler, min(self.batch_size, len(dataset)), False, self.num_workers, self.seed)
 
+    def has_test_split(self) -> bool:
+        """Whether the data holds out a test split (a subclass that can says so; by default it cannot)."""
+        return False
+
     def test_dataloader(self) -> ReplayDataLoader:
-        """The validation split (there is no separate test split)."""
-        return self.val_dataloader()
+        """The test split in order, every sample once; data without one is refused, never swapped for validation.
+
+        Raises:
+            DataConfigError: The data has no test split (exit 2).
+        """
+        if not self.has_test_split():
+            raise DataConfigError(f"{type(self).__name__} has no test split: {self.test_split_hint}; or run "
+                                  "`validate` for the validation split")  # fmt: skip
+        return self._in_order("test")
 
     def predict_dataloader(self) -> ReplayDataLoader:
         """The validation split (there is no separate predict split)."""

@@ -86,6 +86,8 @@ class CorpusDataModule(ReplayDataModule):
             ``auto`` (files when there are at least 10, else paragraphs).
         split: ``hash`` (a seeded hash of each document decides) or ``tail`` (the last documents).
         val_fraction: Share of documents held out for validation.
+        test_fraction: Share of documents held out for ``test`` (default 0: no test split, and ``test`` is
+            refused). With ``tail``, the test documents are the last ones and validation's come before them.
         sample_stride: Tokens between the starts of consecutive training samples (default ``block_size``).
         seed: Seed of the split and of the sample order.
         cache_dir: Where tokenizers and tokenized corpora are cached (default ``$LIT_PSION_CACHE``
@@ -97,6 +99,8 @@ class CorpusDataModule(ReplayDataModule):
 
     data_name = "data manifest"
     more_data_hint = "lower --data.batch_size or add text"
+    test_split_hint = ("its data_manifest has test_fraction 0; train a run with --data.test_fraction 0.1 to hold one "
+                       "out (the split decides what is trained on, so it is set when a run starts)")  # fmt: skip
 
     def __init__(
         self,
@@ -109,6 +113,7 @@ class CorpusDataModule(ReplayDataModule):
         documents: Literal["auto", "file", "paragraph"] = "auto",
         split: Literal["hash", "tail"] = "hash",
         val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
         sample_stride: int | None = None,
         seed: int = 1337,
         cache_dir: str | None = None,
@@ -121,6 +126,7 @@ class CorpusDataModule(ReplayDataModule):
         self.max_bytes, self.tokenizer_kind, self.requested_vocab_size = max_bytes, tokenizer, vocab_size
         self.block_size, self.documents, self.split = block_size, documents, split
         self.val_fraction, self.sample_stride = val_fraction, sample_stride or block_size
+        self.test_fraction = test_fraction
         self.tokenizer: Tokenizer | None = None
         self._tokenizer_text: str | None = None
         self._splits: dict[str, torch.Tensor] = {}
@@ -141,6 +147,9 @@ class CorpusDataModule(ReplayDataModule):
                             f"got {self.requested_vocab_size!r}")  # fmt: skip
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        elif not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
+            problems.append(f"test_fraction must be >= 0 and leave training documents beside val_fraction "
+                            f"{self.val_fraction!r} (below {1.0 - self.val_fraction:g}), got {self.test_fraction!r}")
         if self.max_bytes is not None and self.max_bytes < 1:
             problems.append(f"max_bytes must be positive or null, got {self.max_bytes!r}")
         return problems
@@ -204,23 +213,32 @@ class CorpusDataModule(ReplayDataModule):
             docs += [(f"{name}#{i}", piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
         return mode, docs
 
-    def _split_documents(self, docs: list[tuple[str, str, bool]]) -> list[bool]:
-        """Whether each document is held out for validation; both splits get at least one."""
-        if len(docs) < 2:
+    def _split_documents(self, docs: list[tuple[str, str, bool]]) -> list[Split]:
+        """The split of each document: ``train``, ``val``, or ``test`` (with ``test_fraction``); every split in use
+        gets at least one document, and training keeps at least one."""
+        splits: tuple[Split, ...] = ("train", "val", "test") if self.test_fraction else ("train", "val")
+        if len(docs) < len(splits):
             raise DataError(
-                f"corpus has {len(docs)} document(s); splitting train/validation by document needs 2 or more "
-                "(add files, or use --data.documents paragraph)"
+                f"corpus has {len(docs)} document(s); splitting train/validation{'/test' * (len(splits) == 3)} by "
+                f"document needs {len(splits)} or more (add files, or use --data.documents paragraph)"
             )
-        if self.split == "tail":
-            n_val = max(1, math.ceil(self.val_fraction * len(docs)))
-            return [i >= len(docs) - n_val for i in range(len(docs))]
+        if self.split == "tail":  # the last documents: test last, validation before it
+            n_test = max(1, math.ceil(self.test_fraction * len(docs))) if self.test_fraction else 0
+            n_val = min(max(1, math.ceil(self.val_fraction * len(docs))), len(docs) - n_test - 1)
+            return ["test" if i >= len(docs) - n_test else "val" if i >= len(docs) - n_test - n_val else "train"
+                    for i in range(len(docs))]  # fmt: skip
         scores = [int(sha256_bytes(f"{self.seed}:{key}".encode())[:12], 16) / 16**12 for key, _, _ in docs]
-        held_out = [score < self.val_fraction for score in scores]
-        if all(held_out) or not any(held_out):
-            flip = min(range(len(docs)), key=scores.__getitem__)
-            held_out = [False] * len(docs)
-            held_out[flip] = True
-        return held_out
+        cut = self.val_fraction + self.test_fraction
+        assigned: list[Split] = ["val" if x < self.val_fraction else "test" if x < cut else "train" for x in scores]
+        if set(assigned) == set(splits):
+            return assigned
+        # a split came out empty (few documents): the lowest scores go to val, the highest to test, the rest train
+        order = sorted(range(len(docs)), key=scores.__getitem__)
+        assigned = ["train"] * len(docs)
+        assigned[order[0]] = "val"
+        if self.test_fraction:
+            assigned[order[-1]] = "test"
+        return assigned
 
     # -- tokenizing and packing ------------------------------------------------------------
 
@@ -229,9 +247,11 @@ class CorpusDataModule(ReplayDataModule):
         sources, texts = self._read_sources()
         mode, docs = self._documents(texts)
         held_out = self._split_documents(docs)
-        train_texts = [text for (_, text, _), val in zip(docs, held_out, strict=True) if not val]
+        train_texts = [text for (_, text, _), split in zip(docs, held_out, strict=True) if split == "train"]
         all_texts = [text for _, text, _ in docs]
         key = {"sources": [s.sha256 for s in sources], "split": [self.split, self.seed, self.val_fraction, mode]}
+        if self.test_fraction:  # the key of a corpus without a test split is what it was before they existed
+            key["split"].append(self.test_fraction)
         if self.tokenizer_file is not None:
             path = Path(self.tokenizer_file)
             if not path.is_file():
@@ -251,7 +271,7 @@ class CorpusDataModule(ReplayDataModule):
         manifest = DataManifest(
             sources=tuple(sources), tokenizer_digest=tokenizer_digest, split_rule=self.split, split_seed=self.seed,
             val_fraction=self.val_fraction, documents=mode, block_size=self.block_size,
-            sample_stride=self.sample_stride,
+            sample_stride=self.sample_stride, test_fraction=self.test_fraction,
         )  # fmt: skip
         streams, token_digests = self._tokenize(manifest.inputs_digest(), docs, held_out)
         self._splits = {name: torch.from_numpy(tokens) for name, tokens in streams.items()}
@@ -264,7 +284,7 @@ class CorpusDataModule(ReplayDataModule):
         )
 
     def _tokenize(
-        self, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[bool]
+        self, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[Split]
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Token streams per split and their digests, through a token cache keyed by the manifest inputs.
 
@@ -280,7 +300,7 @@ class CorpusDataModule(ReplayDataModule):
         return self._build_token_cache(cache, inputs_digest, docs, held_out)
 
     def _build_token_cache(
-        self, cache: Path, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[bool]
+        self, cache: Path, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[Split]
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Tokenize into a staging directory, record the token digests of what it holds, move it into place."""
         import datasets  # only to build a cache (~0.8 s to import): a warm cache is read with pyarrow alone
@@ -289,7 +309,10 @@ class CorpusDataModule(ReplayDataModule):
         staging = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        columns = {"text": [t for _, t, _ in docs], "eot": [e for _, _, e in docs], "val": held_out}
+        columns = {"text": [t for _, t, _ in docs], "eot": [e for _, _, e in docs],
+                   "val": [split == "val" for split in held_out]}  # fmt: skip
+        if "test" in held_out:  # a cache without a test split keeps the layout it always had
+            columns["test"] = [split == "test" for split in held_out]
         datasets.Dataset.from_dict(columns).map(
             self._encode_batch,
             fn_kwargs={"eot": self.tokenizer.token_to_id(END_OF_TEXT)},
@@ -329,6 +352,10 @@ class CorpusDataModule(ReplayDataModule):
         # Training windows start every sample_stride tokens; validation windows tile the split.
         stride = self.sample_stride if split == "train" else self.block_size
         return PackedTokens(self._splits[split], self.block_size, stride)
+
+    def has_test_split(self) -> bool:
+        self.prepare()
+        return "test" in self._splits
 
     def _describe_change(self, saved: dict[str, Any]) -> str:
         return DataManifest.from_json_dict(saved).describe_change(self.prepare())

@@ -40,7 +40,7 @@ def default_cache_dir(cache_dir: str | None) -> Path:
 
 
 def split_streams(arrow: Path) -> dict[str, np.ndarray]:
-    """Each split's packed token stream (int32) from a tokenized Arrow file.
+    """Each split's packed token stream (int32) from a tokenized Arrow file (``test`` only if it has that column).
 
     Read straight from the Arrow buffers (pyarrow's ``to_numpy`` and its compute kernels cost ~0.3 s
     to load, more than the read): every document's ids in order, each sent to its split.
@@ -55,8 +55,15 @@ def split_streams(arrow: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"ids column holds {values.null_count} null token ids")
     tokens = np.frombuffer(values.buffers()[1], dtype="<i8")[values.offset : values.offset + len(values)]
     offsets = np.frombuffer(ids.buffers()[1], dtype="<i4")[ids.offset : ids.offset + len(ids) + 1]
-    held_out = np.repeat(np.array(table.column("val").to_pylist(), dtype=bool), np.diff(offsets))
-    return {"train": tokens[~held_out].astype(np.int32), "val": tokens[held_out].astype(np.int32)}
+    lengths = np.diff(offsets)
+    val = np.repeat(np.array(table.column("val").to_pylist(), dtype=bool), lengths)
+    test = np.zeros_like(val)
+    if "test" in table.column_names:  # written only for a corpus with a test split
+        test = np.repeat(np.array(table.column("test").to_pylist(), dtype=bool), lengths)
+    streams = {"train": tokens[~val & ~test].astype(np.int32), "val": tokens[val].astype(np.int32)}
+    if "test" in table.column_names:
+        streams["test"] = tokens[test].astype(np.int32)
+    return streams
 
 
 def load_token_cache(cache: Path, inputs_digest: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:

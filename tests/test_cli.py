@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,12 +135,31 @@ def test_other_subcommands_refuse_a_checkpoint_of_another_model(subcommand: str,
     assert "was written by a model with signature" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
 def test_other_subcommands_load_the_latest_checkpoint(subcommand: str, tmp_path: Path) -> None:
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
     args = [subcommand, "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"]
     assert main([*args, f"--trainer.limit_{'val' if subcommand == 'validate' else subcommand}_batches", "1"]) == 0
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_test_evaluates_the_held_out_test_split_and_refuses_data_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    run = tmp_path / read_latest(tmp_path)
+    before = sorted((path.name, path.read_bytes()) for path in run.iterdir() if path.is_file())
+    capsys.readouterr()
+    assert main(["test", "--config", TINY, *root, "--ckpt_path", "last"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no test split" in err[0] and "--data.test_fraction" in err[0], err
+    assert sorted((path.name, path.read_bytes()) for path in run.iterdir() if path.is_file()) == before
+    held = ("--data.test_fraction", "0.2")
+    assert fit(*root, *held, "--trainer.max_steps", "3") == 0
+    assert main(["test", "--config", TINY, *root, *held, "--ckpt_path", "last"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"test/loss\s*│\s*\d", printed), printed  # Lightning's table of the test split's metrics
 
 
 def test_omegaconf_interpolation_in_a_config(tmp_path: Path) -> None:

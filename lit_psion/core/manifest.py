@@ -32,6 +32,9 @@ class DataManifest:
     block_size: int
     sample_stride: int
     packing_policy_version: int = PACKING_POLICY_VERSION
+    test_fraction: float = 0.0
+    """The share of documents held out for ``test`` (0: no test split). Left out of the JSON record when 0,
+    so a manifest without a test split has the digest it had before test splits existed."""
     token_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     sample_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     token_digests: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -41,7 +44,10 @@ class DataManifest:
     record commits to the tokens themselves, not only to the inputs that should produce them."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        if not self.test_fraction:
+            del record["test_fraction"]
+        return record
 
     @classmethod
     def from_json_dict(cls, record: dict[str, Any]) -> DataManifest:

@@ -280,12 +280,12 @@ def _check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str
         if layout.is_run() and layout.data_manifest.is_file():
             trained = DataManifest.from_json_dict(read_json(layout.data_manifest))
             shared = {s.sha256 for s in trained.sources} & {s.sha256 for s in manifest.sources}
-            split = ("split_rule", "split_seed", "val_fraction", "documents")
+            split = ("split_rule", "split_seed", "val_fraction", "test_fraction", "documents")
             if shared and any(getattr(trained, k) != getattr(manifest, k) for k in split):
                 theirs = ", ".join(f"{k} {getattr(trained, k)!r}" for k in split)
                 raise ConfigError(f"the base trained on the program's data with another split ({theirs}): text held "
-                                  "out here was training text there; set data.split, data.val_fraction, data.seed "
-                                  "and data.documents as the base run did")  # fmt: skip
+                                  "out here was training text there; set data.split, data.val_fraction, "
+                                  "data.test_fraction, data.seed and data.documents as the base run did")  # fmt: skip
             return
 
 

@@ -118,8 +118,8 @@ def _non_negative(**values: Any) -> list[str]:
 def corpus_settings() -> set[str]:
     """The CorpusDataModule arguments a program's ``data`` may set (all but the tokenizer's; a test holds this list
     to the class's signature, which is not imported here: settings are checked before anything heavy loads)."""
-    return {"files", "max_bytes", "vocab_size", "block_size", "documents", "split", "val_fraction", "sample_stride",
-            "seed", "cache_dir", "num_workers", "batch_size"}
+    return {"files", "max_bytes", "vocab_size", "block_size", "documents", "split", "val_fraction", "test_fraction",
+            "sample_stride", "seed", "cache_dir", "num_workers", "batch_size"}
 
 
 def load_settings(path: Path) -> ProgramSettings:

@@ -49,17 +49,45 @@ def test_manifest_json_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("split", ["hash", "tail"])
 @pytest.mark.parametrize("documents", ["paragraph", "file"])
-def test_train_and_validation_never_share_a_document(tmp_path: Path, split: str, documents: str) -> None:
-    files = [tmp_path / f"doc{i}.txt" for i in range(12)]
+@pytest.mark.parametrize(("n_docs", "test_fraction"), [(12, 0.0), (12, 0.2), (3, 0.05), (40, 0.3)])
+def test_train_validation_and_test_never_share_a_document(tmp_path: Path, split: str, documents: str, n_docs: int,
+                                                          test_fraction: float) -> None:  # fmt: skip
+    files = [tmp_path / f"doc{i}.txt" for i in range(n_docs)]
     for i, path in enumerate(files):
         path.write_text(f"document {i}\n\n" + "words and more words\n" * (i + 3))
-    data = corpus(tmp_path, files=[str(p) for p in files], split=split, documents=documents, block_size=8)
+    data = corpus(tmp_path, files=[str(p) for p in files], split=split, documents=documents, block_size=8,
+                  test_fraction=test_fraction)  # fmt: skip
     _, texts = data._read_sources()
     _, docs = data._documents(texts)
-    held_out = data._split_documents(docs)
-    train = {key for (key, _, _), val in zip(docs, held_out, strict=True) if not val}
-    val = {key for (key, _, _), val in zip(docs, held_out, strict=True) if val}
-    assert train and val and not train & val and len(train | val) == len(docs)
+    assigned = data._split_documents(docs)
+    keys = {name: {key for (key, _, _), split_ in zip(docs, assigned, strict=True) if split_ == name}
+            for name in ("train", "val", "test")}  # fmt: skip
+    assert set(assigned) == ({"train", "val", "test"} if test_fraction else {"train", "val"})
+    assert sum(map(len, keys.values())) == len(docs) == len(set().union(*keys.values()))  # a partition
+    if split == "tail" and test_fraction:  # the test documents are the last ones, validation's just before
+        last = [split_ for split_ in assigned if split_ != "train"]
+        assert assigned[-1] == "test" and last == sorted(last, key=("val", "test").index)
+
+
+def test_a_test_split_is_held_out_and_served_by_test_alone(tmp_path: Path) -> None:
+    without = corpus(tmp_path, documents="paragraph")
+    manifest = without.prepare()
+    assert "test_fraction" not in manifest.to_json_dict() and not without.has_test_split()
+    with pytest.raises(DataConfigError, match=r"has no test split: .*--data.test_fraction 0\.1"):
+        without.test_dataloader()
+    data = corpus(tmp_path, documents="paragraph", test_fraction=0.2)
+    held = data.prepare()
+    assert held.digest != manifest.digest and held.to_json_dict()["test_fraction"] == 0.2
+    assert set(held.token_digests) == {"train", "val", "test"} and data.has_test_split()
+    assert held.token_counts["train"] < manifest.token_counts["train"]  # the test documents left training
+    assert held.token_counts["val"] + held.token_counts["test"] > manifest.token_counts["val"]
+    served = torch.cat([batch["input_ids"] for batch in data.test_dataloader()])
+    test, val = data.samples("test"), data.samples("val")
+    assert torch.equal(served, test[list(range(len(test)))]["input_ids"])  # every test window once, in order
+    assert not torch.equal(served[:1], val[[0]]["input_ids"])
+    again = corpus(tmp_path, documents="paragraph", test_fraction=0.2)  # the token cache, read back
+    assert again.prepare().digest == held.digest and torch.equal(again.samples("test")[[0]]["input_ids"],
+                                                                  data.samples("test")[[0]]["input_ids"])  # fmt: skip
 
 
 def test_stdlib_source_is_sorted_and_capped(tmp_path: Path) -> None:
@@ -106,6 +134,8 @@ def test_resume_against_a_changed_manifest_is_refused(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"val_fraction": 1.5}, "val_fraction must be in"),
+        ({"test_fraction": -0.1}, "test_fraction must be >= 0"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction must be >= 0 and leave training documents"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"split": "random"}, "split must be one of hash, tail, got 'random'"),
         ({"documents": "line"}, "documents must be one of auto, file, paragraph, got 'line'"),
