@@ -96,6 +96,7 @@ class DynamicsDataModule(ReplayDataModule):
     Args:
         system: ``oscillators``, ``lorenz`` or ``linear``.
         n_train, n_val: Trajectories per split.
+        n_test: Trajectories of a test split (default 0: none, and ``test`` is refused).
         steps: States per trajectory (after the initial one).
         dt: Integration step.
         window: States per sample (the model sees ``window`` and predicts the next of each).
@@ -107,16 +108,21 @@ class DynamicsDataModule(ReplayDataModule):
 
     data_name = "dynamics data"
     more_data_hint = "raise --data.n_train or --data.steps, or lower --data.batch_size"
+    test_split_hint = "it has n_test 0; train a run with --data.n_test 8 to simulate held-out test trajectories"
 
     def __init__(self, system: System = "oscillators", n_train: int = 64, n_val: int = 8, steps: int = 200,
                  dt: float = 0.05, window: int = 16, n_bodies: int = 4, batch_size: int = 32,
-                 seed: int = 1337, num_workers: int = 0) -> None:  # fmt: skip
+                 seed: int = 1337, num_workers: int = 0, n_test: int = 0) -> None:  # fmt: skip
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
         self.settings = {"system": system, "n_train": n_train, "n_val": n_val, "steps": steps, "dt": dt,
                          "window": window, "n_bodies": n_bodies, "seed": seed, "format": 2}  # fmt: skip
+        if n_test:  # recorded only when asked for: data without a test split keeps its manifest digest
+            self.settings["n_test"] = n_test
         self.window = window
         self._splits: dict[str, torch.Tensor] = {}
         problems = positive_integers(n_train=n_train, n_val=n_val, window=window, n_bodies=n_bodies)
+        if not isinstance(n_test, int) or isinstance(n_test, bool) or n_test < 0:
+            problems.append(f"n_test must be an integer >= 0 (0: no test split), got {n_test!r}")
         if system not in get_args(System):
             problems.append(f"system must be oscillators, lorenz or linear, got {system!r}")
         if steps <= window:
@@ -134,12 +140,18 @@ class DynamicsDataModule(ReplayDataModule):
 
     def _prepare(self) -> RecordManifest:
         s = self.settings
-        both = simulate(s["system"], s["n_train"] + s["n_val"], s["steps"], s["dt"], s["seed"], s["n_bodies"])
-        self._splits = {"train": both[: s["n_train"]], "val": both[s["n_train"] :]}
+        n_train, n_val, n_test = s["n_train"], s["n_val"], s.get("n_test", 0)
+        every = simulate(s["system"], n_train + n_val + n_test, s["steps"], s["dt"], s["seed"], s["n_bodies"])
+        self._splits = {"train": every[:n_train], "val": every[n_train : n_train + n_val]}
+        if n_test:  # the same system, further initial states
+            self._splits["test"] = every[n_train + n_val :]
         return RecordManifest(dict(self.settings))
 
     def _dataset(self, split: Split) -> Windows:
         return Windows(self._splits[split], self.window)
+
+    def has_test_split(self) -> bool:
+        return bool(self.settings.get("n_test"))
 
     def sample_batch(self, key: int, batch_size: int | None = None) -> dict[str, Any]:
         """A training batch drawn by ``key`` alone (not from the training order, which it leaves untouched):

@@ -75,6 +75,7 @@ class EventTraceDataModule(ReplayDataModule):
 
     Args:
         n_train, n_val: Traces per split.
+        n_test: Traces of a test split (default 0: none, and ``test`` is refused).
         n_pairs, distractor_events, negotiation_pairs, sleep_replay_per_pair: The trace shape (seed 003).
         vocab_size: Event BPE vocabulary size (trained on ``tokenizer_traces`` training traces).
         block_size: Tokens of context per sample.
@@ -86,11 +87,13 @@ class EventTraceDataModule(ReplayDataModule):
 
     data_name = "event-trace data"
     more_data_hint = "raise --data.n_train or --data.n_val, or lower --data.block_size or --data.batch_size"
+    test_split_hint = "it has n_test 0; train a run with --data.n_test 100 to generate held-out test traces"
 
     def __init__(
         self,
         n_train: int = 2000,
         n_val: int = 100,
+        n_test: int = 0,
         n_pairs: int = 3,
         distractor_events: int = 4,
         negotiation_pairs: int = 2,
@@ -108,11 +111,14 @@ class EventTraceDataModule(ReplayDataModule):
                                       negotiation_pairs=negotiation_pairs,
                                       sleep_replay_per_pair=sleep_replay_per_pair)  # fmt: skip
         self.n_train, self.n_val, self.requested_vocab_size = n_train, n_val, vocab_size
+        self.n_test = n_test
         self.tokenizer_traces, self.block_size = tokenizer_traces, block_size
         self.codec: BpeEventCodec | None = None
         self._streams: dict[str, dict[str, torch.Tensor]] = {}
         problems = positive_integers(n_train=n_train, n_val=n_val, block_size=block_size,
                                      tokenizer_traces=tokenizer_traces)  # fmt: skip
+        if not isinstance(n_test, int) or isinstance(n_test, bool) or n_test < 0:
+            problems.append(f"n_test must be an integer >= 0 (0: no test split), got {n_test!r}")
         if not isinstance(vocab_size, int) or vocab_size < 300:
             problems.append(f"vocab_size must be >= 300 (256 bytes and the framing tokens), got {vocab_size!r}")
         self._refuse_bad_settings(*problems)
@@ -122,14 +128,18 @@ class EventTraceDataModule(ReplayDataModule):
         key, path = self._tokenizer_key()
         self.load_codec()
         counts = {}
-        for split, count in (("train", self.n_train), ("val", self.n_val)):
+        for split, count in (("train", self.n_train), ("val", self.n_val), ("test", self.n_test)):
+            if not count:
+                continue
             self._streams[split] = self._encode(split, count)
             counts[split] = {"traces": count, "tokens": len(self._streams[split]["ids"]),
                              "samples": len(self._dataset(split))}  # fmt: skip
         tokenizer_digest = sha256_bytes(path.read_bytes())
-        return RecordManifest({"kind": "event_traces", **key, "block_size": self.block_size,
-                               "n_train": self.n_train, "n_val": self.n_val,
-                               "tokenizer_digest": tokenizer_digest, "counts": counts})  # fmt: skip
+        record = {"kind": "event_traces", **key, "block_size": self.block_size, "n_train": self.n_train,
+                  "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts}
+        if self.n_test:  # recorded only when asked for: data without a test split keeps its manifest digest
+            record["n_test"] = self.n_test
+        return RecordManifest(record)
 
     def _encode(self, split: Split, count: int) -> dict[str, torch.Tensor]:
         """The packed token, opcode-label and commitment-label streams of ``count`` traces of ``split``."""
@@ -144,6 +154,9 @@ class EventTraceDataModule(ReplayDataModule):
 
     def _dataset(self, split: Split) -> PackedEvents:
         return PackedEvents(self._streams[split], self.block_size)
+
+    def has_test_split(self) -> bool:
+        return self.n_test > 0
 
     def tokenizer_path(self) -> Path:
         return self._tokenizer_key()[1]

@@ -69,11 +69,38 @@ def _ids(loader: Any) -> list[int]:
 
 
 @each_module
-def test_validate_test_and_predict_read_the_validation_split_in_order(make: Callable[..., ReplayDataModule]) -> None:
+def test_validate_and_predict_read_the_validation_split_in_order_and_test_needs_its_own(
+    make: Callable[..., ReplayDataModule],
+) -> None:
     data = _prepared(make)
     val = _ids(data.val_dataloader())
     assert val == list(range(len(data._dataset("val"))))
-    assert _ids(data.test_dataloader()) == val == _ids(data.predict_dataloader())
+    assert _ids(data.predict_dataloader()) == val
+    with pytest.raises(DataConfigError, match="has no test split"):  # never the validation split in its place
+        data.test_dataloader()
+
+
+TEST_SPLITS = {"corpus": {"test_fraction": 0.2, "documents": "paragraph"}, "dynamics": {"n_test": 3},
+               "events": {"n_test": 2}}  # fmt: skip
+"""The setting that asks each module for a test split."""
+
+
+@each_module
+def test_a_test_split_is_its_own_held_out_data_and_recorded_in_the_manifest(
+    name: str, make: Callable[..., ReplayDataModule]
+) -> None:
+    without = _prepared(make, **({"documents": "paragraph"} if name == "corpus" else {}))
+    data = _prepared(make, **TEST_SPLITS[name])
+    assert data.has_test_split() and not without.has_test_split()
+    setting = next(iter(TEST_SPLITS[name]))
+    assert setting not in without.prepare().to_json_dict()  # no test split: the manifest it always had
+    assert data.prepare().to_json_dict()[setting] == TEST_SPLITS[name][setting]
+    assert data.prepare().digest != without.prepare().digest
+    test, val = data._dataset("test"), data._dataset("val")
+    assert _ids(data.test_dataloader()) == list(range(len(test))) and len(test) > 0
+    first_test, first_val = test[[0]], val[[0]]
+    keys = [k for k in first_test if k != "sample_ids" and isinstance(first_test[k], torch.Tensor)]
+    assert keys and any(not torch.equal(first_test[k], first_val[k]) for k in keys)  # other data than validation's
 
 
 @each_module

@@ -179,6 +179,7 @@ def test_a_grown_run_resumes_exactly_with_its_structure(tmp_path: Path) -> None:
     # decay_steps is pinned, so the run stopped at 11 keeps the schedule
     small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.steps", "60",
              "--data.init_args.n_train", "16", "--data.init_args.window", "8", "--trainer.val_check_interval", "20",
+             "--data.init_args.n_test", "4",
              "--trainer.callbacks.init_args.every_n_steps", "10", "--trainer.callbacks.init_args.until_step", "40",
              "--checkpoint.every_n_train_steps", "10", "--model.init_args.config.path", "sparse",
              "--model.init_args.config.decay_steps", "40")  # fmt: skip
