@@ -11,6 +11,7 @@ missing or extra file, or a symlink.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -19,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import threading
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +34,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 from typing_extensions import override
 
-from lit_psion.core import atomic_write_json, sha256_file
+from lit_psion.core import sha256_file
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     CheckpointManifest,
@@ -122,20 +124,21 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        # Each file is hashed and fsynced in a helper thread while the next one is written (both
-        # release the GIL), so the digests cost little more than the writes.
+        # The weights are hashed and fsynced in a helper thread while the trainer state is serialized;
+        # the trainer state's bytes are hashed and written by another helper as torch.save produces
+        # them (hashing, writing and fsync release the GIL), so the digests cost little beyond the writes.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-digest") as digester:
             save_file(_own_storage(checkpoint["state_dict"]), staging / WEIGHTS)
             _check_complete(staging / WEIGHTS)
             weights = digester.submit(_digest_and_sync, staging / WEIGHTS)
-            with open(staging / STATE, "wb") as handle:
-                state = _HashingWriter(handle)
+            with open(staging / STATE, "wb") as handle, _HashingWriter(handle) as state:
                 torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, state)
             fsync_path(staging / STATE)
             files = {WEIGHTS: weights.result(), STATE: FileRecord(sha256=state.digest.hexdigest(), bytes=state.size)}
         manifest = CheckpointManifest(step=checkpoint["global_step"], files=files, **checkpoint.get(EXTRA_KEY, {}))
-        atomic_write_json(staging / MANIFEST, manifest.to_json_dict())
-        fsync_path(staging)
+        record = json.dumps(manifest.to_json_dict(), indent=2, sort_keys=True) + "\n"  # as atomic_write_json writes
+        _write_durable(staging / MANIFEST, record.encode())
+        fsync_path(staging)  # the directory renamed into place below is the unit that appears atomically
     except (OSError, RuntimeError) as error:
         shutil.rmtree(staging, ignore_errors=True)
         if not isinstance(error, OSError):  # torch.save reports its file's OSError as a RuntimeError
@@ -180,18 +183,74 @@ def _check_complete(path: Path) -> None:
 
 
 class _HashingWriter:
-    """A binary file that hashes what is written to it, so the digest needs no second read."""
+    """A binary file whose bytes a helper thread hashes and writes, in order, while the caller produces more.
 
-    def __init__(self, handle: Any) -> None:
-        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+    The caller's ``write`` copies the chunk (a serializer may reuse its buffer once ``write`` returns) and
+    queues it; at most ``max_pending`` bytes wait (one chunk always may, however large). Leaving the
+    ``with`` block drains the queue and re-raises the helper's first error (a full disk), so the digest
+    is of exactly the bytes in the file and needs no second read.
+    """
+
+    def __init__(self, handle: Any, max_pending: int = 64 * 2**20) -> None:
+        self.handle, self.digest, self.size, self.max_pending = handle, hashlib.sha256(), 0, max_pending
+        self._chunks: collections.deque[bytes | None] = collections.deque()
+        self._pending, self._error = 0, None
+        self._changed = threading.Condition()
+        self._helper = threading.Thread(target=self._drain, name="lit_psion-state-digest", daemon=True)
+        self._helper.start()
 
     def write(self, data: Any) -> int:
-        self.digest.update(data)
-        self.size += len(memoryview(data).cast("B"))
-        return self.handle.write(data)
+        chunk = bytes(data)
+        with self._changed:
+            self._changed.wait_for(lambda: self._error is not None or not self._pending
+                                   or self._pending + len(chunk) <= self.max_pending)  # fmt: skip
+            if self._error is not None:
+                raise self._error
+            self._chunks.append(chunk)
+            self._pending += len(chunk)
+            self._changed.notify_all()
+        self.size += len(chunk)
+        return len(chunk)
 
     def flush(self) -> None:
+        """Nothing to do: the helper writes as it goes, and leaving the ``with`` block waits for it."""
+
+    def _drain(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._chunks))
+                chunk = self._chunks.popleft()
+            if chunk is None:
+                return
+            try:
+                if self._error is None:
+                    self.digest.update(chunk)
+                    self.handle.write(chunk)
+            except BaseException as error:  # reported to the writer at its next write, or when the block ends
+                self._error = error
+            with self._changed:
+                self._pending -= len(chunk)
+                self._changed.notify_all()
+
+    def __enter__(self) -> _HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self._chunks.append(None)
+            self._changed.notify_all()
+        self._helper.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
         self.handle.flush()
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    """Write and fsync a new file inside a staging directory (no rename of its own: the directory is renamed)."""
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _digest_and_sync(path: Path) -> FileRecord:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -233,16 +234,21 @@ def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
 
     if failure == "state-file":  # the disk fills while torch.save writes trainer_state.pt
 
-        def write(self: object, data: object) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        class FullDisk:  # the file the helper thread writes trainer_state.pt's bytes into
+            def __init__(self, handle: object) -> None:
+                self.handle = handle
+
+            def write(self, data: object) -> int:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def flush(self) -> None:
+                pass
 
         save_file = safetensors.torch.save_file
         original_init = checkpoint_io._HashingWriter.__init__
 
-        def init(self: object, handle: object) -> None:
-            original_init(self, handle)
-            if len(writes) == 3:
-                self.write = write.__get__(self)
+        def init(self: object, handle: object, **kwargs: object) -> None:
+            original_init(self, FullDisk(handle) if len(writes) == 3 else handle, **kwargs)
 
         monkeypatch.setattr(checkpoint_io._HashingWriter, "__init__", init)
 
@@ -289,3 +295,28 @@ def test_ckpt_verify_takes_one_checkpoint_directory(run_dir: Path, damaged: Call
     loose = tmp_path / "loose" / "step-000003"
     shutil.copytree(stranger, loose)
     assert main(["ckpt", "verify", str(loose)]) == 0
+
+
+def test_the_state_writer_hashes_exactly_the_bytes_it_wrote_in_order(tmp_path: Path) -> None:
+    chunks = [os.urandom(n) for n in (1, 4096, 300_000, 17, 65_536, 1_000_000)]  # one larger than max_pending
+    with open(tmp_path / "state", "wb") as handle, checkpoint_io._HashingWriter(handle, max_pending=100_000) as state:
+        for chunk in chunks:
+            buffer = bytearray(chunk)
+            assert state.write(memoryview(buffer)) == len(chunk)
+            buffer[:] = bytes(len(buffer))  # the caller reuses its buffer at once: the queued copy is unaffected
+    data = (tmp_path / "state").read_bytes()
+    assert data == b"".join(chunks) and state.size == len(data)
+    assert state.digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_the_state_writer_reports_the_helpers_write_error(tmp_path: Path) -> None:
+    class Full:
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self) -> None:
+            pass
+
+    with pytest.raises(OSError, match="No space left"), checkpoint_io._HashingWriter(Full()) as state:
+        for _ in range(1000):
+            state.write(b"x" * 4096)
