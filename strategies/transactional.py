@@ -51,7 +51,7 @@ from lit_psion.checkpoint_io import load_verified
 from lit_psion.core import RunContext, run_context, sha256_bytes
 from lit_psion.core.chain import batch_digest, emit_receipt
 from lit_psion.core.checkpoint import resolve_checkpoint
-from lit_psion.core.contracts import StateNormed, TransactionalModule
+from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule
 from lit_psion.core.errors import CheckpointError, TransactionError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
@@ -64,6 +64,11 @@ _OVERFLOW = {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}
 STATE_KEY = "transactional"
 """Key of the checkpoint dict holding the strategy's state (:meth:`Transactional.transaction_state_dict`)."""
 STATE_VERSION = 1
+
+
+def _weights_version(module: torch.nn.Module) -> tuple:
+    """Which tensors hold the module's parameters and buffers, and how often each was changed in place."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
 def batch_key(batch: Any) -> str:
@@ -161,6 +166,9 @@ class Transactional:
         self._batch: Any = None
         self._batch_rng: tuple | None = None
         self._buffer: deque[tuple[Any, tuple]] = deque(maxlen=self.policy.buffer_len - 1)
+        self._measured: tuple[tuple, list[torch.Tensor]] | None = None
+        """The weights' version and the buffered batches' losses measured at the end of the last step, reused
+        as the next step's pre_loss while the weights are unchanged (a module with a pure transaction_loss)."""
         self._streak: list[SkippedBatch] = []  # the batches of the current run of consecutive rollbacks
 
     @property
@@ -200,6 +208,7 @@ class Transactional:
         self.rollbacks = {**dict.fromkeys(REASONS, 0), **{k: int(v) for k, v in state["rollbacks"].items()}}
         self._streak = [SkippedBatch.from_json_dict(entry) for entry in state["streak"]]
         self._buffer.clear()
+        self._measured = None
         for entry in state["buffer"]:  # a deque: a shorter buffer_len keeps the newest
             batch = apply_to_collection(entry["batch"], torch.Tensor, lambda t: t.to(self.root_device))
             self._buffer.append((batch, (entry["cpu_rng"], list(entry["cuda_rng"]))))
@@ -244,9 +253,11 @@ class Transactional:
         params = [p for p in module.parameters() if p.requires_grad]
         snapshot = _Snapshot(params, optimizer)
         buffered = list(self._buffer)
-        before = _rng_state()
-        pre = [self._eval_loss(module, batch, rng) for batch, rng in buffered]
-        _set_rng_state(before)  # the training forward draws from where an ordinary step would
+        pre = self._remeasured(module, len(buffered))
+        if pre is None:
+            before = _rng_state()
+            pre = [self._eval_loss(module, batch, rng) for batch, rng in buffered]
+            _set_rng_state(before)  # the training forward draws from where an ordinary step would
         watched = _WatchedClosure(closure, params, self._scaler)
         result = super().optimizer_step(optimizer, watched, model, **kwargs)
         after, current = _rng_state(), (self._batch, self._batch_rng)  # training_step ran inside the closure
@@ -257,6 +268,7 @@ class Transactional:
         pre_loss, post_loss = self.reduce(means, reduce_op="mean").tolist()  # the means over ranks
         key = batch_key(current[0])
         reasons = self._decide(module, loss, watched.grad_norm, pre_loss, post_loss, key)
+        self._measured = None
         if reasons:
             snapshot.restore()
             action = self._after_rollback(optimizer, key, reasons)
@@ -264,6 +276,8 @@ class Transactional:
             self._streak.clear()
             self._buffer.append(current)
             action = None
+            if self._buffer and getattr(module, PURE_TRANSACTION_LOSS, False):  # post as measured: the next pre
+                self._measured = (_weights_version(module), post[len(post) - len(self._buffer) :])
         self._settle(key, pre_loss, post_loss, float(watched.grad_norm), reasons, action)
         return result
 
@@ -297,6 +311,13 @@ class Transactional:
         flags = torch.tensor([float(reason in reasons) for reason in REASONS], device=self.root_device)
         agreed = self.reduce(flags, reduce_op="max").tolist()
         return tuple(reason for reason, flag in zip(REASONS, agreed, strict=True) if flag > 0)
+
+    def _remeasured(self, module: L.LightningModule, n_buffered: int) -> list[torch.Tensor] | None:
+        """The buffered batches' losses from the end of the last step if no parameter or buffer changed since."""
+        if self._measured is None or len(self._measured[1]) != n_buffered:
+            return None
+        version, losses = self._measured
+        return list(losses) if version == _weights_version(module) else None
 
     @torch.no_grad()
     def _eval_loss(self, module: L.LightningModule, batch: Any, rng: tuple | None) -> torch.Tensor:

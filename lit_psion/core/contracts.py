@@ -66,9 +66,20 @@ class Staged(Protocol):
 
 @runtime_checkable
 class TransactionalModule(Protocol):
-    """A module a transactional strategy can measure: the training loss on a batch, without logging."""
+    """A module a transactional strategy can measure: the training loss on a batch, without logging.
+
+    A module whose ``transaction_loss`` depends on nothing but its parameters, its buffers, the batch
+    and the RNG state may say so with a class attribute ``transaction_loss_is_pure = True`` (see
+    :data:`PURE_TRANSACTION_LOSS`): a strategy measuring on a buffer of batches then takes a batch's
+    ``pre_loss`` from the previous step's ``post_loss`` while no parameter or buffer has changed since.
+    """
 
     def transaction_loss(self, batch: Any) -> Any: ...
+
+
+PURE_TRANSACTION_LOSS = "transaction_loss_is_pure"
+"""The class attribute by which a :class:`TransactionalModule` says its loss is a function of its weights,
+the batch and the RNG state alone (no other state that can change between steps)."""
 
 
 @runtime_checkable

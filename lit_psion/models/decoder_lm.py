@@ -74,6 +74,9 @@ class DecoderLM(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    transaction_loss_is_pure = True
+    """The loss is a function of the weights, the batch and the RNG state (lit_psion.core.contracts)."""
+
     def transaction_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss on ``batch`` without logging (what a transactional strategy measures)."""
         return self._loss(batch)[0]

@@ -73,6 +73,49 @@ def test_nan_and_spike_batches_are_rolled_back_bitwise_and_training_goes_on(tmp_
     assert accepted == [1, 2, 4, 6, 7, 8], "rolled-back steps get no trainer_step receipt"
 
 
+class _CountedRegression(Regression):
+    """Counts its transaction_loss calls; ``pure`` says (or not) that the loss depends on the weights alone."""
+
+    def __init__(self, pure: bool, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.transaction_loss_is_pure, self.measured = pure, 0
+
+    def transaction_loss(self, batch: object) -> torch.Tensor:
+        self.measured += 1
+        return super().transaction_loss(batch)
+
+
+class _NudgeAt(L.Callback):
+    """Change a weight in place after the given steps, outside any optimizer step."""
+
+    def __init__(self, *steps: int) -> None:
+        self.steps = set(steps)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step in self.steps:
+            with torch.no_grad():
+                module.layer.bias.add_(0.25)
+
+
+def _measured_run(root: Path, pure: bool, *callbacks: L.Callback) -> tuple[list[dict], int]:
+    torch.manual_seed(0)  # the same initial weights in every run
+    module = _CountedRegression(pure, poison={4: "spike"})
+    root.mkdir(parents=True)
+    train(root, module, TransactionalStrategy(TransactionPolicy(rollback_tol=1.0, buffer_len=4)), 10, *callbacks)
+    return transactions(root), module.measured
+
+
+def test_a_pure_module_takes_pre_loss_from_the_last_post_loss_with_the_same_decisions(tmp_path: Path) -> None:
+    saved = {}
+    for nudged in ((), (3, 6)):
+        (measured, calls), (reused, fewer) = [_measured_run(tmp_path / f"{len(nudged)}-{pure}", pure, _NudgeAt(*nudged))
+                                              for pure in (False, True)]  # fmt: skip
+        assert reused == measured  # pre and post losses bitwise, and every decision
+        assert "rollback" in {r["decision"] for r in reused}
+        saved[nudged] = calls - fewer
+    assert saved[()] > saved[(3, 6)] > 0  # weights changed outside a step: those steps measured pre_loss again
+
+
 class _NoTransactionLoss(Regression):
     transaction_loss = None  # the strategy falls back to training_step, with logging switched off
 
