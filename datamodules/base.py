@@ -126,6 +126,8 @@ class ReplayDataModule(L.LightningDataModule):
                             f"{self.more_data_hint}")  # fmt: skip
         if len(self._dataset("val")) < 1:
             raise DataError(f"the validation split has no samples; {self.more_data_hint}")
+        if self.has_test_split() and len(self._dataset("test")) < 1:
+            raise DataError(f"the test split has no samples; {self.more_data_hint}")
 
     # -- Lightning hooks ------------------------------------------------------------------
 

@@ -147,9 +147,11 @@ class CorpusDataModule(ReplayDataModule):
                             f"got {self.requested_vocab_size!r}")  # fmt: skip
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        elif not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
-            problems.append(f"test_fraction must be >= 0 and leave training documents beside val_fraction "
-                            f"{self.val_fraction!r} (below {1.0 - self.val_fraction:g}), got {self.test_fraction!r}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            problems.append(f"test_fraction must be >= 0 and below 1, got {self.test_fraction!r}")
+        elif 0.0 < self.val_fraction < 1.0 and not self.val_fraction + self.test_fraction < 1.0:
+            problems.append(f"test_fraction must leave training documents: val_fraction {self.val_fraction!r} + "
+                            f"test_fraction {self.test_fraction!r} must be below 1")
         if self.max_bytes is not None and self.max_bytes < 1:
             problems.append(f"max_bytes must be positive or null, got {self.max_bytes!r}")
         return problems
@@ -222,22 +224,29 @@ class CorpusDataModule(ReplayDataModule):
                 f"corpus has {len(docs)} document(s); splitting train/validation{'/test' * (len(splits) == 3)} by "
                 f"document needs {len(splits)} or more (add files, or use --data.documents paragraph)"
             )
-        if self.split == "tail":  # the last documents: test last, validation before it
-            n_test = max(1, math.ceil(self.test_fraction * len(docs))) if self.test_fraction else 0
-            n_val = min(max(1, math.ceil(self.val_fraction * len(docs))), len(docs) - n_test - 1)
-            return ["test" if i >= len(docs) - n_test else "val" if i >= len(docs) - n_test - n_val else "train"
-                    for i in range(len(docs))]  # fmt: skip
+        if self.split == "tail":  # the last documents: test last, validation before it; training keeps one
+            n = len(docs)
+            n_test = min(max(1, math.ceil(self.test_fraction * n)), n - 2) if self.test_fraction else 0
+            n_val = max(1, min(math.ceil(self.val_fraction * n), n - n_test - 1))
+            return ["test" if i >= n - n_test else "val" if i >= n - n_test - n_val else "train" for i in range(n)]
         scores = [int(sha256_bytes(f"{self.seed}:{key}".encode())[:12], 16) / 16**12 for key, _, _ in docs]
         cut = self.val_fraction + self.test_fraction
         assigned: list[Split] = ["val" if x < self.val_fraction else "test" if x < cut else "train" for x in scores]
-        if set(assigned) == set(splits):
+        if not self.test_fraction and set(assigned) != {"train", "val"}:  # as it always was without a test split
+            order = sorted(range(len(docs)), key=scores.__getitem__)
+            assigned = ["train"] * len(docs)
+            assigned[order[0]] = "val"
             return assigned
-        # a split came out empty (few documents): the lowest scores go to val, the highest to test, the rest train
-        order = sorted(range(len(docs)), key=scores.__getitem__)
-        assigned = ["train"] * len(docs)
-        assigned[order[0]] = "val"
-        if self.test_fraction:
-            assigned[order[-1]] = "test"
+        # A split left empty by few documents takes the one document whose score is nearest its range,
+        # from the largest other split; the other documents keep what the hash gave them.
+        ranges = {"val": (0.0, self.val_fraction), "test": (self.val_fraction, cut), "train": (cut, 1.0)}
+        for split in splits:
+            if split in assigned:
+                continue
+            low, high = ranges[split]
+            donor = max(splits, key=assigned.count)  # the first largest, in a fixed order
+            candidates = [i for i in range(len(docs)) if assigned[i] == donor]
+            assigned[min(candidates, key=lambda i: max(low - scores[i], scores[i] - high, 0.0))] = split
         return assigned
 
     # -- tokenizing and packing ------------------------------------------------------------
@@ -354,8 +363,7 @@ class CorpusDataModule(ReplayDataModule):
         return PackedTokens(self._splits[split], self.block_size, stride)
 
     def has_test_split(self) -> bool:
-        self.prepare()
-        return "test" in self._splits
+        return self.test_fraction > 0
 
     def _describe_change(self, saved: dict[str, Any]) -> str:
         return DataManifest.from_json_dict(saved).describe_change(self.prepare())

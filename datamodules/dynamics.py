@@ -141,9 +141,10 @@ class DynamicsDataModule(ReplayDataModule):
     def _prepare(self) -> RecordManifest:
         s = self.settings
         n_train, n_val, n_test = s["n_train"], s["n_val"], s.get("n_test", 0)
-        every = simulate(s["system"], n_train + n_val + n_test, s["steps"], s["dt"], s["seed"], s["n_bodies"])
-        self._splits = {"train": every[:n_train], "val": every[n_train : n_train + n_val]}
-        if n_test:  # the same system, further initial states
+        both = simulate(s["system"], n_train + n_val, s["steps"], s["dt"], s["seed"], s["n_bodies"])
+        self._splits = {"train": both[:n_train], "val": both[n_train:]}  # the same with or without a test split
+        if n_test:  # the same system (same seed), further initial states: a larger draw's tail
+            every = simulate(s["system"], n_train + n_val + n_test, s["steps"], s["dt"], s["seed"], s["n_bodies"])
             self._splits["test"] = every[n_train + n_val :]
         return RecordManifest(dict(self.settings))
 

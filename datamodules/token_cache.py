@@ -56,14 +56,21 @@ def split_streams(arrow: Path) -> dict[str, np.ndarray]:
     tokens = np.frombuffer(values.buffers()[1], dtype="<i8")[values.offset : values.offset + len(values)]
     offsets = np.frombuffer(ids.buffers()[1], dtype="<i4")[ids.offset : ids.offset + len(ids) + 1]
     lengths = np.diff(offsets)
-    val = np.repeat(np.array(table.column("val").to_pylist(), dtype=bool), lengths)
+    val = np.repeat(_flags(table, "val"), lengths)
     test = np.zeros_like(val)
     if "test" in table.column_names:  # written only for a corpus with a test split
-        test = np.repeat(np.array(table.column("test").to_pylist(), dtype=bool), lengths)
+        test = np.repeat(_flags(table, "test"), lengths)
     streams = {"train": tokens[~val & ~test].astype(np.int32), "val": tokens[val].astype(np.int32)}
     if "test" in table.column_names:
         streams["test"] = tokens[test].astype(np.int32)
     return streams
+
+
+def _flags(table: pyarrow.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    if column.null_count:
+        raise ValueError(f"{name} column holds {column.null_count} nulls")
+    return np.array(column.to_pylist(), dtype=bool)
 
 
 def load_token_cache(cache: Path, inputs_digest: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:

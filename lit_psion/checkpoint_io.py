@@ -186,7 +186,8 @@ class _HashingWriter:
     """A binary file whose bytes a helper thread hashes and writes, in order, while the caller produces more.
 
     The caller's ``write`` copies the chunk (a serializer may reuse its buffer once ``write`` returns) and
-    queues it; at most ``max_pending`` bytes wait (one chunk always may, however large). Leaving the
+    queues it; at most ``max_pending`` bytes wait. A chunk larger than that (a big tensor's storage) is
+    not copied: once the queue is empty it is hashed and written on the caller's thread. Leaving the
     ``with`` block drains the queue and re-raises the helper's first error (a full disk), so the digest
     is of exactly the bytes in the file and needs no second read.
     """
@@ -200,7 +201,17 @@ class _HashingWriter:
         self._helper.start()
 
     def write(self, data: Any) -> int:
-        chunk = bytes(data)
+        view = memoryview(data).cast("B")
+        if len(view) > self.max_pending:  # a big tensor: no copy; once the queue is empty, hashed and written here
+            with self._changed:
+                self._changed.wait_for(lambda: self._error is not None or not self._pending)
+                if self._error is not None:
+                    raise self._error
+            self.digest.update(view)
+            self.handle.write(view)
+            self.size += len(view)
+            return len(view)
+        chunk = bytes(view)
         with self._changed:
             self._changed.wait_for(lambda: self._error is not None or not self._pending
                                    or self._pending + len(chunk) <= self.max_pending)  # fmt: skip

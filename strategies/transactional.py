@@ -68,7 +68,14 @@ STATE_VERSION = 1
 
 def _weights_version(module: torch.nn.Module) -> tuple:
     """Which tensors hold the module's parameters and buffers, and how often each was changed in place."""
-    return tuple((id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+    tensors = (*module.parameters(), *module.buffers())
+    return tuple((id(t), t.data_ptr(), t.shape, t.dtype, t._version) for t in tensors)
+
+
+def _declares_pure_loss(module: torch.nn.Module) -> bool:
+    """Whether the module's own class (not only a base class) says its transaction_loss is pure: a subclass can
+    change the loss, so each class opts in for itself (an instance attribute counts too)."""
+    return bool(vars(module).get(PURE_TRANSACTION_LOSS, vars(type(module)).get(PURE_TRANSACTION_LOSS, False)))
 
 
 def batch_key(batch: Any) -> str:
@@ -276,7 +283,7 @@ class Transactional:
             self._streak.clear()
             self._buffer.append(current)
             action = None
-            if self._buffer and getattr(module, PURE_TRANSACTION_LOSS, False):  # post as measured: the next pre
+            if self._buffer and _declares_pure_loss(module):  # post as measured: the next step's pre
                 self._measured = (_weights_version(module), post[len(post) - len(self._buffer) :])
         self._settle(key, pre_loss, post_loss, float(watched.grad_norm), reasons, action)
         return result

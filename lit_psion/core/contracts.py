@@ -72,6 +72,11 @@ class TransactionalModule(Protocol):
     and the RNG state may say so with a class attribute ``transaction_loss_is_pure = True`` (see
     :data:`PURE_TRANSACTION_LOSS`): a strategy measuring on a buffer of batches then takes a batch's
     ``pre_loss`` from the previous step's ``post_loss`` while no parameter or buffer has changed since.
+    Each class declares it for itself (a subclass inherits no claim), and only a loss that runs no
+    collective may (ranks must not disagree on whether to measure). "Changed" is what torch's version
+    counters see: an in-place op on a parameter or buffer; a write through ``.data``, a NumPy/DLPack
+    view or a raw ``torch.distributed`` collective between steps is not seen, so a module that
+    changes its weights that way must not declare it.
     """
 
     def transaction_loss(self, batch: Any) -> Any: ...

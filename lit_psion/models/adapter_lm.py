@@ -49,6 +49,9 @@ class AdapterLM(DecoderLM):
             model's shape itself always comes from the base checkpoint.
     """
 
+    transaction_loss_is_pure = True
+    """DecoderLM's loss through the adapted model: weights, batch and RNG alone (lit_psion.core.contracts)."""
+
     stage: ClassVar[str] = "finetune"
 
     def __init__(

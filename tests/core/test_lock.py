@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,8 @@ def test_of_processes_racing_for_the_lock_exactly_one_wins(tmp_path: Path) -> No
     start = tmp_path / "go"
     racers = [subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), str(start)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT) for _ in range(4)]  # fmt: skip
+    watchdog = threading.Timer(120, lambda: [racer.kill() for racer in racers])  # a wedged racer fails, never hangs
+    watchdog.start()
     try:
         for racer in racers:
             assert racer.stdout is not None and racer.stdout.readline().strip() == "ready"
@@ -98,6 +101,7 @@ def test_of_processes_racing_for_the_lock_exactly_one_wins(tmp_path: Path) -> No
         outcomes = {racer: racer.stdout.readline().strip() for racer in racers if racer.stdout is not None}
         assert sorted(outcomes.values()) == ["acquired", "refused 8", "refused 8", "refused 8"]
     finally:
+        watchdog.cancel()
         for racer in racers:
             racer.communicate("", timeout=60)
 

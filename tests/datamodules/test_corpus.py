@@ -67,6 +67,25 @@ def test_train_validation_and_test_never_share_a_document(tmp_path: Path, split:
     if split == "tail" and test_fraction:  # the test documents are the last ones, validation's just before
         last = [split_ for split_ in assigned if split_ != "train"]
         assert assigned[-1] == "test" and last == sorted(last, key=("val", "test").index)
+    if split == "hash" and test_fraction and n_docs >= 40:  # validation is the same with or without a test split
+        plain = corpus(tmp_path, files=[str(p) for p in files], split=split, documents=documents, block_size=8)
+        without = plain._split_documents(docs)
+        assert [i for i, x in enumerate(assigned) if x == "val"] == [i for i, x in enumerate(without) if x == "val"]
+
+
+@pytest.mark.parametrize("split", ["hash", "tail"])
+@pytest.mark.parametrize(("n_docs", "val_fraction", "test_fraction"),
+                         [(3, 0.1, 0.4), (4, 0.1, 0.8), (3, 0.9, 0.05), (5, 0.5, 0.45), (20, 0.1, 0.02)])  # fmt: skip
+def test_every_split_keeps_a_document_whatever_the_fractions(
+    tmp_path: Path, split: str, n_docs: int, val_fraction: float, test_fraction: float
+) -> None:
+    files = [tmp_path / f"doc{i}.txt" for i in range(n_docs)]
+    for i, path in enumerate(files):
+        path.write_text(f"document {i}: " + "words " * 20)
+    data = corpus(tmp_path, files=[str(p) for p in files], split=split, documents="file", block_size=8,
+                  val_fraction=val_fraction, test_fraction=test_fraction)  # fmt: skip
+    _, texts = data._read_sources()
+    assert set(data._split_documents(data._documents(texts)[1])) == {"train", "val", "test"}
 
 
 def test_a_test_split_is_held_out_and_served_by_test_alone(tmp_path: Path) -> None:
@@ -134,8 +153,10 @@ def test_resume_against_a_changed_manifest_is_refused(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"val_fraction": 1.5}, "val_fraction must be in"),
-        ({"test_fraction": -0.1}, "test_fraction must be >= 0"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction must be >= 0 and leave training documents"),
+        ({"test_fraction": -0.1}, "test_fraction must be >= 0 and below 1"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction must leave training documents"),
+        ({"val_fraction": 0.7, "test_fraction": 0.3}, "test_fraction must leave training documents"),
+        ({"test_fraction": 1.5}, "test_fraction must be >= 0 and below 1"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"split": "random"}, "split must be one of hash, tail, got 'random'"),
         ({"documents": "line"}, "documents must be one of auto, file, paragraph, got 'line'"),

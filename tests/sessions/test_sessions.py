@@ -393,35 +393,65 @@ def _holds(directory: Path, pid: int) -> bool:
         return False  # not written yet, or written by the fixture's earlier run
 
 
+def _process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
 def _stop_while_holding_the_lock(directory: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
     """SIGSTOP ``process`` at a moment it holds ``directory``'s lock (checked after it stopped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert process.poll() is None, f"pid {process.pid} ended (exit {process.returncode}) before taking the lock"
         if _holds(directory, process.pid):
             process.send_signal(signal.SIGSTOP)
-            while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
-                time.sleep(0.01)  # the signal is delivered asynchronously
-            if _holds(directory, process.pid):
-                return
+            try:
+                while (state := _process_state(process.pid)) not in ("T", "t"):  # delivered asynchronously
+                    assert state not in ("Z", "X", "gone") and time.monotonic() < deadline, state
+                    time.sleep(0.01)
+                if _holds(directory, process.pid):
+                    return
+            except BaseException:
+                process.send_signal(signal.SIGCONT)
+                raise
             process.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError(f"pid {process.pid} did not take the lock on {directory} in {timeout} s")
 
 
-def test_concurrent_runs_of_one_session_lose_no_run(trained: Path) -> None:
+def _session_to_files(tmp_path: Path, name: str, *args: str) -> subprocess.Popen:
+    """A session command whose output goes to files (a pipe nobody reads could block it)."""
+    out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")  # noqa: SIM115
+    with out, err:
+        return subprocess.Popen([sys.executable, "-m", "lit_psion", "session", *args], stdout=out, stderr=err,
+                                cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+def test_concurrent_runs_of_one_session_lose_no_run(trained: Path, tmp_path: Path) -> None:
     directory = trained / "sessions" / "s1"
     root = ("--artifacts_root", str(trained))
-    first = _session_process("run", *root, "--session_id", "s1", "--steps", "96", "--seed", "11")
-    _stop_while_holding_the_lock(directory, first)  # it holds the lock, mid-run, while the second writer starts
+    first = _session_to_files(tmp_path, "first", "run", *root, "--session_id", "s1", "--steps", "96", "--seed", "11")
+    second = None
     try:
-        second = _session_process("run", *root, "--session_id", "s1", "--steps", "96", "--seed", "12")
-        _, second_err = second.communicate(timeout=300)
+        _stop_while_holding_the_lock(directory, first)  # it holds the lock, mid-run, while the second one starts
+        try:
+            second = _session_to_files(tmp_path, "second", "run", *root, "--session_id", "s1", "--steps", "96",
+                                       "--seed", "12")  # fmt: skip
+            second.wait(timeout=300)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        first.wait(timeout=300)
     finally:
-        first.send_signal(signal.SIGCONT)
-    first_out, first_err = first.communicate(timeout=300)
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+                process.wait()
+    second_err, first_out = (tmp_path / "second.err").read_text(), (tmp_path / "first.out").read_text()
     assert second.returncode == 8, second_err[-2000:]
-    assert first.returncode == 0, first_err[-2000:]
+    assert first.returncode == 0, (tmp_path / "first.err").read_text()[-2000:]
     assert f"is locked by pid {first.pid} on " in second_err and "(session run s1)" in second_err
     meta = read_json(directory / "meta.json")
     index = read_json(trained / "sessions" / "index.json")["sessions"]["s1"]
