@@ -67,10 +67,11 @@ def test_train_validation_and_test_never_share_a_document(tmp_path: Path, split:
     if split == "tail" and test_fraction:  # the test documents are the last ones, validation's just before
         last = [split_ for split_ in assigned if split_ != "train"]
         assert assigned[-1] == "test" and last == sorted(last, key=("val", "test").index)
-    if split == "hash" and test_fraction and n_docs >= 40:  # validation is the same with or without a test split
+    if split == "hash" and test_fraction:  # validation is the same with or without a test split...
         plain = corpus(tmp_path, files=[str(p) for p in files], split=split, documents=documents, block_size=8)
-        without = plain._split_documents(docs)
-        assert [i for i, x in enumerate(assigned) if x == "val"] == [i for i, x in enumerate(without) if x == "val"]
+        val_without = [i for i, x in enumerate(plain._split_documents(docs)) if x == "val"]
+        if n_docs >= 12 and len(val_without) >= 2:  # ...when the hash gave it (not a small-corpus fallback)
+            assert [i for i, x in enumerate(assigned) if x == "val"] == val_without
 
 
 @pytest.mark.parametrize("split", ["hash", "tail"])
