@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +11,7 @@ import torch
 
 from lit_psion.cli import main
 from lit_psion.core import read_json
-from lit_psion.core.chain import parse_receipt, verify_log
-from lit_psion.core.run import read_latest
+from lit_psion.core.chain import parse_receipt
 from lit_psion.core.windows import (
     ACCEPTED,
     NEXT_STATE,
@@ -33,42 +28,7 @@ from lit_psion.windows.contribute import ADAPTER, contribute, train_adapter
 from lit_psion.windows.coordinator import close_window, open_window
 from lit_psion.windows.program import Program, plan_window
 from lit_psion.windows.validate import delta_inner, layer_factors, seal
-from tests.helpers import fit, subprocess_env
-
-SETTINGS = {
-    "contributors": 4,
-    "slice_samples": 16,
-    "data": {"files": "fixtures/tiny_corpus.txt", "block_size": 32, "split": "tail", "val_fraction": 0.1,
-             "sample_stride": 16},
-    "lora": {"targets": ["lm_head"], "rank": 4, "alpha": 8.0},
-    "budget": {"steps": 8, "batch_size": 8, "lr": 0.02},
-    "validator": {"norm_factor": 4.0, "max_regression": 0.01},
-    "gate": {"min_delta": 0.0},
-}
-
-
-def write_settings(path: Path, **changes: object) -> Path:
-    path.write_text(json.dumps({"window": {**SETTINGS, **changes}}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("base")
-    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "30") == 0
-    return root / read_latest(root)
-
-
-def new_program(base: Path, root: Path, **changes: object) -> Path:
-    settings = write_settings(root.parent / f"{root.name}.yaml", **changes)
-    assert main(["window", "init", str(root), "--config", str(settings), "--base", str(base)]) == 0
-    return root
-
-
-def receipts(program: Program, window_id: str) -> list:
-    lines = (program.window_dir(window_id) / "receipts.jsonl").read_text().splitlines()
-    return [parse_receipt(line) for line in lines]
-
+from tests.windows.helpers import new_program, receipts, write_settings
 
 # -- the state machine -------------------------------------------------------------------
 
@@ -397,204 +357,12 @@ def test_verify_refuses_tampered_records(program: Program, matrix: dict, tmp_pat
     assert main(["window", "verify", str(copy)]) == code
 
 
-def test_a_contributor_killed_mid_window_is_replayed(base: Path, tmp_path: Path) -> None:
-    root = new_program(base, tmp_path / "killed", contributors=3)
-    program = Program(root)
-    plan = plan_window(root)
-    open_window(root, plan.window_id)
-    victim = subprocess.Popen([sys.executable, "-m", "lit_psion", "window", "contribute", str(root), plan.window_id,
-                               "a01"], env=subprocess_env(OMP_NUM_THREADS="1"), start_new_session=True)  # fmt: skip
-    for assignment in plan.assignments:
-        if assignment.assignment_id != "a01":
-            contribute(root, plan.window_id, assignment.assignment_id)
-    time.sleep(2.0)  # into its start-up or its training: either way before it submits
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    if (program.window_dir(plan.window_id) / "contributions" / "a01").exists():
-        pytest.skip("the contributor finished before it could be killed")
-    close_window(root, plan.window_id)
-    entry = read_json(program.window_dir(plan.window_id) / "dispositions.json")["assignments"]["a01"]
-    assert (entry["disposition"], entry["reasons"]) == (REPLAY_REQUIRED, ["missing_at_seal"])
-    assert verify_log(program.window_dir(plan.window_id) / "receipts.jsonl", run_id=f"window:{plan.window_id}").ok
-    following = plan_window(root)
-    assert [a.replay_of for a in following.assignments if a.replay_of] == [f"{plan.window_id}/a01"]
-    assert main(["window", "verify", str(root)]) == 0
-
-
-def test_window_run_starts_one_contributor_process_per_assignment(base: Path, tmp_path: Path) -> None:
-    root = new_program(base, tmp_path / "run", contributors=2)
-    command = [sys.executable, "-m", "lit_psion", "window", "run", str(root), "--contributors", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "w-0001: 2 contributor(s) training" in done.stdout
-    program = Program(root)
-    dispositions = read_json(program.window_dir("w-0001") / "dispositions.json")["assignments"]
-    assert len(dispositions) == 2 and all(e["summary"].get("steps") == 8 for e in dispositions.values())
-    logs = sorted(p.name for p in (program.window_dir("w-0001") / "logs").iterdir())
-    assert logs == ["a00.log", "a01.log"]
-    assert program.state("w-0001") == "reconciled"
-    assert main(["window", "verify", str(root)]) == 0
-
-
-@pytest.mark.slow
-def test_a_deadline_kills_unfinished_contributors_and_their_slices_are_replayed(base: Path, tmp_path: Path) -> None:
-    root = new_program(base, tmp_path / "deadline", contributors=2)
-    command = [sys.executable, "-m", "lit_psion", "window", "run", str(root), "--deadline", "0.5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
-    assert done.returncode == 0, done.stderr[-2000:]
-    program = Program(root)
-    dispositions = read_json(program.window_dir("w-0001") / "dispositions.json")["assignments"]
-    assert {(e["disposition"], tuple(e["reasons"])) for e in dispositions.values()} == {
-        (REPLAY_REQUIRED, ("missing_at_seal",))}  # fmt: skip
-    promotion = read_json(program.window_dir("w-0001") / "promotion.json")
-    assert (promotion["decision"], promotion["reasons"]) == ("hold", ["no_accepted_contributions"])
-    assert [a.replay_of for a in plan_window(root).assignments if a.replay_of] == ["w-0001/a00", "w-0001/a01"]
-
-
-def test_a_reconcile_interrupted_before_its_state_is_written_runs_again(
-    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import lit_psion.windows.program as program_module
-
-    root = new_program(base, tmp_path / "crash", contributors=3)
-    program = Program(root)
-    plan = plan_window(root)
-    open_window(root, plan.window_id)
-    for assignment in plan.assignments:
-        contribute(root, plan.window_id, assignment.assignment_id)
-    real = program_module.atomic_write_json
-
-    def crash_on_reconciled(path: Path, record: object) -> None:
-        if Path(path).name == "window.json" and record.get("state") == "reconciled":
-            raise KeyboardInterrupt("killed between the receipts and window.json")
-        real(path, record)
-
-    monkeypatch.setattr(program_module, "atomic_write_json", crash_on_reconciled)
-    with pytest.raises(KeyboardInterrupt):
-        close_window(root, plan.window_id)
-    monkeypatch.setattr(program_module, "atomic_write_json", real)
-    assert program.state(plan.window_id) == "scored"
-    promotion = close_window(root, plan.window_id)  # the same step again: same candidate, receipts appended again
-    assert program.state(plan.window_id) == "reconciled"
-    assert program.pointer()["revision"] == promotion["next_revision"]
-    assert main(["window", "verify", str(root)]) == 0
-    assert plan_window(root).input_revision == promotion["next_revision"]
-
-
 def test_a_second_coordinator_is_locked_out(program: Program, capsys: pytest.CaptureFixture, matrix: dict) -> None:
     from lit_psion.windows.coordinator import program_lock
 
     with program_lock(program.root, "another coordinator"):
         assert main(["window", "plan", str(program.root)]) == 8
     assert "locked" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"lora": {"targets": ["lm_head"], "rank": 4, "alpha": "16"}}, "lora.alpha must be a number > 0"),
-    ({"lora": {"targets": ["lm_head"], "rank": True, "alpha": 8.0}}, "lora.rank must be an integer >= 1"),
-    ({"lora": {"targets": "lm_head", "rank": 4, "alpha": 8.0}}, "lora.targets must be a non-empty list"),
-    ({"lora": {"targets": [], "rank": 4, "alpha": 8.0}}, "lora.targets must be a non-empty list"),
-    ({"lora": {"targets": ["nope"], "rank": 4, "alpha": 8.0}}, "unknown LoRA target 'nope'"),
-    ({"lora": {"targets": ["lm_head"], "rank": 100000, "alpha": 8.0}}, "exceeds the smallest targeted layer"),
-    ({"lora": {"targets": ["lm_head"], "rank": 4, "alpha": -1}}, "lora.alpha must be a number > 0"),
-    ({"lora": {"targets": ["lm_head"], "rank": 4, "alpha": 8.0, "dropout": 0.1}}, "unknown setting lora.dropout"),
-    ({"gate": {"min_dleta": 0.1}}, "unknown setting gate.min_dleta"),
-    ({"budget": [1, 2]}, "budget must be a mapping"),
-    ({"budget": {"steps": 8, "batch_size": 8, "lr": True}}, "budget.lr must be a number > 0"),
-    ({"validator": {"held_out_samples": 1.5}}, "validator.held_out_samples must be an integer"),
-    ({"data": {"files": "fixtures/tiny_corpus.txt", "bogus": 1}}, "unknown setting data.bogus"),
-    ({"data": {"files": "fixtures/tiny_corpus.txt", "block_size": 32, "split": "hash", "val_fraction": 0.1,
-               "sample_stride": 16}}, "the base trained on the program's data with another split"),
-])  # fmt: skip
-def test_init_refuses_settings_a_window_could_not_run_with(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                           changes: dict, message: str) -> None:  # fmt: skip
-    settings = write_settings(tmp_path / "settings.yaml", **changes)
-    assert main(["window", "init", str(tmp_path / "p"), "--config", str(settings), "--base", str(base)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-    assert not (tmp_path / "p" / "program.json").exists()
-
-
-def test_init_refuses_an_adapter_base_a_file_root_and_a_run_root(base: Path, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    settings = write_settings(tmp_path / "settings.yaml")
-    tuned_root = tmp_path / "tuned"
-    assert fit("--trainer.default_root_dir", str(tuned_root), "--trainer.max_steps", "2", "--model",
-               "lit_psion.models.AdapterLM", "--model.init_args.base_checkpoint", str(base), "--data.tokenizer_file",
-               str(base / "tokenizer.json")) == 0  # fmt: skip
-    tuned = tuned_root / read_latest(tuned_root)
-    capsys.readouterr()
-    assert main(["window", "init", str(tmp_path / "p"), "--config", str(settings), "--base", str(tuned)]) == 4
-    assert "is an AdapterLM run" in capsys.readouterr().err
-    (tmp_path / "afile").write_text("x")
-    assert main(["window", "init", str(tmp_path / "afile"), "--config", str(settings), "--base", str(base)]) == 2
-    assert "is a file" in capsys.readouterr().err
-    assert main(["window", "init", str(tuned), "--config", str(settings), "--base", str(base)]) == 2
-    assert "is a run directory" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def active(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A program whose w-0001 is active with all three contributions in, the corpus a copy of the fixture."""
-    tmp = tmp_path_factory.mktemp("active")
-    corpus = tmp / "corpus.txt"
-    shutil.copy("fixtures/tiny_corpus.txt", corpus)
-    data = {**SETTINGS["data"], "files": str(corpus)}
-    root = new_program(base, tmp / "windows", contributors=3, data=data)
-    plan = plan_window(root)
-    open_window(root, plan.window_id)
-    for assignment in plan.assignments:
-        contribute(root, plan.window_id, assignment.assignment_id)
-    return root
-
-
-def _edit_plan(root: Path) -> None:
-    path = root / "windows" / "w-0001" / "plan.json"
-    path.write_text(path.read_text().replace('"norm_factor": 4.0', '"norm_factor": 1000000000.0'))
-
-
-def _change_data(root: Path) -> None:
-    corpus = Path(read_json(root / "windows" / "w-0001" / "plan.json")["data"]["files"][0])
-    corpus.write_text(corpus.read_text() + "\nMore text arrives after the plan.\n")
-
-
-def _symlink_aggregate(root: Path) -> None:
-    (root.parent / "elsewhere").mkdir(exist_ok=True)
-    (root / "windows" / "w-0001" / "aggregate").symlink_to(root.parent / "elsewhere")
-
-
-@pytest.mark.parametrize(("harm", "code", "message"), [
-    (_edit_plan, 5, "is not the plan w-0001 was planned with"),
-    (_change_data, 3, "is not the data w-0001 was planned on"),
-    (_symlink_aggregate, 5, "is a symlink"),
-])  # fmt: skip
-def test_close_refuses_an_edited_plan_changed_data_and_a_symlinked_directory(
-    active: Path, tmp_path: Path, capsys: pytest.CaptureFixture, harm, code: int, message: str
-) -> None:
-    copy = tmp_path / "windows"
-    shutil.copytree(active, copy, symlinks=True)
-    original = Path(read_json(active / "windows" / "w-0001" / "plan.json")["data"]["files"][0])
-    text = original.read_text()
-    try:
-        harm(copy)
-        capsys.readouterr()
-        assert main(["window", "close", str(copy), "w-0001"]) == code
-    finally:
-        original.write_text(text)  # the module's program reads it too
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-    assert not (tmp_path / "elsewhere" / "candidate").exists()
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["open", "{root}", "w-0001/"], "window id 'w-0001/' is not one"),
-    (["contribute", "{root}", "../windows/w-0001", "a00"], "is not one: window ids are w-NNNN"),
-    (["contribute", "{root}", "w-0001", "../a00"], "assignment id '../a00' is not one"),
-])  # fmt: skip
-def test_window_and_assignment_ids_are_checked(active: Path, capsys: pytest.CaptureFixture, args: list,
-                                               message: str) -> None:  # fmt: skip
-    assert main(["window", *[a.format(root=active) for a in args]]) == 2
-    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("damage", "message", "commands"), [
@@ -615,54 +383,6 @@ def test_damaged_records_are_one_line_exit_5(program: Program, matrix: dict, tmp
         assert main(["window", *command]) == 5, command
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (command, err)
-
-
-def test_planning_while_a_window_is_open_names_the_command_that_closes_it(
-    active: Path, capsys: pytest.CaptureFixture
-) -> None:
-    assert main(["window", "plan", str(active)]) == 13
-    assert f"python -m lit_psion window close {active} w-0001" in capsys.readouterr().err
-
-
-def test_a_planning_cut_short_is_planned_again_and_no_slice_is_used_twice(base: Path, tmp_path: Path) -> None:
-    root = new_program(base, tmp_path / "cut", contributors=2)
-    program = Program(root)
-    first = plan_window(root)
-    close_window(root, first.window_id)
-    # A planning killed after plan.json and before window.json: the directory is not a window.
-    second = plan_window(root)
-    (program.window_dir(second.window_id) / "window.json").unlink()
-    record = read_json(root / "program.json")
-    (root / "program.json").write_text(json.dumps({**record, "next_slice": 0}))  # and a cursor that lags
-    assert program.window_ids() == [first.window_id]
-    again = plan_window(root)
-    assert again.window_id == second.window_id
-    fresh = [a.slice.index for a in again.assignments if not a.replay_of]
-    assert not set(fresh) & {a.slice.index for a in first.assignments}
-    assert main(["window", "verify", str(root)]) == 0
-
-
-def test_a_zero_delta_is_no_gain(base: Path, tmp_path: Path) -> None:
-    root = new_program(base, tmp_path / "zero", contributors=1)
-    program = Program(root)
-    plan = plan_window(root)
-    open_window(root, plan.window_id)
-    tensors, summary = train_adapter(program, plan, plan.assignments[0])
-    adversary.place(program, plan, plan.assignments[0], adversary.scaled(tensors, 0.0), summary)
-    promotion = close_window(root, plan.window_id)
-    assert (promotion["decision"], promotion["reasons"]) == ("hold", ["no_improvement"])
-
-
-def test_status_shows_each_window_its_assignments_and_the_next_command(
-    active: Path, capsys: pytest.CaptureFixture
-) -> None:
-    capsys.readouterr()
-    assert main(["window", "status", str(active)]) == 0
-    status = json.loads(capsys.readouterr().out)
-    window = status["windows"][-1]
-    assert window["state"] == "active" and window["submitted"] == ["a00", "a01", "a02"]
-    assert set(window["assignments"]) == {"a00", "a01", "a02"}
-    assert status["next"].startswith(f"python -m lit_psion window close {active} w-0001")
 
 
 def test_the_data_settings_a_program_accepts_are_the_corpus_arguments() -> None:
