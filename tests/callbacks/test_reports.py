@@ -45,10 +45,16 @@ def test_dashboard_shows_the_finished_run(two_runs: tuple[Path, Path]) -> None:
     assert durable and [(step, label) for step, row, label in timeline_events(run) if row == "checkpoint"] == durable
 
 
-def test_each_norm_gets_its_own_axes_and_other_panels_share_one() -> None:
+def test_each_norm_gets_its_own_axes_and_other_panels_share_one(two_runs: tuple[Path, Path]) -> None:
     keys = list(PANELS["norms"][1])
     assert axes_rows("norms", keys) == [[key] for key in keys]  # param norm ~70 next to grad norm ~1
     assert axes_rows("loss", ["train/loss", "val/loss"]) == [["train/loss", "val/loss"]]
+    dashboard = two_runs[0] / "dashboard"
+    assert _png_height(dashboard / "norms.png") > 1.5 * _png_height(dashboard / "loss.png")  # three stacked axes
+
+
+def _png_height(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # the IHDR chunk's height
 
 
 def test_the_timeline_skips_a_torn_last_line_and_places_stepless_events_at_the_chain_step(tmp_path: Path) -> None:

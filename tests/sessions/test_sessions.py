@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -359,10 +360,9 @@ with RunLock(sys.argv[1], purpose="holding for a test"):
 """
 
 
-def _session_process(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lit_psion", "session", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+def _session_process(*args: str, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lit_psion", "session", *args], stdout=stdout, stderr=stderr,
+                            text=True, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
 
 
 def test_a_locked_session_refuses_a_second_writer_with_exit_8_naming_the_holder(trained: Path) -> None:
@@ -423,10 +423,8 @@ def _stop_while_holding_the_lock(directory: Path, process: subprocess.Popen, tim
 
 def _session_to_files(tmp_path: Path, name: str, *args: str) -> subprocess.Popen:
     """A session command whose output goes to files (a pipe nobody reads could block it)."""
-    out, err = open(tmp_path / f"{name}.out", "w"), open(tmp_path / f"{name}.err", "w")  # noqa: SIM115
-    with out, err:
-        return subprocess.Popen([sys.executable, "-m", "lit_psion", "session", *args], stdout=out, stderr=err,
-                                cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+        return _session_process(*args, stdout=out, stderr=err)
 
 
 def test_concurrent_runs_of_one_session_lose_no_run(trained: Path, tmp_path: Path) -> None:
