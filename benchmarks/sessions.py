@@ -2,9 +2,10 @@
 
 One base world model, then one session per drift strength (``--mus``, 0 being the no-drift control),
 each run online for ``--steps`` transitions with the same seed, through the real
-``python -m lit_psion session`` commands. For every session the three prequential curves a run
-writes (the session's ``metrics.json``): the base model, the session without updates, the session with updates,
-as the mean one-step MSE over the whole run and over its last quarter.
+``python -m lit_psion session`` commands. For every session the prequential curves a run writes (the
+session's ``metrics.json``): the base model, the session without updates, the session with updates
+(what it predicts with: its served weights), and its learner, as the mean one-step MSE over the whole
+run and over its last quarter. ``--gate-chunks 0`` runs seed 000's sessions, without the promotion gate.
 
 Goals: under drift, updates lower the error (``with_update / no_update`` < 1); without drift they
 do not hurt (``no_drift_update_ratio`` = with_update / no_update on the control <= 1.05).
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="transitions per session run")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pretrain-steps", type=int, default=500)
+    parser.add_argument("--gate-chunks", type=int, default=2, help="the sessions' promotion gate (0: none, seed 000)")
     args = parser.parse_args()
     curves = {}
     with tempfile.TemporaryDirectory(prefix="lit_psion_sessions_") as tmp:
@@ -51,13 +53,14 @@ def main() -> None:
                 "--pretrain_seq", "32")  # fmt: skip
         for index, mu in enumerate(args.mus):
             name = f"mu{index}"
-            session("new", *root, "--session_id", name, "--mu", str(mu), "--grad_norm_max", "20")
+            session("new", *root, "--session_id", name, "--mu", str(mu), "--grad_norm_max", "20",
+                    "--gate_chunks", str(args.gate_chunks))  # fmt: skip
             session("run", *root, "--session_id", name, "--steps", str(args.steps), "--seed", str(args.seed))
             metrics = json.loads((Path(tmp) / "sessions" / name / "metrics.json").read_text())  # the run's
             curves[str(mu)] = {
                 "mean": {k.removeprefix("mse_"): round(v, 7) for k, v in metrics["mean"].items()},
                 "final": {k.removeprefix("mse_"): round(v, 7) for k, v in metrics["final"].items()},
-                "updates": metrics["updates"], "rollbacks": metrics["rollbacks"],
+                "updates": metrics["updates"], "rollbacks": metrics["rollbacks"], "promotions": metrics["promotions"],
                 "update_ratio_final": round(metrics["final"]["mse_with_update"] / metrics["final"]["mse_no_update"], 4),
             }  # fmt: skip
     control = curves.get("0.0")
@@ -65,6 +68,7 @@ def main() -> None:
         "benchmark": "sessions",
         "steps": args.steps,
         "seed": args.seed,
+        "gate_chunks": args.gate_chunks,
         "curves": curves,
         "no_drift_update_ratio": control["update_ratio_final"] if control else None,
         "no_drift_goal": NO_DRIFT_GOAL,

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     _optimizer_flags(new)
     new.add_argument("--chunk", type=int, default=32, help="transitions per update")
     new.add_argument("--buffer_len", type=int, default=32, help="transitions the rollback test measures")
+    new.add_argument(
+        "--gate_chunks",
+        type=int,
+        default=2,
+        help="promote the learner's weights when they predicted the last N chunks better (0: no gate)",
+    )
     policy = TransactionPolicy()
     new.add_argument("--rollback_tol", type=float, default=policy.rollback_tol, help="see docs/transactions.md")
     new.add_argument("--grad_norm_max", type=float, default=policy.grad_norm_max)
@@ -110,7 +116,8 @@ def session_main(args: list[str]) -> None:
     elif parsed.command == "new":
         if not math.isfinite(parsed.mu) or parsed.mu < 0:
             raise ConfigError(f"--mu must be a finite drift size >= 0, got {parsed.mu!r}")
-        keys = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "rollback_tol", "grad_norm_max", "state_norm_max")
+        keys = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "gate_chunks", "rollback_tol", "grad_norm_max",
+                "state_norm_max")  # fmt: skip
         settings = {key: getattr(parsed, key) for key in keys}
         commands.new_session(store, parsed.session_id, parsed.mu, parsed.env_mode, settings)
     elif parsed.command == "fork":

@@ -33,7 +33,9 @@ from lit_psion.sessions.world import Environment, WorldConfig, WorldModel
 from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
 
 NEVER = 10**9
-CURVES = ("mse_base", "mse_no_update", "mse_with_update")
+CURVES = ("mse_base", "mse_no_update", "mse_with_update", "mse_learner")
+SERVED = "served."
+"""Prefix of the served weights' tensors in ``plastic_state.safetensors`` (the learner's have none)."""
 
 
 def _trainer(root: Path, max_steps: int, **kwargs: Any) -> L.Trainer:
@@ -92,6 +94,8 @@ def _check_settings(settings: dict[str, Any]) -> None:
                           f"{settings['buffer_len']!r}")  # fmt: skip
     if settings["lr"] <= 0:
         raise ConfigError(f"lr must be positive, got {settings['lr']!r}")
+    if settings["gate_chunks"] < 0:
+        raise ConfigError(f"gate_chunks must be >= 0 (0: no promotion gate), got {settings['gate_chunks']!r}")
     _policy(settings)  # raises ConfigError naming the bad value
 
 
@@ -159,18 +163,20 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
         if steps < settings["chunk"]:
             raise ConfigError(f"--steps {steps} is shorter than one chunk ({settings['chunk']}); use at least that")
         events = store.read_artifact(meta, EVENTS, optional=True) or b""  # checked before it is appended to
-        model = _session_model(store, meta)
+        model, served = _session_model(store, meta)
         L.seed_everything(seed, verbose=False)
+        optimizer = dict(lr=settings["lr"], momentum=settings["momentum"], ns_steps=settings["ns_steps"],
+                         optimizer_state=store.optimizer_state(meta) or None)  # fmt: skip
+        gate = settings.get("gate_chunks", 0)  # a session made before the gate has no gate_chunks: none
         module = OnlineSession(model, Environment(model.config, meta["mu"]), steps, settings["chunk"], seed,
-                               settings["lr"], settings["momentum"], settings["ns_steps"],
-                               store.optimizer_state(meta) or None)  # fmt: skip
+                               **optimizer, gate_chunks=gate, served=served)  # fmt: skip
         strategy = TransactionalStrategy(_policy(settings), device="cpu")
         run_id = new_run_id()
         run_dir = directory / "runs" / run_id
         run_dir.mkdir(parents=True)
         trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[Receipts()])
         trainer.fit(module)
-        plastic = model.plastic_state()
+        plastic = {**model.plastic_state(), **{SERVED + k: v for k, v in module.gate.served.items()}}
         if not all(bool(torch.isfinite(t).all()) for t in plastic.values()):
             raise TransactionError(f"session {session_id!r}: run {run_id} left a non-finite plastic state; nothing "
                                    "was saved and the session keeps its state from before the run")  # fmt: skip
@@ -186,15 +192,18 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
     return metrics
 
 
-def _session_model(store: Store, meta: dict[str, Any]) -> WorldModel:
-    """The world model with the verified base weights and the session's verified plastic state."""
+def _session_model(store: Store, meta: dict[str, Any]) -> tuple[WorldModel, dict[str, torch.Tensor]]:
+    """The world model with the verified base weights and the session's verified plastic state (the learner's),
+    and the plastic weights it serves (the learner's too where none were recorded)."""
     model = WorldModel(store.base_config())
     base = store.base_weights()
     with torch.no_grad():
         model.A_hat.copy_(base["A_hat"])
         model.B_hat.copy_(base["B_hat"])
-    model.load_plastic_state(store.plastic_state(meta))
-    return model
+    state = store.plastic_state(meta)
+    model.load_plastic_state(state)
+    learner = model.plastic_state()
+    return model, {name: state.get(SERVED + name, tensor).clone() for name, tensor in learner.items()}
 
 
 def _write_run(run_dir: Path, module: OnlineSession, strategy: TransactionalStrategy, session_id: str, run_id: str,
@@ -210,6 +219,7 @@ def _write_run(run_dir: Path, module: OnlineSession, strategy: TransactionalStra
     metrics = {
         "session_id": session_id, "run_id": run_id, "steps": len(rows), "seed": seed,
         "updates": len(module.events), "commits": strategy.commits, "rollbacks": strategy.rolled_back,
+        "promotions": len(module.promoted_at), "promoted_at": module.promoted_at,
         "rollbacks_by_reason": {k: v for k, v in strategy.rollbacks.items() if v},
         "mean": {c: statistics.fmean(r[c] for r in rows) for c in CURVES},
         "final": {c: statistics.fmean(r[c] for r in tail) for c in CURVES},
@@ -225,8 +235,9 @@ def _plot(rows: list[dict[str, float]], window: int, title: str) -> bytes:
     figure = Figure(figsize=(7, 4), dpi=100)
     axes = figure.subplots()
     steps = [r["step"] for r in rows]
-    labels = {"mse_base": "base", "mse_no_update": "session, no updates", "mse_with_update": "session, with updates"}
-    for (curve, label), style in zip(labels.items(), ("--", "-", "-"), strict=True):
+    labels = {"mse_base": "base", "mse_no_update": "session, no updates", "mse_with_update": "session, with updates",
+              "mse_learner": "learner (promoted when better)"}  # fmt: skip
+    for (curve, label), style in zip(labels.items(), ("--", "-", "-", ":"), strict=True):
         values = [r[curve] for r in rows]
         smooth = [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
         axes.plot(steps, smooth, style, label=label, linewidth=2 if style == "--" else 1.2)
@@ -245,6 +256,7 @@ def _plot(rows: list[dict[str, float]], window: int, title: str) -> bytes:
 def _print_metrics(metrics: dict[str, Any]) -> None:
     final, mean = metrics["final"], metrics["mean"]
     print(f"[metrics] session={metrics['session_id']} run={metrics['run_id']} steps={metrics['steps']} "
-          f"updates={metrics['updates']} commits={metrics['commits']} rollbacks={metrics['rollbacks']}")  # fmt: skip
+          f"updates={metrics['updates']} commits={metrics['commits']} rollbacks={metrics['rollbacks']} "
+          f"promotions={metrics['promotions']}")  # fmt: skip
     for curve in CURVES:
         print(f"  {curve:<16} final={final[curve]:.6f} mean={mean[curve]:.6f}")

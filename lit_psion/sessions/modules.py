@@ -8,6 +8,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lit_psion.core import sha256_bytes
+from lit_psion.core.chain import emit_receipt
+from lit_psion.core.receipts import PolicyPromotionReceipt
 from lit_psion.sessions.world import Environment, WorldConfig, WorldModel
 from lit_psion.strategies import Transactional
 
@@ -58,20 +61,57 @@ class BasePretrain(L.LightningModule):
         return muon(self.model.base_parameters(), *self.optim_args)
 
 
+class PromotionGate:
+    """Which plastic weights a session predicts with: the *served* ones, replaced by the *learner*'s when earned.
+
+    Every chunk is predicted by both before either trains on it (prequentially), and the learner's
+    weights are promoted when, summed over the last ``chunks`` chunks, they predicted the stream
+    better than the served ones. Without drift the learner's updates fit noise (Muon's steps have a
+    fixed size), so it never earns a promotion and the session predicts as if it had not been updated;
+    under drift it pulls ahead within a few chunks. ``chunks`` 0 turns the gate off: the session
+    predicts with the weights it updates (seed 000).
+    """
+
+    def __init__(self, chunks: int, served: dict[str, torch.Tensor]) -> None:
+        self.chunks, self.served = chunks, served
+        self.margins: list[tuple[float, float]] = []  # (served, learner) mean squared error per chunk since the last
+        self.promotions = 0
+
+    def score(self, served: torch.Tensor, learner: torch.Tensor) -> dict[str, float] | None:
+        """Record one chunk's errors; the window's summed scores when the learner has earned a promotion."""
+        if not self.chunks:
+            return None
+        self.margins = [*self.margins, (float(served.mean()), float(learner.mean()))][-self.chunks :]
+        scores = {"served_mse": sum(m[0] for m in self.margins), "learner_mse": sum(m[1] for m in self.margins)}
+        return scores if len(self.margins) == self.chunks and scores["learner_mse"] < scores["served_mse"] else None
+
+    def promote(self, learner: dict[str, torch.Tensor]) -> None:
+        self.served, self.margins, self.promotions = learner, [], self.promotions + 1
+
+
+def revision(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a plastic state's tensors (names, dtypes, shapes, bytes)."""
+    from lit_psion.sessions.store import tensors_bytes
+
+    return sha256_bytes(tensors_bytes(state))
+
+
 class OnlineSession(L.LightningModule):
     """A session's online run: predict each transition, then one Muon step per chunk on the plastic weights.
 
-    Every transition is scored before the model learns from it (prequential), by three predictors:
-    the base model (no plastic weights), the session as it started the run (no updates), and the
-    session as it is updated. ``rows`` holds those per-step squared errors for ``per_step.csv``;
-    ``events`` holds each update's transaction receipt (the strategy's ``last_receipt``).
+    Every transition is scored before the model learns from it (prequential), by four predictors:
+    the base model (no plastic weights), the session as it started the run (no updates), the session
+    as it predicts (its served weights, see :class:`PromotionGate`), and the learner being updated.
+    ``rows`` holds those per-step squared errors for ``per_step.csv``; ``events`` holds each update's
+    transaction receipt (the strategy's ``last_receipt``).
     """
 
     stage: ClassVar[str] = "session"
     """Receipts of a session run carry stage ``session``."""
 
     def __init__(self, model: WorldModel, env: Environment, steps: int, chunk: int, seed: int, lr: float,
-                 momentum: float, ns_steps: int, optimizer_state: dict | None = None) -> None:  # fmt: skip
+                 momentum: float, ns_steps: int, optimizer_state: dict | None = None, gate_chunks: int = 0,
+                 served: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         for param in model.base_parameters():
@@ -79,6 +119,9 @@ class OnlineSession(L.LightningModule):
         self.frozen = WorldModel(model.config)
         self.frozen.load_state_dict(model.state_dict())
         self.frozen.requires_grad_(False)
+        self.gate = PromotionGate(gate_chunks, served if served is not None else model.plastic_state())
+        self.served = WorldModel(model.config)
+        self.served.requires_grad_(False)
         z, u = env.stream(steps, torch.Generator().manual_seed(seed))
         self.chunks = [
             (z[start : start + chunk + 1], u[start : start + chunk], torch.tensor(start))
@@ -87,24 +130,41 @@ class OnlineSession(L.LightningModule):
         self.optim_args, self.optimizer_state = (lr, momentum, ns_steps), optimizer_state
         self.rows: list[dict[str, float]] = []
         self.events: list[dict[str, Any]] = []
+        self.promoted_at: list[int] = []
+        """The first step of each chunk before which the learner was promoted (its receipts: ``policy_promotion``)."""
 
     def train_dataloader(self) -> DataLoader:
         return _loader(self.chunks)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         z, u, start = batch
+        self.served.load_state_dict({**self.model.state_dict(), **self.gate.served})
         with torch.no_grad():
-            errors = {
+            predictions = {
                 "mse_base": self.frozen(z[:-1], u, plastic=False),
                 "mse_no_update": self.frozen(z[:-1], u),
-                "mse_with_update": self.model(z[:-1], u),
+                "mse_with_update": self.served(z[:-1], u) if self.gate.chunks else self.model(z[:-1], u),
+                "mse_learner": self.model(z[:-1], u),
             }
-            errors = {name: ((pred - z[1:]) ** 2).mean(dim=-1) for name, pred in errors.items()}
+            errors = {name: ((pred - z[1:]) ** 2).mean(dim=-1) for name, pred in predictions.items()}
         for t in range(u.shape[0]):
             self.rows.append({"step": int(start) + t, **{name: float(e[t]) for name, e in errors.items()}})
+        scores = self.gate.score(errors["mse_with_update"], errors["mse_learner"])
+        if scores is not None:  # before the learner trains on this chunk: both were scored on unseen transitions
+            self._promote(scores, int(start))
         loss = self.model.loss(z, u)
         self.log("session/mse", loss, prog_bar=True)
         return loss
+
+    def _promote(self, scores: dict[str, float], start: int) -> None:
+        learner = self.model.plastic_state()
+        receipt = PolicyPromotionReceipt(
+            stage_id=self.stage, previous_revision=revision(self.gate.served), candidate_revision=revision(learner),
+            split=f"prequential:{self.gate.chunks}_chunks", scores=scores, decision="promote",
+        )  # fmt: skip
+        emit_receipt(self.trainer, receipt)
+        self.promoted_at.append(start)
+        self.gate.promote(learner)
 
     def transaction_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         z, u, _ = batch

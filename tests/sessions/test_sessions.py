@@ -165,6 +165,7 @@ def test_bad_arguments_are_one_line_errors(trained: Path, capsys: pytest.Capture
         (["fork", *root, "--parent_session_id", "s1", "--child_session_id", "x", "--reset_optimizer", "1",
           "--copy_optimizer", "1"], "exactly one of"),
         (["new", *root, "--session_id", "s2", "--grad_norm_max", "0"], "grad_norm_max"),
+        (["new", *root, "--session_id", "s2", "--gate_chunks", "-1"], "gate_chunks must be >= 0"),
         (["run", "--artifacts_root", str(trained / "empty"), "--session_id", "s1"], "no base model"),
     ]  # fmt: skip
     for argv, message in cases:
