@@ -148,6 +148,13 @@ class DynamicsDataModule(ReplayDataModule):
             self._splits["test"] = every[n_train + n_val :]
         return RecordManifest(dict(self.settings))
 
+    def trajectories(self, split: Split) -> torch.Tensor:
+        """The split's whole trajectories (n, steps + 1, state dim): what a multi-step rollout is scored on."""
+        self.prepare()
+        if split not in self._splits:
+            raise DataConfigError(f"{split!r} has no trajectories here; {self.test_split_hint}")
+        return self._splits[split]
+
     def _dataset(self, split: Split) -> Windows:
         return Windows(self._splits[split], self.window)
 

@@ -59,6 +59,12 @@ class GraphCoreConfig:
     """Where the cosine ends, as a fraction of ``lr`` (a small final rate makes the final fit precise)."""
     decay_steps: int | None = None
     """Steps of the cosine (``None``: the trainer's ``max_steps``)."""
+    state_function: Literal["linear", "mlp"] = "linear"
+    """Each level-0 node's state function: ``linear`` (identity plus its sparse operator rows) or ``mlp``
+    (plus a small MLP over the node's gathered inputs, zero at the start: products of state components,
+    as Lorenz needs; :class:`lit_psion.nn.graph.NodeStateFunction`)."""
+    state_hidden: int = 16
+    """Hidden units of each node's MLP (``state_function: mlp``)."""
     path: Literal["auto", "sparse", "dense"] = "auto"
     """``auto`` (each operator measures its sparse and dense paths at fit start and after each structural
     change, and takes the faster), or a pinned ``sparse`` or ``dense`` (for bitwise comparisons)."""
@@ -80,6 +86,10 @@ class GraphCoreConfig:
         elif self.initial == "random" and not problems and self.initial_nnz > self.operator_entries:
             problems.append(f"initial_nnz must be at most the level-0 operator's {self.operator_entries} entries, "
                             f"got {self.initial_nnz!r}")  # fmt: skip
+        if self.state_function not in ("linear", "mlp"):
+            problems.append(f"state_function must be linear or mlp, got {self.state_function!r}")
+        if not isinstance(self.state_hidden, int) or isinstance(self.state_hidden, bool) or self.state_hidden < 1:
+            problems.append(f"state_hidden must be a positive integer, got {self.state_hidden!r}")
         if self.path not in ("auto", "sparse", "dense"):
             problems.append(f"path must be auto, sparse or dense, got {self.path!r}")
         if not (self.complexity_limit > 0 and self.barrier_scale > 0):
@@ -87,7 +97,8 @@ class GraphCoreConfig:
                             f"{self.barrier_scale!r}")  # fmt: skip
         elif not problems and self.initial_complexity >= self.complexity_limit:
             problems.append(f"the initial structure has {self.initial_complexity} entries, at or above "
-                            f"complexity_limit {self.complexity_limit!r}: raise the limit or start smaller")
+                            f"complexity_limit {self.complexity_limit!r}: "
+                            "raise the limit or start smaller")  # fmt: skip
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             problems.append(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr!r} and {self.min_lr_ratio!r}")
         if self.decay_steps is not None and self.decay_steps < 1:
@@ -111,10 +122,19 @@ class GraphCoreConfig:
         return {"empty": 0, "cores": self.n_nodes * self.node_dim**2, "random": self.initial_nnz}[self.initial]
 
     @property
-    def shape(self) -> dict[str, int]:
-        """What decides the model's parameters (its signature; the structure itself is in the checkpoint)."""
-        return {"n_nodes": self.n_nodes, "node_dim": self.node_dim, "max_history_length": self.max_history_length,
-                "levels": self.levels}  # fmt: skip
+    def shape(self) -> dict[str, int | str]:
+        """What decides the model's parameters (its signature; the structure itself is in the checkpoint). A
+        linear graph's signature is what it was before state functions could be nonlinear."""
+        shape = {"n_nodes": self.n_nodes, "node_dim": self.node_dim, "max_history_length": self.max_history_length,
+                 "levels": self.levels}  # fmt: skip
+        if self.state_function == "mlp":
+            shape.update(state_function="mlp", state_hidden=self.state_hidden)
+        return shape
+
+    @property
+    def hidden_units(self) -> int:
+        """Hidden units per node of the level-0 state functions (0: linear)."""
+        return self.state_hidden if self.state_function == "mlp" else 0
 
 
 class GraphCore(L.LightningModule):
@@ -140,7 +160,8 @@ class GraphCore(L.LightningModule):
             entries = random_entries(config.state_dim, config.max_history_length * config.state_dim,
                                      config.initial_nnz, config.mask_seed)  # fmt: skip
         self.graph = SuperGraph(config.n_nodes, config.node_dim, max_history_length=config.max_history_length,
-                                levels=config.levels, cores=config.initial == "cores", entries=entries)  # fmt: skip
+                                levels=config.levels, cores=config.initial == "cores", entries=entries,
+                                state_hidden=config.hidden_units)  # fmt: skip
         if config.path != "auto":
             for operator in self.operators():
                 operator.pin(config.path)

@@ -11,6 +11,11 @@ edge ``(source, target, lag)`` is a ``dim x dim`` block of operator entries read
 state ``lag`` steps ago; a node's own block ``(n, n, lag)`` is its state function's learnable part.
 The hot path is one sparse product per step for all nodes and edges: no per-node Python loop.
 
+With ``state_hidden > 0`` each node's state function also has a nonlinear part (seed 002's state
+functions and activations), a :class:`NodeStateFunction`: a small MLP per node over the node's
+*gathered inputs*, its own current state plus every history entry its operator rows read, added to
+the proposal. Its output layer starts at zero, so the untrained graph is still exactly the identity.
+
 ``step`` has two phases: every node *gathers* (proposes from the states as they were before the
 step), then every node *commits* (nodes whose ``update_frequency`` does not divide the step keep
 their state), so a result never depends on node order.
@@ -57,6 +62,48 @@ def unroll(step: Any, history: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.stack(states, dim=1)
 
 
+class NodeStateFunction(nn.Module):
+    """The nonlinear part of every node's state function: one MLP per node, all nodes batched.
+
+    Node ``n`` reads its *gathered inputs* from the flattened history (B, in_features): its own lag-0
+    state always, plus every column its rows of ``operator`` read (the reads growth gave it). Hidden
+    units ``silu(W1[n] @ gathered + b1[n])`` (``hidden`` per node) feed an output layer ``W2[n]`` that
+    starts at zero, so the state function starts as the identity. ``W1`` starts random on the node's own
+    state and zero on every other column, so a read that growth opens later joins without a jump. An MLP
+    over two inputs or more represents their products (Lorenz's ``x * y``), which no sparse linear map can.
+
+    Args:
+        n_nodes, dim, history: The graph's shape.
+        hidden: Hidden units per node (>= 1).
+    """
+
+    def __init__(self, n_nodes: int, dim: int, history: int, hidden: int) -> None:
+        super().__init__()
+        if not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"a node state function needs hidden >= 1, got {hidden!r}")
+        columns = torch.arange(history * n_nodes * dim)
+        own = columns[None, :] // dim == torch.arange(n_nodes)[:, None]  # (nodes, in): node n's lag-0 state
+        self.dim = dim
+        self.register_buffer("own", own, persistent=False)  # derived from the shape: not checkpointed
+        self.input_weight = nn.Parameter(torch.randn(n_nodes, hidden, columns.numel()) / math.sqrt(dim) * own[:, None])
+        self.input_bias = nn.Parameter(torch.randn(n_nodes, hidden))
+        self.output_weight = nn.Parameter(torch.zeros(n_nodes, dim, hidden))
+        self.output_bias = nn.Parameter(torch.zeros(n_nodes, dim))
+
+    def reads(self, operator: SparseMaskedLinear) -> torch.Tensor:
+        """Which history columns each node gathers (n_nodes, in_features): its own state and its operator reads."""
+        mask = self.own.clone()
+        rows, cols = operator.indices
+        mask[rows // self.dim, cols] = True
+        return mask
+
+    def forward(self, flat: torch.Tensor, operator: SparseMaskedLinear) -> torch.Tensor:
+        """Every node's nonlinear update (B, n_nodes, dim) from the flattened history ``flat`` (B, in_features)."""
+        weight = self.input_weight * self.reads(operator)[:, None]  # (nodes, hidden, in): unread columns get no grad
+        hidden = torch.nn.functional.silu(torch.einsum("bi,nki->bnk", flat, weight) + self.input_bias)  # (B, n, hidden)
+        return torch.einsum("bnk,ndk->bnd", hidden, self.output_weight) + self.output_bias
+
+
 class Graph(nn.Module):
     """Nodes and sparse temporal edges over one operator (see the module docstring).
 
@@ -67,11 +114,12 @@ class Graph(nn.Module):
         update_frequency: Per node: it commits on steps divisible by this (default every step).
         cores: Start each node's own lag-0 block in the structure (zero-valued).
         entries: Further individual operator entries (2, k) present from the start (zero-valued).
+        state_hidden: Hidden units of each node's :class:`NodeStateFunction` (0: linear state functions).
     """
 
     def __init__(self, n_nodes: int, dim: int, edges: list[tuple[int, int, int]] = (), max_history_length: int = 1,
                  update_frequency: list[int] | None = None, cores: bool = False,
-                 entries: torch.Tensor | None = None) -> None:  # fmt: skip
+                 entries: torch.Tensor | None = None, state_hidden: int = 0) -> None:  # fmt: skip
         super().__init__()
         if n_nodes < 1 or dim < 1 or max_history_length < 1:
             raise ConfigError(f"n_nodes, dim and max_history_length must be >= 1, got {n_nodes}, {dim}, "
@@ -92,6 +140,9 @@ class Graph(nn.Module):
         indices = torch.unique(indices, dim=1)  # sorted, no duplicates
         self.operator = SparseMaskedLinear(self.in_features, self.out_features, indices, init="zero")
         self.register_buffer("update_frequency", torch.tensor(frequency))
+        self.state_function = None
+        if state_hidden:
+            self.state_function = NodeStateFunction(n_nodes, dim, max_history_length, state_hidden)
 
     @property
     def in_features(self) -> int:
@@ -130,7 +181,10 @@ class Graph(nn.Module):
 
     def propose(self, history: torch.Tensor) -> torch.Tensor:
         """Phase one: every node's proposed next state (batch, nodes, dim)."""
-        update = self.operator(self.flatten(history)).view(history.shape[0], self.n_nodes, self.dim)
+        flat = self.flatten(history)
+        update = self.operator(flat).view(history.shape[0], self.n_nodes, self.dim)
+        if self.state_function is not None:
+            update = update + self.state_function(flat, self.operator)
         return history[:, :, 0] + update
 
     def initial_history(self, state: torch.Tensor) -> torch.Tensor:
@@ -191,14 +245,16 @@ class SuperGraph(nn.Module):
     Args:
         n_nodes, dim, edges, max_history_length, update_frequency, cores, entries: The level-0 graph.
         levels: Hierarchy levels, 1 (level 0 alone) to ``ceil(log2(n_nodes))``.
+        state_hidden: Level 0's node state functions: hidden units per node, 0 for linear (higher levels are linear).
     """
 
     def __init__(self, n_nodes: int, dim: int, edges: list[tuple[int, int, int]] = (), max_history_length: int = 1,
                  levels: int = 1, update_frequency: list[int] | None = None, cores: bool = False,
-                 entries: torch.Tensor | None = None) -> None:  # fmt: skip
+                 entries: torch.Tensor | None = None, state_hidden: int = 0) -> None:  # fmt: skip
         super().__init__()
         self.tiers = build_hierarchy(n_nodes, levels)
-        self.graphs = nn.ModuleList([Graph(n_nodes, dim, edges, max_history_length, update_frequency, cores, entries)])
+        self.graphs = nn.ModuleList([Graph(n_nodes, dim, edges, max_history_length, update_frequency, cores, entries,
+                                           state_hidden)])  # fmt: skip
         self.sup_edges = nn.ModuleList()
         for level, tier in enumerate(self.tiers[1:], start=1):
             self.graphs.append(Graph(len(tier), dim, max_history_length=max_history_length, cores=True))

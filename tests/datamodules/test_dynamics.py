@@ -33,6 +33,16 @@ def test_windows_and_splits() -> None:
     assert not any(torch.equal(t[0], v[0]) for t in train for v in val)  # no trajectory in both splits
 
 
+def test_whole_trajectories_are_the_splits_windows_come_from() -> None:
+    from lit_psion.core.errors import DataConfigError
+
+    data = DynamicsDataModule(system="lorenz", n_train=3, n_val=2, steps=30, window=4)
+    val = data.trajectories("val")
+    assert val.shape == (2, 31, 3) and torch.equal(val, simulate("lorenz", 5, 30, 0.05, seed=1337)[3:])
+    with pytest.raises(DataConfigError, match="'test' has no trajectories"):
+        data.trajectories("test")
+
+
 def test_resuming_against_other_settings_is_refused() -> None:
     saved = DynamicsDataModule(dt=0.05).state_dict()
     with pytest.raises(DataManifestMismatch, match="dt differ"):

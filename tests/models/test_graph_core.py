@@ -14,7 +14,7 @@ import torch
 
 from lit_psion.callbacks import GrowthPlanner, Receipts
 from lit_psion.cli import main
-from lit_psion.core.contracts import DataFacts
+from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules import DynamicsDataModule
@@ -242,3 +242,41 @@ def test_a_checkpoint_of_another_shape_is_refused_in_one_line(tmp_path: Path) ->
     checkpoint = {"state_dict": small.state_dict(), "model_signature": small.model_signature}
     with pytest.raises(CheckpointError, match="another shape"):
         _model(max_history_length=2).on_load_checkpoint(checkpoint)
+
+
+# Nonlinear state functions (state_function: mlp) --------------------------------------------------------
+
+
+def test_a_grown_nonlinear_graph_core_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    from lit_psion.core.errors import CheckpointError
+
+    lorenz = {"n_nodes": 1, "node_dim": 3, "levels": 1, "state_function": "mlp", "state_hidden": 8}
+    data = _data(system="lorenz", n_train=8, steps=40)
+    model = _model(**lorenz)
+    run = _train(model, data, 12, [GrowthPlanner(every_n_steps=5)])
+    run.save_checkpoint(tmp_path / "grown.ckpt")
+    assert model.complexity > 0 and model.graph.level0.state_function.output_weight.abs().sum() > 0
+    checkpoint = torch.load(tmp_path / "grown.ckpt", weights_only=False)
+    restored = _model(**lorenz)
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])
+    state = torch.randn(4, 3)
+    assert torch.equal(restored.rollout(state, 6), model.rollout(state, 6)) and restored.complexity == model.complexity
+    with pytest.raises(CheckpointError, match="another shape"):  # a linear graph is another model
+        _model(**{**lorenz, "state_function": "linear"}).on_load_checkpoint(checkpoint)
+    linear = GraphCoreConfig(n_nodes=8)
+    assert model_signature("GraphCore", **linear.shape) == model_signature(
+        "GraphCore", n_nodes=8, node_dim=2, max_history_length=2, levels=2
+    )  # a linear graph's signature is unchanged by the option
+
+
+@pytest.mark.parametrize(
+    ("setting", "quoted"),
+    [({"state_function": "spline"}, "state_function must be linear or mlp, got 'spline'"),
+     ({"state_function": "mlp", "state_hidden": -4}, "state_hidden must be a positive integer, got -4"),
+     ({"state_hidden": 0}, "state_hidden must be a positive integer, got 0")],
+)  # fmt: skip
+def test_bad_state_function_settings_are_refused_quoting_the_value(setting: dict, quoted: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        GraphCoreConfig(**setting)
+    assert quoted in str(refused.value)

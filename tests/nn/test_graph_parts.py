@@ -124,6 +124,75 @@ def test_graph_steps_gather_then_commit_and_respect_update_frequency() -> None:
         Graph(2, 2, edges=[(0, 5, 0)])
 
 
+# Nonlinear node state functions (lit_psion.nn.graph.NodeStateFunction) -----------------------------
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_a_nonlinear_state_function_starts_as_the_identity_exactly(levels: int) -> None:
+    from lit_psion.nn.graph import SuperGraph
+
+    torch.manual_seed(0)
+    graph = SuperGraph(4, 3, edges=[(0, 1, 0), (3, 2, 1)], max_history_length=2, levels=levels, state_hidden=8)
+    function = graph.level0.state_function
+    assert function is not None and function.input_weight.abs().sum() > 0  # random hidden layer, zero output layer
+    state = torch.randn(2, 4, 3)
+    assert torch.equal(graph(state, 5), state[:, None].expand(-1, 5, -1, -1))
+    assert Graph(4, 3).state_function is None  # linear by default
+    with pytest.raises(ConfigError, match="hidden >= 1, got -2"):
+        Graph(4, 3, state_hidden=-2)
+
+
+def _fit_product(state_hidden: int) -> tuple[float, float]:
+    """One 2-dim node whose truth is ``(x, y) -> (x, y + 0.5 * x * y)``: the MSE after 300 Adam steps, and the
+    best any linear state function can do (least squares on the same data)."""
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(512, 1, 2, generator=generator)
+    target = states.clone()
+    target[:, 0, 1] += 0.5 * states[:, 0, 0] * states[:, 0, 1]
+    torch.manual_seed(0)
+    graph = Graph(1, 2, cores=True, state_hidden=state_hidden)
+    graph.operator.pin("dense")
+    adam = torch.optim.Adam(graph.parameters(), lr=1e-2)
+    history = graph.initial_history(states)
+    for _ in range(300):
+        adam.zero_grad()
+        loss = torch.nn.functional.mse_loss(graph.propose(history), target)
+        loss.backward()
+        adam.step()
+    inputs = torch.cat([states[:, 0], torch.ones(512, 1)], 1)  # affine least squares: the linear optimum
+    residual = inputs @ torch.linalg.lstsq(inputs, target[:, 0]).solution - target[:, 0]
+    with torch.no_grad():
+        fitted = float(torch.nn.functional.mse_loss(graph.propose(history), target))
+    return fitted, float(residual.pow(2).mean())
+
+
+def test_a_nonlinear_state_function_fits_a_product_a_linear_one_cannot() -> None:
+    linear, optimum = _fit_product(0)
+    nonlinear, _ = _fit_product(16)
+    assert optimum == pytest.approx(0.1632, abs=1e-4)  # var(0.5 x y) over 2 dims, on this sample
+    assert linear >= optimum * 0.999  # no linear map does better than least squares
+    assert nonlinear < optimum / 100  # the MLP fits the product (2.7e-4 here)
+
+
+def test_a_state_function_gathers_what_growth_lets_its_node_read_without_a_jump() -> None:
+    torch.manual_seed(0)
+    graph = Graph(2, 1, state_hidden=4)
+    function = graph.state_function
+    with torch.no_grad():
+        function.output_weight.normal_()  # as after training: the MLP's output counts
+    assert function.reads(graph.operator).tolist() == [[True, False], [False, True]]  # each node its own state
+    states = torch.randn(8, 2, 1)
+    before = graph.propose(graph.initial_history(states))
+    graph.propose(graph.initial_history(states)).sum().backward()
+    assert function.input_weight.grad[0, :, 1].abs().sum() == 0  # node 0 does not read node 1 yet
+    graph.operator.grow(torch.tensor([[0], [1]]), torch.zeros(1))  # growth: node 0 reads node 1
+    assert function.reads(graph.operator).tolist() == [[True, True], [False, True]]
+    assert torch.equal(graph.propose(graph.initial_history(states)), before)  # the new read starts at zero weight
+    function.input_weight.grad = None
+    graph.propose(graph.initial_history(states)).sum().backward()
+    assert function.input_weight.grad[0, :, 1].abs().sum() > 0  # and now learns
+
+
 # Growth (lit_psion.nn.growth) ----------------------------------------------------------------------
 
 
