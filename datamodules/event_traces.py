@@ -4,9 +4,12 @@ Traces come from :func:`lit_psion.events.traces.generate_trace`, deterministic p
 index). Each event is encoded with its commitment meta-fields hidden (``commitment_delta`` 0, no
 ``commitment_id``): predicting them is the model's job, so they appear only as teacher labels.
 Traces are packed into one token stream per split and cut into windows of ``block_size + 1``, like
-the corpus DataModule; a batch holds ``input_ids``, ``targets``, the per-input-token teacher
-tensors ``opcode_targets`` and ``commitment_targets`` (-100 where unsupervised), ``sample_ids`` and
-the ``cursor``. The manifest pins the generator settings, counts and tokenizer digest; resuming
+the corpus DataModule (or, with ``trace_windows``, each trace padded to its own window, so that
+a read always shares its window with its write); a batch holds ``input_ids``, ``targets``, the
+per-input-token teacher tensors ``opcode_targets`` and ``commitment_targets`` (-100 where
+unsupervised), ``recall_mask`` (per target: True where the target is a token of a MemoryRead's
+value, what recall accuracy is measured on), ``sample_ids`` and the ``cursor``. The manifest pins
+the generator settings, counts and tokenizer digest; resuming
 against a different one is refused.
 """
 
@@ -22,12 +25,13 @@ from torch.utils.data import Dataset
 
 from lit_psion.core import atomic_write_text, canonical_json, sha256_bytes, sha256_json
 from lit_psion.core.contracts import DataFacts
+from lit_psion.core.errors import DataError
 from lit_psion.core.layout import TOKENIZER_FILE
 from lit_psion.core.manifest import RecordManifest
 from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
 from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
 from lit_psion.events.envelope import EventEnvelope
-from lit_psion.events.traces import IGNORE, Supervised, TraceSettings, generate_trace
+from lit_psion.events.traces import IGNORE, NOP, READ_MEM, WRITE_MEM, Supervised, TraceSettings, generate_trace
 
 FORMAT_VERSION = 1
 
@@ -37,16 +41,32 @@ def observed(event: EventEnvelope) -> EventEnvelope:
     return dataclasses.replace(event, commitment_delta=0, commitment_id=None)
 
 
-def encode_trace(codec: BpeEventCodec, trace: list[Supervised]) -> tuple[list[int], list[int], list[int]]:
-    """Token ids with their opcode and commitment teacher labels (one per token, -100 unsupervised)."""
-    ids, spans = codec.encode_spans([observed(s.event) for s in trace])
-    opcodes, commitments = [IGNORE] * len(ids), [IGNORE] * len(ids)
-    for item, (start, end, text_start, text_end) in zip(trace, spans, strict=True):
+def encode_trace(
+    codec: BpeEventCodec, trace: list[Supervised], opcodes_on_values: bool = False
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Token ids with their opcode and commitment teacher labels (one per token, -100 unsupervised),
+    and a recall flag per token: 1 on the tokens of a MemoryRead's value, 0 elsewhere.
+
+    An event's opcode is taught on all its tokens, or with ``opcodes_on_values`` only where the memory
+    acts: WRITE_MEM on the value tokens a write stores, READ_MEM on the tokens just before a read's
+    value tokens (those that predict them), NOP on the rest of the event.
+    """
+    events = [observed(s.event) for s in trace]
+    ids, spans = codec.encode_spans(events)
+    _, value_spans = codec.encode_spans(events, field="value")
+    opcodes, commitments, recall = [IGNORE] * len(ids), [IGNORE] * len(ids), [0] * len(ids)
+    for item, (start, end, text_start, text_end), value in zip(trace, spans, value_spans, strict=True):
         opcodes[start:end] = [item.opcode] * (end - start)
+        if opcodes_on_values and item.opcode != NOP and value[2] < value[3]:
+            lo, hi = (value[2], value[3]) if item.opcode == WRITE_MEM else (value[2] - 1, value[3] - 1)
+            opcodes[start:end] = [NOP] * (end - start)
+            opcodes[lo:hi] = [item.opcode] * (hi - lo)
         if item.commitment is not None:
             lo, hi = (start, end) if item.whole_event_commitment else (text_start, text_end)
             commitments[lo:hi] = [item.commitment] * (hi - lo)
-    return ids, opcodes, commitments
+        if item.opcode == READ_MEM and item.event.type == "MemoryRead":
+            recall[value[2] : value[3]] = [1] * (value[3] - value[2])
+    return ids, opcodes, commitments, recall
 
 
 class PackedEvents(Dataset):
@@ -67,6 +87,7 @@ class PackedEvents(Dataset):
             "input_ids": ids[:, :-1], "targets": ids[:, 1:], "sample_ids": sample_ids,
             "opcode_targets": self.streams["opcode"][window[:, :-1]].long(),
             "commitment_targets": self.streams["commitment"][window[:, :-1]].long(),
+            "recall_mask": self.streams["recall"][window[:, 1:]].bool(),
         }  # fmt: skip
 
 
@@ -77,6 +98,13 @@ class EventTraceDataModule(ReplayDataModule):
         n_train, n_val: Traces per split.
         n_test: Traces of a test split (default 0: none, and ``test`` is refused).
         n_pairs, distractor_events, negotiation_pairs, sleep_replay_per_pair: The trace shape (seed 003).
+        min_distractor_events: With a value, each trace draws its distractor count (the recall distance)
+            from [min_distractor_events, distractor_events].
+        value_length: 0: template values (a word and two digits); > 0: random values of this many letters.
+        trace_windows: Give each trace its own window of ``block_size`` tokens, padded (a longer trace is
+            refused), instead of packing traces across windows: a read then always shares a window with its write.
+        opcodes_on_values: Teach the memory opcodes only where the memory acts (a write's value tokens, the
+            tokens predicting a read's value) instead of on every token of a memory event.
         vocab_size: Event BPE vocabulary size (trained on ``tokenizer_traces`` training traces).
         block_size: Tokens of context per sample.
         batch_size: Samples per training batch.
@@ -98,6 +126,10 @@ class EventTraceDataModule(ReplayDataModule):
         distractor_events: int = 4,
         negotiation_pairs: int = 2,
         sleep_replay_per_pair: int = 1,
+        min_distractor_events: int | None = None,
+        value_length: int = 0,
+        trace_windows: bool = False,
+        opcodes_on_values: bool = False,
         vocab_size: int = 2048,
         tokenizer_traces: int = 300,
         block_size: int = 512,
@@ -109,7 +141,10 @@ class EventTraceDataModule(ReplayDataModule):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers, cache_dir=cache_dir)
         self.settings = TraceSettings(n_pairs=n_pairs, distractor_events=distractor_events,
                                       negotiation_pairs=negotiation_pairs,
-                                      sleep_replay_per_pair=sleep_replay_per_pair)  # fmt: skip
+                                      sleep_replay_per_pair=sleep_replay_per_pair,
+                                      min_distractor_events=min_distractor_events,
+                                      value_length=value_length)  # fmt: skip
+        self.trace_windows, self.opcodes_on_values = trace_windows, opcodes_on_values
         self.n_train, self.n_val, self.requested_vocab_size = n_train, n_val, vocab_size
         self.n_test = n_test
         self.tokenizer_traces, self.block_size = tokenizer_traces, block_size
@@ -136,21 +171,37 @@ class EventTraceDataModule(ReplayDataModule):
                              "samples": len(self._dataset(split))}  # fmt: skip
         tokenizer_digest = sha256_bytes(path.read_bytes())
         record = {"kind": "event_traces", **key, "block_size": self.block_size, "n_train": self.n_train,
-                  "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts}
+                  "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts}  # fmt: skip
+        for name in ("trace_windows", "opcodes_on_values"):  # recorded only when set, as n_test
+            if getattr(self, name):
+                record[name] = True
         if self.n_test:  # recorded only when asked for: data without a test split keeps its manifest digest
             record["n_test"] = self.n_test
         return RecordManifest(record)
 
     def _encode(self, split: Split, count: int) -> dict[str, torch.Tensor]:
         """The packed token, opcode-label and commitment-label streams of ``count`` traces of ``split``."""
-        ids, opcodes, commitments = [], [], []
+        ids, opcodes, commitments, recall = [], [], [], []
         for index in range(count):
-            trace_ids, trace_opcodes, trace_commitments = encode_trace(self.codec, self.trace(split, index))
+            trace_ids, trace_opcodes, trace_commitments, trace_recall = encode_trace(
+                self.codec, self.trace(split, index), self.opcodes_on_values
+            )
+            if self.trace_windows:
+                padding = self.block_size - len(trace_ids)
+                if padding < 0:
+                    raise DataError(f"{split} trace {index} has {len(trace_ids)} tokens, more than block_size "
+                                    f"{self.block_size}: raise --data.block_size or shorten the traces")  # fmt: skip
+                trace_ids += [self.codec.pad] * padding
+                trace_opcodes += [IGNORE] * padding
+                trace_commitments += [IGNORE] * padding
+                trace_recall += [0] * padding
             ids += trace_ids
             opcodes += trace_opcodes
             commitments += trace_commitments
+            recall += trace_recall
         return {"ids": torch.tensor(ids, dtype=torch.int32), "opcode": torch.tensor(opcodes, dtype=torch.int16),
-                "commitment": torch.tensor(commitments, dtype=torch.int16)}  # fmt: skip
+                "commitment": torch.tensor(commitments, dtype=torch.int16),
+                "recall": torch.tensor(recall, dtype=torch.int8)}  # fmt: skip
 
     def _dataset(self, split: Split) -> PackedEvents:
         return PackedEvents(self._streams[split], self.block_size)
@@ -162,7 +213,7 @@ class EventTraceDataModule(ReplayDataModule):
         return self._tokenizer_key()[1]
 
     def _tokenizer_key(self) -> tuple[dict[str, Any], Path]:
-        key = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(self.settings), "seed": self.seed,
+        key = {"format": FORMAT_VERSION, "settings": self.settings.pinned(), "seed": self.seed,
                "vocab_size": self.requested_vocab_size, "traces": self.tokenizer_traces}  # fmt: skip
         return key, self.cache_dir / "event_tokenizers" / sha256_json(key) / TOKENIZER_FILE
 

@@ -3,7 +3,8 @@
 Each event becomes ``EVENT_START``, the UTF-8 bytes of its canonical JSON (bytes are ids 0-255),
 ``EVENT_END``. Canonical JSON (sorted keys, floats as Python repr) makes the encoding unique and
 ``decode(encode(events)) == events`` exact. :meth:`EventCodec.encode_spans` also returns, for
-each event, the token range of its payload's ``text`` value, which the trace builder supervises.
+each event, the token range of its payload's ``text`` value (or another string field), which the
+trace builder supervises.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ class EventCodec:
     def encode(self, events: Sequence[EventEnvelope]) -> list[int]:
         return self.encode_spans(events)[0]
 
-    def encode_spans(self, events: Sequence[EventEnvelope]) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    def encode_spans(
+        self, events: Sequence[EventEnvelope], field: str = "text"
+    ) -> tuple[list[int], list[tuple[int, int, int, int]]]:
         """Token ids, and per event (start, end, text_start, text_end): its whole span and its text span.
 
-        The text span is empty (text_start == text_end) when the payload has no string ``text``.
+        The text span is that of the payload's ``field`` (default ``text``); empty (text_start ==
+        text_end) when the payload has no such non-empty string.
         """
         ids: list[int] = []
         spans = []
@@ -42,12 +46,12 @@ class EventCodec:
             ids.extend(body)
             ids.append(EVENT_END)
             text_start = text_end = start + 1
-            text = event.payload.get("text")
+            text = event.payload.get(field)
             if isinstance(text, str) and text:
-                needle = b'"text":' + canonical_json(text)
+                needle = canonical_json(field) + b":" + canonical_json(text)
                 offset = body.find(needle)
                 if offset >= 0:
-                    text_start = start + 1 + offset + len(b'"text":"')
+                    text_start = start + 1 + offset + len(needle) - len(canonical_json(text)) + 1
                     text_end = text_start + len(canonical_json(text)) - 2
             spans.append((start, len(ids), text_start, text_end))
         return ids, spans
@@ -86,10 +90,12 @@ class BpeEventCodec:
     def encode(self, events: Sequence[EventEnvelope]) -> list[int]:
         return self.encode_spans(events)[0]
 
-    def encode_spans(self, events: Sequence[EventEnvelope]) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    def encode_spans(
+        self, events: Sequence[EventEnvelope], field: str = "text"
+    ) -> tuple[list[int], list[tuple[int, int, int, int]]]:
         """Token ids, and per event (start, end, text_start, text_end), as :meth:`EventCodec.encode_spans`.
 
-        The text span covers every token that overlaps the payload's ``text`` value.
+        The text span covers every token that overlaps the payload's ``field`` value (default ``text``).
         """
         ids: list[int] = []
         spans = []
@@ -101,12 +107,13 @@ class BpeEventCodec:
             ids.extend(encoding.ids)
             ids.append(self.event_end)
             text_start = text_end = start + 1
-            text = event.payload.get("text")
+            text = event.payload.get(field)
             if isinstance(text, str) and text:
                 quoted = canonical_json(text).decode()
-                offset = body.find('"text":' + quoted)
+                name = canonical_json(field).decode() + ":"
+                offset = body.find(name + quoted)
                 if offset >= 0:
-                    lo = offset + len('"text":') + 1
+                    lo = offset + len(name) + 1
                     hi = lo + len(quoted) - 2
                     inside = [i for i, (a, b) in enumerate(encoding.offsets) if a < hi and b > lo]
                     if inside:

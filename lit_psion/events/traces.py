@@ -3,7 +3,9 @@
 A trace is deterministic in (seed, split, index). It has, in order:
 
 1. a write phase: ``n_pairs`` MemoryWrite events ``{"key", "value"}`` (opcode WRITE_MEM);
-2. ``distractor_events`` Message/ToolResult events with unrelated text (opcode NOP);
+2. ``distractor_events`` Message/ToolResult events with unrelated text (opcode NOP), or with
+   ``min_distractor_events`` set, a count drawn uniformly from [min_distractor_events, distractor_events]:
+   the recall distance;
 3. sleep replay: ``sleep_replay_per_pair`` Sleep events per pair repeating it (WRITE_MEM);
 4. ``negotiation_pairs`` negotiations: the user asks, the agent accepts ("I will ...", opens a
    commitment, +1), works (a ToolCall and its ToolResult, 0), and completes ("Here is ...", closes
@@ -13,13 +15,18 @@ A trace is deterministic in (seed, split, index). It has, in order:
 
 Each event carries its supervision: the opcode of its tokens, and the commitment delta taught on
 its text span (+1/-1 on the agent's accept/complete text, 0 on the work events and the user's
-request); everything else is -100 (unsupervised).
+request, and 0 on the distractors' text: they change no commitment); everything else is -100 (unsupervised).
+
+Values are a word and two digits by default; with ``value_length`` > 0 they are random strings of
+that many characters from :data:`VALUE_ALPHABET`, which no template or tokenizer merge can predict:
+only recalling the write can.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+from typing import ClassVar
 
 from lit_psion.events.envelope import EventEnvelope
 
@@ -31,6 +38,9 @@ _WORDS = ("alpha", "bravo", "cedar", "delta", "ember", "fjord", "gamma", "harbor
           "willow", "xenon", "yonder", "zephyr")  # fmt: skip
 _OBJECTS = ("the report", "that file", "the invoice", "the notes", "the schedule", "the logs", "the draft", "the map")
 _TOOLS = ("search", "open", "read", "grep")
+VALUE_ALPHABET = "ABDEFGHIJKLNOPQUVXYZ"
+"""Characters of random values (``value_length`` > 0): capitals no event template uses, so the event BPE
+gives one token per letter (chance of guessing one is 1 / 20)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,15 +49,40 @@ class TraceSettings:
     distractor_events: int = 4
     negotiation_pairs: int = 2
     sleep_replay_per_pair: int = 1
+    min_distractor_events: int | None = None
+    """With a value, each trace draws its distractor count from [min_distractor_events, distractor_events]."""
+    value_length: int = 0
+    """0: values are a word and two digits; > 0: random strings of this many ``VALUE_ALPHABET`` characters."""
+
+    NEW_FIELDS: ClassVar[dict[str, int | None]] = {"min_distractor_events": None, "value_length": 0}
+    """Fields added after traces were first pinned, with their defaults: recorded only when changed, so
+    manifests and tokenizer keys of existing runs keep their digests."""
 
     def __post_init__(self) -> None:
         from lit_psion.core.errors import ConfigError
 
+        problems = []
         for field in dataclasses.fields(self):
-            if getattr(self, field.name) < 0:
-                raise ConfigError(f"{field.name} must be >= 0, got {getattr(self, field.name)!r}")
-        if self.n_pairs + self.negotiation_pairs == 0:
-            raise ConfigError("a trace needs n_pairs or negotiation_pairs > 0")
+            value = getattr(self, field.name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                problems.append(f"{field.name} must be an integer >= 0, got {value!r}")
+        if not problems and self.n_pairs + self.negotiation_pairs == 0:
+            problems.append("a trace needs n_pairs or negotiation_pairs > 0")
+        if not problems and self.n_pairs > len(_WORDS):
+            problems.append(f"n_pairs must be <= {len(_WORDS)} (one distinct key word each), got {self.n_pairs!r}")
+        low = self.min_distractor_events
+        if not problems and low is not None and low > self.distractor_events:
+            problems.append(f"min_distractor_events must be <= distractor_events={self.distractor_events}, got {low!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def pinned(self) -> dict[str, int | None]:
+        """The settings as recorded in manifests and tokenizer keys (new fields only when set)."""
+        record = dataclasses.asdict(self)
+        for name, default in self.NEW_FIELDS.items():
+            if record[name] == default:
+                del record[name]
+        return record
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,14 +107,20 @@ def generate_trace(settings: TraceSettings, seed: int, split: str, index: int) -
         out.append(Supervised(event, opcode, commitment, whole))
 
     keys = rng.sample(_WORDS, settings.n_pairs)
-    values = [f"{rng.choice(_WORDS)}-{rng.randrange(100):02d}" for _ in keys]
+    if settings.value_length:
+        values = ["".join(rng.choices(VALUE_ALPHABET, k=settings.value_length)) for _ in keys]
+    else:
+        values = [f"{rng.choice(_WORDS)}-{rng.randrange(100):02d}" for _ in keys]
     for key, value in zip(keys, values, strict=True):
         add("MemoryWrite", "mem", {"key": key, "value": value}, WRITE_MEM)
-    for _ in range(settings.distractor_events):
+    distractors = settings.distractor_events
+    if settings.min_distractor_events is not None:
+        distractors = rng.randint(settings.min_distractor_events, distractors)
+    for _ in range(distractors):
         if rng.random() < 0.5:
-            add("Message", "user", {"text": f"note: {rng.choice(_WORDS)} {rng.choice(_WORDS)}"}, NOP)
+            add("Message", "user", {"text": f"note: {rng.choice(_WORDS)} {rng.choice(_WORDS)}"}, NOP, commitment=0)
         else:
-            add("ToolResult", "tool", {"text": f"{rng.choice(_WORDS)} ok"}, NOP)
+            add("ToolResult", "tool", {"text": f"{rng.choice(_WORDS)} ok"}, NOP, commitment=0)
     for key, value in zip(keys, values, strict=True):
         for _ in range(settings.sleep_replay_per_pair):
             add("Sleep", "mem", {"key": key, "value": value}, WRITE_MEM)

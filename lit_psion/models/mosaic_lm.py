@@ -4,6 +4,9 @@ Objective (seed 003): next-token cross-entropy
 + ``aux_opcode_weight`` * opcode cross-entropy (teacher ``opcode_targets``)
 + ``aux_commitment_weight`` * commitment cross-entropy (teacher ``commitment_targets`` in
 {-1, 0, +1} mapped to classes {0: close, 1: neutral, 2: open}); -100 positions are ignored.
+
+Recall accuracy (``val/recall_acc``) is the next-token accuracy on the targets a batch's
+``recall_mask`` flags: the value tokens of MemoryRead events, which only recalling the write predicts.
 """
 
 from __future__ import annotations
@@ -39,7 +42,22 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor, world: int = 1,
     if reduce_sum is not None:
         count = reduce_sum(count.detach())
     return total * world / count.clamp_min(1)
+
+
 COMMITMENT_CLASSES = ("close", "neutral", "open")
+
+
+def recall_labels(targets: torch.Tensor, recall_mask: torch.Tensor) -> torch.Tensor:
+    """``targets`` where ``recall_mask`` flags a MemoryRead value token, -100 (not counted) elsewhere."""
+    return torch.where(recall_mask, targets, IGNORE)
+
+
+def recall_counts(logits: torch.Tensor, targets: torch.Tensor, recall_mask: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted): greedy next-token predictions of ``logits`` (B, T, vocab) that hit the
+    ``targets`` (B, T) flagged by ``recall_mask`` (B, T), and how many were flagged."""
+    labels = recall_labels(targets, recall_mask)
+    counted = labels != IGNORE
+    return int((logits.argmax(-1).eq(labels) & counted).sum()), int(counted.sum())
 
 
 def commitment_labels(deltas: torch.Tensor) -> torch.Tensor:
@@ -77,14 +95,16 @@ class MosaicLM(DecoderLM):
         self.val_parts = torch.nn.ModuleDict({name: MeanMetric() for name in ("lm_ce", "aux_opcode_ce",
                                                                                "aux_commitment_ce")})  # fmt: skip
         self.val_commitment_accuracy = MulticlassAccuracy(num_classes=3, average=None, ignore_index=IGNORE)
+        self.val_recall_accuracy = MulticlassAccuracy(num_classes=self.decoder_config.vocab_size, average="micro",
+                                                      ignore_index=IGNORE)  # fmt: skip
 
     @property
     def model_signature(self) -> str:
         return model_signature("MosaicLM", decoder=dataclasses.asdict(self.decoder_config),
-                               mosaic=dataclasses.asdict(self.mosaic_config))  # fmt: skip
+                               mosaic=self.mosaic_config.signed())  # fmt: skip
 
-    def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model(input_ids)
+    def forward(self, input_ids: torch.Tensor, memory_gates: bool = True) -> dict[str, torch.Tensor]:
+        return self.model(input_ids, memory_gates=memory_gates)
 
     def generate(self, *args: object, **kwargs: object) -> torch.Tensor:
         raise NotImplementedError("MosaicLM predicts events: use `python -m lit_psion events predict`")
@@ -144,6 +164,10 @@ class MosaicLM(DecoderLM):
         if "mosaic_commitment_logits" in out and "commitment_targets" in batch:
             self.val_commitment_accuracy.update(out["mosaic_commitment_logits"].flatten(0, 1),
                                                 commitment_labels(batch["commitment_targets"]).flatten())  # fmt: skip
+        recall_mask = batch.get("recall_mask")
+        if recall_mask is not None and recall_mask.any():
+            self.val_recall_accuracy.update(out["logits"].flatten(0, 1),
+                                            recall_labels(batch["targets"], recall_mask).flatten())  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         if self.val_commitment_accuracy.update_count:
@@ -151,6 +175,9 @@ class MosaicLM(DecoderLM):
             for name, value in zip(COMMITMENT_CLASSES, accuracy, strict=True):
                 self.log(f"val/commitment_acc_{name}", value)
             self.val_commitment_accuracy.reset()
+        if self.val_recall_accuracy.update_count:
+            self.log("val/recall_acc", self.val_recall_accuracy.compute())
+            self.val_recall_accuracy.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, _, _ = self.objective(batch)

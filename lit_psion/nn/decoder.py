@@ -73,6 +73,19 @@ def rope_tables(block_size: int, head_dim: int, base: float) -> tuple[torch.Tens
     return angles.cos(), angles.sin()
 
 
+def sliding_window_mask(T: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (T, T) mask, True where query t may attend key s: ``0 <= t - s < window``."""
+    offset = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
+    return (offset >= 0) & (offset < window)
+
+
+def check_attention_window(window: int | None) -> str | None:
+    """The problem with an ``attention_window`` value, or None when it is valid."""
+    if window is None or (isinstance(window, int) and not isinstance(window, bool) and window >= 1):
+        return None
+    return f"attention_window must be a positive integer or None (full causal attention), got {window!r}"
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[..., :h/2], x[..., h/2:]) of x (B, n_head, T, head_dim) by position."""
     half = x.shape[-1] // 2
@@ -81,10 +94,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
+    """Causal attention; with ``attention_window`` a position sees itself and the ``window - 1`` before it."""
+
+    def __init__(self, config: DecoderConfig, attention_window: int | None = None) -> None:
         super().__init__()
+        if problem := check_attention_window(attention_window):
+            raise ConfigError(problem)
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.window = attention_window
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -95,7 +113,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, nh, T, hd)
+        if self.window is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, nh, T, hd)
+        else:
+            mask = sliding_window_mask(T, self.window, x.device)  # (T, T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -113,10 +135,10 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(self, config: DecoderConfig, attention_window: int | None = None) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, attention_window)
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config)
 
@@ -126,14 +148,22 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """A pre-norm decoder-only transformer returning next-token logits (B, T, vocab_size)."""
+    """A pre-norm decoder-only transformer returning next-token logits (B, T, vocab_size).
 
-    def __init__(self, config: DecoderConfig) -> None:
+    Args:
+        config: Its shape.
+        attention_window: Sliding-window attention in every block (None: full causal). Stacked, the
+            blocks reach ``n_layer * (attention_window - 1)`` positions back. A constructor argument,
+            not a config field, so that the configs (and signatures) of existing decoders stay as they were.
+    """
+
+    def __init__(self, config: DecoderConfig, attention_window: int | None = None) -> None:
         super().__init__()
         self.config = config
+        self.attention_window = attention_window
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.embed_dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, attention_window) for _ in range(config.n_layer))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:

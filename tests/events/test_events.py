@@ -122,3 +122,129 @@ def test_the_bpe_codec_keeps_framing_tokens_inside_text_as_text() -> None:
     texts = [json.dumps(e.to_json_dict()) for e in tricky] * 20
     codec = BpeEventCodec(train_event_tokenizer(texts, 400))
     assert codec.decode(codec.encode(tricky)) == tricky
+
+
+def test_default_traces_and_their_pinned_settings_are_unchanged() -> None:
+    """The memory-ablation knobs are off by default: traces, tokenizer keys and manifests keep their digests."""
+    from lit_psion.core import sha256_json
+    from lit_psion.events.traces import TraceSettings, generate_trace
+
+    trace = generate_trace(TraceSettings(), seed=0, split="train", index=5)
+    digest = sha256_json([s.event.to_json_dict() for s in trace])
+    assert digest == "70a6b05c21865df613a7bf2c56ab08d03f282b06fb7e39a972d356e4b5a485cb"  # generated before the knobs
+    assert TraceSettings().pinned() == {"n_pairs": 3, "distractor_events": 4, "negotiation_pairs": 2,
+                                        "sleep_replay_per_pair": 1}  # fmt: skip
+    assert TraceSettings(value_length=6, min_distractor_events=0).pinned() == {
+        **TraceSettings().pinned(), "value_length": 6, "min_distractor_events": 0}  # fmt: skip
+
+
+def test_recall_distance_and_random_values_follow_the_settings() -> None:
+    from lit_psion.events.traces import VALUE_ALPHABET, TraceSettings, generate_trace
+
+    settings = TraceSettings(n_pairs=2, distractor_events=5, min_distractor_events=1, negotiation_pairs=0,
+                             sleep_replay_per_pair=0, value_length=7)  # fmt: skip
+    counts, values = set(), set()
+    for index in range(60):
+        trace = generate_trace(settings, seed=1, split="train", index=index)
+        counts.add(sum(s.event.type in ("Message", "ToolResult") for s in trace))
+        values.update(s.event.payload["value"] for s in trace if s.event.type == "MemoryWrite")
+    assert counts == {1, 2, 3, 4, 5}
+    assert len(values) == 120 and all(len(v) == 7 and set(v) <= set(VALUE_ALPHABET) for v in values)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"min_distractor_events": 5, "distractor_events": 4}, "must be <= distractor_events=4, got 5"),
+        ({"min_distractor_events": -1}, "min_distractor_events must be an integer >= 0, got -1"),
+        ({"value_length": -2}, "value_length must be an integer >= 0, got -2"),
+        ({"value_length": 2.5}, "value_length must be an integer >= 0, got 2.5"),
+        ({"n_pairs": 27}, "n_pairs must be <= 26"),
+    ],
+)
+def test_bad_trace_settings_are_refused_quoting_the_value(change: dict, message: str) -> None:
+    from lit_psion.core.errors import ConfigError
+    from lit_psion.events.traces import TraceSettings
+
+    with pytest.raises(ConfigError, match=message):
+        TraceSettings(**change)
+
+
+def _bpe_codec() -> object:
+    from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
+    from lit_psion.events.traces import TraceSettings, generate_trace
+
+    settings = TraceSettings(n_pairs=2, distractor_events=2, value_length=5)
+    texts = [json.dumps(s.event.to_json_dict()) for i in range(20) for s in generate_trace(settings, 0, "train", i)]
+    return BpeEventCodec(train_event_tokenizer(texts, 400))
+
+
+@pytest.mark.parametrize("codec", ["bytes", "bpe"])
+def test_the_recall_flags_cover_exactly_the_memory_read_values(codec: str) -> None:
+    from lit_psion.datamodules.event_traces import encode_trace
+    from lit_psion.events.traces import TraceSettings, generate_trace
+
+    coder = EventCodec() if codec == "bytes" else _bpe_codec()
+    settings = TraceSettings(n_pairs=3, distractor_events=2, sleep_replay_per_pair=1, value_length=5)
+    trace = generate_trace(settings, seed=0, split="val", index=3)  # writes, sleeps and reads share values
+    ids, _, _, recall = encode_trace(coder, trace)
+    runs, current = [], []
+    for token, flagged in zip(ids, recall, strict=True):
+        if flagged:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    text = (lambda tokens: bytes(tokens).decode()) if codec == "bytes" else coder.tokenizer.decode
+    reads = [s.event.payload["value"] for s in trace if s.event.type == "MemoryRead"]
+    assert [text(run).strip('"') for run in runs] == reads  # one run per read, nothing from writes or sleeps
+
+
+def _memory_data(tmp_path: object, **overrides: object) -> object:
+    from lit_psion.datamodules import EventTraceDataModule
+
+    settings = {"n_train": 4, "n_val": 3, "n_pairs": 2, "distractor_events": 2, "negotiation_pairs": 0,
+                "sleep_replay_per_pair": 0, "value_length": 4, "vocab_size": 300, "tokenizer_traces": 4,
+                "block_size": 512, "batch_size": 2, "cache_dir": str(tmp_path)}  # fmt: skip
+    return EventTraceDataModule(**{**settings, **overrides})
+
+
+def test_trace_windows_give_each_trace_its_own_padded_window(tmp_path: object) -> None:
+    from lit_psion.datamodules.event_traces import encode_trace
+
+    data = _memory_data(tmp_path, trace_windows=True)
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+    codec = data.load_codec()
+    for row, index in enumerate(batch["sample_ids"].tolist()):
+        ids, _, _, recall = encode_trace(codec, data.trace("val", index))
+        window = batch["input_ids"][row].tolist()
+        assert window[: len(ids)] == ids and set(window[len(ids) :]) == {codec.pad}  # the whole trace, then padding
+        assert batch["recall_mask"][row].tolist() == [bool(flag) for flag in recall[1:]] + [False] * (513 - len(ids))
+    packed = _memory_data(tmp_path)  # without: traces run on across windows
+    packed.setup("validate")
+    assert next(iter(packed.val_dataloader()))["input_ids"][0].tolist().count(codec.pad) == 0
+
+
+def test_a_trace_longer_than_its_window_is_refused(tmp_path: object) -> None:
+    from lit_psion.core.errors import DataError
+
+    with pytest.raises(DataError, match=r"has \d+ tokens, more than block_size 128"):
+        _memory_data(tmp_path, trace_windows=True, block_size=128).setup("validate")
+
+
+def test_opcodes_on_values_teach_only_where_the_memory_acts() -> None:
+    from lit_psion.datamodules.event_traces import encode_trace
+    from lit_psion.events.traces import NOP, READ_MEM, WRITE_MEM, TraceSettings, generate_trace
+
+    trace = generate_trace(TraceSettings(n_pairs=2, distractor_events=1, negotiation_pairs=1, value_length=5),
+                           seed=0, split="train", index=0)  # fmt: skip
+    codec = EventCodec()
+    ids, everywhere, _, recall = encode_trace(codec, trace)
+    _, on_values, _, _ = encode_trace(codec, trace, opcodes_on_values=True)
+    writes = [s.event.payload["value"] for s in trace if s.opcode == WRITE_MEM]  # MemoryWrite and Sleep replay
+    written = bytes(t for t, op in zip(ids, on_values, strict=True) if op == WRITE_MEM).decode()
+    assert written == "".join(writes) and everywhere.count(WRITE_MEM) > len(written)  # every Write token before
+    reading = [i for i, op in enumerate(on_values) if op == READ_MEM]
+    assert [i + 1 for i in reading] == [i for i, flag in enumerate(recall) if flag]  # each predicts a read's value
+    assert all(op in (NOP, -100) for op, flag in zip(on_values, everywhere, strict=True) if flag == NOP)

@@ -152,3 +152,123 @@ def test_an_auxiliary_loss_over_rank_slices_has_the_global_batch_gradient() -> N
         mp.spawn(_rank_gradient, args=(port, logits_in, labels, out), nprocs=2, join=True)
         for rank in (0, 1):
             assert torch.allclose(out[rank], expected, atol=1e-6), rank
+
+
+# --- the memory ablation (benchmarks/mosaic_memory.py): a sliding window, the memory beyond it, gates off ---
+
+SMALL = {"vocab_size": 64, "block_size": 32, "n_layer": 2, "n_head": 2, "d_model": 32}
+WINDOW, FAR = 3, 4
+"""Two blocks with a window of 3 reach 4 positions back: position FAR + 5 = 9 onwards cannot see token FAR."""
+
+
+def windowed(**mosaic: object) -> Mosaic:
+    torch.manual_seed(0)
+    model = Mosaic(DecoderConfig(**SMALL), MosaicConfig(mem_buckets=1, mem_hashes=2, attention_window=WINDOW,
+                                                        commitment_head=False, **mosaic))  # fmt: skip
+    if model.memory is not None:
+        torch.nn.init.normal_(model.memory.out.weight, std=0.5)  # make the memory's contribution visible
+    return model.eval()
+
+
+def far_change(model: Mosaic, memory_gates: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, T, vocab) before and after changing token FAR."""
+    tokens = torch.randint(64, (2, 32), generator=torch.Generator().manual_seed(1))
+    changed = tokens.clone()
+    changed[:, FAR] = (changed[:, FAR] + 1) % 64
+    return model(tokens, memory_gates=memory_gates)["logits"], model(changed, memory_gates=memory_gates)["logits"]
+
+
+def test_without_memory_a_token_beyond_the_window_never_reaches_later_positions() -> None:
+    for model, gates in ((windowed(memory=False), True), (windowed(), False)):
+        before, after = far_change(model, gates)
+        assert torch.equal(before[:, FAR + 5 :], after[:, FAR + 5 :])
+        assert not torch.allclose(before[:, FAR : FAR + 5], after[:, FAR : FAR + 5])
+
+
+def test_the_memory_carries_a_token_beyond_the_window() -> None:
+    before, after = far_change(windowed())
+    assert not torch.allclose(before[:, FAR + 5 :], after[:, FAR + 5 :])
+    assert (before - after)[:, -1].abs().max() > 1e-3  # still felt at the last position, 27 tokens on
+
+
+def test_gates_off_is_the_decoder_without_the_memory_bitwise() -> None:
+    with_memory, without = windowed(), windowed(memory=False)
+    kept = {k: v for k, v in with_memory.state_dict().items() if not k.startswith("memory.")}
+    without.load_state_dict(kept)
+    tokens = torch.randint(64, (2, 32))
+    assert torch.equal(with_memory(tokens, memory_gates=False)["logits"], without(tokens)["logits"])
+    assert not torch.allclose(with_memory(tokens)["logits"], without(tokens)["logits"])
+    assert without.memory is None and len(without.hidden_matrices()) == len(with_memory.hidden_matrices()) - 2
+
+
+def test_a_read_recalls_what_followed_the_same_context() -> None:
+    """A write is filed under the address of the position before it: a read in that context recalls it."""
+    torch.manual_seed(0)
+    memory = Mosaic(DecoderConfig(**SMALL), MosaicConfig(mem_buckets=1, mem_key_dim=32)).memory
+    x = torch.randn(1, 6, 32)
+    x[0, 4] = x[0, 1]  # position 4 is in the context of position 1, so it should recall position 2
+    with torch.no_grad():
+        memory.address.weight.copy_(torch.eye(32) * 1.5)
+        memory.value.weight.copy_(torch.eye(32))
+        memory.out.weight.copy_(torch.eye(32))
+        ones = torch.ones(1, 6)
+        recalled = memory(x, ones, ones)[0, 4]  # (d_model,)
+        cosine = torch.nn.functional.cosine_similarity(recalled, memory.norm(x)[0], dim=-1)
+        assert cosine.argmax() == 2 and cosine[2] > 0.95, cosine
+        assert torch.equal(memory(x, ones, torch.zeros(1, 6)), torch.zeros(1, 6, 32))  # read gate 0: nothing read
+        write = torch.ones(1, 6)
+        write[0, 2] = 0.0  # position 2 never written: the read finds something else or nothing
+        assert torch.nn.functional.cosine_similarity(memory(x, write, ones)[0, 4], memory.norm(x)[0, 2], dim=0) < 0.9
+
+
+@pytest.mark.parametrize(
+    ("targets", "mask", "predicted", "expected"),
+    [
+        ([[5, 6, 7, 8]], [[0, 1, 1, 0]], [[5, 6, 0, 8]], (1, 2)),  # only flagged targets count
+        ([[5, 6, 7, 8]], [[0, 0, 0, 0]], [[5, 6, 7, 8]], (0, 0)),  # nothing flagged: nothing counted
+        ([[1, 2], [3, 4]], [[1, 1], [0, 1]], [[1, 0], [3, 4]], (2, 3)),  # across rows
+        ([[9, 9, 9]], [[1, 1, 1]], [[9, 9, 9]], (3, 3)),
+    ],
+)
+def test_recall_accuracy_counts_only_flagged_value_tokens(targets: list, mask: list, predicted: list,
+                                                          expected: tuple[int, int]) -> None:  # fmt: skip
+    from lit_psion.models.mosaic_lm import recall_counts, recall_labels
+
+    targets_t, mask_t = torch.tensor(targets), torch.tensor(mask, dtype=torch.bool)
+    logits = torch.nn.functional.one_hot(torch.tensor(predicted), 16).float()
+    assert recall_counts(logits, targets_t, mask_t) == expected
+    assert (recall_labels(targets_t, mask_t) != -100).sum() == expected[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"attention_window": 0}, "attention_window must be a positive integer or None.*got 0"),
+        ({"attention_window": "64"}, "attention_window must be a positive integer or None.*got '64'"),
+        ({"memory": "no"}, "memory must be true or false, got 'no'"),
+        ({"mem_buckets": 0}, "mem_buckets must be an integer >= 1, got 0"),
+        ({"mem_buckets": 0, "memory": 1}, "mem_buckets must be .* got 0; memory must be true or false, got 1"),
+    ],
+)
+def test_bad_mosaic_config_is_refused_quoting_the_value(change: dict, message: str) -> None:
+    from lit_psion.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        MosaicConfig(**change)
+
+
+def test_the_new_options_at_their_defaults_keep_existing_signatures() -> None:
+    old_fields = {"mem_buckets", "mem_hashes", "mem_key_dim", "memory_layer", "commitment_head", "hash_seed"}
+    assert MosaicConfig().signed().keys() == old_fields
+    assert MosaicConfig(attention_window=32, memory=False).signed().keys() == old_fields | {"attention_window",
+                                                                                            "memory"}  # fmt: skip
+
+
+def test_the_memory_preset_logs_recall_accuracy(tmp_path: Path) -> None:
+    small = ("--data.n_train", "40", "--data.n_val", "10", "--data.tokenizer_traces", "30")
+    assert fit("--trainer.default_root_dir", str(tmp_path), *small, "--trainer.max_steps", "2",
+               "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2",
+               config="configs/mosaic_memory.yaml") == 0  # fmt: skip
+    with open(tmp_path / read_latest(tmp_path) / "metrics.csv") as handle:
+        recall = [float(r["val/recall_acc"]) for r in csv.DictReader(handle) if r.get("val/recall_acc")]
+    assert len(recall) == 1 and 0.0 <= recall[0] <= 1.0

@@ -114,3 +114,38 @@ def test_warmup_then_cosine_to_the_floor() -> None:
     assert factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.55)
     assert factor(110) == factor(500) == pytest.approx(0.1)
+
+
+WINDOW = 4
+
+
+def test_attention_window_none_is_the_full_causal_decoder_bitwise() -> None:
+    idx = torch.randint(0, 32, (2, 16))
+    plain = tiny()
+    torch.manual_seed(0)
+    unwindowed = Decoder(DecoderConfig(**TINY), attention_window=None).eval()
+    assert torch.equal(plain(idx), unwindowed(idx))
+    torch.manual_seed(0)
+    windowed = Decoder(DecoderConfig(**TINY), attention_window=WINDOW).eval()  # same weights, a window
+    assert not torch.allclose(plain(idx)[:, WINDOW:], windowed(idx)[:, WINDOW:])
+    assert torch.allclose(plain(idx)[:, :WINDOW], windowed(idx)[:, :WINDOW], atol=1e-6)  # the window covers them
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_a_token_beyond_the_stacked_windows_never_reaches_a_later_position(n_layer: int) -> None:
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig(**{**TINY, "n_layer": n_layer}), attention_window=WINDOW).eval()
+    idx = torch.randint(0, 32, (2, 16))
+    changed = idx.clone()
+    changed[:, 2] = (changed[:, 2] + 1) % 32
+    before, after = model(idx), model(changed)
+    reach = 2 + n_layer * (WINDOW - 1)  # each block carries a token WINDOW - 1 positions further
+    assert torch.equal(before[:, reach + 1 :], after[:, reach + 1 :])
+    assert not torch.allclose(before[:, 2 : reach + 1], after[:, 2 : reach + 1])
+    assert not torch.allclose(before[:, reach], after[:, reach])  # the farthest position it reaches
+
+
+@pytest.mark.parametrize("window", [0, -3, 2.5, True, "8"])
+def test_a_bad_attention_window_is_refused_quoting_it(window: object) -> None:
+    with pytest.raises(ConfigError, match=f"attention_window must be a positive integer or None.*got {window!r}"):
+        Decoder(DecoderConfig(**TINY), attention_window=window)
