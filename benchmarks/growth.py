@@ -17,7 +17,7 @@ against the true trajectory; the MSE is over every step and state dim.
 
     python benchmarks/growth.py
     python benchmarks/growth.py --steps 300 --mask-seeds 0 1 2      # quicker, more static masks
-    python benchmarks/growth.py --system lorenz                      # about 2 minutes on 2 CPU cores
+    python benchmarks/growth.py --system lorenz                      # about 4 minutes on 2 CPU cores
 
 The last line of stdout is one JSON object; ``ratio`` is static MSE / grown MSE (above 1: growth wins), and for
 Lorenz ``ratio_linear_over_mlp`` is the grown linear rollout MSE over the grown nonlinear one.

@@ -34,6 +34,9 @@ from lit_psion.events.envelope import EventEnvelope
 from lit_psion.events.traces import IGNORE, NOP, READ_MEM, WRITE_MEM, Supervised, TraceSettings, generate_trace
 
 FORMAT_VERSION = 1
+SUPERVISION = 2
+"""What the traces' labels teach, recorded in the data manifest: 2 teaches commitment 0 on distractor text (1 left
+it unsupervised), so a run trained under other labels is refused on resume instead of continuing under these."""
 
 
 def observed(event: EventEnvelope) -> EventEnvelope:
@@ -171,7 +174,8 @@ class EventTraceDataModule(ReplayDataModule):
                              "samples": len(self._dataset(split))}  # fmt: skip
         tokenizer_digest = sha256_bytes(path.read_bytes())
         record = {"kind": "event_traces", **key, "block_size": self.block_size, "n_train": self.n_train,
-                  "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts}  # fmt: skip
+                  "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts,
+                  "supervision": SUPERVISION}  # fmt: skip
         for name in ("trace_windows", "opcodes_on_values"):  # recorded only when set, as n_test
             if getattr(self, name):
                 record[name] = True
@@ -199,6 +203,11 @@ class EventTraceDataModule(ReplayDataModule):
             opcodes += trace_opcodes
             commitments += trace_commitments
             recall += trace_recall
+        if self.trace_windows and count:  # the last window's last target, so that the last trace is a window too
+            ids.append(self.codec.pad)
+            opcodes.append(IGNORE)
+            commitments.append(IGNORE)
+            recall.append(0)
         return {"ids": torch.tensor(ids, dtype=torch.int32), "opcode": torch.tensor(opcodes, dtype=torch.int16),
                 "commitment": torch.tensor(commitments, dtype=torch.int16),
                 "recall": torch.tensor(recall, dtype=torch.int8)}  # fmt: skip

@@ -36,6 +36,9 @@ from lit_psion.core.errors import ConfigError
 from lit_psion.nn.decoder import Block, Decoder, DecoderConfig, check_attention_window
 
 N_OPCODES, WRITE, READ = 3, 1, 2
+MEMORY_ADDRESSING = "previous_position"
+"""How :class:`HashedMemory` files a write: under the address of the position before it (see its docs). MOSAIC
+checkpoints from before this scheme carry no such entry in their signature, so they are refused, not misread."""
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -76,12 +79,13 @@ class MosaicConfig:
             raise ConfigError("; ".join(problems))
 
     def signed(self) -> dict:
-        """The config as its model signature records it (fields added later only when not at their default)."""
+        """The config as its model signature records it (options added later only when not at their default),
+        with the memory's addressing scheme, so a checkpoint whose memory read differently is refused."""
         record = dataclasses.asdict(self)
         for name, default in self.NEW_FIELDS.items():
             if record[name] == default:
                 del record[name]
-        return record
+        return {**record, "memory_addressing": MEMORY_ADDRESSING}
 
     @property
     def hash_bits(self) -> int:

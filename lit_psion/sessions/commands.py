@@ -34,8 +34,9 @@ from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
 
 NEVER = 10**9
 CURVES = ("mse_base", "mse_no_update", "mse_with_update", "mse_learner")
-SERVED = "served."
-"""Prefix of the served weights' tensors in ``plastic_state.safetensors`` (the learner's have none)."""
+SERVED, GATE_WINDOW = "served.", "gate.window"
+"""In ``plastic_state.safetensors``: the prefix of the served weights' tensors (the learner's have none), and the
+promotion gate's window so far, (chunks, 2) float64: each chunk's served and learner mean squared error."""
 
 
 def _trainer(root: Path, max_steps: int, **kwargs: Any) -> L.Trainer:
@@ -163,20 +164,22 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
         if steps < settings["chunk"]:
             raise ConfigError(f"--steps {steps} is shorter than one chunk ({settings['chunk']}); use at least that")
         events = store.read_artifact(meta, EVENTS, optional=True) or b""  # checked before it is appended to
-        model, served = _session_model(store, meta)
+        model, served, window = _session_model(store, meta)
         L.seed_everything(seed, verbose=False)
         optimizer = dict(lr=settings["lr"], momentum=settings["momentum"], ns_steps=settings["ns_steps"],
                          optimizer_state=store.optimizer_state(meta) or None)  # fmt: skip
         gate = settings.get("gate_chunks", 0)  # a session made before the gate has no gate_chunks: none
         module = OnlineSession(model, Environment(model.config, meta["mu"]), steps, settings["chunk"], seed,
-                               **optimizer, gate_chunks=gate, served=served)  # fmt: skip
+                               **optimizer, gate_chunks=gate, served=served, margins=window)  # fmt: skip
         strategy = TransactionalStrategy(_policy(settings), device="cpu")
         run_id = new_run_id()
         run_dir = directory / "runs" / run_id
         run_dir.mkdir(parents=True)
         trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[Receipts()])
         trainer.fit(module)
-        plastic = {**model.plastic_state(), **{SERVED + k: v for k, v in module.gate.served.items()}}
+        served = module.gate.served if gate else model.plastic_state()  # no gate: it serves what it learned
+        plastic = {**model.plastic_state(), **{SERVED + k: v for k, v in served.items()},
+                   GATE_WINDOW: torch.tensor(module.gate.margins, dtype=torch.float64).reshape(-1, 2)}  # fmt: skip
         if not all(bool(torch.isfinite(t).all()) for t in plastic.values()):
             raise TransactionError(f"session {session_id!r}: run {run_id} left a non-finite plastic state; nothing "
                                    "was saved and the session keeps its state from before the run")  # fmt: skip
@@ -192,9 +195,9 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
     return metrics
 
 
-def _session_model(store: Store, meta: dict[str, Any]) -> tuple[WorldModel, dict[str, torch.Tensor]]:
+def _session_model(store: Store, meta: dict[str, Any]) -> tuple[WorldModel, dict[str, torch.Tensor], list]:
     """The world model with the verified base weights and the session's verified plastic state (the learner's),
-    and the plastic weights it serves (the learner's too where none were recorded)."""
+    the plastic weights it serves (the learner's too where none were recorded) and its gate's window so far."""
     model = WorldModel(store.base_config())
     base = store.base_weights()
     with torch.no_grad():
@@ -203,7 +206,9 @@ def _session_model(store: Store, meta: dict[str, Any]) -> tuple[WorldModel, dict
     state = store.plastic_state(meta)
     model.load_plastic_state(state)
     learner = model.plastic_state()
-    return model, {name: state.get(SERVED + name, tensor).clone() for name, tensor in learner.items()}
+    served = {name: state.get(SERVED + name, tensor).clone() for name, tensor in learner.items()}
+    window = [tuple(row) for row in state[GATE_WINDOW].tolist()] if GATE_WINDOW in state else []
+    return model, served, window
 
 
 def _write_run(run_dir: Path, module: OnlineSession, strategy: TransactionalStrategy, session_id: str, run_id: str,

@@ -72,9 +72,12 @@ class PromotionGate:
     predicts with the weights it updates (seed 000).
     """
 
-    def __init__(self, chunks: int, served: dict[str, torch.Tensor]) -> None:
+    def __init__(self, chunks: int, served: dict[str, torch.Tensor],
+                 margins: list[tuple[float, float]] = ()) -> None:  # fmt: skip
         self.chunks, self.served = chunks, served
-        self.margins: list[tuple[float, float]] = []  # (served, learner) mean squared error per chunk since the last
+        self.margins: list[tuple[float, float]] = list(margins)[-chunks:] if chunks else []
+        """(served, learner) mean squared error of each chunk since the last promotion (the window so far;
+        it carries over from one run to the next, so N runs of k chunks gate as one run of N * k)."""
         self.promotions = 0
 
     def score(self, served: torch.Tensor, learner: torch.Tensor) -> dict[str, float] | None:
@@ -111,15 +114,18 @@ class OnlineSession(L.LightningModule):
 
     def __init__(self, model: WorldModel, env: Environment, steps: int, chunk: int, seed: int, lr: float,
                  momentum: float, ns_steps: int, optimizer_state: dict | None = None, gate_chunks: int = 0,
-                 served: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
+                 served: dict[str, torch.Tensor] | None = None,
+                 margins: list[tuple[float, float]] = ()) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         for param in model.base_parameters():
             param.requires_grad_(False)
-        self.frozen = WorldModel(model.config)
-        self.frozen.load_state_dict(model.state_dict())
+        if not gate_chunks or served is None:  # without a gate the session predicts with the weights it updates
+            served = model.plastic_state()
+        self.gate = PromotionGate(gate_chunks, served, margins)
+        self.frozen = WorldModel(model.config)  # the session as it started this run: what it predicted with then
+        self.frozen.load_state_dict({**model.state_dict(), **served})
         self.frozen.requires_grad_(False)
-        self.gate = PromotionGate(gate_chunks, served if served is not None else model.plastic_state())
         self.served = WorldModel(model.config)
         self.served.requires_grad_(False)
         z, u = env.stream(steps, torch.Generator().manual_seed(seed))

@@ -221,6 +221,7 @@ def test_trace_windows_give_each_trace_its_own_padded_window(tmp_path: object) -
         window = batch["input_ids"][row].tolist()
         assert window[: len(ids)] == ids and set(window[len(ids) :]) == {codec.pad}  # the whole trace, then padding
         assert batch["recall_mask"][row].tolist() == [bool(flag) for flag in recall[1:]] + [False] * (513 - len(ids))
+    assert len(data._dataset("val")) == data.n_val  # every trace is a window, the last one too
     packed = _memory_data(tmp_path)  # without: traces run on across windows
     packed.setup("validate")
     assert next(iter(packed.val_dataloader()))["input_ids"][0].tolist().count(codec.pad) == 0
@@ -248,3 +249,15 @@ def test_opcodes_on_values_teach_only_where_the_memory_acts() -> None:
     reading = [i for i, op in enumerate(on_values) if op == READ_MEM]
     assert [i + 1 for i in reading] == [i for i, flag in enumerate(recall) if flag]  # each predicts a read's value
     assert all(op in (NOP, -100) for op, flag in zip(on_values, everywhere, strict=True) if flag == NOP)
+
+
+def test_distractor_text_is_taught_no_commitment_change_and_the_manifest_says_so(tmp_path: object) -> None:
+    from lit_psion.datamodules.event_traces import SUPERVISION, encode_trace
+
+    data = _memory_data(tmp_path)
+    manifest = data.prepare()
+    trace = data.trace("val", 0)
+    _, _, commitments, _ = encode_trace(data.load_codec(), trace)
+    distractors = [item for item in trace if item.event.type in ("Message", "ToolResult") and item.commitment == 0]
+    assert distractors and 0 in commitments
+    assert manifest.record["supervision"] == SUPERVISION == 2

@@ -257,11 +257,12 @@ def test_bad_mosaic_config_is_refused_quoting_the_value(change: dict, message: s
         MosaicConfig(**change)
 
 
-def test_the_new_options_at_their_defaults_keep_existing_signatures() -> None:
+def test_the_signature_records_new_options_only_when_set_and_always_the_memory_addressing() -> None:
     old_fields = {"mem_buckets", "mem_hashes", "mem_key_dim", "memory_layer", "commitment_head", "hash_seed"}
-    assert MosaicConfig().signed().keys() == old_fields
-    assert MosaicConfig(attention_window=32, memory=False).signed().keys() == old_fields | {"attention_window",
-                                                                                            "memory"}  # fmt: skip
+    signed = old_fields | {"memory_addressing"}  # checkpoints whose memory filed writes otherwise are refused
+    assert MosaicConfig().signed().keys() == signed
+    assert MosaicConfig().signed()["memory_addressing"] == "previous_position"
+    assert MosaicConfig(attention_window=32, memory=False).signed().keys() == signed | {"attention_window", "memory"}
 
 
 def test_the_memory_preset_logs_recall_accuracy(tmp_path: Path) -> None:

@@ -166,3 +166,33 @@ def test_a_session_made_before_the_gate_runs_without_one(curves: Path, tmp_path:
 
 def _runs(root: Path, session_id: str) -> set[str]:
     return {p.name for p in (root / "sessions" / session_id / "runs").iterdir()}
+
+
+def test_a_later_run_measures_no_update_against_what_the_session_served(curves: Path, tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(curves, root)
+    before = _runs(root, "mu012")
+    assert session("run", "--artifacts_root", str(root), "--session_id", "mu012", "--steps", "32", "--seed", "7") == 0
+    (run,) = (root / "sessions" / "mu012" / "runs" / name for name in _runs(root, "mu012") - before)
+    lines = (run / "per_step.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, map(float, line.split(",")), strict=True)) for line in lines[1:]]
+    # before anything is learned in this run, "no updates" is the served weights it started with, not the learner
+    assert all(row["mse_no_update"] == row["mse_with_update"] for row in rows)
+    assert any(row["mse_learner"] != row["mse_with_update"] for row in rows)
+
+
+def test_the_gate_window_carries_over_between_short_runs(curves: Path, tmp_path: Path) -> None:
+    """Runs of one chunk each can still promote: the window of --gate_chunks 2 fills across runs."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(curves, root)
+    assert session("new", "--artifacts_root", str(root), "--session_id", "short", "--mu", "0.12",
+                   "--grad_norm_max", "20") == 0  # fmt: skip
+    promotions = 0
+    for seed in range(8):
+        assert session("run", "--artifacts_root", str(root), "--session_id", "short", "--steps", "32",
+                       "--seed", str(seed)) == 0  # fmt: skip
+        promotions += read_json(root / "sessions" / "short" / "metrics.json")["promotions"]
+    window = load_file(root / "sessions" / "short" / "plastic_state.safetensors")["gate.window"]
+    assert promotions >= 1
+    assert window.shape[1] == 2 and window.shape[0] <= 2
