@@ -78,7 +78,6 @@ class PromotionGate:
         self.margins: list[tuple[float, float]] = list(margins)[-chunks:] if chunks else []
         """(served, learner) mean squared error of each chunk since the last promotion (the window so far;
         it carries over from one run to the next, so N runs of k chunks gate as one run of N * k)."""
-        self.promotions = 0
 
     def score(self, served: torch.Tensor, learner: torch.Tensor) -> dict[str, float] | None:
         """Record one chunk's errors; the window's summed scores when the learner has earned a promotion."""
@@ -89,7 +88,7 @@ class PromotionGate:
         return scores if len(self.margins) == self.chunks and scores["learner_mse"] < scores["served_mse"] else None
 
     def promote(self, learner: dict[str, torch.Tensor]) -> None:
-        self.served, self.margins, self.promotions = learner, [], self.promotions + 1
+        self.served, self.margins = learner, []
 
 
 def revision(state: dict[str, torch.Tensor]) -> str:
@@ -126,7 +125,8 @@ class OnlineSession(L.LightningModule):
         self.frozen = WorldModel(model.config)  # the session as it started this run: what it predicted with then
         self.frozen.load_state_dict({**model.state_dict(), **served})
         self.frozen.requires_grad_(False)
-        self.served = WorldModel(model.config)
+        self.served = WorldModel(model.config)  # what it predicts with: reloaded on each promotion
+        self.served.load_state_dict({**model.state_dict(), **served})
         self.served.requires_grad_(False)
         z, u = env.stream(steps, torch.Generator().manual_seed(seed))
         self.chunks = [
@@ -144,7 +144,6 @@ class OnlineSession(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         z, u, start = batch
-        self.served.load_state_dict({**self.model.state_dict(), **self.gate.served})
         with torch.no_grad():
             predictions = {
                 "mse_base": self.frozen(z[:-1], u, plastic=False),
@@ -171,6 +170,7 @@ class OnlineSession(L.LightningModule):
         emit_receipt(self.trainer, receipt)
         self.promoted_at.append(start)
         self.gate.promote(learner)
+        self.served.load_plastic_state(learner)
 
     def transaction_loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         z, u, _ = batch
