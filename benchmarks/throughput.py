@@ -157,7 +157,7 @@ def main() -> None:
                         help="presets, each at its own batch and block size (default: both sizes)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=100, help="training steps per run")
     parser.add_argument("--warmup", type=int, default=20, help="leading steps left out of the timing")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, each one lit_psion run and one plain run")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds, each one lit_psion run and one plain run")
     parser.add_argument("--files", help="override the presets' data.files (a text file, a glob or 'stdlib')")
     parser.add_argument("--batch-size", type=int, default=None, help="override the presets' batch size")
     parser.add_argument("--block-size", type=int, default=None, help="override the presets' block size")

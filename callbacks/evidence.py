@@ -6,6 +6,7 @@ checkpoint callback, or a user's, added by ``class_path``) appends through it wi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -127,7 +128,7 @@ class Receipts(EvidenceCallback):
             return
         if isinstance(trainer.strategy, RollbackAware) and trainer.strategy.last_decision == "rollback":
             return  # a transactional strategy undid this step; its transaction receipt says why
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = _as_float(outputs["loss"] if isinstance(outputs, dict) else outputs)  # the step's one host sync
         _stop_if_diverged(trainer, step, loss)
         if step % self.every_n_steps:
             return
@@ -136,7 +137,7 @@ class Receipts(EvidenceCallback):
         checkpoint, self._resumed_from = self._resumed_from and run.layout.relative(self._resumed_from), None
         self.emit(trainer, TrainerStepReceipt(
             stage_id=run.stage, step_in=step - 1, step_out=step, batch_digest=self._batch_digest or "",
-            cursor=self._cursor, loss=float(loss), lr=float(optimizer.param_groups[0]["lr"]),
+            cursor=self._cursor, loss=loss, lr=float(optimizer.param_groups[0]["lr"]),
             optimizer=type(optimizer).__name__, checkpoint=checkpoint,
         ))  # fmt: skip
 
@@ -198,12 +199,20 @@ def _path_lineage(run: RunContext, ckpt_path: str | None) -> tuple[str, ...]:
     return (run.layout.relative(ckpt_path),) if ckpt_path else ()
 
 
-def _stop_if_diverged(trainer: L.Trainer, step: int, loss: Any) -> None:
+def _as_float(loss: Any) -> float:
+    """A step's loss as one number (the mean of a tensor that holds several)."""
+    if isinstance(loss, torch.Tensor):
+        return float(loss.detach().float().mean() if loss.numel() != 1 else loss.detach())
+    return float(loss)
+
+
+def _stop_if_diverged(trainer: L.Trainer, step: int, loss: float) -> None:
     """Stop a fit whose training loss is not finite (a step no transactional strategy rolled back): its receipt
     could not record the loss, and every later step would train on non-finite weights."""
-    diverged = trainer.strategy.reduce_boolean_decision(not _finite(loss), all=False)  # any rank: every rank stops
+    finite = math.isfinite(loss)
+    diverged = trainer.strategy.reduce_boolean_decision(not finite, all=False)  # any rank: every rank stops
     if diverged:
-        value = float(torch.as_tensor(loss).detach().float().mean()) if not _finite(loss) else "non-finite on a peer"
+        value = loss if not finite else "non-finite on a peer"
         raise TransactionError(
             f"the training loss at step {step} is {value}: training diverged; lower --model.init_args.optimizer.lr, "
             "or use --trainer.strategy transactional, which rolls such steps back"

@@ -53,7 +53,8 @@ class Receipt:
         return Receipt(**fields, digest=sha256_json(fields))
 
     def to_json_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow: ``body`` is already plain JSON data, and asdict's deep copy costs as much as the hashing.
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     def expected_digest(self) -> str:
         record = self.to_json_dict()
@@ -352,9 +353,10 @@ class ReceiptChainHolder(Protocol):
 
 def receipt_log(trainer: Any) -> ReceiptLog | None:
     """The fit's receipt log, if a callback is collecting one (on rank 0 only; None elsewhere or when off)."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, ReceiptChainHolder) and isinstance(callback.chain, ReceiptLog):
-            return callback.chain
+    for callback in trainer.callbacks:  # getattr, not isinstance(ReceiptChainHolder): called every step
+        chain = getattr(callback, "chain", None)
+        if isinstance(chain, ReceiptLog):
+            return chain
     return None
 
 

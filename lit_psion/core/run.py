@@ -215,9 +215,10 @@ class RunContextHolder(Protocol):
 
 def run_context(trainer: Any) -> RunContext:
     """The fit's RunContext: the one its RunDirectory holds, else one for ``trainer.default_root_dir``."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, RunContextHolder) and isinstance(callback.run_context, RunContext):
-            return callback.run_context
+    for callback in trainer.callbacks:  # getattr, not isinstance(RunContextHolder): a protocol check costs ~20 us
+        context = getattr(callback, "run_context", None)
+        if isinstance(context, RunContext):
+            return context
     return RunContext.for_run_dir(trainer.default_root_dir, run_stage(trainer.lightning_module, trainer.callbacks))
 
 

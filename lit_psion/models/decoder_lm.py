@@ -13,6 +13,7 @@ from torchmetrics.text import Perplexity
 
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.models.step_logs import writes_log_row
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
 
@@ -71,7 +72,8 @@ class DecoderLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        if writes_log_row(self):
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     transaction_loss_is_pure = True
@@ -120,7 +122,7 @@ class DecoderLM(L.LightningModule):
         shard_per_block(self.model, self.model.blocks, self.device_mesh, **options)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only on steps that write a log row
+        if writes_log_row(self):
             self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     def configure_optimizers(self) -> dict[str, Any]:

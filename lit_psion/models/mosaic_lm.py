@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import ConfigError
+from lit_psion.models.step_logs import writes_log_row
 from lit_psion.models.decoder_lm import DecoderLM
 from lit_psion.nn.decoder import DecoderConfig
 from lit_psion.nn.mosaic import Mosaic, MosaicConfig
@@ -148,9 +149,10 @@ class MosaicLM(DecoderLM):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts, _ = self.objective(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value)
+        if writes_log_row(self):
+            self.log("train/loss", loss, prog_bar=True)
+            for name, value in parts.items():
+                self.log(f"train/{name}", value)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,21 @@ def test_telemetry_is_logged_on_log_steps(tmp_path: Path) -> None:
         assert values["clip_ratio"] < 1.0
         assert values["tokens_per_s"] > 0 and values["mfu"] == pytest.approx(values["flops_per_s"] / 1e12, rel=1e-5)
     assert "telemetry" not in (run_dir / RECEIPTS_FILE).read_text()
+
+
+def test_every_log_row_holds_the_loss_of_its_own_step(tmp_path: Path) -> None:
+    """The training step logs only on the steps Lightning writes a row (self.log costs ~1 ms a step), so each
+    row's train/loss and train/lr must still be that step's: the loss its step receipt records."""
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.log_every_n_steps", "3", "--trainer.max_steps", "7")
+    assert fit(*args) == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("train/loss")]
+    receipts = [json.loads(line) for line in (run_dir / RECEIPTS_FILE).read_text().splitlines()]
+    loss_at = {r["body"]["step_in"]: r["body"]["loss"] for r in receipts if r["kind"] == "trainer_step"}
+    assert [int(r["step"]) for r in rows] == [2, 5]  # Lightning's row for steps 3 and 6 (0-based step column)
+    for row in rows:
+        assert float(row["train/loss"]) == pytest.approx(loss_at[int(row["step"])], rel=1e-6)
+        assert row["train/lr"]
 
 
 def test_tokens_count_the_global_batch_whatever_slice_a_rank_trains() -> None:
