@@ -39,8 +39,11 @@ class Dashboard(Callback):
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
-            self.write(trainer)
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop:
+            return  # the fit's last validation: teardown writes the page once, with the final status (~0.7 s)
+        self.write(trainer)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
