@@ -6,6 +6,7 @@ files, so it shows exactly what ``metrics.csv`` and ``run.json`` say.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -44,6 +45,14 @@ class Dashboard(Callback):
         if 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop:
             return  # the fit's last validation: teardown writes the page once, with the final status (~0.7 s)
         self.write(trainer)
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning skips the callbacks' teardown after an exception: draw the page here (the skipped last
+        # validation left it to the end), never masking the exception with a drawing error.
+        if trainer.state.fn == TrainerFn.FITTING:
+            with contextlib.suppress(Exception):
+                self.write(trainer)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

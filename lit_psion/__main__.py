@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import os
 import sys
+import threading
 
 from lit_psion.commands import COMMANDS, TRAINING, run_command, usage
 
@@ -32,6 +33,8 @@ def _exit_without_teardown(code: int) -> int:
     stderr, and exit without tearing the interpreter down, which takes 1-2 s once torch and Lightning are loaded.
     Nothing is lost: every file a fit writes is closed (checkpoints and receipts also synced) before fit returns.
     """
+    if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
+        return code  # a thread still working: the normal exit waits for it
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

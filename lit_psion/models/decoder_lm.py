@@ -13,7 +13,7 @@ from torchmetrics.text import Perplexity
 
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.models.step_logs import writes_log_row
+from lit_psion.models.step_logs import keep_step_logs, log_kept_step_logs
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
 
@@ -72,8 +72,7 @@ class DecoderLM(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        if writes_log_row(self):
-            self.log("train/loss", loss, prog_bar=True)
+        keep_step_logs(self, **{"train/loss": loss})  # logged in on_train_batch_end, on the steps that write a row
         return loss
 
     transaction_loss_is_pure = True
@@ -122,8 +121,10 @@ class DecoderLM(L.LightningModule):
         shard_per_block(self.model, self.model.blocks, self.device_mesh, **options)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if writes_log_row(self):
-            self.log("train/lr", optimizer.param_groups[0]["lr"])
+        keep_step_logs(self, **{"train/lr": optimizer.param_groups[0]["lr"]})
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        log_kept_step_logs(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = self.optimizer_config

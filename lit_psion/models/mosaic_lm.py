@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import ConfigError
 from lit_psion.models.decoder_lm import DecoderLM
-from lit_psion.models.step_logs import writes_log_row
+from lit_psion.models.step_logs import keep_step_logs
 from lit_psion.nn.decoder import DecoderConfig
 from lit_psion.nn.mosaic import Mosaic, MosaicConfig
 from lit_psion.nn.optim import OptimizerConfig
@@ -149,10 +149,7 @@ class MosaicLM(DecoderLM):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, parts, _ = self.objective(batch)
-        if writes_log_row(self):
-            self.log("train/loss", loss, prog_bar=True)
-            for name, value in parts.items():
-                self.log(f"train/{name}", value)
+        keep_step_logs(self, **{"train/loss": loss}, **{f"train/{name}": value for name, value in parts.items()})
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

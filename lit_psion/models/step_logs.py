@@ -1,20 +1,44 @@
-"""Which training steps log: Lightning writes a training row only every ``log_every_n_steps`` steps."""
+"""Training scalars logged on the steps Lightning writes a row, with the values of that very step.
+
+Lightning writes a row of step metrics every ``log_every_n_steps`` optimizer steps, and on the step a
+fit stops (``trainer.should_stop``, which a callback such as ``Timer`` may set in its
+``on_train_batch_end``). A value logged on any other step is overwritten before a logger sees it,
+and ``self.log`` costs about a millisecond, 1-2% of a small model's step. So a training step keeps
+its scalars aside (:func:`keep_step_logs`) and the module's ``on_train_batch_end``, which runs after
+every callback's and before Lightning decides on the row, logs them only when the row is written
+(:func:`log_kept_step_logs`). The progress bar shows the values of the last step that logged.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
+
+PROGRESS_BAR_KEYS = frozenset({"train/loss"})
+_KEPT = "_lit_psion_step_logs"
 
 
 def writes_log_row(module: L.LightningModule) -> bool:
-    """Whether the values this training step logs reach the loggers.
-
-    Lightning writes a row of step metrics every ``log_every_n_steps`` optimizer steps (and when the fit is
-    stopping); a value logged on any other step is overwritten before a logger sees it. ``self.log`` costs
-    about a millisecond, which is 1-2% of a small model's step, so the training steps log only on these steps.
-    The progress bar shows the value of the last step that logged.
-    """
+    """Whether Lightning writes a row of step metrics for the current training step (checked as late as
+    the module's ``on_train_batch_end``, it is the decision Lightning then takes)."""
     trainer = module._trainer
     if trainer is None:
         return True
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def keep_step_logs(module: L.LightningModule, **values: Any) -> None:
+    """Keep this step's scalars (tensors are detached) for :func:`log_kept_step_logs`; adds to what the step
+    kept already, so hooks before the optimizer step (the learning rate) can add theirs."""
+    kept = module.__dict__.setdefault(_KEPT, {})
+    kept.update({name: value.detach() if hasattr(value, "detach") else value for name, value in values.items()})
+
+
+def log_kept_step_logs(module: L.LightningModule) -> None:
+    """Log the step's kept scalars if Lightning writes this step's row; forget them either way."""
+    kept = module.__dict__.pop(_KEPT, None)
+    if kept and writes_log_row(module):
+        for name, value in kept.items():
+            module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)

@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
+import lightning as L
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from lit_psion.cli import main
 from lit_psion.core import read_json
@@ -43,6 +45,26 @@ def test_dashboard_shows_the_finished_run(two_runs: tuple[Path, Path]) -> None:
     durable = [(r["body"]["step"], r["body"]["checkpoint"]) for r in lines
                if r["kind"] == "checkpoint" and r["body"]["durability"] == "durable"]  # fmt: skip
     assert durable and [(step, label) for step, row, label in timeline_events(run) if row == "checkpoint"] == durable
+
+
+class FailAtTrainEnd(Callback):
+    """Raises once training ends (as a failing final checkpoint write would), after the last validation."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise RuntimeError("injected failure at the end of training")
+
+
+def test_a_fit_that_fails_after_its_last_validation_still_has_its_dashboard(tmp_path: Path) -> None:
+    """The last validation leaves the page to the end of the fit; Lightning skips teardown after an exception,
+    so the page is drawn when the exception passes (the run's status there is the one before the failure is
+    recorded, as when the last validation drew it)."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "4",
+               "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
+               "--trainer.callbacks+=tests.callbacks.test_reports.FailAtTrainEnd") == 1  # fmt: skip
+    run = tmp_path / read_latest(tmp_path)
+    page = (run / "dashboard" / "index.html").read_text()
+    assert _png(run / "dashboard" / "loss.png")
+    assert f"{read_metrics(run)['val/loss'][-1][1]:.6g}" in page  # the validation at the last step is on it
 
 
 def test_each_norm_gets_its_own_axes_and_other_panels_share_one(two_runs: tuple[Path, Path]) -> None:

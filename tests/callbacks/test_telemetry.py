@@ -6,7 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.run import read_latest
@@ -31,19 +33,35 @@ def test_telemetry_is_logged_on_log_steps(tmp_path: Path) -> None:
     assert "telemetry" not in (run_dir / RECEIPTS_FILE).read_text()
 
 
-def test_every_log_row_holds_the_loss_of_its_own_step(tmp_path: Path) -> None:
-    """The training step logs only on the steps Lightning writes a row (self.log costs ~1 ms a step), so each
-    row's train/loss and train/lr must still be that step's: the loss its step receipt records."""
-    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.log_every_n_steps", "3", "--trainer.max_steps", "7")
+class StopAfter(Callback):
+    """Stops the fit after ``step`` optimizer steps, from ``on_train_batch_end`` (as Lightning's Timer does)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("stop_after", [None, 5], ids=["max-steps", "stopped-by-a-callback-between-rows"])
+def test_every_log_row_holds_the_values_of_its_own_step(tmp_path: Path, stop_after: int | None) -> None:
+    """The training step's scalars are logged only for the steps Lightning writes a row (self.log costs ~1 ms a
+    step): every row, the one Lightning adds when a callback stops the fit between rows too, holds the loss its
+    step's receipt records, and the learning rate."""
+    stop = ("--trainer.callbacks+=tests.callbacks.test_telemetry.StopAfter", f"--trainer.callbacks.step={stop_after}")
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.log_every_n_steps", "3", "--trainer.max_steps",
+            "7", *(stop if stop_after else ()))  # fmt: skip
     assert fit(*args) == 0
     run_dir = tmp_path / read_latest(tmp_path)
     rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("train/loss")]
     receipts = [json.loads(line) for line in (run_dir / RECEIPTS_FILE).read_text().splitlines()]
     loss_at = {r["body"]["step_in"]: r["body"]["loss"] for r in receipts if r["kind"] == "trainer_step"}
-    assert [int(r["step"]) for r in rows] == [2, 5]  # Lightning's row for steps 3 and 6 (0-based step column)
+    expected = [2, 4] if stop_after else [2, 5]  # rows after steps 3 and 6, or 3 and the stop at 5 (0-based)
+    assert [int(r["step"]) for r in rows] == expected
     for row in rows:
         assert float(row["train/loss"]) == pytest.approx(loss_at[int(row["step"])], rel=1e-6)
-        assert row["train/lr"]
+        assert float(row["train/lr"]) > 0
 
 
 def test_tokens_count_the_global_batch_whatever_slice_a_rank_trains() -> None:
