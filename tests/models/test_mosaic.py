@@ -64,6 +64,7 @@ PINNED = ("--trainer.max_steps", str(N), "--model.init_args.optimizer.decay_step
           "--trainer.val_check_interval", "30", "--checkpoint.every_n_train_steps", "25")  # fmt: skip
 
 
+@pytest.mark.slow  # default-suite budget: two MOSAIC fits and a kill (~30 s), run by CI's slow step
 def test_a_stopped_mosaic_run_resumes_bitwise(tmp_path: Path) -> None:
     full, split = tmp_path / "full", tmp_path / "split"
     assert fit("--trainer.default_root_dir", str(full), *PINNED, config=MOSAIC_TINY) == 0

@@ -428,6 +428,7 @@ def _session_to_files(tmp_path: Path, name: str, *args: str) -> subprocess.Popen
         return _session_process(*args, stdout=out, stderr=err)
 
 
+@pytest.mark.slow  # default-suite budget: a multi-process scenario of ~15-35 s, run by CI's slow step
 def test_concurrent_runs_of_one_session_lose_no_run(trained: Path, tmp_path: Path) -> None:
     directory = trained / "sessions" / "s1"
     root = ("--artifacts_root", str(trained))

@@ -388,6 +388,7 @@ def test_a_stop_inside_an_accumulation_window_waits_for_its_optimizer_step(
     assert digests(layout) == digests(RunLayout(reference, read_latest(reference))), "every micro-batch once, in order"
 
 
+@pytest.mark.slow  # default-suite budget: a multi-process scenario of ~15-35 s, run by CI's slow step
 def test_an_error_no_restart_can_fix_stops_the_node_with_its_code(tmp_path: Path) -> None:
     node, seconds = _one_node(tmp_path, "--nnodes", "1", "--run-id", "bad", "--data.files", "missing.txt")
     assert node.returncode == 3, node.stderr[-2000:]
@@ -395,6 +396,7 @@ def test_an_error_no_restart_can_fix_stops_the_node_with_its_code(tmp_path: Path
     assert seconds < 90
 
 
+@pytest.mark.slow  # default-suite budget: a multi-process scenario of ~15-35 s, run by CI's slow step
 def test_epochs_rise_by_one_even_when_an_epoch_ends_before_its_first_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

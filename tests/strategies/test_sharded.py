@@ -107,6 +107,7 @@ def test_each_checkpoint_lists_every_ranks_shard_and_the_chain_receipts_it(unint
     assert main(["receipts", "verify", str(uninterrupted)]) == 0
 
 
+@pytest.mark.slow  # default-suite budget: a multi-process scenario of ~15-35 s, run by CI's slow step
 def test_a_sigkilled_world_2_run_resumes_bitwise_equal_to_the_uninterrupted_one(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
@@ -246,6 +247,7 @@ def ddp_uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir(root)
 
 
+@pytest.mark.slow  # default-suite budget: a multi-process scenario of ~15-35 s, run by CI's slow step
 def test_fsdp2_and_ddp_train_the_same_model_within_fp_tolerance(uninterrupted: Path, ddp_uninterrupted: Path) -> None:
     reference = ddp_uninterrupted
     ddp_weights = safetensors_load((reference / "checkpoints" / "step-000012" / "model.safetensors").read_bytes())

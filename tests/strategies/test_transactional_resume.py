@@ -60,7 +60,7 @@ def _uninterrupted(tmp_path_factory: pytest.TempPathFactory, buffer_len: int, ro
 
 
 @pytest.mark.parametrize("rollback", [False, True], ids=["all-commits", "rollback-streak-across-the-stop"])
-@pytest.mark.parametrize("stop", ["sigkill-at-7", "max_steps-6"])
+@pytest.mark.parametrize("stop", [pytest.param("sigkill-at-7", marks=pytest.mark.slow), "max_steps-6"])  # killed: ~16 s
 @pytest.mark.parametrize("buffer_len", [1, 4])
 def test_a_stopped_transactional_run_resumes_bitwise(
     buffer_len: int, stop: str, rollback: bool, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory

@@ -52,6 +52,7 @@ def test_a_contributor_killed_mid_window_is_replayed(base: Path, tmp_path: Path)
     assert main(["window", "verify", str(root)]) == 0
 
 
+@pytest.mark.slow  # default-suite budget: a multi-process scenario of ~15-35 s, run by CI's slow step
 def test_window_run_starts_one_contributor_process_per_assignment(base: Path, tmp_path: Path) -> None:
     root = new_program(base, tmp_path / "run", contributors=2)
     command = [sys.executable, "-m", "lit_psion", "window", "run", str(root), "--contributors", "2"]
