@@ -11,20 +11,17 @@ missing or extra file, or a symlink.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import os
 import pickle
 import shutil
-import threading
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -124,17 +121,18 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        # The weights are hashed and fsynced in a helper thread while the trainer state is serialized;
-        # the trainer state's bytes are hashed and written by another helper as torch.save produces
-        # them (hashing, writing and fsync release the GIL), so the digests cost little beyond the writes.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit_psion-digest") as digester:
+        # Helper threads hash each file from the page cache, just after it is written: the weights while the
+        # trainer state is serialized, the trainer state while its own fsync runs (hashing and fsync release
+        # the GIL). The digests are of the bytes the files hold, and cost little beyond the writes.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lit_psion-digest") as digester:
             save_file(_own_storage(checkpoint["state_dict"]), staging / WEIGHTS)
             _check_complete(staging / WEIGHTS)
             weights = digester.submit(_digest_and_sync, staging / WEIGHTS)
-            with open(staging / STATE, "wb") as handle, _HashingWriter(handle) as state:
-                torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, state)
+            with _open_for_state(staging / STATE) as handle:
+                torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, handle)
+            state = digester.submit(_digest, staging / STATE)
             fsync_path(staging / STATE)
-            files = {WEIGHTS: weights.result(), STATE: FileRecord(sha256=state.digest.hexdigest(), bytes=state.size)}
+            files = {WEIGHTS: weights.result(), STATE: state.result()}
         manifest = CheckpointManifest(step=checkpoint["global_step"], files=files, **checkpoint.get(EXTRA_KEY, {}))
         record = json.dumps(manifest.to_json_dict(), indent=2, sort_keys=True) + "\n"  # as atomic_write_json writes
         _write_durable(staging / MANIFEST, record.encode())
@@ -182,78 +180,10 @@ def _check_complete(path: Path) -> None:
                       f"{8 + header_bytes + end}")  # fmt: skip
 
 
-class _HashingWriter:
-    """A binary file whose bytes a helper thread hashes and writes, in order, while the caller produces more.
-
-    The caller's ``write`` copies the chunk (a serializer may reuse its buffer once ``write`` returns) and
-    queues it; at most ``max_pending`` bytes wait. A chunk larger than that (a big tensor's storage) is
-    not copied: once the queue is empty it is hashed and written on the caller's thread. Leaving the
-    ``with`` block drains the queue and re-raises the helper's first error (a full disk), so the digest
-    is of exactly the bytes in the file and needs no second read.
-    """
-
-    def __init__(self, handle: Any, max_pending: int = 64 * 2**20) -> None:
-        self.handle, self.digest, self.size, self.max_pending = handle, hashlib.sha256(), 0, max_pending
-        self._chunks: collections.deque[bytes | None] = collections.deque()
-        self._pending, self._error = 0, None
-        self._changed = threading.Condition()
-        self._helper = threading.Thread(target=self._drain, name="lit_psion-state-digest", daemon=True)
-        self._helper.start()
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        if len(view) > self.max_pending:  # a big tensor: no copy; once the queue is empty, hashed and written here
-            with self._changed:
-                self._changed.wait_for(lambda: self._error is not None or not self._pending)
-                if self._error is not None:
-                    raise self._error
-            self.digest.update(view)
-            self.handle.write(view)
-            self.size += len(view)
-            return len(view)
-        chunk = bytes(view)
-        with self._changed:
-            self._changed.wait_for(lambda: self._error is not None or not self._pending
-                                   or self._pending + len(chunk) <= self.max_pending)  # fmt: skip
-            if self._error is not None:
-                raise self._error
-            self._chunks.append(chunk)
-            self._pending += len(chunk)
-            self._changed.notify_all()
-        self.size += len(chunk)
-        return len(chunk)
-
-    def flush(self) -> None:
-        """Nothing to do: the helper writes as it goes, and leaving the ``with`` block waits for it."""
-
-    def _drain(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: bool(self._chunks))
-                chunk = self._chunks.popleft()
-            if chunk is None:
-                return
-            try:
-                if self._error is None:
-                    self.digest.update(chunk)
-                    self.handle.write(chunk)
-            except BaseException as error:  # reported to the writer at its next write, or when the block ends
-                self._error = error
-            with self._changed:
-                self._pending -= len(chunk)
-                self._changed.notify_all()
-
-    def __enter__(self) -> _HashingWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._changed:
-            self._chunks.append(None)
-            self._changed.notify_all()
-        self._helper.join()
-        if self._error is not None and exc[0] is None:
-            raise self._error
-        self.handle.flush()
+def _open_for_state(path: Path) -> BinaryIO:
+    """The file ``torch.save`` writes the trainer state into: a Python file, so that a full disk surfaces as the
+    ``OSError`` behind torch's ``RuntimeError`` (writing to a path, torch reports only its own message)."""
+    return open(path, "wb")
 
 
 def _write_durable(path: Path, data: bytes) -> None:
@@ -264,8 +194,12 @@ def _write_durable(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _digest(path: Path) -> FileRecord:
+    return FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
 def _digest_and_sync(path: Path) -> FileRecord:
-    record = FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
+    record = _digest(path)
     fsync_path(path)
     return record
 

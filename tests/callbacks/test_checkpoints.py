@@ -234,9 +234,9 @@ def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
 
     if failure == "state-file":  # the disk fills while torch.save writes trainer_state.pt
 
-        class FullDisk:  # the file the helper thread writes trainer_state.pt's bytes into
-            def __init__(self, handle: object) -> None:
-                self.handle = handle
+        class FullDisk:  # trainer_state.pt's file, on a disk that fills as torch.save writes into it
+            def __init__(self, path: Path) -> None:
+                self.handle = open(path, "wb")  # noqa: SIM115  (closed by __exit__)
 
             def write(self, data: object) -> int:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -244,13 +244,16 @@ def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
             def flush(self) -> None:
                 pass
 
+            def __enter__(self) -> FullDisk:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.handle.close()
+
         save_file = safetensors.torch.save_file
-        original_init = checkpoint_io._HashingWriter.__init__
-
-        def init(self: object, handle: object, **kwargs: object) -> None:
-            original_init(self, FullDisk(handle) if len(writes) == 3 else handle, **kwargs)
-
-        monkeypatch.setattr(checkpoint_io._HashingWriter, "__init__", init)
+        original_open = checkpoint_io._open_for_state
+        monkeypatch.setattr(checkpoint_io, "_open_for_state",
+                            lambda path: FullDisk(path) if len(writes) == 3 else original_open(path))  # fmt: skip
 
         def counting(tensors: dict, filename: Path) -> None:
             writes.append(filename)
@@ -297,26 +300,15 @@ def test_ckpt_verify_takes_one_checkpoint_directory(run_dir: Path, damaged: Call
     assert main(["ckpt", "verify", str(loose)]) == 0
 
 
-def test_the_state_writer_hashes_exactly_the_bytes_it_wrote_in_order(tmp_path: Path) -> None:
-    chunks = [os.urandom(n) for n in (1, 4096, 300_000, 17, 65_536, 1_000_000)]  # one larger than max_pending
-    with open(tmp_path / "state", "wb") as handle, checkpoint_io._HashingWriter(handle, max_pending=100_000) as state:
-        for chunk in chunks:
-            buffer = bytearray(chunk)
-            assert state.write(memoryview(buffer)) == len(chunk)
-            buffer[:] = bytes(len(buffer))  # the caller reuses its buffer at once: the queued copy is unaffected
-    data = (tmp_path / "state").read_bytes()
-    assert data == b"".join(chunks) and state.size == len(data)
-    assert state.digest.hexdigest() == hashlib.sha256(data).hexdigest()
+def test_the_manifest_records_the_digest_and_size_of_the_bytes_each_file_holds(tmp_path: Path) -> None:
+    state = {"state_dict": {"w": torch.randn(64, 32), "tied": torch.randn(8)}, "global_step": 3, "epoch": 0,
+             "optimizer_states": [{"state": {0: {"exp_avg": torch.randn(64, 32)}}, "param_groups": []}]}  # fmt: skip
+    checkpoint_io.write_checkpoint(state, tmp_path / "step-000003")
+    manifest = read_json(tmp_path / "step-000003" / "manifest.json")
+    assert set(manifest["files"]) == {WEIGHTS, STATE}
+    for name, record in manifest["files"].items():
+        data = (tmp_path / "step-000003" / name).read_bytes()
+        assert record == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    verify_checkpoint(tmp_path / "step-000003")
 
 
-def test_the_state_writer_reports_the_helpers_write_error(tmp_path: Path) -> None:
-    class Full:
-        def write(self, data: object) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def flush(self) -> None:
-            pass
-
-    with pytest.raises(OSError, match="No space left"), checkpoint_io._HashingWriter(Full()) as state:
-        for _ in range(1000):
-            state.write(b"x" * 4096)
