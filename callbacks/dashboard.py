@@ -28,6 +28,8 @@ class Dashboard(Callback):
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+        self._deferred = False
+        """The last validation left the page to the end of the fit."""
 
     def write(self, trainer: L.Trainer) -> Path | None:
         layout = run_context(trainer).layout
@@ -42,15 +44,15 @@ class Dashboard(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop:
-            return  # the fit's last validation: teardown writes the page once, with the final status (~0.7 s)
-        self.write(trainer)
+        self._deferred = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
+        if not self._deferred:  # else the fit's last validation: teardown draws the page once, finished (~0.7 s)
+            self.write(trainer)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # Lightning skips the callbacks' teardown after an exception: draw the page here (the skipped last
-        # validation left it to the end), never masking the exception with a drawing error.
-        if trainer.state.fn == TrainerFn.FITTING:
+        # Lightning skips the callbacks' teardown after an exception: draw the page the last validation left to
+        # the end here (only then: the page is otherwise as current as before), never masking the exception.
+        if self._deferred and trainer.state.fn == TrainerFn.FITTING:
             with contextlib.suppress(Exception):
                 self.write(trainer)
 

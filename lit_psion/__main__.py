@@ -29,10 +29,15 @@ def _entry(argv: list[str]) -> int:
 
 
 def _exit_without_teardown(code: int) -> int:
-    """End a training command at once: run the exit handlers (W&B's finish, logging's flush), flush stdout and
-    stderr, and exit without tearing the interpreter down, which takes 1-2 s once torch and Lightning are loaded.
-    Nothing is lost: every file a fit writes is closed (checkpoints and receipts also synced) before fit returns.
+    """End a training command that succeeded at once: run the exit handlers (W&B's finish, logging's flush),
+    flush stdout and stderr, and exit without tearing the interpreter down, which takes 1-2 s once torch and
+    Lightning are loaded. Nothing is lost: every file a fit writes is closed (checkpoints and receipts also
+    synced) before fit returns.
     """
+    if code != 0:
+        # A failed or paused rank exits as before: Lightning's launcher in rank 0 kills every rank (itself too)
+        # once it sees a child exit non-zero, so a child must not leave sooner than rank 0 can finish its own exit.
+        return code
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         return code  # a thread still working: the normal exit waits for it
     atexit._run_exitfuncs()
