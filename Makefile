@@ -20,8 +20,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Two workers, one file each at a time (a file's module fixtures are built once), one torch thread
+# per process: two processes spinning two OpenMP threads each on two cores run ~5x slower, not 2x.
 test: lint
-	$(BIN)/python -m pytest -q --durations=20
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20
 
 # The slow scenarios include adapter windows under Flower's deployment runtime: the flower extra.
 FLOWER := $(VENV)/.flower

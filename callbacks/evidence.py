@@ -128,8 +128,7 @@ class Receipts(EvidenceCallback):
             return
         if isinstance(trainer.strategy, RollbackAware) and trainer.strategy.last_decision == "rollback":
             return  # a transactional strategy undid this step; its transaction receipt says why
-        loss = _as_float(outputs["loss"] if isinstance(outputs, dict) else outputs)  # the step's one host sync
-        _stop_if_diverged(trainer, step, loss)
+        loss = _global_loss(trainer, step, outputs["loss"] if isinstance(outputs, dict) else outputs)
         if step % self.every_n_steps:
             return
         optimizer = trainer.optimizers[0]
@@ -206,17 +205,28 @@ def _as_float(loss: Any) -> float:
     return float(loss)
 
 
-def _stop_if_diverged(trainer: L.Trainer, step: int, loss: float) -> None:
-    """Stop a fit whose training loss is not finite (a step no transactional strategy rolled back): its receipt
-    could not record the loss, and every later step would train on non-finite weights."""
-    finite = math.isfinite(loss)
-    diverged = trainer.strategy.reduce_boolean_decision(not finite, all=False)  # any rank: every rank stops
-    if diverged:
-        value = loss if not finite else "non-finite on a peer"
+def _global_loss(trainer: L.Trainer, step: int, loss: Any) -> float:
+    """The step's loss over the whole global batch: the mean of the ranks' losses (each over its equal slice).
+
+    What a step receipt records, like its batch digest, so a run's receipts read the same at every world size
+    (a run resumed at another world size continues the same curve). One collective per step, which also
+    stops every rank when any rank's loss is not finite (a step no transactional strategy rolled back): its
+    receipt could not record the loss, and every later step would train on non-finite weights.
+    """
+    local = _as_float(loss)  # the step's one host sync
+    if trainer.world_size == 1:
+        mean = local
+    else:
+        strategy = trainer.strategy
+        total = strategy.reduce(torch.tensor(local, dtype=torch.float64, device=strategy.root_device), reduce_op="sum")
+        mean = float(total) / trainer.world_size
+    if not math.isfinite(mean):
+        value = local if not math.isfinite(local) else "non-finite on a peer"
         raise TransactionError(
             f"the training loss at step {step} is {value}: training diverged; lower --model.init_args.optimizer.lr, "
             "or use --trainer.strategy transactional, which rolls such steps back"
         )
+    return mean
 
 
 def _finite(value: Any) -> bool:

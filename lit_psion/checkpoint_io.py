@@ -258,7 +258,7 @@ def load_checkpoint_dir(path: str | Path, map_location: Any = None) -> dict[str,
 
 
 class _VerifiedFiles(dcp.filesystem.FileSystem):
-    """DCP's file system, reading a verified checkpoint's files from the very bytes that were hashed."""
+    """DCP's file system over a verified checkpoint: only bytes that match its manifest (held, or hashed again)."""
 
     def __init__(self, verified: VerifiedCheckpoint) -> None:
         self.verified = verified
@@ -266,10 +266,10 @@ class _VerifiedFiles(dcp.filesystem.FileSystem):
     @contextlib.contextmanager
     def create_stream(self, path: str | os.PathLike, mode: str) -> Generator[io.IOBase, None, None]:
         name = Path(path).name
-        if mode != "rb" or Path(path).parent != self.verified.path or name not in self.verified.contents:
+        if mode != "rb" or Path(path).parent != self.verified.path or name not in self.verified.manifest.files:
             raise CheckpointError(f"checkpoint {str(self.verified.path)!r}: DCP asked for {str(path)!r}, which its "
                                   "manifest does not list")  # fmt: skip
-        yield io.BytesIO(self.verified.contents[name])
+        yield io.BytesIO(self.verified.read(name))  # a shard is read and hashed again: at most one in memory
 
 
 class _MetadataUnpickler(pickle.Unpickler):

@@ -15,9 +15,11 @@ every rank:
    fsyncs, and renames the directory into place; then every rank learns whether that worked.
 
 Only then does :class:`~lit_psion.callbacks.PointerCheckpoint` move the pointer. Loading verifies
-the whole manifest first (every shard, on every rank, as for single-file checkpoints) and feeds
-``torch.distributed.checkpoint`` the very bytes that were hashed, so a shard changed after
-verification is never loaded, and DCP's pickled ``.metadata`` is only read once its digest matched.
+the whole manifest first (every shard, on every rank, as for single-file checkpoints; the shards are
+hashed as a stream, not held). ``torch.distributed.checkpoint`` then gets each shard it asks for read
+and hashed once more, so a shard changed after verification is refused, never loaded, a rank holds
+at most one shard's bytes at a time, and DCP's pickled ``.metadata`` is only read once its digest
+matched.
 The checkpoint directory must be on a filesystem every rank sees (as DCP itself needs).
 """
 

@@ -147,7 +147,7 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
         except CheckpointError as error:
             verdicts.append(_fail(name, error))
             continue
-        verdicts.append(Verdict(name, True, f"{len(verified.contents)} files match the manifest and its receipt"))
+        verdicts.append(Verdict(name, True, f"{len(verified.manifest.files)} files match the manifest and its receipt"))
     try:
         pointer = read_pointer(layout)
         if pointer is None and not verdicts:

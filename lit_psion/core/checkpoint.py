@@ -4,8 +4,11 @@ A checkpoint is a directory ``checkpoints/step-NNNNNN/`` whose ``manifest.json``
 with its sha256 and size, plus the step, run, model signature, data manifest digest, data cursor,
 parent checkpoint and writer. ``checkpoints/pointer.json`` names the latest durable one with its
 manifest's sha256. Verification reads each file once, hashes the bytes it read and hands those
-same bytes on, so a verified load never reads or hashes a file twice, and what is loaded is what
-was hashed. Framework-free: deserializing the bytes is the caller's business.
+same bytes on, so what is loaded is what was hashed. The shards of a sharded or DeepSpeed
+checkpoint are the exception: they are hashed as a stream and not held (every rank verifies every
+shard, and holding them all would put the whole model in each rank's memory); a loader reads one
+again through :meth:`VerifiedCheckpoint.read`, which hashes it again and refuses it if it changed.
+Framework-free: deserializing the bytes is the caller's business.
 """
 
 from __future__ import annotations
@@ -116,8 +119,9 @@ class CheckpointPointer:
 class VerifiedCheckpoint:
     """A checkpoint whose files matched its manifest, with the bytes that were hashed.
 
-    ``contents`` maps each listed file to the exact bytes verified; a loader deserializes those
-    (never re-reading the file), so a checkpoint swapped on disk after verification is not loaded.
+    ``contents`` maps each held file to the exact bytes verified; a loader deserializes those (never
+    re-reading the file), so a checkpoint swapped on disk after verification is not loaded. Shards are
+    not held (see :func:`verify_checkpoint`): :meth:`read` reads one again and checks it once more.
     """
 
     path: Path
@@ -128,6 +132,25 @@ class VerifiedCheckpoint:
     @property
     def step(self) -> int:
         return self.manifest.step
+
+    def read(self, name: str) -> bytes:
+        """The bytes of the listed file ``name``, as they matched the manifest.
+
+        A held file's verified bytes; a shard is read again and hashed again, and refused if it no longer
+        matches (changed on disk since it was verified), so a loader still gets only bytes the manifest
+        vouches for, while at most the shard being read is in memory.
+
+        Raises:
+            CheckpointError: ``name`` is not listed, or its file changed or went away since verification.
+        """
+        if name in self.contents:
+            return self.contents[name]
+        if name not in self.manifest.files:
+            raise CheckpointError(f"checkpoint {str(self.path)!r}: {name!r} is not listed in its manifest")
+        try:
+            return _read_verified(self.path, name, self.manifest.files[name])
+        except CheckpointError as error:
+            raise CheckpointError(f"{error} (it changed after the checkpoint was verified)") from error
 
     @property
     def weights_sha256(self) -> str | None:
@@ -183,7 +206,10 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
         raise CheckpointError(f"checkpoint {str(directory)!r} holds a file its manifest does not list: {extra[0]!r}")
     contents = {}
     for name, expected in sorted(manifest.files.items()):
-        contents[name] = _read_verified(directory, name, expected)
+        if _is_shard(manifest.layout, name):
+            _read_verified(directory, name, expected, hold=False)
+        else:
+            contents[name] = _read_verified(directory, name, expected)
     return VerifiedCheckpoint(path=directory, manifest=manifest, manifest_sha256=actual_manifest, contents=contents)
 
 
@@ -196,7 +222,14 @@ def _present_files(directory: Path) -> set[str]:
     return present
 
 
-def _read_verified(directory: Path, name: str, expected: FileRecord) -> bytes:
+def _is_shard(layout: str, name: str) -> bool:
+    """A file verification hashes as a stream and does not hold: a rank's part of a sharded or DeepSpeed
+    checkpoint (a loader reads it again through :meth:`VerifiedCheckpoint.read`; DeepSpeed reads its own)."""
+    return (layout == SHARDED and name.endswith(".distcp")) or (layout == DEEPSPEED and name.startswith("checkpoint/"))
+
+
+def _read_verified(directory: Path, name: str, expected: FileRecord, hold: bool = True) -> bytes:
+    """The bytes of ``name`` if they match ``expected`` (``b""`` when not ``hold``: hashed as a stream)."""
     file = directory / name
     parts = PurePosixPath(name).parts
     if not parts or name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts) or (
@@ -209,8 +242,12 @@ def _read_verified(directory: Path, name: str, expected: FileRecord) -> bytes:
                                   "only regular files")  # fmt: skip
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {str(file)!r} listed in the manifest is missing")
-    data = file.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
+    if hold:
+        data = file.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+    else:
+        with open(file, "rb") as handle:
+            data, actual = b"", hashlib.file_digest(handle, "sha256").hexdigest()
     if actual != expected.sha256:
         raise CheckpointError(f"checkpoint file {str(file)!r} is corrupt: expected sha256 {expected.sha256}, "
                               f"got {actual}")  # fmt: skip

@@ -199,6 +199,7 @@ class TrainerStepReceipt(ReceiptBody):
     """sha256 of the sample ids and cursor the step consumed."""
     cursor: tuple[int, int] | None
     loss: float
+    """The training loss over the whole global batch (the mean of the ranks' losses over their equal slices)."""
     lr: float
     optimizer: str
     checkpoint: str | None = None

@@ -71,6 +71,48 @@ def test_verify_returns_the_bytes_it_hashed(layout: RunLayout) -> None:
     assert verified.manifest.run_id == "run-a"
 
 
+SHARDS = {"__0_0.distcp": b"shard zero", "__1_0.distcp": b"shard one", ".metadata": b"meta", "trainer_state.pt": b"st"}
+
+
+def test_a_sharded_checkpoint_verifies_every_shard_but_holds_none_of_them(layout: RunLayout) -> None:
+    """Every rank verifies every shard; holding them all would put the whole model in each rank's memory."""
+    verified = verify_checkpoint(make_checkpoint(layout.checkpoints, 3, SHARDS))
+    assert verified.sharded and set(verified.contents) == {".metadata", "trainer_state.pt"}
+    assert {name: verified.read(name) for name in SHARDS} == SHARDS
+
+
+SHARD_CHANGES = {
+    "a byte flipped": (lambda f: f.write_bytes(b"shard Zero"), "is corrupt"),
+    "removed": (lambda f: f.unlink(), "missing"),
+    "replaced by a symlink": (lambda f: (f.unlink(), f.symlink_to(f.parent / "__1_0.distcp")), "symlink"),
+    "truncated": (lambda f: f.write_bytes(b""), "is corrupt"),
+}
+
+
+@pytest.mark.parametrize("change", SHARD_CHANGES)
+def test_a_shard_changed_after_verification_is_refused_when_read(layout: RunLayout, change: str) -> None:
+    verified = verify_checkpoint(make_checkpoint(layout.checkpoints, 3, SHARDS))
+    tamper, message = SHARD_CHANGES[change]
+    tamper(verified.path / "__0_0.distcp")
+    with pytest.raises(CheckpointError, match=f"{message}.*changed after the checkpoint was verified"):
+        verified.read("__0_0.distcp")
+    assert verified.read("__1_0.distcp") == b"shard one" and verified.read(".metadata") == b"meta"
+
+
+def test_a_shard_is_refused_at_verification_as_before(layout: RunLayout) -> None:
+    path = make_checkpoint(layout.checkpoints, 3, SHARDS)
+    (path / "__1_0.distcp").write_bytes(b"shard One")
+    with pytest.raises(CheckpointError, match=r"__1_0\.distcp' is corrupt"):
+        verify_checkpoint(path)
+
+
+def test_read_refuses_a_name_the_manifest_does_not_list(layout: RunLayout) -> None:
+    verified = verify_checkpoint(make_checkpoint(layout.checkpoints, 3, SHARDS))
+    (verified.path / "__2_0.distcp").write_bytes(b"planted")
+    with pytest.raises(CheckpointError, match=r"'__2_0\.distcp' is not listed"):
+        verified.read("__2_0.distcp")
+
+
 MALFORMED = [
     ("not JSON", b"{", "not valid JSON"),
     ("not an object", b"[]", "not a JSON object"),
@@ -112,7 +154,7 @@ def make_nested(directory: Path) -> Path:
 
 def test_a_nested_manifest_verifies_every_file_and_names_its_layout(layout: RunLayout) -> None:
     verified = verify_checkpoint(make_nested(layout.checkpoints))
-    assert verified.contents["checkpoint/zero_pp_rank_1_optim_states.pt"] == b"opt"
+    assert verified.read("checkpoint/zero_pp_rank_1_optim_states.pt") == b"opt"
     assert verified.layout == "deepspeed" and not verified.sharded
 
 

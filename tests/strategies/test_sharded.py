@@ -236,6 +236,32 @@ def test_a_run_resumed_past_a_corrupt_shard_falls_back_and_still_ends_bitwise_eq
     assert_same_training(run, uninterrupted)
 
 
+@pytest.mark.slow  # default-suite budget: three multi-process fits
+def test_a_world_2_sharded_checkpoint_resumes_at_world_1_on_the_same_global_batches(tmp_path: Path) -> None:
+    """DCP reshards the 2 shards for 1 rank; the cursor is global, so the data and the math carry on unchanged.
+
+    No dropout: each rank draws its own dropout masks, so they differ with the world size by design.
+    """
+    no_dropout = (*DATA, "--model.init_args.decoder.dropout", "0.0")
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    for root, steps_, strategy, more in ((reference, N, FSDP, ()), (interrupted, 6, FSDP, ()),
+                                         (interrupted, N, (*FSDP[:-1], "1"), ("--ckpt_path", "last"))):  # fmt: skip
+        result = run_fit(root, "--trainer.max_steps", str(steps_), *more, strategy=strategy, data=no_dropout)
+        assert result.returncode == 0, result.stderr[-3000:]
+    run, expected_run = run_dir(interrupted), run_dir(reference)
+    assert {p.name for p in (run / "checkpoints" / "step-000012").iterdir()} == {
+        "__0_0.distcp", ".metadata", "trainer_state.pt", MANIFEST_FILE}  # written by the one rank  # fmt: skip
+    ours, theirs = steps(run), steps(expected_run)
+    assert sorted(ours) == list(range(1, N + 1))
+    assert [ours[s]["batch_digest"] for s in ours] == [theirs[s]["batch_digest"] for s in ours]
+    torch.testing.assert_close(torch.tensor([ours[s]["loss"] for s in ours]),
+                               torch.tensor([theirs[s]["loss"] for s in ours]), rtol=1e-4, atol=1e-5)  # fmt: skip
+    (tensors, state), (expected, _) = (sharded_state(r / "checkpoints" / "step-000012") for r in (run, expected_run))
+    assert state["global_step"] == N and tensors.keys() == expected.keys()
+    for name, tensor in expected["state_dict"].items():  # the same model, up to the order of the reductions
+        torch.testing.assert_close(tensors["state_dict"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
 DDP = ("--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2")
 
 
