@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -260,6 +261,37 @@ def test_a_world_2_sharded_checkpoint_resumes_at_world_1_on_the_same_global_batc
     assert state["global_step"] == N and tensors.keys() == expected.keys()
     for name, tensor in expected["state_dict"].items():  # the same model, up to the order of the reductions
         torch.testing.assert_close(tensors["state_dict"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _two_torchrun_nodes(root: Path, *args: str) -> None:
+    """One ``fit`` as two torchrun nodes of one process each (two agents on localhost, as on two machines)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = subprocess_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    agents = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--node-rank",
+         str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion", "fit", "--config",
+         TINY, "--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu", *DATA,
+         "--trainer.default_root_dir", str(root), *args],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) for node in (0, 1)]  # fmt: skip
+    for agent in agents:
+        assert agent.wait(timeout=400) == 0, agent.stderr.read()[-3000:]
+
+
+@pytest.mark.slow  # default-suite budget: two launches of two torchrun agents
+def test_two_torchrun_nodes_write_one_sharded_checkpoint_and_resume_it_bitwise(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    """Each node's rank is local rank 0: shards, digests and the seal must follow the global rank."""
+    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", "6")
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run_dir(tmp_path).name], "one run for both nodes"
+    assert {p.name for p in (run_dir(tmp_path) / "checkpoints" / "step-000006").iterdir()} == {
+        *SHARD_FILES, MANIFEST_FILE}  # fmt: skip
+    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last")
+    assert main(["ckpt", "verify", str(run_dir(tmp_path))]) == 0
+    assert_same_training(run_dir(tmp_path), uninterrupted)
 
 
 DDP = ("--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2")
