@@ -324,12 +324,15 @@ def _remove_if_unborn(run_dir: Path) -> None:
 
 
 def _follow_torchrun(trainer: Namespace) -> None:
-    """Under torchrun, take the node count and devices per node from the launch (an elastic launch changes them)."""
+    """Under torchrun, take the node count and devices per node from the launch (an elastic launch changes them).
+
+    The launch decides how many processes there are; a preset's or overlay's ``devices`` (the FSDP overlay's 2,
+    for Lightning's own launcher) would otherwise fail Lightning's world-size check on any other launch shape.
+    """
     world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
     if "TORCHELASTIC_RUN_ID" not in os.environ or not (world and local and world.isdigit() and local.isdigit()):
         return
-    if trainer.get("num_nodes") in (None, 1) and trainer.get("devices") in (None, "auto", 1, "1"):
-        trainer.num_nodes, trainer.devices = max(1, int(world) // max(1, int(local))), int(local)
+    trainer.num_nodes, trainer.devices = max(1, int(world) // max(1, int(local))), int(local)
 
 
 def _plain_run_id(run_id: str) -> str:

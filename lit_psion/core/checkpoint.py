@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -228,6 +230,11 @@ def _is_shard(layout: str, name: str) -> bool:
     return (layout == SHARDED and name.endswith(".distcp")) or (layout == DEEPSPEED and name.startswith("checkpoint/"))
 
 
+def _no_link(path: str, flags: int) -> int:
+    """Open ``path`` only if it is not a symlink, and without blocking on a FIFO put in its place."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
 def _read_verified(directory: Path, name: str, expected: FileRecord, hold: bool = True) -> bytes:
     """The bytes of ``name`` if they match ``expected`` (``b""`` when not ``hold``: hashed as a stream)."""
     file = directory / name
@@ -242,11 +249,18 @@ def _read_verified(directory: Path, name: str, expected: FileRecord, hold: bool 
                                   "only regular files")  # fmt: skip
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {str(file)!r} listed in the manifest is missing")
-    if hold:
-        data = file.read_bytes()
-        actual = hashlib.sha256(data).hexdigest()
-    else:
-        with open(file, "rb") as handle:
+    try:  # the name may have been swapped since the checks above: open no link, and only a regular file
+        handle = open(file, "rb", opener=_no_link)  # noqa: SIM115  (closed by the with below)
+    except OSError as error:
+        raise CheckpointError(f"checkpoint file {str(file)!r} cannot be opened as a regular file "
+                              f"({error.strerror or error})") from error  # fmt: skip
+    with handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise CheckpointError(f"checkpoint file {str(file)!r} is not a regular file")
+        if hold:
+            data = handle.read()
+            actual = hashlib.sha256(data).hexdigest()
+        else:
             data, actual = b"", hashlib.file_digest(handle, "sha256").hexdigest()
     if actual != expected.sha256:
         raise CheckpointError(f"checkpoint file {str(file)!r} is corrupt: expected sha256 {expected.sha256}, "

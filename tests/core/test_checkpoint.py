@@ -6,6 +6,7 @@ import builtins
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ SHARD_CHANGES = {
     "removed": (lambda f: f.unlink(), "missing"),
     "replaced by a symlink": (lambda f: (f.unlink(), f.symlink_to(f.parent / "__1_0.distcp")), "symlink"),
     "truncated": (lambda f: f.write_bytes(b""), "is corrupt"),
+    "replaced by a FIFO": (lambda f: (f.unlink(), os.mkfifo(f)), "missing"),  # refused, never a hang on open
 }
 
 

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load as safetensors_load
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from lit_psion.checkpoint_io import load_trainer_state, verified_reader
+from lit_psion.checkpoint_io import first_failure, load_trainer_state, verified_reader
 from lit_psion.cli import main
 from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.checkpoint import MANIFEST_FILE, read_pointer, verify_checkpoint
@@ -223,6 +224,24 @@ def test_a_tampered_shard_is_refused_and_ckpt_verify_falls_back_to_the_newest_th
                  "--ckpt_path", str(run / "checkpoints" / "step-000012")]) == 4  # fmt: skip
 
 
+def test_a_shard_changed_after_verification_is_refused_by_the_dcp_load_not_loaded(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    """Verification holds no shard; DCP's reads hash each shard again, so a swap in between is refused."""
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run)
+    checkpoint = run / "checkpoints" / "step-000012"
+    verified = verify_checkpoint(checkpoint)
+    assert not any(name.endswith(".distcp") for name in verified.contents)
+    shutil.copy(run / "checkpoints" / "step-000009" / "__1_0.distcp", checkpoint / "__1_0.distcp")  # a real shard
+    with pytest.raises(CheckpointException) as raised:  # DCP's wrapper of every rank's failure
+        _load_state_dict({}, storage_reader=verified_reader(verified), planner=_EmptyStateDictLoadPlanner(),
+                         no_dist=True)  # fmt: skip
+    assert "changed after the checkpoint was verified" in str(first_failure(raised.value))
+    assert main(["ckpt", "consolidate", str(run)]) == 0  # a fresh verification falls back to step 9
+    assert (run / "consolidated" / "step-000009").is_dir()
+
+
 @pytest.mark.slow
 def test_a_run_resumed_past_a_corrupt_shard_falls_back_and_still_ends_bitwise_equal(
     tmp_path: Path, uninterrupted: Path
@@ -269,15 +288,19 @@ def _two_torchrun_nodes(root: Path, *args: str) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = subprocess_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    agents = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--node-rank",
-         str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion", "fit", "--config",
-         TINY, "--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu", *DATA,
-         "--trainer.default_root_dir", str(root), *args],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    ) for node in (0, 1)]  # fmt: skip
-    for agent in agents:
-        assert agent.wait(timeout=400) == 0, agent.stderr.read()[-3000:]
+    logs = [root.parent / f"{root.name}-node{node}-{port}.log" for node in (0, 1)]
+    agents = []
+    for node, log in enumerate(logs):  # the overlay's devices: 2 is Lightning's launcher's; torchrun's shape wins
+        with open(log, "w") as out:
+            agents.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                 "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion",
+                 "fit", "--config", TINY, "--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu",
+                 *DATA, "--trainer.default_root_dir", str(root), *args],
+                env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+    for agent, log in zip(agents, logs, strict=True):
+        assert agent.wait(timeout=400) == 0, log.read_text()[-3000:]
 
 
 @pytest.mark.slow  # default-suite budget: two launches of two torchrun agents
