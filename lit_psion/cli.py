@@ -95,8 +95,8 @@ class LitPsionCLI(LightningCLI):
         self.run_context: RunContext | None = None
         self.verified: VerifiedCheckpoint | None = None
         self.lock: RunLock | None = None
-        self._exported_run_id = False
         """One writer per run: held from before a fit reads its run until the fit returns."""
+        self._exported_run_id = False
         argv = sys.argv[1:] if args is None else args
         self._asked = argv[0] if isinstance(argv, list) and argv else None
         try:
