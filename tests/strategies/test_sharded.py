@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -254,67 +253,6 @@ def test_a_run_resumed_past_a_corrupt_shard_falls_back_and_still_ends_bitwise_eq
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step-000006" in resumed.stderr
     assert_same_training(run, uninterrupted)
-
-
-@pytest.mark.slow  # default-suite budget: three multi-process fits
-def test_a_world_2_sharded_checkpoint_resumes_at_world_1_on_the_same_global_batches(tmp_path: Path) -> None:
-    """DCP reshards the 2 shards for 1 rank; the cursor is global, so the data and the math carry on unchanged.
-
-    No dropout: each rank draws its own dropout masks, so they differ with the world size by design.
-    """
-    no_dropout = (*DATA, "--model.init_args.decoder.dropout", "0.0")
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    for root, steps_, strategy, more in ((reference, N, FSDP, ()), (interrupted, 6, FSDP, ()),
-                                         (interrupted, N, (*FSDP[:-1], "1"), ("--ckpt_path", "last"))):  # fmt: skip
-        result = run_fit(root, "--trainer.max_steps", str(steps_), *more, strategy=strategy, data=no_dropout)
-        assert result.returncode == 0, result.stderr[-3000:]
-    run, expected_run = run_dir(interrupted), run_dir(reference)
-    assert {p.name for p in (run / "checkpoints" / "step-000012").iterdir()} == {
-        "__0_0.distcp", ".metadata", "trainer_state.pt", MANIFEST_FILE}  # written by the one rank  # fmt: skip
-    ours, theirs = steps(run), steps(expected_run)
-    assert sorted(ours) == list(range(1, N + 1))
-    assert [ours[s]["batch_digest"] for s in ours] == [theirs[s]["batch_digest"] for s in ours]
-    torch.testing.assert_close(torch.tensor([ours[s]["loss"] for s in ours]),
-                               torch.tensor([theirs[s]["loss"] for s in ours]), rtol=1e-4, atol=1e-5)  # fmt: skip
-    (tensors, state), (expected, _) = (sharded_state(r / "checkpoints" / "step-000012") for r in (run, expected_run))
-    assert state["global_step"] == N and tensors.keys() == expected.keys()
-    for name, tensor in expected["state_dict"].items():  # the same model, up to the order of the reductions
-        torch.testing.assert_close(tensors["state_dict"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def _two_torchrun_nodes(root: Path, *args: str) -> None:
-    """One ``fit`` as two torchrun nodes of one process each (two agents on localhost, as on two machines)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = subprocess_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    logs = [root.parent / f"{root.name}-node{node}-{port}.log" for node in (0, 1)]
-    agents = []
-    for node, log in enumerate(logs):  # the overlay's devices: 2 is Lightning's launcher's; torchrun's shape wins
-        with open(log, "w") as out:
-            agents.append(subprocess.Popen(
-                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                 "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion",
-                 "fit", "--config", TINY, "--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu",
-                 *DATA, "--trainer.default_root_dir", str(root), *args],
-                env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-    for agent, log in zip(agents, logs, strict=True):
-        assert agent.wait(timeout=400) == 0, log.read_text()[-3000:]
-
-
-@pytest.mark.slow  # default-suite budget: two launches of two torchrun agents
-def test_two_torchrun_nodes_write_one_sharded_checkpoint_and_resume_it_bitwise(
-    tmp_path: Path, uninterrupted: Path
-) -> None:
-    """Each node's rank is local rank 0: shards, digests and the seal must follow the global rank."""
-    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", "6")
-    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run_dir(tmp_path).name], "one run for both nodes"
-    assert {p.name for p in (run_dir(tmp_path) / "checkpoints" / "step-000006").iterdir()} == {
-        *SHARD_FILES, MANIFEST_FILE}  # fmt: skip
-    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last")
-    assert main(["ckpt", "verify", str(run_dir(tmp_path))]) == 0
-    assert_same_training(run_dir(tmp_path), uninterrupted)
 
 
 DDP = ("--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2")
