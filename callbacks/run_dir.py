@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -15,6 +17,7 @@ from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.contracts import ReplayData, TokenizedData
 from lit_psion.core.errors import CheckpointError, failure_class
+from lit_psion.core.layout import RunLayout
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
 
@@ -33,6 +36,8 @@ class RunDirectory(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.world_size > 1:
+            self._follow_rank_zero(trainer)
         if stage != "fit" or not trainer.is_global_zero:
             return
         run, layout = self.run_context, self.run_context.layout
@@ -52,6 +57,15 @@ class RunDirectory(Callback):
         self._describe_data(trainer.datamodule)
         self.record.save(layout)
         write_latest(layout.root, layout.run_id)
+
+    def _follow_rank_zero(self, trainer: L.Trainer) -> None:
+        """Every rank trains rank 0's run. Processes torchrun starts without ``LIT_PSION_RUN_ID`` each planned
+        their own run id; what other ranks read back by run (a transactional strategy's skip list) must be
+        rank 0's. Callbacks' setup runs before the strategy's, so the strategy reads the run adopted here."""
+        layout = self.run_context.layout
+        run_id = trainer.strategy.broadcast(layout.run_id, src=0)
+        if run_id != layout.run_id:
+            self.run_context = dataclasses.replace(self.run_context, layout=RunLayout(layout.root, run_id))
 
     def _describe_data(self, data: L.LightningDataModule | None) -> None:
         layout = self.run_context.layout

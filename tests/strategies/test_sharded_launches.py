@@ -58,12 +58,16 @@ def test_a_world_2_sharded_checkpoint_resumes_at_world_1_on_the_same_global_batc
         torch.testing.assert_close(tensors["state_dict"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _two_torchrun_nodes(root: Path, *args: str) -> None:
-    """One ``fit`` as two torchrun nodes of one process each (two agents on localhost, as on two machines)."""
+def _two_torchrun_nodes(root: Path, *args: str) -> dict[str, str]:
+    """One ``fit`` as two torchrun nodes of one process each (two agents on localhost, as on two machines), with
+    no ``LIT_PSION_RUN_ID``; returns the run id each rank trained, by rank."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = subprocess_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    run_ids = root.parent / f"{root.name}-run-ids-{port}"
+    run_ids.mkdir()
+    env = subprocess_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), LIT_PSION_TEST_RUN_IDS=str(run_ids))
+    env.pop("LIT_PSION_RUN_ID", None)
     logs = [root.parent / f"{root.name}-node{node}-{port}.log" for node in (0, 1)]
     agents = []
     for node, log in enumerate(logs):  # the overlay's devices: 2 is Lightning's launcher's; torchrun's shape wins
@@ -72,20 +76,26 @@ def _two_torchrun_nodes(root: Path, *args: str) -> None:
                 [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                  "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion",
                  "fit", "--config", TINY, "--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu",
-                 *DATA, "--trainer.default_root_dir", str(root), *args],
+                 *DATA, "--trainer.default_root_dir", str(root),
+                 "--trainer.callbacks+=tests.strategies.run_ids.RecordRunId", *args],
                 env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
             ))  # fmt: skip
     for agent, log in zip(agents, logs, strict=True):
         assert agent.wait(timeout=400) == 0, log.read_text()[-3000:]
+    return {path.name: path.read_text() for path in run_ids.iterdir()}
 
 
 @pytest.mark.slow  # default-suite budget: two launches of two torchrun agents
 def test_two_torchrun_nodes_write_one_sharded_checkpoint_and_resume_it_bitwise(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
-    """Each node's rank is local rank 0: shards, digests and the seal must follow the global rank."""
-    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", "6")
+    """Each node's rank is local rank 0: shards, digests and the seal must follow the global rank.
+
+    Without ``LIT_PSION_RUN_ID`` each process plans its own run id: rank 1 must still train rank 0's run.
+    """
+    trained = _two_torchrun_nodes(tmp_path, "--trainer.max_steps", "6")
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run_dir(tmp_path).name], "one run for both nodes"
+    assert trained == {"rank0": run_dir(tmp_path).name, "rank1": run_dir(tmp_path).name}
     assert {p.name for p in (run_dir(tmp_path) / "checkpoints" / "step-000006").iterdir()} == {
         *SHARD_FILES, MANIFEST_FILE}  # fmt: skip
     _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last")
