@@ -22,14 +22,15 @@ from lit_psion.report import write_dashboard
 class Dashboard(Callback):
     """Write the run's dashboard (train/val loss, lr, norms, throughput) at validation and at the end.
 
+    The page shows ``run.json``'s status, so the CLI places this callback after its ``RunDirectory``, which
+    records the final status (also when an exception ends the fit).
+
     Args:
         enabled: False writes nothing.
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._deferred = False
-        """The last validation left the page to the end of the fit."""
 
     def write(self, trainer: L.Trainer) -> Path | None:
         layout = run_context(trainer).layout
@@ -44,15 +45,15 @@ class Dashboard(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        self._deferred = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
-        if not self._deferred:  # else the fit's last validation: teardown draws the page once, finished (~0.7 s)
+        last = 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop
+        if not last:  # the fit's last validation: teardown draws the page once, finished (~0.7 s)
             self.write(trainer)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # Lightning skips the callbacks' teardown after an exception: draw the page the last validation left to
-        # the end here (only then: the page is otherwise as current as before), never masking the exception.
-        if self._deferred and trainer.state.fn == TrainerFn.FITTING:
+        # Lightning skips the callbacks' teardown after an exception: draw the page here, with the status the
+        # RunDirectory before this callback has just recorded (failed or paused), never masking the exception.
+        if trainer.state.fn == TrainerFn.FITTING:
             with contextlib.suppress(Exception):
                 self.write(trainer)
 

@@ -225,6 +225,18 @@ class LitPsionCLI(LightningCLI):
         if _is_launcher_rank_zero():  # the other ranks of the same fit run under rank 0's lock
             self.lock = RunLock(layout.run_dir, purpose=f"fit {layout.run_id}").acquire()
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as stop:
+            # Lightning answers Ctrl-C with its on_exception hooks (the run is recorded paused), ignores SIGINT
+            # and calls sys.exit(1): give the interrupt back, so it exits 130 like any other, never as our bug.
+            if isinstance(stop.__context__, KeyboardInterrupt) and not isinstance(stop, SIGTERMException):
+                signal.signal(signal.SIGINT, sigint)
+                raise KeyboardInterrupt from None
+            raise
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer with lit_psion's checkpoint IO, callbacks and (for fit) run directory and loggers."""
         config = {**self._instantiated("trainer"), **kwargs}
@@ -243,6 +255,7 @@ class LitPsionCLI(LightningCLI):
             self.run_context = run
             loggers = [RunCSVLogger(run.layout.root, run.layout.run_id), *loggers]
             callbacks += [RunDirectory(run), StopAgreement()]
+            callbacks.sort(key=lambda callback: isinstance(callback, Dashboard))  # draws the status RunDirectory wrote
             if any(isinstance(logger, WandbLogger) for logger in loggers):
                 callbacks.append(WandbEvidence())
         elif config.get("logger") in (None, True):

@@ -56,8 +56,7 @@ class FailAtTrainEnd(Callback):
 
 def test_a_fit_that_fails_after_its_last_validation_still_has_its_dashboard(tmp_path: Path) -> None:
     """The last validation leaves the page to the end of the fit; Lightning skips teardown after an exception,
-    so the page is drawn when the exception passes (the run's status there is the one before the failure is
-    recorded, as when the last validation drew it)."""
+    so the page is drawn when the exception passes, with the status the run ended in."""
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "4",
                "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
                "--trainer.callbacks+=tests.callbacks.test_reports.FailAtTrainEnd") == 1  # fmt: skip
@@ -65,6 +64,32 @@ def test_a_fit_that_fails_after_its_last_validation_still_has_its_dashboard(tmp_
     page = (run / "dashboard" / "index.html").read_text()
     assert _png(run / "dashboard" / "loss.png")
     assert f"{read_metrics(run)['val/loss'][-1][1]:.6g}" in page  # the validation at the last step is on it
+    assert "<td>failed</td>" in page and read_json(run / "run.json")["status"] == "failed"
+
+
+class FailAtStep(Callback):
+    """Raises in the training step after step 6, or pauses there (a KeyboardInterrupt, as Ctrl-C is)."""
+
+    def __init__(self, pause: bool = False) -> None:
+        self.pause = pause
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == 6:
+            raise KeyboardInterrupt if self.pause else RuntimeError("injected failure in step 7")
+
+
+@pytest.mark.parametrize(("pause", "status", "code"), [(False, "failed", 1), (True, "paused", 130)])
+def test_a_fit_stopped_between_validations_shows_how_it_ended(tmp_path: Path, pause: bool, status: str,
+                                                              code: int) -> None:  # fmt: skip
+    """The page the validation at step 4 drew said the run was active; the one left behind says how it ended."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "8",
+               "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
+               "--trainer.callbacks+=tests.callbacks.test_reports.FailAtStep",
+               f"--trainer.callbacks.pause={str(pause).lower()}") == code  # fmt: skip
+    run = tmp_path / read_latest(tmp_path)
+    assert read_json(run / "run.json")["status"] == status
+    page = (run / "dashboard" / "index.html").read_text()
+    assert f"<td>{status}</td>" in page and "<td>active</td>" not in page
 
 
 def test_each_norm_gets_its_own_axes_and_other_panels_share_one(two_runs: tuple[Path, Path]) -> None:
