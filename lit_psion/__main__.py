@@ -35,9 +35,7 @@ def _exit_without_teardown(code: int) -> int:
     synced) before fit returns.
     """
     if code != 0:
-        # A failed or paused rank exits as before: Lightning's launcher in rank 0 kills every rank (itself too)
-        # once it sees a child exit non-zero, so a child must not leave sooner than rank 0 can finish its own exit.
-        return code
+        return code  # a failed or paused rank exits as before (lit_psion.cli.main has waited for rank 0)
     if any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
         return code  # a thread still working: the normal exit waits for it
     atexit._run_exitfuncs()

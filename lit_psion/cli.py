@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -401,8 +402,34 @@ def _wandb_api_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
+RANK_ZERO_GRACE_S = 30.0
+"""How long a rank that Lightning's launcher started waits, before it exits non-zero, for rank 0 to exit."""
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
+    parent = os.getppid()
+    code = _main(args)
+    if code not in (0, 1):
+        _leave_after_rank_zero(parent)
+    return code
+
+
+def _leave_after_rank_zero(parent: int) -> None:
+    """A rank that Lightning's launcher started (a child of rank 0's process) and that stops with a verdict every
+    rank reaches (a pause, divergence, a failed checkpoint write) leaves after rank 0 does. Rank 0's launcher
+    SIGKILLs every rank, itself too, once it sees a child exit non-zero (polling every 5 s), which would cut
+    rank 0's own exit short: its exit code, its run.json, its dashboard. Bounded, because a verdict this rank
+    reached alone leaves rank 0 waiting in a collective, which only that kill ends. Exit 1 (a bug) leaves at once.
+    """
+    if os.environ.get("LOCAL_RANK", "0") == "0" or "TORCHELASTIC_RUN_ID" in os.environ:
+        return  # rank 0, or a torchrun worker, whose agent acts on each worker's own exit code
+    deadline = time.monotonic() + RANK_ZERO_GRACE_S
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _main(args: list[str] | None) -> int:
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to" chatter
     clear_mesh_stop()

@@ -63,6 +63,17 @@ class SigtermAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SlowExitOnRankZero(Callback):
+    """Rank 0 takes ``seconds`` over its exit after an exception (as a slow disk or a large dashboard would)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.is_global_zero:
+            time.sleep(self.seconds)
+
+
 class KillDuringCheckpointWrite(Callback):
     """SIGKILL this process while checkpoint ``step`` is half written: its files staged, not yet renamed."""
 

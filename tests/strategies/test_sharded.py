@@ -165,7 +165,10 @@ def test_a_sigterm_pauses_every_ddp_rank_at_one_step_and_the_resume_is_bitwise(
     tmp_path: Path, ddp_uninterrupted: Path
 ) -> None:
     # Lightning's handler broadcast from inside the signal handler and hung DDP; StopAgreement agrees instead.
-    first = run_fit(tmp_path, "--trainer.max_steps", str(N), strategy=DDP, callbacks=(("SigtermAt", {"step": 7}),))
+    # Rank 0's exit outlasts the 5 s poll of Lightning's child-process observer, which SIGKILLs every rank once
+    # a child exits non-zero: rank 1 leaves after rank 0, so rank 0 still exits 143 and records the pause.
+    callbacks = (("SigtermAt", {"step": 7}), ("SlowExitOnRankZero", {"seconds": 6}))
+    first = run_fit(tmp_path, "--trainer.max_steps", str(N), strategy=DDP, callbacks=callbacks)
     assert first.returncode == 143, first.stderr[-3000:]
     run = run_dir(tmp_path)
     assert read_pointer(RunLayout.of(run)).step == 7 and read_json(run / "run.json")["status"] == "paused"
