@@ -16,7 +16,11 @@ present). The last line of stdout is one JSON object; per size, ``ratio`` is lit
 plain tokens/s (median of the per-round ratios); ``worst_ratio`` is the lower of the two (target 0.98).
 On a shared VM whose speed swings by tens of percent within a minute, ``p10_step_ratio`` (the ratio of
 each side's 10th-percentile step time: the steps no other tenant slowed) is the steadier reading of
-the loop's own cost; both are reported.
+the loop's own cost; both are reported. Steadier still: both sides run the same model work, timed by
+the same hooks (``model_ms``, the Decoder's forward and backward), so ``loop_overhead_ms`` (the median
+step time outside the model, lit_psion's less plain's) measures what the loops add apart from how fast
+this VM computes that minute; ``loop_overhead_ratio`` is plain's median step over that step plus the
+overhead. Being medians, these leave out the steps that write a log row (and measure telemetry).
 
 ``--against evidence-off`` measures what the evidence layer costs instead: lit_psion with a step
 receipt every step, telemetry and a checkpoint every ``--checkpoint-every`` steps (all inside the
@@ -59,16 +63,69 @@ NEVER = str(10**9)
 EVIDENCE_OFF = ["--receipts.every_n_steps", NEVER, "--telemetry.every_n_steps", NEVER]
 
 
+class ModelTimer:
+    """Seconds each step spends in the model's own forward and backward, from global module and tensor hooks that
+    are the same on both sides: the forward of the training-mode :class:`Decoder`, and its backward from the
+    gradient of its output to the last gradient accumulated into its parameters. What a step spends elsewhere
+    (the loss, clipping, the optimizer, data, the loop and its hooks) is the step time less this."""
+
+    def __init__(self) -> None:
+        self.seconds, self._forward_start, self._backward_start, self._last_grad = 0.0, 0.0, None, 0.0
+        self._hooked: set[int] = set()
+        torch.nn.modules.module.register_module_forward_pre_hook(self._forward_begins)
+        torch.nn.modules.module.register_module_forward_hook(self._forward_ends)
+
+    def _forward_begins(self, module: torch.nn.Module, args: Any) -> None:
+        if isinstance(module, Decoder) and module.training:
+            self._forward_start = time.perf_counter()
+            if id(module) not in self._hooked:
+                self._hooked.add(id(module))
+                for param in module.parameters():
+                    param.register_post_accumulate_grad_hook(self._accumulated)
+
+    def _forward_ends(self, module: torch.nn.Module, args: Any, out: Any) -> None:
+        if isinstance(module, Decoder) and module.training:
+            self.seconds += time.perf_counter() - self._forward_start
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.register_hook(self._backward_begins)
+
+    def _backward_begins(self, grad: torch.Tensor) -> None:
+        self._backward_start = time.perf_counter()
+
+    def _accumulated(self, param: torch.Tensor) -> None:
+        self._last_grad = time.perf_counter()
+
+    def take(self) -> float:
+        """The model's seconds since the last take (one step's, taken when the step ends)."""
+        backward = self._last_grad - self._backward_start if self._backward_start is not None else 0.0
+        seconds, self.seconds, self._backward_start = self.seconds + max(backward, 0.0), 0.0, None
+        return seconds
+
+
+MODEL_TIMER: ModelTimer | None = None
+"""Installed by main() (global hooks, so only when this script runs)."""
+
+
 class Clock:
-    """Times of the ends of steps ``warmup`` .. ``steps`` (step n ends when n optimizer steps are done)."""
+    """Times of the ends of steps ``warmup`` .. ``steps`` (step n ends when n optimizer steps are done), and the
+    seconds each of those steps spent in the model (when the :data:`MODEL_TIMER` is installed)."""
 
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.steps = warmup, steps
         self.ticks: list[float] = []
+        self.model_seconds: list[float] = []
 
     def tick(self, done: int) -> None:
+        model = MODEL_TIMER.take() if MODEL_TIMER is not None else None
         if self.warmup <= done <= self.steps:
             self.ticks.append(time.perf_counter())
+            if model is not None and done > self.warmup:
+                self.model_seconds.append(model)
+
+    @property
+    def outside_model_seconds(self) -> list[float]:
+        """Each timed step's seconds outside the model's forward and backward."""
+        return [step - model for step, model in zip(self.step_seconds, self.model_seconds, strict=True)]
 
     @property
     def seconds(self) -> float:
@@ -176,6 +233,8 @@ def main() -> None:
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    global MODEL_TIMER
+    MODEL_TIMER = ModelTimer()
     results = [measure(config_args(args, config)) for config in args.config]
     if len(results) == 1:
         print(json.dumps(results[0]))
@@ -238,6 +297,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     plain_median = statistics.median(s for c in plain for s in c.step_seconds)
     # Another tenant on this VM only ever adds time to a step: the fast tail is each side's own cost.
     lit_p10, plain_p10 = (_quantile([s for c in side for s in c.step_seconds], 0.1) for side in (lit, plain))
+    # The same model work on both sides: the step time outside it is where the loops differ, and it is far less
+    # exposed to this VM's swings in compute speed than the whole step. Medians: the steps that also log
+    # (every log_every_n_steps, with telemetry) are left out.
+    lit_outside, plain_outside = (statistics.median(s for c in side for s in c.outside_model_seconds)
+                                  for side in (lit, plain))  # fmt: skip
+    loop_overhead = lit_outside - plain_outside
     context = {
         "config": str(args.config),
         **{key: getattr(args, key) for key in ("steps", "warmup", "rounds", "batch_size", "block_size")},
@@ -275,6 +340,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "median_step_ratio": round(plain_median / lit_median, 4),
         "lit_psion_median_step_ms": round(lit_median * 1000, 2),
         "plain_median_step_ms": round(plain_median * 1000, 2),
+        "loop_overhead_ms": round(loop_overhead * 1000, 2),
+        "lit_psion_outside_model_ms": round(lit_outside * 1000, 2),
+        "plain_outside_model_ms": round(plain_outside * 1000, 2),
+        "model_ms": round(statistics.median(s for c in plain for s in c.model_seconds) * 1000, 2),
+        "loop_overhead_ratio": round(plain_median / (plain_median + loop_overhead), 4),
         "p10_step_ratio": round(plain_p10 / lit_p10, 4),
         "lit_psion_p10_step_ms": round(lit_p10 * 1000, 2),
         "plain_p10_step_ms": round(plain_p10 * 1000, 2),
