@@ -39,7 +39,7 @@ import torch
 from lit_psion.cli import LitPsionCLI
 from lit_psion.datamodules.event_traces import encode_trace
 from lit_psion.events.traces import VALUE_ALPHABET, WRITE_MEM, TraceSettings, generate_trace
-from lit_psion.models.mosaic_lm import recall_counts
+from lit_psion.models.mosaic_lm import recall_accuracy_metric, recall_labels
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL, NEAR_CHANCE = 0.9, 0.2
@@ -85,13 +85,13 @@ def held_out(data: Any, distractors: int, count: int) -> tuple[dict[str, torch.T
 
 @torch.no_grad()
 def recall_accuracy(model: Any, batch: dict[str, torch.Tensor], memory_gates: bool, batch_size: int = 16) -> float:
-    correct = counted = 0
+    accuracy = recall_accuracy_metric(model.decoder_config.vocab_size)
     for lo in range(0, len(batch["input_ids"]), batch_size):
         logits = model(batch["input_ids"][lo : lo + batch_size], memory_gates=memory_gates)["logits"]  # (B, T, V)
         rows = slice(lo, lo + batch_size)
-        hit, n = recall_counts(logits, batch["targets"][rows], batch["recall_mask"][rows])
-        correct, counted = correct + hit, counted + n
-    return correct / counted
+        labels = recall_labels(batch["targets"][rows], batch["recall_mask"][rows])
+        accuracy.update(logits.flatten(0, 1), labels.flatten())
+    return float(accuracy.compute())
 
 
 def main() -> None:

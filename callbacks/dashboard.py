@@ -53,7 +53,7 @@ class Dashboard(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # Lightning skips the callbacks' teardown after an exception: draw the page here, with the status the
         # RunDirectory before this callback has just recorded (failed or paused), never masking the exception.
-        if trainer.state.fn == TrainerFn.FITTING:
+        if trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:  # else nothing to plot
             with contextlib.suppress(Exception):
                 self.write(trainer)
 

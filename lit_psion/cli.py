@@ -70,6 +70,8 @@ from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, s
 from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy
 
 RUN_ID_ENV = "LIT_PSION_RUN_ID"
+LAUNCHER_PID_ENV = "LIT_PSION_LAUNCHER_PID"
+"""The pid of the fit's rank 0, for the ranks Lightning's launcher starts from it (they inherit it)."""
 """The run a fit writes, shared by every process of a multi-process launch (``mesh launch`` sets it; a
 fit that plans a new run sets it for the worker processes Lightning starts). When it names a run that
 has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
@@ -97,7 +99,7 @@ class LitPsionCLI(LightningCLI):
         self.verified: VerifiedCheckpoint | None = None
         self.lock: RunLock | None = None
         """One writer per run: held from before a fit reads its run until the fit returns."""
-        self._exported_run_id = False
+        self._exported_run_id = self._exported_launcher_pid = False
         argv = sys.argv[1:] if args is None else args
         self._asked = argv[0] if isinstance(argv, list) and argv else None
         try:
@@ -120,6 +122,8 @@ class LitPsionCLI(LightningCLI):
                 self.lock.release()
             if self._exported_run_id:
                 os.environ.pop(RUN_ID_ENV, None)
+            if self._exported_launcher_pid:
+                os.environ.pop(LAUNCHER_PID_ENV, None)
 
     def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
         """Only the subcommand asked for, when one is: building each subcommand's parser costs ~0.3 s, and a
@@ -175,6 +179,8 @@ class LitPsionCLI(LightningCLI):
             layout = RunLayout(root, run_id or (named and _plain_run_id(named)) or new_run_id())
             if named is None:  # the worker processes Lightning starts for this fit must plan the same run
                 os.environ[RUN_ID_ENV], self._exported_run_id = layout.run_id, True
+            if _is_launcher_rank_zero() and LAUNCHER_PID_ENV not in os.environ:  # who they wait for (main())
+                os.environ[LAUNCHER_PID_ENV], self._exported_launcher_pid = str(os.getpid()), True
             start = self.verified
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
@@ -235,6 +241,7 @@ class LitPsionCLI(LightningCLI):
             # and calls sys.exit(1): give the interrupt back, so it exits 130 like any other, never as our bug.
             if isinstance(stop.__context__, KeyboardInterrupt) and not isinstance(stop, SIGTERMException):
                 signal.signal(signal.SIGINT, sigint)
+                _forget_killed_ranks(self.trainer)
                 raise KeyboardInterrupt from None
             raise
 
@@ -355,6 +362,17 @@ def _plain_run_id(run_id: str) -> str:
     return run_id
 
 
+def _forget_killed_ranks(trainer: L.Trainer) -> None:
+    """After Ctrl-C, Lightning's launcher has SIGKILLed the ranks it started: reap them and empty the list its
+    child-process observer watches, or the observer, seeing a child ended by a signal, SIGKILLs rank 0 too
+    while it exits 130."""
+    children = getattr(trainer.strategy.launcher, "procs", None)
+    if isinstance(children, list):
+        for child in children:
+            child.wait()
+        children.clear()
+
+
 def _is_launcher_rank_zero() -> bool:
     """Whether this process is rank 0 of its launch (torchrun sets RANK; Lightning's launcher LOCAL_RANK)."""
     return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
@@ -422,11 +440,12 @@ def _leave_after_rank_zero(parent: int) -> None:
     rank 0's own exit short: its exit code, its run.json, its dashboard. Bounded, because a verdict this rank
     reached alone leaves rank 0 waiting in a collective, which only that kill ends. Exit 1 (a bug) leaves at once.
     """
-    if os.environ.get("LOCAL_RANK", "0") == "0" or "TORCHELASTIC_RUN_ID" in os.environ:
-        return  # rank 0, or a torchrun worker, whose agent acts on each worker's own exit code
+    if os.environ.get(LAUNCHER_PID_ENV) != str(parent) or os.environ.get("LOCAL_RANK", "0") == "0":
+        return  # rank 0, or a rank another launcher started (torchrun's agent acts on each worker's own code)
     deadline = time.monotonic() + RANK_ZERO_GRACE_S
-    while os.getppid() == parent and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: leave now, with the code already chosen
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _main(args: list[str] | None) -> int:

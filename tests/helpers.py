@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
@@ -64,14 +65,27 @@ class SigtermAt(Callback):
 
 
 class SlowExitOnRankZero(Callback):
-    """Rank 0 takes ``seconds`` over its exit after an exception (as a slow disk or a large dashboard would)."""
+    """After an exception rank 0 takes ``seconds`` in its exception hooks (as a slow disk or a large dashboard
+    would) and again at interpreter exit (as W&B's exit handler would): each outlasts a 5 s poll."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
     def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.is_global_zero:
+            atexit.register(time.sleep, self.seconds)
             time.sleep(self.seconds)
+
+
+class InterruptAt(Callback):
+    """Ctrl-C during global step ``step``: SIGINT to the whole process group, as a terminal sends it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step + 1 == self.step and trainer.is_global_zero:
+            os.killpg(os.getpgrp(), signal.SIGINT)
 
 
 class KillDuringCheckpointWrite(Callback):

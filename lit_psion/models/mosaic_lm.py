@@ -53,12 +53,10 @@ def recall_labels(targets: torch.Tensor, recall_mask: torch.Tensor) -> torch.Ten
     return torch.where(recall_mask, targets, IGNORE)
 
 
-def recall_counts(logits: torch.Tensor, targets: torch.Tensor, recall_mask: torch.Tensor) -> tuple[int, int]:
-    """(correct, counted): greedy next-token predictions of ``logits`` (B, T, vocab) that hit the
-    ``targets`` (B, T) flagged by ``recall_mask`` (B, T), and how many were flagged."""
-    labels = recall_labels(targets, recall_mask)
-    counted = labels != IGNORE
-    return int((logits.argmax(-1).eq(labels) & counted).sum()), int(counted.sum())
+def recall_accuracy_metric(vocab_size: int) -> MulticlassAccuracy:
+    """Greedy next-token accuracy on the targets :func:`recall_labels` keeps (update it with logits (N, vocab) and
+    those labels (N,); -100 is not counted)."""
+    return MulticlassAccuracy(num_classes=vocab_size, average="micro", ignore_index=IGNORE)
 
 
 def commitment_labels(deltas: torch.Tensor) -> torch.Tensor:
@@ -96,8 +94,7 @@ class MosaicLM(DecoderLM):
         self.val_parts = torch.nn.ModuleDict({name: MeanMetric() for name in ("lm_ce", "aux_opcode_ce",
                                                                                "aux_commitment_ce")})  # fmt: skip
         self.val_commitment_accuracy = MulticlassAccuracy(num_classes=3, average=None, ignore_index=IGNORE)
-        self.val_recall_accuracy = MulticlassAccuracy(num_classes=self.decoder_config.vocab_size, average="micro",
-                                                      ignore_index=IGNORE)  # fmt: skip
+        self.val_recall_accuracy = recall_accuracy_metric(self.decoder_config.vocab_size)
 
     @property
     def model_signature(self) -> str:

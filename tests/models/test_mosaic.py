@@ -226,19 +226,22 @@ def test_a_read_recalls_what_followed_the_same_context() -> None:
     ("targets", "mask", "predicted", "expected"),
     [
         ([[5, 6, 7, 8]], [[0, 1, 1, 0]], [[5, 6, 0, 8]], (1, 2)),  # only flagged targets count
-        ([[5, 6, 7, 8]], [[0, 0, 0, 0]], [[5, 6, 7, 8]], (0, 0)),  # nothing flagged: nothing counted
         ([[1, 2], [3, 4]], [[1, 1], [0, 1]], [[1, 0], [3, 4]], (2, 3)),  # across rows
         ([[9, 9, 9]], [[1, 1, 1]], [[9, 9, 9]], (3, 3)),
+        ([[9, 9, 9]], [[1, 0, 1]], [[0, 9, 0]], (0, 2)),  # a hit where nothing is flagged is not counted
     ],
 )
 def test_recall_accuracy_counts_only_flagged_value_tokens(targets: list, mask: list, predicted: list,
                                                           expected: tuple[int, int]) -> None:  # fmt: skip
-    from lit_psion.models.mosaic_lm import recall_counts, recall_labels
+    from lit_psion.models.mosaic_lm import recall_accuracy_metric, recall_labels
 
     targets_t, mask_t = torch.tensor(targets), torch.tensor(mask, dtype=torch.bool)
     logits = torch.nn.functional.one_hot(torch.tensor(predicted), 16).float()
-    assert recall_counts(logits, targets_t, mask_t) == expected
+    accuracy = recall_accuracy_metric(16)
+    accuracy.update(logits.flatten(0, 1), recall_labels(targets_t, mask_t).flatten())
+    assert float(accuracy.compute()) == pytest.approx(expected[0] / expected[1])
     assert (recall_labels(targets_t, mask_t) != -100).sum() == expected[1]
+    assert (recall_labels(targets_t, torch.zeros_like(mask_t)) == -100).all()  # nothing flagged: nothing counted
 
 
 @pytest.mark.parametrize(
