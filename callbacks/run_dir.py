@@ -59,13 +59,25 @@ class RunDirectory(Callback):
         write_latest(layout.root, layout.run_id)
 
     def _follow_rank_zero(self, trainer: L.Trainer) -> None:
-        """Every rank trains rank 0's run. Processes torchrun starts without ``LIT_PSION_RUN_ID`` each planned
-        their own run id; what other ranks read back by run (a transactional strategy's skip list) must be
-        rank 0's. Callbacks' setup runs before the strategy's, so the strategy reads the run adopted here."""
-        layout = self.run_context.layout
-        run_id = trainer.strategy.broadcast(layout.run_id, src=0)
+        """Every rank trains rank 0's run, from rank 0's checkpoint.
+
+        Processes torchrun starts without ``LIT_PSION_RUN_ID`` each planned their own run id; what other ranks
+        read back by run (a transactional strategy's skip list) must be rank 0's. Callbacks' setup runs before
+        the strategy's, so the strategy reads the run adopted here. A rank that would start from another
+        checkpoint (another ``--ckpt_path`` on its node, or a runs directory that is not the one rank 0 sees)
+        would train on other optimizer state and data: every rank refuses, before anything is written.
+        """
+        run, layout = self.run_context, self.run_context.layout
+        start = str(run.resume_from) if run.resume_from is not None else "no checkpoint (a new run)"
+        run_id, digest, rank_zero_start = trainer.strategy.broadcast((layout.run_id, run.resume_manifest_sha256,
+                                                                      start), src=0)  # fmt: skip
+        if not trainer.strategy.reduce_boolean_decision(digest == run.resume_manifest_sha256, all=True):
+            mine = "" if digest == run.resume_manifest_sha256 else f"; rank {trainer.global_rank} from {start}"
+            raise CheckpointError(f"the ranks do not all start from rank 0's checkpoint, {rank_zero_start}{mine}; "
+                                  "give every node the same --ckpt_path, and with 'last' the same runs directory "
+                                  "(storage every node sees)")  # fmt: skip
         if run_id != layout.run_id:
-            self.run_context = dataclasses.replace(self.run_context, layout=RunLayout(layout.root, run_id))
+            self.run_context = dataclasses.replace(run, layout=RunLayout(layout.root, run_id))
 
     def _describe_data(self, data: L.LightningDataModule | None) -> None:
         layout = self.run_context.layout

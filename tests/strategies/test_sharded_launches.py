@@ -58,9 +58,11 @@ def test_a_world_2_sharded_checkpoint_resumes_at_world_1_on_the_same_global_batc
         torch.testing.assert_close(tensors["state_dict"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _two_torchrun_nodes(root: Path, *args: str) -> dict[str, str]:
+def _two_torchrun_nodes(root: Path, *args: str, per_node: tuple[tuple[str, ...], ...] = ((), ()),
+                        code: int = 0) -> dict[str, str]:  # fmt: skip
     """One ``fit`` as two torchrun nodes of one process each (two agents on localhost, as on two machines), with
-    no ``LIT_PSION_RUN_ID``; returns the run id each rank trained, by rank."""
+    no ``LIT_PSION_RUN_ID``, each node given ``args`` and its ``per_node`` ones, each worker expected to exit ``code``;
+    returns the run id each rank trained, by rank."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -70,18 +72,21 @@ def _two_torchrun_nodes(root: Path, *args: str) -> dict[str, str]:
     env.pop("LIT_PSION_RUN_ID", None)
     logs = [root.parent / f"{root.name}-node{node}-{port}.log" for node in (0, 1)]
     agents = []
-    for node, log in enumerate(logs):  # the overlay's devices: 2 is Lightning's launcher's; torchrun's shape wins
+    # The overlay's devices: 2 is Lightning's launcher's; torchrun's shape wins.
+    for node, (log, own) in enumerate(zip(logs, per_node, strict=True)):
         with open(log, "w") as out:
             agents.append(subprocess.Popen(
                 [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                  "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion",
                  "fit", "--config", TINY, "--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu",
                  *DATA, "--trainer.default_root_dir", str(root),
-                 "--trainer.callbacks+=tests.strategies.run_ids.RecordRunId", *args],
+                 "--trainer.callbacks+=tests.strategies.run_ids.RecordRunId", *args, *own],
                 env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
             ))  # fmt: skip
     for agent, log in zip(agents, logs, strict=True):
-        assert agent.wait(timeout=400) == 0, log.read_text()[-3000:]
+        assert agent.wait(timeout=400) == (1 if code else 0), log.read_text()[-3000:]  # an agent's failure is 1
+    for log in logs if code else ():  # its worker's own exit code is in its report
+        assert f"exitcode  : {code} " in log.read_text() and "do not all start from rank 0's" in log.read_text()
     return {path.name: path.read_text() for path in run_ids.iterdir()}
 
 
@@ -91,13 +96,21 @@ def test_two_torchrun_nodes_write_one_sharded_checkpoint_and_resume_it_bitwise(
 ) -> None:
     """Each node's rank is local rank 0: shards, digests and the seal must follow the global rank.
 
-    Without ``LIT_PSION_RUN_ID`` each process plans its own run id: rank 1 must still train rank 0's run.
+    Without ``LIT_PSION_RUN_ID`` each process plans its own run id: rank 1 must still train rank 0's run, and
+    must not start from a checkpoint other than rank 0's.
     """
     trained = _two_torchrun_nodes(tmp_path, "--trainer.max_steps", "6")
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run_dir(tmp_path).name], "one run for both nodes"
     assert trained == {"rank0": run_dir(tmp_path).name, "rank1": run_dir(tmp_path).name}
     assert {p.name for p in (run_dir(tmp_path) / "checkpoints" / "step-000006").iterdir()} == {
         *SHARD_FILES, MANIFEST_FILE}  # fmt: skip
+    run = run_dir(tmp_path)
+    before = (run / "run.json").read_bytes(), (run / "receipts.jsonl").read_bytes()
+    older = str(run / "checkpoints" / "step-000003")  # node 1 given another checkpoint: both refuse, touch nothing
+    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), per_node=(("--ckpt_path", "last"),
+                        ("--ckpt_path", older)), code=4)  # fmt: skip
+    assert ((run / "run.json").read_bytes(), (run / "receipts.jsonl").read_bytes()) == before
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run.name]
     _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last")
     assert main(["ckpt", "verify", str(run_dir(tmp_path))]) == 0
     assert_same_training(run_dir(tmp_path), uninterrupted)
