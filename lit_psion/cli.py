@@ -10,7 +10,6 @@ missing checkpoint, 5 evidence that does not verify, 6 checkpoint write failed, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
@@ -18,7 +17,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,14 @@ from lit_psion.commands.fit_args import (
     refuse_lightning_optimizer_groups,
     setting_problems,
 )
+from lit_psion.commands.launch import (
+    LAUNCHER_PID_ENV,
+    follow_torchrun,
+    forget_killed_ranks,
+    is_launcher_rank_zero,
+    leave_after_rank_zero,
+    tell_the_launcher,
+)
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
@@ -60,9 +66,7 @@ from lit_psion.core.checkpoint import (
 )
 from lit_psion.core.contracts import SignedModel
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, MembershipChanged, lit_psion_cause
-from lit_psion.core.files import atomic_write_json
 from lit_psion.core.lock import LOCK_FILE, RunLock
-from lit_psion.core.membership import NODE_MARKERS_ENV
 from lit_psion.core.run import RunRecord, RunStatus, read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
@@ -70,8 +74,6 @@ from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, s
 from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy
 
 RUN_ID_ENV = "LIT_PSION_RUN_ID"
-LAUNCHER_PID_ENV = "LIT_PSION_LAUNCHER_PID"
-"""The pid of the fit's rank 0, for the ranks Lightning's launcher starts from it (they inherit it)."""
 """The run a fit writes, shared by every process of a multi-process launch (``mesh launch`` sets it; a
 fit that plans a new run sets it for the worker processes Lightning starts). When it names a run that
 has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
@@ -160,7 +162,7 @@ class LitPsionCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self._config()
         refuse_unrunnable_strategy(config.trainer)
-        _follow_torchrun(config.trainer)
+        follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit":
             _make_root(root)
@@ -179,7 +181,7 @@ class LitPsionCLI(LightningCLI):
             layout = RunLayout(root, run_id or (named and _plain_run_id(named)) or new_run_id())
             if named is None:  # the worker processes Lightning starts for this fit must plan the same run
                 os.environ[RUN_ID_ENV], self._exported_run_id = layout.run_id, True
-            if _is_launcher_rank_zero() and LAUNCHER_PID_ENV not in os.environ:  # who they wait for (main())
+            if is_launcher_rank_zero() and LAUNCHER_PID_ENV not in os.environ:  # who they wait for (main())
                 os.environ[LAUNCHER_PID_ENV], self._exported_launcher_pid = str(os.getpid()), True
             start = self.verified
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
@@ -229,7 +231,7 @@ class LitPsionCLI(LightningCLI):
         if not layout.run_dir.is_dir():
             raise CheckpointError(f"--ckpt_path last: run {layout.run_id!r} named by {str(layout.latest)!r} does not "
                                   "exist; give --ckpt_path a checkpoint directory")  # fmt: skip
-        if _is_launcher_rank_zero():  # the other ranks of the same fit run under rank 0's lock
+        if is_launcher_rank_zero():  # the other ranks of the same fit run under rank 0's lock
             self.lock = RunLock(layout.run_dir, purpose=f"fit {layout.run_id}").acquire()
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -241,7 +243,7 @@ class LitPsionCLI(LightningCLI):
             # and calls sys.exit(1): give the interrupt back, so it exits 130 like any other, never as our bug.
             if isinstance(stop.__context__, KeyboardInterrupt) and not isinstance(stop, SIGTERMException):
                 signal.signal(signal.SIGINT, sigint)
-                _forget_killed_ranks(self.trainer)
+                forget_killed_ranks(self.trainer)
                 raise KeyboardInterrupt from None
             raise
 
@@ -272,7 +274,7 @@ class LitPsionCLI(LightningCLI):
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers}, callbacks=callbacks)
         except MisconfigurationException as error:  # Lightning's word for a setting it cannot honour
             raise ConfigError(f"trainer: {error}") from error
-        if self.run_context is not None and self.lock is None and _is_launcher_rank_zero():
+        if self.run_context is not None and self.lock is None and is_launcher_rank_zero():
             self.run_context.layout.run_dir.mkdir(exist_ok=True)  # a new run: locked before it is findable
             self._lock(self.run_context.layout)
         return trainer
@@ -344,38 +346,10 @@ def _remove_if_unborn(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _follow_torchrun(trainer: Namespace) -> None:
-    """Under torchrun, take the node count and devices per node from the launch (an elastic launch changes them).
-
-    The launch decides how many processes there are; a preset's or overlay's ``devices`` (the FSDP overlay's 2,
-    for Lightning's own launcher) would otherwise fail Lightning's world-size check on any other launch shape.
-    """
-    world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
-    if "TORCHELASTIC_RUN_ID" not in os.environ or not (world and local and world.isdigit() and local.isdigit()):
-        return
-    trainer.num_nodes, trainer.devices = max(1, int(world) // max(1, int(local))), int(local)
-
-
 def _plain_run_id(run_id: str) -> str:
     if not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
         raise ConfigError(f"{RUN_ID_ENV}={run_id!r} is not a run id (a plain directory name inside the runs root)")
     return run_id
-
-
-def _forget_killed_ranks(trainer: L.Trainer) -> None:
-    """After Ctrl-C, Lightning's launcher has SIGKILLed the ranks it started: reap them and empty the list its
-    child-process observer watches, or the observer, seeing a child ended by a signal, SIGKILLs rank 0 too
-    while it exits 130."""
-    children = getattr(trainer.strategy.launcher, "procs", None)
-    if isinstance(children, list):
-        for child in children:
-            child.wait()
-        children.clear()
-
-
-def _is_launcher_rank_zero() -> bool:
-    """Whether this process is rank 0 of its launch (torchrun sets RANK; Lightning's launcher LOCAL_RANK)."""
-    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _make_root(root: Path) -> None:
@@ -420,32 +394,13 @@ def _wandb_api_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
-RANK_ZERO_GRACE_S = 30.0
-"""How long a rank that Lightning's launcher started waits, before it exits non-zero, for rank 0 to exit."""
-
-
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     parent = os.getppid()
     code = _main(args)
     if code not in (0, 1):
-        _leave_after_rank_zero(parent)
+        leave_after_rank_zero(parent)
     return code
-
-
-def _leave_after_rank_zero(parent: int) -> None:
-    """A rank that Lightning's launcher started (a child of rank 0's process) and that stops with a verdict every
-    rank reaches (a pause, divergence, a failed checkpoint write) leaves after rank 0 does. Rank 0's launcher
-    SIGKILLs every rank, itself too, once it sees a child exit non-zero (polling every 5 s), which would cut
-    rank 0's own exit short: its exit code, its run.json, its dashboard. Bounded, because a verdict this rank
-    reached alone leaves rank 0 waiting in a collective, which only that kill ends. Exit 1 (a bug) leaves at once.
-    """
-    if os.environ.get(LAUNCHER_PID_ENV) != str(parent) or os.environ.get("LOCAL_RANK", "0") == "0":
-        return  # rank 0, or a rank another launcher started (torchrun's agent acts on each worker's own code)
-    deadline = time.monotonic() + RANK_ZERO_GRACE_S
-    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: leave now, with the code already chosen
-        while os.getppid() == parent and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def _main(args: list[str] | None) -> int:
@@ -475,7 +430,7 @@ def _main(args: list[str] | None) -> int:
             if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # the other ranks of a node reach the same verdict
                 print(f"lit_psion: error: {_one_line(str(known))}", file=sys.stderr)
             code = known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code
-            _tell_the_launcher(code, _one_line(str(known)))
+            tell_the_launcher(code, _one_line(str(known)))
             return code
         print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
               "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
@@ -505,18 +460,6 @@ AGENT_FOLLOW_SECONDS = 3.0
 """How long a worker stopped by another node's SIGTERM waits for its own agent's (which then restarts it
 without counting a failure) before it exits ``membership_changed`` on its own; under ``mesh launch
 --last-call`` (5 s), so the node is back in time for the rendezvous."""
-
-
-def _tell_the_launcher(code: int, message: str) -> None:
-    """Under ``mesh launch``: an error no restart can fix (bad config, data, checkpoint, evidence, a full disk,
-    divergence) stops the node instead of its agent retrying it ``--max-restarts`` times."""
-    markers = os.environ.get(NODE_MARKERS_ENV)
-    if markers and code in FATAL_IN_A_MESH and Path(markers).is_dir():
-        with contextlib.suppress(OSError):
-            atomic_write_json(Path(markers) / f"fatal-{os.getpid()}.json", {"code": code, "message": message})
-
-
-FATAL_IN_A_MESH = (2, 3, 4, 5, 6, 7)
 
 
 def _await_sigterm(seconds: float) -> None:
