@@ -43,7 +43,8 @@ class GenerateSample(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
         tokenizer = data.tokenizer if isinstance(data, TokenizedData) else None
-        if not self.max_new_tokens or tokenizer is None or not trainer.is_global_zero:
+        sharded = pl_module.device_mesh is not None  # every rank's forward gathers the shards: all ranks sample
+        if not self.max_new_tokens or tokenizer is None or not (trainer.is_global_zero or sharded):
             return
         prompt_ids = tokenizer.encode(self.prompt).ids or [0]
         idx = torch.tensor([prompt_ids], device=pl_module.device)
@@ -53,6 +54,8 @@ class GenerateSample(Callback):
         out = pl_module.generate(idx, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
                                  generator=generator)  # fmt: skip
         pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         self.text = tokenizer.decode(out[0].tolist())
         console = Console(highlight=False)
         console.rule("sample")

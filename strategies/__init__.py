@@ -9,7 +9,7 @@ from lightning.pytorch.strategies import StrategyRegistry
 
 from lit_psion.strategies.deepspeed import VerifiedDeepSpeedStrategy
 from lit_psion.strategies.elastic import ElasticMeshStrategy, TransactionalElasticMeshStrategy
-from lit_psion.strategies.sharded import ShardedStrategy
+from lit_psion.strategies.sharded import ShardedStrategy, TransactionalShardedStrategy
 from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 from lit_psion.strategies.transactional import (
     Transactional,
@@ -21,6 +21,8 @@ from lit_psion.strategies.transactional import (
 StrategyRegistry.register("transactional", TransactionalStrategy, description="transactional steps, one device")
 StrategyRegistry.register("transactional_ddp", TransactionalDDPStrategy, description="transactional steps under DDP")
 StrategyRegistry.register("sharded", ShardedStrategy, description="FSDP2 with verified sharded checkpoints")
+StrategyRegistry.register("transactional_sharded", TransactionalShardedStrategy,
+                          description="transactional steps under FSDP2")
 StrategyRegistry.register("elastic_mesh", ElasticMeshStrategy, description="DDP with receipted membership epochs")
 StrategyRegistry.register("transactional_elastic_mesh", TransactionalElasticMeshStrategy,
                           description="transactional steps on an elastic mesh")
@@ -34,6 +36,7 @@ __all__ = [
     "Transactional",
     "TransactionalDDPStrategy",
     "TransactionalElasticMeshStrategy",
+    "TransactionalShardedStrategy",
     "TransactionalStrategy",
     "VerifiedDeepSpeedStrategy",
 ]

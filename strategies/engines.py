@@ -43,10 +43,14 @@ def _strategy_name(strategy: Any) -> str:
     return type(strategy).__name__ if strategy is not None else ""
 
 
+SHARDED_NAMES = ("sharded", "ShardedStrategy", "transactional_sharded", "TransactionalShardedStrategy")
+"""The registry and class names of the strategies that write and read sharded (DCP) checkpoints."""
+
+
 def _layout_of(strategy: Any) -> str:
     """The checkpoint layout a strategy writes and reads."""
     name = _strategy_name(strategy)
-    if name in ("sharded", "ShardedStrategy"):
+    if name in SHARDED_NAMES:
         return SHARDED
     return DEEPSPEED if "deepspeed" in name.lower() else SINGLE
 

@@ -45,6 +45,8 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
 from lit_psion.checkpoint_io import (
@@ -57,9 +59,10 @@ from lit_psion.checkpoint_io import (
     verified_reader,
 )
 from lit_psion.core import atomic_write_json, sha256_file
-from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord
+from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord, VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
 from lit_psion.core.files import fsync_path
+from lit_psion.strategies.transactional import Transactional
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -175,11 +178,16 @@ class ShardedStrategy(ModelParallelStrategy):
             raise CheckpointError(f"checkpoint {str(verified.path)!r} is a single-file checkpoint; the sharded "
                                   "strategy resumes sharded checkpoints only: resume it with the strategy that wrote "
                                   "it, or start a new run from its weights")  # fmt: skip
+        self._load_shards(verified, dict(enumerate(self.optimizers)))
+        return load_trainer_state(verified)
+
+    def _load_shards(self, verified: VerifiedCheckpoint, optimizers: dict[int, torch.optim.Optimizer]) -> None:
+        """This rank's shards of the model and of ``optimizers`` (by index) from a verified sharded checkpoint."""
         model_state = {"state_dict": get_model_state_dict(self.model)}
         try:
             dcp.load(model_state, storage_reader=verified_reader(verified), planner=WeightsOnlyLoadPlanner())
             self.model.load_state_dict(model_state["state_dict"], strict=self.lightning_module.strict_loading)
-            for index, optimizer in enumerate(self.optimizers):
+            for index, optimizer in optimizers.items():
                 key = f"optimizer_{index}"
                 state = {key: get_optimizer_state_dict(self.model, optimizer)}
                 dcp.load(state, storage_reader=verified_reader(verified), planner=WeightsOnlyLoadPlanner())
@@ -190,7 +198,6 @@ class ShardedStrategy(ModelParallelStrategy):
                 raise cause from error
             raise CheckpointError(f"checkpoint {str(verified.path)!r} does not fit this model's shards "
                                   f"({_reason(error)}); resume with the run's own model settings") from error
-        return load_trainer_state(verified)
 
 
 def _record(path: Path) -> FileRecord:
@@ -296,3 +303,49 @@ def _seal(checkpoint: dict[str, Any], staging: Path, final: Path, claimed: dict[
     except OSError as error:
         return _reason(error)
     return None
+
+
+class TransactionalShardedStrategy(Transactional, ShardedStrategy):
+    """Transactional steps under FSDP2 (registry name ``transactional_sharded``).
+
+    Every rank snapshots and restores its own shards of the parameters and optimizer state; the
+    gradient norm is the whole model's (the shards' norms reduced), and losses and reasons are agreed
+    over ranks as under DDP. After each step the blocks FSDP2 keeps gathered after a forward are
+    resharded, so callbacks see the sharded parameters and the next forward gathers restored shards. Restoring after
+    ``restore_after`` rollbacks loads the run's last durable sharded checkpoint.
+
+    Args:
+        policy: When to roll back and what repeated rollbacks lead to (default: :class:`TransactionPolicy`'s).
+        kwargs: :class:`ShardedStrategy`'s arguments (``reshard_after_forward``, ``process_group_backend``, ...).
+    """
+
+    strategy_name = "transactional_sharded"
+
+    @override
+    def _step_params(self, module: L.LightningModule, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        # The sharded parameters the optimizer updates: the module may hold gathered copies in their place.
+        return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+
+    @override
+    def _weights_version(self, module: L.LightningModule) -> tuple:
+        sharded = [p for optimizer in self.optimizers for group in optimizer.param_groups for p in group["params"]]
+        tensors = [t.to_local() if isinstance(t, DTensor) else t for t in (*sharded, *module.buffers())]
+        return tuple((id(t), t.data_ptr(), t.shape, t.dtype, t._version) for t in tensors)
+
+    @override
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any, model: Any = None, **kwargs: Any) -> Any:
+        try:
+            return super().optimizer_step(optimizer, closure, model, **kwargs)
+        finally:
+            # The losses' forwards run without gradients, so the blocks FSDP2 keeps gathered after a forward stay
+            # gathered, holding the weights as measured (a rollback's included) where the sharded ones belong.
+            for fsdp_module in self.model.modules():
+                if isinstance(fsdp_module, FSDPModule):
+                    fsdp_module.reshard()
+
+    @override
+    def _restore_weights(self, verified: VerifiedCheckpoint, optimizer: torch.optim.Optimizer) -> None:
+        if not verified.sharded:
+            raise CheckpointError(f"checkpoint {str(verified.path)!r} is a single-file checkpoint; a sharded run "
+                                  "restores sharded checkpoints only")  # fmt: skip
+        self._load_shards(verified, {self.optimizers.index(optimizer): optimizer})

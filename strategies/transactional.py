@@ -50,7 +50,7 @@ from typing_extensions import override
 from lit_psion.checkpoint_io import load_verified
 from lit_psion.core import RunContext, run_context, sha256_bytes
 from lit_psion.core.chain import batch_digest, emit_receipt
-from lit_psion.core.checkpoint import resolve_checkpoint
+from lit_psion.core.checkpoint import VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule
 from lit_psion.core.errors import CheckpointError, TransactionError
 from lit_psion.core.policy import TransactionPolicy
@@ -64,12 +64,6 @@ _OVERFLOW = {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}
 STATE_KEY = "transactional"
 """Key of the checkpoint dict holding the strategy's state (:meth:`Transactional.transaction_state_dict`)."""
 STATE_VERSION = 1
-
-
-def _weights_version(module: torch.nn.Module) -> tuple:
-    """Which tensors hold the module's parameters and buffers, and how often each was changed in place."""
-    tensors = (*module.parameters(), *module.buffers())
-    return tuple((id(t), t.data_ptr(), t.shape, t.dtype, t._version) for t in tensors)
 
 
 def _declares_pure_loss(module: torch.nn.Module) -> bool:
@@ -257,7 +251,7 @@ class Transactional:
         self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any
     ) -> Any:
         module = self.lightning_module
-        params = [p for p in module.parameters() if p.requires_grad]
+        params = self._step_params(module, optimizer)
         snapshot = _Snapshot(params, optimizer)
         buffered = list(self._buffer)
         pre = self._remeasured(module, len(buffered))
@@ -284,9 +278,18 @@ class Transactional:
             self._buffer.append(current)
             action = None
             if self._buffer and _declares_pure_loss(module):  # post as measured: the next step's pre
-                self._measured = (_weights_version(module), post[len(post) - len(self._buffer) :])
+                self._measured = (self._weights_version(module), post[len(post) - len(self._buffer) :])
         self._settle(key, pre_loss, post_loss, float(watched.grad_norm), reasons, action)
         return result
+
+    def _weights_version(self, module: L.LightningModule) -> tuple:
+        """Which tensors hold the module's parameters and buffers, and how often each was changed in place."""
+        tensors = (*module.parameters(), *module.buffers())
+        return tuple((id(t), t.data_ptr(), t.shape, t.dtype, t._version) for t in tensors)
+
+    def _step_params(self, module: L.LightningModule, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The parameters a step changes, snapshotted before it and whose gradients' norm it measures."""
+        return [p for p in module.parameters() if p.requires_grad]
 
     # -- the decision ----------------------------------------------------------------------------
 
@@ -324,7 +327,7 @@ class Transactional:
         if self._measured is None or len(self._measured[1]) != n_buffered:
             return None
         version, losses = self._measured
-        return list(losses) if version == _weights_version(module) else None
+        return list(losses) if version == self._weights_version(module) else None
 
     @torch.no_grad()
     def _eval_loss(self, module: L.LightningModule, batch: Any, rng: tuple | None) -> torch.Tensor:
@@ -373,12 +376,16 @@ class Transactional:
             verified = resolve_checkpoint(self._run.layout, quiet=not self.is_global_zero)
         except CheckpointError:
             return "skip_listed_no_checkpoint"  # nothing durable yet: carry on from the last committed state
+        self._restore_weights(verified, optimizer)
+        self._buffer.clear()
+        return f"restored:{verified.path.name}"
+
+    def _restore_weights(self, verified: VerifiedCheckpoint, optimizer: torch.optim.Optimizer) -> None:
+        """Load the module's weights and ``optimizer``'s state from a verified checkpoint (one safetensors file)."""
         checkpoint = load_verified(verified, map_location=self.root_device)
         self.lightning_module.load_state_dict(checkpoint["state_dict"])
         index = self.lightning_module.trainer.optimizers.index(optimizer)
         optimizer.load_state_dict(checkpoint["optimizer_states"][index])
-        self._buffer.clear()
-        return f"restored:{verified.path.name}"
 
     # -- evidence --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -90,4 +91,6 @@ class PoisonGradients(Callback):
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step + 1 in self.steps:
             grad = next(p.grad for p in pl_module.parameters() if p.grad is not None)
+            if isinstance(grad, DTensor):  # FSDP2: this rank's shard (the strategy reduces the norm over ranks)
+                grad = grad.to_local()
             grad.view(-1)[0] = float("nan")

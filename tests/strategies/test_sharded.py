@@ -443,6 +443,9 @@ def test_a_checkpoint_is_resumed_only_by_a_strategy_that_reads_its_layout(
     assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--ckpt_path", "last",
                  "--trainer.max_steps", "20"]) == 4  # fmt: skip
     assert "is a sharded checkpoint" in capsys.readouterr().err
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--ckpt_path", "last",
+                 "--trainer.strategy", "transactional_ddp", "--trainer.max_steps", "20"]) == 4  # fmt: skip
+    assert "reads single ones" in capsys.readouterr().err
     assert (root / uninterrupted.name / "run.json").read_bytes() == before  # the completed run is untouched
     single = tmp_path / "single"
     assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(single), "--trainer.max_steps", "3"]) == 0
@@ -451,6 +454,9 @@ def test_a_checkpoint_is_resumed_only_by_a_strategy_that_reads_its_layout(
     assert main(["fit", "--config", TINY, *FSDP, "--trainer.default_root_dir", str(single), "--ckpt_path", "last",
                  "--trainer.max_steps", "6"]) == 4  # fmt: skip
     assert "is a single checkpoint, but --trainer.strategy ShardedStrategy reads sharded" in capsys.readouterr().err
+    assert main(["fit", "--config", TINY, *FSDP, "--trainer.strategy", "transactional_sharded",
+                 "--trainer.default_root_dir", str(single), "--ckpt_path", "last", "--trainer.max_steps", "6"]) == 4
+    assert "but --trainer.strategy transactional_sharded reads sharded" in capsys.readouterr().err
     assert (run_dir(single) / "run.json").read_bytes() == run_json
     assert main(["ckpt", "consolidate", str(run_dir(single))]) == 4
 
