@@ -5,6 +5,7 @@ Slow: each test is several real multi-process fits (see test_sharded.py for the 
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from lit_psion.cli import main
-from lit_psion.core.checkpoint import MANIFEST_FILE
+from lit_psion.core import RunLayout
+from lit_psion.core.checkpoint import MANIFEST_FILE, verify_checkpoint, write_pointer
 from tests.helpers import REPO_ROOT, TINY, subprocess_env
 from tests.strategies import test_sharded
 from tests.strategies.test_sharded import (
@@ -109,6 +111,16 @@ def test_two_torchrun_nodes_write_one_sharded_checkpoint_and_resume_it_bitwise(
     older = str(run / "checkpoints" / "step-000003")  # node 1 given another checkpoint: both refuse, touch nothing
     _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), per_node=(("--ckpt_path", "last"),
                         ("--ckpt_path", older)), code=4)  # fmt: skip
+    assert ((run / "run.json").read_bytes(), (run / "receipts.jsonl").read_bytes()) == before
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run.name]
+    # Node 1 sees stale storage: a copy of the runs directory from before step 6 was written (its pointer at step 3).
+    stale = tmp_path.parent / f"{tmp_path.name}-stale"
+    shutil.copytree(tmp_path, stale)
+    stale_layout = RunLayout.of(stale / run.name)
+    shutil.rmtree(stale_layout.checkpoints / "step-000006")
+    write_pointer(stale_layout, verify_checkpoint(stale_layout.checkpoints / "step-000003"))
+    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last",
+                        per_node=((), ("--trainer.default_root_dir", str(stale))), code=4)  # fmt: skip
     assert ((run / "run.json").read_bytes(), (run / "receipts.jsonl").read_bytes()) == before
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run.name]
     _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last")
