@@ -43,7 +43,8 @@ class GenerateSample(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
         tokenizer = data.tokenizer if isinstance(data, TokenizedData) else None
-        sharded = pl_module.device_mesh is not None  # every rank's forward gathers the shards: all ranks sample
+        # FSDP2 (a device mesh) or ZeRO-3: every rank's forward gathers the shards, so all ranks sample
+        sharded = pl_module.device_mesh is not None or bool(getattr(trainer.strategy, "zero_stage_3", False))
         if not self.max_new_tokens or tokenizer is None or not (trainer.is_global_zero or sharded):
             return
         prompt_ids = tokenizer.encode(self.prompt).ids or [0]

@@ -329,8 +329,17 @@ class TransactionalShardedStrategy(Transactional, ShardedStrategy):
     @override
     def _weights_version(self, module: L.LightningModule) -> tuple:
         sharded = [p for optimizer in self.optimizers for group in optimizer.param_groups for p in group["params"]]
-        tensors = [t.to_local() if isinstance(t, DTensor) else t for t in (*sharded, *module.buffers())]
+        # Each shard's own tensor (to_local() makes a new view per call under autograd, with a new id every time).
+        tensors = [t._local_tensor if isinstance(t, DTensor) else t for t in (*sharded, *module.buffers())]
         return tuple((id(t), t.data_ptr(), t.shape, t.dtype, t._version) for t in tensors)
+
+    @override
+    def _remeasured(self, module: L.LightningModule, n_buffered: int) -> list[torch.Tensor] | None:
+        # Every forward gathers shards from every rank: all ranks measure again, or none does.
+        losses = super()._remeasured(module, n_buffered)
+        if not self.reduce_boolean_decision(losses is not None, all=True):
+            return None
+        return losses
 
     @override
     def optimizer_step(self, optimizer: torch.optim.Optimizer, closure: Any, model: Any = None, **kwargs: Any) -> Any:

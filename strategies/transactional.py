@@ -45,6 +45,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
+from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
 from lit_psion.checkpoint_io import load_verified
@@ -140,6 +141,8 @@ class _WatchedClosure:
         norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in self.params if p.grad is not None]
         if norms:
             norm = torch.linalg.vector_norm(torch.stack(norms))
+            if isinstance(norm, DTensor):  # sharded gradients: the whole model's norm, the same on every rank
+                norm = norm.full_tensor()
             self.grad_norm = norm / self.scaler.get_scale() if self.scaler is not None else norm  # unscaled
         return loss
 
@@ -375,6 +378,15 @@ class Transactional:
         try:
             verified = resolve_checkpoint(self._run.layout, quiet=not self.is_global_zero)
         except CheckpointError:
+            verified = None
+        mine = (verified.path.name, verified.manifest_sha256) if verified is not None else None
+        rank_zeros = self.broadcast(mine, src=0)
+        if not self.reduce_boolean_decision(mine == rank_zeros, all=True):  # ranks would load different weights
+            raise CheckpointError(f"the ranks do not all see the same last durable checkpoint of run "
+                                  f"{self._run.layout.run_id} to restore (rank 0: {rank_zeros and rank_zeros[0]}, rank "
+                                  f"{self.global_rank}: {mine and mine[0]}); put the runs directory on storage every "
+                                  "rank sees alike, then continue with --ckpt_path last")  # fmt: skip
+        if verified is None:
             return "skip_listed_no_checkpoint"  # nothing durable yet: carry on from the last committed state
         self._restore_weights(verified, optimizer)
         self._buffer.clear()

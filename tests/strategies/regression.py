@@ -85,11 +85,13 @@ class PoisonGradients(Callback):
     YAML: ``class_path: tests.strategies.regression.PoisonGradients``.
     """
 
-    def __init__(self, steps: list[int]) -> None:
+    def __init__(self, steps: list[int], rank: int | None = None) -> None:
         self.steps = frozenset(steps)
+        self.rank = rank
+        """Only this global rank's gradient (``None``: every rank's)."""
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step + 1 in self.steps:
+        if trainer.global_step + 1 in self.steps and self.rank in (None, trainer.global_rank):
             grad = next(p.grad for p in pl_module.parameters() if p.grad is not None)
             if isinstance(grad, DTensor):  # FSDP2: this rank's shard (the strategy reduces the norm over ranks)
                 grad = grad.to_local()

@@ -5,6 +5,7 @@ Slow: each test is several real multi-process fits (see test_sharded.py for the 
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -60,11 +61,12 @@ def test_a_world_2_sharded_checkpoint_resumes_at_world_1_on_the_same_global_batc
         torch.testing.assert_close(tensors["state_dict"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _two_torchrun_nodes(root: Path, *args: str, per_node: tuple[tuple[str, ...], ...] = ((), ()),
-                        code: int = 0) -> dict[str, str]:  # fmt: skip
+def _two_torchrun_nodes(root: Path, *args: str, per_node: tuple[tuple[str, ...], ...] = ((), ()), code: int = 0,
+                        engine: tuple[str, ...] = ("--config", "configs/overlays/fsdp.yaml"),
+                        refusal: str = "do not all start from rank 0's") -> dict[str, str]:  # fmt: skip
     """One ``fit`` as two torchrun nodes of one process each (two agents on localhost, as on two machines), with
-    no ``LIT_PSION_RUN_ID``, each node given ``args`` and its ``per_node`` ones, each worker expected to exit ``code``;
-    returns the run id each rank trained, by rank."""
+    no ``LIT_PSION_RUN_ID``, each node given ``args`` and its ``per_node`` ones, each worker expected to exit ``code``
+    (with ``refusal`` in its output if not 0); returns the run id each rank trained, by rank."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -80,7 +82,7 @@ def _two_torchrun_nodes(root: Path, *args: str, per_node: tuple[tuple[str, ...],
             agents.append(subprocess.Popen(
                 [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                  "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion",
-                 "fit", "--config", TINY, "--config", "configs/overlays/fsdp.yaml", "--trainer.accelerator", "cpu",
+                 "fit", "--config", TINY, *engine, "--trainer.accelerator", "cpu",
                  *DATA, "--trainer.default_root_dir", str(root),
                  "--trainer.callbacks+=tests.strategies.run_ids.RecordRunId", *args, *own],
                 env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -88,7 +90,7 @@ def _two_torchrun_nodes(root: Path, *args: str, per_node: tuple[tuple[str, ...],
     for agent, log in zip(agents, logs, strict=True):
         assert agent.wait(timeout=400) == (1 if code else 0), log.read_text()[-3000:]  # an agent's failure is 1
     for log in logs if code else ():  # its worker's own exit code is in its report
-        assert f"exitcode  : {code} " in log.read_text() and "do not all start from rank 0's" in log.read_text()
+        assert f"exitcode  : {code} " in log.read_text() and refusal in log.read_text()
     return {path.name: path.read_text() for path in run_ids.iterdir()}
 
 
@@ -126,3 +128,23 @@ def test_two_torchrun_nodes_write_one_sharded_checkpoint_and_resume_it_bitwise(
     _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last")
     assert main(["ckpt", "verify", str(run_dir(tmp_path))]) == 0
     assert_same_training(run_dir(tmp_path), uninterrupted)
+
+
+@pytest.mark.slow  # default-suite budget: a launch of two torchrun agents
+def test_ranks_that_see_different_last_checkpoints_refuse_to_restore_them(tmp_path: Path) -> None:
+    """A transactional restore loads the last durable checkpoint on every rank: node 1, whose runs directory is
+    another (storage not shared), finds none while rank 0 finds step 6; both stop with exit 4 at the restore,
+    rather than going on from different weights."""
+    poison = tmp_path.parent / f"{tmp_path.name}-poison.json"
+    poison.write_text(json.dumps({"trainer": {"callbacks": [{
+        "class_path": "tests.strategies.regression.PoisonGradients", "init_args": {"steps": [5, 6, 7]}}]}}))
+    _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--config", str(poison),
+                        per_node=((), ("--trainer.default_root_dir", str(tmp_path.parent / f"{tmp_path.name}-other"))),
+                        code=4, engine=("--trainer.strategy", "transactional_ddp"),
+                        refusal="do not all see the same last durable checkpoint")  # fmt: skip
+    run = run_dir(tmp_path)
+    decisions = [json.loads(line)["body"] for line in (run / "receipts.jsonl").read_text().splitlines()
+                 if json.loads(line)["kind"] == "transaction"]  # fmt: skip
+    assert [d["step"] for d in decisions] == [1, 2, 3, 4, 5, 6]  # step 7 (the restore) is not receipted
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert main(["receipts", "verify", str(run)]) == 0

@@ -29,13 +29,15 @@ restores it at step 8 (it holds the weights after step 5, since step 6 itself ro
 WORLD_2 = ("--trainer.accelerator", "cpu", "--trainer.devices", "2")
 
 
-def _strategy(root: Path, engine: str, *, kill_at: int | None = None, record: Path | None = None) -> tuple:
-    """The command-line arguments of a world-2 transactional run (buffer_len 4) with NaN gradients at POISONED."""
+def _strategy(root: Path, engine: str, *, kill_at: int | None = None, record: Path | None = None,
+              poison_rank: int | None = None) -> tuple:  # fmt: skip
+    """The command-line arguments of a world-2 transactional run (buffer_len 4) with NaN gradients at POISONED
+    (on every rank, or on ``poison_rank`` alone)."""
     policy = {"buffer_len": 4, "restore_after": 3, "stop_after": 6, "rollback_tol": 0.2}
     strategy = {"class_path": f"lit_psion.strategies.Transactional{engine}Strategy",
                 "init_args": {"policy": policy, "process_group_backend": "gloo"}}  # fmt: skip
     callbacks: list[dict[str, Any]] = [{"class_path": "tests.strategies.regression.PoisonGradients",
-                                        "init_args": {"steps": POISONED}}]  # fmt: skip
+                                        "init_args": {"steps": POISONED, "rank": poison_rank}}]  # fmt: skip
     if kill_at is not None:
         callbacks.append({"class_path": "tests.helpers.KillGroupAt", "init_args": {"step": kill_at}})
     if record is not None:
@@ -53,43 +55,49 @@ def decisions(run: Path) -> dict[int, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The uninterrupted transactional FSDP2 run, and where each rank recorded its shards around every step."""
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted transactional FSDP2 run (checkpoints every 3 steps: the streak crosses step 6's)."""
     root = tmp_path_factory.mktemp("tx-sharded")
-    record = root.parent / f"{root.name}-shards"
-    result = run_fit(root, "--trainer.max_steps", str(N), strategy=_strategy(root, "Sharded", record=record))
+    result = run_fit(root, "--trainer.max_steps", str(N), strategy=_strategy(root, "Sharded"))
     assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir(root), record
+    return run_dir(root)
 
 
-def test_rollbacks_put_back_each_ranks_own_shards_bitwise_and_restore_the_sharded_checkpoint(
-    reference: tuple[Path, Path],
+def test_one_ranks_nan_rolls_back_every_ranks_own_shards_bitwise_and_restore_loads_the_sharded_checkpoint(
+    tmp_path: Path,
 ) -> None:
-    run, record = reference
-    steps = decisions(run)
-    assert [s for s in steps if steps[s]["decision"] == "rollback"] == POISONED
-    assert all("nonfinite_grad" in steps[s]["reasons"] for s in POISONED)
-    assert [steps[s]["action"] for s in POISONED] == [None, None, "restored:step-000006"]
+    """Checkpoints every 4 steps: step 5 commits after step-000004, so the restore at step 8 is told apart from
+    the rollbacks of steps 6-7 (which leave the weights step 5 left)."""
+    record = tmp_path / "shards"
+    data = (*DATA[:-2], "--checkpoint.every_n_train_steps", "4")
+    result = run_fit(tmp_path / "runs", "--trainer.max_steps", str(N), data=data,
+                     strategy=_strategy(tmp_path / "runs", "Sharded", record=record, poison_rank=1))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_dir(tmp_path / "runs")
+    steps_ = decisions(run)
+    assert [s for s in steps_ if steps_[s]["decision"] == "rollback"] == POISONED  # rank 1's NaN: every rank
+    assert all("nonfinite_grad" in steps_[s]["reasons"] for s in POISONED)
+    assert [steps_[s]["action"] for s in POISONED] == [None, None, "restored:step-000004"]
     for rank in (0, 1):
         shards = torch.load(record / f"rank{rank}.pt", weights_only=True)
         before, after = shards["before"], shards["after"]
         assert sorted(after) == list(range(1, N + 1))
         for step in (6, 7):  # rolled back: this rank's shards and optimizer state as they were before the step
             assert_tree_equal(after[step], before[step], f"rank {rank} step {step}")
-        # restored from step-000006, written after step 6 rolled back: the weights step 5 left
-        assert_tree_equal(after[8], after[5], f"rank {rank} step 8")
+        assert_tree_equal(after[8], after[4], f"rank {rank} step 8")  # step-000004's shards and optimizer state
+        assert not torch.equal(after[8]["params"][0], after[5]["params"][0])
         assert not torch.equal(after[9]["params"][0], after[8]["params"][0])  # training goes on from there
         assert all(torch.isfinite(p).all() for p in after[N]["params"])
-    skip_list = json.loads((run / "skip_list.json").read_text())  # both ranks' batches of the streak
+    skip_list = json.loads((run / "skip_list.json").read_text())
     assert sorted({entry["step"] for entry in skip_list["batches"]}) == POISONED
 
 
 def test_transactions_under_fsdp2_decide_as_under_ddp_within_fp_tolerance(
-    reference: tuple[Path, Path], tmp_path: Path
+    reference: Path, tmp_path: Path
 ) -> None:
     result = run_fit(tmp_path, "--trainer.max_steps", str(N), strategy=_strategy(tmp_path, "DDP"))
     assert result.returncode == 0, result.stderr[-3000:]
-    sharded, ddp = decisions(reference[0]), decisions(run_dir(tmp_path))
+    sharded, ddp = decisions(reference), decisions(run_dir(tmp_path))
     assert sorted(sharded) == sorted(ddp) == list(range(1, N + 1))
     for step in sharded:
         ours, theirs = sharded[step], ddp[step]
@@ -103,7 +111,7 @@ def test_transactions_under_fsdp2_decide_as_under_ddp_within_fp_tolerance(
 
 
 @pytest.mark.parametrize(("stop", "at"), [("max_steps-7", 7), pytest.param("sigkill-at-7", 6, marks=pytest.mark.slow)])
-def test_a_stopped_transactional_fsdp2_run_resumes_bitwise(stop: str, at: int, reference: tuple[Path, Path],
+def test_a_stopped_transactional_fsdp2_run_resumes_bitwise(stop: str, at: int, reference: Path,
                                                            tmp_path: Path) -> None:  # fmt: skip
     """Stopped mid-streak (before the restore at step 8 writes the skip list): the resumed run must carry each
     rank's buffer and the streak on from the sharded checkpoint to make the same decisions."""
@@ -126,14 +134,14 @@ def test_a_stopped_transactional_fsdp2_run_resumes_bitwise(stop: str, at: int, r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert run_dir(tmp_path) == run
     (tensors, state), (expected, expected_state) = (sharded_state(r / "checkpoints" / f"step-{N:06d}")
-                                                    for r in (run, reference[0]))  # fmt: skip
+                                                    for r in (run, reference))  # fmt: skip
     assert_tree_equal(tensors, expected, "shards")  # model and optimizer, bitwise
     assert_tree_equal(state[STATE_KEY], expected_state[STATE_KEY], "transaction state")
     assert state["lr_schedulers"] == expected_state["lr_schedulers"]
-    ours, theirs = steps(run), steps(reference[0])  # the committed steps
+    ours, theirs = steps(run), steps(reference)  # the committed steps
     assert {s: (b["batch_digest"], b["loss"]) for s, b in ours.items()} == {
         s: (b["batch_digest"], b["loss"]) for s, b in theirs.items()}  # fmt: skip
-    resumed_decisions, expected_decisions = decisions(run), decisions(reference[0])
+    resumed_decisions, expected_decisions = decisions(run), decisions(reference)
     # the restore at step 8 reads the newest durable checkpoint: the stop's own (the same weights, step 7 rolled back)
     assert resumed_decisions[8].pop("action") == f"restored:step-{at:06d}"
     expected_decisions[8].pop("action")
