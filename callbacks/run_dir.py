@@ -38,13 +38,18 @@ class RunDirectory(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.world_size > 1:
             self._follow_rank_zero(trainer)
-        if stage != "fit" or not trainer.is_global_zero:
-            return
+
+    def _begin(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the run's record, config and data description once training starts.
+
+        Not at setup: a fit refused while Lightning sets up (a strategy that cannot shard the model, an
+        optimizer it cannot run, a checkpoint that does not load) has trained nothing, so a resumed run keeps
+        its run.json and config.yaml as they were, and a new run leaves no directory behind.
+        """
         run, layout = self.run_context, self.run_context.layout
         layout.run_dir.mkdir(parents=True, exist_ok=True)
         if run.resumed and layout.is_run():
             self.record = RunRecord.load(layout)
-            self.record.status = RunStatus.RECOVERING
         else:
             self.record = RunRecord(run_id=layout.run_id, status=RunStatus.INITIALIZING)
         self.record.stage = run.stage
@@ -55,7 +60,6 @@ class RunDirectory(Callback):
             self.record.config_digest = sha256_bytes(run.config_yaml.encode())
             atomic_write_text(layout.config, run.config_yaml)
         self._describe_data(trainer.datamodule)
-        self.record.save(layout)
         write_latest(layout.root, layout.run_id)
 
     def _follow_rank_zero(self, trainer: L.Trainer) -> None:
@@ -109,6 +113,8 @@ class RunDirectory(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._begin(trainer, pl_module)
         if self.run_context.resumed:
             for logger in trainer.loggers:
                 if isinstance(logger, RunCSVLogger):

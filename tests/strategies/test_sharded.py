@@ -403,6 +403,26 @@ def test_settings_the_sharded_strategy_cannot_honour_are_refused_in_one_line(cas
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("lit_psion: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # no run directory, no latest_run.json: nothing was trained
+
+
+def test_a_setting_refused_while_lightning_sets_up_leaves_the_resumed_run_as_it_was(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    """Muon is refused when the strategy builds the optimizer, after the callbacks' setup: a completed run asked to
+    go on with it keeps its run.json (status, step), config.yaml and receipts byte for byte."""
+    root = tmp_path / "runs"
+    shutil.copytree(uninterrupted, root / uninterrupted.name)
+    shutil.copy(uninterrupted.parent / LATEST_FILE, root / LATEST_FILE)
+    files = ("run.json", "config.yaml", "receipts.jsonl", "data_manifest.json")
+    before = {name: (root / uninterrupted.name / name).read_bytes() for name in files}
+    result = run_fit(root, "--trainer.max_steps", "20", "--ckpt_path", "last", "--model.init_args.optimizer.name",
+                     "muon")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "optimizer muon needs whole weight matrices" in result.stderr
+    assert {name: (root / uninterrupted.name / name).read_bytes() for name in files} == before
+    assert sorted(p.name for p in root.iterdir()) == sorted([uninterrupted.name, LATEST_FILE])
+    assert read_json(root / uninterrupted.name / "run.json")["status"] == "completed"
 
 
 @pytest.mark.slow
@@ -411,6 +431,7 @@ def test_a_model_without_a_sharding_plan_is_refused(tmp_path: Path) -> None:
                      strategy=("--trainer.strategy", "sharded", "--trainer.accelerator", "cpu"))
     assert result.returncode == 2, result.stderr[-3000:]
     assert "has no sharding plan" in result.stderr
+    assert not list(tmp_path.iterdir())  # refused while Lightning sets up: no half-written run takes over 'last'
 
 
 @pytest.mark.parametrize(
