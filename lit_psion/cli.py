@@ -71,7 +71,11 @@ from lit_psion.core.run import RunRecord, RunStatus, read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
 from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
-from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy
+from lit_psion.strategies.engines import (
+    refuse_another_layout,
+    refuse_unrunnable_strategy,
+    settings_follow_the_name,
+)
 
 RUN_ID_ENV = "LIT_PSION_RUN_ID"
 """The run a fit writes, shared by every process of a multi-process launch (``mesh launch`` sets it; a
@@ -147,7 +151,7 @@ class LitPsionCLI(LightningCLI):
         if isinstance(args, dict | Namespace):
             super().parse_arguments(parser, args)
         else:
-            argv = gather_files(sys.argv[1:] if args is None else list(args))
+            argv = settings_follow_the_name(gather_files(sys.argv[1:] if args is None else list(args)))
             refuse_lightning_optimizer_groups(argv)
             self.config = parser.parse_args(argv)
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config

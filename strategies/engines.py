@@ -8,6 +8,7 @@ safetensors file, DCP shards, a DeepSpeed directory) the chosen strategy does no
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from typing import Any
 
@@ -16,11 +17,17 @@ from lightning.pytorch.strategies import StrategyRegistry
 
 from lit_psion.core.checkpoint import DEEPSPEED, SHARDED, SINGLE, VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.policy import TransactionPolicy
+
+LIT_PSION_NAMES = ("transactional", "transactional_ddp", "sharded", "transactional_sharded", "elastic_mesh",
+                   "transactional_elastic_mesh")  # fmt: skip
+"""The names lit_psion registers (``lit_psion/strategies/__init__.py``)."""
 
 
 def refuse_unrunnable_strategy(trainer: Any) -> None:
     """Refuse (exit 2) the strategy of a parsed ``trainer`` config that cannot run here or cannot be verified."""
     _check_name(trainer.strategy)
+    _check_policy(trainer.strategy)
     _refuse_deepspeed_without_cuda(trainer)
     _refuse_unverified_engine(trainer.strategy)
 
@@ -29,9 +36,44 @@ def _check_name(strategy: Any) -> None:
     """A strategy given by name must be one Lightning's StrategyRegistry knows (lit_psion registers its own)."""
     if not isinstance(strategy, str) or strategy == "auto" or strategy in StrategyRegistry:
         return
-    raise ConfigError(f"--trainer.strategy {strategy!r} is not a registered strategy name; use one such as ddp, "
-                      "transactional or transactional_ddp (all: lightning.pytorch.strategies.StrategyRegistry), or "
-                      "give class_path and init_args in YAML")  # fmt: skip
+    close = difflib.get_close_matches(strategy, StrategyRegistry.available_strategies(), n=1)
+    raise ConfigError(f"--trainer.strategy {strategy!r} is not a registered strategy name"
+                      f"{f' (did you mean {close[0]}?)' if close else ''}; use ddp, {', '.join(LIT_PSION_NAMES)} "
+                      "(all: lightning.pytorch.strategies.StrategyRegistry), or give class_path and init_args in "
+                      "YAML")  # fmt: skip
+
+
+def _check_policy(strategy: Any) -> None:
+    """A transactional strategy's policy is checked before anything starts, each bad value named (jsonargparse would
+    bury :class:`TransactionPolicy`'s own message in a dump of the parsed config)."""
+    init_args = strategy.get("init_args") if hasattr(strategy, "get") else None
+    policy = init_args.get("policy") if hasattr(init_args, "get") else None
+    if policy is None or isinstance(policy, TransactionPolicy):
+        return
+    TransactionPolicy(**(policy.as_dict() if hasattr(policy, "as_dict") else dict(policy)))
+
+
+def settings_follow_the_name(argv: list[str]) -> list[str]:
+    """``argv`` with ``--trainer.strategy NAME`` given as NAME's class path when ``--trainer.strategy.KEY`` settings
+    follow it (jsonargparse applies settings to a class path only): ``--trainer.strategy transactional_ddp
+    --trainer.strategy.policy.rollback_tol 0.5`` means that strategy with that policy. Only for a name registered
+    without preset arguments, which is then the class with its defaults."""
+    flag = "--trainer.strategy"
+    if not any(arg.startswith(flag + ".") for arg in argv):
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            at, name, form = i + 1, argv[i + 1], "{}"
+        elif arg.startswith(flag + "="):
+            at, name, form = i, arg.split("=", 1)[1], flag + "={}"
+        else:
+            continue
+        entry = StrategyRegistry[name] if name in StrategyRegistry else None  # (.get() would build one)
+        if entry is not None and not entry.get("init_params") and any(a.startswith(flag + ".") for a in argv[at:]):
+            cls = entry["strategy"]
+            out[at] = form.format(f"{cls.__module__}.{cls.__qualname__}")
+    return out
 
 
 def _strategy_name(strategy: Any) -> str:

@@ -209,6 +209,54 @@ def test_an_unknown_strategy_is_a_config_error_naming_the_registered_ones(capsys
     assert "lit_psion.strategies.Nope" in err and "transactional" in err
 
 
+def test_a_mistyped_strategy_name_is_answered_with_the_nearest_registered_one(capsys: pytest.CaptureFixture) -> None:
+    assert fit("--trainer.strategy", "transactional_shardd") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: error:")]
+    assert len(errors) == 1 and "did you mean transactional_sharded?" in errors[0]
+
+
+BAD_POLICY = {
+    "name + flag": ("--trainer.strategy", "transactional", "--trainer.strategy.policy.rollback_tol", "-1"),
+    "name= + flag=": ("--trainer.strategy=transactional_ddp", "--trainer.strategy.policy.rollback_tol=-1"),
+    "class path + flag": ("--trainer.strategy", "lit_psion.strategies.TransactionalStrategy",
+                          "--trainer.strategy.policy.rollback_tol", "-1"),
+    "overlay + flag": ("--config", "configs/overlays/transactional.yaml", "--trainer.strategy.policy.rollback_tol",
+                       "-1"),
+    "fsdp overlay + flag": ("--config", "configs/overlays/fsdp_transactional.yaml",
+                            "--trainer.strategy.policy.restore_after", "0"),
+    "yaml": ("--config", "YAML"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_POLICY)
+def test_a_bad_policy_value_from_the_command_line_is_one_line_and_exit_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """However the policy is given, its own message reaches the user (not jsonargparse's dump of the config)."""
+    args = BAD_POLICY[case]
+    if "YAML" in args:
+        overlay = tmp_path / "policy.yaml"
+        overlay.write_text("trainer:\n  strategy:\n    class_path: lit_psion.strategies.TransactionalStrategy\n"
+                           "    init_args:\n      policy: {rollback_tol: -0.5}\n")  # fmt: skip
+        args = ("--config", str(overlay))
+    root = tmp_path / "runs"
+    assert fit(*args, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "1") == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("lit_psion:")]
+    assert len(errors) == 1 and "transaction policy:" in errors[0] and "Namespace" not in err, err[-2000:]
+    expected = "restore_after" if any("restore_after" in arg for arg in args) else "rollback_tol must be >= 0"
+    assert expected in errors[0]
+    assert not root.exists() or not list(root.iterdir())
+
+
+def test_settings_after_a_strategy_name_apply_to_that_strategy(tmp_path: Path) -> None:
+    assert fit("--trainer.strategy", "transactional", "--trainer.strategy.policy.rollback_tol", "0.5",
+               "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "1") == 0  # fmt: skip
+    strategy = yaml.safe_load((tmp_path / read_latest(tmp_path) / "config.yaml").read_text())["trainer"]["strategy"]
+    assert strategy["class_path"].endswith("TransactionalStrategy")
+    assert strategy["init_args"]["policy"] == {**dataclasses.asdict(TransactionPolicy()), "rollback_tol": 0.5}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"rollback_tol": -1}, "rollback_tol"), ({"buffer_len": 0}, "buffer_len"), ({"grad_norm_max": 0}, "grad_norm_max"),
