@@ -65,5 +65,6 @@ class PromotionGate(EvidenceCallback):
             scores=scores,
             decision=decision, reasons=tuple(reasons),
         ))  # fmt: skip
-        print(f"promotion: {decision} (held-out loss base {base:.4f} -> candidate {candidate:.4f}"
-              f"{', ' + ', '.join(reasons) if reasons else ''})")  # fmt: skip
+        if trainer.is_global_zero:
+            print(f"promotion: {decision} (held-out loss base {base:.4f} -> candidate {candidate:.4f}"
+                  f"{', ' + ', '.join(reasons) if reasons else ''})")  # fmt: skip

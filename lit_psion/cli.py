@@ -422,7 +422,8 @@ def _main(args: list[str] | None) -> int:
     except SIGTERMException:  # a SystemExit: caught before the clause below
         if (stop := mesh_stop()) is not None:
             return _leave_for_the_mesh(stop)
-        print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
+        if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # every rank of the node pauses at the same step
+            print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
         return EXIT_SIGTERM
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)

@@ -1,4 +1,4 @@
-"""``python -m lit_psion receipts verify RUN_DIR``: check a run's receipt chain, print one line."""
+"""``python -m lit_psion receipts verify RUN_DIR``: check a run's receipt chain (and its consolidated models' log)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 from lit_psion.commands import CommandParser
 from lit_psion.core import RunLayout, RunRecord
-from lit_psion.core.audit import check_chain
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.audit import check_chain, consolidation_log
+from lit_psion.core.errors import ConfigError, EvidenceError
+from lit_psion.core.layout import RECEIPTS_FILE
 
 
 def run_layout(run_dir: Path) -> RunLayout:
@@ -21,7 +22,15 @@ def run_layout(run_dir: Path) -> RunLayout:
 def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion receipts")
     parser.add_argument("action", choices=["verify"])
-    parser.add_argument("run_dir", type=Path)
-    layout = run_layout(parser.parse_args(args).run_dir)
-    result = check_chain(layout, RunRecord.load(layout))  # EvidenceError (exit 5) names the first problem
-    print(f"ok: {result.describe()}")
+    parser.add_argument("run_dir", type=Path, help="a run directory, or its consolidated/ directory")
+    given = parser.parse_args(args).run_dir
+    run = RunLayout.of(given.parent) if given.name == "consolidated" and RunLayout.of(given.parent).is_run() else None
+    layout = run or run_layout(given)
+    if run is None:
+        result = check_chain(layout, RunRecord.load(layout))  # EvidenceError (exit 5) names the first problem
+        print(f"ok: {result.describe()}")
+    if run is not None or layout.consolidated.is_dir():  # the consolidated models' own log
+        verdict = consolidation_log(layout)
+        if not verdict.ok:
+            raise EvidenceError(f"{str(layout.consolidated / RECEIPTS_FILE)!r}: {verdict.detail}")
+        print(f"ok: {verdict.artifact}: {verdict.detail}")

@@ -13,7 +13,7 @@ import json
 from collections.abc import Collection
 from pathlib import Path
 
-from lit_psion.core.chain import VerifyResult, torn_tail, verify_log
+from lit_psion.core.chain import VerifyResult, parse_receipt, torn_tail, verify_log
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     CheckpointReceipts,
@@ -25,7 +25,7 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_json
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.layout import RECEIPTS_FILE, RunLayout
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import RunRecord, RunStatus
 
@@ -197,4 +197,45 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
     except (OSError, ValueError, TypeError, KeyError) as error:
         return [Verdict(layout.run_file.name, False, f"unreadable: {error}", EvidenceError.exit_code)]
     verdicts = [Verdict(layout.run_file.name, True, f"{record.status} at step {record.global_step}")]
-    return [*verdicts, audit_receipts(layout, record), *audit_checkpoints(layout), *audit_files(layout, record)]
+    return [*verdicts, audit_receipts(layout, record), *audit_checkpoints(layout), *audit_files(layout, record),
+            *audit_consolidated(layout)]  # fmt: skip
+
+
+def consolidation_log(layout: RunLayout) -> Verdict:
+    """The receipt log of the run's consolidated models (``ckpt consolidate``), checked like a run's chain."""
+    log = layout.consolidated / RECEIPTS_FILE
+    name = f"{layout.consolidated.name}/{RECEIPTS_FILE}"
+    if not log.is_file():
+        return Verdict(name, False, "missing: the consolidated models have no receipts; consolidate again",
+                       EvidenceError.exit_code)  # fmt: skip
+    result = verify_log(log)
+    return Verdict(name, result.ok, result.describe(), 0 if result.ok else EvidenceError.exit_code)
+
+
+def audit_consolidated(layout: RunLayout) -> list[Verdict]:
+    """The run's consolidated models, if any: their receipt log, and each copy against its manifest and receipt."""
+    if not layout.consolidated.is_dir():
+        return []
+    log = consolidation_log(layout)
+    verdicts = [log]
+    receipted: set[str] = set()
+    if log.ok:
+        for line in (layout.consolidated / RECEIPTS_FILE).read_text(encoding="utf-8").splitlines():
+            receipt = parse_receipt(line)
+            if receipt.kind == "checkpoint_consolidate":
+                receipted.add(receipt.body.get("manifest_digest"))
+    for path in sorted(p for p in layout.consolidated.glob("step-*") if p.is_dir()):
+        name = f"{layout.consolidated.name}/{path.name}"
+        try:
+            copy = verify_checkpoint(path)
+        except CheckpointError as error:
+            verdicts.append(_fail(name, error))
+            continue
+        if copy.manifest_sha256 in receipted:
+            verdicts.append(Verdict(name, True, f"{len(copy.manifest.files)} files match the manifest and its "
+                                                "consolidation receipt"))  # fmt: skip
+        else:
+            verdicts.append(Verdict(name, False, "its manifest is not one a verifying consolidation receipt recorded "
+                                                 "(replaced after it was written); consolidate again",
+                                    CheckpointError.exit_code))  # fmt: skip
+    return verdicts

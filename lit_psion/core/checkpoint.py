@@ -376,7 +376,8 @@ def resolve_checkpoint(
         problem = None
     if pointer is None and problem is None:
         raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
-                              "missing); start a new run without --ckpt_path")  # fmt: skip
+                              "missing); to train, start a new run without --ckpt_path; to read or verify one, wait "
+                              "for the run's first checkpoint")  # fmt: skip
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
         try:

@@ -343,6 +343,33 @@ def test_consolidate_gathers_one_verified_safetensors_model_with_a_receipt(
     assert verify_checkpoint(tmp_path / "elsewhere" / "step-000012").weights_sha256 == verified.weights_sha256
 
 
+def test_the_consolidated_models_receipts_are_verified_with_the_run(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run)
+    assert main(["ckpt", "consolidate", str(run)]) == 0
+    capsys.readouterr()
+    for target in (run, run / "consolidated"):
+        assert main(["receipts", "verify", str(target)]) == 0
+        assert "ok: consolidated/receipts.jsonl: 1 receipts verified" in capsys.readouterr().out
+    assert main(["doctor", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "ok   consolidated/receipts.jsonl" in out and "ok   consolidated/step-000012" in out
+    copy, log = run / "consolidated" / "step-000012", run / "consolidated" / "receipts.jsonl"
+    manifest = read_json(copy / MANIFEST_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "writer": "forged"}))  # not the receipted manifest
+    assert main(["doctor", str(run)]) == 4
+    assert "FAIL consolidated/step-000012: its manifest is not one a verifying consolidation receipt" in (
+        capsys.readouterr().out)  # fmt: skip
+    edited = log.read_text().replace('"step": 12', '"step": 13')  # an edited receipt
+    assert edited != log.read_text()
+    log.write_text(edited)
+    for target in (run, run / "consolidated"):
+        assert main(["receipts", "verify", str(target)]) == 5
+    assert main(["doctor", str(run)]) == 5
+
+
 @pytest.mark.slow
 def test_a_rank_that_cannot_hash_its_shard_fails_the_checkpoint_on_every_rank(tmp_path: Path) -> None:
     failing = (("ShardDigestFailsAt", {"step": 6, "rank": 1}),)
