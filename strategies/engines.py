@@ -69,7 +69,7 @@ def settings_follow_the_name(argv: list[str]) -> list[str]:
             at, name, form = i, arg.split("=", 1)[1], flag + "={}"
         else:
             continue
-        entry = StrategyRegistry[name] if name in StrategyRegistry else None  # (.get() would build one)
+        entry = dict.get(StrategyRegistry, name)  # the entry (StrategyRegistry.get would build the strategy)
         if entry is not None and not entry.get("init_params") and any(a.startswith(flag + ".") for a in argv[at:]):
             cls = entry["strategy"]
             out[at] = form.format(f"{cls.__module__}.{cls.__qualname__}")
