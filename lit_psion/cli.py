@@ -43,6 +43,7 @@ from lit_psion.commands import COMMANDS, run_command
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
     gather_files,
+    plain_parse_error,
     refuse_lightning_optimizer_groups,
     setting_problems,
 )
@@ -432,10 +433,11 @@ def _main(args: list[str] | None) -> int:
             raise
         known = _known_cause(error)
         if known is not None:
+            line = _one_line(str(known) if isinstance(known, LitPsionError) else plain_parse_error(str(known)))
             if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # the other ranks of a node reach the same verdict
-                print(f"lit_psion: error: {_one_line(str(known))}", file=sys.stderr)
+                print(f"lit_psion: error: {line}", file=sys.stderr)
             code = known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code
-            tell_the_launcher(code, _one_line(str(known)))
+            tell_the_launcher(code, line)
             return code
         print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
               "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip

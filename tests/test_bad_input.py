@@ -164,6 +164,27 @@ def test_a_bad_optimizer_flag_exits_2_before_a_run_directory_exists(
     assert not root.exists() or not any(root.iterdir())  # no run directory, no latest_run.json
 
 
+SETTINGS_A_CLASS_REFUSES = [  # (args, the line's start, what it names): a setting the chosen class does not take
+    (("--model.init_args.decoder.n_hed", "3"), "model.decoder: DecoderConfig refuses", "'n_hed'"),
+    (("--data.init_args.blok_size", "3"), "data: CorpusDataModule refuses", "'blok_size'"),
+    (("--config", "configs/graph_core_oscillators.yaml", "--config", "configs/overlays/fsdp.yaml"),
+     "model: GraphCore refuses", "'optimizer.name'"),  # the overlay sets the decoder's optimizer
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "starts", "names"), SETTINGS_A_CLASS_REFUSES,
+                         ids=["nested typo", "data typo", "overlay for another model"])  # fmt: skip
+def test_a_setting_the_class_does_not_take_is_named_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, starts: str, names: str
+) -> None:
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", "fixtures/tiny.yaml", *args, "--trainer.default_root_dir", str(root)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"lit_psion: error: {starts}") and names in line and "Union subtypes" not in line, line
+    assert "--help" in line or ".help lit_psion." in line
+    assert not root.exists() or not any(root.iterdir())
+
+
 BAD_OPTIMIZER_VALUES = [  # (field, value) a Python caller can pass that the command line already refuses
     ("lr", math.inf), ("lr", math.nan), ("lr", True), ("muon_lr", math.inf), ("weight_decay", math.nan),
     ("weight_decay", math.inf), ("momentum", math.nan), ("ns_steps", 2.5), ("warmup_steps", 1.5),

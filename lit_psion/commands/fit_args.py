@@ -8,6 +8,7 @@ settings Lightning would accept and then fail on mid-run reported as one line ea
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -104,3 +105,22 @@ def _max_time_problem(value: Any) -> str | None:
     if duration <= timedelta(0):
         return f"trainer.max_time must be a positive duration (it would stop before the first step), got {value!r}"
     return None
+
+
+_CLASS_PROBLEM = re.compile(r"Problem with given class_path '([^']+)': (.*?)(?= - Expected a | Given value type:| - "
+                            r"Problem with given class_path|$)")  # fmt: skip
+
+
+def plain_parse_error(message: str) -> str:
+    """jsonargparse's message for a class given settings it does not take, as the one line that matters: which
+    class refused which setting, and where its settings are listed (else ``message`` unchanged)."""
+    flat = " ".join(message.split())
+    problems = _CLASS_PROBLEM.findall(flat)
+    if "Does not validate against any of the Union subtypes" not in flat or not problems:
+        return message
+    keys = re.findall(r'Parser key "([^"]+)"', flat)
+    (outer, _), (inner, why) = problems[0], problems[-1]
+    listed = (f"; `python -m lit_psion fit --{keys[0]}.help {outer}` lists the settings it takes"
+              if keys[0] in ("model", "data") else "")  # fmt: skip
+    return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
+            f"--config overlay may have set it for another class){listed}")
