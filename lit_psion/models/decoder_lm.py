@@ -31,7 +31,7 @@ def refuse_sharded_muon(module: L.LightningModule, config: OptimizerConfig) -> N
     if config.name == "muon" and module.device_mesh is not None:
         raise ConfigError("optimizer muon needs whole weight matrices, but the sharded strategy gives each rank a "
                           "slice of them; use --model.init_args.optimizer.name adamw (configs/overlays/fsdp.yaml "
-                          "does) or --trainer.strategy ddp")  # fmt: skip
+                          "does), or train a new run under --trainer.strategy ddp to keep Muon")  # fmt: skip
 
 
 class DecoderLM(L.LightningModule):
