@@ -327,3 +327,5 @@ def test_a_fit_that_fails_with_a_write_in_flight_ends_with_it_durable_and_its_ev
     assert _checkpoint_receipts(run)[-1] == (6, "durable")
     assert read_json(run / "run.json")["status"] == "failed"
     assert main(["receipts", "verify", str(run)]) == 0
+    page = (run / "dashboard" / "index.html").read_text()
+    assert "step-000006" in page and "step-000003" not in page  # drawn once the write in flight had landed
