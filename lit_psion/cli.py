@@ -66,7 +66,14 @@ from lit_psion.core.checkpoint import (
     verify_checkpoint,
 )
 from lit_psion.core.contracts import SignedModel
-from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, MembershipChanged, lit_psion_cause
+from lit_psion.core.errors import (
+    CheckpointError,
+    ConfigError,
+    EvidenceError,
+    LitPsionError,
+    MembershipChanged,
+    lit_psion_cause,
+)
 from lit_psion.core.lock import LOCK_FILE, RunLock
 from lit_psion.core.run import RunRecord, RunStatus, read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
@@ -214,6 +221,7 @@ class LitPsionCLI(LightningCLI):
         layout = RunLayout(root, run_id)
         _refuse_another_family(layout, config)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
+        _refuse_without_its_records(layout, self.verified)
         config.ckpt_path = str(self.verified.path)
         return run_id, tuple(rejected)
 
@@ -224,6 +232,7 @@ class LitPsionCLI(LightningCLI):
         rejected: list[RejectedCheckpoint] = []
         self._lock(layout)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
+        _refuse_without_its_records(layout, self.verified)
         max_steps = config.trainer.get("max_steps")
         if isinstance(max_steps, int) and 0 < max_steps <= self.verified.step and layout.is_run() and (
                 RunRecord.load(layout).status == RunStatus.COMPLETED):  # fmt: skip
@@ -343,6 +352,21 @@ def _refuse_another_family(layout: RunLayout, config: Namespace) -> None:
         raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
                               f"{recorded}, but this config builds {wanted}; continue it with its own config "
                               f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
+
+
+def _refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) -> None:
+    """A run continues only with its records: its run.json, and the receipt log holding the head its checkpoint
+    recorded (a resume without them would start both afresh, and the checkpoints would name a chain that is gone)."""
+    if not layout.run_file.is_file():
+        raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
+                            f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
+                            "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+    head = verified.manifest.receipts_head
+    if head is not None and not layout.receipts.is_file():
+        raise EvidenceError(f"run {layout.run_id!r}: {layout.receipts.name} is missing, but checkpoint "
+                            f"{verified.path.name} recorded receipt head {head}; restore the log from a backup "
+                            "before continuing the run, or start a new run from the checkpoint with --ckpt_path "
+                            "<checkpoint directory>")  # fmt: skip
 
 
 def _remove_if_unborn(run_dir: Path) -> None:

@@ -375,9 +375,11 @@ def resolve_checkpoint(
     else:
         problem = None
     if pointer is None and problem is None:
-        raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
-                              "missing); to train, start a new run without --ckpt_path; to read or verify one, wait "
-                              "for the run's first checkpoint")  # fmt: skip
+        if not layout.checkpoint_dirs():
+            raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
+                                  "missing); to train, start a new run without --ckpt_path; to read or verify one, "
+                                  "wait for the run's first checkpoint")  # fmt: skip
+        problem = CheckpointError(f"checkpoint pointer {str(layout.pointer)!r} is missing")  # the checkpoints are not
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
         try:

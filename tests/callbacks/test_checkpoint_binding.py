@@ -232,6 +232,7 @@ PLANTS = [
     ("a new step no receipt knows, in a sealed chain", lambda run, other: _plant(run, "step-000007",
                                                                                   other.checkpoint(6), 7)),
     ("the pointer moved back to step 3", lambda run, other: _move_pointer_back(run)),
+    ("the pointer deleted", lambda run, other: run.pointer.unlink()),
 ]
 
 
@@ -247,6 +248,25 @@ def test_a_resume_takes_the_newest_receipted_checkpoint_not_a_planted_or_older_o
     resumed = next(r["body"] for r in chain if r["kind"] == "trainer_step" and r["body"]["checkpoint"])
     assert (resumed["checkpoint"], resumed["step_in"]) == ("checkpoints/step-000006", 6)
     assert main(["doctor", str(run.run_dir)]) == 0 or name.startswith("a new step")  # the plant itself FAILs doctor
+
+
+@pytest.mark.parametrize("record", ["run.json", "receipts.jsonl"])
+def test_a_run_that_lost_its_records_is_not_continued_afresh(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              record: str) -> None:  # fmt: skip
+    """Without run.json or the receipt log its checkpoints name, a resume would start both anew (attempts 1, a chain
+    from genesis the checkpoints do not match): refused with exit 5, nothing touched; a new run from the checkpoint
+    by path still starts."""
+    run = _run(tmp_path / "runs")
+    (run.run_dir / record).unlink()
+    before = {path: path.read_bytes() for path in run.run_dir.rglob("*") if path.is_file() and path.name != ".lock"}
+    capsys.readouterr()
+    assert _resume(run.root) == 5
+    err = capsys.readouterr().err
+    assert f"{record}" in err and "restore" in err and "--ckpt_path <checkpoint directory>" in err
+    after = {path: path.read_bytes() for path in run.run_dir.rglob("*") if path.is_file() and path.name != ".lock"}
+    assert after == before
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "9", "--ckpt_path",
+               str(run.checkpoint(6))) == 0  # fmt: skip
 
 
 def test_a_checkpoint_whose_trainer_state_is_another_step_is_refused(tmp_path: Path,

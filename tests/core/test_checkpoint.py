@@ -236,6 +236,16 @@ def test_no_pointer_and_nothing_that_verifies_is_refused(layout: RunLayout) -> N
         resolve_checkpoint(layout)
 
 
+def test_a_lost_pointer_falls_back_to_the_newest_checkpoint_that_verifies(layout: RunLayout) -> None:
+    make_checkpoint(layout.checkpoints, 3, {"a": b"x"})
+    make_checkpoint(layout.checkpoints, 6, {"a": b"y"})
+    assert not layout.pointer.exists()
+    rejected: list = []
+    assert resolve_checkpoint(layout, rejected, quiet=True).step == 6
+    (layout.checkpoint(6) / "a").write_bytes(b"z")  # the newest fails its digest: the next one
+    assert resolve_checkpoint(layout, quiet=True).step == 3
+
+
 def test_manifest_round_trip() -> None:
     record = {"step": 3, "files": {"a": {"sha256": "0" * 64, "bytes": 1}}, "cursor": {"epoch": 0, "position": 8},
               "future_field": "ignored"}  # fmt: skip
