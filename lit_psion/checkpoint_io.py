@@ -40,7 +40,7 @@ from lit_psion.core.checkpoint import (
     verify_checkpoint,
 )
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError
-from lit_psion.core.files import fsync_path
+from lit_psion.core.files import FILE_MODE, fsync_path
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", MANIFEST_FILE
@@ -126,6 +126,7 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
         # the GIL). The digests are of the bytes the files hold, and cost little beyond the writes.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lit_psion-digest") as digester:
             save_file(_own_storage(checkpoint["state_dict"]), staging / WEIGHTS)
+            os.chmod(staging / WEIGHTS, FILE_MODE)  # safetensors creates it 0600; the run's other files follow umask
             _check_complete(staging / WEIGHTS)
             weights = digester.submit(_digest_and_sync, staging / WEIGHTS)
             with _open_for_state(staging / STATE) as handle:

@@ -12,11 +12,22 @@ from pathlib import Path
 from typing import Any
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_process_umask()
+"""The mode ``open()`` gives a new file under this process's umask (read once, at import: reading it sets it)."""
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600: give it what any other file of the run gets
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

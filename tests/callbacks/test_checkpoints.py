@@ -20,7 +20,7 @@ import torch
 from lit_psion import checkpoint_io
 from lit_psion.checkpoint_io import STATE, WEIGHTS, ManifestCheckpointIO
 from lit_psion.cli import main
-from lit_psion.core import read_json
+from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.checkpoint import resolve_checkpoint, verify_checkpoint
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError
 from lit_psion.core.run import read_latest
@@ -329,3 +329,15 @@ def test_a_fit_that_fails_with_a_write_in_flight_ends_with_it_durable_and_its_ev
     assert main(["receipts", "verify", str(run)]) == 0
     page = (run / "dashboard" / "index.html").read_text()
     assert "step-000006" in page and "step-000003" not in page  # drawn once the write in flight had landed
+
+
+def test_every_file_of_a_checkpoint_and_a_run_record_gets_the_umask_mode_like_any_other_file(tmp_path: Path) -> None:
+    """Temp-file writes (mkstemp: 0600) and safetensors (0600) must not leave files others sharing the runs
+    directory can read in part only (a manifest but not its weights)."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")  # what open() gives under this process's umask
+    expected = plain.stat().st_mode & 0o777
+    checkpoint_io.write_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 1}, tmp_path / "step-000001")
+    atomic_write_json(tmp_path / "run.json", {"a": 1})
+    for path in [*(tmp_path / "step-000001").iterdir(), tmp_path / "run.json"]:
+        assert path.stat().st_mode & 0o777 == expected, path.name
