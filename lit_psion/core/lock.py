@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from lit_psion.core.errors import LockedError
+from lit_psion.core.errors import ConfigError, LockedError
 
 LOCK_FILE = ".lock"
 
@@ -143,6 +143,10 @@ def _open(path: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # nobody holds it: the directory cannot be written
+            raise ConfigError(f"{str(path.parent)!r} cannot be written ({error.strerror}), so no fit can record "
+                              "anything in it; make it writable, or copy the run somewhere writable and give "
+                              "--trainer.default_root_dir there") from error  # fmt: skip
         reason = "it is a symlink" if error.errno == errno.ELOOP else error.strerror
         raise LockedError(f"cannot lock {str(path.parent)!r}: cannot open {str(path)!r}: {reason}") from error
 

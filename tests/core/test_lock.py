@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_psion.core.errors import LockedError
+from lit_psion.core.errors import ConfigError, LockedError
 from lit_psion.core.lock import LOCK_FILE, LockHolder, RunLock, lock_holder
 from tests.helpers import REPO_ROOT
 
@@ -73,7 +73,7 @@ def test_a_killed_holder_leaves_no_lock(tmp_path: Path) -> None:
 RACE = """
 import sys, time
 from pathlib import Path
-from lit_psion.core.errors import LockedError
+from lit_psion.core.errors import ConfigError, LockedError
 from lit_psion.core.lock import RunLock
 start = Path(sys.argv[2])
 print("ready", flush=True)
@@ -138,3 +138,13 @@ def test_the_holder_describes_itself() -> None:
     holder = LockHolder(pid=12, host="h", since="2025-01-01T00:00:00Z", purpose="session run s1")
     assert holder.describe() == "pid 12 on h since 2025-01-01T00:00:00Z (session run s1)"
     assert LockHolder(pid=12, host="h", since="t").describe() == "pid 12 on h since t"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through a read-only mode: needs an unprivileged user")
+def test_a_directory_no_one_can_write_is_a_config_error_not_a_held_lock(tmp_path: Path) -> None:
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="cannot be written"):
+            RunLock(tmp_path, purpose="fit").acquire()
+    finally:
+        tmp_path.chmod(0o755)
