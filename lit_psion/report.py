@@ -54,7 +54,10 @@ def read_metrics(run_dir: str | Path) -> Series:
         return series
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
+            reader = csv.DictReader(handle)
+            if "step" not in (reader.fieldnames or ()):  # an empty file, or a header that is not a run's
+                raise ValueError(f"its header {reader.fieldnames or 'is empty'} has no step column")
+            for row in reader:
                 step = int(row["step"])
                 for key, value in row.items():
                     if key not in ("step", "epoch") and value not in (None, ""):
