@@ -185,6 +185,22 @@ def test_a_setting_the_class_does_not_take_is_named_in_one_line(
     assert not root.exists() or not any(root.iterdir())
 
 
+VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
+    (("--model.init_args.decoder.n_head", "x"), "model.decoder.n_head: 'x' is not an int; give one"),
+    (("--data.init_args.batch_size", "1.5"), "data.batch_size: '1.5' is not an int; give one"),
+    (("--trainer.strategy", "transactional", "--trainer.strategy.policy.grad_norm_max", "big"),
+     "trainer.strategy.policy.grad_norm_max: 'big' is not a float or null; give one"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "says"), VALUES_OF_THE_WRONG_TYPE, ids=["nested int", "data int", "policy float"])
+def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
+) -> None:
+    assert main(["fit", "--config", "fixtures/tiny.yaml", *args, "--trainer.default_root_dir", str(tmp_path)]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"lit_psion: error: {says}"
+
+
 BAD_OPTIMIZER_VALUES = [  # (field, value) a Python caller can pass that the command line already refuses
     ("lr", math.inf), ("lr", math.nan), ("lr", True), ("muon_lr", math.inf), ("weight_decay", math.nan),
     ("weight_decay", math.inf), ("momentum", math.nan), ("ns_steps", 2.5), ("warmup_steps", 1.5),

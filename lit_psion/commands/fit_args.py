@@ -111,6 +111,11 @@ _CLASS_PROBLEM = re.compile(r"Problem with given class_path '([^']+)': (.*?)(?= 
                             r"Problem with given class_path|$)")  # fmt: skip
 
 
+_UNION_VALUE = re.compile(r'Parser key "[^"]+": Does not validate against any of the Union subtypes Subtypes: '
+                          r"\[(?P<types>[^\]]*)\].*?Given value: (?P<value>\S+)")  # fmt: skip
+_PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value: (?P<value>\S+)")
+
+
 def plain_parse_error(message: str) -> str:
     """jsonargparse's message for a class given settings it does not take, as the one line that matters: which
     class refused which setting, and where its settings are listed (else ``message`` unchanged)."""
@@ -120,6 +125,12 @@ def plain_parse_error(message: str) -> str:
         return message
     keys = re.findall(r'Parser key "([^"]+)"', flat)
     (outer, _), (inner, why) = problems[0], problems[-1]
+    tail = flat[flat.rfind("Problem with given class_path") :]
+    value = _UNION_VALUE.search(tail) or _PLAIN_VALUE.search(tail)
+    if value is not None:  # the innermost problem is a value of the wrong type, not a setting the class lacks
+        names = re.findall(r"'([^']+)'", value["types"]) or [value["types"]]
+        types = " or ".join("null" if name == "NoneType" else name for name in names)
+        return f"{'.'.join(keys)}: {value['value']!r} is not {'an' if types[0] in 'aeiou' else 'a'} {types}; give one"
     listed = (f"; `python -m lit_psion fit --{keys[0]}.help {outer}` lists the settings it takes"
               if keys[0] in ("model", "data") else "")  # fmt: skip
     return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
