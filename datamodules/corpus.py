@@ -174,6 +174,9 @@ class CorpusDataModule(ReplayDataModule):
                 paths += [(m, Path(m)) for m in matches if Path(m).is_file()]
             elif Path(entry).is_file():
                 paths.append((entry, Path(entry)))
+            elif Path(entry).is_dir():
+                raise DataError(f"data file {entry!r} is a directory; give its files, e.g. --data.files "
+                                f"'{entry.rstrip('/')}/**/*.txt' (quoted: the glob is expanded in order, here)")
             else:
                 raise DataError(f"data file not found: {entry!r} (check --data.files)")
         return paths

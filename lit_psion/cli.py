@@ -42,6 +42,7 @@ from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
+    check_config_files,
     gather_files,
     plain_parse_error,
     refuse_lightning_optimizer_groups,
@@ -160,6 +161,7 @@ class LitPsionCLI(LightningCLI):
             super().parse_arguments(parser, args)
         else:
             argv = settings_follow_the_name(gather_files(sys.argv[1:] if args is None else list(args)))
+            check_config_files(argv)
             refuse_lightning_optimizer_groups(argv)
             self.config = parser.parse_args(argv)
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config

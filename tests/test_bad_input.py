@@ -201,6 +201,28 @@ def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     assert one_error_line(capsys.readouterr().err) == f"lit_psion: error: {says}"
 
 
+BAD_FILES = [  # (what goes in the file, how it is given, exit code, what the one line says)
+    (b"trainer:\n  max_steps: [1, 2\nmodel: {\n", "--config", 2, "is not valid YAML at line 3, column 6"),
+    (b"trainer: \xff\n", "--config", 2, "is not valid YAML (UnicodeDecodeError)"),
+    (None, "--data.init_args.files", 3, "is a directory; give its files"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "flag", "code", "says"), BAD_FILES,
+                         ids=["broken YAML", "not UTF-8", "a directory"])  # fmt: skip
+def test_a_bad_file_on_the_command_line_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            content: bytes | None, flag: str, code: int,
+                                                            says: str) -> None:  # fmt: skip
+    given = tmp_path / "given"
+    given.mkdir() if content is None else given.write_bytes(content)
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", "fixtures/tiny.yaml", flag, str(given), "--trainer.default_root_dir",
+                 str(root)]) == code  # fmt: skip
+    line = one_error_line(capsys.readouterr().err)
+    assert str(given) in line and says in line, line
+    assert not root.exists() or not any(root.iterdir())
+
+
 BAD_OPTIMIZER_VALUES = [  # (field, value) a Python caller can pass that the command line already refuses
     ("lr", math.inf), ("lr", math.nan), ("lr", True), ("muon_lr", math.inf), ("weight_decay", math.nan),
     ("weight_decay", math.inf), ("momentum", math.nan), ("ns_steps", 2.5), ("warmup_steps", 1.5),

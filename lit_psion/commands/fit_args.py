@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from lit_psion.core.errors import ConfigError
@@ -26,6 +27,25 @@ def refuse_lightning_optimizer_groups(argv: list[str]) -> None:
             raise ConfigError(f"{flag} is not used: lit_psion models build their optimizer and schedule from "
                               "model.init_args.optimizer (--model.init_args.optimizer.name adamw|muon, .lr, "
                               ".weight_decay, .warmup_steps, .decay_steps, .min_lr_ratio); set those instead")
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` reads as YAML, or one line names the file and where it breaks (jsonargparse's own
+    message says only ``"<unicode string>"``)."""
+    import yaml  # jsonargparse's own YAML reader
+
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith(
+            "--config=") else None  # fmt: skip
+        if value is None or not Path(value).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+            where = getattr(error, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            reason = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigError(f"--config {value!r} is not valid YAML{at} ({reason}); fix the file") from error
 
 
 FILES_FLAGS = ("--data.files", "--data.init_args.files")

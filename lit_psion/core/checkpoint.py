@@ -406,7 +406,7 @@ def resolve_checkpoint(
         if rejected is not None:
             rejected.extend(skipped)
         if not quiet:
-            print(f"lit_psion: warning: {problem}; resuming from {candidate.name}, the newest checkpoint that "
+            print(f"lit_psion: warning: {problem}; using {candidate.name}, the newest checkpoint that "
                   "verifies", file=sys.stderr)  # fmt: skip
         return verified
     raise problem

@@ -43,7 +43,7 @@ def test_a_checkpoint_copied_in_from_another_run_is_never_resumed(tmp_path: Path
     capsys.readouterr()
     assert _resume(mine.root) == 0
     err = capsys.readouterr().err
-    assert f"was written by run {other.run_id!r}" in err and "resuming from step-000003" in err
+    assert f"was written by run {other.run_id!r}" in err and "using step-000003" in err
     chain = [json.loads(line) for line in mine.receipts.read_text().splitlines()]
     resumed = next(r["body"] for r in chain if r["kind"] == "trainer_step" and r["body"]["checkpoint"])
     assert resumed["checkpoint"] == "checkpoints/step-000003"

@@ -254,7 +254,7 @@ def test_a_run_resumed_past_a_corrupt_shard_falls_back_and_still_ends_bitwise_eq
     _flip("__1_0.distcp")(run / "checkpoints" / "step-000009")
     resumed = run_fit(tmp_path, "--trainer.max_steps", str(N), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from step-000006" in resumed.stderr
+    assert "using step-000006" in resumed.stderr
     assert_same_training(run, uninterrupted)
 
 
