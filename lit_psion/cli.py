@@ -57,7 +57,7 @@ from lit_psion.commands.launch import (
     tell_the_launcher,
 )
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.audit import receipted_checkpoints
+from lit_psion.core.audit import audit_files, receipted_checkpoints
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
@@ -70,6 +70,7 @@ from lit_psion.core.contracts import SignedModel
 from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
+    DataError,
     EvidenceError,
     LitPsionError,
     MembershipChanged,
@@ -363,6 +364,13 @@ def _refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint)
         raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
                             f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
                             "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+    for verdict in audit_files(layout, RunRecord.load(layout)):  # what a resume rewrites must be what was written
+        if not verdict.ok:
+            error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
+                verdict.exit_code, EvidenceError)  # fmt: skip
+            raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
+                        "overwrite it: restore it from a backup (`python -m lit_psion doctor RUN_DIR` shows every "
+                        "check), or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
     head = verified.manifest.receipts_head
     if head is not None and not layout.receipts.is_file():
         raise EvidenceError(f"run {layout.run_id!r}: {layout.receipts.name} is missing, but checkpoint "

@@ -269,6 +269,23 @@ def test_a_run_that_lost_its_records_is_not_continued_afresh(tmp_path: Path, cap
                str(run.checkpoint(6))) == 0  # fmt: skip
 
 
+@pytest.mark.parametrize("record", ["config.yaml", "data_manifest.json"])
+def test_a_resume_does_not_overwrite_a_record_changed_since_the_run_wrote_it(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture,
+                                                                             record: str) -> None:  # fmt: skip
+    """A resume rewrites config.yaml and the data description: one that no longer matches run.json's digest (what
+    doctor reports) is refused with the same verdict (exit 3), so the change is not erased without a word."""
+    run = _run(tmp_path / "runs")
+    path = run.run_dir / record
+    path.write_text(path.read_text().replace("32", "64"))
+    before = {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert _resume(run.root) == 3
+    err = capsys.readouterr().err
+    assert f"{record}:" in err and "differs from run.json's" in err and "would overwrite it" in err
+    assert {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
 def test_a_checkpoint_whose_trainer_state_is_another_step_is_refused(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     source = _run(tmp_path / "source")
