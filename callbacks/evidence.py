@@ -183,9 +183,13 @@ class Receipts(EvidenceCallback):
     ) -> TrainingRunReceipt:
         run = self.run(trainer)
         config = run.layout.config
+        if run.config_yaml is not None:  # the config this attempt trains with (config.yaml is written as it starts)
+            config_digest = sha256_bytes(run.config_yaml.encode())
+        else:
+            config_digest = sha256_bytes(config.read_bytes()) if config.exists() else None
         return TrainingRunReceipt(
             stage_id=run.stage, event=event, status=status,
-            config_digest=sha256_bytes(config.read_bytes()) if config.exists() else None,
+            config_digest=config_digest,
             data_manifest_digest=data_manifest_digest(trainer),
             model_signature=signature_of(pl_module),
             checkpoint_lineage=run.lineage or _path_lineage(run, trainer.ckpt_path),

@@ -58,7 +58,6 @@ class RunDirectory(Callback):
         self.record.model_signature = signature_of(pl_module)
         if run.config_yaml is not None:
             self.record.config_digest = sha256_bytes(run.config_yaml.encode())
-            atomic_write_text(layout.config, run.config_yaml)
         self._describe_data(trainer.datamodule)
         write_latest(layout.root, layout.run_id)
 
@@ -120,6 +119,10 @@ class RunDirectory(Callback):
                 if isinstance(logger, RunCSVLogger):
                     logger.experiment.drop_after(trainer.global_step)
         self._update(trainer, RunStatus.ACTIVE)
+        if trainer.is_global_zero and self.run_context.config_yaml is not None:
+            # After run.json: a crash in between leaves the previous config.yaml, whose digest the chain's earlier
+            # training_run receipts hold (a resume accepts that; a config.yaml no receipt knows is refused).
+            atomic_write_text(self.run_context.layout.config, self.run_context.config_yaml)
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -56,8 +56,9 @@ from lit_psion.commands.launch import (
     leave_after_rank_zero,
     tell_the_launcher,
 )
+from lit_psion.commands.records import refuse_without_its_records
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.audit import audit_files, receipted_checkpoints
+from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
@@ -70,8 +71,6 @@ from lit_psion.core.contracts import SignedModel
 from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
-    DataError,
-    EvidenceError,
     LitPsionError,
     MembershipChanged,
     lit_psion_cause,
@@ -224,7 +223,7 @@ class LitPsionCLI(LightningCLI):
         layout = RunLayout(root, run_id)
         _refuse_another_family(layout, config)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
-        _refuse_without_its_records(layout, self.verified)
+        refuse_without_its_records(layout, self.verified)
         config.ckpt_path = str(self.verified.path)
         return run_id, tuple(rejected)
 
@@ -235,7 +234,7 @@ class LitPsionCLI(LightningCLI):
         rejected: list[RejectedCheckpoint] = []
         self._lock(layout)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
-        _refuse_without_its_records(layout, self.verified)
+        refuse_without_its_records(layout, self.verified)
         max_steps = config.trainer.get("max_steps")
         if isinstance(max_steps, int) and 0 < max_steps <= self.verified.step and layout.is_run() and (
                 RunRecord.load(layout).status == RunStatus.COMPLETED):  # fmt: skip
@@ -355,28 +354,6 @@ def _refuse_another_family(layout: RunLayout, config: Namespace) -> None:
         raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
                               f"{recorded}, but this config builds {wanted}; continue it with its own config "
                               f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
-
-
-def _refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) -> None:
-    """A run continues only with its records: its run.json, and the receipt log holding the head its checkpoint
-    recorded (a resume without them would start both afresh, and the checkpoints would name a chain that is gone)."""
-    if not layout.run_file.is_file():
-        raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
-                            f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
-                            "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
-    for verdict in audit_files(layout, RunRecord.load(layout)):  # what a resume rewrites must be what was written
-        if not verdict.ok:
-            error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
-                verdict.exit_code, EvidenceError)  # fmt: skip
-            raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
-                        "overwrite it: restore it from a backup (`python -m lit_psion doctor RUN_DIR` shows every "
-                        "check), or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
-    head = verified.manifest.receipts_head
-    if head is not None and not layout.receipts.is_file():
-        raise EvidenceError(f"run {layout.run_id!r}: {layout.receipts.name} is missing, but checkpoint "
-                            f"{verified.path.name} recorded receipt head {head}; restore the log from a backup "
-                            "before continuing the run, or start a new run from the checkpoint with --ckpt_path "
-                            "<checkpoint directory>")  # fmt: skip
 
 
 def _remove_if_unborn(run_dir: Path) -> None:

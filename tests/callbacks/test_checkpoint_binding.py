@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -284,6 +285,22 @@ def test_a_resume_does_not_overwrite_a_record_changed_since_the_run_wrote_it(tmp
     err = capsys.readouterr().err
     assert f"{record}:" in err and "differs from run.json's" in err and "would overwrite it" in err
     assert {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_each_attempts_receipt_names_its_config_and_a_config_an_attempt_trained_with_is_resumed(tmp_path: Path) -> None:
+    """config.yaml is written once run.json records its digest: a crash in between leaves the previous attempt's
+    config.yaml, which the chain's training_run receipts name, so the resume goes on (a config no receipt names is
+    refused, above)."""
+    run = _run(tmp_path / "runs")
+    first = run.config.read_bytes()
+    assert _resume(run.root) == 0  # max_steps 9: another config
+    chain = [json.loads(line) for line in run.receipts.read_text().splitlines()]
+    digests = [r["body"]["config_digest"] for r in chain if r["kind"] == "training_run"]
+    second = sha256_file(run.config)
+    assert digests == [hashlib.sha256(first).hexdigest()] * 2 + [second] * 2  # started, completed, resumed, completed
+    assert read_json(run.run_file)["config_digest"] == second != digests[0]
+    run.config.write_bytes(first)  # what a crash between run.json and config.yaml leaves
+    assert fit("--trainer.default_root_dir", str(run.root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 0
 
 
 def test_a_checkpoint_whose_trainer_state_is_another_step_is_refused(tmp_path: Path,

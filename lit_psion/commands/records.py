@@ -1,0 +1,50 @@
+"""What a fit checks before it continues a run: that the run still has the records a resume rewrites or extends.
+
+Plain checks over the run directory (no Lightning import), called by the CLI once the checkpoint to resume
+is verified and before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from lit_psion.core import RunLayout, RunRecord, sha256_file
+from lit_psion.core.audit import audit_files
+from lit_psion.core.chain import parse_receipt
+from lit_psion.core.checkpoint import VerifiedCheckpoint
+from lit_psion.core.errors import CheckpointError, DataError, EvidenceError
+
+
+def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) -> None:
+    """A run continues only with its records: its run.json, and the receipt log holding the head its checkpoint
+    recorded (a resume without them would start both afresh, and the checkpoints would name a chain that is gone)."""
+    if not layout.run_file.is_file():
+        raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
+                            f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
+                            "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+    for verdict in audit_files(layout, RunRecord.load(layout)):  # what a resume rewrites must be what was written
+        if not verdict.ok and not (verdict.artifact == layout.config.name and _receipted_config(layout)):
+            error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
+                verdict.exit_code, EvidenceError)  # fmt: skip
+            raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
+                        "overwrite it: restore it from a backup (`python -m lit_psion doctor RUN_DIR` shows every "
+                        "check), or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+    head = verified.manifest.receipts_head
+    if head is not None and not layout.receipts.is_file():
+        raise EvidenceError(f"run {layout.run_id!r}: {layout.receipts.name} is missing, but checkpoint "
+                            f"{verified.path.name} recorded receipt head {head}; restore the log from a backup "
+                            "before continuing the run, or start a new run from the checkpoint with --ckpt_path "
+                            "<checkpoint directory>")  # fmt: skip
+
+
+def _receipted_config(layout: RunLayout) -> bool:
+    """Whether config.yaml is one an attempt of the run trained with (its digest in a training_run receipt)."""
+    if not layout.receipts.is_file():
+        return False
+    digest = sha256_file(layout.config)
+    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            receipt = parse_receipt(line)
+            if receipt.kind == "training_run" and receipt.body.get("config_digest") == digest:
+                return True
+    return False
