@@ -22,8 +22,12 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
         raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
                             f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
                             "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
-    for verdict in audit_files(layout, RunRecord.load(layout)):  # what a resume rewrites must be what was written
-        if not verdict.ok and not (verdict.artifact == layout.config.name and _receipted_config(layout)):
+    # What a resume rewrites must be what was written. config.yaml only: the data's own files are checked by the
+    # data modules against the data (each family its manifest: a corpus's, MOSAIC's traces, the graph core's).
+    for verdict in audit_files(layout, RunRecord.load(layout)):
+        if verdict.artifact != layout.config.name:
+            continue
+        if not verdict.ok and not _receipted_config(layout):
             error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
                 verdict.exit_code, EvidenceError)  # fmt: skip
             raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
