@@ -22,7 +22,7 @@ from lit_psion.core.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
-from lit_psion.core.digest import sha256_file
+from lit_psion.core.digest import sha256_file, sha256_json
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout
@@ -176,13 +176,19 @@ def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
     name = layout.data_manifest.name
     try:
         payload = read_json(layout.data_manifest)
-        manifest = DataManifest.from_json_dict(payload)
+        if not isinstance(payload, dict):
+            raise TypeError(f"a JSON {type(payload).__name__}, not an object")
+        # A corpus's manifest (its sources, its tokenizer); generated data's (MOSAIC traces, the graph core's
+        # systems) is the generator's record, digested as it stands.
+        manifest = DataManifest.from_json_dict(payload) if "sources" in payload else None
+        digest = manifest.digest if manifest is not None else sha256_json({k: v for k, v in payload.items()
+                                                                           if k != "digest"})  # fmt: skip
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
         return [*verdicts, Verdict(name, False, f"unreadable: {type(error).__name__}: {error}", DataError.exit_code)]
-    ok = manifest.digest == record.data_manifest_digest == payload.get("digest")
+    ok = digest == record.data_manifest_digest == payload.get("digest")
     verdicts.append(Verdict(name, ok, f"data manifest content digest {'matches' if ok else 'differs from'} run.json's "
-                            f"and its own ({manifest.digest})", 0 if ok else DataError.exit_code))  # fmt: skip
-    if layout.tokenizer.is_file():
+                            f"and its own ({digest})", 0 if ok else DataError.exit_code))  # fmt: skip
+    if manifest is not None and layout.tokenizer.is_file():
         actual = sha256_file(layout.tokenizer)
         ok = actual == manifest.tokenizer_digest
         verdicts.append(Verdict(layout.tokenizer.name, ok, f"tokenizer digest {'matches' if ok else 'differs from'} "

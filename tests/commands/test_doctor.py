@@ -130,3 +130,22 @@ def test_doctor_does_not_judge_a_run_while_it_is_being_written(completed: RunLay
         assert main(["doctor", str(completed.run_dir)]) == 8
         assert "is being written by pid" in capsys.readouterr().err
     assert main(["doctor", str(completed.run_dir)]) == 0
+
+
+def test_a_run_on_generated_data_has_its_data_manifest_checked_not_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The graph core's data manifest is its generator's record, not a corpus's: doctor digests it as it stands
+    (it used to report it unreadable, KeyError 'sources', and fail every such run)."""
+    small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.steps", "60",
+             "--data.init_args.n_train", "16", "--data.init_args.window", "8", "--data.init_args.n_test", "4",
+             "--trainer.max_steps", "4", "--trainer.val_check_interval", "2")  # fmt: skip
+    assert fit(*small, "--trainer.default_root_dir", str(tmp_path), config="configs/graph_core_oscillators.yaml") == 0
+    run = RunLayout(tmp_path, read_latest(tmp_path))
+    capsys.readouterr()
+    assert main(["doctor", str(run.run_dir)]) == 0
+    assert "ok   data_manifest.json: data manifest content digest matches" in capsys.readouterr().out
+    manifest = read_json(run.data_manifest)
+    run.data_manifest.write_text(json.dumps({**manifest, "n_train": 17}))  # another generator record
+    assert main(["doctor", str(run.run_dir)]) == 3
+    assert "FAIL data_manifest.json: data manifest content digest differs" in capsys.readouterr().out
