@@ -56,7 +56,7 @@ from lit_psion.commands.launch import (
     leave_after_rank_zero,
     tell_the_launcher,
 )
-from lit_psion.commands.records import refuse_without_its_records
+from lit_psion.commands.records import refuse_another_family, refuse_without_its_records
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
@@ -221,7 +221,7 @@ class LitPsionCLI(LightningCLI):
         if self.subcommand == "fit":
             self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
         layout = RunLayout(root, run_id)
-        _refuse_another_family(layout, config)
+        refuse_another_family(layout, config)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
         refuse_without_its_records(layout, self.verified)
         config.ckpt_path = str(self.verified.path)
@@ -338,22 +338,6 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
                               f"{recorded[:16]}..., but this config builds {signature[:16]}...; evaluate it with "
                               "the run's own model settings")  # fmt: skip
-
-
-def _refuse_another_family(layout: RunLayout, config: Namespace) -> None:
-    """``--ckpt_path last`` continues the latest run under the root: refused, before anything of it is read, when
-    that run trained another model class than this config builds (its run.json stays as it is)."""
-    import yaml
-
-    try:
-        recorded = yaml.safe_load(layout.config.read_text())["model"]["class_path"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return  # no readable config.yaml: the checkpoint's own checks decide
-    wanted = config.get("model", {}).get("class_path") if isinstance(config.get("model"), Namespace) else None
-    if wanted is not None and recorded != wanted:
-        raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
-                              f"{recorded}, but this config builds {wanted}; continue it with its own config "
-                              f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
 
 
 def _remove_if_unborn(run_dir: Path) -> None:

@@ -19,10 +19,6 @@ from lit_psion.core.checkpoint import DEEPSPEED, SHARDED, SINGLE, VerifiedCheckp
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.policy import TransactionPolicy
 
-LIT_PSION_NAMES = ("transactional", "transactional_ddp", "sharded", "transactional_sharded", "elastic_mesh",
-                   "transactional_elastic_mesh")  # fmt: skip
-"""The names lit_psion registers (``lit_psion/strategies/__init__.py``)."""
-
 
 def refuse_unrunnable_strategy(trainer: Any) -> None:
     """Refuse (exit 2) the strategy of a parsed ``trainer`` config that cannot run here or cannot be verified."""
@@ -37,8 +33,9 @@ def _check_name(strategy: Any) -> None:
     if not isinstance(strategy, str) or strategy == "auto" or strategy in StrategyRegistry:
         return
     close = difflib.get_close_matches(strategy, StrategyRegistry.available_strategies(), n=1)
+    ours = [name for name, entry in StrategyRegistry.items() if entry["strategy"].__module__.startswith("lit_psion.")]
     raise ConfigError(f"--trainer.strategy {strategy!r} is not a registered strategy name"
-                      f"{f' (did you mean {close[0]}?)' if close else ''}; use ddp, {', '.join(LIT_PSION_NAMES)} "
+                      f"{f' (did you mean {close[0]}?)' if close else ''}; use ddp, {', '.join(ours)} "
                       "(all: lightning.pytorch.strategies.StrategyRegistry), or give class_path and init_args in "
                       "YAML")  # fmt: skip
 

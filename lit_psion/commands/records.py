@@ -1,4 +1,4 @@
-"""What a fit checks before it continues a run: that the run still has the records a resume rewrites or extends.
+"""What a fit checks before it continues a run: the same model family, and the records a resume rewrites or extends.
 
 Plain checks over the run directory (no Lightning import), called by the CLI once the checkpoint to resume
 is verified and before anything is written.
@@ -7,6 +7,7 @@ is verified and before anything is written.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from lit_psion.core import RunLayout, RunRecord, sha256_file
 from lit_psion.core.audit import audit_files
@@ -52,3 +53,19 @@ def _receipted_config(layout: RunLayout) -> bool:
             if receipt.kind == "training_run" and receipt.body.get("config_digest") == digest:
                 return True
     return False
+
+
+def refuse_another_family(layout: RunLayout, config: Any) -> None:
+    """``--ckpt_path last`` continues the latest run under the root: refused, before anything of it is read, when
+    that run trained another model class than this config builds (its run.json stays as it is)."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load(layout.config.read_text())["model"]["class_path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return  # no readable config.yaml: the checkpoint's own checks decide
+    wanted = config.get("model", {}).get("class_path") if hasattr(config.get("model"), "get") else None
+    if wanted is not None and recorded != wanted:
+        raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
+                              f"{recorded}, but this config builds {wanted}; continue it with its own config "
+                              f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip

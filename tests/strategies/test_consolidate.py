@@ -1,0 +1,99 @@
+"""``ckpt consolidate``: one verified safetensors model from a sharded checkpoint, and the evidence that goes with it.
+
+The sharded run is test_sharded.py's uninterrupted world-2 FSDP2 run (built once per module).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load as safetensors_load
+
+from lit_psion.cli import main
+from lit_psion.core import read_json, sha256_file
+from lit_psion.core.checkpoint import MANIFEST_FILE, verify_checkpoint
+from lit_psion.core.errors import CheckpointError
+from lit_psion.runs import load_run
+from tests.helpers import TINY, assert_tree_equal
+from tests.strategies import test_sharded
+from tests.strategies.test_sharded import _flip, sharded_state
+
+uninterrupted = test_sharded.uninterrupted  # the uninterrupted world-2 run, built once for this module too
+
+
+def test_consolidate_gathers_one_verified_safetensors_model_with_a_receipt(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run)
+    with pytest.raises(CheckpointError, match="ckpt consolidate"):
+        load_run(run)  # a sharded run is read as one model only through its consolidated copy
+    assert main(["ckpt", "consolidate", str(run)]) == 0
+    copy = run / "consolidated" / "step-000012"
+    verified = verify_checkpoint(copy)
+    source = verify_checkpoint(run / "checkpoints" / "step-000012")
+    assert set(verified.manifest.files) == {"model.safetensors", "trainer_state.pt"}
+    assert verified.manifest.consolidated_from == source.manifest_sha256
+    assert verified.manifest.model_signature == source.manifest.model_signature
+    shards, _ = sharded_state(run / "checkpoints" / "step-000012")
+    assert_tree_equal(safetensors_load((copy / "model.safetensors").read_bytes()), shards["state_dict"], "weights")
+    receipt = json.loads((run / "consolidated" / "receipts.jsonl").read_text().splitlines()[-1])
+    assert receipt["kind"] == "checkpoint_consolidate"
+    assert receipt["body"]["source_manifest_digest"] == source.manifest_sha256
+    assert receipt["body"]["weights_digest"] == verified.weights_sha256
+    loaded = load_run(run)
+    assert loaded.checkpoint.path == copy
+    model, _ = loaded.build()
+    assert_tree_equal({k: v for k, v in model.state_dict().items() if k in shards["state_dict"]},
+                      shards["state_dict"], "built model")  # fmt: skip
+    raw, manifest = (copy / MANIFEST_FILE).read_bytes(), read_json(copy / MANIFEST_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "consolidated_from": "0" * 64}))
+    with pytest.raises(CheckpointError, match="gathers another checkpoint"):  # a copy of another checkpoint
+        load_run(run)
+    weights = (copy / "model.safetensors").read_bytes()
+    _flip("model.safetensors")(copy)  # other weights under a consistently rewritten manifest
+    forged = {**manifest["files"]["model.safetensors"], "sha256": sha256_file(copy / "model.safetensors")}
+    files = {**manifest["files"], "model.safetensors": forged}
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "files": files}))
+    with pytest.raises(CheckpointError, match="is not the copy its consolidation receipt recorded"):
+        load_run(run)
+    (copy / MANIFEST_FILE).write_bytes(raw)
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        load_run(run)
+    (copy / "model.safetensors").write_bytes(weights)
+    assert load_run(run).checkpoint.path == copy
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path / "new"),
+                 "--ckpt_path", str(copy)]) == 4  # a model without optimizer state is not resumed  # fmt: skip
+    capsys.readouterr()
+    assert main(["ckpt", "consolidate", str(run), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert verify_checkpoint(tmp_path / "elsewhere" / "step-000012").weights_sha256 == verified.weights_sha256
+
+
+def test_the_consolidated_models_receipts_are_verified_with_the_run(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run)
+    assert main(["ckpt", "consolidate", str(run)]) == 0
+    capsys.readouterr()
+    for target in (run, run / "consolidated"):
+        assert main(["receipts", "verify", str(target)]) == 0
+        assert "ok: consolidated/receipts.jsonl: 1 receipts verified" in capsys.readouterr().out
+    assert main(["doctor", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "ok   consolidated/receipts.jsonl" in out and "ok   consolidated/step-000012" in out
+    copy, log = run / "consolidated" / "step-000012", run / "consolidated" / "receipts.jsonl"
+    manifest = read_json(copy / MANIFEST_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "writer": "forged"}))  # not the receipted manifest
+    assert main(["doctor", str(run)]) == 4
+    assert "FAIL consolidated/step-000012: its manifest is not one a verifying consolidation receipt" in (
+        capsys.readouterr().out)  # fmt: skip
+    edited = log.read_text().replace('"step": 12', '"step": 13')  # an edited receipt
+    assert edited != log.read_text()
+    log.write_text(edited)
+    for target in (run, run / "consolidated"):
+        assert main(["receipts", "verify", str(target)]) == 5
+    assert main(["doctor", str(run)]) == 5
