@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from typing_extensions import override
 
 from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest, signature_of
@@ -31,6 +32,7 @@ from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigE
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.receipts import CheckpointReceipt
+from lit_psion.core.run import RunContext
 
 
 class PointerCheckpoint(EvidenceCallback):
@@ -58,7 +60,7 @@ class PointerCheckpoint(EvidenceCallback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            refuse_unbound(self.run(trainer).resume_manifest, trainer, pl_module)
+            refuse_unbound(self.run(trainer), trainer, pl_module)
         io = trainer.strategy.checkpoint_io
         if self.async_write and not isinstance(io, ManifestCheckpointIO):
             raise ConfigError(
@@ -197,13 +199,14 @@ class PointerCheckpoint(EvidenceCallback):
         random.setstate(state_dict["python_rng"])
 
 
-def refuse_unbound(manifest: CheckpointManifest | None, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
     """Refuse, before any weight is restored, a checkpoint made for another model or other data.
 
     Raises:
         CheckpointError: the checkpoint's model signature is not this model's (exit 4).
         DataManifestMismatch: it was trained on other data (exit 3).
     """
+    manifest = run.resume_manifest
     if manifest is None:
         return
     data = data_manifest_digest(trainer)  # first: other data can change the model's shape through its facts
@@ -214,9 +217,11 @@ def refuse_unbound(manifest: CheckpointManifest | None, trainer: L.Trainer, pl_m
                                    "or start a new run without --ckpt_path")  # fmt: skip
     signature = signature_of(pl_module)
     if None not in (manifest.model_signature, signature) and manifest.model_signature != signature:
+        changed = changed_model_settings(run.resume_from, run.config_yaml) if run.resume_from else ""
         raise CheckpointError(f"checkpoint step {manifest.step} was written by a model with signature "
                               f"{manifest.model_signature[:16]}..., but this config builds {signature[:16]}... "
-                              "(another architecture or model setting); resume with the run's own model settings")
+                              f"{changed or '(another architecture or model setting)'}; resume with the run's own "
+                              "model settings")  # fmt: skip
 
 
 def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:
@@ -225,3 +230,52 @@ def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:
         return read_pointer(layout)
     except CheckpointError:
         return None
+
+
+SHOWN_SETTINGS = 3
+"""At most this many differing model settings are named in a refusal; the rest are counted."""
+
+
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_leaves(value, f"{prefix}.{key}"))
+        return flat
+    return {prefix: node}
+
+
+def _model_section(text: str) -> dict[str, Any] | None:
+    try:
+        config = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+    model = config.get("model") if isinstance(config, dict) else None
+    return _leaves(model, "model") if isinstance(model, dict) else None
+
+
+def changed_model_settings(checkpoint_dir: Path, config_yaml: str | None) -> str:
+    """``" (model.decoder.n_layer: 2 in the run's config.yaml, 3 here)"``, or ``""`` when it cannot tell.
+
+    A manifest records only the model's signature (a digest); the run's config holds the settings it was made
+    from, so naming the keys that differ turns "another architecture" into the flag to fix.
+
+    Args:
+        checkpoint_dir: A ``<run>/checkpoints/step-NNNNNN`` directory; its run's ``config.yaml`` is read.
+        config_yaml: The config given now, as the CLI dumps it.
+    """
+    run_config = RunLayout.of(checkpoint_dir.parent.parent).config
+    try:
+        recorded = _model_section(run_config.read_text(encoding="utf-8")) if run_config.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        recorded = None
+    given = _model_section(config_yaml) if config_yaml is not None else None
+    if recorded is None or given is None:
+        return ""
+    keys = sorted(key for key in recorded.keys() | given.keys() if recorded.get(key) != given.get(key))
+    if not keys:
+        return ""
+    shown = [f"{key.replace('.init_args.', '.')}: {recorded.get(key)!r} in the run's config.yaml, "
+             f"{given.get(key)!r} here" for key in keys[:SHOWN_SETTINGS]]  # fmt: skip
+    more = f"; {len(keys) - SHOWN_SETTINGS} more" if len(keys) > SHOWN_SETTINGS else ""
+    return f" ({'; '.join(shown)}{more})"

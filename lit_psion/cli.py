@@ -37,6 +37,7 @@ from lit_psion.callbacks import (
     StopAgreement,
     Telemetry,
 )
+from lit_psion.callbacks.checkpoint import changed_model_settings
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
@@ -46,6 +47,7 @@ from lit_psion.commands.fit_args import (
     gather_files,
     plain_parse_error,
     refuse_lightning_optimizer_groups,
+    refuse_unusable_ckpt_path,
     setting_problems,
 )
 from lit_psion.commands.launch import (
@@ -167,11 +169,7 @@ class LitPsionCLI(LightningCLI):
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if problems := setting_problems(config, self.config.get("subcommand")):
             raise ConfigError("; ".join(problems))
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path is not None and ckpt_path != "last" and not (Path(ckpt_path) / MANIFEST_FILE).is_file():
-            raise ConfigError(f"--ckpt_path {ckpt_path!r} is not a lit_psion checkpoint directory (a "
-                              "<run>/checkpoints/step-NNNNNN with manifest.json); give one, or 'last' to continue the "
-                              "latest run")  # fmt: skip
+        refuse_unusable_ckpt_path(config.get("ckpt_path"), MANIFEST_FILE)
 
     def before_instantiate_classes(self) -> None:
         config = self._config()
@@ -272,7 +270,7 @@ class LitPsionCLI(LightningCLI):
             raise ConfigError(f"trainer.plugins holds a CheckpointIO ({custom[0]}); lit_psion writes and verifies "
                               "checkpoints with its own ManifestCheckpointIO: remove it")  # fmt: skip
         if self.verified is not None and self.subcommand != "fit":  # fit checks at setup, with the data too
-            _refuse_another_model(self.verified, self.model)
+            _refuse_another_model(self.verified, self.model, self._parser(self.subcommand).dump(self._config()))
         plugins.append(ManifestCheckpointIO(self.verified))
         self.verified = None  # the IO holds the verified bytes until it loads them, then lets them go
         loggers = _as_list(config.get("logger")) if config.get("logger") not in (None, True, False) else []
@@ -330,14 +328,15 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     return as_receipted(checkpoint, receipted)
 
 
-def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModule) -> None:
+def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModule, config_yaml: str) -> None:
     """validate/test/predict load weights only into the model that wrote them (same signature)."""
     recorded = checkpoint.manifest.model_signature
     signature = model.model_signature if isinstance(model, SignedModel) else None
     if None not in (recorded, signature) and recorded != signature:
+        changed = changed_model_settings(checkpoint.path, config_yaml)
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
-                              f"{recorded[:16]}..., but this config builds {signature[:16]}...; evaluate it with "
-                              "the run's own model settings")  # fmt: skip
+                              f"{recorded[:16]}..., but this config builds {signature[:16]}...{changed}; evaluate it "
+                              "with the run's own model settings")  # fmt: skip
 
 
 def _remove_if_unborn(run_dir: Path) -> None:

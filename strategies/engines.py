@@ -53,24 +53,32 @@ def _check_policy(strategy: Any) -> None:
 def settings_follow_the_name(argv: list[str]) -> list[str]:
     """``argv`` with ``--trainer.strategy NAME`` given as NAME's class path when ``--trainer.strategy.KEY`` settings
     follow it (jsonargparse applies settings to a class path only): ``--trainer.strategy transactional_ddp
-    --trainer.strategy.policy.rollback_tol 0.5`` means that strategy with that policy. Only for a name registered
-    without preset arguments, which is then the class with its defaults."""
+    --trainer.strategy.policy.rollback_tol 0.5`` means that strategy with that policy. The settings a name is
+    registered with (``ddp``: ``start_method: popen``) are given first, so the user's own come after and win."""
     flag = "--trainer.strategy"
     if not any(arg.startswith(flag + ".") for arg in argv):
         return argv
-    out = list(argv)
+    out: list[str] = []
+    at = 0
     for i, arg in enumerate(argv):
         if arg == flag and i + 1 < len(argv):
-            at, name, form = i + 1, argv[i + 1], "{}"
+            value, form, end = argv[i + 1], "{}", i + 2
         elif arg.startswith(flag + "="):
-            at, name, form = i, arg.split("=", 1)[1], flag + "={}"
+            value, form, end = arg.split("=", 1)[1], flag + "={}", i + 1
         else:
             continue
-        entry = dict.get(StrategyRegistry, name)  # the entry (StrategyRegistry.get would build the strategy)
-        if entry is not None and not entry.get("init_params") and any(a.startswith(flag + ".") for a in argv[at:]):
-            cls = entry["strategy"]
-            out[at] = form.format(f"{cls.__module__}.{cls.__qualname__}")
-    return out
+        entry = dict.get(StrategyRegistry, value)  # the entry (StrategyRegistry.get would build the strategy)
+        if entry is None or not any(a.startswith(flag + ".") for a in argv[end:]):
+            continue
+        cls = entry["strategy"]
+        presets = [f"{flag}.{key}={_flag_value(preset)}" for key, preset in (entry.get("init_params") or {}).items()]
+        out += [*argv[at : end - 1], form.format(f"{cls.__module__}.{cls.__qualname__}"), *presets]
+        at = end
+    return out + argv[at:]
+
+
+def _flag_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
 def _strategy_name(strategy: Any) -> str:

@@ -190,10 +190,21 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
     (("--data.init_args.batch_size", "1.5"), "data.batch_size: '1.5' is not an int; give one"),
     (("--trainer.strategy", "transactional", "--trainer.strategy.policy.grad_norm_max", "big"),
      "trainer.strategy.policy.grad_norm_max: 'big' is not a float or null; give one"),
+    (("--trainer.max_steps", "x"), "trainer.max_steps: 'x' is not an int; give one"),
+    (("--trainer.gradient_clip_val", "abc"),
+     "trainer.gradient_clip_val: 'abc' is not an int or float or null; give one"),
+    (("--model.init_args.optimizer.lr", "nan"), "model.optimizer.lr: 'nan' is not a finite number; give one"),
+    (("--trainer.gradient_clip_val=-inf",), "trainer.gradient_clip_val: '-inf' is not a finite number; give one"),
+    (("--model.init_args.optimizer.lr", "-1e-3"), "--model was given no value; give it one, written as --FLAG=VALUE "
+     "when the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),
+    (("--trainer.max_steps",), "--trainer.max_steps was given no value; give it one, written as --FLAG=VALUE when "
+     "the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("args", "says"), VALUES_OF_THE_WRONG_TYPE, ids=["nested int", "data int", "policy float"])
+@pytest.mark.parametrize(("args", "says"), VALUES_OF_THE_WRONG_TYPE,
+                         ids=["nested int", "data int", "policy float", "trainer int", "trainer union", "nan",
+                              "-inf", "a value read as a flag", "no value"])  # fmt: skip
 def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
 ) -> None:

@@ -72,9 +72,15 @@ def _empty_file(tmp_path: Path) -> str:
     return str(path)
 
 
+def _a_run(tmp_path: Path) -> str:
+    (tmp_path / "old" / "r1").mkdir(parents=True)
+    (tmp_path / "old" / "r1" / "run.json").write_text("{}")
+    return str(tmp_path / "old" / "r1")
+
+
 ERRORS = [
     ("unknown key", lambda p: ["--trainer.max_stepz", "3"], 2, "unrecognized arguments: --trainer.max_stepz"),
-    ("bad value", lambda p: ["--trainer.max_steps", "many"], 2, 'key "trainer.max_steps"'),
+    ("bad value", lambda p: ["--trainer.max_steps", "many"], 2, "trainer.max_steps: 'many' is not an int; give one"),
     ("invalid model", lambda p: ["--model.init_args.decoder.n_head", "3"], 2, "n_head must divide d_model"),
     ("missing data file", lambda p: ["--data.files", "nowhere.txt"], 3, "data file not found: 'nowhere.txt'"),
     ("empty corpus", lambda p: ["--data.files", _empty_file(p)], 3, "corpus is empty"),
@@ -95,7 +101,11 @@ ERRORS = [
     ("a file as the runs root", lambda p: ["--trainer.default_root_dir", TINY], 2, "is a file"),
     ("an uncreatable runs root", lambda p: ["--trainer.default_root_dir", "/proc/nope"], 2, "cannot be created"),
     ("a checkpoint that is a file", lambda p: ["--ckpt_path", TINY], 2, "not a lit_psion checkpoint directory"),
-    ("a checkpoint name that is not a path", lambda p: ["--ckpt_path", "best"], 2, "not a lit_psion checkpoint"),
+    ("lightning's checkpoint word", lambda p: ["--ckpt_path", "best"], 2, "a Lightning checkpoint name lit_psion"),
+    ("a checkpoint that is not there", lambda p: ["--ckpt_path", str(p / "runs/r/checkpoints/step-000004")], 4,
+     "step-000004': no such checkpoint; give a <run>/checkpoints/step-NNNNNN directory"),
+    ("a run directory as the checkpoint", lambda p: ["--ckpt_path", _a_run(p)], 2,
+     "is a run directory, not one of its checkpoints; give --trainer.default_root_dir"),
     ("bad sampling, refused before training",
      lambda p: ["--trainer.callbacks+=lit_psion.callbacks.GenerateSample", "--trainer.callbacks.top_k", "0"], 2,
      "top_k must be >= 1"),
@@ -132,7 +142,9 @@ def test_other_subcommands_refuse_a_checkpoint_of_another_model(subcommand: str,
     args = [subcommand, "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"]
     capsys.readouterr()
     assert main([*args, "--model.init_args.decoder.n_head", "4"]) == 4
-    assert "was written by a model with signature" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "was written by a model with signature" in err
+    assert "(model.decoder.n_head: 2 in the run's config.yaml, 4 here)" in err  # the flag to fix, not only a digest
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])

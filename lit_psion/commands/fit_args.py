@@ -13,7 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.layout import RunLayout
 
 DEFAULT_ROOT = "runs"
 
@@ -133,25 +134,63 @@ _CLASS_PROBLEM = re.compile(r"Problem with given class_path '([^']+)': (.*?)(?= 
 
 _UNION_VALUE = re.compile(r'Parser key "[^"]+": Does not validate against any of the Union subtypes Subtypes: '
                           r"\[(?P<types>[^\]]*)\].*?Given value: (?P<value>\S+)")  # fmt: skip
+_NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
 _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value: (?P<value>\S+)")
 
 
 def plain_parse_error(message: str) -> str:
-    """jsonargparse's message for a class given settings it does not take, as the one line that matters: which
-    class refused which setting, and where its settings are listed (else ``message`` unchanged)."""
+    """jsonargparse's message for a value of the wrong type, or for a class given settings it does not take, as the
+    one line that matters: which setting or class, what was wrong, and where the settings are listed (else
+    ``message`` unchanged)."""
     flat = " ".join(message.split())
-    problems = _CLASS_PROBLEM.findall(flat)
-    if "Does not validate against any of the Union subtypes" not in flat or not problems:
-        return message
+    if (missing := _NO_VALUE.fullmatch(flat)) is not None:
+        return (f"{missing['flag']} was given no value; give it one, written as --FLAG=VALUE when the value starts "
+                "with '-' (such as --model.optimizer.lr=-1e-3)")  # fmt: skip
     keys = re.findall(r'Parser key "([^"]+)"', flat)
+    if "Does not validate against any of the Union subtypes" not in flat:
+        value = _PLAIN_VALUE.fullmatch(flat)
+        return _wrong_type(keys[0], value["types"], value["value"]) if value is not None else message
+    problems = _CLASS_PROBLEM.findall(flat)
+    if not problems:  # a plain setting, such as trainer.gradient_clip_val
+        value = _UNION_VALUE.search(flat)
+        return _wrong_type(keys[0], value["types"], value["value"]) if value is not None and keys else message
     (outer, _), (inner, why) = problems[0], problems[-1]
     tail = flat[flat.rfind("Problem with given class_path") :]
     value = _UNION_VALUE.search(tail) or _PLAIN_VALUE.search(tail)
     if value is not None:  # the innermost problem is a value of the wrong type, not a setting the class lacks
-        names = re.findall(r"'([^']+)'", value["types"]) or [value["types"]]
-        types = " or ".join("null" if name == "NoneType" else name for name in names)
-        return f"{'.'.join(keys)}: {value['value']!r} is not {'an' if types[0] in 'aeiou' else 'a'} {types}; give one"
+        return _wrong_type(".".join(keys), value["types"], value["value"])
     listed = (f"; `python -m lit_psion fit --{keys[0]}.help {outer}` lists the settings it takes"
               if keys[0] in ("model", "data") else "")  # fmt: skip
     return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
             f"--config overlay may have set it for another class){listed}")
+
+
+def _wrong_type(where: str, types: str, given: str) -> str:
+    names = re.findall(r"'([^']+)'", types) or [types]
+    if "float" in names and given.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return f"{where}: {given!r} is not a finite number; give one"
+    wanted = " or ".join("null" if name == "NoneType" else name for name in names)
+    return f"{where}: {given!r} is not {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}; give one"
+
+
+LIGHTNING_CKPT_WORDS = ("best", "hpc", "registry")
+"""Lightning's own ``ckpt_path`` words, for checkpoints lit_psion does not write or verify."""
+
+
+def refuse_unusable_ckpt_path(ckpt_path: str | None, manifest_file: str) -> None:
+    """``--ckpt_path`` is ``last`` or a checkpoint directory holding ``manifest_file``, else one line: exit 4 for a
+    checkpoint that is not there, exit 2 for an argument that names something else (a file, a run, a word)."""
+    if ckpt_path is None or ckpt_path == "last" or (Path(ckpt_path) / manifest_file).is_file():
+        return
+    fix = "give a <run>/checkpoints/step-NNNNNN directory, or 'last' to continue the latest run"
+    path = Path(ckpt_path)
+    if ckpt_path in LIGHTNING_CKPT_WORDS:
+        raise ConfigError(f"--ckpt_path {ckpt_path!r} is a Lightning checkpoint name lit_psion does not keep; {fix}")
+    if not path.exists():
+        raise CheckpointError(f"--ckpt_path {ckpt_path!r}: no such checkpoint; {fix}")
+    if RunLayout.of(path).is_run():
+        raise ConfigError(f"--ckpt_path {ckpt_path!r} is a run directory, not one of its checkpoints; give "
+                          f"--trainer.default_root_dir {str(path.parent)!r} --ckpt_path last, or one of its "
+                          "checkpoints/step-NNNNNN")  # fmt: skip
+    raise ConfigError(f"--ckpt_path {ckpt_path!r} is not a lit_psion checkpoint directory (a "
+                      f"<run>/checkpoints/step-NNNNNN with manifest.json); {fix}")

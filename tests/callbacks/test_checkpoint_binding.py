@@ -51,8 +51,10 @@ def test_a_checkpoint_copied_in_from_another_run_is_never_resumed(tmp_path: Path
 
 
 MISMATCHES = [
-    ("same shapes, other attention heads", ("--model.init_args.decoder.n_head", "4"), 4, "signature"),
-    ("other dropout", ("--model.init_args.decoder.dropout", "0.0"), 4, "signature"),
+    ("same shapes, other attention heads", ("--model.init_args.decoder.n_head", "4"), 4,
+     "(model.decoder.n_head: 2 in the run's config.yaml, 4 here)"),
+    ("other dropout", ("--model.init_args.decoder.dropout", "0.0"), 4,
+     "(model.decoder.dropout: 0.1 in the run's config.yaml, 0.0 here)"),
     ("other sample stride", ("--data.sample_stride", "8"), 3, "data manifest"),
 ]
 

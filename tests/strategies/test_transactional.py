@@ -30,6 +30,7 @@ from lit_psion.strategies import (
     TransactionalStrategy,
     TransactionPolicy,
 )
+from lit_psion.strategies.engines import settings_follow_the_name
 from tests.helpers import REPO_ROOT, assert_tree_equal, fit, latest_checkpoint
 from tests.strategies.regression import Regression, StateRecorder
 
@@ -255,6 +256,35 @@ def test_settings_after_a_strategy_name_apply_to_that_strategy(tmp_path: Path) -
     strategy = yaml.safe_load((tmp_path / read_latest(tmp_path) / "config.yaml").read_text())["trainer"]["strategy"]
     assert strategy["class_path"].endswith("TransactionalStrategy")
     assert strategy["init_args"]["policy"] == {**dataclasses.asdict(TransactionPolicy()), "rollback_tol": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--trainer.strategy", "ddp", "--trainer.strategy.find_unused_parameters", "true"],
+         ["--trainer.strategy", "lightning.pytorch.strategies.ddp.DDPStrategy", "--trainer.strategy.start_method=popen",
+          "--trainer.strategy.find_unused_parameters", "true"]),
+        (["--trainer.strategy=ddp_spawn_find_unused_parameters_true",
+          "--trainer.strategy.find_unused_parameters=false"],
+         ["--trainer.strategy=lightning.pytorch.strategies.ddp.DDPStrategy",
+          "--trainer.strategy.find_unused_parameters=true", "--trainer.strategy.start_method=spawn",
+          "--trainer.strategy.find_unused_parameters=false"]),  # the user's own setting comes last and wins
+        (["--trainer.strategy", "ddp", "--trainer.max_steps", "3"], None),  # no settings follow: the name stands
+        (["--trainer.strategy", "no_such", "--trainer.strategy.a", "1"], None),  # left for the name check to refuse
+    ],
+    ids=["preset name", "preset overridden", "name alone", "unknown name"],
+)  # fmt: skip
+def test_a_name_registered_with_settings_keeps_them_under_the_users(argv: list[str],
+                                                                   expected: list[str] | None) -> None:  # fmt: skip
+    assert settings_follow_the_name(argv) == (argv if expected is None else expected)
+
+
+def test_settings_after_lightnings_ddp_name_apply_to_ddp(tmp_path: Path) -> None:
+    assert fit("--trainer.strategy", "ddp", "--trainer.strategy.find_unused_parameters", "true", "--trainer.devices",
+               "1", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "1") == 0  # fmt: skip
+    strategy = yaml.safe_load((tmp_path / read_latest(tmp_path) / "config.yaml").read_text())["trainer"]["strategy"]
+    assert strategy["class_path"].endswith("DDPStrategy")
+    assert strategy["init_args"]["start_method"] == "popen" and strategy["init_args"]["find_unused_parameters"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,59 @@
+"""A model mismatch names the settings that differ, or says nothing it cannot back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lit_psion.callbacks.checkpoint import changed_model_settings
+
+RUN = """model:
+  class_path: lit_psion.models.DecoderLM
+  init_args:
+    decoder: {n_layer: 2, n_head: 2, d_model: 64, dropout: 0.1}
+trainer: {max_steps: 6}
+"""
+
+
+def _checkpoint(tmp_path: Path, config: str | bytes | None) -> Path:
+    step = tmp_path / "run" / "checkpoints" / "step-000006"
+    step.mkdir(parents=True)
+    if isinstance(config, str):
+        (tmp_path / "run" / "config.yaml").write_text(config)
+    elif isinstance(config, bytes):
+        (tmp_path / "run" / "config.yaml").write_bytes(config)
+    return step
+
+
+def test_each_changed_model_setting_is_named_with_both_values(tmp_path: Path) -> None:
+    given = RUN.replace("n_layer: 2", "n_layer: 3").replace("max_steps: 6", "max_steps: 60")
+    assert changed_model_settings(_checkpoint(tmp_path, RUN), given) == (
+        " (model.decoder.n_layer: 2 in the run's config.yaml, 3 here)"  # trainer settings are not the model's
+    )
+
+
+def test_a_setting_only_one_side_has_and_a_long_list_are_both_told(tmp_path: Path) -> None:
+    given = RUN.replace("dropout: 0.1", "dropout: 0.0, bias: true").replace("n_head: 2", "n_head: 4")
+    given = given.replace("d_model: 64", "d_model: 32").replace("n_layer: 2", "n_layer: 1")
+    said = changed_model_settings(_checkpoint(tmp_path, RUN), given)
+    assert said.startswith(" (model.decoder.bias: None in the run's config.yaml, True here; ")
+    assert said.endswith("; 2 more)")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "given"),
+    [
+        (None, RUN),  # the run's config.yaml is gone
+        ("model: [unclosed", RUN),  # garbled
+        (b"\xff\xfe not utf-8", RUN),
+        ("- a list\n", RUN),  # YAML, but not a config
+        (RUN, None),  # nothing given to compare (a Python-API fit)
+        (RUN, RUN),  # the same settings: the difference is elsewhere, so nothing is claimed
+    ],
+    ids=["missing", "garbled", "not-utf8", "not-a-mapping", "nothing-given", "same"],
+)
+def test_nothing_is_claimed_when_the_settings_cannot_be_compared(
+    tmp_path: Path, recorded: str | bytes | None, given: str | None
+) -> None:
+    assert changed_model_settings(_checkpoint(tmp_path, recorded), given) == ""
