@@ -23,17 +23,17 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
         raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
                             f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
                             "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
-    # What a resume rewrites must be what was written. config.yaml only: the data's own files are checked by the
-    # data modules against the data (each family its manifest: a corpus's, MOSAIC's traces, the graph core's).
+    # What a resume rewrites must be what was written: config.yaml (unless an earlier attempt trained with it), the
+    # data manifest (a corpus's, or a generator's record) and the tokenizer, each against what run.json records.
+    # Whether the data itself still matches is the data modules' check, against the checkpoint.
     for verdict in audit_files(layout, RunRecord.load(layout)):
-        if verdict.artifact != layout.config.name:
+        if verdict.ok or (verdict.artifact == layout.config.name and _receipted_config(layout)):
             continue
-        if not verdict.ok and not _receipted_config(layout):
-            error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
-                verdict.exit_code, EvidenceError)  # fmt: skip
-            raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
-                        "overwrite it: restore it from a backup (`python -m lit_psion doctor RUN_DIR` shows every "
-                        "check), or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+        error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
+            verdict.exit_code, EvidenceError)  # fmt: skip
+        raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
+                    "overwrite it: restore it from a backup (`python -m lit_psion doctor RUN_DIR` shows every "
+                    "check), or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
     head = verified.manifest.receipts_head
     if head is not None and not layout.receipts.is_file():
         raise EvidenceError(f"run {layout.run_id!r}: {layout.receipts.name} is missing, but checkpoint "

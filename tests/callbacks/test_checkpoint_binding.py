@@ -272,21 +272,41 @@ def test_a_run_that_lost_its_records_is_not_continued_afresh(tmp_path: Path, cap
                str(run.checkpoint(6))) == 0  # fmt: skip
 
 
-@pytest.mark.parametrize("record", ["config.yaml"])
-def test_a_resume_does_not_overwrite_a_record_changed_since_the_run_wrote_it(tmp_path: Path,
-                                                                             capsys: pytest.CaptureFixture,
-                                                                             record: str) -> None:  # fmt: skip
-    """A resume rewrites config.yaml: one that no longer matches run.json's digest (what doctor reports) and that no
-    attempt trained with is refused with the same verdict (exit 3), so the change is not erased without a word."""
+def _edit_json(path: Path) -> None:
+    payload = json.loads(path.read_text())
+    payload["sample_counts"]["train"] += 1  # a hand edit: the digest field left as it was
+    path.write_text(json.dumps(payload))
+
+
+EDITS = [  # (record, the edit) -- every file a resume rewrites, each checked against what run.json records
+    ("config.yaml", lambda path: path.write_text(path.read_text().replace("32", "64"))),
+    ("data_manifest.json", _edit_json),
+    ("data_manifest.json", lambda path: path.write_text(path.read_text().replace('"sha256": "', '"sha256": "0', 1))),
+    ("data_manifest.json", lambda path: path.write_text("[]")),
+    ("tokenizer.json", lambda path: path.write_text(path.read_text() + " ")),
+]
+
+
+@pytest.mark.parametrize(("record", "edit"), EDITS,
+                         ids=["config", "manifest field", "manifest source digest", "manifest not an object",
+                              "tokenizer"])  # fmt: skip
+def test_a_resume_does_not_overwrite_a_record_changed_since_the_run_wrote_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, record: str, edit: Callable[[Path], None]
+) -> None:
+    """A resume rewrites config.yaml, the data manifest and the tokenizer: one that no longer matches what run.json
+    records (what doctor reports), config.yaml unless an attempt trained with it, is refused with the same verdict
+    (exit 3), so the change is not erased without a word."""
     run = _run(tmp_path / "runs")
-    path = run.run_dir / record
-    path.write_text(path.read_text().replace("32", "64"))
+    if not (run.run_dir / record).is_file():
+        pytest.skip(f"this data writes no {record}")
+    edit(run.run_dir / record)
     before = {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     capsys.readouterr()
     assert _resume(run.root) == 3
     err = capsys.readouterr().err
-    assert f"{record}:" in err and "differs from run.json's" in err and "would overwrite it" in err
+    assert f"{record}:" in err and "would overwrite it" in err and "doctor" in err
     assert {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert main(["doctor", str(run.run_dir)]) == 3  # the same verdict as the refusal
 
 
 def test_each_attempts_receipt_names_its_config_and_a_config_an_attempt_trained_with_is_resumed(tmp_path: Path) -> None:
