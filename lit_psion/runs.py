@@ -20,9 +20,10 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lit_psion.checkpoint_io import consolidated_for, load_verified
 from lit_psion.core import RunLayout, RunRecord
-from lit_psion.core.checkpoint import MANIFEST_FILE, VerifiedCheckpoint, resolve_checkpoint, verify_checkpoint
+from lit_psion.core.audit import changed_records, receipted_checkpoints, verify_in_its_run
+from lit_psion.core.checkpoint import MANIFEST_FILE, VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError
 
 
 def add_data_facts_link(parser: LightningArgumentParser) -> None:
@@ -53,7 +54,23 @@ class LoadedRun:
         if self.layout is None:
             raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} is not inside a run directory, so there is "
                               "no config.yaml to rebuild its model from; give the run directory")  # fmt: skip
-        return yaml.safe_load(self.layout.config.read_text())
+        for verdict in changed_records(self.layout):  # the model is rebuilt from what the run recorded, or not at all
+            raise {DataError.exit_code: DataError}.get(verdict.exit_code, EvidenceError)(
+                f"run {self.layout.run_id!r}: {verdict.artifact}: {verdict.detail}; restore it from a backup "
+                "(`python -m lit_psion doctor RUN_DIR` shows every check)")
+        try:
+            config = yaml.safe_load(self.layout.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise EvidenceError(f"run {self.layout.run_id!r}: {self.layout.config.name} cannot be read "
+                                f"({type(error).__name__}); restore it from a backup") from error  # fmt: skip
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            raise EvidenceError(f"run {self.layout.run_id!r}: {self.layout.config.name} holds no model section; "
+                                "restore it from a backup")  # fmt: skip
+        return config
+
+    def model_class(self) -> str:
+        """The class path of the model the run trained (``lit_psion.models.MosaicLM``), from its config."""
+        return str(self.config()["model"].get("class_path", ""))
 
     def build(self) -> tuple[L.LightningModule, L.LightningDataModule]:
         """The run's model (with the checkpoint's weights, in eval mode) and its DataModule."""
@@ -64,7 +81,12 @@ class LoadedRun:
         add_data_facts_link(parser)
         parsed = parser.parse_object({"model": config["model"], "data": config["data"]})
         init = parser.instantiate_classes(parsed)
-        init.model.load_state_dict(self.state["state_dict"])
+        try:
+            init.model.load_state_dict(self.state["state_dict"])
+        except RuntimeError as error:  # config.yaml matches run.json, so the weights are not this run's model's
+            raise CheckpointError(f"checkpoint {str(self.checkpoint.path)!r} does not fit the model its run's "
+                                  f"config builds ({str(error).splitlines()[0]}); give a checkpoint of this "
+                                  "run") from error  # fmt: skip
         return init.model.eval(), init.data
 
 
@@ -78,9 +100,9 @@ def load_run(location: str | Path, map_location: Any = None) -> LoadedRun:
     location = Path(location)
     if RunLayout.of(location).is_run():
         layout = RunLayout.of(location)
-        checkpoint = resolve_checkpoint(layout)
+        checkpoint = resolve_checkpoint(layout, receipted=receipted_checkpoints(layout))  # what `last` would load
     elif (location / MANIFEST_FILE).is_file():
-        checkpoint = verify_checkpoint(location)
+        checkpoint = verify_in_its_run(location)  # inside a run: written by it, the one its receipt recorded
         layout = RunLayout.of(location.parent.parent)
         inside = location.parent in (layout.checkpoints, layout.consolidated)
         layout = layout if layout.is_run() and inside else None

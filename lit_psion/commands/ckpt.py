@@ -13,15 +13,12 @@ from pathlib import Path
 
 from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
-from lit_psion.core.audit import receipted_checkpoints
+from lit_psion.core.audit import receipted_checkpoints, verify_in_its_run
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
-    as_receipted,
     resolve_checkpoint,
-    verify_checkpoint,
 )
-from lit_psion.core.errors import CheckpointError
 from lit_psion.core.layout import RunLayout
 
 
@@ -58,14 +55,10 @@ def _verify_one(path: Path) -> None:
         CheckpointError: a file differs from the manifest, or (inside a run) it was written by another run or is
             not the checkpoint its durable receipt recorded (exit 4).
     """
-    checkpoint = verify_checkpoint(path)
+    checkpoint = verify_in_its_run(path)
     layout = RunLayout.of(path.parent.parent)
     where = ""
     if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
-        if checkpoint.manifest.run_id != layout.run_id:
-            raise CheckpointError(f"checkpoint {str(path)!r} was written by run {checkpoint.manifest.run_id!r}, not by "
-                                  f"run {layout.run_id!r} it sits in")  # fmt: skip
-        as_receipted(checkpoint, receipted_checkpoints(layout))
         where = f", written by run {layout.run_id} as its receipts record"
     kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
     print(f"ok: {checkpoint.path} matches its manifest ({kind}step {checkpoint.step}{where})")

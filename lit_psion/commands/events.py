@@ -26,7 +26,8 @@ def main(args: list[str]) -> None:
         if parsed.json:
             print(json.dumps(row, sort_keys=True))
         else:
-            text = (row["text"] or "")[:48]
+            text = row["text"]
+            text = (text if isinstance(text, str) else "" if text is None else json.dumps(text))[:48]
             print(f"{row['seq']:>4} {row['type']:<11} {row['sender']:<6} {row['predicted_delta']:+d} "
                   f"{LABELS[row['predicted_delta']]:<7} open={len(row['open'])}  {text}")  # fmt: skip
     outstanding = results[-1]["open"] if results else []

@@ -6,12 +6,10 @@ is verified and before anything is written.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-from lit_psion.core import RunLayout, RunRecord, sha256_file
-from lit_psion.core.audit import audit_files
-from lit_psion.core.chain import parse_receipt
+from lit_psion.core import RunLayout
+from lit_psion.core.audit import changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError
 
@@ -26,9 +24,7 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
     # What a resume rewrites must be what was written: config.yaml (unless an earlier attempt trained with it), the
     # data manifest (a corpus's, or a generator's record) and the tokenizer, each against what run.json records.
     # Whether the data itself still matches is the data modules' check, against the checkpoint.
-    for verdict in audit_files(layout, RunRecord.load(layout)):
-        if verdict.ok or (verdict.artifact == layout.config.name and _receipted_config(layout)):
-            continue
+    for verdict in changed_records(layout):
         error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
             verdict.exit_code, EvidenceError)  # fmt: skip
         raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
@@ -40,19 +36,6 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
                             f"{verified.path.name} recorded receipt head {head}; restore the log from a backup "
                             "before continuing the run, or start a new run from the checkpoint with --ckpt_path "
                             "<checkpoint directory>")  # fmt: skip
-
-
-def _receipted_config(layout: RunLayout) -> bool:
-    """Whether config.yaml is one an attempt of the run trained with (its digest in a training_run receipt)."""
-    if not layout.receipts.is_file():
-        return False
-    digest = sha256_file(layout.config)
-    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            receipt = parse_receipt(line)
-            if receipt.kind == "training_run" and receipt.body.get("config_digest") == digest:
-                return True
-    return False
 
 
 def refuse_another_family(layout: RunLayout, config: Any) -> None:

@@ -17,6 +17,7 @@ from lit_psion.core.chain import VerifyResult, parse_receipt, torn_tail, verify_
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     CheckpointReceipts,
+    VerifiedCheckpoint,
     as_receipted,
     read_pointer,
     resolve_checkpoint,
@@ -125,6 +126,45 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue  # the chain's own verdict names a bad line
     return CheckpointReceipts(recorded=recorded, sealed=sealed)
+
+
+def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
+    """The checkpoint directory ``path``, verified against its manifest and, when it sits in a run's
+    ``checkpoints/``, held to that run: written by it, and the one its durable receipt recorded.
+
+    Raises:
+        CheckpointError: a file differs from the manifest, another run wrote it, or it was replaced (exit 4).
+    """
+    checkpoint = verify_checkpoint(path)
+    layout = RunLayout.of(path.parent.parent)
+    if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
+        if checkpoint.manifest.run_id != layout.run_id:
+            raise CheckpointError(f"checkpoint {str(path)!r} was written by run {checkpoint.manifest.run_id!r}, not by "
+                                  f"run {layout.run_id!r} it sits in")  # fmt: skip
+        as_receipted(checkpoint, receipted_checkpoints(layout))
+    return checkpoint
+
+
+def changed_records(layout: RunLayout) -> list[Verdict]:
+    """The run's description files (config.yaml, the data manifest, the tokenizer) that no longer match what run.json
+    records; a config.yaml an attempt of the run trained with (named by a ``training_run`` receipt) is not changed."""
+    return [verdict for verdict in audit_files(layout, RunRecord.load(layout)) if not verdict.ok
+            and not (verdict.artifact == layout.config.name and _receipted_config(layout))]  # fmt: skip
+
+
+def _receipted_config(layout: RunLayout) -> bool:
+    """Whether config.yaml is one an attempt of the run trained with (its digest in a training_run receipt)."""
+    if not layout.receipts.is_file():
+        return False
+    digest = sha256_file(layout.config)
+    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            receipt = parse_receipt(line)
+        except ValueError:
+            continue
+        if receipt.kind == "training_run" and receipt.body.get("config_digest") == digest:
+            return True
+    return False
 
 
 def audit_checkpoints(layout: RunLayout) -> list[Verdict]:

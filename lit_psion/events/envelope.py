@@ -83,6 +83,12 @@ def _validate(event: EventEnvelope) -> None:
         json.dumps(event.payload, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise EventError(f"{where}: 'payload' is not plain JSON ({error})") from error
+    try:  # a lone surrogate ("\\ud800") parses as JSON but is no text: it cannot be encoded, nor tokenized
+        strings = [event.id, event.type, event.sender, event.payload, event.commitment_id]
+        json.dumps(strings, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        raise EventError(f"{where}: holds a string that is not valid Unicode ({error.reason}: "
+                         f"{error.object[error.start:error.end]!r}); give UTF-8 text") from error  # fmt: skip
     if not isinstance(event.seq, int) or isinstance(event.seq, bool) or event.seq < 0:
         raise EventError(f"{where}: 'seq' must be an integer >= 0, got {event.seq!r}")
     if not isinstance(event.time, float) or not math.isfinite(event.time):

@@ -24,7 +24,12 @@ def read_events(path: Path) -> list[EventEnvelope]:
     if not path.is_file():
         raise ConfigError(f"events file {str(path)!r} not found")
     events = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise EventError(f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); give "
+                         "JSONL, one event envelope per line") from error  # fmt: skip
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -44,9 +49,10 @@ def load_model(location: Path) -> tuple[Any, Any]:
     from lit_psion.runs import load_run
 
     run = load_run(location)
+    trained = run.model_class().rsplit(".", 1)[-1]
+    if trained != MosaicLM.__name__:  # before any weight is loaded into a model of another family
+        raise ConfigError(f"the run in {str(run.layout.run_dir)!r} trained {trained}, not MosaicLM")
     model, data = run.build()
-    if not isinstance(model, MosaicLM):
-        raise ConfigError(f"the run in {str(run.layout.run_dir)!r} trained {type(model).__name__}, not MosaicLM")
     _check_tokenizer(run.layout, data)
     return model, data.load_codec()
 

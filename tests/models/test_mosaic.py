@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from lit_psion.cli import main
-from lit_psion.core import read_json
+from lit_psion.core import read_json, sha256_file
 from lit_psion.core.run import read_latest
 from lit_psion.events.traces import TraceSettings, generate_trace
 from lit_psion.nn.decoder import DecoderConfig
@@ -277,3 +278,84 @@ def test_the_memory_preset_logs_recall_accuracy(tmp_path: Path) -> None:
     with open(tmp_path / read_latest(tmp_path) / "metrics.csv") as handle:
         recall = [float(r["val/recall_acc"]) for r in csv.DictReader(handle) if r.get("val/recall_acc")]
     assert len(recall) == 1 and 0.0 <= recall[0] <= 1.0
+
+
+BAD_EVENT_FILES = [  # (the file's bytes, what the one line names) -- each a data error (exit 3), never a traceback
+    (b'{"id": "a", "type": "Message", "sender": "u", "payload": {"text": "caf\xe9"}, "seq": 0}\n', "not UTF-8 text"),
+    (b'{"id": "a", "type": "Message", "sender": "u", "payload": {"text": "\\ud800"}, "seq": 0}\n', "not valid Unicode"),
+]
+
+
+@pytest.mark.parametrize(("content", "says"), BAD_EVENT_FILES, ids=["latin-1 byte", "lone surrogate"])
+def test_events_predict_refuses_text_that_is_not_text(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      content: bytes, says: str) -> None:  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(content)
+    assert main(["events", "predict", "--ckpt", str(trained), str(events)]) == 3
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+def test_events_predict_prints_a_payload_text_that_is_not_a_string(trained: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"id": "a", "type": "Message", "sender": "u", "payload": {"text": 5}, "seq": 0}))
+    assert main(["events", "predict", "--ckpt", str(trained), str(events)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].rstrip().endswith("5")
+
+
+def _good_events(tmp_path: Path) -> Path:
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"id": "a", "type": "Message", "sender": "u", "payload": {"text": "hi"}, "seq": 0}))
+    return events
+
+
+def _reweigh(run: Path) -> Path:
+    """The pointed-to checkpoint with other weights, its manifest and pointer re-hashed to match them."""
+    from safetensors.torch import load_file, save_file
+
+    step = run / "checkpoints" / read_json(run / "checkpoints" / "pointer.json")["checkpoint"]
+    weights = load_file(step / "model.safetensors")
+    weights = {name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
+    save_file(weights, step / "model.safetensors", metadata={"format": "pt"})
+    manifest = read_json(step / "manifest.json")
+    for name, entry in manifest["files"].items():
+        entry.update(bytes=(step / name).stat().st_size, sha256=sha256_file(step / name))
+    (step / "manifest.json").write_text(json.dumps(manifest))
+    pointer = read_json(run / "checkpoints" / "pointer.json")
+    pointer["manifest_sha256"] = sha256_file(step / "manifest.json")
+    (run / "checkpoints" / "pointer.json").write_text(json.dumps(pointer))
+    return step
+
+
+def test_events_predict_is_held_to_the_runs_receipts_and_records(trained: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """What ckpt verify and doctor refuse, events predict does not use: a checkpoint re-weighed with its manifest and
+    pointer re-hashed (its durable receipt still names the old digests), and a config.yaml edited after the run."""
+    events = _good_events(tmp_path)
+    run = tmp_path / trained.name  # a run directory keeps its run id's name
+    shutil.copytree(trained, run)
+    step = _reweigh(run)
+    capsys.readouterr()
+    assert main(["events", "predict", "--ckpt", str(step), str(events)]) == 4
+    assert "not the ones its durable checkpoint receipt recorded" in capsys.readouterr().err
+    assert main(["ckpt", "verify", str(step)]) == 4  # the same verdict
+    shutil.rmtree(run)
+    shutil.copytree(trained, run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("d_model: 64", "d_model: 32", 1))
+    assert "d_model: 32" in config.read_text()
+    capsys.readouterr()
+    assert main(["events", "predict", "--ckpt", str(run), str(events)]) == 3
+    err = capsys.readouterr().err
+    assert "config.yaml: config digest differs from run.json's" in err and "Traceback" not in err
+
+
+def test_events_predict_refuses_another_family_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A graph core's weights would not fit MosaicLM (it crashed with a size mismatch, exit 1)."""
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
+               config="configs/graph_core_oscillators.yaml") == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["events", "predict", "--ckpt", str(root / read_latest(root)), str(_good_events(tmp_path))]) == 2
+    assert "trained GraphCore, not MosaicLM" in capsys.readouterr().err
