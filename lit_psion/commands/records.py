@@ -6,6 +6,7 @@ is verified and before anything is written.
 
 from __future__ import annotations
 
+import csv
 from typing import Any
 
 from lit_psion.core import RunLayout
@@ -30,12 +31,31 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
         raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
                     "overwrite it: restore it from a backup (`python -m lit_psion doctor RUN_DIR` shows every "
                     "check), or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+    _refuse_unreadable_metrics(layout)
     head = verified.manifest.receipts_head
     if head is not None and not layout.receipts.is_file():
         raise EvidenceError(f"run {layout.run_id!r}: {layout.receipts.name} is missing, but checkpoint "
                             f"{verified.path.name} recorded receipt head {head}; restore the log from a backup "
                             "before continuing the run, or start a new run from the checkpoint with --ckpt_path "
                             "<checkpoint directory>")  # fmt: skip
+
+
+def _refuse_unreadable_metrics(layout: RunLayout) -> None:
+    """A resume keeps metrics.csv's rows up to the checkpoint's step and appends; a file it cannot read by step
+    would fail the fit after run.json was rewritten."""
+    if not layout.metrics.is_file():
+        return
+    try:
+        with open(layout.metrics, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if "step" not in (reader.fieldnames or []):
+                raise ValueError("its header has no 'step' column")
+            for row in reader:
+                int(row["step"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as error:
+        raise EvidenceError(f"run {layout.run_id!r}: {layout.metrics.name} cannot be continued ({error}); restore it "
+                            "from a backup, or move it aside (each step's loss is also in the receipts), then resume"
+                            ) from error  # fmt: skip
 
 
 def refuse_another_family(layout: RunLayout, config: Any) -> None:

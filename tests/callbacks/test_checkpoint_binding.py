@@ -373,3 +373,20 @@ def test_a_resume_with_another_optimizer_is_refused_naming_both(tmp_path: Path, 
     assert "optimizer 'adamw'" in err and "'muon'" in err and err.count("\n") == 1
     assert main(["receipts", "verify", str(run.run_dir)]) == 0
     assert _resume(tmp_path) == 0
+
+
+@pytest.mark.parametrize("garbage", [b"0,zz,abc\n", b"step,loss\n1,0.5\nzz,0.4\n", b"\xff\xfe\x00", b"loss\n0.5\n"],
+                         ids=["no header", "a bad step", "binary", "no step column"])  # fmt: skip
+def test_a_resume_refuses_a_metrics_file_it_cannot_continue(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            garbage: bytes) -> None:  # fmt: skip
+    """It crashed (exit 1) after rewriting run.json to failed with a config.yaml it never wrote."""
+    run = _run(tmp_path / "runs")
+    run.metrics.write_bytes(garbage)
+    before = {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert _resume(run.root) == 5
+    err = capsys.readouterr().err
+    assert "metrics.csv cannot be continued" in err and "move it aside" in err
+    assert {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    run.metrics.unlink()
+    assert _resume(run.root) == 0  # what the line says to do
