@@ -51,6 +51,7 @@ def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_b
     if min(pretrain_steps, pretrain_batch, pretrain_seq) < 1:
         raise ConfigError("pretrain_steps, pretrain_batch and pretrain_seq must be >= 1, got "
                           f"{pretrain_steps!r}, {pretrain_batch!r}, {pretrain_seq!r}")  # fmt: skip
+    check_optimizer(lr, momentum, ns_steps)
     with store.lock(store.base_dir, "session init-base"):
         L.seed_everything(seed, verbose=False)
         module = BasePretrain(config, pretrain_steps, pretrain_batch, pretrain_seq, lr, momentum, ns_steps, seed)
@@ -73,8 +74,8 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
     if env_mode != base["config"]["env_mode"]:
         raise ConfigError(f"env_mode {env_mode!r} differs from the base model's {base['config']['env_mode']!r}")
     _check_settings(settings)
-    directory = store.session_dir(session_id)
-    with store.lock(directory, f"session new {session_id}"):
+    store.index()  # a registry it could not add the session to is refused before anything is written
+    with store.creating(session_id, f"session new {session_id}") as directory:
         if (directory / "meta.json").exists():
             raise ConfigError(f"session {session_id!r} already exists in {str(store.root)!r}; pick another "
                               "--session_id")  # fmt: skip
@@ -93,11 +94,20 @@ def _check_settings(settings: dict[str, Any]) -> None:
     if settings["chunk"] < 1 or settings["buffer_len"] < 1:
         raise ConfigError(f"chunk and buffer_len must be >= 1, got {settings['chunk']!r} and "
                           f"{settings['buffer_len']!r}")  # fmt: skip
-    if settings["lr"] <= 0:
-        raise ConfigError(f"lr must be positive, got {settings['lr']!r}")
+    check_optimizer(settings["lr"], settings["momentum"], settings["ns_steps"])
     if settings["gate_chunks"] < 0:
         raise ConfigError(f"gate_chunks must be >= 0 (0: no promotion gate), got {settings['gate_chunks']!r}")
     _policy(settings)  # raises ConfigError naming the bad value
+
+
+def check_optimizer(lr: float, momentum: float, ns_steps: int) -> None:
+    """Muon's settings, each refused in one line before anything is written (torch would fail mid-run)."""
+    if not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"--lr must be a finite number > 0, got {lr!r}")
+    if not math.isfinite(momentum) or not 0 <= momentum < 1:
+        raise ConfigError(f"--momentum must be in [0, 1), got {momentum!r}")
+    if ns_steps < 1:
+        raise ConfigError(f"--ns_steps (Newton-Schulz iterations) must be >= 1, got {ns_steps!r}")
 
 
 def _policy(settings: dict[str, Any]) -> TransactionPolicy:
@@ -125,9 +135,10 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
     if parent_id == child_id:
         raise ConfigError(f"fork needs a child id other than its parent's, got {child_id!r} for both")
     store.session_meta(parent_id)  # says which sessions there are when there is no such one
-    parent_dir, child_dir = store.session_dir(parent_id), store.session_dir(child_id)
+    store.index()  # a registry it could not add the child to is refused before anything is written
+    store.session_dir(child_id)  # a bad child id is refused before the parent is locked
     purpose = f"session fork {parent_id} -> {child_id}"
-    with store.lock(parent_dir, purpose), store.lock(child_dir, purpose):  # the parent must not change meanwhile
+    with store.lock(store.session_dir(parent_id), purpose), store.creating(child_id, purpose) as child_dir:
         store.recover(parent_id)
         parent = store.session_meta(parent_id)
         store.check_signature(parent)
@@ -155,6 +166,7 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
     """
     store.base_meta()  # says how to create the base when there is none
     store.session_meta(session_id)  # says which sessions there are when there is no such one
+    store.index()  # the run is registered at its end: a broken registry is refused before it starts
     directory = store.session_dir(session_id)
     with store.lock(directory, f"session run {session_id}"):
         store.recover(session_id)

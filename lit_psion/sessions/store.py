@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.files import fsync_path
 from lit_psion.core.lock import RunLock
 from lit_psion.sessions.settings import WorldConfig
@@ -49,12 +49,28 @@ PLASTIC, OPTIM = "plastic_state.safetensors", "optim_state.pt"
 METRICS, EVENTS = "metrics.json", "update_events.jsonl"
 _PENDING = ".pending-"
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+INDEX = "index.json"
+"""The registry beside the sessions' directories in ``sessions/``: no session may take its name."""
 
 
 class SignatureMismatch(CheckpointError):
     """A session (or its files) made for a different model or base checkpoint."""
 
     failure_class = "signature_mismatch"
+
+
+def _record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A session store's JSON record, or one line naming what is wrong with it (exit 5)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError, RecursionError) as error:
+        raise EvidenceError(f"{str(path)!r} cannot be read ({type(error).__name__}: {error}); restore it from a "
+                            "backup") from error  # fmt: skip
+    missing = [key for key in keys if key not in record] if isinstance(record, dict) else list(keys)
+    if missing:
+        what = f"no {missing[0]!r}" if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+        raise EvidenceError(f"{str(path)!r} is not the record it should be ({what}); restore it from a backup")
+    return record
 
 
 def model_signature(config: WorldConfig, base_ckpt_hash: str) -> str:
@@ -141,7 +157,7 @@ class Store:
         if not path.is_file():
             raise ConfigError(f"no base model in {str(self.root)!r}: run `python -m lit_psion session init-base "
                               f"--artifacts_root {self.root}` first")  # fmt: skip
-        return read_json(path)
+        return _record(path, ("config", "base_ckpt_hash", "model_signature"))
 
     def base_config(self) -> WorldConfig:
         return WorldConfig(**self.base_meta()["config"])
@@ -173,12 +189,27 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         return RunLock(directory, purpose=purpose)
 
+    @contextlib.contextmanager
+    def creating(self, session_id: str, purpose: str) -> Iterator[Path]:
+        """The lock on a session about to be made; a refusal before its meta.json leaves no directory behind."""
+        directory = self.session_dir(session_id)
+        existed = directory.exists()
+        with self.lock(directory, purpose):
+            try:
+                yield directory
+            except BaseException:
+                if not existed and not (directory / "meta.json").exists():
+                    shutil.rmtree(directory, ignore_errors=True)
+                raise
+
     # -- sessions ------------------------------------------------------------------------------
 
     def session_dir(self, session_id: str) -> Path:
         if not _SESSION_ID.fullmatch(session_id):
             raise ConfigError(f"session id {session_id!r} is not valid: use letters, digits, '_', '.', '-' "
                               "(up to 64, not starting with punctuation)")  # fmt: skip
+        if session_id == INDEX:
+            raise ConfigError(f"session id {session_id!r} is the name of the sessions' registry; pick another")
         return self.root / "sessions" / session_id
 
     def session_meta(self, session_id: str) -> dict[str, Any]:
@@ -186,7 +217,7 @@ class Store:
         if not path.is_file():
             known = ", ".join(sorted(self.index()["sessions"])) or "none yet"
             raise ConfigError(f"no session {session_id!r} in {str(self.root)!r} (sessions: {known})")
-        return read_json(path)
+        return _record(path, ("session_id", "model_signature", "base_ckpt_hash", "settings", "runs"))
 
     def check_signature(self, meta: dict[str, Any]) -> None:
         """Refuse a session whose signature does not match the base model it would run on."""
@@ -281,8 +312,14 @@ class Store:
         shutil.rmtree(staging)
 
     def index(self) -> dict[str, Any]:
-        path = self.root / "sessions" / "index.json"
-        return read_json(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "sessions": {}}
+        path = self.root / "sessions" / INDEX
+        if not path.is_file():
+            return {"schema_version": SCHEMA_VERSION, "sessions": {}}
+        index = _record(path, ("sessions",))
+        if not isinstance(index["sessions"], dict):
+            raise EvidenceError(f"{str(path)!r} is not a sessions registry ('sessions' is not an object); restore it "
+                                "from a backup")  # fmt: skip
+        return index
 
     @contextlib.contextmanager
     def _index_lock(self) -> Iterator[None]:
@@ -305,4 +342,4 @@ class Store:
             index["sessions"][meta["session_id"]] = {
                 key: meta.get(key) for key in ("parent_session_id", "root_session_id", "created_at", "mu", "runs")
             }
-            atomic_write_json(self.root / "sessions" / "index.json", index)
+            atomic_write_json(self.root / "sessions" / INDEX, index)

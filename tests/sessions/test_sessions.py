@@ -167,11 +167,50 @@ def test_bad_arguments_are_one_line_errors(trained: Path, capsys: pytest.Capture
         (["new", *root, "--session_id", "s2", "--grad_norm_max", "0"], "grad_norm_max"),
         (["new", *root, "--session_id", "s2", "--gate_chunks", "-1"], "gate_chunks must be >= 0"),
         (["run", "--artifacts_root", str(trained / "empty"), "--session_id", "s1"], "no base model"),
+        (["new", *root, "--session_id", "index.json"], "the name of the sessions' registry"),
+        (["fork", *root, "--parent_session_id", "s1", "--child_session_id", "index.json"], "sessions' registry"),
+        (["new", *root, "--session_id", "s2", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["new", *root, "--session_id", "s2", "--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        (["new", *root, "--session_id", "s2", "--momentum", "5"], "--momentum must be in [0, 1)"),
+        (["new", *root, "--session_id", "s2", "--ns_steps", "0"], "--ns_steps (Newton-Schulz iterations) must be"),
+        (["init-base", "--artifacts_root", str(trained / "other"), "--lr", "-1"], "--lr must be a finite number"),
     ]  # fmt: skip
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
     for argv, message in cases:
         assert session(*argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before  # nothing made, not even a lock
+
+
+BROKEN_RECORDS = [  # (the file, what it is made to hold)
+    ("sessions/index.json", "[]"),
+    ("sessions/index.json", "{not json"),
+    ("sessions/index.json", '{"sessions": []}'),
+    ("sessions/s1/meta.json", "{not json"),
+    ("sessions/s1/meta.json", '{"session_id": "s1"}'),
+    ("base/base_meta.json", "{}"),
+    ("base/base_meta.json", "\x00"),
+]
+
+
+@pytest.mark.parametrize(("record", "content"), BROKEN_RECORDS,
+                         ids=["index list", "index garbled", "index sessions list", "meta garbled", "meta partial",
+                              "base meta empty", "base meta binary"])  # fmt: skip
+def test_a_broken_store_record_is_one_line_and_no_half_made_session(trained: Path, capsys: pytest.CaptureFixture,
+                                                                      record: str, content: str) -> None:  # fmt: skip
+    """Each crashed (exit 1); a new session against a broken registry left a meta.json the registry never listed."""
+    (trained / record).write_text(content)
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    root = ("--artifacts_root", str(trained))
+    commands = [["run", *root, "--session_id", "s1", "--steps", "32"],
+                ["fork", *root, "--parent_session_id", "s1", "--child_session_id", "c1"]]  # fmt: skip
+    for argv in commands if "s1" in record else [["new", *root, "--session_id", "n1"], *commands]:
+        code = session(*argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code in (2, 5) and len(err) == 1 and "restore it from a backup" in err[0], (argv, err)
+    after = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    assert after == before, set(after) ^ set(before)
 
 
 def test_list_and_show_answer_from_json_without_torch_or_lightning(trained: Path) -> None:
