@@ -34,7 +34,7 @@ from lit_psion.core import (
 )
 from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.core.layout import RECEIPTS_FILE
+from lit_psion.core.layout import RECEIPTS_FILE, refuse_output_in_a_run
 from lit_psion.core.receipts import AdapterExportReceipt
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
@@ -60,6 +60,7 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     tensors = {k: v.contiguous() for k, v in state["state_dict"].items() if ".lora_" in k}
     _require_finite(tensors, f"the adapter of the run in {str(run_dir)!r}")
     out = out or run_dir / "adapter"
+    refuse_output_in_a_run(out, own=run_dir / "adapter")
     out.mkdir(parents=True, exist_ok=True)
     exported = {"format_version": FORMAT_VERSION, **info, "dtype": str(next(iter(tensors.values())).dtype),
                 "decoder_config": state["decoder_config"], "data_manifest_digest": run.record.data_manifest_digest,
@@ -157,6 +158,7 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     from lit_psion.nn.decoder import Decoder, DecoderConfig
     from lit_psion.nn.lora import inject_lora, lora_layers
 
+    refuse_output_in_a_run(out)
     meta, tensors = load_adapter(adapter_dir)
     state, path, base_digest = load_base(base)
     if base_digest != meta["base_checkpoint_digest"]:

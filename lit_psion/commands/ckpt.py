@@ -19,7 +19,7 @@ from lit_psion.core.checkpoint import (
     RejectedCheckpoint,
     resolve_checkpoint,
 )
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.layout import RunLayout, refuse_output_in_a_run
 
 
 def main(args: list[str]) -> None:
@@ -43,6 +43,7 @@ def main(args: list[str]) -> None:
         return
     from lit_psion.checkpoint_io import consolidate
 
+    refuse_output_in_a_run(parsed.out or layout.consolidated, own=layout.consolidated)
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
     print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")

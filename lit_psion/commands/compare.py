@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from lit_psion.commands import CommandParser
+from lit_psion.core.layout import refuse_output_in_a_run
 from lit_psion.report import compare
 
 
@@ -16,6 +17,7 @@ def main(args: list[str]) -> None:
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, default=Path("compare"), help="where the PNGs and index.html go")
     parsed = parser.parse_args(args)
+    refuse_output_in_a_run(parsed.out)
     result = compare(parsed.run_dirs, parsed.out)
     labels = result["labels"]
     console = Console(highlight=False, soft_wrap=True)

@@ -11,6 +11,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+from lit_psion.core.errors import ConfigError
+
 LATEST_FILE = "latest_run.json"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -153,3 +155,21 @@ class RunLayout:
 
     def is_run(self) -> bool:
         return self.run_file.is_file()
+
+
+def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = None) -> None:
+    """A command's output directory, refused in one line if it is a file or lies in a run directory (it would
+    overwrite the run's files or append to its receipt chain), unless it is ``own``: the run's place for it.
+
+    Raises:
+        ConfigError: ``out`` is a file, a run directory, or inside one (exit 2).
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {str(out)!r} is a file; give a directory")
+    if own is not None and out.resolve() == own.resolve():
+        return
+    for place in (out.resolve(), *out.resolve().parents):
+        if RunLayout.of(place).is_run():
+            where = "is a run directory" if place == out.resolve() else f"is inside run directory {str(place)!r}"
+            raise ConfigError(f"{flag} {str(out)!r} {where}: writing there would overwrite the run's files or break "
+                              "its receipt chain; give a directory outside any run")  # fmt: skip

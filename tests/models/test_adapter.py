@@ -241,3 +241,37 @@ def test_an_untouched_export_verifies_and_its_digests_are_what_they_say(exported
     from lit_psion.adapters import load_adapter
 
     assert load_adapter(exported)[0] == meta
+
+
+def _tree(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+OUTPUTS_INTO_A_RUN = [  # (command, given the base run, the tuned run and the exported adapter; what the line says)
+    (lambda b, t, a: ["adapter", "export", str(t), "--out", str(t)], "is a run directory"),
+    (lambda b, t, a: ["adapter", "export", str(t), "--out", str(t / "checkpoints")], "is inside run directory"),
+    (lambda b, t, a: ["adapter", "merge", str(a), "--base", str(b), "--out", str(b)], "is a run directory"),
+    (lambda b, t, a: ["adapter", "merge", str(a), "--base", str(b), "--out", str(b / "merged")], "is inside run"),
+    (lambda b, t, a: ["adapter", "merge", str(a), "--base", str(b), "--out", str(b / "run.json")], "is a file"),
+    (lambda b, t, a: ["compare", str(b), str(t), "--out", str(b / "dashboard")], "is inside run directory"),
+    (lambda b, t, a: ["compare", str(b), "--out", str(t / "checkpoints" / "pointer.json")], "is a file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "says"), OUTPUTS_INTO_A_RUN,
+                         ids=["export into its run", "export into checkpoints", "merge into the base run",
+                              "merge under the base run", "merge onto a file", "compare into a dashboard",
+                              "compare onto a file"])  # fmt: skip
+def test_an_output_directory_in_a_run_is_refused_and_the_runs_are_untouched(
+    base: Path, tuned: Path, exported: Path, capsys: pytest.CaptureFixture, command: Callable, says: str
+) -> None:
+    """export --out RUN appended its receipt to the run's sealed chain (receipts verify then failed); merge --out BASE
+    made the base run look like a merged model; compare --out RUN/checkpoints/step-N broke that checkpoint."""
+    from lit_psion.cli import main
+
+    before = (_tree(base), _tree(tuned))
+    capsys.readouterr()
+    assert main(command(base, tuned, exported)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert (_tree(base), _tree(tuned)) == before
