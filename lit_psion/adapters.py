@@ -40,6 +40,8 @@ from lit_psion.core.receipts import AdapterExportReceipt
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
 PROBE_SEED, PROBE_SHAPE = 0, (4, 64)
 HEADER_KEY = "lit_psion.adapter"
+MERGED_HEADER_KEY = "lit_psion.merged_decoder_config"
+"""The merged model's decoder config, in its safetensors header: bound to the weights by ``model_sha256``."""
 """Key, in ``adapter.safetensors``' header metadata, of the copy of ``adapter.json``'s fields."""
 DIGESTS = ("adapter_sha256", "metadata_sha256")
 """The fields of ``adapter.json`` that are digests: not in the header copy (the file cannot hold its own digest)."""
@@ -168,8 +170,13 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     model = Decoder(config)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
     inject_lora(model, meta["targets"], meta["rank"], meta["alpha"])
-    missing, unexpected = model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()},
-                                                strict=False)  # fmt: skip
+    try:
+        missing, unexpected = model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()},
+                                                    strict=False)  # fmt: skip
+    except RuntimeError as error:  # shapes other than adapter.json's rank and targets say
+        raise CheckpointError(f"adapter tensors in {str(adapter_dir)!r} do not fit the base with the rank and targets "
+                              f"adapter.json records ({str(error).splitlines()[-1].strip()}); export the adapter "
+                              "again") from error  # fmt: skip
     missing_adapters = sorted(k for k in missing if ".lora_" in k)
     if unexpected or missing_adapters:
         raise CheckpointError(f"adapter tensors do not fit the base: missing {missing_adapters[:3]}, "
@@ -201,7 +208,7 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
         raise CheckpointError(f"the merged weights do not reproduce the merged model (max |logit difference| "
                               f"{reload_diff:.3g}); nothing was written")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    data = save(weights)
+    data = save(weights, metadata={MERGED_HEADER_KEY: canonical_json(merged_config).decode()})
     atomic_write_bytes(out / "model.safetensors", data)
     record = {"format_version": FORMAT_VERSION, "adapter_sha256": meta["adapter_sha256"],
               "base_checkpoint_digest": base_digest, "decoder_config": merged_config,

@@ -15,12 +15,14 @@ Every weight is digest-checked before it is loaded. MOSAIC runs predict events i
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 from lit_psion.commands import CommandParser
-from lit_psion.core import read_json, sha256_bytes
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core import canonical_json, read_json, sha256_bytes
+from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
 from lit_psion.core.layout import TOKENIZER_FILE
 
 MERGE_RECORD = "merge.json"
@@ -41,8 +43,10 @@ def main(args: list[str]) -> None:
         value = getattr(parsed, name)
         if value is not None and value < low:
             parser.error(f"--{name} must be >= {low}, got {value}")
-    if parsed.temperature < 0:
-        parser.error(f"--temperature must be >= 0, got {parsed.temperature}")
+    if not math.isfinite(parsed.temperature) or parsed.temperature < 0:
+        parser.error(f"--temperature must be a finite number >= 0, got {parsed.temperature}")
+    if not 0 <= parsed.seed < 2**63:
+        parser.error(f"--seed must be in 0..{2**63 - 1}, got {parsed.seed}")
     for text in sample(parsed.path, parsed.prompt, parsed.tokens, parsed.temperature, parsed.top_k, parsed.seed,
                        parsed.samples, parsed.tokenizer):  # fmt: skip
         print(text)
@@ -117,13 +121,29 @@ def _merged(path: Path) -> tuple[Any, None]:
     """A merged adapter directory: ``model.safetensors`` held to the sha256 ``merge.json`` records."""
     from safetensors.torch import load
 
+    from lit_psion.adapters import MERGED_HEADER_KEY
     from lit_psion.nn.decoder import Decoder, DecoderConfig
 
-    record = read_json(path / MERGE_RECORD)
+    fix = "merge the adapter again (adapter merge)"
+    try:
+        record = read_json(path / MERGE_RECORD)
+    except (OSError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{str(path / MERGE_RECORD)!r} cannot be read ({type(error).__name__}); {fix}") from error
+    if not isinstance(record, dict) or not isinstance(record.get("decoder_config"), dict):
+        raise CheckpointError(f"{str(path / MERGE_RECORD)!r} records no decoder_config; {fix}")
     data = (path / "model.safetensors").read_bytes() if (path / "model.safetensors").is_file() else b""
     if sha256_bytes(data) != record.get("model_sha256"):
         raise CheckpointError(f"{str(path / 'model.safetensors')!r} is not the merged model {MERGE_RECORD} records "
-                              f"(sha256 {record.get('model_sha256')}); merge the adapter again")  # fmt: skip
-    model = Decoder(DecoderConfig(**record["decoder_config"]))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in load(data).items()})
+                              f"(sha256 {record.get('model_sha256')}); {fix}")  # fmt: skip
+    try:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+        written = header.get(MERGED_HEADER_KEY)
+        if written != canonical_json(record["decoder_config"]).decode():
+            raise CheckpointError(f"{MERGE_RECORD}'s decoder_config is not the one the merged weights were written "
+                                  f"with ({written or 'none recorded'})")  # fmt: skip
+        model = Decoder(DecoderConfig(**record["decoder_config"]))
+        model.load_state_dict({k.removeprefix("model."): v for k, v in load(data).items()})
+    except (TypeError, ValueError, RuntimeError, LitPsionError) as error:
+        raise CheckpointError(f"the merged model in {str(path)!r} cannot be rebuilt ({str(error).splitlines()[0]}); "
+                              f"{fix}") from error  # fmt: skip
     return model, None

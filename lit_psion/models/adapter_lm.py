@@ -30,6 +30,9 @@ def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str]:
     except ConfigError as error:
         raise CheckpointError(f"base_checkpoint {str(location)!r} is neither a run directory nor a checkpoint "
                               "directory (step-NNNNNN with manifest.json)") from error  # fmt: skip
+    if base.state.get("adapter") is not None:
+        raise CheckpointError(f"base_checkpoint {str(location)!r} is an adapter run (AdapterLM), not a base model; "
+                              "give the DecoderLM run it adapts")
     if "decoder_config" not in base.state:
         raise CheckpointError(f"base checkpoint {str(base.checkpoint.path)!r} does not record its decoder_config; "
                               "it was not written by DecoderLM")  # fmt: skip
@@ -78,7 +81,7 @@ class AdapterLM(DecoderLM):
                               f"{base_config.block_size}; use at most that")  # fmt: skip
         self.model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
         self.model.requires_grad_(False)
-        self.targets = list(targets or ["lm_head"])
+        self.targets = ["lm_head"] if targets is None else list(targets)
         self.rank, self.alpha, self.lora_dropout, self.muon_on_adapters = rank, alpha, lora_dropout, muon_on_adapters
         self.wrapped = inject_lora(self.model, self.targets, rank, alpha, lora_dropout)
         self.base_path, self.base_digest = path, base_digest

@@ -40,8 +40,10 @@ class LoRALinear(nn.Module):
         super().__init__()
         if rank < 1:
             raise ConfigError(f"LoRA rank must be >= 1, got {rank!r}")
-        if alpha <= 0:
-            raise ConfigError(f"LoRA alpha must be positive, got {alpha!r}")
+        if not math.isfinite(alpha) or alpha <= 0:
+            raise ConfigError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")
+        if not 0 <= dropout < 1:  # also refuses nan
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout!r}")
         self.base, self.rank, self.alpha = base, rank, alpha
         self.scaling = alpha / rank
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, dtype=base.weight.dtype))
@@ -95,6 +97,10 @@ def inject_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: floa
     """
     if unknown := sorted(set(targets) - TARGETS.keys()):
         raise ConfigError(f"unknown LoRA target {unknown[0]!r}; targets are {', '.join(TARGETS)}")
+    if not targets:
+        raise ConfigError(f"no LoRA targets given; name at least one of {', '.join(TARGETS)}")
+    if repeated := sorted({target for target in targets if targets.count(target) > 1}):
+        raise ConfigError(f"LoRA target {repeated[0]!r} is given twice; name each target once")
     wrapped = []
     for target in targets:
         pattern = re.compile(TARGETS[target])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,50 @@ def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path
     assert code == 2 and "has 2 tokens" in err
     code, _, err = _sample(capsys, str(runs["base"]), "--tokens", "0")
     assert code == 2 and "--tokens must be >= 1" in err
+
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    def edit(record: dict) -> None:
+        record["decoder_config"][key] = value
+
+    return edit
+
+
+MERGE_RECORD_EDITS = [  # (what is done to merge.json, what the one line says) -- each exit 4, never a traceback
+    (_set("n_head", 8), "is not the one the merged weights were written with"),  # same shapes: it sampled, silently
+    (_set("n_layer", 1), "is not the one the merged weights were written with"),  # a size mismatch: it crashed
+    (lambda record: record.pop("decoder_config"), "records no decoder_config"),
+    (None, "cannot be read (JSONDecodeError)"),
+]
+
+
+@pytest.mark.parametrize(("edit", "says"), MERGE_RECORD_EDITS, ids=["n_head", "n_layer", "no config", "not JSON"])
+def test_an_edited_merge_record_is_refused(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                           edit: Callable[[dict], None] | None, says: str) -> None:  # fmt: skip
+    merged = tmp_path / "merged"
+    shutil.copytree(runs["merged"], merged)
+    if edit is None:
+        (merged / "merge.json").write_text("{not json")
+    else:
+        record = json.loads((merged / "merge.json").read_text())
+        edit(record)
+        (merged / "merge.json").write_text(json.dumps(record))
+    code, _, err = _sample(capsys, str(merged), "--tokenizer", str(runs["base"] / "tokenizer.json"))
+    assert code == 4 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [("--temperature", "nan", "finite number >= 0"),
+                                                     ("--seed", str(10**23), "--seed must be in 0..")])  # fmt: skip
+def test_a_sampling_setting_out_of_range_is_one_line(runs: dict, capsys: pytest.CaptureFixture, flag: str, value: str,
+                                                     says: str) -> None:  # fmt: skip
+    code, _, err = _sample(capsys, str(runs["base"]), flag, value)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_adapter_run_is_not_a_base(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """It was a jsonargparse dump of a state_dict mismatch (exit 1)."""
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "1", *ADAPTER,
+               "--model.init_args.base_checkpoint", str(runs["tuned"]), "--data.tokenizer_file",
+               str(runs["base"] / "tokenizer.json")) == 4  # fmt: skip
+    assert "is an adapter run (AdapterLM), not a base model" in capsys.readouterr().err

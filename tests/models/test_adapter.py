@@ -133,11 +133,16 @@ def test_merge_onto_another_base_names_both_digests(tuned: Path, tmp_path: Path,
 
     assert main(["adapter", "export", str(tuned), "--out", str(tmp_path / "adapter")]) == 0
     expected = read_json(tmp_path / "adapter" / "adapter.json")["base_checkpoint_digest"]
-    merge = ["adapter", "merge", str(tmp_path / "adapter"), "--base", str(tuned), "--out", str(tmp_path / "m")]
-    assert main(merge) == 4
-    error = capsys.readouterr().err
-    assert expected in error and "merge onto the base it was trained on" in error
-    assert not (tmp_path / "m").exists()
+    assert fit("--trainer.default_root_dir", str(tmp_path / "other"), "--trainer.max_steps", "2",
+               "--seed_everything", "7") == 0  # fmt: skip
+    other = tmp_path / "other" / read_latest(tmp_path / "other")
+    for base, says in ((other, "merge onto the base it was trained on"), (tuned, "is an adapter run (AdapterLM)")):
+        capsys.readouterr()
+        assert main(["adapter", "merge", str(tmp_path / "adapter"), "--base", str(base), "--out",
+                     str(tmp_path / "m")]) == 4  # fmt: skip
+        error = capsys.readouterr().err
+        assert says in error and (expected in error or base == tuned)
+        assert not (tmp_path / "m").exists()
     data = bytearray((tmp_path / "adapter" / "adapter.safetensors").read_bytes())
     data[-1] ^= 1
     (tmp_path / "adapter" / "adapter.safetensors").write_bytes(bytes(data))

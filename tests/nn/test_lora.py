@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -64,8 +66,22 @@ def test_merge_refuses_a_non_finite_adapter() -> None:
     assert not layer.merged
 
 
-@pytest.mark.parametrize(("targets", "message"), [(["lm_haed"], "unknown LoRA target"), (["attn_qkv"], "matches no")])
+@pytest.mark.parametrize(("targets", "message"), [(["lm_haed"], "unknown LoRA target"), (["attn_qkv"], "matches no"),
+                                                  ([], "no LoRA targets given"),  # it trained lm_head silently
+                                                  (["lm_head", "lm_head"], "'lm_head' is given twice")])  # fmt: skip
 def test_bad_targets_are_config_errors(targets: list[str], message: str) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4)) if "attn_qkv" in targets else _model()
     with pytest.raises(ConfigError, match=message):
         inject_lora(model, targets)
+
+
+BAD_SETTINGS = [({"dropout": 1.5}, "lora_dropout must be in [0, 1)"),
+                ({"dropout": float("nan")}, "lora_dropout must be in [0, 1)"),
+                ({"alpha": float("nan")}, "alpha must be a finite number > 0"),
+                ({"alpha": float("inf")}, "alpha must be a finite number > 0")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_SETTINGS)
+def test_bad_adapter_settings_are_config_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        inject_lora(_model(), ["lm_head"], **kwargs)

@@ -149,7 +149,7 @@ def test_init_refuses_an_adapter_base_a_file_root_and_a_run_root(base: Path, tmp
     tuned = tuned_root / read_latest(tuned_root)
     capsys.readouterr()
     assert main(["window", "init", str(tmp_path / "p"), "--config", str(settings), "--base", str(tuned)]) == 4
-    assert "is an AdapterLM run" in capsys.readouterr().err
+    assert "is an adapter run (AdapterLM), not a base model" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")
     assert main(["window", "init", str(tmp_path / "afile"), "--config", str(settings), "--base", str(base)]) == 2
     assert "is a file" in capsys.readouterr().err
