@@ -19,6 +19,7 @@ from lit_psion.core.checkpoint import (
     RejectedCheckpoint,
     resolve_checkpoint,
 )
+from lit_psion.core.errors import CheckpointError
 from lit_psion.core.layout import RunLayout, refuse_output_in_a_run
 
 
@@ -34,12 +35,19 @@ def main(args: list[str]) -> None:
         return
     rejected: list[RejectedCheckpoint] = []
     layout = run_layout(parsed.run_dir)
-    checkpoint = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
+    receipted = receipted_checkpoints(layout)
+    checkpoint = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted)
     for skipped in rejected:
         print(f"lit_psion: warning: skipped {skipped.path.name}: {skipped.reason}", file=sys.stderr)
     if parsed.action == "verify":
         kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
         print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
+        # A skipped checkpoint the receipts record as durable was damaged or replaced after it was written (one a
+        # kill left unreceipted, or still in flight, is skipped as a resume would, and is not a failure).
+        if damaged := [skipped for skipped in rejected if skipped.step in receipted.recorded]:
+            raise CheckpointError(f"{damaged[0].path.name}, a durable checkpoint the receipts record, does not verify "
+                                  f"({damaged[0].reason}); restore it from a backup (a resume would use "
+                                  f"{checkpoint.path.name})")  # fmt: skip
         return
     from lit_psion.checkpoint_io import consolidate
 

@@ -17,6 +17,7 @@ from lit_psion.core.chain import VerifyResult, parse_receipt, torn_tail, verify_
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     CheckpointReceipts,
+    RejectedCheckpoint,
     VerifiedCheckpoint,
     as_receipted,
     read_pointer,
@@ -154,13 +155,13 @@ def changed_records(layout: RunLayout) -> list[Verdict]:
 
 def _receipted_config(layout: RunLayout) -> bool:
     """Whether config.yaml is one an attempt of the run trained with (its digest in a training_run receipt)."""
-    if not layout.receipts.is_file():
+    if not layout.receipts.is_file() or not layout.config.is_file():
         return False
     digest = sha256_file(layout.config)
     for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             receipt = parse_receipt(line)
-        except ValueError:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             continue
         if receipt.kind == "training_run" and receipt.body.get("config_digest") == digest:
             return True
@@ -188,15 +189,26 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             verdicts.append(_fail(name, error))
             continue
         verdicts.append(Verdict(name, True, f"{len(verified.manifest.files)} files match the manifest and its receipt"))
+    newest = receipted.newest
+    if newest is not None and not layout.checkpoint(newest).is_dir():
+        verdicts.append(Verdict(layout.checkpoint(newest).relative_to(layout.run_dir).as_posix(), False,
+                                "missing: the newest durable checkpoint the receipts record is gone; restore it from a "
+                                "backup", CheckpointError.exit_code))  # fmt: skip
     try:
         pointer = read_pointer(layout)
         if pointer is None and not verdicts:
             return [Verdict(layout.pointer.name, True, "no checkpoint yet")]
-        resumed = resolve_checkpoint(layout, quiet=True, receipted=receipted)
-        detail = f"a resume loads {resumed.path.name}"
+        rejected: list[RejectedCheckpoint] = []
+        resumed = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted)
         ok = pointer is not None and resumed.path.name == pointer.checkpoint
-        verdicts.append(Verdict(layout.pointer.name, ok, detail if ok else f"{detail} (the pointed-to one fails)",
-                                0 if ok else CheckpointError.exit_code))  # fmt: skip
+        if ok:
+            detail = f"a resume loads {resumed.path.name}"
+        elif pointer is None:
+            detail = f"missing; a resume falls back to {resumed.path.name}"
+        else:
+            why = next((r.reason for r in rejected if r.path.name == pointer.checkpoint), "it does not verify")
+            detail = f"names {pointer.checkpoint}, which a resume does not use ({why}); it loads {resumed.path.name}"
+        verdicts.append(Verdict(layout.pointer.name, ok, detail, 0 if ok else CheckpointError.exit_code))
     except CheckpointError as error:
         verdicts.append(_fail(layout.pointer.name, error))
     return verdicts
@@ -206,6 +218,10 @@ def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
     """The run's description files against the digests run.json records; the data manifest's digest recomputed
     from its content, and ``tokenizer.json`` against the digest the data manifest records."""
     verdicts = []
+    for path, digest in ((layout.config, record.config_digest), (layout.data_manifest, record.data_manifest_digest)):
+        if digest is not None and not path.is_file():
+            verdicts.append(Verdict(path.name, False, f"missing: run.json records its digest ({digest[:16]}...); "
+                                    "restore it from a backup", DataError.exit_code))  # fmt: skip
     if record.config_digest is not None and layout.config.is_file():
         actual = sha256_file(layout.config)
         ok = actual == record.config_digest
@@ -242,9 +258,44 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
         record = RunRecord.load(layout)
     except (OSError, ValueError, TypeError, KeyError) as error:
         return [Verdict(layout.run_file.name, False, f"unreadable: {error}", EvidenceError.exit_code)]
-    verdicts = [Verdict(layout.run_file.name, True, f"{record.status} at step {record.global_step}")]
+    verdicts = [audit_record(layout, record)]
     return [*verdicts, audit_receipts(layout, record), *audit_checkpoints(layout), *audit_files(layout, record),
             *audit_consolidated(layout)]  # fmt: skip
+
+
+def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
+    """run.json against what the run's directory and chain say: its run id, and for a sealed chain its status and
+    step; the model signature of the last ``training_run`` receipt; a step no older than the pointed-to checkpoint."""
+    problems = []
+    if record.run_id != layout.run_id:
+        problems.append(f"it names run {record.run_id!r}, but its directory is {layout.run_id!r} (a run directory "
+                        "keeps its run id's name: rename it back)")  # fmt: skip
+    last, last_run = None, None
+    if layout.receipts.is_file():
+        for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                last = parse_receipt(line)
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                continue  # the chain's own verdict names a bad line
+            last_run = last.body if last.kind == "training_run" else last_run
+    if last is not None and last.kind == "chain_seal":
+        if record.status != RunStatus.COMPLETED:
+            problems.append(f"it says {record.status}, but the chain is sealed: the run completed")
+        if record.global_step != last.body.get("step"):
+            problems.append(f"it says step {record.global_step}, but the seal says step {last.body.get('step')}")
+    signed = last_run.get("model_signature") if last_run is not None else None
+    if None not in (signed, record.model_signature) and signed != record.model_signature:
+        problems.append(f"its model_signature is not the one the last training_run receipt records ({signed})")
+    try:
+        pointer = read_pointer(layout)
+    except CheckpointError:
+        pointer = None  # the pointer's own verdict
+    if pointer is not None and pointer.step > record.global_step:
+        problems.append(f"it says step {record.global_step}, but the pointed-to checkpoint is step {pointer.step}")
+    if problems:
+        return Verdict(layout.run_file.name, False, f"does not match the run: {'; '.join(problems)}",
+                       EvidenceError.exit_code)  # fmt: skip
+    return Verdict(layout.run_file.name, True, f"{record.status} at step {record.global_step}")
 
 
 def consolidation_log(layout: RunLayout) -> Verdict:

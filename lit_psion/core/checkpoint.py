@@ -375,6 +375,10 @@ def resolve_checkpoint(
     else:
         problem = None
     if pointer is None and problem is None:
+        if not layout.checkpoint_dirs() and receipted.newest is not None:
+            raise CheckpointError(f"run {layout.run_id!r}'s checkpoints are gone: its receipts record durable "
+                                  f"checkpoints up to step {receipted.newest}, but {str(layout.checkpoints)!r} holds "
+                                  "none; restore them from a backup")  # fmt: skip
         if not layout.checkpoint_dirs():
             raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
                                   "missing); to train, start a new run without --ckpt_path; to read or verify one, "

@@ -74,7 +74,41 @@ HARMS = [
     ("a data manifest edited under its own digest field", edit_block_size, "FAIL data_manifest.json", 3),
     ("a tokenizer.json with two entries swapped", swap_two_tokens, "FAIL tokenizer.json", 3),
     ("a run.json that is not JSON", lambda run: run.run_file.write_text("{"), "FAIL run.json", 5),
+    # deleted: each used to drop out of the verdicts ("all ... verified", exit 0)
+    ("a deleted config.yaml", lambda run: run.config.unlink(), "FAIL config.yaml: missing", 3),
+    ("config.yaml replaced by a directory", lambda run: (run.config.unlink(), run.config.mkdir()),
+     "FAIL config.yaml: missing", 3),
+    ("a deleted data manifest", lambda run: run.data_manifest.unlink(), "FAIL data_manifest.json: missing", 3),
+    ("every checkpoint deleted", lambda run: shutil.rmtree(run.checkpoints),
+     "FAIL checkpoints/step-000012: missing: the newest durable checkpoint the receipts record is gone", 4),
+    ("the newest checkpoint deleted", lambda run: shutil.rmtree(run.checkpoint(12)),
+     "FAIL checkpoints/step-000012: missing", 4),
+    ("a deleted pointer", lambda run: run.pointer.unlink(), "FAIL pointer.json: missing; a resume falls back to", 4),
+    ("the pointer moved back to a good older checkpoint", lambda run: move_pointer(run, 6),
+     "FAIL pointer.json: names step-000006, which a resume does not use", 4),
+    # run.json edited where the chain or the directory says otherwise: it used to read "ok"
+    ("run.json's step edited", lambda run: edit_record(run, global_step=999),
+     "FAIL run.json: does not match the run: it says step 999, but the seal says step 12", 5),
+    ("a sealed run.json said paused", lambda run: edit_record(run, status="paused"),
+     "FAIL run.json: does not match the run: it says paused, but the chain is sealed", 5),
+    ("run.json's model signature edited", lambda run: edit_record(run, model_signature="0" * 64),
+     "FAIL run.json: does not match the run: its model_signature is not the one", 5),
+    ("run.json's step behind its checkpoint", lambda run: edit_record(run, global_step=3),
+     "but the pointed-to checkpoint is step 12", 5),
 ]
+
+
+def move_pointer(run: RunLayout, step: int) -> None:
+    pointer = read_json(run.pointer)
+    pointer.update(checkpoint=f"step-{step:06d}", step=step,
+                   manifest_sha256=sha256_file(run.checkpoint(step) / "manifest.json"))  # fmt: skip
+    run.pointer.write_text(json.dumps(pointer))
+
+
+def edit_record(run: RunLayout, **fields: object) -> None:
+    record = read_json(run.run_file)
+    record.update(fields)
+    run.run_file.write_text(json.dumps(record))
 
 
 @pytest.mark.parametrize(("name", "harm", "line", "code"), HARMS, ids=[h[0] for h in HARMS])
@@ -149,3 +183,12 @@ def test_a_run_on_generated_data_has_its_data_manifest_checked_not_refused(
     run.data_manifest.write_text(json.dumps({**manifest, "n_train": 17}))  # another generator record
     assert main(["doctor", str(run.run_dir)]) == 3
     assert "FAIL data_manifest.json: data manifest content digest differs" in capsys.readouterr().out
+
+
+def test_a_renamed_run_directory_is_named_as_such(completed: RunLayout, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    renamed = tmp_path / "my-run"
+    shutil.copytree(completed.run_dir, renamed)
+    capsys.readouterr()
+    assert main(["doctor", str(renamed)]) == 5
+    assert f"it names run {completed.run_id!r}, but its directory is 'my-run'" in capsys.readouterr().out
