@@ -27,6 +27,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
+from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 from typing_extensions import override
@@ -138,14 +139,10 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
         record = json.dumps(manifest.to_json_dict(), indent=2, sort_keys=True) + "\n"  # as atomic_write_json writes
         _write_durable(staging / MANIFEST, record.encode())
         fsync_path(staging)  # the directory renamed into place below is the unit that appears atomically
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, SafetensorError) as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if not isinstance(error, OSError):  # torch.save reports its file's OSError as a RuntimeError
-            if not isinstance(error.__context__, OSError):
-                raise
-            error = error.__context__
         raise CheckpointWriteError(
-            f"writing checkpoint {str(final)!r} failed: {error.strerror or error}; "
+            f"writing checkpoint {str(final)!r} failed: {_io_failure(error)}; "
             "the previous checkpoint is still the pointed-to one (free space or fix the disk, then --ckpt_path last)"
         ) from error
     if final.is_symlink():  # never followed: whatever it points at is not ours to delete
@@ -154,6 +151,21 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
         shutil.rmtree(final)
     staging.rename(final)
     fsync_path(final.parent)
+
+
+def _io_failure(error: BaseException) -> str:
+    """What the disk said, from an error a checkpoint write raised; the error itself if it is not the disk's.
+
+    torch.save reports its file's OSError as a RuntimeError; safetensors reports it as a SafetensorError
+    (``Error while serializing: I/O error: No space left on device (os error 28)``).
+    """
+    if isinstance(error, OSError):
+        return str(error.strerror or error)
+    if isinstance(error.__context__, OSError):
+        return str(error.__context__.strerror or error.__context__)
+    if isinstance(error, SafetensorError) and "I/O error: " in str(error):
+        return str(error).split("I/O error: ", 1)[1]
+    raise error
 
 
 def _own_storage(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

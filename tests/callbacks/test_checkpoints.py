@@ -341,3 +341,28 @@ def test_every_file_of_a_checkpoint_and_a_run_record_gets_the_umask_mode_like_an
     atomic_write_json(tmp_path / "run.json", {"a": 1})
     for path in [*(tmp_path / "step-000001").iterdir(), tmp_path / "run.json"]:
         assert path.stat().st_mode & 0o777 == expected, path.name
+
+
+def test_a_real_write_limit_on_the_weights_is_exit_6_with_nothing_staged_left(tmp_path: Path) -> None:
+    """A file-size limit makes the kernel refuse the weights' bytes (EFBIG) as a full disk would (ENOSPC):
+    safetensors reports it as its own SafetensorError, which was an unexpected error (exit 1), with the
+    staging directory left behind. The limit lets every other file of the run through (each under 100 kB)."""
+    import resource
+    import subprocess
+    import sys
+
+    from tests.helpers import TINY, subprocess_env
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the weights are ~110 kB
+
+    env = {**subprocess_env(), "LIT_PSION_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "lit_psion", "fit", "--config", TINY, "--trainer.max_steps", "3",
+               "--trainer.default_root_dir", str(tmp_path / "runs")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, preexec_fn=limit)
+    assert result.returncode == CheckpointWriteError.exit_code == 6, result.stderr[-2000:]
+    assert "writing checkpoint" in result.stderr and "File too large" in result.stderr
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    record = read_json(run / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", "checkpoint_flush_failed")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == []  # nothing staged is left
