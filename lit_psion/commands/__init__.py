@@ -68,6 +68,7 @@ SUMMARIES = {
     "generate": "sample text from a run, a checkpoint, a merged adapter or a window program's revision",
 }
 EXIT_INTERRUPTED = 130
+EXIT_SIGTERM = 143
 
 
 def usage() -> str:
@@ -102,6 +103,15 @@ def run_command(argv: list[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
+        # A Trainer the command runs (session, window) turns SIGTERM into its SIGTERMException (code None) and
+        # Ctrl-C into exit(1) raised while handling the KeyboardInterrupt: neither is success, nor our bug.
+        if type(stop).__name__ == "SIGTERMException":
+            print("lit_psion: stopped by SIGTERM; what the command had not committed is discarded: run it again",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_SIGTERM
+        if isinstance(stop.__context__, KeyboardInterrupt):
+            print("lit_psion: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:
         if os.environ.get("LIT_PSION_DEBUG"):

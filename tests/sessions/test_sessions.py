@@ -496,3 +496,21 @@ def test_concurrent_runs_of_one_session_lose_no_run(trained: Path, tmp_path: Pat
     index = read_json(trained / "sessions" / "index.json")["sessions"]["s1"]
     assert len(meta["runs"]) == len(index["runs"]) == 2  # the fixture's run and the winner's, in both
     assert meta["runs"][-1]["run_id"] in first_out
+
+
+@pytest.mark.parametrize(("signum", "code", "says"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                      (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_session_run_says_so_and_commits_nothing(trained: Path, signum: int, code: int, says: str) -> None:
+    """SIGTERM was exit 0 with no line (a scheduler read success), Ctrl-C exit 1 with Lightning's warning alone."""
+    directory = trained / "sessions" / "s1"
+    before = read_json(directory / "meta.json")
+    writer = _session_process("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "200000")
+    deadline = time.monotonic() + 120
+    while not _holds(directory, writer.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(8)  # past building the model and its data, into the Trainer's loop (its handlers installed)
+    writer.send_signal(signum)
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == code, err[-2000:]
+    assert f"lit_psion: {says}" in err
+    assert read_json(directory / "meta.json") == before
