@@ -26,6 +26,7 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from omegaconf.errors import OmegaConfBaseException
 
 import lit_psion.strategies  # noqa: F401  (registers lit_psion's strategies by name)
 from lit_psion.callbacks import (
@@ -476,6 +477,11 @@ def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | argpar
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError | ArgumentError | argparse.ArgumentError):
             return current
+        if isinstance(current, OmegaConfBaseException):  # a ${...} in a --config file that does not resolve
+            where = getattr(current, "full_key", None) or "a --config file"
+            reason = str(current).split("\n", 1)[0]
+            return ConfigError(f"{where}: its interpolation does not resolve ({reason}); fix the ${{...}} reference "
+                               "in the --config file")  # fmt: skip
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return lit_psion_cause(error)  # a collective that lost its peer

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from lit_psion.callbacks import Receipts
 from lit_psion.checkpoint_io import ManifestCheckpointIO
@@ -216,11 +217,35 @@ BAD_FILES = [  # (what goes in the file, how it is given, exit code, what the on
     (b"trainer:\n  max_steps: [1, 2\nmodel: {\n", "--config", 2, "is not valid YAML at line 3, column 6"),
     (b"trainer: \xff\n", "--config", 2, "is not valid YAML (UnicodeDecodeError)"),
     (None, "--data.init_args.files", 3, "is a directory; give its files"),
+    (b"# only a comment\n", "--config", 2, "is empty, not a mapping of settings"),
+    (b"- 1\n- 2\n", "--config", 2, "holds a YAML list, not a mapping of settings"),
+    (b"42\n", "--config", 2, "holds a YAML int, not a mapping of settings"),
 ]  # fmt: skip
 
 
+CONFIGS_LIGHTNING_CANNOT_USE = [  # (the config's edit, what the one line says) -- each was exit 1
+    (lambda config: config.update(trainer=None), "trainer must be a mapping of Trainer settings, got None"),
+    (lambda config: config["model"]["init_args"]["decoder"].update(n_layer="${oops}"),
+     "model.init_args.decoder.n_layer: its interpolation does not resolve (Interpolation key 'oops' not found)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("edit", "says"), CONFIGS_LIGHTNING_CANNOT_USE, ids=["null trainer", "interpolation"])
+def test_a_config_that_cannot_be_used_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch, edit: Callable[[dict], None],
+                                                  says: str) -> None:  # fmt: skip
+    config = yaml.safe_load(Path("fixtures/tiny.yaml").read_text())
+    edit(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)  # the config alone: no --trainer setting on the command line to mend it
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", str(tmp_path / "config.yaml")]) == 2
+    assert says in one_error_line(capsys.readouterr().err)
+    assert not root.exists() or not any(root.iterdir())
+
+
 @pytest.mark.parametrize(("content", "flag", "code", "says"), BAD_FILES,
-                         ids=["broken YAML", "not UTF-8", "a directory"])  # fmt: skip
+                         ids=["broken YAML", "not UTF-8", "a directory", "empty", "a list", "a number"])  # fmt: skip
 def test_a_bad_file_on_the_command_line_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                             content: bytes | None, flag: str, code: int,
                                                             says: str) -> None:  # fmt: skip

@@ -41,12 +41,16 @@ def check_config_files(argv: list[str]) -> None:
         if value is None or not Path(value).is_file():
             continue
         try:
-            yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
             where = getattr(error, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
             reason = getattr(error, "problem", None) or type(error).__name__
             raise ConfigError(f"--config {value!r} is not valid YAML{at} ({reason}); fix the file") from error
+        if not isinstance(loaded, dict):
+            what = "is empty" if loaded is None else f"holds a YAML {type(loaded).__name__}"
+            raise ConfigError(f"--config {value!r} {what}, not a mapping of settings; give one such as "
+                              "configs/decoder_tiny.yaml (trainer:, model:, data:)")  # fmt: skip
 
 
 FILES_FLAGS = ("--data.files", "--data.init_args.files")
@@ -73,6 +77,9 @@ def gather_files(argv: list[str]) -> list[str]:
 def setting_problems(config: Any, subcommand: str | None) -> list[str]:
     """Trainer settings Lightning would accept and then fail on mid-run (or never finish with), as messages."""
     trainer, problems = config.trainer, []
+    if not hasattr(trainer, "get"):
+        return [f"trainer must be a mapping of Trainer settings, got {trainer!r}; give trainer: {{max_steps: ...}} "
+                "or leave the key out"]  # fmt: skip
     epochs = trainer.get("max_epochs")
     if isinstance(epochs, int) and (epochs == 0 or epochs < -1):
         problems.append(f"trainer.max_epochs must be >= 1 (or -1: no limit), got {epochs!r}")
