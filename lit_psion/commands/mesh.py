@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,8 @@ def launch_node(parsed: object, extra: list[str]) -> int:
     for flag, seconds in (("--join-timeout", parsed.join_timeout), ("--last-call", parsed.last_call)):
         if seconds < 1:
             raise ConfigError(f"{flag} must be >= 1 second, got {seconds}")
+    _check_nnodes(parsed.nnodes)
+    _wait_for_the_store(host, int(port), parsed.node_id, parsed.join_timeout)
     rdzv_conf = f"{RDZV_CONF},join_timeout={parsed.join_timeout},last_call_timeout={parsed.last_call}"
     settings = {"nnodes": parsed.nnodes, "rdzv_backend": "c10d", "rdzv_endpoint": parsed.store,
                 "rdzv_conf": rdzv_conf, "max_restarts": parsed.max_restarts,
@@ -160,6 +163,32 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                                 f"{parsed.store} within --join-timeout {parsed.join_timeout} s; start the other "
                                 "nodes (or lower --nnodes' minimum) and launch again")  # fmt: skip
     return agent.returncode
+
+
+def _check_nnodes(nnodes: str) -> None:
+    """``N`` or ``MIN:MAX`` with 1 <= MIN <= MAX, refused in one line (torchrun asserts it with a traceback)."""
+    parts = nnodes.split(":")
+    if len(parts) in (1, 2) and all(part.isdigit() for part in parts):
+        low, high = int(parts[0]), int(parts[-1])
+        if 1 <= low <= high:
+            return
+    raise ConfigError(f"--nnodes {nnodes!r} is not N or MIN:MAX with 1 <= MIN <= MAX (such as 2 or 2:3)")
+
+
+def _wait_for_the_store(host: str, port: int, node: str, seconds: int) -> None:
+    """Wait up to ``seconds`` for something to listen at the store's address: with nothing there, torchrun's
+    agent retries its connection for ever, whatever the join timeout."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise RendezvousTimeout(f"node {node}: nothing listens at --store {host}:{port} (waited --join-timeout "
+                                        f"{seconds} s); start `python -m lit_psion mesh store` there first, or give "
+                                        "its address") from None  # fmt: skip
+            time.sleep(0.5)
 
 
 def _die_with_the_launcher() -> None:
@@ -218,11 +247,20 @@ def _mesh_strategy(configs: list[str], extra: list[str]) -> list[str]:
 
 def _echo(stream: IO[str], timed_out: threading.Event) -> None:
     """Pass the agent's (and its workers') stderr through, noting a rendezvous timeout."""
+    held: list[str] = []  # a traceback, held until its last line says what it is
     for line in stream:
         if RENDEZVOUS_TIMEOUT_MARK in line:
             timed_out.set()
-        sys.stderr.write(line)
+        if line.startswith("Traceback (most recent call last):") or (held and line[:1].isspace()):
+            held.append(line)
+            continue
+        if held and RENDEZVOUS_TIMEOUT_MARK in line:
+            held = []  # the timeout is told in one line (exit 12), not as the agent's traceback
+            continue
+        sys.stderr.write("".join(held) + line)
         sys.stderr.flush()
+        held = []
+    sys.stderr.write("".join(held))
 
 
 def _drained(markers: Path, workers: int) -> bool:

@@ -353,8 +353,29 @@ def test_a_node_that_finds_no_mesh_within_the_join_timeout_exits_rendezvous_time
     node, seconds = _one_node(tmp_path, "--nnodes", "2:3", "--run-id", "lonely", "--join-timeout", "3")
     assert node.returncode == 12, node.stderr[-2000:]
     assert "no mesh of --nnodes 2:3 formed" in node.stderr.splitlines()[-1]
+    assert "Traceback" not in node.stderr, "the timeout is one line, not also the agent's traceback"
     assert seconds < 60
     assert not (tmp_path / "lonely").exists(), "no run was started"
+
+
+def test_a_node_with_no_store_to_reach_exits_rendezvous_timeout_within_the_join_timeout(tmp_path: Path) -> None:
+    """torchrun's agent retried a store nobody serves for ever (past two minutes), whatever --join-timeout said."""
+    started = time.monotonic()
+    node = subprocess.run([sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", "A", "--nnodes", "2",
+                           "--store", f"127.0.0.1:{_free_port()}", "--run-id", "r", "--join-timeout", "2",
+                           "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert node.returncode == 12, node.stderr[-2000:]
+    assert "nothing listens at --store 127.0.0.1:" in node.stderr and len(node.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("nnodes", ["3:2", "0", "0:2", "two", "2:"])
+def test_an_impossible_node_count_is_one_line(nnodes: str, capsys: pytest.CaptureFixture) -> None:
+    """torchrun asserted it, with a traceback and exit 1."""
+    assert main(["mesh", "launch", "--node-id", "A", "--nnodes", nnodes, "--store", "127.0.0.1:1", "--run-id", "r",
+                 "--config", "fixtures/tiny.yaml"]) == 2  # fmt: skip
+    assert f"--nnodes {nnodes!r} is not N or MIN:MAX" in capsys.readouterr().err
 
 
 def test_a_stop_on_the_last_step_lets_the_run_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
