@@ -177,7 +177,7 @@ class LitPsionCLI(LightningCLI):
         refuse_unrunnable_strategy(config.trainer)
         follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" and config.get("ckpt_path") != "last":  # last: made once a run is found
             _make_root(root)
         run_id, rejected = self._resolve_resume(config, root)
         named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None

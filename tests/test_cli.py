@@ -301,3 +301,10 @@ def test_data_files_takes_the_several_paths_a_shell_glob_expands_to(tmp_path: Pa
                "--trainer.default_root_dir", str(root)) == 0  # fmt: skip
     manifest = read_json(root / read_latest(root) / "data_manifest.json")
     assert [source["path"] for source in manifest["sources"]] == [str(first), str(second)]
+
+
+def test_last_with_no_run_to_continue_creates_no_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "not-yet"
+    assert fit("--trainer.default_root_dir", str(root), "--ckpt_path", "last") == 4
+    assert "no run to continue" in capsys.readouterr().err
+    assert not root.exists()
