@@ -293,6 +293,10 @@ class GraphCore(L.LightningModule):
             module.set_structure(indices.to(module.indices), module.values.new_zeros(indices.shape[1]))
             if name in paths and not module.pinned:  # a pinned path wins over the saved one
                 module.path, module.calibrated = paths[name], True
+        if self.complexity >= self.barrier.limit:  # gamma would be infinite: the loss no longer prices complexity
+            raise ConfigError(f"the checkpoint's structure has {self.complexity} entries, at or above complexity_limit "
+                              f"{self.barrier.limit!r}: raise --model.init_args.config.complexity_limit above "
+                              f"{self.complexity} to continue it")  # fmt: skip
 
 
 def random_entries(out_features: int, in_features: int, count: int, seed: int) -> torch.Tensor:

@@ -280,3 +280,19 @@ def test_bad_state_function_settings_are_refused_quoting_the_value(setting: dict
     with pytest.raises(ConfigError) as refused:
         GraphCoreConfig(**setting)
     assert quoted in str(refused.value)
+
+
+@pytest.mark.parametrize("limit", ["16", "8"])
+def test_a_resume_under_a_limit_the_structure_already_reaches_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                       limit: str) -> None:  # fmt: skip
+    """A fresh run in that state is refused; a resume trained on with gamma at 1000 and its gradients blown up."""
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3", config=PRESET) == 0
+    complexity = latest_checkpoint(tmp_path)["state_dict"]["graph.graphs.0.operator.indices"].shape[1]
+    assert complexity >= int(limit)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last", "--model.init_args.config.complexity_limit",
+               limit, config=PRESET) == 2  # fmt: skip
+    assert f"at or above complexity_limit {float(limit)}" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
