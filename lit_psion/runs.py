@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lit_psion.checkpoint_io import consolidated_for, load_verified
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.audit import changed_records, receipted_checkpoints, verify_in_its_run
-from lit_psion.core.checkpoint import MANIFEST_FILE, VerifiedCheckpoint, resolve_checkpoint
+from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
 from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError
 
@@ -90,8 +90,11 @@ class LoadedRun:
         return init.model.eval(), init.data
 
 
-def load_run(location: str | Path, map_location: Any = None) -> LoadedRun:
+def load_run(location: str | Path, map_location: Any = None, exact: bool = False) -> LoadedRun:
     """The run at ``location`` (a run directory, or a checkpoint directory inside a run or on its own), loaded.
+
+    A run directory gives its pointed-to checkpoint, or (as ``--ckpt_path last``) the newest that verifies; with
+    ``exact`` (a base model, whose digest what is trained on it records), the pointed-to one or nothing.
 
     Raises:
         ConfigError: ``location`` is neither a run directory nor a checkpoint directory.
@@ -100,7 +103,12 @@ def load_run(location: str | Path, map_location: Any = None) -> LoadedRun:
     location = Path(location)
     if RunLayout.of(location).is_run():
         layout = RunLayout.of(location)
-        checkpoint = resolve_checkpoint(layout, receipted=receipted_checkpoints(layout))  # what `last` would load
+        skipped: list[RejectedCheckpoint] = []
+        checkpoint = resolve_checkpoint(layout, skipped, quiet=exact, receipted=receipted_checkpoints(layout))
+        if exact and skipped:
+            raise CheckpointError(f"run {layout.run_id!r}: {skipped[0].path.name} does not verify "
+                                  f"({skipped[0].reason}); restore it, or give the checkpoint directory to use "
+                                  "explicitly")  # fmt: skip
     elif (location / MANIFEST_FILE).is_file():
         checkpoint = verify_in_its_run(location)  # inside a run: written by it, the one its receipt recorded
         layout = RunLayout.of(location.parent.parent)

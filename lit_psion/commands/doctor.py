@@ -63,8 +63,34 @@ def _adapter(layout: RunLayout) -> list[Verdict]:
 
     try:
         meta, tensors = load_adapter(directory)
+        checkpoint = _exported_from(layout, meta, tensors)
     except LitPsionError as error:
         return [Verdict("adapter/", False, str(error), error.exit_code)]
     return [Verdict("adapter/", True, f"{len(tensors)} tensors match adapter.json (rank {meta['rank']}, "
-                                      f"alpha {meta['alpha']})")]  # fmt: skip
+                                      f"alpha {meta['alpha']}) and the run's {checkpoint}")]  # fmt: skip
+
+
+def _exported_from(layout: RunLayout, meta: dict, tensors: dict) -> str:
+    """The run's pointed-to checkpoint, if ``adapter/`` was exported from it: its run, its data, its tensors.
+
+    Raises:
+        CheckpointError: another run's adapter, or one exported from another checkpoint (exit 4).
+    """
+    import torch
+
+    from lit_psion.checkpoint_io import load_verified
+    from lit_psion.core.audit import receipted_checkpoints
+    from lit_psion.core.checkpoint import resolve_checkpoint
+    from lit_psion.core.errors import CheckpointError
+
+    if meta.get("source_run") != layout.run_id:
+        raise CheckpointError(f"exported from run {meta.get('source_run')!r}, not from this run; export this run's "
+                              "adapter again (adapter export RUN_DIR)")  # fmt: skip
+    checkpoint = resolve_checkpoint(layout, quiet=True, receipted=receipted_checkpoints(layout))
+    state = load_verified(checkpoint)["state_dict"]
+    trained = {name: tensor for name, tensor in state.items() if ".lora_" in name}
+    if trained.keys() != tensors.keys() or not all(torch.equal(trained[k], tensors[k]) for k in trained):
+        raise CheckpointError(f"its tensors are not the adapter of the run's {checkpoint.path.name} (exported from "
+                              "another checkpoint, or another run's); export it again (adapter export RUN_DIR)")
+    return checkpoint.path.name
 

@@ -26,7 +26,7 @@ from lit_psion.runs import load_run
 def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str]:
     """The verified base checkpoint at ``location``: its state, its directory, its manifest's sha256."""
     try:
-        base = load_run(location)  # every digest verified, each file read once
+        base = load_run(location, exact=True)  # every digest verified, each file read once; no silent fallback
     except ConfigError as error:
         raise CheckpointError(f"base_checkpoint {str(location)!r} is neither a run directory nor a checkpoint "
                               "directory (step-NNNNNN with manifest.json)") from error  # fmt: skip

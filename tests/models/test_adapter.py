@@ -280,3 +280,41 @@ def test_an_output_directory_in_a_run_is_refused_and_the_runs_are_untouched(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert (_tree(base), _tree(tuned)) == before
+
+
+def test_doctor_holds_a_runs_adapter_to_the_run_it_sits_in(base: Path, tuned: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """doctor said 'ok adapter/' for another run's adapter copied in: it checked the directory against itself."""
+    from lit_psion.cli import main
+
+    run = tmp_path / tuned.name
+    shutil.copytree(tuned, run)
+    shutil.rmtree(run / "adapter", ignore_errors=True)
+    assert main(["adapter", "export", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 0
+    assert "ok   adapter/: " in capsys.readouterr().out
+    other = tmp_path / "other"
+    assert fit(*adapter_args(base, other, "--trainer.max_steps", "2", "--seed_everything", "5")) == 0
+    other_run = other / read_latest(other)
+    assert main(["adapter", "export", str(other_run)]) == 0
+    shutil.rmtree(run / "adapter")
+    shutil.copytree(other_run / "adapter", run / "adapter")
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 4
+    assert f"FAIL adapter/: exported from run {other_run.name!r}, not from this run" in capsys.readouterr().out
+
+
+def test_a_base_whose_pointed_checkpoint_fails_is_refused(base: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """The fine-tune used to print a warning and train on the base's older checkpoint instead."""
+    copy = tmp_path / base.name
+    shutil.copytree(base, copy)
+    pointed = copy / "checkpoints" / read_json(copy / "checkpoints" / "pointer.json")["checkpoint"]
+    data = bytearray((pointed / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (pointed / "model.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert fit(*adapter_args(copy, tmp_path / "ft", "--trainer.max_steps", "1")) == 4
+    assert f"{pointed.name} does not verify" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").glob("*/run.json"))
