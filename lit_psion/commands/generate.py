@@ -60,6 +60,8 @@ def sample(path: Path, prompt: str, tokens: int, temperature: float, top_k: int 
 
     model, tokenizer_path = load_decoder(path)
     tokenizer_path = tokenizer_file or tokenizer_path
+    if tokenizer_file is not None and not tokenizer_file.is_file():
+        raise ConfigError(f"--tokenizer {str(tokenizer_file)!r} is not a file; give the base run's tokenizer.json")
     if tokenizer_path is None or not tokenizer_path.is_file():
         raise ConfigError(f"no tokenizer for {str(path)!r}: give --tokenizer <the base run>/tokenizer.json")
     try:

@@ -142,6 +142,7 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
         store.recover(parent_id)
         parent = store.session_meta(parent_id)
         store.check_signature(parent)
+        store.base_weights()  # the base the child will run on: its digest and finiteness, as run checks them
         if (child_dir / "meta.json").exists():
             raise ConfigError(f"session {child_id!r} already exists; pick another --child_session_id")
         # Checked (digest, finiteness) before a state spreads to a child, and copied from the bytes checked.

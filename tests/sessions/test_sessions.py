@@ -137,6 +137,10 @@ def test_a_tampered_base_checkpoint_is_refused(trained: Path, capsys: pytest.Cap
     checkpoint.write_bytes(bytes(data))
     assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "32") == 4
     assert "does not match base_meta.json" in capsys.readouterr().err
+    assert session("fork", "--artifacts_root", str(trained), "--parent_session_id", "s1", "--child_session_id",
+                   "c1") == 4  # fmt: skip  (it forked, and only the child's first run refused)
+    assert "does not match base_meta.json" in capsys.readouterr().err
+    assert not (trained / "sessions" / "c1").exists()
 
 
 class _Payload:
