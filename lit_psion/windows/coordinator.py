@@ -35,7 +35,10 @@ def open_window(root: Path, window_id: str) -> None:
 
 
 def close_window(root: Path, window_id: str) -> dict[str, Any]:
-    """Take the window from wherever it is (active, sealed or scored) to reconciled; the promotion record."""
+    """Take the window from wherever it is (planned, active, sealed or scored) to reconciled; the promotion record.
+
+    A planned window is abandoned: it opens with nothing dispatched, so every assignment ends replay_required.
+    """
     program = Program(root)
     if program.state(window_id) == PLANNED:
         open_window(root, window_id)  # nothing was dispatched: every assignment ends replay_required
