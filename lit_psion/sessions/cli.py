@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 from lit_psion.commands import CommandParser
+from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.sessions.settings import WorldConfig
-from lit_psion.sessions.store import Store
+from lit_psion.sessions.store import BASE_CHECKPOINT, OPTIM, PLASTIC, Store
 
 
 def _flag(value: str) -> bool:
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=600, help="environment transitions")
     run.add_argument("--seed", type=int, default=1, help="draws the session's trajectory")
 
+    verify = command("verify", "check a session's files against the digests its meta.json records")
+    verify.add_argument("--session_id", required=True)
+
     command("list", "list sessions and their lineage")
     show = command("show", "print a session's meta.json")
     show.add_argument("--session_id", required=True)
@@ -97,6 +102,34 @@ def show_session(store: Store, session_id: str) -> dict[str, Any]:
     return meta
 
 
+def verify_session(store: Store, session_id: str) -> None:
+    """One line per file: the base checkpoint, the session's artifacts, every run's files (JSON and hashes only).
+
+    Raises:
+        SystemExit: some file fails; its code is the first failure's (4: a checkpoint or state, 5: a record).
+    """
+    meta = store.session_meta(session_id)
+    directory = store.session_dir(session_id)
+    checks = [("base/" + BASE_CHECKPOINT, store.base_dir / BASE_CHECKPOINT, store.base_meta()["base_ckpt_hash"], 4)]
+    checks += [(name, directory / name, digest, 4 if name in (PLASTIC, OPTIM) else 5)
+               for name, digest in sorted((meta.get("artifacts") or {}).items())]  # fmt: skip
+    for run in meta["runs"]:
+        run_dir = directory / "runs" / str(run.get("run_id"))
+        checks += [(f"runs/{run.get('run_id')}/{name}", run_dir / name, digest, 5)
+                   for name, digest in sorted((run.get("files") or {}).items())]  # fmt: skip
+    failures = []
+    for name, path, expected, code in checks:
+        actual = sha256_file(path) if path.is_file() and not path.is_symlink() else None
+        ok = actual == expected
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: " + ("matches meta.json" if ok else
+              f"expected sha256 {expected}, got {actual or 'no file'}"))  # fmt: skip
+        failures += [] if ok else [code]
+    if failures:
+        print(f"lit_psion: session verify: {len(failures)} of {len(checks)} files failed", file=sys.stderr)
+        raise SystemExit(failures[0])
+    print(f"all {len(checks)} files of session {session_id} match")
+
+
 def session_main(args: list[str]) -> None:
     parsed = build_parser().parse_args(args)
     store = Store(parsed.artifacts_root)
@@ -105,6 +138,9 @@ def session_main(args: list[str]) -> None:
         return
     if parsed.command == "show":
         show_session(store, parsed.session_id)
+        return
+    if parsed.command == "verify":
+        verify_session(store, parsed.session_id)
         return
     from lit_psion.sessions import commands  # trains: torch and Lightning, imported here
 

@@ -518,3 +518,29 @@ def test_a_signalled_session_run_says_so_and_commits_nothing(trained: Path, sign
     assert writer.returncode == code, err[-2000:]
     assert f"lit_psion: {says}" in err
     assert read_json(directory / "meta.json") == before
+
+
+def _append(path: Path) -> None:
+    path.write_text(path.read_text() + "999,0,0,0\n")
+
+
+VERIFY_HARMS = [  # (what is done to the session, the file the FAIL line names, exit code)
+    (lambda run: _append(run / "per_step.csv"), "per_step.csv", 5),
+    (lambda run: (run.parent.parent / "metrics.json").write_text("{}"), "metrics.json", 5),
+    (lambda run: (run / "mse_curve.png").unlink(), "mse_curve.png", 5),
+    (lambda run: (run.parent.parent / "plastic_state.safetensors").write_bytes(b"x"), "plastic_state.safetensors", 4),
+]
+
+
+@pytest.mark.parametrize(("harm", "name", "code"), VERIFY_HARMS, ids=["a row appended", "metrics emptied",
+                                                                      "a plot deleted", "state replaced"])  # fmt: skip
+def test_session_verify_checks_every_file_meta_json_records(trained: Path, capsys: pytest.CaptureFixture,
+                                                            harm: Any, name: str, code: int) -> None:  # fmt: skip
+    """No command checked a run's results or metrics.json; the next run overwrote an edited metrics.json."""
+    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
+    assert "files of session s1 match" in capsys.readouterr().out
+    run = next((trained / "sessions" / "s1" / "runs").iterdir())
+    harm(run)
+    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == code
+    out = capsys.readouterr().out
+    assert any(line.startswith("FAIL") and name in line for line in out.splitlines()), out
