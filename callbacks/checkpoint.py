@@ -218,10 +218,14 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
     signature = signature_of(pl_module)
     if None not in (manifest.model_signature, signature) and manifest.model_signature != signature:
         changed = changed_model_settings(run.resume_from, run.config_yaml) if run.resume_from else ""
+        if not changed and getattr(pl_module, "base_digest", None) is not None:
+            changed = (" (the same settings: the base they name is another checkpoint now, as when the base run was "
+                       "continued; give --model.init_args.base_checkpoint the base's step-NNNNNN directory this run "
+                       "was trained on)")  # fmt: skip
         raise CheckpointError(f"checkpoint step {manifest.step} was written by a model with signature "
                               f"{manifest.model_signature[:16]}..., but this config builds {signature[:16]}... "
-                              f"{changed or '(another architecture or model setting)'}; resume with the run's own "
-                              "model settings")  # fmt: skip
+                              f"{changed.strip() or '(another architecture or model setting)'}; resume with the run's "
+                              "own model settings")  # fmt: skip
 
 
 def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:

@@ -318,3 +318,19 @@ def test_a_base_whose_pointed_checkpoint_fails_is_refused(base: Path, tmp_path: 
     assert fit(*adapter_args(copy, tmp_path / "ft", "--trainer.max_steps", "1")) == 4
     assert f"{pointed.name} does not verify" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").glob("*/run.json"))
+
+
+def test_an_adapter_resume_after_its_base_run_moved_on_says_so(base: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """It said 'another architecture or model setting', though no setting had changed."""
+    moved = tmp_path / "base"
+    shutil.copytree(base.parent, moved)
+    moved_run = moved / base.name
+    ft = tmp_path / "ft"
+    assert fit(*adapter_args(moved_run, ft, "--trainer.max_steps", "2")) == 0
+    steps = read_json(moved_run / "run.json")["global_step"]
+    assert fit("--trainer.default_root_dir", str(moved), "--trainer.max_steps", str(steps + 3), "--ckpt_path",
+               "last") == 0  # fmt: skip  (the base run continues: its pointer moves)
+    capsys.readouterr()
+    assert fit(*adapter_args(moved_run, ft, "--trainer.max_steps", "4", "--ckpt_path", "last")) == 4
+    assert "the same settings: the base they name is another checkpoint now" in capsys.readouterr().err
