@@ -66,7 +66,8 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     exported = {"format_version": FORMAT_VERSION, **info, "dtype": str(next(iter(tensors.values())).dtype),
                 "decoder_config": state["decoder_config"], "data_manifest_digest": run.record.data_manifest_digest,
-                "source_run": run_dir.name}  # fmt: skip
+                "source_run": run.layout.run_id, "source_checkpoint": run.checkpoint.path.name,
+                "source_manifest_sha256": run.checkpoint.manifest_sha256}  # fmt: skip
     data = save(tensors, metadata={HEADER_KEY: canonical_json(exported).decode()})
     atomic_write_bytes(out / ADAPTER_FILE, data)
     meta = {**exported, "adapter_sha256": sha256_bytes(data)}

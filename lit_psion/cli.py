@@ -26,7 +26,7 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 import lit_psion.strategies  # noqa: F401  (registers lit_psion's strategies by name)
 from lit_psion.callbacks import (
@@ -177,9 +177,11 @@ class LitPsionCLI(LightningCLI):
         refuse_unrunnable_strategy(config.trainer)
         follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
-        if self.subcommand == "fit" and config.get("ckpt_path") != "last":  # last: made once a run is found
+        if self.subcommand == "fit" and config.get("ckpt_path") != "last":  # last: checked once a run is found
             _make_root(root)
         run_id, rejected = self._resolve_resume(config, root)
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            _make_root(root)
         named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None
         if named is not None and config.get("ckpt_path") is None:
             run_id, rejected = self._resume_named(config, RunLayout(root, _plain_run_id(named)))
@@ -477,11 +479,13 @@ def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | argpar
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError | ArgumentError | argparse.ArgumentError):
             return current
-        if isinstance(current, OmegaConfBaseException):  # a ${...} in a --config file that does not resolve
+        if isinstance(current, OmegaConfBaseException):  # a --config value OmegaConf cannot take
             where = getattr(current, "full_key", None) or "a --config file"
             reason = str(current).split("\n", 1)[0]
-            return ConfigError(f"{where}: its interpolation does not resolve ({reason}); fix the ${{...}} reference "
-                               "in the --config file")  # fmt: skip
+            if isinstance(current, InterpolationResolutionError):
+                return ConfigError(f"{where}: its interpolation does not resolve ({reason}); fix the ${{...}} "
+                                   "reference in the --config file")  # fmt: skip
+            return ConfigError(f"{where}: {reason} ({type(current).__name__}); fix the --config file")
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return lit_psion_cause(error)  # a collective that lost its peer

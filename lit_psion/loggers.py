@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
@@ -27,8 +28,11 @@ class _ContinuingWriter(ExperimentWriter):
         if not os.path.isfile(self.metrics_file_path):
             return
         with open(self.metrics_file_path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fieldnames, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) <= step]
+            text = handle.read()
+        if not text.endswith("\n"):  # a row a kill cut short: it is logged again
+            text = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        fieldnames, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) <= step]
         lines = [",".join(fieldnames)] + [",".join(row.get(k, "") or "" for k in fieldnames) for row in rows]
         atomic_write_text(self.metrics_file_path, "\n".join(lines) + "\n")
 

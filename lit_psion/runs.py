@@ -21,7 +21,13 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lit_psion.checkpoint_io import consolidated_for, load_verified
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.audit import changed_records, receipted_checkpoints, verify_in_its_run
-from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
+from lit_psion.core.checkpoint import (
+    MANIFEST_FILE,
+    RejectedCheckpoint,
+    VerifiedCheckpoint,
+    read_pointer,
+    resolve_checkpoint,
+)
 from lit_psion.core.contracts import DataFacts, ReplayData
 from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError
 
@@ -108,6 +114,11 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
         if exact and skipped:
             raise CheckpointError(f"run {layout.run_id!r}: {skipped[0].path.name} does not verify "
                                   f"({skipped[0].reason}); restore it, or give the checkpoint directory to use "
+                                  "explicitly")  # fmt: skip
+        if exact and ((pointer := read_pointer(layout)) is None or pointer.checkpoint != checkpoint.path.name):
+            named = "no checkpoint" if pointer is None else pointer.checkpoint
+            raise CheckpointError(f"run {layout.run_id!r}'s pointer names {named}, but a resume would load "
+                                  f"{checkpoint.path.name}; give the checkpoint directory to use "
                                   "explicitly")  # fmt: skip
     elif (location / MANIFEST_FILE).is_file():
         checkpoint = verify_in_its_run(location)  # inside a run: written by it, the one its receipt recorded

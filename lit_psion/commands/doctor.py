@@ -71,26 +71,36 @@ def _adapter(layout: RunLayout) -> list[Verdict]:
 
 
 def _exported_from(layout: RunLayout, meta: dict, tensors: dict) -> str:
-    """The run's pointed-to checkpoint, if ``adapter/`` was exported from it: its run, its data, its tensors.
+    """Where in the run ``adapter/`` was exported from: its run, and the checkpoint whose tensors it holds.
 
     Raises:
-        CheckpointError: another run's adapter, or one exported from another checkpoint (exit 4).
+        CheckpointError: another run's adapter, or tensors that are not those of the checkpoint it names (exit 4).
     """
     import torch
 
     from lit_psion.checkpoint_io import load_verified
-    from lit_psion.core.audit import receipted_checkpoints
+    from lit_psion.core.audit import receipted_checkpoints, verify_in_its_run
     from lit_psion.core.checkpoint import resolve_checkpoint
     from lit_psion.core.errors import CheckpointError
+    from lit_psion.core.layout import step_of
 
     if meta.get("source_run") != layout.run_id:
         raise CheckpointError(f"exported from run {meta.get('source_run')!r}, not from this run; export this run's "
                               "adapter again (adapter export RUN_DIR)")  # fmt: skip
-    checkpoint = resolve_checkpoint(layout, quiet=True, receipted=receipted_checkpoints(layout))
+    receipted = receipted_checkpoints(layout)
+    latest = resolve_checkpoint(layout, quiet=True, receipted=receipted)
+    name = meta.get("source_checkpoint") or latest.path.name  # exports before the field: the run's latest
+    if not layout.checkpoints.joinpath(name).is_dir():  # removed by retention since: its receipt still binds it
+        recorded = receipted.recorded.get(step_of(name) or -1, (None, None))[0]
+        if recorded is None or recorded != meta.get("source_manifest_sha256"):
+            raise CheckpointError(f"it names {name}, which is neither here nor a durable checkpoint the receipts "
+                                  "record; export it again (adapter export RUN_DIR)")  # fmt: skip
+        return f"{name} (no longer kept; its receipt matches)"
+    checkpoint = verify_in_its_run(layout.checkpoints / name)
     state = load_verified(checkpoint)["state_dict"]
-    trained = {name: tensor for name, tensor in state.items() if ".lora_" in name}
+    trained = {key: tensor for key, tensor in state.items() if ".lora_" in key}
     if trained.keys() != tensors.keys() or not all(torch.equal(trained[k], tensors[k]) for k in trained):
-        raise CheckpointError(f"its tensors are not the adapter of the run's {checkpoint.path.name} (exported from "
-                              "another checkpoint, or another run's); export it again (adapter export RUN_DIR)")
-    return checkpoint.path.name
-
+        raise CheckpointError(f"its tensors are not the adapter of the run's {name}; export it again (adapter "
+                              "export RUN_DIR)")  # fmt: skip
+    newer = "" if name == latest.path.name else f"; the run is at {latest.path.name} now: export again for it"
+    return f"{name}{newer}"

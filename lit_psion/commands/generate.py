@@ -142,7 +142,7 @@ def _merged(path: Path) -> tuple[Any, None]:
         written = header.get(MERGED_HEADER_KEY)
         if written != canonical_json(record["decoder_config"]).decode():
             raise CheckpointError(f"{MERGE_RECORD}'s decoder_config is not the one the merged weights were written "
-                                  f"with ({written or 'none recorded'})")  # fmt: skip
+                                  f"with ({written or 'none recorded: merged by an earlier version'})")  # fmt: skip
         model = Decoder(DecoderConfig(**record["decoder_config"]))
         model.load_state_dict({k.removeprefix("model."): v for k, v in load(data).items()})
     except (TypeError, ValueError, RuntimeError, LitPsionError) as error:

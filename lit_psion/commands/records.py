@@ -7,6 +7,7 @@ is verified and before anything is written.
 from __future__ import annotations
 
 import csv
+import io
 from typing import Any
 
 from lit_psion.core import RunLayout
@@ -46,12 +47,14 @@ def _refuse_unreadable_metrics(layout: RunLayout) -> None:
     if not layout.metrics.is_file():
         return
     try:
-        with open(layout.metrics, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if "step" not in (reader.fieldnames or []):
-                raise ValueError("its header has no 'step' column")
-            for row in reader:
-                int(row["step"])
+        text = layout.metrics.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):  # a row cut short by a kill: the resume drops it
+            text = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if text and "step" not in (reader.fieldnames or []):
+            raise ValueError("its header has no 'step' column")
+        for row in reader:
+            int(row["step"])
     except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as error:
         raise EvidenceError(f"run {layout.run_id!r}: {layout.metrics.name} cannot be continued ({error}); restore it "
                             "from a backup, or move it aside (each step's loss is also in the receipts), then resume"

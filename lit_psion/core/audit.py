@@ -27,7 +27,7 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.digest import sha256_file, sha256_json
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_json
-from lit_psion.core.layout import RECEIPTS_FILE, RunLayout
+from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import RunRecord, RunStatus
 
@@ -190,7 +190,9 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             continue
         verdicts.append(Verdict(name, True, f"{len(verified.manifest.files)} files match the manifest and its receipt"))
     newest = receipted.newest
-    if newest is not None and not layout.checkpoint(newest).is_dir():
+    on_disk = [step_of(path.name) or 0 for path in layout.checkpoint_dirs()]
+    if newest is not None and not layout.checkpoint(newest).is_dir() and max(on_disk, default=-1) < newest:
+        # (a kill between retention and the newer checkpoint's receipt leaves that newer one, unreceipted)
         verdicts.append(Verdict(layout.checkpoint(newest).relative_to(layout.run_dir).as_posix(), False,
                                 "missing: the newest durable checkpoint the receipts record is gone; restore it from a "
                                 "backup", CheckpointError.exit_code))  # fmt: skip
@@ -206,7 +208,10 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
         elif pointer is None:
             detail = f"missing; a resume falls back to {resumed.path.name}"
         else:
-            why = next((r.reason for r in rejected if r.path.name == pointer.checkpoint), "it does not verify")
+            newer = receipted.newest is not None and pointer.step < receipted.newest
+            why = next((r.reason for r in rejected if r.path.name == pointer.checkpoint),
+                       f"the receipts record a newer durable checkpoint, step {receipted.newest}" if newer
+                       else "it does not verify")  # fmt: skip
             detail = f"names {pointer.checkpoint}, which a resume does not use ({why}); it loads {resumed.path.name}"
         verdicts.append(Verdict(layout.pointer.name, ok, detail, 0 if ok else CheckpointError.exit_code))
     except CheckpointError as error:
@@ -270,19 +275,22 @@ def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
     if record.run_id != layout.run_id:
         problems.append(f"it names run {record.run_id!r}, but its directory is {layout.run_id!r} (a run directory "
                         "keeps its run id's name: rename it back)")  # fmt: skip
-    last, last_run = None, None
+    seal, last_run, head = None, None, None
     if layout.receipts.is_file():
         for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                last = parse_receipt(line)
+                receipt = parse_receipt(line)
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 continue  # the chain's own verdict names a bad line
-            last_run = last.body if last.kind == "training_run" else last_run
-    if last is not None and last.kind == "chain_seal":
+            seal = receipt.body if receipt.kind == "chain_seal" else seal if receipt.kind == "chain_repair" else None
+            last_run, head = receipt.body if receipt.kind == "training_run" else last_run, receipt.digest
+    # Written at or after the seal (its head is the chain's last), run.json must say what the seal says; a kill
+    # between the seal's append and run.json's write leaves an earlier head and status, which a resume repairs.
+    if seal is not None and record.receipts_head == head:
         if record.status != RunStatus.COMPLETED:
             problems.append(f"it says {record.status}, but the chain is sealed: the run completed")
-        if record.global_step != last.body.get("step"):
-            problems.append(f"it says step {record.global_step}, but the seal says step {last.body.get('step')}")
+        if record.global_step != seal.get("step"):
+            problems.append(f"it says step {record.global_step}, but the seal says step {seal.get('step')}")
     signed = last_run.get("model_signature") if last_run is not None else None
     if None not in (signed, record.model_signature) and signed != record.model_signature:
         problems.append(f"its model_signature is not the one the last training_run receipt records ({signed})")

@@ -391,3 +391,11 @@ def test_a_resume_refuses_a_metrics_file_it_cannot_continue(tmp_path: Path, caps
     assert {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
     run.metrics.unlink()
     assert _resume(run.root) == 0  # what the line says to do
+
+
+def test_a_metrics_row_a_kill_cut_short_does_not_block_the_resume(tmp_path: Path) -> None:
+    run = _run(tmp_path / "runs")
+    with open(run.metrics, "a") as handle:
+        handle.write("0.5,")  # the start of a row, no newline: the kill came mid-append
+    assert _resume(run.root) == 0
+    assert run.metrics.read_text().endswith("\n") and "0.5,\n" not in run.metrics.read_text()

@@ -85,7 +85,8 @@ HARMS = [
      "FAIL checkpoints/step-000012: missing", 4),
     ("a deleted pointer", lambda run: run.pointer.unlink(), "FAIL pointer.json: missing; a resume falls back to", 4),
     ("the pointer moved back to a good older checkpoint", lambda run: move_pointer(run, 6),
-     "FAIL pointer.json: names step-000006, which a resume does not use", 4),
+     "FAIL pointer.json: names step-000006, which a resume does not use (the receipts record a newer durable "
+     "checkpoint, step 12)", 4),
     # run.json edited where the chain or the directory says otherwise: it used to read "ok"
     ("run.json's step edited", lambda run: edit_record(run, global_step=999),
      "FAIL run.json: does not match the run: it says step 999, but the seal says step 12", 5),
@@ -205,3 +206,15 @@ def test_a_renamed_run_directory_is_named_as_such(completed: RunLayout, tmp_path
     capsys.readouterr()
     assert main(["doctor", str(renamed)]) == 5
     assert f"it names run {completed.run_id!r}, but its directory is 'my-run'" in capsys.readouterr().out
+
+
+def test_a_kill_between_the_seal_and_run_json_is_not_a_forgery(completed: RunLayout, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    copy = RunLayout(tmp_path, completed.run_id)
+    shutil.copytree(completed.run_dir, copy.run_dir)
+    lines = copy.receipts.read_text().splitlines()
+    assert [json.loads(line)["kind"] for line in lines[-2:]] == ["training_run", "chain_seal"]
+    edit_record(copy, status="active", receipts_head=json.loads(lines[-3])["digest"])
+    capsys.readouterr()
+    main(["doctor", str(copy.run_dir)])
+    assert "ok   run.json: active" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from lit_psion.core import read_json, sha256_bytes, sha256_file, sha256_json
-from lit_psion.core.run import read_latest
+from lit_psion.core.run import read_latest, write_latest
 from tests.helpers import assert_tree_equal, fit, latest_checkpoint
 
 N = 12
@@ -290,10 +290,20 @@ def test_doctor_holds_a_runs_adapter_to_the_run_it_sits_in(base: Path, tuned: Pa
     run = tmp_path / tuned.name
     shutil.copytree(tuned, run)
     shutil.rmtree(run / "adapter", ignore_errors=True)
-    assert main(["adapter", "export", str(run)]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # given as ".": the run's own id is recorded, not ""
+        patch.chdir(run)
+        assert main(["adapter", "export", "."]) == 0
     capsys.readouterr()
     assert main(["doctor", str(run)]) == 0
-    assert "ok   adapter/: " in capsys.readouterr().out
+    pointed = read_json(run / "checkpoints" / "pointer.json")["checkpoint"]
+    assert "ok   adapter/: " in (out := capsys.readouterr().out) and f"and the run's {pointed}" in out, out
+    steps = read_json(run / "run.json")["global_step"]
+    write_latest(tmp_path, run.name)  # the copy is the latest run of its root: continue it
+    assert fit(*adapter_args(base, tmp_path, "--model.init_args.targets", '["lm_head", "attn_qkv"]',
+                             "--trainer.max_steps", str(steps + 2), "--ckpt_path", "last")) == 0  # as `tuned` trained
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 0  # stale, not forged: it names the checkpoint it came from
+    assert "export again for it" in capsys.readouterr().out
     other = tmp_path / "other"
     assert fit(*adapter_args(base, other, "--trainer.max_steps", "2", "--seed_everything", "5")) == 0
     other_run = other / read_latest(other)
