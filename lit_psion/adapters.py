@@ -15,7 +15,9 @@ leave an ``adapter_export`` receipt in the output directory's ``receipts.jsonl``
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,8 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     _require_finite(tensors, f"the adapter of the run in {str(run_dir)!r}")
     out = out or run_dir / "adapter"
     refuse_output_in_a_run(out, own=run_dir / "adapter")
+    for caveat in _caveats(run):
+        print(f"lit_psion: warning: {caveat}; exporting it anyway", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     exported = {"format_version": FORMAT_VERSION, **info, "dtype": str(next(iter(tensors.values())).dtype),
                 "decoder_config": state["decoder_config"], "data_manifest_digest": run.record.data_manifest_digest,
@@ -77,6 +81,19 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
                                        base_checkpoint_digest=info["base_checkpoint_digest"],
                                        output_digest=sha256_file(out / META_FILE)))  # fmt: skip
     return out
+
+
+def _caveats(run: Any) -> list[str]:
+    """What a user should know before using a run's adapter: the run failed, or its promotion gate held it."""
+    caveats = []
+    if run.record is not None and run.record.status in ("failed", "active"):
+        caveats.append(f"run {run.layout.run_id} is {run.record.status} ({run.record.failure_class or 'not finished'})")
+    if run.layout is not None and run.layout.promotion.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            decision = read_json(run.layout.promotion)
+            if decision.get("decision") == "hold":
+                caveats.append(f"its promotion gate held it ({'; '.join(decision.get('reasons') or []) or 'hold'})")
+    return caveats
 
 
 def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -140,7 +140,7 @@ _CLASS_PROBLEM = re.compile(r"Problem with given class_path '([^']+)': (.*?)(?= 
 
 
 _UNION_VALUE = re.compile(r'Parser key "[^"]+": Does not validate against any of the Union subtypes Subtypes: '
-                          r"\[(?P<types>[^\]]*)\].*?Given value: (?P<value>\S+)")  # fmt: skip
+                          r"\[(?P<types>(?:[^\[\]]|\[[^\]]*\])*)\].*?Given value: (?P<value>\S+)")  # fmt: skip
 _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
 _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value: (?P<value>\S+)")
 
@@ -173,7 +173,7 @@ def plain_parse_error(message: str) -> str:
 
 
 def _wrong_type(where: str, types: str, given: str) -> str:
-    names = re.findall(r"'([^']+)'", types) or [types]
+    names = [quoted or generic for quoted, generic in re.findall(r"'([^']+)'|(\w[\w.]*\[[^\]]*\])", types)] or [types]
     if "float" in names and given.lower().lstrip("+-") in ("nan", "inf", "infinity"):
         return f"{where}: {given!r} is not a finite number; give one"
     wanted = " or ".join("null" if name == "NoneType" else name for name in names)

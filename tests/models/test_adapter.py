@@ -344,3 +344,23 @@ def test_an_adapter_resume_after_its_base_run_moved_on_says_so(base: Path, tmp_p
     capsys.readouterr()
     assert fit(*adapter_args(moved_run, ft, "--trainer.max_steps", "4", "--ckpt_path", "last")) == 4
     assert "the same settings: the base they name is another checkpoint now" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("why", ["held", "failed"])
+def test_exporting_a_held_or_failed_run_warns(tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              why: str) -> None:  # fmt: skip
+    """It exported, merged and sampled a diverged run's adapter without a word."""
+    from lit_psion.cli import main
+
+    run = tmp_path / tuned.name
+    shutil.copytree(tuned, run)
+    if why == "held":
+        (run / "promotion.json").write_text(json.dumps({"decision": "hold", "reasons": ["no gain on held-out"]}))
+    else:
+        record = read_json(run / "run.json")
+        record.update(status="failed", failure_class="diverged")
+        (run / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["adapter", "export", str(run), "--out", str(tmp_path / "out")]) == 0
+    said = "its promotion gate held it (no gain on held-out)" if why == "held" else "is failed (diverged)"
+    assert "lit_psion: warning: " in (err := capsys.readouterr().err) and said in err, err
