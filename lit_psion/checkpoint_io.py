@@ -40,7 +40,7 @@ from lit_psion.core.checkpoint import (
     VerifiedCheckpoint,
     verify_checkpoint,
 )
-from lit_psion.core.errors import CheckpointError, CheckpointWriteError
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
 from lit_psion.core.files import FILE_MODE, fsync_path
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
 
@@ -379,8 +379,8 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
     from lit_psion.core.receipts import ConsolidationReceipt
 
     if not verified.sharded:
-        raise CheckpointError(f"checkpoint {str(verified.path)!r} is not sharded; it already is one "
-                              f"{WEIGHTS} (nothing to consolidate)")  # fmt: skip
+        raise ConfigError(f"checkpoint {str(verified.path)!r} is not sharded; it already is one {WEIGHTS} "
+                          "(nothing to consolidate: read the run directly)")  # fmt: skip
     state = load_trainer_state(verified)
     gathered: dict[str, Any] = {}
     try:

@@ -432,7 +432,8 @@ def test_a_checkpoint_is_resumed_only_by_a_strategy_that_reads_its_layout(
                  "--trainer.default_root_dir", str(single), "--ckpt_path", "last", "--trainer.max_steps", "6"]) == 4
     assert "but --trainer.strategy transactional_sharded reads sharded" in capsys.readouterr().err
     assert (run_dir(single) / "run.json").read_bytes() == run_json
-    assert main(["ckpt", "consolidate", str(run_dir(single))]) == 4
+    assert main(["ckpt", "consolidate", str(run_dir(single))]) == 2  # a wrong argument: the checkpoint is fine
+    assert "is not sharded; it already is one model.safetensors" in capsys.readouterr().err
 
 
 class _Evil:
