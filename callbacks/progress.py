@@ -18,6 +18,8 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from typing_extensions import override
 
+from lit_psion.core.errors import ConfigError
+
 
 class ProgressBar(RichProgressBar):
     """``RichProgressBar`` over optimizer steps when ``max_steps`` bounds the run.
@@ -30,6 +32,10 @@ class ProgressBar(RichProgressBar):
 
     def __init__(self, refresh_rate: int = 1, leave: bool = False, print_every: int | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
+        if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
+            raise ConfigError(f"progress_bar.refresh_rate must be an integer >= 0 (0: no bar), got {refresh_rate!r}")
+        if print_every is not None and (isinstance(print_every, bool) or print_every < 1):
+            raise ConfigError(f"progress_bar.print_every must be >= 1 or null, got {print_every!r}")
         super().__init__(refresh_rate=refresh_rate, leave=leave, **kwargs)
         self.print_every = print_every
         self._started: float | None = None

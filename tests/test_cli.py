@@ -90,6 +90,8 @@ ERRORS = [
     ("lightning's scheduler group", lambda p: ["--lr_scheduler.class_path", "torch.optim.lr_scheduler.StepLR"], 2,
      "--lr_scheduler.class_path is not used"),
     ("zero log interval", lambda p: ["--trainer.log_every_n_steps", "0"], 2, "log_every_n_steps must be >= 1"),
+    ("negative bar refresh", lambda p: ["--progress_bar.refresh_rate", "-1"], 2, "refresh_rate must be an integer"),
+    ("zero print interval", lambda p: ["--progress_bar.print_every", "0"], 2, "print_every must be >= 1 or null"),
     ("zero validation interval", lambda p: ["--trainer.val_check_interval", "0"], 2, "val_check_interval must be > 0"),
     ("zero accumulation", lambda p: ["--trainer.accumulate_grad_batches", "0"], 2, "accumulate_grad_batches must be"),
     ("zero steps", lambda p: ["--trainer.max_steps", "0"], 2, "max_steps must be >= 1"),
