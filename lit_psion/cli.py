@@ -215,6 +215,8 @@ class LitPsionCLI(LightningCLI):
             return None, ()
         if ckpt_path != "last":
             self.verified = _as_its_run_receipted(verify_checkpoint(ckpt_path))
+            if (source := RunLayout.of(self.verified.path.resolve().parent.parent)).is_run():
+                refuse_another_family(source, config, checkpoint=ckpt_path)
             return None, ()
         run_id = read_latest(root)
         if run_id is None:

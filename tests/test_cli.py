@@ -310,3 +310,16 @@ def test_last_with_no_run_to_continue_creates_no_root(tmp_path: Path, capsys: py
     assert fit("--trainer.default_root_dir", str(root), "--ckpt_path", "last") == 4
     assert "no run to continue" in capsys.readouterr().err
     assert not root.exists()
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_another_family_is_named_before_the_data(subcommand: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """A graph-core config given a decoder checkpoint got the data module's 'other data' line (exit 3)."""
+    assert fit("--trainer.default_root_dir", str(tmp_path / "dec"), "--trainer.max_steps", "3") == 0
+    step = next((tmp_path / "dec" / read_latest(tmp_path / "dec") / "checkpoints").glob("step-*"))
+    capsys.readouterr()
+    assert main([subcommand, "--config", "configs/graph_core_oscillators.yaml", "--trainer.default_root_dir",
+                 str(tmp_path / "gc"), "--ckpt_path", str(step)]) == 4  # fmt: skip
+    assert "which trains lit_psion.models.DecoderLM, but this config builds" in capsys.readouterr().err
+    assert not (tmp_path / "gc").exists() or not any((tmp_path / "gc").glob("*/run.json"))

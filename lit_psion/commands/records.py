@@ -61,17 +61,23 @@ def _refuse_unreadable_metrics(layout: RunLayout) -> None:
                             ) from error  # fmt: skip
 
 
-def refuse_another_family(layout: RunLayout, config: Any) -> None:
-    """``--ckpt_path last`` continues the latest run under the root: refused, before anything of it is read, when
-    that run trained another model class than this config builds (its run.json stays as it is)."""
+def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None = None) -> None:
+    """A fit from a run's checkpoint (``--ckpt_path last``: the latest run under the root; else the ``checkpoint``
+    given) is refused, before anything of it is read, when that run trained another model class than this config
+    builds (its run.json stays as it is). Before the data's checks: another family's data is another kind of data."""
     import yaml
 
     try:
         recorded = yaml.safe_load(layout.config.read_text())["model"]["class_path"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
         return  # no readable config.yaml: the checkpoint's own checks decide
     wanted = config.get("model", {}).get("class_path") if hasattr(config.get("model"), "get") else None
-    if wanted is not None and recorded != wanted:
-        raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
-                              f"{recorded}, but this config builds {wanted}; continue it with its own config "
-                              f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
+    if wanted is None or str(recorded).rsplit(".", 1)[-1] == str(wanted).rsplit(".", 1)[-1]:
+        return  # the same class, however its module path was spelled
+    if checkpoint is not None:
+        raise CheckpointError(f"--ckpt_path {checkpoint!r} is a checkpoint of run {layout.run_id}, which trains "
+                              f"{recorded}, but this config builds {wanted}; give a checkpoint of a "
+                              f"{str(wanted).rsplit('.', 1)[-1]} run, or that run's own config ({layout.config})")
+    raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
+                          f"{recorded}, but this config builds {wanted}; continue it with its own config "
+                          f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
