@@ -23,8 +23,11 @@ def _entry(argv: list[str]) -> int:
         print(f"lit_psion: error: unknown command {argv[0]!r}; commands are {', '.join([*TRAINING, *COMMANDS])} "
               "(python -m lit_psion --help)", file=sys.stderr)  # fmt: skip
         return 2
-    from lit_psion.cli import main
-
+    try:
+        from lit_psion.cli import main  # torch and Lightning: seconds, in which a Ctrl-C is no traceback either
+    except KeyboardInterrupt:
+        print("lit_psion: interrupted", file=sys.stderr)
+        return 130
     return _exit_without_teardown(main())  # LightningCLI reads sys.argv itself (given both, it warns)
 
 

@@ -6,6 +6,7 @@ import csv
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import yaml
 from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_file
 from lit_psion.core.run import read_latest
-from tests.helpers import TINY, fit
+from tests.helpers import TINY, fit, subprocess_env
 
 
 def test_fit_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -323,3 +324,26 @@ def test_another_family_is_named_before_the_data(subcommand: str, tmp_path: Path
                  str(tmp_path / "gc"), "--ckpt_path", str(step)]) == 4  # fmt: skip
     assert "which trains lit_psion.models.DecoderLM, but this config builds" in capsys.readouterr().err
     assert not (tmp_path / "gc").exists() or not any((tmp_path / "gc").glob("*/run.json"))
+
+
+def _deliver_ctrl_c() -> None:
+    """In the child: SIGINT neither ignored nor blocked, whatever the test runner's process does with it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def test_a_ctrl_c_while_torch_and_lightning_load_is_one_line(tmp_path: Path) -> None:
+    """It printed a traceback ending in KeyboardInterrupt (the exit code was already 130)."""
+    import signal
+
+    command = [sys.executable, "-m", "lit_psion", "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=subprocess_env(),
+                               preexec_fn=_deliver_ctrl_c)  # fmt: skip
+    time.sleep(0.5)  # importing torch and Lightning takes seconds
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "lit_psion: interrupted"
