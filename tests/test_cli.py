@@ -326,6 +326,13 @@ def test_another_family_is_named_before_the_data(subcommand: str, tmp_path: Path
     assert not (tmp_path / "gc").exists() or not any((tmp_path / "gc").glob("*/run.json"))
 
 
+def _loads_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 def _deliver_ctrl_c() -> None:
     """In the child: SIGINT neither ignored nor blocked, whatever the test runner's process does with it."""
     import signal
@@ -342,7 +349,9 @@ def test_a_ctrl_c_while_torch_and_lightning_load_is_one_line(tmp_path: Path) -> 
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=subprocess_env(),
                                preexec_fn=_deliver_ctrl_c)  # fmt: skip
-    time.sleep(0.5)  # importing torch and Lightning takes seconds
+    deadline = time.monotonic() + 60
+    while not _loads_torch(process.pid) and time.monotonic() < deadline:  # inside `from lit_psion.cli import`
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
