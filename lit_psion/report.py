@@ -26,7 +26,7 @@ from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "loss": ("loss", ("train/loss", "val/loss")),
+    "loss": ("loss", ("train/loss", "train/mse", "val/loss")),  # train/mse: the graph core's training loss
     "lr": ("learning rate", ("train/lr",)),
     "norms": ("norms", ("telemetry/grad_norm", "telemetry/update_norm", "telemetry/param_norm")),
     "throughput": ("tokens/s", ("telemetry/tokens_per_s",)),
@@ -329,7 +329,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     labels = _labels(runs)
     series = {label: read_metrics(run) for label, run in zip(labels, runs, strict=True)}
     finals = {label: last_values(s) for label, s in series.items()}
-    metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss"))})
+    metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss", "train/mse"))})
     diff = config_diff(runs)
     facts = [evidence(run) for run in runs]  # every run is read before anything is written
     out = Path(out)

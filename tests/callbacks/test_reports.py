@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
-from lit_psion.report import PANELS, TIMELINE, axes_rows, read_metrics, timeline_events
+from lit_psion.report import PANELS, TIMELINE, axes_rows, read_metrics, timeline_events, write_plots
 from tests.helpers import fit, fit_subprocess
 
 
@@ -152,3 +152,12 @@ def test_wandb_offline_run_holds_the_config_and_evidence_digests(tmp_path: Path)
     ]:
         assert key.encode() in data and value.encode() in data, key
     assert b"tiny_corpus.txt" in data  # the resolved config was logged
+
+
+def test_the_graph_cores_training_loss_is_drawn_with_the_losses(tmp_path: Path) -> None:
+    """A graph core logs train/mse, not train/loss: its loss panel held validation alone."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,train/mse\n9,0.0056\n19,0.0047\n")  # before the first validation
+    assert "loss.png" in write_plots({"run": read_metrics(run)}, tmp_path / "plots")
+    assert _png(tmp_path / "plots" / "loss.png")
