@@ -249,6 +249,10 @@ def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
     ok = digest == record.data_manifest_digest == payload.get("digest")
     verdicts.append(Verdict(name, ok, f"data manifest content digest {'matches' if ok else 'differs from'} run.json's "
                             f"and its own ({digest})", 0 if ok else DataError.exit_code))  # fmt: skip
+    if manifest is not None and manifest.tokenizer_digest is not None and not layout.tokenizer.is_file():
+        verdicts.append(Verdict(layout.tokenizer.name, False, "missing: the data manifest records its digest "
+                                f"({manifest.tokenizer_digest[:16]}...); restore it from a backup",
+                                DataError.exit_code))  # fmt: skip
     if manifest is not None and layout.tokenizer.is_file():
         actual = sha256_file(layout.tokenizer)
         ok = actual == manifest.tokenizer_digest

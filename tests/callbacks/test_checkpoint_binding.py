@@ -284,12 +284,14 @@ EDITS = [  # (record, the edit) -- every file a resume rewrites, each checked ag
     ("data_manifest.json", lambda path: path.write_text(path.read_text().replace('"sha256": "', '"sha256": "0', 1))),
     ("data_manifest.json", lambda path: path.write_text("[]")),
     ("tokenizer.json", lambda path: path.write_text(path.read_text() + " ")),
+    ("tokenizer.json", lambda path: path.unlink()),
+    ("config.yaml", lambda path: path.unlink()),
 ]
 
 
 @pytest.mark.parametrize(("record", "edit"), EDITS,
                          ids=["config", "manifest field", "manifest source digest", "manifest not an object",
-                              "tokenizer"])  # fmt: skip
+                              "tokenizer", "tokenizer deleted", "config deleted"])  # fmt: skip
 def test_a_resume_does_not_overwrite_a_record_changed_since_the_run_wrote_it(
     tmp_path: Path, capsys: pytest.CaptureFixture, record: str, edit: Callable[[Path], None]
 ) -> None:

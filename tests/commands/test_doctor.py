@@ -79,6 +79,7 @@ HARMS = [
     ("config.yaml replaced by a directory", lambda run: (run.config.unlink(), run.config.mkdir()),
      "FAIL config.yaml: missing", 3),
     ("a deleted data manifest", lambda run: run.data_manifest.unlink(), "FAIL data_manifest.json: missing", 3),
+    ("a deleted tokenizer", lambda run: run.tokenizer.unlink(), "FAIL tokenizer.json: missing", 3),
     ("every checkpoint deleted", lambda run: shutil.rmtree(run.checkpoints),
      "FAIL checkpoints/step-000012: missing: the newest durable checkpoint the receipts record is gone", 4),
     ("the newest checkpoint deleted", lambda run: shutil.rmtree(run.checkpoint(12)),
