@@ -40,7 +40,7 @@ from lit_psion.core.checkpoint import (
     VerifiedCheckpoint,
     verify_checkpoint,
 )
-from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, load_refusal
 from lit_psion.core.files import FILE_MODE, fsync_path
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
 
@@ -255,8 +255,8 @@ def load_trainer_state(verified: VerifiedCheckpoint, map_location: Any = None) -
         state_bytes = io.BytesIO(verified.contents[STATE])
         state = torch.load(state_bytes, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load refusing a pickled object
-        raise CheckpointError(f"checkpoint {where!r} cannot be loaded safely: {type(error).__name__}: "
-                              f"{error}") from error  # fmt: skip
+        raise CheckpointError(f"checkpoint {where!r} cannot be loaded safely ({load_refusal(error)}); lit_psion "
+                              "loads tensors and plain data only: give a checkpoint it wrote") from error  # fmt: skip
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {where!r} holds no trainer state; it was not written by lit_psion")
     if "global_step" in state and state["global_step"] != verified.step:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class LitPsionError(Exception):
     """Base of the errors lit_psion reports to a user as one line."""
@@ -125,3 +127,13 @@ def failure_class(error: BaseException) -> str:
     """The failure class run.json records for a fit that ended with ``error``."""
     cause = lit_psion_cause(error)
     return cause.failure_class if cause is not None else "internal"
+
+
+def load_refusal(error: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a few words: never its advice to load the file unsafely."""
+    text = str(error)
+    if (found := re.search(r"Unsupported global: GLOBAL (\S+)", text)) is not None:
+        return f"it holds a pickled {found[1]}, which loading would run"
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds pickled objects other than tensors and plain data"
+    return f"{type(error).__name__}: {(text.strip().splitlines() or [''])[0][:200]}"

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
-from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, load_refusal
 from lit_psion.core.files import fsync_path
 from lit_psion.core.lock import RunLock
 from lit_psion.sessions.settings import WorldConfig
@@ -109,7 +109,7 @@ def load_torch(data: bytes, path: Path) -> Any:
         return torch.load(buffer, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{str(path)!r} holds something other than tensors and plain data; refusing to "
-                              f"load it ({_first_line(error)})") from error  # fmt: skip
+                              f"load it ({load_refusal(error)})") from error  # fmt: skip
 
 
 def require_finite(state: Any, path: Path) -> None:
@@ -134,10 +134,6 @@ def _named_tensors(obj: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor
     elif isinstance(obj, list | tuple):
         for index, value in enumerate(obj):
             yield from _named_tensors(value, f"{name}[{index}]")
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class Store:

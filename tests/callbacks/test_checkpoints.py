@@ -366,3 +366,21 @@ def test_a_real_write_limit_on_the_weights_is_exit_6_with_nothing_staged_left(tm
     record = read_json(run / "run.json")
     assert (record["status"], record["failure_class"]) == ("failed", "checkpoint_flush_failed")
     assert [p.name for p in (run / "checkpoints").iterdir()] == []  # nothing staged is left
+
+
+def test_a_refused_pickle_is_named_without_torchs_advice_to_load_it_unsafely(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line quoted torch's whole message, which suggests re-running with weights_only=False."""
+    import io
+
+    monkeypatch.setenv("MARKER", str(tmp_path / "pwned"))
+    from lit_psion.core.errors import load_refusal
+
+    buffer = io.BytesIO()
+    torch.save({"evil": _Payload()}, buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError) as refused:
+        torch.load(buffer, weights_only=True)
+    said = load_refusal(refused.value)
+    assert said.startswith("it holds a pickled ") and "which loading would run" in said, said
+    assert "weights_only" not in said and "False" not in said
