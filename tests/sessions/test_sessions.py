@@ -6,32 +6,25 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_file
 from lit_psion.sessions import commands
 from lit_psion.sessions.cli import build_parser
 from lit_psion.sessions.store import Store
 from lit_psion.strategies import TransactionPolicy
 from tests.helpers import REPO_ROOT
-
-SMALL_BASE = ["--pretrain_steps", "150", "--pretrain_batch", "16", "--pretrain_seq", "16"]
-
-
-def session(*args: str) -> int:
-    return main(["session", *args])
+from tests.sessions.helpers import SMALL_BASE, session
+from tests.sessions.helpers import session_process as _session_process
 
 
 def demo_commands() -> list[list[str]]:
@@ -62,23 +55,6 @@ def test_the_documented_demo_runs_and_updates_beat_no_updates(tmp_path: Path) ->
     index = read_json(root / "sessions" / "index.json")["sessions"]
     assert index["s1b"]["parent_session_id"] == "s1" and index["s1b"]["root_session_id"] == "s1"
     assert "s1b" in outputs[-1] and "s1" in outputs[-1]
-
-
-@pytest.fixture(scope="module")
-def trained_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("trained") / "artifacts"
-    assert session("init-base", "--artifacts_root", str(root), *SMALL_BASE) == 0
-    assert session("new", "--artifacts_root", str(root), "--session_id", "s1") == 0
-    assert session("run", "--artifacts_root", str(root), "--session_id", "s1", "--steps", "96") == 0
-    return root
-
-
-@pytest.fixture
-def trained(trained_once: Path, tmp_path: Path) -> Path:
-    """A fresh copy of an artifacts root with a base and session s1 after one run of 96 steps."""
-    root = tmp_path / "artifacts"
-    shutil.copytree(trained_once, root)
-    return root
 
 
 def test_a_session_run_receipts_its_updates_as_stage_session(trained: Path) -> None:
@@ -185,36 +161,6 @@ def test_bad_arguments_are_one_line_errors(trained: Path, capsys: pytest.Capture
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before  # nothing made, not even a lock
-
-
-BROKEN_RECORDS = [  # (the file, what it is made to hold)
-    ("sessions/index.json", "[]"),
-    ("sessions/index.json", "{not json"),
-    ("sessions/index.json", '{"sessions": []}'),
-    ("sessions/s1/meta.json", "{not json"),
-    ("sessions/s1/meta.json", '{"session_id": "s1"}'),
-    ("base/base_meta.json", "{}"),
-    ("base/base_meta.json", "\x00"),
-]
-
-
-@pytest.mark.parametrize(("record", "content"), BROKEN_RECORDS,
-                         ids=["index list", "index garbled", "index sessions list", "meta garbled", "meta partial",
-                              "base meta empty", "base meta binary"])  # fmt: skip
-def test_a_broken_store_record_is_one_line_and_no_half_made_session(trained: Path, capsys: pytest.CaptureFixture,
-                                                                      record: str, content: str) -> None:  # fmt: skip
-    """Each crashed (exit 1); a new session against a broken registry left a meta.json the registry never listed."""
-    (trained / record).write_text(content)
-    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
-    root = ("--artifacts_root", str(trained))
-    commands = [["run", *root, "--session_id", "s1", "--steps", "32"],
-                ["fork", *root, "--parent_session_id", "s1", "--child_session_id", "c1"]]  # fmt: skip
-    for argv in commands if "s1" in record else [["new", *root, "--session_id", "n1"], *commands]:
-        code = session(*argv)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code in (2, 5) and len(err) == 1 and "restore it from a backup" in err[0], (argv, err)
-    after = sorted(p.relative_to(trained) for p in trained.rglob("*"))
-    assert after == before, set(after) ^ set(before)
 
 
 def test_list_and_show_answer_from_json_without_torch_or_lightning(trained: Path) -> None:
@@ -404,11 +350,6 @@ with RunLock(sys.argv[1], purpose="holding for a test"):
 """
 
 
-def _session_process(*args: str, stdout: Any = subprocess.PIPE, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lit_psion", "session", *args], stdout=stdout, stderr=stderr,
-                            text=True, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-
-
 def test_a_locked_session_refuses_a_second_writer_with_exit_8_naming_the_holder(trained: Path) -> None:
     directory = trained / "sessions" / "s1"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdin=subprocess.PIPE,
@@ -500,57 +441,3 @@ def test_concurrent_runs_of_one_session_lose_no_run(trained: Path, tmp_path: Pat
     index = read_json(trained / "sessions" / "index.json")["sessions"]["s1"]
     assert len(meta["runs"]) == len(index["runs"]) == 2  # the fixture's run and the winner's, in both
     assert meta["runs"][-1]["run_id"] in first_out
-
-
-def _catches_sigterm(pid: int) -> bool:
-    """Whether the process has a handler for SIGTERM (Lightning installs one when a fit starts)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        caught = next(line for line in status if line.startswith("SigCgt"))
-    except (OSError, StopIteration):
-        return False
-    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
-
-
-@pytest.mark.parametrize(("signum", "code", "says"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
-                                                      (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
-def test_a_signalled_session_run_says_so_and_commits_nothing(trained: Path, signum: int, code: int, says: str) -> None:
-    """SIGTERM was exit 0 with no line (a scheduler read success), Ctrl-C exit 1 with Lightning's warning alone."""
-    directory = trained / "sessions" / "s1"
-    before = read_json(directory / "meta.json")
-    writer = _session_process("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "200000")
-    deadline = time.monotonic() + 120
-    while not _catches_sigterm(writer.pid) and time.monotonic() < deadline:  # the Trainer's handlers are in place
-        time.sleep(0.1)
-    time.sleep(1)
-    writer.send_signal(signum)
-    _, err = writer.communicate(timeout=120)
-    assert writer.returncode == code, err[-2000:]
-    assert f"lit_psion: {says}" in err
-    assert read_json(directory / "meta.json") == before
-
-
-def _append(path: Path) -> None:
-    path.write_text(path.read_text() + "999,0,0,0\n")
-
-
-VERIFY_HARMS = [  # (what is done to the session, the file the FAIL line names, exit code)
-    (lambda run: _append(run / "per_step.csv"), "per_step.csv", 5),
-    (lambda run: (run.parent.parent / "metrics.json").write_text("{}"), "metrics.json", 5),
-    (lambda run: (run / "mse_curve.png").unlink(), "mse_curve.png", 5),
-    (lambda run: (run.parent.parent / "plastic_state.safetensors").write_bytes(b"x"), "plastic_state.safetensors", 4),
-]
-
-
-@pytest.mark.parametrize(("harm", "name", "code"), VERIFY_HARMS, ids=["a row appended", "metrics emptied",
-                                                                      "a plot deleted", "state replaced"])  # fmt: skip
-def test_session_verify_checks_every_file_meta_json_records(trained: Path, capsys: pytest.CaptureFixture,
-                                                            harm: Any, name: str, code: int) -> None:  # fmt: skip
-    """No command checked a run's results or metrics.json; the next run overwrote an edited metrics.json."""
-    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
-    assert "files of session s1 match" in capsys.readouterr().out
-    run = next((trained / "sessions" / "s1" / "runs").iterdir())
-    harm(run)
-    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == code
-    out = capsys.readouterr().out
-    assert any(line.startswith("FAIL") and name in line for line in out.splitlines()), out
