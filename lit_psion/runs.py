@@ -29,7 +29,7 @@ from lit_psion.core.checkpoint import (
     resolve_checkpoint,
 )
 from lit_psion.core.contracts import DataFacts, ReplayData
-from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 
 
 def add_data_facts_link(parser: LightningArgumentParser) -> None:
@@ -61,9 +61,8 @@ class LoadedRun:
             raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} is not inside a run directory, so there is "
                               "no config.yaml to rebuild its model from; give the run directory")  # fmt: skip
         for verdict in changed_records(self.layout):  # the model is rebuilt from what the run recorded, or not at all
-            raise {DataError.exit_code: DataError}.get(verdict.exit_code, EvidenceError)(
-                f"run {self.layout.run_id!r}: {verdict.artifact}: {verdict.detail}; restore it from a backup "
-                "(`python -m lit_psion doctor RUN_DIR` shows every check)")
+            raise verdict.refusal(self.layout.run_id, "restore it from a backup (`python -m lit_psion doctor "
+                                  "RUN_DIR` shows every check)")  # fmt: skip
         try:
             config = yaml.safe_load(self.layout.config.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:

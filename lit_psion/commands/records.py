@@ -13,7 +13,7 @@ from typing import Any
 from lit_psion.core import RunLayout
 from lit_psion.core.audit import changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
-from lit_psion.core.errors import CheckpointError, DataError, EvidenceError
+from lit_psion.core.errors import CheckpointError, EvidenceError
 
 
 def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) -> None:
@@ -27,11 +27,9 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
     # data manifest (a corpus's, or a generator's record) and the tokenizer, each against what run.json records.
     # Whether the data itself still matches is the data modules' check, against the checkpoint.
     for verdict in changed_records(layout):
-        error = {DataError.exit_code: DataError, CheckpointError.exit_code: CheckpointError}.get(
-            verdict.exit_code, EvidenceError)  # fmt: skip
-        raise error(f"run {layout.run_id!r}: {verdict.artifact}: {verdict.detail}; continuing the run would "
-                    "overwrite it: restore it from a backup (`python -m lit_psion doctor RUN_DIR` shows every "
-                    "check), or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+        raise verdict.refusal(layout.run_id, "continuing the run would overwrite it: restore it from a backup "
+                              "(`python -m lit_psion doctor RUN_DIR` shows every check), or start a new run from the "
+                              "checkpoint with --ckpt_path <checkpoint directory>")  # fmt: skip
     _refuse_unreadable_metrics(layout)
     head = verified.manifest.receipts_head
     if head is not None and not layout.receipts.is_file():

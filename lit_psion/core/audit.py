@@ -44,6 +44,11 @@ class Verdict:
     def line(self) -> str:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.artifact}: {self.detail}"
 
+    def refusal(self, run_id: str, consequence: str) -> LitPsionError:
+        """This failed verdict as the error a command refuses with: same class (exit code), same words."""
+        kind = {error.exit_code: error for error in (DataError, CheckpointError)}.get(self.exit_code, EvidenceError)
+        return kind(f"run {run_id!r}: {self.artifact}: {self.detail}; {consequence}")
+
 
 def _fail(artifact: str, error: LitPsionError) -> Verdict:
     return Verdict(artifact, False, str(error), error.exit_code)
