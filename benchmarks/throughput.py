@@ -28,6 +28,11 @@ timed window) against lit_psion with step receipts, telemetry and checkpoints of
 1 - on/off (target <= 3%).
 
     LIT_PSION_CACHE=/tmp/lpcache python benchmarks/throughput.py --against evidence-off --steps 200
+
+``--floor`` adds a third side to every round: the same model, data, optimizer, schedule and clipping in a bare
+Lightning ``Trainer`` (no logger, no callbacks but the step clock, no checkpointing). Its
+``lightning_floor_ratio`` (bare Lightning over plain, the same statistic as ``ratio``) and
+``lightning_loop_overhead_ms`` show how much of the gap is Lightning's own loop, which lit_psion runs inside.
 """
 
 from __future__ import annotations
@@ -185,15 +190,8 @@ def run_lit_psion(
 def run_plain(args: argparse.Namespace, preset: dict[str, Any]) -> Clock:
     """The step clock of the same training written as a plain PyTorch loop."""
     L.seed_everything(preset.get("seed_everything", 1337), verbose=False)
-    data = {**preset["data"]["init_args"], "batch_size": args.batch_size, "block_size": args.block_size}
-    data["files"] = args.files or data["files"]
-    datamodule = CorpusDataModule(**data)
-    datamodule.prepare()
-    model_args = preset["model"]["init_args"]
-    decoder = {**model_args.get("decoder", {}), "vocab_size": datamodule.vocab_size, "block_size": args.block_size}
-    model = Decoder(DecoderConfig(**decoder))
+    datamodule, model, opt_config = _plain_parts(args, preset)
     model.train()
-    opt_config = OptimizerConfig(**model_args.get("optimizer", {}))
     optimizer = build_optimizer(opt_config, model, model.hidden_matrices())
     schedule = warmup_cosine(opt_config.warmup_steps, opt_config.decay_steps or args.steps, opt_config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -216,6 +214,51 @@ def run_plain(args: argparse.Namespace, preset: dict[str, Any]) -> Clock:
     return clock
 
 
+class BareModule(L.LightningModule):
+    """The plain loop's training as a bare LightningModule: the decoder, the loss, the optimizer and schedule."""
+
+    def __init__(self, decoder: Decoder, optimizer: OptimizerConfig, steps: int) -> None:
+        super().__init__()
+        self.decoder, self.optimizer_config, self.steps = decoder, optimizer, steps
+
+    def training_step(self, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+        logits = self.decoder(batch["input_ids"])
+        return F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())
+
+    def configure_optimizers(self) -> Any:
+        config = self.optimizer_config
+        optimizer = build_optimizer(config, self.decoder, self.decoder.hidden_matrices())
+        schedule = warmup_cosine(config.warmup_steps, config.decay_steps or self.steps, config.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def run_bare_lightning(args: argparse.Namespace, preset: dict[str, Any]) -> Clock:
+    """The step clock of the plain loop's training run by a bare Lightning ``Trainer`` (the floor under lit_psion)."""
+    L.seed_everything(preset.get("seed_everything", 1337), verbose=False)
+    datamodule, decoder, opt_config = _plain_parts(args, preset)
+    clock = Clock(args.warmup, args.steps)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=args.steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        gradient_clip_val=preset["trainer"].get("gradient_clip_val"), callbacks=[StepTimer(clock)],
+    )  # fmt: skip
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(BareModule(decoder, opt_config, args.steps), train_dataloaders=datamodule.train_dataloader())
+    return clock
+
+
+def _plain_parts(args: argparse.Namespace, preset: dict[str, Any]) -> tuple[CorpusDataModule, Decoder, OptimizerConfig]:
+    """The data module, the decoder and the optimizer settings both non-lit_psion sides train."""
+    data = {**preset["data"]["init_args"], "batch_size": args.batch_size, "block_size": args.block_size}
+    data["files"] = args.files or data["files"]
+    datamodule = CorpusDataModule(**data)
+    datamodule.prepare()
+    model_args = preset["model"]["init_args"]
+    decoder = {**model_args.get("decoder", {}), "vocab_size": datamodule.vocab_size, "block_size": args.block_size}
+    return datamodule, Decoder(DecoderConfig(**decoder)), OptimizerConfig(**model_args.get("optimizer", {}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, nargs="+", default=[REPO / "configs" / c for c in DEFAULT_CONFIGS],
@@ -234,6 +277,7 @@ def main() -> None:
         help="the other side: a plain PyTorch loop, or lit_psion with its evidence layer off",
     )
     parser.add_argument("--checkpoint-every", type=int, default=50, help="with --against evidence-off")
+    parser.add_argument("--floor", action="store_true", help="also run a bare Lightning Trainer each round (plain)")
     args = parser.parse_args()
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
@@ -276,7 +320,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     preset = yaml.safe_load(args.config.read_text())
     load_before = os.getloadavg()[0]  # well above 0 means something else is running: timings will be noisy
     tokens = args.batch_size * args.block_size * (args.steps - args.warmup)
-    lit, plain, fit_seconds = list[Clock](), list[Clock](), list[float]()
+    lit, plain, bare, fit_seconds = list[Clock](), list[Clock](), list[Clock](), list[float]()
     with tempfile.TemporaryDirectory(prefix="lit_psion_throughput_") as tmp:
 
         def other(index: int) -> Clock:
@@ -292,6 +336,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             fit_seconds.append(total)
             if not index % 2:
                 plain.append(other(index))
+            if args.floor and args.against == "plain":
+                bare.append(run_bare_lightning(args, preset))
             rates = (tokens / lit[-1].seconds, tokens / plain[-1].seconds)
             print(f"round {index}: lit_psion {rates[0]:.0f}, {args.against} {rates[1]:.0f} tokens/s", file=sys.stderr)
     lit_rates = [tokens / c.seconds for c in lit]
@@ -358,6 +404,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "lit_psion_fit_wall_s": [round(s, 2) for s in fit_seconds],
         **context,
     }
+    if bare:
+        bare_rates = [tokens / c.seconds for c in bare]
+        bare_outside = statistics.median(s for c in bare for s in c.outside_model_seconds)
+        floor = statistics.median(a / b for a, b in zip(bare_rates, plain_rates, strict=True))
+        result |= {
+            "lightning_floor_ratio": round(floor, 4),
+            "lightning_tokens_per_s": round(statistics.median(bare_rates), 1),
+            "lightning_median_step_ms": round(statistics.median(s for c in bare for s in c.step_seconds) * 1000, 2),
+            "lightning_loop_overhead_ms": round((bare_outside - plain_outside) * 1000, 2),
+            "lit_psion_over_lightning_ms": round((lit_outside - bare_outside) * 1000, 2),
+            "lightning_rounds": [round(r, 1) for r in bare_rates],
+        }
     return result
 
 
