@@ -401,13 +401,14 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
     for key in ("run_id", "model_signature", "data_manifest_digest", "cursor", "membership", "receipts_head"):
         extra[key] = getattr(manifest, key)
     path = out / step_name(verified.step)
+    # The log is opened (and checked: another run's consolidations, a garbled log) before anything is written.
+    log = ReceiptLog(out / RECEIPTS_FILE, run_id=f"consolidate-{manifest.run_id}")
     write_checkpoint({**state, "state_dict": weights, EXTRA_KEY: extra}, path)
     written = verify_checkpoint(path)
     body = ConsolidationReceipt(source=f"run:{manifest.run_id}/{verified.path.name}",
                                 source_manifest_digest=verified.manifest_sha256, step=verified.step,
                                 checkpoint=path.name, manifest_digest=written.manifest_sha256,
                                 weights_digest=written.weights_sha256 or "")  # fmt: skip
-    log = ReceiptLog(out / RECEIPTS_FILE, run_id=f"consolidate-{manifest.run_id}")
     log.append(body)
     log.close()
     return path, {"checkpoint": str(path), "weights_sha256": written.weights_sha256,

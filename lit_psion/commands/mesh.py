@@ -104,7 +104,7 @@ def serve_store(host: str, port: int) -> None:
 def launch_node(parsed: object, extra: list[str]) -> int:
     """Run torchrun's elastic agent for this node; its exit code is the node's (0 also when it was drained)."""
     host, _, port = parsed.store.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise ConfigError(f"--store {parsed.store!r} is not HOST:PORT; give the address `mesh store` printed")
     for flag, seconds in (("--join-timeout", parsed.join_timeout), ("--last-call", parsed.last_call)):
         if seconds < 1:
@@ -168,7 +168,7 @@ def launch_node(parsed: object, extra: list[str]) -> int:
 def _check_nnodes(nnodes: str) -> None:
     """``N`` or ``MIN:MAX`` with 1 <= MIN <= MAX, refused in one line (torchrun asserts it with a traceback)."""
     parts = nnodes.split(":")
-    if len(parts) in (1, 2) and all(part.isdigit() for part in parts):
+    if len(parts) in (1, 2) and all(part.isascii() and part.isdigit() for part in parts):
         low, high = int(parts[0]), int(parts[-1])
         if 1 <= low <= high:
             return

@@ -56,8 +56,9 @@ def record(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     except FileNotFoundError as error:
         raise EvidenceError(f"{str(path)!r} is missing; the program's records are incomplete") from error
     except (OSError, ValueError, RecursionError) as error:
-        raise EvidenceError(f"{str(path)!r} cannot be read ({type(error).__name__}); it was damaged or "
-                            "edited") from error
+        raise EvidenceError(
+            f"{str(path)!r} cannot be read ({type(error).__name__}); it was damaged or edited"
+        ) from error
     if not isinstance(value, dict) or any(key not in value for key in keys):
         raise EvidenceError(f"{str(path)!r} is not the record it should be (fields {', '.join(keys)}); it was edited")
     return value
@@ -82,16 +83,30 @@ class Program:
         windows = self.root / "windows"
         if not windows.is_dir():
             return []
-        return sorted(p.name for p in windows.iterdir() if WINDOW_ID.fullmatch(p.name) and (p / STATE).is_file())
-        # A window directory without window.json never finished planning (window.json is its commit point).
+        names = sorted(p.name for p in windows.iterdir() if WINDOW_ID.fullmatch(p.name))
+        committed = [name for name in names if (windows / name / STATE).is_file()]
+        # A window directory without window.json never finished planning (window.json is its commit point): only
+        # the one after the last window may be such, and only while it holds no more than planning writes.
+        for number, name in enumerate(committed, start=1):
+            if name != f"w-{number:04d}":
+                raise EvidenceError(f"window w-{number:04d} is missing from {str(windows)!r} but {name} follows it; "
+                                    "restore it from a backup")  # fmt: skip
+        following = f"w-{len(committed) + 1:04d}"
+        for name in names:
+            if name not in committed and (name != following or not _planning_cut_short(windows / name)):
+                raise EvidenceError(f"{str(windows / name / STATE)!r} is missing but the window holds records "
+                                    "beyond its planning; restore window.json from a backup")  # fmt: skip
+        return committed
 
     def exists(self) -> bool:
         return self.settings_path.is_file()
 
     def require(self) -> None:
         if not self.exists():
-            raise ConfigError(f"{str(self.root)!r} holds no window program ({PROGRAM}); create one with "
-                              "python -m lit_psion window init ROOT --config configs/window_lora.yaml --base RUN_DIR")
+            raise ConfigError(
+                f"{str(self.root)!r} holds no window program ({PROGRAM}); create one with "
+                "python -m lit_psion window init ROOT --config configs/window_lora.yaml --base RUN_DIR"
+            )
 
     def settings(self) -> ProgramSettings:
         self.require()
@@ -142,8 +157,9 @@ class Program:
             with open(path, encoding="utf-8") as handle:
                 first = parse_receipt(handle.readline())
         except (OSError, ValueError, TypeError, UnicodeDecodeError) as error:
-            raise EvidenceError(f"{str(path)!r} has no readable planning receipt; the window's records are damaged") \
-                from error
+            raise EvidenceError(
+                f"{str(path)!r} has no readable planning receipt; the window's records are damaged"
+            ) from error
         if first.kind != "window_state" or first.body.get("state") != PLANNED:
             raise EvidenceError(f"{str(path)!r} does not start with the window's planning receipt; it was edited")
         return first.body.get("plan_digest")
@@ -267,8 +283,10 @@ def _check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str
         if unknown is not None:
             counts = {name: int((built.samples(name).tokens == unknown).sum()) for name in ("train", "val")}
             if any(counts.values()):
-                raise DataError(f"the program's data holds {sum(counts.values())} token(s) the base's tokenizer does "
-                                "not know (<|unk|>); train the base on this text, or give data in its alphabet")
+                raise DataError(
+                    f"the program's data holds {sum(counts.values())} token(s) the base's tokenizer does "
+                    "not know (<|unk|>); train the base on this text, or give data in its alphabet"
+                )
     if built.block_size > decoder_config["block_size"]:
         raise ConfigError(f"data.block_size {built.block_size} exceeds the base's context "
                           f"{decoder_config['block_size']}; use at most that")  # fmt: skip
@@ -333,6 +351,21 @@ def own_directory(path: Path) -> Path:
     return path
 
 
+def _planning_cut_short(directory: Path) -> bool:
+    """Whether ``directory`` holds only what :func:`plan_window` writes before ``window.json``: an empty
+    ``contributions/``, ``plan.json`` and at most the ``planned`` receipt."""
+    allowed = {"contributions", PLAN, RECEIPTS_FILE}
+    entries = list(directory.iterdir()) if directory.is_dir() and not directory.is_symlink() else None
+    if entries is None or any(entry.name not in allowed for entry in entries):
+        return False
+    contributions, receipts = directory / "contributions", directory / RECEIPTS_FILE
+    if contributions.is_symlink() or (contributions.exists() and not contributions.is_dir()):
+        return False
+    if contributions.is_dir() and any(contributions.iterdir()):
+        return False
+    return not receipts.exists() or (receipts.is_file() and receipts.read_bytes().count(b"\n") <= 1)
+
+
 def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     """Plan the next window from the current pointer: fresh slices, plus each slice the previous window marked
     ``replay_required`` (once).
@@ -356,7 +389,6 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     data = corpus(program, settings.data)
     train, val = data.samples("train"), data.samples("val")
     count = contributors or settings.contributors
-    ids = [f"c{i}" for i in range(count)]
     used = [a.slice.index for w in windows for a in program.plan(w).assignments if a.replay_of is None]
     first = max(values["next_slice"], max(used, default=-1) + 1)  # never a slice twice, even if the cursor lags
     available = (len(train) // settings.slice_samples) - first
@@ -364,6 +396,7 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
         raise DataError(f"the data has {max(available, 0)} fresh slice(s) of {settings.slice_samples} samples "
                         f"left, {count} contributors need one each; add text (data.files) or lower "
                         "slice_samples")  # fmt: skip
+    ids = [f"c{i}" for i in range(count)]  # after the check: a huge count is refused, not built
     seed = settings.data.get("seed", SLICE_SEED)
     fresh = [_slice(train, i, settings.slice_samples, seed) for i in range(first, first + count)]
     replays = _replays(program, previous) if previous else []

@@ -97,3 +97,29 @@ def test_the_consolidated_models_receipts_are_verified_with_the_run(
     for target in (run, run / "consolidated"):
         assert main(["receipts", "verify", str(target)]) == 5
     assert main(["doctor", str(run)]) == 5
+
+
+@pytest.mark.parametrize("log", ["garbled", "another run's"])
+def test_an_out_whose_receipts_refuse_the_copy_is_left_as_it_was(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture, log: str
+) -> None:
+    """The log is checked before the copy is written: a consolidation of another run into the same --out used to
+    overwrite that run's copy and only then fail."""
+    from lit_psion.core.chain import ReceiptLog
+    from lit_psion.core.receipts import ConsolidationReceipt
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if log == "garbled":
+        (out / "receipts.jsonl").write_text("not json\n")
+    else:
+        other = ReceiptLog(out / "receipts.jsonl", run_id="consolidate-another-run")
+        other.append(ConsolidationReceipt(source="run:another-run/step-000012", source_manifest_digest="0" * 64,
+                                          step=12, checkpoint="step-000012", manifest_digest="1" * 64,
+                                          weights_digest="2" * 64))  # fmt: skip
+        other.close()
+    before = (out / "receipts.jsonl").read_bytes()
+    assert main(["ckpt", "consolidate", str(uninterrupted), "--out", str(out)]) == 5
+    assert "receipts.jsonl" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["receipts.jsonl"]
+    assert (out / "receipts.jsonl").read_bytes() == before

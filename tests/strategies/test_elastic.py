@@ -370,7 +370,7 @@ def test_a_node_with_no_store_to_reach_exits_rendezvous_timeout_within_the_join_
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize("nnodes", ["3:2", "0", "0:2", "two", "2:"])
+@pytest.mark.parametrize("nnodes", ["3:2", "0", "0:2", "two", "2:", "\u00b2", "1:\u00b3"])
 def test_an_impossible_node_count_is_one_line(nnodes: str, capsys: pytest.CaptureFixture) -> None:
     """torchrun asserted it, with a traceback and exit 1."""
     assert main(["mesh", "launch", "--node-id", "A", "--nnodes", nnodes, "--store", "127.0.0.1:1", "--run-id", "r",

@@ -16,6 +16,7 @@ import pytest
 from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.chain import verify_log
+from lit_psion.core.errors import EvidenceError
 from lit_psion.core.run import read_latest
 from lit_psion.core.windows import (
     REPLAY_REQUIRED,
@@ -237,6 +238,37 @@ def test_a_planning_cut_short_is_planned_again_and_no_slice_is_used_twice(base: 
     fresh = [a.slice.index for a in again.assignments if not a.replay_of]
     assert not set(fresh) & {a.slice.index for a in first.assignments}
     assert main(["window", "verify", str(root)]) == 0
+
+
+@pytest.mark.parametrize("lost", ["window.json of the latest", "window.json of an earlier", "an earlier window"])
+def test_a_window_that_lost_its_record_is_refused_never_planned_over(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture, lost: str
+) -> None:
+    root = new_program(base, tmp_path / "lost", contributors=1)
+    program = Program(root)
+    for _ in range(2):
+        plan = plan_window(root)
+        close_window(root, plan.window_id)  # planned windows close as abandoned: every record of a finished one
+    windows = root / "windows"
+    if lost == "an earlier window":
+        shutil.rmtree(windows / "w-0001")
+    else:
+        (windows / ("w-0002" if "latest" in lost else "w-0001") / "window.json").unlink()
+    before = sorted(str(p.relative_to(windows)) for p in windows.rglob("*"))
+    for command in (["plan", str(root)], ["status", str(root)], ["verify", str(root)]):
+        assert main(["window", *command]) == 5, command
+        assert "restore" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(windows)) for p in windows.rglob("*")) == before  # nothing planned over
+    with pytest.raises(EvidenceError):
+        program.window_ids()
+
+
+def test_a_huge_contributor_count_is_refused_before_it_is_built(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = new_program(base, tmp_path / "huge")
+    assert main(["window", "plan", str(root), "--contributors", str(10**20)]) == 3  # it used to build 10**20 ids
+    assert "contributors" in capsys.readouterr().err
 
 
 def test_a_zero_delta_is_no_gain(base: Path, tmp_path: Path) -> None:
