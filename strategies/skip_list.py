@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.core import atomic_write_json, read_json
+from lit_psion.core.errors import EvidenceError
 
 SKIP_LIST_VERSION = 1
 
@@ -55,11 +56,23 @@ class SkipList:
 
     @classmethod
     def load(cls, path: str | Path) -> SkipList:
-        """The list saved at ``path``, or an empty one if there is no file yet."""
+        """The list saved at ``path``, or an empty one if there is no file yet.
+
+        Raises:
+            EvidenceError: the file is not a skip list (exit 5): it decides which batches train, so it is never
+                guessed at.
+        """
         path = Path(path)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return cls(path)
-        entries = (SkippedBatch.from_json_dict(record) for record in read_json(path)["batches"])
+        try:
+            if path.is_symlink() or not path.is_file():
+                raise ValueError("not a regular file")
+            entries = [SkippedBatch.from_json_dict(record) for record in read_json(path)["batches"]]
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise EvidenceError(f"{str(path)!r} is not a skip list ({reason[:120]}); it decides which batches "
+                                "train: restore it from a backup") from error  # fmt: skip
         return cls(path, {entry.key: entry for entry in entries})
 
     def save(self) -> None:

@@ -381,3 +381,22 @@ def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path, kind: str) -> No
     skipped = list(SkipList.load(tmp_path / "skip_list.json"))  # gathered from both ranks, written by rank 0
     assert [entry.step for entry in skipped] == [3, 3] and skipped[0].key != skipped[1].key
     assert "nonfinite_loss" in skipped[1].reasons
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2, 3]", '{"batches": 5}', '{"batches": [{"key": "k"}]}',
+                                     '{"batches": [{"key": "k", "step": "x"}]}', b"\xff\xfe", "directory"])  # fmt: skip
+def test_a_skip_list_that_is_not_one_is_refused_in_one_line(tmp_path: Path, content: str | bytes) -> None:
+    """It decides which batches train: a garbled one was an exit 1 on resume (JSONDecodeError, TypeError)."""
+    from lit_psion.core.errors import EvidenceError
+    from lit_psion.strategies.skip_list import SkipList
+
+    path = tmp_path / "skip_list.json"
+    if content == "directory":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(EvidenceError, match="is not a skip list"):
+        SkipList.load(path)
+    assert len(SkipList.load(tmp_path / "absent.json")) == 0
