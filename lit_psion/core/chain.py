@@ -202,7 +202,7 @@ class VerifyResult:
     """1-based line number of the first problem."""
     reason: str | None = None
     """``malformed``, ``torn``, ``edited``, ``deleted``, ``reordered``, ``foreign``, ``unbound``, ``after_seal``
-    or ``truncated``."""
+    ``truncated`` or ``symlink``."""
     detail: str = ""
     digests: frozenset[str] = frozenset()
     """Every digest in the verified part of the chain (to check heads recorded elsewhere)."""
@@ -228,6 +228,9 @@ def verify_log(
         run_id: the run the log must belong to (its first receipt chains from this run's genesis).
         upto: verify only the first ``upto`` bytes (the part before a torn tail).
     """
+    if Path(path).is_symlink():  # appends would land wherever it points, outside the run
+        detail = "the log is a symlink, a receipt log is its own file: put the file it points to in its place"
+        return VerifyResult(False, 0, "", None, "symlink", detail)
     data = Path(path).read_bytes()[:upto]
     lines = data.decode("utf-8", errors="replace").splitlines()
     head, count, seen, sealed, previous_kind = None, 0, set(), False, None

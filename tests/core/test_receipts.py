@@ -89,6 +89,21 @@ def test_appending_continues_the_chain_and_refuses_a_broken_log(tmp_path: Path) 
         ReceiptLog(path, run_id="run-a")
 
 
+def test_a_symlinked_log_is_refused_never_followed(tmp_path: Path) -> None:
+    """A run's receipts.jsonl pointing outside the run verified, and a resume appended the chain out there."""
+    outside = tmp_path / "outside.jsonl"
+    write_log(outside, n=2)
+    before = outside.read_bytes()
+    link = tmp_path / "run" / "receipts.jsonl"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    result = verify_log(link, run_id="run-a")
+    assert not result.ok and result.reason == "symlink", result
+    with pytest.raises(ReceiptChainError, match="symlink: the log is a symlink"):
+        ReceiptLog(link, run_id="run-a")
+    assert outside.read_bytes() == before
+
+
 def test_bodies_are_frozen_and_registered_once() -> None:
     receipt = CheckpointReceipt(
         stage_id="pretrain", step=3, checkpoint="checkpoints/step-000003", manifest_digest=None,
