@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
@@ -60,10 +62,18 @@ def main(args: list[str]) -> None:
     launch.add_argument("--run-id", required=True, help="the run every node trains (a plain name)")
     launch.add_argument("--max-restarts", type=int, default=100, help="worker-group restarts before giving up")
     launch.add_argument("--nproc-per-node", type=int, default=1)
-    launch.add_argument("--join-timeout", type=int, default=600,
-                        help="seconds to wait for --nnodes' minimum before giving up (exit 12, rendezvous_timeout)")
-    launch.add_argument("--last-call", type=int, default=5,
-                        help="seconds a rendezvous that has --nnodes' minimum waits for more nodes before it starts")
+    launch.add_argument(
+        "--join-timeout",
+        type=int,
+        default=600,
+        help="seconds to wait for --nnodes' minimum before giving up (exit 12, rendezvous_timeout)",
+    )
+    launch.add_argument(
+        "--last-call",
+        type=int,
+        default=5,
+        help="seconds a rendezvous that has --nnodes' minimum waits for more nodes before it starts",
+    )
     status = actions.add_parser("status", help="print a run's membership epoch and members")
     status.add_argument("run_dir", type=Path)
     drain = actions.add_parser("drain", help="ask a node to leave the mesh after the next checkpoint")
@@ -88,7 +98,12 @@ def serve_store(host: str, port: int) -> None:
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port!r}")
-    store = TCPStore(host, port, is_master=True, wait_for_workers=False)  # noqa: F841 (it serves while it lives)
+    _check_listening(host, port)
+    try:
+        store = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))  # noqa: F841
+    except (RuntimeError, OSError) as error:  # torch's DistNetworkError is a RuntimeError; a race with another
+        raise ConfigError(f"cannot listen on {host}:{port} ({str(error).splitlines()[0][:120]}); give another "
+                          "--port") from None  # fmt: skip
     print(f"mesh store listening on {host}:{port} (give --store HOST:{port} to every `mesh launch`)", flush=True)
     stop = False
 
@@ -104,7 +119,7 @@ def serve_store(host: str, port: int) -> None:
 def launch_node(parsed: object, extra: list[str]) -> int:
     """Run torchrun's elastic agent for this node; its exit code is the node's (0 also when it was drained)."""
     host, _, port = parsed.store.rpartition(":")
-    if not host or not (port.isascii() and port.isdigit()):
+    if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ConfigError(f"--store {parsed.store!r} is not HOST:PORT; give the address `mesh store` printed")
     for flag, seconds in (("--join-timeout", parsed.join_timeout), ("--last-call", parsed.last_call)):
         if seconds < 1:
@@ -163,6 +178,22 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                                 f"{parsed.store} within --join-timeout {parsed.join_timeout} s; start the other "
                                 "nodes (or lower --nnodes' minimum) and launch again")  # fmt: skip
     return agent.returncode
+
+
+def _check_listening(host: str, port: int) -> None:
+    """Refuse at once, in one line, an address this machine cannot listen on (torch's store retries a
+    host that does not resolve for minutes, printing C++ stack frames)."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        reason = "in use" if getattr(error, "errno", None) == errno.EADDRINUSE else (error.strerror or str(error))
+        raise ConfigError(f"cannot listen on {host}:{port} ({reason}); give another --port, or a --host of this "
+                          "machine such as 0.0.0.0") from None  # fmt: skip
 
 
 def _check_nnodes(nnodes: str) -> None:

@@ -442,3 +442,30 @@ def test_two_nodes_with_one_node_id_are_refused_in_one_line(tmp_path: Path) -> N
     assert all(agent.returncode != 0 for agent in agents)
     assert any("lit_psion: error: node id 'same' is used by 2 nodes" in error for error in errors), errors[0][-2000:]
     assert all(error.count("lit_psion: error:") <= 1 for error in errors), "one line per node"
+
+
+@pytest.mark.parametrize("where", ["in use", "bogus.invalid", "8.8.8.8"])
+def test_a_store_address_it_cannot_listen_on_is_one_line_at_once(where: str, capsys: pytest.CaptureFixture) -> None:
+    """A port in use read 'another worker of the mesh is gone' (exit 11); a foreign host hung for minutes."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        host = "127.0.0.1" if where == "in use" else where
+        started = time.monotonic()
+        assert main(["mesh", "store", "--host", host, "--port", str(port)]) == 2
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert f"cannot listen on {host}:{port}" in err and ("(in use)" in err) == (where == "in use")
+
+
+@pytest.mark.parametrize("store", ["127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:\u00b9", "127.0.0.1", ":29500"])
+def test_a_store_address_that_is_not_one_is_refused_at_once(store: str, capsys: pytest.CaptureFixture) -> None:
+    """An out-of-range port waited the whole --join-timeout for a store that cannot exist."""
+    started = time.monotonic()
+    assert main(["mesh", "launch", "--node-id", "A", "--nnodes", "2", "--store", store, "--run-id", "r",
+                 "--config", "fixtures/tiny.yaml"]) == 2  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert f"--store {store!r} is not HOST:PORT" in capsys.readouterr().err
