@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lit_psion.core.errors import ConfigError
 from lit_psion.core.lock import RunLock
 from lit_psion.core.windows import ACTIVE, PLANNED, SCORED, SEALED
 from lit_psion.windows.aggregate import reconcile
@@ -40,6 +41,8 @@ def close_window(root: Path, window_id: str) -> dict[str, Any]:
     A planned window is abandoned: it opens with nothing dispatched, so every assignment ends replay_required.
     """
     program = Program(root)
+    if window_id not in (windows := program.window_ids()):  # as open and contribute say it; not "incomplete"
+        raise ConfigError(f"no window {window_id!r} in {str(program.root)!r} (windows: {', '.join(windows) or 'none'})")
     if program.state(window_id) == PLANNED:
         open_window(root, window_id)  # nothing was dispatched: every assignment ends replay_required
     if program.state(window_id) == ACTIVE:

@@ -213,6 +213,8 @@ def test_close_refuses_an_edited_plan_changed_data_and_a_symlinked_directory(
 
 @pytest.mark.parametrize(("args", "message"), [
     (["open", "{root}", "w-0001/"], "window id 'w-0001/' is not one"),
+    (["close", "{root}", "w-0009"], "no window 'w-0009' in"),  # was exit 5, "the program's records are incomplete"
+    (["open", "{root}", "w-0009"], "no window 'w-0009' in"),
     (["contribute", "{root}", "../windows/w-0001", "a00"], "is not one: window ids are w-NNNN"),
     (["contribute", "{root}", "w-0001", "../a00"], "assignment id '../a00' is not one"),
 ])  # fmt: skip
