@@ -51,6 +51,13 @@ class LoadedRun:
     state: dict[str, Any] = dataclasses.field(repr=False)
     """The checkpoint dict (``state_dict`` holds the weights), loaded with ``weights_only=True``."""
 
+    def check_records(self) -> None:
+        """Refuse a run whose config.yaml, data manifest or tokenizer no longer match what run.json records (a
+        checkpoint outside a run has none to check)."""
+        for verdict in changed_records(self.layout) if self.layout is not None else ():
+            raise verdict.refusal(self.layout.run_id, "restore it from a backup (`python -m lit_psion doctor "
+                                  "RUN_DIR` shows every check)")  # fmt: skip
+
     def config(self) -> dict[str, Any]:
         """The run's resolved ``config.yaml``.
 
@@ -60,9 +67,7 @@ class LoadedRun:
         if self.layout is None:
             raise ConfigError(f"checkpoint {str(self.checkpoint.path)!r} is not inside a run directory, so there is "
                               "no config.yaml to rebuild its model from; give the run directory")  # fmt: skip
-        for verdict in changed_records(self.layout):  # the model is rebuilt from what the run recorded, or not at all
-            raise verdict.refusal(self.layout.run_id, "restore it from a backup (`python -m lit_psion doctor "
-                                  "RUN_DIR` shows every check)")  # fmt: skip
+        self.check_records()  # the model is rebuilt from what the run recorded, or not at all
         try:
             config = yaml.safe_load(self.layout.config.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:

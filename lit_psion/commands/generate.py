@@ -96,6 +96,7 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
         from lit_psion.runs import load_run
 
         run = load_run(path)
+        run.check_records()  # its tokenizer above all: the one the data manifest recorded, or none
         state = run.state
         tokenizer = run.layout.tokenizer if run.layout is not None else None
     if "decoder_config" not in state:

@@ -120,3 +120,19 @@ def test_an_adapter_run_is_not_a_base(runs: dict, tmp_path: Path, capsys: pytest
                "--model.init_args.base_checkpoint", str(runs["tuned"]), "--data.tokenizer_file",
                str(runs["base"] / "tokenizer.json")) == 4  # fmt: skip
     assert "is an adapter run (AdapterLM), not a base model" in capsys.readouterr().err
+
+
+def test_a_run_whose_tokenizer_was_edited_is_refused(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two vocabulary entries swapped: same size, valid JSON; generate sampled other text with exit 0 while doctor
+    FAILed the file."""
+    import json
+
+    run = tmp_path / runs["base"].name
+    shutil.copytree(runs["base"], run)
+    record = json.loads((run / "tokenizer.json").read_text())
+    vocab = record["model"]["vocab"]
+    first, second = list(vocab)[:2]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (run / "tokenizer.json").write_text(json.dumps(record))
+    code, out, err = _sample(capsys, str(run), "--tokens", "5")
+    assert code in (3, 5) and "tokenizer" in err and not out, (code, err)
