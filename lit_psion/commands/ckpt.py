@@ -20,7 +20,7 @@ from lit_psion.core.checkpoint import (
     resolve_checkpoint,
 )
 from lit_psion.core.errors import CheckpointError
-from lit_psion.core.layout import RunLayout, refuse_output_in_a_run
+from lit_psion.core.layout import RunLayout, refuse_output_in_a_run, step_of
 
 
 def main(args: list[str]) -> None:
@@ -33,6 +33,9 @@ def main(args: list[str]) -> None:
     if parsed.action == "verify" and (parsed.run_dir / MANIFEST_FILE).is_file():
         _verify_one(parsed.run_dir)
         return
+    if parsed.action == "verify" and step_of(parsed.run_dir.name) is not None and parsed.run_dir.is_dir():
+        raise CheckpointError(f"checkpoint {str(parsed.run_dir)!r} has no {MANIFEST_FILE}; it is incomplete or "
+                              "damaged: restore it from a backup")  # fmt: skip
     rejected: list[RejectedCheckpoint] = []
     layout = run_layout(parsed.run_dir)
     receipted = receipted_checkpoints(layout)

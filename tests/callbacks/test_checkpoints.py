@@ -286,6 +286,9 @@ def test_ckpt_verify_takes_one_checkpoint_directory(run_dir: Path, damaged: Call
     run = damaged(_flip(WEIGHTS))
     assert main(["ckpt", "verify", str(run / "checkpoints" / "step-000009")]) == 4  # no fallback: this one
     assert "model.safetensors' is corrupt" in capsys.readouterr().err
+    (run / "checkpoints" / "step-000009" / "manifest.json").unlink()  # was exit 2, "not a run directory"
+    assert main(["ckpt", "verify", str(run / "checkpoints" / "step-000009")]) == 4
+    assert "has no manifest.json" in capsys.readouterr().err
     # Another run's checkpoint copied in (it verifies on its own) is not this run's.
     other = tmp_path / "other"
     assert fit("--trainer.default_root_dir", str(other), "--trainer.max_steps", "3") == 0
