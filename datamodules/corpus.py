@@ -125,7 +125,8 @@ class CorpusDataModule(ReplayDataModule):
         self.files = [files] if isinstance(files, str) else list(files)
         self.max_bytes, self.tokenizer_kind, self.requested_vocab_size = max_bytes, tokenizer, vocab_size
         self.block_size, self.documents, self.split = block_size, documents, split
-        self.val_fraction, self.sample_stride = val_fraction, sample_stride or block_size
+        self.val_fraction = val_fraction
+        self.sample_stride = block_size if sample_stride is None else sample_stride  # 0 is refused, not the default
         self.test_fraction = test_fraction
         self.tokenizer: Tokenizer | None = None
         self._tokenizer_text: str | None = None

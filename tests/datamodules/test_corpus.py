@@ -175,6 +175,11 @@ def test_every_bad_setting_is_named_in_one_error(tmp_path: Path) -> None:
         corpus(tmp_path, block_size=0, vocab_size=-1, val_fraction=0.0)
 
 
+def test_a_zero_sample_stride_is_refused_not_read_as_the_default(tmp_path: Path) -> None:
+    with pytest.raises(DataConfigError, match="sample_stride must"):  # it silently became block_size
+        corpus(tmp_path, sample_stride=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
