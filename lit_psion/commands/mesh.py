@@ -101,7 +101,7 @@ def serve_store(host: str, port: int) -> None:
     _check_listening(host, port)
     try:
         store = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))  # noqa: F841
-    except (RuntimeError, OSError) as error:  # torch's DistNetworkError is a RuntimeError; a race with another
+    except (RuntimeError, OSError) as error:  # DistNetworkError is a RuntimeError: the port was taken since the probe
         raise ConfigError(f"cannot listen on {host}:{port} ({str(error).splitlines()[0][:120]}); give another "
                           "--port") from None  # fmt: skip
     print(f"mesh store listening on {host}:{port} (give --store HOST:{port} to every `mesh launch`)", flush=True)
