@@ -101,6 +101,10 @@ def check_chain(
     if record.status in ended and record.receipts_head not in (None, result.head):
         raise EvidenceError(f"{layout.receipts}: after_end: the run {record.status} with head "
                             f"{record.receipts_head}, but receipts follow it (appended after the run ended)")
+    if record.status in ended and record.receipts_head is None and result.head is not None:
+        # A run that ended wrote its head with its status; only one that ended before its first receipt has none.
+        raise EvidenceError(f"{layout.receipts}: after_end: run.json says the run {record.status} with no receipts, "
+                            f"but the log holds {result.count} (its head was cleared, or receipts were appended)")
     if record.status == RunStatus.COMPLETED and not result.sealed:
         raise EvidenceError(f"{layout.receipts}: run.json says the run completed, but the chain does not end with "
                             "its seal (receipts were cut off or appended)")  # fmt: skip

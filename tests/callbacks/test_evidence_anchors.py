@@ -67,6 +67,17 @@ def truncate_and_point_head(layout: RunLayout) -> None:
     set_run_json(layout, receipts_head=last_digest(kept), status="paused")
 
 
+def _unsealed_with_head_nulled(status: str) -> Callable[[RunLayout], None]:
+    """The run ended ``status`` (its seal cut off), its head nulled in run.json, and a forged step appended."""
+
+    def harm(layout: RunLayout) -> None:
+        kept = lines(layout)[:-2]
+        write_lines(layout, [*kept, forge(layout.run_id, len(kept), last_digest(kept))])
+        set_run_json(layout, receipts_head=None, status=status)
+
+    return harm
+
+
 def _rechain(layout: RunLayout, first_prev: str) -> None:
     """Rebuild every digest of the run's chain from ``first_prev``: valid links, but not this run's genesis."""
     prev, rebuilt = first_prev, []
@@ -103,6 +114,8 @@ FORGERIES = [
     ("the seal cut off and run.json's head moved back", cut_seal_and_fix_run_json, "does not end with its seal"),
     ("truncated with run.json's head nulled", truncate_and_null_head, "recorded head"),
     ("truncated with run.json's head moved back", truncate_and_point_head, "recorded head"),
+    ("a paused run's head nulled, a step appended", _unsealed_with_head_nulled("paused"), "after_end"),
+    ("a failed run's head nulled, a step appended", _unsealed_with_head_nulled("failed"), "after_end"),
     ("rechained from an unbound genesis", rechain_from_zeros, "unbound"),
     ("another run's chain", foreign_chain, "unbound"),
     ("an edited loss", edit_a_loss, "edited"),
