@@ -29,10 +29,20 @@ def wandb_loggers(trainer: L.Trainer) -> list[WandbLogger]:
 
 
 class WandbEvidence(Callback):
-    """Keep the W&B summary of each ``WandbLogger`` in step with the run's evidence."""
+    """Keep the W&B summary of each ``WandbLogger`` in step with the run's evidence.
+
+    The CLI hands the W&B loggers here rather than to the Trainer, which opens every logger's experiment
+    before its setup hooks: they join the trainer's loggers when training starts. So a fit refused before
+    then (another model, other data, a damaged checkpoint) opens no W&B run under the run's id, and marks
+    none failed while run.json, which the refusal left alone, says otherwise.
+    """
+
+    def __init__(self, loggers: list[WandbLogger] | None = None) -> None:
+        self.loggers = list(loggers or ())
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.loggers = [*trainer.loggers, *(logger for logger in self.loggers if logger not in trainer.loggers)]
         config = run_context(trainer).layout.config
         for logger in wandb_loggers(trainer):
             if config.is_file():

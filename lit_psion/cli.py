@@ -282,11 +282,12 @@ class LitPsionCLI(LightningCLI):
         if self.run_context is not None:
             run = dataclasses.replace(self.run_context, stage=run_stage(self.model, callbacks))
             self.run_context = run
-            loggers = [RunCSVLogger(run.layout.root, run.layout.run_id), *loggers]
+            wandb = [logger for logger in loggers if isinstance(logger, WandbLogger)]  # joined at training start
+            loggers = [RunCSVLogger(run.layout.root, run.layout.run_id), *(lg for lg in loggers if lg not in wandb)]
             callbacks += [RunDirectory(run), StopAgreement()]
             callbacks.sort(key=lambda callback: isinstance(callback, Dashboard))  # draws the status RunDirectory wrote
-            if any(isinstance(logger, WandbLogger) for logger in loggers):
-                callbacks.append(WandbEvidence())
+            if wandb:
+                callbacks.append(WandbEvidence(wandb))
         elif config.get("logger") in (None, True):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
         try:
@@ -380,6 +381,10 @@ def _place_wandb_runs(loggers: Any, layout: RunLayout) -> None:
     for entry in _as_list(loggers):
         if not isinstance(entry, Namespace) or not str(entry.get("class_path", "")).endswith("WandbLogger"):
             continue
+        mode = os.environ.get("WANDB_MODE")
+        if mode is not None and mode not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE is {mode!r}; W&B takes one of {', '.join(WANDB_MODES)} (unset it to log "
+                              "online with an API key, offline without)")  # fmt: skip
         init_args = entry.init_args
         init_args.save_dir = str(layout.run_dir)
         for key in ("id", "name"):
@@ -389,6 +394,10 @@ def _place_wandb_runs(loggers: Any, layout: RunLayout) -> None:
             init_args.offline = True
             print("lit_psion: no W&B API key: logging to W&B offline under the run directory (wandb sync to upload)",
                   file=sys.stderr)  # fmt: skip
+
+
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+"""The values W&B's settings accept for ``WANDB_MODE``."""
 
 
 def _wandb_api_key() -> bool:

@@ -152,6 +152,20 @@ def test_wandb_offline_run_holds_the_config_and_evidence_digests(tmp_path: Path)
     ]:
         assert key.encode() in data and value.encode() in data, key
     assert b"tiny_corpus.txt" in data  # the resolved config was logged
+    assert b"train/loss" in data and b"val/loss" in data  # the metrics, though W&B joins only at training start
+
+
+def test_a_resume_refused_at_setup_opens_no_wandb_run(tmp_path: Path) -> None:
+    """Lightning opens every logger's experiment before its setup hooks, where a resume is checked: a refused
+    one must not open a W&B run under the run's id (and mark it failed) while run.json says completed."""
+    overlay = ("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path))
+    assert fit_subprocess(*overlay).returncode == 0
+    run = tmp_path / read_latest(tmp_path)
+    before = sorted(run.glob("wandb/offline-run-*")), (run / "run.json").read_bytes()
+    result = fit_subprocess(*overlay, "--trainer.max_steps", "40", "--ckpt_path", "last",
+                            "--model.init_args.decoder.dropout", "0.0")  # fmt: skip
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert (sorted(run.glob("wandb/offline-run-*")), (run / "run.json").read_bytes()) == before
 
 
 def test_the_graph_cores_training_loss_is_drawn_with_the_losses(tmp_path: Path) -> None:
@@ -161,3 +175,14 @@ def test_the_graph_cores_training_loss_is_drawn_with_the_losses(tmp_path: Path) 
     (run / "metrics.csv").write_text("step,train/mse\n9,0.0056\n19,0.0047\n")  # before the first validation
     assert "loss.png" in write_plots({"run": read_metrics(run)}, tmp_path / "plots")
     assert _png(tmp_path / "plots" / "loss.png")
+
+
+@pytest.mark.parametrize("mode", ["bogus", "Offline", ""])
+def test_an_unknown_wandb_mode_is_one_line_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, mode: str
+) -> None:
+    """W&B itself fails with a pydantic ValidationError (exit 1) at training start."""
+    monkeypatch.setenv("WANDB_MODE", mode)
+    assert fit("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path)) == 2
+    assert f"WANDB_MODE is {mode!r}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
