@@ -10,6 +10,9 @@ import dataclasses
 
 from lit_psion.core.errors import ConfigError
 
+MAX_BUFFER_LEN = 1024
+"""The most batches a step's loss is measured on (each is kept in memory and run forward every step)."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TransactionPolicy:
@@ -32,8 +35,9 @@ class TransactionPolicy:
         problems = []
         if not self.rollback_tol >= 0:
             problems.append(f"rollback_tol must be >= 0, got {self.rollback_tol!r}")
-        if self.buffer_len < 1:
-            problems.append(f"buffer_len must be >= 1 (1: the current batch only), got {self.buffer_len!r}")
+        if not 1 <= self.buffer_len <= MAX_BUFFER_LEN:
+            problems.append(f"buffer_len must be in 1..{MAX_BUFFER_LEN} (1: the current batch only; each step "
+                            f"measures its loss on every buffered batch), got {self.buffer_len!r}")  # fmt: skip
         for name, value in (("grad_norm_max", self.grad_norm_max), ("state_norm_max", self.state_norm_max)):
             if value is not None and not value > 0:
                 problems.append(f"{name} must be positive or null, got {value!r}")

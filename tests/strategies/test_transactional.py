@@ -289,7 +289,9 @@ def test_settings_after_lightnings_ddp_name_apply_to_ddp(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"rollback_tol": -1}, "rollback_tol"), ({"buffer_len": 0}, "buffer_len"), ({"grad_norm_max": 0}, "grad_norm_max"),
+    [({"rollback_tol": -1}, "rollback_tol"), ({"rollback_tol": float("nan")}, "rollback_tol"),
+     ({"buffer_len": 0}, "buffer_len"), ({"buffer_len": 1025}, r"buffer_len must be in 1\.\.1024"),
+     ({"buffer_len": 10**23}, "buffer_len"), ({"grad_norm_max": 0}, "grad_norm_max"),
      ({"restore_after": 5, "stop_after": 3}, "restore_after")],
 )  # fmt: skip
 def test_bad_policy_values_are_config_errors(kwargs: dict, message: str) -> None:
@@ -298,7 +300,7 @@ def test_bad_policy_values_are_config_errors(kwargs: dict, message: str) -> None
 
 
 def test_policy_problems_are_reported_together() -> None:
-    with pytest.raises(ConfigError, match=r"rollback_tol must be >= 0, got -1; buffer_len must be >= 1"):
+    with pytest.raises(ConfigError, match=r"rollback_tol must be >= 0, got -1; buffer_len must be in 1\.\.1024"):
         TransactionPolicy(rollback_tol=-1, buffer_len=0)
 
 
@@ -323,6 +325,18 @@ def test_the_overlay_sets_the_policy_and_a_flag_overrides_one_field(tmp_path: Pa
     config = yaml.safe_load((tmp_path / read_latest(tmp_path) / "config.yaml").read_text())
     policy = config["trainer"]["strategy"]["init_args"]["policy"]
     assert policy == {**dataclasses.asdict(TransactionPolicy()), "stop_after": 5}
+
+
+@pytest.mark.parametrize("value", ["0", str(10**23)])
+def test_a_policy_value_out_of_range_on_the_command_line_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    """10**23 overflowed the buffer's deque inside jsonargparse's union check: exit 1 and the whole namespace."""
+    assert fit("--config", "configs/overlays/transactional.yaml", "--trainer.strategy.policy.buffer_len", value,
+               "--trainer.default_root_dir", str(tmp_path)) == 2  # fmt: skip
+    assert f"buffer_len must be in 1..1024 (1: the current batch only; each step measures its loss on every buffered " \
+           f"batch), got {value}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 class _Finetune(Regression):
