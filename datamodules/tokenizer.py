@@ -6,6 +6,7 @@ Two kinds, one file format (tokenizer.json) so both are digested the same way:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -57,6 +58,12 @@ def cached_tokenizer(
     """
     digest = sha256_json({"kind": kind, "vocab_size": vocab_size, "format": FORMAT_VERSION, **key})
     path = cache_dir / "tokenizers" / digest / TOKENIZER_FILE
-    if not path.exists():
-        atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path)), sha256_file(path)
+        except Exception as error:  # tokenizers raises a bare Exception for a file it cannot read
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"lit_psion: the cached tokenizer {path} is unreadable ({reason}); training it again",
+                  file=sys.stderr)  # fmt: skip
+    atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())
     return Tokenizer.from_file(str(path)), sha256_file(path)

@@ -218,3 +218,25 @@ def test_validation_covers_every_window_including_a_partial_batch(tmp_path: Path
     data.setup("validate")
     seen = [i for batch in data.val_dataloader() for i in batch["sample_ids"].tolist()]
     assert seen == list(range(data.manifest.sample_counts["val"])) and len(seen) % 5
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"\xff\xfe" + b, lambda b: b"[1, 2]"],
+    ids=["cut short", "empty", "not utf-8", "json but no tokenizer"],
+)
+def test_an_unreadable_tokenizer_cache_entry_is_trained_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage
+) -> None:
+    """A cache entry is only a cache: one that cannot be read is rebuilt (the same tokenizer), not exit 1."""
+    from lit_psion.datamodules.tokenizer import cached_tokenizer
+
+    texts = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind"]
+    tokenizer, digest = cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))
+    (entry,) = (tmp_path / "tokenizers").glob("*/tokenizer.json")
+    good = entry.read_bytes()
+    entry.write_bytes(damage(good))
+    again, digest_again = cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))
+    assert f"the cached tokenizer {entry} is unreadable" in capsys.readouterr().err
+    assert (digest_again, entry.read_bytes()) == (digest, good)
+    assert again.encode(texts[0]).ids == tokenizer.encode(texts[0]).ids
