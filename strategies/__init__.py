@@ -7,10 +7,10 @@ its default policy.
 
 from lightning.pytorch.strategies import StrategyRegistry
 
+from lit_psion.core.skip_list import SkipList, SkippedBatch
 from lit_psion.strategies.deepspeed import VerifiedDeepSpeedStrategy
 from lit_psion.strategies.elastic import ElasticMeshStrategy, TransactionalElasticMeshStrategy
 from lit_psion.strategies.sharded import ShardedStrategy, TransactionalShardedStrategy
-from lit_psion.strategies.skip_list import SkipList, SkippedBatch
 from lit_psion.strategies.transactional import (
     Transactional,
     TransactionalDDPStrategy,

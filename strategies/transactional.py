@@ -12,7 +12,7 @@
 The decision goes through the strategy's own ``reduce``, so every rank commits or rolls back
 together. Each decision leaves a ``transaction`` receipt. A rolled-back batch is skipped; after
 ``restore_after`` consecutive rollbacks the last durable checkpoint is restored and the offending
-batches go on the run's :class:`~lit_psion.strategies.skip_list.SkipList` (read again on resume);
+batches go on the run's :class:`~lit_psion.core.skip_list.SkipList` (read again on resume);
 after ``stop_after`` the run stops with :class:`TransactionError`.
 
 Losses are measured with each batch's own RNG state (the state its training forward used), so
@@ -56,7 +56,7 @@ from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, Transac
 from lit_psion.core.errors import CheckpointError, TransactionError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
-from lit_psion.strategies.skip_list import SkipList, SkippedBatch
+from lit_psion.core.skip_list import SkipList, SkippedBatch
 
 REASONS = ("nonfinite_loss", "nonfinite_grad", "grad_norm", "state_norm", "nonfinite_post_loss", "regression",
            "skip_listed")  # fmt: skip

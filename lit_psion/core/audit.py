@@ -30,6 +30,7 @@ from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import RunRecord, RunStatus
+from lit_psion.core.skip_list import SkipList
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,7 +279,7 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
         return [Verdict(layout.run_file.name, False, f"unreadable: {error}", EvidenceError.exit_code)]
     verdicts = [audit_record(layout, record)]
     return [*verdicts, audit_receipts(layout, record), *audit_checkpoints(layout), *audit_files(layout, record),
-            *audit_consolidated(layout)]  # fmt: skip
+            *audit_consolidated(layout), *audit_skip_list(layout)]  # fmt: skip
 
 
 def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
@@ -357,3 +358,36 @@ def audit_consolidated(layout: RunLayout) -> list[Verdict]:
                                                  "(replaced after it was written); consolidate again",
                                     CheckpointError.exit_code))  # fmt: skip
     return verdicts
+
+
+def audit_skip_list(layout: RunLayout) -> list[Verdict]:
+    """The run's skip list, if any: a skip list, each batch listed at a step whose transaction the chain records
+    rolling back. It decides which batches a resumed run trains, so a batch listed by hand is data left out.
+
+    Entries past the chain's last transaction are accepted: the list is written just before the receipt of the
+    step that completed the streak, so a kill in between leaves them unreceipted, and the step is trained again.
+    """
+    path = layout.skip_list
+    if not path.exists() and not path.is_symlink():
+        return []
+    try:
+        steps = {entry.step for entry in SkipList.load(path)}
+    except EvidenceError as error:
+        return [_fail(path.name, error)]
+    rolled_back, last = set(), 0
+    if layout.receipts.is_file():
+        for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                receipt = parse_receipt(line)
+                if receipt.kind == "transaction":
+                    step = int(receipt.body["step"])
+                    last = max(last, step)
+                    if receipt.body.get("decision") == "rollback":
+                        rolled_back.add(step)
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                continue  # the chain's own verdict names a bad line
+    if unbound := sorted(step for step in steps if step not in rolled_back and step <= last):
+        return [Verdict(path.name, False, f"lists batches at step(s) {', '.join(map(str, unbound[:5]))} where the "
+                        "receipts record no rollback (listed by hand: a resume would leave them out); restore it "
+                        "from a backup", EvidenceError.exit_code)]  # fmt: skip
+    return [Verdict(path.name, True, f"{len(steps)} step(s) skip-listed, each a rollback the receipts record")]

@@ -219,3 +219,69 @@ def test_a_kill_between_the_seal_and_run_json_is_not_a_forgery(completed: RunLay
     capsys.readouterr()
     main(["doctor", str(copy.run_dir)])
     assert "ok   run.json: active" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def skip_listed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
+    """A transactional run whose poisoned steps 5 and 6 were rolled back, restored and skip-listed."""
+    root = tmp_path_factory.mktemp("skip_listed")
+    poison = root.parent / f"{root.name}-poison.json"
+    poison.write_text(json.dumps({"trainer": {"callbacks": [{
+        "class_path": "tests.strategies.regression.PoisonGradients", "init_args": {"steps": [5, 6]}}]}}))  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIT_PSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert fit("--config", "configs/overlays/transactional.yaml", "--config", str(poison),
+                   "--trainer.strategy.policy.restore_after", "2", "--trainer.default_root_dir", str(root),
+                   "--trainer.max_steps", "8") == 0  # fmt: skip
+    layout = RunLayout(root, read_latest(root))
+    assert sorted(entry["step"] for entry in read_json(layout.skip_list)["batches"]) == [5, 6]
+    return layout
+
+
+def _list_also(step: int) -> Callable[[Path], None]:
+    def harm(path: Path) -> None:
+        listed = read_json(path)
+        listed["batches"].append({**listed["batches"][0], "key": "f" * 64, "step": step})
+        path.write_text(json.dumps(listed))
+
+    return harm
+
+
+def _symlinked(path: Path) -> None:
+    outside = path.parent.parent / "elsewhere.json"
+    shutil.copy(path, outside)
+    path.unlink()
+    path.symlink_to(outside)
+
+
+SKIP_LIST_HARMS = [
+    ("a batch of a committed step listed by hand", _list_also(2), "lists batches at step(s) 2 where"),
+    ("garbled", lambda path: path.write_text("{not json"), "is not a skip list"),
+    ("no batches field", lambda path: path.write_text('{"version": 1}'), "is not a skip list"),
+    ("a symlink", _symlinked, "is not a skip list"),
+]
+
+
+@pytest.mark.parametrize(("name", "harm", "line"), SKIP_LIST_HARMS, ids=[h[0] for h in SKIP_LIST_HARMS])
+def test_a_skip_list_the_receipts_do_not_bear_out_fails_the_doctor(
+    skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, line: str
+) -> None:
+    """The skip list decides which batches a resumed run leaves out: each must be a rollback the chain records."""
+    copy = RunLayout(tmp_path, skip_listed.run_id)
+    shutil.copytree(skip_listed.run_dir, copy.run_dir)
+    assert main(["doctor", str(copy.run_dir)]) == 0
+    assert "ok   skip_list.json" in capsys.readouterr().out
+    harm(copy.skip_list)
+    assert main(["doctor", str(copy.run_dir)]) == 5
+    out = capsys.readouterr().out
+    assert "FAIL skip_list.json" in out and line in out
+
+
+def test_a_skip_list_written_just_before_its_receipt_is_not_a_forgery(
+    skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A kill between the list's write and its step's receipt: the entry is past the chain's last transaction."""
+    copy = RunLayout(tmp_path, skip_listed.run_id)
+    shutil.copytree(skip_listed.run_dir, copy.run_dir)
+    _list_also(9)(copy.skip_list)
+    assert main(["doctor", str(copy.run_dir)]) == 0

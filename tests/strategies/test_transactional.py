@@ -402,7 +402,7 @@ def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path, kind: str) -> No
 def test_a_skip_list_that_is_not_one_is_refused_in_one_line(tmp_path: Path, content: str | bytes) -> None:
     """It decides which batches train: a garbled one was an exit 1 on resume (JSONDecodeError, TypeError)."""
     from lit_psion.core.errors import EvidenceError
-    from lit_psion.strategies.skip_list import SkipList
+    from lit_psion.core.skip_list import SkipList
 
     path = tmp_path / "skip_list.json"
     if content == "directory":

@@ -1,6 +1,6 @@
 """The skip list: batches a transactional run must not train on again (``<run_dir>/skip_list.json``).
 
-Plain Python: a transactional strategy adds the batches of a failing streak when it restores the
+Plain Python (core): a transactional strategy adds the batches of a failing streak when it restores the
 last durable checkpoint, saves the list on rank 0, and loads it again whenever it is set up, so a
 resumed run skips what the first run listed.
 """
