@@ -70,10 +70,11 @@ from lit_psion.core.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
-from lit_psion.core.contracts import SignedModel
+from lit_psion.core.contracts import ReplayData, SignedModel
 from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
+    DataManifestMismatch,
     LitPsionError,
     MembershipChanged,
     lit_psion_cause,
@@ -275,7 +276,8 @@ class LitPsionCLI(LightningCLI):
             raise ConfigError(f"trainer.plugins holds a CheckpointIO ({custom[0]}); lit_psion writes and verifies "
                               "checkpoints with its own ManifestCheckpointIO: remove it")  # fmt: skip
         if self.verified is not None and self.subcommand != "fit":  # fit checks at setup, with the data too
-            _refuse_another_model(self.verified, self.model, self._parser(self.subcommand).dump(self._config()))
+            _refuse_another_model(self.verified, self.model, self._parser(self.subcommand).dump(self._config()),
+                                  self.datamodule)  # fmt: skip
         plugins.append(ManifestCheckpointIO(self.verified))
         self.verified = None  # the IO holds the verified bytes until it loads them, then lets them go
         loggers = _as_list(config.get("logger")) if config.get("logger") not in (None, True, False) else []
@@ -334,12 +336,23 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     return as_receipted(checkpoint, receipted)
 
 
-def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModule, config_yaml: str) -> None:
-    """validate/test/predict load weights only into the model that wrote them (same signature)."""
+def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModule, config_yaml: str,
+                          data: L.LightningDataModule | None) -> None:  # fmt: skip
+    """validate/test/predict load weights only into the model that wrote them (same signature). Other data is
+    fine to evaluate on, unless it builds another model (a tokenizer with another vocabulary): then the data is
+    named, as a fit names it, rather than model settings that did not change."""
     recorded = checkpoint.manifest.model_signature
     signature = model.model_signature if isinstance(model, SignedModel) else None
     if None not in (recorded, signature) and recorded != signature:
         changed = changed_model_settings(checkpoint.path, config_yaml)
+        trained_on = checkpoint.manifest.data_manifest_digest
+        current = data.manifest if isinstance(data, ReplayData) else None
+        if not changed and None not in (trained_on, current) and trained_on != current.digest:
+            raise DataManifestMismatch(f"checkpoint {checkpoint.path.name} was trained on data manifest "
+                                       f"{trained_on[:16]}..., and this config's data ({current.digest[:16]}...) "
+                                       "builds another model from the same settings (its tokenizer sets the "
+                                       "vocabulary); evaluate it on data with the run's tokenizer and "
+                                       "settings")  # fmt: skip
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
                               f"{recorded[:16]}..., but this config builds {signature[:16]}...{changed}; evaluate it "
                               "with the run's own model settings")  # fmt: skip

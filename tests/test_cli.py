@@ -15,7 +15,7 @@ import yaml
 from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_file
 from lit_psion.core.run import read_latest
-from tests.helpers import TINY, fit, subprocess_env
+from tests.helpers import REPO_ROOT, TINY, fit, subprocess_env
 
 
 def test_fit_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -148,6 +148,23 @@ def test_other_subcommands_refuse_a_checkpoint_of_another_model(subcommand: str,
     err = capsys.readouterr().err
     assert "was written by a model with signature" in err
     assert "(model.decoder.n_head: 2 in the run's config.yaml, 4 here)" in err  # the flag to fix, not only a digest
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_subcommands_name_data_that_builds_another_model(subcommand: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """A corpus with new characters gives the char tokenizer, so the model, another vocabulary: that is the data's
+    doing (exit 3, as fit says), not model settings, which did not change (it said exit 4, 'model settings')."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((REPO_ROOT / "fixtures" / "tiny_corpus.txt").read_text())
+    data = ("--data.files", str(corpus), "--data.test_fraction", "0.2")
+    assert fit("--trainer.default_root_dir", str(tmp_path), *data, "--trainer.max_steps", "3") == 0
+    corpus.write_text(corpus.read_text() + "\nZebras quote \u00e9t\u00e9 {~}\n")
+    capsys.readouterr()
+    assert main([subcommand, "--config", TINY, "--trainer.default_root_dir", str(tmp_path), *data,
+                 "--ckpt_path", "last"]) == 3  # fmt: skip
+    err = capsys.readouterr().err
+    assert "builds another model from the same settings (its tokenizer sets the vocabulary)" in err, err
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])
