@@ -178,6 +178,9 @@ class CorpusDataModule(ReplayDataModule):
             elif Path(entry).is_dir():
                 raise DataError(f"data file {entry!r} is a directory; give its files, e.g. --data.files "
                                 f"'{entry.rstrip('/')}/**/*.txt' (quoted: the glob is expanded in order, here)")
+            elif Path(entry).exists():  # a FIFO, a socket, a device: its bytes cannot be pinned by digest
+                raise DataError(f"data file {entry!r} is not a regular file (a pipe, socket or device cannot be read "
+                                "twice alike); save its content to a file and give that")  # fmt: skip
             else:
                 raise DataError(f"data file not found: {entry!r} (check --data.files)")
         return paths

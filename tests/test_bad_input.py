@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -256,6 +257,18 @@ def test_a_bad_file_on_the_command_line_is_named_in_one_line(tmp_path: Path, cap
                  str(root)]) == code  # fmt: skip
     line = one_error_line(capsys.readouterr().err)
     assert str(given) in line and says in line, line
+    assert not root.exists() or not any(root.iterdir())
+
+
+def test_a_pipe_as_a_data_file_is_named_as_such_not_missing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A FIFO exists but cannot be pinned by digest (read twice, it would not give the same bytes)."""
+    pipe = tmp_path / "corpus.txt"
+    os.mkfifo(pipe)
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", "fixtures/tiny.yaml", "--data.files", str(pipe), "--trainer.default_root_dir",
+                 str(root)]) == 3  # fmt: skip
+    line = one_error_line(capsys.readouterr().err)
+    assert f"data file {str(pipe)!r} is not a regular file" in line, line
     assert not root.exists() or not any(root.iterdir())
 
 
