@@ -222,15 +222,17 @@ class CorpusDataModule(ReplayDataModule):
             docs += [(f"{name}#{i}", piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
         return mode, docs
 
-    def _split_documents(self, docs: list[tuple[str, str, bool]]) -> list[Split]:
+    def _split_documents(self, docs: list[tuple[str, str, bool]], mode: str) -> list[Split]:
         """The split of each document: ``train``, ``val``, or ``test`` (with ``test_fraction``); every split in use
         gets at least one document, and training keeps at least one."""
         splits: tuple[Split, ...] = ("train", "val", "test") if self.test_fraction else ("train", "val")
         if len(docs) < len(splits):
             raise DataError(
                 f"corpus has {len(docs)} document(s); splitting train/validation{'/test' * (len(splits) == 3)} by "
-                f"document needs {len(splits)} or more (add files, or use --data.documents paragraph)"
-            )
+                f"document needs {len(splits)} or more ("
+                + ("add files, or use --data.documents paragraph)" if mode == "file" else
+                   "add text: documents are split at blank lines, and it has too few)")
+            )  # fmt: skip
         if self.split == "tail":  # the last documents: test last, validation before it; training keeps one
             n = len(docs)
             n_test = min(max(1, math.ceil(self.test_fraction * n)), n - 2) if self.test_fraction else 0
@@ -262,7 +264,7 @@ class CorpusDataModule(ReplayDataModule):
         """Build (or load from cache) the tokenizer, the token streams and the manifest."""
         sources, texts = self._read_sources()
         mode, docs = self._documents(texts)
-        held_out = self._split_documents(docs)
+        held_out = self._split_documents(docs, mode)
         train_texts = [text for (_, text, _), split in zip(docs, held_out, strict=True) if split == "train"]
         all_texts = [text for _, text, _ in docs]
         key = {"sources": [s.sha256 for s in sources], "split": [self.split, self.seed, self.val_fraction, mode]}

@@ -240,3 +240,18 @@ def test_an_unreadable_tokenizer_cache_entry_is_trained_again(
     assert f"the cached tokenizer {entry} is unreadable" in capsys.readouterr().err
     assert (digest_again, entry.read_bytes()) == (digest, good)
     assert again.encode(texts[0]).ids == tokenizer.encode(texts[0]).ids
+
+
+@pytest.mark.parametrize(
+    ("documents", "hint"),
+    [("file", "add files, or use --data.documents paragraph)"),
+     ("paragraph", "add text: documents are split at blank lines, and it has too few)"),
+     ("auto", "add text: documents are split at blank lines, and it has too few)")],
+)  # fmt: skip
+def test_too_few_documents_to_split_get_the_hint_of_the_mode_in_use(tmp_path: Path, documents: str, hint: str) -> None:
+    """One file of one paragraph: advising paragraph mode when it is already in use (auto with < 10 files) misled."""
+    text = tmp_path / "one.txt"
+    text.write_text("a single paragraph of text, with no blank line in it at all\n" * 40)
+    with pytest.raises(DataError, match=r"corpus has 1 document\(s\)") as raised:
+        corpus(tmp_path, files=str(text), documents=documents).prepare()
+    assert str(raised.value).endswith(hint)
