@@ -235,7 +235,7 @@ def verify_log(
     lines = data.decode("utf-8", errors="replace").splitlines()
     head, count, seen, sealed, previous_kind = None, 0, set(), False, None
     for number, line in enumerate(lines, start=1):
-        checked = _check_line(line, count, head, run_id, seen)
+        checked = _check_line(line, number, count, head, run_id, seen)
         if isinstance(checked, tuple):
             if checked[0] == "deleted" and count in _seqs(lines[number:]):  # the missing one comes later
                 checked = ("reordered", f"seq {count} is expected here but comes later in the log")
@@ -275,9 +275,9 @@ def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> 
 
 
 def _check_line(
-    line: str, count: int, head: str | None, run_id: str | None, seen: set[str]
+    line: str, number: int, count: int, head: str | None, run_id: str | None, seen: set[str]
 ) -> Receipt | tuple[str, str]:
-    """The receipt on ``line`` if it extends the chain, else (reason, detail)."""
+    """The receipt on ``line`` (line ``number`` of the log) if it extends the chain, else (reason, detail)."""
     try:
         receipt = parse_receipt(line)
         digest = receipt.expected_digest()
@@ -295,6 +295,9 @@ def _check_line(
             return "unbound", f"the first receipt does not chain from run {receipt.run_id!r}'s genesis"
     if receipt.seq > count:
         return "deleted", f"seq {receipt.seq} follows seq {count - 1}: {receipt.seq - count} receipt(s) missing"
+    if receipt.seq == count and receipt.prev_digest != head and receipt.prev_digest not in seen:
+        return "edited", (f"seq {receipt.seq} is in place, but its prev_digest is not the digest of line {number - 1}: "
+                          f"line {number - 1} was edited and its digest recomputed, or this line's link was changed")
     if receipt.seq < count or receipt.prev_digest != head:
         why = "was seen earlier" if receipt.prev_digest in seen else "does not chain to the line before"
         return "reordered", f"seq {receipt.seq} at position {count}; its prev_digest {why}"

@@ -105,6 +105,14 @@ def edit_a_loss(layout: RunLayout) -> None:
     write_lines(layout, kept)
 
 
+def edit_a_loss_and_rehash_it(layout: RunLayout) -> None:
+    kept = lines(layout)
+    receipt = json.loads(kept[3])
+    kept[3] = forge(layout.run_id, receipt["seq"], receipt["prev_digest"], receipt["kind"],
+                    {**receipt["body"], "loss": 0.0})  # fmt: skip
+    write_lines(layout, kept)
+
+
 def tear_the_last_line(layout: RunLayout) -> None:
     layout.receipts.write_bytes(layout.receipts.read_bytes() + b'{"schema_version": 2, "kind": "trai')
 
@@ -119,6 +127,8 @@ FORGERIES = [
     ("rechained from an unbound genesis", rechain_from_zeros, "unbound"),
     ("another run's chain", foreign_chain, "unbound"),
     ("an edited loss", edit_a_loss, "edited"),
+    ("an edited loss with its digest recomputed", edit_a_loss_and_rehash_it,
+     "line 5: edited: seq 4 is in place, but its prev_digest is not the digest of line 4: line 4 was edited"),
     ("a torn last line", tear_the_last_line, "torn"),
 ]
 
