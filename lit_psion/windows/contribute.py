@@ -26,9 +26,16 @@ from lit_psion.core import atomic_write_bytes, atomic_write_json, sha256_bytes
 from lit_psion.core.errors import ConfigError, DataManifestMismatch
 from lit_psion.core.windows import ACTIVE, Assignment, WindowPlan, WindowStateError
 from lit_psion.windows.data import slice_digest, slice_indices
-from lit_psion.windows.program import SLICE_SEED, Program, corpus, own_directory, remove_staging
+from lit_psion.windows.program import (
+    ADAPTER,
+    CONTRIBUTION,
+    SLICE_SEED,
+    Program,
+    corpus,
+    own_directory,
+    remove_staging,
+)
 
-ADAPTER, CONTRIBUTION = "adapter.safetensors", "contribution.json"
 FORMAT_VERSION = 1
 Batch = dict[str, torch.Tensor]
 

@@ -43,6 +43,7 @@ from lit_psion.windows.settings import ProgramSettings
 FORMAT_VERSION = 1
 PROGRAM, PLAN, STATE, DISPOSITIONS = "program.json", "plan.json", "window.json", "dispositions.json"
 POINTER, TOKENIZER, PROMOTION = POINTER_FILE, TOKENIZER_FILE, PROMOTION_FILE  # the names a run uses for the same
+ADAPTER, CONTRIBUTION = "adapter.safetensors", "contribution.json"  # a contribution directory's two files
 BASE_REVISION = "revisions/base"
 SLICE_SEED = 1337
 """The permutation slices are cut from, unless ``data.seed`` sets it (the corpus' own seed default)."""

@@ -4,8 +4,9 @@
 records; that every state receipt names the plan's digest and the last one is the recorded state;
 that ``dispositions.json`` and ``promotion.json`` say what the receipts say; that each window's input
 revision is the revision the one before it left (the base's for the first); that every candidate
-revision verifies against its aggregation receipt; and that the pointer names the last window's
-outcome. Any difference is an EvidenceError (exit 5) or a CheckpointError (exit 4) naming it.
+revision verifies against its aggregation receipt; that every accepted contribution's two files are the
+ones its seal receipt records; and that the pointer names the last window's outcome. Any difference is an
+EvidenceError (exit 5) or a CheckpointError (exit 4) naming it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from lit_psion.core import sha256_file
 from lit_psion.core.chain import parse_receipt
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
-from lit_psion.core.windows import RECONCILED
+from lit_psion.core.windows import ACCEPTED, RECONCILED, SEALED
 from lit_psion.windows.program import (
+    ADAPTER,
     BASE_REVISION,
+    CONTRIBUTION,
     DISPOSITIONS,
     PROMOTION,
     TOKENIZER,
@@ -109,6 +112,7 @@ def verify_program(root: Path) -> dict[str, Any]:
                     raise EvidenceError(f"{where}: dispositions.json says of {aid} what its receipt does not "
                                         f"({entry.get('disposition')!r} {entry.get('reasons')}, receipt "
                                         f"{body['disposition']!r} {list(body['reasons'])})")  # fmt: skip
+            _check_accepted_files(program, window_id, receipts, disposed)
         if states[-1]["state"] == RECONCILED:
             revision = _check_reconciled(program, window_id, receipts, revision)
     if pointer["revision"] != revision:
@@ -153,6 +157,29 @@ def _check_reconciled(program: Program, window_id: str, receipts: list, revision
     return aggregation["candidate_revision"] if promotion["decision"] == "promote" else revision
 
 
+def _check_accepted_files(program: Program, window_id: str, receipts: list, disposed: dict[str, Any]) -> None:
+    """Every accepted contribution's ``adapter.safetensors`` and ``contribution.json`` (whose token count set its
+    aggregation weight) are the bytes the window's (last) seal receipt records.
+
+    Raises:
+        EvidenceError: one was edited, replaced, deleted or made a symlink after the seal (exit 5).
+    """
+    seals = [r.body for r in receipts if r.kind == "window_state" and r.body["state"] == SEALED]
+    submissions = seals[-1]["detail"].get("submissions", {}) if seals else {}
+    for aid in sorted(aid for aid, body in disposed.items() if body["disposition"] == ACCEPTED):
+        sealed = submissions.get(aid) or {}
+        for name, key in ((ADAPTER, "artifact"), (CONTRIBUTION, "metadata")):
+            path = program.window_dir(window_id) / "contributions" / aid / name
+            if path.is_symlink() or not path.is_file():
+                what = "is a symlink" if path.is_symlink() else "is missing (deleted after the seal)"
+                raise EvidenceError(f"{window_id}: {str(path)!r} of accepted contribution {aid} {what}; restore it "
+                                    "from a backup")  # fmt: skip
+            if sha256_file(path) != sealed.get(key):
+                raise EvidenceError(f"{window_id}: {str(path)!r} of accepted contribution {aid} is not the file its "
+                                    f"seal receipt records (sha256 {str(sealed.get(key))[:12]}...); it was edited "
+                                    "after the seal")  # fmt: skip
+
+
 def _plain(value: Any) -> Any:
     """JSON's view of a value (tuples are lists), to compare a record with a receipt body."""
     return json.loads(json.dumps(value)) if value is not None else None
@@ -163,7 +190,7 @@ def _present_artifacts(program: Program, window_id: str) -> set[str]:
     contributions = program.window_dir(window_id) / "contributions"
     found = set()
     for directory in contributions.iterdir() if contributions.is_dir() else ():
-        adapter = directory / "adapter.safetensors"
+        adapter = directory / ADAPTER
         if not directory.name.startswith(".") and adapter.is_file() and not adapter.is_symlink():
             found.add(sha256_file(adapter))
     return found

@@ -4,7 +4,8 @@
 ``adapter_contribution`` receipt, event ``submitted``) and freezes the set. ``score`` (sealed ->
 scored) checks each sealed submission against the plan and the sealed digests (reason codes in
 :data:`lit_psion.core.windows.REASONS`), measures the survivors' weight deltas (norm against the
-window's median, held-out loss of the input revision plus each delta alone), writes
+window's median, held-out loss of the input revision plus each delta alone, cosine against each earlier
+contribution of the window and each accepted contribution of an earlier window), writes
 ``dispositions.json`` and one ``disposed`` receipt per assignment. Norms and inner products are
 computed on dW = (alpha / r) B A, never on the factors, which are not unique (BA = (BR)(R^-1 A)).
 """
@@ -293,7 +294,9 @@ def _measure(plan: WindowPlan, state: dict[str, Any], measured: dict[str, dict[s
     finite = {aid: norm for aid, norm in norms.items() if math.isfinite(norm)}
     median = statistics.median(finite.values()) if finite else 0.0
     outliers = norm_outliers(finite, policy.norm_factor) | (norms.keys() - finite.keys())
-    for later, earlier in _same_delta(factors, norms):
+    repeats = same_delta_as_earlier(program, plan.window_id, factors, norms)  # "w-NNNN/aNN"
+    repeats |= {later: earlier for later, earlier in _same_delta(factors, norms) if later not in repeats}  # "aNN"
+    for later, earlier in repeats.items():
         entries[later]["reasons"].append("duplicate_artifact")  # the same update under other bytes (or factors)
         entries[later]["evidence"]["same_delta_as"] = earlier
     samples = plan_data(program, plan).samples("val")
@@ -335,3 +338,53 @@ def _same_delta(factors: dict[str, dict[str, tuple[torch.Tensor, ...]]],
         else:
             kept.append(aid)
     return pairs
+
+
+def _comparable(first: dict[str, tuple[torch.Tensor, ...]], second: dict[str, tuple[torch.Tensor, ...]]) -> bool:
+    """Whether two adapters' dW live in the same space: the same layers, each dW of the same shape."""
+    return first.keys() == second.keys() and all(
+        (b.shape[0], a.shape[1]) == (second[layer][0].shape[0], second[layer][1].shape[1])
+        for layer, (b, a, _) in first.items())  # fmt: skip
+
+
+def same_delta_as_earlier(program: Program, window_id: str, factors: dict[str, dict[str, tuple[torch.Tensor, ...]]],
+                          norms: dict[str, float]) -> dict[str, str]:  # fmt: skip
+    """Measured contribution -> the accepted contribution of an earlier window of the program (``w-NNNN/aNN``)
+    whose dW it repeats (cosine >= :data:`SAME_DELTA_COSINE`): the within-window test, across windows.
+
+    Each earlier accepted adapter is read once, held to the artifact digest its window's ``dispositions.json``
+    records, compared with every measured contribution, and dropped before the next is read.
+
+    Raises:
+        EvidenceError: an earlier accepted adapter is missing or is not the one its window accepted (exit 5).
+    """
+    pending = {aid for aid in factors if math.isfinite(norms[aid]) and norms[aid] > 0}
+    found: dict[str, str] = {}
+    for earlier_window in program.window_ids():
+        if earlier_window >= window_id or not pending:
+            break
+        path = program.window_dir(earlier_window) / DISPOSITIONS
+        if not path.is_file():
+            continue
+        lora = program.plan(earlier_window).lora
+        for aid, entry in record(path, ("assignments",))["assignments"].items():
+            if not pending:
+                break
+            if not isinstance(entry, dict) or entry.get("disposition") != ACCEPTED:
+                continue
+            adapter = program.window_dir(earlier_window) / "contributions" / aid / ADAPTER
+            data = _read(adapter)
+            if data is None or sha256_bytes(data) != entry.get("artifact_digest"):
+                raise EvidenceError(f"{str(adapter)!r} is not the adapter {earlier_window} accepted from {aid} "
+                                    f"({'missing' if data is None else 'other bytes'}); new contributions are "
+                                    "compared with it: restore it from a backup")  # fmt: skip
+            earlier = layer_factors(load(data), lora["rank"], lora["alpha"])
+            norm = math.sqrt(max(delta_inner(earlier, earlier), 0.0))
+            if not math.isfinite(norm) or norm == 0:
+                continue
+            for current in sorted(pending):
+                if _comparable(factors[current], earlier) and delta_inner(factors[current], earlier) / (
+                        norms[current] * norm) >= SAME_DELTA_COSINE:  # fmt: skip
+                    found[current] = f"{earlier_window}/{aid}"
+                    pending.discard(current)
+    return found
