@@ -222,7 +222,7 @@ class CorpusDataModule(ReplayDataModule):
             docs += [(f"{name}#{i}", piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
         return mode, docs
 
-    def _split_documents(self, docs: list[tuple[str, str, bool]], mode: str) -> list[Split]:
+    def _split_documents(self, docs: list[tuple[str, str, bool]], mode: str = "file") -> list[Split]:
         """The split of each document: ``train``, ``val``, or ``test`` (with ``test_fraction``); every split in use
         gets at least one document, and training keeps at least one."""
         splits: tuple[Split, ...] = ("train", "val", "test") if self.test_fraction else ("train", "val")
