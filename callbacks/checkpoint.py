@@ -258,6 +258,24 @@ def _model_section(text: str) -> dict[str, Any] | None:
     return _leaves(model, "model") if isinstance(model, dict) else None
 
 
+SHARED_TRAINER_SETTINGS = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val",
+                           "gradient_clip_algorithm", "precision", "deterministic")  # fmt: skip
+"""Trainer settings every rank of one fit must share: they change the step's math or how many steps there are."""
+
+
+def shared_settings(config_yaml: str | None) -> dict[str, Any]:
+    """The settings of ``config_yaml`` every rank of one fit must share, as dotted keys: the model's (its
+    optimizer and schedule among them) and :data:`SHARED_TRAINER_SETTINGS`. Paths, devices and loggers may
+    differ by node; the data is compared by its manifest."""
+    model = _model_section(config_yaml) if config_yaml is not None else None
+    try:
+        trainer = (yaml.safe_load(config_yaml) or {}).get("trainer") if config_yaml is not None else None
+    except (yaml.YAMLError, RecursionError, ValueError, AttributeError):
+        trainer = None
+    trainer = trainer if isinstance(trainer, dict) else {}
+    return {**(model or {}), **{f"trainer.{key}": trainer.get(key) for key in SHARED_TRAINER_SETTINGS}}
+
+
 def changed_model_settings(checkpoint_dir: Path, config_yaml: str | None) -> str:
     """``" (model.decoder.n_layer: 2 in the run's config.yaml, 3 here)"``, or ``""`` when it cannot tell.
 

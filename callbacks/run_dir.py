@@ -11,12 +11,13 @@ from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
+from lit_psion.callbacks.checkpoint import shared_settings
 from lit_psion.callbacks.evidence import signature_of
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.contracts import ReplayData, TokenizedData
-from lit_psion.core.errors import CheckpointError, failure_class
+from lit_psion.core.errors import CheckpointError, ConfigError, failure_class
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
@@ -68,7 +69,8 @@ class RunDirectory(Callback):
         read back by run (a transactional strategy's skip list) must be rank 0's. Callbacks' setup runs before
         the strategy's, so the strategy reads the run adopted here. A rank that would start from another
         checkpoint (another ``--ckpt_path`` on its node, or a runs directory that is not the one rank 0 sees)
-        would train on other optimizer state and data: every rank refuses, before anything is written.
+        would train on other optimizer state and data: every rank refuses, before anything is written. So does
+        a rank given other model, optimizer or step settings (:func:`shared_settings`), which would drift.
         """
         run, layout = self.run_context, self.run_context.layout
         start = str(run.resume_from) if run.resume_from is not None else "no checkpoint (a new run)"
@@ -79,6 +81,14 @@ class RunDirectory(Callback):
             raise CheckpointError(f"the ranks do not all start from rank 0's checkpoint, {rank_zero_start}{mine}; "
                                   "give every node the same --ckpt_path, and with 'last' the same runs directory "
                                   "(storage every node sees)")  # fmt: skip
+        mine = shared_settings(run.config_yaml)
+        rank_zeros = trainer.strategy.broadcast(mine, src=0)
+        if not trainer.strategy.reduce_boolean_decision(mine == rank_zeros, all=True):
+            keys = sorted(key for key in mine.keys() | rank_zeros.keys() if mine.get(key) != rank_zeros.get(key))
+            shown = "; ".join(f"{key.replace('.init_args.', '.')}: {rank_zeros.get(key)!r} on rank 0, "
+                              f"{mine.get(key)!r} on rank {trainer.global_rank}" for key in keys[:3])  # fmt: skip
+            raise ConfigError(f"the ranks do not all train with rank 0's settings ({shown or 'another rank differs'}); "
+                              "give every node the same model, optimizer and trainer settings")  # fmt: skip
         if run_id != layout.run_id:
             self.run_context = dataclasses.replace(run, layout=RunLayout(layout.root, run_id))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_psion.callbacks.checkpoint import changed_model_settings
+from lit_psion.callbacks.checkpoint import changed_model_settings, shared_settings
 
 RUN = """model:
   class_path: lit_psion.models.DecoderLM
@@ -57,3 +57,31 @@ def test_nothing_is_claimed_when_the_settings_cannot_be_compared(
     tmp_path: Path, recorded: str | bytes | None, given: str | None
 ) -> None:
     assert changed_model_settings(_checkpoint(tmp_path, recorded), given) == ""
+
+
+NODE = RUN.replace("trainer: {max_steps: 6}", """trainer:
+  max_steps: 6
+  default_root_dir: /mnt/node0/runs
+  devices: 1
+  gradient_clip_val: 1.0
+""")
+
+
+@pytest.mark.parametrize(
+    ("edit", "differ"),
+    [(("/mnt/node0/runs", "/mnt/node1/runs"), set()), (("devices: 1", "devices: 2"), set()),
+     (("dropout: 0.1", "dropout: 0.0"), {"model.init_args.decoder.dropout"}),
+     (("gradient_clip_val: 1.0", "gradient_clip_val: 0.5"), {"trainer.gradient_clip_val"}),
+     (("max_steps: 6", "max_steps: 7"), {"trainer.max_steps"}),
+     (("  init_args:\n", "  init_args:\n    optimizer: {lr: 0.1}\n"), {"model.init_args.optimizer.lr"})],
+    ids=["root", "devices", "model", "clipping", "steps", "optimizer"],
+)  # fmt: skip
+def test_ranks_share_the_settings_that_change_the_math_not_their_paths(edit: tuple[str, str], differ: set) -> None:
+    """What every rank of one fit compares with rank 0 (a node given another lr would drift without a word)."""
+    ours, theirs = shared_settings(NODE), shared_settings(NODE.replace(*edit))
+    assert NODE.replace(*edit) != NODE
+    assert {key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key)} == differ
+
+
+def test_shared_settings_of_no_config_or_a_broken_one_are_empty_alike() -> None:
+    assert shared_settings(None) == shared_settings("{not: yaml") == shared_settings("[1]")
