@@ -57,6 +57,7 @@ from lit_psion.commands.launch import (
     forget_killed_ranks,
     is_launcher_rank_zero,
     leave_after_rank_zero,
+    leave_together,
     tell_the_launcher,
 )
 from lit_psion.commands.records import refuse_another_family, refuse_without_its_records
@@ -425,6 +426,7 @@ def main(args: list[str] | None = None) -> int:
     parent = os.getppid()
     code = _main(args)
     if code not in (0, 1):
+        leave_together(code)
         leave_after_rank_zero(parent)
     return code
 

@@ -71,6 +71,37 @@ def leave_after_rank_zero(parent: int) -> None:
             time.sleep(0.05)
 
 
+def leave_together(code: int) -> None:
+    """A torchrun worker that stops with a verdict every rank reaches (exit ``code``, one of
+    :data:`FATAL_IN_A_MESH`) waits, bounded, until every rank has reached it (through the launch's store), before
+    it exits.
+
+    A rank that left at once would close its connections while another rank's process group may still be
+    finishing the last collective's exchange; gloo then aborts that rank (SIGABRT), and the verdict's exit code
+    is lost. Bounded by :data:`LEAVE_TOGETHER_S`, since a verdict one rank reached alone has no one to wait
+    for. Not for a pause or a membership change, nor under ``mesh launch``: those leave on the mesh's schedule.
+    """
+    if code not in FATAL_IN_A_MESH or "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get(NODE_MARKERS_ENV):
+        return
+    try:
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized() or (world := dist.get_world_size()) < 2:
+            return
+        store = dist.distributed_c10d._get_default_store()
+        key = f"lit_psion/leave/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        arrived, deadline = store.add(key, 1), time.monotonic() + LEAVE_TOGETHER_S
+        while arrived < world and time.monotonic() < deadline:
+            time.sleep(0.05)
+            arrived = store.add(key, 0)
+    except Exception:  # the store left with another node: nothing is left to wait for
+        return
+
+
+LEAVE_TOGETHER_S = 10.0
+"""How long a torchrun worker that stops with a verdict waits for every rank to reach one."""
+
+
 def tell_the_launcher(code: int, message: str) -> None:
     """Under ``mesh launch``: an error no restart can fix stops the node instead of its agent retrying it
     ``--max-restarts`` times."""

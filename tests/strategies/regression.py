@@ -8,6 +8,7 @@ of size b belongs to batch i // b), so the same batch is poisoned in every epoch
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning as L
@@ -96,3 +97,15 @@ class PoisonGradients(Callback):
             if isinstance(grad, DTensor):  # FSDP2: this rank's shard (the strategy reduces the norm over ranks)
                 grad = grad.to_local()
             grad.view(-1)[0] = float("nan")
+
+
+class SlowToStop(Callback):
+    """Hold one global rank in ``on_exception`` for ``seconds``, as a slower machine's rank would be, so the other
+    ranks reach their exit first. Usable from YAML: ``class_path: tests.strategies.regression.SlowToStop``."""
+
+    def __init__(self, rank: int, seconds: float) -> None:
+        self.rank, self.seconds = rank, seconds
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.global_rank == self.rank:
+            time.sleep(self.seconds)
