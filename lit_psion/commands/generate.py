@@ -26,6 +26,9 @@ from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
 from lit_psion.core.layout import TOKENIZER_FILE
 
 MERGE_RECORD = "merge.json"
+MAX_TOKENS, MAX_SAMPLES = 100_000, 1024
+"""The most tokens per sample and samples one command draws: each token is a forward pass on the CPU, and
+every sample's ids are kept until the end."""
 
 
 def main(args: list[str]) -> None:
@@ -39,10 +42,11 @@ def main(args: list[str]) -> None:
     parser.add_argument("--samples", type=int, default=1, help="independent samples (default 1)")
     parser.add_argument("--tokenizer", type=Path, default=None, help="a tokenizer.json (default: the model's own)")
     parsed = parser.parse_args(args)
-    for name, low in (("tokens", 1), ("samples", 1), ("top_k", 1)):
+    for name, low, high in (("tokens", 1, MAX_TOKENS), ("samples", 1, MAX_SAMPLES), ("top_k", 1, None)):
         value = getattr(parsed, name)
-        if value is not None and value < low:
-            parser.error(f"--{name} must be >= {low}, got {value}")
+        if value is not None and (value < low or (high is not None and value > high)):
+            parser.error(f"--{name} must be in {low}..{high}, got {value}" if high is not None else
+                         f"--{name} must be >= {low}, got {value}")  # fmt: skip
     if not math.isfinite(parsed.temperature) or parsed.temperature < 0:
         parser.error(f"--temperature must be a finite number >= 0, got {parsed.temperature}")
     if not 0 <= parsed.seed < 2**63:

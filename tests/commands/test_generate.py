@@ -71,8 +71,9 @@ def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path
     Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(foreign))
     code, _, err = _sample(capsys, str(runs["base"]), "--tokenizer", str(foreign))
     assert code == 2 and "has 2 tokens" in err
-    code, _, err = _sample(capsys, str(runs["base"]), "--tokens", "0")
-    assert code == 2 and "--tokens must be >= 1" in err
+    for flag, value in (("--tokens", "0"), ("--tokens", "100001"), ("--samples", "0"), ("--samples", str(10**12))):
+        code, _, err = _sample(capsys, str(runs["base"]), flag, value)  # 10**12 samples: their ids alone, 8 TB
+        assert code == 2 and f"{flag} must be in 1.." in err and f"got {value}" in err, err
 
 
 def _set(key: str, value: object) -> Callable[[dict], None]:
