@@ -50,10 +50,11 @@ from typing_extensions import override
 
 from lit_psion.checkpoint_io import load_verified
 from lit_psion.core import RunContext, run_context, sha256_bytes
+from lit_psion.core.audit import audit_skip_list
 from lit_psion.core.chain import batch_digest, emit_receipt
 from lit_psion.core.checkpoint import VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule
-from lit_psion.core.errors import CheckpointError, TransactionError
+from lit_psion.core.errors import CheckpointError, EvidenceError, TransactionError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
 from lit_psion.core.skip_list import SkipList, SkippedBatch
@@ -224,6 +225,13 @@ class Transactional:
         super().setup(trainer)
         self._run = run_context(trainer)
         self.skip_list = SkipList.load(self._run.layout.skip_list)  # a resumed run skips what the first listed
+        # Each listed batch is left out of training from here on: it must be a rollback the receipts record.
+        unbound = None
+        if self.skip_list:
+            unbound = next((v.detail for v in audit_skip_list(self._run.layout) if not v.ok), None)
+        agreed = self.reduce_boolean_decision(unbound is None, all=True) if self.world_size > 1 else unbound is None
+        if not agreed:
+            raise EvidenceError(f"{self._run.layout.skip_list}: {unbound or 'another rank refused its skip list'}")
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:

@@ -13,7 +13,7 @@ from lit_psion.cli import main
 from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import DataManifest
-from lit_psion.core.run import read_latest
+from lit_psion.core.run import read_latest, write_latest
 from lit_psion.datamodules.base import default_cache_dir
 from tests.helpers import fit
 
@@ -221,6 +221,9 @@ def test_a_kill_between_the_seal_and_run_json_is_not_a_forgery(completed: RunLay
     assert "ok   run.json: active" in capsys.readouterr().out
 
 
+TRANSACTIONAL = ("--config", "configs/overlays/transactional.yaml", "--trainer.strategy.policy.restore_after", "2")
+
+
 @pytest.fixture(scope="module")
 def skip_listed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
     """A transactional run whose poisoned steps 5 and 6 were rolled back, restored and skip-listed."""
@@ -230,8 +233,7 @@ def skip_listed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
         "class_path": "tests.strategies.regression.PoisonGradients", "init_args": {"steps": [5, 6]}}]}}))  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LIT_PSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        assert fit("--config", "configs/overlays/transactional.yaml", "--config", str(poison),
-                   "--trainer.strategy.policy.restore_after", "2", "--trainer.default_root_dir", str(root),
+        assert fit(*TRANSACTIONAL, "--config", str(poison), "--trainer.default_root_dir", str(root),
                    "--trainer.max_steps", "8") == 0  # fmt: skip
     layout = RunLayout(root, read_latest(root))
     assert sorted(entry["step"] for entry in read_json(layout.skip_list)["batches"]) == [5, 6]
@@ -285,3 +287,21 @@ def test_a_skip_list_written_just_before_its_receipt_is_not_a_forgery(
     shutil.copytree(skip_listed.run_dir, copy.run_dir)
     _list_also(9)(copy.skip_list)
     assert main(["doctor", str(copy.run_dir)]) == 0
+
+
+def test_a_resume_refuses_a_skip_list_the_receipts_do_not_bear_out(
+    skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """What doctor FAILs, a resume must not act on: it would leave the hand-listed batch out of training."""
+    copy = RunLayout(tmp_path, skip_listed.run_id)
+    shutil.copytree(skip_listed.run_dir, copy.run_dir)
+    write_latest(tmp_path, copy.run_id)
+    _list_also(2)(copy.skip_list)
+    before = sorted((path.name, path.read_bytes()) for path in copy.run_dir.iterdir() if path.is_file())
+    capsys.readouterr()
+    resume = (*TRANSACTIONAL, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "12")
+    assert fit(*resume, "--ckpt_path", "last") == 5
+    assert "lists batches at step(s) 2 where the receipts record no rollback" in capsys.readouterr().err
+    assert sorted((path.name, path.read_bytes()) for path in copy.run_dir.iterdir() if path.is_file()) == before
+    shutil.copy(skip_listed.skip_list, copy.skip_list)  # the list as the run wrote it: the resume goes on
+    assert fit(*resume, "--ckpt_path", "last") == 0
