@@ -24,7 +24,9 @@ class Regression(L.LightningModule):
                  samples: int = 64, dim: int = 8, batch_size: int = 8) -> None:  # fmt: skip
         super().__init__()
         self.poison, self.poison_rank, self.lr, self.batch_size = dict(poison or {}), poison_rank, lr, batch_size
-        self.layer = torch.nn.Linear(dim, 1)
+        with torch.random.fork_rng():  # the same start in every process (torch seeds each process at random)
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(dim, 1)
         generator = torch.Generator().manual_seed(0)
         self.x = torch.randn(samples, dim, generator=generator)
         self.y = self.x @ torch.randn(dim, 1, generator=generator) + 0.01 * torch.randn(samples, 1, generator=generator)
