@@ -258,22 +258,39 @@ def _model_section(text: str) -> dict[str, Any] | None:
     return _leaves(model, "model") if isinstance(model, dict) else None
 
 
-SHARED_TRAINER_SETTINGS = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val",
-                           "gradient_clip_algorithm", "precision", "deterministic")  # fmt: skip
-"""Trainer settings every rank of one fit must share: they change the step's math or how many steps there are."""
-
-
 def shared_settings(config_yaml: str | None) -> dict[str, Any]:
-    """The settings of ``config_yaml`` every rank of one fit must share, as dotted keys: the model's (its
-    optimizer and schedule among them) and :data:`SHARED_TRAINER_SETTINGS`. Paths, devices and loggers may
-    differ by node; the data is compared by its manifest."""
+    """The model settings of ``config_yaml`` every rank of one fit must share (its optimizer and schedule among
+    them), as dotted keys: all but the paths, which may differ by node (a base checkpoint is compared by the
+    model's signature, which covers its digest)."""
     model = _model_section(config_yaml) if config_yaml is not None else None
+    return {key: value for key, value in (model or {}).items() if not _names_a_path(key.rsplit(".", 1)[-1])}
+
+
+def _names_a_path(name: str) -> bool:
+    return name == "base_checkpoint" or name.endswith(("_path", "_dir", "_file", "_files"))
+
+
+def trainer_settings(trainer: L.Trainer) -> dict[str, Any]:
+    """The trainer settings every rank of one fit must share, as Lightning reads them (``16`` and ``16-mixed``
+    alike): they change the step's math or how many steps there are."""
+    clip = trainer.gradient_clip_val or None  # 0 and None both mean no clipping
+    algorithm = getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm)
+    unlimited = (None, -1)  # both mean no limit
+    return {"trainer.max_steps": None if trainer.max_steps in unlimited else trainer.max_steps,
+            "trainer.max_epochs": None if trainer.max_epochs in unlimited else trainer.max_epochs,
+            "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "trainer.gradient_clip_val": float(clip) if clip is not None else None,
+            "trainer.gradient_clip_algorithm": str(algorithm) if clip is not None else None,
+            "trainer.precision": str(trainer.precision)}  # fmt: skip
+
+
+def recorded_model_settings(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """The model settings in the ``config.yaml`` of the run ``checkpoint_dir`` sits in (None: none readable)."""
+    run_config = RunLayout.of(checkpoint_dir.parent.parent).config
     try:
-        trainer = (yaml.safe_load(config_yaml) or {}).get("trainer") if config_yaml is not None else None
-    except (yaml.YAMLError, RecursionError, ValueError, AttributeError):
-        trainer = None
-    trainer = trainer if isinstance(trainer, dict) else {}
-    return {**(model or {}), **{f"trainer.{key}": trainer.get(key) for key in SHARED_TRAINER_SETTINGS}}
+        return _model_section(run_config.read_text(encoding="utf-8")) if run_config.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def changed_model_settings(checkpoint_dir: Path, config_yaml: str | None) -> str:
@@ -286,11 +303,7 @@ def changed_model_settings(checkpoint_dir: Path, config_yaml: str | None) -> str
         checkpoint_dir: A ``<run>/checkpoints/step-NNNNNN`` directory; its run's ``config.yaml`` is read.
         config_yaml: The config given now, as the CLI dumps it.
     """
-    run_config = RunLayout.of(checkpoint_dir.parent.parent).config
-    try:
-        recorded = _model_section(run_config.read_text(encoding="utf-8")) if run_config.is_file() else None
-    except (OSError, UnicodeDecodeError):
-        recorded = None
+    recorded = recorded_model_settings(checkpoint_dir)
     given = _model_section(config_yaml) if config_yaml is not None else None
     if recorded is None or given is None:
         return ""

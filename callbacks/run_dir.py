@@ -11,7 +11,7 @@ from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
-from lit_psion.callbacks.checkpoint import shared_settings
+from lit_psion.callbacks.checkpoint import shared_settings, trainer_settings
 from lit_psion.callbacks.evidence import signature_of
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
@@ -81,7 +81,8 @@ class RunDirectory(Callback):
             raise CheckpointError(f"the ranks do not all start from rank 0's checkpoint, {rank_zero_start}{mine}; "
                                   "give every node the same --ckpt_path, and with 'last' the same runs directory "
                                   "(storage every node sees)")  # fmt: skip
-        mine = shared_settings(run.config_yaml)
+        mine = {**shared_settings(run.config_yaml), **trainer_settings(trainer),
+                "model signature": signature_of(trainer.lightning_module)}  # fmt: skip
         rank_zeros = trainer.strategy.broadcast(mine, src=0)
         if not trainer.strategy.reduce_boolean_decision(mine == rank_zeros, all=True):
             keys = sorted(key for key in mine.keys() | rank_zeros.keys() if mine.get(key) != rank_zeros.get(key))

@@ -38,7 +38,7 @@ from lit_psion.callbacks import (
     StopAgreement,
     Telemetry,
 )
-from lit_psion.callbacks.checkpoint import changed_model_settings
+from lit_psion.callbacks.checkpoint import changed_model_settings, recorded_model_settings
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
@@ -348,7 +348,8 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
         changed = changed_model_settings(checkpoint.path, config_yaml)
         trained_on = checkpoint.manifest.data_manifest_digest
         current = data.manifest if isinstance(data, ReplayData) else None
-        if not changed and None not in (trained_on, current) and trained_on != current.digest:
+        known = recorded_model_settings(checkpoint.path) is not None  # else "" means "cannot tell", not "same"
+        if not changed and known and None not in (trained_on, current) and trained_on != current.digest:
             raise DataManifestMismatch(f"checkpoint {checkpoint.path.name} was trained on data manifest "
                                        f"{trained_on[:16]}..., and this config's data ({current.digest[:16]}...) "
                                        "builds another model from the same settings (its tokenizer sets the "

@@ -48,9 +48,9 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
-from lit_psion.checkpoint_io import load_verified
+from lit_psion.checkpoint_io import EXTRA_KEY, load_verified
 from lit_psion.core import RunContext, run_context, sha256_bytes
-from lit_psion.core.audit import audit_skip_list
+from lit_psion.core.audit import check_skip_list
 from lit_psion.core.chain import batch_digest, emit_receipt
 from lit_psion.core.checkpoint import VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule
@@ -225,13 +225,18 @@ class Transactional:
         super().setup(trainer)
         self._run = run_context(trainer)
         self.skip_list = SkipList.load(self._run.layout.skip_list)  # a resumed run skips what the first listed
-        # Each listed batch is left out of training from here on: it must be a rollback the receipts record.
         unbound = None
-        if self.skip_list:
-            unbound = next((v.detail for v in audit_skip_list(self._run.layout) if not v.ok), None)
+        if self.skip_list:  # each listed batch is left out of training from here on: the receipts must back it
+            try:
+                backed, pending = check_skip_list(self._run.layout)  # listed past the chain's end: dropped
+                self.skip_list = SkipList(self._run.layout.skip_list, {entry.key: entry for entry in backed})
+                if pending and self.is_global_zero:
+                    self.skip_list.save()  # those steps train again, and a failing streak lists them again
+            except EvidenceError as error:
+                unbound = str(error)
         agreed = self.reduce_boolean_decision(unbound is None, all=True) if self.world_size > 1 else unbound is None
         if not agreed:
-            raise EvidenceError(f"{self._run.layout.skip_list}: {unbound or 'another rank refused its skip list'}")
+            raise EvidenceError(unbound or f"another rank refused its {self._run.layout.skip_list.name}")
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
@@ -249,6 +254,9 @@ class Transactional:
             self.load_transaction_state_dict(ranks[self.global_rank])
         elif ranks:  # another world size: the batches were other ranks', the counters are shared
             self.load_transaction_state_dict({**ranks[0], "streak": [], "buffer": []})
+        source = (checkpoint.get(EXTRA_KEY) or {}).get("run_id")
+        if ranks and source != run_context(self.lightning_module.trainer).layout.run_id:
+            self._streak = []  # another run's rollbacks: their receipts are in its chain, not this run's
         return checkpoint
 
     @override

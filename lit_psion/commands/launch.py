@@ -9,6 +9,7 @@ Under ``mesh launch`` an error no restart can fix is left for the launcher to re
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import time
 from pathlib import Path
@@ -89,12 +90,16 @@ def leave_together(code: int) -> None:
         if not dist.is_available() or not dist.is_initialized() or (world := dist.get_world_size()) < 2:
             return
         store = dist.distributed_c10d._get_default_store()
-        key = f"lit_psion/leave/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        arrived, deadline = store.add(key, 1), time.monotonic() + LEAVE_TOGETHER_S
-        while arrived < world and time.monotonic() < deadline:
+        deadline = time.monotonic() + LEAVE_TOGETHER_S
+        store.set_timeout(datetime.timedelta(seconds=LEAVE_TOGETHER_S))  # a store host gone silent: not 30 min
+        # One count for the whole launch (a restart count is each agent's own): this attempt's ranks make it up
+        # to the next multiple of the world size.
+        arrived = store.add("lit_psion/leave", 1)
+        everyone = -(-arrived // world) * world
+        while arrived < everyone and time.monotonic() < deadline:
             time.sleep(0.05)
-            arrived = store.add(key, 0)
-    except Exception:  # the store left with another node: nothing is left to wait for
+            arrived = store.add("lit_psion/leave", 0)
+    except (Exception, KeyboardInterrupt):  # the store left with another node, or a second Ctrl-C: leave now
         return
 
 

@@ -30,7 +30,7 @@ from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import RunRecord, RunStatus
-from lit_psion.core.skip_list import SkipList
+from lit_psion.core.skip_list import SkipList, SkippedBatch
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,8 +102,8 @@ def check_chain(
     if record.status in ended and record.receipts_head not in (None, result.head):
         raise EvidenceError(f"{layout.receipts}: after_end: the run {record.status} with head "
                             f"{record.receipts_head}, but receipts follow it (appended after the run ended)")
-    if record.status in ended and record.receipts_head is None and result.head is not None:
-        # A run that ended wrote its head with its status; only one that ended before its first receipt has none.
+    if record.status in ended and record.receipts_head is None and result.count > 0:
+        # A run that ended wrote its head (its log's, the genesis at least) with its status: a null one was cleared.
         raise EvidenceError(f"{layout.receipts}: after_end: run.json says the run {record.status} with no receipts, "
                             f"but the log holds {result.count} (its head was cleared, or receipts were appended)")
     if record.status == RunStatus.COMPLETED and not result.sealed:
@@ -361,33 +361,58 @@ def audit_consolidated(layout: RunLayout) -> list[Verdict]:
 
 
 def audit_skip_list(layout: RunLayout) -> list[Verdict]:
-    """The run's skip list, if any: a skip list, each batch listed at a step whose transaction the chain records
-    rolling back. It decides which batches a resumed run trains, so a batch listed by hand is data left out.
-
-    Entries past the chain's last transaction are accepted: the list is written just before the receipt of the
-    step that completed the streak, so a kill in between leaves them unreceipted, and the step is trained again.
-    """
+    """The run's skip list, if any, against its receipts (:func:`check_skip_list`)."""
     path = layout.skip_list
     if not path.exists() and not path.is_symlink():
         return []
     try:
-        steps = {entry.step for entry in SkipList.load(path)}
+        backed, pending = check_skip_list(layout)
     except EvidenceError as error:
         return [_fail(path.name, error)]
-    rolled_back, last = set(), 0
+    steps = len({entry.step for entry in backed})
+    later = f"; {len(pending)} listed past the chain's last transaction, which a resume drops" if pending else ""
+    return [Verdict(path.name, True, f"{len(backed)} batch(es) at {steps} step(s), each a rollback the receipts "
+                                     f"record{later}")]  # fmt: skip
+
+
+def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[SkippedBatch]]:
+    """The run's skip-listed batches the receipts back, and those listed past the chain's last transaction.
+
+    The list decides which batches a resumed run leaves out, so a batch listed by hand is data left out. Each
+    entry at or before the chain's last transaction must be at a step the chain rolled back (for a failing
+    streak, not a skip or a scaler overflow), and at that step one listed batch must be the one the receipt
+    names (rank 0's; the other ranks' batches at that step are not receipted). Entries past the last
+    transaction are what a kill between the list's write and its step's receipt leaves: a resume trains those
+    steps again, so it drops them rather than trust them.
+
+    Raises:
+        EvidenceError: the file is not a skip list, or an entry is not borne out by the receipts (exit 5).
+    """
+    entries = list(SkipList.load(layout.skip_list))
+    rolled_back: dict[int, set[str]] = {}
+    last = 0
     if layout.receipts.is_file():
         for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 receipt = parse_receipt(line)
-                if receipt.kind == "transaction":
-                    step = int(receipt.body["step"])
-                    last = max(last, step)
-                    if receipt.body.get("decision") == "rollback":
-                        rolled_back.add(step)
+                if receipt.kind != "transaction":
+                    continue
+                step = int(receipt.body["step"])
+                last = max(last, step)
+                if receipt.body.get("decision") == "rollback" and receipt.body.get("action") not in _NOT_LISTED:
+                    rolled_back.setdefault(step, set()).add(str(receipt.body.get("batch_digest")))
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 continue  # the chain's own verdict names a bad line
-    if unbound := sorted(step for step in steps if step not in rolled_back and step <= last):
-        return [Verdict(path.name, False, f"lists batches at step(s) {', '.join(map(str, unbound[:5]))} where the "
-                        "receipts record no rollback (listed by hand: a resume would leave them out); restore it "
-                        "from a backup", EvidenceError.exit_code)]  # fmt: skip
-    return [Verdict(path.name, True, f"{len(steps)} step(s) skip-listed, each a rollback the receipts record")]
+    backed = [entry for entry in entries if entry.step <= last]
+    keys: dict[int, set[str]] = {}
+    for entry in backed:
+        keys.setdefault(entry.step, set()).add(entry.key)
+    if unbound := sorted(step for step, listed in keys.items() if not listed & rolled_back.get(step, set())):
+        raise EvidenceError(f"{str(layout.skip_list)!r} lists batches at step(s) {', '.join(map(str, unbound[:5]))} "
+                            "that the receipts do not record rolling back (listed by hand: a resume would leave "
+                            "them out); restore it from a backup")  # fmt: skip
+    return backed, [entry for entry in entries if entry.step > last]
+
+
+_NOT_LISTED = ("skipped", "scaler_overflow")
+"""Rollback actions that put no batch on the skip list (it was listed already; the grad scaler skipped it)."""

@@ -62,21 +62,17 @@ def test_nothing_is_claimed_when_the_settings_cannot_be_compared(
 NODE = RUN.replace("trainer: {max_steps: 6}", """trainer:
   max_steps: 6
   default_root_dir: /mnt/node0/runs
-  devices: 1
-  gradient_clip_val: 1.0
-""")
+""").replace("  init_args:\n", "  init_args:\n    base_checkpoint: /mnt/node0/runs/base/checkpoints/step-000010\n")
 
 
 @pytest.mark.parametrize(
     ("edit", "differ"),
-    [(("/mnt/node0/runs", "/mnt/node1/runs"), set()), (("devices: 1", "devices: 2"), set()),
+    [(("/mnt/node0/runs", "/mnt/node1/runs"), set()), (("max_steps: 6", "max_steps: 7"), set()),
      (("dropout: 0.1", "dropout: 0.0"), {"model.init_args.decoder.dropout"}),
-     (("gradient_clip_val: 1.0", "gradient_clip_val: 0.5"), {"trainer.gradient_clip_val"}),
-     (("max_steps: 6", "max_steps: 7"), {"trainer.max_steps"}),
      (("  init_args:\n", "  init_args:\n    optimizer: {lr: 0.1}\n"), {"model.init_args.optimizer.lr"})],
-    ids=["root", "devices", "model", "clipping", "steps", "optimizer"],
+    ids=["paths, the base checkpoint's too", "trainer (compared as the trainer reads it)", "model", "optimizer"],
 )  # fmt: skip
-def test_ranks_share_the_settings_that_change_the_math_not_their_paths(edit: tuple[str, str], differ: set) -> None:
+def test_ranks_share_the_model_settings_not_their_paths(edit: tuple[str, str], differ: set) -> None:
     """What every rank of one fit compares with rank 0 (a node given another lr would drift without a word)."""
     ours, theirs = shared_settings(NODE), shared_settings(NODE.replace(*edit))
     assert NODE.replace(*edit) != NODE
@@ -84,4 +80,30 @@ def test_ranks_share_the_settings_that_change_the_math_not_their_paths(edit: tup
 
 
 def test_shared_settings_of_no_config_or_a_broken_one_are_empty_alike() -> None:
-    assert shared_settings(None) == shared_settings("{not: yaml") == shared_settings("[1]")
+    assert shared_settings(None) == shared_settings("{not: yaml") == shared_settings("[1]") == {}
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "differ"),
+    [({"precision": "bf16"}, {"precision": "bf16-mixed"}, set()),
+     ({"gradient_clip_val": 0}, {"gradient_clip_val": None}, set()),
+     ({"max_steps": 5, "max_epochs": None}, {"max_steps": 5, "max_epochs": -1}, set()),
+     ({"gradient_clip_val": 1.0}, {"gradient_clip_val": 0.5}, {"trainer.gradient_clip_val"}),
+     ({"gradient_clip_val": 1.0}, {"gradient_clip_val": 1.0, "gradient_clip_algorithm": "value"},
+      {"trainer.gradient_clip_algorithm"}),
+     ({"accumulate_grad_batches": 1}, {"accumulate_grad_batches": 2}, {"trainer.accumulate_grad_batches"}),
+     ({"max_steps": 5}, {"max_steps": 6}, {"trainer.max_steps"}),
+     ({"precision": "32"}, {"precision": "bf16-mixed"}, {"trainer.precision"})],
+    ids=["bf16 spellings", "no clipping spellings", "no epoch limit spellings", "clip value", "clip algorithm",
+         "accumulation", "steps", "precision"],
+)  # fmt: skip
+def test_ranks_share_the_trainer_settings_as_lightning_reads_them(ours: dict, theirs: dict, differ: set) -> None:
+    import lightning as L
+
+    from lit_psion.callbacks.checkpoint import trainer_settings
+
+    def settings(given: dict) -> dict:
+        return trainer_settings(L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **given))
+
+    first, second = settings(ours), settings(theirs)
+    assert {key for key in first.keys() | second.keys() if first.get(key) != second.get(key)} == differ

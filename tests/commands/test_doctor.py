@@ -243,7 +243,17 @@ def skip_listed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
 def _list_also(step: int) -> Callable[[Path], None]:
     def harm(path: Path) -> None:
         listed = read_json(path)
-        listed["batches"].append({**listed["batches"][0], "key": "f" * 64, "step": step})
+        listed["batches"].append({**listed["batches"][0], "key": format(step, "064x"), "step": step})
+        path.write_text(json.dumps(listed))
+
+    return harm
+
+
+def _swap_key(step: int) -> Callable[[Path], None]:
+    def harm(path: Path) -> None:
+        listed = read_json(path)
+        listed["batches"] = [{**entry, "key": "f" * 64} if entry["step"] == step else entry
+                             for entry in listed["batches"]]  # fmt: skip
         path.write_text(json.dumps(listed))
 
     return harm
@@ -257,7 +267,8 @@ def _symlinked(path: Path) -> None:
 
 
 SKIP_LIST_HARMS = [
-    ("a batch of a committed step listed by hand", _list_also(2), "lists batches at step(s) 2 where"),
+    ("a batch of a committed step listed by hand", _list_also(2), "lists batches at step(s) 2 that the receipts"),
+    ("the batch of a rolled-back step swapped for another", _swap_key(5), "lists batches at step(s) 5 that the"),
     ("garbled", lambda path: path.write_text("{not json"), "is not a skip list"),
     ("no batches field", lambda path: path.write_text('{"version": 1}'), "is not a skip list"),
     ("a symlink", _symlinked, "is not a skip list"),
@@ -282,10 +293,20 @@ def test_a_skip_list_the_receipts_do_not_bear_out_fails_the_doctor(
 def test_a_skip_list_written_just_before_its_receipt_is_not_a_forgery(
     skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """A kill between the list's write and its step's receipt: the entry is past the chain's last transaction."""
+    """A kill between the list's write and its step's receipt leaves an entry past the chain's last transaction:
+    not a forgery, but not trusted either. A resume trains that step again (a failing streak lists it again), so
+    it drops the entry; a batch listed by hand far ahead is dropped the same way, never skipped."""
     copy = RunLayout(tmp_path, skip_listed.run_id)
     shutil.copytree(skip_listed.run_dir, copy.run_dir)
+    write_latest(tmp_path, copy.run_id)
     _list_also(9)(copy.skip_list)
+    _list_also(10**9)(copy.skip_list)
+    capsys.readouterr()
+    assert main(["doctor", str(copy.run_dir)]) == 0
+    assert "2 listed past the chain's last transaction, which a resume drops" in capsys.readouterr().out
+    assert fit(*TRANSACTIONAL, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "12",
+               "--ckpt_path", "last") == 0  # fmt: skip
+    assert sorted(entry["step"] for entry in read_json(copy.skip_list)["batches"]) == [5, 6]
     assert main(["doctor", str(copy.run_dir)]) == 0
 
 
@@ -301,7 +322,7 @@ def test_a_resume_refuses_a_skip_list_the_receipts_do_not_bear_out(
     capsys.readouterr()
     resume = (*TRANSACTIONAL, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "12")
     assert fit(*resume, "--ckpt_path", "last") == 5
-    assert "lists batches at step(s) 2 where the receipts record no rollback" in capsys.readouterr().err
+    assert "lists batches at step(s) 2 that the receipts do not record rolling back" in capsys.readouterr().err
     assert sorted((path.name, path.read_bytes()) for path in copy.run_dir.iterdir() if path.is_file()) == before
     shutil.copy(skip_listed.skip_list, copy.skip_list)  # the list as the run wrote it: the resume goes on
     assert fit(*resume, "--ckpt_path", "last") == 0

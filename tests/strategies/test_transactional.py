@@ -177,11 +177,10 @@ def test_repeated_rollbacks_restore_the_checkpoint_and_skip_list_survives_a_rest
         (12, ["skip_listed"], "skipped"),
         (13, ["skip_listed"], "skipped"),
     ] or [r["step"] for r in receipts if r["action"] == "skipped"] == [12, 13]
-    # a new process on the same run directory, with clean data, still skips them
+    # a new process on the same run directory, with clean data, still skips them (its receipts back the list)
     again = TransactionalStrategy(RESTORING)
-    (tmp_path / "receipts.jsonl").unlink()
     train(tmp_path, Regression(), again, 5)
-    assert [r["action"] for r in transactions(tmp_path)] == [None] * 3 + ["skipped", "skipped"]
+    assert [r["action"] for r in transactions(tmp_path)[len(receipts):]] == [None] * 3 + ["skipped", "skipped"]
 
 
 def test_persistent_failure_stops_with_a_typed_error(tmp_path: Path) -> None:
