@@ -326,3 +326,36 @@ def test_a_resume_refuses_a_skip_list_the_receipts_do_not_bear_out(
     assert sorted((path.name, path.read_bytes()) for path in copy.run_dir.iterdir() if path.is_file()) == before
     shutil.copy(skip_listed.skip_list, copy.skip_list)  # the list as the run wrote it: the resume goes on
     assert fit(*resume, "--ckpt_path", "last") == 0
+
+
+def test_a_run_started_from_another_runs_checkpoint_mid_streak_lists_only_its_own_rollbacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A checkpoint written mid-streak carries the streak; a new run started from it (--ckpt_path DIR) must not
+    complete that streak with the first run's steps, whose rollback receipts are in the first run's chain: its
+    skip list would not be borne out by its own receipts, and its next resume would be refused."""
+
+    def poison(steps: list[int]) -> str:
+        path = tmp_path / f"poison-{'-'.join(map(str, steps))}.json"
+        callback = {"class_path": "tests.strategies.regression.PoisonGradients", "init_args": {"steps": steps}}
+        path.write_text(json.dumps({"trainer": {"callbacks": [callback]}}))
+        return str(path)
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert fit(*TRANSACTIONAL[:2], "--config", poison([5, 6]), "--trainer.default_root_dir", str(first),
+               "--trainer.max_steps", "6") == 0  # fmt: skip
+    start = first / read_latest(first) / "checkpoints" / "step-000006"
+    assert [entry["step"] for entry in torch_load_streak(start)] == [5, 6], "the checkpoint carries the streak"
+    assert fit(*TRANSACTIONAL[:2], "--config", poison([7]), "--trainer.default_root_dir", str(second),
+               "--trainer.strategy.policy.restore_after", "3", "--ckpt_path", str(start)) == 0  # fmt: skip
+    run = RunLayout(second, read_latest(second))
+    assert not run.skip_list.exists(), "one rollback of its own: no streak long enough to restore and list"
+    capsys.readouterr()
+    assert main(["doctor", str(run.run_dir)]) == 0
+
+
+def torch_load_streak(checkpoint: Path) -> list[dict]:
+    from lit_psion.checkpoint_io import ManifestCheckpointIO
+
+    state = ManifestCheckpointIO().load_checkpoint(checkpoint)
+    return state["transactional"]["ranks"][0]["streak"]
