@@ -174,14 +174,15 @@ def _exit_seen_at(log: Path) -> datetime.datetime:
 def test_ranks_that_stop_with_one_verdict_leave_together(tmp_path: Path) -> None:
     """Rank 0 must not leave while rank 1 is still on its way to the same verdict: its exit closes the connections
     rank 1's process group may still be using, and gloo then aborts rank 1 (SIGABRT, its exit code lost), as a
-    CI run showed. Rank 1 is held 4 s on its way out; rank 0 waits for it at the launch's store."""
+    CI run likely showed. Rank 1 is held 6 s on its way out (under the 10 s bound); rank 0 waits for it at the
+    launch's store."""
     config = tmp_path.parent / f"{tmp_path.name}-config.json"
     config.write_text(json.dumps({"trainer": {"callbacks": [
         {"class_path": "tests.strategies.regression.PoisonGradients", "init_args": {"steps": [5, 6, 7]}},
-        {"class_path": "tests.strategies.regression.SlowToStop", "init_args": {"rank": 1, "seconds": 4.0}}]}}))
+        {"class_path": "tests.strategies.regression.SlowToStop", "init_args": {"rank": 1, "seconds": 6.0}}]}}))
     _two_torchrun_nodes(tmp_path, "--trainer.max_steps", str(N), "--config", str(config),
                         per_node=((), ("--trainer.default_root_dir", str(tmp_path.parent / f"{tmp_path.name}-other"))),
                         code=4, engine=("--trainer.strategy", "transactional_ddp"),
                         refusal="do not all see the same last durable checkpoint")  # fmt: skip
     rank_0, rank_1 = (_exit_seen_at(log) for log in sorted(tmp_path.parent.glob(f"{tmp_path.name}-node*.log")))
-    assert rank_0 >= rank_1 - datetime.timedelta(seconds=1.5), (rank_0, rank_1)  # fmt: skip
+    assert rank_0 >= rank_1 - datetime.timedelta(seconds=2.5), (rank_0, rank_1)  # each exit's own teardown varies
