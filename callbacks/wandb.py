@@ -42,7 +42,12 @@ class WandbEvidence(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.loggers = [*trainer.loggers, *(logger for logger in self.loggers if logger not in trainer.loggers)]
+        joined = [logger for logger in self.loggers if logger not in trainer.loggers]
+        trainer.loggers = [*trainer.loggers, *joined]
+        data = trainer.datamodule
+        hparams = {**(dict(data.hparams) if data is not None else {}), **dict(pl_module.hparams)}
+        for logger in joined if hparams else ():  # what Lightning logs to its loggers before training starts
+            logger.log_hyperparams(hparams)
         config = run_context(trainer).layout.config
         for logger in wandb_loggers(trainer):
             if config.is_file():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_psion.cli import main
@@ -186,3 +188,35 @@ def test_an_unknown_wandb_mode_is_one_line_and_creates_nothing(
     assert fit("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path)) == 2
     assert f"WANDB_MODE is {mode!r}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+class _Hyper(L.LightningModule):
+    """A user's module that saves its hyperparameters, which Lightning logs to its loggers before training."""
+
+    def __init__(self, width: int = 3, flavour: str = "quince-tart") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(width, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3)), batch_size=4)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_wandb_logger_that_joins_at_training_start_still_gets_the_modules_hyperparameters(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lit_psion.callbacks.wandb import WandbEvidence
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, id="hyper", project="lit_psion")
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=str(tmp_path), callbacks=[WandbEvidence([logger])])  # fmt: skip
+    trainer.fit(_Hyper())
+    logger.experiment.finish()
+    (stream,) = tmp_path.glob("wandb/offline-run-*-hyper/run-hyper.wandb")
+    assert b"quince-tart" in stream.read_bytes()
