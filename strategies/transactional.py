@@ -424,10 +424,13 @@ class Transactional:
         module = self.lightning_module
         trainer = module.trainer
         step = trainer.global_step + 1
+        # A rolled-back step names every rank's batch (the skip list may list them all); the rare step pays for
+        # it, with one broadcast per rank.
+        keys = tuple(self.broadcast(key, src=rank) for rank in range(self.world_size)) if reasons else None
         self.last_receipt = TransactionReceipt(
             stage_id=self._run.stage, step=step, batch_digest=key,
             pre_loss=_finite_or_none(pre), post_loss=_finite_or_none(post), grad_norm=_finite_or_none(grad_norm),
-            decision="rollback" if reasons else "commit", reasons=reasons, action=action,
+            decision="rollback" if reasons else "commit", reasons=reasons, action=action, batch_digests=keys,
         )  # fmt: skip
         emit_receipt(trainer, self.last_receipt)
         if reasons:

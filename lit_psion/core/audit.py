@@ -380,8 +380,9 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
 
     The list decides which batches a resumed run leaves out, so a batch listed by hand is data left out. Each
     entry at or before the chain's last transaction must be at a step the chain rolled back (for a failing
-    streak, not a skip or a scaler overflow), and at that step one listed batch must be the one the receipt
-    names (rank 0's; the other ranks' batches at that step are not receipted). Entries past the last
+    streak, not a skip or a scaler overflow), and be one of the batches the receipt names there (every rank's;
+    a receipt written before those were recorded names rank 0's only, and one listed batch must be it). Entries
+    past the last
     transaction are what a kill between the list's write and its step's receipt leaves: a resume trains those
     steps again, so it drops them rather than trust them.
 
@@ -389,7 +390,8 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
         EvidenceError: the file is not a skip list, or an entry is not borne out by the receipts (exit 5).
     """
     entries = list(SkipList.load(layout.skip_list))
-    rolled_back: dict[int, set[str]] = {}
+    rolled_back: dict[int, set[str]] = {}  # step -> rank 0's batch of each rollback there
+    every_rank: dict[int, set[str]] = {}  # step -> every rank's batches, where its receipts name them all
     last = 0
     if layout.receipts.is_file():
         for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -400,6 +402,8 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
                 step = int(receipt.body["step"])
                 last = max(last, step)
                 if receipt.body.get("decision") == "rollback" and receipt.body.get("action") not in _NOT_LISTED:
+                    if (named := receipt.body.get("batch_digests")) is not None:
+                        every_rank.setdefault(step, set()).update(str(key) for key in named)
                     rolled_back.setdefault(step, set()).add(str(receipt.body.get("batch_digest")))
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 continue  # the chain's own verdict names a bad line
@@ -407,7 +411,11 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
     keys: dict[int, set[str]] = {}
     for entry in backed:
         keys.setdefault(entry.step, set()).add(entry.key)
-    if unbound := sorted(step for step, listed in keys.items() if not listed & rolled_back.get(step, set())):
+
+    def borne_out(step: int, listed: set[str]) -> bool:
+        return listed <= every_rank[step] if step in every_rank else bool(listed & rolled_back.get(step, set()))
+
+    if unbound := sorted(step for step, listed in keys.items() if not borne_out(step, listed)):
         raise EvidenceError(f"{str(layout.skip_list)!r} lists batches at step(s) {', '.join(map(str, unbound[:5]))} "
                             "that the receipts do not record rolling back (listed by hand: a resume would leave "
                             "them out); restore it from a backup")  # fmt: skip

@@ -68,6 +68,9 @@ class TransactionReceipt(ReceiptBody):
     restored, offending batches skip-listed), ``skip_listed_no_checkpoint``, ``scaler_overflow`` (mixed
     precision's grad scaler skipped the step; not counted as divergence), ``stopped`` (too many in a row,
     the run ends with a TransactionError); None otherwise."""
+    batch_digests: tuple[str, ...] | None = None
+    """On a rollback, every rank's batch digest in rank order (``batch_digest`` is rank 0's); None on a commit
+    (and in receipts written before it was recorded)."""
 
 
 @register_receipt

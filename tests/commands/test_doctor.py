@@ -269,6 +269,7 @@ def _symlinked(path: Path) -> None:
 SKIP_LIST_HARMS = [
     ("a batch of a committed step listed by hand", _list_also(2), "lists batches at step(s) 2 that the receipts"),
     ("the batch of a rolled-back step swapped for another", _swap_key(5), "lists batches at step(s) 5 that the"),
+    ("another batch added at a rolled-back step", _list_also(5), "lists batches at step(s) 5 that the"),
     ("garbled", lambda path: path.write_text("{not json"), "is not a skip list"),
     ("no batches field", lambda path: path.write_text('{"version": 1}'), "is not a skip list"),
     ("a symlink", _symlinked, "is not a skip list"),

@@ -5,7 +5,7 @@ TransactionalElasticMeshStrategy (a mesh's transactions, with its per-step membe
 
 Writes ``OUT/rank{r}.pt`` (weights-only loadable): parameters before/after each step and the decisions.
 ``restore_after`` is 1, so the rollback also skip-lists both ranks' batches in ``OUT/skip_list.json``
-(there is no checkpoint to restore).
+(there is no checkpoint to restore), and its receipts in ``OUT/receipts.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_psion.callbacks import Receipts
 from lit_psion.strategies import TransactionalDDPStrategy, TransactionalElasticMeshStrategy, TransactionPolicy
 from tests.strategies.regression import Regression, StateRecorder
 
@@ -38,7 +39,7 @@ def main(out: Path, kind: str = "ddp") -> None:
     trainer = L.Trainer(
         strategy=strategy, accelerator="cpu", devices=2,
         max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=str(out), callbacks=[recorder, decisions],
+        enable_model_summary=False, default_root_dir=str(out), callbacks=[recorder, decisions, Receipts()],
     )  # fmt: skip
     # 64 samples over 2 ranks (the sampler deals them alternately), batches of 8: rank 1's third batch
     # starts at sample 33, which Regression numbers batch 33 // 8 = 4.

@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from lit_psion.callbacks import PointerCheckpoint, Receipts
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.core import RunLayout, read_json
+from lit_psion.core.audit import check_skip_list
 from lit_psion.core.errors import ConfigError, TransactionError
 from lit_psion.core.run import read_latest
 from lit_psion.report import timeline_events
@@ -394,6 +395,10 @@ def test_ddp_one_rank_nan_rolls_back_every_rank(tmp_path: Path, kind: str) -> No
     skipped = list(SkipList.load(tmp_path / "skip_list.json"))  # gathered from both ranks, written by rank 0
     assert [entry.step for entry in skipped] == [3, 3] and skipped[0].key != skipped[1].key
     assert "nonfinite_loss" in skipped[1].reasons
+    (rollback,) = [r for r in transactions(tmp_path) if r["decision"] == "rollback"]
+    assert rollback["batch_digests"] == [entry.key for entry in skipped], "every rank's batch, in rank order"
+    backed, pending = check_skip_list(RunLayout.of(tmp_path))  # both ranks' batches are borne out
+    assert (len(backed), pending) == (2, [])
 
 
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2, 3]", '{"batches": 5}', '{"batches": [{"key": "k"}]}',
