@@ -46,6 +46,7 @@ from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
     check_config_files,
     gather_files,
+    place_wandb_runs,
     plain_parse_error,
     refuse_lightning_optimizer_groups,
     refuse_unusable_ckpt_path,
@@ -205,7 +206,7 @@ class LitPsionCLI(LightningCLI):
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
                                           resume_manifest_sha256=start and start.manifest_sha256,
                                           rejected=rejected)  # fmt: skip
-            _place_wandb_runs(config.trainer.logger, layout)
+            place_wandb_runs(_as_list(config.trainer.logger), layout)
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
@@ -389,37 +390,6 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _place_wandb_runs(loggers: Any, layout: RunLayout) -> None:
-    """Give each configured WandbLogger the run's id, name and directory; offline without an API key."""
-    for entry in _as_list(loggers):
-        if not isinstance(entry, Namespace) or not str(entry.get("class_path", "")).endswith("WandbLogger"):
-            continue
-        mode = os.environ.get("WANDB_MODE")
-        if mode is not None and mode not in WANDB_MODES:
-            raise ConfigError(f"WANDB_MODE is {mode!r}; W&B takes one of {', '.join(WANDB_MODES)} (unset it to log "
-                              "online with an API key, offline without)")  # fmt: skip
-        init_args = entry.init_args
-        init_args.save_dir = str(layout.run_dir)
-        for key in ("id", "name"):
-            if init_args.get(key) is None:
-                init_args[key] = layout.run_id
-        if not _wandb_api_key() and "WANDB_MODE" not in os.environ and not init_args.get("offline"):
-            init_args.offline = True
-            print("lit_psion: no W&B API key: logging to W&B offline under the run directory (wandb sync to upload)",
-                  file=sys.stderr)  # fmt: skip
-
-
-WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
-"""The values W&B's settings accept for ``WANDB_MODE``."""
-
-
-def _wandb_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
 def main(args: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ settings Lightning would accept and then fail on mid-run reported as one line ea
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -201,3 +203,36 @@ def refuse_unusable_ckpt_path(ckpt_path: str | None, manifest_file: str) -> None
                           "checkpoints/step-NNNNNN")  # fmt: skip
     raise ConfigError(f"--ckpt_path {ckpt_path!r} is not a lit_psion checkpoint directory (a "
                       f"<run>/checkpoints/step-NNNNNN with manifest.json); {fix}")
+
+
+def place_wandb_runs(loggers: list[Any], layout: RunLayout) -> None:
+    """Give each configured WandbLogger the run's id, name and directory; offline without an API key."""
+    from jsonargparse import Namespace
+
+    for entry in loggers:
+        if not isinstance(entry, Namespace) or not str(entry.get("class_path", "")).endswith("WandbLogger"):
+            continue
+        mode = os.environ.get("WANDB_MODE")
+        if mode is not None and mode not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE is {mode!r}; W&B takes one of {', '.join(WANDB_MODES)} (unset it to log "
+                              "online with an API key, offline without)")  # fmt: skip
+        init_args = entry.init_args
+        init_args.save_dir = str(layout.run_dir)
+        for key in ("id", "name"):
+            if init_args.get(key) is None:
+                init_args[key] = layout.run_id
+        if not _wandb_api_key() and "WANDB_MODE" not in os.environ and not init_args.get("offline"):
+            init_args.offline = True
+            print("lit_psion: no W&B API key: logging to W&B offline under the run directory (wandb sync to upload)",
+                  file=sys.stderr)  # fmt: skip
+
+
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+"""The values W&B's settings accept for ``WANDB_MODE``."""
+
+
+def _wandb_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
