@@ -39,20 +39,29 @@ class WandbEvidence(Callback):
 
     def __init__(self, loggers: list[WandbLogger] | None = None) -> None:
         self.loggers = list(loggers or ())
+        self._summarised = False
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Join the trainer's loggers. The CLI puts this callback first, so every other callback's
+        ``on_train_start`` (a user's evidence capture too) already sees the W&B loggers."""
         joined = [logger for logger in self.loggers if logger not in trainer.loggers]
         trainer.loggers = [*trainer.loggers, *joined]
         data = trainer.datamodule
         hparams = {**(dict(data.hparams) if data is not None else {}), **dict(pl_module.hparams)}
         for logger in joined if hparams else ():  # what Lightning logs to its loggers before training starts
             logger.log_hyperparams(hparams)
-        config = run_context(trainer).layout.config
+        config = run_context(trainer).config_yaml  # what RunDirectory writes as config.yaml, later in this hook
         for logger in wandb_loggers(trainer):
-            if config.is_file():
-                logger.log_hyperparams(OmegaConf.to_container(OmegaConf.load(config)))
-        self.update(trainer)
+            if config is not None:
+                logger.log_hyperparams(OmegaConf.to_container(OmegaConf.create(config)))
+        self._summarised = False
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, index: int) -> None:
+        if not self._summarised:  # run.json is written by the time the first step starts
+            self._summarised = True
+            self.update(trainer)
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

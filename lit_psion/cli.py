@@ -290,8 +290,8 @@ class LitPsionCLI(LightningCLI):
             loggers = [RunCSVLogger(run.layout.root, run.layout.run_id), *(lg for lg in loggers if lg not in wandb)]
             callbacks += [RunDirectory(run), StopAgreement()]
             callbacks.sort(key=lambda callback: isinstance(callback, Dashboard))  # draws the status RunDirectory wrote
-            if wandb:
-                callbacks.append(WandbEvidence(wandb))
+            if wandb:  # first: the other callbacks' on_train_start see the W&B loggers
+                callbacks.insert(0, WandbEvidence(wandb))
         elif config.get("logger") in (None, True):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
         try:

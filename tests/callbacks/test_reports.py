@@ -222,3 +222,25 @@ def test_a_wandb_logger_that_joins_at_training_start_still_gets_the_modules_hype
         assert (config.get("width"), config.get("flavour")) == (3, "quince-tart")
     finally:
         logger.experiment.finish()
+
+
+class LoggersAtTrainStart(Callback):
+    """A user's evidence callback: writes the names of the loggers it sees in its own ``on_train_start``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        Path(self.out).write_text(json.dumps([type(logger).__name__ for logger in trainer.loggers]))
+
+
+def test_a_users_callback_sees_the_wandb_logger_when_training_starts(tmp_path: Path) -> None:
+    """W&B loggers join the trainer at training start (not before its setup hooks); a callback configured by
+    the user must still find them in its own on_train_start, as with any other logger."""
+    seen = tmp_path / "loggers.json"
+    root = str(tmp_path / "runs")
+    result = fit_subprocess("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", root,
+                            "--trainer.callbacks+=tests.callbacks.test_reports.LoggersAtTrainStart",
+                            "--trainer.callbacks.out", str(seen))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "WandbLogger" in json.loads(seen.read_text())
