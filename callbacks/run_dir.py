@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
@@ -17,8 +20,9 @@ from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, 
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.contracts import ReplayData, TokenizedData
-from lit_psion.core.errors import CheckpointError, ConfigError, failure_class
+from lit_psion.core.errors import CheckpointError, ConfigError, MembershipChanged, failure_class
 from lit_psion.core.layout import RunLayout
+from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, mismatched_joiners, read_membership
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
 
@@ -71,27 +75,44 @@ class RunDirectory(Callback):
         checkpoint (another ``--ckpt_path`` on its node, or a runs directory that is not the one rank 0 sees)
         would train on other optimizer state and data: every rank refuses, before anything is written. So does
         a rank given other model, optimizer or step settings (:func:`shared_settings`), which would drift.
+
+        Under ``mesh launch`` the nodes of the last membership epoch are the reference instead: a node that
+        joins unlike them is turned away alone (its ``mesh launch`` stops with the refusal), and the others
+        leave with ``membership_changed`` to re-form without it.
         """
         run, layout = self.run_context, self.run_context.layout
         start = str(run.resume_from) if run.resume_from is not None else "no checkpoint (a new run)"
-        run_id, digest, rank_zero_start = trainer.strategy.broadcast((layout.run_id, run.resume_manifest_sha256,
-                                                                      start), src=0)  # fmt: skip
-        if not trainer.strategy.reduce_boolean_decision(digest == run.resume_manifest_sha256, all=True):
-            mine = "" if digest == run.resume_manifest_sha256 else f"; rank {trainer.global_rank} from {start}"
-            raise CheckpointError(f"the ranks do not all start from rank 0's checkpoint, {rank_zero_start}{mine}; "
+        mesh = os.environ.get(NODE_MARKERS_ENV) and os.environ.get(NODE_ID_ENV)
+        mine = {"node": os.environ.get(NODE_ID_ENV) or f"rank {trainer.global_rank}", "run_id": layout.run_id,
+                "digest": run.resume_manifest_sha256, "start": start,
+                "settings": {**shared_settings(run.config_yaml), **trainer_settings(trainer),
+                             "model signature": signature_of(trainer.lightning_module)},
+                "incumbents": _incumbents(layout) if mesh and trainer.is_global_zero else []}  # fmt: skip
+        views: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(views, mine)
+        reference, whose, where = views[0], "rank 0's", "rank 0"
+        if mesh and any((v["digest"], v["settings"]) != (reference["digest"], reference["settings"]) for v in views):
+            trains = [(v["node"], (v["digest"], v["settings"])) for v in views]
+            away = mismatched_joiners(trains, views[0]["incumbents"])
+            if away:
+                if mine["node"] not in away:
+                    raise MembershipChanged(f"node {', '.join(sorted(away))} joined run {layout.run_id} unlike its "
+                                            "nodes and is turned away; the mesh re-forms without it")  # fmt: skip
+                reference, whose, where = next(v for v in views if v["node"] not in away), "the mesh's", "the mesh"
+        if mine["digest"] != reference["digest"] or any(v["digest"] != reference["digest"] for v in views):
+            theirs = "" if mine["digest"] == reference["digest"] else f"; {_name(mine, trainer)} from {start}"
+            raise CheckpointError(f"the ranks do not all start from {whose} checkpoint, {reference['start']}{theirs}; "
                                   "give every node the same --ckpt_path, and with 'last' the same runs directory "
                                   "(storage every node sees)")  # fmt: skip
-        mine = {**shared_settings(run.config_yaml), **trainer_settings(trainer),
-                "model signature": signature_of(trainer.lightning_module)}  # fmt: skip
-        rank_zeros = trainer.strategy.broadcast(mine, src=0)
-        if not trainer.strategy.reduce_boolean_decision(mine == rank_zeros, all=True):
-            keys = sorted(key for key in mine.keys() | rank_zeros.keys() if mine.get(key) != rank_zeros.get(key))
-            shown = "; ".join(f"{key.replace('.init_args.', '.')}: {rank_zeros.get(key)!r} on rank 0, "
-                              f"{mine.get(key)!r} on rank {trainer.global_rank}" for key in keys[:3])  # fmt: skip
-            raise ConfigError(f"the ranks do not all train with rank 0's settings ({shown or 'another rank differs'}); "
+        if any(v["settings"] != reference["settings"] for v in views):
+            ours, theirs = mine["settings"], reference["settings"]
+            keys = sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
+            shown = "; ".join(f"{key.replace('.init_args.', '.')}: {theirs.get(key)!r} on {where}, "
+                              f"{ours.get(key)!r} on {_name(mine, trainer)}" for key in keys[:3])  # fmt: skip
+            raise ConfigError(f"the ranks do not all train with {whose} settings ({shown or 'another rank differs'}); "
                               "give every node the same model, optimizer and trainer settings")  # fmt: skip
-        if run_id != layout.run_id:
-            self.run_context = dataclasses.replace(run, layout=RunLayout(layout.root, run_id))
+        if reference["run_id"] != layout.run_id:
+            self.run_context = dataclasses.replace(run, layout=RunLayout(layout.root, reference["run_id"]))
 
     def _describe_data(self, data: L.LightningDataModule | None) -> None:
         layout = self.run_context.layout
@@ -166,3 +187,17 @@ class RunDirectory(Callback):
         console.print(f"  checkpoint     {checkpoint}")
         console.print(f"  metrics        {layout.metrics}")
         console.print(f"  resume with    --trainer.default_root_dir {layout.root} --ckpt_path last")
+
+
+def _incumbents(layout: RunLayout) -> list[str]:
+    """The nodes that trained the run's last membership epoch (none for a new run or an unreadable record)."""
+    try:
+        last = read_membership(layout)
+    except (ConfigError, OSError, ValueError):
+        return []
+    return list(last.training) if last is not None else []
+
+
+def _name(view: dict[str, Any], trainer: L.Trainer) -> str:
+    node = view["node"]
+    return node if node.startswith("rank ") else f"rank {trainer.global_rank} (node {node})"

@@ -46,6 +46,7 @@ from lit_psion.core.errors import ConfigError
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.membership import (
     MESH_SETTINGS_ENV,
+    NODE_ID_ENV,
     NODE_MARKERS_ENV,
     Membership,
     MembershipChange,
@@ -60,7 +61,6 @@ from lit_psion.core.membership import (
 from lit_psion.core.receipts import MembershipReceipt
 from lit_psion.strategies.transactional import Transactional
 
-NODE_ID_ENV = "LIT_PSION_NODE_ID"
 LAUNCH_SETTINGS_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RESTART_COUNT",
                        "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_USE_AGENT_STORE")  # fmt: skip
 """What a torchrun launch says about itself, recorded in each membership receipt."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lit_psion.core.errors import ConfigError
@@ -24,6 +24,8 @@ from lit_psion.core.layout import RunLayout
 
 MESH_SETTINGS_ENV = "LIT_PSION_MESH_SETTINGS"
 """The launch settings ``mesh launch`` hands its workers (JSON), recorded in every membership receipt."""
+NODE_ID_ENV = "LIT_PSION_NODE_ID"
+"""This worker's node id (set per agent by ``mesh launch``)."""
 NODE_MARKERS_ENV = "LIT_PSION_NODE_MARKERS"
 """A directory of ``mesh launch``'s where its workers leave markers for it: ``<pid>.json`` when their node is
 drained (the launcher freezes its agent, so it cannot rejoin, and stops it once they are gone), and
@@ -102,6 +104,21 @@ def classify(previous: Membership | None, members: Iterable[str]) -> MembershipC
         drained = all(previous.nodes[node] == NodeState.DRAINING for node in removed)
         return MembershipChange.DRAIN if drained else MembershipChange.SHRINK
     return MembershipChange.RESTART
+
+
+def mismatched_joiners(views: Sequence[tuple[str, Any]], incumbents: Iterable[str]) -> set[str] | None:
+    """The nodes to turn away from a mesh whose ranks do not all train alike, or None when that cannot be told.
+
+    ``views`` holds each rank's node and what it trains (start checkpoint, settings), in rank order;
+    ``incumbents`` the nodes of the last epoch that trained. The incumbents' ranks are the reference: a joiner
+    that differs from them is turned away, and the rest re-form without it. When no incumbent trains in this
+    worker group, or the incumbents themselves differ, no node can be told right: None (every rank refuses).
+    """
+    incumbents = set(incumbents)
+    reference = [what for node, what in views if node in incumbents]
+    if not reference or any(what != reference[0] for what in reference):
+        return None
+    return {node for node, what in views if what != reference[0]}
 
 
 def next_membership(previous: Membership | None, members: Iterable[str], world_size: int) -> Membership:

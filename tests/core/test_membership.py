@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from lit_psion.core.errors import ConfigError
-from lit_psion.core.membership import Membership, MembershipChange, NodeState, classify, next_membership
+from lit_psion.core.membership import (
+    Membership,
+    MembershipChange,
+    NodeState,
+    classify,
+    mismatched_joiners,
+    next_membership,
+)
 
 EPOCH_3 = next_membership(next_membership(next_membership(None, ["a", "b"], 2), ["a", "b"], 2), ["a", "b"], 2)
 
@@ -67,3 +74,25 @@ def test_drain_requests_round_trip_and_a_damaged_file_is_no_request(tmp_path) ->
     assert read_drain_requests(layout) == {}
     write_drain_requests(layout, {})
     assert not layout.drain_requests.exists()
+
+
+SAME, OTHER_LR, OTHER_CKPT = ("ck1", {"lr": 0.003}), ("ck1", {"lr": 0.1}), ("ck0", {"lr": 0.003})
+
+
+@pytest.mark.parametrize(
+    ("views", "incumbents", "away"),
+    [
+        ([("A", SAME), ("B", SAME)], ["A"], set()),  # nothing differs
+        ([("A", SAME), ("B", OTHER_LR)], ["A"], {"B"}),  # a joiner with another learning rate
+        ([("B", OTHER_LR), ("A", SAME)], ["A"], {"B"}),  # ... that became rank 0
+        ([("A", SAME), ("C", OTHER_CKPT)], ["A", "B"], {"C"}),  # a replacement from another checkpoint
+        ([("A", SAME), ("A", SAME), ("C", OTHER_LR), ("C", OTHER_LR)], ["A"], {"C"}),  # two ranks per node
+        ([("A", SAME), ("B", OTHER_LR), ("C", OTHER_CKPT)], ["A"], {"B", "C"}),  # two joiners, each unlike
+        ([("A", SAME), ("B", OTHER_LR)], [], None),  # a new mesh: nobody is the reference
+        ([("A", SAME), ("B", OTHER_LR)], ["Z"], None),  # no node of the last epoch is here
+        ([("A", SAME), ("B", OTHER_LR), ("C", SAME)], ["A", "B"], None),  # the incumbents themselves differ
+        ([("A", SAME), ("A", OTHER_LR)], ["A"], None),  # one node's own ranks differ
+    ],
+)
+def test_a_joiner_unlike_the_last_epochs_nodes_is_the_one_turned_away(views, incumbents, away) -> None:
+    assert mismatched_joiners(views, incumbents) == away
