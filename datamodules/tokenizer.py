@@ -63,7 +63,9 @@ def cached_tokenizer(
             return Tokenizer.from_file(str(path)), sha256_file(path)
         except Exception as error:  # tokenizers raises a bare Exception for a file it cannot read
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            print(f"lit_psion: the cached tokenizer {path} is unreadable ({reason}); training it again",
-                  file=sys.stderr)  # fmt: skip
+            aside = path.with_name(path.name + ".unreadable")  # kept: a newer `tokenizers` may have written it
+            path.replace(aside)
+            print(f"lit_psion: the cached tokenizer {path} is unreadable ({reason}); kept as {aside.name}, "
+                  "training it again", file=sys.stderr)  # fmt: skip
     atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())
     return Tokenizer.from_file(str(path)), sha256_file(path)

@@ -228,7 +228,8 @@ def test_validation_covers_every_window_including_a_partial_batch(tmp_path: Path
 def test_an_unreadable_tokenizer_cache_entry_is_trained_again(
     tmp_path: Path, capsys: pytest.CaptureFixture, damage
 ) -> None:
-    """A cache entry is only a cache: one that cannot be read is rebuilt (the same tokenizer), not exit 1."""
+    """A cache entry is only a cache: one that cannot be read is rebuilt (the same tokenizer), not exit 1. The
+    entry is kept aside, not overwritten: another environment's newer `tokenizers` may have written it."""
     from lit_psion.datamodules.tokenizer import cached_tokenizer
 
     texts = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind"]
@@ -239,6 +240,7 @@ def test_an_unreadable_tokenizer_cache_entry_is_trained_again(
     again, digest_again = cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))
     assert f"the cached tokenizer {entry} is unreadable" in capsys.readouterr().err
     assert (digest_again, entry.read_bytes()) == (digest, good)
+    assert entry.with_name("tokenizer.json.unreadable").read_bytes() == damage(good), "kept, not overwritten"
     assert again.encode(texts[0]).ids == tokenizer.encode(texts[0]).ids
 
 
