@@ -24,7 +24,11 @@ class _ContinuingWriter(ExperimentWriter):
         """The run directory is expected to hold files already (run.json, config.yaml)."""
 
     def drop_after(self, step: int) -> None:
-        """Forget rows logged after ``step``: a resumed run logs those steps again."""
+        """Forget rows logged after ``step`` optimizer steps: a resumed run logs those steps again.
+
+        Lightning logs the n-th step's row (and a validation after it) at ``step`` n - 1: the rows a checkpoint
+        of ``step`` steps has seen are those below ``step``.
+        """
         if not os.path.isfile(self.metrics_file_path):
             return
         with open(self.metrics_file_path, newline="") as handle:
@@ -32,7 +36,7 @@ class _ContinuingWriter(ExperimentWriter):
         if not text.endswith("\n"):  # a row a kill cut short: it is logged again
             text = text[: text.rfind("\n") + 1]
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        fieldnames, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) <= step]
+        fieldnames, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
         lines = [",".join(fieldnames)] + [",".join(row.get(k, "") or "" for k in fieldnames) for row in rows]
         atomic_write_text(self.metrics_file_path, "\n".join(lines) + "\n")
 

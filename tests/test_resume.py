@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,14 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path: Path, uninterrupted
     resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
     assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
+    resumed = _train_rows(tmp_path / read_latest(tmp_path))
+    assert resumed == _train_rows(uninterrupted[2]), "metrics.csv: each step's row once (step 7 was logged twice)"
+
+
+def _train_rows(run_dir: Path) -> list[tuple[str, str]]:
+    """(step, train/loss) of every training row of a run's metrics.csv, in file order."""
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return [(row["step"], row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
 
 
 @pytest.mark.parametrize("writes", ["sync", "async"])
