@@ -45,6 +45,9 @@ Series = dict[str, list[tuple[int, float]]]
 def read_metrics(run_dir: str | Path) -> Series:
     """Every metric in ``run_dir/metrics.csv`` as (step, value) pairs; empty if there is no file yet.
 
+    Steps count the optimizer steps done, as receipts, checkpoints and ``run.json`` do: the CSV's ``step``
+    column (Lightning's) is one less.
+
     Raises:
         EvidenceError: the file is not the CSV a run writes (not UTF-8, no ``step`` column, a value not a number).
     """
@@ -58,7 +61,7 @@ def read_metrics(run_dir: str | Path) -> Series:
             if "step" not in (reader.fieldnames or ()):  # an empty file, or a header that is not a run's
                 raise ValueError(f"its header {reader.fieldnames or 'is empty'} has no step column")
             for row in reader:
-                step = int(row["step"])
+                step = int(row["step"]) + 1  # Lightning writes step n's row at n - 1; receipts count steps done
                 for key, value in row.items():
                     if key not in ("step", "epoch") and value not in (None, ""):
                         series.setdefault(key, []).append((step, float(value)))

@@ -94,6 +94,14 @@ def test_a_fit_stopped_between_validations_shows_how_it_ended(tmp_path: Path, pa
     assert f"<td>{status}</td>" in page and "<td>active</td>" not in page
 
 
+def test_plots_count_steps_as_the_receipts_and_checkpoints_do(two_runs: tuple[Path, Path]) -> None:
+    """metrics.csv's step column is Lightning's (one less than the steps done); the plots' axis was too."""
+    run = two_runs[0]
+    chain = [json.loads(line)["body"] for line in (run / "receipts.jsonl").read_text().splitlines()]
+    last_step = max(receipt["step_out"] for receipt in chain if "step_out" in receipt)
+    assert read_metrics(run)["train/loss"][-1][0] == last_step == read_json(run / "run.json")["global_step"]
+
+
 def test_each_norm_gets_its_own_axes_and_other_panels_share_one(two_runs: tuple[Path, Path]) -> None:
     keys = list(PANELS["norms"][1])
     assert axes_rows("norms", keys) == [[key] for key in keys]  # param norm ~70 next to grad norm ~1
