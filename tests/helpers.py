@@ -53,6 +53,28 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillBeforeDurableReceipt(Callback):
+    """SIGKILL this process as the durable receipt of step ``step``'s checkpoint is appended: the checkpoint is
+    durable and pointed to, and its receipt is never written (the narrowest kill a resume must accept)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lit_psion.callbacks.checkpoint import PointerCheckpoint
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, PointerCheckpoint):
+                emit = callback.emit
+
+                def killing(trainer: L.Trainer, body: Any, emit: Any = emit) -> None:
+                    if getattr(body, "durability", None) == "durable" and getattr(body, "step", None) == self.step:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    emit(trainer, body)
+
+                callback.emit = killing
+
+
 class SigtermAt(Callback):
     """Send this process SIGTERM during global step ``step`` (as a scheduler would)."""
 

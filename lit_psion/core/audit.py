@@ -136,7 +136,7 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
                 recorded[int(body["step"])] = (body["manifest_digest"], body["object_digest"])
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue  # the chain's own verdict names a bad line
-    return CheckpointReceipts(recorded=recorded, sealed=sealed)
+    return CheckpointReceipts(recorded=recorded, sealed=sealed, chain=layout.receipts)
 
 
 def verify_in_its_run(path: Path) -> VerifiedCheckpoint:

@@ -326,6 +326,8 @@ class CheckpointReceipts:
     recorded: Mapping[int, tuple[str | None, str | None]] = dataclasses.field(default_factory=dict)
     """step -> (manifest sha256, weights sha256)."""
     sealed: bool = False
+    chain: Path | None = None
+    """The run's ``receipts.jsonl``: an unreceipted newest checkpoint is held to where its manifest anchors it."""
 
     @property
     def newest(self) -> int | None:
@@ -342,11 +344,46 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
             why = "the run's chain is sealed" if receipts.sealed else f"the chain receipts step {newest}"
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, though {why}: "
                                   "the run's fit did not write it")  # fmt: skip
+        if receipts.chain is not None and (problem := _unanchored(checkpoint, receipts.chain)) is not None:
+            raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, and "
+                                  f"{problem}: the run's fit did not write it")  # fmt: skip
         return checkpoint
     if recorded != (checkpoint.manifest_sha256, checkpoint.weights_sha256):
         raise CheckpointError(f"checkpoint {checkpoint.path.name}: its manifest or weights are not the ones its "
                               "durable checkpoint receipt recorded (it was replaced after it was written)")
     return checkpoint
+
+
+def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
+    """Why a checkpoint without its receipt cannot be one the run wrote just before a kill (None if it can be).
+
+    The fit writes step k's checkpoint after step k's ``trainer_step`` receipt and records the chain's head in its
+    manifest; whatever the chain holds after that head trained on from step k. So the head is in the chain, no
+    step receipted up to it ends past k, and no step receipted after it starts before k.
+    """
+    head, step = checkpoint.manifest.receipts_head, checkpoint.step
+    if head is None or not chain.is_file():
+        return None  # written before manifests anchored the chain, or by a fit without receipts
+    anchored, ended_at = False, None
+    with chain.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                receipt = json.loads(line)
+                body = receipt["body"] if receipt["kind"] == "trainer_step" else None
+                step_in, step_out = (int(body["step_in"]), int(body["step_out"])) if body else (None, None)
+                digest = receipt["digest"]
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                continue  # the chain's own verdict names a bad line
+            if not anchored and step_out is not None:
+                ended_at = step_out
+            if anchored and step_in is not None and step_in < step:
+                return f"the run's receipts go on from step {step_in} after the head its manifest records"
+            anchored = anchored or digest == head
+    if not anchored:
+        return "the receipt head its manifest records is not in the run's receipts"
+    if ended_at is not None and ended_at > step:
+        return f"the run's receipts had reached step {ended_at} at the head its manifest records, not {step}"
+    return None
 
 
 def resolve_checkpoint(

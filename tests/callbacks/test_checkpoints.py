@@ -387,3 +387,73 @@ def test_a_refused_pickle_is_named_without_torchs_advice_to_load_it_unsafely(tmp
     said = load_refusal(refused.value)
     assert said.startswith("it holds a pickled ") and "which loading would run" in said, said
     assert "weights_only" not in said and "False" not in said
+
+
+@pytest.mark.parametrize("writes", ["sync", "async"])
+def test_a_kill_between_a_durable_checkpoint_and_its_receipt_resumes_from_that_checkpoint(
+    tmp_path: Path, writes: str
+) -> None:
+    killed = callbacks_config(tmp_path / "kill.json", ("KillBeforeDurableReceipt", {"step": 6}))
+    common = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9",
+              "--checkpoint.async_write", str(writes == "async").lower())  # fmt: skip
+    assert fit_subprocess(*common, "--config", killed).returncode == -9
+    run = tmp_path / read_latest(tmp_path)
+    assert read_json(run / "checkpoints" / "pointer.json")["step"] == 6
+    assert fit(*common, "--ckpt_path", "last") == 0
+    chain = [json.loads(line)["body"] for line in (run / "receipts.jsonl").read_text().splitlines()]
+    late = [r for r in chain if r.get("durability") == "durable" and "receipted on resume" in (r.get("reason") or "")]
+    assert [r["step"] for r in late] == [6], "resumed from the checkpoint whose receipt the kill prevented"
+    assert main(["doctor", str(run)]) == 0
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run killed in step 9 (its receipts reach step 8) whose checkpoints (every 3 steps) up to 6 are receipted."""
+    root = tmp_path_factory.mktemp("killed")
+    kill = callbacks_config(root / "kill.json", ("KillAt", {"step": 9}))
+    assert fit_subprocess("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12",
+                          "--config", kill).returncode == -9  # fmt: skip
+    return root / read_latest(root)
+
+
+def _head_of_step(run: Path, step: int) -> str:
+    for line in (run / "receipts.jsonl").read_text().splitlines():
+        receipt = json.loads(line)
+        if receipt["kind"] == "trainer_step" and receipt["body"]["step_out"] == step:
+            return receipt["digest"]
+    raise AssertionError(f"no receipt of step {step}")
+
+
+FORGERIES = [  # (name, the step the forged copy of step 6's checkpoint claims, its anchor: a step's head or a digest)
+    ("a step past what the chain reached", 10, 6, "go on from step 6"),
+    ("a step the chain trained past from the head it names", 7, 6, "go on from step 6"),
+    ("a chain head that is not in the chain", 10, "0" * 64, "not in the run's receipts"),
+    ("a head past the step it claims", 7, 8, "had reached step 8"),
+]
+
+
+@pytest.mark.parametrize(("name", "step", "anchor", "message"), FORGERIES, ids=[f[0] for f in FORGERIES])
+def test_a_forged_newest_checkpoint_without_its_receipt_is_refused_and_last_falls_back(
+    killed_run: Path, tmp_path: Path, name: str, step: int, anchor: int | str, message: str
+) -> None:
+    """A newest checkpoint may lack its receipt (a kill between the two), so one was trusted on the manifest alone:
+    a copy of an older checkpoint re-hashed under a later step, with the pointer moved to it, was trained from and
+    then receipted as genuine. Its manifest's chain head and step must fit the chain."""
+    from lit_psion.core.audit import receipted_checkpoints
+    from lit_psion.core.layout import RunLayout
+
+    run = tmp_path / killed_run.name
+    shutil.copytree(killed_run, run)
+    forged = run / "checkpoints" / f"step-{step:06d}"
+    shutil.copytree(run / "checkpoints" / "step-000006", forged)
+    manifest = read_json(forged / "manifest.json")
+    manifest |= {"step": step, "receipts_head": _head_of_step(run, anchor) if isinstance(anchor, int) else anchor}
+    atomic_write_json(forged / "manifest.json", manifest)
+    digest = hashlib.sha256((forged / "manifest.json").read_bytes()).hexdigest()
+    atomic_write_json(run / "checkpoints" / "pointer.json",
+                      {"step": step, "checkpoint": forged.name, "manifest_sha256": digest})  # fmt: skip
+    layout, rejected = RunLayout.of(run), []
+    resolved = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
+    assert resolved.step == 6
+    assert message in rejected[0].reason and "did not write it" in rejected[0].reason
+    assert main(["ckpt", "verify", str(forged)]) == 4
