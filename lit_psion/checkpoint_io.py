@@ -56,8 +56,10 @@ class ManifestCheckpointIO(CheckpointIO):
     writes in a background thread; the write's future is then collected with :meth:`take_pending`.
     """
 
-    def __init__(self, verified: VerifiedCheckpoint | None = None) -> None:
+    def __init__(self, verified: VerifiedCheckpoint | None = None, resumes: bool = False) -> None:
         self.async_write = False
+        self.resumes = resumes
+        """A fit resumes from what this loads: the optimizer and schedule states must be there too."""
         self._verified = verified
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
@@ -96,7 +98,8 @@ class ManifestCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return load_verified(self.take_verified(path), map_location)
+        verified = self.take_verified(path)
+        return lightning_state(load_verified(verified, map_location), verified, resumes=self.resumes)
 
     def take_verified(self, path: str | os.PathLike) -> VerifiedCheckpoint:
         """``path`` verified: the checkpoint the CLI already verified if it is that one, else verified now."""
@@ -262,6 +265,25 @@ def load_trainer_state(verified: VerifiedCheckpoint, map_location: Any = None) -
     if "global_step" in state and state["global_step"] != verified.step:
         raise CheckpointError(f"checkpoint {where!r}: its trainer state is at step {state['global_step']}, its "
                               f"manifest says {verified.step}; it was assembled from another checkpoint")  # fmt: skip
+    return state
+
+
+LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "epoch", "loops")
+"""What every trainer state Lightning dumps holds; a resume also needs the optimizer and schedule states."""
+
+
+def lightning_state(state: dict[str, Any], verified: VerifiedCheckpoint, resumes: bool = False) -> dict[str, Any]:
+    """``state``, if Lightning can restore from it (a digest-consistent file that is not a trainer state, a window
+    revision given to ``fit`` say, would fail deep inside Lightning).
+
+    Raises:
+        CheckpointError: a key Lightning restores from is missing.
+    """
+    needed = (*LIGHTNING_KEYS, *(("optimizer_states", "lr_schedulers") if resumes else ()))
+    if missing := [key for key in needed if key not in state]:
+        raise CheckpointError(f"checkpoint {str(verified.path)!r}: its trainer state has no {missing[0]!r}, so "
+                              "Lightning cannot restore from it; it was not written by a lit_psion fit (give a "
+                              "checkpoint of a run's checkpoints/)")  # fmt: skip
     return state
 
 

@@ -280,7 +280,7 @@ class LitPsionCLI(LightningCLI):
         if self.verified is not None and self.subcommand != "fit":  # fit checks at setup, with the data too
             _refuse_another_model(self.verified, self.model, self._parser(self.subcommand).dump(self._config()),
                                   self.datamodule)  # fmt: skip
-        plugins.append(ManifestCheckpointIO(self.verified))
+        plugins.append(ManifestCheckpointIO(self.verified, resumes=self.subcommand == "fit"))
         self.verified = None  # the IO holds the verified bytes until it loads them, then lets them go
         loggers = _as_list(config.get("logger")) if config.get("logger") not in (None, True, False) else []
         if self.run_context is not None:

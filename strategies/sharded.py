@@ -55,6 +55,7 @@ from lit_psion.checkpoint_io import (
     ManifestCheckpointIO,
     WeightsOnlyLoadPlanner,
     first_failure,
+    lightning_state,
     load_trainer_state,
     verified_reader,
 )
@@ -179,7 +180,7 @@ class ShardedStrategy(ModelParallelStrategy):
                                   "strategy resumes sharded checkpoints only: resume it with the strategy that wrote "
                                   "it, or start a new run from its weights")  # fmt: skip
         self._load_shards(verified, dict(enumerate(self.optimizers)))
-        return load_trainer_state(verified)
+        return lightning_state(load_trainer_state(verified), verified)
 
     def _load_shards(self, verified: VerifiedCheckpoint, optimizers: dict[int, torch.optim.Optimizer]) -> None:
         """This rank's shards of the model and of ``optimizers`` (by index) from a verified sharded checkpoint."""

@@ -457,3 +457,36 @@ def test_a_forged_newest_checkpoint_without_its_receipt_is_refused_and_last_fall
     assert resolved.step == 6
     assert message in rejected[0].reason and "did not write it" in rejected[0].reason
     assert main(["ckpt", "verify", str(forged)]) == 4
+
+
+def _rehashed_state(checkpoint: Path, state: dict) -> None:
+    """Replace ``checkpoint``'s trainer state with ``state``, its manifest made consistent."""
+    torch.save(state, checkpoint / STATE)
+    manifest = read_json(checkpoint / "manifest.json")
+    data = (checkpoint / STATE).read_bytes()
+    manifest["files"][STATE] = {**manifest["files"][STATE], "sha256": hashlib.sha256(data).hexdigest(),
+                                "bytes": len(data)}  # fmt: skip
+    atomic_write_json(checkpoint / "manifest.json", manifest)
+
+
+NOT_TRAINER_STATES = [
+    ("an empty dict", lambda state: {}, "pytorch-lightning_version"),
+    ("a window revision's", lambda state: {"global_step": 9, "decoder_config": {}}, "pytorch-lightning_version"),
+    ("without its optimizer states", lambda state: {k: v for k, v in state.items() if k != "optimizer_states"},
+     "optimizer_states"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "missing"), NOT_TRAINER_STATES, ids=[n[0] for n in NOT_TRAINER_STATES])
+def test_a_trainer_state_lightning_cannot_restore_is_refused_in_one_line(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, make: Callable, missing: str
+) -> None:
+    """A checkpoint given by path, digest-consistent (its manifest re-hashed), so only its content can tell: it was
+    exit 1 (KeyError: 'pytorch-lightning_version')."""
+    checkpoint = tmp_path / "elsewhere" / "step-000009"
+    shutil.copytree(run_dir / "checkpoints" / "step-000009", checkpoint)
+    _rehashed_state(checkpoint, make(torch.load(checkpoint / STATE, weights_only=True)))
+    capsys.readouterr()
+    root = ("--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert fit(*root, "--trainer.max_steps", "12", "--ckpt_path", str(checkpoint)) == 4
+    assert f"its trainer state has no {missing!r}" in capsys.readouterr().err
