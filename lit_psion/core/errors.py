@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -53,6 +54,18 @@ class CheckpointWriteError(CheckpointError):
 
     exit_code = 6
     failure_class = "checkpoint_flush_failed"
+
+
+class StorageFull(LitPsionError):
+    """A run's file other than a checkpoint (its data manifest, run.json, a cache) could not be written: the
+    disk or quota is full, or the device failed."""
+
+    exit_code = 6
+    failure_class = "storage_full"
+
+
+FULL_STORAGE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+"""The errnos of a write that more space (or another disk) would let through."""
 
 
 class TransactionError(LitPsionError):
@@ -109,6 +122,10 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
             return current
         if lost_peer is None and _is_peer_loss(current):
             lost_peer = current
+        if isinstance(current, OSError) and current.errno in FULL_STORAGE:
+            where = f" {current.filename!r}" if current.filename else ""
+            return StorageFull(f"writing{where} failed: {current.strerror or current}; free space (or fix the device) "
+                               "and continue with --ckpt_path last")  # fmt: skip
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     if lost_peer is not None:

@@ -490,3 +490,28 @@ def test_a_trainer_state_lightning_cannot_restore_is_refused_in_one_line(
     root = ("--trainer.default_root_dir", str(tmp_path / "runs"))
     assert fit(*root, "--trainer.max_steps", "12", "--ckpt_path", str(checkpoint)) == 4
     assert f"its trainer state has no {missing!r}" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_a_resume_writes_the_runs_records_is_exit_6(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """ENOSPC from the data manifest's write at a resume's start (a disk with a few KiB left) was exit 1, and
+    run.json recorded the failure as ``internal``."""
+    from lit_psion.callbacks import run_dir as run_dir_module
+
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    real = run_dir_module.atomic_write_json
+
+    def full(path: Path, record: dict) -> None:
+        if Path(path).name == "data_manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, record)
+
+    monkeypatch.setattr(run_dir_module, "atomic_write_json", full)
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last") == 6
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
+    assert "data_manifest.json' failed: No space left on device; free space" in line
+    record = read_json(tmp_path / read_latest(tmp_path) / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", "storage_full")
