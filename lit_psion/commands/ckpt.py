@@ -17,6 +17,7 @@ from lit_psion.core.audit import receipted_checkpoints, verify_in_its_run
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
+    read_pointer,
     resolve_checkpoint,
 )
 from lit_psion.core.errors import CheckpointError
@@ -51,6 +52,9 @@ def main(args: list[str]) -> None:
             raise CheckpointError(f"{damaged[0].path.name}, a durable checkpoint the receipts record, does not verify "
                                   f"({damaged[0].reason}); restore it from a backup (a resume would use "
                                   f"{checkpoint.path.name})")  # fmt: skip
+        if (problem := _pointer_problem(layout, checkpoint.path.name)) is not None:
+            raise CheckpointError(f"{problem}; a resume would use {checkpoint.path.name} (the next checkpoint "
+                                  "writes the pointer again)")  # fmt: skip
         return
     from lit_psion.checkpoint_io import consolidate
 
@@ -58,6 +62,18 @@ def main(args: list[str]) -> None:
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
     print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")
+
+
+def _pointer_problem(layout: RunLayout, used: str) -> str | None:
+    """What is wrong with a run's pointer that does not name ``used``, the checkpoint a resume uses (None when it
+    does, or when there is none: a kill before the first pointer leaves a checkpoint without one)."""
+    try:
+        pointer = read_pointer(layout)
+    except CheckpointError as error:
+        return str(error)
+    if pointer is None or pointer.checkpoint == used:
+        return None
+    return f"checkpoint pointer {str(layout.pointer)!r} names {pointer.checkpoint}, which a resume does not use"
 
 
 def _verify_one(path: Path) -> None:

@@ -312,6 +312,9 @@ def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
         pointer = read_pointer(layout)
     except CheckpointError:
         pointer = None  # the pointer's own verdict
+    pointed = layout.checkpoints / pointer.checkpoint / MANIFEST_FILE if pointer is not None else None
+    if pointed is not None and not (pointed.is_file() and sha256_file(pointed) == pointer.manifest_sha256):
+        pointer = None  # names no checkpoint it vouches for: the pointer's own verdict, not run.json's
     if pointer is not None and pointer.step > record.global_step:
         problems.append(f"it says step {record.global_step}, but the pointed-to checkpoint is step {pointer.step}")
     if problems:

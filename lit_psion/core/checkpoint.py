@@ -271,6 +271,9 @@ def _read_verified(directory: Path, name: str, expected: FileRecord, hold: bool 
 def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
     """The run's pointer, or None if it has none; a malformed pointer is a :class:`CheckpointError`."""
     path = layout.pointer
+    if path.is_symlink():
+        raise CheckpointError(f"checkpoint pointer {str(path)!r} is a symlink; a run's pointer is a plain file inside "
+                              "it (the next checkpoint writes it again)")  # fmt: skip
     if not path.exists():
         return None
     try:

@@ -144,6 +144,10 @@ def write_latest(root: str | Path, run_id: str) -> None:
 def read_latest(root: str | Path) -> str | None:
     """The run id ``root/latest_run.json`` names (None if there is none); it must name a run inside ``root``."""
     path = RunLayout(Path(root), "").latest
+    if path.is_symlink():
+        raise CheckpointError(f"{str(path)!r} is a symlink; a runs directory's index is a plain file inside it: "
+                              "delete the link (the next fit writes it again) and give --ckpt_path a checkpoint "
+                              "directory")  # fmt: skip
     if not path.exists():
         return None
     try:

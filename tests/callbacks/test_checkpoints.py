@@ -515,3 +515,49 @@ def test_a_full_disk_while_a_resume_writes_the_runs_records_is_exit_6(
     assert "data_manifest.json' failed: No space left on device; free space" in line
     record = read_json(tmp_path / read_latest(tmp_path) / "run.json")
     assert (record["status"], record["failure_class"]) == ("failed", "storage_full")
+
+
+@pytest.mark.parametrize("record", ["latest_run.json", "checkpoints/pointer.json"])
+def test_a_runs_index_or_pointer_that_is_a_symlink_is_refused(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, record: str
+) -> None:
+    """SPEC §6: what a pointer or index names stays inside its root; a link to a file elsewhere was followed."""
+    root = tmp_path / "root"
+    shutil.copytree(run_dir, root / run_dir.name)
+    shutil.copy(run_dir.parent / "latest_run.json", root / "latest_run.json")
+    link = root / record if record == "latest_run.json" else root / run_dir.name / record
+    outside = tmp_path / "outside.json"
+    shutil.copy(link, outside)
+    link.unlink()
+    link.symlink_to(outside)
+    capsys.readouterr()
+    code = fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12", "--ckpt_path", "last")
+    assert "is a symlink" in capsys.readouterr().err
+    if record == "latest_run.json":
+        assert code == 4  # which run to continue cannot be told
+    else:  # an unusable pointer: the newest checkpoint that verifies, with the warning, and a plain pointer again
+        assert code == 0 and not link.is_symlink() and read_json(link)["step"] == 12
+
+
+BAD_POINTERS = [
+    ("not JSON", lambda pointer: pointer.write_text("{"), "is malformed", 4),
+    ("naming a checkpoint outside the run", lambda pointer: pointer.write_text(json.dumps(
+        {**read_json(pointer), "checkpoint": "../../x/step-000009"})), "not a", 4),
+    ("naming a step that is not there", lambda pointer: pointer.write_text(json.dumps(
+        {**read_json(pointer), "checkpoint": "step-000050", "step": 50})), "names step-000050", 4),
+    ("missing (a kill before the first pointer leaves that)", lambda pointer: pointer.unlink(), "", 0),
+]
+
+
+@pytest.mark.parametrize(("name", "harm", "message", "code"), BAD_POINTERS, ids=[b[0] for b in BAD_POINTERS])
+def test_ckpt_verify_says_what_is_wrong_with_the_pointer(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, message: str, code: int
+) -> None:
+    """It printed "ok" for the checkpoint a resume falls back to and exited 0, saying nothing of the pointer."""
+    run = tmp_path / run_dir.name
+    shutil.copytree(run_dir, run)
+    harm(run / "checkpoints" / "pointer.json")
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(run)]) == code
+    captured = capsys.readouterr()
+    assert "ok: " in captured.out and message in captured.err

@@ -88,6 +88,11 @@ HARMS = [
     ("the pointer moved back to a good older checkpoint", lambda run: move_pointer(run, 6),
      "FAIL pointer.json: names step-000006, which a resume does not use (the receipts record a newer durable "
      "checkpoint, step 12)", 4),
+    ("a pointer that is a symlink to a copy outside the run", lambda run: symlink_pointer(run),
+     "FAIL pointer.json: checkpoint pointer", 4),
+    ("a pointer naming a checkpoint that is not there", lambda run: move_pointer(run, 50),
+     "FAIL pointer.json", 4),  # it blamed run.json (exit 5), which was intact
+    ("a pointer that is not JSON", lambda run: run.pointer.write_text("{"), "FAIL pointer.json", 4),
     # run.json edited where the chain or the directory says otherwise: it used to read "ok"
     ("run.json's step edited", lambda run: edit_record(run, global_step=999),
      "FAIL run.json: does not match the run: it says step 999, but the seal says step 12", 5),
@@ -102,9 +107,17 @@ HARMS = [
 
 def move_pointer(run: RunLayout, step: int) -> None:
     pointer = read_json(run.pointer)
+    manifest = run.checkpoint(step) / "manifest.json"
     pointer.update(checkpoint=f"step-{step:06d}", step=step,
-                   manifest_sha256=sha256_file(run.checkpoint(step) / "manifest.json"))  # fmt: skip
+                   manifest_sha256=sha256_file(manifest) if manifest.is_file() else "0" * 64)  # fmt: skip
     run.pointer.write_text(json.dumps(pointer))
+
+
+def symlink_pointer(run: RunLayout) -> None:
+    outside = run.root.parent / "pointer-elsewhere.json"
+    shutil.copy(run.pointer, outside)
+    run.pointer.unlink()
+    run.pointer.symlink_to(outside)
 
 
 def edit_record(run: RunLayout, **fields: object) -> None:
