@@ -226,6 +226,33 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
                               f"{manifest.model_signature[:16]}..., but this config builds {signature[:16]}... "
                               f"{changed.strip() or '(another architecture or model setting)'}; resume with the run's "
                               "own model settings")  # fmt: skip
+    if run.resume_from is not None and manifest.run_id == run.layout.run_id:
+        refuse_ignored_optimizer_settings(run.resume_from, run.config_yaml)
+
+
+SCHEDULE_SETTINGS = frozenset({"warmup_steps", "decay_steps", "min_lr_ratio"})
+"""Optimizer settings a resume honours: the schedule's shape is computed from the config, not restored."""
+
+
+def refuse_ignored_optimizer_settings(checkpoint_dir: Path, config_yaml: str | None) -> None:
+    """A resume restores the optimizer's param groups (learning rate, weight decay, betas, momentum) and the
+    schedule's base rates from the checkpoint: an override of one would be ignored while config.yaml recorded it.
+
+    Raises:
+        ConfigError: such a setting differs from the run's config.yaml (exit 2).
+    """
+    recorded, here = recorded_model_settings(checkpoint_dir), _model_section(config_yaml) if config_yaml else None
+    if recorded is None or here is None:
+        return
+    optimizer = [key for key in recorded.keys() | here.keys() if ".optimizer." in key]
+    keys = sorted(key for key in optimizer if key.rsplit(".", 1)[-1] not in SCHEDULE_SETTINGS
+                  and recorded.get(key) != here.get(key))  # fmt: skip
+    if keys:
+        shown = "; ".join(f"{key.replace('.init_args.', '.')}: {recorded.get(key)!r} in the run's config.yaml, "
+                          f"{here.get(key)!r} here" for key in keys[:SHOWN_SETTINGS])  # fmt: skip
+        raise ConfigError(f"a resume restores the optimizer's settings from its checkpoint, so these would be ignored "
+                          f"({shown}); drop them to continue the run (the schedule's warmup_steps, decay_steps and "
+                          "min_lr_ratio may change)")  # fmt: skip
 
 
 def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:

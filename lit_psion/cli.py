@@ -82,7 +82,7 @@ from lit_psion.core.errors import (
     lit_psion_cause,
 )
 from lit_psion.core.lock import LOCK_FILE, RunLock
-from lit_psion.core.run import RunRecord, RunStatus, read_latest, run_stage
+from lit_psion.core.run import RUN_ID_ENV, RunRecord, RunStatus, no_run_to_continue, read_latest, run_stage
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
 from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
@@ -92,10 +92,6 @@ from lit_psion.strategies.engines import (
     settings_follow_the_name,
 )
 
-RUN_ID_ENV = "LIT_PSION_RUN_ID"
-"""The run a fit writes, shared by every process of a multi-process launch (``mesh launch`` sets it; a
-fit that plans a new run sets it for the worker processes Lightning starts). When it names a run that
-has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
 EXIT_INTERRUPTED = 130
 EXIT_SIGTERM = 143
 CALLBACK_GROUPS = {"receipts": Receipts, "telemetry": Telemetry, "dashboard": Dashboard, "progress_bar": ProgressBar,
@@ -223,7 +219,7 @@ class LitPsionCLI(LightningCLI):
             return None, ()
         run_id = read_latest(root)
         if run_id is None:
-            raise CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
+            raise no_run_to_continue(root)
         if self.subcommand == "fit":
             self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
         layout = RunLayout(root, run_id)

@@ -137,3 +137,29 @@ def test_an_async_write_holds_the_state_of_its_step_while_training_goes_on(
     reference = io.load_checkpoint(uninterrupted[2] / "checkpoints" / "step-000006")
     assert_tree_equal(written["state_dict"], reference["state_dict"], "state_dict")
     assert_tree_equal(written["optimizer_states"], reference["optimizer_states"], "optimizer_states")
+
+
+@pytest.mark.parametrize(
+    ("override", "code"),
+    [
+        (("--model.init_args.optimizer.lr", "0.01"), 2),  # restored from the checkpoint: it would be ignored
+        (("--model.init_args.optimizer.weight_decay", "0.0"), 2),
+        (("--model.init_args.optimizer.betas", "[0.8, 0.99]"), 2),
+        (("--model.init_args.optimizer.decay_steps", "40"), 0),  # the schedule's shape is honoured
+    ],
+    ids=["lr", "weight_decay", "betas", "decay_steps"],
+)
+def test_a_resume_refuses_an_optimizer_setting_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture, override: tuple[str, str], code: int
+) -> None:
+    """The checkpoint's param groups and scheduler base rates win on resume: lr 0.01 trained on at 3e-3 with exit
+    0, while config.yaml and the training_run receipt recorded 0.01."""
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    run = tmp_path / read_latest(tmp_path)
+    before = {name: (run / name).read_bytes() for name in ("run.json", "config.yaml", "receipts.jsonl")}
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last", *override) == code
+    if code:
+        assert "would be ignored (model.optimizer." in capsys.readouterr().err
+        assert {name: (run / name).read_bytes() for name in before} == before, "a refusal writes nothing"

@@ -161,6 +161,23 @@ def read_latest(root: str | Path) -> str | None:
     return run_id
 
 
+RUN_ID_ENV = "LIT_PSION_RUN_ID"
+"""The run a fit writes, shared by every process of a multi-process launch (``mesh launch`` sets it; a
+fit that plans a new run sets it for the worker processes Lightning starts). When it names a run that
+has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
+
+
+def no_run_to_continue(root: Path) -> CheckpointError:
+    """Why ``--ckpt_path last`` finds nothing under ``root``: no run at all, or runs whose index is gone (a new run
+    would leave them behind)."""
+    runs = sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
+    if runs:
+        return CheckpointError(f"--ckpt_path last: {str(RunLayout(root, '').latest)!r} is missing, so which run to "
+                               f"continue cannot be told ({len(runs)} under it, the newest {runs[-1]}); continue one "
+                               f"with {RUN_ID_ENV}=<run id> and no --ckpt_path")  # fmt: skip
+    return CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RunContext:
     """Where a fit writes and what it resumes, decided before anything is instantiated.

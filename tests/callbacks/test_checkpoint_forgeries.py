@@ -1,0 +1,218 @@
+"""What a resume must refuse though every digest is consistent: a forged newest checkpoint, a trainer state
+Lightning cannot restore, a symlinked pointer or index; and what it must survive: a kill between a durable
+checkpoint and its receipt, a full disk while the run's records are written."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_psion.checkpoint_io import STATE
+from lit_psion.cli import main
+from lit_psion.core import atomic_write_json, read_json
+from lit_psion.core.checkpoint import resolve_checkpoint
+from lit_psion.core.run import read_latest
+from tests.helpers import callbacks_config, fit, fit_subprocess
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ckpt")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "9") == 0
+    return root / read_latest(root)
+
+
+@pytest.mark.parametrize("writes", ["sync", "async"])
+def test_a_kill_between_a_durable_checkpoint_and_its_receipt_resumes_from_that_checkpoint(
+    tmp_path: Path, writes: str
+) -> None:
+    killed = callbacks_config(tmp_path / "kill.json", ("KillBeforeDurableReceipt", {"step": 6}))
+    common = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9",
+              "--checkpoint.async_write", str(writes == "async").lower())  # fmt: skip
+    assert fit_subprocess(*common, "--config", killed).returncode == -9
+    run = tmp_path / read_latest(tmp_path)
+    assert read_json(run / "checkpoints" / "pointer.json")["step"] == 6
+    assert fit(*common, "--ckpt_path", "last") == 0
+    chain = [json.loads(line)["body"] for line in (run / "receipts.jsonl").read_text().splitlines()]
+    late = [r for r in chain if r.get("durability") == "durable" and "receipted on resume" in (r.get("reason") or "")]
+    assert [r["step"] for r in late] == [6], "resumed from the checkpoint whose receipt the kill prevented"
+    assert main(["doctor", str(run)]) == 0
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run killed in step 9 (its receipts reach step 8) whose checkpoints (every 3 steps) up to 6 are receipted."""
+    root = tmp_path_factory.mktemp("killed")
+    kill = callbacks_config(root / "kill.json", ("KillAt", {"step": 9}))
+    assert fit_subprocess("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12",
+                          "--config", kill).returncode == -9  # fmt: skip
+    return root / read_latest(root)
+
+
+def _head_of_step(run: Path, step: int) -> str:
+    for line in (run / "receipts.jsonl").read_text().splitlines():
+        receipt = json.loads(line)
+        if receipt["kind"] == "trainer_step" and receipt["body"]["step_out"] == step:
+            return receipt["digest"]
+    raise AssertionError(f"no receipt of step {step}")
+
+
+FORGERIES = [  # (name, the step the forged copy of step 6's checkpoint claims, its anchor: a step's head or a digest)
+    ("a step past what the chain reached", 10, 6, "go on from step 6"),
+    ("a step the chain trained past from the head it names", 7, 6, "go on from step 6"),
+    ("a chain head that is not in the chain", 10, "0" * 64, "not in the run's receipts"),
+    ("a head past the step it claims", 7, 8, "had reached step 8"),
+]
+
+
+@pytest.mark.parametrize(("name", "step", "anchor", "message"), FORGERIES, ids=[f[0] for f in FORGERIES])
+def test_a_forged_newest_checkpoint_without_its_receipt_is_refused_and_last_falls_back(
+    killed_run: Path, tmp_path: Path, name: str, step: int, anchor: int | str, message: str
+) -> None:
+    """A newest checkpoint may lack its receipt (a kill between the two), so one was trusted on the manifest alone:
+    a copy of an older checkpoint re-hashed under a later step, with the pointer moved to it, was trained from and
+    then receipted as genuine. Its manifest's chain head and step must fit the chain."""
+    from lit_psion.core.audit import receipted_checkpoints
+    from lit_psion.core.layout import RunLayout
+
+    run = tmp_path / killed_run.name
+    shutil.copytree(killed_run, run)
+    forged = run / "checkpoints" / f"step-{step:06d}"
+    shutil.copytree(run / "checkpoints" / "step-000006", forged)
+    manifest = read_json(forged / "manifest.json")
+    manifest |= {"step": step, "receipts_head": _head_of_step(run, anchor) if isinstance(anchor, int) else anchor}
+    atomic_write_json(forged / "manifest.json", manifest)
+    digest = hashlib.sha256((forged / "manifest.json").read_bytes()).hexdigest()
+    atomic_write_json(run / "checkpoints" / "pointer.json",
+                      {"step": step, "checkpoint": forged.name, "manifest_sha256": digest})  # fmt: skip
+    layout, rejected = RunLayout.of(run), []
+    resolved = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
+    assert resolved.step == 6
+    assert message in rejected[0].reason and "did not write it" in rejected[0].reason
+    assert main(["ckpt", "verify", str(forged)]) == 4
+
+
+def _rehashed_state(checkpoint: Path, state: dict) -> None:
+    """Replace ``checkpoint``'s trainer state with ``state``, its manifest made consistent."""
+    torch.save(state, checkpoint / STATE)
+    manifest = read_json(checkpoint / "manifest.json")
+    data = (checkpoint / STATE).read_bytes()
+    manifest["files"][STATE] = {**manifest["files"][STATE], "sha256": hashlib.sha256(data).hexdigest(),
+                                "bytes": len(data)}  # fmt: skip
+    atomic_write_json(checkpoint / "manifest.json", manifest)
+
+
+NOT_TRAINER_STATES = [
+    ("an empty dict", lambda state: {}, "pytorch-lightning_version"),
+    ("a window revision's", lambda state: {"global_step": 9, "decoder_config": {}}, "pytorch-lightning_version"),
+    ("without its optimizer states", lambda state: {k: v for k, v in state.items() if k != "optimizer_states"},
+     "optimizer_states"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "missing"), NOT_TRAINER_STATES, ids=[n[0] for n in NOT_TRAINER_STATES])
+def test_a_trainer_state_lightning_cannot_restore_is_refused_in_one_line(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, make: Callable, missing: str
+) -> None:
+    """A checkpoint given by path, digest-consistent (its manifest re-hashed), so only its content can tell: it was
+    exit 1 (KeyError: 'pytorch-lightning_version')."""
+    checkpoint = tmp_path / "elsewhere" / "step-000009"
+    shutil.copytree(run_dir / "checkpoints" / "step-000009", checkpoint)
+    _rehashed_state(checkpoint, make(torch.load(checkpoint / STATE, weights_only=True)))
+    capsys.readouterr()
+    root = ("--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert fit(*root, "--trainer.max_steps", "12", "--ckpt_path", str(checkpoint)) == 4
+    assert f"its trainer state has no {missing!r}" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_a_resume_writes_the_runs_records_is_exit_6(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """ENOSPC from the data manifest's write at a resume's start (a disk with a few KiB left) was exit 1, and
+    run.json recorded the failure as ``internal``."""
+    from lit_psion.callbacks import run_dir as run_dir_module
+
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    real = run_dir_module.atomic_write_json
+
+    def full(path: Path, record: dict) -> None:
+        if Path(path).name == "data_manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, record)
+
+    monkeypatch.setattr(run_dir_module, "atomic_write_json", full)
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last") == 6
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
+    assert "data_manifest.json' failed: No space left on device; free space" in line
+    record = read_json(tmp_path / read_latest(tmp_path) / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", "storage_full")
+
+
+@pytest.mark.parametrize("record", ["latest_run.json", "checkpoints/pointer.json"])
+def test_a_runs_index_or_pointer_that_is_a_symlink_is_refused(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, record: str
+) -> None:
+    """SPEC §6: what a pointer or index names stays inside its root; a link to a file elsewhere was followed."""
+    root = tmp_path / "root"
+    shutil.copytree(run_dir, root / run_dir.name)
+    shutil.copy(run_dir.parent / "latest_run.json", root / "latest_run.json")
+    link = root / record if record == "latest_run.json" else root / run_dir.name / record
+    outside = tmp_path / "outside.json"
+    shutil.copy(link, outside)
+    link.unlink()
+    link.symlink_to(outside)
+    capsys.readouterr()
+    code = fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12", "--ckpt_path", "last")
+    assert "is a symlink" in capsys.readouterr().err
+    if record == "latest_run.json":
+        assert code == 4  # which run to continue cannot be told
+    else:  # an unusable pointer: the newest checkpoint that verifies, with the warning, and a plain pointer again
+        assert code == 0 and not link.is_symlink() and read_json(link)["step"] == 12
+
+
+BAD_POINTERS = [
+    ("not JSON", lambda pointer: pointer.write_text("{"), "is malformed", 4),
+    ("naming a checkpoint outside the run", lambda pointer: pointer.write_text(json.dumps(
+        {**read_json(pointer), "checkpoint": "../../x/step-000009"})), "not a", 4),
+    ("naming a step that is not there", lambda pointer: pointer.write_text(json.dumps(
+        {**read_json(pointer), "checkpoint": "step-000050", "step": 50})), "names step-000050", 4),
+    ("missing (a kill before the first pointer leaves that)", lambda pointer: pointer.unlink(), "", 0),
+]
+
+
+@pytest.mark.parametrize(("name", "harm", "message", "code"), BAD_POINTERS, ids=[b[0] for b in BAD_POINTERS])
+def test_ckpt_verify_says_what_is_wrong_with_the_pointer(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, message: str, code: int
+) -> None:
+    """It printed "ok" for the checkpoint a resume falls back to and exited 0, saying nothing of the pointer."""
+    run = tmp_path / run_dir.name
+    shutil.copytree(run_dir, run)
+    harm(run / "checkpoints" / "pointer.json")
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(run)]) == code
+    captured = capsys.readouterr()
+    assert "ok: " in captured.out and message in captured.err
+
+
+def test_a_lost_runs_index_names_the_runs_and_how_to_continue_one(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without latest_run.json the line said "run once without it", which starts a new run beside the old."""
+    root = tmp_path / "root"
+    shutil.copytree(run_dir, root / run_dir.name)
+    capsys.readouterr()
+    args = ("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12")
+    assert fit(*args, "--ckpt_path", "last") == 4
+    assert f"the newest {run_dir.name}); continue one with LIT_PSION_RUN_ID=<run id>" in capsys.readouterr().err
+    monkeypatch.setenv("LIT_PSION_RUN_ID", run_dir.name)
+    assert fit(*args) == 0  # the advice works: the same run, continued
+    assert read_json(root / run_dir.name / "run.json")["global_step"] == 12 and len(list(root.iterdir())) == 2
