@@ -230,8 +230,9 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
         refuse_ignored_optimizer_settings(run.resume_from, run.config_yaml)
 
 
-SCHEDULE_SETTINGS = frozenset({"warmup_steps", "decay_steps", "min_lr_ratio"})
-"""Optimizer settings a resume honours: the schedule's shape is computed from the config, not restored."""
+SCHEDULE_SETTINGS = frozenset({"warmup_steps", "decay_steps", "min_lr_ratio", "name"})
+"""Optimizer settings a resume honours (the schedule's shape is computed from the config, not restored), or
+refuses on its own terms (another optimizer: its state would not load)."""
 
 
 def refuse_ignored_optimizer_settings(checkpoint_dir: Path, config_yaml: str | None) -> None:

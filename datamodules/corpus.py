@@ -384,7 +384,9 @@ class CorpusDataModule(ReplayDataModule):
         return self.tokenizer.get_vocab_size()
 
     def data_facts(self) -> DataFacts:
-        return DataFacts(vocab_size=self.vocab_size, block_size=self.block_size)
+        manifest = self.prepare()  # the tokenizer is trained (or loaded) by now
+        return DataFacts(vocab_size=self.vocab_size, block_size=self.block_size,
+                         tokenizer_digest=manifest.tokenizer_digest)  # fmt: skip
 
     def tokenizer_json(self) -> str | None:
         """The tokenizer a run keeps as ``tokenizer.json`` (None before :meth:`prepare`)."""

@@ -180,7 +180,7 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
 
     refuse_output_in_a_run(out)
     meta, tensors = load_adapter(adapter_dir)
-    state, path, base_digest = load_base(base)
+    state, path, base_digest, _ = load_base(base)
     if base_digest != meta["base_checkpoint_digest"]:
         raise CheckpointError(f"adapter {str(adapter_dir)!r} was trained on base {meta['base_checkpoint_digest']} "
                               f"but {str(path)!r} is {base_digest}; merge onto the base it was trained on")  # fmt: skip

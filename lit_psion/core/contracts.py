@@ -27,6 +27,8 @@ class DataFacts:
     vocab_size: int | None = None
     block_size: int | None = None
     state_dim: int | None = None
+    tokenizer_digest: str | None = None
+    """The sha256 of the data's ``tokenizer.json``: what its token ids mean."""
 
 
 def model_signature(family: str, base: str | None = None, **config: Any) -> str:

@@ -8,12 +8,14 @@ LoRA parameters train, and :meth:`setup` checks that. Muon touches adapter matri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from lit_psion.core import read_json
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.models.decoder_lm import DecoderLM, refuse_sharded_muon
@@ -23,8 +25,9 @@ from lit_psion.nn.optim import OptimizerConfig, build_optimizer
 from lit_psion.runs import load_run
 
 
-def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str]:
-    """The verified base checkpoint at ``location``: its state, its directory, its manifest's sha256."""
+def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str, str | None]:
+    """The verified base checkpoint at ``location``: its state, its directory, its manifest's sha256, and the
+    digest of the tokenizer its run trained with (None for a checkpoint outside a run, or a run without one)."""
     try:
         base = load_run(location, exact=True)  # every digest verified, each file read once; no silent fallback
     except ConfigError as error:
@@ -36,7 +39,11 @@ def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str]:
     if "decoder_config" not in base.state:
         raise CheckpointError(f"base checkpoint {str(base.checkpoint.path)!r} does not record its decoder_config; "
                               "it was not written by DecoderLM")  # fmt: skip
-    return base.state, base.checkpoint.path, base.checkpoint.manifest_sha256
+    tokenizer = None
+    if base.layout is not None and base.layout.data_manifest.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            tokenizer = read_json(base.layout.data_manifest).get("tokenizer_digest")
+    return base.state, base.checkpoint.path, base.checkpoint.manifest_sha256, tokenizer
 
 
 class AdapterLM(DecoderLM):
@@ -68,7 +75,7 @@ class AdapterLM(DecoderLM):
         muon_on_adapters: bool = False,
         data_facts: DataFacts | None = None,
     ) -> None:
-        state, path, base_digest = load_base(base_checkpoint)
+        state, path, base_digest, base_tokenizer = load_base(base_checkpoint)
         base_config = DecoderConfig(**state["decoder_config"])
         super().__init__(base_config, optimizer)
         data = data_facts or DataFacts()
@@ -76,6 +83,10 @@ class AdapterLM(DecoderLM):
             raise ConfigError(f"the data's vocabulary ({data.vocab_size}) differs from the base model's "
                               f"({base_config.vocab_size}); use the base run's tokenizer (--data.tokenizer_file "
                               "<base run>/tokenizer.json)")  # fmt: skip
+        if None not in (data.tokenizer_digest, base_tokenizer) and data.tokenizer_digest != base_tokenizer:
+            raise ConfigError(f"the data's tokenizer (sha256 {data.tokenizer_digest[:12]}...) is not the one the base "
+                              f"run trained with ({base_tokenizer[:12]}...): the same ids would mean other tokens; "
+                              "use the base run's tokenizer (--data.tokenizer_file <base run>/tokenizer.json)")
         if data.block_size is not None and data.block_size > base_config.block_size:
             raise ConfigError(f"data.block_size {data.block_size} exceeds the base model's context "
                               f"{base_config.block_size}; use at most that")  # fmt: skip

@@ -110,7 +110,9 @@ def verify_session(store: Store, session_id: str) -> None:
     """
     meta = store.session_meta(session_id)
     directory = store.session_dir(session_id)
-    checks = [("base/" + BASE_CHECKPOINT, store.base_dir / BASE_CHECKPOINT, store.base_meta()["base_ckpt_hash"], 4)]
+    store.base_meta()  # a readable base record, or the line that says there is none
+    checks = [("base/" + BASE_CHECKPOINT, store.base_dir / BASE_CHECKPOINT, meta["base_ckpt_hash"], 4)]  # the
+    # base this session was made for, not merely the one base_meta.json now describes
     checks += [(name, directory / name, digest, 4 if name in (PLASTIC, OPTIM) else 5)
                for name, digest in sorted((meta.get("artifacts") or {}).items())]  # fmt: skip
     for run in meta["runs"]:

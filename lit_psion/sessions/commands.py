@@ -53,6 +53,13 @@ def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_b
                           f"{pretrain_steps!r}, {pretrain_batch!r}, {pretrain_seq!r}")  # fmt: skip
     check_optimizer(lr, momentum, ns_steps)
     with store.lock(store.base_dir, "session init-base"):
+        if (store.base_dir / "base_meta.json").is_file():  # every session made for it would be refused after
+            sessions = sorted(path.parent.name for path in (store.root / "sessions").glob("*/meta.json"))
+            raise ConfigError(f"{str(store.base_dir)!r} already holds a base model"
+                              + (f", which {len(sessions)} session(s) were made for ({', '.join(sessions[:3])})"
+                                 if sessions else "")
+                              + "; a new base would replace it: give another --artifacts_root, or remove "
+                              f"{str(store.base_dir)!r} first")  # fmt: skip
         L.seed_everything(seed, verbose=False)
         module = BasePretrain(config, pretrain_steps, pretrain_batch, pretrain_seq, lr, momentum, ns_steps, seed)
         _trainer(store.root / "base", pretrain_steps).fit(module)

@@ -230,7 +230,7 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
         raise ConfigError(f"{str(root)!r} is a run directory; give the program a directory of its own")
     if not Path(base).exists():
         raise ConfigError(f"base {str(base)!r} does not exist; give a DecoderLM run directory (runs/<run_id>)")
-    state, path, digest = load_base(base)  # refuses an AdapterLM run: give the base it adapts
+    state, path, digest, _ = load_base(base)  # refuses an AdapterLM run: give the base it adapts
     _check_lora(settings.lora, state["decoder_config"])
     tokenizer = _tokenizer_of(Path(base), path)
     data = {**settings.data}

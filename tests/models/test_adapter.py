@@ -88,6 +88,23 @@ def test_a_different_vocabulary_is_refused(base: Path, tmp_path: Path, capsys: p
     assert "use the base run's tokenizer" in capsys.readouterr().err
 
 
+def test_a_tokenizer_of_the_same_size_but_other_ids_is_refused(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Only the vocabulary's size was compared: a tokenizer with two ids swapped (or a fresh BPE of the base's
+    size) fine-tuned and was promoted on token ids that meant other tokens to the base."""
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    first, second = sorted(vocab)[-2:]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    swapped = tmp_path / "tokenizer.json"
+    swapped.write_text(json.dumps(tokenizer))
+    args = [swapped if a == str(base / "tokenizer.json") else a for a in adapter_args(base, tmp_path / "ft")]
+    assert fit(*map(str, args)) == 2
+    assert "is not the one the base run trained with" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists() or not list((tmp_path / "ft").glob("*/run.json"))
+
+
 def test_a_tampered_base_is_refused(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import shutil
 

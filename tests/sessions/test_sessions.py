@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,9 +102,16 @@ def test_fork_lineage_and_copy_versus_reset_optimizer(trained: Path) -> None:
 
 def test_a_session_from_another_base_is_refused(trained: Path, capsys: pytest.CaptureFixture) -> None:
     root = ("--artifacts_root", str(trained))
+    base = {path.name: path.read_bytes() for path in (trained / "base").iterdir() if path.is_file()}
+    assert session("init-base", *root, *SMALL_BASE, "--env_seed", "5") == 2  # it silently replaced the base
+    assert "already holds a base model, which 1 session(s) were made for (s1)" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in (trained / "base").iterdir() if path.is_file()} == base
+    shutil.rmtree(trained / "base")
     assert session("init-base", *root, *SMALL_BASE, "--env_seed", "5") == 0  # a different base model
     assert session("run", *root, "--session_id", "s1", "--steps", "32") == 4
     assert "belongs to a different base model" in capsys.readouterr().err
+    assert session("verify", *root, "--session_id", "s1") == 4  # it said "ok" for the new base
+    assert "FAIL base/base_checkpoint.safetensors" in capsys.readouterr().out
 
 
 def test_a_tampered_base_checkpoint_is_refused(trained: Path, capsys: pytest.CaptureFixture) -> None:
