@@ -42,3 +42,20 @@ def log_kept_step_logs(module: L.LightningModule) -> None:
     if kept and writes_log_row(module):
         for name, value in kept.items():
             module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
+    elif kept and _stops_at_max_steps(module):
+        _write_last_row(module, kept)
+
+
+def _stops_at_max_steps(module: L.LightningModule) -> bool:
+    trainer = module._trainer
+    return trainer is not None and trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+
+
+def _write_last_row(module: L.LightningModule, kept: dict[str, Any]) -> None:
+    """The row of the step a fit stops on by ``max_steps``, which Lightning does not write (it writes one when a
+    fit stops through ``should_stop``), straight to the loggers, as Lightning would have: at the step's index,
+    with the epoch."""
+    trainer = module.trainer
+    metrics = {name: float(value) for name, value in kept.items()} | {"epoch": trainer.current_epoch}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step - 1)
