@@ -48,14 +48,15 @@ class PointerCheckpoint(EvidenceCallback):
 
     def __init__(self, every_n_train_steps: int = 100, keep_last_k: int = 3, async_write: bool = False) -> None:
         if every_n_train_steps < 1:
-            raise ConfigError(f"every_n_train_steps must be >= 1, got {every_n_train_steps!r}")
+            raise ConfigError(f"checkpoint.every_n_train_steps must be >= 1, got {every_n_train_steps!r}")
         if keep_last_k < 1:
-            raise ConfigError(f"keep_last_k must be >= 1, got {keep_last_k!r}")
+            raise ConfigError(f"checkpoint.keep_last_k must be >= 1, got {keep_last_k!r}")
         self.every_n_train_steps = every_n_train_steps
         self.keep_last_k = keep_last_k
         self.async_write = async_write
         self._last_saved_step = -1
         self._in_flight: tuple[Path, Future] | None = None
+        self._sigterm_in_validation = False
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -83,6 +84,20 @@ class PointerCheckpoint(EvidenceCallback):
                 self._collect(trainer, wait=True)
                 if isinstance(trainer.strategy, MembershipAware):  # a mesh's stop is agreed by every rank:
                     trainer.strategy.barrier("lit_psion.mesh_stop")  # none leaves before the checkpoint is durable
+
+    @override
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """A SIGTERM during a fit's validation waits for the validation's end, then stops the fit at the step
+        boundary as one during a step does. Lightning would stop mid-validation: the checkpoint of the step, written
+        before it, would resume past a validation that left no eval receipt and no metrics."""
+        connector = trainer._signal_connector
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and connector.received_sigterm:
+            connector.received_sigterm, self._sigterm_in_validation = False, True
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._sigterm_in_validation:
+            trainer._signal_connector.received_sigterm, self._sigterm_in_validation = True, False
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -86,6 +86,18 @@ class SigtermAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SigtermInValidation(Callback):
+    """Send this process SIGTERM during the validation that follows global step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.state.fn == "fit" and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+            self.step = -1
+
+
 class SlowExitOnRankZero(Callback):
     """After an exception rank 0 takes ``seconds`` in its exception hooks (as a slow disk or a large dashboard
     would) and again at interpreter exit (as W&B's exit handler would): each outlasts a 5 s poll."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,24 @@ def test_a_resume_refuses_an_optimizer_setting_it_would_ignore(
     if code:
         assert "would be ignored (model.optimizer." in capsys.readouterr().err
         assert {name: (run / name).read_bytes() for name in before} == before, "a refusal writes nothing"
+
+
+def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(
+    tmp_path: Path, uninterrupted: tuple[dict, list, Path]
+) -> None:
+    """Lightning stops mid-validation on SIGTERM; the step's checkpoint, written before the validation, then resumed
+    past it: the run's receipts and metrics lost that evaluation for good."""
+    ids = tmp_path / "ids.jsonl"
+    stopped = callbacks_config(tmp_path / "term.json", ("RecordConsumed", {"path": str(ids)}),
+                               ("SigtermInValidation", {"step": 6}))  # fmt: skip
+    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N))
+    result = fit_subprocess(*common, "--config", stopped)
+    assert result.returncode == 143, result.stderr[-2000:]
+    resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
+    assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
+    _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
+    evals = [json.loads(line)["body"]["step"] for line in (tmp_path / read_latest(tmp_path) / "receipts.jsonl")
+             .read_text().splitlines() if '"kind": "eval"' in line]  # fmt: skip
+    reference = [json.loads(line)["body"]["step"] for line in (uninterrupted[2] / "receipts.jsonl")
+                 .read_text().splitlines() if '"kind": "eval"' in line]  # fmt: skip
+    assert evals == reference and 6 in evals
