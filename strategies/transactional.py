@@ -49,10 +49,10 @@ from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
 from lit_psion.checkpoint_io import EXTRA_KEY, load_verified
-from lit_psion.core import RunContext, run_context, sha256_bytes
+from lit_psion.core import RunContext, RunLayout, run_context, sha256_bytes
 from lit_psion.core.audit import check_skip_list
 from lit_psion.core.chain import batch_digest, emit_receipt
-from lit_psion.core.checkpoint import VerifiedCheckpoint, resolve_checkpoint
+from lit_psion.core.checkpoint import VerifiedCheckpoint, read_pointer, resolve_checkpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule
 from lit_psion.core.errors import CheckpointError, EvidenceError, TransactionError
 from lit_psion.core.policy import TransactionPolicy
@@ -441,10 +441,13 @@ class Transactional:
             self.commits += 1
         if action == "stopped":
             first, last = self._streak[0].step, self._streak[-1].step
+            durable = _has_pointer(self._run.layout)
             raise TransactionError(
                 f"{len(self._streak)} consecutive steps rolled back (steps {first}-{last}, last reasons: "
-                f"{', '.join(reasons)}); training is diverging: lower the learning rate or check the data, then "
-                "continue with --ckpt_path last"
+                f"{', '.join(reasons)}); training is diverging: check the data or the policy's limits, then "
+                + ("continue with --ckpt_path last (a resume keeps the checkpoint's optimizer settings: for "
+                   "another learning rate, start a new run)" if durable else
+                   "start a new run (no checkpoint was written yet), with a lower learning rate if need be")
             )
         if step % trainer.log_every_n_steps == 0:  # cumulative counters: log them on the steps that write a row
             self._log_counters(module)
@@ -480,3 +483,11 @@ class TransactionalDDPStrategy(Transactional, DDPStrategy):
         policy: When to roll back and what repeated rollbacks lead to (default: :class:`TransactionPolicy`'s).
         kwargs: :class:`~lightning.pytorch.strategies.DDPStrategy`'s arguments (``process_group_backend``, ...).
     """
+
+
+def _has_pointer(layout: RunLayout) -> bool:
+    """Whether the run has a durable checkpoint to continue from."""
+    try:
+        return read_pointer(layout) is not None
+    except CheckpointError:
+        return True  # a damaged pointer: a resume falls back to the newest checkpoint that verifies

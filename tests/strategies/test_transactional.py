@@ -199,7 +199,9 @@ def test_the_cli_stops_a_diverging_run_with_exit_7(tmp_path: Path, capsys: pytes
                "--trainer.strategy.policy.restore_after", "3", "--model.init_args.optimizer.lr", "1e4",
                "--model.init_args.optimizer.warmup_steps", "0")  # fmt: skip
     assert code == 7
-    assert "3 consecutive steps rolled back" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "3 consecutive steps rolled back" in said
+    assert "continue with --ckpt_path last (a resume keeps the checkpoint's optimizer settings" in said
     run = tmp_path / read_latest(tmp_path)
     assert read_json(run / "run.json")["failure_class"] == "diverged"
 
@@ -418,3 +420,16 @@ def test_a_skip_list_that_is_not_one_is_refused_in_one_line(tmp_path: Path, cont
     with pytest.raises(EvidenceError, match="is not a skip list"):
         SkipList.load(path)
     assert len(SkipList.load(tmp_path / "absent.json")) == 0
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_is_not_told_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The line said "continue with --ckpt_path last", which then exits 4: there is no checkpoint yet."""
+    code = fit("--trainer.default_root_dir", str(tmp_path), "--trainer.strategy",
+               "lit_psion.strategies.TransactionalStrategy", "--trainer.strategy.policy.stop_after", "3",
+               "--trainer.strategy.policy.restore_after", "3", "--model.init_args.optimizer.lr", "1e4",
+               "--model.init_args.optimizer.warmup_steps", "0", "--checkpoint.every_n_train_steps", "100")  # fmt: skip
+    assert code == 7
+    said = capsys.readouterr().err
+    assert "start a new run (no checkpoint was written yet)" in said and "--ckpt_path last" not in said
