@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from lit_psion.core import RunLayout, read_json, sha256_file
-from lit_psion.core.errors import ConfigError, DataError
+from lit_psion.core.errors import CheckpointError, DataError
 from lit_psion.events.envelope import EventEnvelope, EventError
 
 
 def read_events(path: Path) -> list[EventEnvelope]:
     if not path.is_file():
-        raise ConfigError(f"events file {str(path)!r} not found")
+        raise DataError(f"events file {str(path)!r} not found (or not a file); give a JSONL file of event envelopes")
     events = []
     try:
         text = path.read_bytes().decode("utf-8")
@@ -51,7 +51,8 @@ def load_model(location: Path) -> tuple[Any, Any]:
     run = load_run(location)
     trained = run.model_class().rsplit(".", 1)[-1]
     if trained != MosaicLM.__name__:  # before any weight is loaded into a model of another family
-        raise ConfigError(f"the run in {str(run.layout.run_dir)!r} trained {trained}, not MosaicLM")
+        raise CheckpointError(f"the run in {str(run.layout.run_dir)!r} trained {trained}, not MosaicLM; give "
+                              "--ckpt a MosaicLM run (events predict reads event traces)")  # fmt: skip
     model, data = run.build()
     _check_tokenizer(run.layout, data)
     return model, data.load_codec()

@@ -357,5 +357,7 @@ def test_events_predict_refuses_another_family_first(tmp_path: Path, capsys: pyt
     assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
                config="configs/graph_core_oscillators.yaml") == 0  # fmt: skip
     capsys.readouterr()
-    assert main(["events", "predict", "--ckpt", str(root / read_latest(root)), str(_good_events(tmp_path))]) == 2
-    assert "trained GraphCore, not MosaicLM" in capsys.readouterr().err
+    assert main(["events", "predict", "--ckpt", str(root / read_latest(root)), str(_good_events(tmp_path))]) == 4
+    assert "trained GraphCore, not MosaicLM" in capsys.readouterr().err  # another model: exit 4, as for fit
+    assert main(["events", "predict", "--ckpt", str(root / read_latest(root)), str(tmp_path / "none.jsonl")]) == 3
+    assert "events file" in capsys.readouterr().err  # missing data: exit 3, as for a data file
