@@ -252,6 +252,9 @@ class ReplayDataModule(L.LightningDataModule):
             return
         raise DataManifestMismatch(
             f"refusing to load the checkpoint: the {self.data_name} changed since it was written "
-            f"({self._describe_change(saved)}); restore the original data and settings or start a new run "
-            "without --ckpt_path"
+            f"({self._describe_change(saved)}); {self._restore_hint(saved)}"
         )
+
+    def _restore_hint(self, saved: dict[str, Any]) -> str:
+        """How to give the checkpoint its data again."""
+        return "restore the original data and settings or start a new run without --ckpt_path"

@@ -377,6 +377,11 @@ class CorpusDataModule(ReplayDataModule):
     def _describe_change(self, saved: dict[str, Any]) -> str:
         return DataManifest.from_json_dict(saved).describe_change(self.prepare())
 
+    def _restore_hint(self, saved: dict[str, Any]) -> str:
+        if flags := DataManifest.from_json_dict(saved).settings_to_restore(self.prepare()):
+            return f"give the settings it was trained with ({' '.join(flags)})"
+        return super()._restore_hint(saved)
+
     @property
     def vocab_size(self) -> int:
         """The tokenizer's vocabulary size (trains or loads the tokenizer on first use)."""

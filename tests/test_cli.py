@@ -383,3 +383,18 @@ def test_the_step_a_fit_stops_on_gets_its_metrics_row(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / read_latest(tmp_path) / "metrics.csv").open()))
     train = [(row["step"], bool(row["train/loss"]), bool(row["train/lr"])) for row in rows if row["train/loss"]]
     assert train == [("3", True, True), ("5", True, True)]
+
+
+def test_a_data_setting_that_differs_from_the_checkpoints_is_named_as_the_flag_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`test` on a run trained with --data.test_fraction, without it, said "restore the original data ... or
+    start a new run without --ckpt_path", and listed token counts and digests that follow from the setting."""
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3", "--data.test_fraction", "0.2") == 0
+    capsys.readouterr()
+    assert main(["test", "--config", "fixtures/tiny.yaml", *root, "--ckpt_path", "last"]) == 3
+    said = capsys.readouterr().err
+    assert "(test_fraction: 0.2 -> 0.0); give the settings it was trained with (--data.test_fraction 0.2)" in said
+    assert main(["test", "--config", "fixtures/tiny.yaml", *root, "--ckpt_path", "last",
+                 "--data.test_fraction", "0.2"]) == 0  # fmt: skip

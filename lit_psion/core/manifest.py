@@ -81,6 +81,10 @@ class DataManifest:
         if changed := sorted(k for k in self.token_digests.keys() | other.token_digests.keys()
                              if self.token_digests.get(k) != other.token_digests.get(k)):  # fmt: skip
             changes.append(f"token content changed ({', '.join(changed)})")
+        settings = [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in SETTING_FLAGS
+                    if getattr(self, name) != getattr(other, name)]  # fmt: skip
+        if settings:  # what the tokens and counts follow from: say it alone
+            return "; ".join(settings + [change for change in changes if change.startswith("files")])
         for field in dataclasses.fields(self):
             if field.name in ("sources", "token_digests"):
                 continue
@@ -89,6 +93,16 @@ class DataManifest:
                 changes.append(f"{field.name}: {before!r} -> {after!r}")
         return "; ".join(changes) or "no difference"
 
+    def settings_to_restore(self, other: DataManifest) -> list[str]:
+        """The ``--data.*`` flags that give ``other``'s data this manifest's settings again (empty: the settings
+        are the same; the files or the tokenizer differ)."""
+        return [f"--data.{flag} {getattr(self, name)}" for name, flag in SETTING_FLAGS.items()
+                if getattr(self, name) != getattr(other, name)]  # fmt: skip
+
+
+SETTING_FLAGS = {"split_rule": "split", "split_seed": "seed", "val_fraction": "val_fraction", "documents": "documents",
+                 "block_size": "block_size", "sample_stride": "sample_stride", "test_fraction": "test_fraction"}
+"""The manifest's settings and the CorpusDataModule arguments that set them."""
 
 _TOKENIZED_FIELDS = ("token_counts", "sample_counts", "token_digests")
 """What tokenizing produces (left out of :meth:`DataManifest.inputs_digest`)."""
