@@ -78,8 +78,8 @@ class ReplayDataModule(L.LightningDataModule):
         found = [*positive_integers(batch_size=self.batch_size), *problems]
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             found.append(f"num_workers must be 0 or more, got {self.num_workers!r}")
-        if found:
-            raise DataConfigError("; ".join(found))
+        if found:  # each names its setting as the command line does
+            raise DataConfigError("; ".join(f"data.{problem}" for problem in found))
 
     # -- what a subclass provides ------------------------------------------------------------
 

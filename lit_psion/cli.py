@@ -127,7 +127,7 @@ class LitPsionCLI(LightningCLI):
                 subclass_mode_data=True,
                 save_config_callback=None,  # RunDirectory writes config.yaml into the run directory
                 trainer_defaults={"enable_checkpointing": False, "default_root_dir": DEFAULT_ROOT},
-                parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+                parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "prog": "python -m lit_psion"},
                 seed_everything_default=1337,
                 auto_configure_optimizers=False,  # the model builds its optimizer (model.init_args.optimizer)
                 args=args,
