@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_sessions(store: Store) -> list[dict[str, Any]]:
+    if not store.root.is_dir():  # a mistyped root would list nothing and exit 0
+        raise ConfigError(f"artifacts root {str(store.root)!r} does not exist; give the --artifacts_root that "
+                          "`session init-base` wrote")  # fmt: skip
     sessions = store.index()["sessions"]
     print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
     for session_id, entry in sorted(sessions.items()):

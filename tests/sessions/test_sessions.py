@@ -449,3 +449,10 @@ def test_concurrent_runs_of_one_session_lose_no_run(trained: Path, tmp_path: Pat
     index = read_json(trained / "sessions" / "index.json")["sessions"]["s1"]
     assert len(meta["runs"]) == len(index["runs"]) == 2  # the fixture's run and the winner's, in both
     assert meta["runs"][-1]["run_id"] in first_out
+
+
+def test_list_refuses_an_artifacts_root_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A mistyped root listed an empty table with exit 0."""
+    assert session("list", "--artifacts_root", str(tmp_path / "artefacts")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "artefacts").exists()
