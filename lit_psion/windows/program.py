@@ -278,8 +278,12 @@ def _check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str
 
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / TOKENIZER).write_bytes(tokenizer)
-        built = corpus(Program(scratch), data)
-        manifest = built.prepare()
+        try:
+            built = corpus(Program(scratch), data)
+            manifest = built.prepare()
+        except DataError as error:  # the corpus names fit's flag; a program's data is set in its --config
+            raise DataError(str(error).replace("(check --data.files)", "(check window.data.files in the --config; "
+                                               "a relative path is from the current directory)")) from error
         unknown = built.tokenizer.token_to_id("<|unk|>")
         if unknown is not None:
             counts = {name: int((built.samples(name).tokens == unknown).sum()) for name in ("train", "val")}

@@ -140,6 +140,15 @@ def test_init_refuses_settings_a_window_could_not_run_with(base: Path, tmp_path:
     assert not (tmp_path / "p" / "program.json").exists()
 
 
+def test_init_names_the_programs_data_setting_for_a_missing_file(base: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """The line said "check --data.files", a flag window init does not have."""
+    settings = write_settings(tmp_path / "settings.yaml", data={"files": "no/such.txt"})
+    assert main(["window", "init", str(tmp_path / "p"), "--config", str(settings), "--base", str(base)]) == 3
+    assert "(check window.data.files in the --config;" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "program.json").exists()
+
+
 def test_init_refuses_an_adapter_base_a_file_root_and_a_run_root(base: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     settings = write_settings(tmp_path / "settings.yaml")
