@@ -191,7 +191,8 @@ class LitPsionCLI(LightningCLI):
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand == "fit":
-            yaml = self._parser(self.subcommand).dump(config, skip_none=False)
+            # Without ckpt_path: `fit --config RUN/config.yaml` would silently start from the checkpoint it names.
+            yaml = self._parser(self.subcommand).dump(config.clone().update(None, "ckpt_path"), skip_none=False)
             layout = RunLayout(root, run_id or (named and _plain_run_id(named)) or new_run_id())
             if named is None:  # the worker processes Lightning starts for this fit must plan the same run
                 os.environ[RUN_ID_ENV], self._exported_run_id = layout.run_id, True

@@ -398,3 +398,16 @@ def test_a_data_setting_that_differs_from_the_checkpoints_is_named_as_the_flag_t
     assert "(test_fraction: 0.2 -> 0.0); give the settings it was trained with (--data.test_fraction 0.2)" in said
     assert main(["test", "--config", "fixtures/tiny.yaml", *root, "--ckpt_path", "last",
                  "--data.test_fraction", "0.2"]) == 0  # fmt: skip
+
+
+def test_a_resumed_runs_config_yaml_does_not_name_the_checkpoint_it_resumed(tmp_path: Path) -> None:
+    """`fit --config RUN/config.yaml` silently started from the checkpoint the recorded ckpt_path named (or failed
+    with "nothing to train")."""
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last") == 0
+    run = tmp_path / read_latest(tmp_path)
+    assert yaml.safe_load((run / "config.yaml").read_text())["ckpt_path"] is None
+    other = tmp_path / "again"
+    assert main(["fit", "--config", str(run / "config.yaml"), "--trainer.default_root_dir", str(other)]) == 0
+    assert read_json(other / read_latest(other) / "run.json")["attempts"] == 1  # a new run, from scratch
