@@ -41,6 +41,13 @@ class ProgressBar(RichProgressBar):
         self._started: float | None = None
         self._first_step = 0
 
+    @property
+    @override
+    def is_enabled(self) -> bool:
+        """Rich draws only on a terminal: elsewhere it would print its last frame at the end, beside (and unlike)
+        the plain lines."""
+        return super().is_enabled and sys.stdout.isatty()
+
     def _counts_steps(self) -> bool:
         trainer = self.trainer
         return trainer.max_epochs in (None, -1) and trainer.max_steps is not None and trainer.max_steps > 0
@@ -76,7 +83,7 @@ class ProgressBar(RichProgressBar):
         self._print_line(trainer, pl_module)
 
     def _print_line(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._counts_steps() or not trainer.is_global_zero or self.is_disabled or sys.stdout.isatty():
+        if not self._counts_steps() or not trainer.is_global_zero or not super().is_enabled or sys.stdout.isatty():
             return
         step, total = trainer.global_step, trainer.max_steps
         every = self.print_every if self.print_every is not None else max(1, total // 20)
