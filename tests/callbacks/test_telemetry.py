@@ -57,7 +57,7 @@ def test_every_log_row_holds_the_values_of_its_own_step(tmp_path: Path, stop_aft
     rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get("train/loss")]
     receipts = [json.loads(line) for line in (run_dir / RECEIPTS_FILE).read_text().splitlines()]
     loss_at = {r["body"]["step_in"]: r["body"]["loss"] for r in receipts if r["kind"] == "trainer_step"}
-    expected = [2, 4] if stop_after else [2, 5]  # rows after steps 3 and 6, or 3 and the stop at 5 (0-based)
+    expected = [2, 4] if stop_after else [2, 5, 6]  # rows after steps 3, 6 and the last, 7, or 3 and the stop at 5
     assert [int(r["step"]) for r in rows] == expected
     for row in rows:
         assert float(row["train/loss"]) == pytest.approx(loss_at[int(row["step"])], rel=1e-6)
