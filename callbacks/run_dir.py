@@ -14,13 +14,13 @@ from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
-from lit_psion.callbacks.checkpoint import shared_settings, trainer_settings
-from lit_psion.callbacks.evidence import signature_of
+from lit_psion.callbacks.checkpoint import refuse_unbound, shared_settings, trainer_settings
+from lit_psion.callbacks.evidence import data_manifest_digest, signature_of
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.contracts import ReplayData, TokenizedData
-from lit_psion.core.errors import CheckpointError, ConfigError, MembershipChanged, failure_class
+from lit_psion.core.errors import CheckpointError, ConfigError, DataManifestMismatch, MembershipChanged, failure_class
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, mismatched_joiners, read_membership
 from lit_psion.core.run import write_latest
@@ -86,14 +86,16 @@ class RunDirectory(Callback):
         mine = {"node": os.environ.get(NODE_ID_ENV) or f"rank {trainer.global_rank}", "run_id": layout.run_id,
                 "digest": run.resume_manifest_sha256, "start": start,
                 "settings": {**shared_settings(run.config_yaml), **trainer_settings(trainer),
-                             "model signature": signature_of(trainer.lightning_module)},
-                "incumbents": _incumbents(layout) if mesh and trainer.is_global_zero else []}  # fmt: skip
+                             "model signature": signature_of(trainer.lightning_module),
+                             DATA: data_manifest_digest(trainer)},
+                "incumbents": _incumbents(layout) if mesh else []}  # fmt: skip
         views: list[Any] = [None] * trainer.world_size
         torch.distributed.all_gather_object(views, mine)
         reference, whose, where = views[0], "rank 0's", "rank 0"
         if mesh and any((v["digest"], v["settings"]) != (reference["digest"], reference["settings"]) for v in views):
             trains = [(v["node"], (v["digest"], v["settings"])) for v in views]
-            away = mismatched_joiners(trains, views[0]["incumbents"])
+            # What any rank read: a joiner on other storage (or another run id) reads none, whatever its rank.
+            away = mismatched_joiners(trains, {node for v in views for node in v["incumbents"]})
             if away:
                 if mine["node"] not in away:
                     raise MembershipChanged(f"node {', '.join(sorted(away))} joined run {layout.run_id} unlike its "
@@ -107,12 +109,22 @@ class RunDirectory(Callback):
         if any(v["settings"] != reference["settings"] for v in views):
             ours, theirs = mine["settings"], reference["settings"]
             keys = sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
+            if keys == [DATA]:
+                raise DataManifestMismatch(f"the ranks do not all train on {whose} data (data manifest "
+                                           f"{str(theirs[DATA])[:16]}... on {where}, {str(ours[DATA])[:16]}... on "
+                                           f"{_name(mine, trainer)}); give every node the same data files and "
+                                           "settings")  # fmt: skip
             shown = "; ".join(f"{key.replace('.init_args.', '.')}: {theirs.get(key)!r} on {where}, "
                               f"{ours.get(key)!r} on {_name(mine, trainer)}" for key in keys[:3])  # fmt: skip
             raise ConfigError(f"the ranks do not all train with {whose} settings ({shown or 'another rank differs'}); "
                               "give every node the same model, optimizer and trainer settings")  # fmt: skip
         if reference["run_id"] != layout.run_id:
             self.run_context = dataclasses.replace(run, layout=RunLayout(layout.root, reference["run_id"]))
+        # Only now, every rank agreeing: a check one rank failed alone would leave the others in a collective.
+        refuse_unbound(self.run_context, trainer, trainer.lightning_module)
+
+    checks_the_ranks_first = True
+    """:class:`PointerCheckpoint` leaves its checkpoint checks of a multi-process fit to :meth:`_follow_rank_zero`."""
 
     def _describe_data(self, data: L.LightningDataModule | None) -> None:
         layout = self.run_context.layout
@@ -187,6 +199,9 @@ class RunDirectory(Callback):
         console.print(f"  checkpoint     {checkpoint}")
         console.print(f"  metrics        {layout.metrics}")
         console.print(f"  resume with    --trainer.default_root_dir {layout.root} --ckpt_path last")
+
+
+DATA = "data manifest"
 
 
 def _incumbents(layout: RunLayout) -> list[str]:

@@ -8,6 +8,7 @@ checkpoint and when fit ends. W&B stays telemetry: receipts and run.json remain 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lightning as L
@@ -61,21 +62,30 @@ class WandbEvidence(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, index: int) -> None:
         if not self._summarised:  # run.json is written by the time the first step starts
             self._summarised = True
-            self.update(trainer)
+            self._update_or_warn(trainer)
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self.update(trainer)  # the previous durable checkpoint; the final one is recorded at the end
+        self._update_or_warn(trainer)  # the previous durable checkpoint; the final one is recorded at the end
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.update(trainer)
+            self._update_or_warn(trainer)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         paused = isinstance(exception, KeyboardInterrupt | SIGTERMException)
-        self.update(trainer, status="paused" if paused else "failed")
+        self._update_or_warn(trainer, status="paused" if paused else "failed")
+
+    def _update_or_warn(self, trainer: L.Trainer, status: str | None = None) -> None:
+        """W&B is telemetry: this callback runs first, and a summary it cannot write (W&B's network, a record it
+        cannot read) must not keep the receipts, the checkpoint and run.json from theirs."""
+        try:
+            self.update(trainer, status)
+        except Exception as error:
+            print(f"lit_psion: warning: the W&B summary was not updated ({type(error).__name__}: {error})",
+                  file=sys.stderr)  # fmt: skip
 
     def update(self, trainer: L.Trainer, status: str | None = None) -> dict[str, Any]:
         layout = run_context(trainer).layout
@@ -87,7 +97,8 @@ class WandbEvidence(Callback):
         if facts["checkpoint"]:
             manifest = layout.checkpoints / facts["checkpoint"] / MANIFEST
             if manifest.is_file():
-                facts["checkpoint_weights_sha256"] = read_json(manifest)["files"][WEIGHTS]["sha256"]
+                weights = read_json(manifest)["files"].get(WEIGHTS)  # none in a sharded checkpoint
+                facts["checkpoint_weights_sha256"] = weights["sha256"] if weights else None
         summary = {PREFIX + key: value for key, value in facts.items() if value is not None}
         for logger in wandb_loggers(trainer):
             logger.experiment.summary.update(summary)

@@ -6,6 +6,8 @@ Two kinds, one file format (tokenizer.json) so both are digested the same way:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -63,8 +65,9 @@ def cached_tokenizer(
             return Tokenizer.from_file(str(path)), sha256_file(path)
         except Exception as error:  # tokenizers raises a bare Exception for a file it cannot read
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            aside = path.with_name(path.name + ".unreadable")  # kept: a newer `tokenizers` may have written it
-            path.replace(aside)
+            aside = path.with_name(f"{path.name}.unreadable-{os.getpid()}")  # kept: a newer `tokenizers` may have
+            with contextlib.suppress(FileNotFoundError):  # written it; another rank may have moved it already
+                path.replace(aside)
             print(f"lit_psion: the cached tokenizer {path} is unreadable ({reason}); kept as {aside.name}, "
                   "training it again", file=sys.stderr)  # fmt: skip
     atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())

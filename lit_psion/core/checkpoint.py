@@ -379,7 +379,9 @@ def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
                 continue  # the chain's own verdict names a bad line
             if not anchored and step_out is not None:
                 ended_at = step_out
-            if anchored and step_in is not None and step_in < step:
+            # Under gradient accumulation the micro-batches after the step's last one receipt the same step again.
+            again = ended_at == step and (step_in, step_out) == (step - 1, step)
+            if anchored and step_in is not None and step_in < step and not again:
                 return f"the run's receipts go on from step {step_in} after the head its manifest records"
             anchored = anchored or digest == head
     if not anchored:

@@ -117,17 +117,20 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     seen: set[int] = set()
     current: BaseException | None = error
     lost_peer: BaseException | None = None
+    full: OSError | None = None
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError):
             return current
         if lost_peer is None and _is_peer_loss(current):
             lost_peer = current
-        if isinstance(current, OSError) and current.errno in FULL_STORAGE:
-            where = f" {current.filename!r}" if current.filename else ""
-            return StorageFull(f"writing{where} failed: {current.strerror or current}; free space (or fix the device) "
-                               "and continue with --ckpt_path last")  # fmt: skip
+        if full is None and isinstance(current, OSError) and current.errno in FULL_STORAGE:
+            full = current  # a fallback, as a lost peer is: clean-up after a typed failure often hits the disk too
         seen.add(id(current))
         current = current.__cause__ or current.__context__
+    if full is not None:
+        where = f" {full.filename!r}" if full.filename else ""
+        return StorageFull(f"reading or writing{where} failed: {full.strerror or full}; free space (or fix the "
+                           "device), then run the command again (a fit continues with --ckpt_path last)")  # fmt: skip
     if lost_peer is not None:
         first_line = (str(lost_peer).strip().splitlines() or [type(lost_peer).__name__])[0]
         return WorkerCrashed(f"another worker of the mesh is gone ({first_line[:200]}); its agent re-forms the mesh "
