@@ -107,3 +107,41 @@ def test_ranks_share_the_trainer_settings_as_lightning_reads_them(ours: dict, th
 
     first, second = settings(ours), settings(theirs)
     assert {key for key in first.keys() | second.keys() if first.get(key) != second.get(key)} == differ
+
+
+OPTIMIZED = """model:
+  class_path: lit_psion.models.DecoderLM
+  init_args:
+    optimizer: {name: adamw, lr: 0.003, weight_decay: 0.1, momentum: 0.95, warmup_steps: 10}
+"""
+
+
+@pytest.mark.parametrize(
+    ("recorded", "given", "refused"),
+    [
+        (OPTIMIZED, OPTIMIZED.replace("lr: 0.003", "lr: 0.01"), "model.optimizer.lr: 0.003 in the run's config.yaml"),
+        (OPTIMIZED, OPTIMIZED.replace("weight_decay: 0.1", "weight_decay: 0.0"), "model.optimizer.weight_decay"),
+        (OPTIMIZED, OPTIMIZED.replace("warmup_steps: 10", "warmup_steps: 0"), None),  # the schedule's shape: honoured
+        (OPTIMIZED, OPTIMIZED.replace("momentum: 0.95", "momentum: 0.9"), None),  # AdamW never reads it
+        (OPTIMIZED.replace("adamw", "muon"), OPTIMIZED.replace("adamw", "muon").replace("0.95", "0.9"),
+         "model.optimizer.momentum"),  # Muon's param groups hold it
+        (OPTIMIZED.replace(", weight_decay: 0.1", ""), OPTIMIZED, None),  # a setting the run's config never stated
+        ("model:\n  class_path: lit_psion.models.GraphCore\n  init_args:\n    config: {lr: 0.01, levels: 2}\n",
+         "model:\n  class_path: lit_psion.models.GraphCore\n  init_args:\n    config: {lr: 0.1, levels: 2}\n",
+         "model.config.lr: 0.01"),  # GraphCore's Adam
+    ],
+    ids=["lr", "weight_decay", "warmup", "adamw-momentum", "muon-momentum", "unstated", "graph-core-lr"],
+)
+def test_a_resume_refuses_the_optimizer_settings_its_checkpoint_would_restore(
+    tmp_path: Path, recorded: str, given: str, refused: str | None
+) -> None:
+    from lit_psion.callbacks.checkpoint import refuse_ignored_optimizer_settings
+    from lit_psion.core.errors import ConfigError
+
+    checkpoint = _checkpoint(tmp_path, recorded)
+    if refused is None:
+        refuse_ignored_optimizer_settings(checkpoint, given)
+        return
+    with pytest.raises(ConfigError, match="so these would be ignored") as raised:
+        refuse_ignored_optimizer_settings(checkpoint, given)
+    assert refused in str(raised.value)

@@ -54,3 +54,22 @@ def test_run_record_round_trips_and_latest_pointer(tmp_path: Path) -> None:
     assert read_latest(tmp_path) is None
     write_latest(tmp_path, "r1")
     assert read_latest(tmp_path) == "r1"
+
+
+def test_a_typed_failure_behind_a_clean_up_that_hit_a_full_disk_keeps_its_code() -> None:
+    """On a full disk, the clean-up after a typed failure (run.json marked failed) raises ENOSPC too, with the
+    typed failure as its context: the run stopped for the typed one."""
+    import errno
+
+    from lit_psion.core.errors import CheckpointError, StorageFull, lit_psion_cause
+
+    try:
+        try:
+            raise CheckpointError("the checkpoint is not this run's")
+        except CheckpointError:
+            raise OSError(errno.ENOSPC, "No space left on device", "run.json")  # noqa: B904  (as a clean-up does)
+    except OSError as cleanup:
+        assert isinstance(lit_psion_cause(cleanup), CheckpointError)
+    alone = OSError(errno.ENOSPC, "No space left on device", "data_manifest.json")
+    found = lit_psion_cause(alone)
+    assert isinstance(found, StorageFull) and found.exit_code == 6 and "'data_manifest.json'" in str(found)

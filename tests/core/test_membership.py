@@ -96,3 +96,4 @@ SAME, OTHER_LR, OTHER_CKPT = ("ck1", {"lr": 0.003}), ("ck1", {"lr": 0.1}), ("ck0
 )
 def test_a_joiner_unlike_the_last_epochs_nodes_is_the_one_turned_away(views, incumbents, away) -> None:
     assert mismatched_joiners(views, incumbents) == away
+
