@@ -285,7 +285,13 @@ def test_no_command_or_an_unknown_one_is_one_line(args: tuple[str, ...], code: i
 def test_evidence_commands_answer_without_lightning_or_torch(tmp_path: Path) -> None:
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
     run = tmp_path / read_latest(tmp_path)
-    for args in (("receipts", "verify", str(run)), ("ckpt", "verify", str(run)), ("window", "status", str(tmp_path))):
+    from lit_psion.commands import COMMANDS
+
+    helps = [(command, "--help") for command in COMMANDS]
+    asked = [("receipts", "verify", str(run)), ("ckpt", "verify", str(run)), ("window", "status", str(tmp_path)),
+             ("doctor", str(run)), ("compare", str(run), str(run)),
+             ("session", "list", "--artifacts_root", str(tmp_path))]  # fmt: skip
+    for args in [*helps, ("events", "predict", "--help"), ("adapter", "merge", "--help"), *asked]:
         code, modules = _modules_imported(*args)
         assert code in (0, 2), args
         assert not {"lightning", "torch"} & modules, (args, sorted({"lightning", "torch"} & modules))

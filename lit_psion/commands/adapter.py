@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lit_psion.adapters import ADAPTER_FILE, META_FILE, export, load_adapter, merge
 from lit_psion.commands import CommandParser
 
 
@@ -21,6 +20,8 @@ def main(args: list[str]) -> None:
     merge_.add_argument("--base", type=Path, required=True, help="the base run directory or checkpoint directory")
     merge_.add_argument("--out", type=Path, required=True)
     parsed = parser.parse_args(args)
+    from lit_psion.adapters import ADAPTER_FILE, META_FILE, export, load_adapter, merge  # imports torch
+
     if parsed.command == "export":
         print(f"adapter written to {export(parsed.run_dir, parsed.out)}")
     elif parsed.command == "inspect":

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from lit_psion.commands import CommandParser
-from lit_psion.events.predict import load_model, predict, read_events
 
 LABELS = {-1: "close", 0: "neutral", 1: "open"}
 
@@ -19,6 +18,8 @@ def main(args: list[str]) -> None:
     parser.add_argument("events", type=Path, help="JSONL, one event envelope per line")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
     parsed = parser.parse_args(args)
+    from lit_psion.events.predict import load_model, predict, read_events  # torch: only once there is work
+
     events = read_events(parsed.events)
     model, codec = load_model(parsed.ckpt)
     results = predict(model, codec, events)
