@@ -131,8 +131,10 @@ def test_a_diverging_cli_fit_exits_7_with_a_valid_chain(
     run_dir = tmp_path / read_latest(tmp_path)
     run = read_json(run_dir / "run.json")
     assert (run["status"], run["failure_class"]) == ("failed", "diverged")
+    assert f"the training loss at step {run['global_step']} is nan" in line  # the step whose update made it ...
     assert main(["receipts", "verify", str(run_dir)]) == 0
     assert main(["doctor", str(run_dir)]) == 0
+    assert f"failed after step {run['global_step']}" in capsys.readouterr().out  # ... the last step done
 
 
 # --- optimizer settings out of range -------------------------------------------------------------------------

@@ -320,7 +320,8 @@ def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
     if problems:
         return Verdict(layout.run_file.name, False, f"does not match the run: {'; '.join(problems)}",
                        EvidenceError.exit_code)  # fmt: skip
-    return Verdict(layout.run_file.name, True, f"{record.status} at step {record.global_step}")
+    where = "after" if record.status == "failed" else "at"  # a failure is in the step after the last one done
+    return Verdict(layout.run_file.name, True, f"{record.status} {where} step {record.global_step}")
 
 
 def consolidation_log(layout: RunLayout) -> Verdict:
