@@ -28,11 +28,14 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
 from lit_psion.core.errors import ConfigError, RendezvousTimeout
+
+if TYPE_CHECKING:
+    from lit_psion.core.layout import RunLayout
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.membership import (
     MESH_SETTINGS_ENV,
@@ -336,13 +339,26 @@ def request_drain(run_dir: Path, node: str) -> None:
           f"rest go on (mesh status {run_dir})")  # fmt: skip
 
 
+def _run_state(layout: RunLayout) -> str:
+    """run.json's status and step (a completed run's nodes are still its last epoch's members)."""
+    from lit_psion.core.errors import EvidenceError
+    from lit_psion.core.run import RunRecord
+
+    try:
+        record = RunRecord.load(layout)
+    except (EvidenceError, OSError):
+        return "run.json unreadable (python -m lit_psion doctor RUN_DIR)"
+    return f"{record.status} {'after' if record.status == 'failed' else 'at'} step {record.global_step}"
+
+
 def print_status(run_dir: Path) -> None:
     layout = run_layout(run_dir)
     membership = read_membership(layout)
     if membership is None:
         print(f"{layout.run_id}: no membership yet (not a mesh run, or it has not started)")
         return
-    print(f"{layout.run_id}: membership epoch {membership.epoch}, world size {membership.world_size}")
+    print(f"{layout.run_id}: {_run_state(layout)}, membership epoch {membership.epoch}, world size "
+          f"{membership.world_size}")  # fmt: skip
     for node, state in sorted(membership.nodes.items()):
         print(f"  {node:<24} {state}")
     if pending := sorted(node for node in read_drain_requests(layout) if node in membership.active):

@@ -329,7 +329,9 @@ def test_mesh_drain_records_a_request_that_status_shows(mesh_run: RunLayout, tmp
     assert main(["mesh", "drain", str(layout.run_dir), "node-a"]) == 2, "then node-a is the last one left"
     capsys.readouterr()
     assert main(["mesh", "status", str(layout.run_dir)]) == 0
-    assert "drain requested: node-b" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    step = read_json(layout.run_file)["global_step"]
+    assert f"{mesh_run.run_id}: paused at step {step}, membership epoch 2" in out and "drain requested: node-b" in out
 
 
 def _one_node(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
