@@ -127,7 +127,11 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
     sealed = False
     if not layout.receipts.is_file():
         return CheckpointReceipts()
-    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+    torn = len(torn_tail(layout.receipts))
+    checked = verify_log(layout.receipts, run_id=layout.run_id, upto=layout.receipts.stat().st_size - torn if torn
+                         else None)  # fmt: skip
+    lines = layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in lines if checked.ok else lines[: (checked.line or 1) - 1]:  # what the chain vouches for
         try:
             receipt = json.loads(line)
             body = receipt["body"]
@@ -136,7 +140,8 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
                 recorded[int(body["step"])] = (body["manifest_digest"], body["object_digest"])
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             continue  # the chain's own verdict names a bad line
-    return CheckpointReceipts(recorded=recorded, sealed=sealed, chain=layout.receipts)
+    broken = None if checked.ok else f"{layout.receipts.name} {checked.describe()}"
+    return CheckpointReceipts(recorded=recorded, sealed=sealed, chain=layout.receipts, broken=broken)
 
 
 def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
@@ -195,7 +200,7 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             continue
         try:
             as_receipted(verified, receipted)
-        except CheckpointError as error:
+        except (CheckpointError, EvidenceError) as error:
             verdicts.append(_fail(name, error))
             continue
         verdicts.append(Verdict(name, True, f"{len(verified.manifest.files)} files match the manifest and its receipt"))
@@ -224,7 +229,7 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
                        else "it does not verify")  # fmt: skip
             detail = f"names {pointer.checkpoint}, which a resume does not use ({why}); it loads {resumed.path.name}"
         verdicts.append(Verdict(layout.pointer.name, ok, detail, 0 if ok else CheckpointError.exit_code))
-    except CheckpointError as error:
+    except (CheckpointError, EvidenceError) as error:
         verdicts.append(_fail(layout.pointer.name, error))
     return verdicts
 

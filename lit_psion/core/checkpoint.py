@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lit_psion.core.errors import CheckpointError
+from lit_psion.core.errors import CheckpointError, EvidenceError
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.layout import RunLayout, step_of
 
@@ -331,6 +331,9 @@ class CheckpointReceipts:
     sealed: bool = False
     chain: Path | None = None
     """The run's ``receipts.jsonl``: an unreceipted newest checkpoint is held to where its manifest anchors it."""
+    broken: str | None = None
+    """The chain's first problem before a torn last line (which a resume repairs), if it has one: what it records
+    from that line on is not counted, and a checkpoint it does not record is not trusted (:func:`as_receipted`)."""
 
     @property
     def newest(self) -> int | None:
@@ -339,8 +342,16 @@ class CheckpointReceipts:
 
 def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -> VerifiedCheckpoint:
     """``checkpoint``, if its manifest and weights are the ones its durable checkpoint receipt recorded, or it is
-    the newest checkpoint of an unsealed chain whose receipt a kill may have prevented."""
+    the newest checkpoint of an unsealed chain whose receipt a kill may have prevented.
+
+    Raises:
+        CheckpointError: it is not (exit 4).
+        EvidenceError: it has no receipt in the part of the chain that verifies, and the rest does not (exit 5).
+    """
     recorded = receipts.recorded.get(checkpoint.step)
+    if recorded is None and receipts.broken is not None:
+        raise EvidenceError(f"checkpoint {checkpoint.path.name} cannot be held to its run's receipts: "
+                            f"{receipts.broken} (python -m lit_psion receipts verify RUN_DIR)")  # fmt: skip
     if recorded is None:
         newest = receipts.newest
         if receipts.sealed or (newest is not None and newest > checkpoint.step):

@@ -219,3 +219,76 @@ def test_a_lost_runs_index_names_the_runs_and_how_to_continue_one(
     monkeypatch.setenv("LIT_PSION_RUN_ID", run_dir.name)
     assert fit(*args) == 0  # the advice works: the same run, continued
     assert read_json(root / run_dir.name / "run.json")["global_step"] == 12 and len(list(root.iterdir())) == 2
+
+
+def _lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+
+
+def _write_lines(run: Path, receipts: list[dict]) -> None:
+    (run / "receipts.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in receipts))
+
+
+def _newest_swapped_and_its_receipt_edited(run: Path) -> None:
+    """Other weights in the newest checkpoint, its manifest and pointer made consistent, and its durable receipt
+    edited to match them without re-hashing it (the receipt's own digest no longer matches)."""
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    weights = bytearray((newest / "model.safetensors").read_bytes())
+    weights[-100] ^= 0xFF
+    (newest / "model.safetensors").write_bytes(bytes(weights))
+    manifest = read_json(newest / "manifest.json")
+    manifest["files"]["model.safetensors"]["sha256"] = hashlib.sha256(weights).hexdigest()
+    atomic_write_json(newest / "manifest.json", manifest)
+    digest = hashlib.sha256((newest / "manifest.json").read_bytes()).hexdigest()
+    atomic_write_json(run / "checkpoints" / "pointer.json", {**read_json(run / "checkpoints" / "pointer.json"),
+                                                             "manifest_sha256": digest})  # fmt: skip
+    receipts = _lines(run)
+    for receipt in receipts:
+        if receipt["kind"] == "checkpoint" and receipt["body"]["step"] == manifest["step"]:
+            receipt["body"] |= {"manifest_digest": digest, "object_digest": hashlib.sha256(weights).hexdigest()}
+    _write_lines(run, receipts)
+
+
+def _first_step_edited(run: Path) -> None:
+    receipts = _lines(run)
+    next(r for r in receipts if r["kind"] == "trainer_step")["body"]["loss"] = 0.5
+    _write_lines(run, receipts)
+
+
+def _a_step_after_the_oldest_checkpoint_deleted(run: Path) -> None:
+    receipts = _lines(run)
+    oldest = next(i for i, r in enumerate(receipts) if r["kind"] == "checkpoint")
+    del receipts[next(i for i, r in enumerate(receipts) if i > oldest and r["kind"] == "trainer_step")]
+    _write_lines(run, receipts)
+
+
+def _torn_last_line(run: Path) -> None:
+    with open(run / "receipts.jsonl", "a") as log:
+        log.write('{"kind": "trainer_st')
+
+
+BROKEN_CHAINS = [  # (name, harm, exit codes of ckpt verify: the run, its newest checkpoint, its oldest)
+    ("the newest checkpoint replaced and its receipt edited to match", _newest_swapped_and_its_receipt_edited,
+     (5, 5, 0)),
+    ("a step receipt before every checkpoint receipt edited", _first_step_edited, (5, 5, 5)),
+    ("a step receipt after the oldest checkpoint's deleted", _a_step_after_the_oldest_checkpoint_deleted, (5, 5, 0)),
+    ("a torn last line (a kill mid-append, which a resume repairs)", _torn_last_line, (0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize(("name", "harm", "codes"), BROKEN_CHAINS, ids=[b[0] for b in BROKEN_CHAINS])
+def test_receipts_that_do_not_verify_vouch_only_for_the_checkpoints_before_their_first_problem(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, codes: tuple
+) -> None:
+    """A checkpoint is held to its durable receipt: a receipt from a line the chain does not verify vouches for
+    nothing, so what ckpt verify, generate (and a resume) would load there is refused (exit 5), naming the line."""
+    run = tmp_path / run_dir.name
+    shutil.copytree(run_dir, run)
+    harm(run)
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    capsys.readouterr()
+    got = tuple(main(["ckpt", "verify", str(path)]) for path in (run, checkpoints[-1], checkpoints[0]))
+    assert got == codes
+    if codes[0] == 5:
+        assert "cannot be held to its run's receipts: receipts.jsonl line" in capsys.readouterr().err
+        assert main(["generate", str(run), "--tokens", "2"]) == 5
