@@ -320,6 +320,21 @@ def shared_settings(config_yaml: str | None) -> dict[str, Any]:
     return {key: value for key, value in (model or {}).items() if not _names_a_path(key.rsplit(".", 1)[-1])}
 
 
+def data_settings(config_yaml: str | None) -> dict[str, Any]:
+    """The data settings of ``config_yaml`` every rank of one fit must share, as dotted keys: what decides the global
+    batches beyond the data manifest (the global batch size among them). Not the paths, which may differ by node
+    (the manifest's digest compares the content), nor how many loader workers a node runs."""
+    try:
+        config = yaml.safe_load(config_yaml) if config_yaml is not None else None
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return {}
+    data = config.get("data") if isinstance(config, dict) else None
+    leaves = _leaves(data, "data") if isinstance(data, dict) else {}
+    local = {"files", "cache_dir", "num_workers"}
+    return {key: value for key, value in leaves.items()
+            if not _names_a_path(name := key.rsplit(".", 1)[-1]) and name not in local}  # fmt: skip
+
+
 def _names_a_path(name: str) -> bool:
     return name == "base_checkpoint" or name.endswith(("_path", "_dir", "_file", "_files"))
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
-from lit_psion.callbacks.checkpoint import refuse_unbound, shared_settings, trainer_settings
+from lit_psion.callbacks.checkpoint import data_settings, refuse_unbound, shared_settings, trainer_settings
 from lit_psion.callbacks.evidence import data_manifest_digest, signature_of
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
@@ -74,7 +74,8 @@ class RunDirectory(Callback):
         the strategy's, so the strategy reads the run adopted here. A rank that would start from another
         checkpoint (another ``--ckpt_path`` on its node, or a runs directory that is not the one rank 0 sees)
         would train on other optimizer state and data: every rank refuses, before anything is written. So does
-        a rank given other model, optimizer or step settings (:func:`shared_settings`), which would drift.
+        a rank given other model, optimizer, data or step settings (:func:`shared_settings`, :func:`data_settings`),
+        which would drift or train other batches.
 
         Under ``mesh launch`` the nodes of the last membership epoch are the reference instead: a node that
         joins unlike them is turned away alone (its ``mesh launch`` stops with the refusal), and the others
@@ -85,7 +86,8 @@ class RunDirectory(Callback):
         mesh = os.environ.get(NODE_MARKERS_ENV) and os.environ.get(NODE_ID_ENV)
         mine = {"node": os.environ.get(NODE_ID_ENV) or f"rank {trainer.global_rank}", "run_id": layout.run_id,
                 "digest": run.resume_manifest_sha256, "start": start,
-                "settings": {**shared_settings(run.config_yaml), **trainer_settings(trainer),
+                "settings": {**shared_settings(run.config_yaml), **data_settings(run.config_yaml),
+                             **trainer_settings(trainer),
                              "model signature": signature_of(trainer.lightning_module),
                              DATA: data_manifest_digest(trainer)},
                 "incumbents": _incumbents(layout) if mesh else []}  # fmt: skip

@@ -153,10 +153,12 @@ def test_ranks_that_see_different_last_checkpoints_refuse_to_restore_them(tmp_pa
 
 
 @pytest.mark.slow  # default-suite budget: a launch of two torchrun agents
-@pytest.mark.parametrize("setting", [("--model.init_args.optimizer.lr", "0.1"), ("--trainer.gradient_clip_val", "0.5")])
+@pytest.mark.parametrize("setting", [("--model.init_args.optimizer.lr", "0.1"), ("--trainer.gradient_clip_val", "0.5"),
+                                     ("--data.batch_size", "4")])  # fmt: skip
 def test_a_node_with_other_training_settings_is_refused_before_it_trains(tmp_path: Path, setting: tuple) -> None:
     """Each rank steps its own optimizer on the averaged gradients: a node with another learning rate or clipping
-    would drift from the others without a word. Paths and devices may differ by node; these may not."""
+    would drift from the others without a word, and one with another global batch (that its world size divides)
+    would slice other batches and wait in other collectives. Paths and devices may differ by node; these may not."""
     _two_torchrun_nodes(tmp_path, "--trainer.max_steps", "3", per_node=((), setting), code=2,
                         engine=("--trainer.strategy", "ddp"),
                         refusal="do not all train with rank 0's settings (")  # fmt: skip
