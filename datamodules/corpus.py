@@ -168,13 +168,13 @@ class CorpusDataModule(ReplayDataModule):
                 found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py"))
                 kept = [rel for rel in found if not _EXCLUDED_STDLIB_PARTS & set(rel.split("/"))]
                 paths += [(f"stdlib/{rel}", root / rel) for rel in kept]
+            elif Path(entry).is_file():  # before the glob: a file may be named notes[1].txt
+                paths.append((entry, Path(entry)))
             elif glob.has_magic(entry):
                 matches = sorted(glob.glob(entry, recursive=True))
                 if not matches:
                     raise DataError(f"data glob matched no files: {entry!r} (check --data.files)")
                 paths += [(m, Path(m)) for m in matches if Path(m).is_file()]
-            elif Path(entry).is_file():
-                paths.append((entry, Path(entry)))
             elif Path(entry).is_dir():
                 raise DataError(f"data file {entry!r} is a directory; give its files, e.g. --data.files "
                                 f"'{entry.rstrip('/')}/**/*.txt' (quoted: the glob is expanded in order, here)")
@@ -191,18 +191,33 @@ class CorpusDataModule(ReplayDataModule):
         Raises:
             DataError: A first file larger than ``max_bytes``, or a source that is not UTF-8 text.
         """
-        sources, texts, taken = [], [], 0
-        for name, path in self._source_paths():
-            data = path.read_bytes()
+        sources, texts, taken, seen = [], [], 0, {}
+        named = [entry for entry in self.files if entry != STDLIB and not glob.has_magic(entry)]
+        paths = self._source_paths()
+        for index, (name, path) in enumerate(paths):
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise DataError(f"data file {name!r} cannot be read ({error.strerror or error}); fix its permissions "
+                                "or the device, or leave it out of --data.files") from None  # fmt: skip
             if self.max_bytes is not None and taken + len(data) > self.max_bytes:
                 if not sources:
                     raise DataError(
                         f"data file {name!r} alone is {len(data)} bytes, over max_bytes {self.max_bytes}; files are "
                         "taken whole, so raise --data.max_bytes, set it to null, or give a smaller file"
                     )
+                if left := [n for n, _ in paths[index:] if n in named]:  # a glob's or the stdlib's rest: as documented
+                    print(f"lit_psion: warning: max_bytes {self.max_bytes} leaves out {len(left)} data file(s) given "
+                          f"by name ({', '.join(map(repr, left[:3]))}); raise --data.max_bytes or set it to null to "
+                          "train on them", file=sys.stderr)  # fmt: skip
                 break
             taken += len(data)
-            sources.append(SourceFile(path=name, sha256=sha256_bytes(data), bytes=len(data)))
+            digest = sha256_bytes(data)
+            if name in named and seen.get(digest) in named and data.strip():
+                raise DataError(f"data files {seen[digest]!r} and {name!r} hold the same text (sha256 "
+                                f"{digest[:16]}...): a copy puts validation text in training; give each text once")
+            seen.setdefault(digest, name)
+            sources.append(SourceFile(path=name, sha256=digest, bytes=len(data)))
             texts.append((name, _decode_text(name, data)))
         if not any(text.strip() for _, text in texts):
             named = ", ".join(self.files)
@@ -218,7 +233,7 @@ class CorpusDataModule(ReplayDataModule):
             return mode, [(name, text, True) for name, text in texts]
         docs = []
         for name, text in texts:
-            pieces = [p for p in re.split(r"(?<=\n\n)", text) if p]
+            pieces = [p for p in re.split(r"(?<=\n\n)|(?<=\r\n\r\n)", text) if p]  # LF or CRLF blank lines
             docs += [(f"{name}#{i}", piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
         return mode, docs
 

@@ -82,7 +82,16 @@ from lit_psion.core.errors import (
     lit_psion_cause,
 )
 from lit_psion.core.lock import LOCK_FILE, RunLock
-from lit_psion.core.run import RUN_ID_ENV, RunRecord, RunStatus, no_run_to_continue, read_latest, run_stage
+from lit_psion.core.membership import NODE_MARKERS_ENV, STOPPING
+from lit_psion.core.run import (
+    RUN_ID_ENV,
+    RunRecord,
+    RunStatus,
+    no_run_to_continue,
+    plain_run_id,
+    read_latest,
+    run_stage,
+)
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
 from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
@@ -183,7 +192,7 @@ class LitPsionCLI(LightningCLI):
             _make_root(root)
         named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None
         if named is not None and config.get("ckpt_path") is None:
-            run_id, rejected = self._resume_named(config, RunLayout(root, _plain_run_id(named)))
+            run_id, rejected = self._resume_named(config, RunLayout(root, plain_run_id(named)))
         if self.verified is not None:
             refuse_another_layout(self.verified, config.trainer.strategy, fitting=self.subcommand == "fit")
         if self.subcommand == "fit" and self.verified is not None:
@@ -193,7 +202,7 @@ class LitPsionCLI(LightningCLI):
         if self.subcommand == "fit":
             # Without ckpt_path: `fit --config RUN/config.yaml` would silently start from the checkpoint it names.
             yaml = self._parser(self.subcommand).dump(config.clone().update(None, "ckpt_path"), skip_none=False)
-            layout = RunLayout(root, run_id or (named and _plain_run_id(named)) or new_run_id())
+            layout = RunLayout(root, run_id or (named and plain_run_id(named)) or new_run_id())
             if named is None:  # the worker processes Lightning starts for this fit must plan the same run
                 os.environ[RUN_ID_ENV], self._exported_run_id = layout.run_id, True
             if is_launcher_rank_zero() and LAUNCHER_PID_ENV not in os.environ:  # who they wait for (main())
@@ -364,10 +373,6 @@ def _remove_if_unborn(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _plain_run_id(run_id: str) -> str:
-    if not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
-        raise ConfigError(f"{RUN_ID_ENV}={run_id!r} is not a run id (a plain directory name inside the runs root)")
-    return run_id
 
 
 def _make_root(root: Path) -> None:
@@ -447,7 +452,10 @@ def _leave_for_the_mesh(stop: MeshStop) -> int:
         return 0
     if not signal_seen() and not stop.drain:
         _await_sigterm(AGENT_FOLLOW_SECONDS)  # another agent re-forms the mesh for a join; ours follows (no restart)
-    if say:
+    if say and (markers := os.environ.get(NODE_MARKERS_ENV)) and (Path(markers) / STOPPING).exists():
+        print(f"lit_psion: node {stop.node} paused after the checkpoint of step {stop.step}: its mesh launch is "
+              "stopping", file=sys.stderr)  # fmt: skip
+    elif say:
         print(f"lit_psion: node {stop.node} stopped after the checkpoint of step {stop.step}: the mesh re-forms "
               f"({MembershipChanged.failure_class}); its agent starts the next membership epoch",
               file=sys.stderr)  # fmt: skip

@@ -51,6 +51,11 @@ def main(args: list[str]) -> None:
         parser.error(f"--temperature must be a finite number >= 0, got {parsed.temperature}")
     if not 0 <= parsed.seed < 2**63:
         parser.error(f"--seed must be in 0..{2**63 - 1}, got {parsed.seed}")
+    try:
+        parsed.prompt.encode("utf-8")
+    except UnicodeEncodeError as error:  # bytes the shell passed that are not UTF-8 (kept as surrogates)
+        byte = error.object[error.start].encode("utf-8", "surrogateescape")
+        parser.error(f"--prompt is not UTF-8 text (byte {byte!r} at character {error.start}); give UTF-8 text")
     for text in sample(parsed.path, parsed.prompt, parsed.tokens, parsed.temperature, parsed.top_k, parsed.seed,
                        parsed.samples, parsed.tokenizer):  # fmt: skip
         print(text)

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,11 +41,12 @@ from lit_psion.core.lock import lock_holder
 from lit_psion.core.membership import (
     MESH_SETTINGS_ENV,
     NODE_MARKERS_ENV,
+    STOPPING,
     read_drain_requests,
     read_membership,
     write_drain_requests,
 )
-from lit_psion.core.run import RunRecord, RunStatus
+from lit_psion.core.run import RUN_ID_ENV, RunRecord, RunStatus
 
 RDZV_CONF = "is_host=false,keep_alive_interval=1,keep_alive_max_attempt=3"
 RENDEZVOUS_TIMEOUT_MARK = "RendezvousTimeoutError"
@@ -128,6 +130,7 @@ def launch_node(parsed: object, extra: list[str]) -> int:
         if seconds < 1:
             raise ConfigError(f"{flag} must be >= 1 second, got {seconds}")
     _check_nnodes(parsed.nnodes)
+    _check_names(parsed)
     _wait_for_the_store(host, int(port), parsed.node_id, parsed.join_timeout)
     rdzv_conf = f"{RDZV_CONF},join_timeout={parsed.join_timeout},last_call_timeout={parsed.last_call}"
     settings = {"nnodes": parsed.nnodes, "rdzv_backend": "c10d", "rdzv_endpoint": parsed.store,
@@ -146,17 +149,19 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                "-m", "lit_psion", "fit", *configs, *_mesh_strategy(parsed.config, extra), *extra]  # fmt: skip
     agent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
                              start_new_session=True, preexec_fn=_die_with_the_launcher)  # fmt: skip
-    timed_out = threading.Event()
-    echo = threading.Thread(target=_echo, args=(agent.stderr, timed_out), daemon=True)
+    timed_out, held = threading.Event(), []
+    echo = threading.Thread(target=_echo, args=(agent.stderr, timed_out, held), daemon=True)
     echo.start()
-    stopping = _forward_stop_signals(agent)
+    stopped: list[int] = []
+    stopping = _forward_stop_signals(agent, stopped, markers)
     try:
         frozen = False
         while agent.poll() is None:
             if (fatal := _fatal(markers)) is not None:
                 agent.send_signal(signal.SIGTERM)  # no restart can fix it: stop the node with the worker's code
                 _wait_or_kill(agent, 60)
-                raise SystemExit(fatal)
+                echo.join(timeout=5)
+                raise SystemExit(fatal)  # the worker said why in one line: not the agent's traceback as it stops
             if not frozen and _marked(markers, parsed.nproc_per_node):
                 # Drained: freeze the agent at once, so it cannot restart its workers or rejoin the rendezvous
                 # while they finish their checkpoint; kill it once they are gone.
@@ -180,7 +185,62 @@ def launch_node(parsed: object, extra: list[str]) -> int:
         raise RendezvousTimeout(f"node {parsed.node_id}: no mesh of --nnodes {parsed.nnodes} formed at "
                                 f"{parsed.store} within --join-timeout {parsed.join_timeout} s; start the other "
                                 "nodes (or lower --nnodes' minimum) and launch again")  # fmt: skip
-    return agent.returncode
+    return _node_verdict(parsed, agent.returncode, stopped, "".join(held))
+
+
+AGENT_ERRORS = {  # the last line of an agent's traceback -> what it means for this node
+    "RendezvousClosedError": "closed",
+    "RendezvousConnectionError": "store",
+    "DistNetworkError": "store",
+    "DistStoreError": "store",
+}
+
+
+def _node_verdict(parsed: object, code: int, stopped: list[int], tracebacks: str) -> int:
+    """The node's exit code, and its one line, once its agent has exited; the agent's own traceback only when
+    nothing here can say what happened (or with ``LIT_PSION_DEBUG=1``)."""
+    kinds = {kind for mark, kind in AGENT_ERRORS.items() if mark in tracebacks}
+    if tracebacks and (os.environ.get("LIT_PSION_DEBUG") or not (kinds or stopped or code <= 0)):
+        sys.stderr.write(tracebacks)
+    if code == 0:
+        return 0  # the run completed (what the agent logged as the mesh closed is not this node's failure)
+    node, run = parsed.node_id, parsed.run_id
+    if stopped:
+        how = "Ctrl-C" if stopped[0] == signal.SIGINT else signal.Signals(stopped[0]).name
+        print(f"lit_psion: mesh node {node} stopped by {how}: its workers paused run {run} at a step boundary, "
+              "after a checkpoint; launch it again to continue", file=sys.stderr, flush=True)  # fmt: skip
+        return 130 if stopped[0] == signal.SIGINT else 143
+    if "closed" in kinds:
+        raise ConfigError(f"node {node}: the rendezvous of run {run!r} at {parsed.store} is closed (its mesh ended: "
+                          "the run completed, or every node stopped); give a new --run-id, or restart `mesh store` "
+                          "to continue the run")  # fmt: skip
+    if "store" in kinds:
+        raise RendezvousTimeout(f"node {node}: the mesh store at {parsed.store} is gone (killed or unreachable); "
+                                "restart `python -m lit_psion mesh store` there and launch every node again: the "
+                                "run continues from its last durable checkpoint")  # fmt: skip
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        print(f"lit_psion: mesh node {node}: its elastic agent was killed ({name}); its workers leave the mesh "
+              "(exit 9), the other nodes re-form without it; launch it again to rejoin", file=sys.stderr, flush=True)
+        return 128 - code
+    return code
+
+
+def _check_names(parsed: object) -> None:
+    """What the workers would refuse only after the rendezvous, refused before it: a config that is not there, a
+    run id that is not a plain name, a node id that could not name a file."""
+    for path in parsed.config:
+        if not Path(path).is_file():
+            raise ConfigError(f"--config {path!r}: no such file; give the fit's config")
+    from lit_psion.core.run import plain_run_id
+
+    try:
+        plain_run_id(parsed.run_id)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace(f"{RUN_ID_ENV}=", "--run-id ", 1)) from None
+    node = parsed.node_id
+    if not node or Path(node).name != node or node in (".", "..") or not node.isprintable() or len(node) > 128:
+        raise ConfigError(f"--node-id {node[:80]!r} is not a plain name (letters, digits, '-', '_'; no '/')")
 
 
 def _check_listening(host: str, port: int) -> None:
@@ -235,11 +295,15 @@ def _die_with_the_launcher() -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def _forward_stop_signals(agent: subprocess.Popen) -> tuple[object, object]:
+def _forward_stop_signals(agent: subprocess.Popen, stopped: list[int], markers: Path) -> tuple[object, object]:
     """Ctrl-C, SIGTERM or SIGHUP to ``mesh launch``: one SIGTERM to the agent, whose workers then stop at the
-    step boundary after a checkpoint (the agent runs in its own session, so nothing else reaches it)."""
+    step boundary after a checkpoint (the agent runs in its own session, so nothing else reaches it); the
+    signal is noted in ``stopped``."""
 
-    def stop(*_: object) -> None:
+    def stop(which: int, *_: object) -> None:
+        stopped.append(which)
+        with contextlib.suppress(OSError):
+            (markers / STOPPING).touch()  # the workers say they pause, not that the mesh re-forms
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
 
@@ -279,22 +343,36 @@ def _mesh_strategy(configs: list[str], extra: list[str]) -> list[str]:
     return ["--trainer.strategy", "elastic_mesh"]
 
 
-def _echo(stream: IO[str], timed_out: threading.Event) -> None:
-    """Pass the agent's (and its workers') stderr through, noting a rendezvous timeout."""
+TRACEBACK_CONTINUED = re.compile(r"frame #\d+: |Exception raised from |<omitting python frames>|The above exception|"
+                                 r"During handling of the above exception|\s*$")
+"""Lines of a traceback that are not indented: torch's C++ frames, and the links of chained exceptions."""
+
+
+def _echo(stream: IO[str], timed_out: threading.Event, tracebacks: list[str]) -> None:
+    """Pass the agent's (and its workers') stderr through, noting a rendezvous timeout; tracebacks are kept in
+    ``tracebacks`` for the launcher, which tells what they mean in one line (or prints them)."""
     held: list[str] = []  # a traceback, held until its last line says what it is
+    ended = False  # the last line ended a traceback (C++ frames and chained tracebacks may follow it)
     for line in stream:
         if RENDEZVOUS_TIMEOUT_MARK in line:
             timed_out.set()
-        if line.startswith("Traceback (most recent call last):") or (held and line[:1].isspace()):
+        if line.startswith(("Traceback (most recent call last):", "Exception raised from ")) or (
+                held and line[:1].isspace()) or (
+                (held or ended) and TRACEBACK_CONTINUED.match(line)):  # fmt: skip
             held.append(line)
             continue
-        if held and RENDEZVOUS_TIMEOUT_MARK in line:
-            held = []  # the timeout is told in one line (exit 12), not as the agent's traceback
+        if held and not any(held_line.startswith("Traceback") for held_line in held):  # C++ frames: no last line
+            tracebacks.append("".join(held))
+            held = []
+        elif held:
+            if RENDEZVOUS_TIMEOUT_MARK not in line:  # the timeout is told in one line (exit 12)
+                tracebacks.append("".join(held) + line)
+            held, ended = [], True
             continue
-        sys.stderr.write("".join(held) + line)
+        ended = False
+        sys.stderr.write(line)
         sys.stderr.flush()
-        held = []
-    sys.stderr.write("".join(held))
+    tracebacks.append("".join(held))
 
 
 def _drained(markers: Path, workers: int) -> bool:

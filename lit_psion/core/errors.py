@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 
@@ -133,8 +134,11 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
                            "device), then run the command again (a fit continues with --ckpt_path last)")  # fmt: skip
     if lost_peer is not None:
         first_line = (str(lost_peer).strip().splitlines() or [type(lost_peer).__name__])[0]
-        return WorkerCrashed(f"another worker of the mesh is gone ({first_line[:200]}); its agent re-forms the mesh "
-                             "and it resumes from the latest durable checkpoint")  # fmt: skip
+        agent = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") not in ("", "0")  # an agent that restarts us
+        recovers = ("its agent re-forms the mesh and it resumes from the latest durable checkpoint" if agent else
+                    "continue the run with --ckpt_path last, from its latest durable checkpoint")  # fmt: skip
+        peers = "of the mesh" if agent else "of the fit"
+        return WorkerCrashed(f"another worker {peers} is gone ({first_line[:200]}); {recovers}")
     return None
 
 

@@ -29,7 +29,9 @@ NODE_ID_ENV = "LIT_PSION_NODE_ID"
 NODE_MARKERS_ENV = "LIT_PSION_NODE_MARKERS"
 """A directory of ``mesh launch``'s where its workers leave markers for it: ``<pid>.json`` when their node is
 drained (the launcher freezes its agent, so it cannot rejoin, and stops it once they are gone), and
-``fatal-<pid>.json`` with an exit code no restart fixes (the launcher stops the node with it)."""
+``fatal-<pid>.json`` with an exit code no restart fixes (the launcher stops the node with it). The launcher
+leaves ``STOPPING`` there when it was told to stop (SIGTERM, Ctrl-C): its agent will not re-form the mesh."""
+STOPPING = "stopping"
 
 
 class NodeState(enum.StrEnum):

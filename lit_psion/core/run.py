@@ -15,7 +15,7 @@ from lit_psion.core.checkpoint import CheckpointManifest, RejectedCheckpoint
 from lit_psion.core.contracts import STAGES, Staged
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.files import atomic_write_json, read_json
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.layout import LATEST_FILE, RunLayout
 
 
 class RunStatus(enum.StrEnum):
@@ -249,3 +249,16 @@ def run_stage(model: Any, callbacks: list[Any]) -> str:
     if declared:
         return declared[0]
     return model.stage if isinstance(model, Staged) and model.stage in STAGES else "pretrain"
+
+
+def plain_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run directory (exit 2 otherwise)."""
+    plain = run_id and Path(run_id).name == run_id and run_id not in (".", "..") and run_id.isprintable()
+    if not plain or run_id.startswith((".", "-")) or len(run_id.encode()) > MAX_RUN_ID_BYTES or run_id == LATEST_FILE:
+        raise ConfigError(f"{RUN_ID_ENV}={run_id[:80]!r} is not a run id (a plain directory name inside the runs root, "
+                          f"at most {MAX_RUN_ID_BYTES} bytes, not starting with '.' or '-', not {LATEST_FILE})")
+    return run_id
+
+
+MAX_RUN_ID_BYTES = 128
+"""A run id is a directory name (and part of lock and temporary file names): well under the file system's 255."""

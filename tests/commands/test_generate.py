@@ -107,7 +107,10 @@ def test_an_edited_merge_record_is_refused(runs: dict, tmp_path: Path, capsys: p
 
 
 @pytest.mark.parametrize(("flag", "value", "says"), [("--temperature", "nan", "finite number >= 0"),
-                                                     ("--seed", str(10**23), "--seed must be in 0..")])  # fmt: skip
+                                                     ("--seed", str(10**23), "--seed must be in 0.."),
+                                                     ("--prompt", b"ab\xffcd".decode("utf-8", "surrogateescape"),
+                                                      "--prompt is not UTF-8 text (byte b'\\xff' at character 2)"),
+                                                     ])  # fmt: skip
 def test_a_sampling_setting_out_of_range_is_one_line(runs: dict, capsys: pytest.CaptureFixture, flag: str, value: str,
                                                      says: str) -> None:  # fmt: skip
     code, _, err = _sample(capsys, str(runs["base"]), flag, value)

@@ -73,3 +73,33 @@ def test_a_typed_failure_behind_a_clean_up_that_hit_a_full_disk_keeps_its_code()
     alone = OSError(errno.ENOSPC, "No space left on device", "data_manifest.json")
     found = lit_psion_cause(alone)
     assert isinstance(found, StorageFull) and found.exit_code == 6 and "'data_manifest.json'" in str(found)
+
+
+@pytest.mark.parametrize(("restarts", "said"), [(None, "another worker of the fit is gone (Connection closed by peer); "
+                                                       "continue the run with --ckpt_path last"),
+                                                ("100", "another worker of the mesh is gone (Connection closed by "
+                                                        "peer); its agent re-forms the mesh")])  # fmt: skip
+def test_a_lost_peer_is_told_with_the_recovery_that_will_happen(
+    monkeypatch: pytest.MonkeyPatch, restarts: str | None, said: str
+) -> None:
+    """Under Lightning's own launcher (``--trainer.devices 2``) nothing restarts the fit: the user continues it."""
+    from lit_psion.core.errors import WorkerCrashed, lit_psion_cause
+
+    monkeypatch.delenv("TORCHELASTIC_MAX_RESTARTS", raising=False)
+    if restarts is not None:
+        monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", restarts)
+    cause = lit_psion_cause(RuntimeError("Connection closed by peer"))
+    assert isinstance(cause, WorkerCrashed) and str(cause).startswith(said)
+
+
+@pytest.mark.parametrize("run_id", ["../x", "", ".", "..", "a/b", "/abs", "r" * 129, "latest_run.json", ".lock", "-rf",
+                                    "a\nb", "tab\there"])  # fmt: skip
+def test_a_run_id_that_cannot_name_a_run_directory_is_exit_2(run_id: str) -> None:
+    """A run id names a directory beside latest_run.json: one too long for the file system, the index's own name,
+    a hidden or option-like name, or one with control characters was exit 1 or a directory no one could use."""
+    from lit_psion.core.errors import ConfigError
+    from lit_psion.core.run import plain_run_id
+
+    with pytest.raises(ConfigError, match="is not a run id"):
+        plain_run_id(run_id)
+    assert plain_run_id("20261204-120000-abcdef") == "20261204-120000-abcdef" and plain_run_id("m1") == "m1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,46 @@ def test_too_few_documents_to_split_get_the_hint_of_the_mode_in_use(tmp_path: Pa
     with pytest.raises(DataError, match=r"corpus has 1 document\(s\)") as raised:
         corpus(tmp_path, files=str(text), documents=documents).prepare()
     assert str(raised.value).endswith(hint)
+
+
+def _named_twice(tmp_path: Path) -> dict:
+    (tmp_path / "link.txt").symlink_to(CORPUS.resolve())
+    return {"files": [str(CORPUS), str(tmp_path / "link.txt")]}
+
+
+def _unreadable(tmp_path: Path) -> dict:
+    return {"files": [str(CORPUS), "/proc/sys/vm/compact_memory"]}  # write-only, even for root
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_named_twice, "hold the same text .*a copy puts validation text in training"),
+    (_unreadable, "data file '/proc/sys/vm/compact_memory' cannot be read \\(Permission denied\\)"),
+])  # fmt: skip
+def test_a_text_named_twice_or_a_file_that_cannot_be_read_is_named(tmp_path: Path, make: Callable,
+                                                                    message: str) -> None:  # fmt: skip
+    """The same text under two names landed in both splits (every validation window was in training); an
+    unreadable file was exit 1 (a PermissionError inside a Lightning link)."""
+    if make is _unreadable and not Path("/proc/sys/vm/compact_memory").exists():
+        pytest.skip("needs /proc/sys/vm/compact_memory (a file no one can read)")
+    with pytest.raises(DataError, match=message):
+        corpus(tmp_path, **make(tmp_path)).prepare()
+
+
+def test_a_file_name_with_glob_characters_crlf_paragraphs_and_named_files_max_bytes_leaves_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    text = CORPUS.read_text()
+    bracketed = tmp_path / "notes[1].txt"
+    bracketed.write_text(text)
+    assert corpus(tmp_path, files=str(bracketed)).prepare().sources[0].path == str(bracketed)
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(text.replace("\n", "\r\n").encode())
+    lf, windows = corpus(tmp_path, "c1", documents="paragraph"), corpus(tmp_path, "c2", files=str(crlf),
+                                                                          documents="paragraph")  # fmt: skip
+    lf.prepare()
+    windows.prepare()
+    assert len(windows._documents([("c", crlf.read_bytes().decode())])[1]) == len(lf._documents([("c", text)])[1]) > 1
+    other = tmp_path / "other.txt"
+    other.write_text(text[: len(text) // 2])
+    corpus(tmp_path, "c3", files=[str(CORPUS), str(other)], max_bytes=len(text.encode()) + 10).prepare()
+    assert f"leaves out 1 data file(s) given by name ('{other}')" in capsys.readouterr().err
