@@ -433,3 +433,19 @@ def test_a_run_that_diverges_before_its_first_checkpoint_is_not_told_to_resume(
     assert code == 7
     said = capsys.readouterr().err
     assert "start a new run (no checkpoint was written yet)" in said and "--ckpt_path last" not in said
+
+
+@pytest.mark.slow  # default-suite budget: a two-process fit (~20 s)
+def test_a_two_rank_skip_list_lists_every_ranks_samples_of_a_skipped_global_batch(tmp_path: Path) -> None:
+    """One global batch is one entry, whose slices are on different ranks: rank 0's entry alone was kept, so the
+    list named half the samples a single process lists for the same batch."""
+    from tests.helpers import fit_subprocess
+
+    diverging = ("--trainer.max_steps", "30", "--model.init_args.optimizer.lr", "5.0")
+    for root, engine in (("ddp", ("--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.strategy",
+                                  "transactional_ddp")), ("one", ("--trainer.strategy", "transactional"))):  # fmt: skip
+        assert fit_subprocess(*diverging, *engine, "--trainer.default_root_dir", str(tmp_path / root)).returncode == 7
+    ddp, one = (json.loads((tmp_path / r / read_latest(tmp_path / r) / "skip_list.json").read_text())["batches"]
+                for r in ("ddp", "one"))  # fmt: skip
+    assert [(b["key"], b["sample_ids"]) for b in ddp] == [(b["key"], b["sample_ids"]) for b in one]
+    assert len(ddp[0]["sample_ids"]) == 8, "fixtures/tiny.yaml's global batch"
