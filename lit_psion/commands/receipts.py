@@ -15,8 +15,9 @@ def run_layout(run_dir: Path) -> RunLayout:
     """The layout of ``run_dir``, refused in one line when it is not a run directory."""
     layout = RunLayout.of(run_dir)
     if not layout.is_run() and (layout.receipts.is_file() or layout.checkpoints.is_dir()):
+        what = "is not a file" if layout.run_file.exists() or layout.run_file.is_symlink() else "is missing"
         raise EvidenceError(f"run {layout.run_id!r} has receipts or checkpoints but no {layout.run_file.name} "
-                            f"({str(layout.run_file)!r} is missing); restore it from a backup")  # fmt: skip
+                            f"({str(layout.run_file)!r} {what}); restore it from a backup")  # fmt: skip
     if not layout.is_run():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no {layout.run_file.name}); give <root>/<run_id>")
     return layout

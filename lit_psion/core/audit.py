@@ -84,7 +84,8 @@ def check_chain(
         EvidenceError: the first problem, by line or by anchor.
     """
     if not layout.receipts.is_file():
-        raise EvidenceError(f"{layout.receipts} is missing")
+        what = "is not a file" if layout.receipts.exists() or layout.receipts.is_symlink() else "is missing"
+        raise EvidenceError(f"{layout.receipts} {what}")
     known_heads = known_heads or {}
     torn = len(torn_tail(layout.receipts)) if before_torn_tail else 0
     upto = layout.receipts.stat().st_size - torn if torn else None

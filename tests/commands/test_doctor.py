@@ -173,16 +173,21 @@ def test_doctor_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys: py
 
 
 @pytest.mark.parametrize("command", [["doctor"], ["receipts", "verify"], ["ckpt", "verify"]])
-def test_a_run_that_lost_its_run_json_is_evidence_not_a_wrong_argument(completed: RunLayout, tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture,
-                                                                        command: list[str]) -> None:  # fmt: skip
-    """Exit 5, as --ckpt_path last says of it; it was exit 2 'not a run directory'."""
+@pytest.mark.parametrize("lost", ["deleted", "a directory"])
+def test_a_run_that_lost_its_run_json_is_evidence_not_a_wrong_argument(
+    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, command: list[str], lost: str
+) -> None:
+    """Exit 5, as --ckpt_path last says of it; it was exit 2 'not a run directory'. A run.json that is a directory
+    was called missing."""
     copy = RunLayout(tmp_path, completed.run_id)
     shutil.copytree(completed.run_dir, copy.run_dir)
     copy.run_file.unlink()
+    if lost == "a directory":
+        copy.run_file.mkdir()
     capsys.readouterr()
     assert main([*command, str(copy.run_dir)]) == 5
-    assert "has receipts or checkpoints but no run.json" in capsys.readouterr().err
+    said = "is not a file" if lost == "a directory" else "is missing"
+    assert f"has receipts or checkpoints but no run.json ('{copy.run_file}' {said})" in capsys.readouterr().err
 
 
 def test_doctor_does_not_judge_a_run_while_it_is_being_written(completed: RunLayout,
