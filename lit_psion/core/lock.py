@@ -17,6 +17,7 @@ but a child forked without exec (a ``fork`` DataLoader worker) shares it until t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -69,6 +70,7 @@ class RunLock:
         self.holder: LockHolder | None = None
         """This lock's own holder record while it is held, else None."""
         self._fd: int | None = None
+        self._pid = 0
 
     def acquire(self) -> RunLock:
         """Take the lock now or raise :class:`LockedError`; never waits."""
@@ -90,14 +92,16 @@ class RunLock:
                                  since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(dataclasses.asdict(self.holder), sort_keys=True) + "\n").encode(), 0)
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         """Give the lock up (clearing the holder record); releasing a lock not held does nothing."""
         fd, self._fd, self.holder = self._fd, None, None
-        if fd is None:
-            return
+        if fd is None or os.getpid() != self._pid:
+            return  # a forked child: its copy of the descriptor was closed when it was forked
+        _HELD.discard(fd)
         try:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -136,6 +140,22 @@ def lock_holder(directory: str | Path) -> LockHolder | None:
         return None
     finally:
         os.close(fd)
+
+
+_HELD: set[int] = set()
+"""The descriptors of the locks this process holds."""
+
+
+def _close_in_child() -> None:
+    """A forked child (a DataLoader worker) does not hold its parent's locks: an inherited descriptor would keep the
+    run locked after the parent died, until the last child exited."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _open(path: Path) -> int:

@@ -70,6 +70,33 @@ def test_a_killed_holder_leaves_no_lock(tmp_path: Path) -> None:
         assert lock.holder is not None and lock.holder.pid == os.getpid()
 
 
+# A holder with a forked child (as a DataLoader worker is) that outlives it.
+HOLD_WITH_A_CHILD = """
+import os, sys, time
+from lit_psion.core.lock import RunLock
+with RunLock(sys.argv[1], purpose="test holder"):
+    if os.fork() == 0:
+        time.sleep(30)
+        os._exit(0)
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path: Path) -> None:
+    """A fit killed with DataLoader workers left its run locked (exit 8, naming the dead pid) until they exited."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_A_CHILD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, start_new_session=True)  # fmt: skip
+    try:
+        wait_held(holder)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        with RunLock(tmp_path, purpose="right after the kill") as lock:
+            assert lock.held
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # the orphaned child
+
+
 RACE = """
 import sys, time
 from pathlib import Path
