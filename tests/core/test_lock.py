@@ -76,6 +76,7 @@ import os, sys, time
 from lit_psion.core.lock import RunLock
 with RunLock(sys.argv[1], purpose="test holder"):
     if os.fork() == 0:
+        print("child", flush=True)  # forked (its copy of the lock closed), as a DataLoader worker is, then working
         time.sleep(30)
         os._exit(0)
     print("held", flush=True)
@@ -88,7 +89,8 @@ def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path: Path) -
     holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_A_CHILD, str(tmp_path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, start_new_session=True)  # fmt: skip
     try:
-        wait_held(holder)
+        assert holder.stdout is not None
+        assert {holder.stdout.readline().strip() for _ in range(2)} == {"held", "child"}
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
         with RunLock(tmp_path, purpose="right after the kill") as lock:
