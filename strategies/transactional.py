@@ -34,7 +34,6 @@ compositions, and a third is as short::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from collections.abc import Callable
@@ -381,16 +380,7 @@ class Transactional:
         if len(self._streak) % self.policy.restore_after:
             return None
         assert self.skip_list is not None, "setup() runs before the first step"
-        listed: dict[str, SkippedBatch] = {}
-        for rank in range(self.world_size):  # every rank's batches, in rank order
-            mine = {entry.key: entry for entry in self.broadcast(list(self._streak), src=rank)}
-            for key, entry in mine.items():
-                first = listed.setdefault(key, entry)
-                if rank and first.sample_ids is not None and entry.sample_ids is not None:
-                    # one global batch, one slice per rank: its entry lists every rank's samples, as one process would
-                    listed[key] = dataclasses.replace(first, sample_ids=first.sample_ids + entry.sample_ids)
-        for entry in listed.values():
-            self.skip_list.add(entry)
+        self.skip_list.add_ranks([self.broadcast(list(self._streak), src=rank) for rank in range(self.world_size)])
         if self.is_global_zero:
             self.skip_list.save()
         self.barrier("lit_psion.skip_list")

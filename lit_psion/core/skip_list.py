@@ -84,6 +84,18 @@ class SkipList:
         """List ``entry``; a batch listed again keeps its first entry."""
         self._batches.setdefault(entry.key, entry)
 
+    def add_ranks(self, per_rank: list[list[SkippedBatch]]) -> None:
+        """List every rank's entries (in rank order). One global batch is one entry whose slices are on different
+        ranks: it lists every rank's samples, in rank order, as one process would."""
+        listed: dict[str, SkippedBatch] = {}
+        for rank, entries in enumerate(per_rank):
+            for key, entry in {entry.key: entry for entry in entries}.items():
+                first = listed.setdefault(key, entry)
+                if rank and first.sample_ids is not None and entry.sample_ids is not None:
+                    listed[key] = dataclasses.replace(first, sample_ids=first.sample_ids + entry.sample_ids)
+        for entry in listed.values():
+            self.add(entry)
+
     def __contains__(self, key: object) -> bool:
         return key in self._batches
 

@@ -449,3 +449,12 @@ def test_a_two_rank_skip_list_lists_every_ranks_samples_of_a_skipped_global_batc
                 for r in ("ddp", "one"))  # fmt: skip
     assert [(b["key"], b["sample_ids"]) for b in ddp] == [(b["key"], b["sample_ids"]) for b in one]
     assert len(ddp[0]["sample_ids"]) == 8, "fixtures/tiny.yaml's global batch"
+
+
+def test_a_global_batch_skipped_on_two_ranks_is_one_entry_with_every_ranks_samples(tmp_path: Path) -> None:
+    def entry(key: str, ids: tuple[int, ...] | None) -> SkippedBatch:
+        return SkippedBatch(key=key * 64, sample_ids=ids, step=3, reasons=("regression",))
+
+    skip = SkipList(tmp_path / "skip_list.json")
+    skip.add_ranks([[entry("a", (1, 2)), entry("a", (1, 2)), entry("b", (5,))], [entry("a", (3, 4)), entry("c", None)]])
+    assert {e.key[0]: e.sample_ids for e in skip} == {"a": (1, 2, 3, 4), "b": (5,), "c": None}
