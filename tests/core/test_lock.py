@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ import os, sys, time
 from lit_psion.core.lock import RunLock
 with RunLock(sys.argv[1], purpose="test holder"):
     if os.fork() == 0:
-        print("child", flush=True)  # forked (its copy of the lock closed), as a DataLoader worker is, then working
+        open(sys.argv[2], "w").close()  # forked (its copy of the lock closed), as a DataLoader worker is; working
         time.sleep(30)
         os._exit(0)
     print("held", flush=True)
@@ -86,11 +87,16 @@ with RunLock(sys.argv[1], purpose="test holder"):
 
 def test_a_killed_holders_forked_children_do_not_keep_the_lock(tmp_path: Path) -> None:
     """A fit killed with DataLoader workers left its run locked (exit 8, naming the dead pid) until they exited."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_A_CHILD, str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, start_new_session=True)  # fmt: skip
+    running = tmp_path / "child-running"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_A_CHILD, str(tmp_path), str(running)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                              start_new_session=True)  # fmt: skip
     try:
-        assert holder.stdout is not None
-        assert {holder.stdout.readline().strip() for _ in range(2)} == {"held", "child"}
+        wait_held(holder)
+        deadline = time.monotonic() + 30
+        while not running.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.exists(), "the forked child runs"
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
         with RunLock(tmp_path, purpose="right after the kill") as lock:
