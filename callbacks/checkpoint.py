@@ -335,6 +335,56 @@ def data_settings(config_yaml: str | None) -> dict[str, Any]:
             if not _names_a_path(name := key.rsplit(".", 1)[-1]) and name not in local}  # fmt: skip
 
 
+STEP_MATH = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
+             "precision")
+"""The trainer settings of a config that decide a fit's steps (as given: :func:`trainer_settings` reads Lightning's)."""
+STEP_COUNT = frozenset({"trainer.max_steps", "trainer.max_epochs"})
+"""Changed on a resume as a matter of course (to train further)."""
+
+
+def run_settings(config_yaml: str | None) -> dict[str, Any]:
+    """What ``config_yaml`` trains with, as dotted keys: its model and data settings (:func:`shared_settings`,
+    :func:`data_settings`) and the trainer's :data:`STEP_MATH` as given."""
+    try:
+        config = yaml.safe_load(config_yaml) if config_yaml is not None else None
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return {}
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    steps = {f"trainer.{key}": trainer.get(key) for key in STEP_MATH} if isinstance(trainer, dict) else {}
+    return {**shared_settings(config_yaml), **data_settings(config_yaml), **steps}
+
+
+def changed_settings(recorded_yaml: str | None, given_yaml: str | None) -> tuple[tuple[str, Any, Any], ...]:
+    """``(key, recorded, given)`` for every :func:`run_settings` key the two configs set differently, sorted (none
+    when either cannot be read): what a resume of a run changes about it."""
+    recorded, given = run_settings(recorded_yaml), run_settings(given_yaml)
+    if not recorded or not given:
+        return ()
+    return tuple((key.replace(".init_args.", "."), recorded.get(key), given.get(key))
+                 for key in sorted(recorded.keys() | given.keys()) if recorded.get(key) != given.get(key))  # fmt: skip
+
+
+def changed_on_resume(layout: RunLayout, config_yaml: str) -> tuple[tuple[str, Any, Any], ...]:
+    """The settings a resume of the run at ``layout`` with ``config_yaml`` changes from its config.yaml: the run
+    goes on with them, and its resumed receipt records each (:attr:`RunContext.changed_settings`)."""
+    try:
+        recorded = layout.config.read_text(encoding="utf-8") if layout.config.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        recorded = None
+    return changed_settings(recorded, config_yaml)
+
+
+def resume_warning(run_id: str, changed: tuple[tuple[str, Any, Any], ...]) -> str | None:
+    """One line naming the changes a resume makes to how its run trains (a longer run is not news), or None."""
+    told = [(key, before, now) for key, before, now in changed if key not in STEP_COUNT]
+    if not told:
+        return None
+    shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in told[:SHOWN_SETTINGS])
+    more = f"; {len(told) - SHOWN_SETTINGS} more" if len(told) > SHOWN_SETTINGS else ""
+    return (f"lit_psion: warning: run {run_id} continues with settings its config.yaml had otherwise ({shown}{more}): "
+            "from here it is not the run an uninterrupted fit would give, and its resumed receipt records the change")
+
+
 def _names_a_path(name: str) -> bool:
     return name == "base_checkpoint" or name.endswith(("_path", "_dir", "_file", "_files"))
 

@@ -194,6 +194,7 @@ class Receipts(EvidenceCallback):
             model_signature=signature_of(pl_module),
             checkpoint_lineage=run.lineage or _path_lineage(run, trainer.ckpt_path),
             outcome=outcome,
+            changed_settings=run.changed_settings if event == "resumed" else (),
         )  # fmt: skip
 
 

@@ -38,7 +38,12 @@ from lit_psion.callbacks import (
     StopAgreement,
     Telemetry,
 )
-from lit_psion.callbacks.checkpoint import changed_model_settings, recorded_model_settings
+from lit_psion.callbacks.checkpoint import (
+    changed_model_settings,
+    changed_on_resume,
+    recorded_model_settings,
+    resume_warning,
+)
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
@@ -208,10 +213,13 @@ class LitPsionCLI(LightningCLI):
             if is_launcher_rank_zero() and LAUNCHER_PID_ENV not in os.environ:  # who they wait for (main())
                 os.environ[LAUNCHER_PID_ENV], self._exported_launcher_pid = str(os.getpid()), True
             start = self.verified
+            changed = changed_on_resume(layout, yaml) if run_id is not None else ()
+            if (warning := resume_warning(layout.run_id, changed)) and is_launcher_rank_zero():
+                print(warning, file=sys.stderr)
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
                                           resume_manifest_sha256=start and start.manifest_sha256,
-                                          rejected=rejected)  # fmt: skip
+                                          rejected=rejected, changed_settings=changed)  # fmt: skip
             place_wandb_runs(_as_list(config.trainer.logger), layout)
 
     def _config(self) -> Namespace:
@@ -371,8 +379,6 @@ def _remove_if_unborn(run_dir: Path) -> None:
     """A new run refused before its run.json was written leaves no directory behind (only its lock was there)."""
     if run_dir.is_dir() and not RunLayout.of(run_dir).is_run() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
 
 
 def _make_root(root: Path) -> None:

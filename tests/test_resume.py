@@ -147,10 +147,12 @@ def test_an_async_write_holds_the_state_of_its_step_while_training_goes_on(
         (("--model.init_args.optimizer.weight_decay", "0.0"), 2),
         (("--model.init_args.optimizer.betas", "[0.8, 0.99]"), 2),
         (("--model.init_args.optimizer.decay_steps", "40"), 0),  # the schedule's shape is honoured
+        (("--data.batch_size", "4"), 0),  # honoured too: the run goes on with smaller global batches
+        ((), 0),  # only a longer run: no news
     ],
-    ids=["lr", "weight_decay", "betas", "decay_steps"],
+    ids=["lr", "weight_decay", "betas", "decay_steps", "batch_size", "longer"],
 )
-def test_a_resume_refuses_an_optimizer_setting_it_would_ignore(
+def test_a_resume_refuses_an_optimizer_setting_it_would_ignore_and_records_what_it_honours(
     tmp_path: Path, capsys: pytest.CaptureFixture, override: tuple[str, str], code: int
 ) -> None:
     """The checkpoint's param groups and scheduler base rates win on resume: lr 0.01 trained on at 3e-3 with exit
@@ -161,9 +163,22 @@ def test_a_resume_refuses_an_optimizer_setting_it_would_ignore(
     before = {name: (run / name).read_bytes() for name in ("run.json", "config.yaml", "receipts.jsonl")}
     capsys.readouterr()
     assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last", *override) == code
+    said = capsys.readouterr().err
     if code:
-        assert "would be ignored (model.optimizer." in capsys.readouterr().err
+        assert "would be ignored (model.optimizer." in said
         assert {name: (run / name).read_bytes() for name in before} == before, "a refusal writes nothing"
+        return
+    # What the run goes on with is said once and recorded in its resumed receipt, with what it had before.
+    receipts = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    resumed = next(r["body"] for r in receipts if r["body"].get("event") == "resumed")
+    changed = {key: (before, now) for key, before, now in resumed["changed_settings"]}
+    assert changed.pop("trainer.max_steps") == (3, 6)
+    if override:
+        key = override[0].removeprefix("--").replace(".init_args.", ".")
+        assert changed == {key: (changed[key][0], int(override[1]))}, changed
+        assert f"continues with settings its config.yaml had otherwise ({key}: " in said
+    else:
+        assert changed == {} and "had otherwise" not in said
 
 
 def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(

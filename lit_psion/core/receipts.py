@@ -46,6 +46,9 @@ class TrainingRunReceipt(ReceiptBody):
     model_signature: str | None
     checkpoint_lineage: tuple[str, ...] = ()
     outcome: str | None = None
+    changed_settings: tuple[tuple[str, Any, Any], ...] = ()
+    """On ``resumed``: ``[key, before, now]`` for each model, data or step setting the run's config.yaml had
+    otherwise (a batch size, a schedule, ``trainer.max_steps``)."""
 
 
 @register_receipt

@@ -199,6 +199,8 @@ class RunContext:
     """The verified manifest of the checkpoint the fit starts from (compared with the run at setup)."""
     resume_manifest_sha256: str | None = None
     """That manifest's digest (what the run's lineage names)."""
+    changed_settings: tuple[tuple[str, Any, Any], ...] = ()
+    """``(key, before, now)`` for each setting a resume of this run changes (its resumed receipt records them)."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
