@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from lit_psion.core.digest import sha256_bytes, sha256_json
 from lit_psion.core.errors import EvidenceError, LitPsionError
 from lit_psion.core.files import fsync_path
-from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody
+from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody, body_problem
 
 SCHEMA_VERSION = 2
 """2: the chain starts from a genesis bound to its run (1 started every log from zeros)."""
@@ -261,8 +261,13 @@ def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> 
     if body_class is not None:
         try:
             body_class(**receipt.body)
+            problem = body_problem(body_class, receipt.body)
         except TypeError as error:
-            return "malformed", f"a {receipt.kind!r} body that is not one ({error})"
+            problem = str(error)
+        except RecursionError:
+            problem = "nested too deeply"
+        if problem is not None:
+            return "malformed", f"a {receipt.kind!r} body that is not one ({problem})"
     resuming = receipt.kind == "training_run" and receipt.body.get("event") == "resumed"
     if previous_kind == "chain_repair" and not resuming:
         return "after_seal", f"a {receipt.kind!r} receipt follows a chain repair (only the resume that made it may)"

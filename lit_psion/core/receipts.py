@@ -8,6 +8,9 @@ envelope, the hash chain and its verification are in :mod:`lit_psion.core.chain`
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from typing import Any, ClassVar
 
 RECEIPT_KINDS: dict[str, type[ReceiptBody]] = {}
@@ -29,6 +32,54 @@ class ReceiptBody:
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def body_problem(cls: type[ReceiptBody], body: dict[str, Any]) -> str | None:
+    """What makes ``body`` (a parsed receipt's) not a ``cls``: a field whose value is not of the field's type, as
+    JSON gives it back (a list for a tuple, an int for a float), or None. A type this check does not know (a user's
+    own body may use any) is left to the class."""
+    hints = _field_types(cls)
+    for name, value in body.items():
+        if name in hints and not _fits(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+            return f"field {name!r} is {shown}, not {_type_name(hints[name])}"
+    return None
+
+
+@functools.cache
+def _field_types(cls: type[ReceiptBody]) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation this process cannot resolve: leave the body to its class
+        return {}
+    return {field.name: hints[field.name] for field in dataclasses.fields(cls) if field.name in hints}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float, bool, str):
+        numeric = {int: (int,), float: (int, float)}.get(hint)
+        return isinstance(value, numeric) and not isinstance(value, bool) if numeric else type(value) is hint
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args, strict=True))
+        return all(_fits(item, args[0] if args else Any) for item in value)
+    if origin is dict:
+        key, item = args or (Any, Any)
+        return isinstance(value, dict) and all(_fits(k, key) and _fits(v, item) for k, v in value.items())
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 @register_receipt

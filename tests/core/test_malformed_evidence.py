@@ -123,6 +123,15 @@ def reseal(field: str, value: object) -> Callable[[dict], str]:
     return edit
 
 
+def reseal_body(field: str, value: object) -> Callable[[dict], str]:
+    """A receipt whose body has ``field`` set to ``value``, re-hashed: a body that is not its kind's."""
+
+    def edit(receipt: dict) -> str:
+        return reseal("body", {**receipt["body"], field: value})(receipt)
+
+    return edit
+
+
 RECEIPT_LINES = [  # (case, the second receipt's new line from its record, what the report says)
     ("a NaN edited into the text", lambda r: json.dumps(r).replace('"body": {', '"body": {"loss": NaN, ', 1), "NaN"),
     ("an Infinity edited into the text", lambda r: json.dumps(r).replace('"seq": 1', '"seq": Infinity'), "Infinity"),
@@ -138,6 +147,14 @@ RECEIPT_LINES = [  # (case, the second receipt's new line from its record, what 
      "nested too deeply"),
     ("a JSON list", lambda r: json.dumps([r]), "not an object"),
     ("a missing field", lambda r: json.dumps({k: v for k, v in r.items() if k != "seq"}), "seq"),
+    ("a body field of an unknown name", reseal_body("verdict", "ok"), "verdict"),
+    ("a body string that is a list", reseal_body("optimizer", ["AdamW"]), "field 'optimizer' is ['AdamW'], not str"),
+    ("a body number in words", reseal_body("loss", "low"), "field 'loss' is 'low', not float"),
+    ("a body number that is a boolean", reseal_body("step_out", True), "field 'step_out' is True, not int"),
+    ("a body int that is a float", reseal_body("step_in", 1.5), "field 'step_in' is 1.5, not int"),
+    ("a body pair of three", reseal_body("cursor", [0, 1, 2]), "field 'cursor' is [0, 1, 2]"),
+    ("a body pair of words", reseal_body("cursor", ["0", "1"]), "field 'cursor' is ['0', '1']"),
+    ("a body null where a value is due", reseal_body("batch_digest", None), "field 'batch_digest' is None"),
 ]  # fmt: skip
 
 
