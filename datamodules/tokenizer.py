@@ -15,7 +15,7 @@ from typing import Literal
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lit_psion.core import atomic_write_text, sha256_file, sha256_json
+from lit_psion.core import atomic_write_text, sha256_bytes, sha256_file, sha256_json
 from lit_psion.core.layout import TOKENIZER_FILE
 
 TokenizerKind = Literal["bpe", "char"]
@@ -23,6 +23,8 @@ END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
 FORMAT_VERSION = 1
 """Part of every cache key: bump when the way a tokenizer is built changes."""
+DIGEST_RECORD = "tokenizer.sha256"
+"""Beside each cached tokenizer.json: the sha256 it had when it was trained."""
 
 
 def train_tokenizer(kind: TokenizerKind, texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -55,20 +57,42 @@ def cached_tokenizer(
 ) -> tuple[Tokenizer, str]:
     """Load the tokenizer trained for ``key`` from the cache, or train and cache it.
 
+    The cache is shared by runs, so an entry is trusted only if it loads and hashes to the digest recorded when it
+    was trained (:data:`DIGEST_RECORD`, written first): one edited in place would otherwise train a new run on
+    other token ids. Any other entry is moved aside (a newer `tokenizers` may have written it) and trained again.
+
     Returns:
         The tokenizer and the sha256 of its tokenizer.json.
     """
     digest = sha256_json({"kind": kind, "vocab_size": vocab_size, "format": FORMAT_VERSION, **key})
     path = cache_dir / "tokenizers" / digest / TOKENIZER_FILE
+    record = path.with_name(DIGEST_RECORD)
     if path.is_file():
         try:
-            return Tokenizer.from_file(str(path)), sha256_file(path)
+            tokenizer, digest = Tokenizer.from_file(str(path)), sha256_file(path)
         except Exception as error:  # tokenizers raises a bare Exception for a file it cannot read
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            aside = path.with_name(f"{path.name}.unreadable-{os.getpid()}")  # kept: a newer `tokenizers` may have
-            with contextlib.suppress(FileNotFoundError):  # written it; another rank may have moved it already
-                path.replace(aside)
-            print(f"lit_psion: the cached tokenizer {path} is unreadable ({reason}); kept as {aside.name}, "
-                  "training it again", file=sys.stderr)  # fmt: skip
-    atomic_write_text(path, train_tokenizer(kind, texts, vocab_size).to_str())
-    return Tokenizer.from_file(str(path)), sha256_file(path)
+            reason, problem = str(error).splitlines()[0] if str(error) else type(error).__name__, "unreadable"
+        else:
+            recorded = _recorded_digest(record)
+            if recorded == digest:
+                return tokenizer, digest
+            problem = "unrecorded" if recorded is None else "altered"
+            reason = ("no digest record" if recorded is None
+                      else f"sha256 {digest[:16]}..., recorded {recorded[:16]}...")  # fmt: skip
+        aside = path.with_name(f"{path.name}.{problem}-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):  # another rank may have moved it already
+            path.replace(aside)
+        print(f"lit_psion: the cached tokenizer {path} is {problem} ({reason}); kept as {aside.name}, "
+              "training it again", file=sys.stderr)  # fmt: skip
+    text = train_tokenizer(kind, texts, vocab_size).to_str()
+    atomic_write_text(record, sha256_bytes(text.encode()) + "\n")  # first: a tokenizer.json is never unrecorded
+    atomic_write_text(path, text)
+    return Tokenizer.from_str(text), sha256_bytes(text.encode())
+
+
+def _recorded_digest(record: Path) -> str | None:
+    try:
+        text = record.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None

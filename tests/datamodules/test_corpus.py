@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sysconfig
 from collections.abc import Callable
@@ -244,6 +245,44 @@ def test_an_unreadable_tokenizer_cache_entry_is_trained_again(
     (kept,) = entry.parent.glob("tokenizer.json.unreadable-*")
     assert kept.read_bytes() == damage(good), "kept, not overwritten"
     assert again.encode(texts[0]).ids == tokenizer.encode(texts[0]).ids
+
+
+def _swap_two_ids(tokenizer_json: str) -> str:
+    """The tokenizer with two tokens' ids swapped: it loads, and encodes the same text as other ids."""
+    spec = json.loads(tokenizer_json)
+    vocab = spec["model"]["vocab"]
+    first, second = list(vocab)[-2:]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    return json.dumps(spec)
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda entry: entry.write_text(_swap_two_ids(entry.read_text())), "altered"),  # still loads
+        (lambda entry: entry.with_name("tokenizer.sha256").unlink(), "unrecorded"),  # an older cache's entry
+        (lambda entry: entry.with_name("tokenizer.sha256").write_text("0" * 64), "altered"),
+        (lambda entry: entry.with_name("tokenizer.sha256").write_text("not a digest"), "unrecorded"),
+    ],
+    ids=["a token renamed", "no record", "another record", "a garbled record"],
+)
+def test_a_cached_tokenizer_that_loads_but_is_not_the_one_trained_is_trained_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage, problem: str
+) -> None:
+    """The cache is shared by every run on the machine: an entry edited in place (a token's string swapped) still
+    loads, and a new run would have trained on other ids, its manifest recording the edited tokenizer's digest."""
+    from lit_psion.datamodules.tokenizer import cached_tokenizer
+
+    texts = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind to suffer"]
+    _, digest = cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))
+    (entry,) = (tmp_path / "tokenizers").glob("*/tokenizer.json")
+    good = entry.read_bytes()
+    damage(entry)
+    assert cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))[1] == digest
+    assert f"the cached tokenizer {entry} is {problem} (" in capsys.readouterr().err
+    assert entry.read_bytes() == good and len(list(entry.parent.glob(f"tokenizer.json.{problem}-*"))) == 1
+    assert cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))[1] == digest
+    assert capsys.readouterr().err == "", "the entry trained again is trusted"
 
 
 @pytest.mark.parametrize(
