@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
@@ -388,6 +389,30 @@ class CorpusDataModule(ReplayDataModule):
 
     def has_test_split(self) -> bool:
         return self.test_fraction > 0
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As :meth:`ReplayDataModule.load_state_dict`, except that ``validate``, ``test`` and ``predict`` may read
+        a checkpoint on other text (none of the sources it trained on) tokenized with the run's tokenizer; the
+        eval receipt records that data's manifest.
+
+        Raises:
+            DataManifestMismatch: A fit on other data or settings; an evaluation on text the run trained on under
+                other settings (its split could hold out documents it trained on), or with another tokenizer.
+        """
+        saved, fn = state_dict.get("manifest"), self.trainer.state.fn if self.trainer is not None else None
+        if saved is None or fn in (None, TrainerFn.FITTING):
+            return super().load_state_dict(state_dict)
+        trained, current = DataManifest.from_json_dict(saved), self.prepare()
+        if {source.sha256 for source in trained.sources} & {source.sha256 for source in current.sources}:
+            return super().load_state_dict(state_dict)
+        if trained.tokenizer_digest != current.tokenizer_digest:
+            ckpt = Path(self.trainer.ckpt_path or ".").parent.parent / "tokenizer.json"
+            raise DataManifestMismatch(f"refusing to evaluate the checkpoint on other text with another tokenizer "
+                                       f"({current.tokenizer_digest[:12]}..., it was trained with "
+                                       f"{trained.tokenizer_digest[:12]}...): its token ids would mean other text; "
+                                       f"give the run's own: --data.tokenizer_file "
+                                       f"{ckpt if ckpt.is_file() else 'RUN_DIR/tokenizer.json'}")  # fmt: skip
+        return None
 
     def _describe_change(self, saved: dict[str, Any]) -> str:
         return DataManifest.from_json_dict(saved).describe_change(self.prepare())

@@ -368,8 +368,8 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
             raise DataManifestMismatch(f"checkpoint {checkpoint.path.name} was trained on data manifest "
                                        f"{trained_on[:16]}..., and this config's data ({current.digest[:16]}...) "
                                        "builds another model from the same settings (its tokenizer sets the "
-                                       "vocabulary); evaluate it on data with the run's tokenizer and "
-                                       "settings")  # fmt: skip
+                                       "vocabulary); evaluate it with the run's tokenizer: --data.tokenizer_file "
+                                       f"{RunLayout.of(checkpoint.path.parent.parent).tokenizer}")  # fmt: skip
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
                               f"{recorded[:16]}..., but this config builds {signature[:16]}...{changed}; evaluate it "
                               "with the run's own model settings")  # fmt: skip
