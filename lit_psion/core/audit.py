@@ -282,7 +282,12 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
     try:
         record = RunRecord.load(layout)
     except (OSError, ValueError, TypeError, KeyError) as error:
-        return [Verdict(layout.run_file.name, False, f"unreadable: {error}", EvidenceError.exit_code)]
+        # The rest is still checked on its own terms: the chain without run.json's head, the checkpoints against
+        # their manifests and receipts. Only the files whose digests run.json holds are left unjudged.
+        unread = RunRecord(run_id=layout.run_id, status=RunStatus.INITIALIZING)
+        return [Verdict(layout.run_file.name, False, f"unreadable: {error}", EvidenceError.exit_code),
+                audit_receipts(layout, unread), *audit_checkpoints(layout), *audit_consolidated(layout),
+                *audit_skip_list(layout)]  # fmt: skip
     verdicts = [audit_record(layout, record)]
     return [*verdicts, audit_receipts(layout, record), *audit_checkpoints(layout), *audit_files(layout, record),
             *audit_consolidated(layout), *audit_skip_list(layout)]  # fmt: skip

@@ -104,8 +104,10 @@ def test_commands_exit_5_on_a_malformed_run_json_and_write_nothing(
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert "unexpected error" not in captured.err and "Traceback" not in captured.err
-    if command == "doctor":  # every verdict printed, run.json's among them
+    if command == "doctor":  # every verdict printed, run.json's among them, and the rest still judged
         assert any(line.startswith("FAIL run.json") and says in line for line in captured.out.splitlines())
+        judged = {line.split(":")[0].split()[-1] for line in captured.out.splitlines()}
+        assert {"receipts.jsonl", "pointer.json", "checkpoints/step-000003"} <= judged, captured.out
     else:
         assert len(lines) == 1 and lines[0].startswith("lit_psion: error:") and says in lines[0]
     assert (run.run_file.read_bytes(), run.receipts.read_bytes()) == before
