@@ -14,9 +14,10 @@ from pathlib import Path
 
 from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
+from lit_psion.commands.records import metrics_problem
 from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import Verdict, audit_run
-from lit_psion.core.errors import LitPsionError, LockedError
+from lit_psion.core.errors import EvidenceError, LitPsionError, LockedError
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.manifest import DataManifest
 
@@ -32,7 +33,7 @@ def main(args: list[str]) -> None:
     if (holder := lock_holder(layout.run_dir)) is not None:
         raise LockedError(f"run {layout.run_id!r} is being written by {holder.describe()}; its files change under "
                           "a check: run doctor once that fit has finished")  # fmt: skip
-    verdicts = [*audit_run(layout), *_token_cache(layout), *_adapter(layout)]
+    verdicts = [*audit_run(layout), *_metrics(layout), *_token_cache(layout), *_adapter(layout)]
     for verdict in verdicts:
         print(verdict.line())
     failed = [verdict for verdict in verdicts if not verdict.ok]
@@ -40,6 +41,16 @@ def main(args: list[str]) -> None:
         print(f"lit_psion: doctor: {len(failed)} of {len(verdicts)} artifacts failed", file=sys.stderr)
         raise DoctorFailed(failed[0].exit_code)
     print(f"all {len(verdicts)} artifacts verified")
+
+
+def _metrics(layout: RunLayout) -> list[Verdict]:
+    """metrics.csv, read as a resume reads it (by step), if the run has one."""
+    if not (layout.metrics.exists() or layout.metrics.is_symlink()):
+        return []
+    if (problem := metrics_problem(layout)) is not None:
+        return [Verdict(layout.metrics.name, False, f"a resume cannot continue it ({problem}); restore it from a "
+                        "backup, or move it aside", EvidenceError.exit_code)]  # fmt: skip
+    return [Verdict(layout.metrics.name, True, "readable by step")]
 
 
 def _token_cache(layout: RunLayout) -> list[Verdict]:

@@ -42,8 +42,17 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
 def _refuse_unreadable_metrics(layout: RunLayout) -> None:
     """A resume keeps metrics.csv's rows up to the checkpoint's step and appends; a file it cannot read by step
     would fail the fit after run.json was rewritten."""
+    if (problem := metrics_problem(layout)) is not None:
+        raise EvidenceError(f"run {layout.run_id!r}: {layout.metrics.name} cannot be continued ({problem}); restore "
+                            "it from a backup, or move it aside (each step's loss is also in the receipts), then "
+                            "resume")  # fmt: skip
+
+
+def metrics_problem(layout: RunLayout) -> str | None:
+    """Why the run's metrics.csv cannot be continued by step (a resume's check, and doctor's), or None (also when
+    there is none: a run that logged nothing yet)."""
     if not layout.metrics.is_file():
-        return
+        return "it is not a file" if layout.metrics.exists() or layout.metrics.is_symlink() else None
     try:
         text = layout.metrics.read_text(encoding="utf-8")
         if text and not text.endswith("\n"):  # a row cut short by a kill: the resume drops it
@@ -54,9 +63,8 @@ def _refuse_unreadable_metrics(layout: RunLayout) -> None:
         for row in reader:
             int(row["step"])
     except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as error:
-        raise EvidenceError(f"run {layout.run_id!r}: {layout.metrics.name} cannot be continued ({error}); restore it "
-                            "from a backup, or move it aside (each step's loss is also in the receipts), then resume"
-                            ) from error  # fmt: skip
+        return str(error)
+    return None
 
 
 def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None = None) -> None:

@@ -378,21 +378,28 @@ def test_a_resume_with_another_optimizer_is_refused_naming_both(tmp_path: Path, 
     assert _resume(tmp_path) == 0
 
 
-@pytest.mark.parametrize("garbage", [b"0,zz,abc\n", b"step,loss\n1,0.5\nzz,0.4\n", b"\xff\xfe\x00", b"loss\n0.5\n"],
-                         ids=["no header", "a bad step", "binary", "no step column"])  # fmt: skip
-def test_a_resume_refuses_a_metrics_file_it_cannot_continue(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                            garbage: bytes) -> None:  # fmt: skip
-    """It crashed (exit 1) after rewriting run.json to failed with a config.yaml it never wrote."""
+@pytest.mark.parametrize("garbage", [b"0,zz,abc\n", b"step,loss\n1,0.5\nzz,0.4\n", b"\xff\xfe\x00", b"loss\n0.5\n",
+                                     None], ids=["no header", "a bad step", "binary", "no step column", "a directory"])
+def test_a_resume_refuses_a_metrics_file_it_cannot_continue_and_doctor_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture, garbage: bytes | None
+) -> None:
+    """It crashed (exit 1) after rewriting run.json to failed with a config.yaml it never wrote; doctor said every
+    artifact verified."""
     run = _run(tmp_path / "runs")
-    run.metrics.write_bytes(garbage)
+    run.metrics.unlink()
+    run.metrics.write_bytes(garbage) if garbage is not None else run.metrics.mkdir()
     before = {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     capsys.readouterr()
+    assert main(["doctor", str(run.run_dir)]) == 5
+    assert any(line.startswith("FAIL metrics.csv: a resume cannot continue it") for line in capsys.readouterr().out
+               .splitlines())  # fmt: skip
     assert _resume(run.root) == 5
     err = capsys.readouterr().err
     assert "metrics.csv cannot be continued" in err and "move it aside" in err
     assert {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
-    run.metrics.unlink()
+    run.metrics.unlink() if garbage is not None else run.metrics.rmdir()
     assert _resume(run.root) == 0  # what the line says to do
+    assert main(["doctor", str(run.run_dir)]) == 0
 
 
 def test_a_metrics_row_a_kill_cut_short_does_not_block_the_resume(tmp_path: Path) -> None:
