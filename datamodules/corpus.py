@@ -173,9 +173,15 @@ class CorpusDataModule(ReplayDataModule):
                 paths.append((entry, Path(entry)))
             elif glob.has_magic(entry):
                 matches = sorted(glob.glob(entry, recursive=True))
-                if not matches:
+                files = [m for m in matches if Path(m).is_file()]
+                if not files:
                     raise DataError(f"data glob matched no files: {entry!r} (check --data.files)")
-                paths += [(m, Path(m)) for m in matches if Path(m).is_file()]
+                if odd := next((m for m in matches if not Path(m).is_file() and not Path(m).is_dir()), None):
+                    what = "a broken symlink" if Path(odd).is_symlink() and not Path(odd).exists() else (
+                        "not a regular file (a pipe, socket or device)")  # fmt: skip
+                    raise DataError(f"data glob {entry!r} matched {odd!r}, {what}: its bytes cannot be pinned by "
+                                    "digest; remove it or narrow the glob")  # fmt: skip
+                paths += [(m, Path(m)) for m in files]
             elif Path(entry).is_dir():
                 raise DataError(f"data file {entry!r} is a directory; give its files, e.g. --data.files "
                                 f"'{entry.rstrip('/')}/**/*.txt' (quoted: the glob is expanded in order, here)")

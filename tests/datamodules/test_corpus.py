@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sysconfig
 from collections.abc import Callable
@@ -309,14 +310,29 @@ def _unreadable(tmp_path: Path) -> dict:
     return {"files": [str(CORPUS), "/proc/sys/vm/compact_memory"]}  # write-only, even for root
 
 
+def _glob_over(tmp_path: Path, make: Callable[[Path], None]) -> dict:
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    shutil.copy(CORPUS, texts / "a.txt")
+    make(texts / "b.txt")
+    return {"files": str(texts / "*.txt")}
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (_named_twice, "hold the same text .*a copy puts validation text in training"),
     (_unreadable, "data file '/proc/sys/vm/compact_memory' cannot be read \\(Permission denied\\)"),
+    (lambda tmp: _glob_over(tmp, lambda path: path.symlink_to(path.with_name("gone.txt"))),
+     "matched '.*/b.txt', a broken symlink"),
+    (lambda tmp: _glob_over(tmp, lambda path: os.mkfifo(path)), "matched '.*/b.txt', not a regular file"),
+    (lambda tmp: {"files": str(_glob_over(tmp, lambda path: path.mkdir())["files"]).replace("*.txt", "b*")},
+     "data glob matched no files: '.*/b\\*'"),
 ])  # fmt: skip
-def test_a_text_named_twice_or_a_file_that_cannot_be_read_is_named(tmp_path: Path, make: Callable,
-                                                                    message: str) -> None:  # fmt: skip
+def test_a_text_named_twice_a_file_that_cannot_be_read_or_a_glob_over_what_is_not_a_file_is_named(
+    tmp_path: Path, make: Callable, message: str
+) -> None:
     """The same text under two names landed in both splits (every validation window was in training); an
-    unreadable file was exit 1 (a PermissionError inside a Lightning link)."""
+    unreadable file was exit 1 (a PermissionError inside a Lightning link); a glob passed over a broken symlink or
+    a FIFO in silence (named, either is refused)."""
     if make is _unreadable and not Path("/proc/sys/vm/compact_memory").exists():
         pytest.skip("needs /proc/sys/vm/compact_memory (a file no one can read)")
     with pytest.raises(DataError, match=message):
