@@ -243,43 +243,6 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
                               f"{manifest.model_signature[:16]}..., but this config builds {signature[:16]}... "
                               f"{changed.strip() or '(another architecture or model setting)'}; resume with the run's "
                               "own model settings")  # fmt: skip
-    if run.resume_from is not None:  # this run's checkpoint or another's: Lightning restores the optimizer either way
-        refuse_ignored_optimizer_settings(run.resume_from, run.config_yaml)
-
-
-RESTORED_SETTINGS = frozenset({"lr", "weight_decay", "betas"})
-"""Optimizer settings a checkpoint's param groups and the schedule's base rates bring back on resume (the
-schedule's shape, warmup_steps, decay_steps and min_lr_ratio, is computed from the config and honoured)."""
-MUON_SETTINGS = frozenset({"muon_lr", "momentum", "ns_steps"})
-"""Restored too, when the run trains with Muon (AdamW never reads them)."""
-
-
-def refuse_ignored_optimizer_settings(checkpoint_dir: Path, config_yaml: str | None) -> None:
-    """A resume restores the optimizer's param groups (learning rate, weight decay, betas, momentum) and the
-    schedule's base rates from the checkpoint: an override of one would be ignored while config.yaml recorded it.
-    Only settings both configs state are compared (a setting a newer version added is not an override).
-
-    Raises:
-        ConfigError: such a setting differs from the checkpoint's run's config.yaml (exit 2).
-    """
-    recorded, here = recorded_model_settings(checkpoint_dir), _model_section(config_yaml) if config_yaml else None
-    if recorded is None or here is None:
-        return
-    muon = any(key.endswith(".optimizer.name") and value == "muon" for key, value in recorded.items())
-    restored = RESTORED_SETTINGS | (MUON_SETTINGS if muon else frozenset())
-
-    def is_restored(key: str) -> bool:
-        section, name = key.rsplit(".", 1) if "." in key else ("", key)
-        optimizer = section.endswith(".optimizer") and name in restored
-        return optimizer or (section.endswith(".config") and name == "lr")  # GraphCore's Adam: config.lr
-
-    keys = sorted(key for key in recorded.keys() & here.keys() if is_restored(key) and recorded[key] != here[key])
-    if keys:
-        shown = "; ".join(f"{key.replace('.init_args.', '.')}: {recorded[key]!r} in the run's config.yaml, "
-                          f"{here[key]!r} here" for key in keys[:SHOWN_SETTINGS])  # fmt: skip
-        raise ConfigError(f"a resume restores the optimizer's settings from its checkpoint, so these would be ignored "
-                          f"({shown}); drop them to continue from it (the schedule's warmup_steps, decay_steps and "
-                          "min_lr_ratio may change)")  # fmt: skip
 
 
 def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:

@@ -16,6 +16,7 @@ from typing_extensions import override
 from lit_psion import __version__
 from lit_psion.callbacks.checkpoint import data_settings, refuse_unbound, shared_settings, trainer_settings
 from lit_psion.callbacks.evidence import data_manifest_digest, signature_of
+from lit_psion.callbacks.optimizer_settings import honour_optimizer_settings
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import read_pointer
@@ -158,6 +159,8 @@ class RunDirectory(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is not None:  # restored by now; every rank's optimizer takes the config's settings
+            honour_optimizer_settings(trainer, pl_module)
         if trainer.is_global_zero:
             self._begin(trainer, pl_module)
         if self.run_context.resumed:

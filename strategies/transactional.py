@@ -443,8 +443,8 @@ class Transactional:
             raise TransactionError(
                 f"{len(self._streak)} consecutive steps rolled back (steps {first}-{last}, last reasons: "
                 f"{', '.join(reasons)}); training is diverging: check the data or the policy's limits, then "
-                + ("continue with --ckpt_path last (a resume keeps the checkpoint's optimizer settings: for "
-                   "another learning rate, start a new run)" if durable else
+                + ("continue with --ckpt_path last, with a lower learning rate if it is the cause (a resume "
+                   "trains with the config's: --model.optimizer.lr)" if durable else
                    "start a new run (no checkpoint was written yet), with a lower learning rate if need be")
             )
         if step % trainer.log_every_n_steps == 0:  # cumulative counters: log them on the steps that write a row
