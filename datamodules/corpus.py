@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from lit_psion.core import atomic_write_json, sha256_bytes
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
+from lit_psion.core.layout import RunLayout
 from lit_psion.core.manifest import DataManifest, SourceFile
 from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
 from lit_psion.datamodules.token_cache import (
@@ -412,7 +413,7 @@ class CorpusDataModule(ReplayDataModule):
         if {source.sha256 for source in trained.sources} & {source.sha256 for source in current.sources}:
             return super().load_state_dict(state_dict)
         if trained.tokenizer_digest != current.tokenizer_digest:
-            ckpt = Path(self.trainer.ckpt_path or ".").parent.parent / "tokenizer.json"
+            ckpt = RunLayout.of(Path(self.trainer.ckpt_path or ".").parent.parent).tokenizer
             raise DataManifestMismatch(f"refusing to evaluate the checkpoint on other text with another tokenizer "
                                        f"({current.tokenizer_digest[:12]}..., it was trained with "
                                        f"{trained.tokenizer_digest[:12]}...): its token ids would mean other text; "

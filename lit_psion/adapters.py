@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,20 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
                               "export the adapter again")  # fmt: skip
     tensors = load(data)  # the bytes that were hashed
     _require_finite(tensors, repr(str(path)))
+    _require_lora_shapes(tensors, meta["rank"], repr(str(path)))
     return meta, tensors
+
+
+def _require_lora_shapes(tensors: dict[str, torch.Tensor], rank: int, what: str) -> None:
+    """Every tensor a floating-point LoRA factor of ``rank``: A is (rank, in), B is (out, rank)."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{what} holds {name} as {tensor.dtype}, not floating point; refusing to use it")
+        factor = "a" if name.endswith("lora_a") else "b" if name.endswith("lora_b") else None
+        if factor is not None and (tensor.ndim != 2 or tensor.shape[0 if factor == "a" else 1] != rank):
+            shape = "(rank, in)" if factor == "a" else "(out, rank)"
+            raise CheckpointError(f"{what} holds {name} of shape {tuple(tensor.shape)}, not {shape} with "
+                                  f"adapter.json's rank {rank}; export the adapter again")  # fmt: skip
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -138,7 +152,24 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{str(path)!r} lacks field(s) {', '.join(map(repr, missing))} (edited, or written "
                               f"before format {FORMAT_VERSION}); export the adapter again")  # fmt: skip
+    for field, problem in _field_problems(meta):
+        raise CheckpointError(f"{str(path)!r}: {field} is {meta[field]!r}, {problem}; export the adapter again")
     return meta
+
+
+def _field_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The fields of ``meta`` whose values are not of their kind (what merge and inspect compute with)."""
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    checks = {
+        "rank": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "not a positive integer"),
+        "alpha": (lambda v: number(v) and v > 0, "not a positive finite number"),
+        "targets": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str) for t in v),
+                    "not a list of layer names"),
+        "decoder_config": (lambda v: isinstance(v, dict), "not a decoder config (a JSON object)"),
+        **{name: (lambda v: isinstance(v, str), "not a string")
+           for name in ("base_checkpoint_digest", "dtype", *DIGESTS)},
+    }  # fmt: skip
+    return [(field, problem) for field, (ok, problem) in checks.items() if not ok(meta[field])]
 
 
 def _exported_copy(data: bytes | None) -> dict[str, Any] | None:

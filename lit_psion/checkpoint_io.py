@@ -34,6 +34,7 @@ from typing_extensions import override
 
 from lit_psion.core import sha256_file
 from lit_psion.core.checkpoint import (
+    CONSOLIDATION_PREFIX,
     MANIFEST_FILE,
     CheckpointManifest,
     FileRecord,
@@ -424,7 +425,7 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
         extra[key] = getattr(manifest, key)
     path = out / step_name(verified.step)
     # The log is opened (and checked: another run's consolidations, a garbled log) before anything is written.
-    log = ReceiptLog(out / RECEIPTS_FILE, run_id=f"consolidate-{manifest.run_id}")
+    log = ReceiptLog(out / RECEIPTS_FILE, run_id=f"{CONSOLIDATION_PREFIX}{manifest.run_id}")
     write_checkpoint({**state, "state_dict": weights, EXTRA_KEY: extra}, path)
     written = verify_checkpoint(path)
     body = ConsolidationReceipt(source=f"run:{manifest.run_id}/{verified.path.name}",

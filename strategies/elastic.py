@@ -42,11 +42,12 @@ from lit_psion.core.chain import emit_receipt
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import ConfigError, MembershipChanged
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.membership import (
     MESH_SETTINGS_ENV,
     NODE_ID_ENV,
+    NODE_INSTANCE_ENV,
     NODE_MARKERS_ENV,
     Membership,
     MembershipChange,
@@ -55,6 +56,7 @@ from lit_psion.core.membership import (
     next_membership,
     read_drain_requests,
     read_membership,
+    second_launches,
     write_drain_requests,
     write_membership,
 )
@@ -138,7 +140,6 @@ class ElasticMeshStrategy(DDPStrategy):
         # Ctrl-C on to its workers as SIGINT, and a mesh stops at a step boundary either way.
         trainer._signal_connector._sigterm_notifier_fn = self._note_sigterm
         super().setup(trainer)
-        members = self._gather_node_ids()
         run = run_context(trainer)
         manifest = run.resume_manifest
         recorded = manifest.membership if manifest is not None and run.resume_from is not None else None
@@ -146,8 +147,9 @@ class ElasticMeshStrategy(DDPStrategy):
         last = self._last_epoch(run.layout)  # an epoch that ended before its first checkpoint still counts
         self.previous = last if last is not None and (checkpointed is None or last.epoch >= checkpointed.epoch) \
             else checkpointed
+        members, instances = self._gather_node_ids(self.previous)
         self.change = classify(self.previous, members)
-        self.membership = next_membership(self.previous, members, self.world_size)
+        self.membership = next_membership(self.previous, members, self.world_size, instances)
         if self.is_global_zero:
             write_membership(run.layout, self.membership)
             requests = read_drain_requests(run.layout)  # a drain is done once its node has left
@@ -164,21 +166,30 @@ class ElasticMeshStrategy(DDPStrategy):
             dist.broadcast_object_list(box, src=0)
         return Membership.from_json_dict(box[0]) if box[0] else None
 
-    def _gather_node_ids(self) -> list[str]:
-        """Every rank's node id, in rank order, the same list on every rank."""
-        mine = self.node_id or node_id()
+    def _gather_node_ids(self, previous: Membership | None) -> tuple[list[str], dict[str, str]]:
+        """Every rank's node id in rank order, and each node's launch token: the same on every rank.
+
+        Two launches with one node id: where the last epoch recorded which launch ran it, the other is turned away
+        alone (its ``mesh launch`` stops, exit 2) and the mesh re-forms without it; otherwise every node stops.
+        """
+        mine, token = self.node_id or node_id(), os.environ.get(NODE_INSTANCE_ENV, "")
         if not (dist.is_available() and dist.is_initialized()) or self.world_size == 1:
-            return [mine]
+            return [mine], {mine: token} if token else {}
         gathered: list[Any] = [None] * self.world_size
         machine = os.environ.get("GROUP_RANK", "0")  # torchrun's rank of this worker's agent (its node)
-        dist.all_gather_object(gathered, (mine, machine))  # Lightning's all_gather takes tensors; ids are strings
-        agents: dict[str, set[str]] = {}
-        for node, agent in gathered:
-            agents.setdefault(str(node), set()).add(str(agent))
-        if shared := sorted(node for node, of in agents.items() if len(of) > 1):
-            raise ConfigError(f"node id {shared[0]!r} is used by {len(agents[shared[0]])} nodes of the mesh at once; "
-                              "give each `mesh launch` its own --node-id")  # fmt: skip
-        return [str(node) for node, _ in gathered]
+        dist.all_gather_object(gathered, (mine, machine, token))  # Lightning's all_gather takes tensors
+        gathered = [(str(node), str(agent), str(launch)) for node, agent, launch in gathered]
+        if away := second_launches(gathered, previous):
+            node = sorted(away)[0]
+            if any(len(tokens) == len({t for n, _, t in gathered if n == shared}) for shared, tokens in away.items()):
+                raise ConfigError(f"node id {node!r} is used by {len({a for n, a, _ in gathered if n == node})} nodes "
+                                  "of the mesh at once; give each `mesh launch` its own --node-id")  # fmt: skip
+            if token in away.get(mine, ()):
+                raise ConfigError(f"node id {mine!r} is already a node of this mesh (another `mesh launch` runs it); "
+                                  "give this launch its own --node-id")  # fmt: skip
+            raise MembershipChanged(f"a second `mesh launch` with node id {node!r} joined and is turned away; the "
+                                    "mesh re-forms without it")  # fmt: skip
+        return [node for node, _, _ in gathered], {node: launch for node, _, launch in gathered if launch}
 
     @override
     def on_train_start(self) -> None:

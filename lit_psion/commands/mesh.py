@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.membership import (
     MESH_SETTINGS_ENV,
+    NODE_INSTANCE_ENV,
     NODE_MARKERS_ENV,
     STOPPING,
     read_drain_requests,
@@ -139,7 +141,7 @@ def launch_node(parsed: object, extra: list[str]) -> int:
     markers = Path(tempfile.mkdtemp(prefix="lit_psion-node-"))
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "LIT_PSION_NODE_ID": parsed.node_id,
            "LIT_PSION_RUN_ID": parsed.run_id, MESH_SETTINGS_ENV: json.dumps(settings, sort_keys=True),
-           NODE_MARKERS_ENV: str(markers)}  # fmt: skip
+           NODE_MARKERS_ENV: str(markers), NODE_INSTANCE_ENV: secrets.token_hex(8)}  # fmt: skip
     env.setdefault("OMP_NUM_THREADS", "1")
     configs = [arg for path in parsed.config for arg in ("--config", path)]
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", parsed.nnodes,

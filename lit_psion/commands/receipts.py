@@ -7,6 +7,8 @@ from pathlib import Path
 from lit_psion.commands import CommandParser
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.audit import check_chain, consolidation_log
+from lit_psion.core.chain import parse_receipt, verify_log
+from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.errors import ConfigError, EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
 
@@ -28,6 +30,13 @@ def main(args: list[str]) -> None:
     parser.add_argument("action", choices=["verify"])
     parser.add_argument("run_dir", type=Path, help="a run directory, or its consolidated/ directory")
     given = parser.parse_args(args).run_dir
+    if (log := _consolidation_log_outside_a_run(given)) is not None:  # `ckpt consolidate --out DIR`'s
+        result = verify_log(log, run_id=_first_run_id(log))
+        if not result.ok:
+            raise EvidenceError(f"{str(log)!r}: {result.describe()}")
+        print(f"ok: {result.describe()} (the log of models consolidated from run "
+              f"{_first_run_id(log).removeprefix(CONSOLIDATION_PREFIX)})")  # fmt: skip
+        return
     run = RunLayout.of(given.parent) if given.name == "consolidated" and RunLayout.of(given.parent).is_run() else None
     layout = run or run_layout(given)
     if run is None:
@@ -38,3 +47,21 @@ def main(args: list[str]) -> None:
         if not verdict.ok:
             raise EvidenceError(f"{str(layout.consolidated / RECEIPTS_FILE)!r}: {verdict.detail}")
         print(f"ok: {verdict.artifact}: {verdict.detail}")
+
+
+def _consolidation_log_outside_a_run(directory: Path) -> Path | None:
+    """``directory``'s receipt log when it is not a run's but the log ``ckpt consolidate --out`` leaves (its
+    receipts belong to ``consolidate-<run id>``), else None."""
+    log = directory / RECEIPTS_FILE
+    if RunLayout.of(directory).is_run() or not log.is_file():
+        return None
+    run_id = _first_run_id(log)
+    return log if run_id is not None and run_id.startswith(CONSOLIDATION_PREFIX) else None
+
+
+def _first_run_id(log: Path) -> str | None:
+    try:
+        with open(log, encoding="utf-8") as handle:
+            return parse_receipt(handle.readline()).run_id
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None

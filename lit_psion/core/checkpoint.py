@@ -28,6 +28,8 @@ from lit_psion.core.files import atomic_write_json
 from lit_psion.core.layout import RunLayout, step_of
 
 MANIFEST_FILE = "manifest.json"
+CONSOLIDATION_PREFIX = "consolidate-"
+"""The run id of a consolidated models' receipt log is this and the run's id."""
 MANIFEST_VERSION = 1
 DURABLE = "durable"
 SINGLE, SHARDED, DEEPSPEED = "single", "sharded", "deepspeed"

@@ -26,6 +26,9 @@ MESH_SETTINGS_ENV = "LIT_PSION_MESH_SETTINGS"
 """The launch settings ``mesh launch`` hands its workers (JSON), recorded in every membership receipt."""
 NODE_ID_ENV = "LIT_PSION_NODE_ID"
 """This worker's node id (set per agent by ``mesh launch``)."""
+NODE_INSTANCE_ENV = "LIT_PSION_NODE_INSTANCE"
+"""A token of one ``mesh launch`` (the same across its agent's restarts): which of two launches given one node id is
+the node the mesh already has (the one the last epoch recorded) and which is a second one, turned away."""
 NODE_MARKERS_ENV = "LIT_PSION_NODE_MARKERS"
 """A directory of ``mesh launch``'s where its workers leave markers for it: ``<pid>.json`` when their node is
 drained (the launcher freezes its agent, so it cannot rejoin, and stops it once they are gone), and
@@ -58,6 +61,8 @@ class Membership:
     nodes: dict[str, NodeState]
     """node id -> state."""
     world_size: int
+    instances: dict[str, str] = dataclasses.field(default_factory=dict)
+    """node id -> the token of the ``mesh launch`` that ran it (:data:`NODE_INSTANCE_ENV`), where it had one."""
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -76,14 +81,17 @@ class Membership:
         return dataclasses.replace(self, nodes=marked)
 
     def to_json_dict(self) -> dict[str, Any]:
+        instances = {"instances": dict(sorted(self.instances.items()))} if self.instances else {}
         return {"epoch": self.epoch, "world_size": self.world_size,
-                "nodes": {node: str(state) for node, state in sorted(self.nodes.items())}}  # fmt: skip
+                "nodes": {node: str(state) for node, state in sorted(self.nodes.items())}, **instances}  # fmt: skip
 
     @classmethod
     def from_json_dict(cls, record: dict[str, Any]) -> Membership:
         try:
             nodes = {str(node): NodeState(state) for node, state in record["nodes"].items()}
-            return cls(epoch=int(record["epoch"]), nodes=nodes, world_size=int(record["world_size"]))
+            instances = {str(node): str(token) for node, token in (record.get("instances") or {}).items()}
+            return cls(epoch=int(record["epoch"]), nodes=nodes, world_size=int(record["world_size"]),
+                       instances=instances)  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ConfigError(f"membership record is malformed ({error}): {record!r}") from error
 
@@ -108,6 +116,26 @@ def classify(previous: Membership | None, members: Iterable[str]) -> MembershipC
     return MembershipChange.RESTART
 
 
+def second_launches(gathered: Sequence[tuple[str, str, str]], previous: Membership | None) -> dict[str, set[str]]:
+    """Node id -> the launch tokens to turn away, for each node id several launches use at once.
+
+    ``gathered`` holds each rank's ``(node id, agent, launch token)``. Where the last epoch recorded the launch
+    that ran a node id and it is among them, every other launch with that id is a second one. Where it cannot be
+    told (no record, or none of them is the recorded one), every launch with the id is named: the mesh stops.
+    """
+    launches: dict[str, set[tuple[str, str]]] = {}
+    for node, agent, token in gathered:
+        launches.setdefault(node, set()).add((agent, token))
+    away: dict[str, set[str]] = {}
+    for node, held in launches.items():
+        if len({agent for agent, _ in held}) < 2:
+            continue
+        incumbent = previous.instances.get(node) if previous is not None else None
+        tokens = {token for _, token in held}
+        away[node] = tokens - {incumbent} if incumbent in tokens and len(tokens) > 1 else tokens
+    return away
+
+
 def mismatched_joiners(views: Sequence[tuple[str, Any]], incumbents: Iterable[str]) -> set[str] | None:
     """The nodes to turn away from a mesh whose ranks do not all train alike, or None when that cannot be told.
 
@@ -123,8 +151,11 @@ def mismatched_joiners(views: Sequence[tuple[str, Any]], incumbents: Iterable[st
     return {node for node, what in views if what != reference[0]}
 
 
-def next_membership(previous: Membership | None, members: Iterable[str], world_size: int) -> Membership:
-    """The epoch a worker-group start with ``members`` opens: previous + 1, every member active."""
+def next_membership(
+    previous: Membership | None, members: Iterable[str], world_size: int, instances: dict[str, str] | None = None
+) -> Membership:
+    """The epoch a worker-group start with ``members`` opens: previous + 1, every member active (``instances``:
+    each member's launch token, where it has one)."""
     members = sorted(set(members))
     if not members:
         raise ConfigError("a membership needs at least one node")
@@ -132,7 +163,8 @@ def next_membership(previous: Membership | None, members: Iterable[str], world_s
     nodes = {node: NodeState.ACTIVE for node in members}
     if previous is not None:
         nodes |= {node: NodeState.OFFLINE for node in previous.nodes if node not in nodes}
-    return Membership(epoch=epoch, nodes=nodes, world_size=world_size)
+    return Membership(epoch=epoch, nodes=nodes, world_size=world_size,
+                      instances={node: token for node, token in (instances or {}).items() if node in members})
 
 
 def read_membership(layout: RunLayout) -> Membership | None:

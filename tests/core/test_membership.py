@@ -12,6 +12,7 @@ from lit_psion.core.membership import (
     classify,
     mismatched_joiners,
     next_membership,
+    second_launches,
 )
 
 EPOCH_3 = next_membership(next_membership(next_membership(None, ["a", "b"], 2), ["a", "b"], 2), ["a", "b"], 2)
@@ -50,6 +51,31 @@ def test_membership_round_trips_and_refuses_a_malformed_record() -> None:
         Membership.from_json_dict({"epoch": 1, "nodes": {"a": "sleeping"}, "world_size": 1})
     with pytest.raises(ConfigError, match="at least one node"):
         next_membership(None, [], 0)
+
+
+def test_a_record_with_launch_tokens_round_trips_and_an_older_one_without_them_reads() -> None:
+    tokened = next_membership(EPOCH_3, ["a", "b"], 2, {"a": "t1", "b": "t2", "gone": "t3"})
+    assert tokened.instances == {"a": "t1", "b": "t2"}, "only the members' tokens"
+    assert Membership.from_json_dict(tokened.to_json_dict()) == tokened
+    older = EPOCH_3.to_json_dict()
+    assert "instances" not in older and Membership.from_json_dict(older).instances == {}
+
+
+RECORDED = next_membership(None, ["a", "b"], 2, {"a": "ta", "b": "tb"})
+LAUNCHES = [  # (case, each rank's (node, agent, token), the last epoch, the tokens turned away per node id)
+    ("distinct ids", [("a", "0", "ta"), ("b", "1", "tb")], RECORDED, {}),
+    ("one launch, two ranks", [("a", "0", "ta"), ("a", "0", "ta"), ("b", "1", "tb")], RECORDED, {}),
+    ("a second launch of a", [("a", "0", "ta"), ("b", "1", "tb"), ("a", "2", "new")], RECORDED, {"a": {"new"}}),
+    ("it ranks first", [("a", "0", "new"), ("a", "1", "ta"), ("b", "2", "tb")], RECORDED, {"a": {"new"}}),
+    ("no record: both new", [("a", "0", "t1"), ("a", "1", "t2")], None, {"a": {"t1", "t2"}}),
+    ("the recorded launch is gone", [("a", "0", "t1"), ("a", "1", "t2")], RECORDED, {"a": {"t1", "t2"}}),
+    ("launches without tokens", [("a", "0", ""), ("a", "1", "")], RECORDED, {"a": {""}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "gathered", "previous", "away"), LAUNCHES, ids=[c[0] for c in LAUNCHES])
+def test_a_second_launch_of_a_node_id_is_told_from_the_recorded_one(case, gathered, previous, away) -> None:
+    assert second_launches(gathered, previous) == away
 
 
 def test_a_drain_marks_only_active_nodes_and_the_next_epoch_has_them_offline() -> None:

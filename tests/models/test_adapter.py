@@ -211,6 +211,28 @@ def _nan_tensor_rerecorded(adapter: Path) -> None:
     _edit("adapter_sha256", sha256_bytes(data), rerecord=True)(adapter)
 
 
+def _forged(field: str | None = None, value: object = None, tensors: Callable | None = None) -> Callable[[Path], None]:
+    """A forgery every digest agrees with: one field set in adapter.json and in the tensor file's header copy,
+    or the tensors rewritten, then both digests recomputed. Only the values themselves can betray it."""
+
+    def forge(adapter: Path) -> None:
+        meta = read_json(adapter / "adapter.json")
+        with safe_open(adapter / "adapter.safetensors", "pt") as handle:
+            header = handle.metadata()
+            weights = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        if field is not None:
+            meta[field] = value
+            copy = json.loads(header["lit_psion.adapter"])
+            header["lit_psion.adapter"] = json.dumps({**copy, field: value}, sort_keys=True)
+        data = save(tensors(weights) if tensors else weights, metadata=header)
+        (adapter / "adapter.safetensors").write_bytes(data)
+        meta["adapter_sha256"] = sha256_bytes(data)
+        meta["metadata_sha256"] = sha256_json({k: v for k, v in meta.items() if k != "metadata_sha256"})
+        (adapter / "adapter.json").write_text(json.dumps(meta, indent=2))
+
+    return forge
+
+
 DELETE = object()
 TAMPERED = {  # case: (tamper, what the one error line must say)
     "alpha-edited": (_edit("alpha", 32.0), ["was edited after export (alpha: exported 16.0, now 32.0):"]),
@@ -224,6 +246,14 @@ TAMPERED = {  # case: (tamper, what the one error line must say)
     "alpha-edited-digest-rerecorded": (_edit("alpha", 32.0, rerecord=True),
                                        ["does not match the metadata exported in", "alpha: exported 16.0, now 32.0"]),
     "nan-tensor-digests-rerecorded": (_nan_tensor_rerecorded, ["holds non-finite values in 1 tensor(s)"]),
+    "alpha-a-string-forged": (_forged("alpha", "16"), ["alpha is '16', not a positive finite number"]),
+    "rank-a-boolean-forged": (_forged("rank", True), ["rank is True, not a positive integer"]),
+    "rank-zero-forged": (_forged("rank", 0), ["rank is 0, not a positive integer"]),
+    "targets-a-string-forged": (_forged("targets", "lm_head"), ["targets is 'lm_head', not a list"]),
+    "config-a-list-forged": (_forged("decoder_config", [1]), ["decoder_config is [1], not a decoder config"]),
+    "int-tensors-forged": (_forged(tensors=lambda w: {k: v.to(torch.int64) for k, v in w.items()}),
+                           ["as torch.int64, not floating point"]),
+    "rank-claimed-below-the-tensors": (_forged("rank", 4), ["with adapter.json's rank 4; export the adapter again"]),
 }  # fmt: skip
 
 

@@ -99,6 +99,21 @@ def test_the_consolidated_models_receipts_are_verified_with_the_run(
     assert main(["doctor", str(run)]) == 5
 
 
+def test_the_log_consolidate_out_leaves_elsewhere_is_verified_there(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`receipts verify DIR` on it asked for a run.json the directory never has (exit 5, "restore it")."""
+    out = tmp_path / "elsewhere"
+    assert main(["ckpt", "consolidate", str(uninterrupted), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(out)]) == 0
+    assert "1 receipts verified, head" in capsys.readouterr().out
+    log = out / "receipts.jsonl"
+    log.write_text(log.read_text().replace('"step": 12', '"step": 13'))
+    assert main(["receipts", "verify", str(out)]) == 5
+    assert "line 1: edited" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("log", ["garbled", "another run's"])
 def test_an_out_whose_receipts_refuse_the_copy_is_left_as_it_was(
     tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture, log: str

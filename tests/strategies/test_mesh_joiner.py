@@ -15,11 +15,21 @@ from lit_psion.core import RunLayout, read_json
 from tests.helpers import callbacks_config
 from tests.strategies.test_elastic import _free_port, _node_processes, _wait_for, memberships
 
+JOINERS = [  # (case, the joiner's node id and extra arguments, what its refusal says)
+    ("other settings", ("B", "--model.init_args.optimizer.lr", "0.1"),
+     "the mesh's settings (model.optimizer.lr: 0.003 on the mesh, 0.1 on rank"),
+    ("the node id of a node it has", ("A",), "node id 'A' is already a node of this mesh (another `mesh launch`"),
+]  # fmt: skip
+
 
 @pytest.mark.slow  # two real `mesh launch` nodes: ~1 minute
-def test_a_joiner_with_other_settings_is_turned_away_and_the_mesh_trains_on(tmp_path: Path) -> None:
-    """Node B joins node A's mesh with another learning rate. B alone is refused (exit 2, its `mesh launch`
-    stops); A re-forms without it and completes the run. It used to stop the whole mesh."""
+@pytest.mark.parametrize(("case", "joiner", "refusal_says"), JOINERS, ids=[c[0] for c in JOINERS])
+def test_a_joiner_unlike_the_mesh_is_turned_away_and_the_mesh_trains_on(
+    tmp_path: Path, case: str, joiner: tuple[str, ...], refusal_says: str
+) -> None:
+    """A second node joins node A's mesh with another learning rate, or with A's own node id. The joiner alone is
+    refused (exit 2, its `mesh launch` stops); A re-forms without it and completes the run. Both used to stop the
+    whole mesh."""
     port, root, env = _free_port(), tmp_path / "runs", {**os.environ, "OMP_NUM_THREADS": "1"}
     store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -42,10 +52,10 @@ def test_a_joiner_with_other_settings_is_turned_away_and_the_mesh_trains_on(tmp_
         assert "listening" in store.stdout.readline()
         agents["A"] = launch("A")
         assert _wait_for(lambda: steps() >= 20, 180), "node A trains"
-        agents["B"] = launch("B", "--model.init_args.optimizer.lr", "0.1")
+        agents["B"] = launch(*joiner)
         assert agents["B"].wait(timeout=180) == 2
         refusal = agents["B"].stderr.read()
-        assert "the mesh's settings (model.optimizer.lr: 0.003 on the mesh, 0.1 on rank" in refusal, refusal[-2000:]
+        assert refusal_says in refusal, refusal[-2000:]
         assert agents["A"].wait(timeout=400) == 0, agents["A"].stderr.read()[-3000:]
     finally:
         for process in [store, *agents.values()]:
