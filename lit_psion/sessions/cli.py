@@ -10,7 +10,7 @@ from typing import Any
 
 from lit_psion.commands import CommandParser
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.sessions.settings import WorldConfig
 from lit_psion.sessions.store import BASE_CHECKPOINT, OPTIM, PLASTIC, Store
@@ -129,10 +129,26 @@ def verify_session(store: Store, session_id: str) -> None:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: " + ("matches meta.json" if ok else
               f"expected sha256 {expected}, got {actual or 'no file'}"))  # fmt: skip
         failures += [] if ok else [code]
+    if not failures:  # the bytes are the recorded ones: now what a run would refuse in them (loads torch)
+        for name, check in _content_checks(store, meta):
+            try:
+                check()
+            except CheckpointError as error:
+                print(f"FAIL {name}: {error}")
+                failures.append(error.exit_code)
+            else:
+                print(f"ok   {name}: loads as a run would load it")
+            checks.append(name)
     if failures:
-        print(f"lit_psion: session verify: {len(failures)} of {len(checks)} files failed", file=sys.stderr)
+        print(f"lit_psion: session verify: {len(failures)} of {len(checks)} checks failed", file=sys.stderr)
         raise SystemExit(failures[0])
-    print(f"all {len(checks)} files of session {session_id} match")
+    print(f"all {len(checks)} checks of session {session_id} passed")
+
+
+def _content_checks(store: Store, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What ``session run`` checks beyond digests: the base it was made for, and its states' contents."""
+    return [("base model", lambda: store.check_signature(meta)), (PLASTIC, lambda: store.plastic_state(meta)),
+            (OPTIM, lambda: store.optimizer_state(meta))]  # fmt: skip
 
 
 def session_main(args: list[str]) -> None:

@@ -59,6 +59,40 @@ class SignatureMismatch(CheckpointError):
     failure_class = "signature_mismatch"
 
 
+INT_SETTINGS = ("ns_steps", "chunk", "buffer_len", "gate_chunks")
+"""A session's settings that are counts; the others (lr, momentum, the policy's limits) are numbers."""
+OPTIONAL_SETTINGS = ("grad_norm_max", "state_norm_max", "rollback_tol")
+"""Settings that may be null (no limit)."""
+
+
+def _session_record_problem(meta: dict[str, Any]) -> str | None:
+    """What makes a session's meta.json not one this version runs, or None: its schema, or a field of the wrong
+    kind (a hand edit the digests of its artifacts do not cover)."""
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        return f"schema_version is {meta.get('schema_version')!r}, this version reads {SCHEMA_VERSION}"
+    text = {"session_id": meta["session_id"], "model_signature": meta["model_signature"],
+            "base_ckpt_hash": meta["base_ckpt_hash"]}  # fmt: skip
+    if bad := next((key for key, value in text.items() if not isinstance(value, str)), None):
+        return f"{bad} is {meta[bad]!r}, not a string"
+    artifacts = meta.get("artifacts", {})
+    if not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values()):
+        return f"artifacts is {artifacts!r}, not file name -> sha256"
+    if not isinstance(meta["runs"], list) or not all(isinstance(run, dict) for run in meta["runs"]):
+        return f"runs is {meta['runs']!r}, not a list of run records"
+    if isinstance(meta.get("mu"), bool) or not isinstance(meta.get("mu"), int | float):
+        return f"mu is {meta.get('mu')!r}, not a number"
+    settings = meta["settings"]
+    if not isinstance(settings, dict):
+        return f"settings is {settings!r}, not an object"
+    for key, value in settings.items():
+        whole = key in INT_SETTINGS
+        if value is None and key in OPTIONAL_SETTINGS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+            return f"settings.{key} is {value!r}, not {'an integer' if whole else 'a number'}"
+    return None
+
+
 def _record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A session store's JSON record, or one line naming what is wrong with it (exit 5)."""
     try:
@@ -213,7 +247,11 @@ class Store:
         if not path.is_file():
             known = ", ".join(sorted(self.index()["sessions"])) or "none yet"
             raise ConfigError(f"no session {session_id!r} in {str(self.root)!r} (sessions: {known})")
-        return _record(path, ("session_id", "model_signature", "base_ckpt_hash", "settings", "runs"))
+        meta = _record(path, ("session_id", "model_signature", "base_ckpt_hash", "settings", "runs"))
+        if (problem := _session_record_problem(meta)) is not None:
+            raise EvidenceError(f"{str(path)!r} is not a session record: {problem}; restore it from a backup, or "
+                                "create the session again")  # fmt: skip
+        return meta
 
     def check_signature(self, meta: dict[str, Any]) -> None:
         """Refuse a session whose signature does not match the base model it would run on."""
@@ -255,10 +293,23 @@ class Store:
         return data
 
     def plastic_state(self, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The session's plastic weights, checked (digest, then finiteness) on the bytes loaded."""
+        """The session's plastic weights, checked (digest, finiteness, and the base model's names and shapes) on
+        the bytes loaded."""
+        from lit_psion.sessions.world import WorldModel
+
         path = self.session_dir(meta["session_id"]) / PLASTIC
         tensors = _load_tensors(self.read_artifact(meta, PLASTIC))
         require_finite(tensors, path)
+        expected = {name: tuple(t.shape) for name, t in WorldModel(self.base_config()).plastic_state().items()}
+        if missing := sorted(expected.keys() - tensors.keys()):
+            raise CheckpointError(f"session state {str(path)!r} lacks {', '.join(missing)}: restore it from a "
+                                  "backup, or fork the session again")  # fmt: skip
+        for name, tensor in tensors.items():
+            want = expected.get(name.split(".", 1)[-1] if name not in expected else name)
+            if want is not None and tuple(tensor.shape) != want:
+                raise CheckpointError(f"session state {str(path)!r} holds {name} of shape {tuple(tensor.shape)}, but "
+                                      f"the base model's is {want}: restore it from a backup, or fork the session "
+                                      "again")  # fmt: skip
         return tensors
 
     def optimizer_state(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from lit_psion.core import read_json
+from lit_psion.core import read_json, sha256_bytes
 from tests.sessions.helpers import session, session_process
 
 BROKEN_RECORDS = [  # (the file, what it is made to hold)
@@ -88,9 +90,64 @@ def test_session_verify_checks_every_file_meta_json_records(trained: Path, capsy
                                                             harm: Any, name: str, code: int) -> None:  # fmt: skip
     """No command checked a run's results or metrics.json; the next run overwrote an edited metrics.json."""
     assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
-    assert "files of session s1 match" in capsys.readouterr().out
+    assert "checks of session s1 passed" in capsys.readouterr().out
     run = next((trained / "sessions" / "s1" / "runs").iterdir())
     harm(run)
     assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == code
     out = capsys.readouterr().out
     assert any(line.startswith("FAIL") and name in line for line in out.splitlines()), out
+
+
+def _meta_edit(edit: Any) -> Any:
+    def apply(root: Path) -> None:
+        path = root / "sessions" / "s1" / "meta.json"
+        meta = read_json(path)
+        edit(meta)
+        path.write_text(json.dumps(meta))
+
+    return apply
+
+
+def _rerecorded_state(make: Any) -> Any:
+    """The session's plastic state replaced by ``make(state)`` with its digest re-recorded in meta.json: only what
+    the state holds can betray it."""
+
+    def apply(root: Path) -> None:
+        from safetensors.torch import load, save
+
+        directory = root / "sessions" / "s1"
+        data = save(make(load((directory / "plastic_state.safetensors").read_bytes())))
+        (directory / "plastic_state.safetensors").write_bytes(data)
+        _meta_edit(lambda meta: meta["artifacts"].update({"plastic_state.safetensors": sha256_bytes(data)}))(root)
+
+    return apply
+
+
+FORGED_SESSIONS = [  # (case, what is done, exit code of run and verify, what the line says)
+    ("artifacts a string", _meta_edit(lambda m: m.update(artifacts="x")), 5, "artifacts is 'x'"),
+    ("a setting in words", _meta_edit(lambda m: m["settings"].update(chunk="big")), 5, "settings.chunk is 'big'"),
+    ("runs an object", _meta_edit(lambda m: m.update(runs={})), 5, "runs is {}"),
+    ("an older schema", _meta_edit(lambda m: m.update(schema_version=1)), 5, "schema_version is 1"),
+    ("a state of another shape", _rerecorded_state(lambda s: {**s, "P_A": torch.zeros(3, 3)}), 4, "of shape (3, 3)"),
+    ("a state without P_B", _rerecorded_state(lambda s: {k: v for k, v in s.items() if k != "P_B"}), 4, "lacks P_B"),
+    ("a NaN state", _rerecorded_state(lambda s: {**s, "P_A": s["P_A"] * float("nan")}), 4, "non-finite"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "harm", "code", "says"), FORGED_SESSIONS, ids=[c[0] for c in FORGED_SESSIONS])
+def test_verify_and_run_refuse_a_forged_session_alike_in_one_line(
+    trained: Path, capsys: pytest.CaptureFixture, case: str, harm: Any, code: int, says: str
+) -> None:
+    """Each was exit 1 in run (a TypeError, an AttributeError, a shape mismatch), or an older schema ran; verify
+    said every file matched while run refused (a consistent rewrite of a state and its digest)."""
+    harm(trained)
+    root = ("--artifacts_root", str(trained), "--session_id", "s1")
+    meta = (trained / "sessions" / "s1" / "meta.json").read_bytes()
+    capsys.readouterr()
+    assert session("run", *root, "--steps", "32") == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert session("verify", *root) == code
+    captured = capsys.readouterr()
+    assert says in captured.out + captured.err
+    assert (trained / "sessions" / "s1" / "meta.json").read_bytes() == meta, "nothing written"
