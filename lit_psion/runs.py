@@ -127,7 +127,7 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
     elif (location / MANIFEST_FILE).is_file():
         checkpoint = verify_in_its_run(location)  # inside a run: written by it, the one its receipt recorded
         layout = RunLayout.of(location.parent.parent)
-        inside = location.parent in (layout.checkpoints, layout.consolidated)
+        inside = location.resolve().parent in (layout.checkpoints, layout.consolidated)  # layouts are resolved
         layout = layout if layout.is_run() and inside else None
     else:
         raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "

@@ -44,9 +44,14 @@ def test_a_run_samples_the_same_text_for_the_same_seed(runs: dict, capsys: pytes
     assert _sample(capsys, str(runs["base"]), "--prompt", "The ", "--tokens", "30", "--seed", "2")[1] != first
 
 
-def test_checkpoints_adapter_runs_and_merged_adapters_sample(runs: dict, capsys: pytest.CaptureFixture) -> None:
+def test_checkpoints_adapter_runs_and_merged_adapters_sample(
+    runs: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     step = sorted((runs["base"] / "checkpoints").glob("step-*"))[-1]
     assert _sample(capsys, str(step), "--tokens", "5")[0] == 0  # the run's tokenizer, found from the checkpoint
+    monkeypatch.chdir(runs["base"].parent)  # a relative path was "not inside a run" (compared with a resolved one)
+    assert _sample(capsys, str(step.relative_to(runs["base"].parent)), "--tokens", "5")[0] == 0
+    monkeypatch.undo()
     greedy = ("--tokens", "20", "--temperature", "0", "--prompt", "Th")
     code, tuned, _ = _sample(capsys, str(runs["tuned"]), *greedy)
     assert code == 0
