@@ -96,7 +96,7 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
         return _merged(path)
     from lit_psion.windows.program import Program
 
-    program = Program(path)
+    program, run = Program(path), None
     if program.exists():
         pointer = program.pointer()
         state = _load(program.revision(pointer["checkpoint"], pointer["revision"]))
@@ -108,9 +108,9 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
         run.check_records()  # its tokenizer above all: the one the data manifest recorded, or none
         state = run.state
         tokenizer = run.layout.tokenizer if run.layout is not None else None
-    if "decoder_config" not in state:
-        raise ConfigError(f"{str(path)!r} holds no DecoderLM (its checkpoint records no decoder_config); MOSAIC runs "
-                          "predict events: python -m lit_psion events predict")  # fmt: skip
+    family = _model_class(run.layout) if run is not None and run.layout is not None else None
+    if "decoder_config" not in state or (family is not None and family.rsplit(".", 1)[-1] not in DECODERS):
+        raise ConfigError(f"{str(path)!r} holds no text decoder {_what_it_holds(family)}")
     model = Decoder(DecoderConfig(**state["decoder_config"]))
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     adapter = state.get("adapter")
@@ -121,6 +121,30 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
     if missing := [k for k in model.load_state_dict(weights, strict=False).missing_keys]:
         raise CheckpointError(f"{str(path)!r} lacks weights the model needs ({', '.join(missing[:3])})")
     return model, tokenizer
+
+
+DECODERS = ("DecoderLM", "AdapterLM")
+"""The model classes whose runs ``generate`` samples text from."""
+
+
+def _model_class(layout: Any) -> str | None:
+    """The model class a run's config.yaml names (None: no run, or it cannot tell)."""
+    import yaml
+
+    try:
+        return str(yaml.safe_load(layout.config.read_text(encoding="utf-8"))["model"]["class_path"])
+    except (AttributeError, OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _what_it_holds(family: str | None) -> str:
+    """What the run is instead, and the command for it."""
+    name = (family or "").rsplit(".", 1)[-1]
+    if name == "MosaicLM":
+        return "(a MosaicLM run predicts events: python -m lit_psion events predict --ckpt RUN EVENTS.jsonl)"
+    if name == "GraphCore":
+        return "(a GraphCore run models dynamics, not text: evaluate it with `test --ckpt_path`)"
+    return f"({name or 'its checkpoint records no decoder_config'}); give a DecoderLM or AdapterLM run"
 
 
 def _load(verified: Any) -> dict[str, Any]:

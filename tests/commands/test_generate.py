@@ -145,3 +145,26 @@ def test_a_run_whose_tokenizer_was_edited_is_refused(runs: dict, tmp_path: Path,
     (run / "tokenizer.json").write_text(json.dumps(record))
     code, out, err = _sample(capsys, str(run), "--tokens", "5")
     assert code in (3, 5) and "tokenizer" in err and not out, (code, err)
+
+
+OTHER_FAMILIES = [  # (preset, its arguments for a tiny run, what generate says instead)
+    ("configs/mosaic_commitment_cpu.yaml", ("--data.init_args.n_train", "64", "--data.init_args.n_val", "16"),
+     "a MosaicLM run predicts events: python -m lit_psion events predict"),
+    ("configs/graph_core_oscillators.yaml", ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6",
+                                             "--data.init_args.n_train", "16", "--data.init_args.window", "8"),
+     "a GraphCore run models dynamics, not text"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("preset", "small", "says"), OTHER_FAMILIES, ids=["mosaic", "graph-core"])
+def test_a_run_of_another_family_is_named_with_its_own_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture, preset: str, small: tuple, says: str
+) -> None:
+    """A MOSAIC run was exit 4 ("lacks weights the model needs", as if untrusted); a graph-core run was told to use
+    events predict."""
+    from lit_psion.core.run import read_latest
+    from tests.helpers import fit
+
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", *small, config=preset) == 0
+    code, _, err = _sample(capsys, str(tmp_path / read_latest(tmp_path)), "--tokens", "3")
+    assert code == 2 and says in err, err
