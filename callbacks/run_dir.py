@@ -196,7 +196,7 @@ class RunDirectory(Callback):
         except CheckpointError:
             pointer = None
         checkpoint = layout.checkpoints / pointer.checkpoint if pointer is not None else "none"
-        metrics = {k: f"{float(v):.4f}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics = {k: f"{float(v):.5g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         console = Console(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
         console.print(f"[bold]run[/bold] {layout.run_id} {self.record.status if self.record else ''} "
                       f"at step {trainer.global_step} {' '.join(f'{k}={v}' for k, v in metrics.items())}")  # fmt: skip

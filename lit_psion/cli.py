@@ -51,6 +51,7 @@ from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
     check_config_files,
     gather_files,
+    make_root,
     place_wandb_runs,
     plain_parse_error,
     refuse_lightning_optimizer_groups,
@@ -191,10 +192,10 @@ class LitPsionCLI(LightningCLI):
         follow_torchrun(config.trainer)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit" and config.get("ckpt_path") != "last":  # last: checked once a run is found
-            _make_root(root)
+            make_root(root)
         run_id, rejected = self._resolve_resume(config, root)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
-            _make_root(root)
+            make_root(root)
         named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None
         if named is not None and config.get("ckpt_path") is None:
             run_id, rejected = self._resume_named(config, RunLayout(root, plain_run_id(named)))
@@ -204,6 +205,9 @@ class LitPsionCLI(LightningCLI):
             _refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"))
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
+        if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path") is None:
+            print(f"lit_psion: warning: {self.subcommand} without --ckpt_path uses freshly initialised weights; "
+                  "give --ckpt_path last or a checkpoint directory for a trained model", file=sys.stderr)  # fmt: skip
         if self.subcommand == "fit":
             # Without ckpt_path: `fit --config RUN/config.yaml` would silently start from the checkpoint it names.
             yaml = self._parser(self.subcommand).dump(config.clone().update(None, "ckpt_path"), skip_none=False)
@@ -379,19 +383,6 @@ def _remove_if_unborn(run_dir: Path) -> None:
     """A new run refused before its run.json was written leaves no directory behind (only its lock was there)."""
     if run_dir.is_dir() and not RunLayout.of(run_dir).is_run() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _make_root(root: Path) -> None:
-    """Create the runs root, or refuse in one line a root that cannot hold runs."""
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is a file; give a directory for runs")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"trainer.default_root_dir {str(root)!r} cannot be created ({error.strerror or error}); "
-                          "give a writable directory") from error  # fmt: skip
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -168,11 +168,17 @@ def test_other_subcommands_name_data_that_builds_another_model(subcommand: str, 
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])
-def test_other_subcommands_load_the_latest_checkpoint(subcommand: str, tmp_path: Path) -> None:
+def test_other_subcommands_load_the_latest_checkpoint(subcommand: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
     args = [subcommand, "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"]
-    assert main([*args, f"--trainer.limit_{'val' if subcommand == 'validate' else subcommand}_batches", "1"]) == 0
+    limit = f"--trainer.limit_{'val' if subcommand == 'validate' else subcommand}_batches"
+    capsys.readouterr()
+    assert main([*args, limit, "1"]) == 0
     assert not (tmp_path / "lightning_logs").exists()
+    assert "freshly initialised" not in capsys.readouterr().err
+    assert main([*args[:-2], limit, "1"]) == 0  # no checkpoint: the untrained model, said so (it was silent)
+    assert f"warning: {subcommand} without --ckpt_path uses freshly initialised weights" in capsys.readouterr().err
 
 
 def test_test_evaluates_the_held_out_test_split_and_refuses_data_without_one(

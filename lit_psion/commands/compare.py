@@ -35,4 +35,4 @@ def main(args: list[str]) -> None:
 
 
 def _format(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return "" if value is None else f"{value:.5g}"  # a graph core's 6.5e-06 is not 0.0000

@@ -236,3 +236,16 @@ def _wandb_api_key() -> bool:
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
+
+
+def make_root(root: Path) -> None:
+    """Create the runs root, or refuse in one line a root that cannot hold runs."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is a file; give a directory for runs")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"trainer.default_root_dir {str(root)!r} cannot be created ({error.strerror or error}); "
+                          "give a writable directory") from error  # fmt: skip
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")

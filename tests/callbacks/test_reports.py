@@ -136,7 +136,7 @@ def test_compare_prints_the_config_diff_and_final_metrics(
     printed = capsys.readouterr().out
     assert re.search(r"model\.init_args\.optimizer\.lr\s*│\s*0\.003\s*│\s*0\.01", printed), printed
     for run in two_runs:
-        assert f"{read_metrics(run)['val/loss'][-1][1]:.4f}" in printed
+        assert f"{read_metrics(run)['val/loss'][-1][1]:.5g}" in printed
     assert _png(out / "loss.png") and 'src="loss.png"' in (out / "index.html").read_text()
 
 
