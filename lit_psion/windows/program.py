@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
 from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.checkpoint import VerifiedCheckpoint, verify_checkpoint
 from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError
@@ -112,6 +112,11 @@ class Program:
     def settings(self) -> ProgramSettings:
         self.require()
         values = record(self.settings_path, ("settings", "next_slice"))
+        if values.get("settings_sha256") != sha256_json(values["settings"]):
+            raise EvidenceError(f"{str(self.settings_path)!r}: its settings are not the ones `window init` recorded "
+                                f"(settings_sha256 {values.get('settings_sha256')!r}, they hash to "
+                                f"{sha256_json(values['settings'])}); a program's settings are fixed at init: restore "
+                                "program.json, or init a new program with the settings you want")  # fmt: skip
         return ProgramSettings.from_mapping(values["settings"], repr(str(self.settings_path)))
 
     # -- revisions ----------------------------------------------------------------------
@@ -244,7 +249,8 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
                       "model_signature": state.get("model_signature"),
                       "lit_psion": {"writer": "window init", "parent": digest}}, revision_dir)  # fmt: skip
     revision = verify_checkpoint(revision_dir)
-    record = {"format_version": FORMAT_VERSION, "settings": {**settings.to_json_dict(), "data": data},
+    fixed = {**settings.to_json_dict(), "data": data}
+    record = {"format_version": FORMAT_VERSION, "settings": fixed, "settings_sha256": sha256_json(fixed),
               "base": {"checkpoint_digest": digest, "path": str(path)}, "tokenizer_sha256": sha256_bytes(tokenizer),
               "next_slice": 0}  # fmt: skip
     atomic_write_json(root / PROGRAM, record)

@@ -372,6 +372,12 @@ def test_a_second_coordinator_is_locked_out(program: Program, capsys: pytest.Cap
     (lambda r, w: (r / "pointer.json").write_text("["), "cannot be read", ("verify", "status", "plan")),
     (lambda r, w: (r / "program.json").write_text(json.dumps({"settings": {}})), "is not the record it should be",
      ("verify", "status", "plan")),
+    # An edited setting the next plan would adopt: targets no layer has (every close then failed after the seal,
+    # wedging the window), or a learning rate of 100 taken silently. Settings are fixed at init.
+    (lambda r, w: _edit_json(r / "program.json", lambda p: p["settings"]["lora"].update(targets=["bogus"])),
+     "are not the ones `window init` recorded", ("verify", "status", "plan")),
+    (lambda r, w: _edit_json(r / "program.json", lambda p: p["settings"]["budget"].update(lr=100)),
+     "are not the ones `window init` recorded", ("verify", "plan")),
 ])  # fmt: skip
 def test_damaged_records_are_one_line_exit_5(program: Program, matrix: dict, tmp_path: Path,
                                              capsys: pytest.CaptureFixture, damage, message: str,
