@@ -94,7 +94,10 @@ class Program:
                                     "restore it from a backup")  # fmt: skip
         following = f"w-{len(committed) + 1:04d}"
         for name in names:
-            if name not in committed and (name != following or not _planning_cut_short(windows / name)):
+            if name not in committed and name > following:
+                raise EvidenceError(f"window {name} is in {str(windows)!r}, but the next window is {following}: "
+                                    f"restore the windows before it from a backup, or remove {name}")  # fmt: skip
+            if name not in committed and not _planning_cut_short(windows / name):
                 raise EvidenceError(f"{str(windows / name / STATE)!r} is missing but the window holds records "
                                     "beyond its planning; restore window.json from a backup")  # fmt: skip
         return committed
@@ -452,7 +455,7 @@ def verify_window_chain(program: Program, window_id: str) -> None:
         raise EvidenceError(f"{str(path)!r} is missing: {window_id} has no receipts")
     result = verify_log(path, expected_head=head, run_id=f"window:{window_id}")
     if not result.ok:
-        raise EvidenceError(f"{str(path)!r}: line {result.line}: {result.reason}: {result.detail}")
+        raise EvidenceError(f"{str(path)!r}: {result.describe()}")
 
 
 def _slice(train: Any, index: int, size: int, seed: int) -> DataSlice:

@@ -125,9 +125,13 @@ def corpus_settings() -> set[str]:
 def load_settings(path: Path) -> ProgramSettings:
     """The window settings in a YAML file (its ``window:`` block, or the whole file)."""
     if not path.is_file():
-        raise ConfigError(f"window config {str(path)!r} not found; start from configs/window_lora.yaml")
+        what = "is a directory, not a YAML file" if path.is_dir() else "not found"
+        raise ConfigError(f"window config {str(path)!r} {what}; start from configs/window_lora.yaml")
     try:
         values = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"window config {str(path)!r} is not UTF-8 text ({error.reason}); give a YAML file"
+                          ) from error  # fmt: skip
     except yaml.YAMLError as error:
         raise ConfigError(f"window config {str(path)!r} is not valid YAML ({str(error).splitlines()[0]})") from error
     if isinstance(values, dict) and "window" in values:

@@ -298,6 +298,7 @@ def test_window_commands_refuse_what_the_state_machine_forbids(program: Program,
 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["window", "init", "{tmp}/p", "--config", "{tmp}/missing.yaml", "--base", "{base}"], 2, "not found"),
+    (["window", "init", "{tmp}/p", "--config", "{tmp}", "--base", "{base}"], 2, "is a directory, not a YAML file"),
     (["window", "init", "{tmp}/p", "--config", "{bad}", "--base", "{base}"], 2, "unknown window setting"),
     (["window", "init", "{tmp}/p", "--config", "{settings}", "--base", "{tmp}"], 4, "neither a run directory"),
     (["window", "plan", "{tmp}"], 2, "holds no window program"),
@@ -370,6 +371,8 @@ def test_a_second_coordinator_is_locked_out(program: Program, capsys: pytest.Cap
      ("verify", "status", "plan")),
     (lambda r, w: (r / "windows" / w / "promotion.json").unlink(), "is missing", ("verify",)),
     (lambda r, w: (r / "pointer.json").write_text("["), "cannot be read", ("verify", "status", "plan")),
+    (lambda r, w: (r / "windows" / "w-0009").mkdir(), "but the next window is", ("verify", "status", "plan")),
+    (lambda r, w: (r / "windows" / w / "receipts.jsonl").write_text(""), "end of log: truncated", ("verify",)),
     (lambda r, w: (r / "program.json").write_text(json.dumps({"settings": {}})), "is not the record it should be",
      ("verify", "status", "plan")),
     # An edited setting the next plan would adopt: targets no layer has (every close then failed after the seal,
