@@ -245,7 +245,12 @@ class Store:
     def session_meta(self, session_id: str) -> dict[str, Any]:
         path = self.session_dir(session_id) / "meta.json"
         if not path.is_file():
-            known = ", ".join(sorted(self.index()["sessions"])) or "none yet"
+            registered = self.index()["sessions"]
+            if session_id in registered:
+                what = "its directory is gone" if not path.parent.is_dir() else "its meta.json is missing"
+                raise EvidenceError(f"session {session_id!r} is registered in {str(self.root)!r}, but {what} "
+                                    f"({str(path)!r}); restore it from a backup")  # fmt: skip
+            known = ", ".join(sorted(registered)) or "none yet"
             raise ConfigError(f"no session {session_id!r} in {str(self.root)!r} (sessions: {known})")
         meta = _record(path, ("session_id", "model_signature", "base_ckpt_hash", "settings", "runs"))
         if (problem := _session_record_problem(meta)) is not None:
