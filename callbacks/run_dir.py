@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import lightning as L
@@ -14,7 +15,13 @@ from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
-from lit_psion.callbacks.checkpoint import data_settings, refuse_unbound, shared_settings, trainer_settings
+from lit_psion.callbacks.checkpoint import (
+    data_settings,
+    refuse_unbound,
+    resume_warning,
+    shared_settings,
+    trainer_settings,
+)
 from lit_psion.callbacks.evidence import data_manifest_digest, signature_of
 from lit_psion.callbacks.optimizer_settings import honour_optimizer_settings
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
@@ -163,6 +170,8 @@ class RunDirectory(Callback):
             honour_optimizer_settings(trainer, pl_module)
         if trainer.is_global_zero:
             self._begin(trainer, pl_module)
+            if warning := resume_warning(self.run_context.layout.run_id, self.run_context.changed_settings):
+                print(warning, file=sys.stderr)  # now that the resume was accepted and trains
         if self.run_context.resumed:
             for logger in trainer.loggers:
                 if isinstance(logger, RunCSVLogger):

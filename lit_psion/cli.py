@@ -42,7 +42,6 @@ from lit_psion.callbacks.checkpoint import (
     changed_model_settings,
     changed_on_resume,
     recorded_model_settings,
-    resume_warning,
 )
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
@@ -218,8 +217,6 @@ class LitPsionCLI(LightningCLI):
                 os.environ[LAUNCHER_PID_ENV], self._exported_launcher_pid = str(os.getpid()), True
             start = self.verified
             changed = changed_on_resume(layout, yaml) if run_id is not None else ()
-            if (warning := resume_warning(layout.run_id, changed)) and is_launcher_rank_zero():
-                print(warning, file=sys.stderr)
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
                                           resume_manifest_sha256=start and start.manifest_sha256,

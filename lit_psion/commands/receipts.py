@@ -30,14 +30,15 @@ def main(args: list[str]) -> None:
     parser.add_argument("action", choices=["verify"])
     parser.add_argument("run_dir", type=Path, help="a run directory, or its consolidated/ directory")
     given = parser.parse_args(args).run_dir
-    if (log := _consolidation_log_outside_a_run(given)) is not None:  # `ckpt consolidate --out DIR`'s
+    in_a_run = given.name == "consolidated" and RunLayout.of(given.parent).is_run()
+    if not in_a_run and (log := _consolidation_log_outside_a_run(given)) is not None:  # `ckpt consolidate --out`'s
         result = verify_log(log, run_id=_first_run_id(log))
         if not result.ok:
             raise EvidenceError(f"{str(log)!r}: {result.describe()}")
         print(f"ok: {result.describe()} (the log of models consolidated from run "
               f"{_first_run_id(log).removeprefix(CONSOLIDATION_PREFIX)})")  # fmt: skip
         return
-    run = RunLayout.of(given.parent) if given.name == "consolidated" and RunLayout.of(given.parent).is_run() else None
+    run = RunLayout.of(given.parent) if in_a_run else None
     layout = run or run_layout(given)
     if run is None:
         result = check_chain(layout, RunRecord.load(layout))  # EvidenceError (exit 5) names the first problem

@@ -186,8 +186,9 @@ class AdapterContributionReceipt(ReceiptBody):
     disposition: str | None = None
     """``accepted``, ``quarantined``, ``rejected`` or ``replay_required`` (``disposed`` only)."""
     reasons: tuple[str, ...] = ()
-    evidence: dict[str, float] = dataclasses.field(default_factory=dict)
-    """The validator's measurements: ``delta_norm``, ``median_norm``, ``held_out_loss``, ``input_loss``."""
+    evidence: dict[str, float | str] = dataclasses.field(default_factory=dict)
+    """The validator's measurements: ``delta_norm``, ``median_norm``, ``held_out_loss``, ``input_loss``; and for a
+    duplicate, ``same_delta_as``: the assignment whose update it repeats."""
     aggregation_eligible: bool = False
 
 
