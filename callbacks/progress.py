@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from typing_extensions import override
 
@@ -80,9 +81,9 @@ class ProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._counts_steps():
             self._update(self.train_progress_bar_id, trainer.global_step)
-        self._print_line(trainer, pl_module)
+        self._print_line(trainer, pl_module, outputs)
 
-    def _print_line(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _print_line(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any = None) -> None:
         if not self._counts_steps() or not trainer.is_global_zero or not super().is_enabled or sys.stdout.isatty():
             return
         step, total = trainer.global_step, trainer.max_steps
@@ -92,7 +93,10 @@ class ProgressBar(RichProgressBar):
         elapsed = time.monotonic() - (self._started or time.monotonic())
         done = step - self._first_step
         left = elapsed / done * (total - step) if done > 0 else 0.0
-        loss = self.get_metrics(trainer, pl_module).get("train/loss")
+        loss = self.get_metrics(trainer, pl_module).get("train/loss")  # the last logged step's (all ranks')
+        step_loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if trainer.world_size == 1 and isinstance(step_loss, torch.Tensor) and step_loss.numel() == 1:
+            loss = float(step_loss.detach())  # this step's: a module logs its scalars after every callback's hook
         shown = f" train/loss {loss:.4g}" if isinstance(loss, float) else f" train/loss {loss}" if loss else ""
         print(f"step {step}/{total} ({100 * step // total}%){shown} | {timedelta(seconds=round(elapsed))} elapsed, "
               f"{timedelta(seconds=round(left))} left", flush=True)  # fmt: skip

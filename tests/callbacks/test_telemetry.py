@@ -85,3 +85,8 @@ def test_a_step_bounded_run_counts_steps_and_prints_lines_when_not_a_terminal(
     assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"], lines
     assert all(" left" in line and "train/loss " in line for line in lines)
     assert "━" not in out and "it/s" not in out  # Rich's last frame, with its own elapsed time, is not printed too
+    # Each line shows its own step's loss, the last one the run's final loss (they lagged a logged row behind).
+    receipts = [json.loads(line) for line in (tmp_path / read_latest(tmp_path) / "receipts.jsonl").open()]
+    losses = {r["body"]["step_out"]: r["body"]["loss"] for r in receipts if r["kind"] == "trainer_step"}
+    assert [float(line.split("train/loss ")[1].split()[0]) for line in lines] == pytest.approx(
+        [losses[step] for step in (5, 10, 15, 20)], rel=1e-3)  # fmt: skip
