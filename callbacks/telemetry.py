@@ -63,7 +63,10 @@ class Telemetry(Callback):
         if self._before is None:
             return
         params = [p.detach() for p in pl_module.parameters() if p.requires_grad]
-        update = torch.stack([torch.linalg.vector_norm(p - b) for p, b in zip(params, self._before, strict=True)])
+        # A parameter whose shape changed in the step (a graph core grew an edge) moved wholly: its norm is its update.
+        before = self._before if len(self._before) == len(params) else [torch.zeros(0)] * len(params)
+        update = torch.stack([torch.linalg.vector_norm(p - b if p.shape == b.shape else p)
+                              for p, b in zip(params, before, strict=True)])  # fmt: skip
         self._before = None
         seconds = max(time.perf_counter() - self._started, 1e-9)
         tokens = global_tokens(batch)
@@ -72,6 +75,10 @@ class Telemetry(Callback):
         pl_module.log("telemetry/update_norm", float(torch.linalg.vector_norm(update)))
         pl_module.log("telemetry/param_norm", float(torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(p) for p in params]))))  # fmt: skip
+        if not tokens:  # not a language model's batch (a graph core's trajectories): its samples, not 0 tokens/s
+            if isinstance(batch, dict) and (ids := batch.get("global_sample_ids", batch.get("sample_ids"))) is not None:
+                pl_module.log("telemetry/samples_per_s", len(ids) / seconds)
+            return
         pl_module.log("telemetry/tokens_per_s", tokens / seconds)
         pl_module.log("telemetry/flops_per_s", flops)
         if self.peak_flops:

@@ -29,7 +29,7 @@ PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("loss", ("train/loss", "train/mse", "val/loss")),  # train/mse: the graph core's training loss
     "lr": ("learning rate", ("train/lr",)),
     "norms": ("norms", ("telemetry/grad_norm", "telemetry/update_norm", "telemetry/param_norm")),
-    "throughput": ("tokens/s", ("telemetry/tokens_per_s",)),
+    "throughput": ("tokens/s (samples/s)", ("telemetry/tokens_per_s", "telemetry/samples_per_s")),
     "transactions": ("transactions: commit rate", ("transactions/commit_rate",)),
 }
 """PNG name -> (title, metric keys drawn in it)."""

@@ -296,3 +296,17 @@ def test_a_resume_under_a_limit_the_structure_already_reaches_is_refused(tmp_pat
                limit, config=PRESET) == 2  # fmt: skip
     assert f"at or above complexity_limit {float(limit)}" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_graph_core_run_logs_samples_per_second_not_zero_tokens(tmp_path: Path) -> None:
+    """Its batches hold no tokens: tokens/s and FLOP/s were logged as 0, and the dashboard drew a flat zero line."""
+    import csv
+
+    small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.n_train",
+             "16", "--data.init_args.window", "8", "--trainer.log_every_n_steps", "1")  # fmt: skip
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3", *small, config=PRESET) == 0
+    run = tmp_path / read_latest(tmp_path)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert "telemetry/tokens_per_s" not in rows[0] and "telemetry/flops_per_s" not in rows[0]
+    assert [float(row["telemetry/samples_per_s"]) > 0 for row in rows if row["telemetry/samples_per_s"]] == [True] * 3
+    assert (run / "dashboard" / "throughput.png").is_file()
