@@ -256,5 +256,13 @@ class ReplayDataModule(L.LightningDataModule):
         )
 
     def _restore_hint(self, saved: dict[str, Any]) -> str:
-        """How to give the checkpoint its data again."""
-        return "restore the original data and settings or start a new run without --ckpt_path"
+        """How to give the checkpoint its data again: the flags of the settings it recorded, where they are plain
+        values (a generator's ``n_test: 8`` is ``--data.n_test 8``)."""
+        changed = self.prepare().changed_keys(saved) if hasattr(self.prepare(), "changed_keys") else []
+        flags = [f"--data.{key} {saved[key]}" for key in changed
+                 if isinstance(saved.get(key), int | float | str) and not isinstance(saved.get(key), bool)]  # fmt: skip
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        if flags:
+            return f"give the settings it was trained with ({' '.join(flags)})"
+        return ("restore the original data and settings or start a new run without --ckpt_path" if fitting
+                else "evaluate it on the data and settings it was trained with")  # fmt: skip

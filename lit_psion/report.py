@@ -59,7 +59,8 @@ def read_metrics(run_dir: str | Path) -> Series:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if "step" not in (reader.fieldnames or ()):  # an empty file, or a header that is not a run's
-                raise ValueError(f"its header {reader.fieldnames or 'is empty'} has no step column")
+                header = reader.fieldnames
+                raise ValueError(f"its header {header} has no step column" if header else "it is empty")
             for row in reader:
                 step = int(row["step"]) + 1  # Lightning writes step n's row at n - 1; receipts count steps done
                 for key, value in row.items():

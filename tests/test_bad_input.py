@@ -337,7 +337,7 @@ UNREADABLE = [  # (case, the harm, the file the error names, what it says)
     ("a metrics.csv value in words", write("metrics.csv", b"step,train/loss\n1,low\n"), "metrics.csv", "low"),
     ("a metrics.csv without a step column", write("metrics.csv", b"loss\n1.0\n"), "metrics.csv", "step"),
     ("a metrics.csv of one garbage line", write("metrics.csv", b"garbage,,,\n"), "metrics.csv", "no step column"),
-    ("an empty metrics.csv", write("metrics.csv", b""), "metrics.csv", "header is empty"),
+    ("an empty metrics.csv", write("metrics.csv", b""), "metrics.csv", "it is empty"),
     ("broken YAML in config.yaml", write("config.yaml", b"trainer: [1, 2\nmodel: {"), "config.yaml", "YAML"),
     ("a non-UTF-8 config.yaml", write("config.yaml", b"trainer: \xff\n"), "config.yaml", "utf-8"),
     ("a config.yaml list", write("config.yaml", b"- 1\n- 2\n"), "config.yaml", "a YAML list"),

@@ -310,3 +310,15 @@ def test_a_graph_core_run_logs_samples_per_second_not_zero_tokens(tmp_path: Path
     assert "telemetry/tokens_per_s" not in rows[0] and "telemetry/flops_per_s" not in rows[0]
     assert [float(row["telemetry/samples_per_s"]) > 0 for row in rows if row["telemetry/samples_per_s"]] == [True] * 3
     assert (run / "dashboard" / "throughput.png").is_file()
+
+
+def test_test_on_other_generator_settings_names_the_flag_to_restore(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """It said "(n_test differ); ... start a new run without --ckpt_path", which names no value and makes no sense
+    for `test`."""
+    small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.n_train",
+             "16", "--data.init_args.window", "8", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert fit(*small, "--trainer.max_steps", "2", "--data.init_args.n_test", "4", config=PRESET) == 0
+    capsys.readouterr()
+    assert main(["test", "--config", PRESET, *small, "--data.init_args.n_test", "8", "--ckpt_path", "last"]) == 3
+    assert "give the settings it was trained with (--data.n_test 4)" in capsys.readouterr().err
