@@ -49,6 +49,7 @@ from lit_psion.commands import COMMANDS, run_command
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
     check_config_files,
+    describe_ckpt_path,
     gather_files,
     make_root,
     place_wandb_runs,
@@ -173,6 +174,7 @@ class LitPsionCLI(LightningCLI):
         LightningCLI would otherwise load a checkpoint *file* to apply its hyper-parameters to the config
         before lit_psion verified it: nothing from an unverified file may shape the run.
         """
+        describe_ckpt_path(parser)
         if isinstance(args, dict | Namespace):
             super().parse_arguments(parser, args)
         else:

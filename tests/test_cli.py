@@ -423,3 +423,13 @@ def test_a_resumed_runs_config_yaml_does_not_name_the_checkpoint_it_resumed(tmp_
     other = tmp_path / "again"
     assert main(["fit", "--config", str(run / "config.yaml"), "--trainer.default_root_dir", str(other)]) == 0
     assert read_json(other / read_latest(other) / "run.json")["attempts"] == 1  # a new run, from scratch
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_the_ckpt_path_help_says_what_lit_psion_takes(subcommand: str, capsys: pytest.CaptureFixture) -> None:
+    """It showed Lightning's text ("best", "hpc", "registry"), each of which lit_psion refuses."""
+    assert main([subcommand, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    described = text.split("--ckpt_path CKPT_PATH ", 2)[-1][:300]  # the option's own entry, past the usage line
+    assert described.startswith("'last' (the latest run under --trainer.default_root_dir"), described
+    assert "registry" not in described and "hpc" not in described

@@ -249,3 +249,17 @@ def make_root(root: Path) -> None:
                           "give a writable directory") from error  # fmt: skip
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
+
+
+CKPT_PATH_HELP = ("'last' (the latest run under --trainer.default_root_dir, from its pointed-to, verified checkpoint) "
+                  "or a checkpoint directory (RUN/checkpoints/step-NNNNNN); docs/cli.md")
+
+
+def describe_ckpt_path(parser: Any) -> None:
+    """Lightning's help for --ckpt_path names "best", "hpc" and "registry", which lit_psion refuses: say what it
+    takes instead."""
+    subcommands = getattr(parser, "_subcommands_action", None)
+    for sub in getattr(subcommands, "_name_parser_map", {}).values():
+        for action in getattr(sub, "_actions", ()):
+            if action.dest == "ckpt_path":
+                action.help = CKPT_PATH_HELP
