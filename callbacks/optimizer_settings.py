@@ -20,43 +20,33 @@ SCHEDULED = frozenset({"params", "lr", "initial_lr"})
 """Group keys not copied: the parameters themselves, and the rates the schedule sets from its base rates."""
 
 
-def honour_optimizer_settings(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]:
-    """Give the restored optimizer and schedule the settings ``pl_module.configure_optimizers`` gives now.
-
-    Returns:
-        The settings changed, as ``group N: key old -> new`` (empty when the checkpoint's were the config's, or
-        when the optimizers are not one optimizer with an optional ``LambdaLR``, which this does not match).
-    """
+def honour_optimizer_settings(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """Give the restored optimizer and schedule the settings ``pl_module.configure_optimizers`` gives now (what
+    changed is recorded from the configs, in the resumed receipt). Left alone: optimizers that are not one
+    optimizer with an optional ``LambdaLR`` over the same groups, which this does not match."""
     if len(trainer.optimizers) != 1 or len(trainer.lr_scheduler_configs) > 1:
-        return []
+        return
     fresh = pl_module.configure_optimizers()
     if not isinstance(fresh, dict) or not isinstance(fresh.get("optimizer"), torch.optim.Optimizer):
-        return []
+        return
     restored, given = trainer.optimizers[0], fresh["optimizer"]
     if [len(g["params"]) for g in restored.param_groups] != [len(g["params"]) for g in given.param_groups]:
-        return []
-    changed = []
-    for index, (old, new) in enumerate(zip(restored.param_groups, given.param_groups, strict=True)):
-        for key, value in new.items():
-            if key not in SCHEDULED and _plain(old.get(key)) != _plain(value):
-                changed.append(f"group {index}: {key} {old.get(key)!r} -> {value!r}")
-                old[key] = value
+        return
+    for old, new in zip(restored.param_groups, given.param_groups, strict=True):
+        old.update({key: value for key, value in new.items()
+                    if key not in SCHEDULED and _plain(old.get(key)) != _plain(value)})  # fmt: skip
     schedule = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
     given_schedule = (fresh.get("lr_scheduler") or {}).get("scheduler")
     lambdas = (torch.optim.lr_scheduler.LambdaLR,)
     if isinstance(schedule, lambdas) and isinstance(given_schedule, lambdas):
         if list(schedule.base_lrs) != list(given_schedule.base_lrs):
-            changed.append(f"base lr {list(schedule.base_lrs)} -> {list(given_schedule.base_lrs)}")
             schedule.base_lrs = list(given_schedule.base_lrs)
             for group, base, factor in zip(restored.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
                 group["initial_lr"], group["lr"] = base, base * factor(schedule.last_epoch)
             schedule._last_lr = [group["lr"] for group in restored.param_groups]
     elif schedule is None:
-        for index, (old, new) in enumerate(zip(restored.param_groups, given.param_groups, strict=True)):
-            if old["lr"] != new["lr"]:
-                changed.append(f"group {index}: lr {old['lr']!r} -> {new['lr']!r}")
-                old["lr"] = new["lr"]
-    return changed
+        for old, new in zip(restored.param_groups, given.param_groups, strict=True):
+            old["lr"] = new["lr"]
 
 
 def _plain(value: Any) -> Any:

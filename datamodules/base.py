@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from lit_psion.core.contracts import DataFacts, Manifest
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
+from lit_psion.core.manifest import RecordManifest
 from lit_psion.core.run import run_context
 from lit_psion.datamodules.replay import Cursor, ReplayDataLoader, ReplaySampler, replay_loader
 from lit_psion.datamodules.token_cache import default_cache_dir
@@ -258,7 +259,8 @@ class ReplayDataModule(L.LightningDataModule):
     def _restore_hint(self, saved: dict[str, Any]) -> str:
         """How to give the checkpoint its data again: the flags of the settings it recorded, where they are plain
         values (a generator's ``n_test: 8`` is ``--data.n_test 8``)."""
-        changed = self.prepare().changed_keys(saved) if hasattr(self.prepare(), "changed_keys") else []
+        manifest = self.prepare()  # a generator's record names its settings; a corpus names its own (CorpusDataModule)
+        changed = manifest.changed_keys(saved) if isinstance(manifest, RecordManifest) else []
         flags = [f"--data.{key} {saved[key]}" for key in changed
                  if isinstance(saved.get(key), int | float | str) and not isinstance(saved.get(key), bool)]  # fmt: skip
         fitting = self.trainer is None or self.trainer.state.fn == "fit"

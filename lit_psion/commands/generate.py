@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.commands import CommandParser
+from lit_psion.commands.records import recorded_model_class
 from lit_psion.core import canonical_json, read_json, sha256_bytes
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
 from lit_psion.core.layout import TOKENIZER_FILE
@@ -108,9 +109,9 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
         run.check_records()  # its tokenizer above all: the one the data manifest recorded, or none
         state = run.state
         tokenizer = run.layout.tokenizer if run.layout is not None else None
-    family = _model_class(run.layout) if run is not None and run.layout is not None else None
-    if "decoder_config" not in state or (family is not None and family.rsplit(".", 1)[-1] not in DECODERS):
-        raise ConfigError(f"{str(path)!r} holds no text decoder {_what_it_holds(family)}")
+    family = (recorded_model_class(run.layout) or "").rsplit(".", 1)[-1] if run and run.layout else ""
+    if "decoder_config" not in state or family in NOT_TEXT:
+        raise ConfigError(f"{str(path)!r} holds no text decoder ({NOT_TEXT.get(family, NO_DECODER)})")
     model = Decoder(DecoderConfig(**state["decoder_config"]))
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     adapter = state.get("adapter")
@@ -123,28 +124,12 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
     return model, tokenizer
 
 
-DECODERS = ("DecoderLM", "AdapterLM")
-"""The model classes whose runs ``generate`` samples text from."""
-
-
-def _model_class(layout: Any) -> str | None:
-    """The model class a run's config.yaml names (None: no run, or it cannot tell)."""
-    import yaml
-
-    try:
-        return str(yaml.safe_load(layout.config.read_text(encoding="utf-8"))["model"]["class_path"])
-    except (AttributeError, OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
-        return None
-
-
-def _what_it_holds(family: str | None) -> str:
-    """What the run is instead, and the command for it."""
-    name = (family or "").rsplit(".", 1)[-1]
-    if name == "MosaicLM":
-        return "(a MosaicLM run predicts events: python -m lit_psion events predict --ckpt RUN EVENTS.jsonl)"
-    if name == "GraphCore":
-        return "(a GraphCore run models dynamics, not text: evaluate it with `test --ckpt_path`)"
-    return f"({name or 'its checkpoint records no decoder_config'}); give a DecoderLM or AdapterLM run"
+NOT_TEXT = {
+    "MosaicLM": "a MosaicLM run predicts events: python -m lit_psion events predict --ckpt RUN EVENTS.jsonl",
+    "GraphCore": "a GraphCore run models dynamics, not text: evaluate it with `test --ckpt_path`",
+}
+"""Model families whose runs ``generate`` does not sample, and what to run instead."""
+NO_DECODER = "its checkpoint records no decoder_config; give a DecoderLM or AdapterLM run"
 
 
 def _load(verified: Any) -> dict[str, Any]:

@@ -67,15 +67,22 @@ def metrics_problem(layout: RunLayout) -> str | None:
     return None
 
 
+def recorded_model_class(layout: RunLayout) -> str | None:
+    """The model class the run's config.yaml names (``model.class_path``), or None when it cannot be read."""
+    import yaml
+
+    try:
+        return str(yaml.safe_load(layout.config.read_text(encoding="utf-8"))["model"]["class_path"])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None = None) -> None:
     """A fit from a run's checkpoint (``--ckpt_path last``: the latest run under the root; else the ``checkpoint``
     given) is refused, before anything of it is read, when that run trained another model class than this config
     builds (its run.json stays as it is). Before the data's checks: another family's data is another kind of data."""
-    import yaml
-
-    try:
-        recorded = yaml.safe_load(layout.config.read_text())["model"]["class_path"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+    recorded = recorded_model_class(layout)
+    if recorded is None:
         return  # no readable config.yaml: the checkpoint's own checks decide
     wanted = config.get("model", {}).get("class_path") if hasattr(config.get("model"), "get") else None
     if wanted is None or str(recorded).rsplit(".", 1)[-1] == str(wanted).rsplit(".", 1)[-1]:
