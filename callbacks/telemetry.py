@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lit_psion.core.errors import ConfigError
+from lit_psion.core.step_logs import is_last_step, log_step_values
 
 
 class Telemetry(Callback):
@@ -35,8 +36,9 @@ class Telemetry(Callback):
         self._before: list[torch.Tensor] | None = None
         self._started = 0.0
 
-    def _due(self, trainer: L.Trainer) -> bool:
-        return (trainer.global_step + 1) % (self.every_n_steps or trainer.log_every_n_steps) == 0
+    def _due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        every = self.every_n_steps or trainer.log_every_n_steps
+        return (trainer.global_step + 1) % every == 0 or (self.every_n_steps is None and is_last_step(pl_module))
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
@@ -46,16 +48,15 @@ class Telemetry(Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if not self._due(trainer):
+        if not self._due(trainer, pl_module):
             return
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else 0
+        params = [p.detach() for p in pl_module.parameters() if p.requires_grad]
+        grads = [p.grad for p in pl_module.parameters() if p.requires_grad and p.grad is not None]
+        grad_norm = float(total_norm(grads))
         clip = trainer.gradient_clip_val
-        pl_module.log("telemetry/grad_norm", float(grad_norm))
-        if clip:
-            pl_module.log("telemetry/clip_ratio", min(1.0, float(clip) / max(float(grad_norm), 1e-12)))
-        self._before = [p.detach().clone() for p in params]
+        log_step_values(pl_module, **{"telemetry/grad_norm": grad_norm},
+                        **({"telemetry/clip_ratio": min(1.0, float(clip) / max(grad_norm, 1e-12))} if clip else {}))
+        self._before = [p.clone() for p in params]
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -63,26 +64,31 @@ class Telemetry(Callback):
         if self._before is None:
             return
         params = [p.detach() for p in pl_module.parameters() if p.requires_grad]
-        # A parameter whose shape changed in the step (a graph core grew an edge) moved wholly: its norm is its update.
-        before = self._before if len(self._before) == len(params) else [torch.zeros(0)] * len(params)
-        update = torch.stack([torch.linalg.vector_norm(p - b if p.shape == b.shape else p)
-                              for p, b in zip(params, before, strict=True)])  # fmt: skip
-        self._before = None
+        before, self._before = self._before, None
         seconds = max(time.perf_counter() - self._started, 1e-9)
         tokens = global_tokens(batch)
-        n_params = sum(p.numel() for p in params)
-        flops = 6 * n_params * tokens / seconds  # forward + backward of a dense model (Kaplan et al. 2020)
-        pl_module.log("telemetry/update_norm", float(torch.linalg.vector_norm(update)))
-        pl_module.log("telemetry/param_norm", float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(p) for p in params]))))  # fmt: skip
-        if not tokens:  # not a language model's batch (a graph core's trajectories): its samples, not 0 tokens/s
-            if isinstance(batch, dict) and (ids := batch.get("global_sample_ids", batch.get("sample_ids"))) is not None:
-                pl_module.log("telemetry/samples_per_s", len(ids) / seconds)
-            return
-        pl_module.log("telemetry/tokens_per_s", tokens / seconds)
-        pl_module.log("telemetry/flops_per_s", flops)
-        if self.peak_flops:
-            pl_module.log("telemetry/mfu", flops / (self.peak_flops * trainer.world_size))
+        flops = 6 * sum(p.numel() for p in params) * tokens / seconds  # forward + backward (Kaplan et al. 2020)
+        values = {"telemetry/update_norm": update_norm(params, before),
+                  "telemetry/param_norm": float(total_norm(params))}  # fmt: skip
+        if tokens:
+            values |= {"telemetry/tokens_per_s": tokens / seconds, "telemetry/flops_per_s": flops}
+            if self.peak_flops:
+                values["telemetry/mfu"] = flops / (self.peak_flops * trainer.world_size)
+        elif isinstance(batch, dict) and (ids := batch.get("global_sample_ids", batch.get("sample_ids"))) is not None:
+            values["telemetry/samples_per_s"] = len(ids) / seconds  # a graph core's trajectories: samples, not tokens
+        log_step_values(pl_module, **values)
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all the tensors together (0 for none)."""
+    return torch.nn.utils.get_total_norm(tensors) if tensors else torch.zeros(())
+
+
+def update_norm(params: list[torch.Tensor], before: list[torch.Tensor]) -> float:
+    """The 2-norm of the step's change to every parameter. A parameter whose shape changed in the step (a graph
+    core grew an edge) moved wholly: its norm is its update."""
+    before = before if len(before) == len(params) else [torch.zeros(0)] * len(params)
+    return float(total_norm([p - b if p.shape == b.shape else p for p, b in zip(params, before, strict=True)]))
 
 
 def global_tokens(batch: Any) -> int:

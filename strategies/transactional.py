@@ -58,6 +58,7 @@ from lit_psion.core.errors import CheckpointError, EvidenceError, TransactionErr
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
 from lit_psion.core.skip_list import SkipList, SkippedBatch
+from lit_psion.core.step_logs import log_step_values
 
 REASONS = ("nonfinite_loss", "nonfinite_grad", "grad_norm", "state_norm", "nonfinite_post_loss", "regression",
            "skip_listed")  # fmt: skip
@@ -447,16 +448,13 @@ class Transactional:
                    "trains with the config's: --model.optimizer.lr)" if durable else
                    "start a new run (no checkpoint was written yet), with a lower learning rate if need be")
             )
-        if step % trainer.log_every_n_steps == 0:  # cumulative counters: log them on the steps that write a row
+        if step % trainer.log_every_n_steps == 0 or step == trainer.max_steps:  # cumulative: on the rows, the last too
             self._log_counters(module)
 
     def _log_counters(self, module: L.LightningModule) -> None:
-        module.log("transactions/commit_rate", self.commits / (self.commits + self.rolled_back), on_step=True,
-                   on_epoch=False)  # fmt: skip
-        module.log("transactions/rollbacks", float(self.rolled_back), on_step=True, on_epoch=False)
-        for reason, count in self.rollbacks.items():
-            if count:
-                module.log(f"transactions/rollbacks_{reason}", float(count), on_step=True, on_epoch=False)
+        counts = {f"transactions/rollbacks_{reason}": float(count) for reason, count in self.rollbacks.items() if count}
+        log_step_values(module, **{"transactions/commit_rate": self.commits / (self.commits + self.rolled_back),
+                                   "transactions/rollbacks": float(self.rolled_back)}, **counts)  # fmt: skip
 
 
 class TransactionalStrategy(Transactional, SingleDeviceStrategy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lit_psion.commands import CommandParser
@@ -9,6 +10,7 @@ from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.audit import check_chain, consolidation_log
 from lit_psion.core.chain import parse_receipt, verify_log
 from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
+from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
 
@@ -38,6 +40,9 @@ def main(args: list[str]) -> None:
         print(f"ok: {result.describe()} (the log of models consolidated from run "
               f"{_first_run_id(log).removeprefix(CONSOLIDATION_PREFIX)})")  # fmt: skip
         return
+    if (recorded := _session_run_record(given)) is not None:
+        _verify_session_run(given, recorded)
+        return
     run = RunLayout.of(given.parent) if in_a_run else None
     layout = run or run_layout(given)
     if run is None:
@@ -48,6 +53,37 @@ def main(args: list[str]) -> None:
         if not verdict.ok:
             raise EvidenceError(f"{str(layout.consolidated / RECEIPTS_FILE)!r}: {verdict.detail}")
         print(f"ok: {verdict.artifact}: {verdict.detail}")
+
+
+def _session_run_record(directory: Path) -> dict[str, str] | None:
+    """The file digests a session's ``meta.json`` records for ``directory`` when it is one of the session's runs
+    (``sessions/<id>/runs/<run_id>/``, which has receipts but never a run.json), else None."""
+    meta_file = directory.parent.parent / "meta.json"
+    if directory.parent.name != "runs" or RunLayout.of(directory).is_run() or not meta_file.is_file():
+        return None
+    try:
+        runs = json.loads(meta_file.read_bytes()).get("runs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    for run in runs if isinstance(runs, list) else ():
+        if isinstance(run, dict) and run.get("run_id") == directory.name and isinstance(run.get("files"), dict):
+            return run["files"]
+    return None
+
+
+def _verify_session_run(directory: Path, recorded: dict[str, str]) -> None:
+    """A session run's log: its chain, from the run's genesis, and its bytes against the session's record."""
+    log = directory / RECEIPTS_FILE
+    if not log.is_file():
+        raise EvidenceError(f"{str(log)!r} is missing; the session's meta.json records it (session verify checks "
+                            "every file a session records)")  # fmt: skip
+    result = verify_log(log, run_id=directory.name)
+    if not result.ok:
+        raise EvidenceError(f"{str(log)!r}: {result.describe()}")
+    if (digest := sha256_file(log)) != recorded.get(RECEIPTS_FILE):
+        raise EvidenceError(f"{str(log)!r} has sha256 {digest}, the session's meta.json records "
+                            f"{recorded.get(RECEIPTS_FILE)}: the log was changed after the run ended")  # fmt: skip
+    print(f"ok: {result.describe()} (a session run; its other files: session verify)")
 
 
 def _consolidation_log_outside_a_run(directory: Path) -> Path | None:

@@ -21,8 +21,11 @@ def canonical_json(obj: Any) -> bytes:
     Raises:
         ValueError: if ``obj`` holds a non-finite float (NaN/inf have no JSON spelling).
     """
-    _reject_non_finite(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:
+        _reject_non_finite(obj)  # names the value (json's message does not)
+        raise
 
 
 def _reject_non_finite(obj: Any) -> None:

@@ -13,7 +13,7 @@ from torchmetrics.text import Perplexity
 
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.models.step_logs import keep_step_logs, log_kept_step_logs
+from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
 

@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric
 
 from lit_psion.core.contracts import DataFacts, ReplayData, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
 from lit_psion.nn.barrier import Barrier
 from lit_psion.nn.delta_log import DeltaStateLog
 from lit_psion.nn.graph import Graph, SuperGraph, max_levels
@@ -224,10 +225,11 @@ class GraphCore(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         mse, barrier = self.task_loss(batch), self.gamma
-        self.log("train/mse", mse, prog_bar=True)
-        self.log("train/gamma", barrier)
-        self.log("train/complexity", float(self.complexity))
+        keep_step_logs(self, **{"train/mse": mse, "train/gamma": barrier, "train/complexity": float(self.complexity)})
         return mse * barrier
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        log_kept_step_logs(self)  # on the steps that write a row, and the last step's row at max_steps
 
     def transaction_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.task_loss(batch) * self.gamma

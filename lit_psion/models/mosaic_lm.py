@@ -21,8 +21,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import ConfigError
+from lit_psion.core.step_logs import keep_step_logs
 from lit_psion.models.decoder_lm import DecoderLM
-from lit_psion.models.step_logs import keep_step_logs
 from lit_psion.nn.decoder import DecoderConfig
 from lit_psion.nn.mosaic import Mosaic, MosaicConfig
 from lit_psion.nn.optim import OptimizerConfig

@@ -90,3 +90,31 @@ def test_a_step_bounded_run_counts_steps_and_prints_lines_when_not_a_terminal(
     losses = {r["body"]["step_out"]: r["body"]["loss"] for r in receipts if r["kind"] == "trainer_step"}
     assert [float(line.split("train/loss ")[1].split()[0]) for line in lines] == pytest.approx(
         [losses[step] for step in (5, 10, 15, 20)], rel=1e-3)  # fmt: skip
+
+
+LAST_ROW_CASES = {
+    "decoder": ((), ("train/loss", "train/lr", "telemetry/grad_norm", "telemetry/tokens_per_s")),
+    "decoder, transactional": (("--trainer.strategy", "transactional"),
+                               ("train/loss", "telemetry/update_norm", "transactions/commit_rate",
+                                "transactions/rollbacks")),
+    "graph core": (("--config", "configs/graph_core_oscillators.yaml"),
+                   ("train/mse", "train/gamma", "telemetry/grad_norm", "telemetry/samples_per_s")),
+}
+
+
+@pytest.mark.parametrize("case", LAST_ROW_CASES)
+def test_the_last_row_of_a_run_stopped_by_max_steps_holds_every_column(tmp_path: Path, case: str) -> None:
+    """A fit that stops at max_steps between two rows gets its last step's row all the same, with what the model,
+    the telemetry and the transactional strategy measured on that step, as every other row has."""
+    extra, columns = LAST_ROW_CASES[case]
+    config = extra[1] if extra[:1] == ("--config",) else None
+    extra = extra[2:] if config else extra
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.log_every_n_steps", "3", "--trainer.max_steps",
+            "7", "--checkpoint.every_n_train_steps", "100", *extra)  # fmt: skip
+    assert (fit(*args, config=config) if config else fit(*args)) == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    rows = {int(r["step"]): r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get(columns[0])}
+    assert sorted(rows) == [2, 5, 6]  # after steps 3, 6 and the last, 7
+    for step, row in rows.items():
+        missing = [column for column in columns if not row.get(column)]
+        assert not missing, f"the row of step {step} lacks {missing}"

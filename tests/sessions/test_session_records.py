@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_bytes
 from tests.sessions.helpers import session, session_process
 
@@ -154,3 +155,33 @@ def test_verify_and_run_refuse_a_forged_session_alike_in_one_line(
     captured = capsys.readouterr()
     assert says in captured.out + captured.err
     assert (meta_path.read_bytes() if meta_path.is_file() else None) == meta, "nothing written"
+
+
+SESSION_LOG_EDITS = {  # what is done to a session run's receipts.jsonl -> what `receipts verify` must say
+    "untouched": (None, 0, "a session run"),
+    "last receipt dropped": (lambda lines: lines[:-1], 5, "meta.json records"),
+    "a body edited": (lambda lines: [lines[0].replace('"session"', '"sessiox"', 1), *lines[1:]], 5, "edited"),
+    "re-recorded in meta.json after a drop": ("rerecord", 5, "meta.json records"),
+}
+
+
+@pytest.mark.parametrize("case", SESSION_LOG_EDITS)
+def test_receipts_verify_checks_a_session_runs_log(trained: Path, capsys: pytest.CaptureFixture, case: str) -> None:
+    """A session's run directory has receipts and never a run.json: `receipts verify` checks its chain and its
+    bytes against the session's record instead of asking for a run.json to restore."""
+    edit, code, says = SESSION_LOG_EDITS[case]
+    (run,) = (trained / "sessions" / "s1" / "runs").iterdir()
+    log = run / "receipts.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    if callable(edit):
+        log.write_text("".join(edit(lines)))
+    elif edit == "rerecord":  # a truncation whose forger also fixed the record: the chain still verifies
+        log.write_text("".join(lines[:-1]))
+        meta_file = trained / "sessions" / "s1" / "meta.json"
+        meta = json.loads(meta_file.read_text())
+        meta["runs"][0]["files"]["receipts.jsonl"] = sha256_bytes(log.read_bytes())
+        meta_file.write_text(json.dumps(meta))
+        code, says = 0, "a session run"  # outside what a record in meta.json can prove (docs/sessions.md)
+    assert main(["receipts", "verify", str(run)]) == code
+    out = capsys.readouterr()
+    assert says in (out.out + out.err) and "run.json" not in out.err

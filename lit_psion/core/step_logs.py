@@ -7,19 +7,25 @@ and ``self.log`` costs about a millisecond, 1-2% of a small model's step. So a t
 its scalars aside (:func:`keep_step_logs`) and the module's ``on_train_batch_end``, which runs after
 every callback's and before Lightning decides on the row, logs them only when the row is written
 (:func:`log_kept_step_logs`). The progress bar shows the values of the last step that logged.
+
+A fit that stops at ``max_steps`` between two rows ends without Lightning writing its last step's row;
+:func:`log_kept_step_logs` writes that row itself, from what the step kept. Callbacks and strategies
+that measure on row steps (telemetry, transaction counters) log through :func:`log_step_values`, which
+keeps their values for that last row too.
+
+Duck-typed over Lightning's module and trainer (``_trainer``, ``log``, ``loggers``), so any layer may
+use it without core importing Lightning.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
-
-PROGRESS_BAR_KEYS = frozenset({"train/loss"})
+PROGRESS_BAR_KEYS = frozenset({"train/loss", "train/mse"})
 _KEPT = "_lit_psion_step_logs"
 
 
-def writes_log_row(module: L.LightningModule) -> bool:
+def writes_log_row(module: Any) -> bool:
     """Whether Lightning writes a row of step metrics for the current training step (checked as late as
     the module's ``on_train_batch_end``, it is the decision Lightning then takes)."""
     trainer = module._trainer
@@ -29,14 +35,33 @@ def writes_log_row(module: L.LightningModule) -> bool:
     return bool(getattr(connector, "should_update_logs", True))
 
 
-def keep_step_logs(module: L.LightningModule, **values: Any) -> None:
+def is_last_step(module: Any) -> bool:
+    """Whether the current training step is the one a fit stops on by ``max_steps`` (during the step, before
+    its optimizer step is counted, or after it)."""
+    trainer = module._trainer
+    if trainer is None or trainer.max_steps in (None, -1):
+        return False
+    return trainer.global_step + 1 >= trainer.max_steps
+
+
+def keep_step_logs(module: Any, **values: Any) -> None:
     """Keep this step's scalars (tensors are detached) for :func:`log_kept_step_logs`; adds to what the step
     kept already, so hooks before the optimizer step (the learning rate) can add theirs."""
     kept = module.__dict__.setdefault(_KEPT, {})
     kept.update({name: value.detach() if hasattr(value, "detach") else value for name, value in values.items()})
 
 
-def log_kept_step_logs(module: L.LightningModule) -> None:
+def log_step_values(module: Any, **values: Any) -> None:
+    """Log scalars a callback or a strategy measured on this step if Lightning writes its row; on the last step
+    of a fit stopped by ``max_steps`` between rows, keep them for the row :func:`log_kept_step_logs` writes."""
+    if writes_log_row(module):
+        for name, value in values.items():
+            module.log(name, value, on_step=True, on_epoch=False)
+    elif is_last_step(module):
+        keep_step_logs(module, **values)
+
+
+def log_kept_step_logs(module: Any) -> None:
     """Log the step's kept scalars if Lightning writes this step's row; forget them either way."""
     kept = module.__dict__.pop(_KEPT, None)
     if kept and writes_log_row(module):
@@ -46,12 +71,12 @@ def log_kept_step_logs(module: L.LightningModule) -> None:
         _write_last_row(module, kept)
 
 
-def _stops_at_max_steps(module: L.LightningModule) -> bool:
+def _stops_at_max_steps(module: Any) -> bool:
     trainer = module._trainer
     return trainer is not None and trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
 
 
-def _write_last_row(module: L.LightningModule, kept: dict[str, Any]) -> None:
+def _write_last_row(module: Any, kept: dict[str, Any]) -> None:
     """The row of the step a fit stops on by ``max_steps``, which Lightning does not write (it writes one when a
     fit stops through ``should_stop``), straight to the loggers, as Lightning would have: at the step's index,
     with the epoch."""
