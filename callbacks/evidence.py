@@ -71,6 +71,7 @@ class Receipts(EvidenceCallback):
         self._cursor: tuple[int, int] | None = None
         self._resumed_from: str | None = None
         self._started = False
+        self._unreceipted_resume = False
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -82,6 +83,7 @@ class Receipts(EvidenceCallback):
                 known = {run.resume_from.name: run.resume_manifest.receipts_head} if run.resume_manifest else {}
                 verified = check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known,
                                        untrusted={rejected.path.name for rejected in run.rejected})  # fmt: skip
+            self._unreceipted_resume = self._resumed_without_its_receipt(run)  # read before this fit appends
             self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head,
                                     verified=verified)  # fmt: skip
 
@@ -99,13 +101,18 @@ class Receipts(EvidenceCallback):
                 reason=rejected.reason,
             ))  # fmt: skip
 
+    @staticmethod
+    def _resumed_without_its_receipt(run: RunContext) -> bool:
+        manifest = run.resume_manifest
+        if run.resume_from is None or manifest is None or manifest.run_id != run.layout.run_id:
+            return False
+        return manifest.step not in receipted_checkpoints(run.layout).recorded
+
     def _receipt_a_resumed_checkpoint(self, trainer: L.Trainer, run: RunContext) -> None:
         """A checkpoint of this run resumed without its durable receipt (the run was killed between the two)
         gets it now, so every checkpoint a sealed chain covers is receipted."""
         manifest = run.resume_manifest
-        if run.resume_from is None or manifest is None or manifest.run_id != run.layout.run_id:
-            return
-        if manifest.step in receipted_checkpoints(run.layout).recorded:
+        if not self._unreceipted_resume or manifest is None:
             return
         self.emit(trainer, CheckpointReceipt(
             stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(run.resume_from),
