@@ -207,3 +207,21 @@ def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(
     reference = [json.loads(line)["body"]["step"] for line in (uninterrupted[2] / "receipts.jsonl")
                  .read_text().splitlines() if '"kind": "eval"' in line]  # fmt: skip
     assert evals == reference and 6 in evals
+
+
+def test_a_resume_reads_its_receipt_log_through_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which checkpoints the log receipted, the chain against every anchor and the log the fit appends to are
+    one verification of the same bytes (a long run's log costs ~0.1 ms a receipt to verify), and the resumed run
+    still verifies."""
+    import lit_psion.core.chain as chain
+
+    args = ("--trainer.default_root_dir", str(tmp_path), "--checkpoint.every_n_train_steps", "2")
+    assert fit(*args, "--trainer.max_steps", "2") == 0
+    verified = chain._verify_bytes
+    calls: list[int] = []
+    monkeypatch.setattr(chain, "_verify_bytes", lambda data, run_id: calls.append(len(data)) or verified(data, run_id))
+    assert fit(*args, "--trainer.max_steps", "4", "--ckpt_path", "last") == 0
+    assert len(calls) == 1
+    run = tmp_path / read_latest(tmp_path)
+    result = chain.verify_log(run / "receipts.jsonl", run_id=run.name)
+    assert result.ok and result.sealed and len(calls) == 2  # the grown log: other bytes, judged anew

@@ -77,6 +77,25 @@ def test_tampering_is_caught(name: str, tamper: Callable, line: int | None, reas
     assert (result.line, result.reason) == (line, reason), result.describe()
 
 
+@pytest.mark.parametrize(("name", "tamper", "line", "reason"), TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_a_verdict_remembered_for_the_same_bytes_never_covers_other_bytes(
+    name: str, tamper: Callable, line: int | None, reason: str, tmp_path: Path
+) -> None:
+    """A process remembers verdicts by the sha256 of the bytes verified (a resume checks one log three times): a
+    log verified once and then tampered with is judged anew, and a remembered verdict still checks the head asked
+    for."""
+    path = tmp_path / "r.jsonl"
+    head = write_log(path)
+    original = path.read_bytes()
+    assert verify_log(path, expected_head=head).ok
+    path.write_text("\n".join(tamper(path.read_text().splitlines())) + "\n")
+    result = verify_log(path, expected_head=head)
+    assert (result.ok, result.line, result.reason) == (False, line, reason), result.describe()
+    path.write_bytes(original)
+    assert verify_log(path, expected_head=head).ok
+    assert verify_log(path, expected_head="0" * 64).reason == "truncated"  # the same bytes, another anchor
+
+
 def test_appending_continues_the_chain_and_refuses_a_broken_log(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     write_log(path, n=2)
