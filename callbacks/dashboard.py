@@ -7,6 +7,7 @@ files, so it shows exactly what ``metrics.csv`` and ``run.json`` say.
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -31,15 +32,27 @@ class Dashboard(Callback):
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+        self._warned = False
 
     def write(self, trainer: L.Trainer) -> Path | None:
+        """Draw the page; one that cannot be drawn (its directory taken by a file, a full disk, a metrics.csv it
+        cannot read) is a warning line, once: the dashboard is a view of the run, not its evidence, and must not
+        fail a fit whose checkpoints and receipts are written (nor add a receipt after a completed run's seal)."""
         layout = run_context(trainer).layout
         if not self.enabled or not trainer.is_global_zero or not layout.is_run():
             return None
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):
                 logger.save()  # flush buffered rows into metrics.csv
-        return write_dashboard(layout.run_dir)
+        try:
+            return write_dashboard(layout.run_dir)
+        except Exception as error:  # any failure to draw is the same warning
+            if not self._warned:
+                self._warned = True
+                print(f"lit_psion: warning: the dashboard was not written to {str(layout.dashboard)!r} "
+                      f"({type(error).__name__}: {error}); training goes on, and `python -m lit_psion compare "
+                      f"{layout.run_dir}` draws the same plots elsewhere", file=sys.stderr)  # fmt: skip
+            return None
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

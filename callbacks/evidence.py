@@ -72,9 +72,11 @@ class Receipts(EvidenceCallback):
         self._resumed_from: str | None = None
         self._started = False
         self._unreceipted_resume = False
+        self._sealed = False
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._sealed = False
         if stage == "fit" and trainer.is_global_zero:
             run = self.run(trainer)
             layout = run.layout
@@ -165,6 +167,7 @@ class Receipts(EvidenceCallback):
         if event == "completed" and self.chain is not None:
             self.emit(trainer, ChainSealReceipt(stage_id=self.run(trainer).stage, step=trainer.global_step,
                                                 receipts=self.chain.next_seq))  # fmt: skip
+            self._sealed = True  # nothing follows a seal but a resume's receipts
         if self.chain is not None:
             self.chain.sync()
 
@@ -175,8 +178,8 @@ class Receipts(EvidenceCallback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not self._started or isinstance(exception, ReceiptWriteError):
-            return  # refused before training began (or the log cannot take a receipt): leave the log as it was
+        if not self._started or self._sealed or isinstance(exception, ReceiptWriteError):
+            return  # refused before training began, raised after the seal, or the log cannot take a receipt
         event = "paused" if isinstance(exception, KeyboardInterrupt | SIGTERMException) else "failed"
         strategy = trainer.strategy
         mesh = strategy.stop_reason() if isinstance(strategy, MembershipAware) else None

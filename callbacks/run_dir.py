@@ -193,6 +193,8 @@ class RunDirectory(Callback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.record is not None and self.record.status == RunStatus.COMPLETED:
+            return  # raised after the run completed (a teardown): its record, seal and checkpoint stand
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             self._update(trainer, RunStatus.PAUSED)
         else:

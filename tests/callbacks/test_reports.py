@@ -252,3 +252,55 @@ def test_a_users_callback_sees_the_wandb_logger_when_training_starts(tmp_path: P
                             "--trainer.callbacks.out", str(seen))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "WandbLogger" in json.loads(seen.read_text())
+
+
+class FailAtTeardown(Callback):
+    """Raises in teardown, after the fit completed and sealed its chain (a user's callback with a bug there)."""
+
+    def teardown(self, trainer: L.Trainer, *args: object) -> None:
+        raise RuntimeError("injected failure in teardown")
+
+
+class TakeTheDashboard(Callback):
+    """Puts a file where the dashboard's directory (or its page) goes, at the first validation's end."""
+
+    def __init__(self, page: bool = False) -> None:
+        self.page = page
+
+    def on_validation_end(self, trainer: L.Trainer, *args: object) -> None:
+        directory = Path(trainer.default_root_dir) / read_latest(Path(trainer.default_root_dir)) / "dashboard"
+        if self.page and not (directory / "index.html").is_dir():
+            directory.mkdir(exist_ok=True)
+            (directory / "index.html").unlink(missing_ok=True)
+            (directory / "index.html").mkdir()
+        elif not self.page and not directory.is_file():
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.write_text("not a directory")
+
+
+AFTER_THE_END = {  # what goes wrong -> (the callback, the fit's exit code)
+    "dashboard directory is a file": ("tests.callbacks.test_reports.TakeTheDashboard", 0),
+    "dashboard page is a directory": ("tests.callbacks.test_reports.TakeTheDashboard", 0),
+    "a user's teardown raises": ("tests.callbacks.test_reports.FailAtTeardown", 1),
+}
+
+
+@pytest.mark.parametrize("case", AFTER_THE_END)
+def test_nothing_after_a_completed_run_breaks_its_chain_or_record(tmp_path: Path, case: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """The dashboard is a view, not evidence: one it cannot draw is a warning and the fit completes. A failure
+    after the run completed (its chain sealed) appends no receipt after the seal and leaves run.json completed,
+    so the run verifies and resumes."""
+    callback, code = AFTER_THE_END[case]
+    extra = ("--trainer.callbacks.page", "true") if "page" in case else ()
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.val_check_interval", "2",
+            "--trainer.limit_val_batches", "1")  # fmt: skip
+    assert fit(*args, "--trainer.max_steps", "4", f"--trainer.callbacks+={callback}", *extra) == code
+    run = tmp_path / read_latest(tmp_path)
+    assert read_json(run / "run.json")["status"] == "completed"
+    assert main(["receipts", "verify", str(run)]) == 0
+    if code == 0:
+        assert capsys.readouterr().err.count("the dashboard was not written") == 1
+    assert fit(*args, "--trainer.max_steps", "6", "--ckpt_path", "last") == 0
