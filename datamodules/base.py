@@ -22,6 +22,7 @@ named together; bad data raises :class:`~lit_psion.core.errors.DataError` (exit 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -41,6 +42,14 @@ def positive_integers(**settings: Any) -> list[str]:
     """A problem for each setting that is not a positive integer, quoting its value."""
     return [f"{name} must be a positive integer, got {value!r}"
             for name, value in settings.items() if not isinstance(value, int) or value < 1]  # fmt: skip
+
+
+def _not_a_directory(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a directory (the cache could not go there)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 class ReplayDataModule(L.LightningDataModule):
@@ -79,6 +88,11 @@ class ReplayDataModule(L.LightningDataModule):
         found = [*positive_integers(batch_size=self.batch_size), *problems]
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             found.append(f"num_workers must be 0 or more, got {self.num_workers!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            found.append(f"seed must be a whole number in [0, 2**63), got {self.seed!r}")
+        if (taken := _not_a_directory(self.cache_dir)) is not None:
+            found.append(f"cache_dir {str(self.cache_dir)!r} cannot hold the cache: {str(taken)!r} is not a directory; "
+                         "give a directory with --data.cache_dir or LIT_PSION_CACHE")  # fmt: skip
         if found:  # each names its setting as the command line does
             raise DataConfigError("; ".join(f"data.{problem}" for problem in found))
 

@@ -124,7 +124,7 @@ class CorpusDataModule(ReplayDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers, cache_dir=cache_dir)
         self.tokenizer_file = tokenizer_file
-        self.files = [files] if isinstance(files, str) else list(files)
+        self.files = [files] if isinstance(files, str) else list(files) if isinstance(files, list | tuple) else files
         self.max_bytes, self.tokenizer_kind, self.requested_vocab_size = max_bytes, tokenizer, vocab_size
         self.block_size, self.documents, self.split = block_size, documents, split
         self.val_fraction = val_fraction
@@ -136,7 +136,12 @@ class CorpusDataModule(ReplayDataModule):
         self._refuse_bad_settings(*self._setting_problems())
 
     def _setting_problems(self) -> list[str]:
-        problems = [] if self.files else ["files is empty; give --data.files a file, a glob or 'stdlib'"]
+        if not isinstance(self.files, list) or not all(isinstance(entry, str) for entry in self.files):
+            problems = [f"files must be a path, a glob or 'stdlib' (or a list of them), got {self.files!r}"]
+        elif not self.files:
+            problems = ["files is empty; give --data.files a file, a glob or 'stdlib'"]
+        else:
+            problems = ["files holds an empty path ''; give a file, a glob or 'stdlib'"] if "" in self.files else []
         problems += positive_integers(block_size=self.block_size, vocab_size=self.requested_vocab_size,
                                       sample_stride=self.sample_stride)  # fmt: skip
         choices = (("tokenizer", self.tokenizer_kind, ("bpe", "char")), ("split", self.split, ("hash", "tail")),
@@ -148,14 +153,14 @@ class CorpusDataModule(ReplayDataModule):
                 self.requested_vocab_size < BPE_MIN_VOCAB:
             problems.append(f"vocab_size must be >= {BPE_MIN_VOCAB} for bpe (256 bytes and the end-of-text token), "
                             f"got {self.requested_vocab_size!r}")  # fmt: skip
-        if not 0.0 < self.val_fraction < 1.0:
+        if not _fraction(self.val_fraction) or not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if not 0.0 <= self.test_fraction < 1.0:
+        if not _fraction(self.test_fraction) or not 0.0 <= self.test_fraction < 1.0:
             problems.append(f"test_fraction must be >= 0 and below 1, got {self.test_fraction!r}")
-        elif 0.0 < self.val_fraction < 1.0 and not self.val_fraction + self.test_fraction < 1.0:
+        elif _fraction(self.val_fraction) and 0 < self.val_fraction < 1 and self.val_fraction + self.test_fraction >= 1:
             problems.append(f"test_fraction must leave training documents: val_fraction {self.val_fraction!r} + "
                             f"test_fraction {self.test_fraction!r} must be below 1")
-        if self.max_bytes is not None and self.max_bytes < 1:
+        if self.max_bytes is not None and (not isinstance(self.max_bytes, int) or self.max_bytes < 1):
             problems.append(f"max_bytes must be positive or null, got {self.max_bytes!r}")
         return problems
 
@@ -303,6 +308,10 @@ class CorpusDataModule(ReplayDataModule):
             except Exception as error:  # tokenizers raises its own exception type for a malformed file
                 raise DataError(f"tokenizer file {self.tokenizer_file!r} is not a tokenizers JSON file ({error}); "
                                 "give one written by tokenizers' Tokenizer.save") from error  # fmt: skip
+            if self.tokenizer.token_to_id(END_OF_TEXT) is None:
+                raise DataError(f"tokenizer file {self.tokenizer_file!r} has no {END_OF_TEXT!r} token, which ends "
+                                "every document; give one lit_psion trained (a run's tokenizer.json), or add the "
+                                "token to it")  # fmt: skip
             self._tokenizer_text = raw.decode("utf-8")
         else:
             self.tokenizer, tokenizer_digest = cached_tokenizer(
@@ -354,15 +363,19 @@ class CorpusDataModule(ReplayDataModule):
                    "val": [split == "val" for split in held_out]}  # fmt: skip
         if "test" in held_out:  # a cache without a test split keeps the layout it always had
             columns["test"] = [split == "test" for split in held_out]
-        datasets.Dataset.from_dict(columns).map(
-            self._encode_batch,
-            fn_kwargs={"eot": self.tokenizer.token_to_id(END_OF_TEXT)},
-            batched=True,
-            remove_columns=["text"],
-            cache_file_name=str(staging / TOKENS_FILE),
-            new_fingerprint=inputs_digest,
-            load_from_cache_file=False,
-        )
+        try:
+            datasets.Dataset.from_dict(columns).map(
+                self._encode_batch,
+                fn_kwargs={"eot": self.tokenizer.token_to_id(END_OF_TEXT)},
+                batched=True,
+                remove_columns=["text"],
+                cache_file_name=str(staging / TOKENS_FILE),
+                new_fingerprint=inputs_digest,
+                load_from_cache_file=False,
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # no half-built cache left behind
+            raise
         streams = split_streams(staging / TOKENS_FILE)  # what a later load reads is what is recorded
         digests = {name: token_digest(tokens) for name, tokens in streams.items()}
         atomic_write_json(staging / TOKEN_RECORD_FILE, {"inputs_digest": inputs_digest, "token_digests": digests})
@@ -465,3 +478,8 @@ def _decode_text(name: str, data: bytes) -> str:
     kind = "a NUL byte (a binary file)" if offset == nul else f"byte 0x{data[offset]:02x}, not UTF-8"
     raise DataError(f"data file {name!r} is not UTF-8 text: {kind} at byte offset {offset}; exclude it from "
                     "--data.files (sources are read as UTF-8 text)")  # fmt: skip
+
+
+def _fraction(value: Any) -> bool:
+    """Whether ``value`` is a number a fraction can be compared as (not null, a word or a boolean)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value

@@ -364,3 +364,47 @@ def test_compare_exits_5_on_evidence_it_cannot_read_and_writes_nothing(
     line = one_error_line(capsys.readouterr().err)
     assert str(copies[which].run_dir / file) in line and says in line
     assert not out.exists()
+
+
+DATA_SETTINGS_THAT_WERE_EXIT_1 = [  # (args, what the one line names) -- each was an exit 1 before it was checked
+    (("--data.files", "null"), "data.files must be a path, a glob or 'stdlib' (or a list of them), got None"),
+    (("--data.files", "''"), "data.files holds an empty path ''"),
+    (("--data.val_fraction", "null"), "data.val_fraction must be in (0, 1), got None"),
+    (("--data.test_fraction", "null"), "data.test_fraction must be >= 0 and below 1, got None"),
+    (("--data.seed", "null"), "data.seed must be a whole number in [0, 2**63), got None"),
+    (("--data.seed", "99999999999999999999999"), "data.seed must be a whole number in [0, 2**63)"),
+    (("--data.cache_dir", "fixtures/tiny.yaml"), "'fixtures/tiny.yaml' is not a directory"),
+    (("--data.cache_dir", "fixtures/tiny.yaml/cache"), "'fixtures/tiny.yaml' is not a directory"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "says"), DATA_SETTINGS_THAT_WERE_EXIT_1,
+                         ids=["files null", "files empty", "val null", "test null", "seed null", "seed huge",
+                              "cache a file", "cache under a file"])  # fmt: skip
+def test_a_data_setting_of_no_use_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
+) -> None:
+    value = "" if args[1] == "''" else args[1]
+    assert main(["fit", "--config", "fixtures/tiny.yaml", args[0], value, "--trainer.default_root_dir",
+                 str(tmp_path / "runs")]) == 2  # fmt: skip
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("lit_psion: error: ") and says in line, line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("vocab", ["word level without end of text", "empty bpe"])
+def test_a_tokenizer_file_that_cannot_end_a_document_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture, vocab: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid tokenizers file without lit_psion's end-of-text token cannot tokenize a corpus: one line naming
+    the file and the token, and no half-built token cache left in the cache directory."""
+    from tokenizers import Tokenizer, models
+
+    model = models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]") if "word" in vocab else models.BPE()
+    Tokenizer(model).save(str(tmp_path / "tok.json"))
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "cache"))
+    assert main(["fit", "--config", "fixtures/tiny.yaml", "--data.tokenizer_file", str(tmp_path / "tok.json"),
+                 "--trainer.default_root_dir", str(tmp_path / "runs")]) == 3  # fmt: skip
+    line = one_error_line(capsys.readouterr().err)
+    assert "tok.json" in line and "<|endoftext|>" in line, line
+    assert not list((tmp_path / "cache").rglob("*.tmp-*"))
