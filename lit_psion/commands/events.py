@@ -28,9 +28,15 @@ def main(args: list[str]) -> None:
             print(json.dumps(row, sort_keys=True))
         else:
             text = row["text"]
-            text = (text if isinstance(text, str) else "" if text is None else json.dumps(text))[:48]
-            print(f"{row['seq']:>4} {row['type']:<11} {row['sender']:<6} {row['predicted_delta']:+d} "
+            text = shown(text if isinstance(text, str) else "" if text is None else json.dumps(text))[:48]
+            print(f"{row['seq']:>4} {shown(row['type']):<11} {shown(row['sender']):<6} {row['predicted_delta']:+d} "
                   f"{LABELS[row['predicted_delta']]:<7} open={len(row['open'])}  {text}")  # fmt: skip
-    outstanding = results[-1]["open"] if results else []
+    outstanding = [shown(name) for name in results[-1]["open"]] if results else []
     print(f"open commitments outstanding: {', '.join(outstanding) if outstanding else 'none'}",
           file=sys.stderr if parsed.json else sys.stdout)  # fmt: skip
+
+
+def shown(text: str) -> str:
+    """``text`` for a terminal line: a newline, a tab or an escape sequence an event carries is printed escaped, so
+    an event cannot forge a row or colour the table."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))

@@ -36,6 +36,8 @@ def read_events(path: Path) -> list[EventEnvelope]:
             events.append(EventEnvelope.from_json_dict(json.loads(line)))
         except json.JSONDecodeError as error:
             raise EventError(f"{path}:{number}: not JSON ({error.msg})") from error
+        except RecursionError as error:
+            raise EventError(f"{path}:{number}: not an event (nested too deeply to read)") from error
         except EventError as error:
             raise EventError(f"{path}:{number}: {error}") from error
     if not events:

@@ -261,3 +261,28 @@ def test_distractor_text_is_taught_no_commitment_change_and_the_manifest_says_so
     distractors = [item for item in trace if item.event.type in ("Message", "ToolResult") and item.commitment == 0]
     assert distractors and 0 in commitments
     assert manifest.record["supervision"] == SUPERVISION == 2
+
+
+@pytest.mark.parametrize("depth", [3000, 100_000])
+def test_an_events_file_nested_too_deeply_is_one_line_naming_it(tmp_path: object, depth: int) -> None:
+    """A JSON value nested deeper than Python parses is the file's line, exit 3, never a RecursionError."""
+    from pathlib import Path
+
+    from lit_psion.events.predict import read_events
+
+    path = Path(str(tmp_path)) / "deep.jsonl"
+    nested = "[" * depth + "]" * depth
+    path.write_text('{"id": "e1", "type": "Message", "sender": "a", "seq": 1, "payload": {"a": ' + nested + "}}\n")
+    with pytest.raises(EventError, match=f"^{path}:1: not an event \\(nested too deeply to read\\)$") as raised:
+        read_events(path)
+    assert raised.value.exit_code == 3
+
+
+@pytest.mark.parametrize(("text", "printed"), [("open\n   2 Message  agent  +1 open", "open\\n   2 Message  agent  +1 open"),
+                                               ("\x1b[31mred", "\\x1b[31mred"), ("tab\there", "tab\\there"),
+                                               ("café ok", "café ok")])  # fmt: skip
+def test_the_events_table_prints_an_events_control_characters_escaped(text: str, printed: str) -> None:
+    """An event's text, sender or type cannot forge a row of the `events predict` table or colour it."""
+    from lit_psion.commands.events import shown
+
+    assert shown(text) == printed and "\n" not in shown(text) and "\x1b" not in shown(text)
