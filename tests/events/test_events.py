@@ -278,9 +278,11 @@ def test_an_events_file_nested_too_deeply_is_one_line_naming_it(tmp_path: object
     assert raised.value.exit_code == 3
 
 
-@pytest.mark.parametrize(("text", "printed"), [("open\n   2 Message  agent  +1 open", "open\\n   2 Message  agent  +1 open"),
-                                               ("\x1b[31mred", "\\x1b[31mred"), ("tab\there", "tab\\there"),
-                                               ("café ok", "café ok")])  # fmt: skip
+ESCAPED = [("open\n   2 Message  agent  +1 open", "open\\n   2 Message  agent  +1 open"),
+           ("\x1b[31mred", "\\x1b[31mred"), ("tab\there", "tab\\there"), ("café ok", "café ok")]
+
+
+@pytest.mark.parametrize(("text", "printed"), ESCAPED)
 def test_the_events_table_prints_an_events_control_characters_escaped(text: str, printed: str) -> None:
     """An event's text, sender or type cannot forge a row of the `events predict` table or colour it."""
     from lit_psion.commands.events import shown
