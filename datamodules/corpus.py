@@ -204,10 +204,14 @@ class CorpusDataModule(ReplayDataModule):
         Raises:
             DataError: A first file larger than ``max_bytes``, or a source that is not UTF-8 text.
         """
-        sources, texts, taken, seen = [], [], 0, {}
+        sources, texts, taken, seen, places = [], [], 0, {}, {}
         named = [entry for entry in self.files if entry != STDLIB and not glob.has_magic(entry)]
         paths = self._source_paths()
         for index, (name, path) in enumerate(paths):
+            if not name.startswith(STDLIB + "/") and (first := places.get(path.resolve())) is not None:
+                raise DataError(f"data file {name!r} is given twice ({first!r} and {name!r} are one file, through "
+                                "--data.files entries that overlap); give each file once")  # fmt: skip
+            places[path.resolve()] = name
             try:
                 data = path.read_bytes()
             except OSError as error:
@@ -226,7 +230,8 @@ class CorpusDataModule(ReplayDataModule):
                 break
             taken += len(data)
             digest = sha256_bytes(data)
-            if name in named and seen.get(digest) in named and data.strip():
+            copied = seen.get(digest, STDLIB + "/")  # the stdlib holds copies of its own (empty __init__.py and more)
+            if not name.startswith(STDLIB + "/") and not copied.startswith(STDLIB + "/") and data.strip():
                 raise DataError(f"data files {seen[digest]!r} and {name!r} hold the same text (sha256 "
                                 f"{digest[:16]}...): a copy puts validation text in training; give each text once")
             seen.setdefault(digest, name)

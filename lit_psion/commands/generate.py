@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ def sample(path: Path, prompt: str, tokens: int, temperature: float, top_k: int 
     import torch
     from tokenizers import Tokenizer
 
+    from lit_psion.datamodules.tokenizer import UNKNOWN
+
     model, tokenizer_path = load_decoder(path)
     tokenizer_path = tokenizer_file or tokenizer_path
     if tokenizer_file is not None and not tokenizer_file.is_file():
@@ -81,12 +84,25 @@ def sample(path: Path, prompt: str, tokens: int, temperature: float, top_k: int 
     if tokenizer.get_vocab_size() != model.config.vocab_size:
         raise ConfigError(f"tokenizer {str(tokenizer_path)!r} has {tokenizer.get_vocab_size()} tokens, the model "
                           f"{model.config.vocab_size}; give the tokenizer the model was trained with")  # fmt: skip
-    ids = tokenizer.encode(prompt).ids or [0]
+    encoding = tokenizer.encode(prompt)
+    if unknown := _unknown(prompt, encoding, tokenizer.token_to_id(UNKNOWN)):
+        print(f"lit_psion: warning: the tokenizer has no token for {', '.join(map(repr, unknown[:8]))} in --prompt "
+              "(the model never saw it; it reads as unknown and prints as nothing)", file=sys.stderr)  # fmt: skip
+    ids = encoding.ids or [0]
     generator = torch.Generator().manual_seed(seed)
     idx = torch.tensor([ids] * samples, dtype=torch.long)
     with torch.no_grad():
         out = model.eval().generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator)
     return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def _unknown(prompt: str, encoding: Any, unknown_id: int | None) -> list[str]:
+    """The parts of ``prompt`` (once each, in order) the tokenizer encodes as its unknown token, or that no token
+    covers: a character tokenizer knows only the characters of the text it was trained on."""
+    spans = [span for token, span in zip(encoding.ids, encoding.offsets, strict=True) if token == unknown_id]
+    covered = {i for start, end in encoding.offsets for i in range(start, end)}
+    spans += [(i, i + 1) for i in range(len(prompt)) if i not in covered and not prompt[i].isspace()]
+    return list(dict.fromkeys(prompt[start:end] for start, end in sorted(spans)))
 
 
 def load_decoder(path: Path) -> tuple[Any, Path | None]:

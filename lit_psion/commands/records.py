@@ -55,10 +55,12 @@ def metrics_problem(layout: RunLayout) -> str | None:
         return "it is not a file" if layout.metrics.exists() or layout.metrics.is_symlink() else None
     try:
         text = layout.metrics.read_text(encoding="utf-8")
-        if text and not text.endswith("\n"):  # a row cut short by a kill: the resume drops it
+        if not text.strip():  # the logger writes its header with its first rows: the rows were cut away
+            raise ValueError("it is empty, though a run's logger writes a header with its first rows")
+        if not text.endswith("\n"):  # a row cut short by a kill: the resume drops it
             text = text[: text.rfind("\n") + 1]
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if text and "step" not in (reader.fieldnames or []):
+        if "step" not in (reader.fieldnames or []):
             raise ValueError("its header has no 'step' column")
         for row in reader:
             int(row["step"])

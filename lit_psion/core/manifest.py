@@ -72,6 +72,14 @@ class DataManifest:
         old = {s.path: s for s in self.sources}
         new = {s.path: s for s in other.sources}
         changes = []
+        renamed = {path: next(p for p in new.keys() - old.keys() if new[p].sha256 == old[path].sha256)
+                   for path in sorted(old.keys() - new.keys())
+                   if any(new[p].sha256 == old[path].sha256 for p in new.keys() - old.keys())}  # fmt: skip
+        if renamed:  # the same bytes under another spelling (./a.txt for a.txt, an absolute path, a moved file)
+            changes.append("files named otherwise: " + ", ".join(f"{after!r} holds what {before!r} held (give "
+                                                                f"{before!r})" for before, after in renamed.items()))
+            old = {path: source for path, source in old.items() if path not in renamed}
+            new = {path: source for path, source in new.items() if path not in renamed.values()}
         if removed := sorted(old.keys() - new.keys()):
             changes.append(f"files removed: {_first(removed)}")
         if added := sorted(new.keys() - old.keys()):

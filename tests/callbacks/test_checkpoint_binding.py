@@ -379,7 +379,9 @@ def test_a_resume_with_another_optimizer_is_refused_naming_both(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("garbage", [b"0,zz,abc\n", b"step,loss\n1,0.5\nzz,0.4\n", b"\xff\xfe\x00", b"loss\n0.5\n",
-                                     None], ids=["no header", "a bad step", "binary", "no step column", "a directory"])
+                                     None, b"", b"\n\n"],
+                         ids=["no header", "a bad step", "binary", "no step column", "a directory", "empty",
+                              "blank"])  # fmt: skip
 def test_a_resume_refuses_a_metrics_file_it_cannot_continue_and_doctor_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture, garbage: bytes | None
 ) -> None:

@@ -168,3 +168,16 @@ def test_a_run_of_another_family_is_named_with_its_own_command(
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", *small, config=preset) == 0
     code, _, err = _sample(capsys, str(tmp_path / read_latest(tmp_path)), "--tokens", "3")
     assert code == 2 and says in err, err
+
+
+@pytest.mark.parametrize(("prompt", "named"), [("ROMEO€:", ["'€'"]), ("€€ and ☃", ["'€'", "'☃'"]), ("The ", [])])
+def test_a_prompt_the_tokenizer_cannot_read_is_warned_about(runs: dict, capsys: pytest.CaptureFixture, prompt: str,
+                                                            named: list[str]) -> None:  # fmt: skip
+    """A character tokenizer reads what it never saw as its unknown token, which prints as nothing: the sample
+    then seemed to drop part of the prompt in silence. It still samples, and says which characters it cannot read."""
+    code, out, err = _sample(capsys, str(runs["base"]), "--prompt", prompt, "--tokens", "5")
+    assert code == 0 and out.strip()
+    warnings = [line for line in err.splitlines() if "has no token for" in line]
+    assert len(warnings) == (1 if named else 0)
+    for name in named:
+        assert name in warnings[0]

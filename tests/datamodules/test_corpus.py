@@ -45,6 +45,20 @@ def test_manifest_digest_changes_when_one_source_byte_changes(tmp_path: Path) ->
     assert f"files changed: {copy}" in before.describe_change(after)
 
 
+def test_a_file_given_under_another_spelling_is_named_so(tmp_path: Path) -> None:
+    """The same bytes under another name (./text.txt for text.txt, a moved file) are no new data: the refusal says
+    which name to give instead of listing a removed and an added file."""
+    text = tmp_path / "text.txt"
+    shutil.copy(CORPUS, text)
+    before = corpus(tmp_path, files=str(text)).prepare()
+    moved = tmp_path / "moved.txt"
+    shutil.copy(CORPUS, moved)
+    after = corpus(tmp_path, files=str(moved)).prepare()
+    said = before.describe_change(after)
+    assert said.startswith(f"files named otherwise: {str(moved)!r} holds what {str(text)!r} held (give {str(text)!r})")
+    assert "files removed" not in said and "files added" not in said
+
+
 def test_manifest_json_round_trip(tmp_path: Path) -> None:
     manifest = corpus(tmp_path).prepare()
     assert DataManifest.from_json_dict({**manifest.to_json_dict(), "digest": "x"}).digest == manifest.digest
@@ -302,8 +316,18 @@ def test_too_few_documents_to_split_get_the_hint_of_the_mode_in_use(tmp_path: Pa
 
 
 def _named_twice(tmp_path: Path) -> dict:
+    shutil.copy(CORPUS, tmp_path / "copy.txt")
+    return {"files": [str(CORPUS), str(tmp_path / "copy.txt")]}
+
+
+def _linked(tmp_path: Path) -> dict:
     (tmp_path / "link.txt").symlink_to(CORPUS.resolve())
     return {"files": [str(CORPUS), str(tmp_path / "link.txt")]}
+
+
+def _overlapping(tmp_path: Path) -> dict:
+    glob_over = _glob_over(tmp_path, lambda path: path.write_text("other text\n\nand more of it\n"))["files"]
+    return {"files": [str(tmp_path / "texts" / "." / "a.txt"), glob_over]}
 
 
 def _unreadable(tmp_path: Path) -> dict:
@@ -320,6 +344,9 @@ def _glob_over(tmp_path: Path, make: Callable[[Path], None]) -> dict:
 
 @pytest.mark.parametrize(("make", "message"), [
     (_named_twice, "hold the same text .*a copy puts validation text in training"),
+    (lambda tmp: _glob_over(tmp, lambda path: shutil.copy(CORPUS, path)), "'.*/a.txt' and '.*/b.txt' hold the same"),
+    (_linked, "is given twice \\('.*' and '.*/link.txt' are one file"),
+    (_overlapping, "'.*/texts/a.txt' is given twice \\('.*/texts/a.txt' and '.*/texts/a.txt' are one file"),
     (_unreadable, "data file '/proc/sys/vm/compact_memory' cannot be read \\(Permission denied\\)"),
     (lambda tmp: _glob_over(tmp, lambda path: path.symlink_to(path.with_name("gone.txt"))),
      "matched '.*/b.txt', a broken symlink"),
