@@ -22,6 +22,7 @@ named together; bad data raises :class:`~lit_psion.core.errors.DataError` (exit 
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -275,8 +276,9 @@ class ReplayDataModule(L.LightningDataModule):
         values (a generator's ``n_test: 8`` is ``--data.n_test 8``)."""
         manifest = self.prepare()  # a generator's record names its settings; a corpus names its own (CorpusDataModule)
         changed = manifest.changed_keys(saved) if isinstance(manifest, RecordManifest) else []
-        flags = [f"--data.{key} {saved[key]}" for key in changed
-                 if isinstance(saved.get(key), int | float | str) and not isinstance(saved.get(key), bool)]  # fmt: skip
+        settings = inspect.signature(type(self)).parameters  # a record's other keys (a tokenizer digest) are no flag
+        flags = [f"--data.{key} {saved[key]}" for key in changed if key in settings and
+                 isinstance(saved.get(key), int | float | str) and not isinstance(saved.get(key), bool)]  # fmt: skip
         fitting = self.trainer is None or self.trainer.state.fn == "fit"
         if flags:
             return f"give the settings it was trained with ({' '.join(flags)})"

@@ -23,12 +23,13 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
-from lit_psion.core import atomic_write_text, canonical_json, sha256_bytes, sha256_json
+from lit_psion.core import canonical_json, sha256_bytes, sha256_json
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataError
 from lit_psion.core.layout import TOKENIZER_FILE
 from lit_psion.core.manifest import RecordManifest
 from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
+from lit_psion.datamodules.tokenizer import keep_recorded, trusted_entry
 from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
 from lit_psion.events.envelope import EventEnvelope
 from lit_psion.events.traces import IGNORE, NOP, READ_MEM, WRITE_MEM, Supervised, TraceSettings, generate_trace
@@ -152,6 +153,7 @@ class EventTraceDataModule(ReplayDataModule):
         self.n_test = n_test
         self.tokenizer_traces, self.block_size = tokenizer_traces, block_size
         self.codec: BpeEventCodec | None = None
+        self._tokenizer_sha256 = ""
         self._streams: dict[str, dict[str, torch.Tensor]] = {}
         problems = positive_integers(n_train=n_train, n_val=n_val, block_size=block_size,
                                      tokenizer_traces=tokenizer_traces)  # fmt: skip
@@ -163,7 +165,7 @@ class EventTraceDataModule(ReplayDataModule):
 
     def _prepare(self) -> RecordManifest:
         """Train or load the tokenizer, generate and encode the traces; return the manifest."""
-        key, path = self._tokenizer_key()
+        key, _ = self._tokenizer_key()
         self.load_codec()
         counts = {}
         for split, count in (("train", self.n_train), ("val", self.n_val), ("test", self.n_test)):
@@ -172,7 +174,7 @@ class EventTraceDataModule(ReplayDataModule):
             self._streams[split] = self._encode(split, count)
             counts[split] = {"traces": count, "tokens": len(self._streams[split]["ids"]),
                              "samples": len(self._dataset(split))}  # fmt: skip
-        tokenizer_digest = sha256_bytes(path.read_bytes())
+        tokenizer_digest = self._tokenizer_sha256  # of the very text the codec was built from
         record = {"kind": "event_traces", **key, "block_size": self.block_size, "n_train": self.n_train,
                   "n_val": self.n_val, "tokenizer_digest": tokenizer_digest, "counts": counts,
                   "supervision": SUPERVISION}  # fmt: skip
@@ -230,11 +232,12 @@ class EventTraceDataModule(ReplayDataModule):
         """The event codec (its tokenizer trained on the first training traces, cached by settings)."""
         if self.codec is None:
             _, path = self._tokenizer_key()
-            if not path.exists():
+            if (text := trusted_entry(path)) is None:  # shared by runs: trusted only as recorded when trained
                 texts = (canonical_json(observed(s.event).to_json_dict()).decode()
                          for i in range(self.tokenizer_traces) for s in self.trace("train", i))  # fmt: skip
-                atomic_write_text(path, train_event_tokenizer(texts, self.requested_vocab_size).to_str())
-            self.codec = BpeEventCodec(Tokenizer.from_str(path.read_text()))
+                text = train_event_tokenizer(texts, self.requested_vocab_size).to_str()
+                keep_recorded(path, text)
+            self.codec, self._tokenizer_sha256 = BpeEventCodec(Tokenizer.from_str(text)), sha256_bytes(text.encode())
         return self.codec
 
     def trace(self, split: str, index: int) -> list[Supervised]:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lit_psion.core import atomic_write_text, sha256_bytes, sha256_file, sha256_json
+from lit_psion.core import atomic_write_text, sha256_bytes, sha256_json
 from lit_psion.core.layout import TOKENIZER_FILE
 
 TokenizerKind = Literal["bpe", "char"]
@@ -66,28 +66,41 @@ def cached_tokenizer(
     """
     digest = sha256_json({"kind": kind, "vocab_size": vocab_size, "format": FORMAT_VERSION, **key})
     path = cache_dir / "tokenizers" / digest / TOKENIZER_FILE
-    record = path.with_name(DIGEST_RECORD)
-    if path.is_file():
-        try:
-            tokenizer, digest = Tokenizer.from_file(str(path)), sha256_file(path)
-        except Exception as error:  # tokenizers raises a bare Exception for a file it cannot read
-            reason, problem = str(error).splitlines()[0] if str(error) else type(error).__name__, "unreadable"
-        else:
-            recorded = _recorded_digest(record)
-            if recorded == digest:
-                return tokenizer, digest
-            problem = "unrecorded" if recorded is None else "altered"
-            reason = ("no digest record" if recorded is None
-                      else f"sha256 {digest[:16]}..., recorded {recorded[:16]}...")  # fmt: skip
-        aside = path.with_name(f"{path.name}.{problem}-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):  # another rank may have moved it already
-            path.replace(aside)
-        print(f"lit_psion: the cached tokenizer {path} is {problem} ({reason}); kept as {aside.name}, "
-              "training it again", file=sys.stderr)  # fmt: skip
-    text = train_tokenizer(kind, texts, vocab_size).to_str()
-    atomic_write_text(record, sha256_bytes(text.encode()) + "\n")  # first: a tokenizer.json is never unrecorded
-    atomic_write_text(path, text)
+    if (text := trusted_entry(path)) is None:
+        text = train_tokenizer(kind, texts, vocab_size).to_str()
+        keep_recorded(path, text)
     return Tokenizer.from_str(text), sha256_bytes(text.encode())
+
+
+def trusted_entry(path: Path) -> str | None:
+    """The cached tokenizer at ``path`` if it loads and hashes to the digest recorded when it was trained
+    (:data:`DIGEST_RECORD`, beside it); otherwise None, with any entry there moved aside and one line saying why."""
+    if not path.is_file():
+        return None
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+        Tokenizer.from_str(text)
+    except Exception as error:  # tokenizers raises a bare Exception for a file it cannot read
+        reason, problem = str(error).splitlines()[0] if str(error) else type(error).__name__, "unreadable"
+    else:
+        digest, recorded = sha256_bytes(data), _recorded_digest(path.with_name(DIGEST_RECORD))
+        if recorded == digest:
+            return text
+        problem = "unrecorded" if recorded is None else "altered"
+        reason = "no digest record" if recorded is None else f"sha256 {digest[:16]}..., recorded {recorded[:16]}..."
+    aside = path.with_name(f"{path.name}.{problem}-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):  # another rank may have moved it already
+        path.replace(aside)
+    print(f"lit_psion: the cached tokenizer {path} is {problem} ({reason}); kept as {aside.name}, training it again",
+          file=sys.stderr)  # fmt: skip
+    return None
+
+
+def keep_recorded(path: Path, text: str) -> None:
+    """Cache a trained tokenizer's ``text`` at ``path``, its digest recorded first (an entry is never unrecorded)."""
+    atomic_write_text(path.with_name(DIGEST_RECORD), sha256_bytes(text.encode()) + "\n")
+    atomic_write_text(path, text)
 
 
 def _recorded_digest(record: Path) -> str | None:

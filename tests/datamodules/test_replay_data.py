@@ -215,3 +215,29 @@ def test_too_little_data_exits_3(make: Callable[..., ReplayDataModule]) -> None:
         data.prepare()
     assert (raised.value.exit_code, raised.value.failure_class) == (3, "data_invalid")
     assert data.manifest is None
+
+
+@pytest.mark.parametrize("damage", ["a token renamed", "no record"])
+def test_an_event_tokenizer_cache_entry_that_is_not_the_one_trained_is_trained_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str
+) -> None:
+    """The event tokenizer cache is shared by MOSAIC runs as the corpus one is: an entry edited in place (two ids
+    swapped, it still loads) trained a new run on other token ids. It is trusted only as recorded when trained."""
+    import json
+
+    first = events(tmp_path)
+    manifest = first.prepare()
+    entry = first.tokenizer_path()
+    if damage == "no record":
+        entry.with_name("tokenizer.sha256").unlink()
+    else:
+        spec = json.loads(entry.read_text())
+        vocab = spec["model"]["vocab"]
+        a, b = list(vocab)[-2:]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        entry.write_text(json.dumps(spec))
+    capsys.readouterr()
+    again = events(tmp_path)
+    assert again.prepare().digest == manifest.digest  # trained again, to the same tokenizer
+    assert f"the cached tokenizer {entry} is {'unrecorded' if damage == 'no record' else 'altered'}" in \
+        capsys.readouterr().err  # fmt: skip
