@@ -306,7 +306,9 @@ class CorpusDataModule(ReplayDataModule):
         if self.tokenizer_file is not None:
             path = Path(self.tokenizer_file)
             if not path.is_file():
-                raise DataError(f"tokenizer file not found: {self.tokenizer_file!r} (check --data.tokenizer_file)")
+                what = "is a directory" if path.is_dir() else "is not a file" if path.exists() else "not found"
+                raise DataError(f"tokenizer file {self.tokenizer_file!r} {what} (check --data.tokenizer_file: a "
+                                "tokenizer.json, such as a run's)")  # fmt: skip
             raw = path.read_bytes()  # one read: the run keeps these very bytes as tokenizer.json, under this digest
             try:
                 self.tokenizer, tokenizer_digest = Tokenizer.from_str(raw.decode("utf-8")), sha256_bytes(raw)

@@ -37,7 +37,7 @@ from lit_psion.core import (
 )
 from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.core.layout import RECEIPTS_FILE, refuse_output_in_a_run
+from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_run
 from lit_psion.core.receipts import AdapterExportReceipt
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
@@ -56,7 +56,7 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     from lit_psion.runs import load_run
 
     if not RunLayout.of(run_dir).is_run():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no run.json); give an AdapterLM run")
+        raise ConfigError(not_a_run(run_dir, "give an AdapterLM run"))
     run = load_run(run_dir)
     state = run.state
     info = state.get("adapter")

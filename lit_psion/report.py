@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
 from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.layout import not_a_run
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("loss", ("train/loss", "train/mse", "val/loss")),  # train/mse: the graph core's training loss
@@ -329,7 +330,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         raise ConfigError("compare needs at least one RUN_DIR (a directory holding run.json)")
     for run in runs:
         if not RunLayout.of(run).is_run():
-            raise ConfigError(f"{str(run)!r} is not a run directory (no run.json); give <root>/<run_id>")
+            raise ConfigError(not_a_run(run))
     labels = _labels(runs)
     series = {label: read_metrics(run) for label, run in zip(labels, runs, strict=True)}
     finals = {label: last_values(s) for label, s in series.items()}

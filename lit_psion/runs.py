@@ -121,7 +121,7 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
                                   "explicitly")  # fmt: skip
         if exact and ((pointer := read_pointer(layout)) is None or pointer.checkpoint != checkpoint.path.name):
             named = "no checkpoint" if pointer is None else pointer.checkpoint
-            raise CheckpointError(f"run {layout.run_id!r}'s pointer names {named}, but a resume would load "
+            raise CheckpointError(f"the pointer of run {layout.run_id!r} names {named}, but a resume would load "
                                   f"{checkpoint.path.name}; give the checkpoint directory to use "
                                   "explicitly")  # fmt: skip
     elif (location / MANIFEST_FILE).is_file():

@@ -12,7 +12,7 @@ from lit_psion.core.chain import parse_receipt, verify_log
 from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError
-from lit_psion.core.layout import RECEIPTS_FILE
+from lit_psion.core.layout import RECEIPTS_FILE, not_a_run
 
 
 def run_layout(run_dir: Path) -> RunLayout:
@@ -23,7 +23,7 @@ def run_layout(run_dir: Path) -> RunLayout:
         raise EvidenceError(f"run {layout.run_id!r} has receipts or checkpoints but no {layout.run_file.name} "
                             f"({str(layout.run_file)!r} {what}); restore it from a backup")  # fmt: skip
     if not layout.is_run():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no {layout.run_file.name}); give <root>/<run_id>")
+        raise ConfigError(not_a_run(run_dir))
     return layout
 
 

@@ -48,7 +48,11 @@ class Verdict:
     def refusal(self, run_id: str, consequence: str) -> LitPsionError:
         """This failed verdict as the error a command refuses with: same class (exit code), same words."""
         kind = {error.exit_code: error for error in (DataError, CheckpointError)}.get(self.exit_code, EvidenceError)
-        return kind(f"run {run_id!r}: {self.artifact}: {self.detail}; {consequence}")
+        detail = self.detail
+        for advice in ("; restore it from a backup",):  # said by the consequence too: say it once
+            if consequence.startswith(advice[2:]) and detail.endswith(advice):
+                detail = detail.removesuffix(advice)
+        return kind(f"run {run_id!r}: {self.artifact}: {detail}; {consequence}")
 
 
 def _fail(artifact: str, error: LitPsionError) -> Verdict:

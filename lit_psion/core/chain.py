@@ -311,7 +311,7 @@ def _check_line(
     if head is None:  # the first receipt: it must chain from its own run's genesis
         head = genesis(receipt.run_id)
         if receipt.seq == 0 and receipt.prev_digest != head:
-            return "unbound", f"the first receipt does not chain from run {receipt.run_id!r}'s genesis"
+            return "unbound", f"the first receipt does not chain from the genesis of run {receipt.run_id!r}"
     if receipt.seq > count:
         return "deleted", f"seq {receipt.seq} follows seq {count - 1}: {receipt.seq - count} receipt(s) missing"
     if receipt.seq == count and receipt.prev_digest != head and receipt.prev_digest not in seen:

@@ -431,7 +431,7 @@ def resolve_checkpoint(
         problem = None
     if pointer is None and problem is None:
         if not layout.checkpoint_dirs() and receipted.newest is not None:
-            raise CheckpointError(f"run {layout.run_id!r}'s checkpoints are gone: its receipts record durable "
+            raise CheckpointError(f"the checkpoints of run {layout.run_id!r} are gone: its receipts record durable "
                                   f"checkpoints up to step {receipted.newest}, but {str(layout.checkpoints)!r} holds "
                                   "none; restore them from a backup")  # fmt: skip
         if not layout.checkpoint_dirs():

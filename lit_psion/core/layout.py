@@ -157,6 +157,16 @@ class RunLayout:
         return self.run_file.is_file()
 
 
+def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
+    """Why ``path`` is not a run directory, and what to give instead, for a refusal's line: a file or folder
+    inside a run (its run.json, a checkpoint) is pointed to the run."""
+    path = Path(path)
+    for parent in list(path.parents)[:3]:
+        if RunLayout.of(parent).is_run():
+            return f"{str(path)!r} is inside run directory {str(parent)!r}; give that directory"
+    return f"{str(path)!r} is not a run directory (no {RUN_FILE}); {advice}"
+
+
 def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = None) -> None:
     """A command's output directory, refused in one line if it is a file or lies in a run directory (it would
     overwrite the run's files or append to its receipt chain), unless it is ``own``: the run's place for it.

@@ -172,6 +172,18 @@ def test_doctor_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys: py
     assert "is not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["doctor"], ["receipts", "verify"], ["compare"]])
+@pytest.mark.parametrize("inside", ["run.json", "checkpoints", "dashboard/index.html"])
+def test_a_path_inside_a_run_is_pointed_to_its_run(completed: RunLayout, capsys: pytest.CaptureFixture,
+                                                   command: list[str], inside: str) -> None:  # fmt: skip
+    """Given RUN/run.json (or another path in a run), the refusal named run.json as what was missing."""
+    capsys.readouterr()
+    assert main([*command, str(completed.run_dir / inside)]) == 2
+    err = capsys.readouterr().err
+    assert f"is inside run directory {str(completed.run_dir)!r}; give that directory" in err
+    assert "no run.json" not in err
+
+
 @pytest.mark.parametrize("command", [["doctor"], ["receipts", "verify"], ["ckpt", "verify"]])
 @pytest.mark.parametrize("lost", ["deleted", "a directory"])
 def test_a_run_that_lost_its_run_json_is_evidence_not_a_wrong_argument(

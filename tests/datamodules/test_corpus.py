@@ -204,7 +204,8 @@ def test_a_zero_sample_stride_is_refused_not_read_as_the_default(tmp_path: Path)
         ({"files": "fixtures/*.nothing"}, "data glob matched no files"),
         ({"block_size": 100_000}, "block_size 100000 needs at least 100001 tokens"),
         ({"batch_size": 10_000}, "batch_size 10000 is larger than the .* training samples"),
-        ({"tokenizer_file": "nowhere/tokenizer.json"}, "tokenizer file not found: 'nowhere/tokenizer.json'"),
+        ({"tokenizer_file": "nowhere/tokenizer.json"}, "tokenizer file 'nowhere/tokenizer.json' not found"),
+        ({"tokenizer_file": "fixtures"}, "tokenizer file 'fixtures' is a directory"),
     ],
 )
 def test_bad_data_is_named(tmp_path: Path, kwargs: dict, message: str) -> None:
