@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 from lit_psion.core.digest import sha256_json
@@ -137,3 +139,16 @@ class RecordManifest:
     def changed_keys(self, saved: dict[str, Any]) -> list[str]:
         """The top-level keys whose values differ from a saved record."""
         return sorted(k for k in set(saved) | set(self.record) if saved.get(k) != self.record.get(k))
+
+
+def change_since(recorded: Path, current: Any) -> str:
+    """``"; files changed: ..."`` (added, removed, named otherwise) between the corpus manifest a run recorded (its ``data_manifest.json``) and
+    ``current``, for a refusal to say; empty when either is not a corpus's or the record cannot be read."""
+    try:
+        trained = DataManifest.from_json_dict(json.loads(recorded.read_bytes()))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return ""
+    if not isinstance(current, DataManifest):
+        return ""
+    files = [part for part in trained.describe_change(current).split("; ") if part.startswith("files")]
+    return f"; {'; '.join(files)}" if files else ""
