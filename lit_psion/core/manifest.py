@@ -142,8 +142,9 @@ class RecordManifest:
 
 
 def change_since(recorded: Path, current: Any) -> str:
-    """``"; files changed: ..."`` (added, removed, named otherwise) between the corpus manifest a run recorded (its ``data_manifest.json``) and
-    ``current``, for a refusal to say; empty when either is not a corpus's or the record cannot be read."""
+    """``"; files changed: ..."`` (and added, removed, named otherwise) between the corpus manifest a run recorded
+    (its ``data_manifest.json``) and ``current``, for a refusal to say; empty when either is not a corpus's or the
+    record cannot be read."""
     try:
         trained = DataManifest.from_json_dict(json.loads(recorded.read_bytes()))
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):

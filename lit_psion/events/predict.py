@@ -68,7 +68,9 @@ def _check_tokenizer(layout: RunLayout, datamodule: Any) -> None:
     actual = sha256_file(datamodule.tokenizer_path())
     if expected is not None and actual != expected:
         raise DataError(f"the event tokenizer here (sha256 {actual[:16]}...) is not the one run {layout.run_id!r} "
-                        f"trained with ({expected[:16]}...); predict where the run's cache is, or retrain")  # fmt: skip
+                        f"trained with ({expected[:16]}...; another tokenizers version trained it, or its cache "
+                        "entry was replaced with its record); predict with the LIT_PSION_CACHE the run trained "
+                        "with, or retrain")  # fmt: skip
 
 
 @torch.no_grad()
