@@ -71,10 +71,14 @@ def sample(path: Path, prompt: str, tokens: int, temperature: float, top_k: int 
 
     from lit_psion.datamodules.tokenizer import UNKNOWN
 
-    model, tokenizer_path = load_decoder(path)
-    tokenizer_path = tokenizer_file or tokenizer_path
+    model, own = load_decoder(path)
+    tokenizer_path = tokenizer_file or own
     if tokenizer_file is not None and not tokenizer_file.is_file():
         raise ConfigError(f"--tokenizer {str(tokenizer_file)!r} is not a file; give the base run's tokenizer.json")
+    if tokenizer_file is not None and own is not None and own.is_file() and \
+            sha256_bytes(tokenizer_file.read_bytes()) != sha256_bytes(own.read_bytes()):
+        raise ConfigError(f"--tokenizer {str(tokenizer_file)!r} is not the tokenizer {str(path)!r} was trained with "
+                          f"({str(own)!r}): its ids would mean other text; leave --tokenizer out")  # fmt: skip
     if tokenizer_path is None or not tokenizer_path.is_file():
         raise ConfigError(f"no tokenizer for {str(path)!r}: give --tokenizer <the base run>/tokenizer.json")
     try:

@@ -74,8 +74,17 @@ def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path
     from tokenizers import Tokenizer, models
 
     Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(foreign))
-    code, _, err = _sample(capsys, str(runs["base"]), "--tokenizer", str(foreign))
+    code, _, err = _sample(capsys, str(runs["merged"]), "--tokenizer", str(foreign))  # no tokenizer of its own
     assert code == 2 and "has 2 tokens" in err
+    swapped = json.loads((runs["base"] / "tokenizer.json").read_text())
+    vocab = swapped["model"]["vocab"]
+    first, second = list(vocab)[-2:]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    for other in (foreign, tmp_path / "swapped.json"):  # another size, or the same size with two ids swapped
+        code, _, err = _sample(capsys, str(runs["base"]), "--tokenizer", str(other))
+        assert code == 2 and "is not the tokenizer" in err and "leave --tokenizer out" in err, err
+    assert _sample(capsys, str(runs["base"]), "--tokenizer", str(runs["base"] / "tokenizer.json"))[0] == 0
     for flag, value in (("--tokens", "0"), ("--tokens", "100001"), ("--samples", "0"), ("--samples", str(10**12))):
         code, _, err = _sample(capsys, str(runs["base"]), flag, value)  # 10**12 samples: their ids alone, 8 TB
         assert code == 2 and f"{flag} must be in 1.." in err and f"got {value}" in err, err
