@@ -310,11 +310,22 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:160] + "..."
 
 
+class _Absent:
+    """A key a run's config does not have, told apart from one it sets to null."""
+
+    def __repr__(self) -> str:
+        return "(not in this config)"
+
+
+ABSENT = _Absent()
+
+
 def config_diff(run_dirs: Sequence[Path]) -> list[tuple[str, list[Any]]]:
-    """Dotted config keys whose values differ between runs, with each run's value (absent: None)."""
+    """Dotted config keys whose values differ between runs, with each run's value (:data:`ABSENT` where it has none;
+    None where it sets null)."""
     flats = [read_config(run_dir) for run_dir in run_dirs]
     keys = sorted(set().union(*flats))
-    rows = [(key, [flat.get(key) for flat in flats]) for key in keys]
+    rows = [(key, [flat.get(key, ABSENT) for flat in flats]) for key in keys]
     return [(key, values) for key, values in rows if len({repr(v) for v in values}) > 1]
 
 

@@ -304,3 +304,16 @@ def test_nothing_after_a_completed_run_breaks_its_chain_or_record(tmp_path: Path
     if code == 0:
         assert capsys.readouterr().err.count("the dashboard was not written") == 1
     assert fit(*args, "--trainer.max_steps", "6", "--ckpt_path", "last") == 0
+
+
+def test_a_key_one_config_lacks_is_told_apart_from_one_it_sets_to_null(tmp_path: Path) -> None:
+    """Comparing a decoder run with a MOSAIC run showed a key only one of them has as None, as a null setting is."""
+    from lit_psion.report import ABSENT, config_diff
+
+    runs = []
+    for name, config in (("a", "trainer:\n  max_steps: 3\n  profiler: null\n"), ("b", "trainer:\n  max_steps: 3\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(config)
+        runs.append(tmp_path / name)
+    assert config_diff(runs) == [("trainer.profiler", [None, ABSENT])]
+    assert str(ABSENT) == "(not in this config)"
