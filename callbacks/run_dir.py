@@ -175,7 +175,13 @@ class RunDirectory(Callback):
         if self.run_context.resumed:
             for logger in trainer.loggers:
                 if isinstance(logger, RunCSVLogger):
-                    logger.experiment.drop_after(trainer.global_step)
+                    last = logger.experiment.drop_after(trainer.global_step)
+                    if (last or 0) + max(trainer.log_every_n_steps, 1) < trainer.global_step:
+                        print(f"lit_psion: warning: {logger.experiment.metrics_file_path} holds rows up to step "
+                              f"{last or 0}, the checkpoint is at step {trainer.global_step}: the rows between are "
+                              "not in it (rows not yet flushed when a run is killed are lost, as are rows cut from "
+                              "the file); each step's loss is in the receipts; training goes on",
+                              file=sys.stderr)  # fmt: skip
         self._update(trainer, RunStatus.ACTIVE)
         if trainer.is_global_zero and self.run_context.config_yaml is not None:
             # After run.json: a crash in between leaves the previous config.yaml, whose digest the chain's earlier

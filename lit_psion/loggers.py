@@ -23,14 +23,15 @@ class _ContinuingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         """The run directory is expected to hold files already (run.json, config.yaml)."""
 
-    def drop_after(self, step: int) -> None:
-        """Forget rows logged after ``step`` optimizer steps: a resumed run logs those steps again.
+    def drop_after(self, step: int) -> int | None:
+        """Forget rows logged after ``step`` optimizer steps: a resumed run logs those steps again. Returns the
+        steps done at the last row kept (None: no row).
 
         Lightning logs the n-th step's row (and a validation after it) at ``step`` n - 1: the rows a checkpoint
         of ``step`` steps has seen are those below ``step``.
         """
         if not os.path.isfile(self.metrics_file_path):
-            return
+            return None
         with open(self.metrics_file_path, newline="") as handle:
             text = handle.read()
         if not text.endswith("\n"):  # a row a kill cut short: it is logged again
@@ -39,6 +40,7 @@ class _ContinuingWriter(ExperimentWriter):
         fieldnames, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
         lines = [",".join(fieldnames)] + [",".join(row.get(k, "") or "" for k in fieldnames) for row in rows]
         atomic_write_text(self.metrics_file_path, "\n".join(lines) + "\n")
+        return max((int(row["step"]) + 1 for row in rows), default=None)
 
 
 class RunCSVLogger(CSVLogger):

@@ -410,3 +410,20 @@ def test_a_metrics_row_a_kill_cut_short_does_not_block_the_resume(tmp_path: Path
         handle.write("0.5,")  # the start of a row, no newline: the kill came mid-append
     assert _resume(run.root) == 0
     assert run.metrics.read_text().endswith("\n") and "0.5,\n" not in run.metrics.read_text()
+
+
+@pytest.mark.parametrize(("keep", "warned"), [(None, False), (2, True), (1, True)],
+                         ids=["whole", "cut to its first row", "header only"])  # fmt: skip
+def test_a_resume_says_when_metrics_csv_lacks_rows_before_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, keep: int | None, warned: bool
+) -> None:
+    """A metrics.csv cut short (or never flushed before a kill) left a silent gap in the run's curves, and compare
+    called an early step's loss the final one. The resume still trains, and says so in one line."""
+    run = _run(tmp_path / "runs")
+    if keep is not None:
+        lines = run.metrics.read_text().splitlines(keepends=True)
+        run.metrics.write_text("".join(lines[:keep]))
+    capsys.readouterr()
+    assert _resume(run.root) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "the rows between are not in it" in line]
+    assert len(said) == (1 if warned else 0), said
