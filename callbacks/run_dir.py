@@ -46,9 +46,11 @@ class RunDirectory(Callback):
     def __init__(self, run_context: RunContext) -> None:
         self.run_context = run_context
         self.record: RunRecord | None = None
+        self._completed = False  # this fit recorded its run completed (an exception after that changes nothing)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._completed = False
         if stage == "fit" and trainer.world_size > 1:
             self._follow_rank_zero(trainer)
 
@@ -194,13 +196,14 @@ class RunDirectory(Callback):
             self._update(trainer, RunStatus.PAUSED)
         else:
             self._update(trainer, RunStatus.COMPLETED)
+            self._completed = True
         if trainer.is_global_zero:
             self._print_summary(trainer)
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if self.record is not None and self.record.status == RunStatus.COMPLETED:
-            return  # raised after the run completed (a teardown): its record, seal and checkpoint stand
+        if self._completed:
+            return  # raised after this fit completed the run (a teardown): its record, seal and checkpoint stand
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             self._update(trainer, RunStatus.PAUSED)
         else:
