@@ -23,13 +23,12 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
-from lit_psion.core import canonical_json, sha256_bytes, sha256_json
+from lit_psion.core import canonical_json, sha256_bytes
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataError
-from lit_psion.core.layout import TOKENIZER_FILE
 from lit_psion.core.manifest import RecordManifest
 from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
-from lit_psion.datamodules.tokenizer import keep_recorded, trusted_entry
+from lit_psion.datamodules.tokenizer import event_tokenizer_path, keep_recorded, trusted_entry
 from lit_psion.events.codec import BpeEventCodec, train_event_tokenizer
 from lit_psion.events.envelope import EventEnvelope
 from lit_psion.events.traces import IGNORE, NOP, READ_MEM, WRITE_MEM, Supervised, TraceSettings, generate_trace
@@ -226,7 +225,7 @@ class EventTraceDataModule(ReplayDataModule):
     def _tokenizer_key(self) -> tuple[dict[str, Any], Path]:
         key = {"format": FORMAT_VERSION, "settings": self.settings.pinned(), "seed": self.seed,
                "vocab_size": self.requested_vocab_size, "traces": self.tokenizer_traces}  # fmt: skip
-        return key, self.cache_dir / "event_tokenizers" / sha256_json(key) / TOKENIZER_FILE
+        return key, event_tokenizer_path(key, self.cache_dir)
 
     def load_codec(self) -> BpeEventCodec:
         """The event codec (its tokenizer trained on the first training traces, cached by settings)."""

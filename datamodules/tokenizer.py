@@ -72,6 +72,17 @@ def cached_tokenizer(
     return Tokenizer.from_str(text), sha256_bytes(text.encode())
 
 
+EVENT_TOKENIZER_KEY = ("format", "settings", "seed", "vocab_size", "traces")
+"""The event-trace settings an event tokenizer is cached by; a MOSAIC run's data manifest records each of them."""
+
+
+def event_tokenizer_path(record: dict, cache_dir: Path) -> Path:
+    """Where the event tokenizer of the settings in ``record`` (a dict holding :data:`EVENT_TOKENIZER_KEY`) is cached
+    under ``cache_dir``."""
+    key = {name: record.get(name) for name in EVENT_TOKENIZER_KEY}
+    return cache_dir / "event_tokenizers" / sha256_json(key) / TOKENIZER_FILE
+
+
 def trusted_entry(path: Path) -> str | None:
     """The cached tokenizer at ``path`` if it loads and hashes to the digest recorded when it was trained
     (:data:`DIGEST_RECORD`, beside it); otherwise None, with any entry there moved aside and one line saying why."""

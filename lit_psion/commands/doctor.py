@@ -17,7 +17,7 @@ from lit_psion.commands.receipts import run_layout
 from lit_psion.commands.records import metrics_problem
 from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import Verdict, audit_run
-from lit_psion.core.errors import EvidenceError, LitPsionError, LockedError
+from lit_psion.core.errors import DataError, EvidenceError, LitPsionError, LockedError
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.manifest import DataManifest
 
@@ -54,16 +54,54 @@ def _metrics(layout: RunLayout) -> list[Verdict]:
 
 
 def _token_cache(layout: RunLayout) -> list[Verdict]:
-    from lit_psion.datamodules.token_cache import check_token_cache  # numpy and pyarrow, not the corpus stack
+    """The tokens a corpus run's manifest commits to, or a MOSAIC run's event tokenizer, in the cache the run reads
+    (its config's ``cache_dir``, else ``$LIT_PSION_CACHE``)."""
+    from lit_psion.datamodules.token_cache import check_token_cache, default_cache_dir  # not the corpus stack
 
     try:
-        manifest = DataManifest.from_json_dict(read_json(layout.data_manifest))
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # not a corpus run (or no manifest: its own verdict says so)
+        record = read_json(layout.data_manifest)
+    except (OSError, ValueError, RecursionError):
+        return []  # no manifest: its own verdict says so
+    cache_dir = _configured_cache_dir(layout)
+    if isinstance(record, dict) and record.get("kind") == "event_traces":
+        return [_event_tokenizer(record, default_cache_dir(cache_dir))]
     try:
-        return [Verdict("token cache", True, check_token_cache(manifest))]
+        manifest = DataManifest.from_json_dict(record)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []  # generated data (nothing cached), or a manifest its own verdict refuses
+    try:
+        return [Verdict("token cache", True, check_token_cache(manifest, cache_dir))]
     except LitPsionError as error:
         return [Verdict("token cache", False, str(error), error.exit_code)]
+
+
+def _configured_cache_dir(layout: RunLayout) -> str | None:
+    """The ``data.init_args.cache_dir`` the run's config.yaml gives, if any."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(layout.config.read_text(encoding="utf-8"))["data"]["init_args"]["cache_dir"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _event_tokenizer(record: dict, cache_dir: Path) -> Verdict:
+    """A MOSAIC run's event tokenizer, which stays in the cache: the one its manifest's ``tokenizer_digest`` pins."""
+    from lit_psion.core import sha256_file
+    from lit_psion.datamodules.tokenizer import event_tokenizer_path
+
+    path = event_tokenizer_path(record, cache_dir)
+    if not path.is_file():
+        return Verdict("event tokenizer", True, f"absent from {str(cache_dir)!r} (trained again from the run's "
+                       "settings when needed, and checked against the manifest then)")  # fmt: skip
+    actual, expected = sha256_file(path), record.get("tokenizer_digest")
+    if actual != expected:
+        return Verdict("event tokenizer", False, f"{str(path)!r} (sha256 {actual[:16]}...) is not the tokenizer the "
+                       f"run trained with ({str(expected)[:16]}...): events predict refuses it; use the "
+                       "LIT_PSION_CACHE the run trained with, or move the entry aside to train it again",
+                       DataError.exit_code)  # fmt: skip
+    return Verdict("event tokenizer", True, f"matches the manifest's tokenizer_digest ({str(path)!r})")
 
 
 def _adapter(layout: RunLayout) -> list[Verdict]:

@@ -167,6 +167,23 @@ def test_a_tampered_token_cache_fails_the_doctor(completed: RunLayout, capsys: p
         saved.rename(cache)
 
 
+def test_the_token_cache_is_looked_for_where_the_run_keeps_it(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A run whose config names its own ``cache_dir``: doctor looked under ``$LIT_PSION_CACHE`` and called the cache
+    absent, so a tampered one passed."""
+    own = tmp_path / "own-cache"
+    assert fit("--trainer.default_root_dir", str(tmp_path / "runs"), "--data.init_args.cache_dir", str(own)) == 0
+    run = RunLayout(tmp_path / "runs", read_latest(tmp_path / "runs"))
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "elsewhere"))
+    capsys.readouterr()
+    assert main(["doctor", str(run.run_dir)]) == 0
+    assert f"ok   token cache: matches the manifest's token digests ('{own}" in capsys.readouterr().out
+    (record,) = own.glob("corpora/*/token_digests.json")
+    record.write_text(record.read_text().replace('"train": "', '"train": "0'))
+    assert main(["doctor", str(run.run_dir)]) == 3
+    assert "FAIL token cache" in capsys.readouterr().out
+
+
 def test_doctor_refuses_a_directory_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["doctor", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err

@@ -25,8 +25,10 @@ MOSAIC_TINY = "fixtures/mosaic_tiny.yaml"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mosaic")
-    # 1. runtime: the fit completes
-    assert fit("--trainer.default_root_dir", str(root), config=MOSAIC_TINY) == 0
+    with pytest.MonkeyPatch.context() as patch:  # the session's cache, as the function-scoped tests see it
+        patch.setenv("LIT_PSION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        # 1. runtime: the fit completes
+        assert fit("--trainer.default_root_dir", str(root), config=MOSAIC_TINY) == 0
     return root / read_latest(root)
 
 
@@ -361,3 +363,33 @@ def test_events_predict_refuses_another_family_first(tmp_path: Path, capsys: pyt
     assert "trained GraphCore, not MosaicLM" in capsys.readouterr().err  # another model: exit 4, as for fit
     assert main(["events", "predict", "--ckpt", str(root / read_latest(root)), str(tmp_path / "none.jsonl")]) == 3
     assert "events file" in capsys.readouterr().err  # missing data: exit 3, as for a data file
+
+
+def test_doctor_checks_the_event_tokenizer_the_run_trained_with(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    """A MOSAIC run's event tokenizer stays in the cache, pinned by its data manifest: doctor used to say nothing of
+    it, while events predict refused the run. Replaced with a consistent digest record (the cache's own check cannot
+    tell), it fails the doctor as data (exit 3); absent, it is trained again when needed."""
+    from lit_psion.datamodules.token_cache import default_cache_dir
+    from lit_psion.datamodules.tokenizer import event_tokenizer_path
+
+    entry = event_tokenizer_path(read_json(trained / "data_manifest.json"), default_cache_dir(None))
+    saved = entry.parent.with_name(entry.parent.name + ".saved")
+    capsys.readouterr()
+    assert main(["doctor", str(trained)]) == 0
+    assert f"ok   event tokenizer: matches the manifest's tokenizer_digest ('{entry}')" in capsys.readouterr().out
+    shutil.copytree(entry.parent, saved)
+    try:
+        spec = json.loads(entry.read_text())
+        vocab = spec["model"]["vocab"]
+        first, second = list(vocab)[-2:]
+        vocab[first], vocab[second] = vocab[second], vocab[first]
+        entry.write_text(json.dumps(spec))
+        entry.with_name("tokenizer.sha256").write_text(sha256_file(entry) + "\n")
+        assert main(["doctor", str(trained)]) == 3
+        assert "FAIL event tokenizer" in capsys.readouterr().out
+        shutil.rmtree(entry.parent)
+        assert main(["doctor", str(trained)]) == 0
+        assert "ok   event tokenizer: absent from" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(entry.parent, ignore_errors=True)
+        saved.rename(entry.parent)
