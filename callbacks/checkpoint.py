@@ -337,15 +337,28 @@ def changed_on_resume(layout: RunLayout, config_yaml: str) -> tuple[tuple[str, A
     return changed_settings(recorded, config_yaml)
 
 
-def resume_warning(run_id: str, changed: tuple[tuple[str, Any, Any], ...]) -> str | None:
-    """One line naming the changes a resume makes to how its run trains (a longer run is not news), or None."""
-    told = [(key, before, now) for key, before, now in changed if key not in STEP_COUNT]
-    if not told:
-        return None
-    shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in told[:SHOWN_SETTINGS])
-    more = f"; {len(told) - SHOWN_SETTINGS} more" if len(told) > SHOWN_SETTINGS else ""
-    return (f"lit_psion: warning: run {run_id} continues with settings its config.yaml had otherwise ({shown}{more}): "
-            "from here it is not the run an uninterrupted fit would give, and its resumed receipt records the change")
+def resume_warning(run_id: str, changed: tuple[tuple[str, Any, Any], ...],
+                   config_yaml: str | None = None) -> str | None:  # fmt: skip
+    """The lines naming the changes a resume makes to how its run trains, or None. A longer (or shorter) run is not
+    news in itself; it is when the learning-rate schedule of ``config_yaml`` decays over the fit's length."""
+    lines = []
+    if told := [(key, before, now) for key, before, now in changed if key not in STEP_COUNT]:
+        shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in told[:SHOWN_SETTINGS])
+        more = f"; {len(told) - SHOWN_SETTINGS} more" if len(told) > SHOWN_SETTINGS else ""
+        lines.append(f"lit_psion: warning: run {run_id} continues with settings its config.yaml had otherwise "
+                     f"({shown}{more}): from here it is not the run an uninterrupted fit would give, and its resumed "
+                     "receipt records the change")  # fmt: skip
+    length = [(key, before, now) for key, before, now in changed if key in STEP_COUNT]
+    follows = [key for key, value in shared_settings(config_yaml).items() if key.endswith(".decay_steps")
+               and value is None]  # fmt: skip
+    if length and follows:
+        shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in length)
+        steps = next((before for key, before, _ in length if key == "trainer.max_steps"), None)
+        keep = f"--{follows[0]} {steps}" if isinstance(steps, int) and steps > 0 else f"--{follows[0]}"
+        lines.append(f"lit_psion: warning: run {run_id} continues with {shown}, and its learning-rate schedule "
+                     f"decays over the whole fit ({follows[0]} is null): from the resumed step the lr follows the "
+                     f"schedule stretched to the new length, not the one the run had (give {keep} to keep that)")
+    return "\n".join(lines) or None
 
 
 def _names_a_path(name: str) -> bool:

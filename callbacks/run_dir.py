@@ -172,7 +172,8 @@ class RunDirectory(Callback):
             honour_optimizer_settings(trainer, pl_module)
         if trainer.is_global_zero:
             self._begin(trainer, pl_module)
-            if warning := resume_warning(self.run_context.layout.run_id, self.run_context.changed_settings):
+            if warning := resume_warning(self.run_context.layout.run_id, self.run_context.changed_settings,
+                                          self.run_context.config_yaml):
                 print(warning, file=sys.stderr)  # now that the resume was accepted and trains
         if self.run_context.resumed:
             for logger in trainer.loggers:

@@ -176,6 +176,11 @@ def test_a_resume_honours_and_records_the_settings_it_is_given(
         assert f"continues with settings its config.yaml had otherwise ({key}: " in said
     else:
         assert changed == {} and "had otherwise" not in said
+    # The fixture's cosine decays over max_steps (decay_steps null): a longer run stretches it, which is said.
+    stretched = "its learning-rate schedule decays over the whole fit (model.init_args.optimizer.decay_steps is null)"
+    assert (stretched in said) == ("decay_steps" not in "".join(override)), said
+    if not override:
+        assert "(give --model.init_args.optimizer.decay_steps 3 to keep that)" in said
     if group_setting is not None:  # what the optimizer trained steps 4-6 with
         name, value = group_setting
         groups = latest_checkpoint(tmp_path)["optimizer_states"][0]["param_groups"]
