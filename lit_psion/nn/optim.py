@@ -182,6 +182,8 @@ def build_optimizer(
         adjust_lr_fn=None if config.muon_lr else "match_rms_adamw",
     )
     groups = [{"params": others, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    if not any(group["params"] for group in groups):  # Muon takes every trainable tensor (LoRA adapters can)
+        return muon
     adamw = torch.optim.AdamW([g for g in groups if g["params"]], **adamw_kwargs)
     return MuonAdamW(muon, adamw)
 

@@ -71,12 +71,18 @@ def test_the_gate_holds_an_adapter_that_did_not_learn(base: Path, tmp_path: Path
     assert (promotion["decision"], promotion["reasons"]) == ("hold", ["below_min_delta"])
 
 
-def test_adapter_fine_tune_resumes_bitwise(base: Path, tmp_path: Path) -> None:
+MUON_ON_ADAPTERS = ("--model.init_args.optimizer.name", "muon", "--model.init_args.muon_on_adapters", "true")
+
+
+@pytest.mark.parametrize("optimizer", [(), MUON_ON_ADAPTERS], ids=["adamw", "muon-on-adapters"])
+def test_adapter_fine_tune_resumes_bitwise(base: Path, tmp_path: Path, optimizer: tuple[str, ...]) -> None:
+    """Muon on the adapters used to exit 1 (AdamW was built over no parameters at all)."""
     full, split = tmp_path / "full", tmp_path / "split"
-    assert fit(*adapter_args(base, full)) == 0
-    assert fit(*adapter_args(base, split), "--trainer.max_steps", "7") == 0
-    assert fit(*adapter_args(base, split), "--ckpt_path", "last") == 0
+    assert fit(*adapter_args(base, full, *optimizer)) == 0
+    assert fit(*adapter_args(base, split, *optimizer), "--trainer.max_steps", "7") == 0
+    assert fit(*adapter_args(base, split, *optimizer), "--ckpt_path", "last") == 0
     a, b = latest_checkpoint(full), latest_checkpoint(split)
+    assert any("lora_b" in k and v.abs().sum() > 0 for k, v in a["state_dict"].items())  # the adapters learned
     assert_tree_equal(b["state_dict"], a["state_dict"], "state_dict")
     assert_tree_equal(b["optimizer_states"], a["optimizer_states"], "optimizer_states")
 
