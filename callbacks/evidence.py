@@ -19,7 +19,7 @@ from typing_extensions import override
 from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
 from lit_psion.core.audit import check_chain, receipted_checkpoints
 from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, emit_receipt
-from lit_psion.core.contracts import MembershipAware, ReplayData, RollbackAware, SignedModel
+from lit_psion.core.contracts import MembershipAware, ReplayData, RollbackAware, SignedModel, lr_flag
 from lit_psion.core.errors import ConfigError, TransactionError, failure_class
 from lit_psion.core.receipts import (
     ChainSealReceipt,
@@ -238,8 +238,9 @@ def _global_loss(trainer: L.Trainer, step: int, loss: Any) -> float:
     if not math.isfinite(mean):
         value = local if not math.isfinite(local) else "non-finite on a peer"
         raise TransactionError(
-            f"the training loss at step {step} is {value}: training diverged; lower --model.init_args.optimizer.lr, "
-            "or use --trainer.strategy transactional, which rolls such steps back"
+            f"the training loss at step {step} is {value}: training diverged; lower the learning rate "
+            f"({lr_flag(trainer.lightning_module)}), or use --trainer.strategy transactional, which rolls such "
+            "steps back"
         )
     return mean
 

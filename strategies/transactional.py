@@ -53,7 +53,7 @@ from lit_psion.core import RunContext, RunLayout, run_context, sha256_bytes
 from lit_psion.core.audit import check_skip_list
 from lit_psion.core.chain import batch_digest, emit_receipt
 from lit_psion.core.checkpoint import VerifiedCheckpoint, read_pointer, resolve_checkpoint
-from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule
+from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule, lr_flag
 from lit_psion.core.errors import CheckpointError, EvidenceError, TransactionError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
@@ -445,7 +445,7 @@ class Transactional:
                 f"{len(self._streak)} consecutive steps rolled back (steps {first}-{last}, last reasons: "
                 f"{', '.join(reasons)}); training is diverging: check the data or the policy's limits, then "
                 + ("continue with --ckpt_path last, with a lower learning rate if it is the cause (a resume "
-                   "trains with the config's: --model.optimizer.lr)" if durable else
+                   f"trains with the config's: {lr_flag(module)})" if durable else
                    "start a new run (no checkpoint was written yet), with a lower learning rate if need be")
             )
         if step % trainer.log_every_n_steps == 0 or step == trainer.max_steps:  # cumulative: on the rows, the last too

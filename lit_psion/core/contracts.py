@@ -67,6 +67,19 @@ class Staged(Protocol):
 
 
 @runtime_checkable
+class RateNamed(Protocol):
+    """A model whose learning rate one command-line flag sets (``--model.init_args.optimizer.lr``), which advice
+    after a divergence names."""
+
+    lr_flag: ClassVar[str]
+
+
+def lr_flag(module: Any) -> str:
+    """The flag that sets ``module``'s learning rate, or words for it when the module does not say."""
+    return module.lr_flag if isinstance(module, RateNamed) else "the model's own setting"
+
+
+@runtime_checkable
 class TransactionalModule(Protocol):
     """A module a transactional strategy can measure: the training loss on a batch, without logging.
 

@@ -44,6 +44,8 @@ class DecoderLM(L.LightningModule):
     """
 
     stage: ClassVar[str] = "pretrain"
+    lr_flag: ClassVar[str] = "--model.init_args.optimizer.lr"
+    """The command-line flag of the learning rate, for advice (a divergence names it)."""
 
     def __init__(self, decoder: DecoderConfig | None = None, optimizer: OptimizerConfig | None = None,
                  data_facts: DataFacts | None = None) -> None:  # fmt: skip

@@ -27,7 +27,7 @@ from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
 from lit_psion.nn.barrier import Barrier
 from lit_psion.nn.delta_log import DeltaStateLog
 from lit_psion.nn.graph import Graph, SuperGraph, max_levels
-from lit_psion.nn.optim import finite_steps, warmup_cosine
+from lit_psion.nn.optim import LARGEST_RATE, a_rate, finite_steps, warmup_cosine
 from lit_psion.nn.sparse import SparseMaskedLinear
 
 
@@ -100,8 +100,9 @@ class GraphCoreConfig:
             problems.append(f"the initial structure has {self.initial_complexity} entries, at or above "
                             f"complexity_limit {self.complexity_limit!r}: "
                             "raise the limit or start smaller")  # fmt: skip
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
-            problems.append(f"lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr!r} and {self.min_lr_ratio!r}")
+        if not a_rate(self.lr) or not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"lr must be a finite number > 0 and at most {LARGEST_RATE:.3g} (float32's largest), and "
+                            f"min_lr_ratio in [0, 1], got {self.lr!r} and {self.min_lr_ratio!r}")  # fmt: skip
         if self.decay_steps is not None and self.decay_steps < 1:
             problems.append(f"decay_steps must be >= 1 or null (the trainer's max_steps), got {self.decay_steps!r}")
         if problems:
@@ -148,6 +149,8 @@ class GraphCore(L.LightningModule):
     """
 
     stage: ClassVar[str] = "pretrain"
+    lr_flag: ClassVar[str] = "--model.init_args.config.lr"
+    """The command-line flag of the learning rate, for advice (a divergence names it)."""
 
     def __init__(self, config: GraphCoreConfig | None = None, data_facts: DataFacts | None = None) -> None:
         super().__init__()

@@ -58,6 +58,15 @@ class OptimizerConfig:
             raise ConfigError("; ".join(problems))
 
 
+LARGEST_RATE = float(torch.finfo(torch.float32).max)
+"""The largest learning rate torch's optimizers can hold (float32's largest): a larger one overflows in the step."""
+
+
+def a_rate(value: Any) -> bool:
+    """Whether ``value`` can be a learning rate: a finite number > 0 that float32 holds."""
+    return _number(value) and 0 < value <= LARGEST_RATE
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -71,8 +80,9 @@ def _whole(value: Any) -> bool:
 
 
 _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
-    ("muon_lr", lambda v: v is None or (_number(v) and v > 0), "a finite number > 0 (or null to reuse lr)"),
+    ("lr", a_rate, f"a finite number > 0 and at most {LARGEST_RATE:.3g} (float32's largest)"),
+    ("muon_lr", lambda v: v is None or a_rate(v), f"a finite number > 0 and at most {LARGEST_RATE:.3g} (or null to "
+     "reuse lr)"),
     ("weight_decay", lambda v: _number(v) and v >= 0, "a finite number >= 0"),
     ("momentum", _unit, "in [0, 1)"),
     ("ns_steps", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from lit_psion.callbacks import Receipts
 from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id, sha256_file
 from lit_psion.core.errors import ConfigError, TransactionError
+from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
 from lit_psion.sessions.store import (
     EVENTS,
@@ -109,8 +110,8 @@ def _check_settings(settings: dict[str, Any]) -> None:
 
 def check_optimizer(lr: float, momentum: float, ns_steps: int) -> None:
     """Muon's settings, each refused in one line before anything is written (torch would fail mid-run)."""
-    if not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"--lr must be a finite number > 0, got {lr!r}")
+    if not a_rate(lr):
+        raise ConfigError(f"--lr must be a finite number > 0 and at most {LARGEST_RATE:.3g}, got {lr!r}")
     if not math.isfinite(momentum) or not 0 <= momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {momentum!r}")
     if ns_steps < 1:

@@ -5,6 +5,7 @@ and exact resume with the grown structure. The growth functions themselves: test
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +230,13 @@ def test_a_state_dim_mismatch_is_refused_before_any_step_and_config_problems_tog
     assert GraphCore(GraphCoreConfig(n_nodes=5), DataFacts()).complexity == 0  # no state dim: nothing to refuse
     with pytest.raises(ConfigError) as refused:
         GraphCoreConfig(n_nodes=8, levels=4, initial="cores", path="gpu", lr=0.0)
-    for problem in ("ceil(log2(8)) = 3, got 4", "path must be auto, sparse or dense, got 'gpu'", "lr must be > 0"):
+    for problem in ("ceil(log2(8)) = 3, got 4", "path must be auto, sparse or dense, got 'gpu'",
+                    "lr must be a finite number > 0"):
         assert problem in str(refused.value)  # every problem at once
+    for lr in (1e300, float("inf"), float("nan")):  # 1e300 overflowed float32 inside the first step: exit 1
+        says = f"lr must be a finite number > 0 and at most 3.4e\\+38 .*got {re.escape(repr(lr))}"
+        with pytest.raises(ConfigError, match=says):
+            GraphCoreConfig(lr=lr)
     with pytest.raises(ConfigError, match="initial structure has 32 entries, at or above complexity_limit 32"):
         GraphCoreConfig(n_nodes=8, initial="cores", complexity_limit=32)  # 8 cores of 2 x 2
 
