@@ -17,9 +17,9 @@ import torch
 
 from lit_psion.core import read_json
 from lit_psion.core.contracts import DataFacts, model_signature
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
 from lit_psion.models.decoder_lm import DecoderLM, refuse_sharded_muon
-from lit_psion.nn.decoder import DecoderConfig
+from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.lora import adapter_params, inject_lora, lora_layers
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer
 from lit_psion.runs import load_run
@@ -39,11 +39,40 @@ def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str, str | No
     if "decoder_config" not in base.state:
         raise CheckpointError(f"base checkpoint {str(base.checkpoint.path)!r} does not record its decoder_config; "
                               "it was not written by DecoderLM")  # fmt: skip
+    family = _family(base)
+    if family not in (None, DecoderLM.__name__):
+        raise CheckpointError(f"base_checkpoint {str(location)!r} is a {family} run, not a DecoderLM; give a DecoderLM "
+                              "run directory (runs/<run_id>) or one of its checkpoints")  # fmt: skip
+    _check_decoder_weights(base.state, base.checkpoint.path)
     tokenizer = None
     if base.layout is not None and base.layout.data_manifest.is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):
             tokenizer = read_json(base.layout.data_manifest).get("tokenizer_digest")
     return base.state, base.checkpoint.path, base.checkpoint.manifest_sha256, tokenizer
+
+
+def _family(base: Any) -> str | None:
+    """The model class a base run trained (``MosaicLM``), from its config.yaml; None for a checkpoint outside a run."""
+    if base.layout is None:
+        return None
+    try:
+        return base.model_class().rsplit(".", 1)[-1] or None
+    except LitPsionError:
+        return None  # its records are checked elsewhere; the weights' own check below still holds
+
+
+def _check_decoder_weights(state: dict[str, Any], path: Path) -> None:
+    """Refuse a base whose weights are not a DecoderLM's of its recorded shape (a MosaicLM checkpoint carries its
+    decoder_config and weights of its own), before any is loaded."""
+    with torch.device("meta"):  # the names only: nothing allocated
+        expected = set(Decoder(DecoderConfig(**state["decoder_config"])).state_dict())
+    held = {key.removeprefix("model.") for key in state["state_dict"]}
+    if held != expected:
+        extra, missing = sorted(held - expected), sorted(expected - held)
+        named = ", ".join([*(f"+{k}" for k in extra[:3]), *(f"-{k}" for k in missing[:3])])
+        raise CheckpointError(f"base checkpoint {str(path)!r} does not hold a DecoderLM's weights ({named}): another "
+                              "model wrote it; give a DecoderLM run directory (runs/<run_id>) or one of its "
+                              "checkpoints")  # fmt: skip
 
 
 class AdapterLM(DecoderLM):

@@ -417,3 +417,28 @@ def test_exporting_a_held_or_failed_run_warns(tuned: Path, tmp_path: Path, capsy
     assert main(["adapter", "export", str(run), "--out", str(tmp_path / "out")]) == 0
     said = "its promotion gate held it (no gain on held-out)" if why == "held" else "is failed (diverged)"
     assert "lit_psion: warning: " in (err := capsys.readouterr().err) and said in err, err
+
+
+def test_a_base_of_another_decoder_family_is_refused_in_one_line(base: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """A MosaicLM run records a decoder_config as DecoderLM does: as a base it passed every check and failed in
+    load_state_dict (exit 1, a line of kilobytes), and `window init` asked for a tokenizer.json it never has."""
+    from lit_psion.cli import main
+
+    mosaic = tmp_path / "mosaic"
+    small = ("--data.n_train", "20", "--data.n_val", "4", "--data.tokenizer_traces", "10", "--trainer.max_steps", "2",
+             "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1")  # fmt: skip
+    assert fit("--trainer.default_root_dir", str(mosaic), *small, config="fixtures/mosaic_tiny.yaml") == 0
+    run = mosaic / read_latest(mosaic)
+    loose = tmp_path / "loose"
+    shutil.copytree(run / "checkpoints" / read_json(run / "checkpoints" / "pointer.json")["checkpoint"], loose)
+    capsys.readouterr()
+    for given, says in ((run, "is a MosaicLM run, not a DecoderLM"), (loose, "does not hold a DecoderLM's weights")):
+        assert fit(*adapter_args(given, tmp_path / "ft", "--trainer.max_steps", "1", "--data.tokenizer_file",
+                                 "null")) == 4  # fmt: skip  (a MOSAIC run has no tokenizer.json)
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+    assert main(["window", "init", str(tmp_path / "program"), "--config", "configs/window_lora.yaml", "--base",
+                 str(run)]) == 4  # fmt: skip
+    assert "is a MosaicLM run, not a DecoderLM" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").glob("*/run.json"))
