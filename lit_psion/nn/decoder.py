@@ -52,8 +52,12 @@ class DecoderConfig:
             problems.append(f"head_dim (d_model / n_head) must be even for RoPE, got {self.d_model // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.mlp_ratio <= 0:
-            problems.append(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            problems.append(f"mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}")
+        if not (math.isfinite(self.rope_base) and self.rope_base > 1):  # 0 or below: infinite or NaN frequencies
+            problems.append(f"rope_base must be a finite number > 1, got {self.rope_base!r}")
+        if not (math.isfinite(self.norm_eps) and self.norm_eps > 0):  # below 0: the RMS of a small row is NaN
+            problems.append(f"norm_eps must be a finite number > 0, got {self.norm_eps!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -70,6 +70,13 @@ def test_sequence_longer_than_block_is_refused() -> None:
         ({"d_model": 0}, "d_model must be a positive integer"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"n_head": 16}, "head_dim"),
+        # These trained to a NaN loss and a divergence that blamed the learning rate (exit 7, a failed run).
+        ({"rope_base": 0.0}, "rope_base must be a finite number > 1, got 0.0"),
+        ({"rope_base": -10.0}, "rope_base must be a finite number > 1, got -10.0"),
+        ({"rope_base": float("nan")}, "rope_base must be a finite number > 1, got nan"),
+        ({"norm_eps": -1.0}, "norm_eps must be a finite number > 0, got -1.0"),
+        ({"norm_eps": float("inf")}, "norm_eps must be a finite number > 0, got inf"),
+        ({"mlp_ratio": float("inf")}, "mlp_ratio must be a finite number > 0, got inf"),
     ],
 )
 def test_config_rejects_bad_values(overrides: dict, message: str) -> None:
