@@ -50,6 +50,8 @@ class GrowthPlanner(EvidenceCallback):
                  policy: GrowthPolicy | None = None) -> None:  # fmt: skip
         if every_n_steps < 1:
             raise ConfigError(f"growth every_n_steps must be >= 1, got {every_n_steps!r}")
+        if until_step is not None and until_step < 1:  # cycles ran from step 1 regardless
+            raise ConfigError(f"growth until_step must be >= 1 or null (cycles all run long), got {until_step!r}")
         self.every_n_steps, self.until_step = every_n_steps, until_step
         self.policy = policy or GrowthPolicy()
         self.counters = {"cycles": 0, "commits": 0, "prunes": 0}

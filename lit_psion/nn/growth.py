@@ -34,6 +34,7 @@ Every commit and prune is returned as a :class:`StructureChange` with its eviden
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ import torch
 from lit_psion.core.errors import ConfigError
 from lit_psion.nn.barrier import Barrier
 from lit_psion.nn.graph import Graph
+from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.nn.sparse import SparseMaskedLinear, follow_parameter
 
 TaskLoss = Callable[[Any], torch.Tensor]
@@ -90,8 +92,14 @@ class GrowthPolicy:
         for name in ("struct_budget", "active_budget"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"growth {name} must be >= 1 or null (no cap), got {getattr(self, name)!r}")
-        if self.l1 < 0 or self.probe_lr <= 0:
-            problems.append(f"growth l1 must be >= 0 and probe_lr > 0, got {self.l1!r} and {self.probe_lr!r}")
+        if not (math.isfinite(self.l1) and self.l1 >= 0) or not a_rate(self.probe_lr):
+            problems.append(f"growth l1 must be a finite number >= 0 and probe_lr one > 0 (at most "
+                            f"{LARGEST_RATE:.3g}), got {self.l1!r} and {self.probe_lr!r}")  # fmt: skip
+        for name in ("snr_threshold", "variance_weight"):  # a negative weight ranks noisy regions first
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"growth {name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.eps) and self.eps > 0):  # what counts as zero: at or below 0, nothing does
+            problems.append(f"growth eps must be a finite number > 0, got {self.eps!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -3,6 +3,7 @@ the growth functions (lit_psion.nn.growth)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -324,6 +325,25 @@ def test_prox_l1_consolidates_small_entries_to_identity_and_frees_their_structur
 def test_a_growth_policy_reports_every_bad_setting_at_once() -> None:
     with pytest.raises(ConfigError) as refused:
         GrowthPolicy(snr_batches=1, commits_per_object=3, struct_budget=0, probe_lr=0.0)
-    for problem in ("snr_batches must be >= 2", "hard rule", "struct_budget must be >= 1 or null", "probe_lr > 0"):
+    for problem in ("snr_batches must be >= 2", "hard rule", "struct_budget must be >= 1 or null", "probe_lr one > 0"):
         assert problem in str(refused.value)
+    # Each was taken and grew the graph regardless (a negative eps or weight, a NaN threshold, a probe_lr float32
+    # cannot hold).
+    for setting, says in [({"variance_weight": -5.0}, "variance_weight must be a finite number >= 0, got -5.0"),
+                          ({"eps": -1.0}, "eps must be a finite number > 0, got -1.0"),
+                          ({"eps": 0.0}, "eps must be a finite number > 0, got 0.0"),
+                          ({"snr_threshold": float("nan")}, "snr_threshold must be a finite number >= 0, got nan"),
+                          ({"l1": float("inf")}, "l1 must be a finite number >= 0"),
+                          ({"probe_lr": 1e300}, "probe_lr one > 0 (at most 3.4e+38), got 0.0 and 1e+300")]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            GrowthPolicy(**setting)
     assert GrowthPolicy(snr_batches=2, probe_steps=1, probe_batches=3).batches_per_cycle == 6
+
+
+@pytest.mark.parametrize("until_step", [0, -3])
+def test_a_growth_planner_that_could_never_stop_in_time_is_refused(until_step: int) -> None:
+    """until_step -3 grew the graph at step 1 all the same."""
+    from lit_psion.callbacks import GrowthPlanner
+
+    with pytest.raises(ConfigError, match=f"growth until_step must be >= 1 or null .*got {until_step}"):
+        GrowthPlanner(until_step=until_step)
