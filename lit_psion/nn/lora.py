@@ -108,11 +108,16 @@ def inject_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: floa
                    if isinstance(module, nn.Linear) and pattern.fullmatch(name)]  # fmt: skip
         if not matches:
             raise ConfigError(f"LoRA target {target!r} matches no Linear layer in {type(model).__name__}")
-        for name in matches:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear(getattr(parent, child), rank, alpha, dropout))
-            wrapped.append(name)
+        wrapped += matches
+    layers = [model.get_submodule(name) for name in wrapped]
+    smallest = min(min(layer.in_features, layer.out_features) for layer in layers)
+    if isinstance(rank, int) and rank > smallest:  # before any adapter is allocated: a huge rank ran out of memory
+        raise ConfigError(f"LoRA rank {rank} exceeds the smallest targeted layer's dimension ({smallest}); a rank "
+                          f"above it adds nothing: use at most {smallest}")  # fmt: skip
+    for name, layer in zip(wrapped, layers, strict=True):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(layer, rank, alpha, dropout))
     return wrapped
 
 

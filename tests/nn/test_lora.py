@@ -78,7 +78,10 @@ def test_bad_targets_are_config_errors(targets: list[str], message: str) -> None
 BAD_SETTINGS = [({"dropout": 1.5}, "lora_dropout must be in [0, 1)"),
                 ({"dropout": float("nan")}, "lora_dropout must be in [0, 1)"),
                 ({"alpha": float("nan")}, "alpha must be a finite number > 0"),
-                ({"alpha": float("inf")}, "alpha must be a finite number > 0")]  # fmt: skip
+                ({"alpha": float("inf")}, "alpha must be a finite number > 0"),
+                # It allocated (out x rank) adapters first: out of memory, exit 1.
+                ({"rank": 1_000_000_000}, "LoRA rank 1000000000 exceeds the smallest targeted layer's dimension "
+                 "(16)")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("kwargs", "message"), BAD_SETTINGS)
