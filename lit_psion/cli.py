@@ -49,6 +49,7 @@ from lit_psion.commands import COMMANDS, run_command
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
     check_config_files,
+    constructor_error,
     describe_ckpt_path,
     gather_files,
     make_root,
@@ -433,6 +434,7 @@ def _main(args: list[str] | None) -> int:
             code = known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code
             tell_the_launcher(code, line)
             return code
+        error = constructor_error(error)
         print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
               "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1

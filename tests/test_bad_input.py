@@ -431,3 +431,23 @@ def test_a_tokenizer_file_that_cannot_end_a_document_is_exit_3(
     line = one_error_line(capsys.readouterr().err)
     assert "tok.json" in line and "<|endoftext|>" in line, line
     assert not list((tmp_path / "cache").rglob("*.tmp-*"))
+
+
+class FailingToBuild(L.LightningModule):
+    """A model whose constructor fails with an error of its own (a bug, an allocation larger than memory)."""
+
+    def __init__(self, data_facts: Any = None) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 48000000000 bytes")
+
+
+def test_a_constructor_failure_is_said_as_itself_not_as_the_parsers_account_of_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """jsonargparse wraps it in "Does not validate against any of the Union subtypes", followed by every setting
+    given: the exit-1 line was kilobytes long, and named a ValueError."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--model", f"{__name__}.FailingToBuild",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("lit_psion: unexpected error: RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried "
+                   "to allocate 48000000000 bytes (set LIT_PSION_DEBUG=1 for the traceback)"), err

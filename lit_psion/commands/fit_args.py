@@ -263,3 +263,15 @@ def describe_ckpt_path(parser: Any) -> None:
         for action in getattr(sub, "_actions", ()):
             if action.dest == "ckpt_path":
                 action.help = CKPT_PATH_HELP
+
+
+def constructor_error(error: BaseException) -> BaseException:
+    """The error a class's constructor raised, when jsonargparse wrapped it (its "Does not validate against any of the
+    Union subtypes" message also dumps every setting given): what failed, not the parser's account of it."""
+    if "Does not validate against any of the Union subtypes" not in str(error):
+        return error
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        error = inner
+        seen.add(id(error))
+    return error
