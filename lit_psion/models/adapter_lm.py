@@ -28,6 +28,9 @@ from lit_psion.runs import load_run
 def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str, str | None]:
     """The verified base checkpoint at ``location``: its state, its directory, its manifest's sha256, and the
     digest of the tokenizer its run trained with (None for a checkpoint outside a run, or a run without one)."""
+    if not Path(location).exists():  # moved since: a resume may name where it is now (the digests must still hold)
+        raise CheckpointError(f"base_checkpoint {str(location)!r} does not exist; give --model.init_args."
+                              "base_checkpoint the base run directory (or its checkpoint) where it is now")  # fmt: skip
     try:
         base = load_run(location, exact=True)  # every digest verified, each file read once; no silent fallback
     except ConfigError as error:

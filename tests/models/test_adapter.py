@@ -442,3 +442,22 @@ def test_a_base_of_another_decoder_family_is_refused_in_one_line(base: Path, tmp
                  str(run)]) == 4  # fmt: skip
     assert "is a MosaicLM run, not a DecoderLM" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").glob("*/run.json"))
+
+
+def test_an_adapter_run_whose_base_moved_is_told_where_to_point_and_resumes_from_there(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It said the old path 'is neither a run directory nor a checkpoint directory'; the advice it gives now works,
+    because the adapter's signature holds the base's digest, not its path."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    shutil.copytree(base.parent, here)
+    ft = tmp_path / "ft"
+    assert fit(*adapter_args(here / base.name, ft, "--trainer.max_steps", "2")) == 0
+    here.rename(there)
+    capsys.readouterr()
+    tokenizer = ("--data.tokenizer_file", str(there / base.name / "tokenizer.json"))
+    assert fit(*adapter_args(here / base.name, ft, "--trainer.max_steps", "4", "--ckpt_path", "last", *tokenizer)) == 4
+    assert f"base_checkpoint '{here / base.name}' does not exist; give --model.init_args.base_checkpoint" in \
+        capsys.readouterr().err  # fmt: skip
+    assert fit(*adapter_args(there / base.name, ft, "--trainer.max_steps", "4", "--ckpt_path", "last")) == 0
+    assert read_json(ft / read_latest(ft) / "run.json")["global_step"] == 4
