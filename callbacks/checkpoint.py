@@ -26,7 +26,7 @@ from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest,
 from lit_psion.checkpoint_io import EXTRA_KEY, ManifestCheckpointIO
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, CheckpointPointer, read_pointer, write_pointer
-from lit_psion.core.contracts import MembershipAware, Resumable
+from lit_psion.core.contracts import MembershipAware, Resumable, signed_settings
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, DataManifestMismatch
 from lit_psion.core.files import read_json
@@ -234,7 +234,8 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
                                    "or start a new run without --ckpt_path")  # fmt: skip
     signature = signature_of(pl_module)
     if None not in (manifest.model_signature, signature) and manifest.model_signature != signature:
-        changed = changed_model_settings(run.resume_from, run.config_yaml) if run.resume_from else ""
+        changed = changed_model_settings(run.resume_from, run.config_yaml, signed_settings(pl_module)) \
+            if run.resume_from else ""  # fmt: skip
         if not changed and getattr(pl_module, "base_digest", None) is not None:
             changed = (" (the same settings: the base they name is another checkpoint now, as when the base run was "
                        "continued; give --model.init_args.base_checkpoint the base's step-NNNNNN directory this run "
@@ -361,6 +362,15 @@ def resume_warning(run_id: str, changed: tuple[tuple[str, Any, Any], ...],
     return "\n".join(lines) or None
 
 
+def _signs(key: str, signed: tuple[str, ...] | None) -> bool:
+    """Whether the model setting ``key`` (``model.init_args.decoder.n_layer``) can change a signature made of the
+    settings ``signed`` (None: any can; the model's class always can)."""
+    if signed is None or not key.startswith("model.init_args."):
+        return True
+    setting = key.removeprefix("model.init_args.")
+    return any(setting == name or setting.startswith(f"{name}.") for name in signed)
+
+
 def _names_a_path(name: str) -> bool:
     return name == "base_checkpoint" or name.endswith(("_path", "_dir", "_file", "_files"))
 
@@ -388,7 +398,8 @@ def recorded_model_settings(checkpoint_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def changed_model_settings(checkpoint_dir: Path, config_yaml: str | None) -> str:
+def changed_model_settings(checkpoint_dir: Path, config_yaml: str | None,
+                           signed: tuple[str, ...] | None = None) -> str:  # fmt: skip
     """``" (model.decoder.n_layer: 2 in the run's config.yaml, 3 here)"``, or ``""`` when it cannot tell.
 
     A manifest records only the model's signature (a digest); the run's config holds the settings it was made
@@ -397,12 +408,16 @@ def changed_model_settings(checkpoint_dir: Path, config_yaml: str | None) -> str
     Args:
         checkpoint_dir: A ``<run>/checkpoints/step-NNNNNN`` directory; its run's ``config.yaml`` is read.
         config_yaml: The config given now, as the CLI dumps it.
+        signed: The model's settings its signature is made of (``SettingsSigned.signed_settings``, each a key under
+            ``model.init_args`` or a section of them); None: every model setting. A setting outside it (a learning
+            rate, a dropout) cannot be why the signatures differ, so it is not named.
     """
     recorded = recorded_model_settings(checkpoint_dir)
     given = _model_section(config_yaml) if config_yaml is not None else None
     if recorded is None or given is None:
         return ""
-    keys = sorted(key for key in recorded.keys() | given.keys() if recorded.get(key) != given.get(key))
+    keys = sorted(key for key in recorded.keys() | given.keys()
+                  if recorded.get(key) != given.get(key) and _signs(key, signed))  # fmt: skip
     if not keys:
         return ""
     shown = [f"{key.replace('.init_args.', '.')}: {recorded.get(key)!r} in the run's config.yaml, "

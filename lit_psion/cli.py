@@ -79,7 +79,7 @@ from lit_psion.core.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
-from lit_psion.core.contracts import ReplayData, SignedModel
+from lit_psion.core.contracts import ReplayData, SignedModel, signed_settings
 from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
@@ -365,7 +365,7 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
     recorded = checkpoint.manifest.model_signature
     signature = model.model_signature if isinstance(model, SignedModel) else None
     if None not in (recorded, signature) and recorded != signature:
-        changed = changed_model_settings(checkpoint.path, config_yaml)
+        changed = changed_model_settings(checkpoint.path, config_yaml, signed_settings(model))
         trained_on = checkpoint.manifest.data_manifest_digest
         current = data.manifest if isinstance(data, ReplayData) else None
         known = recorded_model_settings(checkpoint.path) is not None  # else "" means "cannot tell", not "same"

@@ -60,6 +60,19 @@ class SignedModel(Protocol):
 
 
 @runtime_checkable
+class SettingsSigned(Protocol):
+    """A signed model that says which of its settings (keys under ``model.init_args``, or sections of them) its
+    signature is made of, so a refusal names only those that differ (never a learning rate)."""
+
+    signed_settings: ClassVar[tuple[str, ...]]
+
+
+def signed_settings(model: Any) -> tuple[str, ...] | None:
+    """The settings ``model``'s signature is made of, or None when it does not say (then any may be)."""
+    return model.signed_settings if isinstance(model, SettingsSigned) else None
+
+
+@runtime_checkable
 class Staged(Protocol):
     """A model or callback that says which stage its run is (``pretrain``, ``finetune``, ``growth``, ...)."""
 

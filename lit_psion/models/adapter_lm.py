@@ -95,6 +95,8 @@ class AdapterLM(DecoderLM):
     """DecoderLM's loss through the adapted model: weights, batch and RNG alone (lit_psion.core.contracts)."""
 
     stage: ClassVar[str] = "finetune"
+    signed_settings: ClassVar[tuple[str, ...]] = ("targets", "rank", "alpha")
+    """With the base's digest and shape, which the base checkpoint gives (a refusal names a base that changed)."""
 
     def __init__(
         self,

@@ -45,6 +45,8 @@ class DecoderLM(L.LightningModule):
 
     stage: ClassVar[str] = "pretrain"
     lr_flag: ClassVar[str] = "--model.init_args.optimizer.lr"
+    signed_settings: ClassVar[tuple[str, ...]] = ("decoder",)
+    """The settings :attr:`model_signature` is made of (with the data's vocabulary and context)."""
     """The command-line flag of the learning rate, for advice (a divergence names it)."""
 
     def __init__(self, decoder: DecoderConfig | None = None, optimizer: OptimizerConfig | None = None,

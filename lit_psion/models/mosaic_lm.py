@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,8 @@ class MosaicLM(DecoderLM):
         aux_commitment_weight: Weight of the commitment cross-entropy.
         data_facts: The data's vocabulary and context (linked by the CLI).
     """
+
+    signed_settings: ClassVar[tuple[str, ...]] = ("decoder", "mosaic")
 
     def __init__(
         self,

@@ -41,6 +41,22 @@ def test_a_setting_only_one_side_has_and_a_long_list_are_both_told(tmp_path: Pat
     assert said.endswith("; 2 more)")
 
 
+def test_only_the_settings_the_signature_is_made_of_are_named(tmp_path: Path) -> None:
+    """A learning rate or a dropout cannot make two signatures differ; naming one hid the real cause."""
+    recorded = RUN.replace("    decoder:", "    optimizer: {lr: 0.01}\n    decoder:")
+    given = recorded.replace("lr: 0.01", "lr: 0.02").replace("n_layer: 2", "n_layer: 3")
+    checkpoint = _checkpoint(tmp_path, recorded)
+    assert changed_model_settings(checkpoint, given, ("decoder",)) == (
+        " (model.decoder.n_layer: 2 in the run's config.yaml, 3 here)")
+    assert changed_model_settings(checkpoint, given) == (  # a model that does not say: every setting that differs
+        " (model.decoder.n_layer: 2 in the run's config.yaml, 3 here; model.optimizer.lr: 0.01 in the run's "
+        "config.yaml, 0.02 here)")
+    assert changed_model_settings(checkpoint, recorded.replace("lr: 0.01", "lr: 0.02"), ("decoder",)) == ""
+    assert changed_model_settings(checkpoint, given.replace("DecoderLM", "MosaicLM"), ("decoder.n_head",)) == (
+        " (model.class_path: 'lit_psion.models.DecoderLM' in the run's config.yaml, 'lit_psion.models.MosaicLM' "
+        "here)")  # the class is always named; decoder.n_layer is not decoder.n_head
+
+
 @pytest.mark.parametrize(
     ("recorded", "given"),
     [
