@@ -315,7 +315,23 @@ def run_settings(config_yaml: str | None) -> dict[str, Any]:
         return {}
     trainer = config.get("trainer") if isinstance(config, dict) else None
     steps = {f"trainer.{key}": trainer.get(key) for key in STEP_MATH} if isinstance(trainer, dict) else {}
-    return {**shared_settings(config_yaml), **data_settings(config_yaml), **steps}
+    return {**shared_settings(config_yaml), **data_settings(config_yaml), **steps, **_training_callbacks(trainer)}
+
+
+TRAINING_CALLBACKS = ("GrowthPlanner",)
+"""Callbacks that change the model between steps (growth edits the graph's structure): their settings decide how a
+run trains as much as the model's do."""
+
+
+def _training_callbacks(trainer: Any) -> dict[str, Any]:
+    """The settings of the :data:`TRAINING_CALLBACKS` a trainer section lists, as ``trainer.callbacks.NAME.key``."""
+    listed = trainer.get("callbacks") if isinstance(trainer, dict) else None
+    settings: dict[str, Any] = {}
+    for entry in listed if isinstance(listed, list) else [listed]:
+        name = str(entry.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(entry, dict) else ""
+        if name in TRAINING_CALLBACKS:
+            settings.update(_leaves(entry.get("init_args") or {}, f"trainer.callbacks.{name}"))
+    return settings
 
 
 def changed_settings(recorded_yaml: str | None, given_yaml: str | None) -> tuple[tuple[str, Any, Any], ...]:

@@ -328,3 +328,20 @@ def test_test_on_other_generator_settings_names_the_flag_to_restore(tmp_path: Pa
     capsys.readouterr()
     assert main(["test", "--config", PRESET, *small, "--data.init_args.n_test", "8", "--ckpt_path", "last"]) == 3
     assert "give the settings it was trained with (--data.n_test 4)" in capsys.readouterr().err
+
+
+def test_a_resume_that_changes_the_growth_schedule_says_so_and_records_it(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """The planner edits the graph between steps: growing every step from here (the preset grows every 25) trained
+    another model than the run's, with no word and nothing in the resumed receipt."""
+    small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.n_train",
+             "16", "--data.init_args.window", "8", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert fit(*small, "--trainer.max_steps", "3", config=PRESET) == 0
+    capsys.readouterr()
+    assert fit(*small, "--trainer.max_steps", "5", "--ckpt_path", "last", "--trainer.callbacks.init_args.every_n_steps",
+               "1", config=PRESET) == 0  # fmt: skip
+    assert "trainer.callbacks.GrowthPlanner.every_n_steps: 25 -> 1" in capsys.readouterr().err
+    run = tmp_path / read_latest(tmp_path)
+    receipts = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    resumed = next(r["body"] for r in receipts if r["body"].get("event") == "resumed")
+    assert ["trainer.callbacks.GrowthPlanner.every_n_steps", 25, 1] in resumed["changed_settings"]
