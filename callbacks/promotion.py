@@ -35,6 +35,13 @@ class PromotionGate(EvidenceCallback):
         self.decision: dict | None = None
 
     @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, Promotable):  # it did nothing, without a word
+            raise ConfigError(f"PromotionGate gates an adapter fine-tune against its base; {type(pl_module).__name__} "
+                              "has no base to compare with (remove the callback, or fine-tune with "
+                              "lit_psion.models.AdapterLM)")  # fmt: skip
+
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.interrupted or not isinstance(pl_module, Promotable):
             return

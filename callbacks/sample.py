@@ -40,6 +40,14 @@ class GenerateSample(Callback):
         self.text: str | None = None
 
     @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.max_new_tokens and not isinstance(trainer.datamodule, TokenizedData):  # it sampled nothing, silently
+            data = "fit was given no datamodule" if trainer.datamodule is None else \
+                f"{type(trainer.datamodule).__name__} has none"  # fmt: skip
+            raise ConfigError(f"GenerateSample decodes text with the data's tokenizer, but {data} (remove the "
+                              "callback; MOSAIC runs predict events: python -m lit_psion events predict)")  # fmt: skip
+
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
         tokenizer = data.tokenizer if isinstance(data, TokenizedData) else None

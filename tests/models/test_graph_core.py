@@ -345,3 +345,19 @@ def test_a_resume_that_changes_the_growth_schedule_says_so_and_records_it(tmp_pa
     receipts = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
     resumed = next(r["body"] for r in receipts if r["body"].get("event") == "resumed")
     assert ["trainer.callbacks.GrowthPlanner.every_n_steps", 25, 1] in resumed["changed_settings"]
+
+
+@pytest.mark.parametrize(("callback", "says"), [
+    ("lit_psion.callbacks.PromotionGate", "PromotionGate gates an adapter fine-tune against its base; GraphCore has "
+     "no base to compare with"),
+    ("lit_psion.callbacks.GenerateSample", "GenerateSample decodes text with the data's tokenizer, but "
+     "DynamicsDataModule has none"),
+], ids=["promotion-gate", "generate-sample"])  # fmt: skip
+def test_a_callback_that_has_nothing_to_do_on_this_model_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    callback: str, says: str) -> None:  # fmt: skip
+    """Each ran without a word and did nothing (no promotion decision, no sample), where the growth planner on a
+    model it cannot grow is refused."""
+    small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.n_train",
+             "16", "--data.init_args.window", "8", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert fit(*small, "--trainer.max_steps", "2", f"--trainer.callbacks+={callback}", config=PRESET) == 2
+    assert says in capsys.readouterr().err
