@@ -71,6 +71,9 @@ class MosaicConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        if not problems and self.mem_buckets > 2**63:  # a bucket id is the sum of its bits' powers, in an int64
+            problems.append(f"mem_buckets must be at most 2**63 (a bucket id is a 64-bit integer), got "
+                            f"{self.mem_buckets!r}")  # fmt: skip
         if not isinstance(self.memory, bool):
             problems.append(f"memory must be true or false, got {self.memory!r}")
         if problem := check_attention_window(self.attention_window):

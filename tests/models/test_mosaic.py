@@ -254,6 +254,9 @@ def test_recall_accuracy_counts_only_flagged_value_tokens(targets: list, mask: l
         ({"attention_window": "64"}, "attention_window must be a positive integer or None.*got '64'"),
         ({"memory": "no"}, "memory must be true or false, got 'no'"),
         ({"mem_buckets": 0}, "mem_buckets must be an integer >= 1, got 0"),
+        # 2**70 trained with bucket ids past int64 (powers of 0, a negative one), while config.yaml said 2**70.
+        ({"mem_buckets": 2**70}, r"mem_buckets must be at most 2\*\*63 \(a bucket id is a 64-bit integer\), got "
+         "1180591620717411303424"),
         ({"mem_buckets": 0, "memory": 1}, "mem_buckets must be .* got 0; memory must be true or false, got 1"),
     ],
 )
