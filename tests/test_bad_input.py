@@ -451,3 +451,29 @@ def test_a_constructor_failure_is_said_as_itself_not_as_the_parsers_account_of_i
     err = capsys.readouterr().err.strip()
     assert err == ("lit_psion: unexpected error: RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried "
                    "to allocate 48000000000 bytes (set LIT_PSION_DEBUG=1 for the traceback)"), err
+
+
+CLASS_PATHS_THAT_DO_NOT_IMPORT = [  # (args, what the one line says): each said the class "refuses the settings given"
+    (("--model", "lit_psion.models.DecoderLMx"), "model: no class 'lit_psion.models.DecoderLMx' to import (module "
+     "'lit_psion.models' has no attribute 'DecoderLMx'); check the class_path's module and class name"),
+    (("--trainer.callbacks+=no_such_module.Evidence",), "trainer.callbacks: no class 'no_such_module.Evidence' to "
+     "import (No module named 'no_such_module')"),
+    (("--trainer.callbacks+=clashing_kind.Evidence",), "trainer.callbacks: clashing_kind.Evidence cannot be imported: "
+     "receipt kind 'trainer_step' is already registered by lit_psion.core.receipts.TrainerStepReceipt; give Clash a "
+     "kind name of its own; fix the module it is in"),  # it printed jsonargparse's account, the reason twice
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "says"), CLASS_PATHS_THAT_DO_NOT_IMPORT, ids=["typo", "no module", "import raises"])
+def test_a_class_path_that_does_not_import_is_named_with_why(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch, args: tuple,
+                                                             says: str) -> None:  # fmt: skip
+    (tmp_path / "clashing_kind.py").write_text(
+        "import dataclasses\nfrom typing import ClassVar\n\nfrom lit_psion.callbacks import EvidenceCallback\n"
+        "from lit_psion.core.receipts import ReceiptBody, register_receipt\n\n\n@register_receipt\n"
+        "@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)\nclass Clash(ReceiptBody):\n"
+        "    kind: ClassVar[str] = 'trainer_step'\n\n\nclass Evidence(EvidenceCallback):\n    pass\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", "fixtures/tiny.yaml", *args, "--trainer.default_root_dir", str(root)]) == 2
+    assert says in one_error_line(capsys.readouterr().err)

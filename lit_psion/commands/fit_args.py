@@ -143,6 +143,9 @@ _CLASS_PROBLEM = re.compile(r"Problem with given class_path '([^']+)': (.*?)(?= 
 
 _UNION_VALUE = re.compile(r'Parser key "[^"]+": Does not validate against any of the Union subtypes Subtypes: '
                           r"\[(?P<types>(?:[^\[\]]|\[[^\]]*\])*)\].*?Given value: (?P<value>\S+)")  # fmt: skip
+_FAILED_IMPORT = re.compile(r"Expected a path but (?P<path>\S+) either not accessible or invalid .*?Errors: - "
+                            r"(?P<why>.+?)(?: - |$)")  # fmt: skip
+_NO_CLASS = re.compile(r"No module named '[^']+'|module '[^']+' has no attribute '[^']+'")
 _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
 _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value: (?P<value>\S+)")
 
@@ -156,6 +159,12 @@ def plain_parse_error(message: str) -> str:
         return (f"{missing['flag']} was given no value; give it one, written as --FLAG=VALUE when the value starts "
                 "with '-' (such as --model.optimizer.lr=-1e-3)")  # fmt: skip
     keys = re.findall(r'Parser key "([^"]+)"', flat)
+    if keys and (failed := _FAILED_IMPORT.search(flat)) is not None:
+        why = failed["why"].strip()
+        if (missing := _NO_CLASS.search(why)) is not None:  # a class path that is not one (a typo)
+            return (f"{keys[0]}: no class {failed['path']!r} to import ({missing[0]}); check the class_path's module "
+                    "and class name")  # fmt: skip
+        return f"{keys[0]}: {failed['path']} cannot be imported: {why}; fix the module it is in"  # it raised
     if "Does not validate against any of the Union subtypes" not in flat:
         value = _PLAIN_VALUE.fullmatch(flat)
         return _wrong_type(keys[0], value["types"], value["value"]) if value is not None else message

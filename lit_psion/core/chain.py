@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from lit_psion.core.digest import sha256_bytes, sha256_json
+from lit_psion.core.digest import canonical_json, sha256_bytes, sha256_json
 from lit_psion.core.errors import EvidenceError, LitPsionError
 from lit_psion.core.files import fsync_path
 from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody, body_problem
@@ -85,6 +85,8 @@ class ReceiptLog:
         self._handle: BinaryIO | None = None
         self._broken: str | None = None
         self._torn, self._anchor, self._lost_newline = b"", None, False
+        self._awaiting_resume, self._sealed_here = False, False
+        self._held: list[ReceiptBody] = []
         if not self.path.exists():
             return
         data = self.path.read_bytes()
@@ -94,6 +96,7 @@ class ReceiptLog:
         if not result.ok:
             raise ReceiptChainError(f"cannot append to {self.path}: {result.describe()}")
         self.head, self.next_seq = result.head, result.count
+        self._awaiting_resume = result.sealed or bool(torn)  # only a resume's receipts may come next
         if torn and (repair_after is None or repair_after not in result.digests):
             raise ReceiptChainError(
                 f"cannot append to {self.path}: its last line is torn ({len(torn)} bytes, unterminated) and the kept "
@@ -124,9 +127,35 @@ class ReceiptLog:
         self.append(ChainRepairReceipt(dropped_bytes=len(torn), dropped_sha256=sha256_bytes(torn), anchor=anchor))
         self.sync()
 
-    def append(self, body: ReceiptBody) -> Receipt:
+    def append(self, body: ReceiptBody) -> Receipt | None:
+        """Append ``body``; None when it is a user's receipt held back until the resume's own receipt opens a
+        sealed (or repaired) chain again, after which it is written.
+
+        Raises:
+            EvidenceError: a user's body that its kind cannot read back, or one after this fit sealed the chain.
+        """
         if not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body):
             raise TypeError(f"{type(body).__name__} is not a registered receipt body")
+        if not _own(body):
+            _check_user_body(body)
+            if self._sealed_here:
+                raise EvidenceError(f"a {body.kind!r} receipt was emitted after this fit sealed the run's chain (in "
+                                    "on_fit_end after the seal, or in teardown): a completed chain takes no more; "
+                                    "emit it by on_fit_end (docs/receipts.md)")  # fmt: skip
+            if self._awaiting_resume:
+                self._held.append(body)  # written right after the resume's training_run receipt
+                return None
+        receipt = self._write(body)
+        if body.kind == "chain_seal":
+            self._sealed_here = True
+        elif body.kind == "training_run" and getattr(body, "event", None) == "resumed":
+            self._awaiting_resume = False
+            for held in self._held:
+                self._write(held)
+            self._held.clear()
+        return receipt
+
+    def _write(self, body: ReceiptBody) -> Receipt:
         if self._torn or self._lost_newline:
             self._mend()
         receipt = Receipt.seal(
@@ -162,6 +191,29 @@ class ReceiptLog:
             self._handle.flush()
         if self.path.exists():
             fsync_path(self.path)
+
+
+def _own(body: ReceiptBody) -> bool:
+    """Whether ``body`` is of one of lit_psion's own kinds (written only where their place in the chain is kept)."""
+    return type(body).__module__.startswith("lit_psion.")
+
+
+def _check_user_body(body: ReceiptBody) -> None:
+    """Refuse a user's receipt body that would not read back as itself: a value JSON cannot hold (NaN, bytes, a
+    tensor), a key that is not a string (its canonical order changes on the way back, so a clean log would read as
+    edited), or a field whose value is not of the field's type (verification would call it malformed)."""
+    where = f"receipt kind {body.kind!r} ({type(body).__module__}.{type(body).__qualname__})"
+    try:
+        encoded = canonical_json(body.to_json_dict())
+        read_back = json.loads(encoded)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise EvidenceError(f"{where}: its body is not JSON a receipt can hold ({error}); emit plain str, int, "
+                            "finite float, bool, None, lists and dicts with string keys") from error  # fmt: skip
+    if canonical_json(read_back) != encoded:
+        raise EvidenceError(f"{where}: its body does not read back as written (a dict key that is not a string?); "
+                            "emit dicts with string keys")  # fmt: skip
+    if (problem := body_problem(type(body), read_back)) is not None:
+        raise EvidenceError(f"{where}: {problem}; emit values of the types its fields declare")
 
 
 class ReceiptChainError(EvidenceError):

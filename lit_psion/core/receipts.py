@@ -13,13 +13,17 @@ import types
 import typing
 from typing import Any, ClassVar
 
+from lit_psion.core.errors import ConfigError
+
 RECEIPT_KINDS: dict[str, type[ReceiptBody]] = {}
 
 
 def register_receipt(cls: type[ReceiptBody]) -> type[ReceiptBody]:
     """Register a receipt body class under its ``kind``; a kind may be registered once."""
     if cls.kind in RECEIPT_KINDS:
-        raise ValueError(f"receipt kind {cls.kind!r} is already registered by {RECEIPT_KINDS[cls.kind].__name__}")
+        holder = RECEIPT_KINDS[cls.kind]
+        raise ConfigError(f"receipt kind {cls.kind!r} is already registered by {holder.__module__}."
+                          f"{holder.__qualname__}; give {cls.__qualname__} a kind name of its own")  # fmt: skip
     RECEIPT_KINDS[cls.kind] = cls
     return cls
 

@@ -142,3 +142,66 @@ def test_an_unregistered_body_cannot_be_appended(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="not a registered receipt body"):
         ReceiptLog(tmp_path / "r.jsonl", run_id="x").append(Stray())
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class UserNote(ReceiptBody):
+    """A user's own evidence, as docs/receipts.md shows how to add it."""
+
+    kind: ClassVar[str] = "test_user_note"
+    step: int
+    value: float
+    detail: object = None
+
+
+register_receipt(UserNote)
+
+NOT_READ_BACK = [  # (a user's body, what the refusal names): each used to be written, and the log then failed
+    (UserNote(step=1, value=1.0, detail={2: "a", 10: "b"}), "does not read back as written"),  # verify: edited
+    (UserNote(step=1, value=None), "field 'value' is None, not float"),  # verify with the kind known: malformed
+    (UserNote(step=True, value=1.0), "field 'step' is True, not int"),
+    (UserNote(step=1, value=float("nan")), "non-finite float nan"),  # exit 1, naming nothing
+    (UserNote(step=1, value=1.0, detail=b"raw"), "not JSON a receipt can hold"),
+    (UserNote(step=1, value=1.0, detail={1, 2}), "not JSON a receipt can hold"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), NOT_READ_BACK, ids=["int keys", "None float", "bool int", "nan", "bytes",
+                                                                "set"])  # fmt: skip
+def test_a_user_body_that_would_not_read_back_as_itself_is_refused_unwritten(tmp_path: Path, body: ReceiptBody,
+                                                                              says: str) -> None:  # fmt: skip
+    from lit_psion.core.errors import EvidenceError
+
+    path = tmp_path / "r.jsonl"
+    write_log(path, n=2)
+    before = path.read_bytes()
+    with pytest.raises(EvidenceError, match=f"receipt kind 'test_user_note' .*{says}"):
+        ReceiptLog(path, run_id="run-a").append(body)
+    assert path.read_bytes() == before and verify_log(path, run_id="run-a").ok
+
+
+def test_a_user_receipt_waits_for_the_resume_of_a_sealed_chain_and_is_refused_after_this_fits_seal(
+    tmp_path: Path,
+) -> None:
+    """Emitted at on_train_start of a resume, it landed before the resume's own receipt, after the seal; emitted in
+    teardown, after this fit's seal. Either way the completed run no longer verified, nor could it be resumed."""
+    from lit_psion.core.errors import EvidenceError
+    from lit_psion.core.receipts import ChainSealReceipt, TrainingRunReceipt
+
+    def run_receipt(event: str) -> TrainingRunReceipt:
+        return TrainingRunReceipt(stage_id="pretrain", event=event, status="active", config_digest="c",
+                                  data_manifest_digest=None, model_signature=None)  # fmt: skip
+
+    path = tmp_path / "r.jsonl"
+    log = ReceiptLog(path, run_id="run-a")
+    log.append(step(0))
+    log.append(ChainSealReceipt(stage_id="pretrain", step=1, receipts=log.next_seq))
+    with pytest.raises(EvidenceError, match="emitted after this fit sealed the run's chain"):
+        log.append(UserNote(step=1, value=1.0))
+    resumed = ReceiptLog(path, run_id="run-a")
+    assert resumed.append(UserNote(step=1, value=2.0)) is None  # held back: the resume's receipt comes first
+    resumed.append(run_receipt("resumed"))
+    resumed.append(step(1))
+    kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines()]
+    assert kinds == ["trainer_step", "chain_seal", "training_run", "test_user_note", "trainer_step"]
+    assert verify_log(path, run_id="run-a").ok
