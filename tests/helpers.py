@@ -269,6 +269,23 @@ class LossSpikeEvidence(EvidenceCallback):
         self.previous = loss
 
 
+class NoteAt(EvidenceCallback):
+    """Leave a LossSpikeReceipt (a user's kind) from the hook named ``hook``: ``on_train_start`` or ``teardown``."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook = hook
+
+    def _note(self, trainer: L.Trainer, hook: str) -> None:
+        if hook == self.hook:
+            self.emit(trainer, LossSpikeReceipt(step=trainer.global_step, loss=0.0, previous=0.0))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._note(trainer, "on_train_start")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._note(trainer, "teardown")
+
+
 class RecordRankBatches(Callback):
     """Append ``{"step", "world_size", "ids", "global_ids", "cursor"}`` per training batch to ``{path}.rank{r}``.
 

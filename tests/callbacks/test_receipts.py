@@ -70,6 +70,31 @@ def test_truncated_receipts_fail_verification(tmp_path: Path, capsys: pytest.Cap
     assert "truncated" in capsys.readouterr().err
 
 
+def test_a_user_receipt_at_the_start_of_a_resumed_completed_run_keeps_the_chain_whole(tmp_path: Path) -> None:
+    """It landed after the seal, before the resume's own receipt: the fit exited 0, `completed`, and neither
+    `receipts verify` nor the next resume accepted the run again."""
+    note = callbacks_config(tmp_path / "cb.json", ("NoteAt", {"hook": "on_train_start"}))
+    root = ("--config", note, "--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    assert fit(*root, "--trainer.max_steps", "5", "--ckpt_path", "last") == 0
+    run_dir = tmp_path / read_latest(tmp_path)
+    assert main(["receipts", "verify", str(run_dir)]) == 0
+    kinds = [r["kind"] for r in receipts(run_dir)]
+    assert kinds.count("example_loss_spike") == 2 and kinds[kinds.index("chain_seal") + 2] == "example_loss_spike"
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last") == 0
+
+
+def test_a_user_receipt_after_the_seal_is_refused_and_the_run_stays_whole(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Emitted in teardown, it followed the seal: exit 0, `completed`, and a chain that no longer verified."""
+    note = callbacks_config(tmp_path / "cb.json", ("NoteAt", {"hook": "teardown"}))
+    assert fit("--config", note, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 5
+    assert "emitted after this fit sealed the run's chain" in capsys.readouterr().err
+    run_dir = tmp_path / read_latest(tmp_path)
+    assert read_json(run_dir / "run.json")["status"] == "completed"
+    assert main(["receipts", "verify", str(run_dir)]) == 0
+
+
 def test_a_user_evidence_callback_joins_the_chain(tmp_path: Path) -> None:
     extra = callbacks_config(tmp_path / "cb.json", ("LossSpikeEvidence", {"factor": 0.0}))
     assert fit("--config", extra, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "4") == 0
