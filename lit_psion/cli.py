@@ -87,6 +87,7 @@ from lit_psion.core.errors import (
     LitPsionError,
     MembershipChanged,
     lit_psion_cause,
+    raised_at,
 )
 from lit_psion.core.lock import LOCK_FILE, RunLock
 from lit_psion.core.manifest import change_since
@@ -435,7 +436,7 @@ def _main(args: list[str] | None) -> int:
             tell_the_launcher(code, line)
             return code
         error = constructor_error(error)
-        print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))} "
+        print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))}{raised_at(error)} "
               "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1
     return 0

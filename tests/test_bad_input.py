@@ -449,8 +449,9 @@ def test_a_constructor_failure_is_said_as_itself_not_as_the_parsers_account_of_i
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err == ("lit_psion: unexpected error: RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried "
-                   "to allocate 48000000000 bytes (set LIT_PSION_DEBUG=1 for the traceback)"), err
+    assert err.startswith("lit_psion: unexpected error: RuntimeError: DefaultCPUAllocator: can't allocate memory: you "
+                          f"tried to allocate 48000000000 bytes (raised at {__file__}:"), err  # the model's own line
+    assert err.endswith(", in __init__) (set LIT_PSION_DEBUG=1 for the traceback)") and "\n" not in err, err
 
 
 CLASS_PATHS_THAT_DO_NOT_IMPORT = [  # (args, what the one line says): each said the class "refuses the settings given"

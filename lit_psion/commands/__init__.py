@@ -92,7 +92,7 @@ def run_command(argv: list[str]) -> int:
     import os
     import sys
 
-    from lit_psion.core.errors import LitPsionError, lit_psion_cause
+    from lit_psion.core.errors import LitPsionError, lit_psion_cause, raised_at
 
     try:
         COMMANDS[argv[0]](argv)
@@ -123,7 +123,7 @@ def run_command(argv: list[str]) -> int:
             print(f"lit_psion: error: {' '.join(str(known).split())}", file=sys.stderr)
             return known.exit_code
         if not isinstance(error, LitPsionError):
-            print(f"lit_psion: unexpected error: {type(error).__name__}: {' '.join(str(error).split())} "
-                  "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+            print(f"lit_psion: unexpected error: {type(error).__name__}: {' '.join(str(error).split())}"
+                  f"{raised_at(error)} (set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1
     return 0

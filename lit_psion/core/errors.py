@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sysconfig
+import traceback
 
 
 class LitPsionError(Exception):
@@ -110,6 +112,18 @@ PEER_LOSS_TYPES = {"DistBackendError", "DistNetworkError", "DistStoreError"}
 PEER_LOSS_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Socket Timeout",
                       "Timed out waiting", "NCCL communicator was aborted")  # fmt: skip
 """What gloo and NCCL say when the worker at the other end of a collective is gone."""
+
+
+def raised_at(error: BaseException) -> str:
+    """``" (raised at FILE:LINE, in FUNCTION)"`` for the innermost frame of ``error``'s traceback that is not in an
+    installed library or the standard library: the user's callback or module that raised, or lit_psion's own code;
+    ``""`` when every frame is a library's."""
+    paths = sysconfig.get_paths()
+    libraries = tuple({paths["stdlib"], paths["purelib"], paths["platlib"]})
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if not frame.filename.startswith(libraries) and not frame.filename.startswith("<"):
+            return f" (raised at {frame.filename}:{frame.lineno}, in {frame.name})"
+    return ""
 
 
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:
