@@ -9,7 +9,6 @@ missing checkpoint, 5 evidence that does not verify, 6 checkpoint write failed, 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -21,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import Namespace
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
-from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 import lit_psion.strategies  # noqa: F401  (registers lit_psion's strategies by name)
 from lit_psion.callbacks import (
@@ -52,6 +50,7 @@ from lit_psion.commands.fit_args import (
     constructor_error,
     describe_ckpt_path,
     gather_files,
+    known_cause,
     make_root,
     place_wandb_runs,
     plain_parse_error,
@@ -86,7 +85,6 @@ from lit_psion.core.errors import (
     DataManifestMismatch,
     LitPsionError,
     MembershipChanged,
-    lit_psion_cause,
     raised_at,
 )
 from lit_psion.core.lock import LOCK_FILE, RunLock
@@ -427,7 +425,7 @@ def _main(args: list[str] | None) -> int:
     except Exception as error:
         if debug:
             raise
-        known = _known_cause(error)
+        known = known_cause(error)
         if known is not None:
             line = _one_line(str(known) if isinstance(known, LitPsionError) else plain_parse_error(str(known)))
             if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # the other ranks of a node reach the same verdict
@@ -473,25 +471,6 @@ def _await_sigterm(seconds: float) -> None:
     arrived = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: arrived.set())
     arrived.wait(seconds)
-
-
-def _known_cause(error: BaseException) -> LitPsionError | ArgumentError | argparse.ArgumentError | None:
-    """The lit_psion error (or argument error) behind ``error``, following the exception chain."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, LitPsionError | ArgumentError | argparse.ArgumentError):
-            return current
-        if isinstance(current, OmegaConfBaseException):  # a --config value OmegaConf cannot take
-            where = getattr(current, "full_key", None) or "a --config file"
-            reason = str(current).split("\n", 1)[0]
-            if isinstance(current, InterpolationResolutionError):
-                return ConfigError(f"{where}: its interpolation does not resolve ({reason}); fix the ${{...}} "
-                                   "reference in the --config file")  # fmt: skip
-            return ConfigError(f"{where}: {reason} ({type(current).__name__}); fix the --config file")
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return lit_psion_cause(error)  # a collective that lost its peer
 
 
 def _one_line(message: str) -> str:

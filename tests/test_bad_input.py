@@ -478,3 +478,21 @@ def test_a_class_path_that_does_not_import_is_named_with_why(tmp_path: Path, cap
     root = tmp_path / "runs"
     assert main(["fit", "--config", "fixtures/tiny.yaml", *args, "--trainer.default_root_dir", str(root)]) == 2
     assert says in one_error_line(capsys.readouterr().err)
+
+
+class LogsTrainLoss(L.Callback):
+    """A user's callback that logs a metric under lit_psion's own name."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.log("train/loss", 1.0)
+
+
+def test_a_setup_lightning_refuses_mid_fit_is_a_setting_not_our_bug(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Lightning's MisconfigurationException (here: train/loss logged twice in a step) was exit 1, 'unexpected'."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsTrainLoss",
+            "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("lit_psion: error: Lightning refuses the setup: You called `self.log(train/loss, ...)` "
+                           "twice"), line

@@ -7,6 +7,7 @@ settings Lightning would accept and then fail on mid-run reported as one line ea
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -15,7 +16,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lit_psion.core.errors import CheckpointError, ConfigError
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+
+from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, lit_psion_cause
 from lit_psion.core.layout import RunLayout
 
 DEFAULT_ROOT = "runs"
@@ -284,3 +289,24 @@ def constructor_error(error: BaseException) -> BaseException:
         error = inner
         seen.add(id(error))
     return error
+
+
+def known_cause(error: BaseException) -> LitPsionError | ArgumentError | argparse.ArgumentError | None:
+    """The lit_psion error (or argument error) behind ``error``, following the exception chain."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LitPsionError | ArgumentError | argparse.ArgumentError):
+            return current
+        if isinstance(current, MisconfigurationException):  # Lightning's word for a setting (or a callback) it refuses
+            return ConfigError(f"Lightning refuses the setup: {current}")
+        if isinstance(current, OmegaConfBaseException):  # a --config value OmegaConf cannot take
+            where = getattr(current, "full_key", None) or "a --config file"
+            reason = str(current).split("\n", 1)[0]
+            if isinstance(current, InterpolationResolutionError):
+                return ConfigError(f"{where}: its interpolation does not resolve ({reason}); fix the ${{...}} "
+                                   "reference in the --config file")  # fmt: skip
+            return ConfigError(f"{where}: {reason} ({type(current).__name__}); fix the --config file")
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return lit_psion_cause(error)  # a collective that lost its peer
