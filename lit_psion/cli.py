@@ -49,6 +49,7 @@ from lit_psion.commands.fit_args import (
     check_config_files,
     constructor_error,
     describe_ckpt_path,
+    exit_inside_a_fit,
     gather_files,
     known_cause,
     make_root,
@@ -421,6 +422,10 @@ def _main(args: list[str] | None) -> int:
             print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
         return EXIT_SIGTERM
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
+        if exit_inside_a_fit(stop):  # not a verdict: the run is recorded failed, which exit 0 or 2 would belie
+            print(f"lit_psion: unexpected error: SystemExit({stop.code!r}) inside the fit{raised_at(stop)}; the run "
+                  "is recorded failed (set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+            return 1
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:
         if debug:

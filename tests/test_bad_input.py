@@ -496,3 +496,26 @@ def test_a_setup_lightning_refuses_mid_fit_is_a_setting_not_our_bug(tmp_path: Pa
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith("lit_psion: error: Lightning refuses the setup: You called `self.log(train/loss, ...)` "
                            "twice"), line
+
+
+class ExitsMidFit(L.Callback):
+    """A user's callback that calls ``sys.exit`` at step 2."""
+
+    def __init__(self, code: int | str = 0) -> None:
+        self.code = code
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 2:
+            raise SystemExit(self.code)
+
+
+@pytest.mark.parametrize("code", [0, "a message"])
+def test_a_sys_exit_inside_the_fit_is_not_success_and_is_said(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              code: int | str) -> None:  # fmt: skip
+    """SystemExit(0) exited 0 while run.json said failed; SystemExit('a message') exited 2 and printed nothing."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.ExitsMidFit",
+            f"--trainer.callbacks.code={code}", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"lit_psion: unexpected error: SystemExit({code!r}) inside the fit (raised at {__file__}:" in err, err
+    assert read_json(tmp_path / read_latest(tmp_path) / "run.json")["status"] == "failed"

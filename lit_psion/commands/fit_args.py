@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,11 @@ def known_cause(error: BaseException) -> LitPsionError | ArgumentError | argpars
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return lit_psion_cause(error)  # a collective that lost its peer
+
+
+def exit_inside_a_fit(stop: SystemExit) -> bool:
+    """Whether ``stop`` was raised inside Lightning's fit loop (a callback's or the model's ``sys.exit``), not by
+    the command line's parsing (``--help``, a bad flag) or a command choosing its exit code."""
+    if isinstance(stop.__context__, KeyboardInterrupt):  # Lightning's own exit after Ctrl-C: handled as such
+        return False
+    return any("/lightning/pytorch/trainer/" in frame.filename for frame in traceback.extract_tb(stop.__traceback__))
