@@ -53,9 +53,6 @@ BPE_MIN_VOCAB = 257
 """A byte-level BPE starts from 256 byte tokens plus the end-of-text token."""
 STDLIB = "stdlib"
 _EXCLUDED_STDLIB_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-# A blank line ends a paragraph, in LF, CRLF or old Mac (CR-only) text; "\r\r\n" is one mangled line end, not two.
-_PARAGRAPH_END = re.compile(r"(?<=\n\n)|(?<=\r\n\r\n)|(?<=\r\r)(?!\n)")
-
 class PackedTokens(Dataset):
     """Windows of ``block_size + 1`` tokens every ``stride`` tokens over one token stream."""
 
@@ -254,7 +251,7 @@ class CorpusDataModule(ReplayDataModule):
             return mode, [(name, text, True) for name, text in texts]
         docs = []
         for name, text in texts:
-            pieces = [p for p in _PARAGRAPH_END.split(text) if p]
+            pieces = [p for p in re.split(r"(?<=\n\n)|(?<=\r\n\r\n)", text) if p]  # LF or CRLF blank lines
             docs += [(f"{name}#{i}", piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
         return mode, docs
 
