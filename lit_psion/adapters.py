@@ -218,7 +218,7 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     config = DecoderConfig(**state["decoder_config"])
     model = Decoder(config)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
-    inject_lora(model, meta["targets"], meta["rank"], meta["alpha"])
+    inject_lora(model, meta["targets"], meta["rank"], meta["alpha"], check_rank=False)
     try:
         missing, unexpected = model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()},
                                                     strict=False)  # fmt: skip

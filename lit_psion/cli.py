@@ -422,9 +422,11 @@ def _main(args: list[str] | None) -> int:
             print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
         return EXIT_SIGTERM
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
-        if exit_inside_a_fit(stop):  # not a verdict: the run is recorded failed, which exit 0 or 2 would belie
-            print(f"lit_psion: unexpected error: SystemExit({stop.code!r}) inside the fit{raised_at(stop)}; the run "
-                  "is recorded failed (set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+        if exit_inside_a_fit(stop):  # not a verdict: a fit's run is recorded failed, which exit 0 or 2 would belie
+            if debug:
+                raise
+            print(f"lit_psion: unexpected error: SystemExit({stop.code!r}) inside Lightning's trainer{raised_at(stop)}"
+                  " (set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
             return 1
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:

@@ -1,7 +1,8 @@
 """``python -m lit_psion doctor RUN_DIR``: check everything a run holds, one verdict line per artifact.
 
-Beyond the run directory's own files (core's audit), it checks the token cache the run's data
-manifest names (under ``$LIT_PSION_CACHE``) and an exported adapter (``RUN_DIR/adapter``).
+Beyond the run directory's own files (core's audit), it checks what the run reads from its cache (the config's
+``cache_dir``, else ``$LIT_PSION_CACHE``): a corpus run's token cache and a MOSAIC run's event tokenizer, against
+the data manifest; and an exported adapter (``RUN_DIR/adapter``).
 
 Exit 0 when every artifact verifies; otherwise the exit code of the first failing artifact's class
 (3 data, 4 checkpoint, 5 evidence), after every line is printed.
@@ -91,16 +92,19 @@ def _event_tokenizer(record: dict, cache_dir: Path) -> Verdict:
     from lit_psion.core import sha256_file
     from lit_psion.datamodules.tokenizer import event_tokenizer_path
 
-    path = event_tokenizer_path(record, cache_dir)
-    if not path.is_file():
+    try:
+        path = event_tokenizer_path(record, cache_dir)
+        actual = sha256_file(path) if path.is_file() else None
+    except (OSError, ValueError, TypeError, RecursionError) as error:  # a manifest field no cache key is made of
+        return Verdict("event tokenizer", False, f"cannot be looked up from data_manifest.json ({error})",
+                       DataError.exit_code)  # fmt: skip
+    if actual is None:
         return Verdict("event tokenizer", True, f"absent from {str(cache_dir)!r} (trained again from the run's "
                        "settings when needed, and checked against the manifest then)")  # fmt: skip
-    actual, expected = sha256_file(path), record.get("tokenizer_digest")
-    if actual != expected:
+    if actual != (expected := record.get("tokenizer_digest")):
         return Verdict("event tokenizer", False, f"{str(path)!r} (sha256 {actual[:16]}...) is not the tokenizer the "
-                       f"run trained with ({str(expected)[:16]}...): events predict refuses it; use the "
-                       "LIT_PSION_CACHE the run trained with, or move the entry aside to train it again",
-                       DataError.exit_code)  # fmt: skip
+                       f"run trained with ({str(expected)[:16]}...): events predict refuses it; use the cache the "
+                       "run trained with, or move the entry aside to train it again", DataError.exit_code)  # fmt: skip
     return Verdict("event tokenizer", True, f"matches the manifest's tokenizer_digest ({str(path)!r})")
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, lit_psion_cause
@@ -165,12 +164,16 @@ def plain_parse_error(message: str) -> str:
         return (f"{missing['flag']} was given no value; give it one, written as --FLAG=VALUE when the value starts "
                 "with '-' (such as --model.optimizer.lr=-1e-3)")  # fmt: skip
     keys = re.findall(r'Parser key "([^"]+)"', flat)
-    if keys and (failed := _FAILED_IMPORT.search(flat)) is not None:
+    failed = _FAILED_IMPORT.search(flat) if keys else None
+    if failed is not None and re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", failed["path"]):  # a class path given
         why = failed["why"].strip()
         if (missing := _NO_CLASS.search(why)) is not None:  # a class path that is not one (a typo)
             return (f"{keys[0]}: no class {failed['path']!r} to import ({missing[0]}); check the class_path's module "
                     "and class name")  # fmt: skip
-        return f"{keys[0]}: {failed['path']} cannot be imported: {why}; fix the module it is in"  # it raised
+        if (kind := re.match(r"Import path does not correspond to a subclass of (\w+)", why)) is not None:
+            return f"{keys[0]}: {failed['path']} is not a {kind[1]}; give a subclass of {kind[1]}"
+        if not why.startswith("Problem with given class_path"):  # it imported its module, which raised
+            return f"{keys[0]}: {failed['path']} cannot be imported: {why}; fix the module it is in"
     if "Does not validate against any of the Union subtypes" not in flat:
         value = _PLAIN_VALUE.fullmatch(flat)
         return _wrong_type(keys[0], value["types"], value["value"]) if value is not None else message
@@ -282,14 +285,22 @@ def describe_ckpt_path(parser: Any) -> None:
 
 def constructor_error(error: BaseException) -> BaseException:
     """The error a class's constructor raised, when jsonargparse wrapped it (its "Does not validate against any of the
-    Union subtypes" message also dumps every setting given): what failed, not the parser's account of it."""
+    Union subtypes" message also dumps every setting given): what failed, not the parser's account of it. Followed
+    through explicit causes only (``raise ... from``), so an error raised while handling another is the one said."""
     if "Does not validate against any of the Union subtypes" not in str(error):
         return error
     seen = {id(error)}
-    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+    while (inner := error.__cause__ or (error.__context__ if _from_jsonargparse(error) else None)) is not None \
+            and id(inner) not in seen:  # fmt: skip
         error = inner
         seen.add(id(error))
     return error
+
+
+def _from_jsonargparse(error: BaseException) -> bool:
+    """Whether ``error`` is jsonargparse's own account of another (its wrappers raise them while handling it)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and "/jsonargparse/" in frames[-1].filename
 
 
 def known_cause(error: BaseException) -> LitPsionError | ArgumentError | argparse.ArgumentError | None:
@@ -299,8 +310,6 @@ def known_cause(error: BaseException) -> LitPsionError | ArgumentError | argpars
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError | ArgumentError | argparse.ArgumentError):
             return current
-        if isinstance(current, MisconfigurationException):  # Lightning's word for a setting (or a callback) it refuses
-            return ConfigError(f"Lightning refuses the setup: {current}")
         if isinstance(current, OmegaConfBaseException):  # a --config value OmegaConf cannot take
             where = getattr(current, "full_key", None) or "a --config file"
             reason = str(current).split("\n", 1)[0]

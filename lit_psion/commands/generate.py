@@ -138,7 +138,7 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
     if adapter is not None:
         from lit_psion.nn.lora import inject_lora
 
-        inject_lora(model, adapter["targets"], adapter["rank"], adapter["alpha"])
+        inject_lora(model, adapter["targets"], adapter["rank"], adapter["alpha"], check_rank=False)
     if missing := [k for k in model.load_state_dict(weights, strict=False).missing_keys]:
         raise CheckpointError(f"{str(path)!r} lacks weights the model needs ({', '.join(missing[:3])})")
     return model, tokenizer

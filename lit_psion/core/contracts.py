@@ -68,8 +68,10 @@ class SettingsSigned(Protocol):
 
 
 def signed_settings(model: Any) -> tuple[str, ...] | None:
-    """The settings ``model``'s signature is made of, or None when it does not say (then any may be)."""
-    return model.signed_settings if isinstance(model, SettingsSigned) else None
+    """The settings ``model``'s signature is made of, or None when its class does not say (then any may be). A
+    subclass says for itself: one that inherits the list may sign settings of its own that it does not name."""
+    said = isinstance(model, SettingsSigned) and "signed_settings" in vars(type(model))
+    return model.signed_settings if said else None
 
 
 @runtime_checkable

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import site
 import sysconfig
 import traceback
 
@@ -119,9 +120,11 @@ def raised_at(error: BaseException) -> str:
     installed library or the standard library: the user's callback or module that raised, or lit_psion's own code;
     ``""`` when every frame is a library's."""
     paths = sysconfig.get_paths()
-    libraries = tuple({paths["stdlib"], paths["purelib"], paths["platlib"]})
+    libraries = (paths["stdlib"], paths["purelib"], paths["platlib"], *site.getsitepackages(),
+                 site.getusersitepackages())
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lit_psion's package, wherever it is installed
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        if not frame.filename.startswith(libraries) and not frame.filename.startswith("<"):
+        if frame.filename.startswith(own) or not frame.filename.startswith((*libraries, "<")):
             return f" (raised at {frame.filename}:{frame.lineno}, in {frame.name})"
     return ""
 
@@ -136,6 +139,8 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError):
             return current
+        if type(current).__name__ == "MisconfigurationException":  # Lightning's refusal of a setting or a callback
+            return ConfigError(f"Lightning refuses the setup: {current}")
         if lost_peer is None and _is_peer_loss(current):
             lost_peer = current
         if full is None and isinstance(current, OSError) and current.errno in FULL_STORAGE:

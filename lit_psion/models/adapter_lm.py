@@ -29,8 +29,8 @@ def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str, str | No
     """The verified base checkpoint at ``location``: its state, its directory, its manifest's sha256, and the
     digest of the tokenizer its run trained with (None for a checkpoint outside a run, or a run without one)."""
     if not Path(location).exists():  # moved since: a resume may name where it is now (the digests must still hold)
-        raise CheckpointError(f"base_checkpoint {str(location)!r} does not exist; give --model.init_args."
-                              "base_checkpoint the base run directory (or its checkpoint) where it is now")  # fmt: skip
+        raise CheckpointError(f"base checkpoint {str(location)!r} does not exist; give the base run directory (or "
+                              "its checkpoint) where it is now")  # fmt: skip
     try:
         base = load_run(location, exact=True)  # every digest verified, each file read once; no silent fallback
     except ConfigError as error:
@@ -42,11 +42,7 @@ def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str, str | No
     if "decoder_config" not in base.state:
         raise CheckpointError(f"base checkpoint {str(base.checkpoint.path)!r} does not record its decoder_config; "
                               "it was not written by DecoderLM")  # fmt: skip
-    family = _family(base)
-    if family not in (None, DecoderLM.__name__):
-        raise CheckpointError(f"base_checkpoint {str(location)!r} is a {family} run, not a DecoderLM; give a DecoderLM "
-                              "run directory (runs/<run_id>) or one of its checkpoints")  # fmt: skip
-    _check_decoder_weights(base.state, base.checkpoint.path)
+    _check_decoder_weights(base.state, base.checkpoint.path, _family(base))
     tokenizer = None
     if base.layout is not None and base.layout.data_manifest.is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -64,18 +60,18 @@ def _family(base: Any) -> str | None:
         return None  # its records are checked elsewhere; the weights' own check below still holds
 
 
-def _check_decoder_weights(state: dict[str, Any], path: Path) -> None:
+def _check_decoder_weights(state: dict[str, Any], path: Path, family: str | None) -> None:
     """Refuse a base whose weights are not a DecoderLM's of its recorded shape (a MosaicLM checkpoint carries its
-    decoder_config and weights of its own), before any is loaded."""
+    decoder_config and weights of its own), before any is loaded; ``family``: the model class its run names."""
     with torch.device("meta"):  # the names only: nothing allocated
         expected = set(Decoder(DecoderConfig(**state["decoder_config"])).state_dict())
     held = {key.removeprefix("model.") for key in state["state_dict"]}
     if held != expected:
         extra, missing = sorted(held - expected), sorted(expected - held)
         named = ", ".join([*(f"+{k}" for k in extra[:3]), *(f"-{k}" for k in missing[:3])])
-        raise CheckpointError(f"base checkpoint {str(path)!r} does not hold a DecoderLM's weights ({named}): another "
-                              "model wrote it; give a DecoderLM run directory (runs/<run_id>) or one of its "
-                              "checkpoints")  # fmt: skip
+        writer = f"a {family} run wrote it" if family else "another model wrote it"
+        raise CheckpointError(f"base checkpoint {str(path)!r} does not hold a DecoderLM's weights ({named}): {writer}; "
+                              "give a DecoderLM run directory (runs/<run_id>) or one of its checkpoints")  # fmt: skip
 
 
 class AdapterLM(DecoderLM):

@@ -45,9 +45,9 @@ class DecoderLM(L.LightningModule):
 
     stage: ClassVar[str] = "pretrain"
     lr_flag: ClassVar[str] = "--model.init_args.optimizer.lr"
+    """The command-line flag of the learning rate, for advice (a divergence names it)."""
     signed_settings: ClassVar[tuple[str, ...]] = ("decoder",)
     """The settings :attr:`model_signature` is made of (with the data's vocabulary and context)."""
-    """The command-line flag of the learning rate, for advice (a divergence names it)."""
 
     def __init__(self, decoder: DecoderConfig | None = None, optimizer: OptimizerConfig | None = None,
                  data_facts: DataFacts | None = None) -> None:  # fmt: skip

@@ -150,10 +150,10 @@ class GraphCore(L.LightningModule):
 
     stage: ClassVar[str] = "pretrain"
     lr_flag: ClassVar[str] = "--model.init_args.config.lr"
+    """The command-line flag of the learning rate, for advice (a divergence names it)."""
     signed_settings: ClassVar[tuple[str, ...]] = tuple(f"config.{name}" for name in (
         "n_nodes", "node_dim", "max_history_length", "levels", "state_function", "state_hidden"))
     """The settings :attr:`model_signature` is made of (:attr:`GraphCoreConfig.shape`)."""
-    """The command-line flag of the learning rate, for advice (a divergence names it)."""
 
     def __init__(self, config: GraphCoreConfig | None = None, data_facts: DataFacts | None = None) -> None:
         super().__init__()

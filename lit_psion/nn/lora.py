@@ -89,8 +89,12 @@ class LoRALinear(nn.Module):
 
 
 def inject_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: float = 16.0,
-                dropout: float = 0.0) -> list[str]:  # fmt: skip
+                dropout: float = 0.0, check_rank: bool = True) -> list[str]:  # fmt: skip
     """Wrap every Linear of ``model`` that a declared target names; return the wrapped module paths.
+
+    Args:
+        check_rank: refuse a rank above the smallest targeted layer's dimension (a new adapter's setting); off
+            where an adapter already recorded is loaded (merge, sampling), which is taken as it was trained.
 
     Raises:
         ConfigError: an unknown target name, or a target that matches no Linear in ``model``.
@@ -111,7 +115,7 @@ def inject_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: floa
         wrapped += matches
     layers = [model.get_submodule(name) for name in wrapped]
     smallest = min(min(layer.in_features, layer.out_features) for layer in layers)
-    if isinstance(rank, int) and rank > smallest:  # before any adapter is allocated: a huge rank ran out of memory
+    if check_rank and isinstance(rank, int) and rank > smallest:  # before allocating: a huge rank ran out of memory
         raise ConfigError(f"LoRA rank {rank} exceeds the smallest targeted layer's dimension ({smallest}); a rank "
                           f"above it adds nothing: use at most {smallest}")  # fmt: skip
     for name, layer in zip(wrapped, layers, strict=True):

@@ -39,6 +39,8 @@ def muon(params: list[torch.nn.Parameter], lr: float, momentum: float, ns_steps:
 class BasePretrain(L.LightningModule):
     """Fit the base weights to the base environment on random rollouts (teacher-forced one-step MSE)."""
 
+    lr_flag: ClassVar[str] = "--lr"
+
     def __init__(self, config: WorldConfig, steps: int, batch: int, seq: int, lr: float, momentum: float,
                  ns_steps: int, seed: int) -> None:  # fmt: skip
         super().__init__()
@@ -109,6 +111,7 @@ class OnlineSession(L.LightningModule):
     """
 
     stage: ClassVar[str] = "session"
+    lr_flag: ClassVar[str] = "--lr"
     """Receipts of a session run carry stage ``session``."""
 
     def __init__(self, model: WorldModel, env: Environment, steps: int, chunk: int, seed: int, lr: float,

@@ -436,14 +436,14 @@ def test_a_base_of_another_decoder_family_is_refused_in_one_line(base: Path, tmp
     loose = tmp_path / "loose"
     shutil.copytree(run / "checkpoints" / read_json(run / "checkpoints" / "pointer.json")["checkpoint"], loose)
     capsys.readouterr()
-    for given, says in ((run, "is a MosaicLM run, not a DecoderLM"), (loose, "does not hold a DecoderLM's weights")):
+    for given, says in ((run, "): a MosaicLM run wrote it"), (loose, "): another model wrote it")):
         assert fit(*adapter_args(given, tmp_path / "ft", "--trainer.max_steps", "1", "--data.tokenizer_file",
                                  "null")) == 4  # fmt: skip  (a MOSAIC run has no tokenizer.json)
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1, err
     assert main(["window", "init", str(tmp_path / "program"), "--config", "configs/window_lora.yaml", "--base",
                  str(run)]) == 4  # fmt: skip
-    assert "is a MosaicLM run, not a DecoderLM" in capsys.readouterr().err
+    assert "a MosaicLM run wrote it" in capsys.readouterr().err
     assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").glob("*/run.json"))
 
 
@@ -460,7 +460,7 @@ def test_an_adapter_run_whose_base_moved_is_told_where_to_point_and_resumes_from
     capsys.readouterr()
     tokenizer = ("--data.tokenizer_file", str(there / base.name / "tokenizer.json"))
     assert fit(*adapter_args(here / base.name, ft, "--trainer.max_steps", "4", "--ckpt_path", "last", *tokenizer)) == 4
-    assert f"base_checkpoint '{here / base.name}' does not exist; give --model.init_args.base_checkpoint" in \
+    assert f"base checkpoint '{here / base.name}' does not exist; give the base run directory" in \
         capsys.readouterr().err  # fmt: skip
     assert fit(*adapter_args(there / base.name, ft, "--trainer.max_steps", "4", "--ckpt_path", "last")) == 0
     assert read_json(ft / read_latest(ft) / "run.json")["global_step"] == 4

@@ -1,0 +1,129 @@
+"""What a user's own code plugged into a fit (a model, a callback, a receipt kind) can get wrong, and the one line
+that says so: a class path that does not import, a constructor that fails, a setup Lightning refuses, a sys.exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core import read_json
+from lit_psion.core.run import read_latest
+from tests.test_bad_input import one_error_line
+
+
+class FailingToBuild(L.LightningModule):
+    """A model whose constructor fails with an error of its own (a bug, an allocation larger than memory)."""
+
+    def __init__(self, data_facts: Any = None) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 48000000000 bytes")
+
+
+class FailingWhileHandling(L.LightningModule):
+    """A constructor that raises its own error while handling another."""
+
+    def __init__(self, data_facts: Any = None) -> None:
+        try:
+            {}["weights"]
+        except KeyError:
+            raise RuntimeError("the constructor's own failure") from None
+
+
+def test_the_error_a_constructor_raised_is_said_not_the_one_it_was_handling(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--model", f"{__name__}.FailingWhileHandling",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 1
+    assert "unexpected error: RuntimeError: the constructor's own failure (raised at" in capsys.readouterr().err
+
+
+def test_a_constructor_failure_is_said_as_itself_not_as_the_parsers_account_of_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """jsonargparse wraps it in "Does not validate against any of the Union subtypes", followed by every setting
+    given: the exit-1 line was kilobytes long, and named a ValueError."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--model", f"{__name__}.FailingToBuild",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lit_psion: unexpected error: RuntimeError: DefaultCPUAllocator: can't allocate memory: you "
+                          f"tried to allocate 48000000000 bytes (raised at {__file__}:"), err  # the model's own line
+    assert err.endswith(", in __init__) (set LIT_PSION_DEBUG=1 for the traceback)") and "\n" not in err, err
+
+
+CLASS_PATHS_THAT_DO_NOT_IMPORT = [  # (args, what the one line says): each said the class "refuses the settings given"
+    (("--model", "lit_psion.models.DecoderLMx"), "model: no class 'lit_psion.models.DecoderLMx' to import (module "
+     "'lit_psion.models' has no attribute 'DecoderLMx'); check the class_path's module and class name"),
+    (("--trainer.callbacks+=no_such_module.Evidence",), "trainer.callbacks: no class 'no_such_module.Evidence' to "
+     "import (No module named 'no_such_module')"),
+    (("--trainer.callbacks+=collections.OrderedDict",), "trainer.callbacks: collections.OrderedDict is not a Callback; "
+     "give a subclass of Callback"),
+    (("--model={'class_path': 'lit_psion.models.DecoderLM', 'init_args': {'m': 1}}",), "model: DecoderLM refuses the "
+     "settings given for it: Option 'm' is not accepted"),  # a class that imported, given a setting it lacks
+    (("--trainer.callbacks+=clashing_kind.Evidence",), "trainer.callbacks: clashing_kind.Evidence cannot be imported: "
+     "receipt kind 'trainer_step' is already registered by lit_psion.core.receipts.TrainerStepReceipt; give Clash a "
+     "kind name of its own; fix the module it is in"),  # it printed jsonargparse's account, the reason twice
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "says"), CLASS_PATHS_THAT_DO_NOT_IMPORT,
+                         ids=["typo", "no module", "not a callback", "a setting it lacks", "import raises"])
+def test_a_class_path_that_does_not_import_is_named_with_why(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch, args: tuple,
+                                                             says: str) -> None:  # fmt: skip
+    (tmp_path / "clashing_kind.py").write_text(
+        "import dataclasses\nfrom typing import ClassVar\n\nfrom lit_psion.callbacks import EvidenceCallback\n"
+        "from lit_psion.core.receipts import ReceiptBody, register_receipt\n\n\n@register_receipt\n"
+        "@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)\nclass Clash(ReceiptBody):\n"
+        "    kind: ClassVar[str] = 'trainer_step'\n\n\nclass Evidence(EvidenceCallback):\n    pass\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = tmp_path / "runs"
+    assert main(["fit", "--config", "fixtures/tiny.yaml", *args, "--trainer.default_root_dir", str(root)]) == 2
+    assert says in one_error_line(capsys.readouterr().err)
+
+
+class LogsTrainLoss(L.Callback):
+    """A user's callback that logs a metric under lit_psion's own name."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.log("train/loss", 1.0)
+
+
+def test_a_setup_lightning_refuses_mid_fit_is_a_setting_not_our_bug(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """Lightning's MisconfigurationException (here: train/loss logged twice in a step) was exit 1, 'unexpected'."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsTrainLoss",
+            "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("lit_psion: error: Lightning refuses the setup: You called `self.log(train/loss, ...)` "
+                           "twice"), line
+    record = read_json(tmp_path / read_latest(tmp_path) / "run.json")  # recorded as what the exit code says
+    assert (record["status"], record["failure_class"]) == ("failed", "config_invalid"), record
+
+
+class ExitsMidFit(L.Callback):
+    """A user's callback that calls ``sys.exit`` at step 2."""
+
+    def __init__(self, code: int | str = 0) -> None:
+        self.code = code
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 2:
+            raise SystemExit(self.code)
+
+
+@pytest.mark.parametrize("code", [0, "a message"])
+def test_a_sys_exit_inside_the_fit_is_not_success_and_is_said(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              code: int | str) -> None:  # fmt: skip
+    """SystemExit(0) exited 0 while run.json said failed; SystemExit('a message') exited 2 and printed nothing."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.ExitsMidFit",
+            f"--trainer.callbacks.code={code}", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"lit_psion: unexpected error: SystemExit({code!r}) inside Lightning's trainer (raised at {__file__}:" in \
+        err, err  # fmt: skip
+    assert read_json(tmp_path / read_latest(tmp_path) / "run.json")["status"] == "failed"
