@@ -122,7 +122,7 @@ def raised_at(error: BaseException) -> str:
     paths = sysconfig.get_paths()
     libraries = (paths["stdlib"], paths["purelib"], paths["platlib"], *site.getsitepackages(),
                  site.getusersitepackages())
-    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lit_psion's package, wherever it is installed
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # lit_psion's package, anywhere
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
         if frame.filename.startswith(own) or not frame.filename.startswith((*libraries, "<")):
             return f" (raised at {frame.filename}:{frame.lineno}, in {frame.name})"

@@ -123,3 +123,14 @@ def test_ranks_share_the_trainer_settings_as_lightning_reads_them(ours: dict, th
 
     first, second = settings(ours), settings(theirs)
     assert {key for key in first.keys() | second.keys() if first.get(key) != second.get(key)} == differ
+
+
+def test_a_subclass_that_does_not_say_what_it_signs_gets_every_difference_named() -> None:
+    """An inherited list would hide the settings a user's subclass adds to its signature."""
+    from lit_psion.core.contracts import signed_settings
+    from lit_psion.models import DecoderLM
+
+    class Mine(DecoderLM):
+        pass
+
+    assert signed_settings(DecoderLM()) == ("decoder",) and signed_settings(Mine()) is None

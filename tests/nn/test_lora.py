@@ -88,3 +88,12 @@ BAD_SETTINGS = [({"dropout": 1.5}, "lora_dropout must be in [0, 1)"),
 def test_bad_adapter_settings_are_config_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         inject_lora(_model(), ["lm_head"], **kwargs)
+
+
+def test_a_recorded_adapter_loads_whatever_its_rank() -> None:
+    """The rank check is a new adapter's: merge and sampling take an adapter as it was trained."""
+    with pytest.raises(ConfigError, match="exceeds the smallest targeted layer's dimension"):
+        inject_lora(_model(), ["lm_head"], rank=32)
+    model = _model()
+    assert inject_lora(model, ["lm_head"], rank=32, check_rank=False) == ["head"]
+    assert model.head.lora_a.shape == (32, 16)
