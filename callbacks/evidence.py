@@ -7,6 +7,7 @@ checkpoint callback, or a user's, added by ``class_path``) appends through it wi
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import lightning as L
@@ -20,7 +21,7 @@ from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
 from lit_psion.core.audit import check_chain, receipted_checkpoints
 from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, emit_receipt
 from lit_psion.core.contracts import MembershipAware, ReplayData, RollbackAware, SignedModel, lr_flag
-from lit_psion.core.errors import ConfigError, TransactionError, failure_class
+from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError, failure_class
 from lit_psion.core.receipts import (
     ChainSealReceipt,
     CheckpointReceipt,
@@ -35,7 +36,17 @@ class EvidenceCallback(Callback):
     """Base class for callbacks that leave receipts. Subclass it and call :meth:`emit`."""
 
     def emit(self, trainer: L.Trainer, body: ReceiptBody) -> None:
-        """Append ``body`` to the run's receipt chain (on rank 0; a no-op when receipts are off)."""
+        """Append ``body`` to the run's receipt chain (on rank 0; a no-op when receipts are off).
+
+        Raises:
+            EvidenceError: ``body`` is of one of lit_psion's own kinds and the call is not lit_psion's: a
+                checkpoint, step or run receipt says what lit_psion did, so a callback cannot write one.
+        """
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if type(body).__module__.startswith("lit_psion.") and not caller.startswith("lit_psion."):
+            raise EvidenceError(f"{type(self).__qualname__} emitted a {body.kind!r} receipt, one of lit_psion's own "
+                                "kinds (they record what lit_psion did); register a kind of your own with "
+                                "@register_receipt (docs/receipts.md)")  # fmt: skip
         emit_receipt(trainer, body)
 
     @staticmethod

@@ -24,7 +24,13 @@ from lit_psion.checkpoint_io import load_verified
 from lit_psion.cli import main
 from lit_psion.core import RunLayout
 from lit_psion.core.checkpoint import resolve_checkpoint
-from lit_psion.core.receipts import ReceiptBody, register_receipt
+from lit_psion.core.receipts import (
+    ChainSealReceipt,
+    CheckpointReceipt,
+    ReceiptBody,
+    TrainerStepReceipt,
+    register_receipt,
+)
 from lit_psion.core.run import read_latest
 
 TINY = "fixtures/tiny.yaml"
@@ -284,6 +290,28 @@ class NoteAt(EvidenceCallback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._note(trainer, "teardown")
+
+
+class ForgeAt(EvidenceCallback):
+    """After the second step, emit a receipt of lit_psion's own ``kind`` (``checkpoint``, ``trainer_step`` or
+    ``chain_seal``), as a careless or hostile callback would: one that claims what lit_psion did."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if (step := trainer.global_step) != 2:
+            return
+        forged = {
+            "checkpoint": lambda: CheckpointReceipt(stage_id="s", step=step, checkpoint="step-999999",
+                                                    manifest_digest=None, object_digest=None, writer="rank0",
+                                                    durability="durable"),
+            "trainer_step": lambda: TrainerStepReceipt(stage_id="s", step_in=step, step_out=step + 1,
+                                                       batch_digest="0" * 64, cursor=None, loss=0.0, lr=0.0,
+                                                       optimizer="adamw"),
+            "chain_seal": lambda: ChainSealReceipt(stage_id="s", step=step, receipts=0),
+        }[self.kind]()  # fmt: skip
+        self.emit(trainer, forged)
 
 
 class RecordRankBatches(Callback):
