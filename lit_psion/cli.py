@@ -56,6 +56,7 @@ from lit_psion.commands.fit_args import (
     place_wandb_runs,
     plain_parse_error,
     refuse_lightning_optimizer_groups,
+    refuse_shared_state_keys,
     refuse_unusable_ckpt_path,
     setting_problems,
 )
@@ -313,6 +314,7 @@ class LitPsionCLI(LightningCLI):
                 callbacks.insert(0, WandbEvidence(wandb))
         elif config.get("logger") in (None, True):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
+        refuse_shared_state_keys(callbacks)
         try:
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers}, callbacks=callbacks)
         except MisconfigurationException as error:  # Lightning's word for a setting it cannot honour

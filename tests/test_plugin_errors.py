@@ -127,3 +127,44 @@ def test_a_sys_exit_inside_the_fit_is_not_success_and_is_said(tmp_path: Path, ca
     assert f"lit_psion: unexpected error: SystemExit({code!r}) inside Lightning's trainer (raised at {__file__}:" in \
         err, err  # fmt: skip
     assert read_json(tmp_path / read_latest(tmp_path) / "run.json")["status"] == "failed"
+
+
+class CountsSteps(L.Callback):
+    """A user's stateful callback that keys its state by class (Lightning's default ``state_key``)."""
+
+    def __init__(self, every: int = 1) -> None:
+        self.every, self.seen = every, 0
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.seen += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen}
+
+
+class CountsStepsByEvery(CountsSteps):
+    """The same, keyed by its settings: two with different settings checkpoint apart."""
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every=self.every)
+
+
+def test_two_callbacks_sharing_a_state_key_are_a_setting_and_keyed_ones_train(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """Two of one stateful class were exit 1, 'unexpected error: RuntimeError: Found more than one stateful ...'."""
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2"]
+
+    def fit_with(name: str, second_every: int) -> int:
+        added = [f"--trainer.callbacks+={__name__}.{name}", f"--trainer.callbacks+={__name__}.{name}",
+                 f"--trainer.callbacks.every={second_every}"]  # fmt: skip
+        return main(["fit", "--config", "fixtures/tiny.yaml", *added, *root])
+
+    assert fit_with("CountsSteps", 2) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == (f"lit_psion: error: trainer.callbacks: two {__name__}.CountsSteps callbacks keep state under one "
+                    "state_key ('CountsSteps'), so a checkpoint could not tell their states apart; keep one, or give "
+                    "the class a state_key property that includes its settings (Lightning's Callback.state_key)"), line
+    assert not list(tmp_path.iterdir())  # refused before a run directory was made
+    assert fit_with("CountsStepsByEvery", 2) == 0
+    assert fit_with("CountsStepsByEvery", 1) == 2  # the same settings twice: the same key

@@ -256,6 +256,25 @@ def _wandb_api_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
+def refuse_shared_state_keys(callbacks: list[Any]) -> None:
+    """Two callbacks that keep state under one ``state_key`` (two of a class that does not key its state by its
+    settings): a checkpoint could not tell their states apart, and Lightning refuses them in an error of its own."""
+    from lightning.pytorch.callbacks import Callback  # the fit's import; this module stays light
+
+    holders: dict[str, Any] = {}
+    for callback in callbacks:
+        if type(callback).state_dict is Callback.state_dict:
+            continue  # keeps no state: any number of them
+        key = callback.state_key
+        if (first := holders.setdefault(key, callback)) is not callback:
+            names = [f"{type(held).__module__}.{type(held).__qualname__}" for held in (first, callback)]
+            who = f"two {names[0]} callbacks" if names[0] == names[1] else " and ".join(names)
+            raise ConfigError(f"trainer.callbacks: {who} keep state under one state_key ({key!r}), so a "
+                              "checkpoint could not tell their states "
+                              "apart; keep one, or give the class a state_key property that includes its settings "
+                              "(Lightning's Callback.state_key)")  # fmt: skip
+
+
 def make_root(root: Path) -> None:
     """Create the runs root, or refuse in one line a root that cannot hold runs."""
     if root.exists() and not root.is_dir():
