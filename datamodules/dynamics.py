@@ -136,7 +136,7 @@ class DynamicsDataModule(ReplayDataModule):
         return self._splits["train"].shape[-1]
 
     def data_facts(self) -> DataFacts:
-        return DataFacts(state_dim=self.state_dim)
+        return DataFacts(state_dim=self.state_dim, window=self.window)
 
     def _prepare(self) -> RecordManifest:
         s = self.settings

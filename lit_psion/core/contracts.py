@@ -27,6 +27,8 @@ class DataFacts:
     vocab_size: int | None = None
     block_size: int | None = None
     state_dim: int | None = None
+    window: int | None = None
+    """States per sample of dynamics data: the most history a position can have."""
     tokenizer_digest: str | None = None
     """The sha256 of the data's ``tokenizer.json``: what its token ids mean."""
 

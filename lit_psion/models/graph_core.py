@@ -159,8 +159,8 @@ class GraphCore(L.LightningModule):
         super().__init__()
         config = config or GraphCoreConfig()
         self.config = config
-        if data_facts is not None and data_facts.state_dim is not None:
-            self._check_state_dim(data_facts.state_dim)
+        if data_facts is not None:
+            self._check_facts(data_facts)
         self.barrier = Barrier(limit=config.complexity_limit, scale=config.barrier_scale)
         entries = None
         if config.initial == "random":
@@ -208,6 +208,15 @@ class GraphCore(L.LightningModule):
         lagged = [states[:, (positions - lag).clamp(min=0)] for lag in range(h)]
         return torch.stack(lagged, dim=3).flatten(0, 1)
 
+    def _check_facts(self, facts: DataFacts) -> None:
+        if facts.state_dim is not None:
+            self._check_state_dim(facts.state_dim)
+        if facts.window is not None and (history := self.config.max_history_length) > facts.window:
+            raise ConfigError(f"max_history_length ({history}) exceeds the data's window ({facts.window}): lags "
+                              f"{facts.window}..{history - 1} would never see a real state, only the window's "
+                              f"first; set --model.init_args.config.max_history_length <= {facts.window} or "
+                              "--data.window >= it")  # fmt: skip
+
     def _check_state_dim(self, dim: int) -> None:
         n, d = self.config.n_nodes, self.config.node_dim
         if dim != n * d:
@@ -216,9 +225,8 @@ class GraphCore(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule  # a Python-API fit has no data_facts: refuse a mismatch before any work
-        facts = data.data_facts() if isinstance(data, ReplayData) else None
-        if facts is not None and facts.state_dim is not None:
-            self._check_state_dim(facts.state_dim)
+        if isinstance(data, ReplayData):
+            self._check_facts(data.data_facts())
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """One-step predictions (B, W, state) for every position of the windows."""

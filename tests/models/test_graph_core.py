@@ -241,6 +241,24 @@ def test_a_state_dim_mismatch_is_refused_before_any_step_and_config_problems_tog
         GraphCoreConfig(n_nodes=8, initial="cores", complexity_limit=32)  # 8 cores of 2 x 2
 
 
+def test_a_history_longer_than_the_data_window_is_refused_at_every_entry(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """Lags at or past the window only ever saw the window's first state: a history of 20 over windows of 16
+    trained without a word."""
+    says = r"max_history_length \(9\) exceeds the data's window \(8\): lags 8\.\.8 would never see a real state"
+    with pytest.raises(ConfigError, match=says):
+        GraphCore(GraphCoreConfig(n_nodes=6, max_history_length=9), DataFacts(state_dim=12, window=8))
+    record = RecordComplexity()
+    with pytest.raises(ConfigError, match=says):
+        _train(_model(max_history_length=9), _data(), 1, [record])  # a Python-API fit: at setup
+    assert record.seen == []
+    _train(_model(max_history_length=8), _data(), 1, [])  # every lag of the last position is real: taken
+    args = ("--model.init_args.config.max_history_length", "17", "--trainer.default_root_dir", str(tmp_path / "r"))
+    assert fit(*args, "--trainer.max_steps", "1", config=PRESET) == 2  # the preset's windows hold 16 states
+    assert "set --model.init_args.config.max_history_length <= 16 or --data.window >= it" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").iterdir())
+
+
 def test_a_checkpoint_of_another_shape_is_refused_in_one_line(tmp_path: Path) -> None:
     from lit_psion.core.errors import CheckpointError
 
