@@ -26,6 +26,18 @@ def shaped_by_data(config: DecoderConfig, facts: DataFacts | None) -> DecoderCon
     return dataclasses.replace(config, **{key: value for key, value in changes.items() if value is not None})
 
 
+def refuse_shape_the_data_overrode(given: DecoderConfig, shaped: DecoderConfig) -> None:
+    """A ``vocab_size`` or ``block_size`` given for the decoder (not the default) that the data replaced: the
+    model is shaped by the data, so the setting would have done nothing while config.yaml recorded it."""
+    default = DecoderConfig()
+    for name, where in (("vocab_size", "its tokenizer's vocabulary; --data.vocab_size sets a BPE tokenizer's"),
+                        ("block_size", "--data.block_size")):  # fmt: skip
+        value = getattr(given, name)
+        if value != getattr(default, name) and value != getattr(shaped, name):
+            raise ConfigError(f"decoder.{name} {value} is not the data's ({getattr(shaped, name)}): the data decides "
+                              f"it ({where}); drop --model.init_args.decoder.{name}, or set it on the data")
+
+
 def refuse_sharded_muon(module: L.LightningModule, config: OptimizerConfig) -> None:
     """Muon orthogonalises whole matrices; under FSDP each rank holds a slice of each, so it is refused."""
     if config.name == "muon" and module.device_mesh is not None:
@@ -52,7 +64,8 @@ class DecoderLM(L.LightningModule):
     def __init__(self, decoder: DecoderConfig | None = None, optimizer: OptimizerConfig | None = None,
                  data_facts: DataFacts | None = None) -> None:  # fmt: skip
         super().__init__()
-        self.decoder_config = shaped_by_data(decoder or DecoderConfig(), data_facts)
+        self._given_decoder = decoder or DecoderConfig()
+        self.decoder_config = shaped_by_data(self._given_decoder, data_facts)
         self.optimizer_config = optimizer or OptimizerConfig()
         self.model = Decoder(self.decoder_config)
         self.val_loss = MeanMetric()
@@ -114,6 +127,10 @@ class DecoderLM(L.LightningModule):
             raise CheckpointError(f"the checkpoint holds the state of optimizer {recorded!r}, this config builds "
                                   f"{self.optimizer_config.name!r}; resume with --model.init_args.optimizer.name "
                                   f"{recorded}")
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # not when a recorded run is read back: its config.yaml may predate this check
+            refuse_shape_the_data_overrode(self._given_decoder, self.decoder_config)
 
     def configure_model(self) -> None:
         """Under the sharded strategy (a device mesh), shard the model per block with FSDP2; otherwise nothing."""
