@@ -115,7 +115,7 @@ def check_token_cache(manifest: DataManifest, cache_dir: str | None = None) -> s
     except TokenCacheMismatch as mismatch:
         raise DataError(f"token cache {str(cache)!r} {mismatch}; a fit rebuilds it from the sources") from mismatch
     if cached is None:
-        return "absent (rebuilt from the sources when a fit needs it)"
+        return f"absent from {str(cache)!r} (rebuilt from the sources when a fit needs it)"
     if manifest.token_digests and cached[1] != dict(manifest.token_digests):
         raise DataError(f"token cache {str(cache)!r} holds other tokens than the run's manifest records")
     return f"matches the manifest's token digests ({str(cache)!r})"

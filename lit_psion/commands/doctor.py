@@ -10,6 +10,8 @@ Exit 0 when every artifact verifies; otherwise the exit code of the first failin
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -65,15 +67,25 @@ def _token_cache(layout: RunLayout) -> list[Verdict]:
         return []  # no manifest: its own verdict says so
     cache_dir = _configured_cache_dir(layout)
     if isinstance(record, dict) and record.get("kind") == "event_traces":
-        return [_event_tokenizer(record, default_cache_dir(cache_dir))]
+        return [_relative(_event_tokenizer(record, default_cache_dir(cache_dir)), cache_dir)]
     try:
         manifest = DataManifest.from_json_dict(record)
     except (ValueError, KeyError, TypeError, AttributeError):
         return []  # generated data (nothing cached), or a manifest its own verdict refuses
     try:
-        return [Verdict("token cache", True, check_token_cache(manifest, cache_dir))]
+        return [_relative(Verdict("token cache", True, check_token_cache(manifest, cache_dir)), cache_dir)]
     except LitPsionError as error:
-        return [Verdict("token cache", False, str(error), error.exit_code)]
+        return [_relative(Verdict("token cache", False, str(error), error.exit_code), cache_dir)]
+
+
+def _relative(verdict: Verdict, cache_dir: str | None) -> Verdict:
+    """A cache the run's config names by a relative path is where the fit's working directory put it, which
+    this process cannot know: say which directory the verdict was reached in."""
+    if cache_dir is None or Path(cache_dir).expanduser().is_absolute():
+        return verdict
+    return dataclasses.replace(verdict, detail=f"{verdict.detail}; the run's data.cache_dir {cache_dir!r} is "
+                               f"relative, looked up from {os.getcwd()!r}: run doctor from the directory the fit "
+                               "ran in")  # fmt: skip
 
 
 def _configured_cache_dir(layout: RunLayout) -> str | None:

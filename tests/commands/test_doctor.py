@@ -407,3 +407,25 @@ def torch_load_streak(checkpoint: Path) -> list[dict]:
 
     state = ManifestCheckpointIO().load_checkpoint(checkpoint)
     return state["transactional"]["ranks"][0]["streak"]
+
+
+def test_a_relative_cache_dir_says_where_it_was_looked_up(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A fit's relative ``cache_dir`` lives under the directory the fit ran in; doctor, run elsewhere, called the
+    cache absent without saying where it had looked, so a tampered cache passed unremarked."""
+    workdir, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    workdir.mkdir(), elsewhere.mkdir()
+    paths = ["--config", str(Path("fixtures/tiny.yaml").resolve()), "--data.init_args.files",
+             str(Path("fixtures/tiny_corpus.txt").resolve())]  # fmt: skip
+    monkeypatch.chdir(workdir)
+    assert main(["fit", *paths, "--data.init_args.cache_dir", "cache", "--trainer.default_root_dir",
+                 str(tmp_path / "runs"), "--trainer.max_steps", "1"]) == 0  # fmt: skip
+    run_dir = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    for cwd, verdict in ((workdir, "ok   token cache: matches"), (elsewhere, "ok   token cache: absent from 'cache/")):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        assert main(["doctor", str(run_dir)]) == 0
+        out = capsys.readouterr().out
+        assert verdict in out, out
+        assert (f"the run's data.cache_dir 'cache' is relative, looked up from {str(cwd)!r}: run doctor from the "
+                "directory the fit ran in") in out, out
