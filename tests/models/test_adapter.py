@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from safetensors.torch import save
 
 from lit_psion.core import read_json, sha256_bytes, sha256_file, sha256_json
 from lit_psion.core.run import read_latest, write_latest
+from lit_psion.models import DecoderLM
 from tests.helpers import assert_tree_equal, fit, latest_checkpoint
 
 N = 12
@@ -464,3 +466,31 @@ def test_an_adapter_run_whose_base_moved_is_told_where_to_point_and_resumes_from
         capsys.readouterr().err  # fmt: skip
     assert fit(*adapter_args(there / base.name, ft, "--trainer.max_steps", "4", "--ckpt_path", "last")) == 0
     assert read_json(ft / read_latest(ft) / "run.json")["global_step"] == 4
+
+
+class OwnDecoder(DecoderLM):
+    """A user's DecoderLM subclass that changes only behaviour: its weights are a DecoderLM's."""
+
+
+class OwnDecoderWithAHead(DecoderLM):
+    """A user's subclass with weights of its own: no base for DecoderLM adapters."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.probe = torch.nn.Linear(4, 1)
+
+
+@pytest.mark.parametrize(("cls", "exit_code"), [("OwnDecoder", 0), ("OwnDecoderWithAHead", 4)])
+def test_a_user_decoder_subclass_is_a_base_by_its_weights(tmp_path: Path, capsys: pytest.CaptureFixture, cls: str,
+                                                          exit_code: int) -> None:  # fmt: skip
+    """A base is judged by the weights it holds, not by the class name its run records."""
+    root = tmp_path / "base"
+    assert fit("--model", f"{__name__}.{cls}", "--trainer.default_root_dir", str(root), "--trainer.max_steps",
+               "2") == 0  # fmt: skip
+    own = root / read_latest(root)
+    capsys.readouterr()
+    assert fit(*adapter_args(own, tmp_path / "ft", "--trainer.max_steps", "2")) == exit_code
+    if exit_code:
+        err = capsys.readouterr().err
+        assert "does not hold a DecoderLM's weights (+probe.bias, +probe.weight)" in err, err
+        assert f"a {cls} run wrote it" in err, err
