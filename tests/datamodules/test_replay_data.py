@@ -43,7 +43,7 @@ FACTORIES = {"corpus": corpus, "dynamics": dynamics, "events": events}
 # name: (facts pinned for the settings above, a setting that changes the manifest)
 CASES = {
     "corpus": (DataFacts(vocab_size=32, block_size=32), {"block_size": 16}),
-    "dynamics": (DataFacts(state_dim=8), {"dt": 0.1}),
+    "dynamics": (DataFacts(state_dim=8, window=8), {"dt": 0.1}),
     "events": (DataFacts(vocab_size=300, block_size=64), {"n_pairs": 3}),
 }
 each_module = pytest.mark.parametrize("name", FACTORIES)
