@@ -173,6 +173,8 @@ class Receipts(EvidenceCallback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._started and trainer.ckpt_path is not None:  # a resume at max_steps: Lightning skipped training
+            self.on_train_start(trainer, pl_module)  # (the run's unfinished end: the CLI allows only that)
         event = "paused" if trainer.interrupted else "completed"
         self.emit(trainer, self._run_receipt(trainer, pl_module, event, event))
         if event == "completed" and self.chain is not None:

@@ -193,6 +193,8 @@ class RunDirectory(Callback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.record is None and trainer.ckpt_path is not None:  # a resume at max_steps: training was skipped
+            self.on_train_start(trainer, pl_module)  # (the run's unfinished end, which this fit completes)
         if trainer.interrupted:
             self._update(trainer, RunStatus.PAUSED)
         else:

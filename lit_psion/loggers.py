@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import os
 
@@ -11,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from lit_psion.core import atomic_write_text
+from lit_psion.core.errors import StorageFull
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -22,6 +25,54 @@ class _ContinuingWriter(ExperimentWriter):
 
     def _check_log_dir_exists(self) -> None:
         """The run directory is expected to hold files already (run.json, config.yaml)."""
+
+    def save(self) -> None:
+        """Lightning's save, with the file whole at every moment: a new header (and the first save) rewrites it
+        atomically, where Lightning truncates it in place (a kill then left it empty, and the run could not be
+        resumed); an append that fails (a full disk) is taken back to the last whole row, and said with the path.
+        """
+        if not self.metrics:
+            return
+        path = self.metrics_file_path
+        exists, header = os.path.isfile(path), list(self.metrics_keys)
+        try:
+            if self._record_new_keys() or not exists:
+                rows = self._whole_rows(path) if exists else []
+                atomic_write_text(path, self._csv(rows + self.metrics, header=True))
+            else:
+                self._append(path, self._csv(self.metrics, header=False))
+        except OSError as error:
+            self.metrics_keys = header  # the file's: the next save rewrites it with the new columns
+            raise StorageFull(f"writing {path!r} failed: {error.strerror or error}; its rows up to the last whole "
+                              "one are kept: free space (or fix the device), then --ckpt_path last") from error
+        self.metrics = []
+
+    def _csv(self, rows: list[dict], header: bool) -> str:
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    @staticmethod
+    def _whole_rows(path: str) -> list[dict]:
+        with open(path, newline="") as handle:
+            text = handle.read()
+        return list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1], newline="")))
+
+    @staticmethod
+    def _append(path: str, text: str) -> None:
+        data = text.encode()
+        with open(path, "ab", buffering=0) as handle:  # one write, nothing buffered to fail again at close
+            size = handle.seek(0, os.SEEK_END)
+            try:
+                if (written := handle.write(data)) != len(data):
+                    raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    handle.truncate(size)
+                raise
 
     def drop_after(self, step: int) -> int | None:
         """Forget rows logged after ``step`` optimizer steps: a resumed run logs those steps again. Returns the

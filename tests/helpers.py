@@ -81,6 +81,20 @@ class KillBeforeDurableReceipt(Callback):
                 callback.emit = killing
 
 
+class KillAfterSeal(Callback):
+    """SIGKILL this process at the end of its fit, once its receipts are sealed and before run.json says completed."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lit_psion.callbacks.run_dir import RunDirectory
+
+        def killing(*args: Any) -> None:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunDirectory):
+                callback.on_fit_end = killing
+
+
 class SigtermAt(Callback):
     """Send this process SIGTERM during global step ``step`` (as a scheduler would)."""
 

@@ -230,3 +230,29 @@ def test_a_resume_reads_its_receipt_log_through_once(tmp_path: Path, monkeypatch
     run = tmp_path / read_latest(tmp_path)
     result = chain.verify_log(run / "receipts.jsonl", run_id=run.name)
     assert result.ok and result.sealed and len(calls) == 2  # the grown log: other bytes, judged anew
+
+
+@pytest.mark.parametrize("kill", [("KillBeforeDurableReceipt", {"step": 9}), ("KillAfterSeal", {})],
+                         ids=["before-the-last-checkpoints-receipt", "after-the-seal"])  # fmt: skip
+def test_a_kill_at_the_end_of_a_fit_is_completed_by_the_same_command(tmp_path: Path, kill: tuple[str, dict],
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Killed after its last checkpoint, the run stayed `active` for good: `--ckpt_path last` with the same
+    max_steps said 'nothing to train' (exit 2), and doctor called the run ok."""
+    from lit_psion.cli import main
+
+    common = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9")
+    killed = fit_subprocess(*common, "--config", callbacks_config(tmp_path / "kill.json", kill))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = tmp_path / read_latest(tmp_path)
+    assert read_json(run_dir / "run.json")["status"] == "active"
+    weights = latest_checkpoint(tmp_path)["state_dict"]
+    assert fit(*common, "--ckpt_path", "last") == 0
+    record = read_json(run_dir / "run.json")
+    assert (record["status"], record["global_step"]) == ("completed", 9)
+    assert_tree_equal(latest_checkpoint(tmp_path)["state_dict"], weights)  # trained nothing more
+    kinds = [json.loads(line)["kind"] for line in (run_dir / "receipts.jsonl").read_text().splitlines()]
+    assert kinds[-2:] == ["training_run", "chain_seal"] and kinds.count("trainer_step") == 9
+    capsys.readouterr()
+    assert main(["doctor", str(run_dir)]) == 0
+    assert "ok   checkpoints/step-000009: 2 files match the manifest and its receipt" in capsys.readouterr().out
+    assert fit(*common, "--ckpt_path", "last") == 2  # completed now: nothing left to finish

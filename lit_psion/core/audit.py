@@ -336,7 +336,10 @@ def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
         return Verdict(layout.run_file.name, False, f"does not match the run: {'; '.join(problems)}",
                        EvidenceError.exit_code)  # fmt: skip
     where = "after" if record.status == "failed" else "at"  # a failure is in the step after the last one done
-    return Verdict(layout.run_file.name, True, f"{record.status} {where} step {record.global_step}")
+    ended = (f" (its chain is sealed at step {seal.get('step')}: the fit was stopped after its seal, before this "
+             "record; `fit --ckpt_path last` with the same --trainer.max_steps completes it)"
+             if seal is not None and record.status != RunStatus.COMPLETED else "")  # fmt: skip
+    return Verdict(layout.run_file.name, True, f"{record.status} {where} step {record.global_step}{ended}")
 
 
 def consolidation_log(layout: RunLayout) -> Verdict:

@@ -1,0 +1,72 @@
+"""metrics.csv stays whole at every moment: a new header rewrites it atomically, and a failed append is taken back
+to the last whole row and said with the file's path."""
+
+from __future__ import annotations
+
+import csv
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_psion.core import read_json
+from lit_psion.core.errors import StorageFull
+from lit_psion.loggers import RunCSVLogger
+from tests.helpers import TINY, subprocess_env
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_new_header_that_fails_midway_leaves_the_rows_written_before(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning truncated the file in place to rewrite its header: a kill (here, a failing write) inside that
+    rewrite left it empty or header-only, and the run could not be resumed."""
+    logger = RunCSVLogger(tmp_path, "run")
+    logger.log_metrics({"train/loss": 2.0}, step=0)
+    logger.log_metrics({"train/loss": 1.5}, step=1)
+    logger.save()
+    path = tmp_path / "run" / "metrics.csv"
+    before = path.read_bytes()
+
+    def failing_writerows(self: csv.DictWriter, rows: list) -> None:
+        raise OSError(27, "File too large")
+
+    logger.log_metrics({"train/loss": 1.0, "val/loss": 1.2}, step=2)  # a new column: the header is rewritten
+    with monkeypatch.context() as patch:
+        patch.setattr(csv.DictWriter, "writerows", failing_writerows)
+        with pytest.raises(StorageFull, match=f"writing {str(path)!r} failed: File too large"):
+            logger.save()
+    assert path.read_bytes() == before
+    logger.save()  # the rows are still held: written whole once writing works again
+    assert [(r["step"], r["train/loss"], r["val/loss"]) for r in _rows(path)] == [
+        ("0", "2.0", ""), ("1", "1.5", ""), ("2", "1.0", "1.2")]  # fmt: skip
+
+
+def _limit_file_size(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_at_metrics_csv_names_it_and_keeps_whole_rows(tmp_path: Path) -> None:
+    """It said 'reading or writing failed: File too large', naming no file, and left a row cut mid-number."""
+    command = [sys.executable, "-m", "lit_psion", "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.max_steps", "40", "--checkpoint.every_n_train_steps", "1000", "--receipts.every_n_steps",
+               "1000", "--trainer.val_check_interval", "100", "--dashboard.enabled", "false",
+               "--trainer.log_every_n_steps", "1"]  # fmt: skip
+    limit = 4096  # bytes: above every other file this fit writes before its end, below the metrics of 40 steps
+    warm = [*command[:-8], "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "warm")]
+    assert subprocess.run(warm, capture_output=True, timeout=300, env=subprocess_env()).returncode == 0  # caches tokens
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env(),
+                          preexec_fn=lambda: _limit_file_size(limit))  # fmt: skip
+    assert done.returncode == 6, done.stderr[-2000:]
+    (run_dir,) = tmp_path.glob("2*")
+    assert f"writing {str(run_dir / 'metrics.csv')!r} failed: " in done.stderr, done.stderr[-2000:]
+    text = (run_dir / "metrics.csv").read_text()
+    assert text.endswith("\n") and len(text.encode()) <= limit
+    steps = [int(row["step"]) for row in _rows(run_dir / "metrics.csv")]
+    assert steps == list(range(len(steps)))
+    assert read_json(run_dir / "run.json")["failure_class"] == "storage_full"
