@@ -55,6 +55,7 @@ from lit_psion.commands.fit_args import (
     make_root,
     place_wandb_runs,
     plain_parse_error,
+    raised_in_lightning,
     refuse_lightning_optimizer_groups,
     refuse_shared_state_keys,
     refuse_unusable_ckpt_path,
@@ -320,6 +321,10 @@ class LitPsionCLI(LightningCLI):
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers}, callbacks=callbacks)
         except MisconfigurationException as error:  # Lightning's word for a setting it cannot honour
             raise ConfigError(f"trainer: {error}") from error
+        except (ModuleNotFoundError, TypeError, ValueError) as error:  # an accelerator or devices it cannot use
+            if not raised_in_lightning(error):
+                raise
+            raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from error
         if self.run_context is not None and self.lock is None and is_launcher_rank_zero():
             self.run_context.layout.run_dir.mkdir(exist_ok=True)  # a new run: locked before it is findable
             self._lock(self.run_context.layout)

@@ -134,6 +134,9 @@ DIVERGING_FITS = [  # (case, flags that make the fit diverge)
     ("adamw, lr 1e12", ["--model.init_args.optimizer.name", "adamw"]),
     ("muon, lr 1e12", ["--model.init_args.optimizer.name", "muon"]),
     ("adamw, lr 1e12, a receipt every 4 steps", ["--receipts.every_n_steps", "4"]),
+    *[(f"{name}, lr 1e30 (the largest taken: 3e38 overflowed in AdamW's step, exit 1)",  # a rate at the bound
+       ["--model.init_args.optimizer.name", name, "--model.init_args.optimizer.lr", "1e30"])
+      for name in ("adamw", "muon")],
 ]
 EXPLODE = ["--model.init_args.optimizer.lr", "1e12", "--model.init_args.optimizer.warmup_steps", "0",
            "--trainer.gradient_clip_val", "0", "--checkpoint.every_n_train_steps", "3",
@@ -167,12 +170,13 @@ BAD_OPTIMIZER_FLAGS = [  # (flag, value, what the error names)
     ("momentum", "1.5", "optimizer.momentum must be in [0, 1), got 1.5"),
     ("ns_steps", "0", "optimizer.ns_steps must be a whole number >= 1, got 0"),
     ("ns_steps", "-1", "optimizer.ns_steps must be a whole number >= 1, got -1"),
-    ("lr", "0", "optimizer.lr must be a finite number > 0 and at most 3.4e+38 (float32's largest), got 0.0"),
-    ("lr", "-1e-3", "optimizer.lr must be a finite number > 0 and at most 3.4e+38 (float32's largest), got -0.001"),
-    ("lr", "1e300", "optimizer.lr must be a finite number > 0 and at most 3.4e+38 (float32's largest), got 1e+300"),
-    ("muon_lr", "0", "optimizer.muon_lr must be a finite number > 0 and at most 3.4e+38 (or null to reuse lr), got "
+    ("lr", "0", "optimizer.lr must be a finite number > 0 and at most 1e+30, got 0.0"),
+    ("lr", "-1e-3", "optimizer.lr must be a finite number > 0 and at most 1e+30, got -0.001"),
+    ("lr", "1e300", "optimizer.lr must be a finite number > 0 and at most 1e+30, got 1e+300"),
+    ("lr", "3e38", "optimizer.lr must be a finite number > 0 and at most 1e+30, got 3e+38"),
+    ("muon_lr", "0", "optimizer.muon_lr must be a finite number > 0 and at most 1e+30 (or null to reuse lr), got "
      "0.0"),
-    ("muon_lr", "1e39", "optimizer.muon_lr must be a finite number > 0 and at most 3.4e+38 (or null to reuse lr), got "
+    ("muon_lr", "1e39", "optimizer.muon_lr must be a finite number > 0 and at most 1e+30 (or null to reuse lr), got "
      "1e+39"),
     ("warmup_steps", "-1", "optimizer.warmup_steps must be a whole number >= 0, got -1"),
     ("decay_steps", "0", "optimizer.decay_steps must be a whole number >= 1 (or null for max_steps), got 0"),

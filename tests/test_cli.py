@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_file
 from lit_psion.core.run import read_latest
 from tests.helpers import REPO_ROOT, TINY, fit, subprocess_env
+from tests.test_bad_input import one_error_line
 
 
 def test_fit_writes_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -256,6 +258,22 @@ def test_a_trainer_setting_lightning_would_crash_on_is_refused_in_one_line(
     root = () if key.endswith("default_root_dir") else ("--trainer.default_root_dir", str(tmp_path / "runs"))
     assert fit(*root, key, value, config=config) == 2
     assert key.removeprefix("--") in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+LIGHTNING_REFUSES = [("--trainer.accelerator", "tpu", "Requirement 'torch_xla"),
+                     ("--trainer.devices", "many", "`devices` selected with `CPUAccelerator` should be an int > 0"),
+                     ("--trainer.accelerator", "cuda", "`CUDAAccelerator` can not run on your system")]  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="an accelerator this machine has")
+@pytest.mark.parametrize(("key", "value", "says"), LIGHTNING_REFUSES, ids=[f"{k} {v}" for k, v, _ in LIGHTNING_REFUSES])
+def test_an_accelerator_or_devices_lightning_cannot_use_is_a_setting(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    key: str, value: str, says: str) -> None:
+    """Lightning raises ModuleNotFoundError, TypeError or ValueError for them while building the trainer: exit 1."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), key, value) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"lit_psion: error: trainer: {says}"), line
     assert not any(tmp_path.iterdir())
 
 

@@ -256,6 +256,12 @@ def _wandb_api_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
+def raised_in_lightning(error: BaseException) -> bool:
+    """Whether ``error`` was raised by Lightning's own code (its account of a setting it cannot use)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"{os.sep}lightning{os.sep}" in frames[-1].filename
+
+
 def refuse_shared_state_keys(callbacks: list[Any]) -> None:
     """Two callbacks that keep state under one ``state_key`` (two of a class that does not key its state by its
     settings): a checkpoint could not tell their states apart, and Lightning refuses them in an error of its own."""

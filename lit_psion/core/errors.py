@@ -68,6 +68,8 @@ class StorageFull(LitPsionError):
     failure_class = "storage_full"
 
 
+UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+"""The errnos of a write into a place this process may not write."""
 FULL_STORAGE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 """The errnos of a write that more space (or another disk) would let through."""
 
@@ -136,6 +138,7 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     current: BaseException | None = error
     lost_peer: BaseException | None = None
     full: OSError | None = None
+    locked: OSError | None = None
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError):
             return current
@@ -145,12 +148,18 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
             lost_peer = current
         if full is None and isinstance(current, OSError) and current.errno in FULL_STORAGE:
             full = current  # a fallback, as a lost peer is: clean-up after a typed failure often hits the disk too
+        if locked is None and isinstance(current, OSError) and current.errno in UNWRITABLE and current.filename:
+            locked = current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     if full is not None:
         where = f" {full.filename!r}" if full.filename else ""
         return StorageFull(f"reading or writing{where} failed: {full.strerror or full}; free space (or fix the "
                            "device), then run the command again (a fit continues with --ckpt_path last)")  # fmt: skip
+    if locked is not None:  # a cache or directory this user may not write (read-only, another owner's)
+        return ConfigError(f"{locked.filename!r} cannot be written ({locked.strerror}); make it writable, or give "
+                           "another place (--data.cache_dir or LIT_PSION_CACHE for a cache, "
+                           "--trainer.default_root_dir for runs)")  # fmt: skip
     if lost_peer is not None:
         first_line = (str(lost_peer).strip().splitlines() or [type(lost_peer).__name__])[0]
         agent = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") not in ("", "0")  # an agent that restarts us

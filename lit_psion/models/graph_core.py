@@ -101,7 +101,7 @@ class GraphCoreConfig:
                             f"complexity_limit {self.complexity_limit!r}: "
                             "raise the limit or start smaller")  # fmt: skip
         if not a_rate(self.lr) or not 0 <= self.min_lr_ratio <= 1:
-            problems.append(f"lr must be a finite number > 0 and at most {LARGEST_RATE:.3g} (float32's largest), and "
+            problems.append(f"lr must be a finite number > 0 and at most {LARGEST_RATE:.3g}, and "
                             f"min_lr_ratio in [0, 1], got {self.lr!r} and {self.min_lr_ratio!r}")  # fmt: skip
         if self.decay_steps is not None and self.decay_steps < 1:
             problems.append(f"decay_steps must be >= 1 or null (the trainer's max_steps), got {self.decay_steps!r}")

@@ -58,8 +58,10 @@ class OptimizerConfig:
             raise ConfigError("; ".join(problems))
 
 
-LARGEST_RATE = float(torch.finfo(torch.float32).max)
-"""The largest learning rate torch's optimizers can hold (float32's largest): a larger one overflows in the step."""
+LARGEST_RATE = 1e30
+"""The largest learning rate taken: far above any useful one, and far enough below float32's largest (3.4e38) that
+the optimizers' own arithmetic stays finite (AdamW's lr / (1 - beta1), Muon's shape factor): a rate near float32's
+largest overflowed inside the first step (exit 1) where a merely huge one diverges (exit 7)."""
 
 
 def a_rate(value: Any) -> bool:
@@ -80,7 +82,7 @@ def _whole(value: Any) -> bool:
 
 
 _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("lr", a_rate, f"a finite number > 0 and at most {LARGEST_RATE:.3g} (float32's largest)"),
+    ("lr", a_rate, f"a finite number > 0 and at most {LARGEST_RATE:.3g}"),
     ("muon_lr", lambda v: v is None or a_rate(v), f"a finite number > 0 and at most {LARGEST_RATE:.3g} (or null to "
      "reuse lr)"),
     ("weight_decay", lambda v: _number(v) and v >= 0, "a finite number >= 0"),

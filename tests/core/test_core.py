@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,24 @@ def test_a_typed_failure_behind_a_clean_up_that_hit_a_full_disk_keeps_its_code()
     alone = OSError(errno.ENOSPC, "No space left on device", "data_manifest.json")
     found = lit_psion_cause(alone)
     assert isinstance(found, StorageFull) and found.exit_code == 6 and "'data_manifest.json'" in str(found)
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.EPERM])
+def test_a_place_that_cannot_be_written_is_a_setting_naming_it(code: int) -> None:
+    """A read-only cache was exit 1: jsonargparse wraps the OSError of the data-facts link in a ValueError."""
+    from lit_psion.core.errors import ConfigError, lit_psion_cause
+
+    try:
+        try:
+            raise OSError(code, os.strerror(code), "/ro/cache/tokenizers")
+        except OSError as error:
+            raise ValueError("Call to compute_fn of link '_data_facts(data) --> model.init_args.data_facts' failed") \
+                from error  # fmt: skip
+    except ValueError as wrapped:
+        found = lit_psion_cause(wrapped)
+    assert isinstance(found, ConfigError) and found.exit_code == 2
+    assert str(found).startswith(f"'/ro/cache/tokenizers' cannot be written ({os.strerror(code)}); make it writable")
+    assert lit_psion_cause(OSError(code, os.strerror(code))) is None  # no path to name: not ours to explain
 
 
 @pytest.mark.parametrize(("restarts", "said"), [(None, "another worker of the fit is gone (Connection closed by peer); "

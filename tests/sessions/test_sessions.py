@@ -157,11 +157,11 @@ def test_bad_arguments_are_one_line_errors(trained: Path, capsys: pytest.Capture
         (["run", "--artifacts_root", str(trained / "empty"), "--session_id", "s1"], "no base model"),
         (["new", *root, "--session_id", "index.json"], "the name of the sessions' registry"),
         (["fork", *root, "--parent_session_id", "s1", "--child_session_id", "index.json"], "sessions' registry"),
-        (["new", *root, "--session_id", "s2", "--lr", "nan"], "--lr must be a finite number > 0 and at most 3.4e+38, "
+        (["new", *root, "--session_id", "s2", "--lr", "nan"], "--lr must be a finite number > 0 and at most 1e+30, "
          "got nan"),
-        (["new", *root, "--session_id", "s2", "--lr", "inf"], "--lr must be a finite number > 0 and at most 3.4e+38, "
+        (["new", *root, "--session_id", "s2", "--lr", "inf"], "--lr must be a finite number > 0 and at most 1e+30, "
          "got inf"),
-        (["new", *root, "--session_id", "s2", "--lr", "1e300"], "--lr must be a finite number > 0 and at most 3.4e+38"),
+        (["new", *root, "--session_id", "s2", "--lr", "1e300"], "--lr must be a finite number > 0 and at most 1e+30"),
         (["new", *root, "--session_id", "s2", "--momentum", "5"], "--momentum must be in [0, 1)"),
         (["new", *root, "--session_id", "s2", "--ns_steps", "0"], "--ns_steps (Newton-Schulz iterations) must be"),
         (["init-base", "--artifacts_root", str(trained / "other"), "--lr", "-1"], "--lr must be a finite number"),
