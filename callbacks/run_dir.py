@@ -27,7 +27,7 @@ from lit_psion.callbacks.optimizer_settings import honour_optimizer_settings
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import read_pointer
-from lit_psion.core.contracts import ReplayData, TokenizedData
+from lit_psion.core.contracts import RecordWatcher, ReplayData, TokenizedData
 from lit_psion.core.errors import CheckpointError, ConfigError, DataManifestMismatch, MembershipChanged, failure_class
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, mismatched_joiners, read_membership
@@ -200,6 +200,7 @@ class RunDirectory(Callback):
         else:
             self._update(trainer, RunStatus.COMPLETED)
             self._completed = True
+        self._tell_watchers(trainer)
         if trainer.is_global_zero:
             self._print_summary(trainer)
 
@@ -211,6 +212,14 @@ class RunDirectory(Callback):
             self._update(trainer, RunStatus.PAUSED)
         else:
             self._update(trainer, RunStatus.FAILED, failure=exception)
+        self._tell_watchers(trainer)
+
+    @staticmethod
+    def _tell_watchers(trainer: L.Trainer) -> None:
+        """run.json now says how the fit ended (the CLI puts this callback after those that write receipts)."""
+        for callback in trainer.callbacks:
+            if isinstance(callback, RecordWatcher):
+                callback.on_run_recorded(trainer)
 
     def _print_summary(self, trainer: L.Trainer) -> None:
         layout = self.run_context.layout

@@ -14,12 +14,12 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 from typing_extensions import override
 
 from lit_psion.checkpoint_io import MANIFEST, WEIGHTS
 from lit_psion.core import read_json, run_context
+from lit_psion.core.errors import ConfigError
 from lit_psion.report import evidence
 
 PREFIX = "lit_psion/"
@@ -50,12 +50,17 @@ class WandbEvidence(Callback):
         trainer.loggers = [*trainer.loggers, *joined]
         data = trainer.datamodule
         hparams = {**(dict(data.hparams) if data is not None else {}), **dict(pl_module.hparams)}
-        for logger in joined if hparams else ():  # what Lightning logs to its loggers before training starts
-            logger.log_hyperparams(hparams)
         config = run_context(trainer).config_yaml  # what RunDirectory writes as config.yaml, later in this hook
-        for logger in wandb_loggers(trainer):
-            if config is not None:
-                logger.log_hyperparams(OmegaConf.to_container(OmegaConf.create(config)))
+        try:
+            for logger in joined if hparams else ():  # what Lightning logs to its loggers before training starts
+                logger.log_hyperparams(hparams)
+            for logger in wandb_loggers(trainer):
+                if config is not None:
+                    logger.log_hyperparams(OmegaConf.to_container(OmegaConf.create(config)))
+        except Exception as error:  # W&B's refusal of a setting (an entity, a project) as it opens the run
+            if type(error).__name__ != "UsageError":
+                raise
+            raise ConfigError(f"trainer.logger (WandbLogger): W&B refuses it: {error}") from error
         self._summarised = False
 
     @override
@@ -73,10 +78,11 @@ class WandbEvidence(Callback):
         if stage == "fit":
             self._update_or_warn(trainer)
 
-    @override
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        paused = isinstance(exception, KeyboardInterrupt | SIGTERMException)
-        self._update_or_warn(trainer, status="paused" if paused else "failed")
+    def on_run_recorded(self, trainer: L.Trainer) -> None:
+        """run.json holds the fit's final status (``RunDirectory`` tells this after the receipts and checkpoint of
+        a failure or a pause are written, which an update from this callback's own ``on_exception``, run first,
+        missed)."""
+        self._update_or_warn(trainer)
 
     def _update_or_warn(self, trainer: L.Trainer, status: str | None = None) -> None:
         """W&B is telemetry: this callback runs first, and a summary it cannot write (W&B's network, a record it

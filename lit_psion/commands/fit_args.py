@@ -227,9 +227,18 @@ def place_wandb_runs(loggers: list[Any], layout: RunLayout) -> None:
     """Give each configured WandbLogger the run's id, name and directory; offline without an API key."""
     from jsonargparse import Namespace
 
-    for entry in loggers:
-        if not isinstance(entry, Namespace) or not str(entry.get("class_path", "")).endswith("WandbLogger"):
-            continue
+    wandb = [entry for entry in loggers
+             if isinstance(entry, Namespace) and str(entry.get("class_path", "")).endswith("WandbLogger")]  # fmt: skip
+    if len(wandb) > 1:
+        projects = ", ".join(repr(entry.init_args.get("project")) for entry in wandb)
+        raise ConfigError(f"trainer.logger holds {len(wandb)} WandbLoggers (projects {projects}); a process logs to "
+                          "one W&B run, so the others would only reuse it: keep one")  # fmt: skip
+    for entry in wandb:
+        project = entry.init_args.get("project")
+        if isinstance(project, str) and (bad := sorted(set(project) & set(WANDB_PROJECT_FORBIDS))):
+            raise ConfigError(f"trainer.logger.init_args.project {project!r} holds {', '.join(map(repr, bad))}, "
+                              f"which W&B refuses in a project name ({' '.join(WANDB_PROJECT_FORBIDS)}); name it "
+                              "without them")  # fmt: skip
         mode = os.environ.get("WANDB_MODE")
         if mode is not None and mode not in WANDB_MODES:
             raise ConfigError(f"WANDB_MODE is {mode!r}; W&B takes one of {', '.join(WANDB_MODES)} (unset it to log "
@@ -245,6 +254,8 @@ def place_wandb_runs(loggers: list[Any], layout: RunLayout) -> None:
                   file=sys.stderr)  # fmt: skip
 
 
+WANDB_PROJECT_FORBIDS = "/\\#?%:"
+"""The characters W&B refuses in a project name."""
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
 """The values W&B's settings accept for ``WANDB_MODE``."""
 

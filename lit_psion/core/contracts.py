@@ -120,6 +120,14 @@ the batch and the RNG state alone (no other state that can change between steps)
 
 
 @runtime_checkable
+class RecordWatcher(Protocol):
+    """A callback that reflects the run's record elsewhere (the W&B summary): told once run.json holds a fit's
+    final status, after every other callback's ``on_exception`` or ``on_fit_end`` has written its part."""
+
+    def on_run_recorded(self, trainer: Any) -> None: ...
+
+
+@runtime_checkable
 class StateNormed(Protocol):
     """A module whose state norm a transactional strategy bounds (seed 000's state_norm trigger)."""
 

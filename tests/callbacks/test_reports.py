@@ -16,7 +16,7 @@ from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
 from lit_psion.report import PANELS, TIMELINE, axes_rows, read_metrics, timeline_events, write_plots
-from tests.helpers import fit, fit_subprocess
+from tests.helpers import callbacks_config, fit, fit_subprocess
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,44 @@ def test_wandb_offline_run_holds_the_config_and_evidence_digests(tmp_path: Path)
         assert key.encode() in data and value.encode() in data, key
     assert b"tiny_corpus.txt" in data  # the resolved config was logged
     assert b"train/loss" in data and b"val/loss" in data  # the metrics, though W&B joins only at training start
+
+
+STOPS = [("diverged", 7, ["--model.init_args.optimizer.lr", "1e12", "--model.init_args.optimizer.warmup_steps", "0",
+                           "--trainer.gradient_clip_val", "0"]),
+         ("paused", -15, ["--config", "SIGTERM"])]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "code", "args"), STOPS, ids=[case for case, _, _ in STOPS])
+def test_the_wandb_summary_of_a_stopped_run_is_its_final_record(tmp_path: Path, case: str, code: int,
+                                                                 args: list[str]) -> None:  # fmt: skip
+    """It was written before the failure's receipt and run.json: W&B said step 0 (a diverged run) and an earlier
+    receipt head than run.json's (both)."""
+    if "SIGTERM" in args:
+        args = ["--config", callbacks_config(tmp_path / "term.json", ("SigtermAt", {"step": 4}))]
+    result = fit_subprocess("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path),
+                            "--trainer.max_steps", "8", *args)  # fmt: skip
+    assert result.returncode in (code, 128 - code), result.stderr[-2000:]
+    run = tmp_path / read_latest(tmp_path)
+    (stream,) = run.glob(f"wandb/offline-run-*-{run.name}/run-{run.name}.wandb")
+    data, record = stream.read_bytes(), read_json(run / "run.json")
+    assert record["status"] in ("failed", "paused") and record["receipts_head"].encode() in data
+    assert data.rfind(b'"' + record["status"].encode() + b'"') > data.rfind(b'"active"')
+
+
+def test_wandb_settings_w_and_b_would_refuse_or_ignore_are_one_line(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A project name W&B refuses was exit 1 at training start; a second WandbLogger silently logged into the first
+    one's run, while config.yaml recorded two projects."""
+    overlay = ("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path))
+    assert fit(*overlay, "--trainer.logger.init_args.project", "team/run") == 2
+    assert "trainer.logger.init_args.project 'team/run' holds '/', which W&B refuses" in capsys.readouterr().err
+    second = tmp_path / "second.yaml"
+    second.write_text("trainer:\n  logger:\n    - class_path: lightning.pytorch.loggers.WandbLogger\n      init_args: "
+                      "{project: a}\n    - class_path: lightning.pytorch.loggers.WandbLogger\n      init_args: "
+                      "{project: b}\n")  # fmt: skip
+    assert fit("--config", str(second), "--trainer.default_root_dir", str(tmp_path)) == 2
+    assert "trainer.logger holds 2 WandbLoggers (projects 'a', 'b')" in capsys.readouterr().err
+    assert not list(tmp_path.glob("2*"))
 
 
 def test_a_resume_refused_at_setup_opens_no_wandb_run(tmp_path: Path) -> None:
