@@ -70,8 +70,8 @@ from lit_psion.commands.launch import (
     leave_together,
     tell_the_launcher,
 )
-from lit_psion.commands.records import refuse_another_family, refuse_without_its_records
-from lit_psion.core import RunContext, RunLayout, new_run_id, read_json
+from lit_psion.commands.records import refuse_another_family, refuse_nothing_to_train, refuse_without_its_records
+from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
@@ -207,8 +207,8 @@ class LitPsionCLI(LightningCLI):
         if self.verified is not None:
             refuse_another_layout(self.verified, config.trainer.strategy, fitting=self.subcommand == "fit")
         if self.subcommand == "fit" and self.verified is not None:
-            unfinished = run_id is not None and _status(RunLayout(root, run_id)) != RunStatus.COMPLETED
-            _refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"), unfinished)
+            refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"),
+                                    RunLayout(root, run_id) if run_id is not None else None)  # fmt: skip
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path") is None:
@@ -340,25 +340,6 @@ class LitPsionCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is False:  # the user turned the bar off: drop ours
             callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
         return callbacks
-
-
-def _status(layout: RunLayout) -> str | None:
-    try:
-        return read_json(layout.run_file).get("status")
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return None  # the resume has verified it by now: unreadable here means a race, not a finished run
-
-
-def _refuse_nothing_to_train(checkpoint: VerifiedCheckpoint, max_steps: Any, unfinished: bool) -> None:
-    """A fit from a checkpoint already at ``max_steps`` would train nothing (and receipt an end with no start);
-    except for the run's own unfinished end (``unfinished``: a kill after its last checkpoint, before its records
-    said completed), which such a fit finishes."""
-    if unfinished and max_steps == checkpoint.step:
-        return
-    if isinstance(max_steps, int) and 0 < max_steps <= checkpoint.step:
-        raise ConfigError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is already at step "
-                          f"{checkpoint.step}, and --trainer.max_steps is {max_steps}: nothing to train; raise "
-                          "--trainer.max_steps to train further")  # fmt: skip
 
 
 def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:

@@ -243,6 +243,10 @@ def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     assert one_error_line(capsys.readouterr().err) == f"lit_psion: error: {says}"
 
 
+ALIAS_BOMB = ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))).encode()
+"""Ten values, aliased ten times over eight levels: 10 ** 9 once expanded."""
+MANY_KEYS = ("trainer:\n" + "".join(f"  k{i}: {i}\n" for i in range(12_000))).encode()
 BAD_FILES = [  # (what goes in the file, how it is given, exit code, what the one line says)
     (b"trainer:\n  max_steps: [1, 2\nmodel: {\n", "--config", 2, "is not valid YAML at line 3, column 6"),
     (b"trainer: \xff\n", "--config", 2, "is not valid YAML (UnicodeDecodeError)"),
@@ -250,13 +254,19 @@ BAD_FILES = [  # (what goes in the file, how it is given, exit code, what the on
     (b"# only a comment\n", "--config", 2, "is empty, not a mapping of settings"),
     (b"- 1\n- 2\n", "--config", 2, "holds a YAML list, not a mapping of settings"),
     (b"42\n", "--config", 2, "holds a YAML int, not a mapping of settings"),
+    # Named no file (jsonargparse: 'in "<file>"'), or suggested raising a safety limit:
+    (b"trainer:\n  max_steps: 3\n  max_steps: 4\n", "--config", 2,
+     "is not valid YAML at line 3, column 3 (key 'max_steps' is given twice in one mapping)"),
+    (ALIAS_BOMB, "--config", 2, "holds more than 10000 YAML values once its aliases are expanded"),
+    (MANY_KEYS, "--config", 2, "holds more than 10000 YAML values once its aliases are expanded"),
 ]  # fmt: skip
 
 
 CONFIGS_LIGHTNING_CANNOT_USE = [  # (the config's edit, what the one line says) -- each was exit 1
     (lambda config: config.update(trainer=None), "trainer must be a mapping of Trainer settings, got None"),
     (lambda config: config["model"]["init_args"]["decoder"].update(n_layer="${oops}"),
-     "model.init_args.decoder.n_layer: its interpolation does not resolve (Interpolation key 'oops' not found)"),
+     "model.init_args.decoder.n_layer: its interpolation does not resolve (Interpolation key 'oops' not found); "
+     "fix the ${...} reference in the --config file (an interpolation sees only the keys of its own file"),
 ]  # fmt: skip
 
 
@@ -275,7 +285,8 @@ def test_a_config_that_cannot_be_used_is_one_line(tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.parametrize(("content", "flag", "code", "says"), BAD_FILES,
-                         ids=["broken YAML", "not UTF-8", "a directory", "empty", "a list", "a number"])  # fmt: skip
+                         ids=["broken YAML", "not UTF-8", "a directory", "empty", "a list", "a number", "a key twice",
+                              "an alias bomb", "twelve thousand keys"])  # fmt: skip
 def test_a_bad_file_on_the_command_line_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                             content: bytes | None, flag: str, code: int,
                                                             says: str) -> None:  # fmt: skip

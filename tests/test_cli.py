@@ -261,6 +261,22 @@ def test_a_trainer_setting_lightning_would_crash_on_is_refused_in_one_line(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("flag", ["--trainer.max_steps", "--model.init_args.optimizer.lr", "--model.optimizer.lr",
+                                  "--seed_everything"])  # fmt: skip
+def test_a_setting_a_later_config_file_sets_is_refused_not_dropped(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   flag: str) -> None:  # fmt: skip
+    """`fit --trainer.max_steps 3 --config preset.yaml` trained the preset's 300 steps into the preset's root."""
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert main(["fit", flag, "3", "--config", TINY, *root]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == (f"lit_psion: error: {flag} comes before --config {TINY!r}, which sets it too, so the file's "
+                    f"value would be used; give {flag} after the --config files"), line
+    assert not any(tmp_path.iterdir())
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("trainer:\n  log_every_n_steps: 2\n")  # sets something else: the order is harmless
+    assert main(["fit", "--config", TINY, "--trainer.max_steps", "1", "--config", str(overlay), *root]) == 0
+
+
 LIGHTNING_REFUSES = [("--trainer.accelerator", "tpu", "Requirement 'torch_xla"),
                      ("--trainer.devices", "many", "`devices` selected with `CPUAccelerator` should be an int > 0"),
                      ("--trainer.accelerator", "cuda", "`CUDAAccelerator` can not run on your system")]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -42,13 +43,31 @@ def check_config_files(argv: list[str]) -> None:
     message says only ``"<unicode string>"``)."""
     import yaml  # jsonargparse's own YAML reader
 
+    class _Strict(yaml.SafeLoader):
+        """Refuses a key given twice in one mapping (YAML takes the last silently; jsonargparse names no file)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
+                                                            key_node.start_mark)  # fmt: skip
+                seen.add(key) if isinstance(key, str | int | float | bool) else None
+            return super().construct_mapping(node, deep)
+
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith(
             "--config=") else None  # fmt: skip
         if value is None or not Path(value).is_file():
             continue
         try:
-            loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+            text = Path(value).read_text(encoding="utf-8")
+            if _expanded_nodes(yaml.compose(text, Loader=yaml.SafeLoader)) > MOST_CONFIG_NODES:
+                raise ConfigError(f"--config {value!r} holds more than {MOST_CONFIG_NODES} YAML values once its "
+                                  "aliases are expanded (a config holds a few hundred); give a settings file such as "
+                                  "configs/decoder_tiny.yaml")  # fmt: skip
+            loaded = yaml.load(text, Loader=_Strict)  # a SafeLoader that refuses a key given twice
         except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
             where = getattr(error, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -58,6 +77,51 @@ def check_config_files(argv: list[str]) -> None:
             what = "is empty" if loaded is None else f"holds a YAML {type(loaded).__name__}"
             raise ConfigError(f"--config {value!r} {what}, not a mapping of settings; give one such as "
                               "configs/decoder_tiny.yaml (trainer:, model:, data:)")  # fmt: skip
+        for flag in (arg.split("=", 1)[0] for arg in argv[:i] if arg.startswith("--") and not arg.startswith(
+                "--config")):  # fmt: skip
+            if _sets(loaded, flag.removeprefix("--").removesuffix("+").split(".")):
+                raise ConfigError(f"{flag} comes before --config {value!r}, which sets it too, so the file's value "
+                                  f"would be used; give {flag} after the --config files")  # fmt: skip
+
+
+MOST_CONFIG_NODES = 10_000
+"""jsonargparse's own limit on a config's expanded YAML nodes (beyond it, its message names no file)."""
+
+
+def _expanded_nodes(root: Any) -> float:
+    """How many YAML nodes ``root`` (a composed document) holds with every alias expanded, counted without
+    expanding them (an alias bomb stays cheap); ``inf`` past :data:`MOST_CONFIG_NODES`."""
+    import yaml
+
+    sizes: dict[int, float] = {}
+
+    def size(node: Any) -> float:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = math.inf  # a node that contains itself expands without end
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = total if total <= MOST_CONFIG_NODES else math.inf
+        return sizes[id(node)]
+
+    return 0 if root is None else size(root)
+
+
+def _sets(config: Any, keys: list[str]) -> bool:
+    """Whether the YAML mapping ``config`` sets the dotted setting ``keys`` (``init_args`` may be left out)."""
+    for key in keys:
+        if not isinstance(config, dict):
+            return False
+        if key not in config and isinstance(config.get("init_args"), dict):
+            config = config["init_args"]  # --model.optimizer.lr is model.init_args.optimizer.lr
+        if key not in config:
+            return False
+        config = config[key]
+    return True
 
 
 FILES_FLAGS = ("--data.files", "--data.init_args.files")
@@ -351,7 +415,8 @@ def known_cause(error: BaseException) -> LitPsionError | ArgumentError | argpars
             reason = str(current).split("\n", 1)[0]
             if isinstance(current, InterpolationResolutionError):
                 return ConfigError(f"{where}: its interpolation does not resolve ({reason}); fix the ${{...}} "
-                                   "reference in the --config file")  # fmt: skip
+                                   "reference in the --config file (an interpolation sees only the keys of its "
+                                   "own file: repeat the value there, or use ${oc.env:NAME})")  # fmt: skip
             return ConfigError(f"{where}: {reason} ({type(current).__name__}); fix the --config file")
         seen.add(id(current))
         current = current.__cause__ or current.__context__

@@ -10,10 +10,10 @@ import csv
 import io
 from typing import Any
 
-from lit_psion.core import RunLayout
+from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
-from lit_psion.core.errors import CheckpointError, EvidenceError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 
 
 def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) -> None:
@@ -96,3 +96,22 @@ def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None
     raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
                           f"{recorded}, but this config builds {wanted}; continue it with its own config "
                           f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
+
+
+def refuse_nothing_to_train(checkpoint: VerifiedCheckpoint, max_steps: Any, resumed: RunLayout | None) -> None:
+    """A fit from a checkpoint already at ``max_steps`` would train nothing (and receipt an end with no start);
+    except for the ``resumed`` run's own unfinished end (a kill after its last checkpoint, before its records said
+    completed), which such a fit completes."""
+    if resumed is not None and max_steps == checkpoint.step and _status(resumed) != "completed":
+        return
+    if isinstance(max_steps, int) and 0 < max_steps <= checkpoint.step:
+        raise ConfigError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is already at step "
+                          f"{checkpoint.step}, and --trainer.max_steps is {max_steps}: nothing to train; raise "
+                          "--trainer.max_steps to train further")  # fmt: skip
+
+
+def _status(layout: RunLayout) -> str | None:
+    try:
+        return read_json(layout.run_file).get("status")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None  # verified by the resume already: unreadable here is a race, not a finished run
