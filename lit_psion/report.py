@@ -320,12 +320,22 @@ class _Absent:
 ABSENT = _Absent()
 
 
+class _NoConfig:
+    """Every key of a run whose config.yaml is missing: not a config without the key."""
+
+    def __repr__(self) -> str:
+        return "(no config.yaml)"
+
+
+NO_CONFIG = _NoConfig()
+
+
 def config_diff(run_dirs: Sequence[Path]) -> list[tuple[str, list[Any]]]:
     """Dotted config keys whose values differ between runs, with each run's value (:data:`ABSENT` where it has none;
     None where it sets null)."""
-    flats = [read_config(run_dir) for run_dir in run_dirs]
-    keys = sorted(set().union(*flats))
-    rows = [(key, [flat.get(key, ABSENT) for flat in flats]) for key in keys]
+    flats = [read_config(run_dir) if RunLayout.of(run_dir).config.is_file() else None for run_dir in run_dirs]
+    keys = sorted(set().union(*(flat for flat in flats if flat is not None)))
+    rows = [(key, [NO_CONFIG if flat is None else flat.get(key, ABSENT) for flat in flats]) for key in keys]
     return [(key, values) for key, values in rows if len({repr(v) for v in values}) > 1]
 
 

@@ -21,6 +21,8 @@ def main(args: list[str]) -> None:
     result = compare(parsed.run_dirs, parsed.out)
     labels = result["labels"]
     console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # a pipe or a file: 80 columns would fold every cell of a wide comparison
+        console = Console(highlight=False, soft_wrap=True, width=max(80, 48 + 24 * len(labels)))
     diff = Table(Column("config key", overflow="fold"), *labels, title="config differences")
     for key, values in result["config_diff"]:
         diff.add_row(key, *(str(v) for v in values))

@@ -355,3 +355,31 @@ def test_a_key_one_config_lacks_is_told_apart_from_one_it_sets_to_null(tmp_path:
         runs.append(tmp_path / name)
     assert config_diff(runs) == [("trainer.profiler", [None, ABSENT])]
     assert str(ABSENT) == "(not in this config)"
+
+
+def test_a_run_without_its_config_is_not_shown_as_a_config_without_keys(tmp_path: Path) -> None:
+    """Every key read '(not in this config)' for a run whose config.yaml was gone, as if its config lacked them."""
+    from lit_psion.report import NO_CONFIG, config_diff
+
+    runs = []
+    for name, config in (("a", "trainer:\n  max_steps: 3\n"), ("b", "trainer:\n  max_steps: 4\n"), ("c", None)):
+        (tmp_path / name).mkdir()
+        if config is not None:
+            (tmp_path / name / "config.yaml").write_text(config)
+        runs.append(tmp_path / name)
+    assert config_diff(runs) == [("trainer.max_steps", [3, 4, NO_CONFIG])]
+    assert str(NO_CONFIG) == "(no config.yaml)"
+
+
+def test_compare_into_a_pipe_keeps_each_cell_whole(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Written to a file or a pipe, the table was 80 columns wide: with many runs every cell was folded to '…'."""
+    import subprocess
+    import sys
+
+    many = [str(run) for run in two_runs] * 5
+    done = subprocess.run([sys.executable, "-m", "lit_psion", "compare", *many, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    finals = done.stdout[done.stdout.index("final metrics"):]
+    status_row = next(line for line in finals.splitlines() if "status" in line)
+    assert status_row.count("completed") == 10 and "…" not in status_row, status_row
