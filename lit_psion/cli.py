@@ -50,6 +50,7 @@ from lit_psion.commands.fit_args import (
     constructor_error,
     describe_ckpt_path,
     exit_inside_a_fit,
+    expand_home,
     gather_files,
     known_cause,
     make_root,
@@ -195,6 +196,7 @@ class LitPsionCLI(LightningCLI):
         config = self._config()
         refuse_unrunnable_strategy(config.trainer)
         follow_torchrun(config.trainer)
+        expand_home(config)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit" and config.get("ckpt_path") != "last":  # last: checked once a run is found
             make_root(root)

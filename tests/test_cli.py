@@ -468,3 +468,21 @@ def test_the_ckpt_path_help_says_what_lit_psion_takes(subcommand: str, capsys: p
     described = text.split("--ckpt_path CKPT_PATH ", 2)[-1][:300]  # the option's own entry, past the usage line
     assert described.startswith("'last' (the latest run under --trainer.default_root_dir"), described
     assert "registry" not in described and "hpc" not in described
+
+
+def test_a_home_relative_root_and_data_file_mean_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """`--trainer.default_root_dir '~/runs'` (or `~/runs` in YAML) made a directory named `~` in the working one,
+    and printed a path that read as the home directory."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    (home / "notes.txt").write_text(Path("fixtures/tiny_corpus.txt").read_text())
+    config = str(Path(TINY).resolve())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert fit("--trainer.default_root_dir", "~/runs", "--data.init_args.files", "~/notes.txt", "--trainer.max_steps",
+               "1", config=config) == 0  # fmt: skip
+    run_dir = home / "runs" / read_latest(home / "runs")
+    assert f"resume with    --trainer.default_root_dir {home / 'runs'} --ckpt_path last" in capsys.readouterr().out
+    assert not any(work.iterdir())
+    assert read_json(run_dir / "data_manifest.json")["sources"][0]["path"] == str(home / "notes.txt")

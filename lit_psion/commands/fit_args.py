@@ -356,6 +356,24 @@ def refuse_shared_state_keys(callbacks: list[Any]) -> None:
                               "(Lightning's Callback.state_key)")  # fmt: skip
 
 
+def expand_home(config: Any) -> None:
+    """``~`` in the run root, the data files and the cache directory means the home directory, as a shell would
+    make it: a YAML value or a quoted argument reached Lightning as a directory named ``~`` in the working one."""
+    def expanded(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)
+        return [expanded(item) for item in value] if isinstance(value, list) else value
+
+    trainer = config.get("trainer")
+    if trainer is not None and trainer.get("default_root_dir") is not None:
+        trainer.default_root_dir = expanded(trainer.default_root_dir)
+    data = config.get("data")
+    init_args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+    for key in ("files", "cache_dir", "tokenizer_file"):
+        if init_args is not None and init_args.get(key) is not None:
+            init_args[key] = expanded(init_args[key])
+
+
 def make_root(root: Path) -> None:
     """Create the runs root, or refuse in one line a root that cannot hold runs."""
     if root.exists() and not root.is_dir():
