@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lit_psion.core.chain import torn_tail
 from lit_psion.core.errors import CheckpointError, EvidenceError
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.layout import RunLayout, step_of
@@ -361,6 +362,11 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, though {why}: "
                                   "the run's fit did not write it")  # fmt: skip
         if receipts.chain is not None and (problem := _unanchored(checkpoint, receipts.chain)) is not None:
+            if problem == NOT_IN_CHAIN and torn_tail(receipts.chain):  # the log lost what it had: its fault
+                raise ChainCutShort(f"{str(receipts.chain)!r} ends in a torn line before the receipt head checkpoint "
+                                    f"{checkpoint.path.name} records (the head was durable before the checkpoint "
+                                    "was written): the log was cut short; restore it from a backup "
+                                    "(python -m lit_psion receipts verify RUN_DIR)")  # fmt: skip
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, and "
                                   f"{problem}: the run's fit did not write it")  # fmt: skip
         return checkpoint
@@ -368,6 +374,18 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
         raise CheckpointError(f"checkpoint {checkpoint.path.name}: its manifest or weights are not the ones its "
                               "durable checkpoint receipt recorded (it was replaced after it was written)")
     return checkpoint
+
+
+class ChainCutShort(CheckpointError):
+    """A checkpoint whose recorded receipt head the run's log, ending in a torn line, no longer reaches: the log
+    was cut (exit 5, as evidence that does not verify). A :class:`CheckpointError` still, so a resume falls back
+    past it to an older checkpoint the kept log does reach, and repairs the log there (receipted)."""
+
+    exit_code = EvidenceError.exit_code
+    failure_class = EvidenceError.failure_class
+
+
+NOT_IN_CHAIN = "the receipt head its manifest records is not in the run's receipts"
 
 
 def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
@@ -398,7 +416,7 @@ def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
                 return f"the run's receipts go on from step {step_in} after the head its manifest records"
             anchored = anchored or digest == head
     if not anchored:
-        return "the receipt head its manifest records is not in the run's receipts"
+        return NOT_IN_CHAIN
     if ended_at is not None and ended_at > step:
         return f"the run's receipts had reached step {ended_at} at the head its manifest records, not {step}"
     return None
