@@ -28,6 +28,10 @@ def _entry(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # importing torch needs a writable temporary directory, before any handler is set
+        print(f"lit_psion: error: starting up failed: {error.strerror or error}; free space where the temporary "
+              "directory is (or set TMPDIR to one with room), then run the command again", file=sys.stderr)  # fmt: skip
+        return 6
     return _exit_without_teardown(main())  # LightningCLI reads sys.argv itself (given both, it warns)
 
 

@@ -486,3 +486,19 @@ def test_a_home_relative_root_and_data_file_mean_the_home_directory(tmp_path: Pa
     assert f"resume with    --trainer.default_root_dir {home / 'runs'} --ckpt_path last" in capsys.readouterr().out
     assert not any(work.iterdir())
     assert read_json(run_dir / "data_manifest.json")["sources"][0]["path"] == str(home / "notes.txt")
+
+
+def test_no_room_for_temporary_files_at_start_up_is_one_line(tmp_path: Path) -> None:
+    """Importing torch needs a temporary file; where none can be written, a 60-line traceback and exit 1 came out,
+    before lit_psion's own handling was in place."""
+    import resource
+
+    def no_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    done = subprocess.run([sys.executable, "-m", "lit_psion", "fit", "--config", TINY, "--trainer.default_root_dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, env=subprocess_env(),
+                          preexec_fn=no_files)  # fmt: skip
+    assert done.returncode == 6, done.stderr[-2000:]
+    assert one_error_line(done.stderr).startswith("lit_psion: error: "), done.stderr[-2000:]  # (where it fails
+    # depends on what the installed libraries write first: the temporary directory torch's import asks for here)
