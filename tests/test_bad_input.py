@@ -222,6 +222,11 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
     (("--trainer.strategy", "transactional", "--trainer.strategy.policy.grad_norm_max", "big"),
      "trainer.strategy.policy.grad_norm_max: 'big' is not a float or null; give one"),
     (("--trainer.max_steps", "x"), "trainer.max_steps: 'x' is not an int; give one"),
+    # Said "OptimizerConfig refuses the settings given for it: ... (a --config overlay may have set it ...)":
+    (("--model.init_args.optimizer.name", "sgd"),
+     "model.optimizer.name: 'sgd' is not one of 'adamw', 'muon'; give one of them"),
+    (("--data.init_args.tokenizer", "wordpiece"), "data.tokenizer: 'wordpiece' is not one of 'bpe', 'char'; give one "
+     "of them"),
     (("--trainer.gradient_clip_val", "abc"),
      "trainer.gradient_clip_val: 'abc' is not an int or float or null; give one"),
     (("--model.init_args.optimizer.lr", "nan"), "model.optimizer.lr: 'nan' is not a finite number; give one"),
@@ -234,8 +239,8 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
 
 
 @pytest.mark.parametrize(("args", "says"), VALUES_OF_THE_WRONG_TYPE,
-                         ids=["nested int", "data int", "policy float", "trainer int", "trainer union", "nan",
-                              "-inf", "a value read as a flag", "no value"])  # fmt: skip
+                         ids=["nested int", "data int", "policy float", "trainer int", "optimizer name", "tokenizer",
+                              "trainer union", "nan", "-inf", "a value read as a flag", "no value"])  # fmt: skip
 def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
 ) -> None:

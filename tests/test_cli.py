@@ -352,13 +352,16 @@ def test_last_refuses_the_latest_run_of_another_model_family(tmp_path: Path, cap
     assert (run / "run.json").read_bytes() == before
 
 
-def test_data_files_takes_the_several_paths_a_shell_glob_expands_to(tmp_path: Path) -> None:
+def test_data_files_takes_the_several_paths_a_shell_glob_expands_to(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     from lit_psion.commands.fit_args import gather_files
 
     assert gather_files(["fit", "--data.files", "a.md", "b.md", "--trainer.max_steps", "2"]) == [
         "fit", "--data.files", '["a.md", "b.md"]', "--trainer.max_steps", "2"]  # fmt: skip
     assert gather_files(["fit", "--data.files", "notes/*.md"]) == ["fit", "--data.files", "notes/*.md"]
-    assert gather_files(["fit", "--data.files"]) == ["fit", "--data.files"]
+    for empty in (["fit", "--data.files"], ["fit", "--data.files", "--trainer.max_steps", "2"]):  # said '--data'
+        assert main([*empty, "--config", TINY]) == 2
+        assert one_error_line(capsys.readouterr().err).startswith("lit_psion: error: --data.files was given no value")
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
     text = Path("fixtures/tiny_corpus.txt").read_text()
     first.write_text(text)

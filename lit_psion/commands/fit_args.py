@@ -138,9 +138,10 @@ def gather_files(argv: list[str]) -> list[str]:
             while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
                 values.append(argv[i + 1])
                 i += 1
-            gathered.append(values[0] if len(values) == 1 else json.dumps(values) if values else "")
             if not values:
-                gathered.pop()
+                raise ConfigError(f"{argv[i]} was given no value; give a file, several, or a quoted glob "
+                                  f"({argv[i]} 'notes/*.md')")  # fmt: skip
+            gathered.append(values[0] if len(values) == 1 else json.dumps(values))
         i += 1
     return gathered
 
@@ -215,6 +216,7 @@ _UNION_VALUE = re.compile(r'Parser key "[^"]+": Does not validate against any of
 _FAILED_IMPORT = re.compile(r"Expected a path but (?P<path>\S+) either not accessible or invalid .*?Errors: - "
                             r"(?P<why>.+?)(?: - |$)")  # fmt: skip
 _NO_CLASS = re.compile(r"No module named '[^']+'|module '[^']+' has no attribute '[^']+'")
+_LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\. Got value: (?P<value>\S+)")
 _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
 _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value: (?P<value>\S+)")
 
@@ -228,6 +230,8 @@ def plain_parse_error(message: str) -> str:
         return (f"{missing['flag']} was given no value; give it one, written as --FLAG=VALUE when the value starts "
                 "with '-' (such as --model.optimizer.lr=-1e-3)")  # fmt: skip
     keys = re.findall(r'Parser key "([^"]+)"', flat)
+    if keys and (choice := _LITERAL.search(flat)) is not None:  # a setting of fixed choices (an optimizer's name)
+        return f"{'.'.join(keys)}: {choice['value']!r} is not one of {choice['choices']}; give one of them"
     failed = _FAILED_IMPORT.search(flat) if keys else None
     if failed is not None and re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", failed["path"]):  # a class path given
         why = failed["why"].strip()
