@@ -71,7 +71,12 @@ from lit_psion.commands.launch import (
     leave_together,
     tell_the_launcher,
 )
-from lit_psion.commands.records import refuse_another_family, refuse_nothing_to_train, refuse_without_its_records
+from lit_psion.commands.records import (
+    refuse_another_family,
+    refuse_nothing_to_train,
+    refuse_without_its_records,
+    what_remains,
+)
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
@@ -113,6 +118,8 @@ from lit_psion.strategies.engines import (
 )
 
 EXIT_INTERRUPTED = 130
+FITTING: list[RunLayout] = []
+"""The run this process's fit writes, once it is known."""
 EXIT_SIGTERM = 143
 CALLBACK_GROUPS = {"receipts": Receipts, "telemetry": Telemetry, "dashboard": Dashboard, "progress_bar": ProgressBar,
                    "checkpoint": PointerCheckpoint}  # fmt: skip
@@ -230,6 +237,7 @@ class LitPsionCLI(LightningCLI):
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
                                           resume_manifest_sha256=start and start.manifest_sha256,
                                           rejected=rejected, changed_settings=changed)  # fmt: skip
+            FITTING[:] = [layout]  # what an interrupt's line can tell of
             place_wandb_runs(_as_list(config.trainer.logger), layout)
 
     def _config(self) -> Namespace:
@@ -415,7 +423,7 @@ def _main(args: list[str] | None) -> int:
             return run_command(argv)  # the same path as ``python -m lit_psion NAME`` takes
         LitPsionCLI(args=args)
     except KeyboardInterrupt:
-        print("lit_psion: interrupted", file=sys.stderr)
+        print(f"lit_psion: interrupted{what_remains(FITTING[0]) if FITTING else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SIGTERMException:  # a SystemExit: caught before the clause below
         if (stop := mesh_stop()) is not None:

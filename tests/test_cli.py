@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -505,3 +506,29 @@ def test_no_room_for_temporary_files_at_start_up_is_one_line(tmp_path: Path) -> 
     assert done.returncode == 6, done.stderr[-2000:]
     assert one_error_line(done.stderr).startswith("lit_psion: error: "), done.stderr[-2000:]  # (where it fails
     # depends on what the installed libraries write first: the temporary directory torch's import asks for here)
+
+
+@pytest.mark.parametrize(("step", "says"), [
+    (2, "; run {run} has no durable checkpoint yet, so there is nothing to continue: start again without --ckpt_path"),
+    (5, "; continue run {run} from its latest durable checkpoint with --ckpt_path last"),
+], ids=["before the first checkpoint", "after one"])  # fmt: skip
+def test_a_ctrl_c_mid_fit_says_whether_there_is_anything_to_continue(tmp_path: Path, step: int, says: str) -> None:
+    """Interrupted before its first checkpoint, the run was recorded paused and the line said only 'interrupted';
+    `--ckpt_path last` then said there was no durable checkpoint."""
+    import os
+
+    def own_group_with_ctrl_c() -> None:
+        os.setpgrp()  # the callback signals its process group: this fit's alone
+        _deliver_ctrl_c()
+
+    callbacks = tmp_path / "cb.json"
+    callbacks.write_text(json.dumps({"trainer": {"callbacks": [
+        {"class_path": "tests.helpers.InterruptAt", "init_args": {"step": step}}]}}))  # fmt: skip
+    root = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "lit_psion", "fit", "--config", TINY, "--config", str(callbacks),
+                           "--trainer.default_root_dir", str(root), "--checkpoint.every_n_train_steps", "3"],
+                          capture_output=True, text=True, timeout=180, env=subprocess_env(),
+                          preexec_fn=own_group_with_ctrl_c)  # fmt: skip
+    assert done.returncode == 130, done.stderr[-2000:]
+    run = read_latest(root)
+    assert done.stderr.strip().splitlines()[-1] == "lit_psion: interrupted" + says.format(run=run), done.stderr[-2000:]

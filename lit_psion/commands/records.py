@@ -115,3 +115,14 @@ def _status(layout: RunLayout) -> str | None:
         return read_json(layout.run_file).get("status")
     except (OSError, ValueError, AttributeError, RecursionError):
         return None  # verified by the resume already: unreadable here is a race, not a finished run
+
+
+def what_remains(layout: RunLayout) -> str:
+    """What an interrupted fit of the run at ``layout`` leaves to continue, for its line: its latest durable
+    checkpoint, or nothing yet ("" when the fit had not begun its run)."""
+    if not layout.run_file.is_file():
+        return ""
+    if not layout.pointer.is_file():
+        return (f"; run {layout.run_id} has no durable checkpoint yet, so there is nothing to continue: start again "
+                "without --ckpt_path")  # fmt: skip
+    return f"; continue run {layout.run_id} from its latest durable checkpoint with --ckpt_path last"
