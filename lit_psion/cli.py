@@ -444,7 +444,7 @@ def _main(args: list[str] | None) -> int:
             raise
         known = known_cause(error)
         if known is not None:
-            line = _one_line(str(known) if isinstance(known, LitPsionError) else plain_parse_error(str(known)))
+            line = _one_line(str(known) if isinstance(known, LitPsionError) else plain_parse_error(str(known), argv))
             if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # the other ranks of a node reach the same verdict
                 print(f"lit_psion: error: {line}", file=sys.stderr)
             code = known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code

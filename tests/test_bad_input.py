@@ -231,8 +231,8 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
      "trainer.gradient_clip_val: 'abc' is not an int or float or null; give one"),
     (("--model.init_args.optimizer.lr", "nan"), "model.optimizer.lr: 'nan' is not a finite number; give one"),
     (("--trainer.gradient_clip_val=-inf",), "trainer.gradient_clip_val: '-inf' is not a finite number; give one"),
-    (("--model.init_args.optimizer.lr", "-1e-3"), "--model was given no value; give it one, written as --FLAG=VALUE "
-     "when the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),
+    (("--model.init_args.optimizer.lr", "-1e-3"), "--model.init_args.optimizer.lr was given no value; give it one, "
+     "written as --FLAG=VALUE when the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),  # said --model
     (("--trainer.max_steps",), "--trainer.max_steps was given no value; give it one, written as --FLAG=VALUE when "
      "the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),
 ]  # fmt: skip

@@ -221,13 +221,16 @@ _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
 _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value: (?P<value>\S+)")
 
 
-def plain_parse_error(message: str) -> str:
+def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     """jsonargparse's message for a value of the wrong type, or for a class given settings it does not take, as the
     one line that matters: which setting or class, what was wrong, and where the settings are listed (else
     ``message`` unchanged)."""
     flat = " ".join(message.split())
     if (missing := _NO_VALUE.fullmatch(flat)) is not None:
-        return (f"{missing['flag']} was given no value; give it one, written as --FLAG=VALUE when the value starts "
+        flag = missing["flag"]  # the parser names the group of a dotted flag whose value it took for a flag
+        given = [arg for arg in argv if arg.startswith(flag + ".") and "=" not in arg]
+        flag = given[-1] if given and argv.index(given[-1]) + 1 < len(argv) else flag
+        return (f"{flag} was given no value; give it one, written as --FLAG=VALUE when the value starts "
                 "with '-' (such as --model.optimizer.lr=-1e-3)")  # fmt: skip
     keys = re.findall(r'Parser key "([^"]+)"', flat)
     if keys and (choice := _LITERAL.search(flat)) is not None:  # a setting of fixed choices (an optimizer's name)
