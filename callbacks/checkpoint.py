@@ -130,7 +130,7 @@ class PointerCheckpoint(EvidenceCallback):
             return
         self._in_flight = (path, pending)
         run = self.run(trainer)
-        self.emit(trainer, CheckpointReceipt(
+        self._emit_own(trainer, CheckpointReceipt(
             stage_id=run.stage, step=step, checkpoint=run.layout.relative(path), manifest_digest=None,
             object_digest=None, writer=f"rank{trainer.global_rank}", durability="async_write_in_flight",
         ))  # fmt: skip
@@ -165,7 +165,7 @@ class PointerCheckpoint(EvidenceCallback):
                                         manifest_sha256=sha256_file(manifest_path))  # fmt: skip
             write_pointer(run.layout, pointer)
             self._prune(run.layout, keep=path.name)
-            self.emit(trainer, CheckpointReceipt(
+            self._emit_own(trainer, CheckpointReceipt(
                 stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(path),
                 manifest_digest=pointer.manifest_sha256, object_digest=manifest.weights_sha256,
                 writer=f"rank{trainer.global_rank}", durability="durable",

@@ -7,7 +7,6 @@ checkpoint callback, or a user's, added by ``class_path``) appends through it wi
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import lightning as L
@@ -23,6 +22,7 @@ from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, em
 from lit_psion.core.contracts import MembershipAware, ReplayData, RollbackAware, SignedModel, lr_flag
 from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError, failure_class
 from lit_psion.core.receipts import (
+    RECEIPT_KINDS,
     ChainSealReceipt,
     CheckpointReceipt,
     EvalReceipt,
@@ -32,6 +32,11 @@ from lit_psion.core.receipts import (
 )
 
 
+def _own_kinds() -> set[str]:
+    """The receipt kinds lit_psion registers: what lit_psion did, written only by it."""
+    return {kind for kind, cls in RECEIPT_KINDS.items() if cls.__module__.startswith("lit_psion.")}
+
+
 class EvidenceCallback(Callback):
     """Base class for callbacks that leave receipts. Subclass it and call :meth:`emit`."""
 
@@ -39,14 +44,17 @@ class EvidenceCallback(Callback):
         """Append ``body`` to the run's receipt chain (on rank 0; a no-op when receipts are off).
 
         Raises:
-            EvidenceError: ``body`` is of one of lit_psion's own kinds and the call is not lit_psion's: a
-                checkpoint, step or run receipt says what lit_psion did, so a callback cannot write one.
+            EvidenceError: ``body`` is of one of lit_psion's own kinds (or a subclass of one): a checkpoint, step or
+                run receipt says what lit_psion did, so a callback cannot write one.
         """
-        caller = sys._getframe(1).f_globals.get("__name__", "")
-        if type(body).__module__.startswith("lit_psion.") and not caller.startswith("lit_psion."):
+        if body.kind in _own_kinds():
             raise EvidenceError(f"{type(self).__qualname__} emitted a {body.kind!r} receipt, one of lit_psion's own "
                                 "kinds (they record what lit_psion did); register a kind of your own with "
                                 "@register_receipt (docs/receipts.md)")  # fmt: skip
+        emit_receipt(trainer, body)
+
+    def _emit_own(self, trainer: L.Trainer, body: ReceiptBody) -> None:
+        """lit_psion's own callbacks' way to append lit_psion's kinds (which :meth:`emit` refuses)."""
         emit_receipt(trainer, body)
 
     @staticmethod
@@ -104,11 +112,11 @@ class Receipts(EvidenceCallback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._resumed_from, self._started = trainer.ckpt_path, True
         event = "resumed" if trainer.ckpt_path else "started"
-        self.emit(trainer, self._run_receipt(trainer, pl_module, event, "active"))
+        self._emit_own(trainer, self._run_receipt(trainer, pl_module, event, "active"))
         run = self.run(trainer)
         self._receipt_a_resumed_checkpoint(trainer, run)
         for rejected in run.rejected:
-            self.emit(trainer, CheckpointReceipt(
+            self._emit_own(trainer, CheckpointReceipt(
                 stage_id=run.stage, step=rejected.step, checkpoint=run.layout.relative(rejected.path),
                 manifest_digest=None, object_digest=None, writer="resolver", durability="rejected",
                 reason=rejected.reason,
@@ -127,7 +135,7 @@ class Receipts(EvidenceCallback):
         manifest = run.resume_manifest
         if not self._unreceipted_resume or manifest is None:
             return
-        self.emit(trainer, CheckpointReceipt(
+        self._emit_own(trainer, CheckpointReceipt(
             stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(run.resume_from),
             manifest_digest=run.resume_manifest_sha256, object_digest=manifest.weights_sha256, writer="resolver",
             durability="durable", reason="receipted on resume: the run stopped after it became durable, before its "
@@ -154,7 +162,7 @@ class Receipts(EvidenceCallback):
         optimizer = trainer.optimizers[0]
         run = self.run(trainer)
         checkpoint, self._resumed_from = self._resumed_from and run.layout.relative(self._resumed_from), None
-        self.emit(trainer, TrainerStepReceipt(
+        self._emit_own(trainer, TrainerStepReceipt(
             stage_id=run.stage, step_in=step - 1, step_out=step, batch_digest=self._batch_digest or "",
             cursor=self._cursor, loss=loss, lr=float(optimizer.param_groups[0]["lr"]),
             optimizer=type(optimizer).__name__, checkpoint=checkpoint,
@@ -165,7 +173,7 @@ class Receipts(EvidenceCallback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and _finite(v)}
-        self.emit(trainer, EvalReceipt(
+        self._emit_own(trainer, EvalReceipt(
             stage_id=self.run(trainer).stage, step=trainer.global_step, split="val",
             data_manifest_digest=data_manifest_digest(trainer),
             policy_revision=f"step-{trainer.global_step}", scores=scores,
@@ -176,9 +184,9 @@ class Receipts(EvidenceCallback):
         if not self._started and trainer.ckpt_path is not None:  # a resume at max_steps: Lightning skipped training
             self.on_train_start(trainer, pl_module)  # (the run's unfinished end: the CLI allows only that)
         event = "paused" if trainer.interrupted else "completed"
-        self.emit(trainer, self._run_receipt(trainer, pl_module, event, event))
+        self._emit_own(trainer, self._run_receipt(trainer, pl_module, event, event))
         if event == "completed" and self.chain is not None:
-            self.emit(trainer, ChainSealReceipt(stage_id=self.run(trainer).stage, step=trainer.global_step,
+            self._emit_own(trainer, ChainSealReceipt(stage_id=self.run(trainer).stage, step=trainer.global_step,
                                                 receipts=self.chain.next_seq))  # fmt: skip
             self._sealed = True  # nothing follows a seal but a resume's receipts
         if self.chain is not None:
@@ -197,7 +205,7 @@ class Receipts(EvidenceCallback):
         strategy = trainer.strategy
         mesh = strategy.stop_reason() if isinstance(strategy, MembershipAware) else None
         outcome = (mesh or type(exception).__name__) if event == "paused" else failure_class(exception)
-        self.emit(trainer, self._run_receipt(trainer, pl_module, event, event, outcome))
+        self._emit_own(trainer, self._run_receipt(trainer, pl_module, event, event, outcome))
         if self.chain is not None:
             self.chain.sync()
 

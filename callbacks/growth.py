@@ -100,7 +100,7 @@ class GrowthPlanner(EvidenceCallback):
         stage = run_context(trainer).stage
         for change in changes:
             self.counters["commits" if change.action == "commit" else "prunes"] += 1
-            self.emit(trainer, GrowthReceipt(stage_id=stage, step=step, **dataclasses.asdict(change)))
+            self._emit_own(trainer, GrowthReceipt(stage_id=stage, step=step, **dataclasses.asdict(change)))
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class PromotionGate(EvidenceCallback):
         if trainer.is_global_zero:
             atomic_write_json(run.layout.promotion, self.decision)
         scores = {"base_loss": base, **({"candidate_loss": candidate} if math.isfinite(candidate) else {})}
-        self.emit(trainer, PolicyPromotionReceipt(
+        self._emit_own(trainer, PolicyPromotionReceipt(
             stage_id=run.stage, previous_revision=self.decision["previous_revision"],
             candidate_revision=self.decision["candidate_revision"], split="val",
             scores=scores,

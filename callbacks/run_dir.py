@@ -47,10 +47,11 @@ class RunDirectory(Callback):
         self.run_context = run_context
         self.record: RunRecord | None = None
         self._completed = False  # this fit recorded its run completed (an exception after that changes nothing)
+        self._trained = False  # on_train_start ran (Lightning skips it for a resume already at max_steps)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._completed = False
+        self._completed = self._trained = False
         if stage == "fit" and trainer.world_size > 1:
             self._follow_rank_zero(trainer)
 
@@ -168,6 +169,7 @@ class RunDirectory(Callback):
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = True
         if trainer.ckpt_path is not None:  # restored by now; every rank's optimizer takes the config's settings
             honour_optimizer_settings(trainer, pl_module)
         if trainer.is_global_zero:
@@ -193,7 +195,7 @@ class RunDirectory(Callback):
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.record is None and trainer.ckpt_path is not None:  # a resume at max_steps: training was skipped
+        if not self._trained and trainer.ckpt_path is not None:  # a resume at max_steps: training was skipped
             self.on_train_start(trainer, pl_module)  # (the run's unfinished end, which this fit completes)
         if trainer.interrupted:
             self._update(trainer, RunStatus.PAUSED)

@@ -57,8 +57,10 @@ class WandbEvidence(Callback):
             for logger in wandb_loggers(trainer):
                 if config is not None:
                     logger.log_hyperparams(OmegaConf.to_container(OmegaConf.create(config)))
-        except Exception as error:  # W&B's refusal of a setting (an entity, a project) as it opens the run
-            if type(error).__name__ != "UsageError":
+        except Exception as error:  # W&B's refusal of a setting (an entity, a project, a key) as it opens the run
+            from wandb.errors import Error  # imported by now: the logger has opened W&B
+
+            if not isinstance(error, Error):
                 raise
             raise ConfigError(f"trainer.logger (WandbLogger): W&B refuses it: {error}") from error
         self._summarised = False
@@ -81,7 +83,9 @@ class WandbEvidence(Callback):
     def on_run_recorded(self, trainer: L.Trainer) -> None:
         """run.json holds the fit's final status (``RunDirectory`` tells this after the receipts and checkpoint of
         a failure or a pause are written, which an update from this callback's own ``on_exception``, run first,
-        missed)."""
+        missed). A resume already at max_steps skipped ``on_train_start``: the loggers join here."""
+        if any(logger not in trainer.loggers for logger in self.loggers):
+            self.on_train_start(trainer, trainer.lightning_module)
         self._update_or_warn(trainer)
 
     def _update_or_warn(self, trainer: L.Trainer, status: str | None = None) -> None:

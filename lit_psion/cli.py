@@ -334,7 +334,7 @@ class LitPsionCLI(LightningCLI):
         except (ModuleNotFoundError, TypeError, ValueError) as error:  # an accelerator or devices it cannot use
             if not raised_in_lightning(error):
                 raise
-            raise ConfigError(f"trainer: {str(error).strip().splitlines()[0]}") from error
+            raise ConfigError(f"trainer: {(str(error).strip().splitlines() or [type(error).__name__])[0]}") from error
         if self.run_context is not None and self.lock is None and is_launcher_rank_zero():
             self.run_context.layout.run_dir.mkdir(exist_ok=True)  # a new run: locked before it is findable
             self._lock(self.run_context.layout)

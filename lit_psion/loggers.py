@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from lit_psion.core import atomic_write_text
-from lit_psion.core.errors import StorageFull
+from lit_psion.core.errors import FULL_STORAGE, StorageFull
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -43,6 +43,8 @@ class _ContinuingWriter(ExperimentWriter):
                 self._append(path, self._csv(self.metrics, header=False))
         except OSError as error:
             self.metrics_keys = header  # the file's: the next save rewrites it with the new columns
+            if error.errno not in FULL_STORAGE:
+                raise  # a place that cannot be written, or another fault: said as such by lit_psion_cause
             raise StorageFull(f"writing {path!r} failed: {error.strerror or error}; its rows up to the last whole "
                               "one are kept: free space (or fix the device), then --ckpt_path last") from error
         self.metrics = []

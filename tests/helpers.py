@@ -73,12 +73,12 @@ class KillBeforeDurableReceipt(Callback):
         for callback in trainer.callbacks:
             if isinstance(callback, PointerCheckpoint):
 
-                def killing(trainer: L.Trainer, body: Any) -> None:  # (emit itself refuses a caller outside lit_psion)
+                def killing(trainer: L.Trainer, body: Any) -> None:
                     if getattr(body, "durability", None) == "durable" and getattr(body, "step", None) == self.step:
                         os.kill(os.getpid(), signal.SIGKILL)
                     emit_receipt(trainer, body)
 
-                callback.emit = killing
+                callback._emit_own = killing
 
 
 class KillAfterSeal(Callback):
@@ -306,6 +306,11 @@ class NoteAt(EvidenceCallback):
         self._note(trainer, "teardown")
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _OwnCheckpoint(CheckpointReceipt):
+    """A user's subclass of lit_psion's checkpoint body: its kind is still ``checkpoint``."""
+
+
 class ForgeAt(EvidenceCallback):
     """After the second step, emit a receipt of lit_psion's own ``kind`` (``checkpoint``, ``trainer_step`` or
     ``chain_seal``), as a careless or hostile callback would: one that claims what lit_psion did."""
@@ -324,6 +329,9 @@ class ForgeAt(EvidenceCallback):
                                                        batch_digest="0" * 64, cursor=None, loss=0.0, lr=0.0,
                                                        optimizer="adamw"),
             "chain_seal": lambda: ChainSealReceipt(stage_id="s", step=step, receipts=0),
+            "checkpoint, by a subclass of its body": lambda: _OwnCheckpoint(
+                stage_id="s", step=step, checkpoint="step-999999", manifest_digest=None, object_digest=None,
+                writer="rank0", durability="durable"),
         }[self.kind]()  # fmt: skip
         self.emit(trainer, forged)
 

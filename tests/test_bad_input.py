@@ -331,6 +331,16 @@ def test_every_numeric_optimizer_field_is_range_checked(field: str, value: objec
         OptimizerConfig(**{field: value})
 
 
+def test_a_first_adamw_step_float32_cannot_hold_is_refused() -> None:
+    """lr 1e30 (under the bound) with betas[0] 0.9999999999 made AdamW's step size lr / (1 - betas[0]) = 1e40, which
+    overflowed converting to float32 inside the first step: exit 1."""
+    with pytest.raises(ConfigError, match=r"optimizer\.lr / \(1 - betas\[0\]\) is AdamW's first step size, and "
+                                          r"1e\+30 / \(1 - 0\.9999999999\) is over 1e\+36"):
+        OptimizerConfig(lr=1e30, betas=(0.9999999999, 0.999))
+    OptimizerConfig(lr=1e30, betas=(0.9, 0.999))  # 1e31: huge, and a divergence (exit 7), not an overflow
+    OptimizerConfig(lr=1e-3, betas=(0.9999999999, 0.999))  # 1e7
+
+
 def test_all_problems_are_reported_together() -> None:
     with pytest.raises(ConfigError) as raised:
         OptimizerConfig(lr=-1.0, weight_decay=-1.0, ns_steps=0)

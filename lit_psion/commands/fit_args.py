@@ -49,6 +49,8 @@ def check_config_files(argv: list[str]) -> None:
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged by the loader, not a key
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, str | int | float | bool) and key in seen:
                     raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
@@ -57,16 +59,17 @@ def check_config_files(argv: list[str]) -> None:
             return super().construct_mapping(node, deep)
 
     for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith(
-            "--config=") else None  # fmt: skip
+        value = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else arg.split("=", 1)[1] if \
+            arg.startswith("--config=") else None  # fmt: skip
         if value is None or not Path(value).is_file():
             continue
         try:
             text = Path(value).read_text(encoding="utf-8")
-            if _expanded_nodes(yaml.compose(text, Loader=yaml.SafeLoader)) > MOST_CONFIG_NODES:
-                raise ConfigError(f"--config {value!r} holds more than {MOST_CONFIG_NODES} YAML values once its "
-                                  "aliases are expanded (a config holds a few hundred); give a settings file such as "
-                                  "configs/decoder_tiny.yaml")  # fmt: skip
+            if _expanded_nodes(yaml.compose(text, Loader=yaml.SafeLoader), most := _most_nodes()) > most:
+                raise ConfigError(f"--config {value!r} holds more than {most} YAML values once its aliases are "
+                                  "expanded (a config holds a few hundred); give a settings file such as "
+                                  "configs/decoder_tiny.yaml, or raise OMEGACONF_MAX_YAML_EXPANDED_NODES for a file "
+                                  "you trust")  # fmt: skip
             loaded = yaml.load(text, Loader=_Strict)  # a SafeLoader that refuses a key given twice
         except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
             where = getattr(error, "problem_mark", None)
@@ -85,12 +88,20 @@ def check_config_files(argv: list[str]) -> None:
 
 
 MOST_CONFIG_NODES = 10_000
-"""jsonargparse's own limit on a config's expanded YAML nodes (beyond it, its message names no file)."""
+"""OmegaConf's default limit on a config's expanded YAML nodes (beyond it, the message jsonargparse passes on
+names no file); ``OMEGACONF_MAX_YAML_EXPANDED_NODES`` sets another, or ``none``."""
 
 
-def _expanded_nodes(root: Any) -> float:
+def _most_nodes() -> float:
+    given = os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES", "").strip().lower()
+    if given == "none":
+        return math.inf
+    return int(given) if given.isdigit() else MOST_CONFIG_NODES
+
+
+def _expanded_nodes(root: Any, most: float) -> float:
     """How many YAML nodes ``root`` (a composed document) holds with every alias expanded, counted without
-    expanding them (an alias bomb stays cheap); ``inf`` past :data:`MOST_CONFIG_NODES`."""
+    expanding them (an alias bomb stays cheap); ``inf`` past ``most``."""
     import yaml
 
     sizes: dict[int, float] = {}
@@ -105,7 +116,7 @@ def _expanded_nodes(root: Any) -> float:
             total = 1 + sum(size(item) for item in node.value)
         else:
             total = 1
-        sizes[id(node)] = total if total <= MOST_CONFIG_NODES else math.inf
+        sizes[id(node)] = total if total <= most else math.inf
         return sizes[id(node)]
 
     return 0 if root is None else size(root)
@@ -339,9 +350,11 @@ def _wandb_api_key() -> bool:
 
 
 def raised_in_lightning(error: BaseException) -> bool:
-    """Whether ``error`` was raised by Lightning's own code (its account of a setting it cannot use)."""
+    """Whether ``error`` came from Lightning's connectors (its account of an accelerator, devices or strategy it
+    cannot use), not from a bad call into the Trainer."""
     frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and f"{os.sep}lightning{os.sep}" in frames[-1].filename
+    return any(f"{os.sep}lightning{os.sep}" in frame.filename and f"{os.sep}connectors{os.sep}" in frame.filename
+               for frame in frames)  # fmt: skip
 
 
 def refuse_shared_state_keys(callbacks: list[Any]) -> None:

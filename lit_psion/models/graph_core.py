@@ -160,7 +160,7 @@ class GraphCore(L.LightningModule):
         config = config or GraphCoreConfig()
         self.config = config
         if data_facts is not None:
-            self._check_facts(data_facts)
+            self._check_facts(data_facts, window=False)  # at setup, for a fit
         self.barrier = Barrier(limit=config.complexity_limit, scale=config.barrier_scale)
         entries = None
         if config.initial == "random":
@@ -208,10 +208,11 @@ class GraphCore(L.LightningModule):
         lagged = [states[:, (positions - lag).clamp(min=0)] for lag in range(h)]
         return torch.stack(lagged, dim=3).flatten(0, 1)
 
-    def _check_facts(self, facts: DataFacts) -> None:
+    def _check_facts(self, facts: DataFacts, window: bool) -> None:
+        """The data's state, and (``window``: for a fit, not a recorded run read back) its window."""
         if facts.state_dim is not None:
             self._check_state_dim(facts.state_dim)
-        if facts.window is not None and (history := self.config.max_history_length) > facts.window:
+        if window and facts.window is not None and (history := self.config.max_history_length) > facts.window:
             raise ConfigError(f"max_history_length ({history}) exceeds the data's window ({facts.window}): lags "
                               f"{facts.window}..{history - 1} would never see a real state, only the window's "
                               f"first; set --model.init_args.config.max_history_length <= {facts.window} or "
@@ -226,7 +227,7 @@ class GraphCore(L.LightningModule):
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule  # a Python-API fit has no data_facts: refuse a mismatch before any work
         if isinstance(data, ReplayData):
-            self._check_facts(data.data_facts())
+            self._check_facts(data.data_facts(), window=stage == "fit")
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """One-step predictions (B, W, state) for every position of the windows."""

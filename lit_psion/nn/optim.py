@@ -54,6 +54,11 @@ class OptimizerConfig:
         else:
             self.betas = tuple(self.betas)
             problems += [_problem(f"betas[{i}]", beta, _unit, "in [0, 1)") for i, beta in enumerate(self.betas)]
+        if isinstance(self.betas, tuple) and len(self.betas) == 2 and a_rate(self.lr) and _unit(self.betas[0]) \
+                and self.lr / (1 - self.betas[0]) > LARGEST_STEP:  # fmt: skip
+            problems.append(f"optimizer.lr / (1 - betas[0]) is AdamW's first step size, and {self.lr!r} / (1 - "
+                            f"{self.betas[0]!r}) is over {LARGEST_STEP:.3g}, which overflows float32 in the step; "
+                            "lower lr or betas[0]")  # fmt: skip
         if problems := [problem for problem in problems if problem]:
             raise ConfigError("; ".join(problems))
 
@@ -62,6 +67,10 @@ LARGEST_RATE = 1e30
 """The largest learning rate taken: far above any useful one, and far enough below float32's largest (3.4e38) that
 the optimizers' own arithmetic stays finite (AdamW's lr / (1 - beta1), Muon's shape factor): a rate near float32's
 largest overflowed inside the first step (exit 1) where a merely huge one diverges (exit 7)."""
+
+
+LARGEST_STEP = 1e36
+"""The largest first step size (lr / (1 - beta1)) AdamW is given: float32's largest is 3.4e38."""
 
 
 def a_rate(value: Any) -> bool:

@@ -187,6 +187,22 @@ def test_the_wandb_summary_of_a_stopped_run_is_its_final_record(tmp_path: Path, 
     assert data.rfind(b'"' + record["status"].encode() + b'"') > data.rfind(b'"active"')
 
 
+def test_the_wandb_summary_of_a_run_completed_by_a_zero_step_resume_is_its_final_record(tmp_path: Path) -> None:
+    """Killed after its seal, the run is completed by a resume that trains nothing: Lightning skips
+    on_train_start, where W&B joins, so the summary kept the killed fit's `active` and an earlier head."""
+    overlay = ("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.max_steps", "6")  # fmt: skip
+    killed = fit_subprocess(*overlay, "--config", callbacks_config(tmp_path / "kill.json", ("KillAfterSeal", {})))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = fit_subprocess(*overlay, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = tmp_path / read_latest(tmp_path)
+    record = read_json(run / "run.json")
+    assert record["status"] == "completed"
+    data = b"".join(path.read_bytes() for path in run.glob(f"wandb/offline-run-*-{run.name}/run-{run.name}.wandb"))
+    assert record["receipts_head"].encode() in data
+
+
 def test_wandb_settings_w_and_b_would_refuse_or_ignore_are_one_line(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     """A project name W&B refuses was exit 1 at training start; a second WandbLogger silently logged into the first

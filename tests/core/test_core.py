@@ -91,7 +91,7 @@ def test_a_place_that_cannot_be_written_is_a_setting_naming_it(code: int) -> Non
     except ValueError as wrapped:
         found = lit_psion_cause(wrapped)
     assert isinstance(found, ConfigError) and found.exit_code == 2
-    assert str(found).startswith(f"'/ro/cache/tokenizers' cannot be written ({os.strerror(code)}); make it writable")
+    assert str(found).startswith(f"'/ro/cache/tokenizers' cannot be used ({os.strerror(code)}); give this user access")
     assert lit_psion_cause(OSError(code, os.strerror(code))) is None  # no path to name: not ours to explain
 
 
