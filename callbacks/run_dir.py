@@ -214,7 +214,8 @@ class RunDirectory(Callback):
             self._update(trainer, RunStatus.PAUSED)
         else:
             self._update(trainer, RunStatus.FAILED, failure=exception)
-        self._tell_watchers(trainer)
+        if self._trained:  # a fit refused before training opens nothing (no W&B run under the run's id)
+            self._tell_watchers(trainer)
 
     @staticmethod
     def _tell_watchers(trainer: L.Trainer) -> None:
