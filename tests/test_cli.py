@@ -271,8 +271,13 @@ def test_a_setting_a_later_config_file_sets_is_refused_not_dropped(tmp_path: Pat
     assert main(["fit", flag, "3", "--config", TINY, *root]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line == (f"lit_psion: error: {flag} comes before --config {TINY!r}, which sets it too, so the file's "
-                    f"value would be used; give {flag} after the --config files"), line
+                    "value would be used; give it after the --config files"), line
     assert not any(tmp_path.iterdir())
+    callbacks = tmp_path / "callbacks.json"  # a list a later file sets: what += added before it would be lost
+    callbacks.write_text('{"trainer": {"callbacks": [{"class_path": "tests.helpers.LossSpikeEvidence"}]}}')
+    assert main(["fit", "--config", TINY, "--trainer.callbacks+=tests.helpers.KillAfterSeal", "--config",
+                 str(callbacks), *root]) == 2  # fmt: skip
+    assert "--trainer.callbacks+=tests.helpers.KillAfterSeal comes before --config" in capsys.readouterr().err
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("trainer:\n  log_every_n_steps: 2\n")  # sets something else: the order is harmless
     assert main(["fit", "--config", TINY, "--trainer.max_steps", "1", "--config", str(overlay), *root]) == 0

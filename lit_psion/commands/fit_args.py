@@ -80,11 +80,12 @@ def check_config_files(argv: list[str]) -> None:
             what = "is empty" if loaded is None else f"holds a YAML {type(loaded).__name__}"
             raise ConfigError(f"--config {value!r} {what}, not a mapping of settings; give one such as "
                               "configs/decoder_tiny.yaml (trainer:, model:, data:)")  # fmt: skip
-        for flag in (arg.split("=", 1)[0] for arg in argv[:i] if arg.startswith("--") and not arg.startswith(
-                "--config")):  # fmt: skip
+        for given in (arg for arg in argv[:i] if arg.startswith("--") and not arg.startswith("--config")):
+            flag = given.split("=", 1)[0]
+            shown = given if flag.endswith("+") else flag  # --trainer.callbacks+=X: what it adds
             if _sets(loaded, flag.removeprefix("--").removesuffix("+").split(".")):
-                raise ConfigError(f"{flag} comes before --config {value!r}, which sets it too, so the file's value "
-                                  f"would be used; give {flag} after the --config files")  # fmt: skip
+                raise ConfigError(f"{shown} comes before --config {value!r}, which sets it too, so the file's value "
+                                  "would be used; give it after the --config files")  # fmt: skip
 
 
 MOST_CONFIG_NODES = 10_000

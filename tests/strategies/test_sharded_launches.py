@@ -86,7 +86,7 @@ def _two_torchrun_nodes(root: Path, *args: str, per_node: tuple[tuple[str, ...],
                  "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "lit_psion",
                  "fit", "--config", TINY, *engine, "--trainer.accelerator", "cpu",
                  *DATA, "--trainer.default_root_dir", str(root),
-                 "--trainer.callbacks+=tests.strategies.run_ids.RecordRunId", *args, *own],
+                 *args, "--trainer.callbacks+=tests.strategies.run_ids.RecordRunId", *own],  # after a --config
                 env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
             ))  # fmt: skip
     for agent, log in zip(agents, logs, strict=True):
