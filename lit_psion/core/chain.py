@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 from lit_psion.core.digest import canonical_json, sha256_bytes, sha256_json
 from lit_psion.core.errors import EvidenceError, LitPsionError
 from lit_psion.core.files import fsync_path
+from lit_psion.core.layout import RUN_FILE
 from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody, body_problem
 
 SCHEMA_VERSION = 2
@@ -225,6 +226,19 @@ class ReceiptWriteError(LitPsionError):
 
     exit_code = 6
     failure_class = "evidence_flush_failed"
+
+
+def cut_short(log: Path) -> str | None:
+    """How a run's receipt log shows it lost receipts it had: a torn last line, or an end before the head the run's
+    run.json records (None when neither)."""
+    if torn_tail(log):
+        return "ends in a torn line"
+    try:
+        head = json.loads((log.parent / RUN_FILE).read_text(encoding="utf-8")).get("receipts_head")
+        digests = {json.loads(line).get("digest") for line in log.read_text(encoding="utf-8").splitlines()}
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None  # the log's or the record's own verdict says what is wrong with them
+    return "ends before the head run.json records" if isinstance(head, str) and head not in digests else None
 
 
 def torn_tail(path: str | Path) -> bytes:

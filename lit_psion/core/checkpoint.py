@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lit_psion.core.chain import torn_tail
+from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
 from lit_psion.core.files import atomic_write_json
-from lit_psion.core.layout import RUN_FILE, RunLayout, step_of
+from lit_psion.core.layout import RunLayout, step_of
 
 MANIFEST_FILE = "manifest.json"
 CONSOLIDATION_PREFIX = "consolidate-"
@@ -362,7 +362,7 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, though {why}: "
                                   "the run's fit did not write it")  # fmt: skip
         if receipts.chain is not None and (problem := _unanchored(checkpoint, receipts.chain)) is not None:
-            if problem == NOT_IN_CHAIN and (how := _cut_short(receipts.chain)) is not None:  # the log's fault
+            if problem == NOT_IN_CHAIN and (how := cut_short(receipts.chain)) is not None:  # the log's fault
                 raise ChainCutShort(f"{str(receipts.chain)!r} {how}, before the receipt head checkpoint "
                                     f"{checkpoint.path.name} records (the head was durable before the checkpoint "
                                     "was written): the log was cut short; restore it from a backup "
@@ -383,19 +383,6 @@ class ChainCutShort(CheckpointError):
 
     exit_code = EvidenceError.exit_code
     failure_class = EvidenceError.failure_class
-
-
-def _cut_short(chain: Path) -> str | None:
-    """How the log shows it lost receipts it had: a torn last line, or an end before the head run.json records
-    (None when neither: a checkpoint whose head is not in an intact log is the checkpoint's fault)."""
-    if torn_tail(chain):
-        return "ends in a torn line"
-    try:
-        head = json.loads((chain.parent / RUN_FILE).read_text(encoding="utf-8")).get("receipts_head")
-        digests = {json.loads(line).get("digest") for line in chain.read_text(encoding="utf-8").splitlines()}
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return None  # the log's or the record's own verdict says what is wrong with them
-    return "ends before the head run.json records" if isinstance(head, str) and head not in digests else None
 
 
 NOT_IN_CHAIN = "the receipt head its manifest records is not in the run's receipts"
