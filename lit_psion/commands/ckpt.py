@@ -56,7 +56,7 @@ def main(args: list[str]) -> None:
             raise CheckpointError(f"{damaged[0].path.name}, a durable checkpoint the receipts record, does not verify "
                                   f"({damaged[0].reason}); restore it from a backup (a resume would use "
                                   f"{checkpoint.path.name})")  # fmt: skip
-        if (problem := _pointer_problem(layout, checkpoint.path.name)) is not None:
+        if (problem := _pointer_problem(layout, checkpoint.path.name, bool(receipted.recorded))) is not None:
             raise CheckpointError(f"{problem}; a resume would use {checkpoint.path.name} (the next checkpoint "
                                   "writes the pointer again)")  # fmt: skip
         return
@@ -68,13 +68,16 @@ def main(args: list[str]) -> None:
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")
 
 
-def _pointer_problem(layout: RunLayout, used: str) -> str | None:
+def _pointer_problem(layout: RunLayout, used: str, receipted: bool) -> str | None:
     """What is wrong with a run's pointer that does not name ``used``, the checkpoint a resume uses (None when it
-    does, or when there is none: a kill before the first pointer leaves a checkpoint without one)."""
+    does, or when there is none and no durable checkpoint is receipted: a kill before the first pointer leaves a
+    checkpoint without one; the pointer is written before a checkpoint's durable receipt)."""
     try:
         pointer = read_pointer(layout)
     except CheckpointError as error:
         return str(error)
+    if pointer is None and receipted:
+        return f"checkpoint pointer {str(layout.pointer)!r} is missing, though the receipts record a durable checkpoint"
     if pointer is None or pointer.checkpoint == used:
         return None
     return f"checkpoint pointer {str(layout.pointer)!r} names {pointer.checkpoint}, which a resume does not use"

@@ -222,11 +222,14 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             return [Verdict(layout.pointer.name, True, "no checkpoint yet")]
         rejected: list[RejectedCheckpoint] = []
         resumed = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted)
-        ok = pointer is not None and resumed.path.name == pointer.checkpoint
-        if ok:
+        ok = resumed.path.name == pointer.checkpoint if pointer is not None else not receipted.recorded
+        if pointer is None and ok:  # the pointer is written before a checkpoint's durable receipt
+            detail = f"none yet (a kill before the first pointer leaves that); a resume loads {resumed.path.name}"
+        elif ok:
             detail = f"a resume loads {resumed.path.name}"
         elif pointer is None:
-            detail = f"missing; a resume falls back to {resumed.path.name}"
+            detail = ("missing, though the receipts record a durable checkpoint; a resume falls back to "
+                      f"{resumed.path.name}")
         else:
             newer = receipted.newest is not None and pointer.step < receipted.newest
             why = next((r.reason for r in rejected if r.path.name == pointer.checkpoint),

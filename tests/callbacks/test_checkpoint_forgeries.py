@@ -49,6 +49,25 @@ def test_a_kill_between_a_durable_checkpoint_and_its_receipt_resumes_from_that_c
     assert main(["doctor", str(run)]) == 0
 
 
+def test_a_kill_before_the_first_pointer_is_not_damage_to_ckpt_verify_or_doctor(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A deleted pointer was exit 0 to ``ckpt verify`` and exit 4 to ``doctor``. The pointer is written before a
+    checkpoint's durable receipt: missing with none receipted, a kill left it (both say ok); missing after one,
+    it was lost (both exit 4, tested above)."""
+    killed = callbacks_config(tmp_path / "kill.json", ("KillBeforeDurableReceipt", {"step": 3}))
+    assert fit_subprocess("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9",
+                          "--config", killed).returncode == -9  # fmt: skip
+    run = tmp_path / read_latest(tmp_path)
+    (run / "checkpoints" / "pointer.json").unlink()  # the kill one instant earlier, before the pointer's rename
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(run)]) == 0
+    assert main(["doctor", str(run)]) == 0
+    assert "pointer.json: none yet" in capsys.readouterr().out
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9", "--ckpt_path", "last") == 0
+    assert main(["doctor", str(run)]) == 0
+
+
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run killed in step 9 (its receipts reach step 8) whose checkpoints (every 3 steps) up to 6 are receipted."""
@@ -188,7 +207,8 @@ BAD_POINTERS = [
         {**read_json(pointer), "checkpoint": "../../x/step-000009"})), "not a", 4),
     ("naming a step that is not there", lambda pointer: pointer.write_text(json.dumps(
         {**read_json(pointer), "checkpoint": "step-000050", "step": 50})), "names step-000050", 4),
-    ("missing (a kill before the first pointer leaves that)", lambda pointer: pointer.unlink(), "", 0),
+    ("deleted, though the receipts record durable checkpoints", lambda pointer: pointer.unlink(),
+     "is missing, though the receipts record a durable checkpoint", 4),
 ]
 
 

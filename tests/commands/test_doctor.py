@@ -84,7 +84,8 @@ HARMS = [
      "FAIL checkpoints/step-000012: missing: the newest durable checkpoint the receipts record is gone", 4),
     ("the newest checkpoint deleted", lambda run: shutil.rmtree(run.checkpoint(12)),
      "FAIL checkpoints/step-000012: missing", 4),
-    ("a deleted pointer", lambda run: run.pointer.unlink(), "FAIL pointer.json: missing; a resume falls back to", 4),
+    ("a deleted pointer", lambda run: run.pointer.unlink(),
+     "FAIL pointer.json: missing, though the receipts record a durable checkpoint; a resume falls back to", 4),
     ("the pointer moved back to a good older checkpoint", lambda run: move_pointer(run, 6),
      "FAIL pointer.json: names step-000006, which a resume does not use (the receipts record a newer durable "
      "checkpoint, step 12)", 4),
