@@ -52,6 +52,9 @@ class RunDirectory(Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._completed = self._trained = False
+        for logger in trainer.loggers:
+            if isinstance(logger, RunCSVLogger):
+                logger.watch(trainer)
         if stage == "fit" and trainer.world_size > 1:
             self._follow_rank_zero(trainer)
 

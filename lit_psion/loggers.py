@@ -7,13 +7,15 @@ import csv
 import errno
 import io
 import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from lit_psion.core import atomic_write_text
-from lit_psion.core.errors import FULL_STORAGE, StorageFull
+from lit_psion.core.errors import FULL_STORAGE, ConfigError, StorageFull
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -97,10 +99,25 @@ class _ContinuingWriter(ExperimentWriter):
 
 
 class RunCSVLogger(CSVLogger):
-    """A CSVLogger writing ``<save_dir>/<run_id>/metrics.csv`` and appending across resumes."""
+    """A CSVLogger writing ``<save_dir>/<run_id>/metrics.csv`` and appending across resumes.
+
+    Its ``step`` column is the optimizer step a resume drops rows by, so a metric a model or callback logs as
+    ``step`` (Lightning then files the row under that value) is refused; ``watch`` gives it the trainer to see it.
+    """
 
     def __init__(self, save_dir: str | os.PathLike, run_id: str) -> None:
         super().__init__(save_dir=save_dir, name=run_id, version="")
+        self._logged: Callable[[], Mapping] = dict
+
+    def watch(self, trainer: Any) -> None:
+        self._logged = lambda: trainer.logged_metrics
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if "step" in self._logged():
+            raise ConfigError(f"a metric named 'step' was logged ({self._logged()['step']!r}): in {self.log_dir}"
+                              "/metrics.csv it would replace the optimizer step a resume relies on; log it under "
+                              "another name")  # fmt: skip
+        super().log_metrics(metrics, step)
 
     @property
     @rank_zero_experiment

@@ -8,11 +8,16 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
+from lightning.pytorch.callbacks import Callback
 
+from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.errors import StorageFull
+from lit_psion.core.run import read_latest
 from lit_psion.loggers import RunCSVLogger
 from tests.helpers import TINY, subprocess_env
 
@@ -70,3 +75,25 @@ def test_a_full_disk_at_metrics_csv_names_it_and_keeps_whole_rows(tmp_path: Path
     steps = [int(row["step"]) for row in _rows(run_dir / "metrics.csv")]
     assert steps == list(range(len(steps)))
     assert read_json(run_dir / "run.json")["failure_class"] == "storage_full"
+
+
+class LogsAStep(Callback):
+    """A callback logging its own metric named ``step`` (Lightning files the row under its value)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.log("step", 1000.0 + trainer.global_step)
+
+
+def test_a_metric_named_step_is_refused_before_it_files_a_row_under_its_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Lightning took a logged ``step`` as the row's step: metrics.csv's rows said steps 1003.. and a resume, which
+    drops the rows after its checkpoint's step by that column, kept or dropped the wrong ones."""
+    args = ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "6",
+            "--trainer.log_every_n_steps", "1", f"--trainer.callbacks+={__name__}.LogsAStep"]  # fmt: skip
+    assert main(args) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
+    assert "a metric named 'step' was logged" in line and "log it under another name" in line
+    run = tmp_path / read_latest(tmp_path)
+    assert not (run / "metrics.csv").exists(), "refused at the first row it would have misfiled"
+    assert read_json(run / "run.json")["status"] == "failed" and main(["receipts", "verify", str(run)]) == 0
