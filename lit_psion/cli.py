@@ -175,6 +175,11 @@ class LitPsionCLI(LightningCLI):
         everything = LightningCLI.subcommands()
         return {self._asked: everything[self._asked]} if self._asked in everything else everything
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.set_defaults(weights_only=True)  # what every load does (null, as older configs say, reads as true)
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name, callback in CALLBACK_GROUPS.items():
             parser.add_lightning_class_args(callback, name)

@@ -222,6 +222,8 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
     (("--trainer.strategy", "transactional", "--trainer.strategy.policy.grad_norm_max", "big"),
      "trainer.strategy.policy.grad_norm_max: 'big' is not a float or null; give one"),
     (("--trainer.max_steps", "x"), "trainer.max_steps: 'x' is not an int; give one"),
+    (("--trainer.max_steps", "1e3"), "trainer.max_steps: '1000.0' is a float, not an int (an exponent or a decimal "
+     "point makes one); write 1000"),
     # Said "OptimizerConfig refuses the settings given for it: ... (a --config overlay may have set it ...)":
     (("--model.init_args.optimizer.name", "sgd"),
      "model.optimizer.name: 'sgd' is not one of 'adamw', 'muon'; give one of them"),
@@ -239,8 +241,9 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
 
 
 @pytest.mark.parametrize(("args", "says"), VALUES_OF_THE_WRONG_TYPE,
-                         ids=["nested int", "data int", "policy float", "trainer int", "optimizer name", "tokenizer",
-                              "trainer union", "nan", "-inf", "a value read as a flag", "no value"])  # fmt: skip
+                         ids=["nested int", "data int", "policy float", "trainer int", "an int written 1e3",
+                              "optimizer name", "tokenizer", "trainer union", "nan", "-inf", "a value read as a flag",
+                              "no value"])  # fmt: skip
 def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
 ) -> None:

@@ -124,3 +124,18 @@ def test_a_config_with_yaml_anchors_and_merge_keys_is_taken(tmp_path: Path) -> N
                       + str(tmp_path / "runs") + "\n")  # fmt: skip
     assert main(["fit", "--config", TINY, "--config", str(merged)]) == 0
     assert read_json(tmp_path / "runs" / read_latest(tmp_path / "runs") / "run.json")["global_step"] == 1
+
+
+def test_weights_only_reads_true_and_false_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--print_config`` said ``weights_only: null`` and ``--weights_only false`` was silently made true: every
+    load is safetensors or ``torch.load(weights_only=True)``. A recorded config's ``null`` still fits."""
+    assert main(["fit", "--config", TINY, "--print_config"]) == 0
+    assert "\nweights_only: true\n" in capsys.readouterr().out
+    for subcommand in ("fit", "validate"):
+        assert main([subcommand, "--config", TINY, "--weights_only", "false",
+                     "--trainer.default_root_dir", str(tmp_path)]) == 2  # fmt: skip
+        assert "weights_only false: lit_psion loads weights from safetensors" in one_error_line(capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())
+    recorded = tmp_path / "recorded.yaml"
+    recorded.write_text("weights_only: null\n")
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", "--config", str(recorded)) == 0

@@ -164,6 +164,9 @@ def setting_problems(config: Any, subcommand: str | None) -> list[str]:
     if not hasattr(trainer, "get"):
         return [f"trainer must be a mapping of Trainer settings, got {trainer!r}; give trainer: {{max_steps: ...}} "
                 "or leave the key out"]  # fmt: skip
+    if config.get("weights_only") is False:
+        problems.append("weights_only false: lit_psion loads weights from safetensors and everything else with "
+                        "torch.load(weights_only=True), never unpickling code; leave it out")  # fmt: skip
     epochs = trainer.get("max_epochs")
     if isinstance(epochs, int) and (epochs == 0 or epochs < -1):
         problems.append(f"trainer.max_epochs must be >= 1 (or -1: no limit), got {epochs!r}")
@@ -280,6 +283,9 @@ def _wrong_type(where: str, types: str, given: str) -> str:
     if "float" in names and given.lower().lstrip("+-") in ("nan", "inf", "infinity"):
         return f"{where}: {given!r} is not a finite number; give one"
     wanted = " or ".join("null" if name == "NoneType" else name for name in names)
+    if "int" in names and "float" not in names and re.fullmatch(r"[+-]?\d+\.0", given):  # 1e3 reads as 1000.0
+        return (f"{where}: {given!r} is a float, not an int (an exponent or a decimal point makes one); write "
+                f"{given[:-2]}")
     return f"{where}: {given!r} is not {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}; give one"
 
 
