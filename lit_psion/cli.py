@@ -36,11 +36,7 @@ from lit_psion.callbacks import (
     StopAgreement,
     Telemetry,
 )
-from lit_psion.callbacks.checkpoint import (
-    changed_model_settings,
-    changed_on_resume,
-    recorded_model_settings,
-)
+from lit_psion.callbacks.checkpoint import changed_model_settings, changed_on_resume, recorded_model_settings
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
@@ -60,6 +56,7 @@ from lit_psion.commands.fit_args import (
     refuse_lightning_optimizer_groups,
     refuse_shared_state_keys,
     refuse_unusable_ckpt_path,
+    remove_if_empty,
     setting_problems,
 )
 from lit_psion.commands.launch import (
@@ -111,11 +108,7 @@ from lit_psion.core.run import (
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.runs import add_data_facts_link
 from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
-from lit_psion.strategies.engines import (
-    refuse_another_layout,
-    refuse_unrunnable_strategy,
-    settings_follow_the_name,
-)
+from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy, settings_follow_the_name
 
 EXIT_INTERRUPTED = 130
 FITTING: list[RunLayout] = []
@@ -144,6 +137,7 @@ class LitPsionCLI(LightningCLI):
         self.lock: RunLock | None = None
         """One writer per run: held from before a fit reads its run until the fit returns."""
         self._exported_run_id = self._exported_launcher_pid = False
+        self._made_root: list[Path] = []  # taken back if the fit is refused before its run exists
         argv = sys.argv[1:] if args is None else args
         self._asked = argv[0] if isinstance(argv, list) and argv else None
         try:
@@ -164,6 +158,7 @@ class LitPsionCLI(LightningCLI):
             if run and self.lock is not None:
                 _remove_if_unborn(self.lock.directory)
                 self.lock.release()
+            remove_if_empty(self._made_root)
             if self._exported_run_id:
                 os.environ.pop(RUN_ID_ENV, None)
             if self._exported_launcher_pid:
@@ -211,7 +206,7 @@ class LitPsionCLI(LightningCLI):
         expand_home(config)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
         if self.subcommand == "fit" and config.get("ckpt_path") != "last":  # last: checked once a run is found
-            make_root(root)
+            self._made_root = make_root(root)
         run_id, rejected = self._resolve_resume(config, root)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             make_root(root)

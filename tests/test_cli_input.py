@@ -139,3 +139,19 @@ def test_weights_only_reads_true_and_false_is_refused(tmp_path: Path, capsys: py
     recorded = tmp_path / "recorded.yaml"
     recorded.write_text("weights_only: null\n")
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", "--config", str(recorded)) == 0
+
+
+def test_a_fit_refused_before_its_run_exists_takes_back_the_root_it_made(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """A refusal at the model's setup (after the root and the run's locked directory are made) left the root,
+    and every directory above it the fit had made, behind empty."""
+    refused = ("--model.init_args.decoder.vocab_size", "4096")
+    root = tmp_path / "new" / "runs"
+    assert fit("--trainer.default_root_dir", str(root), *refused) == 2
+    assert "is not the data's" in one_error_line(capsys.readouterr().err)
+    assert not any(tmp_path.iterdir()), "nothing the fit made is left"
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)  # a root the user made, holding something of theirs
+    assert fit("--trainer.default_root_dir", str(kept / "runs"), *refused) == 2
+    assert fit("--trainer.default_root_dir", str(kept), *refused) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept", "notes"]

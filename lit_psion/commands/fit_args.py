@@ -401,10 +401,12 @@ def expand_home(config: Any) -> None:
             init_args[key] = expanded(init_args[key])
 
 
-def make_root(root: Path) -> None:
-    """Create the runs root, or refuse in one line a root that cannot hold runs."""
+def make_root(root: Path) -> list[Path]:
+    """Create the runs root, or refuse in one line a root that cannot hold runs. Returns the directories it
+    created, deepest first (``remove_if_empty`` takes them back when the fit is refused before its run exists)."""
     if root.exists() and not root.is_dir():
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} is a file; give a directory for runs")
+    made = [path for path in (root, *root.parents) if not path.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -412,6 +414,16 @@ def make_root(root: Path) -> None:
                           "give a writable directory") from error  # fmt: skip
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
+    return made
+
+
+def remove_if_empty(made: list[Path]) -> None:
+    """Remove the directories ``make_root`` created, deepest first, while they are empty."""
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:  # holds a run (or anything else): kept, and so is every directory above it
+            return
 
 
 CKPT_PATH_HELP = ("'last' (the latest run under --trainer.default_root_dir, from its pointed-to, verified checkpoint) "
