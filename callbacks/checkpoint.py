@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
+import sys
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -318,19 +319,27 @@ def run_settings(config_yaml: str | None) -> dict[str, Any]:
     return {**shared_settings(config_yaml), **data_settings(config_yaml), **steps, **_training_callbacks(trainer)}
 
 
-TRAINING_CALLBACKS = ("GrowthPlanner",)
-"""Callbacks that change the model between steps (growth edits the graph's structure): their settings decide how a
-run trains as much as the model's do."""
+SHAPES_TRAINING = "shapes_training"
+"""A callback class with this attribute true changes the model between steps (growth edits the graph's structure):
+its settings decide how a run trains as much as the model's do, so a resume that changes them is warned about and
+recorded. lit_psion's ``GrowthPlanner`` sets it; a user's callback (or a subclass) may too."""
+
+
+def _shapes_training(class_path: str) -> bool:
+    """Whether the callback class ``class_path`` names shapes training. Only a module already imported is looked
+    in (the fit that lists the class has built it): a path from a recorded config.yaml never imports code."""
+    module, _, name = class_path.rpartition(".")
+    return bool(getattr(getattr(sys.modules.get(module), name, None), SHAPES_TRAINING, False))
 
 
 def _training_callbacks(trainer: Any) -> dict[str, Any]:
-    """The settings of the :data:`TRAINING_CALLBACKS` a trainer section lists, as ``trainer.callbacks.NAME.key``."""
+    """The settings of the training-shaping callbacks a trainer section lists, as ``trainer.callbacks.NAME.key``."""
     listed = trainer.get("callbacks") if isinstance(trainer, dict) else None
     settings: dict[str, Any] = {}
     for entry in listed if isinstance(listed, list) else [listed]:
-        name = str(entry.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(entry, dict) else ""
-        if name in TRAINING_CALLBACKS:
-            settings.update(_leaves(entry.get("init_args") or {}, f"trainer.callbacks.{name}"))
+        class_path = str(entry.get("class_path", "")) if isinstance(entry, dict) else ""
+        if _shapes_training(class_path):
+            settings.update(_leaves(entry.get("init_args") or {}, f"trainer.callbacks.{class_path.rsplit('.', 1)[-1]}"))
     return settings
 
 

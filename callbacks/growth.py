@@ -45,6 +45,7 @@ class GrowthPlanner(EvidenceCallback):
     """
 
     stage: ClassVar[str] = "growth"
+    shapes_training: ClassVar[bool] = True  # its settings are model settings to a resume (callbacks/checkpoint.py)
 
     def __init__(self, every_n_steps: int = 50, until_step: int | None = None,
                  policy: GrowthPolicy | None = None) -> None:  # fmt: skip

@@ -365,6 +365,23 @@ def test_a_resume_that_changes_the_growth_schedule_says_so_and_records_it(tmp_pa
     assert ["trainer.callbacks.GrowthPlanner.every_n_steps", 25, 1] in resumed["changed_settings"]
 
 
+class ScheduledGrowth(GrowthPlanner):
+    """A user's planner: a subclass, under its own name (matching by the name ``GrowthPlanner`` missed it)."""
+
+
+def test_a_subclass_of_the_growth_planner_shapes_training_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    overlay = tmp_path / "growth.yaml"
+    overlay.write_text(f"trainer:\n  callbacks:\n    - class_path: {__name__}.ScheduledGrowth\n      init_args:\n"
+                       "        every_n_steps: 25\n")  # fmt: skip
+    small = ("--data.init_args.n_bodies", "6", "--model.init_args.config.n_nodes", "6", "--data.init_args.n_train",
+             "16", "--data.init_args.window", "8", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
+    assert main(["fit", "--config", PRESET, "--config", str(overlay), *small, "--trainer.max_steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["fit", "--config", PRESET, "--config", str(overlay), *small, "--trainer.max_steps", "5",
+                 "--ckpt_path", "last", "--trainer.callbacks.init_args.every_n_steps", "1"]) == 0  # fmt: skip
+    assert "trainer.callbacks.ScheduledGrowth.every_n_steps: 25 -> 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("callback", "says"), [
     ("lit_psion.callbacks.PromotionGate", "PromotionGate gates an adapter fine-tune against its base; GraphCore has "
      "no base to compare with"),
