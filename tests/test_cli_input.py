@@ -36,6 +36,9 @@ def test_a_setting_a_later_config_file_sets_is_refused_not_dropped(tmp_path: Pat
     assert main(["fit", "--config", TINY, "--trainer.callbacks+=tests.helpers.KillAfterSeal", "--config",
                  str(callbacks), *root]) == 2  # fmt: skip
     assert "--trainer.callbacks+=tests.helpers.KillAfterSeal comes before --config" in capsys.readouterr().err
+    assert main(["fit", "--config", TINY, "--trainer.callbacks.init_args.state", "x", "--config", str(callbacks),
+                 *root]) == 2  # a setting inside the list the later file replaces  # fmt: skip
+    assert "--trainer.callbacks.init_args.state comes before --config" in capsys.readouterr().err
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("trainer:\n  log_every_n_steps: 2\n")  # sets something else: the order is harmless
     assert main(["fit", "--config", TINY, "--trainer.max_steps", "1", "--config", str(overlay), *root]) == 0

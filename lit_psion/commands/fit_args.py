@@ -124,10 +124,11 @@ def _expanded_nodes(root: Any, most: float) -> float:
 
 
 def _sets(config: Any, keys: list[str]) -> bool:
-    """Whether the YAML mapping ``config`` sets the dotted setting ``keys`` (``init_args`` may be left out)."""
+    """Whether the YAML mapping ``config`` sets the dotted setting ``keys`` (``init_args`` may be left out), or a
+    list above it (``trainer.callbacks``: the file's list replaces the one a setting under it went into)."""
     for key in keys:
         if not isinstance(config, dict):
-            return False
+            return isinstance(config, list)
         if key not in config and isinstance(config.get("init_args"), dict):
             config = config["init_args"]  # --model.optimizer.lr is model.init_args.optimizer.lr
         if key not in config:
