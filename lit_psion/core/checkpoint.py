@@ -367,6 +367,12 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
                                     f"{checkpoint.path.name} records (the head was durable before the checkpoint "
                                     "was written): the log was cut short; restore it from a backup "
                                     "(python -m lit_psion receipts verify RUN_DIR)")  # fmt: skip
+            if problem == NOT_IN_CHAIN:  # the log lost what the checkpoint anchors, or the checkpoint is a copy's
+                raise EvidenceError(f"{str(receipts.chain)!r}: truncated: checkpoint {checkpoint.path.name} records "
+                                    f"receipt head {checkpoint.manifest.receipts_head}, which is not in the log (the "
+                                    "head was durable before the checkpoint was written): the log was cut, or the "
+                                    "checkpoint is another copy of the run's; restore the log from a backup, or move "
+                                    "the checkpoint out of the run")  # fmt: skip
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, and "
                                   f"{problem}: the run's fit did not write it")  # fmt: skip
         return checkpoint
