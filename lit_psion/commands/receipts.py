@@ -12,11 +12,13 @@ from lit_psion.core.chain import parse_receipt, verify_log
 from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError
-from lit_psion.core.layout import RECEIPTS_FILE, not_a_run
+from lit_psion.core.layout import RECEIPTS_FILE, linked, not_a_run
 
 
 def run_layout(run_dir: Path) -> RunLayout:
-    """The layout of ``run_dir``, refused in one line when it is not a run directory."""
+    """The layout of ``run_dir``, refused in one line when it is not a run directory (or is a link to one)."""
+    if Path(run_dir).is_symlink():
+        raise ConfigError(linked(Path(run_dir), "a run", fix="give the run directory itself"))
     layout = RunLayout.of(run_dir)
     if not layout.is_run() and (layout.receipts.is_file() or layout.checkpoints.is_dir()):
         what = "is not a file" if layout.run_file.exists() or layout.run_file.is_symlink() else "is missing"

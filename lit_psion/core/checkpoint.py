@@ -26,7 +26,7 @@ from typing import Any
 from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
 from lit_psion.core.files import atomic_write_json
-from lit_psion.core.layout import RunLayout, step_of
+from lit_psion.core.layout import RunLayout, linked, step_of
 
 MANIFEST_FILE = "manifest.json"
 CONSOLIDATION_PREFIX = "consolidate-"
@@ -447,6 +447,9 @@ def resolve_checkpoint(
     """
     layout = layout if isinstance(layout, RunLayout) else RunLayout.of(layout)
     receipted = receipted or CheckpointReceipts()
+    if layout.run_dir.is_symlink():  # (LIT_PSION_RUN_ID's run; latest_run.json's is refused as it is read)
+        raise CheckpointError(linked(layout.run_dir, "a run"))
+    layout.checkpoint_dirs()  # refuses a checkpoints/ that is a symlink, before the pointer in it is read
     try:
         pointer = read_pointer(layout)
     except CheckpointError as error:

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError
 
 LATEST_FILE = "latest_run.json"
 RUN_FILE = "run.json"
@@ -139,7 +139,13 @@ class RunLayout:
         return self.checkpoints / step_name(step)
 
     def checkpoint_dirs(self) -> list[Path]:
-        """The run's checkpoint directories, oldest step first (staging directories excluded)."""
+        """The run's checkpoint directories, oldest step first (staging directories excluded).
+
+        Raises:
+            CheckpointError: ``checkpoints/`` is a symlink (what it holds could be anywhere; exit 4).
+        """
+        if self.checkpoints.is_symlink():
+            raise CheckpointError(linked(self.checkpoints, "a run's checkpoints directory"))
         if not self.checkpoints.is_dir():
             return []
         found = [(step_of(p.name), p) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink()]
@@ -155,6 +161,13 @@ class RunLayout:
 
     def is_run(self) -> bool:
         return self.run_file.is_file()
+
+
+def linked(path: Path, what: str, fix: str = "move the directory it points to into its place") -> str:
+    """The line for a directory that is a symlink where lit_psion reads and writes a real one (SPEC §6: what a run
+    names stays inside its root)."""
+    return (f"{str(path)!r} is a symlink (to {str(path.resolve())!r}); {what} is a real directory inside the runs "
+            f"root, never followed out of it: {fix}")
 
 
 def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:

@@ -15,7 +15,7 @@ from lit_psion.core.checkpoint import CheckpointManifest, RejectedCheckpoint
 from lit_psion.core.contracts import STAGES, Staged
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.files import atomic_write_json, read_json
-from lit_psion.core.layout import LATEST_FILE, RunLayout
+from lit_psion.core.layout import LATEST_FILE, RunLayout, linked
 
 
 class RunStatus(enum.StrEnum):
@@ -158,6 +158,8 @@ def read_latest(root: str | Path) -> str | None:
     if not isinstance(run_id, str) or not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
         raise CheckpointError(f"{str(path)!r} names run {run_id!r}, which is not a run directory inside "
                               f"{str(root)!r}; delete it and give --ckpt_path a checkpoint directory")  # fmt: skip
+    if (run_dir := RunLayout(Path(root), run_id).run_dir).is_symlink():  # a resume would write where it points
+        raise CheckpointError(linked(run_dir, "a run"))
     return run_id
 
 

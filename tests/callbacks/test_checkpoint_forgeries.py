@@ -374,3 +374,26 @@ def test_a_receipt_log_cut_short_is_named_as_the_fault_not_the_checkpoints(kille
     assert said in err.strip().splitlines()[-1], err
     assert "the run's fit did not write it" not in err
     assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file() and path.name != ".lock"} == before
+
+
+@pytest.mark.parametrize("linked", ["the run directory", "checkpoints/"])
+def test_a_run_or_checkpoints_directory_that_is_a_symlink_out_of_the_root_is_refused(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, linked: str
+) -> None:
+    """SPEC §6: what a run names stays inside its root. A run directory (or its checkpoints/) linked to a directory
+    elsewhere was followed: the verifiers said ok (or "foreign ... rename it back") and a resume wrote its next
+    checkpoint outside the root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    shutil.copytree(run_dir, root / run_dir.name)
+    write_latest(root, run_dir.name)
+    link = root / run_dir.name if linked == "the run directory" else root / run_dir.name / "checkpoints"
+    link.rename(outside)
+    link.symlink_to(outside)
+    before = sorted(str(path.relative_to(outside)) for path in outside.rglob("*"))
+    capsys.readouterr()
+    for command in (["receipts", "verify"], ["ckpt", "verify"], ["doctor"]):
+        assert main([*command, str(root / run_dir.name)]) == (2 if linked == "the run directory" else 4), command
+        assert f"{str(link)!r} is a symlink (to {str(outside)!r})" in capsys.readouterr().err
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 4
+    assert f"{str(link)!r} is a symlink" in capsys.readouterr().err
+    assert sorted(str(path.relative_to(outside)) for path in outside.rglob("*")) == before, "nothing written there"
