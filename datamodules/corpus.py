@@ -419,8 +419,9 @@ class CorpusDataModule(ReplayDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`ReplayDataModule.load_state_dict`, except that ``validate``, ``test`` and ``predict`` may read
-        a checkpoint on other text (none of the sources it trained on) tokenized with the run's tokenizer; the
-        eval receipt records that data's manifest.
+        a checkpoint on other text (none of the sources it trained on, by content or by path: a file it trained on
+        and edited since still holds text it trained on) tokenized with the run's tokenizer; the eval receipt
+        records that data's manifest.
 
         Raises:
             DataManifestMismatch: A fit on other data or settings; an evaluation on text the run trained on under
@@ -432,6 +433,8 @@ class CorpusDataModule(ReplayDataModule):
         trained, current = DataManifest.from_json_dict(saved), self.prepare()
         if {source.sha256 for source in trained.sources} & {source.sha256 for source in current.sources}:
             return super().load_state_dict(state_dict)
+        if {source.path for source in trained.sources} & {source.path for source in current.sources}:
+            return super().load_state_dict(state_dict)  # a file it trained on, edited since: its text overlaps
         if trained.tokenizer_digest != current.tokenizer_digest:
             ckpt = RunLayout.of(Path(self.trainer.ckpt_path or ".").parent.parent).tokenizer
             raise DataManifestMismatch(f"refusing to evaluate the checkpoint on other text with another tokenizer "

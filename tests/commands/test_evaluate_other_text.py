@@ -79,3 +79,22 @@ def test_a_checkpoint_is_evaluated_on_other_text_only_with_its_tokenizer_and_nev
         (line,) = [line for line in err.splitlines() if line.startswith("lit_psion: error:")]
         assert says in line, line
     assert sorted((path.name, path.read_bytes()) for path in run.iterdir() if path.is_file()) == before
+
+
+def test_a_file_the_run_trained_on_edited_since_is_not_other_text(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Its last paragraphs cut, the file the run trained on (same path, new digest) passed as "other text": a tail
+    split then held out paragraphs the run had trained on, and validate reported their loss without a word."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "3", "--data.files", str(corpus),
+               "--data.test_fraction", "0.2", "--data.split", "tail") == 0  # fmt: skip
+    paragraphs = TEXT.split("\n\n")
+    corpus.write_text("\n\n".join(paragraphs[: int(len(paragraphs) * 0.8)]))
+    for subcommand in ("validate", "test", "predict"):
+        capsys.readouterr()
+        assert main([subcommand, "--config", TINY, "--data.files", str(corpus), "--data.test_fraction", "0.2",
+                     "--data.split", "tail", "--trainer.default_root_dir", str(root), "--ckpt_path", "last"]) == 3
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: error:")]
+        assert "changed since it was written" in line and str(corpus) in line, line
