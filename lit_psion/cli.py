@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -69,13 +68,15 @@ from lit_psion.commands.launch import (
     tell_the_launcher,
 )
 from lit_psion.commands.records import (
+    refuse_a_file_named,
     refuse_another_family,
     refuse_nothing_to_train,
     refuse_without_its_records,
+    remove_if_unborn,
     what_remains,
 )
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.audit import receipted_checkpoints
+from lit_psion.core.audit import receipted_checkpoints, refuse_foreign
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
@@ -93,7 +94,7 @@ from lit_psion.core.errors import (
     MembershipChanged,
     raised_at,
 )
-from lit_psion.core.lock import LOCK_FILE, RunLock
+from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import change_since
 from lit_psion.core.membership import NODE_MARKERS_ENV, STOPPING
 from lit_psion.core.run import (
@@ -156,7 +157,7 @@ class LitPsionCLI(LightningCLI):
             )
         finally:
             if run and self.lock is not None:
-                _remove_if_unborn(self.lock.directory)
+                remove_if_unborn(self.lock.directory)
                 self.lock.release()
             remove_if_empty(self._made_root)
             if self._exported_run_id:
@@ -266,12 +267,14 @@ class LitPsionCLI(LightningCLI):
         return run_id, tuple(rejected)
 
     def _resume_named(self, config: Namespace, layout: RunLayout) -> tuple[str | None, tuple[RejectedCheckpoint, ...]]:
-        """Resume the run ``LIT_PSION_RUN_ID`` names if it has a durable checkpoint (else it starts as new)."""
-        if not layout.pointer.is_file() and not layout.checkpoint_dirs():
+        """Resume the run ``LIT_PSION_RUN_ID`` names if it has a checkpoint (else it starts as new, unless its receipts
+        record a checkpoint, now gone, or its seal: then it is refused as ``--ckpt_path last`` refuses it)."""
+        refuse_a_file_named(layout)
+        receipted, rejected = receipted_checkpoints(layout), []
+        if not (layout.pointer.is_file() or layout.checkpoint_dirs() or receipted.recorded or receipted.sealed):
             return None, ()
-        rejected: list[RejectedCheckpoint] = []
         self._lock(layout)
-        self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
+        self.verified = resolve_checkpoint(layout, rejected, receipted=receipted)
         refuse_without_its_records(layout, self.verified)
         max_steps = config.trainer.get("max_steps")
         if isinstance(max_steps, int) and 0 < max_steps <= self.verified.step and layout.is_run() and (
@@ -355,7 +358,11 @@ class LitPsionCLI(LightningCLI):
 def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     """A checkpoint given by path, if it matches the durable checkpoint receipt of the run it sits in (if any)."""
     layout = RunLayout.of(checkpoint.path.resolve().parent.parent)
-    if not layout.is_run() or layout.run_id != checkpoint.manifest.run_id:
+    if not layout.is_run():
+        return checkpoint
+    if checkpoint.path.resolve().parent == layout.checkpoints.resolve():  # (a consolidated copy sits elsewhere)
+        refuse_foreign(checkpoint, layout)
+    if layout.run_id != checkpoint.manifest.run_id:
         return checkpoint
     receipted = receipted_checkpoints(layout)
     if (source := checkpoint.manifest.consolidated_from) is not None:  # a copy gathered from a sharded checkpoint
@@ -389,12 +396,6 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
                               f"{recorded[:16]}..., but this config builds {signature[:16]}...{changed}; evaluate it "
                               "with the run's own model settings")  # fmt: skip
-
-
-def _remove_if_unborn(run_dir: Path) -> None:
-    """A new run refused before its run.json was written leaves no directory behind (only its lock was there)."""
-    if run_dir.is_dir() and not RunLayout.of(run_dir).is_run() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _as_list(value: Any) -> list[Any]:

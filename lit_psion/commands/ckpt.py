@@ -13,15 +13,18 @@ from pathlib import Path
 
 from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
-from lit_psion.core.audit import receipted_checkpoints, verify_in_its_run
+from lit_psion.commands.records import refuse_without_its_records
+from lit_psion.core.audit import check_chain, receipted_checkpoints, verify_in_its_run
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
+    VerifiedCheckpoint,
     read_pointer,
     resolve_checkpoint,
 )
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.layout import RunLayout, refuse_output_in_a_run, step_of
+from lit_psion.core.run import RunRecord
 
 
 def main(args: list[str]) -> None:
@@ -48,6 +51,7 @@ def main(args: list[str]) -> None:
     for skipped in rejected:
         print(f"lit_psion: warning: skipped {skipped.path.name}: {skipped.reason}", file=sys.stderr)
     if parsed.action == "verify":
+        _as_a_resume_would(layout, checkpoint, rejected)
         kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
         print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
         # A skipped checkpoint the receipts record as durable was damaged or replaced after it was written (one a
@@ -66,6 +70,21 @@ def main(args: list[str]) -> None:
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
     print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")
+
+
+def _as_a_resume_would(layout: RunLayout, checkpoint: VerifiedCheckpoint, rejected: list[RejectedCheckpoint]) -> None:
+    """What ``--ckpt_path last`` checks of the run besides the checkpoint, before it continues: its records (run.json,
+    config, data manifest, metrics) and the whole receipt chain against every anchor (said "ok ... what
+    --ckpt_path last loads" over a run a resume refuses: a deleted log, a malformed run.json, a rewritten chain).
+
+    Raises:
+        EvidenceError: the chain or a record does not verify (exit 5; a record a resume would overwrite: its own).
+    """
+    refuse_without_its_records(layout, checkpoint)
+    if layout.receipts.is_file():
+        check_chain(layout, RunRecord.load(layout), before_torn_tail=True,
+                    known_heads={checkpoint.path.name: checkpoint.manifest.receipts_head},
+                    untrusted={skipped.path.name for skipped in rejected})  # fmt: skip
 
 
 def _pointer_problem(layout: RunLayout, used: str, receipted: bool) -> str | None:

@@ -21,6 +21,7 @@ from lit_psion.commands.records import metrics_problem
 from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import Verdict, audit_run
 from lit_psion.core.errors import DataError, EvidenceError, LitPsionError, LockedError
+from lit_psion.core.files import read_plain
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.manifest import DataManifest
 
@@ -81,11 +82,13 @@ def _token_cache(layout: RunLayout) -> list[Verdict]:
 def _relative(verdict: Verdict, cache_dir: str | None) -> Verdict:
     """A cache the run's config names by a relative path is where the fit's working directory put it, which
     this process cannot know: say which directory the verdict was reached in."""
+    named = "the run's data.cache_dir"
+    if cache_dir is None and (cache_dir := os.environ.get("LIT_PSION_CACHE")):  # what the run's cache defaults to
+        named = "LIT_PSION_CACHE"
     if cache_dir is None or Path(cache_dir).expanduser().is_absolute():
         return verdict
-    return dataclasses.replace(verdict, detail=f"{verdict.detail}; the run's data.cache_dir {cache_dir!r} is "
-                               f"relative, looked up from {os.getcwd()!r}: run doctor from the directory the fit "
-                               "ran in")  # fmt: skip
+    return dataclasses.replace(verdict, detail=f"{verdict.detail}; {named} {cache_dir!r} is relative, looked up "
+                               f"from {os.getcwd()!r}: run doctor from the directory the fit ran in")  # fmt: skip
 
 
 def _configured_cache_dir(layout: RunLayout) -> str | None:
@@ -93,7 +96,7 @@ def _configured_cache_dir(layout: RunLayout) -> str | None:
     import yaml
 
     try:
-        value = yaml.safe_load(layout.config.read_text(encoding="utf-8"))["data"]["init_args"]["cache_dir"]
+        value = yaml.safe_load(read_plain(layout.config))["data"]["init_args"]["cache_dir"]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, KeyError, TypeError):
         return None
     return value if isinstance(value, str) and value else None

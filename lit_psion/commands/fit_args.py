@@ -415,7 +415,18 @@ def make_root(root: Path) -> list[Path]:
                           "give a writable directory") from error  # fmt: skip
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
+    longest = len(os.fsencode(os.path.abspath(root))) + RUN_PATH_ROOM
+    if longest > (most := os.pathconf(root, "PC_PATH_MAX")):  # found only at the first checkpoint, as a disk fault
+        remove_if_empty(made)
+        raise ConfigError(f"trainer.default_root_dir is {longest - RUN_PATH_ROOM} bytes long, and a run's files lie "
+                          f"up to {RUN_PATH_ROOM} bytes deeper, past this system's {most}-byte path limit; give a "
+                          "shorter path")  # fmt: skip
     return made
+
+
+RUN_PATH_ROOM = 160
+"""Bytes a run's deepest file adds to its root's path (``/<run id>/checkpoints/.step-NNNNNN.tmp-XXXXXXXX/...``),
+with room to spare."""
 
 
 def remove_if_empty(made: list[Path]) -> None:

@@ -26,6 +26,7 @@ def run_layout(run_dir: Path) -> RunLayout:
                             f"({str(layout.run_file)!r} {what}); restore it from a backup")  # fmt: skip
     if not layout.is_run():
         raise ConfigError(not_a_run(run_dir))
+    layout.refuse_special_files()
     return layout
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+from pathlib import Path
 from typing import Any
 
 from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.lock import LOCK_FILE
+from lit_psion.core.run import RUN_ID_ENV
 
 
 def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) -> None:
@@ -126,3 +130,16 @@ def what_remains(layout: RunLayout) -> str:
         return (f"; run {layout.run_id} has no durable checkpoint yet, so there is nothing to continue: start again "
                 "without --ckpt_path")  # fmt: skip
     return f"; continue run {layout.run_id} from its latest durable checkpoint with --ckpt_path last"
+
+
+def remove_if_unborn(run_dir: Path) -> None:
+    """A new run refused before its run.json was written leaves no directory behind (only its lock was there)."""
+    if run_dir.is_dir() and not RunLayout.of(run_dir).is_run() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def refuse_a_file_named(layout: RunLayout) -> None:
+    """``LIT_PSION_RUN_ID`` naming a file in the runs root (a run directory cannot be made there)."""
+    if layout.run_dir.exists() and not layout.run_dir.is_dir():
+        raise ConfigError(f"{RUN_ID_ENV}={layout.run_id!r} names {str(layout.run_dir)!r}, which is a file, not a run "
+                          "directory; give the id of a run (or of a new one), or unset it")  # fmt: skip

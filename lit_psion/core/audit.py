@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Collection
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from lit_psion.core.checkpoint import (
 )
 from lit_psion.core.digest import sha256_file, sha256_json
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
-from lit_psion.core.files import read_json
+from lit_psion.core.files import read_json, read_plain
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.run import RunRecord, RunStatus
@@ -120,7 +121,7 @@ def check_chain(
 def _recorded_head(checkpoint: Path, layout: RunLayout) -> str | None:
     """The head a checkpoint of this run recorded (a checkpoint copied in from another run anchors nothing)."""
     try:
-        manifest = json.loads((checkpoint / MANIFEST_FILE).read_bytes())
+        manifest = json.loads(read_plain(checkpoint / MANIFEST_FILE))
         return manifest.get("receipts_head") if manifest.get("run_id") == layout.run_id else None
     except (OSError, ValueError, AttributeError, RecursionError):
         return None  # an unreadable manifest is the checkpoint's own verdict
@@ -131,7 +132,12 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
     recorded: dict[int, tuple[str | None, str | None]] = {}
     sealed = False
     if not layout.receipts.is_file():
-        return CheckpointReceipts()
+        try:  # a run that wrote receipts (its run.json records a head) and has lost its log can vouch for nothing
+            head = read_json(layout.run_file).get("receipts_head") if layout.is_run() else None
+        except (OSError, ValueError, AttributeError, RecursionError):
+            head = None  # run.json's own verdict
+        lost = f"{layout.receipts.name} is missing (run.json records head {head})" if isinstance(head, str) else None
+        return CheckpointReceipts(broken=lost)
     torn = len(torn_tail(layout.receipts))
     checked = verify_log(layout.receipts, run_id=layout.run_id, upto=layout.receipts.stat().st_size - torn if torn
                          else None)  # fmt: skip
@@ -157,13 +163,22 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
         CheckpointError: a file differs from the manifest, another run wrote it, or it was replaced (exit 4).
     """
     checkpoint = verify_checkpoint(path)
+    path = Path(os.path.abspath(path))  # `.` or `step-000006` given from inside the run: still held to the run
     layout = RunLayout.of(path.parent.parent)
     if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
-        if checkpoint.manifest.run_id != layout.run_id:
-            raise CheckpointError(f"checkpoint {str(path)!r} was written by run {checkpoint.manifest.run_id!r}, not by "
-                                  f"run {layout.run_id!r} it sits in")  # fmt: skip
+        layout.refuse_special_files()
+        refuse_foreign(checkpoint, layout)
         as_receipted(checkpoint, receipted_checkpoints(layout))
     return checkpoint
+
+
+def refuse_foreign(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> None:
+    """Refuse a checkpoint in the run ``layout``'s ``checkpoints/`` that another run id wrote (exit 4)."""
+    if checkpoint.manifest.run_id != layout.run_id:
+        raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was written by run {checkpoint.manifest.run_id!r}, "
+                              f"not by run {layout.run_id!r} it sits in: it was copied in from another run, or this "
+                              f"run's directory was renamed (if so, rename it back to "
+                              f"{checkpoint.manifest.run_id!r})")  # fmt: skip
 
 
 def changed_records(layout: RunLayout) -> list[Verdict]:

@@ -373,7 +373,8 @@ def _check_line(
     if digest != receipt.digest:
         return "edited", f"content does not match its digest {receipt.digest}"
     if run_id is not None and receipt.run_id != run_id:
-        return "foreign", f"run_id {receipt.run_id!r} in a log of run {run_id!r}"
+        return "foreign", (f"run_id {receipt.run_id!r} in a log of run {run_id!r} (copied in from another run; or the "
+                           f"run directory was renamed: if so, rename it back to {receipt.run_id!r})")
     if head is None:  # the first receipt: it must chain from its own run's genesis
         head = genesis(receipt.run_id)
         if receipt.seq == 0 and receipt.prev_digest != head:

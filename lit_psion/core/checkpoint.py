@@ -25,7 +25,7 @@ from typing import Any
 
 from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
-from lit_psion.core.files import atomic_write_json
+from lit_psion.core.files import atomic_write_json, read_plain
 from lit_psion.core.layout import RunLayout, linked, step_of
 
 MANIFEST_FILE = "manifest.json"
@@ -280,7 +280,7 @@ def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_bytes())
+        record = json.loads(read_plain(path))
         pointer = CheckpointPointer(step=int(record["step"]), checkpoint=str(record["checkpoint"]),
                                     manifest_sha256=str(record["manifest_sha256"]))  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
@@ -316,7 +316,9 @@ def _belonging(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> VerifiedChe
     """``checkpoint``, if its manifest says it was written by the run it is found in."""
     if checkpoint.manifest.run_id != layout.run_id:
         raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was written by run {checkpoint.manifest.run_id!r}, "
-                              f"not by run {layout.run_id!r} it sits in; it was copied in and is not resumed from")
+                              f"not by run {layout.run_id!r} it sits in, so it is not resumed from (it was copied in; "
+                              f"or the run directory was renamed: if so, rename it back to "
+                              f"{checkpoint.manifest.run_id!r})")  # fmt: skip
     return checkpoint
 
 
@@ -450,6 +452,7 @@ def resolve_checkpoint(
     if layout.run_dir.is_symlink():  # (LIT_PSION_RUN_ID's run; latest_run.json's is refused as it is read)
         raise CheckpointError(linked(layout.run_dir, "a run"))
     layout.checkpoint_dirs()  # refuses a checkpoints/ that is a symlink, before the pointer in it is read
+    layout.refuse_special_files()
     try:
         pointer = read_pointer(layout)
     except CheckpointError as error:

@@ -5,8 +5,10 @@ A reader never sees a half-written file: it sees the old content or the new cont
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,21 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return json.loads(read_plain(path).decode("utf-8"))
+
+
+def read_plain(path: str | Path) -> bytes:
+    """The bytes of the regular file ``path``. A FIFO, socket or device put in a file's place is an OSError at
+    once (opened without blocking, so no reader hangs on a FIFO no one writes); a directory is IsADirectoryError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", str(path))
+        return handle.read()
 
 
 def fsync_path(path: str | Path) -> None:

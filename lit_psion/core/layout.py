@@ -8,10 +8,11 @@ in a config (the runs root); the run directory is ``root / run_id``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 
 LATEST_FILE = "latest_run.json"
 RUN_FILE = "run.json"
@@ -150,6 +151,27 @@ class RunLayout:
             return []
         found = [(step_of(p.name), p) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink()]
         return [path for step, path in sorted((s, p) for s, p in found if s is not None)]
+
+    def refuse_special_files(self) -> None:
+        """Refuse a FIFO, socket or device in the run where a file belongs (reading it would block, or never end):
+        in the run directory, ``checkpoints/`` and each checkpoint directory.
+
+        Raises:
+            CheckpointError: one in ``checkpoints/`` (exit 4).
+            EvidenceError: one elsewhere in the run (exit 5).
+        """
+        places = [self.run_dir, self.checkpoints]
+        if self.checkpoints.is_dir() and not self.checkpoints.is_symlink():
+            places += [path for path in self.checkpoints.iterdir() if path.is_dir() and not path.is_symlink()]
+        for place in places:
+            if not place.is_dir() or place.is_symlink():
+                continue
+            for entry in os.scandir(place):
+                plain = entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
+                if not (plain or entry.is_symlink()):  # (links have their own refusals, each where it is read)
+                    error = CheckpointError if place != self.run_dir else EvidenceError
+                    raise error(f"{entry.path!r} is not a regular file (a FIFO, socket or device): a run holds only "
+                                "files and directories; put the file back in its place (restore it from a backup)")
 
     def relative(self, path: str | Path) -> str:
         """``path`` relative to the run directory (digested records never hold absolute paths)."""

@@ -47,6 +47,8 @@ class LockHolder:
     """What it is doing (``session run s1``, ``fit``), for the message a second writer gets."""
 
     def describe(self) -> str:
+        if self.pid == 0:  # lock_holder's stand-in for a holder that has not written its record yet
+            return "another process (it has not recorded itself yet)"
         doing = f" ({self.purpose})" if self.purpose else ""
         return f"pid {self.pid} on {self.host} since {self.since}{doing}"
 
