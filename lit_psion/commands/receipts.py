@@ -13,6 +13,7 @@ from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE, linked, not_a_run
+from lit_psion.core.run import RUN_ID_ENV
 
 
 def run_layout(run_dir: Path) -> RunLayout:
@@ -20,6 +21,12 @@ def run_layout(run_dir: Path) -> RunLayout:
     if Path(run_dir).is_symlink():
         raise ConfigError(linked(Path(run_dir), "a run", fix="give the run directory itself"))
     layout = RunLayout.of(run_dir)
+    if not layout.is_run() and layout.receipts.is_file() and not layout.checkpoints.exists() and not (
+            layout.run_file.exists() or layout.run_file.is_symlink()):  # fmt: skip
+        raise EvidenceError(f"run {layout.run_id!r} was stopped as it started (its first receipts are written, its "
+                            f"{layout.run_file.name} and any checkpoint are not): nothing of it needs keeping; delete "
+                            f"{str(layout.run_dir)!r}, or start it again in place with "
+                            f"{RUN_ID_ENV}={layout.run_id} and the same fit command")  # fmt: skip
     if not layout.is_run() and (layout.receipts.is_file() or layout.checkpoints.is_dir()):
         what = "is not a file" if layout.run_file.exists() or layout.run_file.is_symlink() else "is missing"
         raise EvidenceError(f"run {layout.run_id!r} has receipts or checkpoints but no {layout.run_file.name} "

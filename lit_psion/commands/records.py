@@ -16,6 +16,7 @@ from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.files import read_plain
 from lit_psion.core.lock import LOCK_FILE
 from lit_psion.core.run import RUN_ID_ENV
 
@@ -78,7 +79,7 @@ def recorded_model_class(layout: RunLayout) -> str | None:
     import yaml
 
     try:
-        return str(yaml.safe_load(layout.config.read_text(encoding="utf-8"))["model"]["class_path"])
+        return str(yaml.safe_load(read_plain(layout.config))["model"]["class_path"])
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return None
 

@@ -184,23 +184,26 @@ def refuse_foreign(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> None:
 def changed_records(layout: RunLayout) -> list[Verdict]:
     """The run's description files (config.yaml, the data manifest, the tokenizer) that no longer match what run.json
     records; a config.yaml an attempt of the run trained with (named by a ``training_run`` receipt) is not changed."""
+    configs = _receipted_digests(layout, "config_digest")
     return [verdict for verdict in audit_files(layout, RunRecord.load(layout)) if not verdict.ok
-            and not (verdict.artifact == layout.config.name and _receipted_config(layout))]  # fmt: skip
+            and not (verdict.artifact == layout.config.name and layout.config.is_file()
+                     and sha256_file(layout.config) in configs)]  # fmt: skip
 
 
-def _receipted_config(layout: RunLayout) -> bool:
-    """Whether config.yaml is one an attempt of the run trained with (its digest in a training_run receipt)."""
-    if not layout.receipts.is_file() or not layout.config.is_file():
-        return False
-    digest = sha256_file(layout.config)
+def _receipted_digests(layout: RunLayout, field: str) -> set[str]:
+    """The ``config_digest`` (or ``data_manifest_digest``) values the run's ``training_run`` receipts record: the
+    configs its attempts trained with."""
+    if not layout.receipts.is_file():
+        return set()
+    digests = set()
     for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             receipt = parse_receipt(line)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             continue
-        if receipt.kind == "training_run" and receipt.body.get("config_digest") == digest:
-            return True
-    return False
+        if receipt.kind == "training_run" and isinstance(receipt.body.get(field), str):
+            digests.add(receipt.body[field])
+    return digests
 
 
 def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
@@ -266,10 +269,12 @@ def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
             verdicts.append(Verdict(path.name, False, f"missing: run.json records its digest ({digest[:16]}...); "
                                     "restore it from a backup", DataError.exit_code))  # fmt: skip
     if record.config_digest is not None and layout.config.is_file():
-        actual = sha256_file(layout.config)
+        actual, receipted = sha256_file(layout.config), _receipted_digests(layout, "config_digest")
         ok = actual == record.config_digest
-        verdicts.append(Verdict(layout.config.name, ok, f"config digest {'matches' if ok else 'differs from'} "
-                                f"run.json's ({actual})", 0 if ok else DataError.exit_code))  # fmt: skip
+        detail = f"config digest {'matches' if ok else 'differs from'} run.json's ({actual})"
+        if ok and receipted and actual not in receipted:  # run.json rewritten to match an edited config.yaml
+            ok, detail = False, f"{detail}, but no training_run receipt records it: the run never trained with it"
+        verdicts.append(Verdict(layout.config.name, ok, detail, 0 if ok else DataError.exit_code))
     if record.data_manifest_digest is None or not layout.data_manifest.is_file():
         return verdicts
     name = layout.data_manifest.name
@@ -285,8 +290,10 @@ def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
         return [*verdicts, Verdict(name, False, f"unreadable: {type(error).__name__}: {error}", DataError.exit_code)]
     ok = digest == record.data_manifest_digest == payload.get("digest")
-    verdicts.append(Verdict(name, ok, f"data manifest content digest {'matches' if ok else 'differs from'} run.json's "
-                            f"and its own ({digest})", 0 if ok else DataError.exit_code))  # fmt: skip
+    detail = f"data manifest content digest {'matches' if ok else 'differs from'} run.json's and its own ({digest})"
+    if ok and (receipted := _receipted_digests(layout, "data_manifest_digest")) and digest not in receipted:
+        ok, detail = False, f"{detail}, but no training_run receipt records it: the run never trained on it"
+    verdicts.append(Verdict(name, ok, detail, 0 if ok else DataError.exit_code))
     if manifest is not None and manifest.tokenizer_digest is not None and not layout.tokenizer.is_file():
         verdicts.append(Verdict(layout.tokenizer.name, False, "missing: the data manifest records its digest "
                                 f"({manifest.tokenizer_digest[:16]}...); restore it from a backup",

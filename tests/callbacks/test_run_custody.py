@@ -1,0 +1,212 @@
+"""A run as files someone else may have touched: a FIFO in a file's place, a checkpoint replaced while its receipt
+log is gone, paths given from inside the run, a renamed or half-copied run, a config.yaml swapped under a
+rewritten run.json. Each is refused in one line, never hung on, never trusted (found by the threat and relocation
+walkthroughs)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core import atomic_write_json, read_json
+from lit_psion.core.run import read_latest
+from tests.helpers import TINY, fit
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A completed 6-step run (checkpoints at 3 and 6) in a root of its own, copied by each test."""
+    root = tmp_path_factory.mktemp("custody")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6",
+               "--checkpoint.every_n_train_steps", "3") == 0  # fmt: skip
+    return root
+
+
+def _copy(made: Path, tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "root"
+    shutil.copytree(made, root)
+    return root, root / read_latest(root)
+
+
+def _replace_weights(run: Path) -> Path:
+    """step-000006 given step-000003's weights under a manifest rewritten to match (a consistent replacement)."""
+    step = run / "checkpoints" / "step-000006"
+    shutil.copy(run / "checkpoints" / "step-000003" / "model.safetensors", step / "model.safetensors")
+    manifest = read_json(step / "manifest.json")
+    data = (step / "model.safetensors").read_bytes()
+    manifest["files"]["model.safetensors"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_json(step / "manifest.json", manifest)
+    return step
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: a blocked open() or read() is interrupted by the alarm's exception."""
+
+    def expire(*args: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s (blocked on a FIFO?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+FIFO_PLACES = ["latest_run.json", "run.json", "receipts.jsonl", "config.yaml", "data_manifest.json", "metrics.csv",
+               "checkpoints/pointer.json", "checkpoints/step-000006/manifest.json",
+               "checkpoints/step-000006/model.safetensors"]  # fmt: skip
+
+
+@pytest.mark.parametrize("place", FIFO_PLACES)
+def test_a_fifo_in_a_files_place_is_refused_never_waited_on(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, place: str
+) -> None:
+    """A FIFO as a checkpoint's manifest.json hung receipts verify, doctor and a resume for good (a FIFO no one
+    writes blocks its reader's open); as pointer.json or config.yaml it hung ckpt verify, compare and validate."""
+    root, run = _copy(made, tmp_path)
+    target = root / place if place == "latest_run.json" else run / place
+    target.unlink()
+    os.mkfifo(target)
+    resume = ["--trainer.default_root_dir", str(root), "--ckpt_path", "last"]
+    for command in (["receipts", "verify", str(run)], ["ckpt", "verify", str(run)], ["doctor", str(run)],
+                    ["validate", "--config", TINY, *resume], ["fit", "--config", TINY, "--trainer.max_steps", "8",
+                                                              *resume]):  # fmt: skip
+        capsys.readouterr()
+        with _deadline(60):
+            code = main(command)
+        err = capsys.readouterr().err
+        assert code != 1, (command, err)
+        if code != 0:
+            assert [line for line in err.splitlines() if line.startswith("lit_psion: error:")], (command, err)
+        if command[0] == "fit":
+            assert code in (3, 4, 5), (place, err)
+    assert target.exists() and not target.is_file(), "left as it was found"
+
+
+def test_a_replaced_checkpoint_is_not_vouched_for_once_the_receipt_log_is_gone(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Without receipts.jsonl, a checkpoint replaced under a rewritten manifest passed `ckpt verify` ("written by
+    run R as its receipts record"), validate and doctor ("match the manifest and its receipt")."""
+    _, run = _copy(made, tmp_path)
+    step = _replace_weights(run)
+    assert main(["ckpt", "verify", str(step)]) == 4  # the receipt says otherwise
+    (run / "receipts.jsonl").unlink()
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(step)]) == 5
+    assert "receipts.jsonl is missing" in capsys.readouterr().err
+    assert main(["validate", "--config", TINY, "--ckpt_path", str(step)]) == 5
+    assert main(["ckpt", "verify", str(run)]) == 5
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 5
+    assert "ok checkpoints/step-000006" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given", ["from inside the checkpoint", "from checkpoints/"])
+def test_a_checkpoint_path_given_from_inside_its_run_is_still_held_to_the_run(
+    made: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """`ckpt verify .` in a replaced checkpoint said "ok": the run was found only from two written-out parents."""
+    _, run = _copy(made, tmp_path)
+    step = _replace_weights(run)
+    monkeypatch.chdir(step if given == "from inside the checkpoint" else step.parent)
+    assert main(["ckpt", "verify", "." if given == "from inside the checkpoint" else step.name]) == 4
+
+
+def test_a_renamed_run_is_named_as_possibly_renamed_and_refused_alike(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A renamed run's checkpoint was "copied in" to `ckpt verify` and fine to validate; receipts verify named no
+    fix."""
+    root, run = _copy(made, tmp_path)
+    renamed = run.rename(root / "renamed")
+    step = renamed / "checkpoints" / "step-000006"
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(step)]) == 4
+    assert f"rename it back to {run.name!r}" in capsys.readouterr().err
+    assert main(["validate", "--config", TINY, "--ckpt_path", str(step)]) == 4
+    assert main(["receipts", "verify", str(renamed)]) == 5
+    assert f"rename it back to {run.name!r}" in capsys.readouterr().err
+
+
+def test_ckpt_verify_of_a_run_says_ok_only_where_a_resume_would_go_on(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It said "ok ... (what --ckpt_path last loads)" over a deleted log or a malformed run.json, which a resume
+    refuses (exit 5)."""
+    root, run = _copy(made, tmp_path)
+    record = read_json(run / "run.json")
+    (run / "run.json").write_text(json.dumps({**record, "global_step": "six"}))
+    assert main(["ckpt", "verify", str(run)]) == 5
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "8",
+                 "--ckpt_path", "last"]) == 5  # fmt: skip
+    atomic_write_json(run / "run.json", record)
+    (run / "receipts.jsonl").unlink()
+    capsys.readouterr()
+    assert main(["ckpt", "verify", str(run)]) == 5
+    assert "ok:" not in capsys.readouterr().out
+
+
+def test_a_config_swapped_under_a_rewritten_run_json_is_refused(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """config.yaml edited and run.json's digest set to match: doctor said ok, and a resume recorded the forged
+    value as the run's earlier setting. The training_run receipts record the configs the run trained with."""
+    root, run = _copy(made, tmp_path)
+    config = (run / "config.yaml").read_text()
+    assert "lr: 0.003" in config
+    (run / "config.yaml").write_text(config.replace("lr: 0.003", "lr: 0.03", 1))
+    digest = hashlib.sha256((run / "config.yaml").read_bytes()).hexdigest()
+    atomic_write_json(run / "run.json", {**read_json(run / "run.json"), "config_digest": digest})
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 3
+    assert "no training_run receipt records it" in capsys.readouterr().out
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "8",
+                 "--ckpt_path", "last"]) == 3  # fmt: skip
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_lit_psion_run_id_refuses_a_file_and_a_run_whose_checkpoints_are_gone(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Naming a file was exit 1 (FileExistsError); naming a completed run copied without its checkpoints retrained
+    it from step 0 in its own directory, after its seal."""
+    root, run = _copy(made, tmp_path)
+    (root / "afile").write_text("x")
+    monkeypatch.setenv("LIT_PSION_RUN_ID", "afile")
+    args = ["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "6"]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "LIT_PSION_RUN_ID='afile' names" in capsys.readouterr().err
+    shutil.rmtree(run / "checkpoints")
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    monkeypatch.setenv("LIT_PSION_RUN_ID", run.name)
+    assert main(args) == 4
+    assert "are gone" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_a_run_stopped_as_it_started_says_what_to_do(made: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Killed before its run.json (its first receipts written): every command said "restore it from a backup", of
+    which there can be none."""
+    _, run = _copy(made, tmp_path)
+    for path in run.iterdir():
+        if path.name not in ("receipts.jsonl", "data_manifest.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (run / "receipts.jsonl").write_text((run / "receipts.jsonl").read_text().splitlines(keepends=True)[0])
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 5
+    assert "was stopped as it started" in capsys.readouterr().err
