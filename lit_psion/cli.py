@@ -102,6 +102,7 @@ from lit_psion.core.run import (
     RunRecord,
     RunStatus,
     no_run_to_continue,
+    other_runs,
     plain_run_id,
     read_latest,
     run_stage,
@@ -287,7 +288,7 @@ class LitPsionCLI(LightningCLI):
     def _lock(self, layout: RunLayout) -> None:
         if not layout.run_dir.is_dir():
             raise CheckpointError(f"--ckpt_path last: run {layout.run_id!r} named by {str(layout.latest)!r} does not "
-                                  "exist; give --ckpt_path a checkpoint directory")  # fmt: skip
+                                  f"exist; give --ckpt_path a checkpoint directory{other_runs(layout.root)}")
         if is_launcher_rank_zero():  # the other ranks of the same fit run under rank 0's lock
             self.lock = RunLock(layout.run_dir, purpose=f"fit {layout.run_id}").acquire()
 

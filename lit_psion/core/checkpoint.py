@@ -384,6 +384,24 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
     return checkpoint
 
 
+def _tell_of_foreign_after(layout: RunLayout, step: int, rejected: list[RejectedCheckpoint] | None,
+                           quiet: bool) -> None:  # fmt: skip
+    """Name the checkpoint directories past ``step`` that another run wrote: a fit resumed from ``step`` replaces
+    each when it reaches its step, so it is said (and receipted with the skipped ones), not done silently."""
+    for path in layout.checkpoint_dirs():
+        try:
+            written_by = json.loads(read_plain(path / MANIFEST_FILE)).get("run_id")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue  # not a checkpoint this fit could mistake for its own: its own verdict in doctor
+        if (step_of(path.name) or 0) > step and written_by != layout.run_id:
+            reason = (f"written by run {written_by!r}, not this one; a fit resumed from step {step} replaces it at "
+                      f"step {step_of(path.name)}")  # fmt: skip
+            if rejected is not None:
+                rejected.append(RejectedCheckpoint(path, reason))
+            if not quiet:
+                print(f"lit_psion: warning: {path}: {reason}", file=sys.stderr)
+
+
 class ChainCutShort(CheckpointError):
     """A checkpoint whose recorded receipt head the run's log, ending in a torn line, no longer reaches: the log
     was cut (exit 5, as evidence that does not verify). A :class:`CheckpointError` still, so a resume falls back
@@ -477,6 +495,7 @@ def resolve_checkpoint(
                 raise CheckpointError(f"pointer {str(layout.pointer)!r} says step {pointer.step}, its checkpoint's "
                                       f"manifest says {verified.step}")  # fmt: skip
             if receipted.newest is None or verified.step >= receipted.newest:
+                _tell_of_foreign_after(layout, verified.step, rejected, quiet)
                 return verified
             problem = CheckpointError(f"pointer {str(layout.pointer)!r} names step {verified.step}, but the chain "
                                       f"receipts a durable checkpoint at step {receipted.newest}: it was moved back")

@@ -16,6 +16,14 @@ class LitPsionError(Exception):
     exit_code = 1
     failure_class = "internal"
 
+    def __init__(self, *args: object) -> None:
+        # An inner error's advice meant for a programmer (a number of 5000 digits in a JSON file names a Python
+        # setting that would accept it) is not the fix for a file: the line's own fix is.
+        super().__init__(*(arg.replace(PYTHON_ADVICE, "") if isinstance(arg, str) else arg for arg in args))
+
+
+PYTHON_ADVICE = "; use sys.set_int_max_str_digits() to increase the limit"
+
 
 class ConfigError(LitPsionError, ValueError):
     """A bad setting: the message quotes the value and says what would be valid."""

@@ -153,11 +153,12 @@ def read_latest(root: str | Path) -> str | None:
     try:
         run_id = read_json(path)["run_id"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
-        raise CheckpointError(f"{str(path)!r} is malformed ({error}); delete it and give --ckpt_path a checkpoint "
-                              "directory") from error  # fmt: skip
+        raise CheckpointError(f"{str(path)!r} is malformed ({error}); delete it (the next fit writes it again) and "
+                              f"give --ckpt_path a checkpoint directory{other_runs(Path(root))}") from error
     if not isinstance(run_id, str) or not run_id or Path(run_id).name != run_id or run_id in (".", ".."):
         raise CheckpointError(f"{str(path)!r} names run {run_id!r}, which is not a run directory inside "
-                              f"{str(root)!r}; delete it and give --ckpt_path a checkpoint directory")  # fmt: skip
+                              f"{str(root)!r}; delete it and give --ckpt_path a checkpoint directory"
+                              f"{other_runs(Path(root))}")  # fmt: skip
     if (run_dir := RunLayout(Path(root), run_id).run_dir).is_symlink():  # a resume would write where it points
         raise CheckpointError(linked(run_dir, "a run"))
     return run_id
@@ -177,7 +178,19 @@ def no_run_to_continue(root: Path) -> CheckpointError:
         return CheckpointError(f"--ckpt_path last: {str(RunLayout(root, '').latest)!r} is missing, so which run to "
                                f"continue cannot be told ({len(runs)} under it, the newest {runs[-1]}); continue one "
                                f"with {RUN_ID_ENV}=<run id> and no --ckpt_path")  # fmt: skip
+    if root.exists() and not root.is_dir():
+        return CheckpointError(f"--ckpt_path last: trainer.default_root_dir {str(root)!r} is a file, not a runs "
+                               "directory; give the directory your runs are in")  # fmt: skip
     return CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
+
+
+def other_runs(root: Path) -> str:
+    """How to continue one of the runs under ``root`` when its index cannot say which (empty when there are none)."""
+    runs = sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
+    if not runs:
+        return ""
+    return (f"; to continue one of its {len(runs)} runs (the newest {runs[-1]}), give {RUN_ID_ENV}=<run id> and no "
+            "--ckpt_path")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

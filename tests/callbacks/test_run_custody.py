@@ -210,3 +210,50 @@ def test_a_run_stopped_as_it_started_says_what_to_do(made: Path, tmp_path: Path,
     capsys.readouterr()
     assert main(["doctor", str(run)]) == 5
     assert "was stopped as it started" in capsys.readouterr().err
+
+
+def test_a_number_too_long_to_read_names_the_file_not_a_python_setting(made: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """A 5001-digit step in run.json was refused with "use sys.set_int_max_str_digits() to increase the limit"."""
+    root, run = _copy(made, tmp_path)
+    text = (run / "run.json").read_text()
+    (run / "run.json").write_text(text.replace('"global_step": 6', '"global_step": ' + "9" * 5001))
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 5
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "8",
+                 "--ckpt_path", "last"]) == 5  # fmt: skip
+    captured = capsys.readouterr()
+    assert "5001 digits" in captured.out + captured.err and "set_int_max_str_digits" not in captured.out + captured.err
+
+
+def test_a_lost_or_broken_runs_index_says_how_to_continue_a_run(made: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """A malformed latest_run.json, or one naming a deleted run, said only "give --ckpt_path a checkpoint directory",
+    which starts a new run; a root that is a file said "run once without it", which is then refused."""
+    root, _ = _copy(made, tmp_path)
+    last = ["fit", "--config", TINY, "--trainer.max_steps", "8", "--ckpt_path", "last"]
+    for index in ("{", '{"run_id": "20200101-000000-000000"}'):
+        (root / "latest_run.json").write_text(index)
+        capsys.readouterr()
+        assert main([*last, "--trainer.default_root_dir", str(root)]) == 4
+        assert "give LIT_PSION_RUN_ID=<run id> and no --ckpt_path" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main([*last, "--trainer.default_root_dir", str(tmp_path / "afile")]) == 4
+    assert "is a file, not a runs directory" in capsys.readouterr().err
+
+
+def test_a_resume_says_it_will_replace_a_checkpoint_another_run_wrote(made: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Another run's step-000009 in the run (doctor: "written by run X"): a resume from step 6 trained to step 9 and
+    replaced it without a word. It is said, and receipted as a rejected checkpoint, before it is replaced."""
+    root, run = _copy(made, tmp_path)
+    foreign = run / "checkpoints" / "step-000009"
+    shutil.copytree(run / "checkpoints" / "step-000006", foreign)
+    atomic_write_json(foreign / "manifest.json", {**read_json(foreign / "manifest.json"), "run_id": "another-run"})
+    capsys.readouterr()
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "9",
+                 "--checkpoint.every_n_train_steps", "3", "--ckpt_path", "last"]) == 0  # fmt: skip
+    assert "step-000009: written by run 'another-run', not this one" in capsys.readouterr().err
+    receipts = [json.loads(line)["body"] for line in (run / "receipts.jsonl").read_text().splitlines()]
+    assert [r["checkpoint"] for r in receipts if r.get("durability") == "rejected"] == ["checkpoints/step-000009"]
+    assert read_json(foreign / "manifest.json")["run_id"] == run.name and main(["doctor", str(run)]) == 0
