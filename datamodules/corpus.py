@@ -195,7 +195,8 @@ class CorpusDataModule(ReplayDataModule):
                 raise DataError(f"data file {entry!r} is not a regular file (a pipe, socket or device cannot be read "
                                 "twice alike); save its content to a file and give that")  # fmt: skip
             else:
-                raise DataError(f"data file not found: {entry!r} (check --data.files)")
+                where = "" if Path(entry).is_absolute() else f"; a relative path is read from {os.getcwd()!r}"
+                raise DataError(f"data file not found: {entry!r} (check --data.files{where})")
         return paths
 
     def _read_sources(self) -> tuple[list[SourceFile], list[tuple[str, str]]]:

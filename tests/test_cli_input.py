@@ -158,3 +158,12 @@ def test_a_fit_refused_before_its_run_exists_takes_back_the_root_it_made(tmp_pat
     assert fit("--trainer.default_root_dir", str(kept / "runs"), *refused) == 2
     assert fit("--trainer.default_root_dir", str(kept), *refused) == 2
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept", "notes"]
+
+
+def test_a_root_too_long_for_the_path_limit_is_refused_before_training(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """A ~4000-byte root trained, then failed at its first checkpoint as a disk fault (exit 6, "free space")."""
+    root = tmp_path.joinpath(*["d" * 250] * ((4096 - len(str(tmp_path))) // 251))
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 2
+    assert "past this system's 4096-byte path limit; give a shorter path" in one_error_line(capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())

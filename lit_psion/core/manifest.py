@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ class DataManifest:
                    if any(new[p].sha256 == old[path].sha256 for p in new.keys() - old.keys())}  # fmt: skip
         if renamed:  # the same bytes under another spelling (./a.txt for a.txt, an absolute path, a moved file)
             changes.append("files named otherwise: " + ", ".join(f"{after!r} holds what {before!r} held (give "
-                                                                f"{before!r})" for before, after in renamed.items()))
+                                                                f"{before!r}{_from_where(before)})"
+                                                                for before, after in renamed.items()))  # fmt: skip
             old = {path: source for path, source in old.items() if path not in renamed}
             new = {path: source for path, source in new.items() if path not in renamed.values()}
         if removed := sorted(old.keys() - new.keys()):
@@ -116,6 +118,13 @@ SETTING_FLAGS = {"split_rule": "split", "split_seed": "seed", "val_fraction": "v
 
 _TOKENIZED_FIELDS = ("token_counts", "sample_counts", "token_digests")
 """What tokenizing produces (left out of :meth:`DataManifest.inputs_digest`)."""
+
+
+def _from_where(path: str) -> str:
+    """For a recorded relative path not found from here: where it is read from (the run recorded it as given)."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return ""
+    return f", from the directory the run's fit ran in: it is relative, and {os.getcwd()!r} holds no such file"
 
 
 def _first(paths: list[str], limit: int = 3) -> str:

@@ -19,7 +19,7 @@ import pytest
 from lit_psion.cli import main
 from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.run import read_latest
-from tests.helpers import TINY, fit
+from tests.helpers import REPO_ROOT, TINY, fit
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +257,19 @@ def test_a_resume_says_it_will_replace_a_checkpoint_another_run_wrote(made: Path
     receipts = [json.loads(line)["body"] for line in (run / "receipts.jsonl").read_text().splitlines()]
     assert [r["checkpoint"] for r in receipts if r.get("durability") == "rejected"] == ["checkpoints/step-000009"]
     assert read_json(foreign / "manifest.json")["run_id"] == run.name and main(["doctor", str(run)]) == 0
+
+
+def test_a_run_with_relative_data_paths_read_from_elsewhere_says_where_they_are_read_from(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From another directory, the relative path said "not found", and the same file by its absolute path said "give
+    'fixtures/tiny_corpus.txt'", the path just not found: a circle."""
+    root, _ = _copy(made, tmp_path)
+    config, corpus = str(REPO_ROOT / TINY), str(REPO_ROOT / "fixtures" / "tiny_corpus.txt")
+    monkeypatch.chdir(tmp_path)
+    validate = ["validate", "--config", config, "--trainer.default_root_dir", str(root), "--ckpt_path", "last"]
+    capsys.readouterr()
+    assert main(validate) == 3
+    assert f"a relative path is read from {str(tmp_path)!r}" in capsys.readouterr().err
+    assert main([*validate, "--data.files", corpus]) == 3
+    assert "from the directory the run's fit ran in" in capsys.readouterr().err
