@@ -381,11 +381,6 @@ def test_a_file_name_with_glob_characters_crlf_paragraphs_and_named_files_max_by
     lf.prepare()
     windows.prepare()
     assert len(windows._documents([("c", crlf.read_bytes().decode())])[1]) == len(lf._documents([("c", text)])[1]) > 1
-    classic = tmp_path / "cr.txt"  # classic Mac OS line ends: it was one paragraph, too few to split
-    classic.write_bytes(text.replace("\n", "\r").encode())
-    assert len(corpus(tmp_path, "c4", files=str(classic), documents="paragraph")._documents(
-        [("c", classic.read_bytes().decode())])[1]) == len(lf._documents([("c", text)])[1])  # fmt: skip
-    corpus(tmp_path, "c4", files=str(classic), documents="paragraph").prepare()
     other = tmp_path / "other.txt"
     other.write_text(text[: len(text) // 2])
     corpus(tmp_path, "c3", files=[str(CORPUS), str(other)], max_bytes=len(text.encode()) + 10).prepare()
