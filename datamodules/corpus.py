@@ -434,8 +434,11 @@ class CorpusDataModule(ReplayDataModule):
         trained, current = DataManifest.from_json_dict(saved), self.prepare()
         if {source.sha256 for source in trained.sources} & {source.sha256 for source in current.sources}:
             return super().load_state_dict(state_dict)
-        if {source.path for source in trained.sources} & {source.path for source in current.sources}:
-            return super().load_state_dict(state_dict)  # a file it trained on, edited since: its text overlaps
+        if same := sorted({source.path for source in trained.sources} & {source.path for source in current.sources}):
+            raise DataManifestMismatch(f"refusing to evaluate the checkpoint on {same[0]!r}: the run trained on a file "
+                                       "of that path, whose content differs (edited since, or another file under the "
+                                       "same relative path): its split could hold out text the run trained on; "
+                                       "evaluate the run's data unchanged, or give other text under another path")
         if trained.tokenizer_digest != current.tokenizer_digest:
             ckpt = RunLayout.of(Path(self.trainer.ckpt_path or ".").parent.parent).tokenizer
             raise DataManifestMismatch(f"refusing to evaluate the checkpoint on other text with another tokenizer "

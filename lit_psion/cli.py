@@ -365,6 +365,10 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
         refuse_foreign(checkpoint, layout)
     if layout.run_id != checkpoint.manifest.run_id:
         return checkpoint
+    if not layout.receipts.exists():  # a new run or an evaluation may start from it: said, not vouched for
+        print(f"lit_psion: warning: {layout.receipts} is missing: {checkpoint.path.name} is held to its manifest "
+              "alone, not to its run's receipts", file=sys.stderr)  # fmt: skip
+        return checkpoint
     receipted = receipted_checkpoints(layout)
     if (source := checkpoint.manifest.consolidated_from) is not None:  # a copy gathered from a sharded checkpoint
         if not any(manifest == source for manifest, _ in receipted.recorded.values()):

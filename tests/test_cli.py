@@ -136,7 +136,8 @@ def test_the_real_command_prints_exactly_one_line(tmp_path: Path) -> None:
                "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 3
-    assert result.stderr.strip() == "lit_psion: error: data file not found: 'nowhere.txt' (check --data.files)"
+    assert result.stderr.strip() == ("lit_psion: error: data file not found: 'nowhere.txt' (check --data.files; a "
+                                     f"relative path is read from {str(REPO_ROOT)!r})")
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])

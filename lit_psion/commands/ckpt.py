@@ -52,8 +52,6 @@ def main(args: list[str]) -> None:
         print(f"lit_psion: warning: skipped {skipped.path.name}: {skipped.reason}", file=sys.stderr)
     if parsed.action == "verify":
         _as_a_resume_would(layout, checkpoint, rejected)
-        kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
-        print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
         # A skipped checkpoint the receipts record as durable was damaged or replaced after it was written (one a
         # kill left unreceipted, or still in flight, is skipped as a resume would, and is not a failure).
         if damaged := [skipped for skipped in rejected if skipped.step in receipted.recorded]:
@@ -63,6 +61,8 @@ def main(args: list[str]) -> None:
         if (problem := _pointer_problem(layout, checkpoint.path.name, bool(receipted.recorded))) is not None:
             raise CheckpointError(f"{problem}; a resume would use {checkpoint.path.name} (the next checkpoint "
                                   "writes the pointer again)")  # fmt: skip
+        kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
+        print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
         return
     from lit_psion.checkpoint_io import consolidate
 
@@ -110,9 +110,9 @@ def _verify_one(path: Path) -> None:
             not the checkpoint its durable receipt recorded (exit 4).
     """
     checkpoint = verify_in_its_run(path)
-    layout = RunLayout.of(path.parent.parent)
+    layout = RunLayout.of(path.resolve().parent.parent)
     where = ""
-    if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
+    if layout.is_run() and path.resolve().parent == layout.checkpoints.resolve():
         where = f", written by run {layout.run_id} as its receipts record"
     kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
     print(f"ok: {checkpoint.path} matches its manifest ({kind}step {checkpoint.step}{where})")

@@ -416,7 +416,7 @@ def make_root(root: Path) -> list[Path]:
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
     longest = len(os.fsencode(os.path.abspath(root))) + RUN_PATH_ROOM
-    if longest > (most := os.pathconf(root, "PC_PATH_MAX")):  # found only at the first checkpoint, as a disk fault
+    if longest > (most := _path_max(root)):  # (else found only at the first checkpoint, as a disk fault)
         remove_if_empty(made)
         raise ConfigError(f"trainer.default_root_dir is {longest - RUN_PATH_ROOM} bytes long, and a run's files lie "
                           f"up to {RUN_PATH_ROOM} bytes deeper, past this system's {most}-byte path limit; give a "
@@ -424,9 +424,16 @@ def make_root(root: Path) -> list[Path]:
     return made
 
 
-RUN_PATH_ROOM = 160
-"""Bytes a run's deepest file adds to its root's path (``/<run id>/checkpoints/.step-NNNNNN.tmp-XXXXXXXX/...``),
-with room to spare."""
+RUN_PATH_ROOM = 120
+"""Bytes a run's deepest file adds to its root's path (``/<run id>/checkpoints/.step-NNNNNN.tmp-XXXXXXXX/...``,
+about 90), with room to spare."""
+
+
+def _path_max(root: Path) -> int:
+    try:
+        return os.pathconf(root, "PC_PATH_MAX")
+    except (OSError, ValueError):  # a file system that does not say: Linux's
+        return 4096
 
 
 def remove_if_empty(made: list[Path]) -> None:

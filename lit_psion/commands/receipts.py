@@ -8,25 +8,25 @@ from pathlib import Path
 from lit_psion.commands import CommandParser
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.audit import check_chain, consolidation_log
-from lit_psion.core.chain import parse_receipt, verify_log
+from lit_psion.core.chain import parse_receipt, torn_tail, verify_log
 from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError
-from lit_psion.core.layout import RECEIPTS_FILE, linked, not_a_run
+from lit_psion.core.layout import RECEIPTS_FILE, not_a_run
 from lit_psion.core.run import RUN_ID_ENV
 
 
 def run_layout(run_dir: Path) -> RunLayout:
-    """The layout of ``run_dir``, refused in one line when it is not a run directory (or is a link to one)."""
-    if Path(run_dir).is_symlink():
-        raise ConfigError(linked(Path(run_dir), "a run", fix="give the run directory itself"))
+    """The layout of ``run_dir``, refused in one line when it is not a run directory (a link to one is followed: these
+    commands only read)."""
     layout = RunLayout.of(run_dir)
     if not layout.is_run() and layout.receipts.is_file() and not layout.checkpoints.exists() and not (
             layout.run_file.exists() or layout.run_file.is_symlink()):  # fmt: skip
+        again = "" if torn_tail(layout.receipts) else (f", or start it again in place with {RUN_ID_ENV}="
+                                                        f"{layout.run_id} and the same fit command")  # fmt: skip
         raise EvidenceError(f"run {layout.run_id!r} was stopped as it started (its first receipts are written, its "
                             f"{layout.run_file.name} and any checkpoint are not): nothing of it needs keeping; delete "
-                            f"{str(layout.run_dir)!r}, or start it again in place with "
-                            f"{RUN_ID_ENV}={layout.run_id} and the same fit command")  # fmt: skip
+                            f"{str(layout.run_dir)!r}{again}")  # fmt: skip
     if not layout.is_run() and (layout.receipts.is_file() or layout.checkpoints.is_dir()):
         what = "is not a file" if layout.run_file.exists() or layout.run_file.is_symlink() else "is missing"
         raise EvidenceError(f"run {layout.run_id!r} has receipts or checkpoints but no {layout.run_file.name} "

@@ -17,6 +17,7 @@ from lit_psion.core.audit import changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.files import read_plain
+from lit_psion.core.layout import linked
 from lit_psion.core.lock import LOCK_FILE
 from lit_psion.core.run import RUN_ID_ENV
 
@@ -140,7 +141,11 @@ def remove_if_unborn(run_dir: Path) -> None:
 
 
 def refuse_a_file_named(layout: RunLayout) -> None:
-    """``LIT_PSION_RUN_ID`` naming a file in the runs root (a run directory cannot be made there)."""
+    """``LIT_PSION_RUN_ID`` naming a file in the runs root (a run directory cannot be made there), or a symlink
+    (dangling or not: the run would be written where it points, outside the root)."""
+    if layout.run_dir.is_symlink():
+        raise ConfigError(f"{RUN_ID_ENV}={layout.run_id!r} names {linked(layout.run_dir, 'a run')}, or give another "
+                          "run id")  # fmt: skip
     if layout.run_dir.exists() and not layout.run_dir.is_dir():
         raise ConfigError(f"{RUN_ID_ENV}={layout.run_id!r} names {str(layout.run_dir)!r}, which is a file, not a run "
                           "directory; give the id of a run (or of a new one), or unset it")  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Collection
 from pathlib import Path
 
@@ -136,7 +135,9 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
             head = read_json(layout.run_file).get("receipts_head") if layout.is_run() else None
         except (OSError, ValueError, AttributeError, RecursionError):
             head = None  # run.json's own verdict
-        lost = f"{layout.receipts.name} is missing (run.json records head {head})" if isinstance(head, str) else None
+        lost = (f"{layout.receipts.name} is missing (run.json records head {head}); restore it from a backup, or "
+                "start a new run from the checkpoint with --ckpt_path <checkpoint directory>") if isinstance(
+                    head, str) else None  # fmt: skip
         return CheckpointReceipts(broken=lost)
     torn = len(torn_tail(layout.receipts))
     checked = verify_log(layout.receipts, run_id=layout.run_id, upto=layout.receipts.stat().st_size - torn if torn
@@ -163,7 +164,7 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
         CheckpointError: a file differs from the manifest, another run wrote it, or it was replaced (exit 4).
     """
     checkpoint = verify_checkpoint(path)
-    path = Path(os.path.abspath(path))  # `.` or `step-000006` given from inside the run: still held to the run
+    path = path.resolve()  # `.`, `step-000006` from inside the run, or a path through a link: held to its run
     layout = RunLayout.of(path.parent.parent)
     if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
         layout.refuse_special_files()

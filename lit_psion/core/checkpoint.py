@@ -384,8 +384,7 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
     return checkpoint
 
 
-def _tell_of_foreign_after(layout: RunLayout, step: int, rejected: list[RejectedCheckpoint] | None,
-                           quiet: bool) -> None:  # fmt: skip
+def _tell_of_foreign_after(layout: RunLayout, step: int, rejected: list[RejectedCheckpoint] | None) -> None:
     """Name the checkpoint directories past ``step`` that another run wrote: a fit resumed from ``step`` replaces
     each when it reaches its step, so it is said (and receipted with the skipped ones), not done silently."""
     for path in layout.checkpoint_dirs():
@@ -394,12 +393,11 @@ def _tell_of_foreign_after(layout: RunLayout, step: int, rejected: list[Rejected
         except (OSError, ValueError, AttributeError, RecursionError):
             continue  # not a checkpoint this fit could mistake for its own: its own verdict in doctor
         if (step_of(path.name) or 0) > step and written_by != layout.run_id:
-            reason = (f"written by run {written_by!r}, not this one; a fit resumed from step {step} replaces it at "
-                      f"step {step_of(path.name)}")  # fmt: skip
+            reason = (f"written by run {written_by!r}, not this one (a fit resumed from step {step} replaces it at "
+                      f"step {step_of(path.name)})")  # fmt: skip
             if rejected is not None:
                 rejected.append(RejectedCheckpoint(path, reason))
-            if not quiet:
-                print(f"lit_psion: warning: {path}: {reason}", file=sys.stderr)
+            print(f"lit_psion: warning: {path}: {reason}", file=sys.stderr)
 
 
 class ChainCutShort(CheckpointError):
@@ -495,7 +493,8 @@ def resolve_checkpoint(
                 raise CheckpointError(f"pointer {str(layout.pointer)!r} says step {pointer.step}, its checkpoint's "
                                       f"manifest says {verified.step}")  # fmt: skip
             if receipted.newest is None or verified.step >= receipted.newest:
-                _tell_of_foreign_after(layout, verified.step, rejected, quiet)
+                if not quiet:  # (a fit's or an evaluation's resolve: a check of the run reports the directory itself)
+                    _tell_of_foreign_after(layout, verified.step, rejected)
                 return verified
             problem = CheckpointError(f"pointer {str(layout.pointer)!r} names step {verified.step}, but the chain "
                                       f"receipts a durable checkpoint at step {receipted.newest}: it was moved back")

@@ -170,7 +170,7 @@ fit that plans a new run sets it for the worker processes Lightning starts). Whe
 has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
 
 
-def no_run_to_continue(root: Path) -> CheckpointError:
+def no_run_to_continue(root: Path) -> CheckpointError | ConfigError:
     """Why ``--ckpt_path last`` finds nothing under ``root``: no run at all, or runs whose index is gone (a new run
     would leave them behind)."""
     runs = sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
@@ -178,9 +178,9 @@ def no_run_to_continue(root: Path) -> CheckpointError:
         return CheckpointError(f"--ckpt_path last: {str(RunLayout(root, '').latest)!r} is missing, so which run to "
                                f"continue cannot be told ({len(runs)} under it, the newest {runs[-1]}); continue one "
                                f"with {RUN_ID_ENV}=<run id> and no --ckpt_path")  # fmt: skip
-    if root.exists() and not root.is_dir():
-        return CheckpointError(f"--ckpt_path last: trainer.default_root_dir {str(root)!r} is a file, not a runs "
-                               "directory; give the directory your runs are in")  # fmt: skip
+    if root.exists() and not root.is_dir():  # a bad setting, as it is to a fit without --ckpt_path
+        return ConfigError(f"--ckpt_path last: trainer.default_root_dir {str(root)!r} is a file, not a runs "
+                           "directory; give the directory your runs are in")  # fmt: skip
     return CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
 
 
@@ -189,8 +189,8 @@ def other_runs(root: Path) -> str:
     runs = sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
     if not runs:
         return ""
-    return (f"; to continue one of its {len(runs)} runs (the newest {runs[-1]}), give {RUN_ID_ENV}=<run id> and no "
-            "--ckpt_path")
+    return (f"; to continue one of its {len(runs)} runs (the newest {runs[-1]}) with fit, give {RUN_ID_ENV}=<run id> "
+            "and no --ckpt_path (to evaluate one, give --ckpt_path <run>/checkpoints/step-NNNNNN)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -353,7 +353,7 @@ def test_a_replaced_checkpoint_is_refused_through_a_symlinked_path_and_by_ckpt_v
     assert "durable checkpoint receipt" in capsys.readouterr().err
     assert main(["ckpt", "verify", str(run.run_dir)]) == 4  # what a resume loads verifies, but a durable one does not
     out = capsys.readouterr()
-    assert "step-000003" in out.out
+    assert "ok:" not in out.out and "(a resume would use step-000003)" in out.err  # no "ok" before a failure
     assert "step-000006, a durable checkpoint the receipts record, does not verify" in out.err
 
 
