@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from lit_psion.core.digest import canonical_json, sha256_bytes, sha256_json
 from lit_psion.core.errors import EvidenceError, LitPsionError
-from lit_psion.core.files import fsync_path
+from lit_psion.core.files import fsync_path, unique_keys
 from lit_psion.core.layout import RUN_FILE
 from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody, body_problem
 
@@ -416,7 +416,7 @@ def parse_receipt(line: str) -> Receipt:
         TypeError: the line is not an object with exactly the envelope's fields.
         RecursionError: the line is nested too deeply to parse.
     """
-    record = json.loads(line, parse_constant=_refuse_constant)
+    record = json.loads(line, parse_constant=_refuse_constant, object_pairs_hook=unique_keys)
     if not isinstance(record, dict):
         raise TypeError(f"a JSON {type(record).__name__}, not an object")
     receipt = Receipt(**record)

@@ -25,7 +25,7 @@ from typing import Any
 
 from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
-from lit_psion.core.files import atomic_write_json, read_plain
+from lit_psion.core.files import atomic_write_json, read_plain, unique_keys
 from lit_psion.core.layout import RunLayout, linked, step_of
 
 MANIFEST_FILE = "manifest.json"
@@ -194,7 +194,7 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
     if manifest_sha256 is not None and actual_manifest != manifest_sha256:
         raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} does not match the digest in the pointer")
     try:
-        record = json.loads(raw)
+        record = json.loads(raw, object_pairs_hook=unique_keys)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise CheckpointError(f"checkpoint manifest {str(manifest_path)!r} is not valid JSON ({error})") from error
     if not isinstance(record, dict):
@@ -280,7 +280,7 @@ def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
     if not path.exists():
         return None
     try:
-        record = json.loads(read_plain(path))
+        record = json.loads(read_plain(path), object_pairs_hook=unique_keys)
         pointer = CheckpointPointer(step=int(record["step"]), checkpoint=str(record["checkpoint"]),
                                     manifest_sha256=str(record["manifest_sha256"]))  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:

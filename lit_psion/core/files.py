@@ -51,7 +51,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(read_plain(path).decode("utf-8"))
+    """The JSON in the regular file ``path``; an object with a key twice is a ValueError (a reader that kept the
+    other value would read another record under the same digest)."""
+    return json.loads(read_plain(path).decode("utf-8"), object_pairs_hook=unique_keys)
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (``object_pairs_hook``): with a key twice, which value counts
+    depends on the parser (Python's keeps the last), so a digest over one reading proves nothing of another."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise ValueError(f"the key {next(key for key, _ in pairs if key in seen or seen.add(key))!r} twice in one "
+                         "object")
+    return record
 
 
 def read_plain(path: str | Path) -> bytes:

@@ -280,3 +280,22 @@ def test_a_run_with_relative_data_paths_read_from_elsewhere_says_where_they_are_
     assert f"a relative path is read from {str(tmp_path)!r}" in capsys.readouterr().err
     assert main([*validate, "--data.files", corpus]) == 3
     assert "from the directory the run's fit ran in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("place", ["receipts.jsonl", "run.json", "checkpoints/pointer.json",
+                                   "checkpoints/step-000006/manifest.json"])  # fmt: skip
+def test_a_key_given_twice_in_a_json_record_is_refused(made: Path, tmp_path: Path, place: str) -> None:
+    """`"loss": 999.0, "loss": 3.4` in a receipt verified (the digest covers the value Python keeps, the last); a
+    reader keeping the first would read another record under the same digest."""
+    root, run = _copy(made, tmp_path)
+    path = run / place
+    text = path.read_text()
+    key = {"receipts.jsonl": '"seq": ', "run.json": '"global_step": ', "checkpoints/pointer.json": '"step": ',
+           "checkpoints/step-000006/manifest.json": '"step": '}[place]  # fmt: skip
+    at = text.rindex(key)  # the last receipt's, in the log
+    path.write_text(text[:at] + key + "999, " + text[at:])
+    assert main(["receipts", "verify", str(run)]) != 0 or place.startswith("checkpoints/")
+    assert main(["doctor", str(run)]) in (4, 5)
+    resumed = main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "8",
+                    "--ckpt_path", "last"])  # fmt: skip
+    assert resumed in ((0,) if place.startswith("checkpoints/") else (4, 5))  # (past a bad checkpoint: the one before)
