@@ -76,12 +76,13 @@ from lit_psion.commands.records import (
     what_remains,
 )
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.audit import receipted_checkpoints, refuse_foreign
+from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
     VerifiedCheckpoint,
     as_receipted,
+    belonging,
     resolve_checkpoint,
     verify_checkpoint,
 )
@@ -359,11 +360,9 @@ class LitPsionCLI(LightningCLI):
 def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     """A checkpoint given by path, if it matches the durable checkpoint receipt of the run it sits in (if any)."""
     layout = RunLayout.of(checkpoint.path.resolve().parent.parent)
-    if not layout.is_run():
-        return checkpoint
-    if checkpoint.path.resolve().parent == layout.checkpoints.resolve():  # (a consolidated copy sits elsewhere)
-        refuse_foreign(checkpoint, layout)
-    if layout.run_id != checkpoint.manifest.run_id:
+    if layout.is_run() and checkpoint.path.resolve().parent == layout.checkpoints.resolve():  # (not a consolidated)
+        belonging(checkpoint, layout)
+    if not layout.is_run() or layout.run_id != checkpoint.manifest.run_id:
         return checkpoint
     if not layout.receipts.exists():  # a new run or an evaluation may start from it: said, not vouched for
         print(f"lit_psion: warning: {layout.receipts} is missing: {checkpoint.path.name} is held to its manifest "

@@ -20,6 +20,7 @@ from lit_psion.core.checkpoint import (
     RejectedCheckpoint,
     VerifiedCheckpoint,
     as_receipted,
+    belonging,
     read_pointer,
     resolve_checkpoint,
     verify_checkpoint,
@@ -168,18 +169,11 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
     layout = RunLayout.of(path.parent.parent)
     if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
         layout.refuse_special_files()
-        refuse_foreign(checkpoint, layout)
+        belonging(checkpoint, layout)
         as_receipted(checkpoint, receipted_checkpoints(layout))
     return checkpoint
 
 
-def refuse_foreign(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> None:
-    """Refuse a checkpoint in the run ``layout``'s ``checkpoints/`` that another run id wrote (exit 4)."""
-    if checkpoint.manifest.run_id != layout.run_id:
-        raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was written by run {checkpoint.manifest.run_id!r}, "
-                              f"not by run {layout.run_id!r} it sits in: it was copied in from another run, or this "
-                              f"run's directory was renamed (if so, rename it back to "
-                              f"{checkpoint.manifest.run_id!r})")  # fmt: skip
 
 
 def changed_records(layout: RunLayout) -> list[Verdict]:

@@ -312,12 +312,12 @@ class RejectedCheckpoint:
         return step_of(self.path.name) or 0
 
 
-def _belonging(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> VerifiedCheckpoint:
-    """``checkpoint``, if its manifest says it was written by the run it is found in."""
+def belonging(checkpoint: VerifiedCheckpoint, layout: RunLayout) -> VerifiedCheckpoint:
+    """``checkpoint``, if its manifest says it was written by the run it is found in (else exit 4)."""
     if checkpoint.manifest.run_id != layout.run_id:
         raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was written by run {checkpoint.manifest.run_id!r}, "
-                              f"not by run {layout.run_id!r} it sits in, so it is not resumed from (it was copied in; "
-                              f"or the run directory was renamed: if so, rename it back to "
+                              f"not by run {layout.run_id!r} it sits in: it was copied in from another run, or this "
+                              f"run's directory was renamed (if so, rename it back to "
                               f"{checkpoint.manifest.run_id!r})")  # fmt: skip
     return checkpoint
 
@@ -488,7 +488,7 @@ def resolve_checkpoint(
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
         try:
-            verified = as_receipted(_belonging(verify_checkpoint(pointed, pointer.manifest_sha256), layout), receipted)
+            verified = as_receipted(belonging(verify_checkpoint(pointed, pointer.manifest_sha256), layout), receipted)
             if verified.step != pointer.step:
                 raise CheckpointError(f"pointer {str(layout.pointer)!r} says step {pointer.step}, its checkpoint's "
                                       f"manifest says {verified.step}")  # fmt: skip
@@ -506,7 +506,7 @@ def resolve_checkpoint(
         if candidate == pointed:
             continue
         try:
-            verified = as_receipted(_belonging(verify_checkpoint(candidate), layout), receipted)
+            verified = as_receipted(belonging(verify_checkpoint(candidate), layout), receipted)
         except CheckpointError as error:
             skipped.append(RejectedCheckpoint(candidate, str(error)))
             continue
