@@ -26,11 +26,11 @@ from lit_psion.callbacks.evidence import data_manifest_digest, signature_of
 from lit_psion.callbacks.optimizer_settings import honour_optimizer_settings
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
-from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.contracts import RecordWatcher, ReplayData, TokenizedData
 from lit_psion.core.errors import CheckpointError, ConfigError, DataManifestMismatch, MembershipChanged, failure_class
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, mismatched_joiners, read_membership
+from lit_psion.core.pointer import read_pointer
 from lit_psion.core.run import write_latest
 from lit_psion.loggers import RunCSVLogger
 

@@ -48,14 +48,12 @@ from lit_psion.commands.fit_args import (
     expand_home,
     gather_files,
     known_cause,
-    make_root,
     place_wandb_runs,
     plain_parse_error,
     raised_in_lightning,
     refuse_lightning_optimizer_groups,
     refuse_shared_state_keys,
     refuse_unusable_ckpt_path,
-    remove_if_empty,
     setting_problems,
 )
 from lit_psion.commands.launch import (
@@ -75,6 +73,7 @@ from lit_psion.commands.records import (
     remove_if_unborn,
     what_remains,
 )
+from lit_psion.commands.roots import make_root, remove_if_empty
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (

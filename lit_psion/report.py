@@ -22,9 +22,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
-from lit_psion.core.checkpoint import read_pointer
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
+from lit_psion.core.pointer import read_pointer
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("loss", ("train/loss", "train/mse", "val/loss")),  # train/mse: the graph core's training loss

@@ -21,15 +21,10 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lit_psion.checkpoint_io import consolidated_for, load_verified
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.audit import changed_records, receipted_checkpoints, verify_in_its_run
-from lit_psion.core.checkpoint import (
-    MANIFEST_FILE,
-    RejectedCheckpoint,
-    VerifiedCheckpoint,
-    read_pointer,
-    resolve_checkpoint,
-)
+from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.pointer import read_pointer
 
 
 def add_data_facts_link(parser: LightningArgumentParser) -> None:

@@ -15,15 +15,10 @@ from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
 from lit_psion.commands.records import refuse_without_its_records
 from lit_psion.core.audit import check_chain, receipted_checkpoints, verify_in_its_run
-from lit_psion.core.checkpoint import (
-    MANIFEST_FILE,
-    RejectedCheckpoint,
-    VerifiedCheckpoint,
-    read_pointer,
-    resolve_checkpoint,
-)
+from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.layout import RunLayout, refuse_output_in_a_run, step_of
+from lit_psion.core.pointer import read_pointer
 from lit_psion.core.run import RunRecord
 
 

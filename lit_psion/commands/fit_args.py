@@ -402,49 +402,6 @@ def expand_home(config: Any) -> None:
             init_args[key] = expanded(init_args[key])
 
 
-def make_root(root: Path) -> list[Path]:
-    """Create the runs root, or refuse in one line a root that cannot hold runs. Returns the directories it
-    created, deepest first (``remove_if_empty`` takes them back when the fit is refused before its run exists)."""
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is a file; give a directory for runs")
-    made = [path for path in (root, *root.parents) if not path.exists()]
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"trainer.default_root_dir {str(root)!r} cannot be created ({error.strerror or error}); "
-                          "give a writable directory") from error  # fmt: skip
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
-    longest = len(os.fsencode(os.path.abspath(root))) + RUN_PATH_ROOM
-    if longest > (most := _path_max(root)):  # (else found only at the first checkpoint, as a disk fault)
-        remove_if_empty(made)
-        raise ConfigError(f"trainer.default_root_dir is {longest - RUN_PATH_ROOM} bytes long, and a run's files lie "
-                          f"up to {RUN_PATH_ROOM} bytes deeper, past this system's {most}-byte path limit; give a "
-                          "shorter path")  # fmt: skip
-    return made
-
-
-RUN_PATH_ROOM = 120
-"""Bytes a run's deepest file adds to its root's path (``/<run id>/checkpoints/.step-NNNNNN.tmp-XXXXXXXX/...``,
-about 90), with room to spare."""
-
-
-def _path_max(root: Path) -> int:
-    try:
-        return os.pathconf(root, "PC_PATH_MAX")
-    except (OSError, ValueError):  # a file system that does not say: Linux's
-        return 4096
-
-
-def remove_if_empty(made: list[Path]) -> None:
-    """Remove the directories ``make_root`` created, deepest first, while they are empty."""
-    for path in made:
-        try:
-            path.rmdir()
-        except OSError:  # holds a run (or anything else): kept, and so is every directory above it
-            return
-
-
 CKPT_PATH_HELP = ("'last' (the latest run under --trainer.default_root_dir, from its pointed-to, verified checkpoint) "
                   "or a checkpoint directory (RUN/checkpoints/step-NNNNNN); docs/cli.md")
 

@@ -21,7 +21,6 @@ from lit_psion.core.checkpoint import (
     VerifiedCheckpoint,
     as_receipted,
     belonging,
-    read_pointer,
     resolve_checkpoint,
     verify_checkpoint,
 )
@@ -30,6 +29,7 @@ from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, Lit
 from lit_psion.core.files import read_json, read_plain
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
+from lit_psion.core.pointer import read_pointer
 from lit_psion.core.run import RunRecord, RunStatus
 from lit_psion.core.skip_list import SkipList, SkippedBatch
 

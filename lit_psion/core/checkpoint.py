@@ -25,8 +25,9 @@ from typing import Any
 
 from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
-from lit_psion.core.files import atomic_write_json, read_plain, unique_keys
+from lit_psion.core.files import read_plain, unique_keys
 from lit_psion.core.layout import RunLayout, linked, step_of
+from lit_psion.core.pointer import read_pointer
 
 MANIFEST_FILE = "manifest.json"
 CONSOLIDATION_PREFIX = "consolidate-"
@@ -105,19 +106,6 @@ class CheckpointManifest:
         if not isinstance(manifest.step, int):
             raise CheckpointError(f"checkpoint manifest {where!r} has step {manifest.step!r}, not an integer")
         return manifest
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CheckpointPointer:
-    """``checkpoints/pointer.json``: the latest durable, accepted checkpoint of a run."""
-
-    step: int
-    checkpoint: str
-    """The checkpoint directory's name inside ``checkpoints/``."""
-    manifest_sha256: str
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,35 +257,6 @@ def _read_verified(directory: Path, name: str, expected: FileRecord, hold: bool 
         raise CheckpointError(f"checkpoint file {str(file)!r} is corrupt: expected sha256 {expected.sha256}, "
                               f"got {actual}")  # fmt: skip
     return data
-
-
-def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
-    """The run's pointer, or None if it has none; a malformed pointer is a :class:`CheckpointError`."""
-    path = layout.pointer
-    if path.is_symlink():
-        raise CheckpointError(f"checkpoint pointer {str(path)!r} is a symlink; a run's pointer is a plain file inside "
-                              "it (the next checkpoint writes it again)")  # fmt: skip
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(read_plain(path), object_pairs_hook=unique_keys)
-        pointer = CheckpointPointer(step=int(record["step"]), checkpoint=str(record["checkpoint"]),
-                                    manifest_sha256=str(record["manifest_sha256"]))  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
-        raise CheckpointError(f"checkpoint pointer {str(path)!r} is malformed ({error})") from error
-    if step_of(pointer.checkpoint) is None:
-        raise CheckpointError(f"checkpoint pointer {str(path)!r} names {pointer.checkpoint!r}, which is not a "
-                              "step-NNNNNN directory of this run")  # fmt: skip
-    return pointer
-
-
-def write_pointer(layout: RunLayout, checkpoint: VerifiedCheckpoint | CheckpointPointer) -> CheckpointPointer:
-    """Point the run at ``checkpoint`` (atomically); return the pointer written."""
-    if isinstance(checkpoint, VerifiedCheckpoint):
-        checkpoint = CheckpointPointer(step=checkpoint.step, checkpoint=checkpoint.path.name,
-                                       manifest_sha256=checkpoint.manifest_sha256)  # fmt: skip
-    atomic_write_json(layout.pointer, checkpoint.to_json_dict())
-    return checkpoint
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,17 +13,10 @@ from typing import Any
 import pytest
 
 from lit_psion.core import RunLayout
-from lit_psion.core.checkpoint import (
-    MANIFEST_FILE,
-    CheckpointManifest,
-    CheckpointPointer,
-    read_pointer,
-    resolve_checkpoint,
-    verify_checkpoint,
-    write_pointer,
-)
+from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, resolve_checkpoint, verify_checkpoint
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.layout import step_name, step_of
+from lit_psion.core.pointer import CheckpointPointer, read_pointer, write_pointer
 from lit_psion.core.run import read_latest
 from tests.helpers import fit
 

@@ -23,9 +23,10 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from lit_psion.checkpoint_io import first_failure, load_trainer_state, verified_reader
 from lit_psion.cli import main
 from lit_psion.core import RunLayout, read_json, sha256_file
-from lit_psion.core.checkpoint import MANIFEST_FILE, read_pointer, verify_checkpoint
+from lit_psion.core.checkpoint import MANIFEST_FILE, verify_checkpoint
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.layout import LATEST_FILE
+from lit_psion.core.pointer import read_pointer
 from lit_psion.core.run import read_latest
 from lit_psion.runs import load_run
 from tests.helpers import REPO_ROOT, TINY, assert_tree_equal, callbacks_config, subprocess_env

@@ -19,7 +19,8 @@ import torch
 
 from lit_psion.cli import main
 from lit_psion.core import RunLayout
-from lit_psion.core.checkpoint import MANIFEST_FILE, verify_checkpoint, write_pointer
+from lit_psion.core.checkpoint import MANIFEST_FILE, verify_checkpoint
+from lit_psion.core.pointer import write_pointer
 from tests.helpers import REPO_ROOT, TINY, subprocess_env
 from tests.strategies import test_sharded
 from tests.strategies.test_sharded import (

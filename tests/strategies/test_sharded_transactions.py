@@ -17,7 +17,7 @@ import torch
 
 from lit_psion.cli import main
 from lit_psion.core import RunLayout
-from lit_psion.core.checkpoint import read_pointer
+from lit_psion.core.pointer import read_pointer
 from lit_psion.strategies.transactional import STATE_KEY
 from tests.helpers import assert_tree_equal
 from tests.strategies.test_sharded import DATA, run_dir, run_fit, sharded_state, steps
