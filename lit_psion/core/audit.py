@@ -26,7 +26,7 @@ from lit_psion.core.checkpoint import (
 )
 from lit_psion.core.digest import sha256_file, sha256_json
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
-from lit_psion.core.files import read_json, read_plain
+from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.pointer import read_pointer
@@ -121,7 +121,7 @@ def check_chain(
 def _recorded_head(checkpoint: Path, layout: RunLayout) -> str | None:
     """The head a checkpoint of this run recorded (a checkpoint copied in from another run anchors nothing)."""
     try:
-        manifest = json.loads(read_plain(checkpoint / MANIFEST_FILE))
+        manifest = read_json(checkpoint / MANIFEST_FILE)
         return manifest.get("receipts_head") if manifest.get("run_id") == layout.run_id else None
     except (OSError, ValueError, AttributeError, RecursionError):
         return None  # an unreadable manifest is the checkpoint's own verdict

@@ -25,7 +25,7 @@ from typing import Any
 
 from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
-from lit_psion.core.files import read_plain, unique_keys
+from lit_psion.core.files import read_json, unique_keys
 from lit_psion.core.layout import RunLayout, linked, step_of
 from lit_psion.core.pointer import read_pointer
 
@@ -348,7 +348,7 @@ def _tell_of_foreign_after(layout: RunLayout, step: int, rejected: list[Rejected
     each when it reaches its step, so it is said (and receipted with the skipped ones), not done silently."""
     for path in layout.checkpoint_dirs():
         try:
-            written_by = json.loads(read_plain(path / MANIFEST_FILE)).get("run_id")
+            written_by = read_json(path / MANIFEST_FILE).get("run_id")
         except (OSError, ValueError, AttributeError, RecursionError):
             continue  # not a checkpoint this fit could mistake for its own: its own verdict in doctor
         if (step_of(path.name) or 0) > step and written_by != layout.run_id:
