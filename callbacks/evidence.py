@@ -19,7 +19,7 @@ from typing_extensions import override
 from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
 from lit_psion.core.audit import check_chain, receipted_checkpoints
 from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, emit_receipt
-from lit_psion.core.contracts import MembershipAware, ReplayData, RollbackAware, SignedModel, lr_flag
+from lit_psion.core.contracts import MembershipAware, ReplayData, SignedModel, lr_flag
 from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError, failure_class
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
@@ -154,8 +154,8 @@ class Receipts(EvidenceCallback):
         step = trainer.global_step
         if outputs is None:
             return
-        if isinstance(trainer.strategy, RollbackAware) and trainer.strategy.last_decision == "rollback":
-            return  # a transactional strategy undid this step; its transaction receipt says why
+        if getattr(trainer.strategy, "last_decision", None) == "rollback":  # RollbackAware (no Protocol check:
+            return  # every step) undid this step; its transaction receipt says why
         loss = _global_loss(trainer, step, outputs["loss"] if isinstance(outputs, dict) else outputs)
         if step % self.every_n_steps:
             return

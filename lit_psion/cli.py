@@ -108,6 +108,7 @@ from lit_psion.core.run import (
     run_stage,
 )
 from lit_psion.loggers import RunCSVLogger
+from lit_psion.profilers import QuietProfiler
 from lit_psion.runs import add_data_facts_link
 from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
 from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy, settings_follow_the_name
@@ -332,7 +333,8 @@ class LitPsionCLI(LightningCLI):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
         refuse_shared_state_keys(callbacks)
         try:
-            trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers}, callbacks=callbacks)
+            trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers,
+                                            "profiler": config.get("profiler") or QuietProfiler()}, callbacks=callbacks)
         except MisconfigurationException as error:  # Lightning's word for a setting it cannot honour
             raise ConfigError(f"trainer: {error}") from error
         except (ModuleNotFoundError, TypeError, ValueError) as error:  # an accelerator or devices it cannot use

@@ -439,3 +439,29 @@ def test_the_ckpt_path_help_says_what_lit_psion_takes(subcommand: str, capsys: p
     described = text.split("--ckpt_path CKPT_PATH ", 2)[-1][:300]  # the option's own entry, past the usage line
     assert described.startswith("'last' (the latest run under --trainer.default_root_dir"), described
     assert "registry" not in described and "hpc" not in described
+
+
+@pytest.mark.parametrize("profiler", [None, "simple"])
+def test_a_fit_runs_lightnings_profiler_only_when_one_is_configured(profiler: str | None, tmp_path: Path) -> None:
+    """Unconfigured, hooks run under QuietProfiler (no per-call context manager); a configured one is honoured."""
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from lit_psion.cli import LitPsionCLI
+    from lit_psion.profilers import QuietProfiler
+
+    seen = []
+
+    class Probe(Callback):
+        def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            seen.append(trainer.profiler)
+            seen.append(len(getattr(trainer.profiler, "recorded_durations", {}).get("run_training_batch", ())))
+
+    flags = ["--trainer.profiler", profiler] if profiler else []
+    LitPsionCLI(args=["fit", "--config", TINY, "--trainer.max_steps", "2", "--trainer.default_root_dir",
+                      str(tmp_path), *flags], callbacks=[Probe()])  # fmt: skip
+    assert type(seen[0]) is (SimpleProfiler if profiler else QuietProfiler)
+    if profiler:
+        assert seen[1] == 2  # it timed both steps
+    else:
+        assert seen[0].profile("run_training_batch") is seen[0].profile("training_step")  # one shared no-op

@@ -35,7 +35,24 @@ class ReceiptBody:
     kind: ClassVar[str] = ""
 
     def to_json_dict(self) -> dict[str, Any]:
+        """The body's fields as JSON data. A body of scalars and tuples of scalars (every step's receipt) is read
+        field by field; anything deeper goes through ``dataclasses.asdict``, which copies it."""
+        values = {name: getattr(self, name) for name in _field_names(type(self))}
+        if all(_scalar(value) or (type(value) is tuple and all(map(_scalar, value))) for value in values.values()):
+            return values
         return dataclasses.asdict(self)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _scalar(value: Any) -> bool:
+    return type(value) in _SCALARS
+
+
+@functools.cache
+def _field_names(cls: type[ReceiptBody]) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
 
 
 def body_problem(cls: type[ReceiptBody], body: dict[str, Any]) -> str | None:

@@ -156,6 +156,21 @@ class UserNote(ReceiptBody):
 
 register_receipt(UserNote)
 
+JSON_DICT_BODIES = [step(3), UserNote(step=1, value=1.0), UserNote(step=1, value=1.0, detail={"a": [1, 2]}),
+                    UserNote(step=1, value=1.0, detail=(1, [2])), UserNote(step=1, value=1.0, detail=(1, "b"))]
+
+
+@pytest.mark.parametrize("body", JSON_DICT_BODIES, ids=["step", "scalars", "dict", "tuple of a list", "flat tuple"])
+def test_a_bodys_json_dict_is_asdicts_and_holds_none_of_its_mutable_values(body: ReceiptBody) -> None:
+    """Scalar bodies take a shallow path (every step's receipt); it must give what ``dataclasses.asdict`` gives,
+    and a body holding a list or dict must still be copied, so editing the dict cannot edit the body."""
+    got = body.to_json_dict()
+    assert got == dataclasses.asdict(body) and list(got) == [f.name for f in dataclasses.fields(body)]
+    detail = getattr(body, "detail", None)
+    if isinstance(detail, dict) or (isinstance(detail, tuple) and any(isinstance(v, list) for v in detail)):
+        assert got["detail"] is not detail and got["detail"] == detail
+
+
 NOT_READ_BACK = [  # (a user's body, what the refusal names): each used to be written, and the log then failed
     (UserNote(step=1, value=1.0, detail={2: "a", 10: "b"}), "does not read back as written"),  # verify: edited
     (UserNote(step=1, value=None), "field 'value' is None, not float"),  # verify with the kind known: malformed
