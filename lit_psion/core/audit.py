@@ -178,27 +178,54 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
 
 def changed_records(layout: RunLayout) -> list[Verdict]:
     """The run's description files (config.yaml, the data manifest, the tokenizer) that no longer match what run.json
-    records; a config.yaml an attempt of the run trained with (named by a ``training_run`` receipt) is not changed."""
-    configs = _receipted_digests(layout, "config_digest")
+    records; a config.yaml the run's latest attempts wrote (named by their ``training_run`` receipts, see
+    :func:`_current_configs`) is not changed."""
+    configs = _current_configs(layout)
     return [verdict for verdict in audit_files(layout, RunRecord.load(layout)) if not verdict.ok
             and not (verdict.artifact == layout.config.name and layout.config.is_file()
                      and sha256_file(layout.config) in configs)]  # fmt: skip
 
 
-def _receipted_digests(layout: RunLayout, field: str) -> set[str]:
-    """The ``config_digest`` (or ``data_manifest_digest``) values the run's ``training_run`` receipts record: the
-    configs its attempts trained with."""
+TRAINED = frozenset({"trainer_step", "transaction", "growth"})
+"""Receipts an attempt writes only after a training step, so after it wrote its config.yaml (at training start)."""
+
+
+def _training_runs(layout: RunLayout) -> list[tuple[set[str], set[str], bool]]:
+    """Per attempt of the run, in order: the ``config_digest`` and ``data_manifest_digest`` values its
+    ``training_run`` receipts record, and whether it trained (wrote one of :data:`TRAINED`)."""
     if not layout.receipts.is_file():
-        return set()
-    digests = set()
+        return []
+    attempts: list[tuple[set[str], set[str], bool]] = []
     for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             receipt = parse_receipt(line)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             continue
-        if receipt.kind == "training_run" and isinstance(receipt.body.get(field), str):
-            digests.add(receipt.body[field])
-    return digests
+        body = receipt.body
+        if receipt.kind == "training_run":
+            if body.get("event") in ("started", "resumed") or not attempts:
+                attempts.append((set(), set(), False))
+            for digests, field in zip(attempts[-1][:2], ("config_digest", "data_manifest_digest"), strict=True):
+                if isinstance(body.get(field), str):
+                    digests.add(body[field])
+        elif receipt.kind in TRAINED and attempts and not attempts[-1][2]:
+            attempts[-1] = (*attempts[-1][:2], True)
+    return attempts
+
+
+def _current_configs(layout: RunLayout) -> set[str]:
+    """The config.yaml digests the run's config.yaml may hold now: those of the last attempt that trained and of
+    every attempt after it (one stopped before training may or may not have written its config.yaml; none wrote
+    another afterwards). Every attempt's when no receipt shows which trained (step receipts off)."""
+    attempts = _training_runs(layout)
+    trained = [index for index, (_, _, did) in enumerate(attempts) if did]
+    return set().union(*(configs for configs, _, _ in attempts[trained[-1] if trained else 0:]))
+
+
+def _receipted_digests(layout: RunLayout, field: str) -> set[str]:
+    """The ``config_digest`` (or ``data_manifest_digest``) values any of the run's ``training_run`` receipts record."""
+    index = 0 if field == "config_digest" else 1
+    return set().union(*(attempt[index] for attempt in _training_runs(layout)))
 
 
 def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
@@ -269,6 +296,9 @@ def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
         detail = f"config digest {'matches' if ok else 'differs from'} run.json's ({actual})"
         if ok and receipted and actual not in receipted:  # run.json rewritten to match an edited config.yaml
             ok, detail = False, f"{detail}, but no training_run receipt records it: the run never trained with it"
+        elif ok and receipted and actual not in _current_configs(layout):  # an earlier attempt's, put back
+            ok, detail = False, (f"{detail}, but it is an earlier attempt's: the run trained on after it with "
+                                 "another config.yaml, which a resume would compare its settings with")
         verdicts.append(Verdict(layout.config.name, ok, detail, 0 if ok else DataError.exit_code))
     if record.data_manifest_digest is None or not layout.data_manifest.is_file():
         return verdicts

@@ -311,20 +311,55 @@ def test_a_resume_does_not_overwrite_a_record_changed_since_the_run_wrote_it(
     assert main(["doctor", str(run.run_dir)]) == 3  # the same verdict as the refusal
 
 
-def test_each_attempts_receipt_names_its_config_and_a_config_an_attempt_trained_with_is_resumed(tmp_path: Path) -> None:
-    """config.yaml is written once run.json records its digest: a crash in between leaves the previous attempt's
-    config.yaml, which the chain's training_run receipts name, so the resume goes on (a config no receipt names is
-    refused, above)."""
+def test_each_attempts_receipt_names_its_config_and_a_stop_before_config_yaml_is_written_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.yaml is written once run.json records its digest: an attempt stopped in between (here by Ctrl-C) leaves
+    the previous attempt's config.yaml, which the chain's training_run receipts name, so the next resume goes on (a
+    config no receipt names is refused, above)."""
+    import lit_psion.callbacks.run_dir as run_dir
+
     run = _run(tmp_path / "runs")
     first = run.config.read_bytes()
-    assert _resume(run.root) == 0  # max_steps 9: another config
+    assert _resume(run.root) == 0  # max_steps 9: another config, trained with
     chain = [json.loads(line) for line in run.receipts.read_text().splitlines()]
     digests = [r["body"]["config_digest"] for r in chain if r["kind"] == "training_run"]
     second = sha256_file(run.config)
     assert digests == [hashlib.sha256(first).hexdigest()] * 2 + [second] * 2  # started, completed, resumed, completed
     assert read_json(run.run_file)["config_digest"] == second != digests[0]
-    run.config.write_bytes(first)  # what a crash between run.json and config.yaml leaves
+
+    def interrupted(path: Path, text: str) -> None:
+        if path.name == "config.yaml":
+            raise KeyboardInterrupt
+        atomic_write_text(path, text)
+
+    atomic_write_text = run_dir.atomic_write_text
+    monkeypatch.setattr(run_dir, "atomic_write_text", interrupted)
+    assert fit("--trainer.default_root_dir", str(run.root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 130
+    monkeypatch.undo()
+    assert sha256_file(run.config) == second != read_json(run.run_file)["config_digest"]  # the third's, untrained
     assert fit("--trainer.default_root_dir", str(run.root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 0
+    assert main(["doctor", str(run.run_dir)]) == 0
+
+
+def test_an_earlier_attempts_config_put_back_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The run trained 6 steps under one config.yaml and 3 more under another; the first put back, with run.json's
+    digest to match, names a config the run did train with, but not the one its checkpoint trained under: a resume
+    would have compared its settings with the first and recorded the wrong earlier values. Refused (exit 3), nothing
+    written, and doctor says why."""
+    run = _run(tmp_path / "runs")
+    first = run.config.read_bytes()
+    assert _resume(run.root) == 0
+    run.config.write_bytes(first)
+    record = read_json(run.run_file)
+    run.run_file.write_text(json.dumps({**record, "config_digest": hashlib.sha256(first).hexdigest()}))
+    before = {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert main(["doctor", str(run.run_dir)]) == 3
+    assert "an earlier attempt's" in capsys.readouterr().out
+    assert fit("--trainer.default_root_dir", str(run.root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 3
+    assert "an earlier attempt's" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 def test_a_checkpoint_whose_trainer_state_is_another_step_is_refused(tmp_path: Path,
