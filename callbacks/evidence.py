@@ -44,9 +44,13 @@ class EvidenceCallback(Callback):
         """Append ``body`` to the run's receipt chain (on rank 0; a no-op when receipts are off).
 
         Raises:
+            ConfigError: ``body`` is not an instance of a registered receipt body class.
             EvidenceError: ``body`` is of one of lit_psion's own kinds (or a subclass of one): a checkpoint, step or
                 run receipt says what lit_psion did, so a callback cannot write one.
         """
+        if not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body):
+            raise ConfigError(f"{type(self).__qualname__} emitted {_unregistered(body)}; emit an instance of a "
+                              "ReceiptBody dataclass decorated with @register_receipt (docs/receipts.md)")  # fmt: skip
         if body.kind in _own_kinds():
             raise EvidenceError(f"{type(self).__qualname__} emitted a {body.kind!r} receipt, one of lit_psion's own "
                                 "kinds (they record what lit_psion did); register a kind of your own with "
@@ -61,6 +65,17 @@ class EvidenceCallback(Callback):
     def run(trainer: L.Trainer) -> RunContext:
         """The fit's run: its layout (where files go) and its stage (what receipts say it is)."""
         return run_context(trainer)
+
+
+def _unregistered(body: Any) -> str:
+    """What an emitted object that is not a registered receipt body is."""
+    if not isinstance(body, ReceiptBody):
+        return f"a {type(body).__qualname__}, not a receipt body"
+    holder = RECEIPT_KINDS.get(body.kind)
+    if holder is None:
+        return f"a {type(body).__qualname__} whose kind {body.kind!r} is not registered"
+    return (f"a {type(body).__qualname__} of kind {body.kind!r}, which is registered to another class, "
+            f"{holder.__module__}.{holder.__qualname__} (was the class defined again after it registered?)")
 
 
 def data_manifest_digest(trainer: L.Trainer) -> str | None:

@@ -3,14 +3,18 @@ that says so: a class path that does not import, a constructor that fails, a set
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import pytest
 
+from lit_psion.callbacks import EvidenceCallback
 from lit_psion.cli import main
 from lit_psion.core import read_json
+from lit_psion.core.errors import ConfigError
+from lit_psion.core.receipts import RECEIPT_KINDS, ReceiptBody, register_receipt
 from lit_psion.core.run import read_latest
 from tests.test_bad_input import one_error_line
 
@@ -168,3 +172,61 @@ def test_two_callbacks_sharing_a_state_key_are_a_setting_and_keyed_ones_train(tm
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
     assert fit_with("CountsStepsByEvery", 2) == 0
     assert fit_with("CountsStepsByEvery", 1) == 2  # the same settings twice: the same key
+
+
+class EmitsWhatItWasGiven(EvidenceCallback):
+    """A user's evidence callback that emits, at step 2, a body of the kind named by ``what``."""
+
+    def __init__(self, what: str = "dict") -> None:
+        self.what = what
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step != 2:
+            return
+        if self.what == "dict":
+            self.emit(trainer, {"kind": "note", "step": 2})  # type: ignore[arg-type]
+        else:
+            self.emit(trainer, UnregisteredNote(step=2))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class UnregisteredNote(ReceiptBody):
+    kind: ClassVar[str] = "test_unregistered_note"
+    step: int
+
+
+EMITTED = [("dict", "EmitsWhatItWasGiven emitted a dict, not a receipt body"),
+           ("unregistered", "emitted a UnregisteredNote whose kind 'test_unregistered_note' is not registered")]
+
+
+@pytest.mark.parametrize(("what", "says"), EMITTED, ids=["dict", "unregistered"])
+def test_emitting_what_is_not_a_registered_receipt_body_is_a_setting_naming_it(
+    what: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A dict, or a body whose class never registered, was exit 1 at a line of lit_psion's ("unexpected error")."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.EmitsWhatItWasGiven",
+            f"--trainer.callbacks.what={what}", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert says in line and "@register_receipt" in line, line
+    assert main(["receipts", "verify", str(tmp_path / read_latest(tmp_path))]) == 0  # nothing half-written
+
+
+def test_register_receipt_refuses_a_class_whose_fields_it_could_not_write_or_a_kind_without_a_name() -> None:
+    """A class that is not a dataclass wrote ``"body": {}``; one without a kind registered ``""``, and the next such
+    class anywhere failed to import as ``kind '' is already registered``."""
+
+    class NotADataclass(ReceiptBody):
+        kind: ClassVar[str] = "test_not_a_dataclass"
+        step = 2
+
+    with pytest.raises(ConfigError, match="NotADataclass: a receipt body is a dataclass subclassing ReceiptBody"):
+        register_receipt(NotADataclass)
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Nameless(ReceiptBody):
+        step: int
+
+    with pytest.raises(ConfigError, match="Nameless: its kind is ''; give it a name of its own"):
+        register_receipt(Nameless)
+    assert "test_not_a_dataclass" not in RECEIPT_KINDS and "" not in RECEIPT_KINDS

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -205,7 +206,11 @@ def _check_user_body(body: ReceiptBody) -> None:
     edited), or a field whose value is not of the field's type (verification would call it malformed)."""
     where = f"receipt kind {body.kind!r} ({type(body).__module__}.{type(body).__qualname__})"
     try:
-        encoded = canonical_json(body.to_json_dict())
+        fields = body.to_json_dict()
+        if (found := next(filter(None, (_unholdable(v, f"field {k!r}") for k, v in fields.items())), None)):
+            raise EvidenceError(f"{where}: {found}, which a receipt cannot hold; emit plain str, int, finite float, "
+                                "bool, None, lists and dicts with string keys")  # fmt: skip
+        encoded = canonical_json(fields)
         read_back = json.loads(encoded)
     except (TypeError, ValueError, RecursionError) as error:
         raise EvidenceError(f"{where}: its body is not JSON a receipt can hold ({error}); emit plain str, int, "
@@ -215,6 +220,25 @@ def _check_user_body(body: ReceiptBody) -> None:
                             "emit dicts with string keys")  # fmt: skip
     if (problem := body_problem(type(body), read_back)) is not None:
         raise EvidenceError(f"{where}: {problem}; emit values of the types its fields declare")
+
+
+def _unholdable(value: Any, where: str) -> str | None:
+    """Where in ``value`` something JSON cannot hold as itself sits (a non-finite float, a dict key that is not a
+    string, an object that is not JSON data), said as a path from ``where``; None when there is nothing."""
+    if value is None or isinstance(value, str | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}"
+    if isinstance(value, list | tuple):
+        return next(filter(None, (_unholdable(item, f"{where}[{i}]") for i, item in enumerate(value))), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r}, a {type(key).__name__} (JSON keys are strings)"
+            if found := _unholdable(item, f"{where}[{key!r}]"):
+                return found
+        return None
+    return f"{where} is a {type(value).__module__}.{type(value).__qualname__}"
 
 
 class ReceiptChainError(EvidenceError):

@@ -19,7 +19,20 @@ RECEIPT_KINDS: dict[str, type[ReceiptBody]] = {}
 
 
 def register_receipt(cls: type[ReceiptBody]) -> type[ReceiptBody]:
-    """Register a receipt body class under its ``kind``; a kind may be registered once."""
+    """Register a receipt body class under its ``kind``; a kind may be registered once.
+
+    Raises:
+        ConfigError: ``cls`` is not a :class:`ReceiptBody` dataclass (its fields would not be written), its ``kind`` is
+            not a non-empty string, or the kind is registered already.
+    """
+    name = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)}"
+    if not (isinstance(cls, type) and issubclass(cls, ReceiptBody) and dataclasses.is_dataclass(cls)
+            and "__dataclass_fields__" in vars(cls)):  # fmt: skip
+        raise ConfigError(f"@register_receipt on {name}: a receipt body is a dataclass subclassing ReceiptBody; put "
+                          "@register_receipt above @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)")
+    if not isinstance(cls.kind, str) or not cls.kind.strip():
+        raise ConfigError(f"@register_receipt on {name}: its kind is {cls.kind!r}; give it a name of its own "
+                          "(kind: ClassVar[str] = \"my_evidence\")")  # fmt: skip
     if cls.kind in RECEIPT_KINDS:
         holder = RECEIPT_KINDS[cls.kind]
         raise ConfigError(f"receipt kind {cls.kind!r} is already registered by {holder.__module__}."

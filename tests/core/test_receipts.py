@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -172,17 +173,22 @@ def test_a_bodys_json_dict_is_asdicts_and_holds_none_of_its_mutable_values(body:
 
 
 NOT_READ_BACK = [  # (a user's body, what the refusal names): each used to be written, and the log then failed
-    (UserNote(step=1, value=1.0, detail={2: "a", 10: "b"}), "does not read back as written"),  # verify: edited
+    (UserNote(step=1, value=1.0, detail={2: "a", 10: "b"}), "field 'detail' has the key 2, a int"),  # read as edited
+    (UserNote(step=1, value=1.0, detail={1: 0.5, 2: 0.7}), "field 'detail' has the key 1, a int"),  # written as "1"
+    (UserNote(step=1, value=1.0, detail={1: "a", "1": "b"}), "field 'detail' has the key 1, a int"),
     (UserNote(step=1, value=None), "field 'value' is None, not float"),  # verify with the kind known: malformed
     (UserNote(step=True, value=1.0), "field 'step' is True, not int"),
-    (UserNote(step=1, value=float("nan")), "non-finite float nan"),  # exit 1, naming nothing
-    (UserNote(step=1, value=1.0, detail=b"raw"), "not JSON a receipt can hold"),
-    (UserNote(step=1, value=1.0, detail={1, 2}), "not JSON a receipt can hold"),
+    (UserNote(step=1, value=float("nan")), "field 'value' is nan"),  # exit 1, naming nothing
+    (UserNote(step=1, value=1.0, detail={"a": [1.0, float("inf")]}), r"field 'detail'\['a'\]\[1\] is inf"),
+    (UserNote(step=1, value=1.0, detail=b"raw"), "field 'detail' is a builtins.bytes"),
+    (UserNote(step=1, value=1.0, detail={1, 2}), "field 'detail' is a builtins.set"),
+    (UserNote(step=1, value=1.0, detail=datetime.date(2026, 12, 5)), "field 'detail' is a datetime.date"),
 ]
 
 
-@pytest.mark.parametrize(("body", "says"), NOT_READ_BACK, ids=["int keys", "None float", "bool int", "nan", "bytes",
-                                                                "set"])  # fmt: skip
+@pytest.mark.parametrize(("body", "says"), NOT_READ_BACK, ids=["int keys", "int keys in order", "mixed keys",
+                                                                "None float", "bool int", "nan", "nested inf",
+                                                                "bytes", "set", "date"])  # fmt: skip
 def test_a_user_body_that_would_not_read_back_as_itself_is_refused_unwritten(tmp_path: Path, body: ReceiptBody,
                                                                               says: str) -> None:  # fmt: skip
     from lit_psion.core.errors import EvidenceError
