@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
+from lit_psion.core.audit import check_chain
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
 from lit_psion.core.pointer import read_pointer
@@ -210,7 +211,20 @@ def evidence(run_dir: Path) -> dict[str, Any]:
         "model_signature": record.model_signature,
         "checkpoint": pointer.checkpoint if pointer is not None else None,
         "checkpoint_manifest_sha256": pointer.manifest_sha256 if pointer is not None else None,
+        "receipts": _chain_verdict(layout, record),
     }
+
+
+def _chain_verdict(layout: RunLayout, record: RunRecord) -> str:
+    """``verified`` when the run's receipt chain and its anchors check out, ``none`` for a run that kept no
+    receipts, else ``FAILS: `` and the first problem (what ``receipts verify`` reports)."""
+    if record.receipts_head is None and not layout.receipts.exists() and not layout.receipts.is_symlink():
+        return "none"
+    try:
+        check_chain(layout, record)
+    except EvidenceError as error:
+        return f"FAILS: {error}"
+    return "verified"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -365,7 +379,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--out {str(out)!r} cannot be created ({error.strerror or error}); give a writable "
                           "directory") from error  # fmt: skip
     images = write_plots(series, out)
-    fields = ("status", "global_step", "receipts_head", "checkpoint", "checkpoint_manifest_sha256")
+    fields = ("status", "global_step", "receipts", "receipts_head", "checkpoint", "checkpoint_manifest_sha256")
     final_rows = [(key, *(finals[label].get(key) for label in labels)) for key in metric_keys]
     write_page(
         out / "index.html",

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from lit_psion.commands import CommandParser
+from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import refuse_output_in_a_run
 from lit_psion.report import compare
 
@@ -30,10 +31,14 @@ def main(args: list[str]) -> None:
     finals = Table("metric", *labels, title="final metrics")
     for key in result["metrics"]:
         finals.add_row(key, *(_format(result["final"][label].get(key)) for label in labels))
-    for field in ("status", "global_step", "receipts_head", "checkpoint"):
-        finals.add_row(field, *(str(facts[field])[:16] for facts in result["evidence"]))
+    for field in ("status", "global_step", "receipts", "receipts_head", "checkpoint"):
+        finals.add_row(field, *(str(facts[field]).split(":")[0][:16] for facts in result["evidence"]))
     console.print(finals)
     console.print(f"overlay plots: {result['page']}")
+    for run, facts in zip(parsed.run_dirs, result["evidence"], strict=True):
+        if facts["receipts"].startswith("FAILS"):  # compared all the same, and said: its numbers are not vouched for
+            raise EvidenceError(f"{run}: its receipts do not verify, so its row above is not vouched for: "
+                                f"{facts['receipts'].removeprefix('FAILS: ')}")
 
 
 def _format(value: float | None) -> str:

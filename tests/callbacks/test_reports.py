@@ -17,6 +17,7 @@ from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
 from lit_psion.report import PANELS, TIMELINE, axes_rows, read_metrics, timeline_events, write_plots
 from tests.helpers import callbacks_config, fit, fit_subprocess
+from tests.test_bad_input import one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,34 @@ def test_compare_prints_the_config_diff_and_final_metrics(
     for run in two_runs:
         assert f"{read_metrics(run)['val/loss'][-1][1]:.5g}" in printed
     assert _png(out / "loss.png") and 'src="loss.png"' in (out / "index.html").read_text()
+
+
+TAMPERINGS = {
+    "a loss edited": lambda log: log.write_text(log.read_text().replace('"loss": ', '"loss": 1', 1)),
+    "a torn last line": lambda log: log.write_bytes(log.read_bytes()[:-40]),
+    "deleted": lambda log: log.unlink(),
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERINGS.values(), ids=TAMPERINGS.keys())
+def test_compare_says_which_runs_receipts_do_not_verify(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, tamper: Any
+) -> None:
+    """compare printed run.json's head for a run whose chain fails `receipts verify` and exited 0, though the docs'
+    failure classes say compare reports it: it still compares, marks the run, and exits 5 naming it."""
+    import shutil
+
+    copy = tmp_path / two_runs[1].name
+    shutil.copytree(two_runs[1], copy)
+    capsys.readouterr()
+    assert main(["compare", str(two_runs[0]), "--out", str(tmp_path / "clean")]) == 0
+    assert re.search(r"receipts\s*│\s*verified", capsys.readouterr().out)
+    tamper(copy / "receipts.jsonl")
+    assert main(["compare", str(two_runs[0]), str(copy), "--out", str(tmp_path / "cmp")]) == 5
+    out, err = capsys.readouterr()
+    assert re.search(r"receipts\s*│\s*verified\s*│\s*FAILS", out), out
+    assert one_error_line(err).startswith(f"lit_psion: error: {copy}: its receipts do not verify"), err
+    assert "FAILS" in (tmp_path / "cmp" / "index.html").read_text()
 
 
 def test_compare_refuses_a_path_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
