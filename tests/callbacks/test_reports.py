@@ -235,7 +235,7 @@ def test_the_wandb_summary_of_a_run_completed_by_a_zero_step_resume_is_its_final
 def test_wandb_settings_w_and_b_would_refuse_or_ignore_are_one_line(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     """A project name W&B refuses was exit 1 at training start; a second WandbLogger silently logged into the first
-    one's run, while config.yaml recorded two projects."""
+    one's run, while config.yaml recorded two projects; an id of the user's made every fit log into one W&B run."""
     overlay = ("--config", "configs/overlays/wandb.yaml", "--trainer.default_root_dir", str(tmp_path))
     assert fit(*overlay, "--trainer.logger.init_args.project", "team/run") == 2
     assert "trainer.logger.init_args.project 'team/run' holds '/', which W&B refuses" in capsys.readouterr().err
@@ -245,6 +245,8 @@ def test_wandb_settings_w_and_b_would_refuse_or_ignore_are_one_line(tmp_path: Pa
                       "{project: b}\n")  # fmt: skip
     assert fit("--config", str(second), "--trainer.default_root_dir", str(tmp_path)) == 2
     assert "trainer.logger holds 2 WandbLoggers (projects 'a', 'b')" in capsys.readouterr().err
+    assert fit(*overlay, "--trainer.logger.init_args.id", "myid") == 2  # every fit would log into W&B run myid
+    assert "trainer.logger.init_args.id 'myid': lit_psion gives the W&B run its run's id" in capsys.readouterr().err
     assert not list(tmp_path.glob("2*"))
 
 
