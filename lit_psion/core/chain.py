@@ -298,10 +298,16 @@ class VerifyResult:
     """Every digest in the verified part of the chain (to check heads recorded elsewhere)."""
     sealed: bool = False
     """The verified chain ends with a ``chain_seal`` receipt."""
+    unknown_kinds: frozenset[str] = frozenset()
+    """Kinds no class in this process registers (a user's, whose module is not imported): their receipts are checked
+    by the chain (digest, order, run) but their fields are not."""
 
     def describe(self) -> str:
         if self.ok:
-            return f"{self.count} receipts verified, head {self.head}"
+            unknown = ", ".join(map(repr, sorted(self.unknown_kinds)))
+            fields = (f"; the fields of kind{'s' * (len(self.unknown_kinds) > 1)} {unknown} were not checked (no class "
+                      "here registers it: a resume with the callback that emits it checks them)") if unknown else ""
+            return f"{self.count} receipts verified, head {self.head}{fields}"
         where = f"line {self.line}" if self.line is not None else "end of log"
         return f"{where}: {self.reason}: {self.detail}"
 
@@ -322,7 +328,7 @@ def verify_log(
         detail = "the log is a symlink, a receipt log is its own file: put the file it points to in its place"
         return VerifyResult(False, 0, "", None, "symlink", detail)
     data = Path(path).read_bytes()[:upto]
-    key = (sha256_bytes(data), run_id, len(RECEIPT_KINDS))
+    key = (sha256_bytes(data), run_id, tuple(RECEIPT_KINDS.items()))  # a kind another class registers is re-checked
     if (result := _VERIFIED.get(key)) is None:
         result = _VERIFIED[key] = _verify_bytes(data, run_id)
         while len(_VERIFIED) > 8:
@@ -333,14 +339,14 @@ def verify_log(
     return result
 
 
-_VERIFIED: dict[tuple[str, str | None, int], VerifyResult] = {}
+_VERIFIED: dict[tuple[str, str | None, tuple[tuple[str, type], ...]], VerifyResult] = {}
 """Verdicts on the exact bytes verified, by their sha256 (and the registered kinds): a resume checks the same log
 for the checkpoints it receipted and for every anchor, at ~0.1 ms a receipt each time."""
 
 
 def _verify_bytes(data: bytes, run_id: str | None) -> VerifyResult:
     lines = data.decode("utf-8", errors="replace").splitlines()
-    head, count, seen, sealed, previous_kind = None, 0, set(), False, None
+    head, count, seen, sealed, previous_kind, unknown = None, 0, set(), False, None, set()
     for number, line in enumerate(lines, start=1):
         checked = _check_line(line, number, count, head, run_id, seen)
         if isinstance(checked, tuple):
@@ -355,8 +361,10 @@ def _verify_bytes(data: bytes, run_id: str | None) -> VerifyResult:
         sealed = checked.kind == "chain_seal" or (sealed and checked.kind == "chain_repair")
         previous_kind = checked.kind
         seen.add(head)
+        if checked.kind not in RECEIPT_KINDS:
+            unknown.add(checked.kind)
     return VerifyResult(True, count, head or (genesis(run_id) if run_id else ""), digests=frozenset(seen),
-                        sealed=sealed)  # fmt: skip
+                        sealed=sealed, unknown_kinds=frozenset(unknown))  # fmt: skip
 
 
 def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> tuple[str, str] | None:
@@ -371,7 +379,9 @@ def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> 
         except RecursionError:
             problem = "nested too deeply"
         if problem is not None:
-            return "malformed", f"a {receipt.kind!r} body that is not one ({problem})"
+            name = f"{body_class.__module__}.{body_class.__qualname__}"
+            changed = "" if name.startswith("lit_psion.") else f"; {name}, registered now, does not read it: changed?"
+            return "malformed", f"a {receipt.kind!r} body that is not one ({problem}{changed})"
     resuming = receipt.kind == "training_run" and receipt.body.get("event") == "resumed"
     if previous_kind == "chain_repair" and not resuming:
         return "after_seal", f"a {receipt.kind!r} receipt follows a chain repair (only the resume that made it may)"

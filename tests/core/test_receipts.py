@@ -226,3 +226,36 @@ def test_a_user_receipt_waits_for_the_resume_of_a_sealed_chain_and_is_refused_af
     kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines()]
     assert kinds == ["trainer_step", "chain_seal", "training_run", "test_user_note", "trainer_step"]
     assert verify_log(path, run_id="run-a").ok
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class UserCount(ReceiptBody):
+    kind: ClassVar[str] = "test_user_count"
+    count: int
+
+
+def test_verify_says_which_kinds_it_checked_by_their_chain_alone_and_a_changed_class_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`receipts verify` runs without a user's modules, so it cannot check their kinds' fields: it said a plain "ok"
+    where a resume, with the callback's class registered, refused the log; now it says what it did not check. And
+    the resume's refusal names the class that no longer reads what it wrote."""
+    path = tmp_path / "r.jsonl"
+    log = ReceiptLog(path, run_id="run-u")
+    log.append(step(0))
+    log.append(UserCount(count=3))
+    assert verify_log(path).describe() == f"2 receipts verified, head {log.head}"
+    monkeypatch.delitem(RECEIPT_KINDS, "test_user_count")  # a process that never imported the module
+    said = verify_log(path).describe()
+    assert said.startswith("2 receipts verified") and "the fields of kind 'test_user_count' were not checked" in said
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class UserCountChanged(ReceiptBody):  # the user's class after an edit: count is now a str
+        kind: ClassVar[str] = "test_user_count"
+        count: str
+
+    monkeypatch.setitem(RECEIPT_KINDS, "test_user_count", UserCountChanged)
+    result = verify_log(path)
+    assert not result.ok and result.reason == "malformed"
+    assert "UserCountChanged, registered now, does not read it" in result.detail
