@@ -59,15 +59,17 @@ def read_metrics(run_dir: str | Path) -> Series:
         return series
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if "step" not in (reader.fieldnames or ()):  # an empty file, or a header that is not a run's
-                header = reader.fieldnames
-                raise ValueError(f"its header {header} has no step column" if header else "it is empty")
-            for row in reader:
-                step = int(row["step"]) + 1  # Lightning writes step n's row at n - 1; receipts count steps done
-                for key, value in row.items():
-                    if key not in ("step", "epoch") and value not in (None, ""):
-                        series.setdefault(key, []).append((step, float(value)))
+            text = handle.read()
+        text = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # a row cut short by a kill: not a row
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if "step" not in (reader.fieldnames or ()):  # an empty file, or a header that is not a run's
+            header = reader.fieldnames
+            raise ValueError(f"its header {header} has no step column" if header else "it is empty")
+        for row in reader:
+            step = int(row["step"]) + 1  # Lightning writes step n's row at n - 1; receipts count steps done
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in (None, ""):
+                    series.setdefault(key, []).append((step, float(value)))
     except (OSError, ValueError, TypeError, KeyError, csv.Error) as error:
         raise EvidenceError(f"{str(path)!r} is not a run's metrics CSV ({_one_line(error)}); restore it, or leave "
                             "this run out") from error  # fmt: skip
