@@ -441,8 +441,8 @@ def resolve_checkpoint(
                                   "none; restore them from a backup")  # fmt: skip
         if not layout.checkpoint_dirs():
             raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
-                                  "missing); to train, start a new run without --ckpt_path; to read or verify one, "
-                                  "wait for the run's first checkpoint")  # fmt: skip
+                                  "missing); to train, start a new run without --ckpt_path; a run still training "
+                                  "has one at its first checkpoint step, one that stopped before it never will")
         problem = CheckpointError(f"checkpoint pointer {str(layout.pointer)!r} is missing")  # the checkpoints are not
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
