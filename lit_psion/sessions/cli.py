@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
 
@@ -13,7 +12,7 @@ from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.sessions.settings import WorldConfig
-from lit_psion.sessions.store import BASE_CHECKPOINT, OPTIM, PLASTIC, Store
+from lit_psion.sessions.store import BASE_CHECKPOINT, MU_MAX, OPTIM, PLASTIC, Store
 
 
 def _flag(value: str) -> bool:
@@ -171,8 +170,8 @@ def session_main(args: list[str]) -> None:
         commands.init_base(store, config, parsed.pretrain_steps, parsed.pretrain_batch, parsed.pretrain_seq,
                            parsed.lr, parsed.momentum, parsed.ns_steps, parsed.seed)  # fmt: skip
     elif parsed.command == "new":
-        if not math.isfinite(parsed.mu) or parsed.mu < 0:
-            raise ConfigError(f"--mu must be a finite drift size >= 0, got {parsed.mu!r}")
+        if not 0 <= parsed.mu <= MU_MAX:
+            raise ConfigError(f"--mu must be a drift size in [0, {MU_MAX:g}], got {parsed.mu!r}")
         keys = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "gate_chunks", "rollback_tol", "grad_norm_max",
                 "state_norm_max")  # fmt: skip
         settings = {key: getattr(parsed, key) for key in keys}

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import fcntl
 import io
+import math
 import os
 import pickle
 import re
@@ -63,6 +64,10 @@ INT_SETTINGS = ("ns_steps", "chunk", "buffer_len", "gate_chunks")
 """A session's settings that are counts; the others (lr, momentum, the policy's limits) are numbers."""
 OPTIONAL_SETTINGS = ("grad_norm_max", "state_norm_max", "rollback_tol")
 """Settings that may be null (no limit)."""
+COUNTS_FROM = {"gate_chunks": 0}
+"""The counts that may be 0 (no promotion gate); every other count is at least 1, every number finite and >= 0."""
+MU_MAX = 1e6
+"""The largest drift ``mu`` a session takes: past about 1e38 the float32 dynamics overflow and the solver crashes."""
 
 
 def _session_record_problem(meta: dict[str, Any]) -> str | None:
@@ -81,6 +86,8 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
         return f"runs is {meta['runs']!r}, not a list of run records"
     if isinstance(meta.get("mu"), bool) or not isinstance(meta.get("mu"), int | float):
         return f"mu is {meta.get('mu')!r}, not a number"
+    if not 0 <= meta["mu"] <= MU_MAX:  # (NaN fails too) a larger drift overflows the float32 dynamics
+        return f"mu is {meta['mu']!r}, not a drift size in [0, {MU_MAX:g}]"
     settings = meta["settings"]
     if not isinstance(settings, dict):
         return f"settings is {settings!r}, not an object"
@@ -90,6 +97,8 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
             continue
         if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
             return f"settings.{key} is {value!r}, not {'an integer' if whole else 'a number'}"
+        if not math.isfinite(value) or value < (COUNTS_FROM.get(key, 1) if whole else 0):
+            return f"settings.{key} is {value!r}, out of its range (session new refuses it)"
     return None
 
 
@@ -256,6 +265,10 @@ class Store:
         if (problem := _session_record_problem(meta)) is not None:
             raise EvidenceError(f"{str(path)!r} is not a session record: {problem}; restore it from a backup, or "
                                 "create the session again")  # fmt: skip
+        if meta["session_id"] != session_id:  # a copy would write its files into the session it names
+            raise EvidenceError(f"{str(path)!r} is session {meta['session_id']!r}'s record, not {session_id!r}'s: "
+                                f"the directory was copied or renamed; rename it back, or make a new session from "
+                                f"{meta['session_id']!r} with session fork")  # fmt: skip
         return meta
 
     def check_signature(self, meta: dict[str, Any]) -> None:

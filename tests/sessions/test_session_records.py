@@ -134,6 +134,11 @@ FORGED_SESSIONS = [  # (case, what is done, exit code of run and verify, what th
     ("a state of another shape", _rerecorded_state(lambda s: {**s, "P_A": torch.zeros(3, 3)}), 4, "of shape (3, 3)"),
     ("a state without P_B", _rerecorded_state(lambda s: {k: v for k, v in s.items() if k != "P_B"}), 4, "lacks P_B"),
     ("a NaN state", _rerecorded_state(lambda s: {**s, "P_A": s["P_A"] * float("nan")}), 4, "non-finite"),
+    ("a huge drift", _meta_edit(lambda m: m.update(mu=1e300)), 5, "mu is 1e+300, not a drift size"),  # exit 139
+    ("a chunk of 0", _meta_edit(lambda m: m["settings"].update(chunk=0)), 5, "settings.chunk is 0, out of its range"),
+    ("a negative rate", _meta_edit(lambda m: m["settings"].update(lr=-1.0)), 5, "settings.lr is -1.0, out of"),
+    ("another session's record", _meta_edit(lambda m: m.update(session_id="s0")), 5,  # a copy wrote into s0
+     "is session 's0''s record, not 's1''s: the directory was copied or renamed"),
 ]  # fmt: skip
 
 
@@ -185,3 +190,12 @@ def test_receipts_verify_checks_a_session_runs_log(trained: Path, capsys: pytest
     assert main(["receipts", "verify", str(run)]) == code
     out = capsys.readouterr()
     assert says in (out.out + out.err) and "run.json" not in out.err
+
+
+def test_a_drift_too_large_for_the_dynamics_is_refused_when_the_session_is_made(trained: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """--mu 1e300 made a session whose run died in the linear-algebra library (exit 139)."""
+    capsys.readouterr()
+    assert session("new", "--artifacts_root", str(trained), "--session_id", "s9", "--mu", "1e300") == 2
+    assert "--mu must be a drift size in [0, 1e+06], got 1e+300" in capsys.readouterr().err
+    assert not (trained / "sessions" / "s9").exists()
