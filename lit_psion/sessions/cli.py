@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from lit_psion.commands import CommandParser
@@ -12,7 +13,7 @@ from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.sessions.settings import WorldConfig
-from lit_psion.sessions.store import BASE_CHECKPOINT, MU_MAX, OPTIM, PLASTIC, Store
+from lit_psion.sessions.store import BASE_CHECKPOINT, MU_MAX, OPTIM, PLASTIC, Store, uncommitted_runs
 
 
 def _flag(value: str) -> bool:
@@ -117,11 +118,17 @@ def verify_session(store: Store, session_id: str) -> None:
     # base this session was made for, not merely the one base_meta.json now describes
     checks += [(name, directory / name, digest, 4 if name in (PLASTIC, OPTIM) else 5)
                for name, digest in sorted((meta.get("artifacts") or {}).items())]  # fmt: skip
+    failures = []
     for run in meta["runs"]:
         run_dir = directory / "runs" / str(run.get("run_id"))
         checks += [(f"runs/{run.get('run_id')}/{name}", run_dir / name, digest, 5)
                    for name, digest in sorted((run.get("files") or {}).items())]  # fmt: skip
-    failures = []
+        for extra in sorted(set(_listed(run_dir)) - set(run.get("files") or {})):
+            print(f"FAIL runs/{run.get('run_id')}/{extra}: not a file of the run meta.json records (added since)")
+            failures.append(5)
+    for stray in uncommitted_runs(directory, meta):
+        print(f"note runs/{stray.name}: a run meta.json does not record (stopped before its commit, or under way); "
+              "the session holds none of it: delete it once no run is under way")  # fmt: skip
     for name, path, expected, code in checks:
         actual = sha256_file(path) if path.is_file() and not path.is_symlink() else None
         ok = actual == expected
@@ -142,6 +149,10 @@ def verify_session(store: Store, session_id: str) -> None:
         print(f"lit_psion: session verify: {len(failures)} of {len(checks)} checks failed", file=sys.stderr)
         raise SystemExit(failures[0])
     print(f"all {len(checks)} checks of session {session_id} passed")
+
+
+def _listed(directory: Path) -> list[str]:
+    return [path.name for path in directory.iterdir()] if directory.is_dir() and not directory.is_symlink() else []
 
 
 def _content_checks(store: Store, meta: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -84,6 +84,10 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
         return f"artifacts is {artifacts!r}, not file name -> sha256"
     if not isinstance(meta["runs"], list) or not all(isinstance(run, dict) for run in meta["runs"]):
         return f"runs is {meta['runs']!r}, not a list of run records"
+    names = [*artifacts, *(run.get("run_id") for run in meta["runs"]),
+             *(name for run in meta["runs"] for name in (run.get("files") or {}))]  # fmt: skip
+    if bad_name := next((name for name in names if not is_plain_name(name)), None):
+        return f"it names the file or run {bad_name!r}, which is not a plain name inside the session"
     if isinstance(meta.get("mu"), bool) or not isinstance(meta.get("mu"), int | float):
         return f"mu is {meta.get('mu')!r}, not a number"
     if not 0 <= meta["mu"] <= MU_MAX:  # (NaN fails too) a larger drift overflows the float32 dynamics
@@ -100,6 +104,21 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
         if not math.isfinite(value) or value < (COUNTS_FROM.get(key, 1) if whole else 0):
             return f"settings.{key} is {value!r}, out of its range (session new refuses it)"
     return None
+
+
+def is_plain_name(name: Any) -> bool:
+    """Whether ``name`` is one file or directory name (no separator, not ``.`` or ``..``): a record that names a path
+    would have the session read, or write, outside itself."""
+    return isinstance(name, str) and _SESSION_ID.fullmatch(name) is not None
+
+
+def uncommitted_runs(directory: Path, meta: dict[str, Any]) -> list[Path]:
+    """The run directories under a session's ``runs/`` that its meta.json does not record (a run stopped before its
+    commit, or one under way)."""
+    recorded = {run.get("run_id") for run in meta.get("runs") or () if isinstance(run, dict)}
+    runs = directory / "runs"
+    return sorted(path for path in runs.iterdir() if path.name not in recorded and path.is_dir()
+                  and not path.is_symlink()) if runs.is_dir() else []  # fmt: skip
 
 
 def _record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:

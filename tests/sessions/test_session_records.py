@@ -139,6 +139,10 @@ FORGED_SESSIONS = [  # (case, what is done, exit code of run and verify, what th
     ("a negative rate", _meta_edit(lambda m: m["settings"].update(lr=-1.0)), 5, "settings.lr is -1.0, out of"),
     ("another session's record", _meta_edit(lambda m: m.update(session_id="s0")), 5,  # a copy wrote into s0
      "is session 's0''s record, not 's1''s: the directory was copied or renamed"),
+    ("a run id that is a path", _meta_edit(lambda m: m["runs"][0].update(run_id="../../..")), 5,  # verify read
+     "it names the file or run '../../..', which is not a plain name"),  # files outside the session
+    ("a run file that is a path", _meta_edit(lambda m: m["runs"][0]["files"].update({"x/../../../etc": "0" * 64})), 5,
+     "it names the file or run 'x/../../../etc'"),
 ]  # fmt: skip
 
 
@@ -199,3 +203,20 @@ def test_a_drift_too_large_for_the_dynamics_is_refused_when_the_session_is_made(
     assert session("new", "--artifacts_root", str(trained), "--session_id", "s9", "--mu", "1e300") == 2
     assert "--mu must be a drift size in [0, 1e+06], got 1e+300" in capsys.readouterr().err
     assert not (trained / "sessions" / "s9").exists()
+
+
+def test_verify_fails_a_file_added_to_a_run_and_notes_a_run_that_never_committed(trained: Path,
+                                                                                capsys: pytest.CaptureFixture) -> None:
+    """A file added to a recorded run passed (the entry covers every file the run wrote); a run directory a killed
+    run left behind went unmentioned."""
+    runs = trained / "sessions" / "s1" / "runs"
+    (committed,) = runs.iterdir()
+    (runs / "20991231-000000-abcdef").mkdir()  # what a run killed before its commit leaves
+    (runs / "20991231-000000-abcdef" / "per_step.csv").write_text("step\n")
+    root = ("--artifacts_root", str(trained), "--session_id", "s1")
+    capsys.readouterr()
+    assert session("verify", *root) == 0
+    assert "note runs/20991231-000000-abcdef: a run meta.json does not record" in capsys.readouterr().out
+    (committed / "notes.txt").write_text("added")
+    assert session("verify", *root) == 5
+    assert f"FAIL runs/{committed.name}/notes.txt: not a file of the run meta.json records" in capsys.readouterr().out
