@@ -66,6 +66,7 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     _require_finite(tensors, f"the adapter of the run in {str(run_dir)!r}")
     out = out or run_dir / "adapter"
     refuse_output_in_a_run(out, own=run_dir / "adapter")
+    log = _output_log(out, (ADAPTER_FILE, META_FILE), "an adapter export")
     for caveat in _caveats(run):
         print(f"lit_psion: warning: {caveat}; exporting it anyway", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     meta = {**exported, "adapter_sha256": sha256_bytes(data)}
     meta["metadata_sha256"] = sha256_json(meta)  # of everything but itself
     atomic_write_json(out / META_FILE, meta)
-    _receipt(out, AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
+    _receipt(log, AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
                                        base_checkpoint_digest=info["base_checkpoint_digest"],
                                        output_digest=sha256_file(out / META_FILE)))  # fmt: skip
     return out
@@ -210,6 +211,7 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     from lit_psion.nn.lora import inject_lora, lora_layers
 
     refuse_output_in_a_run(out)
+    log = _output_log(out, ("model.safetensors", "merge.json"), "a merge")
     meta, tensors = load_adapter(adapter_dir)
     state, path, base_digest, _ = load_base(base)
     if base_digest != meta["base_checkpoint_digest"]:
@@ -264,13 +266,37 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
               "model_sha256": sha256_bytes(data), "max_abs_logit_diff": diff,
               "probe": {"seed": PROBE_SEED, "shape": list(probe.shape)}}  # fmt: skip
     atomic_write_json(out / "merge.json", record)
-    _receipt(out, AdapterExportReceipt(action="merge", adapter_digest=meta["adapter_sha256"],
+    _receipt(log, AdapterExportReceipt(action="merge", adapter_digest=meta["adapter_sha256"],
                                        base_checkpoint_digest=base_digest, output_digest=record["model_sha256"],
                                        max_abs_logit_diff=diff))  # fmt: skip
     return record
 
 
-def _receipt(directory: Path, body: AdapterExportReceipt) -> None:
-    log = ReceiptLog(directory / RECEIPTS_FILE, run_id=directory.name)
+def _output_log(out: Path, files: tuple[str, ...], what: str) -> ReceiptLog:
+    """The receipt log of the output directory ``out``, checked before anything is written there: ``out`` is new,
+    empty, or ``what`` written before (only ``files`` and its log), and that log verifies.
+
+    Raises:
+        ConfigError: ``out`` is a file, or holds anything else (an export, a run, a runs root).
+        ReceiptChainError: its receipt log does not verify.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a new or empty directory")
+    others = sorted(p.name for p in out.iterdir() if p.name not in (*files, RECEIPTS_FILE)
+                    and not p.name.startswith(".")) if out.is_dir() else []  # fmt: skip
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ConfigError(f"--out {str(out)!r} holds {shown}, so it is not {what} directory; give a new or empty "
+                          "directory")  # fmt: skip
+    path = out / RECEIPTS_FILE
+    try:
+        first = json.loads(path.read_bytes().split(b"\n", 1)[0]) if path.is_file() else None
+    except ValueError:
+        first = None
+    run_id = first.get("run_id") if isinstance(first, dict) and isinstance(first.get("run_id"), str) else out.name
+    return ReceiptLog(path, run_id=run_id)  # verifies what is there (the directory may have been renamed)
+
+
+def _receipt(log: ReceiptLog, body: AdapterExportReceipt) -> None:
     log.append(body)
     log.close()

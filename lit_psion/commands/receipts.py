@@ -50,6 +50,13 @@ def main(args: list[str]) -> None:
         print(f"ok: {result.describe()} (the log of models consolidated from run "
               f"{_first_run_id(log).removeprefix(CONSOLIDATION_PREFIX)})")  # fmt: skip
         return
+    if (log := _adapter_output_log(given)) is not None:
+        result = verify_log(log, run_id=_first_run_id(log))
+        if not result.ok:
+            raise EvidenceError(f"{str(log)!r}: {result.describe()}")
+        print(f"ok: {result.describe()} (an adapter export's or merge's log; adapter inspect, or generate, checks its "
+              "files)")  # fmt: skip
+        return
     if (recorded := _session_run_record(given)) is not None:
         _verify_session_run(given, recorded)
         return
@@ -104,6 +111,24 @@ def _consolidation_log_outside_a_run(directory: Path) -> Path | None:
         return None
     run_id = _first_run_id(log)
     return log if run_id is not None and run_id.startswith(CONSOLIDATION_PREFIX) else None
+
+
+ADAPTER_OUTPUTS = ("adapter.json", "merge.json")
+"""What `adapter export` and `adapter merge` leave beside their receipt log (lit_psion.adapters)."""
+
+
+def _adapter_output_log(directory: Path) -> Path | None:
+    """``directory``'s receipt log when it is an adapter export's or merge's (no run.json, an ``adapter.json`` or
+    ``merge.json`` beside the log, every receipt an ``adapter_export``), else None."""
+    log = directory / RECEIPTS_FILE
+    outputs = any((directory / name).is_file() for name in ADAPTER_OUTPUTS)
+    if RunLayout.of(directory).is_run() or not log.is_file() or not outputs:
+        return None
+    try:
+        kinds = {parse_receipt(line).kind for line in log.read_text(encoding="utf-8").splitlines() if line.strip()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return log  # verify_log names what is wrong with it
+    return log if kinds <= {"adapter_export"} else None
 
 
 def _first_run_id(log: Path) -> str | None:
