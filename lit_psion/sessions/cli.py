@@ -151,6 +151,10 @@ def verify_session(store: Store, session_id: str) -> None:
     print(f"all {len(checks)} checks of session {session_id} passed")
 
 
+MAX_STEPS = 10_000_000
+"""The most transitions one ``session run`` takes (its per-step records are held in memory until it commits)."""
+
+
 def _listed(directory: Path) -> list[str]:
     return [path.name for path in directory.iterdir()] if directory.is_dir() and not directory.is_symlink() else []
 
@@ -164,6 +168,9 @@ def _content_checks(store: Store, meta: dict[str, Any]) -> list[tuple[str, Any]]
 def session_main(args: list[str]) -> None:
     parsed = build_parser().parse_args(args)
     store = Store(parsed.artifacts_root)
+    if store.root.exists() and not store.root.is_dir():
+        raise ConfigError(f"--artifacts_root {str(store.root)!r} is a file, not a directory; give the artifacts "
+                          "directory (a new path is made)")  # fmt: skip
     if parsed.command == "list":  # reads JSON only: no torch, no Lightning
         list_sessions(store)
         return
@@ -191,4 +198,7 @@ def session_main(args: list[str]) -> None:
         commands.fork_session(store, parsed.parent_session_id, parsed.child_session_id, parsed.copy_optimizer,
                               parsed.reset_optimizer)  # fmt: skip
     else:
+        if parsed.steps > MAX_STEPS:  # each transition's record is held until the run commits
+            raise ConfigError(f"--steps {parsed.steps} is more than one run takes ({MAX_STEPS:,}); run the session "
+                              "several times")  # fmt: skip
         commands.run_session(store, parsed.session_id, parsed.steps, parsed.seed)

@@ -220,3 +220,19 @@ def test_verify_fails_a_file_added_to_a_run_and_notes_a_run_that_never_committed
     (committed / "notes.txt").write_text("added")
     assert session("verify", *root) == 5
     assert f"FAIL runs/{committed.name}/notes.txt: not a file of the run meta.json records" in capsys.readouterr().out
+
+
+def test_an_artifacts_root_that_is_a_file_and_a_run_too_long_to_hold_are_one_line(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """init-base into a file was exit 1 (NotADirectoryError); --steps 99999999999 was exit 1 allocating 1.6 TB."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for command in (("init-base",), ("list",), ("verify", "--session_id", "s1")):
+        capsys.readouterr()
+        assert session(*command, "--artifacts_root", str(afile)) == 2
+        assert f"--artifacts_root {str(afile)!r} is a file, not a directory" in capsys.readouterr().err
+    assert afile.read_text() == "x"
+    capsys.readouterr()
+    assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "99999999999") == 2
+    assert "--steps 99999999999 is more than one run takes (10,000,000)" in capsys.readouterr().err
