@@ -10,10 +10,18 @@ from typing import Any
 
 from lit_psion.commands import CommandParser
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.sessions.settings import WorldConfig
-from lit_psion.sessions.store import BASE_CHECKPOINT, MU_MAX, OPTIM, PLASTIC, Store, uncommitted_runs
+from lit_psion.sessions.store import (
+    BASE_CHECKPOINT,
+    MU_MAX,
+    OPTIM,
+    PLASTIC,
+    Store,
+    is_plain_name,
+    uncommitted_runs,
+)
 
 
 def _flag(value: str) -> bool:
@@ -88,15 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_sessions(store: Store) -> list[dict[str, Any]]:
+    """Every session from its own meta.json (index.json is a registry a run keeps, not the record: an entry it
+    holds without a session, or one it lacks, is said, not shown as fact)."""
     if not store.root.is_dir():  # a mistyped root would list nothing and exit 0
         raise ConfigError(f"artifacts root {str(store.root)!r} does not exist; give the --artifacts_root that "
                           "`session init-base` wrote")  # fmt: skip
-    sessions = store.index()["sessions"]
+    sessions_dir = store.root / "sessions"
+    found = sorted(p.name for p in sessions_dir.iterdir() if is_plain_name(p.name) and not p.name.startswith(".")
+                   and (p / "meta.json").is_file()) if sessions_dir.is_dir() else []  # fmt: skip
+    try:
+        registered = set(store.index()["sessions"])
+    except EvidenceError as error:
+        print(f"note: {error}", file=sys.stderr)
+        registered = set(found)
+    listed = []
     print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
-    for session_id, entry in sorted(sessions.items()):
-        print(f"{session_id:<16} {entry['parent_session_id'] or '-':<16} {entry['root_session_id']:<16} "
-              f"{entry['mu']:>6} {len(entry.get('runs') or []):>4}")  # fmt: skip
-    return [{"session_id": k, **v} for k, v in sorted(sessions.items())]
+    for session_id in found:
+        try:
+            meta = store.session_meta(session_id)
+        except (ConfigError, EvidenceError) as error:
+            print(f"{session_id:<16} unreadable: {error}")
+            continue
+        print(f"{session_id:<16} {meta.get('parent_session_id') or '-':<16} {meta.get('root_session_id') or '-':<16} "
+              f"{meta['mu']:>6} {len(meta['runs']):>4}")  # fmt: skip
+        listed.append(meta)
+    for session_id in sorted(registered - set(found)):
+        print(f"note: index.json registers session {session_id!r}, which has no meta.json here", file=sys.stderr)
+    for session_id in sorted(set(found) - registered):
+        print(f"note: session {session_id!r} is not in index.json (a run of it registers it again)", file=sys.stderr)
+    return listed
 
 
 def show_session(store: Store, session_id: str) -> dict[str, Any]:

@@ -236,3 +236,24 @@ def test_an_artifacts_root_that_is_a_file_and_a_run_too_long_to_hold_are_one_lin
     capsys.readouterr()
     assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "99999999999") == 2
     assert "--steps 99999999999 is more than one run takes (10,000,000)" in capsys.readouterr().err
+
+
+def test_list_reads_each_sessions_record_and_says_what_the_index_gets_wrong(trained: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """list printed index.json as fact: a forged mu, a ghost session; with the index deleted it listed nothing."""
+    index_path = trained / "sessions" / "index.json"
+    index = read_json(index_path)
+    index["sessions"]["s1"]["mu"] = 9.9
+    index["sessions"]["ghost"] = {**index["sessions"]["s1"]}
+    index_path.write_text(json.dumps(index))
+    capsys.readouterr()
+    assert session("list", "--artifacts_root", str(trained)) == 0
+    out, err = capsys.readouterr()
+    mu = read_json(trained / "sessions" / "s1" / "meta.json")["mu"]
+    (row,) = [line for line in out.splitlines() if line.startswith("s1 ")]
+    assert str(mu) in row and "9.9" not in row and "ghost" not in out
+    assert "index.json registers session 'ghost', which has no meta.json here" in err
+    index_path.unlink()
+    assert session("list", "--artifacts_root", str(trained)) == 0
+    out, err = capsys.readouterr()
+    assert any(line.startswith("s1 ") for line in out.splitlines()) and "'s1' is not in index.json" in err
