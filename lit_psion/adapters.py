@@ -86,9 +86,10 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def _caveats(run: Any) -> list[str]:
-    """What a user should know before using a run's adapter: the run failed, or its promotion gate held it."""
+    """What a user should know before using a run's adapter: the run failed, was stopped (so its promotion gate has
+    not decided), or its promotion gate held it."""
     caveats = []
-    if run.record is not None and run.record.status in ("failed", "active"):
+    if run.record is not None and run.record.status in ("failed", "active", "paused"):
         caveats.append(f"run {run.layout.run_id} is {run.record.status} ({run.record.failure_class or 'not finished'})")
     if run.layout is not None and run.layout.promotion.is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -108,7 +109,9 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     """
     meta_path, path = directory / META_FILE, directory / ADAPTER_FILE
     if not meta_path.is_file():
-        raise ConfigError(f"{str(directory)!r} holds no {META_FILE}; export an adapter first (adapter export RUN_DIR)")
+        hint = (f"its adapter/ does: give {str(directory / 'adapter')!r}" if (directory / "adapter" / META_FILE)
+                .is_file() else "export an adapter first (adapter export RUN_DIR)")  # fmt: skip
+        raise ConfigError(f"{str(directory)!r} holds no {META_FILE}; {hint}")
     meta = _read_meta(meta_path)
     data = path.read_bytes() if path.is_file() else None
     actual = sha256_bytes(data) if data is not None else "missing"

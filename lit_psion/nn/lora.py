@@ -40,8 +40,8 @@ class LoRALinear(nn.Module):
         super().__init__()
         if rank < 1:
             raise ConfigError(f"LoRA rank must be >= 1, got {rank!r}")
-        if not math.isfinite(alpha) or alpha <= 0:
-            raise ConfigError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")
+        if not 0 < alpha <= ALPHA_MAX:  # (NaN fails too) past it the scaled update overflows float32's gradients
+            raise ConfigError(f"LoRA alpha must be a number in (0, {ALPHA_MAX:g}], got {alpha!r}")
         if not 0 <= dropout < 1:  # also refuses nan
             raise ConfigError(f"lora_dropout must be in [0, 1), got {dropout!r}")
         self.base, self.rank, self.alpha = base, rank, alpha
@@ -86,6 +86,11 @@ class LoRALinear(nn.Module):
         (self.base.weight,) = self._unmerged
         self._unmerged = ()
         self.merged = False
+
+
+ALPHA_MAX = 1e6
+"""The largest LoRA alpha taken (the usual values are 8 to 64): 1e30 trained steps whose every gradient norm was
+infinite and still reported the run completed."""
 
 
 def inject_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: float = 16.0,

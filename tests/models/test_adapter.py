@@ -143,6 +143,10 @@ def test_export_inspect_merge_round_trip(
     assert main(["adapter", "export", str(tuned), "--out", str(tmp_path / "adapter")]) == 0
     meta = read_json(tmp_path / "adapter" / "adapter.json")
     assert (meta["targets"], meta["rank"], meta["alpha"]) == (["lm_head", "attn_qkv"], 8, 16.0)
+    assert main(["adapter", "export", str(tuned)]) == 0  # into the run's own adapter/
+    capsys.readouterr()
+    assert main(["adapter", "inspect", str(tuned)]) == 2  # the run, not its adapter: the hint names it
+    assert f"its adapter/ does: give {str(tuned / 'adapter')!r}" in capsys.readouterr().err
     assert main(["adapter", "inspect", str(tmp_path / "adapter")]) == 0
     assert meta["adapter_sha256"] in capsys.readouterr().out
     assert main(["adapter", "merge", str(tmp_path / "adapter"), "--base", str(base), "--out", str(tmp_path / "m")]) == 0

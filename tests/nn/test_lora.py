@@ -77,8 +77,10 @@ def test_bad_targets_are_config_errors(targets: list[str], message: str) -> None
 
 BAD_SETTINGS = [({"dropout": 1.5}, "lora_dropout must be in [0, 1)"),
                 ({"dropout": float("nan")}, "lora_dropout must be in [0, 1)"),
-                ({"alpha": float("nan")}, "alpha must be a finite number > 0"),
-                ({"alpha": float("inf")}, "alpha must be a finite number > 0"),
+                ({"alpha": float("nan")}, "alpha must be a number in (0, 1e+06], got nan"),
+                ({"alpha": float("inf")}, "alpha must be a number in (0, 1e+06], got inf"),
+                ({"alpha": 0.0}, "alpha must be a number in (0, 1e+06], got 0.0"),
+                ({"alpha": 1e30}, "alpha must be a number in (0, 1e+06], got 1e+30"),  # every gradient inf, completed
                 # It allocated (out x rank) adapters first: out of memory, exit 1.
                 ({"rank": 1_000_000_000}, "LoRA rank 1000000000 exceeds the smallest targeted layer's dimension "
                  "(16)")]  # fmt: skip
