@@ -25,6 +25,7 @@ from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_writ
 from lit_psion.core.audit import check_chain
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
+from lit_psion.core.lock import lock_holder
 from lit_psion.core.pointer import read_pointer
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -213,15 +214,20 @@ def evidence(run_dir: Path) -> dict[str, Any]:
         "model_signature": record.model_signature,
         "checkpoint": pointer.checkpoint if pointer is not None else None,
         "checkpoint_manifest_sha256": pointer.manifest_sha256 if pointer is not None else None,
-        "receipts": _chain_verdict(layout, record),
     }
 
 
-def _chain_verdict(layout: RunLayout, record: RunRecord) -> str:
+def chain_verdict(run_dir: Path) -> str:
     """``verified`` when the run's receipt chain and its anchors check out, ``none`` for a run that kept no
-    receipts, else ``FAILS: `` and the first problem (what ``receipts verify`` reports)."""
+    receipts, ``unchecked`` while a fit writes it (a checkpoint may record a head past the bytes read), else
+    ``FAILS: `` and the first problem (what ``receipts verify`` reports). Reads the whole log: for ``compare``, not
+    for what a fit draws or logs as it trains."""
+    layout = RunLayout.of(run_dir)
+    record = RunRecord.load(layout)
     if record.receipts_head is None and not layout.receipts.exists() and not layout.receipts.is_symlink():
         return "none"
+    if lock_holder(layout.run_dir) is not None:
+        return "unchecked: a fit is writing the run"
     try:
         check_chain(layout, record)
     except EvidenceError as error:
@@ -373,7 +379,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     finals = {label: last_values(s) for label, s in series.items()}
     metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss", "train/mse"))})
     diff = config_diff(runs)
-    facts = [evidence(run) for run in runs]  # every run is read before anything is written
+    facts = [{**evidence(run), "receipts": chain_verdict(run)} for run in runs]  # all read before anything is written
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MAPPED = {folder: f"lit_psion.{folder}" for folder in ("callbacks", "datamodules", "strategies")}
 LAYERS = ("core", "nn", "models", "callbacks", "datamodules", "strategies", "commands", "events", "sessions",
-          "checkpoint_io", "runs", "loggers", "report", "adapters", "windows")  # fmt: skip
+          "checkpoint_io", "runs", "loggers", "profilers", "report", "adapters", "windows")  # fmt: skip
 """The package's parts: its folders and its top-level library modules."""
 APPLICATIONS = {"commands", "sessions", "adapters", "events", "windows"}
 FORBIDDEN = {
@@ -32,6 +32,8 @@ FORBIDDEN = {
     "loggers": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "checkpoint_io", "report",
                 *APPLICATIONS},
     "report": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "checkpoint_io", *APPLICATIONS},
+    "profilers": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "checkpoint_io", "loggers",
+                  "report", *APPLICATIONS},
 }
 """part -> the parts it must not import (core is checked separately: it imports only the standard library).
 Applications (commands, sessions, adapters, events, windows) may use the library; the library never uses them."""

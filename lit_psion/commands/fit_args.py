@@ -334,10 +334,11 @@ def place_wandb_runs(loggers: list[Any], layout: RunLayout) -> None:
             raise ConfigError(f"WANDB_MODE is {mode!r}; W&B takes one of {', '.join(WANDB_MODES)} (unset it to log "
                               "online with an API key, offline without)")  # fmt: skip
         init_args = entry.init_args
-        if init_args.get("id") not in (None, layout.run_id):
-            raise ConfigError(f"trainer.logger.init_args.id {init_args.get('id')!r}: lit_psion gives the W&B run its "
-                              f"run's id ({layout.run_id}), so each fit, and each resume of it, logs to its own W&B "
-                              "run; remove the id (a name of your own is kept)")  # fmt: skip
+        for key in ("id", "version"):  # (WandbLogger's version is another name for the id)
+            if init_args.get(key) not in (None, layout.run_id):
+                raise ConfigError(f"trainer.logger.init_args.{key} {init_args.get(key)!r}: lit_psion gives the W&B "
+                                  f"run its run's id ({layout.run_id}), so each fit, and each resume of it, logs to "
+                                  f"its own W&B run; remove the {key} (a name of your own is kept)")  # fmt: skip
         init_args.save_dir = str(layout.run_dir)
         for key in ("id", "name"):
             if init_args.get(key) is None:

@@ -66,9 +66,10 @@ def audit_receipts(layout: RunLayout, record: RunRecord) -> Verdict:
         result = check_chain(layout, record)
     except EvidenceError as error:
         return _fail(layout.receipts.name, error)
-    sealed = ", sealed" if result.sealed else ""
+    sealed, unknown = ", sealed" if result.sealed else "", ", ".join(map(repr, sorted(result.unknown_kinds)))
+    fields = f"; the fields of {unknown} were not checked (no class here registers it)" if unknown else ""
     return Verdict(layout.receipts.name, True, f"{result.count} receipts from the run's genesis{sealed}, "
-                                               f"head {result.head}")  # fmt: skip
+                                               f"head {result.head}{fields}")  # fmt: skip
 
 
 def check_chain(
@@ -186,7 +187,7 @@ def changed_records(layout: RunLayout) -> list[Verdict]:
                      and sha256_file(layout.config) in configs)]  # fmt: skip
 
 
-TRAINED = frozenset({"trainer_step", "transaction", "growth"})
+TRAINED = frozenset({"trainer_step", "transaction", "growth"})  # and a rank's checkpoint receipt (see below)
 """Receipts an attempt writes only after a training step, so after it wrote its config.yaml (at training start)."""
 
 
@@ -208,8 +209,9 @@ def _training_runs(layout: RunLayout) -> list[tuple[set[str], set[str], bool]]:
             for digests, field in zip(attempts[-1][:2], ("config_digest", "data_manifest_digest"), strict=True):
                 if isinstance(body.get(field), str):
                     digests.add(body[field])
-        elif receipt.kind in TRAINED and attempts and not attempts[-1][2]:
-            attempts[-1] = (*attempts[-1][:2], True)
+        elif attempts and not attempts[-1][2] and (receipt.kind in TRAINED or (
+                receipt.kind == "checkpoint" and str(body.get("writer", "")).startswith("rank"))):  # fmt: skip
+            attempts[-1] = (*attempts[-1][:2], True)  # (the resolver's receipts come before config.yaml is written)
     return attempts
 
 

@@ -109,13 +109,14 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
     except EvidenceError as error:
         print(f"note: {error}", file=sys.stderr)
         registered = set(found)
-    listed = []
+    listed, unreadable = [], []
     print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
     for session_id in found:
         try:
             meta = store.session_meta(session_id)
         except (ConfigError, EvidenceError) as error:
-            print(f"{session_id:<16} unreadable: {error}")
+            print(f"lit_psion: session {session_id!r} is not listed: {error}", file=sys.stderr)
+            unreadable.append(error)
             continue
         print(f"{session_id:<16} {meta.get('parent_session_id') or '-':<16} {meta.get('root_session_id') or '-':<16} "
               f"{meta['mu']:>6} {len(meta['runs']):>4}")  # fmt: skip
@@ -124,6 +125,8 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
         print(f"note: index.json registers session {session_id!r}, which has no meta.json here", file=sys.stderr)
     for session_id in sorted(set(found) - registered):
         print(f"note: session {session_id!r} is not in index.json (a run of it registers it again)", file=sys.stderr)
+    if unreadable:  # listed all the same; the exit code says a record does not verify
+        raise SystemExit(5)
     return listed
 
 
@@ -146,24 +149,35 @@ def verify_session(store: Store, session_id: str) -> None:
     # base this session was made for, not merely the one base_meta.json now describes
     checks += [(name, directory / name, digest, 4 if name in (PLASTIC, OPTIM) else 5)
                for name, digest in sorted((meta.get("artifacts") or {}).items())]  # fmt: skip
-    failures = []
+    extras = []
     for run in meta["runs"]:
         run_dir = directory / "runs" / str(run.get("run_id"))
         checks += [(f"runs/{run.get('run_id')}/{name}", run_dir / name, digest, 5)
                    for name, digest in sorted((run.get("files") or {}).items())]  # fmt: skip
-        for extra in sorted(set(_listed(run_dir)) - set(run.get("files") or {})):
-            print(f"FAIL runs/{run.get('run_id')}/{extra}: not a file of the run meta.json records (added since)")
-            failures.append(5)
-    for stray in uncommitted_runs(directory, meta):
-        print(f"note runs/{stray.name}: a run meta.json does not record (stopped before its commit, or under way); "
-              "the session holds none of it: delete it once no run is under way")  # fmt: skip
+        extras += [f"runs/{run.get('run_id')}/{extra}" for extra in sorted(set(_listed(run_dir)) -
+                                                                           set(run.get("files") or {}))]  # fmt: skip
+    failures = []
     for name, path, expected, code in checks:
         actual = sha256_file(path) if path.is_file() and not path.is_symlink() else None
         ok = actual == expected
         print(f"{'ok  ' if ok else 'FAIL'} {name}: " + ("matches meta.json" if ok else
               f"expected sha256 {expected}, got {actual or 'no file'}"))  # fmt: skip
         failures += [] if ok else [code]
+    for extra in extras:
+        print(f"FAIL {extra}: not a file of the run meta.json records (added since)")
+        checks.append((extra, None, None, 5))
+        failures.append(5)
+    for stray in uncommitted_runs(directory, meta):
+        print(f"note runs/{stray.name}: a run meta.json does not record (stopped before its commit, or under way); "
+              "the session holds none of it: delete it once no run is under way")  # fmt: skip
     if not failures:  # the bytes are the recorded ones: now what a run would refuse in them (loads torch)
+        from lit_psion.sessions.commands import settings_problem
+
+        problem = settings_problem(meta["settings"])
+        print(f"FAIL meta.json settings: session new refuses them ({problem})" if problem else
+              "ok   meta.json settings: ones session new takes")  # fmt: skip
+        checks.append("settings")
+        failures += [5] if problem else []
         for name, check in _content_checks(store, meta):
             try:
                 check()
@@ -184,7 +198,10 @@ MAX_STEPS = 10_000_000
 
 
 def _listed(directory: Path) -> list[str]:
-    return [path.name for path in directory.iterdir()] if directory.is_dir() and not directory.is_symlink() else []
+    """The names in a run directory, but hidden ones (a file manager's, a sync tool's: nothing reads them)."""
+    if not directory.is_dir() or directory.is_symlink():
+        return []
+    return [path.name for path in directory.iterdir() if not path.name.startswith(".")]
 
 
 def _content_checks(store: Store, meta: dict[str, Any]) -> list[tuple[str, Any]]:

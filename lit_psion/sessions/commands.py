@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from lit_psion.callbacks import Receipts
 from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id, sha256_file
-from lit_psion.core.errors import ConfigError, TransactionError
+from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError
 from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
 from lit_psion.sessions.store import (
@@ -96,6 +96,16 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
         meta = store.commit(meta, {PLASTIC: tensors_bytes(WorldModel(config).plastic_state()), OPTIM: torch_bytes({})})
     print(f"session {session_id} created (mu {mu}, root {session_id})")
     return meta
+
+
+def settings_problem(settings: dict[str, Any]) -> str | None:
+    """What ``session new`` would refuse in a session's recorded ``settings`` (a hand edit of its meta.json), or
+    None."""
+    try:
+        _check_settings({"gate_chunks": 0, **settings})  # a session made before the gate has none
+    except (ConfigError, TypeError, KeyError) as error:
+        return str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+    return None
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
@@ -182,6 +192,9 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
         meta = store.session_meta(session_id)
         store.check_signature(meta)
         settings = meta["settings"]
+        if (problem := settings_problem(settings)) is not None:
+            raise EvidenceError(f"{str(directory / 'meta.json')!r} records settings session new refuses ({problem}); "
+                                "restore it from a backup, or create the session again")  # fmt: skip
         if steps < settings["chunk"]:
             raise ConfigError(f"--steps {steps} is shorter than one chunk ({settings['chunk']}); use at least that")
         events = store.read_artifact(meta, EVENTS, optional=True) or b""  # checked before it is appended to

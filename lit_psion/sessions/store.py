@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import fcntl
 import io
-import math
 import os
 import pickle
 import re
@@ -65,7 +64,8 @@ INT_SETTINGS = ("ns_steps", "chunk", "buffer_len", "gate_chunks")
 OPTIONAL_SETTINGS = ("grad_norm_max", "state_norm_max", "rollback_tol")
 """Settings that may be null (no limit)."""
 COUNTS_FROM = {"gate_chunks": 0}
-"""The counts that may be 0 (no promotion gate); every other count is at least 1, every number finite and >= 0."""
+"""The counts that may be 0 (no promotion gate); every other count is at least 1, every number >= 0 (the rest of
+what ``session new`` checks, ``commands.settings_problem``, is checked by ``session run`` and ``verify``)."""
 MU_MAX = 1e6
 """The largest drift ``mu`` a session takes: past about 1e38 the float32 dynamics overflow and the solver crashes."""
 
@@ -101,7 +101,7 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
             continue
         if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
             return f"settings.{key} is {value!r}, not {'an integer' if whole else 'a number'}"
-        if not math.isfinite(value) or value < (COUNTS_FROM.get(key, 1) if whole else 0):
+        if value != value or value < (COUNTS_FROM.get(key, 1) if whole else 0):  # NaN, or below what can run
             return f"settings.{key} is {value!r}, out of its range (session new refuses it)"
     return None
 

@@ -342,14 +342,17 @@ def test_each_attempts_receipt_names_its_config_and_a_stop_before_config_yaml_is
     assert main(["doctor", str(run.run_dir)]) == 0
 
 
-def test_an_earlier_attempts_config_put_back_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("thinned", [False, True], ids=["step receipts", "step receipts thinned out"])
+def test_an_earlier_attempts_config_put_back_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        thinned: bool) -> None:  # fmt: skip
     """The run trained 6 steps under one config.yaml and 3 more under another; the first put back, with run.json's
     digest to match, names a config the run did train with, but not the one its checkpoint trained under: a resume
     would have compared its settings with the first and recorded the wrong earlier values. Refused (exit 3), nothing
-    written, and doctor says why."""
+    written, and doctor says why; also when the second attempt wrote no step receipt (its checkpoint's says it
+    trained)."""
     run = _run(tmp_path / "runs")
     first = run.config.read_bytes()
-    assert _resume(run.root) == 0
+    assert _resume(run.root, *(["--receipts.every_n_steps", "1000"] if thinned else [])) == 0
     run.config.write_bytes(first)
     record = read_json(run.run_file)
     run.run_file.write_text(json.dumps({**record, "config_digest": hashlib.sha256(first).hexdigest()}))

@@ -95,13 +95,22 @@ def test_a_user_receipt_after_the_seal_is_refused_and_the_run_stays_whole(tmp_pa
     assert main(["receipts", "verify", str(run_dir)]) == 0
 
 
-def test_a_user_evidence_callback_joins_the_chain(tmp_path: Path) -> None:
+def test_a_user_evidence_callback_joins_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     extra = callbacks_config(tmp_path / "cb.json", ("LossSpikeEvidence", {"factor": 0.0}))
     assert fit("--config", extra, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "4") == 0
     run_dir = tmp_path / read_latest(tmp_path)
     spikes = [r["body"] for r in receipts(run_dir) if r["kind"] == "example_loss_spike"]
     assert [s["step"] for s in spikes] == [2, 3, 4]
     assert main(["receipts", "verify", str(run_dir)]) == 0
+    from lit_psion.core.receipts import RECEIPT_KINDS
+
+    monkeypatch.delitem(RECEIPT_KINDS, "example_loss_spike")  # where the callback's module is not imported
+    for args in (["receipts", "verify", str(run_dir)], ["doctor", str(run_dir)]):
+        capsys.readouterr()
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "'example_loss_spike' were not checked" in out or "'example_loss_spike' was not checked" in out, out
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "trainer_step", "chain_seal", "checkpoint, by a subclass of its body"])

@@ -263,8 +263,10 @@ def test_wandb_settings_w_and_b_would_refuse_or_ignore_are_one_line(tmp_path: Pa
                       "{project: b}\n")  # fmt: skip
     assert fit("--config", str(second), "--trainer.default_root_dir", str(tmp_path)) == 2
     assert "trainer.logger holds 2 WandbLoggers (projects 'a', 'b')" in capsys.readouterr().err
-    assert fit(*overlay, "--trainer.logger.init_args.id", "myid") == 2  # every fit would log into W&B run myid
-    assert "trainer.logger.init_args.id 'myid': lit_psion gives the W&B run its run's id" in capsys.readouterr().err
+    for key in ("id", "version"):  # every fit would log into W&B run myid
+        assert fit(*overlay, f"--trainer.logger.init_args.{key}", "myid") == 2
+        assert f"trainer.logger.init_args.{key} 'myid': lit_psion gives the W&B run its run's id" in \
+            capsys.readouterr().err  # fmt: skip
     assert not list(tmp_path.glob("2*"))
 
 

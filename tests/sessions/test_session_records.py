@@ -137,6 +137,8 @@ FORGED_SESSIONS = [  # (case, what is done, exit code of run and verify, what th
     ("a huge drift", _meta_edit(lambda m: m.update(mu=1e300)), 5, "mu is 1e+300, not a drift size"),  # exit 139
     ("a chunk of 0", _meta_edit(lambda m: m["settings"].update(chunk=0)), 5, "settings.chunk is 0, out of its range"),
     ("a negative rate", _meta_edit(lambda m: m["settings"].update(lr=-1.0)), 5, "settings.lr is -1.0, out of"),
+    ("a rate of 0", _meta_edit(lambda m: m["settings"].update(lr=0.0)), 5, "--lr must be a finite number > 0"),
+    ("a buffer past the policy's", _meta_edit(lambda m: m["settings"].update(buffer_len=10**9)), 5, "buffer_len"),
     ("another session's record", _meta_edit(lambda m: m.update(session_id="s0")), 5,  # a copy wrote into s0
      "is session 's0''s record, not 's1''s: the directory was copied or renamed"),
     ("a run id that is a path", _meta_edit(lambda m: m["runs"][0].update(run_id="../../..")), 5,  # verify read
@@ -217,6 +219,8 @@ def test_verify_fails_a_file_added_to_a_run_and_notes_a_run_that_never_committed
     capsys.readouterr()
     assert session("verify", *root) == 0
     assert "note runs/20991231-000000-abcdef: a run meta.json does not record" in capsys.readouterr().out
+    (committed / ".DS_Store").write_text("a file manager's")  # hidden: nothing reads it
+    assert session("verify", *root) == 0
     (committed / "notes.txt").write_text("added")
     assert session("verify", *root) == 5
     assert f"FAIL runs/{committed.name}/notes.txt: not a file of the run meta.json records" in capsys.readouterr().out
@@ -257,3 +261,11 @@ def test_list_reads_each_sessions_record_and_says_what_the_index_gets_wrong(trai
     assert session("list", "--artifacts_root", str(trained)) == 0
     out, err = capsys.readouterr()
     assert any(line.startswith("s1 ") for line in out.splitlines()) and "'s1' is not in index.json" in err
+
+
+def test_a_session_without_limits_made_by_new_runs_and_verifies(trained: Path) -> None:
+    """--rollback_tol inf (no limit) passed new, then run and verify refused the meta.json it wrote (not finite)."""
+    root = ("--artifacts_root", str(trained))
+    assert session("new", *root, "--session_id", "free", "--rollback_tol", "inf", "--grad_norm_max", "inf") == 0
+    assert session("run", *root, "--session_id", "free", "--steps", "64") == 0
+    assert session("verify", *root, "--session_id", "free") == 0
