@@ -48,7 +48,8 @@ class EvidenceCallback(Callback):
             EvidenceError: ``body`` is of one of lit_psion's own kinds (or a subclass of one): a checkpoint, step or
                 run receipt says what lit_psion did, so a callback cannot write one.
         """
-        if not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body):
+        unregistered = not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body)
+        if unregistered and not (isinstance(body, ReceiptBody) and body.kind in _own_kinds()):
             raise ConfigError(f"{type(self).__qualname__} emitted {_unregistered(body)}; emit an instance of a "
                               "ReceiptBody dataclass decorated with @register_receipt (docs/receipts.md)")  # fmt: skip
         if body.kind in _own_kinds():
