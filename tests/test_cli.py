@@ -453,7 +453,7 @@ def test_a_fit_runs_lightnings_profiler_only_when_one_is_configured(profiler: st
     seen = []
 
     class Probe(Callback):
-        def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_end(self, trainer, pl_module) -> None:
             seen.append(trainer.profiler)
             seen.append(len(getattr(trainer.profiler, "recorded_durations", {}).get("run_training_batch", ())))
 
