@@ -48,14 +48,19 @@ class EvidenceCallback(Callback):
             EvidenceError: ``body`` is of one of lit_psion's own kinds (or a subclass of one): a checkpoint, step or
                 run receipt says what lit_psion did, so a callback cannot write one.
         """
-        unregistered = not isinstance(body, ReceiptBody) or RECEIPT_KINDS.get(body.kind) is not type(body)
-        if unregistered and not (isinstance(body, ReceiptBody) and body.kind in _own_kinds()):
-            raise ConfigError(f"{type(self).__qualname__} emitted {_unregistered(body)}; emit an instance of a "
-                              "ReceiptBody dataclass decorated with @register_receipt (docs/receipts.md)")  # fmt: skip
+        name, fix = type(self).__qualname__, "emit an instance of a ReceiptBody dataclass decorated with " \
+            "@register_receipt (docs/receipts.md)"  # fmt: skip
+        if not isinstance(body, ReceiptBody):
+            raise ConfigError(f"{name} emitted a {type(body).__qualname__}, not a receipt body; {fix}")
         if body.kind in _own_kinds():
             raise EvidenceError(f"{type(self).__qualname__} emitted a {body.kind!r} receipt, one of lit_psion's own "
                                 "kinds (they record what lit_psion did); register a kind of your own with "
                                 "@register_receipt (docs/receipts.md)")  # fmt: skip
+        if (holder := RECEIPT_KINDS.get(body.kind)) is not type(body):
+            whose = "is not registered" if holder is None else (
+                f"is registered to another class, {holder.__module__}.{holder.__qualname__} (was the class defined "
+                "again after it registered?)")  # fmt: skip
+            raise ConfigError(f"{name} emitted a {type(body).__qualname__} whose kind {body.kind!r} {whose}; {fix}")
         emit_receipt(trainer, body)
 
     def _emit_own(self, trainer: L.Trainer, body: ReceiptBody) -> None:
@@ -66,17 +71,6 @@ class EvidenceCallback(Callback):
     def run(trainer: L.Trainer) -> RunContext:
         """The fit's run: its layout (where files go) and its stage (what receipts say it is)."""
         return run_context(trainer)
-
-
-def _unregistered(body: Any) -> str:
-    """What an emitted object that is not a registered receipt body is."""
-    if not isinstance(body, ReceiptBody):
-        return f"a {type(body).__qualname__}, not a receipt body"
-    holder = RECEIPT_KINDS.get(body.kind)
-    if holder is None:
-        return f"a {type(body).__qualname__} whose kind {body.kind!r} is not registered"
-    return (f"a {type(body).__qualname__} of kind {body.kind!r}, which is registered to another class, "
-            f"{holder.__module__}.{holder.__qualname__} (was the class defined again after it registered?)")
 
 
 def data_manifest_digest(trainer: L.Trainer) -> str | None:

@@ -179,55 +179,55 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
 
 def changed_records(layout: RunLayout) -> list[Verdict]:
     """The run's description files (config.yaml, the data manifest, the tokenizer) that no longer match what run.json
-    records; a config.yaml the run's latest attempts wrote (named by their ``training_run`` receipts, see
-    :func:`_current_configs`) is not changed."""
-    configs = _current_configs(layout)
-    return [verdict for verdict in audit_files(layout, RunRecord.load(layout)) if not verdict.ok
+    records; a config.yaml the run's latest attempts wrote (:attr:`Recorded.current_configs`) is not changed."""
+    recorded = Recorded.of(layout)
+    return [verdict for verdict in audit_files(layout, RunRecord.load(layout), recorded) if not verdict.ok
             and not (verdict.artifact == layout.config.name and layout.config.is_file()
-                     and sha256_file(layout.config) in configs)]  # fmt: skip
+                     and sha256_file(layout.config) in recorded.current_configs)]  # fmt: skip
 
 
 TRAINED = frozenset({"trainer_step", "transaction", "growth"})  # and a rank's checkpoint receipt (see below)
 """Receipts an attempt writes only after a training step, so after it wrote its config.yaml (at training start)."""
 
 
-def _training_runs(layout: RunLayout) -> list[tuple[set[str], set[str], bool]]:
-    """Per attempt of the run, in order: the ``config_digest`` and ``data_manifest_digest`` values its
-    ``training_run`` receipts record, and whether it trained (wrote one of :data:`TRAINED`)."""
-    if not layout.receipts.is_file():
-        return []
-    attempts: list[tuple[set[str], set[str], bool]] = []
-    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            receipt = parse_receipt(line)
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            continue
-        body = receipt.body
-        if receipt.kind == "training_run":
-            if body.get("event") in ("started", "resumed") or not attempts:
-                attempts.append((set(), set(), False))
-            for digests, field in zip(attempts[-1][:2], ("config_digest", "data_manifest_digest"), strict=True):
-                if isinstance(body.get(field), str):
-                    digests.add(body[field])
-        elif attempts and not attempts[-1][2] and (receipt.kind in TRAINED or (
-                receipt.kind == "checkpoint" and str(body.get("writer", "")).startswith("rank"))):  # fmt: skip
-            attempts[-1] = (*attempts[-1][:2], True)  # (the resolver's receipts come before config.yaml is written)
-    return attempts
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the run's ``training_run`` receipts record of its description files, read from its log in one pass."""
 
+    configs: frozenset[str]
+    """Every ``config_digest``: the configs the run's attempts started with."""
+    current_configs: frozenset[str]
+    """The ones config.yaml may hold now: those of the last attempt that trained and of every attempt after it (one
+    stopped before training may or may not have written its config.yaml; none wrote another afterwards). Every
+    attempt's when no receipt shows which trained (step receipts off)."""
+    manifests: frozenset[str]
+    """Every ``data_manifest_digest``."""
 
-def _current_configs(layout: RunLayout) -> set[str]:
-    """The config.yaml digests the run's config.yaml may hold now: those of the last attempt that trained and of
-    every attempt after it (one stopped before training may or may not have written its config.yaml; none wrote
-    another afterwards). Every attempt's when no receipt shows which trained (step receipts off)."""
-    attempts = _training_runs(layout)
-    trained = [index for index, (_, _, did) in enumerate(attempts) if did]
-    return set().union(*(configs for configs, _, _ in attempts[trained[-1] if trained else 0:]))
-
-
-def _receipted_digests(layout: RunLayout, field: str) -> set[str]:
-    """The ``config_digest`` (or ``data_manifest_digest``) values any of the run's ``training_run`` receipts record."""
-    index = 0 if field == "config_digest" else 1
-    return set().union(*(attempt[index] for attempt in _training_runs(layout)))
+    @classmethod
+    def of(cls, layout: RunLayout) -> Recorded:
+        attempts: list[tuple[set[str], set[str], bool]] = []  # per attempt: configs, manifests, whether it trained
+        lines = layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines() \
+            if layout.receipts.is_file() else []  # fmt: skip
+        for line in lines:
+            try:
+                receipt = parse_receipt(line)
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                continue
+            body = receipt.body
+            if receipt.kind == "training_run":
+                if body.get("event") in ("started", "resumed") or not attempts:
+                    attempts.append((set(), set(), False))
+                for digests, field in zip(attempts[-1][:2], ("config_digest", "data_manifest_digest"), strict=True):
+                    if isinstance(body.get(field), str):
+                        digests.add(body[field])
+            elif attempts and not attempts[-1][2] and (receipt.kind in TRAINED or (
+                    receipt.kind == "checkpoint" and str(body.get("writer", "")).startswith("rank"))):  # fmt: skip
+                attempts[-1] = (*attempts[-1][:2], True)  # (the resolver's receipts come before config.yaml)
+        trained = [index for index, (_, _, did) in enumerate(attempts) if did]
+        since = trained[-1] if trained else 0
+        return cls(configs=frozenset().union(*(a[0] for a in attempts)),
+                   current_configs=frozenset().union(*(a[0] for a in attempts[since:])),
+                   manifests=frozenset().union(*(a[1] for a in attempts)))  # fmt: skip
 
 
 def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
@@ -284,21 +284,21 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
     return verdicts
 
 
-def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
-    """The run's description files against the digests run.json records; the data manifest's digest recomputed
-    from its content, and ``tokenizer.json`` against the digest the data manifest records."""
-    verdicts = []
+def audit_files(layout: RunLayout, record: RunRecord, recorded: Recorded | None = None) -> list[Verdict]:
+    """The run's description files against the digests run.json and its receipts record; the data manifest's digest
+    recomputed from its content, and ``tokenizer.json`` against the digest the data manifest records."""
+    verdicts, recorded = [], recorded or Recorded.of(layout)
     for path, digest in ((layout.config, record.config_digest), (layout.data_manifest, record.data_manifest_digest)):
         if digest is not None and not path.is_file():
             verdicts.append(Verdict(path.name, False, f"missing: run.json records its digest ({digest[:16]}...); "
                                     "restore it from a backup", DataError.exit_code))  # fmt: skip
     if record.config_digest is not None and layout.config.is_file():
-        actual, receipted = sha256_file(layout.config), _receipted_digests(layout, "config_digest")
+        actual = sha256_file(layout.config)
         ok = actual == record.config_digest
         detail = f"config digest {'matches' if ok else 'differs from'} run.json's ({actual})"
-        if ok and receipted and actual not in receipted:  # run.json rewritten to match an edited config.yaml
+        if ok and recorded.configs and actual not in recorded.configs:  # run.json rewritten to match an edited one
             ok, detail = False, f"{detail}, but no training_run receipt records it: the run never trained with it"
-        elif ok and receipted and actual not in _current_configs(layout):  # an earlier attempt's, put back
+        elif ok and recorded.configs and actual not in recorded.current_configs:  # an earlier attempt's, put back
             ok, detail = False, (f"{detail}, but it is an earlier attempt's: the run trained on after it with "
                                  "another config.yaml, which a resume would compare its settings with")
         verdicts.append(Verdict(layout.config.name, ok, detail, 0 if ok else DataError.exit_code))
@@ -318,7 +318,7 @@ def audit_files(layout: RunLayout, record: RunRecord) -> list[Verdict]:
         return [*verdicts, Verdict(name, False, f"unreadable: {type(error).__name__}: {error}", DataError.exit_code)]
     ok = digest == record.data_manifest_digest == payload.get("digest")
     detail = f"data manifest content digest {'matches' if ok else 'differs from'} run.json's and its own ({digest})"
-    if ok and (receipted := _receipted_digests(layout, "data_manifest_digest")) and digest not in receipted:
+    if ok and recorded.manifests and digest not in recorded.manifests:
         ok, detail = False, f"{detail}, but no training_run receipt records it: the run never trained on it"
     verdicts.append(Verdict(name, ok, detail, 0 if ok else DataError.exit_code))
     if manifest is not None and manifest.tokenizer_digest is not None and not layout.tokenizer.is_file():
