@@ -395,6 +395,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "lit_psion_outside_model_ms": round(lit_outside * 1000, 2),
         "plain_outside_model_ms": round(plain_outside * 1000, 2),
         "model_ms": round(statistics.median(s for c in plain for s in c.model_seconds) * 1000, 2),
+        "lit_psion_model_ms": round(statistics.median(s for c in lit for s in c.model_seconds) * 1000, 2),
         "loop_overhead_ratio": round(plain_median / (plain_median + loop_overhead), 4),
         "p10_step_ratio": round(plain_p10 / lit_p10, 4),
         "lit_psion_p10_step_ms": round(lit_p10 * 1000, 2),
@@ -413,6 +414,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "lightning_tokens_per_s": round(statistics.median(bare_rates), 1),
             "lightning_median_step_ms": round(statistics.median(s for c in bare for s in c.step_seconds) * 1000, 2),
             "lightning_loop_overhead_ms": round((bare_outside - plain_outside) * 1000, 2),
+            "lightning_model_ms": round(statistics.median(s for c in bare for s in c.model_seconds) * 1000, 2),
             "lit_psion_over_lightning_ms": round((lit_outside - bare_outside) * 1000, 2),
             "lightning_rounds": [round(r, 1) for r in bare_rates],
         }

@@ -41,6 +41,7 @@ from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
+    check_callbacks,
     check_config_files,
     constructor_error,
     describe_ckpt_path,
@@ -52,7 +53,6 @@ from lit_psion.commands.fit_args import (
     plain_parse_error,
     raised_in_lightning,
     refuse_lightning_optimizer_groups,
-    refuse_shared_state_keys,
     refuse_unusable_ckpt_path,
     setting_problems,
 )
@@ -331,7 +331,7 @@ class LitPsionCLI(LightningCLI):
                 callbacks.insert(0, WandbEvidence(wandb))
         elif config.get("logger") in (None, True):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
-        refuse_shared_state_keys(callbacks)
+        check_callbacks(callbacks)
         try:
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers,
                                             "profiler": config.get("profiler") or QuietProfiler()}, callbacks=callbacks)

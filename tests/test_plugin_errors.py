@@ -89,6 +89,65 @@ def test_a_class_path_that_does_not_import_is_named_with_why(tmp_path: Path, cap
     assert says in one_error_line(capsys.readouterr().err)
 
 
+CALLBACKS_IN_A_CONFIG_FILE = [  # (the callbacks list of a YAML file, the one line): each was jsonargparse's account
+    ("- class_path: no_such_module.Evidence", "trainer.callbacks: no class 'no_such_module.Evidence' to import (No "
+     "module named 'no_such_module'); check the class_path's module and class name"),
+    ("- class_path: lit_psion.core.receipts.ReceiptBody", "trainer.callbacks: lit_psion.core.receipts.ReceiptBody is "
+     "not a Callback; give a subclass of Callback"),  # a receipt class given as a callback
+    ("- {class_path: lit_psion.callbacks.GenerateSample, init_args: {max_new_tokens: lots}}",
+     "trainer.callbacks.max_new_tokens: 'lots' is not an int; give one"),
+    ("- {class_path: lit_psion.callbacks.GenerateSample, init_args: {tokens: 5}}", "trainer.callbacks: GenerateSample "
+     "refuses the settings given for it: Option 'tokens' is not accepted (a --config overlay may have set it for "
+     "another class); `python -m lit_psion fit --trainer.callbacks.help lit_psion.callbacks.GenerateSample` lists"),
+]  # fmt: skip
+CALLBACK_SETTINGS_GIVEN_ON_THE_COMMAND_LINE = [  # it said "Callback refuses ...: Option ... is not accepted"
+    (("--trainer.callbacks.max_new_tokens=abc",), "trainer.callbacks.max_new_tokens: 'abc' is not an int; give one"),
+    (("--trainer.callbacks.max_new_tokens", "1.5"), "trainer.callbacks.max_new_tokens: '1.5' is not an int; give one"),
+    (("--trainer.callbacks.tokens=5",), "trainer.callbacks: GenerateSample refuses the settings given for it: Option "
+     "'tokens' is not accepted"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("listed", "says"), CALLBACKS_IN_A_CONFIG_FILE,
+                         ids=["no module", "a receipt class", "a value of the wrong type", "a setting it lacks"])
+def test_a_callback_a_config_file_lists_wrongly_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      listed: str, says: str) -> None:  # fmt: skip
+    (tmp_path / "callbacks.yaml").write_text(f"trainer:\n  callbacks:\n    {listed}\n")
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--config", str(tmp_path / "callbacks.yaml"),
+            "--trainer.default_root_dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(args) == 2
+    assert says in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("given", "says"), CALLBACK_SETTINGS_GIVEN_ON_THE_COMMAND_LINE,
+                         ids=["not a number", "a float", "a setting it lacks"])
+def test_a_wrong_setting_of_a_callback_added_on_the_command_line_names_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture, given: tuple, says: str
+) -> None:
+    """jsonargparse also tries the setting on Lightning's base Callback, and that try's complaint was the one said."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.callbacks+=lit_psion.callbacks.GenerateSample", *given,
+            "--trainer.default_root_dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(args) == 2
+    assert says in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("callback", ["lightning.pytorch.callbacks.ModelCheckpoint",
+                                      "lightning.pytorch.callbacks.OnExceptionCheckpoint"])  # fmt: skip
+def test_a_lightning_checkpoint_callback_is_refused_naming_lit_psions_own_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture, callback: str
+) -> None:
+    """Lightning's account ("configured with `enable_checkpointing=False`") named a setting the user never gave."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={callback}",
+            "--trainer.default_root_dir", str(tmp_path / "runs")]  # fmt: skip
+    if callback.endswith("OnExceptionCheckpoint"):
+        args.append(f"--trainer.callbacks.dirpath={tmp_path}")
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"trainer.callbacks: {callback.rsplit('.', 1)[0]}." in line and "--checkpoint.every_n_train_steps" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 class LogsTrainLoss(L.Callback):
     """A user's callback that logs a metric under lit_psion's own name."""
 

@@ -224,13 +224,14 @@ def _max_time_problem(value: Any) -> str | None:
 
 
 _CLASS_PROBLEM = re.compile(r"Problem with given class_path '([^']+)': (.*?)(?= - Expected a | Given value type:| - "
-                            r"Problem with given class_path|$)")  # fmt: skip
+                            r"Problem with given class_path| - Not a valid subclass|$)")  # fmt: skip
 
 
 _UNION_VALUE = re.compile(r'Parser key "[^"]+": Does not validate against any of the Union subtypes Subtypes: '
                           r"\[(?P<types>(?:[^\[\]]|\[[^\]]*\])*)\].*?Given value: (?P<value>\S+)")  # fmt: skip
 _FAILED_IMPORT = re.compile(r"Expected a path but (?P<path>\S+) either not accessible or invalid .*?Errors: - "
                             r"(?P<why>.+?)(?: - |$)")  # fmt: skip
+_NOT_SUBCLASS = re.compile(r"Import path (?P<path>\S+) does not correspond to a subclass of (?P<kind>\w+)")
 _NO_CLASS = re.compile(r"No module named '[^']+'|module '[^']+' has no attribute '[^']+'")
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\. Got value: (?P<value>\S+)")
 _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
@@ -264,19 +265,35 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     if "Does not validate against any of the Union subtypes" not in flat:
         value = _PLAIN_VALUE.fullmatch(flat)
         return _wrong_type(keys[0], value["types"], value["value"]) if value is not None else message
-    problems = _CLASS_PROBLEM.findall(flat)
-    if not problems:  # a plain setting, such as trainer.gradient_clip_val
+    found = [problem for problem in _CLASS_PROBLEM.finditer(flat) if problem[1] not in _base_class_tries(message)]
+    if keys and (alien := _NOT_SUBCLASS.search(flat)) is not None and not found:  # a class of another kind
+        return f"{keys[0]}: {alien['path']} is not a {alien['kind']}; give a subclass of {alien['kind']}"
+    if not found:  # a plain setting, such as trainer.gradient_clip_val
         value = _UNION_VALUE.search(flat)
         return _wrong_type(keys[0], value["types"], value["value"]) if value is not None and keys else message
-    (outer, _), (inner, why) = problems[0], problems[-1]
-    tail = flat[flat.rfind("Problem with given class_path") :]
+    (outer, _), (inner, why) = found[0].groups(), found[-1].groups()
+    keys = re.findall(r'Parser key "([^"]+)"', flat[: found[-1].end()])
+    if keys and _NO_CLASS.fullmatch(why.strip()):  # a class path whose module or class is not there (a typo)
+        return (f"{keys[0]}: no class {inner!r} to import ({why.strip()}); check the class_path's module and class "
+                "name")  # fmt: skip
+    tail = flat[found[-1].start() :]
     value = _UNION_VALUE.search(tail) or _PLAIN_VALUE.search(tail)
     if value is not None:  # the innermost problem is a value of the wrong type, not a setting the class lacks
         return _wrong_type(".".join(keys), value["types"], value["value"])
     listed = (f"; `python -m lit_psion fit --{keys[0]}.help {outer}` lists the settings it takes"
-              if keys[0] in ("model", "data") else "")  # fmt: skip
+              if keys[0] in ("model", "data", "trainer.callbacks") else "")  # fmt: skip
     return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
             f"--config overlay may have set it for another class){listed}")
+
+
+def _base_class_tries(message: str) -> set[str]:
+    """The class paths jsonargparse tried only as the base class of a setting (``lightning.Callback`` beside the
+    callback given in ``--trainer.callbacks+=X --trainer.callbacks.KEY=V``): one of a union's alternatives whose
+    sibling, at the same depth of the message, is a class that was given."""
+    tries = re.findall(r"^( *)- Problem with given class_path '([^']+)'", message, flags=re.MULTILINE)
+    bases = set(re.findall(r"<class '(?:\w+\.)*(\w+)'>", message))
+    return {path for depth, path in tries if path.rsplit(".", 1)[-1] in bases
+            and any(other != path and other_depth == depth for other_depth, other in tries)}  # fmt: skip
 
 
 def _wrong_type(where: str, types: str, given: str) -> str:
@@ -370,11 +387,20 @@ def raised_in_lightning(error: BaseException) -> bool:
                for frame in frames)  # fmt: skip
 
 
-def refuse_shared_state_keys(callbacks: list[Any]) -> None:
-    """Two callbacks that keep state under one ``state_key`` (two of a class that does not key its state by its
-    settings): a checkpoint could not tell their states apart, and Lightning refuses them in an error of its own."""
-    from lightning.pytorch.callbacks import Callback  # the fit's import; this module stays light
+def check_callbacks(callbacks: list[Any]) -> None:
+    """Refuse, in one line each, the callbacks Lightning would refuse in words about its own settings: a checkpoint
+    callback of Lightning's (lit_psion writes and verifies every checkpoint itself, with Lightning's checkpointing
+    off), and two callbacks that keep state under one ``state_key`` (two of a class that does not key its state by
+    its settings), whose states a checkpoint could not tell apart."""
+    from lightning.pytorch.callbacks import Callback, Checkpoint  # the fit's import; this module stays light
 
+    for callback in callbacks:
+        if isinstance(callback, Checkpoint):
+            name = f"{type(callback).__module__}.{type(callback).__qualname__}"
+            raise ConfigError(f"trainer.callbacks: {name} is a Lightning checkpoint callback, and lit_psion writes, "
+                              "verifies and points to every checkpoint itself: remove it, and set when checkpoints "
+                              "are written with --checkpoint.every_n_train_steps, --checkpoint.keep_last_k and "
+                              "--checkpoint.async_write")  # fmt: skip
     holders: dict[str, Any] = {}
     for callback in callbacks:
         if type(callback).state_dict is Callback.state_dict:
