@@ -381,12 +381,15 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     diff = config_diff(runs)
     facts = [{**evidence(run), "receipts": chain_verdict(run)} for run in runs]  # all read before anything is written
     out = Path(out)
+    earlier = _earlier_comparison(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"--out {str(out)!r} cannot be created ({error.strerror or error}); give a writable "
                           "directory") from error  # fmt: skip
     images = write_plots(series, out)
+    for stale in earlier - {"index.html", *images}:  # an earlier comparison's panel this one does not draw
+        (out / stale).unlink(missing_ok=True)
     fields = ("status", "global_step", "receipts", "receipts_head", "checkpoint", "checkpoint_manifest_sha256")
     final_rows = [(key, *(finals[label].get(key) for label in labels)) for key in metric_keys]
     write_page(
@@ -401,6 +404,37 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     )
     return {"labels": labels, "config_diff": diff, "final": finals, "metrics": metric_keys, "evidence": facts,
             "page": out / "index.html", "images": images}  # fmt: skip
+
+
+def _earlier_comparison(out: Path) -> set[str]:
+    """The files an earlier ``compare`` wrote in ``out`` (empty for a new or empty directory), which this one
+    replaces.
+
+    Raises:
+        ConfigError: ``out`` is a file, or a directory holding anything else (a user's files, a run), which compare
+            would mix its plots into or overwrite.
+    """
+    if not out.is_dir():
+        if out.exists() or out.is_symlink():
+            raise ConfigError(f"--out {str(out)!r} is a file, not a directory; give a new or empty directory")
+        return set()
+    names = {entry.name for entry in out.iterdir()}
+    ours = {"index.html", *(f"{panel}.png" for panel in PANELS)}
+    index = out / "index.html"
+    if not names or (names <= ours and index.is_file() and _is_comparison_page(index)):
+        return names
+    other = sorted(names - ours) or sorted(names)
+    raise ConfigError(f"--out {str(out)!r} already holds files compare did not write (such as {other[0]!r}); give a "
+                      "new or empty directory, or an earlier comparison's")  # fmt: skip
+
+
+def _is_comparison_page(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return False
+    return b"<title>lit_psion compare: " in head
 
 
 def _labels(runs: Sequence[Path]) -> list[str]:

@@ -141,6 +141,32 @@ def test_compare_prints_the_config_diff_and_final_metrics(
     assert _png(out / "loss.png") and 'src="loss.png"' in (out / "index.html").read_text()
 
 
+def test_compare_writes_only_into_a_new_or_empty_directory_or_over_an_earlier_comparison(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The default --out is ./compare: a user's own compare/ (or any --out with files in it) had its loss.png and
+    index.html overwritten without a word."""
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, two_runs), "--out", str(out)]) == 0
+    (out / "transactions.png").write_bytes((out / "loss.png").read_bytes())  # a panel this comparison does not draw
+    assert main(["compare", str(two_runs[0]), "--out", str(out)]) == 0  # an earlier comparison: replaced
+    assert str(two_runs[1].name) not in (out / "index.html").read_text() and not (out / "transactions.png").exists()
+    capsys.readouterr()
+    for holds in ("notes.txt", "loss.png"):  # a user's file, or a user's PNG of a panel's name beside no page
+        mine = tmp_path / f"mine-{holds}"
+        mine.mkdir()
+        (mine / holds).write_text("my own")
+        assert main(["compare", *map(str, two_runs), "--out", str(mine)]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"already holds files compare did not write (such as {holds!r})" in line
+        assert [entry.name for entry in mine.iterdir()] == [holds] and (mine / holds).read_text() == "my own"
+    page = tmp_path / "page"
+    page.mkdir()
+    (page / "index.html").write_text("<html><title>my page</title></html>")  # not a comparison's page
+    assert main(["compare", str(two_runs[0]), "--out", str(page)]) == 2
+    assert (page / "index.html").read_text() == "<html><title>my page</title></html>"
+
+
 TAMPERINGS = {
     "a loss edited": lambda log: log.write_text(log.read_text().replace('"loss": ', '"loss": 1', 1)),
     "a torn last line": lambda log: log.write_bytes(log.read_bytes()[:-40]),
