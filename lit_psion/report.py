@@ -377,6 +377,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     labels = _labels(runs)
     series = {label: read_metrics(run) for label, run in zip(labels, runs, strict=True)}
     finals = {label: last_values(s) for label, s in series.items()}
+    steps = {label: {key: points[-1][0] for key, points in s.items() if points} for label, s in series.items()}
     metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss", "train/mse"))})
     diff = config_diff(runs)
     facts = [{**evidence(run), "receipts": chain_verdict(run)} for run in runs]  # all read before anything is written
@@ -391,7 +392,8 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     for stale in earlier - {"index.html", *images}:  # an earlier comparison's panel this one does not draw
         (out / stale).unlink(missing_ok=True)
     fields = ("status", "global_step", "receipts", "receipts_head", "checkpoint", "checkpoint_manifest_sha256")
-    final_rows = [(key, *(finals[label].get(key) for label in labels)) for key in metric_keys]
+    final_rows = [(key, *(at_step(finals[label].get(key), steps[label].get(key)) for label in labels))
+                  for key in metric_keys]  # fmt: skip
     write_page(
         out / "index.html",
         f"lit_psion compare: {', '.join(labels)}",
@@ -402,8 +404,14 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         ],
         images,
     )
-    return {"labels": labels, "config_diff": diff, "final": finals, "metrics": metric_keys, "evidence": facts,
-            "page": out / "index.html", "images": images}  # fmt: skip
+    return {"labels": labels, "config_diff": diff, "final": finals, "final_steps": steps, "metrics": metric_keys,
+            "evidence": facts, "page": out / "index.html", "images": images}  # fmt: skip
+
+
+def at_step(value: float | None, step: int | None) -> str:
+    """A final metric with the step it was logged at: runs of different lengths, or a val/loss from an earlier step
+    than the last train/loss, are not compared as if taken at one point."""
+    return "" if value is None else f"{value:.5g} (step {step})"  # .5g: a graph core's 6.5e-06 is not 0.0000
 
 
 def _earlier_comparison(out: Path) -> set[str]:

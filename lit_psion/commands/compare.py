@@ -10,7 +10,7 @@ from rich.table import Column, Table
 from lit_psion.commands import CommandParser
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import refuse_output_in_a_run
-from lit_psion.report import compare
+from lit_psion.report import at_step, compare
 
 
 def main(args: list[str]) -> None:
@@ -30,7 +30,8 @@ def main(args: list[str]) -> None:
     console.print(diff if result["config_diff"] else "configs are identical")
     finals = Table("metric", *labels, title="final metrics")
     for key in result["metrics"]:
-        finals.add_row(key, *(_format(result["final"][label].get(key)) for label in labels))
+        finals.add_row(key, *(at_step(result["final"][label].get(key), result["final_steps"][label].get(key))
+                              for label in labels))  # fmt: skip
     for field in ("status", "global_step", "receipts", "receipts_head", "checkpoint"):
         finals.add_row(field, *(str(facts[field]).split(":")[0][:16] for facts in result["evidence"]))
     console.print(finals)
@@ -39,7 +40,3 @@ def main(args: list[str]) -> None:
         if facts["receipts"].startswith("FAILS"):  # compared all the same, and said: its numbers are not vouched for
             raise EvidenceError(f"{run}: its receipts do not verify, so its row above is not vouched for: "
                                 f"{facts['receipts'].removeprefix('FAILS: ')}")
-
-
-def _format(value: float | None) -> str:
-    return "" if value is None else f"{value:.5g}"  # a graph core's 6.5e-06 is not 0.0000

@@ -136,8 +136,10 @@ def test_compare_prints_the_config_diff_and_final_metrics(
     assert main(["compare", *map(str, two_runs), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"model\.init_args\.optimizer\.lr\s*│\s*0\.003\s*│\s*0\.01", printed), printed
-    for run in two_runs:
-        assert f"{read_metrics(run)['val/loss'][-1][1]:.5g}" in printed
+    for run in two_runs:  # each final value with the step it was taken at
+        step, value = read_metrics(run)["val/loss"][-1]
+        said = f"{value:.5g} (step {step})"
+        assert said in printed and said in (out / "index.html").read_text()
     assert _png(out / "loss.png") and 'src="loss.png"' in (out / "index.html").read_text()
 
 
