@@ -312,20 +312,23 @@ class Store:
             optional: Return None for an artifact neither recorded nor present (not written yet).
 
         Raises:
-            CheckpointError: no digest recorded for it, or its bytes do not match the digest (exit 4).
+            CheckpointError: no digest recorded for a state (``PLASTIC``, ``OPTIM``), or its bytes do not match the
+                digest (exit 4).
+            EvidenceError: the same for a record (the update log, the metrics; exit 5, as ``session verify`` says).
         """
         path = self.session_dir(meta["session_id"]) / name
         expected = (meta.get("artifacts") or {}).get(name)
         data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        refusal = CheckpointError if name in (PLASTIC, OPTIM) else EvidenceError
         if expected is None:
             if optional and data is None:
                 return None
-            raise CheckpointError(f"meta.json of session {meta['session_id']!r} records no sha256 for {str(path)!r}, "
+            raise refusal(f"meta.json of session {meta['session_id']!r} records no sha256 for {str(path)!r}, "
                                   "so it cannot be checked (an edited meta.json, or a session from before artifact "
                                   "digests): create the session again")  # fmt: skip
         actual = sha256_bytes(data) if data is not None else "missing"
         if actual != expected:
-            raise CheckpointError(f"session artifact {str(path)!r} does not match its meta.json: expected sha256 "
+            raise refusal(f"session artifact {str(path)!r} does not match its meta.json: expected sha256 "
                                   f"{expected}, got {actual}")  # fmt: skip
         return data
 

@@ -274,7 +274,11 @@ TAMPERED = {  # case: (tamper, the file named, what the one line says, the comma
                            "does not match its meta.json", ("run", "fork")),
     "optim-inf-digest-rerecorded": (_inf_momentum, "optim_state.pt", "non-finite values: state.", ("run", "fork")),
     "events-appended": (_append_event, "update_events.jsonl", "does not match its meta.json", ("run",)),
+    "events-deleted": (lambda d: (d / "update_events.jsonl").unlink(), "update_events.jsonl", "got missing",
+                       ("run",)),
 }  # fmt: skip
+RECORDS = ("update_events.jsonl",)
+"""The session files that are records, not states: refused with exit 5 (evidence), the states with 4."""
 CASES = [(case, command) for case, entry in TAMPERED.items() for command in entry[3]]
 
 
@@ -290,7 +294,8 @@ def test_a_tampered_or_non_finite_session_artifact_is_refused_before_use(
     root = ("--artifacts_root", str(trained))
     argv = ["run", *root, "--session_id", "s1", "--steps", "32"] if command == "run" else \
         ["fork", *root, "--parent_session_id", "s1", "--child_session_id", "child"]  # fmt: skip
-    assert session(*argv) == 4
+    code = 5 if name in RECORDS else 4
+    assert session(*argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and str(directory / name) in err[0], err
     if "does not match" in message:  # names the digest recorded and the one found
@@ -298,6 +303,7 @@ def test_a_tampered_or_non_finite_session_artifact_is_refused_before_use(
     assert len(read_json(directory / "meta.json")["runs"]) == 1  # nothing ran
     assert not (trained / "sessions" / "child" / "meta.json").exists()
     assert "child" not in read_json(trained / "sessions" / "index.json")["sessions"]
+    assert session("verify", *root, "--session_id", "s1") == code  # run and verify give one account (it was 4 and 5)
 
 
 def test_every_artifact_a_run_writes_is_digest_recorded(trained: Path) -> None:
