@@ -160,8 +160,9 @@ def verify_session(store: Store, session_id: str) -> None:
     for name, path, expected, code in checks:
         actual = sha256_file(path) if path.is_file() and not path.is_symlink() else None
         ok = actual == expected
+        found = actual or ("a symbolic link" if path.is_symlink() else "no file")
         print(f"{'ok  ' if ok else 'FAIL'} {name}: " + ("matches meta.json" if ok else
-              f"expected sha256 {expected}, got {actual or 'no file'}"))  # fmt: skip
+              f"expected sha256 {expected}, got {found}"))  # fmt: skip
         failures += [] if ok else [code]
     for extra in extras:
         print(f"FAIL {extra}: not a file of the run meta.json records (added since)")

@@ -224,7 +224,7 @@ class Store:
         """The base checkpoint, after checking it is the one base_meta.json names and that it is finite."""
         meta, path = self.base_meta(), self.base_dir / BASE_CHECKPOINT
         data = path.read_bytes() if path.is_file() else None
-        actual = sha256_bytes(data) if data is not None else "missing"
+        actual = sha256_bytes(data) if data is not None else "a symbolic link" if path.is_symlink() else "missing"
         if data is None or actual != meta["base_ckpt_hash"]:
             raise SignatureMismatch(f"base checkpoint {str(path)!r} does not match base_meta.json: expected sha256 "
                                     f"{meta['base_ckpt_hash']}, got {actual}")  # fmt: skip
@@ -326,7 +326,7 @@ class Store:
             raise refusal(f"meta.json of session {meta['session_id']!r} records no sha256 for {str(path)!r}, "
                                   "so it cannot be checked (an edited meta.json, or a session from before artifact "
                                   "digests): create the session again")  # fmt: skip
-        actual = sha256_bytes(data) if data is not None else "missing"
+        actual = sha256_bytes(data) if data is not None else "a symbolic link" if path.is_symlink() else "missing"
         if actual != expected:
             raise refusal(f"session artifact {str(path)!r} does not match its meta.json: expected sha256 "
                                   f"{expected}, got {actual}")  # fmt: skip

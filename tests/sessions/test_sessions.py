@@ -257,6 +257,12 @@ def _forget_digest(directory: Path) -> None:
     (directory / "meta.json").write_text(json.dumps(meta))
 
 
+def _symlink_to_a_copy(path: Path) -> None:
+    copy = path.with_name("elsewhere-" + path.name)
+    path.rename(copy)
+    path.symlink_to(copy.name)
+
+
 def _append_event(directory: Path) -> None:
     with open(directory / "update_events.jsonl", "a") as handle:
         handle.write('{"decision": "commit", "run_id": "forged"}\n')
@@ -274,6 +280,8 @@ TAMPERED = {  # case: (tamper, the file named, what the one line says, the comma
                            "does not match its meta.json", ("run", "fork")),
     "optim-inf-digest-rerecorded": (_inf_momentum, "optim_state.pt", "non-finite values: state.", ("run", "fork")),
     "events-appended": (_append_event, "update_events.jsonl", "does not match its meta.json", ("run",)),
+    "plastic-symlinked": (lambda d: _symlink_to_a_copy(d / "plastic_state.safetensors"), "plastic_state.safetensors",
+                          "got a symbolic link", ("run", "fork")),  # it said "got missing" of a file that is there
     "events-deleted": (lambda d: (d / "update_events.jsonl").unlink(), "update_events.jsonl", "got missing",
                        ("run",)),
 }  # fmt: skip
