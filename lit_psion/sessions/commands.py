@@ -82,6 +82,7 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
     if env_mode != base["config"]["env_mode"]:
         raise ConfigError(f"env_mode {env_mode!r} differs from the base model's {base['config']['env_mode']!r}")
     _check_settings(settings)
+    store.base_checkpoint()  # a session made for a base whose checkpoint is not the recorded one could never run
     store.index()  # a registry it could not add the session to is refused before anything is written
     with store.creating(session_id, f"session new {session_id}") as directory:
         if (directory / "meta.json").exists():

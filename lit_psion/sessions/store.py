@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
+from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file, sha256_json
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, load_refusal
 from lit_psion.core.files import fsync_path
 from lit_psion.core.lock import RunLock
@@ -215,21 +215,35 @@ class Store:
         if not path.is_file():
             raise ConfigError(f"no base model in {str(self.root)!r}: run `python -m lit_psion session init-base "
                               f"--artifacts_root {self.root}` first")  # fmt: skip
-        return _record(path, ("config", "base_ckpt_hash", "model_signature"))
+        meta = _record(path, ("config", "base_ckpt_hash", "model_signature"))
+        try:
+            signature = model_signature(WorldConfig(**meta["config"]), meta["base_ckpt_hash"])
+        except (TypeError, ValueError) as error:
+            raise EvidenceError(f"{str(path)!r} is not the record it should be (its config: {error}); restore it from "
+                                "a backup") from error  # fmt: skip
+        if signature != meta["model_signature"]:  # its own fields disagree: one was edited
+            raise EvidenceError(f"{str(path)!r} does not hold together: its model_signature is not the one its config "
+                                "and base_ckpt_hash give (one of them was edited); restore it from a backup, or make "
+                                "a new base in a new --artifacts_root")  # fmt: skip
+        return meta
 
     def base_config(self) -> WorldConfig:
         return WorldConfig(**self.base_meta()["config"])
 
-    def base_weights(self) -> dict[str, torch.Tensor]:
-        """The base checkpoint, after checking it is the one base_meta.json names and that it is finite."""
+    def base_checkpoint(self) -> bytes:
+        """The base checkpoint's bytes, after checking they are the ones base_meta.json names."""
         meta, path = self.base_meta(), self.base_dir / BASE_CHECKPOINT
-        data = path.read_bytes() if path.is_file() else None
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
         actual = sha256_bytes(data) if data is not None else "a symbolic link" if path.is_symlink() else "missing"
         if data is None or actual != meta["base_ckpt_hash"]:
             raise SignatureMismatch(f"base checkpoint {str(path)!r} does not match base_meta.json: expected sha256 "
                                     f"{meta['base_ckpt_hash']}, got {actual}")  # fmt: skip
-        weights = _load_tensors(data)  # the bytes that were hashed
-        require_finite(weights, path)
+        return data
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """The base checkpoint, after checking it is the one base_meta.json names and that it is finite."""
+        weights = _load_tensors(self.base_checkpoint())  # the bytes that were hashed
+        require_finite(weights, self.base_dir / BASE_CHECKPOINT)
         return weights
 
     def write_base(self, config: WorldConfig, weights: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict:
@@ -295,6 +309,12 @@ class Store:
         base = self.base_meta()
         expected = model_signature(WorldConfig(**base["config"]), base["base_ckpt_hash"])
         if meta["model_signature"] != expected or meta["base_ckpt_hash"] != base["base_ckpt_hash"]:
+            checkpoint = self.base_dir / BASE_CHECKPOINT
+            if checkpoint.is_file() and sha256_file(checkpoint) == meta["base_ckpt_hash"]:  # the base is this one's
+                raise EvidenceError(f"{str(self.base_dir / 'base_meta.json')!r} records base checkpoint sha256 "
+                                    f"{base['base_ckpt_hash'][:16]}..., but {str(checkpoint)!r} is the one session "
+                                    f"{meta['session_id']!r} was made for ({meta['base_ckpt_hash'][:16]}...): "
+                                    "base_meta.json was edited; restore it from a backup")  # fmt: skip
             raise SignatureMismatch(
                 f"session {meta['session_id']!r} was made for model signature {meta['model_signature'][:16]}... "
                 f"but the base in {str(self.root)!r} has {expected[:16]}...: it belongs to a different base model; "
