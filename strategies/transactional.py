@@ -50,7 +50,7 @@ from typing_extensions import override
 
 from lit_psion.checkpoint_io import EXTRA_KEY, load_verified
 from lit_psion.core import RunContext, RunLayout, run_context, sha256_bytes
-from lit_psion.core.audit import check_skip_list
+from lit_psion.core.audit import check_skip_list, receipted_checkpoints
 from lit_psion.core.chain import batch_digest, emit_receipt
 from lit_psion.core.checkpoint import VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule, lr_flag
@@ -392,7 +392,9 @@ class Transactional:
         """Load the weights and this optimizer's state from the run's last durable checkpoint."""
         assert self._run is not None, "setup() runs before the first step"
         try:
-            verified = resolve_checkpoint(self._run.layout, quiet=not self.is_global_zero)
+            layout = self._run.layout  # held to the run's checkpoint receipts, as a resume is
+            receipted = receipted_checkpoints(layout)
+            verified = resolve_checkpoint(layout, quiet=not self.is_global_zero, receipted=receipted)
         except CheckpointError:
             verified = None
         mine = (verified.path.name, verified.manifest_sha256) if verified is not None else None

@@ -376,12 +376,15 @@ def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
 
     The fit writes step k's checkpoint after step k's ``trainer_step`` receipt and records the chain's head in its
     manifest; whatever the chain holds after that head trained on from step k. So the head is in the chain, no
-    step receipted up to it ends past k, and no step receipted after it starts before k.
+    step receipted up to it ends past k, no step receipted after it starts before k, and the last step receipted up
+    to it is k, or (receipting every n steps) less than the last interval between two receipted steps before k.
+    A head anchored where the chain ended, under a later step, is a checkpoint no fit wrote (a paused run's log
+    ends there, so nothing after the head gives it away).
     """
     head, step = checkpoint.manifest.receipts_head, checkpoint.step
     if head is None or not chain.is_file():
         return None  # written before manifests anchored the chain, or by a fit without receipts
-    anchored, ended_at = False, None
+    anchored, ended_at, interval = False, None, None
     with chain.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
             try:
@@ -392,6 +395,8 @@ def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 continue  # the chain's own verdict names a bad line
             if not anchored and step_out is not None:
+                if ended_at is not None and step_out > ended_at:  # (not a rollback's, nor accumulation's repeat)
+                    interval = step_out - ended_at
                 ended_at = step_out
             # Under gradient accumulation the micro-batches after the step's last one receipt the same step again.
             again = ended_at == step and (step_in, step_out) == (step - 1, step)
@@ -402,6 +407,9 @@ def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
         return NOT_IN_CHAIN
     if ended_at is not None and ended_at > step:
         return f"the run's receipts had reached step {ended_at} at the head its manifest records, not {step}"
+    if ended_at is not None and interval is not None and step - ended_at >= interval:
+        return (f"the run's receipts, one every {interval} step(s), had reached only step {ended_at} at the head its "
+                f"manifest records, so step {step} would have been receipted before its checkpoint")  # fmt: skip
     return None
 
 

@@ -29,23 +29,26 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / read_latest(root)
 
 
-@pytest.mark.parametrize("writes", ["sync", "async", "async-accumulating"])
+@pytest.mark.parametrize("writes", ["sync", "async", "async-accumulating", "sync-receipts-every-2"])
 def test_a_kill_between_a_durable_checkpoint_and_its_receipt_resumes_from_that_checkpoint(
     tmp_path: Path, writes: str
 ) -> None:
     """Accumulating, the micro-batches after a step's last one receipt that step again, after the head the
-    checkpoint records: not a chain that went on from an earlier step."""
-    killed = callbacks_config(tmp_path / "kill.json", ("KillBeforeDurableReceipt", {"step": 6}))
-    common = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9",
+    checkpoint records: not a chain that went on from an earlier step. Receipting every 2 steps, step 9's
+    checkpoint records step 8's head: within the interval, not a forgery anchored where the chain ended."""
+    step = 9 if writes.endswith("every-2") else 6
+    killed = callbacks_config(tmp_path / "kill.json", ("KillBeforeDurableReceipt", {"step": step}))
+    common = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "12",
               "--checkpoint.async_write", str(writes.startswith("async")).lower(),
-              *(("--trainer.accumulate_grad_batches", "2") if writes.endswith("accumulating") else ()))  # fmt: skip
+              *(("--trainer.accumulate_grad_batches", "2") if writes.endswith("accumulating") else ()),
+              *(("--receipts.every_n_steps", "2") if writes.endswith("every-2") else ()))  # fmt: skip
     assert fit_subprocess(*common, "--config", killed).returncode == -9
     run = tmp_path / read_latest(tmp_path)
-    assert read_json(run / "checkpoints" / "pointer.json")["step"] == 6
+    assert read_json(run / "checkpoints" / "pointer.json")["step"] == step
     assert fit(*common, "--ckpt_path", "last") == 0
     chain = [json.loads(line)["body"] for line in (run / "receipts.jsonl").read_text().splitlines()]
     late = [r for r in chain if r.get("durability") == "durable" and "receipted on resume" in (r.get("reason") or "")]
-    assert [r["step"] for r in late] == [6], "resumed from the checkpoint whose receipt the kill prevented"
+    assert [r["step"] for r in late] == [step], "resumed from the checkpoint whose receipt the kill prevented"
     assert main(["doctor", str(run)]) == 0
 
 
@@ -90,6 +93,9 @@ FORGERIES = [  # (name, the step the forged copy of step 6's checkpoint claims, 
     ("a step past what the chain reached", 10, 6, "go on from step 6"),
     ("a step the chain trained past from the head it names", 7, 6, "go on from step 6"),
     ("a head past the step it claims", 7, 8, "had reached step 8"),
+    ("the chain's last head, under the next step", 9, 8, "had reached only step 8"),  # all three were trusted on a
+    ("the chain's last head, under a later step", 12, 8, "had reached only step 8"),  # run that was not sealed
+    ("an earlier head, under the next step", 7, 5, "go on from step 5"),
 ]
 
 

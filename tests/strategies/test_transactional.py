@@ -158,6 +158,41 @@ def test_all_commits_train_exactly_like_the_default_strategy(tmp_path: Path) -> 
     assert "transactions/commit_rate" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
+class _ReplaceCheckpointBefore(L.Callback):
+    """Before batch ``at``, replace step 4's weights with step 2's under a manifest and pointer rewritten to match:
+    every digest agrees except the one the checkpoint's durable receipt recorded."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, idx: int) -> None:
+        if idx != self.at:
+            return
+        from lit_psion.core import atomic_write_json, sha256_file
+
+        checkpoints = Path(trainer.default_root_dir) / "checkpoints"
+        target = checkpoints / "step-000004"
+        manifest = read_json(target / "manifest.json")
+        for name in manifest["files"]:
+            if name.endswith(".safetensors"):
+                (target / name).write_bytes((checkpoints / "step-000002" / name).read_bytes())
+                manifest["files"][name] = {**manifest["files"][name], "sha256": sha256_file(target / name)}
+        atomic_write_json(target / "manifest.json", manifest)
+        pointer = read_json(checkpoints / "pointer.json")
+        atomic_write_json(checkpoints / "pointer.json", {**pointer, "manifest_sha256": sha256_file(
+            target / "manifest.json")})  # fmt: skip
+
+
+def test_a_restore_mid_run_is_held_to_the_checkpoints_receipts_as_a_resume_is(tmp_path: Path) -> None:
+    """The restore after repeated rollbacks checked only the pointer's digest, so a checkpoint replaced under a
+    rewritten manifest and pointer, which `ckpt verify` and a resume refuse, was loaded mid-run. Refused, it falls
+    back to the newest checkpoint that verifies."""
+    strategy = TransactionalStrategy(RESTORING)
+    checkpoints = PointerCheckpoint(every_n_train_steps=2, keep_last_k=10)
+    train(tmp_path, Regression(poison={3: "nan", 4: "nan"}), strategy, 8, checkpoints, _ReplaceCheckpointBefore(4))
+    assert [r["action"] for r in transactions(tmp_path)[3:5]] == [None, "restored:step-000002"]
+
+
 def test_repeated_rollbacks_restore_the_checkpoint_and_skip_list_survives_a_restart(tmp_path: Path) -> None:
     strategy = TransactionalStrategy(RESTORING)
     checkpoints = PointerCheckpoint(every_n_train_steps=2, keep_last_k=10)
