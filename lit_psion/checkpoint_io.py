@@ -424,6 +424,13 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
     for key in ("run_id", "model_signature", "data_manifest_digest", "cursor", "membership", "receipts_head"):
         extra[key] = getattr(manifest, key)
     path = out / step_name(verified.step)
+    if path.exists() or path.is_symlink():  # this checkpoint's copy, consolidated before: kept; anything else: refused
+        try:
+            copy = _receipted_copy(path, verified, "it is left as it is")
+        except CheckpointError as error:
+            raise ConfigError(f"{str(path)!r} is already there and is not {verified.path.name}'s consolidated copy "
+                              f"({error}); move it, or give another --out") from error  # fmt: skip
+        return path, {"checkpoint": str(path), "weights_sha256": copy.weights_sha256, "already": True}
     # The log is opened (and checked: another run's consolidations, a garbled log) before anything is written.
     log = ReceiptLog(out / RECEIPTS_FILE, run_id=f"{CONSOLIDATION_PREFIX}{manifest.run_id}")
     write_checkpoint({**state, "state_dict": weights, EXTRA_KEY: extra}, path)
@@ -449,13 +456,27 @@ def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> Verifie
     if not (path / MANIFEST_FILE).is_file():
         raise CheckpointError(f"checkpoint {verified.path.name} of run {layout.run_id!r} is sharded (one file per "
                               f"rank); reading it as one model needs its consolidated copy: {hint}")  # fmt: skip
+    return _receipted_copy(path, verified, hint)
+
+
+def _receipted_copy(path: Path, verified: VerifiedCheckpoint, hint: str) -> VerifiedCheckpoint:
+    """The consolidated copy of ``verified`` at ``path``: it verifies, gathers ``verified`` and is the copy the
+    receipts beside it (``path.parent/receipts.jsonl``) recorded.
+
+    Raises:
+        CheckpointError: anything else is there (a user's file or directory, a damaged or replaced copy, a copy of
+            another checkpoint); ``hint`` says what to do.
+    """
+    if path.is_symlink() or not path.is_dir():
+        what = "a symbolic link" if path.is_symlink() else "a file"
+        raise CheckpointError(f"{str(path)!r} is {what}, not a consolidated checkpoint; {hint}")
     copy = verify_checkpoint(path)
     if copy.manifest.consolidated_from != verified.manifest_sha256:
         raise CheckpointError(f"{str(path)!r} gathers another checkpoint than {verified.path.name} (its "
                               f"consolidated_from differs); {hint}")  # fmt: skip
     from lit_psion.core.chain import parse_receipt, verify_log
 
-    receipts = layout.consolidated / RECEIPTS_FILE
+    receipts = path.parent / RECEIPTS_FILE
     checked = verify_log(receipts) if receipts.is_file() else None
     if checked is None or not checked.ok:
         raise CheckpointError(f"{str(path)!r} has no verifying consolidation receipts ({str(receipts)!r}); {hint}")

@@ -63,6 +63,10 @@ def main(args: list[str]) -> None:
 
     refuse_output_in_a_run(parsed.out or layout.consolidated, own=layout.consolidated)
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
+    if summary.get("already"):
+        print(f"already consolidated: {path} is {checkpoint.path.name}'s receipted copy and verifies "
+              f"(model.safetensors sha256 {summary['weights_sha256'][:16]}...); nothing written")  # fmt: skip
+        return
     print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")
 

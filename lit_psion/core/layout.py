@@ -211,8 +211,8 @@ def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = No
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {str(out)!r} is a file; give a directory")
-    if own is not None and out.resolve() == own.resolve():
-        return
+    if own is not None and not own.is_symlink() and out.resolve() == own.resolve():
+        return  # (a link in its place is followed and held to where it leads: another run's files, or its own)
     for place in (out.resolve(), *out.resolve().parents):
         if RunLayout.of(place).is_run():
             where = "is a run directory" if place == out.resolve() else f"is inside run directory {str(place)!r}"

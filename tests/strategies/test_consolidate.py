@@ -138,3 +138,66 @@ def test_an_out_whose_receipts_refuse_the_copy_is_left_as_it_was(
     assert "receipts.jsonl" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["receipts.jsonl"]
     assert (out / "receipts.jsonl").read_bytes() == before
+
+
+def _user_directory(step: Path) -> None:
+    step.mkdir(parents=True)
+    (step / "notes.txt").write_text("my own")
+
+
+def _user_file(step: Path) -> None:
+    step.parent.mkdir(parents=True)
+    step.write_text("my own")
+
+
+OCCUPIED = {  # what is already at --out/step-000012, which consolidate deleted (a directory) or crashed on (exit 1)
+    "a user's directory": (_user_directory, "is not step-000012's consolidated copy"),
+    "a user's file": (_user_file, "is a file, not a consolidated checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", OCCUPIED)
+def test_consolidate_never_writes_over_what_is_at_its_output(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    make, says = OCCUPIED[case]
+    out = tmp_path / "out"
+    make(out / "step-000012")
+    before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert main(["ckpt", "consolidate", str(uninterrupted), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "move it, or give another --out" in err, err
+    assert {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert sorted(path.name for path in out.iterdir()) == ["step-000012"]  # no staging directory left behind
+
+
+def test_consolidating_again_keeps_the_receipted_copy_and_writes_nothing(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A second consolidation deleted the copy, wrote it again (a crash between the two left none) and added a
+    second receipt."""
+    out = tmp_path / "out"
+    assert main(["ckpt", "consolidate", str(uninterrupted), "--out", str(out)]) == 0
+    before = {path.relative_to(out): (path.read_bytes(), path.stat().st_mtime_ns) for path in out.rglob("*")
+              if path.is_file()}  # fmt: skip
+    capsys.readouterr()
+    assert main(["ckpt", "consolidate", str(uninterrupted), "--out", str(out)]) == 0
+    assert "already consolidated" in capsys.readouterr().out
+    assert {path.relative_to(out): (path.read_bytes(), path.stat().st_mtime_ns) for path in out.rglob("*")
+            if path.is_file()} == before  # fmt: skip
+
+
+def test_a_link_in_place_of_the_runs_consolidated_directory_is_not_followed_into_the_run(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`consolidated -> checkpoints` let consolidate replace the run's durable sharded checkpoint with its copy."""
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run, symlinks=True)
+    shutil.rmtree(run / "consolidated", ignore_errors=True)
+    (run / "consolidated").symlink_to("checkpoints")
+    before = {path.relative_to(run): path.read_bytes() for path in (run / "checkpoints").rglob("*") if path.is_file()}
+    assert main(["ckpt", "consolidate", str(run)]) == 2
+    assert "inside run directory" in capsys.readouterr().err
+    after = {path.relative_to(run): path.read_bytes() for path in (run / "checkpoints").rglob("*") if path.is_file()}
+    assert after == before
+    assert main(["ckpt", "verify", str(run)]) == 0
