@@ -340,10 +340,22 @@ class _VerifiedReader(dcp.FileSystemReader):
         except Exception as error:
             raise CheckpointError(f"checkpoint {str(self.verified.path)!r}: its .metadata is not DCP metadata "
                                   f"({type(error).__name__}: {error})") from error  # fmt: skip
+        storage = getattr(metadata, "storage_data", None) or {}
+        named = {getattr(info, "relative_path", None) for info in storage.values()}
+        if unlisted := sorted(str(name) for name in named - set(self.verified.manifest.files)):
+            raise CheckpointError(f"checkpoint {str(self.verified.path)!r}: its .metadata names shard file "
+                                  f"{unlisted[0]!r}, which its manifest does not list (a shard removed with its "
+                                  "record); restore it from a backup")  # fmt: skip
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = dcp.metadata.StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def check_shards(verified: VerifiedCheckpoint) -> None:
+    """Refuse, as a load would, a sharded checkpoint whose DCP metadata names a shard its manifest does not list."""
+    if verified.sharded:
+        verified_reader(verified).read_metadata()
 
 
 def verified_reader(verified: VerifiedCheckpoint) -> dcp.FileSystemReader:

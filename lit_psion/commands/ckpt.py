@@ -46,6 +46,7 @@ def main(args: list[str]) -> None:
     for skipped in rejected:
         print(f"lit_psion: warning: skipped {skipped.path.name}: {skipped.reason}", file=sys.stderr)
     if parsed.action == "verify":
+        _check_shards(checkpoint)
         _as_a_resume_would(layout, checkpoint, rejected)
         # A skipped checkpoint the receipts record as durable was damaged or replaced after it was written (one a
         # kill left unreceipted, or still in flight, is skipped as a resume would, and is not a failure).
@@ -109,9 +110,18 @@ def _verify_one(path: Path) -> None:
             not the checkpoint its durable receipt recorded (exit 4).
     """
     checkpoint = verify_in_its_run(path)
+    _check_shards(checkpoint)
     layout = RunLayout.of(path.resolve().parent.parent)
     where = ""
     if layout.is_run() and path.resolve().parent == layout.checkpoints.resolve():
         where = f", written by run {layout.run_id} as its receipts record"
     kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
     print(f"ok: {checkpoint.path} matches its manifest ({kind}step {checkpoint.step}{where})")
+
+
+def _check_shards(checkpoint: VerifiedCheckpoint) -> None:
+    """A sharded checkpoint's DCP metadata against its manifest (torch is imported only for one)."""
+    if checkpoint.sharded:
+        from lit_psion.checkpoint_io import check_shards
+
+        check_shards(checkpoint)

@@ -462,3 +462,21 @@ def test_a_forged_dcp_metadata_under_a_rewritten_manifest_runs_no_code(tmp_path:
         consolidate(verify_checkpoint(forged), tmp_path / "out")
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_removed_with_its_manifest_record_is_refused_by_ckpt_verify_as_by_a_load(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`ckpt verify` said "ok (1 shards ...)" of a checkpoint whose DCP metadata still names the removed shard, which
+    consolidate and a resume then asked for."""
+    from lit_psion.cli import main
+
+    forged = tmp_path / "elsewhere" / "step-000012"
+    shutil.copytree(uninterrupted / "checkpoints" / "step-000012", forged)
+    (forged / "__1_0.distcp").unlink()
+    manifest = read_json(forged / MANIFEST_FILE)
+    del manifest["files"]["__1_0.distcp"]
+    (forged / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert verify_checkpoint(forged).sharded  # the files match the manifest
+    assert main(["ckpt", "verify", str(forged)]) == 4
+    assert "its .metadata names shard file '__1_0.distcp', which its manifest does not list" in capsys.readouterr().err
