@@ -11,6 +11,9 @@ from typing_extensions import override
 from lit_psion.core.contracts import TokenizedData
 from lit_psion.core.errors import ConfigError
 
+MAX_NEW_TOKENS = 100_000
+"""The longest sample (``python -m lit_psion generate``'s bound): a typo must not hang the end of a trained fit."""
+
 
 class GenerateSample(Callback):
     """Decode ``max_new_tokens`` tokens from ``prompt`` with the datamodule's tokenizer at the end of fit.
@@ -27,7 +30,8 @@ class GenerateSample(Callback):
         self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 40,
         seed: int = 0,
     ) -> None:  # fmt: skip
-        problems = [f"max_new_tokens must be >= 0, got {max_new_tokens!r}"] if max_new_tokens < 0 else []
+        problems = [] if 0 <= max_new_tokens <= MAX_NEW_TOKENS else [
+            f"max_new_tokens must be in [0, {MAX_NEW_TOKENS:,}] (as generate --tokens), got {max_new_tokens!r}"]
         if not temperature >= 0:
             problems.append(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
         if top_k is not None and top_k < 1:

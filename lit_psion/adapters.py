@@ -216,7 +216,7 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     refuse_output_in_a_run(out)
     log = _output_log(out, ("model.safetensors", "merge.json"), "a merge")
     meta, tensors = load_adapter(adapter_dir)
-    state, path, base_digest, _ = load_base(base)
+    state, path, base_digest, base_tokenizer = load_base(base)
     if base_digest != meta["base_checkpoint_digest"]:
         raise CheckpointError(f"adapter {str(adapter_dir)!r} was trained on base {meta['base_checkpoint_digest']} "
                               f"but {str(path)!r} is {base_digest}; merge onto the base it was trained on")  # fmt: skip
@@ -265,8 +265,8 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     data = save(weights, metadata={MERGED_HEADER_KEY: canonical_json(merged_config).decode()})
     atomic_write_bytes(out / "model.safetensors", data)
     record = {"format_version": FORMAT_VERSION, "adapter_sha256": meta["adapter_sha256"],
-              "base_checkpoint_digest": base_digest, "decoder_config": merged_config,
-              "model_sha256": sha256_bytes(data), "max_abs_logit_diff": diff,
+              "base_checkpoint_digest": base_digest, "tokenizer_sha256": base_tokenizer,
+              "decoder_config": merged_config, "model_sha256": sha256_bytes(data), "max_abs_logit_diff": diff,
               "probe": {"seed": PROBE_SEED, "shape": list(probe.shape)}}  # fmt: skip
     atomic_write_json(out / "merge.json", record)
     _receipt(log, AdapterExportReceipt(action="merge", adapter_digest=meta["adapter_sha256"],

@@ -1,6 +1,7 @@
 """``python -m lit_psion doctor RUN_DIR``: check everything a run holds, one verdict line per artifact.
 
-Beyond the run directory's own files (core's audit), it checks what the run reads from its cache (the config's
+Beyond the run directory's own files (core's audit), it checks the text files a corpus run trained on (as a resume
+started here would read them), and what the run reads from its cache (the config's
 ``cache_dir``, else ``$LIT_PSION_CACHE``): a corpus run's token cache and a MOSAIC run's event tokenizer, against
 the data manifest; and an exported adapter (``RUN_DIR/adapter``).
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import run_layout
 from lit_psion.commands.records import metrics_problem
-from lit_psion.core import RunLayout, read_json
+from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.audit import Verdict, audit_run
 from lit_psion.core.errors import DataError, EvidenceError, LitPsionError, LockedError
 from lit_psion.core.files import read_plain
@@ -37,7 +38,7 @@ def main(args: list[str]) -> None:
     if (holder := lock_holder(layout.run_dir)) is not None:
         raise LockedError(f"run {layout.run_id!r} is being written by {holder.describe()}; its files change under "
                           "a check: run doctor once that fit has finished")  # fmt: skip
-    verdicts = [*audit_run(layout), *_metrics(layout), *_token_cache(layout), *_adapter(layout)]
+    verdicts = [*audit_run(layout), *_metrics(layout), *_sources(layout), *_token_cache(layout), *_adapter(layout)]
     for verdict in verdicts:
         print(verdict.line())
     failed = [verdict for verdict in verdicts if not verdict.ok]
@@ -55,6 +56,35 @@ def _metrics(layout: RunLayout) -> list[Verdict]:
         return [Verdict(layout.metrics.name, False, f"a resume cannot continue it ({problem}); restore it from a "
                         "backup, or move it aside", EvidenceError.exit_code)]  # fmt: skip
     return [Verdict(layout.metrics.name, True, "readable by step")]
+
+
+def _sources(layout: RunLayout) -> list[Verdict]:
+    """The text files a corpus run's manifest records, where a resume or an evaluation started here reads them: one
+    whose content changed fails (exit 3: those refuse it); one not found is said, not failed (data moved elsewhere
+    leaves the run as sound as it was)."""
+    import sysconfig
+
+    try:
+        manifest = DataManifest.from_json_dict(read_json(layout.data_manifest))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return []  # generated data (no files), or a manifest its own verdict refuses
+    changed, missing = [], []
+    for source in manifest.sources:
+        stdlib = source.path.removeprefix("stdlib/") if source.path.startswith("stdlib/") else None
+        path = Path(sysconfig.get_paths()["stdlib"]) / stdlib if stdlib else Path(source.path).expanduser()
+        if not path.is_file():
+            missing.append(source.path)
+        elif sha256_file(path) != source.sha256:
+            changed.append(source.path)
+    here = "" if all(Path(s.path).expanduser().is_absolute() for s in manifest.sources) else \
+        f" (relative paths looked up from {os.getcwd()!r}, as a resume started here reads them)"  # fmt: skip
+    if changed:
+        return [Verdict("data sources", False, f"{changed[0]!r} is not the text the run trained on (its sha256 differs "
+                        f"from the data manifest's){here}: a resume or an evaluation refuses it; restore it, or give "
+                        "other text under another path", DataError.exit_code)]  # fmt: skip
+    found = f"{len(manifest.sources) - len(missing)} of {len(manifest.sources)} match the data manifest"
+    gone = f"; not found: {', '.join(map(repr, missing[:3]))} (a resume or an evaluation needs them)" if missing else ""
+    return [Verdict("data sources", True, f"{found}{gone}{here}")]
 
 
 def _token_cache(layout: RunLayout) -> list[Verdict]:

@@ -25,7 +25,6 @@ from lit_psion.commands import CommandParser
 from lit_psion.commands.records import recorded_model_class
 from lit_psion.core import canonical_json, read_json, sha256_bytes
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
-from lit_psion.core.layout import TOKENIZER_FILE
 
 MERGE_RECORD = "merge.json"
 MAX_TOKENS, MAX_SAMPLES = 100_000, 1024
@@ -75,6 +74,11 @@ def sample(path: Path, prompt: str, tokens: int, temperature: float, top_k: int 
     tokenizer_path = tokenizer_file or own
     if tokenizer_file is not None and not tokenizer_file.is_file():
         raise ConfigError(f"--tokenizer {str(tokenizer_file)!r} is not a file; give the base run's tokenizer.json")
+    recorded = _merged_tokenizer(path)
+    if tokenizer_file is not None and recorded is not None and sha256_bytes(tokenizer_file.read_bytes()) != recorded:
+        raise ConfigError(f"--tokenizer {str(tokenizer_file)!r} is not the tokenizer the merged model's base was "
+                          f"trained with ({MERGE_RECORD} records sha256 {recorded[:16]}...): its ids would mean other "
+                          "text; give the base run's tokenizer.json")  # fmt: skip
     if tokenizer_file is not None and own is not None and own.is_file() and \
             sha256_bytes(tokenizer_file.read_bytes()) != sha256_bytes(own.read_bytes()):
         raise ConfigError(f"--tokenizer {str(tokenizer_file)!r} is not the tokenizer {str(path)!r} was trained with "
@@ -120,8 +124,8 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
     program, run = Program(path), None
     if program.exists():
         pointer = program.pointer()
+        tokenizer: Path | None = program.tokenizer()  # (it was used unchecked: text from another tokenizer)
         state = _load(program.revision(pointer["checkpoint"], pointer["revision"]))
-        tokenizer: Path | None = path / TOKENIZER_FILE
     else:
         from lit_psion.runs import load_run
 
@@ -150,6 +154,15 @@ NOT_TEXT = {
 }
 """Model families whose runs ``generate`` does not sample, and what to run instead."""
 NO_DECODER = "its checkpoint records no decoder_config; give a DecoderLM or AdapterLM run"
+
+
+def _merged_tokenizer(path: Path) -> str | None:
+    """The sha256 of the tokenizer a merged model's base trained with, as its merge.json records (None elsewhere,
+    and for a merge that recorded none)."""
+    if not (path / MERGE_RECORD).is_file():
+        return None
+    recorded = read_json(path / MERGE_RECORD).get("tokenizer_sha256")  # (read and checked by load_decoder first)
+    return recorded if isinstance(recorded, str) else None
 
 
 def _load(verified: Any) -> dict[str, Any]:

@@ -293,9 +293,9 @@ def audit_files(layout: RunLayout, record: RunRecord, recorded: Recorded | None 
             verdicts.append(Verdict(path.name, False, f"missing: run.json records its digest ({digest[:16]}...); "
                                     "restore it from a backup", DataError.exit_code))  # fmt: skip
     if record.config_digest is not None and layout.config.is_file():
-        actual = sha256_file(layout.config)
-        ok = actual == record.config_digest
-        detail = f"config digest {'matches' if ok else 'differs from'} run.json's ({actual})"
+        actual, wanted = sha256_file(layout.config), record.config_digest
+        ok = actual == wanted
+        detail = f"config digest {actual} " + ("matches run.json's" if ok else f"differs from run.json's {wanted}")
         if ok and recorded.configs and actual not in recorded.configs:  # run.json rewritten to match an edited one
             ok, detail = False, f"{detail}, but no training_run receipt records it: the run never trained with it"
         elif ok and recorded.configs and actual not in recorded.current_configs:  # an earlier attempt's, put back
@@ -309,8 +309,7 @@ def audit_files(layout: RunLayout, record: RunRecord, recorded: Recorded | None 
         payload = read_json(layout.data_manifest)
         if not isinstance(payload, dict):
             raise TypeError(f"a JSON {type(payload).__name__}, not an object")
-        # A corpus's manifest (its sources, its tokenizer); generated data's (MOSAIC traces, the graph core's
-        # systems) is the generator's record, digested as it stands.
+        # A corpus's manifest (sources, tokenizer); generated data's (MOSAIC, graph core) is digested as it stands.
         manifest = DataManifest.from_json_dict(payload) if "sources" in payload else None
         digest = manifest.digest if manifest is not None else sha256_json({k: v for k, v in payload.items()
                                                                            if k != "digest"})  # fmt: skip
@@ -328,8 +327,9 @@ def audit_files(layout: RunLayout, record: RunRecord, recorded: Recorded | None 
     if manifest is not None and layout.tokenizer.is_file():
         actual = sha256_file(layout.tokenizer)
         ok = actual == manifest.tokenizer_digest
-        verdicts.append(Verdict(layout.tokenizer.name, ok, f"tokenizer digest {'matches' if ok else 'differs from'} "
-                                f"the data manifest's ({actual})", 0 if ok else DataError.exit_code))  # fmt: skip
+        said = "matches the data manifest's" if ok else f"differs from the data manifest's {manifest.tokenizer_digest}"
+        verdicts.append(Verdict(layout.tokenizer.name, ok, f"tokenizer digest {actual} {said}",
+                                0 if ok else DataError.exit_code))  # fmt: skip
     return verdicts
 
 

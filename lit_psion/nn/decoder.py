@@ -221,10 +221,12 @@ class Decoder(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k!r}")
         for _ in range(max_new_tokens):
             logits = self(idx[:, -self.config.block_size :])[:, -1, :]  # (B, vocab)
-            if temperature == 0:
+            if temperature < torch.finfo(logits.dtype).tiny:  # 0, or too small to divide by: greedy, its limit
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = logits / temperature
+                # From the largest logit down: a small temperature sends the others to -inf (greedy), where dividing
+                # first overflowed them all to inf and softmax to NaN.
+                logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
                 if top_k is not None:
                     kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
                     logits = logits.masked_fill(logits < kth, float("-inf"))

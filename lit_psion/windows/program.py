@@ -122,6 +122,20 @@ class Program:
                                 "program.json, or init a new program with the settings you want")  # fmt: skip
         return ProgramSettings.from_mapping(values["settings"], repr(str(self.settings_path)))
 
+    def tokenizer(self) -> Path:
+        """The program's tokenizer file, held to the sha256 ``window init`` recorded in program.json.
+
+        Raises:
+            EvidenceError: it is missing, a link, or another tokenizer (exit 5).
+        """
+        recorded = record(self.settings_path, ("tokenizer_sha256",))["tokenizer_sha256"]
+        self.settings()
+        path = self.root / TOKENIZER
+        if not path.is_file() or path.is_symlink() or sha256_bytes(path.read_bytes()) != recorded:
+            raise EvidenceError(f"{str(path)!r} is not the tokenizer the program was created with (sha256 "
+                                f"{str(recorded)[:12]}...); restore it from a backup")  # fmt: skip
+        return path
+
     # -- revisions ----------------------------------------------------------------------
 
     def revision(self, relative: str, digest: str) -> VerifiedCheckpoint:

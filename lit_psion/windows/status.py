@@ -26,7 +26,6 @@ from lit_psion.windows.program import (
     CONTRIBUTION,
     DISPOSITIONS,
     PROMOTION,
-    TOKENIZER,
     Program,
     record,
     verify_window_chain,
@@ -73,12 +72,7 @@ def verify_program(root: Path) -> dict[str, Any]:
     """Check the program's records against each other and its receipts (see the module docstring)."""
     program = Program(root)
     program.require()
-    settings = record(program.settings_path, ("tokenizer_sha256",))
-    program.settings()
-    tokenizer = program.root / TOKENIZER
-    if not tokenizer.is_file() or sha256_file(tokenizer) != settings["tokenizer_sha256"]:
-        raise EvidenceError(f"{str(tokenizer)!r} is not the tokenizer the program was created with (sha256 "
-                            f"{settings['tokenizer_sha256'][:12]}...)")  # fmt: skip
+    program.tokenizer()
     pointer = program.pointer()
     revision = _base_revision(program)
     receipts_total = 0

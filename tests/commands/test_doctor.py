@@ -430,3 +430,25 @@ def test_a_relative_cache_dir_says_where_it_was_looked_up(tmp_path: Path, capsys
         assert verdict in out, out
         assert (f"the run's data.cache_dir 'cache' is relative, looked up from {str(cwd)!r}: run doctor from the "
                 "directory the fit ran in") in out, out
+
+
+def test_doctor_holds_the_text_a_run_trained_on_to_its_manifest_as_a_resume_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """doctor said "all verified" of a run whose corpus file had been edited, which every resume and evaluation of it
+    then refused (exit 3). Moved away, the text is said as not found, not failed: the run is as sound as it was."""
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy("fixtures/tiny_corpus.txt", corpus)
+    monkeypatch.chdir(tmp_path)  # a relative path, read from where doctor runs, as a resume started there reads it
+    assert fit("--data.files", "corpus.txt", "--trainer.default_root_dir", str(tmp_path / "runs"),
+               "--trainer.max_steps", "2", config=str(Path(__file__).parents[2] / "fixtures" / "tiny.yaml")) == 0
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 0
+    assert "ok   data sources: 1 of 1 match the data manifest (relative paths looked up from" in capsys.readouterr().out
+    corpus.write_text(corpus.read_text() + "one more line\n")
+    assert main(["doctor", str(run)]) == 3
+    assert "FAIL data sources: 'corpus.txt' is not the text the run trained on" in capsys.readouterr().out
+    corpus.unlink()
+    assert main(["doctor", str(run)]) == 0
+    assert "data sources: 0 of 1 match the data manifest; not found: 'corpus.txt'" in capsys.readouterr().out

@@ -74,8 +74,6 @@ def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path
     from tokenizers import Tokenizer, models
 
     Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(foreign))
-    code, _, err = _sample(capsys, str(runs["merged"]), "--tokenizer", str(foreign))  # no tokenizer of its own
-    assert code == 2 and "has 2 tokens" in err
     swapped = json.loads((runs["base"] / "tokenizer.json").read_text())
     vocab = swapped["model"]["vocab"]
     first, second = list(vocab)[-2:]
@@ -85,6 +83,16 @@ def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path
         code, _, err = _sample(capsys, str(runs["base"]), "--tokenizer", str(other))
         assert code == 2 and "is not the tokenizer" in err and "leave --tokenizer out" in err, err
     assert _sample(capsys, str(runs["base"]), "--tokenizer", str(runs["base"] / "tokenizer.json"))[0] == 0
+    for other in (foreign, tmp_path / "swapped.json"):  # a merged model has none of its own: its merge.json's
+        code, _, err = _sample(capsys, str(runs["merged"]), "--tokenizer", str(other))  # record (it sampled with the
+        assert code == 2 and "is not the tokenizer the merged model's base was trained with" in err, err  # swapped)
+    legacy = tmp_path / "legacy"  # merged before merge.json recorded the tokenizer: held to the vocabulary size alone
+    shutil.copytree(runs["merged"], legacy)
+    record = json.loads((legacy / "merge.json").read_text())
+    del record["tokenizer_sha256"]
+    (legacy / "merge.json").write_text(json.dumps(record))
+    code, _, err = _sample(capsys, str(legacy), "--tokenizer", str(foreign))
+    assert code == 2 and "has 2 tokens" in err
     for flag, value in (("--tokens", "0"), ("--tokens", "100001"), ("--samples", "0"), ("--samples", str(10**12))):
         code, _, err = _sample(capsys, str(runs["base"]), flag, value)  # 10**12 samples: their ids alone, 8 TB
         assert code == 2 and f"{flag} must be in 1.." in err and f"got {value}" in err, err
@@ -190,3 +198,26 @@ def test_a_prompt_the_tokenizer_cannot_read_is_warned_about(runs: dict, capsys: 
     assert len(warnings) == (1 if named else 0)
     for name in named:
         assert name in warnings[0]
+
+
+@pytest.mark.parametrize("temperature", ["1e-45", "5e-324", "1e-300"])
+def test_a_temperature_near_zero_samples_as_greedy_does(runs: dict, capsys: pytest.CaptureFixture,
+                                                        temperature: str) -> None:  # fmt: skip
+    """Logits divided by it overflowed to inf and softmax gave NaN: exit 1 (and, in GenerateSample at the end of a
+    fit, a trained run marked failed). Its limit is greedy."""
+    args = (str(runs["base"]), "--tokens", "20", "--prompt", "Th")
+    code, greedy, _ = _sample(capsys, *args, "--temperature", "0")
+    assert code == 0
+    assert _sample(capsys, *args, "--temperature", temperature) == (0, greedy, "")
+
+
+def test_a_sample_longer_than_generate_takes_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A typo such as 10**9 would have hung the end of a trained fit."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.callbacks+=lit_psion.callbacks.GenerateSample", "--trainer.callbacks.max_new_tokens",
+            str(10**9)]  # fmt: skip
+    assert main(args) == 2
+    assert "max_new_tokens must be in [0, 100,000]" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

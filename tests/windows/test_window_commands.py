@@ -310,3 +310,30 @@ def test_status_shows_each_window_its_assignments_and_the_next_command(
     assert window["state"] == "active" and window["submitted"] == ["a00", "a01", "a02"]
     assert set(window["assignments"]) == {"a00", "a01", "a02"}
     assert status["next"].startswith(f"python -m lit_psion window close {active} w-0001")
+
+
+def test_generate_holds_a_window_programs_tokenizer_and_settings_to_its_program_json(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """generate used the program root's tokenizer.json unchecked: one with two ids swapped printed other text, exit 0
+    (window verify refused it); an emptied program.json was not noticed either."""
+    import json
+
+    root = new_program(base, tmp_path / "program")
+    greedy = ["generate", str(root), "--tokens", "12", "--temperature", "0", "--prompt", "Th"]
+    capsys.readouterr()
+    assert main(greedy) == 0
+    tokenizer = root / "tokenizer.json"
+    original = tokenizer.read_bytes()
+    swapped = json.loads(original)
+    vocab = swapped["model"]["vocab"]
+    first, second = list(vocab)[-2:]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    tokenizer.write_text(json.dumps(swapped))
+    capsys.readouterr()
+    assert main(greedy) == 5
+    assert "is not the tokenizer the program was created with" in capsys.readouterr().err
+    tokenizer.write_bytes(original)
+    (root / "program.json").write_text("{}")
+    assert main(greedy) == 5
+    assert "program.json" in capsys.readouterr().err
