@@ -4,6 +4,7 @@ from lit_psion.callbacks.checkpoint import PointerCheckpoint
 from lit_psion.callbacks.dashboard import Dashboard
 from lit_psion.callbacks.evidence import EvidenceCallback, Receipts
 from lit_psion.callbacks.growth import GrowthPlanner
+from lit_psion.callbacks.prediction import PredictionWriter
 from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.promotion import PromotionGate
 from lit_psion.callbacks.run_dir import RunDirectory
@@ -17,6 +18,7 @@ __all__ = [
     "GenerateSample",
     "GrowthPlanner",
     "PointerCheckpoint",
+    "PredictionWriter",
     "ProgressBar",
     "PromotionGate",
     "Receipts",

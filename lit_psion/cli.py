@@ -331,7 +331,7 @@ class LitPsionCLI(LightningCLI):
                 callbacks.insert(0, WandbEvidence(wandb))
         elif config.get("logger") in (None, True):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
-        check_callbacks(callbacks)
+        check_callbacks(callbacks, self.subcommand)
         try:
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers,
                                             "profiler": config.get("profiler") or QuietProfiler()}, callbacks=callbacks)

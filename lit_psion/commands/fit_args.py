@@ -387,12 +387,17 @@ def raised_in_lightning(error: BaseException) -> bool:
                for frame in frames)  # fmt: skip
 
 
-def check_callbacks(callbacks: list[Any]) -> None:
+def check_callbacks(callbacks: list[Any], subcommand: str | None = None) -> None:
     """Refuse, in one line each, the callbacks Lightning would refuse in words about its own settings: a checkpoint
     callback of Lightning's (lit_psion writes and verifies every checkpoint itself, with Lightning's checkpointing
     off), and two callbacks that keep state under one ``state_key`` (two of a class that does not key its state by
     its settings), whose states a checkpoint could not tell apart."""
-    from lightning.pytorch.callbacks import Callback, Checkpoint  # the fit's import; this module stays light
+    from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint  # the fit's (kept light)
+
+    if subcommand == "predict" and not any(isinstance(callback, BasePredictionWriter) for callback in callbacks):
+        print("lit_psion: warning: predict writes its predictions nowhere without a prediction writer; add "
+              "--trainer.callbacks+=lit_psion.callbacks.PredictionWriter --trainer.callbacks.out DIR",
+              file=sys.stderr)  # fmt: skip
 
     for callback in callbacks:
         if isinstance(callback, Checkpoint):
