@@ -258,7 +258,7 @@ class LitPsionCLI(LightningCLI):
             return None, ()
         run_id = read_latest(root)
         if run_id is None:
-            raise no_run_to_continue(root)
+            raise no_run_to_continue(root, self.subcommand)
         if self.subcommand == "fit":
             self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
         layout = RunLayout(root, run_id)

@@ -376,6 +376,11 @@ def test_last_with_no_run_to_continue_creates_no_root(tmp_path: Path, capsys: py
     assert fit("--trainer.default_root_dir", str(root), "--ckpt_path", "last") == 4
     assert "no run to continue" in capsys.readouterr().err
     assert not root.exists()
+    for subcommand in ("validate", "predict"):  # told to "run once without it": freshly initialised weights, exit 0
+        assert main([subcommand, "--config", TINY, "--trainer.default_root_dir", str(root), "--ckpt_path", "last"]) == 4
+        err = capsys.readouterr().err
+        assert f"no run to {subcommand} in" in err and "run once without it" not in err, err
+        assert not root.exists()
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate"])

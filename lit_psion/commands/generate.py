@@ -135,7 +135,7 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
         tokenizer = run.layout.tokenizer if run.layout is not None else None
     family = (recorded_model_class(run.layout) or "").rsplit(".", 1)[-1] if run and run.layout else ""
     if "decoder_config" not in state or family in NOT_TEXT:
-        raise ConfigError(f"{str(path)!r} holds no text decoder ({NOT_TEXT.get(family, NO_DECODER)})")
+        raise CheckpointError(f"{str(path)!r} holds no text decoder ({NOT_TEXT.get(family, NO_DECODER)})")
     model = Decoder(DecoderConfig(**state["decoder_config"]))
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
     adapter = state.get("adapter")

@@ -174,6 +174,9 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
     if directory.is_symlink():
         raise CheckpointError(f"checkpoint {str(directory)!r} is a symlink; checkpoints are regular directories")
     manifest_path = directory / MANIFEST_FILE
+    if not directory.exists():
+        raise CheckpointError(f"checkpoint {str(directory)!r} does not exist (deleted or moved); restore it from a "
+                              "backup")  # fmt: skip
     if not manifest_path.is_file() or manifest_path.is_symlink():
         raise CheckpointError(f"checkpoint {str(directory)!r} has no {MANIFEST_FILE}; it is incomplete or not a "
                               "checkpoint")  # fmt: skip

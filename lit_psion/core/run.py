@@ -170,9 +170,9 @@ fit that plans a new run sets it for the worker processes Lightning starts). Whe
 has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
 
 
-def no_run_to_continue(root: Path) -> CheckpointError | ConfigError:
+def no_run_to_continue(root: Path, subcommand: str | None = "fit") -> CheckpointError | ConfigError:
     """Why ``--ckpt_path last`` finds nothing under ``root``: no run at all, or runs whose index is gone (a new run
-    would leave them behind)."""
+    would leave them behind); said for a fit, or for an evaluation (``validate``, ``test``, ``predict``)."""
     runs = sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
     if runs:
         return CheckpointError(f"--ckpt_path last: {str(RunLayout(root, '').latest)!r} is missing, so which run to "
@@ -181,6 +181,10 @@ def no_run_to_continue(root: Path) -> CheckpointError | ConfigError:
     if root.exists() and not root.is_dir():  # a bad setting, as it is to a fit without --ckpt_path
         return ConfigError(f"--ckpt_path last: trainer.default_root_dir {str(root)!r} is a file, not a runs "
                            "directory; give the directory your runs are in")  # fmt: skip
+    if subcommand not in (None, "fit"):  # "run once without it" would evaluate freshly initialised weights
+        return CheckpointError(f"--ckpt_path last: no run to {subcommand} in {str(root)!r}; give "
+                               "--trainer.default_root_dir the directory a fit wrote its runs to, or --ckpt_path a "
+                               "checkpoint directory")  # fmt: skip
     return CheckpointError(f"--ckpt_path last: no run to continue in {str(root)!r}; run once without it")
 
 

@@ -177,14 +177,14 @@ OTHER_FAMILIES = [  # (preset, its arguments for a tiny run, what generate says 
 def test_a_run_of_another_family_is_named_with_its_own_command(
     tmp_path: Path, capsys: pytest.CaptureFixture, preset: str, small: tuple, says: str
 ) -> None:
-    """A MOSAIC run was exit 4 ("lacks weights the model needs", as if untrusted); a graph-core run was told to use
-    events predict."""
+    """A MOSAIC run was "lacks weights the model needs" (as if untrusted); a graph-core run was told to use events
+    predict. Exit 4, a checkpoint of another model family, as `events predict --ckpt` and `--ckpt_path` say it."""
     from lit_psion.core.run import read_latest
     from tests.helpers import fit
 
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", *small, config=preset) == 0
     code, _, err = _sample(capsys, str(tmp_path / read_latest(tmp_path)), "--tokens", "3")
-    assert code == 2 and says in err, err
+    assert code == 4 and says in err, err
 
 
 @pytest.mark.parametrize(("prompt", "named"), [("ROMEO€:", ["'€'"]), ("€€ and ☃", ["'€'", "'☃'"]), ("The ", [])])
