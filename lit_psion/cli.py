@@ -89,13 +89,12 @@ from lit_psion.core.contracts import ReplayData, SignedModel, signed_settings
 from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
-    DataManifestMismatch,
     LitPsionError,
     MembershipChanged,
     raised_at,
 )
 from lit_psion.core.lock import RunLock
-from lit_psion.core.manifest import change_since
+from lit_psion.core.manifest import data_builds_another_model
 from lit_psion.core.membership import NODE_MARKERS_ENV, STOPPING
 from lit_psion.core.run import (
     RUN_ID_ENV,
@@ -392,12 +391,7 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
         current = data.manifest if isinstance(data, ReplayData) else None
         known = recorded_model_settings(checkpoint.path) is not None  # else "" means "cannot tell", not "same"
         if not changed and known and None not in (trained_on, current) and trained_on != current.digest:
-            run = RunLayout.of(checkpoint.path.parent.parent)
-            raise DataManifestMismatch(f"checkpoint {checkpoint.path.name} was trained on data manifest "
-                                       f"{trained_on[:16]}..., and this config's data ({current.digest[:16]}...) "
-                                       "builds another model from the same settings (its tokenizer sets the "
-                                       f"vocabulary{change_since(run.data_manifest, current)}); evaluate it on its "
-                                       f"data, or with the run's tokenizer: --data.tokenizer_file {run.tokenizer}")
+            raise data_builds_another_model(checkpoint, current)
         raise CheckpointError(f"checkpoint {checkpoint.path.name} was written by a model with signature "
                               f"{recorded[:16]}..., but this config builds {signature[:16]}...{changed}; evaluate it "
                               "with the run's own model settings")  # fmt: skip

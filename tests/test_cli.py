@@ -168,6 +168,7 @@ def test_other_subcommands_name_data_that_builds_another_model(subcommand: str, 
     err = capsys.readouterr().err
     assert "builds another model from the same settings (its tokenizer sets the vocabulary; files changed: " \
         f"{corpus})" in err, err  # the changed file on the first try, not only after following the tokenizer advice
+    assert "restore the changed file the run trained on, or evaluate other text under another path" in err, err
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])

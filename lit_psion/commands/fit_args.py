@@ -388,10 +388,9 @@ def raised_in_lightning(error: BaseException) -> bool:
 
 
 def check_callbacks(callbacks: list[Any], subcommand: str | None = None) -> None:
-    """Refuse, in one line each, the callbacks Lightning would refuse in words about its own settings: a checkpoint
-    callback of Lightning's (lit_psion writes and verifies every checkpoint itself, with Lightning's checkpointing
-    off), and two callbacks that keep state under one ``state_key`` (two of a class that does not key its state by
-    its settings), whose states a checkpoint could not tell apart."""
+    """Refuse in one line what Lightning refuses in words about its own settings: its checkpoint callbacks (lit_psion
+    writes every checkpoint), and two callbacks keeping state under one ``state_key`` (indistinguishable in a
+    checkpoint); warn of a ``predict`` that no callback writes the predictions of."""
     from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Checkpoint  # the fit's (kept light)
 
     if subcommand == "predict" and not any(isinstance(callback, BasePredictionWriter) for callback in callbacks):
@@ -498,3 +497,4 @@ def exit_inside_a_fit(stop: SystemExit) -> bool:
     if isinstance(stop.__context__, KeyboardInterrupt):  # Lightning's own exit after Ctrl-C: handled as such
         return False
     return any("/lightning/pytorch/trainer/" in frame.filename for frame in traceback.extract_tb(stop.__traceback__))
+

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.core.digest import sha256_json
+from lit_psion.core.errors import DataManifestMismatch
+from lit_psion.core.layout import RunLayout
 
 PACKING_POLICY_VERSION = 1
 """Bump when the way documents become training samples changes (the manifest digest changes with it)."""
@@ -162,3 +164,16 @@ def change_since(recorded: Path, current: Any) -> str:
         return ""
     files = [part for part in trained.describe_change(current).split("; ") if part.startswith("files")]
     return f"; {'; '.join(files)}" if files else ""
+
+def data_builds_another_model(checkpoint: Any, current: Any) -> DataManifestMismatch:
+    """The refusal of data whose tokenizer builds another model than ``checkpoint``'s (a vocabulary from other text),
+    naming what changed and the fix that works: a file of a path the run trained on is held to its content, so for a
+    changed one the run's tokenizer alone would be refused again."""
+    run = RunLayout.of(checkpoint.path.parent.parent)
+    since = change_since(run.data_manifest, current)
+    fix = ("restore the changed file the run trained on, or evaluate other text under another path with the run's "
+           "tokenizer" if "files changed:" in since else "evaluate it on its data, or with the run's tokenizer")
+    return DataManifestMismatch(f"checkpoint {checkpoint.path.name} was trained on data manifest "
+                                f"{checkpoint.manifest.data_manifest_digest[:16]}..., and this config's data "
+                                f"({current.digest[:16]}...) builds another model from the same settings (its "
+                                f"tokenizer sets the vocabulary{since}); {fix}: --data.tokenizer_file {run.tokenizer}")
