@@ -236,7 +236,13 @@ class EventTraceDataModule(ReplayDataModule):
                          for i in range(self.tokenizer_traces) for s in self.trace("train", i))  # fmt: skip
                 text = train_event_tokenizer(texts, self.requested_vocab_size).to_str()
                 keep_recorded(path, text)
-            self.codec, self._tokenizer_sha256 = BpeEventCodec(Tokenizer.from_str(text)), sha256_bytes(text.encode())
+            try:
+                codec = BpeEventCodec(Tokenizer.from_str(text))
+            except Exception as error:  # a cache entry replaced together with its record: not an event tokenizer
+                raise DataError(f"the cached event tokenizer {str(path)!r} is not one train_event_tokenizer wrote "
+                                f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); delete it "
+                                "to train it again, or use the cache the run trained with") from error  # fmt: skip
+            self.codec, self._tokenizer_sha256 = codec, sha256_bytes(text.encode())
         return self.codec
 
     def trace(self, split: str, index: int) -> list[Supervised]:

@@ -288,3 +288,22 @@ def test_the_events_table_prints_an_events_control_characters_escaped(text: str,
     from lit_psion.commands.events import shown
 
     assert shown(text) == printed and "\n" not in shown(text) and "\x1b" not in shown(text)
+
+
+def test_a_cached_event_tokenizer_replaced_with_its_record_is_named_with_the_fix(tmp_path: object) -> None:
+    """The record is rewritten too, so the cache trusts it: the line was "lacks its framing tokens; train it with
+    train_event_tokenizer", naming neither the file nor a command."""
+    from tokenizers import Tokenizer, models
+
+    from lit_psion.core.errors import DataError
+    from lit_psion.datamodules.tokenizer import keep_recorded
+
+    data = _memory_data(tmp_path)
+    path = data.tokenizer_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep_recorded(path, Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).to_str())
+    with pytest.raises(DataError, match="is not one train_event_tokenizer wrote") as raised:
+        data.load_codec()
+    assert str(path) in str(raised.value) and "delete it to train it again" in str(raised.value)
+    path.unlink()
+    assert data.load_codec().vocab_size > 2  # deleted, it is trained again
