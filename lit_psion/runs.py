@@ -124,6 +124,9 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
         layout = RunLayout.of(location.parent.parent)
         inside = location.resolve().parent in (layout.checkpoints, layout.consolidated)  # layouts are resolved
         layout = layout if layout.is_run() and inside else None
+    elif not (location.exists() or location.is_symlink()):
+        raise ConfigError(f"{str(location)!r} does not exist; give a run directory (with run.json) or a checkpoint "
+                          "directory (step-NNNNNN with manifest.json)")  # fmt: skip
     else:
         raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "
                           "directory (step-NNNNNN with manifest.json)")  # fmt: skip

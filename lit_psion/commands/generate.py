@@ -129,6 +129,7 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
     else:
         from lit_psion.runs import load_run
 
+        _refuse_what_generate_does_not_read(path)
         run = load_run(path)
         run.check_records()  # its tokenizer above all: the one the data manifest recorded, or none
         state = run.state
@@ -154,6 +155,23 @@ NOT_TEXT = {
 }
 """Model families whose runs ``generate`` does not sample, and what to run instead."""
 NO_DECODER = "its checkpoint records no decoder_config; give a DecoderLM or AdapterLM run"
+
+
+def _refuse_what_generate_does_not_read(path: Path) -> None:
+    """A path that is none of what ``generate`` reads (an exported adapter, a missing path, another directory),
+    named with every form it takes."""
+    from lit_psion.core.checkpoint import MANIFEST_FILE
+    from lit_psion.core.layout import RunLayout
+
+    if RunLayout.of(path).is_run() or (path / MANIFEST_FILE).is_file():
+        return
+    forms = "a run directory, a checkpoint directory, a merged adapter (adapter merge --out) or a window program"
+    if (path / "adapter.json").is_file():
+        raise ConfigError(f"{str(path)!r} is an exported adapter, which holds no base weights; give the adapter run "
+                          f"itself ({str(path.parent)!r}), or merge it first: python -m lit_psion adapter merge "
+                          f"{path} --base BASE_RUN --out DIR")  # fmt: skip
+    what = "does not exist" if not (path.exists() or path.is_symlink()) else "is none of them"
+    raise ConfigError(f"generate reads {forms}; {str(path)!r} {what}")
 
 
 def _merged_tokenizer(path: Path) -> str | None:

@@ -221,3 +221,14 @@ def test_a_sample_longer_than_generate_takes_is_refused_before_training(
     assert main(args) == 2
     assert "max_new_tokens must be in [0, 100,000]" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_path_generate_does_not_read_is_named_with_what_it_reads(runs: dict, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Each was "neither a run directory nor a checkpoint directory", leaving out the merged and window forms, a path
+    that does not exist, and what to do with an exported adapter."""
+    for path, says in ((runs["tuned"] / "adapter", "is an exported adapter, which holds no base weights"),
+                       (tmp_path / "nowhere", "'" + str(tmp_path / "nowhere") + "' does not exist"),
+                       (runs["base"] / "checkpoints", "a merged adapter (adapter merge --out) or a window program")):
+        code, _, err = _sample(capsys, str(path), "--tokens", "2")
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
