@@ -45,7 +45,7 @@ from lit_psion.datamodules.token_cache import (
     split_streams,
     token_digest,
 )
-from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer
+from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer, warn_of_unknown
 
 __all__ = ["CorpusDataModule", "DataConfigError", "DataManifestMismatch", "PackedTokens", "check_token_cache"]
 
@@ -332,6 +332,7 @@ class CorpusDataModule(ReplayDataModule):
             sample_stride=self.sample_stride, test_fraction=self.test_fraction,
         )  # fmt: skip
         streams, token_digests = self._tokenize(manifest.inputs_digest(), docs, held_out)
+        warn_of_unknown(self.tokenizer, streams, self.tokenizer_file)
         self._splits = {name: torch.from_numpy(tokens) for name, tokens in streams.items()}
         self._check_sizes()
         return dataclasses.replace(

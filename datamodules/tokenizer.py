@@ -120,3 +120,23 @@ def _recorded_digest(record: Path) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+UNKNOWN_WARNING = 0.01
+"""The share of a corpus's tokens that are the unknown token above which a given tokenizer is warned about."""
+
+
+def warn_of_unknown(tokenizer: Tokenizer, streams: dict[str, object], tokenizer_file: str | None) -> None:
+    """Warn (once, on the first rank of a node) when a given tokenizer (``--data.tokenizer_file``, an evaluation's or
+    an adapter's) reads much of the data as its unknown token: characters it never saw, which the model then trains
+    or is measured on as one token, in silence."""
+    unknown = tokenizer.token_to_id(UNKNOWN)
+    if tokenizer_file is None or unknown is None or int(os.environ.get("LOCAL_RANK") or 0) != 0:
+        return
+    total = sum(len(tokens) for tokens in streams.values())  # type: ignore[arg-type]
+    found = sum(int((tokens == unknown).sum()) for tokens in streams.values())  # type: ignore[union-attr]
+    if total and found / total > UNKNOWN_WARNING:
+        print(f"lit_psion: warning: {found / total:.0%} of the data's tokens are unknown to {tokenizer_file!r} "
+              "(characters it never saw, each read as one unknown token): the model trains on, or is measured on, "
+              "that one token; give text in the tokenizer's alphabet, or another tokenizer",
+              file=sys.stderr)  # fmt: skip

@@ -385,3 +385,20 @@ def test_a_file_name_with_glob_characters_crlf_paragraphs_and_named_files_max_by
     other.write_text(text[: len(text) // 2])
     corpus(tmp_path, "c3", files=[str(CORPUS), str(other)], max_bytes=len(text.encode()) + 10).prepare()
     assert f"leaves out 1 data file(s) given by name ('{other}')" in capsys.readouterr().err
+
+
+def test_text_a_given_tokenizer_mostly_cannot_read_is_warned_about(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Evaluated with a run's tokenizer, text in another alphabet was read as the unknown token, and a perplexity of
+    it printed without a word."""
+    own = corpus(tmp_path, "cache-own")
+    own.prepare()
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text(own.tokenizer_json() or "")
+    capsys.readouterr()
+    corpus(tmp_path, "cache-same", tokenizer_file=str(tokenizer)).prepare()  # its own text: nothing to say
+    assert "unknown to" not in capsys.readouterr().err
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("\n\n".join(["ééé ààà ùùù €€€ ÿÿÿ ôôô ¿¿¿ ¡¡¡ ßßß ñññ ııı øøø"] * 40))
+    corpus(tmp_path, "cache-foreign", files=str(foreign), tokenizer_file=str(tokenizer)).prepare()
+    assert f"of the data's tokens are unknown to {str(tokenizer)!r}" in capsys.readouterr().err
