@@ -7,7 +7,7 @@
    and after (``post_loss``) it, and the raw gradient norm;
 3. roll back, bitwise, when the loss or a gradient is not finite, the gradient norm exceeds
    ``grad_norm_max``, a declared state norm exceeds ``state_norm_max``, or
-   ``post_loss > pre_loss * (1 + rollback_tol)``; otherwise commit.
+   ``post_loss > pre_loss + rollback_tol * |pre_loss|``; otherwise commit.
 
 The decision goes through the strategy's own ``reduce``, so every rank commits or rolls back
 together. Each decision leaves a ``transaction`` receipt. A rolled-back batch is skipped; after
@@ -60,6 +60,7 @@ from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
 from lit_psion.core.skip_list import SkipList, SkippedBatch
 from lit_psion.core.step_logs import log_step_values
+from lit_psion.strategies.snapshot import StepSnapshot, copies, put_back, state_buffers
 
 REASONS = ("nonfinite_loss", "nonfinite_grad", "grad_norm", "state_norm", "nonfinite_post_loss", "regression",
            "skip_listed")  # fmt: skip
@@ -107,26 +108,6 @@ def _is_plain(obj: Any) -> bool:
     if type(obj) is dict:
         return all(type(k) in (int, str) and _is_plain(v) for k, v in obj.items())
     return type(obj) in (list, tuple) and all(_is_plain(v) for v in obj)
-
-
-class _Snapshot:
-    """Trainable parameters and optimizer state before a step; ``restore`` puts them back bitwise.
-
-    A grad scaler's state is deliberately not restored: its update after an overflow (a lower scale)
-    is what lets the next step succeed.
-    """
-
-    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
-        self.params = params
-        self.values = [p.detach().clone() for p in params]
-        self.optimizer = optimizer
-        self.optimizer_state = apply_to_collection(optimizer.state_dict(), torch.Tensor, lambda t: t.detach().clone())
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for param, value in zip(self.params, self.values, strict=True):
-            param.copy_(value)
-        self.optimizer.load_state_dict(self.optimizer_state)
 
 
 class _WatchedClosure:
@@ -272,19 +253,22 @@ class Transactional:
         self, optimizer: torch.optim.Optimizer, closure: Callable[[], Any], model: Any = None, **kwargs: Any
     ) -> Any:
         module = self.lightning_module
-        params = self._step_params(module, optimizer)
-        snapshot = _Snapshot(params, optimizer)
+        params, buffers = self._step_params(module, optimizer), state_buffers(module)
+        snapshot = StepSnapshot(params, optimizer, buffers)
         buffered = list(self._buffer)
         pre = self._remeasured(module, len(buffered))
         if pre is None:
             before = _rng_state()
             pre = [self._eval_loss(module, batch, rng) for batch, rng in buffered]
             _set_rng_state(before)  # the training forward draws from where an ordinary step would
+            put_back(buffers, snapshot.buffer_values)  # measuring is not training: running statistics stay
         watched = _WatchedClosure(closure, params, self._scaler)
         result = super().optimizer_step(optimizer, watched, model, **kwargs)
         after, current = _rng_state(), (self._batch, self._batch_rng)  # training_step ran inside the closure
+        stepped = copies(buffers)
         post = [self._eval_loss(module, batch, rng) for batch, rng in [*buffered, current]]
         _set_rng_state(after)
+        put_back(buffers, stepped)
         loss = watched.loss.to(self.root_device) * module.trainer.accumulate_grad_batches  # Lightning divided by it
         means = torch.stack([torch.stack([*pre, loss]).mean(), torch.stack(post).mean()]).to(self.root_device)
         pre_loss, post_loss = self.reduce(means, reduce_op="mean").tolist()  # the means over ranks
@@ -335,7 +319,7 @@ class Transactional:
                 reasons.add("state_norm")
         if not math.isfinite(post):
             reasons.add("nonfinite_post_loss")
-        elif math.isfinite(pre) and post > pre * (1 + policy.rollback_tol):
+        elif math.isfinite(pre) and post > pre + policy.rollback_tol * abs(pre):  # (a negative loss rises too)
             reasons.add("regression")
         if self.skip_list is not None and key in self.skip_list:
             reasons.add("skip_listed")
@@ -391,12 +375,12 @@ class Transactional:
     def _restore_checkpoint(self, optimizer: torch.optim.Optimizer) -> str:
         """Load the weights and this optimizer's state from the run's last durable checkpoint."""
         assert self._run is not None, "setup() runs before the first step"
+        layout, refused = self._run.layout, None
+        receipted = receipted_checkpoints(layout)  # held to the run's checkpoint receipts, as a resume is
         try:
-            layout = self._run.layout  # held to the run's checkpoint receipts, as a resume is
-            receipted = receipted_checkpoints(layout)
             verified = resolve_checkpoint(layout, quiet=not self.is_global_zero, receipted=receipted)
-        except CheckpointError:
-            verified = None
+        except CheckpointError as error:
+            verified, refused = None, error
         mine = (verified.path.name, verified.manifest_sha256) if verified is not None else None
         rank_zeros = self.broadcast(mine, src=0)
         if not self.reduce_boolean_decision(mine == rank_zeros, all=True):  # ranks would load different weights
@@ -404,9 +388,16 @@ class Transactional:
                                   f"{self._run.layout.run_id} to restore (rank 0: {rank_zeros and rank_zeros[0]}, rank "
                                   f"{self.global_rank}: {mine and mine[0]}); put the runs directory on storage every "
                                   "rank sees alike, then continue with --ckpt_path last")  # fmt: skip
+        if verified is None and receipted.recorded:  # not "none yet": the ones its receipts record are damaged
+            raise CheckpointError(f"{len(self._streak)} rollbacks in a row call for the last durable checkpoint, but "
+                                  f"none of run {layout.run_id}'s verifies ({refused}); restore its checkpoints from "
+                                  "a backup, then continue with --ckpt_path last")  # fmt: skip
         if verified is None:
             return "skip_listed_no_checkpoint"  # nothing durable yet: carry on from the last committed state
+        schedule = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         self._restore_weights(verified, optimizer)
+        for group, settings in zip(optimizer.param_groups, schedule, strict=True):
+            group.update(settings)  # the schedule's learning rate now, not the checkpoint's step's
         self._buffer.clear()
         return f"restored:{verified.path.name}"
 

@@ -7,6 +7,7 @@ torch or Lightning; :mod:`lit_psion.strategies.transactional` applies it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from lit_psion.core.errors import ConfigError
 
@@ -19,7 +20,7 @@ class TransactionPolicy:
     """When a step is rolled back, and what repeated rollbacks lead to (YAML: ``policy: {...}``)."""
 
     rollback_tol: float = 0.20
-    """Roll back when post_loss > pre_loss * (1 + rollback_tol)."""
+    """Roll back when post_loss > pre_loss + rollback_tol * |pre_loss| (a loss below 0 may rise by as much)."""
     buffer_len: int = 1
     """Batches the losses are measured on: the current one plus up to buffer_len - 1 recently committed ones."""
     grad_norm_max: float | None = None
@@ -33,6 +34,14 @@ class TransactionPolicy:
 
     def __post_init__(self) -> None:
         problems = []
+        for name in ("rollback_tol", "grad_norm_max", "state_norm_max", "buffer_len", "restore_after", "stop_after"):
+            value, integral = getattr(self, name), name in ("buffer_len", "restore_after", "stop_after")
+            kind = (int,) if integral else (int, float)
+            if (value is None and name.endswith("_max")) or (type(value) is not bool and isinstance(value, kind)
+                                                                and not math.isnan(value)):  # fmt: skip
+                continue  # (inf is no limit: the sessions' "--grad_norm_max inf")
+            wanted = "an int" if integral else "a number" + (" or null" if name.endswith("_max") else "")
+            raise ConfigError(f"transaction policy: {name} must be {wanted}, got {value!r}")
         if not self.rollback_tol >= 0:
             problems.append(f"rollback_tol must be >= 0, got {self.rollback_tol!r}")
         if not 1 <= self.buffer_len <= MAX_BUFFER_LEN:

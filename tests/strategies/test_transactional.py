@@ -329,7 +329,9 @@ def test_settings_after_lightnings_ddp_name_apply_to_ddp(tmp_path: Path) -> None
     [({"rollback_tol": -1}, "rollback_tol"), ({"rollback_tol": float("nan")}, "rollback_tol"),
      ({"buffer_len": 0}, "buffer_len"), ({"buffer_len": 1025}, r"buffer_len must be in 1\.\.1024"),
      ({"buffer_len": 10**23}, "buffer_len"), ({"grad_norm_max": 0}, "grad_norm_max"),
-     ({"restore_after": 5, "stop_after": 3}, "restore_after")],
+     ({"restore_after": 5, "stop_after": 3}, "restore_after"), ({"grad_norm_max": float("nan")}, "a number or null"),
+     ({"restore_after": 2.5}, "restore_after must be an int"), ({"buffer_len": True}, "buffer_len must be an int"),
+     ({"rollback_tol": "0.3"}, "rollback_tol must be a number"), ({"grad_norm_max": -float("inf")}, "positive")],
 )  # fmt: skip
 def test_bad_policy_values_are_config_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -493,3 +495,87 @@ def test_a_global_batch_skipped_on_two_ranks_is_one_entry_with_every_ranks_sampl
     skip = SkipList(tmp_path / "skip_list.json")
     skip.add_ranks([[entry("a", (1, 2)), entry("a", (1, 2)), entry("b", (5,))], [entry("a", (3, 4)), entry("c", None)]])
     assert {e.key[0]: e.sample_ids for e in skip} == {"a": (1, 2, 3, 4), "b": (5,), "c": None}
+
+
+class _Normalised(Regression):
+    """The regression behind a BatchNorm, whose running statistics a forward in training mode updates."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.norm = torch.nn.BatchNorm1d(8)
+
+    def loss(self, batch: object) -> torch.Tensor:
+        index, x, y = batch  # type: ignore[misc]
+        if self.poison.get(int(index[0]) // self.batch_size) == "nan":
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return torch.nn.functional.mse_loss(self.layer(self.norm(x)), y)
+
+
+def test_a_rollback_puts_running_statistics_back_and_measuring_does_not_move_them(tmp_path: Path) -> None:
+    """The snapshot held trainable parameters only: a NaN batch's rollback left running_mean NaN, and the loss
+    measurements' forwards updated the statistics again (num_batches_tracked 8 against 4 for the plain strategy)."""
+    plain = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path / "plain"))  # fmt: skip
+    reference = _Normalised()
+    plain.fit(reference)
+    for name in ("tx", "nan"):
+        (tmp_path / name).mkdir()
+    committed = _Normalised()
+    train(tmp_path / "tx", committed, TransactionalStrategy(TOLERANT), 4)
+    assert_tree_equal(committed.state_dict(), reference.state_dict(), "all-commit run against the plain strategy")
+    poisoned = _Normalised(poison={2: "nan"})
+    recorder = train(tmp_path / "nan", poisoned, TransactionalStrategy(TOLERANT), 4)
+    assert [r["decision"] for r in transactions(tmp_path / "nan")] == ["commit", "commit", "rollback", "commit"]
+    assert_tree_equal(recorder.after[2]["params"], recorder.before[2]["params"], "rolled-back step")
+    assert torch.isfinite(poisoned.norm.running_mean).all()
+
+
+class _Negative(Regression):
+    def loss(self, batch: object) -> torch.Tensor:
+        return super().loss(batch) - 10.0  # a loss below zero (a log-likelihood bound, an energy)
+
+
+def test_a_loss_below_zero_that_falls_commits(tmp_path: Path) -> None:
+    """post > pre * (1 + tol) read every improvement of a negative loss (-3.75 to -4.46) as a regression: every step
+    rolled back and the run stopped as diverging."""
+    strategy = TransactionalStrategy(TransactionPolicy(rollback_tol=0.2))
+    train(tmp_path, _Negative(), strategy, 6)
+    assert (strategy.commits, strategy.rolled_back) == (6, 0)
+
+
+class _Decaying(Regression):
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.ExponentialLR(
+            optimizer, gamma=0.5), "interval": "step"}}  # fmt: skip
+
+
+def test_a_restore_keeps_the_schedules_learning_rate(tmp_path: Path) -> None:
+    """The checkpoint's optimizer state carried its step's learning rate: after a restore at step 5 an exponential
+    schedule's rate stayed 4x too high for the rest of the run."""
+    checkpoints = PointerCheckpoint(every_n_train_steps=2, keep_last_k=10)
+    module = _Decaying(poison={3: "nan", 4: "nan"})
+    train(tmp_path, module, TransactionalStrategy(RESTORING), 8, checkpoints)
+    assert any((r["action"] or "").startswith("restored:") for r in transactions(tmp_path))
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(module.lr * 0.5**8)
+
+
+def test_a_restore_whose_durable_checkpoints_are_all_damaged_stops_as_a_checkpoint_error(tmp_path: Path) -> None:
+    """The restore read "no checkpoint yet" and went on as skip_listed_no_checkpoint, though the receipts record
+    durable checkpoints: damage was taken for their absence."""
+    import shutil
+
+    from lit_psion.core.errors import CheckpointError
+
+    class _DeleteCheckpoints(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+            if trainer.global_step == 4:
+                for step in (tmp_path / "checkpoints").glob("step-*"):
+                    shutil.rmtree(step)
+
+    checkpoints = PointerCheckpoint(every_n_train_steps=2, keep_last_k=10)
+    with pytest.raises(CheckpointError, match="rollbacks in a row call for the last durable checkpoint, but none"):
+        train(tmp_path, Regression(poison={4: "nan", 5: "nan"}), TransactionalStrategy(RESTORING), 8, checkpoints,
+              _DeleteCheckpoints())  # fmt: skip
+
