@@ -58,7 +58,7 @@ class PointerCheckpoint(EvidenceCallback):
         self.async_write = async_write
         self._last_saved_step = -1
         self._in_flight: tuple[Path, Future] | None = None
-        self._sigterm_in_validation = False
+        self._sigterm_in_validation = self._sigterm_mid_window = False
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -78,6 +78,11 @@ class PointerCheckpoint(EvidenceCallback):
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._collect(trainer, wait=False)
+        connector = trainer._signal_connector  # a SIGTERM inside an accumulation window stops at the window's end:
+        if connector.received_sigterm and trainer.fit_loop.epoch_loop._should_accumulate():  # a checkpoint there
+            connector.received_sigterm, self._sigterm_mid_window = False, True  # would hold half a step's batches
+        elif self._sigterm_mid_window and not trainer.fit_loop.epoch_loop._should_accumulate():
+            connector.received_sigterm, self._sigterm_mid_window = True, False
         # The last step is saved here, mid-epoch, rather than in on_train_end: by then Lightning has
         # closed the epoch, and a run resumed with a larger max_steps would skip to the next one.
         # After SIGTERM, Lightning stops right after this hook, so this is the clean place to save.

@@ -256,3 +256,23 @@ def test_a_kill_at_the_end_of_a_fit_is_completed_by_the_same_command(tmp_path: P
     assert main(["doctor", str(run_dir)]) == 0
     assert "ok   checkpoints/step-000009: 2 files match the manifest and its receipt" in capsys.readouterr().out
     assert fit(*common, "--ckpt_path", "last") == 2  # completed now: nothing left to finish
+
+
+def test_a_sigterm_inside_an_accumulation_window_pauses_at_the_windows_end_and_resumes_bitwise(
+    tmp_path: Path,
+) -> None:
+    """In one process Lightning stopped after the signalled micro-batch: the checkpoint held half a step's batches
+    (its cursor past a micro-batch whose gradient was lost) and the resumed run trained other steps, exit 0."""
+    accumulating = (*DATA, "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "6")
+    reference = tmp_path / "reference"
+    assert fit(*accumulating, "--trainer.default_root_dir", str(reference)) == 0
+    stopped = callbacks_config(tmp_path / "term.json", ("SigtermAt", {"step": 4}))  # in step 4's first micro-batch
+    root = tmp_path / "stopped"
+    result = fit_subprocess(*accumulating, "--trainer.default_root_dir", str(root), "--config", stopped)
+    assert result.returncode == 143, result.stderr[-2000:]
+    paused = latest_checkpoint(root)
+    assert paused["global_step"] == 4  # the whole step: both its micro-batches
+    assert fit(*accumulating, "--trainer.default_root_dir", str(root), "--ckpt_path", "last") == 0
+    resumed, uninterrupted = latest_checkpoint(root), latest_checkpoint(reference)
+    assert_tree_equal(resumed["state_dict"], uninterrupted["state_dict"], "state_dict")
+    assert_tree_equal(resumed["optimizer_states"], uninterrupted["optimizer_states"], "optimizer_states")
