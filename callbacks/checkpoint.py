@@ -307,8 +307,9 @@ def data_settings(config_yaml: str | None) -> dict[str, Any]:
 
 
 STEP_MATH = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
-             "precision")
-"""The trainer settings of a config that decide a fit's steps (as given: :func:`trainer_settings` reads Lightning's)."""
+             "precision", "limit_train_batches", "overfit_batches", "reload_dataloaders_every_n_epochs")
+"""The trainer settings of a config that decide a fit's steps, or where its epochs end and so which batches each
+draws (as given: :func:`trainer_settings` reads Lightning's)."""
 STEP_COUNT = frozenset({"trainer.max_steps", "trainer.max_epochs"})
 """Changed on a resume as a matter of course (to train further)."""
 

@@ -150,9 +150,10 @@ def test_an_async_write_holds_the_state_of_its_step_while_training_goes_on(
         (("--model.init_args.optimizer.betas", "[0.8, 0.99]"), ("betas", (0.8, 0.99))),
         (("--model.init_args.optimizer.decay_steps", "40"), None),  # the schedule's shape
         (("--data.batch_size", "4"), None),  # the run goes on with smaller global batches
+        (("--trainer.limit_train_batches", "2"), None),  # epochs end elsewhere: other batches (it was silent)
         ((), None),  # only a longer run: no news
     ],
-    ids=["lr", "weight_decay", "betas", "decay_steps", "batch_size", "longer"],
+    ids=["lr", "weight_decay", "betas", "decay_steps", "batch_size", "limit_train_batches", "longer"],
 )
 def test_a_resume_honours_and_records_the_settings_it_is_given(
     tmp_path: Path, capsys: pytest.CaptureFixture, override: tuple[str, str], group_setting: tuple | None
