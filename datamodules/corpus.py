@@ -43,6 +43,7 @@ from lit_psion.datamodules.token_cache import (
     check_token_cache,
     load_token_cache,
     split_streams,
+    spot_check,
     token_digest,
 )
 from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer, warn_of_unknown
@@ -345,14 +346,12 @@ class CorpusDataModule(ReplayDataModule):
     def _tokenize(
         self, inputs_digest: str, docs: list[tuple[str, str, bool]], held_out: list[Split]
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Token streams per split and their digests, through a token cache keyed by the manifest inputs.
-
-        A cache that does not match its record is rebuilt (one warning line on stderr), never trained on.
-        """
+        """Token streams per split and their digests, through a token cache keyed by the manifest inputs. A cache that
+        does not match its record, or its sources where spot-checked, is rebuilt (a warning line), never trained on."""
         cache = self.cache_dir / "corpora" / inputs_digest
         try:
             if (cached := load_token_cache(cache, inputs_digest)) is not None:
-                return cached
+                return spot_check(cached, self.tokenizer, docs, held_out, self._encode_batch)
         except TokenCacheMismatch as mismatch:
             print(f"lit_psion: warning: token cache {str(cache)!r} {mismatch}; rebuilding it from the sources",
                   file=sys.stderr)  # fmt: skip

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow
@@ -18,6 +20,7 @@ import pyarrow.ipc
 from lit_psion.core import read_json
 from lit_psion.core.errors import DataError
 from lit_psion.core.manifest import DataManifest
+from lit_psion.datamodules.tokenizer import END_OF_TEXT
 
 TOKENS_FILE = "tokens.arrow"
 """The tokenized documents in a token cache directory (``<cache_dir>/corpora/<inputs digest>/``)."""
@@ -119,4 +122,31 @@ def check_token_cache(manifest: DataManifest, cache_dir: str | None = None) -> s
     if manifest.token_digests and cached[1] != dict(manifest.token_digests):
         raise DataError(f"token cache {str(cache)!r} holds other tokens than the run's manifest records")
     return f"matches the manifest's token digests ({str(cache)!r})"
+
+
+def spot_check(cached: tuple[dict[str, np.ndarray], dict[str, str]], tokenizer: Any, docs: list[tuple[str, str, bool]],
+               held_out: list[str], encode: Callable[[dict[str, list], int], dict[str, list[list[int]]]],
+               ) -> tuple[dict[str, np.ndarray], dict[str, str]]:  # fmt: skip
+    """``cached``, once held to the sources as well as to its own record, cheaply: a cache rewritten together with
+    its record (a shared cache is writable by any run) agrees with itself, so every id must lie in the tokenizer's
+    vocabulary (one outside crashed the model's embedding), and each split must begin with its first document's
+    tokens, tokenized again (an id swap or shift throughout changes them).
+
+    Raises:
+        TokenCacheMismatch: either does not hold (the cache is rebuilt from the sources).
+    """
+    streams, vocab = cached[0], tokenizer.get_vocab_size()
+    eot = tokenizer.token_to_id(END_OF_TEXT)
+    for name, tokens in streams.items():
+        if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+            raise TokenCacheMismatch(f"holds token ids outside the tokenizer's {vocab} in its {name} split")
+        first = next((index for index, split in enumerate(held_out) if split == name), None)
+        if first is None:
+            continue
+        _, text, ends = docs[first]
+        ids = encode({"text": [text], "eot": [ends]}, eot)["ids"][0]
+        if tokens[: len(ids)].tolist() != ids:
+            raise TokenCacheMismatch(f"does not begin its {name} split with its first document's tokens (it was "
+                                     "rewritten together with its record)")  # fmt: skip
+    return cached
 
