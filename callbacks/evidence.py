@@ -164,8 +164,13 @@ class Receipts(EvidenceCallback):
         step = trainer.global_step
         if outputs is None:
             return
-        if getattr(trainer.strategy, "last_decision", None) == "rollback":  # RollbackAware (no Protocol check:
-            return  # every step) undid this step; its transaction receipt says why
+        transactional = hasattr(trainer.strategy, "last_decision")  # RollbackAware (no Protocol check: every step)
+        if trainer.fit_loop.epoch_loop._should_accumulate():  # a micro-batch before its step's last: no step yet
+            if not transactional:  # (a transaction judges the whole step, at its end)
+                _global_loss(trainer, step + 1, outputs["loss"] if isinstance(outputs, dict) else outputs)
+            return
+        if transactional and trainer.strategy.last_decision == "rollback":
+            return  # the strategy undid this step; its transaction receipt says why
         loss = _global_loss(trainer, step, outputs["loss"] if isinstance(outputs, dict) else outputs)
         if step % self.every_n_steps:
             return

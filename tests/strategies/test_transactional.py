@@ -579,3 +579,18 @@ def test_a_restore_whose_durable_checkpoints_are_all_damaged_stops_as_a_checkpoi
         train(tmp_path, Regression(poison={4: "nan", 5: "nan"}), TransactionalStrategy(RESTORING), 8, checkpoints,
               _DeleteCheckpoints())  # fmt: skip
 
+
+
+def test_a_nan_in_an_accumulation_windows_first_micro_batch_rolls_the_step_back(tmp_path: Path) -> None:
+    """The step receipt's loss check ran on every micro-batch, before the window's optimizer step, and stopped the
+    transactional run ("use --trainer.strategy transactional") instead of letting the transaction roll it back."""
+    strategy = TransactionalStrategy(TOLERANT)
+    trainer = L.Trainer(strategy=strategy, max_steps=4, accumulate_grad_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), plugins=[ManifestCheckpointIO()],
+                        callbacks=[Receipts()])  # fmt: skip
+    trainer.fit(Regression(poison={2: "nan"}))  # batch 2 opens step 2's window
+    assert [r["decision"] for r in transactions(tmp_path)] == ["commit", "rollback", "commit", "commit"]
+    steps = [json.loads(line)["body"] for line in (tmp_path / "receipts.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "trainer_step"]  # fmt: skip
+    assert [(r["step_in"], r["step_out"]) for r in steps] == [(0, 1), (2, 3), (3, 4)]  # once per committed step
