@@ -162,7 +162,7 @@ class Receipts(EvidenceCallback):
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         step = trainer.global_step
-        if outputs is None:
+        if outputs is None or (isinstance(outputs, dict) and "loss" not in outputs):  # a batch training_step skipped
             return
         transactional = hasattr(trainer.strategy, "last_decision")  # RollbackAware (no Protocol check: every step)
         if trainer.fit_loop.epoch_loop._should_accumulate():  # a micro-batch before its step's last: no step yet

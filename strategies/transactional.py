@@ -117,9 +117,11 @@ class _WatchedClosure:
         self.closure, self.params, self.scaler = closure, params, scaler
         self.loss = torch.tensor(float("nan"))
         self.grad_norm = torch.zeros(())
+        self.skipped = False
 
     def __call__(self) -> Any:
         loss = self.closure()
+        self.skipped = loss is None  # training_step returned None: Lightning's way to skip a batch
         if isinstance(loss, torch.Tensor):
             self.loss = loss.detach().float()
         norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in self.params if p.grad is not None]
@@ -264,6 +266,9 @@ class Transactional:
             put_back(buffers, snapshot.buffer_values)  # measuring is not training: running statistics stay
         watched = _WatchedClosure(closure, params, self._scaler)
         result = super().optimizer_step(optimizer, watched, model, **kwargs)
+        if watched.skipped:  # nothing trained (no loss, no gradients): no transaction to judge, as Lightning's own
+            self._measured = None  # step leaves it (not a non-finite loss, which would count towards a stop)
+            return result
         after, current = _rng_state(), (self._batch, self._batch_rng)  # training_step ran inside the closure
         stepped = copies(buffers)
         post = [self._eval_loss(module, batch, rng) for batch, rng in [*buffered, current]]

@@ -594,3 +594,16 @@ def test_a_nan_in_an_accumulation_windows_first_micro_batch_rolls_the_step_back(
     steps = [json.loads(line)["body"] for line in (tmp_path / "receipts.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "trainer_step"]  # fmt: skip
     assert [(r["step_in"], r["step_out"]) for r in steps] == [(0, 1), (2, 3), (3, 4)]  # once per committed step
+
+
+class _SkipsBatches(Regression):
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor | None:
+        return None if batch_idx in (1, 2, 3) else super().training_step(batch, batch_idx)  # Lightning's skip
+
+
+def test_a_training_step_that_returns_none_is_a_skipped_batch_not_a_divergence(tmp_path: Path) -> None:
+    """It was receipted nonfinite_loss and counted towards the streak: three skips in a row stopped the run as
+    "diverging" (exit 7)."""
+    strategy = TransactionalStrategy(TransactionPolicy(restore_after=2, stop_after=3))
+    train(tmp_path, _SkipsBatches(), strategy, 6)
+    assert [r["decision"] for r in transactions(tmp_path)] == ["commit"] * 3 and strategy.rolled_back == 0
