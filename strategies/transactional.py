@@ -241,7 +241,9 @@ class Transactional:
             self.load_transaction_state_dict({**ranks[0], "streak": [], "buffer": []})
         source = (checkpoint.get(EXTRA_KEY) or {}).get("run_id")
         if ranks and source != run_context(self.lightning_module.trainer).layout.run_id:
-            self._streak = []  # another run's rollbacks: their receipts are in its chain, not this run's
+            self._streak = []  # another run's rollbacks: their receipts are in its chain, not this run's, and
+            self.commits = self.rolled_back = 0  # so are the decisions its counters count (its metrics' rate)
+            self.rollbacks = dict.fromkeys(REASONS, 0)
         return checkpoint
 
     @override

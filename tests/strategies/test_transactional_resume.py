@@ -103,3 +103,26 @@ def test_the_checkpointed_state_loads_with_weights_only(tmp_path: Path) -> None:
     assert [entry["reasons"] for entry in rank0["streak"]] == [["nonfinite_grad", "nonfinite_post_loss"]] * 2
     assert len(rank0["buffer"]) == 3 and all(entry["batch"]["input_ids"].device.type == "cpu"
                                              for entry in rank0["buffer"])  # fmt: skip
+
+
+def test_a_new_run_from_another_runs_checkpoint_counts_only_its_own_decisions(tmp_path: Path) -> None:
+    """The counters came with the checkpoint: a new run with 2 commits and no rollback of its own showed the
+    source run's rollback in its commit rate."""
+    from lit_psion.strategies.transactional import STATE_KEY
+
+    source = tmp_path / "source"
+    poisoned = _config(tmp_path / "tx.json", 1, rollback=False, kill_at=None)
+    config = json.loads(Path(poisoned).read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "tests.strategies.regression.PoisonGradients",
+                                       "init_args": {"steps": [2]}}]  # fmt: skip
+    Path(poisoned).write_text(json.dumps(config))
+    assert fit(*DATA, "--config", poisoned, "--trainer.default_root_dir", str(source), "--trainer.max_steps",
+               "3") == 0  # fmt: skip
+    assert latest_checkpoint(source)[STATE_KEY]["ranks"][0]["rolled_back"] == 1
+    step = source / read_latest(source) / "checkpoints" / "step-000003"
+    plain = _config(tmp_path / "plain.json", 1, rollback=False, kill_at=None)
+    target = tmp_path / "target"
+    assert fit(*DATA, "--config", plain, "--trainer.default_root_dir", str(target), "--trainer.max_steps", "5",
+               "--ckpt_path", str(step)) == 0  # fmt: skip
+    state = latest_checkpoint(target)[STATE_KEY]["ranks"][0]
+    assert (state["commits"], state["rolled_back"]) == (2, 0)
