@@ -301,7 +301,7 @@ def data_settings(config_yaml: str | None) -> dict[str, Any]:
         return {}
     data = config.get("data") if isinstance(config, dict) else None
     leaves = _leaves(data, "data") if isinstance(data, dict) else {}
-    local = {"files", "cache_dir", "num_workers"}
+    local = {"files", "cache_dir", "num_workers", "max_bytes"}  # (what max_bytes lets in, the data manifest pins)
     return {key: value for key, value in leaves.items()
             if not _names_a_path(name := key.rsplit(".", 1)[-1]) and name not in local}  # fmt: skip
 
