@@ -17,7 +17,8 @@ plain tokens/s (median of the per-round ratios); ``worst_ratio`` is the lower of
 On a shared VM whose speed swings by tens of percent within a minute, ``p10_step_ratio`` (the ratio of
 each side's 10th-percentile step time: the steps no other tenant slowed) is the steadier reading of
 the loop's own cost; both are reported. Steadier still: both sides run the same model work, timed by
-the same hooks (``model_ms``, the Decoder's forward and backward), so ``loop_overhead_ms`` (the median
+the same hooks (``model_ms``, the plain loop's median Decoder forward and backward; ``lit_psion_model_ms`` and
+``lightning_model_ms`` the other sides'), so ``loop_overhead_ms`` (the median
 step time outside the model, lit_psion's less plain's) measures what the loops add apart from how fast
 this VM computes that minute; ``loop_overhead_ratio`` is plain's median step over that step plus the
 overhead. Being medians, these leave out the steps that write a log row (and measure telemetry).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -59,7 +61,13 @@ class GenerateSample(Callback):
         sharded = pl_module.device_mesh is not None or bool(getattr(trainer.strategy, "zero_stage_3", False))
         if not self.max_new_tokens or tokenizer is None or not (trainer.is_global_zero or sharded):
             return
-        prompt_ids = tokenizer.encode(self.prompt).ids or [0]
+        encoding = tokenizer.encode(self.prompt)
+        prompt_ids, unknown = encoding.ids or [0], tokenizer.token_to_id("<|unk|>")
+        spans = zip(encoding.ids, encoding.offsets, strict=True)
+        unread = sorted({self.prompt[start:end] for token, (start, end) in spans if token == unknown is not None})
+        if trainer.is_global_zero and unread:
+            print(f"lit_psion: warning: the tokenizer has no token for {', '.join(map(repr, unread[:8]))} in "
+                  "GenerateSample's prompt (the model never saw it; it reads as unknown)", file=sys.stderr)  # fmt: skip
         idx = torch.tensor([prompt_ids], device=pl_module.device)
         was_training = pl_module.training
         pl_module.eval()

@@ -92,6 +92,10 @@ class DataManifest:
             changes.append(f"files added: {_first(added)}")
         if edited := sorted(p for p in old.keys() & new.keys() if old[p].sha256 != new[p].sha256):
             changes.append(f"files changed: {_first(edited)}")
+        order, given = [source.path for source in self.sources], [source.path for source in other.sources]
+        if sorted(order) == sorted(given) and given != order and not edited and not renamed:
+            changes.append(f"files in another order (the run read them as {', '.join(map(repr, order[:4]))}"
+                           f"{', ...' if len(order) > 4 else ''}: give them in that order)")  # fmt: skip
         if changed := sorted(k for k in self.token_digests.keys() | other.token_digests.keys()
                              if self.token_digests.get(k) != other.token_digests.get(k)):  # fmt: skip
             changes.append(f"token content changed ({', '.join(changed)})")

@@ -232,3 +232,15 @@ def test_a_path_generate_does_not_read_is_named_with_what_it_reads(runs: dict, t
                        (runs["base"] / "checkpoints", "a merged adapter (adapter merge --out) or a window program")):
         code, _, err = _sample(capsys, str(path), "--tokens", "2")
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_sample_prompt_the_tokenizer_cannot_read_is_warned_about_at_the_end_of_a_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """GenerateSample read what its tokenizer never saw as the unknown token, silently (generate warns)."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.max_steps", "2", "--trainer.callbacks+=lit_psion.callbacks.GenerateSample",
+            "--trainer.callbacks.prompt=\u20ac the", "--trainer.callbacks.max_new_tokens=3"]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "the tokenizer has no token for '\u20ac' in GenerateSample's prompt" in capsys.readouterr().err

@@ -59,6 +59,19 @@ def test_a_file_given_under_another_spelling_is_named_so(tmp_path: Path) -> None
     assert "files removed" not in said and "files added" not in said
 
 
+def test_the_same_files_in_another_order_are_said_as_such(tmp_path: Path) -> None:
+    """A reordered --data.files was refused as "token content changed" and counts, with no word of the order."""
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    paragraphs = CORPUS.read_text().split("\n\n")
+    first.write_text("\n\n".join(paragraphs[: len(paragraphs) // 2]))
+    second.write_text("\n\n".join(paragraphs[len(paragraphs) // 2 :]))
+    before = corpus(tmp_path, files=[str(first), str(second)]).prepare()
+    after = corpus(tmp_path, files=[str(second), str(first)]).prepare()
+    said = before.describe_change(after)
+    assert said.startswith(f"files in another order (the run read them as {str(first)!r}, {str(second)!r}: give "
+                           "them in that order)"), said
+
+
 def test_manifest_json_round_trip(tmp_path: Path) -> None:
     manifest = corpus(tmp_path).prepare()
     assert DataManifest.from_json_dict({**manifest.to_json_dict(), "digest": "x"}).digest == manifest.digest
