@@ -211,7 +211,8 @@ class Transactional:
         self._run = run_context(trainer)
         self.skip_list = SkipList.load(self._run.layout.skip_list)  # a resumed run skips what the first listed
         unbound = None
-        if self.skip_list:  # each listed batch is left out of training from here on: the receipts must back it
+        if self.skip_list or self._run.layout.receipts.is_file():  # each listed batch is left out of training from
+            # here on: the receipts must back it, and every batch they record listing must be on it
             try:
                 backed, pending = check_skip_list(self._run.layout)  # listed past the chain's end: dropped
                 self.skip_list = SkipList(self._run.layout.skip_list, {entry.key: entry for entry in backed})

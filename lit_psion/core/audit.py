@@ -31,7 +31,7 @@ from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.run import RunRecord, RunStatus
-from lit_psion.core.skip_list import SkipList, SkippedBatch
+from lit_psion.core.skip_list import check_skip_list
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -437,64 +437,14 @@ def audit_consolidated(layout: RunLayout) -> list[Verdict]:
 def audit_skip_list(layout: RunLayout) -> list[Verdict]:
     """The run's skip list, if any, against its receipts (:func:`check_skip_list`)."""
     path = layout.skip_list
-    if not path.exists() and not path.is_symlink():
-        return []
     try:
         backed, pending = check_skip_list(layout)
     except EvidenceError as error:
         return [_fail(path.name, error)]
+    if not path.exists() and not path.is_symlink():
+        return []  # none, and the receipts record no restore that would have written one
     steps = len({entry.step for entry in backed})
     later = f"; {len(pending)} listed past the chain's last transaction, which a resume drops" if pending else ""
     return [Verdict(path.name, True, f"{len(backed)} batch(es) at {steps} step(s), each a rollback the receipts "
                                      f"record{later}")]  # fmt: skip
 
-
-def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[SkippedBatch]]:
-    """The run's skip-listed batches the receipts back, and those listed past the chain's last transaction.
-
-    The list decides which batches a resumed run leaves out, so a batch listed by hand is data left out. Each
-    entry at or before the chain's last transaction must be at a step the chain rolled back (for a failing
-    streak, not a skip or a scaler overflow), and be one of the batches the receipt names there (every rank's;
-    a receipt written before those were recorded names rank 0's only, and one listed batch must be it). Entries
-    past the last
-    transaction are what a kill between the list's write and its step's receipt leaves: a resume trains those
-    steps again, so it drops them rather than trust them.
-
-    Raises:
-        EvidenceError: the file is not a skip list, or an entry is not borne out by the receipts (exit 5).
-    """
-    entries = list(SkipList.load(layout.skip_list))
-    rolled_back: dict[int, set[str]] = {}  # step -> rank 0's batch of each rollback there
-    every_rank: dict[int, set[str]] = {}  # step -> every rank's batches, where its receipts name them all
-    last = 0
-    if layout.receipts.is_file():
-        for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                receipt = parse_receipt(line)
-                if receipt.kind != "transaction":
-                    continue
-                step = int(receipt.body["step"])
-                last = max(last, step)
-                if receipt.body.get("decision") == "rollback" and receipt.body.get("action") not in _NOT_LISTED:
-                    if (named := receipt.body.get("batch_digests")) is not None:
-                        every_rank.setdefault(step, set()).update(str(key) for key in named)
-                    rolled_back.setdefault(step, set()).add(str(receipt.body.get("batch_digest")))
-            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-                continue  # the chain's own verdict names a bad line
-    backed = [entry for entry in entries if entry.step <= last]
-    keys: dict[int, set[str]] = {}
-    for entry in backed:
-        keys.setdefault(entry.step, set()).add(entry.key)
-
-    def borne_out(step: int, listed: set[str]) -> bool:
-        return listed <= every_rank[step] if step in every_rank else bool(listed & rolled_back.get(step, set()))
-
-    if unbound := sorted(step for step, listed in keys.items() if not borne_out(step, listed)):
-        raise EvidenceError(f"{str(layout.skip_list)!r} lists batches at step(s) {', '.join(map(str, unbound[:5]))} "
-                            "that the receipts do not record rolling back (listed by hand: a resume would leave "
-                            "them out); restore it from a backup")  # fmt: skip
-    return backed, [entry for entry in entries if entry.step > last]
-
-
-_NOT_LISTED = ("skipped", "scaler_overflow")
-"""Rollback actions that put no batch on the skip list (it was listed already; the grad scaler skipped it)."""

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.core import atomic_write_json, read_json
+from lit_psion.core.chain import parse_receipt
 from lit_psion.core.errors import EvidenceError
+from lit_psion.core.layout import RunLayout
 
 SKIP_LIST_VERSION = 1
 
@@ -104,3 +106,70 @@ class SkipList:
 
     def __len__(self) -> int:
         return len(self._batches)
+
+
+def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[SkippedBatch]]:
+    """The run's skip-listed batches the receipts back, and those listed past the chain's last transaction.
+
+    The list decides which batches a resumed run leaves out, so a batch listed by hand is data left out. Each
+    entry at or before the chain's last transaction must be at a step the chain rolled back (for a failing
+    streak, not a skip or a scaler overflow), and be one of the batches the receipt names there (every rank's;
+    a receipt written before those were recorded names rank 0's only, and one listed batch must be it). Entries
+    past the last
+    transaction are what a kill between the list's write and its step's receipt leaves: a resume trains those
+    steps again, so it drops them rather than trust them.
+
+    Raises:
+        EvidenceError: the file is not a skip list, or an entry is not borne out by the receipts (exit 5).
+    """
+    entries = list(SkipList.load(layout.skip_list))
+    rolled_back: dict[int, set[str]] = {}  # step -> rank 0's batch of each rollback there
+    every_rank: dict[int, set[str]] = {}  # step -> every rank's batches, where its receipts name them all
+    streak: list[int] = []  # the steps of the rollbacks since the last commit (or start, resume, membership change)
+    listed: set[int] = set()  # the steps a restore (or its absence) put on the list, which must be there
+    last = 0
+    if layout.receipts.is_file():
+        for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                receipt = parse_receipt(line)
+                if receipt.kind in ("training_run", "membership"):
+                    streak = []  # (a streak carried over one is not counted: fewer steps required, never more)
+                if receipt.kind != "transaction":
+                    continue
+                step, action = int(receipt.body["step"]), receipt.body.get("action")
+                last = max(last, step)
+                if receipt.body.get("decision") == "rollback" and action not in _NOT_LISTED:
+                    if (named := receipt.body.get("batch_digests")) is not None:
+                        every_rank.setdefault(step, set()).update(str(key) for key in named)
+                    rolled_back.setdefault(step, set()).add(str(receipt.body.get("batch_digest")))
+                    streak.append(step)
+                    if isinstance(action, str) and action.startswith(_LISTING):  # the list was written first
+                        listed.update(streak)
+                elif receipt.body.get("decision") == "commit":
+                    streak = []
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+                continue  # the chain's own verdict names a bad line
+    if missing := sorted(listed - {entry.step for entry in entries}):
+        steps = ", ".join(map(str, missing[:5]))
+        raise EvidenceError(f"{str(layout.skip_list)!r} lacks the batches of step(s) {steps} that the receipts record "
+                            "skip-listing (a restore's failing streak): a resume would train "
+                            "on them again; restore it from a backup")  # fmt: skip
+    backed = [entry for entry in entries if entry.step <= last]
+    keys: dict[int, set[str]] = {}
+    for entry in backed:
+        keys.setdefault(entry.step, set()).add(entry.key)
+
+    def borne_out(step: int, listed: set[str]) -> bool:
+        return listed <= every_rank[step] if step in every_rank else bool(listed & rolled_back.get(step, set()))
+
+    if unbound := sorted(step for step, listed in keys.items() if not borne_out(step, listed)):
+        raise EvidenceError(f"{str(layout.skip_list)!r} lists batches at step(s) {', '.join(map(str, unbound[:5]))} "
+                            "that the receipts do not record rolling back (listed by hand: a resume would leave "
+                            "them out); restore it from a backup")  # fmt: skip
+    return backed, [entry for entry in entries if entry.step > last]
+
+
+_LISTING = ("restored:", "skip_listed_no_checkpoint")
+"""Rollback actions that put the failing streak on the skip list (written before their receipt)."""
+_NOT_LISTED = ("skipped", "scaler_overflow")
+"""Rollback actions that put no batch on the skip list (it was listed already; the grad scaler skipped it)."""

@@ -307,6 +307,15 @@ def _swap_key(step: int) -> Callable[[Path], None]:
     return harm
 
 
+def _drop(step: int) -> Callable[[Path], None]:
+    def harm(path: Path) -> None:
+        listed = read_json(path)
+        listed["batches"] = [entry for entry in listed["batches"] if entry["step"] != step]
+        path.write_text(json.dumps(listed))
+
+    return harm
+
+
 def _symlinked(path: Path) -> None:
     outside = path.parent.parent / "elsewhere.json"
     shutil.copy(path, outside)
@@ -321,6 +330,8 @@ SKIP_LIST_HARMS = [
     ("garbled", lambda path: path.write_text("{not json"), "is not a skip list"),
     ("no batches field", lambda path: path.write_text('{"version": 1}'), "is not a skip list"),
     ("a symlink", _symlinked, "is not a skip list"),
+    ("deleted", lambda path: path.unlink(), "lacks the batches of step(s) 5, 6 that the receipts record"),  # they
+    ("a restored streak's entry dropped", _drop(6), "lacks the batches of step(s) 6 that"),  # trained again, unseen
 ]
 
 
@@ -452,3 +463,20 @@ def test_doctor_holds_the_text_a_run_trained_on_to_its_manifest_as_a_resume_woul
     corpus.unlink()
     assert main(["doctor", str(run)]) == 0
     assert "data sources: 0 of 1 match the data manifest; not found: 'corpus.txt'" in capsys.readouterr().out
+
+
+def test_a_resume_refuses_a_skip_list_that_lost_a_restored_streaks_batches(
+    skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Deleted, the list left the resumed run training on the batches the run had skip-listed, without a word."""
+    copy = RunLayout(tmp_path, skip_listed.run_id)
+    shutil.copytree(skip_listed.run_dir, copy.run_dir)
+    write_latest(tmp_path, copy.run_id)
+    copy.skip_list.unlink()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIT_PSION_CACHE", str(skip_listed.root.parent / "cache"))
+        code = fit(*TRANSACTIONAL, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "10",
+                   "--ckpt_path", "last")  # fmt: skip
+    assert code == 5
+    assert "lacks the batches of step(s) 5, 6 that the receipts record skip-listing" in capsys.readouterr().err
+    assert not copy.skip_list.exists()  # not written again, empty, as if nothing had been listed
