@@ -185,36 +185,6 @@ def test_other_subcommands_load_the_latest_checkpoint(subcommand: str, tmp_path:
     assert f"warning: {subcommand} without --ckpt_path uses freshly initialised weights" in capsys.readouterr().err
 
 
-def test_predict_writes_its_predictions_with_the_writer_and_says_so_without_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """predict returned its predictions to no one: exit 0, nothing written or printed."""
-    import torch
-    from safetensors.torch import load_file
-
-    root = ("--trainer.default_root_dir", str(tmp_path / "runs"))
-    assert fit(*root, "--trainer.max_steps", "3") == 0
-    args = ["predict", "--config", TINY, *root, "--ckpt_path", "last", "--trainer.limit_predict_batches", "2"]
-    capsys.readouterr()
-    assert main(args) == 0
-    assert "predict writes its predictions nowhere without a prediction writer" in capsys.readouterr().err
-    out = tmp_path / "predictions"
-    writer = ["--trainer.callbacks+=lit_psion.callbacks.PredictionWriter", f"--trainer.callbacks.out={out}"]
-    assert main([*args, *writer]) == 0
-    assert "predictions nowhere" not in capsys.readouterr().err
-    tensors = load_file(out / "predictions-rank0.safetensors")
-    record = read_json(out / "predictions.json")
-    assert sorted(tensors) == ["batch-000000", "batch-000001"] == sorted(record["shapes"])
-    assert record["ckpt_path"].endswith("step-000003") and tensors["batch-000000"].dtype == torch.int64
-    before = {path.name: path.read_bytes() for path in out.iterdir()}
-    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
-    for place, says in ((out, "already holds files"), (run / "predictions", "is inside run directory")):
-        assert main([*args[:-2], "--trainer.callbacks+=lit_psion.callbacks.PredictionWriter",
-                     f"--trainer.callbacks.out={place}"]) == 2  # fmt: skip
-        assert says in capsys.readouterr().err
-    assert {path.name: path.read_bytes() for path in out.iterdir()} == before and not (run / "predictions").exists()
-
-
 def test_test_evaluates_the_held_out_test_split_and_refuses_data_without_one(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -370,19 +370,29 @@ def test_a_skip_list_written_just_before_its_receipt_is_not_a_forgery(
     assert main(["doctor", str(copy.run_dir)]) == 0
 
 
+RESUME_HARMS = {  # harm: what the refusal says
+    "a committed step's batch listed by hand": (_list_also(2), "lists batches at step(s) 2 that the receipts do not "
+                                                               "record rolling back"),  # it would be left out
+    "deleted": (lambda path: path.unlink(), "lacks the batches of step(s) 5, 6 that the receipts record "
+                                            "skip-listing"),  # the skip-listed batches would train again, unseen
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("harm", RESUME_HARMS)
 def test_a_resume_refuses_a_skip_list_the_receipts_do_not_bear_out(
-    skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture
+    skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, harm: str
 ) -> None:
-    """What doctor FAILs, a resume must not act on: it would leave the hand-listed batch out of training."""
+    """What doctor FAILs, a resume must not act on."""
     copy = RunLayout(tmp_path, skip_listed.run_id)
     shutil.copytree(skip_listed.run_dir, copy.run_dir)
     write_latest(tmp_path, copy.run_id)
-    _list_also(2)(copy.skip_list)
+    damage, says = RESUME_HARMS[harm]
+    damage(copy.skip_list)
     before = sorted((path.name, path.read_bytes()) for path in copy.run_dir.iterdir() if path.is_file())
     capsys.readouterr()
     resume = (*TRANSACTIONAL, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "12")
     assert fit(*resume, "--ckpt_path", "last") == 5
-    assert "lists batches at step(s) 2 that the receipts do not record rolling back" in capsys.readouterr().err
+    assert says in capsys.readouterr().err
     assert sorted((path.name, path.read_bytes()) for path in copy.run_dir.iterdir() if path.is_file()) == before
     shutil.copy(skip_listed.skip_list, copy.skip_list)  # the list as the run wrote it: the resume goes on
     assert fit(*resume, "--ckpt_path", "last") == 0
@@ -463,20 +473,3 @@ def test_doctor_holds_the_text_a_run_trained_on_to_its_manifest_as_a_resume_woul
     corpus.unlink()
     assert main(["doctor", str(run)]) == 0
     assert "data sources: 0 of 1 match the data manifest; not found: 'corpus.txt'" in capsys.readouterr().out
-
-
-def test_a_resume_refuses_a_skip_list_that_lost_a_restored_streaks_batches(
-    skip_listed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """Deleted, the list left the resumed run training on the batches the run had skip-listed, without a word."""
-    copy = RunLayout(tmp_path, skip_listed.run_id)
-    shutil.copytree(skip_listed.run_dir, copy.run_dir)
-    write_latest(tmp_path, copy.run_id)
-    copy.skip_list.unlink()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LIT_PSION_CACHE", str(skip_listed.root.parent / "cache"))
-        code = fit(*TRANSACTIONAL, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "10",
-                   "--ckpt_path", "last")  # fmt: skip
-    assert code == 5
-    assert "lacks the batches of step(s) 5, 6 that the receipts record skip-listing" in capsys.readouterr().err
-    assert not copy.skip_list.exists()  # not written again, empty, as if nothing had been listed
