@@ -16,6 +16,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from lit_psion.core import atomic_write_text
 from lit_psion.core.errors import FULL_STORAGE, ConfigError, StorageFull
+from lit_psion.core.files import unshare
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -68,6 +69,7 @@ class _ContinuingWriter(ExperimentWriter):
     @staticmethod
     def _append(path: str, text: str) -> None:
         data = text.encode()
+        unshare(path)  # a run copied with hard links: only this copy's rows grow
         with open(path, "ab", buffering=0) as handle:  # one write, nothing buffered to fail again at close
             size = handle.seek(0, os.SEEK_END)
             try:

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from lit_psion.core.digest import canonical_json, sha256_bytes, sha256_json
 from lit_psion.core.errors import EvidenceError, LitPsionError
-from lit_psion.core.files import fsync_path, unique_keys
+from lit_psion.core.files import fsync_path, unique_keys, unshare
 from lit_psion.core.layout import RUN_FILE
 from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody, body_problem
 
@@ -158,6 +158,8 @@ class ReceiptLog:
         return receipt
 
     def _write(self, body: ReceiptBody) -> Receipt:
+        if self._handle is None:
+            unshare(self.path)  # a run copied with hard links: its log is appended to, never the original's
         if self._torn or self._lost_newline:
             self._mend()
         receipt = Receipt.seal(

@@ -81,6 +81,18 @@ def read_plain(path: str | Path) -> bytes:
         return handle.read()
 
 
+def unshare(path: str | Path) -> None:
+    """Give ``path`` an inode of its own before it is changed in place (appended to, truncated): a file with more
+    than one name (a run copied with ``cp -al``, a backup made with hard links) is copied and the copy renamed over
+    this name, so the change never reaches the other names. A file with one name, or none, is left as it is."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        atomic_write_bytes(path, read_plain(path))
+
+
 def fsync_path(path: str | Path) -> None:
     """fsync a file's contents, or a directory's entries (making a rename inside it durable)."""
     fd = os.open(path, os.O_RDONLY)

@@ -300,3 +300,20 @@ def test_a_key_given_twice_in_a_json_record_is_refused(made: Path, tmp_path: Pat
     resumed = main(["fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "8",
                     "--ckpt_path", "last"])  # fmt: skip
     assert resumed in ((0,) if place.startswith("checkpoints/") else (4, 5))  # (past a bad checkpoint: the one before)
+
+
+def test_a_run_copied_with_hard_links_is_continued_without_touching_the_original(made: Path, tmp_path: Path) -> None:
+    """``cp -al`` of a run, continued under another root: the copy's receipts and metrics rows were appended to the
+    files both names share, so the original's chain ran on past its checkpoints and doctor failed it."""
+    original = tmp_path / "original"
+    shutil.copytree(made, original)
+    run = original / read_latest(original)
+    before = {name: (run / name).read_bytes() for name in ("receipts.jsonl", "metrics.csv")}
+    linked = tmp_path / "linked"
+    shutil.copytree(original, linked, copy_function=os.link)
+    assert (linked / run.name / "receipts.jsonl").stat().st_nlink == 2
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(linked), "--trainer.max_steps", "9",
+                 "--checkpoint.every_n_train_steps", "3", "--ckpt_path", "last"]) == 0  # fmt: skip
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert len((linked / run.name / "receipts.jsonl").read_bytes()) > len(before["receipts.jsonl"])
+    assert main(["doctor", str(run)]) == 0 and main(["doctor", str(linked / run.name)]) == 0
