@@ -394,6 +394,8 @@ def test_a_file_name_with_glob_characters_crlf_paragraphs_and_named_files_max_by
     lf.prepare()
     windows.prepare()
     assert len(windows._documents([("c", crlf.read_bytes().decode())])[1]) == len(lf._documents([("c", text)])[1]) > 1
+    old_mac = text.replace("\n", "\r")  # CR-only line ends were one paragraph a file
+    assert len(windows._documents([("c", old_mac)])[1]) == len(lf._documents([("c", text)])[1])
     other = tmp_path / "other.txt"
     other.write_text(text[: len(text) // 2])
     corpus(tmp_path, "c3", files=[str(CORPUS), str(other)], max_bytes=len(text.encode()) + 10).prepare()
