@@ -253,7 +253,7 @@ class CorpusDataModule(ReplayDataModule):
             return mode, [(name, text, True) for name, text in texts]
         docs = []
         for name, text in texts:
-            pieces = [p for p in re.split(r"(?<=\n\n)|(?<=\r\n\r\n)|(?<=\r\r)", text) if p]  # LF, CRLF or CR blank lines
+            pieces = [p for p in re.split(r"(?<=\n\n)|(?<=\r\n\r\n)|(?<=\r\r)", text) if p]  # LF, CRLF, CR blank lines
             docs += [(f"{name}#{i}", piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
         return mode, docs
 

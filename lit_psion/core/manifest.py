@@ -107,8 +107,11 @@ class DataManifest:
             if field.name in ("sources", "token_digests"):
                 continue
             before, after = getattr(self, field.name), getattr(other, field.name)
+            if isinstance(before, dict) and isinstance(after, dict):  # counts per split: only those that differ
+                keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+                before, after = {k: before.get(k) for k in keys}, {k: after.get(k) for k in keys}
             if before != after:
-                changes.append(f"{field.name}: {before!r} -> {after!r}")
+                changes.append(f"{field.name}: {_brief(before)} -> {_brief(after)}")
         return "; ".join(changes) or "no difference"
 
     def settings_to_restore(self, other: DataManifest) -> list[str]:
@@ -124,6 +127,13 @@ SETTING_FLAGS = {"split_rule": "split", "split_seed": "seed", "val_fraction": "v
 
 _TOKENIZED_FIELDS = ("token_counts", "sample_counts", "token_digests")
 """What tokenizing produces (left out of :meth:`DataManifest.inputs_digest`)."""
+
+
+def _brief(value: object) -> str:
+    """``value`` for a one-line message: a sha256 digest as its first 16 hex digits."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return repr(f"{value[:16]}...")
+    return repr(value)
 
 
 def _from_where(path: str) -> str:

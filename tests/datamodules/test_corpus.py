@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -70,6 +71,16 @@ def test_the_same_files_in_another_order_are_said_as_such(tmp_path: Path) -> Non
     said = before.describe_change(after)
     assert said.startswith(f"files in another order (the run read them as {str(first)!r}, {str(second)!r}: give "
                            "them in that order)"), said
+
+
+def test_a_change_of_tokenizer_is_said_briefly(tmp_path: Path) -> None:
+    """Another tokenizer was said with both 64-hex digests and every split's counts whole: 600+ characters."""
+    before = corpus(tmp_path).prepare()
+    after = dataclasses.replace(before, tokenizer_digest="f" * 64, token_digests={"train": "0" * 64, "val": "1" * 64},
+                                token_counts={**before.token_counts, "train": before.token_counts["train"] + 1})
+    said = before.describe_change(after)
+    assert f"tokenizer_digest: '{before.tokenizer_digest[:16]}...' -> '{'f' * 16}...'" in said
+    assert f"token_counts: {{'train': {before.token_counts['train']}}} -> " in said and len(said) < 250, said
 
 
 def test_manifest_json_round_trip(tmp_path: Path) -> None:
