@@ -14,6 +14,7 @@ from torchmetrics.text import Perplexity
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
+from lit_psion.models.base import LitModule
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
 
@@ -46,7 +47,7 @@ def refuse_sharded_muon(module: L.LightningModule, config: OptimizerConfig) -> N
                           "does), or train a new run under --trainer.strategy ddp to keep Muon")  # fmt: skip
 
 
-class DecoderLM(L.LightningModule):
+class DecoderLM(LitModule):
     """A compact decoder LM trained on next-token cross-entropy.
 
     Args:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -24,6 +23,7 @@ from torchmetrics import MeanMetric
 from lit_psion.core.contracts import DataFacts, ReplayData, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
+from lit_psion.models.base import LitModule
 from lit_psion.nn.barrier import Barrier
 from lit_psion.nn.delta_log import DeltaStateLog
 from lit_psion.nn.graph import Graph, SuperGraph, max_levels
@@ -139,7 +139,7 @@ class GraphCoreConfig:
         return self.state_hidden if self.state_function == "mlp" else 0
 
 
-class GraphCore(L.LightningModule):
+class GraphCore(LitModule):
     """A recursive sparse graph trained on known dynamics, grown by evidence.
 
     Args:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_psion.core import sha256_bytes
 from lit_psion.core.chain import emit_receipt
 from lit_psion.core.receipts import PolicyPromotionReceipt
+from lit_psion.models.base import LitModule
 from lit_psion.sessions.world import Environment, WorldConfig, WorldModel
 from lit_psion.strategies import Transactional
 
@@ -36,7 +36,7 @@ def muon(params: list[torch.nn.Parameter], lr: float, momentum: float, ns_steps:
     return torch.optim.Muon(params, lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=0.0)
 
 
-class BasePretrain(L.LightningModule):
+class BasePretrain(LitModule):
     """Fit the base weights to the base environment on random rollouts (teacher-forced one-step MSE)."""
 
     lr_flag: ClassVar[str] = "--lr"
@@ -100,7 +100,7 @@ def revision(state: dict[str, torch.Tensor]) -> str:
     return sha256_bytes(tensors_bytes(state))
 
 
-class OnlineSession(L.LightningModule):
+class OnlineSession(LitModule):
     """A session's online run: predict each transition, then one Muon step per chunk on the plastic weights.
 
     Every transition is scored before the model learns from it (prequential), by four predictors:
