@@ -179,6 +179,13 @@ class KillAfterPointer(Callback):
         checkpoint.write_pointer = write_then_die
 
 
+class LogsOnStep(Callback):
+    """A user's callback logging a metric of its own on every training step."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.log("user/metric", float(trainer.global_step), on_step=True, on_epoch=False)
+
+
 class SlowSteps(Callback):
     """Sleep ``seconds`` after every optimizer step: a scenario's events land at known steps on any machine."""
 

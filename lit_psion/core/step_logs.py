@@ -3,10 +3,10 @@
 Lightning writes a row of step metrics every ``log_every_n_steps`` optimizer steps, and on the step a
 fit stops (``trainer.should_stop``, which a callback such as ``Timer`` may set in its
 ``on_train_batch_end``). A value logged on any other step is overwritten before a logger sees it,
-and ``self.log`` costs about a millisecond, 1-2% of a small model's step. So a training step keeps
-its scalars aside (:func:`keep_step_logs`) and the module's ``on_train_batch_end``, which runs after
-every callback's and before Lightning decides on the row, logs them only when the row is written
-(:func:`log_kept_step_logs`). The progress bar shows the values of the last step that logged.
+and ``self.log`` costs about half a millisecond, 1-2% of a small model's step. So a training step
+keeps its scalars aside (:func:`keep_step_logs`) and the module's ``on_train_batch_end``, which runs
+after every callback's and before Lightning decides on the row, writes them as one row only when the
+row is written (:func:`log_kept_step_logs`). The progress bar shows the values of the last step that logged.
 
 A fit that stops at ``max_steps`` between two rows ends without Lightning writing its last step's row;
 :func:`log_kept_step_logs` writes that row itself, from what the step kept. Callbacks and strategies
@@ -52,9 +52,14 @@ def keep_step_logs(module: Any, **values: Any) -> None:
 
 
 def log_step_values(module: Any, **values: Any) -> None:
-    """Log scalars a callback or a strategy measured on this step if Lightning writes its row; on the last step
-    of a fit stopped by ``max_steps`` between rows, keep them for the row :func:`log_kept_step_logs` writes."""
-    if writes_log_row(module):
+    """Scalars a callback or a strategy measured on this step, for its row if Lightning writes one, and on the last
+    step of a fit stopped by ``max_steps`` between rows, for the row :func:`log_kept_step_logs` writes. A module
+    that flushes kept logs (``flushes_step_logs``: lit_psion's models) keeps them for its one row; any other
+    module logs them with ``self.log``."""
+    if getattr(module, "flushes_step_logs", False):
+        if writes_log_row(module) or is_last_step(module):
+            keep_step_logs(module, **values)
+    elif writes_log_row(module):
         for name, value in values.items():
             module.log(name, value, on_step=True, on_epoch=False)
     elif is_last_step(module):
@@ -62,11 +67,23 @@ def log_step_values(module: Any, **values: Any) -> None:
 
 
 def log_kept_step_logs(module: Any) -> None:
-    """Log the step's kept scalars if Lightning writes this step's row; forget them either way."""
+    """Write the step's kept scalars as its row if Lightning writes this step's row; forget them either way.
+
+    One call of Lightning's own ``LoggerConnector.log_metrics`` (the row at the step's index, with the epoch, to
+    every logger, as ``self.log`` values reach them), not ``self.log`` per value: each costs about half a
+    millisecond (Lightning moves and copies its whole result record every call), and a row holds about ten.
+    The progress bar's values are also logged with ``self.log`` (``logger=False``), for every progress bar and
+    for ``trainer.callback_metrics`` (an ``EarlyStopping`` on ``train/loss``)."""
     kept = module.__dict__.pop(_KEPT, None)
     if kept and writes_log_row(module):
-        for name, value in kept.items():
-            module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
+        for name in PROGRESS_BAR_KEYS & kept.keys():
+            module.log(name, kept[name], prog_bar=True, logger=False)
+        connector = getattr(module.trainer, "_logger_connector", None)
+        if connector is None:  # not Lightning's trainer: every value through self.log
+            for name, value in kept.items():
+                module.log(name, value)
+        else:
+            connector.log_metrics({name: float(value) for name, value in kept.items()})
     elif kept and _stops_at_max_steps(module):
         _write_last_row(module, kept)
 

@@ -145,6 +145,10 @@ class DecoderLM(LitModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         keep_step_logs(self, **{"train/lr": optimizer.param_groups[0]["lr"]})
 
+    flushes_step_logs: ClassVar[bool] = True
+    """Its ``on_train_batch_end`` writes the step's kept scalars as one row (lit_psion.core.step_logs): callbacks
+    and strategies keep theirs for it. A subclass overriding ``on_train_batch_end`` calls ``super()``'s."""
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         log_kept_step_logs(self)
 

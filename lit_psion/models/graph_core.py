@@ -243,6 +243,10 @@ class GraphCore(LitModule):
         keep_step_logs(self, **{"train/mse": mse, "train/gamma": barrier, "train/complexity": float(self.complexity)})
         return mse * barrier
 
+    flushes_step_logs: ClassVar[bool] = True
+    """Its ``on_train_batch_end`` writes the step's kept scalars as one row (lit_psion.core.step_logs): callbacks
+    and strategies keep theirs for it. A subclass overriding ``on_train_batch_end`` calls ``super()``'s."""
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         log_kept_step_logs(self)  # on the steps that write a row, and the last step's row at max_steps
 
