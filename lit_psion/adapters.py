@@ -134,8 +134,13 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 
 def _require_lora_shapes(tensors: dict[str, torch.Tensor], rank: int, what: str) -> None:
-    """Every tensor a floating-point LoRA factor of ``rank``: A is (rank, in), B is (out, rank)."""
+    """Every tensor a floating-point LoRA factor of ``rank``: A is (rank, in), B is (out, rank). A tensor of any
+    other name (a base weight) is refused: merged with ``strict=False``, it would replace the verified base's."""
     for name, tensor in tensors.items():
+        if not name.endswith((".lora_a", ".lora_b")):
+            raise CheckpointError(f"{what} holds {name!r}, which is not a LoRA factor (.lora_a or .lora_b): an "
+                                  "adapter changes the base only through its factors; refusing it (export the "
+                                  "adapter again)")  # fmt: skip
         if not tensor.is_floating_point():
             raise CheckpointError(f"{what} holds {name} as {tensor.dtype}, not floating point; refusing to use it")
         factor = "a" if name.endswith("lora_a") else "b" if name.endswith("lora_b") else None
@@ -163,10 +168,12 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def _field_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """The fields of ``meta`` whose values are not of their kind (what merge and inspect compute with)."""
+    from lit_psion.nn.lora import ALPHA_MAX
+
     number = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     checks = {
         "rank": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "not a positive integer"),
-        "alpha": (lambda v: number(v) and v > 0, "not a positive finite number"),
+        "alpha": (lambda v: number(v) and 0 < v <= ALPHA_MAX, f"not a number in (0, {ALPHA_MAX:g}]"),
         "targets": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str) for t in v),
                     "not a list of layer names"),
         "decoder_config": (lambda v: isinstance(v, dict), "not a decoder config (a JSON object)"),
@@ -223,7 +230,11 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     config = DecoderConfig(**state["decoder_config"])
     model = Decoder(config)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
-    inject_lora(model, meta["targets"], meta["rank"], meta["alpha"], check_rank=False)
+    try:
+        inject_lora(model, meta["targets"], meta["rank"], meta["alpha"], check_rank=False)
+    except ConfigError as error:  # rank, alpha or targets a fine-tune would refuse: the file's, not a flag's
+        raise CheckpointError(f"{str(adapter_dir / META_FILE)!r} records LoRA settings this base cannot take "
+                              f"({error}); export the adapter again") from error  # fmt: skip
     try:
         missing, unexpected = model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()},
                                                     strict=False)  # fmt: skip
@@ -240,9 +251,16 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
                           generator=torch.Generator().manual_seed(PROBE_SEED))  # fmt: skip
     with torch.no_grad():
         unmerged = model(probe)
-        for layer in lora_layers(model):
-            layer.merge()
+        try:
+            for layer in lora_layers(model):
+                layer.merge()
+        except ValueError as error:  # finite factors whose product overflows the weight's dtype
+            raise CheckpointError(f"merging {str(adapter_dir)!r} onto {str(path)!r} gives a weight that is not "
+                                  "finite (its factors are finite, their update overflows); nothing was written") \
+                from error
         merged_logits = model(probe)
+    if not torch.isfinite(merged_logits).all():
+        raise CheckpointError(f"the base merged with {str(adapter_dir)!r} gives non-finite logits; nothing was written")
     diff = float((merged_logits - unmerged).abs().max())
     weights = {}
     for name, value in model.state_dict().items():
@@ -286,7 +304,7 @@ def _output_log(out: Path, files: tuple[str, ...], what: str) -> ReceiptLog:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a new or empty directory")
     others = sorted(p.name for p in out.iterdir() if p.name not in (*files, RECEIPTS_FILE)
-                    and not p.name.startswith(".")) if out.is_dir() else []  # fmt: skip
+                    and not (p.name.startswith(".") and p.name.endswith(".tmp"))) if out.is_dir() else []  # fmt: skip
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise ConfigError(f"--out {str(out)!r} holds {shown}, so it is not {what} directory; give a new or empty "

@@ -35,7 +35,10 @@ def test_predict_writes_its_predictions_with_the_writer_and_says_so_without_one(
     assert record["ckpt_path"].endswith("step-000003") and tensors["batch-000000"].dtype == torch.int64
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     run = tmp_path / "runs" / read_latest(tmp_path / "runs")
-    for place, says in ((out, "already holds files"), (run / "predictions", "is inside run directory")):
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")  # was exit 1 (FileExistsError) after every batch was predicted
+    for place, says in ((out, "already holds files"), (run / "predictions", "is inside run directory"),
+                        (dangling, "which does not exist")):
         assert main([*args[:-2], "--trainer.callbacks+=lit_psion.callbacks.PredictionWriter",
                      f"--trainer.callbacks.out={place}"]) == 2  # fmt: skip
         assert says in capsys.readouterr().err

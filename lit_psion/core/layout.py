@@ -209,6 +209,9 @@ def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = No
     Raises:
         ConfigError: ``out`` is a file, a run directory, or inside one (exit 2).
     """
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"{flag} {str(out)!r} is a symbolic link to {os.readlink(out)!r}, which does not exist; give "
+                          "a new or empty directory (or create the one it points to)")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {str(out)!r} is a file; give a directory")
     if own is not None and not own.is_symlink() and out.resolve() == own.resolve():

@@ -258,7 +258,7 @@ TAMPERED = {  # case: (tamper, what the one error line must say)
     "alpha-edited-digest-rerecorded": (_edit("alpha", 32.0, rerecord=True),
                                        ["does not match the metadata exported in", "alpha: exported 16.0, now 32.0"]),
     "nan-tensor-digests-rerecorded": (_nan_tensor_rerecorded, ["holds non-finite values in 1 tensor(s)"]),
-    "alpha-a-string-forged": (_forged("alpha", "16"), ["alpha is '16', not a positive finite number"]),
+    "alpha-a-string-forged": (_forged("alpha", "16"), ["alpha is '16', not a number in (0, 1e+06]"]),
     "rank-a-boolean-forged": (_forged("rank", True), ["rank is True, not a positive integer"]),
     "rank-zero-forged": (_forged("rank", 0), ["rank is 0, not a positive integer"]),
     "targets-a-string-forged": (_forged("targets", "lm_head"), ["targets is 'lm_head', not a list"]),
