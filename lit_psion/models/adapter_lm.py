@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ import torch
 from lit_psion.core import read_json
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
+from lit_psion.core.lock import lock_holder
 from lit_psion.models.decoder_lm import DecoderLM, refuse_sharded_muon
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.lora import adapter_params, inject_lora, lora_layers
@@ -25,9 +27,10 @@ from lit_psion.nn.optim import OptimizerConfig, build_optimizer
 from lit_psion.runs import load_run
 
 
-def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str, str | None]:
+def load_base(location: str | Path, unsettled_warning: bool = False) -> tuple[dict[str, Any], Path, str, str | None]:
     """The verified base checkpoint at ``location``: its state, its directory, its manifest's sha256, and the
-    digest of the tokenizer its run trained with (None for a checkpoint outside a run, or a run without one)."""
+    digest of the tokenizer its run trained with (None for a checkpoint outside a run, or a run without one).
+    ``unsettled_warning``: say so when the base run is still being written or did not complete (a fine-tune)."""
     if not Path(location).exists():  # moved since: a resume may name where it is now (the digests must still hold)
         raise CheckpointError(f"base checkpoint {str(location)!r} does not exist; give the base run directory (or "
                               "its checkpoint) where it is now")  # fmt: skip
@@ -43,11 +46,28 @@ def load_base(location: str | Path) -> tuple[dict[str, Any], Path, str, str | No
         raise CheckpointError(f"base checkpoint {str(base.checkpoint.path)!r} does not record its decoder_config; "
                               "it was not written by DecoderLM")  # fmt: skip
     _check_decoder_weights(base.state, base.checkpoint.path, _family(base))
+    if unsettled_warning:
+        _warn_if_unsettled(base)
     tokenizer = None
     if base.layout is not None and base.layout.data_manifest.is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):
             tokenizer = read_json(base.layout.data_manifest).get("tokenizer_digest")
     return base.state, base.checkpoint.path, base.checkpoint.manifest_sha256, tokenizer
+
+
+def _warn_if_unsettled(base: Any) -> None:
+    """A base run that is training now (or stopped before completing) moves on: its pointer, and retention deletes
+    the checkpoint an adapter trained on, which a merge and a resume of the adapter then need."""
+    if base.layout is None or base.record is None:
+        return
+    holder = lock_holder(base.layout.run_dir)
+    if holder is None and base.record.status == "completed":
+        return
+    state = f"is being written by {holder.describe()}" if holder is not None else f"is {base.record.status}"
+    print(f"lit_psion: warning: base run {base.layout.run_id} {state}: this fine-tune uses its "
+          f"{base.checkpoint.path.name}, which its retention may delete and its pointer moves past; keep a copy "
+          f"(cp -a {str(base.checkpoint.path)!r} elsewhere) to merge or resume on, or fine-tune on a finished run",
+          file=sys.stderr)  # fmt: skip
 
 
 def _family(base: Any) -> str | None:
@@ -105,7 +125,7 @@ class AdapterLM(DecoderLM):
         muon_on_adapters: bool = False,
         data_facts: DataFacts | None = None,
     ) -> None:
-        state, path, base_digest, base_tokenizer = load_base(base_checkpoint)
+        state, path, base_digest, base_tokenizer = load_base(base_checkpoint, unsettled_warning=True)
         base_config = DecoderConfig(**state["decoder_config"])
         super().__init__(base_config, optimizer)
         data = data_facts or DataFacts()

@@ -39,3 +39,25 @@ def test_an_output_directory_that_holds_something_else_is_refused_before_anythin
     log = renamed / "receipts.jsonl"
     log.write_text(log.read_text().replace('"export"', '"exporT"', 1))
     assert main(["receipts", "verify", str(renamed)]) == 5
+
+
+def test_a_fine_tune_on_a_base_run_still_being_written_says_what_it_risks(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixture above)
+) -> None:
+    """A fine-tune on a base run whose fit was still running was taken without a word; that run's retention then
+    deleted the checkpoint the adapter trained on, and merging or resuming the adapter had nothing to go on."""
+    import shutil
+
+    from lit_psion.core.lock import RunLock
+    from tests.helpers import fit
+    from tests.models.test_adapter import adapter_args
+
+    live = tmp_path / "base" / base.name
+    shutil.copytree(base, live)
+    with RunLock(live, purpose="fit"):
+        capsys.readouterr()
+        assert fit(*adapter_args(live, tmp_path / "ft", "--trainer.max_steps", "2")) == 0
+    err = capsys.readouterr().err
+    assert f"warning: base run {base.name} is being written by" in err and "uses its step-000012" in err
+    assert fit(*adapter_args(base, tmp_path / "ft2", "--trainer.max_steps", "2")) == 0  # a finished base: no word
+    assert "base run" not in capsys.readouterr().err
