@@ -44,6 +44,8 @@ ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json",
 PROBE_SEED, PROBE_SHAPE = 0, (4, 64)
 HEADER_KEY = "lit_psion.adapter"
 MERGED_HEADER_KEY = "lit_psion.merged_decoder_config"
+MERGED_TOKENIZER_KEY = "lit_psion.merged_tokenizer_sha256"
+"""The base's tokenizer digest, in the merged weights' header too: merge.json's copy alone could be edited."""
 """The merged model's decoder config, in its safetensors header: bound to the weights by ``model_sha256``."""
 """Key, in ``adapter.safetensors``' header metadata, of the copy of ``adapter.json``'s fields."""
 DIGESTS = ("adapter_sha256", "metadata_sha256")
@@ -280,7 +282,8 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
         raise CheckpointError(f"the merged weights do not reproduce the merged model (max |logit difference| "
                               f"{reload_diff:.3g}); nothing was written")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    data = save(weights, metadata={MERGED_HEADER_KEY: canonical_json(merged_config).decode()})
+    header = {MERGED_HEADER_KEY: canonical_json(merged_config).decode()}
+    data = save(weights, metadata=header | ({MERGED_TOKENIZER_KEY: base_tokenizer} if base_tokenizer else {}))
     atomic_write_bytes(out / "model.safetensors", data)
     record = {"format_version": FORMAT_VERSION, "adapter_sha256": meta["adapter_sha256"],
               "base_checkpoint_digest": base_digest, "tokenizer_sha256": base_tokenizer,

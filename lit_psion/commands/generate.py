@@ -193,7 +193,7 @@ def _merged(path: Path) -> tuple[Any, None]:
     """A merged adapter directory: ``model.safetensors`` held to the sha256 ``merge.json`` records."""
     from safetensors.torch import load
 
-    from lit_psion.adapters import MERGED_HEADER_KEY
+    from lit_psion.adapters import MERGED_HEADER_KEY, MERGED_TOKENIZER_KEY
     from lit_psion.nn.decoder import Decoder, DecoderConfig
 
     fix = "merge the adapter again (adapter merge)"
@@ -213,6 +213,9 @@ def _merged(path: Path) -> tuple[Any, None]:
         if written != canonical_json(record["decoder_config"]).decode():
             raise CheckpointError(f"{MERGE_RECORD}'s decoder_config is not the one the merged weights were written "
                                   f"with ({written or 'none recorded: merged by an earlier version'})")  # fmt: skip
+        if header.get(MERGED_TOKENIZER_KEY) != record.get("tokenizer_sha256"):
+            raise CheckpointError(f"{MERGE_RECORD}'s tokenizer_sha256 is not the one the merged weights were written "
+                                  f"with ({header.get(MERGED_TOKENIZER_KEY) or 'none recorded'})")  # fmt: skip
         model = Decoder(DecoderConfig(**record["decoder_config"]))
         model.load_state_dict({k.removeprefix("model."): v for k, v in load(data).items()})
     except (TypeError, ValueError, RuntimeError, LitPsionError) as error:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
+from safetensors.torch import save
 
 from lit_psion.cli import main
 from lit_psion.core.run import read_latest
@@ -86,10 +89,15 @@ def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path
     for other in (foreign, tmp_path / "swapped.json"):  # a merged model has none of its own: its merge.json's
         code, _, err = _sample(capsys, str(runs["merged"]), "--tokenizer", str(other))  # record (it sampled with the
         assert code == 2 and "is not the tokenizer the merged model's base was trained with" in err, err  # swapped)
-    legacy = tmp_path / "legacy"  # merged before merge.json recorded the tokenizer: held to the vocabulary size alone
+    legacy = tmp_path / "legacy"  # merged before the tokenizer was recorded: held to the vocabulary size alone
     shutil.copytree(runs["merged"], legacy)
     record = json.loads((legacy / "merge.json").read_text())
     del record["tokenizer_sha256"]
+    with safe_open(legacy / "model.safetensors", "pt") as handle:
+        header = {k: v for k, v in handle.metadata().items() if k != "lit_psion.merged_tokenizer_sha256"}
+        weights = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    (legacy / "model.safetensors").write_bytes(data := save(weights, metadata=header))
+    record["model_sha256"] = hashlib.sha256(data).hexdigest()
     (legacy / "merge.json").write_text(json.dumps(record))
     code, _, err = _sample(capsys, str(legacy), "--tokenizer", str(foreign))
     assert code == 2 and "has 2 tokens" in err
@@ -110,10 +118,14 @@ MERGE_RECORD_EDITS = [  # (what is done to merge.json, what the one line says) -
     (_set("n_layer", 1), "is not the one the merged weights were written with"),  # a size mismatch: it crashed
     (lambda record: record.pop("decoder_config"), "records no decoder_config"),
     (None, "cannot be read (JSONDecodeError)"),
+    (lambda record: record.update(tokenizer_sha256="0" * 64),  # set to another tokenizer's: that one was taken
+     "tokenizer_sha256 is not the one the merged weights were written with"),
+    (lambda record: record.pop("tokenizer_sha256"), "tokenizer_sha256 is not the one"),  # taken any tokenizer
 ]
 
 
-@pytest.mark.parametrize(("edit", "says"), MERGE_RECORD_EDITS, ids=["n_head", "n_layer", "no config", "not JSON"])
+@pytest.mark.parametrize(("edit", "says"), MERGE_RECORD_EDITS,
+                         ids=["n_head", "n_layer", "no config", "not JSON", "tokenizer edited", "tokenizer deleted"])
 def test_an_edited_merge_record_is_refused(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
                                            edit: Callable[[dict], None] | None, says: str) -> None:  # fmt: skip
     merged = tmp_path / "merged"
