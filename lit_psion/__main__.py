@@ -52,5 +52,10 @@ def _exit_without_teardown(code: int) -> int:
     os._exit(code)
 
 
+def console() -> int:
+    """The ``lit-psion`` console script: the same dispatch as ``python -m lit_psion``."""
+    return _entry(sys.argv[1:])
+
+
 if __name__ == "__main__":
     raise SystemExit(_entry(sys.argv[1:]))

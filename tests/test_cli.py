@@ -281,6 +281,19 @@ def test_the_top_level_help_lists_every_subcommand_without_importing_lightning()
     assert code == 0 and "lightning" not in modules and "torch" not in modules
 
 
+def test_the_console_script_dispatches_as_python_m_does() -> None:
+    """``lit-psion --help`` ran LightningCLI (5 s, only fit/validate/test/predict listed): the script pointed at
+    lit_psion.cli:main, not at the dispatcher ``python -m lit_psion`` runs."""
+    import tomllib
+
+    target = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]["lit-psion"]
+    module, function = target.split(":")
+    script = (f"import sys; sys.argv = ['lit-psion', '--help']; from {module} import {function}; code = {function}(); "
+              "print(code, 'lightning' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "0 False" and "session" in result.stdout, result
+
+
 @pytest.mark.parametrize(("args", "code"), [((), 2), (("frobnicate",), 2)])
 def test_no_command_or_an_unknown_one_is_one_line(args: tuple[str, ...], code: int) -> None:
     result = subprocess.run([sys.executable, "-m", "lit_psion", *args], capture_output=True, text=True, timeout=60)
