@@ -453,7 +453,8 @@ def resolve_checkpoint(
         if not layout.checkpoint_dirs():
             raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
                                   "missing); to train, start a new run without --ckpt_path; a run still training "
-                                  "has one at its first checkpoint step, one that stopped before it never will")
+                                  "has one at its first checkpoint step, one that stopped before it never will"
+                                  + _continue_instead(layout))  # fmt: skip
         problem = CheckpointError(f"checkpoint pointer {str(layout.pointer)!r} is missing")  # the checkpoints are not
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:
@@ -487,3 +488,12 @@ def resolve_checkpoint(
                   "verifies", file=sys.stderr)  # fmt: skip
         return verified
     raise problem
+
+
+def _continue_instead(layout: RunLayout) -> str:
+    """A new run started by mistake and stopped hides a paused one from ``--ckpt_path last``: name that one."""
+    if (found := layout.unfinished_sibling()) is None:
+        return ""
+    name, record = found
+    return (f"; run {name} in the same root has one ({record.get('status')} at step {record.get('global_step')}): "
+            f"continue it with LIT_PSION_RUN_ID={name} and no --ckpt_path")

@@ -7,12 +7,15 @@ in a config (the runs root); the run directory is ``root / run_id``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.files import read_json
 
 LATEST_FILE = "latest_run.json"
 RUN_FILE = "run.json"
@@ -81,6 +84,18 @@ class RunLayout:
     @property
     def run_file(self) -> Path:
         return self.run_dir / RUN_FILE
+
+    def unfinished_sibling(self) -> tuple[str, dict[str, Any]] | None:
+        """The newest other run in this root that has a checkpoint pointer and did not complete, with its run.json
+        record (None: there is none)."""
+        with contextlib.suppress(OSError):
+            for other in sorted((p.name for p in self.root.iterdir() if p.name != self.run_id), reverse=True):
+                sibling = RunLayout(self.root, other)
+                with contextlib.suppress(OSError, ValueError):
+                    record = read_json(sibling.run_file)
+                    if isinstance(record, dict) and record.get("status") != "completed" and sibling.pointer.is_file():
+                        return other, record
+        return None
 
     @property
     def config(self) -> Path:

@@ -229,6 +229,22 @@ def test_no_pointer_and_nothing_that_verifies_is_refused(layout: RunLayout) -> N
         resolve_checkpoint(layout)
 
 
+def test_a_run_started_by_mistake_names_the_paused_run_it_hides(layout: RunLayout) -> None:
+    """A paused run, then a new fit started without --ckpt_path and stopped before its first checkpoint:
+    latest_run.json names the new one, and the refusal never said the paused run could be continued."""
+    paused, done = RunLayout(layout.root, "run-0-paused"), RunLayout(layout.root, "run-0-done")
+    for other, status in ((paused, "paused"), (done, "completed")):
+        other.checkpoints.mkdir(parents=True)
+        other.run_file.write_text(json.dumps({"status": status, "global_step": 7}))
+        other.pointer.write_text("{}")
+    with pytest.raises(CheckpointError, match="; run run-0-paused in the same root has one \\(paused at step 7\\): "
+                       "continue it with LIT_PSION_RUN_ID=run-0-paused and no --ckpt_path"):  # fmt: skip
+        resolve_checkpoint(layout)
+    paused.pointer.unlink()  # none left to continue: nothing more is said
+    with pytest.raises(CheckpointError, match=r"one that stopped before it never will$"):
+        resolve_checkpoint(layout)
+
+
 def test_a_lost_pointer_falls_back_to_the_newest_checkpoint_that_verifies(layout: RunLayout) -> None:
     make_checkpoint(layout.checkpoints, 3, {"a": b"x"})
     make_checkpoint(layout.checkpoints, 6, {"a": b"y"})
