@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -27,11 +28,18 @@ from lit_psion.callbacks.optimizer_settings import honour_optimizer_settings
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.contracts import RecordWatcher, ReplayData, TokenizedData
-from lit_psion.core.errors import CheckpointError, ConfigError, DataManifestMismatch, MembershipChanged, failure_class
+from lit_psion.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataManifestMismatch,
+    LitPsionError,
+    MembershipChanged,
+    failure_class,
+)
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, mismatched_joiners, read_membership
 from lit_psion.core.pointer import read_pointer
-from lit_psion.core.run import write_latest
+from lit_psion.core.run import read_latest, write_latest
 from lit_psion.loggers import RunCSVLogger
 
 
@@ -78,6 +86,8 @@ class RunDirectory(Callback):
         if run.config_yaml is not None:
             self.record.config_digest = sha256_bytes(run.config_yaml.encode())
         self._describe_data(trainer.datamodule)
+        if not run.resumed:
+            _tell_of_an_unfinished_run(layout)
         write_latest(layout.root, layout.run_id)
 
     def _follow_rank_zero(self, trainer: L.Trainer) -> None:
@@ -180,7 +190,7 @@ class RunDirectory(Callback):
             if warning := resume_warning(self.run_context.layout.run_id, self.run_context.changed_settings,
                                           self.run_context.config_yaml):
                 print(warning, file=sys.stderr)  # now that the resume was accepted and trains
-        if self.run_context.resumed:
+        if self.run_context.resumed and trainer.is_global_zero:  # (another rank's logger writes nothing)
             for logger in trainer.loggers:
                 if isinstance(logger, RunCSVLogger):
                     last = logger.experiment.drop_after(trainer.global_step)
@@ -259,3 +269,17 @@ def _incumbents(layout: RunLayout) -> list[str]:
 def _name(view: dict[str, Any], trainer: L.Trainer) -> str:
     node = view["node"]
     return node if node.startswith("rank ") else f"rank {trainer.global_rank} (node {node})"
+
+
+def _tell_of_an_unfinished_run(layout: RunLayout) -> None:
+    """A new run in a root whose latest run stopped unfinished with a checkpoint: ``--ckpt_path last`` will follow
+    the new one from now on, so say how the other is continued."""
+    with contextlib.suppress(LitPsionError, OSError, ValueError):
+        latest = read_latest(layout.root)
+        previous = RunLayout(layout.root, latest) if latest and latest != layout.run_id else None
+        if previous is not None and previous.pointer.is_file():
+            record = RunRecord.load(previous)
+            if record.status in (RunStatus.PAUSED, RunStatus.ACTIVE, RunStatus.FAILED):
+                print(f"lit_psion: note: the latest run in {str(layout.root)!r}, {latest}, stopped {record.status} at "
+                      f"step {record.global_step}; this fit starts a new run, {layout.run_id} (continue that one "
+                      f"with LIT_PSION_RUN_ID={latest} and no --ckpt_path)", file=sys.stderr)  # fmt: skip

@@ -317,3 +317,19 @@ def test_a_run_copied_with_hard_links_is_continued_without_touching_the_original
     assert {name: (run / name).read_bytes() for name in before} == before
     assert len((linked / run.name / "receipts.jsonl").read_bytes()) > len(before["receipts.jsonl"])
     assert main(["doctor", str(run)]) == 0 and main(["doctor", str(linked / run.name)]) == 0
+
+
+def test_a_new_fit_over_a_paused_latest_run_says_how_that_one_is_continued(made: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """A fit started without --ckpt_path where the latest run is paused made the new run the one --ckpt_path last
+    follows, without a word about the paused one (a new user then could not find how to continue it)."""
+    root, run = _copy(made, tmp_path)
+    atomic_write_json(run / "run.json", {**read_json(run / "run.json"), "status": "paused"})
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0
+    new = read_latest(root)
+    assert (f"note: the latest run in {str(root)!r}, {run.name}, stopped paused at step 6; this fit starts a new "
+            f"run, {new} (continue that one with LIT_PSION_RUN_ID={run.name} and no --ckpt_path)"
+            ) in capsys.readouterr().err  # fmt: skip
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0  # the latest: completed
+    assert "note: the latest run" not in capsys.readouterr().err
