@@ -49,7 +49,6 @@ from lit_psion.commands.fit_args import (
     expand_home,
     gather_files,
     known_cause,
-    place_wandb_runs,
     plain_parse_error,
     raised_in_lightning,
     refuse_lightning_optimizer_groups,
@@ -74,6 +73,7 @@ from lit_psion.commands.records import (
     what_remains,
 )
 from lit_psion.commands.roots import make_root, remove_if_empty
+from lit_psion.commands.wandb_runs import place_wandb_runs
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import (

@@ -78,3 +78,16 @@ def test_overlay_applies_on_top_of_a_preset(overlay: Path, tmp_path: Path, monke
     else:
         assert fit(*args) == 0
     assert read_json(tmp_path / read_latest(tmp_path) / "run.json")["status"] == "completed"
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if "BASE_RUN_ID" in p.read_text()], ids=lambda p: p.name)
+def test_an_adapter_preset_run_as_shipped_names_its_placeholder(preset: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Run unedited, it said the tokenizer file 'runs/BASE_RUN_ID/tokenizer.json' was not found (exit 3), never
+    naming the base run the preset waits for."""
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path), config=str(preset)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.init_args.base_checkpoint, data.init_args.tokenizer_file: still the preset's " \
+        "placeholder BASE_RUN_ID; give the base run directory" in err[0], err
+    assert not any(tmp_path.iterdir())

@@ -202,6 +202,9 @@ def setting_problems(config: Any, subcommand: str | None) -> list[str]:
     seed = config.get("seed_everything")
     if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
         problems.append(f"seed_everything must be in 0..{2**32 - 1}, got {seed!r}")
+    if placeholders := [key for key, value in config.items() if isinstance(value, str) and "BASE_RUN_ID" in value]:
+        problems.append(f"{', '.join(placeholders)}: still the preset's placeholder BASE_RUN_ID; give the base run "
+                        "directory (runs/<run id>, and its tokenizer.json) in its place")  # fmt: skip
     return problems
 
 
@@ -328,55 +331,6 @@ def refuse_unusable_ckpt_path(ckpt_path: str | None, manifest_file: str) -> None
                           "checkpoints/step-NNNNNN")  # fmt: skip
     raise ConfigError(f"--ckpt_path {ckpt_path!r} is not a lit_psion checkpoint directory (a "
                       f"<run>/checkpoints/step-NNNNNN with manifest.json); {fix}")
-
-
-def place_wandb_runs(loggers: list[Any], layout: RunLayout) -> None:
-    """Give each configured WandbLogger the run's id, name and directory; offline without an API key."""
-    from jsonargparse import Namespace
-
-    wandb = [entry for entry in loggers
-             if isinstance(entry, Namespace) and str(entry.get("class_path", "")).endswith("WandbLogger")]  # fmt: skip
-    if len(wandb) > 1:
-        projects = ", ".join(repr(entry.init_args.get("project")) for entry in wandb)
-        raise ConfigError(f"trainer.logger holds {len(wandb)} WandbLoggers (projects {projects}); a process logs to "
-                          "one W&B run, so the others would only reuse it: keep one")  # fmt: skip
-    for entry in wandb:
-        project = entry.init_args.get("project")
-        if isinstance(project, str) and (bad := sorted(set(project) & set(WANDB_PROJECT_FORBIDS))):
-            raise ConfigError(f"trainer.logger.init_args.project {project!r} holds {', '.join(map(repr, bad))}, "
-                              f"which W&B refuses in a project name ({' '.join(WANDB_PROJECT_FORBIDS)}); name it "
-                              "without them")  # fmt: skip
-        mode = os.environ.get("WANDB_MODE")
-        if mode is not None and mode not in WANDB_MODES:
-            raise ConfigError(f"WANDB_MODE is {mode!r}; W&B takes one of {', '.join(WANDB_MODES)} (unset it to log "
-                              "online with an API key, offline without)")  # fmt: skip
-        init_args = entry.init_args
-        for key in ("id", "version"):  # (WandbLogger's version is another name for the id)
-            if init_args.get(key) not in (None, layout.run_id):
-                raise ConfigError(f"trainer.logger.init_args.{key} {init_args.get(key)!r}: lit_psion gives the W&B "
-                                  f"run its run's id ({layout.run_id}), so each fit, and each resume of it, logs to "
-                                  f"its own W&B run; remove the {key} (a name of your own is kept)")  # fmt: skip
-        init_args.save_dir = str(layout.run_dir)
-        for key in ("id", "name"):
-            if init_args.get(key) is None:
-                init_args[key] = layout.run_id
-        if not _wandb_api_key() and "WANDB_MODE" not in os.environ and not init_args.get("offline"):
-            init_args.offline = True
-            print("lit_psion: no W&B API key: logging to W&B offline under the run directory (wandb sync to upload)",
-                  file=sys.stderr)  # fmt: skip
-
-
-WANDB_PROJECT_FORBIDS = "/\\#?%:"
-"""The characters W&B refuses in a project name."""
-WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
-"""The values W&B's settings accept for ``WANDB_MODE``."""
-
-
-def _wandb_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
 
 
 def raised_in_lightning(error: BaseException) -> bool:
