@@ -484,3 +484,16 @@ def test_a_fit_runs_lightnings_profiler_only_when_one_is_configured(profiler: st
         assert seen[1] == 2  # it timed both steps
     else:
         assert seen[0].profile("run_training_batch") is seen[0].profile("training_step")  # one shared no-op
+
+
+@pytest.mark.parametrize("args", [("--config", "configs/overlays/transactional.yaml"), ("--trainer.max_steps", "3")])
+def test_an_overlay_or_flags_without_a_preset_say_to_give_one_first(args: tuple[str, ...],
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Said "the following arguments are required: fit.data, fit.model", and not what to give."""
+    from lit_psion.cli import main
+
+    capsys.readouterr()
+    assert main(["fit", *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lit_psion: error: no data and no model configured; give a preset first (--config configs/decoder_tiny.yaml), "
+        "then any overlay (--config configs/overlays/...) and flags"]

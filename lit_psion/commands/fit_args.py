@@ -246,6 +246,10 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     one line that matters: which setting or class, what was wrong, and where the settings are listed (else
     ``message`` unchanged)."""
     flat = " ".join(message.split())
+    if (required := re.fullmatch(r"the following arguments are required: (?P<keys>.+)", flat)) is not None:
+        keys = [key.split(".", 1)[-1] for key in required["keys"].split(", ")]
+        return (f"no {' and no '.join(keys)} configured; give a preset first (--config configs/decoder_tiny.yaml), "
+                "then any overlay (--config configs/overlays/...) and flags")  # fmt: skip
     if (missing := _NO_VALUE.fullmatch(flat)) is not None:
         flag = missing["flag"]  # the parser names the group of a dotted flag whose value it took for a flag
         given = [arg for arg in argv if arg.startswith(flag + ".") and "=" not in arg]
