@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from lit_psion.core.contracts import TokenizedData
 from lit_psion.core.errors import ConfigError
+from lit_psion.core.text import printable
 
 MAX_NEW_TOKENS = 100_000
 """The longest sample (``python -m lit_psion generate``'s bound): a typo must not hang the end of a trained fit."""
@@ -80,5 +81,5 @@ class GenerateSample(Callback):
         self.text = tokenizer.decode(out[0].tolist())
         console = Console(highlight=False)
         console.rule("sample")
-        console.print(self.text, markup=False)
+        console.print(printable(self.text), markup=False)
         console.rule()

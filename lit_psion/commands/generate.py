@@ -25,6 +25,7 @@ from lit_psion.commands import CommandParser
 from lit_psion.commands.records import recorded_model_class
 from lit_psion.core import canonical_json, read_json, sha256_bytes
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
+from lit_psion.core.text import printable
 
 MERGE_RECORD = "merge.json"
 MAX_TOKENS, MAX_SAMPLES = 100_000, 1024
@@ -57,9 +58,12 @@ def main(args: list[str]) -> None:
     except UnicodeEncodeError as error:  # bytes the shell passed that are not UTF-8 (kept as surrogates)
         byte = error.object[error.start].encode("utf-8", "surrogateescape")
         parser.error(f"--prompt is not UTF-8 text (byte {byte!r} at character {error.start}); give UTF-8 text")
-    for text in sample(parsed.path, parsed.prompt, parsed.tokens, parsed.temperature, parsed.top_k, parsed.seed,
-                       parsed.samples, parsed.tokenizer):  # fmt: skip
-        print(text)
+    texts = sample(parsed.path, parsed.prompt, parsed.tokens, parsed.temperature, parsed.top_k, parsed.seed,
+                   parsed.samples, parsed.tokenizer)  # fmt: skip
+    for number, text in enumerate(texts, 1):
+        if len(texts) > 1:
+            print(f"--- sample {number} of {len(texts)} ---")
+        print(printable(text))
 
 
 def sample(path: Path, prompt: str, tokens: int, temperature: float, top_k: int | None, seed: int, samples: int,

@@ -47,6 +47,18 @@ def test_a_run_samples_the_same_text_for_the_same_seed(runs: dict, capsys: pytes
     assert _sample(capsys, str(runs["base"]), "--prompt", "The ", "--tokens", "30", "--seed", "2")[1] != first
 
 
+def test_several_samples_are_told_apart_and_control_characters_are_escaped(
+    runs: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two samples were printed back to back; a sampled NUL or ESC was printed raw (a log grep took for binary)."""
+    from lit_psion.commands import generate
+
+    code, out, _ = _sample(capsys, str(runs["base"]), "--prompt", "The ", "--tokens", "10", "--samples", "2")
+    assert code == 0 and out.startswith("--- sample 1 of 2 ---\nThe ") and "\n--- sample 2 of 2 ---\nThe " in out
+    monkeypatch.setattr(generate, "sample", lambda *args: ["a\x00b\x1b[2Jc\td\ne\x7f"])
+    assert _sample(capsys, str(runs["base"]))[1] == "a\\x00b\\x1b[2Jc\td\ne\\x7f\n"
+
+
 def test_checkpoints_adapter_runs_and_merged_adapters_sample(
     runs: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
