@@ -82,7 +82,8 @@ def last_values(series: Series) -> dict[str, float]:
 
 
 def plot_panel(runs: dict[str, Series], panel: str, path: Path) -> bool:
-    """Draw ``panel`` for every run (one colour per run, one line style per metric); False if nothing to draw.
+    """Draw ``panel`` for every run (one colour per run, one line style per metric; a single run's metrics each in a
+    colour of their own); False if nothing to draw.
 
     A panel in :data:`SEPARATE_SCALES` stacks one axes per metric (shared step axis), each on its own scale.
     """
@@ -103,7 +104,8 @@ def plot_panel(runs: dict[str, Series], panel: str, path: Path) -> bool:
                 steps, values = zip(*points, strict=True)
                 name = key if len(runs) == 1 else f"{label} {key}"
                 style = styles[keys.index(key) % len(styles)]
-                axes.plot(steps, values, style, color=f"C{colour}", label=name, marker="o" if len(points) < 3 else None)
+                hue = keys.index(key) if len(runs) == 1 else colour  # one run: a colour per metric, else per run
+                axes.plot(steps, values, style, color=f"C{hue}", label=name, marker="o" if len(points) < 3 else None)
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     grid[0, 0].set_title(title)

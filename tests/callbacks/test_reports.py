@@ -478,3 +478,18 @@ def test_compare_into_a_pipe_keeps_each_cell_whole(two_runs: tuple[Path, Path], 
     finals = done.stdout[done.stdout.index("final metrics"):]
     status_row = next(line for line in finals.splitlines() if "status" in line)
     assert status_row.count("completed") == 10 and "…" not in status_row, status_row
+
+
+def test_one_runs_metrics_on_one_axes_are_told_apart_by_colour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dashboard drew train/loss and val/loss in the same colour (only the line style differed); a comparison
+    keeps one colour per run."""
+    from lit_psion import report
+
+    drawn: list = []
+    monkeypatch.setattr(report, "_save", lambda figure, path: drawn.append(figure))
+    series = {"train/loss": [(1, 2.0), (2, 1.5), (3, 1.2)], "val/loss": [(2, 1.8), (3, 1.6), (4, 1.4)]}
+    assert report.plot_panel({"run": series}, "loss", tmp_path / "loss.png")
+    assert len({line.get_color() for line in drawn[-1].axes[0].lines}) == 2
+    assert report.plot_panel({"a": series, "b": series}, "loss", tmp_path / "loss.png")
+    colours = [line.get_color() for line in drawn[-1].axes[0].lines]
+    assert colours[0] == colours[1] != colours[2] == colours[3]
