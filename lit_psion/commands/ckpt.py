@@ -53,7 +53,7 @@ def main(args: list[str]) -> None:
         if damaged := [skipped for skipped in rejected if skipped.step in receipted.recorded]:
             raise CheckpointError(f"{damaged[0].path.name}, a durable checkpoint the receipts record, does not verify "
                                   f"({damaged[0].reason}); restore it from a backup (a resume would use "
-                                  f"{checkpoint.path.name})")  # fmt: skip
+                                  f"{checkpoint.path.name}: without a backup, delete it)")  # fmt: skip
         if (problem := _pointer_problem(layout, checkpoint.path.name, bool(receipted.recorded))) is not None:
             raise CheckpointError(f"{problem}; a resume would use {checkpoint.path.name} (the next checkpoint "
                                   "writes the pointer again)")  # fmt: skip

@@ -264,6 +264,10 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             return [Verdict(layout.pointer.name, True, "no checkpoint yet")]
         rejected: list[RejectedCheckpoint] = []
         resumed = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted)
+        for index, verdict in enumerate(verdicts):  # damaged, and older than what a resume loads: nothing needs it
+            if not verdict.ok and (step_of(verdict.artifact.rsplit("/", 1)[-1]) or resumed.step) < resumed.step:
+                verdicts[index] = dataclasses.replace(verdict, detail=f"{verdict.detail} (a resume skips it for "
+                                                      f"{resumed.path.name}: delete it if no backup holds it)")
         ok = resumed.path.name == pointer.checkpoint if pointer is not None else not receipted.recorded
         if pointer is None and ok:  # the pointer is written before a checkpoint's durable receipt
             detail = f"none yet (a kill before the first pointer leaves that); a resume loads {resumed.path.name}"

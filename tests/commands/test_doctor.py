@@ -473,3 +473,21 @@ def test_doctor_holds_the_text_a_run_trained_on_to_its_manifest_as_a_resume_woul
     corpus.unlink()
     assert main(["doctor", str(run)]) == 0
     assert "data sources: 0 of 1 match the data manifest; not found: 'corpus.txt'" in capsys.readouterr().out
+
+
+def test_a_damaged_checkpoint_a_resume_skips_is_named_as_one_to_delete(completed: RunLayout, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """After a resume fell back past a corrupt older checkpoint, doctor said "restore it from a backup" for good,
+    with no word that nothing needs it; without a backup there was no way back to all-ok."""
+    copy = RunLayout(tmp_path, completed.run_id)
+    shutil.copytree(completed.run_dir, copy.run_dir)
+    steps = sorted(path.name for path in copy.checkpoint_dirs())
+    assert len(steps) >= 2
+    flip(copy.checkpoints / steps[0] / "model.safetensors")
+    capsys.readouterr()
+    assert main(["doctor", str(copy.run_dir)]) == 4
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1 and failed[0].endswith(f"(a resume skips it for {steps[-1]}: delete it if no backup "
+                                                   "holds it)"), failed  # fmt: skip
+    shutil.rmtree(copy.checkpoints / steps[0])
+    assert main(["doctor", str(copy.run_dir)]) == 0
