@@ -452,9 +452,10 @@ class CorpusDataModule(ReplayDataModule):
         return DataManifest.from_json_dict(saved).describe_change(self.prepare())
 
     def _restore_hint(self, saved: dict[str, Any]) -> str:
-        if flags := DataManifest.from_json_dict(saved).settings_to_restore(self.prepare()):
-            return f"give the settings it was trained with ({' '.join(flags)})"
-        return super()._restore_hint(saved)
+        contexts = [getattr(callback, "run_context", None) for callback in getattr(self.trainer, "callbacks", [])]
+        start = next((context.resume_from for context in contexts if getattr(context, "resume_from", None)), None)
+        own = f"--config {Path(start).parent.parent / 'config.yaml'}" if start else "its own config"
+        return DataManifest.from_json_dict(saved).restore_hint(self.prepare(), own) or super()._restore_hint(saved)
 
     @property
     def vocab_size(self) -> int:

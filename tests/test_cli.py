@@ -437,6 +437,25 @@ def test_a_data_setting_that_differs_from_the_checkpoints_is_named_as_the_flag_t
                  "--data.test_fraction", "0.2"]) == 0  # fmt: skip
 
 
+def test_another_presets_run_is_named_as_such_not_given_flags_that_cannot_help(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A config of other files and other settings resuming a run was told to give the run's settings (the
+    --data.block_size ... flags), which still failed: the files and the tokenizer differ too."""
+    root = ("--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    other = tmp_path / "other.txt"
+    other.write_text("\n\n".join(f"Paragraph {i}: " + "other words here. " * 40 for i in range(30)))
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last", "--data.files", str(other),
+               "--data.block_size", "16") == 3  # fmt: skip
+    said = capsys.readouterr().err
+    assert "the run trained on other text ('fixtures/tiny_corpus.txt'): continue it with --config " \
+        f"{run / 'config.yaml'}, or start a new run without --ckpt_path" in said, said
+    assert "give the settings it was trained with" not in said
+
+
 def test_a_resumed_runs_config_yaml_does_not_name_the_checkpoint_it_resumed(tmp_path: Path) -> None:
     """`fit --config RUN/config.yaml` silently started from the checkpoint the recorded ckpt_path named (or failed
     with "nothing to train")."""

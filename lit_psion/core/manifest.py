@@ -114,6 +114,18 @@ class DataManifest:
                 changes.append(f"{field.name}: {_brief(before)} -> {_brief(after)}")
         return "; ".join(changes) or "no difference"
 
+    def restore_hint(self, other: DataManifest, own_config: str) -> str | None:
+        """How to give a checkpoint trained on this manifest's data its data again when ``other``'s was given: its
+        own config (``own_config``) when the two share no file (another preset's run, whose settings alone would not
+        do), else the flags of the settings that differ; None when neither helps."""
+        if not {source.sha256 for source in self.sources} & {source.sha256 for source in other.sources}:
+            shown = repr(self.sources[0].path) + (" and more" if len(self.sources) > 1 else "") if self.sources else ""
+            return f"the run trained on other text ({shown}): continue it with {own_config}, or start a new run " \
+                "without --ckpt_path"
+        if flags := self.settings_to_restore(other):
+            return f"give the settings it was trained with ({' '.join(flags)})"
+        return None
+
     def settings_to_restore(self, other: DataManifest) -> list[str]:
         """The ``--data.*`` flags that give ``other``'s data this manifest's settings again (empty: the settings
         are the same; the files or the tokenizer differ)."""
