@@ -108,6 +108,11 @@ def trusted_entry(path: Path) -> str | None:
     return None
 
 
+def trusted_digest(path: Path) -> str | None:
+    """The digest recorded beside the cached tokenizer at ``path`` when it was trained (None: no readable record)."""
+    return _recorded_digest(path.with_name(DIGEST_RECORD))
+
+
 def keep_recorded(path: Path, text: str) -> None:
     """Cache a trained tokenizer's ``text`` at ``path``, its digest recorded first (an entry is never unrecorded)."""
     atomic_write_text(path.with_name(DIGEST_RECORD), sha256_bytes(text.encode()) + "\n")

@@ -147,9 +147,14 @@ def _event_tokenizer(record: dict, cache_dir: Path) -> Verdict:
         return Verdict("event tokenizer", True, f"absent from {str(cache_dir)!r} (trained again from the run's "
                        "settings when needed, and checked against the manifest then)")  # fmt: skip
     if actual != (expected := record.get("tokenizer_digest")):
+        from lit_psion.datamodules.tokenizer import trusted_digest
+
+        then = ("the next events predict or resume sets it aside and trains it again (its own digest record "
+                "disagrees too)" if trusted_digest(path) != actual else "events predict refuses it (its digest "
+                "record was rewritten to match); use the cache the run trained with, or move the entry aside to "
+                "train it again")  # fmt: skip
         return Verdict("event tokenizer", False, f"{str(path)!r} (sha256 {actual[:16]}...) is not the tokenizer the "
-                       f"run trained with ({str(expected)[:16]}...): events predict refuses it; use the cache the "
-                       "run trained with, or move the entry aside to train it again", DataError.exit_code)  # fmt: skip
+                       f"run trained with ({str(expected)[:16]}...): {then}", DataError.exit_code)  # fmt: skip
     return Verdict("event tokenizer", True, f"matches the manifest's tokenizer_digest ({str(path)!r})")
 
 

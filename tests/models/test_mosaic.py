@@ -387,9 +387,11 @@ def test_doctor_checks_the_event_tokenizer_the_run_trained_with(trained: Path, c
         first, second = list(vocab)[-2:]
         vocab[first], vocab[second] = vocab[second], vocab[first]
         entry.write_text(json.dumps(spec))
+        assert main(["doctor", str(trained)]) == 3  # its own record disagrees: the cache's check sets it aside
+        assert "the next events predict or resume sets it aside and trains it again" in capsys.readouterr().out
         entry.with_name("tokenizer.sha256").write_text(sha256_file(entry) + "\n")
         assert main(["doctor", str(trained)]) == 3
-        assert "FAIL event tokenizer" in capsys.readouterr().out
+        assert "FAIL event tokenizer" in (out := capsys.readouterr().out) and "events predict refuses it" in out
         shutil.rmtree(entry.parent)
         assert main(["doctor", str(trained)]) == 0
         assert "ok   event tokenizer: absent from" in capsys.readouterr().out
