@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lit_psion.commands import CommandParser
-from lit_psion.commands.receipts import run_layout
+from lit_psion.commands.receipts import refuse_a_live_run, run_layout
 from lit_psion.commands.records import refuse_without_its_records
 from lit_psion.core.audit import check_chain, receipted_checkpoints, verify_in_its_run
 from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
@@ -41,6 +41,7 @@ def main(args: list[str]) -> None:
                               + (f" (the run keeps {', '.join(kept[-3:])})" if kept else ""))  # fmt: skip
     rejected: list[RejectedCheckpoint] = []
     layout = run_layout(parsed.run_dir)
+    refuse_a_live_run(layout, f"ckpt {parsed.action}")
     receipted = receipted_checkpoints(layout)
     checkpoint = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted)
     for skipped in rejected:

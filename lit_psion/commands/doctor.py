@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 
 from lit_psion.commands import CommandParser
-from lit_psion.commands.receipts import run_layout
+from lit_psion.commands.receipts import refuse_a_live_run, run_layout
 from lit_psion.commands.records import metrics_problem
 from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.audit import Verdict, audit_run
-from lit_psion.core.errors import DataError, EvidenceError, LitPsionError, LockedError
+from lit_psion.core.errors import DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_plain
-from lit_psion.core.lock import lock_holder
 from lit_psion.core.manifest import DataManifest
 
 
@@ -35,9 +34,7 @@ def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion doctor")
     parser.add_argument("run_dir", type=Path)
     layout = run_layout(parser.parse_args(args).run_dir)
-    if (holder := lock_holder(layout.run_dir)) is not None:
-        raise LockedError(f"run {layout.run_id!r} is being written by {holder.describe()}; its files change under "
-                          "a check: run doctor once that fit has finished")  # fmt: skip
+    refuse_a_live_run(layout, "doctor")
     verdicts = [*audit_run(layout), *_metrics(layout), *_sources(layout), *_token_cache(layout), *_adapter(layout)]
     for verdict in verdicts:
         print(verdict.line())

@@ -11,8 +11,9 @@ from lit_psion.core.audit import check_chain, consolidation_log
 from lit_psion.core.chain import parse_receipt, torn_tail, verify_log
 from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import ConfigError, EvidenceError
+from lit_psion.core.errors import ConfigError, EvidenceError, LockedError
 from lit_psion.core.layout import RECEIPTS_FILE, not_a_run
+from lit_psion.core.lock import lock_holder
 from lit_psion.core.run import RUN_ID_ENV
 
 
@@ -35,6 +36,18 @@ def run_layout(run_dir: Path) -> RunLayout:
         raise ConfigError(not_a_run(run_dir))
     layout.refuse_special_files()
     return layout
+
+
+def refuse_a_live_run(layout: RunLayout, command: str) -> None:
+    """A run a fit is writing changes under a check (its chain grows past the anchors just read, retention deletes
+    checkpoints): refused, as doctor does, rather than reported as tampered with.
+
+    Raises:
+        LockedError: a process holds the run's lock (exit 8, naming it).
+    """
+    if (holder := lock_holder(layout.run_dir)) is not None:
+        raise LockedError(f"run {layout.run_id!r} is being written by {holder.describe()}; its files change under a "
+                          f"check: run {command} once that fit has finished")  # fmt: skip
 
 
 def main(args: list[str]) -> None:
@@ -62,6 +75,7 @@ def main(args: list[str]) -> None:
         return
     run = RunLayout.of(given.parent) if in_a_run else None
     layout = run or run_layout(given)
+    refuse_a_live_run(layout, "receipts verify")
     if run is None:
         result = check_chain(layout, RunRecord.load(layout))  # EvidenceError (exit 5) names the first problem
         print(f"ok: {result.describe()}")

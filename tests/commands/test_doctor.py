@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -220,13 +221,18 @@ def test_a_run_that_lost_its_run_json_is_evidence_not_a_wrong_argument(
     assert f"has receipts or checkpoints but no run.json ('{copy.run_file}' {said})" in capsys.readouterr().err
 
 
-def test_doctor_does_not_judge_a_run_while_it_is_being_written(completed: RunLayout,
-                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+@pytest.mark.parametrize("command", [["doctor"], ["receipts", "verify"], ["ckpt", "verify"], ["ckpt", "consolidate"]])
+def test_no_check_judges_a_run_while_it_is_being_written(completed: RunLayout, capsys: pytest.CaptureFixture,
+                                                         command: list[str]) -> None:  # fmt: skip
+    """receipts verify and ckpt verify on a live run said now and then that it was truncated (its chain ran past
+    the anchors just read) or that its pointer named a checkpoint a resume would not use: tampering, falsely."""
     with RunLock(completed.run_dir, purpose="fit"):
         capsys.readouterr()
-        assert main(["doctor", str(completed.run_dir)]) == 8
-        assert "is being written by pid" in capsys.readouterr().err
-    assert main(["doctor", str(completed.run_dir)]) == 0
+        assert main([*command, str(completed.run_dir)]) == 8
+        assert f"is being written by pid {os.getpid()}" in (err := capsys.readouterr().err)
+        assert f"run {' '.join(command)} once that fit has finished" in err
+    if command != ["ckpt", "consolidate"]:  # (a single-file checkpoint has nothing to consolidate)
+        assert main([*command, str(completed.run_dir)]) == 0
 
 
 def test_a_run_on_generated_data_has_its_data_manifest_checked_not_refused(
