@@ -170,14 +170,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def _field_problems(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """The fields of ``meta`` whose values are not of their kind (what merge and inspect compute with)."""
-    from lit_psion.nn.lora import ALPHA_MAX
+    from lit_psion.nn.lora import ALPHA_MAX, TARGETS
 
     number = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     checks = {
         "rank": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "not a positive integer"),
         "alpha": (lambda v: number(v) and 0 < v <= ALPHA_MAX, f"not a number in (0, {ALPHA_MAX:g}]"),
-        "targets": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str) for t in v),
-                    "not a list of layer names"),
+        "targets": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str) and t in TARGETS for t in v),
+                    f"not a list of LoRA targets ({', '.join(TARGETS)})"),
         "decoder_config": (lambda v: isinstance(v, dict), "not a decoder config (a JSON object)"),
         **{name: (lambda v: isinstance(v, str), "not a string")
            for name in ("base_checkpoint_digest", "dtype", *DIGESTS)},

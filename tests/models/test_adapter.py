@@ -261,7 +261,7 @@ TAMPERED = {  # case: (tamper, what the one error line must say)
     "alpha-a-string-forged": (_forged("alpha", "16"), ["alpha is '16', not a number in (0, 1e+06]"]),
     "rank-a-boolean-forged": (_forged("rank", True), ["rank is True, not a positive integer"]),
     "rank-zero-forged": (_forged("rank", 0), ["rank is 0, not a positive integer"]),
-    "targets-a-string-forged": (_forged("targets", "lm_head"), ["targets is 'lm_head', not a list"]),
+    "targets-a-string-forged": (_forged("targets", "lm_head"), ["targets is 'lm_head', not a list of LoRA targets"]),
     "config-a-list-forged": (_forged("decoder_config", [1]), ["decoder_config is [1], not a decoder config"]),
     "int-tensors-forged": (_forged(tensors=lambda w: {k: v.to(torch.int64) for k, v in w.items()}),
                            ["as torch.int64, not floating point"]),

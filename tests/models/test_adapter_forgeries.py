@@ -18,6 +18,7 @@ FORGED = {  # case: (forgery, what the one error line says, whether inspect refu
     "head-weight-added": (_forged(tensors=lambda w: {**w, "model.head.base.weight": torch.zeros(2, 2)}),
                           "holds 'model.head.base.weight', which is not a LoRA factor", True),
     "alpha-huge": (_forged("alpha", 1e300), "alpha is 1e+300, not a number in (0, 1e+06]", True),
+    "target-unknown": (_forged("targets", ["bogus"]), "targets is ['bogus'], not a list of LoRA targets", True),
     "update-overflows": (_forged(tensors=lambda w: {k: v * 1e30 for k, v in w.items()}),
                          "gives a weight that is not finite (its factors are finite, their update overflows)", False),
 }  # fmt: skip
