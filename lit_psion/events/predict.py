@@ -17,6 +17,7 @@ import torch
 
 from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.errors import CheckpointError, DataError
+from lit_psion.core.files import unique_keys
 from lit_psion.events.envelope import EventEnvelope, EventError
 
 
@@ -33,9 +34,11 @@ def read_events(path: Path) -> list[EventEnvelope]:
         if not line.strip():
             continue
         try:
-            events.append(EventEnvelope.from_json_dict(json.loads(line)))
+            events.append(EventEnvelope.from_json_dict(json.loads(line, object_pairs_hook=unique_keys)))
         except json.JSONDecodeError as error:
             raise EventError(f"{path}:{number}: not JSON ({error.msg})") from error
+        except ValueError as error:  # a key given twice: which value counts would be the parser's choice
+            raise EventError(f"{path}:{number}: not an event ({error}); give each key once") from error
         except RecursionError as error:
             raise EventError(f"{path}:{number}: not an event (nested too deeply to read)") from error
         except EventError as error:

@@ -278,6 +278,20 @@ def test_an_events_file_nested_too_deeply_is_one_line_naming_it(tmp_path: object
     assert raised.value.exit_code == 3
 
 
+def test_an_event_with_a_key_given_twice_is_one_line_naming_it(tmp_path: object) -> None:
+    """`"id": "e1", ..., "id": "e9"` was read as e9 without a word (the parser keeps the last)."""
+    from pathlib import Path
+
+    from lit_psion.events.predict import read_events
+
+    path = Path(str(tmp_path)) / "twice.jsonl"
+    path.write_text('{"id": "e1", "type": "Message", "sender": "a", "seq": 1, "payload": {}, "id": "e9"}\n')
+    with pytest.raises(EventError, match=f"^{path}:1: not an event \\(the key 'id' twice in one object\\); give "
+                       "each key once$") as raised:  # fmt: skip
+        read_events(path)
+    assert raised.value.exit_code == 3
+
+
 ESCAPED = [("open\n   2 Message  agent  +1 open", "open\\n   2 Message  agent  +1 open"),
            ("\x1b[31mred", "\\x1b[31mred"), ("tab\there", "tab\\there"), ("café ok", "café ok")]
 
