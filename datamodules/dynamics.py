@@ -127,6 +127,8 @@ class DynamicsDataModule(ReplayDataModule):
             problems.append(f"system must be oscillators, lorenz or linear, got {system!r}")
         if steps <= window:
             problems.append(f"steps ({steps}) must exceed window ({window})")
+        if not (isinstance(dt, int | float) and not isinstance(dt, bool) and 0 < dt <= 1):
+            problems.append(f"dt must be a time step in (0, 1], got {dt!r} (a negative one integrates backwards)")
         self._refuse_bad_settings(*problems)
 
     @property

@@ -193,6 +193,8 @@ BAD_SETTINGS = [
     ("dynamics", {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
     ("dynamics", {"system": "pendulum"}, "system must be oscillators, lorenz or linear, got 'pendulum'"),
     ("dynamics", {"steps": 8}, r"steps \(8\) must exceed window \(8\)"),
+    ("dynamics", {"dt": -0.1}, r"dt must be a time step in \(0, 1\], got -0.1"),  # was taken: integrated backwards
+    ("dynamics", {"dt": float("nan")}, r"dt must be a time step in \(0, 1\], got nan"),
     ("events", {"batch_size": 0}, "batch_size must be a positive integer, got 0"),
     ("events", {"vocab_size": 100}, "vocab_size must be >= 300"),
     ("events", {"n_train": 0, "block_size": 0}, "n_train must .*block_size must"),
