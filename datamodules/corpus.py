@@ -454,7 +454,7 @@ class CorpusDataModule(ReplayDataModule):
     def _restore_hint(self, saved: dict[str, Any]) -> str:
         contexts = [getattr(callback, "run_context", None) for callback in getattr(self.trainer, "callbacks", [])]
         start = next((context.resume_from for context in contexts if getattr(context, "resume_from", None)), None)
-        own = f"--config {Path(start).parent.parent / 'config.yaml'}" if start else "its own config"
+        own = f"--config {RunLayout.of(Path(start).parent.parent).config}" if start else "its own config"
         return DataManifest.from_json_dict(saved).restore_hint(self.prepare(), own) or super()._restore_hint(saved)
 
     @property
