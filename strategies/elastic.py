@@ -2,8 +2,9 @@
 
 Launched by torchrun (elastic or not), each worker names its node (``LIT_PSION_NODE_ID``, else the
 host name). At setup, every rank gathers every rank's node id, so all ranks hold the same member
-list; the previous membership comes from the checkpoint being resumed (not from any agent's own
-restart count), so the new ``membership_epoch`` is identical on every rank. Rank 0 writes
+list; the previous membership comes from the checkpoint being resumed and the run's last membership
+receipt (not from any agent's own restart count, nor from ``membership.json`` alone, which has no digest),
+so the new ``membership_epoch`` is identical on every rank. Rank 0 writes
 ``membership.json`` and, once training starts, a ``membership`` receipt: epoch, previous and new
 members with their states, world sizes, the change (start, grow, shrink, replace, restart), the
 launcher's settings, the resumed checkpoint's manifest digest, the global cursor and the steps
@@ -19,10 +20,10 @@ checkpointed, and no rank decides alone.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -42,21 +43,25 @@ from lit_psion.core.chain import emit_receipt
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import ConfigError, MembershipChanged
+from lit_psion.core.errors import ConfigError, EvidenceError, MembershipChanged
 from lit_psion.core.files import atomic_write_json
 from lit_psion.core.membership import (
     MESH_SETTINGS_ENV,
     NODE_ID_ENV,
     NODE_INSTANCE_ENV,
     NODE_MARKERS_ENV,
+    STOPPING,
     Membership,
     MembershipChange,
     NodeState,
+    check_global_batch,
     classify,
+    last_receipted,
     next_membership,
     read_drain_requests,
     read_membership,
     second_launches,
+    trusted_previous,
     write_drain_requests,
     write_membership,
 )
@@ -144,9 +149,8 @@ class ElasticMeshStrategy(DDPStrategy):
         manifest = run.resume_manifest
         recorded = manifest.membership if manifest is not None and run.resume_from is not None else None
         checkpointed = Membership.from_json_dict(recorded) if recorded else None
-        last = self._last_epoch(run.layout)  # an epoch that ended before its first checkpoint still counts
-        self.previous = last if last is not None and (checkpointed is None or last.epoch >= checkpointed.epoch) \
-            else checkpointed
+        _check_global_batch(trainer)
+        self.previous = self._previous_epoch(run.layout, checkpointed)
         members, instances = self._gather_node_ids(self.previous)
         self.change = classify(self.previous, members)
         self.membership = next_membership(self.previous, members, self.world_size, instances)
@@ -155,16 +159,27 @@ class ElasticMeshStrategy(DDPStrategy):
             requests = read_drain_requests(run.layout)  # a drain is done once its node has left
             write_drain_requests(run.layout, {node: at for node, at in requests.items() if node in members})
 
-    def _last_epoch(self, layout: RunLayout) -> Membership | None:
-        """The epoch that ran last (rank 0 reads ``membership.json`` and tells every rank)."""
+    def _previous_epoch(self, layout: RunLayout, checkpointed: Membership | None) -> Membership | None:
+        """The epoch that ran last, as the receipts and the resumed checkpoint record it (an epoch that ended before
+        its first checkpoint still counts); ``membership.json`` adds its drain marks and launch tokens where it
+        agrees with them. Rank 0 reads and tells every rank, so a damaged or edited file stops every rank alike."""
         box: list[Any] = [None]
         if self.is_global_zero:
-            with contextlib.suppress(ConfigError, OSError, ValueError):
-                last = read_membership(layout)
-                box = [last.to_json_dict() if last is not None else None]
+            try:
+                receipted = last_receipted(layout.receipts, layout.run_id)
+                last = trusted_previous(checkpointed, receipted, read_membership(layout), layout.membership)
+                box = [("epoch", last.to_json_dict() if last is not None else None)]
+            except EvidenceError as error:
+                box = [("damaged", str(error))]
+            except OSError as error:  # told to every rank: none waits for a broadcast that never comes
+                box = [("damaged", f"cannot read {error.filename or layout.run_dir} ({error.strerror or error}); "
+                                   "make the run directory readable and launch again")]  # fmt: skip
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.broadcast_object_list(box, src=0)
-        return Membership.from_json_dict(box[0]) if box[0] else None
+        what, said = box[0]
+        if what == "damaged":
+            raise EvidenceError(said)
+        return Membership.from_json_dict(said) if said else None
 
     def _gather_node_ids(self, previous: Membership | None) -> tuple[list[str], dict[str, str]]:
         """Every rank's node id in rank order, and each node's launch token: the same on every rank.
@@ -264,8 +279,12 @@ class ElasticMeshStrategy(DDPStrategy):
 
     def stop_reason(self) -> str | None:
         """``membership_changed`` if this worker stopped because the mesh re-forms (a drained node too: the run
-        was not drained, one of its nodes was)."""
-        return "membership_changed" if _stopped is not None else None
+        was not drained, one of its nodes was); None when its ``mesh launch`` was told to stop (SIGTERM, Ctrl-C), so
+        the pause is receipted with its cause, ``SIGTERMException``, as any fit's pause by a signal is."""
+        markers = os.environ.get(NODE_MARKERS_ENV)
+        if _stopped is None or (markers and (Path(markers) / STOPPING).exists()):
+            return None
+        return "membership_changed"
 
     def membership_record(self) -> dict[str, Any] | None:
         """What a checkpoint records of the mesh it was written in."""
@@ -287,6 +306,20 @@ def _exit_with_the_agent() -> None:
         os._exit(EXIT_ORPHANED)  # no clean-up: the node is gone; the mesh resumes from its durable checkpoint
 
     threading.Thread(target=watch, name="lit_psion-agent-watch", daemon=True).start()
+
+
+def _check_global_batch(trainer: L.Trainer) -> None:
+    """Under ``mesh launch``: refuse, on every rank before a step trains, a global batch that a world size the
+    launch's ``--nnodes`` allows cannot split (the mesh would stop when a node joined or left)."""
+    nnodes = str(launch_settings().get("nnodes", ""))  # `mesh launch` checked it: N or MIN:MAX
+    batch_size = getattr(trainer.datamodule, "batch_size", None)
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    if re.fullmatch(COUNTS, nnodes) and isinstance(batch_size, int) and re.fullmatch(r"[1-9][0-9]*", per_node):
+        check_global_batch(batch_size, nnodes, int(per_node))
+
+
+COUNTS = r"[1-9][0-9]*(:[1-9][0-9]*)?"
+"""``N`` or ``MIN:MAX`` (``mesh launch`` checked its ``--nnodes``; ``LOCAL_WORLD_SIZE`` is one count)."""
 
 
 def launch_settings() -> dict[str, Any]:

@@ -44,6 +44,7 @@ from lit_psion.core.membership import (
     NODE_INSTANCE_ENV,
     NODE_MARKERS_ENV,
     STOPPING,
+    check_global_batch,
     read_drain_requests,
     read_membership,
     write_drain_requests,
@@ -131,8 +132,14 @@ def launch_node(parsed: object, extra: list[str]) -> int:
     for flag, seconds in (("--join-timeout", parsed.join_timeout), ("--last-call", parsed.last_call)):
         if seconds < 1:
             raise ConfigError(f"{flag} must be >= 1 second, got {seconds}")
+    for flag, count, least in (("--nproc-per-node", parsed.nproc_per_node, 1),
+                               ("--max-restarts", parsed.max_restarts, 0)):  # fmt: skip
+        if count < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {count}; give {flag} {least} or more")
     _check_nnodes(parsed.nnodes)
     _check_names(parsed)
+    if (batch_size := _global_batch(parsed.config, extra)) is not None:
+        check_global_batch(batch_size, parsed.nnodes, parsed.nproc_per_node)
     _wait_for_the_store(host, int(port), parsed.node_id, parsed.join_timeout)
     rdzv_conf = f"{RDZV_CONF},join_timeout={parsed.join_timeout},last_call_timeout={parsed.last_call}"
     settings = {"nnodes": parsed.nnodes, "rdzv_backend": "c10d", "rdzv_endpoint": parsed.store,
@@ -241,8 +248,28 @@ def _check_names(parsed: object) -> None:
     except ConfigError as error:
         raise ConfigError(str(error).replace(f"{RUN_ID_ENV}=", "--run-id ", 1)) from None
     node = parsed.node_id
-    if not node or Path(node).name != node or node in (".", "..") or not node.isprintable() or len(node) > 128:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", node):
         raise ConfigError(f"--node-id {node[:80]!r} is not a plain name (letters, digits, '-', '_'; no '/')")
+
+
+def _global_batch(configs: list[str], extra: list[str]) -> int | None:
+    """The ``data.batch_size`` the fit will train with, where the configs or arguments give one (the last wins, as
+    in the fit's own parser); None where none does (the data's default: each worker checks it at setup)."""
+    import yaml
+
+    found: object = None
+    for path in configs:
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
+            data = (yaml.safe_load(Path(path).read_text()) or {}).get("data")
+            if isinstance(data, dict):
+                found = (data.get("init_args") or {}).get("batch_size", data.get("batch_size", found))
+    for at, arg in enumerate(extra):
+        name, equals, value = arg.partition("=")
+        if name in ("--data.batch_size", "--data.init_args.batch_size"):
+            found = value if equals else (extra[at + 1] if at + 1 < len(extra) else found)
+    if isinstance(found, str) and found.isascii() and found.isdigit():
+        return int(found)
+    return found if isinstance(found, int) and not isinstance(found, bool) and found > 0 else None  # else the fit's
 
 
 def _check_listening(host: str, port: int) -> None:

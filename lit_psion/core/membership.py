@@ -7,7 +7,7 @@ and classify the change: ``start`` (no previous membership), ``grow`` (nodes add
 ``restart`` (the same nodes again). A drain is requested through ``drain_requests.json`` (``mesh
 drain``); the mesh marks the node ``draining``, checkpoints at the next step boundary, and the node
 leaves. The
-epoch is the previous one plus one, computed from the checkpoint, so it is identical on every
+epoch is the previous one plus one, computed from the checkpoint and the receipts, so it is identical on every
 rank whatever each agent's own restart count says. Framework-free.
 """
 
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.chain import parse_receipt, verify_log
+from lit_psion.core.errors import ConfigError, EvidenceError
 from lit_psion.core.files import atomic_write_json, read_json
 from lit_psion.core.layout import RunLayout
 
@@ -168,10 +171,108 @@ def next_membership(
 
 
 def read_membership(layout: RunLayout) -> Membership | None:
-    """The run's ``membership.json`` (None for a run that never had one)."""
+    """The run's ``membership.json`` (None for a run that never had one).
+
+    Raises:
+        EvidenceError: the file is not JSON, or not a membership record (exit 5, naming the file).
+    """
     if not layout.membership.is_file():
         return None
-    return Membership.from_json_dict(read_json(layout.membership))
+    try:
+        record = read_json(layout.membership)
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        return Membership.from_json_dict(record)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # ConfigError is a ValueError
+        cause = error.__cause__ or error
+        reason = f"missing {cause}" if isinstance(cause, KeyError) else str(cause)
+        raise EvidenceError(f"{str(layout.membership)!r} is damaged: not a membership record ({reason[:160]}); the "
+                            "mesh writes it at each membership epoch: remove it, and the next start writes it again "
+                            "from the run's receipts and checkpoint") from None  # fmt: skip
+
+
+def last_receipted(receipts: Path, run_id: str) -> Membership | None:
+    """The membership epoch the run's receipt chain records last (its last ``membership`` receipt; None if none).
+
+    Only the part of the chain that verifies is read (the fit's receipt log refuses or repairs the rest). The
+    receipt holds no launch tokens and no drain marks: those come from the checkpoint or ``membership.json``.
+    """
+    if not receipts.is_file():
+        return None
+    verified = verify_log(receipts, run_id=run_id)
+    last = None
+    for line in receipts.read_text(encoding="utf-8", errors="replace").splitlines()[: verified.count]:
+        receipt = parse_receipt(line)
+        if receipt.kind == "membership":
+            last = receipt.body
+    if last is None:
+        return None
+    return Membership.from_json_dict({"epoch": last["epoch"], "nodes": last["members"],
+                                      "world_size": last["world_size"]})  # fmt: skip
+
+
+def trusted_previous(checkpointed: Membership | None, receipted: Membership | None, recorded: Membership | None,
+                     where: Path) -> Membership | None:  # fmt: skip
+    """The previous epoch a worker-group start continues: what the checkpoint and the receipts record.
+
+    ``membership.json`` (``recorded``, at ``where``) carries no digest, so it only adds what they cannot know: the
+    drain marks and launch tokens of the epoch they record last. It is trusted where it agrees with that epoch, and
+    ignored where it is the epoch after it (written at a start that was stopped, or refused, before it trained and
+    was receipted). Anything else is an edited or damaged file.
+
+    Raises:
+        EvidenceError: ``membership.json`` disagrees with the receipts and checkpoint (exit 5, naming the file).
+    """
+    known = [epoch for epoch in (checkpointed, receipted) if epoch is not None]
+    last = max(known, key=lambda epoch: epoch.epoch, default=None)  # the checkpoint's on a tie: it has drain marks
+    if recorded is None or recorded.epoch == (last.epoch if last else 0) + 1:
+        return last
+    if last is not None and _agrees(recorded, last):
+        marked = last.draining([node for node, state in recorded.nodes.items() if state == NodeState.DRAINING])
+        return dataclasses.replace(marked, instances=marked.instances or recorded.instances)
+    said = f"epoch {last.epoch} ({_nodes(last)}, world size {last.world_size})" if last else "no membership epoch"
+    raise EvidenceError(f"{str(where)!r} does not match the run's receipts and checkpoint: it says epoch "
+                        f"{recorded.epoch} ({_nodes(recorded)}, world size {recorded.world_size}), they record {said}; "
+                        "it was edited or damaged: remove it, and the next start writes it again from them")
+
+
+TRAINING = {NodeState.ACTIVE, NodeState.DRAINING}
+
+
+def _agrees(recorded: Membership, last: Membership) -> bool:
+    """The same epoch, nodes and world size; states alike but for drain marks; launch tokens alike where known."""
+    same_states = all(state == last.nodes[node] or {state, last.nodes[node]} <= TRAINING
+                      for node, state in recorded.nodes.items()) if set(recorded.nodes) == set(last.nodes) else False
+    tokens = not last.instances or recorded.instances == last.instances
+    return (recorded.epoch, recorded.world_size) == (last.epoch, last.world_size) and same_states and tokens
+
+
+def _nodes(membership: Membership) -> str:
+    return ", ".join(f"{node} {state}" for node, state in sorted(membership.nodes.items()))
+
+
+def world_sizes(nnodes: str, nproc_per_node: int) -> list[int]:
+    """The world sizes a mesh launched with ``--nnodes MIN:MAX`` (or ``N``) and ``nproc_per_node`` can take."""
+    low, _, high = nnodes.partition(":")
+    return [nodes * nproc_per_node for nodes in range(int(low), int(high or low) + 1)]
+
+
+def check_global_batch(batch_size: int, nnodes: str, nproc_per_node: int) -> None:
+    """Refuse a global batch some world size of the mesh cannot split evenly (the mesh would stop when it grew or
+    shrank to it).
+
+    Raises:
+        ConfigError: a world size ``--nnodes`` allows does not divide ``batch_size`` (exit 2).
+    """
+    sizes = world_sizes(nnodes, nproc_per_node)
+    if uneven := [size for size in sizes if batch_size % size]:
+        every = math.lcm(*sizes)
+        fits = max(every, -(-batch_size // every) * every)
+        per_node = f" x {nproc_per_node} processes per node" if nproc_per_node > 1 else ""
+        raise ConfigError(f"batch_size {batch_size} (the global batch) cannot be split evenly over world size "
+                          f"{', '.join(map(str, uneven))}, which --nnodes {nnodes}{per_node} lets the mesh take "
+                          f"(world sizes {', '.join(map(str, sizes))}); give a --data.batch_size every one divides "
+                          f"(such as {fits}), or change --nnodes or --nproc-per-node")  # fmt: skip
 
 
 def write_membership(layout: RunLayout, membership: Membership) -> None:

@@ -123,3 +123,59 @@ SAME, OTHER_LR, OTHER_CKPT = ("ck1", {"lr": 0.003}), ("ck1", {"lr": 0.1}), ("ck0
 def test_a_joiner_unlike_the_last_epochs_nodes_is_the_one_turned_away(views, incumbents, away) -> None:
     assert mismatched_joiners(views, incumbents) == away
 
+
+
+TWO = next_membership(None, ["a", "b"], 2, {"a": "ta", "b": "tb"})
+RECEIPTED = Membership(epoch=1, nodes=dict(TWO.nodes), world_size=2)  # a receipt records no launch tokens
+TRUST = [  # (case, checkpoint's, receipts', membership.json, the previous epoch; None: refused)
+    ("nothing recorded", None, None, None, None),
+    ("the receipts only", None, RECEIPTED, None, RECEIPTED),
+    ("the file agrees", None, RECEIPTED, TWO, TWO),
+    ("the file marks a drain", TWO, RECEIPTED, TWO.draining(["b"]), TWO.draining(["b"])),
+    ("the checkpoint marked a drain", TWO.draining(["b"]), RECEIPTED, TWO, TWO.draining(["b"])),
+    ("a start stopped before its receipt", TWO, RECEIPTED, next_membership(TWO, ["a", "z"], 2), TWO),
+    ("the first start stopped before its receipt", None, None, TWO, None),
+    ("an epoch that ended before a checkpoint", EPOCH_3, next_membership(EPOCH_3, ["a"], 1), None,
+     next_membership(EPOCH_3, ["a"], 1)),
+    ("an edited epoch", TWO, RECEIPTED, Membership(epoch=1000, nodes={"x": NodeState.ACTIVE}, world_size=7), "x"),
+    ("an edited node", None, RECEIPTED, next_membership(None, ["a", "x"], 2), "x"),
+    ("an edited world size", None, RECEIPTED, Membership(epoch=1, nodes=dict(TWO.nodes), world_size=7), "7"),
+    ("an edited launch token", TWO, RECEIPTED, next_membership(None, ["a", "b"], 2, {"a": "ta", "b": "evil"}), "1"),
+    ("a later epoch with no receipt", None, None, next_membership(TWO, ["a"], 1), "epoch 2"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "checkpointed", "receipted", "recorded", "previous"), TRUST,
+                         ids=[t[0] for t in TRUST])  # fmt: skip
+def test_the_previous_epoch_is_what_the_receipts_and_checkpoint_record(
+    case, checkpointed, receipted, recorded, previous
+) -> None:
+    """membership.json has no digest: it only adds drain marks and launch tokens to the epoch the receipts and the
+    checkpoint record last, and is refused (exit 5, naming it) where it says something else."""
+    from pathlib import Path
+
+    from lit_psion.core.errors import EvidenceError
+    from lit_psion.core.membership import trusted_previous
+
+    where = Path("runs/m/membership.json")
+    if isinstance(previous, str):
+        with pytest.raises(EvidenceError, match=f"'runs/m/membership.json' does not match .*{previous}") as refused:
+            trusted_previous(checkpointed, receipted, recorded, where)
+        assert refused.value.exit_code == 5
+    else:
+        assert trusted_previous(checkpointed, receipted, recorded, where) == previous
+
+
+@pytest.mark.parametrize(("batch", "nnodes", "per_node", "uneven"), [
+    (12, "1:3", 1, None), (12, "2:4", 1, None), (8, "1:3", 1, "3"), (8, "3", 1, "3"), (12, "1:2", 3, None),
+    (9, "1:2", 3, "6"), (8, "1:5", 1, "3, 5"),
+])  # fmt: skip
+def test_a_global_batch_must_split_over_every_world_size_the_launch_allows(batch, nnodes, per_node, uneven) -> None:
+    from lit_psion.core.membership import check_global_batch, world_sizes
+
+    assert world_sizes("2:4", 2) == [4, 6, 8] and world_sizes("3", 1) == [3]
+    if uneven is None:
+        check_global_batch(batch, nnodes, per_node)
+        return
+    with pytest.raises(ConfigError, match=f"batch_size {batch} .* over world size {uneven}, which --nnodes {nnodes}"):
+        check_global_batch(batch, nnodes, per_node)

@@ -352,7 +352,8 @@ def _one_node(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, floa
 
 
 def test_a_node_that_finds_no_mesh_within_the_join_timeout_exits_rendezvous_timeout(tmp_path: Path) -> None:
-    node, seconds = _one_node(tmp_path, "--nnodes", "2:3", "--run-id", "lonely", "--join-timeout", "3")
+    node, seconds = _one_node(tmp_path, "--nnodes", "2:3", "--run-id", "lonely", "--join-timeout", "3",
+                              "--data.batch_size", "12")
     assert node.returncode == 12, node.stderr[-2000:]
     assert "no mesh of --nnodes 2:3 formed" in node.stderr.splitlines()[-1]
     assert "Traceback" not in node.stderr, "the timeout is one line, not also the agent's traceback"

@@ -4,6 +4,7 @@ for each way its agent ends, in place of torchrun's tracebacks."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -122,6 +123,9 @@ def test_a_stopped_node_pauses_in_one_line_and_a_completed_runs_closed_rendezvou
         assert "node A paused after the checkpoint of step" in err and "mesh re-forms" not in err
         assert "stopped by SIGTERM: its workers paused run long" in err
         assert read_json(tmp_path / "long" / "run.json")["status"] == "paused"
+        paused = [json.loads(line)["body"] for line in (tmp_path / "long" / "receipts.jsonl").read_text().splitlines()
+                  if '"training_run"' in line][-1]  # fmt: skip
+        assert (paused["event"], paused["outcome"]) == ("paused", "SIGTERMException"), "a pause, not a re-forming"
         done = subprocess.run([*launch, "--run-id", "short", "--trainer.max_steps", "2"], env=env,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
