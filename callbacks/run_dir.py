@@ -37,7 +37,7 @@ from lit_psion.core.errors import (
     failure_class,
 )
 from lit_psion.core.layout import RunLayout
-from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, mismatched_joiners, read_membership
+from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, last_receipted, mismatched_joiners
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.run import read_latest, write_latest
 from lit_psion.loggers import RunCSVLogger
@@ -258,10 +258,11 @@ DATA = "data manifest"
 
 
 def _incumbents(layout: RunLayout) -> list[str]:
-    """The nodes that trained the run's last membership epoch (none for a new run or an unreadable record)."""
+    """The nodes that trained the run's last membership epoch, as its receipt chain records them (membership.json
+    has no digest: an edited one would choose who is turned away); none for a new run or an unreadable chain."""
     try:
-        last = read_membership(layout)
-    except (ConfigError, OSError, ValueError):
+        last = last_receipted(layout.receipts, layout.run_id)
+    except (LitPsionError, OSError, ValueError):
         return []
     return list(last.training) if last is not None else []
 

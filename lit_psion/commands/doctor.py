@@ -12,6 +12,7 @@ Exit 0 when every artifact verifies; otherwise the exit code of the first failin
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -35,7 +36,8 @@ def main(args: list[str]) -> None:
     parser.add_argument("run_dir", type=Path)
     layout = run_layout(parser.parse_args(args).run_dir)
     refuse_a_live_run(layout, "doctor")
-    verdicts = [*audit_run(layout), *_metrics(layout), *_sources(layout), *_token_cache(layout), *_adapter(layout)]
+    verdicts = [*audit_run(layout), *_metrics(layout), *_membership(layout), *_sources(layout), *_token_cache(layout),
+                *_adapter(layout)]
     for verdict in verdicts:
         print(verdict.line())
     failed = [verdict for verdict in verdicts if not verdict.ok]
@@ -53,6 +55,45 @@ def _metrics(layout: RunLayout) -> list[Verdict]:
         return [Verdict(layout.metrics.name, False, f"a resume cannot continue it ({problem}); restore it from a "
                         "backup, or move it aside", EvidenceError.exit_code)]  # fmt: skip
     return [Verdict(layout.metrics.name, True, "readable by step")]
+
+
+def _membership(layout: RunLayout) -> list[Verdict]:
+    """A mesh run's membership: each receipted epoch follows the one before it (epoch, members, world size), and
+    membership.json, which carries no digest, agrees with the last epoch the receipts and checkpoint record."""
+    from lit_psion.core.chain import parse_receipt, verify_log
+    from lit_psion.core.checkpoint import MANIFEST_FILE
+    from lit_psion.core.membership import Membership, last_receipted, read_membership, trusted_previous
+
+    try:
+        count = verify_log(layout.receipts, run_id=layout.run_id).count if layout.receipts.is_file() else 0
+        lines = layout.receipts.read_text(encoding="utf-8").splitlines()[:count] if count else []
+        epochs = [r.body for r in map(parse_receipt, lines) if r.kind == "membership"]
+    except (OSError, ValueError):
+        return []  # (the receipts verdict says what is wrong with the chain)
+    if not epochs and not (layout.membership.exists() or layout.membership.is_symlink()):
+        return []
+    name = layout.membership.name
+    for before, after in itertools.pairwise(epochs):
+        said = (before["epoch"] + 1, set(before["members"]), before["world_size"])
+        if (after["epoch"], set(after["previous_members"]), after["previous_world_size"]) != said:
+            return [Verdict(name, False, f"the membership receipt of epoch {after['epoch']} does not follow epoch "
+                            f"{before['epoch']}'s (its previous members {after['previous_members']}, world size "
+                            f"{after['previous_world_size']}): an epoch was started from an edited {name}; the run's "
+                            "membership history is not the mesh's", EvidenceError.exit_code)]  # fmt: skip
+    try:
+        pointer = read_json(layout.pointer) if layout.pointer.is_file() else {}
+        manifest = layout.checkpoints / str(pointer.get("checkpoint")) / MANIFEST_FILE
+        recorded = read_json(manifest).get("membership") if pointer and manifest.is_file() else None
+        checkpointed = Membership.from_json_dict(recorded) if isinstance(recorded, dict) else None
+        last = trusted_previous(checkpointed, last_receipted(layout.receipts, layout.run_id), read_membership(layout),
+                                layout.membership)  # fmt: skip
+    except EvidenceError as error:
+        return [Verdict(name, False, str(error), error.exit_code)]
+    except (OSError, ValueError, AttributeError):
+        return []  # (a pointer or manifest that cannot be read is the checkpoints verdict's)
+    where = f"epoch {last.epoch}, world size {last.world_size}" if last is not None else "no epoch yet"
+    return [Verdict(name, True, f"{len(epochs)} receipted epoch(s), each following the last; the mesh continues "
+                    f"from {where}")]
 
 
 def _sources(layout: RunLayout) -> list[Verdict]:

@@ -167,3 +167,19 @@ def test_a_mesh_launch_told_to_stop_pauses_with_the_signal_as_its_cause(
     assert elastic.ElasticMeshStrategy().stop_reason() == outcome
     monkeypatch.setattr(elastic, "_stopped", None)
     assert elastic.ElasticMeshStrategy().stop_reason() is None, "a worker that did not stop for the mesh"
+
+
+def test_doctor_holds_membership_json_to_the_epochs_the_receipts_record(run: RunLayout,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """doctor said "all artifacts verified" of a run whose membership.json said epoch 1000 and a node X that never
+    was: the file a worker-group start continues from, and the reference that decides which joiner is turned away."""
+    layout = run
+    capsys.readouterr()
+    assert main(["doctor", str(layout.run_dir)]) == 0
+    assert "ok   membership.json: 1 receipted epoch(s), each following the last; the mesh continues from epoch 1" \
+        in capsys.readouterr().out
+    record = {"epoch": 1000, "nodes": {"X": "active", "node-a": "offline"}, "world_size": 7, "instances": {}}
+    layout.membership.write_text(json.dumps(record))
+    assert main(["doctor", str(layout.run_dir)]) == 5
+    out = capsys.readouterr().out
+    assert "FAIL membership.json:" in out and "does not match the run's receipts and checkpoint" in out, out
