@@ -50,15 +50,15 @@ from typing_extensions import override
 
 from lit_psion.checkpoint_io import EXTRA_KEY, load_verified
 from lit_psion.core import RunContext, RunLayout, run_context, sha256_bytes
-from lit_psion.core.audit import check_skip_list, receipted_checkpoints
+from lit_psion.core.audit import check_skip_list, receipted_checkpoints, restore_target
 from lit_psion.core.chain import batch_digest, emit_receipt
-from lit_psion.core.checkpoint import VerifiedCheckpoint, resolve_checkpoint
+from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule, lr_flag
 from lit_psion.core.errors import CheckpointError, EvidenceError, TransactionError
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipts import TransactionReceipt
-from lit_psion.core.skip_list import SkipList, SkippedBatch
+from lit_psion.core.skip_list import SkipList, SkippedBatch, replayed_entries
 from lit_psion.core.step_logs import log_step_values
 from lit_psion.strategies.snapshot import StepSnapshot, copies, put_back, state_buffers
 
@@ -215,6 +215,9 @@ class Transactional:
             # here on: the receipts must back it, and every batch they record listing must be on it
             try:
                 backed, pending = check_skip_list(self._run.layout)  # listed past the chain's end: dropped
+                manifest = self._run.resume_manifest if self._run.resume_from is not None else None
+                if replayed := replayed_entries(self._run.layout, backed, manifest and manifest.step):
+                    backed, pending = [entry for entry in backed if entry not in replayed], pending + replayed
                 self.skip_list = SkipList(self._run.layout.skip_list, {entry.key: entry for entry in backed})
                 if pending and self.is_global_zero:
                     self.skip_list.save()  # those steps train again, and a failing streak lists them again
@@ -385,8 +388,10 @@ class Transactional:
         assert self._run is not None, "setup() runs before the first step"
         layout, refused = self._run.layout, None
         receipted = receipted_checkpoints(layout)  # held to the run's checkpoint receipts, as a resume is
+        every = next((getattr(c, "every_n_train_steps", None) for c in self.lightning_module.trainer.callbacks
+                      if isinstance(getattr(c, "every_n_train_steps", None), int)), None)  # (the run's schedule)
         try:
-            verified = resolve_checkpoint(layout, quiet=not self.is_global_zero, receipted=receipted)
+            verified = restore_target(layout, every, receipted, quiet=not self.is_global_zero)
         except CheckpointError as error:
             verified, refused = None, error
         mine = (verified.path.name, verified.manifest_sha256) if verified is not None else None
@@ -396,7 +401,7 @@ class Transactional:
                                   f"{self._run.layout.run_id} to restore (rank 0: {rank_zeros and rank_zeros[0]}, rank "
                                   f"{self.global_rank}: {mine and mine[0]}); put the runs directory on storage every "
                                   "rank sees alike, then continue with --ckpt_path last")  # fmt: skip
-        if verified is None and receipted.recorded:  # not "none yet": the ones its receipts record are damaged
+        if refused is not None and receipted.recorded:  # not "none yet": the ones its receipts record are damaged
             raise CheckpointError(f"{len(self._streak)} rollbacks in a row call for the last durable checkpoint, but "
                                   f"none of run {layout.run_id}'s verifies ({refused}); restore its checkpoints from "
                                   "a backup, then continue with --ckpt_path last")  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.chain import parse_receipt
 from lit_psion.core.errors import EvidenceError
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.layout import RunLayout, step_of
 
 SKIP_LIST_VERSION = 1
 
@@ -108,6 +108,28 @@ class SkipList:
         return len(self._batches)
 
 
+def replayed_entries(layout: RunLayout, entries: list[SkippedBatch], resumed_at: int | None) -> list[SkippedBatch]:
+    """The entries a resume from the checkpoint of step ``resumed_at`` trains again rather than skips: those listed
+    after it (a kill between a restore and the next checkpoint), whose steps the replay decides, and lists, again
+    as the uninterrupted run did. Not after a stop for divergence (exit 7): skipping the batches that stopped it
+    is how a resume gets past them (the same batches would stop it again)."""
+    if resumed_at is None:
+        return []
+    try:
+        diverged = read_json(layout.run_file).get("failure_class") == "diverged"
+    except (OSError, ValueError, AttributeError):
+        diverged = False
+    return [] if diverged else [entry for entry in entries if entry.step > resumed_at]
+
+
+def resumed_step(body: dict[str, Any]) -> int | None:
+    """The step of the checkpoint a ``resumed`` training_run receipt continued from (None for any other receipt)."""
+    lineage = body.get("checkpoint_lineage") or ()
+    if body.get("event") != "resumed" or not lineage or not isinstance(lineage[-1], str):
+        return None
+    return step_of(lineage[-1].split("@", 1)[0].rsplit("/", 1)[-1])
+
+
 def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[SkippedBatch]]:
     """The run's skip-listed batches the receipts back, and those listed past the chain's last transaction.
 
@@ -134,6 +156,8 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
                 receipt = parse_receipt(line)
                 if receipt.kind in ("training_run", "membership"):
                     streak = []  # (a streak carried over one is not counted: fewer steps required, never more)
+                if receipt.kind == "training_run" and (resumed := resumed_step(receipt.body)) is not None:
+                    listed = {step for step in listed if step <= resumed}  # later ones are trained (and listed) again
                 if receipt.kind != "transaction":
                     continue
                 step, action = int(receipt.body["step"]), receipt.body.get("action")

@@ -245,6 +245,27 @@ def test_a_run_started_by_mistake_names_the_paused_run_it_hides(layout: RunLayou
         resolve_checkpoint(layout)
 
 
+def test_a_restore_passes_over_a_checkpoint_an_uninterrupted_run_does_not_have(layout: RunLayout) -> None:
+    """A transactional run paused by SIGTERM at step 39 restored its step-39 pause checkpoint at the next failing
+    streak, where the uninterrupted run restored step 30: the resumed run trained on from other weights."""
+    from lit_psion.core.audit import restore_target
+    from lit_psion.core.checkpoint import CheckpointReceipts
+
+    receipts = CheckpointReceipts()
+    make_checkpoint(layout.checkpoints, 5, {"a": b"pause"})  # a pause's (or an earlier fit's max_steps) only
+    write_pointer(layout, verify_checkpoint(layout.checkpoint(5)))
+    assert restore_target(layout, 2, receipts) is None  # no scheduled checkpoint yet: as the uninterrupted run
+    assert restore_target(layout, None, receipts).step == 5  # no schedule known: the newest
+    four = make_checkpoint(layout.checkpoints, 4, {"a": b"scheduled"})
+    assert restore_target(layout, 2, receipts).step == 4
+    (four / "a").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match="no scheduled checkpoint of run 'run-a' verifies \\(step-000004: "):
+        restore_target(layout, 2, receipts)
+    make_checkpoint(layout.checkpoints, 6, {"a": b"next"})
+    write_pointer(layout, verify_checkpoint(layout.checkpoint(6)))
+    assert restore_target(layout, 2, receipts).step == 6
+
+
 def test_a_lost_pointer_falls_back_to_the_newest_checkpoint_that_verifies(layout: RunLayout) -> None:
     make_checkpoint(layout.checkpoints, 3, {"a": b"x"})
     make_checkpoint(layout.checkpoints, 6, {"a": b"y"})

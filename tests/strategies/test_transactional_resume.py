@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_psion.cli import main
 from lit_psion.core.run import read_latest
 from lit_psion.strategies.transactional import STATE_KEY
 from tests.helpers import assert_tree_equal, fit, fit_subprocess, latest_checkpoint
@@ -59,24 +60,31 @@ def _uninterrupted(tmp_path_factory: pytest.TempPathFactory, buffer_len: int, ro
     return _REFERENCES[buffer_len, rollback]
 
 
+STOPS = [pytest.param("sigkill-at-7", marks=pytest.mark.slow), "max_steps-6",  # killed: ~16 s
+         "max_steps-7",  # a checkpoint off the schedule (as a SIGTERM pause writes): the restore at 8 loaded it
+         pytest.param("sigkill-at-9", marks=pytest.mark.slow)]  # after the restore at 8 listed steps 6-8
+"""Where the first fit stops: the first two resume from step 6, ``max_steps-7`` from its own checkpoint at step 7."""
+
+
 @pytest.mark.parametrize("rollback", [False, True], ids=["all-commits", "rollback-streak-across-the-stop"])
-@pytest.mark.parametrize("stop", [pytest.param("sigkill-at-7", marks=pytest.mark.slow), "max_steps-6"])  # killed: ~16 s
+@pytest.mark.parametrize("stop", STOPS)
 @pytest.mark.parametrize("buffer_len", [1, 4])
 def test_a_stopped_transactional_run_resumes_bitwise(
     buffer_len: int, stop: str, rollback: bool, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     reference, reference_decisions = _uninterrupted(tmp_path_factory, buffer_len, rollback)
     common = (*DATA, "--trainer.default_root_dir", str(tmp_path))
-    if stop == "sigkill-at-7":
-        killed = _config(tmp_path / "killed.json", buffer_len, rollback, kill_at=7)
+    if stop.startswith("sigkill-at-"):
+        killed = _config(tmp_path / "killed.json", buffer_len, rollback, kill_at=int(stop.rsplit("-", 1)[1]))
         result = fit_subprocess(*common, "--config", killed, "--trainer.max_steps", str(N))
         assert result.returncode == -9, result.stderr[-2000:]
     else:
         stopped = _config(tmp_path / "stopped.json", buffer_len, rollback, kill_at=None)
-        assert fit(*common, "--config", stopped, "--trainer.max_steps", "6") == 0
+        assert fit(*common, "--config", stopped, "--trainer.max_steps", stop.rsplit("-", 1)[1]) == 0
     at_stop = latest_checkpoint(tmp_path)
-    assert at_stop["global_step"] == CHECKPOINT_STEP
-    assert len(at_stop[STATE_KEY]["ranks"][0]["buffer"]) == buffer_len - 1  # full: the next steps measure on it
+    assert at_stop["global_step"] == (7 if stop == "max_steps-7" else CHECKPOINT_STEP)
+    if stop != "max_steps-7":
+        assert len(at_stop[STATE_KEY]["ranks"][0]["buffer"]) == buffer_len - 1  # full: the next steps measure on it
     resume = _config(tmp_path / "resume.json", buffer_len, rollback, kill_at=None)
     assert fit(*common, "--config", resume, "--trainer.max_steps", str(N), "--ckpt_path", "last") == 0
 
@@ -88,6 +96,7 @@ def test_a_stopped_transactional_run_resumes_bitwise(
     assert decisions == reference_decisions  # the same losses, decisions, reasons and actions at every step
     if rollback:  # the streak of steps 6-8 restored at 8 only because step 6 was counted across the stop
         assert [decisions[step]["action"] for step in POISONED] == [None, None, "restored:step-000006"]
+    assert main(["doctor", str(tmp_path / read_latest(tmp_path))]) == 0  # the skip list the replay wrote again
 
 
 def test_the_checkpointed_state_loads_with_weights_only(tmp_path: Path) -> None:
