@@ -127,6 +127,9 @@ def load_decoder(path: Path) -> tuple[Any, Path | None]:
 
     program, run = Program(path), None
     if program.exists():
+        from lit_psion.windows.status import verify_program
+
+        verify_program(path)  # the pointer is the last window's outcome, as `window verify` holds it (exit 4 or 5)
         pointer = program.pointer()
         tokenizer: Path | None = program.tokenizer()  # (it was used unchecked: text from another tokenizer)
         state = _load(program.revision(pointer["checkpoint"], pointer["revision"]))

@@ -426,6 +426,11 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     held = len(val) // 2
     if held < 1:
         raise DataError(f"the validation split has {len(val)} sample(s); the validator and the gate need one each")
+    if windows and (first_manifest := program.plan(windows[0]).data_manifest_digest) != data.prepare().digest:
+        raise DataError(f"the program's data ({settings.data.get('files')!r}) changed since {windows[0]} was planned "
+                        f"(data manifest {first_manifest[:12]}..., now {data.prepare().digest[:12]}...): slices and "
+                        "held-out halves are cut from it, so trained text could be held out or trained twice; restore "
+                        "the data files (and the program's tokenizer.json) as they were")  # fmt: skip
     plan = WindowPlan(
         window_id=window_id, previous_window=previous, input_revision=pointer["revision"],
         input_checkpoint=pointer["checkpoint"], contributors=tuple(ids),
@@ -439,9 +444,11 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     atomic_write_json(directory / PLAN, plan.to_json_dict())
     log = program.receipts(window_id)
     try:
+        tokenizer = record(program.settings_path, ("tokenizer_sha256",))["tokenizer_sha256"]
         log.append(WindowStateReceipt(window_id=window_id, previous=None, state=PLANNED, plan_digest=plan.digest,
                                       detail={"previous_window": previous, "input_revision": plan.input_revision,
-                                              "assignments": len(plan.assignments)}))  # fmt: skip
+                                              "assignments": len(plan.assignments),
+                                              "tokenizer_sha256": tokenizer}))  # fmt: skip
         head = log.head
     finally:
         log.close()

@@ -73,6 +73,7 @@ def verify_program(root: Path) -> dict[str, Any]:
     program = Program(root)
     program.require()
     program.tokenizer()
+    tokenizer = record(program.settings_path, ("tokenizer_sha256",))["tokenizer_sha256"]
     pointer = program.pointer()
     revision = _base_revision(program)
     receipts_total = 0
@@ -86,6 +87,10 @@ def verify_program(root: Path) -> dict[str, Any]:
         where = f"{window_id}"
         if any(body["plan_digest"] != plan.digest for body in states):
             raise EvidenceError(f"{where}: plan.json is not the plan its receipts name (it was edited after planning)")
+        planned = (states[0].get("detail") or {}).get("tokenizer_sha256") if states else None
+        if planned is not None and planned != tokenizer:  # (a window planned before it was receipted names none)
+            raise EvidenceError(f"{where} was planned with tokenizer {planned[:12]}..., but program.json records "
+                                f"{str(tokenizer)[:12]}... (tokenizer.json swapped with its record): restore both")
         if not states or states[-1]["state"] != program.state(window_id):
             raise EvidenceError(f"{where}: window.json says {program.state(window_id)!r}, its receipts end at "
                                 f"{states[-1]['state'] if states else 'nothing'!r}")  # fmt: skip

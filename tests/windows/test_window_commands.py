@@ -337,3 +337,48 @@ def test_generate_holds_a_window_programs_tokenizer_and_settings_to_its_program_
     (root / "program.json").write_text("{}")
     assert main(greedy) == 5
     assert "program.json" in capsys.readouterr().err
+
+
+def test_a_programs_data_tokenizer_and_pointer_are_held_to_its_windows(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Text added to the data after a window was planned the next window on other slices and held-out halves;
+    a tokenizer swapped with its program.json record passed `window verify` and changed what generate printed; a
+    pointer moved to a revision no window left (a held candidate, a copy) was served by generate, exit 0."""
+    import hashlib
+
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy("fixtures/tiny_corpus.txt", corpus)
+    root = new_program(base, tmp_path / "pinned", contributors=1, data={**SETTINGS["data"], "files": str(corpus)})
+    close_window(root, plan_window(root).window_id)
+    text = corpus.read_text()
+    corpus.write_text(text + "\n\nA paragraph added after the first window was planned.\n")
+    capsys.readouterr()
+    assert main(["window", "plan", str(root)]) == 3
+    assert "changed since w-0001 was planned (data manifest" in capsys.readouterr().err
+    assert Program(root).window_ids() == ["w-0001"]
+    corpus.write_text(text)
+
+    tokenizer, settings = root / "tokenizer.json", root / "program.json"
+    saved = tokenizer.read_bytes(), settings.read_bytes()
+    swapped = json.loads(saved[0])
+    vocab = swapped["model"]["vocab"]
+    first, second = list(vocab)[-2:]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    tokenizer.write_text(json.dumps(swapped))
+    settings.write_text(json.dumps({**read_json(settings), "tokenizer_sha256": hashlib.sha256(
+        tokenizer.read_bytes()).hexdigest()}))  # fmt: skip
+    for command in (["window", "verify", str(root)], ["generate", str(root), "--tokens", "4"]):
+        assert main(command) == 5, command
+        assert "w-0001 was planned with tokenizer" in capsys.readouterr().err
+    tokenizer.write_bytes(saved[0])
+    settings.write_bytes(saved[1])
+
+    copy = root / "revisions" / "copy"
+    shutil.copytree(root / "revisions" / "base", copy)
+    (copy / "manifest.json").write_text((copy / "manifest.json").read_text() + " ")  # another digest, same weights
+    pointer = read_json(root / "pointer.json")
+    (root / "pointer.json").write_text(json.dumps({**pointer, "checkpoint": "revisions/copy", "revision":
+                                                   hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()}))
+    assert main(["generate", str(root), "--tokens", "4"]) == 5
+    assert "pointer.json names revision" in capsys.readouterr().err
