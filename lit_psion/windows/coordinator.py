@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import ConfigError, LitPsionError
 from lit_psion.core.lock import RunLock
 from lit_psion.core.windows import ACTIVE, PLANNED, SCORED, SEALED
 from lit_psion.windows.aggregate import reconcile
@@ -80,12 +80,21 @@ def run_window(root: Path, contributors: int | None = None, deadline: float | No
                     stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
         if echo:
             print(f"{window_id}: {len(processes)} contributor(s) training on revision {plan.input_revision[:12]}...")
+        previous = signal.signal(signal.SIGTERM, _terminated)  # (the default ended the coordinator alone)
         try:
             exit_codes = _wait(processes, None if deadline is None else started + deadline)
-        except BaseException:  # Ctrl-C or an error here: no contributor outlives its coordinator
+        except BaseException as error:  # Ctrl-C, SIGTERM or an error here: no contributor outlives its coordinator
             for process in processes.values():
                 _kill(process)
+            if isinstance(error, KeyboardInterrupt | _Terminated):
+                raise WindowRunStopped(
+                    f"window run stopped by {'SIGTERM' if isinstance(error, _Terminated) else 'Ctrl-C'} while "
+                    f"{window_id} trained: its contributors were stopped; the window is open: close it (python -m "
+                    f"lit_psion window close {root} {window_id}), whose unfinished slices the next window replays",
+                    143 if isinstance(error, _Terminated) else 130) from None  # fmt: skip
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if failed := {aid: code for aid, code in exit_codes.items() if code not in (0, -signal.SIGKILL)}:
             for aid, code in sorted(failed.items()):
                 print(f"lit_psion: warning: contributor {aid} exited {code}: {logs / f'{aid}.log'}", file=sys.stderr)
@@ -109,6 +118,24 @@ def run_window(root: Path, contributors: int | None = None, deadline: float | No
               f"(gate loss {scores['input_loss']:.4f} -> {after}"
               f"{', ' + ', '.join(promotion['reasons']) if promotion['reasons'] else ''})")  # fmt: skip
     return result
+
+
+class _Terminated(BaseException):
+    """SIGTERM to a window run's coordinator, raised where it waits for its contributors."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+class WindowRunStopped(LitPsionError):
+    """``window run`` stopped by a signal, its contributors with it (exit 130 for Ctrl-C, 143 for SIGTERM)."""
+
+    failure_class = "interrupted"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _wait(processes: dict[str, subprocess.Popen], until: float | None) -> dict[str, int]:

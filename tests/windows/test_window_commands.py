@@ -382,3 +382,25 @@ def test_a_programs_data_tokenizer_and_pointer_are_held_to_its_windows(
                                                    hashlib.sha256((copy / "manifest.json").read_bytes()).hexdigest()}))
     assert main(["generate", str(root), "--tokens", "4"]) == 5
     assert "pointer.json names revision" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a coordinator and its contributor processes, ~15 s
+def test_sigterm_to_window_run_stops_its_contributors_and_says_how_to_close(base: Path, tmp_path: Path) -> None:
+    """SIGTERM ended the coordinator alone (exit 143, no word): its contributors trained on and submitted into an
+    open window no one was closing."""
+    root = new_program(base, tmp_path / "term", contributors=2)
+    coordinator = subprocess.Popen([sys.executable, "-m", "lit_psion", "window", "run", str(root)],
+                                   env=subprocess_env(OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)  # fmt: skip
+    logs = root / "windows" / "w-0001" / "logs"
+    deadline = time.monotonic() + 120
+    while not (logs.is_dir() and len(list(logs.iterdir())) == 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the contributors are started (not yet done: their training takes seconds)
+    coordinator.send_signal(signal.SIGTERM)
+    _, err = coordinator.communicate(timeout=60)
+    assert coordinator.returncode == 143, err
+    assert "window run stopped by SIGTERM while w-0001 trained: its contributors were stopped" in err
+    left = subprocess.run(["pgrep", "-f", f"window contribute {root}"], capture_output=True, text=True).stdout
+    assert not left.strip(), left
+    assert main(["window", "close", str(root), "w-0001"]) == 0
