@@ -209,6 +209,9 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
         strategy = TransactionalStrategy(_policy(settings), device="cpu")
         run_id = new_run_id()
         run_dir = directory / "runs" / run_id
+        if (directory / "runs").is_symlink() or ((directory / "runs").exists() and not (directory / "runs").is_dir()):
+            raise EvidenceError(f"{str(directory / 'runs')!r} is not the session's runs directory (a file or a link "
+                                "in its place): restore it, or move it aside, then run the command again")
         run_dir.mkdir(parents=True)
         trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[Receipts()])
         trainer.fit(module)

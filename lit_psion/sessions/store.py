@@ -404,11 +404,29 @@ class Store:
         meta_path = directory / "meta.json"
         recorded = (read_json(meta_path).get("artifacts") or {}) if meta_path.is_file() else {}
         for staging in sorted(directory.glob(f"{_PENDING}*")):
+            if staging.is_symlink() or not staging.is_dir() or any(
+                    p.is_symlink() or not p.is_file() for p in staging.iterdir() if not p.name.startswith(".")):
+                raise EvidenceError(f"{str(staging)!r} is not a commit this session staged (a file, a link, or a "
+                                    "directory holding more than files): move it out of the session directory, then "
+                                    "run the command again")  # fmt: skip
             staged = {p.name: sha256_bytes(p.read_bytes()) for p in staging.iterdir() if not p.name.startswith(".")}
             if staged and all(recorded.get(name) == digest for name, digest in staged.items()):
                 self._install(staging)  # committed: meta.json names these files
             else:
                 shutil.rmtree(staging)  # never committed
+
+    def pending_commit(self, session_id: str) -> dict[str, Path]:
+        """The files of a commit meta.json names but a crash left staged (what :meth:`recover` installs), by name;
+        empty when there is none."""
+        directory = self.session_dir(session_id)
+        meta_path = directory / "meta.json"
+        recorded = (read_json(meta_path).get("artifacts") or {}) if meta_path.is_file() else {}
+        for staging in sorted(directory.glob(f"{_PENDING}*")):
+            files = {p.name: p for p in staging.iterdir() if not p.name.startswith(".") and p.is_file()} \
+                if staging.is_dir() and not staging.is_symlink() else {}
+            if files and all(recorded.get(name) == sha256_file(path) for name, path in files.items()):
+                return files
+        return {}
 
     @staticmethod
     def _install(staging: Path) -> None:

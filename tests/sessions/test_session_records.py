@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -269,3 +270,41 @@ def test_a_session_without_limits_made_by_new_runs_and_verifies(trained: Path) -
     assert session("new", *root, "--session_id", "free", "--rollback_tol", "inf", "--grad_norm_max", "inf") == 0
     assert session("run", *root, "--session_id", "free", "--steps", "64") == 0
     assert session("verify", *root, "--session_id", "free") == 0
+
+
+def test_verify_tells_a_pending_commit_from_damage_and_a_damaged_staging_is_one_line(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """After a kill mid-install (meta.json already names the new files, still staged), verify printed FAIL for the
+    session's state, exit 4: the state was sound, and the next run or fork installs it. A stray `.pending-x` file
+    (or one holding a directory) was exit 1 (NotADirectoryError) in run and fork; verify of a session a run is
+    writing reported damage, not the writer."""
+    from lit_psion.core.lock import RunLock
+
+    directory = trained / "sessions" / "s1"
+    staging = directory / ".pending-crash"
+    staging.mkdir()
+    for name in ("plastic_state.safetensors", "optim_state.pt"):
+        shutil.copy(directory / name, staging / name)
+        (directory / name).write_bytes(b"the state before the commit")
+    capsys.readouterr()
+    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
+    out = capsys.readouterr().out
+    assert "note .pending-crash: a commit meta.json records, not yet installed" in out and "FAIL" not in out, out
+    for path in staging.iterdir():  # what the next writer does
+        path.replace(directory / path.name)
+    staging.rmdir()
+    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
+    with RunLock(directory, purpose="session run s1"):
+        assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 8
+        assert "is being written by pid" in capsys.readouterr().err
+    (directory / ".pending-stray").write_text("not a staging directory")
+    for command in (["run", "--session_id", "s1", "--steps", "32"],
+                    ["fork", "--parent_session_id", "s1", "--child_session_id", "s2"]):
+        assert session(command[0], "--artifacts_root", str(trained), *command[1:]) == 5, command
+        assert ".pending-stray' is not a commit this session staged" in capsys.readouterr().err
+    (directory / ".pending-stray").unlink()
+    shutil.rmtree(directory / "runs")
+    (directory / "runs").write_text("a file where the runs directory was")  # was exit 1 (NotADirectoryError)
+    assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "32") == 5
+    assert "is not the session's runs directory" in capsys.readouterr().err
