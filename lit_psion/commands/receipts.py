@@ -12,7 +12,7 @@ from lit_psion.core.chain import parse_receipt, torn_tail, verify_log
 from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError, LockedError
-from lit_psion.core.layout import RECEIPTS_FILE, not_a_run
+from lit_psion.core.layout import RECEIPTS_FILE, RUN_FILE, not_a_run
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.run import RUN_ID_ENV
 
@@ -73,6 +73,11 @@ def main(args: list[str]) -> None:
     if (recorded := _session_run_record(given)) is not None:
         _verify_session_run(given, recorded)
         return
+    if given.parent.name == "runs" and (given.parent.parent / "meta.json").is_file() and not (
+            given / RUN_FILE).exists():  # fmt: skip
+        raise EvidenceError(f"{str(given)!r} is a session run its session's meta.json does not record (one stopped "
+                            "before its commit, or under way): the session holds none of it; delete it once no run "
+                            "is under way (session verify checks the session)")  # fmt: skip
     run = RunLayout.of(given.parent) if in_a_run else None
     layout = run or run_layout(given)
     refuse_a_live_run(layout, "receipts verify")

@@ -220,6 +220,9 @@ def test_verify_fails_a_file_added_to_a_run_and_notes_a_run_that_never_committed
     capsys.readouterr()
     assert session("verify", *root) == 0
     assert "note runs/20991231-000000-abcdef: a run meta.json does not record" in capsys.readouterr().out
+    (runs / "20991231-000000-abcdef" / "receipts.jsonl").write_text("{}\n")
+    assert main(["receipts", "verify", str(runs / "20991231-000000-abcdef")]) == 5  # said "stopped as it started"
+    assert "is a session run its session's meta.json does not record" in capsys.readouterr().err
     (committed / ".DS_Store").write_text("a file manager's")  # hidden: nothing reads it
     assert session("verify", *root) == 0
     (committed / "notes.txt").write_text("added")
