@@ -165,8 +165,10 @@ def _accepted_adapters(program: Program, plan: WindowPlan, accepted: list[str],
         data, meta = submission(program, plan.window_id, aid)
         if data is None or meta is None or (sha256_bytes(data), sha256_bytes(meta)) != (
                 sealed[aid]["artifact"], sealed[aid]["metadata"]):  # fmt: skip
-            raise CheckpointError(f"accepted contribution {aid} of {plan.window_id} changed after it was scored; "
-                                  "nothing was aggregated")  # fmt: skip
+            raise CheckpointError(f"accepted contribution {aid} of {plan.window_id} changed after it was scored "
+                                  f"(sealed sha256 {sealed[aid]['artifact'][:12]}...); nothing was aggregated: put "
+                                  f"back the bytes that were sealed (the contributor's copy of "
+                                  f"contributions/{aid}, or a backup), then window close again")  # fmt: skip
         loaded.append(load(data))
         tokens.append(json.loads(meta)["summary"]["tokens"])
         digests.append(sealed[aid]["artifact"])

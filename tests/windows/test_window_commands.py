@@ -404,3 +404,27 @@ def test_sigterm_to_window_run_stops_its_contributors_and_says_how_to_close(base
     left = subprocess.run(["pgrep", "-f", f"window contribute {root}"], capture_output=True, text=True).stdout
     assert not left.strip(), left
     assert main(["window", "close", str(root), "w-0001"]) == 0
+
+
+def test_an_accepted_contribution_changed_after_scoring_names_the_way_forward(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`window close` refused it every time ("changed after it was scored; nothing was aggregated") and `window run`
+    said to close the window first: a circle, with no word of what to do."""
+    from lit_psion.windows.validate import score, seal
+
+    root = new_program(base, tmp_path / "changed", contributors=1)
+    plan = plan_window(root)
+    open_window(root, plan.window_id)
+    contribute(root, plan.window_id, plan.assignments[0].assignment_id)
+    seal(root, plan.window_id)
+    score(root, plan.window_id)
+    adapter = Program(root).window_dir(plan.window_id) / "contributions" / "a00" / "adapter.safetensors"
+    sealed = adapter.read_bytes()
+    adapter.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    capsys.readouterr()
+    assert main(["window", "close", str(root), plan.window_id]) == 4
+    assert "put back the bytes that were sealed (the contributor's copy of contributions/a00, or a backup), then " \
+        "window close again" in capsys.readouterr().err
+    adapter.write_bytes(sealed)
+    assert main(["window", "close", str(root), plan.window_id]) == 0
