@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lit_psion.commands import CommandParser
 from lit_psion.core.errors import ConfigError
+from lit_psion.core.layout import refuse_output_in_a_run
 from lit_psion.core.lock import LOCK_FILE
 
 
@@ -73,6 +74,7 @@ class _Commands:
         settings = load_settings(parsed.config)
         if parsed.root.exists() and not parsed.root.is_dir():
             raise ConfigError(f"program root {str(parsed.root)!r} is a file; give a directory (created if missing)")
+        refuse_output_in_a_run(parsed.root, flag="window init's root")  # (inside a checkpoint too: before its lock)
         created = not parsed.root.exists()
         parsed.root.mkdir(parents=True, exist_ok=True)
         try:

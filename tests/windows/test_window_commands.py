@@ -165,6 +165,10 @@ def test_init_refuses_an_adapter_base_a_file_root_and_a_run_root(base: Path, tmp
     assert "is a file" in capsys.readouterr().err
     assert main(["window", "init", str(tuned), "--config", str(settings), "--base", str(base)]) == 2
     assert "is a run directory" in capsys.readouterr().err
+    for inside in (tuned / "programs", tuned / "checkpoints" / "step-000002" / "prog"):  # was made; and blamed on
+        assert main(["window", "init", str(inside), "--config", str(settings), "--base", str(base)]) == 2  # the
+        assert "is inside run directory" in capsys.readouterr().err  # checkpoint ("holds a file ...: '.lock'")
+        assert not inside.exists()
 
 
 @pytest.fixture(scope="module")
