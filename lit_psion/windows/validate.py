@@ -187,12 +187,15 @@ def check_submission(plan: WindowPlan, assignment: Assignment, sealed: dict[str,
     summary = meta["summary"] if isinstance(meta["summary"], dict) else {}
     claimed = [k for k in SUMMARY_FIELDS if isinstance(summary.get(k), int | float)
                and not isinstance(summary[k], bool)]  # fmt: skip
-    if any(not t.is_floating_point() or not torch.isfinite(t).all() for t in tensors.values()) or len(
-            _claimed_summary(meta_bytes)) != len(claimed):  # fmt: skip
+    if any(not t.is_floating_point() for t in tensors.values()):
+        reasons.append("malformed")  # integer factors: no adapter training writes them
+    elif any(not torch.isfinite(t).all() for t in tensors.values()) or len(_claimed_summary(meta_bytes)) != len(
+            claimed):  # fmt: skip
         reasons.append("non_finite")
     budget = plan.budget["steps"] * plan.budget["batch_size"] * plan.data.get("block_size", 128)
     tokens = summary.get("tokens")
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 < tokens <= budget:
+    if (isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 < tokens <= budget) and "malformed" not in \
+            reasons:  # fmt: skip
         reasons.append("malformed")
     if meta["adapter_sha256"] in seen:
         reasons.append("duplicate_artifact")

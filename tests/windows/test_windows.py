@@ -144,7 +144,7 @@ def test_re_aggregating_the_stored_artifacts_reproduces_the_revision(program: Pr
 def matrix(program: Program) -> dict[str, str]:
     """w-0002 with one contribution of each kind; returns assignment id -> the case it plays."""
     root = program.root
-    plan = plan_window(root, contributors=11)
+    plan = plan_window(root, contributors=12)
     open_window(root, plan.window_id)
     old_plan = program.plan("w-0001")
     cases = {}
@@ -178,6 +178,10 @@ def matrix(program: Program) -> dict[str, str]:
     nan = take("nan")
     tensors, summary = train_adapter(program, plan, nan)
     adversary.place(program, plan, nan, adversary.with_nan(tensors), summary)
+    # integer factors (were `non_finite`, a NaN or inf's reason)
+    integer = take("integer")
+    tensors, summary = train_adapter(program, plan, integer)
+    adversary.place(program, plan, integer, {k: v.to(torch.int64) for k, v in tensors.items()}, summary)
     # shuffled labels
     shuffled = take("shuffled")
     tensors, summary = train_adapter(program, plan, shuffled, adversary.shuffled_labels())
@@ -208,6 +212,7 @@ EXPECTED = {
     "flipped": (REJECTED, ["digest_mismatch"]),
     "duplicate": (REJECTED, ["duplicate_artifact"]),
     "nan": (REJECTED, ["non_finite"]),
+    "integer": (REJECTED, ["malformed"]),
     "shuffled": (QUARANTINED, ["held_out_regression"]),
     "x50": (QUARANTINED, ["delta_norm_outlier"]),
     "wrong_contributor": (REJECTED, ["wrong_contributor"]),
