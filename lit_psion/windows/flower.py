@@ -212,6 +212,9 @@ def serve(grid: Grid, context: Context) -> None:
     if not str(config.get("root", "")):
         raise ConfigError("run config 'root' is not set; flwr run APP FEDERATION --run-config \"root='ROOT'\"")
     root = Path(str(config["root"]))
+    if not root.is_absolute():  # the ServerApp runs where the SuperLink was started, not where `flwr run` was typed
+        raise ConfigError(f"run config 'root' {str(root)!r} is relative: the server app resolves it from the "
+                          "SuperLink's directory; give an absolute path (--run-config \"root='$PWD/windows'\")")
     Program(root).require()
     deadline = float(config.get("deadline", 0) or 0) or None
     wait_for_nodes(grid, int(config.get("min-nodes", 1)), float(config.get("node-wait", 120)))

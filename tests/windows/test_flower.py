@@ -169,3 +169,15 @@ def test_a_flower_window_disposes_and_promotes_as_the_local_engine_does(tmp_path
     assert {k: promotion[k] for k in same} == {k: local[k] for k in same}
     assert program.pointer()["revision"] == Program(local_root).pointer()["revision"] == local["candidate_revision"]
     print(f"flower window: {seconds:.1f}s from SuperLink start to the end of flwr run")
+
+
+def test_the_server_app_refuses_a_relative_root_naming_where_it_would_look() -> None:
+    """`root='windows/'`, as the docs wrote it, was resolved from the SuperLink's directory: "holds no window
+    program", though the program was right there where `flwr run` was typed."""
+    from types import SimpleNamespace
+
+    from lit_psion.core.errors import ConfigError
+    from lit_psion.windows.flower import serve
+
+    with pytest.raises(ConfigError, match="'windows' is relative: the server app resolves it from the SuperLink's"):
+        serve(None, SimpleNamespace(run_config={"root": "windows/"}))
