@@ -241,6 +241,7 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     """
     from lit_psion.checkpoint_io import write_checkpoint
     from lit_psion.models.adapter_lm import load_base
+    from lit_psion.windows.base_checks import check_data, check_lora, tokenizer_of
 
     program = Program(root)
     if program.exists():
@@ -253,12 +254,12 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     if not Path(base).exists():
         raise ConfigError(f"base {str(base)!r} does not exist; give a DecoderLM run directory (runs/<run_id>)")
     state, path, digest, _ = load_base(base)  # refuses an AdapterLM run: give the base it adapts
-    _check_lora(settings.lora, state["decoder_config"])
-    tokenizer = _tokenizer_of(Path(base), path)
+    check_lora(settings.lora, state["decoder_config"])
+    tokenizer = tokenizer_of(Path(base), path)
     data = {**settings.data}
     data["files"] = [str(Path(f).resolve()) for f in ([data["files"]] if isinstance(data.get("files"), str)
                                                       else data.get("files", []))]  # fmt: skip
-    _check_data(data, tokenizer, state["decoder_config"], Path(base), path)
+    check_data(data, tokenizer, state["decoder_config"], Path(base), path)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(root / TOKENIZER, tokenizer)
     revision_dir = root / BASE_REVISION
@@ -273,65 +274,6 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     atomic_write_json(root / PROGRAM, record)
     program.move_pointer(revision.manifest_sha256, BASE_REVISION, None)
     return {"revision": revision.manifest_sha256, "base": digest}
-
-
-def _check_lora(lora: dict[str, Any], decoder_config: dict[str, Any]) -> None:
-    """The plan's LoRA targets exist in the base and its rank fits every targeted layer."""
-    import torch
-
-    from lit_psion.nn.decoder import Decoder, DecoderConfig
-    from lit_psion.nn.lora import inject_lora
-
-    with torch.device("meta"):  # unknown targets, or a rank above a targeted layer's dimension: one line, exit 2
-        inject_lora(Decoder(DecoderConfig(**decoder_config)), lora["targets"], lora["rank"], 1.0)
-
-
-def _check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str, Any], base: Path,
-                checkpoint: Path) -> None:  # fmt: skip
-    """The data builds with the base's tokenizer, every character of it is known to that tokenizer, its context
-    fits the base, and held-out text here was not training text of the base (same files, another split)."""
-    import tempfile
-
-    from lit_psion.core.manifest import DataManifest
-
-    with tempfile.TemporaryDirectory() as scratch:
-        (Path(scratch) / TOKENIZER).write_bytes(tokenizer)
-        try:
-            built = corpus(Program(scratch), data)
-            manifest = built.prepare()
-        except DataError as error:  # the corpus names fit's flag; a program's data is set in its --config
-            raise DataError(str(error).replace("(check --data.files)", "(check window.data.files in the --config; "
-                                               "a relative path is from the current directory)")) from error
-        unknown = built.tokenizer.token_to_id("<|unk|>")
-        if unknown is not None:
-            counts = {name: int((built.samples(name).tokens == unknown).sum()) for name in ("train", "val")}
-            if any(counts.values()):
-                raise DataError(
-                    f"the program's data holds {sum(counts.values())} token(s) the base's tokenizer does "
-                    "not know (<|unk|>); train the base on this text, or give data in its alphabet"
-                )
-    if built.block_size > decoder_config["block_size"]:
-        raise ConfigError(f"data.block_size {built.block_size} exceeds the base's context "
-                          f"{decoder_config['block_size']}; use at most that")  # fmt: skip
-    for candidate in (base, checkpoint.parent.parent):
-        layout = RunLayout.of(candidate)
-        if layout.is_run() and layout.data_manifest.is_file():
-            trained = DataManifest.from_json_dict(read_json(layout.data_manifest))
-            shared = {s.sha256 for s in trained.sources} & {s.sha256 for s in manifest.sources}
-            split = ("split_rule", "split_seed", "val_fraction", "test_fraction", "documents")
-            if shared and any(getattr(trained, k) != getattr(manifest, k) for k in split):
-                theirs = ", ".join(f"{k} {getattr(trained, k)!r}" for k in split)
-                raise ConfigError(f"the base trained on the program's data with another split ({theirs}): text held "
-                                  "out here was training text there; set data.split, data.val_fraction, "
-                                  "data.test_fraction, data.seed and data.documents as the base run did")  # fmt: skip
-            return
-
-
-def _tokenizer_of(base: Path, checkpoint: Path) -> bytes:
-    for candidate in (base / TOKENIZER, checkpoint.parent.parent / TOKENIZER):
-        if candidate.is_file():
-            return candidate.read_bytes()
-    raise ConfigError(f"base {str(base)!r} has no {TOKENIZER} beside it; give the base run directory")
 
 
 def corpus(program: Program, data: dict[str, Any]) -> Any:

@@ -432,3 +432,20 @@ def test_an_accepted_contribution_changed_after_scoring_names_the_way_forward(
         "window close again" in capsys.readouterr().err
     adapter.write_bytes(sealed)
     assert main(["window", "close", str(root), plan.window_id]) == 0
+
+
+def test_a_base_that_is_another_programs_revision_is_held_to_that_programs_split(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--base PROGRAM/revisions/base` skipped the split check (no run beside it): a val_fraction of 0.3 held out
+    text the first program's windows trained on."""
+    first = new_program(base, tmp_path / "first")
+    settings = write_settings(tmp_path / "other.yaml", data={**SETTINGS["data"], "val_fraction": 0.3})
+    capsys.readouterr()
+    assert main(["window", "init", str(tmp_path / "second"), "--config", str(settings), "--base",
+                 str(first / "revisions" / "base")]) == 2  # fmt: skip
+    assert f"the base is a revision of the window program {str(first)!r}, which trained on this data with another " \
+        "split" in capsys.readouterr().err
+    same = write_settings(tmp_path / "same.yaml")
+    assert main(["window", "init", str(tmp_path / "third"), "--config", str(same), "--base",
+                 str(first / "revisions" / "base")]) == 0  # fmt: skip
