@@ -53,8 +53,8 @@ def main(args: list[str]) -> None:
         # kill left unreceipted, or still in flight, is skipped as a resume would, and is not a failure).
         if damaged := [skipped for skipped in rejected if skipped.step in receipted.recorded]:
             raise CheckpointError(f"{damaged[0].path.name}, a durable checkpoint the receipts record, does not verify "
-                                  f"({damaged[0].reason}); restore it from a backup (a resume would use "
-                                  f"{checkpoint.path.name}: without a backup, delete it)")  # fmt: skip
+                                  f"({damaged[0].reason}); restore it from a backup, or delete it if none holds it "
+                                  f"(a resume would use {checkpoint.path.name})")  # fmt: skip
         if (problem := _pointer_problem(layout, checkpoint.path.name, bool(receipted.recorded))) is not None:
             raise CheckpointError(f"{problem}; a resume would use {checkpoint.path.name} (the next checkpoint "
                                   "writes the pointer again)")  # fmt: skip
