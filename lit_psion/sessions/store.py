@@ -414,6 +414,8 @@ class Store:
                 self._install(staging)  # committed: meta.json names these files
             else:
                 shutil.rmtree(staging)  # never committed
+        if meta_path.is_file():  # a kill between meta.json and index.json left the registry's entry behind
+            self._index_entry({**read_json(meta_path), "session_id": session_id})
 
     def pending_commit(self, session_id: str) -> dict[str, Path]:
         """The files of a commit meta.json names but a crash left staged (what :meth:`recover` installs), by name;
@@ -462,9 +464,13 @@ class Store:
         directory = self.session_dir(meta["session_id"])
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(directory / "meta.json", meta)
+        self._index_entry(meta)
+
+    def _index_entry(self, meta: dict[str, Any]) -> None:
+        """Make the session's index.json entry the one its meta.json implies (written only when it differs)."""
+        entry = {key: meta.get(key) for key in ("parent_session_id", "root_session_id", "created_at", "mu", "runs")}
         with self._index_lock():
             index = self.index()
-            index["sessions"][meta["session_id"]] = {
-                key: meta.get(key) for key in ("parent_session_id", "root_session_id", "created_at", "mu", "runs")
-            }
-            atomic_write_json(self.root / "sessions" / INDEX, index)
+            if index["sessions"].get(meta["session_id"]) != entry:
+                index["sessions"][meta["session_id"]] = entry
+                atomic_write_json(self.root / "sessions" / INDEX, index)

@@ -311,3 +311,18 @@ def test_verify_tells_a_pending_commit_from_damage_and_a_damaged_staging_is_one_
     (directory / "runs").write_text("a file where the runs directory was")  # was exit 1 (NotADirectoryError)
     assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "32") == 5
     assert "is not the session's runs directory" in capsys.readouterr().err
+
+
+def test_a_kill_between_meta_json_and_the_index_is_mended_by_the_next_writer(trained: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """index.json kept the entry of before the commit (runs 0 where meta.json says 1) for good: nothing mended it."""
+    import json
+
+    index_path = trained / "sessions" / "index.json"
+    index = json.loads(index_path.read_text())
+    current = index["sessions"]["s1"]
+    index["sessions"]["s1"] = {**current, "runs": []}  # the entry as it was before the run's commit
+    index_path.write_text(json.dumps(index))
+    assert session("fork", "--artifacts_root", str(trained), "--parent_session_id", "s1", "--child_session_id",
+                   "s2") == 0  # fmt: skip
+    assert json.loads(index_path.read_text())["sessions"]["s1"] == current
