@@ -516,3 +516,14 @@ def test_an_overlay_or_flags_without_a_preset_say_to_give_one_first(args: tuple[
     assert capsys.readouterr().err.strip().splitlines() == [
         "lit_psion: error: no data and no model configured; give a preset first (--config configs/decoder_tiny.yaml), "
         "then any overlay (--config configs/overlays/...) and flags"]
+
+
+def test_a_negative_value_a_command_takes_for_a_flag_says_how_to_give_it(capsys: pytest.CaptureFixture) -> None:
+    """`window run ROOT --deadline -inf` said "expected one argument", as argparse does, and not how to give it."""
+    from lit_psion.cli import main
+
+    capsys.readouterr()
+    assert main(["window", "run", "somewhere", "--deadline", "-inf"]) == 2
+    assert capsys.readouterr().err.strip() == ("lit_psion: error: argument --deadline: expected one argument, written "
+                                               "as --FLAG=VALUE when the value starts with '-' (such as "
+                                               "--deadline=-1)")  # fmt: skip

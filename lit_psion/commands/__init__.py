@@ -118,7 +118,9 @@ def run_command(argv: list[str]) -> int:
             raise
         known = lit_psion_cause(error)
         if known is None and isinstance(error, argparse.ArgumentError):
-            known = ConfigError(str(error))
+            hint = (", written as --FLAG=VALUE when the value starts with '-' (such as --deadline=-1)"
+                    if str(error).endswith("expected one argument") else "")  # argparse took the value for a flag
+            known = ConfigError(f"{error}{hint}")
         if known is not None:
             print(f"lit_psion: error: {' '.join(str(known).split())}", file=sys.stderr)
             return known.exit_code
