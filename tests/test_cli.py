@@ -281,19 +281,6 @@ def test_the_top_level_help_lists_every_subcommand_without_importing_lightning()
     assert code == 0 and "lightning" not in modules and "torch" not in modules
 
 
-def test_the_console_script_dispatches_as_python_m_does() -> None:
-    """``lit-psion --help`` ran LightningCLI (5 s, only fit/validate/test/predict listed): the script pointed at
-    lit_psion.cli:main, not at the dispatcher ``python -m lit_psion`` runs."""
-    import tomllib
-
-    target = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]["lit-psion"]
-    module, function = target.split(":")
-    script = (f"import sys; sys.argv = ['lit-psion', '--help']; from {module} import {function}; code = {function}(); "
-              "print(code, 'lightning' in sys.modules)")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip().splitlines()[-1] == "0 False" and "session" in result.stdout, result
-
-
 @pytest.mark.parametrize(("args", "code"), [((), 2), (("frobnicate",), 2)])
 def test_no_command_or_an_unknown_one_is_one_line(args: tuple[str, ...], code: int) -> None:
     result = subprocess.run([sys.executable, "-m", "lit_psion", *args], capture_output=True, text=True, timeout=60)
@@ -437,25 +424,6 @@ def test_a_data_setting_that_differs_from_the_checkpoints_is_named_as_the_flag_t
                  "--data.test_fraction", "0.2"]) == 0  # fmt: skip
 
 
-def test_another_presets_run_is_named_as_such_not_given_flags_that_cannot_help(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """A config of other files and other settings resuming a run was told to give the run's settings (the
-    --data.block_size ... flags), which still failed: the files and the tokenizer differ too."""
-    root = ("--trainer.default_root_dir", str(tmp_path / "runs"))
-    assert fit(*root, "--trainer.max_steps", "3") == 0
-    other = tmp_path / "other.txt"
-    other.write_text("\n\n".join(f"Paragraph {i}: " + "other words here. " * 40 for i in range(30)))
-    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
-    capsys.readouterr()
-    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last", "--data.files", str(other),
-               "--data.block_size", "16") == 3  # fmt: skip
-    said = capsys.readouterr().err
-    assert "the run trained on other text ('fixtures/tiny_corpus.txt'): continue it with --config " \
-        f"{run / 'config.yaml'}, or start a new run without --ckpt_path" in said, said
-    assert "give the settings it was trained with" not in said
-
-
 def test_a_resumed_runs_config_yaml_does_not_name_the_checkpoint_it_resumed(tmp_path: Path) -> None:
     """`fit --config RUN/config.yaml` silently started from the checkpoint the recorded ckpt_path named (or failed
     with "nothing to train")."""
@@ -503,27 +471,3 @@ def test_a_fit_runs_lightnings_profiler_only_when_one_is_configured(profiler: st
         assert seen[1] == 2  # it timed both steps
     else:
         assert seen[0].profile("run_training_batch") is seen[0].profile("training_step")  # one shared no-op
-
-
-@pytest.mark.parametrize("args", [("--config", "configs/overlays/transactional.yaml"), ("--trainer.max_steps", "3")])
-def test_an_overlay_or_flags_without_a_preset_say_to_give_one_first(args: tuple[str, ...],
-                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    """Said "the following arguments are required: fit.data, fit.model", and not what to give."""
-    from lit_psion.cli import main
-
-    capsys.readouterr()
-    assert main(["fit", *args]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "lit_psion: error: no data and no model configured; give a preset first (--config configs/decoder_tiny.yaml), "
-        "then any overlay (--config configs/overlays/...) and flags"]
-
-
-def test_a_negative_value_a_command_takes_for_a_flag_says_how_to_give_it(capsys: pytest.CaptureFixture) -> None:
-    """`window run ROOT --deadline -inf` said "expected one argument", as argparse does, and not how to give it."""
-    from lit_psion.cli import main
-
-    capsys.readouterr()
-    assert main(["window", "run", "somewhere", "--deadline", "-inf"]) == 2
-    assert capsys.readouterr().err.strip() == ("lit_psion: error: argument --deadline: expected one argument, written "
-                                               "as --FLAG=VALUE when the value starts with '-' (such as "
-                                               "--deadline=-1)")  # fmt: skip

@@ -1,0 +1,68 @@
+"""What the command line says to a user who gave it the wrong thing: a preset missing, another preset's run, a
+value argparse takes for a flag; and the console script dispatching as ``python -m lit_psion`` does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core.run import read_latest
+from tests.helpers import REPO_ROOT, fit
+
+
+def test_the_console_script_dispatches_as_python_m_does() -> None:
+    """``lit-psion --help`` ran LightningCLI (5 s, only fit/validate/test/predict listed): the script pointed at
+    lit_psion.cli:main, not at the dispatcher ``python -m lit_psion`` runs."""
+    import tomllib
+
+    target = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]["lit-psion"]
+    module, function = target.split(":")
+    script = (f"import sys; sys.argv = ['lit-psion', '--help']; from {module} import {function}; code = {function}(); "
+              "print(code, 'lightning' in sys.modules)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "0 False" and "session" in result.stdout, result
+
+
+def test_another_presets_run_is_named_as_such_not_given_flags_that_cannot_help(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A config of other files and other settings resuming a run was told to give the run's settings (the
+    --data.block_size ... flags), which still failed: the files and the tokenizer differ too."""
+    root = ("--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    other = tmp_path / "other.txt"
+    other.write_text("\n\n".join(f"Paragraph {i}: " + "other words here. " * 40 for i in range(30)))
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last", "--data.files", str(other),
+               "--data.block_size", "16") == 3  # fmt: skip
+    said = capsys.readouterr().err
+    assert "the run trained on other text ('fixtures/tiny_corpus.txt'): continue it with --config " \
+        f"{run / 'config.yaml'}, or start a new run without --ckpt_path" in said, said
+    assert "give the settings it was trained with" not in said
+
+
+@pytest.mark.parametrize("args", [("--config", "configs/overlays/transactional.yaml"), ("--trainer.max_steps", "3")])
+def test_an_overlay_or_flags_without_a_preset_say_to_give_one_first(args: tuple[str, ...],
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Said "the following arguments are required: fit.data, fit.model", and not what to give."""
+
+    capsys.readouterr()
+    assert main(["fit", *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lit_psion: error: no data and no model configured; give a preset first (--config configs/decoder_tiny.yaml), "
+        "then any overlay (--config configs/overlays/...) and flags"]
+
+
+def test_a_negative_value_a_command_takes_for_a_flag_says_how_to_give_it(capsys: pytest.CaptureFixture) -> None:
+    """`window run ROOT --deadline -inf` said "expected one argument", as argparse does, and not how to give it."""
+
+    capsys.readouterr()
+    assert main(["window", "run", "somewhere", "--deadline", "-inf"]) == 2
+    assert capsys.readouterr().err.strip() == ("lit_psion: error: argument --deadline: expected one argument, written "
+                                               "as --FLAG=VALUE when the value starts with '-' (such as "
+                                               "--deadline=-1)")  # fmt: skip
