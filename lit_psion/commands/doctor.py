@@ -60,14 +60,17 @@ def _metrics(layout: RunLayout) -> list[Verdict]:
 def _membership(layout: RunLayout) -> list[Verdict]:
     """A mesh run's membership: each receipted epoch follows the one before it (epoch, members, world size), and
     membership.json, which carries no digest, agrees with the last epoch the receipts and checkpoint record."""
-    from lit_psion.core.chain import parse_receipt, verify_log
     from lit_psion.core.checkpoint import MANIFEST_FILE
-    from lit_psion.core.membership import Membership, last_receipted, read_membership, trusted_previous
+    from lit_psion.core.membership import (
+        Membership,
+        last_receipted,
+        read_membership,
+        receipted_epochs,
+        trusted_previous,
+    )
 
     try:
-        count = verify_log(layout.receipts, run_id=layout.run_id).count if layout.receipts.is_file() else 0
-        lines = layout.receipts.read_text(encoding="utf-8").splitlines()[:count] if count else []
-        epochs = [r.body for r in map(parse_receipt, lines) if r.kind == "membership"]
+        epochs = receipted_epochs(layout.receipts, layout.run_id)
     except (OSError, ValueError):
         return []  # (the receipts verdict says what is wrong with the chain)
     if not epochs and not (layout.membership.exists() or layout.membership.is_symlink()):
@@ -85,8 +88,8 @@ def _membership(layout: RunLayout) -> list[Verdict]:
         manifest = layout.checkpoints / str(pointer.get("checkpoint")) / MANIFEST_FILE
         recorded = read_json(manifest).get("membership") if pointer and manifest.is_file() else None
         checkpointed = Membership.from_json_dict(recorded) if isinstance(recorded, dict) else None
-        last = trusted_previous(checkpointed, last_receipted(layout.receipts, layout.run_id), read_membership(layout),
-                                layout.membership)  # fmt: skip
+        last = trusted_previous(checkpointed, last_receipted(layout.receipts, layout.run_id, epochs),
+                                read_membership(layout), layout.membership)  # fmt: skip
     except EvidenceError as error:
         return [Verdict(name, False, str(error), error.exit_code)]
     except (OSError, ValueError, AttributeError):

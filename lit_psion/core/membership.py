@@ -191,22 +191,26 @@ def read_membership(layout: RunLayout) -> Membership | None:
                             "from the run's receipts and checkpoint") from None  # fmt: skip
 
 
-def last_receipted(receipts: Path, run_id: str) -> Membership | None:
-    """The membership epoch the run's receipt chain records last (its last ``membership`` receipt; None if none).
+def receipted_epochs(receipts: Path, run_id: str) -> list[dict[str, Any]]:
+    """The bodies of the run's ``membership`` receipts, in chain order (none without a log).
 
-    Only the part of the chain that verifies is read (the fit's receipt log refuses or repairs the rest). The
-    receipt holds no launch tokens and no drain marks: those come from the checkpoint or ``membership.json``.
+    Only the part of the chain that verifies is read (the fit's receipt log refuses or repairs the rest).
     """
     if not receipts.is_file():
-        return None
+        return []
     verified = verify_log(receipts, run_id=run_id)
-    last = None
-    for line in receipts.read_text(encoding="utf-8", errors="replace").splitlines()[: verified.count]:
-        receipt = parse_receipt(line)
-        if receipt.kind == "membership":
-            last = receipt.body
-    if last is None:
+    lines = receipts.read_text(encoding="utf-8", errors="replace").splitlines()[: verified.count]
+    return [receipt.body for receipt in map(parse_receipt, lines) if receipt.kind == "membership"]
+
+
+def last_receipted(receipts: Path, run_id: str, epochs: list[dict[str, Any]] | None = None) -> Membership | None:
+    """The membership epoch the run's receipt chain records last (None if none); ``epochs``: its
+    :func:`receipted_epochs`, if already read. The receipt holds no launch tokens and no drain marks: those come
+    from the checkpoint or ``membership.json``."""
+    bodies = receipted_epochs(receipts, run_id) if epochs is None else epochs
+    if not bodies:
         return None
+    last = bodies[-1]
     return Membership.from_json_dict({"epoch": last["epoch"], "nodes": last["members"],
                                       "world_size": last["world_size"]})  # fmt: skip
 

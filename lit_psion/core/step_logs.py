@@ -78,7 +78,7 @@ def log_kept_step_logs(module: Any) -> None:
     if kept and writes_log_row(module):
         for name in PROGRESS_BAR_KEYS & kept.keys():
             module.log(name, kept[name], prog_bar=True, logger=False)
-        connector = getattr(module.trainer, "_logger_connector", None)
+        connector = getattr(module._trainer, "_logger_connector", None)
         if connector is None:  # not Lightning's trainer: every value through self.log
             for name, value in kept.items():
                 module.log(name, value)
