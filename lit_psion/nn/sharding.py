@@ -15,6 +15,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from lit_psion.nn.gloo_comms import use_gloo_comms
+
 
 def shard_per_block(
     root: nn.Module,
@@ -43,3 +45,4 @@ def shard_per_block(
         # The last block's backward starts right after its forward: resharding it would only re-gather it.
         fully_shard(block, reshard_after_forward=reshard_after_forward and index < len(blocks) - 1, **kwargs)
     fully_shard(root, reshard_after_forward=False, **kwargs)  # the root's parameters are used again first
+    use_gloo_comms(root, blocks, data_parallel.get_group())
