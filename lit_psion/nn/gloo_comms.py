@@ -157,7 +157,9 @@ def use_gloo_comms(root: FSDPModule, blocks: Sequence[FSDPModule], group: dist.P
     for module in (*blocks, root):
         module.set_custom_all_gather(all_gather)
         module.set_custom_reduce_scatter(reduce_scatter)
-    root._set_unshard_async_op(True)  # every FSDP module under root (FSDP2's own switch; private in torch 2.13)
+    if not hasattr(root, "_set_unshard_async_op"):  # FSDP2's own switch, private in torch 2.13: without it a
+        return  # prefetch would gather synchronously, one block early for nothing
+    root._set_unshard_async_op(True)  # every FSDP module under root
     root.set_modules_to_forward_prefetch(list(blocks[:1]))
     for before, after in itertools.pairwise(blocks):
         before.set_modules_to_forward_prefetch([after])
