@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
 
@@ -85,7 +86,8 @@ class BroadcastAllGather(_ReusedBuffers, AllGather):
     ) -> dist.Work | None:
         world, rank, numel = group.size(), group.rank(), input_tensor.numel()
         slots = output_tensor.view(world, numel)
-        slots[rank].copy_(input_tensor.view(-1))
+        if slots[rank].data_ptr() != input_tensor.data_ptr():  # FSDP2 copies the shard into its slot already
+            slots[rank].copy_(input_tensor.view(-1))
         works = [dist.broadcast(slots[src], src=dist.get_global_rank(group, src), group=group, async_op=True)
                  for src in range(world)]  # fmt: skip
         handle = _AllOf(works)
@@ -100,8 +102,10 @@ class ExchangeReduceScatter(_ReusedBuffers, ReduceScatter):
 
     Supports the reductions FSDP2 asks for on float gradients: ``SUM`` and ``AVG`` (anything else is refused, so a
     future torch that asks for another one fails loudly instead of reducing wrongly). Only the flat gradient buffers
-    FSDP2 copies a block's gradients into are reused; the reduced shards it allocates here are the gradients
-    themselves, alive until ``zero_grad``, and are left to the allocator.
+    FSDP2 copies a block's gradients into are reused (told apart by their size: one this reduce-scatter has reduced
+    from); the reduced shards it allocates here are the gradients themselves, alive until ``zero_grad``, and are left
+    to the allocator. Should a shard's size equal another group's flat buffer, that shard is pooled: still correct
+    (its gradient's views count as uses), only held after ``zero_grad``.
     """
 
     def __init__(self) -> None:
@@ -143,15 +147,21 @@ class ExchangeReduceScatter(_ReusedBuffers, ReduceScatter):
             output_tensor.div_(world)
 
 
-def use_gloo_comms(root: FSDPModule, blocks: Sequence[FSDPModule], group: dist.ProcessGroup) -> None:
-    """On gloo, give a sharded model the collectives above and gather each block one block ahead.
+def use_gloo_comms(root: FSDPModule, blocks: Sequence[FSDPModule], mesh: DeviceMesh) -> None:
+    """On a CPU mesh over gloo, give a sharded model the collectives above and gather each block one block ahead.
 
     ``root`` and each of ``blocks`` must already be ``fully_shard``-ed. Without streams (CPU), FSDP2 gathers a
     block only when its forward or backward starts, so every gather waits for the slower rank there; issued one
     block early and asynchronously (``unshard_async_op``), a gather has a block's compute to arrive in. The cost is
-    one more block's full parameters held at a time. Anything but gloo is left as it is.
+    one more block's full parameters held at a time. Anything else (NCCL; gloo over CUDA tensors, where FSDP2's
+    streams would race the pool) is left as it is.
+
+    The prefetch lists assume every forward runs every block in order, as the decoders here do: a forward that
+    skipped a block would leave that block's early gather pending, to be used by its next forward even if the
+    shards changed in place in between.
     """
-    if dist.get_backend(group) != "gloo" or group.size() == 1:
+    group = mesh.get_group()
+    if mesh.device_type != "cpu" or dist.get_backend(group) != "gloo" or group.size() == 1:
         return
     all_gather, reduce_scatter = BroadcastAllGather(), ExchangeReduceScatter()  # one pool each for the whole model
     for module in (*blocks, root):

@@ -45,4 +45,4 @@ def shard_per_block(
         # The last block's backward starts right after its forward: resharding it would only re-gather it.
         fully_shard(block, reshard_after_forward=reshard_after_forward and index < len(blocks) - 1, **kwargs)
     fully_shard(root, reshard_after_forward=False, **kwargs)  # the root's parameters are used again first
-    use_gloo_comms(root, blocks, data_parallel.get_group())
+    use_gloo_comms(root, blocks, data_parallel)
