@@ -17,7 +17,7 @@ bits as gloo's reduce-scatter (two addends; at larger worlds the rank order can 
 the last bit). ``tests/nn/test_gloo_comms.py`` checks both, and that a model trains bitwise the same.
 
 Installed through FSDP2's hooks (``FSDPModule.set_custom_all_gather``, ``set_custom_reduce_scatter``,
-the prefetch lists) only when the mesh's backend is gloo; NCCL keeps its own kernels and streams.
+the prefetch lists) only on a CPU mesh over gloo; NCCL keeps its own kernels and streams.
 """
 
 from __future__ import annotations

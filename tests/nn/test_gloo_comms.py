@@ -84,8 +84,11 @@ def _train(rank: int, store: str, out: str) -> None:
         model = Decoder(TINY_DECODER)
         if ours:
             shard_per_block(model, model.blocks, mesh)
-            assert isinstance(model.blocks[0]._get_fsdp_state()._fsdp_param_groups[0]._all_gather_comm,
-                              BroadcastAllGather)  # fmt: skip
+            groups = [block._get_fsdp_state()._fsdp_param_groups[0] for block in model.blocks]
+            assert all(isinstance(g._all_gather_comm, BroadcastAllGather) for g in groups)
+            assert all(g.unshard_async_op for g in groups), "prefetches are asynchronous"
+            ahead = [block._get_fsdp_state()._states_to_forward_prefetch for block in model.blocks]
+            assert [len(states) for states in ahead] == [1, 1, 0], "each block gathers the next one ahead"
         else:
             for index, block in enumerate(model.blocks):
                 fully_shard(block, mesh=mesh, reshard_after_forward=index < len(model.blocks) - 1)
