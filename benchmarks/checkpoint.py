@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import REPO, Clock, StepTimer
+from step_clock import Clock, StepTimer
+from throughput import REPO
 
 from lit_psion.callbacks.checkpoint import PointerCheckpoint
 from lit_psion.checkpoint_io import write_checkpoint
