@@ -131,13 +131,14 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
                               "export the adapter again")  # fmt: skip
     tensors = load(data)  # the bytes that were hashed
     _require_finite(tensors, repr(str(path)))
-    _require_lora_shapes(tensors, meta["rank"], repr(str(path)))
+    _require_lora_shapes(tensors, meta["rank"], meta["dtype"], repr(str(path)))
     return meta, tensors
 
 
-def _require_lora_shapes(tensors: dict[str, torch.Tensor], rank: int, what: str) -> None:
-    """Every tensor a floating-point LoRA factor of ``rank``: A is (rank, in), B is (out, rank). A tensor of any
-    other name (a base weight) is refused: merged with ``strict=False``, it would replace the verified base's."""
+def _require_lora_shapes(tensors: dict[str, torch.Tensor], rank: int, dtype: str, what: str) -> None:
+    """Every tensor a floating-point LoRA factor of ``rank`` in the ``dtype`` adapter.json records: A is (rank, in),
+    B is (out, rank). A tensor of any other name (a base weight) is refused: merged with ``strict=False``, it would
+    replace the verified base's."""
     for name, tensor in tensors.items():
         if not name.endswith((".lora_a", ".lora_b")):
             raise CheckpointError(f"{what} holds {name!r}, which is not a LoRA factor (.lora_a or .lora_b): an "
@@ -145,6 +146,9 @@ def _require_lora_shapes(tensors: dict[str, torch.Tensor], rank: int, what: str)
                                   "adapter again)")  # fmt: skip
         if not tensor.is_floating_point():
             raise CheckpointError(f"{what} holds {name} as {tensor.dtype}, not floating point; refusing to use it")
+        if str(tensor.dtype) != dtype:  # what inspect reports and merge promises: the values as trained
+            raise CheckpointError(f"{what} holds {name} as {tensor.dtype}, where adapter.json records dtype "
+                                  f"{dtype!r}; export the adapter again")  # fmt: skip
         factor = "a" if name.endswith("lora_a") else "b" if name.endswith("lora_b") else None
         if factor is not None and (tensor.ndim != 2 or tensor.shape[0 if factor == "a" else 1] != rank):
             shape = "(rank, in)" if factor == "a" else "(out, rank)"

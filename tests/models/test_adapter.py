@@ -266,6 +266,13 @@ TAMPERED = {  # case: (tamper, what the one error line must say)
     "int-tensors-forged": (_forged(tensors=lambda w: {k: v.to(torch.int64) for k, v in w.items()}),
                            ["as torch.int64, not floating point"]),
     "rank-claimed-below-the-tensors": (_forged("rank", 4), ["with adapter.json's rank 4; export the adapter again"]),
+    "float16-tensors-forged": (_forged(tensors=lambda w: {k: v.half() for k, v in w.items()}),
+                               ["as torch.float16, where adapter.json records dtype 'torch.float32'"]),
+    "one-bfloat16-tensor-forged": (_forged(tensors=lambda w: {k: v.bfloat16() if i == len(w) - 1 else v
+                                                              for i, (k, v) in enumerate(w.items())}),
+                                   ["as torch.bfloat16, where adapter.json records dtype 'torch.float32'"]),
+    "dtype-claim-forged": (_forged("dtype", "torch.float16"),
+                           ["as torch.float32, where adapter.json records dtype 'torch.float16'"]),
 }  # fmt: skip
 
 
