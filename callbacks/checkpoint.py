@@ -27,7 +27,7 @@ from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest,
 from lit_psion.checkpoint_io import EXTRA_KEY, ManifestCheckpointIO
 from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest
-from lit_psion.core.contracts import MembershipAware, Resumable, signed_settings
+from lit_psion.core.contracts import HeadWatcher, MembershipAware, RecordWatcher, Resumable, signed_settings
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, DataManifestMismatch
 from lit_psion.core.files import read_json
@@ -178,7 +178,10 @@ class PointerCheckpoint(EvidenceCallback):
                 writer=f"rank{trainer.global_rank}", durability="durable",
             ))  # fmt: skip
             if (log := receipt_log(trainer)) is not None:
-                log.sync()
+                log.sync()  # before any record of the head: a recorded head is always in the durable log
+            watchers = [callback for callback in trainer.callbacks if isinstance(callback, HeadWatcher)]
+            for watcher in sorted(watchers, key=lambda c: isinstance(c, RecordWatcher)):  # run.json, then its mirrors
+                watcher.on_checkpoint_receipted(trainer)
         if not self.async_write:  # other ranks wait for the pointer (an async commit happens on rank 0 alone)
             trainer.strategy.barrier("lit_psion.checkpoint")
 

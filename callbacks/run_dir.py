@@ -180,6 +180,12 @@ class RunDirectory(Callback):
         if self.record is not None:
             self._save(trainer)
 
+    def on_checkpoint_receipted(self, trainer: L.Trainer) -> None:
+        """run.json's head takes the checkpoint's durable receipt: without it, that receipt (the digests of the
+        checkpoint a resume loads) and the steps after it would be anchored by nothing outside the log."""
+        if self.record is not None:
+            self._save(trainer)
+
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trained = True

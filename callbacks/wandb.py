@@ -2,8 +2,9 @@
 
 Added by the CLI whenever a Lightning ``WandbLogger`` is configured (``configs/overlays/wandb.yaml``). It
 logs the resolved config once, and puts the run id, the receipt-chain head, the config, data and
-model digests and the pointed-to checkpoint's digests into the W&B summary at every durable
-checkpoint and when fit ends. W&B stays telemetry: receipts and run.json remain the truth.
+model digests and the pointed-to checkpoint's digests into the W&B summary once each checkpoint is
+durable and receipted (its receipt inside the head) and when fit ends. W&B stays telemetry: receipts
+and run.json remain the truth.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ class WandbEvidence(Callback):
             self._summarised = True
             self._update_or_warn(trainer)
 
-    @override
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self._update_or_warn(trainer)  # the previous durable checkpoint; the final one is recorded at the end
+    def on_checkpoint_receipted(self, trainer: L.Trainer) -> None:
+        """A checkpoint is durable, pointed at and receipted: the summary's head covers its receipt."""
+        self._update_or_warn(trainer)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -228,10 +228,14 @@ class Recorded:
     attempt's when no receipt shows which trained (step receipts off)."""
     manifests: frozenset[str]
     """Every ``data_manifest_digest``."""
+    conflicts: tuple[str, ...] = ()
+    """A ``training_run`` receipt that records another config or data manifest digest than its attempt's first
+    (an attempt trains with one of each): a tail re-hashed over a forged record. Its digests are not counted."""
 
     @classmethod
     def of(cls, layout: RunLayout) -> Recorded:
         attempts: list[tuple[set[str], set[str], bool]] = []  # per attempt: configs, manifests, whether it trained
+        conflicts: list[str] = []
         lines = layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines() \
             if layout.receipts.is_file() else []  # fmt: skip
         for line in lines:
@@ -244,8 +248,13 @@ class Recorded:
                 if body.get("event") in ("started", "resumed") or not attempts:
                     attempts.append((set(), set(), False))
                 for digests, field in zip(attempts[-1][:2], ("config_digest", "data_manifest_digest"), strict=True):
-                    if isinstance(body.get(field), str):
-                        digests.add(body[field])
+                    if not isinstance(value := body.get(field), str):
+                        continue
+                    if digests and value not in digests:
+                        conflicts.append(f"receipt {receipt.seq} ({body.get('event')}) records {field} {value}, "
+                                         f"its attempt's first {next(iter(digests))}")  # fmt: skip
+                    else:
+                        digests.add(value)
             elif attempts and not attempts[-1][2] and (receipt.kind in TRAINED or (
                     receipt.kind == "checkpoint" and str(body.get("writer", "")).startswith("rank"))):  # fmt: skip
                 attempts[-1] = (*attempts[-1][:2], True)  # (the resolver's receipts come before config.yaml)
@@ -253,7 +262,7 @@ class Recorded:
         since = trained[-1] if trained else 0
         return cls(configs=frozenset().union(*(a[0] for a in attempts)),
                    current_configs=frozenset().union(*(a[0] for a in attempts[since:])),
-                   manifests=frozenset().union(*(a[1] for a in attempts)))  # fmt: skip
+                   manifests=frozenset().union(*(a[1] for a in attempts)), conflicts=tuple(conflicts))  # fmt: skip
 
 
 def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
@@ -318,6 +327,10 @@ def audit_files(layout: RunLayout, record: RunRecord, recorded: Recorded | None 
     """The run's description files against the digests run.json and its receipts record; the data manifest's digest
     recomputed from its content, and ``tokenizer.json`` against the digest the data manifest records."""
     verdicts, recorded = [], recorded or Recorded.of(layout)
+    for conflict in recorded.conflicts[:1]:
+        verdicts.append(Verdict(layout.receipts.name, False, f"{conflict}: one attempt trains with one config and "
+                                "one data manifest; the receipts were rewritten over a forged record",
+                                EvidenceError.exit_code))  # fmt: skip
     for path, digest in ((layout.config, record.config_digest), (layout.data_manifest, record.data_manifest_digest)):
         if digest is not None and not path.is_file():
             verdicts.append(Verdict(path.name, False, f"missing: run.json records its digest ({digest[:16]}...); "

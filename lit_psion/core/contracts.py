@@ -128,6 +128,15 @@ class RecordWatcher(Protocol):
 
 
 @runtime_checkable
+class HeadWatcher(Protocol):
+    """A callback that records the receipt chain's head outside the log (run.json, the W&B summary): told on rank 0
+    once a checkpoint's durable receipt is appended and synced, so the head it records covers that receipt (the
+    manifest digest and weights digest of the checkpoint a resume would load), not the head before it."""
+
+    def on_checkpoint_receipted(self, trainer: Any) -> None: ...
+
+
+@runtime_checkable
 class StateNormed(Protocol):
     """A module whose state norm a transactional strategy bounds (seed 000's state_norm trigger)."""
 

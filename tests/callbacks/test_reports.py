@@ -236,6 +236,9 @@ def test_wandb_offline_run_holds_the_config_and_evidence_digests(tmp_path: Path)
         ("lit_psion/status", "completed"),
     ]:
         assert key.encode() in data and value.encode() in data, key
+    chain = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    durable = [r["digest"] for r in chain if r["kind"] == "checkpoint" and r["body"]["durability"] == "durable"]
+    assert len(durable) >= 2 and all(digest.encode() in data for digest in durable)  # each pinned as it was made
     assert b"tiny_corpus.txt" in data  # the resolved config was logged
     assert b"train/loss" in data and b"val/loss" in data  # the metrics, though W&B joins only at training start
 
