@@ -373,15 +373,21 @@ class Transactional:
         step = self.lightning_module.trainer.global_step + 1  # this step's number once Lightning counts it
         self._streak.append(SkippedBatch(key=key, sample_ids=ids, step=step, reasons=reasons))
         if len(self._streak) >= self.policy.stop_after:
+            self._list_streak()  # so the resume skips the batches that stopped the run, rather than stop on them again
             return "stopped"
         if len(self._streak) % self.policy.restore_after:
             return None
+        self._list_streak()
+        return self._restore_checkpoint(optimizer)
+
+    def _list_streak(self) -> None:
+        """Put every rank's batches of the failing streak on the skip list, written by rank 0 before any receipt of
+        the decision."""
         assert self.skip_list is not None, "setup() runs before the first step"
         self.skip_list.add_ranks([self.broadcast(list(self._streak), src=rank) for rank in range(self.world_size)])
         if self.is_global_zero:
             self.skip_list.save()
         self.barrier("lit_psion.skip_list")
-        return self._restore_checkpoint(optimizer)
 
     def _restore_checkpoint(self, optimizer: torch.optim.Optimizer) -> str:
         """Load the weights and this optimizer's state from the run's last durable checkpoint."""

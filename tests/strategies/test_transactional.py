@@ -192,6 +192,23 @@ def test_persistent_failure_stops_with_a_typed_error(tmp_path: Path) -> None:
     assert [r["decision"] for r in transactions(tmp_path)] == ["commit"] * 2 + ["rollback"] * 4
 
 
+def test_a_streak_that_stops_the_run_is_skip_listed_so_the_next_fit_gets_past_it(tmp_path: Path) -> None:
+    """The streak's batches after its last restore were not listed: a resume replayed them and stopped on the same
+    steps, every time, whatever it changed (the data is what fails)."""
+    poisoned = dict.fromkeys(range(2, 8), "nan")
+    with pytest.raises(TransactionError, match="4 consecutive steps rolled back"):
+        train(tmp_path, Regression(poison=poisoned), TransactionalStrategy(RESTORING), 12)
+    rolled_back = [r for r in transactions(tmp_path) if r["decision"] == "rollback"]
+    assert rolled_back[-1]["action"] == "stopped"
+    listed = SkipList.load(tmp_path / "skip_list.json")
+    assert {r["batch_digest"] for r in rolled_back} == {entry.key for entry in listed}
+    before = len(transactions(tmp_path))
+    train(tmp_path, Regression(poison=poisoned), TransactionalStrategy(RESTORING), 12)  # the same bad batches
+    again = transactions(tmp_path)[before:]
+    assert [r["action"] for r in again if r["decision"] == "rollback"][:4] == ["skipped"] * 4
+    assert "stopped" not in {r["action"] for r in again}
+
+
 def test_the_cli_stops_a_diverging_run_with_exit_7(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # lr 1e4 makes every step overshoot: each one is rolled back for regression
     code = fit("--trainer.default_root_dir", str(tmp_path), "--trainer.strategy",
