@@ -20,10 +20,11 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lit_psion.checkpoint_io import consolidated_for, load_verified
 from lit_psion.core import RunLayout, RunRecord
-from lit_psion.core.audit import changed_records, receipted_checkpoints, verify_in_its_run
+from lit_psion.core.audit import changed_records, check_chain, receipted_checkpoints, verify_in_its_run
 from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.lock import lock_holder
 from lit_psion.core.pointer import read_pointer
 
 
@@ -104,6 +105,7 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
     Raises:
         ConfigError: ``location`` is neither a run directory nor a checkpoint directory.
         CheckpointError: no checkpoint verifies.
+        EvidenceError: the run's receipt chain does not verify against its anchors (exit 5).
     """
     location = Path(location)
     if RunLayout.of(location).is_run():
@@ -130,8 +132,22 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
     else:
         raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "
                           "directory (step-NNNNNN with manifest.json)")  # fmt: skip
+    record = RunRecord.load(layout) if layout is not None else None
+    if layout is not None and record is not None:
+        _refuse_a_broken_chain(layout, record)
     if checkpoint.sharded and layout is not None:
         checkpoint = consolidated_for(layout, checkpoint)  # one model, gathered from the shards and verified
     state = load_verified(checkpoint, map_location)
-    record = RunRecord.load(layout) if layout is not None else None
     return LoadedRun(layout=layout, record=record, checkpoint=checkpoint, state=state)
+
+
+def _refuse_a_broken_chain(layout: RunLayout, record: RunRecord) -> None:
+    """The run's receipt chain held to its anchors (run.json's head, every checkpoint's head, the seal), as ``receipts
+    verify`` and a resume hold it: a run whose history was cut, appended to or re-hashed is not read back as if whole.
+    A torn last line is what a kill leaves (a resume mends it), and a run a fit still writes changes under the reader:
+    both are read as far as the chain verifies. A run that kept no receipts has none to check."""
+    if record.receipts_head is None and not (layout.receipts.exists() or layout.receipts.is_symlink()):
+        return
+    if lock_holder(layout.run_dir) is not None:
+        return  # its checkpoints were held to the receipts that verify (receipted_checkpoints)
+    check_chain(layout, record, before_torn_tail=True)

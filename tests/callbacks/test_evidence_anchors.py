@@ -13,8 +13,10 @@ from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.chain import Receipt, genesis, verify_log
 from lit_psion.core.digest import sha256_json
+from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.run import read_latest, write_latest
+from lit_psion.runs import load_run
 from tests.helpers import callbacks_config, fit, fit_subprocess
 
 
@@ -156,6 +158,9 @@ def _refused(copy: RunLayout, harm: Callable[[RunLayout], None], reason: str, ca
     assert reason in capsys.readouterr().err
     assert main(["doctor", str(copy.run_dir)]) == 5
     assert "FAIL receipts.jsonl" in capsys.readouterr().out
+    if reason != "torn":  # what a kill leaves: read as far as the chain verifies, as a resume mends it
+        with pytest.raises(EvidenceError):  # the Python API reads no run back that the verifiers refuse
+            load_run(copy.run_dir)
 
 
 @pytest.mark.parametrize(("name", "harm", "reason"), FORGERIES, ids=[f[0] for f in FORGERIES])
