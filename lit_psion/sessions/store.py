@@ -416,6 +416,9 @@ class Store:
                 shutil.rmtree(staging)  # never committed
         if meta_path.is_file():  # a kill between meta.json and index.json left the registry's entry behind
             self._index_entry({**read_json(meta_path), "session_id": session_id})
+        for leftover in directory.glob(".*.tmp"):  # an atomic write killed before its rename: the old file stands
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink()
 
     def pending_commit(self, session_id: str) -> dict[str, Path]:
         """The files of a commit meta.json names but a crash left staged (what :meth:`recover` installs), by name;

@@ -326,3 +326,16 @@ def test_a_kill_between_meta_json_and_the_index_is_mended_by_the_next_writer(tra
     assert session("fork", "--artifacts_root", str(trained), "--parent_session_id", "s1", "--child_session_id",
                    "s2") == 0  # fmt: skip
     assert json.loads(index_path.read_text())["sessions"]["s1"] == current
+
+
+def test_a_kill_inside_an_atomic_write_leaves_no_temp_file_after_the_next_writer(trained: Path) -> None:
+    """A SIGKILL between an atomic write's temp file and its rename left ``.meta.json.<random>.tmp`` (a whole copy of
+    the uncommitted meta.json) in the session directory for good; the next writer, holding the lock, removes it."""
+    directory = trained / "sessions" / "s1"
+    leftover = directory / ".meta.json.k1ll3d00.tmp"
+    leftover.write_text((directory / "meta.json").read_text())
+    kept = directory / "notes.tmp"  # not an atomic write's
+    kept.write_text("mine")
+    assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "32") == 0
+    assert not leftover.exists() and kept.read_text() == "mine"
+    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
