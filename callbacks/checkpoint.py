@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest, signature_of
@@ -115,10 +116,25 @@ class PointerCheckpoint(EvidenceCallback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.checkpoint_the_pause(trainer)  # (done already if the receipts' own hook asked first)
         # A write already under way may still land; it becomes durable and pointed at only if it does.
         if self._in_flight is not None and not isinstance(exception, CheckpointWriteError):
             with contextlib.suppress(CheckpointWriteError):
                 self._collect(trainer, wait=True)
+
+    def checkpoint_the_pause(self, trainer: L.Trainer) -> None:
+        """Checkpoint the step a SIGTERM stopped the fit after, when ``on_train_batch_end`` did not: the signal came
+        after that hook (during the module's own, the logging, or the step's validation), and Lightning stopped at
+        the step's end all the same. Lightning stops only between steps, never inside an accumulation window (this
+        callback holds a signal there until the window's end). One process only: ranks that each saw the signal at
+        another point of the step would not meet in the checkpoint's collectives."""
+        if trainer.world_size > 1 or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        if trainer.global_step == self._last_saved_step or trainer.fit_loop.epoch_loop._should_accumulate():
+            return
+        self.save(trainer)
+        self._collect(trainer, wait=True)
 
     def save(self, trainer: L.Trainer) -> None:
         step = trainer.global_step

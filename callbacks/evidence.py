@@ -19,7 +19,7 @@ from typing_extensions import override
 from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
 from lit_psion.core.audit import check_chain, receipted_checkpoints
 from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, emit_receipt
-from lit_psion.core.contracts import MembershipAware, ReplayData, SignedModel, lr_flag
+from lit_psion.core.contracts import MembershipAware, PauseCheckpointer, ReplayData, SignedModel, lr_flag
 from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError, failure_class
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
@@ -217,6 +217,10 @@ class Receipts(EvidenceCallback):
         if not self._started or self._sealed or isinstance(exception, ReceiptWriteError):
             return  # refused before training began, raised after the seal, or the log cannot take a receipt
         event = "paused" if isinstance(exception, KeyboardInterrupt | SIGTERMException) else "failed"
+        if isinstance(exception, SIGTERMException):  # the paused step's checkpoint first, so this receipt follows it
+            for callback in trainer.callbacks:
+                if isinstance(callback, PauseCheckpointer):
+                    callback.checkpoint_the_pause(trainer)
         strategy = trainer.strategy
         mesh = strategy.stop_reason() if isinstance(strategy, MembershipAware) else None
         outcome = (mesh or type(exception).__name__) if event == "paused" else failure_class(exception)

@@ -71,6 +71,7 @@ from lit_psion.commands.records import (
     refuse_without_its_records,
     remove_if_unborn,
     what_remains,
+    what_the_pause_kept,
 )
 from lit_psion.commands.roots import make_root, remove_if_empty
 from lit_psion.commands.wandb_runs import place_wandb_runs
@@ -429,7 +430,8 @@ def _main(args: list[str] | None) -> int:
         if (stop := mesh_stop()) is not None:
             return _leave_for_the_mesh(stop)
         if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # every rank of the node pauses at the same step
-            print("lit_psion: paused by SIGTERM after a checkpoint; continue with --ckpt_path last", file=sys.stderr)
+            kept = what_the_pause_kept(FITTING[0]) if FITTING else "; continue with --ckpt_path last"
+            print(f"lit_psion: paused by SIGTERM{kept}", file=sys.stderr)
         return EXIT_SIGTERM
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
         if exit_inside_a_fit(stop):  # not a verdict: a fit's run is recorded failed, which exit 0 or 2 would belie

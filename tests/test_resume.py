@@ -194,17 +194,24 @@ def test_a_resume_honours_and_records_the_settings_it_is_given(
             assert step_4 == pytest.approx(0.01 * warmup_cosine(2, 6, 0.1)(4))
 
 
+@pytest.mark.parametrize("every", [3, 4], ids=["checkpoint due", "checkpoint not due"])
 def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(
-    tmp_path: Path, uninterrupted: tuple[dict, list, Path]
+    tmp_path: Path, uninterrupted: tuple[dict, list, Path], every: int
 ) -> None:
     """Lightning stops mid-validation on SIGTERM; the step's checkpoint, written before the validation, then resumed
-    past it: the run's receipts and metrics lost that evaluation for good."""
+    past it: the run's receipts and metrics lost that evaluation for good. After a step whose checkpoint was not due
+    (every 4), the run paused at step 4 and said "after a checkpoint": the pause now checkpoints step 6 itself."""
     ids = tmp_path / "ids.jsonl"
     stopped = callbacks_config(tmp_path / "term.json", ("RecordConsumed", {"path": str(ids)}),
                                ("SigtermInValidation", {"step": 6}))  # fmt: skip
-    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N))
+    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N),
+              "--checkpoint.every_n_train_steps", str(every))  # fmt: skip
     result = fit_subprocess(*common, "--config", stopped)
     assert result.returncode == 143, result.stderr[-2000:]
+    assert latest_checkpoint(tmp_path)["global_step"] == 6
+    said = result.stderr.strip().splitlines()[-1]
+    assert said == f"lit_psion: paused by SIGTERM at step 6, checkpointed; continue run {read_latest(tmp_path)} " \
+        "with --ckpt_path last"  # fmt: skip
     resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
     assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)

@@ -134,6 +134,18 @@ def what_remains(layout: RunLayout) -> str:
     return f"; continue run {layout.run_id} from its latest durable checkpoint with --ckpt_path last"
 
 
+def what_the_pause_kept(layout: RunLayout) -> str:
+    """For a SIGTERM's line: the step the run paused at and the checkpoint ``--ckpt_path last`` continues from."""
+    try:
+        step, pointed = read_json(layout.run_file)["global_step"], read_json(layout.pointer)["step"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return what_remains(layout)  # no run yet, or no durable checkpoint
+    if step == pointed:
+        return f" at step {step}, checkpointed; continue run {layout.run_id} with --ckpt_path last"
+    return (f" at step {step}; continue run {layout.run_id} with --ckpt_path last from its latest durable checkpoint, "
+            f"step {pointed} (the steps after it train again)")
+
+
 def remove_if_unborn(run_dir: Path) -> None:
     """A new run refused before its run.json was written leaves no directory behind (only its lock was there)."""
     if run_dir.is_dir() and not RunLayout.of(run_dir).is_run() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:

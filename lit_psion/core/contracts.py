@@ -128,6 +128,14 @@ class RecordWatcher(Protocol):
 
 
 @runtime_checkable
+class PauseCheckpointer(Protocol):
+    """A callback that checkpoints the step a SIGTERM stops a fit after: told before the ``paused`` receipt is
+    written (Lightning stops at a step boundary, but may check the signal after the step's own checkpoint hook)."""
+
+    def checkpoint_the_pause(self, trainer: Any) -> None: ...
+
+
+@runtime_checkable
 class HeadWatcher(Protocol):
     """A callback that records the receipt chain's head outside the log (run.json, the W&B summary): told on rank 0
     once a checkpoint's durable receipt is appended and synced, so the head it records covers that receipt (the
