@@ -42,6 +42,11 @@ class PredictionWriter(BasePredictionWriter):
         if self.out.is_dir() and any(self.out.iterdir()):
             raise ConfigError(f"trainer.callbacks.out {str(self.out)!r} already holds files; give a new or empty "
                               "directory, so no earlier predictions are mixed in or overwritten")  # fmt: skip
+        try:  # now, not after every batch is predicted (an empty directory is what a rerun may be given)
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"trainer.callbacks.out {str(self.out)!r} cannot be created ({error.strerror or error}); "
+                              "give a writable directory") from error  # fmt: skip
 
     @override
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any,

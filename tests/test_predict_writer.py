@@ -37,8 +37,10 @@ def test_predict_writes_its_predictions_with_the_writer_and_says_so_without_one(
     run = tmp_path / "runs" / read_latest(tmp_path / "runs")
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "nowhere")  # was exit 1 (FileExistsError) after every batch was predicted
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")  # under it, no directory can be made: was exit 1 after predicting
     for place, says in ((out, "already holds files"), (run / "predictions", "is inside run directory"),
-                        (dangling, "which does not exist")):
+                        (dangling, "which does not exist"), (a_file / "predictions", "cannot be created")):
         assert main([*args[:-2], "--trainer.callbacks+=lit_psion.callbacks.PredictionWriter",
                      f"--trainer.callbacks.out={place}"]) == 2  # fmt: skip
         assert says in capsys.readouterr().err
