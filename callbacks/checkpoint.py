@@ -30,7 +30,13 @@ from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest
 from lit_psion.core.contracts import HeadWatcher, MembershipAware, RecordWatcher, Resumable, signed_settings
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, DataManifestMismatch
+from lit_psion.core.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    ConfigError,
+    DataManifestMismatch,
+    LitPsionError,
+)
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.pointer import CheckpointPointer, read_pointer, write_pointer
@@ -60,6 +66,7 @@ class PointerCheckpoint(EvidenceCallback):
         self._last_saved_step = -1
         self._in_flight: tuple[Path, Future] | None = None
         self._sigterm_in_validation = self._sigterm_mid_window = False
+        self._validated_at = -1
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -105,11 +112,6 @@ class PointerCheckpoint(EvidenceCallback):
             connector.received_sigterm, self._sigterm_in_validation = False, True
 
     @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._sigterm_in_validation:
-            trainer._signal_connector.received_sigterm, self._sigterm_in_validation = True, False
-
-    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
         self._collect(trainer, wait=True)
@@ -125,16 +127,37 @@ class PointerCheckpoint(EvidenceCallback):
 
     def checkpoint_the_pause(self, trainer: L.Trainer) -> None:
         """Checkpoint the step a SIGTERM stopped the fit after, when ``on_train_batch_end`` did not: the signal came
-        after that hook (during the module's own, the logging, or the step's validation), and Lightning stopped at
-        the step's end all the same. Lightning stops only between steps, never inside an accumulation window (this
-        callback holds a signal there until the window's end). One process only: ranks that each saw the signal at
-        another point of the step would not meet in the checkpoint's collectives."""
+        after that hook (during the module's own, or the logging), and Lightning stopped at the step's end all the
+        same (never inside an accumulation window: this callback holds a signal there until the window's end).
+
+        Not after the step's validation, nor at the end of an epoch: Lightning's loop state then says the
+        validation or the epoch is done, and a resume would count the step's log row twice or leave the epoch
+        wrongly; the run pauses at its last checkpoint and a resume replays the steps since, bitwise. Not where
+        the step's checkpoint exists (a resume at that step, stopped before it trained).
+        One process only: ranks that each saw the signal at another point of the step would not meet in the
+        checkpoint's collectives. A write that fails leaves the pause at the last durable checkpoint, said."""
         if trainer.world_size > 1 or trainer.state.fn != "fit" or trainer.sanity_checking:
             return
-        if trainer.global_step == self._last_saved_step or trainer.fit_loop.epoch_loop._should_accumulate():
+        step = trainer.global_step
+        loop = trainer.fit_loop.epoch_loop
+        if step in (self._last_saved_step, self._validated_at) or loop._should_accumulate() \
+                or loop._num_ready_batches_reached() or self.run(trainer).layout.checkpoint(step).exists():  # fmt: skip
+            with contextlib.suppress(CheckpointWriteError):
+                self._collect(trainer, wait=True)  # the step's own write, durable before the pause is receipted
             return
-        self.save(trainer)
-        self._collect(trainer, wait=True)
+        try:
+            self.save(trainer)
+            self._collect(trainer, wait=True)
+        except LitPsionError as error:  # a write or its receipt failed: the pause goes on being recorded
+            print(f"lit_psion: warning: the pause's checkpoint of step {step} was not written ({error}); the run "
+                  "pauses at its latest durable checkpoint", file=sys.stderr)  # fmt: skip
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._sigterm_in_validation:
+            trainer._signal_connector.received_sigterm, self._sigterm_in_validation = True, False
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._validated_at = trainer.global_step
 
     def save(self, trainer: L.Trainer) -> None:
         step = trainer.global_step

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
 from lit_psion.datamodules import CorpusDataModule
+from lit_psion.models import DecoderLM
 from lit_psion.nn.optim import warmup_cosine
-from tests.helpers import assert_tree_equal, callbacks_config, consumed, fit, fit_subprocess, latest_checkpoint
+from tests.helpers import TINY, assert_tree_equal, callbacks_config, consumed, fit, fit_subprocess, latest_checkpoint
 
 N = 12
 # 46 training samples at stride 200 -> 5 batches of 8 per epoch: step 5 closes epoch 0.
@@ -200,7 +203,7 @@ def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(
 ) -> None:
     """Lightning stops mid-validation on SIGTERM; the step's checkpoint, written before the validation, then resumed
     past it: the run's receipts and metrics lost that evaluation for good. After a step whose checkpoint was not due
-    (every 4), the run paused at step 4 and said "after a checkpoint": the pause now checkpoints step 6 itself."""
+    (every 4), the run pauses at step 4 and the line says so (it said "after a checkpoint")."""
     ids = tmp_path / "ids.jsonl"
     stopped = callbacks_config(tmp_path / "term.json", ("RecordConsumed", {"path": str(ids)}),
                                ("SigtermInValidation", {"step": 6}))  # fmt: skip
@@ -208,10 +211,11 @@ def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(
               "--checkpoint.every_n_train_steps", str(every))  # fmt: skip
     result = fit_subprocess(*common, "--config", stopped)
     assert result.returncode == 143, result.stderr[-2000:]
-    assert latest_checkpoint(tmp_path)["global_step"] == 6
-    said = result.stderr.strip().splitlines()[-1]
-    assert said == f"lit_psion: paused by SIGTERM at step 6, checkpointed; continue run {read_latest(tmp_path)} " \
-        "with --ckpt_path last"  # fmt: skip
+    assert latest_checkpoint(tmp_path)["global_step"] == 6 if every == 3 else 4  # (a resume replays 5 and 6)
+    said, run_id = result.stderr.strip().splitlines()[-1], read_latest(tmp_path)
+    assert said == (f"lit_psion: paused by SIGTERM at step 6, checkpointed; continue run {run_id} with --ckpt_path "
+                    "last" if every == 3 else f"lit_psion: paused by SIGTERM at step 6; continue run {run_id} with "
+                    "--ckpt_path last from its latest durable checkpoint, step 4 (the steps after it train again)")
     resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
     assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
@@ -219,7 +223,8 @@ def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(
              .read_text().splitlines() if '"kind": "eval"' in line]  # fmt: skip
     reference = [json.loads(line)["body"]["step"] for line in (uninterrupted[2] / "receipts.jsonl")
                  .read_text().splitlines() if '"kind": "eval"' in line]  # fmt: skip
-    assert evals == reference and 6 in evals
+    # every 4: the replay of steps 5 and 6 validates step 6 again, and its receipt says so
+    assert (evals if every == 3 else sorted(set(evals))) == reference and 6 in evals
 
 
 def test_a_resume_reads_its_receipt_log_through_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,3 +289,37 @@ def test_a_sigterm_inside_an_accumulation_window_pauses_at_the_windows_end_and_r
     resumed, uninterrupted = latest_checkpoint(root), latest_checkpoint(reference)
     assert_tree_equal(resumed["state_dict"], uninterrupted["state_dict"], "state_dict")
     assert_tree_equal(resumed["optimizer_states"], uninterrupted["optimizer_states"], "optimizer_states")
+
+
+class SigtermInTheModulesHook(DecoderLM):
+    """SIGTERM to this process from the module's own ``on_train_batch_end`` at the step the environment names: after
+    the checkpoint callback's hook, before Lightning looks for the signal."""
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.trainer.ckpt_path is None and self.trainer.global_step == int(os.environ["LIT_PSION_TEST_TERM_AT"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize(("at", "kept"), [(4, 4), (5, 3)], ids=["mid-epoch", "an epoch's last step"])
+def test_a_sigterm_after_the_steps_checkpoint_hook_still_checkpoints_the_step(
+    tmp_path: Path, uninterrupted: tuple[dict, list, Path], monkeypatch: pytest.MonkeyPatch, at: int, kept: int
+) -> None:
+    """The signal came after the checkpoint callback had looked for it: the run paused with no checkpoint of its step
+    (before the first scheduled one, none at all: the resume exited 4), and the line said "after a checkpoint". At an
+    epoch's end (5 batches here) the loop's state is the next epoch's: the run pauses at its last checkpoint."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(Path(TINY).read_text().replace("lit_psion.models.DecoderLM",
+                                                     "tests.test_resume.SigtermInTheModulesHook"))  # fmt: skip
+    monkeypatch.setenv("LIT_PSION_TEST_TERM_AT", str(at))
+    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N),
+              "--trainer.log_every_n_steps", "1")  # fmt: skip
+    result = fit_subprocess(*common, config=str(config))
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert latest_checkpoint(tmp_path)["global_step"] == kept
+    said = result.stderr.strip().splitlines()[-1]
+    assert said.startswith(f"lit_psion: paused by SIGTERM at step {at}" + (", checkpointed;" if at == kept else ";"))
+    assert fit(*common, "--ckpt_path", "last", config=str(config)) == 0
+    assert_tree_equal(latest_checkpoint(tmp_path)["state_dict"], uninterrupted[0]["state_dict"])
+    rows = _train_rows(tmp_path / read_latest(tmp_path))
+    assert [step for step, _ in rows] == [str(step) for step in range(N)]  # each step's row once, at its own step
