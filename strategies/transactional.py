@@ -372,17 +372,14 @@ class Transactional:
         ids = tuple(batch["sample_ids"].tolist()) if isinstance(batch, dict) and "sample_ids" in batch else None
         step = self.lightning_module.trainer.global_step + 1  # this step's number once Lightning counts it
         self._streak.append(SkippedBatch(key=key, sample_ids=ids, step=step, reasons=reasons))
-        if len(self._streak) >= self.policy.stop_after:
-            self._list_streak()  # so the resume skips the batches that stopped the run, rather than stop on them again
-            return "stopped"
-        if len(self._streak) % self.policy.restore_after:
+        stop = len(self._streak) >= self.policy.stop_after
+        if not stop and len(self._streak) % self.policy.restore_after:
             return None
-        self._list_streak()
-        return self._restore_checkpoint(optimizer)
+        self._list_streak()  # a stop's streak too: a resume skips those batches rather than stop on them again
+        return "stopped" if stop else self._restore_checkpoint(optimizer)
 
     def _list_streak(self) -> None:
-        """Put every rank's batches of the failing streak on the skip list, written by rank 0 before any receipt of
-        the decision."""
+        """Every rank's batches of the failing streak onto the skip list, saved before the decision's receipt."""
         assert self.skip_list is not None, "setup() runs before the first step"
         self.skip_list.add_ranks([self.broadcast(list(self._streak), src=rank) for rank in range(self.world_size)])
         if self.is_global_zero:
