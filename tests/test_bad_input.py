@@ -231,8 +231,13 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
      "of them"),
     (("--trainer.gradient_clip_val", "abc"),
      "trainer.gradient_clip_val: 'abc' is not an int or float or null; give one"),
-    (("--model.init_args.optimizer.lr", "nan"), "model.optimizer.lr: 'nan' is not a finite number; give one"),
-    (("--trainer.gradient_clip_val=-inf",), "trainer.gradient_clip_val: '-inf' is not a finite number; give one"),
+    (("--model.init_args.optimizer.lr", "nan"), "model.optimizer.lr: 'nan' is not a number; give a finite one"),
+    (("--trainer.gradient_clip_val=-inf",), "trainer.gradient_clip_val: '-inf' is read as text, not a number; write "
+     "-.inf where the setting takes no limit, else give a finite number"),
+    # Said "is not a finite number" while the same policy in YAML (rollback_tol: .inf) is accepted:
+    (("--trainer.strategy", "transactional", "--trainer.strategy.policy.rollback_tol", "inf"),
+     "trainer.strategy.policy.rollback_tol: 'inf' is read as text, not a number; write .inf where the setting "
+     "takes no limit, else give a finite number"),
     (("--model.init_args.optimizer.lr", "-1e-3"), "--model.init_args.optimizer.lr was given no value; give it one, "
      "written as --FLAG=VALUE when the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),  # said --model
     (("--trainer.max_steps",), "--trainer.max_steps was given no value; give it one, written as --FLAG=VALUE when "
@@ -242,7 +247,8 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
 
 @pytest.mark.parametrize(("args", "says"), VALUES_OF_THE_WRONG_TYPE,
                          ids=["nested int", "data int", "policy float", "trainer int", "an int written 1e3",
-                              "optimizer name", "tokenizer", "trainer union", "nan", "-inf", "a value read as a flag",
+                              "optimizer name", "tokenizer", "trainer union", "nan", "-inf", "inf where .inf is taken",
+                              "a value read as a flag",
                               "no value"])  # fmt: skip
 def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str

@@ -95,6 +95,10 @@ ERRORS = [
     ("negative bar refresh", lambda p: ["--progress_bar.refresh_rate", "-1"], 2, "refresh_rate must be an integer"),
     ("zero print interval", lambda p: ["--progress_bar.print_every", "0"], 2, "print_every must be >= 1 or null"),
     ("zero validation interval", lambda p: ["--trainer.val_check_interval", "0"], 2, "val_check_interval must be > 0"),
+    ("nan validation interval", lambda p: ["--trainer.val_check_interval", "nan"], 2,
+     "val_check_interval must be > 0 (steps, or a fraction of an epoch), got 'nan'"),  # said "Invalid time format"
+    ("sanity steps below -1", lambda p: ["--trainer.num_sanity_val_steps", "-2"], 2,
+     "num_sanity_val_steps must be >= 0 (or -1: every validation batch), got -2"),  # was accepted, ran none
     ("zero accumulation", lambda p: ["--trainer.accumulate_grad_batches", "0"], 2, "accumulate_grad_batches must be"),
     ("zero steps", lambda p: ["--trainer.max_steps", "0"], 2, "max_steps must be >= 1"),
     ("endless steps", lambda p: ["--trainer.max_steps", "-1"], 2, "never ends"),

@@ -58,6 +58,19 @@ def test_an_overlay_or_flags_without_a_preset_say_to_give_one_first(args: tuple[
         "then any overlay (--config configs/overlays/...) and flags"]
 
 
+@pytest.mark.parametrize("group", ["data", "model"])
+def test_a_class_setting_without_a_preset_says_to_give_one_first(group: str, capsys: pytest.CaptureFixture) -> None:
+    """`fit --data.files x` said "LightningDataModule refuses the settings given for it: Option 'files' is not
+    accepted", as if the setting were misspelt, not that no preset named a class to take it."""
+
+    capsys.readouterr()
+    setting = {"data": "--data.files", "model": "--model.decoder.n_layer"}[group]
+    assert main(["fit", setting, "2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lit_psion: error: {group}: no {group} class configured for these settings; give a preset first (--config "
+        "configs/decoder_tiny.yaml), then any overlay (--config configs/overlays/...) and flags"]
+
+
 def test_a_negative_value_a_command_takes_for_a_flag_says_how_to_give_it(capsys: pytest.CaptureFixture) -> None:
     """`window run ROOT --deadline -inf` said "expected one argument", as argparse does, and not how to give it."""
 

@@ -181,8 +181,13 @@ def setting_problems(config: Any, subcommand: str | None) -> list[str]:
         problems.append(f"trainer.gradient_clip_val must be >= 0 (null: no clipping), got "
                         f"{trainer.get('gradient_clip_val')!r}")  # fmt: skip
     interval = trainer.get("val_check_interval")
-    if isinstance(interval, int | float) and not interval > 0:
+    if (isinstance(interval, int | float) and not interval > 0) or (
+        isinstance(interval, str) and _max_time_problem(interval) is not None and ":" not in interval
+    ):  # "nan" or "1e3x" arrive as text, which Lightning would read as a duration
         problems.append(f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {interval!r}")
+    sanity = trainer.get("num_sanity_val_steps")
+    if isinstance(sanity, int) and not isinstance(sanity, bool) and sanity < -1:
+        problems.append(f"trainer.num_sanity_val_steps must be >= 0 (or -1: every validation batch), got {sanity!r}")
     max_steps, max_epochs = trainer.get("max_steps"), trainer.get("max_epochs")
     if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
         problems.append(f"trainer.max_steps must be >= 1 (or -1 with max_epochs), got {max_steps!r}")
@@ -287,6 +292,11 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     value = _UNION_VALUE.search(tail) or _PLAIN_VALUE.search(tail)
     if value is not None:  # the innermost problem is a value of the wrong type, not a setting the class lacks
         return _wrong_type(".".join(keys), value["types"], value["value"])
+    if outer in ("lightning.LightningModule", "lightning.LightningDataModule") and not any(
+        arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv
+    ):  # settings for a model or data class no preset has named
+        return (f"{'.'.join(keys)}: no {keys[0]} class configured for these settings; give a preset first (--config "
+                "configs/decoder_tiny.yaml), then any overlay (--config configs/overlays/...) and flags")  # fmt: skip
     listed = (f"; `python -m lit_psion fit --{keys[0]}.help {outer}` lists the settings it takes"
               if keys[0] in ("model", "data", "trainer.callbacks") else "")  # fmt: skip
     return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
@@ -305,8 +315,11 @@ def _base_class_tries(message: str) -> set[str]:
 
 def _wrong_type(where: str, types: str, given: str) -> str:
     names = [quoted or generic for quoted, generic in re.findall(r"'([^']+)'|(\w[\w.]*\[[^\]]*\])", types)] or [types]
-    if "float" in names and given.lower().lstrip("+-") in ("nan", "inf", "infinity"):
-        return f"{where}: {given!r} is not a finite number; give one"
+    if "float" in names and given.lower().lstrip("+-") in ("inf", "infinity"):  # YAML's infinity is .inf
+        return (f"{where}: {given!r} is read as text, not a number; write {given[0] if given[0] in '+-' else ''}"
+                ".inf where the setting takes no limit, else give a finite number")  # fmt: skip
+    if "float" in names and given.lower().lstrip("+-") == "nan":
+        return f"{where}: {given!r} is not a number; give a finite one"
     wanted = " or ".join("null" if name == "NoneType" else name for name in names)
     if "int" in names and "float" not in names and re.fullmatch(r"[+-]?\d+\.0", given):  # 1e3 reads as 1000.0
         return (f"{where}: {given!r} is a float, not an int (an exponent or a decimal point makes one); write "

@@ -34,13 +34,15 @@ def read_events(path: Path) -> list[EventEnvelope]:
         if not line.strip():
             continue
         try:
-            events.append(EventEnvelope.from_json_dict(json.loads(line, object_pairs_hook=unique_keys)))
+            record = json.loads(line, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as error:
             raise EventError(f"{path}:{number}: not JSON ({error.msg})") from error
         except ValueError as error:  # a key given twice: which value counts would be the parser's choice
             raise EventError(f"{path}:{number}: not an event ({error}); give each key once") from error
         except RecursionError as error:
             raise EventError(f"{path}:{number}: not an event (nested too deeply to read)") from error
+        try:  # (an EventError is a ValueError: read apart from the JSON, so it is not taken for a repeated key)
+            events.append(EventEnvelope.from_json_dict(record))
         except EventError as error:
             raise EventError(f"{path}:{number}: {error}") from error
     if not events:

@@ -321,3 +321,22 @@ def test_a_cached_event_tokenizer_replaced_with_its_record_is_named_with_the_fix
     assert str(path) in str(raised.value) and "delete it to train it again" in str(raised.value)
     path.unlink()
     assert data.load_codec().vocab_size > 2  # deleted, it is trained again
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ('{"id": "e1", "type": "Message", "sender": "a", "seq": 1, "payload": {}, "colour": "red"}',
+     "event field 'colour' is not part of the envelope"),
+    ('{"id": "e1", "type": "Shout", "sender": "a", "seq": 1, "payload": {}}', "unknown type 'Shout'"),
+])  # fmt: skip
+def test_an_event_the_envelope_refuses_is_not_called_a_repeated_key(tmp_path: object, line: str, says: str) -> None:
+    """An unknown field said "...; give each key once": the envelope's refusal was caught as the parser's."""
+    from pathlib import Path
+
+    from lit_psion.events.predict import read_events
+
+    path = Path(str(tmp_path)) / "odd.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(EventError) as raised:
+        read_events(path)
+    assert str(raised.value).startswith(f"{path}:1: ") and says in str(raised.value), raised.value
+    assert "give each key once" not in str(raised.value) and raised.value.exit_code == 3
