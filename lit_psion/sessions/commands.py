@@ -164,9 +164,10 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
         store.base_weights()  # the base the child will run on: its digest and finiteness, as run checks them
         if (child_dir / "meta.json").exists():
             raise ConfigError(f"session {child_id!r} already exists; pick another --child_session_id")
-        # Checked (digest, finiteness) before a state spreads to a child, and copied from the bytes checked.
-        plastic = tensors_bytes(store.plastic_state(parent))
-        optimizer = torch_bytes(store.optimizer_state(parent) if copy_optimizer else {})
+        # Checked (digest, finiteness) before a state spreads to a child, and copied from the bytes checked. The
+        # optimizer state is checked with a fresh one too: a parent missing a recorded file is damaged, not forkable.
+        plastic, parent_optimizer = tensors_bytes(store.plastic_state(parent)), store.optimizer_state(parent)
+        optimizer = torch_bytes(parent_optimizer if copy_optimizer else {})
         meta = {**parent, "session_id": child_id, "parent_session_id": parent_id,
                 "root_session_id": parent["root_session_id"], "created_at": time.time(), "runs": [],
                 "forked": {"copy_optimizer": copy_optimizer, "parent_runs": len(parent["runs"])},

@@ -213,6 +213,10 @@ class Store:
     def base_meta(self) -> dict[str, Any]:
         path = self.base_dir / "base_meta.json"
         if not path.is_file():
+            if sessions := sorted(meta.parent.name for meta in (self.root / "sessions").glob("*/meta.json")):
+                raise ConfigError(f"no base model in {str(self.root)!r}, though {len(sessions)} session(s) were made "
+                                  f"for one ({', '.join(sessions[:3])}): restore {str(self.base_dir)!r} from a backup "
+                                  "(a new init-base makes another base, which they refuse)")  # fmt: skip
             raise ConfigError(f"no base model in {str(self.root)!r}: run `python -m lit_psion session init-base "
                               f"--artifacts_root {self.root}` first")  # fmt: skip
         meta = _record(path, ("config", "base_ckpt_hash", "model_signature"))

@@ -47,3 +47,20 @@ def test_an_edited_base_record_is_said_as_edited_by_every_command(trained: Path,
     assert not (trained / "sessions" / "c1").exists()
     new = ("new", *root, "--session_id", "s2", "--mu", "0.1", "--env_mode", "linear")  # a session for a base that
     assert session(*new) in (4, 5) and not (trained / "sessions" / "s2").exists()  # could never run
+
+
+def test_a_deleted_base_says_to_restore_it_not_to_make_another(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    """With base/ removed, every command advised `session init-base`, which makes a base every session refuses."""
+    import shutil
+
+    shutil.rmtree(trained / "base")
+    root = ("--artifacts_root", str(trained))
+    for argv in (("run", *root, "--session_id", "s1", "--steps", "32"), ("verify", *root, "--session_id", "s1"),
+                 ("fork", *root, "--parent_session_id", "s1", "--child_session_id", "c1")):  # fmt: skip
+        capsys.readouterr()
+        assert session(*argv) == 2, argv
+        said = capsys.readouterr().err
+        assert "1 session(s) were made for one (s1): restore" in said and "from a backup" in said, (argv, said)
+        assert "run `python -m lit_psion session init-base" not in said, argv
+    assert len(read_json(trained / "sessions" / "s1" / "meta.json")["runs"]) == 1
+    assert not (trained / "sessions" / "c1").exists()

@@ -127,6 +127,23 @@ def test_a_tampered_base_checkpoint_is_refused(trained: Path, capsys: pytest.Cap
     assert not (trained / "sessions" / "c1").exists()
 
 
+@pytest.mark.parametrize("damage", ["missing", "flipped"])
+def test_a_fork_with_a_fresh_optimizer_still_refuses_a_damaged_parent(trained: Path, capsys: pytest.CaptureFixture,
+                                                                     damage: str) -> None:  # fmt: skip
+    """`fork --reset_optimizer 1` made a child of a parent whose optim_state.pt was missing or altered: it never
+    read the file, so the damage spread to a child that `session verify` could not trace back."""
+    state = trained / "sessions" / "s1" / "optim_state.pt"
+    if damage == "missing":
+        state.unlink()
+    else:
+        state.write_bytes(state.read_bytes()[:-1] + bytes([state.read_bytes()[-1] ^ 1]))
+    capsys.readouterr()
+    assert session("fork", "--artifacts_root", str(trained), "--parent_session_id", "s1", "--child_session_id", "c1",
+                   "--reset_optimizer", "1") == 4  # fmt: skip
+    assert "optim_state.pt" in capsys.readouterr().err
+    assert not (trained / "sessions" / "c1").exists()
+
+
 class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
