@@ -111,15 +111,13 @@ class SkipList:
 def replayed_entries(layout: RunLayout, entries: list[SkippedBatch], resumed_at: int | None) -> list[SkippedBatch]:
     """The entries a resume from the checkpoint of step ``resumed_at`` trains again rather than skips: those listed
     after it (a kill between a restore and the next checkpoint), whose steps the replay decides, and lists, again
-    as the uninterrupted run did. Not after a stop for divergence (exit 7): skipping the batches that stopped it
-    is how a resume gets past them (the same batches would stop it again)."""
+    as the uninterrupted run did. Not those of a streak that stopped the run for divergence (exit 7): skipping the
+    batches that stopped it is how a resume gets past them (the same batches would stop it again), however many
+    resumes (and pauses) later. The receipts say which streaks stopped a run, not run.json's latest status."""
     if resumed_at is None:
         return []
-    try:
-        diverged = read_json(layout.run_file).get("failure_class") == "diverged"
-    except (OSError, ValueError, AttributeError):
-        diverged = False
-    return [] if diverged else [entry for entry in entries if entry.step > resumed_at]
+    stopped = _read_transactions(layout).stopped
+    return [entry for entry in entries if entry.step > resumed_at and entry.step not in stopped]
 
 
 def resumed_step(body: dict[str, Any]) -> int | None:
@@ -145,34 +143,8 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
         EvidenceError: the file is not a skip list, or an entry is not borne out by the receipts (exit 5).
     """
     entries = list(SkipList.load(layout.skip_list))
-    rolled_back: dict[int, set[str]] = {}  # step -> rank 0's batch of each rollback there
-    every_rank: dict[int, set[str]] = {}  # step -> every rank's batches, where its receipts name them all
-    streak: list[int] = []  # the steps of the rollbacks since the last commit (or start, resume, membership change)
-    listed: set[int] = set()  # the steps a restore (or its absence) put on the list, which must be there
-    last = 0
-    if layout.receipts.is_file():
-        for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                receipt = parse_receipt(line)
-                if receipt.kind in ("training_run", "membership"):
-                    streak = []  # (a streak carried over one is not counted: fewer steps required, never more)
-                if receipt.kind == "training_run" and (resumed := resumed_step(receipt.body)) is not None:
-                    listed = {step for step in listed if step <= resumed}  # later ones are trained (and listed) again
-                if receipt.kind != "transaction":
-                    continue
-                step, action = int(receipt.body["step"]), receipt.body.get("action")
-                last = max(last, step)
-                if receipt.body.get("decision") == "rollback" and action not in _NOT_LISTED:
-                    if (named := receipt.body.get("batch_digests")) is not None:
-                        every_rank.setdefault(step, set()).update(str(key) for key in named)
-                    rolled_back.setdefault(step, set()).add(str(receipt.body.get("batch_digest")))
-                    streak.append(step)
-                    if isinstance(action, str) and action.startswith(_LISTING):  # the list was written first
-                        listed.update(streak)
-                elif receipt.body.get("decision") == "commit":
-                    streak = []
-            except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-                continue  # the chain's own verdict names a bad line
+    walked = _read_transactions(layout)
+    rolled_back, every_rank, listed, last = walked.rolled_back, walked.every_rank, walked.listed, walked.last
     if missing := sorted(listed - {entry.step for entry in entries}):
         steps = ", ".join(map(str, missing[:5]))
         raise EvidenceError(f"{str(layout.skip_list)!r} lacks the batches of step(s) {steps} that the receipts record "
@@ -191,6 +163,53 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
                             "that the receipts do not record rolling back (listed by hand: a resume would leave "
                             "them out); restore it from a backup")  # fmt: skip
     return backed, [entry for entry in entries if entry.step > last]
+
+
+@dataclasses.dataclass(slots=True)
+class _Transactions:
+    """What a run's transaction receipts say about its skip list."""
+
+    rolled_back: dict[int, set[str]] = dataclasses.field(default_factory=dict)
+    """step -> rank 0's batch of each rollback there."""
+    every_rank: dict[int, set[str]] = dataclasses.field(default_factory=dict)
+    """step -> every rank's batches, where its receipts name them all."""
+    listed: set[int] = dataclasses.field(default_factory=set)
+    """The steps a restore (or its absence) put on the list, which must be there."""
+    stopped: set[int] = dataclasses.field(default_factory=set)
+    """The steps of the streaks that stopped the run (listed by the stop, skipped by every later resume)."""
+    last: int = 0
+    """The step of the chain's last transaction."""
+
+
+def _read_transactions(layout: RunLayout) -> _Transactions:
+    walked, streak = _Transactions(), list[int]()  # the rollbacks since the last commit (or start, resume, ...)
+    if not layout.receipts.is_file():
+        return walked
+    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            receipt = parse_receipt(line)
+            if receipt.kind in ("training_run", "membership"):
+                streak = []  # (a streak carried over one is not counted: fewer steps required, never more)
+            if receipt.kind == "training_run" and (resumed := resumed_step(receipt.body)) is not None:
+                walked.listed = {step for step in walked.listed if step <= resumed}  # later ones listed again
+            if receipt.kind != "transaction":
+                continue
+            step, action = int(receipt.body["step"]), receipt.body.get("action")
+            walked.last = max(walked.last, step)
+            if receipt.body.get("decision") == "rollback" and action not in _NOT_LISTED:
+                if (named := receipt.body.get("batch_digests")) is not None:
+                    walked.every_rank.setdefault(step, set()).update(str(key) for key in named)
+                walked.rolled_back.setdefault(step, set()).add(str(receipt.body.get("batch_digest")))
+                streak.append(step)
+                if isinstance(action, str) and action.startswith(_LISTING):  # the list was written first
+                    walked.listed.update(streak)
+                elif action == "stopped":
+                    walked.stopped.update(streak)
+            elif receipt.body.get("decision") == "commit":
+                streak = []
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            continue  # the chain's own verdict names a bad line
+    return walked
 
 
 _LISTING = ("restored:", "skip_listed_no_checkpoint")

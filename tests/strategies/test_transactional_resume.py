@@ -135,3 +135,24 @@ def test_a_new_run_from_another_runs_checkpoint_counts_only_its_own_decisions(tm
                "--ckpt_path", str(step)) == 0  # fmt: skip
     state = latest_checkpoint(target)[STATE_KEY]["ranks"][0]
     assert (state["commits"], state["rolled_back"]) == (2, 0)
+
+
+def test_a_stops_streak_stays_skipped_by_every_later_resume(tmp_path: Path) -> None:
+    """A resume kept the stopping streak's skip-list entries only while run.json said `diverged`: a resume that
+    ended before reaching them (run.json then `completed`, or `paused`) left the next resume to train those
+    batches again (and, with a longer streak, to stop on them again). The receipts record the stop; they decide."""
+    config = json.loads(Path(_config(tmp_path / "tx.json", 1, rollback=False, kill_at=None)).read_text())
+    config["trainer"]["strategy"]["init_args"]["policy"] |= {"restore_after": 3, "stop_after": 3}
+    config["trainer"]["callbacks"] = [{"class_path": "tests.strategies.regression.PoisonGradients",
+                                       "init_args": {"steps": [7, 8, 9]}}]  # fmt: skip  (the data of steps 7-9)
+    (tmp_path / "tx.json").write_text(json.dumps(config))
+    common = (*DATA, "--config", str(tmp_path / "tx.json"), "--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert fit(*common, "--trainer.max_steps", "12") == 7  # stopped at step 9, its streak 7-9 listed
+    assert fit(*common, "--trainer.max_steps", "8", "--ckpt_path", "last") == 0  # from step 6: 7 and 8 skipped
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert fit(*common, "--trainer.max_steps", "12", "--ckpt_path", "last") == 0  # from step 8
+    decisions = _decisions(tmp_path / "runs")
+    assert [decisions[step]["action"] for step in (7, 8, 9)] == ["skipped"] * 3  # step 9 was trained (rolled back)
+    assert [decisions[step]["decision"] for step in (10, 11, 12)] == ["commit"] * 3
+    assert main(["doctor", str(run)]) == 0
