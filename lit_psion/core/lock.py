@@ -169,8 +169,12 @@ def _open(path: Path) -> int:
             raise ConfigError(f"{str(path.parent)!r} cannot be written ({error.strerror}), so no fit can record "
                               "anything in it; make it writable, or copy the run somewhere writable and give "
                               "--trainer.default_root_dir there") from error  # fmt: skip
-        reason = "it is a symlink" if error.errno == errno.ELOOP else error.strerror
-        raise LockedError(f"cannot lock {str(path.parent)!r}: cannot open {str(path)!r}: {reason}") from error
+        if error.errno in (errno.ELOOP, errno.EISDIR):  # something else in the lock file's place: nobody holds it
+            what = "a symlink" if error.errno == errno.ELOOP else "a directory"
+            raise ConfigError(f"cannot lock {str(path.parent)!r}: {str(path)!r} is {what}, not a lock file, so no "
+                              "process holds a lock through it; remove it (each writer makes the file it locks)"
+                              ) from error  # fmt: skip
+        raise LockedError(f"cannot lock {str(path.parent)!r}: cannot open {str(path)!r}: {error.strerror}") from error
 
 
 def _read_holder(fd: int) -> LockHolder | None:

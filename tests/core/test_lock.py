@@ -155,12 +155,20 @@ def test_the_lock_is_not_reentrant_and_a_with_block_releases_on_error(tmp_path: 
         pass
 
 
-def test_a_symlinked_lock_file_is_refused_not_followed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("what", ["a symlink", "a directory"])
+def test_a_lock_file_that_is_not_a_file_is_refused_not_followed_and_not_called_held(tmp_path: Path,
+                                                                                    what: str) -> None:  # fmt: skip
+    """Said exit 8 ("cannot lock"), as if another writer held it: nobody can, and the fix is to remove it."""
     target = tmp_path / "elsewhere"
     target.write_text("keep")
-    (tmp_path / LOCK_FILE).symlink_to(target)
-    with pytest.raises(LockedError, match="it is a symlink"):
+    if what == "a symlink":
+        (tmp_path / LOCK_FILE).symlink_to(target)
+    else:
+        (tmp_path / LOCK_FILE).mkdir()
+    with pytest.raises(ConfigError, match=f"is {what}, not a lock file, so no process holds a lock through it; "
+                       "remove it") as raised:  # fmt: skip
         RunLock(tmp_path).acquire()
+    assert raised.value.exit_code == 2
     assert target.read_text() == "keep" and lock_holder(tmp_path) is None
 
 
