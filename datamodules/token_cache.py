@@ -2,7 +2,9 @@
 
 A cache directory (``<cache_dir>/corpora/<inputs digest>/``) holds ``tokens.arrow`` (the tokenized
 documents, an Arrow IPC stream written by ``datasets``) and ``token_digests.json`` (the inputs digest it
-was built for and each split's token digest). Only numpy and pyarrow are imported here.
+was built for and each split's token digest). The inputs digest covers the manifest's inputs and the
+version of the rules that cut text into documents (``DOCUMENT_RULES_VERSION``), so a cache built under
+older rules is never read. Only numpy and pyarrow are imported here.
 """
 
 from __future__ import annotations

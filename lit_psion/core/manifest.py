@@ -14,6 +14,10 @@ from lit_psion.core.layout import RunLayout
 
 PACKING_POLICY_VERSION = 1
 """Bump when the way documents become training samples changes (the manifest digest changes with it)."""
+DOCUMENT_RULES_VERSION = 2
+"""Bump when the way a source's text is cut into documents changes. It keys the token cache only (not the manifest,
+so a run's resume is refused only where its tokens did change, by their digests): a cache built under other rules
+is never read as this one's. 2: blank lines in CR-only text end a paragraph (under 1 each such file was one)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,11 +70,12 @@ class DataManifest:
         return sha256_json(self.to_json_dict())
 
     def inputs_digest(self) -> str:
-        """The digest of everything known before tokenizing (the token cache key)."""
+        """The digest of everything known before tokenizing, and of the rules that cut documents (the token cache
+        key)."""
         record = self.to_json_dict()
         for outcome in _TOKENIZED_FIELDS:
             record.pop(outcome)
-        return sha256_json(record)
+        return sha256_json({**record, "document_rules_version": DOCUMENT_RULES_VERSION})
 
     def describe_change(self, other: DataManifest) -> str:
         """Say in one line what differs between this manifest and ``other`` (this one is the old one)."""

@@ -337,3 +337,20 @@ def test_resuming_over_a_damaged_token_cache_rebuilds_it_and_continues(
     assert fit(*common, "--trainer.max_steps", "6", "--ckpt_path", "last") == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: warning")]
     assert len(warnings) == 1 and "rebuilding it from the sources" in warnings[0]
+
+
+def test_a_token_cache_built_under_other_document_rules_is_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache key held only the manifest's inputs: when CR-only text began to be cut into paragraphs, a cache
+    built before went on serving each such file as one document, under the same key."""
+    from lit_psion.core import manifest as manifests
+
+    first = corpus(tmp_path / "cache")
+    old_cache = cache_of(first)
+    assert (old_cache / TOKEN_RECORD_FILE).is_file()
+    monkeypatch.setattr(manifests, "DOCUMENT_RULES_VERSION", manifests.DOCUMENT_RULES_VERSION + 1)
+    again = corpus(tmp_path / "cache")
+    new_cache = cache_of(again)
+    assert new_cache != old_cache and (new_cache / TOKEN_RECORD_FILE).is_file()  # built anew, not read
+    assert again.prepare().digest == first.prepare().digest  # the run's pinned data is unchanged
