@@ -301,6 +301,9 @@ class CheckpointReceipts:
     broken: str | None = None
     """The chain's first problem before a torn last line (which a resume repairs), if it has one: what it records
     from that line on is not counted, and a checkpoint it does not record is not trusted (:func:`as_receipted`)."""
+    anchored: frozenset[str] | None = None
+    """The digests of the receipts up to run.json's recorded head (None when it records none the log holds): a
+    checkpoint without a counted receipt must record a head among them (one past it is anchored by the log alone)."""
 
     @property
     def newest(self) -> int | None:
@@ -339,6 +342,11 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
                                     "the checkpoint out of the run")  # fmt: skip
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, and "
                                   f"{problem}: the run's fit did not write it")  # fmt: skip
+        head = checkpoint.manifest.receipts_head
+        if receipts.anchored is not None and head is not None and head not in receipts.anchored:
+            raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt up to the head "
+                                  "run.json records, and the receipt head its manifest records lies past it: only "
+                                  "receipts appended to the log vouch for it, so it is not trusted")  # fmt: skip
         return checkpoint
     if recorded != (checkpoint.manifest_sha256, checkpoint.weights_sha256):
         raise CheckpointError(f"checkpoint {checkpoint.path.name}: its manifest or weights are not the ones its "

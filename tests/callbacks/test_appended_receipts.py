@@ -1,0 +1,151 @@
+"""Receipts appended to a run's log after the head run.json records vouch for nothing.
+
+Anyone who can write ``receipts.jsonl`` can append a validly chained receipt. A checkpoint receipt appended
+for a step that already had one used to win (the latest per step counted): a checkpoint replaced with other
+weights, its manifest and the pointer made consistent, passed `ckpt verify` and `doctor`, and a resume trained
+from it. Only run.json's head (written again after each checkpoint's durable receipt) anchors a receipt
+outside the log, so what follows it cannot override what it covers, nor bind a checkpoint of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from lit_psion.cli import main
+from lit_psion.core import atomic_write_json, read_json
+from lit_psion.core.audit import receipted_checkpoints
+from lit_psion.core.chain import Receipt
+from lit_psion.core.checkpoint import resolve_checkpoint
+from lit_psion.core.layout import RunLayout
+from lit_psion.core.run import read_latest
+from tests.helpers import callbacks_config, fit, fit_subprocess
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run killed in step 9 (receipts up to step 8), its checkpoints at steps 3 and 6 durable and receipted."""
+    root = tmp_path_factory.mktemp("killed")
+    kill = callbacks_config(root / "kill.json", ("KillAt", {"step": 9}))
+    assert fit_subprocess("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12",
+                          "--config", kill).returncode == -9  # fmt: skip
+    return root / read_latest(root)
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("completed")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6") == 0
+    return root / read_latest(root)
+
+
+def _append(run: Path, kind: str, body: dict) -> str:
+    """One receipt chained onto the end of ``run``'s log (as anyone who can write the file can); its digest."""
+    log = run / "receipts.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1])
+    receipt = Receipt.seal(kind=kind, run_id=last["run_id"], seq=last["seq"] + 1, prev_digest=last["digest"],
+                           body=body)  # fmt: skip
+    with log.open("a") as out:
+        out.write(json.dumps(receipt.to_json_dict(), sort_keys=True) + "\n")
+    return receipt.digest
+
+
+def _receipts(run: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, (run / "receipts.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def _replace_weights(checkpoint: Path, step: int | None = None, head: str | None = None) -> tuple[str, str]:
+    """Other weights in ``checkpoint``, its manifest (and the run's pointer) made to match; (manifest, weights)
+    sha256."""
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({name: tensor * 0 for name, tensor in weights.items()}, checkpoint / "model.safetensors")
+    manifest = read_json(checkpoint / "manifest.json")
+    for name in manifest["files"]:
+        data = (checkpoint / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest |= {"step": step if step is not None else manifest["step"]}
+    manifest |= {"receipts_head": head} if head is not None else {}
+    atomic_write_json(checkpoint / "manifest.json", manifest)
+    digest = hashlib.sha256((checkpoint / "manifest.json").read_bytes()).hexdigest()
+    atomic_write_json(checkpoint.parent / "pointer.json",
+                      {"step": manifest["step"], "checkpoint": checkpoint.name, "manifest_sha256": digest})  # fmt: skip
+    return digest, manifest["files"]["model.safetensors"]["sha256"]
+
+
+def _durable_again(run: Path, step: int, digests: tuple[str, str]) -> None:
+    old = next(r for r in _receipts(run, "checkpoint") if r["body"]["step"] == step
+               and r["body"]["durability"] == "durable")  # fmt: skip
+    _append(run, "checkpoint", {**old["body"], "manifest_digest": digests[0], "object_digest": digests[1]})
+
+
+def _resumed_from(run: Path, step: int) -> None:
+    started = _receipts(run, "training_run")[0]["body"]
+    lineage = [f"checkpoints/step-{step:06d}@sha256:{'0' * 64}"]
+    _append(run, "training_run", {**started, "event": "resumed", "status": "active", "checkpoint_lineage": lineage})
+
+
+def _replaced_with_a_receipt(run: Path) -> int:
+    _durable_again(run, 6, _replace_weights(run / "checkpoints" / "step-000006"))
+    return 6
+
+
+def _replaced_after_a_resume(run: Path) -> int:
+    _resumed_from(run, 3)
+    _durable_again(run, 6, _replace_weights(run / "checkpoints" / "step-000006"))
+    return 6
+
+
+def _a_new_step_with_receipts(run: Path) -> int:
+    """A step-9 checkpoint the fit never wrote, anchored by a step receipt and a durable receipt appended for it."""
+    step8 = next(r for r in _receipts(run, "trainer_step") if r["body"]["step_out"] == 8)
+    head = _append(run, "trainer_step", {**step8["body"], "step_in": 8, "step_out": 9})
+    forged = run / "checkpoints" / "step-000009"
+    shutil.copytree(run / "checkpoints" / "step-000006", forged)
+    digests = _replace_weights(forged, step=9, head=head)
+    step6 = next(r["body"] for r in _receipts(run, "checkpoint") if r["body"]["step"] == 6
+                 and r["body"]["durability"] == "durable")  # fmt: skip
+    _append(run, "checkpoint", {**step6, "step": 9, "manifest_digest": digests[0], "object_digest": digests[1]})
+    return 9
+
+
+APPENDED = {  # case: (forge the killed run, the checkpoint a resume must fall back to)
+    "a durable receipt appended for a step that had one": (_replaced_with_a_receipt, 3),
+    "the same after an appended resume from an earlier step": (_replaced_after_a_resume, 3),
+    "a new step with a step receipt and a durable receipt appended": (_a_new_step_with_receipts, 6),
+}
+
+
+@pytest.mark.parametrize("case", APPENDED)
+def test_a_checkpoint_vouched_for_only_by_appended_receipts_is_not_trusted(killed_run: Path, tmp_path: Path,
+                                                                           case: str) -> None:  # fmt: skip
+    forge, falls_back_to = APPENDED[case]
+    run = tmp_path / killed_run.name
+    shutil.copytree(killed_run, run)
+    forged = forge(run)
+    layout, rejected = RunLayout.of(run), []
+    resolved = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
+    assert resolved.step == falls_back_to and f"step-{forged:06d}" in {r.path.name for r in rejected}, rejected
+    assert main(["ckpt", "verify", str(run / "checkpoints" / f"step-{forged:06d}")]) == 4
+    assert main(["ckpt", "verify", str(run)]) == 4  # it passed, naming the forged checkpoint as what a resume loads
+    assert main(["doctor", str(run)]) != 0
+
+
+def test_a_checkpoint_of_a_sealed_run_given_by_path_is_held_to_the_anchored_receipts(
+    completed_run: Path, tmp_path: Path
+) -> None:
+    """After the seal, `receipts verify` says after_end, but a checkpoint given by its path was held to the latest
+    receipt for its step: an appended one let `ckpt verify DIR`, `validate` and `fit --ckpt_path DIR` use it."""
+    run = tmp_path / completed_run.name
+    shutil.copytree(completed_run, run)
+    _replaced_after_a_resume(run)
+    checkpoint = str(run / "checkpoints" / "step-000006")
+    assert main(["receipts", "verify", str(run)]) == 5
+    assert main(["ckpt", "verify", checkpoint]) == 4
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "8", "--ckpt_path",
+               checkpoint) == 4  # fmt: skip
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").glob("*/checkpoints/step-*"))
