@@ -232,15 +232,21 @@ class RunContext:
 
     @property
     def lineage(self) -> tuple[str, ...]:
-        """Where the fit's weights come from: ``checkpoints/step-NNNNNN`` of this run, or ``run:<id>/step-NNNNNN``
-        of another, with ``@sha256:<manifest digest>`` when the checkpoint was verified."""
+        """Where the fit's weights come from: ``checkpoints/step-NNNNNN`` of this run, ``run:<id>/step-NNNNNN`` of
+        another that holds it and its receipts (the checkpoint was held to them), else the checkpoint's absolute path
+        (its manifest's run was not there to vouch for it: a copy outside its run, or a run that lost its log), with
+        ``@sha256:<manifest digest>`` when the checkpoint was verified."""
         if self.resume_from is None:
             return ()
         manifest = self.resume_manifest
         if manifest is None or manifest.run_id == self.layout.run_id:
             where = self.layout.relative(self.resume_from)
         else:
-            where = f"run:{manifest.run_id}/{Path(self.resume_from).name}"
+            source = Path(self.resume_from).resolve()
+            home = RunLayout.of(source.parent.parent)
+            held = (home.is_run() and home.run_id == manifest.run_id and home.receipts.is_file()
+                    and source.parent == home.checkpoints.resolve())  # fmt: skip
+            where = f"run:{manifest.run_id}/{source.name}" if held else str(source)
         return (f"{where}@sha256:{self.resume_manifest_sha256}" if self.resume_manifest_sha256 else where,)
 
     @classmethod

@@ -210,6 +210,26 @@ def test_a_run_started_from_another_runs_checkpoint_names_it_and_its_manifest(tm
     assert started["checkpoint_lineage"] == [f"run:{source.run_id}/step-000006@sha256:{digest}"]
 
 
+@pytest.mark.parametrize("where", ["a copy outside its run", "a run that lost its receipts"])
+def test_a_checkpoint_its_run_could_not_vouch_for_is_named_by_its_path_not_its_run(tmp_path: Path,
+                                                                                   where: str) -> None:  # fmt: skip
+    """Lineage read `run:<id>/step-000006@sha256:...` for a copy taken out of its run (its manifest names the run)
+    and for a run whose log was gone: the receipts of that run were never consulted, so it is not named."""
+    source = _run(tmp_path / "source")
+    checkpoint = source.checkpoint(6)
+    if where == "a copy outside its run":
+        checkpoint = shutil.copytree(checkpoint, tmp_path / "loose" / "step-000006")
+    else:
+        source.receipts.unlink()
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "9",
+               "--ckpt_path", str(checkpoint)) == 0  # fmt: skip
+    new = RunLayout(tmp_path / "new", read_latest(tmp_path / "new"))
+    started = next(json.loads(line)["body"] for line in new.receipts.read_text().splitlines()
+                   if json.loads(line)["kind"] == "training_run")  # fmt: skip
+    digest = sha256_file(checkpoint / "manifest.json")
+    assert started["checkpoint_lineage"] == [f"{Path(checkpoint).resolve()}@sha256:{digest}"]
+
+
 def _plant(run: RunLayout, name: str, source: Path, step: int) -> None:
     """Another run's checkpoint planted in ``run`` as ``name`` (manifest rewritten to claim ``run`` and ``step``), and
     the pointer moved to it: every file verifies on its own."""
