@@ -434,7 +434,8 @@ class CorpusDataModule(ReplayDataModule):
         trained, current = DataManifest.from_json_dict(saved), self.prepare()
         if {source.sha256 for source in trained.sources} & {source.sha256 for source in current.sources}:
             return super().load_state_dict(state_dict)
-        if same := sorted({source.path for source in trained.sources} & {source.path for source in current.sources}):
+        given = {os.path.realpath(source.path): source.path for source in current.sources}  # ./a.txt, a link: a.txt
+        if same := sorted(given[at] for source in trained.sources if (at := os.path.realpath(source.path)) in given):
             raise DataManifestMismatch(f"refusing to evaluate the checkpoint on {same[0]!r}: the run trained on a file "
                                        "of that path, whose content differs (edited since, or another file under the "
                                        "same relative path): its split could hold out text the run trained on; "

@@ -92,9 +92,12 @@ def test_a_file_the_run_trained_on_edited_since_is_not_other_text(tmp_path: Path
                "--data.test_fraction", "0.2", "--data.split", "tail") == 0  # fmt: skip
     paragraphs = TEXT.split("\n\n")
     corpus.write_text("\n\n".join(paragraphs[: int(len(paragraphs) * 0.8)]))
-    for subcommand in ("validate", "test", "predict"):
+    (tmp_path / "link.txt").symlink_to(corpus)
+    # The same file spelt otherwise passed (paths were compared as written): `./`, `..`, a link to it.
+    spellings = [str(corpus), f"{tmp_path}/./corpus.txt", f"{tmp_path}/runs/../corpus.txt", str(tmp_path / "link.txt")]
+    for subcommand, spelt in zip(("validate", "test", "predict", "validate"), spellings, strict=True):
         capsys.readouterr()
-        assert main([subcommand, "--config", TINY, "--data.files", str(corpus), "--data.test_fraction", "0.2",
+        assert main([subcommand, "--config", TINY, "--data.files", spelt, "--data.test_fraction", "0.2",
                      "--data.split", "tail", "--trainer.default_root_dir", str(root), "--ckpt_path", "last"]) == 3
         (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: error:")]
-        assert f"refusing to evaluate the checkpoint on {str(corpus)!r}: the run trained on a file of that path" in line
+        assert f"refusing to evaluate the checkpoint on {spelt!r}: the run trained on a file of that path" in line
