@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from lit_psion.core import atomic_write_json, sha256_bytes
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
+from lit_psion.core.files import decode_text
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.manifest import DataManifest, SourceFile
 from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
@@ -46,7 +47,14 @@ from lit_psion.datamodules.token_cache import (
     spot_check,
     token_digest,
 )
-from lit_psion.datamodules.tokenizer import END_OF_TEXT, TokenizerKind, cached_tokenizer, warn_of_unknown
+from lit_psion.datamodules.tokenizer import (
+    END_OF_TEXT,
+    TokenizerKind,
+    cached_tokenizer,
+    cached_tokenizer_hint,
+    tokenizer_key,
+    warn_of_unknown,
+)
 
 __all__ = ["CorpusDataModule", "DataConfigError", "DataManifestMismatch", "PackedTokens", "check_token_cache"]
 
@@ -238,7 +246,7 @@ class CorpusDataModule(ReplayDataModule):
                                 f"{digest[:16]}...): a copy puts validation text in training; give each text once")
             seen.setdefault(digest, name)
             sources.append(SourceFile(path=name, sha256=digest, bytes=len(data)))
-            texts.append((name, _decode_text(name, data)))
+            texts.append((name, decode_text(name, data)))
         if not any(text.strip() for _, text in texts):
             named = ", ".join(self.files)
             raise DataError(f"corpus is empty: {named!r} has no text; give --data.files a file with text")
@@ -302,9 +310,11 @@ class CorpusDataModule(ReplayDataModule):
         held_out = self._split_documents(docs, mode)
         train_texts = [text for (_, text, _), split in zip(docs, held_out, strict=True) if split == "train"]
         all_texts = [text for _, text, _ in docs]
-        key = {"sources": [s.sha256 for s in sources], "split": [self.split, self.seed, self.val_fraction, mode]}
-        if self.test_fraction:  # the key of a corpus without a test split is what it was before they existed
-            key["split"].append(self.test_fraction)
+        draft = DataManifest(
+            sources=tuple(sources), tokenizer_digest="", split_rule=self.split, split_seed=self.seed,
+            val_fraction=self.val_fraction, documents=mode, block_size=self.block_size,
+            sample_stride=self.sample_stride, test_fraction=self.test_fraction,
+        )  # fmt: skip
         if self.tokenizer_file is not None:
             path = Path(self.tokenizer_file)
             if not path.is_file():
@@ -324,14 +334,10 @@ class CorpusDataModule(ReplayDataModule):
             self._tokenizer_text = raw.decode("utf-8")
         else:
             self.tokenizer, tokenizer_digest = cached_tokenizer(
-                self.cache_dir, self.tokenizer_kind, self.requested_vocab_size, key,
+                self.cache_dir, self.tokenizer_kind, self.requested_vocab_size, tokenizer_key(draft),
                 all_texts if self.tokenizer_kind == "char" else train_texts,
             )  # fmt: skip
-        manifest = DataManifest(
-            sources=tuple(sources), tokenizer_digest=tokenizer_digest, split_rule=self.split, split_seed=self.seed,
-            val_fraction=self.val_fraction, documents=mode, block_size=self.block_size,
-            sample_stride=self.sample_stride, test_fraction=self.test_fraction,
-        )  # fmt: skip
+        manifest = dataclasses.replace(draft, tokenizer_digest=tokenizer_digest)
         streams, token_digests = self._tokenize(manifest.inputs_digest(), docs, held_out)
         warn_of_unknown(self.tokenizer, streams, self.tokenizer_file)
         self._splits = {name: torch.from_numpy(tokens) for name, tokens in streams.items()}
@@ -456,7 +462,11 @@ class CorpusDataModule(ReplayDataModule):
         contexts = [getattr(callback, "run_context", None) for callback in getattr(self.trainer, "callbacks", [])]
         start = next((context.resume_from for context in contexts if getattr(context, "resume_from", None)), None)
         own = f"--config {RunLayout.of(Path(start).parent.parent).config}" if start else "its own config"
-        return DataManifest.from_json_dict(saved).restore_hint(self.prepare(), own) or super()._restore_hint(saved)
+        trained, current, cached = DataManifest.from_json_dict(saved), self.prepare(), self.tokenizer_file is None
+        if start and cached and (hint := cached_tokenizer_hint(self.cache_dir, self.tokenizer_kind,
+                                                                self.requested_vocab_size, trained, current, start)):
+            return hint  # fmt: skip
+        return trained.restore_hint(current, own) or super()._restore_hint(saved)
 
     @property
     def vocab_size(self) -> int:
@@ -474,26 +484,6 @@ class CorpusDataModule(ReplayDataModule):
         if self.tokenizer is None:
             return None
         return self._tokenizer_text or self.tokenizer.to_str()
-
-
-def _decode_text(name: str, data: bytes) -> str:
-    """``data`` as UTF-8 text; a binary or non-UTF-8 source is refused, naming the first bad byte.
-
-    Raises:
-        DataError: ``data`` holds a NUL byte (binary) or a byte sequence that is not UTF-8.
-    """
-    nul = data.find(b"\0")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        offset = error.start if nul < 0 else min(nul, error.start)
-    else:
-        if nul < 0:
-            return text
-        offset = nul
-    kind = "a NUL byte (a binary file)" if offset == nul else f"byte 0x{data[offset]:02x}, not UTF-8"
-    raise DataError(f"data file {name!r} is not UTF-8 text: {kind} at byte offset {offset}; exclude it from "
-                    "--data.files (sources are read as UTF-8 text)")  # fmt: skip
 
 
 def _fraction(value: Any) -> bool:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -64,12 +64,44 @@ def cached_tokenizer(
     Returns:
         The tokenizer and the sha256 of its tokenizer.json.
     """
-    digest = sha256_json({"kind": kind, "vocab_size": vocab_size, "format": FORMAT_VERSION, **key})
-    path = cache_dir / "tokenizers" / digest / TOKENIZER_FILE
+    path = tokenizer_cache_path(cache_dir, kind, vocab_size, key)
     if (text := trusted_entry(path)) is None:
         text = train_tokenizer(kind, texts, vocab_size).to_str()
         keep_recorded(path, text)
     return Tokenizer.from_str(text), sha256_bytes(text.encode())
+
+
+def tokenizer_cache_path(cache_dir: Path, kind: TokenizerKind, vocab_size: int, key: dict) -> Path:
+    """Where :func:`cached_tokenizer` keeps the tokenizer trained for ``key``."""
+    digest = sha256_json({"kind": kind, "vocab_size": vocab_size, "format": FORMAT_VERSION, **key})
+    return cache_dir / "tokenizers" / digest / TOKENIZER_FILE
+
+
+def tokenizer_key(manifest: Any) -> dict:
+    """What a corpus's trained tokenizer is cached by: its sources' digests and its split settings (the
+    :class:`~lit_psion.core.manifest.DataManifest` ``manifest``'s)."""
+    key = {"sources": [s.sha256 for s in manifest.sources],
+           "split": [manifest.split_rule, manifest.split_seed, manifest.val_fraction, manifest.documents]}  # fmt: skip
+    if manifest.test_fraction:  # the key of a corpus without a test split is what it was before they existed
+        key["split"].append(manifest.test_fraction)
+    return key
+
+
+def cached_tokenizer_hint(cache_dir: Path, kind: TokenizerKind, vocab_size: int, trained: Any, current: Any,
+                          checkpoint: str | Path) -> str | None:  # fmt: skip
+    """The fix for a resume from ``checkpoint`` refused for its data when the text and settings (data manifests
+    ``trained`` and ``current``) are the run's and only the shared tokenizer cache gave another tokenizer (an entry
+    rewritten with its digest record, or trained by another `tokenizers`), while the run's own tokenizer.json is the
+    one it trained with; None otherwise."""
+    own = Path(checkpoint).parent.parent / TOKENIZER_FILE
+    same_text = {s.sha256 for s in trained.sources} == {s.sha256 for s in current.sources}
+    if (not same_text or trained.settings_to_restore(current) or trained.tokenizer_digest == current.tokenizer_digest
+            or not own.is_file() or sha256_bytes(own.read_bytes()) != trained.tokenizer_digest):  # fmt: skip
+        return None
+    cached = tokenizer_cache_path(cache_dir, kind, vocab_size, tokenizer_key(current)).parent
+    return (f"the text and settings are the run's, but the tokenizer cached in {str(cached)!r} is not the one it "
+            f"trained with (its own tokenizer.json is): give --data.tokenizer_file {own}, or remove that cache entry "
+            "to train it again")  # fmt: skip
 
 
 EVENT_TOKENIZER_KEY = ("format", "settings", "seed", "vocab_size", "traces")

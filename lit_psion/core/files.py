@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lit_psion.core.errors import DataError
+
 
 def _process_umask() -> int:
     mask = os.umask(0o022)
@@ -100,3 +102,23 @@ def fsync_path(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def decode_text(name: str, data: bytes) -> str:
+    """``data`` as UTF-8 text; a binary or non-UTF-8 source is refused, naming the first bad byte.
+
+    Raises:
+        DataError: ``data`` holds a NUL byte (binary) or a byte sequence that is not UTF-8.
+    """
+    nul = data.find(b"\0")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = error.start if nul < 0 else min(nul, error.start)
+    else:
+        if nul < 0:
+            return text
+        offset = nul
+    kind = "a NUL byte (a binary file)" if offset == nul else f"byte 0x{data[offset]:02x}, not UTF-8"
+    raise DataError(f"data file {name!r} is not UTF-8 text: {kind} at byte offset {offset}; exclude it from "
+                    "--data.files (sources are read as UTF-8 text)")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -354,3 +355,31 @@ def test_a_token_cache_built_under_other_document_rules_is_never_read(
     new_cache = cache_of(again)
     assert new_cache != old_cache and (new_cache / TOKEN_RECORD_FILE).is_file()  # built anew, not read
     assert again.prepare().digest == first.prepare().digest  # the run's pinned data is unchanged
+
+
+def test_a_resume_refused_for_a_rewritten_cached_tokenizer_names_the_cache_and_the_runs_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The shared cache's tokenizer rewritten with its digest record (two ids swapped): the resume said "restore the
+    original data and settings", which were unchanged; the run's own tokenizer.json is the one it trained with."""
+    from lit_psion.cli import main
+    from lit_psion.core.run import read_latest
+
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "runs"
+    common = ["--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(root)]
+    assert main(["fit", *common, "--trainer.max_steps", "3"]) == 0
+    (cached,) = (tmp_path / "cache" / "tokenizers").glob("*/tokenizer.json")
+    record = json.loads(cached.read_text())
+    vocab = record["model"]["vocab"]
+    vocab["a"], vocab["e"] = vocab["e"], vocab["a"]
+    cached.write_text(json.dumps(record))
+    cached.with_name("tokenizer.sha256").write_text(hashlib.sha256(cached.read_bytes()).hexdigest() + "\n")
+    run = root / read_latest(root)
+    capsys.readouterr()
+    assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last"]) == 3
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: error:")]
+    assert f"the tokenizer cached in {str(cached.parent)!r} is not the one it trained with" in line, line
+    assert f"give --data.tokenizer_file {run / 'tokenizer.json'}" in line and "restore the original" not in line
+    assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last", "--data.tokenizer_file",
+                 str(run / "tokenizer.json")]) == 0  # fmt: skip  (the fix it names works)
