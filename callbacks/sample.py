@@ -34,7 +34,7 @@ class GenerateSample(Callback):
         seed: int = 0,
     ) -> None:  # fmt: skip
         problems = [] if 0 <= max_new_tokens <= MAX_NEW_TOKENS else [
-            f"max_new_tokens must be in [0, {MAX_NEW_TOKENS:,}] (as generate --tokens), got {max_new_tokens!r}"]
+            f"max_new_tokens must be in [0, {MAX_NEW_TOKENS:,}] (0: no sample), got {max_new_tokens!r}"]
         if not temperature >= 0:
             problems.append(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
         if top_k is not None and top_k < 1:

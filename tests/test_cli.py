@@ -97,6 +97,10 @@ ERRORS = [
     ("zero validation interval", lambda p: ["--trainer.val_check_interval", "0"], 2, "val_check_interval must be > 0"),
     ("nan validation interval", lambda p: ["--trainer.val_check_interval", "nan"], 2,
      "val_check_interval must be > 0 (steps, or a fraction of an epoch), got 'nan'"),  # said "Invalid time format"
+    ("negative validation batches", lambda p: ["--trainer.limit_val_batches", "-1"], 2,
+     "trainer.limit_val_batches must be a count >= 0 (0: none) or a fraction in [0.0, 1.0], got -1"),
+    ("a fraction of test batches above 1", lambda p: ["--trainer.limit_test_batches", "1.5"], 2,
+     "trainer.limit_test_batches must be a count >= 0"),
     ("sanity steps below -1", lambda p: ["--trainer.num_sanity_val_steps", "-2"], 2,
      "num_sanity_val_steps must be >= 0 (or -1: every validation batch), got -2"),  # was accepted, ran none
     ("zero accumulation", lambda p: ["--trainer.accumulate_grad_batches", "0"], 2, "accumulate_grad_batches must be"),

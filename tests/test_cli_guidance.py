@@ -79,3 +79,10 @@ def test_a_negative_value_a_command_takes_for_a_flag_says_how_to_give_it(capsys:
     assert capsys.readouterr().err.strip() == ("lit_psion: error: argument --deadline: expected one argument, written "
                                                "as --FLAG=VALUE when the value starts with '-' (such as "
                                                "--deadline=-1)")  # fmt: skip
+
+
+def test_a_value_read_as_a_flag_is_shown_with_the_flag_it_was_given_to(capsys: pytest.CaptureFixture) -> None:
+    """`generate RUN --prompt --tokens 3` was told "(such as --deadline=-1)", a flag of another command."""
+    capsys.readouterr()
+    assert main(["generate", "somewhere", "--prompt", "--tokens", "3"]) == 2
+    assert capsys.readouterr().err.strip().endswith("(such as --prompt=-1)")

@@ -118,7 +118,8 @@ def run_command(argv: list[str]) -> int:
             raise
         known = lit_psion_cause(error)
         if known is None and isinstance(error, argparse.ArgumentError):
-            hint = (", written as --FLAG=VALUE when the value starts with '-' (such as --deadline=-1)"
+            flag = error.argument_name.split("/")[-1] if error.argument_name else "--FLAG"
+            hint = (f", written as --FLAG=VALUE when the value starts with '-' (such as {flag}=-1)"
                     if str(error).endswith("expected one argument") else "")  # argparse took the value for a flag
             known = ConfigError(f"{error}{hint}")
         if known is not None:

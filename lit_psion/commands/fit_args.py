@@ -177,6 +177,13 @@ def setting_problems(config: Any, subcommand: str | None) -> list[str]:
     if isinstance(trainer.get("limit_train_batches"), int | float) and not trainer.get("limit_train_batches") > 0:
         problems.append(f"trainer.limit_train_batches must be > 0 (it trains nothing), got "
                         f"{trainer.get('limit_train_batches')!r}")  # fmt: skip
+    for split in ("val", "test", "predict"):  # Lightning refused -1 after its start-up, as "not [0, 1] or an int"
+        limit = trainer.get(f"limit_{split}_batches")
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and not (
+            limit >= 0 and (isinstance(limit, int) or limit <= 1)
+        ):
+            problems.append(f"trainer.limit_{split}_batches must be a count >= 0 (0: none) or a fraction in "
+                            f"[0.0, 1.0], got {limit!r}")  # fmt: skip
     if isinstance(trainer.get("gradient_clip_val"), int | float) and trainer.get("gradient_clip_val") < 0:
         problems.append(f"trainer.gradient_clip_val must be >= 0 (null: no clipping), got "
                         f"{trainer.get('gradient_clip_val')!r}")  # fmt: skip

@@ -355,7 +355,8 @@ def _verify_bytes(data: bytes, run_id: str | None) -> VerifyResult:
             if checked[0] == "deleted" and count in _seqs(lines[number:]):  # the missing one comes later
                 checked = ("reordered", f"seq {count} is expected here but comes later in the log")
             if checked[0] == "malformed" and number == len(lines) and not data.endswith(b"\n"):
-                checked = ("torn", f"the last line is unterminated and unreadable ({checked[1]})")
+                checked = ("torn", f"the last line is unterminated and unreadable ({checked[1]}), as a kill or a "
+                           "full disk mid-append leaves it: a resume (--ckpt_path last) takes it back, receipted")
             return VerifyResult(False, count, head or "", number, *checked, digests=frozenset(seen))
         if (problem := _out_of_place(checked, previous_kind, sealed)) is not None:
             return VerifyResult(False, count, head or "", number, *problem, digests=frozenset(seen))

@@ -37,8 +37,9 @@ def load_base(location: str | Path, unsettled_warning: bool = False) -> tuple[di
     try:
         base = load_run(location, exact=True)  # every digest verified, each file read once; no silent fallback
     except ConfigError as error:
-        raise CheckpointError(f"base_checkpoint {str(location)!r} is neither a run directory nor a checkpoint "
-                              "directory (step-NNNNNN with manifest.json)") from error  # fmt: skip
+        raise ConfigError(f"base_checkpoint {str(location)!r} is neither a run directory nor a checkpoint directory "
+                          "(step-NNNNNN with manifest.json); give the base run's directory (with run.json) or one "
+                          "of its checkpoints") from error  # fmt: skip  (exit 2, as every command's 'not a run')
     if base.state.get("adapter") is not None:
         raise CheckpointError(f"base_checkpoint {str(location)!r} is an adapter run (AdapterLM), not a base model; "
                               "give the DecoderLM run it adapts")

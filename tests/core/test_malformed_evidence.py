@@ -191,6 +191,7 @@ def test_a_deeply_nested_unterminated_last_line_is_a_torn_tail(tmp_path: Path) -
     path.write_bytes(path.read_bytes() + DEEP.encode())
     result = verify_log(path, run_id="r1")
     assert (result.ok, result.line, result.reason, result.count) == (False, 4, "torn", 3)
+    assert "a resume (--ckpt_path last) takes it back" in result.describe()  # it named no fix
 
 
 @pytest.mark.parametrize("command", ["receipts", "doctor"])
