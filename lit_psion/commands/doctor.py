@@ -123,9 +123,44 @@ def _sources(layout: RunLayout) -> list[Verdict]:
         return [Verdict("data sources", False, f"{changed[0]!r} is not the text the run trained on (its sha256 differs "
                         f"from the data manifest's){here}: a resume or an evaluation refuses it; restore it, or give "
                         "other text under another path", DataError.exit_code)]  # fmt: skip
+    if not missing and (added := _glob_gains(layout, [source.path for source in manifest.sources])) is not None:
+        return [Verdict("data sources", False, f"{added[1]!r} now also matches {added[0]!r}{here}, so a resume reads "
+                        "a file the run did not train on and refuses the data (files added); move it out, or narrow "
+                        "the glob in a new run", DataError.exit_code)]  # fmt: skip
     found = f"{len(manifest.sources) - len(missing)} of {len(manifest.sources)} match the data manifest"
     gone = f"; not found: {', '.join(map(repr, missing[:3]))} (a resume or an evaluation needs them)" if missing else ""
     return [Verdict("data sources", True, f"{found}{gone}{here}")]
+
+
+def _glob_gains(layout: RunLayout, trained: list[str]) -> tuple[str, str] | None:
+    """(a file, the glob of the run's config.yaml that matches it) where the files a resume started here would read
+    (its globs expanded now, taken whole within ``max_bytes``, as the data module takes them) are not the manifest's
+    ``trained`` ones; None when they are, or when that cannot be told (no corpus config, the stdlib)."""
+    import glob
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(read_plain(layout.config))["data"]["init_args"]
+        files, cap = data["files"], data.get("max_bytes")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, KeyError, TypeError):
+        return None
+    entries = [files] if isinstance(files, str) else files
+    if not isinstance(entries, list) or "stdlib" in entries or not isinstance(cap, int | None):
+        return None
+    read: list[tuple[str, str]] = []  # (file, the entry that gives it)
+    for entry in map(str, entries):
+        if Path(entry).is_file() or not glob.has_magic(entry):
+            read.append((entry, entry))
+        else:
+            read += [(match, entry) for match in sorted(glob.glob(entry, recursive=True)) if Path(match).is_file()]
+    taken, total = [], 0
+    for name, entry in read:
+        total += Path(name).stat().st_size if Path(name).is_file() else 0
+        if cap is not None and total > cap:
+            break
+        taken.append((name, entry))
+    return next(((name, entry) for name, entry in taken if name not in trained and name != entry), None)
 
 
 def _token_cache(layout: RunLayout) -> list[Verdict]:
