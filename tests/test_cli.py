@@ -74,6 +74,12 @@ def _empty_file(tmp_path: Path) -> str:
     return str(path)
 
 
+def _a_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "extra.yaml"
+    path.write_text(text)
+    return str(path)
+
+
 def _a_run(tmp_path: Path) -> str:
     (tmp_path / "old" / "r1").mkdir(parents=True)
     (tmp_path / "old" / "r1" / "run.json").write_text("{}")
@@ -81,7 +87,13 @@ def _a_run(tmp_path: Path) -> str:
 
 
 ERRORS = [
-    ("unknown key", lambda p: ["--trainer.max_stepz", "3"], 2, "unrecognized arguments: --trainer.max_stepz"),
+    ("unknown key", lambda p: ["--trainer.max_stepz", "3"], 2,
+     "unrecognized arguments: --trainer.max_stepz 3; did you mean trainer.max_steps?"),
+    ("unknown key in a config file", lambda p: ["--config", _a_file(p, "trainer:\n  max_stepz: 3\n")], 2,
+     "does not accept option 'trainer.max_stepz'; did you mean trainer.max_steps?"),
+    ("a config that is not there", lambda p: ["--config", str(p / "nope.yaml")], 2,
+     "nope.yaml': no such file; give a YAML config such as configs/decoder_tiny.yaml"),
+    ("a config that is a directory", lambda p: ["--config", str(p)], 2, "': not a file; give a YAML config"),
     ("bad value", lambda p: ["--trainer.max_steps", "many"], 2, "trainer.max_steps: 'many' is not an int; give one"),
     ("invalid model", lambda p: ["--model.init_args.decoder.n_head", "3"], 2, "n_head must divide d_model"),
     ("missing data file", lambda p: ["--data.files", "nowhere.txt"], 3, "data file not found: 'nowhere.txt'"),

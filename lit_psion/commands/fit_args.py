@@ -268,6 +268,18 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
         flag = given[-1] if given and argv.index(given[-1]) + 1 < len(argv) else flag
         return (f"{flag} was given no value; give it one, written as --FLAG=VALUE when the value starts "
                 "with '-' (such as --model.optimizer.lr=-1e-3)")  # fmt: skip
+    if (config := re.fullmatch(r'Parser key "config": (File does not exist|Path is not a file): \'(.+)\'', flat)):
+        what = "no such file" if config[1].startswith("File") else "not a file"
+        where = "" if Path(config[2]).is_absolute() else f" (a relative path is read from {os.getcwd()!r})"
+        return f"--config {config[2]!r}: {what}{where}; give a YAML config such as configs/decoder_tiny.yaml"
+    if (unknown := re.search(r"(?:does not accept option '|unrecognized arguments: --)(trainer\.\w+)", flat)):
+        import difflib
+        import inspect
+
+        from lightning import Trainer
+
+        near = difflib.get_close_matches(unknown[1].split(".", 1)[1], inspect.signature(Trainer).parameters, n=1)
+        return f"{message.strip()}" + (f"; did you mean trainer.{near[0]}?" if near else "")
     keys = re.findall(r'Parser key "([^"]+)"', flat)
     if keys and (choice := _LITERAL.search(flat)) is not None:  # a setting of fixed choices (an optimizer's name)
         return f"{'.'.join(keys)}: {choice['value']!r} is not one of {choice['choices']}; give one of them"
