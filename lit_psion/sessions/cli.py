@@ -102,6 +102,9 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
     if not store.root.is_dir():  # a mistyped root would list nothing and exit 0
         raise ConfigError(f"artifacts root {str(store.root)!r} does not exist; give the --artifacts_root that "
                           "`session init-base` wrote")  # fmt: skip
+    if not (store.base_dir.is_dir() or (store.root / "sessions").is_dir()):  # a directory, but not an artifacts root
+        raise ConfigError(f"{str(store.root)!r} holds no base and no sessions: not an artifacts root; give the "
+                          "--artifacts_root that `session init-base` wrote")  # fmt: skip
     sessions_dir = store.root / "sessions"
     found = sorted(p.name for p in sessions_dir.iterdir() if is_plain_name(p.name) and not p.name.startswith(".")
                    and (p / "meta.json").is_file()) if sessions_dir.is_dir() else []  # fmt: skip

@@ -490,3 +490,11 @@ def test_list_refuses_an_artifacts_root_that_does_not_exist(tmp_path: Path, caps
     assert session("list", "--artifacts_root", str(tmp_path / "artefacts")) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "artefacts").exists()
+
+
+def test_list_refuses_a_directory_that_is_not_an_artifacts_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An existing directory with neither base/ nor sessions/ (the runs root, say) listed an empty table, exit 0."""
+    (tmp_path / "runs").mkdir()
+    assert session("list", "--artifacts_root", str(tmp_path / "runs")) == 2
+    assert "holds no base and no sessions: not an artifacts root" in capsys.readouterr().err
+    assert list((tmp_path / "runs").iterdir()) == []
