@@ -63,7 +63,8 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     state = run.state
     info = state.get("adapter")
     if info is None:
-        raise ConfigError(f"the run in {str(run_dir)!r} did not train an AdapterLM (its checkpoint has no adapter)")
+        raise CheckpointError(f"the run in {str(run_dir)!r} did not train an AdapterLM (its checkpoint has no "
+                              "adapter); give an AdapterLM run")  # fmt: skip  (exit 4, as generate and events predict)
     tensors = {k: v.contiguous() for k, v in state["state_dict"].items() if ".lora_" in k}
     _require_finite(tensors, f"the adapter of the run in {str(run_dir)!r}")
     out = out or run_dir / "adapter"
