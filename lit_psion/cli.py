@@ -371,7 +371,8 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
         return checkpoint
     receipted = receipted_checkpoints(layout)
     if (source := checkpoint.manifest.consolidated_from) is not None:  # a copy gathered from a sharded checkpoint
-        if not any(manifest == source for manifest, _ in receipted.recorded.values()):
+        recorded = [*receipted.recorded.values(), *receipted.rewritten.values()]  # (one a kill left past the head)
+        if not any(manifest == source for manifest, _ in recorded):
             raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was consolidated from a checkpoint the run's "
                                   "receipts do not record; consolidate again with `python -m lit_psion ckpt "
                                   "consolidate RUN_DIR`")  # fmt: skip

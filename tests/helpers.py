@@ -81,6 +81,28 @@ class KillBeforeDurableReceipt(Callback):
                 callback._emit_own = killing
 
 
+class KillBeforeRunRecord(Callback):
+    """SIGKILL this process once step ``step``'s durable checkpoint receipt is appended and synced, before run.json
+    takes it as its head (the last window of a checkpoint's commit)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lit_psion.callbacks.run_dir import RunDirectory
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunDirectory):
+                receipted = callback.on_checkpoint_receipted
+
+                def killing(trainer: L.Trainer, receipted: Any = receipted) -> None:
+                    if trainer.global_step == self.step:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    receipted(trainer)
+
+                callback.on_checkpoint_receipted = killing
+
+
 class KillAfterSeal(Callback):
     """SIGKILL this process at the end of its fit, once its receipts are sealed and before run.json says completed."""
 

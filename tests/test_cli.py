@@ -491,3 +491,9 @@ def test_a_fit_runs_lightnings_profiler_only_when_one_is_configured(profiler: st
         assert seen[1] == 2  # it timed both steps
     else:
         assert seen[0].profile("run_training_batch") is seen[0].profile("training_step")  # one shared no-op
+
+
+def test_a_whole_number_of_validation_batches_written_as_a_float_is_a_count(tmp_path: Path) -> None:
+    """`--trainer.limit_val_batches 2.0` ran 2 batches, as Lightning reads it; the check added for -1 refused it."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3",
+               "--trainer.limit_val_batches", "2.0") == 0  # fmt: skip

@@ -180,7 +180,7 @@ def setting_problems(config: Any, subcommand: str | None) -> list[str]:
     for split in ("val", "test", "predict"):  # Lightning refused -1 after its start-up, as "not [0, 1] or an int"
         limit = trainer.get(f"limit_{split}_batches")
         if isinstance(limit, int | float) and not isinstance(limit, bool) and not (
-            limit >= 0 and (isinstance(limit, int) or limit <= 1)
+            limit >= 0 and (isinstance(limit, int) or limit <= 1 or limit % 1 == 0)  # (Lightning reads 2.0 as 2)
         ):
             problems.append(f"trainer.limit_{split}_batches must be a count >= 0 (0: none) or a fraction in "
                             f"[0.0, 1.0], got {limit!r}")  # fmt: skip

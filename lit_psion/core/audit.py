@@ -9,7 +9,6 @@ in its terminal seal; every path the pointer names stays inside the run.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Collection
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
 from lit_psion.core.manifest import DataManifest
 from lit_psion.core.pointer import read_pointer
+from lit_psion.core.receipted import receipted_checkpoints
 from lit_psion.core.run import RunRecord, RunStatus
 from lit_psion.core.skip_list import check_skip_list
 
@@ -152,55 +152,6 @@ def restore_target(layout: RunLayout, every: int | None, receipted: CheckpointRe
     if damaged is not None:
         raise CheckpointError(f"no scheduled checkpoint of run {layout.run_id!r} verifies ({damaged})")
     return None
-
-
-def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
-    """What the run's ``durable`` checkpoint receipts recorded (the latest per step), and whether it is sealed.
-
-    Only the receipts up to the head run.json records count (all of them when it records none, or one the log does
-    not hold: the chain's own check names that): anyone who can write the log can append a validly chained receipt,
-    and one appended after that head is vouched for by nothing outside the log. The fit writes run.json's head again
-    once each checkpoint's durable receipt is appended, so only a kill between the two leaves a durable receipt past
-    it, and that checkpoint is then held to where its manifest anchors it, as one whose receipt a kill prevented."""
-    recorded: dict[int, tuple[str | None, str | None]] = {}
-    sealed = False
-    if not layout.receipts.is_file():  # a run that wrote receipts (run.json records a head) and lost its log
-        head = _recorded_run_head(layout)  # can vouch for nothing
-        lost = (f"{layout.receipts.name} is missing (run.json records head {head}); restore it from a backup, or "
-                "start a new run from the checkpoint with --ckpt_path <checkpoint directory>") if head else None
-        return CheckpointReceipts(broken=lost)
-    torn = len(torn_tail(layout.receipts))
-    checked = verify_log(layout.receipts, run_id=layout.run_id, upto=layout.receipts.stat().st_size - torn if torn
-                         else None)  # fmt: skip
-    lines = layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines()
-    vouched = lines if checked.ok else lines[: (checked.line or 1) - 1]  # what the chain vouches for
-    head = _recorded_run_head(layout)
-    anchored: set[str] | None = set() if head is not None and head in checked.digests else None
-    for line in vouched:
-        try:
-            receipt = json.loads(line)
-            body = receipt["body"]
-            sealed = receipt["kind"] == "chain_seal" or (sealed and receipt["kind"] == "chain_repair")
-            if receipt["kind"] == "checkpoint" and body["durability"] == "durable":
-                recorded[int(body["step"])] = (body["manifest_digest"], body["object_digest"])
-            if anchored is not None:
-                anchored.add(receipt["digest"])
-                if receipt["digest"] == head:
-                    break  # what follows run.json's head is vouched for by the log alone
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            continue  # the chain's own verdict names a bad line
-    broken = None if checked.ok else f"{layout.receipts.name} {checked.describe()}"
-    return CheckpointReceipts(recorded=recorded, sealed=sealed, chain=layout.receipts, broken=broken,
-                              anchored=frozenset(anchored) if anchored is not None else None)  # fmt: skip
-
-
-def _recorded_run_head(layout: RunLayout) -> str | None:
-    """The receipt head run.json records (None for a directory that is not a run, or a run.json without one)."""
-    try:
-        head = read_json(layout.run_file).get("receipts_head") if layout.is_run() else None
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return None  # run.json's own verdict
-    return head if isinstance(head, str) else None
 
 
 def verify_in_its_run(path: Path) -> VerifiedCheckpoint:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lit_psion.core.anchoring import NOT_IN_CHAIN, at_the_run_head, unanchored, unreceipted_problem
 from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
 from lit_psion.core.files import read_json, unique_keys
@@ -302,8 +303,18 @@ class CheckpointReceipts:
     """The chain's first problem before a torn last line (which a resume repairs), if it has one: what it records
     from that line on is not counted, and a checkpoint it does not record is not trusted (:func:`as_receipted`)."""
     anchored: frozenset[str] | None = None
-    """The digests of the receipts up to run.json's recorded head (None when it records none the log holds): a
-    checkpoint without a counted receipt must record a head among them (one past it is anchored by the log alone)."""
+    """The digests of the receipts up to run.json's recorded head (None when it records none the log holds): only the
+    durable receipts among them count (one appended after it is vouched for by the log alone)."""
+    rewritten: Mapping[int, tuple[str | None, str | None]] = dataclasses.field(default_factory=dict)
+    """step -> the first durable receipt's digests after run.json's head, for a step no counted receipt records or
+    one an attempt resumed from an earlier checkpoint writes again: what a fit killed before its next run.json
+    write leaves, trusted only for a checkpoint whose manifest records that very head (:func:`as_receipted`)."""
+    run_head: str | None = None
+    """run.json's receipt head, when the log holds it."""
+    run_step: int | None = None
+    """run.json's global step."""
+    run_status: str | None = None
+    """run.json's status."""
 
     @property
     def newest(self) -> int | None:
@@ -328,7 +339,7 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
             why = "the run's chain is sealed" if receipts.sealed else f"the chain receipts step {newest}"
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, though {why}: "
                                   "the run's fit did not write it")  # fmt: skip
-        if receipts.chain is not None and (problem := _unanchored(checkpoint, receipts.chain)) is not None:
+        if receipts.chain is not None and (problem := unanchored(checkpoint, receipts.chain)) is not None:
             if problem == NOT_IN_CHAIN and (how := cut_short(receipts.chain)) is not None:  # the log's fault
                 raise ChainCutShort(f"{str(receipts.chain)!r} {how}, before the receipt head checkpoint "
                                     f"{checkpoint.path.name} records (the head was durable before the checkpoint "
@@ -342,13 +353,15 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
                                     "the checkpoint out of the run")  # fmt: skip
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, and "
                                   f"{problem}: the run's fit did not write it")  # fmt: skip
-        head = checkpoint.manifest.receipts_head
-        if receipts.anchored is not None and head is not None and head not in receipts.anchored:
+        if (problem := unreceipted_problem(checkpoint, receipts)) is not None:
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt up to the head "
-                                  "run.json records, and the receipt head its manifest records lies past it: only "
-                                  "receipts appended to the log vouch for it, so it is not trusted")  # fmt: skip
+                                  f"run.json records, and {problem}: the run's fit did not write it")  # fmt: skip
         return checkpoint
-    if recorded != (checkpoint.manifest_sha256, checkpoint.weights_sha256):
+    digests = (checkpoint.manifest_sha256, checkpoint.weights_sha256)
+    if recorded != digests and receipts.rewritten.get(checkpoint.step) == digests and at_the_run_head(checkpoint,
+                                                                                                       receipts):
+        return checkpoint  # written again by an attempt resumed from an earlier checkpoint, killed before run.json
+    if recorded != digests:
         raise CheckpointError(f"checkpoint {checkpoint.path.name}: its manifest or weights are not the ones its "
                               "durable checkpoint receipt recorded (it was replaced after it was written)")
     return checkpoint
@@ -377,51 +390,6 @@ class ChainCutShort(CheckpointError):
 
     exit_code = EvidenceError.exit_code
     failure_class = EvidenceError.failure_class
-
-
-NOT_IN_CHAIN = "the receipt head its manifest records is not in the run's receipts"
-
-
-def _unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
-    """Why a checkpoint without its receipt cannot be one the run wrote just before a kill (None if it can be).
-
-    The fit writes step k's checkpoint after step k's ``trainer_step`` receipt and records the chain's head in its
-    manifest; whatever the chain holds after that head trained on from step k. So the head is in the chain, no
-    step receipted up to it ends past k, no step receipted after it starts before k, and the last step receipted up
-    to it is k, or (receipting every n steps) less than the last interval between two receipted steps before k.
-    A head anchored where the chain ended, under a later step, is a checkpoint no fit wrote (a paused run's log
-    ends there, so nothing after the head gives it away).
-    """
-    head, step = checkpoint.manifest.receipts_head, checkpoint.step
-    if head is None or not chain.is_file():
-        return None  # written before manifests anchored the chain, or by a fit without receipts
-    anchored, ended_at, interval = False, None, None
-    with chain.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            try:
-                receipt = json.loads(line)
-                body = receipt["body"] if receipt["kind"] == "trainer_step" else None
-                step_in, step_out = (int(body["step_in"]), int(body["step_out"])) if body else (None, None)
-                digest = receipt["digest"]
-            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-                continue  # the chain's own verdict names a bad line
-            if not anchored and step_out is not None:
-                if ended_at is not None and step_out > ended_at:  # (not a rollback's, nor accumulation's repeat)
-                    interval = step_out - ended_at
-                ended_at = step_out
-            # Under gradient accumulation the micro-batches after the step's last one receipt the same step again.
-            again = ended_at == step and (step_in, step_out) == (step - 1, step)
-            if anchored and step_in is not None and step_in < step and not again:
-                return f"the run's receipts go on from step {step_in} after the head its manifest records"
-            anchored = anchored or digest == head
-    if not anchored:
-        return NOT_IN_CHAIN
-    if ended_at is not None and ended_at > step:
-        return f"the run's receipts had reached step {ended_at} at the head its manifest records, not {step}"
-    if ended_at is not None and interval is not None and step - ended_at >= interval:
-        return (f"the run's receipts, one every {interval} step(s), had reached only step {ended_at} at the head its "
-                f"manifest records, so step {step} would have been receipted before its checkpoint")  # fmt: skip
-    return None
 
 
 def resolve_checkpoint(

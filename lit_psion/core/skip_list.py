@@ -117,7 +117,7 @@ def replayed_entries(layout: RunLayout, entries: list[SkippedBatch], resumed_at:
     if resumed_at is None:
         return []
     stopped = _read_transactions(layout).stopped
-    return [entry for entry in entries if entry.step > resumed_at and entry.step not in stopped]
+    return [entry for entry in entries if entry.step > resumed_at and (entry.step, entry.key) not in stopped]
 
 
 def resumed_step(body: dict[str, Any]) -> int | None:
@@ -175,21 +175,22 @@ class _Transactions:
     """step -> every rank's batches, where its receipts name them all."""
     listed: set[int] = dataclasses.field(default_factory=set)
     """The steps a restore (or its absence) put on the list, which must be there."""
-    stopped: set[int] = dataclasses.field(default_factory=set)
-    """The steps of the streaks that stopped the run (listed by the stop, skipped by every later resume)."""
+    stopped: set[tuple[int, str]] = dataclasses.field(default_factory=set)
+    """(step, batch digest) of each batch of the streaks that stopped the run (listed by the stop, skipped by every
+    later resume; by batch, for a step number a restore trains again names another batch)."""
     last: int = 0
     """The step of the chain's last transaction."""
 
 
 def _read_transactions(layout: RunLayout) -> _Transactions:
-    walked, streak = _Transactions(), list[int]()  # the rollbacks since the last commit (or start, resume, ...)
+    walked, streak, batches = _Transactions(), list[int](), list[tuple[int, str]]()  # since the last commit (...)
     if not layout.receipts.is_file():
         return walked
     for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             receipt = parse_receipt(line)
             if receipt.kind in ("training_run", "membership"):
-                streak = []  # (a streak carried over one is not counted: fewer steps required, never more)
+                streak, batches = [], []  # (a streak carried over one is not counted: fewer steps, never more)
             if receipt.kind == "training_run" and (resumed := resumed_step(receipt.body)) is not None:
                 walked.listed = {step for step in walked.listed if step <= resumed}  # later ones listed again
             if receipt.kind != "transaction":
@@ -201,12 +202,13 @@ def _read_transactions(layout: RunLayout) -> _Transactions:
                     walked.every_rank.setdefault(step, set()).update(str(key) for key in named)
                 walked.rolled_back.setdefault(step, set()).add(str(receipt.body.get("batch_digest")))
                 streak.append(step)
+                batches += [(step, str(key)) for key in named or (receipt.body.get("batch_digest"),)]
                 if isinstance(action, str) and action.startswith(_LISTING):  # the list was written first
                     walked.listed.update(streak)
                 elif action == "stopped":
-                    walked.stopped.update(streak)
+                    walked.stopped.update(batches)
             elif receipt.body.get("decision") == "commit":
-                streak = []
+                streak, batches = [], []
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             continue  # the chain's own verdict names a bad line
     return walked

@@ -149,3 +149,46 @@ def test_a_checkpoint_of_a_sealed_run_given_by_path_is_held_to_the_anchored_rece
     assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "8", "--ckpt_path",
                checkpoint) == 4  # fmt: skip
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").glob("*/checkpoints/step-*"))
+
+
+def test_a_checkpoint_written_again_and_killed_before_run_json_is_the_runs_own(tmp_path: Path) -> None:
+    """A resume fell back past a damaged step 9, wrote step 9 again and was killed between its durable receipt and
+    run.json's next write: that receipt lies past run.json's head, so the first (anchored) one for step 9 counted
+    and the honest new checkpoint was refused as replaced. A forgery appended after it still is."""
+    root = tmp_path / "runs"
+    common = ("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12")
+    kill = callbacks_config(tmp_path / "kill.json", ("KillAt", {"step": 11}))
+    assert fit_subprocess(*common, "--config", kill).returncode == -9
+    run = root / read_latest(root)
+    weights = run / "checkpoints" / "step-000009" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))  # a disk fault
+    window = callbacks_config(tmp_path / "window.json", ("KillBeforeRunRecord", {"step": 9}))
+    assert fit_subprocess(*common, "--config", window, "--ckpt_path", "last").returncode == -9
+    layout, rejected = RunLayout.of(run), []
+    assert resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout)).step == 9
+    assert main(["ckpt", "verify", str(run)]) == 0 and main(["doctor", str(run)]) == 0
+    _durable_again(run, 9, _replace_weights(run / "checkpoints" / "step-000009"))
+    assert main(["ckpt", "verify", str(run / "checkpoints" / "step-000009")]) == 4
+
+
+def test_a_paused_run_takes_no_checkpoint_without_its_receipt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run paused where its last step has no checkpoint (SIGTERM at an epoch's end) took a made-up checkpoint of
+    that step anchored at run.json's own head: every check passed and the resume trained from it. A run that
+    paused wrote every checkpoint's receipt before it said so."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(Path("fixtures/tiny.yaml").read_text().replace("lit_psion.models.DecoderLM",
+                                                                     "tests.test_resume.SigtermInTheModulesHook"))
+    common = ("--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_steps", "10", "--data.sample_stride",
+              "200", "--model.init_args.optimizer.decay_steps", "10")  # fmt: skip  (5 batches an epoch)
+    monkeypatch.setenv("LIT_PSION_TEST_TERM_AT", "5")
+    result = fit_subprocess(*common, config=str(config))
+    assert result.returncode == 143, result.stderr[-2000:]
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    record = read_json(run / "run.json")
+    assert (record["status"], record["global_step"]) == ("paused", 5) and not (run / "checkpoints/step-000005").exists()
+    forged = shutil.copytree(run / "checkpoints" / "step-000003", run / "checkpoints" / "step-000005")
+    _replace_weights(forged, step=5, head=record["receipts_head"])
+    layout, rejected = RunLayout.of(run), []
+    assert resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout)).step == 3
+    assert "the run paused after writing every checkpoint's receipt" in rejected[0].reason
+    assert main(["ckpt", "verify", str(forged)]) == 4
