@@ -76,7 +76,7 @@ from lit_psion.commands.records import (
 from lit_psion.commands.roots import make_root, remove_if_empty
 from lit_psion.commands.wandb_runs import place_wandb_runs
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.audit import receipted_checkpoints
+from lit_psion.core.audit import hold_to_its_chain, receipted_checkpoints
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
@@ -359,7 +359,7 @@ class LitPsionCLI(LightningCLI):
 
 
 def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
-    """A checkpoint given by path, if it matches the durable checkpoint receipt of the run it sits in (if any)."""
+    """A checkpoint given by path, if it matches the durable receipt of the run it sits in (if any), whole."""
     layout = RunLayout.of(checkpoint.path.resolve().parent.parent)
     if layout.is_run() and checkpoint.path.resolve().parent == layout.checkpoints.resolve():  # (not a consolidated)
         belonging(checkpoint, layout)
@@ -370,9 +370,11 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
               "alone, not to its run's receipts", file=sys.stderr)  # fmt: skip
         return checkpoint
     receipted = receipted_checkpoints(layout)
+    hold_to_its_chain(layout)
     if (source := checkpoint.manifest.consolidated_from) is not None:  # a copy gathered from a sharded checkpoint
-        recorded = [*receipted.recorded.values(), *receipted.rewritten.values()]  # (one a kill left past the head)
-        if not any(manifest == source for manifest, _ in recorded):
+        own = layout.checkpoints / checkpoint.path.name  # the run's own, when a kill left its receipt uncounted
+        if not any(manifest == source for manifest, _ in receipted.recorded.values()) and not ((own / MANIFEST_FILE)
+                .is_file() and as_receipted(verify_checkpoint(own), receipted).manifest_sha256 == source):  # fmt: skip
             raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was consolidated from a checkpoint the run's "
                                   "receipts do not record; consolidate again with `python -m lit_psion ckpt "
                                   "consolidate RUN_DIR`")  # fmt: skip

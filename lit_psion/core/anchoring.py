@@ -20,18 +20,19 @@ def at_the_run_head(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts
 
 def unreceipted_problem(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -> str | None:
     """Why a checkpoint no counted receipt records cannot be the one a kill left before its receipt, or before
-    run.json's next write (None if it can be). Only a fit that did not end can leave one: a run that paused or
-    completed wrote every checkpoint's durable receipt before its status. And it records run.json's own head and
-    step (a checkpoint anchored anywhere else is vouched for by its own manifest alone)."""
+    run.json's next write (None if it can be). Only a fit that did not end can leave one: a run that paused,
+    completed or failed wrote every checkpoint's durable receipt before its status (but one whose log could not take
+    it); a Ctrl-C inside a commit is the exception: its resume falls back to the checkpoint before and replays the
+    steps since. And it records run.json's own head and step, which a fit that did not end wrote with the
+    checkpoint's manifest (anchored anywhere else, it is vouched for by its own manifest alone)."""
     if receipts.anchored is None or checkpoint.manifest.receipts_head is None:
         return None  # run.json records no head the log holds (written before heads), or the fit kept no receipts
-    if receipts.run_status in ("paused", "completed"):
+    ended = receipts.run_status in ("paused", "completed", "failed")  # their run.json's head and step are free
+    if ended and not (receipts.run_status == "failed" and receipts.run_failure == "evidence_flush_failed"):
         return f"the run {receipts.run_status} after writing every checkpoint's receipt"
-    if receipts.run_status == "active" and not at_the_run_head(checkpoint, receipts):
+    if not at_the_run_head(checkpoint, receipts):
         return (f"it does not record run.json's head and step ({checkpoint.manifest.receipts_head[:16]}... at step "
                 f"{checkpoint.step}; run.json: {str(receipts.run_head)[:16]}... at step {receipts.run_step})")
-    if checkpoint.manifest.receipts_head not in receipts.anchored:
-        return "the receipt head its manifest records lies past run.json's (appended receipts alone vouch for it)"
     if (given := receipts.rewritten.get(checkpoint.step)) is not None and given != (checkpoint.manifest_sha256,
                                                                                      checkpoint.weights_sha256):
         return "a durable receipt after run.json's head records other digests for its step"

@@ -168,7 +168,24 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
         layout.refuse_special_files()
         belonging(checkpoint, layout)
         as_receipted(checkpoint, receipted_checkpoints(layout))
+        hold_to_its_chain(layout)
     return checkpoint
+
+
+def hold_to_its_chain(layout: RunLayout) -> None:
+    """The run's receipt chain against its anchors (run.json's head, every checkpoint's, the seal), as a resume and
+    ``receipts verify`` hold it, before one of its checkpoints given by path is trusted: the receipts it was held to
+    are vouched for only by a whole chain (a log cut below run.json's head and appended to is not). Not while a fit
+    writes the run (its chain changes under the reader), nor for a run that kept no receipts.
+
+    Raises:
+        EvidenceError: the chain does not verify (exit 5).
+    """
+    from lit_psion.core.lock import lock_holder
+
+    if lock_holder(layout.run_dir) is not None or not (layout.receipts.exists() or layout.receipts.is_symlink()):
+        return
+    check_chain(layout, RunRecord.load(layout), before_torn_tail=True)
 
 
 

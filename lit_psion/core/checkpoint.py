@@ -309,12 +309,16 @@ class CheckpointReceipts:
     """step -> the first durable receipt's digests after run.json's head, for a step no counted receipt records or
     one an attempt resumed from an earlier checkpoint writes again: what a fit killed before its next run.json
     write leaves, trusted only for a checkpoint whose manifest records that very head (:func:`as_receipted`)."""
+    refit: frozenset[int] = frozenset()
+    """Steps a counted receipt records that the last attempt, resumed from an earlier checkpoint, writes again."""
     run_head: str | None = None
     """run.json's receipt head, when the log holds it."""
     run_step: int | None = None
     """run.json's global step."""
     run_status: str | None = None
     """run.json's status."""
+    run_failure: str | None = None
+    """run.json's failure class (a failed run's)."""
 
     @property
     def newest(self) -> int | None:
@@ -358,8 +362,8 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
                                   f"run.json records, and {problem}: the run's fit did not write it")  # fmt: skip
         return checkpoint
     digests = (checkpoint.manifest_sha256, checkpoint.weights_sha256)
-    if recorded != digests and receipts.rewritten.get(checkpoint.step) == digests and at_the_run_head(checkpoint,
-                                                                                                       receipts):
+    again = receipts.rewritten.get(checkpoint.step, digests if checkpoint.step in receipts.refit else None)
+    if recorded != digests and again == digests and at_the_run_head(checkpoint, receipts):
         return checkpoint  # written again by an attempt resumed from an earlier checkpoint, killed before run.json
     if recorded != digests:
         raise CheckpointError(f"checkpoint {checkpoint.path.name}: its manifest or weights are not the ones its "

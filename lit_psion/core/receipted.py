@@ -63,9 +63,11 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
     return CheckpointReceipts(recorded=recorded, sealed=sealed, chain=layout.receipts, broken=broken,
                               anchored=frozenset(anchored) if anchored is not None else None,
                               rewritten={s: d for s, d in rewritten.items() if s in refit or s not in recorded},
+                              refit=frozenset(refit) if anchored is not None else frozenset(),
                               run_head=head if anchored is not None else None,
-                              run_step=step if isinstance(step, int) else None,
-                              run_status=status if isinstance(status, str) else None)  # fmt: skip
+                              run_step=step if type(step) is int else None,
+                              run_status=status if isinstance(status, str) else None,
+                              run_failure=failure if isinstance(failure := run.get("failure_class"), str) else None)
 
 
 def _recorded_run(layout: RunLayout) -> dict[str, Any]:

@@ -28,16 +28,6 @@ from tests.helpers import callbacks_config, fit, fit_subprocess
 
 
 @pytest.fixture(scope="module")
-def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run killed in step 9 (receipts up to step 8), its checkpoints at steps 3 and 6 durable and receipted."""
-    root = tmp_path_factory.mktemp("killed")
-    kill = callbacks_config(root / "kill.json", ("KillAt", {"step": 9}))
-    assert fit_subprocess("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12",
-                          "--config", kill).returncode == -9  # fmt: skip
-    return root / read_latest(root)
-
-
-@pytest.fixture(scope="module")
 def completed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("completed")
     assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6") == 0
@@ -147,11 +137,12 @@ def test_a_checkpoint_of_a_sealed_run_given_by_path_is_held_to_the_anchored_rece
     assert main(["receipts", "verify", str(run)]) == 5
     assert main(["ckpt", "verify", checkpoint]) == 4
     assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "8", "--ckpt_path",
-               checkpoint) == 4  # fmt: skip
+               checkpoint) == 5  # fmt: skip  (its chain, sealed and appended to, does not verify)
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").glob("*/checkpoints/step-*"))
 
 
-def test_a_checkpoint_written_again_and_killed_before_run_json_is_the_runs_own(tmp_path: Path) -> None:
+@pytest.mark.parametrize("killer", ["KillBeforeRunRecord", "KillBeforeDurableReceipt"])
+def test_a_checkpoint_written_again_and_killed_before_run_json_is_the_runs_own(tmp_path: Path, killer: str) -> None:
     """A resume fell back past a damaged step 9, wrote step 9 again and was killed between its durable receipt and
     run.json's next write: that receipt lies past run.json's head, so the first (anchored) one for step 9 counted
     and the honest new checkpoint was refused as replaced. A forgery appended after it still is."""
@@ -162,13 +153,14 @@ def test_a_checkpoint_written_again_and_killed_before_run_json_is_the_runs_own(t
     run = root / read_latest(root)
     weights = run / "checkpoints" / "step-000009" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))  # a disk fault
-    window = callbacks_config(tmp_path / "window.json", ("KillBeforeRunRecord", {"step": 9}))
+    window = callbacks_config(tmp_path / "window.json", (killer, {"step": 9}))  # after its receipt, or before
     assert fit_subprocess(*common, "--config", window, "--ckpt_path", "last").returncode == -9
     layout, rejected = RunLayout.of(run), []
     assert resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout)).step == 9
     assert main(["ckpt", "verify", str(run)]) == 0 and main(["doctor", str(run)]) == 0
-    _durable_again(run, 9, _replace_weights(run / "checkpoints" / "step-000009"))
-    assert main(["ckpt", "verify", str(run / "checkpoints" / "step-000009")]) == 4
+    if killer == "KillBeforeRunRecord":  # (killed before its receipt, it is held to its manifest: the documented limit)
+        _durable_again(run, 9, _replace_weights(run / "checkpoints" / "step-000009"))
+        assert main(["ckpt", "verify", str(run / "checkpoints" / "step-000009")]) == 4  # the first after the head holds
 
 
 def test_a_paused_run_takes_no_checkpoint_without_its_receipt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,3 +184,46 @@ def test_a_paused_run_takes_no_checkpoint_without_its_receipt(tmp_path: Path, mo
     assert resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout)).step == 3
     assert "the run paused after writing every checkpoint's receipt" in rejected[0].reason
     assert main(["ckpt", "verify", str(forged)]) == 4
+
+
+def test_a_failed_run_takes_no_checkpoint_without_its_receipt(tmp_path: Path) -> None:
+    """A run that failed (a transactional stop, exit 7) at a step with no checkpoint took a made-up one of that step
+    anchored at run.json's own head and step: only run.json's head was asked of it."""
+    config = {"trainer": {"strategy": {"class_path": "lit_psion.strategies.TransactionalStrategy", "init_args": {
+        "policy": {"restore_after": 3, "stop_after": 3}}}, "callbacks": [{"class_path":
+        "tests.strategies.regression.PoisonGradients", "init_args": {"steps": [7, 8, 9, 10]}}]}}  # fmt: skip
+    (tmp_path / "tx.json").write_text(json.dumps(config))
+    root = tmp_path / "runs"
+    assert fit("--config", str(tmp_path / "tx.json"), "--trainer.default_root_dir", str(root), "--trainer.max_steps",
+               "12") == 7  # fmt: skip
+    run = root / read_latest(root)
+    record = read_json(run / "run.json")
+    assert record["status"] == "failed" and not (run / "checkpoints" / f"step-{record['global_step']:06d}").exists()
+    forged = shutil.copytree(run / "checkpoints" / "step-000006",
+                             run / "checkpoints" / f"step-{record['global_step']:06d}")  # fmt: skip
+    _replace_weights(forged, step=record["global_step"], head=record["receipts_head"])
+    layout, rejected = RunLayout.of(run), []
+    assert resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout)).step == 6
+    assert "did not write it" in rejected[0].reason
+    assert main(["ckpt", "verify", str(forged)]) == 4
+
+
+def test_a_log_cut_below_run_jsons_head_and_appended_to_vouches_for_no_checkpoint_given_by_path(
+    killed_run: Path, tmp_path: Path
+) -> None:
+    """With run.json's head cut from the log, every durable receipt counted again: one appended after the cut bound a
+    replaced checkpoint that `ckpt verify DIR` and `--ckpt_path DIR` (validate, a new run) then trusted."""
+    run = tmp_path / killed_run.name
+    shutil.copytree(killed_run, run)
+    log = run / "receipts.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    durable = next(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "checkpoint"
+                   and json.loads(line)["body"]["step"] == 6 and json.loads(line)["body"]["durability"] == "durable")
+    log.write_text("".join(lines[:durable]))
+    body = json.loads(lines[durable])["body"]
+    digests = _replace_weights(run / "checkpoints" / "step-000006")
+    _append(run, "checkpoint", {**body, "manifest_digest": digests[0], "object_digest": digests[1]})
+    step6 = str(run / "checkpoints" / "step-000006")
+    assert main(["ckpt", "verify", step6]) == 5
+    assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "8", "--ckpt_path",
+               step6) == 5  # fmt: skip

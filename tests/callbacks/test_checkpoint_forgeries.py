@@ -71,16 +71,6 @@ def test_a_kill_before_the_first_pointer_is_not_damage_to_ckpt_verify_or_doctor(
     assert main(["doctor", str(run)]) == 0
 
 
-@pytest.fixture(scope="module")
-def killed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run killed in step 9 (its receipts reach step 8) whose checkpoints (every 3 steps) up to 6 are receipted."""
-    root = tmp_path_factory.mktemp("killed")
-    kill = callbacks_config(root / "kill.json", ("KillAt", {"step": 9}))
-    assert fit_subprocess("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12",
-                          "--config", kill).returncode == -9  # fmt: skip
-    return root / read_latest(root)
-
-
 def _head_of_step(run: Path, step: int) -> str:
     for line in (run / "receipts.jsonl").read_text().splitlines():
         receipt = json.loads(line)
