@@ -312,10 +312,12 @@ def _torn_last_line(run: Path) -> None:
 
 
 BROKEN_CHAINS = [  # (name, harm, exit codes of ckpt verify: the run, its newest checkpoint, its oldest)
+    # The oldest, given by path, was vouched for by the receipts before the first bad line (exit 0); a checkpoint
+    # given by path is now held to its run's whole chain, as a resume holds it (a prefix can be cut and appended to).
     ("the newest checkpoint replaced and its receipt edited to match", _newest_swapped_and_its_receipt_edited,
-     (5, 5, 0)),
+     (5, 5, 5)),
     ("a step receipt before every checkpoint receipt edited", _first_step_edited, (5, 5, 5)),
-    ("a step receipt after the oldest checkpoint's deleted", _a_step_after_the_oldest_checkpoint_deleted, (5, 5, 0)),
+    ("a step receipt after the oldest checkpoint's deleted", _a_step_after_the_oldest_checkpoint_deleted, (5, 5, 5)),
     ("a torn last line (a kill mid-append, which a resume repairs)", _torn_last_line, (0, 0, 0)),
 ]
 
@@ -324,8 +326,8 @@ BROKEN_CHAINS = [  # (name, harm, exit codes of ckpt verify: the run, its newest
 def test_receipts_that_do_not_verify_vouch_only_for_the_checkpoints_before_their_first_problem(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, harm: Callable, codes: tuple
 ) -> None:
-    """A checkpoint is held to its durable receipt: a receipt from a line the chain does not verify vouches for
-    nothing, so what ckpt verify, generate (and a resume) would load there is refused (exit 5), naming the line."""
+    """A checkpoint is held to its durable receipt and its run's whole chain: a receipt from a line the chain does not
+    verify vouches for nothing, so what ckpt verify, generate (and a resume) would load there is refused (exit 5)."""
     run = tmp_path / run_dir.name
     shutil.copytree(run_dir, run)
     harm(run)
