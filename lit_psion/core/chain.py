@@ -255,8 +255,7 @@ class ReceiptWriteError(LitPsionError):
 
 
 def cut_short(log: Path) -> str | None:
-    """How a run's receipt log shows it lost receipts it had: a torn last line, or an end before the head the run's
-    run.json records (None when neither)."""
+    """How a run's receipt log shows it lost receipts: a torn last line, or an end before run.json's head (or None)."""
     if torn_tail(log):
         return "ends in a torn line"
     try:
