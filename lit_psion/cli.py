@@ -54,6 +54,7 @@ from lit_psion.commands.fit_args import (
     refuse_lightning_optimizer_groups,
     refuse_unusable_ckpt_path,
     setting_problems,
+    trainer_refusal,
 )
 from lit_psion.commands.launch import (
     LAUNCHER_PID_ENV,
@@ -335,12 +336,10 @@ class LitPsionCLI(LightningCLI):
         try:
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers,
                                             "profiler": config.get("profiler") or QuietProfiler()}, callbacks=callbacks)
-        except MisconfigurationException as error:  # Lightning's word for a setting it cannot honour
-            raise ConfigError(f"trainer: {error}") from error
-        except (ModuleNotFoundError, TypeError, ValueError) as error:  # an accelerator or devices it cannot use
-            if not raised_in_lightning(error):
-                raise
-            raise ConfigError(f"trainer: {(str(error).strip().splitlines() or [type(error).__name__])[0]}") from error
+        except (MisconfigurationException, ModuleNotFoundError, TypeError, ValueError) as error:
+            if not isinstance(error, MisconfigurationException) and not raised_in_lightning(error):
+                raise  # not Lightning's account of an accelerator, devices or strategy it cannot use
+            raise ConfigError(trainer_refusal(error)) from error
         if self.run_context is not None and self.lock is None and is_launcher_rank_zero():
             self.run_context.layout.run_dir.mkdir(exist_ok=True)  # a new run: locked before it is findable
             self._lock(self.run_context.layout)

@@ -119,7 +119,8 @@ ERRORS = [
     ("zero steps", lambda p: ["--trainer.max_steps", "0"], 2, "max_steps must be >= 1"),
     ("endless steps", lambda p: ["--trainer.max_steps", "-1"], 2, "never ends"),
     ("negative seed", lambda p: ["--seed_everything", "-5"], 2, "seed_everything must be in"),
-    ("unavailable accelerator", lambda p: ["--trainer.accelerator", "gpu"], 2, "trainer: No supported gpu"),
+    ("unavailable accelerator", lambda p: ["--trainer.accelerator", "gpu"], 2,  # named no fix (a CPU-only host)
+     "trainer: No supported gpu backend found!; this machine has no such accelerator: use --trainer.accelerator cpu"),
     ("negative workers", lambda p: ["--data.num_workers", "-1"], 2, "num_workers"),
     ("tiny BPE vocabulary", lambda p: ["--data.tokenizer", "bpe", "--data.vocab_size", "10"], 2, "vocab_size must be"),
     ("a file as the runs root", lambda p: ["--trainer.default_root_dir", TINY], 2, "is a file"),

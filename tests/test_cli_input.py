@@ -57,6 +57,7 @@ def test_an_accelerator_or_devices_lightning_cannot_use_is_a_setting(tmp_path: P
     assert fit("--trainer.default_root_dir", str(tmp_path), key, value) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"lit_psion: error: trainer: {says}"), line
+    assert ("use --trainer.accelerator cpu" in line) == (value == "cuda"), line  # the fix, where it is the fix
     assert not any(tmp_path.iterdir())
 
 

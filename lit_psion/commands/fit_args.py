@@ -377,6 +377,19 @@ def raised_in_lightning(error: BaseException) -> bool:
                for frame in frames)  # fmt: skip
 
 
+NO_ACCELERATOR = ("no supported gpu backend", "is not available")
+"""Lightning's words for an accelerator this machine lacks (``gpu``/``cuda``/``mps`` without one)."""
+
+
+def trainer_refusal(error: BaseException) -> str:
+    """The one line for a Trainer setting Lightning's connectors refused: its first line, and the fix when the
+    machine lacks the accelerator asked for (Lightning names none for ``gpu``)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if any(words in line.lower() for words in NO_ACCELERATOR):
+        line += "; this machine has no such accelerator: use --trainer.accelerator cpu (or auto)"
+    return f"trainer: {line}"
+
+
 def check_callbacks(callbacks: list[Any], subcommand: str | None = None) -> None:
     """Refuse in one line what Lightning refuses in words about its own settings: its checkpoint callbacks (lit_psion
     writes every checkpoint), and two callbacks keeping state under one ``state_key`` (indistinguishable in a
