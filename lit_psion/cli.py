@@ -10,7 +10,6 @@ missing checkpoint, 5 evidence that does not verify, 6 checkpoint write failed, 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import signal
 import sys
@@ -50,11 +49,9 @@ from lit_psion.commands.fit_args import (
     gather_files,
     known_cause,
     plain_parse_error,
-    raised_in_lightning,
     refuse_lightning_optimizer_groups,
     refuse_unusable_ckpt_path,
     setting_problems,
-    trainer_refusal,
 )
 from lit_psion.commands.launch import (
     LAUNCHER_PID_ENV,
@@ -65,6 +62,7 @@ from lit_psion.commands.launch import (
     leave_together,
     tell_the_launcher,
 )
+from lit_psion.commands.lightning_words import quiet_lightning, raised_in_lightning, trainer_refusal
 from lit_psion.commands.records import (
     refuse_a_file_named,
     refuse_another_family,
@@ -418,7 +416,7 @@ def main(args: list[str] | None = None) -> int:
 
 def _main(args: list[str] | None) -> int:
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to" chatter
+    quiet_lightning()
     clear_mesh_stop()
     try:
         argv = sys.argv[1:] if args is None else args

@@ -11,7 +11,7 @@ import pytest
 
 from lit_psion.cli import main
 from lit_psion.core.run import read_latest
-from tests.helpers import REPO_ROOT, fit
+from tests.helpers import REPO_ROOT, TINY, fit, subprocess_env
 
 
 def test_the_console_script_dispatches_as_python_m_does() -> None:
@@ -86,3 +86,16 @@ def test_a_value_read_as_a_flag_is_shown_with_the_flag_it_was_given_to(capsys: p
     capsys.readouterr()
     assert main(["generate", "somewhere", "--prompt", "--tokens", "3"]) == 2
     assert capsys.readouterr().err.strip().endswith("(such as --prompt=-1)")
+
+
+def test_a_fit_prints_no_lightning_chatter_a_user_cannot_act_on(tmp_path: Path) -> None:
+    """Every fit printed Lightning's advertisement for its cloud logger ("Tip: ... litlogger") and torch's
+    FutureWarning about ``LeafSpec`` from inside Lightning's ``_pytree``, ahead of lit_psion's own lines."""
+    command = [sys.executable, "-m", "lit_psion", "fit", "--config", TINY, "--trainer.max_steps", "1",
+               "--trainer.default_root_dir", str(tmp_path), "--seed_everything", "3"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=REPO_ROOT)
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, printed
+    assert "step 1/1" in printed  # the fit's own lines still print
+    for chatter in ("Tip:", "litlogger", "LeafSpec", "Seed set to"):
+        assert chatter not in printed, printed

@@ -369,27 +369,6 @@ def refuse_unusable_ckpt_path(ckpt_path: str | None, manifest_file: str) -> None
                       f"<run>/checkpoints/step-NNNNNN with manifest.json); {fix}")
 
 
-def raised_in_lightning(error: BaseException) -> bool:
-    """Whether ``error`` came from Lightning's connectors (its account of an accelerator, devices or strategy it
-    cannot use), not from a bad call into the Trainer."""
-    frames = traceback.extract_tb(error.__traceback__)
-    return any(f"{os.sep}lightning{os.sep}" in frame.filename and f"{os.sep}connectors{os.sep}" in frame.filename
-               for frame in frames)  # fmt: skip
-
-
-NO_ACCELERATOR = ("no supported gpu backend", "is not available")
-"""Lightning's words for an accelerator this machine lacks (``gpu``/``cuda``/``mps`` without one)."""
-
-
-def trainer_refusal(error: BaseException) -> str:
-    """The one line for a Trainer setting Lightning's connectors refused: its first line, and the fix when the
-    machine lacks the accelerator asked for (Lightning names none for ``gpu``)."""
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if any(words in line.lower() for words in NO_ACCELERATOR):
-        line += "; this machine has no such accelerator: use --trainer.accelerator cpu (or auto)"
-    return f"trainer: {line}"
-
-
 def check_callbacks(callbacks: list[Any], subcommand: str | None = None) -> None:
     """Refuse in one line what Lightning refuses in words about its own settings: its checkpoint callbacks (lit_psion
     writes every checkpoint), and two callbacks keeping state under one ``state_key`` (indistinguishable in a
