@@ -134,10 +134,11 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
     The list decides which batches a resumed run leaves out, so a batch listed by hand is data left out. Each
     entry at or before the chain's last transaction must be at a step the chain rolled back (for a failing
     streak, not a skip or a scaler overflow), and be one of the batches the receipt names there (every rank's;
-    a receipt written before those were recorded names rank 0's only, and one listed batch must be it). Entries
-    past the last
-    transaction are what a kill between the list's write and its step's receipt leaves: a resume trains those
-    steps again, so it drops them rather than trust them.
+    a receipt written before those were recorded names rank 0's only, and one listed batch must be it). Every
+    batch the receipts record listing must be on it: a restore's streak (until a resume from an earlier
+    checkpoint trains those steps again) and, by step and batch, every streak that stopped the run (skipped by
+    every later resume). Entries past the last transaction are what a kill between the list's write and its
+    step's receipt leaves: a resume trains those steps again, so it drops them rather than trust them.
 
     Raises:
         EvidenceError: the file is not a skip list, or an entry is not borne out by the receipts (exit 5).
@@ -150,6 +151,10 @@ def check_skip_list(layout: RunLayout) -> tuple[list[SkippedBatch], list[Skipped
         raise EvidenceError(f"{str(layout.skip_list)!r} lacks the batches of step(s) {steps} that the receipts record "
                             "skip-listing (a restore's failing streak): a resume would train "
                             "on them again; restore it from a backup")  # fmt: skip
+    if lost := sorted({step for step, key in walked.stopped - {(entry.step, entry.key) for entry in entries}}):
+        raise EvidenceError(f"{str(layout.skip_list)!r} lacks the batches of step(s) {', '.join(map(str, lost[:5]))} "
+                            "whose streak stopped the run for divergence: a resume would train on them again (and "
+                            "stop again); restore it from a backup")  # fmt: skip
     backed = [entry for entry in entries if entry.step <= last]
     keys: dict[int, set[str]] = {}
     for entry in backed:

@@ -162,3 +162,37 @@ def test_a_training_step_that_returns_none_is_a_skipped_batch_not_a_divergence(t
     strategy = TransactionalStrategy(TransactionPolicy(restore_after=2, stop_after=3))
     train(tmp_path, _SkipsBatches(), strategy, 6)
     assert [r["decision"] for r in transactions(tmp_path)] == ["commit"] * 3 and strategy.rolled_back == 0
+
+
+def _drop_all(batches: list[dict]) -> list[dict]:
+    return []
+
+
+def _drop_the_last(batches: list[dict]) -> list[dict]:
+    return batches[:-1]
+
+
+@pytest.mark.parametrize("edit", [None, _drop_all, _drop_the_last], ids=["deleted", "emptied", "last entry dropped"])
+def test_a_skip_list_that_lost_a_stopped_streaks_batches_is_refused(tmp_path: Path, edit: object) -> None:
+    """A stop lists its streak so that every later resume skips those batches, but only a restore's streak was
+    required on the list: deleting the file or an entry passed `doctor` and the resume trained (and stopped on)
+    the same batches again."""
+    from lit_psion.core.audit import check_skip_list
+    from lit_psion.core.errors import EvidenceError, TransactionError
+    from lit_psion.core.layout import RunLayout
+
+    stopping = TransactionPolicy(rollback_tol=1.0, restore_after=4, stop_after=4)  # no restore lists a streak first
+    poisoned = dict.fromkeys(range(2, 8), "nan")
+    with pytest.raises(TransactionError, match="4 consecutive steps rolled back"):
+        train(tmp_path, Regression(poison=poisoned), TransactionalStrategy(stopping), 12)
+    listed = tmp_path / "skip_list.json"
+    check_skip_list(RunLayout.of(tmp_path))  # the honest list passes
+    if edit is None:
+        listed.unlink()
+    else:
+        record = read_json(listed)
+        listed.write_text(json.dumps({**record, "batches": edit(record["batches"])}))
+    with pytest.raises(EvidenceError, match="stopped the run for divergence"):
+        check_skip_list(RunLayout.of(tmp_path))
+    with pytest.raises(EvidenceError, match="stopped the run for divergence"):  # the next fit, before any step
+        train(tmp_path, Regression(), TransactionalStrategy(stopping), 12)
