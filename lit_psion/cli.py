@@ -38,6 +38,7 @@ from lit_psion.callbacks.checkpoint import changed_model_settings, changed_on_re
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
+from lit_psion.commands.argv_forms import gather_files, nulls_as_mappings
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
     check_callbacks,
@@ -46,7 +47,6 @@ from lit_psion.commands.fit_args import (
     describe_ckpt_path,
     exit_inside_a_fit,
     expand_home,
-    gather_files,
     known_cause,
     plain_parse_error,
     refuse_lightning_optimizer_groups,
@@ -192,7 +192,8 @@ class LitPsionCLI(LightningCLI):
         if isinstance(args, dict | Namespace):
             super().parse_arguments(parser, args)
         else:
-            argv = settings_follow_the_name(gather_files(sys.argv[1:] if args is None else list(args)))
+            argv = gather_files(sys.argv[1:] if args is None else list(args))
+            argv = nulls_as_mappings(settings_follow_the_name(argv))
             check_config_files(argv)
             refuse_lightning_optimizer_groups(argv)
             self.config = parser.parse_args(argv)

@@ -344,7 +344,7 @@ def test_last_refuses_the_latest_run_of_another_model_family(tmp_path: Path, cap
 
 def test_data_files_takes_the_several_paths_a_shell_glob_expands_to(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
-    from lit_psion.commands.fit_args import gather_files
+    from lit_psion.commands.argv_forms import gather_files
 
     assert gather_files(["fit", "--data.files", "a.md", "b.md", "--trainer.max_steps", "2"]) == [
         "fit", "--data.files", '["a.md", "b.md"]', "--trainer.max_steps", "2"]  # fmt: skip

@@ -1,14 +1,13 @@
 """What the CLI checks and rewrites of fit/validate/test/predict arguments around LightningCLI's parse.
 
-Plain functions over argv and the parsed config (no Lightning import): the shell's expansion of
-``--data.files notes/*.md`` gathered into one list, Lightning's own optimizer groups refused, and trainer
-settings Lightning would accept and then fail on mid-run reported as one line each.
+Plain functions over argv and the parsed config (no Lightning import): Lightning's own optimizer groups
+refused, and trainer settings Lightning would accept and then fail on mid-run reported as one line each
+(:mod:`lit_psion.commands.argv_forms` rewrites argv into the forms the parser takes).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -135,28 +134,6 @@ def _sets(config: Any, keys: list[str]) -> bool:
             return False
         config = config[key]
     return True
-
-
-FILES_FLAGS = ("--data.files", "--data.init_args.files")
-
-
-def gather_files(argv: list[str]) -> list[str]:
-    """``argv`` with ``--data.files a.md b.md ...`` (what a shell makes of ``--data.files notes/*.md``) as one
-    list value; a single value, a quoted glob or ``--data.files=...`` is left as it is."""
-    gathered, i = [], 0
-    while i < len(argv):
-        gathered.append(argv[i])
-        if argv[i] in FILES_FLAGS:
-            values = []
-            while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-                values.append(argv[i + 1])
-                i += 1
-            if not values:
-                raise ConfigError(f"{argv[i]} was given no value; give a file, several, or a quoted glob "
-                                  f"({argv[i]} 'notes/*.md')")  # fmt: skip
-            gathered.append(values[0] if len(values) == 1 else json.dumps(values))
-        i += 1
-    return gathered
 
 
 def setting_problems(config: Any, subcommand: str | None) -> list[str]:
