@@ -24,6 +24,7 @@ def refuse_unrunnable_strategy(trainer: Any) -> None:
     """Refuse (exit 2) the strategy of a parsed ``trainer`` config that cannot run here or cannot be verified."""
     _check_name(trainer.strategy)
     _check_policy(trainer.strategy)
+    _refuse_one_device_for_many(trainer)
     _refuse_deepspeed_without_cuda(trainer)
     _refuse_unverified_engine(trainer.strategy)
 
@@ -48,6 +49,35 @@ def _check_policy(strategy: Any) -> None:
     if policy is None or isinstance(policy, TransactionPolicy):
         return
     TransactionPolicy(**(policy.as_dict() if hasattr(policy, "as_dict") else dict(policy)))
+
+
+ONE_DEVICE = {"transactional": "transactional_ddp", "TransactionalStrategy": "transactional_ddp",
+              "single_device": "ddp", "SingleDeviceStrategy": "ddp"}
+"""Strategies that train one process on one device, and the one that trains the same way on several."""
+
+
+def _device_count(devices: Any) -> int | None:
+    """How many devices a ``trainer.devices`` setting names (None: ``auto``, ``-1`` or anything else)."""
+    if isinstance(devices, str):
+        parts = [part for part in devices.split(",") if part.strip()]
+        devices = len(parts) if "," in devices else int(devices) if devices.strip().lstrip("-").isdigit() else None
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 0 else None
+
+
+def _refuse_one_device_for_many(trainer: Any) -> None:
+    """A one-device strategy with several devices or nodes: Lightning trains one process and says nothing, while
+    config.yaml records the devices asked for."""
+    name = _strategy_name(trainer.strategy)
+    if name not in ONE_DEVICE:
+        return
+    devices, nodes = _device_count(trainer.get("devices")), trainer.get("num_nodes")
+    many = f"--trainer.devices {trainer.get('devices')}" if (devices or 0) > 1 else f"--trainer.num_nodes {nodes}"
+    if (devices or 0) > 1 or (isinstance(nodes, int) and nodes > 1):
+        raise ConfigError(f"--trainer.strategy {name} trains one process on one device, but {many} asks for more "
+                          f"(it would quietly train one); use --trainer.strategy {ONE_DEVICE[name]} to train on "
+                          "each, or give one device on one node")  # fmt: skip
 
 
 def settings_follow_the_name(argv: list[str]) -> list[str]:

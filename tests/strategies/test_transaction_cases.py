@@ -196,3 +196,21 @@ def test_a_skip_list_that_lost_a_stopped_streaks_batches_is_refused(tmp_path: Pa
         check_skip_list(RunLayout.of(tmp_path))
     with pytest.raises(EvidenceError, match="stopped the run for divergence"):  # the next fit, before any step
         train(tmp_path, Regression(), TransactionalStrategy(stopping), 12)
+
+
+@pytest.mark.parametrize("many", [("--trainer.devices", "2"), ("--trainer.devices", "[0, 1]"),
+                                  ("--trainer.num_nodes", "2")], ids=["2 devices", "a list of 2", "2 nodes"])
+def test_the_one_device_strategy_refuses_several_devices(tmp_path: Path, many: tuple[str, str],
+                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """`--trainer.strategy transactional --trainer.devices 2` trained one process, exit 0, and config.yaml recorded
+    two devices: Lightning's single-device strategy takes the first and says nothing."""
+    from tests.helpers import fit
+    from tests.test_bad_input import one_error_line
+
+    root = tmp_path / "runs"
+    args = ("--trainer.default_root_dir", str(root), "--trainer.accelerator", "cpu", "--trainer.strategy")
+    assert fit(*args, "transactional", *many) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "trains one process on one device" in line and "use --trainer.strategy transactional_ddp" in line, line
+    assert not root.exists() or not any(root.iterdir())  # refused before anything of a run was written
+    assert fit(*args, "transactional", "--trainer.devices", "1", "--trainer.max_steps", "2") == 0
