@@ -53,6 +53,7 @@ from lit_psion.datamodules.tokenizer import (
     cached_tokenizer,
     cached_tokenizer_hint,
     tokenizer_key,
+    tokenizer_settings_hint,
     warn_of_unknown,
 )
 
@@ -463,6 +464,9 @@ class CorpusDataModule(ReplayDataModule):
         start = next((context.resume_from for context in contexts if getattr(context, "resume_from", None)), None)
         own = f"--config {RunLayout.of(Path(start).parent.parent).config}" if start else "its own config"
         trained, current, cached = DataManifest.from_json_dict(saved), self.prepare(), self.tokenizer_file is None
+        if start and cached and (hint := tokenizer_settings_hint(RunLayout.of(Path(start).parent.parent).config,
+                                                                 self.tokenizer_kind, self.requested_vocab_size)):
+            return hint  # fmt: skip
         if start and cached and (hint := cached_tokenizer_hint(self.cache_dir, self.tokenizer_kind,
                                                                 self.requested_vocab_size, trained, current, start)):
             return hint  # fmt: skip

@@ -104,6 +104,31 @@ def cached_tokenizer_hint(cache_dir: Path, kind: TokenizerKind, vocab_size: int,
             "to train it again")  # fmt: skip
 
 
+def tokenizer_settings_hint(run_config: Path, kind: TokenizerKind, vocab_size: int) -> str | None:
+    """The fix for a resume refused for its data when the run (its ``config.yaml``, ``run_config``) trained its own
+    tokenizer of another kind or (BPE) vocabulary size than this fit asks for: the data manifest records the
+    tokenizer's digest, not those settings, so the refusal would otherwise blame the text or the cache."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(run_config.read_text(encoding="utf-8"))
+        data = config["data"].get("init_args", config["data"])
+        theirs, their_size = data.get("tokenizer", "bpe"), data.get("vocab_size")
+    except (OSError, ValueError, yaml.YAMLError, RecursionError, TypeError, KeyError, AttributeError):
+        return None
+    if data.get("tokenizer_file") is not None or theirs not in ("bpe", "char"):
+        return None
+    if theirs == kind and (kind == "char" or their_size == vocab_size):
+        return None
+    trained, asked = _tokenizer_flags(theirs, their_size), _tokenizer_flags(kind, vocab_size)
+    return (f"the run trained its tokenizer as {trained}, this fit asks for {asked}: the same text would be other "
+            f"tokens; give {trained} to continue it, or start a new run without --ckpt_path")
+
+
+def _tokenizer_flags(kind: str, vocab_size: Any) -> str:
+    return f"--data.tokenizer {kind}" + (f" --data.vocab_size {vocab_size}" if kind == "bpe" else "")
+
+
 EVENT_TOKENIZER_KEY = ("format", "settings", "seed", "vocab_size", "traces")
 """The event-trace settings an event tokenizer is cached by; a MOSAIC run's data manifest records each of them."""
 

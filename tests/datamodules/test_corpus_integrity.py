@@ -383,3 +383,47 @@ def test_a_resume_refused_for_a_rewritten_cached_tokenizer_names_the_cache_and_t
     assert f"give --data.tokenizer_file {run / 'tokenizer.json'}" in line and "restore the original" not in line
     assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last", "--data.tokenizer_file",
                  str(run / "tokenizer.json")]) == 0  # fmt: skip  (the fix it names works)
+
+
+@pytest.mark.parametrize(("given", "named"), [
+    (["--data.vocab_size", "300"], "this fit asks for --data.tokenizer bpe --data.vocab_size 300"),
+    (["--data.tokenizer", "char"], "this fit asks for --data.tokenizer char:"),
+], ids=["another vocabulary size", "another kind"])  # fmt: skip
+def test_a_resume_with_another_tokenizer_setting_names_the_setting_not_the_cache(
+    given: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The data manifest records the tokenizer's digest, not its kind or size: a resume given another was told the
+    shared cache held the wrong tokenizer and to remove the entry, which trained the same wrong one again."""
+    from lit_psion.cli import main
+
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "cache"))
+    common = ["--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(tmp_path / "runs"),
+              "--data.tokenizer", "bpe"]  # fmt: skip
+    assert main(["fit", *common, "--trainer.max_steps", "3", "--data.vocab_size", "280"]) == 0
+    capsys.readouterr()
+    assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last", *given]) == 3
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: error:")]
+    assert named in line and "give --data.tokenizer bpe --data.vocab_size 280 to continue it" in line, line
+    assert "cache" not in line, line
+    assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last", "--data.vocab_size", "280"]) == 0
+
+
+def test_a_vocabulary_size_a_char_tokenizer_ignores_is_not_a_changed_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A char run resumed with --data.vocab_size 999 was warned "not the run an uninterrupted fit would give" and
+    receipted the change, yet trained bitwise as the uninterrupted run: the size means nothing to a char tokenizer
+    (and a BPE size that changes the tokenizer is refused through the data manifest)."""
+    from lit_psion.cli import main
+    from lit_psion.core.run import read_latest
+
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "runs"
+    common = ["--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(root)]
+    assert main(["fit", *common, "--trainer.max_steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last", "--data.vocab_size", "999"]) == 0
+    assert "had otherwise" not in capsys.readouterr().err
+    receipts = [json.loads(line) for line in (root / read_latest(root) / "receipts.jsonl").read_text().splitlines()]
+    resumed = next(r["body"] for r in receipts if r["body"].get("event") == "resumed")
+    assert [key for key, *_ in resumed["changed_settings"]] == ["trainer.max_steps"]
