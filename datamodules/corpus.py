@@ -470,6 +470,11 @@ class CorpusDataModule(ReplayDataModule):
         if start and cached and (hint := cached_tokenizer_hint(self.cache_dir, self.tokenizer_kind,
                                                                 self.requested_vocab_size, trained, current, start)):
             return hint  # fmt: skip
+        if trained.inputs_digest() == current.inputs_digest() and trained.token_digests != current.token_digests:
+            cache = self.cache_dir / "corpora" / current.inputs_digest()
+            return (f"the text, settings and tokenizer are the run's, but the token cache {str(cache)!r} gives other "
+                    "tokens for them (altered since it was built): remove it (it is built again from the text), "
+                    "then continue")  # fmt: skip
         return trained.restore_hint(current, own) or super()._restore_hint(saved)
 
     @property

@@ -427,3 +427,23 @@ def test_a_vocabulary_size_a_char_tokenizer_ignores_is_not_a_changed_setting(
     receipts = [json.loads(line) for line in (root / read_latest(root) / "receipts.jsonl").read_text().splitlines()]
     resumed = next(r["body"] for r in receipts if r["body"].get("event") == "resumed")
     assert [key for key, *_ in resumed["changed_settings"]] == ["trainer.max_steps"]
+
+
+def test_a_resume_refused_for_an_altered_token_cache_names_the_cache_to_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The shared token cache rewritten past what a load spot-checks, with its record: the resume said "restore the
+    original data and settings", which were unchanged, and named no cache; removing the entry is the fix."""
+    from lit_psion.cli import main
+
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "cache"))
+    common = ["--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(tmp_path / "runs")]
+    assert main(["fit", *common, "--trainer.max_steps", "3"]) == 0
+    (cache,) = (tmp_path / "cache" / "corpora").iterdir()
+    rewrite_the_tail_and_record(cache, cache)
+    capsys.readouterr()
+    assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last"]) == 3
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: error:")]
+    assert f"the token cache {str(cache)!r} gives other tokens" in line and "remove it" in line, line
+    shutil.rmtree(cache)
+    assert main(["fit", *common, "--trainer.max_steps", "5", "--ckpt_path", "last"]) == 0
