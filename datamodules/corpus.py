@@ -221,7 +221,8 @@ class CorpusDataModule(ReplayDataModule):
         for index, (name, path) in enumerate(paths):
             if not name.startswith(STDLIB + "/") and (first := places.get(path.resolve())) is not None:
                 raise DataError(f"data file {name!r} is given twice ({first!r} and {name!r} are one file, through "
-                                "--data.files entries that overlap); give each file once")  # fmt: skip
+                                "--data.files entries that overlap or a link a glob followed); give each file once "
+                                "(narrow the glob, or move the link out of its way)")  # fmt: skip
             places[path.resolve()] = name
             try:
                 data = path.read_bytes()

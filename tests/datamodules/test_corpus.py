@@ -355,6 +355,14 @@ def _overlapping(tmp_path: Path) -> dict:
     return {"files": [str(tmp_path / "texts" / "." / "a.txt"), glob_over]}
 
 
+def _looped(tmp_path: Path) -> dict:
+    """One recursive glob over a directory holding a link to its parent: the glob finds the file twice."""
+    (tmp_path / "lp" / "sub").mkdir(parents=True)
+    shutil.copy(CORPUS, tmp_path / "lp" / "sub" / "a.txt")
+    (tmp_path / "lp" / "sub" / "up").symlink_to("..")
+    return {"files": str(tmp_path / "lp" / "**" / "*.txt")}
+
+
 def _unreadable(tmp_path: Path) -> dict:
     return {"files": [str(CORPUS), "/proc/sys/vm/compact_memory"]}  # write-only, even for root
 
@@ -372,6 +380,8 @@ def _glob_over(tmp_path: Path, make: Callable[[Path], None]) -> dict:
     (lambda tmp: _glob_over(tmp, lambda path: shutil.copy(CORPUS, path)), "'.*/a.txt' and '.*/b.txt' hold the same"),
     (_linked, "is given twice \\('.*' and '.*/link.txt' are one file"),
     (_overlapping, "'.*/texts/a.txt' is given twice \\('.*/texts/a.txt' and '.*/texts/a.txt' are one file"),
+    (_looped, "are one file, through --data.files entries that overlap or a link a glob followed\\); give each file "
+              "once \\(narrow the glob, or move the link out of its way\\)"),  # named no link: one entry cannot overlap
     (_unreadable, "data file '/proc/sys/vm/compact_memory' cannot be read \\(Permission denied\\)"),
     (lambda tmp: _glob_over(tmp, lambda path: path.symlink_to(path.with_name("gone.txt"))),
      "matched '.*/b.txt', a broken symlink"),
