@@ -227,7 +227,8 @@ _NOT_SUBCLASS = re.compile(r"Import path (?P<path>\S+) does not correspond to a 
 _NO_CLASS = re.compile(r"No module named '[^']+'|module '[^']+' has no attribute '[^']+'")
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\. Got value: (?P<value>\S+)")
 _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
-_PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value: (?P<value>\S+)")
+_PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value:"
+                          r"(?: (?!- )(?P<value>\S+))?")  # (none: an empty value, before the next problem's "- ")
 
 
 def plain_parse_error(message: str, argv: list[str] = ()) -> str:
@@ -293,6 +294,9 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     ):  # settings for a model or data class no preset has named
         return (f"{'.'.join(keys)}: no {keys[0]} class configured for these settings; give a preset first (--config "
                 "configs/decoder_tiny.yaml), then any overlay (--config configs/overlays/...) and flags")  # fmt: skip
+    if why.strip().endswith(":") and (scalar := re.search(r"Expected a dot import path string: (\S+)", tail)):
+        return (f"{'.'.join(keys)}: {scalar[1]!r} is not a mapping of its settings; give them one by one "
+                f"(--{'.'.join(keys)}.KEY VALUE), or as a mapping in a --config file")  # a value for a dataclass
     listed = (f"; `python -m lit_psion fit --{keys[0]}.help {outer}` lists the settings it takes"
               if keys[0] in ("model", "data", "trainer.callbacks") else "")  # fmt: skip
     return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
@@ -309,7 +313,9 @@ def _base_class_tries(message: str) -> set[str]:
             and any(other != path and other_depth == depth for other_depth, other in tries)}  # fmt: skip
 
 
-def _wrong_type(where: str, types: str, given: str) -> str:
+def _wrong_type(where: str, types: str, given: str | None) -> str:
+    if not given:  # --KEY= (or --KEY '')
+        return f"{where} was given an empty value; give it one (--{where}=VALUE), or leave the flag out"
     names = [quoted or generic for quoted, generic in re.findall(r"'([^']+)'|(\w[\w.]*\[[^\]]*\])", types)] or [types]
     if "float" in names and given.lower().lstrip("+-") in ("inf", "infinity"):  # YAML's infinity is .inf
         return (f"{where}: {given!r} is read as text, not a number; write {given[0] if given[0] in '+-' else ''}"
