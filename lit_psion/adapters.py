@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from lit_psion.core import (
 from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.errors import CheckpointError, ConfigError
 from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_run
+from lit_psion.core.lock import LOCK_FILE, RunLock
 from lit_psion.core.receipts import AdapterExportReceipt
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
@@ -69,10 +71,15 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     _require_finite(tensors, f"the adapter of the run in {str(run_dir)!r}")
     out = out or run_dir / "adapter"
     refuse_output_in_a_run(out, own=run_dir / "adapter")
-    log = _output_log(out, (ADAPTER_FILE, META_FILE), "an adapter export")
+    with _writing(out, (ADAPTER_FILE, META_FILE), "an adapter export", "adapter export") as log:
+        _export(run, info, tensors, out, log)
+    return out
+
+
+def _export(run: Any, info: dict[str, Any], tensors: dict[str, torch.Tensor], out: Path, log: ReceiptLog) -> None:
+    state = run.state
     for caveat in _caveats(run):
         print(f"lit_psion: warning: {caveat}; exporting it anyway", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
     exported = {"format_version": FORMAT_VERSION, **info, "dtype": str(next(iter(tensors.values())).dtype),
                 "decoder_config": state["decoder_config"], "data_manifest_digest": run.record.data_manifest_digest,
                 "source_run": run.layout.run_id, "source_checkpoint": run.checkpoint.path.name,
@@ -85,7 +92,6 @@ def export(run_dir: Path, out: Path | None = None) -> Path:
     _receipt(log, AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
                                        base_checkpoint_digest=info["base_checkpoint_digest"],
                                        output_digest=sha256_file(out / META_FILE)))  # fmt: skip
-    return out
 
 
 def _caveats(run: Any) -> list[str]:
@@ -223,12 +229,16 @@ def _require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
+    refuse_output_in_a_run(out)
+    with _writing(out, ("model.safetensors", "merge.json"), "a merge", "adapter merge") as log:
+        return _merge(adapter_dir, base, out, log)
+
+
+def _merge(adapter_dir: Path, base: Path, out: Path, log: ReceiptLog) -> dict[str, Any]:
     from lit_psion.models.adapter_lm import load_base
     from lit_psion.nn.decoder import Decoder, DecoderConfig
     from lit_psion.nn.lora import inject_lora, lora_layers
 
-    refuse_output_in_a_run(out)
-    log = _output_log(out, ("model.safetensors", "merge.json"), "a merge")
     meta, tensors = load_adapter(adapter_dir)
     state, path, base_digest, base_tokenizer = load_base(base)
     if base_digest != meta["base_checkpoint_digest"]:
@@ -286,7 +296,6 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     if reload_diff > 0:
         raise CheckpointError(f"the merged weights do not reproduce the merged model (max |logit difference| "
                               f"{reload_diff:.3g}); nothing was written")  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     header = {MERGED_HEADER_KEY: canonical_json(merged_config).decode()}
     data = save(weights, metadata=header | ({MERGED_TOKENIZER_KEY: base_tokenizer} if base_tokenizer else {}))
     atomic_write_bytes(out / "model.safetensors", data)
@@ -301,17 +310,55 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
     return record
 
 
-def _output_log(out: Path, files: tuple[str, ...], what: str) -> ReceiptLog:
-    """The receipt log of the output directory ``out``, checked before anything is written there: ``out`` is new,
-    empty, or ``what`` written before (only ``files`` and its log), and that log verifies.
+@contextlib.contextmanager
+def _writing(out: Path, files: tuple[str, ...], what: str, purpose: str) -> Iterator[ReceiptLog]:
+    """``out`` created if need be and locked for the whole command (one writer: two appending to its receipt log
+    at once would fork its chain), then its log (:func:`_output_log`). A refusal leaves no directory it made.
 
     Raises:
-        ConfigError: ``out`` is a file, or holds anything else (an export, a run, a runs root).
+        ConfigError: ``out`` is a file, cannot be made, or holds anything else (an export, a run, a runs root).
+        LockedError: another process is writing ``out`` (exit 8, naming it); nothing is written.
         ReceiptChainError: its receipt log does not verify.
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a new or empty directory")
-    others = sorted(p.name for p in out.iterdir() if p.name not in (*files, RECEIPTS_FILE)
+    made = next((place for place in (*reversed(out.parents), out) if not place.exists()), None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {str(out)!r} cannot be made ({error.strerror}); give a directory you can "
+                          "write") from error  # fmt: skip
+    with RunLock(out, purpose=f"{purpose} into {out}"):
+        try:
+            yield _output_log(out, files, what)
+        except BaseException:
+            if made is not None and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+                _remove_made(out, made)  # while still locked: no second writer takes a lock file about to go
+            raise
+
+
+def _remove_made(out: Path, made: Path) -> None:
+    """The directories from ``made`` down to ``out`` that a refused command created (``out`` holding only its
+    lock file), as long as nothing else appeared in them meanwhile."""
+    (out / LOCK_FILE).unlink(missing_ok=True)
+    for place in (out, *out.parents):
+        try:
+            place.rmdir()
+        except OSError:
+            return
+        if place == made:
+            return
+
+
+def _output_log(out: Path, files: tuple[str, ...], what: str) -> ReceiptLog:
+    """The receipt log of the output directory ``out``, checked before anything is written there: ``out`` is new,
+    empty, or ``what`` written before (only ``files``, its log and its lock file), and that log verifies.
+
+    Raises:
+        ConfigError: ``out`` holds anything else (an export, a run, a runs root).
+        ReceiptChainError: its receipt log does not verify.
+    """
+    others = sorted(p.name for p in out.iterdir() if p.name not in (*files, RECEIPTS_FILE, LOCK_FILE)
                     and not (p.name.startswith(".") and p.name.endswith(".tmp"))) if out.is_dir() else []  # fmt: skip
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")

@@ -64,6 +64,9 @@ def main(args: list[str]) -> None:
               f"{_first_run_id(log).removeprefix(CONSOLIDATION_PREFIX)})")  # fmt: skip
         return
     if (log := _adapter_output_log(given)) is not None:
+        if (holder := lock_holder(given)) is not None:  # an export or merge appending: its log grows under a check
+            raise LockedError(f"{str(given)!r} is being written by {holder.describe()}; run receipts verify once it "
+                              "has finished")  # fmt: skip
         result = verify_log(log, run_id=_first_run_id(log))
         if not result.ok:
             raise EvidenceError(f"{str(log)!r}: {result.describe()}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.models.test_adapter import base, tuned  # noqa: F401  (the module's fixtures: a base and a tuned run)
+from tests.models.test_adapter import base, exported, tuned  # noqa: F401  (fixtures: a base, a tuned run, its export)
 
 
 def test_an_output_directory_that_holds_something_else_is_refused_before_anything_is_written(
@@ -19,11 +19,11 @@ def test_an_output_directory_that_holds_something_else_is_refused_before_anythin
 
     export = tmp_path / "adapter"
     assert main(["adapter", "export", str(tuned), "--out", str(export)]) == 0
-    exported = {p.name: p.read_bytes() for p in export.iterdir()}
+    written = {p.name: p.read_bytes() for p in export.iterdir() if p.name != ".lock"}
     capsys.readouterr()
     assert main(["adapter", "merge", str(export), "--base", str(base), "--out", str(export)]) == 2
     assert "holds adapter.json, adapter.safetensors, so it is not a merge directory" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in export.iterdir()} == exported
+    assert {p.name: p.read_bytes() for p in export.iterdir() if p.name != ".lock"} == written
     assert main(["adapter", "export", str(tuned), "--out", str(tuned.parent)]) == 2  # the runs root
     assert "so it is not an adapter export directory" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")
@@ -61,3 +61,43 @@ def test_a_fine_tune_on_a_base_run_still_being_written_says_what_it_risks(
     assert f"warning: base run {base.name} is being written by" in err and "uses its step-000012" in err
     assert fit(*adapter_args(base, tmp_path / "ft2", "--trainer.max_steps", "2")) == 0  # a finished base: no word
     assert "base run" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export", "merge"])
+def test_a_second_writer_of_an_output_directory_is_refused_while_the_first_holds_it(
+    command: str, base: Path, tuned: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+) -> None:
+    """Five merges at once into one --out all wrote (four exit 0, one exit 5): its log held three receipts of seq 1 on
+    the same prev_digest, `receipts verify` failed (exit 5), and every later merge into it was refused (exit 5)."""
+    from lit_psion.cli import main
+    from lit_psion.core.lock import RunLock
+
+    out = tmp_path / "out"
+    argv = ["adapter", "export", str(tuned), "--out", str(out)] if command == "export" else \
+        ["adapter", "merge", str(exported), "--base", str(base), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    with RunLock(out, purpose="holding it for a test"):
+        capsys.readouterr()
+        assert main(argv) == 8
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is locked by pid" in err[0] and "(holding it for a test)" in err[0], err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+        assert main(["receipts", "verify", str(out)]) == 8  # its log grows under a check
+    assert main(argv) == 0  # the lock went with its holder: the log goes on
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(out)]) == 0
+    assert "ok: 2 receipts verified" in capsys.readouterr().out
+
+
+def test_a_refused_merge_leaves_none_of_the_directories_it_made(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixture above)
+) -> None:
+    """--out is made and locked before the merge reads anything: a refusal takes back what it made, and no more."""
+    from lit_psion.cli import main
+
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "a" / "b" / "merged"
+    assert main(["adapter", "merge", str(exported), "--base", str(tmp_path / "nowhere"), "--out", str(out)]) == 4
+    assert "does not exist" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
