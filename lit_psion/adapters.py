@@ -101,7 +101,7 @@ def _caveats(run: Any) -> list[str]:
     if run.record is not None and run.record.status in ("failed", "active", "paused"):
         caveats.append(f"run {run.layout.run_id} is {run.record.status} ({run.record.failure_class or 'not finished'})")
     if run.layout is not None and run.layout.promotion.is_file():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):  # unreadable: no decision
             decision = read_json(run.layout.promotion)
             if decision.get("decision") == "hold":
                 caveats.append(f"its promotion gate held it ({'; '.join(decision.get('reasons') or []) or 'hold'})")
@@ -166,8 +166,9 @@ def _require_lora_shapes(tensors: dict[str, torch.Tensor], rank: int, dtype: str
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = read_json(path)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON ({error}); export the adapter again") from error
+    except (ValueError, RecursionError) as error:  # (a UnicodeDecodeError is a ValueError)
+        why = "nested too deeply to read" if isinstance(error, RecursionError) else str(error)
+        raise CheckpointError(f"{str(path)!r} is not valid JSON ({why}); export the adapter again") from error
     if not isinstance(meta, dict):
         raise CheckpointError(f"{str(path)!r} is not a JSON object; export the adapter again")
     missing = [field for field in REQUIRED if field not in meta]
@@ -203,7 +204,7 @@ def _exported_copy(data: bytes | None) -> dict[str, Any] | None:
     try:
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
         copy = json.loads(header["__metadata__"][HEADER_KEY])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return copy if isinstance(copy, dict) else None
 
@@ -367,8 +368,8 @@ def _output_log(out: Path, files: tuple[str, ...], what: str) -> ReceiptLog:
     path = out / RECEIPTS_FILE
     try:
         first = json.loads(path.read_bytes().split(b"\n", 1)[0]) if path.is_file() else None
-    except ValueError:
-        first = None
+    except (ValueError, RecursionError):
+        first = None  # ReceiptLog's verification below names what is wrong with it (exit 5)
     run_id = first.get("run_id") if isinstance(first, dict) and isinstance(first.get("run_id"), str) else out.name
     return ReceiptLog(path, run_id=run_id)  # verifies what is there (the directory may have been renamed)
 

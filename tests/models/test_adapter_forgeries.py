@@ -1,5 +1,6 @@
 """Adapters every digest agrees with that still must not be merged: a base weight smuggled in beside the LoRA
-factors, settings no fine-tune takes, factors whose update overflows (found by the model-families review)."""
+factors, settings no fine-tune takes, factors whose update overflows (found by the model-families review); and
+files nested too deeply to parse, refused in one line."""
 
 from __future__ import annotations
 
@@ -56,3 +57,42 @@ def test_a_dangling_link_as_out_is_refused_before_any_work(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a symbolic link to" in err[0] and "which does not exist" in err[0], err
     assert not (tmp_path / "nowhere").exists()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+"""JSON nested past Python's recursion limit: json.loads raises RecursionError, not ValueError."""
+
+
+def test_json_nested_too_deeply_is_refused_in_one_line_not_an_unexpected_error(
+    base: Path, tuned: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+) -> None:
+    """adapter.json, the tensor file's header or an --out's receipts.jsonl nested 100000 deep were exit 1
+    (RecursionError); an export of a run whose promotion.json was so nested too."""
+    adapter, deep_header = tmp_path / "adapter", tmp_path / "header"
+    shutil.copytree(exported, adapter)
+    shutil.copytree(exported, deep_header)
+    (adapter / "adapter.json").write_text(DEEP)
+    header = ('{"a":' + DEEP + "}").encode()
+    (deep_header / "adapter.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "receipts.jsonl").write_text(DEEP + "\n")
+    run = tmp_path / "runs" / tuned.name
+    shutil.copytree(tuned, run, ignore=shutil.ignore_patterns("adapter"))
+    (run / "promotion.json").write_text(DEEP)
+    cases = [  # (argv, exit code, what the one line says)
+        (["adapter", "inspect", str(adapter)], 4, "adapter.json' is not valid JSON (nested too deeply to read)"),
+        (["adapter", "merge", str(adapter), "--base", str(base), "--out", str(tmp_path / "m")], 4, "nested too deeply"),
+        (["adapter", "inspect", str(deep_header)], 4, "adapter.safetensors' is corrupt: expected sha256"),
+        (["adapter", "merge", str(exported), "--base", str(base), "--out", str(out)], 5,
+         "receipts.jsonl: line 1: malformed: not a receipt envelope (nested too deeply to parse)"),
+    ]  # fmt: skip
+    for argv, code, says in cases:
+        capsys.readouterr()
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "m").exists()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "receipts.jsonl"]
+    assert (out / "receipts.jsonl").read_text() == DEEP + "\n"
+    assert main(["adapter", "export", str(run), "--out", str(tmp_path / "exported")]) == 0  # no decision: no caveat
