@@ -23,11 +23,11 @@ from lit_psion.core.checkpoint import (
     resolve_checkpoint,
     verify_checkpoint,
 )
-from lit_psion.core.digest import sha256_file, sha256_json
+from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
-from lit_psion.core.manifest import DataManifest
+from lit_psion.core.manifest import read_data_manifest
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.receipted import receipted_checkpoints
 from lit_psion.core.run import RunRecord, RunStatus
@@ -336,13 +336,7 @@ def audit_files(layout: RunLayout, record: RunRecord, recorded: Recorded | None 
         return verdicts
     name = layout.data_manifest.name
     try:
-        payload = read_json(layout.data_manifest)
-        if not isinstance(payload, dict):
-            raise TypeError(f"a JSON {type(payload).__name__}, not an object")
-        # A corpus's manifest (sources, tokenizer); generated data's (MOSAIC, graph core) is digested as it stands.
-        manifest = DataManifest.from_json_dict(payload) if "sources" in payload else None
-        digest = manifest.digest if manifest is not None else sha256_json({k: v for k, v in payload.items()
-                                                                           if k != "digest"})  # fmt: skip
+        payload, manifest, digest = read_data_manifest(layout.data_manifest)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
         return [*verdicts, Verdict(name, False, f"unreadable: {type(error).__name__}: {error}", DataError.exit_code)]
     ok = digest == record.data_manifest_digest == payload.get("digest")

@@ -10,6 +10,7 @@ from typing import Any
 
 from lit_psion.core.digest import sha256_json
 from lit_psion.core.errors import DataManifestMismatch
+from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
 
 PACKING_POLICY_VERSION = 1
@@ -208,3 +209,18 @@ def data_builds_another_model(checkpoint: Any, current: Any) -> DataManifestMism
                                 f"{checkpoint.manifest.data_manifest_digest[:16]}..., and this config's data "
                                 f"({current.digest[:16]}...) builds another model from the same settings (its "
                                 f"tokenizer sets the vocabulary{since}); {fix}: --data.tokenizer_file {run.tokenizer}")
+
+
+def read_data_manifest(path: Path) -> tuple[dict[str, Any], DataManifest | None, str]:
+    """The data manifest file at ``path``: its record, the corpus manifest it holds (None for generated data, MOSAIC
+    or graph core, digested as it stands) and the digest of its content, recomputed.
+
+    Raises:
+        OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError: it cannot be read as one.
+    """
+    payload = read_json(path)
+    if not isinstance(payload, dict):
+        raise TypeError(f"a JSON {type(payload).__name__}, not an object")
+    manifest = DataManifest.from_json_dict(payload) if "sources" in payload else None
+    stands = {key: value for key, value in payload.items() if key != "digest"}
+    return payload, manifest, manifest.digest if manifest is not None else sha256_json(stands)

@@ -8,7 +8,6 @@ LoRA parameters train, and :meth:`setup` checks that. Muon touches adapter matri
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from lit_psion.core import read_json
 from lit_psion.core.contracts import DataFacts, model_signature
-from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
+from lit_psion.core.errors import CheckpointError, ConfigError, DataError, LitPsionError
 from lit_psion.core.lock import lock_holder
+from lit_psion.core.manifest import read_data_manifest
 from lit_psion.models.decoder_lm import DecoderLM, refuse_sharded_muon
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.lora import adapter_params, inject_lora, lora_layers
@@ -49,11 +48,25 @@ def load_base(location: str | Path, unsettled_warning: bool = False) -> tuple[di
     _check_decoder_weights(base.state, base.checkpoint.path, _family(base))
     if unsettled_warning:
         _warn_if_unsettled(base)
-    tokenizer = None
-    if base.layout is not None and base.layout.data_manifest.is_file():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            tokenizer = read_json(base.layout.data_manifest).get("tokenizer_digest")
-    return base.state, base.checkpoint.path, base.checkpoint.manifest_sha256, tokenizer
+    return base.state, base.checkpoint.path, base.checkpoint.manifest_sha256, _base_tokenizer(base)
+
+
+def _base_tokenizer(base: Any) -> str | None:
+    """The digest of the tokenizer the base run trained with, from its data manifest held to the digest its checkpoint
+    records (an adapter, a merged model and ``generate`` pin it): None outside a run or for a run without one."""
+    recorded, path = base.checkpoint.manifest.data_manifest_digest, base.layout and base.layout.data_manifest
+    if path is None or (recorded is None and not path.is_file()):
+        return None
+    try:
+        payload, _, digest = read_data_manifest(path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        why = "missing" if not path.is_file() else f"unreadable ({type(error).__name__})"
+        raise DataError(f"the base run's {str(path)!r} is {why}: it records the tokenizer the base trained with; "
+                        "restore it from a backup") from error  # fmt: skip
+    if recorded is not None and digest != recorded:
+        raise DataError(f"the base run's {str(path)!r} is not the data manifest its checkpoint "
+                        f"{base.checkpoint.path.name} records (sha256 {recorded[:12]}...); restore it from a backup")
+    return payload.get("tokenizer_digest")
 
 
 def _warn_if_unsettled(base: Any) -> None:

@@ -96,3 +96,28 @@ def test_json_nested_too_deeply_is_refused_in_one_line_not_an_unexpected_error(
     assert sorted(p.name for p in out.iterdir()) == [".lock", "receipts.jsonl"]
     assert (out / "receipts.jsonl").read_text() == DEEP + "\n"
     assert main(["adapter", "export", str(run), "--out", str(tmp_path / "exported")]) == 0  # no decision: no caveat
+
+
+def _tokenizer_swapped(manifest: Path) -> None:
+    manifest.write_text(manifest.read_text().replace('"tokenizer_digest": "', '"tokenizer_digest": "0'))
+
+
+@pytest.mark.parametrize(("forge", "says"), [
+    (lambda manifest: manifest.unlink(), "is missing: it records the tokenizer the base trained with"),
+    (lambda manifest: manifest.write_text("[" * 100_000 + "]" * 100_000), "is unreadable (RecursionError)"),
+    (_tokenizer_swapped, "is not the data manifest its checkpoint step-"),
+], ids=["deleted", "nested too deeply", "another tokenizer digest"])  # fmt: skip
+def test_a_base_runs_data_manifest_is_held_to_its_checkpoint(
+    forge: object, says: str, base: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+) -> None:
+    """The tokenizer a merged model pins came from the base run's data_manifest.json unverified: deleted or
+    unreadable it was skipped (the merge recorded no tokenizer, so generate took any), nested too deeply it was exit
+    1, and edited it was believed. The checkpoint records the manifest's digest."""
+    copy = tmp_path / "runs" / base.name  # (a run's directory is named by its id)
+    shutil.copytree(base, copy)
+    forge(copy / "data_manifest.json")
+    capsys.readouterr()
+    assert main(["adapter", "merge", str(exported), "--base", str(copy), "--out", str(tmp_path / "merged")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "restore it from a backup" in err[0], err
+    assert not (tmp_path / "merged").exists()
