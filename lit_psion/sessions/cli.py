@@ -13,7 +13,7 @@ from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LockedError
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.policy import TransactionPolicy
-from lit_psion.sessions.settings import WorldConfig
+from lit_psion.sessions.settings import MAX_SEED, MAX_STEPS, WorldConfig
 from lit_psion.sessions.store import (
     BASE_CHECKPOINT,
     MU_MAX,
@@ -29,6 +29,17 @@ def _flag(value: str) -> bool:
     if value not in ("0", "1"):
         raise argparse.ArgumentTypeError(f"expected 0 or 1, got {value!r}")
     return value == "1"
+
+
+def _seed(value: str) -> int:
+    """A seed: a whole number numpy's seeding takes (Lightning's seed_everything seeds numpy with it)."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, {MAX_SEED}] (2**32 - 1), got {value}")
+    return seed
 
 
 def _optimizer_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--env_mode", default="linear", choices=["linear"])
     init.add_argument("--u_dim", type=int, default=16)
     init.add_argument("--n_state", type=int, default=32)
-    init.add_argument("--env_seed", type=int, default=0, help="draws the base environment and the drift direction")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--env_seed", type=_seed, default=0, help="draws the base environment and the drift direction")
+    init.add_argument("--seed", type=_seed, default=0)
     _optimizer_flags(init)
 
     new = command("new", "create a session on a drifted environment")
@@ -85,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "run a session online")
     run.add_argument("--session_id", required=True)
     run.add_argument("--steps", type=int, default=600, help="environment transitions")
-    run.add_argument("--seed", type=int, default=1, help="draws the session's trajectory")
+    run.add_argument("--seed", type=_seed, default=1, help="draws the session's trajectory")
 
     verify = command("verify", "check a session's files against the digests its meta.json records")
     verify.add_argument("--session_id", required=True)
@@ -204,10 +215,6 @@ def verify_session(store: Store, session_id: str) -> None:
         print(f"lit_psion: session verify: {len(failures)} of {len(checks)} checks failed", file=sys.stderr)
         raise SystemExit(failures[0])
     print(f"all {len(checks)} checks of session {session_id} passed")
-
-
-MAX_STEPS = 10_000_000
-"""The most transitions one ``session run`` takes (its per-step records are held in memory until it commits)."""
 
 
 def _listed(directory: Path) -> list[str]:

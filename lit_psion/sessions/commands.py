@@ -20,10 +20,13 @@ from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_t
 from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError
 from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
+from lit_psion.sessions.settings import MAX_PRETRAIN_STEPS, MAX_STEPS, MAX_VALUES, rollout_values
+from lit_psion.sessions.state_checks import GATE_WINDOW, MAX_NS_STEPS, SERVED
 from lit_psion.sessions.store import (
     EVENTS,
     METRICS,
     OPTIM,
+    OPTIONAL_SETTINGS,
     PLASTIC,
     SCHEMA_VERSION,
     Store,
@@ -35,9 +38,6 @@ from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
 
 NEVER = 10**9
 CURVES = ("mse_base", "mse_no_update", "mse_with_update", "mse_learner")
-SERVED, GATE_WINDOW = "served.", "gate.window"
-"""In ``plastic_state.safetensors``: the prefix of the served weights' tensors (the learner's have none), and the
-promotion gate's window so far, (chunks, 2) float64: each chunk's served and learner mean squared error."""
 
 
 def _trainer(root: Path, max_steps: int, **kwargs: Any) -> L.Trainer:
@@ -52,6 +52,13 @@ def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_b
     if min(pretrain_steps, pretrain_batch, pretrain_seq) < 1:
         raise ConfigError("pretrain_steps, pretrain_batch and pretrain_seq must be >= 1, got "
                           f"{pretrain_steps!r}, {pretrain_batch!r}, {pretrain_seq!r}")  # fmt: skip
+    if pretrain_steps > MAX_PRETRAIN_STEPS:
+        raise ConfigError(f"--pretrain_steps must be at most {MAX_PRETRAIN_STEPS:,} (each step's rollout is held "
+                          f"in memory), got {pretrain_steps}")  # fmt: skip
+    if (values := rollout_values(config, pretrain_steps * pretrain_batch + 256, pretrain_seq)) > MAX_VALUES:
+        raise ConfigError(f"--pretrain_steps {pretrain_steps} x --pretrain_batch {pretrain_batch} rollouts of "
+                          f"--pretrain_seq {pretrain_seq} would hold {values:,} numbers in memory, more than "
+                          f"{MAX_VALUES:,}: give fewer steps, a smaller batch or shorter rollouts")  # fmt: skip
     check_optimizer(lr, momentum, ns_steps)
     with store.lock(store.base_dir, "session init-base"):
         if (store.base_dir / "base_meta.json").is_file():  # every session made for it would be refused after
@@ -81,6 +88,8 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
     base = store.base_meta()
     if env_mode != base["config"]["env_mode"]:
         raise ConfigError(f"env_mode {env_mode!r} differs from the base model's {base['config']['env_mode']!r}")
+    settings = {key: None if key in OPTIONAL_SETTINGS and value == math.inf else value  # no limit: null in
+                for key, value in settings.items()}  # meta.json, which stays strict JSON  # fmt: skip
     _check_settings(settings)
     store.base_checkpoint()  # a session made for a base whose checkpoint is not the recorded one could never run
     store.index()  # a registry it could not add the session to is refused before anything is written
@@ -113,6 +122,9 @@ def _check_settings(settings: dict[str, Any]) -> None:
     if settings["chunk"] < 1 or settings["buffer_len"] < 1:
         raise ConfigError(f"chunk and buffer_len must be >= 1, got {settings['chunk']!r} and "
                           f"{settings['buffer_len']!r}")  # fmt: skip
+    if settings["chunk"] > MAX_STEPS:  # a run takes at least one chunk and at most MAX_STEPS transitions
+        raise ConfigError(f"--chunk must be at most {MAX_STEPS:,} (the most steps one run takes), got "
+                          f"{settings['chunk']!r}")  # fmt: skip
     check_optimizer(settings["lr"], settings["momentum"], settings["ns_steps"])
     if settings["gate_chunks"] < 0:
         raise ConfigError(f"gate_chunks must be >= 0 (0: no promotion gate), got {settings['gate_chunks']!r}")
@@ -125,14 +137,15 @@ def check_optimizer(lr: float, momentum: float, ns_steps: int) -> None:
         raise ConfigError(f"--lr must be a finite number > 0 and at most {LARGEST_RATE:.3g}, got {lr!r}")
     if not math.isfinite(momentum) or not 0 <= momentum < 1:
         raise ConfigError(f"--momentum must be in [0, 1), got {momentum!r}")
-    if ns_steps < 1:
-        raise ConfigError(f"--ns_steps (Newton-Schulz iterations) must be >= 1, got {ns_steps!r}")
+    if not 1 <= ns_steps <= MAX_NS_STEPS:  # torch's Muon refuses 100 or more at its first step
+        raise ConfigError(f"--ns_steps (Newton-Schulz iterations) must be in [1, {MAX_NS_STEPS}], got {ns_steps!r}")
 
 
 def _policy(settings: dict[str, Any]) -> TransactionPolicy:
     """A session's transaction policy: seed 000's, where a rolled-back update is skipped, never restored or stopped."""
     return TransactionPolicy(
-        rollback_tol=settings["rollback_tol"], buffer_len=math.ceil(settings["buffer_len"] / settings["chunk"]),
+        rollback_tol=math.inf if settings["rollback_tol"] is None else settings["rollback_tol"],  # null: no limit
+        buffer_len=math.ceil(settings["buffer_len"] / settings["chunk"]),
         grad_norm_max=settings["grad_norm_max"], state_norm_max=settings["state_norm_max"],
         restore_after=NEVER, stop_after=NEVER,
     )  # fmt: skip
@@ -185,7 +198,11 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
     The session is locked for the whole run (a second writer gets exit 8), every artifact is checked
     against its recorded digest before use, and the new state is committed with its digests at the end.
     """
-    store.base_meta()  # says how to create the base when there is none
+    config = store.base_config()  # says how to create the base when there is none
+    if (values := rollout_values(config, 1, steps)) > MAX_VALUES:
+        raise ConfigError(f"--steps {steps} of this base's n_state {config.n_state} and u_dim {config.u_dim} would "
+                          f"hold {values:,} numbers in memory, more than {MAX_VALUES:,}: run the session several "
+                          "times with fewer steps")  # fmt: skip
     store.session_meta(session_id)  # says which sessions there are when there is no such one
     store.index()  # the run is registered at its end: a broken registry is refused before it starts
     directory = store.session_dir(session_id)

@@ -79,6 +79,9 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
             "base_ckpt_hash": meta["base_ckpt_hash"]}  # fmt: skip
     if bad := next((key for key, value in text.items() if not isinstance(value, str)), None):
         return f"{bad} is {meta[bad]!r}, not a string"
+    if bad := next((key for key in ("parent_session_id", "root_session_id") if meta.get(key) is not None
+                    and not (isinstance(meta[key], str) and _SESSION_ID.fullmatch(meta[key]))), None):  # fmt: skip
+        return f"{bad} is {meta[bad]!r}, not a session id or null"
     artifacts = meta.get("artifacts", {})
     if not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values()):
         return f"artifacts is {artifacts!r}, not file name -> sha256"
@@ -357,30 +360,29 @@ class Store:
         return data
 
     def plastic_state(self, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The session's plastic weights, checked (digest, finiteness, and the base model's names and shapes) on
-        the bytes loaded."""
-        from lit_psion.sessions.world import WorldModel
+        """The session's plastic weights, checked (digest, finiteness, and every tensor's name and shape against the
+        base model's) on the bytes loaded."""
+        from lit_psion.sessions.state_checks import plastic_problem
 
         path = self.session_dir(meta["session_id"]) / PLASTIC
         tensors = _load_tensors(self.read_artifact(meta, PLASTIC))
         require_finite(tensors, path)
-        expected = {name: tuple(t.shape) for name, t in WorldModel(self.base_config()).plastic_state().items()}
-        if missing := sorted(expected.keys() - tensors.keys()):
-            raise CheckpointError(f"session state {str(path)!r} lacks {', '.join(missing)}: restore it from a "
-                                  "backup, or fork the session again")  # fmt: skip
-        for name, tensor in tensors.items():
-            want = expected.get(name.split(".", 1)[-1] if name not in expected else name)
-            if want is not None and tuple(tensor.shape) != want:
-                raise CheckpointError(f"session state {str(path)!r} holds {name} of shape {tuple(tensor.shape)}, but "
-                                      f"the base model's is {want}: restore it from a backup, or fork the session "
-                                      "again")  # fmt: skip
+        if (problem := plastic_problem(tensors, self.base_config())) is not None:
+            raise CheckpointError(f"session state {str(path)!r} {problem}: restore it from a backup, or fork the "
+                                  "session again")  # fmt: skip
         return tensors
 
     def optimizer_state(self, meta: dict[str, Any]) -> dict[str, Any]:
-        """The session's optimizer state (``{}``: a fresh optimizer), checked like :meth:`plastic_state`."""
+        """The session's optimizer state (``{}``: a fresh optimizer), checked like :meth:`plastic_state` (its
+        structure: Muon's param groups and settings, a state per parameter of its shape)."""
+        from lit_psion.sessions.state_checks import optimizer_problem
+
         path = self.session_dir(meta["session_id"]) / OPTIM
         state = load_torch(self.read_artifact(meta, OPTIM), path)
         require_finite(state, path)
+        if (problem := optimizer_problem(state, self.base_config())) is not None:
+            raise CheckpointError(f"optimizer state {str(path)!r} {problem}: restore it from a backup, or fork the "
+                                  "session again with --reset_optimizer 1")  # fmt: skip
         return state
 
     def commit(self, meta: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:

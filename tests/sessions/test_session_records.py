@@ -14,7 +14,7 @@ import torch
 
 from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_bytes
-from tests.sessions.helpers import session, session_process
+from tests.sessions.helpers import meta_edit, rerecorded_state, session, session_process
 
 BROKEN_RECORDS = [  # (the file, what it is made to hold)
     ("sessions/index.json", "[]"),
@@ -100,51 +100,26 @@ def test_session_verify_checks_every_file_meta_json_records(trained: Path, capsy
     assert any(line.startswith("FAIL") and name in line for line in out.splitlines()), out
 
 
-def _meta_edit(edit: Any) -> Any:
-    def apply(root: Path) -> None:
-        path = root / "sessions" / "s1" / "meta.json"
-        meta = read_json(path)
-        edit(meta)
-        path.write_text(json.dumps(meta))
-
-    return apply
-
-
-def _rerecorded_state(make: Any) -> Any:
-    """The session's plastic state replaced by ``make(state)`` with its digest re-recorded in meta.json: only what
-    the state holds can betray it."""
-
-    def apply(root: Path) -> None:
-        from safetensors.torch import load, save
-
-        directory = root / "sessions" / "s1"
-        data = save(make(load((directory / "plastic_state.safetensors").read_bytes())))
-        (directory / "plastic_state.safetensors").write_bytes(data)
-        _meta_edit(lambda meta: meta["artifacts"].update({"plastic_state.safetensors": sha256_bytes(data)}))(root)
-
-    return apply
-
-
 FORGED_SESSIONS = [  # (case, what is done, exit code of run and verify, what the line says)
-    ("artifacts a string", _meta_edit(lambda m: m.update(artifacts="x")), 5, "artifacts is 'x'"),
-    ("a setting in words", _meta_edit(lambda m: m["settings"].update(chunk="big")), 5, "settings.chunk is 'big'"),
-    ("runs an object", _meta_edit(lambda m: m.update(runs={})), 5, "runs is {}"),
-    ("an older schema", _meta_edit(lambda m: m.update(schema_version=1)), 5, "schema_version is 1"),
+    ("artifacts a string", meta_edit(lambda m: m.update(artifacts="x")), 5, "artifacts is 'x'"),
+    ("a setting in words", meta_edit(lambda m: m["settings"].update(chunk="big")), 5, "settings.chunk is 'big'"),
+    ("runs an object", meta_edit(lambda m: m.update(runs={})), 5, "runs is {}"),
+    ("an older schema", meta_edit(lambda m: m.update(schema_version=1)), 5, "schema_version is 1"),
     ("meta.json deleted", lambda root: (root / "sessions" / "s1" / "meta.json").unlink(), 5,
      "is registered in"),  # it said "no session 's1' (sessions: s1)", exit 2
-    ("a state of another shape", _rerecorded_state(lambda s: {**s, "P_A": torch.zeros(3, 3)}), 4, "of shape (3, 3)"),
-    ("a state without P_B", _rerecorded_state(lambda s: {k: v for k, v in s.items() if k != "P_B"}), 4, "lacks P_B"),
-    ("a NaN state", _rerecorded_state(lambda s: {**s, "P_A": s["P_A"] * float("nan")}), 4, "non-finite"),
-    ("a huge drift", _meta_edit(lambda m: m.update(mu=1e300)), 5, "mu is 1e+300, not a drift size"),  # exit 139
-    ("a chunk of 0", _meta_edit(lambda m: m["settings"].update(chunk=0)), 5, "settings.chunk is 0, out of its range"),
-    ("a negative rate", _meta_edit(lambda m: m["settings"].update(lr=-1.0)), 5, "settings.lr is -1.0, out of"),
-    ("a rate of 0", _meta_edit(lambda m: m["settings"].update(lr=0.0)), 5, "--lr must be a finite number > 0"),
-    ("a buffer past the policy's", _meta_edit(lambda m: m["settings"].update(buffer_len=10**9)), 5, "buffer_len"),
-    ("another session's record", _meta_edit(lambda m: m.update(session_id="s0")), 5,  # a copy wrote into s0
+    ("a state of another shape", rerecorded_state(lambda s: {**s, "P_A": torch.zeros(3, 3)}), 4, "of shape (3, 3)"),
+    ("a state without P_B", rerecorded_state(lambda s: {k: v for k, v in s.items() if k != "P_B"}), 4, "lacks P_B"),
+    ("a NaN state", rerecorded_state(lambda s: {**s, "P_A": s["P_A"] * float("nan")}), 4, "non-finite"),
+    ("a huge drift", meta_edit(lambda m: m.update(mu=1e300)), 5, "mu is 1e+300, not a drift size"),  # exit 139
+    ("a chunk of 0", meta_edit(lambda m: m["settings"].update(chunk=0)), 5, "settings.chunk is 0, out of its range"),
+    ("a negative rate", meta_edit(lambda m: m["settings"].update(lr=-1.0)), 5, "settings.lr is -1.0, out of"),
+    ("a rate of 0", meta_edit(lambda m: m["settings"].update(lr=0.0)), 5, "--lr must be a finite number > 0"),
+    ("a buffer past the policy's", meta_edit(lambda m: m["settings"].update(buffer_len=10**9)), 5, "buffer_len"),
+    ("another session's record", meta_edit(lambda m: m.update(session_id="s0")), 5,  # a copy wrote into s0
      "is session 's0''s record, not 's1''s: the directory was copied or renamed"),
-    ("a run id that is a path", _meta_edit(lambda m: m["runs"][0].update(run_id="../../..")), 5,  # verify read
+    ("a run id that is a path", meta_edit(lambda m: m["runs"][0].update(run_id="../../..")), 5,  # verify read
      "it names the file or run '../../..', which is not a plain name"),  # files outside the session
-    ("a run file that is a path", _meta_edit(lambda m: m["runs"][0]["files"].update({"x/../../../etc": "0" * 64})), 5,
+    ("a run file that is a path", meta_edit(lambda m: m["runs"][0]["files"].update({"x/../../../etc": "0" * 64})), 5,
      "it names the file or run 'x/../../../etc'"),
 ]  # fmt: skip
 
