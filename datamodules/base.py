@@ -95,6 +95,12 @@ class ReplayDataModule(L.LightningDataModule):
         if (taken := _not_a_directory(self.cache_dir)) is not None:
             found.append(f"cache_dir {str(self.cache_dir)!r} cannot hold the cache: {str(taken)!r} is not a directory; "
                          "give a directory with --data.cache_dir or LIT_PSION_CACHE")  # fmt: skip
+        else:
+            try:  # made now, not first by a tokenizer's or a token stream's write deep inside the data's build
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                found.append(f"cache_dir {str(self.cache_dir)!r} cannot be created ({error.strerror or error}); give "
+                             "a directory this process can write with --data.cache_dir or LIT_PSION_CACHE")  # fmt: skip
         if found:  # each names its setting as the command line does
             raise DataConfigError("; ".join(f"data.{problem}" for problem in found))
 

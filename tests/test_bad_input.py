@@ -447,12 +447,14 @@ DATA_SETTINGS_THAT_WERE_EXIT_1 = [  # (args, what the one line names) -- each wa
     (("--data.seed", "99999999999999999999999"), "data.seed must be a whole number in [0, 2**63)"),
     (("--data.cache_dir", "fixtures/tiny.yaml"), "'fixtures/tiny.yaml' is not a directory"),
     (("--data.cache_dir", "fixtures/tiny.yaml/cache"), "'fixtures/tiny.yaml' is not a directory"),
+    (("--data.cache_dir", "/proc/lit_psion_cache"), "data.cache_dir '/proc/lit_psion_cache' cannot be created "
+     "(No such file or directory); give a directory this process can write"),  # (the token cache's mkdir: exit 1)
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("args", "says"), DATA_SETTINGS_THAT_WERE_EXIT_1,
                          ids=["files null", "files empty", "val null", "test null", "seed null", "seed huge",
-                              "cache a file", "cache under a file"])  # fmt: skip
+                              "cache a file", "cache under a file", "cache uncreatable"])  # fmt: skip
 def test_a_data_setting_of_no_use_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
 ) -> None:

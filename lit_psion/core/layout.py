@@ -217,6 +217,10 @@ def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
     return f"{str(path)!r} is not a run directory (no {RUN_FILE}); {advice}"
 
 
+OTHER_ROOTS = (("program.json", "window program"), ("sessions/index.json", "sessions artifacts root"))
+"""The files that mark a directory another command keeps its records in (a window program, a sessions root)."""
+
+
 def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = None) -> None:
     """A command's output directory, refused in one line if it is a file or lies in a run directory (it would
     overwrite the run's files or append to its receipt chain), unless it is ``own``: the run's place for it.
@@ -236,3 +240,8 @@ def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = No
             where = "is a run directory" if place == out.resolve() else f"is inside run directory {str(place)!r}"
             raise ConfigError(f"{flag} {str(out)!r} {where}: writing there would overwrite the run's files or break "
                               "its receipt chain; give a directory outside any run")  # fmt: skip
+        for marker, kind in OTHER_ROOTS if place != out.resolve() else ():  # (itself: not new or empty, refused)
+            if (place / marker).is_file():
+                raise ConfigError(f"{flag} {str(out)!r} is inside {kind} {str(place)!r} ({marker}): its commands "
+                                  "would read what is written there as its own records; give a directory outside "
+                                  "it")  # fmt: skip
