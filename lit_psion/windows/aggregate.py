@@ -25,7 +25,7 @@ from lit_psion.core.receipts import AdapterAggregationReceipt, PolicyPromotionRe
 from lit_psion.core.windows import ACCEPTED, RECONCILED, WindowPlan
 from lit_psion.windows.data import held_out_loss
 from lit_psion.windows.program import DISPOSITIONS, PROMOTION, Program, own_directory, plan_data, record
-from lit_psion.windows.validate import sealed_submissions, submission
+from lit_psion.windows.validate import FACTOR_DTYPES, sealed_submissions, submission
 
 RULE = "exact_delta_tokens_v1"
 CANDIDATE = "aggregate/candidate"
@@ -60,12 +60,18 @@ def stacked(adapters: list[Adapter]) -> dict[str, torch.Tensor]:
     """One adapter of rank sum r_k that equals the aggregate exactly at scaling 1 (alpha = its rank)."""
     tensors: dict[str, torch.Tensor] = {}
     for layer in layers_of(adapters[0].tensors):
-        a = [adapter.tensors[f"{layer}.lora_a"] for adapter in adapters]
-        b = [adapter.tensors[f"{layer}.lora_b"] * (adapter.weight * adapter.alpha / adapter.rank)
+        a = [_factor(adapter.tensors[f"{layer}.lora_a"]) for adapter in adapters]
+        b = [_factor(adapter.tensors[f"{layer}.lora_b"]) * (adapter.weight * adapter.alpha / adapter.rank)
              for adapter in adapters]  # fmt: skip
         tensors[f"{layer}.lora_a"] = torch.cat(a, 0).contiguous()
         tensors[f"{layer}.lora_b"] = torch.cat(b, 1).contiguous()
     return tensors
+
+
+def _factor(tensor: torch.Tensor) -> torch.Tensor:
+    """A factor as the stacked adapter holds it: one of a dtype the validator takes as it is, any other (float8, which
+    validators before this check accepted, has no products) in float32, which holds its values exactly."""
+    return tensor if tensor.dtype in FACTOR_DTYPES else tensor.float()
 
 
 def merged_weights(state: dict[str, Any], deltas: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:

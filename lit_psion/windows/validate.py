@@ -40,6 +40,9 @@ from lit_psion.windows.contribute import ADAPTER, CONTRIBUTION
 from lit_psion.windows.data import held_out_loss
 from lit_psion.windows.program import DISPOSITIONS, Program, plan_data, record, verify_window_chain
 
+FACTOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes a contribution's factors may have (what adapter training writes); any other, float8 included, and a
+0-dim tensor are ``malformed``."""
 REQUIRED = ("window_id", "assignment_id", "contributor", "input_revision", "slice_index", "slice_digest", "targets",
             "rank", "alpha", "summary", "adapter_sha256")  # fmt: skip
 
@@ -184,12 +187,17 @@ def check_submission(plan: WindowPlan, assignment: Assignment, sealed: dict[str,
     actual = {name: tuple(t.shape) for name, t in tensors.items()}
     if shape_claims != (plan.lora["targets"], plan.lora["rank"], plan.lora["alpha"]) or actual != shapes:
         reasons.append("wrong_shape")
+    if any(t.dtype not in FACTOR_DTYPES or t.dim() < 1 for t in tensors.values()):
+        # integer, bool, complex or float8 factors, or a 0-dim tensor: no adapter training writes them, and neither
+        # the digests nor the arithmetic below take them (float8 has no isfinite, a scalar no byte view)
+        reasons.append("malformed")
+        if meta["adapter_sha256"] in seen:
+            reasons.append("duplicate_artifact")
+        return reasons, None, meta
     summary = meta["summary"] if isinstance(meta["summary"], dict) else {}
     claimed = [k for k in SUMMARY_FIELDS if isinstance(summary.get(k), int | float)
                and not isinstance(summary[k], bool)]  # fmt: skip
-    if any(not t.is_floating_point() for t in tensors.values()):
-        reasons.append("malformed")  # integer factors: no adapter training writes them
-    elif any(not torch.isfinite(t).all() for t in tensors.values()) or len(_claimed_summary(meta_bytes)) != len(
+    if any(not torch.isfinite(t).all() for t in tensors.values()) or len(_claimed_summary(meta_bytes)) != len(
             claimed):  # fmt: skip
         reasons.append("non_finite")
     budget = plan.budget["steps"] * plan.budget["batch_size"] * plan.data.get("block_size", 128)
