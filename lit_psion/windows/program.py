@@ -105,6 +105,11 @@ class Program:
     def exists(self) -> bool:
         return self.settings_path.is_file()
 
+    def init_cut_short(self) -> bool:
+        """Whether ``program.json`` is here without ``pointer.json`` or any window: a `window init` that an earlier
+        version (which wrote ``program.json`` before the pointer) was killed in; running init again finishes it."""
+        return self.exists() and not (self.root / POINTER).exists() and not (self.root / "windows").exists()
+
     def require(self) -> None:
         if not self.exists():
             raise ConfigError(
@@ -148,6 +153,9 @@ class Program:
     def pointer(self) -> dict[str, str]:
         """The current input revision: ``{"revision": manifest sha256, "checkpoint": root-relative dir}``."""
         self.require()
+        if self.init_cut_short():
+            raise EvidenceError(f"{str(self.root / POINTER)!r} is missing: the window init that made "
+                                f"{str(self.root)!r} was cut short; run the same window init again to finish it")
         return record(self.root / POINTER, ("revision", "checkpoint"))
 
     def move_pointer(self, revision: str, checkpoint: str, window_id: str | None) -> None:
@@ -229,13 +237,15 @@ class Program:
 
 
 def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dict[str, str]:
-    """Create a program under ``root`` from the verified base run or checkpoint ``base``: settings, tokenizer,
-    revision 0 and the pointer at it. Everything is checked before anything is written.
+    """Create a program under ``root`` from the verified base run or checkpoint ``base``: tokenizer, revision 0,
+    the pointer at it, then ``program.json`` (settings), the commit point. Everything is checked before anything is
+    written; an init cut short leaves no program, and running it again starts over.
 
     Raises:
         ConfigError: ``root`` already holds a program, is a file or a run directory; ``base`` is neither a run
             nor a checkpoint directory; the LoRA shape does not fit the base; the base trained on the program's
             data with another split (its training text would be held out here).
+        EvidenceError: ``root`` holds windows but no ``program.json`` (exit 5).
         CheckpointError: the base does not verify, is not a DecoderLM, or carries adapters of its own.
         DataError: the data does not build, or holds text the base's tokenizer does not know.
     """
@@ -244,9 +254,12 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     from lit_psion.windows.base_checks import check_data, check_lora, tokenizer_of
 
     program = Program(root)
-    if program.exists():
+    if program.exists() and not program.init_cut_short():
         raise ConfigError(f"{str(root)!r} already holds a window program; plan its next window with "
                           f"python -m lit_psion window plan {root}")  # fmt: skip
+    if not program.exists() and (root / "windows").exists():
+        raise EvidenceError(f"{str(root / PROGRAM)!r} is missing but {str(root)!r} holds windows; restore "
+                            f"{PROGRAM} from a backup (a new program goes in a directory of its own)")  # fmt: skip
     if root.exists() and not root.is_dir():
         raise ConfigError(f"program root {str(root)!r} is a file; give a directory (it is created if missing)")
     if RunLayout.of(root).is_run():
@@ -271,8 +284,8 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     record = {"format_version": FORMAT_VERSION, "settings": fixed, "settings_sha256": sha256_json(fixed),
               "base": {"checkpoint_digest": digest, "path": str(path)}, "tokenizer_sha256": sha256_bytes(tokenizer),
               "next_slice": 0}  # fmt: skip
-    atomic_write_json(root / PROGRAM, record)
     program.move_pointer(revision.manifest_sha256, BASE_REVISION, None)
+    atomic_write_json(root / PROGRAM, record)  # the commit point: an init cut short before it has made no program
     return {"revision": revision.manifest_sha256, "base": digest}
 
 

@@ -1,0 +1,65 @@
+"""A `window init` killed part way leaves a program a rerun of init finishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.windows import program as program_module
+from lit_psion.windows.program import Program
+from tests.windows.helpers import new_program, write_settings
+
+
+def _init(root: Path, settings: Path, base: Path) -> int:
+    return main(["window", "init", str(root), "--config", str(settings), "--base", str(base)])
+
+
+def test_a_killed_init_is_finished_by_running_it_again(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Killed between program.json and pointer.json, init left a program no command could use or repair: a rerun
+    said it already held one (exit 2), plan, status and verify that pointer.json was missing (exit 5)."""
+    settings, root = write_settings(tmp_path / "settings.yaml"), tmp_path / "windows"
+
+    class Killed(BaseException):
+        """SIGKILL: nothing after this write runs."""
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(Program, "move_pointer", killed)
+    with pytest.raises(Killed):
+        program_module.init_program(root, program_module.ProgramSettings.from_mapping(
+            json.loads(settings.read_text())["window"], "settings"), base)  # fmt: skip
+    monkeypatch.undo()
+    assert not (root / "program.json").exists()  # the commit point is the last write
+    capsys.readouterr()
+    assert main(["window", "status", str(root)]) == 2
+    assert "holds no window program" in capsys.readouterr().err
+    assert _init(root, settings, base) == 0
+    assert main(["window", "run", str(root), "--contributors", "1"]) == 0
+    assert main(["window", "verify", str(root)]) == 0
+
+
+def test_a_program_an_earlier_init_left_without_its_pointer_is_finished_by_init(
+        base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """What an init that wrote program.json before the pointer left when killed between the two."""
+    settings = write_settings(tmp_path / "settings.yaml")
+    root = new_program(base, tmp_path / "windows")
+    (root / "pointer.json").unlink()
+    capsys.readouterr()
+    for command in ("plan", "status", "verify"):
+        assert main(["window", command, str(root)]) == 5
+        assert "was cut short; run the same window init again to finish it" in capsys.readouterr().err
+    assert _init(root, settings, base) == 0
+    assert main(["window", "verify", str(root)]) == 0
+    # a program that has windows is never re-initialised over, with or without its program.json
+    assert main(["window", "plan", str(root)]) == 0
+    assert _init(root, settings, base) == 2
+    assert "already holds a window program" in capsys.readouterr().err
+    (root / "program.json").unlink()
+    assert _init(root, settings, base) == 5
+    assert "program.json' is missing but" in capsys.readouterr().err
+
