@@ -371,9 +371,11 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     first = max(values["next_slice"], max(used, default=-1) + 1)  # never a slice twice, even if the cursor lags
     available = (len(train) // settings.slice_samples) - first
     if available < count:
-        raise DataError(f"the data has {max(available, 0)} fresh slice(s) of {settings.slice_samples} samples "
-                        f"left, {count} contributors need one each; add text (data.files) or lower "
-                        "slice_samples")  # fmt: skip
+        left = max(available, 0)
+        raise DataError(f"the data has {left} fresh slice(s) of {settings.slice_samples} samples left and {count} "
+                        f"contributors need one each; " + (f"plan at most {left} (--contributors {left})" if left else
+                        "this program's slices are used up") + ", or init a new program with more text (data.files) "
+                        "or a smaller slice_samples (both are fixed at init)")  # fmt: skip
     ids = [f"c{i}" for i in range(count)]  # after the check: a huge count is refused, not built
     seed = settings.data.get("seed", SLICE_SEED)
     fresh = [_slice(train, i, settings.slice_samples, seed) for i in range(first, first + count)]

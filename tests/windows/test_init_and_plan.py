@@ -1,8 +1,10 @@
-"""A `window init` killed part way leaves a program a rerun of init finishes."""
+"""A `window init` killed part way leaves a program a rerun of init finishes, and a plan for more contributors than
+the slices left names the number it can plan."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,20 @@ def test_a_program_an_earlier_init_left_without_its_pointer_is_finished_by_init(
     assert _init(root, settings, base) == 5
     assert "program.json' is missing but" in capsys.readouterr().err
 
+
+def test_too_many_contributors_names_how_many_the_slices_left_allow(
+        base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """It said to lower slice_samples, which is fixed at init (editing it is exit 5)."""
+    root = new_program(base, tmp_path / "windows")
+    capsys.readouterr()
+    assert main(["window", "run", str(root), "--contributors", "1000"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lower slice_samples" not in err[0], err
+    allowed = re.search(r"plan at most (\d+) \(--contributors \1\)", err[0])
+    assert allowed, err
+    assert main(["window", "plan", str(root), "--contributors", allowed.group(1)]) == 0
+    assert main(["window", "close", str(root), "w-0001"]) == 0  # nobody contributed: every slice is replayed
+    capsys.readouterr()
+    assert main(["window", "plan", str(root), "--contributors", "1"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this program's slices are used up, or init a new program with more text" in err[0], err
