@@ -11,6 +11,7 @@ as ``fit``) with the checkpoint's weights in the model.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ class LoadedRun:
         """The class path of the model the run trained (``lit_psion.models.MosaicLM``), from its config."""
         return str(self.config()["model"].get("class_path", ""))
 
-    def build(self) -> tuple[L.LightningModule, L.LightningDataModule]:
-        """The run's model (with the checkpoint's weights, in eval mode) and its DataModule."""
+    def build(self, check_data: Callable[[Any], None] | None = None) -> tuple[L.LightningModule, L.LightningDataModule]:
+        """The run's model (with the checkpoint's weights, in eval mode) and its DataModule; ``check_data`` sees the
+        DataModule before the weights load (a tokenizer that is not the run's would make them not fit the model)."""
         config = self.config()
         parser = LightningArgumentParser(parser_mode="omegaconf", exit_on_error=False)
         parser.add_lightning_class_args(L.LightningModule, "model", subclass_mode=True)
@@ -87,6 +89,8 @@ class LoadedRun:
         add_data_facts_link(parser)
         parsed = parser.parse_object({"model": config["model"], "data": config["data"]})
         init = parser.instantiate_classes(parsed)
+        if check_data is not None:
+            check_data(init.data)
         try:
             init.model.load_state_dict(self.state["state_dict"])
         except RuntimeError as error:  # config.yaml matches run.json, so the weights are not this run's model's

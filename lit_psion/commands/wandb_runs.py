@@ -41,7 +41,13 @@ def place_wandb_runs(loggers: list[Any], layout: RunLayout) -> None:
         for key in ("id", "name"):
             if init_args.get(key) is None:
                 init_args[key] = layout.run_id
-        if not _wandb_api_key() and "WANDB_MODE" not in os.environ and not init_args.get("offline"):
+        keyless = not _wandb_api_key() and "WANDB_MODE" not in os.environ
+        if init_args.get("log_model") not in (None, False) and (keyless or init_args.get("offline")):
+            why = "offline: true" if init_args.get("offline") else "no W&B API key here, so it would log offline"
+            raise ConfigError(f"trainer.logger.init_args.log_model {init_args.get('log_model')!r} uploads checkpoints, "
+                              f"which offline W&B cannot ({why}); set log_model false (lit_psion keeps every "
+                              "checkpoint in the run directory), or log in (wandb login) to log online")  # fmt: skip
+        if keyless and not init_args.get("offline"):
             init_args.offline = True
             print("lit_psion: no W&B API key: logging to W&B offline under the run directory (wandb sync to upload)",
                   file=sys.stderr)  # fmt: skip

@@ -83,9 +83,13 @@ def _validate(event: EventEnvelope) -> None:
         json.dumps(event.payload, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise EventError(f"{where}: 'payload' is not plain JSON ({error})") from error
+    except RecursionError as error:  # (parsed just under the reader's limit, deeper to write back)
+        raise EventError(f"{where}: 'payload' is nested too deeply to read; give a flatter payload") from error
     try:  # a lone surrogate ("\\ud800") parses as JSON but is no text: it cannot be encoded, nor tokenized
         strings = [event.id, event.type, event.sender, event.payload, event.commitment_id]
         json.dumps(strings, ensure_ascii=False).encode()
+    except RecursionError as error:
+        raise EventError(f"{where}: 'payload' is nested too deeply to read; give a flatter payload") from error
     except UnicodeEncodeError as error:
         raise EventError(f"{where}: holds a string that is not valid Unicode ({error.reason}: "
                          f"{error.object[error.start:error.end]!r}); give UTF-8 text") from error  # fmt: skip

@@ -30,15 +30,17 @@ def read_events(path: Path) -> list[EventEnvelope]:
     except UnicodeDecodeError as error:
         raise EventError(f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); give "
                          "JSONL, one event envelope per line") from error  # fmt: skip
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # (not splitlines: U+2028 may be in a JSON string)
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
             record = json.loads(line, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as error:
             raise EventError(f"{path}:{number}: not JSON ({error.msg})") from error
-        except ValueError as error:  # a key given twice: which value counts would be the parser's choice
-            raise EventError(f"{path}:{number}: not an event ({error}); give each key once") from error
+        except ValueError as error:  # a key given twice (which value counts would be the parser's choice), or an
+            fix = "give each key once" if "twice" in str(error) else "give numbers Python reads (at most 4300 digits)"
+            raise EventError(f"{path}:{number}: not an event ({error}); {fix}") from error  # integer too long
         except RecursionError as error:
             raise EventError(f"{path}:{number}: not an event (nested too deeply to read)") from error
         try:  # (an EventError is a ValueError: read apart from the JSON, so it is not taken for a repeated key)
@@ -60,8 +62,12 @@ def load_model(location: Path) -> tuple[Any, Any]:
     if trained != MosaicLM.__name__:  # before any weight is loaded into a model of another family
         raise CheckpointError(f"the run in {str(run.layout.run_dir)!r} trained {trained}, not MosaicLM; give "
                               "--ckpt a MosaicLM run (events predict reads event traces)")  # fmt: skip
-    model, data = run.build()
-    _check_tokenizer(run.layout, data)
+    commitment = (run.config().get("model", {}).get("init_args", {}).get("mosaic") or {}).get("commitment_head", True)
+    if commitment is False:  # (the default builds one; mosaic_memory.yaml does not)
+        raise CheckpointError(f"the run in {str(run.layout.run_dir)!r} trained MosaicLM without a commitment head "
+                              "(mosaic.commitment_head false), which events predict reads; give a run trained with "
+                              "one (configs/mosaic_commitment.yaml)")  # fmt: skip
+    model, data = run.build(check_data=lambda data: _check_tokenizer(run.layout, data))
     return model, data.load_codec()
 
 

@@ -263,7 +263,7 @@ def test_distractor_text_is_taught_no_commitment_change_and_the_manifest_says_so
     assert manifest.record["supervision"] == SUPERVISION == 2
 
 
-@pytest.mark.parametrize("depth", [3000, 100_000])
+@pytest.mark.parametrize("depth", [980, 3000, 100_000])  # 980: parsed, then too deep to write back (exit 1)
 def test_an_events_file_nested_too_deeply_is_one_line_naming_it(tmp_path: object, depth: int) -> None:
     """A JSON value nested deeper than Python parses is the file's line, exit 3, never a RecursionError."""
     from pathlib import Path
@@ -273,7 +273,7 @@ def test_an_events_file_nested_too_deeply_is_one_line_naming_it(tmp_path: object
     path = Path(str(tmp_path)) / "deep.jsonl"
     nested = "[" * depth + "]" * depth
     path.write_text('{"id": "e1", "type": "Message", "sender": "a", "seq": 1, "payload": {"a": ' + nested + "}}\n")
-    with pytest.raises(EventError, match=f"^{path}:1: not an event \\(nested too deeply to read\\)$") as raised:
+    with pytest.raises(EventError, match=f"^{path}:1: .*nested too deeply to read") as raised:
         read_events(path)
     assert raised.value.exit_code == 3
 
@@ -340,3 +340,44 @@ def test_an_event_the_envelope_refuses_is_not_called_a_repeated_key(tmp_path: ob
         read_events(path)
     assert str(raised.value).startswith(f"{path}:1: ") and says in str(raised.value), raised.value
     assert "give each key once" not in str(raised.value) and raised.value.exit_code == 3
+
+
+def test_a_line_separator_inside_an_events_text_is_text_not_a_line_break(tmp_path: object) -> None:
+    """U+2028 (or U+0085, U+000B) written raw inside a JSON string split the line: a valid event was refused as
+    "not JSON", and the line numbers after it were off."""
+    import json
+    from pathlib import Path
+
+    from lit_psion.events.predict import read_events
+
+    path = Path(str(tmp_path)) / "separators.jsonl"
+    texts = ["one\u2028two", "three\x85four\x0bfive"]
+    lines = [json.dumps({**GOOD, "id": f"e{i}", "seq": i, "payload": {"text": t}}, ensure_ascii=False)
+             for i, t in enumerate(texts)]  # fmt: skip
+    path.write_bytes(("\r\n".join(lines) + "\n").encode())
+    assert [event.payload["text"] for event in read_events(path)] == texts
+
+
+def test_an_integer_too_long_to_read_is_not_called_a_repeated_key(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from lit_psion.events.predict import read_events
+
+    path = Path(str(tmp_path)) / "long.jsonl"
+    path.write_text('{"id": "e1", "type": "Message", "sender": "a", "seq": ' + "9" * 5000 + ', "payload": {}}\n')
+    with pytest.raises(EventError, match="give numbers Python reads") as raised:
+        read_events(path)
+    assert "give each key once" not in str(raised.value) and raised.value.exit_code == 3
+
+
+def test_a_payload_too_deep_to_write_back_is_refused_as_such() -> None:
+    """A payload parsed just under the reader's limit was exit 1: writing it back (to check it is plain JSON) recursed
+    deeper than Python allows, and only TypeError and ValueError were caught."""
+    from lit_psion.events import EventEnvelope
+
+    nested: list = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(EventError, match="'payload' is nested too deeply to read") as raised:
+        EventEnvelope.from_json_dict({**GOOD, "payload": {"x": nested}})
+    assert raised.value.exit_code == 3

@@ -398,3 +398,42 @@ def test_doctor_checks_the_event_tokenizer_the_run_trained_with(trained: Path, c
     finally:
         shutil.rmtree(entry.parent, ignore_errors=True)
         saved.rename(entry.parent)
+
+
+def test_events_predict_refuses_a_run_without_a_commitment_head(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A MosaicLM run trained without the head (configs/mosaic_memory.yaml's commitment_head: false) was exit 1, a
+    KeyError for the logits it has not."""
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
+               "--model.init_args.mosaic.commitment_head", "false", config=MOSAIC_TINY) == 0  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"id": "a", "type": "Message", "sender": "u", "payload": {"text": "hi"}, "seq": 0}))
+    capsys.readouterr()
+    assert main(["events", "predict", "--ckpt", str(root / read_latest(root)), str(events)]) == 4
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "without a commitment head (mosaic.commitment_head false)" in line and "give a run trained with" in line
+
+
+def test_events_predict_names_a_grown_cached_tokenizer_not_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cached event tokenizer given one more token (its record rewritten): the model built from it had another
+    vocabulary, so the weights did not fit and the line blamed the checkpoint (exit 4), not the tokenizer."""
+    from datamodules.tokenizer import keep_recorded
+
+    monkeypatch.setenv("LIT_PSION_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2", config=MOSAIC_TINY) == 0
+    (cached,) = (tmp_path / "cache" / "event_tokenizers").glob("*/tokenizer.json")
+    record = json.loads(cached.read_text())
+    vocab = record["model"]["vocab"]
+    vocab["zzgrown"] = max(vocab.values()) + 1
+    keep_recorded(cached, json.dumps(record))
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"id": "a", "type": "Message", "sender": "u", "payload": {"text": "hi"}, "seq": 0}))
+    capsys.readouterr()
+    assert main(["events", "predict", "--ckpt", str(root / read_latest(root)), str(events)]) == 3
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "the event tokenizer here" in line and "is not the one run" in line, line
