@@ -301,16 +301,11 @@ class GraphCore(LitModule):
                                   f"config of the run that wrote it")  # fmt: skip
         state = checkpoint.get("state_dict", {})
         paths = checkpoint.get("graph_paths", {})
+        check_structure_tensors(self, state, self._checkpoint_name())
         for name, module in self.named_modules():
             if not isinstance(module, SparseMaskedLinear):
                 continue
-            indices = state.get(f"{name}.indices")
-            if indices is None or indices.ndim != 2 or indices.shape[0] != 2:
-                raise CheckpointError(f"checkpoint has no structure for {name!r}: it is not a GraphCore checkpoint "
-                                      f"of this shape")  # fmt: skip
-            if indices.numel() and (indices[0].max() >= module.out_features or indices[1].max() >= module.in_features):
-                raise CheckpointError(f"checkpoint structure of {name!r} falls outside this model's "
-                                      f"({module.out_features}, {module.in_features}) operator")  # fmt: skip
+            indices = state[f"{name}.indices"]
             module.set_structure(indices.to(module.indices), module.values.new_zeros(indices.shape[1]))
             if name in paths and not module.pinned:  # a pinned path wins over the saved one
                 module.path, module.calibrated = paths[name], True
@@ -318,6 +313,63 @@ class GraphCore(LitModule):
             raise ConfigError(f"the checkpoint's structure has {self.complexity} entries, at or above complexity_limit "
                               f"{self.barrier.limit!r}: raise --model.init_args.config.complexity_limit above "
                               f"{self.complexity} to continue it")  # fmt: skip
+
+    def _checkpoint_name(self) -> str:
+        """The checkpoint being loaded, as the trainer names it (a bare ``on_load_checkpoint``: "checkpoint")."""
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        return f"checkpoint {str(path)!r}" if path else "checkpoint"
+
+
+def check_structure_tensors(model: GraphCore, state: dict[str, Any], checkpoint: str) -> None:
+    """Refuse (CheckpointError) a state dict whose structure tensors this model cannot hold, before any of it loads:
+    every key of the model present and of its shape (the operators' by their own indices), each operator's
+    ``indices`` integer (2, nnz) in bounds with no repeated entry and ``values`` nnz finite floats, the fixed
+    operators (all but level 0's, which growth edits) and pooling as the model builds them, and every
+    ``update_frequency`` an integer >= 1 per node."""
+    own = model.state_dict()
+
+    def refuse(key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{checkpoint} is not a GraphCore checkpoint this model can load: tensor {key!r} "
+                               f"{problem}; load a checkpoint its run wrote (not edited)")  # fmt: skip
+
+    if missing := sorted(set(own) - set(state)):
+        raise refuse(missing[0], "is missing")
+    if unexpected := sorted(set(state) - set(own)):
+        raise refuse(unexpected[0], "is not in this model")
+    if not all(isinstance(state[key], torch.Tensor) for key in own):
+        raise refuse(next(key for key in own if not isinstance(state[key], torch.Tensor)), "is not a tensor")
+    operators = {name: m for name, m in model.named_modules() if isinstance(m, SparseMaskedLinear)}
+    for name, operator in operators.items():
+        key, indices, values = f"{name}.indices", state[f"{name}.indices"], state[f"{name}.values"]
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise refuse(key, f"has dtype {indices.dtype}, not an integer type")
+        if indices.ndim != 2 or indices.shape[0] != 2:
+            raise refuse(key, f"has shape {tuple(indices.shape)}, not (2, nnz)")
+        if indices.numel() and (indices.min() < 0 or indices[0].max() >= operator.out_features
+                                or indices[1].max() >= operator.in_features):  # fmt: skip
+            raise refuse(key, f"holds entries outside [0, {operator.out_features}) x [0, {operator.in_features}) "
+                              f"(min {int(indices.min())}, rows up to {int(indices[0].max())}, columns up to "
+                              f"{int(indices[1].max())})")  # fmt: skip
+        if torch.unique(indices.long(), dim=1).shape[1] != indices.shape[1]:
+            raise refuse(key, "holds the same (row, col) entry more than once")
+        if name != "graph.graphs.0.operator" and not torch.equal(indices.long().cpu(), operator.indices.cpu()):
+            raise refuse(key, "differs from the fixed structure this model builds (only level 0's grows)")
+        nnz = indices.shape[1]
+        if not values.dtype.is_floating_point or values.shape != (nnz,) or not torch.isfinite(values).all():
+            raise refuse(f"{name}.values", f"must be {nnz} finite floats (one per entry of {key}), got "
+                                           f"{values.dtype} of shape {tuple(values.shape)}")  # fmt: skip
+    structure = {f"{name}.{part}" for name in operators for part in ("indices", "values")}
+    for key, tensor in own.items():
+        held = state[key]
+        if key in structure:
+            continue
+        if held.shape != tensor.shape or held.dtype.is_floating_point != tensor.dtype.is_floating_point:
+            raise refuse(key, f"is {held.dtype} of shape {tuple(held.shape)}, this model's {tensor.dtype} of shape "
+                              f"{tuple(tensor.shape)}")  # fmt: skip
+        if key.rsplit(".", 1)[-1].startswith("pool_") and not torch.equal(held.cpu().to(tensor.dtype), tensor.cpu()):
+            raise refuse(key, "differs from the pooling this model's hierarchy builds")
+        if key.endswith("update_frequency") and held.numel() and held.min() < 1:
+            raise refuse(key, f"holds {int(held.min())}: every node's update frequency is an integer >= 1")
 
 
 def random_entries(out_features: int, in_features: int, count: int, seed: int) -> torch.Tensor:

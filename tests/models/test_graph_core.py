@@ -396,3 +396,55 @@ def test_a_callback_that_has_nothing_to_do_on_this_model_is_refused(tmp_path: Pa
              "16", "--data.init_args.window", "8", "--trainer.default_root_dir", str(tmp_path))  # fmt: skip
     assert fit(*small, "--trainer.max_steps", "2", f"--trainer.callbacks+={callback}", config=PRESET) == 2
     assert says in capsys.readouterr().err
+
+
+def _forged(edit: Any) -> dict:
+    model = _model(initial="random", initial_nnz=30)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    edit(state)
+    return {"state_dict": state, "model_signature": model.model_signature}
+
+
+OPERATOR = "graph.graphs.0.operator"
+
+
+def _set(key: str, value: Any) -> Any:
+    return lambda state: state.__setitem__(key, value(state[key]))
+
+
+def _negative(indices: torch.Tensor) -> torch.Tensor:
+    indices[0, 0] = -3
+    return indices
+
+
+def _repeated(indices: torch.Tensor) -> torch.Tensor:
+    indices[:, 1] = indices[:, 0]
+    return indices
+
+
+@pytest.mark.parametrize(("edit", "named", "problem"), [
+    (_set(f"{OPERATOR}.indices", _negative), f"{OPERATOR}.indices", "outside [0, 12) x [0, 24) (min -3"),
+    (_set(f"{OPERATOR}.values", lambda v: v[:10]), f"{OPERATOR}.values", "must be 30 finite floats"),
+    (_set(f"{OPERATOR}.indices", lambda i: i.float()), f"{OPERATOR}.indices", "not an integer type"),
+    (_set(f"{OPERATOR}.indices", _repeated), f"{OPERATOR}.indices", "more than once"),
+    (_set(f"{OPERATOR}.values", lambda v: v.index_fill(0, torch.tensor([0]), float("nan"))), f"{OPERATOR}.values",
+     "finite floats"),
+    (_set("graph.sup_edges.0.indices", lambda i: i.flip(1)), "graph.sup_edges.0.indices", "fixed structure"),
+    (_set("graph.pool_1", lambda p: p * 2), "graph.pool_1", "pooling"),
+    (_set("graph.graphs.0.update_frequency", lambda f: f * 0), "graph.graphs.0.update_frequency", "holds 0"),
+    (_set("graph.graphs.1.update_frequency", lambda f: f[:1]), "graph.graphs.1.update_frequency", "of shape (1,)"),
+    (lambda state: state.pop(f"{OPERATOR}.values"), f"{OPERATOR}.values", "is missing"),
+])  # fmt: skip
+def test_a_checkpoint_with_a_forged_structure_is_refused_naming_the_tensor(edit: Any, named: str,
+                                                                          problem: str) -> None:  # fmt: skip
+    """A negative index was believed (and carried into the next checkpoint); values shorter than the indices
+    failed in load_state_dict (exit 1). Every structure tensor is checked before anything loads."""
+    from lit_psion.core.errors import CheckpointError
+
+    model = _model(initial="random", initial_nnz=30)
+    before = model.graph.level0.operator.indices.clone()
+    with pytest.raises(CheckpointError, match=re.escape(f"tensor {named!r}")) as refused:
+        model.on_load_checkpoint(_forged(edit))
+    assert problem in str(refused.value) and refused.value.exit_code == 4
+    assert torch.equal(model.graph.level0.operator.indices, before)  # nothing loaded
+    model.on_load_checkpoint(_forged(lambda state: None))  # the untouched checkpoint loads
