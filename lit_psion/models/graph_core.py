@@ -14,6 +14,7 @@ stays below ``complexity_limit``, so ``gamma`` stays finite and the loss prices 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -29,6 +30,9 @@ from lit_psion.nn.delta_log import DeltaStateLog
 from lit_psion.nn.graph import Graph, SuperGraph, max_levels
 from lit_psion.nn.optim import LARGEST_RATE, a_rate, finite_steps, warmup_cosine
 from lit_psion.nn.sparse import SparseMaskedLinear
+
+SCALES = (1e-6, 1e6)
+"""The range of ``barrier_scale``: ``gamma`` runs from ``1 / scale`` to ``1000 / scale`` and multiplies the loss."""
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,9 +55,9 @@ class GraphCoreConfig:
     mask_seed: int = 0
     """Seed of the ``random`` structure."""
     complexity_limit: float = 128.0
-    """The barrier's limit on Hot level-0 entries (complexity never reaches it)."""
+    """The barrier's limit on Hot level-0 entries (complexity never reaches it), a finite number > 0."""
     barrier_scale: float = 1.0
-    """The barrier's ``scale``."""
+    """The barrier's ``scale``, 1e-6 to 1e6 (``gamma(0) = 1 / scale``)."""
     lr: float = 1e-2
     """Adam's peak learning rate; it decays on a cosine to ``lr * min_lr_ratio`` at ``decay_steps``."""
     min_lr_ratio: float = 0.01
@@ -93,10 +97,15 @@ class GraphCoreConfig:
             problems.append(f"state_hidden must be a positive integer, got {self.state_hidden!r}")
         if self.path not in ("auto", "sparse", "dense"):
             problems.append(f"path must be auto, sparse or dense, got {self.path!r}")
-        if not (self.complexity_limit > 0 and self.barrier_scale > 0):
-            problems.append(f"complexity_limit and barrier_scale must be > 0, got {self.complexity_limit!r} and "
-                            f"{self.barrier_scale!r}")  # fmt: skip
-        elif not problems and self.initial_complexity >= self.complexity_limit:
+        barrier_problems = []  # each refused value named, not only the first
+        if not (_number(self.complexity_limit) and self.complexity_limit > 0):
+            barrier_problems.append(f"complexity_limit must be a finite number > 0, got {self.complexity_limit!r}")
+        if not (_number(self.barrier_scale) and SCALES[0] <= self.barrier_scale <= SCALES[1]):
+            barrier_problems.append(f"barrier_scale must be between {SCALES[0]:g} and {SCALES[1]:g} (gamma(0) = 1 / "
+                                    "scale multiplies the loss: outside, it is 0 or infinite in float32 or drowns in "
+                                    f"Adam's eps), got {self.barrier_scale!r}")  # fmt: skip
+        problems += barrier_problems
+        if not problems and self.initial_complexity >= self.complexity_limit:
             problems.append(f"the initial structure has {self.initial_complexity} entries, at or above "
                             f"complexity_limit {self.complexity_limit!r}: "
                             "raise the limit or start smaller")  # fmt: skip
@@ -370,6 +379,10 @@ def check_structure_tensors(model: GraphCore, state: dict[str, Any], checkpoint:
             raise refuse(key, "differs from the pooling this model's hierarchy builds")
         if key.endswith("update_frequency") and held.numel() and held.min() < 1:
             raise refuse(key, f"holds {int(held.min())}: every node's update frequency is an integer >= 1")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def random_entries(out_features: int, in_features: int, count: int, seed: int) -> torch.Tensor:

@@ -448,3 +448,24 @@ def test_a_checkpoint_with_a_forged_structure_is_refused_naming_the_tensor(edit:
     assert problem in str(refused.value) and refused.value.exit_code == 4
     assert torch.equal(model.graph.level0.operator.indices, before)  # nothing loaded
     model.on_load_checkpoint(_forged(lambda state: None))  # the untouched checkpoint loads
+
+
+@pytest.mark.parametrize(("setting", "quoted"), [
+    ({"barrier_scale": float("inf")}, "barrier_scale must be between 1e-06 and 1e+06"),  # gamma 0: trained nothing
+    ({"barrier_scale": 1e-320}, "got 1e-320"),  # gamma infinite from step 1: reported as a divergence
+    ({"barrier_scale": float("nan")}, "got nan"),
+    ({"barrier_scale": 1e7}, "got 10000000.0"),
+    ({"complexity_limit": float("inf")}, "complexity_limit must be a finite number > 0, got inf"),
+    ({"complexity_limit": float("nan"), "barrier_scale": 0.0}, "got nan; barrier_scale must be"),
+])  # fmt: skip
+def test_a_barrier_that_would_zero_or_blow_up_the_loss_is_refused(setting: dict, quoted: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        GraphCoreConfig(**setting)
+    assert quoted in str(refused.value)
+    GraphCoreConfig(barrier_scale=1e-6, complexity_limit=1e300)  # the range's ends are taken
+
+
+def test_an_infinite_barrier_scale_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "1")
+    assert fit(*root, "--model.init_args.config.barrier_scale", ".inf", config=PRESET) == 2
+    assert "barrier_scale must be between 1e-06 and 1e+06" in capsys.readouterr().err
