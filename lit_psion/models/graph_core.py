@@ -29,6 +29,7 @@ from lit_psion.nn.barrier import Barrier
 from lit_psion.nn.delta_log import DeltaStateLog
 from lit_psion.nn.graph import Graph, SuperGraph, max_levels
 from lit_psion.nn.optim import LARGEST_RATE, a_rate, finite_steps, warmup_cosine
+from lit_psion.nn.sizes import size_problem
 from lit_psion.nn.sparse import SparseMaskedLinear
 
 SCALES = (1e-6, 1e6)
@@ -109,6 +110,9 @@ class GraphCoreConfig:
             problems.append(f"the initial structure has {self.initial_complexity} entries, at or above "
                             f"complexity_limit {self.complexity_limit!r}: "
                             "raise the limit or start smaller")  # fmt: skip
+        if not problems and (problem := size_problem("the graph", self.parameter_count, {
+                name: getattr(self, name) for name in ("n_nodes", "node_dim", "max_history_length", "state_hidden")})):
+            problems.append(problem)
         if not a_rate(self.lr) or not 0 <= self.min_lr_ratio <= 1:
             problems.append(f"lr must be a finite number > 0 and at most {LARGEST_RATE:.3g}, and "
                             f"min_lr_ratio in [0, 1], got {self.lr!r} and {self.min_lr_ratio!r}")  # fmt: skip
@@ -116,6 +120,12 @@ class GraphCoreConfig:
             problems.append(f"decay_steps must be >= 1 or null (the trainer's max_steps), got {self.decay_steps!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def parameter_count(self) -> int:
+        """The level-0 operator's dense weight (the dense path builds it) and its node MLPs, from the config."""
+        history_width = self.max_history_length * self.state_dim
+        return self.state_dim * history_width + self.n_nodes * self.hidden_units * (history_width + self.node_dim + 1)
 
     @property
     def state_dim(self) -> int:

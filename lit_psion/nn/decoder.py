@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_psion.core.errors import ConfigError
+from lit_psion.nn.sizes import size_problem
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -58,8 +59,18 @@ class DecoderConfig:
             problems.append(f"rope_base must be a finite number > 1, got {self.rope_base!r}")
         if not (math.isfinite(self.norm_eps) and self.norm_eps > 0):  # below 0: the RMS of a small row is NaN
             problems.append(f"norm_eps must be a finite number > 0, got {self.norm_eps!r}")
+        sizes = ("vocab_size", "block_size", "n_layer", "d_model", "mlp_ratio")
+        if not problems and (problem := size_problem("the decoder", self.parameter_count,
+                                                     {name: getattr(self, name) for name in sizes})):  # fmt: skip
+            problems.append(problem)
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def parameter_count(self) -> int:
+        """Its parameters and RoPE tables, estimated from the shape (before anything is allocated)."""
+        d, embeddings = self.d_model, self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
+        return embeddings + self.n_layer * (4 * d * d + 3 * d * self.mlp_hidden + 2 * d) + self.block_size * d
 
     @property
     def head_dim(self) -> int:

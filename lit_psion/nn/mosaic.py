@@ -34,6 +34,7 @@ from torch import nn
 
 from lit_psion.core.errors import ConfigError
 from lit_psion.nn.decoder import Block, Decoder, DecoderConfig, check_attention_window
+from lit_psion.nn.sizes import size_problem
 
 N_OPCODES, WRITE, READ = 3, 1, 2
 MEMORY_ADDRESSING = "previous_position"
@@ -74,6 +75,10 @@ class MosaicConfig:
         if not problems and self.mem_buckets > 2**63:  # a bucket id is the sum of its bits' powers, in an int64
             problems.append(f"mem_buckets must be at most 2**63 (a bucket id is a 64-bit integer), got "
                             f"{self.mem_buckets!r}")  # fmt: skip
+        if not problems and (problem := size_problem("the memory's hyperplanes", self.mem_hashes * self.mem_key_dim
+                                                     * self.hash_bits, {"mem_hashes": self.mem_hashes,
+                                                                        "mem_key_dim": self.mem_key_dim})):  # fmt: skip
+            problems.append(problem)
         if not isinstance(self.memory, bool):
             problems.append(f"memory must be true or false, got {self.memory!r}")
         if problem := check_attention_window(self.attention_window):
@@ -148,6 +153,10 @@ class Mosaic(nn.Module):
         self.memory_layer = mosaic.memory_layer if mosaic.memory_layer is not None else decoder.n_layer // 2
         if not 0 <= self.memory_layer <= decoder.n_layer:
             raise ConfigError(f"memory_layer must be in [0, n_layer={decoder.n_layer}], got {self.memory_layer!r}")
+        total = decoder.parameter_count + decoder.d_model * (mosaic.mem_key_dim + 3 * decoder.d_model)
+        sizes = {"d_model": decoder.d_model, "mem_key_dim": mosaic.mem_key_dim}
+        if mosaic.memory and (problem := size_problem("the decoder and memory", total, sizes)):
+            raise ConfigError(problem)
         self.memory = HashedMemory(decoder.d_model, mosaic) if mosaic.memory else None
         self.opcode_head = nn.Linear(decoder.d_model, N_OPCODES)
         self.commitment_head = nn.Linear(decoder.d_model, 3) if mosaic.commitment_head else None

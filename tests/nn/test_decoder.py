@@ -156,3 +156,21 @@ def test_a_token_beyond_the_stacked_windows_never_reaches_a_later_position(n_lay
 def test_a_bad_attention_window_is_refused_quoting_it(window: object) -> None:
     with pytest.raises(ConfigError, match=f"attention_window must be a positive integer or None.*got {window!r}"):
         Decoder(DecoderConfig(**TINY), attention_window=window)
+
+
+def test_a_model_too_large_to_allocate_is_refused_from_its_config() -> None:
+    """d_model 1e9 reached the allocator (exit 1, DefaultCPUAllocator); sizes are now estimated first (exit 2)."""
+    import pytest
+
+    from lit_psion.core.errors import ConfigError
+    from lit_psion.models.graph_core import GraphCoreConfig
+    from lit_psion.nn.decoder import DecoderConfig
+    from lit_psion.nn.mosaic import MosaicConfig
+
+    for build, named in ((lambda: DecoderConfig(d_model=1_000_000_000), "d_model=1000000000"),
+                         (lambda: MosaicConfig(mem_key_dim=10**12), "mem_key_dim=1000000000000"),
+                         (lambda: GraphCoreConfig(state_function="mlp", state_hidden=10**12), "state_hidden=")):
+        with pytest.raises(ConfigError, match="lower these sizes") as refused:
+            build()
+        assert named in str(refused.value)
+    assert DecoderConfig(d_model=2048, n_layer=24, vocab_size=50_000).parameter_count > 10**9  # 1.3e9: still taken
