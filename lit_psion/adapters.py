@@ -37,9 +37,9 @@ from lit_psion.core import (
     sha256_json,
 )
 from lit_psion.core.chain import ReceiptLog
-from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError, LockedError
 from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_run
-from lit_psion.core.lock import LOCK_FILE, RunLock
+from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
 from lit_psion.core.receipts import AdapterExportReceipt
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
@@ -121,6 +121,7 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
         hint = (f"its adapter/ does: give {str(directory / 'adapter')!r}" if (directory / "adapter" / META_FILE)
                 .is_file() else "export an adapter first (adapter export RUN_DIR)")  # fmt: skip
         raise ConfigError(f"{str(directory)!r} holds no {META_FILE}; {hint}")
+    refuse_while_written(directory)
     meta = _read_meta(meta_path)
     data = path.read_bytes() if path.is_file() else None
     actual = sha256_bytes(data) if data is not None else "missing"
@@ -140,6 +141,13 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     _require_finite(tensors, repr(str(path)))
     _require_lora_shapes(tensors, meta["rank"], meta["dtype"], repr(str(path)))
     return meta, tensors
+
+
+def refuse_while_written(directory: Path) -> None:
+    """Refuse (exit 8) to read an export or merge that is being written: between its files it would not verify."""
+    if (holder := lock_holder(directory)) is not None:
+        raise LockedError(f"{str(directory)!r} is being written by {holder.describe()}; read it once that has "
+                          "finished")  # fmt: skip
 
 
 def _require_lora_shapes(tensors: dict[str, torch.Tensor], rank: int, dtype: str, what: str) -> None:

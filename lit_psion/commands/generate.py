@@ -200,9 +200,10 @@ def _merged(path: Path) -> tuple[Any, None]:
     """A merged adapter directory: ``model.safetensors`` held to the sha256 ``merge.json`` records."""
     from safetensors.torch import load
 
-    from lit_psion.adapters import MERGED_HEADER_KEY, MERGED_TOKENIZER_KEY
+    from lit_psion.adapters import MERGED_HEADER_KEY, MERGED_TOKENIZER_KEY, refuse_while_written
     from lit_psion.nn.decoder import Decoder, DecoderConfig
 
+    refuse_while_written(path)
     fix = "merge the adapter again (adapter merge)"
     try:
         record = read_json(path / MERGE_RECORD)

@@ -101,3 +101,31 @@ def test_a_refused_merge_leaves_none_of_the_directories_it_made(
     assert main(["adapter", "merge", str(exported), "--base", str(tmp_path / "nowhere"), "--out", str(out)]) == 4
     assert "does not exist" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
+def test_an_export_or_merge_being_written_is_not_read(
+    base: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixtures above)
+) -> None:
+    """Writers take the output's lock, but `adapter inspect`, a merge of the export and `generate` read it without
+    asking: between its two files an export read as edited (exit 4), a merge as not the one merge.json records."""
+    import shutil
+
+    from lit_psion.cli import main
+    from lit_psion.core.lock import RunLock
+
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    shutil.copytree(exported, adapter)
+    assert main(["adapter", "merge", str(adapter), "--base", str(base), "--out", str(merged)]) == 0
+    tokenizer = str(base / "tokenizer.json")
+    reads = {adapter: [["adapter", "inspect", str(adapter)],
+                       ["adapter", "merge", str(adapter), "--base", str(base), "--out", str(tmp_path / "m2")]],
+             merged: [["generate", str(merged), "--tokenizer", tokenizer, "--tokens", "2"]]}  # fmt: skip
+    for directory, commands in reads.items():
+        with RunLock(directory, purpose=f"adapter merge into {directory}"):
+            for argv in commands:
+                capsys.readouterr()
+                assert main(argv) == 8, argv
+                (line,) = capsys.readouterr().err.strip().splitlines()
+                assert "is being written by" in line and "read it once that has finished" in line, line
+        for argv in commands:
+            assert main(argv) == 0, argv  # released: read as before
