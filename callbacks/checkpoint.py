@@ -335,16 +335,14 @@ def shared_settings(config_yaml: str | None) -> dict[str, Any]:
 
 def data_settings(config_yaml: str | None) -> dict[str, Any]:
     """The data settings of ``config_yaml`` every rank of one fit must share, as dotted keys: what decides the global
-    batches beyond the data manifest (the global batch size among them). Not the paths, which may differ by node
-    (the manifest's digest compares the content), nor how many loader workers a node runs, nor the tokenizer's
-    kind and vocabulary size: the manifest records the tokenizer they give (a char tokenizer has no size to give)."""
+    batches beyond the data manifest. Not paths (the manifest compares the content), loader workers, nor the
+    tokenizer's kind and size or max_bytes (the manifest pins the tokenizer they give and the text it lets in)."""
     try:
         config = yaml.safe_load(config_yaml) if config_yaml is not None else None
     except (yaml.YAMLError, RecursionError, ValueError):
         return {}
     data = config.get("data") if isinstance(config, dict) else None
     leaves = _leaves(data, "data") if isinstance(data, dict) else {}
-    # (what max_bytes lets in, and the tokenizer that tokenizer and vocab_size train, the data manifest pins)
     local = {"files", "cache_dir", "num_workers", "max_bytes", "tokenizer", "vocab_size"}
     return {key: value for key, value in leaves.items()
             if not _names_a_path(name := key.rsplit(".", 1)[-1]) and name not in local}  # fmt: skip

@@ -45,6 +45,7 @@ from lit_psion.datamodules.token_cache import (
     load_token_cache,
     split_streams,
     spot_check,
+    token_cache_hint,
     token_digest,
 )
 from lit_psion.datamodules.tokenizer import (
@@ -463,20 +464,15 @@ class CorpusDataModule(ReplayDataModule):
     def _restore_hint(self, saved: dict[str, Any]) -> str:
         contexts = [getattr(callback, "run_context", None) for callback in getattr(self.trainer, "callbacks", [])]
         start = next((context.resume_from for context in contexts if getattr(context, "resume_from", None)), None)
-        own = f"--config {RunLayout.of(Path(start).parent.parent).config}" if start else "its own config"
-        trained, current, cached = DataManifest.from_json_dict(saved), self.prepare(), self.tokenizer_file is None
-        if start and cached and (hint := tokenizer_settings_hint(RunLayout.of(Path(start).parent.parent).config,
-                                                                 self.tokenizer_kind, self.requested_vocab_size)):
-            return hint  # fmt: skip
-        if start and cached and (hint := cached_tokenizer_hint(self.cache_dir, self.tokenizer_kind,
-                                                                self.requested_vocab_size, trained, current, start)):
-            return hint  # fmt: skip
-        if trained.inputs_digest() == current.inputs_digest() and trained.token_digests != current.token_digests:
-            cache = self.cache_dir / "corpora" / current.inputs_digest()
-            return (f"the text, settings and tokenizer are the run's, but the token cache {str(cache)!r} gives other "
-                    "tokens for them (altered since it was built): remove it (it is built again from the text), "
-                    "then continue")  # fmt: skip
-        return trained.restore_hint(current, own) or super()._restore_hint(saved)
+        run = RunLayout.of(Path(start).parent.parent) if start else None
+        trained, current = DataManifest.from_json_dict(saved), self.prepare()
+        kind, size = self.tokenizer_kind, self.requested_vocab_size
+        cached = run is not None and self.tokenizer_file is None and (  # the run's own tokenizer, from the cache
+            tokenizer_settings_hint(run.config, kind, size)
+            or cached_tokenizer_hint(self.cache_dir, kind, size, trained, current, start))
+        return (cached or token_cache_hint(self.cache_dir / "corpora", trained, current)
+                or trained.restore_hint(current, f"--config {run.config}" if run else "its own config")
+                or super()._restore_hint(saved))  # fmt: skip
 
     @property
     def vocab_size(self) -> int:

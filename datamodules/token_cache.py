@@ -152,3 +152,12 @@ def spot_check(cached: tuple[dict[str, np.ndarray], dict[str, str]], tokenizer: 
                                      "rewritten together with its record)")  # fmt: skip
     return cached
 
+
+def token_cache_hint(corpora: Path, trained: Any, current: Any) -> str | None:
+    """The fix for a resume refused for its data when the text, settings and tokenizer (data manifests ``trained``
+    and ``current``) are the run's and only the token cache under ``corpora`` gave other tokens; None otherwise."""
+    if trained.inputs_digest() != current.inputs_digest() or trained.token_digests == current.token_digests:
+        return None
+    cache = corpora / current.inputs_digest()
+    return (f"the text, settings and tokenizer are the run's, but the token cache {str(cache)!r} gives other tokens "
+            "for them (altered since it was built): remove it (it is built again from the text), then continue")

@@ -35,7 +35,7 @@ def raised_in_lightning(error: BaseException) -> bool:
                for frame in frames)  # fmt: skip
 
 
-NO_ACCELERATOR = ("no supported gpu backend", "is not available")
+NO_ACCELERATOR = ("no supported gpu backend", "the accelerator is not available")
 """Lightning's words for an accelerator this machine lacks (``gpu``/``cuda``/``mps`` without one)."""
 
 
