@@ -125,6 +125,14 @@ class Program:
                                 f"(settings_sha256 {values.get('settings_sha256')!r}, they hash to "
                                 f"{sha256_json(values['settings'])}); a program's settings are fixed at init: restore "
                                 "program.json, or init a new program with the settings you want")  # fmt: skip
+        first = self.window_dir("w-0001") / RECEIPTS_FILE
+        planned = (self._planning_receipt("w-0001").get("detail") or {}) if first.exists() else {}
+        if planned.get("settings_sha256", values["settings_sha256"]) != values["settings_sha256"]:
+            raise EvidenceError(f"{str(self.settings_path)!r}: its settings are not the ones the program's windows "
+                                f"were planned with (w-0001's planned receipt records settings_sha256 "
+                                f"{str(planned['settings_sha256'])[:12]}..., program.json "
+                                f"{str(values['settings_sha256'])[:12]}...); a program's settings are fixed at init: "
+                                "restore program.json from a backup")  # fmt: skip
         return ProgramSettings.from_mapping(values["settings"], repr(str(self.settings_path)))
 
     def tokenizer(self) -> Path:
@@ -181,6 +189,10 @@ class Program:
 
     def _planned_digest(self, window_id: str) -> str | None:
         """The plan digest the window's first receipt (``planned``) records."""
+        return self._planning_receipt(window_id).get("plan_digest")
+
+    def _planning_receipt(self, window_id: str) -> dict[str, Any]:
+        """The body of the window's first receipt (``planned``)."""
         from lit_psion.core.chain import parse_receipt
 
         path = self.window_dir(window_id) / RECEIPTS_FILE
@@ -193,7 +205,7 @@ class Program:
             ) from error
         if first.kind != "window_state" or first.body.get("state") != PLANNED:
             raise EvidenceError(f"{str(path)!r} does not start with the window's planning receipt; it was edited")
-        return first.body.get("plan_digest")
+        return first.body
 
     def state(self, window_id: str) -> str:
         return self.state_record(window_id)["state"]
@@ -404,8 +416,8 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
         tokenizer = record(program.settings_path, ("tokenizer_sha256",))["tokenizer_sha256"]
         log.append(WindowStateReceipt(window_id=window_id, previous=None, state=PLANNED, plan_digest=plan.digest,
                                       detail={"previous_window": previous, "input_revision": plan.input_revision,
-                                              "assignments": len(plan.assignments),
-                                              "tokenizer_sha256": tokenizer}))  # fmt: skip
+                                              "assignments": len(plan.assignments), "tokenizer_sha256": tokenizer,
+                                              "settings_sha256": values["settings_sha256"]}))  # fmt: skip
         head = log.head
     finally:
         log.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lit_psion.cli import main
-from lit_psion.core import read_json
+from lit_psion.core import read_json, sha256_json
 from lit_psion.core.chain import verify_log
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.run import read_latest
@@ -376,6 +376,16 @@ def test_a_programs_data_tokenizer_and_pointer_are_held_to_its_windows(
         assert main(command) == 5, command
         assert "w-0001 was planned with tokenizer" in capsys.readouterr().err
     tokenizer.write_bytes(saved[0])
+    settings.write_bytes(saved[1])
+
+    # a setting edited with its digest recomputed passed plan, status and verify: the next window was planned on it
+    values = read_json(settings)
+    edited = {**values["settings"], "gate": {**values["settings"]["gate"], "min_delta": 0.5}}
+    settings.write_text(json.dumps({**values, "settings": edited, "settings_sha256": sha256_json(edited)}))
+    for command in ("plan", "status", "verify"):
+        assert main(["window", command, str(root)]) == 5, command
+        assert "not the ones the program's windows were planned with" in capsys.readouterr().err
+    assert Program(root).window_ids() == ["w-0001"]
     settings.write_bytes(saved[1])
 
     copy = root / "revisions" / "copy"
