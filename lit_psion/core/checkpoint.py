@@ -28,6 +28,7 @@ from lit_psion.core.chain import cut_short
 from lit_psion.core.errors import CheckpointError, EvidenceError
 from lit_psion.core.files import read_json, unique_keys
 from lit_psion.core.layout import RunLayout, linked, step_of
+from lit_psion.core.loadable import structure_problem
 from lit_psion.core.pointer import read_pointer
 
 MANIFEST_FILE = "manifest.json"
@@ -207,6 +208,10 @@ def verify_checkpoint(directory: str | Path, manifest_sha256: str | None = None)
             _read_verified(directory, name, expected, hold=False)
         else:
             contents[name] = _read_verified(directory, name, expected)
+            if (problem := structure_problem(name, contents[name])) is not None:
+                raise CheckpointError(f"checkpoint file {str(directory / name)!r} matches its manifest but cannot be "
+                                      f"loaded: {problem} (the manifest was written over a damaged file); restore the "
+                                      "checkpoint from a backup")  # fmt: skip
     return VerifiedCheckpoint(path=directory, manifest=manifest, manifest_sha256=actual_manifest, contents=contents)
 
 

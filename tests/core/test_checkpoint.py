@@ -7,10 +7,12 @@ import hashlib
 import io
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lit_psion.core import RunLayout
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, resolve_checkpoint, verify_checkpoint
@@ -65,7 +67,14 @@ def test_verify_returns_the_bytes_it_hashed(layout: RunLayout) -> None:
     assert verified.manifest.run_id == "run-a"
 
 
-SHARDS = {"__0_0.distcp": b"shard zero", "__1_0.distcp": b"shard one", ".metadata": b"meta", "trainer_state.pt": b"st"}
+def _saved(value: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+SHARDS = {"__0_0.distcp": b"shard zero", "__1_0.distcp": b"shard one", ".metadata": pickle.dumps("meta"),
+          "trainer_state.pt": _saved({"global_step": 3})}  # fmt: skip
 
 
 def test_a_sharded_checkpoint_verifies_every_shard_but_holds_none_of_them(layout: RunLayout) -> None:
@@ -91,7 +100,7 @@ def test_a_shard_changed_after_verification_is_refused_when_read(layout: RunLayo
     tamper(verified.path / "__0_0.distcp")
     with pytest.raises(CheckpointError, match=f"{message}.*changed after the checkpoint was verified"):
         verified.read("__0_0.distcp")
-    assert verified.read("__1_0.distcp") == b"shard one" and verified.read(".metadata") == b"meta"
+    assert verified.read("__1_0.distcp") == b"shard one" and verified.read(".metadata") == SHARDS[".metadata"]
 
 
 def test_a_shard_is_refused_at_verification_as_before(layout: RunLayout) -> None:
