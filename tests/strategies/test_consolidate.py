@@ -201,3 +201,32 @@ def test_a_link_in_place_of_the_runs_consolidated_directory_is_not_followed_into
     after = {path.relative_to(run): path.read_bytes() for path in (run / "checkpoints").rglob("*") if path.is_file()}
     assert after == before
     assert main(["ckpt", "verify", str(run)]) == 0
+
+
+def test_a_copy_consolidated_from_a_checkpoint_the_run_does_not_record_is_refused(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A consolidated copy is trusted for its source: a copy gathered (by the Python API, past the CLI's checks)
+    from other weights under a consistently rewritten manifest of the run's step was loaded by ``--ckpt_path``,
+    with its own manifest and consolidation receipt both whole."""
+    from lit_psion.checkpoint_io import consolidate
+    from lit_psion.cli import _as_its_run_receipted
+
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run)
+    forged = tmp_path / "elsewhere" / "checkpoints" / "step-000012"
+    shutil.copytree(run / "checkpoints" / "step-000012", forged)
+    _flip("__0_0.distcp")(forged)
+    manifest = read_json(forged / MANIFEST_FILE)
+    manifest["files"]["__0_0.distcp"]["sha256"] = sha256_file(forged / "__0_0.distcp")
+    (forged / MANIFEST_FILE).write_text(json.dumps(manifest))
+    consolidate(verify_checkpoint(forged), run / "consolidated")
+    copy = run / "consolidated" / "step-000012"
+    assert verify_checkpoint(copy).manifest.consolidated_from == verify_checkpoint(forged).manifest_sha256
+    capsys.readouterr()
+    assert main(["validate", "--config", TINY, "--ckpt_path", str(copy)]) == 4
+    err = capsys.readouterr().err
+    assert "was consolidated from a checkpoint the run's receipts do not record" in err, err
+    shutil.rmtree(run / "consolidated")
+    assert main(["ckpt", "consolidate", str(run)]) == 0  # the honest copy, of the receipted checkpoint, is trusted
+    assert _as_its_run_receipted(verify_checkpoint(copy)).path == copy

@@ -1,0 +1,55 @@
+"""An allocation the machine refuses is the sizes asked for, named in one line (exit 2), not an unexpected error:
+a model under the size limit (its float32 weights fit in physical memory) can still not fit beside what else
+the machine holds."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_psion.commands.fit_args import known_cause
+from lit_psion.core.errors import ConfigError
+from tests.helpers import subprocess_env
+
+SHAKESPEARE = "configs/shakespeare_char.yaml"
+
+
+def _address_space(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_a_model_the_allocator_refuses_is_exit_2_and_leaves_no_run(tmp_path: Path) -> None:
+    """It was exit 1: "unexpected error: RuntimeError: [enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator:
+    can't allocate memory". About 1.6B parameters (6.4 GB) under a 5 GB address space."""
+    command = [sys.executable, "-m", "lit_psion", "fit", "--config", SHAKESPEARE, "--data.files",
+               "fixtures/tiny_corpus.txt", "--model.decoder.d_model", "4096", "--model.decoder.n_head", "32",
+               "--model.decoder.n_layer", "8", "--trainer.max_steps", "2", "--trainer.default_root_dir",
+               str(tmp_path / "runs")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=_address_space(5 * 10**9),
+                            env=subprocess_env(OMP_NUM_THREADS="1", LIT_PSION_CACHE=str(tmp_path / "cache")))
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lit_psion:")]
+    assert len(lines) == 1 and "ran out of memory (can't allocate memory: you tried to allocate" in lines[0], lines
+    assert "model.decoder.d_model" in lines[0] and "Traceback" not in result.stderr
+    assert not any((tmp_path / "runs").glob("*/run.json"))
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 10 bytes. Error code 12 (Cannot allocate memory)"),
+    type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2.00 GiB"),
+])  # fmt: skip
+def test_each_kind_of_refused_allocation_is_named(error: BaseException) -> None:
+    wrapped = RuntimeError("while building the model")
+    wrapped.__cause__ = error
+    cause = known_cause(wrapped)
+    assert isinstance(cause, ConfigError) and str(cause).startswith("the machine ran out of memory (")
+
+
+def test_other_runtime_errors_are_not_called_memory() -> None:
+    assert known_cause(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
