@@ -227,3 +227,22 @@ def test_a_log_cut_below_run_jsons_head_and_appended_to_vouches_for_no_checkpoin
     assert main(["ckpt", "verify", step6]) == 5
     assert fit("--trainer.default_root_dir", str(tmp_path / "new"), "--trainer.max_steps", "8", "--ckpt_path",
                step6) == 5  # fmt: skip
+
+
+def test_a_plain_run_that_failed_takes_no_made_up_checkpoint_of_its_last_step(tmp_path: Path) -> None:
+    """The rule alone: a fit that failed (an error in step 7) had receipted every step it did, so a made-up
+    checkpoint of its last step, anchored at run.json's own head and step, agrees with every step receipt and with
+    run.json; only the run having ended (it failed after writing every checkpoint's receipt) refuses it."""
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps",
+               "4", "--trainer.callbacks+=tests.callbacks.test_reports.FailAtStep") == 1  # fmt: skip
+    run = root / read_latest(root)
+    record = read_json(run / "run.json")
+    assert (record["status"], record["global_step"]) == ("failed", 6)
+    assert [r["body"]["step_out"] for r in _receipts(run, "trainer_step")][-1] == 6  # every step done is receipted
+    forged = shutil.copytree(run / "checkpoints" / "step-000004", run / "checkpoints" / "step-000006")
+    _replace_weights(forged, step=6, head=record["receipts_head"])
+    layout, rejected = RunLayout.of(run), []
+    assert resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout)).step == 4
+    assert "the run failed after writing every checkpoint's receipt" in rejected[0].reason, rejected[0].reason
+    assert main(["ckpt", "verify", str(forged)]) == 4
