@@ -206,11 +206,15 @@ class RunDirectory(Callback):
                               "not in it (rows not yet flushed when a run is killed are lost, as are rows cut from "
                               "the file); each step's loss is in the receipts; training goes on",
                               file=sys.stderr)  # fmt: skip
+        config = self.run_context.config_yaml if trainer.is_global_zero else None
+        new = config is not None and not self.run_context.layout.config.exists()
+        if new:  # before the run.json that records its digest: a Ctrl-C between them left a run without its config
+            atomic_write_text(self.run_context.layout.config, config)
         self._update(trainer, RunStatus.ACTIVE)
-        if trainer.is_global_zero and self.run_context.config_yaml is not None:
+        if config is not None and not new:
             # After run.json: a crash in between leaves the previous config.yaml, whose digest the chain's earlier
             # training_run receipts hold (a resume accepts that; a config.yaml no receipt knows is refused).
-            atomic_write_text(self.run_context.layout.config, self.run_context.config_yaml)
+            atomic_write_text(self.run_context.layout.config, config)
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -76,16 +76,36 @@ def test_a_negative_value_a_command_takes_for_a_flag_says_how_to_give_it(capsys:
 
     capsys.readouterr()
     assert main(["window", "run", "somewhere", "--deadline", "-inf"]) == 2
-    assert capsys.readouterr().err.strip() == ("lit_psion: error: argument --deadline: expected one argument, written "
-                                               "as --FLAG=VALUE when the value starts with '-' (such as "
-                                               "--deadline=-1)")  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        "lit_psion: error: python -m lit_psion window run: argument --deadline: expected one argument, written as "
+        "--FLAG=VALUE when the value starts with '-' (such as --deadline=-1) (see python -m lit_psion window run "
+        "--help)")  # fmt: skip
 
 
 def test_a_value_read_as_a_flag_is_shown_with_the_flag_it_was_given_to(capsys: pytest.CaptureFixture) -> None:
     """`generate RUN --prompt --tokens 3` was told "(such as --deadline=-1)", a flag of another command."""
     capsys.readouterr()
     assert main(["generate", "somewhere", "--prompt", "--tokens", "3"]) == 2
-    assert capsys.readouterr().err.strip().endswith("(such as --prompt=-1)")
+    assert "(such as --prompt=-1) (see python -m lit_psion generate --help)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["receipts", "check", "somewhere"], "python -m lit_psion receipts: argument action: invalid choice: 'check' "
+                                         "(choose from 'verify') (see python -m lit_psion receipts --help)"),
+    (["ckpt", "verify", "somewhere", "--out"], "python -m lit_psion ckpt: argument --out: expected one argument"),
+    (["fit", "--confg", "configs/decoder_tiny.yaml"], "unrecognized arguments: --confg configs/decoder_tiny.yaml; did "
+                                                      "you mean --config?"),
+    (["validate", "--ckpt_pth", "last"], "unrecognized arguments: --ckpt_pth last; did you mean --ckpt_path?"),
+])  # fmt: skip
+def test_a_misspelt_command_word_or_flag_is_one_line_naming_the_fix(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture
+) -> None:
+    """`receipts check` was argparse's bare "argument action: invalid choice", without the command or its --help that
+    every other complaint names; `--confg` had no suggestion, though `--trainer.max_stepz` had one."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
 
 
 def test_a_fit_prints_no_lightning_chatter_a_user_cannot_act_on(tmp_path: Path) -> None:

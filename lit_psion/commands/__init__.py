@@ -24,6 +24,20 @@ class CommandParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):  # argparse's own signature
+        try:
+            return super().parse_known_args(args, namespace)
+        except argparse.ArgumentError as error:  # an invalid choice or value: named as every other complaint is
+            self.error(f"{error}{equals_hint(error)}")
+
+def equals_hint(error: argparse.ArgumentError) -> str:
+    """How to give a value argparse took for a flag (``--deadline -inf``), if that is what ``error`` says."""
+    if not str(error).endswith("expected one argument"):
+        return ""
+    flag = error.argument_name.split("/")[-1] if error.argument_name else "--FLAG"
+    return f", written as --FLAG=VALUE when the value starts with '-' (such as {flag}=-1)"
+
+
 COMMANDS_MODULES = {
     "receipts": "lit_psion.commands.receipts",
     "ckpt": "lit_psion.commands.ckpt",
@@ -117,11 +131,8 @@ def run_command(argv: list[str]) -> int:
         if os.environ.get("LIT_PSION_DEBUG"):
             raise
         known = lit_psion_cause(error)
-        if known is None and isinstance(error, argparse.ArgumentError):
-            flag = error.argument_name.split("/")[-1] if error.argument_name else "--FLAG"
-            hint = (f", written as --FLAG=VALUE when the value starts with '-' (such as {flag}=-1)"
-                    if str(error).endswith("expected one argument") else "")  # argparse took the value for a flag
-            known = ConfigError(f"{error}{hint}")
+        if known is None and isinstance(error, argparse.ArgumentError):  # a parser other than CommandParser's
+            known = ConfigError(f"{error}{equals_hint(error)}")
         if known is not None:
             print(f"lit_psion: error: {' '.join(str(known).split())}", file=sys.stderr)
             return known.exit_code

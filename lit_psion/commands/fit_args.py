@@ -231,6 +231,11 @@ _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>
                           r"(?: (?!- )(?P<value>\S+))?")  # (none: an empty value, before the next problem's "- ")
 
 
+TOP_LEVEL_FLAGS = ("config", "ckpt_path", "seed_everything", "print_config", "weights_only", "trainer", "model",
+                   "data", "checkpoint", "receipts", "telemetry", "dashboard", "progress_bar")  # fmt: skip
+"""The training commands' flags outside a group (``fit --help``), for a typo's suggestion."""
+
+
 def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     """jsonargparse's message for a value of the wrong type, or for a class given settings it does not take, as the
     one line that matters: which setting or class, what was wrong, and where the settings are listed (else
@@ -258,6 +263,11 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
 
         near = difflib.get_close_matches(unknown[1].split(".", 1)[1], inspect.signature(Trainer).parameters, n=1)
         return f"{message.strip()}" + (f"; did you mean trainer.{near[0]}?" if near else "")
+    if (unknown := re.search(r"unrecognized arguments: --(\w+)(?:[= ]|$)", flat)) is not None:  # a top-level flag
+        import difflib
+
+        near = difflib.get_close_matches(unknown[1], TOP_LEVEL_FLAGS, n=1)
+        return f"{message.strip()}" + (f"; did you mean --{near[0]}?" if near else "")
     keys = re.findall(r'Parser key "([^"]+)"', flat)
     if keys and (choice := _LITERAL.search(flat)) is not None:  # a setting of fixed choices (an optimizer's name)
         return f"{'.'.join(keys)}: {choice['value']!r} is not one of {choice['choices']}; give one of them"

@@ -21,6 +21,8 @@ def run_layout(run_dir: Path) -> RunLayout:
     """The layout of ``run_dir``, refused in one line when it is not a run directory (a link to one is followed: these
     commands only read)."""
     layout = RunLayout.of(run_dir)
+    if not layout.is_run() and (kind := kept_by_another_command(run_dir)) is not None:
+        raise ConfigError(f"{str(run_dir)!r} is {kind}, not a fit's run directory")
     if not layout.is_run() and layout.receipts.is_file() and not layout.checkpoints.exists() and not (
             layout.run_file.exists() or layout.run_file.is_symlink()):  # fmt: skip
         again = "" if torn_tail(layout.receipts) else (f", or start it again in place with {RUN_ID_ENV}="
@@ -36,6 +38,30 @@ def run_layout(run_dir: Path) -> RunLayout:
         raise ConfigError(not_a_run(run_dir))
     layout.refuse_special_files()
     return layout
+
+
+def kept_by_another_command(directory: Path) -> str | None:
+    """What ``directory`` is, and the command that checks it, when it holds receipts without being a fit's run: a
+    session's run, an adapter export or merge, consolidated copies, an adapter window (else None). Read as a run
+    that stopped as it started, these were "nothing of it needs keeping; delete" it."""
+    python = "python -m lit_psion"
+    if directory.parent.name == "runs" and (directory.parent.parent / "meta.json").is_file():
+        session = directory.parent.parent
+        return (f"a run of session {session.name!r}; `{python} session verify --artifacts_root "
+                f"{session.parent.parent} --session_id {session.name}` checks it (`receipts verify` its log)")
+    if any((directory / name).is_file() for name in ADAPTER_OUTPUTS):
+        return (f"an adapter export's or merge's output; `{python} adapter inspect {directory}` checks it "
+                "(`receipts verify` its log)")  # fmt: skip
+    if directory.name == "consolidated" and RunLayout.of(directory.parent).is_run():
+        return f"run {directory.parent.name!r}'s consolidated copies; give the run: {directory.parent}"
+    if _consolidation_log_outside_a_run(directory) is not None:
+        return (f"a `ckpt consolidate --out` directory; `{python} ckpt verify {directory}/step-NNNNNN` checks a copy "
+                "(`receipts verify` its log)")  # fmt: skip
+    if directory.parent.name == "windows" and (directory.parent.parent / "program.json").is_file():
+        return f"a window of an adapter window program; `{python} window verify {directory.parent.parent}` checks it"
+    if (directory / "program.json").is_file():
+        return f"an adapter window program; `{python} window verify {directory}` checks it"
+    return None
 
 
 def refuse_a_live_run(layout: RunLayout, command: str) -> None:
@@ -72,6 +98,14 @@ def main(args: list[str]) -> None:
             raise EvidenceError(f"{str(log)!r}: {result.describe()}")
         print(f"ok: {result.describe()} (an adapter export's or merge's log; adapter inspect, or generate, checks its "
               "files)")  # fmt: skip
+        return
+    if given.parent.name == "windows" and (given.parent.parent / "program.json").is_file() and (
+            given / RECEIPTS_FILE).is_file():  # fmt: skip
+        result = verify_log(given / RECEIPTS_FILE, run_id=f"window:{given.name}")
+        if not result.ok:
+            raise EvidenceError(f"{str(given / RECEIPTS_FILE)!r}: {result.describe()}")
+        print(f"ok: {result.describe()} (an adapter window's log; window verify {given.parent.parent} checks it with "
+              "the program)")  # fmt: skip
         return
     if (recorded := _session_run_record(given)) is not None:
         _verify_session_run(given, recorded)

@@ -333,3 +333,26 @@ def test_a_new_fit_over_a_paused_latest_run_says_how_that_one_is_continued(made:
             ) in capsys.readouterr().err  # fmt: skip
     assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0  # the latest: completed
     assert "note: the latest run" not in capsys.readouterr().err
+
+
+def test_a_ctrl_c_as_a_new_run_starts_leaves_its_config_with_its_run_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.json (recording config.yaml's digest) was written before config.yaml: a Ctrl-C between the two left a
+    paused run that `doctor` called damaged ("config.yaml: missing ... restore it from a backup", exit 3)."""
+    from lit_psion.callbacks.run_dir import RunDirectory
+    from lit_psion.core.run import RunStatus
+
+    update = RunDirectory._update
+
+    def interrupted_after_active(self, trainer, status, failure=None):
+        update(self, trainer, status, failure)
+        if status == RunStatus.ACTIVE:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDirectory, "_update", interrupted_after_active)
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 130
+    run = tmp_path / read_latest(tmp_path)
+    assert read_json(run / "run.json")["status"] == "paused" and (run / "config.yaml").is_file()
+    monkeypatch.undo()
+    assert main(["doctor", str(run)]) == 0

@@ -314,3 +314,18 @@ def test_a_kill_inside_an_atomic_write_leaves_no_temp_file_after_the_next_writer
     assert session("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "32") == 0
     assert not leftover.exists() and kept.read_text() == "mine"
     assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
+
+
+def test_a_session_run_given_to_a_runs_command_names_session_verify(trained: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """`doctor` and `ckpt verify` read a session's run (receipts, no run.json) as a fit stopped as it started, and
+    said to delete it."""
+    run = next((trained / "sessions" / "s1" / "runs").iterdir())
+    for command in (["doctor", str(run)], ["ckpt", "verify", str(run)]):
+        capsys.readouterr()
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert (f"is a run of session 's1'; `python -m lit_psion session verify --artifacts_root {trained} "
+                "--session_id s1` checks it") in err and "delete" not in err, err
+    assert main(["receipts", "verify", str(run)]) == 0
+    assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0

@@ -108,6 +108,8 @@ def test_the_log_consolidate_out_leaves_elsewhere_is_verified_there(
     capsys.readouterr()
     assert main(["receipts", "verify", str(out)]) == 0
     assert "1 receipts verified, head" in capsys.readouterr().out
+    assert main(["doctor", str(out)]) == 2  # it was "a run stopped as it started: delete it"
+    assert "is a `ckpt consolidate --out` directory; `python -m lit_psion ckpt verify" in capsys.readouterr().err
     log = out / "receipts.jsonl"
     log.write_text(log.read_text().replace('"step": 12', '"step": 13'))
     assert main(["receipts", "verify", str(out)]) == 5
@@ -230,3 +232,6 @@ def test_a_copy_consolidated_from_a_checkpoint_the_run_does_not_record_is_refuse
     shutil.rmtree(run / "consolidated")
     assert main(["ckpt", "consolidate", str(run)]) == 0  # the honest copy, of the receipted checkpoint, is trusted
     assert _as_its_run_receipted(verify_checkpoint(copy)).path == copy
+    capsys.readouterr()
+    assert main(["doctor", str(run / "consolidated")]) == 2  # it was "a run stopped as it started: delete it"
+    assert f"is run {run.name!r}'s consolidated copies; give the run: {run}" in capsys.readouterr().err

@@ -388,6 +388,21 @@ def test_a_programs_data_tokenizer_and_pointer_are_held_to_its_windows(
     assert Program(root).window_ids() == ["w-0001"]
     settings.write_bytes(saved[1])
 
+    # a window or its program given to a run's command was "a run stopped as it started: delete it"
+    window = root / "windows" / "w-0001"
+    for given, names in ((window, "a window of an adapter window program"), (root, "an adapter window program")):
+        for command in (["doctor", str(given)], ["ckpt", "verify", str(given)]):
+            assert main(command) == 2, command
+            err = capsys.readouterr().err
+            assert names in err and f"window verify {root}` checks it" in err and "delete" not in err, err
+    assert main(["receipts", "verify", str(window)]) == 0
+    assert "an adapter window's log" in capsys.readouterr().out
+    log = window / "receipts.jsonl"
+    kept = log.read_bytes()
+    log.write_bytes(kept.replace(b'"planned"', b'"active"', 1))
+    assert main(["receipts", "verify", str(window)]) == 5
+    log.write_bytes(kept)
+
     copy = root / "revisions" / "copy"
     shutil.copytree(root / "revisions" / "base", copy)
     (copy / "manifest.json").write_text((copy / "manifest.json").read_text() + " ")  # another digest, same weights
