@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ def main(args: list[str]) -> None:
     init.add_argument("root", type=Path)
     init.add_argument("--config", type=Path, required=True, help="window settings (configs/window_lora.yaml)")
     init.add_argument("--base", type=Path, required=True, help="the base run directory or checkpoint directory")
+    init.add_argument("--data.files", dest="data_files", nargs="+", default=None, metavar="FILE",
+                      help="the program's text, in place of the config's data.files (paths or globs)")  # fmt: skip
     plan = commands.add_parser("plan", exit_on_error=False, help="plan the next window from the current revision")
     plan.add_argument("root", type=Path)
     plan.add_argument("--contributors", type=int, default=None)
@@ -72,6 +75,9 @@ class _Commands:
         from lit_psion.windows.settings import load_settings
 
         settings = load_settings(parsed.config)
+        if parsed.data_files is not None:  # (a relative path in the config is read from where init runs)
+            files = parsed.data_files[0] if len(parsed.data_files) == 1 else parsed.data_files
+            settings = dataclasses.replace(settings, data={**settings.data, "files": files})
         if parsed.root.exists() and not parsed.root.is_dir():
             raise ConfigError(f"program root {str(parsed.root)!r} is a file; give a directory (created if missing)")
         refuse_output_in_a_run(parsed.root, flag="window init's root")  # (inside a checkpoint too: before its lock)

@@ -12,7 +12,7 @@ import pytest
 from lit_psion.cli import main
 from lit_psion.windows import program as program_module
 from lit_psion.windows.program import Program
-from tests.windows.helpers import new_program, write_settings
+from tests.windows.helpers import SETTINGS, new_program, write_settings
 
 
 def _init(root: Path, settings: Path, base: Path) -> int:
@@ -82,3 +82,19 @@ def test_too_many_contributors_names_how_many_the_slices_left_allow(
     assert main(["window", "plan", str(root), "--contributors", "1"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "this program's slices are used up, or init a new program with more text" in err[0], err
+
+
+def test_init_takes_the_programs_text_from_the_command_line(base: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """configs/window_lora.yaml names ../shared/data/tinyshakespeare.txt, read from where init runs; a clone elsewhere
+    could only copy and edit the preset (`--window.data.files` was an unrecognized argument)."""
+    settings = write_settings(tmp_path / "settings.yaml", data={**SETTINGS["data"], "files": "../nowhere/text.txt"})
+    root = tmp_path / "windows"
+    assert _init(root, settings, base) == 3
+    assert "nowhere/text.txt" in capsys.readouterr().err and not root.exists()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(Path("fixtures/tiny_corpus.txt").read_text())
+    assert main(["window", "init", str(root), "--config", str(settings), "--base", str(base), "--data.files",
+                 str(corpus)]) == 0  # fmt: skip
+    assert Program(root).settings().data["files"] == [str(corpus.resolve())]
+    assert main(["window", "plan", str(root)]) == 0
