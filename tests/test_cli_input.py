@@ -168,3 +168,26 @@ def test_a_root_too_long_for_the_path_limit_is_refused_before_training(tmp_path:
     assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 2
     assert "past this system's 4096-byte path limit; give a shorter path" in one_error_line(capsys.readouterr().err)
     assert not any(tmp_path.iterdir())
+
+
+LOOPED = [  # (argv with LOOP for the link loop, the path the line names)
+    (["doctor", "LOOP"], "LOOP"), (["receipts", "verify", "LOOP"], "LOOP"), (["ckpt", "verify", "LOOP"], "LOOP"),
+    (["ckpt", "consolidate", "LOOP"], "LOOP"), (["generate", "LOOP", "--tokens", "1"], "LOOP"),
+    (["adapter", "export", "LOOP"], "LOOP"), (["mesh", "status", "LOOP"], "LOOP"),
+    (["compare", "fixtures", "--out", "LOOP/sub"], "LOOP/sub"),
+    (["window", "init", "LOOP/x", "--config", "configs/window_lora.yaml", "--base", "fixtures"], "LOOP/x"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "named"), LOOPED, ids=[" ".join(a[:2]) for a, _ in LOOPED])
+def test_a_symbolic_link_loop_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str],
+                                                   named: str) -> None:  # fmt: skip
+    """Path.resolve raises RuntimeError("Symlink loop from ...") on a loop: every command that resolved one was exit 1
+    ("unexpected error")."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    loop = str(tmp_path / "a")
+    capsys.readouterr()
+    assert main([arg.replace("LOOP", loop) for arg in argv]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{named.replace('LOOP', loop)!r} is a symbolic link that leads back to itself" in line, line

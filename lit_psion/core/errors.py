@@ -139,6 +139,16 @@ def raised_at(error: BaseException) -> str:
     return ""
 
 
+def _link_loop(error: BaseException) -> str | None:
+    """The path of a symbolic link loop ``error`` ran into (``Path.resolve`` raises a RuntimeError on one, opening
+    through one an ELOOP OSError), else None."""
+    if isinstance(error, RuntimeError) and str(error).startswith("Symlink loop from "):
+        return str(error).removeprefix("Symlink loop from ").strip("'\"")
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        return str(error.filename)
+    return None
+
+
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     """The lit_psion error behind ``error``, following the exception chain (Lightning wraps some); a
     collective that failed because a peer is gone is a :class:`WorkerCrashed`."""
@@ -150,6 +160,9 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError):
             return current
+        if (loop := _link_loop(current)) is not None:
+            return ConfigError(f"{loop!r} is a symbolic link that leads back to itself (a link loop); remove or fix "
+                               "the link, or give another path")  # fmt: skip
         if type(current).__name__ == "MisconfigurationException":  # Lightning's refusal of a setting or a callback
             return ConfigError(f"Lightning refuses the setup: {current}")
         if lost_peer is None and _is_peer_loss(current):

@@ -268,11 +268,16 @@ def check_global_batch(batch_size: int, nnodes: str, nproc_per_node: int) -> Non
     Raises:
         ConfigError: a world size ``--nnodes`` allows does not divide ``batch_size`` (exit 2).
     """
+    per_node = f" x {nproc_per_node} processes per node" if nproc_per_node > 1 else ""
+    largest = int(nnodes.partition(":")[2] or nnodes) * nproc_per_node
+    if largest > batch_size:  # (checked before the sizes are listed: a MAX of 10**20 filled the machine's memory)
+        raise ConfigError(f"--nnodes {nnodes}{per_node} lets the mesh grow to {largest} processes, more than "
+                          f"batch_size {batch_size} (the global batch) can be split over; give a --nnodes MAX of at "
+                          f"most {batch_size // nproc_per_node}, or a larger --data.batch_size")  # fmt: skip
     sizes = world_sizes(nnodes, nproc_per_node)
     if uneven := [size for size in sizes if batch_size % size]:
         every = math.lcm(*sizes)
         fits = max(every, -(-batch_size // every) * every)
-        per_node = f" x {nproc_per_node} processes per node" if nproc_per_node > 1 else ""
         raise ConfigError(f"batch_size {batch_size} (the global batch) cannot be split evenly over world size "
                           f"{', '.join(map(str, uneven))}, which --nnodes {nnodes}{per_node} lets the mesh take "
                           f"(world sizes {', '.join(map(str, sizes))}); give a --data.batch_size every one divides "

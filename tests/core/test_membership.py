@@ -179,3 +179,20 @@ def test_a_global_batch_must_split_over_every_world_size_the_launch_allows(batch
         return
     with pytest.raises(ConfigError, match=f"batch_size {batch} .* over world size {uneven}, which --nnodes {nnodes}"):
         check_global_batch(batch, nnodes, per_node)
+
+
+@pytest.mark.parametrize(("nnodes", "per_node"), [("1:99999999999999999999", 1), ("1:13", 1), ("2:5", 3), ("20", 1)])
+def test_a_mesh_larger_than_its_global_batch_is_refused_before_its_sizes_are_listed(
+    nnodes: str, per_node: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mesh launch --nnodes 1:99999999999999999999` listed every world size first and filled the machine's memory
+    (killed at 21 GB): no world size larger than the global batch can split it."""
+    from lit_psion.core import membership
+
+    def listing(*args: object) -> list[int]:
+        raise AssertionError("the sizes were listed")
+
+    monkeypatch.setattr(membership, "world_sizes", listing)
+    with pytest.raises(ConfigError, match=r"more than batch_size 12 \(the global batch\) can be split over; give a "
+                                          rf"--nnodes MAX of at most {12 // per_node}"):  # fmt: skip
+        membership.check_global_batch(12, nnodes, per_node)
