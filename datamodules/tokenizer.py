@@ -143,9 +143,11 @@ def event_tokenizer_path(record: dict, cache_dir: Path) -> Path:
 def trusted_entry(path: Path) -> str | None:
     """The cached tokenizer at ``path`` if it loads and hashes to the digest recorded when it was trained
     (:data:`DIGEST_RECORD`, beside it); otherwise None, with any entry there moved aside and one line saying why."""
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return None
     try:
+        if not path.is_file():  # a directory (or a dangling link) in its place: moved aside, never written into
+            raise OSError("not a regular file")
         data = path.read_bytes()
         text = data.decode("utf-8")
         Tokenizer.from_str(text)

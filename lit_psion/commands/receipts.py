@@ -49,7 +49,7 @@ def kept_by_another_command(directory: Path) -> str | None:
         session = directory.parent.parent
         return (f"a run of session {session.name!r}; `{python} session verify --artifacts_root "
                 f"{session.parent.parent} --session_id {session.name}` checks it (`receipts verify` its log)")
-    if any((directory / name).is_file() for name in ADAPTER_OUTPUTS):
+    if any((directory / name).exists() for name in ADAPTER_OUTPUTS):
         return (f"an adapter export's or merge's output; `{python} adapter inspect {directory}` checks it "
                 "(`receipts verify` its log)")  # fmt: skip
     if directory.name == "consolidated" and RunLayout.of(directory.parent).is_run():
@@ -96,6 +96,10 @@ def main(args: list[str]) -> None:
         result = verify_log(log, run_id=_first_run_id(log))
         if not result.ok:
             raise EvidenceError(f"{str(log)!r}: {result.describe()}")
+        if not result.count:  # every export or merge appends its receipt once it has written its files
+            raise EvidenceError(f"{str(log)!r} holds no receipt, but {str(given)!r} holds an export's or merge's "
+                                "files: the log was emptied, or the command was killed before its receipt; restore "
+                                "the log from a backup, or export (or merge) again into a new --out")  # fmt: skip
         print(f"ok: {result.describe()} (an adapter export's or merge's log; adapter inspect, or generate, checks its "
               "files)")  # fmt: skip
         return

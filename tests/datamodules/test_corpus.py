@@ -438,3 +438,23 @@ def test_text_a_given_tokenizer_mostly_cannot_read_is_warned_about(tmp_path: Pat
     foreign.write_text("\n\n".join(["ééé ààà ùùù €€€ ÿÿÿ ôôô ¿¿¿ ¡¡¡ ßßß ñññ ııı øøø"] * 40))
     corpus(tmp_path, "cache-foreign", files=str(foreign), tokenizer_file=str(tokenizer)).prepare()
     assert f"of the data's tokens are unknown to {str(tokenizer)!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("replace", ["a directory", "a dangling link"])
+def test_a_tokenizer_cache_entry_that_is_not_a_file_is_set_aside_and_trained_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture, replace: str
+) -> None:
+    """A directory in the entry's place was read as no entry, trained again, and then written over: exit 1 ("Is a
+    directory", from the rename onto it), in every fit and `events predict` using the cache."""
+    from lit_psion.datamodules.tokenizer import cached_tokenizer
+
+    texts = ["To be, or not to be: that is the question.", "Whether 'tis nobler in the mind"]
+    _, digest = cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))
+    (entry,) = (tmp_path / "tokenizers").glob("*/tokenizer.json")
+    good = entry.read_bytes()
+    entry.unlink()
+    entry.mkdir() if replace == "a directory" else entry.symlink_to(tmp_path / "nowhere")
+    _, again = cached_tokenizer(tmp_path, "bpe", 300, {"files": "t"}, iter(texts))
+    assert f"the cached tokenizer {entry} is unreadable (not a regular file)" in capsys.readouterr().err
+    assert (again, entry.read_bytes()) == (digest, good)
+    assert len(list(entry.parent.glob("tokenizer.json.unreadable-*"))) == 1
