@@ -12,6 +12,9 @@ import html
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_writ
 from lit_psion.core.audit import check_chain
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
-from lit_psion.core.lock import lock_holder
+from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
 from lit_psion.core.pointer import read_pointer
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -384,28 +387,40 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     diff = config_diff(runs)
     facts = [{**evidence(run), "receipts": chain_verdict(run)} for run in runs]  # all read before anything is written
     out = Path(out)
-    earlier = _earlier_comparison(out)
+    _earlier_comparison(out)  # refused before anything is made
     try:
         out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # (root ignores permission bits; an immutable directory it cannot)
+            pass
     except OSError as error:
-        raise ConfigError(f"--out {str(out)!r} cannot be created ({error.strerror or error}); give a writable "
-                          "directory") from error  # fmt: skip
-    images = write_plots(series, out)
-    for stale in earlier - {"index.html", *images}:  # an earlier comparison's panel this one does not draw
-        (out / stale).unlink(missing_ok=True)
+        raise ConfigError(f"--out {str(out)!r} cannot be {'written' if out.is_dir() else 'created'} "
+                          f"({error.strerror or error}); give a directory you can write") from error  # fmt: skip
     fields = ("status", "global_step", "receipts", "receipts_head", "checkpoint", "checkpoint_manifest_sha256")
     final_rows = [(key, *(at_step(finals[label].get(key), steps[label].get(key)) for label in labels))
                   for key in metric_keys]  # fmt: skip
-    write_page(
-        out / "index.html",
-        f"lit_psion compare: {', '.join(labels)}",
-        [
-            ("config differences", _table(["key", *labels], [(k, *v) for k, v in diff])),
-            ("final metrics", _table(["metric", *labels], final_rows)),
-            ("evidence", _table(["field", *labels], [(f, *(e[f] for e in facts)) for f in fields])),
-        ],
-        images,
-    )
+    with RunLock(out, purpose=f"compare into {out}"):  # two at once mixed their plots under one page
+        earlier = _earlier_comparison(out)
+        staging = out / STAGING  # drawn apart, then moved in, the page last: a Ctrl-C leaves no page over mixed plots
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        images = write_plots(series, staging)
+        write_page(
+            staging / "index.html",
+            f"lit_psion compare: {', '.join(labels)}",
+            [
+                ("config differences", _table(["key", *labels], [(k, *v) for k, v in diff])),
+                ("final metrics", _table(["metric", *labels], final_rows)),
+                ("evidence", _table(["field", *labels], [(f, *(e[f] for e in facts)) for f in fields])),
+            ],
+            images,
+        )
+        (out / "index.html").unlink(missing_ok=True)
+        for name in images:
+            os.replace(staging / name, out / name)
+        for stale in earlier - {"index.html", *images}:  # an earlier comparison's panel this one does not draw
+            (out / stale).unlink(missing_ok=True)
+        os.replace(staging / "index.html", out / "index.html")
+        staging.rmdir()
     return {"labels": labels, "config_diff": diff, "final": finals, "final_steps": steps, "metrics": metric_keys,
             "evidence": facts, "page": out / "index.html", "images": images}  # fmt: skip
 
@@ -414,6 +429,10 @@ def at_step(value: float | None, step: int | None) -> str:
     """A final metric with the step it was logged at: runs of different lengths, or a val/loss from an earlier step
     than the last train/loss, are not compared as if taken at one point."""
     return "" if value is None else f"{value:.5g} (step {step})"  # .5g: a graph core's 6.5e-06 is not 0.0000
+
+
+STAGING = ".compare-staging"
+"""Where ``compare`` draws a comparison before moving it into ``--out``."""
 
 
 def _earlier_comparison(out: Path) -> set[str]:
@@ -428,11 +447,12 @@ def _earlier_comparison(out: Path) -> set[str]:
         if out.exists() or out.is_symlink():
             raise ConfigError(f"--out {str(out)!r} is a file, not a directory; give a new or empty directory")
         return set()
-    names = {entry.name for entry in out.iterdir()}
+    names = {entry.name for entry in out.iterdir()} - {LOCK_FILE}
     ours = {"index.html", *(f"{panel}.png" for panel in PANELS)}
     index = out / "index.html"
-    if not names or (names <= ours and index.is_file() and _is_comparison_page(index)):
-        return names
+    cut_short = STAGING in names and (out / STAGING).is_dir()  # a compare stopped part way: its files are ours
+    if not names or (names - {STAGING} <= ours and (cut_short or (index.is_file() and _is_comparison_page(index)))):
+        return names - {STAGING}
     other = sorted(names - ours) or sorted(names)
     raise ConfigError(f"--out {str(out)!r} already holds files compare did not write (such as {other[0]!r}); give a "
                       "new or empty directory, or an earlier comparison's")  # fmt: skip

@@ -105,7 +105,15 @@ def main(args: list[str]) -> None:
         return
     if given.parent.name == "windows" and (given.parent.parent / "program.json").is_file() and (
             given / RECEIPTS_FILE).is_file():  # fmt: skip
-        result = verify_log(given / RECEIPTS_FILE, run_id=f"window:{given.name}")
+        if (holder := lock_holder(given.parent.parent)) is not None:  # the coordinator appending: it grows
+            raise LockedError(f"window program {str(given.parent.parent)!r} is being written by {holder.describe()}; "
+                              "run receipts verify once it has finished")  # fmt: skip
+        try:
+            head = json.loads((given / "window.json").read_bytes())["receipts_head"]
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
+            raise EvidenceError(f"{str(given / 'window.json')!r} records no readable receipts head ({error}); "
+                                f"window verify {given.parent.parent} says what else is wrong") from error  # fmt: skip
+        result = verify_log(given / RECEIPTS_FILE, expected_head=head, run_id=f"window:{given.name}")
         if not result.ok:
             raise EvidenceError(f"{str(given / RECEIPTS_FILE)!r}: {result.describe()}")
         print(f"ok: {result.describe()} (an adapter window's log; window verify {given.parent.parent} checks it with "

@@ -36,7 +36,12 @@ def structure_problem(name: str, data: bytes) -> str | None:
         check = torch_zip_problem
     elif name.rsplit("/", 1)[-1] == ".metadata":
         check = pickle_problem
-    return check(data) if check is not None else None
+    if check is None:
+        return None
+    try:
+        return check(data)
+    except Exception as error:  # any way the bytes fail to parse is a reason, never a crash
+        return f"it cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
 
 
 def safetensors_problem(data: bytes) -> str | None:
@@ -55,7 +60,7 @@ def safetensors_problem(data: bytes) -> str | None:
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        if not isinstance(entry, dict) or entry.get("dtype") not in DTYPE_BYTES:
+        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPE_BYTES:
             return f"tensor {key!r} has no known dtype"
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
@@ -79,6 +84,10 @@ def safetensors_problem(data: bytes) -> str | None:
 def torch_zip_problem(data: bytes) -> str | None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            # torch.save stores every member uncompressed: a compressed one could inflate far past the file's size
+            if packed := [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED
+                          or i.file_size > len(data)]:  # fmt: skip
+                return f"its member {packed[0]!r} is compressed or larger than the file, which torch.save never writes"
             if (bad := archive.testzip()) is not None:
                 return f"its member {bad!r} fails its CRC"
             pickles = [member for member in archive.namelist() if member.rsplit("/", 1)[-1] == "data.pkl"]

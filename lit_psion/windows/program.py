@@ -125,15 +125,26 @@ class Program:
                                 f"(settings_sha256 {values.get('settings_sha256')!r}, they hash to "
                                 f"{sha256_json(values['settings'])}); a program's settings are fixed at init: restore "
                                 "program.json, or init a new program with the settings you want")  # fmt: skip
-        first = self.window_dir("w-0001") / RECEIPTS_FILE
-        planned = (self._planning_receipt("w-0001").get("detail") or {}) if first.exists() else {}
-        if planned.get("settings_sha256", values["settings_sha256"]) != values["settings_sha256"]:
+        if (planned := self._first_planned_settings()) is not None and planned[1] != values["settings_sha256"]:
             raise EvidenceError(f"{str(self.settings_path)!r}: its settings are not the ones the program's windows "
-                                f"were planned with (w-0001's planned receipt records settings_sha256 "
-                                f"{str(planned['settings_sha256'])[:12]}..., program.json "
-                                f"{str(values['settings_sha256'])[:12]}...); a program's settings are fixed at init: "
-                                "restore program.json from a backup")  # fmt: skip
+                                f"were planned with ({planned[0]}'s planned receipt records settings_sha256 "
+                                f"{str(planned[1])[:12]}..., program.json {str(values['settings_sha256'])[:12]}...): "
+                                "its settings are fixed at init; restore program.json from a backup")  # fmt: skip
         return ProgramSettings.from_mapping(values["settings"], repr(str(self.settings_path)))
+
+    def _first_planned_settings(self) -> tuple[str, object] | None:
+        """(window, settings_sha256) of the first committed window whose planned receipt records the settings' digest
+        (windows planned before it was recorded record none); None if no window does."""
+        windows = self.root / "windows"
+        names = sorted(path.name for path in windows.iterdir() if WINDOW_ID.fullmatch(path.name)) if (
+            windows.is_dir()) else []  # fmt: skip
+        for name in names:
+            if not (self.window_dir(name) / STATE).exists():  # a planning cut short may leave a torn log
+                continue
+            detail = self._planning_receipt(name).get("detail")  # (an edited receipt: the chain's check names it)
+            if isinstance(detail, dict) and "settings_sha256" in detail:
+                return name, detail["settings_sha256"]
+        return None
 
     def tokenizer(self) -> Path:
         """The program's tokenizer file, held to the sha256 ``window init`` recorded in program.json.

@@ -59,7 +59,40 @@ def _zip_without_pickle(_: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _central(data: bytes, edit: Callable[[bytearray, int], None]) -> bytes:
+    """``data`` (a zip) with the central directory entry of its data.pkl edited (``edit`` gets the entry's offset)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        name = next(i.filename for i in archive.infolist() if i.filename.endswith("data.pkl")).encode()
+        entry = archive.start_dir
+    changed = bytearray(data)
+    while changed[entry + 46 : entry + 46 + len(name)] != name:
+        entry = changed.index(b"PK\x01\x02", entry + 4)
+    edit(changed, entry)
+    return bytes(changed)
+
+
+def _encrypted(data: bytearray, entry: int) -> None:
+    data[entry + 8] |= 0x01  # the general-purpose flag's "encrypted" bit
+
+
+def _deflated(data: bytearray, entry: int) -> None:
+    data[entry + 10 : entry + 12] = (8).to_bytes(2, "little")  # compress type: deflate
+
+
+def _bomb(_: bytes) -> bytes:
+    """A small zip whose data.pkl inflates to 64 MiB: refused from its directory, never inflated."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        size = (64 << 20).to_bytes(8, "little")
+        archive.writestr("archive/data.pkl", b"\x80\x04\x8e" + size + bytes(64 << 20) + b".")
+    return buffer.getvalue()
+
+
 DAMAGE: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "state pickle marked encrypted": ("trainer_state.pt", lambda d: _central(d, _encrypted)),
+    "state pickle marked deflated": ("trainer_state.pt", lambda d: _central(d, _deflated)),
+    "state a zip bomb": ("trainer_state.pt", _bomb),
+    "weights dtype a list": ("model.safetensors", lambda d: _with_header(d, lambda h: _first(h).update(dtype=["F32"]))),
     "state cut in half": ("trainer_state.pt", lambda d: d[: len(d) // 2]),
     "state emptied": ("trainer_state.pt", lambda d: b""),
     "state pickle byte flipped": ("trainer_state.pt", lambda d: _member_flipped(d, "data.pkl")),

@@ -98,3 +98,32 @@ def test_init_takes_the_programs_text_from_the_command_line(base: Path, tmp_path
                  str(corpus)]) == 0  # fmt: skip
     assert Program(root).settings().data["files"] == [str(corpus.resolve())]
     assert main(["window", "plan", str(root)]) == 0
+
+
+@pytest.mark.parametrize("log", ["emptied", "torn"])
+def test_a_first_planning_cut_short_is_planned_again(base: Path, tmp_path: Path, log: str) -> None:
+    """The settings check read w-0001's planning receipt before a planning cut short was cleared: a full disk that
+    left its log empty (or a kill that tore it) made plan, status and verify exit 5 until w-0001 was removed by hand."""
+    root = new_program(base, tmp_path / "windows", contributors=1)
+    assert main(["window", "plan", str(root)]) == 0
+    window = root / "windows" / "w-0001"
+    (window / "window.json").unlink()
+    receipts = window / "receipts.jsonl"
+    receipts.write_bytes(b"" if log == "emptied" else receipts.read_bytes()[:40])
+    assert main(["window", "status", str(root)]) == 0
+    assert main(["window", "plan", str(root)]) == 0
+    assert main(["window", "verify", str(root)]) == 0
+
+
+def test_an_edited_planning_receipt_is_named_not_a_crash(base: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    root = new_program(base, tmp_path / "windows", contributors=1)
+    assert main(["window", "plan", str(root)]) == 0
+    receipts = root / "windows" / "w-0001" / "receipts.jsonl"
+    first, *rest = receipts.read_text().splitlines(keepends=True)
+    line = json.loads(first)
+    line["body"]["detail"] = "edited"
+    receipts.write_text(json.dumps(line) + "\n" + "".join(rest))
+    capsys.readouterr()
+    assert main(["window", "verify", str(root)]) == 5
+    assert "edited" in capsys.readouterr().err

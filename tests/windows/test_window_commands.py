@@ -401,6 +401,9 @@ def test_a_programs_data_tokenizer_and_pointer_are_held_to_its_windows(
     kept = log.read_bytes()
     log.write_bytes(kept.replace(b'"planned"', b'"active"', 1))
     assert main(["receipts", "verify", str(window)]) == 5
+    log.write_bytes(kept.splitlines(keepends=True)[0])  # cut to its first receipt: window.json's head is gone
+    assert main(["receipts", "verify", str(window)]) == 5
+    assert "truncated" in capsys.readouterr().err
     log.write_bytes(kept)
 
     copy = root / "revisions" / "copy"
