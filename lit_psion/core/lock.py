@@ -166,9 +166,9 @@ def _open(path: Path) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as error:
         if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # nobody holds it: the directory cannot be written
-            raise ConfigError(f"{str(path.parent)!r} cannot be written ({error.strerror}), so no fit can record "
-                              "anything in it; make it writable, or copy the run somewhere writable and give "
-                              "--trainer.default_root_dir there") from error  # fmt: skip
+            raise ConfigError(f"{str(path.parent)!r} cannot be written ({error.strerror}); make it writable, or give "
+                              "the command a directory you can write (--out; for a run, copy it somewhere writable "
+                              "and give --trainer.default_root_dir there)") from error  # fmt: skip
         if error.errno in (errno.ELOOP, errno.EISDIR):  # something else in the lock file's place: nobody holds it
             what = "a symlink" if error.errno == errno.ELOOP else "a directory"
             raise ConfigError(f"cannot lock {str(path.parent)!r}: {str(path)!r} is {what}, not a lock file, so no "
