@@ -20,7 +20,14 @@ from tests.test_bad_input import one_error_line
 
 
 class FailingToBuild(L.LightningModule):
-    """A model whose constructor fails with an error of its own (a bug, an allocation larger than memory)."""
+    """A model whose constructor fails with an error of its own (a bug)."""
+
+    def __init__(self, data_facts: Any = None) -> None:
+        raise RuntimeError("index 48000000000 is out of bounds for the model's own table")
+
+
+class OutOfMemoryToBuild(L.LightningModule):
+    """A model whose constructor asks for more memory than the machine gives."""
 
     def __init__(self, data_facts: Any = None) -> None:
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 48000000000 bytes")
@@ -53,9 +60,15 @@ def test_a_constructor_failure_is_said_as_itself_not_as_the_parsers_account_of_i
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("lit_psion: unexpected error: RuntimeError: DefaultCPUAllocator: can't allocate memory: you "
-                          f"tried to allocate 48000000000 bytes (raised at {__file__}:"), err  # the model's own line
+    assert err.startswith("lit_psion: unexpected error: RuntimeError: index 48000000000 is out of bounds for the "
+                          f"model's own table (raised at {__file__}:"), err  # the model's own line
     assert err.endswith(", in __init__) (set LIT_PSION_DEBUG=1 for the traceback)") and "\n" not in err, err
+    args[args.index(f"{__name__}.FailingToBuild")] = f"{__name__}.OutOfMemoryToBuild"  # the sizes asked: exit 2
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        "lit_psion: error: the machine ran out of memory (can't allocate memory: you tried to allocate 48000000000 "
+        "bytes); lower the model's sizes (model.decoder.d_model, n_layer, ...), data.batch_size or data.block_size, "
+        "or run where more memory is free")  # fmt: skip
 
 
 CLASS_PATHS_THAT_DO_NOT_IMPORT = [  # (args, what the one line says): each said the class "refuses the settings given"
