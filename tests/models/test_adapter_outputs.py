@@ -1,4 +1,4 @@
-"""An adapter export's or merge's output given to a command of runs: named for what it is, never "delete it"."""
+"""Where adapter export and merge write: a new or empty directory or their own earlier output, checked first."""
 
 from __future__ import annotations
 
@@ -6,17 +6,138 @@ from pathlib import Path
 
 import pytest
 
-from lit_psion.cli import main
-from tests.models import test_adapter
+from tests.models.test_adapter import base, exported, tuned  # noqa: F401  (fixtures: a base, a tuned run, its export)
 
-base, tuned = test_adapter.base, test_adapter.tuned  # the base run and its LoRA run, built once for this module too
+
+def test_an_output_directory_that_holds_something_else_is_refused_before_anything_is_written(
+    base: Path, tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixtures above)
+) -> None:
+    """A merge into the adapter export itself wrote model.safetensors and merge.json there, then failed on the log
+    (exit 5), and `generate` sampled from the half-written merge; an export into a runs root was taken, and
+    `receipts verify` then told the user to delete the root. A renamed export takes a second export."""
+    from lit_psion.cli import main
+
+    export = tmp_path / "adapter"
+    assert main(["adapter", "export", str(tuned), "--out", str(export)]) == 0
+    written = {p.name: p.read_bytes() for p in export.iterdir() if p.name != ".lock"}
+    capsys.readouterr()
+    assert main(["adapter", "merge", str(export), "--base", str(base), "--out", str(export)]) == 2
+    assert "holds adapter.json, adapter.safetensors, so it is not a merge directory" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in export.iterdir() if p.name != ".lock"} == written
+    assert main(["adapter", "export", str(tuned), "--out", str(tuned.parent)]) == 2  # the runs root
+    assert "so it is not an adapter export directory" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["adapter", "export", str(tuned), "--out", str(tmp_path / "afile")]) == 2
+    renamed = tmp_path / "renamed"
+    export.rename(renamed)
+    assert main(["adapter", "export", str(tuned), "--out", str(renamed)]) == 0  # its log keeps its first run id
+    assert main(["adapter", "merge", str(renamed), "--base", str(base), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    for directory, receipts in ((renamed, 2), (tmp_path / "m", 1)):
+        assert main(["receipts", "verify", str(directory)]) == 0
+        assert f"ok: {receipts} receipts verified" in capsys.readouterr().out
+    log = renamed / "receipts.jsonl"
+    log.write_text(log.read_text().replace('"export"', '"exporT"', 1))
+    assert main(["receipts", "verify", str(renamed)]) == 5
+
+
+def test_a_fine_tune_on_a_base_run_still_being_written_says_what_it_risks(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixture above)
+) -> None:
+    """A fine-tune on a base run whose fit was still running was taken without a word; that run's retention then
+    deleted the checkpoint the adapter trained on, and merging or resuming the adapter had nothing to go on."""
+    import shutil
+
+    from lit_psion.core.lock import RunLock
+    from tests.helpers import fit
+    from tests.models.test_adapter import adapter_args
+
+    live = tmp_path / "base" / base.name
+    shutil.copytree(base, live)
+    with RunLock(live, purpose="fit"):
+        capsys.readouterr()
+        assert fit(*adapter_args(live, tmp_path / "ft", "--trainer.max_steps", "2")) == 0
+    err = capsys.readouterr().err
+    assert f"warning: base run {base.name} is being written by" in err and "uses its step-000012" in err
+    assert fit(*adapter_args(base, tmp_path / "ft2", "--trainer.max_steps", "2")) == 0  # a finished base: no word
+    assert "base run" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export", "merge"])
+def test_a_second_writer_of_an_output_directory_is_refused_while_the_first_holds_it(
+    command: str, base: Path, tuned: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+) -> None:
+    """Five merges at once into one --out all wrote (four exit 0, one exit 5): its log held three receipts of seq 1 on
+    the same prev_digest, `receipts verify` failed (exit 5), and every later merge into it was refused (exit 5)."""
+    from lit_psion.cli import main
+    from lit_psion.core.lock import RunLock
+
+    out = tmp_path / "out"
+    argv = ["adapter", "export", str(tuned), "--out", str(out)] if command == "export" else \
+        ["adapter", "merge", str(exported), "--base", str(base), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    with RunLock(out, purpose="holding it for a test"):
+        capsys.readouterr()
+        assert main(argv) == 8
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is locked by pid" in err[0] and "(holding it for a test)" in err[0], err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+        assert main(["receipts", "verify", str(out)]) == 8  # its log grows under a check
+    assert main(argv) == 0  # the lock went with its holder: the log goes on
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(out)]) == 0
+    assert "ok: 2 receipts verified" in capsys.readouterr().out
+
+
+def test_a_refused_merge_leaves_none_of_the_directories_it_made(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixture above)
+) -> None:
+    """--out is made and locked before the merge reads anything: a refusal takes back what it made, and no more."""
+    from lit_psion.cli import main
+
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "a" / "b" / "merged"
+    assert main(["adapter", "merge", str(exported), "--base", str(tmp_path / "nowhere"), "--out", str(out)]) == 4
+    assert "does not exist" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
+def test_an_export_or_merge_being_written_is_not_read(
+    base: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixtures above)
+) -> None:
+    """Writers take the output's lock, but `adapter inspect`, a merge of the export and `generate` read it without
+    asking: between its two files an export read as edited (exit 4), a merge as not the one merge.json records."""
+    import shutil
+
+    from lit_psion.cli import main
+    from lit_psion.core.lock import RunLock
+
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    shutil.copytree(exported, adapter)
+    assert main(["adapter", "merge", str(adapter), "--base", str(base), "--out", str(merged)]) == 0
+    tokenizer = str(base / "tokenizer.json")
+    reads = {adapter: [["adapter", "inspect", str(adapter)],
+                       ["adapter", "merge", str(adapter), "--base", str(base), "--out", str(tmp_path / "m2")]],
+             merged: [["generate", str(merged), "--tokenizer", tokenizer, "--tokens", "2"]]}  # fmt: skip
+    for directory, commands in reads.items():
+        with RunLock(directory, purpose=f"adapter merge into {directory}"):
+            for argv in commands:
+                capsys.readouterr()
+                assert main(argv) == 8, argv
+                (line,) = capsys.readouterr().err.strip().splitlines()
+                assert "is being written by" in line and "read it once that has finished" in line, line
+        for argv in commands:
+            assert main(argv) == 0, argv  # released: read as before
 
 
 def test_an_export_or_merge_given_to_a_runs_command_names_adapter_inspect(
-    base: Path, tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    base: Path, tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixtures above)
 ) -> None:
     """`doctor` and `ckpt verify` read an export or merge (receipts, no run.json) as a fit stopped as it started and
     said to delete it; `receipts verify` said "ok: 0 receipts verified" of one whose log was emptied."""
+    from lit_psion.cli import main
+
     assert main(["adapter", "export", str(tuned), "--out", str(tmp_path / "adapter")]) == 0
     assert main(["adapter", "merge", str(tmp_path / "adapter"), "--base", str(base), "--out", str(tmp_path / "m")]) == 0
     for output in (tmp_path / "adapter", tmp_path / "m"):
