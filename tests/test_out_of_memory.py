@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lit_psion.commands.fit_args import known_cause
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import ConfigError, lit_psion_cause
 from tests.helpers import subprocess_env
 
 SHAKESPEARE = "configs/shakespeare_char.yaml"
@@ -45,11 +45,14 @@ def test_a_model_the_allocator_refuses_is_exit_2_and_leaves_no_run(tmp_path: Pat
     type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2.00 GiB"),
 ])  # fmt: skip
 def test_each_kind_of_refused_allocation_is_named(error: BaseException) -> None:
+    """By the training commands' classifier and by every other command's (generate, adapter merge, events)."""
     wrapped = RuntimeError("while building the model")
     wrapped.__cause__ = error
-    cause = known_cause(wrapped)
-    assert isinstance(cause, ConfigError) and str(cause).startswith("the machine ran out of memory (")
+    for classify in (known_cause, lit_psion_cause):
+        cause = classify(wrapped)
+        assert isinstance(cause, ConfigError) and str(cause).startswith("the machine ran out of memory ("), classify
 
 
 def test_other_runtime_errors_are_not_called_memory() -> None:
     assert known_cause(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert lit_psion_cause(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -30,6 +30,7 @@ class CommandParser(argparse.ArgumentParser):
         except argparse.ArgumentError as error:  # an invalid choice or value: named as every other complaint is
             self.error(f"{error}{equals_hint(error)}")
 
+
 def equals_hint(error: argparse.ArgumentError) -> str:
     """How to give a value argparse took for a flag (``--deadline -inf``), if that is what ``error`` says."""
     if not str(error).endswith("expected one argument"):

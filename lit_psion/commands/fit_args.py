@@ -461,23 +461,9 @@ def known_cause(error: BaseException) -> LitPsionError | ArgumentError | argpars
                                    "reference in the --config file (an interpolation sees only the keys of its "
                                    "own file: repeat the value there, or use ${oc.env:NAME})")  # fmt: skip
             return ConfigError(f"{where}: {reason} ({type(current).__name__}); fix the --config file")
-        if (memory := _out_of_memory(current)) is not None:
-            return memory
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return lit_psion_cause(error)  # a collective that lost its peer
-
-
-def _out_of_memory(error: BaseException) -> ConfigError | None:
-    """An allocation the machine refused (torch's CPU allocator, CUDA's, Python's own): the sizes asked for, not a
-    bug. A model under :mod:`lit_psion.nn.sizes`' limit can still not fit beside what else the machine holds."""
-    text = str(error).split("\n", 1)[0]
-    cpu = isinstance(error, RuntimeError) and "can't allocate memory" in text
-    if not (cpu or isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"):
-        return None
-    asked = text.split("DefaultCPUAllocator: ", 1)[-1].split(" Error code", 1)[0].strip() or type(error).__name__
-    return ConfigError(f"the machine ran out of memory ({asked}); lower the model's sizes (model.decoder.d_model, "
-                       "n_layer, ...), data.batch_size or data.block_size, or run where more memory is free")
 
 
 def exit_inside_a_fit(stop: SystemExit) -> bool:

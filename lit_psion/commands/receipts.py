@@ -57,11 +57,16 @@ def kept_by_another_command(directory: Path) -> str | None:
     if _consolidation_log_outside_a_run(directory) is not None:
         return (f"a `ckpt consolidate --out` directory; `{python} ckpt verify {directory}/step-NNNNNN` checks a copy "
                 "(`receipts verify` its log)")  # fmt: skip
-    if directory.parent.name == "windows" and (directory.parent.parent / "program.json").is_file():
+    if _a_window(directory):
         return f"a window of an adapter window program; `{python} window verify {directory.parent.parent}` checks it"
     if (directory / "program.json").is_file():
         return f"an adapter window program; `{python} window verify {directory}` checks it"
     return None
+
+
+def _a_window(directory: Path) -> bool:
+    """Whether ``directory`` is a window of an adapter window program (``PROGRAM/windows/w-NNNN``)."""
+    return directory.parent.name == "windows" and (directory.parent.parent / "program.json").is_file()
 
 
 def refuse_a_live_run(layout: RunLayout, command: str) -> None:
@@ -103,8 +108,7 @@ def main(args: list[str]) -> None:
         print(f"ok: {result.describe()} (an adapter export's or merge's log; adapter inspect, or generate, checks its "
               "files)")  # fmt: skip
         return
-    if given.parent.name == "windows" and (given.parent.parent / "program.json").is_file() and (
-            given / RECEIPTS_FILE).is_file():  # fmt: skip
+    if _a_window(given) and (given / RECEIPTS_FILE).is_file():
         if (holder := lock_holder(given.parent.parent)) is not None:  # the coordinator appending: it grows
             raise LockedError(f"window program {str(given.parent.parent)!r} is being written by {holder.describe()}; "
                               "run receipts verify once it has finished")  # fmt: skip

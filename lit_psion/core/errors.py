@@ -149,6 +149,18 @@ def _link_loop(error: BaseException) -> str | None:
     return None
 
 
+def _out_of_memory(error: BaseException) -> ConfigError | None:
+    """An allocation the machine refused (torch's CPU allocator, CUDA's, Python's own): the sizes asked for, not a
+    bug. A model under :mod:`lit_psion.nn.sizes`' limit can still not fit beside what else the machine holds."""
+    text = str(error).split("\n", 1)[0]
+    cpu = isinstance(error, RuntimeError) and "can't allocate memory" in text
+    if not (cpu or isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"):
+        return None
+    asked = text.split("DefaultCPUAllocator: ", 1)[-1].split(" Error code", 1)[0].strip() or type(error).__name__
+    return ConfigError(f"the machine ran out of memory ({asked}); lower the model's sizes (model.decoder.d_model, "
+                       "n_layer, ...), data.batch_size or data.block_size, or run where more memory is free")
+
+
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     """The lit_psion error behind ``error``, following the exception chain (Lightning wraps some); a
     collective that failed because a peer is gone is a :class:`WorkerCrashed`."""
@@ -160,6 +172,8 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     while current is not None and id(current) not in seen:
         if isinstance(current, LitPsionError):
             return current
+        if (memory := _out_of_memory(current)) is not None:
+            return memory
         if (loop := _link_loop(current)) is not None:
             return ConfigError(f"{loop!r} is a symbolic link that leads back to itself (a link loop); remove or fix "
                                "the link, or give another path")  # fmt: skip
