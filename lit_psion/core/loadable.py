@@ -22,9 +22,10 @@ import pickletools
 import zipfile
 from collections.abc import Callable
 
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}  # fmt: skip
-"""The bytes per element of each safetensors dtype."""
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E5M2FNUZ": 1, "F8_E4M3FNUZ": 1,
+               "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8,
+               "U64": 8, "F64": 8, "C64": 8}  # fmt: skip
+"""The bytes per element of each whole-byte safetensors dtype (the sub-byte F4 and F6 kinds torch does not save)."""
 
 
 def structure_problem(name: str, data: bytes) -> str | None:

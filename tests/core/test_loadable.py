@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save
 
 from lit_psion.cli import main
 from lit_psion.core.checkpoint import MANIFEST_FILE
@@ -148,3 +150,12 @@ def test_other_formats_are_named_not_raised() -> None:
     assert safetensors_problem(b"\x02\0\0\0\0\0\0\0[]") == "its header is not a JSON object"
     assert torch_zip_problem(b"PK\x03\x04 not a zip").startswith("it is not torch.save's zip format")
     assert structure_problem("notes.txt", b"anything") is None
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.uint16,
+                                   torch.bool, torch.float64])  # fmt: skip
+def test_every_dtype_safetensors_writes_is_whole(dtype: torch.dtype) -> None:
+    """A model holding a tensor of any dtype safetensors saves (a complex buffer, a float8 variant) is loadable."""
+    data = save({"t": torch.zeros(3, 2, dtype=dtype), "u": torch.ones(5)})
+    assert safetensors_problem(data) is None
+    assert structure_problem("model.safetensors", data) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,67 @@ def test_a_step_row_is_one_write_beside_a_users_own_step_metric(tmp_path: Path,
     assert sorted(int(row["step"]) for row in rows if row.get("user/metric")) == [1, 3, 5]
     training = [name for name in calls if not name.startswith(("val/", "user/"))]
     assert training == ["train/loss"] * 3, training
+
+
+class _Regression(LitModule):
+    """A tiny LitModule that records which gradients each hook sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(4, 1)
+        self.seen: dict[str, list[bool]] = {"on_before_optimizer_step": [], "on_train_batch_end": []}
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.seen["on_before_optimizer_step"].append(self.layer.weight.grad is not None)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.seen["on_train_batch_end"].append(self.layer.weight.grad is not None)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=0.1)
+
+
+class _LightningsOrder(_Regression):
+    """The same module with Lightning's own order: gradients freed just before the next backward."""
+
+    optimizer_step = L.LightningModule.optimizer_step
+    optimizer_zero_grad = L.LightningModule.optimizer_zero_grad
+
+
+def _train(module: _Regression, accumulate: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(24, 4, generator=generator)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+    trainer = L.Trainer(max_steps=3, accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=0.5)  # fmt: skip
+    trainer.fit(module, data)
+    return module.layer.weight.detach().clone()
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradients_are_freed_with_the_step_and_training_is_unchanged(accumulate: int) -> None:
+    """A lit_psion module frees its gradients as soon as the optimizer has stepped (a plain loop's order): the
+    next forward runs without them, and the weights are bitwise those of Lightning's order, accumulating or not.
+    """
+    ours, lightnings = _Regression(), _LightningsOrder()
+    assert torch.equal(_train(ours, accumulate), _train(lightnings, accumulate))
+    micro_batches = 3 * accumulate
+    assert ours.seen["on_before_optimizer_step"] == [True] * 3
+    # Between micro-batches of one step the gradients accumulate; once the step is taken they are gone.
+    assert ours.seen["on_train_batch_end"] == [(i + 1) % accumulate != 0 for i in range(micro_batches)]
+    assert lightnings.seen["on_train_batch_end"] == [True] * micro_batches
+    assert ours.layer.weight.grad is None
+
+
+def test_training_steps_signature_is_read_once() -> None:
+    """Lightning asks every step whether training_step takes batch_idx (inspect.getfullargspec): each lit_psion
+    model's training_step carries its signature, so the answer is not rebuilt."""
+    for cls in (DecoderLM, MosaicLM, AdapterLM, GraphCore, BasePretrain, OnlineSession, _Regression):
+        step = cls.training_step
+        assert isinstance(vars(step).get("__signature__"), inspect.Signature), cls
+        assert list(step.__signature__.parameters)[:3] == ["self", "batch", "batch_idx"]
