@@ -1,12 +1,11 @@
 """Writing and loading checkpoint directories: Lightning's ``CheckpointIO`` over core's manifest truth.
 
-``checkpoints/step-NNNNNN/`` holds ``model.safetensors`` (the weights), ``trainer_state.pt``
-(optimizer, schedulers, loops, data cursor, RNG: tensors and plain data, loadable with
-``weights_only=True``) and ``manifest.json`` (every file's sha256 and size, plus the step, run,
-model signature, data manifest digest, parent checkpoint and writer). The directory is built
-under a temporary name, every file and the directory are fsynced, and only then is it renamed
-into place. Loading refuses any difference from the manifest: a changed byte, a truncated,
-missing or extra file, or a symlink.
+``checkpoints/step-NNNNNN/`` holds ``model.safetensors`` (the weights), ``trainer_state.pt`` (optimizer,
+schedulers, loops, data cursor, RNG: tensors and plain data, loadable with ``weights_only=True``, which
+:func:`~lit_psion.core.resumable.refuse_unloadable_state` checks first) and ``manifest.json`` (every file's sha256
+and size, plus the step, run, model signature, data manifest digest, parent checkpoint and writer). The directory
+is built under a temporary name, every file and the directory are fsynced, and only then is it renamed into place.
+Loading refuses any difference from the manifest: a changed byte, a truncated, missing or extra file, or a symlink.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, load_refusal
 from lit_psion.core.files import FILE_MODE, fsync_path
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
+from lit_psion.core.resumable import refuse_unloadable_state
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", MANIFEST_FILE
 EXTRA_KEY = "lit_psion"
@@ -67,6 +67,7 @@ class ManifestCheckpointIO(CheckpointIO):
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        refuse_unloadable_state(checkpoint)
         if not self.async_write:
             write_checkpoint(checkpoint, path)
             return
@@ -198,8 +199,7 @@ def _check_complete(path: Path) -> None:
 
 
 def _open_for_state(path: Path) -> BinaryIO:
-    """The file ``torch.save`` writes the trainer state into: a Python file, so that a full disk surfaces as the
-    ``OSError`` behind torch's ``RuntimeError`` (writing to a path, torch reports only its own message)."""
+    """A Python file for ``torch.save``: a full disk then surfaces as the ``OSError`` behind torch's error."""
     return open(path, "wb")
 
 

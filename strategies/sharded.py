@@ -63,6 +63,7 @@ from lit_psion.core import atomic_write_json, sha256_file
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord, VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
 from lit_psion.core.files import fsync_path
+from lit_psion.core.resumable import refuse_unloadable_state
 from lit_psion.strategies.transactional import Transactional
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,6 +142,7 @@ class ShardedStrategy(ModelParallelStrategy):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: str | os.PathLike, storage_options: Any = None
     ) -> None:
+        refuse_unloadable_state(checkpoint)
         final, staging = stage_checkpoint(self, filepath)
         shards = {"state_dict": checkpoint.pop("state_dict")}
         shards.update({f"optimizer_{i}": state for i, state in enumerate(checkpoint.pop("optimizer_states", []))})

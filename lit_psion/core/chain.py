@@ -24,7 +24,7 @@ from lit_psion.core.digest import canonical_json, sha256_bytes, sha256_json
 from lit_psion.core.errors import EvidenceError, LitPsionError
 from lit_psion.core.files import fsync_path, unique_keys, unshare
 from lit_psion.core.layout import RUN_FILE
-from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody, body_problem
+from lit_psion.core.receipts import RECEIPT_KINDS, ChainRepairReceipt, ReceiptBody, read_back_problem
 
 SCHEMA_VERSION = 2
 """2: the chain starts from a genesis bound to its run (1 started every log from zeros)."""
@@ -220,8 +220,10 @@ def _check_user_body(body: ReceiptBody) -> None:
     if canonical_json(read_back) != encoded:
         raise EvidenceError(f"{where}: its body does not read back as written (a dict key that is not a string?); "
                             "emit dicts with string keys")  # fmt: skip
-    if (problem := body_problem(type(body), read_back)) is not None:
-        raise EvidenceError(f"{where}: {problem}; emit values of the types its fields declare")
+    if (problem := read_back_problem(type(body), read_back)) is not None:
+        raise EvidenceError(f"{where}: it would not read back ({problem}); emit values of the types its fields "
+                            "declare, and let a field declared init=False or a __post_init__ check take them as JSON "
+                            "gives them back (a list for a tuple)")  # fmt: skip
 
 
 def _unholdable(value: Any, where: str) -> str | None:
@@ -372,18 +374,12 @@ def _verify_bytes(data: bytes, run_id: str | None) -> VerifyResult:
 def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> tuple[str, str] | None:
     """(reason, detail) when a well-formed receipt is not what may stand here, else None."""
     body_class = RECEIPT_KINDS.get(receipt.kind)  # a user's kind unknown to this process is checked by its chain only
-    if body_class is not None:
-        try:
-            body_class(**receipt.body)
-            problem = body_problem(body_class, receipt.body)
-        except TypeError as error:
-            problem = str(error)
-        except RecursionError:
-            problem = "nested too deeply"
-        if problem is not None:
-            name = f"{body_class.__module__}.{body_class.__qualname__}"
-            changed = "" if name.startswith("lit_psion.") else f"; {name}, registered now, does not read it: changed?"
-            return "malformed", f"a {receipt.kind!r} body that is not one ({problem}{changed})"
+    if body_class is not None and (problem := read_back_problem(body_class, receipt.body)) is not None:
+        name = f"{body_class.__module__}.{body_class.__qualname__}"
+        changed = "" if name.startswith("lit_psion.") else (f"; {name}, registered now, does not read it: was it "
+                                                            "changed? give new fields defaults, or the changed body "
+                                                            "a new kind name (docs/receipts.md)")  # fmt: skip
+        return "malformed", f"a {receipt.kind!r} body that is not one ({problem}{changed})"
     resuming = receipt.kind == "training_run" and receipt.body.get("event") == "resumed"
     if previous_kind == "chain_repair" and not resuming:
         return "after_seal", f"a {receipt.kind!r} receipt follows a chain repair (only the resume that made it may)"

@@ -80,6 +80,21 @@ def body_problem(cls: type[ReceiptBody], body: dict[str, Any]) -> str | None:
     return None
 
 
+def read_back_problem(cls: type[ReceiptBody], body: dict[str, Any]) -> str | None:
+    """What keeps ``body`` (a parsed receipt's) from reading back as a ``cls``: the class refusing it (an unexpected
+    field, such as one declared ``init=False``; a ``__post_init__`` check that raises, whatever it raises) or a field
+    of another type (:func:`body_problem`); None when it reads back."""
+    try:
+        cls(**body)
+    except RecursionError:
+        return "nested too deeply"
+    except TypeError as error:
+        return str(error)
+    except Exception as error:  # a user's own class may raise anything: its body does not read back
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+    return body_problem(cls, body)
+
+
 @functools.cache
 def _field_types(cls: type[ReceiptBody]) -> dict[str, Any]:
     try:

@@ -12,6 +12,7 @@ from typing import ClassVar
 import pytest
 
 from lit_psion.core.chain import ReceiptChainError, ReceiptLog, genesis, verify_log
+from lit_psion.core.errors import EvidenceError
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
     CheckpointReceipt,
@@ -259,3 +260,72 @@ def test_verify_says_which_kinds_it_checked_by_their_chain_alone_and_a_changed_c
     result = verify_log(path)
     assert not result.ok and result.reason == "malformed"
     assert "UserCountChanged, registered now, does not read it" in result.detail
+    assert "give new fields defaults, or the changed body a new kind name" in result.detail
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class UserDerived(ReceiptBody):
+    """A user's body with a field its constructor does not take: it is written, but would not read back."""
+
+    kind: ClassVar[str] = "test_user_derived"
+    count: int
+    doubled: int = dataclasses.field(init=False, default=0)
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class UserChecked(ReceiptBody):
+    """A user's body whose check refuses what JSON gives back (a list for its tuple)."""
+
+    kind: ClassVar[str] = "test_user_checked"
+    pair: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pair, tuple):
+            raise ValueError("pair must be a tuple")
+
+
+@register_receipt
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class UserTolerant(ReceiptBody):
+    """The same check written to take JSON's list: it reads back, so it is taken."""
+
+    kind: ClassVar[str] = "test_user_tolerant"
+    pair: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pair", tuple(self.pair))
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (UserDerived(count=2), "unexpected keyword argument 'doubled'"),
+    (UserChecked(pair=(1, 2)), "ValueError: pair must be a tuple"),
+], ids=["init=False field", "__post_init__ check"])  # fmt: skip
+def test_a_user_body_that_would_not_read_back_through_its_class_is_refused_unwritten(
+    tmp_path: Path, body: ReceiptBody, says: str
+) -> None:
+    """Emitted, such a body was written; the next resume, with the same unchanged class, refused the log (exit 5, or
+    exit 1 for the ValueError) while `receipts verify`, without the class, said ok."""
+    path = tmp_path / "r.jsonl"
+    log = ReceiptLog(path, run_id="run-u")
+    log.append(step(0))
+    with pytest.raises(EvidenceError, match="it would not read back") as refused:
+        log.append(body)
+    assert says in str(refused.value) and "init=False" in str(refused.value)
+    assert len(path.read_text().splitlines()) == 1 and verify_log(path).ok
+    log.append(UserTolerant(pair=(1, 2)))
+    assert verify_log(path).ok
+
+
+def test_a_log_whose_body_its_class_refuses_with_any_error_is_malformed_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receipt written before the class gained a check that raises ValueError: verification said exit 1."""
+    path = tmp_path / "r.jsonl"
+    log = ReceiptLog(path, run_id="run-u")
+    log.append(step(0))
+    log.append(UserTolerant(pair=(1, 2)))
+    monkeypatch.setitem(RECEIPT_KINDS, "test_user_tolerant", UserChecked)
+    result = verify_log(path)
+    assert not result.ok and result.reason == "malformed" and "ValueError: pair must be a tuple" in result.detail
