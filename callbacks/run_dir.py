@@ -155,6 +155,11 @@ class RunDirectory(Callback):
     def _describe_data(self, data: L.LightningDataModule | None) -> None:
         layout = self.run_context.layout
         manifest = data.manifest if isinstance(data, ReplayData) else None
+        if not isinstance(data, ReplayData):
+            given = f"data module {type(data).__name__}" if data is not None else "dataloaders given directly"
+            print(f"lit_psion: warning: the fit's {given} is not a ReplayDataModule: its data is not pinned by digest "
+                  "(no data_manifest.json) and a resume does not replay its batches exactly; build it on "
+                  "lit_psion.datamodules.ReplayDataModule (docs/architecture.md)", file=sys.stderr)  # fmt: skip
         if manifest is not None:
             self.record.data_manifest_digest = manifest.digest
             atomic_write_json(layout.data_manifest, {**manifest.to_json_dict(), "digest": manifest.digest})

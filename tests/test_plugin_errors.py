@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import pytest
+import torch
 
 from lit_psion.callbacks import EvidenceCallback
 from lit_psion.cli import main
@@ -302,3 +303,25 @@ def test_register_receipt_refuses_a_class_whose_fields_it_could_not_write_or_a_k
     with pytest.raises(ConfigError, match="Nameless: its kind is ''; give it a name of its own"):
         register_receipt(Nameless)
     assert "test_not_a_dataclass" not in RECEIPT_KINDS and "" not in RECEIPT_KINDS
+
+
+class UnpinnedData(L.LightningDataModule):
+    """A user's plain DataModule: random tokens, nothing that pins or replays them."""
+
+    def train_dataloader(self) -> Any:
+        tokens = torch.randint(0, 64, (16, 17), generator=torch.Generator().manual_seed(0))
+        pairs = [{"input_ids": row[:-1], "targets": row[1:]} for row in tokens]
+        return torch.utils.data.DataLoader(pairs, batch_size=4)
+
+
+def test_data_no_replay_module_pins_trains_with_a_warning_saying_so(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """It trained silently with no data_manifest.json, though runs are said to pin their data by digest."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--data", f"{__name__}.UnpinnedData", "--trainer.max_steps",
+            "2", "--trainer.limit_val_batches", "0", "--model.init_args.decoder.vocab_size", "64",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("lit_psion: warning: the fit's data module UnpinnedData is not a ReplayDataModule: its data is not "
+            "pinned by digest (no data_manifest.json)") in err, err
+    assert not (tmp_path / read_latest(tmp_path) / "data_manifest.json").exists()

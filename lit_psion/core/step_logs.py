@@ -88,6 +88,12 @@ def log_kept_step_logs(module: Any) -> None:
         _write_last_row(module, kept)
 
 
+def drop_unwritten_step_logs(module: Any) -> bool:
+    """Forget what an earlier step kept and its module never wrote (a subclass's ``on_train_batch_end`` that does
+    not call lit_psion's); True if there was any. Called as a step starts, when nothing kept should be left."""
+    return bool(module.__dict__.pop(_KEPT, None))
+
+
 def _stops_at_max_steps(module: Any) -> bool:
     trainer = module._trainer
     return trainer is not None and trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
@@ -98,6 +104,8 @@ def _write_last_row(module: Any, kept: dict[str, Any]) -> None:
     fit stops through ``should_stop``), straight to the loggers, as Lightning would have: at the step's index,
     with the epoch."""
     trainer = module.trainer
-    metrics = {name: float(value) for name, value in kept.items()} | {"epoch": trainer.current_epoch}
+    connector = getattr(trainer, "_logger_connector", None)  # what the step logged with self.log, which Lightning
+    logged = connector.metrics.get("log", {}) if connector is not None else {}  # would have written on a row step
+    metrics = {name: float(value) for name, value in {**logged, **kept}.items()} | {"epoch": trainer.current_epoch}
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step - 1)

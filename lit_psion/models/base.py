@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import lightning as L
 import torch
+
+from lit_psion.core.step_logs import drop_unwritten_step_logs
 
 
 class LitModule(L.LightningModule):
@@ -39,6 +42,17 @@ class LitModule(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A model that writes its step's row in on_train_batch_end has kept nothing when the next step starts,
+        # unless a subclass's on_train_batch_end left out lit_psion's: its rows are lost, so say it once.
+        told = "_lit_psion_told_unwritten"
+        if getattr(self, "flushes_step_logs", False) and drop_unwritten_step_logs(self) and told not in vars(self):
+            self.__dict__[told] = True
+            if self.trainer.is_global_zero:
+                print(f"lit_psion: warning: {type(self).__name__}.on_train_batch_end does not call "
+                      "super().on_train_batch_end(outputs, batch, batch_idx), which writes the step's row: "
+                      "train/loss, train/lr and telemetry are not reaching metrics.csv; call it", file=sys.stderr)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

@@ -136,3 +136,43 @@ def test_training_steps_signature_is_read_once() -> None:
         step = cls.training_step
         assert isinstance(vars(step).get("__signature__"), inspect.Signature), cls
         assert list(step.__signature__.parameters)[:3] == ["self", "batch", "batch_idx"]
+
+
+class ForgetsSuper(DecoderLM):
+    """A user's DecoderLM whose on_train_batch_end does its own thing and leaves out lit_psion's."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ends = getattr(self, "ends", 0) + 1
+
+
+class CallsSuper(ForgetsSuper):
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        DecoderLM.on_train_batch_end(self, outputs, batch, batch_idx)
+
+
+@pytest.mark.parametrize(("cls", "warned"), [("ForgetsSuper", True), ("CallsSuper", False)])
+def test_a_subclass_that_does_not_write_the_step_row_is_told_once(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  cls: str, warned: bool) -> None:  # fmt: skip
+    """Its metrics.csv silently had no train/loss, train/lr or telemetry column."""
+    root = tmp_path / "runs"
+    assert fit("--model.class_path", f"{__name__}.{cls}", "--trainer.default_root_dir", str(root),
+               "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0") == 0  # fmt: skip
+    err = capsys.readouterr().err
+    said = f"lit_psion: warning: {cls}.on_train_batch_end does not call super().on_train_batch_end("
+    assert err.count(said) == (1 if warned else 0), err
+    metrics = root / read_latest(root) / "metrics.csv"
+    assert (metrics.is_file() and "train/loss" in metrics.read_text().splitlines()[0]) is not warned
+
+
+def test_the_last_row_of_a_fit_stopped_between_rows_keeps_what_a_user_logged(tmp_path: Path) -> None:
+    """lit_psion writes the row of a fit's last step when Lightning's interval skips it: a user's self.log value of
+    that step was left out of it (rows at steps 2 and 4 had it; the last, step 5, did not)."""
+    overlay = callbacks_config(tmp_path / "user.json", ("LogsOnStep", {}))
+    root = tmp_path / "runs"
+    assert fit("--config", overlay, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "5",
+               "--trainer.log_every_n_steps", "2", "--trainer.limit_val_batches", "0") == 0  # fmt: skip
+    rows = list(csv.DictReader((root / read_latest(root) / "metrics.csv").open()))
+    assert [int(row["step"]) for row in rows if row.get("train/loss")] == [1, 3, 4]
+    logged = {int(row["step"]): float(row["user/metric"]) for row in rows if row.get("user/metric")}
+    assert logged == {1: 2.0, 3: 4.0, 4: 5.0}  # the global step as the user's callback saw it
