@@ -72,7 +72,7 @@ from lit_psion.commands.records import (
     what_remains,
     what_the_pause_kept,
 )
-from lit_psion.commands.roots import make_root, remove_if_empty
+from lit_psion.commands.roots import make_root, refuse_root_in_a_run, remove_if_empty
 from lit_psion.commands.wandb_runs import place_wandb_runs
 from lit_psion.core import RunContext, RunLayout, new_run_id
 from lit_psion.core.audit import hold_to_its_chain, receipted_checkpoints
@@ -208,6 +208,8 @@ class LitPsionCLI(LightningCLI):
         follow_torchrun(config.trainer)
         expand_home(config)
         root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
+        if self.subcommand == "fit":
+            refuse_root_in_a_run(root)
         if self.subcommand == "fit" and config.get("ckpt_path") != "last":  # last: checked once a run is found
             self._made_root = make_root(root)
         run_id, rejected = self._resolve_resume(config, root)
@@ -276,6 +278,7 @@ class LitPsionCLI(LightningCLI):
         if not (layout.pointer.is_file() or layout.checkpoint_dirs() or receipted.recorded or receipted.sealed):
             return None, ()
         self._lock(layout)
+        refuse_another_family(layout, config, named_by=RUN_ID_ENV)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted)
         refuse_without_its_records(layout, self.verified)
         max_steps = config.trainer.get("max_steps")

@@ -85,7 +85,8 @@ def recorded_model_class(layout: RunLayout) -> str | None:
         return None
 
 
-def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None = None) -> None:
+def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None = None,
+                          named_by: str | None = None) -> None:  # fmt: skip
     """A fit from a run's checkpoint (``--ckpt_path last``: the latest run under the root; else the ``checkpoint``
     given) is refused, before anything of it is read, when that run trained another model class than this config
     builds (its run.json stays as it is). Before the data's checks: another family's data is another kind of data."""
@@ -99,6 +100,9 @@ def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None
         raise CheckpointError(f"--ckpt_path {checkpoint!r} is a checkpoint of run {layout.run_id}, which trains "
                               f"{recorded}, but this config builds {wanted}; give a checkpoint of a "
                               f"{str(wanted).rsplit('.', 1)[-1]} run, or that run's own config ({layout.config})")
+    if named_by is not None:
+        raise CheckpointError(f"{named_by} names run {layout.run_id}, which trains {recorded}, but this config builds "
+                              f"{wanted}; continue it with its own config ({layout.config}), or name another run")
     raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
                           f"{recorded}, but this config builds {wanted}; continue it with its own config "
                           f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
