@@ -331,6 +331,7 @@ def _writing(out: Path, files: tuple[str, ...], what: str, purpose: str) -> Iter
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; give a new or empty directory")
+    _refuse_others(out, files, what)  # before its lock: a refused --out is left without a lock file of ours
     made = next((place for place in (*reversed(out.parents), out) if not place.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -367,12 +368,7 @@ def _output_log(out: Path, files: tuple[str, ...], what: str) -> ReceiptLog:
         ConfigError: ``out`` holds anything else (an export, a run, a runs root).
         ReceiptChainError: its receipt log does not verify.
     """
-    others = sorted(p.name for p in out.iterdir() if p.name not in (*files, RECEIPTS_FILE, LOCK_FILE)
-                    and not (p.name.startswith(".") and p.name.endswith(".tmp"))) if out.is_dir() else []  # fmt: skip
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise ConfigError(f"--out {str(out)!r} holds {shown}, so it is not {what} directory; give a new or empty "
-                          "directory")  # fmt: skip
+    _refuse_others(out, files, what)  # again, under the lock
     path = out / RECEIPTS_FILE
     try:
         first = json.loads(path.read_bytes().split(b"\n", 1)[0]) if path.is_file() else None
@@ -380,6 +376,16 @@ def _output_log(out: Path, files: tuple[str, ...], what: str) -> ReceiptLog:
         first = None  # ReceiptLog's verification below names what is wrong with it (exit 5)
     run_id = first.get("run_id") if isinstance(first, dict) and isinstance(first.get("run_id"), str) else out.name
     return ReceiptLog(path, run_id=run_id)  # verifies what is there (the directory may have been renamed)
+
+
+def _refuse_others(out: Path, files: tuple[str, ...], what: str) -> None:
+    """Refuse ``out`` if it holds anything but ``files``, its receipt log and its lock (an export, a run, a root)."""
+    others = sorted(p.name for p in out.iterdir() if p.name not in (*files, RECEIPTS_FILE, LOCK_FILE)
+                    and not (p.name.startswith(".") and p.name.endswith(".tmp"))) if out.is_dir() else []  # fmt: skip
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ConfigError(f"--out {str(out)!r} holds {shown}, so it is not {what} directory; give a new or empty "
+                          "directory")  # fmt: skip
 
 
 def _receipt(log: ReceiptLog, body: AdapterExportReceipt) -> None:

@@ -24,8 +24,16 @@ def test_an_output_directory_that_holds_something_else_is_refused_before_anythin
     assert main(["adapter", "merge", str(export), "--base", str(base), "--out", str(export)]) == 2
     assert "holds adapter.json, adapter.safetensors, so it is not a merge directory" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in export.iterdir() if p.name != ".lock"} == written
+    root_files = sorted(p.name for p in tuned.parent.iterdir())
     assert main(["adapter", "export", str(tuned), "--out", str(tuned.parent)]) == 2  # the runs root
     assert "so it is not an adapter export directory" in capsys.readouterr().err
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("mine")
+    assert main(["adapter", "merge", str(export), "--base", str(base), "--out", str(folder)]) == 2
+    # Refused before its lock: neither the root nor the user's folder is left a lock file it never had.
+    assert sorted(p.name for p in tuned.parent.iterdir()) == root_files and [p.name for p in folder.iterdir()] == [
+        "a.txt"]  # fmt: skip
     (tmp_path / "afile").write_text("x")
     assert main(["adapter", "export", str(tuned), "--out", str(tmp_path / "afile")]) == 2
     renamed = tmp_path / "renamed"
