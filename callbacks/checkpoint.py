@@ -67,6 +67,7 @@ class PointerCheckpoint(EvidenceCallback):
         self._in_flight: tuple[Path, Future] | None = None
         self._sigterm_in_validation = self._sigterm_mid_window = False
         self._validated_at = -1
+        self.writing = False  # while it has Lightning write a checkpoint (RunDirectory refuses any other save then)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -167,7 +168,9 @@ class PointerCheckpoint(EvidenceCallback):
         if (log := receipt_log(trainer)) is not None:
             log.sync()  # the head the manifest records is durable before the checkpoint that names it
         path = self.run(trainer).layout.checkpoint(step)
+        self.writing = True
         trainer.save_checkpoint(path, weights_only=False)  # full trainer state, loadable with weights_only=True
+        self.writing = False
         self._last_saved_step = step
         io = trainer.strategy.checkpoint_io
         pending = io.take_pending() if isinstance(io, ManifestCheckpointIO) else None
@@ -308,12 +311,9 @@ SHOWN_SETTINGS = 3
 
 
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_leaves(value, f"{prefix}.{key}"))
-        return flat
-    return {prefix: node}
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {name: leaf for key, value in node.items() for name, leaf in _leaves(value, f"{prefix}.{key}").items()}
 
 
 def _model_section(text: str) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from lit_psion import __version__
 from lit_psion.callbacks.checkpoint import (
+    PointerCheckpoint,
     data_settings,
     refuse_unbound,
     resume_warning,
@@ -182,6 +183,12 @@ class RunDirectory(Callback):
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        ours = [callback for callback in trainer.callbacks if isinstance(callback, PointerCheckpoint)]
+        if trainer.state.fn == "fit" and trainer.state.status == "running" and ours and not ours[0].writing:
+            raise ConfigError("trainer.save_checkpoint was called during the fit by something other than lit_psion's "
+                              "checkpointing (a callback or the model): a checkpoint no receipt records is trusted by "
+                              "no resume, doctor or ckpt verify; set --checkpoint.every_n_train_steps, or save your "
+                              "own file with torch.save after the fit")  # fmt: skip
         if self.record is not None:
             self._save(trainer)
 

@@ -121,3 +121,33 @@ def test_the_fit_stops_at_that_checkpoint_with_the_earlier_ones_whole(tmp_path: 
     resume = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(root), "--ckpt_path", "last"]
     assert main(resume) == 0
     assert read_json(run / "run.json")["status"] == "completed"
+
+
+class SavesItself(L.Callback):
+    """A user's callback that writes a checkpoint of its own with trainer.save_checkpoint at step 3."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 3:
+            trainer.save_checkpoint(self.path or Path(trainer.default_root_dir) / read_latest(trainer.default_root_dir)
+                                    / "checkpoints" / "step-000003")  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["in the run", "elsewhere"])
+def test_a_checkpoint_saved_by_a_callback_during_the_fit_is_refused_unwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    """It was written (into the run: a step directory no receipt records, which doctor then failed, exit 4)."""
+    root, elsewhere = tmp_path / "runs", tmp_path / "mine.ckpt"
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(root),
+            "--checkpoint.every_n_train_steps", "2", f"--trainer.callbacks+={__name__}.SavesItself",
+            f"--trainer.callbacks.path={elsewhere if where == 'elsewhere' else ''}"]  # fmt: skip
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "trainer.save_checkpoint was called during the fit by something other than lit_psion's" in line, line
+    run = root / read_latest(root)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["pointer.json", "step-000002"]
+    assert not elsewhere.exists()
+    assert read_json(run / "run.json")["failure_class"] == "config_invalid"
