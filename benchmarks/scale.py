@@ -53,7 +53,7 @@ class ScaleProbe(Callback):
         self.out, self.warmup = Path(out), warmup
         self.ticks: list[float] = []
         self.saves: list[float] = []
-        self.state_bytes = 0
+        self.state_bytes = self._grad_bytes = 0
         self.peaks: dict[str, float] = {}
         """Peak RSS (MiB) reached by each point of the run: where the peak comes from."""
 
@@ -84,12 +84,16 @@ class ScaleProbe(Callback):
             self._mark("after step 1")
         if trainer.global_step >= self.warmup:
             self.ticks.append(time.perf_counter())
-        if trainer.global_step == self.warmup:  # after an optimizer step: gradients and Adam's moments all exist
-            params = list(pl_module.parameters())
-            held = params + [p.grad for p in params if p.grad is not None]
+        if trainer.global_step == self.warmup:  # after an optimizer step: Adam's moments all exist
+            held = list(pl_module.parameters())
             held += [t for optimizer in trainer.optimizers for state in optimizer.state.values()
                      for t in state.values() if isinstance(t, torch.Tensor) and t.dim() > 0]  # fmt: skip
-            self.state_bytes = sum(_local(t).numel() * t.element_size() for t in held)
+            self.state_bytes = self._grad_bytes + sum(_local(t).numel() * t.element_size() for t in held)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self.warmup - 1:  # the gradients of that step (freed once the optimizer steps)
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            self._grad_bytes = sum(_local(g).numel() * g.element_size() for g in grads)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 ``checkpoints/step-NNNNNN/`` holds ``model.safetensors`` (the weights), ``trainer_state.pt`` (optimizer,
 schedulers, loops, data cursor, RNG: tensors and plain data, loadable with ``weights_only=True``, which
-:func:`~lit_psion.core.resumable.refuse_unloadable_state` checks first) and ``manifest.json`` (every file's sha256
+:func:`~lit_psion.resumable.refuse_unloadable_state` checks first) and ``manifest.json`` (every file's sha256
 and size, plus the step, run, model signature, data manifest digest, parent checkpoint and writer). The directory
 is built under a temporary name, every file and the directory are fsynced, and only then is it renamed into place.
 Loading refuses any difference from the manifest: a changed byte, a truncated, missing or extra file, or a symlink.
@@ -43,7 +43,7 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, load_refusal
 from lit_psion.core.files import FILE_MODE, fsync_path
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
-from lit_psion.core.resumable import refuse_unloadable_state
+from lit_psion.resumable import refuse_unloadable_state
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", MANIFEST_FILE
 EXTRA_KEY = "lit_psion"

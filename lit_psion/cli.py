@@ -274,11 +274,11 @@ class LitPsionCLI(LightningCLI):
         """Resume the run ``LIT_PSION_RUN_ID`` names if it has a checkpoint (else it starts as new, unless its receipts
         record a checkpoint, now gone, or its seal: then it is refused as ``--ckpt_path last`` refuses it)."""
         refuse_a_file_named(layout)
+        refuse_another_family(layout, config, named_by=RUN_ID_ENV)  # with a checkpoint or not: its config says
         receipted, rejected = receipted_checkpoints(layout), []
         if not (layout.pointer.is_file() or layout.checkpoint_dirs() or receipted.recorded or receipted.sealed):
             return None, ()
         self._lock(layout)
-        refuse_another_family(layout, config, named_by=RUN_ID_ENV)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted)
         refuse_without_its_records(layout, self.verified)
         max_steps = config.trainer.get("max_steps")

@@ -63,7 +63,7 @@ from lit_psion.core import atomic_write_json, sha256_file
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord, VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
 from lit_psion.core.files import fsync_path
-from lit_psion.core.resumable import refuse_unloadable_state
+from lit_psion.resumable import refuse_unloadable_state
 from lit_psion.strategies.transactional import Transactional
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MAPPED = {folder: f"lit_psion.{folder}" for folder in ("callbacks", "datamodules", "strategies")}
 LAYERS = ("core", "nn", "models", "callbacks", "datamodules", "strategies", "commands", "events", "sessions",
-          "checkpoint_io", "runs", "loggers", "profilers", "report", "adapters", "windows")  # fmt: skip
+          "checkpoint_io", "resumable", "runs", "loggers", "profilers", "report", "adapters", "windows")  # fmt: skip
 """The package's parts: its folders and its top-level library modules."""
 APPLICATIONS = {"commands", "sessions", "adapters", "events", "windows"}
 FORBIDDEN = {
@@ -28,6 +28,8 @@ FORBIDDEN = {
                     "sessions", "adapters", "windows"},
     "checkpoint_io": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "loggers", "report",
                       *APPLICATIONS},
+    "resumable": {"nn", "models", "callbacks", "datamodules", "strategies", "checkpoint_io", "runs", "loggers",
+                  "report", "profilers", *APPLICATIONS},
     "runs": {"nn", "models", "callbacks", "datamodules", "strategies", "loggers", "report", *APPLICATIONS},
     "loggers": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "checkpoint_io", "report",
                 *APPLICATIONS},

@@ -34,7 +34,7 @@ def test_a_model_the_allocator_refuses_is_exit_2_and_leaves_no_run(tmp_path: Pat
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("lit_psion:")]
     assert len(lines) == 1 and "ran out of memory (can't allocate memory: you tried to allocate" in lines[0], lines
-    assert "--model.help lists them" in lines[0] and "Traceback" not in result.stderr
+    assert "--model.help CLASS_PATH lists them" in lines[0] and "Traceback" not in result.stderr
     assert not any((tmp_path / "runs").glob("*/run.json"))
 
 

@@ -68,8 +68,8 @@ def test_a_constructor_failure_is_said_as_itself_not_as_the_parsers_account_of_i
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == (
         "lit_psion: error: the machine ran out of memory (can't allocate memory: you tried to allocate 48000000000 "
-        "bytes); lower the model's sizes (its width, depth or nodes: --model.help lists them), the data's batch or "
-        "context size, or run where more memory is free")  # fmt: skip
+        "bytes); lower the model's sizes (its width, depth or nodes: --model.help CLASS_PATH lists them), the data's "
+        "batch or context size, or run where more memory is free")  # fmt: skip
 
 
 CLASS_PATHS_THAT_DO_NOT_IMPORT = [  # (args, what the one line says): each said the class "refuses the settings given"

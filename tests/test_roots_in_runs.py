@@ -52,7 +52,8 @@ def test_a_runs_root_in_a_run_is_refused_and_the_run_untouched(run: Path, capsys
     line = one_error_line(capsys.readouterr().err)
     where = "is a run directory" if root == run else f"is inside run directory {str(run)!r}"
     assert line.startswith(f"lit_psion: error: trainer.default_root_dir {str(root)!r} {where}: "), line
-    assert f"give the directory that holds it ({str(run.parent)!r}" in line
+    assert f"give the directory that holds it ({str(run.parent)!r}; continue this run with --ckpt_path " \
+        f"{str(run / 'checkpoints')!r}/step-NNNNNN)" in line  # fmt: skip
     assert _tree(run) == before and not (run / "checkpoints" / "step-000006" / "new").exists()
     assert main(["doctor", str(run)]) == 0
 
@@ -82,4 +83,24 @@ def test_a_run_named_by_the_environment_of_another_family_is_refused_for_that(
     assert line == (f"lit_psion: error: LIT_PSION_RUN_ID names run {run.name}, which trains "
                     "lit_psion.models.DecoderLM, but this config builds lit_psion.models.MosaicLM; continue it with "
                     f"its own config ({run / 'config.yaml'}), or name another run"), line
+    assert _tree(run) == before
+
+
+def test_a_named_run_of_another_family_without_a_checkpoint_yet_is_refused_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped before its first checkpoint was taken over: its config.yaml then named the other family."""
+    root = tmp_path / "runs"
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.max_steps", "4", "--trainer.default_root_dir",
+            str(root), "--trainer.callbacks+=tests.callbacks.test_checkpoint_state.StateFromStep",
+            "--trainer.callbacks.step=0"]  # fmt: skip
+    assert main(args) == 2  # refused at its first checkpoint: a run with a config and no checkpoint
+    run = root / read_latest(root)
+    assert not list((run / "checkpoints").glob("step-*"))
+    before = _tree(run)
+    monkeypatch.setenv("LIT_PSION_RUN_ID", run.name)
+    capsys.readouterr()
+    assert main(["fit", "--config", "fixtures/mosaic_tiny.yaml", "--trainer.max_steps", "3",
+                 "--trainer.default_root_dir", str(root)]) == 4  # fmt: skip
+    assert f"LIT_PSION_RUN_ID names run {run.name}, which trains lit_psion.models.DecoderLM" in capsys.readouterr().err
     assert _tree(run) == before

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from lit_psion.core.errors import ConfigError
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.layout import RunLayout, enclosing_run
 
 
 def make_root(root: Path) -> list[Path]:
@@ -36,13 +36,12 @@ def refuse_root_in_a_run(root: Path) -> None:
     """A runs root that is a run directory or lies inside one (a checkpoint of it), refused in one line: a fit there
     made its run and ``latest_run.json`` among the run's files (a checkpoint then failed its manifest, and a resume
     fell back past it)."""
-    resolved = root.resolve()
-    for place in (resolved, *resolved.parents):
-        if RunLayout.of(place).is_run():
-            where = "is a run directory" if place == resolved else f"is inside run directory {str(place)!r}"
-            raise ConfigError(f"trainer.default_root_dir {str(root)!r} {where}: a run made there would write among "
-                              f"that run's files; give the directory that holds it ({str(place.parent)!r}: with "
-                              "--ckpt_path last to continue it), or one outside any run")  # fmt: skip
+    if (place := enclosing_run(root)) is not None:
+        where = "is a run directory" if place == root.resolve() else f"is inside run directory {str(place)!r}"
+        checkpoints = str(RunLayout.of(place).checkpoints)
+        raise ConfigError(f"trainer.default_root_dir {str(root)!r} {where}: a run made there would write among "
+                          f"that run's files; give the directory that holds it ({str(place.parent)!r}; continue "
+                          f"this run with --ckpt_path {checkpoints!r}/step-NNNNNN), or one outside any run")
 
 
 RUN_PATH_ROOM = 120

@@ -222,8 +222,8 @@ def _check_user_body(body: ReceiptBody) -> None:
                             "emit dicts with string keys")  # fmt: skip
     if (problem := read_back_problem(type(body), read_back)) is not None:
         raise EvidenceError(f"{where}: it would not read back ({problem}); emit values of the types its fields "
-                            "declare, and let a field declared init=False or a __post_init__ check take them as JSON "
-                            "gives them back (a list for a tuple)")  # fmt: skip
+                            "declare, declare no field init=False (its value cannot be given back), and let a "
+                            "__post_init__ check take values as JSON gives them back (a list for a tuple)")  # fmt: skip
 
 
 def _unholdable(value: Any, where: str) -> str | None:

@@ -158,8 +158,8 @@ def _out_of_memory(error: BaseException) -> ConfigError | None:
         return None
     asked = text.split("DefaultCPUAllocator: ", 1)[-1].split(" Error code", 1)[0].strip() or type(error).__name__
     return ConfigError(f"the machine ran out of memory ({asked}); lower the model's sizes (its width, depth or "
-                       "nodes: --model.help lists them), the data's batch or context size, or run where more memory "
-                       "is free")  # fmt: skip
+                       "nodes: --model.help CLASS_PATH lists them), the data's batch or context size, or run where "
+                       "more memory is free")  # fmt: skip
 
 
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:

@@ -217,6 +217,18 @@ def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
     return f"{str(path)!r} is not a run directory (no {RUN_FILE}); {advice}"
 
 
+def enclosing_run(path: Path) -> Path | None:
+    """The run directory ``path`` is, or lies inside, if any (a path too long to look at is in none)."""
+    resolved = path.resolve()
+    for place in (resolved, *resolved.parents):
+        try:
+            if RunLayout.of(place).is_run():
+                return place
+        except OSError:  # ENAMETOOLONG: nothing is there (whoever would write there is refused for its length)
+            continue
+    return None
+
+
 OTHER_ROOTS = (("program.json", "window program"), ("sessions/index.json", "sessions artifacts root"))
 """The files that mark a directory another command keeps its records in (a window program, a sessions root)."""
 

@@ -43,7 +43,7 @@ class LitModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # A model that writes its step's row in on_train_batch_end has kept nothing when the next step starts,
         # unless a subclass's on_train_batch_end left out lit_psion's: its rows are lost, so say it once.
         told = "_lit_psion_told_unwritten"
@@ -53,6 +53,7 @@ class LitModule(L.LightningModule):
                 print(f"lit_psion: warning: {type(self).__name__}.on_train_batch_end does not call "
                       "super().on_train_batch_end(outputs, batch, batch_idx), which writes the step's row: "
                       "train/loss, train/lr and telemetry are not reaching metrics.csv; call it", file=sys.stderr)
+        return super().on_train_batch_start(batch, batch_idx)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

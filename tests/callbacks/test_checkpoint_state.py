@@ -21,8 +21,8 @@ import torch
 from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.errors import ConfigError
-from lit_psion.core.resumable import refuse_unloadable_state
 from lit_psion.core.run import read_latest
+from lit_psion.resumable import refuse_unloadable_state
 from tests.test_bad_input import one_error_line
 
 
