@@ -75,6 +75,8 @@ def log_kept_step_logs(module: Any) -> None:
     The progress bar's values are also logged with ``self.log`` (``logger=False``), for every progress bar and
     for ``trainer.callback_metrics`` (an ``EarlyStopping`` on ``train/loss``)."""
     kept = module.__dict__.pop(_KEPT, None)
+    if kept and _accumulating(module):
+        return  # a micro-batch before its step's last: no row (Lightning writes none for it either), the step's comes
     if kept and writes_log_row(module):
         for name in PROGRESS_BAR_KEYS & kept.keys():
             module.log(name, kept[name], prog_bar=True, logger=False)
@@ -86,6 +88,12 @@ def log_kept_step_logs(module: Any) -> None:
             connector.log_metrics({name: float(value) for name, value in kept.items()})
     elif kept and _stops_at_max_steps(module):
         _write_last_row(module, kept)
+
+
+def _accumulating(module: Any) -> bool:
+    """Whether this training batch is a micro-batch before the last of its optimizer step's."""
+    loop = getattr(module._trainer, "fit_loop", None)
+    return bool(loop is not None and loop._should_accumulate())
 
 
 def drop_unwritten_step_logs(module: Any) -> bool:

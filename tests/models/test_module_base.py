@@ -176,3 +176,13 @@ def test_the_last_row_of_a_fit_stopped_between_rows_keeps_what_a_user_logged(tmp
     assert [int(row["step"]) for row in rows if row.get("train/loss")] == [1, 3, 4]
     logged = {int(row["step"]): float(row["user/metric"]) for row in rows if row.get("user/metric")}
     assert logged == {1: 2.0, 3: 4.0, 4: 5.0}  # the global step as the user's callback saw it
+
+
+def test_a_step_accumulated_over_micro_batches_writes_one_row(tmp_path: Path) -> None:
+    """Each micro-batch of a logged step wrote a row of its own, two rows of one step with different losses."""
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "3", "--trainer.log_every_n_steps",
+               "1", "--trainer.accumulate_grad_batches", "2", "--trainer.limit_val_batches", "0") == 0  # fmt: skip
+    rows = list(csv.DictReader((root / read_latest(root) / "metrics.csv").open()))
+    assert [int(row["step"]) for row in rows if row.get("train/loss")] == [0, 1, 2]
+    assert all(row.get("train/lr") and row.get("telemetry/grad_norm") for row in rows if row.get("train/loss"))
