@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from lit_psion.core.errors import ConfigError
-from lit_psion.core.layout import RunLayout, enclosing_run
+from lit_psion.core.layout import RunLayout, in_a_run
 
 
 def make_root(root: Path) -> list[Path]:
@@ -36,8 +36,8 @@ def refuse_root_in_a_run(root: Path) -> None:
     """A runs root that is a run directory or lies inside one (a checkpoint of it), refused in one line: a fit there
     made its run and ``latest_run.json`` among the run's files (a checkpoint then failed its manifest, and a resume
     fell back past it)."""
-    if (place := enclosing_run(root)) is not None:
-        where = "is a run directory" if place == root.resolve() else f"is inside run directory {str(place)!r}"
+    if (run := in_a_run(root)) is not None:
+        place, where = run
         checkpoints = str(RunLayout.of(place).checkpoints)
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} {where}: a run made there would write among "
                           f"that run's files; give the directory that holds it ({str(place.parent)!r}; continue "

@@ -217,13 +217,14 @@ def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
     return f"{str(path)!r} is not a run directory (no {RUN_FILE}); {advice}"
 
 
-def enclosing_run(path: Path) -> Path | None:
-    """The run directory ``path`` is, or lies inside, if any (a path too long to look at is in none)."""
+def in_a_run(path: Path) -> tuple[Path, str] | None:
+    """The run directory ``path`` is, or lies inside, and how to say so ("is a run directory", "is inside run
+    directory '...'"); None when it is in none (a path too long to look at is in none)."""
     resolved = path.resolve()
     for place in (resolved, *resolved.parents):
         try:
             if RunLayout.of(place).is_run():
-                return place
+                return place, "is a run directory" if place == resolved else f"is inside run directory {str(place)!r}"
         except OSError:  # ENAMETOOLONG: nothing is there (whoever would write there is refused for its length)
             continue
     return None
@@ -247,12 +248,11 @@ def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = No
         raise ConfigError(f"{flag} {str(out)!r} is a file; give a directory")
     if own is not None and not own.is_symlink() and out.resolve() == own.resolve():
         return  # (a link in its place is followed and held to where it leads: another run's files, or its own)
-    for place in (out.resolve(), *out.resolve().parents):
-        if RunLayout.of(place).is_run():
-            where = "is a run directory" if place == out.resolve() else f"is inside run directory {str(place)!r}"
-            raise ConfigError(f"{flag} {str(out)!r} {where}: writing there would overwrite the run's files or break "
-                              "its receipt chain; give a directory outside any run")  # fmt: skip
-        for marker, kind in OTHER_ROOTS if place != out.resolve() else ():  # (itself: not new or empty, refused)
+    if (run := in_a_run(out)) is not None:
+        raise ConfigError(f"{flag} {str(out)!r} {run[1]}: writing there would overwrite the run's files or break its "
+                          "receipt chain; give a directory outside any run")  # fmt: skip
+    for place in out.resolve().parents:  # (itself: not new or empty, refused)
+        for marker, kind in OTHER_ROOTS:
             if (place / marker).is_file():
                 raise ConfigError(f"{flag} {str(out)!r} is inside {kind} {str(place)!r} ({marker}): its commands "
                                   "would read what is written there as its own records; give a directory outside "

@@ -11,7 +11,7 @@ from typing import Any
 from lit_psion.commands import CommandParser
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LockedError
-from lit_psion.core.layout import enclosing_run
+from lit_psion.core.layout import in_a_run
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.sessions.settings import MAX_SEED, MAX_STEPS, WorldConfig
@@ -237,9 +237,8 @@ def session_main(args: list[str]) -> None:
     if store.root.exists() and not store.root.is_dir():
         raise ConfigError(f"--artifacts_root {str(store.root)!r} is a file, not a directory; give the artifacts "
                           "directory (a new path is made)")  # fmt: skip
-    if parsed.command in ("init-base", "new", "fork", "run") and (run := enclosing_run(store.root)) is not None:
-        where = "is a run directory" if run == store.root.resolve() else f"is inside run directory {str(run)!r}"
-        raise ConfigError(f"--artifacts_root {str(store.root)!r} {where}: a base or a session written there would "
+    if parsed.command in ("init-base", "new", "fork", "run") and (run := in_a_run(store.root)) is not None:
+        raise ConfigError(f"--artifacts_root {str(store.root)!r} {run[1]}: a base or a session written there would "
                           "overwrite the run's files or break its checkpoints; give a directory outside any run")
     if parsed.command == "list":  # reads JSON only: no torch, no Lightning
         list_sessions(store)
