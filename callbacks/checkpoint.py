@@ -26,7 +26,6 @@ from typing_extensions import override
 
 from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest, signature_of
 from lit_psion.checkpoint_io import EXTRA_KEY, ManifestCheckpointIO
-from lit_psion.core.chain import receipt_log
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest
 from lit_psion.core.contracts import HeadWatcher, MembershipAware, RecordWatcher, Resumable, signed_settings
 from lit_psion.core.digest import sha256_file
@@ -40,6 +39,7 @@ from lit_psion.core.errors import (
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.pointer import CheckpointPointer, read_pointer, write_pointer
+from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.receipts import CheckpointReceipt
 from lit_psion.core.run import RunContext
 

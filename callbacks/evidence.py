@@ -18,9 +18,10 @@ from typing_extensions import override
 
 from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
 from lit_psion.core.audit import check_chain, receipted_checkpoints
-from lit_psion.core.chain import ReceiptLog, ReceiptWriteError, batch_digest, emit_receipt
+from lit_psion.core.chain import ReceiptWriteError, batch_digest
 from lit_psion.core.contracts import MembershipAware, PauseCheckpointer, ReplayData, SignedModel, lr_flag
 from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError, failure_class
+from lit_psion.core.receipt_log import ReceiptLog, emit_receipt
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
     ChainSealReceipt,
@@ -89,14 +90,26 @@ class Receipts(EvidenceCallback):
 
     Args:
         every_n_steps: Emit a step receipt every n optimizer steps (1: every step).
+        flush_every_n_steps: Write step receipts in batches of this many (1: each as its step ends). Each is sealed
+            with the time its step ended, and every held one is written before any other receipt, any checkpoint,
+            and the end of the fit, so the log reads as if each had been written at once; a kill loses at most the
+            held ones, steps after the last checkpoint that a resume trains again.
+        flush_every_seconds: Write held step receipts once the oldest has waited this long, however few (``.inf``:
+            only ``flush_every_n_steps`` bounds them).
     """
 
-    def __init__(self, every_n_steps: int = 1) -> None:
-        if every_n_steps < 1:
-            raise ConfigError(f"receipts.every_n_steps must be >= 1, got {every_n_steps!r}")
-        self.every_n_steps = every_n_steps
+    def __init__(self, every_n_steps: int = 1, flush_every_n_steps: int = 16, flush_every_seconds: float = 1.0) -> None:
+        for name, value in (("every_n_steps", every_n_steps), ("flush_every_n_steps", flush_every_n_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"receipts.{name} must be an integer >= 1, got {value!r}")
+        seconds = flush_every_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or math.isnan(seconds) or seconds < 0:
+            raise ConfigError(f"receipts.flush_every_seconds must be a number >= 0 (.inf: no time bound), got "
+                              f"{seconds!r}")
+        self.every_n_steps, self.flush_every_n_steps = every_n_steps, flush_every_n_steps
+        self.flush_every_seconds = float(flush_every_seconds)
         self.chain: ReceiptLog | None = None
-        self._batch_digest: str | None = None
+        self._sample_ids: list[int] | None = None
         self._cursor: tuple[int, int] | None = None
         self._resumed_from: str | None = None
         self._started = False
@@ -116,7 +129,8 @@ class Receipts(EvidenceCallback):
                                        untrusted={rejected.path.name for rejected in run.rejected})  # fmt: skip
             self._unreceipted_resume = self._resumed_without_its_receipt(run)  # read before this fit appends
             self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head,
-                                    verified=verified)  # fmt: skip
+                                    verified=verified, flush_every_n_steps=self.flush_every_n_steps,
+                                    flush_every_seconds=self.flush_every_seconds)  # fmt: skip
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -157,7 +171,7 @@ class Receipts(EvidenceCallback):
         has_ids = isinstance(batch, dict) and "sample_ids" in batch
         self._cursor = tuple(batch["cursor"]) if has_ids and batch.get("cursor") else None
         ids = batch.get("global_sample_ids", batch.get("sample_ids")) if has_ids else None
-        self._batch_digest = batch_digest(ids.tolist(), self._cursor) if has_ids else None  # the whole global batch
+        self._sample_ids = ids.tolist() if has_ids else None  # the whole global batch (digested when written)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
@@ -174,13 +188,17 @@ class Receipts(EvidenceCallback):
         loss = _global_loss(trainer, step, outputs["loss"] if isinstance(outputs, dict) else outputs)
         if step % self.every_n_steps:
             return
+        if self.chain is None or not trainer.is_global_zero:
+            return
         optimizer = trainer.optimizers[0]
         run = self.run(trainer)
         checkpoint, self._resumed_from = self._resumed_from and run.layout.relative(self._resumed_from), None
-        self._emit_own(trainer, TrainerStepReceipt(
-            stage_id=run.stage, step_in=step - 1, step_out=step, batch_digest=self._batch_digest or "",
-            cursor=self._cursor, loss=loss, lr=float(optimizer.param_groups[0]["lr"]),
-            optimizer=type(optimizer).__name__, checkpoint=checkpoint,
+        ids, cursor, stage = self._sample_ids, self._cursor, run.stage
+        lr, name = float(optimizer.param_groups[0]["lr"]), type(optimizer).__name__
+        self.chain.defer(lambda: TrainerStepReceipt(  # built when written: off the step's path, like the digest
+            stage_id=stage, step_in=step - 1, step_out=step,
+            batch_digest="" if ids is None else batch_digest(ids, cursor), cursor=cursor, loss=loss,
+            lr=lr, optimizer=name, checkpoint=checkpoint,
         ))  # fmt: skip
 
     @override

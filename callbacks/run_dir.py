@@ -27,7 +27,6 @@ from lit_psion.callbacks.checkpoint import (
 from lit_psion.callbacks.evidence import data_manifest_digest, signature_of
 from lit_psion.callbacks.optimizer_settings import honour_optimizer_settings
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
-from lit_psion.core.chain import receipt_log
 from lit_psion.core.contracts import RecordWatcher, ReplayData, TokenizedData
 from lit_psion.core.errors import (
     CheckpointError,
@@ -40,6 +39,7 @@ from lit_psion.core.errors import (
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, last_receipted, mismatched_joiners
 from lit_psion.core.pointer import read_pointer
+from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.run import read_latest, write_latest
 from lit_psion.loggers import RunCSVLogger
 

@@ -36,10 +36,10 @@ from lit_psion.core import (
     sha256_file,
     sha256_json,
 )
-from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.errors import CheckpointError, ConfigError, LockedError
 from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_run
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
+from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import AdapterExportReceipt
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2

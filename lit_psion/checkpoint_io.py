@@ -410,7 +410,7 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from lit_psion.core.chain import ReceiptLog
+    from lit_psion.core.receipt_log import ReceiptLog
     from lit_psion.core.receipts import ConsolidationReceipt
 
     if not verified.sharded:

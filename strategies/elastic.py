@@ -39,7 +39,6 @@ from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
 from lit_psion.core import RunLayout, run_context
-from lit_psion.core.chain import emit_receipt
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
@@ -65,6 +64,7 @@ from lit_psion.core.membership import (
     write_drain_requests,
     write_membership,
 )
+from lit_psion.core.receipt_log import emit_receipt
 from lit_psion.core.receipts import MembershipReceipt
 from lit_psion.strategies.transactional import Transactional
 
@@ -341,7 +341,8 @@ def _manifest_digest(checkpoint: Path) -> str:
 
 
 def _steps_replayed(receipts: Path, checkpoint_step: int) -> int:
-    """Steps the previous epoch receipted past the resumed checkpoint (they are trained again now)."""
+    """Steps the previous epoch receipted past the resumed checkpoint (they are trained again now). A rank 0 killed
+    outright loses the step receipts it held (docs/receipts.md): those steps are trained again, not counted."""
     if not receipts.is_file():
         return 0
     last = checkpoint_step

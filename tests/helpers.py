@@ -68,7 +68,7 @@ class KillBeforeDurableReceipt(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from lit_psion.callbacks.checkpoint import PointerCheckpoint
-        from lit_psion.core.chain import emit_receipt
+        from lit_psion.core.receipt_log import emit_receipt
 
         for callback in trainer.callbacks:
             if isinstance(callback, PointerCheckpoint):
@@ -388,25 +388,36 @@ class FullDiskAtStep(Callback):
         self.step = step
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        from lit_psion.core.chain import receipt_log
+        from lit_psion.core.receipt_log import receipt_log
 
         log = receipt_log(trainer)
         if trainer.global_step + 1 != self.step or log is None:
             return
         log.append  # noqa: B018  (the handle is opened on first append; by this step it exists)
-
-        class HalfThenFull:
-            def __init__(self, handle: Any) -> None:
-                self.handle = handle
-
-            def write(self, data: bytes) -> int:
-                self.handle.write(data[: len(data) // 2])
-                raise OSError(28, "No space left on device")
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self.handle, name)
-
         log._handle = HalfThenFull(log._handle)
+
+
+class HalfThenFull:
+    """A file handle that writes half of what it is given, then reports a full disk."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
+def head_of_step(run: Path, step: int) -> str:
+    """The digest of the run's ``trainer_step`` receipt of ``step``."""
+    for line in (run / "receipts.jsonl").read_text().splitlines():
+        receipt = json.loads(line)
+        if receipt["kind"] == "trainer_step" and receipt["body"]["step_out"] == step:
+            return receipt["digest"]
+    raise AssertionError(f"no receipt of step {step}")
 
 
 class KillGroupAt(Callback):

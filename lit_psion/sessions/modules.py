@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_psion.core import sha256_bytes
-from lit_psion.core.chain import emit_receipt
+from lit_psion.core.receipt_log import emit_receipt
 from lit_psion.core.receipts import PolicyPromotionReceipt
 from lit_psion.models.base import LitModule
 from lit_psion.sessions.world import Environment, WorldConfig, WorldModel

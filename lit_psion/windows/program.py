@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
-from lit_psion.core.chain import ReceiptLog
 from lit_psion.core.checkpoint import VerifiedCheckpoint, verify_checkpoint
 from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError
 from lit_psion.core.layout import POINTER_FILE, PROMOTION_FILE, RECEIPTS_FILE, TOKENIZER_FILE, RunLayout
+from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import ReceiptBody, WindowStateReceipt
 from lit_psion.core.windows import (
     PLANNED,

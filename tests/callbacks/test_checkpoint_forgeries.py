@@ -19,7 +19,7 @@ from lit_psion.cli import main
 from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.run import read_latest, write_latest
-from tests.helpers import callbacks_config, fit, fit_subprocess
+from tests.helpers import callbacks_config, fit, fit_subprocess, head_of_step
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,6 @@ def test_a_kill_before_the_first_pointer_is_not_damage_to_ckpt_verify_or_doctor(
     assert main(["doctor", str(run)]) == 0
 
 
-def _head_of_step(run: Path, step: int) -> str:
-    for line in (run / "receipts.jsonl").read_text().splitlines():
-        receipt = json.loads(line)
-        if receipt["kind"] == "trainer_step" and receipt["body"]["step_out"] == step:
-            return receipt["digest"]
-    raise AssertionError(f"no receipt of step {step}")
-
-
 FORGERIES = [  # (name, the step the forged copy of step 6's checkpoint claims, its anchor: a step's head or a digest)
     ("a step past what the chain reached", 10, 6, "go on from step 6"),
     ("a step the chain trained past from the head it names", 7, 6, "go on from step 6"),
@@ -104,7 +96,7 @@ def test_a_forged_newest_checkpoint_without_its_receipt_is_refused_and_last_fall
     forged = run / "checkpoints" / f"step-{step:06d}"
     shutil.copytree(run / "checkpoints" / "step-000006", forged)
     manifest = read_json(forged / "manifest.json")
-    manifest |= {"step": step, "receipts_head": _head_of_step(run, anchor) if isinstance(anchor, int) else anchor}
+    manifest |= {"step": step, "receipts_head": head_of_step(run, anchor) if isinstance(anchor, int) else anchor}
     atomic_write_json(forged / "manifest.json", manifest)
     digest = hashlib.sha256((forged / "manifest.json").read_bytes()).hexdigest()
     atomic_write_json(run / "checkpoints" / "pointer.json",
@@ -127,7 +119,7 @@ def test_a_checkpoint_whose_head_the_log_does_not_hold_stops_a_resume_as_receipt
     shutil.copytree(killed_run, run)
     write_latest(tmp_path, run.name)
     log = run / "receipts.jsonl"
-    head = _head_of_step(run, 3)
+    head = head_of_step(run, 3)
     lines = log.read_text().splitlines(keepends=True)
     log.write_text("".join(lines[: next(i for i, line in enumerate(lines) if json.loads(line)["digest"] == head) + 1]))
     atomic_write_json(run / "run.json", {**read_json(run / "run.json"), "receipts_head": head, "global_step": 3,

@@ -11,9 +11,10 @@ import pytest
 
 from lit_psion.cli import main
 from lit_psion.core import RunLayout, RunRecord
-from lit_psion.core.chain import ReceiptLog, verify_log
+from lit_psion.core.chain import verify_log
 from lit_psion.core.digest import sha256_json
 from lit_psion.core.errors import EvidenceError
+from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import TrainerStepReceipt
 from lit_psion.core.run import RunRecordError, read_latest
 from tests.helpers import fit

@@ -11,8 +11,9 @@ from typing import ClassVar
 
 import pytest
 
-from lit_psion.core.chain import ReceiptChainError, ReceiptLog, genesis, verify_log
+from lit_psion.core.chain import ReceiptChainError, genesis, verify_log
 from lit_psion.core.errors import EvidenceError
+from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
     CheckpointReceipt,

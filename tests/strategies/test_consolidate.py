@@ -122,7 +122,7 @@ def test_an_out_whose_receipts_refuse_the_copy_is_left_as_it_was(
 ) -> None:
     """The log is checked before the copy is written: a consolidation of another run into the same --out used to
     overwrite that run's copy and only then fail."""
-    from lit_psion.core.chain import ReceiptLog
+    from lit_psion.core.receipt_log import ReceiptLog
     from lit_psion.core.receipts import ConsolidationReceipt
 
     out = tmp_path / "out"
