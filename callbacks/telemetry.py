@@ -88,7 +88,11 @@ def update_norm(params: list[torch.Tensor], before: list[torch.Tensor]) -> float
     """The 2-norm of the step's change to every parameter. A parameter whose shape changed in the step (a graph
     core grew an edge) moved wholly: its norm is its update."""
     before = before if len(before) == len(params) else [torch.zeros(0)] * len(params)
-    return float(total_norm([p - b if p.shape == b.shape else p for p, b in zip(params, before, strict=True)]))
+    kept = [(p, b) for p, b in zip(params, before, strict=True) if p.shape == b.shape]
+    if kept:  # in place, in ``before`` (a copy this callback owns): no second copy of the model to allocate
+        torch._foreach_sub_([b for _, b in kept], [p for p, _ in kept])
+    grown = [p for p, b in zip(params, before, strict=True) if p.shape != b.shape]
+    return float(total_norm([b for _, b in kept] + grown))
 
 
 def global_tokens(batch: Any) -> int:

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from lit_psion.core.contracts import DataFacts, Manifest
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
+from lit_psion.core.layout import CONFIG_FILE, in_a_run
 from lit_psion.core.manifest import RecordManifest
 from lit_psion.core.run import run_context
 from lit_psion.datamodules.replay import Cursor, ReplayDataLoader, ReplaySampler, replay_loader
@@ -202,7 +203,7 @@ class ReplayDataModule(L.LightningDataModule):
         raise DataManifestMismatch(
             f"refusing to load the checkpoint: it was trained on {self.data_name} {recorded[:12]}..., not this "
             f"data's {self.prepare().digest[:12]}...; restore the original data and settings or start a new run "
-            "without --ckpt_path"
+            f"without --ckpt_path{self._own_config_hint()}"
         )
 
     def train_dataloader(self) -> ReplayDataLoader:
@@ -296,6 +297,14 @@ class ReplayDataModule(L.LightningDataModule):
                  isinstance(saved.get(key), int | float | str) and not isinstance(saved.get(key), bool)]  # fmt: skip
         fitting = self.trainer is None or self.trainer.state.fn == "fit"
         if flags:
-            return f"give the settings it was trained with ({' '.join(flags)})"
+            return f"give the settings it was trained with ({' '.join(flags)}){self._own_config_hint()}"
         return ("restore the original data and settings or start a new run without --ckpt_path" if fitting
-                else "evaluate it on the data and settings it was trained with")  # fmt: skip
+                else "evaluate it on the data and settings it was trained with") + self._own_config_hint()  # fmt: skip
+
+    def _own_config_hint(self) -> str:
+        """Where the run that holds the checkpoint keeps its config, which gives it its data (and model) at once:
+        a preset of the same model class with other data (another system of a graph core) differs in both."""
+        resumed = run_context(self.trainer).resume_from if self.trainer is not None else None
+        place = in_a_run(Path(resumed)) if resumed is not None else None
+        config = place[0] / CONFIG_FILE if place is not None else None
+        return f", or pass that run's own config (--config {config})" if config and config.is_file() else ""

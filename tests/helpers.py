@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from lit_psion import checkpoint_io
 from lit_psion.callbacks.evidence import EvidenceCallback
 from lit_psion.checkpoint_io import load_verified
 from lit_psion.cli import main
-from lit_psion.core import RunLayout
+from lit_psion.core import RunLayout, atomic_write_json, read_json
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.receipts import (
     ChainSealReceipt,
@@ -409,6 +411,19 @@ class HalfThenFull:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.handle, name)
+
+
+def forge_newest_checkpoint(run: Path, step: int, head: str) -> Path:
+    """A copy of ``run``'s step-6 checkpoint claiming ``step`` and recording ``head``, with every digest made to
+    match and the pointer moved to it: a forgery only the chain's anchors can refuse."""
+    forged = run / "checkpoints" / f"step-{step:06d}"
+    shutil.copytree(run / "checkpoints" / "step-000006", forged)
+    manifest = read_json(forged / "manifest.json") | {"step": step, "receipts_head": head}
+    atomic_write_json(forged / "manifest.json", manifest)
+    digest = hashlib.sha256((forged / "manifest.json").read_bytes()).hexdigest()
+    atomic_write_json(run / "checkpoints" / "pointer.json",
+                      {"step": step, "checkpoint": forged.name, "manifest_sha256": digest})  # fmt: skip
+    return forged
 
 
 def head_of_step(run: Path, step: int) -> str:

@@ -19,7 +19,7 @@ from lit_psion.cli import main
 from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.run import read_latest, write_latest
-from tests.helpers import callbacks_config, fit, fit_subprocess, head_of_step
+from tests.helpers import callbacks_config, fit, fit_subprocess, forge_newest_checkpoint, head_of_step
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +93,7 @@ def test_a_forged_newest_checkpoint_without_its_receipt_is_refused_and_last_fall
 
     run = tmp_path / killed_run.name
     shutil.copytree(killed_run, run)
-    forged = run / "checkpoints" / f"step-{step:06d}"
-    shutil.copytree(run / "checkpoints" / "step-000006", forged)
-    manifest = read_json(forged / "manifest.json")
-    manifest |= {"step": step, "receipts_head": head_of_step(run, anchor) if isinstance(anchor, int) else anchor}
-    atomic_write_json(forged / "manifest.json", manifest)
-    digest = hashlib.sha256((forged / "manifest.json").read_bytes()).hexdigest()
-    atomic_write_json(run / "checkpoints" / "pointer.json",
-                      {"step": step, "checkpoint": forged.name, "manifest_sha256": digest})  # fmt: skip
+    forged = forge_newest_checkpoint(run, step, head_of_step(run, anchor) if isinstance(anchor, int) else anchor)
     layout, rejected = RunLayout.of(run), []
     resolved = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
     assert resolved.step == 6

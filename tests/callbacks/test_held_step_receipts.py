@@ -3,7 +3,6 @@ the last checkpoint, which a resume trains again and receipts; forged checkpoint
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from lit_psion.cli import main
-from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.audit import receipted_checkpoints
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.run import read_latest
-from tests.helpers import callbacks_config, fit, fit_subprocess, head_of_step
+from tests.helpers import callbacks_config, fit, fit_subprocess, forge_newest_checkpoint, head_of_step
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +64,7 @@ def test_a_forged_newest_checkpoint_is_refused_whatever_the_kill_left_unwritten(
 ) -> None:
     run = tmp_path / killed_held.name
     shutil.copytree(killed_held, run)
-    forged = run / "checkpoints" / f"step-{step:06d}"
-    shutil.copytree(run / "checkpoints" / "step-000006", forged)
-    manifest = read_json(forged / "manifest.json")
-    manifest |= {"step": step, "receipts_head": head_of_step(run, anchor if anchor else steps_of(run)[-1])}
-    atomic_write_json(forged / "manifest.json", manifest)
-    digest = hashlib.sha256((forged / "manifest.json").read_bytes()).hexdigest()
-    atomic_write_json(run / "checkpoints" / "pointer.json",
-                      {"step": step, "checkpoint": forged.name, "manifest_sha256": digest})  # fmt: skip
+    forge_newest_checkpoint(run, step, head_of_step(run, anchor if anchor else steps_of(run)[-1]))
     layout, rejected = RunLayout.of(run), []
     resolved = resolve_checkpoint(layout, rejected, quiet=True, receipted=receipted_checkpoints(layout))
     assert resolved.step == 6

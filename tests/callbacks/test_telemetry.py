@@ -118,3 +118,20 @@ def test_the_last_row_of_a_run_stopped_by_max_steps_holds_every_column(tmp_path:
     for step, row in rows.items():
         missing = [column for column in columns if not row.get(column)]
         assert not missing, f"the row of step {step} lacks {missing}"
+
+
+def test_the_update_norm_is_the_norm_of_every_parameters_change_a_grown_one_wholly() -> None:
+    """Computed in place in the copy taken before the step; a parameter whose shape changed in the step (a graph
+    core grew an edge) counts wholly, and a list of another length (the model grew a parameter) counts every one."""
+    import torch
+
+    from lit_psion.callbacks.telemetry import update_norm
+
+    torch.manual_seed(0)
+    before = [torch.randn(4, 3), torch.randn(5), torch.randn(2, 2)]
+    after = [before[0] + 0.5, before[1] - 0.25, torch.randn(3, 2)]  # the last one grew
+    expected = torch.cat([(after[0] - before[0]).flatten(), (after[1] - before[1]).flatten(), after[2].flatten()])
+    copies = [b.clone() for b in before]
+    assert update_norm(after, copies) == pytest.approx(float(expected.norm()), rel=1e-6)
+    assert update_norm(after, before[:2]) == pytest.approx(float(torch.cat([p.flatten() for p in after]).norm()))
+    assert update_norm([], []) == 0.0

@@ -469,3 +469,19 @@ def test_an_infinite_barrier_scale_exits_2_naming_it(tmp_path: Path, capsys: pyt
     root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "1")
     assert fit(*root, "--model.init_args.config.barrier_scale", ".inf", config=PRESET) == 2
     assert "barrier_scale must be between 1e-06 and 1e+06" in capsys.readouterr().err
+
+
+def test_a_run_resumed_with_the_other_systems_preset_is_pointed_to_its_own_config_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The Lorenz preset resuming an oscillators run was told only the data flags (--data.n_bodies 8 --data.system
+    oscillators); given them, the model's node count was refused next. The run's own config gives both."""
+    root = ("--trainer.default_root_dir", str(tmp_path), "--data.init_args.n_train", "16")
+    assert fit(*root, "--trainer.max_steps", "2", config=PRESET) == 0
+    run = tmp_path / read_latest(tmp_path)
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "4", "--ckpt_path", "last", config="configs/graph_core_lorenz.yaml") == 3
+    said = capsys.readouterr().err
+    assert "--data.system oscillators" in said and f"or pass that run's own config (--config {run / 'config.yaml'})" \
+        in said, said
+    assert fit(*root, "--trainer.max_steps", "4", "--ckpt_path", "last", config=str(run / "config.yaml")) == 0
