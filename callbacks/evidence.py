@@ -6,6 +6,7 @@ checkpoint callback, or a user's, added by ``class_path``) appends through it wi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -94,8 +95,9 @@ class Receipts(EvidenceCallback):
             with the time its step ended, and every held one is written before any other receipt, any checkpoint,
             and the end of the fit, so the log reads as if each had been written at once; a kill loses at most the
             held ones, steps after the last checkpoint that a resume trains again.
-        flush_every_seconds: Write held step receipts once the oldest has waited this long, however few (``.inf``:
-            only ``flush_every_n_steps`` bounds them).
+        flush_every_seconds: Write held step receipts once the oldest has waited this long, however few (asked at
+            every step's start; ``.inf``: only ``flush_every_n_steps`` bounds them). Held ones are also written
+            before a validation. On a mesh (an elastic strategy) each is written as its step ends.
     """
 
     def __init__(self, every_n_steps: int = 1, flush_every_n_steps: int = 16, flush_every_seconds: float = 1.0) -> None:
@@ -128,8 +130,11 @@ class Receipts(EvidenceCallback):
                 verified = check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known,
                                        untrusted={rejected.path.name for rejected in run.rejected})  # fmt: skip
             self._unreceipted_resume = self._resumed_without_its_receipt(run)  # read before this fit appends
+            # A mesh writes each as its step ends: a rank 0 lost with its peers runs no clean-up, and a membership
+            # receipt counts the steps receipted past the checkpoint it resumes from (steps_replayed).
+            held = 1 if isinstance(trainer.strategy, MembershipAware) else self.flush_every_n_steps
             self.chain = ReceiptLog(layout.receipts, run_id=layout.run_id, repair_after=run.resume_receipts_head,
-                                    verified=verified, flush_every_n_steps=self.flush_every_n_steps,
+                                    verified=verified, flush_every_n_steps=held,
                                     flush_every_seconds=self.flush_every_seconds)  # fmt: skip
 
     @override
@@ -172,6 +177,13 @@ class Receipts(EvidenceCallback):
         self._cursor = tuple(batch["cursor"]) if has_ids and batch.get("cursor") else None
         ids = batch.get("global_sample_ids", batch.get("sample_ids")) if has_ids else None
         self._sample_ids = ids.tolist() if has_ids else None  # the whole global batch (digested when written)
+        if self.chain is not None:
+            self.chain.flush_if_due()
+
+    @override
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.chain is not None:  # a validation can take minutes: the steps before it are not held through it
+            self.chain.flush()
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
@@ -195,6 +207,10 @@ class Receipts(EvidenceCallback):
         checkpoint, self._resumed_from = self._resumed_from and run.layout.relative(self._resumed_from), None
         ids, cursor, stage = self._sample_ids, self._cursor, run.stage
         lr, name = float(optimizer.param_groups[0]["lr"]), type(optimizer).__name__
+        if not math.isfinite(lr):  # (its receipt could not record it: refused now, not when the receipts are written)
+            flag = lr_flag(trainer.lightning_module)
+            raise TransactionError(f"the learning rate at step {step} is {lr}: the schedule or the optimizer's "
+                                   f"settings gave a non-finite value; check them ({flag})")
         self.chain.defer(lambda: TrainerStepReceipt(  # built when written: off the step's path, like the digest
             stage_id=stage, step_in=step - 1, step_out=step,
             batch_digest="" if ids is None else batch_digest(ids, cursor), cursor=cursor, loss=loss,
@@ -234,6 +250,9 @@ class Receipts(EvidenceCallback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not self._started or self._sealed or isinstance(exception, ReceiptWriteError):
             return  # refused before training began, raised after the seal, or the log cannot take a receipt
+        if self.chain is not None:  # the held steps first, whatever fails below (Lightning runs no teardown now)
+            with contextlib.suppress(ReceiptWriteError):
+                self.chain.flush()
         event = "paused" if isinstance(exception, KeyboardInterrupt | SIGTERMException) else "failed"
         if isinstance(exception, SIGTERMException):  # the paused step's checkpoint first, so this receipt follows it
             for callback in trainer.callbacks:

@@ -341,8 +341,8 @@ def _manifest_digest(checkpoint: Path) -> str:
 
 
 def _steps_replayed(receipts: Path, checkpoint_step: int) -> int:
-    """Steps the previous epoch receipted past the resumed checkpoint (they are trained again now). A rank 0 killed
-    outright loses the step receipts it held (docs/receipts.md): those steps are trained again, not counted."""
+    """Steps the previous epoch receipted past the resumed checkpoint (they are trained again now; a mesh writes
+    each step's receipt as the step ends, so a kill loses none of them)."""
     if not receipts.is_file():
         return 0
     last = checkpoint_step

@@ -465,3 +465,21 @@ class ShardDigestFailsAt(Callback):
             return original(path)
 
         sharded.sha256_file = failing
+
+
+class StepReceiptsAtValidation(Callback):
+    """Append ``[global_step, the steps receipts.jsonl holds]`` to a JSON list at each fit validation's first batch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:  # fmt: skip
+        if trainer.sanity_checking or batch_idx != 0:
+            return
+        from lit_psion.core import run_context
+
+        lines = run_context(trainer).layout.receipts.read_text().splitlines()
+        steps = [json.loads(line)["body"]["step_out"] for line in lines if '"trainer_step"' in line]
+        seen = json.loads(Path(self.path).read_text()) if Path(self.path).exists() else []
+        Path(self.path).write_text(json.dumps([*seen, [trainer.global_step, steps]]))

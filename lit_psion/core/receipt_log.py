@@ -107,16 +107,29 @@ class ReceiptLog:
 
     def defer(self, make: Callable[[], ReceiptBody]) -> None:
         """Hold the receipt ``make`` builds, stamped now, to be written with the next ones (see the class)."""
-        now = time.time()
-        self._deferred.append((now, make))
-        if len(self._deferred) >= self.flush_every_n_steps or now - self._deferred[0][0] >= self.flush_every_seconds:
+        self._deferred.append((time.time(), make))
+        if len(self._deferred) >= self.flush_every_n_steps:
+            self.flush()
+        else:
+            self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        """Write the held receipts if the oldest has waited ``flush_every_seconds`` (a fit asks at every step)."""
+        if self._deferred and time.time() - self._deferred[0][0] >= self.flush_every_seconds:
             self.flush()
 
     def flush(self) -> None:
-        """Seal and write every held receipt, in the order given, in one write."""
-        if self._deferred:
-            held, self._deferred = self._deferred, []
+        """Seal and write every held receipt, in the order given, in one write. One that cannot be built or sealed
+        leaves them all held (and raises); a write the disk refused loses them with the log (it takes no more)."""
+        if not self._deferred:
+            return
+        held, self._deferred = self._deferred, []  # (a torn tail's repair, inside the write, appends: not these)
+        try:
             self._write_all([(make(), at) for at, make in held])
+        except BaseException:
+            if self._broken is None:
+                self._deferred = held + self._deferred
+            raise
 
     def _mend(self) -> None:
         """Before the first append: restore a lost final newline, or cut a provably torn tail and receipt it."""
@@ -200,11 +213,13 @@ class ReceiptLog:
         return receipts
 
     def close(self) -> None:
-        if self._broken is None:  # (a log that refused a write keeps what it holds: it is intact up to them)
-            self.flush()
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        try:
+            if self._broken is None:  # (a log that refused a write keeps what it holds: it is intact up to them)
+                self.flush()
+        finally:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
 
     def sync(self) -> None:
         """Make every appended line durable (called at checkpoints, not every step)."""

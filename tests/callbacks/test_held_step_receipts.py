@@ -99,3 +99,12 @@ def test_a_bad_batching_setting_is_refused_in_one_line_before_any_run(
     assert fit("--trainer.default_root_dir", str(tmp_path), f"--receipts.{key}", value) == 2
     assert said in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_validation_starts_with_every_step_before_it_written(tmp_path: Path) -> None:
+    """A validation can take minutes: the steps held before it are written as it starts, not after it."""
+    seen = tmp_path / "seen.json"
+    probe = callbacks_config(tmp_path / "probe.json", ("StepReceiptsAtValidation", {"path": str(seen)}))
+    assert fit("--trainer.default_root_dir", str(tmp_path / "runs"), "--config", probe,
+               "--trainer.val_check_interval", "5", "--trainer.limit_val_batches", "1") == 0  # fmt: skip
+    assert json.loads(seen.read_text()) == [[5, [1, 2, 3, 4, 5]], [10, list(range(1, 11))]]

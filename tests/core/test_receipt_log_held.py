@@ -132,3 +132,41 @@ def test_a_full_disk_under_a_held_batch_takes_every_line_back_and_the_close_afte
         log.append(EVAL)  # a log that refused a write takes no more
     log.close()  # the fit's teardown after the failure raises nothing more
     assert path.read_bytes() == before and verify_log(path, run_id="run-a").ok
+
+
+def test_a_wait_past_the_seconds_is_written_when_asked_with_no_new_receipt(tmp_path: Path, clock: Clock) -> None:
+    """A fit asks at every step's start: steps before a long pause (a slow batch, a user's hook) are not held
+    through it."""
+    path = tmp_path / "receipts.jsonl"
+    log = held_log(path, n=100, seconds=1.0)
+    log.defer(lambda: step(0))
+    log.flush_if_due()
+    assert records(path) == []
+    clock.now += 1.5
+    log.flush_if_due()
+    assert [r["body"]["step_out"] for r in records(path)] == [1]
+
+
+def test_a_receipt_that_cannot_be_built_leaves_every_held_one_held_and_the_log_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.jsonl"
+    log = held_log(path, n=100)
+    log.append(EVAL)
+    before = path.read_bytes()
+    failing = [True]
+
+    def third() -> Any:
+        if failing[0]:
+            raise ValueError("cannot build it")
+        return step(2)
+
+    log.defer(lambda: step(0))
+    log.defer(lambda: step(1))
+    log.defer(third)
+    with pytest.raises(ValueError, match="cannot build it"):
+        log.flush()
+    assert path.read_bytes() == before
+    failing[0] = False
+    log.close()
+    assert [r["body"].get("step_out") for r in records(path)] == [None, 1, 2, 3]
+    assert verify_log(path, run_id="run-a").ok
+    assert log._handle is None
