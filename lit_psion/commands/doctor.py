@@ -11,7 +11,9 @@ Exit 0 when every artifact verifies; otherwise the exit code of the first failin
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import itertools
 import os
 import sys
@@ -54,7 +56,27 @@ def _metrics(layout: RunLayout) -> list[Verdict]:
     if (problem := metrics_problem(layout)) is not None:
         return [Verdict(layout.metrics.name, False, f"a resume cannot continue it ({problem}); restore it from a "
                         "backup, or move it aside", EvidenceError.exit_code)]  # fmt: skip
+    if (problem := _not_a_number(layout.metrics)) is not None:  # a resume continues it; compare and reports cannot
+        return [Verdict(layout.metrics.name, False, f"{problem}, which compare and the dashboard cannot read (a run's "
+                        "logger writes numbers only); restore it from a backup, or move it aside",
+                        EvidenceError.exit_code)]  # fmt: skip
     return [Verdict(layout.metrics.name, True, "readable by step")]
+
+
+def _not_a_number(metrics: Path) -> str | None:
+    """The first metric value in ``metrics`` (read by step already) that is not a number, said as where it is."""
+    text = metrics.read_text(encoding="utf-8")
+    for row in csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1], newline="")):
+        for key, value in row.items():
+            if key is None:
+                return f"the row of step {row['step']} has more values than the header has columns"
+            if key in ("step", "epoch") or value in (None, ""):
+                continue
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                return f"the value of {key!r} at step {row['step']} is {str(value)[:40]!r}, not a number"
+    return None
 
 
 def _membership(layout: RunLayout) -> list[Verdict]:

@@ -1,0 +1,48 @@
+"""``doctor`` and ``compare`` agree on a run's metrics.csv: a value that is not a number fails both."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core import RunLayout
+from lit_psion.core.run import read_latest
+from tests.helpers import fit
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
+    root = tmp_path_factory.mktemp("metrics")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6") == 0
+    return RunLayout(root, read_latest(root))
+
+
+METRIC_CELLS = [  # (what the cell of train/loss at its first row becomes, doctor's verdict, compare's exit)
+    ("abc", "the value of 'train/loss' at step", 5),
+    ("0.5,extra", "metrics.csv:", 5),  # a cell more: the row's values shift (one of them, or the row, is named)
+    ("nan", None, 0),  # Lightning writes a NaN metric so: a number
+]
+
+
+@pytest.mark.parametrize(("cell", "said", "code"), METRIC_CELLS, ids=[c[0] for c in METRIC_CELLS])
+def test_doctor_fails_a_metric_value_that_compare_cannot_read_and_passes_one_it_can(
+    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, cell: str, said: str | None, code: int
+) -> None:
+    """A value that is not a number was doctor's "ok" and compare's exit 5; they agree now."""
+    run = tmp_path / completed.run_id
+    shutil.copytree(completed.run_dir, run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    header, rows = lines[0].split(","), lines[1:]
+    at = next(i for i, row in enumerate(rows) if row.split(",")[header.index("train/loss")])
+    cells = rows[at].split(",")
+    cells[header.index("train/loss")] = cell
+    rows[at] = ",".join(cells)
+    (run / "metrics.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == (5 if said else 0)
+    out = capsys.readouterr().out
+    assert (said is None) or any(line.startswith("FAIL metrics.csv:") and said in line for line in out.splitlines())
+    assert main(["compare", str(run), str(completed.run_dir), "--out", str(tmp_path / "cmp")]) == code
