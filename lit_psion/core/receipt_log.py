@@ -1,7 +1,8 @@
 """The append-only receipt log of one run, and how callbacks reach the fit's (SPEC §3).
 
 :class:`ReceiptLog` seals each receipt onto the chain's head (:mod:`lit_psion.core.chain`, which also verifies a
-log) and appends it, one write per call, so a kill leaves at most one torn final line, which a resume can cut.
+log) and appends it, or a batch of held step receipts, in one write, so a kill leaves at most one torn final line,
+which a resume can cut.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class ReceiptLog:
             after this head is cut off and a ``chain_repair`` receipt says so; anything else that
             does not verify is refused.
         flush_every_n_steps: routine receipts given to :meth:`defer` (a fit's step receipts) are held and written
-            together once this many wait, or once the oldest has waited ``flush_every_seconds``; 1 writes each at once.
+            together once this many wait; 1 writes each at once.
+        flush_every_seconds: held ones are also written once the oldest has waited this long (checked by
+            :meth:`defer` and :meth:`flush_if_due`).
 
     A held receipt is sealed and written before any other receipt, any read of :attr:`head` or :attr:`next_seq`,
     any :meth:`sync` and :meth:`close`, with the time it was given: the log reads exactly as if each had been
@@ -70,7 +73,7 @@ class ReceiptLog:
         self._broken: str | None = None
         self._torn, self._anchor, self._lost_newline = b"", None, False
         self._awaiting_resume, self._sealed_here = False, False
-        self._held: list[ReceiptBody] = []
+        self._until_resume: list[ReceiptBody] = []
         if not self.path.exists():
             return
         data = self.path.read_bytes()
@@ -166,16 +169,16 @@ class ReceiptLog:
                                     "on_fit_end after the seal, or in teardown): a completed chain takes no more; "
                                     "emit it by on_fit_end (docs/receipts.md)")  # fmt: skip
             if self._awaiting_resume:
-                self._held.append(body)  # written right after the resume's training_run receipt
+                self._until_resume.append(body)  # written right after the resume's training_run receipt
                 return None
         receipt = self._write(body)
         if body.kind == "chain_seal":
             self._sealed_here = True
         elif body.kind == "training_run" and getattr(body, "event", None) == "resumed":
             self._awaiting_resume = False
-            for held in self._held:
-                self._write(held)
-            self._held.clear()
+            for waiting in self._until_resume:
+                self._write(waiting)
+            self._until_resume.clear()
         return receipt
 
     def _write(self, body: ReceiptBody) -> Receipt:
