@@ -34,6 +34,9 @@ class Telemetry(Callback):
             raise ConfigError(f"telemetry.peak_flops must be positive or null, got {peak_flops!r}")
         self.every_n_steps, self.peak_flops = every_n_steps, peak_flops
         self._before: list[torch.Tensor] | None = None
+        self._spare: list[torch.Tensor] | None = None
+        """On CPU, the last measurement's copy, filled again by the next: a fresh copy of a model's size costs page
+        faults as the allocator takes it from the system again (an accelerator's caching allocator reuses it)."""
         self._started = 0.0
 
     def _due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -50,13 +53,13 @@ class Telemetry(Callback):
     ) -> None:
         if not self._due(trainer, pl_module):
             return
-        params = [p.detach() for p in pl_module.parameters() if p.requires_grad]
-        grads = [p.grad for p in pl_module.parameters() if p.requires_grad and p.grad is not None]
-        grad_norm = float(total_norm(grads))
+        trained = [p for p in pl_module.parameters() if p.requires_grad]  # (one walk of the module tree)
+        grad_norm = float(total_norm([p.grad for p in trained if p.grad is not None]))
         clip = trainer.gradient_clip_val
         log_step_values(pl_module, **{"telemetry/grad_norm": grad_norm},
                         **({"telemetry/clip_ratio": min(1.0, float(clip) / max(grad_norm, 1e-12))} if clip else {}))
-        self._before = [p.clone() for p in params]
+        self._before = copy_into(self._spare, [p.detach() for p in trained])
+        self._spare = None
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -70,6 +73,7 @@ class Telemetry(Callback):
         flops = 6 * sum(p.numel() for p in params) * tokens / seconds  # forward + backward (Kaplan et al. 2020)
         values = {"telemetry/update_norm": update_norm(params, before),
                   "telemetry/param_norm": float(total_norm(params))}  # fmt: skip
+        self._spare = before if all(b.device.type == "cpu" for b in before) else None
         if tokens:
             values |= {"telemetry/tokens_per_s": tokens / seconds, "telemetry/flops_per_s": flops}
             if self.peak_flops:
@@ -78,10 +82,25 @@ class Telemetry(Callback):
             values["telemetry/samples_per_s"] = len(ids) / seconds  # a graph core's trajectories: samples, not tokens
         log_step_values(pl_module, **values)
 
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._before = self._spare = None  # a model's size of memory, not kept past the fit
+
 
 def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all the tensors together (0 for none)."""
     return torch.nn.utils.get_total_norm(tensors) if tensors else torch.zeros(())
+
+
+def copy_into(spare: list[torch.Tensor] | None, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A copy of ``params``: into ``spare`` where it matches them tensor by tensor, otherwise a new one."""
+    def layout(t: torch.Tensor) -> tuple:
+        return t.shape, t.dtype, t.device
+
+    if spare is not None and [layout(s) for s in spare] == [layout(p) for p in params]:
+        torch._foreach_copy_(spare, params)
+        return spare
+    return [p.clone() for p in params]
 
 
 def update_norm(params: list[torch.Tensor], before: list[torch.Tensor]) -> float:

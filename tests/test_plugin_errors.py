@@ -162,23 +162,52 @@ def test_a_lightning_checkpoint_callback_is_refused_naming_lit_psions_own_settin
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-class LogsTrainLoss(L.Callback):
-    """A user's callback that logs a metric under lit_psion's own name."""
+class LogsTwice(L.Callback):
+    """A user's callback that logs one name twice in a step with different arguments (Lightning refuses that)."""
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        pl_module.log("train/loss", 1.0)
+        pl_module.log("user/value", 1.0)
+        pl_module.log("user/value", 1.0, prog_bar=True)
 
 
 def test_a_setup_lightning_refuses_mid_fit_is_a_setting_not_our_bug(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
-    """Lightning's MisconfigurationException (here: train/loss logged twice in a step) was exit 1, 'unexpected'."""
-    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsTrainLoss",
+    """Lightning's MisconfigurationException (here: a name logged twice in a step) was exit 1, 'unexpected'."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsTwice",
             "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert line.startswith("lit_psion: error: Lightning refuses the setup: You called `self.log(train/loss, ...)` "
+    assert line.startswith("lit_psion: error: Lightning refuses the setup: You called `self.log(user/value, ...)` "
                            "twice"), line
     record = read_json(tmp_path / read_latest(tmp_path) / "run.json")  # recorded as what the exit code says
+    assert (record["status"], record["failure_class"]) == ("failed", "config_invalid"), record
+
+
+class LogsOurName(L.Callback):
+    """A user's callback that logs, in ``hook``, a value under a name lit_psion's step row writes."""
+
+    def __init__(self, hook: str, name: str) -> None:
+        self.name = name
+        setattr(self, hook, self._log)
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.log(self.name, 1.0)
+
+
+@pytest.mark.parametrize(("hook", "name"), [("on_train_batch_end", "train/loss"),
+                                            ("on_before_optimizer_step", "train/lr"),
+                                            ("on_train_batch_end", "telemetry/grad_norm")])  # fmt: skip
+def test_a_value_logged_under_a_name_the_step_row_writes_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    hook: str, name: str) -> None:
+    """Two writers of one name in one row: Lightning would write both, one silently lost. Refused in one line that
+    names the value, the hook and another name to use."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsOurName",
+            f"--trainer.callbacks.hook={hook}", f"--trainer.callbacks.name={name}",
+            "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"self.log('{name}', ...) in {hook}" in line and f"'user/{name}'" in line, line
+    record = read_json(tmp_path / read_latest(tmp_path) / "run.json")
     assert (record["status"], record["failure_class"]) == ("failed", "config_invalid"), record
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lit_psion.core.errors import ConfigError
+
 PROGRESS_BAR_KEYS = frozenset({"train/loss", "train/mse"})
 _KEPT = "_lit_psion_step_logs"
 
@@ -70,24 +72,46 @@ def log_kept_step_logs(module: Any) -> None:
     """Write the step's kept scalars as its row if Lightning writes this step's row; forget them either way.
 
     One call of Lightning's own ``LoggerConnector.log_metrics`` (the row at the step's index, with the epoch, to
-    every logger, as ``self.log`` values reach them), not ``self.log`` per value: each costs about half a
+    every logger, as ``self.log`` values reach them), not ``self.log`` per value: each costs a quarter to half a
     millisecond (Lightning moves and copies its whole result record every call), and a row holds about ten.
-    The progress bar's values are also logged with ``self.log`` (``logger=False``), for every progress bar and
-    for ``trainer.callback_metrics`` (an ``EarlyStopping`` on ``train/loss``)."""
+    The progress bar's values (the loss) go where ``self.log(name, value, prog_bar=True, logger=False)`` would
+    leave them, without its cost: the trainer's ``progress_bar_metrics`` (every progress bar reads them) and its
+    ``callback_metrics`` (an ``EarlyStopping`` or a ``ModelCheckpoint`` monitoring ``train/loss``)."""
     kept = module.__dict__.pop(_KEPT, None)
     if kept and _accumulating(module):
         return  # a micro-batch before its step's last: no row (Lightning writes none for it either), the step's comes
     if kept and writes_log_row(module):
-        for name in PROGRESS_BAR_KEYS & kept.keys():
-            module.log(name, kept[name], prog_bar=True, logger=False)
         connector = getattr(module._trainer, "_logger_connector", None)
         if connector is None:  # not Lightning's trainer: every value through self.log
             for name, value in kept.items():
-                module.log(name, value)
-        else:
-            connector.log_metrics({name: float(value) for name, value in kept.items()})
+                module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
+            return
+        _refuse_a_second_writer(module._trainer, kept)
+        shown = {name: _as_tensor(module, kept[name]) for name in PROGRESS_BAR_KEYS & kept.keys()}
+        module._trainer.callback_metrics.update(shown)  # tensors, as self.log leaves them there
+        module._trainer.progress_bar_metrics.update({name: float(value) for name, value in shown.items()})
+        connector.log_metrics({name: float(value) for name, value in kept.items()})
     elif kept and _stops_at_max_steps(module):
         _write_last_row(module, kept)
+
+
+def _as_tensor(module: Any, value: Any) -> Any:
+    """``value`` as a tensor, as ``self.log`` makes one (float32, on the module's device): a monitoring callback
+    reads tensors."""
+    if hasattr(value, "detach"):
+        return value
+    like = next(iter(module.parameters()), None)  # (core does not import torch: a tensor makes the new one)
+    return value if like is None else like.new_tensor(float(value)).float()
+
+
+def _refuse_a_second_writer(trainer: Any, kept: dict[str, Any]) -> None:
+    """A value the step logged with ``self.log`` (a callback's, the model's) under a name the row writes: Lightning
+    would write it into the same row, one of the two silently lost."""
+    for result in (getattr(trainer, "_results", None) or {}).values():
+        meta = getattr(result, "meta", None)
+        if meta is not None and meta.name in kept:
+            raise ConfigError(f"self.log({meta.name!r}, ...) in {meta.fx} logs a name lit_psion writes itself in each "
+                              f"step's row; log that value under another name (for example 'user/{meta.name}')")
 
 
 def _accumulating(module: Any) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_psion.core.layout import RECEIPTS_FILE
@@ -135,3 +136,47 @@ def test_the_update_norm_is_the_norm_of_every_parameters_change_a_grown_one_whol
     assert update_norm(after, copies) == pytest.approx(float(expected.norm()), rel=1e-6)
     assert update_norm(after, before[:2]) == pytest.approx(float(torch.cat([p.flatten() for p in after]).norm()))
     assert update_norm([], []) == 0.0
+
+
+class TrueUpdateNorms(Callback):
+    """Writes each step's true update norm (from a copy of its own, made fresh every step) to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.before = path, None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        self.before = [p.detach().clone() for p in pl_module.parameters() if p.requires_grad]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        after = [p.detach() for p in pl_module.parameters() if p.requires_grad]
+        change = torch.cat([(a - b).flatten() for a, b in zip(after, self.before, strict=True)])
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(json.dumps([trainer.global_step - 1, float(change.norm())]) + "\n")
+
+
+def test_every_measurement_reuses_the_last_ones_copy_and_still_measures_its_own_step(tmp_path: Path) -> None:
+    """On CPU the copy of the parameters is kept and filled again at the next measurement (a fresh one costs page
+    faults): every row's update norm is that step's true one, not a difference against an earlier step's weights."""
+    truth = tmp_path / "truth.jsonl"
+    args = ("--trainer.default_root_dir", str(tmp_path), "--trainer.log_every_n_steps", "2", "--trainer.max_steps", "8",
+            "--trainer.callbacks+=tests.callbacks.test_telemetry.TrueUpdateNorms", f"--trainer.callbacks.path={truth}")
+    assert fit(*args) == 0
+    rows = [r for r in csv.DictReader((tmp_path / read_latest(tmp_path) / "metrics.csv").open())
+            if r.get("telemetry/update_norm")]  # fmt: skip
+    true_norm = dict(json.loads(line) for line in truth.read_text().splitlines())
+    assert [int(r["step"]) for r in rows] == [1, 3, 5, 7]
+    for row in rows:
+        assert float(row["telemetry/update_norm"]) == pytest.approx(true_norm[int(row["step"])], rel=1e-4)
+
+
+def test_a_copy_is_refilled_only_where_it_matches_the_parameters_tensor_by_tensor() -> None:
+    from lit_psion.callbacks.telemetry import copy_into
+
+    params = [torch.randn(3, 2), torch.randn(4)]
+    spare = copy_into(None, params)
+    assert spare is not params and all(torch.equal(s, p) for s, p in zip(spare, params, strict=True))
+    params[0].add_(1.0)
+    assert copy_into(spare, params) is spare and torch.equal(spare[0], params[0])
+    for changed in ([torch.randn(3, 3), params[1]], [params[0].double(), params[1]], params[:1]):  # grown, dtype, fewer
+        fresh = copy_into(spare, changed)
+        assert fresh is not spare and all(torch.equal(f, c) for f, c in zip(fresh, changed, strict=True))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lit_psion.core.run import read_latest
+from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
 from lit_psion.models import AdapterLM, DecoderLM, GraphCore, MosaicLM
 from lit_psion.models.base import LitModule
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
@@ -71,7 +74,40 @@ def test_a_step_row_is_one_write_beside_a_users_own_step_metric(tmp_path: Path,
     assert all(row.get(key) for row in step_rows for key in wanted)
     assert sorted(int(row["step"]) for row in rows if row.get("user/metric")) == [1, 3, 5]
     training = [name for name in calls if not name.startswith(("val/", "user/"))]
-    assert training == ["train/loss"] * 3, training
+    assert training == [], training
+
+
+class SeesTheLoss(Callback):
+    """Records, as each step starts, the loss the trainer's progress-bar and callback metrics hold."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        shown, monitored = trainer.progress_bar_metrics.get("train/loss"), trainer.callback_metrics.get("train/loss")
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(json.dumps([trainer.global_step, shown, monitored if monitored is None else float(monitored)]))
+            out.write("\n")
+
+
+def test_the_loss_reaches_the_progress_bar_and_a_monitoring_callback_without_self_log(tmp_path: Path) -> None:
+    """The row's loss goes where ``self.log(..., prog_bar=True)`` would put it: every progress bar shows it, and an
+    ``EarlyStopping`` monitoring ``train/loss`` finds it (strict: a missing key stops the fit with an error)."""
+    seen, root = tmp_path / "seen.jsonl", tmp_path / "runs"
+    args = ("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "2",
+            "--trainer.callbacks+=tests.models.test_module_base.SeesTheLoss", f"--trainer.callbacks.path={seen}",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", "--trainer.callbacks.monitor=train/loss",
+            "--trainer.callbacks.check_on_train_epoch_end=false", "--trainer.callbacks.patience=100")  # fmt: skip
+    assert fit(*args) == 0
+    rows = {int(row["step"]): float(row["train/loss"])
+            for row in csv.DictReader((root / read_latest(root) / "metrics.csv").open()) if row.get("train/loss")}
+    assert sorted(rows) == [1, 3, 5]
+    records = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [step for step, *_ in records] == list(range(6))
+    for step, shown, monitored in records:
+        written = [row for row in rows if row < step]
+        expected = rows[max(written)] if written else None
+        assert shown == monitored == (expected if expected is None else pytest.approx(expected, rel=1e-6)), step
 
 
 class _Regression(LitModule):
@@ -186,3 +222,30 @@ def test_a_step_accumulated_over_micro_batches_writes_one_row(tmp_path: Path) ->
     rows = list(csv.DictReader((root / read_latest(root) / "metrics.csv").open()))
     assert [int(row["step"]) for row in rows if row.get("train/loss")] == [0, 1, 2]
     assert all(row.get("train/lr") and row.get("telemetry/grad_norm") for row in rows if row.get("train/loss"))
+
+
+class _KeepsANumber(_Regression):
+    """A module whose step keeps its loss as a Python number, not a tensor."""
+
+    flushes_step_logs = True
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        keep_step_logs(self, **{"train/loss": float(loss)})
+        return loss
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        log_kept_step_logs(self)
+
+
+def test_a_loss_kept_as_a_number_reaches_a_monitoring_callback_as_a_tensor() -> None:
+    module = _KeepsANumber()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 4, generator=generator)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1)  # fmt: skip
+    trainer.fit(module, data)
+    monitored, shown = trainer.callback_metrics["train/loss"], trainer.progress_bar_metrics["train/loss"]
+    assert isinstance(monitored, torch.Tensor) and monitored.dtype == torch.float32 and monitored.dim() == 0
+    assert float(monitored) == pytest.approx(shown) and shown > 0
