@@ -211,6 +211,19 @@ def test_a_value_logged_under_a_name_the_step_row_writes_is_refused(tmp_path: Pa
     assert (record["status"], record["failure_class"]) == ("failed", "config_invalid"), record
 
 
+def test_early_stopping_on_a_metric_nothing_logs_is_a_setting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Lightning's EarlyStopping raises a RuntimeError for a monitored name nothing logs (was exit 1, 'unexpected')."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
+            "--trainer.callbacks.monitor=val/los", "--trainer.callbacks.check_on_train_epoch_end=false",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("lit_psion: error: Lightning refuses the setup: Early stopping conditioned on metric "
+                           "`val/los`") and "`val/loss`" in line, line
+    record = read_json(tmp_path / read_latest(tmp_path) / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", "config_invalid"), record
+
+
 class ExitsMidFit(L.Callback):
     """A user's callback that calls ``sys.exit`` at step 2."""
 

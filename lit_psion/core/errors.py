@@ -162,6 +162,12 @@ def _out_of_memory(error: BaseException) -> ConfigError | None:
                        "more memory is free")  # fmt: skip
 
 
+def _monitors_a_missing_metric(error: BaseException) -> bool:
+    """Lightning's ``EarlyStopping`` monitoring a name nothing logs (a typo, a metric of another model): it raises a
+    RuntimeError that lists the names it could use, a setting to change, not a bug."""
+    return isinstance(error, RuntimeError) and str(error).startswith("Early stopping conditioned on metric")
+
+
 def lit_psion_cause(error: BaseException) -> LitPsionError | None:
     """The lit_psion error behind ``error``, following the exception chain (Lightning wraps some); a
     collective that failed because a peer is gone is a :class:`WorkerCrashed`."""
@@ -178,8 +184,8 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
         if (loop := _link_loop(current)) is not None:
             return ConfigError(f"{loop!r} is a symbolic link that leads back to itself (a link loop); remove or fix "
                                "the link, or give another path")  # fmt: skip
-        if type(current).__name__ == "MisconfigurationException":  # Lightning's refusal of a setting or a callback
-            return ConfigError(f"Lightning refuses the setup: {current}")
+        if type(current).__name__ == "MisconfigurationException" or _monitors_a_missing_metric(current):
+            return ConfigError(f"Lightning refuses the setup: {current}")  # its refusal of a setting or a callback
         if lost_peer is None and _is_peer_loss(current):
             lost_peer = current
         if full is None and isinstance(current, OSError) and current.errno in FULL_STORAGE:
