@@ -36,7 +36,8 @@ class Telemetry(Callback):
         self._before: list[torch.Tensor] | None = None
         self._spare: list[torch.Tensor] | None = None
         """On CPU, the last measurement's copy, filled again by the next: a fresh copy of a model's size costs page
-        faults as the allocator takes it from the system again (an accelerator's caching allocator reuses it)."""
+        faults as the allocator takes it from the system again (an accelerator's caching allocator reuses it).
+        Plain tensors only: a sharded parameter (a DTensor) has no fused copy."""
         self._started = 0.0
 
     def _due(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
@@ -73,7 +74,7 @@ class Telemetry(Callback):
         flops = 6 * sum(p.numel() for p in params) * tokens / seconds  # forward + backward (Kaplan et al. 2020)
         values = {"telemetry/update_norm": update_norm(params, before),
                   "telemetry/param_norm": float(total_norm(params))}  # fmt: skip
-        self._spare = before if all(b.device.type == "cpu" for b in before) else None
+        self._spare = before if all(type(b) is torch.Tensor and b.device.type == "cpu" for b in before) else None
         if tokens:
             values |= {"telemetry/tokens_per_s": tokens / seconds, "telemetry/flops_per_s": flops}
             if self.peak_flops:
