@@ -2,9 +2,9 @@
 
 The other subcommands (``receipts``, ``ckpt``, ``compare``, ``adapter``, ``events``, ``session``)
 live in :mod:`lit_psion.commands` and are dispatched from one table there. Exit codes
-(docs/cli.md): 0 success, 1 unexpected error, 2 bad argument or config, 3 bad data, 4 bad or
-missing checkpoint, 5 evidence that does not verify, 6 checkpoint write failed, 7 diverged,
-130 interrupted, 143 SIGTERM.
+(docs/cli.md): 0 success, 1 a bug of lit_psion's, 2 bad argument or config, 3 bad data, 4 bad or
+missing checkpoint, 5 evidence that does not verify, 6 a write failed, 7 diverged, 8 locked, 10-12 a mesh's,
+13 a window's state, 14 the user's own code raised, 130 interrupted, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import dataclasses
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +68,7 @@ from lit_psion.commands.records import (
     refuse_nothing_to_train,
     refuse_without_its_records,
     remove_if_unborn,
+    say_user_code_failed,
     what_remains,
     what_the_pause_kept,
 )
@@ -87,15 +87,15 @@ from lit_psion.core.checkpoint import (
 )
 from lit_psion.core.contracts import ReplayData, SignedModel, signed_settings
 from lit_psion.core.errors import (
+    USER_CODE_EXIT,
     CheckpointError,
     ConfigError,
     LitPsionError,
-    MembershipChanged,
     raised_at,
+    raised_in_user_code,
 )
 from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import data_builds_another_model
-from lit_psion.core.membership import NODE_MARKERS_ENV, STOPPING
 from lit_psion.core.run import (
     RUN_ID_ENV,
     RunRecord,
@@ -109,7 +109,7 @@ from lit_psion.core.run import (
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.profilers import QuietProfiler
 from lit_psion.runs import add_data_facts_link
-from lit_psion.strategies.elastic import MeshStop, clear_mesh_stop, mesh_stop, signal_seen
+from lit_psion.strategies.elastic import clear_mesh_stop, leave_for_the_mesh, mesh_stop
 from lit_psion.strategies.engines import refuse_another_layout, refuse_unrunnable_strategy, settings_follow_the_name
 
 EXIT_INTERRUPTED = 130
@@ -412,7 +412,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     parent = os.getppid()
     code = _main(args)
-    if code not in (0, 1):
+    if code not in (0, 1, USER_CODE_EXIT):  # (a bug leaves at once: the other ranks may never reach it)
         leave_together(code)
         leave_after_rank_zero(parent)
     return code
@@ -432,7 +432,7 @@ def _main(args: list[str] | None) -> int:
         return EXIT_INTERRUPTED
     except SIGTERMException:  # a SystemExit: caught before the clause below
         if (stop := mesh_stop()) is not None:
-            return _leave_for_the_mesh(stop)
+            return leave_for_the_mesh(stop)
         if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # every rank of the node pauses at the same step
             kept = what_the_pause_kept(FITTING[0]) if FITTING else "; continue with --ckpt_path last"
             print(f"lit_psion: paused by SIGTERM{kept}", file=sys.stderr)
@@ -441,9 +441,7 @@ def _main(args: list[str] | None) -> int:
         if exit_inside_a_fit(stop):  # not a verdict: a fit's run is recorded failed, which exit 0 or 2 would belie
             if debug:
                 raise
-            print(f"lit_psion: unexpected error: SystemExit({stop.code!r}) inside Lightning's trainer{raised_at(stop)}"
-                  " (set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
-            return 1
+            return _failed(f"SystemExit({stop.code!r}) inside Lightning's trainer", stop)
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:
         if debug:
@@ -457,43 +455,17 @@ def _main(args: list[str] | None) -> int:
             tell_the_launcher(code, line)
             return code
         error = constructor_error(error)
-        print(f"lit_psion: unexpected error: {type(error).__name__}: {_one_line(str(error))}{raised_at(error)} "
-              "(set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
-        return 1
+        return _failed(f"{type(error).__name__}: {_one_line(str(error))}", error)
     return 0
 
 
-def _leave_for_the_mesh(stop: MeshStop) -> int:
-    """The exit of a mesh worker that stopped, after a checkpoint, with the rest of the mesh: 0 for a drained
-    node (its launcher stops its agent), else ``membership_changed`` (its agent re-forms the mesh)."""
-    say = int(os.environ.get("LOCAL_RANK") or 0) == 0
-    if stop.drained:
-        if say:
-            print(f"lit_psion: node {stop.node} drained after the checkpoint of step {stop.step}; it has left the mesh",
-                  file=sys.stderr)  # fmt: skip
-        return 0
-    if not signal_seen() and not stop.drain:
-        _await_sigterm(AGENT_FOLLOW_SECONDS)  # another agent re-forms the mesh for a join; ours follows (no restart)
-    if say and (markers := os.environ.get(NODE_MARKERS_ENV)) and (Path(markers) / STOPPING).exists():
-        print(f"lit_psion: node {stop.node} paused after the checkpoint of step {stop.step}: its mesh launch is "
-              "stopping", file=sys.stderr)  # fmt: skip
-    elif say:
-        print(f"lit_psion: node {stop.node} stopped after the checkpoint of step {stop.step}: the mesh re-forms "
-              f"({MembershipChanged.failure_class}); its agent starts the next membership epoch",
-              file=sys.stderr)  # fmt: skip
-    return MembershipChanged.exit_code
-
-
-AGENT_FOLLOW_SECONDS = 3.0
-"""How long a worker stopped by another node's SIGTERM waits for its own agent's (which then restarts it
-without counting a failure) before it exits ``membership_changed`` on its own; under ``mesh launch
---last-call`` (5 s), so the node is back in time for the rendezvous."""
-
-
-def _await_sigterm(seconds: float) -> None:
-    arrived = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: arrived.set())
-    arrived.wait(seconds)
+def _failed(what: str, error: BaseException) -> int:
+    """An error no known cause accounts for: the user's own code's (exit 14), else a bug of lit_psion's (exit 1)."""
+    if raised_in_user_code(error):
+        return say_user_code_failed(what, error, FITTING[0] if FITTING else None)
+    print(f"lit_psion: unexpected error: {what}{raised_at(error)} (set LIT_PSION_DEBUG=1 for the traceback)",
+          file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def _one_line(message: str) -> str:

@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -356,3 +357,36 @@ def _steps_replayed(receipts: Path, checkpoint_step: int) -> int:
         elif receipt.get("kind") == "trainer_step":
             last = max(last, int(receipt["body"]["step_out"]))
     return last - checkpoint_step
+
+
+def leave_for_the_mesh(stop: MeshStop) -> int:
+    """The exit of a mesh worker that stopped, after a checkpoint, with the rest of the mesh: 0 for a drained
+    node (its launcher stops its agent), else ``membership_changed`` (its agent re-forms the mesh)."""
+    say = int(os.environ.get("LOCAL_RANK") or 0) == 0
+    if stop.drained:
+        if say:
+            print(f"lit_psion: node {stop.node} drained after the checkpoint of step {stop.step}; it has left the mesh",
+                  file=sys.stderr)  # fmt: skip
+        return 0
+    if not signal_seen() and not stop.drain:
+        _await_sigterm(AGENT_FOLLOW_SECONDS)  # another agent re-forms the mesh for a join; ours follows (no restart)
+    if say and (markers := os.environ.get(NODE_MARKERS_ENV)) and (Path(markers) / STOPPING).exists():
+        print(f"lit_psion: node {stop.node} paused after the checkpoint of step {stop.step}: its mesh launch is "
+              "stopping", file=sys.stderr)  # fmt: skip
+    elif say:
+        print(f"lit_psion: node {stop.node} stopped after the checkpoint of step {stop.step}: the mesh re-forms "
+              f"({MembershipChanged.failure_class}); its agent starts the next membership epoch",
+              file=sys.stderr)  # fmt: skip
+    return MembershipChanged.exit_code
+
+
+AGENT_FOLLOW_SECONDS = 3.0
+"""How long a worker stopped by another node's SIGTERM waits for its own agent's (which then restarts it
+without counting a failure) before it exits ``membership_changed`` on its own; under ``mesh launch
+--last-call`` (5 s), so the node is back in time for the rendezvous."""
+
+
+def _await_sigterm(seconds: float) -> None:
+    arrived = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: arrived.set())
+    arrived.wait(seconds)

@@ -4,6 +4,7 @@ that says so: a class path that does not import, a constructor that fails, a set
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,7 +15,8 @@ import torch
 from lit_psion.callbacks import EvidenceCallback
 from lit_psion.cli import main
 from lit_psion.core import read_json
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.digest import canonical_json
+from lit_psion.core.errors import ConfigError, raised_in_user_code
 from lit_psion.core.receipts import RECEIPT_KINDS, ReceiptBody, register_receipt
 from lit_psion.core.run import read_latest
 from tests.test_bad_input import one_error_line
@@ -48,22 +50,24 @@ def test_the_error_a_constructor_raised_is_said_not_the_one_it_was_handling(tmp_
                                                                             capsys: pytest.CaptureFixture) -> None:
     args = ["fit", "--config", "fixtures/tiny.yaml", "--model", f"{__name__}.FailingWhileHandling",
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
-    assert main(args) == 1
-    assert "unexpected error: RuntimeError: the constructor's own failure (raised at" in capsys.readouterr().err
+    assert main(args) == 14
+    assert "lit_psion: error: your code raised RuntimeError: the constructor's own failure (raised at" in \
+        capsys.readouterr().err  # fmt: skip
 
 
 def test_a_constructor_failure_is_said_as_itself_not_as_the_parsers_account_of_it(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """jsonargparse wraps it in "Does not validate against any of the Union subtypes", followed by every setting
-    given: the exit-1 line was kilobytes long, and named a ValueError."""
+    given: the line was kilobytes long, and named a ValueError. The model's own error is its (exit 14), not a bug of
+    lit_psion's (exit 1)."""
     args = ["fit", "--config", "fixtures/tiny.yaml", "--model", f"{__name__}.FailingToBuild",
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
-    assert main(args) == 1
+    assert main(args) == 14
     err = capsys.readouterr().err.strip()
-    assert err.startswith("lit_psion: unexpected error: RuntimeError: index 48000000000 is out of bounds for the "
+    assert err.startswith("lit_psion: error: your code raised RuntimeError: index 48000000000 is out of bounds for the "
                           f"model's own table (raised at {__file__}:"), err  # the model's own line
-    assert err.endswith(", in __init__) (set LIT_PSION_DEBUG=1 for the traceback)") and "\n" not in err, err
+    assert err.endswith(", in __init__); fix it (set LIT_PSION_DEBUG=1 for the traceback)") and "\n" not in err, err
     args[args.index(f"{__name__}.FailingToBuild")] = f"{__name__}.OutOfMemoryToBuild"  # the sizes asked: exit 2
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == (
@@ -238,14 +242,16 @@ class ExitsMidFit(L.Callback):
 @pytest.mark.parametrize("code", [0, "a message"])
 def test_a_sys_exit_inside_the_fit_is_not_success_and_is_said(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                               code: int | str) -> None:  # fmt: skip
-    """SystemExit(0) exited 0 while run.json said failed; SystemExit('a message') exited 2 and printed nothing."""
+    """SystemExit(0) exited 0 while run.json said failed; SystemExit('a message') exited 2 and printed nothing. It is
+    the callback's: exit 14, user_code_failed."""
     args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.ExitsMidFit",
             f"--trainer.callbacks.code={code}", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
-    assert main(args) == 1
+    assert main(args) == 14
     err = capsys.readouterr().err
-    assert f"lit_psion: unexpected error: SystemExit({code!r}) inside Lightning's trainer (raised at {__file__}:" in \
-        err, err  # fmt: skip
-    assert read_json(tmp_path / read_latest(tmp_path) / "run.json")["status"] == "failed"
+    said = f"lit_psion: error: your code raised SystemExit({code!r}) inside Lightning's trainer (raised at {__file__}:"
+    assert said in err, err
+    record = read_json(tmp_path / read_latest(tmp_path) / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", "user_code_failed"), record
 
 
 class CountsSteps(L.Callback):
@@ -367,3 +373,64 @@ def test_data_no_replay_module_pins_trains_with_a_warning_saying_so(tmp_path: Pa
     assert ("lit_psion: warning: the fit's data module UnpinnedData is not a ReplayDataModule: its data is not "
             "pinned by digest (no data_manifest.json)") in err, err
     assert not (tmp_path / read_latest(tmp_path) / "data_manifest.json").exists()
+
+
+class RaisesAtStep(L.Callback):
+    """A user's callback that fails at step 3: by itself, through a library it calls, or inside lit_psion's code."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step != 3:
+            return
+        if self.how == "itself":
+            raise KeyError("the callback's own table has no 'step'")
+        if self.how == "through a library":
+            torch.zeros(2) @ torch.zeros(3)
+        canonical_json({"loss": float("nan")})  # lit_psion raises: a ValueError of its own, not a typed error
+
+
+@pytest.mark.parametrize(("how", "code", "failure"), [("itself", 14, "user_code_failed"),
+                                                      ("through a library", 14, "user_code_failed"),
+                                                      ("inside lit_psion", 1, "internal")])  # fmt: skip
+def test_an_error_of_the_users_code_is_its_and_one_of_lit_psions_is_a_bug(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture, how: str,
+                                                                          code: int, failure: str) -> None:  # fmt: skip
+    """Exit 1 is for lit_psion's bugs: an exception whose innermost frame outside installed libraries is the user's
+    (raised there, or by a library it called) is exit 14, user_code_failed, naming the file, line and function, and
+    what the run keeps to continue from."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.RaisesAtStep",
+            f"--trainer.callbacks.how={how}", "--checkpoint.every_n_train_steps", "2",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == code
+    err = capsys.readouterr().err
+    line = one_error_line(err) if code == 14 else err.strip()
+    run = tmp_path / read_latest(tmp_path)
+    if code == 14:
+        assert line.startswith("lit_psion: error: your code raised ") and f"(raised at {__file__}:" in line, line
+        assert line.endswith(f", in on_train_batch_end); fix it; continue run {run.name} from its latest durable "
+                             "checkpoint with --ckpt_path last (set LIT_PSION_DEBUG=1 for the traceback)"), line
+    else:
+        assert line.startswith("lit_psion: unexpected error: ValueError: canonical JSON cannot encode") and \
+            "lit_psion/core/digest.py:" in line, line  # fmt: skip
+    record = read_json(run / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", failure), record
+
+
+def _raised(action: Any) -> BaseException:
+    try:
+        action()
+    except Exception as error:  # (any: what is asked is where it came from)
+        return error
+    raise AssertionError("nothing raised")
+
+
+def test_whose_error_it_is_follows_the_innermost_frame_outside_installed_libraries() -> None:
+    from lit_psion.callbacks.telemetry import copy_into
+
+    assert raised_in_user_code(_raised(lambda: 1 / 0))  # this file is a user's
+    assert raised_in_user_code(_raised(lambda: json.loads("{")))  # a library the user's code called wrongly
+    assert not raised_in_user_code(_raised(lambda: canonical_json(float("inf"))))  # raised in lit_psion.core
+    assert not raised_in_user_code(_raised(lambda: copy_into(None, [1])))  # lit_psion.callbacks, wherever it lives
+    assert not raised_in_user_code(RuntimeError("never raised"))  # no traceback: nobody's

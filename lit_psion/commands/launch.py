@@ -25,8 +25,8 @@ LAUNCHER_PID_ENV = "LIT_PSION_LAUNCHER_PID"
 """The pid of the fit's rank 0, for the ranks Lightning's launcher starts from it (they inherit it)."""
 RANK_ZERO_GRACE_S = 30.0
 """How long a rank that Lightning's launcher started waits, before it exits non-zero, for rank 0 to exit."""
-FATAL_IN_A_MESH = (2, 3, 4, 5, 6, 7)
-"""Exit codes no restart can fix: bad config, data, checkpoint, evidence, a full disk, divergence."""
+FATAL_IN_A_MESH = (2, 3, 4, 5, 6, 7, 14)
+"""Exit codes no restart can fix: bad config, data, checkpoint, evidence, a full disk, divergence, the user's code."""
 
 
 def is_launcher_rank_zero() -> bool:

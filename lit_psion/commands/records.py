@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from lit_psion.commands.launch import tell_the_launcher
 from lit_psion.core import RunLayout, read_json
 from lit_psion.core.audit import changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
-from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.errors import USER_CODE_EXIT, CheckpointError, ConfigError, EvidenceError, raised_at
 from lit_psion.core.files import read_plain
 from lit_psion.core.layout import linked
 from lit_psion.core.lock import LOCK_FILE
@@ -136,6 +138,16 @@ def what_remains(layout: RunLayout) -> str:
         return (f"; run {layout.run_id} has no durable checkpoint yet, so there is nothing to continue: start again "
                 "without --ckpt_path")  # fmt: skip
     return f"; continue run {layout.run_id} from its latest durable checkpoint with --ckpt_path last"
+
+
+def say_user_code_failed(what: str, error: BaseException, fitting: RunLayout | None) -> int:
+    """The line and exit code (``user_code_failed``, 14) of ``error``, raised in code a user plugged in (a callback,
+    a model, a data module): where it was raised, and what the run keeps to continue from once it is fixed."""
+    line = (f"your code raised {what}{raised_at(error)}; fix it{what_remains(fitting) if fitting else ''} "
+            "(set LIT_PSION_DEBUG=1 for the traceback)")  # fmt: skip
+    print(f"lit_psion: error: {line}", file=sys.stderr)
+    tell_the_launcher(USER_CODE_EXIT, line)  # under mesh launch: no restart fixes it
+    return USER_CODE_EXIT
 
 
 def what_the_pause_kept(layout: RunLayout) -> str:

@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import site
+import sys
 import sysconfig
 import traceback
 
@@ -125,18 +126,43 @@ PEER_LOSS_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "
 """What gloo and NCCL say when the worker at the other end of a collective is gone."""
 
 
+USER_CODE_EXIT = 14
+"""The exit code of an exception raised in a user's own code plugged into a command (``user_code_failed``)."""
+
+
 def raised_at(error: BaseException) -> str:
     """``" (raised at FILE:LINE, in FUNCTION)"`` for the innermost frame of ``error``'s traceback that is not in an
     installed library or the standard library: the user's callback or module that raised, or lit_psion's own code;
     ``""`` when every frame is a library's."""
+    frame = _innermost_not_a_librarys(error)
+    return "" if frame is None else f" (raised at {frame.filename}:{frame.lineno}, in {frame.name})"
+
+
+def raised_in_user_code(error: BaseException) -> bool:
+    """Whether ``error`` came from code a user plugged in (a callback, a model, a data module, a receipt kind): the
+    innermost frame of its traceback outside installed libraries is not in one of lit_psion's own modules. An
+    error lit_psion's code raised, or one only libraries' frames show, is not (it is lit_psion's to answer for)."""
+    frame = _innermost_not_a_librarys(error)
+    if frame is None:
+        return False
+    ours = {os.path.abspath(file) for name, module in list(sys.modules.items())
+            if (name == "lit_psion" or name.startswith("lit_psion.")) and (file := getattr(module, "__file__", None))}
+    where = os.path.abspath(frame.filename)
+    return where not in ours and not where.startswith(_OWN)
+
+
+_OWN = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+"""lit_psion's package directory, wherever it is installed (its top-level packages elsewhere are found by module)."""
+
+
+def _innermost_not_a_librarys(error: BaseException) -> traceback.FrameSummary | None:
     paths = sysconfig.get_paths()
     libraries = (paths["stdlib"], paths["purelib"], paths["platlib"], *site.getsitepackages(),
                  site.getusersitepackages())
-    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # lit_psion's package, anywhere
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
-        if frame.filename.startswith(own) or not frame.filename.startswith((*libraries, "<")):
-            return f" (raised at {frame.filename}:{frame.lineno}, in {frame.name})"
-    return ""
+        if frame.filename.startswith(_OWN) or not frame.filename.startswith((*libraries, "<")):
+            return frame
+    return None
 
 
 def _link_loop(error: BaseException) -> str | None:
@@ -220,7 +246,9 @@ def _is_peer_loss(error: BaseException) -> bool:
 def failure_class(error: BaseException) -> str:
     """The failure class run.json records for a fit that ended with ``error``."""
     cause = lit_psion_cause(error)
-    return cause.failure_class if cause is not None else "internal"
+    if cause is not None:
+        return cause.failure_class
+    return "user_code_failed" if raised_in_user_code(error) else "internal"
 
 
 def load_refusal(error: BaseException) -> str:

@@ -235,7 +235,7 @@ def test_a_plain_run_that_failed_takes_no_made_up_checkpoint_of_its_last_step(tm
     run.json; only the run having ended (it failed after writing every checkpoint's receipt) refuses it."""
     root = tmp_path / "runs"
     assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps",
-               "4", "--trainer.callbacks+=tests.callbacks.test_reports.FailAtStep") == 1  # fmt: skip
+               "4", "--trainer.callbacks+=tests.callbacks.test_reports.FailAtStep") == 14  # fmt: skip
     run = root / read_latest(root)
     record = read_json(run / "run.json")
     assert (record["status"], record["global_step"]) == ("failed", 6)

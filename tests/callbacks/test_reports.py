@@ -62,7 +62,7 @@ def test_a_fit_that_fails_after_its_last_validation_still_has_its_dashboard(tmp_
     so the page is drawn when the exception passes, with the status the run ended in."""
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "4",
                "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "1",
-               "--trainer.callbacks+=tests.callbacks.test_reports.FailAtTrainEnd") == 1  # fmt: skip
+               "--trainer.callbacks+=tests.callbacks.test_reports.FailAtTrainEnd") == 14  # fmt: skip
     run = tmp_path / read_latest(tmp_path)
     page = (run / "dashboard" / "index.html").read_text()
     assert _png(run / "dashboard" / "loss.png")
@@ -81,7 +81,7 @@ class FailAtStep(Callback):
             raise KeyboardInterrupt if self.pause else RuntimeError("injected failure in step 7")
 
 
-@pytest.mark.parametrize(("pause", "status", "code"), [(False, "failed", 1), (True, "paused", 130)])
+@pytest.mark.parametrize(("pause", "status", "code"), [(False, "failed", 14), (True, "paused", 130)])
 def test_a_fit_stopped_between_validations_shows_how_it_ended(tmp_path: Path, pause: bool, status: str,
                                                               code: int) -> None:  # fmt: skip
     """The page the validation at step 4 drew said the run was active; the one left behind says how it ended."""
