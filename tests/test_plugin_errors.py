@@ -166,6 +166,20 @@ def test_a_lightning_checkpoint_callback_is_refused_naming_lit_psions_own_settin
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.parametrize("options", [{"on_step": False, "on_epoch": True}, {"logger": False},
+                                     {"on_step": True, "on_epoch": True}],
+                         ids=["the epoch's row", "the progress bar only", "as train/loss_step"])  # fmt: skip
+def test_a_value_under_that_name_that_never_reaches_the_step_row_is_not_refused(tmp_path: Path,
+                                                                              options: dict[str, bool]) -> None:
+    """What Lightning would not write into the step's row: an epoch value, a value kept from the loggers, and the step
+    value of one logged both ways (which Lightning names ``train/loss_step``)."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsOurName",
+            "--trainer.callbacks.hook=on_train_batch_end", "--trainer.callbacks.name=train/loss",
+            f"--trainer.callbacks.options={json.dumps(options)}", "--trainer.log_every_n_steps", "1",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+
+
 class LogsTwice(L.Callback):
     """A user's callback that logs one name twice in a step with different arguments (Lightning refuses that)."""
 
@@ -190,12 +204,12 @@ def test_a_setup_lightning_refuses_mid_fit_is_a_setting_not_our_bug(tmp_path: Pa
 class LogsOurName(L.Callback):
     """A user's callback that logs, in ``hook``, a value under a name lit_psion's step row writes."""
 
-    def __init__(self, hook: str, name: str) -> None:
-        self.name = name
+    def __init__(self, hook: str, name: str, options: dict[str, bool] | None = None) -> None:
+        self.name, self.options = name, options or {}
         setattr(self, hook, self._log)
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        pl_module.log(self.name, 1.0)
+        pl_module.log(self.name, 1.0, **self.options)
 
 
 @pytest.mark.parametrize(("hook", "name"), [("on_train_batch_end", "train/loss"),
@@ -434,3 +448,23 @@ def test_whose_error_it_is_follows_the_innermost_frame_outside_installed_librari
     assert not raised_in_user_code(_raised(lambda: canonical_json(float("inf"))))  # raised in lit_psion.core
     assert not raised_in_user_code(_raised(lambda: copy_into(None, [1])))  # lit_psion.callbacks, wherever it lives
     assert not raised_in_user_code(RuntimeError("never raised"))  # no traceback: nobody's
+
+
+@pytest.mark.parametrize(("error", "fatal"), [(KeyError("step"), True), (ConnectionResetError("the uploader's"), False),
+                                              (OSError("a share that went away"), False)])  # fmt: skip
+def test_under_mesh_launch_the_users_error_stops_the_node_unless_a_restart_may_pass_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, error: Exception, fatal: bool
+) -> None:
+    from lit_psion.commands.records import say_user_code_failed
+    from lit_psion.core.membership import NODE_MARKERS_ENV
+
+    monkeypatch.setenv(NODE_MARKERS_ENV, str(tmp_path))
+    assert say_user_code_failed(f"{type(error).__name__}: {error}", _raised(lambda: _raise(error)), None) == 14
+    markers = [read_json(path) for path in tmp_path.glob("fatal-*.json")]
+    assert [marker["code"] for marker in markers] == ([14] if fatal else [])
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"lit_psion: error: your code raised {type(error).__name__}"), line
+
+
+def _raise(error: Exception) -> None:
+    raise error

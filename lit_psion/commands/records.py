@@ -146,7 +146,8 @@ def say_user_code_failed(what: str, error: BaseException, fitting: RunLayout | N
     line = (f"your code raised {what}{raised_at(error)}; fix it{what_remains(fitting) if fitting else ''} "
             "(set LIT_PSION_DEBUG=1 for the traceback)")  # fmt: skip
     print(f"lit_psion: error: {line}", file=sys.stderr)
-    tell_the_launcher(USER_CODE_EXIT, line)  # under mesh launch: no restart fixes it
+    if not isinstance(error, OSError):  # under mesh launch: no restart fixes it (an I/O error may pass: a restart)
+        tell_the_launcher(USER_CODE_EXIT, line)
     return USER_CODE_EXIT
 
 

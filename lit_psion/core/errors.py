@@ -189,8 +189,9 @@ def _out_of_memory(error: BaseException) -> ConfigError | None:
 
 
 def _monitors_a_missing_metric(error: BaseException) -> bool:
-    """Lightning's ``EarlyStopping`` monitoring a name nothing logs (a typo, a metric of another model): it raises a
-    RuntimeError that lists the names it could use, a setting to change, not a bug."""
+    """Lightning's ``EarlyStopping`` monitoring a name not logged by the time it checks (a typo, a metric of another
+    model, a training metric checked before its first row): it raises a RuntimeError that lists the names it could
+    use, a setting to change, not a bug."""
     return isinstance(error, RuntimeError) and str(error).startswith("Early stopping conditioned on metric")
 
 

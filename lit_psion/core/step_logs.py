@@ -87,31 +87,28 @@ def log_kept_step_logs(module: Any) -> None:
                 module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
             return
         _refuse_a_second_writer(module._trainer, kept)
-        shown = {name: _as_tensor(module, kept[name]) for name in PROGRESS_BAR_KEYS & kept.keys()}
+        shown = {name: kept[name] for name in PROGRESS_BAR_KEYS & kept.keys() if hasattr(kept[name], "detach")}
         module._trainer.callback_metrics.update(shown)  # tensors, as self.log leaves them there
         module._trainer.progress_bar_metrics.update({name: float(value) for name, value in shown.items()})
+        for name in PROGRESS_BAR_KEYS & kept.keys() - shown.keys():  # a plain number: self.log makes its tensor
+            module.log(name, kept[name], prog_bar=True, logger=False)  # (not a row's value: never refused below)
         connector.log_metrics({name: float(value) for name, value in kept.items()})
     elif kept and _stops_at_max_steps(module):
         _write_last_row(module, kept)
 
 
-def _as_tensor(module: Any, value: Any) -> Any:
-    """``value`` as a tensor, as ``self.log`` makes one (float32, on the module's device): a monitoring callback
-    reads tensors."""
-    if hasattr(value, "detach"):
-        return value
-    like = next(iter(module.parameters()), None)  # (core does not import torch: a tensor makes the new one)
-    return value if like is None else like.new_tensor(float(value)).float()
-
-
 def _refuse_a_second_writer(trainer: Any, kept: dict[str, Any]) -> None:
-    """A value the step logged with ``self.log`` (a callback's, the model's) under a name the row writes: Lightning
-    would write it into the same row, one of the two silently lost."""
+    """A value logged with ``self.log`` (by a callback, the model) for this row under a name the row writes:
+    Lightning would write it into the same row, one of the two silently lost. Only what reaches the row counts: a
+    value logged for the loggers, per step (an ``on_epoch`` one goes to the epoch's row; logged with both, its step
+    value is ``NAME_step``), and not reset since (Lightning keeps a step value until the epoch ends)."""
     for result in (getattr(trainer, "_results", None) or {}).values():
         meta = getattr(result, "meta", None)
-        if meta is not None and meta.name in kept:
-            raise ConfigError(f"self.log({meta.name!r}, ...) in {meta.fx} logs a name lit_psion writes itself in each "
-                              f"step's row; log that value under another name (for example 'user/{meta.name}')")
+        if meta is None or getattr(result, "has_reset", False) or not (meta.logger and meta.on_step):
+            continue
+        if (name := meta.forked_name(on_step=True)) in kept:
+            raise ConfigError(f"self.log({name!r}, ...) in {meta.fx} logs a name lit_psion writes itself in each "
+                              f"step's row; log that value under another name (for example 'user/{name}')")
 
 
 def _accumulating(module: Any) -> bool:
