@@ -166,13 +166,11 @@ def test_a_lightning_checkpoint_callback_is_refused_naming_lit_psions_own_settin
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-@pytest.mark.parametrize("options", [{"on_step": False, "on_epoch": True}, {"logger": False},
-                                     {"on_step": True, "on_epoch": True}],
-                         ids=["the epoch's row", "the progress bar only", "as train/loss_step"])  # fmt: skip
+@pytest.mark.parametrize("options", [{"on_step": False, "on_epoch": True}, {"logger": False}],
+                         ids=["the epoch's row", "the progress bar only"])  # fmt: skip
 def test_a_value_under_that_name_that_never_reaches_the_step_row_is_not_refused(tmp_path: Path,
                                                                               options: dict[str, bool]) -> None:
-    """What Lightning would not write into the step's row: an epoch value, a value kept from the loggers, and the step
-    value of one logged both ways (which Lightning names ``train/loss_step``)."""
+    """What Lightning would not write into the step's row: an epoch value, and a value kept from the loggers."""
     args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsOurName",
             "--trainer.callbacks.hook=on_train_batch_end", "--trainer.callbacks.name=train/loss",
             f"--trainer.callbacks.options={json.dumps(options)}", "--trainer.log_every_n_steps", "1",
@@ -212,15 +210,19 @@ class LogsOurName(L.Callback):
         pl_module.log(self.name, 1.0, **self.options)
 
 
-@pytest.mark.parametrize(("hook", "name"), [("on_train_batch_end", "train/loss"),
-                                            ("on_before_optimizer_step", "train/lr"),
-                                            ("on_train_batch_end", "telemetry/grad_norm")])  # fmt: skip
+REFUSED = [("on_train_batch_end", "train/loss", {}), ("on_before_optimizer_step", "train/lr", {}),
+           ("on_train_batch_end", "telemetry/grad_norm", {}), ("on_train_batch_end", "train/loss", {"on_epoch": True})]
+
+
+@pytest.mark.parametrize(("hook", "name", "options"), REFUSED)
 def test_a_value_logged_under_a_name_the_step_row_writes_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                    hook: str, name: str) -> None:
+                                                                    hook: str, name: str, options: dict) -> None:
     """Two writers of one name in one row: Lightning would write both, one silently lost. Refused in one line that
-    names the value, the hook and another name to use."""
+    names the value, the hook and another name to use. Logged per step and per epoch too (Lightning's row names it
+    ``train/loss_step``): lit_psion's own would be a second ``self.log`` of that name in that hook."""
     args = ["fit", "--config", "fixtures/tiny.yaml", f"--trainer.callbacks+={__name__}.LogsOurName",
             f"--trainer.callbacks.hook={hook}", f"--trainer.callbacks.name={name}",
+            f"--trainer.callbacks.options={json.dumps(options)}",
             "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     line = one_error_line(capsys.readouterr().err)

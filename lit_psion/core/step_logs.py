@@ -86,7 +86,12 @@ def log_kept_step_logs(module: Any) -> None:
             for name, value in kept.items():
                 module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
             return
-        _refuse_a_second_writer(module._trainer, kept)
+        if _refuse_a_second_writer(module, kept):  # a value of the user's joins this row: ours go with it, one row
+            ours = module.__dict__.setdefault(_OURS, set())
+            for name, value in kept.items():
+                module.log(name, value, on_step=True, on_epoch=False, prog_bar=name in PROGRESS_BAR_KEYS)
+                ours.add(f"{module._current_fx_name}.{name}")  # (Lightning's key for it)
+            return
         shown = {name: kept[name] for name in PROGRESS_BAR_KEYS & kept.keys() if hasattr(kept[name], "detach")}
         module._trainer.callback_metrics.update(shown)  # tensors, as self.log leaves them there
         module._trainer.progress_bar_metrics.update({name: float(value) for name, value in shown.items()})
@@ -97,18 +102,28 @@ def log_kept_step_logs(module: Any) -> None:
         _write_last_row(module, kept)
 
 
-def _refuse_a_second_writer(trainer: Any, kept: dict[str, Any]) -> None:
-    """A value logged with ``self.log`` (by a callback, the model) for this row under a name the row writes:
-    Lightning would write it into the same row, one of the two silently lost. Only what reaches the row counts: a
-    value logged for the loggers, per step (an ``on_epoch`` one goes to the epoch's row; logged with both, its step
-    value is ``NAME_step``), and not reset since (Lightning keeps a step value until the epoch ends)."""
-    for result in (getattr(trainer, "_results", None) or {}).values():
+def _refuse_a_second_writer(module: Any, kept: dict[str, Any]) -> bool:
+    """Whether Lightning writes values of others' ``self.log`` (a callback's, the model's) into this row; refused if
+    one has a name the row's kept values have (one of the two would be silently lost). Only what reaches the row
+    counts: a value logged for the loggers, per step (an ``on_epoch`` one goes to the epoch's row), and not reset
+    since (Lightning keeps a step value until the epoch ends), and not one of ours: logged to join such a row
+    (``_OURS``). One logged both ways is refused too, though its row name is ``NAME_step``: joining its row, ours
+    would be a second ``self.log`` of that name in that hook, which Lightning refuses."""
+    ours, joins = module.__dict__.get(_OURS, ()), False
+    for key, result in (getattr(module._trainer, "_results", None) or {}).items():
         meta = getattr(result, "meta", None)
-        if meta is None or getattr(result, "has_reset", False) or not (meta.logger and meta.on_step):
+        if key in ours or meta is None or getattr(result, "has_reset", False) or not (meta.logger and meta.on_step):
             continue
-        if (name := meta.forked_name(on_step=True)) in kept:
+        if (name := meta.name) in kept:
             raise ConfigError(f"self.log({name!r}, ...) in {meta.fx} logs a name lit_psion writes itself in each "
                               f"step's row; log that value under another name (for example 'user/{name}')")
+        joins = True
+    return joins
+
+
+_OURS = "_lit_psion_self_logged"
+"""Lightning's keys (``HOOK.NAME``) of what a module's rows logged with ``self.log``, to join a row that holds
+values of the user's."""
 
 
 def _accumulating(module: Any) -> bool:
