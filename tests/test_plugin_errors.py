@@ -178,6 +178,22 @@ def test_a_value_under_that_name_that_never_reaches_the_step_row_is_not_refused(
     assert main(args) == 0
 
 
+def test_a_name_the_row_writes_is_refused_also_once_its_rows_join_a_users_values(tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture) -> None:
+    """With a user's own per-step metric, lit_psion's values join Lightning's row through self.log, under the same
+    keys a callback's self.log in on_train_batch_end uses: a user's train/lr logged there from step 4 is still
+    another writer's, refused, not taken for lit_psion's own."""
+    args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.callbacks+=tests.helpers.LogsOnStep",
+            f"--trainer.callbacks+={__name__}.LogsOurName", "--trainer.callbacks.hook=on_train_batch_end",
+            "--trainer.callbacks.name=train/lr", "--trainer.callbacks.from_step=4", "--trainer.log_every_n_steps", "2",
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "self.log('train/lr', ...) in on_train_batch_end" in line, line
+    record = read_json(tmp_path / read_latest(tmp_path) / "run.json")
+    assert (record["status"], record["failure_class"]) == ("failed", "config_invalid"), record
+
+
 class LogsTwice(L.Callback):
     """A user's callback that logs one name twice in a step with different arguments (Lightning refuses that)."""
 
@@ -202,12 +218,13 @@ def test_a_setup_lightning_refuses_mid_fit_is_a_setting_not_our_bug(tmp_path: Pa
 class LogsOurName(L.Callback):
     """A user's callback that logs, in ``hook``, a value under a name lit_psion's step row writes."""
 
-    def __init__(self, hook: str, name: str, options: dict[str, bool] | None = None) -> None:
-        self.name, self.options = name, options or {}
+    def __init__(self, hook: str, name: str, options: dict[str, bool] | None = None, from_step: int = 0) -> None:
+        self.name, self.options, self.from_step = name, options or {}, from_step
         setattr(self, hook, self._log)
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        pl_module.log(self.name, 1.0, **self.options)
+        if trainer.global_step >= self.from_step:
+            pl_module.log(self.name, 1.0, **self.options)
 
 
 REFUSED = [("on_train_batch_end", "train/loss", {}), ("on_before_optimizer_step", "train/lr", {}),

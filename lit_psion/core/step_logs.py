@@ -86,17 +86,12 @@ def log_kept_step_logs(module: Any) -> None:
             for name, value in kept.items():
                 module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
             return
-        if _refuse_a_second_writer(module, kept):  # a value of the user's joins this row: ours go with it, one row
-            ours = module.__dict__.setdefault(_OURS, set())
-            for name, value in kept.items():
-                module.log(name, value, on_step=True, on_epoch=False, prog_bar=name in PROGRESS_BAR_KEYS)
-                ours.add(f"{module._current_fx_name}.{name}")  # (Lightning's key for it)
+        shown = {name: kept[name] for name in PROGRESS_BAR_KEYS & kept.keys()}
+        if _refuse_a_second_writer(module, kept) or not all(hasattr(value, "detach") for value in shown.values()):
+            _join_lightnings_row(module, kept)  # a value of the user's is in this row (or a plain number to show)
             return
-        shown = {name: kept[name] for name in PROGRESS_BAR_KEYS & kept.keys() if hasattr(kept[name], "detach")}
         module._trainer.callback_metrics.update(shown)  # tensors, as self.log leaves them there
         module._trainer.progress_bar_metrics.update({name: float(value) for name, value in shown.items()})
-        for name in PROGRESS_BAR_KEYS & kept.keys() - shown.keys():  # a plain number: self.log makes its tensor
-            module.log(name, kept[name], prog_bar=True, logger=False)  # (not a row's value: never refused below)
         connector.log_metrics({name: float(value) for name, value in kept.items()})
     elif kept and _stops_at_max_steps(module):
         _write_last_row(module, kept)
@@ -106,13 +101,14 @@ def _refuse_a_second_writer(module: Any, kept: dict[str, Any]) -> bool:
     """Whether Lightning writes values of others' ``self.log`` (a callback's, the model's) into this row; refused if
     one has a name the row's kept values have (one of the two would be silently lost). Only what reaches the row
     counts: a value logged for the loggers, per step (an ``on_epoch`` one goes to the epoch's row), and not reset
-    since (Lightning keeps a step value until the epoch ends), and not one of ours: logged to join such a row
-    (``_OURS``). One logged both ways is refused too, though its row name is ``NAME_step``: joining its row, ours
-    would be a second ``self.log`` of that name in that hook, which Lightning refuses."""
-    ours, joins = module.__dict__.get(_OURS, ()), False
-    for key, result in (getattr(module._trainer, "_results", None) or {}).items():
+    since (Lightning keeps a step value until the epoch ends; lit_psion's own, logged to join a row, are reset as
+    the next step starts: :func:`forget_joined_step_logs`). One logged both ways is refused too, though its row
+    name is ``NAME_step``: joining its row, ours would be a second ``self.log`` of that name in that hook, which
+    Lightning refuses."""
+    joins = False
+    for result in (getattr(module._trainer, "_results", None) or {}).values():
         meta = getattr(result, "meta", None)
-        if key in ours or meta is None or getattr(result, "has_reset", False) or not (meta.logger and meta.on_step):
+        if meta is None or getattr(result, "has_reset", False) or not (meta.logger and meta.on_step):
             continue
         if (name := meta.name) in kept:
             raise ConfigError(f"self.log({name!r}, ...) in {meta.fx} logs a name lit_psion writes itself in each "
@@ -124,6 +120,24 @@ def _refuse_a_second_writer(module: Any, kept: dict[str, Any]) -> bool:
 _OURS = "_lit_psion_self_logged"
 """Lightning's keys (``HOOK.NAME``) of what a module's rows logged with ``self.log``, to join a row that holds
 values of the user's."""
+
+
+def _join_lightnings_row(module: Any, kept: dict[str, Any]) -> None:
+    """Log the step's kept values with ``self.log``, so Lightning writes them in the row it writes anyway: one row."""
+    ours = module.__dict__.setdefault(_OURS, set())
+    for name, value in kept.items():
+        module.log(name, value, on_step=True, on_epoch=False, prog_bar=name in PROGRESS_BAR_KEYS, batch_size=1)
+        ours.add(f"{module._current_fx_name}.{name}")  # (Lightning's key for it)
+
+
+def forget_joined_step_logs(module: Any) -> None:
+    """As a step starts: reset what a row logged with ``self.log`` to join Lightning's write. Lightning keeps a step
+    value until the epoch ends, so a later row (one that keeps fewer names, or the last one, written from what
+    Lightning holds) would repeat it; and a value under one of those keys is then another writer's."""
+    ours = module.__dict__.get(_OURS)
+    results = getattr(getattr(module, "_trainer", None), "_results", None) if ours else None
+    for key in ours & results.keys() if results else ():
+        results[key].reset()
 
 
 def _accumulating(module: Any) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lit_psion.core.step_logs import drop_unwritten_step_logs
+from lit_psion.core.step_logs import drop_unwritten_step_logs, forget_joined_step_logs
 
 
 class LitModule(L.LightningModule):
@@ -46,6 +46,7 @@ class LitModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # A model that writes its step's row in on_train_batch_end has kept nothing when the next step starts,
         # unless a subclass's on_train_batch_end left out lit_psion's: its rows are lost, so say it once.
+        forget_joined_step_logs(self)
         told = "_lit_psion_told_unwritten"
         if getattr(self, "flushes_step_logs", False) and drop_unwritten_step_logs(self) and told not in vars(self):
             self.__dict__[told] = True

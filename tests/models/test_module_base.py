@@ -80,6 +80,20 @@ def test_a_step_row_is_one_write_and_one_row_beside_a_users_own_step_metric(tmp_
         assert (own == []) != users, own
 
 
+def test_a_row_joined_to_a_users_values_never_repeats_an_earlier_rows_values(tmp_path: Path) -> None:
+    """Lightning keeps a step value until the epoch ends: telemetry measured every 4th step, joined to rows written
+    every 2nd, would have reached the rows between its measurements, and the last row, too."""
+    overlay = callbacks_config(tmp_path / "user.json", ("LogsOnStep", {}))
+    root = tmp_path / "runs"
+    assert fit("--config", overlay, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "9",
+               "--trainer.log_every_n_steps", "2", "--telemetry.every_n_steps", "4") == 0  # fmt: skip
+    rows = [row for row in csv.DictReader((root / read_latest(root) / "metrics.csv").open()) if row.get("train/loss")]
+    measured = [int(row["step"]) for row in rows if row.get("telemetry/grad_norm")]
+    assert [int(row["step"]) for row in rows] == [1, 3, 5, 7, 8] and measured == [3, 7], rows
+    assert all(row.get("user/metric") for row in rows)
+    assert len({row["train/loss"] for row in rows}) == len(rows)  # each row's own loss
+
+
 class SeesTheLoss(Callback):
     """Records, as each step starts, the loss the trainer's progress-bar and callback metrics hold."""
 
