@@ -87,7 +87,7 @@ def log_kept_step_logs(module: Any) -> None:
                 module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
             return
         shown = {name: kept[name] for name in PROGRESS_BAR_KEYS & kept.keys()}
-        if _refuse_a_second_writer(module, kept) or not all(hasattr(value, "detach") for value in shown.values()):
+        if _users_values_in_the_row(module, kept) or not all(hasattr(value, "detach") for value in shown.values()):
             _join_lightnings_row(module, kept)  # a value of the user's is in this row (or a plain number to show)
             return
         module._trainer.callback_metrics.update(shown)  # tensors, as self.log leaves them there
@@ -97,14 +97,14 @@ def log_kept_step_logs(module: Any) -> None:
         _write_last_row(module, kept)
 
 
-def _refuse_a_second_writer(module: Any, kept: dict[str, Any]) -> bool:
-    """Whether Lightning writes values of others' ``self.log`` (a callback's, the model's) into this row; refused if
-    one has a name the row's kept values have (one of the two would be silently lost). Only what reaches the row
-    counts: a value logged for the loggers, per step (an ``on_epoch`` one goes to the epoch's row), and not reset
-    since (Lightning keeps a step value until the epoch ends; lit_psion's own, logged to join a row, are reset as
-    the next step starts: :func:`forget_joined_step_logs`). One logged both ways is refused too, though its row
-    name is ``NAME_step``: joining its row, ours would be a second ``self.log`` of that name in that hook, which
-    Lightning refuses."""
+def _users_values_in_the_row(module: Any, kept: dict[str, Any]) -> bool:
+    """Whether Lightning writes values of others' ``self.log`` (a callback's, the model's) into this row. Raises a
+    ConfigError if one has a name the row's kept values have (one of the two would be silently lost). Only what
+    reaches the row counts: a value logged for the loggers, per step (an ``on_epoch`` one goes to the epoch's row),
+    and not reset since (Lightning keeps a step value until the epoch ends; lit_psion's own, logged to join a row,
+    are reset as the next step starts: :func:`forget_joined_step_logs`). One logged both ways is refused too,
+    though its row name is ``NAME_step``: joining its row, ours would be a second ``self.log`` of that name in
+    that hook, which Lightning refuses."""
     joins = False
     for result in (getattr(module._trainer, "_results", None) or {}).values():
         meta = getattr(result, "meta", None)
