@@ -63,6 +63,7 @@ from lit_psion.commands.launch import (
 )
 from lit_psion.commands.lightning_words import quiet_lightning, raised_in_lightning, trainer_refusal
 from lit_psion.commands.records import (
+    record_past_users_on_exception,
     refuse_a_file_named,
     refuse_another_family,
     refuse_nothing_to_train,
@@ -335,6 +336,7 @@ class LitPsionCLI(LightningCLI):
         elif config.get("logger") in (None, True):
             loggers = False  # validate/test/predict print their metrics; no stray lightning_logs/
         check_callbacks(callbacks, self.subcommand)
+        record_past_users_on_exception(callbacks)
         try:
             trainer = self.trainer_class(**{**config, "plugins": plugins, "logger": loggers,
                                             "profiler": config.get("profiler") or QuietProfiler()}, callbacks=callbacks)

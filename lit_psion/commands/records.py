@@ -178,3 +178,45 @@ def refuse_a_file_named(layout: RunLayout) -> None:
     if layout.run_dir.exists() and not layout.run_dir.is_dir():
         raise ConfigError(f"{RUN_ID_ENV}={layout.run_id!r} names {str(layout.run_dir)!r}, which is a file, not a run "
                           "directory; give the id of a run (or of a new one), or unset it")  # fmt: skip
+
+
+def record_past_users_on_exception(callbacks: list[Any]) -> None:
+    """Let lit_psion's own ``on_exception`` hooks run after a user's callback whose ``on_exception`` raises.
+
+    Lightning calls every callback's ``on_exception`` in turn and stops at the first that raises, and a user's
+    callbacks come before lit_psion's: one that failed there left run.json ``active``, the held step receipts
+    unwritten and the failure of the fit unreported behind its own. Each such hook is wrapped to say its error
+    in one line instead; the fit's own exception then ends the command as it would have.
+    """
+    for callback in callbacks:
+        hook = getattr(type(callback), "on_exception", None)
+        if not (own_code(type(callback)) or hook is None or hook is _base_on_exception()):
+            callback.on_exception = _SaysItsError(callback)  # (an instance attribute: Lightning looks it up by name)
+
+
+class _SaysItsError:
+    """A user callback's ``on_exception`` whose own error is said, not raised (picklable, for spawned ranks)."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback = callback
+
+    def __call__(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        try:
+            type(self.callback).on_exception(self.callback, trainer, pl_module, exception)
+        except (Exception, SystemExit) as error:
+            if trainer.is_global_zero:
+                print(f"lit_psion: warning: {type(self.callback).__name__}.on_exception raised {type(error).__name__}"
+                      f": {' '.join(str(error).split())}{raised_at(error)} while the fit stopped on "
+                      f"{type(exception).__name__}; the run's record was written regardless; fix it",
+                      file=sys.stderr)  # fmt: skip
+
+
+def _base_on_exception() -> Any:
+    from lightning.pytorch.callbacks import Callback  # (a fit's import: kept off the other commands' start-up)
+
+    return Callback.on_exception
+
+
+def own_code(cls: type) -> bool:
+    """Whether ``cls`` is lit_psion's (its top-level ``callbacks`` and ``strategies`` load as ``lit_psion.*``)."""
+    return cls.__module__.split(".")[0] == "lit_psion"
