@@ -87,14 +87,26 @@ def log_kept_step_logs(module: Any) -> None:
                 module.log(name, value, prog_bar=name in PROGRESS_BAR_KEYS)
             return
         shown = {name: kept[name] for name in PROGRESS_BAR_KEYS & kept.keys()}
-        if _users_values_in_the_row(module, kept) or not all(hasattr(value, "detach") for value in shown.values()):
-            _join_lightnings_row(module, kept)  # a value of the user's is in this row (or a plain number to show)
-            return
+        if (_users_values_in_the_row(module, kept) or not all(hasattr(value, "detach") for value in shown.values())
+                or not getattr(type(module).on_train_batch_end, _WRITES_THE_ROW, False)):  # fmt: skip
+            _join_lightnings_row(module, kept)  # a value of the user's is in this row, or may be logged after this
+            return  # (a subclass's on_train_batch_end, after super()'s), or there is a plain number to show
         module._trainer.callback_metrics.update(shown)  # tensors, as self.log leaves them there
         module._trainer.progress_bar_metrics.update({name: float(value) for name, value in shown.items()})
         connector.log_metrics({name: float(value) for name, value in kept.items()})
     elif kept and _stops_at_max_steps(module):
         _write_last_row(module, kept)
+
+
+_WRITES_THE_ROW = "_lit_psion_writes_the_step_row"
+
+
+def writes_the_step_row(hook: Any) -> Any:
+    """Mark a model's own ``on_train_batch_end`` that ends by :func:`log_kept_step_logs`. A subclass's override
+    (which may ``self.log`` after calling ``super()``'s, once this row is decided) carries no mark, so its rows
+    join Lightning's write through ``self.log``: one row a step, whatever it logs after."""
+    setattr(hook, _WRITES_THE_ROW, True)
+    return hook
 
 
 def _users_values_in_the_row(module: Any, kept: dict[str, Any]) -> bool:

@@ -13,7 +13,7 @@ from torchmetrics.text import Perplexity
 
 from lit_psion.core.contracts import DataFacts, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
+from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs, writes_the_step_row
 from lit_psion.models.base import LitModule
 from lit_psion.nn.decoder import Decoder, DecoderConfig
 from lit_psion.nn.optim import OptimizerConfig, build_optimizer, finite_steps, warmup_cosine
@@ -149,6 +149,7 @@ class DecoderLM(LitModule):
     """Its ``on_train_batch_end`` writes the step's kept scalars as one row (lit_psion.core.step_logs): callbacks
     and strategies keep theirs for it. A subclass overriding ``on_train_batch_end`` calls ``super()``'s."""
 
+    @writes_the_step_row
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         log_kept_step_logs(self)
 

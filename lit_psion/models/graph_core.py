@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric
 
 from lit_psion.core.contracts import DataFacts, ReplayData, model_signature
 from lit_psion.core.errors import CheckpointError, ConfigError
-from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs
+from lit_psion.core.step_logs import keep_step_logs, log_kept_step_logs, writes_the_step_row
 from lit_psion.models.base import LitModule
 from lit_psion.nn.barrier import Barrier
 from lit_psion.nn.delta_log import DeltaStateLog
@@ -266,6 +266,7 @@ class GraphCore(LitModule):
     """Its ``on_train_batch_end`` writes the step's kept scalars as one row (lit_psion.core.step_logs): callbacks
     and strategies keep theirs for it. A subclass overriding ``on_train_batch_end`` calls ``super()``'s."""
 
+    @writes_the_step_row
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         log_kept_step_logs(self)  # on the steps that write a row, and the last step's row at max_steps
 

@@ -218,6 +218,29 @@ def test_a_subclass_that_does_not_write_the_step_row_is_told_once(tmp_path: Path
     assert (metrics.is_file() and "train/loss" in metrics.read_text().splitlines()[0]) is not warned
 
 
+class LogsAfterSuper(DecoderLM):
+    """A user's DecoderLM that logs a metric of its own per step after lit_psion's on_train_batch_end has run."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self.log("user/after", float(self.trainer.global_step), on_step=True, on_epoch=False)
+
+
+def test_a_subclass_logging_after_super_gets_one_row_a_step(tmp_path: Path) -> None:
+    """lit_psion decides a row's write before the subclass's value exists: that value must still land in the same
+    row of the same step, in every epoch (not a second row of that step)."""
+    root = tmp_path / "runs"
+    assert fit("--model.class_path", f"{__name__}.LogsAfterSuper", "--trainer.default_root_dir", str(root),
+               "--trainer.max_steps", "8", "--trainer.log_every_n_steps", "2", "--trainer.limit_train_batches", "3",
+               "--trainer.limit_val_batches", "0") == 0  # fmt: skip
+    rows = [row for row in csv.DictReader((root / read_latest(root) / "metrics.csv").open()) if row.get("step")]
+    steps = [int(row["step"]) for row in rows]
+    assert steps == sorted(set(steps)), rows  # one row a step, in every epoch (three steps each)
+    training = [row for row in rows if row.get("train/loss")]
+    assert len(training) >= 4 and {int(row["epoch"]) for row in training} == {0, 1, 2}, rows
+    assert all(float(row["user/after"]) == int(row["step"]) + 1 for row in training), rows
+
+
 def test_the_last_row_of_a_fit_stopped_between_rows_keeps_what_a_user_logged(tmp_path: Path) -> None:
     """lit_psion writes the row of a fit's last step when Lightning's interval skips it: a user's self.log value of
     that step was left out of it (rows at steps 2 and 4 had it; the last, step 5, did not)."""
