@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
+import yaml
 from torch.utils.data import Dataset
 
 from lit_psion.core.contracts import DataFacts, Manifest
@@ -307,4 +308,22 @@ class ReplayDataModule(L.LightningDataModule):
         resumed = run_context(self.trainer).resume_from if self.trainer is not None else None
         place = in_a_run(Path(resumed)) if resumed is not None else None
         config = place[0] / CONFIG_FILE if place is not None else None
-        return f", or pass that run's own config (--config {config})" if config and config.is_file() else ""
+        if config is None or not config.is_file() or self.given_the_data_of(config):
+            return ""  # (that config, or one with its data, was given: the data it names changed since)
+        return f", or pass that run's own config (--config {config})"
+
+    def given_the_data_of(self, config: Path) -> bool:
+        """Whether this fit's config has the data section of ``config`` (a run's own): naming it would not help."""
+        given = run_context(self.trainer).config_yaml if self.trainer is not None else None
+        try:
+            return given is not None and _data_section(given) == _data_section(config.read_text())
+        except (OSError, UnicodeDecodeError):
+            return False
+
+
+def _data_section(config_yaml: str) -> Any:
+    try:
+        config = yaml.safe_load(config_yaml)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+    return config.get("data") if isinstance(config, dict) else None

@@ -46,6 +46,41 @@ def test_another_presets_run_is_named_as_such_not_given_flags_that_cannot_help(
     assert "give the settings it was trained with" not in said
 
 
+def _two_files(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in "ab":
+        (folder / f"{name}.txt").write_text("\n\n".join(f"{name} {i}: " + "some words here. " * 30 for i in range(12)))
+
+
+CHANGED_IN_PLACE = [  # the run's files, changed where they are: (which files, resumed with): the hint
+    ("every file", "its own config", "the run trained on other text ('{data}/a.txt' and more): restore that text as it "
+                                     "was, or start a new run without --ckpt_path"),
+    ("every file", "the preset and its files", "the run trained on other text ('{data}/a.txt' and more): restore that "
+                                               "text as it was, or start a new run without --ckpt_path"),
+    ("one file", "its own config", "restore the original data and settings or start a new run without --ckpt_path"),
+]
+
+
+@pytest.mark.parametrize(("changed", "given", "hint"), CHANGED_IN_PLACE)
+def test_a_run_whose_files_changed_in_place_is_not_told_to_pass_the_config_that_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture, changed: str, given: str, hint: str
+) -> None:  # fmt: skip
+    """The run's own config names the very files that changed: "continue it with --config RUN/config.yaml" (or
+    "or pass that run's own config") was said also to someone who had passed it, and could not help anyone."""
+    data, root = tmp_path / "data", ("--trainer.default_root_dir", str(tmp_path / "runs"))
+    _two_files(data)
+    files = ("--data.files", str(data / "*.txt"))
+    assert fit(*root, *files, "--trainer.max_steps", "3") == 0
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    for name in "ab" if changed == "every file" else "b":
+        (data / f"{name}.txt").write_text((data / f"{name}.txt").read_text().replace("words", "other words"))
+    capsys.readouterr()
+    config = ("--config", str(run / "config.yaml")) if given == "its own config" else files
+    assert fit(*config, *root, "--trainer.max_steps", "6", "--ckpt_path", "last") == 3
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(hint.format(data=data)) and "config.yaml" not in line, line
+
+
 @pytest.mark.parametrize("args", [("--config", "configs/overlays/transactional.yaml"), ("--trainer.max_steps", "3")])
 def test_an_overlay_or_flags_without_a_preset_say_to_give_one_first(args: tuple[str, ...],
                                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip

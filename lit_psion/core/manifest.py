@@ -121,13 +121,15 @@ class DataManifest:
         return "; ".join(changes) or "no difference"
 
     def restore_hint(self, other: DataManifest, own_config: str) -> str | None:
-        """How to give a checkpoint trained on this manifest's data its data again when ``other``'s was given: its
-        own config (``own_config``) when the two share no file (another preset's run, whose settings alone would not
-        do), else the flags of the settings that differ; None when neither helps."""
+        """How to give a checkpoint trained on this manifest's data its data again when ``other``'s was given: when
+        the two share no file, the text as it was where the files were read again (they changed in place), else
+        its own config (``own_config``: another preset's run, whose settings alone would not do); otherwise the
+        flags of the settings that differ; None when neither helps."""
         if not {source.sha256 for source in self.sources} & {source.sha256 for source in other.sources}:
             shown = repr(self.sources[0].path) + (" and more" if len(self.sources) > 1 else "") if self.sources else ""
-            return f"the run trained on other text ({shown}): continue it with {own_config}, or start a new run " \
-                "without --ckpt_path"
+            in_place = bool(self.sources) and {s.path for s in self.sources} == {s.path for s in other.sources}
+            how = "restore that text as it was" if in_place else f"continue it with {own_config}"
+            return f"the run trained on other text ({shown}): {how}, or start a new run without --ckpt_path"
         if flags := self.settings_to_restore(other):
             return f"give the settings it was trained with ({' '.join(flags)})"
         return None
