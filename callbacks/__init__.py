@@ -9,7 +9,7 @@ from lit_psion.callbacks.progress import ProgressBar
 from lit_psion.callbacks.promotion import PromotionGate
 from lit_psion.callbacks.run_dir import RunDirectory
 from lit_psion.callbacks.sample import GenerateSample
-from lit_psion.callbacks.stop import StopAgreement
+from lit_psion.callbacks.stop import InterruptAtBoundary, StopAgreement
 from lit_psion.callbacks.telemetry import Telemetry
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "EvidenceCallback",
     "GenerateSample",
     "GrowthPlanner",
+    "InterruptAtBoundary",
     "PointerCheckpoint",
     "PredictionWriter",
     "ProgressBar",

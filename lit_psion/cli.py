@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 import lit_psion.strategies  # noqa: F401  (registers lit_psion's strategies by name)
 from lit_psion.callbacks import (
     Dashboard,
+    InterruptAtBoundary,
     PointerCheckpoint,
     ProgressBar,
     Receipts,
@@ -329,7 +330,7 @@ class LitPsionCLI(LightningCLI):
             self.run_context = run
             wandb = [logger for logger in loggers if isinstance(logger, WandbLogger)]  # joined at training start
             loggers = [RunCSVLogger(run.layout.root, run.layout.run_id), *(lg for lg in loggers if lg not in wandb)]
-            callbacks += [RunDirectory(run), StopAgreement()]
+            callbacks += [RunDirectory(run), StopAgreement(), InterruptAtBoundary()]
             callbacks.sort(key=lambda callback: isinstance(callback, Dashboard))  # draws the status RunDirectory wrote
             if wandb:  # first: the other callbacks' on_train_start see the W&B loggers
                 callbacks.insert(0, WandbEvidence(wandb))
