@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
 import sys
 from concurrent.futures import Future
 from pathlib import Path
@@ -49,7 +48,8 @@ class PointerCheckpoint(EvidenceCallback):
 
     Args:
         every_n_train_steps: Steps between checkpoints.
-        keep_last_k: How many checkpoints to keep (the pointed-to one and an in-flight one are never deleted).
+        keep_last_k: How many checkpoints to keep (the pointed-to one and an in-flight one are never deleted; one
+            a resume rejected is not counted).
         async_write: Write in a background thread while training goes on. The checkpoint is receipted
             ``async_write_in_flight`` when the write starts and ``durable`` when it lands; only then does
             the pointer move. One write is in flight at a time; the end of training and SIGTERM wait for it.
@@ -213,7 +213,9 @@ class PointerCheckpoint(EvidenceCallback):
             pointer = CheckpointPointer(step=manifest.step, checkpoint=path.name,
                                         manifest_sha256=sha256_file(manifest_path))  # fmt: skip
             write_pointer(run.layout, pointer)
-            self._prune(run.layout, keep=path.name)
+            in_flight = self._in_flight[0].name if self._in_flight is not None else None
+            run.layout.prune_checkpoints(self.keep_last_k, keep=(path.name, in_flight),
+                                         untrusted={rejected.path.name for rejected in run.rejected})  # fmt: skip
             self._emit_own(trainer, CheckpointReceipt(
                 stage_id=run.stage, step=manifest.step, checkpoint=run.layout.relative(path),
                 manifest_digest=pointer.manifest_sha256, object_digest=manifest.weights_sha256,
@@ -226,19 +228,6 @@ class PointerCheckpoint(EvidenceCallback):
                 watcher.on_checkpoint_receipted(trainer)
         if not self.async_write:  # other ranks wait for the pointer (an async commit happens on rank 0 alone)
             trainer.strategy.barrier("lit_psion.checkpoint")
-
-    def _prune(self, layout: RunLayout, keep: str) -> None:
-        in_flight = self._in_flight[0].name if self._in_flight is not None else None
-        for staging in layout.checkpoints.glob(".step-*.tmp-*"):  # left by a process killed mid-write
-            if in_flight is None or not staging.name.startswith(f".{in_flight}."):
-                shutil.rmtree(staging, ignore_errors=True)
-        for link in layout.checkpoints.glob("step-*"):
-            if link.is_symlink():  # never one of ours, never followed: a checkpoint is a real directory
-                link.unlink()
-        saved = layout.checkpoint_dirs()
-        for old in saved[: max(0, len(saved) - self.keep_last_k)]:
-            if old.name not in (keep, in_flight):
-                shutil.rmtree(old)
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

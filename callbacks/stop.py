@@ -76,9 +76,10 @@ class InterruptAtBoundary(Callback):
         self._previous: Any = None
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning's signal connector noted the handlers it puts back at its teardown, whatever ends the fit
         self._pressed = 0
-        if stage == "fit" and signal.getsignal(signal.SIGINT) is signal.default_int_handler and (
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler and (
                 threading.current_thread() is threading.main_thread()):  # fmt: skip
             self._previous = signal.signal(signal.SIGINT, self._note)
 
@@ -106,6 +107,13 @@ class InterruptAtBoundary(Callback):
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._give_back()
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._give_back()  # (a fit that raised runs no teardown hook; after Ctrl-C Lightning ignores SIGINT itself)
+
+    def _give_back(self) -> None:
         if self._previous is not None and signal.getsignal(signal.SIGINT) == self._note:
             signal.signal(signal.SIGINT, self._previous)
         self._previous = None

@@ -11,11 +11,13 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
-from lit_psion.core.files import read_json
+from lit_psion.core.files import fsync_path, read_json
 
 LATEST_FILE = "latest_run.json"
 RUN_FILE = "run.json"
@@ -166,6 +168,24 @@ class RunLayout:
             return []
         found = [(step_of(p.name), p) for p in self.checkpoints.iterdir() if p.is_dir() and not p.is_symlink()]
         return [path for step, path in sorted((s, p) for s, p in found if s is not None)]
+
+    def prune_checkpoints(self, keep_last_k: int, keep: Collection[str | None], untrusted: Collection[str]) -> None:
+        """Delete all but the newest ``keep_last_k`` checkpoints (never one named in ``keep``: the pointed-to one, an
+        in-flight write's), the staging left by a process killed mid-write or mid-delete, and any ``step-*`` link.
+        A checkpoint a resume rejected (``untrusted``) is not counted: counted, the last verified ones before it
+        went, and it stayed (doctor names it, for its owner to delete). Each goes out of sight by a rename first,
+        so a kill mid-delete leaves no half checkpoint under a checkpoint's name."""
+        for staging in self.checkpoints.glob(".step-*.tmp-*"):
+            if not any(name and staging.name.startswith(f".{name}.") for name in keep):
+                shutil.rmtree(staging, ignore_errors=True)
+        for link in (link for link in self.checkpoints.glob("step-*") if link.is_symlink()):
+            link.unlink()  # never one of ours, never followed: a checkpoint is a real directory
+        saved = [path for path in self.checkpoint_dirs() if path.name not in untrusted]
+        for old in saved[: max(0, len(saved) - keep_last_k)]:
+            if old.name not in keep:
+                gone = old.rename(old.with_name(f".{old.name}.tmp-pruned"))
+                fsync_path(self.checkpoints)
+                shutil.rmtree(gone)
 
     def refuse_special_files(self) -> None:
         """Refuse a FIFO, socket or device in the run where a file belongs (reading it would block, or never end):

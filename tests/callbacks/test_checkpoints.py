@@ -160,6 +160,36 @@ def test_resuming_past_a_corrupt_checkpoint_receipts_the_rejection(tmp_path: Pat
     assert main(["receipts", "verify", str(run)]) == 0
 
 
+@pytest.mark.parametrize(("name", "harm"), [(name, harm) for name, harm, _ in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_retention_does_not_count_a_rejected_checkpoint_nor_delete_the_last_verified_one(
+    tmp_path: Path, name: str, harm: Callable[[Path], None]
+) -> None:  # fmt: skip
+    """Resumed past a damaged step-9, keep_last_k 3 counted it: steps 3 and 6 went, 9 stayed with 12 and 15, and
+    the run's one verified checkpoint before the damage was lost."""
+    root = ("--trainer.default_root_dir", str(tmp_path), "--checkpoint.every_n_train_steps", "3")
+    assert fit(*root, "--trainer.max_steps", "9") == 0
+    run = tmp_path / read_latest(tmp_path)
+    harm(run / "checkpoints" / "step-000009")
+    assert fit(*root, "--trainer.max_steps", "15", "--ckpt_path", "last") == 0
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert kept == ["step-000006", "step-000009", "step-000012", "step-000015"], kept
+    assert verify_checkpoint(run / "checkpoints" / "step-000006").step == 6
+
+
+def test_sigkill_during_retention_leaves_no_half_deleted_checkpoint(tmp_path: Path) -> None:
+    root = ("--trainer.default_root_dir", str(tmp_path), "--checkpoint.every_n_train_steps", "2",
+            "--checkpoint.keep_last_k", "1")  # fmt: skip
+    killed = callbacks_config(tmp_path / "kill.json", ("KillDuringPrune", {}))
+    result = fit_subprocess(*root, "--trainer.max_steps", "4", "--config", killed)
+    assert result.returncode == -9, result.stderr[-2000:]
+    run = tmp_path / read_latest(tmp_path)
+    checkpoints = run / "checkpoints"
+    assert [p.name for p in checkpoints.glob(".step-000002.tmp-*")], "the kill landed mid-delete"
+    assert main(["doctor", str(run)]) == 0  # every checkpoint under a checkpoint's name is whole
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last") == 0
+    assert not list(checkpoints.glob(".*")), "the next save removes what the killed delete left"
+
+
 def _chain(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
 

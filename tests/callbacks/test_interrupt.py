@@ -58,6 +58,20 @@ def test_ctrl_c_pauses_the_fit_at_that_step_wherever_it_lands(tmp_path: Path, ca
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back after the fit
 
 
+class FailsAtStepTwo(L.Callback):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 2:
+            raise KeyError("step")
+
+
+def test_a_fit_that_failed_gives_python_its_handler_back(tmp_path: Path) -> None:
+    """A failed fit runs no teardown hook: its handler stayed, and the next fit in the process (a notebook, a
+    script calling main twice) started without Python's and never noted a Ctrl-C."""
+    assert fit(f"--trainer.callbacks+={__name__}.FailsAtStepTwo", "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.max_steps", "4") == 14  # fmt: skip
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_fit_started_ignoring_sigint_keeps_ignoring_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A background job started from a shell without job control ignores SIGINT: its fit does too."""
     added = (f"--trainer.callbacks+={__name__}.CtrlCAtStepThree", "--trainer.callbacks.how=delivered")
