@@ -150,7 +150,7 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
             f"writing checkpoint {str(final)!r} failed: {_io_failure(error)}; "
             "the previous checkpoint is still the pointed-to one (free space or fix the disk, then --ckpt_path last)"
         ) from error
-    if final.is_symlink():  # never followed: whatever it points at is not ours to delete
+    if final.is_symlink() or (final.exists() and not final.is_dir()):  # never followed; a file is no checkpoint
         final.unlink()
     elif final.exists():
         shutil.rmtree(final)

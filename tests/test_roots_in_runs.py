@@ -52,8 +52,8 @@ def test_a_runs_root_in_a_run_is_refused_and_the_run_untouched(run: Path, capsys
     line = one_error_line(capsys.readouterr().err)
     where = "is a run directory" if root == run else f"is inside run directory {str(run)!r}"
     assert line.startswith(f"lit_psion: error: trainer.default_root_dir {str(root)!r} {where}: "), line
-    assert f"give the directory that holds it ({str(run.parent)!r}; continue this run with --ckpt_path " \
-        f"{str(run / 'checkpoints')!r}/step-NNNNNN)" in line  # fmt: skip
+    assert f"give the directory that holds it ({str(run.parent)!r}; continue this run with " \
+        f"--trainer.default_root_dir {str(run.parent)!r} --ckpt_path last)" in line  # fmt: skip
     assert _tree(run) == before and not (run / "checkpoints" / "step-000006" / "new").exists()
     assert main(["doctor", str(run)]) == 0
 

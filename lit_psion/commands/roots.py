@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from lit_psion.core.errors import ConfigError
-from lit_psion.core.layout import RunLayout, in_a_run
+from lit_psion.core.layout import LATEST_FILE, in_a_run
 
 
 def make_root(root: Path) -> list[Path]:
@@ -23,6 +23,11 @@ def make_root(root: Path) -> list[Path]:
                           "give a writable directory") from error  # fmt: skip
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
+    latest = root / LATEST_FILE
+    if latest.exists() and not latest.is_symlink() and not latest.is_file():  # (a link is replaced, never followed)
+        raise ConfigError(f"{str(latest)!r} is not a file (a directory, FIFO or device) where lit_psion writes which "
+                          "run is the latest: a new run there could not say so; move it away, or give another "
+                          "--trainer.default_root_dir")  # fmt: skip
     longest = len(os.fsencode(os.path.abspath(root))) + RUN_PATH_ROOM
     if longest > (most := _path_max(root)):  # (else found only at the first checkpoint, as a disk fault)
         remove_if_empty(made)
@@ -38,10 +43,10 @@ def refuse_root_in_a_run(root: Path) -> None:
     fell back past it)."""
     if (run := in_a_run(root)) is not None:
         place, where = run
-        checkpoints = str(RunLayout.of(place).checkpoints)
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} {where}: a run made there would write among "
                           f"that run's files; give the directory that holds it ({str(place.parent)!r}; continue "
-                          f"this run with --ckpt_path {checkpoints!r}/step-NNNNNN), or one outside any run")
+                          f"this run with --trainer.default_root_dir {str(place.parent)!r} --ckpt_path last), or one "
+                          "outside any run")  # fmt: skip
 
 
 RUN_PATH_ROOM = 120

@@ -424,6 +424,10 @@ def resolve_checkpoint(
         raise CheckpointError(linked(layout.run_dir, "a run"))
     layout.checkpoint_dirs()  # refuses a checkpoints/ that is a symlink, before the pointer in it is read
     layout.refuse_special_files()
+    if layout.pointer.is_dir() and not layout.pointer.is_symlink():  # (a resume trained, then could not point)
+        raise CheckpointError(f"{str(layout.pointer)!r} is a directory, not the run's checkpoint pointer: the pointer "
+                              "could not move to a new checkpoint; move it away (a resume then falls back to the "
+                              "newest checkpoint that verifies)")  # fmt: skip
     try:
         pointer = read_pointer(layout)
     except CheckpointError as error:

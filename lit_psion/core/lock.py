@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -163,7 +164,13 @@ os.register_at_fork(after_in_child=_close_in_child)
 def _open(path: Path) -> int:
     """The lock file, created if need be; never followed through a symlink."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, socket or device: no lock can be taken through it
+            os.close(fd)
+            raise ConfigError(f"cannot lock {str(path.parent)!r}: {str(path)!r} is not a regular file (a FIFO, "
+                              "socket or device), not a lock file, so no process holds a lock through it; remove it "
+                              "(each writer makes the file it locks)")  # fmt: skip
+        return fd
     except OSError as error:
         if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # nobody holds it: the directory cannot be written
             raise ConfigError(f"{str(path.parent)!r} cannot be written ({error.strerror}); make it writable, or give "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -155,7 +156,7 @@ def test_the_lock_is_not_reentrant_and_a_with_block_releases_on_error(tmp_path: 
         pass
 
 
-@pytest.mark.parametrize("what", ["a symlink", "a directory"])
+@pytest.mark.parametrize("what", ["a symlink", "a directory", "not a regular file (a FIFO, socket or device)"])
 def test_a_lock_file_that_is_not_a_file_is_refused_not_followed_and_not_called_held(tmp_path: Path,
                                                                                     what: str) -> None:  # fmt: skip
     """Said exit 8 ("cannot lock"), as if another writer held it: nobody can, and the fix is to remove it."""
@@ -163,10 +164,12 @@ def test_a_lock_file_that_is_not_a_file_is_refused_not_followed_and_not_called_h
     target.write_text("keep")
     if what == "a symlink":
         (tmp_path / LOCK_FILE).symlink_to(target)
-    else:
+    elif what == "a directory":
         (tmp_path / LOCK_FILE).mkdir()
-    with pytest.raises(ConfigError, match=f"is {what}, not a lock file, so no process holds a lock through it; "
-                       "remove it") as raised:  # fmt: skip
+    else:
+        os.mkfifo(tmp_path / LOCK_FILE)  # (taken, it failed on writing its holder: exit 1)
+    with pytest.raises(ConfigError, match=re.escape(f"is {what}, not a lock file, so no process holds a lock through "
+                                                    "it; remove it")) as raised:  # fmt: skip
         RunLock(tmp_path).acquire()
     assert raised.value.exit_code == 2
     assert target.read_text() == "keep" and lock_holder(tmp_path) is None

@@ -1,0 +1,85 @@
+"""Something other than lit_psion's file where a run or its root keeps one: a file where a checkpoint directory
+goes, a directory where the pointer or ``latest_run.json`` goes, a FIFO as the lock. Each is taken in its stride or
+refused in one line before anything is trained; none ended in exit 1 (two of them after training had run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lit_psion.cli import main
+from lit_psion.core import read_json
+from lit_psion.core.run import read_latest
+from tests.helpers import fit
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("made")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6",
+               "--checkpoint.every_n_train_steps", "3") == 0  # fmt: skip
+    return root
+
+
+def _file_where_the_next_checkpoint_goes(run: Path) -> None:
+    (run / "checkpoints" / "step-000009").write_text("not a checkpoint")
+
+
+def _file_where_the_pointed_checkpoint_was(run: Path) -> None:
+    shutil.rmtree(run / "checkpoints" / "step-000006")
+    (run / "checkpoints" / "step-000006").write_text("not a checkpoint")
+
+
+def _directory_as_the_pointer(run: Path) -> None:
+    (run / "checkpoints" / "pointer.json").unlink()
+    (run / "checkpoints" / "pointer.json").mkdir()
+
+
+def _fifo_as_the_lock(run: Path) -> None:
+    (run / ".lock").unlink(missing_ok=True)
+    os.mkfifo(run / ".lock")
+
+
+CASES = [  # what takes a file's place: the resume's exit code and the step the run is at after it
+    ("a file where the next checkpoint goes", _file_where_the_next_checkpoint_goes, 0, 9),
+    ("a file where the pointed checkpoint was", _file_where_the_pointed_checkpoint_was, 0, 9),
+    ("a directory as the pointer", _directory_as_the_pointer, 4, 6),
+    ("a FIFO as the lock", _fifo_as_the_lock, 2, 6),
+]
+
+
+@pytest.mark.parametrize(("name", "put", "code", "step"), CASES, ids=[c[0] for c in CASES])
+def test_a_resume_takes_a_misplaced_entry_in_its_stride_or_refuses_before_training(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, put: object, code: int, step: int
+) -> None:  # fmt: skip
+    root = tmp_path / "root"
+    shutil.copytree(made, root, symlinks=True)
+    run = root / read_latest(root)
+    put(run)  # type: ignore[operator]
+    receipts = (run / "receipts.jsonl").read_bytes()
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "9",
+               "--checkpoint.every_n_train_steps", "3", "--ckpt_path", "last") == code  # fmt: skip
+    err = capsys.readouterr().err
+    assert read_json(run / "run.json")["global_step"] == step, err
+    if code:
+        lines = [line for line in err.splitlines() if line.startswith("lit_psion: error:")]
+        assert len(lines) == 1 and "unexpected error" not in err, err
+        assert (run / "receipts.jsonl").read_bytes() == receipts  # nothing trained, nothing written
+    else:
+        assert (run / "checkpoints" / "step-000009").is_dir()
+        assert main(["doctor", str(run)]) == 0
+
+
+def test_a_directory_as_the_roots_latest_run_file_is_refused_before_a_run_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:  # fmt: skip
+    """It was exit 1 with a half-made run left behind (run.json ``failed``, no config.yaml: doctor exit 3)."""
+    (tmp_path / "latest_run.json").mkdir()
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"lit_psion: error: {str(tmp_path / 'latest_run.json')!r} is not a file"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest_run.json"]
