@@ -208,6 +208,9 @@ class CorpusDataModule(ReplayDataModule):
             else:
                 where = "" if Path(entry).is_absolute() else f"; a relative path is read from {os.getcwd()!r}"
                 raise DataError(f"data file not found: {entry!r} (check --data.files{where})")
+        if odd := next((name for name, _ in paths if any("\ud800" <= c <= "\udfff" for c in name)), None):
+            raise DataError(f"data file {os.fsencode(odd)!r} has a name that is not UTF-8, which its manifest cannot "
+                            "record; rename it, or leave it out of --data.files")  # (bytes Python keeps as surrogates)
         return paths
 
     def _read_sources(self) -> tuple[list[SourceFile], list[tuple[str, str]]]:

@@ -429,6 +429,9 @@ def _main(args: list[str] | None) -> int:
         argv = sys.argv[1:] if args is None else args
         if argv and argv[0] in COMMANDS:
             return run_command(argv)  # the same path as ``python -m lit_psion NAME`` takes
+        if odd := next((arg for arg in argv if any("\ud800" <= c <= "\udfff" for c in arg)), None):
+            raise ConfigError(f"argument {os.fsencode(odd)!r} is not UTF-8 text (the bytes of a name in another "
+                              "encoding); rename the file, or give the value in UTF-8")  # fmt: skip
         LitPsionCLI(args=args)
     except KeyboardInterrupt:
         print(f"lit_psion: interrupted{what_remains(FITTING[0]) if FITTING else ''}", file=sys.stderr)

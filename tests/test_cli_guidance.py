@@ -3,6 +3,7 @@ value argparse takes for a flag; and the console script dispatching as ``python 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,13 @@ def test_a_fit_prints_no_lightning_chatter_a_user_cannot_act_on(tmp_path: Path) 
     assert "step 1/1" in printed  # the fit's own lines still print
     for chatter in ("Tip:", "litlogger", "LeafSpec", "Seed set to"):
         assert chatter not in printed, printed
+
+
+def test_an_argument_that_is_not_utf8_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A file name in another encoding reached the parser as surrogates: 'Parser key "data": 'utf-8' codec can't
+    encode character ...'."""
+    name = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.txt")
+    assert main(["fit", "--config", TINY, "--data.files", name]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lit_psion: error: argument {os.fsencode(name)!r} is not UTF-8 text (the bytes of a name in another "
+        "encoding); rename the file, or give the value in UTF-8")

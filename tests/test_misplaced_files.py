@@ -1,6 +1,7 @@
 """Something other than lit_psion's file where a run or its root keeps one: a file where a checkpoint directory
-goes, a directory where the pointer or ``latest_run.json`` goes, a FIFO as the lock. Each is taken in its stride or
-refused in one line before anything is trained; none ended in exit 1 (two of them after training had run)."""
+goes, a directory where the pointer or ``latest_run.json`` goes, a FIFO as the lock, a record holding what is no
+text. Each is taken in its stride or refused in one line before anything is trained; none ended in exit 1 (two of
+them after training had run)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,30 @@ def test_a_directory_as_the_roots_latest_run_file_is_refused_before_a_run_is_mad
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"lit_psion: error: {str(tmp_path / 'latest_run.json')!r} is not a file"), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest_run.json"]
+
+
+RECORDS = ["run.json", "data_manifest.json", "checkpoints/pointer.json", "checkpoints/step-000006/manifest.json"]
+
+
+@pytest.mark.parametrize("record", RECORDS)
+@pytest.mark.parametrize("command", ["doctor", "ckpt verify", "receipts verify", "resume"])
+def test_a_record_holding_a_lone_surrogate_is_refused_as_damaged_never_exit_1(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, record: str, command: str
+) -> None:  # fmt: skip
+    """JSON parses ``"\\ud800"``, but it is no text: digesting it raised UnicodeEncodeError deep inside doctor's
+    token-cache check (exit 1)."""
+    root = tmp_path / "root"
+    shutil.copytree(made, root, symlinks=True)
+    run = root / read_latest(root)
+    text = (run / record).read_text()
+    field = next(key for key in ('"run_id": "', '"path": "', '"checkpoint": "', '"writer": "') if key in text)
+    (run / record).write_text(text.replace(field, field + "\\ud800", 1))
+    capsys.readouterr()
+    if command == "resume":
+        code = fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "9", "--ckpt_path", "last")
+    else:
+        code = main([*command.split(), str(run)])
+    err = capsys.readouterr().err
+    assert code != 1 and "unexpected error" not in err and "Traceback" not in err, (code, err)
+    if command == "doctor":  # it reads every record: each is damaged
+        assert code != 0, err

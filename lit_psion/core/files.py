@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -54,8 +55,19 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     """The JSON in the regular file ``path``; an object with a key twice is a ValueError (a reader that kept the
-    other value would read another record under the same digest)."""
-    return json.loads(read_plain(path).decode("utf-8"), object_pairs_hook=unique_keys)
+    other value would read another record under the same digest), and so is a lone surrogate escape (``\\ud800``:
+    JSON parses it, but it is no text, and digesting or writing it failed deep inside a command, exit 1)."""
+    text = read_plain(path).decode("utf-8")
+    record = json.loads(text, object_pairs_hook=unique_keys)
+    if _SURROGATE_ESCAPE.search(text):  # (a pair is an emoji's; only then is the whole record encoded to tell)
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{str(path)!r} holds a lone surrogate escape (\\ud800-\\udfff): no text") from None
+    return record
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -386,6 +386,8 @@ def _glob_over(tmp_path: Path, make: Callable[[Path], None]) -> dict:
     (lambda tmp: _glob_over(tmp, lambda path: path.symlink_to(path.with_name("gone.txt"))),
      "matched '.*/b.txt', a broken symlink"),
     (lambda tmp: _glob_over(tmp, lambda path: os.mkfifo(path)), "matched '.*/b.txt', not a regular file"),
+    (lambda tmp: _glob_over(tmp, lambda path: shutil.copy(CORPUS, os.fsdecode(bytes(path.parent) + b"/\xff.txt"))),
+     "data file b'.*/\\\\xff.txt' has a name that is not UTF-8, which its manifest cannot record"),
     (lambda tmp: {"files": str(_glob_over(tmp, lambda path: path.mkdir())["files"]).replace("*.txt", "b*")},
      "data glob matched no files: '.*/b\\*'"),
 ])  # fmt: skip
