@@ -136,7 +136,7 @@ def _sources(layout: RunLayout) -> list[Verdict]:
         stdlib = source.path.removeprefix("stdlib/") if source.path.startswith("stdlib/") else None
         path = Path(sysconfig.get_paths()["stdlib"]) / stdlib if stdlib else Path(source.path).expanduser()
         if not path.is_file():
-            missing.append(source.path)
+            (changed if path.exists() else missing).append(source.path)  # a directory, a FIFO: no text to read
         elif sha256_file(path) != source.sha256:
             changed.append(source.path)
     here = "" if all(Path(s.path).expanduser().is_absolute() for s in manifest.sources) else \
