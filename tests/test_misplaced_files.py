@@ -44,11 +44,16 @@ def _fifo_as_the_lock(run: Path) -> None:
     os.mkfifo(run / ".lock")
 
 
+def _run_json_naming_another_run(run: Path) -> None:
+    (run / "run.json").write_text((run / "run.json").read_text().replace(run.name, "x", 1))
+
+
 CASES = [  # what takes a file's place: the resume's exit code and the step the run is at after it
     ("a file where the next checkpoint goes", _file_where_the_next_checkpoint_goes, 0, 9),
     ("a file where the pointed checkpoint was", _file_where_the_pointed_checkpoint_was, 0, 9),
     ("a directory as the pointer", _directory_as_the_pointer, 4, 6),
     ("a FIFO as the lock", _fifo_as_the_lock, 2, 6),
+    ("a run.json naming another run", _run_json_naming_another_run, 5, 6),  # (the resume kept the forged id)
 ]
 
 

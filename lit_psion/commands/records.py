@@ -31,6 +31,10 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
         raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
                             f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
                             "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
+    if isinstance(named := read_json(layout.run_file), dict) and named.get("run_id") != layout.run_id:
+        raise EvidenceError(f"run {layout.run_id!r}: its {layout.run_file.name} names run {named.get('run_id')!r}; a "
+                            "run directory keeps its run id's name, and a resume would keep the other one: rename "
+                            "the directory back, or restore run.json from a backup")  # fmt: skip
     # What a resume rewrites must be what was written: config.yaml (unless an earlier attempt trained with it), the
     # data manifest (a corpus's, or a generator's record) and the tokenizer, each against what run.json records.
     # Whether the data itself still matches is the data modules' check, against the checkpoint.
