@@ -31,7 +31,11 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
         raise EvidenceError(f"run {layout.run_id!r} has checkpoints but no {layout.run_file.name} "
                             f"({str(layout.run_file)!r} is missing); restore it from a backup before continuing the "
                             "run, or start a new run from the checkpoint with --ckpt_path <checkpoint directory>")
-    if isinstance(named := read_json(layout.run_file), dict) and named.get("run_id") != layout.run_id:
+    try:
+        named = read_json(layout.run_file)
+    except (OSError, ValueError, RecursionError):
+        named = None  # (said by the checks below, as a record that cannot be read)
+    if isinstance(named, dict) and named.get("run_id") != layout.run_id:
         raise EvidenceError(f"run {layout.run_id!r}: its {layout.run_file.name} names run {named.get('run_id')!r}; a "
                             "run directory keeps its run id's name, and a resume would keep the other one: rename "
                             "the directory back, or restore run.json from a backup")  # fmt: skip
