@@ -22,9 +22,23 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lit_psion.core.contracts import MembershipAware
+
+
+def stop_before_training(signum: int, frame: Any) -> None:
+    """A fit's SIGTERM handler until Lightning's own is registered: before it, Python's default killed the process
+    in silence (exit 143, no line, a runs root just made left behind). Raised as Lightning's, it is said as a
+    pause with what the run kept, and what the fit made is taken back."""
+    raise SIGTERMException
+
+
+def hand_sigterm_to_lightning() -> None:
+    """Give SIGTERM back to the default just before Lightning registers its handler, which it does not over another."""
+    if signal.getsignal(signal.SIGTERM) is stop_before_training:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class StopAgreement(Callback):
@@ -37,6 +51,7 @@ class StopAgreement(Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        hand_sigterm_to_lightning()  # (the data module's setup, its longest part, is behind)
         self._signalled = self._agreed = False
         if stage == "fit" and self._active(trainer):
             self._trainer = trainer

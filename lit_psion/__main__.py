@@ -7,6 +7,7 @@ dispatched from :mod:`lit_psion.commands` without importing it, so it answers at
 import atexit
 import contextlib
 import os
+import signal
 import sys
 import threading
 
@@ -23,16 +24,30 @@ def _entry(argv: list[str]) -> int:
         print(f"lit_psion: error: unknown command {argv[0]!r}; commands are {', '.join([*TRAINING, *COMMANDS])} "
               "(python -m lit_psion --help)", file=sys.stderr)  # fmt: skip
         return 2
+    signal.signal(signal.SIGTERM, _terminated)  # (a kill during the imports: said, not a silent death)
     try:
         from lit_psion.cli import main  # torch and Lightning: seconds, in which a Ctrl-C is no traceback either
     except KeyboardInterrupt:
         print("lit_psion: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("lit_psion: stopped by SIGTERM while starting; nothing was written", file=sys.stderr)
+        return 143
     except OSError as error:  # importing torch needs a writable temporary directory, before any handler is set
         print(f"lit_psion: error: starting up failed: {error.strerror or error}; free space where the temporary "
               "directory is (or set TMPDIR to one with room), then run the command again", file=sys.stderr)  # fmt: skip
         return 6
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (lit_psion.cli.main sets a fit's own)
     return _exit_without_teardown(main())  # LightningCLI reads sys.argv itself (given both, it warns)
+
+
+class _Terminated(BaseException):
+    """SIGTERM while the training command imports torch and Lightning."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _exit_without_teardown(code: int) -> int:

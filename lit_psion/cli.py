@@ -35,6 +35,7 @@ from lit_psion.callbacks import (
     Telemetry,
 )
 from lit_psion.callbacks.checkpoint import changed_model_settings, changed_on_resume, recorded_model_settings
+from lit_psion.callbacks.stop import hand_sigterm_to_lightning, stop_before_training
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
@@ -432,7 +433,12 @@ def _main(args: list[str] | None) -> int:
         if odd := next((arg for arg in argv if any("\ud800" <= c <= "\udfff" for c in arg)), None):
             raise ConfigError(f"argument {os.fsencode(odd)!r} is not UTF-8 text (the bytes of a name in another "
                               "encoding); rename the file, or give the value in UTF-8")  # fmt: skip
-        LitPsionCLI(args=args)
+        if argv and argv[0] == "fit" and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, stop_before_training)  # (Lightning's own takes over at the fit's setup)
+        try:
+            LitPsionCLI(args=args)
+        finally:
+            hand_sigterm_to_lightning()
     except KeyboardInterrupt:
         print(f"lit_psion: interrupted{what_remains(FITTING[0]) if FITTING else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -440,8 +446,9 @@ def _main(args: list[str] | None) -> int:
         if (stop := mesh_stop()) is not None:
             return leave_for_the_mesh(stop)
         if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # every rank of the node pauses at the same step
-            kept = what_the_pause_kept(FITTING[0]) if FITTING else "; continue with --ckpt_path last"
-            print(f"lit_psion: paused by SIGTERM{kept}", file=sys.stderr)
+            said = f"paused by SIGTERM{what_the_pause_kept(FITTING[0])}" if FITTING and FITTING[0].is_run() else \
+                "stopped by SIGTERM before a run started; nothing was written"  # fmt: skip
+            print(f"lit_psion: {said}", file=sys.stderr)
         return EXIT_SIGTERM
     except SystemExit as stop:  # --help, or a command that printed its verdicts and chose its exit code
         if exit_inside_a_fit(stop):  # not a verdict: a fit's run is recorded failed, which exit 0 or 2 would belie

@@ -82,3 +82,21 @@ def test_a_fit_started_ignoring_sigint_keeps_ignoring_it(tmp_path: Path, monkeyp
     finally:
         signal.signal(signal.SIGINT, previous)
     assert read_json(tmp_path / read_latest(tmp_path) / "run.json")["status"] == "completed"
+
+
+class TermsAsItIsMade(L.Callback):
+    """SIGTERM while the fit is being set up (this callback is made before any run exists), as a scheduler's."""
+
+    def __init__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_before_training_is_said_and_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Before Lightning's handler, Python's default killed the fit in silence (exit 143, no line), leaving the runs
+    root it had just made."""
+    root = tmp_path / "new" / "root"
+    assert fit(f"--trainer.callbacks+={__name__}.TermsAsItIsMade", "--trainer.default_root_dir", str(root)) == 143
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == "lit_psion: stopped by SIGTERM before a run started; nothing was written", line
+    assert not (tmp_path / "new").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back for the next command
