@@ -268,8 +268,9 @@ class RunDirectory(Callback):
         checkpoint = layout.checkpoints / pointer.checkpoint if pointer is not None else "none"
         metrics = {k: f"{float(v):.5g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         console = Console(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
-        console.print(f"[bold]run[/bold] {layout.run_id} {self.record.status if self.record else ''} "
-                      f"at step {trainer.global_step} {' '.join(f'{k}={v}' for k, v in metrics.items())}")  # fmt: skip
+        said = [layout.run_id, str(self.record.status) if self.record else "", f"at step {trainer.global_step}",
+                *(f"{k}={v}" for k, v in metrics.items())]  # fmt: skip
+        console.print(f"[bold]run[/bold] {' '.join(part for part in said if part)}")
         console.print(f"  run directory  {layout.run_dir}")
         console.print(f"  checkpoint     {checkpoint}")
         console.print(f"  metrics        {layout.metrics}")

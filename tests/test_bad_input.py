@@ -252,6 +252,10 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
     (("--trainer.strategy", "transactional", "--trainer.strategy.policy", "5"), "trainer.strategy.policy: '5' is not "
      "a mapping of its settings; give them one by one (--trainer.strategy.policy.KEY VALUE), or as a mapping in a "
      "--config file"),
+    # Said "'bogus' is not a typing.Literal[64, 32, 16] or typing.Literal['transformer-engine', ...] or ...":
+    (("--trainer.precision", "bogus"), "trainer.precision: 'bogus' is not one of 64, 32, 16, 'transformer-engine', "
+     "'transformer-engine-float16', '16-true', '16-mixed', 'bf16-true', 'bf16-mixed', '32-true', '64-true', '64', "
+     "'32', '16', 'bf16', or null; give one of them"),
 ]  # fmt: skip
 
 
@@ -259,7 +263,7 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
                          ids=["nested int", "data int", "policy float", "trainer int", "an int written 1e3",
                               "optimizer name", "tokenizer", "trainer union", "nan", "-inf", "inf where .inf is taken",
                               "a value read as a flag",
-                              "no value", "empty", "empty nested", "a scalar for a mapping"])  # fmt: skip
+                              "no value", "empty", "empty nested", "a scalar for a mapping", "choices"])  # fmt: skip
 def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
 ) -> None:

@@ -333,6 +333,10 @@ def _wrong_type(where: str, types: str, given: str | None) -> str:
     if "float" in names and given.lower().lstrip("+-") == "nan":
         return f"{where}: {given!r} is not a number; give a finite one"
     wanted = " or ".join("null" if name == "NoneType" else name for name in names)
+    if all(name.startswith("typing.Literal[") or name == "NoneType" for name in names):  # choices (a precision)
+        choices = list(dict.fromkeys(c for name in names for c in name[15:-1].split(", ") if name != "NoneType"))
+        null = ", or null" if "NoneType" in names else ""
+        return f"{where}: {given!r} is not one of {', '.join(choices)}{null}; give one of them"
     if "int" in names and "float" not in names and re.fullmatch(r"[+-]?\d+\.0", given):  # 1e3 reads as 1000.0
         return (f"{where}: {given!r} is a float, not an int (an exponent or a decimal point makes one); write "
                 f"{given[:-2]}")
