@@ -4,6 +4,9 @@ base's training text (a base run's, or another program's whose revision it is)."
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +37,16 @@ def check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str,
 
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / TOKENIZER).write_bytes(tokenizer)
+        said = io.StringIO()  # what names the scratch copy of the tokenizer (gone at once) is said below, by the base
         try:
-            built = corpus(Program(scratch), data)
-            manifest = built.prepare()
+            with contextlib.redirect_stderr(said):
+                built = corpus(Program(scratch), data)
+                manifest = built.prepare()
         except DataError as error:  # the corpus names fit's flag; a program's data is set in its --config
             raise DataError(str(error).replace("(check --data.files)", "(check window.data.files in the --config; "
                                                "a relative path is from the current directory)")) from error
+        finally:
+            sys.stderr.write("".join(line for line in said.getvalue().splitlines(True) if scratch not in line))
         unknown = built.tokenizer.token_to_id("<|unk|>")
         if unknown is not None:
             counts = {name: int((built.samples(name).tokens == unknown).sum()) for name in ("train", "val")}

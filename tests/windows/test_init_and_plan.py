@@ -100,6 +100,20 @@ def test_init_takes_the_programs_text_from_the_command_line(base: Path, tmp_path
     assert main(["window", "plan", str(root)]) == 0
 
 
+def test_text_the_bases_tokenizer_does_not_know_is_one_line_naming_no_scratch_file(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:  # fmt: skip
+    """A warning named a temporary copy of the tokenizer (gone when read) before the refusal said it again."""
+    corpus = tmp_path / "other.txt"
+    corpus.write_text("\n\n".join("ЖЗИЙ КЛМН ОПРС ТУФХ " * 20 for _ in range(12)))
+    root = tmp_path / "windows"
+    assert _init(root, write_settings(tmp_path / "settings.yaml", data={**SETTINGS["data"], "files": str(corpus)}),
+                 base) == 3  # fmt: skip
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
+    assert len(lines) == 1 and "token(s) the base's tokenizer does not know (<|unk|>)" in lines[0], lines
+    assert not root.exists()
+
+
 @pytest.mark.parametrize("log", ["emptied", "torn"])
 def test_a_first_planning_cut_short_is_planned_again(base: Path, tmp_path: Path, log: str) -> None:
     """The settings check read w-0001's planning receipt before a planning cut short was cleared: a full disk that
