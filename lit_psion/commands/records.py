@@ -35,7 +35,7 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
         named = read_json(layout.run_file)
     except (OSError, ValueError, RecursionError):
         named = None  # (said by the checks below, as a record that cannot be read)
-    if isinstance(named, dict) and named.get("run_id") != layout.run_id:
+    if isinstance(named, dict) and isinstance(named.get("run_id"), str) and named["run_id"] != layout.run_id:
         raise EvidenceError(f"run {layout.run_id!r}: its {layout.run_file.name} names run {named.get('run_id')!r}; a "
                             "run directory keeps its run id's name, and a resume would keep the other one: rename "
                             "the directory back, or restore run.json from a backup")  # fmt: skip

@@ -23,17 +23,17 @@ def make_root(root: Path) -> list[Path]:
                           "give a writable directory") from error  # fmt: skip
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} is not writable; give a writable directory")
-    latest = root / LATEST_FILE
-    if latest.exists() and not latest.is_symlink() and not latest.is_file():  # (a link is replaced, never followed)
-        raise ConfigError(f"{str(latest)!r} is not a file (a directory, FIFO or device) where lit_psion writes which "
-                          "run is the latest: a new run there could not say so; move it away, or give another "
-                          "--trainer.default_root_dir")  # fmt: skip
     longest = len(os.fsencode(os.path.abspath(root))) + RUN_PATH_ROOM
     if longest > (most := _path_max(root)):  # (else found only at the first checkpoint, as a disk fault)
         remove_if_empty(made)
         raise ConfigError(f"trainer.default_root_dir is {longest - RUN_PATH_ROOM} bytes long, and a run's files lie "
                           f"up to {RUN_PATH_ROOM} bytes deeper, past this system's {most}-byte path limit; give a "
                           "shorter path")  # fmt: skip
+    latest = root / LATEST_FILE
+    if latest.exists() and not latest.is_symlink() and not latest.is_file():  # (a link is replaced, never followed)
+        raise ConfigError(f"{str(latest)!r} is not a file (a directory, FIFO or device) where lit_psion writes which "
+                          "run is the latest: a new run there could not say so; move it away, or give another "
+                          "--trainer.default_root_dir")  # fmt: skip
     return made
 
 

@@ -158,6 +158,11 @@ def verify_log(
     if result.ok and expected_head is not None and expected_head not in result.digests:
         detail = f"the recorded head {expected_head} is not in the log ({result.count} receipts remain)"
         return VerifyResult(False, result.count, result.head, None, "truncated", detail, digests=result.digests)
+    if result.reason == "torn" and expected_head is not None and expected_head not in result.digests:
+        detail = (f"the last line is torn, and the recorded head {expected_head} is not in the log before it "
+                  f"({result.count} receipts remain): receipts the run had made durable are gone, which no kill "
+                  "mid-append does and a resume does not take back; restore the log from a backup")  # fmt: skip
+        return VerifyResult(False, result.count, result.head, result.line, "truncated", detail, digests=result.digests)
     return result
 
 

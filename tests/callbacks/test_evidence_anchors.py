@@ -119,6 +119,12 @@ def tear_the_last_line(layout: RunLayout) -> None:
     layout.receipts.write_bytes(layout.receipts.read_bytes() + b'{"schema_version": 2, "kind": "trai')
 
 
+def cut_the_seal_mid_line(layout: RunLayout) -> None:
+    """What a kill mid-append leaves, but of the seal run.json records as the head: no kill does that (the head is
+    recorded once durable), and receipts verify said "a resume takes it back", which the resume refused."""
+    layout.receipts.write_bytes(layout.receipts.read_bytes()[:-50])
+
+
 FORGERIES = [
     ("a receipt appended after the seal", append_after_seal, "after_seal"),
     ("the seal cut off and run.json's head moved back", cut_seal_and_fix_run_json, "does not end with its seal"),
@@ -132,6 +138,8 @@ FORGERIES = [
     ("an edited loss with its digest recomputed", edit_a_loss_and_rehash_it,
      "line 5: edited: seq 4 is in place, but its prev_digest is not the digest of line 4: line 4 was edited"),
     ("a torn last line", tear_the_last_line, "torn"),
+    ("the recorded seal cut mid-line", cut_the_seal_mid_line, "truncated: the last line is torn, and the recorded "
+     "head"),
 ]
 
 
