@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from lit_psion.core import atomic_write_json, sha256_bytes
 from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
-from lit_psion.core.files import decode_text
+from lit_psion.core.files import decode_text, not_utf8
 from lit_psion.core.layout import RunLayout
 from lit_psion.core.manifest import DataManifest, SourceFile
 from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
@@ -208,7 +208,7 @@ class CorpusDataModule(ReplayDataModule):
             else:
                 where = "" if Path(entry).is_absolute() else f"; a relative path is read from {os.getcwd()!r}"
                 raise DataError(f"data file not found: {entry!r} (check --data.files{where})")
-        if odd := next((name for name, _ in paths if any("\ud800" <= c <= "\udfff" for c in name)), None):
+        if odd := next((name for name, _ in paths if not_utf8(name)), None):
             raise DataError(f"data file {os.fsencode(odd)!r} has a name that is not UTF-8, which its manifest cannot "
                             "record; rename it, or leave it out of --data.files")  # (bytes Python keeps as surrogates)
         return paths

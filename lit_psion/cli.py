@@ -97,6 +97,7 @@ from lit_psion.core.errors import (
     raised_at,
     raised_in_user_code,
 )
+from lit_psion.core.files import not_utf8
 from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import data_builds_another_model
 from lit_psion.core.run import (
@@ -430,7 +431,7 @@ def _main(args: list[str] | None) -> int:
         argv = sys.argv[1:] if args is None else args
         if argv and argv[0] in COMMANDS:
             return run_command(argv)  # the same path as ``python -m lit_psion NAME`` takes
-        if odd := next((arg for arg in argv if any("\ud800" <= c <= "\udfff" for c in arg)), None):
+        if odd := next((arg for arg in argv if not_utf8(arg)), None):
             raise ConfigError(f"argument {os.fsencode(odd)!r} is not UTF-8 text (the bytes of a name in another "
                               "encoding); rename the file, or give the value in UTF-8")  # fmt: skip
         if argv and argv[0] == "fit" and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:

@@ -166,23 +166,6 @@ class InterruptAt(Callback):
             os.killpg(os.getpgrp(), signal.SIGINT)
 
 
-class KillDuringPrune(Callback):
-    """SIGKILL this process while retention deletes an old checkpoint: one of its files gone, the rest not."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from lit_psion.core import layout
-
-        original = shutil.rmtree
-
-        def delete_one_then_die(path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-            if not str(path).endswith(".tmp-pruned"):  # (the staging a killed write left: not this one)
-                return original(path, *args, **kwargs)
-            next(p for p in Path(path).iterdir() if p.is_file()).unlink()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        layout.shutil.rmtree = delete_one_then_die
-
-
 class KillDuringCheckpointWrite(Callback):
     """SIGKILL this process while checkpoint ``step`` is half written: its files staged, not yet renamed."""
 

@@ -36,7 +36,7 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
     except (OSError, ValueError, RecursionError):
         named = None  # (said by the checks below, as a record that cannot be read)
     if isinstance(named, dict) and isinstance(named.get("run_id"), str) and named["run_id"] != layout.run_id:
-        raise EvidenceError(f"run {layout.run_id!r}: its {layout.run_file.name} names run {named.get('run_id')!r}; a "
+        raise EvidenceError(f"run {layout.run_id!r}: its {layout.run_file.name} names run {named['run_id']!r}; a "
                             "run directory keeps its run id's name, and a resume would keep the other one: rename "
                             "the directory back, or restore run.json from a backup")  # fmt: skip
     # What a resume rewrites must be what was written: config.yaml (unless an earlier attempt trained with it), the
@@ -198,7 +198,7 @@ def record_past_users_on_exception(callbacks: list[Any]) -> None:
     """
     for callback in callbacks:
         hook = getattr(type(callback), "on_exception", None)
-        if not (own_code(type(callback)) or hook is None or hook is _base_on_exception()):
+        if not (_own_code(type(callback)) or hook is None or hook is _base_on_exception()):
             callback.on_exception = _SaysItsError(callback)  # (an instance attribute: Lightning looks it up by name)
 
 
@@ -225,6 +225,6 @@ def _base_on_exception() -> Any:
     return Callback.on_exception
 
 
-def own_code(cls: type) -> bool:
+def _own_code(cls: type) -> bool:
     """Whether ``cls`` is lit_psion's (its top-level ``callbacks`` and ``strategies`` load as ``lit_psion.*``)."""
     return cls.__module__.split(".")[0] == "lit_psion"

@@ -116,6 +116,15 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def not_utf8(value: str) -> bool:
+    """Whether ``value`` holds a surrogate: bytes an argument or a file name had that are not UTF-8 (Python keeps
+    them as surrogates), which no record can hold, nor any digest or file be written from."""
+    return _SURROGATE.search(value) is not None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def decode_text(name: str, data: bytes) -> str:
     """``data`` as UTF-8 text; a binary or non-UTF-8 source is refused, naming the first bad byte.
 

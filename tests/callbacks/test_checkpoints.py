@@ -9,18 +9,22 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import safetensors.torch
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lit_psion import checkpoint_io
 from lit_psion.checkpoint_io import STATE, WEIGHTS, ManifestCheckpointIO
 from lit_psion.cli import main
-from lit_psion.core import atomic_write_json, read_json
+from lit_psion.core import atomic_write_json, layout, read_json
 from lit_psion.core.checkpoint import resolve_checkpoint, verify_checkpoint
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError
 from lit_psion.core.run import read_latest
@@ -176,11 +180,25 @@ def test_retention_does_not_count_a_rejected_checkpoint_nor_delete_the_last_veri
     assert verify_checkpoint(run / "checkpoints" / "step-000006").step == 6
 
 
+class KillDuringPrune(Callback):
+    """SIGKILL the (subprocess) fit while retention deletes an old checkpoint: one of its files gone, the rest not."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        original = shutil.rmtree
+
+        def delete_one_then_die(path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+            if not str(path).endswith(".tmp-pruned"):  # (the staging a killed write left: not this one)
+                return original(path, *args, **kwargs)
+            next(p for p in Path(path).iterdir() if p.is_file()).unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        layout.shutil.rmtree = delete_one_then_die
+
+
 def test_sigkill_during_retention_leaves_no_half_deleted_checkpoint(tmp_path: Path) -> None:
     root = ("--trainer.default_root_dir", str(tmp_path), "--checkpoint.every_n_train_steps", "2",
             "--checkpoint.keep_last_k", "1")  # fmt: skip
-    killed = callbacks_config(tmp_path / "kill.json", ("KillDuringPrune", {}))
-    result = fit_subprocess(*root, "--trainer.max_steps", "4", "--config", killed)
+    result = fit_subprocess(*root, "--trainer.max_steps", "4", f"--trainer.callbacks+={__name__}.KillDuringPrune")
     assert result.returncode == -9, result.stderr[-2000:]
     run = tmp_path / read_latest(tmp_path)
     checkpoints = run / "checkpoints"

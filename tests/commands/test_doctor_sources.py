@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,21 @@ def test_a_glob_that_now_matches_another_file_fails_the_doctor_as_the_resume_ref
     said = capsys.readouterr().out
     assert (f"{pattern!r} now also matches {str(tmp_path / 'text' / added)!r}" in said) == fails, said
     assert fit(*common, "--trainer.max_steps", "5", "--ckpt_path", "last") == (3 if fails else 0)
+
+
+@pytest.mark.parametrize("replaced", ["a directory", "a FIFO"])
+def test_a_source_that_is_now_no_file_fails_the_doctor_as_the_resume_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, replaced: str
+) -> None:  # fmt: skip
+    """`doctor` said such a source was "not found", ok (as a file moved away is), and the resume refused it (exit 3)."""
+    pattern = _two_files(tmp_path / "text")
+    common = ("--trainer.default_root_dir", str(tmp_path / "runs"), "--data.files", pattern)
+    assert fit(*common, "--trainer.max_steps", "3") == 0
+    run = tmp_path / "runs" / read_latest(tmp_path / "runs")
+    source = tmp_path / "text" / "b.txt"
+    source.unlink()
+    source.mkdir() if replaced == "a directory" else os.mkfifo(source)
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 3
+    assert f"FAIL data sources: {str(source)!r} is not the text the run trained on" in capsys.readouterr().out
+    assert fit(*common, "--trainer.max_steps", "5", "--ckpt_path", "last") == 3
