@@ -84,6 +84,10 @@ class InterruptAtBoundary(Callback):
     and exited 0 (seen in about 1 of 4 tries). During a fit the first Ctrl-C is only noted, and raised at the
     next boundary, where Lightning's graceful shutdown takes it (exit 130, the run ``paused``); a second one
     raises at once (a fit stuck inside a step). A SIGINT the process was started ignoring stays ignored.
+
+    The boundary is the start of the next step or validation batch, not the end of this step: Lightning runs the
+    callbacks' ``on_train_batch_end`` before the model's, which writes the step's metrics row, so raising there
+    lost the row of the step the run paused at (and a resume starts after it).
     """
 
     def __init__(self) -> None:
@@ -110,10 +114,6 @@ class InterruptAtBoundary(Callback):
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
-        self._raise_if_pressed()
-
-    @override
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._raise_if_pressed()
 
     @override

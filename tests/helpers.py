@@ -238,8 +238,9 @@ class SlowCheckpointWrites(Callback):
 
 
 def callbacks_config(path: Path, *callbacks: tuple[str, dict]) -> str:
-    """Write a config overlay adding ``callbacks`` (class name in this module, init args) to the trainer."""
-    entries = [{"class_path": f"tests.helpers.{name}", "init_args": args} for name, args in callbacks]
+    """Write a config overlay adding ``callbacks`` (class name in this module or a dotted path, init args)."""
+    entries = [{"class_path": name if "." in name else f"tests.helpers.{name}", "init_args": args}
+               for name, args in callbacks]  # fmt: skip
     path.write_text(json.dumps({"trainer": {"callbacks": entries}}))
     return str(path)
 

@@ -7,7 +7,9 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
 import yaml
 
@@ -129,6 +131,38 @@ def test_sigterm_pauses_after_a_checkpoint_and_resumes_bitwise(
     resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
     assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
+
+
+class CtrlCInStep(L.Callback):
+    """Ctrl-C while step ``step`` trains (the kernel delivers SIGINT to this process)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("k", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2], ids=["epoch-boundary", "mid-epoch"])
+def test_ctrl_c_pauses_with_its_steps_row_and_resumes_bitwise(
+    k: int, tmp_path: Path, uninterrupted: tuple[dict, list, Path]
+) -> None:
+    """Ctrl-C was raised at the end of its step, before the model's on_train_batch_end wrote the step's metrics row:
+    the row of the step the run paused at was lost, and the resume went on after it."""
+    ids = tmp_path / "ids.jsonl"
+    stopped = callbacks_config(tmp_path / "int.json", ("RecordConsumed", {"path": str(ids)}),
+                               (f"{__name__}.CtrlCInStep", {"step": k}))  # fmt: skip
+    common = (*DATA, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", str(N))
+    assert fit(*common, "--config", stopped) == 130
+    run_dir = tmp_path / read_latest(tmp_path)
+    record = read_json(run_dir / "run.json")
+    assert (record["status"], record["global_step"]) == ("paused", k)  # (resumed from its last periodic checkpoint)
+    assert _train_rows(run_dir) == _train_rows(uninterrupted[2])[:k]
+    resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
+    assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
+    _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)
+    assert _train_rows(run_dir) == _train_rows(uninterrupted[2])
 
 
 def test_an_async_write_holds_the_state_of_its_step_while_training_goes_on(
