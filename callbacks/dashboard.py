@@ -16,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from lit_psion.core import run_context
+from lit_psion.core.text import shell_words
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.report import write_dashboard
 
@@ -51,7 +52,7 @@ class Dashboard(Callback):
                 self._warned = True
                 print(f"lit_psion: warning: the dashboard was not written to {str(layout.dashboard)!r} "
                       f"({type(error).__name__}: {error}); training goes on, and `python -m lit_psion compare "
-                      f"{layout.run_dir}` draws the same plots elsewhere", file=sys.stderr)  # fmt: skip
+                      f"{shell_words(layout.run_dir)}` draws the same plots elsewhere", file=sys.stderr)  # fmt: skip
             return None
 
     @override

@@ -41,6 +41,7 @@ from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, last_receip
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.run import read_latest, write_latest
+from lit_psion.core.text import shell_words
 from lit_psion.loggers import RunCSVLogger
 
 
@@ -274,7 +275,7 @@ class RunDirectory(Callback):
         console.print(f"  run directory  {layout.run_dir}")
         console.print(f"  checkpoint     {checkpoint}")
         console.print(f"  metrics        {layout.metrics}")
-        console.print(f"  resume with    --trainer.default_root_dir {layout.root} --ckpt_path last")
+        console.print(f"  resume with    --trainer.default_root_dir {shell_words(layout.root)} --ckpt_path last")
 
 
 DATA = "data manifest"

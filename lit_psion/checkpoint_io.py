@@ -43,6 +43,7 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, load_refusal
 from lit_psion.core.files import FILE_MODE, fsync_path
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
+from lit_psion.core.text import shell_words
 from lit_psion.resumable import refuse_unloadable_state
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", MANIFEST_FILE
@@ -464,7 +465,7 @@ def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> Verifie
         CheckpointError: there is none, it does not verify, or it gathers another checkpoint.
     """
     path = layout.consolidated / verified.path.name
-    hint = f"run `python -m lit_psion ckpt consolidate {layout.run_dir}` first"
+    hint = f"run `python -m lit_psion ckpt consolidate {shell_words(layout.run_dir)}` first"
     if not (path / MANIFEST_FILE).is_file():
         raise CheckpointError(f"checkpoint {verified.path.name} of run {layout.run_id!r} is sharded (one file per "
                               f"rank); reading it as one model needs its consolidated copy: {hint}")  # fmt: skip

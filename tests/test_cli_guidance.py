@@ -170,3 +170,21 @@ def test_an_argument_that_is_not_utf8_is_named_in_one_line(tmp_path: Path, capsy
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"lit_psion: error: argument {os.fsencode(name)!r} is not UTF-8 text (the bytes of a name in another "
         "encoding); rename the file, or give the value in UTF-8")
+
+
+def test_the_resume_line_of_a_root_with_a_space_or_a_quote_pastes_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The fit's summary said `resume with --trainer.default_root_dir /tmp/my runs --ckpt_path last`: pasted, the
+    root split in two. And the session's 'no base model' line named its root the same way."""
+    import shlex
+
+    root = tmp_path / "it's my runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "1") == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "resume with" in line)
+    assert shlex.split(line.split("resume with", 1)[1]) == ["--trainer.default_root_dir", str(root), "--ckpt_path",
+                                                            "last"]  # fmt: skip
+    artifacts = tmp_path / "my artifacts"
+    assert main(["session", "new", "--artifacts_root", str(artifacts), "--session_id", "s1"]) == 2
+    told = capsys.readouterr().err.split("run `", 1)[1].split("`", 1)[0]
+    assert shlex.split(told)[-2:] == ["--artifacts_root", str(artifacts)], told

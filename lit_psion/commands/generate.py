@@ -25,7 +25,7 @@ from lit_psion.commands import CommandParser
 from lit_psion.commands.records import recorded_model_class
 from lit_psion.core import canonical_json, read_json, sha256_bytes
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
-from lit_psion.core.text import printable
+from lit_psion.core.text import printable, shell_words
 
 MERGE_RECORD = "merge.json"
 MAX_TOKENS, MAX_SAMPLES = 100_000, 1024
@@ -176,7 +176,7 @@ def _refuse_what_generate_does_not_read(path: Path) -> None:
     if (path / "adapter.json").is_file():
         raise ConfigError(f"{str(path)!r} is an exported adapter, which holds no base weights; give the adapter run "
                           f"itself ({str(path.parent)!r}), or merge it first: python -m lit_psion adapter merge "
-                          f"{path} --base BASE_RUN --out DIR")  # fmt: skip
+                          f"{shell_words(path)} --base BASE_RUN --out DIR")  # fmt: skip
     what = "does not exist" if not (path.exists() or path.is_symlink()) else "is none of them"
     raise ConfigError(f"generate reads {forms}; {str(path)!r} {what}")
 

@@ -11,6 +11,7 @@ from lit_psion.commands import CommandParser
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.layout import refuse_output_in_a_run
 from lit_psion.core.lock import LOCK_FILE
+from lit_psion.core.text import shell_words
 
 
 def main(args: list[str]) -> None:
@@ -147,7 +148,7 @@ class _Commands:
         for _ in range(parsed.windows):
             run_window(parsed.root, parsed.contributors, parsed.deadline)
         print(f"receipts and dispositions under {parsed.root / 'windows'}; "
-              f"python -m lit_psion window status {parsed.root}")
+              f"python -m lit_psion window status {shell_words(parsed.root)}")
 
     @staticmethod
     def status(parsed: object) -> None:

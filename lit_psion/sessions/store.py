@@ -37,6 +37,7 @@ from lit_psion.core import atomic_write_bytes, atomic_write_json, read_json, sha
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, load_refusal
 from lit_psion.core.files import fsync_path
 from lit_psion.core.lock import RunLock
+from lit_psion.core.text import shell_words
 from lit_psion.sessions.settings import WorldConfig
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class Store:
                                   f"for one ({', '.join(sessions[:3])}): restore {str(self.base_dir)!r} from a backup "
                                   "(a new init-base makes another base, which they refuse)")  # fmt: skip
             raise ConfigError(f"no base model in {str(self.root)!r}: run `python -m lit_psion session init-base "
-                              f"--artifacts_root {self.root}` first")  # fmt: skip
+                              f"--artifacts_root {shell_words(self.root)}` first")  # fmt: skip
         meta = _record(path, ("config", "base_ckpt_hash", "model_signature"))
         try:
             signature = model_signature(WorldConfig(**meta["config"]), meta["base_ckpt_hash"])

@@ -18,6 +18,7 @@ from typing import Any
 
 from lit_psion.core.errors import ConfigError, LitPsionError
 from lit_psion.core.lock import RunLock
+from lit_psion.core.text import shell_words
 from lit_psion.core.windows import ACTIVE, PLANNED, SCORED, SEALED
 from lit_psion.windows.aggregate import reconcile
 from lit_psion.windows.program import Program, plan_window
@@ -90,7 +91,8 @@ def run_window(root: Path, contributors: int | None = None, deadline: float | No
                 raise WindowRunStopped(
                     f"window run stopped by {'SIGTERM' if isinstance(error, _Terminated) else 'Ctrl-C'} while "
                     f"{window_id} trained: its contributors were stopped; the window is open: close it (python -m "
-                    f"lit_psion window close {root} {window_id}), whose unfinished slices the next window replays",
+                    f"lit_psion window close {shell_words(root, window_id)}), whose unfinished slices the next "
+                    "window replays",
                     143 if isinstance(error, _Terminated) else 130) from None  # fmt: skip
             raise
         finally:

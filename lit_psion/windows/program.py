@@ -26,6 +26,7 @@ from lit_psion.core.errors import CheckpointError, ConfigError, DataError, Evide
 from lit_psion.core.layout import POINTER_FILE, PROMOTION_FILE, RECEIPTS_FILE, TOKENIZER_FILE, RunLayout
 from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import ReceiptBody, WindowStateReceipt
+from lit_psion.core.text import shell_words
 from lit_psion.core.windows import (
     PLANNED,
     RECONCILED,
@@ -279,7 +280,7 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     program = Program(root)
     if program.exists() and not program.init_cut_short():
         raise ConfigError(f"{str(root)!r} already holds a window program; plan its next window with "
-                          f"python -m lit_psion window plan {root}")  # fmt: skip
+                          f"python -m lit_psion window plan {shell_words(root)}")  # fmt: skip
     if not program.exists() and (root / "windows").exists():
         raise EvidenceError(f"{str(root / PROGRAM)!r} is missing but {str(root)!r} holds windows; restore "
                             f"{PROGRAM} from a backup (a new program goes in a directory of its own)")  # fmt: skip
@@ -382,7 +383,7 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     previous = windows[-1] if windows else None
     if previous is not None and program.state(previous) != RECONCILED:
         raise WindowStateError(f"window {previous} is {program.state(previous)!r}, not reconciled; close it first "
-                               f"(python -m lit_psion window close {root} {previous})")  # fmt: skip
+                               f"(python -m lit_psion window close {shell_words(root, previous)})")  # fmt: skip
     window_id = f"w-{len(windows) + 1:04d}"
     shutil.rmtree(program.window_dir(window_id), ignore_errors=True)  # a planning cut short before window.json
     pointer = program.pointer()

@@ -19,6 +19,7 @@ from lit_psion.core import sha256_file
 from lit_psion.core.chain import parse_receipt
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
+from lit_psion.core.text import shell_words
 from lit_psion.core.windows import ACCEPTED, RECONCILED, SEALED
 from lit_psion.windows.program import (
     ADAPTER,
@@ -58,14 +59,13 @@ def program_status(root: Path) -> dict[str, Any]:
             entry |= {"decision": promotion["decision"], "reasons": promotion["reasons"], "scores": promotion["scores"]}
         windows.append(entry)
     last = windows[-1] if windows else None
-    hint = {None: f"python -m lit_psion window run {root}", "planned": f"python -m lit_psion window open {root} {{w}}",
-            "active": f"python -m lit_psion window close {root} {{w}} (contributors: window contribute {root} {{w}} "
-                      "aNN)", "sealed": f"python -m lit_psion window close {root} {{w}}",
-            "scored": f"python -m lit_psion window close {root} {{w}}",
-            "reconciled": f"python -m lit_psion window run {root}"}  # fmt: skip
     state = last["state"] if last else None
+    at = shell_words(root, last["window"]) if last else ""
+    hint = {None: f"window run {shell_words(root)}", "planned": f"window open {at}",
+            "active": f"window close {at} (contributors: window contribute {at} aNN)", "sealed": f"window close {at}",
+            "scored": f"window close {at}", "reconciled": f"window run {shell_words(root)}"}  # fmt: skip
     return {"root": str(root), "revision": program.pointer(), "windows": windows,
-            "next": hint[state].format(w=last["window"] if last else "")}
+            "next": f"python -m lit_psion {hint[state]}"}
 
 
 def verify_program(root: Path) -> dict[str, Any]:

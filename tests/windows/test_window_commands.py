@@ -316,6 +316,22 @@ def test_status_shows_each_window_its_assignments_and_the_next_command(
     assert status["next"].startswith(f"python -m lit_psion window close {active} w-0001")
 
 
+def test_the_commands_printed_to_paste_quote_a_root_with_a_space_or_a_quote(
+    active: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`window status "my windows"` said `window close my windows w-0001`: pasted, two arguments, not one."""
+    import shlex
+
+    moved = tmp_path / "it's my windows"
+    shutil.copytree(active, moved)
+    assert main(["window", "plan", str(moved)]) == 13
+    told = capsys.readouterr().err.split("(python -m lit_psion ", 1)[1].rsplit(")", 1)[0]
+    assert shlex.split(told) == ["window", "close", str(moved), "w-0001"], told
+    assert main(["window", "status", str(moved)]) == 0
+    told = json.loads(capsys.readouterr().out)["next"].split(" (contributors", 1)[0]
+    assert shlex.split(told) == ["python", "-m", "lit_psion", "window", "close", str(moved), "w-0001"], told
+
+
 def test_generate_holds_a_window_programs_tokenizer_and_settings_to_its_program_json(
     base: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
