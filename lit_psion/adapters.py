@@ -108,6 +108,24 @@ def _caveats(run: Any) -> list[str]:
     return caveats
 
 
+def _not_an_adapter(directory: Path) -> str:
+    """Why ``directory`` is no adapter, and the path to give instead where one is in sight."""
+    shown = str(directory)
+    if directory.is_file():
+        what = "is the adapter's metadata file" if directory.name == META_FILE else "is a file, not a directory"
+        if directory.name in (META_FILE, ADAPTER_FILE) and (directory.parent / META_FILE).is_file():
+            return f"{shown!r} {what}; give the adapter's directory, {str(directory.parent)!r}"
+        return f"{shown!r} {what}; give the directory `adapter export` wrote (RUN_DIR/adapter)"
+    if not directory.exists():
+        return f"{shown!r} does not exist; give the directory `adapter export` wrote (RUN_DIR/adapter)"
+    if (directory / "adapter" / META_FILE).is_file():
+        return f"{shown!r} holds no {META_FILE}, its adapter/ does: give {str(directory / 'adapter')!r}"
+    if (directory / "merge.json").is_file():
+        return (f"{shown!r} is a merged model (adapter merge --out), not an adapter: `generate` reads it; give "
+                "the directory `adapter export` wrote")  # fmt: skip
+    return f"{shown!r} holds no {META_FILE}; export an adapter from an adapter run first (adapter export RUN_DIR)"
+
+
 def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The adapter's metadata and tensors, after checking that each binds the other and the tensors are finite.
 
@@ -118,9 +136,7 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     """
     meta_path, path = directory / META_FILE, directory / ADAPTER_FILE
     if not meta_path.is_file():
-        hint = (f"its adapter/ does: give {str(directory / 'adapter')!r}" if (directory / "adapter" / META_FILE)
-                .is_file() else "export an adapter first (adapter export RUN_DIR)")  # fmt: skip
-        raise ConfigError(f"{str(directory)!r} holds no {META_FILE}; {hint}")
+        raise ConfigError(_not_an_adapter(directory))
     refuse_while_written(directory)
     meta = _read_meta(meta_path)
     data = path.read_bytes() if path.is_file() else None
