@@ -269,7 +269,7 @@ class LitPsionCLI(LightningCLI):
             self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
         layout = RunLayout(root, run_id)
         refuse_another_family(layout, config)
-        self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout))
+        self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout), resuming=True)
         refuse_without_its_records(layout, self.verified)
         config.ckpt_path = str(self.verified.path)
         return run_id, tuple(rejected)

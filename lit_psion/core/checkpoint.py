@@ -406,6 +406,7 @@ def resolve_checkpoint(
     rejected: list[RejectedCheckpoint] | None = None,
     quiet: bool = False,
     receipted: CheckpointReceipts | None = None,
+    resuming: bool = False,
 ) -> VerifiedCheckpoint:
     """The checkpoint to resume a run from, already verified: the pointed-to one, else the newest that verifies.
 
@@ -414,6 +415,8 @@ def resolve_checkpoint(
         rejected: If given, receives every checkpoint skipped on the way, with its reason.
         quiet: Do not print the fallback warning.
         receipted: If given, each checkpoint must also match its durable checkpoint receipt (:func:`as_receipted`).
+        resuming: For ``--ckpt_path last``: a run with no checkpoint yet is told how to train instead, and of a
+            paused run beside it that has one; other readers are told to give a run that has one.
 
     Raises:
         CheckpointError: no pointer, or no checkpoint that verifies (naming the pointed-to one's problem).
@@ -440,10 +443,12 @@ def resolve_checkpoint(
                                   f"checkpoints up to step {receipted.newest}, but {str(layout.checkpoints)!r} holds "
                                   "none; restore them from a backup")  # fmt: skip
         if not layout.checkpoint_dirs():
+            fix = ("to train, start a new run without --ckpt_path; a run still training has one at its first "
+                   "checkpoint step, one that stopped before it never will" + _continue_instead(layout)
+                   if resuming else "give a run that has one (a run still training writes one at its first "
+                   "checkpoint step; one that stopped before it never will)")  # fmt: skip
             raise CheckpointError(f"run {layout.run_id!r} has no durable checkpoint yet ({str(layout.pointer)!r} is "
-                                  "missing); to train, start a new run without --ckpt_path; a run still training "
-                                  "has one at its first checkpoint step, one that stopped before it never will"
-                                  + _continue_instead(layout))  # fmt: skip
+                                  f"missing); {fix}")  # fmt: skip
         problem = CheckpointError(f"checkpoint pointer {str(layout.pointer)!r} is missing")  # the checkpoints are not
     pointed = layout.checkpoints / pointer.checkpoint if pointer is not None else None
     if pointer is not None:

@@ -248,10 +248,13 @@ def test_a_run_started_by_mistake_names_the_paused_run_it_hides(layout: RunLayou
         other.pointer.write_text("{}")
     with pytest.raises(CheckpointError, match="; run run-0-paused in the same root has one \\(paused at step 7\\): "
                        "continue it with LIT_PSION_RUN_ID=run-0-paused and no --ckpt_path"):  # fmt: skip
-        resolve_checkpoint(layout)
+        resolve_checkpoint(layout, resuming=True)
+    with pytest.raises(CheckpointError, match=r"give a run that has one \(a run still training writes one at its "
+                       r"first checkpoint step; one that stopped before it never will\)$"):  # fmt: skip
+        resolve_checkpoint(layout)  # a reader (generate, ckpt verify, adapter export) is not told to train
     paused.pointer.unlink()  # none left to continue: nothing more is said
     with pytest.raises(CheckpointError, match=r"one that stopped before it never will$"):
-        resolve_checkpoint(layout)
+        resolve_checkpoint(layout, resuming=True)
 
 
 def test_a_restore_passes_over_a_checkpoint_an_uninterrupted_run_does_not_have(layout: RunLayout) -> None:
