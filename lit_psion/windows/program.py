@@ -112,11 +112,18 @@ class Program:
         return self.exists() and not (self.root / POINTER).exists() and not (self.root / "windows").exists()
 
     def require(self) -> None:
-        if not self.exists():
-            raise ConfigError(
-                f"{str(self.root)!r} holds no window program ({PROGRAM}); create one with "
-                "python -m lit_psion window init ROOT --config configs/window_lora.yaml --base RUN_DIR"
-            )
+        if self.exists():
+            return
+        given = self.root.absolute()
+        if given.name == PROGRAM and given.is_file():
+            raise ConfigError(f"{str(self.root)!r} is the program's record; give its directory, {str(given.parent)!r}")
+        if (program := next((p for p in given.parents if (p / PROGRAM).is_file()), None)) is not None:
+            raise ConfigError(f"{str(self.root)!r} is inside window program {str(program)!r}; give that directory "
+                              "(the window commands take the program's root and a window id)")  # fmt: skip
+        raise ConfigError(
+            f"{str(self.root)!r} holds no window program ({PROGRAM}); create one with "
+            "python -m lit_psion window init ROOT --config configs/window_lora.yaml --base RUN_DIR"
+        )
 
     def settings(self) -> ProgramSettings:
         self.require()

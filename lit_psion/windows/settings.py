@@ -126,7 +126,9 @@ def load_settings(path: Path) -> ProgramSettings:
     """The window settings in a YAML file (its ``window:`` block, or the whole file)."""
     if not path.is_file():
         what = "is a directory, not a YAML file" if path.is_dir() else "not found"
-        raise ConfigError(f"window config {str(path)!r} {what}; start from configs/window_lora.yaml")
+        preset = Path(__file__).resolve().parents[2] / "configs" / "window_lora.yaml"  # in the lit_psion checkout
+        shown = str(preset) if preset.is_file() else "configs/window_lora.yaml in the lit_psion checkout"
+        raise ConfigError(f"window config {str(path)!r} {what}; start from {shown}")
     try:
         values = yaml.safe_load(path.read_text())
     except UnicodeDecodeError as error:

@@ -321,6 +321,27 @@ def test_bad_window_arguments_get_one_line(base: Path, tmp_path: Path, capsys: p
     assert len(err) == 1 and message in err[0], err
 
 
+def test_a_path_inside_a_program_names_the_program_and_a_missing_config_the_preset(
+    program: Program, base: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`window verify ROOT/windows/w-0001` was told to create a program with `window init`; `window init` run
+    outside the checkout with --config configs/window_lora.yaml was told to start from that very path."""
+    from tests.helpers import REPO_ROOT
+
+    root = program.root.absolute()
+    for given, says in ((root / "windows" / "w-0001", f"is inside window program {str(root)!r}; give that directory"),
+                        (root / "program.json", f"is the program's record; give its directory, {str(root)!r}")):
+        for command in ("verify", "status", "plan"):
+            assert main(["window", command, str(given)]) == 2
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert f"{str(given)!r} {says}" in line, line
+    monkeypatch.chdir(tmp_path)
+    assert main(["window", "init", "p", "--config", "configs/window_lora.yaml", "--base", str(base)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(f"not found; start from {REPO_ROOT.resolve() / 'configs' / 'window_lora.yaml'}"), line
+    assert not (tmp_path / "p").exists()
+
+
 def _edit_json(path: Path, change) -> None:
     record = read_json(path)
     change(record)
