@@ -119,6 +119,7 @@ def test_a_ctrl_c_mid_fit_says_whether_there_is_anything_to_continue(tmp_path: P
     assert done.returncode == 130, done.stderr[-2000:]
     run = read_latest(root)
     assert done.stderr.strip().splitlines()[-1] == "lit_psion: interrupted" + says.format(run=run), done.stderr[-2000:]
+    assert "Detected KeyboardInterrupt" not in done.stderr and "\n\n" not in done.stderr, done.stderr[-2000:]
 
 
 def test_a_config_with_yaml_anchors_and_merge_keys_is_taken(tmp_path: Path) -> None:

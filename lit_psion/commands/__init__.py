@@ -110,7 +110,7 @@ def run_command(argv: list[str]) -> int:
     from lit_psion.commands.lightning_words import quiet_lightning
     from lit_psion.core.errors import LitPsionError, lit_psion_cause, raised_at
 
-    quiet_lightning()  # (a session's or a window's Trainer printed the litlogger tip and a deprecation in Lightning)
+    quiet_lightning(own_trainer=True)  # (a session's or a window's Trainer printed its banner, tip and step count)
     try:
         COMMANDS[argv[0]](argv)
     except KeyboardInterrupt:

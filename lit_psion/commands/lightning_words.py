@@ -13,17 +13,28 @@ LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+    """Neither the litlogger tip nor Lightning's own line for Ctrl-C (a blank line and "Detected KeyboardInterrupt,
+    attempting graceful shutdown ..."): lit_psion's line says what the interrupted fit kept."""
+    message = str(record.msg)
+    return not (message.startswith("\N{ELECTRIC LIGHT BULB} Tip:") or "Detected KeyboardInterrupt" in message)
 
 
-def quiet_lightning() -> None:
+def quiet_lightning(own_trainer: bool = False) -> None:
     """Silence what Lightning prints that no lit_psion user can act on: "Seed set to", the litlogger tip on
-    every fit, and torch's FutureWarning about ``LeafSpec`` raised from Lightning's own ``_pytree`` module."""
+    every fit, its Ctrl-C and SIGTERM notices (lit_psion says what stopped and what was kept), and torch's
+    FutureWarning about ``LeafSpec`` raised from Lightning's own ``_pytree`` module.
+
+    ``own_trainer``: a command that runs a Trainer of its own (a session's updates, a window's contributors)
+    also keeps its device banner and its "`Trainer.fit` stopped: `max_steps=19` reached", which speak of steps
+    the user never asked for."""
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         if _not_an_advert not in logger.filters:
             logger.addFilter(_not_an_advert)
+        if own_trainer:
+            logger.setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
