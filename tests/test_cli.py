@@ -207,7 +207,7 @@ def test_other_subcommands_load_the_latest_checkpoint(subcommand: str, tmp_path:
 
 
 def test_test_evaluates_the_held_out_test_split_and_refuses_data_without_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, recwarn: pytest.WarningsRecorder
 ) -> None:
     root = ("--trainer.default_root_dir", str(tmp_path))
     assert fit(*root, "--trainer.max_steps", "3") == 0
@@ -223,6 +223,8 @@ def test_test_evaluates_the_held_out_test_split_and_refuses_data_without_one(
     assert main(["test", "--config", TINY, *root, *held, "--ckpt_path", "last"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"test/loss\s*│\s*\d", printed), printed  # Lightning's table of the test split's metrics
+    guessed = [str(w.message) for w in recwarn if "infer the `batch_size`" in str(w.message)]
+    assert not guessed, guessed  # test/loss is weighted by its tokens, not by a batch size Lightning guessed
 
 
 def test_omegaconf_interpolation_in_a_config(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ class DecoderLM(LitModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, _ = self._loss(batch)
-        self.log("test/loss", loss)
+        self.log("test/loss", loss, batch_size=batch["targets"].numel())  # per token, as val/loss
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model(batch["input_ids"]).argmax(dim=-1)

@@ -278,7 +278,8 @@ class GraphCore(LitModule):
         self.log("val/loss", self.val_mse, prog_bar=True)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.log("test/loss", self.task_loss(batch))
+        # weighted by the batch's targets, as val/loss is (and no Lightning warning that it guessed the batch size)
+        self.log("test/loss", self.task_loss(batch), batch_size=batch["targets"].numel())
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch["inputs"])

@@ -180,7 +180,7 @@ class MosaicLM(DecoderLM):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, _, _ = self.objective(batch)
-        self.log("test/loss", loss)
+        self.log("test/loss", loss, batch_size=batch["input_ids"].shape[0])  # (a guessed size is warned about)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.model(batch["input_ids"])["mosaic_commitment_logits"].argmax(-1) - 1
