@@ -67,8 +67,10 @@ def final_val(metrics: Path) -> tuple[int | None, float | None, int]:
     return int(rows[-1]["step"]), float(rows[-1]["val/loss"]), len(rows)
 
 
-def val_tokens(limit: int | float, data_args: dict[str, Any], manifest: Path) -> int:
-    """Tokens in the validation batches Lightning runs (full batches of windows every block_size tokens)."""
+def val_tokens(limit: int | float | None, data_args: dict[str, Any], manifest: Path) -> int:
+    """Tokens in the validation batches Lightning runs (full batches of windows every block_size tokens; a
+    ``limit`` of None is Lightning's default, all of them)."""
+    limit = 1.0 if limit is None else limit
     windows = json.loads(manifest.read_text())["sample_counts"]["val"]
     available = windows // min(data_args["batch_size"], windows)
     batches = min(limit, available) if isinstance(limit, int) else int(available * limit)

@@ -7,6 +7,7 @@ command line has no caller to hand them to.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class PredictionWriter(BasePredictionWriter):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Batches are named by their place in the split, which the loader serves in order: Lightning's sample
+        # indices are not needed, and its warning that it could not track them says nothing a user can act on.
+        warnings.filterwarnings("ignore", "Couldn't infer the batch indices fetched from your dataloader")
         refuse_output_in_a_run(self.out, flag="trainer.callbacks.out")
         if self.out.is_dir() and any(self.out.iterdir()):
             raise ConfigError(f"trainer.callbacks.out {str(self.out)!r} already holds files; give a new or empty "

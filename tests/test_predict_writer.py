@@ -13,7 +13,7 @@ from tests.helpers import TINY, fit
 
 
 def test_predict_writes_its_predictions_with_the_writer_and_says_so_without_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, recwarn: pytest.WarningsRecorder
 ) -> None:
     """predict returned its predictions to no one: exit 0, nothing written or printed."""
     import torch
@@ -29,6 +29,7 @@ def test_predict_writes_its_predictions_with_the_writer_and_says_so_without_one(
     writer = ["--trainer.callbacks+=lit_psion.callbacks.PredictionWriter", f"--trainer.callbacks.out={out}"]
     assert main([*args, *writer]) == 0
     assert "predictions nowhere" not in capsys.readouterr().err
+    assert not [w for w in recwarn if "Couldn't infer the batch indices" in str(w.message)]  # (batches by place)
     tensors = load_file(out / "predictions-rank0.safetensors")
     record = read_json(out / "predictions.json")
     assert sorted(tensors) == ["batch-000000", "batch-000001"] == sorted(record["shapes"])
