@@ -16,7 +16,7 @@ from lit_psion.commands import COMMANDS, TRAINING, run_command, usage
 
 def _entry(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
-        return run_command(argv)
+        return _said(run_command(argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
@@ -39,7 +39,7 @@ def _entry(argv: list[str]) -> int:
         return 6
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (lit_psion.cli.main sets a fit's own)
-    return _exit_without_teardown(main())  # LightningCLI reads sys.argv itself (given both, it warns)
+    return _exit_without_teardown(_said(main()))  # LightningCLI reads sys.argv itself (given both, it warns)
 
 
 class _Terminated(BaseException):
@@ -48,6 +48,17 @@ class _Terminated(BaseException):
 
 def _terminated(signum: int, frame: object) -> None:
     raise _Terminated
+
+
+def _said(code: int) -> int:
+    """``code``, once the command has printed its verdict: a Ctrl-C from here on (the second or so the interpreter
+    takes to tear torch down) is ignored, not turned into exit 130 with no line after the command's own lines
+    (a `session run` that had committed read as interrupted). Not while a thread the exit waits for still runs:
+    a Ctrl-C may be what stops it."""
+    if not any(not thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
+        with contextlib.suppress(ValueError):  # (not the main thread: an embedding program's handlers are its own)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 def _exit_without_teardown(code: int) -> int:

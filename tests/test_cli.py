@@ -422,16 +422,6 @@ def test_a_ctrl_c_while_torch_and_lightning_load_is_one_line(tmp_path: Path) -> 
     assert err.strip().splitlines()[-1] == "lit_psion: interrupted"
 
 
-def test_the_step_a_fit_stops_on_gets_its_metrics_row(tmp_path: Path) -> None:
-    """docs/cli.md: a row every log_every_n_steps steps and on the step a fit stops on. Lightning writes the latter
-    only for a stop through should_stop, not for max_steps, so compare's final train/loss was a stale one."""
-    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "6",
-               "--trainer.log_every_n_steps", "4") == 0  # fmt: skip
-    rows = list(csv.DictReader((tmp_path / read_latest(tmp_path) / "metrics.csv").open()))
-    train = [(row["step"], bool(row["train/loss"]), bool(row["train/lr"])) for row in rows if row["train/loss"]]
-    assert train == [("3", True, True), ("5", True, True)]
-
-
 def test_a_data_setting_that_differs_from_the_checkpoints_is_named_as_the_flag_to_give(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -190,3 +190,16 @@ def test_the_resume_line_of_a_root_with_a_space_or_a_quote_pastes_back(
     assert main(["session", "new", "--artifacts_root", str(artifacts), "--session_id", "s1"]) == 2
     told = capsys.readouterr().err.split("run `", 1)[1].split("`", 1)[0]
     assert shlex.split(told)[-2:] == ["--artifacts_root", str(artifacts)], told
+
+
+def test_a_ctrl_c_after_a_command_has_said_its_verdict_does_not_undo_it(tmp_path: Path) -> None:
+    """A Ctrl-C in the second the interpreter takes to exit after `session run` had committed and printed its
+    metrics gave exit 130 and no line: the committed session read as interrupted."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "1") == 0
+    run = tmp_path / read_latest(tmp_path)
+    script = ("import os, signal, sys\nfrom lit_psion.__main__ import _entry\n"
+              f"code = _entry(['receipts', 'verify', {str(run)!r}])\n"
+              "os.kill(os.getpid(), signal.SIGINT)  # as in the teardown\nsys.exit(code)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=subprocess_env(), cwd=REPO_ROOT)  # fmt: skip
+    assert done.returncode == 0 and "ok" in done.stdout and "KeyboardInterrupt" not in done.stderr, done

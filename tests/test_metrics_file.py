@@ -19,7 +19,7 @@ from lit_psion.core import read_json
 from lit_psion.core.errors import StorageFull
 from lit_psion.core.run import read_latest
 from lit_psion.loggers import RunCSVLogger
-from tests.helpers import TINY, subprocess_env
+from tests.helpers import TINY, fit, subprocess_env
 
 
 def _rows(path: Path) -> list[dict]:
@@ -97,3 +97,13 @@ def test_a_metric_named_step_is_refused_before_it_files_a_row_under_its_value(
     run = tmp_path / read_latest(tmp_path)
     assert not (run / "metrics.csv").exists(), "refused at the first row it would have misfiled"
     assert read_json(run / "run.json")["status"] == "failed" and main(["receipts", "verify", str(run)]) == 0
+
+
+def test_the_step_a_fit_stops_on_gets_its_metrics_row(tmp_path: Path) -> None:
+    """docs/cli.md: a row every log_every_n_steps steps and on the step a fit stops on. Lightning writes the latter
+    only for a stop through should_stop, not for max_steps, so compare's final train/loss was a stale one."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "6",
+               "--trainer.log_every_n_steps", "4") == 0  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / read_latest(tmp_path) / "metrics.csv").open()))
+    train = [(row["step"], bool(row["train/loss"]), bool(row["train/lr"])) for row in rows if row["train/loss"]]
+    assert train == [("3", True, True), ("5", True, True)]
