@@ -274,7 +274,7 @@ class RunDirectory(Callback):
         console.print(f"[bold]run[/bold] {' '.join(part for part in said if part)}")
         console.print(f"  run directory  {layout.run_dir}")
         console.print(f"  checkpoint     {checkpoint}")
-        console.print(f"  metrics        {layout.metrics}")
+        console.print(f"  metrics        {layout.metrics if layout.metrics.is_file() else 'none (no logger)'}")
         console.print(f"  resume with    --trainer.default_root_dir {shell_words(layout.root)} --ckpt_path last")
 
 

@@ -107,3 +107,12 @@ def test_the_step_a_fit_stops_on_gets_its_metrics_row(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / read_latest(tmp_path) / "metrics.csv").open()))
     train = [(row["step"], bool(row["train/loss"]), bool(row["train/lr"])) for row in rows if row["train/loss"]]
     assert train == [("3", True, True), ("5", True, True)]
+
+
+def test_a_fit_without_a_logger_does_not_name_a_metrics_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--trainer.fast_dev_run true` turns Lightning's logger off, and the summary named a metrics.csv that was
+    never written."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run", "true") == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("metrics")]
+    assert line.split() == ["metrics", "none", "(no", "logger)"]
+    assert not (tmp_path / read_latest(tmp_path) / "metrics.csv").exists()
