@@ -60,7 +60,7 @@ def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_b
                           f"--pretrain_seq {pretrain_seq} would hold {values:,} numbers in memory, more than "
                           f"{MAX_VALUES:,}: give fewer steps, a smaller batch or shorter rollouts")  # fmt: skip
     check_optimizer(lr, momentum, ns_steps)
-    with store.lock(store.base_dir, "session init-base"):
+    with store.making(store.base_dir, "base_meta.json", "session init-base"):
         if (store.base_dir / "base_meta.json").is_file():  # every session made for it would be refused after
             sessions = sorted(path.parent.name for path in (store.root / "sessions").glob("*/meta.json"))
             raise ConfigError(f"{str(store.base_dir)!r} already holds a base model"

@@ -269,17 +269,25 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         return RunLock(directory, purpose=purpose)
 
-    @contextlib.contextmanager
-    def creating(self, session_id: str, purpose: str) -> Iterator[Path]:
+    def creating(self, session_id: str, purpose: str) -> contextlib.AbstractContextManager[Path]:
         """The lock on a session about to be made; a refusal before its meta.json leaves no directory behind."""
-        directory = self.session_dir(session_id)
-        existed = directory.exists()
+        return self.making(self.session_dir(session_id), "meta.json", purpose)
+
+    @contextlib.contextmanager
+    def making(self, directory: Path, record: str, purpose: str) -> Iterator[Path]:
+        """The lock on ``directory``, about to be made: a refusal, failure or Ctrl-C before its ``record`` is
+        written leaves neither it nor the artifacts root, where this made them (an interrupted init-base left a
+        base/ holding only its lock)."""
+        existed, root_existed = directory.exists(), self.root.exists()
         with self.lock(directory, purpose):
             try:
                 yield directory
             except BaseException:
-                if not existed and not (directory / "meta.json").exists():
+                if not existed and not (directory / record).exists():
                     shutil.rmtree(directory, ignore_errors=True)
+                    if not root_existed:
+                        with contextlib.suppress(OSError):
+                            self.root.rmdir()  # (only while empty)
                 raise
 
     # -- sessions ------------------------------------------------------------------------------

@@ -142,3 +142,22 @@ def test_a_session_without_limits_keeps_meta_json_strict_json(trained: Path) -> 
     assert (policy.rollback_tol, policy.grad_norm_max, policy.state_norm_max) == (math.inf, None, None)
     json.dumps(read_json(trained / "sessions" / "free" / "meta.json"), allow_nan=False)
     assert session("verify", *root) == 0
+
+
+@pytest.mark.parametrize("existing_root", [False, True], ids=["new root", "existing root"])
+def test_an_interrupted_init_base_takes_back_what_it_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, existing_root: bool
+) -> None:
+    """Ctrl-C during init-base's pretraining left base/ holding only its .lock (and the root it had made)."""
+    import lightning as L
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    root = tmp_path / "artifacts"
+    if existing_root:
+        root.mkdir()
+    monkeypatch.setattr(L.Trainer, "fit", interrupted)
+    assert session("init-base", "--artifacts_root", str(root), "--pretrain_steps", "3") == 130
+    assert "lit_psion: interrupted" in capsys.readouterr().err
+    assert (root.exists(), list(root.iterdir()) if root.exists() else []) == (existing_root, [])
