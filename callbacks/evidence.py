@@ -21,7 +21,7 @@ from lit_psion.core import RunContext, RunRecord, run_context, sha256_bytes
 from lit_psion.core.audit import check_chain, receipted_checkpoints
 from lit_psion.core.chain import ReceiptWriteError, batch_digest
 from lit_psion.core.contracts import MembershipAware, PauseCheckpointer, ReplayData, SignedModel, lr_flag
-from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError, failure_class
+from lit_psion.core.errors import ConfigError, EvidenceError, TrainingDiverged, failure_class
 from lit_psion.core.receipt_log import ReceiptLog, emit_receipt
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
@@ -209,7 +209,7 @@ class Receipts(EvidenceCallback):
         lr, name = float(optimizer.param_groups[0]["lr"]), type(optimizer).__name__
         if not math.isfinite(lr):  # (its receipt could not record it: refused now, not when the receipts are written)
             flag = lr_flag(trainer.lightning_module)
-            raise TransactionError(f"the learning rate at step {step} is {lr}: the schedule or the optimizer's "
+            raise TrainingDiverged(f"the learning rate at step {step} is {lr}: the schedule or the optimizer's "
                                    f"settings gave a non-finite value; check them ({flag})")
         self.chain.defer(lambda: TrainerStepReceipt(  # built when written: off the step's path, like the digest
             stage_id=stage, step_in=step - 1, step_out=step,
@@ -314,7 +314,7 @@ def _global_loss(trainer: L.Trainer, step: int, loss: Any) -> float:
         mean = float(total) / trainer.world_size
     if not math.isfinite(mean):
         value = local if not math.isfinite(local) else "non-finite on a peer"
-        raise TransactionError(
+        raise TrainingDiverged(
             f"the training loss at step {step} is {value}: training diverged; lower the learning rate "
             f"({lr_flag(trainer.lightning_module)}), or use --trainer.strategy transactional, which rolls such "
             "steps back"

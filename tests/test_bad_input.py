@@ -115,6 +115,8 @@ def test_a_divergence_names_the_flag_that_sets_the_runs_learning_rate(
     args = ["fit", *family, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(tmp_path)]
     assert main([*args, flag, "1e30"]) == 7  # the flag is the run's own: the fit took it
     assert f"training diverged; lower the learning rate ({flag})" in capsys.readouterr().err
+    failure = read_json(tmp_path / read_latest(tmp_path) / "run.json")["failure"]
+    assert failure.startswith("TrainingDiverged: "), failure  # (it said TransactionError, with no transaction)
 
 
 @pytest.mark.parametrize(("case", "at", "value", "every"), NON_FINITE, ids=[c[0] for c in NON_FINITE])

@@ -67,7 +67,7 @@ TRAINING = {
     "fit": "train a model (python -m lit_psion fit --config configs/decoder_tiny.yaml)",
     "validate": "evaluate a run's checkpoint on the validation split",
     "test": "evaluate a run's checkpoint on the test split",
-    "predict": "run a checkpoint over the predict split",
+    "predict": "run a checkpoint over the validation split (there is no separate predict split)",
 }
 """LightningCLI's subcommands (they import Lightning; the others answer without it)."""
 SUMMARIES = {

@@ -90,6 +90,11 @@ class TransactionError(LitPsionError):
     failure_class = "diverged"
 
 
+class TrainingDiverged(TransactionError):
+    """The training loss is not finite on a step no transactional strategy could roll back (exit 7, as a diverging
+    transactional run's): run.json's failure names divergence, not a transaction that never was."""
+
+
 class LockedError(LitPsionError):
     """Another process holds the lock on a directory it is writing (a run, a session): exit 8, nothing written."""
 
