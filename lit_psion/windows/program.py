@@ -375,6 +375,15 @@ def _planning_cut_short(directory: Path) -> bool:
     return not receipts.exists() or (receipts.is_file() and receipts.read_bytes().count(b"\n") <= 1)
 
 
+def next_slice(program: Program) -> int:
+    """``program.json``'s cursor of fresh slices: a count, or evidence that does not verify (exit 5)."""
+    value = record(program.settings_path, ("settings", "next_slice"))["next_slice"]
+    if type(value) is not int or value < 0:
+        raise EvidenceError(f"{str(program.settings_path)!r}: next_slice is {value!r}, not a count of slices used; "
+                            "restore program.json from a backup")  # fmt: skip
+    return value
+
+
 def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     """Plan the next window from the current pointer: fresh slices, plus each slice the previous window marked
     ``replay_required`` (once).
@@ -383,6 +392,9 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
         WindowStateError: the latest window is not reconciled yet.
         DataError: the data has no fresh slices left for the planned contributors.
     """
+    from lit_psion.windows.status import verify_program  # (status reads this module's records)
+
+    verify_program(root)  # planned on a pointer or dispositions verify refuses, the next window built on them
     program = Program(root)
     settings = program.settings()
     values = record(program.settings_path, ("settings", "next_slice"))
@@ -399,7 +411,7 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     train, val = data.samples("train"), data.samples("val")
     count = contributors or settings.contributors
     used = [a.slice.index for w in windows for a in program.plan(w).assignments if a.replay_of is None]
-    first = max(values["next_slice"], max(used, default=-1) + 1)  # never a slice twice, even if the cursor lags
+    first = max(next_slice(program), max(used, default=-1) + 1)  # never a slice twice, even if the cursor lags
     available = (len(train) // settings.slice_samples) - first
     if available < count:
         left = max(available, 0)

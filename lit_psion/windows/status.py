@@ -11,13 +11,15 @@ EvidenceError (exit 5) or a CheckpointError (exit 4) naming it.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lit_psion.core import sha256_file
 from lit_psion.core.chain import parse_receipt
-from lit_psion.core.errors import EvidenceError
+from lit_psion.core.errors import EvidenceError, LitPsionError
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.text import shell_words
 from lit_psion.core.windows import ACCEPTED, RECONCILED, SEALED
@@ -28,11 +30,31 @@ from lit_psion.windows.program import (
     DISPOSITIONS,
     PROMOTION,
     Program,
+    next_slice,
     record,
     verify_window_chain,
 )
 
 
+def shaped(reader: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
+    """``reader`` of a program's records, with a record of the wrong shape (a field null, a list where a mapping
+    goes, a state no window has) reported as evidence that does not verify (exit 5), not as a crash inside it."""
+
+    @functools.wraps(reader)
+    def read(root: Path) -> dict[str, Any]:
+        try:
+            return reader(root)
+        except LitPsionError:
+            raise
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as error:
+            raise EvidenceError(f"a record of window program {str(root)!r} is not of the shape its writer gives it "
+                                f"({type(error).__name__}: {error}); restore the program's records from a backup"
+                                ) from error  # fmt: skip
+
+    return read
+
+
+@shaped
 def program_status(root: Path) -> dict[str, Any]:
     program = Program(root)
     program.settings()
@@ -68,10 +90,12 @@ def program_status(root: Path) -> dict[str, Any]:
             "next": f"python -m lit_psion {hint[state]}"}
 
 
+@shaped
 def verify_program(root: Path) -> dict[str, Any]:
     """Check the program's records against each other and its receipts (see the module docstring)."""
     program = Program(root)
     program.require()
+    next_slice(program)
     program.tokenizer()
     tokenizer = record(program.settings_path, ("tokenizer_sha256",))["tokenizer_sha256"]
     pointer = program.pointer()
