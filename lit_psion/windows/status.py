@@ -116,8 +116,11 @@ def verify_program(root: Path) -> dict[str, Any]:
             raise EvidenceError(f"{where} was planned with tokenizer {planned[:12]}..., but program.json records "
                                 f"{str(tokenizer)[:12]}... (tokenizer.json swapped with its record): restore both")
         if not states or states[-1]["state"] != program.state(window_id):
+            ahead = states and states[-1]["state"] == RECONCILED != program.state(window_id)
             raise EvidenceError(f"{where}: window.json says {program.state(window_id)!r}, its receipts end at "
-                                f"{states[-1]['state'] if states else 'nothing'!r}")  # fmt: skip
+                                f"{states[-1]['state'] if states else 'nothing'!r}" + (
+                                    f"; a close was cut short: python -m lit_psion window close "
+                                    f"{shell_words(root, window_id)} finishes it" if ahead else ""))  # fmt: skip
         if plan.input_revision != revision:
             raise EvidenceError(f"{where} was planned from revision {plan.input_revision[:12]}..., but the revision "
                                 f"before it was {revision[:12]}...")  # fmt: skip

@@ -96,3 +96,18 @@ def test_what_verify_refuses_plan_refuses_first_and_no_reader_crashes(
         assert codes[command] in (0, 4, 5) and len(err) == (codes[command] != 0), (command, codes[command], err)
     assert codes["verify"] in (4, 5) and codes["plan"] == codes["verify"], codes
     assert not (root / "windows" / "w-0002").exists()  # nothing planned on it
+
+
+def test_a_close_cut_short_after_its_receipts_is_named_with_the_command_that_finishes_it(
+    reconciled: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Killed between the reconcile's receipts and window.json: verify said only that the two disagree."""
+    root = tmp_path / "windows"
+    shutil.copytree(reconciled, root)
+    _set(W1 + "window.json", lambda w: w.update(state="scored"))(root)
+    capsys.readouterr()
+    assert main(["window", "verify", str(root)]) == 5
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(f"a close was cut short: python -m lit_psion window close {root} w-0001 finishes it"), line
+    assert main(["window", "close", str(root), "w-0001"]) == 0
+    assert main(["window", "verify", str(root)]) == 0
