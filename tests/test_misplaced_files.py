@@ -14,7 +14,7 @@ import pytest
 from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
-from tests.helpers import fit
+from tests.helpers import TINY, fit
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,22 @@ def test_a_record_holding_a_lone_surrogate_is_refused_as_damaged_never_exit_1(
     assert code != 1 and "unexpected error" not in err and "Traceback" not in err, (code, err)
     if command == "doctor":  # it reads every record: each is damaged
         assert code != 0, err
+
+
+def test_a_path_too_long_for_the_file_system_is_exit_2_from_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A name over 255 bytes: every command said "unexpected error: OSError: [Errno 36] File name too long" (exit 1)."""
+    assert fit("--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_steps", "1") == 0
+    run = str(tmp_path / "runs" / read_latest(tmp_path / "runs"))
+    long = str(tmp_path / ("x" * 300))
+    for argv in (["fit", "--config", TINY, "--trainer.default_root_dir", long], ["compare", run, "--out", long],
+                 ["window", "verify", long], ["generate", long], ["session", "list", "--artifacts_root", long],
+                 ["adapter", "inspect", long], ["receipts", "verify", long], ["doctor", long], ["ckpt", "verify", long],
+                 ["fit", "--config", TINY, "--data.files", long, "--trainer.default_root_dir",
+                  str(tmp_path / "r")]):  # fmt: skip
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "is too long for the file system" in line and "x" * 300 in line, (argv, line)
+    assert not (tmp_path / "r").exists()

@@ -216,6 +216,9 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
         if (loop := _link_loop(current)) is not None:
             return ConfigError(f"{loop!r} is a symbolic link that leads back to itself (a link loop); remove or fix "
                                "the link, or give another path")  # fmt: skip
+        if isinstance(current, OSError) and current.errno == errno.ENAMETOOLONG:
+            return ConfigError(f"path {current.filename!r} is too long for the file system (a name over 255 bytes, "
+                               "or the whole path over 4,096); give a shorter path")  # fmt: skip
         if type(current).__name__ == "MisconfigurationException" or _monitors_a_missing_metric(current):
             return ConfigError(f"Lightning refuses the setup: {current}")  # its refusal of a setting or a callback
         if lost_peer is None and _is_peer_loss(current):
