@@ -88,10 +88,12 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
         return f"artifacts is {artifacts!r}, not file name -> sha256"
     if not isinstance(meta["runs"], list) or not all(isinstance(run, dict) for run in meta["runs"]):
         return f"runs is {meta['runs']!r}, not a list of run records"
+    if bad := next((run["files"] for run in meta["runs"] if not isinstance(run.get("files"), dict | None)), None):
+        return f"a run's files is {bad!r}, not file name -> sha256"
     names = [*artifacts, *(run.get("run_id") for run in meta["runs"]),
              *(name for run in meta["runs"] for name in (run.get("files") or {}))]  # fmt: skip
-    if bad_name := next((name for name in names if not is_plain_name(name)), None):
-        return f"it names the file or run {bad_name!r}, which is not a plain name inside the session"
+    if bad_names := [name for name in names if not is_plain_name(name)]:  # ("", None: falsy, and let through)
+        return f"it names the file or run {bad_names[0]!r}, which is not a plain name inside the session"
     if isinstance(meta.get("mu"), bool) or not isinstance(meta.get("mu"), int | float):
         return f"mu is {meta.get('mu')!r}, not a number"
     if not 0 <= meta["mu"] <= MU_MAX:  # (NaN fails too) a larger drift overflows the float32 dynamics

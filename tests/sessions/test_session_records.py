@@ -121,6 +121,12 @@ FORGED_SESSIONS = [  # (case, what is done, exit code of run and verify, what th
      "it names the file or run '../../..', which is not a plain name"),  # files outside the session
     ("a run file that is a path", meta_edit(lambda m: m["runs"][0]["files"].update({"x/../../../etc": "0" * 64})), 5,
      "it names the file or run 'x/../../../etc'"),
+    ("a run id empty", meta_edit(lambda m: m["runs"][0].update(run_id="")), 5, "names the file or run ''"),  # ran on
+    ("a run id gone", meta_edit(lambda m: m["runs"][0].pop("run_id")), 5, "names the file or run None"),
+    ("an artifact named ''", meta_edit(lambda m: m["artifacts"].update({"": "0" * 64})), 5, "file or run ''"),
+    ("a run id a list", meta_edit(lambda m: m["runs"][0].update(run_id=[])), 5, "file or run []"),  # exit 1
+    ("a run's files a string", meta_edit(lambda m: m["runs"][0].update(files="x")), 5, "a run's files is 'x'"),
+    ("a run's files a number", meta_edit(lambda m: m["runs"][0].update(files=-1)), 5, "a run's files is -1"),
 ]  # fmt: skip
 
 
@@ -142,6 +148,7 @@ def test_verify_and_run_refuse_a_forged_session_alike_in_one_line(
     captured = capsys.readouterr()
     assert says in captured.out + captured.err
     assert (meta_path.read_bytes() if meta_path.is_file() else None) == meta, "nothing written"
+    assert session("list", "--artifacts_root", str(trained)) in (0, code)  # (a run's files of -1: exit 1)
 
 
 SESSION_LOG_EDITS = {  # what is done to a session run's receipts.jsonl -> what `receipts verify` must say
