@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from lit_psion.callbacks import Receipts
 from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id, sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError
+from lit_psion.core.policy import MAX_BUFFER_LEN
 from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
 from lit_psion.sessions.settings import MAX_PRETRAIN_STEPS, MAX_STEPS, MAX_VALUES, rollout_values
@@ -128,6 +129,10 @@ def _check_settings(settings: dict[str, Any]) -> None:
     check_optimizer(settings["lr"], settings["momentum"], settings["ns_steps"])
     if settings["gate_chunks"] < 0:
         raise ConfigError(f"gate_chunks must be >= 0 (0: no promotion gate), got {settings['gate_chunks']!r}")
+    if math.ceil(settings["buffer_len"] / settings["chunk"]) > MAX_BUFFER_LEN:  # the policy's buffer is in chunks
+        most = MAX_BUFFER_LEN * settings["chunk"]
+        raise ConfigError(f"--buffer_len must be at most {MAX_BUFFER_LEN} chunks of --chunk {settings['chunk']} "
+                          f"({most:,} steps), got {settings['buffer_len']!r}")  # fmt: skip
     _policy(settings)  # raises ConfigError naming the bad value
 
 

@@ -42,8 +42,10 @@ def test_a_seed_or_size_out_of_range_is_exit_2_and_makes_nothing(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("flags", "says"), [(["--ns_steps", "1000"], "--ns_steps"), (["--ns_steps", "0"], "[1, 99]"),
-                                             (["--chunk", "100000000"], "--chunk must be at most 10,000,000")],
-                         ids=["ns_steps 1000", "ns_steps 0", "chunk past a run"])  # fmt: skip
+                                             (["--chunk", "100000000"], "--chunk must be at most 10,000,000"),
+                                             (["--chunk", "8", "--buffer_len", "8200"], "--buffer_len must be at most "
+                                              "1024 chunks of --chunk 8 (8,192 steps), got 8200")],
+                         ids=["ns_steps 1000", "ns_steps 0", "chunk past a run", "buffer past its chunks"])  # fmt: skip
 def test_new_refuses_a_setting_no_run_could_take(trained: Path, capsys: pytest.CaptureFixture, flags: list[str],
                                                  says: str) -> None:  # fmt: skip
     """--ns_steps 1000 made a session every run of which failed in torch's Muon (exit 1); --chunk 100000000 one every
