@@ -123,8 +123,13 @@ def axes_rows(panel: str, keys: list[str]) -> list[list[str]]:
     return [[key] for key in keys] if panel in SEPARATE_SCALES else [list(keys)]
 
 
+DRAWABLE = 1e300
+"""The largest magnitude a plot draws: an axis from -1e308 to 1e308 spans more than a float holds, and matplotlib
+cannot lay it out (a metrics.csv holding such values made `compare` and the dashboard fail)."""
+
+
 def _finite(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    return [(step, value) for step, value in points if math.isfinite(value)]
+    return [(step, value) for step, value in points if math.isfinite(value) and abs(value) <= DRAWABLE]
 
 
 def _save(figure: Figure, path: Path) -> None:

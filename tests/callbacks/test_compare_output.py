@@ -63,3 +63,27 @@ def test_a_compare_stopped_part_way_leaves_the_earlier_one_and_runs_again(
         assert two_runs[0].name in page and two_runs[1].name not in page
         assert sorted(p.name for p in place.iterdir()) == sorted([".lock", "index.html", *(
             f"{panel}.png" for panel in report.PANELS if (place / f"{panel}.png").exists())])  # fmt: skip
+
+
+@pytest.mark.parametrize("values", [("1e308", "-1e308"), ("1.7e308", "3")], ids=["both ends", "one huge"])
+def test_values_no_axis_can_span_are_left_out_of_the_plots(
+    two_runs: tuple[Path, Path], tmp_path: Path, values: tuple[str, str]
+) -> None:
+    """Two train/loss cells of 1e308 and -1e308 (finite, but an axis between them overflows): compare exit 1
+    (matplotlib's "arange: cannot compute length"), after the fit's own warning had recommended it."""
+    import csv
+    import shutil
+
+    copy = tmp_path / two_runs[0].name
+    shutil.copytree(two_runs[0], copy)
+    with (copy / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    trained = [row for row in rows if row.get("train/loss")]
+    for row, value in zip(trained[:2], values, strict=True):
+        row["train/loss"] = value
+    with (copy / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "loss.png").is_file()
