@@ -24,7 +24,7 @@ from typing import Any
 from lit_psion.commands import CommandParser
 from lit_psion.commands.records import recorded_model_class
 from lit_psion.core import canonical_json, read_json, sha256_bytes
-from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LitPsionError
 from lit_psion.core.text import printable, shell_words
 
 MERGE_RECORD = "merge.json"
@@ -215,6 +215,8 @@ def _merged(path: Path) -> tuple[Any, None]:
     if sha256_bytes(data) != record.get("model_sha256"):
         raise CheckpointError(f"{str(path / 'model.safetensors')!r} is not the merged model {MERGE_RECORD} records "
                               f"(sha256 {record.get('model_sha256')}); {fix}")  # fmt: skip
+    if (problem := _against_its_receipt(path, record)) is not None:
+        raise EvidenceError(f"{str(path)!r}: {problem}; {fix}")
     try:
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
         written = header.get(MERGED_HEADER_KEY)
@@ -230,3 +232,28 @@ def _merged(path: Path) -> tuple[Any, None]:
         raise CheckpointError(f"the merged model in {str(path)!r} cannot be rebuilt ({str(error).splitlines()[0]}); "
                               f"{fix}") from error  # fmt: skip
     return model, None
+
+
+def _against_its_receipt(path: Path, record: dict[str, Any]) -> str | None:
+    """What the merge's own receipt says against ``record`` (its merge.json), or None: the last ``merge`` receipt of
+    the directory's log names the merged model's and the adapter's digests, so a merge.json and model.safetensors
+    copied in from another merge, which agree with each other, do not agree with it."""
+    from lit_psion.core.chain import parse_receipt
+    from lit_psion.core.layout import RECEIPTS_FILE
+
+    log = path / RECEIPTS_FILE
+    try:
+        receipts = [parse_receipt(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return f"its receipt log {RECEIPTS_FILE} is missing (every merge writes its receipt there)"
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        return f"its receipt log cannot be read ({type(error).__name__}: receipts verify names why)"
+    merges = [r.body for r in receipts if r.kind == "adapter_export" and r.body.get("action") == "merge"]
+    if not merges:
+        return "its receipt log records no merge"
+    said = (merges[-1].get("output_digest"), merges[-1].get("adapter_digest"))
+    if said != (record.get("model_sha256"), record.get("adapter_sha256")):
+        return (f"{MERGE_RECORD} records merged model {str(record.get('model_sha256'))[:12]}... of adapter "
+                f"{str(record.get('adapter_sha256'))[:12]}..., its receipt {str(said[0])[:12]}... of "
+                f"{str(said[1])[:12]}...: the files were copied in from another merge")  # fmt: skip
+    return None

@@ -111,11 +111,24 @@ def test_a_tampered_model_or_a_foreign_tokenizer_is_refused(runs: dict, tmp_path
     (legacy / "model.safetensors").write_bytes(data := save(weights, metadata=header))
     record["model_sha256"] = hashlib.sha256(data).hexdigest()
     (legacy / "merge.json").write_text(json.dumps(record))
+    _receipt_merged(legacy, record)  # as that merge's own receipt records it
     code, _, err = _sample(capsys, str(legacy), "--tokenizer", str(foreign))
     assert code == 2 and "has 2 tokens" in err
     for flag, value in (("--tokens", "0"), ("--tokens", "100001"), ("--samples", "0"), ("--samples", str(10**12))):
         code, _, err = _sample(capsys, str(runs["base"]), flag, value)  # 10**12 samples: their ids alone, 8 TB
         assert code == 2 and f"{flag} must be in 1.." in err and f"got {value}" in err, err
+
+
+def _receipt_merged(merged: Path, record: dict) -> None:
+    """Append the merge receipt a merge writing ``record`` would have appended to ``merged``'s log."""
+    from lit_psion.adapters import _output_log, _receipt
+    from lit_psion.core.receipts import AdapterExportReceipt
+
+    log = _output_log(merged, ("model.safetensors", "merge.json"), "a merge")
+    _receipt(log, AdapterExportReceipt(action="merge", adapter_digest=record["adapter_sha256"],
+                                       base_checkpoint_digest=record["base_checkpoint_digest"],
+                                       output_digest=record["model_sha256"],
+                                       max_abs_logit_diff=record["max_abs_logit_diff"]))  # fmt: skip
 
 
 def _set(key: str, value: object) -> Callable[[dict], None]:

@@ -197,3 +197,33 @@ def test_a_path_that_is_no_adapter_is_named_for_what_it_is(
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert f"{str(path)!r} {says.format(exported=exported)}" in line, line
     assert not out.exists()
+
+
+def test_a_merge_whose_files_were_copied_from_another_merge_is_refused_by_generate(
+    base: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811  (the fixtures above)
+) -> None:
+    """m2's model.safetensors and merge.json copied into m1 agree with each other: generate sampled from m2's
+    weights, though m1's receipt records another merged model of another adapter."""
+    import shutil
+
+    from lit_psion.cli import main
+    from lit_psion.core.run import read_latest
+    from tests.helpers import fit
+    from tests.models.test_adapter import adapter_args
+
+    other = tmp_path / "other"
+    assert fit(*adapter_args(base, other, "--seed_everything", "99")) == 0
+    assert main(["adapter", "export", str(other / read_latest(other)), "--out", str(tmp_path / "a2")]) == 0
+    for adapter, out in ((exported, "m1"), (tmp_path / "a2", "m2")):
+        assert main(["adapter", "merge", str(adapter), "--base", str(base), "--out", str(tmp_path / out)]) == 0
+    generate = ["generate", str(tmp_path / "m1"), "--tokenizer", str(base / "tokenizer.json"), "--tokens", "2"]
+    assert main(generate) == 0
+    for name in ("model.safetensors", "merge.json"):
+        shutil.copy(tmp_path / "m2" / name, tmp_path / "m1" / name)
+    capsys.readouterr()
+    assert main(generate) == 5
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "the files were copied in from another merge" in line, line
+    (tmp_path / "m1" / "receipts.jsonl").unlink()
+    assert main(generate) == 5
+    assert "its receipt log receipts.jsonl is missing" in capsys.readouterr().err
