@@ -30,6 +30,7 @@ from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
 from lit_psion.core.pointer import read_pointer
+from lit_psion.core.vouched import unvouched_metric
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("loss", ("train/loss", "train/mse", "val/loss")),  # train/mse: the graph core's training loss
@@ -391,6 +392,10 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     metric_keys = sorted({k for f in finals.values() for k in f if k.startswith(("val/", "train/loss", "train/mse"))})
     diff = config_diff(runs)
     facts = [{**evidence(run), "receipts": chain_verdict(run)} for run in runs]  # all read before anything is written
+    for fact, label, run in zip(facts, labels, runs, strict=True):  # the values shown beside it, held to it
+        if fact["receipts"] == "verified" and (edit := unvouched_metric(RunLayout.of(run), finals[label],
+                                                                        steps[label])):  # fmt: skip
+            fact["receipts"] = f"FAILS: {edit}"
     out = Path(out)
     _earlier_comparison(out)  # refused before anything is made
     try:

@@ -87,3 +87,28 @@ def test_values_no_axis_can_span_are_left_out_of_the_plots(
         writer.writerows(rows)
     assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("metric", ["val/loss", "train/loss"])
+def test_a_final_value_edited_in_metrics_csv_is_not_shown_as_vouched_for(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, metric: str
+) -> None:
+    """metrics.csv carries no digest: its last val/loss edited to 0.1234 was shown beside "receipts verified",
+    though the step's eval receipt records another value."""
+    import csv
+    import shutil
+
+    copy = tmp_path / two_runs[0].name
+    shutil.copytree(two_runs[0], copy)
+    with (copy / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    last = [row for row in rows if row.get(metric)][-1]
+    last[metric] = "0.1234"
+    with (copy / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"metrics.csv's {metric} at step" in err[-1] and "is 0.1234, but its receipt records" in err[-1], err
