@@ -22,7 +22,6 @@ from lit_psion.sessions.store import (
     PLASTIC,
     Store,
     is_plain_name,
-    uncommitted_runs,
 )
 
 
@@ -108,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def uncommitted_runs(directory: Path, meta: dict[str, Any]) -> list[Path]:
+    """The run directories under a session's ``runs/`` that its meta.json does not record (a run stopped before its
+    commit, or one under way)."""
+    recorded = {run.get("run_id") for run in meta.get("runs") or () if isinstance(run, dict)}
+    runs = directory / "runs"
+    return sorted(path for path in runs.iterdir() if path.name not in recorded and path.is_dir()
+                  and not path.is_symlink()) if runs.is_dir() else []  # fmt: skip
+
+
 def list_sessions(store: Store) -> list[dict[str, Any]]:
     """Every session from its own meta.json (index.json is a registry a run keeps, not the record: an entry it
     holds without a session, or one it lacks, is said, not shown as fact)."""
@@ -189,6 +197,9 @@ def verify_session(store: Store, session_id: str) -> None:
     for extra in extras:
         print(f"FAIL {extra}: not a file of the run meta.json records (added since)")
         checks.append((extra, None, None, 5))
+        failures.append(5)
+    if (rollback := store.rolled_back({**meta, "session_id": session_id})) is not None:
+        print(f"FAIL index.json: {rollback}")
         failures.append(5)
     for stray in uncommitted_runs(directory, meta):
         print(f"note runs/{stray.name}: a run meta.json does not record (stopped before its commit, or under way); "

@@ -118,15 +118,6 @@ def is_plain_name(name: Any) -> bool:
     return isinstance(name, str) and _SESSION_ID.fullmatch(name) is not None
 
 
-def uncommitted_runs(directory: Path, meta: dict[str, Any]) -> list[Path]:
-    """The run directories under a session's ``runs/`` that its meta.json does not record (a run stopped before its
-    commit, or one under way)."""
-    recorded = {run.get("run_id") for run in meta.get("runs") or () if isinstance(run, dict)}
-    runs = directory / "runs"
-    return sorted(path for path in runs.iterdir() if path.name not in recorded and path.is_dir()
-                  and not path.is_symlink()) if runs.is_dir() else []  # fmt: skip
-
-
 def _record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A session store's JSON record, or one line naming what is wrong with it (exit 5)."""
     try:
@@ -278,8 +269,7 @@ class Store:
     @contextlib.contextmanager
     def making(self, directory: Path, record: str, purpose: str) -> Iterator[Path]:
         """The lock on ``directory``, about to be made: a refusal, failure or Ctrl-C before its ``record`` is
-        written leaves neither it nor the artifacts root, where this made them (an interrupted init-base left a
-        base/ holding only its lock)."""
+        written leaves neither it nor the artifacts root, where this made them (init-base left a lone lock)."""
         existed, root_existed = directory.exists(), self.root.exists()
         with self.lock(directory, purpose):
             try:
@@ -432,7 +422,10 @@ class Store:
             else:
                 shutil.rmtree(staging)  # never committed
         if meta_path.is_file():  # a kill between meta.json and index.json left the registry's entry behind
-            self._index_entry({**read_json(meta_path), "session_id": session_id})
+            meta = {**read_json(meta_path), "session_id": session_id}
+            if (problem := self.rolled_back(meta)) is not None:  # (the entry would be rewritten to hide it)
+                raise EvidenceError(problem)
+            self._index_entry(meta)
         for leftover in directory.glob(".*.tmp"):  # an atomic write killed before its rename: the old file stands
             if leftover.is_file() and not leftover.is_symlink():
                 leftover.unlink()
@@ -485,6 +478,17 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(directory / "meta.json", meta)
         self._index_entry(meta)
+
+    def rolled_back(self, meta: dict[str, Any]) -> str | None:
+        """Why ``meta`` records fewer runs than its index.json entry, or None: a commit writes meta.json first, so
+        a crash leaves the index behind, never ahead; ahead, the session's directory was put back from a copy."""
+        entry = self.index()["sessions"].get(meta["session_id"])
+        runs, registered = meta.get("runs"), entry.get("runs") if isinstance(entry, dict) else None
+        if isinstance(runs, list) and isinstance(registered, list) and len(registered) > len(runs):
+            return (f"session {meta['session_id']!r}'s meta.json records {len(runs)} run(s), but index.json records "
+                    f"{len(registered)}: the session's directory was put back from an earlier copy; restore it from "
+                    "a backup (the next run would have rewritten the index to match)")  # fmt: skip
+        return None
 
     def _index_entry(self, meta: dict[str, Any]) -> None:
         """Make the session's index.json entry the one its meta.json implies (written only when it differs)."""

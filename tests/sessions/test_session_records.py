@@ -336,3 +336,25 @@ def test_a_session_run_given_to_a_runs_command_names_session_verify(trained: Pat
                 "--session_id s1` checks it") in err and "delete" not in err, err
     assert main(["receipts", "verify", str(run)]) == 0
     assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
+
+
+def test_a_session_directory_put_back_from_an_earlier_copy_is_refused_not_reregistered(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """s1 copied aside, run once more, then the copy put back: verify and list passed while index.json still
+    recorded the later run, and the next run rewrote the index entry to match, erasing the only trace of it."""
+    s1 = trained / "sessions" / "s1"
+    shutil.copytree(s1, tmp_path / "s1-earlier")
+    root = ("--artifacts_root", str(trained), "--session_id", "s1")
+    assert session("run", *root, "--steps", "32") == 0
+    index = (trained / "sessions" / "index.json").read_bytes()
+    shutil.rmtree(s1)
+    shutil.copytree(tmp_path / "s1-earlier", s1)
+    capsys.readouterr()
+    assert session("verify", *root) == 5
+    assert "FAIL index.json: session 's1''s meta.json records 1 run(s), but index.json records 2" in (
+        capsys.readouterr().out)  # fmt: skip
+    assert session("run", *root, "--steps", "32") == 5
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "was put back from an earlier copy; restore it from a backup" in line, line
+    assert (trained / "sessions" / "index.json").read_bytes() == index
