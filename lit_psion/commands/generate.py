@@ -238,7 +238,7 @@ def _against_its_receipt(path: Path, record: dict[str, Any]) -> str | None:
     """What the merge's own receipt says against ``record`` (its merge.json), or None: the last ``merge`` receipt of
     the directory's log names the merged model's and the adapter's digests, so a merge.json and model.safetensors
     copied in from another merge, which agree with each other, do not agree with it."""
-    from lit_psion.core.chain import parse_receipt
+    from lit_psion.core.chain import parse_receipt, verify_log
     from lit_psion.core.layout import RECEIPTS_FILE
 
     log = path / RECEIPTS_FILE
@@ -248,6 +248,8 @@ def _against_its_receipt(path: Path, record: dict[str, Any]) -> str | None:
         return f"its receipt log {RECEIPTS_FILE} is missing (every merge writes its receipt there)"
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
         return f"its receipt log cannot be read ({type(error).__name__}: receipts verify names why)"
+    if receipts and not (result := verify_log(log, run_id=receipts[0].run_id)).ok:  # a receipt edited to match
+        return f"its receipt log does not verify ({result.describe()})"
     merges = [r.body for r in receipts if r.kind == "adapter_export" and r.body.get("action") == "merge"]
     if not merges:
         return "its receipt log records no merge"

@@ -405,8 +405,7 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
                                f"(python -m lit_psion window close {shell_words(root, previous)})")  # fmt: skip
     window_id = f"w-{len(windows) + 1:04d}"
     shutil.rmtree(program.window_dir(window_id), ignore_errors=True)  # a planning cut short before window.json
-    pointer = program.pointer()
-    program.revision(pointer["checkpoint"], pointer["revision"])
+    pointer = program.pointer()  # (its revision verified by verify_program above)
     data = corpus(program, settings.data)
     train, val = data.samples("train"), data.samples("val")
     count = contributors or settings.contributors

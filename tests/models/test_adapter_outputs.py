@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,14 @@ def test_a_merge_whose_files_were_copied_from_another_merge_is_refused_by_genera
     assert main(generate) == 5
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "the files were copied in from another merge" in line, line
-    (tmp_path / "m1" / "receipts.jsonl").unlink()
+    log = tmp_path / "m1" / "receipts.jsonl"
+    kept = log.read_text()
+    theirs = json.loads((tmp_path / "m2" / "merge.json").read_text())
+    ours = json.loads(kept.splitlines()[-1])["body"]
+    log.write_text(kept.replace(ours["output_digest"], theirs["model_sha256"]).replace(
+        ours["adapter_digest"], theirs["adapter_sha256"]))  # the receipt edited to name the copied files
+    assert main(generate) == 5
+    assert "its receipt log does not verify" in capsys.readouterr().err
+    log.unlink()
     assert main(generate) == 5
     assert "its receipt log receipts.jsonl is missing" in capsys.readouterr().err
