@@ -7,13 +7,15 @@ traceback).
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from lit_psion.nn import Decoder, DecoderConfig
@@ -78,34 +80,42 @@ def _train(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("data_parallel",))
-    results = []
-    for ours in (True, False):
-        torch.manual_seed(0)
-        model = Decoder(TINY_DECODER)
-        if ours:
-            shard_per_block(model, model.blocks, mesh)
-            groups = [block._get_fsdp_state()._fsdp_param_groups[0] for block in model.blocks]
-            assert all(isinstance(g._all_gather_comm, BroadcastAllGather) for g in groups)
-            assert all(g.unshard_async_op for g in groups), "prefetches are asynchronous"
-            ahead = [block._get_fsdp_state()._states_to_forward_prefetch for block in model.blocks]
-            assert [len(states) for states in ahead] == [1, 1, 0], "each block gathers the next one ahead"
-        else:
-            for index, block in enumerate(model.blocks):
-                fully_shard(block, mesh=mesh, reshard_after_forward=index < len(model.blocks) - 1)
-            fully_shard(model, mesh=mesh, reshard_after_forward=False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        data = torch.Generator().manual_seed(rank)
-        for _ in range(4):
-            tokens = torch.randint(0, 33, (2, 17), generator=data)
-            logits = model(tokens[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        results.append({name: p.full_tensor().detach().clone() for name, p in model.named_parameters()})
+    results = [_trained(ours, mesh, rank) for ours in (True, False)]
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
+    # Sharding leaves the process group alive past its destruction (DTensor specs outlive the model and hold the mesh;
+    # gloo's worker threads still run): tearing the interpreter down would destroy it then, which aborted rank 0
+    # now and then under load ("terminate called without an active exception"). Everything is written; skip it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _trained(ours: bool, mesh: DeviceMesh, rank: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = Decoder(TINY_DECODER)
+    if ours:
+        shard_per_block(model, model.blocks, mesh)
+        groups = [block._get_fsdp_state()._fsdp_param_groups[0] for block in model.blocks]
+        assert all(isinstance(g._all_gather_comm, BroadcastAllGather) for g in groups)
+        assert all(g.unshard_async_op for g in groups), "prefetches are asynchronous"
+        ahead = [block._get_fsdp_state()._states_to_forward_prefetch for block in model.blocks]
+        assert [len(states) for states in ahead] == [1, 1, 0], "each block gathers the next one ahead"
+    else:
+        for index, block in enumerate(model.blocks):
+            fully_shard(block, mesh=mesh, reshard_after_forward=index < len(model.blocks) - 1)
+        fully_shard(model, mesh=mesh, reshard_after_forward=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    data = torch.Generator().manual_seed(rank)
+    for _ in range(4):
+        tokens = torch.randint(0, 33, (2, 17), generator=data)
+        logits = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {name: p.full_tensor().detach().clone() for name, p in model.named_parameters()}
 
 
 def test_a_model_sharded_with_them_trains_bitwise_as_with_gloos_own(tmp_path: Path) -> None:
