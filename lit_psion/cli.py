@@ -78,7 +78,7 @@ from lit_psion.commands.records import (
 from lit_psion.commands.roots import make_root, refuse_root_in_a_run, remove_if_empty
 from lit_psion.commands.wandb_runs import place_wandb_runs
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.audit import hold_to_its_chain, receipted_checkpoints
+from lit_psion.core.audit import hold_to_its_chain, lost_run_record, receipted_checkpoints
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
@@ -367,6 +367,9 @@ class LitPsionCLI(LightningCLI):
 def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     """A checkpoint given by path, if it matches the durable receipt of the run it sits in (if any), whole."""
     layout = RunLayout.of(checkpoint.path.resolve().parent.parent)
+    if (lost := lost_run_record(checkpoint)) is not None:  # a new run or an evaluation may start from it: said
+        print(f"lit_psion: warning: {lost}: it is held to its manifest alone, not to its run's receipts",
+              file=sys.stderr)  # fmt: skip
     if layout.is_run() and checkpoint.path.resolve().parent == layout.checkpoints.resolve():  # (not a consolidated)
         belonging(checkpoint, layout)
     if not layout.is_run() or layout.run_id != checkpoint.manifest.run_id:

@@ -160,8 +160,12 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
 
     Raises:
         CheckpointError: a file differs from the manifest, another run wrote it, or it was replaced (exit 4).
+        EvidenceError: it sits in a run whose run.json is gone, or whose chain does not verify (exit 5).
     """
     checkpoint = verify_checkpoint(path)
+    if (lost := lost_run_record(checkpoint)) is not None:
+        raise EvidenceError(f"{lost}: without it the run's receipts vouch for none of its checkpoints; restore it from "
+                            "a backup")  # fmt: skip
     path = path.resolve()  # `.`, `step-000006` from inside the run, or a path through a link: held to its run
     layout = RunLayout.of(path.parent.parent)
     if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():
@@ -170,6 +174,22 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
         as_receipted(checkpoint, receipted_checkpoints(layout))
         hold_to_its_chain(layout)
     return checkpoint
+
+
+def lost_run_record(checkpoint: VerifiedCheckpoint) -> str | None:
+    """What is wrong when ``checkpoint`` sits in a run directory that lost its run.json (the run wrote it: its manifest
+    names the directory's run id, or the run's receipts are still there), else None. Without run.json the receipts
+    vouch for none of the run's checkpoints: given by path, one is held to its manifest alone, and weights swapped
+    under a re-hashed manifest would pass. (A checkpoint copied out of its run is a checkpoint on its own.)"""
+    path = checkpoint.path.resolve()
+    layout = RunLayout.of(path.parent.parent)
+    if layout.is_run() or path.parent.name not in {layout.checkpoints.name, layout.consolidated.name}:
+        return None
+    if checkpoint.manifest.run_id != layout.run_id and not any(
+            item.exists() or item.is_symlink() for item in (layout.run_file, layout.receipts)):  # fmt: skip
+        return None
+    what = "is not a file" if layout.run_file.exists() or layout.run_file.is_symlink() else "is missing"
+    return f"checkpoint {str(path)!r} is in run {layout.run_id!r}, whose {layout.run_file.name} {what}"
 
 
 def hold_to_its_chain(layout: RunLayout) -> None:
