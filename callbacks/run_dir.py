@@ -62,14 +62,15 @@ class RunDirectory(Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._completed = self._trained = False
+        self.record = None  # (this fit's, from on_train_start)
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):
                 logger.watch(trainer)
         if stage == "fit" and trainer.world_size > 1:
             self._follow_rank_zero(trainer)
 
-    def _begin(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Write the run's record, config and data description once training starts.
+    def _begin(self, trainer: L.Trainer, pl_module: L.LightningModule) -> RunRecord:
+        """The run's record, once the data description it names is written (and the root's latest run).
 
         Not at setup: a fit refused while Lightning sets up (a strategy that cannot shard the model, an
         optimizer it cannot run, a checkpoint that does not load) has trained nothing, so a resumed run keeps
@@ -78,19 +79,22 @@ class RunDirectory(Callback):
         run, layout = self.run_context, self.run_context.layout
         layout.run_dir.mkdir(parents=True, exist_ok=True)
         if run.resumed and layout.is_run():
-            self.record = RunRecord.load(layout)
+            record = RunRecord.load(layout)
         else:
-            self.record = RunRecord(run_id=layout.run_id, status=RunStatus.INITIALIZING)
-        self.record.stage = run.stage
-        self.record.attempts += 1
-        self.record.code_version = __version__
-        self.record.model_signature = signature_of(pl_module)
+            record = RunRecord(run_id=layout.run_id, status=RunStatus.INITIALIZING)
+        record.stage = run.stage
+        record.attempts += 1
+        record.code_version = __version__
+        record.model_signature = signature_of(pl_module)
         if run.config_yaml is not None:
-            self.record.config_digest = sha256_bytes(run.config_yaml.encode())
-        self._describe_data(trainer.datamodule)
+            record.config_digest = sha256_bytes(run.config_yaml.encode())
+        if run.resumed:  # its files are the earlier attempts': a failure from here on is recorded (a new run's is not
+            self.record = record  # until the files its run.json names are written: see on_train_start)
+        self._describe_data(trainer.datamodule, record)
         if not run.resumed:
             _tell_of_an_unfinished_run(layout)
         write_latest(layout.root, layout.run_id)
+        return record
 
     def _follow_rank_zero(self, trainer: L.Trainer) -> None:
         """Every rank trains rank 0's run, from rank 0's checkpoint.
@@ -154,7 +158,7 @@ class RunDirectory(Callback):
     checks_the_ranks_first = True
     """:class:`PointerCheckpoint` leaves its checkpoint checks of a multi-process fit to :meth:`_follow_rank_zero`."""
 
-    def _describe_data(self, data: L.LightningDataModule | None) -> None:
+    def _describe_data(self, data: L.LightningDataModule | None, record: RunRecord) -> None:
         layout = self.run_context.layout
         manifest = data.manifest if isinstance(data, ReplayData) else None
         if not isinstance(data, ReplayData):
@@ -163,7 +167,7 @@ class RunDirectory(Callback):
                   "(no data_manifest.json) and a resume does not replay its batches exactly; build it on "
                   "lit_psion.datamodules.ReplayDataModule (docs/architecture.md)", file=sys.stderr)  # fmt: skip
         if manifest is not None:
-            self.record.data_manifest_digest = manifest.digest
+            record.data_manifest_digest = manifest.digest
             atomic_write_json(layout.data_manifest, {**manifest.to_json_dict(), "digest": manifest.digest})
         if isinstance(data, TokenizedData) and (tokenizer := data.tokenizer_json()) is not None:
             atomic_write_text(layout.tokenizer, tokenizer)  # so a fine-tune or predict can reuse it
@@ -204,11 +208,10 @@ class RunDirectory(Callback):
         self._trained = True
         if trainer.ckpt_path is not None:  # restored by now; every rank's optimizer takes the config's settings
             honour_optimizer_settings(trainer, pl_module)
-        if trainer.is_global_zero:
-            self._begin(trainer, pl_module)
-            if warning := resume_warning(self.run_context.layout.run_id, self.run_context.changed_settings,
-                                          self.run_context.config_yaml):
-                print(warning, file=sys.stderr)  # now that the resume was accepted and trains
+        record = self._begin(trainer, pl_module) if trainer.is_global_zero else None
+        if trainer.is_global_zero and (warning := resume_warning(
+                self.run_context.layout.run_id, self.run_context.changed_settings, self.run_context.config_yaml)):
+            print(warning, file=sys.stderr)  # now that the resume was accepted and trains
         if self.run_context.resumed and trainer.is_global_zero:  # (another rank's logger writes nothing)
             for logger in trainer.loggers:
                 if isinstance(logger, RunCSVLogger):
@@ -223,6 +226,9 @@ class RunDirectory(Callback):
         new = config is not None and not self.run_context.layout.config.exists()
         if new:  # before the run.json that records its digest: a Ctrl-C between them left a run without its config
             atomic_write_text(self.run_context.layout.config, config)
+        # A new run's record only now, with every file it names written: a Ctrl-C before this left a run.json naming a
+        # config.yaml and a data manifest never written (an interrupt saves the record held), for doctor to ask after.
+        self.record = record
         self._update(trainer, RunStatus.ACTIVE)
         if config is not None and not new:
             # After run.json: a crash in between leaves the previous config.yaml, whose digest the chain's earlier

@@ -356,3 +356,36 @@ def test_a_ctrl_c_as_a_new_run_starts_leaves_its_config_with_its_run_json(
     assert read_json(run / "run.json")["status"] == "paused" and (run / "config.yaml").is_file()
     monkeypatch.undo()
     assert main(["doctor", str(run)]) == 0
+
+
+@pytest.mark.parametrize("at", ["writing latest_run.json", "writing config.yaml", "writing the data manifest"])
+def test_a_ctrl_c_while_a_run_starts_leaves_no_run_json_naming_files_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, at: str
+) -> None:
+    """A Ctrl-C before config.yaml (and the data manifest, latest_run.json) were written saved run.json anyway, naming
+    their digests: doctor then asked to restore from a backup files that never existed. Now the run is left as one
+    stopped as it started, which every command names as such."""
+    from lit_psion.callbacks import run_dir as run_dir_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    real_text, real_json = run_dir_module.atomic_write_text, run_dir_module.atomic_write_json
+    if at == "writing latest_run.json":
+        monkeypatch.setattr(run_dir_module, "write_latest", interrupted)
+    elif at == "writing config.yaml":
+        monkeypatch.setattr(run_dir_module, "atomic_write_text", lambda path, *rest, **kw: interrupted() if Path(
+            path).name == "config.yaml" else real_text(path, *rest, **kw))  # fmt: skip
+    else:
+        monkeypatch.setattr(run_dir_module, "atomic_write_json", lambda path, *rest, **kw: interrupted() if Path(
+            path).name == "data_manifest.json" else real_json(path, *rest, **kw))  # fmt: skip
+    root = tmp_path / "root"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "3") == 130
+    monkeypatch.undo()
+    run = next(path for path in root.iterdir() if path.is_dir())
+    assert not (run / "run.json").exists()
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 5
+    err = capsys.readouterr().err
+    assert "was stopped as it started" in err and "backup" not in err
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "3") == 0
