@@ -283,6 +283,8 @@ def write_dashboard(run_dir: str | Path) -> Path:
     """``run_dir/dashboard/index.html`` and its PNGs, from the run's files as they are now."""
     run_dir = Path(run_dir)
     directory = RunLayout.of(run_dir).dashboard
+    if directory.is_symlink():  # what a run writes stays inside it (SPEC §6): replaced, never written through,
+        directory.unlink()  # as a linked metrics.csv or config.yaml is
     series = read_metrics(run_dir)
     images = write_plots({run_dir.name: series}, directory)
     if plot_timeline(timeline_events(run_dir), directory / TIMELINE):

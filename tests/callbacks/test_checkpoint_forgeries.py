@@ -380,3 +380,19 @@ def test_a_run_or_checkpoints_directory_that_is_a_symlink_out_of_the_root_is_ref
     assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 4
     assert f"{str(link)!r} is a symlink" in capsys.readouterr().err
     assert sorted(str(path.relative_to(outside)) for path in outside.rglob("*")) == before, "nothing written there"
+
+
+def test_a_dashboard_directory_that_is_a_symlink_is_replaced_never_written_through(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """A resume drew index.html and every PNG into the directory a linked dashboard/ pointed to, outside the run."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    shutil.copytree(run_dir, root / run_dir.name)
+    write_latest(root, run_dir.name)
+    link = root / run_dir.name / "dashboard"
+    link.rename(outside)
+    link.symlink_to(outside, target_is_directory=True)
+    before = {str(path.relative_to(outside)): path.read_bytes() for path in outside.rglob("*")}
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 0
+    assert {str(path.relative_to(outside)): path.read_bytes() for path in outside.rglob("*")} == before
+    assert not link.is_symlink() and (link / "index.html").is_file()
