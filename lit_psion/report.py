@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
-from lit_psion.core.audit import check_chain
+from lit_psion.core.audit import changed_records, check_chain
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
@@ -395,6 +395,9 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     diff = config_diff(runs)
     facts = [{**evidence(run), "receipts": chain_verdict(run)} for run in runs]  # all read before anything is written
     for fact, label, run in zip(facts, labels, runs, strict=True):  # the values shown beside it, held to it
+        fact["chain_fails"] = fact["receipts"].startswith("FAILS")
+        if fact["receipts"] == "verified" and (changed := changed_records(RunLayout.of(run))):  # the config shown
+            fact["receipts"] = f"FAILS: {changed[0].artifact}: {changed[0].detail}"
         if fact["receipts"] == "verified" and (edit := unvouched_metric(RunLayout.of(run), finals[label],
                                                                         steps[label])):  # fmt: skip
             fact["receipts"] = f"FAILS: {edit}"

@@ -38,5 +38,6 @@ def main(args: list[str]) -> None:
     console.print(f"overlay plots: {result['page']}")
     for run, facts in zip(parsed.run_dirs, result["evidence"], strict=True):
         if facts["receipts"].startswith("FAILS"):  # compared all the same, and said: its numbers are not vouched for
-            raise EvidenceError(f"{run}: its receipts do not verify, so its row above is not vouched for: "
-                                f"{facts['receipts'].removeprefix('FAILS: ')}")
+            said = ("its receipts do not verify, so its row above is not vouched for" if facts["chain_fails"] else
+                    "its receipts verify, but its columns above are not what they vouch for")  # fmt: skip
+            raise EvidenceError(f"{run}: {said}: {facts['receipts'].removeprefix('FAILS: ')}")

@@ -112,3 +112,21 @@ def test_a_final_value_edited_in_metrics_csv_is_not_shown_as_vouched_for(
     assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
     err = capsys.readouterr().err.strip().splitlines()
     assert f"metrics.csv's {metric} at step" in err[-1] and "is 0.1234, but its receipt records" in err[-1], err
+
+
+@pytest.mark.parametrize("edit", ["config.yaml", "tokenizer.json"])
+def test_an_edited_config_is_not_shown_as_part_of_a_vouched_comparison(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, edit: str
+) -> None:
+    """config.yaml edited after the fit (n_layer 2 -> 9) was shown in the config table beside "receipts verified",
+    while doctor failed it against run.json's digest."""
+    import shutil
+
+    copy = tmp_path / two_runs[0].name
+    shutil.copytree(two_runs[0], copy)
+    text = (copy / edit).read_text()
+    (copy / edit).write_text(text.replace("n_layer: 2", "n_layer: 9") if edit == "config.yaml" else text + " ")
+    capsys.readouterr()
+    assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{edit}:" in err[-1] and "its columns above are not what they vouch for" in err[-1], err
