@@ -43,6 +43,7 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, load_refusal
 from lit_psion.core.files import FILE_MODE, fsync_path
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
+from lit_psion.core.pointer import after_a_failed_write
 from lit_psion.core.text import shell_words
 from lit_psion.resumable import refuse_unloadable_state
 
@@ -147,10 +148,8 @@ def write_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Non
         fsync_path(staging)  # the directory renamed into place below is the unit that appears atomically
     except (OSError, RuntimeError, SafetensorError) as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointWriteError(
-            f"writing checkpoint {str(final)!r} failed: {_io_failure(error)}; "
-            "the previous checkpoint is still the pointed-to one (free space or fix the disk, then --ckpt_path last)"
-        ) from error
+        raise CheckpointWriteError(f"writing checkpoint {str(final)!r} failed: {_io_failure(error)}; "
+                                   + after_a_failed_write(final, "free space or fix the disk")) from error
     if final.is_symlink() or (final.exists() and not final.is_dir()):  # never followed; a file is no checkpoint
         final.unlink()
     elif final.exists():

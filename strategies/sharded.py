@@ -63,6 +63,7 @@ from lit_psion.core import atomic_write_json, sha256_file
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord, VerifiedCheckpoint
 from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
 from lit_psion.core.files import fsync_path
+from lit_psion.core.pointer import after_a_failed_write
 from lit_psion.resumable import refuse_unloadable_state
 from lit_psion.strategies.transactional import Transactional
 
@@ -225,8 +226,8 @@ def stage_checkpoint(strategy: ParallelStrategy, filepath: str | os.PathLike) ->
         except OSError as error:  # every rank learns it (none may wait in a collective rank 0 never enters)
             problem = _reason(error)
     if (problem := strategy.broadcast(problem)) is not None:
-        raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; the previous "
-                                   "checkpoint is still the pointed-to one (fix the directory, then --ckpt_path last)")
+        raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; "
+                                   + after_a_failed_write(final, "fix the directory"))
     return final, staging
 
 
@@ -271,9 +272,8 @@ def seal_checkpoint(
     verdict = [problem]
     dist.broadcast_object_list(verdict, src=0, group=group)
     if (problem := verdict[0]) is not None:
-        raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; the previous "
-                                   "checkpoint is still the pointed-to one (free space or fix the disk, then "
-                                   "--ckpt_path last)")  # fmt: skip
+        raise CheckpointWriteError(f"writing sharded checkpoint {str(final)!r} failed: {problem}; "
+                                   + after_a_failed_write(final, "free space or fix the disk"))
 
 
 def _name(path: Path, staging: Path) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.files import atomic_write_json, read_json
-from lit_psion.core.layout import RunLayout, step_of
+from lit_psion.core.layout import POINTER_FILE, RunLayout, step_of
 
 if TYPE_CHECKING:
     from lit_psion.core.checkpoint import VerifiedCheckpoint
@@ -53,3 +54,11 @@ def write_pointer(layout: RunLayout, checkpoint: VerifiedCheckpoint | Checkpoint
                                        manifest_sha256=checkpoint.manifest_sha256)  # fmt: skip
     atomic_write_json(layout.pointer, checkpoint.to_json_dict())
     return checkpoint
+
+
+def after_a_failed_write(checkpoint: Path, fix: str) -> str:
+    """What a failed write of ``checkpoint`` (a step directory in a run's ``checkpoints/``) leaves, and the way on:
+    ``fix`` the cause, then continue from the pointed-to checkpoint, or, with none yet, start the fit again."""
+    if (checkpoint.parent / POINTER_FILE).exists():
+        return f"the previous checkpoint is still the pointed-to one ({fix}, then --ckpt_path last)"
+    return f"the run has no earlier checkpoint to continue from ({fix}, then run the fit again without --ckpt_path)"

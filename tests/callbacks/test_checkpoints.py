@@ -315,6 +315,7 @@ def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("lit_psion: error: writing checkpoint")
     assert ("short write" if failure == "swallowed" else "No space left on device") in error
+    assert "the previous checkpoint is still the pointed-to one" in error
     run = tmp_path / read_latest(tmp_path)
     record = read_json(run / "run.json")
     assert (record["status"], record["failure_class"]) == ("failed", "checkpoint_flush_failed")
@@ -325,6 +326,23 @@ def test_disk_full_is_a_typed_failure_that_keeps_the_previous_checkpoint(
     verify_checkpoint(checkpoints / "step-000006")
     assert (9, "durable") not in _checkpoint_receipts(run)
     assert main(["receipts", "verify", str(run)]) == 0
+
+
+def test_a_full_disk_at_the_first_checkpoint_says_there_is_none_to_continue_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """It said "the previous checkpoint is still the pointed-to one (..., then --ckpt_path last)", and that resume
+    then found no checkpoint."""
+
+    def full(tensors: dict, filename: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+    monkeypatch.setattr(checkpoint_io, "save_file", full)
+    assert fit("--trainer.default_root_dir", str(tmp_path)) == 6
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no earlier checkpoint to continue from" in error and "run the fit again without --ckpt_path" in error
+    monkeypatch.undo()
+    assert fit("--trainer.default_root_dir", str(tmp_path)) == 0, "as it says"
 
 
 def test_ckpt_verify_takes_one_checkpoint_directory(run_dir: Path, damaged: Callable, tmp_path: Path,
