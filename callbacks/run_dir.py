@@ -280,7 +280,8 @@ class RunDirectory(Callback):
         console.print(f"[bold]run[/bold] {' '.join(part for part in said if part)}")
         console.print(f"  run directory  {layout.run_dir}")
         console.print(f"  checkpoint     {checkpoint}")
-        console.print(f"  metrics        {layout.metrics if layout.metrics.is_file() else 'none (no logger)'}")
+        rows = layout.metrics.is_file() or any(isinstance(logger, RunCSVLogger) for logger in trainer.loggers)
+        console.print(f"  metrics        {layout.metrics if rows else 'none (no logger)'}")  # (last rows: teardown)
         console.print(f"  resume with    --trainer.default_root_dir {shell_words(layout.root)} --ckpt_path last")
 
 

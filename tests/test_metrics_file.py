@@ -116,3 +116,16 @@ def test_a_fit_without_a_logger_does_not_name_a_metrics_file(tmp_path: Path, cap
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("metrics")]
     assert line.split() == ["metrics", "none", "(no", "logger)"]
     assert not (tmp_path / read_latest(tmp_path) / "metrics.csv").exists()
+
+
+def test_a_fit_shorter_than_the_logging_interval_names_its_metrics_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """With max_steps below log_every_n_steps the only row is written after the summary, which said "none (no
+    logger)" of a metrics.csv that then held it."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3",
+               "--trainer.log_every_n_steps", "10") == 0  # fmt: skip
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("metrics")]
+    metrics = tmp_path / read_latest(tmp_path) / "metrics.csv"
+    assert line.split() == ["metrics", str(metrics)]
+    assert [row["step"] for row in csv.DictReader(metrics.open()) if row["train/loss"]] == ["2"]
