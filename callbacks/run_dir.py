@@ -41,7 +41,6 @@ from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, last_receip
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.run import read_latest, write_latest
-from lit_psion.core.text import shell_words
 from lit_psion.loggers import RunCSVLogger
 
 
@@ -282,7 +281,7 @@ class RunDirectory(Callback):
         console.print(f"  checkpoint     {checkpoint}")
         rows = layout.metrics.is_file() or any(isinstance(logger, RunCSVLogger) for logger in trainer.loggers)
         console.print(f"  metrics        {layout.metrics if rows else 'none (no logger)'}")  # (last rows: teardown)
-        console.print(f"  resume with    --trainer.default_root_dir {shell_words(layout.root)} --ckpt_path last")
+        console.print(f"  resume with    {layout.resume_flags}")
 
 
 DATA = "data manifest"

@@ -455,8 +455,8 @@ class Transactional:
             raise TransactionError(
                 f"{len(self._streak)} consecutive steps rolled back (steps {first}-{last}, last reasons: "
                 f"{', '.join(reasons)}); training is diverging: check the data or the policy's limits, then "
-                + ("continue with --ckpt_path last, with a lower learning rate if it is the cause (a resume "
-                   f"trains with the config's: {lr_flag(module)})" if durable else
+                + (f"continue with {self._run.layout.resume_flags}, with a lower learning rate if it is the cause "
+                   f"(a resume trains with the config's: {lr_flag(module)})" if durable else
                    "start a new run (no checkpoint was written yet), with a lower learning rate if need be")
             )
         if step % trainer.log_every_n_steps == 0 or step == trainer.max_steps:  # cumulative: on the rows, the last too

@@ -97,7 +97,8 @@ def test_no_room_for_temporary_files_at_start_up_is_one_line(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("step", "says"), [
     (2, "; run {run} has no durable checkpoint yet, so there is nothing to continue: start again without --ckpt_path"),
-    (5, "; continue run {run} from its latest durable checkpoint with --ckpt_path last"),
+    (5, "; continue run {run} from its latest durable checkpoint with --trainer.default_root_dir {root} "
+        "--ckpt_path last"),
 ], ids=["before the first checkpoint", "after one"])  # fmt: skip
 def test_a_ctrl_c_mid_fit_says_whether_there_is_anything_to_continue(tmp_path: Path, step: int, says: str) -> None:
     """Interrupted before its first checkpoint, the run was recorded paused and the line said only 'interrupted';
@@ -118,7 +119,8 @@ def test_a_ctrl_c_mid_fit_says_whether_there_is_anything_to_continue(tmp_path: P
                           preexec_fn=own_group_with_ctrl_c)  # fmt: skip
     assert done.returncode == 130, done.stderr[-2000:]
     run = read_latest(root)
-    assert done.stderr.strip().splitlines()[-1] == "lit_psion: interrupted" + says.format(run=run), done.stderr[-2000:]
+    said = says.format(run=run, root=root)  # (the root named: a preset's own root is not this one)
+    assert done.stderr.strip().splitlines()[-1] == "lit_psion: interrupted" + said, done.stderr[-2000:]
     assert "Detected KeyboardInterrupt" not in done.stderr and "\n\n" not in done.stderr, done.stderr[-2000:]
 
 

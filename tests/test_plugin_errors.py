@@ -443,7 +443,8 @@ def test_an_error_of_the_users_code_is_its_and_one_of_lit_psions_is_a_bug(tmp_pa
     if code == 14:
         assert line.startswith("lit_psion: error: your code raised ") and f"(raised at {__file__}:" in line, line
         assert line.endswith(f", in on_train_batch_end); fix it; continue run {run.name} from its latest durable "
-                             "checkpoint with --ckpt_path last (set LIT_PSION_DEBUG=1 for the traceback)"), line
+                             f"checkpoint with --trainer.default_root_dir {tmp_path} --ckpt_path last (set "
+                             "LIT_PSION_DEBUG=1 for the traceback)"), line
     else:
         assert line.startswith("lit_psion: unexpected error: ValueError: canonical JSON cannot encode") and \
             "lit_psion/core/digest.py:" in line, line  # fmt: skip

@@ -248,9 +248,10 @@ def test_a_sigterm_during_validation_pauses_after_it_and_keeps_its_eval(
     assert result.returncode == 143, result.stderr[-2000:]
     assert latest_checkpoint(tmp_path)["global_step"] == 6 if every == 3 else 4  # (a resume replays 5 and 6)
     said, run_id = result.stderr.strip().splitlines()[-1], read_latest(tmp_path)
-    assert said == (f"lit_psion: paused by SIGTERM at step 6, checkpointed; continue run {run_id} with --ckpt_path "
-                    "last" if every == 3 else f"lit_psion: paused by SIGTERM at step 6; continue run {run_id} with "
-                    "--ckpt_path last from its latest durable checkpoint, step 4 (the steps after it train again)")
+    flags = f"--trainer.default_root_dir {tmp_path} --ckpt_path last"
+    assert said == (f"lit_psion: paused by SIGTERM at step 6, checkpointed; continue run {run_id} with {flags}"
+                    if every == 3 else f"lit_psion: paused by SIGTERM at step 6; continue run {run_id} with "
+                    f"{flags} from its latest durable checkpoint, step 4 (the steps after it train again)")
     resume = callbacks_config(tmp_path / "cb.json", ("RecordConsumed", {"path": str(ids)}))
     assert fit(*common, "--config", resume, "--ckpt_path", "last") == 0
     _assert_same_run(latest_checkpoint(tmp_path), consumed(ids), uninterrupted)

@@ -145,7 +145,7 @@ def what_remains(layout: RunLayout) -> str:
     if not layout.pointer.is_file():
         return (f"; run {layout.run_id} has no durable checkpoint yet, so there is nothing to continue: start again "
                 "without --ckpt_path")  # fmt: skip
-    return f"; continue run {layout.run_id} from its latest durable checkpoint with --ckpt_path last"
+    return f"; continue run {layout.run_id} from its latest durable checkpoint with {layout.resume_flags}"
 
 
 def say_user_code_failed(what: str, error: BaseException, fitting: RunLayout | None) -> int:
@@ -166,9 +166,9 @@ def what_the_pause_kept(layout: RunLayout) -> str:
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return what_remains(layout)  # no run yet, or no durable checkpoint
     if step == pointed:
-        return f" at step {step}, checkpointed; continue run {layout.run_id} with --ckpt_path last"
-    return (f" at step {step}; continue run {layout.run_id} with --ckpt_path last from its latest durable checkpoint, "
-            f"step {pointed} (the steps after it train again)")
+        return f" at step {step}, checkpointed; continue run {layout.run_id} with {layout.resume_flags}"
+    return (f" at step {step}; continue run {layout.run_id} with {layout.resume_flags} from its latest durable "
+            f"checkpoint, step {pointed} (the steps after it train again)")
 
 
 def remove_if_unborn(run_dir: Path) -> None:

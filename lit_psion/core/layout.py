@@ -219,6 +219,13 @@ class RunLayout:
     def is_run(self) -> bool:
         return self.run_file.is_file()
 
+    @property
+    def resume_flags(self) -> str:
+        """What continues this run from the command that trained it: its root, and ``--ckpt_path last``."""
+        from lit_psion.core.text import shell_words
+
+        return f"--trainer.default_root_dir {shell_words(self.root)} --ckpt_path last"
+
 
 def linked(path: Path, what: str, fix: str = "move the directory it points to into its place") -> str:
     """The line for a directory that is a symlink where lit_psion reads and writes a real one (SPEC §6: what a run

@@ -60,5 +60,6 @@ def after_a_failed_write(checkpoint: Path, fix: str) -> str:
     """What a failed write of ``checkpoint`` (a step directory in a run's ``checkpoints/``) leaves, and the way on:
     ``fix`` the cause, then continue from the pointed-to checkpoint, or, with none yet, start the fit again."""
     if (checkpoint.parent / POINTER_FILE).exists():
-        return f"the previous checkpoint is still the pointed-to one ({fix}, then --ckpt_path last)"
+        flags = RunLayout(checkpoint.parent.parent.parent, checkpoint.parent.parent.name).resume_flags
+        return f"the previous checkpoint is still the pointed-to one ({fix}, then {flags})"
     return f"the run has no earlier checkpoint to continue from ({fix}, then run the fit again without --ckpt_path)"

@@ -218,7 +218,7 @@ def test_the_cli_stops_a_diverging_run_with_exit_7(tmp_path: Path, capsys: pytes
     assert code == 7
     said = capsys.readouterr().err
     assert "3 consecutive steps rolled back" in said
-    assert "continue with --ckpt_path last, with a lower learning rate if it is the cause" in said
+    assert f"continue with --trainer.default_root_dir {tmp_path} --ckpt_path last, with a lower learning rate" in said
     run = tmp_path / read_latest(tmp_path)
     assert read_json(run / "run.json")["failure_class"] == "diverged"
 
