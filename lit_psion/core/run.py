@@ -281,9 +281,11 @@ def run_stage(model: Any, callbacks: list[Any]) -> str:
 def plain_run_id(run_id: str) -> str:
     """``run_id`` if it can name a run directory (exit 2 otherwise)."""
     plain = run_id and Path(run_id).name == run_id and run_id not in (".", "..") and run_id.isprintable()
-    if not plain or run_id.startswith((".", "-")) or len(run_id.encode()) > MAX_RUN_ID_BYTES or run_id == LATEST_FILE:
+    if not plain or run_id.startswith((".", "-")) or len(run_id.encode()) > MAX_RUN_ID_BYTES or run_id == LATEST_FILE \
+            or run_id != run_id.strip():  # (" " named a directory no listing shows, nor a pasted command keeps)
         raise ConfigError(f"{RUN_ID_ENV}={run_id[:80]!r} is not a run id (a plain directory name inside the runs root, "
-                          f"at most {MAX_RUN_ID_BYTES} bytes, not starting with '.' or '-', not {LATEST_FILE})")
+                          f"at most {MAX_RUN_ID_BYTES} bytes, not starting with '.', '-' or a space, not ending with a "
+                          f"space, not {LATEST_FILE})")
     return run_id
 
 

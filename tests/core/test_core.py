@@ -113,7 +113,7 @@ def test_a_lost_peer_is_told_with_the_recovery_that_will_happen(
 
 
 @pytest.mark.parametrize("run_id", ["../x", "", ".", "..", "a/b", "/abs", "r" * 129, "latest_run.json", ".lock", "-rf",
-                                    "a\nb", "tab\there"])  # fmt: skip
+                                    "a\nb", "tab\there", " ", " lead", "trail "])  # fmt: skip
 def test_a_run_id_that_cannot_name_a_run_directory_is_exit_2(run_id: str) -> None:
     """A run id names a directory beside latest_run.json: one too long for the file system, the index's own name,
     a hidden or option-like name, or one with control characters was exit 1 or a directory no one could use."""
