@@ -42,8 +42,10 @@ def place_wandb_runs(loggers: list[Any], layout: RunLayout) -> None:
             if init_args.get(key) is None:
                 init_args[key] = layout.run_id
         keyless = not _wandb_api_key() and "WANDB_MODE" not in os.environ
-        if init_args.get("log_model") not in (None, False) and (keyless or init_args.get("offline")):
-            why = "offline: true" if init_args.get("offline") else "no W&B API key here, so it would log offline"
+        offline_mode = mode in ("offline", "dryrun")
+        if init_args.get("log_model") not in (None, False) and (keyless or init_args.get("offline") or offline_mode):
+            why = ("offline: true" if init_args.get("offline") else f"WANDB_MODE={mode}" if offline_mode else
+                   "no W&B API key here, so it would log offline")  # fmt: skip
             raise ConfigError(f"trainer.logger.init_args.log_model {init_args.get('log_model')!r} uploads checkpoints, "
                               f"which offline W&B cannot ({why}); set log_model false (lit_psion keeps every "
                               "checkpoint in the run directory), or log in (wandb login) to log online")  # fmt: skip
