@@ -454,7 +454,7 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
     log.append(body)
     log.close()
     return path, {"checkpoint": str(path), "weights_sha256": written.weights_sha256,
-                  "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values())}
+                  "tensors": len(weights), "values": sum(t.numel() for t in weights.values())}
 
 
 def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> VerifiedCheckpoint:

@@ -69,7 +69,7 @@ def main(args: list[str]) -> None:
         print(f"already consolidated: {path} is {checkpoint.path.name}'s receipted copy and verifies "
               f"(model.safetensors sha256 {summary['weights_sha256'][:16]}...); nothing written")  # fmt: skip
         return
-    print(f"consolidated {checkpoint.path.name} ({summary['parameters']:,} parameters in {summary['tensors']} tensors) "
+    print(f"consolidated {checkpoint.path.name} ({summary['values']:,} values in {summary['tensors']} named tensors) "
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")
 
 
