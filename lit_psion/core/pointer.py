@@ -37,8 +37,12 @@ def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
         return None
     try:
         record = read_json(path)
-        pointer = CheckpointPointer(step=int(record["step"]), checkpoint=str(record["checkpoint"]),
-                                    manifest_sha256=str(record["manifest_sha256"]))  # fmt: skip
+        pointer = CheckpointPointer(step=record["step"], checkpoint=record["checkpoint"],
+                                    manifest_sha256=record["manifest_sha256"])  # fmt: skip
+        shaped = type(pointer.step) is int and isinstance(pointer.checkpoint, str)
+        if not shaped or not isinstance(pointer.manifest_sha256, str):  # ("12" for 12: as it was written, or not)
+            raise TypeError(f"step {pointer.step!r}, checkpoint {pointer.checkpoint!r}, manifest_sha256 "
+                            f"{pointer.manifest_sha256!r}: a number and two strings")  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
         raise CheckpointError(f"checkpoint pointer {str(path)!r} is malformed ({error})") from error
     if step_of(pointer.checkpoint) is None:

@@ -218,6 +218,12 @@ BAD_POINTERS = [
         {**read_json(pointer), "checkpoint": "step-000050", "step": 50})), "names step-000050", 4),
     ("deleted, though the receipts record durable checkpoints", lambda pointer: pointer.unlink(),
      "is missing, though the receipts record a durable checkpoint", 4),
+    ("its step a string", lambda pointer: pointer.write_text(json.dumps(
+        {**read_json(pointer), "step": str(read_json(pointer)["step"])})), "is malformed", 4),
+    ("its step true", lambda pointer: pointer.write_text(json.dumps({**read_json(pointer), "step": True})),
+     "is malformed", 4),
+    ("its digest a number", lambda pointer: pointer.write_text(json.dumps({**read_json(pointer),
+                                                                           "manifest_sha256": 7})), "is malformed", 4),
 ]
 
 
