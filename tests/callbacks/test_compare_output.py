@@ -130,3 +130,25 @@ def test_an_edited_config_is_not_shown_as_part_of_a_vouched_comparison(
     assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
     err = capsys.readouterr().err.strip().splitlines()
     assert f"{edit}:" in err[-1] and "its columns above are not what they vouch for" in err[-1], err
+
+
+@pytest.mark.parametrize("made", ["a directory", "a symlink"])
+def test_a_metrics_csv_that_is_not_a_file_is_not_compared_as_an_empty_one(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, made: str
+) -> None:
+    """A metrics.csv replaced by a directory was read as no metrics (exit 0) while doctor failed it."""
+    import shutil
+
+    copy = tmp_path / two_runs[0].name
+    shutil.copytree(two_runs[0], copy)
+    metrics = copy / "metrics.csv"
+    if made == "a directory":
+        metrics.unlink()
+        metrics.mkdir()
+    else:
+        metrics.rename(tmp_path / "elsewhere.csv")
+        metrics.symlink_to(tmp_path / "elsewhere.csv")
+    capsys.readouterr()
+    assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
+    assert "is not a run's metrics CSV" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
