@@ -177,6 +177,11 @@ def _refuse_what_generate_does_not_read(path: Path) -> None:
         raise ConfigError(f"{str(path)!r} is an exported adapter, which holds no base weights; give the adapter run "
                           f"itself ({str(path.parent)!r}), or merge it first: python -m lit_psion adapter merge "
                           f"{shell_words(path)} --base BASE_RUN --out DIR")  # fmt: skip
+    layout = RunLayout.of(path)
+    if layout.receipts.is_file() or layout.checkpoints.is_dir():  # a run that lost its run.json: said as such
+        from lit_psion.commands.receipts import run_layout
+
+        run_layout(path)
     what = "does not exist" if not (path.exists() or path.is_symlink()) else "is none of them"
     raise ConfigError(f"generate reads {forms}; {str(path)!r} {what}")
 

@@ -281,3 +281,17 @@ def test_a_sample_prompt_the_tokenizer_cannot_read_is_warned_about_at_the_end_of
     capsys.readouterr()
     assert main(args) == 0
     assert "the tokenizer has no token for '\u20ac' in GenerateSample's prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lost", ["run.json", "run.json and receipts.jsonl"])
+def test_a_run_that_lost_its_run_json_is_said_to_have_lost_it(
+    runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture, lost: str
+) -> None:
+    """generate said the run directory "is none of them" (exit 2), where every other command names the missing
+    run.json (exit 5)."""
+    run = shutil.copytree(runs["base"], tmp_path / runs["base"].name)
+    (run / "run.json").unlink()
+    if lost != "run.json":
+        (run / "receipts.jsonl").unlink()
+    code, _, err = _sample(capsys, str(run))
+    assert code == 5 and "no run.json" in err and "is none of them" not in err, err
