@@ -24,9 +24,10 @@ from lit_psion.core.checkpoint import (
     verify_checkpoint,
 )
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import CheckpointError, DataError, EvidenceError, LitPsionError
+from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
+from lit_psion.core.lock import LOCK_FILE, unusable_lock
 from lit_psion.core.manifest import read_data_manifest
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.receipted import receipted_checkpoints
@@ -388,9 +389,11 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
         return [Verdict(layout.run_file.name, False, f"unreadable: {error}", EvidenceError.exit_code),
                 audit_receipts(layout, unread), *audit_checkpoints(layout), *audit_consolidated(layout),
                 *audit_skip_list(layout)]  # fmt: skip
-    verdicts = [audit_record(layout, record)]
-    return [*verdicts, audit_receipts(layout, record), *audit_checkpoints(layout), *audit_files(layout, record),
-            *audit_consolidated(layout), *audit_skip_list(layout)]  # fmt: skip
+    verdicts = [audit_record(layout, record), audit_receipts(layout, record), *audit_checkpoints(layout),
+                *audit_files(layout, record), *audit_consolidated(layout), *audit_skip_list(layout)]  # fmt: skip
+    if (lock := unusable_lock(layout.run_dir)) is not None:  # last: the evidence's verdicts decide the exit code
+        verdicts.append(Verdict(LOCK_FILE, False, lock, ConfigError.exit_code))
+    return verdicts
 
 
 def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:

@@ -161,6 +161,16 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
+def unusable_lock(directory: str | Path) -> str | None:
+    """What is in ``directory``'s lock file's place when no lock can be taken through it (a writer refuses it), or
+    None: no lock file, or a plain one."""
+    path = Path(directory) / LOCK_FILE
+    if not (path.exists() or path.is_symlink()) or (path.is_file() and not path.is_symlink()):
+        return None
+    what = "a symlink" if path.is_symlink() else "a directory" if path.is_dir() else "not a regular file"
+    return f"is {what}, not a lock file: a fit or command that writes the run refuses it; remove it"
+
+
 def _open(path: Path) -> int:
     """The lock file, created if need be; never followed through a symlink."""
     try:

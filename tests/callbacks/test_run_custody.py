@@ -389,3 +389,21 @@ def test_a_ctrl_c_while_a_run_starts_leaves_no_run_json_naming_files_never_writt
     err = capsys.readouterr().err
     assert "was stopped as it started" in err and "backup" not in err
     assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "3") == 0
+
+
+@pytest.mark.parametrize("made_as", ["a directory", "a symlink"])  # (a FIFO: refused as any special file is)
+def test_doctor_names_a_lock_no_writer_can_take(made: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                made_as: str) -> None:  # fmt: skip
+    """A `.lock` that is a directory passed doctor ("all artifacts verified") while the resume refused it."""
+    _, run = _copy(made, tmp_path)
+    lock = run / ".lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir() if made_as == "a directory" else lock.symlink_to(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 2
+    said = capsys.readouterr().out
+    assert f"FAIL .lock: is {made_as}, not a lock file" in said
+    assert [line for line in said.splitlines() if line.startswith("FAIL")] == [line for line in said.splitlines()
+                                                                               if ".lock" in line]  # fmt: skip
+    lock.rmdir() if made_as == "a directory" else lock.unlink()
+    assert main(["doctor", str(run)]) == 0
