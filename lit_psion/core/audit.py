@@ -182,15 +182,14 @@ def lost_run_record(checkpoint: VerifiedCheckpoint) -> str | None:
     names the directory's run id, or the run's receipts are still there), else None. Without run.json the receipts
     vouch for none of the run's checkpoints: given by path, one is held to its manifest alone, and weights swapped
     under a re-hashed manifest would pass. (A checkpoint copied out of its run is a checkpoint on its own.)"""
-    path = checkpoint.path.resolve()
-    layout = RunLayout.of(path.parent.parent)
+    layout = RunLayout.of((path := checkpoint.path.resolve()).parent.parent)
     if layout.is_run() or path.parent.name not in {layout.checkpoints.name, layout.consolidated.name}:
         return None
-    if checkpoint.manifest.run_id != layout.run_id and not any(
-            item.exists() or item.is_symlink() for item in (layout.run_file, layout.receipts)):  # fmt: skip
+    if checkpoint.manifest.run_id != layout.run_id and not any(p.exists() or p.is_symlink() for p in (
+            layout.run_file, layout.receipts)):  # fmt: skip
         return None
-    what = "is not a file" if layout.run_file.exists() or layout.run_file.is_symlink() else "is missing"
-    return f"checkpoint {str(path)!r} is in run {layout.run_id!r}, whose {layout.run_file.name} {what}"
+    return (f"checkpoint {str(path)!r} is in run {layout.run_id!r}, whose {layout.run_file.name} "
+            f"{'is not a file' if layout.run_file.exists() or layout.run_file.is_symlink() else 'is missing'}")
 
 
 def hold_to_its_chain(layout: RunLayout) -> None:
@@ -207,8 +206,6 @@ def hold_to_its_chain(layout: RunLayout) -> None:
     if lock_holder(layout.run_dir) is not None or not (layout.receipts.exists() or layout.receipts.is_symlink()):
         return
     check_chain(layout, RunRecord.load(layout), before_torn_tail=True)
-
-
 
 
 def changed_records(layout: RunLayout) -> list[Verdict]:
@@ -397,8 +394,8 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
 
 
 def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
-    """run.json against what the run's directory and chain say: its run id, and for a sealed chain its status and
-    step; the model signature of the last ``training_run`` receipt; a step no older than the pointed-to checkpoint."""
+    """run.json against its directory and chain: run id; a sealed chain's status and step; the last training_run
+    receipt's model signature and stage; a step no older than the pointer's; a failure only if failed; an attempt."""
     problems = []
     if record.run_id != layout.run_id:
         problems.append(f"it names run {record.run_id!r}, but its directory is {layout.run_id!r} (a run directory "
@@ -422,6 +419,12 @@ def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
     signed = last_run.get("model_signature") if last_run is not None else None
     if None not in (signed, record.model_signature) and signed != record.model_signature:
         problems.append(f"its model_signature is not the one the last training_run receipt records ({signed})")
+    if (staged := (last_run or {}).get("stage_id")) is not None and staged != record.stage:
+        problems.append(f"it says stage {record.stage!r}, but the last training_run receipt records {staged!r}")
+    if record.status != RunStatus.FAILED and (record.failure, record.failure_class) != (None, None):
+        problems.append(f"it says {record.status}, but records a failure ({record.failure_class}: {record.failure})")
+    if record.attempts < 1:  # (the record is written by an attempt, which counts itself first)
+        problems.append(f"it counts {record.attempts} attempts, but a run's record is written by one")
     try:
         pointer = read_pointer(layout)
     except CheckpointError:

@@ -407,3 +407,21 @@ def test_doctor_names_a_lock_no_writer_can_take(made: Path, tmp_path: Path, caps
                                                                                if ".lock" in line]  # fmt: skip
     lock.rmdir() if made_as == "a directory" else lock.unlink()
     assert main(["doctor", str(run)]) == 0
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ({"failure": "boom", "failure_class": "diverged"}, "it says completed, but records a failure (diverged: boom)"),
+    ({"failure_class": "storage_full"}, "it says completed, but records a failure (storage_full: None)"),
+    ({"stage": "finetune"}, "it says stage 'finetune', but the last training_run receipt records 'pretrain'"),
+    ({"attempts": 0}, "it counts 0 attempts, but a run's record is written by one"),
+], ids=["a failure on a completed run", "a failure class alone", "another stage", "no attempt"])  # fmt: skip
+def test_doctor_fails_a_run_json_that_contradicts_itself_or_its_receipts(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, said: str
+) -> None:
+    """Each of these edits passed doctor, receipts verify and ckpt verify (exit 0)."""
+    _, run = _copy(made, tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, **edit}))
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 5
+    assert said in capsys.readouterr().out
