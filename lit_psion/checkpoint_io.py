@@ -460,7 +460,8 @@ def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str
 def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> VerifiedCheckpoint:
     """The run's consolidated copy of the sharded checkpoint ``verified`` (``<run>/consolidated/step-NNNNNN``).
 
-    Raises: CheckpointError: there is none, it does not verify, or it gathers another checkpoint.
+    Raises:
+        CheckpointError: there is none, it does not verify, or it gathers another checkpoint.
     """
     path = layout.consolidated / verified.path.name
     hint = f"run `python -m lit_psion ckpt consolidate {shell_words(layout.run_dir)}` first"

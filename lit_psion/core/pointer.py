@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.files import atomic_write_json, read_json
-from lit_psion.core.layout import POINTER_FILE, RunLayout, step_of
+from lit_psion.core.layout import RunLayout, step_of
 
 if TYPE_CHECKING:
     from lit_psion.core.checkpoint import VerifiedCheckpoint
@@ -61,9 +61,12 @@ def write_pointer(layout: RunLayout, checkpoint: VerifiedCheckpoint | Checkpoint
 
 
 def after_a_failed_write(checkpoint: Path, fix: str) -> str:
-    """What a failed write of ``checkpoint`` (a step directory in a run's ``checkpoints/``) leaves, and the way on:
-    ``fix`` the cause, then continue from the pointed-to checkpoint, or, with none yet, start the fit again."""
-    if (checkpoint.parent / POINTER_FILE).exists():
-        flags = RunLayout(checkpoint.parent.parent.parent, checkpoint.parent.parent.name).resume_flags
-        return f"the previous checkpoint is still the pointed-to one ({fix}, then {flags})"
+    """What a failed write of the checkpoint directory ``checkpoint`` leaves, and the way on: ``fix`` the cause, then,
+    in a run's ``checkpoints/``, continue from the pointed-to checkpoint or, with none yet, start the fit again; else
+    (a consolidated copy, a window's revision) run the command again."""
+    layout = RunLayout.of(checkpoint.parent.parent)
+    if checkpoint.parent.name != layout.checkpoints.name or not layout.is_run():
+        return f"nothing was written in its place ({fix}, then run the command again)"
+    if layout.pointer.exists():
+        return f"the previous checkpoint is still the pointed-to one ({fix}, then {layout.resume_flags})"
     return f"the run has no earlier checkpoint to continue from ({fix}, then run the fit again without --ckpt_path)"

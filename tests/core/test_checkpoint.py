@@ -349,3 +349,20 @@ def test_a_deeply_nested_manifest_is_a_checkpoint_error_not_a_crash(tmp_path: Pa
         (checkpoint / "manifest.json").write_text(payload)
         with pytest.raises(CheckpointError):
             verify_checkpoint(checkpoint)
+
+
+def test_a_failed_checkpoint_write_says_the_way_on_for_where_it_was_written(layout: RunLayout, tmp_path: Path) -> None:
+    """It named a previous, pointed-to checkpoint and --ckpt_path last whatever was written: at a run's first
+    checkpoint (none to continue from), and for a consolidated copy or a window's revision (no fit to resume)."""
+    from lit_psion.core.pointer import after_a_failed_write
+
+    step = layout.checkpoints / "step-000003"
+    assert after_a_failed_write(step, "fix it").startswith("the run has no earlier checkpoint to continue from")
+    layout.checkpoints.mkdir()
+    layout.pointer.write_text("{}")
+    said = after_a_failed_write(step, "fix it")
+    assert said == f"the previous checkpoint is still the pointed-to one (fix it, then {layout.resume_flags})"
+    assert "--trainer.default_root_dir" in said
+    for elsewhere in (layout.consolidated / "step-000003", tmp_path / "revisions" / "r-0001"):
+        assert after_a_failed_write(elsewhere, "fix it") == "nothing was written in its place (fix it, then run the " \
+                                                            "command again)"  # fmt: skip
