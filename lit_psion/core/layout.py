@@ -18,6 +18,7 @@ from typing import Any
 
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.files import fsync_path, read_json
+from lit_psion.core.text import shell_words
 
 LATEST_FILE = "latest_run.json"
 RUN_FILE = "run.json"
@@ -222,8 +223,6 @@ class RunLayout:
     @property
     def resume_flags(self) -> str:
         """What continues this run from the command that trained it: its root, and ``--ckpt_path last``."""
-        from lit_psion.core.text import shell_words
-
         return f"--trainer.default_root_dir {shell_words(self.root)} --ckpt_path last"
 
 
