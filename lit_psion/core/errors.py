@@ -188,9 +188,26 @@ def _out_of_memory(error: BaseException) -> ConfigError | None:
     if not (cpu or isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"):
         return None
     asked = text.split("DefaultCPUAllocator: ", 1)[-1].split(" Error code", 1)[0].strip() or type(error).__name__
+    if (data := _making_the_data(error)) is not None:
+        return ConfigError(f"the machine ran out of memory ({asked}) while {data.__name__} made its data; lower the "
+                           f"data's sizes (its sample counts, batch or context size: --data.help "
+                           f"{data.__module__}.{data.__qualname__} lists them), or run where more memory is free")
     return ConfigError(f"the machine ran out of memory ({asked}); lower the model's sizes (its width, depth or "
                        "nodes: --model.help CLASS_PATH lists them), the data's batch or context size, or run where "
                        "more memory is free")  # fmt: skip
+
+
+def _making_the_data(error: BaseException) -> type | None:
+    """The class of the LightningDataModule whose method ``error`` was raised in (a generator asked for more
+    samples than fit), else None: the model's sizes are then not the ones to lower."""
+    lightning = sys.modules.get("lightning.pytorch")
+    if lightning is None:
+        return None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, lightning.LightningDataModule):
+            return type(owner)
+    return None
 
 
 def _monitors_a_missing_metric(error: BaseException) -> bool:
