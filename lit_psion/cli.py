@@ -126,6 +126,15 @@ CALLBACK_GROUPS = {"receipts": Receipts, "telemetry": Telemetry, "dashboard": Da
 order: a step's receipt is appended before the checkpoint that records the chain's head is written."""
 
 
+class _Parser(LightningArgumentParser):
+    """Lightning's parser, named as the command is run: jsonargparse makes a parser of this class for each
+    ``--model.help CLASS_PATH`` and ``--data.help CLASS_PATH`` without a name, and argparse's default is the
+    script's file name (``__main__.py``)."""
+
+    def __init__(self, *args: Any, prog: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, prog=prog or "python -m lit_psion", **kwargs)
+
+
 class LitPsionCLI(LightningCLI):
     """LightningCLI that gives every fit a run directory and resolves ``--ckpt_path last`` by pointer.
 
@@ -155,6 +164,7 @@ class LitPsionCLI(LightningCLI):
                 save_config_callback=None,  # RunDirectory writes config.yaml into the run directory
                 trainer_defaults={"enable_checkpointing": False, "default_root_dir": DEFAULT_ROOT},
                 parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "prog": "python -m lit_psion"},
+                parser_class=_Parser,
                 seed_everything_default=1337,
                 auto_configure_optimizers=False,  # the model builds its optimizer (model.init_args.optimizer)
                 args=args,

@@ -203,3 +203,12 @@ def test_a_ctrl_c_after_a_command_has_said_its_verdict_does_not_undo_it(tmp_path
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env=subprocess_env(), cwd=REPO_ROOT)  # fmt: skip
     assert done.returncode == 0 and "ok" in done.stdout and "KeyboardInterrupt" not in done.stderr, done
+
+
+@pytest.mark.parametrize("flag", [("--model.help", "lit_psion.models.DecoderLM"),
+                                  ("--data.help", "lit_psion.datamodules.dynamics.DynamicsDataModule")])  # fmt: skip
+def test_a_class_help_names_the_command_as_it_is_run(flag: tuple[str, str], capsys: pytest.CaptureFixture) -> None:
+    """Its usage line said ``usage: __main__.py [--model.decoder ...]``, a file the user never ran."""
+    assert main(["fit", *flag]) == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage.startswith("usage: python -m lit_psion [--"), usage
