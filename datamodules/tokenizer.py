@@ -78,12 +78,15 @@ def tokenizer_cache_path(cache_dir: Path, kind: TokenizerKind, vocab_size: int, 
 
 
 def tokenizer_key(manifest: Any) -> dict:
-    """What a corpus's trained tokenizer is cached by: its sources' digests and its split settings (the
-    :class:`~lit_psion.core.manifest.DataManifest` ``manifest``'s)."""
+    """What a corpus's trained tokenizer is cached by: everything that decides the text it is trained on (the
+    :class:`~lit_psion.core.manifest.DataManifest` ``manifest``'s sources' digests and split settings, and under the
+    ``hash`` split the sources' paths too, which each document's split is hashed from)."""
     key = {"sources": [s.sha256 for s in manifest.sources],
            "split": [manifest.split_rule, manifest.split_seed, manifest.val_fraction, manifest.documents]}  # fmt: skip
     if manifest.test_fraction:  # the key of a corpus without a test split is what it was before they existed
         key["split"].append(manifest.test_fraction)
+    if manifest.split_rule == "hash":  # the same bytes under other paths are split otherwise
+        key["paths"] = [s.path for s in manifest.sources]
     return key
 
 
