@@ -2,8 +2,8 @@
 
 Beyond the run directory's own files (core's audit), it checks the text files a corpus run trained on (as a resume
 started here would read them), and what the run reads from its cache (the config's
-``cache_dir``, else ``$LIT_PSION_CACHE``): a corpus run's token cache and a MOSAIC run's event tokenizer, against
-the data manifest; and an exported adapter (``RUN_DIR/adapter``).
+``cache_dir``, else ``$LIT_PSION_CACHE``): a corpus run's token cache and tokenizer (or the tokenizer file it was
+given) and a MOSAIC run's event tokenizer, against the data manifest; and an exported adapter (``RUN_DIR/adapter``).
 
 Exit 0 when every artifact verifies; otherwise the exit code of the first failing artifact's class
 (3 data, 4 checkpoint, 5 evidence), after every line is printed.
@@ -201,10 +201,38 @@ def _token_cache(layout: RunLayout) -> list[Verdict]:
         manifest = DataManifest.from_json_dict(record)
     except (ValueError, KeyError, TypeError, AttributeError):
         return []  # generated data (nothing cached), or a manifest its own verdict refuses
+    tokenizer = _corpus_tokenizer(layout, manifest, default_cache_dir(cache_dir))
     try:
-        return [_relative(Verdict("token cache", True, check_token_cache(manifest, cache_dir)), cache_dir)]
+        return [_relative(tokenizer, cache_dir),
+                _relative(Verdict("token cache", True, check_token_cache(manifest, cache_dir)), cache_dir)]
     except LitPsionError as error:
-        return [_relative(Verdict("token cache", False, str(error), error.exit_code), cache_dir)]
+        return [_relative(tokenizer, cache_dir),
+                _relative(Verdict("token cache", False, str(error), error.exit_code), cache_dir)]
+
+
+def _corpus_tokenizer(layout: RunLayout, manifest: DataManifest, cache_dir: Path) -> Verdict:
+    """The tokenizer a resume of a corpus run would read: its ``tokenizer_file``, else the shared cache's entry for
+    its text and settings, against the manifest's ``tokenizer_digest``."""
+    from lit_psion.datamodules.tokenizer import tokenizer_cache_path, tokenizer_key
+
+    data = _configured_data(layout)
+    given = data.get("tokenizer_file")
+    if isinstance(given, str) and given:
+        path = Path(given).expanduser()
+        actual = sha256_file(path) if path.is_file() else None
+        flag = f"--data.tokenizer_file {given!r}"
+        if actual == manifest.tokenizer_digest:
+            return Verdict("tokenizer", True, f"{flag} matches the manifest's tokenizer_digest")
+        what = "is not a file" if actual is None else f"(sha256 {actual[:16]}...) is not the tokenizer the run trained"
+        own = layout.run_dir / "tokenizer.json"
+        return Verdict("tokenizer", False, f"{flag} {what} (with {manifest.tokenizer_digest[:16]}...): a resume "
+                       f"refuses it; put it back, or resume with --data.tokenizer_file {own}", DataError.exit_code)
+    kind, vocab_size = data.get("tokenizer", "bpe"), data.get("vocab_size")
+    try:
+        path = tokenizer_cache_path(cache_dir, kind, vocab_size, tokenizer_key(manifest))
+    except (TypeError, ValueError) as error:  # settings no cache key is made of: the config's own verdict says so
+        return Verdict("tokenizer", False, f"cannot be looked up from config.yaml ({error})", DataError.exit_code)
+    return _cached_tokenizer("tokenizer", path, cache_dir, manifest.tokenizer_digest, ("resume", "a resume"))
 
 
 def _relative(verdict: Verdict, cache_dir: str | None) -> Verdict:
@@ -221,39 +249,54 @@ def _relative(verdict: Verdict, cache_dir: str | None) -> Verdict:
 
 def _configured_cache_dir(layout: RunLayout) -> str | None:
     """The ``data.init_args.cache_dir`` the run's config.yaml gives, if any."""
+    value = _configured_data(layout).get("cache_dir")
+    return value if isinstance(value, str) and value else None
+
+
+def _configured_data(layout: RunLayout) -> dict:
+    """The ``data.init_args`` of the run's config.yaml (empty when it has none it can read)."""
     import yaml
 
     try:
-        value = yaml.safe_load(read_plain(layout.config))["data"]["init_args"]["cache_dir"]
+        data = yaml.safe_load(read_plain(layout.config))["data"]["init_args"]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, str) and value else None
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _event_tokenizer(record: dict, cache_dir: Path) -> Verdict:
     """A MOSAIC run's event tokenizer, which stays in the cache: the one its manifest's ``tokenizer_digest`` pins."""
-    from lit_psion.core import sha256_file
     from lit_psion.datamodules.tokenizer import event_tokenizer_path
 
     try:
         path = event_tokenizer_path(record, cache_dir)
-        actual = sha256_file(path) if path.is_file() else None
-    except (OSError, ValueError, TypeError, RecursionError) as error:  # a manifest field no cache key is made of
+    except (ValueError, TypeError, RecursionError) as error:  # a manifest field no cache key is made of
         return Verdict("event tokenizer", False, f"cannot be looked up from data_manifest.json ({error})",
                        DataError.exit_code)  # fmt: skip
-    if actual is None:
-        return Verdict("event tokenizer", True, f"absent from {str(cache_dir)!r} (trained again from the run's "
-                       "settings when needed, and checked against the manifest then)")  # fmt: skip
-    if actual != (expected := record.get("tokenizer_digest")):
-        from lit_psion.datamodules.tokenizer import trusted_digest
+    return _cached_tokenizer("event tokenizer", path, cache_dir, record.get("tokenizer_digest"),
+                             ("events predict or resume", "events predict"))  # fmt: skip
 
-        then = ("the next events predict or resume sets it aside and trains it again (its own digest record "
-                "disagrees too)" if trusted_digest(path) != actual else "events predict refuses it (its digest "
-                "record was rewritten to match); use the cache the run trained with, or move the entry aside to "
-                "train it again")  # fmt: skip
-        return Verdict("event tokenizer", False, f"{str(path)!r} (sha256 {actual[:16]}...) is not the tokenizer the "
-                       f"run trained with ({str(expected)[:16]}...): {then}", DataError.exit_code)  # fmt: skip
-    return Verdict("event tokenizer", True, f"matches the manifest's tokenizer_digest ({str(path)!r})")
+
+def _cached_tokenizer(name: str, path: Path, cache_dir: Path, expected: object, readers: tuple[str, str]) -> Verdict:
+    """The shared cache's tokenizer entry at ``path`` against the digest the run's manifest pins (``expected``):
+    absent is fine (trained again when needed), another tokenizer is not. ``readers``: what next reads the entry,
+    and what refuses it when its digest record was rewritten to match it."""
+    from lit_psion.datamodules.tokenizer import trusted_digest
+
+    try:
+        actual = sha256_file(path) if path.is_file() else None
+    except OSError as error:
+        return Verdict(name, False, f"{str(path)!r} cannot be read ({error})", DataError.exit_code)
+    if actual is None:
+        return Verdict(name, True, f"absent from {str(cache_dir)!r} (trained again from the run's text and "
+                       "settings when needed, and checked against the manifest then)")  # fmt: skip
+    if actual != expected:
+        then = (f"the next {readers[0]} sets it aside and trains it again (its own digest record disagrees too)"
+                if trusted_digest(path) != actual else f"{readers[1]} refuses it (its digest record was rewritten to "
+                "match); use the cache the run trained with, or move the entry aside to train it again")  # fmt: skip
+        return Verdict(name, False, f"{str(path)!r} (sha256 {actual[:16]}...) is not the tokenizer the run trained "
+                       f"with ({str(expected)[:16]}...): {then}", DataError.exit_code)  # fmt: skip
+    return Verdict(name, True, f"matches the manifest's tokenizer_digest ({str(path)!r})")
 
 
 def _adapter(layout: RunLayout) -> list[Verdict]:
