@@ -77,10 +77,12 @@ class RunDirectory(Callback):
         """
         run, layout = self.run_context, self.run_context.layout
         layout.run_dir.mkdir(parents=True, exist_ok=True)
+        earlier = None if run.resumed else _earlier_attempt(layout)  # LIT_PSION_RUN_ID: no checkpoint to resume
         if run.resumed and layout.is_run():
             record = RunRecord.load(layout)
         else:
             record = RunRecord(run_id=layout.run_id, status=RunStatus.INITIALIZING)
+            record.attempts = earlier.attempts if earlier is not None else 0
         record.stage = run.stage
         record.attempts += 1
         record.code_version = __version__
@@ -90,6 +92,13 @@ class RunDirectory(Callback):
         if run.resumed:  # its files are the earlier attempts': a failure from here on is recorded (a new run's is not
             self.record = record  # until the files its run.json names are written: see on_train_start)
         self._describe_data(trainer.datamodule, record)
+        if earlier is not None:
+            then, now = earlier.data_manifest_digest, record.data_manifest_digest
+            data = (f", on other data than then (data manifest {then[:16]}... -> {now[:16]}...)"
+                    if isinstance(then, str) and isinstance(now, str) and then != now else "")
+            print(f"lit_psion: note: run {layout.run_id} starts again from step 0 (attempt {record.attempts}; its "
+                  f"earlier attempt left no checkpoint){data}: its metrics.csv rows are dropped, its receipts record "
+                  "both attempts", file=sys.stderr)  # fmt: skip
         if not run.resumed:
             _tell_of_an_unfinished_run(layout)
         write_latest(layout.root, layout.run_id)
@@ -211,11 +220,12 @@ class RunDirectory(Callback):
         if trainer.is_global_zero and (warning := resume_warning(
                 self.run_context.layout.run_id, self.run_context.changed_settings, self.run_context.config_yaml)):
             print(warning, file=sys.stderr)  # now that the resume was accepted and trains
-        if self.run_context.resumed and trainer.is_global_zero:  # (another rank's logger writes nothing)
-            for logger in trainer.loggers:
+        if trainer.is_global_zero:  # (another rank's logger writes nothing)
+            for logger in trainer.loggers:  # (a run started again in place drops every row of its earlier attempt)
                 if isinstance(logger, RunCSVLogger):
                     last = logger.experiment.drop_after(trainer.global_step)
-                    if (last or 0) + max(trainer.log_every_n_steps, 1) < trainer.global_step:
+                    behind = (last or 0) + max(trainer.log_every_n_steps, 1) < trainer.global_step
+                    if self.run_context.resumed and behind:
                         print(f"lit_psion: warning: {logger.experiment.metrics_file_path} holds rows up to step "
                               f"{last or 0}, the checkpoint is at step {trainer.global_step}: the rows between are "
                               "not in it (rows not yet flushed when a run is killed are lost, as are rows cut from "
@@ -300,6 +310,16 @@ def _incumbents(layout: RunLayout) -> list[str]:
 def _name(view: dict[str, Any], trainer: L.Trainer) -> str:
     node = view["node"]
     return node if node.startswith("rank ") else f"rank {trainer.global_rank} (node {node})"
+
+
+def _earlier_attempt(layout: RunLayout) -> RunRecord | None:
+    """The record of the run a fit starts again in place (``LIT_PSION_RUN_ID`` naming a run with no checkpoint), if
+    an earlier attempt left one."""
+    if not layout.is_run():
+        return None
+    with contextlib.suppress(LitPsionError, OSError, ValueError):
+        return RunRecord.load(layout)
+    return None
 
 
 def _tell_of_an_unfinished_run(layout: RunLayout) -> None:
