@@ -433,8 +433,8 @@ class CorpusDataModule(ReplayDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`ReplayDataModule.load_state_dict`, except that ``validate``, ``test`` and ``predict`` may read
         a checkpoint on other text (none of the sources it trained on, by content or by path: a file it trained on
-        and edited since still holds text it trained on) tokenized with the run's tokenizer; the eval receipt
-        records that data's manifest.
+        and edited since still holds text it trained on) tokenized with the run's tokenizer. (An evaluation writes
+        nothing into the run, so no receipt records that data: its scores are the command's output alone.)
 
         Raises:
             DataManifestMismatch: A fit on other data or settings; an evaluation on text the run trained on under
