@@ -277,6 +277,8 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
     if None not in (manifest.model_signature, signature) and manifest.model_signature != signature:
         changed = changed_model_settings(run.resume_from, run.config_yaml, signed_settings(pl_module)) \
             if run.resume_from else ""  # fmt: skip
+        if not changed and run.resume_from and getattr(pl_module, "base_digest", None) is not None:
+            changed = changed_model_settings(run.resume_from, run.config_yaml, ("base_checkpoint",))  # another base
         if not changed and getattr(pl_module, "base_digest", None) is not None:
             changed = (" (the same settings: the base they name is another checkpoint now, as when the base run was "
                        "continued; give --model.init_args.base_checkpoint the base's step-NNNNNN directory this run "

@@ -1,0 +1,32 @@
+"""An adapter run resumed on another base than the one it was trained on is refused naming both bases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lit_psion.core.run import read_latest
+from tests.helpers import fit
+from tests.models.test_adapter import adapter_args
+
+
+def _base(root: Path, *args: str) -> Path:
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6", *args) == 0
+    return root / read_latest(root)
+
+
+def test_an_adapter_resume_given_another_base_names_the_base_it_was_trained_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It said "the same settings: the base they name is another checkpoint now, as when the base run was
+    continued", for a base of another size at another path."""
+    trained_on = _base(tmp_path / "base")
+    smaller = _base(tmp_path / "small", "--model.init_args.decoder.n_layer", "1")
+    ft = tmp_path / "ft"
+    assert fit(*adapter_args(trained_on, ft, "--trainer.max_steps", "2")) == 0
+    capsys.readouterr()
+    assert fit(*adapter_args(smaller, ft, "--trainer.max_steps", "4", "--ckpt_path", "last")) == 4
+    err = capsys.readouterr().err
+    assert f"(model.base_checkpoint: '{trained_on}' in the run's config.yaml, '{smaller}' here)" in err, err
+    assert "the same settings" not in err
