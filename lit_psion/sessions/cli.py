@@ -14,6 +14,7 @@ from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, L
 from lit_psion.core.layout import in_a_run
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.policy import TransactionPolicy
+from lit_psion.core.text import shell_words
 from lit_psion.sessions.settings import MAX_SEED, MAX_STEPS, WorldConfig
 from lit_psion.sessions.store import (
     BASE_CHECKPOINT,
@@ -242,12 +243,28 @@ def _content_checks(store: Store, meta: dict[str, Any]) -> list[tuple[str, Any]]
             (OPTIM, lambda: store.optimizer_state(meta))]  # fmt: skip
 
 
+def _holding_root(root: Path) -> tuple[Path, str] | None:
+    """The artifacts root whose ``base/`` or ``sessions/`` directory ``root`` is (or is inside), with which of the
+    two; None when it is in neither (a base written there would be mixed into that root's own files)."""
+    path = root.expanduser().absolute()
+    for parent in path.parents:
+        part = path.relative_to(parent).parts[0]
+        if part in ("base", "sessions") and ((parent / "base" / "base_meta.json").is_file() or (
+                (parent / "sessions").is_dir() and (parent / "base").is_dir())):  # fmt: skip
+            return parent, part
+    return None
+
+
 def session_main(args: list[str]) -> None:
     parsed = build_parser().parse_args(args)
     store = Store(parsed.artifacts_root)
     if store.root.exists() and not store.root.is_dir():
         raise ConfigError(f"--artifacts_root {str(store.root)!r} is a file, not a directory; give the artifacts "
                           "directory (a new path is made)")  # fmt: skip
+    if (holder := _holding_root(store.root)) is not None:
+        raise ConfigError(f"--artifacts_root {str(store.root)!r} is inside the artifacts root {str(holder[0])!r} (its "
+                          f"{holder[1]}/ directory, which only that root's commands write); give --artifacts_root "
+                          f"{shell_words(holder[0])}")  # fmt: skip
     if parsed.command in ("init-base", "new", "fork", "run") and (run := in_a_run(store.root)) is not None:
         raise ConfigError(f"--artifacts_root {str(store.root)!r} {run[1]}: a base or a session written there would "
                           "overwrite the run's files or break its checkpoints; give a directory outside any run")

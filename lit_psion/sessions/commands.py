@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from lit_psion.callbacks import Receipts
 from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id, sha256_file
-from lit_psion.core.errors import ConfigError, EvidenceError, TransactionError
+from lit_psion.core.errors import ConfigError, EvidenceError, TrainingDiverged, TransactionError
 from lit_psion.core.policy import MAX_BUFFER_LEN
 from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
@@ -76,6 +76,9 @@ def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_b
         with torch.no_grad():
             mse = float(module.model.loss(z, u, plastic=False))
         weights = {"A_hat": module.model.A_hat, "B_hat": module.model.B_hat}
+        if not math.isfinite(mse) or not all(bool(torch.isfinite(w).all()) for w in weights.values()):
+            raise TrainingDiverged(f"the base's pretraining diverged (held-out one-step MSE {mse:g}): no base was "
+                                   f"written; lower --lr (now {lr:g})")  # fmt: skip
         pretrain = {"steps": pretrain_steps, "batch": pretrain_batch, "seq": pretrain_seq, "lr": lr,
                     "momentum": momentum, "ns_steps": ns_steps, "seed": seed}  # fmt: skip
         meta = store.write_base(config, weights, {"pretrain": pretrain, "heldout_mse": mse})

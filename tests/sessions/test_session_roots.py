@@ -1,0 +1,59 @@
+"""An artifacts root inside another root's ``base/`` or ``sessions/`` is refused, naming the root it is in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.sessions.helpers import SMALL_BASE, session
+
+COMMANDS = {
+    "init-base": ("init-base", *SMALL_BASE),
+    "new": ("new", "--session_id", "s3"),
+    "run": ("run", "--session_id", "s3", "--steps", "8"),
+    "list": ("list",),
+    "verify": ("verify", "--session_id", "s1"),
+}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("inner", ["sessions", "sessions/s1", "base", "base/deeper", "sessions/new/deeper"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_root_inside_a_roots_base_or_sessions_is_refused_naming_that_root(
+    trained: Path, inner: str, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    """``session run --artifacts_root artifacts/sessions`` said to run ``session init-base`` there, which wrote a
+    base into artifacts/sessions/base; ``new`` then wrote a session's files into it."""
+    before = _files(trained)
+    capsys.readouterr()
+    verb, *rest = COMMANDS[command]
+    assert session(verb, "--artifacts_root", str(trained / inner), *rest) == 2
+    err = capsys.readouterr().err
+    part = inner.split("/")[0]
+    assert f"is inside the artifacts root '{trained}' (its {part}/ directory" in err, err
+    assert err.rstrip().endswith(f"give --artifacts_root {trained}")
+    assert _files(trained) == before and not (trained / "sessions" / "new").exists()
+
+
+def test_a_root_beside_another_or_under_a_plain_directory_named_base_is_accepted(
+    trained: Path, tmp_path: Path
+) -> None:
+    assert session("list", "--artifacts_root", str(trained)) == 0
+    plain = tmp_path / "base" / "artifacts"  # a directory named base that is no root's
+    assert session("init-base", "--artifacts_root", str(plain), *SMALL_BASE) == 0
+    assert session("list", "--artifacts_root", str(plain)) == 0
+
+
+def test_a_base_whose_pretraining_diverged_is_not_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """It was written (exit 0) with weights near 1e28 and ``"heldout_mse": Infinity`` in base_meta.json; every
+    session made for it then failed its first run (exit 7), blamed on the session."""
+    root = tmp_path / "artifacts"
+    capsys.readouterr()
+    assert session("init-base", "--artifacts_root", str(root), "--pretrain_steps", "20", "--lr", "1e29") == 7
+    err = capsys.readouterr().err
+    assert "the base's pretraining diverged" in err and "lower --lr (now 1e+29)" in err, err
+    assert not root.exists()
