@@ -247,8 +247,9 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
                 "then any overlay (--config configs/overlays/...) and flags")  # fmt: skip
     if (missing := _NO_VALUE.fullmatch(flat)) is not None:
         flag = missing["flag"]  # the parser names the group of a dotted flag whose value it took for a flag
-        given = [arg for arg in argv if arg.startswith(flag + ".") and "=" not in arg]
-        flag = given[-1] if given and argv.index(given[-1]) + 1 < len(argv) else flag
+        given = [arg for index, arg in enumerate(argv) if arg.startswith(flag + ".") and "=" not in arg
+                 and (index + 1 == len(argv) or argv[index + 1].startswith("-"))]  # (last, or a flag next)
+        flag = given[-1] if given else flag
         return (f"{flag} was given no value; give it one, written as --FLAG=VALUE when the value starts "
                 "with '-' (such as --model.optimizer.lr=-1e-3)")  # fmt: skip
     if (config := re.fullmatch(r'Parser key "config": (File does not exist|Path is not a file): \'(.+)\'', flat)):

@@ -259,8 +259,9 @@ def session_main(args: list[str]) -> None:
     parsed = build_parser().parse_args(args)
     store = Store(parsed.artifacts_root)
     if store.root.exists() and not store.root.is_dir():
+        made = " (a new path is made)" if parsed.command == "init-base" else ""
         raise ConfigError(f"--artifacts_root {str(store.root)!r} is a file, not a directory; give the artifacts "
-                          "directory (a new path is made)")  # fmt: skip
+                          f"directory{made}")  # fmt: skip
     if (holder := _holding_root(store.root)) is not None:
         raise ConfigError(f"--artifacts_root {str(store.root)!r} is inside the artifacts root {str(holder[0])!r} (its "
                           f"{holder[1]}/ directory, which only that root's commands write); give --artifacts_root "
