@@ -224,7 +224,7 @@ def _corpus_tokenizer(layout: RunLayout, manifest: DataManifest, cache_dir: Path
         if actual == manifest.tokenizer_digest:
             return Verdict("tokenizer", True, f"{flag} matches the manifest's tokenizer_digest")
         what = "is not a file" if actual is None else f"(sha256 {actual[:16]}...) is not the tokenizer the run trained"
-        own = layout.run_dir / "tokenizer.json"
+        own = layout.tokenizer
         return Verdict("tokenizer", False, f"{flag} {what} (with {manifest.tokenizer_digest[:16]}...): a resume "
                        f"refuses it; put it back, or resume with --data.tokenizer_file {own}", DataError.exit_code)
     kind, vocab_size = data.get("tokenizer", "bpe"), data.get("vocab_size")
