@@ -19,6 +19,7 @@ from lit_psion.cli import main
 from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.run import read_latest, write_latest
+from lit_psion.report import write_dashboard
 from tests.helpers import callbacks_config, fit, fit_subprocess, forge_newest_checkpoint, head_of_step
 
 
@@ -396,9 +397,10 @@ def test_a_dashboard_directory_that_is_a_symlink_is_replaced_never_written_throu
     shutil.copytree(run_dir, root / run_dir.name)
     write_latest(root, run_dir.name)
     link = root / run_dir.name / "dashboard"
-    link.rename(outside)
+    write_dashboard(root / run_dir.name).parent.rename(outside)
     link.symlink_to(outside, target_is_directory=True)
     before = {str(path.relative_to(outside)): path.read_bytes() for path in outside.rglob("*")}
-    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12", "--ckpt_path", "last") == 0
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12", "--ckpt_path", "last",
+               "--dashboard.enabled", "true") == 0  # fmt: skip
     assert {str(path.relative_to(outside)): path.read_bytes() for path in outside.rglob("*")} == before
     assert not link.is_symlink() and (link / "index.html").is_file()

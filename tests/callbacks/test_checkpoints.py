@@ -388,7 +388,8 @@ def test_a_fit_that_fails_with_a_write_in_flight_ends_with_it_durable_and_its_ev
 ) -> None:
     """The failure's records (run.json's head, the failed run receipt) come after the in-flight write's
     durable receipt, so ``receipts verify`` finds nothing appended after the run ended."""
-    root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9", "--checkpoint.async_write", "true")
+    root = ("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "9", "--checkpoint.async_write", "true",
+            "--dashboard.enabled", "true")  # fmt: skip
     failing = callbacks_config(tmp_path / "fail.json", ("SlowCheckpointWrites", {"step": 6, "seconds": 3}))
     assert fit(*root, "--config", failing, "--trainer.callbacks+=tests.callbacks.test_reports.FailAtStep") == 14
     run = tmp_path / read_latest(tmp_path)

@@ -16,8 +16,14 @@ from lit_psion.cli import main
 from lit_psion.core import read_json
 from lit_psion.core.run import read_latest
 from lit_psion.report import PANELS, TIMELINE, axes_rows, read_metrics, timeline_events, write_plots
-from tests.helpers import callbacks_config, fit, fit_subprocess
+from tests import helpers
+from tests.helpers import TINY, callbacks_config, fit_subprocess
 from tests.test_bad_input import one_error_line
+
+
+def fit(*args: str, config: str = TINY) -> int:
+    """A fit that draws its dashboard (fixtures/tiny.yaml leaves it off)."""
+    return helpers.fit("--dashboard.enabled", "true", *args, config=config)
 
 
 @pytest.fixture(scope="module")
