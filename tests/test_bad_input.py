@@ -244,8 +244,6 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
      "written as --FLAG=VALUE when the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),  # said --model
     (("--trainer.max_steps",), "--trainer.max_steps was given no value; give it one, written as --FLAG=VALUE when "
      "the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),
-    (("--model.init_args.decoder.n_layer",), "--model.init_args.decoder.n_layer was given no value; give it one, "
-     "written as --FLAG=VALUE when the value starts with '-' (such as --model.optimizer.lr=-1e-3)"),  # said --model
     # An empty value said "Expected a <class 'int'>. Got value:" (nested: "'-' is not an int", the next line's dash):
     (("--trainer.max_steps=",), "trainer.max_steps was given an empty value; give it one (--trainer.max_steps=VALUE), "
      "or leave the flag out"),
@@ -267,7 +265,7 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
                          ids=["nested int", "data int", "policy float", "trainer int", "an int written 1e3",
                               "optimizer name", "tokenizer", "trainer union", "nan", "-inf", "inf where .inf is taken",
                               "a value read as a flag",
-                              "no value", "no value, last", "empty", "empty nested", "a scalar for a mapping", "choices"])  # fmt: skip
+                              "no value", "empty", "empty nested", "a scalar for a mapping", "choices"])  # fmt: skip
 def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(
     tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple, says: str
 ) -> None:

@@ -212,3 +212,14 @@ def test_a_class_help_names_the_command_as_it_is_run(flag: tuple[str, str], caps
     assert main(["fit", *flag]) == 0
     usage = capsys.readouterr().out.splitlines()[0]
     assert usage.startswith("usage: python -m lit_psion [--"), usage
+
+
+@pytest.mark.parametrize("flag", ["--model.init_args.decoder.n_layer", "--data.init_args.block_size"])
+def test_a_last_flag_given_no_value_is_named_not_its_group(flag: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Last on the line, it was "--model was given no value" (the group argparse reports); with a flag after it,
+    it was named already."""
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), flag]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
+    assert lines == [f"lit_psion: error: {flag} was given no value; give it one, written as --FLAG=VALUE when the "
+                     "value starts with '-' (such as --model.optimizer.lr=-1e-3)"], lines  # fmt: skip
