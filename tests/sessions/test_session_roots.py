@@ -57,3 +57,22 @@ def test_a_base_whose_pretraining_diverged_is_not_written(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "the base's pretraining diverged" in err and "lower --lr (now 1e+29)" in err, err
     assert not root.exists()
+
+
+def test_a_new_base_is_not_made_under_the_sessions_of_one_that_is_gone(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """With base/ removed (as the refusal to replace it advised), init-base made a new base without a word; the
+    sessions made for the old one were all unusable after, and ``session list`` listed them as usual."""
+    import shutil
+
+    shutil.rmtree(trained / "base")
+    before = _files(trained)
+    capsys.readouterr()
+    assert session("init-base", "--artifacts_root", str(trained), *SMALL_BASE) == 2
+    err = capsys.readouterr().err
+    assert "holds no base model, but 1 session(s) were made for the one it held (s1)" in err, err
+    assert f"restore '{trained / 'base'}' from a backup, or give another --artifacts_root" in err
+    assert _files(trained) == before and not (trained / "base").exists()
+    assert session("init-base", "--artifacts_root", str(trained), *SMALL_BASE) == 2  # and with a base: no removal
+    assert "remove" not in capsys.readouterr().err

@@ -106,8 +106,9 @@ def test_a_session_from_another_base_is_refused(trained: Path, capsys: pytest.Ca
     assert session("init-base", *root, *SMALL_BASE, "--env_seed", "5") == 2  # it silently replaced the base
     assert "already holds a base model, which 1 session(s) were made for (s1)" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in (trained / "base").iterdir() if path.is_file()} == base
-    shutil.rmtree(trained / "base")
-    assert session("init-base", *root, *SMALL_BASE, "--env_seed", "5") == 0  # a different base model
+    shutil.rmtree(trained / "base")  # a different base put in its place (init-base refuses to make one there)
+    assert session("init-base", "--artifacts_root", str(trained.parent / "o"), *SMALL_BASE, "--env_seed", "5") == 0
+    shutil.copytree(trained.parent / "o" / "base", trained / "base")
     assert session("run", *root, "--session_id", "s1", "--steps", "32") == 4
     assert "belongs to a different base model" in capsys.readouterr().err
     assert session("verify", *root, "--session_id", "s1") == 4  # it said "ok" for the new base
@@ -332,9 +333,8 @@ def test_a_tampered_or_non_finite_session_artifact_is_refused_before_use(
 
 
 def test_every_artifact_a_run_writes_is_digest_recorded(trained: Path) -> None:
-    directory = trained / "sessions" / "s1"
-    assert session("fork", "--artifacts_root", str(trained), "--parent_session_id", "s1", "--child_session_id",
-                   "c") == 0  # fmt: skip
+    directory, root = trained / "sessions" / "s1", ("--artifacts_root", str(trained))
+    assert session("fork", *root, "--parent_session_id", "s1", "--child_session_id", "c") == 0
     for session_id in ("s1", "c"):
         meta = read_json(trained / "sessions" / session_id / "meta.json")
         files = {p.name for p in (trained / "sessions" / session_id).iterdir() if p.is_file()}
