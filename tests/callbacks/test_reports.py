@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,7 @@ from tests.helpers import TINY, callbacks_config, fit_subprocess
 from tests.test_bad_input import one_error_line
 
 
-def fit(*args: str, config: str = TINY) -> int:
-    """A fit that draws its dashboard (fixtures/tiny.yaml leaves it off)."""
+def fit(*args: str, config: str = TINY) -> int:  # one that draws its dashboard (fixtures/tiny.yaml leaves it off)
     return helpers.fit("--dashboard.enabled", "true", *args, config=config)
 
 
@@ -188,8 +190,6 @@ def test_compare_says_which_runs_receipts_do_not_verify(
 ) -> None:
     """compare printed run.json's head for a run whose chain fails `receipts verify` and exited 0, though the docs'
     failure classes say compare reports it: it still compares, marks the run, and exits 5 naming it."""
-    import shutil
-
     copy = tmp_path / two_runs[1].name
     shutil.copytree(two_runs[1], copy)
     capsys.readouterr()
@@ -206,8 +206,6 @@ def test_compare_says_which_runs_receipts_do_not_verify(
 def test_a_metrics_row_cut_short_by_a_kill_is_not_read_as_a_value(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
     """A kill mid-row leaves an unterminated last line: compare showed its cut number (3.116 of 3.11687) as the run's
     final value, or refused the file, while doctor and a resume took it. The rows before it are what was written."""
-    import shutil
-
     copy = tmp_path / two_runs[0].name
     shutil.copytree(two_runs[0], copy)
     data = (copy / "metrics.csv").read_bytes()
@@ -416,8 +414,6 @@ class TakeTheDashboard(Callback):
             (directory / "index.html").unlink(missing_ok=True)
             (directory / "index.html").mkdir()
         elif not self.page and not directory.is_file():
-            import shutil
-
             shutil.rmtree(directory, ignore_errors=True)
             directory.write_text("not a directory")
 
@@ -477,9 +473,6 @@ def test_a_run_without_its_config_is_not_shown_as_a_config_without_keys(tmp_path
 
 def test_compare_into_a_pipe_keeps_each_cell_whole(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
     """Written to a file or a pipe, the table was 80 columns wide: with many runs every cell was folded to '…'."""
-    import subprocess
-    import sys
-
     many = [str(run) for run in two_runs] * 5
     done = subprocess.run([sys.executable, "-m", "lit_psion", "compare", *many, "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
