@@ -223,3 +223,20 @@ def test_a_last_flag_given_no_value_is_named_not_its_group(flag: str, tmp_path: 
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
     assert lines == [f"lit_psion: error: {flag} was given no value; give it one, written as --FLAG=VALUE when the "
                      "value starts with '-' (such as --model.optimizer.lr=-1e-3)"], lines  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["session", "new", "--session_id", "s", "--muu", "0.1"],
+     "python -m lit_psion session new: unrecognized arguments: --muu 0.1; did you mean --mu? (see python -m lit_psion "
+     "session new --help)"),
+    (["session", "list", "--artifacts_roots", "x"], "python -m lit_psion session list: unrecognized arguments: "
+     "--artifacts_roots x; did you mean --artifacts_root? (see python -m lit_psion session list --help)"),
+    (["ckpt", "verify", "x", "--bogus"], "python -m lit_psion ckpt: unrecognized arguments: --bogus (see python -m "
+     "lit_psion ckpt --help)"),
+])  # fmt: skip
+def test_an_unknown_flag_is_named_by_the_subcommand_it_was_given_to(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``session new --muu 0.1`` said "see python -m lit_psion session --help", whose help lists no --mu."""
+    assert main([*argv[:2], "--artifacts_root", str(tmp_path), *argv[2:]] if argv[0] == "session" else argv) == 2
+    assert f"lit_psion: error: {says}" in capsys.readouterr().err.splitlines()

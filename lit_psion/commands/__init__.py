@@ -7,6 +7,7 @@ its name; it is imported only when used, so ``compare`` does not pay for what ``
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 from collections.abc import Callable
 from typing import NoReturn
@@ -23,6 +24,28 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):  # argparse's own signature
+        """As argparse's, except that arguments no parser takes are named by the subcommand they were given to (with
+        the nearest of its flags), not by the top-level command."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self._chosen(parsed)
+            flags = [flag for action in parser._actions for flag in action.option_strings]
+            given = extras[0].split("=", 1)[0] if extras[0][:1] == "-" else ""
+            near = difflib.get_close_matches(given, flags, n=1, cutoff=0.75) if given else []
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"{parser.prog}: unrecognized arguments: {' '.join(extras)}{hint} (see {parser.prog} "
+                              "--help)")  # fmt: skip
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the (sub)command ``parsed`` ran: the deepest subcommand chosen."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and getattr(parsed, action.dest, None) in action.choices:
+                chosen = action.choices[getattr(parsed, action.dest)]
+                return chosen._chosen(parsed) if isinstance(chosen, CommandParser) else chosen
+        return self
 
     def parse_known_args(self, args=None, namespace=None):  # argparse's own signature
         try:
