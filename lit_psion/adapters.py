@@ -41,6 +41,7 @@ from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_r
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
 from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import AdapterExportReceipt
+from lit_psion.core.text import shell_words
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
 PROBE_SEED, PROBE_SHAPE = 0, (4, 64)
@@ -117,6 +118,10 @@ def _not_an_adapter(directory: Path) -> str:
             return f"{shown!r} {what}; give the adapter's directory, {str(directory.parent)!r}"
         return f"{shown!r} {what}; give the directory `adapter export` wrote (RUN_DIR/adapter)"
     if not directory.exists():
+        run = directory.parent
+        if directory.name == "adapter" and RunLayout.of(run).is_run():  # a run's adapter/, before any export
+            return (f"{shown!r} does not exist: run {run.name} has exported no adapter; export one first "
+                    f"(python -m lit_psion adapter export {shell_words(run)})")
         return f"{shown!r} does not exist; give the directory `adapter export` wrote (RUN_DIR/adapter)"
     if (directory / "adapter" / META_FILE).is_file():
         return f"{shown!r} holds no {META_FILE}, its adapter/ does: give {str(directory / 'adapter')!r}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -171,17 +172,29 @@ def test_an_export_or_merge_given_to_a_runs_command_names_adapter_inspect(
     assert "is an adapter export's or merge's output" in capsys.readouterr().err
 
 
+def _unexported(run: Path, into: Path) -> Path:
+    """A copy of adapter run ``run`` as it was before its adapter was exported."""
+    copy = into / "unexported" / run.name
+    if not copy.exists():
+        shutil.copytree(run, copy, ignore=lambda directory, names: ["adapter"] if Path(directory) == run else [])
+    return copy
+
+
 @pytest.mark.parametrize(("given", "says"), [
-    (lambda e, m, tmp: e / "adapter.json", "is the adapter's metadata file; give the adapter's "
+    (lambda e, m, tmp, run: e / "adapter.json", "is the adapter's metadata file; give the adapter's "
                                                               "directory, '{exported}'"),
-    (lambda e, m, tmp: e / "adapter.safetensors", "is a file, not a directory; give the "
+    (lambda e, m, tmp, run: e / "adapter.safetensors", "is a file, not a directory; give the "
                                                                      "adapter's directory, '{exported}'"),
-    (lambda e, m, tmp: tmp / "nowhere", "does not exist; give the directory `adapter export` wrote"),
-    (lambda e, m, tmp: m, "is a merged model (adapter merge --out), not an adapter"),
-    (lambda e, m, tmp: tmp, "holds no adapter.json; export an adapter from an adapter run first"),
-], ids=["its metadata file", "its tensor file", "missing", "a merge's output", "an empty directory"])  # fmt: skip
+    (lambda e, m, tmp, run: tmp / "nowhere", "does not exist; give the directory `adapter export` wrote"),
+    (lambda e, m, tmp, run: _unexported(run, tmp) / "adapter", "does not exist: run {run} has exported no adapter; "
+     "export one first (python -m lit_psion adapter export "),
+    (lambda e, m, tmp, run: m, "is a merged model (adapter merge --out), not an adapter"),
+    (lambda e, m, tmp, run: tmp, "holds no adapter.json; export an adapter from an adapter run first"),
+], ids=["its metadata file", "its tensor file", "missing", "a run's before any export", "a merge's output",
+        "an empty directory"])  # fmt: skip
 def test_a_path_that_is_no_adapter_is_named_for_what_it_is(
-    base: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture, given: Any, says: str  # noqa: F811
+    base: Path, exported: Path, tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture, given: Any,  # noqa: F811
+    says: str,
 ) -> None:
     """`adapter inspect RUN/adapter/adapter.json`, a missing path and a merge's output were all told "holds no
     adapter.json; export an adapter first", which fixes none of them."""
@@ -190,13 +203,13 @@ def test_a_path_that_is_no_adapter_is_named_for_what_it_is(
     merged, empty, out = tmp_path / "merged", tmp_path / "empty", tmp_path / "m2"
     empty.mkdir()
     assert main(["adapter", "merge", str(exported), "--base", str(base), "--out", str(merged)]) == 0
-    path = given(exported, merged, empty)
+    path = given(exported, merged, empty, tuned)
     for argv in (["adapter", "inspect", str(path)], ["adapter", "merge", str(path), "--base", str(base), "--out",
                                                       str(out)]):  # fmt: skip
         capsys.readouterr()
         assert main(argv) == 2, argv
         (line,) = capsys.readouterr().err.strip().splitlines()
-        assert f"{str(path)!r} {says.format(exported=exported)}" in line, line
+        assert f"{str(path)!r} {says.format(exported=exported, run=tuned.name)}" in line, line
     assert not out.exists()
 
 
