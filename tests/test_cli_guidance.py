@@ -233,6 +233,8 @@ def test_a_last_flag_given_no_value_is_named_not_its_group(flag: str, tmp_path: 
      "--artifacts_roots x; did you mean --artifacts_root? (see python -m lit_psion session list --help)"),
     (["ckpt", "verify", "x", "--bogus"], "python -m lit_psion ckpt: unrecognized arguments: --bogus (see python -m "
      "lit_psion ckpt --help)"),
+    (["session", "new", "--session-id", "s"], "python -m lit_psion session new: the following arguments are required: "
+     "--session_id; --session-id was given, did you mean --session_id? (see python -m lit_psion session new --help)"),
 ])  # fmt: skip
 def test_an_unknown_flag_is_named_by_the_subcommand_it_was_given_to(
     argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture

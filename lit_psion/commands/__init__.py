@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import sys
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -23,7 +24,19 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(prog=prog, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise ConfigError(f"{self.prog}: {message}{self._misspelt(message)} (see {self.prog} --help)")
+
+    def _misspelt(self, message: str) -> str:
+        """For a required flag reported missing, the flag given instead that is nearly it (``--session-id``)."""
+        if not message.startswith("the following arguments are required: "):
+            return ""
+        required = [flag for flag in message.split(": ", 1)[1].split(", ") if flag.startswith("-")]
+        known = {flag for action in self._actions for flag in action.option_strings}
+        given = [arg.split("=", 1)[0] for arg in getattr(self, "_given", []) if arg.startswith("-")]
+        for arg in given:
+            if arg not in known and (near := difflib.get_close_matches(arg, required, n=1, cutoff=0.75)):
+                return f"; {arg} was given, did you mean {near[0]}?"
+        return ""
 
     def parse_args(self, args=None, namespace=None):  # argparse's own signature
         """As argparse's, except that arguments no parser takes are named by the subcommand they were given to (with
@@ -48,6 +61,7 @@ class CommandParser(argparse.ArgumentParser):
         return self
 
     def parse_known_args(self, args=None, namespace=None):  # argparse's own signature
+        self._given = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
         try:
             return super().parse_known_args(args, namespace)
         except argparse.ArgumentError as error:  # an invalid choice or value: named as every other complaint is
