@@ -277,12 +277,12 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
     if None not in (manifest.model_signature, signature) and manifest.model_signature != signature:
         changed = changed_model_settings(run.resume_from, run.config_yaml, signed_settings(pl_module)) \
             if run.resume_from else ""  # fmt: skip
-        if not changed and run.resume_from and getattr(pl_module, "base_digest", None) is not None:
-            changed = changed_model_settings(run.resume_from, run.config_yaml, ("base_checkpoint",))  # another base
-        if not changed and getattr(pl_module, "base_digest", None) is not None:
-            changed = (" (the same settings: the base they name is another checkpoint now, as when the base run was "
-                       "continued; give --model.init_args.base_checkpoint the base's step-NNNNNN directory this run "
-                       "was trained on)")  # fmt: skip
+        if not changed and getattr(pl_module, "base_digest", None) is not None:  # another base, or the same one moved
+            another = changed_model_settings(run.resume_from, run.config_yaml, ("base_checkpoint",)) \
+                if run.resume_from else ""  # fmt: skip
+            changed = another or (" (the same settings: the base they name is another checkpoint now, as when the "
+                                  "base run was continued; give --model.init_args.base_checkpoint the base's "
+                                  "step-NNNNNN directory this run was trained on)")  # fmt: skip
         raise CheckpointError(f"checkpoint step {manifest.step} was written by a model with signature "
                               f"{manifest.model_signature[:16]}..., but this config builds {signature[:16]}... "
                               f"{changed.strip() or '(another architecture or model setting)'}; resume with the run's "

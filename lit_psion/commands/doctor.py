@@ -220,13 +220,14 @@ def _corpus_tokenizer(layout: RunLayout, manifest: DataManifest, cache_dir: Path
     if isinstance(given, str) and given:
         path = Path(given).expanduser()
         actual = sha256_file(path) if path.is_file() else None
-        flag = f"--data.tokenizer_file {given!r}"
+        flag, own = f"--data.tokenizer_file {given!r}", f"--data.tokenizer_file {layout.tokenizer}"
         if actual == manifest.tokenizer_digest:
             return Verdict("tokenizer", True, f"{flag} matches the manifest's tokenizer_digest")
-        what = "is not a file" if actual is None else f"(sha256 {actual[:16]}...) is not the tokenizer the run trained"
-        own = layout.tokenizer
-        return Verdict("tokenizer", False, f"{flag} {what} (with {manifest.tokenizer_digest[:16]}...): a resume "
-                       f"refuses it; put it back, or resume with --data.tokenizer_file {own}", DataError.exit_code)
+        if actual is None:  # moved elsewhere, as a source file may be: the run is as sound as it was
+            return Verdict("tokenizer", True, f"{flag} not found (a resume needs it, or {own})")
+        return Verdict("tokenizer", False, f"{flag} (sha256 {actual[:16]}...) is not the tokenizer the run trained "
+                       f"with ({manifest.tokenizer_digest[:16]}...): a resume refuses it; put it back, or resume with "
+                       f"{own}", DataError.exit_code)  # fmt: skip
     kind, vocab_size = data.get("tokenizer", "bpe"), data.get("vocab_size")
     try:
         path = tokenizer_cache_path(cache_dir, kind, vocab_size, tokenizer_key(manifest))

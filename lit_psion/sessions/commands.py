@@ -63,16 +63,17 @@ def init_base(store: Store, config: WorldConfig, pretrain_steps: int, pretrain_b
     check_optimizer(lr, momentum, ns_steps)
     with store.making(store.base_dir, "base_meta.json", "session init-base"):
         sessions = sorted(path.parent.name for path in (store.root / "sessions").glob("*/meta.json"))
-        made, named = f"{len(sessions)} session(s) were made for", f"({', '.join(sessions[:3])})"
-        if (store.base_dir / "base_meta.json").is_file():  # every session made for it would be refused after
-            raise ConfigError(f"{str(store.base_dir)!r} already holds a base model"
-                              + (f", which {made} {named}; a new base would leave them unusable: give another "
-                                 "--artifacts_root" if sessions else "; a new base would replace it: give another "
-                                 f"--artifacts_root, or remove {str(store.base_dir)!r} first"))  # fmt: skip
+        made = f"{len(sessions)} session(s) were made for"
+        named = f"({', '.join(sessions[:3])}); a new base would leave them unusable"
+        if (store.base_dir / "base_meta.json").is_file() and sessions:  # each would be refused after
+            raise ConfigError(f"{str(store.base_dir)!r} already holds a base model, which {made} {named}: give "
+                              "another --artifacts_root")  # fmt: skip
+        if (store.base_dir / "base_meta.json").is_file():
+            raise ConfigError(f"{str(store.base_dir)!r} already holds a base model; a new base would replace it: give "
+                              f"another --artifacts_root, or remove {str(store.base_dir)!r} first")  # fmt: skip
         if sessions:  # its base is gone: a new one would not be theirs
-            raise ConfigError(f"{str(store.root)!r} holds no base model, but {made} the one it held {named}; "
-                              f"a new base would leave them unusable: restore {str(store.base_dir)!r} from a backup, "
-                              "or give another --artifacts_root")  # fmt: skip
+            raise ConfigError(f"{str(store.root)!r} holds no base model, but {made} the one it held {named}: restore "
+                              f"{str(store.base_dir)!r} from a backup, or give another --artifacts_root")  # fmt: skip
         L.seed_everything(seed, verbose=False)
         module = BasePretrain(config, pretrain_steps, pretrain_batch, pretrain_seq, lr, momentum, ns_steps, seed)
         _trainer(store.root / "base", pretrain_steps).fit(module)

@@ -88,8 +88,9 @@ def test_doctor_checks_the_tokenizer_file_a_run_was_given(tmp_path: Path, capsys
     given.write_text(train_tokenizer("char", ["another text, other ids"], 256).to_str())
     assert main(["doctor", str(run.run_dir)]) == 3
     out = capsys.readouterr().out
-    assert f"FAIL tokenizer: --data.tokenizer_file '{given}' (sha256 " in out
+    assert f"FAIL tokenizer: --data.tokenizer_file '{given}' (sha256 " in out and "is not the tokenizer the run" in out
     assert f"resume with --data.tokenizer_file {run.run_dir / 'tokenizer.json'}" in out
-    given.unlink()
-    assert main(["doctor", str(run.run_dir)]) == 3
-    assert f"FAIL tokenizer: --data.tokenizer_file '{given}' is not a file" in capsys.readouterr().out
+    given.unlink()  # moved elsewhere, as a source file may be: said on the ok line
+    assert main(["doctor", str(run.run_dir)]) == 0
+    assert f"ok   tokenizer: --data.tokenizer_file '{given}' not found (a resume needs it, or --data.tokenizer_file " \
+        f"{run.run_dir / 'tokenizer.json'})" in capsys.readouterr().out  # fmt: skip
