@@ -7,10 +7,13 @@ its name; it is imported only when used, so ``compare`` does not pay for what ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from lit_psion.core.errors import ConfigError
@@ -135,6 +138,41 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+class Terminated(BaseException):
+    """SIGTERM to a command other than LightningCLI's, raised where the command is (a session run's Trainer too:
+    Lightning calls the handler it finds after its own)."""
+
+
+_LEFT: list[str] = []
+"""What the :func:`underway` block a Ctrl-C or SIGTERM stopped said the command leaves."""
+
+
+@contextlib.contextmanager
+def underway(leaves: Callable[[], str]) -> Iterator[None]:
+    """Run the block saying, if a Ctrl-C or SIGTERM stops it, what the command leaves (``leaves()``, asked then:
+    a session run's commit may just have landed), after "interrupted" or "stopped by SIGTERM"."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated, SystemExit) as stop:
+        if not isinstance(stop, SystemExit) or _stopped_by_a_signal(stop):
+            _LEFT.append(leaves())
+        raise
+
+
+def _stopped_by_a_signal(stop: SystemExit) -> bool:
+    """A Trainer's exit for a signal: Lightning's SIGTERMException (code None), or its exit(1) raised while handling
+    a Ctrl-C; neither is success, nor our bug."""
+    return type(stop).__name__ == "SIGTERMException" or isinstance(stop.__context__, KeyboardInterrupt)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _left(otherwise: str = "") -> str:
+    return f"; {_LEFT[-1]}" if _LEFT and _LEFT[-1] else otherwise
+
+
 def run_command(argv: list[str]) -> int:
     """Run a subcommand other than LightningCLI's; a known error becomes one line on stderr and its exit code.
 
@@ -148,11 +186,18 @@ def run_command(argv: list[str]) -> int:
     from lit_psion.core.errors import LitPsionError, lit_psion_cause, raised_at
 
     quiet_lightning(own_trainer=True)  # (a session's or a window's Trainer printed its banner, tip and step count)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None  # said, not a silent death
+    _LEFT.clear()
     try:
         COMMANDS[argv[0]](argv)
     except KeyboardInterrupt:
-        print("lit_psion: interrupted", file=sys.stderr)
+        print(f"lit_psion: interrupted{_left()}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"lit_psion: stopped by SIGTERM{_left('; what the command had not committed is discarded')}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_SIGTERM
     except BrokenPipeError:  # the reader left (``| head``): what it read was complete, so was the command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -160,11 +205,11 @@ def run_command(argv: list[str]) -> int:
         # A Trainer the command runs (session, window) turns SIGTERM into its SIGTERMException (code None) and
         # Ctrl-C into exit(1) raised while handling the KeyboardInterrupt: neither is success, nor our bug.
         if type(stop).__name__ == "SIGTERMException":
-            print("lit_psion: stopped by SIGTERM; what the command had not committed is discarded: run it again",
-                  file=sys.stderr)  # fmt: skip
+            left = _left("; what the command had not committed is discarded: run it again")
+            print(f"lit_psion: stopped by SIGTERM{left}", file=sys.stderr)
             return EXIT_SIGTERM
         if isinstance(stop.__context__, KeyboardInterrupt):
-            print("lit_psion: interrupted", file=sys.stderr)
+            print(f"lit_psion: interrupted{_left()}", file=sys.stderr)
             return EXIT_INTERRUPTED
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:
@@ -180,4 +225,7 @@ def run_command(argv: list[str]) -> int:
             print(f"lit_psion: unexpected error: {type(error).__name__}: {' '.join(str(error).split())}"
                   f"{raised_at(error)} (set LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0

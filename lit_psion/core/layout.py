@@ -240,6 +240,18 @@ def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
     for parent in list(path.parents)[:3]:
         if RunLayout.of(parent).is_run():
             return f"{str(path)!r} is inside run directory {str(parent)!r}; give that directory"
+    for place in [path, *list(path.parents)[:3]]:  # a session's files are checked by the session commands
+        if place.parent.name == "sessions" and (place / "meta.json").is_file():
+            root = shell_words(place.parent.parent)
+            where = "the directory" if place == path else f"inside the directory ({str(place)!r})"
+            return (f"{str(path)!r} is {where} of session {place.name!r}, not a run directory; check a session with "
+                    f"python -m lit_psion session verify --artifacts_root {root} --session_id "
+                    f"{shell_words(place.name)}")  # fmt: skip
+        if (place / "base" / "base_meta.json").is_file():
+            where = "an artifacts root of sessions" if place == path else \
+                f"inside the sessions' artifacts root {str(place)!r}"  # fmt: skip
+            return (f"{str(path)!r} is {where}, not a run directory; see its sessions with python -m lit_psion "
+                    f"session list --artifacts_root {shell_words(place)}")  # fmt: skip
     return f"{str(path)!r} is not a run directory (no {RUN_FILE}); {advice}"
 
 

@@ -182,6 +182,10 @@ class AdapterLM(DecoderLM):
         hidden = self.adapter_params() if config.name == "muon" and self.muon_on_adapters else []
         if config.name == "muon" and not hidden:
             config = dataclasses.replace(config, name="adamw")  # never Muon by accident through a "2-D" rule
+            if not getattr(self, "_said_adamw", False) and (self._trainer is None or self.trainer.is_global_zero):
+                self._said_adamw = True  # (a resume asks for the optimizer again, to honour its settings)
+                print("lit_psion: note: optimizer.name is muon, but AdamW trains an AdapterLM's adapters unless "
+                      "--model.init_args.muon_on_adapters true", file=sys.stderr)  # fmt: skip
         refuse_sharded_muon(self, config)
         optimizer = build_optimizer(config, self.model, hidden)
         return self._with_schedule(optimizer)

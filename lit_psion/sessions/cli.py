@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lit_psion.commands import CommandParser
+from lit_psion.commands import CommandParser, underway
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LockedError
 from lit_psion.core.layout import in_a_run
@@ -278,7 +279,39 @@ def session_main(args: list[str]) -> None:
     if parsed.command == "verify":
         verify_session(store, parsed.session_id)
         return
-    from lit_psion.sessions import commands  # trains: torch and Lightning, imported here
+    with underway(_what_a_stop_leaves(store, parsed)):
+        _train(store, parsed)
+
+
+def _what_a_stop_leaves(store: Store, parsed: argparse.Namespace) -> Callable[[], str]:
+    """For a Ctrl-C or SIGTERM's line: what of the command's work was kept, asked when it stopped."""
+    if parsed.command == "init-base":
+        return lambda: ("the base was written before the stop" if (store.base_dir / "base_meta.json").is_file() else
+                        "no base was written: run the command again")  # fmt: skip
+    if parsed.command == "run":
+        before = _runs(store, parsed.session_id)
+        return lambda: (f"the run was committed to session {parsed.session_id!r} before the stop"
+                        if _runs(store, parsed.session_id) > before else
+                        f"session {parsed.session_id!r} keeps its state from before this run: nothing of it was "
+                        "committed; run it again")  # fmt: skip
+    made = parsed.session_id if parsed.command == "new" else parsed.child_session_id
+    meta_path = store.root / "sessions" / made / "meta.json"
+    existed = meta_path.is_file()  # (refused: a stop then leaves it as it was)
+    return lambda: ("" if existed else f"session {made!r} was made before the stop" if meta_path.is_file() else
+                    f"session {made!r} was not made: run the command again")  # fmt: skip
+
+
+def _runs(store: Store, session_id: str) -> int:
+    """How many runs a session's meta.json records (-1 when it cannot be read)."""
+    try:
+        return len(json.loads((store.root / "sessions" / session_id / "meta.json").read_text())["runs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _train(store: Store, parsed: argparse.Namespace) -> None:
+    """The session commands that train or write: torch and Lightning, imported here."""
+    from lit_psion.sessions import commands
 
     if parsed.command == "init-base":
         config = WorldConfig(env_mode=parsed.env_mode, u_dim=parsed.u_dim, n_state=parsed.n_state,

@@ -106,6 +106,7 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
         if (directory / "meta.json").exists():
             raise ConfigError(f"session {session_id!r} already exists in {str(store.root)!r}; pick another "
                               "--session_id")  # fmt: skip
+        _refuse_foreign_files(directory, "--session_id")
         config = WorldConfig(**base["config"])
         meta = {"schema_version": SCHEMA_VERSION, "session_id": session_id,
                 "model_signature": base["model_signature"], "base_ckpt_hash": base["base_ckpt_hash"],
@@ -115,6 +116,16 @@ def new_session(store: Store, session_id: str, mu: float, env_mode: str, setting
         meta = store.commit(meta, {PLASTIC: tensors_bytes(WorldModel(config).plastic_state()), OPTIM: torch_bytes({})})
     print(f"session {session_id} created (mu {mu}, root {session_id})")
     return meta
+
+
+def _refuse_foreign_files(directory: Path, flag: str) -> None:
+    """A new session's directory holds nothing but what a crashed ``new`` or ``fork`` of it left (its lock, staged
+    commits, temporary files, all dot-named): files of anyone else's would be overwritten or adopted as the
+    session's."""
+    if foreign := sorted(path.name for path in directory.iterdir() if not path.name.startswith(".")):
+        names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"{str(directory)!r} already holds files no session made ({names}); move them out, or "
+                          f"pick another {flag}")  # fmt: skip
 
 
 def settings_problem(settings: dict[str, Any]) -> str | None:
@@ -190,6 +201,7 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
         store.base_weights()  # the base the child will run on: its digest and finiteness, as run checks them
         if (child_dir / "meta.json").exists():
             raise ConfigError(f"session {child_id!r} already exists; pick another --child_session_id")
+        _refuse_foreign_files(child_dir, "--child_session_id")
         # Checked (digest, finiteness) before a state spreads to a child, and copied from the bytes checked. The
         # optimizer state is checked with a fresh one too: a parent missing a recorded file is damaged, not forkable.
         plastic, parent_optimizer = tensors_bytes(store.plastic_state(parent)), store.optimizer_state(parent)

@@ -30,3 +30,26 @@ def test_an_adapter_resume_given_another_base_names_the_base_it_was_trained_on(
     err = capsys.readouterr().err
     assert f"(model.base_checkpoint: '{trained_on}' in the run's config.yaml, '{smaller}' here)" in err, err
     assert "the same settings" not in err
+
+
+def test_muon_named_for_an_adapter_run_without_muon_on_adapters_says_adamw_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """config.yaml said muon while AdamW trained the adapters, without a word (docs/adapters.md alone said so)."""
+    from tests.helpers import latest_checkpoint
+
+    base = _base(tmp_path / "base")
+    ft = tmp_path / "ft"
+    capsys.readouterr()
+    assert fit(*adapter_args(base, ft, "--trainer.max_steps", "2", "--model.init_args.optimizer.name", "muon")) == 0
+    note = "optimizer.name is muon, but AdamW trains an AdapterLM's adapters unless"
+    assert capsys.readouterr().err.count(note) == 1
+    groups = latest_checkpoint(ft)["optimizer_states"][0]["param_groups"]
+    assert all("betas" in group and "ns_steps" not in group for group in groups)  # AdamW's, none of Muon's
+    assert fit(*adapter_args(base, ft, "--trainer.max_steps", "4", "--model.init_args.optimizer.name", "muon",
+                             "--ckpt_path", "last")) == 0  # fmt: skip
+    assert capsys.readouterr().err.count(note) == 1  # a resume asks for the optimizer twice: said once
+    capsys.readouterr()
+    assert fit(*adapter_args(base, tmp_path / "ft2", "--trainer.max_steps", "2", "--model.init_args.optimizer.name",
+                             "muon", "--model.init_args.muon_on_adapters", "true")) == 0  # fmt: skip
+    assert note not in capsys.readouterr().err

@@ -146,6 +146,14 @@ def test_a_session_without_limits_keeps_meta_json_strict_json(trained: Path) -> 
     assert session("verify", *root) == 0
 
 
+def test_a_zero_limit_is_refused_naming_how_to_give_none(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    """It said "must be positive or null": null is the config's spelling; the command line's is inf."""
+    capsys.readouterr()
+    assert session("new", "--artifacts_root", str(trained), "--session_id", "z", "--grad_norm_max", "0") == 2
+    assert "grad_norm_max must be positive (no limit: null in a config, inf on the command line), got 0" in \
+        capsys.readouterr().err  # fmt: skip
+
+
 @pytest.mark.parametrize("existing_root", [False, True], ids=["new root", "existing root"])
 def test_an_interrupted_init_base_takes_back_what_it_made(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, existing_root: bool

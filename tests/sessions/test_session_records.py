@@ -56,22 +56,43 @@ def _catches_sigterm(pid: int) -> bool:
     return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
-@pytest.mark.parametrize(("signum", "code", "says"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
-                                                      (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
-def test_a_signalled_session_run_says_so_and_commits_nothing(trained: Path, signum: int, code: int, says: str) -> None:
-    """SIGTERM was exit 0 with no line (a scheduler read success), Ctrl-C exit 1 with Lightning's warning alone."""
-    directory = trained / "sessions" / "s1"
-    before = read_json(directory / "meta.json")
-    writer = session_process("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "200000")
+def _signalled(writer: Any, ready: Any, signum: int, code: int) -> str:
+    """Send ``signum`` to the session command ``writer`` a second after ``ready()``; its stderr, once it exits
+    ``code``."""
     deadline = time.monotonic() + 120
-    while not _catches_sigterm(writer.pid) and time.monotonic() < deadline:  # the Trainer's handlers are in place
+    while not ready():
+        assert time.monotonic() < deadline and writer.poll() is None
         time.sleep(0.1)
     time.sleep(1)
     writer.send_signal(signum)
     _, err = writer.communicate(timeout=120)
     assert writer.returncode == code, err[-2000:]
-    assert f"lit_psion: {says}" in err
+    return err
+
+
+@pytest.mark.parametrize(("signum", "code", "says"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                      (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_session_run_says_so_and_commits_nothing(trained: Path, signum: int, code: int, says: str) -> None:
+    """SIGTERM was exit 0 with no line (a scheduler read success), Ctrl-C exit 1 with Lightning's warning alone."""
+    directory = trained / "sessions" / "s1"
+    before, runs = read_json(directory / "meta.json"), set((directory / "runs").iterdir())
+    writer = session_process("run", "--artifacts_root", str(trained), "--session_id", "s1", "--steps", "200000")
+    training = lambda: _catches_sigterm(writer.pid) and set((directory / "runs").iterdir()) != runs  # noqa: E731
+    err = _signalled(writer, training, signum, code)
+    assert f"lit_psion: {says}; session 's1' keeps its state from before this run: nothing of it was committed" in err
     assert read_json(directory / "meta.json") == before
+
+
+@pytest.mark.parametrize(("signum", "code", "says"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                      (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_init_base_says_no_base_was_written(tmp_path: Path, signum: int, code: int, says: str) -> None:
+    """SIGTERM before the Trainer's fit (or after it) was a silent death; Ctrl-C said "interrupted" alone."""
+    root = tmp_path / "artifacts"
+    writer = session_process("init-base", "--artifacts_root", str(root), "--pretrain_steps", "20000",
+                             "--pretrain_batch", "2", "--pretrain_seq", "4")  # fmt: skip
+    err = _signalled(writer, (root / "base").is_dir, signum, code)  # once it pretrains: the base's lock is taken
+    assert err.strip().splitlines()[-1] == f"lit_psion: {says}; no base was written: run the command again", err
+    assert not root.exists()
 
 
 def _append(path: Path) -> None:

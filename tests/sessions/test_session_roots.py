@@ -1,4 +1,6 @@
-"""An artifacts root inside another root's ``base/`` or ``sessions/`` is refused, naming the root it is in."""
+"""An artifacts root inside another root's ``base/`` or ``sessions/`` is refused, naming the root it is in; a
+session's directory holding others' files is not adopted; a run command given a session's directory points to
+``session``."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ COMMANDS = {
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` but the locks, which a command takes (and leaves, empty) before it refuses."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".lock"}  # fmt: skip
 
 
 @pytest.mark.parametrize("inner", ["sessions", "sessions/s1", "base", "base/deeper", "sessions/new/deeper"])
@@ -76,3 +80,47 @@ def test_a_new_base_is_not_made_under_the_sessions_of_one_that_is_gone(
     assert _files(trained) == before and not (trained / "base").exists()
     assert session("init-base", "--artifacts_root", str(trained), *SMALL_BASE) == 2  # and with a base: no removal
     assert "remove" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["new", "fork"])
+def test_a_new_sessions_directory_holding_other_files_is_not_adopted(
+    trained: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    """``session new`` made the session in a directory holding a user's files, overwriting any of its names."""
+    directory = trained / "sessions" / "s2"
+    directory.mkdir()
+    (directory / "notes.txt").write_text("mine")
+    (directory / "plastic_state.safetensors").write_text("also mine")
+    before = _files(trained)
+    capsys.readouterr()
+    root = ("--artifacts_root", str(trained))
+    argv = ("new", *root, "--session_id", "s2") if command == "new" else \
+        ("fork", *root, "--parent_session_id", "s1", "--child_session_id", "s2")  # fmt: skip
+    assert session(*argv) == 2
+    err = capsys.readouterr().err
+    assert f"'{directory}' already holds files no session made (notes.txt, plastic_state.safetensors)" in err, err
+    assert _files(trained) == before  # (a lock file aside: the refusal holds the directory's lock, as a new does)
+    assert session("list", *root) == 0 and "s2" not in capsys.readouterr().out
+    (directory / "notes.txt").unlink()
+    (directory / "plastic_state.safetensors").unlink()
+    assert session(*argv) == 0  # an empty directory (or one a crashed new left, all dot-named) is the session's
+
+
+@pytest.mark.parametrize("command", [("doctor",), ("receipts", "verify"), ("ckpt", "verify"), ("compare",)])
+@pytest.mark.parametrize("inner", ["sessions/s1", "sessions/s1/runs", ""])
+def test_a_run_command_given_a_session_points_to_the_session_commands(
+    trained: Path, command: tuple[str, ...], inner: str, capsys: pytest.CaptureFixture
+) -> None:
+    """Each said "is not a run directory (no run.json); give <root>/<run_id>", which a session has none of."""
+    from lit_psion.cli import main
+
+    path = trained / inner if inner else trained
+    capsys.readouterr()
+    assert main([*command, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    if inner:
+        assert "of session 's1', not a run directory" in err, err
+        assert err.endswith(f"session verify --artifacts_root {trained} --session_id s1"), err
+    else:
+        assert f"'{trained}' is an artifacts root of sessions, not a run directory" in err, err
+        assert err.endswith(f"session list --artifacts_root {trained}"), err
