@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from lit_psion.core import (
     RunLayout,
@@ -41,6 +41,7 @@ from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_r
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
 from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import AdapterExportReceipt
+from lit_psion.core.tensorfile import safetensors_bytes
 from lit_psion.core.text import shell_words
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
@@ -85,7 +86,8 @@ def _export(run: Any, info: dict[str, Any], tensors: dict[str, torch.Tensor], ou
                 "decoder_config": state["decoder_config"], "data_manifest_digest": run.record.data_manifest_digest,
                 "source_run": run.layout.run_id, "source_checkpoint": run.checkpoint.path.name,
                 "source_manifest_sha256": run.checkpoint.manifest_sha256}  # fmt: skip
-    data = save(tensors, metadata={HEADER_KEY: canonical_json(exported).decode()})
+    data = safetensors_bytes(tensors, {HEADER_KEY: canonical_json(exported).decode()})
+    _say_replaced(out / META_FILE, "adapter_sha256", sha256_bytes(data), "the export of adapter")
     atomic_write_bytes(out / ADAPTER_FILE, data)
     meta = {**exported, "adapter_sha256": sha256_bytes(data)}
     meta["metadata_sha256"] = sha256_json(meta)  # of everything but itself
@@ -93,6 +95,18 @@ def _export(run: Any, info: dict[str, Any], tensors: dict[str, torch.Tensor], ou
     _receipt(log, AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
                                        base_checkpoint_digest=info["base_checkpoint_digest"],
                                        output_digest=sha256_file(out / META_FILE)))  # fmt: skip
+
+
+def _say_replaced(record: Path, key: str, new: str, what: str) -> None:
+    """A note when an earlier output's ``record`` names another ``key`` digest than ``new``: that output is replaced
+    (its receipt stays in the directory's log); the same output written again says nothing."""
+    try:
+        old = json.loads(record.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return
+    if isinstance(old, str) and old != new:
+        print(f"lit_psion: note: {str(record.parent)!r} held {what} {old[:12]}..., which this replaces (its receipt "
+              f"stays in {RECEIPTS_FILE}); give another --out to keep both", file=sys.stderr)  # fmt: skip
 
 
 def _caveats(run: Any) -> list[str]:
@@ -327,7 +341,8 @@ def _merge(adapter_dir: Path, base: Path, out: Path, log: ReceiptLog) -> dict[st
         raise CheckpointError(f"the merged weights do not reproduce the merged model (max |logit difference| "
                               f"{reload_diff:.3g}); nothing was written")  # fmt: skip
     header = {MERGED_HEADER_KEY: canonical_json(merged_config).decode()}
-    data = save(weights, metadata=header | ({MERGED_TOKENIZER_KEY: base_tokenizer} if base_tokenizer else {}))
+    data = safetensors_bytes(weights, header | ({MERGED_TOKENIZER_KEY: base_tokenizer} if base_tokenizer else {}))
+    _say_replaced(out / "merge.json", "model_sha256", sha256_bytes(data), "the merged model")
     atomic_write_bytes(out / "model.safetensors", data)
     record = {"format_version": FORMAT_VERSION, "adapter_sha256": meta["adapter_sha256"],
               "base_checkpoint_digest": base_digest, "tokenizer_sha256": base_tokenizer,

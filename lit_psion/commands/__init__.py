@@ -169,6 +169,9 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated
 
 
+_DISCARDED = "; what the command had not committed is discarded: run it again"
+
+
 def _left(otherwise: str = "") -> str:
     return f"; {_LEFT[-1]}" if _LEFT and _LEFT[-1] else otherwise
 
@@ -195,8 +198,7 @@ def run_command(argv: list[str]) -> int:
         print(f"lit_psion: interrupted{_left()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print(f"lit_psion: stopped by SIGTERM{_left('; what the command had not committed is discarded')}",
-              file=sys.stderr)  # fmt: skip
+        print(f"lit_psion: stopped by SIGTERM{_left(_DISCARDED)}", file=sys.stderr)
         return EXIT_SIGTERM
     except BrokenPipeError:  # the reader left (``| head``): what it read was complete, so was the command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -205,8 +207,7 @@ def run_command(argv: list[str]) -> int:
         # A Trainer the command runs (session, window) turns SIGTERM into its SIGTERMException (code None) and
         # Ctrl-C into exit(1) raised while handling the KeyboardInterrupt: neither is success, nor our bug.
         if type(stop).__name__ == "SIGTERMException":
-            left = _left("; what the command had not committed is discarded: run it again")
-            print(f"lit_psion: stopped by SIGTERM{left}", file=sys.stderr)
+            print(f"lit_psion: stopped by SIGTERM{_left(_DISCARDED)}", file=sys.stderr)
             return EXIT_SIGTERM
         if isinstance(stop.__context__, KeyboardInterrupt):
             print(f"lit_psion: interrupted{_left()}", file=sys.stderr)

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save
 
 from lit_psion.core import atomic_write_bytes, atomic_write_json, sha256_bytes
 from lit_psion.core.checkpoint import verify_checkpoint
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.receipts import AdapterAggregationReceipt, PolicyPromotionReceipt
+from lit_psion.core.tensorfile import safetensors_bytes
 from lit_psion.core.windows import ACCEPTED, RECONCILED, WindowPlan
 from lit_psion.windows.data import held_out_loss
 from lit_psion.windows.program import DISPOSITIONS, PROMOTION, Program, own_directory, plan_data, record
@@ -121,7 +121,7 @@ def reconcile(root: Path, window_id: str) -> dict[str, Any]:
         candidate_path = f"windows/{window_id}/{CANDIDATE}"
         candidate = verify_checkpoint(directory).manifest_sha256
         program.revision(candidate_path, candidate)  # inside the root, and what was just written
-        data = save(stacked(adapters), metadata={"rank": str(sum(a.rank for a in adapters)), "scaling": "1.0"})
+        data = safetensors_bytes(stacked(adapters), {"rank": str(sum(a.rank for a in adapters)), "scaling": "1.0"})
         atomic_write_bytes(program.window_dir(window_id) / "aggregate" / "stacked_adapter.safetensors", data)
         stacked_digest = sha256_bytes(data)
         merged_model = Decoder(DecoderConfig(**config))

@@ -249,3 +249,31 @@ def test_a_merge_whose_files_were_copied_from_another_merge_is_refused_by_genera
     log.unlink()
     assert main(generate) == 5
     assert "its receipt log receipts.jsonl is missing" in capsys.readouterr().err
+
+
+def test_an_output_written_over_another_adapters_says_what_it_replaces(
+    base: Path, tuned: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+) -> None:
+    """A merge (or an export) into the --out of another adapter's replaced it without a word."""
+    from lit_psion.cli import main
+    from lit_psion.core.run import read_latest
+    from tests.helpers import fit
+    from tests.models.test_adapter import adapter_args
+
+    other = tmp_path / "other"
+    assert fit(*adapter_args(base, other, "--trainer.max_steps", "2")) == 0
+    theirs, merged = tmp_path / "theirs", tmp_path / "merged"
+    assert main(["adapter", "export", str(other / read_latest(other)), "--out", str(theirs)]) == 0
+    replaced = json.loads((exported / "adapter.json").read_text())["adapter_sha256"]
+    for adapter, says in ((exported, None), (exported, None), (theirs, "held the merged model")):
+        capsys.readouterr()
+        assert main(["adapter", "merge", str(adapter), "--base", str(base), "--out", str(merged)]) == 0
+        err = capsys.readouterr().err
+        assert ("which this replaces" in err) == (says is not None), err  # the same merge again: nothing to say
+        assert says is None or f"'{merged}' {says} " in err
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    assert main(["adapter", "export", str(other / read_latest(other)), "--out", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert f"'{copy}' held the export of adapter {replaced[:12]}..., which this replaces" in err, err
+    assert "give another --out to keep both" in err
