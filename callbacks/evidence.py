@@ -221,6 +221,7 @@ class Receipts(EvidenceCallback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
+        _refuse_a_score_logged_twice(trainer)
         scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and _finite(v)}
         self._emit_own(trainer, EvalReceipt(
             stage_id=self.run(trainer).stage, step=trainer.global_step, split="val",
@@ -320,6 +321,22 @@ def _global_loss(trainer: L.Trainer, step: int, loss: Any) -> float:
             "steps back"
         )
     return mean
+
+
+def _refuse_a_score_logged_twice(trainer: L.Trainer) -> None:
+    """A validation score's name logged in two hooks (the model's ``validation_step`` and a callback's
+    ``on_validation_epoch_end``, say): Lightning keeps the last value, which the eval receipt would then record as
+    the model's score. Lightning's own refusal covers a name logged twice in one hook only."""
+    hooks: dict[str, set[str]] = {}
+    for result in (getattr(trainer, "_results", None) or {}).values():
+        meta = getattr(result, "meta", None)
+        if meta is not None and isinstance(meta.name, str) and meta.name.startswith("val/"):
+            hooks.setdefault(meta.name, set()).add(meta.fx)
+    for name, where in sorted(hooks.items()):
+        if len(where) > 1:
+            raise ConfigError(f"self.log({name!r}, ...) in {' and in '.join(sorted(where))}: one validation score "
+                              "logged twice, so the eval receipt could not tell which value is the model's; log "
+                              f"yours under another name (for example 'user/{name.removeprefix('val/')}')")
 
 
 def _finite(value: Any) -> bool:

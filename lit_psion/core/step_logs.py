@@ -125,6 +125,9 @@ def _users_values_in_the_row(module: Any, kept: dict[str, Any]) -> bool:
         if (name := meta.name) in kept:
             raise ConfigError(f"self.log({name!r}, ...) in {meta.fx} logs a name lit_psion writes itself in each "
                               f"step's row; log that value under another name (for example 'user/{name}')")
+        if isinstance(name, str) and name.startswith(("val/", "test/")):  # (their receipts record evaluations)
+            raise ConfigError(f"self.log({name!r}, ...) in {meta.fx} logs an evaluation score's name while training; "
+                              f"log that value under another name (for example 'user/{name.split('/', 1)[1]}')")
         joins = True
     return joins
 

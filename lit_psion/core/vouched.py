@@ -31,6 +31,9 @@ def unvouched_metric(layout: RunLayout, finals: dict[str, float], steps: dict[st
     for name in sorted(finals):
         said = recorded.get((steps.get(name), name))
         value = finals[name]
+        if said is None and name.startswith("val/") and math.isfinite(value):  # every validation of a fit has one
+            return (f"metrics.csv's {name} at step {steps.get(name)} is {value:.6g}, but no eval receipt records "
+                    f"{name} at that step: the file was edited; the receipts' scores are the run's")  # fmt: skip
         if isinstance(said, int | float) and not math.isclose(value, said, rel_tol=1e-6, abs_tol=1e-12):
             return (f"metrics.csv's {name} at step {steps[name]} is {value:.6g}, but its receipt records "
                     f"{said:.6g}: the file was edited; the receipts' value is the run's")  # fmt: skip

@@ -152,3 +152,28 @@ def test_a_metrics_csv_that_is_not_a_file_is_not_compared_as_an_empty_one(
     assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
     assert "is not a run's metrics CSV" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_validation_score_no_eval_receipt_records_is_not_shown_as_vouched_for(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A val/loss of 0.1 written into a row at a step no validation ran (by hand, or by a hook that logged a
+    validation score's name while training) was shown as the run's, beside "receipts verified": only a value its
+    step's receipt records otherwise was caught."""
+    import csv
+    import shutil
+
+    copy = tmp_path / two_runs[0].name
+    shutil.copytree(two_runs[0], copy)
+    with (copy / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows.append({**{key: "" for key in rows[0]}, "epoch": rows[-1]["epoch"], "step": str(int(rows[-1]["step"]) + 3),
+                 "val/loss": "0.1"})  # fmt: skip
+    with (copy / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert main(["compare", str(copy), "--out", str(tmp_path / "cmp")]) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "metrics.csv's val/loss at step" in err[-1] and "is 0.1, but no eval receipt records val/loss" in err[-1]
