@@ -127,8 +127,7 @@ class Receipts(EvidenceCallback):
             verified = None
             if run.resumed and layout.is_run() and layout.receipts.is_file():  # every recorded head, or no resume
                 known = {run.resume_from.name: run.resume_manifest.receipts_head} if run.resume_manifest else {}
-                verified = check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known,
-                                       untrusted={rejected.path.name for rejected in run.rejected})  # fmt: skip
+                verified = check_chain(layout, RunRecord.load(layout), before_torn_tail=True, known_heads=known)
             self._unreceipted_resume = self._resumed_without_its_receipt(run)  # read before this fit appends
             # A mesh writes each as its step ends: a rank 0 lost with its peers runs no clean-up, and a membership
             # receipt counts the steps receipted past the checkpoint it resumes from (steps_replayed).

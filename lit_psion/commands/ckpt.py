@@ -48,7 +48,7 @@ def main(args: list[str]) -> None:
         print(f"lit_psion: warning: skipped {skipped.path.name}: {skipped.reason}", file=sys.stderr)
     if parsed.action == "verify":
         _check_shards(checkpoint)
-        _as_a_resume_would(layout, checkpoint, rejected)
+        _as_a_resume_would(layout, checkpoint)
         # A skipped checkpoint the receipts record as durable was damaged or replaced after it was written (one a
         # kill left unreceipted, or still in flight, is skipped as a resume would, and is not a failure).
         if damaged := [skipped for skipped in rejected if skipped.step in receipted.recorded]:
@@ -73,7 +73,7 @@ def main(args: list[str]) -> None:
           f"into {path} (model.safetensors sha256 {summary['weights_sha256'][:16]}...)")
 
 
-def _as_a_resume_would(layout: RunLayout, checkpoint: VerifiedCheckpoint, rejected: list[RejectedCheckpoint]) -> None:
+def _as_a_resume_would(layout: RunLayout, checkpoint: VerifiedCheckpoint) -> None:
     """What ``--ckpt_path last`` checks of the run besides the checkpoint, before it continues: its records (run.json,
     config, data manifest, metrics) and the whole receipt chain against every anchor (said "ok ... what
     --ckpt_path last loads" over a run a resume refuses: a deleted log, a malformed run.json, a rewritten chain).
@@ -84,8 +84,7 @@ def _as_a_resume_would(layout: RunLayout, checkpoint: VerifiedCheckpoint, reject
     refuse_without_its_records(layout, checkpoint)
     if layout.receipts.is_file():
         check_chain(layout, RunRecord.load(layout), before_torn_tail=True,
-                    known_heads={checkpoint.path.name: checkpoint.manifest.receipts_head},
-                    untrusted={skipped.path.name for skipped in rejected})  # fmt: skip
+                    known_heads={checkpoint.path.name: checkpoint.manifest.receipts_head})  # fmt: skip
 
 
 def _pointer_problem(layout: RunLayout, used: str, receipted: bool) -> str | None:

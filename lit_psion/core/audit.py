@@ -9,7 +9,6 @@ in its terminal seal; every path the pointer names stays inside the run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
 from pathlib import Path
 
 from lit_psion.core.chain import VerifyResult, parse_receipt, torn_tail, verify_log
@@ -78,14 +77,12 @@ def check_chain(
     record: RunRecord,
     before_torn_tail: bool = False,
     known_heads: dict[str, str | None] | None = None,
-    untrusted: Collection[str] = (),
 ) -> VerifyResult:
     """Verify the run's chain and every anchor of it.
 
     Args:
         before_torn_tail: check only what comes before a torn last line (a resume checks this, then repairs).
         known_heads: checkpoint name -> its recorded head, for manifests already read and verified (a resume's).
-        untrusted: checkpoint names a resume has rejected (their recorded heads anchor nothing).
 
     Raises:
         EvidenceError: the first problem, by line or by anchor.
@@ -99,13 +96,13 @@ def check_chain(
     result = verify_log(layout.receipts, expected_head=record.receipts_head, run_id=layout.run_id, upto=upto)
     if not result.ok:
         raise EvidenceError(f"{layout.receipts}: {result.describe()}")
-    for checkpoint in layout.checkpoint_dirs():
-        if checkpoint.name in untrusted:
-            continue
+    for checkpoint in layout.checkpoint_dirs():  # a damaged one too: its manifest's head still anchors the log
         head = known_heads[checkpoint.name] if checkpoint.name in known_heads else _recorded_head(checkpoint, layout)
         if head is not None and head not in result.digests:
             raise EvidenceError(f"{layout.receipts}: truncated: checkpoint {checkpoint.name} recorded head {head}, "
-                                "which is not in the log")  # fmt: skip
+                                "which is not in the log (the head was durable before the checkpoint was written): "
+                                "the log was cut, or the checkpoint is another copy of the run's; restore the log "
+                                "from a backup, or move the checkpoint out of the run")  # fmt: skip
     ended = (RunStatus.COMPLETED, RunStatus.PAUSED, RunStatus.FAILED)
     if record.status in ended and record.receipts_head not in (None, result.head):
         raise EvidenceError(f"{layout.receipts}: after_end: the run {record.status} with head "

@@ -266,6 +266,11 @@ def test_a_resume_takes_the_newest_receipted_checkpoint_not_a_planted_or_older_o
     other = _run(tmp_path / "other", "--seed_everything", "11")
     run = _run(tmp_path / "mine")
     harm(run, other)
+    if name.startswith("a new step"):  # it claims the run with a head the log never held: refused, kept as it is
+        files = {path: path.read_bytes() for path in run.run_dir.rglob("*") if path.is_file() and path.name != ".lock"}
+        assert _resume(run.root) == 5
+        assert {path: path.read_bytes() for path in files} == files
+        shutil.move(run.checkpoints / "step-000007", tmp_path / "aside")  # as the refusal says
     assert _resume(run.root) == 0
     chain = [json.loads(line) for line in run.receipts.read_text().splitlines()]
     resumed = next(r["body"] for r in chain if r["kind"] == "trainer_step" and r["body"]["checkpoint"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from lit_psion.checkpoint_io import STATE
 from lit_psion.cli import main
-from lit_psion.core import atomic_write_json, read_json
+from lit_psion.core import atomic_write_json, read_json, sha256_file
 from lit_psion.core.checkpoint import resolve_checkpoint
 from lit_psion.core.run import read_latest, write_latest
 from lit_psion.report import write_dashboard
@@ -102,31 +103,45 @@ def test_a_forged_newest_checkpoint_without_its_receipt_is_refused_and_last_fall
     assert main(["ckpt", "verify", str(forged)]) == 4
 
 
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "their weights damaged"])
 def test_a_checkpoint_whose_head_the_log_does_not_hold_stops_a_resume_as_receipts_verify_does(
-    killed_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    killed_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damaged: bool
 ) -> None:
     """The log cut below two checkpoints' heads, run.json moved back to the cut: `receipts verify` said truncated
     (exit 5), but a resume called those checkpoints ones "the run's fit did not write", fell back to step 3,
     retrained and overwrote them, and every verifier then said ok: the cut was laundered. A checkpoint's head is
-    durable before the checkpoint is written, so a head the log lacks is never a crash's doing."""
+    durable before the checkpoint is written, so a head the log lacks is never a crash's doing. With a byte of
+    step 6's weights flipped too (the pointer moved back to step 3), a resume passed it over as damaged, its head
+    with it: exit 0, step 6 retrained and rewritten, the cut gone."""
     run = tmp_path / killed_run.name
     shutil.copytree(killed_run, run)
     write_latest(tmp_path, run.name)
     log = run / "receipts.jsonl"
-    head = head_of_step(run, 3)
     lines = log.read_text().splitlines(keepends=True)
-    log.write_text("".join(lines[: next(i for i, line in enumerate(lines) if json.loads(line)["digest"] == head) + 1]))
+    cut = next(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "checkpoint"
+               and json.loads(line)["body"]["step"] == 3) + 1  # fmt: skip  (step 3's checkpoint stays receipted)
+    head = json.loads(lines[cut - 1])["digest"]
+    log.write_text("".join(lines[:cut]))
     atomic_write_json(run / "run.json", {**read_json(run / "run.json"), "receipts_head": head, "global_step": 3,
                                          "status": "paused"})  # fmt: skip
+    if damaged:  # step 6's weights, and the pointer moved back to step 3 as the log was
+        weights = bytearray((run / "checkpoints" / "step-000006" / "model.safetensors").read_bytes())
+        weights[-5] ^= 0xFF
+        (run / "checkpoints" / "step-000006" / "model.safetensors").write_bytes(bytes(weights))
+        pointer, manifest = run / "checkpoints" / "pointer.json", run / "checkpoints" / "step-000003" / "manifest.json"
+        atomic_write_json(pointer, {**read_json(pointer), "checkpoint": "step-000003", "step": 3,
+                                    "manifest_sha256": sha256_file(manifest)})  # fmt: skip
     before = {path.relative_to(run): path.read_bytes() for path in run.rglob("*") if path.is_file()
               and path.name != ".lock"}  # fmt: skip
     capsys.readouterr()
     assert main(["receipts", "verify", str(run)]) == 5
-    for command in (["ckpt", "verify", str(run)], ["doctor", str(run)]):
-        assert main(command) == 5
+    assert main(["doctor", str(run)]) == 5
+    assert main(["ckpt", "verify", str(run)]) == 5
+    capsys.readouterr()
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "12", "--ckpt_path", "last") == 5
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "truncated: checkpoint step-000006 records receipt head" in line and "restore the log" in line, line
+    assert re.search(r"truncated: checkpoint step-000006 record(s receipt|ed) head", line), line
+    assert "restore the log" in line, line
     assert {path.relative_to(run): path.read_bytes() for path in run.rglob("*") if path.is_file()
             and path.name != ".lock"} == before  # fmt: skip
 
