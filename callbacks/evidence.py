@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from typing import Any
 
 import lightning as L
@@ -22,7 +23,7 @@ from lit_psion.core.audit import check_chain, receipted_checkpoints
 from lit_psion.core.chain import ReceiptWriteError, batch_digest
 from lit_psion.core.contracts import MembershipAware, PauseCheckpointer, ReplayData, SignedModel, lr_flag
 from lit_psion.core.errors import ConfigError, EvidenceError, TrainingDiverged, failure_class
-from lit_psion.core.receipt_log import ReceiptLog, emit_receipt
+from lit_psion.core.receipt_log import ReceiptLog, emit_receipt, receipt_log
 from lit_psion.core.receipts import (
     RECEIPT_KINDS,
     ChainSealReceipt,
@@ -63,6 +64,13 @@ class EvidenceCallback(Callback):
                 f"is registered to another class, {holder.__module__}.{holder.__qualname__} (was the class defined "
                 "again after it registered?)")  # fmt: skip
             raise ConfigError(f"{name} emitted a {type(body).__qualname__} whose kind {body.kind!r} {whose}; {fix}")
+        if receipt_log(trainer) is None and not vars(self).get("_said_unwritten") and trainer.is_global_zero and any(
+                hasattr(callback, "chain") for callback in trainer.callbacks):  # fmt: skip  (receipts on, no chain)
+            self.__dict__["_said_unwritten"] = True
+            when = ("before the run's chain opened (it opens in setup: emit from on_fit_start on)"
+                    if trainer.state.fn == TrainerFn.FITTING else f"in {trainer.state.fn.value}, which keeps none")
+            print(f"lit_psion: warning: {name} emitted a {body.kind!r} receipt {when}; it was not written",
+                  file=sys.stderr)  # fmt: skip
         emit_receipt(trainer, body)
 
     def _emit_own(self, trainer: L.Trainer, body: ReceiptBody) -> None:

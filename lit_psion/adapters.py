@@ -41,7 +41,6 @@ from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_r
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
 from lit_psion.core.receipt_log import ReceiptLog
 from lit_psion.core.receipts import AdapterExportReceipt
-from lit_psion.core.tensorfile import safetensors_bytes
 from lit_psion.core.text import shell_words
 
 ADAPTER_FILE, META_FILE, FORMAT_VERSION = "adapter.safetensors", "adapter.json", 2
@@ -86,6 +85,8 @@ def _export(run: Any, info: dict[str, Any], tensors: dict[str, torch.Tensor], ou
                 "decoder_config": state["decoder_config"], "data_manifest_digest": run.record.data_manifest_digest,
                 "source_run": run.layout.run_id, "source_checkpoint": run.checkpoint.path.name,
                 "source_manifest_sha256": run.checkpoint.manifest_sha256}  # fmt: skip
+    from lit_psion.checkpoint_io import safetensors_bytes  # (Lightning's CheckpointIO: not for inspect)
+
     data = safetensors_bytes(tensors, {HEADER_KEY: canonical_json(exported).decode()})
     _say_replaced(out / META_FILE, "adapter_sha256", sha256_bytes(data), "the export of adapter")
     atomic_write_bytes(out / ADAPTER_FILE, data)
@@ -279,6 +280,7 @@ def merge(adapter_dir: Path, base: Path, out: Path) -> dict[str, Any]:
 
 
 def _merge(adapter_dir: Path, base: Path, out: Path, log: ReceiptLog) -> dict[str, Any]:
+    from lit_psion.checkpoint_io import safetensors_bytes
     from lit_psion.models.adapter_lm import load_base
     from lit_psion.nn.decoder import Decoder, DecoderConfig
     from lit_psion.nn.lora import inject_lora, lora_layers

@@ -28,23 +28,21 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 from safetensors.torch import save_file
 from typing_extensions import override
 
 from lit_psion.core import sha256_file
 from lit_psion.core.checkpoint import (
-    CONSOLIDATION_PREFIX,
     MANIFEST_FILE,
     CheckpointManifest,
     FileRecord,
     VerifiedCheckpoint,
     verify_checkpoint,
 )
-from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, load_refusal
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError, load_refusal
 from lit_psion.core.files import FILE_MODE, fsync_path
-from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_name
 from lit_psion.core.pointer import after_a_failed_write
-from lit_psion.core.text import shell_words
 from lit_psion.resumable import refuse_unloadable_state
 
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "trainer_state.pt", MANIFEST_FILE
@@ -395,106 +393,24 @@ def first_failure(error: BaseException) -> BaseException:
     return error
 
 
-def consolidate(verified: VerifiedCheckpoint, out: Path) -> tuple[Path, dict[str, Any]]:
-    """Gather a verified sharded checkpoint into one single-file checkpoint ``out/step-NNNNNN/``.
+_HEADER_LENGTH = 8
+"""A safetensors file's header length prefix: a little-endian unsigned 64-bit integer."""
 
-    The weights become ``model.safetensors``; ``trainer_state.pt`` keeps the sharded checkpoint's
-    trainer state (no optimizer state: this is a model to load, sample, adapt or export, not to
-    resume). Its manifest records ``consolidated_from`` (the source manifest's sha256); a receipt goes
-    to ``out/receipts.jsonl``. One process, no process group; it holds the whole model in memory.
 
-    Returns:
-        The checkpoint directory written and the consolidation receipt's fields.
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """``safetensors.torch.save(tensors, metadata)`` with its JSON header's keys in sorted order: the same bytes for
+    the same tensors and metadata in every process.
+
+    safetensors keeps a file's ``__metadata__`` in a hash map whose order is drawn anew in each process, so two
+    writes with two or more metadata entries differ in their header's bytes about half the time (a merge made
+    again, or a window's stacked adapter, got another sha256 than its receipt records). The header is rewritten
+    with its keys sorted, at the same length (only the order changes), so a recorded digest can be checked by
+    making the file again.
     """
-    # What torch's own dcp_to_torch_save runs (one process, the plan built from the metadata), over verified bytes.
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-    from lit_psion.core.receipt_log import ReceiptLog
-    from lit_psion.core.receipts import ConsolidationReceipt
-
-    if not verified.sharded:
-        raise ConfigError(f"checkpoint {str(verified.path)!r} is not sharded; it already is one {WEIGHTS} "
-                          "(nothing to consolidate: read the run directly)")  # fmt: skip
-    state = load_trainer_state(verified)
-    gathered: dict[str, Any] = {}
-    try:
-        planner = type("_Gather", (_WeightsOnlyBytes, _EmptyStateDictLoadPlanner), {})(keys={"state_dict"})
-        _load_state_dict(gathered, storage_reader=verified_reader(verified), planner=planner, no_dist=True)
-    except (Exception, dcp.api.CheckpointException) as error:  # DCP's is a BaseException: named, or it escapes
-        cause = first_failure(error)
-        if isinstance(cause, CheckpointError):
-            raise cause from error
-        reason = str(cause).splitlines()[0] if str(cause) else ""
-        raise CheckpointError(f"checkpoint {str(verified.path)!r}: its shards cannot be gathered "
-                              f"({type(cause).__name__}: {reason})") from error
-    weights = gathered.get("state_dict")
-    if not isinstance(weights, dict) or not weights:
-        raise CheckpointError(f"checkpoint {str(verified.path)!r} holds no model shards")
-    manifest = verified.manifest
-    extra = {**state.pop(EXTRA_KEY, {}), "writer": "consolidate", "consolidated_from": verified.manifest_sha256}
-    for key in ("run_id", "model_signature", "data_manifest_digest", "cursor", "membership", "receipts_head"):
-        extra[key] = getattr(manifest, key)
-    path = out / step_name(verified.step)
-    if path.exists() or path.is_symlink():  # this checkpoint's copy, consolidated before: kept; anything else: refused
-        try:
-            copy = _receipted_copy(path, verified, "it is left as it is")
-        except CheckpointError as error:
-            raise ConfigError(f"{str(path)!r} is already there and is not {verified.path.name}'s consolidated copy "
-                              f"({error}); move it, or give another --out") from error  # fmt: skip
-        return path, {"checkpoint": str(path), "weights_sha256": copy.weights_sha256, "already": True}
-    # The log is opened (and checked: another run's consolidations, a garbled log) before anything is written.
-    log = ReceiptLog(out / RECEIPTS_FILE, run_id=f"{CONSOLIDATION_PREFIX}{manifest.run_id}")
-    write_checkpoint({**state, "state_dict": weights, EXTRA_KEY: extra}, path)
-    written = verify_checkpoint(path)
-    body = ConsolidationReceipt(source=f"run:{manifest.run_id}/{verified.path.name}",
-                                source_manifest_digest=verified.manifest_sha256, step=verified.step,
-                                checkpoint=path.name, manifest_digest=written.manifest_sha256,
-                                weights_digest=written.weights_sha256 or "")  # fmt: skip
-    log.append(body)
-    log.close()
-    return path, {"checkpoint": str(path), "weights_sha256": written.weights_sha256,
-                  "tensors": len(weights), "values": sum(t.numel() for t in weights.values())}
-
-
-def consolidated_for(layout: RunLayout, verified: VerifiedCheckpoint) -> VerifiedCheckpoint:
-    """The run's consolidated copy of the sharded checkpoint ``verified`` (``<run>/consolidated/step-NNNNNN``).
-
-    Raises:
-        CheckpointError: there is none, it does not verify, or it gathers another checkpoint.
-    """
-    path = layout.consolidated / verified.path.name
-    hint = f"run `python -m lit_psion ckpt consolidate {shell_words(layout.run_dir)}` first"
-    if not (path / MANIFEST_FILE).is_file():
-        raise CheckpointError(f"checkpoint {verified.path.name} of run {layout.run_id!r} is sharded (one file per "
-                              f"rank); reading it as one model needs its consolidated copy: {hint}")  # fmt: skip
-    return _receipted_copy(path, verified, hint)
-
-
-def _receipted_copy(path: Path, verified: VerifiedCheckpoint, hint: str) -> VerifiedCheckpoint:
-    """The consolidated copy of ``verified`` at ``path``: it verifies, gathers ``verified`` and is the copy the
-    receipts beside it (``path.parent/receipts.jsonl``) recorded.
-
-    Raises:
-        CheckpointError: anything else is there (a user's file or directory, a damaged or replaced copy, a copy of
-            another checkpoint); ``hint`` says what to do.
-    """
-    if path.is_symlink() or not path.is_dir():
-        what = "a symbolic link" if path.is_symlink() else "a file"
-        raise CheckpointError(f"{str(path)!r} is {what}, not a consolidated checkpoint; {hint}")
-    copy = verify_checkpoint(path)
-    if copy.manifest.consolidated_from != verified.manifest_sha256:
-        raise CheckpointError(f"{str(path)!r} gathers another checkpoint than {verified.path.name} (its "
-                              f"consolidated_from differs); {hint}")  # fmt: skip
-    from lit_psion.core.chain import parse_receipt, verify_log
-
-    receipts = path.parent / RECEIPTS_FILE
-    checked = verify_log(receipts) if receipts.is_file() else None
-    if checked is None or not checked.ok:
-        raise CheckpointError(f"{str(path)!r} has no verifying consolidation receipts ({str(receipts)!r}); {hint}")
-    receipted = [parse_receipt(line) for line in receipts.read_text().splitlines() if line.strip()]
-    wanted = {"manifest_digest": copy.manifest_sha256, "source_manifest_digest": verified.manifest_sha256}
-    if not any(r.kind == "checkpoint_consolidate" and wanted.items() <= r.body.items() for r in receipted):
-        raise CheckpointError(f"{str(path)!r} is not the copy its consolidation receipt recorded (its manifest was "
-                              f"replaced after it was written); {hint}")  # fmt: skip
-    return copy
+    data = safetensors_save(dict(tensors), metadata=dict(metadata) if metadata is not None else None)
+    size = int.from_bytes(data[:_HEADER_LENGTH], "little")
+    header = json.loads(data[_HEADER_LENGTH : _HEADER_LENGTH + size])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(canonical) > size:  # (never: the same entries, reordered; kept as written rather than cut)
+        return data
+    return data[:_HEADER_LENGTH] + canonical.ljust(size, b" ") + data[_HEADER_LENGTH + size :]

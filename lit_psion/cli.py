@@ -77,8 +77,9 @@ from lit_psion.commands.records import (
 )
 from lit_psion.commands.roots import make_root, refuse_root_in_a_run, remove_if_empty
 from lit_psion.commands.wandb_runs import place_wandb_runs
+from lit_psion.consolidation import held_copy
 from lit_psion.core import RunContext, RunLayout, new_run_id
-from lit_psion.core.audit import hold_to_its_chain, lost_run_record, receipted_checkpoints
+from lit_psion.core.audit import hold_to_its_chain, lost_run_record, receipted_checkpoints, refuse_a_stray_checkpoint
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     RejectedCheckpoint,
@@ -377,6 +378,7 @@ class LitPsionCLI(LightningCLI):
 def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
     """A checkpoint given by path, if it matches the durable receipt of the run it sits in (if any), whole."""
     layout = RunLayout.of(checkpoint.path.resolve().parent.parent)
+    refuse_a_stray_checkpoint(checkpoint.path)
     if (lost := lost_run_record(checkpoint)) is not None:  # a new run or an evaluation may start from it: said
         print(f"lit_psion: warning: {lost}: it is held to its manifest alone, not to its run's receipts",
               file=sys.stderr)  # fmt: skip
@@ -395,9 +397,8 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
         if not any(manifest == source for manifest, _ in receipted.recorded.values()) and not ((own / MANIFEST_FILE)
                 .is_file() and as_receipted(verify_checkpoint(own), receipted).manifest_sha256 == source):  # fmt: skip
             raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was consolidated from a checkpoint the run's "
-                                  "receipts do not record; consolidate again with `python -m lit_psion ckpt "
-                                  "consolidate RUN_DIR`")  # fmt: skip
-        return checkpoint
+                                  f"receipts do not record; consolidate again (ckpt consolidate {layout.run_dir})")
+        return held_copy(checkpoint, layout)  # the gathering of that checkpoint, compared
     return as_receipted(checkpoint, receipted)
 
 

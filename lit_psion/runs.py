@@ -19,9 +19,10 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_psion.checkpoint_io import consolidated_for, load_verified
+from lit_psion.checkpoint_io import load_verified
+from lit_psion.consolidation import consolidated_for, verify_with_its_run
 from lit_psion.core import RunLayout, RunRecord
-from lit_psion.core.audit import changed_records, check_chain, receipted_checkpoints, verify_in_its_run
+from lit_psion.core.audit import changed_records, check_chain, receipted_checkpoints
 from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
@@ -126,7 +127,7 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
                                   f"{checkpoint.path.name}; give the checkpoint directory to use "
                                   "explicitly")  # fmt: skip
     elif (location / MANIFEST_FILE).is_file():
-        checkpoint = verify_in_its_run(location)  # inside a run: written by it, the one its receipt recorded
+        checkpoint = verify_with_its_run(location)  # inside a run: written by it, the one its receipt recorded
         layout = RunLayout.of(location.parent.parent)
         inside = location.resolve().parent in (layout.checkpoints, layout.consolidated)  # layouts are resolved
         layout = layout if layout.is_run() and inside else None

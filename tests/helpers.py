@@ -322,7 +322,8 @@ class LossSpikeEvidence(EvidenceCallback):
 
 
 class NoteAt(EvidenceCallback):
-    """Leave a LossSpikeReceipt (a user's kind) from the hook named ``hook``: ``on_train_start`` or ``teardown``."""
+    """Leave a LossSpikeReceipt (a user's kind) from the hook named ``hook``: ``setup``, ``on_train_start`` or
+    ``teardown``."""
 
     def __init__(self, hook: str) -> None:
         self.hook = hook
@@ -330,6 +331,9 @@ class NoteAt(EvidenceCallback):
     def _note(self, trainer: L.Trainer, hook: str) -> None:
         if hook == self.hook:
             self.emit(trainer, LossSpikeReceipt(step=trainer.global_step, loss=0.0, previous=0.0))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._note(trainer, "setup")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._note(trainer, "on_train_start")

@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MAPPED = {folder: f"lit_psion.{folder}" for folder in ("callbacks", "datamodules", "strategies")}
 LAYERS = ("core", "nn", "models", "callbacks", "datamodules", "strategies", "commands", "events", "sessions",
-          "checkpoint_io", "resumable", "runs", "loggers", "profilers", "report", "adapters", "windows")  # fmt: skip
+          "checkpoint_io", "consolidation", "resumable", "runs", "loggers", "profilers", "report", "adapters",
+          "windows")  # fmt: skip
 """The package's parts: its folders and its top-level library modules."""
 APPLICATIONS = {"commands", "sessions", "adapters", "events", "windows"}
 FORBIDDEN = {
@@ -27,6 +28,8 @@ FORBIDDEN = {
     "datamodules": {"callbacks", "strategies", "models", "runs", "checkpoint_io", "loggers", "report", "commands",
                     "sessions", "adapters", "windows"},
     "checkpoint_io": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "loggers", "report",
+                      *APPLICATIONS},
+    "consolidation": {"nn", "models", "callbacks", "datamodules", "strategies", "runs", "loggers", "report",
                       *APPLICATIONS},
     "resumable": {"nn", "models", "callbacks", "datamodules", "strategies", "checkpoint_io", "runs", "loggers",
                   "report", "profilers", *APPLICATIONS},

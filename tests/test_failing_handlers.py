@@ -98,3 +98,27 @@ def test_a_failing_on_exception_of_the_users_does_not_stop_the_run_being_recorde
     if code == 14:  # the fit's own error is the one said, not the handler's
         assert "your code raised KeyError" in err and "in on_train_batch_end" in err, err
 
+
+
+class FailsAtTeardown(L.Callback):
+    """Raises in ``teardown``, after the fit has completed and sealed its chain."""
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        raise RuntimeError("teardown went wrong")
+
+
+def test_a_callback_failing_after_the_run_completed_says_the_run_completed(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It said "fix it; continue run R from its latest durable checkpoint with ... --ckpt_path last" of a run whose
+    run.json said completed and whose chain was sealed: there was nothing to continue."""
+    from tests.helpers import TINY
+
+    capsys.readouterr()
+    assert main(["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3",
+                 "--trainer.callbacks+=tests.test_failing_handlers.FailsAtTeardown"]) == 14  # fmt: skip
+    layout = RunLayout(tmp_path, read_latest(tmp_path))
+    assert read_json(layout.run_file)["status"] == "completed"
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "your code raised RuntimeError: teardown went wrong" in line, line
+    assert f"run {layout.run_id} had completed at step 3 before it" in line and "--ckpt_path last" not in line, line

@@ -135,3 +135,25 @@ def test_a_path_too_long_for_the_file_system_is_exit_2_from_every_command(
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert "is too long for the file system" in line and "x" * 300 in line, (argv, line)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where", ["checkpoints/extra/step-000006", "step-000006", "consolidated/x/step-000006"])
+def test_a_checkpoint_inside_a_run_but_none_of_its_checkpoints_is_refused(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    """A checkpoint directory put elsewhere in a run (another run's weights, its manifest naming this run) passed
+    ckpt verify, and validate and generate used it without a word: no receipt of the run holds it, yet it sat in
+    the run as if the run had written it."""
+    root = tmp_path / "runs"
+    shutil.copytree(made, root)
+    run = root / read_latest(root)
+    stray = run / where
+    shutil.copytree(run / "checkpoints" / "step-000006", stray)
+    capsys.readouterr()
+    for command in (["ckpt", "verify", str(stray)], ["validate", "--config", TINY, "--ckpt_path", str(stray)],
+                    ["generate", str(stray), "--tokens", "4", "--tokenizer", str(run / "tokenizer.json")]):  # fmt: skip
+        assert main(command) == 4, command
+        err = capsys.readouterr().err
+        assert f"is inside run {run.name!r} but is none of its checkpoints" in err, (command, err)
+    shutil.copytree(stray, tmp_path / "outside" / "step-000006")  # a copy taken out of the run: one on its own
+    assert main(["ckpt", "verify", str(tmp_path / "outside" / "step-000006")]) == 0

@@ -61,7 +61,7 @@ def main(args: list[str]) -> None:
         kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
         print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
         return
-    from lit_psion.checkpoint_io import consolidate
+    from lit_psion.consolidation import consolidate
 
     refuse_output_in_a_run(parsed.out or layout.consolidated, own=layout.consolidated)
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
@@ -115,6 +115,11 @@ def _verify_one(path: Path) -> None:
     where = ""
     if layout.is_run() and path.resolve().parent == layout.checkpoints.resolve():
         where = f", written by run {layout.run_id} as its receipts record"
+    elif layout.is_run() and path.resolve().parent == layout.consolidated.resolve():
+        from lit_psion.consolidation import held_copy  # (torch: only for a consolidated copy)
+
+        held_copy(checkpoint, layout)
+        where = f", the gathering of run {layout.run_id}'s {path.name}, which its receipts record"
     kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
     print(f"ok: {checkpoint.path} matches its manifest ({kind}step {checkpoint.step}{where})")
 

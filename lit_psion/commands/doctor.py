@@ -40,6 +40,7 @@ def main(args: list[str]) -> None:
     refuse_a_live_run(layout, "doctor")
     verdicts = [*audit_run(layout), *_metrics(layout), *_membership(layout), *_sources(layout), *_token_cache(layout),
                 *_adapter(layout)]
+    verdicts = [_held_to_its_source(layout, verdict) for verdict in verdicts]
     for verdict in verdicts:
         print(verdict.line())
     failed = [verdict for verdict in verdicts if not verdict.ok]
@@ -47,6 +48,24 @@ def main(args: list[str]) -> None:
         print(f"lit_psion: doctor: {len(failed)} of {len(verdicts)} artifacts failed", file=sys.stderr)
         raise DoctorFailed(failed[0].exit_code)
     print(f"all {len(verdicts)} artifacts verified")
+
+
+def _held_to_its_source(layout: RunLayout, verdict: Verdict) -> Verdict:
+    """A consolidated copy that matches its manifest and receipt, gathered again from the sharded checkpoint it names
+    and compared: its receipt log is anchored nowhere, so a forged copy with a forged receipt would pass alone."""
+    prefix = f"{layout.consolidated.name}/"
+    if not verdict.ok or not verdict.artifact.startswith(f"{prefix}step-"):
+        return verdict
+    from lit_psion.consolidation import held_copy  # (torch: only for a run with consolidated copies)
+    from lit_psion.core.checkpoint import verify_checkpoint
+    from lit_psion.core.errors import CheckpointError
+
+    try:
+        held_copy(verify_checkpoint(layout.consolidated / verdict.artifact.removeprefix(prefix)), layout)
+    except (CheckpointError, EvidenceError) as error:
+        return Verdict(verdict.artifact, False, str(error), error.exit_code)
+    return Verdict(verdict.artifact, True, f"{verdict.detail}; the gathering of {verdict.artifact.removeprefix(prefix)}"
+                                           ", compared")  # fmt: skip
 
 
 def _metrics(layout: RunLayout) -> list[Verdict]:

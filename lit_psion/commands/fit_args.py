@@ -225,6 +225,17 @@ _FAILED_IMPORT = re.compile(r"Expected a path but (?P<path>\S+) either not acces
                             r"(?P<why>.+?)(?: - |$)")  # fmt: skip
 _NOT_SUBCLASS = re.compile(r"Import path (?P<path>\S+) does not correspond to a subclass of (?P<kind>\w+)")
 _NO_CLASS = re.compile(r"No module named '[^']+'|module '[^']+' has no attribute '[^']+'")
+
+
+def _no_class(key: str, path: str, missing: str) -> str:
+    """A class path that did not import: a typo in it, or a module it names importing one that is not installed."""
+    module, own = re.fullmatch(r"No module named '([^']+)'", missing), path.rsplit(".", 1)[0]
+    if module is not None and not f"{own}.".startswith(f"{module[1]}."):  # not its own module, nor a package of it
+        return (f"{key}: {own!r}, the module of {path}, imports {module[1]!r}, which is not installed ({missing}); "
+                "install it, or change that import")  # fmt: skip
+    return f"{key}: no class {path!r} to import ({missing}); check the class_path's module and class name"
+
+
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\. Got value: (?P<value>\S+)")
 _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
 _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value:"
@@ -276,8 +287,7 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     if failed is not None and re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", failed["path"]):  # a class path given
         why = failed["why"].strip()
         if (missing := _NO_CLASS.search(why)) is not None:  # a class path that is not one (a typo)
-            return (f"{keys[0]}: no class {failed['path']!r} to import ({missing[0]}); check the class_path's module "
-                    "and class name")  # fmt: skip
+            return _no_class(keys[0], failed["path"], missing[0])
         if (kind := re.match(r"Import path does not correspond to a subclass of (\w+)", why)) is not None:
             return f"{keys[0]}: {failed['path']} is not a {kind[1]}; give a subclass of {kind[1]}"
         if not why.startswith("Problem with given class_path"):  # it imported its module, which raised
@@ -294,8 +304,7 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     (outer, _), (inner, why) = found[0].groups(), found[-1].groups()
     keys = re.findall(r'Parser key "([^"]+)"', flat[: found[-1].end()])
     if keys and _NO_CLASS.fullmatch(why.strip()):  # a class path whose module or class is not there (a typo)
-        return (f"{keys[0]}: no class {inner!r} to import ({why.strip()}); check the class_path's module and class "
-                "name")  # fmt: skip
+        return _no_class(keys[0], inner, why.strip())
     tail = flat[found[-1].start() :]
     value = _UNION_VALUE.search(tail) or _PLAIN_VALUE.search(tail)
     if value is not None:  # the innermost problem is a value of the wrong type, not a setting the class lacks

@@ -6,6 +6,7 @@ is verified and before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import shutil
@@ -142,6 +143,10 @@ def what_remains(layout: RunLayout) -> str:
     checkpoint, or nothing yet ("" when the fit had not begun its run)."""
     if not layout.run_file.is_file():
         return ""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # (an unreadable record: said as below)
+        if (record := read_json(layout.run_file)).get("status") == "completed":  # the error came after (a teardown)
+            return (f"; run {layout.run_id} had completed at step {record.get('global_step')} before it (its record "
+                    "and receipts are whole): nothing to continue")  # fmt: skip
     if not layout.pointer.is_file():
         return (f"; run {layout.run_id} has no durable checkpoint yet, so there is nothing to continue: start again "
                 "without --ckpt_path")  # fmt: skip

@@ -25,7 +25,7 @@ from lit_psion.core.checkpoint import (
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_json
-from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, step_of
+from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, refuse_a_stray_checkpoint, step_of
 from lit_psion.core.lock import LOCK_FILE, unusable_lock
 from lit_psion.core.manifest import read_data_manifest
 from lit_psion.core.pointer import read_pointer
@@ -164,6 +164,7 @@ def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
     if (lost := lost_run_record(checkpoint)) is not None:
         raise EvidenceError(f"{lost}: without it the run's receipts vouch for none of its checkpoints; restore it from "
                             "a backup")  # fmt: skip
+    refuse_a_stray_checkpoint(path)
     path = path.resolve()  # `.`, `step-000006` from inside the run, or a path through a link: held to its run
     layout = RunLayout.of(path.parent.parent)
     if layout.is_run() and path.parent.resolve() == layout.checkpoints.resolve():

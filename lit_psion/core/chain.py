@@ -201,8 +201,9 @@ def _out_of_place(receipt: Receipt, previous_kind: str | None, sealed: bool) -> 
     if body_class is not None and (problem := read_back_problem(body_class, receipt.body)) is not None:
         name = f"{body_class.__module__}.{body_class.__qualname__}"
         changed = "" if name.startswith("lit_psion.") else (f"; {name}, registered now, does not read it: was it "
-                                                            "changed? give new fields defaults, or the changed body "
-                                                            "a new kind name (docs/receipts.md)")  # fmt: skip
+                                                            "changed? restore it as the run wrote it, or give the "
+                                                            "changed body a new kind name (fields added later need "
+                                                            "defaults; docs/receipts.md)")  # fmt: skip
         return "malformed", f"a {receipt.kind!r} body that is not one ({problem}{changed})"
     resuming = receipt.kind == "training_run" and receipt.body.get("event") == "resumed"
     if previous_kind == "chain_repair" and not resuming:

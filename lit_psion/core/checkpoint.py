@@ -340,8 +340,9 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
     """
     recorded = receipts.recorded.get(checkpoint.step)
     if recorded is None and receipts.broken is not None:
+        yours = "registered now, does not read it" in receipts.broken  # (receipts verify imports no module of yours)
         raise EvidenceError(f"checkpoint {checkpoint.path.name} cannot be held to its run's receipts: "
-                            f"{receipts.broken} (python -m lit_psion receipts verify RUN_DIR)")  # fmt: skip
+                            f"{receipts.broken}{'' if yours else ' (python -m lit_psion receipts verify RUN_DIR)'}")
     if recorded is None:
         newest = receipts.newest
         if receipts.sealed or (newest is not None and newest > checkpoint.step):
@@ -443,7 +444,8 @@ def resolve_checkpoint(
                                   f"checkpoints up to step {receipted.newest}, but {str(layout.checkpoints)!r} holds "
                                   "none; restore them from a backup")  # fmt: skip
         if not layout.checkpoint_dirs():
-            fix = ("to train, start a new run without --ckpt_path; a run still training has one at its first "
+            fix = ("to train, start a new run without --ckpt_path, or this one again from step 0 in its place "
+                   f"(LIT_PSION_RUN_ID={layout.run_id} and no --ckpt_path); a run still training has one at its first "
                    "checkpoint step, one that stopped before it never will" + _continue_instead(layout)
                    if resuming else "give a run that has one (a run still training writes one at its first "
                    "checkpoint step; one that stopped before it never will)")  # fmt: skip

@@ -295,3 +295,20 @@ def refuse_output_in_a_run(out: Path, flag: str = "--out", own: Path | None = No
                 raise ConfigError(f"{flag} {str(out)!r} is inside {kind} {str(place)!r} ({marker}): its commands "
                                   "would read what is written there as its own records; give a directory outside "
                                   "it")  # fmt: skip
+
+
+def refuse_a_stray_checkpoint(path: Path) -> None:
+    """A checkpoint directory inside a run, but not one of its checkpoints (``checkpoints/step-NNNNNN``) or
+    consolidated copies: no receipt of the run holds it, yet it sits in the run as if the run had written it.
+
+    Raises:
+        CheckpointError: ``path`` is such a directory (exit 4).
+    """
+    found = in_a_run(path)
+    if found is None:
+        return
+    layout = RunLayout.of(found[0])
+    if path.resolve().parent not in (layout.checkpoints.resolve(), layout.consolidated.resolve()):
+        raise CheckpointError(f"{str(path)!r} is inside run {layout.run_id!r} but is none of its checkpoints (those "
+                              f"are {str(layout.checkpoints / 'step-NNNNNN')!r}): no receipt of the run holds it; "
+                              "give one of the run's checkpoints")  # fmt: skip

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
+from lit_psion.checkpoint_io import safetensors_bytes
 from lit_psion.core import atomic_write_bytes, atomic_write_json, sha256_bytes
 from lit_psion.core.checkpoint import verify_checkpoint
 from lit_psion.core.errors import CheckpointError
 from lit_psion.core.receipts import AdapterAggregationReceipt, PolicyPromotionReceipt
-from lit_psion.core.tensorfile import safetensors_bytes
 from lit_psion.core.windows import ACCEPTED, RECONCILED, WindowPlan
 from lit_psion.windows.data import held_out_loss
 from lit_psion.windows.program import DISPOSITIONS, PROMOTION, Program, own_directory, plan_data, record

@@ -11,7 +11,7 @@ from lit_psion.cli import main
 from lit_psion.core import read_json, sha256_json
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.run import read_latest
-from tests.helpers import callbacks_config, consumed, fit
+from tests.helpers import TINY, callbacks_config, consumed, fit
 
 
 def receipts(run_dir: Path) -> list[dict]:
@@ -93,6 +93,22 @@ def test_a_user_receipt_after_the_seal_is_refused_and_the_run_stays_whole(tmp_pa
     run_dir = tmp_path / read_latest(tmp_path)
     assert read_json(run_dir / "run.json")["status"] == "completed"
     assert main(["receipts", "verify", str(run_dir)]) == 0
+
+
+def test_a_user_receipt_no_chain_can_take_is_said_to_be_lost(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Emitted in a callback's setup (before the chain opens) or while validating (which keeps no receipts), it was
+    dropped without a word."""
+    note = callbacks_config(tmp_path / "cb.json", ("NoteAt", {"hook": "setup"}))
+    capsys.readouterr()
+    assert fit("--config", note, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
+    err = capsys.readouterr().err
+    assert err.count("NoteAt emitted a 'example_loss_spike' receipt before the run's chain opened (it opens in setup: "
+                     "emit from on_fit_start on); it was not written") == 1, err  # fmt: skip
+    run_dir = tmp_path / read_latest(tmp_path)
+    assert "example_loss_spike" not in [r["kind"] for r in receipts(run_dir)]
+    assert main(["validate", "--config", TINY, "--config", note, "--trainer.default_root_dir", str(tmp_path),
+                 "--ckpt_path", "last"]) == 0  # fmt: skip
+    assert "receipt in validate, which keeps none; it was not written" in capsys.readouterr().err
 
 
 def test_a_user_evidence_callback_joins_the_chain(tmp_path: Path, capsys: pytest.CaptureFixture,

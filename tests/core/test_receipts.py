@@ -261,7 +261,7 @@ def test_verify_says_which_kinds_it_checked_by_their_chain_alone_and_a_changed_c
     result = verify_log(path)
     assert not result.ok and result.reason == "malformed"
     assert "UserCountChanged, registered now, does not read it" in result.detail
-    assert "give new fields defaults, or the changed body a new kind name" in result.detail
+    assert "restore it as the run wrote it, or give the changed body a new kind name" in result.detail
 
 
 @register_receipt

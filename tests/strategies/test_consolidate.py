@@ -211,8 +211,8 @@ def test_a_copy_consolidated_from_a_checkpoint_the_run_does_not_record_is_refuse
     """A consolidated copy is trusted for its source: a copy gathered (by the Python API, past the CLI's checks)
     from other weights under a consistently rewritten manifest of the run's step was loaded by ``--ckpt_path``,
     with its own manifest and consolidation receipt both whole."""
-    from lit_psion.checkpoint_io import consolidate
     from lit_psion.cli import _as_its_run_receipted
+    from lit_psion.consolidation import consolidate
 
     run = tmp_path / uninterrupted.name
     shutil.copytree(uninterrupted, run)
@@ -235,3 +235,88 @@ def test_a_copy_consolidated_from_a_checkpoint_the_run_does_not_record_is_refuse
     capsys.readouterr()
     assert main(["doctor", str(run / "consolidated")]) == 2  # it was "a run stopped as it started: delete it"
     assert f"is run {run.name!r}'s consolidated copies; give the run: {run}" in capsys.readouterr().err
+
+
+def _forged_copy(run: Path, harm: str) -> Path:
+    """Run ``run``'s consolidated copy made to hold other weights (``harm`` "weights") or another trainer state
+    ("state"), its manifest re-hashed and a consolidation receipt for it appended to the copies' log, correctly
+    chained: every file agrees with every other, and the log is anchored nowhere."""
+    import io
+
+    import torch
+    from safetensors.torch import save
+
+    from lit_psion.core.receipt_log import ReceiptLog
+    from lit_psion.core.receipts import ConsolidationReceipt
+
+    copy = run / "consolidated" / "step-000012"
+    if harm == "weights":
+        weights = safetensors_load((copy / "model.safetensors").read_bytes())
+        name = next(iter(weights))
+        (copy / "model.safetensors").write_bytes(save({**weights, name: weights[name] * 0 + 1}))
+    else:
+        state = torch.load(copy / "trainer_state.pt", weights_only=True)
+        buffer = io.BytesIO()
+        torch.save({**state, "epoch": state["epoch"] + 7}, buffer)
+        (copy / "trainer_state.pt").write_bytes(buffer.getvalue())
+    manifest = read_json(copy / MANIFEST_FILE)
+    for file in manifest["files"]:
+        data = (copy / file).read_bytes()
+        manifest["files"][file] = {**manifest["files"][file], "sha256": sha256_file(copy / file), "bytes": len(data)}
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    forged = verify_checkpoint(copy)
+    log = ReceiptLog(run / "consolidated" / "receipts.jsonl", run_id=f"consolidate-{run.name}")
+    log.append(ConsolidationReceipt(source=f"run:{run.name}/step-000012", step=12, checkpoint="step-000012",
+                                    source_manifest_digest=forged.manifest.consolidated_from,
+                                    manifest_digest=forged.manifest_sha256, weights_digest=forged.weights_sha256))
+    log.close()
+    return copy
+
+
+@pytest.mark.parametrize("harm", ["weights", "state"])
+def test_a_forged_copy_with_a_forged_receipt_is_refused_everywhere(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture, harm: str
+) -> None:
+    """The copies' receipt log is anchored nowhere: a copy holding other weights (or another trainer state) under
+    a re-hashed manifest, with a receipt appended for it, passed receipts verify, ckpt verify, doctor ("all
+    artifacts verified"), and generate sampled from it for the run directory."""
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run)
+    assert main(["ckpt", "consolidate", str(run)]) == 0
+    copy = _forged_copy(run, harm)
+    differs = "model.safetensors" if harm == "weights" else "trainer_state.pt"
+    says = f"is not what step-000012 gathers to (its {differs} differs"
+    capsys.readouterr()
+    assert main(["receipts", "verify", str(run)]) == 0  # the log itself is whole
+    for command in (["ckpt", "verify", str(copy)], ["doctor", str(run)], ["generate", str(run), "--tokens",
+                    "4"], ["validate", "--config", TINY, "--ckpt_path", str(copy)]):  # fmt: skip
+        capsys.readouterr()
+        assert main(command) == 4, command
+        said = capsys.readouterr()
+        assert says in said.out + said.err, (command, said)
+    with pytest.raises(CheckpointError, match="gathers to"):
+        load_run(run)
+    assert main(["ckpt", "consolidate", str(run)]) == 2  # not taken for the copy made before
+    shutil.rmtree(run / "consolidated")
+    assert main(["ckpt", "consolidate", str(run)]) == 0
+    assert main(["ckpt", "verify", str(copy)]) == 0 and "the gathering of run" in capsys.readouterr().out
+
+
+def test_a_copy_of_a_checkpoint_that_is_not_sharded_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A "consolidated" copy put into a single-device run (another run's weights, consolidated_from set to the run's
+    own checkpoint) was validated and sampled from without a word."""
+    from tests.helpers import fit
+
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6") == 0
+    run = next(p for p in root.iterdir() if p.is_dir())
+    source = verify_checkpoint(run / "checkpoints" / "step-000006")
+    copy = run / "consolidated" / "step-000006"
+    shutil.copytree(source.path, copy)
+    manifest = read_json(copy / MANIFEST_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "consolidated_from": source.manifest_sha256}))
+    capsys.readouterr()
+    assert main(["validate", "--config", TINY, "--ckpt_path", str(copy)]) == 4
+    err = capsys.readouterr().err
+    assert "consolidation receipts" in err or "not sharded" in err, err
+    assert main(["ckpt", "verify", str(copy)]) == 4

@@ -464,7 +464,7 @@ class _Evil:
 def test_a_forged_dcp_metadata_under_a_rewritten_manifest_runs_no_code(tmp_path: Path, uninterrupted: Path) -> None:
     import pickle
 
-    from lit_psion.checkpoint_io import consolidate
+    from lit_psion.consolidation import consolidate
 
     forged = tmp_path / "elsewhere" / "step-000012"  # outside any run: no receipt vouches for its manifest
     shutil.copytree(uninterrupted / "checkpoints" / "step-000012", forged)

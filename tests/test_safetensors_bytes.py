@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load, save
 
-from lit_psion.core.tensorfile import safetensors_bytes
+from lit_psion.checkpoint_io import safetensors_bytes
 
 TENSORS = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3, dtype=torch.bfloat16)}
 METADATA = {"rank": "8", "scaling": "1.0", "lit_psion.merged": '{"d_model":32}', "lit_psion.tokenizer": "ab" * 32}
