@@ -104,7 +104,8 @@ class RunCSVLogger(CSVLogger):
     """A CSVLogger writing ``<save_dir>/<run_id>/metrics.csv`` and appending across resumes.
 
     Its ``step`` column is the optimizer step a resume drops rows by, so a metric a model or callback logs as
-    ``step`` (Lightning then files the row under that value) is refused; ``watch`` gives it the trainer to see it.
+    ``step`` (Lightning then files the row under that value) is refused, as is one logged as ``epoch`` (it would
+    replace the epoch Lightning writes in every row); ``watch`` gives it the trainer to see them.
     """
 
     def __init__(self, save_dir: str | os.PathLike, run_id: str) -> None:
@@ -115,10 +116,12 @@ class RunCSVLogger(CSVLogger):
         self._logged = lambda: trainer.logged_metrics
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if "step" in self._logged():
-            raise ConfigError(f"a metric named 'step' was logged ({self._logged()['step']!r}): in {self.log_dir}"
-                              "/metrics.csv it would replace the optimizer step a resume relies on; log it under "
-                              "another name")  # fmt: skip
+        for name, what in (("step", "the optimizer step a resume relies on"), ("epoch", "the epoch Lightning writes")):
+            if name in (logged := self._logged()):
+                value = logged[name].item() if hasattr(logged[name], "item") else logged[name]
+                raise ConfigError(f"a metric named {name!r} was logged ({value!r}): in "
+                                  f"{os.path.join(self.log_dir, 'metrics.csv')} it would replace {what}; log it under "
+                                  "another name")  # fmt: skip
         super().log_metrics(metrics, step)
 
     @property

@@ -78,22 +78,30 @@ def test_a_full_disk_at_metrics_csv_names_it_and_keeps_whole_rows(tmp_path: Path
 
 
 class LogsAStep(Callback):
-    """A callback logging its own metric named ``step`` (Lightning files the row under its value)."""
+    """A callback logging its own metric named ``name`` (``step``: Lightning files the row under its value;
+    ``epoch``: it replaces the epoch Lightning writes)."""
+
+    def __init__(self, name: str = "step") -> None:
+        self.name = name
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        pl_module.log("step", 1000.0 + trainer.global_step)
+        pl_module.log(self.name, 1000.0 + trainer.global_step)
 
 
+@pytest.mark.parametrize("name", ["step", "epoch"])
 def test_a_metric_named_step_is_refused_before_it_files_a_row_under_its_value(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, name: str
 ) -> None:
     """Lightning took a logged ``step`` as the row's step: metrics.csv's rows said steps 1003.. and a resume, which
-    drops the rows after its checkpoint's step by that column, kept or dropped the wrong ones."""
+    drops the rows after its checkpoint's step by that column, kept or dropped the wrong ones. A logged ``epoch``
+    replaced the epoch column without a word."""
     args = ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "6",
-            "--trainer.log_every_n_steps", "1", f"--trainer.callbacks+={__name__}.LogsAStep"]  # fmt: skip
+            "--trainer.log_every_n_steps", "1", f"--trainer.callbacks+={__name__}.LogsAStep",
+            f"--trainer.callbacks.name={name}"]  # fmt: skip
     assert main(args) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
-    assert "a metric named 'step' was logged" in line and "log it under another name" in line
+    assert f"a metric named {name!r} was logged (1001.0): in " in line and "log it under another name" in line
+    assert "//metrics.csv" not in line
     run = tmp_path / read_latest(tmp_path)
     assert not (run / "metrics.csv").exists(), "refused at the first row it would have misfiled"
     assert read_json(run / "run.json")["status"] == "failed" and main(["receipts", "verify", str(run)]) == 0

@@ -67,7 +67,8 @@ def audit_receipts(layout: RunLayout, record: RunRecord) -> Verdict:
     except EvidenceError as error:
         return _fail(layout.receipts.name, error)
     sealed, unknown = ", sealed" if result.sealed else "", ", ".join(map(repr, sorted(result.unknown_kinds)))
-    fields = f"; the fields of {unknown} were not checked (no class here registers it)" if unknown else ""
+    them = "them" if len(result.unknown_kinds) > 1 else "it"
+    fields = f"; the fields of {unknown} were not checked (no class here registers {them})" if unknown else ""
     return Verdict(layout.receipts.name, True, f"{result.count} receipts from the run's genesis{sealed}, "
                                                f"head {result.head}{fields}")  # fmt: skip
 

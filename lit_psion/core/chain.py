@@ -113,8 +113,8 @@ class VerifyResult:
     line: int | None = None
     """1-based line number of the first problem."""
     reason: str | None = None
-    """``malformed``, ``torn``, ``edited``, ``deleted``, ``reordered``, ``foreign``, ``unbound``, ``after_seal``
-    ``truncated`` or ``symlink``."""
+    """``malformed``, ``torn``, ``edited``, ``duplicated``, ``deleted``, ``reordered``, ``foreign``, ``unbound``,
+    ``after_seal``, ``truncated`` or ``symlink``."""
     detail: str = ""
     digests: frozenset[str] = frozenset()
     """Every digest in the verified part of the chain (to check heads recorded elsewhere)."""
@@ -236,6 +236,8 @@ def _check_line(
         head = genesis(receipt.run_id)
         if receipt.seq == 0 and receipt.prev_digest != head:
             return "unbound", f"the first receipt does not chain from the genesis of run {receipt.run_id!r}"
+    if receipt.digest in seen:  # the same receipt twice (a line copied, an append retried by hand)
+        return "duplicated", f"seq {receipt.seq} appears again: this line repeats an earlier one of the log"
     if receipt.seq > count:
         return "deleted", f"seq {receipt.seq} follows seq {count - 1}: {receipt.seq - count} receipt(s) missing"
     if receipt.seq == count and receipt.prev_digest != head and receipt.prev_digest not in seen:

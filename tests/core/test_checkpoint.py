@@ -236,6 +236,9 @@ def test_the_pointed_checkpoint_wins_and_a_swapped_manifest_is_refused(layout: R
 def test_no_pointer_and_nothing_that_verifies_is_refused(layout: RunLayout) -> None:
     with pytest.raises(CheckpointError, match="no durable checkpoint yet"):
         resolve_checkpoint(layout)
+    with pytest.raises(CheckpointError) as refused:  # a resume: the run itself can be trained again in its place
+        resolve_checkpoint(layout, resuming=True)
+    assert f"or this one again from step 0 in its place (LIT_PSION_RUN_ID={layout.run_id} and no" in str(refused.value)
 
 
 def test_a_run_started_by_mistake_names_the_paused_run_it_hides(layout: RunLayout) -> None:

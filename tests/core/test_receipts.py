@@ -64,7 +64,7 @@ TAMPERING: list[tuple[str, Callable[[list[str]], list[str]], int | None, str]] =
     ("edit the envelope", _edit_and_rehash_nothing_else, 5, "edited"),
     ("delete a line", lambda lines: lines[:3] + lines[4:], 4, "deleted"),
     ("swap two lines", lambda lines: [*lines[:2], lines[3], lines[2], *lines[4:]], 3, "reordered"),
-    ("duplicate a line", lambda lines: [*lines[:3], lines[2], *lines[3:]], 4, "reordered"),
+    ("duplicate a line", lambda lines: [*lines[:3], lines[2], *lines[3:]], 4, "duplicated"),
     ("truncate the tail", lambda lines: lines[:-2], None, "truncated"),
     ("garbage line", lambda lines: [*lines[:1], "{not json", *lines[1:]], 2, "malformed"),
 ]
