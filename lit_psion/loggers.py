@@ -14,7 +14,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from lit_psion.core import atomic_write_text
+from lit_psion.core import RunLayout, atomic_write_text
 from lit_psion.core.errors import FULL_STORAGE, ConfigError, StorageFull
 from lit_psion.core.files import unshare
 
@@ -120,7 +120,7 @@ class RunCSVLogger(CSVLogger):
             if name in (logged := self._logged()):
                 value = logged[name].item() if hasattr(logged[name], "item") else logged[name]
                 raise ConfigError(f"a metric named {name!r} was logged ({value!r}): in "
-                                  f"{os.path.join(self.log_dir, 'metrics.csv')} it would replace {what}; log it under "
+                                  f"{RunLayout.of(self.log_dir).metrics} it would replace {what}; log it under "
                                   "another name")  # fmt: skip
         super().log_metrics(metrics, step)
 
