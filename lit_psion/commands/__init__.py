@@ -143,8 +143,8 @@ class Terminated(BaseException):
     Lightning calls the handler it finds after its own)."""
 
 
-_LEFT: list[str] = []
-"""What the :func:`underway` block a Ctrl-C or SIGTERM stopped said the command leaves."""
+_LEFT = "lit_psion_left"
+"""The attribute an :func:`underway` block sets on the stop (Ctrl-C, SIGTERM) that ended it: what the command left."""
 
 
 @contextlib.contextmanager
@@ -155,7 +155,7 @@ def underway(leaves: Callable[[], str]) -> Iterator[None]:
         yield
     except (KeyboardInterrupt, Terminated, SystemExit) as stop:
         if not isinstance(stop, SystemExit) or _stopped_by_a_signal(stop):
-            _LEFT.append(leaves())
+            setattr(stop, _LEFT, leaves())
         raise
 
 
@@ -172,8 +172,8 @@ def _terminated(signum: int, frame: object) -> None:
 _DISCARDED = "; what the command had not committed is discarded: run it again"
 
 
-def _left(otherwise: str = "") -> str:
-    return f"; {_LEFT[-1]}" if _LEFT and _LEFT[-1] else otherwise
+def _left(stop: BaseException, otherwise: str = "") -> str:
+    return f"; {left}" if (left := getattr(stop, _LEFT, "")) else otherwise
 
 
 def run_command(argv: list[str]) -> int:
@@ -191,14 +191,13 @@ def run_command(argv: list[str]) -> int:
     quiet_lightning(own_trainer=True)  # (a session's or a window's Trainer printed its banner, tip and step count)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None  # said, not a silent death
-    _LEFT.clear()
     try:
         COMMANDS[argv[0]](argv)
-    except KeyboardInterrupt:
-        print(f"lit_psion: interrupted{_left()}", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"lit_psion: interrupted{_left(stop)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
-        print(f"lit_psion: stopped by SIGTERM{_left(_DISCARDED)}", file=sys.stderr)
+    except Terminated as stop:
+        print(f"lit_psion: stopped by SIGTERM{_left(stop, _DISCARDED)}", file=sys.stderr)
         return EXIT_SIGTERM
     except BrokenPipeError:  # the reader left (``| head``): what it read was complete, so was the command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -207,10 +206,10 @@ def run_command(argv: list[str]) -> int:
         # A Trainer the command runs (session, window) turns SIGTERM into its SIGTERMException (code None) and
         # Ctrl-C into exit(1) raised while handling the KeyboardInterrupt: neither is success, nor our bug.
         if type(stop).__name__ == "SIGTERMException":
-            print(f"lit_psion: stopped by SIGTERM{_left(_DISCARDED)}", file=sys.stderr)
+            print(f"lit_psion: stopped by SIGTERM{_left(stop, _DISCARDED)}", file=sys.stderr)
             return EXIT_SIGTERM
         if isinstance(stop.__context__, KeyboardInterrupt):
-            print(f"lit_psion: interrupted{_left()}", file=sys.stderr)
+            print(f"lit_psion: interrupted{_left(stop)}", file=sys.stderr)
             return EXIT_INTERRUPTED
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except Exception as error:

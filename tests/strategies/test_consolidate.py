@@ -317,6 +317,17 @@ def test_a_copy_of_a_checkpoint_that_is_not_sharded_is_refused(tmp_path: Path, c
     (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "consolidated_from": source.manifest_sha256}))
     capsys.readouterr()
     assert main(["validate", "--config", TINY, "--ckpt_path", str(copy)]) == 4
-    err = capsys.readouterr().err
-    assert "consolidation receipts" in err or "not sharded" in err, err
-    assert main(["ckpt", "verify", str(copy)]) == 4
+    assert "has no verifying consolidation receipts" in capsys.readouterr().err
+    from lit_psion.core.receipt_log import ReceiptLog
+    from lit_psion.core.receipts import ConsolidationReceipt
+
+    forged = verify_checkpoint(copy)  # and a receipt for it, correctly chained: the copy still gathers nothing
+    log = ReceiptLog(run / "consolidated" / "receipts.jsonl", run_id=f"consolidate-{run.name}")
+    log.append(ConsolidationReceipt(source=f"run:{run.name}/step-000006", step=6, checkpoint="step-000006",
+                                    source_manifest_digest=source.manifest_sha256,
+                                    manifest_digest=forged.manifest_sha256, weights_digest=forged.weights_sha256))
+    log.close()
+    for command in (["validate", "--config", TINY, "--ckpt_path", str(copy)], ["ckpt", "verify", str(copy)],
+                    ["generate", str(copy), "--tokens", "4", "--tokenizer", str(run / "tokenizer.json")]):  # fmt: skip
+        assert main(command) == 4, command
+        assert "which is not sharded: `ckpt consolidate` made no copy of it" in capsys.readouterr().err, command
