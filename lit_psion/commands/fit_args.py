@@ -20,6 +20,7 @@ from typing import Any
 from jsonargparse import ArgumentError
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
+from lit_psion.commands.class_values import not_a_class_path
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, lit_psion_cause
 from lit_psion.core.layout import RunLayout
 
@@ -284,6 +285,8 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     if keys and (choice := _LITERAL.search(flat)) is not None:  # a setting of fixed choices (an optimizer's name)
         return f"{'.'.join(keys)}: {choice['value']!r} is not one of {choice['choices']}; give one of them"
     failed = _FAILED_IMPORT.search(flat) if keys else None
+    if failed is not None and (line := not_a_class_path(keys[0], failed["path"], flat)) is not None:
+        return line
     if failed is not None and re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", failed["path"]):  # a class path given
         why = failed["why"].strip()
         if (missing := _NO_CLASS.search(why)) is not None:  # a class path that is not one (a typo)
@@ -319,6 +322,12 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
                 f"(--{'.'.join(keys)}.KEY VALUE), or as a mapping in a --config file")  # a value for a dataclass
     listed = (f"; `python -m lit_psion fit --{keys[0]}.help {outer}` lists the settings it takes"
               if keys[0] in ("model", "data", "trainer.callbacks") else "")  # fmt: skip
+    if why.strip() == "Option 'class_path' is not accepted":  # {class_path: X, KEY: V}: a class's settings beside it
+        given = re.search(r"'class_path': '([^']+)'", tail)
+        return (f"{'.'.join(keys)}: the settings beside class_path are not read; put them under init_args "
+                f"({{class_path: {given[1] if given else 'module.ClassName'}, init_args: {{SETTING: VALUE}}}})")
+    if (required := re.fullmatch(r"the following arguments are required: (.+)", why.strip())) is not None:
+        return f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} needs {required[1]}, which nothing gave; give it{listed}"
     return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
             f"--config overlay may have set it for another class){listed}")
 
