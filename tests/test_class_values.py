@@ -39,8 +39,9 @@ CLASS_VALUES = [  # (args, the one line after "lit_psion: error: ")
 
 
 @pytest.mark.parametrize(("args", "says"), CLASS_VALUES, ids=lambda x: x[-1] if isinstance(x, tuple) else None)
-def test_a_class_setting_given_no_class_path_says_how_to_give_one(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                  args: tuple[str, ...], says: str) -> None:  # fmt: skip
+def test_a_class_setting_given_no_class_path_says_how_to_give_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: tuple[str, ...], says: str
+) -> None:
     root = tmp_path / "runs"
     argv = ["fit", "--config", "fixtures/tiny.yaml", *args, "--trainer.default_root_dir", str(root)]
     argv += ["--trainer.callbacks+=lit_psion.callbacks.GenerateSample"] if args[0] == "--trainer.callbacks" else []
