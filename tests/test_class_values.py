@@ -65,3 +65,41 @@ def test_a_config_files_settings_beside_class_path_are_named_so(tmp_path: Path, 
         f"lit_psion: error: {section}: the settings beside class_path are not read; put them under init_args "
         f"({{class_path: {cls}, init_args: {{SETTING: VALUE}}}})")  # fmt: skip
     assert not root.exists()
+
+
+UNTYPED = '''
+import lightning as L
+from lit_psion.models import DecoderLM
+
+
+class Every(L.Callback):
+    def __init__(self, n, label: str = "x", *, m=0, **rest):
+        super().__init__()
+        self.n = n
+
+
+class Sized(DecoderLM):
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+'''
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--trainer.callbacks", "untyped.Every"), "trainer.callbacks: untyped.Every needs n (its __init__ gives no "
+     "default and no type), which nothing gave; give it (--trainer.callbacks.n VALUE), or a default in its __init__"),
+    (("--model", "untyped.Sized"), "model: untyped.Sized needs width (its __init__ gives no default and no type), "
+     "which nothing gave; give it (--model.width VALUE), or a default in its __init__"),
+], ids=["a callback", "a model"])  # fmt: skip
+def test_an_untyped_setting_without_a_default_that_nothing_gave_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], says: str
+) -> None:
+    """jsonargparse passed it None without a word (a typed one it refuses as required), and config.yaml said null."""
+    (tmp_path / "untyped.py").write_text(UNTYPED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = tmp_path / "runs"
+    argv = ["fit", "--config", "fixtures/tiny.yaml", *args, "--trainer.default_root_dir", str(root)]
+    assert main(argv) == 2
+    assert one_error_line(capsys.readouterr().err) == f"lit_psion: error: {says}"
+    assert not root.exists()
+    given = "--trainer.callbacks.n" if args[0] == "--trainer.callbacks" else "--model.width"
+    assert main([*argv, given, "3", "--trainer.max_steps", "1"]) == 0  # given: it trains

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
+from collections.abc import Iterator
+from typing import Any
 
 EXAMPLES = {
     "model": "lit_psion.models.DecoderLM",
@@ -51,3 +54,44 @@ def _known_classes(key: str) -> list[str]:
         found += [f"{package}.{name}" for name in getattr(module, "__all__", ()) if isinstance(getattr(module, name,
                   None), type)]  # fmt: skip
     return found
+
+
+def unfilled_settings(config: Any) -> list[str]:
+    """A class's setting with neither a type hint nor a default that nothing gave: jsonargparse passes it None
+    without a word (and config.yaml records null), where a typed one is refused as required."""
+    problems: list[str] = []
+    for key, given in _classes_given(config, ""):
+        try:
+            module, _, name = given["class_path"].rpartition(".")
+            cls = getattr(importlib.import_module(module), name)
+            parameters = inspect.signature(cls).parameters.values()
+        except (ImportError, AttributeError, ValueError, TypeError):
+            continue  # (the parser has named a class that does not import)
+        init_args = given.get("init_args") or {}
+        unfilled = [p.name for p in parameters if p.default is p.empty and p.annotation is p.empty
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and _get(init_args, p.name) is None]
+        if unfilled:
+            listed = " and ".join(unfilled)
+            problems.append(f"{key}: {given['class_path']} needs {listed} (its __init__ gives no default and no type), "
+                            f"which nothing gave; give {'it' if len(unfilled) == 1 else 'them'} (--{key}.{unfilled[0]} "
+                            "VALUE), or a default in its __init__")  # fmt: skip
+    return problems
+
+
+def _classes_given(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """(where, the class_path-and-init_args mapping) for every class the parsed config gives, outermost first."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _classes_given(item, key)
+        return
+    if not hasattr(value, "items"):
+        return
+    if isinstance(_get(value, "class_path"), str):
+        yield key, value
+    for name, inner in list(vars(value).items() if not isinstance(value, dict) else value.items()):
+        if name != "class_path":
+            yield from _classes_given(inner, key if name == "init_args" else f"{key}.{name}".lstrip("."))
+
+
+def _get(mapping: Any, name: str) -> Any:
+    return mapping.get(name) if hasattr(mapping, "get") else getattr(mapping, name, None)

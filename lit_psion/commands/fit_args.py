@@ -20,7 +20,7 @@ from typing import Any
 from jsonargparse import ArgumentError
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from lit_psion.commands.class_values import not_a_class_path
+from lit_psion.commands.class_values import not_a_class_path, unfilled_settings
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, lit_psion_cause
 from lit_psion.core.layout import RunLayout
 
@@ -139,7 +139,7 @@ def _sets(config: Any, keys: list[str]) -> bool:
 
 def setting_problems(config: Any, subcommand: str | None) -> list[str]:
     """Trainer settings Lightning would accept and then fail on mid-run (or never finish with), as messages."""
-    trainer, problems = config.trainer, []
+    trainer, problems = config.trainer, unfilled_settings(config)
     if not hasattr(trainer, "get"):
         return [f"trainer must be a mapping of Trainer settings, got {trainer!r}; give trainer: {{max_steps: ...}} "
                 "or leave the key out"]  # fmt: skip
