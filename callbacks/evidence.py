@@ -33,6 +33,7 @@ from lit_psion.core.receipts import (
     TrainerStepReceipt,
     TrainingRunReceipt,
 )
+from lit_psion.core.step_logs import replace_kept
 
 
 def _own_kinds() -> set[str]:
@@ -205,6 +206,8 @@ class Receipts(EvidenceCallback):
         if transactional and trainer.strategy.last_decision == "rollback":
             return  # the strategy undid this step; its transaction receipt says why
         loss = _global_loss(trainer, step, outputs["loss"] if isinstance(outputs, dict) else outputs)
+        if trainer.world_size > 1:  # (callbacks end a step before the model, which writes the row)
+            replace_kept(pl_module, "train/loss", torch.tensor(loss, dtype=torch.float64))
         if step % self.every_n_steps:
             return
         if self.chain is None or not trainer.is_global_zero:

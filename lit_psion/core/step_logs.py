@@ -53,6 +53,14 @@ def keep_step_logs(module: Any, **values: Any) -> None:
     kept.update({name: value.detach() if hasattr(value, "detach") else value for name, value in values.items()})
 
 
+def replace_kept(module: Any, name: str, value: Any) -> None:
+    """Replace ``name``'s value this step kept, if it kept one (the loss over the whole global batch for rank
+    0's own: the row then shows what the step receipt records, at every world size)."""
+    kept = module.__dict__.get(_KEPT)
+    if kept is not None and name in kept:
+        kept[name] = value
+
+
 def log_step_values(module: Any, **values: Any) -> None:
     """Scalars a callback or a strategy measured on this step, for its row if Lightning writes one, and on the last
     step of a fit stopped by ``max_steps`` between rows, for the row :func:`log_kept_step_logs` writes. A module
