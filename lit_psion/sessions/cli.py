@@ -12,7 +12,7 @@ from typing import Any
 from lit_psion.commands import CommandParser, underway
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LockedError
-from lit_psion.core.layout import in_a_run
+from lit_psion.core.layout import RECEIPTS_FILE, in_a_run
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.text import shell_words
@@ -200,6 +200,10 @@ def verify_session(store: Store, session_id: str) -> None:
         print(f"FAIL {extra}: not a file of the run meta.json records (added since)")
         checks.append((extra, None, None, 5))
         failures.append(5)
+    for name, problem in _run_record_problems(directory, meta["runs"]):
+        print(f"{'FAIL' if problem else 'ok  '} {name}: {problem or 'its chain verifies, from the run genesis'}")
+        checks.append((name, None, None, 5))
+        failures += [5] if problem else []
     if (rollback := store.rolled_back({**meta, "session_id": session_id})) is not None:
         print(f"FAIL index.json: {rollback}")
         failures.append(5)
@@ -229,6 +233,25 @@ def verify_session(store: Store, session_id: str) -> None:
         print(f"lit_psion: session verify: {len(failures)} of {len(checks)} checks failed", file=sys.stderr)
         raise SystemExit(failures[0])
     print(f"all {len(checks)} checks of session {session_id} passed")
+
+
+def _run_record_problems(directory: Path, runs: list[Any]) -> list[tuple[str, str | None]]:
+    """(what, its problem or None) for each run's receipt chain (meta.json records the log's digest, which an edit
+    re-hashed there would match: the chain's own digests would not), and a run meta.json records twice."""
+    from lit_psion.core.chain import verify_log
+
+    found, seen = [], set()
+    for run in runs:
+        run_id = str(run.get("run_id"))
+        if run_id in seen:
+            found.append((f"runs/{run_id}", "meta.json records this run twice (a record copied in); restore "
+                          "meta.json from a backup"))  # fmt: skip
+        seen.add(run_id)
+        log = directory / "runs" / run_id / RECEIPTS_FILE
+        if RECEIPTS_FILE in (run.get("files") or {}) and log.is_file() and not log.is_symlink():
+            result = verify_log(log, run_id=run_id)
+            found.append((f"runs/{run_id}/{RECEIPTS_FILE} chain", None if result.ok else result.describe()))
+    return found
 
 
 def _listed(directory: Path) -> list[str]:

@@ -379,3 +379,30 @@ def test_a_session_directory_put_back_from_an_earlier_copy_is_refused_not_reregi
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "was put back from an earlier copy; restore it from a backup" in line, line
     assert (trained / "sessions" / "index.json").read_bytes() == index
+
+
+def _edited_and_rerecorded(root: Path) -> None:
+    """A receipt's body edited in place, and the log's new digest written into meta.json (which is unsigned)."""
+    (run,) = (root / "sessions" / "s1" / "runs").iterdir()
+    log = run / "receipts.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join([lines[0].replace('"session"', '"sessiox"', 1), *lines[1:]]))
+    meta_edit(lambda m: m["runs"][0]["files"].update({"receipts.jsonl": sha256_bytes(log.read_bytes())}))(root)
+
+
+RERECORDED = [  # (case, what is done, what the FAIL line says): each passed "all N checks of session s1"
+    ("a receipt edited, its log re-recorded", _edited_and_rerecorded, "receipts.jsonl chain: line 1: edited"),
+    ("a run recorded twice", meta_edit(lambda m: m["runs"].append(m["runs"][0])), "meta.json records this run twice"),
+]
+
+
+@pytest.mark.parametrize(("case", "harm", "says"), RERECORDED, ids=[c[0] for c in RERECORDED])
+def test_verify_holds_each_run_to_its_own_chain_and_to_one_record(trained: Path, capsys: pytest.CaptureFixture,
+                                                                  case: str, harm: Any, says: str) -> None:  # fmt: skip
+    root = ("verify", "--artifacts_root", str(trained), "--session_id", "s1")
+    assert session(*root) == 0
+    assert "receipts.jsonl chain: its chain verifies" in capsys.readouterr().out
+    harm(trained)
+    assert session(*root) == 5
+    out = capsys.readouterr().out
+    assert any(line.startswith("FAIL") and says in line for line in out.splitlines()), out
