@@ -8,6 +8,7 @@ predict``, sampling and export read that copy.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from lit_psion.commands.receipts import refuse_a_live_run, run_layout
 from lit_psion.commands.records import refuse_without_its_records
 from lit_psion.core.audit import check_chain, receipted_checkpoints, verify_in_its_run
 from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
-from lit_psion.core.errors import CheckpointError
-from lit_psion.core.layout import RunLayout, refuse_output_in_a_run, step_of
+from lit_psion.core.errors import CheckpointError, ConfigError
+from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, refuse_output_in_a_run, step_of
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.run import RunRecord
 
@@ -26,9 +27,11 @@ def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion ckpt")
     parser.add_argument("action", choices=["verify", "consolidate"])
     parser.add_argument("run_dir", type=Path, help="a run directory (verify: or one of its step-NNNNNN directories)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=_out_directory, default=None,
                         help="consolidate: the output directory (default: RUN_DIR/consolidated)")  # fmt: skip
     parsed = parser.parse_args(args)
+    if parsed.action == "verify" and parsed.out is not None:
+        raise ConfigError("--out is ckpt consolidate's; ckpt verify writes nothing: leave it out")
     if parsed.action == "verify" and (parsed.run_dir / MANIFEST_FILE).is_file():
         _verify_one(parsed.run_dir)
         return
@@ -64,6 +67,8 @@ def main(args: list[str]) -> None:
     from lit_psion.consolidation import consolidate
 
     refuse_output_in_a_run(parsed.out or layout.consolidated, own=layout.consolidated)
+    if parsed.out is not None:
+        _refuse_others_files(parsed.out)
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
     if summary.get("already"):
         print(f"already consolidated: {path} is {checkpoint.path.name}'s receipted copy and verifies "
@@ -130,3 +135,23 @@ def _check_shards(checkpoint: VerifiedCheckpoint) -> None:
         from lit_psion.checkpoint_io import check_shards
 
         check_shards(checkpoint)
+
+
+def _out_directory(value: str) -> Path:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty value; give the directory to write the copy into")
+    return Path(value)
+
+
+def _refuse_others_files(out: Path) -> None:
+    """``--out`` must be new, empty, or an earlier ``ckpt consolidate --out``'s (its receipts and step directories):
+    the copy and its receipt log would be mixed into anything else (a user's files, a runs root)."""
+    if not out.is_dir() or out.is_symlink():
+        if out.exists() or out.is_symlink():
+            raise ConfigError(f"--out {str(out)!r} is not a directory; give a new or empty directory")
+        return
+    ours = [entry for entry in out.iterdir() if entry.name == RECEIPTS_FILE or entry.name.startswith(".")
+            or step_of(entry.name) is not None]  # fmt: skip
+    if others := sorted(entry.name for entry in out.iterdir() if entry not in ours):
+        raise ConfigError(f"--out {str(out)!r} already holds files ckpt consolidate did not write (such as "
+                          f"{others[0]!r}); give a new or empty directory, or an earlier consolidation's")  # fmt: skip

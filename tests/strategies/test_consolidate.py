@@ -331,3 +331,34 @@ def test_a_copy_of_a_checkpoint_that_is_not_sharded_is_refused(tmp_path: Path, c
                     ["generate", str(copy), "--tokens", "4", "--tokenizer", str(run / "tokenizer.json")]):  # fmt: skip
         assert main(command) == 4, command
         assert "which is not sharded: `ckpt consolidate` made no copy of it" in capsys.readouterr().err, command
+
+
+FOREIGN_OUTS = {  # --out given -> the one line: each wrote receipts.jsonl and step-000012/ in among what was there
+    "a user's directory": (lambda out: (out.mkdir(), (out / "notes.txt").write_text("mine")),
+                           "already holds files ckpt consolidate did not write (such as 'notes.txt')"),
+    "a runs root": (lambda out: (out.mkdir(), (out / "20261207-000000-abcdef").mkdir()),
+                    "already holds files ckpt consolidate did not write (such as '20261207-000000-abcdef')"),
+    "a file": (lambda out: out.write_text("mine"), "is a file; give a directory"),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_OUTS)
+def test_an_out_holding_others_files_is_refused_and_left_as_it_was(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    make, says = FOREIGN_OUTS[case]
+    out = tmp_path / "out"
+    make(out)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    assert main(["ckpt", "consolidate", str(uninterrupted), "--out", str(out)]) == 2
+    assert says in capsys.readouterr().err
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("args", [("consolidate", "--out", ""), ("verify", "--out", "x")], ids=["empty", "verify"])
+def test_an_out_that_means_nothing_here_is_refused(uninterrupted: Path, capsys: pytest.CaptureFixture,
+                                                   args: tuple[str, ...]) -> None:  # fmt: skip
+    """An empty --out wrote into the working directory; verify took --out and ignored it."""
+    assert main(["ckpt", args[0], str(uninterrupted), *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert ("an empty value" if args[2] == "" else "ckpt verify writes nothing") in err, err
