@@ -130,12 +130,13 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
     sessions_dir = store.root / "sessions"
     found = sorted(p.name for p in sessions_dir.iterdir() if is_plain_name(p.name) and not p.name.startswith(".")
                    and (p / "meta.json").is_file()) if sessions_dir.is_dir() else []  # fmt: skip
+    listed, unreadable = [], []
     try:
         registered = set(store.index()["sessions"])
-    except EvidenceError as error:
-        print(f"note: {error}", file=sys.stderr)
+    except (ConfigError, EvidenceError) as error:  # (the sessions are listed from their own records all the same)
+        print(f"lit_psion: {error}", file=sys.stderr)
         registered = set(found)
-    listed, unreadable = [], []
+        unreadable += [error] if isinstance(error, EvidenceError) else []
     print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
     for session_id in found:
         try:

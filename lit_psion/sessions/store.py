@@ -6,15 +6,13 @@
     sessions/<id>/plastic_state.safetensors, optim_state.pt (weights_only), metrics.json, update_events.jsonl
     sessions/<id>/runs/<run_id>/per_step.csv, update_events.json, mse_curve.png, receipts.jsonl
 
-Every session artifact's sha256 is recorded in its ``meta.json`` (``artifacts``) when it is written
-and checked, on the very bytes then loaded, before it is used; a plastic or optimizer state that
-is not finite is refused. A session's files change only under its :class:`~lit_psion.core.lock.RunLock`
-(``sessions/<id>/.lock``), and only through :meth:`Store.commit`: new files are staged in
-``.pending-*``, ``meta.json`` naming their digests is the commit point, then they are renamed into
-place, so a crash at any point leaves the old or the new state (:meth:`Store.recover` finishes or
-drops an interrupted commit). Every JSON file is replaced by rename, so a reader never sees a torn
-file; read-modify-write of ``index.json`` holds an exclusive lock so concurrent writers do not lose
-each other's entries.
+Every session artifact's sha256 is recorded in its ``meta.json`` (``artifacts``) when it is written and checked, on
+the very bytes then loaded, before it is used; a plastic or optimizer state that is not finite is refused. A session's
+files change only under its :class:`~lit_psion.core.lock.RunLock` (``sessions/<id>/.lock``), and only through
+:meth:`Store.commit`: new files are staged in ``.pending-*``, ``meta.json`` naming their digests is the commit point,
+then they are renamed into place, so a crash at any point leaves the old or the new state (:meth:`Store.recover`
+finishes or drops an interrupted commit). Every JSON file is replaced by rename, so a reader never sees a torn file;
+read-modify-write of ``index.json`` holds an exclusive lock so concurrent writers do not lose each other's entries.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, l
 from lit_psion.core.files import fsync_path
 from lit_psion.core.lock import RunLock
 from lit_psion.core.text import shell_words
+from lit_psion.sessions.registry import refuse_an_unusable_registry
 from lit_psion.sessions.settings import WorldConfig
 
 if TYPE_CHECKING:
@@ -453,6 +452,7 @@ class Store:
 
     def index(self) -> dict[str, Any]:
         path = self.root / "sessions" / INDEX
+        refuse_an_unusable_registry(path, path.with_name(".index.lock"))
         if not path.is_file():
             return {"schema_version": SCHEMA_VERSION, "sessions": {}}
         index = _record(path, ("sessions",))
@@ -474,7 +474,7 @@ class Store:
 
     def register(self, meta: dict[str, Any]) -> None:
         """Write a session's meta.json and its index.json entry."""
-        directory = self.session_dir(meta["session_id"])
+        directory, _ = self.session_dir(meta["session_id"]), self.index()  # (a registry it could not update: refused)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_json(directory / "meta.json", meta)
         self._index_entry(meta)

@@ -406,3 +406,40 @@ def test_verify_holds_each_run_to_its_own_chain_and_to_one_record(trained: Path,
     assert session(*root) == 5
     out = capsys.readouterr().out
     assert any(line.startswith("FAIL") and says in line for line in out.splitlines()), out
+
+
+REGISTRY_IN_THE_WAY = [  # (what is put in place, its exit code, the line): each was exit 1 (IsADirectoryError) after
+    # meta.json, the commit point, was written: a session its registry never listed, refused as existing on a retry
+    ("sessions/.index.lock", 2, "is not the sessions' lock file (a directory, a link or a FIFO in its place); remove"),
+    ("sessions/index.json", 5, "is not a file (a directory or a link in its place); restore index.json"),
+]
+
+
+@pytest.mark.parametrize(("name", "code", "says"), REGISTRY_IN_THE_WAY, ids=["lock a directory", "index a directory"])
+def test_a_registry_that_is_not_a_file_is_refused_before_anything_is_written(
+    trained: Path, capsys: pytest.CaptureFixture, name: str, code: int, says: str
+) -> None:
+    path = trained / name
+    if path.exists():
+        path.unlink()
+    path.mkdir()
+    before = sorted(p.relative_to(trained) for p in trained.rglob("*") if not p.name.startswith("."))
+    root = ("--artifacts_root", str(trained))
+    for argv in (["new", *root, "--session_id", "n2"], ["run", *root, "--session_id", "s1", "--steps", "32"],
+                 ["fork", *root, "--parent_session_id", "s1", "--child_session_id", "c1"]):  # fmt: skip
+        capsys.readouterr()
+        assert session(*argv) == code, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], (argv, err)
+    assert sorted(p.relative_to(trained) for p in trained.rglob("*") if not p.name.startswith(".")) == before
+    path.rmdir()
+    assert session("new", *root, "--session_id", "n2") == 0  # nothing of the refused one stands in the way
+
+
+def test_list_says_an_unreadable_registry_and_exits_5(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    """It listed the sessions and exited 0 without a word, where run, new and verify refuse the registry."""
+    (trained / "sessions" / "index.json").write_text("{")
+    capsys.readouterr()
+    assert session("list", "--artifacts_root", str(trained)) == 5
+    captured = capsys.readouterr()
+    assert "s1" in captured.out and "index.json' cannot be read" in captured.err and "restore it" in captured.err
