@@ -12,7 +12,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from rich.console import Console
 from typing_extensions import override
 
 from lit_psion import __version__
@@ -42,6 +41,7 @@ from lit_psion.core.pointer import read_pointer
 from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.run import read_latest, write_latest
 from lit_psion.loggers import RunCSVLogger
+from lit_psion.report import PipedConsole
 
 
 class RunDirectory(Callback):
@@ -283,7 +283,7 @@ class RunDirectory(Callback):
             pointer = None
         checkpoint = layout.checkpoints / pointer.checkpoint if pointer is not None else "none"
         metrics = {k: f"{float(v):.5g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        console = Console(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
+        console = PipedConsole(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
         said = [layout.run_id, str(self.record.status) if self.record else "", f"at step {trainer.global_step}",
                 *(f"{k}={v}" for k, v in metrics.items())]  # fmt: skip
         console.print(f"[bold]run[/bold] {' '.join(part for part in said if part)}")

@@ -7,12 +7,12 @@ import sys
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from rich.console import Console
 from typing_extensions import override
 
 from lit_psion.core.contracts import TokenizedData
 from lit_psion.core.errors import ConfigError
 from lit_psion.core.text import printable
+from lit_psion.report import PipedConsole
 
 MAX_NEW_TOKENS = 100_000
 """The longest sample (``python -m lit_psion generate``'s bound): a typo must not hang the end of a trained fit."""
@@ -79,7 +79,7 @@ class GenerateSample(Callback):
         if not trainer.is_global_zero:
             return
         self.text = tokenizer.decode(out[0].tolist())
-        console = Console(highlight=False)
+        console = PipedConsole(highlight=False)
         console.rule("sample")
         console.print(printable(self.text), markup=False)
         console.rule()

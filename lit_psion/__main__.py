@@ -11,7 +11,21 @@ import signal
 import sys
 import threading
 
-from lit_psion.commands import COMMANDS, TRAINING, run_command, usage
+try:
+    from lit_psion.commands import COMMANDS, TRAINING, run_command, usage
+except KeyboardInterrupt:  # a Ctrl-C as the command starts: no traceback of the imports it stopped
+    print("lit_psion: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
+
+
+def _main(argv: list[str]) -> int:
+    code = 0
+    try:
+        code = _entry(argv)
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a reader gone is exit 120 and a warning
+    except BrokenPipeError:  # the reader left (``| head``, ``| true``): what it read was complete, so is the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
 
 
 def _entry(argv: list[str]) -> int:
@@ -80,8 +94,8 @@ def _exit_without_teardown(code: int) -> int:
 
 def console() -> int:
     """The ``lit-psion`` console script: the same dispatch as ``python -m lit_psion``."""
-    return _entry(sys.argv[1:])
+    return _main(sys.argv[1:])
 
 
 if __name__ == "__main__":
-    raise SystemExit(_entry(sys.argv[1:]))
+    raise SystemExit(_main(sys.argv[1:]))

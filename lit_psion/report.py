@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 from matplotlib.figure import Figure  # drawn to PNG bytes with Agg: no pyplot, no window, no global state
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
 
 from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
 from lit_psion.core.audit import changed_records, check_chain
@@ -487,3 +489,12 @@ def _is_comparison_page(path: Path) -> bool:
 def _labels(runs: Sequence[Path]) -> list[str]:
     names = [run.name for run in runs]
     return names if len(set(names)) == len(names) else [str(run) for run in runs]
+
+
+class PipedConsole(Console):
+    """Rich's ``Console``, except when the reader of its output has left (``| head``, ``| true``): the rest of the
+    output is dropped and the command ends with its own exit code. Rich's own exits 1, lit_psion's code for its
+    own bugs, even in a fit's summary after the run completed."""
+
+    def on_broken_pipe(self) -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

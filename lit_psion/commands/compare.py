@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Column, Table
 
 from lit_psion.commands import CommandParser
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import refuse_output_in_a_run
-from lit_psion.report import at_step, compare
+from lit_psion.report import PipedConsole, at_step, compare
 
 
 def main(args: list[str]) -> None:
@@ -21,9 +20,9 @@ def main(args: list[str]) -> None:
     refuse_output_in_a_run(parsed.out)
     result = compare(parsed.run_dirs, parsed.out)
     labels = result["labels"]
-    console = Console(highlight=False, soft_wrap=True)
+    console = PipedConsole(highlight=False, soft_wrap=True)
     if not console.is_terminal:  # a pipe or a file: 80 columns would fold every cell of a wide comparison
-        console = Console(highlight=False, soft_wrap=True, width=max(80, 48 + 24 * len(labels)))
+        console = PipedConsole(highlight=False, soft_wrap=True, width=max(80, 48 + 24 * len(labels)))
     diff = Table(Column("config key", overflow="fold"), *labels, title="config differences")
     for key, values in result["config_diff"]:
         diff.add_row(key, *(str(v) for v in values))
