@@ -36,7 +36,7 @@ from lit_psion.core import (
     sha256_file,
     sha256_json,
 )
-from lit_psion.core.errors import CheckpointError, ConfigError, LockedError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, LockedError
 from lit_psion.core.layout import RECEIPTS_FILE, not_a_run, refuse_output_in_a_run
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
 from lit_psion.core.receipt_log import ReceiptLog
@@ -176,7 +176,34 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     tensors = load(data)  # the bytes that were hashed
     _require_finite(tensors, repr(str(path)))
     _require_lora_shapes(tensors, meta["rank"], meta["dtype"], repr(str(path)))
+    if (problem := _against_its_receipt(directory, meta)) is not None:
+        raise EvidenceError(f"{str(directory)!r}: {problem}; export the adapter again (adapter export RUN_DIR)")
     return meta, tensors
+
+
+def _against_its_receipt(directory: Path, meta: dict[str, Any]) -> str | None:
+    """What the export's own receipt says against ``meta`` (its adapter.json, which binds adapter.safetensors),
+    or None: the directory's last ``export`` receipt names both files' digests, so an adapter.json and
+    adapter.safetensors copied in from another export, which agree with each other, do not agree with it."""
+    from lit_psion.core.chain import parse_receipt, verify_log
+
+    log = directory / RECEIPTS_FILE
+    try:
+        receipts = [parse_receipt(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return f"its receipt log {RECEIPTS_FILE} is missing (every export writes its receipt there)"
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        return f"its receipt log cannot be read ({type(error).__name__}: receipts verify names why)"
+    if receipts and not (result := verify_log(log, run_id=receipts[0].run_id)).ok:  # a receipt edited to match
+        return f"its receipt log does not verify ({result.describe()})"
+    exports = [r.body for r in receipts if r.kind == "adapter_export" and r.body.get("action") == "export"]
+    if not exports:
+        return "its receipt log records no export"
+    said, held = exports[-1].get("adapter_digest"), meta.get("adapter_sha256")
+    if said != held or exports[-1].get("output_digest") != sha256_file(directory / META_FILE):
+        return (f"{META_FILE} records adapter {str(held)[:12]}..., its export receipt {str(said)[:12]}...: the "
+                "files were copied in from another export, or the receipt from another adapter")  # fmt: skip
+    return None
 
 
 def refuse_while_written(directory: Path) -> None:

@@ -239,8 +239,24 @@ def _forged(field: str | None = None, value: object = None, tensors: Callable | 
         meta["adapter_sha256"] = sha256_bytes(data)
         meta["metadata_sha256"] = sha256_json({k: v for k, v in meta.items() if k != "metadata_sha256"})
         (adapter / "adapter.json").write_text(json.dumps(meta, indent=2))
+        rerecord_export(adapter)
 
     return forge
+
+
+def rerecord_export(adapter: Path) -> None:
+    """The export's receipt log written anew for the adapter's files as they are now (a forger can rehash a chain)."""
+    from lit_psion.core.receipt_log import ReceiptLog
+    from lit_psion.core.receipts import AdapterExportReceipt
+
+    log = adapter / "receipts.jsonl"
+    run_id = json.loads(log.read_text().splitlines()[0])["run_id"]
+    log.unlink()
+    meta, rewritten = read_json(adapter / "adapter.json"), ReceiptLog(log, run_id=run_id)
+    rewritten.append(AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
+                                          base_checkpoint_digest=meta["base_checkpoint_digest"],
+                                          output_digest=sha256_bytes((adapter / "adapter.json").read_bytes())))
+    rewritten.close()
 
 
 DELETE = object()

@@ -121,3 +121,28 @@ def test_a_base_runs_data_manifest_is_held_to_its_checkpoint(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and "restore it from a backup" in err[0], err
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("removed", [False, True], ids=["copied in", "log removed"])
+def test_an_exports_files_copied_in_from_another_export_are_refused(
+    base: Path, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture, removed: bool  # noqa: F811
+) -> None:
+    """adapter.json and adapter.safetensors of another export (they bind each other) passed inspect and merge, though
+    the directory's export receipt names other digests (only doctor, and generate for merges, held them to it)."""
+    other, adapter = tmp_path / "other", tmp_path / "adapter"
+    shutil.copytree(exported, other)
+    _forged("alpha", 4.0)(other)  # another export, whole: its files and its own log agree
+    assert main(["adapter", "inspect", str(other)]) == 0
+    shutil.copytree(exported, adapter)
+    for name in ("adapter.json", "adapter.safetensors"):
+        shutil.copy(other / name, adapter / name)
+    if removed:
+        (adapter / "receipts.jsonl").unlink()
+    capsys.readouterr()
+    says = "receipt log receipts.jsonl is missing" if removed else "the files were copied in from another export"
+    assert main(["adapter", "inspect", str(adapter)]) == 5
+    assert says in capsys.readouterr().err
+    assert main(["adapter", "merge", str(adapter), "--base", str(base), "--out", str(tmp_path / "merged")]) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "merged").exists()
