@@ -185,25 +185,32 @@ def _against_its_receipt(directory: Path, meta: dict[str, Any]) -> str | None:
     """What the export's own receipt says against ``meta`` (its adapter.json, which binds adapter.safetensors),
     or None: the directory's last ``export`` receipt names both files' digests, so an adapter.json and
     adapter.safetensors copied in from another export, which agree with each other, do not agree with it."""
+    export, problem = last_receipt(directory, "export")
+    if export is None:
+        return problem
+    said, held = export.get("adapter_digest"), meta.get("adapter_sha256")
+    if said != held or export.get("output_digest") != sha256_file(directory / META_FILE):
+        return (f"{META_FILE} records adapter {str(held)[:12]}..., its export receipt {str(said)[:12]}...: the "
+                "files were copied in from another export, or the receipt from another adapter")  # fmt: skip
+    return None
+
+
+def last_receipt(directory: Path, action: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The body of the last ``adapter_export`` receipt of ``action`` (``export`` or ``merge``) in ``directory``'s
+    own log, once its chain verifies (a receipt edited to match is not read); else None and what is wrong."""
     from lit_psion.core.chain import parse_receipt, verify_log
 
     log = directory / RECEIPTS_FILE
     try:
         receipts = [parse_receipt(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
     except FileNotFoundError:
-        return f"its receipt log {RECEIPTS_FILE} is missing (every export writes its receipt there)"
+        return None, f"its receipt log {RECEIPTS_FILE} is missing (every {action} writes its receipt there)"
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
-        return f"its receipt log cannot be read ({type(error).__name__}: receipts verify names why)"
-    if receipts and not (result := verify_log(log, run_id=receipts[0].run_id)).ok:  # a receipt edited to match
-        return f"its receipt log does not verify ({result.describe()})"
-    exports = [r.body for r in receipts if r.kind == "adapter_export" and r.body.get("action") == "export"]
-    if not exports:
-        return "its receipt log records no export"
-    said, held = exports[-1].get("adapter_digest"), meta.get("adapter_sha256")
-    if said != held or exports[-1].get("output_digest") != sha256_file(directory / META_FILE):
-        return (f"{META_FILE} records adapter {str(held)[:12]}..., its export receipt {str(said)[:12]}...: the "
-                "files were copied in from another export, or the receipt from another adapter")  # fmt: skip
-    return None
+        return None, f"its receipt log cannot be read ({type(error).__name__}: receipts verify names why)"
+    if receipts and not (result := verify_log(log, run_id=receipts[0].run_id)).ok:
+        return None, f"its receipt log does not verify ({result.describe()})"
+    found = [r.body for r in receipts if r.kind == "adapter_export" and r.body.get("action") == action]
+    return (found[-1], None) if found else (None, f"its receipt log records no {action}")
 
 
 def refuse_while_written(directory: Path) -> None:

@@ -243,22 +243,12 @@ def _against_its_receipt(path: Path, record: dict[str, Any]) -> str | None:
     """What the merge's own receipt says against ``record`` (its merge.json), or None: the last ``merge`` receipt of
     the directory's log names the merged model's and the adapter's digests, so a merge.json and model.safetensors
     copied in from another merge, which agree with each other, do not agree with it."""
-    from lit_psion.core.chain import parse_receipt, verify_log
-    from lit_psion.core.layout import RECEIPTS_FILE
+    from lit_psion.adapters import last_receipt
 
-    log = path / RECEIPTS_FILE
-    try:
-        receipts = [parse_receipt(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError:
-        return f"its receipt log {RECEIPTS_FILE} is missing (every merge writes its receipt there)"
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
-        return f"its receipt log cannot be read ({type(error).__name__}: receipts verify names why)"
-    if receipts and not (result := verify_log(log, run_id=receipts[0].run_id)).ok:  # a receipt edited to match
-        return f"its receipt log does not verify ({result.describe()})"
-    merges = [r.body for r in receipts if r.kind == "adapter_export" and r.body.get("action") == "merge"]
-    if not merges:
-        return "its receipt log records no merge"
-    said = (merges[-1].get("output_digest"), merges[-1].get("adapter_digest"))
+    merge, problem = last_receipt(path, "merge")
+    if merge is None:
+        return problem
+    said = (merge.get("output_digest"), merge.get("adapter_digest"))
     if said != (record.get("model_sha256"), record.get("adapter_sha256")):
         return (f"{MERGE_RECORD} records merged model {str(record.get('model_sha256'))[:12]}... of adapter "
                 f"{str(record.get('adapter_sha256'))[:12]}..., its receipt {str(said[0])[:12]}... of "
