@@ -40,6 +40,7 @@ from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
 from lit_psion.commands.argv_forms import gather_files, nulls_as_mappings
+from lit_psion.commands.ckpt_paths import refuse_unusable_ckpt_path
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
     check_callbacks,
@@ -51,7 +52,6 @@ from lit_psion.commands.fit_args import (
     known_cause,
     plain_parse_error,
     refuse_lightning_optimizer_groups,
-    refuse_unusable_ckpt_path,
     setting_problems,
 )
 from lit_psion.commands.launch import (

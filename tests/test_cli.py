@@ -130,7 +130,7 @@ ERRORS = [
     ("a checkpoint that is not there", lambda p: ["--ckpt_path", str(p / "runs/r/checkpoints/step-000004")], 4,
      "step-000004': no such checkpoint; give a <run>/checkpoints/step-NNNNNN directory"),
     ("a run directory as the checkpoint", lambda p: ["--ckpt_path", _a_run(p)], 2,
-     "is a run directory, not one of its checkpoints; give --trainer.default_root_dir"),
+     "is a run directory, not one of its checkpoints; give one of its checkpoints/step-NNNNNN"),
     ("bad sampling, refused before training",
      lambda p: ["--trainer.callbacks+=lit_psion.callbacks.GenerateSample", "--trainer.callbacks.top_k", "0"], 2,
      "top_k must be >= 1"),
@@ -490,3 +490,22 @@ def test_a_whole_number_of_validation_batches_written_as_a_float_is_a_count(tmp_
     """`--trainer.limit_val_batches 2.0` ran 2 batches, as Lightning reads it; the check added for -1 refused it."""
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3",
                "--trainer.limit_val_batches", "2.0") == 0  # fmt: skip
+
+
+def test_a_run_directory_given_as_its_checkpoint_is_told_its_own_not_the_latest(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It said `--ckpt_path last` for any run directory: followed, that validated the root's latest run, another."""
+    root = tmp_path / "runs"
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0
+    first = read_latest(root)
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0
+    capsys.readouterr()
+    args = ["validate", "--config", TINY, "--trainer.default_root_dir", str(root), "--ckpt_path", str(root / first)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"give '{root / first / 'checkpoints' / 'step-000002'}' (its latest checkpoint); --ckpt_path last would " \
+           f"take another run, {read_latest(root)}" in err, err  # fmt: skip
+    args[-1] = str(root / read_latest(root))
+    assert main(args) == 2
+    assert f"give --trainer.default_root_dir '{root}' --ckpt_path last, or '" in capsys.readouterr().err

@@ -104,3 +104,20 @@ def test_a_named_run_of_another_family_without_a_checkpoint_yet_is_refused_too(
                  "--trainer.default_root_dir", str(root)]) == 4  # fmt: skip
     assert f"LIT_PSION_RUN_ID names run {run.name}, which trains lit_psion.models.DecoderLM" in capsys.readouterr().err
     assert _tree(run) == before
+
+
+def test_a_run_that_is_not_its_roots_latest_is_told_how_to_continue_it(run: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """It said `--ckpt_path last`, which continues the root's latest run: another one."""
+    from lit_psion.core.run import write_latest
+
+    kept = read_latest(run.parent)
+    write_latest(run.parent, "20261207-000000-0other")
+    try:
+        args = ["fit", "--config", "fixtures/tiny.yaml", "--trainer.default_root_dir", str(run)]
+        assert main(args) == 2
+        assert (f"continue this run with LIT_PSION_RUN_ID={run.name} and --trainer.default_root_dir "
+                f"{str(run.parent)!r} (--ckpt_path last would take another run, 20261207-000000-0other))"
+                in one_error_line(capsys.readouterr().err))  # fmt: skip
+    finally:
+        write_latest(run.parent, kept)

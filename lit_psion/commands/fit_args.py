@@ -21,8 +21,7 @@ from jsonargparse import ArgumentError
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from lit_psion.commands.class_values import not_a_class_path, unfilled_settings
-from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError, lit_psion_cause
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.errors import ConfigError, LitPsionError, lit_psion_cause
 
 DEFAULT_ROOT = "runs"
 
@@ -360,29 +359,6 @@ def _wrong_type(where: str, types: str, given: str | None) -> str:
         return (f"{where}: {given!r} is a float, not an int (an exponent or a decimal point makes one); write "
                 f"{given[:-2]}")
     return f"{where}: {given!r} is not {'an' if wanted[0] in 'aeiou' else 'a'} {wanted}; give one"
-
-
-LIGHTNING_CKPT_WORDS = ("best", "hpc", "registry")
-"""Lightning's own ``ckpt_path`` words, for checkpoints lit_psion does not write or verify."""
-
-
-def refuse_unusable_ckpt_path(ckpt_path: str | None, manifest_file: str) -> None:
-    """``--ckpt_path`` is ``last`` or a checkpoint directory holding ``manifest_file``, else one line: exit 4 for a
-    checkpoint that is not there, exit 2 for an argument that names something else (a file, a run, a word)."""
-    if ckpt_path is None or ckpt_path == "last" or (Path(ckpt_path) / manifest_file).is_file():
-        return
-    fix = "give a <run>/checkpoints/step-NNNNNN directory, or 'last' to continue the latest run"
-    path = Path(ckpt_path)
-    if ckpt_path in LIGHTNING_CKPT_WORDS:
-        raise ConfigError(f"--ckpt_path {ckpt_path!r} is a Lightning checkpoint name lit_psion does not keep; {fix}")
-    if not path.exists():
-        raise CheckpointError(f"--ckpt_path {ckpt_path!r}: no such checkpoint; {fix}")
-    if RunLayout.of(path).is_run():
-        raise ConfigError(f"--ckpt_path {ckpt_path!r} is a run directory, not one of its checkpoints; give "
-                          f"--trainer.default_root_dir {str(path.parent)!r} --ckpt_path last, or one of its "
-                          "checkpoints/step-NNNNNN")  # fmt: skip
-    raise ConfigError(f"--ckpt_path {ckpt_path!r} is not a lit_psion checkpoint directory (a "
-                      f"<run>/checkpoints/step-NNNNNN with manifest.json); {fix}")
 
 
 def check_callbacks(callbacks: list[Any], subcommand: str | None = None) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import ConfigError, LitPsionError
 from lit_psion.core.layout import LATEST_FILE, in_a_run
+from lit_psion.core.run import read_latest
 
 
 def make_root(root: Path) -> list[Path]:
@@ -43,10 +44,17 @@ def refuse_root_in_a_run(root: Path) -> None:
     fell back past it)."""
     if (run := in_a_run(root)) is not None:
         place, where = run
+        holder = str(place.parent)
+        try:
+            latest = read_latest(place.parent)
+        except (LitPsionError, OSError):
+            latest = None
+        resume = (f"--trainer.default_root_dir {holder!r} --ckpt_path last" if latest == place.name else
+                  f"LIT_PSION_RUN_ID={place.name} and --trainer.default_root_dir {holder!r} (--ckpt_path last "
+                  f"would take {'another run, ' + latest if latest else 'no run'})")  # fmt: skip
         raise ConfigError(f"trainer.default_root_dir {str(root)!r} {where}: a run made there would write among "
-                          f"that run's files; give the directory that holds it ({str(place.parent)!r}; continue "
-                          f"this run with --trainer.default_root_dir {str(place.parent)!r} --ckpt_path last), or one "
-                          "outside any run")  # fmt: skip
+                          f"that run's files; give the directory that holds it ({holder!r}; continue this run "
+                          f"with {resume}), or one outside any run")  # fmt: skip
 
 
 RUN_PATH_ROOM = 120
