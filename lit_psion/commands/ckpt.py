@@ -38,7 +38,9 @@ def main(args: list[str]) -> None:
     if parsed.action == "verify" and step_of(parsed.run_dir.name) is not None and parsed.run_dir.is_dir():
         raise CheckpointError(f"checkpoint {str(parsed.run_dir)!r} has no {MANIFEST_FILE}; it is incomplete or "
                               "damaged: restore it from a backup")  # fmt: skip
-    if parsed.action == "verify" and step_of(parsed.run_dir.name) is not None and not parsed.run_dir.exists():
+    if parsed.action == "verify" and not parsed.run_dir.exists() and (
+        step_of(parsed.run_dir.name) is not None or parsed.run_dir.parent.name == "checkpoints"
+    ):  # (a mistyped step name, such as step-15, too)
         kept = sorted(path.name for path in parsed.run_dir.parent.glob("step-*"))  # none when the parent is not there
         raise CheckpointError(f"{str(parsed.run_dir)!r}: no such checkpoint"
                               + (f" (the run keeps {', '.join(kept[-3:])})" if kept else ""))  # fmt: skip

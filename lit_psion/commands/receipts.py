@@ -53,7 +53,9 @@ def kept_by_another_command(directory: Path) -> str | None:
         return (f"an adapter export's or merge's output; `{python} adapter inspect {directory}` checks it "
                 "(`receipts verify` its log)")  # fmt: skip
     if directory.name == "consolidated" and RunLayout.of(directory.parent).is_run():
-        return f"run {directory.parent.name!r}'s consolidated copies; give the run: {directory.parent}"
+        return (f"the consolidated copies of run {directory.parent.name!r}; `{python} receipts verify "
+                f"{directory.parent}` (or doctor) checks them with the run, `{python} ckpt verify "
+                f"{directory}/step-NNNNNN` one copy")  # fmt: skip
     if _consolidation_log_outside_a_run(directory) is not None:
         return (f"a `ckpt consolidate --out` directory; `{python} ckpt verify {directory}/step-NNNNNN` checks a copy "
                 "(`receipts verify` its log)")  # fmt: skip

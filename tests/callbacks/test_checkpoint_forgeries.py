@@ -347,12 +347,13 @@ def test_receipts_that_do_not_verify_vouch_only_for_the_checkpoints_before_their
         assert main(["generate", str(run), "--tokens", "2"]) == 5
 
 
-def test_ckpt_verify_of_a_step_the_run_does_not_keep_is_no_such_checkpoint(run_dir: Path,
+@pytest.mark.parametrize("name", ["step-000099", "step-15"])  # (a mistyped name was "inside run directory ...")
+def test_ckpt_verify_of_a_step_the_run_does_not_keep_is_no_such_checkpoint(run_dir: Path, name: str,
                                                                            capsys: pytest.CaptureFixture) -> None:
     """It said the step directory was not a run directory (exit 2)."""
     capsys.readouterr()
-    assert main(["ckpt", "verify", str(run_dir / "checkpoints" / "step-000099")]) == 4
-    assert "step-000099': no such checkpoint (the run keeps step-" in capsys.readouterr().err
+    assert main(["ckpt", "verify", str(run_dir / "checkpoints" / name)]) == 4
+    assert f"{name}': no such checkpoint (the run keeps step-" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kept", [0.2, 0.6, "3 lines"])

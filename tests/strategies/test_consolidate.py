@@ -234,7 +234,10 @@ def test_a_copy_consolidated_from_a_checkpoint_the_run_does_not_record_is_refuse
     assert _as_its_run_receipted(verify_checkpoint(copy)).path == copy
     capsys.readouterr()
     assert main(["doctor", str(run / "consolidated")]) == 2  # it was "a run stopped as it started: delete it"
-    assert f"is run {run.name!r}'s consolidated copies; give the run: {run}" in capsys.readouterr().err
+    err = capsys.readouterr().err  # it said "is run 'R''s consolidated copies; give the run: R, not a fit's run ..."
+    assert f"is the consolidated copies of run {run.name!r}; `python -m lit_psion receipts verify {run}` (or " \
+           f"doctor) checks them with the run, `python -m lit_psion ckpt verify {run / 'consolidated'}/step-NNNNNN` " \
+           "one copy, not a fit's run directory" in err, err  # fmt: skip
 
 
 def _forged_copy(run: Path, harm: str) -> Path:
