@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "run a session online")
     run.add_argument("--session_id", required=True)
-    run.add_argument("--steps", type=int, default=600, help="environment transitions")
+    run.add_argument("--steps", type=int, default=600, help="environment transitions (default: 600)")
     run.add_argument("--seed", type=_seed, default=1, help="draws the session's trajectory")
 
     verify = command("verify", "check a session's files against the digests its meta.json records")
@@ -345,6 +345,7 @@ def _train(store: Store, parsed: argparse.Namespace) -> None:
     elif parsed.command == "new":
         if not 0 <= parsed.mu <= MU_MAX:
             raise ConfigError(f"--mu must be a drift size in [0, {MU_MAX:g}], got {parsed.mu!r}")
+        parsed.mu += 0.0  # -0.0 is 0.0, as the session records and says it
         keys = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "gate_chunks", "rollback_tol", "grad_norm_max",
                 "state_norm_max")  # fmt: skip
         settings = {key: getattr(parsed, key) for key in keys}
