@@ -25,6 +25,9 @@ def _main(argv: list[str]) -> int:
         sys.stdout.flush()  # here, not at the interpreter's exit, where a reader gone is exit 120 and a warning
     except BrokenPipeError:  # the reader left (``| head``, ``| true``): what it read was complete, so is the command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except KeyboardInterrupt:  # between the imports and a command's own handler: no traceback either
+        print("lit_psion: interrupted", file=sys.stderr)
+        return 130
     return code
 
 
