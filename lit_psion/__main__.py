@@ -34,12 +34,15 @@ def _main(argv: list[str]) -> int:
 def _entry(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS:
         return _said(run_command(argv))
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] not in TRAINING and not argv[0].startswith("-"):
-        print(f"lit_psion: error: unknown command {argv[0]!r}; commands are {', '.join([*TRAINING, *COMMANDS])} "
-              "(python -m lit_psion --help)", file=sys.stderr)  # fmt: skip
+        import difflib
+
+        near = difflib.get_close_matches(argv[0].lower(), [*TRAINING, *COMMANDS], n=1, cutoff=0.6)
+        print(f"lit_psion: error: unknown command {argv[0]!r}{f' (did you mean {near[0]}?)' if near else ''}; commands "
+              f"are {', '.join([*TRAINING, *COMMANDS])} (python -m lit_psion --help)", file=sys.stderr)  # fmt: skip
         return 2
     signal.signal(signal.SIGTERM, _terminated)  # (a kill during the imports: said, not a silent death)
     try:

@@ -315,6 +315,18 @@ def test_no_command_or_an_unknown_one_is_one_line(args: tuple[str, ...], code: i
             "(python -m lit_psion --help)"]
 
 
+@pytest.mark.parametrize(("word", "near"), [("ckpts", "ckpt"), ("Fit", "fit"), ("Receipts", "receipts")])
+def test_a_misspelt_command_is_told_the_near_one(word: str, near: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "lit_psion", word], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"lit_psion: error: unknown command {word!r} (did you mean {near}?); commands")
+
+
+def test_help_as_a_command_is_the_top_level_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "lit_psion", "help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "generate" in result.stdout and not result.stderr
+
+
 def test_evidence_commands_answer_without_lightning_or_torch(tmp_path: Path) -> None:
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
     run = tmp_path / read_latest(tmp_path)

@@ -208,6 +208,13 @@ def verify_session(store: Store, session_id: str) -> None:
     if (rollback := store.rolled_back({**meta, "session_id": session_id})) is not None:
         print(f"FAIL index.json: {rollback}")
         failures.append(5)
+    entry = store.index()["sessions"].get(session_id)
+    lineage = [(key, meta.get(key), entry.get(key)) for key in ("parent_session_id", "root_session_id")
+               if isinstance(entry, dict) and key in entry and entry.get(key) != meta.get(key)]  # fmt: skip
+    for key, mine, registered in lineage:  # (the next run of the session rewrites its entry from meta.json)
+        print(f"FAIL meta.json {key}: {mine!r}, but index.json registers {registered!r} (the lineage was edited); "
+              "restore meta.json from a backup")  # fmt: skip
+        failures.append(5)
     for stray in uncommitted_runs(directory, meta):
         print(f"note runs/{stray.name}: a run meta.json does not record (stopped before its commit, or under way); "
               "the session holds none of it: delete it once no run is under way")  # fmt: skip

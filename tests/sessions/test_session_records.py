@@ -393,6 +393,8 @@ def _edited_and_rerecorded(root: Path) -> None:
 RERECORDED = [  # (case, what is done, what the FAIL line says): each passed "all N checks of session s1"
     ("a receipt edited, its log re-recorded", _edited_and_rerecorded, "receipts.jsonl chain: line 1: edited"),
     ("a run recorded twice", meta_edit(lambda m: m["runs"].append(m["runs"][0])), "meta.json records this run twice"),
+    ("its lineage edited", meta_edit(lambda m: m.update(parent_session_id="s0", root_session_id="s0")),
+     "meta.json root_session_id: 's0', but index.json registers 's1' (the lineage was edited)"),
 ]
 
 
