@@ -194,3 +194,14 @@ def test_a_symbolic_link_loop_is_named_in_one_line(tmp_path: Path, capsys: pytes
     assert main([arg.replace("LOOP", loop) for arg in argv]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{named.replace('LOOP', loop)!r} is a symbolic link that leads back to itself" in line, line
+
+
+@pytest.mark.parametrize("args", [("receipts", "verify", ""), ("doctor", ""), ("compare", "x", "--out", ""),
+                                  ("session", "list", "--artifacts_root", "")], ids=lambda a: " ".join(a[:2]))
+def test_an_empty_argument_is_named_not_read_as_the_current_directory(args: tuple[str, ...],
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """It was reported as '.' ("'.' is not a run directory"), or wrote there (compare's --out)."""
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err.strip()
+    flag = f"{args[-2]} was given an empty value" if args[-2].startswith("--") else "an empty argument ('') was given"
+    assert flag in err and "'.'" not in err and "\n" not in err, err

@@ -38,3 +38,4 @@ def test_compare_into_a_closed_pipe_writes_its_page_and_exits_0(tmp_path: Path) 
     result = _into_a_closed_pipe("compare", str(root / read_latest(root)), "--out", str(out))
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert (out / "index.html").is_file()
+

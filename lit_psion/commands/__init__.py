@@ -44,6 +44,12 @@ class CommandParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):  # argparse's own signature
         """As argparse's, except that arguments no parser takes are named by the subcommand they were given to (with
         the nearest of its flags), not by the top-level command."""
+        given = list(sys.argv[1:] if args is None else args)
+        if (empty := next((i for i, arg in enumerate(given) if not arg.strip()), None)) is not None:
+            flag = given[empty - 1] if empty and given[empty - 1].startswith("--") else None
+            said = f"{flag} was given an empty value" if flag else f"an empty argument ({given[empty]!r}) was given"
+            raise ConfigError(f"{self.prog}: {said} (a path of '' is read as the current directory); give one (see "
+                              f"{self.prog} --help)")  # fmt: skip
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             parser = self._chosen(parsed)
