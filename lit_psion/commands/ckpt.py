@@ -38,8 +38,9 @@ def main(args: list[str]) -> None:
     if parsed.action == "verify" and step_of(parsed.run_dir.name) is not None and parsed.run_dir.is_dir():
         raise CheckpointError(f"checkpoint {str(parsed.run_dir)!r} has no {MANIFEST_FILE}; it is incomplete or "
                               "damaged: restore it from a backup")  # fmt: skip
+    in_checkpoints = parsed.run_dir.parent == RunLayout.of(parsed.run_dir.parent.parent).checkpoints
     if parsed.action == "verify" and not parsed.run_dir.exists() and (
-        step_of(parsed.run_dir.name) is not None or parsed.run_dir.parent.name == "checkpoints"
+        step_of(parsed.run_dir.name) is not None or in_checkpoints
     ):  # (a mistyped step name, such as step-15, too)
         kept = sorted(path.name for path in parsed.run_dir.parent.glob("step-*"))  # none when the parent is not there
         raise CheckpointError(f"{str(parsed.run_dir)!r}: no such checkpoint"
