@@ -315,18 +315,6 @@ def test_no_command_or_an_unknown_one_is_one_line(args: tuple[str, ...], code: i
             "(python -m lit_psion --help)"]
 
 
-@pytest.mark.parametrize(("word", "near"), [("ckpts", "ckpt"), ("Fit", "fit"), ("Receipts", "receipts")])
-def test_a_misspelt_command_is_told_the_near_one(word: str, near: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "lit_psion", word], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"lit_psion: error: unknown command {word!r} (did you mean {near}?); commands")
-
-
-def test_help_as_a_command_is_the_top_level_help() -> None:
-    result = subprocess.run([sys.executable, "-m", "lit_psion", "help"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "generate" in result.stdout and not result.stderr
-
-
 def test_evidence_commands_answer_without_lightning_or_torch(tmp_path: Path) -> None:
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3") == 0
     run = tmp_path / read_latest(tmp_path)
@@ -502,22 +490,3 @@ def test_a_whole_number_of_validation_batches_written_as_a_float_is_a_count(tmp_
     """`--trainer.limit_val_batches 2.0` ran 2 batches, as Lightning reads it; the check added for -1 refused it."""
     assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "3",
                "--trainer.limit_val_batches", "2.0") == 0  # fmt: skip
-
-
-def test_a_run_directory_given_as_its_checkpoint_is_told_its_own_not_the_latest(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """It said `--ckpt_path last` for any run directory: followed, that validated the root's latest run, another."""
-    root = tmp_path / "runs"
-    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0
-    first = read_latest(root)
-    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0
-    capsys.readouterr()
-    args = ["validate", "--config", TINY, "--trainer.default_root_dir", str(root), "--ckpt_path", str(root / first)]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert f"give '{root / first / 'checkpoints' / 'step-000002'}' (its latest checkpoint); --ckpt_path last would " \
-           f"take another run, {read_latest(root)}" in err, err  # fmt: skip
-    args[-1] = str(root / read_latest(root))
-    assert main(args) == 2
-    assert f"give --trainer.default_root_dir '{root}' --ckpt_path last, or '" in capsys.readouterr().err

@@ -8,7 +8,6 @@ predict``, sampling and export read that copy.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion ckpt")
     parser.add_argument("action", choices=["verify", "consolidate"])
     parser.add_argument("run_dir", type=Path, help="a run directory (verify: or one of its step-NNNNNN directories)")
-    parser.add_argument("--out", type=_out_directory, default=None,
+    parser.add_argument("--out", type=Path, default=None,
                         help="consolidate: the output directory (default: RUN_DIR/consolidated)")  # fmt: skip
     parsed = parser.parse_args(args)
     if parsed.action == "verify" and parsed.out is not None:
@@ -138,12 +137,6 @@ def _check_shards(checkpoint: VerifiedCheckpoint) -> None:
         from lit_psion.checkpoint_io import check_shards
 
         check_shards(checkpoint)
-
-
-def _out_directory(value: str) -> Path:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("an empty value; give the directory to write the copy into")
-    return Path(value)
 
 
 def _refuse_others_files(out: Path) -> None:

@@ -17,6 +17,7 @@ from lit_psion.core import read_json, sha256_bytes, sha256_file, sha256_json
 from lit_psion.core.run import read_latest, write_latest
 from lit_psion.models import DecoderLM
 from tests.helpers import assert_tree_equal, fit, latest_checkpoint
+from tests.models.adapter_forging import forged
 
 N = 12
 
@@ -222,43 +223,6 @@ def _nan_tensor_rerecorded(adapter: Path) -> None:
     _edit("adapter_sha256", sha256_bytes(data), rerecord=True)(adapter)
 
 
-def _forged(field: str | None = None, value: object = None, tensors: Callable | None = None) -> Callable[[Path], None]:
-    """A forgery every digest agrees with: a field set in both copies, or the tensors rewritten, digests redone."""
-
-    def forge(adapter: Path) -> None:
-        meta = read_json(adapter / "adapter.json")
-        with safe_open(adapter / "adapter.safetensors", "pt") as handle:
-            header = handle.metadata()
-            weights = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        if field is not None:
-            meta[field] = value
-            copy = json.loads(header["lit_psion.adapter"])
-            header["lit_psion.adapter"] = json.dumps({**copy, field: value}, sort_keys=True)
-        data = save(tensors(weights) if tensors else weights, metadata=header)
-        (adapter / "adapter.safetensors").write_bytes(data)
-        meta["adapter_sha256"] = sha256_bytes(data)
-        meta["metadata_sha256"] = sha256_json({k: v for k, v in meta.items() if k != "metadata_sha256"})
-        (adapter / "adapter.json").write_text(json.dumps(meta, indent=2))
-        rerecord_export(adapter)
-
-    return forge
-
-
-def rerecord_export(adapter: Path) -> None:
-    """The export's receipt log written anew for the adapter's files as they are now (a forger can rehash a chain)."""
-    from lit_psion.core.receipt_log import ReceiptLog
-    from lit_psion.core.receipts import AdapterExportReceipt
-
-    log = adapter / "receipts.jsonl"
-    run_id = json.loads(log.read_text().splitlines()[0])["run_id"]
-    log.unlink()
-    meta, rewritten = read_json(adapter / "adapter.json"), ReceiptLog(log, run_id=run_id)
-    rewritten.append(AdapterExportReceipt(action="export", adapter_digest=meta["adapter_sha256"],
-                                          base_checkpoint_digest=meta["base_checkpoint_digest"],
-                                          output_digest=sha256_bytes((adapter / "adapter.json").read_bytes())))
-    rewritten.close()
-
-
 DELETE = object()
 TAMPERED = {  # case: (tamper, what the one error line must say)
     "alpha-edited": (_edit("alpha", 32.0), ["was edited after export (alpha: exported 16.0, now 32.0):"]),
@@ -272,17 +236,17 @@ TAMPERED = {  # case: (tamper, what the one error line must say)
     "alpha-edited-digest-rerecorded": (_edit("alpha", 32.0, rerecord=True),
                                        ["does not match the metadata exported in", "alpha: exported 16.0, now 32.0"]),
     "nan-tensor-digests-rerecorded": (_nan_tensor_rerecorded, ["holds non-finite values in 1 tensor(s)"]),
-    "alpha-a-string-forged": (_forged("alpha", "16"), ["alpha is '16', not a number in (0, 1e+06]"]),
-    "rank-a-boolean-forged": (_forged("rank", True), ["rank is True, not a positive integer"]),
-    "rank-zero-forged": (_forged("rank", 0), ["rank is 0, not a positive integer"]),
-    "targets-a-string-forged": (_forged("targets", "lm_head"), ["targets is 'lm_head', not a list of LoRA targets"]),
-    "config-a-list-forged": (_forged("decoder_config", [1]), ["decoder_config is [1], not a decoder config"]),
-    "int-tensors-forged": (_forged(tensors=lambda w: {k: v.to(torch.int64) for k, v in w.items()}),
+    "alpha-a-string-forged": (forged("alpha", "16"), ["alpha is '16', not a number in (0, 1e+06]"]),
+    "rank-a-boolean-forged": (forged("rank", True), ["rank is True, not a positive integer"]),
+    "rank-zero-forged": (forged("rank", 0), ["rank is 0, not a positive integer"]),
+    "targets-a-string-forged": (forged("targets", "lm_head"), ["targets is 'lm_head', not a list of LoRA targets"]),
+    "config-a-list-forged": (forged("decoder_config", [1]), ["decoder_config is [1], not a decoder config"]),
+    "int-tensors-forged": (forged(tensors=lambda w: {k: v.to(torch.int64) for k, v in w.items()}),
                            ["as torch.int64, not floating point"]),
-    "rank-claimed-below-the-tensors": (_forged("rank", 4), ["with adapter.json's rank 4; export the adapter again"]),
-    "float16-tensors-forged": (_forged(tensors=lambda w: {k: w[k].half() for k in w}), ["as torch.float16, where"]),
-    "one-bfloat16-tensor-forged": (_forged(tensors=lambda w: {**w, max(w): w[max(w)].bfloat16()}), ["as torch.bf"]),
-    "dtype-claim-forged": (_forged("dtype", "torch.float16"), ["records dtype 'torch.float16'"]),
+    "rank-claimed-below-the-tensors": (forged("rank", 4), ["with adapter.json's rank 4; export the adapter again"]),
+    "float16-tensors-forged": (forged(tensors=lambda w: {k: w[k].half() for k in w}), ["as torch.float16, where"]),
+    "one-bfloat16-tensor-forged": (forged(tensors=lambda w: {**w, max(w): w[max(w)].bfloat16()}), ["as torch.bf"]),
+    "dtype-claim-forged": (forged("dtype", "torch.float16"), ["records dtype 'torch.float16'"]),
 }  # fmt: skip
 
 

@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from lit_psion.cli import main
-from tests.models.test_adapter import _forged, base, exported, tuned  # noqa: F401  (fixtures: a base, its export)
+from tests.models.adapter_forging import forged
+from tests.models.test_adapter import base, exported, tuned  # noqa: F401  (fixtures: a base, its export)
 
 FORGED = {  # case: (forgery, what the one error line says, whether inspect refuses it too)
-    "base-weight-added": (_forged(tensors=lambda w: {**w, "model.embed.weight": torch.zeros(2, 2)}),
+    "base-weight-added": (forged(tensors=lambda w: {**w, "model.embed.weight": torch.zeros(2, 2)}),
                           "holds 'model.embed.weight', which is not a LoRA factor", True),
-    "head-weight-added": (_forged(tensors=lambda w: {**w, "model.head.base.weight": torch.zeros(2, 2)}),
+    "head-weight-added": (forged(tensors=lambda w: {**w, "model.head.base.weight": torch.zeros(2, 2)}),
                           "holds 'model.head.base.weight', which is not a LoRA factor", True),
-    "alpha-huge": (_forged("alpha", 1e300), "alpha is 1e+300, not a number in (0, 1e+06]", True),
-    "target-unknown": (_forged("targets", ["bogus"]), "targets is ['bogus'], not a list of LoRA targets", True),
-    "update-overflows": (_forged(tensors=lambda w: {k: v * 1e30 for k, v in w.items()}),
+    "alpha-huge": (forged("alpha", 1e300), "alpha is 1e+300, not a number in (0, 1e+06]", True),
+    "target-unknown": (forged("targets", ["bogus"]), "targets is ['bogus'], not a list of LoRA targets", True),
+    "update-overflows": (forged(tensors=lambda w: {k: v * 1e30 for k, v in w.items()}),
                          "gives a weight that is not finite (its factors are finite, their update overflows)", False),
 }  # fmt: skip
 
@@ -131,7 +132,7 @@ def test_an_exports_files_copied_in_from_another_export_are_refused(
     the directory's export receipt names other digests (only doctor, and generate for merges, held them to it)."""
     other, adapter = tmp_path / "other", tmp_path / "adapter"
     shutil.copytree(exported, other)
-    _forged("alpha", 4.0)(other)  # another export, whole: its files and its own log agree
+    forged("alpha", 4.0)(other)  # another export, whole: its files and its own log agree
     assert main(["adapter", "inspect", str(other)]) == 0
     shutil.copytree(exported, adapter)
     for name in ("adapter.json", "adapter.safetensors"):
