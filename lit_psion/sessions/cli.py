@@ -16,6 +16,8 @@ from lit_psion.core.layout import RECEIPTS_FILE, in_a_run
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.text import shell_words
+from lit_psion.sessions.registry import registry_problem
+from lit_psion.sessions.run_binding import UNBOUND, binding_problem
 from lit_psion.sessions.settings import MAX_SEED, MAX_STEPS, WorldConfig
 from lit_psion.sessions.store import (
     BASE_CHECKPOINT,
@@ -132,11 +134,12 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
                    and (p / "meta.json").is_file()) if sessions_dir.is_dir() else []  # fmt: skip
     listed, unreadable = [], []
     try:
-        registered = set(store.index()["sessions"])
+        entries = store.index()["sessions"]
     except (ConfigError, EvidenceError) as error:  # (the sessions are listed from their own records all the same)
         print(f"lit_psion: {error}", file=sys.stderr)
-        registered = set(found)
+        entries = dict.fromkeys(found)
         unreadable += [error] if isinstance(error, EvidenceError) else []
+    registered = set(entries)
     print(f"{'session':<16} {'parent':<16} {'root':<16} {'mu':>6} {'runs':>4}")
     for session_id in found:
         try:
@@ -148,6 +151,9 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
         print(f"{session_id:<16} {meta.get('parent_session_id') or '-':<16} {meta.get('root_session_id') or '-':<16} "
               f"{meta['mu']:>6} {len(meta['runs']):>4}")  # fmt: skip
         listed.append(meta)
+        if (problem := registry_problem({**meta, "session_id": session_id}, entries.get(session_id))) is not None:
+            print(f"lit_psion: {problem}", file=sys.stderr)  # (listed as meta.json says; the exit code says it)
+            unreadable.append(problem)
     for session_id in sorted(registered - set(found)):
         print(f"note: index.json registers session {session_id!r}, which has no meta.json here", file=sys.stderr)
     for session_id in sorted(set(found) - registered):
@@ -201,19 +207,12 @@ def verify_session(store: Store, session_id: str) -> None:
         print(f"FAIL {extra}: not a file of the run meta.json records (added since)")
         checks.append((extra, None, None, 5))
         failures.append(5)
-    for name, problem in _run_record_problems(directory, meta["runs"]):
-        print(f"{'FAIL' if problem else 'ok  '} {name}: {problem or 'its chain verifies, from the run genesis'}")
+    for name, problem in _run_record_problems(directory, {**meta, "session_id": session_id}):
+        print(f"{'FAIL' if problem else 'ok  '} {name}: {problem or RECORD_OK[name.rsplit(' ', 1)[1]]}")
         checks.append((name, None, None, 5))
         failures += [5] if problem else []
-    if (rollback := store.rolled_back({**meta, "session_id": session_id})) is not None:
-        print(f"FAIL index.json: {rollback}")
-        failures.append(5)
-    entry = store.index()["sessions"].get(session_id)
-    lineage = [(key, meta.get(key), entry.get(key)) for key in ("parent_session_id", "root_session_id")
-               if isinstance(entry, dict) and key in entry and entry.get(key) != meta.get(key)]  # fmt: skip
-    for key, mine, registered in lineage:  # (the next run of the session rewrites its entry from meta.json)
-        print(f"FAIL meta.json {key}: {mine!r}, but index.json registers {registered!r} (the lineage was edited); "
-              "restore meta.json from a backup")  # fmt: skip
+    if (problem := store.registry_problem({**meta, "session_id": session_id})) is not None:
+        print(f"FAIL index.json: {problem}")
         failures.append(5)
     for stray in uncommitted_runs(directory, meta):
         print(f"note runs/{stray.name}: a run meta.json does not record (stopped before its commit, or under way); "
@@ -243,22 +242,36 @@ def verify_session(store: Store, session_id: str) -> None:
     print(f"all {len(checks)} checks of session {session_id} passed")
 
 
-def _run_record_problems(directory: Path, runs: list[Any]) -> list[tuple[str, str | None]]:
+RECORD_OK = {"chain": "its chain verifies, from the run genesis",
+             "session": "its receipts bind it to this session, its base and the run before it"}
+"""What an ``ok`` line says of each check of a run's records (``runs/<id> chain``, ``runs/<id> session``)."""
+
+
+def _run_record_problems(directory: Path, meta: dict[str, Any]) -> list[tuple[str, str | None]]:
     """(what, its problem or None) for each run's receipt chain (meta.json records the log's digest, which an edit
-    re-hashed there would match: the chain's own digests would not), and a run meta.json records twice."""
+    re-hashed there would match: the chain's own digests would not) and the session, base and previous run that
+    chain binds (a run copied in from another session), and a run meta.json records twice."""
     from lit_psion.core.chain import verify_log
 
-    found, seen = [], set()
-    for run in runs:
+    found, seen, previous = [], set(), None
+    for run in meta["runs"]:
         run_id = str(run.get("run_id"))
+        expected = {"session_id": meta["session_id"], "run_id": run_id, "base_ckpt_hash": meta["base_ckpt_hash"],
+                    "previous_run_id": previous}  # fmt: skip
+        previous = run_id
         if run_id in seen:
             found.append((f"runs/{run_id}", "meta.json records this run twice (a record copied in); restore "
                           "meta.json from a backup"))  # fmt: skip
         seen.add(run_id)
         log = directory / "runs" / run_id / RECEIPTS_FILE
-        if RECEIPTS_FILE in (run.get("files") or {}) and log.is_file() and not log.is_symlink():
+        if RECEIPTS_FILE not in (run.get("files") or {}):  # (a missing file it records is its digest's FAIL)
+            found.append((f"runs/{run_id}", f"meta.json records no {RECEIPTS_FILE} of this run, which every session "
+                          "run writes: its record was cut; restore meta.json from a backup"))  # fmt: skip
+        elif log.is_file() and not log.is_symlink():
             result = verify_log(log, run_id=run_id)
             found.append((f"runs/{run_id}/{RECEIPTS_FILE} chain", None if result.ok else result.describe()))
+            if result.ok and (bound := binding_problem(log.parent, log, expected)) != UNBOUND:
+                found.append((f"runs/{run_id} session", bound))
     return found
 
 

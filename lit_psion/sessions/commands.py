@@ -13,14 +13,18 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from matplotlib.figure import Figure
 
 from lit_psion.callbacks import Receipts
 from lit_psion.core import atomic_write_bytes, atomic_write_json, atomic_write_text, new_run_id, sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError, TrainingDiverged, TransactionError
+from lit_psion.core.layout import RunLayout
 from lit_psion.core.policy import MAX_BUFFER_LEN
+from lit_psion.core.run import RunContext
 from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
+from lit_psion.sessions.run_binding import BINDING_FILE, binding_text
 from lit_psion.sessions.settings import MAX_PRETRAIN_STEPS, MAX_STEPS, MAX_VALUES, rollout_values
 from lit_psion.sessions.state_checks import GATE_WINDOW, MAX_NS_STEPS, SERVED
 from lit_psion.sessions.store import (
@@ -39,6 +43,13 @@ from lit_psion.strategies import TransactionalStrategy, TransactionPolicy
 
 NEVER = 10**9
 CURVES = ("mse_base", "mse_no_update", "mse_with_update", "mse_learner")
+
+
+class _RunOf(Callback):
+    """Holds a session run's RunContext: its receipts' ``config_digest`` is its ``session_run.json``'s."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.run_context = context
 
 
 def _trainer(root: Path, max_steps: int, **kwargs: Any) -> L.Trainer:
@@ -256,7 +267,10 @@ def run_session(store: Store, session_id: str, steps: int, seed: int) -> dict[st
             raise EvidenceError(f"{str(directory / 'runs')!r} is not the session's runs directory (a file or a link "
                                 "in its place): restore it, or move it aside, then run the command again")
         run_dir.mkdir(parents=True)
-        trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[Receipts()])
+        binding = binding_text(session_id, meta, run_id, steps, seed)  # the session this run is in (receipts bind it)
+        atomic_write_text(run_dir / BINDING_FILE, binding)
+        context = RunContext(layout=RunLayout.of(run_dir), stage=OnlineSession.stage, config_yaml=binding)
+        trainer = _trainer(run_dir, len(module.chunks), strategy=strategy, callbacks=[_RunOf(context), Receipts()])
         trainer.fit(module)
         served = module.gate.served if gate else model.plastic_state()  # no gate: it serves what it learned
         plastic = {**model.plastic_state(), **{SERVED + k: v for k, v in served.items()},

@@ -4,7 +4,7 @@
     sessions/index.json                registry and lineage
     sessions/<id>/meta.json            signature, lineage, the session's settings
     sessions/<id>/plastic_state.safetensors, optim_state.pt (weights_only), metrics.json, update_events.jsonl
-    sessions/<id>/runs/<run_id>/per_step.csv, update_events.json, mse_curve.png, receipts.jsonl
+    sessions/<id>/runs/<run_id>/per_step.csv, update_events.json, mse_curve.png, receipts.jsonl, session_run.json
 
 Every session artifact's sha256 is recorded in its ``meta.json`` (``artifacts``) when it is written and checked, on
 the very bytes then loaded, before it is used; a plastic or optimizer state that is not finite is refused. A session's
@@ -36,7 +36,7 @@ from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, l
 from lit_psion.core.files import fsync_path
 from lit_psion.core.lock import RunLock
 from lit_psion.core.text import shell_words
-from lit_psion.sessions.registry import refuse_an_unusable_registry
+from lit_psion.sessions.registry import refuse_an_unusable_registry, registry_problem
 from lit_psion.sessions.settings import WorldConfig
 
 if TYPE_CHECKING:
@@ -422,7 +422,7 @@ class Store:
                 shutil.rmtree(staging)  # never committed
         if meta_path.is_file():  # a kill between meta.json and index.json left the registry's entry behind
             meta = {**read_json(meta_path), "session_id": session_id}
-            if (problem := self.rolled_back(meta)) is not None:  # (the entry would be rewritten to hide it)
+            if (problem := self.registry_problem(meta)) is not None:  # (the entry would be rewritten to hide it)
                 raise EvidenceError(problem)
             self._index_entry(meta)
         for leftover in directory.glob(".*.tmp"):  # an atomic write killed before its rename: the old file stands
@@ -479,16 +479,9 @@ class Store:
         atomic_write_json(directory / "meta.json", meta)
         self._index_entry(meta)
 
-    def rolled_back(self, meta: dict[str, Any]) -> str | None:
-        """Why ``meta`` records fewer runs than its index.json entry, or None: a commit writes meta.json first, so
-        a crash leaves the index behind, never ahead; ahead, the session's directory was put back from a copy."""
-        entry = self.index()["sessions"].get(meta["session_id"])
-        runs, registered = meta.get("runs"), entry.get("runs") if isinstance(entry, dict) else None
-        if isinstance(runs, list) and isinstance(registered, list) and len(registered) > len(runs):
-            return (f"session {meta['session_id']!r}'s meta.json records {len(runs)} run(s), but index.json records "
-                    f"{len(registered)}: the session's directory was put back from an earlier copy; restore it from "
-                    "a backup (the next run would have rewritten the index to match)")  # fmt: skip
-        return None
+    def registry_problem(self, meta: dict[str, Any]) -> str | None:
+        """Why ``meta`` is not what its index.json entry registered (runs rolled back, lineage edited), or None."""
+        return registry_problem(meta, self.index()["sessions"].get(meta["session_id"]))
 
     def _index_entry(self, meta: dict[str, Any]) -> None:
         """Make the session's index.json entry the one its meta.json implies (written only when it differs)."""

@@ -359,26 +359,44 @@ def test_a_session_run_given_to_a_runs_command_names_session_verify(trained: Pat
     assert session("verify", "--artifacts_root", str(trained), "--session_id", "s1") == 0
 
 
-def test_a_session_directory_put_back_from_an_earlier_copy_is_refused_not_reregistered(
-    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    """s1 copied aside, run once more, then the copy put back: verify and list passed while index.json still
-    recorded the later run, and the next run rewrote the index entry to match, erasing the only trace of it."""
-    s1 = trained / "sessions" / "s1"
-    shutil.copytree(s1, tmp_path / "s1-earlier")
-    root = ("--artifacts_root", str(trained), "--session_id", "s1")
-    assert session("run", *root, "--steps", "32") == 0
-    index = (trained / "sessions" / "index.json").read_bytes()
+def _put_back(root: Path, aside: Path) -> None:
+    """s1 copied aside, run once more, then the copy put back (index.json still registers the later run)."""
+    s1 = root / "sessions" / "s1"
+    shutil.copytree(s1, aside)
+    assert session("run", "--artifacts_root", str(root), "--session_id", "s1", "--steps", "32") == 0
     shutil.rmtree(s1)
-    shutil.copytree(tmp_path / "s1-earlier", s1)
+    shutil.copytree(aside, s1)
+
+
+UNLIKE_ITS_REGISTRATION = [  # (case, what is done, what each line says); verify and list passed the first, list the
+    # second, and the next run or fork rewrote the index entry to match, erasing the only trace of either
+    ("put back from an earlier copy", _put_back, "meta.json records 1 run(s), but index.json records 2: the "
+     "session's directory was put back from an earlier copy; restore it from a backup"),
+    ("its lineage edited", lambda root, _: meta_edit(lambda m: m.update(root_session_id="s0"))(root),
+     "meta.json records root_session_id 's0', but index.json registers 's1' (the lineage was edited)"),
+]
+
+
+@pytest.mark.parametrize(("case", "harm", "says"), UNLIKE_ITS_REGISTRATION, ids=[c[0] for c in UNLIKE_ITS_REGISTRATION])
+def test_a_session_unlike_its_registration_is_refused_not_reregistered(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str, harm: Any, says: str
+) -> None:
+    harm(trained, tmp_path / "s1-earlier")
+    index = (trained / "sessions" / "index.json").read_bytes()
+    root = ("--artifacts_root", str(trained))
     capsys.readouterr()
-    assert session("verify", *root) == 5
-    assert "FAIL index.json: session 's1''s meta.json records 1 run(s), but index.json records 2" in (
-        capsys.readouterr().out)  # fmt: skip
-    assert session("run", *root, "--steps", "32") == 5
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "was put back from an earlier copy; restore it from a backup" in line, line
+    assert session("verify", *root, "--session_id", "s1") == 5
+    assert f"FAIL index.json: session 's1''s {says}" in capsys.readouterr().out
+    assert session("list", *root) == 5
+    captured = capsys.readouterr()
+    assert "s1" in captured.out and says in captured.err
+    for argv in (["run", *root, "--session_id", "s1", "--steps", "32"],
+                 ["fork", *root, "--parent_session_id", "s1", "--child_session_id", "c1"]):  # fmt: skip
+        assert session(*argv) == 5, argv
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert says in line, line
     assert (trained / "sessions" / "index.json").read_bytes() == index
+    assert not (trained / "sessions" / "c1").exists()
 
 
 def _edited_and_rerecorded(root: Path) -> None:
@@ -394,7 +412,7 @@ RERECORDED = [  # (case, what is done, what the FAIL line says): each passed "al
     ("a receipt edited, its log re-recorded", _edited_and_rerecorded, "receipts.jsonl chain: line 1: edited"),
     ("a run recorded twice", meta_edit(lambda m: m["runs"].append(m["runs"][0])), "meta.json records this run twice"),
     ("its lineage edited", meta_edit(lambda m: m.update(parent_session_id="s0", root_session_id="s0")),
-     "meta.json root_session_id: 's0', but index.json registers 's1' (the lineage was edited)"),
+     "parent_session_id 's0', but index.json registers None and root_session_id 's0', but index.json registers 's1'"),
 ]
 
 

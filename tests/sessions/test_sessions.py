@@ -335,17 +335,16 @@ def test_a_tampered_or_non_finite_session_artifact_is_refused_before_use(
 def test_every_artifact_a_run_writes_is_digest_recorded(trained: Path) -> None:
     directory, root = trained / "sessions" / "s1", ("--artifacts_root", str(trained))
     assert session("fork", *root, "--parent_session_id", "s1", "--child_session_id", "c") == 0
-    for session_id in ("s1", "c"):
-        meta = read_json(trained / "sessions" / session_id / "meta.json")
-        files = {p.name for p in (trained / "sessions" / session_id).iterdir() if p.is_file()}
-        on_disk = files - {"meta.json", ".lock"}
-        assert set(meta["artifacts"]) == on_disk and meta["schema_version"] == 2
+    for folder in (trained / "sessions" / "s1", trained / "sessions" / "c"):
+        meta, on_disk = read_json(folder / "meta.json"), {p.name for p in folder.iterdir() if p.is_file()}
+        assert set(meta["artifacts"]) == on_disk - {"meta.json", ".lock"} and meta["schema_version"] == 2
         for name, digest in meta["artifacts"].items():
-            assert sha256_file(trained / "sessions" / session_id / name) == digest, (session_id, name)
+            assert sha256_file(folder / name) == digest, (folder, name)
     (run,) = read_json(directory / "meta.json")["runs"]
     run_dir = directory / "runs" / run["run_id"]
     assert run["files"] == {p.name: sha256_file(p) for p in run_dir.iterdir()}
-    assert set(run["files"]) == {"per_step.csv", "update_events.json", "mse_curve.png", "receipts.jsonl"}
+    assert set(run["files"]) == {"per_step.csv", "update_events.json", "mse_curve.png", "receipts.jsonl",  # and
+                                 "session_run.json"}  # which session the run is in (its receipts bind it)
     child = read_json(trained / "sessions" / "c" / "meta.json")["artifacts"]
     parent = read_json(directory / "meta.json")["artifacts"]
     assert {k: child[k] for k in ("plastic_state.safetensors", "optim_state.pt")} == \
