@@ -188,8 +188,8 @@ def verify_session(store: Store, session_id: str) -> None:
               "kill stopped it); the next session run or fork installs it: its files are checked where they are")
     checks += [(name, pending.get(name, directory / name), digest, 4 if name in (PLASTIC, OPTIM) else 5)
                for name, digest in sorted((meta.get("artifacts") or {}).items())]  # fmt: skip
-    extras = []
-    for run in meta["runs"]:
+    extras, linked = [], _not_a_directory(directory, meta["runs"])  # read through a link: another directory's
+    for run in [] if linked else meta["runs"]:
         run_dir = directory / "runs" / str(run.get("run_id"))
         checks += [(f"runs/{run.get('run_id')}/{name}", run_dir / name, digest, 5)
                    for name, digest in sorted((run.get("files") or {}).items())]  # fmt: skip
@@ -203,11 +203,16 @@ def verify_session(store: Store, session_id: str) -> None:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: " + ("matches meta.json" if ok else
               f"expected sha256 {expected}, got {found}"))  # fmt: skip
         failures += [] if ok else [code]
+    if linked:  # (session run refuses it the same way)
+        print(f"FAIL {linked}: not the session's own directory (a link or a file in its place); restore it from a "
+              "backup")  # fmt: skip
+        checks.append((linked, None, None, 5))
+        failures.append(5)
     for extra in extras:
         print(f"FAIL {extra}: not a file of the run meta.json records (added since)")
         checks.append((extra, None, None, 5))
         failures.append(5)
-    for name, problem in _run_record_problems(directory, {**meta, "session_id": session_id}):
+    for name, problem in [] if linked else _run_record_problems(directory, {**meta, "session_id": session_id}):
         print(f"{'FAIL' if problem else 'ok  '} {name}: {problem or RECORD_OK[name.rsplit(' ', 1)[1]]}")
         checks.append((name, None, None, 5))
         failures += [5] if problem else []
@@ -273,6 +278,14 @@ def _run_record_problems(directory: Path, meta: dict[str, Any]) -> list[tuple[st
             if result.ok and (bound := binding_problem(log.parent, log, expected)) != UNBOUND:
                 found.append((f"runs/{run_id} session", bound))
     return found
+
+
+def _not_a_directory(directory: Path, runs: list[Any]) -> str | None:
+    """``runs`` or ``runs/<run_id>`` of a recorded run when it is a link or a file, else None."""
+    for name in ["runs", *(f"runs/{run.get('run_id')}" for run in runs)] if runs else []:
+        if (directory / name).is_symlink() or ((directory / name).exists() and not (directory / name).is_dir()):
+            return name
+    return None
 
 
 def _listed(directory: Path) -> list[str]:
@@ -354,7 +367,13 @@ def _runs(store: Store, session_id: str) -> int:
 
 
 def _train(store: Store, parsed: argparse.Namespace) -> None:
-    """The session commands that train or write: torch and Lightning, imported here."""
+    """The session commands that train or write: torch and Lightning, imported here (after what JSON alone says is
+    wrong: no base, no session, a run shorter than its chunk; each is checked again under the session's lock)."""
+    if parsed.command == "run":  # in the order the run checks them
+        store.base_config()
+        chunk = store.session_meta(parsed.session_id)["settings"].get("chunk")
+        if isinstance(chunk, int) and parsed.steps < chunk:  # (a chunk setting it refuses: the run names it)
+            raise ConfigError(f"--steps {parsed.steps} is shorter than one chunk ({chunk}); use at least that")
     from lit_psion.sessions import commands
 
     if parsed.command == "init-base":

@@ -150,3 +150,27 @@ def test_a_run_from_before_runs_named_their_session_still_verifies(roots: Path, 
     _write_meta(root, "s1", meta)
     assert session("verify", "--artifacts_root", str(root), "--session_id", "s1") == 5
     assert "is not the one the run started with" in capsys.readouterr().out
+
+
+def _linked(name: Callable[[dict], str]) -> Callable[[Path], Path]:
+    def harm(root: Path) -> Path:
+        path = root / "sessions" / "s1" / name(_meta(root, "s1"))
+        shutil.move(path, root.parent / "elsewhere-copy")
+        path.symlink_to(root.parent / "elsewhere-copy", target_is_directory=True)
+        return path
+
+    return harm
+
+
+LINKED = [_linked(lambda meta: "runs"), _linked(lambda meta: f"runs/{meta['runs'][0]['run_id']}")]
+
+
+@pytest.mark.parametrize("harm", LINKED, ids=["runs/ a link", "a run a link"])
+def test_runs_read_through_a_link_are_one_line_not_passed(roots: Path, capsys: pytest.CaptureFixture,
+                                                          harm: Callable[[Path], Path]) -> None:  # fmt: skip
+    """The files matched (they are the same bytes, elsewhere): verify passed what session run refuses."""
+    path = harm(roots / "here")
+    assert session("verify", "--artifacts_root", str(roots / "here"), "--session_id", "s1") == 5
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert line == (f"FAIL {path.relative_to(roots / 'here' / 'sessions' / 's1')}: not the session's own directory "
+                    "(a link or a file in its place); restore it from a backup")  # fmt: skip

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,23 @@ def test_an_interrupted_init_base_takes_back_what_it_made(
     assert session("init-base", "--artifacts_root", str(root), "--pretrain_steps", "3") == 130
     assert "lit_psion: interrupted" in capsys.readouterr().err
     assert (root.exists(), list(root.iterdir()) if root.exists() else []) == (existing_root, [])
+
+
+ANSWERED_FROM_JSON = [  # (the command past the root, its exit code, its line): each took ~6 s to import torch first
+    (["run", "--session_id", "s1", "--steps", "2"], 2, "--steps 2 is shorter than one chunk (32); use at least that"),
+    (["run", "--session_id", "nope", "--steps", "64"], 2, "no session 'nope' in"),
+    (["run", "--artifacts_root", "/nonexistent", "--session_id", "s1", "--steps", "64"], 2, "no base model in"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "says"), ANSWERED_FROM_JSON, ids=["short", "no session", "no base"])
+def test_what_the_records_refuse_is_said_before_torch_is_imported(trained: Path, args: list[str], code: int,
+                                                                   says: str) -> None:  # fmt: skip
+    command = [sys.executable, "-X", "importtime", "-m", "lit_psion", "session", *args[:1], "--artifacts_root",
+               str(trained), *args[1:]]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == code, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert not {"torch", "lightning"} & {line.split("|")[-1].strip() for line in lines if line.startswith("import ")}
+    (line,) = [line for line in lines if not line.startswith("import time:")]
+    assert says in line, line
