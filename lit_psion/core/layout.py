@@ -252,7 +252,25 @@ def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
                 f"inside the sessions' artifacts root {str(place)!r}"  # fmt: skip
             return (f"{str(path)!r} is {where}, not a run directory; see its sessions with python -m lit_psion "
                     f"session list --artifacts_root {shell_words(place)}")  # fmt: skip
-    return f"{str(path)!r} is not a run directory (no {RUN_FILE}); {advice}"
+    return f"{str(path)!r} {_what_it_is(path, advice)}"
+
+
+def _what_it_is(path: Path, advice: str) -> str:
+    """What a path that is not a run directory is, in a refusal's words: missing, a file, a runs root (with the run
+    to give), a checkpoint directory moved out of its run (with the command that checks it), or none of these."""
+    from lit_psion.core.checkpoint import MANIFEST_FILE  # (checkpoint reads layouts)
+
+    if not path.exists():
+        return "does not exist" + (" (a symlink to nothing)" if path.is_symlink() else "") + f"; {advice}"
+    if not path.is_dir():
+        return f"is a file, not a run directory; {advice}"
+    if runs := sorted(run.parent.name for run in path.glob(f"*/{RUN_FILE}")):
+        return (f"is a runs root of {len(runs)} run(s), not one run: give one of them, such as the newest, "
+                f"{shell_words(path / runs[-1])}")  # fmt: skip
+    if (path / MANIFEST_FILE).is_file():
+        return (f"is a checkpoint directory outside any run, not a run directory; python -m lit_psion ckpt verify "
+                f"{shell_words(path)} checks it")  # fmt: skip
+    return f"is not a run directory (no {RUN_FILE}); {advice}"
 
 
 def in_a_run(path: Path) -> tuple[Path, str] | None:
