@@ -198,8 +198,10 @@ def test_a_bad_optimizer_flag_exits_2_before_a_run_directory_exists(
 
 
 SETTINGS_A_CLASS_REFUSES = [  # (args, the line's start, what it names): a setting the chosen class does not take
-    (("--model.init_args.decoder.n_hed", "3"), "model.decoder: DecoderConfig refuses", "'n_hed'"),
-    (("--data.init_args.blok_size", "3"), "data: CorpusDataModule refuses", "'blok_size'"),
+    (("--model.init_args.decoder.n_hed", "3"), "model.decoder: DecoderConfig has no setting 'n_hed'; did you mean "
+     "--model.decoder.n_head?", "'n_hed'"),  # (it said "DecoderConfig refuses the settings given for it": no near name)
+    (("--data.init_args.blok_size", "3"), "data: CorpusDataModule has no setting 'blok_size'; did you mean "
+     "--data.block_size?", "'blok_size'"),
     (("--config", "configs/graph_core_oscillators.yaml", "--config", "configs/overlays/fsdp.yaml"),
      "model: GraphCore refuses", "'optimizer.name'"),  # the overlay sets the decoder's optimizer
 ]  # fmt: skip

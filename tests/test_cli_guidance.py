@@ -132,6 +132,8 @@ def test_a_value_read_as_a_flag_is_shown_with_the_flag_it_was_given_to(capsys: p
     (["fit", "--confg", "configs/decoder_tiny.yaml"], "unrecognized arguments: --confg configs/decoder_tiny.yaml; did "
                                                       "you mean --config?"),
     (["validate", "--ckpt_pth", "last"], "unrecognized arguments: --ckpt_pth last; did you mean --ckpt_path?"),
+    (["fit", "--config", "configs/decoder_tiny.yaml", "--dat.batch_size", "2"], "unrecognized arguments: "
+     "--dat.batch_size 2; did you mean --data.batch_size?"),  # a group's name mistyped had no suggestion
 ])  # fmt: skip
 def test_a_misspelt_command_word_or_flag_is_one_line_naming_the_fix(
     argv: list[str], says: str, capsys: pytest.CaptureFixture

@@ -114,15 +114,16 @@ CALLBACKS_IN_A_CONFIG_FILE = [  # (the callbacks list of a YAML file, the one li
      "not a Callback; give a subclass of Callback"),  # a receipt class given as a callback
     ("- {class_path: lit_psion.callbacks.GenerateSample, init_args: {max_new_tokens: lots}}",
      "trainer.callbacks.max_new_tokens: 'lots' is not an int; give one"),
-    ("- {class_path: lit_psion.callbacks.GenerateSample, init_args: {tokens: 5}}", "trainer.callbacks: GenerateSample "
-     "refuses the settings given for it: Option 'tokens' is not accepted (a --config overlay may have set it for "
-     "another class); `python -m lit_psion fit --trainer.callbacks.help lit_psion.callbacks.GenerateSample` lists"),
+    ("- {class_path: lit_psion.callbacks.GenerateSample, init_args: {frobnicate: 5}}", "trainer.callbacks: "
+     "GenerateSample refuses the settings given for it: Option 'frobnicate' is not accepted (a --config overlay may "
+     "have set it for another class); `python -m lit_psion fit --trainer.callbacks.help lit_psion.callbacks."
+     "GenerateSample` lists"),
 ]  # fmt: skip
 CALLBACK_SETTINGS_GIVEN_ON_THE_COMMAND_LINE = [  # it said "Callback refuses ...: Option ... is not accepted"
     (("--trainer.callbacks.max_new_tokens=abc",), "trainer.callbacks.max_new_tokens: 'abc' is not an int; give one"),
     (("--trainer.callbacks.max_new_tokens", "1.5"), "trainer.callbacks.max_new_tokens: '1.5' is not an int; give one"),
-    (("--trainer.callbacks.tokens=5",), "trainer.callbacks: GenerateSample refuses the settings given for it: Option "
-     "'tokens' is not accepted"),
+    (("--trainer.callbacks.tokens=5",), "trainer.callbacks: GenerateSample has no setting 'tokens'; did you mean "
+     "--trainer.callbacks.max_new_tokens?"),
 ]  # fmt: skip
 
 

@@ -46,6 +46,24 @@ def not_a_class_path(key: str, given: str, message: str) -> str | None:
     return None
 
 
+def near_setting(class_path: str, why: str) -> tuple[str, str] | None:
+    """(the setting given, the flag meant) when ``why`` refuses a setting ``class_path``'s class lacks and it has one
+    of a near name (``monitr``: ``monitor``; ``optimizr.lr``: ``optimizer.lr``), else None."""
+    given = re.fullmatch(r"Option '([^']+)' is not accepted", why) or re.fullmatch(
+        r"unrecognized arguments: --([\w.]+)(?:[= ].*)?", why)  # fmt: skip
+    if given is None:
+        return None
+    try:
+        module, _, name = class_path.rpartition(".")
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters.values()
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    first, dot, rest = given[1].partition(".")
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    near = difflib.get_close_matches(first, names, n=1, cutoff=0.6)
+    return (first, f"{near[0]}{dot}{rest}") if near and near[0] != first else None
+
+
 def _known_classes(key: str) -> list[str]:
     """Class paths of the classes ``key`` most often takes (those its packages export)."""
     found = []

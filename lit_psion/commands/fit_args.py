@@ -20,7 +20,7 @@ from typing import Any
 from jsonargparse import ArgumentError
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from lit_psion.commands.class_values import not_a_class_path, unfilled_settings
+from lit_psion.commands.class_values import near_setting, not_a_class_path, unfilled_settings
 from lit_psion.core.errors import ConfigError, LitPsionError, lit_psion_cause
 
 DEFAULT_ROOT = "runs"
@@ -275,11 +275,11 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
 
         near = difflib.get_close_matches(unknown[1].split(".", 1)[1], inspect.signature(Trainer).parameters, n=1)
         return f"{message.strip()}" + (f"; did you mean trainer.{near[0]}?" if near else "")
-    if (unknown := re.search(r"unrecognized arguments: --(\w+)(?:[= ]|$)", flat)) is not None:  # a top-level flag
+    if (unknown := re.match(r"unrecognized arguments: --(\w+)([\w.]*)(?:[= ]|$)", flat)) is not None:  # top-level
         import difflib
 
-        near = difflib.get_close_matches(unknown[1], TOP_LEVEL_FLAGS, n=1)
-        return f"{message.strip()}" + (f"; did you mean --{near[0]}?" if near else "")
+        near = difflib.get_close_matches(unknown[1], TOP_LEVEL_FLAGS, n=1)  # (--dat.batch_size: its group's name)
+        return f"{message.strip()}" + (f"; did you mean --{near[0]}{unknown[2]}?" if near else "")
     keys = re.findall(r'Parser key "([^"]+)"', flat)
     if keys and (choice := _LITERAL.search(flat)) is not None:  # a setting of fixed choices (an optimizer's name)
         return f"{'.'.join(keys)}: {choice['value']!r} is not one of {choice['choices']}; give one of them"
@@ -327,6 +327,9 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
                 f"({{class_path: {given[1] if given else 'module.ClassName'}, init_args: {{SETTING: VALUE}}}})")
     if (required := re.fullmatch(r"the following arguments are required: (.+)", why.strip())) is not None:
         return f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} needs {required[1]}, which nothing gave; give it{listed}"
+    if (near := near_setting(inner, why.strip())) is not None:  # a setting's name mistyped
+        return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} has no setting {near[0]!r}; did you mean "
+                f"--{'.'.join(keys)}.{near[1]}?{listed}")  # fmt: skip
     return (f"{'.'.join(keys)}: {inner.rsplit('.', 1)[-1]} refuses the settings given for it: {why.strip()} (a "
             f"--config overlay may have set it for another class){listed}")
 
