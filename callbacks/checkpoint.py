@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lit_psion.callbacks.evidence import EvidenceCallback, data_manifest_digest, signature_of
+from lit_psion.callbacks.strategy_settings import strategy_settings
 from lit_psion.checkpoint_io import EXTRA_KEY, ManifestCheckpointIO
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest
 from lit_psion.core.contracts import HeadWatcher, MembershipAware, RecordWatcher, Resumable, signed_settings
@@ -356,7 +357,8 @@ def run_settings(config_yaml: str | None) -> dict[str, Any]:
         return {}
     trainer = config.get("trainer") if isinstance(config, dict) else None
     steps = {f"trainer.{key}": trainer.get(key) for key in STEP_MATH} if isinstance(trainer, dict) else {}
-    return {**shared_settings(config_yaml), **data_settings(config_yaml), **steps, **_training_callbacks(trainer)}
+    return {**shared_settings(config_yaml), **data_settings(config_yaml), **steps, **_training_callbacks(trainer),
+            **strategy_settings(trainer)}
 
 
 SHAPES_TRAINING = "shapes_training"

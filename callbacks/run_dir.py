@@ -26,7 +26,7 @@ from lit_psion.callbacks.checkpoint import (
 from lit_psion.callbacks.evidence import data_manifest_digest, signature_of
 from lit_psion.callbacks.optimizer_settings import honour_optimizer_settings
 from lit_psion.core import RunContext, RunRecord, RunStatus, atomic_write_json, atomic_write_text, sha256_bytes
-from lit_psion.core.contracts import RecordWatcher, ReplayData, TokenizedData
+from lit_psion.core.contracts import RecordWatcher, ReplayData, SkipListing, TokenizedData
 from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
@@ -40,6 +40,7 @@ from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, last_receip
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.run import read_latest, write_latest
+from lit_psion.core.skip_list import SkipList
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.report import PipedConsole
 
@@ -67,6 +68,8 @@ class RunDirectory(Callback):
                 logger.watch(trainer)
         if stage == "fit" and trainer.world_size > 1:
             self._follow_rank_zero(trainer)
+        if stage == "fit" and self.run_context.resumed:
+            _refuse_training_on_skip_listed(self.run_context, trainer.strategy)
 
     def _begin(self, trainer: L.Trainer, pl_module: L.LightningModule) -> RunRecord:
         """The run's record, once the data description it names is written (and the root's latest run).
@@ -334,3 +337,16 @@ def _tell_of_an_unfinished_run(layout: RunLayout) -> None:
                 print(f"lit_psion: note: the latest run in {str(layout.root)!r}, {latest}, stopped {record.status} at "
                       f"step {record.global_step}; this fit starts a new run, {layout.run_id} (continue that one "
                       f"with LIT_PSION_RUN_ID={latest} and no --ckpt_path)", file=sys.stderr)  # fmt: skip
+
+
+def _refuse_training_on_skip_listed(run: RunContext, strategy: Any) -> None:
+    """A resume of a run whose transactional strategy skip-listed batches, under a strategy that does not read the
+    list, would train on them: refused before anything is written (the run stays as it was)."""
+    if isinstance(strategy, SkipListing) or not (run.layout.skip_list.is_file() or run.layout.skip_list.is_symlink()):
+        return
+    listed = len(SkipList.load(run.layout.skip_list))  # (a damaged list is refused: it decides what trains)
+    if listed:
+        raise ConfigError(f"run {run.layout.run_id} skip-lists {listed} batch(es) its transactional strategy rolled "
+                          f"back ({run.layout.skip_list.name}), which {type(strategy).__name__} would train on; "
+                          "resume it with --trainer.strategy transactional (or the transactional strategy its "
+                          "config.yaml names)")  # fmt: skip

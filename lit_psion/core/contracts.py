@@ -114,6 +114,14 @@ class TransactionalModule(Protocol):
     def transaction_loss(self, batch: Any) -> Any: ...
 
 
+@runtime_checkable
+class SkipListing(Protocol):
+    """A strategy that leaves the batches on its run's skip list (``skip_list.json``) out of training: the
+    transactional ones, which list the batches of the steps they roll back."""
+
+    skip_list: Any
+
+
 PURE_TRANSACTION_LOSS = "transaction_loss_is_pure"
 """The class attribute by which a :class:`TransactionalModule` says its loss is a function of its weights,
 the batch and the RNG state alone (no other state that can change between steps)."""
