@@ -126,6 +126,7 @@ class Receipts(EvidenceCallback):
         self._started = False
         self._unreceipted_resume = False
         self._sealed = False
+        self._micro_losses = 0.0  # the step's earlier micro-batches' (scaled) losses, under gradient accumulation
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -199,14 +200,18 @@ class Receipts(EvidenceCallback):
         if outputs is None or (isinstance(outputs, dict) and "loss" not in outputs):  # a batch training_step skipped
             return
         transactional = hasattr(trainer.strategy, "last_decision")  # RollbackAware (no Protocol check: every step)
+        given = outputs["loss"] if isinstance(outputs, dict) else outputs
         if trainer.fit_loop.epoch_loop._should_accumulate():  # a micro-batch before its step's last: no step yet
+            self._micro_losses += _as_float(given)  # each divided by accumulate_grad_batches: they sum to the mean
             if not transactional:  # (a transaction judges the whole step, at its end)
-                _global_loss(trainer, step + 1, outputs["loss"] if isinstance(outputs, dict) else outputs)
+                _global_loss(trainer, step + 1, self._micro_losses)
             return
+        micro, self._micro_losses = self._micro_losses, 0.0
         if transactional and trainer.strategy.last_decision == "rollback":
             return  # the strategy undid this step; its transaction receipt says why
-        loss = _global_loss(trainer, step, outputs["loss"] if isinstance(outputs, dict) else outputs)
-        if trainer.world_size > 1:  # (callbacks end a step before the model, which writes the row)
+        loss = _global_loss(trainer, step, _as_float(given) + micro if micro else given)
+        if trainer.world_size > 1 or trainer.accumulate_grad_batches > 1:  # (callbacks end a step before the model,
+            # which writes the row): the step's loss over its whole global batch, for its last micro-batch's own
             replace_kept(pl_module, "train/loss", torch.tensor(loss, dtype=torch.float64))
         if step % self.every_n_steps:
             return

@@ -402,8 +402,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         fact["chain_fails"] = fact["receipts"].startswith("FAILS")
         if fact["receipts"] == "verified" and (changed := changed_records(RunLayout.of(run))):  # the config shown
             fact["receipts"] = f"FAILS: {changed[0].artifact}: {changed[0].detail}"
-        if fact["receipts"] == "verified" and (edit := unvouched_metric(RunLayout.of(run), finals[label],
-                                                                        steps[label])):  # fmt: skip
+        if fact["receipts"] == "verified" and (edit := unvouched_metric(RunLayout.of(run), series[label])):
             fact["receipts"] = f"FAILS: {edit}"
     out = Path(out)
     _earlier_comparison(out)  # refused before anything is made

@@ -27,6 +27,7 @@ from lit_psion.core.audit import Verdict, audit_run
 from lit_psion.core.errors import DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_plain
 from lit_psion.core.manifest import DataManifest
+from lit_psion.core.vouched import unvouched_metric
 
 
 class DoctorFailed(SystemExit):
@@ -38,8 +39,10 @@ def main(args: list[str]) -> None:
     parser.add_argument("run_dir", type=Path)
     layout = run_layout(parser.parse_args(args).run_dir)
     refuse_a_live_run(layout, "doctor")
-    verdicts = [*audit_run(layout), *_metrics(layout), *_membership(layout), *_sources(layout), *_token_cache(layout),
-                *_adapter(layout)]
+    audited = audit_run(layout)
+    chain = [verdict.ok for verdict in audited if verdict.artifact == layout.receipts.name]
+    verdicts = [*audited, *_metrics(layout, bool(chain) and all(chain)), *_membership(layout), *_sources(layout),
+                *_token_cache(layout), *_adapter(layout)]
     verdicts = [_held_to_its_source(layout, verdict) for verdict in verdicts]
     for verdict in verdicts:
         print(verdict.line())
@@ -68,8 +71,9 @@ def _held_to_its_source(layout: RunLayout, verdict: Verdict) -> Verdict:
                                            ", compared")  # fmt: skip
 
 
-def _metrics(layout: RunLayout) -> list[Verdict]:
-    """metrics.csv, read as a resume reads it (by step), if the run has one."""
+def _metrics(layout: RunLayout, chain_verified: bool) -> list[Verdict]:
+    """metrics.csv, read as a resume reads it (by step), if the run has one, and every value in it a receipt records
+    held to that receipt (once the chain verifies), as ``compare`` holds them before it shows them."""
     if not (layout.metrics.exists() or layout.metrics.is_symlink()):
         return []
     if (problem := metrics_problem(layout)) is not None:
@@ -79,6 +83,13 @@ def _metrics(layout: RunLayout) -> list[Verdict]:
         return [Verdict(layout.metrics.name, False, f"{problem}, which compare and the dashboard cannot read (a run's "
                         "logger writes numbers only); restore it from a backup, or move it aside",
                         EvidenceError.exit_code)]  # fmt: skip
+    if chain_verified:
+        from lit_psion.report import read_metrics  # (its rows as compare reads them)
+
+        if (edit := unvouched_metric(layout, read_metrics(layout.run_dir))) is not None:
+            return [Verdict(layout.metrics.name, False, f"{edit}; restore it from a backup",
+                            EvidenceError.exit_code)]  # fmt: skip
+        return [Verdict(layout.metrics.name, True, "readable by step; every value a receipt records matches it")]
     return [Verdict(layout.metrics.name, True, "readable by step")]
 
 

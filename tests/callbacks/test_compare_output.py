@@ -69,8 +69,9 @@ def test_a_compare_stopped_part_way_leaves_the_earlier_one_and_runs_again(
 def test_values_no_axis_can_span_are_left_out_of_the_plots(
     two_runs: tuple[Path, Path], tmp_path: Path, values: tuple[str, str]
 ) -> None:
-    """Two train/loss cells of 1e308 and -1e308 (finite, but an axis between them overflows): compare exit 1
-    (matplotlib's "arange: cannot compute length"), after the fit's own warning had recommended it."""
+    """Two cells of 1e308 and -1e308 (finite, but an axis between them overflows): compare exit 1 (matplotlib's
+    "arange: cannot compute length"), after the fit's own warning had recommended it. (In train/loss, which the
+    receipts record, such cells are now an edit: a throughput column stands in, which no receipt records.)"""
     import csv
     import shutil
 
@@ -78,23 +79,27 @@ def test_values_no_axis_can_span_are_left_out_of_the_plots(
     shutil.copytree(two_runs[0], copy)
     with (copy / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    trained = [row for row in rows if row.get("train/loss")]
+    trained = [row for row in rows if row.get("telemetry/tokens_per_s")]
     for row, value in zip(trained[:2], values, strict=True):
-        row["train/loss"] = value
+        row["telemetry/tokens_per_s"] = value
     with (copy / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 0
-    assert (tmp_path / "cmp" / "loss.png").is_file()
+    assert (tmp_path / "cmp" / "throughput.png").is_file()
 
 
-@pytest.mark.parametrize("metric", ["val/loss", "train/loss"])
-def test_a_final_value_edited_in_metrics_csv_is_not_shown_as_vouched_for(
-    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, metric: str
+EDITED_CELLS = [("val/loss", -1), ("train/loss", -1), ("val/loss", 0), ("train/loss", 0)]  # (metric, which row)
+
+
+@pytest.mark.parametrize(("metric", "index"), EDITED_CELLS, ids=["last val", "last train", "first val", "first train"])
+def test_a_value_edited_in_metrics_csv_is_not_shown_as_vouched_for(
+    two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, metric: str, index: int
 ) -> None:
     """metrics.csv carries no digest: its last val/loss edited to 0.1234 was shown beside "receipts verified",
-    though the step's eval receipt records another value."""
+    though the step's eval receipt records another value; an earlier row edited was drawn in the plots (a dip that
+    never was), and doctor passed both."""
     import csv
     import shutil
 
@@ -102,8 +107,7 @@ def test_a_final_value_edited_in_metrics_csv_is_not_shown_as_vouched_for(
     shutil.copytree(two_runs[0], copy)
     with (copy / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    last = [row for row in rows if row.get(metric)][-1]
-    last[metric] = "0.1234"
+    [row for row in rows if row.get(metric)][index][metric] = "0.1234"
     with (copy / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -112,6 +116,8 @@ def test_a_final_value_edited_in_metrics_csv_is_not_shown_as_vouched_for(
     assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
     err = capsys.readouterr().err.strip().splitlines()
     assert f"metrics.csv's {metric} at step" in err[-1] and "is 0.1234, but its receipt records" in err[-1], err
+    assert main(["doctor", str(copy)]) == 5
+    assert f"FAIL metrics.csv: metrics.csv's {metric} at step" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("edit", ["config.yaml", "tokenizer.json"])
