@@ -29,8 +29,11 @@ class PromotionGate(EvidenceCallback):
     """
 
     def __init__(self, min_delta: float = 1e-3, max_batches: int | None = None) -> None:
-        if min_delta < 0:
-            raise ConfigError(f"promotion min_delta must be >= 0, got {min_delta!r}")
+        if not (isinstance(min_delta, int | float) and math.isfinite(min_delta) and min_delta >= 0):
+            raise ConfigError(f"promotion min_delta must be a finite number >= 0, got {min_delta!r}")
+        if max_batches is not None and not (isinstance(max_batches, int) and max_batches >= 1):  # 0 scored nothing:
+            # a "hold" of losses 0.0 -> 0.0, recorded as measured
+            raise ConfigError(f"promotion max_batches must be >= 1 (or null: the whole split), got {max_batches!r}")
         self.min_delta, self.max_batches = min_delta, max_batches
         self.decision: dict | None = None
 

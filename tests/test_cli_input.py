@@ -196,12 +196,30 @@ def test_a_symbolic_link_loop_is_named_in_one_line(tmp_path: Path, capsys: pytes
     assert f"{named.replace('LOOP', loop)!r} is a symbolic link that leads back to itself" in line, line
 
 
-@pytest.mark.parametrize("args", [("receipts", "verify", ""), ("doctor", ""), ("compare", "x", "--out", ""),
-                                  ("session", "list", "--artifacts_root", "")], ids=lambda a: " ".join(a[:2]))
-def test_an_empty_argument_is_named_not_read_as_the_current_directory(args: tuple[str, ...],
+@pytest.mark.parametrize(("args", "prog"), [(("receipts", "verify", ""), "receipts"), (("doctor", ""), "doctor"),
+                                            (("compare", "x", "--out", ""), "compare"),
+                                            (("session", "list", "--artifacts_root", ""), "session list"),
+                                            (("adapter", "merge", "a", "--base", "b", "--out", ""), "adapter merge")],
+                         ids=lambda a: " ".join(a[:2]) if isinstance(a, tuple) else None)  # fmt: skip
+def test_an_empty_argument_is_named_not_read_as_the_current_directory(args: tuple[str, ...], prog: str,
                                                                        capsys: pytest.CaptureFixture) -> None:
-    """It was reported as '.' ("'.' is not a run directory"), or wrote there (compare's --out)."""
+    """It was reported as '.' ("'.' is not a run directory"), or wrote there (compare's --out); it names the
+    subcommand it was given to (adapter merge's was "python -m lit_psion adapter: ...")."""
     assert main(list(args)) == 2
     err = capsys.readouterr().err.strip()
     flag = f"{args[-2]} was given an empty value" if args[-2].startswith("--") else "an empty argument ('') was given"
     assert flag in err and "'.'" not in err and "\n" not in err, err
+    assert f"python -m lit_psion {prog}: " in err and f"(see python -m lit_psion {prog} --help)" in err, err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("plan", "root", "--contributors", "0"), "window plan: --contributors must be >= 1, got 0 (see python -m "
+                                               "lit_psion window plan --help)"),
+    (("run", "root", "--windows", "0"), "window run: --windows must be >= 1, got 0 (see python -m lit_psion window "
+                                         "run --help)"),
+])  # fmt: skip
+def test_a_value_out_of_range_names_the_subcommand_it_was_given_to(args: tuple[str, ...], says: str,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """It said "python -m lit_psion window: ... (see python -m lit_psion window --help)", whose help has no flag."""
+    assert main(["window", *args]) == 2
+    assert f"python -m lit_psion {says}" in capsys.readouterr().err

@@ -48,8 +48,9 @@ class CommandParser(argparse.ArgumentParser):
         if (empty := next((i for i, arg in enumerate(given) if not arg.strip()), None)) is not None:
             flag = given[empty - 1] if empty and given[empty - 1].startswith("--") else None
             said = f"{flag} was given an empty value" if flag else f"an empty argument ({given[empty]!r}) was given"
-            raise ConfigError(f"{self.prog}: {said} (a path of '' is read as the current directory); give one (see "
-                              f"{self.prog} --help)")  # fmt: skip
+            prog = self._named_before(given[:empty])
+            raise ConfigError(f"{prog}: {said} (a path of '' is read as the current directory); give one (see "
+                              f"{prog} --help)")  # fmt: skip
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             parser = self._chosen(parsed)
@@ -60,6 +61,23 @@ class CommandParser(argparse.ArgumentParser):
             raise ConfigError(f"{parser.prog}: unrecognized arguments: {' '.join(extras)}{hint} (see {parser.prog} "
                               "--help)")  # fmt: skip
         return parsed
+
+    def error_in(self, parsed: argparse.Namespace, message: str) -> NoReturn:
+        """An error in a value ``parsed`` holds, named by the (sub)command it was given to, as argparse's own are."""
+        chosen = self._chosen(parsed)
+        chosen.error(message)
+        raise AssertionError("argparse's error returned")  # (it exits, or raises ConfigError)
+
+    def _named_before(self, given: list[str]) -> str:
+        """The prog of the deepest subcommand named among ``given`` (this command's when none is)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for index, arg in enumerate(given):
+                    if arg in action.choices:
+                        chosen = action.choices[arg]
+                        return chosen._named_before(given[index + 1 :]) if isinstance(chosen, CommandParser) else \
+                            chosen.prog  # fmt: skip
+        return self.prog
 
     def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
         """The parser of the (sub)command ``parsed`` ran: the deepest subcommand chosen."""

@@ -12,13 +12,15 @@ def main(args: list[str]) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     export_ = commands.add_parser("export", exit_on_error=False, help="write a run's adapter as safetensors")
     export_.add_argument("run_dir", type=Path)
-    export_.add_argument("--out", type=Path, default=None)
+    export_.add_argument("--out", type=Path, default=None, help="the directory to write it to (default: "
+                         "RUN_DIR/adapter)")  # fmt: skip
     inspect = commands.add_parser("inspect", exit_on_error=False, help="verify an exported adapter, then print it")
     inspect.add_argument("adapter_dir", type=Path)
     merge_ = commands.add_parser("merge", exit_on_error=False, help="fold an adapter into its base")
     merge_.add_argument("adapter_dir", type=Path)
     merge_.add_argument("--base", type=Path, required=True, help="the base run directory or checkpoint directory")
-    merge_.add_argument("--out", type=Path, required=True)
+    merge_.add_argument("--out", type=Path, required=True, help="the directory, outside any run, to write the "
+                        "merged model")  # fmt: skip
     parsed = parser.parse_args(args)
     from lit_psion.adapters import ADAPTER_FILE, META_FILE, export, load_adapter, merge  # imports torch
 

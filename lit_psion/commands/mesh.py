@@ -62,7 +62,10 @@ def main(args: list[str]) -> None:
     store = actions.add_parser("store", help="run the rendezvous store (one per mesh, on any machine)")
     store.add_argument("--host", default="0.0.0.0")
     store.add_argument("--port", type=int, required=True)
-    launch = actions.add_parser("launch", help="run this node's elastic agent")
+    launch = actions.add_parser("launch", help="run this node's elastic agent",
+                                description="Run this node's elastic agent, whose workers each run `fit`: every "
+                                "flag not listed here (--data.batch_size 12, --trainer.default_root_dir runs, ...) is "
+                                "passed to that fit, as its --config files are.")  # fmt: skip
     launch.add_argument("--config", action="append", required=True, help="the fit's config (repeatable)")
     launch.add_argument("--nnodes", required=True, help="MIN:MAX nodes (or N)")
     launch.add_argument("--node-id", required=True, help="this node's id, unique in the mesh")

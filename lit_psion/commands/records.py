@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.commands.launch import tell_the_launcher
-from lit_psion.core import RunLayout, read_json
-from lit_psion.core.audit import changed_records
+from lit_psion.core import RunLayout, RunRecord, read_json
+from lit_psion.core.audit import audit_record, changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.errors import USER_CODE_EXIT, CheckpointError, ConfigError, EvidenceError, raised_at
 from lit_psion.core.files import read_plain
@@ -40,6 +40,13 @@ def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) 
         raise EvidenceError(f"run {layout.run_id!r}: its {layout.run_file.name} names run {named['run_id']!r}; a "
                             "run directory keeps its run id's name, and a resume would keep the other one: rename "
                             "the directory back, or restore run.json from a backup")  # fmt: skip
+    try:
+        verdict = audit_record(layout, RunRecord.load(layout), against_pointer=False)
+    except (OSError, ValueError, TypeError, KeyError):
+        verdict = None  # unreadable: said by the checks below
+    if verdict is not None and not verdict.ok:  # what doctor fails in run.json, a resume would overwrite
+        raise verdict.refusal(layout.run_id, "continuing the run would overwrite it: restore it from a backup "
+                             "(`python -m lit_psion doctor RUN_DIR` shows every check)")  # fmt: skip
     # What a resume rewrites must be what was written: config.yaml (unless an earlier attempt trained with it), the
     # data manifest (a corpus's, or a generator's record) and the tokenizer, each against what run.json records.
     # Whether the data itself still matches is the data modules' check, against the checkpoint.

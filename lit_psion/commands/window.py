@@ -18,34 +18,36 @@ def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion window")
     commands = parser.add_subparsers(dest="command", required=True)
     init = commands.add_parser("init", exit_on_error=False, help="create a window program from a verified base")
-    init.add_argument("root", type=Path)
+    init.add_argument("root", type=Path, help="the window program's directory to make (new or empty)")
     init.add_argument("--config", type=Path, required=True, help="window settings (configs/window_lora.yaml)")
     init.add_argument("--base", type=Path, required=True, help="the base run directory or checkpoint directory")
     init.add_argument("--data.files", dest="data_files", nargs="+", default=None, metavar="FILE",
                       help="the program's text, in place of the config's data.files (paths or globs)")  # fmt: skip
     plan = commands.add_parser("plan", exit_on_error=False, help="plan the next window from the current revision")
-    plan.add_argument("root", type=Path)
-    plan.add_argument("--contributors", type=int, default=None)
+    plan.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
+    plan.add_argument("--contributors", type=int, default=None, help="assignments in the window, one slice each "
+                      "(default: the program's config)")  # fmt: skip
     open_ = commands.add_parser("open", exit_on_error=False, help="open a planned window to contributions")
-    open_.add_argument("root", type=Path)
+    open_.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
     open_.add_argument("window_id")
     contribute = commands.add_parser("contribute", exit_on_error=False, help="train and submit one assignment")
-    contribute.add_argument("root", type=Path)
+    contribute.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
     contribute.add_argument("window_id")
     contribute.add_argument("assignment_id")
     contribute.add_argument("--contributor", default=None, help="who is contributing (default: the assignee)")
     close = commands.add_parser("close", exit_on_error=False, help="seal, score, aggregate and promote or hold")
-    close.add_argument("root", type=Path)
+    close.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
     close.add_argument("window_id")
     run = commands.add_parser("run", exit_on_error=False, help="plan, contribute (one process each) and close")
-    run.add_argument("root", type=Path)
-    run.add_argument("--contributors", type=int, default=None)
+    run.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
+    run.add_argument("--contributors", type=int, default=None, help="assignments in each window, one process each "
+                     "(default: the program's config)")  # fmt: skip
     run.add_argument("--windows", type=int, default=1, help="run this many windows one after another")
     run.add_argument("--deadline", type=float, default=None, help="seconds before unfinished contributors are killed")
     status = commands.add_parser("status", exit_on_error=False, help="the program's windows and revision")
-    status.add_argument("root", type=Path)
+    status.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
     verify = commands.add_parser("verify", exit_on_error=False, help="verify every window's receipts and revisions")
-    verify.add_argument("root", type=Path)
+    verify.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
     parsed = parser.parse_args(args)
     _checked(parser, parsed)
     getattr(_Commands, parsed.command)(parsed)
@@ -56,16 +58,18 @@ def _checked(parser: CommandParser, parsed: object) -> None:
 
     window_id, assignment_id = getattr(parsed, "window_id", None), getattr(parsed, "assignment_id", None)
     if window_id is not None and not WINDOW_ID.fullmatch(window_id):
-        parser.error(f"window id {window_id!r} is not one: window ids are w-NNNN (window status ROOT lists them)")
+        parser.error_in(parsed, f"window id {window_id!r} is not one: window ids are w-NNNN (window status ROOT lists "
+                        "them)")  # fmt: skip
     if assignment_id is not None and not ASSIGNMENT_ID.fullmatch(assignment_id):
-        parser.error(f"assignment id {assignment_id!r} is not one: assignment ids are aNN (window plan prints them)")
+        parser.error_in(parsed, f"assignment id {assignment_id!r} is not one: assignment ids are aNN (window plan "
+                        "prints them)")  # fmt: skip
     for name in ("contributors", "windows"):
         value = getattr(parsed, name, None)
         if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
+            parser.error_in(parsed, f"--{name} must be >= 1, got {value}")
     deadline = getattr(parsed, "deadline", None)
     if deadline is not None and not deadline > 0:
-        parser.error(f"--deadline must be > 0 seconds, got {deadline}")
+        parser.error_in(parsed, f"--deadline must be > 0 seconds, got {deadline}")
 
 
 class _Commands:

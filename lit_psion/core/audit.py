@@ -51,7 +51,7 @@ class Verdict:
         kind = {error.exit_code: error for error in (DataError, CheckpointError)}.get(self.exit_code, EvidenceError)
         detail = self.detail
         for advice in ("; restore it from a backup",):  # said by the consequence too: say it once
-            if consequence.startswith(advice[2:]) and detail.endswith(advice):
+            if advice[2:] in consequence and detail.endswith(advice):
                 detail = detail.removesuffix(advice)
         return kind(f"run {run_id!r}: {self.artifact}: {detail}; {consequence}")
 
@@ -392,9 +392,10 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
     return verdicts
 
 
-def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
+def audit_record(layout: RunLayout, record: RunRecord, against_pointer: bool = True) -> Verdict:
     """run.json against its directory and chain: run id; a sealed chain's status and step; the last training_run
-    receipt's model signature and stage; a step no older than the pointer's; a failure only if failed; an attempt."""
+    receipt's model signature and stage; a step no older than the pointer's (unless not ``against_pointer``: a
+    resume judges a pointer ahead of run.json by the checkpoint it names); a failure only if failed; an attempt."""
     problems = []
     if record.run_id != layout.run_id:
         problems.append(f"it names run {record.run_id!r}, but its directory is {layout.run_id!r} (a run directory "
@@ -425,7 +426,7 @@ def audit_record(layout: RunLayout, record: RunRecord) -> Verdict:
     if record.attempts < 1:  # (the record is written by an attempt, which counts itself first)
         problems.append(f"it counts {record.attempts} attempts, but a run's record is written by one")
     try:
-        pointer = read_pointer(layout)
+        pointer = read_pointer(layout) if against_pointer else None
     except CheckpointError:
         pointer = None  # the pointer's own verdict
     pointed = layout.checkpoints / pointer.checkpoint / MANIFEST_FILE if pointer is not None else None

@@ -414,14 +414,26 @@ def test_doctor_names_a_lock_no_writer_can_take(made: Path, tmp_path: Path, caps
     ({"failure_class": "storage_full"}, "it says completed, but records a failure (storage_full: None)"),
     ({"stage": "finetune"}, "it says stage 'finetune', but the last training_run receipt records 'pretrain'"),
     ({"attempts": 0}, "it counts 0 attempts, but a run's record is written by one"),
-], ids=["a failure on a completed run", "a failure class alone", "another stage", "no attempt"])  # fmt: skip
-def test_doctor_fails_a_run_json_that_contradicts_itself_or_its_receipts(
+    ({"status": "active"}, "it says active, but the chain is sealed: the run completed"),
+    ({"status": "paused"}, "it says paused, but the chain is sealed: the run completed"),
+    ({"global_step": 100}, "it says step 100, but the seal says step 6"),
+], ids=["a failure on a completed run", "a failure class alone", "another stage", "no attempt", "active", "paused",
+        "another step"])  # fmt: skip
+def test_doctor_fails_a_run_json_that_contradicts_itself_or_its_receipts_and_a_resume_refuses_it(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, said: str
 ) -> None:
-    """Each of these edits passed doctor, receipts verify and ckpt verify (exit 0)."""
-    _, run = _copy(made, tmp_path)
+    """Each of these edits passed doctor, receipts verify and ckpt verify (exit 0); once doctor failed them, a resume
+    and ckpt verify still passed the last three, and the resume rewrote run.json over the edit."""
+    root, run = _copy(made, tmp_path)
     record = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**record, **edit}))
+    edited = (run / "run.json").read_bytes()
     capsys.readouterr()
     assert main(["doctor", str(run)]) == 5
     assert said in capsys.readouterr().out
+    for argv in (["ckpt", "verify", str(run)], ["fit", "--config", TINY, "--trainer.default_root_dir", str(root),
+                                                 "--trainer.max_steps", "8", "--ckpt_path", "last"]):  # fmt: skip
+        assert main(argv) == 5, argv
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion:")]
+        assert said in line and line.count("restore it from a backup") == 1, line
+    assert (run / "run.json").read_bytes() == edited
