@@ -160,4 +160,6 @@ def token_cache_hint(corpora: Path, trained: Any, current: Any) -> str | None:
         return None
     cache = corpora / current.inputs_digest()
     return (f"the text, settings and tokenizer are the run's, but the token cache {str(cache)!r} gives other tokens "
-            "for them (altered since it was built): remove it (it is built again from the text), then continue")
+            "for them: altered since the run read it (remove it, then continue: it is built again from the text), or "
+            "the run read an altered one (`python -m lit_psion doctor --tokens RUN_DIR` tokenizes the text again and "
+            "says which)")  # fmt: skip

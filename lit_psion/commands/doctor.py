@@ -37,12 +37,17 @@ class DoctorFailed(SystemExit):
 def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion doctor")
     parser.add_argument("run_dir", type=Path)
-    layout = run_layout(parser.parse_args(args).run_dir)
+    parser.add_argument("--tokens", action="store_true", help="also tokenize a corpus run's sources again, from "
+                        "scratch, and hold the data manifest's token digests to them (seconds per MB of text; "
+                        "catches a run that read an altered shared token cache)")  # fmt: skip
+    parsed = parser.parse_args(args)
+    layout = run_layout(parsed.run_dir)
     refuse_a_live_run(layout, "doctor")
     audited = audit_run(layout)
     chain = [verdict.ok for verdict in audited if verdict.artifact == layout.receipts.name]
     verdicts = [*audited, *_metrics(layout, bool(chain) and all(chain)), *_membership(layout), *_sources(layout),
                 *_token_cache(layout), *_adapter(layout)]
+    verdicts += _tokens(layout, verdicts) if parsed.tokens else []
     verdicts = [_held_to_its_source(layout, verdict) for verdict in verdicts]
     for verdict in verdicts:
         print(verdict.line())
@@ -238,6 +243,25 @@ def _token_cache(layout: RunLayout) -> list[Verdict]:
     except LitPsionError as error:
         return [_relative(tokenizer, cache_dir),
                 _relative(Verdict("token cache", False, str(error), error.exit_code), cache_dir)]
+
+
+def _tokens(layout: RunLayout, verdicts: list[Verdict]) -> list[Verdict]:
+    """The sources tokenized again (:func:`~lit_psion.commands.retokenized.retokenized`; ``--tokens``: torch and the
+    corpus stack), once every other verdict passed and every source was found: a run whose records or text fail is
+    named by those verdicts already."""
+    found = [v for v in verdicts if v.artifact == "data sources" and v.ok and "not found" not in v.detail]
+    if not found or not all(verdict.ok for verdict in verdicts):
+        return []
+    import yaml
+
+    from lit_psion.commands.retokenized import retokenized  # (the corpus stack: only for a run it checks)
+
+    try:
+        config = yaml.safe_load(read_plain(layout.config))["data"]
+        manifest = DataManifest.from_json_dict(read_json(layout.data_manifest))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, KeyError, TypeError, ValueError):
+        return []  # (their own verdicts passed: nothing here to tokenize)
+    return [retokenized(layout, manifest, config)] if isinstance(config, dict) else []
 
 
 def _corpus_tokenizer(layout: RunLayout, manifest: DataManifest, cache_dir: Path) -> Verdict:

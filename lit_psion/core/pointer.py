@@ -37,6 +37,9 @@ def read_pointer(layout: RunLayout) -> CheckpointPointer | None:
         return None
     try:
         record = read_json(path)
+        if not isinstance(record, dict):
+            raise TypeError(f"it holds a JSON {type(record).__name__}, not an object with step, checkpoint and "
+                            "manifest_sha256")  # fmt: skip
         pointer = CheckpointPointer(step=record["step"], checkpoint=record["checkpoint"],
                                     manifest_sha256=record["manifest_sha256"])  # fmt: skip
         shaped = type(pointer.step) is int and isinstance(pointer.checkpoint, str)

@@ -240,6 +240,8 @@ BAD_POINTERS = [
      "is malformed", 4),
     ("its digest a number", lambda pointer: pointer.write_text(json.dumps({**read_json(pointer),
                                                                            "manifest_sha256": 7})), "is malformed", 4),
+    ("a list", lambda pointer: pointer.write_text("[]"), "is malformed (it holds a JSON list, not an object", 4),  # was
+    # "(list indices must be integers or slices, not str)"
 ]
 
 
