@@ -28,9 +28,10 @@ def check_lora(lora: dict[str, Any], decoder_config: dict[str, Any]) -> None:
 
 
 def check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str, Any], base: Path,
-                checkpoint: Path) -> None:  # fmt: skip
-    """The data builds with the base's tokenizer, every character of it is known to that tokenizer, its context
-    fits the base, and held-out text here was not training text of the base (same files, another split)."""
+               checkpoint: Path, slices: tuple[int, int] = (1, 0)) -> None:  # fmt: skip
+    """The data builds with the base's tokenizer, every character of it is known to that tokenizer, it holds the
+    ``slices`` (slice_samples, contributors) one window needs, its context fits the base, and held-out text here was
+    not training text of the base (same files, another split)."""
     import tempfile
 
     from lit_psion.core.manifest import DataManifest
@@ -55,6 +56,11 @@ def check_data(data: dict[str, Any], tokenizer: bytes, decoder_config: dict[str,
                     f"the program's data holds {sum(counts.values())} token(s) the base's tokenizer does "
                     "not know (<|unk|>); train the base on this text, or give data in its alphabet"
                 )
+        samples, (slice_samples, contributors) = len(built.samples("train")), slices
+        if samples // slice_samples < contributors:  # (plan refused it: a program that never ran a window)
+            raise DataError(f"the program's data has {samples} training samples, {samples // slice_samples} slice(s) "
+                            f"of slice_samples {slice_samples}, fewer than the {contributors} contributors a window "
+                            "needs; give more text (data.files), or a smaller slice_samples or contributors")
     if built.block_size > decoder_config["block_size"]:
         raise ConfigError(f"data.block_size {built.block_size} exceeds the base's context "
                           f"{decoder_config['block_size']}; use at most that")  # fmt: skip

@@ -303,7 +303,8 @@ def init_program(root: Path, settings: ProgramSettings, base: str | Path) -> dic
     data = {**settings.data}
     data["files"] = [str(Path(f).resolve()) for f in ([data["files"]] if isinstance(data.get("files"), str)
                                                       else data.get("files", []))]  # fmt: skip
-    check_data(data, tokenizer, state["decoder_config"], Path(base), path)
+    slices = (settings.slice_samples, settings.contributors)  # one window's
+    check_data(data, tokenizer, state["decoder_config"], Path(base), path, slices)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(root / TOKENIZER, tokenizer)
     revision_dir = root / BASE_REVISION

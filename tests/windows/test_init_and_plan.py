@@ -141,3 +141,16 @@ def test_an_edited_planning_receipt_is_named_not_a_crash(base: Path, tmp_path: P
     capsys.readouterr()
     assert main(["window", "verify", str(root)]) == 5
     assert "edited" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("changes", [{"slice_samples": 10_000_000}, {"contributors": 10_000}],
+                         ids=["a slice past the data", "more contributors than slices"])  # fmt: skip
+def test_init_refuses_data_too_small_for_one_window(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    changes: dict) -> None:  # fmt: skip
+    """init made the program; its first plan then said "0 fresh slice(s) ... this program's slices are used up"."""
+    capsys.readouterr()
+    assert _init(tmp_path / "p", write_settings(tmp_path / "s.yaml", **changes), base) == 3
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.search(r"the program's data has \d+ training samples, \d+ slice\(s\) of slice_samples \d+, fewer than "
+                     r"the \d+ contributors a window needs", line), line
+    assert not (tmp_path / "p").exists()
