@@ -294,11 +294,16 @@ class ReplayDataModule(L.LightningDataModule):
         manifest = self.prepare()  # a generator's record names its settings; a corpus names its own (CorpusDataModule)
         changed = manifest.changed_keys(saved) if isinstance(manifest, RecordManifest) else []
         settings = inspect.signature(type(self)).parameters  # a record's other keys (a tokenizer digest) are no flag
-        flags = [f"--data.{key} {saved[key]}" for key in changed if key in settings and
-                 isinstance(saved.get(key), int | float | str) and not isinstance(saved.get(key), bool)]  # fmt: skip
+        values = {key: saved[key] if key in saved else settings[key].default for key in changed if key in settings}
+        plain = [key for key, value in values.items() if isinstance(value, int | float | str)]  # (a record leaves
+        # out a setting at its default: the default it had)
+        flags = [f"--data.{key} {str(values[key]).lower() if isinstance(values[key], bool) else values[key]}"
+                 for key in plain]  # fmt: skip
+        others = [key for key in values if key not in plain]  # (nested: no one flag gives them)
+        also = f"; it also differs in {', '.join(others)}, which the run's config.yaml holds" if others else ""
         fitting = self.trainer is None or self.trainer.state.fn == "fit"
         if flags:
-            return f"give the settings it was trained with ({' '.join(flags)}){self._own_config_hint()}"
+            return f"give the settings it was trained with ({' '.join(flags)}{also}){self._own_config_hint()}"
         return ("restore the original data and settings or start a new run without --ckpt_path" if fitting
                 else "evaluate it on the data and settings it was trained with") + self._own_config_hint()  # fmt: skip
 

@@ -4,16 +4,18 @@ Only fit/validate/test/predict need Lightning; every other subcommand (and the t
 dispatched from :mod:`lit_psion.commands` without importing it, so it answers at once.
 """
 
-import atexit
-import contextlib
-import os
-import signal
-import sys
-import threading
+try:  # every import, the standard library's too (compiled on a first run, they take a while)
+    import atexit
+    import contextlib
+    import os
+    import signal
+    import sys
+    import threading
 
-try:
     from lit_psion.commands import COMMANDS, TRAINING, run_command, usage
 except KeyboardInterrupt:  # a Ctrl-C as the command starts: no traceback of the imports it stopped
+    import sys
+
     print("lit_psion: interrupted", file=sys.stderr)
     raise SystemExit(130) from None
 
