@@ -415,9 +415,10 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     available = (len(train) // settings.slice_samples) - first
     if available < count:
         left = max(available, 0)
-        raise DataError(f"the data has {left} fresh slice(s) of {settings.slice_samples} samples left and {count} "
-                        f"contributors need one each; " + (f"plan at most {left} (--contributors {left})" if left else
-                        "this program's slices are used up") + ", or init a new program with more text (data.files) "
+        need = f"{count} contributors need one each" if count != 1 else "1 contributor needs one"
+        raise DataError(f"the data has {left} fresh slice(s) of {settings.slice_samples} samples left and {need}; "
+                        + (f"plan at most {left} (--contributors {left})" if left else "this program's slices are "
+                           "used up") + ", or init a new program with more text (data.files) "
                         "or a smaller slice_samples (both are fixed at init)")  # fmt: skip
     ids = [f"c{i}" for i in range(count)]  # after the check: a huge count is refused, not built
     seed = settings.data.get("seed", SLICE_SEED)
