@@ -11,6 +11,7 @@ checkpoint that verifies when the pointed-to one does not.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import sys
 from concurrent.futures import Future
@@ -391,8 +392,13 @@ def changed_settings(recorded_yaml: str | None, given_yaml: str | None) -> tuple
     recorded, given = run_settings(recorded_yaml), run_settings(given_yaml)
     if not recorded or not given:
         return ()
-    return tuple((key.replace(".init_args.", "."), recorded.get(key), given.get(key))
+    return tuple((key.replace(".init_args.", "."), _recordable(recorded.get(key)), _recordable(given.get(key)))
                  for key in sorted(recorded.keys() | given.keys()) if recorded.get(key) != given.get(key))  # fmt: skip
+
+
+def _recordable(value: Any) -> Any:
+    """``value`` as a receipt can record it: an infinity (a policy's "no limit") or a NaN as its text."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def changed_on_resume(layout: RunLayout, config_yaml: str) -> tuple[tuple[str, Any, Any], ...]:

@@ -126,7 +126,7 @@ class Receipts(EvidenceCallback):
         self._started = False
         self._unreceipted_resume = False
         self._sealed = False
-        self._micro_losses = 0.0  # the step's earlier micro-batches' (scaled) losses, under gradient accumulation
+        self._micro_losses, self._micro_batches = 0.0, 0  # the step's earlier micro-batches' (divided) losses
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -197,19 +197,28 @@ class Receipts(EvidenceCallback):
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         step = trainer.global_step
+        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()  # a micro-batch before its step's last
         if outputs is None or (isinstance(outputs, dict) and "loss" not in outputs):  # a batch training_step skipped
+            if not accumulating:
+                self._micro_losses, self._micro_batches = 0.0, 0  # (its step is done: none of it is the next one's)
             return
         transactional = hasattr(trainer.strategy, "last_decision")  # RollbackAware (no Protocol check: every step)
         given = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if trainer.fit_loop.epoch_loop._should_accumulate():  # a micro-batch before its step's last: no step yet
-            self._micro_losses += _as_float(given)  # each divided by accumulate_grad_batches: they sum to the mean
+        if accumulating:  # no step yet: each loss is divided by accumulate_grad_batches
+            self._micro_losses += _as_float(given)
+            self._micro_batches += 1
             if not transactional:  # (a transaction judges the whole step, at its end)
                 _global_loss(trainer, step + 1, self._micro_losses)
             return
-        micro, self._micro_losses = self._micro_losses, 0.0
+        micro, count = self._micro_losses, self._micro_batches + 1
+        self._micro_losses, self._micro_batches = 0.0, 0
         if transactional and trainer.strategy.last_decision == "rollback":
             return  # the strategy undid this step; its transaction receipt says why
-        loss = _global_loss(trainer, step, _as_float(given) + micro if micro else given)
+        # The step's loss over its whole batch: its micro-batches' mean (an epoch's last step may have fewer of them
+        # than accumulate_grad_batches, each still divided by it)
+        accumulated = trainer.accumulate_grad_batches
+        whole = (_as_float(given) + micro) * accumulated / count if accumulated > 1 else given
+        loss = _global_loss(trainer, step, whole)
         if trainer.world_size > 1 or trainer.accumulate_grad_batches > 1:  # (callbacks end a step before the model,
             # which writes the row): the step's loss over its whole global batch, for its last micro-batch's own
             replace_kept(pl_module, "train/loss", torch.tensor(loss, dtype=torch.float64))

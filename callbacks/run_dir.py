@@ -40,7 +40,7 @@ from lit_psion.core.membership import NODE_ID_ENV, NODE_MARKERS_ENV, last_receip
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.run import read_latest, write_latest
-from lit_psion.core.skip_list import SkipList
+from lit_psion.core.skip_list import SkipList, check_skip_list, replayed_entries
 from lit_psion.loggers import RunCSVLogger
 from lit_psion.report import PipedConsole
 
@@ -344,7 +344,11 @@ def _refuse_training_on_skip_listed(run: RunContext, strategy: Any) -> None:
     list, would train on them: refused before anything is written (the run stays as it was)."""
     if isinstance(strategy, SkipListing) or not (run.layout.skip_list.is_file() or run.layout.skip_list.is_symlink()):
         return
-    listed = len(SkipList.load(run.layout.skip_list))  # (a damaged list is refused: it decides what trains)
+    SkipList.load(run.layout.skip_list)  # (a damaged list is refused: it decides what trains)
+    backed, _ = check_skip_list(run.layout)  # as a transactional strategy would leave out: those the receipts back,
+    manifest = run.resume_manifest if run.resume_from is not None else None  # but the steps the resume replays
+    listed = len([entry for entry in backed if entry not in replayed_entries(run.layout, backed, manifest and
+                                                                             manifest.step)])  # fmt: skip
     if listed:
         raise ConfigError(f"run {run.layout.run_id} skip-lists {listed} batch(es) its transactional strategy rolled "
                           f"back ({run.layout.skip_list.name}), which {type(strategy).__name__} would train on; "

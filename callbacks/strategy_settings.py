@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 from typing import Any
 
 from lit_psion.core.policy import TransactionPolicy
@@ -21,20 +22,36 @@ def strategy_settings(trainer: Any) -> dict[str, Any]:
     section."""
     given = trainer.get("strategy") if isinstance(trainer, dict) else None
     if isinstance(given, dict):
-        policy = (given.get("init_args") or {}).get("policy")
-        settings = {f"{POLICY}{key}": value for key, value in policy.items()} if isinstance(policy, dict) else {}
-        return {"trainer.strategy": str(given.get("class_path", "")).rsplit(".", 1)[-1], **settings}
+        class_path = str(given.get("class_path", ""))
+        init_args = given.get("init_args")
+        policy = init_args.get("policy") if isinstance(init_args, dict) else None
+        if not isinstance(policy, dict):  # none given: the strategy makes the default one
+            policy = _default_policy(_imported(class_path))
+        return {"trainer.strategy": class_path.rsplit(".", 1)[-1],
+                **{f"{POLICY}{key}": value for key, value in policy.items()}}  # fmt: skip
     if given is None:
         return {}
     strategy = _registered(given)
     if strategy is None:
         return {"trainer.strategy": given}
+    return {"trainer.strategy": strategy.__name__,
+            **{f"{POLICY}{key}": value for key, value in _default_policy(strategy).items()}}  # fmt: skip
+
+
+def _default_policy(strategy: type | None) -> dict[str, Any]:
+    """The policy a strategy class that takes one makes when given none (else none)."""
     try:
-        takes_a_policy = "policy" in inspect.signature(strategy).parameters
+        takes_a_policy = strategy is not None and "policy" in inspect.signature(strategy).parameters
     except (TypeError, ValueError):
         takes_a_policy = False
-    defaults = dataclasses.asdict(TransactionPolicy()) if takes_a_policy else {}
-    return {"trainer.strategy": strategy.__name__, **{f"{POLICY}{key}": value for key, value in defaults.items()}}
+    return dataclasses.asdict(TransactionPolicy()) if takes_a_policy else {}
+
+
+def _imported(class_path: str) -> type | None:
+    """The class ``class_path`` names, from a module already imported (a recorded config never imports code)."""
+    module, _, name = class_path.rpartition(".")
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
 
 
 def _registered(name: Any) -> type | None:

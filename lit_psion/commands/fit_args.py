@@ -279,7 +279,8 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
         import difflib
 
         near = difflib.get_close_matches(unknown[1], TOP_LEVEL_FLAGS, n=1)  # (--dat.batch_size: its group's name)
-        return f"{message.strip()}" + (f"; did you mean --{near[0]}{unknown[2]}?" if near else "")
+        return f"{message.strip()}" + (f"; did you mean --{near[0]}{unknown[2]}?" if near and near[0] != unknown[1]
+                                       else "")  # (a group spelled right: the setting within it is not known)
     keys = re.findall(r'Parser key "([^"]+)"', flat)
     if keys and (choice := _LITERAL.search(flat)) is not None:  # a setting of fixed choices (an optimizer's name)
         return f"{'.'.join(keys)}: {choice['value']!r} is not one of {choice['choices']}; give one of them"

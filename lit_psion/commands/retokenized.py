@@ -39,8 +39,10 @@ def retokenized(layout: RunLayout, manifest: DataManifest, config: dict[str, Any
         with tempfile.TemporaryDirectory(prefix="lit_psion-doctor-") as fresh, contextlib.redirect_stderr(
                 io.StringIO()):  # (its warnings are the fit's to give)
             again = CorpusDataModule(**{**settings, "cache_dir": fresh})._prepare()
-    except (LitPsionError, TypeError, ValueError) as error:  # (the other verdicts name what is wrong with the run)
-        return Verdict(VERDICT, True, f"not tokenized again ({str(error).splitlines()[0][:160]})")
+    except (LitPsionError, TypeError, ValueError, OSError) as error:  # asked for, and not done: not a pass
+        code = error.exit_code if isinstance(error, LitPsionError) else DataError.exit_code
+        return Verdict(VERDICT, False, f"the sources could not be tokenized again ({str(error).splitlines()[0][:160]})"
+                       "; fix what it names, or run doctor without --tokens", code)  # fmt: skip
     differ = sorted(name for name in set(manifest.token_digests) | set(again.token_digests)
                     if manifest.token_digests.get(name) != again.token_digests.get(name))  # fmt: skip
     if differ:

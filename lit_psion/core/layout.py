@@ -265,7 +265,10 @@ def _what_it_is(path: Path, advice: str) -> str:
     if not path.is_dir():
         return f"is a file, not a run directory; {advice}"
     if runs := sorted(run.parent.name for run in path.glob(f"*/{RUN_FILE}")):
-        return (f"is a runs root of {len(runs)} run(s), not one run: give one of them, such as the newest, "
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):  # the root's own latest, if it says
+            latest = read_json(path / LATEST_FILE).get("run_id")
+            runs += [latest] if latest in runs else []
+        return (f"is a runs root of {len(set(runs))} run(s), not one run: give one of them, such as the latest, "
                 f"{shell_words(path / runs[-1])}")  # fmt: skip
     if (path / MANIFEST_FILE).is_file():
         return (f"is a checkpoint directory outside any run, not a run directory; python -m lit_psion ckpt verify "

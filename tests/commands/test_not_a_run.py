@@ -32,7 +32,7 @@ PATHS: list[tuple[str, Callable[[Path, Path], Path], str]] = [  # (case, the pat
     ("a link to nothing", lambda root, tmp: _dangling(tmp), "does not exist (a symlink to nothing)"),
     ("a file", lambda root, tmp: _file(tmp), "is a file, not a run directory; give <root>/<run_id>"),
     ("the runs root", lambda root, tmp: root, "is a runs root of 1 run(s), not one run: give one of them, such as the "
-     "newest, "),
+     "latest, "),
     ("a checkpoint copied out", _copied_checkpoint, "is a checkpoint directory outside any run, not a run directory; "
      "python -m lit_psion ckpt verify "),
     ("an empty directory", lambda root, tmp: tmp, "is not a run directory (no run.json); give <root>/<run_id>"),
