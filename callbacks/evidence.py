@@ -131,6 +131,7 @@ class Receipts(EvidenceCallback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._sealed = False
+        self._micro_losses, self._micro_batches = 0.0, 0  # (a fit stopped mid-step leaves none to the next)
         if stage == "fit" and trainer.is_global_zero:
             run = self.run(trainer)
             layout = run.layout
