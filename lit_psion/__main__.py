@@ -30,6 +30,11 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:  # between the imports and a command's own handler: no traceback either
         print("lit_psion: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # before a command's own handler (an import that fails): its traceback, exit 1
+        from lit_psion.commands.launch import tell_the_launcher_of_a_bug
+
+        tell_the_launcher_of_a_bug(f"{type(error).__name__}: {error}")  # (under mesh launch: a restart won't fix it)
+        raise
     return code
 
 

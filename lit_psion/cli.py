@@ -71,6 +71,7 @@ from lit_psion.commands.records import (
     refuse_nothing_to_train,
     refuse_without_its_records,
     remove_if_unborn,
+    say_a_bug,
     say_user_code_failed,
     what_remains,
     what_the_pause_kept,
@@ -95,7 +96,6 @@ from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
     LitPsionError,
-    raised_at,
     raised_in_user_code,
 )
 from lit_psion.core.files import not_utf8
@@ -491,9 +491,7 @@ def _failed(what: str, error: BaseException) -> int:
     """An error no known cause accounts for: the user's own code's (exit 14), else a bug of lit_psion's (exit 1)."""
     if raised_in_user_code(error):
         return say_user_code_failed(what, error, FITTING[0] if FITTING else None)
-    print(f"lit_psion: unexpected error: {what}{raised_at(error)} (set LIT_PSION_DEBUG=1 for the traceback)",
-          file=sys.stderr)  # fmt: skip
-    return 1
+    return say_a_bug(what, error)
 
 
 def _one_line(message: str) -> str:

@@ -107,6 +107,17 @@ LEAVE_TOGETHER_S = 10.0
 """How long a torchrun worker that stops with a verdict waits for every rank to reach one."""
 
 
+def tell_the_launcher_of_a_bug(message: str) -> None:
+    """Under ``mesh launch``: a worker's unexpected error (exit 1, a bug of lit_psion's), for the launcher, which stops
+    the node once workers of two of its starts have failed so (a restart does not fix a bug; it was retried
+    ``--max-restarts`` times, each said only as torchrun's "failed (exitcode: 1)")."""
+    markers = os.environ.get(NODE_MARKERS_ENV)
+    if markers and Path(markers).is_dir():
+        start = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        with contextlib.suppress(OSError):
+            atomic_write_json(Path(markers) / f"bug-{start}-{os.getpid()}.json", {"start": start, "message": message})
+
+
 def tell_the_launcher(code: int, message: str) -> None:
     """Under ``mesh launch``: an error no restart can fix stops the node instead of its agent retrying it
     ``--max-restarts`` times."""

@@ -174,6 +174,14 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                 _wait_or_kill(agent, 60)
                 echo.join(timeout=5)
                 raise SystemExit(fatal)  # the worker said why in one line: not the agent's traceback as it stops
+            if (bug := _repeated_bug(markers)) is not None:
+                agent.send_signal(signal.SIGTERM)
+                _wait_or_kill(agent, 60)
+                echo.join(timeout=5)
+                print(f"lit_psion: error: node {parsed.node_id}: its workers failed with an unexpected error in two "
+                      f"starts ({bug}); a restart does not fix a bug of lit_psion's, so the node stops (set "
+                      "LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr, flush=True)  # fmt: skip
+                raise SystemExit(1)
             if not frozen and _marked(markers, parsed.nproc_per_node):
                 # Drained: freeze the agent at once, so it cannot restart its workers or rejoin the rendezvous
                 # while they finish their checkpoint; kill it once they are gone.
@@ -359,6 +367,16 @@ def _fatal(markers: Path) -> int | None:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             return int(json.loads(path.read_text())["code"])
     return None
+
+
+def _repeated_bug(markers: Path) -> str | None:
+    """The last unexpected error (exit 1) of this node's workers once workers of two of its starts have had one."""
+    found = {}
+    for path in sorted(markers.glob("bug-*.json"), key=lambda path: path.stat().st_mtime):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads(path.read_text())
+            found[str(record["start"])] = str(record["message"])
+    return list(found.values())[-1] if len(found) >= 2 else None
 
 
 def _marked(markers: Path, workers: int) -> bool:

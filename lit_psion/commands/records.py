@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lit_psion.commands.launch import tell_the_launcher
+from lit_psion.commands.launch import tell_the_launcher, tell_the_launcher_of_a_bug
 from lit_psion.core import RunLayout, RunRecord, read_json
 from lit_psion.core.audit import audit_record, changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
@@ -158,6 +158,15 @@ def what_remains(layout: RunLayout) -> str:
         return (f"; run {layout.run_id} has no durable checkpoint yet, so there is nothing to continue: start again "
                 "without --ckpt_path")  # fmt: skip
     return f"; continue run {layout.run_id} from its latest durable checkpoint with {layout.resume_flags}"
+
+
+def say_a_bug(what: str, error: BaseException) -> int:
+    """The line and exit code (1) of an error no known cause accounts for: a bug of lit_psion's (under ``mesh
+    launch``, the launcher is told: a restart does not fix it)."""
+    print(f"lit_psion: unexpected error: {what}{raised_at(error)} (set LIT_PSION_DEBUG=1 for the traceback)",
+          file=sys.stderr)  # fmt: skip
+    tell_the_launcher_of_a_bug(f"{what}{raised_at(error)}")
+    return 1
 
 
 def say_user_code_failed(what: str, error: BaseException, fitting: RunLayout | None) -> int:

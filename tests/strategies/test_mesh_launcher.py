@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from lit_psion.cli import main
-from lit_psion.commands.mesh import _echo, _node_verdict
+from lit_psion.commands.mesh import _echo, _node_verdict, _repeated_bug
 from lit_psion.core import read_json
 from tests.strategies.test_elastic import _free_port
 
@@ -133,5 +133,44 @@ def test_a_stopped_node_pauses_in_one_line_and_a_completed_runs_closed_rendezvou
                                capture_output=True, text=True, timeout=300)  # fmt: skip
         assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
         assert "the rendezvous of run 'short' at 127.0.0.1" in again.stderr and "is closed" in again.stderr
+    finally:
+        store.kill()
+
+
+def test_a_bug_in_the_workers_of_one_start_is_retried_and_in_two_stops_the_node(tmp_path: Path) -> None:
+    """Several workers of one start failing alike are one start: its agent's restart may get past it."""
+    for name, start, message in (("bug-0-11", 0, "first"), ("bug-0-12", 0, "first too")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"start": str(start), "message": message}))
+    assert _repeated_bug(tmp_path) is None
+    (tmp_path / "bug-1-13.json").write_text(json.dumps({"start": "1", "message": "again"}))
+    assert _repeated_bug(tmp_path) == "again"
+
+
+WORKERS_FAIL = '''import os
+if os.environ.get("LOCAL_RANK") is not None:  # the workers only: a TypeError raised in lit_psion's own code (exit 1)
+    import lit_psion.commands.fit_args as fit_args
+    fit_args.setting_problems = int
+'''
+
+
+@pytest.mark.slow  # default-suite budget: a mesh store and a launch whose workers fail twice (~30 s)
+def test_a_worker_that_fails_with_a_bug_stops_its_node_after_two_starts(tmp_path: Path) -> None:
+    """Its agent restarted it --max-restarts (100) times, ~8 s each, saying only torchrun's "failed (exitcode: 1)"."""
+    (tmp_path / "sitecustomize.py").write_text(WORKERS_FAIL)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    store = subprocess.Popen([sys.executable, "-m", "lit_psion", "mesh", "store", "--port", str(port)], env=env,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "listening" in store.stdout.readline()
+        started = time.monotonic()
+        node = subprocess.run([sys.executable, "-m", "lit_psion", "mesh", "launch", "--node-id", "A", "--nnodes", "1",
+                               "--store", f"127.0.0.1:{port}", "--run-id", "buggy", "--config", "fixtures/tiny.yaml",
+                               "--trainer.default_root_dir", str(tmp_path / "runs")], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert node.returncode == 1, node.stderr[-3000:]
+        assert "node A: its workers failed with an unexpected error in two starts (TypeError" in node.stderr
+        assert "a restart does not fix a bug of lit_psion's, so the node stops" in node.stderr
+        assert time.monotonic() - started < 120
     finally:
         store.kill()
