@@ -275,7 +275,7 @@ def _run_record_problems(directory: Path, meta: dict[str, Any]) -> list[tuple[st
         elif log.is_file() and not log.is_symlink():
             result = verify_log(log, run_id=run_id)
             found.append((f"runs/{run_id}/{RECEIPTS_FILE} chain", None if result.ok else result.describe()))
-            if result.ok and (bound := binding_problem(log.parent, log, expected)) != UNBOUND:
+            if result.ok and (bound := binding_problem(log, expected)) != UNBOUND:
                 found.append((f"runs/{run_id} session", bound))
     return found
 

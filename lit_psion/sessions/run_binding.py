@@ -31,12 +31,12 @@ def binding_text(session_id: str, meta: dict[str, Any], run_id: str, steps: int,
     return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
-def binding_problem(run_dir: Path, log: Path, expected: dict[str, Any]) -> str | None:
-    """Why the run in ``run_dir`` is not the run ``expected`` describes (its session, base, place in the session),
-    or None. ``log`` is the run's verified receipt chain; a run made before runs named their session (its
+def binding_problem(log: Path, expected: dict[str, Any]) -> str | None:
+    """Why the run whose verified receipt chain is ``log`` is not the run ``expected`` describes (its session, base,
+    place in the session), or None; a run made before runs named their session (its
     ``started`` receipt records no config digest and it has no ``session_run.json``) gets :data:`UNBOUND`."""
     recorded = _started_digest(log)
-    path = run_dir / BINDING_FILE
+    path = log.parent / BINDING_FILE
     present = path.is_file() and not path.is_symlink()
     if recorded is None:
         return (f"{BINDING_FILE} is not the one the run started with (its started receipt records none): it was "
