@@ -36,6 +36,7 @@ from lit_psion.core.errors import (
     ConfigError,
     DataManifestMismatch,
     LitPsionError,
+    OtherModelSettings,
 )
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
@@ -285,7 +286,7 @@ def refuse_unbound(run: RunContext, trainer: L.Trainer, pl_module: L.LightningMo
             changed = another or (" (the same settings: the base they name is another checkpoint now, as when the "
                                   "base run was continued; give --model.init_args.base_checkpoint the base's "
                                   "step-NNNNNN directory this run was trained on)")  # fmt: skip
-        raise CheckpointError(f"checkpoint step {manifest.step} was written by a model with signature "
+        raise OtherModelSettings(f"checkpoint step {manifest.step} was written by a model with signature "
                               f"{manifest.model_signature[:16]}..., but this config builds {signature[:16]}... "
                               f"{changed.strip() or '(another architecture or model setting)'}; resume with the run's "
                               "own model settings")  # fmt: skip

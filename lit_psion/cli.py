@@ -39,7 +39,7 @@ from lit_psion.callbacks.stop import hand_sigterm_to_lightning, stop_before_trai
 from lit_psion.callbacks.wandb import WandbEvidence
 from lit_psion.checkpoint_io import ManifestCheckpointIO
 from lit_psion.commands import COMMANDS, run_command
-from lit_psion.commands.argv_forms import gather_files, nulls_as_mappings
+from lit_psion.commands.argv_forms import as_list, gather_files, nulls_as_mappings
 from lit_psion.commands.ckpt_paths import refuse_unusable_ckpt_path
 from lit_psion.commands.fit_args import (
     DEFAULT_ROOT,
@@ -65,6 +65,8 @@ from lit_psion.commands.launch import (
 )
 from lit_psion.commands.lightning_words import quiet_lightning, raised_in_lightning, trainer_refusal
 from lit_psion.commands.records import (
+    TOOK_LATEST,
+    other_runs_of_the_root,
     record_past_users_on_exception,
     refuse_a_file_named,
     refuse_another_family,
@@ -258,7 +260,7 @@ class LitPsionCLI(LightningCLI):
                                           resume_manifest_sha256=start and start.manifest_sha256,
                                           rejected=rejected, changed_settings=changed)  # fmt: skip
             FITTING[:] = [layout]  # what an interrupt's line can tell of
-            place_wandb_runs(_as_list(config.trainer.logger), layout)
+            place_wandb_runs(as_list(config.trainer.logger), layout)
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
@@ -273,9 +275,9 @@ class LitPsionCLI(LightningCLI):
             if (source := RunLayout.of(self.verified.path.resolve().parent.parent)).is_run():
                 refuse_another_family(source, config, checkpoint=ckpt_path)
             return None, ()
-        run_id = read_latest(root)
-        if run_id is None:
+        if (run_id := read_latest(root)) is None:
             raise no_run_to_continue(root, self.subcommand)
+        TOOK_LATEST[:] = [RunLayout(root, run_id)]
         if self.subcommand == "fit":
             self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
         layout = RunLayout(root, run_id)
@@ -327,8 +329,8 @@ class LitPsionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer with lit_psion's checkpoint IO, callbacks and (for fit) run directory and loggers."""
         config = {**self._instantiated("trainer"), **kwargs}
-        callbacks = [*self.extra_callbacks, *_as_list(config.pop("callbacks", None)), *self._group_callbacks(config)]
-        plugins = _as_list(config.get("plugins"))
+        callbacks = [*self.extra_callbacks, *as_list(config.pop("callbacks", None)), *self._group_callbacks(config)]
+        plugins = as_list(config.get("plugins"))
         if custom := [type(p).__name__ for p in plugins if isinstance(p, CheckpointIO)]:
             raise ConfigError(f"trainer.plugins holds a CheckpointIO ({custom[0]}); lit_psion writes and verifies "
                               "checkpoints with its own ManifestCheckpointIO: remove it")  # fmt: skip
@@ -337,7 +339,7 @@ class LitPsionCLI(LightningCLI):
                                   self.datamodule)  # fmt: skip
         plugins.append(ManifestCheckpointIO(self.verified, resumes=self.subcommand == "fit"))
         self.verified = None  # the IO holds the verified bytes until it loads them, then lets them go
-        loggers = _as_list(config.get("logger")) if config.get("logger") not in (None, True, False) else []
+        loggers = as_list(config.get("logger")) if config.get("logger") not in (None, True, False) else []
         if self.run_context is not None:
             run = dataclasses.replace(self.run_context, stage=run_stage(self.model, callbacks))
             self.run_context = run
@@ -421,12 +423,6 @@ def _refuse_another_model(checkpoint: VerifiedCheckpoint, model: L.LightningModu
                               "with the run's own model settings")  # fmt: skip
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a known error becomes one line on stderr and its exit code."""
     parent = os.getppid()
@@ -441,6 +437,7 @@ def _main(args: list[str] | None) -> int:
     debug = bool(os.environ.get("LIT_PSION_DEBUG"))
     quiet_lightning()
     clear_mesh_stop()
+    TOOK_LATEST.clear()  # (a test's earlier fit in this process)
     try:
         argv = sys.argv[1:] if args is None else args
         if argv and argv[0] in COMMANDS:
@@ -476,7 +473,8 @@ def _main(args: list[str] | None) -> int:
             raise
         known = known_cause(error)
         if known is not None:
-            line = _one_line(str(known) if isinstance(known, LitPsionError) else plain_parse_error(str(known), argv))
+            line = _one_line(str(known) + other_runs_of_the_root(known, fitting=argv[:1] == ["fit"])
+                             if isinstance(known, LitPsionError) else plain_parse_error(str(known), argv))
             if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # the other ranks of a node reach the same verdict
                 print(f"lit_psion: error: {line}", file=sys.stderr)
             code = known.exit_code if isinstance(known, LitPsionError) else ConfigError.exit_code

@@ -50,6 +50,7 @@ from lit_psion.core.membership import (
     NODE_ID_ENV,
     NODE_INSTANCE_ENV,
     NODE_MARKERS_ENV,
+    PAUSED_MARKER,
     STOPPING,
     Membership,
     MembershipChange,
@@ -370,7 +371,9 @@ def leave_for_the_mesh(stop: MeshStop) -> int:
         return 0
     if not signal_seen() and not stop.drain:
         _await_sigterm(AGENT_FOLLOW_SECONDS)  # another agent re-forms the mesh for a join; ours follows (no restart)
-    if say and (markers := os.environ.get(NODE_MARKERS_ENV)) and (Path(markers) / STOPPING).exists():
+    if (markers := os.environ.get(NODE_MARKERS_ENV)) and (Path(markers) / STOPPING).exists():
+        atomic_write_json(Path(markers) / f"{PAUSED_MARKER}{os.getpid()}.json", {"step": stop.step})  # (its line)
+    if say and markers and (Path(markers) / STOPPING).exists():
         print(f"lit_psion: node {stop.node} paused after the checkpoint of step {stop.step}: its mesh launch is "
               "stopping", file=sys.stderr)  # fmt: skip
     elif say:

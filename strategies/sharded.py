@@ -61,7 +61,7 @@ from lit_psion.checkpoint_io import (
 )
 from lit_psion.core import atomic_write_json, sha256_file
 from lit_psion.core.checkpoint import MANIFEST_FILE, CheckpointManifest, FileRecord, VerifiedCheckpoint
-from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError
+from lit_psion.core.errors import CheckpointError, CheckpointWriteError, ConfigError, OtherModelSettings
 from lit_psion.core.files import fsync_path
 from lit_psion.core.pointer import after_a_failed_write
 from lit_psion.resumable import refuse_unloadable_state
@@ -200,7 +200,7 @@ class ShardedStrategy(ModelParallelStrategy):
         except (dcp.api.CheckpointException, RuntimeError, KeyError, ValueError) as error:
             if isinstance(cause := first_failure(error), CheckpointError):
                 raise cause from error
-            raise CheckpointError(f"checkpoint {str(verified.path)!r} does not fit this model's shards "
+            raise OtherModelSettings(f"checkpoint {str(verified.path)!r} does not fit this model's shards "
                                   f"({_reason(error)}); resume with the run's own model settings") from error
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from lit_psion.core.errors import ConfigError
 
@@ -58,3 +59,8 @@ def nulls_as_mappings(argv: list[str]) -> list[str]:
             out.append(argv[i])
             i += 1
     return out
+
+
+def as_list(value: Any) -> list[Any]:
+    """A config value that may be one item, a list of them or None (a trainer's loggers, callbacks), as a list."""
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]

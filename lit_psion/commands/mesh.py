@@ -32,7 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from lit_psion.commands import CommandParser
+from lit_psion.commands import CommandParser, node_markers
 from lit_psion.commands.receipts import run_layout
 from lit_psion.core.errors import ConfigError, RendezvousTimeout
 
@@ -169,12 +169,12 @@ def launch_node(parsed: object, extra: list[str]) -> int:
     try:
         frozen = False
         while agent.poll() is None:
-            if (fatal := _fatal(markers)) is not None:
+            if (fatal := node_markers.fatal(markers)) is not None:
                 agent.send_signal(signal.SIGTERM)  # no restart can fix it: stop the node with the worker's code
                 _wait_or_kill(agent, 60)
                 echo.join(timeout=5)
                 raise SystemExit(fatal)  # the worker said why in one line: not the agent's traceback as it stops
-            if (bug := _repeated_bug(markers)) is not None:
+            if (bug := node_markers.repeated_bug(markers)) is not None:
                 agent.send_signal(signal.SIGTERM)
                 _wait_or_kill(agent, 60)
                 echo.join(timeout=5)
@@ -182,12 +182,12 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                       f"starts ({bug}); a restart does not fix a bug of lit_psion's, so the node stops (set "
                       "LIT_PSION_DEBUG=1 for the traceback)", file=sys.stderr, flush=True)  # fmt: skip
                 raise SystemExit(1)
-            if not frozen and _marked(markers, parsed.nproc_per_node):
+            if not frozen and node_markers.marked(markers, parsed.nproc_per_node):
                 # Drained: freeze the agent at once, so it cannot restart its workers or rejoin the rendezvous
                 # while they finish their checkpoint; kill it once they are gone.
                 agent.send_signal(signal.SIGSTOP)
                 frozen = True
-            if frozen and _drained(markers, parsed.nproc_per_node):
+            if frozen and node_markers.drained(markers, parsed.nproc_per_node):
                 agent.kill()
                 agent.wait()
                 break
@@ -196,7 +196,7 @@ def launch_node(parsed: object, extra: list[str]) -> int:
         echo.join(timeout=5)
         signal.signal(signal.SIGINT, stopping[0])
         signal.signal(signal.SIGTERM, stopping[1])
-        drained = _drained(markers, parsed.nproc_per_node)
+        drained, paused = node_markers.drained(markers, parsed.nproc_per_node), node_markers.paused_at(markers)
         shutil.rmtree(markers, ignore_errors=True)
     if drained:
         print(f"mesh node {parsed.node_id} drained: it has left run {parsed.run_id}", file=sys.stderr, flush=True)
@@ -205,7 +205,7 @@ def launch_node(parsed: object, extra: list[str]) -> int:
         raise RendezvousTimeout(f"node {parsed.node_id}: no mesh of --nnodes {parsed.nnodes} formed at "
                                 f"{parsed.store} within --join-timeout {parsed.join_timeout} s; start the other "
                                 "nodes (or lower --nnodes' minimum) and launch again")  # fmt: skip
-    return _node_verdict(parsed, agent.returncode, stopped, "".join(held))
+    return _node_verdict(parsed, agent.returncode, stopped, "".join(held), paused)
 
 
 AGENT_ERRORS = {  # the last line of an agent's traceback -> what it means for this node
@@ -216,9 +216,10 @@ AGENT_ERRORS = {  # the last line of an agent's traceback -> what it means for t
 }
 
 
-def _node_verdict(parsed: object, code: int, stopped: list[int], tracebacks: str) -> int:
+def _node_verdict(parsed: object, code: int, stopped: list[int], tracebacks: str, paused: int | None = None) -> int:
     """The node's exit code, and its one line, once its agent has exited; the agent's own traceback only when
-    nothing here can say what happened (or with ``LIT_PSION_DEBUG=1``)."""
+    nothing here can say what happened (or with ``LIT_PSION_DEBUG=1``). ``paused``: the step its workers paused
+    after, when they said so."""
     kinds = {kind for mark, kind in AGENT_ERRORS.items() if mark in tracebacks}
     if tracebacks and (os.environ.get("LIT_PSION_DEBUG") or not (kinds or stopped or code <= 0)):
         sys.stderr.write(tracebacks)
@@ -227,8 +228,10 @@ def _node_verdict(parsed: object, code: int, stopped: list[int], tracebacks: str
     node, run = parsed.node_id, parsed.run_id
     if stopped:
         how = "Ctrl-C" if stopped[0] == signal.SIGINT else signal.Signals(stopped[0]).name
-        print(f"lit_psion: mesh node {node} stopped by {how}: its workers paused run {run} at a step boundary, "
-              "after a checkpoint; launch it again to continue", file=sys.stderr, flush=True)  # fmt: skip
+        said = f"its workers paused run {run} after the checkpoint of step {paused}; launch it again to continue" \
+            if paused is not None else f"its workers checkpointed nothing of run {run} (they were starting, or had " \
+            "not trained a step); launch it again to continue from the run's last durable checkpoint, if it has one"
+        print(f"lit_psion: mesh node {node} stopped by {how}: {said}", file=sys.stderr, flush=True)
         return 130 if stopped[0] == signal.SIGINT else 143
     if "closed" in kinds:
         raise ConfigError(f"node {node}: the rendezvous of run {run!r} at {parsed.store} is closed (its mesh ended: "
@@ -361,29 +364,6 @@ def _wait_or_kill(process: subprocess.Popen, seconds: float) -> None:
         process.wait()
 
 
-def _fatal(markers: Path) -> int | None:
-    """The exit code a worker of this node left for an error no restart fixes (config, data, ...), if any."""
-    for path in sorted(markers.glob("fatal-*.json")):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return int(json.loads(path.read_text())["code"])
-    return None
-
-
-def _repeated_bug(markers: Path) -> str | None:
-    """The last unexpected error (exit 1) of this node's workers once workers of two of its starts have had one."""
-    found = {}
-    for path in sorted(markers.glob("bug-*.json"), key=lambda path: path.stat().st_mtime):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            record = json.loads(path.read_text())
-            found[str(record["start"])] = str(record["message"])
-    return list(found.values())[-1] if len(found) >= 2 else None
-
-
-def _marked(markers: Path, workers: int) -> bool:
-    """Every worker of this node has left a drain marker (they may still be finishing their checkpoint)."""
-    return len([path for path in markers.glob("*.json") if path.stem.isdigit()]) >= workers
-
-
 def _mesh_strategy(configs: list[str], extra: list[str]) -> list[str]:
     """``--trainer.strategy elastic_mesh`` unless a config or an argument already names a mesh strategy (whose
     settings that flag would replace)."""
@@ -423,26 +403,6 @@ def _echo(stream: IO[str], timed_out: threading.Event, tracebacks: list[str]) ->
         sys.stderr.write(line)
         sys.stderr.flush()
     tracebacks.append("".join(held))
-
-
-def _drained(markers: Path, workers: int) -> bool:
-    """Every worker of this node left a drain marker and has exited."""
-    left = [int(path.stem) for path in markers.glob("*.json") if path.stem.isdigit()]
-    return len(left) >= workers and not any(_alive(pid) for pid in left)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not Path("/proc").is_dir()  # no /proc: kill(0) is all there is
-    return state != "Z"
 
 
 def request_drain(run_dir: Path, node: str) -> None:

@@ -18,7 +18,15 @@ from lit_psion.commands.launch import tell_the_launcher, tell_the_launcher_of_a_
 from lit_psion.core import RunLayout, RunRecord, read_json
 from lit_psion.core.audit import audit_record, changed_records
 from lit_psion.core.checkpoint import VerifiedCheckpoint
-from lit_psion.core.errors import USER_CODE_EXIT, CheckpointError, ConfigError, EvidenceError, raised_at
+from lit_psion.core.errors import (
+    USER_CODE_EXIT,
+    CheckpointError,
+    ConfigError,
+    DataManifestMismatch,
+    EvidenceError,
+    OtherModelSettings,
+    raised_at,
+)
 from lit_psion.core.files import read_plain
 from lit_psion.core.layout import linked
 from lit_psion.core.lock import LOCK_FILE
@@ -103,6 +111,25 @@ def recorded_model_class(layout: RunLayout) -> str | None:
         return None
 
 
+TOOK_LATEST: list[RunLayout] = []
+"""The run ``--ckpt_path last`` took as its root's latest, once it is read (for :func:`other_runs_of_the_root`)."""
+
+
+def other_runs_of_the_root(error: BaseException, fitting: bool) -> str:
+    """For a refusal of the run ``--ckpt_path last`` took because this config is not that run's (other data, another
+    model): how to continue or evaluate another run of the same root, which may be the one the config is for."""
+    if not TOOK_LATEST or not isinstance(error, DataManifestMismatch | OtherModelSettings):
+        return ""
+    took = TOOK_LATEST[0]
+    others = sorted(path.parent.name for path in took.root.glob("*/run.json") if path.parent.name != took.run_id)
+    if not others:
+        return ""
+    named = ", ".join(others) if len(others) <= 3 else f"{len(others)} others, the newest {others[-1]}"
+    how = f"{RUN_ID_ENV}=<run id> and no --ckpt_path" if fitting else "--ckpt_path <run>/checkpoints/step-NNNNNN"
+    return (f" (--ckpt_path last took {took.run_id}, the latest run under {str(took.root)!r}; for another of its runs "
+            f"({named}) give {how})")
+
+
 def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None = None,
                           named_by: str | None = None) -> None:  # fmt: skip
     """A fit from a run's checkpoint (``--ckpt_path last``: the latest run under the root; else the ``checkpoint``
@@ -121,7 +148,7 @@ def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None
     if named_by is not None:
         raise CheckpointError(f"{named_by} names run {layout.run_id}, which trains {recorded}, but this config builds "
                               f"{wanted}; continue it with its own config ({layout.config}), or name another run")
-    raise CheckpointError(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
+    raise OtherModelSettings(f"--ckpt_path last: the latest run under {str(layout.root)!r} ({layout.run_id}) trains "
                           f"{recorded}, but this config builds {wanted}; continue it with its own config "
                           f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
 

@@ -55,6 +55,10 @@ class CheckpointError(LitPsionError, RuntimeError):
     failure_class = "checkpoint_untrusted"
 
 
+class OtherModelSettings(CheckpointError):
+    """A resume refused because this config builds another model than the one the checkpoint's run trained."""
+
+
 class EvidenceError(LitPsionError):
     """Evidence that does not verify: a receipt chain edited, reordered, or cut short."""
 

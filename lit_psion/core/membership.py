@@ -36,8 +36,10 @@ NODE_MARKERS_ENV = "LIT_PSION_NODE_MARKERS"
 """A directory of ``mesh launch``'s where its workers leave markers for it: ``<pid>.json`` when their node is
 drained (the launcher freezes its agent, so it cannot rejoin, and stops it once they are gone), and
 ``fatal-<pid>.json`` with an exit code no restart fixes (the launcher stops the node with it). The launcher
-leaves ``STOPPING`` there when it was told to stop (SIGTERM, Ctrl-C): its agent will not re-form the mesh."""
+leaves ``STOPPING`` there when it was told to stop (SIGTERM, Ctrl-C): its agent will not re-form the mesh; a worker
+that then pauses after a checkpoint leaves ``paused-<pid>.json`` with its step (the launcher's line says it)."""
 STOPPING = "stopping"
+PAUSED_MARKER = "paused-"
 
 
 class NodeState(enum.StrEnum):

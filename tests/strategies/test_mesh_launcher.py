@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from lit_psion.cli import main
-from lit_psion.commands.mesh import _echo, _node_verdict, _repeated_bug
+from lit_psion.commands.mesh import _echo, _node_verdict
+from lit_psion.commands.node_markers import paused_at, repeated_bug
 from lit_psion.core import read_json
 from tests.strategies.test_elastic import _free_port
 
@@ -59,8 +60,9 @@ def test_the_agents_tracebacks_and_cxx_frames_are_held_back_and_every_other_line
 LAUNCH = SimpleNamespace(node_id="A", run_id="m1", store="127.0.0.1:29500")
 VERDICTS = [  # (agent's exit code, signals the launcher got, its tracebacks, exit, what the line says)
     (0, [], "RendezvousClosedError: the rendezvous is closed", 0, None),
-    (1, [signal.SIGTERM], "SignalException: got signal: 15", 143, "stopped by SIGTERM: its workers paused run m1"),
-    (1, [signal.SIGINT], "SignalException: got signal: 2", 130, "stopped by Ctrl-C"),
+    (1, [signal.SIGTERM], "SignalException: got signal: 15", 143, "stopped by SIGTERM: its workers paused run m1 "
+     "after the checkpoint of step 6; launch it again"),
+    (1, [signal.SIGINT], "SignalException: got signal: 2", 130, "stopped by Ctrl-C: its workers paused run m1 after"),
     (1, [], "torch.distributed.elastic.rendezvous.api.RendezvousClosedError", 2, "rendezvous of run 'm1' at "
      "127.0.0.1:29500 is closed"),
     (1, [], "RendezvousConnectionError: The connection to the C10d store has failed", 12, "mesh store at "
@@ -77,13 +79,32 @@ def test_each_way_the_agent_ends_is_one_line_and_a_documented_code(
     from lit_psion.core.errors import LitPsionError
 
     try:
-        got = _node_verdict(LAUNCH, code, stopped, tracebacks)
+        got = _node_verdict(LAUNCH, code, stopped, tracebacks, paused=6)
     except LitPsionError as error:
         got, said = error.exit_code, str(error)
     else:
         said = capsys.readouterr().err
     assert got == exit_code
     assert (line or "") in said and "Traceback" not in said and "Exception" not in said
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_node_stopped_before_its_workers_paused_says_they_checkpointed_nothing(capsys: pytest.CaptureFixture,
+                                                                                 how: int) -> None:  # fmt: skip
+    """A stop while the workers were starting (or before the rendezvous) leaves no paused marker: the line said
+    they "paused run m1 at a step boundary, after a checkpoint", of a run that may never have been created."""
+    assert _node_verdict(LAUNCH, 1, [how], "SignalException", paused=None) == (143 if how == signal.SIGTERM else 130)
+    said = capsys.readouterr().err
+    assert "its workers checkpointed nothing of run m1" in said and "paused" not in said
+
+
+def test_the_step_a_node_paused_after_is_read_from_its_workers_markers(tmp_path: Path) -> None:
+    assert paused_at(tmp_path) is None
+    (tmp_path / "paused-11.json").write_text('{"step": 6}')
+    (tmp_path / "paused-12.json").write_text('{"step": 6}')
+    (tmp_path / "paused-13.json").write_text("{")  # a worker killed mid-write: the others still tell
+    (tmp_path / "fatal-14.json").write_text('{"code": 3}')
+    assert paused_at(tmp_path) == 6
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [
@@ -121,7 +142,15 @@ def test_a_stopped_node_pauses_in_one_line_and_a_completed_runs_closed_rendezvou
         _, err = node.communicate(timeout=120)
         assert node.returncode == 143 and "Traceback" not in err, err[-2000:]
         assert "node A paused after the checkpoint of step" in err and "mesh re-forms" not in err
-        assert "stopped by SIGTERM: its workers paused run long" in err
+        assert "stopped by SIGTERM: its workers paused run long after the checkpoint of step" in err
+        early = subprocess.Popen([*launch, "--run-id", "early", "--trainer.max_steps", "100000"], env=env,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(3)  # its workers are starting (importing torch): nothing is trained, nothing checkpointed
+        early.send_signal(signal.SIGTERM)
+        _, err = early.communicate(timeout=120)
+        assert early.returncode == 143 and "Traceback" not in err, err[-2000:]
+        assert "stopped by SIGTERM: its workers checkpointed nothing of run early" in err, err[-2000:]
+        assert not (tmp_path / "early" / "checkpoints").exists()
         assert read_json(tmp_path / "long" / "run.json")["status"] == "paused"
         paused = [json.loads(line)["body"] for line in (tmp_path / "long" / "receipts.jsonl").read_text().splitlines()
                   if '"training_run"' in line][-1]  # fmt: skip
@@ -141,9 +170,9 @@ def test_a_bug_in_the_workers_of_one_start_is_retried_and_in_two_stops_the_node(
     """Several workers of one start failing alike are one start: its agent's restart may get past it."""
     for name, start, message in (("bug-0-11", 0, "first"), ("bug-0-12", 0, "first too")):
         (tmp_path / f"{name}.json").write_text(json.dumps({"start": str(start), "message": message}))
-    assert _repeated_bug(tmp_path) is None
+    assert repeated_bug(tmp_path) is None
     (tmp_path / "bug-1-13.json").write_text(json.dumps({"start": "1", "message": "again"}))
-    assert _repeated_bug(tmp_path) == "again"
+    assert repeated_bug(tmp_path) == "again"
 
 
 WORKERS_FAIL = '''import os
