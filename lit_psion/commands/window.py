@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from lit_psion.commands import CommandParser
@@ -76,7 +77,7 @@ class _Commands:
     @staticmethod
     def init(parsed: object) -> None:
         from lit_psion.windows.coordinator import program_lock
-        from lit_psion.windows.program import init_program
+        from lit_psion.windows.founding import init_program
         from lit_psion.windows.settings import load_settings
 
         settings = load_settings(parsed.config)
@@ -108,6 +109,7 @@ class _Commands:
             plan = plan_window(parsed.root, parsed.contributors)
         print(f"{plan.window_id} planned: {len(plan.assignments)} assignment(s) on revision "
               f"{plan.input_revision[:12]}...")
+        _warn_unchecked_norms(len(plan.assignments))
         for a in plan.assignments:
             replay = f" (replays {a.replay_of})" if a.replay_of else ""
             print(f"  {a.assignment_id} {a.contributor:<6} slice {a.slice.index} "
@@ -148,7 +150,9 @@ class _Commands:
         from lit_psion.windows.coordinator import run_window
         from lit_psion.windows.program import Program
 
-        Program(parsed.root).require()
+        program = Program(parsed.root)
+        program.require()
+        _warn_unchecked_norms(parsed.contributors or program.settings().contributors)
         for _ in range(parsed.windows):
             run_window(parsed.root, parsed.contributors, parsed.deadline)
         print(f"receipts and dispositions under {parsed.root / 'windows'}; "
@@ -169,3 +173,13 @@ class _Commands:
         checked = verify_program(parsed.root)
         print(f"verified {checked['windows']} window(s), {checked['receipts']} receipt(s); pointer at revision "
               f"{checked['revision'][:12]}...")  # fmt: skip
+
+
+def _warn_unchecked_norms(contributors: int) -> None:
+    """Below three contributions the validator's delta-norm check judges nothing: say so where the count is chosen."""
+    from lit_psion.core.windows import NORM_CHECK_MIN
+
+    if contributors < NORM_CHECK_MIN:
+        print(f"lit_psion: warning: {contributors} contributor{'s' if contributors != 1 else ''} a window: the "
+              f"validator's delta-norm check needs {NORM_CHECK_MIN} contributions, so a scaled or empty delta is "
+              "caught only by the held-out regression check (docs/windows.md)", file=sys.stderr)  # fmt: skip

@@ -200,11 +200,15 @@ def plan_assignments(contributors: list[str], fresh: list[DataSlice], replays: l
     return tuple(assignments)
 
 
+NORM_CHECK_MIN = 3
+"""The fewest measured contributions the delta-norm check can judge (below it, any scale passes it)."""
+
+
 def norm_outliers(norms: dict[str, float], factor: float) -> set[str]:
     """The keys whose norm is more than ``factor`` times the median of all, or less than the median over
     ``factor`` (a delta of almost nothing: a free rider); none when fewer than three (a median of two cannot tell
     which one is the outlier)."""
-    if len(norms) < 3:
+    if len(norms) < NORM_CHECK_MIN:
         return set()
     median = statistics.median(norms.values())
     return {key for key, norm in norms.items() if norm > factor * median or norm * factor < median}

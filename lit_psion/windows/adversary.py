@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lit_psion.core.windows import Assignment, WindowPlan
+from lit_psion.core.windows import ACTIVE, Assignment, WindowPlan
 from lit_psion.windows.contribute import Batch, submit, write_artifact
 from lit_psion.windows.program import Program, remove_staging
 
@@ -46,10 +46,14 @@ def with_nan(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def place(program: Program, plan: WindowPlan, assignment: Assignment, tensors: dict[str, torch.Tensor],
           summary: dict[str, Any], contributor: str | None = None,
           claims: dict[str, Any] | None = None) -> Path:  # fmt: skip
-    """Submit ``tensors`` for ``assignment`` (as ``contributor``, claiming ``claims``), as a contributor would."""
+    """Submit ``tensors`` for ``assignment`` (as ``contributor``, claiming ``claims``), as a contributor would; into a
+    window no longer active, as one that ignores the state would (its seal has frozen what counts)."""
     staged = program.window_dir(plan.window_id) / "contributions" / f".{assignment.assignment_id}.tmp-{os.getpid()}"
     remove_staging(staged)
     write_artifact(staged, plan, assignment, contributor or assignment.contributor, tensors, summary, claims)
+    if program.state(plan.window_id) != ACTIVE:
+        os.rename(staged, staged.parent / assignment.assignment_id)
+        return staged.parent / assignment.assignment_id
     return submit(program, plan.window_id, assignment.assignment_id, staged)
 
 

@@ -151,11 +151,18 @@ def write_artifact(directory: Path, plan: WindowPlan, assignment: Assignment, co
 
 
 def submit(program: Program, window_id: str, assignment_id: str, staged: Path) -> Path:
-    """Rename the staged artifact into ``contributions/<assignment>/`` (one submission per assignment).
+    """Rename the staged artifact into ``contributions/<assignment>/`` (one submission per assignment), while the
+    window is active.
 
     Raises:
         ConfigError: the assignment already has a submission (exit 2; nothing is replaced).
+        WindowStateError: the window was sealed while the contributor trained (exit 13): nothing is submitted, or
+            (sealed between the check and the rename) what arrived is not counted, as its seal records.
     """
+    if (state := program.state(window_id)) != ACTIVE:
+        remove_staging(staged)
+        raise WindowStateError(f"{window_id} became {state!r} while {assignment_id} trained: nothing was submitted; "
+                               "the next window replays its slice")  # fmt: skip
     target = own_directory(program.window_dir(window_id) / "contributions") / assignment_id
     try:
         os.rename(staged, target)  # fails if the target exists and is not empty: the first submission stands
@@ -163,7 +170,17 @@ def submit(program: Program, window_id: str, assignment_id: str, staged: Path) -
         remove_staging(staged)
         raise ConfigError(f"assignment {assignment_id} of {window_id} already has a submission; one per "
                           "assignment") from error  # fmt: skip
+    if program.state(window_id) != ACTIVE and not _counted(program, window_id, assignment_id):
+        raise WindowStateError(f"{assignment_id} arrived after the seal of {window_id}: it is not counted "
+                               "(arrived_after_seal); the next window replays its slice")  # fmt: skip
     return target
+
+
+def _counted(program: Program, window_id: str, assignment_id: str) -> bool:
+    """Whether the window's seal froze a submission of ``assignment_id`` (the rename beat the seal)."""
+    from lit_psion.windows.validate import sealed_submissions
+
+    return sealed_submissions(program, window_id).get(assignment_id) is not None
 
 
 def contribute(root: Path, window_id: str, assignment_id: str, contributor: str | None = None,

@@ -42,7 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.errors import ConfigError
-from lit_psion.core.windows import WindowPlan
+from lit_psion.core.windows import WindowPlan, WindowStateError
 from lit_psion.windows.contribute import ADAPTER, CONTRIBUTION, submit, train_adapter, write_artifact
 from lit_psion.windows.coordinator import open_window, program_lock
 from lit_psion.windows.program import TOKENIZER, Program, plan_window, remove_staging
@@ -130,7 +130,7 @@ def stage_reply(program: Program, plan: WindowPlan, assignment_id: str, reply: M
         (staged / name).write_bytes(data)
     try:
         submit(program, plan.window_id, assignment_id, staged)
-    except ConfigError as error:
+    except (ConfigError, WindowStateError) as error:
         return f"no submission ({error})"
     return "submitted"
 

@@ -2,7 +2,7 @@
 
 Every block is a mapping of known keys; integers are integers (a boolean is not one), numbers are finite.
 What needs the base model (targets, rank against its layers) or the data is checked by ``window init``
-(:func:`lit_psion.windows.program.init_program`).
+(:func:`lit_psion.windows.founding.init_program`).
 """
 
 from __future__ import annotations

@@ -149,9 +149,20 @@ def verify_program(root: Path) -> dict[str, Any]:
 
 
 def _base_revision(program: Program) -> str:
+    """Revision 0's digest, once ``revisions/base`` verifies and is the revision ``window init`` made from the base
+    program.json names (a program made before ``revision_0`` was recorded is held to its base alone)."""
     from lit_psion.core.checkpoint import verify_checkpoint
 
-    return verify_checkpoint(program.root / BASE_REVISION).manifest_sha256
+    checkpoint = verify_checkpoint(program.root / BASE_REVISION)
+    values = record(program.settings_path, ("base",))
+    made, base = values.get("revision_0"), values["base"]
+    if (made is not None and made != checkpoint.manifest_sha256) or not isinstance(base, dict) or (
+            checkpoint.manifest.parent != base.get("checkpoint_digest")):  # fmt: skip
+        raise EvidenceError(f"{str(program.root / BASE_REVISION)!r} is not the revision 0 window init made (manifest "
+                            f"{checkpoint.manifest_sha256[:12]}..., program.json records {str(made)[:12]}... from "
+                            f"base {str(base.get('checkpoint_digest') if isinstance(base, dict) else base)[:12]}...); "
+                            "restore it from a backup")  # fmt: skip
+    return checkpoint.manifest_sha256
 
 
 def _check_reconciled(program: Program, window_id: str, receipts: list, revision: str) -> str:

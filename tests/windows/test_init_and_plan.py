@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from lit_psion.cli import main
-from lit_psion.windows import program as program_module
+from lit_psion.windows.founding import init_program
 from lit_psion.windows.program import Program
+from lit_psion.windows.settings import ProgramSettings
 from tests.windows.helpers import SETTINGS, new_program, write_settings
 
 
@@ -33,7 +34,7 @@ def test_a_killed_init_is_finished_by_running_it_again(base: Path, tmp_path: Pat
 
     monkeypatch.setattr(Program, "move_pointer", killed)
     with pytest.raises(Killed):
-        program_module.init_program(root, program_module.ProgramSettings.from_mapping(
+        init_program(root, ProgramSettings.from_mapping(
             json.loads(settings.read_text())["window"], "settings"), base)  # fmt: skip
     monkeypatch.undo()
     assert not (root / "program.json").exists()  # the commit point is the last write
