@@ -355,8 +355,9 @@ def plan_window(root: Path, contributors: int | None = None) -> WindowPlan:
     values = record(program.settings_path, ("settings", "next_slice"))
     windows = program.window_ids()
     previous = windows[-1] if windows else None
-    if previous is not None and program.state(previous) != RECONCILED:
-        raise WindowStateError(f"window {previous} is {program.state(previous)!r}, not reconciled; close it first "
+    if previous is not None and (state := program.state(previous)) != RECONCILED:
+        opening = f"open it (window open {shell_words(root, previous)}), or abandon it: " if state == PLANNED else ""
+        raise WindowStateError(f"window {previous} is {state!r}, not reconciled; {opening}close it first "
                                f"(python -m lit_psion window close {shell_words(root, previous)})")  # fmt: skip
     window_id = f"w-{len(windows) + 1:04d}"
     shutil.rmtree(program.window_dir(window_id), ignore_errors=True)  # a planning cut short before window.json

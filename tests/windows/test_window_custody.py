@@ -172,3 +172,17 @@ def test_planning_fewer_contributions_than_the_norm_check_needs_is_warned(
     err = capsys.readouterr().err
     assert ("delta-norm check needs 3 contributions" in err) is warned, err
     assert f"{contributors} contributor{'s' if contributors > 1 else ''} a window" in err or not warned
+
+
+def test_planning_over_a_window_only_planned_offers_to_open_it(base: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Closing a planned window abandons it (every slice replay_required): the line said only "close it first"."""
+    root = new_program(base, tmp_path / "windows", contributors=3)
+    assert main(["window", "plan", str(root)]) == 0
+    capsys.readouterr()
+    assert main(["window", "plan", str(root)]) == 13
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "is 'planned', not reconciled; open it (window open " in line and "or abandon it: close it" in line
+    assert main(["window", "open", str(root), "w-0001"]) == 0
+    assert main(["window", "plan", str(root)]) == 13
+    assert "open it" not in capsys.readouterr().err
