@@ -198,11 +198,11 @@ def _against_its_receipt(directory: Path, meta: dict[str, Any]) -> str | None:
 def last_receipt(directory: Path, action: str) -> tuple[dict[str, Any] | None, str | None]:
     """The body of the last ``adapter_export`` receipt of ``action`` (``export`` or ``merge``) in ``directory``'s
     own log, once its chain verifies (a receipt edited to match is not read); else None and what is wrong."""
-    from lit_psion.core.chain import parse_receipt, verify_log
+    from lit_psion.core.chain import log_lines, parse_receipt, verify_log
 
     log = directory / RECEIPTS_FILE
     try:
-        receipts = [parse_receipt(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        receipts = [parse_receipt(line) for line in log_lines(log.read_text(encoding="utf-8")) if line.strip()]
     except FileNotFoundError:
         return None, f"its receipt log {RECEIPTS_FILE} is missing (every {action} writes its receipt there)"
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:

@@ -163,13 +163,13 @@ def _receipted_copy(path: Path, verified: VerifiedCheckpoint, hint: str) -> Veri
     if copy.manifest.consolidated_from != verified.manifest_sha256:
         raise CheckpointError(f"{str(path)!r} gathers another checkpoint than {verified.path.name} (its "
                               f"consolidated_from differs); {hint}")  # fmt: skip
-    from lit_psion.core.chain import parse_receipt, verify_log
+    from lit_psion.core.chain import log_lines, parse_receipt, verify_log
 
     receipts = path.parent / RECEIPTS_FILE
     checked = verify_log(receipts) if receipts.is_file() else None
     if checked is None or not checked.ok:
         raise CheckpointError(f"{str(path)!r} has no verifying consolidation receipts ({str(receipts)!r}); {hint}")
-    receipted = [parse_receipt(line) for line in receipts.read_text().splitlines() if line.strip()]
+    receipted = [parse_receipt(line) for line in log_lines(receipts.read_text()) if line.strip()]
     wanted = {"manifest_digest": copy.manifest_sha256, "source_manifest_digest": verified.manifest_sha256}
     if not any(r.kind == "checkpoint_consolidate" and wanted.items() <= r.body.items() for r in receipted):
         raise CheckpointError(f"{str(path)!r} is not the copy its consolidation receipt recorded (its manifest was "

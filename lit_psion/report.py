@@ -28,6 +28,7 @@ from rich.console import Console
 
 from lit_psion.core import RunLayout, RunRecord, atomic_write_bytes, atomic_write_text
 from lit_psion.core.audit import changed_records, check_chain
+from lit_psion.core.chain import log_lines
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
@@ -160,7 +161,7 @@ def timeline_events(run_dir: str | Path) -> list[tuple[int, str, str]]:
     events: list[tuple[int, str, str]] = []
     step = 0
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = log_lines(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
         return events
     for line in lines:

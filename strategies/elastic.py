@@ -40,6 +40,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
 from lit_psion.core import RunLayout, run_context
+from lit_psion.core.chain import log_lines
 from lit_psion.core.checkpoint import MANIFEST_FILE
 from lit_psion.core.contracts import Resumable
 from lit_psion.core.digest import sha256_file
@@ -348,7 +349,7 @@ def _steps_replayed(receipts: Path, checkpoint_step: int) -> int:
     if not receipts.is_file():
         return 0
     last = checkpoint_step
-    for line in receipts.read_text(encoding="utf-8").splitlines():
+    for line in log_lines(receipts.read_text(encoding="utf-8")):
         try:
             receipt = json.loads(line)
         except ValueError:

@@ -236,6 +236,11 @@ def _token_cache(layout: RunLayout) -> list[Verdict]:
         manifest = DataManifest.from_json_dict(record)
     except (ValueError, KeyError, TypeError, AttributeError):
         return []  # generated data (nothing cached), or a manifest its own verdict refuses
+    try:
+        manifest.inputs_digest()  # (the cache's key)
+    except ValueError as error:  # a value canonical JSON cannot hash (NaN): the manifest's own verdict names it too
+        return [Verdict("token cache", False, f"{layout.data_manifest.name} cannot be hashed to find it ({error})",
+                        DataError.exit_code)]  # fmt: skip
     tokenizer = _corpus_tokenizer(layout, manifest, default_cache_dir(cache_dir))
     try:
         return [_relative(tokenizer, cache_dir),

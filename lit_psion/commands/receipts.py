@@ -8,7 +8,7 @@ from pathlib import Path
 from lit_psion.commands import CommandParser
 from lit_psion.core import RunLayout, RunRecord
 from lit_psion.core.audit import check_chain, consolidation_log
-from lit_psion.core.chain import parse_receipt, torn_tail, verify_log
+from lit_psion.core.chain import log_lines, parse_receipt, torn_tail, verify_log
 from lit_psion.core.checkpoint import CONSOLIDATION_PREFIX
 from lit_psion.core.digest import sha256_file
 from lit_psion.core.errors import ConfigError, EvidenceError, LockedError
@@ -199,7 +199,7 @@ def _adapter_output_log(directory: Path) -> Path | None:
     if RunLayout.of(directory).is_run() or not log.is_file() or not outputs:
         return None
     try:
-        kinds = {parse_receipt(line).kind for line in log.read_text(encoding="utf-8").splitlines() if line.strip()}
+        kinds = {parse_receipt(line).kind for line in log_lines(log.read_text(encoding="utf-8")) if line.strip()}
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return log  # verify_log names what is wrong with it
     return log if kinds <= {"adapter_export"} else None

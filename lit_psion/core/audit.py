@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from lit_psion.core.chain import VerifyResult, parse_receipt, torn_tail, verify_log
+from lit_psion.core.chain import VerifyResult, log_lines, parse_receipt, torn_tail, verify_log
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
     CheckpointReceipts,
@@ -240,7 +240,7 @@ class Recorded:
     def of(cls, layout: RunLayout) -> Recorded:
         attempts: list[tuple[set[str], set[str], bool]] = []  # per attempt: configs, manifests, whether it trained
         conflicts: list[str] = []
-        lines = layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines() \
+        lines = log_lines(layout.receipts.read_text(encoding="utf-8", errors="replace")) \
             if layout.receipts.is_file() else []  # fmt: skip
         for line in lines:
             try:
@@ -402,7 +402,7 @@ def audit_record(layout: RunLayout, record: RunRecord, against_pointer: bool = T
                         "keeps its run id's name: rename it back)")  # fmt: skip
     seal, last_run, head = None, None, None
     if layout.receipts.is_file():
-        for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in log_lines(layout.receipts.read_text(encoding="utf-8", errors="replace")):
             try:
                 receipt = parse_receipt(line)
             except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
@@ -417,7 +417,7 @@ def audit_record(layout: RunLayout, record: RunRecord, against_pointer: bool = T
         if record.global_step != seal.get("step"):
             problems.append(f"it says step {record.global_step}, but the seal says step {seal.get('step')}")
     signed = last_run.get("model_signature") if last_run is not None else None
-    if None not in (signed, record.model_signature) and signed != record.model_signature:
+    if signed is not None and signed != record.model_signature:  # (None: a signature deleted from run.json)
         problems.append(f"its model_signature is not the one the last training_run receipt records ({signed})")
     if (staged := (last_run or {}).get("stage_id")) is not None and staged != record.stage:
         problems.append(f"it says stage {record.stage!r}, but the last training_run receipt records {staged!r}")
@@ -463,7 +463,7 @@ def audit_consolidated(layout: RunLayout) -> list[Verdict]:
     verdicts = [log]
     receipted: set[str] = set()
     if log.ok:
-        for line in (layout.consolidated / RECEIPTS_FILE).read_text(encoding="utf-8").splitlines():
+        for line in log_lines((layout.consolidated / RECEIPTS_FILE).read_text(encoding="utf-8")):
             receipt = parse_receipt(line)
             if receipt.kind == "checkpoint_consolidate":
                 receipted.add(receipt.body.get("manifest_digest"))

@@ -81,7 +81,7 @@ def cut_short(log: Path) -> str | None:
         return "ends in a torn line"
     try:
         head = json.loads((log.parent / RUN_FILE).read_text(encoding="utf-8")).get("receipts_head")
-        digests = {json.loads(line).get("digest") for line in log.read_text(encoding="utf-8").splitlines()}
+        digests = {json.loads(line).get("digest") for line in log_lines(log.read_text(encoding="utf-8"))}
     except (OSError, ValueError, AttributeError, RecursionError):
         return None  # the log's or the record's own verdict says what is wrong with them
     return "ends before the head run.json records" if isinstance(head, str) and head not in digests else None
@@ -171,8 +171,16 @@ _VERIFIED: dict[tuple[str, str | None, tuple[tuple[str, type], ...]], VerifyResu
 for the checkpoints it receipted and for every anchor, at ~0.1 ms a receipt each time."""
 
 
+def log_lines(text: str) -> list[str]:
+    """A receipt log's lines, split on ``\n`` alone as they are appended: ``str.splitlines`` also splits on
+    ``\x1c``-``\x1e``, ``\x85`` and U+2028/U+2029, which canonical JSON leaves raw inside a string (a genuine
+    receipt of a text holding one would be two broken lines), and a line an editor joined with one would pass as two."""
+    lines = text.split("\n")
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
 def _verify_bytes(data: bytes, run_id: str | None) -> VerifyResult:
-    lines = data.decode("utf-8", errors="replace").splitlines()
+    lines = log_lines(data.decode("utf-8", errors="replace"))
     head, count, seen, sealed, previous_kind, unknown = None, 0, set(), False, None, set()
     for number, line in enumerate(lines, start=1):
         checked = _check_line(line, number, count, head, run_id, seen)

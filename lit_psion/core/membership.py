@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lit_psion.core.chain import parse_receipt, verify_log
+from lit_psion.core.chain import log_lines, parse_receipt, verify_log
 from lit_psion.core.errors import ConfigError, EvidenceError
 from lit_psion.core.files import atomic_write_json, read_json
 from lit_psion.core.layout import RunLayout
@@ -201,7 +201,7 @@ def receipted_epochs(receipts: Path, run_id: str) -> list[dict[str, Any]]:
     if not receipts.is_file():
         return []
     verified = verify_log(receipts, run_id=run_id)
-    lines = receipts.read_text(encoding="utf-8", errors="replace").splitlines()[: verified.count]
+    lines = log_lines(receipts.read_text(encoding="utf-8", errors="replace"))[: verified.count]
     return [receipt.body for receipt in map(parse_receipt, lines) if receipt.kind == "membership"]
 
 

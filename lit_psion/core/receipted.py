@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lit_psion.core.chain import torn_tail, verify_log
+from lit_psion.core.chain import log_lines, torn_tail, verify_log
 from lit_psion.core.checkpoint import CheckpointReceipts
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
@@ -31,7 +31,7 @@ def receipted_checkpoints(layout: RunLayout) -> CheckpointReceipts:
     torn = len(torn_tail(layout.receipts))
     checked = verify_log(layout.receipts, run_id=layout.run_id, upto=layout.receipts.stat().st_size - torn if torn
                          else None)  # fmt: skip
-    lines = layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = log_lines(layout.receipts.read_text(encoding="utf-8", errors="replace"))
     vouched = lines if checked.ok else lines[: (checked.line or 1) - 1]  # what the chain vouches for
     run = _recorded_run(layout)
     head = run.get("receipts_head")

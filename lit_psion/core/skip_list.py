@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.core import atomic_write_json, read_json
-from lit_psion.core.chain import parse_receipt
+from lit_psion.core.chain import log_lines, parse_receipt
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RunLayout, step_of
 
@@ -191,7 +191,7 @@ def _read_transactions(layout: RunLayout) -> _Transactions:
     walked, streak, batches = _Transactions(), list[int](), list[tuple[int, str]]()  # since the last commit (...)
     if not layout.receipts.is_file():
         return walked
-    for line in layout.receipts.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in log_lines(layout.receipts.read_text(encoding="utf-8", errors="replace")):
         try:
             receipt = parse_receipt(line)
             if receipt.kind in ("training_run", "membership"):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_psion.core import sha256_file
-from lit_psion.core.chain import parse_receipt
+from lit_psion.core.chain import log_lines, parse_receipt
 from lit_psion.core.errors import EvidenceError, LitPsionError
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.text import shell_words
@@ -104,7 +104,7 @@ def verify_program(root: Path) -> dict[str, Any]:
     for window_id in program.window_ids():
         verify_window_chain(program, window_id)
         plan = program.plan(window_id)
-        lines = (program.window_dir(window_id) / RECEIPTS_FILE).read_text().splitlines()
+        lines = log_lines((program.window_dir(window_id) / RECEIPTS_FILE).read_text())
         receipts = [parse_receipt(line) for line in lines if line.strip()]
         receipts_total += len(receipts)
         states = [r.body for r in receipts if r.kind == "window_state"]
