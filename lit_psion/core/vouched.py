@@ -29,24 +29,31 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
     """
     recorded: dict[tuple[int, str], float] = {}
     scored: set[str] = set()
-    signed = False
+    signed, sealed_at, evaluated = False, None, set()
     with open(layout.receipts, encoding="utf-8") as handle:  # (verified by the caller: every line parses)
         for line in handle:
             if not line.strip():
                 continue
             receipt = parse_receipt(line)
             body: dict[str, Any] = receipt.body
+            sealed_at = body.get("step") if receipt.kind == "chain_seal" else (
+                sealed_at if receipt.kind == "chain_repair" else None)  # fmt: skip
             if receipt.kind == "training_run" and body.get("event") == "started":
                 recorded.clear()  # an attempt started afresh: the earlier one's rows are gone from metrics.csv
+                evaluated.clear()
             elif receipt.kind == "training_run" and (step := resumed_step(body)) is not None:
                 recorded = {key: value for key, value in recorded.items() if key[0] <= step}  # replayed from here
+                evaluated = {key for key in evaluated if key[0] <= step}
             if receipt.kind == "training_run":
                 signed = body.get("model_signature") is not None
             elif receipt.kind == "eval" and isinstance(body.get("scores"), dict):
                 recorded |= {(body["step"], name): value for name, value in body["scores"].items()}
+                evaluated |= {(body["step"], name) for name in body["scores"]}
                 scored |= set(body["scores"])
             elif receipt.kind == "trainer_step":
                 recorded[(body["step_out"], "train/loss")] = body["loss"]
+    if isinstance(sealed_at, int) and (said := _not_of_the_sealed_run(series, sealed_at, evaluated, recorded)):
+        return said
     for name in sorted(series):
         if name == "train/loss" and not signed:
             continue
@@ -58,4 +65,22 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
             if isinstance(said, int | float) and not math.isclose(value, said, rel_tol=1e-6, abs_tol=1e-12):
                 return (f"metrics.csv's {name} at step {step} is {value:.6g}, but its receipt records {said:.6g}: "
                         "the file was edited; the receipts' value is the run's")  # fmt: skip
+    return None
+
+
+def _not_of_the_sealed_run(series: dict[str, list[tuple[int, float]]], sealed_at: int, evaluated: set[tuple[int, str]],
+                           recorded: dict[tuple[int, str], float]) -> str | None:  # fmt: skip
+    """For a completed run (its chain sealed at ``sealed_at``), whose rows are all written: a row at a step the run
+    never reached, or a validation score its eval receipt records but the file lost (a worse last validation hidden
+    by deleting its row) of a name the file has rows of (one logged with ``logger=False`` has none)."""
+    for name, rows in sorted(series.items()):
+        if (beyond := next((step for step, _ in rows if not 1 <= step <= sealed_at), None)) is not None:
+            return (f"metrics.csv has a {name} row at step {beyond}, but the run completed at step {sealed_at} (its "
+                    "sealed receipts): the file was edited")  # fmt: skip
+    for step, name in sorted(evaluated):
+        value = recorded[(step, name)]
+        if name in series and isinstance(value, int | float) and math.isfinite(value) and (
+                step not in {at for at, _ in series[name]}):  # fmt: skip
+            return (f"metrics.csv has no {name} row at step {step}, which its eval receipt records ({value:.6g}): "
+                    "rows were deleted")  # fmt: skip
     return None

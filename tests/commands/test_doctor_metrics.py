@@ -16,7 +16,7 @@ from tests.helpers import fit
 @pytest.fixture(scope="module")
 def completed(tmp_path_factory: pytest.TempPathFactory) -> RunLayout:
     root = tmp_path_factory.mktemp("metrics")
-    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "6") == 0
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "12") == 0  # validations at 6, 12
     return RunLayout(root, read_latest(root))
 
 
@@ -51,3 +51,43 @@ def test_doctor_fails_a_metric_value_that_compare_cannot_read_and_passes_one_it_
     out = capsys.readouterr().out
     assert (said is None) or any(line.startswith("FAIL metrics.csv:") and said in line for line in out.splitlines())
     assert main(["compare", str(run), str(completed.run_dir), "--out", str(tmp_path / "cmp")]) == code
+
+
+def _append_a_row(csv_step: int) -> callable:
+    def edit(header: list[str], rows: list[str]) -> list[str]:
+        cells = [""] * len(header)
+        cells[header.index("step")], cells[header.index("train/loss")] = str(csv_step), "0.01"
+        cells[header.index("epoch")] = "0"
+        return [*rows, ",".join(cells)]
+    return edit
+
+
+def _blank_the_last_validation(header: list[str], rows: list[str]) -> list[str]:
+    column = header.index("val/loss")
+    at = max(i for i, row in enumerate(rows) if row.split(",")[column])
+    cells = rows[at].split(",")
+    cells[column] = ""
+    return [*rows[:at], ",".join(cells), *rows[at + 1:]]
+
+
+FORGED_ROWS = [  # (the edit, what doctor's line says): a completed run's rows are all written, all receipted
+    (_append_a_row(99), "row at step 100, but the run completed at step 12"),
+    (_append_a_row(-1), "row at step 0, but the run completed at step 12"),
+    (_blank_the_last_validation, "has no val/loss row at step 12, which its eval receipt records"),
+]
+
+
+@pytest.mark.parametrize(("edit", "said"), FORGED_ROWS, ids=["a row past the end", "a row before the start",
+                                                              "the last validation's row deleted"])  # fmt: skip
+def test_a_completed_runs_rows_past_its_end_or_missing_a_validation_fail_doctor_and_compare(
+    completed: RunLayout, tmp_path: Path, capsys: pytest.CaptureFixture, edit, said: str
+) -> None:
+    """Each passed both, and compare showed the forged final value as "receipts verified"."""
+    run = tmp_path / completed.run_id
+    shutil.copytree(completed.run_dir, run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join([lines[0], *edit(lines[0].split(","), lines[1:])]) + "\n")
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 5
+    assert any(line.startswith("FAIL metrics.csv:") and said in line for line in capsys.readouterr().out.splitlines())
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 5
