@@ -14,7 +14,6 @@ from pathlib import Path
 from lit_psion.core.chain import VerifyResult, log_lines, parse_receipt, torn_tail, verify_log
 from lit_psion.core.checkpoint import (
     MANIFEST_FILE,
-    CheckpointReceipts,
     RejectedCheckpoint,
     VerifiedCheckpoint,
     as_receipted,
@@ -125,32 +124,6 @@ def _recorded_head(checkpoint: Path, layout: RunLayout) -> str | None:
         return manifest.get("receipts_head") if manifest.get("run_id") == layout.run_id else None
     except (OSError, ValueError, AttributeError, RecursionError):
         return None  # an unreadable manifest is the checkpoint's own verdict
-
-
-def restore_target(layout: RunLayout, every: int | None, receipted: CheckpointReceipts,
-                   quiet: bool = False) -> VerifiedCheckpoint | None:  # fmt: skip
-    """The checkpoint a transactional restore loads: the newest that verifies at a step of the checkpoint schedule
-    (a multiple of ``every``), which an uninterrupted run has too. A pause's checkpoint (SIGTERM) or an earlier
-    fit's last one (its ``max_steps``) is passed over: restoring it would train another run than the uninterrupted
-    one, which a resume promises to match bitwise. None: no scheduled checkpoint yet (``every`` None: the newest).
-
-    Raises:
-        CheckpointError: the checkpoints the receipts record are damaged (from :func:`resolve_checkpoint`).
-    """
-    newest = resolve_checkpoint(layout, quiet=quiet, receipted=receipted)
-    if not every or newest.step % every == 0:
-        return newest
-    damaged = None
-    for path in reversed(layout.checkpoint_dirs()):
-        step = step_of(path.name)
-        if step is not None and step < newest.step and step % every == 0:
-            try:
-                return as_receipted(belonging(verify_checkpoint(path), layout), receipted)
-            except (CheckpointError, EvidenceError) as error:
-                damaged = damaged or f"{path.name}: {error}"  # an older scheduled one, then
-    if damaged is not None:
-        raise CheckpointError(f"no scheduled checkpoint of run {layout.run_id!r} verifies ({damaged})")
-    return None
 
 
 def verify_in_its_run(path: Path) -> VerifiedCheckpoint:
@@ -416,8 +389,10 @@ def audit_record(layout: RunLayout, record: RunRecord, against_pointer: bool = T
             problems.append(f"it says {record.status}, but the chain is sealed: the run completed")
         if record.global_step != seal.get("step"):
             problems.append(f"it says step {record.global_step}, but the seal says step {seal.get('step')}")
-    signed = last_run.get("model_signature") if last_run is not None else None
-    if signed is not None and signed != record.model_signature:  # (None: a signature deleted from run.json)
+    configured = (last_run or {}).get("config_digest")
+    if configured not in (None, record.config_digest) and record.receipts_head == head:  # (written after it)
+        problems.append(f"its config_digest is not the last training_run receipt's ({configured[:16]}...)")
+    if (signed := (last_run or {}).get("model_signature")) is not None and signed != record.model_signature:
         problems.append(f"its model_signature is not the one the last training_run receipt records ({signed})")
     if (staged := (last_run or {}).get("stage_id")) is not None and staged != record.stage:
         problems.append(f"it says stage {record.stage!r}, but the last training_run receipt records {staged!r}")

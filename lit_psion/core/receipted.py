@@ -6,9 +6,17 @@ import json
 from typing import Any
 
 from lit_psion.core.chain import log_lines, torn_tail, verify_log
-from lit_psion.core.checkpoint import CheckpointReceipts
+from lit_psion.core.checkpoint import (
+    CheckpointReceipts,
+    VerifiedCheckpoint,
+    as_receipted,
+    belonging,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
+from lit_psion.core.errors import CheckpointError, EvidenceError
 from lit_psion.core.files import read_json
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.layout import RunLayout, step_of
 from lit_psion.core.skip_list import resumed_step
 
 
@@ -77,3 +85,29 @@ def _recorded_run(layout: RunLayout) -> dict[str, Any]:
     except (OSError, ValueError, AttributeError, RecursionError):
         return {}  # run.json's own verdict
     return record if isinstance(record, dict) else {}
+
+
+def restore_target(layout: RunLayout, every: int | None, receipted: CheckpointReceipts,
+                   quiet: bool = False) -> VerifiedCheckpoint | None:  # fmt: skip
+    """The checkpoint a transactional restore loads: the newest that verifies at a step of the checkpoint schedule
+    (a multiple of ``every``), which an uninterrupted run has too. A pause's checkpoint (SIGTERM) or an earlier
+    fit's last one (its ``max_steps``) is passed over: restoring it would train another run than the uninterrupted
+    one, which a resume promises to match bitwise. None: no scheduled checkpoint yet (``every`` None: the newest).
+
+    Raises:
+        CheckpointError: the checkpoints the receipts record are damaged (from :func:`resolve_checkpoint`).
+    """
+    newest = resolve_checkpoint(layout, quiet=quiet, receipted=receipted)
+    if not every or newest.step % every == 0:
+        return newest
+    damaged = None
+    for path in reversed(layout.checkpoint_dirs()):
+        step = step_of(path.name)
+        if step is not None and step < newest.step and step % every == 0:
+            try:
+                return as_receipted(belonging(verify_checkpoint(path), layout), receipted)
+            except (CheckpointError, EvidenceError) as error:
+                damaged = damaged or f"{path.name}: {error}"  # an older scheduled one, then
+    if damaged is not None:
+        raise CheckpointError(f"no scheduled checkpoint of run {layout.run_id!r} verifies ({damaged})")
+    return None

@@ -417,8 +417,10 @@ def test_doctor_names_a_lock_no_writer_can_take(made: Path, tmp_path: Path, caps
     ({"status": "active"}, "it says active, but the chain is sealed: the run completed"),
     ({"status": "paused"}, "it says paused, but the chain is sealed: the run completed"),
     ({"global_step": 100}, "it says step 100, but the seal says step 6"),
+    ({"config_digest": "0" * 64}, "its config_digest is not the last training_run receipt's ("),
+    ({"model_signature": None}, "its model_signature is not the one the last training_run receipt records"),
 ], ids=["a failure on a completed run", "a failure class alone", "another stage", "no attempt", "active", "paused",
-        "another step"])  # fmt: skip
+        "another step", "another config digest", "no model signature"])  # fmt: skip
 def test_doctor_fails_a_run_json_that_contradicts_itself_or_its_receipts_and_a_resume_refuses_it(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, said: str
 ) -> None:

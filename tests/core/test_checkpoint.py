@@ -263,8 +263,8 @@ def test_a_run_started_by_mistake_names_the_paused_run_it_hides(layout: RunLayou
 def test_a_restore_passes_over_a_checkpoint_an_uninterrupted_run_does_not_have(layout: RunLayout) -> None:
     """A transactional run paused by SIGTERM at step 39 restored its step-39 pause checkpoint at the next failing
     streak, where the uninterrupted run restored step 30: the resumed run trained on from other weights."""
-    from lit_psion.core.audit import restore_target
     from lit_psion.core.checkpoint import CheckpointReceipts
+    from lit_psion.core.receipted import restore_target
 
     receipts = CheckpointReceipts()
     make_checkpoint(layout.checkpoints, 5, {"a": b"pause"})  # a pause's (or an earlier fit's max_steps) only
