@@ -261,6 +261,8 @@ class Receipts(EvidenceCallback):
         event = "paused" if trainer.interrupted else "completed"
         self._emit_own(trainer, self._run_receipt(trainer, pl_module, event, event))
         if event == "completed" and self.chain is not None:
+            for logger in trainer.loggers if trainer.is_global_zero else ():  # every row written before the seal
+                logger.save()  # (Lightning's last save comes at teardown, after it: a kill between lost rows)
             self._emit_own(trainer, ChainSealReceipt(stage_id=self.run(trainer).stage, step=trainer.global_step,
                                                 receipts=self.chain.next_seq))  # fmt: skip
             self._sealed = True  # nothing follows a seal but a resume's receipts

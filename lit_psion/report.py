@@ -402,9 +402,9 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     for fact, label, run in zip(facts, labels, runs, strict=True):  # the values shown beside it, held to it
         fact["chain_fails"] = fact["receipts"].startswith("FAILS")
         if fact["receipts"] == "verified" and (changed := changed_records(RunLayout.of(run))):  # the config shown
-            fact["receipts"] = f"FAILS: {changed[0].artifact}: {changed[0].detail}"
+            fact["receipts"] = f"verified; records FAIL: {changed[0].artifact}: {changed[0].detail}"
         if fact["receipts"] == "verified" and (edit := unvouched_metric(RunLayout.of(run), series[label])):
-            fact["receipts"] = f"FAILS: {edit}"
+            fact["receipts"] = f"verified; records FAIL: metrics.csv: {edit}"
     out = Path(out)
     _earlier_comparison(out)  # refused before anything is made
     try:

@@ -226,6 +226,8 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
     (("--trainer.strategy", "transactional", "--trainer.strategy.policy.grad_norm_max", "big"),
      "trainer.strategy.policy.grad_norm_max: 'big' is not a float or null; give one"),
     (("--trainer.max_steps", "x"), "trainer.max_steps: 'x' is not an int; give one"),
+    (("--trainer.max_steps", "[1,2]"), "trainer.max_steps: '[1, 2]' is not an int; give one"),  # jsonargparse's words
+    (("--trainer.max_steps", "null", "--trainer.max_epochs", "0"), "trainer.max_steps: 'null' is not an int; give one"),
     (("--trainer.max_steps", "1e3"), "trainer.max_steps: '1000.0' is a float, not an int (an exponent or a decimal "
      "point makes one); write 1000"),
     # Said "OptimizerConfig refuses the settings given for it: ... (a --config overlay may have set it ...)":
@@ -264,7 +266,8 @@ VALUES_OF_THE_WRONG_TYPE = [  # (args, the one line the user gets)
 
 
 @pytest.mark.parametrize(("args", "says"), VALUES_OF_THE_WRONG_TYPE,
-                         ids=["nested int", "data int", "policy float", "trainer int", "an int written 1e3",
+                         ids=["nested int", "data int", "policy float", "trainer int", "a list", "null",
+                              "an int written 1e3",
                               "optimizer name", "tokenizer", "trainer union", "nan", "-inf", "inf where .inf is taken",
                               "a value read as a flag",
                               "no value", "empty", "empty nested", "a scalar for a mapping", "choices"])  # fmt: skip

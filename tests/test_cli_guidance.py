@@ -107,6 +107,20 @@ def test_a_class_setting_without_a_preset_says_to_give_one_first(group: str, cap
         "configs/decoder_tiny.yaml), then any overlay (--config configs/overlays/...) and flags"]
 
 
+@pytest.mark.parametrize("overlay", ["fsdp.yaml", "fsdp_transactional.yaml", "deepspeed_zero2.yaml"])
+def test_an_overlay_given_before_its_preset_says_to_give_the_preset_first(overlay: str, capsys: pytest.CaptureFixture
+                                                                          ) -> None:  # fmt: skip
+    """An overlay that sets model settings before the preset named the model said "LightningModule refuses the
+    settings given for it: Option 'optimizer.name' is not accepted", and pointed at `--model.help
+    lightning.LightningModule`, which lists nothing."""
+    capsys.readouterr()
+    assert main(["fit", "--config", f"configs/overlays/{overlay}", "--config", "configs/decoder_tiny.yaml"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == ("lit_psion: error: model: no model class configured for these settings when they were read; give "
+                    "a preset first (--config configs/decoder_tiny.yaml), then any overlay (--config "
+                    "configs/overlays/...) and flags"), line
+
+
 def test_a_negative_value_a_command_takes_for_a_flag_says_how_to_give_it(capsys: pytest.CaptureFixture) -> None:
     """`window run ROOT --deadline -inf` said "expected one argument", as argparse does, and not how to give it."""
 

@@ -31,12 +31,12 @@ def main(args: list[str]) -> None:
     for key in result["metrics"]:
         finals.add_row(key, *(at_step(result["final"][label].get(key), result["final_steps"][label].get(key))
                               for label in labels))  # fmt: skip
-    for field in ("status", "global_step", "receipts", "receipts_head", "checkpoint"):
-        finals.add_row(field, *(str(facts[field]).split(":")[0][:16] for facts in result["evidence"]))
+    for field in ("status", "global_step", "receipts", "receipts_head", "checkpoint"):  # (records FAIL: a file the
+        finals.add_row(field, *(str(facts[field]).split(":")[0][:22] for facts in result["evidence"]))  # chain binds)
     console.print(finals)
     console.print(f"overlay plots: {result['page']}")
     for run, facts in zip(parsed.run_dirs, result["evidence"], strict=True):
-        if facts["receipts"].startswith("FAILS"):  # compared all the same, and said: its numbers are not vouched for
+        if "FAIL" in facts["receipts"]:  # compared all the same, and said: its numbers are not vouched for
             said = ("its receipts do not verify, so its row above is not vouched for" if facts["chain_fails"] else
-                    "its receipts verify, but its columns above are not what they vouch for")  # fmt: skip
-            raise EvidenceError(f"{run}: {said}: {facts['receipts'].removeprefix('FAILS: ')}")
+                    "its receipts verify, but a record its column shows is not what they vouch for")  # fmt: skip
+            raise EvidenceError(f"{run}: {said}: {facts['receipts'].split('FAIL', 1)[1].lstrip('S').lstrip(': ')}")

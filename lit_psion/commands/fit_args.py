@@ -239,7 +239,7 @@ def _no_class(key: str, path: str, missing: str) -> str:
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\. Got value: (?P<value>\S+)")
 _NO_VALUE = re.compile(r"argument (?P<flag>--\S+): expected one argument")
 _PLAIN_VALUE = re.compile(r"Parser key \"[^\"]+\": Expected a <class '(?P<types>[^']+)'>\. Got value:"
-                          r"(?: (?!- )(?P<value>\S+))?")  # (none: an empty value, before the next problem's "- ")
+                          r"(?: (?!- )(?P<value>\[.*\]|\{.*\}|\S+))?")  # (none: an empty value, before the next "- ")
 
 
 TOP_LEVEL_FLAGS = ("config", "ckpt_path", "seed_everything", "print_config", "weights_only", "trainer", "model",
@@ -312,11 +312,11 @@ def plain_parse_error(message: str, argv: list[str] = ()) -> str:
     value = _UNION_VALUE.search(tail) or _PLAIN_VALUE.search(tail)
     if value is not None:  # the innermost problem is a value of the wrong type, not a setting the class lacks
         return _wrong_type(".".join(keys), value["types"], value["value"])
-    if outer in ("lightning.LightningModule", "lightning.LightningDataModule") and not any(
-        arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv
-    ):  # settings for a model or data class no preset has named
-        return (f"{'.'.join(keys)}: no {keys[0]} class configured for these settings; give a preset first (--config "
-                "configs/decoder_tiny.yaml), then any overlay (--config configs/overlays/...) and flags")  # fmt: skip
+    if outer in ("lightning.LightningModule", "lightning.LightningDataModule"):  # settings for a class not yet named
+        order = any(arg in ("--config", "-c") or arg.startswith("--config=") for arg in argv)  # (an overlay first)
+        return (f"{'.'.join(keys)}: no {keys[0]} class configured for these settings{' when they were read' * order};"
+                " give a preset first (--config configs/decoder_tiny.yaml), then any overlay (--config "
+                "configs/overlays/...) and flags")  # fmt: skip
     if why.strip().endswith(":") and (scalar := re.search(r"Expected a dot import path string: (\S+)", tail)):
         return (f"{'.'.join(keys)}: {scalar[1]!r} is not a mapping of its settings; give them one by one "
                 f"(--{'.'.join(keys)}.KEY VALUE), or as a mapping in a --config file")  # a value for a dataclass
@@ -354,6 +354,7 @@ def _wrong_type(where: str, types: str, given: str | None) -> str:
                 ".inf where the setting takes no limit, else give a finite number")  # fmt: skip
     if "float" in names and given.lower().lstrip("+-") == "nan":
         return f"{where}: {given!r} is not a number; give a finite one"
+    given = "null" if given == "None" else given  # (jsonargparse's word for the null given)
     wanted = " or ".join("null" if name == "NoneType" else name for name in names)
     if all(name.startswith("typing.Literal[") or name == "NoneType" for name in names):  # choices (a precision)
         choices = list(dict.fromkeys(c for name in names for c in name[15:-1].split(", ") if name != "NoneType"))

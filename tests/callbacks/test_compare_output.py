@@ -134,8 +134,10 @@ def test_an_edited_config_is_not_shown_as_part_of_a_vouched_comparison(
     (copy / edit).write_text(text.replace("n_layer: 2", "n_layer: 9") if edit == "config.yaml" else text + " ")
     capsys.readouterr()
     assert main(["compare", str(copy), str(two_runs[1]), "--out", str(tmp_path / "cmp")]) == 5
-    err = capsys.readouterr().err.strip().splitlines()
-    assert f"{edit}:" in err[-1] and "its columns above are not what they vouch for" in err[-1], err
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
+    assert f"{edit}:" in err[-1] and "its receipts verify, but a record its column shows is not" in err[-1], err
+    assert "verified; records FAIL" in out and "FAILS" not in out, "the chain verified: the table said it FAILS"
 
 
 @pytest.mark.parametrize("made", ["a directory", "a symlink"])
@@ -173,7 +175,7 @@ def test_a_validation_score_no_eval_receipt_records_is_not_shown_as_vouched_for(
     shutil.copytree(two_runs[0], copy)
     with (copy / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    rows.append({**{key: "" for key in rows[0]}, "epoch": rows[-1]["epoch"], "step": str(int(rows[-1]["step"]) + 3),
+    rows.append({**{key: "" for key in rows[0]}, "epoch": rows[-1]["epoch"], "step": str(int(rows[-1]["step"]) - 2),
                  "val/loss": "0.1"})  # fmt: skip
     with (copy / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -203,9 +203,11 @@ def test_compare_says_which_runs_receipts_do_not_verify(
     assert "FAILS" in (tmp_path / "cmp" / "index.html").read_text()
 
 
-def test_a_metrics_row_cut_short_by_a_kill_is_not_read_as_a_value(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_metrics_row_cut_short_by_a_kill_is_not_read_as_a_value(two_runs: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """A kill mid-row leaves an unterminated last line: compare showed its cut number (3.116 of 3.11687) as the run's
-    final value, or refused the file, while doctor and a resume took it. The rows before it are what was written."""
+    final value, or refused the file, while doctor and a resume took it. The rows before it are what was written; a
+    completed run writes every row before its seal, so its lost last validation is named (a kill cannot cut it)."""
     copy = tmp_path / two_runs[0].name
     shutil.copytree(two_runs[0], copy)
     data = (copy / "metrics.csv").read_bytes()
@@ -216,7 +218,9 @@ def test_a_metrics_row_cut_short_by_a_kill_is_not_read_as_a_value(two_runs: tupl
     for cut in (3, len(last_row) // 2, len(last_row) - 4):
         (copy / "metrics.csv").write_bytes(data[: len(data) - cut])
         assert read_metrics(copy) == before
-    assert main(["compare", str(copy), "--out", str(tmp_path / "cmp")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(copy), "--out", str(tmp_path / "cmp")]) == 5
+    assert "metrics.csv has no val/loss row at step" in capsys.readouterr().err
 
 
 def test_compare_refuses_a_path_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
