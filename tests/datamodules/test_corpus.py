@@ -221,6 +221,14 @@ def test_a_zero_sample_stride_is_refused_not_read_as_the_default(tmp_path: Path)
         corpus(tmp_path, sample_stride=0)
 
 
+def test_a_bad_block_size_is_not_also_blamed_on_the_stride_it_defaults(tmp_path: Path) -> None:
+    """`--data.block_size 0` also said "data.sample_stride must be a positive integer, got 0": a setting not given."""
+    with pytest.raises(DataConfigError) as refused:
+        corpus(tmp_path, block_size=0)
+    assert "block_size must be a positive integer, got 0" in str(refused.value)
+    assert "sample_stride" not in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
