@@ -127,14 +127,18 @@ def verify_program(root: Path) -> dict[str, Any]:
         disposed = {r.body["assignment_id"]: r.body for r in receipts
                     if r.kind == "adapter_contribution" and r.body["event"] == "disposed"}  # fmt: skip
         if disposed:
-            recorded = record(program.window_dir(window_id) / DISPOSITIONS, ("assignments",))["assignments"]
-            if set(recorded) != set(disposed):
-                raise EvidenceError(f"{where}: dispositions.json lists assignments {sorted(recorded)}, its receipts "
-                                    f"{sorted(disposed)}")  # fmt: skip
+            dispositions = record(program.window_dir(window_id) / DISPOSITIONS, ("assignments",))
+            recorded = dispositions["assignments"]
+            if set(recorded) != set(disposed) or (dispositions.get("window_id"), dispositions.get("plan_digest")) != (
+                    window_id, plan.digest):  # fmt: skip
+                raise EvidenceError(f"{where}: dispositions.json is not the record of its receipts (assignments "
+                                    f"{sorted(recorded)}, receipts {sorted(disposed)}; or another window or plan)")
             for aid, body in disposed.items():
                 entry = recorded[aid]
-                fields = ("disposition", "artifact_digest", "reasons", "evidence")
-                if any(_plain(entry.get(k)) != _plain(body.get(k)) for k in fields):
+                fields = ("disposition", "artifact_digest", "reasons", "evidence", "contributor", "metadata_digest",
+                          "summary")  # fmt: skip
+                if any(_plain(entry.get(k)) != _plain(body.get(k)) for k in fields) or entry.get("eligible") != (
+                        body.get("aggregation_eligible")):  # fmt: skip
                     raise EvidenceError(f"{where}: dispositions.json says of {aid} what its receipt does not "
                                         f"({entry.get('disposition')!r} {entry.get('reasons')}, receipt "
                                         f"{body['disposition']!r} {list(body['reasons'])})")  # fmt: skip
@@ -175,7 +179,9 @@ def _check_reconciled(program: Program, window_id: str, receipts: list, revision
     recorded = record(program.window_dir(window_id) / PROMOTION)
     said = {"decision": promotion["decision"], "reasons": promotion["reasons"],
             "candidate_revision": aggregation["candidate_revision"], "weights": aggregation["weights"],
-            "accepted_artifacts": aggregation["accepted_artifacts"],
+            "accepted_artifacts": aggregation["accepted_artifacts"], "window_id": window_id,
+            "previous_revision": revision, "candidate_checkpoint": aggregation["candidate_checkpoint"],
+            "next_revision": aggregation["candidate_revision"] if promotion["decision"] == "promote" else revision,
             "scores": {k: v for k, v in recorded.get("scores", {}).items() if k in promotion["scores"]}}  # fmt: skip
     if recorded.get("scores", {}).keys() - promotion["scores"].keys() - {"candidate_loss"} or said["scores"] != (
             promotion["scores"]) or any(_plain(recorded.get(k)) != _plain(v) for k, v in said.items()):  # fmt: skip

@@ -372,6 +372,20 @@ def _copy(program: Program, tmp_path: Path) -> Path:
         a99={**r["assignments"]["a00"]})), 5),
     (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"]["a00"].update(
         reasons=["edited"])), 5),
+    # Fields window verify did not compare (an adversary review): each passed, exit 0
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"]["a01"].update(
+        eligible=not r["assignments"]["a01"]["eligible"])), 5),
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"]["a00"].update(
+        contributor="mallory")), 5),
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"]["a00"].update(
+        metadata_digest="f" * 64)), 5),
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"]["a00"].update(
+        summary={"steps": 1})), 5),
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r.update(plan_digest="0" * 64)), 5),
+    (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r.update(next_revision="0" * 64)), 5),
+    (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r.update(previous_revision="0" * 64)), 5),
+    (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r.update(window_id="w-0002")), 5),
+    (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r.update(candidate_checkpoint="elsewhere")), 5),
     (lambda w: (w.parent / "tokenizer.json").write_text((w.parent / "tokenizer.json").read_text() + " "), 5),
     (lambda w: (w.parent / "pointer.json").write_text(json.dumps(  # back to an older revision, consistently
         {**read_json(w.parent / "pointer.json"), "checkpoint": "windows/w-0001/aggregate/candidate",
