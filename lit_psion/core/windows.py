@@ -206,9 +206,10 @@ NORM_CHECK_MIN = 3
 
 def norm_outliers(norms: dict[str, float], factor: float) -> set[str]:
     """The keys whose norm is more than ``factor`` times the median of all, or less than the median over
-    ``factor`` (a delta of almost nothing: a free rider); none when fewer than three (a median of two cannot tell
-    which one is the outlier)."""
+    ``factor`` (a delta of almost nothing: a free rider); below three, only a delta of exactly nothing (a median of
+    two cannot tell which one is the outlier, but no training leaves B at its zero start)."""
+    empty = {key for key, norm in norms.items() if norm == 0}
     if len(norms) < NORM_CHECK_MIN:
-        return set()
+        return empty
     median = statistics.median(norms.values())
-    return {key for key, norm in norms.items() if norm > factor * median or norm * factor < median}
+    return empty | {key for key, norm in norms.items() if norm > factor * median or norm * factor < median}

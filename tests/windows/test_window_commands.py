@@ -286,7 +286,8 @@ def test_a_huge_contributor_count_is_refused_before_it_is_built(
     assert "contributors" in capsys.readouterr().err
 
 
-def test_a_zero_delta_is_no_gain(base: Path, tmp_path: Path) -> None:
+def test_a_zero_delta_is_quarantined_at_any_count(base: Path, tmp_path: Path) -> None:
+    """An all-zero delta (a free rider) was accepted below three contributions, and with two it halved the update."""
     root = new_program(base, tmp_path / "zero", contributors=1)
     program = Program(root)
     plan = plan_window(root)
@@ -294,7 +295,9 @@ def test_a_zero_delta_is_no_gain(base: Path, tmp_path: Path) -> None:
     tensors, summary = train_adapter(program, plan, plan.assignments[0])
     adversary.place(program, plan, plan.assignments[0], adversary.scaled(tensors, 0.0), summary)
     promotion = close_window(root, plan.window_id)
-    assert (promotion["decision"], promotion["reasons"]) == ("hold", ["no_improvement"])
+    assert (promotion["decision"], promotion["reasons"]) == ("hold", ["no_accepted_contributions"])
+    entry = read_json(program.window_dir(plan.window_id) / "dispositions.json")["assignments"]["a00"]
+    assert (entry["disposition"], entry["reasons"]) == ("quarantined", ["delta_norm_outlier"])
 
 
 def test_planning_while_a_window_is_open_names_the_command_that_closes_it(
