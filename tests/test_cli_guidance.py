@@ -258,3 +258,16 @@ def test_an_unknown_flag_is_named_by_the_subcommand_it_was_given_to(
     """``session new --muu 0.1`` said "see python -m lit_psion session --help", whose help lists no --mu."""
     assert main([*argv[:2], "--artifacts_root", str(tmp_path), *argv[2:]] if argv[0] == "session" else argv) == 2
     assert f"lit_psion: error: {says}" in capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize(("argv", "flag"), [(["doctor", "somewhere", "--tok"], "--tok"),
+                                            (["window", "plan", "somewhere", "--contrib", "2"], "--contrib"),
+                                            (["generate", "somewhere", "--prom", "x"], "--prom")])  # fmt: skip
+def test_a_shortened_flag_is_not_read_as_the_flag_it_begins(argv: list[str], flag: str,
+                                                            capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """argparse took `doctor RUN --tok` as --tokens (and `--contrib` as --contributors): a flag added later that
+    shares the start would change what an old command line means."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"unrecognized arguments: {flag}" in line, line

@@ -24,6 +24,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def __init__(self, prog: str | None = None, **kwargs: object) -> None:
         kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("allow_abbrev", False)  # `--tok` for --tokens read as it; a later flag made it ambiguous
         super().__init__(prog=prog, **kwargs)
 
     def error(self, message: str) -> NoReturn:

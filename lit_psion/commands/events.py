@@ -13,7 +13,8 @@ LABELS = {-1: "close", 0: "neutral", 1: "open"}
 
 def main(args: list[str]) -> None:
     parser = CommandParser("python -m lit_psion events")
-    parser.add_argument("action", choices=["predict"])
+    parser.add_argument("action", choices=["predict"], metavar="predict",
+                        help="print each event's predicted commitment change and what is still open")
     parser.add_argument("--ckpt", type=Path, required=True, help="a MosaicLM run directory or checkpoint directory")
     parser.add_argument("events", type=Path, help="JSONL, one event envelope per line")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
