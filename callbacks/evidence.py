@@ -247,7 +247,7 @@ class Receipts(EvidenceCallback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         _refuse_a_score_logged_twice(trainer)
-        scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and _finite(v)}
+        scores = {k: float(v) for k, v in _this_validations(trainer).items() if k.startswith("val/") and _finite(v)}
         self._emit_own(trainer, EvalReceipt(
             stage_id=self.run(trainer).stage, step=trainer.global_step, split="val",
             data_manifest_digest=data_manifest_digest(trainer),
@@ -259,10 +259,10 @@ class Receipts(EvidenceCallback):
         if not self._started and trainer.ckpt_path is not None:  # a resume at max_steps: Lightning skipped training
             self.on_train_start(trainer, pl_module)  # (the run's unfinished end: the CLI allows only that)
         event = "paused" if trainer.interrupted else "completed"
+        for logger in trainer.loggers if event == "completed" and trainer.is_global_zero else ():  # every row written
+            logger.save()  # before the run's end is receipted and sealed (Lightning's last save comes at teardown)
         self._emit_own(trainer, self._run_receipt(trainer, pl_module, event, event))
         if event == "completed" and self.chain is not None:
-            for logger in trainer.loggers if trainer.is_global_zero else ():  # every row written before the seal
-                logger.save()  # (Lightning's last save comes at teardown, after it: a kill between lost rows)
             self._emit_own(trainer, ChainSealReceipt(stage_id=self.run(trainer).stage, step=trainer.global_step,
                                                 receipts=self.chain.next_seq))  # fmt: skip
             self._sealed = True  # nothing follows a seal but a resume's receipts
@@ -364,6 +364,16 @@ def _refuse_a_score_logged_twice(trainer: L.Trainer) -> None:
             raise ConfigError(f"self.log({name!r}, ...) in {' and in '.join(sorted(where))}: one validation score "
                               "logged twice, so the eval receipt could not tell which value is the model's; log "
                               f"yours under another name (for example 'user/{name.removeprefix('val/')}')")
+
+
+def _this_validations(trainer: L.Trainer) -> dict[str, Any]:
+    """The metrics this validation logged. ``trainer.callback_metrics`` keeps every earlier validation's too
+    (Lightning never clears it during a fit): a score logged every k validations was recorded, stale, in each eval
+    receipt between, as the model's score at a step no validation measured. The loop's results hold this one's until
+    after the hook."""
+    if getattr(trainer, "_results", None) is None:
+        return trainer.callback_metrics
+    return trainer._logger_connector.metrics["callback"]
 
 
 def _finite(value: Any) -> bool:

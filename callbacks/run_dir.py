@@ -30,7 +30,7 @@ from lit_psion.core.contracts import RecordWatcher, ReplayData, SkipListing, Tok
 from lit_psion.core.errors import (
     CheckpointError,
     ConfigError,
-    DataManifestMismatch,
+    DataError,
     LitPsionError,
     MembershipChanged,
     failure_class,
@@ -153,10 +153,9 @@ class RunDirectory(Callback):
             ours, theirs = mine["settings"], reference["settings"]
             keys = sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
             if keys == [DATA]:
-                raise DataManifestMismatch(f"the ranks do not all train on {whose} data (data manifest "
-                                           f"{str(theirs[DATA])[:16]}... on {where}, {str(ours[DATA])[:16]}... on "
-                                           f"{_name(mine, trainer)}); give every node the same data files and "
-                                           "settings")  # fmt: skip
+                raise DataError(f"the ranks do not all train on {whose} data (data manifest {str(theirs[DATA])[:16]}"
+                                f"... on {where}, {str(ours[DATA])[:16]}... on {_name(mine, trainer)}); give every "
+                                "node the same data files and settings")  # fmt: skip
             shown = "; ".join(f"{key.replace('.init_args.', '.')}: {theirs.get(key)!r} on {where}, "
                               f"{ours.get(key)!r} on {_name(mine, trainer)}" for key in keys[:3])  # fmt: skip
             raise ConfigError(f"the ranks do not all train with {whose} settings ({shown or 'another rank differs'}); "

@@ -391,7 +391,7 @@ def audit_record(layout: RunLayout, record: RunRecord, against_pointer: bool = T
             problems.append(f"it says step {record.global_step}, but the seal says step {seal.get('step')}")
     configured = (last_run or {}).get("config_digest")
     if configured not in (None, record.config_digest) and record.receipts_head == head:  # (written after it)
-        problems.append(f"its config_digest is not the last training_run receipt's ({configured[:16]}...)")
+        problems.append(f"its config_digest is not the last training_run receipt's ({str(configured)[:16]}...)")
     if (signed := (last_run or {}).get("model_signature")) is not None and signed != record.model_signature:
         problems.append(f"its model_signature is not the one the last training_run receipt records ({signed})")
     if (staged := (last_run or {}).get("stage_id")) is not None and staged != record.stage:

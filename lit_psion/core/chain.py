@@ -228,6 +228,8 @@ def _check_line(
     line: str, number: int, count: int, head: str | None, run_id: str | None, seen: set[str]
 ) -> Receipt | tuple[str, str]:
     """The receipt on ``line`` (line ``number`` of the log) if it extends the chain, else (reason, detail)."""
+    if "\r" in line.removesuffix("\r"):  # JSON takes it as whitespace; a reader of text splits the line there
+        return "malformed", "a carriage return inside the line (JSON writes none: the line was edited)"
     try:
         receipt = parse_receipt(line)
         digest = receipt.expected_digest()

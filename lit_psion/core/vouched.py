@@ -29,7 +29,7 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
     """
     recorded: dict[tuple[int, str], float] = {}
     scored: set[str] = set()
-    signed, sealed_at, evaluated = False, None, set()
+    signed, sealed_at, evaluated, latest = False, None, set(), {}
     with open(layout.receipts, encoding="utf-8") as handle:  # (verified by the caller: every line parses)
         for line in handle:
             if not line.strip():
@@ -48,11 +48,15 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
                 signed = body.get("model_signature") is not None
             elif receipt.kind == "eval" and isinstance(body.get("scores"), dict):
                 recorded |= {(body["step"], name): value for name, value in body["scores"].items()}
-                evaluated |= {(body["step"], name) for name in body["scores"]}
+                evaluated |= {(body["step"], name) for name, value in body["scores"].items()
+                              if latest.get(name) != value}  # (a run before 2026-12-07 repeated a score not logged)
+                latest |= body["scores"]
                 scored |= set(body["scores"])
             elif receipt.kind == "trainer_step":
                 recorded[(body["step_out"], "train/loss")] = body["loss"]
-    if isinstance(sealed_at, int) and (said := _not_of_the_sealed_run(series, sealed_at, evaluated, recorded)):
+    vouched = scored | ({"train/loss"} if signed else set())
+    if isinstance(sealed_at, int) and (said := _not_of_the_sealed_run(
+            {name: rows for name, rows in series.items() if name in vouched}, sealed_at, evaluated, recorded)):
         return said
     for name in sorted(series):
         if name == "train/loss" and not signed:
@@ -70,9 +74,11 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
 
 def _not_of_the_sealed_run(series: dict[str, list[tuple[int, float]]], sealed_at: int, evaluated: set[tuple[int, str]],
                            recorded: dict[tuple[int, str], float]) -> str | None:  # fmt: skip
-    """For a completed run (its chain sealed at ``sealed_at``), whose rows are all written: a row at a step the run
-    never reached, or a validation score its eval receipt records but the file lost (a worse last validation hidden
-    by deleting its row) of a name the file has rows of (one logged with ``logger=False`` has none)."""
+    """For a completed run (its chain sealed at ``sealed_at``), whose rows are all written: a row of a score the
+    receipts vouch for (``series`` holds only those; a callback's own row at ``global_step`` is not one) at a step
+    the run never reached, or a validation score its eval receipt records but the file lost (a worse last
+    validation hidden by deleting its row) of a name the file has rows of (one logged with ``logger=False`` has
+    none)."""
     for name, rows in sorted(series.items()):
         if (beyond := next((step for step, _ in rows if not 1 <= step <= sealed_at), None)) is not None:
             return (f"metrics.csv has a {name} row at step {beyond}, but the run completed at step {sealed_at} (its "

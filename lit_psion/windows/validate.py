@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load
 
 from lit_psion.core import atomic_write_json, sha256_bytes
-from lit_psion.core.chain import parse_receipt
+from lit_psion.core.chain import log_lines, parse_receipt
 from lit_psion.core.errors import EvidenceError
 from lit_psion.core.layout import RECEIPTS_FILE
 from lit_psion.core.receipts import AdapterContributionReceipt
@@ -127,7 +127,7 @@ def sealed_submissions(program: Program, window_id: str) -> dict[str, dict[str, 
     """
     path = program.window_dir(window_id) / RECEIPTS_FILE
     verify_window_chain(program, window_id)
-    for line in reversed(path.read_text().splitlines()):
+    for line in reversed(log_lines(path.read_text(encoding="utf-8"))):
         receipt = parse_receipt(line)
         if receipt.kind == "window_state" and receipt.body["state"] == SEALED:
             return receipt.body["detail"]["submissions"]

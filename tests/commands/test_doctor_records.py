@@ -50,3 +50,22 @@ def test_a_model_signature_deleted_from_run_json_fails_as_a_changed_one_does(
         capsys.readouterr()
         assert main(["doctor", str(copy)]) == 5, change
         assert "model_signature is not the one the last training_run receipt records" in capsys.readouterr().out
+
+
+def test_a_receipt_whose_config_digest_is_not_text_is_a_fail_not_a_crash(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """run.json is held to the last training_run receipt's config_digest even when the chain fails: a number there
+    was 'int' object is not subscriptable, exit 1."""
+    copy = Path(shutil.copytree(run, tmp_path / run.name))
+    lines = (copy / "receipts.jsonl").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "training_run")
+    receipt = json.loads(lines[last])
+    receipt["body"]["config_digest"] = 12345
+    lines[last] = json.dumps(receipt)
+    (copy / "receipts.jsonl").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["doctor", str(copy)]) == 5
+    said = capsys.readouterr()
+    assert "unexpected error" not in said.err and "its config_digest is not the last training_run receipt's (12345" \
+        in said.out, said.out

@@ -60,3 +60,19 @@ def test_two_receipts_joined_by_another_line_separator_are_one_malformed_line(
     assert main([*command, str(copy), *extra]) == 5
     said = capsys.readouterr()
     assert "unexpected error" not in said.err and "line 4" in said.out + said.err, said
+
+
+@pytest.mark.parametrize("command", [["receipts", "verify"], ["doctor"], ["ckpt", "verify"], ["compare"]])
+def test_a_carriage_return_inside_a_receipt_line_is_malformed(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              command: list[str]) -> None:  # fmt: skip
+    """JSON reads a lone \\r as whitespace, so the line verified once split on \\n alone; readers of text split it
+    there, and doctor and compare died on it (exit 1)."""
+    copy = Path(shutil.copytree(run, tmp_path / run.name))
+    lines = (copy / "receipts.jsonl").read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b'{"body": ', b'{\r"body": ', 1)
+    (copy / "receipts.jsonl").write_bytes(b"\n".join(lines))
+    capsys.readouterr()
+    extra = ["--out", str(tmp_path / "compared")] if command == ["compare"] else []
+    assert main([*command, str(copy), *extra]) == 5
+    said = capsys.readouterr()
+    assert "unexpected error" not in said.err and "line 4" in said.out + said.err, said
