@@ -63,10 +63,12 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
             continue
         for step, value in series[name]:
             said = recorded.get((step, name))
+            if name in scored and (said is None or not _close(value, said)) and (step - 1, name) in recorded:
+                said = recorded[(step - 1, name)]  # one amid an accumulation window: Lightning files it a step on
             if said is None and name in scored and math.isfinite(value):  # every validation of a fit has one
                 return (f"metrics.csv's {name} at step {step} is {value:.6g}, but no eval receipt records {name} at "
                         "that step: the file was edited; the receipts' scores are the run's")  # fmt: skip
-            if isinstance(said, int | float) and not math.isclose(value, said, rel_tol=1e-6, abs_tol=1e-12):
+            if isinstance(said, int | float) and not _close(value, said):
                 return (f"metrics.csv's {name} at step {step} is {value:.6g}, but its receipt records {said:.6g}: "
                         "the file was edited; the receipts' value is the run's")  # fmt: skip
     return None
@@ -85,8 +87,12 @@ def _not_of_the_sealed_run(series: dict[str, list[tuple[int, float]]], sealed_at
                     "sealed receipts): the file was edited")  # fmt: skip
     for step, name in sorted(evaluated):
         value = recorded[(step, name)]
-        if name in series and isinstance(value, int | float) and math.isfinite(value) and (
-                step not in {at for at, _ in series[name]}):  # fmt: skip
+        if name in series and isinstance(value, int | float) and math.isfinite(value) and not (
+                {step, step + 1} & {at for at, _ in series[name]}):  # fmt: skip (step + 1: amid an accumulation)
             return (f"metrics.csv has no {name} row at step {step}, which its eval receipt records ({value:.6g}): "
                     "rows were deleted")  # fmt: skip
     return None
+
+
+def _close(value: float, said: Any) -> bool:
+    return isinstance(said, int | float) and math.isclose(value, said, rel_tol=1e-6, abs_tol=1e-12)

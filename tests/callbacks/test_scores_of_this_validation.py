@@ -66,3 +66,17 @@ def test_a_callbacks_own_row_after_the_last_step_is_not_a_forgery(
     assert "final/params" in (run / "metrics.csv").read_text().splitlines()[0]
     capsys.readouterr()
     assert main(["doctor", str(run)]) == 0, capsys.readouterr().out
+
+
+def test_a_validation_amid_an_accumulation_window_is_held_to_its_receipt(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A validation between an accumulation window's micro-batches (val_check_interval 3, accumulate 2) is receipted
+    at the steps done, and Lightning files its row one step on: doctor failed the genuine run as edited."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.accumulate_grad_batches", "2",
+               "--trainer.val_check_interval", "3", "--trainer.max_steps", "6") == 0  # fmt: skip
+    run = tmp_path / read_latest(tmp_path)
+    assert sorted(_evals(run)) == [1, 3, 4, 6]
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 0, capsys.readouterr().out
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
