@@ -389,8 +389,9 @@ def audit_record(layout: RunLayout, record: RunRecord, against_pointer: bool = T
             problems.append(f"it says {record.status}, but the chain is sealed: the run completed")
         if record.global_step != seal.get("step"):
             problems.append(f"it says step {record.global_step}, but the seal says step {seal.get('step')}")
-    configured = (last_run or {}).get("config_digest")
-    if configured not in (None, record.config_digest) and record.receipts_head == head:  # (written after it)
+    configured = (last_run or {}).get("config_digest")  # run.json alone differs (config.yaml as trained; written after)
+    if configured not in (None, record.config_digest) and record.receipts_head == head and layout.config.is_file() and (
+            sha256_file(layout.config) == configured):  # (both differing: config.yaml's own verdict says so, exit 3)
         problems.append(f"its config_digest is not the last training_run receipt's ({str(configured)[:16]}...)")
     if (signed := (last_run or {}).get("model_signature")) is not None and signed != record.model_signature:
         problems.append(f"its model_signature is not the one the last training_run receipt records ({signed})")
