@@ -153,9 +153,8 @@ class CorpusDataModule(ReplayDataModule):
             problems = ["files is empty; give --data.files a file, a glob or 'stdlib'"]
         else:
             problems = ["files holds an empty path ''; give a file, a glob or 'stdlib'"] if "" in self.files else []
-        stride = {} if self.sample_stride == self.block_size else {"sample_stride": self.sample_stride}  # (its default,
-        problems += positive_integers(block_size=self.block_size, vocab_size=self.requested_vocab_size,  # said once)
-                                      **stride)  # fmt: skip
+        stride = {} if self.sample_stride == self.block_size else {"sample_stride": self.sample_stride}  # (said once)
+        problems += positive_integers(block_size=self.block_size, vocab_size=self.requested_vocab_size, **stride)
         choices = (("tokenizer", self.tokenizer_kind, ("bpe", "char")), ("split", self.split, ("hash", "tail")),
                    ("documents", self.documents, ("auto", "file", "paragraph")))  # fmt: skip
         for name, value, allowed in choices:

@@ -277,10 +277,10 @@ class LitPsionCLI(LightningCLI):
             return None, ()
         if (run_id := read_latest(root)) is None:
             raise no_run_to_continue(root, self.subcommand)
-        TOOK_LATEST[:] = [RunLayout(root, run_id)]
-        if self.subcommand == "fit":
-            self._lock(RunLayout(root, run_id))  # before reading anything of the run: no reading a run mid-write
         layout = RunLayout(root, run_id)
+        TOOK_LATEST[:] = [layout]
+        if self.subcommand == "fit":
+            self._lock(layout)  # before reading anything of the run: no reading a run mid-write
         refuse_another_family(layout, config)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted_checkpoints(layout), resuming=True)
         refuse_without_its_records(layout, self.verified)

@@ -50,7 +50,6 @@ from typing_extensions import override
 
 from lit_psion.checkpoint_io import EXTRA_KEY, load_verified
 from lit_psion.core import RunContext, RunLayout, run_context, sha256_bytes
-from lit_psion.core.audit import check_skip_list, receipted_checkpoints
 from lit_psion.core.chain import batch_digest
 from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule, lr_flag
@@ -58,9 +57,9 @@ from lit_psion.core.errors import CheckpointError, EvidenceError, TransactionErr
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipt_log import emit_receipt
-from lit_psion.core.receipted import restore_target
+from lit_psion.core.receipted import receipted_checkpoints, restore_target
 from lit_psion.core.receipts import TransactionReceipt
-from lit_psion.core.skip_list import SkipList, SkippedBatch, replayed_entries
+from lit_psion.core.skip_list import SkipList, SkippedBatch, check_skip_list, replayed_entries
 from lit_psion.core.step_logs import log_step_values
 from lit_psion.strategies.snapshot import StepSnapshot, copies, put_back, state_buffers
 

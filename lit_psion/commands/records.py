@@ -30,7 +30,7 @@ from lit_psion.core.errors import (
 from lit_psion.core.files import read_plain
 from lit_psion.core.layout import linked
 from lit_psion.core.lock import LOCK_FILE
-from lit_psion.core.run import RUN_ID_ENV
+from lit_psion.core.run import RUN_ID_ENV, runs_under
 
 
 def refuse_without_its_records(layout: RunLayout, verified: VerifiedCheckpoint) -> None:
@@ -121,7 +121,7 @@ def other_runs_of_the_root(error: BaseException, fitting: bool) -> str:
     if not TOOK_LATEST or not isinstance(error, DataManifestMismatch | OtherModelSettings):
         return ""
     took = TOOK_LATEST[0]
-    others = sorted(path.parent.name for path in took.root.glob("*/run.json") if path.parent.name != took.run_id)
+    others = [run_id for run_id in runs_under(took.root) if run_id != took.run_id]
     if not others:
         return ""
     named = ", ".join(others) if len(others) <= 3 else f"{len(others)} others, the newest {others[-1]}"

@@ -170,10 +170,15 @@ fit that plans a new run sets it for the worker processes Lightning starts). Whe
 has a durable checkpoint, the fit resumes it: what an elastic restart of the same command needs."""
 
 
+def runs_under(root: Path) -> list[str]:
+    """The ids of the runs directly under ``root`` (directories holding a run.json), oldest first by their ids."""
+    return sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
+
+
 def no_run_to_continue(root: Path, subcommand: str | None = "fit") -> CheckpointError | ConfigError:
     """Why ``--ckpt_path last`` finds nothing under ``root``: no run at all, or runs whose index is gone (a new run
     would leave them behind); said for a fit, or for an evaluation (``validate``, ``test``, ``predict``)."""
-    runs = sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
+    runs = runs_under(root)
     if runs:
         return CheckpointError(f"--ckpt_path last: {str(RunLayout(root, '').latest)!r} is missing, so which run to "
                                f"continue cannot be told ({len(runs)} under it, the newest {runs[-1]}); continue one "
@@ -190,7 +195,7 @@ def no_run_to_continue(root: Path, subcommand: str | None = "fit") -> Checkpoint
 
 def other_runs(root: Path) -> str:
     """How to continue one of the runs under ``root`` when its index cannot say which (empty when there are none)."""
-    runs = sorted(path.parent.name for path in root.glob("*/run.json")) if root.is_dir() else []
+    runs = runs_under(root)
     if not runs:
         return ""
     return (f"; to continue one of its {len(runs)} runs (the newest {runs[-1]}) with fit, give {RUN_ID_ENV}=<run id> "

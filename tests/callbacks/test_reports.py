@@ -203,8 +203,7 @@ def test_compare_says_which_runs_receipts_do_not_verify(
     assert "FAILS" in (tmp_path / "cmp" / "index.html").read_text()
 
 
-def test_a_metrics_row_cut_short_by_a_kill_is_not_read_as_a_value(two_runs: tuple[Path, Path], tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_a_metrics_row_cut_short_by_a_kill_is_not_read_as_a_value(two_runs: tuple, tmp_path: Path, capsys) -> None:
     """A kill mid-row leaves an unterminated last line: compare showed its cut number (3.116 of 3.11687) as the run's
     final value, or refused the file, while doctor and a resume took it. The rows before it are what was written; a
     completed run writes every row before its seal, so its lost last validation is named (a kill cannot cut it)."""
