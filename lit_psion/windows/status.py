@@ -100,9 +100,12 @@ def verify_program(root: Path) -> dict[str, Any]:
     tokenizer = record(program.settings_path, ("tokenizer_sha256",))["tokenizer_sha256"]
     pointer = program.pointer()
     revision = _base_revision(program)
-    receipts_total = 0
+    receipts_total, promoted_by = 0, None
     for window_id in program.window_ids():
         verify_window_chain(program, window_id)
+        if (named := program.state_record(window_id).get("window_id", window_id)) != window_id:
+            raise EvidenceError(f"{window_id}: window.json is the record of window {named!r}; it was copied or "
+                                "edited")  # fmt: skip
         plan = program.plan(window_id)
         lines = log_lines((program.window_dir(window_id) / RECEIPTS_FILE).read_text())
         receipts = [parse_receipt(line) for line in lines if line.strip()]
@@ -137,17 +140,25 @@ def verify_program(root: Path) -> dict[str, Any]:
                 entry = recorded[aid]
                 fields = ("disposition", "artifact_digest", "reasons", "evidence", "contributor", "metadata_digest",
                           "summary")  # fmt: skip
+                receipted_content = (body.get("evidence") or {}).get("content_digest")
                 if any(_plain(entry.get(k)) != _plain(body.get(k)) for k in fields) or entry.get("eligible") != (
-                        body.get("aggregation_eligible")):  # fmt: skip
+                        body.get("aggregation_eligible")) or (receipted_content is not None and entry.get(
+                        "content_digest") != receipted_content):  # fmt: skip
                     raise EvidenceError(f"{where}: dispositions.json says of {aid} what its receipt does not "
                                         f"({entry.get('disposition')!r} {entry.get('reasons')}, receipt "
                                         f"{body['disposition']!r} {list(body['reasons'])})")  # fmt: skip
             _check_accepted_files(program, window_id, receipts, disposed)
         if states[-1]["state"] == RECONCILED:
             revision = _check_reconciled(program, window_id, receipts, revision)
+            decisions = [r.body["decision"] for r in receipts if r.kind == "policy_promotion"]
+            promoted_by = window_id if decisions[-1] == "promote" else promoted_by
     if pointer["revision"] != revision:
         raise EvidenceError(f"pointer.json names revision {pointer['revision'][:12]}..., but the windows' receipts "
                             f"leave {revision[:12]}...")  # fmt: skip
+    if "window" in pointer and pointer["window"] != promoted_by:
+        said = promoted_by or "none did (it is revision 0)"
+        raise EvidenceError(f"pointer.json says window {pointer['window']!r} promoted its revision, but the windows' "
+                            f"receipts say {said!r}; it was edited")  # fmt: skip
     program.revision(pointer["checkpoint"], pointer["revision"])
     return {"windows": len(program.window_ids()), "receipts": receipts_total, "revision": revision}
 

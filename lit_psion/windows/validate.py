@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from lit_psion.core.windows import (
 )
 from lit_psion.windows.contribute import ADAPTER, CONTRIBUTION
 from lit_psion.windows.data import held_out_loss
-from lit_psion.windows.program import DISPOSITIONS, Program, plan_data, record, verify_window_chain
+from lit_psion.windows.program import DISPOSITIONS, Program, plan_data, verify_window_chain
 
 FACTOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 """The dtypes a contribution's factors may have (what adapter training writes); any other, float8 included, and a
@@ -134,17 +135,50 @@ def sealed_submissions(program: Program, window_id: str) -> dict[str, dict[str, 
     raise EvidenceError(f"{str(path)!r} records no seal of {window_id}; seal it first")
 
 
-def seen_artifacts(program: Program, before: str) -> set[str]:
-    """The digests of every artifact submitted to an earlier window of the program."""
-    seen = set()
+def disposals_before(program: Program, before: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(window id, ``disposed`` receipt body) of every assignment scored in a window planned before ``before``.
+
+    Read from each window's verified receipts, never its ``dispositions.json``: an edited record could otherwise
+    make a later contribution a "duplicate", or hide an earlier one a later contribution copies.
+
+    Raises:
+        EvidenceError: an earlier window's receipt chain does not verify (exit 5).
+    """
     for window_id in program.window_ids():
         if window_id >= before:
             break
-        path = program.window_dir(window_id) / DISPOSITIONS
-        if path.is_file():
-            for entry in record(path)["assignments"].values():
-                seen |= {d for d in (entry.get("artifact_digest"), entry.get("content_digest")) if d}
+        verify_window_chain(program, window_id)
+        for line in log_lines((program.window_dir(window_id) / RECEIPTS_FILE).read_text(encoding="utf-8")):
+            receipt = parse_receipt(line)
+            if receipt.kind == "adapter_contribution" and receipt.body["event"] == "disposed":
+                yield window_id, receipt.body
+
+
+def seen_artifacts(program: Program, before: str) -> set[str]:
+    """The digests of every artifact scored in an earlier window of the program, file bytes and tensors alike (a
+    receipt written before the content digest was recorded in its evidence has it recomputed from the contribution's
+    file, when that is still the sealed bytes)."""
+    seen = set()
+    for window_id, body in disposals_before(program, before):
+        if body["artifact_digest"]:
+            content = (body.get("evidence") or {}).get("content_digest") or _recomputed_content(
+                program, window_id, body["assignment_id"], body["artifact_digest"])  # fmt: skip
+            seen |= {d for d in (body["artifact_digest"], content) if d}
     return seen
+
+
+def _recomputed_content(program: Program, window_id: str, assignment_id: str, artifact: str) -> str | None:
+    """The content digest of a contribution's adapter file, when its bytes are still ``artifact`` and load."""
+    data, _ = submission(program, window_id, assignment_id)
+    if data is None or sha256_bytes(data) != artifact:
+        return None
+    try:
+        tensors = load(data)
+    except Exception:  # safetensors raises its own error type for a malformed file
+        return None
+    if any(t.dtype not in FACTOR_DTYPES or t.dim() < 1 for t in tensors.values()):
+        return None
+    return content_digest(tensors)
 
 
 def expected_shapes(decoder_config: dict[str, Any], lora: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -263,6 +297,7 @@ def score(root: Path, window_id: str) -> dict[str, Any]:
         reasons, tensors, _ = check_submission(plan, assignment, sealed[aid], data, meta_bytes, shapes, seen)
         if tensors is not None:
             entry["content_digest"] = content_digest(tensors)
+            entry["evidence"]["content_digest"] = entry["content_digest"]  # receipted: later windows read it there
             if entry["content_digest"] in seen and "duplicate_artifact" not in reasons:
                 reasons.append("duplicate_artifact")  # the same tensors under other file bytes
         entry["summary"] = _claimed_summary(meta_bytes)
@@ -363,39 +398,33 @@ def same_delta_as_earlier(program: Program, window_id: str, factors: dict[str, d
     """Measured contribution -> the accepted contribution of an earlier window of the program (``w-NNNN/aNN``)
     whose dW it repeats (cosine >= :data:`SAME_DELTA_COSINE`): the within-window test, across windows.
 
-    Each earlier accepted adapter is read once, held to the artifact digest its window's ``dispositions.json``
-    records, compared with every measured contribution, and dropped before the next is read.
+    Each earlier accepted adapter is read once, held to the artifact digest its window's receipts record, compared
+    with every measured contribution, and dropped before the next is read.
 
     Raises:
         EvidenceError: an earlier accepted adapter is missing or is not the one its window accepted (exit 5).
     """
     pending = {aid for aid in factors if math.isfinite(norms[aid]) and norms[aid] > 0}
     found: dict[str, str] = {}
-    for earlier_window in program.window_ids():
-        if earlier_window >= window_id or not pending:
+    for earlier_window, body in disposals_before(program, window_id) if pending else ():
+        if not pending:
             break
-        path = program.window_dir(earlier_window) / DISPOSITIONS
-        if not path.is_file():
+        if body["disposition"] != ACCEPTED:
             continue
-        lora = program.plan(earlier_window).lora
-        for aid, entry in record(path, ("assignments",))["assignments"].items():
-            if not pending:
-                break
-            if not isinstance(entry, dict) or entry.get("disposition") != ACCEPTED:
-                continue
-            adapter = program.window_dir(earlier_window) / "contributions" / aid / ADAPTER
-            data = _read(adapter)
-            if data is None or sha256_bytes(data) != entry.get("artifact_digest"):
-                raise EvidenceError(f"{str(adapter)!r} is not the adapter {earlier_window} accepted from {aid} "
-                                    f"({'missing' if data is None else 'other bytes'}); new contributions are "
-                                    "compared with it: restore it from a backup")  # fmt: skip
-            earlier = layer_factors(load(data), lora["rank"], lora["alpha"])
-            norm = math.sqrt(max(delta_inner(earlier, earlier), 0.0))
-            if not math.isfinite(norm) or norm == 0:
-                continue
-            for current in sorted(pending):
-                if _comparable(factors[current], earlier) and delta_inner(factors[current], earlier) / (
-                        norms[current] * norm) >= SAME_DELTA_COSINE:  # fmt: skip
-                    found[current] = f"{earlier_window}/{aid}"
-                    pending.discard(current)
+        aid, lora = body["assignment_id"], program.plan(earlier_window).lora
+        adapter = program.window_dir(earlier_window) / "contributions" / aid / ADAPTER
+        data = _read(adapter)
+        if data is None or sha256_bytes(data) != body["artifact_digest"]:
+            raise EvidenceError(f"{str(adapter)!r} is not the adapter {earlier_window} accepted from {aid} "
+                                f"({'missing' if data is None else 'other bytes'}); new contributions are "
+                                "compared with it: restore it from a backup")  # fmt: skip
+        earlier = layer_factors(load(data), lora["rank"], lora["alpha"])
+        norm = math.sqrt(max(delta_inner(earlier, earlier), 0.0))
+        if not math.isfinite(norm) or norm == 0:
+            continue
+        for current in sorted(pending):
+            if _comparable(factors[current], earlier) and delta_inner(factors[current], earlier) / (
+                    norms[current] * norm) >= SAME_DELTA_COSINE:  # fmt: skip
+                found[current] = f"{earlier_window}/{aid}"
+                pending.discard(current)
     return found

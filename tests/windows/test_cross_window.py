@@ -19,7 +19,7 @@ from lit_psion.windows import adversary
 from lit_psion.windows.contribute import ADAPTER, CONTRIBUTION, contribute
 from lit_psion.windows.coordinator import close_window, open_window
 from lit_psion.windows.program import Program, plan_window
-from lit_psion.windows.validate import seal
+from lit_psion.windows.validate import content_digest, seal
 from tests.windows.helpers import new_program
 
 Tensors = dict[str, torch.Tensor]
@@ -98,6 +98,32 @@ def test_an_earlier_accepted_adapter_that_is_gone_refuses_the_close(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(gone) in err[0] and "restore it from a backup" in err[0], err
     assert Program(copy).state("w-0002") == "sealed"
+
+
+def _content_of(root: Path, window: str, aid: str) -> str:
+    return content_digest(load((root / "windows" / window / "contributions" / aid / ADAPTER).read_bytes()))
+
+
+@pytest.mark.parametrize("edit", [
+    # w-0001's record claims the honest w-0002/a03's tensors: a03 would be a "duplicate_artifact"
+    lambda root, entries: entries["a00"].update(content_digest=_content_of(root, "w-0002", "a03")),
+    # w-0001's a00 "rejected": the re-encoded copy of it, w-0002/a00, would not be compared with it
+    lambda root, entries: entries["a00"].update(disposition=REJECTED),
+])  # fmt: skip
+def test_later_windows_judge_duplicates_by_the_earlier_receipts_not_an_edited_record(
+    replayed: dict[str, Path], tmp_path: Path, edit
+) -> None:
+    copy = tmp_path / "windows"
+    shutil.copytree(replayed["at_seal"], copy)
+    path = copy / "windows" / "w-0001" / "dispositions.json"
+    record = read_json(path)
+    edit(copy, record["assignments"])
+    path.write_text(json.dumps(record))
+    close_window(copy, "w-0002")
+    genuine = read_json(replayed["root"] / "windows" / "w-0002" / "dispositions.json")["assignments"]
+    judged = read_json(copy / "windows" / "w-0002" / "dispositions.json")["assignments"]
+    assert {a: e["disposition"] for a, e in judged.items()} == {a: e["disposition"] for a, e in genuine.items()}
+    assert judged["a00"]["evidence"]["same_delta_as"] == "w-0001/a00"
 
 
 def _edit_tokens(path: Path) -> None:

@@ -387,6 +387,11 @@ def _copy(program: Program, tmp_path: Path) -> Path:
     (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r.update(window_id="w-0002")), 5),
     (lambda w: _edit_json(w / "w-0001" / "promotion.json", lambda r: r.update(candidate_checkpoint="elsewhere")), 5),
     (lambda w: (w.parent / "tokenizer.json").write_text((w.parent / "tokenizer.json").read_text() + " "), 5),
+    # Neither compared before: a content digest feeds later windows' duplicate checks
+    (lambda w: _edit_json(w / "w-0001" / "dispositions.json", lambda r: r["assignments"]["a00"].update(
+        content_digest="0" * 64)), 5),
+    (lambda w: _edit_json(w.parent / "pointer.json", lambda r: r.update(window="w-0007")), 5),
+    (lambda w: _edit_json(w / "w-0001" / "window.json", lambda r: r.update(window_id="w-0002")), 5),
     (lambda w: (w.parent / "pointer.json").write_text(json.dumps(  # back to an older revision, consistently
         {**read_json(w.parent / "pointer.json"), "checkpoint": "windows/w-0001/aggregate/candidate",
          "revision": read_json(w / "w-0001" / "promotion.json")["candidate_revision"]})), 5),
