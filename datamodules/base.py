@@ -133,10 +133,20 @@ class ReplayDataModule(L.LightningDataModule):
             DataError: The data is missing, empty, or too small for the settings.
         """
         if self.manifest is None:
-            manifest = self._prepare()
-            self._require_samples()
+            try:
+                manifest = self._prepare()
+                self._require_samples()
+            except DataError as error:
+                error.data_module = self  # a resume's refusal can say what changed (lit_psion.runs)
+                raise
             self.manifest = manifest
         return self.manifest
+
+    def change_before_preparing(self, saved: dict[str, Any]) -> str | None:
+        """What differs between the manifest ``saved`` (a checkpoint's) and the sources and settings this module
+        names, read without preparing them: data that fails to prepare (too small for a batch) on a resume is then
+        refused as changed data. None where nothing differs, or this data cannot say before it is prepared."""
+        return None
 
     def samples(self, split: Split) -> Dataset:
         """The samples of ``split`` (prepared first), for code that reads them outside a Trainer."""

@@ -35,8 +35,9 @@ from lit_psion.core.contracts import DataFacts
 from lit_psion.core.errors import DataConfigError, DataError, DataManifestMismatch
 from lit_psion.core.files import decode_text, not_utf8
 from lit_psion.core.layout import RunLayout
-from lit_psion.core.manifest import DataManifest, SourceFile
+from lit_psion.core.manifest import SETTING_FLAGS, DataManifest, SourceFile
 from lit_psion.datamodules.base import ReplayDataModule, Split, positive_integers
+from lit_psion.datamodules.evaluation_text import trained_on_any_of
 from lit_psion.datamodules.token_cache import (
     TOKEN_RECORD_FILE,
     TOKENS_FILE,
@@ -441,25 +442,20 @@ class CorpusDataModule(ReplayDataModule):
                 other settings (its split could hold out documents it trained on), or with another tokenizer.
         """
         saved, fn = state_dict.get("manifest"), self.trainer.state.fn if self.trainer is not None else None
-        if saved is None or fn in (None, TrainerFn.FITTING):
+        if saved is None or fn in (None, TrainerFn.FITTING) or trained_on_any_of(
+                DataManifest.from_json_dict(saved), self.prepare(), self.trainer.ckpt_path):  # fmt: skip
             return super().load_state_dict(state_dict)
-        trained, current = DataManifest.from_json_dict(saved), self.prepare()
-        if {source.sha256 for source in trained.sources} & {source.sha256 for source in current.sources}:
-            return super().load_state_dict(state_dict)
-        given = {os.path.realpath(source.path): source.path for source in current.sources}  # ./a.txt, a link: a.txt
-        if same := sorted(given[at] for source in trained.sources if (at := os.path.realpath(source.path)) in given):
-            raise DataManifestMismatch(f"refusing to evaluate the checkpoint on {same[0]!r}: the run trained on a file "
-                                       "of that path, whose content differs (edited since, or another file under the "
-                                       "same relative path): its split could hold out text the run trained on; "
-                                       "evaluate the run's data unchanged, or give other text under another path")
-        if trained.tokenizer_digest != current.tokenizer_digest:
-            ckpt = RunLayout.of(Path(self.trainer.ckpt_path or ".").parent.parent).tokenizer
-            raise DataManifestMismatch(f"refusing to evaluate the checkpoint on other text with another tokenizer "
-                                       f"({current.tokenizer_digest[:12]}..., it was trained with "
-                                       f"{trained.tokenizer_digest[:12]}...): its token ids would mean other text; "
-                                       f"give the run's own: --data.tokenizer_file "
-                                       f"{ckpt if ckpt.is_file() else 'RUN_DIR/tokenizer.json'}")  # fmt: skip
         return None
+
+    def change_before_preparing(self, saved: dict[str, Any]) -> str | None:
+        try:
+            trained, (sources, texts) = DataManifest.from_json_dict(saved), self._read_sources()
+            settings = {field: getattr(self, name) for field, name in SETTING_FLAGS.items() if field != "documents"}
+            given = dataclasses.replace(trained, sources=tuple(sources), **settings,
+                                        documents=self._documents(texts)[0])  # fmt: skip
+        except (DataError, TypeError, KeyError, ValueError):
+            return None
+        return None if (change := trained.describe_change(given)) == "no difference" else change
 
     def _describe_change(self, saved: dict[str, Any]) -> str:
         return DataManifest.from_json_dict(saved).describe_change(self.prepare())

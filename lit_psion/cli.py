@@ -66,6 +66,7 @@ from lit_psion.commands.launch import (
 from lit_psion.commands.lightning_words import quiet_lightning, raised_in_lightning, trainer_refusal
 from lit_psion.commands.records import (
     TOOK_LATEST,
+    changed_data_first,
     other_runs_of_the_root,
     record_past_users_on_exception,
     refuse_a_file_named,
@@ -93,13 +94,7 @@ from lit_psion.core.checkpoint import (
     verify_checkpoint,
 )
 from lit_psion.core.contracts import ReplayData, SignedModel, signed_settings
-from lit_psion.core.errors import (
-    USER_CODE_EXIT,
-    CheckpointError,
-    ConfigError,
-    LitPsionError,
-    raised_in_user_code,
-)
+from lit_psion.core.errors import USER_CODE_EXIT, CheckpointError, ConfigError, LitPsionError, raised_in_user_code
 from lit_psion.core.files import not_utf8
 from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import data_builds_another_model
@@ -261,6 +256,14 @@ class LitPsionCLI(LightningCLI):
                                           rejected=rejected, changed_settings=changed)  # fmt: skip
             FITTING[:] = [layout]  # what an interrupt's line can tell of
             place_wandb_runs(as_list(config.trainer.logger), layout)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as error:  # data that fails to prepare on a resume: first, was it changed?
+            if (refusal := changed_data_first(error, self.verified) if self.subcommand == "fit" else None) is None:
+                raise
+            raise refusal from error
 
     def _config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand

@@ -276,3 +276,27 @@ def _base_on_exception() -> Any:
 def _own_code(cls: type) -> bool:
     """Whether ``cls`` is lit_psion's (its top-level ``callbacks`` and ``strategies`` load as ``lit_psion.*``)."""
     return cls.__module__.split(".")[0] == "lit_psion"
+
+
+def changed_data_first(error: BaseException, verified: VerifiedCheckpoint | None) -> DataManifestMismatch | None:
+    """A resume's refusal of changed data, where that data failed to prepare first (a file cut below one batch said
+    "batch_size 16 is larger than the 15 training samples", and only once that was fixed that the data changed
+    since the checkpoint). None where ``error`` is no such failure, or the data cannot say what changed."""
+    from lit_psion.commands.fit_args import known_cause
+    from lit_psion.core.errors import DataError
+    from lit_psion.core.manifest import read_data_manifest
+
+    cause = known_cause(error)
+    data = getattr(cause, "data_module", None)
+    if verified is None or data is None or not isinstance(cause, DataError) or isinstance(
+            cause, DataManifestMismatch):  # fmt: skip
+        return None
+    try:
+        saved, _, digest = read_data_manifest(RunLayout.of(verified.path.parent.parent).data_manifest)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+    if digest != verified.manifest.data_manifest_digest or (change := data.change_before_preparing(saved)) is None:
+        return None
+    return DataManifestMismatch(f"refusing to load the checkpoint: the {data.data_name} changed since it was written "
+                                f"({change}); restore the original data and settings, or start a new run without "
+                                f"--ckpt_path (as given, it does not prepare either: {cause})")  # fmt: skip
