@@ -23,7 +23,7 @@ from lit_psion.commands import CommandParser
 from lit_psion.commands.receipts import refuse_a_live_run, run_layout
 from lit_psion.commands.records import metrics_problem
 from lit_psion.core import RunLayout, read_json, sha256_file
-from lit_psion.core.audit import Verdict, audit_run
+from lit_psion.core.audit import Verdict, audit_run, linked_record
 from lit_psion.core.errors import DataError, EvidenceError, LitPsionError
 from lit_psion.core.files import read_plain
 from lit_psion.core.manifest import DataManifest
@@ -81,6 +81,8 @@ def _metrics(layout: RunLayout, chain_verified: bool) -> list[Verdict]:
     held to that receipt (once the chain verifies), as ``compare`` holds them before it shows them."""
     if not (layout.metrics.exists() or layout.metrics.is_symlink()):
         return []
+    if layout.metrics.is_symlink():  # (compare refuses it too)
+        return [linked_record(layout.metrics)]
     if (problem := metrics_problem(layout)) is not None:
         return [Verdict(layout.metrics.name, False, f"a resume cannot continue it ({problem}); restore it from a "
                         "backup, or move it aside", EvidenceError.exit_code)]  # fmt: skip

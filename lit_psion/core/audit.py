@@ -360,9 +360,19 @@ def audit_run(layout: RunLayout) -> list[Verdict]:
                 *audit_skip_list(layout)]  # fmt: skip
     verdicts = [audit_record(layout, record), audit_receipts(layout, record), *audit_checkpoints(layout),
                 *audit_files(layout, record), *audit_consolidated(layout), *audit_skip_list(layout)]  # fmt: skip
+    for path in (p for p in (layout.run_file, layout.config, layout.data_manifest, layout.tokenizer) if p.is_symlink()):
+        # its content is held to the chain all the same, but a file outside the run can change under it (a resume
+        # writes the file in the link's place), as a linked receipt log or metrics.csv can
+        verdicts = [v for v in verdicts if v.artifact != path.name or not v.ok] + [linked_record(path)]
     if (lock := unusable_lock(layout.run_dir)) is not None:  # last: the evidence's verdicts decide the exit code
         verdicts.append(Verdict(LOCK_FILE, False, lock, ConfigError.exit_code))
     return verdicts
+
+
+def linked_record(path: Path) -> Verdict:
+    """The verdict on a run's record that is a symlink."""
+    return Verdict(path.name, False, f"a symlink (to {str(path.readlink())!r}): a run's records are its own files; "
+                   "put the file it points to in its place", EvidenceError.exit_code)  # fmt: skip
 
 
 def audit_record(layout: RunLayout, record: RunRecord, against_pointer: bool = True) -> Verdict:

@@ -68,3 +68,21 @@ def test_a_receipt_whose_config_digest_is_not_text_is_a_fail_not_a_crash(
     assert main(["doctor", str(copy)]) == 5
     said = capsys.readouterr()
     assert "unexpected error" not in said.err and "FAIL receipts.jsonl" in said.out, said.out
+
+
+@pytest.mark.parametrize("name", ["run.json", "config.yaml", "data_manifest.json", "tokenizer.json", "metrics.csv",
+                                  "receipts.jsonl"])  # fmt: skip
+def test_a_record_made_a_symlink_fails_whichever_it_is(run: Path, tmp_path: Path, name: str,
+                                                       capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    # The same bytes, through a link to a file outside the run: four of them passed, metrics.csv ended doctor in
+    # one error line with no verdicts, and only the receipt log was a verdict
+    copy = Path(shutil.copytree(run, tmp_path / run.name))
+    outside = tmp_path / f"outside-{name}"
+    (copy / name).rename(outside)
+    (copy / name).symlink_to(outside)
+    capsys.readouterr()
+    assert main(["doctor", str(copy)]) == 5
+    said = capsys.readouterr()
+    (line,) = [line for line in said.out.splitlines() if line.startswith(f"FAIL {name}:")]
+    assert "symlink" in line, line
+    assert said.out.count("\n") >= 10 and "unexpected error" not in said.err  # every verdict printed
