@@ -432,7 +432,7 @@ def resume_warning(run_id: str, changed: tuple[tuple[str, Any, Any], ...],
         keep = f"--{follows[0]} {steps}" if isinstance(steps, int) and steps > 0 else f"--{follows[0]}"
         lines.append(f"lit_psion: warning: run {run_id} continues with {shown}, and its learning-rate schedule "
                      f"decays over the whole fit ({follows[0]} is null): from the resumed step the lr follows the "
-                     f"schedule stretched to the new length, not the one the run had (give {keep} to keep that)")
+                     f"schedule fitted to the new length, not the one the run had (give {keep} to keep that)")
     return "\n".join(lines) or None
 
 

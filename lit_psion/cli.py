@@ -140,9 +140,8 @@ class LitPsionCLI(LightningCLI):
     :class:`~lit_psion.core.RunContext` says, which the trainer's RunDirectory callback carries.
     """
 
-    def __init__(
-        self, args: list[str] | dict[str, Any] | None = None, run: bool = True, callbacks: list[Any] | None = None
-    ) -> None:
+    def __init__(self, args: list[str] | dict[str, Any] | None = None, run: bool = True,
+                 callbacks: list[Any] | None = None) -> None:  # fmt: skip
         """``callbacks`` go first in the trainer's list (before the configured ones: a benchmark's timer)."""
         self.extra_callbacks = list(callbacks or [])
         self.run_context: RunContext | None = None
@@ -187,6 +186,8 @@ class LitPsionCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         parser.set_defaults(weights_only=True)  # what every load does (null, as older configs say, reads as true)
+        for action in (a for a in parser._actions if a.dest == "weights_only"):  # not Lightning's advice to unpickle
+            action.help = "always true: checkpoints hold tensors and plain data only (false is refused)"
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

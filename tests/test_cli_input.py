@@ -138,7 +138,9 @@ def test_weights_only_reads_true_and_false_is_refused(tmp_path: Path, capsys: py
     load is safetensors or ``torch.load(weights_only=True)``. A recorded config's ``null`` still fits."""
     assert main(["fit", "--config", TINY, "--print_config"]) == 0
     assert "\nweights_only: true\n" in capsys.readouterr().out
-    for subcommand in ("fit", "validate"):
+    for subcommand in ("fit", "validate"):  # --help says so, not Lightning's advice to give false
+        assert main([subcommand, "--help"]) == 0
+        assert "always true" in capsys.readouterr().out.split("--weights_only", 2)[2].split("--", 1)[0]
         assert main([subcommand, "--config", TINY, "--weights_only", "false",
                      "--trainer.default_root_dir", str(tmp_path)]) == 2  # fmt: skip
         assert "weights_only false: lit_psion loads weights from safetensors" in one_error_line(capsys.readouterr().err)
