@@ -28,7 +28,7 @@ class ProgressBar(RichProgressBar):
     Args:
         refresh_rate: As Lightning's (0 hides the bar).
         print_every: Steps between plain progress lines when stdout is not a terminal (default: a twentieth of
-            ``max_steps``, at least 1; 0 prints none).
+            ``max_steps``, at least 1; ``refresh_rate`` 0 prints none).
     """
 
     def __init__(self, refresh_rate: int = 1, leave: bool = False, print_every: int | None = None,

@@ -1,9 +1,14 @@
-"""What a transactional step puts back when it is rolled back: parameters, running statistics, optimizer state."""
+"""What a transactional step puts back when it is rolled back (parameters, running statistics, optimizer state), and
+what it watches and keeps of a step: the closure's loss and gradient norm, the RNG state, plain batches."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
+from torch.distributed.tensor import DTensor
 
 
 class StepSnapshot:
@@ -44,3 +49,45 @@ def copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def put_back(tensors: list[torch.Tensor], values: list[torch.Tensor]) -> None:
     for tensor, value in zip(tensors, values, strict=True):
         tensor.copy_(value)
+
+
+def rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
+
+
+def set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def is_plain(obj: Any) -> bool:
+    """Whether ``obj`` is tensors and plain Python data only (what ``torch.load(weights_only=True)`` reads back)."""
+    if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (bool, int, float, str):
+        return True
+    if type(obj) is dict:
+        return all(type(k) in (int, str) and is_plain(v) for k, v in obj.items())
+    return type(obj) in (list, tuple) and all(is_plain(v) for v in obj)
+
+
+class WatchedClosure:
+    """Lightning's training closure, remembering the loss it returned and the gradient norm it left."""
+
+    def __init__(self, closure: Callable[[], Any], params: list[torch.Tensor], scaler: Any) -> None:
+        self.closure, self.params, self.scaler = closure, params, scaler
+        self.loss = torch.tensor(float("nan"))
+        self.grad_norm = torch.zeros(())
+        self.skipped = False
+
+    def __call__(self) -> Any:
+        loss = self.closure()
+        self.skipped = loss is None  # training_step returned None: Lightning's way to skip a batch
+        if isinstance(loss, torch.Tensor):
+            self.loss = loss.detach().float()
+        norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in self.params if p.grad is not None]
+        if norms:
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+            if isinstance(norm, DTensor):  # sharded gradients: the whole model's norm, the same on every rank
+                norm = norm.full_tensor()
+            self.grad_norm = norm / self.scaler.get_scale() if self.scaler is not None else norm  # unscaled
+        return loss

@@ -45,7 +45,6 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
-from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
 from lit_psion.checkpoint_io import EXTRA_KEY, load_verified
@@ -53,7 +52,7 @@ from lit_psion.core import RunContext, RunLayout, run_context, sha256_bytes
 from lit_psion.core.chain import batch_digest
 from lit_psion.core.checkpoint import VerifiedCheckpoint
 from lit_psion.core.contracts import PURE_TRANSACTION_LOSS, StateNormed, TransactionalModule, lr_flag
-from lit_psion.core.errors import CheckpointError, EvidenceError, TransactionError
+from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError, TransactionError
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.receipt_log import emit_receipt
@@ -61,12 +60,21 @@ from lit_psion.core.receipted import receipted_checkpoints, restore_target
 from lit_psion.core.receipts import TransactionReceipt
 from lit_psion.core.skip_list import SkipList, SkippedBatch, check_skip_list, replayed_entries
 from lit_psion.core.step_logs import log_step_values
-from lit_psion.strategies.snapshot import StepSnapshot, copies, put_back, state_buffers
+from lit_psion.strategies.snapshot import (
+    StepSnapshot,
+    WatchedClosure,
+    copies,
+    is_plain,
+    put_back,
+    rng_state,
+    set_rng_state,
+    state_buffers,
+)
 
 REASONS = ("nonfinite_loss", "nonfinite_grad", "grad_norm", "state_norm", "nonfinite_post_loss", "regression",
            "skip_listed")  # fmt: skip
 """Rollback reason codes, in the order receipts list them."""
-_OVERFLOW = {"nonfinite_grad", "nonfinite_loss", "nonfinite_post_loss"}
+_OVERFLOW = {"nonfinite_grad"}
 STATE_KEY = "transactional"
 """Key of the checkpoint dict holding the strategy's state (:meth:`Transactional.transaction_state_dict`)."""
 STATE_VERSION = 1
@@ -88,50 +96,8 @@ def batch_key(batch: Any) -> str:
     return sha256_bytes(b"".join(parts))
 
 
-def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
-
-
-def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
-    torch.set_rng_state(state[0])
-    if state[1]:
-        torch.cuda.set_rng_state_all(state[1])
-
-
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _is_plain(obj: Any) -> bool:
-    """Whether ``obj`` is tensors and plain Python data only (what ``torch.load(weights_only=True)`` reads back)."""
-    if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (bool, int, float, str):
-        return True
-    if type(obj) is dict:
-        return all(type(k) in (int, str) and _is_plain(v) for k, v in obj.items())
-    return type(obj) in (list, tuple) and all(_is_plain(v) for v in obj)
-
-
-class _WatchedClosure:
-    """Lightning's training closure, remembering the loss it returned and the gradient norm it left."""
-
-    def __init__(self, closure: Callable[[], Any], params: list[torch.Tensor], scaler: Any) -> None:
-        self.closure, self.params, self.scaler = closure, params, scaler
-        self.loss = torch.tensor(float("nan"))
-        self.grad_norm = torch.zeros(())
-        self.skipped = False
-
-    def __call__(self) -> Any:
-        loss = self.closure()
-        self.skipped = loss is None  # training_step returned None: Lightning's way to skip a batch
-        if isinstance(loss, torch.Tensor):
-            self.loss = loss.detach().float()
-        norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in self.params if p.grad is not None]
-        if norms:
-            norm = torch.linalg.vector_norm(torch.stack(norms))
-            if isinstance(norm, DTensor):  # sharded gradients: the whole model's norm, the same on every rank
-                norm = norm.full_tensor()
-            self.grad_norm = norm / self.scaler.get_scale() if self.scaler is not None else norm  # unscaled
-        return loss
 
 
 class Transactional:
@@ -178,7 +144,7 @@ class Transactional:
         """
         buffer = []
         for batch, (cpu_rng, cuda_rng) in self._buffer:
-            if not _is_plain(batch):  # it would not load with weights_only=True: measured on fewer batches
+            if not is_plain(batch):  # it would not load with weights_only=True: measured on fewer batches
                 rank_zero_warn(f"a {type(batch).__name__} batch is not tensors and plain data: the transaction "
                                "buffer leaves it out of the checkpoint, so a resume measures on fewer batches")
                 continue
@@ -208,6 +174,11 @@ class Transactional:
 
     @override
     def setup(self, trainer: L.Trainer) -> None:
+        if not (module := trainer.lightning_module).automatic_optimization:  # its own opt.step(): never judged
+            raise ConfigError(f"{type(self).__name__} makes each optimizer step Lightning takes a transaction, but "
+                              f"{type(module).__name__} steps its optimizers itself (automatic_optimization is "
+                              "False), so no step would be checked or rolled back; train it without the "
+                              "transactional strategy, or with automatic optimization")  # fmt: skip
         super().setup(trainer)
         self._run = run_context(trainer)
         self.skip_list = SkipList.load(self._run.layout.skip_list)  # a resumed run skips what the first listed
@@ -254,7 +225,7 @@ class Transactional:
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         self._batch = args[0] if args else kwargs.get("batch")
-        self._batch_rng = _rng_state()  # the state this batch's training forward draws its dropout from
+        self._batch_rng = rng_state()  # the state this batch's training forward draws its dropout from
         return super().training_step(*args, **kwargs)
 
     @override
@@ -267,19 +238,21 @@ class Transactional:
         buffered = list(self._buffer)
         pre = self._remeasured(module, len(buffered))
         if pre is None:
-            before = _rng_state()
+            before = rng_state()
             pre = [self._eval_loss(module, batch, rng) for batch, rng in buffered]
-            _set_rng_state(before)  # the training forward draws from where an ordinary step would
+            set_rng_state(before)  # the training forward draws from where an ordinary step would
             put_back(buffers, snapshot.buffer_values)  # measuring is not training: running statistics stay
-        watched = _WatchedClosure(closure, params, self._scaler)
+        watched = WatchedClosure(closure, params, self._scaler)
+        scale = self._scaler.get_scale() if self._scaler is not None else None
         result = super().optimizer_step(optimizer, watched, model, **kwargs)
+        overflowed = scale is not None and self._scaler.get_scale() < scale  # the scaler skipped it, lowered its scale
         if watched.skipped:  # nothing trained (no loss, no gradients): no transaction to judge, as Lightning's own
             self._measured = None  # step leaves it (not a non-finite loss, which would count towards a stop)
             return result
-        after, current = _rng_state(), (self._batch, self._batch_rng)  # training_step ran inside the closure
+        after, current = rng_state(), (self._batch, self._batch_rng)  # training_step ran inside the closure
         stepped = copies(buffers)
         post = [self._eval_loss(module, batch, rng) for batch, rng in [*buffered, current]]
-        _set_rng_state(after)
+        set_rng_state(after)
         put_back(buffers, stepped)
         loss = watched.loss.to(self.root_device) * module.trainer.accumulate_grad_batches  # Lightning divided by it
         means = torch.stack([torch.stack([*pre, loss]).mean(), torch.stack(post).mean()]).to(self.root_device)
@@ -289,7 +262,7 @@ class Transactional:
         self._measured = None
         if reasons:
             snapshot.restore()
-            action = self._after_rollback(optimizer, key, reasons)
+            action = self._after_rollback(optimizer, key, reasons, overflowed)
         else:
             self._streak.clear()
             self._buffer.append(current)
@@ -350,7 +323,7 @@ class Transactional:
     def _eval_loss(self, module: L.LightningModule, batch: Any, rng: tuple | None) -> torch.Tensor:
         """``module``'s loss on ``batch`` with the RNG state that batch trained with."""
         if rng is not None:
-            _set_rng_state(rng)
+            set_rng_state(rng)
         with self.precision_plugin.train_step_context():  # the same numerics as the training forward
             if isinstance(module, TransactionalModule):
                 return torch.as_tensor(module.transaction_loss(batch)).detach().float()
@@ -364,9 +337,12 @@ class Transactional:
 
     # -- repeated failure ------------------------------------------------------------------------
 
-    def _after_rollback(self, optimizer: torch.optim.Optimizer, key: str, reasons: tuple[str, ...]) -> str | None:
-        if self._scaler is not None and set(reasons) <= _OVERFLOW:
-            return "scaler_overflow"  # the grad scaler skipped the step and lowered its scale: not divergence
+    def _after_rollback(self, optimizer: torch.optim.Optimizer, key: str, reasons: tuple[str, ...],
+                        overflowed: bool = False) -> str | None:  # fmt: skip
+        if overflowed and set(reasons) <= _OVERFLOW:
+            # the grad scaler found its scaled gradients non-finite, skipped the step and lowered its scale: not
+            # divergence. A non-finite loss, or a step the scaler let through, counts towards a restore and a stop.
+            return "scaler_overflow"
         if "skip_listed" in reasons:
             return "skipped"
         batch = self._batch
@@ -420,9 +396,14 @@ class Transactional:
 
     def _restore_weights(self, verified: VerifiedCheckpoint, optimizer: torch.optim.Optimizer) -> None:
         """Load the module's weights and ``optimizer``'s state from a verified checkpoint (one safetensors file)."""
-        checkpoint = load_verified(verified, map_location=self.root_device)
-        self.lightning_module.load_state_dict(checkpoint["state_dict"])
-        index = self.lightning_module.trainer.optimizers.index(optimizer)
+        checkpoint, module = load_verified(verified, map_location=self.root_device), self.lightning_module
+        before = dict(module.named_parameters())
+        module.on_load_checkpoint(checkpoint)  # as a resume does: the checkpoint's structure first (a graph core
+        module.load_state_dict(checkpoint["state_dict"])  # that grew since has other shapes, in new Parameters)
+        replaced = {id(old): new for name, new in module.named_parameters() if (old := before.get(name)) is not new}
+        for group in optimizer.param_groups:  # the optimizer steps the parameters the module now has
+            group["params"] = [replaced.get(id(param), param) for param in group["params"]]
+        index = module.trainer.optimizers.index(optimizer)
         optimizer.load_state_dict(checkpoint["optimizer_states"][index])
 
     # -- evidence --------------------------------------------------------------------------------

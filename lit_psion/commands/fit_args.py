@@ -188,6 +188,8 @@ def setting_problems(config: Any, subcommand: str | None) -> list[str]:
         problems.append(f"trainer.default_root_dir is empty; give the directory runs go in (default: {DEFAULT_ROOT})")
     if (problem := _max_time_problem(trainer.get("max_time"))) is not None:
         problems.append(problem)
+    if (problem := _strategy_device_problem(trainer.get("strategy"))) is not None:
+        problems.append(problem)
     seed = config.get("seed_everything")
     if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
         problems.append(f"seed_everything must be in 0..{2**32 - 1}, got {seed!r}")
@@ -195,6 +197,24 @@ def setting_problems(config: Any, subcommand: str | None) -> list[str]:
         problems.append(f"{', '.join(placeholders)}: still the preset's placeholder BASE_RUN_ID; give the base run "
                         "directory (runs/<run id>, and its tokenizer.json) in its place")  # fmt: skip
     return problems
+
+
+def _strategy_device_problem(strategy: Any) -> str | None:
+    """A strategy's ``device`` that is no device here (jsonargparse reported its constructor's error as "Expected a
+    <class 'str'>", exit 1)."""
+    init_args = getattr(strategy, "init_args", None)
+    device = init_args.get("device") if hasattr(init_args, "get") else None
+    if not isinstance(device, str):
+        return None
+    import torch  # (a fit's, with a strategy given: Lightning imports it anyway)
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        return f"trainer.strategy.device {device!r} is not a device (cpu, cuda:0, ...); leave it out for the default"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"trainer.strategy.device {device!r}: this machine has no CUDA device; give cpu, or leave it out"
+    return None
 
 
 def _max_time_problem(value: Any) -> str | None:

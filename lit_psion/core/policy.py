@@ -49,8 +49,8 @@ class TransactionPolicy:
                             f"measures its loss on every buffered batch), got {self.buffer_len!r}")  # fmt: skip
         for name, value in (("grad_norm_max", self.grad_norm_max), ("state_norm_max", self.state_norm_max)):
             if value is not None and not value > 0:
-                problems.append(f"{name} must be positive (no limit: null in a config, inf on the command line), got "
-                                f"{value!r}")  # fmt: skip
+                problems.append(f"{name} must be positive, or null for no limit (a session command's --{name} "
+                                f"takes inf), got {value!r}")  # fmt: skip
         if not 1 <= self.restore_after <= self.stop_after:
             problems.append(f"need 1 <= restore_after <= stop_after, got {self.restore_after!r} and "
                             f"{self.stop_after!r}")  # fmt: skip

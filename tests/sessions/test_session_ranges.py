@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from lit_psion.cli import main
 from lit_psion.core import read_json
+from tests.helpers import TINY
 from tests.sessions.helpers import meta_edit, rerecorded_optimizer, rerecorded_state, session
 
 HUGE = "99999999999999999999999"
@@ -148,12 +150,19 @@ def test_a_session_without_limits_keeps_meta_json_strict_json(trained: Path) -> 
     assert session("verify", *root) == 0
 
 
-def test_a_zero_limit_is_refused_naming_how_to_give_none(trained: Path, capsys: pytest.CaptureFixture) -> None:
-    """It said "must be positive or null": null is the config's spelling; the command line's is inf."""
+def test_a_zero_limit_is_refused_naming_how_to_give_none(trained: Path, capsys: pytest.CaptureFixture,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """It said "must be positive or null": null is the config's spelling, and a session command's is inf; then it
+    said "inf on the command line", which a fit's command line reads as text (its spelling is null, or .inf)."""
     capsys.readouterr()
     assert session("new", "--artifacts_root", str(trained), "--session_id", "z", "--grad_norm_max", "0") == 2
-    assert "grad_norm_max must be positive (no limit: null in a config, inf on the command line), got 0" in \
-        capsys.readouterr().err  # fmt: skip
+    said = "grad_norm_max must be positive, or null for no limit (a session command's --grad_norm_max takes inf)"
+    assert f"{said}, got 0" in capsys.readouterr().err
+    fit = ["fit", "--config", TINY, "--trainer.strategy", "transactional", "--trainer.max_steps", "1",
+           "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    assert main([*fit, "--trainer.strategy.policy.grad_norm_max", "0"]) == 2
+    assert f"{said}, got 0" in capsys.readouterr().err
+    assert main([*fit, "--trainer.strategy.policy.grad_norm_max", "null"]) == 0  # following it works
 
 
 @pytest.mark.parametrize("existing_root", [False, True], ids=["new root", "existing root"])
