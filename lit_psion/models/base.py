@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_psion.core.errors import CheckpointError
 from lit_psion.core.step_logs import drop_unwritten_step_logs, forget_joined_step_logs
 
 
@@ -42,6 +43,18 @@ class LitModule(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As torch's, except that weights which do not fit this model (names missing or extra, other shapes: a
+        checkpoint whose manifest was rewritten over other tensors) are a CheckpointError (exit 4), not a crash."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as error:
+            if not str(error).startswith("Error(s) in loading state_dict"):
+                raise
+            problems = " ".join(str(error).split("\n", 1)[-1].split())
+            raise CheckpointError(f"the checkpoint's weights do not fit {type(self).__name__}: {problems[:300]}; "
+                                  "load it with the model of the run that wrote it") from error  # fmt: skip
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
         # A model that writes its step's row in on_train_batch_end has kept nothing when the next step starts,

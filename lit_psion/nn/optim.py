@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lit_psion.core.errors import ConfigError
+from lit_psion.core.errors import CheckpointError, ConfigError
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -189,7 +189,7 @@ def build_optimizer(
     adamw_kwargs = {"lr": config.lr, "betas": config.betas}
     if config.name == "adamw":
         groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], **adamw_kwargs)
+        return held_to_its_params(torch.optim.AdamW([g for g in groups if g["params"]], **adamw_kwargs))
     muon_params = [p for p in matrices if id(p) in hidden_ids]
     others = [p for p in matrices if id(p) not in hidden_ids]
     if not muon_params:
@@ -204,9 +204,26 @@ def build_optimizer(
     )
     groups = [{"params": others, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     if not any(group["params"] for group in groups):  # Muon takes every trainable tensor (LoRA adapters can)
-        return muon
+        return held_to_its_params(muon)
     adamw = torch.optim.AdamW([g for g in groups if g["params"]], **adamw_kwargs)
-    return MuonAdamW(muon, adamw)
+    return MuonAdamW(held_to_its_params(muon), held_to_its_params(adamw))
+
+
+def held_to_its_params(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``optimizer``, refusing a loaded state whose per-parameter tensors do not have their parameters' shapes (a
+    checkpoint's optimizer state from another model): a CheckpointError (exit 4) at the load, before a step fails
+    deep in the update with a size mismatch."""
+
+    def check(loaded: torch.optim.Optimizer) -> None:
+        for param in (param for group in loaded.param_groups for param in group["params"]):
+            for key, value in loaded.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise CheckpointError(f"the checkpoint's optimizer state does not fit the model: its {key!r} of a "
+                                          f"parameter of shape {tuple(param.shape)} has shape {tuple(value.shape)}; "
+                                          "load it with the model of the run that wrote it")  # fmt: skip
+
+    optimizer.register_load_state_dict_post_hook(check)
+    return optimizer
 
 
 def finite_steps(estimate: float) -> int:
