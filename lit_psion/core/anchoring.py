@@ -40,6 +40,10 @@ def unreceipted_problem(checkpoint: VerifiedCheckpoint, receipts: CheckpointRece
 
 
 NOT_IN_CHAIN = "the receipt head its manifest records is not in the run's receipts"
+SUPERSEDED = "a later attempt resumed from an earlier checkpoint after the head its manifest records"
+"""An attempt killed after writing a checkpoint but before its durable receipt, then resumed from the checkpoint
+before (the pointer's): the checkpoint is the killed attempt's, vouched for by nothing, and used by nothing (the
+resumed attempt writes its step again)."""
 
 
 def unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
@@ -71,6 +75,8 @@ def unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
                 ended_at = step_out
             # Under gradient accumulation the micro-batches after the step's last one receipt the same step again.
             again = ended_at == step and (step_in, step_out) == (step - 1, step)
+            if anchored and receipt.get("kind") == "training_run" and _resumed_before(receipt.get("body"), step):
+                return SUPERSEDED
             if anchored and step_in is not None and step_in < step and not again:
                 return f"the run's receipts go on from step {step_in} after the head its manifest records"
             anchored = anchored or digest == head
@@ -82,3 +88,11 @@ def unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
         return (f"the run's receipts, one every {interval} step(s), had reached only step {ended_at} at the head its "
                 f"manifest records, so step {step} would have been receipted before its checkpoint")  # fmt: skip
     return None
+
+
+def _resumed_before(body: object, step: int) -> bool:
+    """Whether a ``training_run`` receipt's body is a resume from a checkpoint before ``step``."""
+    from lit_psion.core.skip_list import resumed_step
+
+    resumed = resumed_step(body) if isinstance(body, dict) else None
+    return resumed is not None and resumed < step

@@ -22,7 +22,14 @@ from lit_psion.core.checkpoint import (
     verify_checkpoint,
 )
 from lit_psion.core.digest import sha256_file
-from lit_psion.core.errors import CheckpointError, ConfigError, DataError, EvidenceError, LitPsionError
+from lit_psion.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EvidenceError,
+    LitPsionError,
+    SupersededCheckpoint,
+)
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RECEIPTS_FILE, RunLayout, refuse_a_stray_checkpoint, step_of
 from lit_psion.core.lock import LOCK_FILE, unusable_lock
@@ -259,6 +266,10 @@ def audit_checkpoints(layout: RunLayout) -> list[Verdict]:
             continue
         try:
             as_receipted(verified, receipted)
+        except SupersededCheckpoint as error:  # a kill's leftover, not a forgery: nothing loads it
+            verdicts.append(Verdict(name, True, f"{len(verified.manifest.files)} files match the manifest; not vouched "
+                                    f"for ({str(error).split(': ', 1)[-1]})"))  # fmt: skip
+            continue
         except (CheckpointError, EvidenceError) as error:
             verdicts.append(_fail(name, error))
             continue
@@ -321,6 +332,8 @@ def audit_files(layout: RunLayout, record: RunRecord, recorded: Recorded | None 
         elif ok and recorded.configs and actual not in recorded.current_configs:  # an earlier attempt's, put back
             ok, detail = False, (f"{detail}, but it is an earlier attempt's: the run trained on after it with "
                                  "another config.yaml, which a resume would compare its settings with")
+        elif not ok and {actual, wanted} <= recorded.current_configs:  # a resume killed before it wrote its own
+            ok, detail = True, f"{detail}: the attempt's before, which a resume accepts (the last one stopped first)"
         verdicts.append(Verdict(layout.config.name, ok, detail, 0 if ok else DataError.exit_code))
     if record.data_manifest_digest is None or not layout.data_manifest.is_file():
         return verdicts

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lit_psion.core.anchoring import NOT_IN_CHAIN, at_the_run_head, unanchored, unreceipted_problem
+from lit_psion.core.anchoring import NOT_IN_CHAIN, SUPERSEDED, at_the_run_head, unanchored, unreceipted_problem
 from lit_psion.core.chain import cut_short
-from lit_psion.core.errors import CheckpointError, EvidenceError
+from lit_psion.core.errors import CheckpointError, EvidenceError, SupersededCheckpoint
 from lit_psion.core.files import read_json, unique_keys
 from lit_psion.core.layout import RunLayout, linked, step_of
 from lit_psion.core.loadable import structure_problem
@@ -361,6 +361,10 @@ def as_receipted(checkpoint: VerifiedCheckpoint, receipts: CheckpointReceipts) -
                                     "head was durable before the checkpoint was written): the log was cut, or the "
                                     "checkpoint is another copy of the run's; restore the log from a backup, or move "
                                     "the checkpoint out of the run")  # fmt: skip
+            if problem == SUPERSEDED:
+                raise SupersededCheckpoint(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, and "
+                                           f"{problem}: an attempt killed before its receipt left it, vouched for by "
+                                           "nothing; the resumed attempt writes its step again")  # fmt: skip
             raise CheckpointError(f"checkpoint {checkpoint.path.name} has no durable checkpoint receipt, and "
                                   f"{problem}: the run's fit did not write it")  # fmt: skip
         if (problem := unreceipted_problem(checkpoint, receipts)) is not None:

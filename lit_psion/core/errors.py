@@ -66,6 +66,11 @@ class EvidenceError(LitPsionError):
     failure_class = "evidence_invalid"
 
 
+class SupersededCheckpoint(CheckpointError):
+    """A checkpoint an attempt killed before its durable receipt left, which a later attempt resumed before: vouched
+    for by nothing and used by nothing (the resumed attempt writes its step again)."""
+
+
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be made durable (disk full, I/O error): the previous one stays pointed at."""
 

@@ -23,11 +23,14 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
     was never a validation's.
 
     Only the current attempt's receipts count (metrics.csv keeps its rows: a restart in place drops the earlier
-    attempt's, a resume those past its checkpoint). ``train/loss`` is held to the step receipts only for a model that
-    signs its settings (lit_psion's, which write the row with the receipt's loss at every world size and under
-    gradient accumulation); a model of one's own logs what it chooses under that name.
+    attempt's, a resume those past its checkpoint; a kill just after its first receipt leaves them, so a score no
+    receipt of this attempt records may be the earlier attempt's, as its receipt records it). ``train/loss`` is held
+    to the step receipts only for a model that signs its settings (lit_psion's, which write the row with the
+    receipt's loss at every world size and under gradient accumulation); a model of one's own logs what it chooses
+    under that name.
     """
     recorded: dict[tuple[int, str], float] = {}
+    abandoned: dict[tuple[int, str], float] = {}  # an earlier attempt's, past where the last one started
     scored: set[str] = set()
     signed, sealed_at, evaluated, latest = False, None, set(), {}
     with open(layout.receipts, encoding="utf-8") as handle:  # (verified by the caller: every line parses)
@@ -39,9 +42,11 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
             sealed_at = body.get("step") if receipt.kind == "chain_seal" else (
                 sealed_at if receipt.kind == "chain_repair" else None)  # fmt: skip
             if receipt.kind == "training_run" and body.get("event") == "started":
-                recorded.clear()  # an attempt started afresh: the earlier one's rows are gone from metrics.csv
+                abandoned |= recorded  # an attempt started afresh: the earlier one's rows are gone from metrics.csv
+                recorded.clear()  # (once it writes it: a kill before then leaves them, genuine: see below)
                 evaluated.clear()
             elif receipt.kind == "training_run" and (step := resumed_step(body)) is not None:
+                abandoned |= {key: value for key, value in recorded.items() if key[0] > step}
                 recorded = {key: value for key, value in recorded.items() if key[0] <= step}  # replayed from here
                 evaluated = {key for key in evaluated if key[0] <= step}
             if receipt.kind == "training_run":
@@ -65,6 +70,8 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
             said = recorded.get((step, name))
             if name in scored and (said is None or not _close(value, said)) and (step - 1, name) in recorded:
                 said = recorded[(step - 1, name)]  # one amid an accumulation window: Lightning files it a step on
+            if said is None and name in scored and _close(value, abandoned.get((step, name), math.nan)):
+                continue  # an earlier attempt's, which this one drops from metrics.csv just after its first receipt
             if said is None and name in scored and math.isfinite(value):  # every validation of a fit has one
                 return (f"metrics.csv's {name} at step {step} is {value:.6g}, but no eval receipt records {name} at "
                         "that step: the file was edited; the receipts' scores are the run's")  # fmt: skip

@@ -55,7 +55,17 @@ ACCEPTED = [  # (what the receipts record, what metrics.csv holds): each was "th
     ("a resume: the steps past its checkpoint, trained again (and decided otherwise, or not receipted)",
      (_started(), _step(1, 3.0), _step(2, 9.0), _started(event="resumed", lineage=("checkpoints/step-000001",))),
      {"train/loss": [(1, 3.0), (2, 2.0)]}),
+    ("a resume killed just after its receipt: the earlier attempt's score past its checkpoint, not yet dropped",
+     (_started(), _step(1, 3.0), _step(2, 2.8), _eval(2, 2.5),
+      _started(event="resumed", lineage=("checkpoints/step-000001",))), {"val/loss": [(2, 2.5)]}),
 ]
+
+
+def test_a_score_past_a_resumed_checkpoint_is_held_to_the_earlier_attempts_receipt(tmp_path: Path) -> None:
+    layout = _run(tmp_path, _started(), _step(1, 3.0), _step(2, 2.8), _eval(2, 2.5),
+                  _started(event="resumed", lineage=("checkpoints/step-000001",)))  # fmt: skip
+    said = unvouched_metric(layout, {"val/loss": [(2, 2.4)]})
+    assert said is not None and "val/loss at step 2 is 2.4, but no eval receipt records" in said
 
 
 @pytest.mark.parametrize(("case", "bodies", "rows"), ACCEPTED, ids=[c[0].split(":")[0][:40] for c in ACCEPTED])
