@@ -491,8 +491,9 @@ def resolve_checkpoint(
 
 
 def _continue_instead(layout: RunLayout) -> str:
-    """A new run started by mistake and stopped hides a paused one from ``--ckpt_path last``: name that one."""
-    if (found := layout.unfinished_sibling()) is None:
+    """A new run started by mistake and stopped (or failed before its first checkpoint) hides the one to continue
+    from ``--ckpt_path last``: name that one (a paused one first, else the newest that completed)."""
+    if (found := layout.sibling_to_continue()) is None:
         return ""
     name, record = found
     return (f"; run {name} in the same root has one ({record.get('status')} at step {record.get('global_step')}): "

@@ -88,17 +88,18 @@ class RunLayout:
     def run_file(self) -> Path:
         return self.run_dir / RUN_FILE
 
-    def unfinished_sibling(self) -> tuple[str, dict[str, Any]] | None:
-        """The newest other run in this root that has a checkpoint pointer and did not complete, with its run.json
-        record (None: there is none)."""
+    def sibling_to_continue(self) -> tuple[str, dict[str, Any]] | None:
+        """The newest other run in this root that has a checkpoint pointer and did not complete, else the newest
+        that completed, with its run.json record (None: there is none)."""
+        found: list[tuple[str, dict[str, Any]]] = []
         with contextlib.suppress(OSError):
             for other in sorted((p.name for p in self.root.iterdir() if p.name != self.run_id), reverse=True):
                 sibling = RunLayout(self.root, other)
                 with contextlib.suppress(OSError, ValueError):
                     record = read_json(sibling.run_file)
-                    if isinstance(record, dict) and record.get("status") != "completed" and sibling.pointer.is_file():
-                        return other, record
-        return None
+                    if isinstance(record, dict) and sibling.pointer.is_file():
+                        found.append((other, record))
+        return next((run for run in found if run[1].get("status") != "completed"), found[0] if found else None)
 
     @property
     def config(self) -> Path:

@@ -241,7 +241,7 @@ def test_no_pointer_and_nothing_that_verifies_is_refused(layout: RunLayout) -> N
     assert f"or this one again from step 0 in its place (LIT_PSION_RUN_ID={layout.run_id} and no" in str(refused.value)
 
 
-def test_a_run_started_by_mistake_names_the_paused_run_it_hides(layout: RunLayout) -> None:
+def test_a_run_started_by_mistake_names_the_run_it_hides(layout: RunLayout) -> None:
     """A paused run, then a new fit started without --ckpt_path and stopped before its first checkpoint:
     latest_run.json names the new one, and the refusal never said the paused run could be continued."""
     paused, done = RunLayout(layout.root, "run-0-paused"), RunLayout(layout.root, "run-0-done")
@@ -255,7 +255,11 @@ def test_a_run_started_by_mistake_names_the_paused_run_it_hides(layout: RunLayou
     with pytest.raises(CheckpointError, match=r"give a run that has one \(a run still training writes one at its "
                        r"first checkpoint step; one that stopped before it never will\)$"):  # fmt: skip
         resolve_checkpoint(layout)  # a reader (generate, ckpt verify, adapter export) is not told to train
-    paused.pointer.unlink()  # none left to continue: nothing more is said
+    paused.pointer.unlink()  # a completed run may be continued too (a new run that failed before its first
+    with pytest.raises(CheckpointError, match="; run run-0-done in the same root has one \\(completed at step 7\\): "
+                       "continue it with LIT_PSION_RUN_ID=run-0-done and no --ckpt_path"):  # checkpoint hid it)
+        resolve_checkpoint(layout, resuming=True)
+    done.pointer.unlink()  # none left to continue: nothing more is said
     with pytest.raises(CheckpointError, match=r"one that stopped before it never will$"):
         resolve_checkpoint(layout, resuming=True)
 
