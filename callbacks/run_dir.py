@@ -58,6 +58,7 @@ class RunDirectory(Callback):
         self.record: RunRecord | None = None
         self._completed = False  # this fit recorded its run completed (an exception after that changes nothing)
         self._trained = False  # on_train_start ran (Lightning skips it for a resume already at max_steps)
+        self._validated_at: int | None = None  # the step of this fit's last validation (the summary's scores)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -214,6 +215,11 @@ class RunDirectory(Callback):
             self._save(trainer)
 
     @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_at = trainer.global_step
+
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trained = True
         if trainer.ckpt_path is not None:  # restored by now; every rank's optimizer takes the config's settings
@@ -285,9 +291,11 @@ class RunDirectory(Callback):
             pointer = None
         checkpoint = layout.checkpoints / pointer.checkpoint if pointer is not None else "none"
         metrics = {k: f"{float(v):.5g}" for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics and self._validated_at not in (None, trainer.global_step):  # (the scores are that validation's)
+            metrics["validated at"] = f"step {self._validated_at}"
         console = PipedConsole(highlight=False, soft_wrap=True)  # paths stay whole for copy and paste
         said = [layout.run_id, str(self.record.status) if self.record else "", f"at step {trainer.global_step}",
-                *(f"{k}={v}" for k, v in metrics.items())]  # fmt: skip
+                *(f"{k}={v}" if k.startswith("val/") else f"({k} {v})" for k, v in metrics.items())]  # fmt: skip
         console.print(f"[bold]run[/bold] {' '.join(part for part in said if part)}")
         console.print(f"  run directory  {layout.run_dir}")
         console.print(f"  checkpoint     {checkpoint}")

@@ -271,3 +271,13 @@ def test_a_shortened_flag_is_not_read_as_the_flag_it_begins(argv: list[str], fla
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"unrecognized arguments: {flag}" in line, line
+
+
+@pytest.mark.parametrize(("interval", "said"), [(5, " (validated at step 5)"), (4, "")])
+def test_the_summary_says_when_its_scores_were_measured(tmp_path: Path, capsys: pytest.CaptureFixture, interval: int,
+                                                       said: str) -> None:  # fmt: skip
+    """`completed at step 8 val/loss=4.1237` showed step 5's validation as the final model's score."""
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "8",
+               "--trainer.val_check_interval", str(interval)) == 0  # fmt: skip
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("run "))
+    assert " completed at step 8 val/loss=" in line and line.endswith(said) and line.count("validated") == bool(said)
