@@ -80,10 +80,16 @@ def _a_file(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def _a_run(tmp_path: Path) -> str:
-    (tmp_path / "old" / "r1").mkdir(parents=True)
+def _a_root(tmp_path: Path) -> str:
+    (tmp_path / "old" / "r1").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "old" / "latest_run.json").write_text('{"run_id": "r1"}')
+    return str(tmp_path / "old")
+
+
+def _a_run(tmp_path: Path, inside: str = "") -> str:
+    (tmp_path / "old" / "r1" / inside).mkdir(parents=True)
     (tmp_path / "old" / "r1" / "run.json").write_text("{}")
-    return str(tmp_path / "old" / "r1")
+    return str(tmp_path / "old" / "r1" / inside).removesuffix("/")
 
 
 ERRORS = [
@@ -131,6 +137,10 @@ ERRORS = [
      "step-000004': no such checkpoint; give a <run>/checkpoints/step-NNNNNN directory"),
     ("a run directory as the checkpoint", lambda p: ["--ckpt_path", _a_run(p)], 2,
      "is a run directory, not one of its checkpoints; give one of its checkpoints/step-NNNNNN"),
+    ("a run's checkpoints directory as the checkpoint", lambda p: ["--ckpt_path", _a_run(p, "checkpoints")], 2,
+     "is a run's checkpoints directory, not one of its checkpoints; give one of its checkpoints/step-NNNNNN"),
+    ("a runs root as the checkpoint", lambda p: ["--ckpt_path", _a_root(p)], 2,
+     "is a runs root, not a checkpoint; give --trainer.default_root_dir "),
     ("bad sampling, refused before training",
      lambda p: ["--trainer.callbacks+=lit_psion.callbacks.GenerateSample", "--trainer.callbacks.top_k", "0"], 2,
      "top_k must be >= 1"),

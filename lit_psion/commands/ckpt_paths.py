@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_psion.core.errors import CheckpointError, ConfigError, LitPsionError
-from lit_psion.core.layout import RunLayout
+from lit_psion.core.layout import LATEST_FILE, RunLayout
 
 LIGHTNING_CKPT_WORDS = ("best", "hpc", "registry")
 """Lightning's own ``ckpt_path`` words, for checkpoints lit_psion does not write or verify."""
@@ -26,6 +26,12 @@ def refuse_unusable_ckpt_path(ckpt_path: str | None, manifest_file: str) -> None
     if RunLayout.of(path).is_run():
         raise ConfigError(f"--ckpt_path {ckpt_path!r} is a run directory, not one of its checkpoints; give "
                           f"{_checkpoint_of(RunLayout.of(path))}")
+    if path.name == "checkpoints" and RunLayout.of(path.parent).is_run():
+        raise ConfigError(f"--ckpt_path {ckpt_path!r} is a run's checkpoints directory, not one of its checkpoints; "
+                          f"give {_checkpoint_of(RunLayout.of(path.parent))}")
+    if (path / LATEST_FILE).is_file():
+        raise ConfigError(f"--ckpt_path {ckpt_path!r} is a runs root, not a checkpoint; give "
+                          f"--trainer.default_root_dir {ckpt_path!r} --ckpt_path last to continue its latest run")
     raise ConfigError(f"--ckpt_path {ckpt_path!r} is not a lit_psion checkpoint directory (a "
                       f"<run>/checkpoints/step-NNNNNN with manifest.json); {fix}")
 

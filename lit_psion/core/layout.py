@@ -240,7 +240,7 @@ def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
     path = Path(path)
     for parent in list(path.parents)[:3]:
         if RunLayout.of(parent).is_run():
-            return f"{str(path)!r} is inside run directory {str(parent)!r}; give that directory"
+            return f"{str(path)!r} is inside run directory {str(parent)!r}; give that run directory"
     for place in [path, *list(path.parents)[:3]]:  # a session's files are checked by the session commands
         if place.parent.name == "sessions" and (place / "meta.json").is_file():
             root = shell_words(place.parent.parent)

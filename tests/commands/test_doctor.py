@@ -199,7 +199,7 @@ def test_a_path_inside_a_run_is_pointed_to_its_run(completed: RunLayout, capsys:
     capsys.readouterr()
     assert main([*command, str(completed.run_dir / inside)]) == 2
     err = capsys.readouterr().err
-    assert f"is inside run directory {str(completed.run_dir)!r}; give that directory" in err
+    assert f"is inside run directory {str(completed.run_dir)!r}; give that run directory" in err
     assert "no run.json" not in err
 
 
