@@ -40,6 +40,7 @@ from lit_psion.core.errors import (
 )
 from lit_psion.core.files import read_json
 from lit_psion.core.layout import RunLayout
+from lit_psion.core.manifest import SETTING_FLAGS
 from lit_psion.core.pointer import CheckpointPointer, read_pointer, write_pointer
 from lit_psion.core.receipt_log import receipt_log
 from lit_psion.core.receipts import CheckpointReceipt
@@ -300,8 +301,7 @@ def _readable_pointer(layout: RunLayout) -> CheckpointPointer | None:
         return None
 
 
-SHOWN_SETTINGS = 3
-"""At most this many differing model settings are named in a refusal; the rest are counted."""
+SHOWN_SETTINGS = 3  # at most this many differing settings are named in a refusal; the rest are counted
 
 
 def _leaves(node: Any, prefix: str) -> dict[str, Any]:
@@ -397,8 +397,7 @@ def changed_settings(recorded_yaml: str | None, given_yaml: str | None) -> tuple
                  for key in sorted(recorded.keys() | given.keys()) if recorded.get(key) != given.get(key))  # fmt: skip
 
 
-def _recordable(value: Any) -> Any:
-    """``value`` as a receipt can record it: an infinity (a policy's "no limit") or a NaN as its text."""
+def _recordable(value: Any) -> Any:  # as a receipt can record it: an infinity ("no limit") or a NaN as its text
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
@@ -415,9 +414,10 @@ def changed_on_resume(layout: RunLayout, config_yaml: str) -> tuple[tuple[str, A
 def resume_warning(run_id: str, changed: tuple[tuple[str, Any, Any], ...],
                    config_yaml: str | None = None) -> str | None:  # fmt: skip
     """The lines naming the changes a resume makes to how its run trains, or None. A longer (or shorter) run is not
-    news in itself; it is when the learning-rate schedule of ``config_yaml`` decays over the fit's length."""
-    lines = []
-    if told := [(key, before, now) for key, before, now in changed if key not in STEP_COUNT]:
+    news in itself; it is when the learning-rate schedule of ``config_yaml`` decays over the fit's length. Nor is a data
+    setting the manifest pins (a resume is refused unless the manifest is the same: it changed nothing trained on)."""
+    lines, pinned = [], {f"data.{name}" for name in SETTING_FLAGS.values()}
+    if told := [(key, before, now) for key, before, now in changed if key not in STEP_COUNT | pinned]:
         shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in told[:SHOWN_SETTINGS])
         more = f"; {len(told) - SHOWN_SETTINGS} more" if len(told) > SHOWN_SETTINGS else ""
         lines.append(f"lit_psion: warning: run {run_id} continues with settings its config.yaml had otherwise "

@@ -359,3 +359,20 @@ def test_a_sigterm_after_the_steps_checkpoint_hook_still_checkpoints_the_step(
     assert_tree_equal(latest_checkpoint(tmp_path)["state_dict"], uninterrupted[0]["state_dict"])
     rows = _train_rows(tmp_path / read_latest(tmp_path))
     assert [step for step, _ in rows] == [str(step) for step in range(N)]  # each step's row once, at its own step
+
+
+def test_a_pinned_data_setting_that_changed_nothing_is_recorded_but_not_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--data.documents paragraph`` where ``auto`` had resolved to it: the resume trains bitwise as the run would
+    have, yet was told "from here it is not the run an uninterrupted fit would give"."""
+    root = ("--trainer.default_root_dir", str(tmp_path))
+    assert fit(*root, "--trainer.max_steps", "3") == 0
+    run = tmp_path / read_latest(tmp_path)
+    assert json.loads((run / "data_manifest.json").read_text())["documents"] == "paragraph"
+    capsys.readouterr()
+    assert fit(*root, "--trainer.max_steps", "6", "--ckpt_path", "last", "--data.documents", "paragraph") == 0
+    assert "had otherwise" not in capsys.readouterr().err
+    receipts = [json.loads(line) for line in (run / "receipts.jsonl").read_text().splitlines()]
+    resumed = next(r["body"] for r in receipts if r["body"].get("event") == "resumed")
+    assert ["data.documents", "auto", "paragraph"] in resumed["changed_settings"]
