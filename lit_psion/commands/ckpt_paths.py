@@ -26,9 +26,9 @@ def refuse_unusable_ckpt_path(ckpt_path: str | None, manifest_file: str) -> None
     if RunLayout.of(path).is_run():
         raise ConfigError(f"--ckpt_path {ckpt_path!r} is a run directory, not one of its checkpoints; give "
                           f"{_checkpoint_of(RunLayout.of(path))}")
-    if path.name == "checkpoints" and RunLayout.of(path.parent).is_run():
+    if (above := RunLayout.of(path.parent)).is_run() and path == above.checkpoints:
         raise ConfigError(f"--ckpt_path {ckpt_path!r} is a run's checkpoints directory, not one of its checkpoints; "
-                          f"give {_checkpoint_of(RunLayout.of(path.parent))}")
+                          f"give {_checkpoint_of(above)}")
     if (path / LATEST_FILE).is_file():
         raise ConfigError(f"--ckpt_path {ckpt_path!r} is a runs root, not a checkpoint; give "
                           f"--trainer.default_root_dir {ckpt_path!r} --ckpt_path last to continue its latest run")
