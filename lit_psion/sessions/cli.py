@@ -24,6 +24,7 @@ from lit_psion.sessions.store import (
     MU_MAX,
     OPTIM,
     PLASTIC,
+    SETTINGS,
     Store,
     is_plain_name,
 )
@@ -385,9 +386,7 @@ def _train(store: Store, parsed: argparse.Namespace) -> None:
         if not 0 <= parsed.mu <= MU_MAX:
             raise ConfigError(f"--mu must be a drift size in [0, {MU_MAX:g}], got {parsed.mu!r}")
         parsed.mu += 0.0  # -0.0 is 0.0, as the session records and says it
-        keys = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "gate_chunks", "rollback_tol", "grad_norm_max",
-                "state_norm_max")  # fmt: skip
-        settings = {key: getattr(parsed, key) for key in keys}
+        settings = {key: getattr(parsed, key) for key in SETTINGS}
         commands.new_session(store, parsed.session_id, parsed.mu, parsed.env_mode, settings)
     elif parsed.command == "fork":
         commands.fork_session(store, parsed.parent_session_id, parsed.child_session_id, parsed.copy_optimizer,

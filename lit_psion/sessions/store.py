@@ -59,6 +59,9 @@ class SignatureMismatch(CheckpointError):
     failure_class = "signature_mismatch"
 
 
+SETTINGS = ("lr", "momentum", "ns_steps", "chunk", "buffer_len", "gate_chunks", "rollback_tol", "grad_norm_max",
+            "state_norm_max")  # fmt: skip
+"""What ``session new`` records under ``settings`` (a session made before the promotion gate has no gate_chunks)."""
 INT_SETTINGS = ("ns_steps", "chunk", "buffer_len", "gate_chunks")
 """A session's settings that are counts; the others (lr, momentum, the policy's limits) are numbers."""
 OPTIONAL_SETTINGS = ("grad_norm_max", "state_norm_max", "rollback_tol")
@@ -100,6 +103,8 @@ def _session_record_problem(meta: dict[str, Any]) -> str | None:
     settings = meta["settings"]
     if not isinstance(settings, dict):
         return f"settings is {settings!r}, not an object"
+    if unknown := sorted(str(key) for key in settings if key not in SETTINGS):  # a setting no run would read
+        return f"settings.{unknown[0]} is not a session setting (session new records {', '.join(SETTINGS)})"
     for key, value in settings.items():
         whole = key in INT_SETTINGS
         if value is None and key in OPTIONAL_SETTINGS:

@@ -124,6 +124,8 @@ def test_session_verify_checks_every_file_meta_json_records(trained: Path, capsy
 FORGED_SESSIONS = [  # (case, what is done, exit code of run and verify, what the line says)
     ("artifacts a string", meta_edit(lambda m: m.update(artifacts="x")), 5, "artifacts is 'x'"),
     ("a setting in words", meta_edit(lambda m: m["settings"].update(chunk="big")), 5, "settings.chunk is 'big'"),
+    ("a setting no run reads", meta_edit(lambda m: m["settings"].update(extra=1)), 5,  # passed show, verify, run
+     "settings.extra is not a session setting"),
     ("runs an object", meta_edit(lambda m: m.update(runs={})), 5, "runs is {}"),
     ("an older schema", meta_edit(lambda m: m.update(schema_version=1)), 5, "schema_version is 1"),
     ("meta.json deleted", lambda root: (root / "sessions" / "s1" / "meta.json").unlink(), 5,
