@@ -174,7 +174,8 @@ class Transactional:
 
     @override
     def setup(self, trainer: L.Trainer) -> None:
-        if not (module := trainer.lightning_module).automatic_optimization:  # its own opt.step(): never judged
+        if trainer.training and not (module := trainer.lightning_module).automatic_optimization:  # its own
+            # opt.step() is never judged (an evaluation takes no step: nothing to refuse)
             raise ConfigError(f"{type(self).__name__} makes each optimizer step Lightning takes a transaction, but "
                               f"{type(module).__name__} steps its optimizers itself (automatic_optimization is "
                               "False), so no step would be checked or rolled back; train it without the "
@@ -397,8 +398,9 @@ class Transactional:
     def _restore_weights(self, verified: VerifiedCheckpoint, optimizer: torch.optim.Optimizer) -> None:
         """Load the module's weights and ``optimizer``'s state from a verified checkpoint (one safetensors file)."""
         checkpoint, module = load_verified(verified, map_location=self.root_device), self.lightning_module
-        before = dict(module.named_parameters())
-        module.on_load_checkpoint(checkpoint)  # as a resume does: the checkpoint's structure first (a graph core
+        before, now = dict(module.named_parameters()), module.state_dict()
+        if any(name in now and now[name].shape != value.shape for name, value in checkpoint["state_dict"].items()):
+            module.on_load_checkpoint(checkpoint)  # as a resume does: the checkpoint's structure first (a graph core
         module.load_state_dict(checkpoint["state_dict"])  # that grew since has other shapes, in new Parameters)
         replaced = {id(old): new for name, new in module.named_parameters() if (old := before.get(name)) is not new}
         for group in optimizer.param_groups:  # the optimizer steps the parameters the module now has

@@ -59,7 +59,7 @@ def unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
     head, step = checkpoint.manifest.receipts_head, checkpoint.step
     if head is None or not chain.is_file():
         return None  # written before manifests anchored the chain, or by a fit without receipts
-    anchored, ended_at, interval = False, None, None
+    anchored, ended_at, interval, superseded = False, None, None, None
     with chain.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
             try:
@@ -75,8 +75,11 @@ def unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
                 ended_at = step_out
             # Under gradient accumulation the micro-batches after the step's last one receipt the same step again.
             again = ended_at == step and (step_in, step_out) == (step - 1, step)
-            if anchored and receipt.get("kind") == "training_run" and _resumed_before(receipt.get("body"), step):
-                return SUPERSEDED
+            if anchored and superseded is None and receipt.get("kind") != "chain_repair":  # (a torn tail mended)
+                # the receipt right after the head: a later attempt's resume from before the checkpoint?
+                superseded = receipt.get("kind") == "training_run" and _resumed_before(receipt.get("body"), step)
+            if superseded:
+                break  # a later attempt: what it receipts is its own (the checks below still hold the head)
             if anchored and step_in is not None and step_in < step and not again:
                 return f"the run's receipts go on from step {step_in} after the head its manifest records"
             anchored = anchored or digest == head
@@ -87,7 +90,7 @@ def unanchored(checkpoint: VerifiedCheckpoint, chain: Path) -> str | None:
     if ended_at is not None and interval is not None and step - ended_at >= interval:
         return (f"the run's receipts, one every {interval} step(s), had reached only step {ended_at} at the head its "
                 f"manifest records, so step {step} would have been receipted before its checkpoint")  # fmt: skip
-    return None
+    return SUPERSEDED if superseded else None
 
 
 def _resumed_before(body: object, step: int) -> bool:

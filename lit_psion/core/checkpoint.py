@@ -491,10 +491,10 @@ def resolve_checkpoint(
 
 
 def _continue_instead(layout: RunLayout) -> str:
-    """A new run started by mistake and stopped (or failed before its first checkpoint) hides the one to continue
-    from ``--ckpt_path last``: name that one (a paused one first, else the newest that completed)."""
+    """A new run stopped or failed before its first checkpoint hides the one to continue: name it (layout's order)."""
     if (found := layout.sibling_to_continue()) is None:
         return ""
     name, record = found
+    longer = " and a larger --trainer.max_steps" if record.get("status") == "completed" else ""
     return (f"; run {name} in the same root has one ({record.get('status')} at step {record.get('global_step')}): "
-            f"continue it with LIT_PSION_RUN_ID={name} and no --ckpt_path")
+            f"continue it with LIT_PSION_RUN_ID={name} and no --ckpt_path{longer}")

@@ -89,8 +89,8 @@ class RunLayout:
         return self.run_dir / RUN_FILE
 
     def sibling_to_continue(self) -> tuple[str, dict[str, Any]] | None:
-        """The newest other run in this root that has a checkpoint pointer and did not complete, else the newest
-        that completed, with its run.json record (None: there is none)."""
+        """The newest other run in this root that has a checkpoint pointer and is paused (or was killed while
+        active), else the newest that completed, else the newest that failed, with its run.json record (None: none)."""
         found: list[tuple[str, dict[str, Any]]] = []
         with contextlib.suppress(OSError):
             for other in sorted((p.name for p in self.root.iterdir() if p.name != self.run_id), reverse=True):
@@ -99,7 +99,8 @@ class RunLayout:
                     record = read_json(sibling.run_file)
                     if isinstance(record, dict) and sibling.pointer.is_file():
                         found.append((other, record))
-        return next((run for run in found if run[1].get("status") != "completed"), found[0] if found else None)
+        order = {"paused": 0, "active": 0, "completed": 1}  # then a failed one, which may have stopped on its data
+        return min(found, key=lambda run: order.get(str(run[1].get("status")), 2), default=None)  # (newest first)
 
     @property
     def config(self) -> Path:

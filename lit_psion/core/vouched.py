@@ -32,7 +32,7 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
     recorded: dict[tuple[int, str], float] = {}
     abandoned: dict[tuple[int, str], float] = {}  # an earlier attempt's, past where the last one started
     scored: set[str] = set()
-    signed, sealed_at, evaluated, latest = False, None, set(), {}
+    signed, sealed_at, evaluated, latest, progressed = False, None, set(), {}, False
     with open(layout.receipts, encoding="utf-8") as handle:  # (verified by the caller: every line parses)
         for line in handle:
             if not line.strip():
@@ -42,13 +42,18 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
             sealed_at = body.get("step") if receipt.kind == "chain_seal" else (
                 sealed_at if receipt.kind == "chain_repair" else None)  # fmt: skip
             if receipt.kind == "training_run" and body.get("event") == "started":
-                abandoned |= recorded  # an attempt started afresh: the earlier one's rows are gone from metrics.csv
-                recorded.clear()  # (once it writes it: a kill before then leaves them, genuine: see below)
+                # an attempt started afresh: the earlier one's rows are gone from metrics.csv (the previous attempt's
+                # only: one that trained had dropped those before it)
+                abandoned = (abandoned if not progressed else {}) | recorded
+                recorded.clear()  # (once it trains: a kill before then leaves them, genuine: see below)
                 evaluated.clear()
             elif receipt.kind == "training_run" and (step := resumed_step(body)) is not None:
-                abandoned |= {key: value for key, value in recorded.items() if key[0] > step}
+                abandoned = (abandoned if not progressed else {}) | {k: v for k, v in recorded.items() if k[0] > step}
                 recorded = {key: value for key, value in recorded.items() if key[0] <= step}  # replayed from here
                 evaluated = {key for key in evaluated if key[0] <= step}
+            if receipt.kind in ("trainer_step", "eval") or (receipt.kind == "training_run" and body.get("event") in (
+                    "started", "resumed")):  # fmt: skip
+                progressed = receipt.kind != "training_run"  # whether the last attempt trained or validated yet
             if receipt.kind == "training_run":
                 signed = body.get("model_signature") is not None
             elif receipt.kind == "eval" and isinstance(body.get("scores"), dict):
@@ -60,6 +65,8 @@ def unvouched_metric(layout: RunLayout, series: dict[str, list[tuple[int, float]
             elif receipt.kind == "trainer_step":
                 recorded[(body["step_out"], "train/loss")] = body["loss"]
     vouched = scored | ({"train/loss"} if signed else set())
+    if progressed or sealed_at is not None:  # the last attempt trained on: it dropped the earlier one's rows
+        abandoned.clear()
     if isinstance(sealed_at, int) and (said := _not_of_the_sealed_run(
             {name: rows for name, rows in series.items() if name in vouched}, sealed_at, evaluated, recorded)):
         return said

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_psion.cli import main
+from lit_psion.core import atomic_write_json, read_json
 from lit_psion.core.run import read_latest
 from tests.helpers import callbacks_config, fit_subprocess, latest_checkpoint
 
@@ -123,3 +124,22 @@ def test_doctor_accepts_what_a_resume_killed_at_its_start_leaves(
     assert main(["doctor", str(run)]) == 0
     finished = latest_checkpoint(root / "runs")["state_dict"]
     assert all(torch.equal(finished[name], value) for name, value in uninterrupted.items())
+
+
+def test_a_checkpoint_planted_under_a_later_step_is_still_a_forgery(killed: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """After the killed resume, a copy of the killed attempt's checkpoint renamed to step 40 (its manifest rewritten,
+    every digest matching) passed as the kill's leftover: the head's later checks were skipped."""
+    root = Path(shutil.copytree(killed, tmp_path / "copy"))
+    overlay = callbacks_config(tmp_path / "kill.json", (f"{__name__}.KillAfterResumedReceipt", {}))
+    done = fit_subprocess(*SHAPE, "--trainer.default_root_dir", str(root / "runs"), "--ckpt_path", "last",
+                          "--config", overlay)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    run = root / "runs" / read_latest(root / "runs")
+    planted = Path(shutil.copytree(run / "checkpoints" / "step-000008", run / "checkpoints" / "step-000040"))
+    manifest = read_json(planted / "manifest.json") | {"step": 40}
+    atomic_write_json(planted / "manifest.json", manifest)
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 4
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "step-000040" in line]
+    assert line.startswith("FAIL") and "did not write it" in line, line

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +246,8 @@ def test_a_run_started_by_mistake_names_the_run_it_hides(layout: RunLayout) -> N
     """A paused run, then a new fit started without --ckpt_path and stopped before its first checkpoint:
     latest_run.json names the new one, and the refusal never said the paused run could be continued."""
     paused, done = RunLayout(layout.root, "run-0-paused"), RunLayout(layout.root, "run-0-done")
-    for other, status in ((paused, "paused"), (done, "completed")):
+    failed = RunLayout(layout.root, "run-9-failed")  # the newest, diverged: named only when nothing else is there
+    for other, status in ((paused, "paused"), (done, "completed"), (failed, "failed")):
         other.checkpoints.mkdir(parents=True)
         other.run_file.write_text(json.dumps({"status": status, "global_step": 7}))
         other.pointer.write_text("{}")
@@ -256,10 +258,14 @@ def test_a_run_started_by_mistake_names_the_run_it_hides(layout: RunLayout) -> N
                        r"first checkpoint step; one that stopped before it never will\)$"):  # fmt: skip
         resolve_checkpoint(layout)  # a reader (generate, ckpt verify, adapter export) is not told to train
     paused.pointer.unlink()  # a completed run may be continued too (a new run that failed before its first
-    with pytest.raises(CheckpointError, match="; run run-0-done in the same root has one \\(completed at step 7\\): "
-                       "continue it with LIT_PSION_RUN_ID=run-0-done and no --ckpt_path"):  # checkpoint hid it)
+    with pytest.raises(CheckpointError, match=re.escape(
+            "; run run-0-done in the same root has one (completed at step 7): continue it with "
+            "LIT_PSION_RUN_ID=run-0-done and no --ckpt_path and a larger --trainer.max_steps")):  # checkpoint hid it)
         resolve_checkpoint(layout, resuming=True)
-    done.pointer.unlink()  # none left to continue: nothing more is said
+    done.pointer.unlink()
+    with pytest.raises(CheckpointError, match="; run run-9-failed in the same root has one \\(failed at step 7\\)"):
+        resolve_checkpoint(layout, resuming=True)
+    failed.pointer.unlink()  # none left to continue: nothing more is said
     with pytest.raises(CheckpointError, match=r"one that stopped before it never will$"):
         resolve_checkpoint(layout, resuming=True)
 

@@ -15,7 +15,7 @@ from lit_psion.core.vouched import unvouched_metric
 
 def _run(tmp_path: Path, *bodies: object) -> RunLayout:
     layout = RunLayout(tmp_path, "r1")
-    layout.run_dir.mkdir()
+    layout.run_dir.mkdir(parents=True)
     log = ReceiptLog(layout.receipts, run_id="r1")
     for body in bodies:
         log.append(body)
@@ -66,6 +66,11 @@ def test_a_score_past_a_resumed_checkpoint_is_held_to_the_earlier_attempts_recei
                   _started(event="resumed", lineage=("checkpoints/step-000001",)))  # fmt: skip
     said = unvouched_metric(layout, {"val/loss": [(2, 2.4)]})
     assert said is not None and "val/loss at step 2 is 2.4, but no eval receipt records" in said
+    # once the resumed attempt trains, it has dropped the earlier attempt's rows: one put back is not vouched for
+    trained_on = _run(tmp_path / "on", _started(), _step(1, 3.0), _step(2, 2.8), _eval(2, 2.5),
+                      _started(event="resumed", lineage=("checkpoints/step-000001",)), _step(2, 2.7))  # fmt: skip
+    said = unvouched_metric(trained_on, {"val/loss": [(2, 2.5)]})
+    assert said is not None and "val/loss at step 2 is 2.5, but no eval receipt records" in said
 
 
 @pytest.mark.parametrize(("case", "bodies", "rows"), ACCEPTED, ids=[c[0].split(":")[0][:40] for c in ACCEPTED])

@@ -31,16 +31,17 @@ class ManualLM(DecoderLM):
         return loss
 
 
-@pytest.mark.parametrize("strategy", ["transactional", "auto"])
+@pytest.mark.parametrize(("command", "strategy"), [("fit", "transactional"), ("fit", "auto"),
+                                                  ("validate", "transactional")])  # fmt: skip
 def test_a_model_that_steps_itself_is_refused_by_the_transactional_strategy(
-    tmp_path: Path, capsys: pytest.CaptureFixture, strategy: str
+    tmp_path: Path, capsys: pytest.CaptureFixture, command: str, strategy: str
 ) -> None:
     capsys.readouterr()
-    code = main(["fit", "--config", TINY, "--model.class_path", f"{__name__}.ManualLM", "--trainer.strategy", strategy,
-                 "--trainer.gradient_clip_val", "null", "--trainer.max_steps", "3",
+    code = main([command, "--config", TINY, "--model.class_path", f"{__name__}.ManualLM", "--trainer.strategy",
+                 strategy, "--trainer.gradient_clip_val", "null", "--trainer.max_steps", "3",
                  "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
-    if strategy == "auto":  # (the model itself trains: it is the combination that is refused)
-        assert code == 0
+    if strategy == "auto" or command == "validate":  # (the model trains alone, and an evaluation takes no step:
+        assert code == 0  # it is training under the strategy that is refused)
         return
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_psion: error")]
     assert code == 2 and len(err) == 1 and "automatic_optimization is False" in err[0], err
