@@ -184,17 +184,20 @@ class KillDuringCheckpointWrite(Callback):
 
 
 class KillAfterPointer(Callback):
-    """SIGKILL this process right after the pointer moves to checkpoint ``step`` (before anything else runs)."""
+    """SIGKILL this process right after the pointer moves to checkpoint ``step`` (before anything else runs), or
+    with ``before``, once the checkpoint is renamed in but before the pointer moves to it."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, before: bool = False) -> None:
+        self.step, self.before = step, before
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         from lit_psion.callbacks import checkpoint
 
-        original, step = checkpoint.write_pointer, self.step
+        original, step, before = checkpoint.write_pointer, self.step, self.before
 
         def write_then_die(layout: Any, pointer: Any) -> Any:
+            if before and pointer.step == step:
+                os.kill(os.getpid(), signal.SIGKILL)
             written = original(layout, pointer)
             if written.step == step:
                 os.kill(os.getpid(), signal.SIGKILL)

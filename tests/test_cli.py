@@ -68,14 +68,8 @@ def test_corrupt_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert "model.safetensors' is corrupt: expected sha256" in capsys.readouterr().err
 
 
-def _empty_file(tmp_path: Path) -> str:
-    path = tmp_path / "empty.txt"
-    path.write_text("")
-    return str(path)
-
-
-def _a_file(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "extra.yaml"
+def _a_file(tmp_path: Path, text: str, name: str = "extra.yaml") -> str:
+    path = tmp_path / name
     path.write_text(text)
     return str(path)
 
@@ -103,7 +97,7 @@ ERRORS = [
     ("bad value", lambda p: ["--trainer.max_steps", "many"], 2, "trainer.max_steps: 'many' is not an int; give one"),
     ("invalid model", lambda p: ["--model.init_args.decoder.n_head", "3"], 2, "n_head must divide d_model"),
     ("missing data file", lambda p: ["--data.files", "nowhere.txt"], 3, "data file not found: 'nowhere.txt'"),
-    ("empty corpus", lambda p: ["--data.files", _empty_file(p)], 3, "corpus is empty"),
+    ("empty corpus", lambda p: ["--data.files", _a_file(p, "", "empty.txt")], 3, "corpus is empty"),
     ("block larger than corpus", lambda p: ["--data.block_size", "20000"], 3, "block_size 20000 needs at least"),
     ("nothing to resume", lambda p: ["--ckpt_path", "last"], 4, "no run to continue"),
     ("lightning's optimizer group", lambda p: ["--optimizer", "torch.optim.SGD"], 2, "--optimizer is not used"),

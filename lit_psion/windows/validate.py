@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +134,9 @@ def sealed_submissions(program: Program, window_id: str) -> dict[str, dict[str, 
     raise EvidenceError(f"{str(path)!r} records no seal of {window_id}; seal it first")
 
 
-def disposals_before(program: Program, before: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(window id, ``disposed`` receipt body) of every assignment scored in a window planned before ``before``.
+def disposals_before(program: Program, before: str) -> list[tuple[str, dict[str, Any]]]:
+    """(window id, ``disposed`` receipt body) of every assignment scored in a window planned before ``before``
+    (read once per ``score``: its duplicate and same-delta checks both take them).
 
     Read from each window's verified receipts, never its ``dispositions.json``: an edited record could otherwise
     make a later contribution a "duplicate", or hide an earlier one a later contribution copies.
@@ -144,22 +144,22 @@ def disposals_before(program: Program, before: str) -> Iterator[tuple[str, dict[
     Raises:
         EvidenceError: an earlier window's receipt chain does not verify (exit 5).
     """
-    for window_id in program.window_ids():
-        if window_id >= before:
-            break
+    found = []
+    for window_id in (window_id for window_id in program.window_ids() if window_id < before):
         verify_window_chain(program, window_id)
-        for line in log_lines((program.window_dir(window_id) / RECEIPTS_FILE).read_text(encoding="utf-8")):
-            receipt = parse_receipt(line)
-            if receipt.kind == "adapter_contribution" and receipt.body["event"] == "disposed":
-                yield window_id, receipt.body
+        receipts = (parse_receipt(line) for line in log_lines(
+            (program.window_dir(window_id) / RECEIPTS_FILE).read_text(encoding="utf-8")))  # fmt: skip
+        found += [(window_id, r.body) for r in receipts if r.kind == "adapter_contribution"
+                  and r.body["event"] == "disposed"]  # fmt: skip
+    return found
 
 
-def seen_artifacts(program: Program, before: str) -> set[str]:
+def seen_artifacts(program: Program, earlier: list[tuple[str, dict[str, Any]]]) -> set[str]:
     """The digests of every artifact scored in an earlier window of the program, file bytes and tensors alike (a
     receipt written before the content digest was recorded in its evidence has it recomputed from the contribution's
     file, when that is still the sealed bytes)."""
     seen = set()
-    for window_id, body in disposals_before(program, before):
+    for window_id, body in earlier:
         if body["artifact_digest"]:
             content = (body.get("evidence") or {}).get("content_digest") or _recomputed_content(
                 program, window_id, body["assignment_id"], body["artifact_digest"])  # fmt: skip
@@ -280,7 +280,8 @@ def score(root: Path, window_id: str) -> dict[str, Any]:
     revision = program.revision(plan.input_checkpoint, plan.input_revision)
     state = load_verified(revision)
     shapes = expected_shapes(state["decoder_config"], plan.lora)
-    seen = seen_artifacts(program, window_id)
+    earlier = disposals_before(program, window_id)
+    seen = seen_artifacts(program, earlier)
     entries: dict[str, dict[str, Any]] = {}
     measured: dict[str, dict[str, torch.Tensor]] = {}
     for assignment in plan.assignments:
@@ -305,7 +306,7 @@ def score(root: Path, window_id: str) -> dict[str, Any]:
         if not reasons and tensors is not None:
             measured[aid] = tensors
         seen |= {d for d in (sealed[aid]["artifact"], entry.get("content_digest")) if d}  # later copies: duplicates
-    _measure(plan, state, measured, entries, program)
+    _measure(plan, state, measured, entries, program, earlier)
     for entry in entries.values():
         entry["disposition"] = disposition_for(entry["reasons"])
         entry["eligible"] = entry["disposition"] == ACCEPTED
@@ -326,7 +327,8 @@ def score(root: Path, window_id: str) -> dict[str, Any]:
 
 
 def _measure(plan: WindowPlan, state: dict[str, Any], measured: dict[str, dict[str, torch.Tensor]],
-             entries: dict[str, dict[str, Any]], program: Program) -> None:  # fmt: skip
+             entries: dict[str, dict[str, Any]], program: Program,
+             earlier: list[tuple[str, dict[str, Any]]]) -> None:  # fmt: skip
     """Quarantine the measured contributions whose delta norm is an outlier or whose delta alone regresses held out."""
     from lit_psion.nn.decoder import Decoder, DecoderConfig
     from lit_psion.nn.lora import inject_lora
@@ -340,7 +342,7 @@ def _measure(plan: WindowPlan, state: dict[str, Any], measured: dict[str, dict[s
     finite = {aid: norm for aid, norm in norms.items() if math.isfinite(norm)}
     median = statistics.median(finite.values()) if finite else 0.0
     outliers = norm_outliers(finite, policy.norm_factor) | (norms.keys() - finite.keys())
-    repeats = same_delta_as_earlier(program, plan.window_id, factors, norms)  # "w-NNNN/aNN"
+    repeats = same_delta_as_earlier(program, earlier, factors, norms)  # "w-NNNN/aNN"
     repeats |= {later: earlier for later, earlier in _same_delta(factors, norms) if later not in repeats}  # "aNN"
     for later, earlier in repeats.items():
         entries[later]["reasons"].append("duplicate_artifact")  # the same update under other bytes (or factors)
@@ -393,9 +395,10 @@ def _comparable(first: dict[str, tuple[torch.Tensor, ...]], second: dict[str, tu
         for layer, (b, a, _) in first.items())  # fmt: skip
 
 
-def same_delta_as_earlier(program: Program, window_id: str, factors: dict[str, dict[str, tuple[torch.Tensor, ...]]],
+def same_delta_as_earlier(program: Program, earlier: list[tuple[str, dict[str, Any]]],
+                          factors: dict[str, dict[str, tuple[torch.Tensor, ...]]],
                           norms: dict[str, float]) -> dict[str, str]:  # fmt: skip
-    """Measured contribution -> the accepted contribution of an earlier window of the program (``w-NNNN/aNN``)
+    """Measured contribution -> the accepted contribution among ``earlier`` (:func:`disposals_before`: ``w-NNNN/aNN``)
     whose dW it repeats (cosine >= :data:`SAME_DELTA_COSINE`): the within-window test, across windows.
 
     Each earlier accepted adapter is read once, held to the artifact digest its window's receipts record, compared
@@ -406,7 +409,7 @@ def same_delta_as_earlier(program: Program, window_id: str, factors: dict[str, d
     """
     pending = {aid for aid in factors if math.isfinite(norms[aid]) and norms[aid] > 0}
     found: dict[str, str] = {}
-    for earlier_window, body in disposals_before(program, window_id) if pending else ():
+    for earlier_window, body in earlier if pending else ():
         if not pending:
             break
         if body["disposition"] != ACCEPTED:

@@ -29,25 +29,6 @@ from tests.helpers import callbacks_config, fit_subprocess, latest_checkpoint
 SHAPE = ["--trainer.max_steps", "12", "--checkpoint.every_n_train_steps", "4", "--trainer.val_check_interval", "6"]
 
 
-class KillBeforePointer(Callback):
-    """SIGKILL this process once checkpoint ``step`` is renamed in, before the pointer moves to it."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from lit_psion.callbacks import checkpoint
-
-        original, step = checkpoint.write_pointer, self.step
-
-        def die_first(layout: Any, pointer: Any) -> Any:
-            if pointer.step == step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return original(layout, pointer)
-
-        checkpoint.write_pointer = die_first
-
-
 class KillAfterResumedReceipt(Callback):
     """SIGKILL this process right after the resume's ``training_run`` receipt, before anything else it writes."""
 
@@ -85,7 +66,7 @@ class KillAtConfigRewrite(Callback):
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("killed")
-    overlay = callbacks_config(root / "kill.json", (f"{__name__}.KillBeforePointer", {"step": 8}))
+    overlay = callbacks_config(root / "kill.json", ("KillAfterPointer", {"step": 8, "before": True}))
     done = fit_subprocess(*SHAPE, "--trainer.default_root_dir", str(root / "runs"), "--config", overlay)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     run = root / "runs" / read_latest(root / "runs")
