@@ -16,7 +16,7 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
     """Neither the litlogger tip nor Lightning's own line for Ctrl-C (a blank line and "Detected KeyboardInterrupt,
     attempting graceful shutdown ..."): lit_psion's line says what the interrupted fit kept."""
     message = str(record.msg)
-    return not (message.startswith("\N{ELECTRIC LIGHT BULB} Tip:") or "Detected KeyboardInterrupt" in message)
+    return not (message.startswith("\U0001f4a1 Tip:") or "Detected KeyboardInterrupt" in message)
 
 
 def quiet_lightning(own_trainer: bool = False) -> None:
