@@ -260,9 +260,10 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
         return StorageFull(f"reading or writing{where} failed: {full.strerror or full}; free space (or fix the "
                            "device), then run the command again (a fit continues with --ckpt_path last)")  # fmt: skip
     if locked is not None:  # a cache or directory this user may not write (read-only, another owner's)
-        return ConfigError(f"{locked.filename!r} cannot be used ({locked.strerror}); give this user access to it, or "
-                           "another place (--data.cache_dir or LIT_PSION_CACHE for a cache, "
-                           "--trainer.default_root_dir for runs)")  # fmt: skip
+        return ConfigError(f"{locked.filename!r} cannot be used ({locked.strerror}); give this user access to it "
+                           "(its mode, owner or mount, or its directory's), or another "
+                           "place (--data.cache_dir or LIT_PSION_CACHE for a cache, --trainer.default_root_dir for "
+                           "runs)")  # fmt: skip
     if lost_peer is not None:
         first_line = (str(lost_peer).strip().splitlines() or [type(lost_peer).__name__])[0]
         agent = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") not in ("", "0")  # an agent that restarts us

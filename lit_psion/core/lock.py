@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import stat
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -91,6 +92,12 @@ class RunLock:
             message = (f"{str(self.directory)!r} is locked by {who}: another writer is using it; wait for it to "
                        "finish (the lock goes with its process: no lock file needs removing)")  # fmt: skip
             raise LockedError(message) from None
+        try:
+            _can_create_files(self.directory)
+        except ConfigError:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise
         self.holder = LockHolder(pid=os.getpid(), host=socket.gethostname(), purpose=self.purpose,
                                  since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
         os.ftruncate(fd, 0)
@@ -171,6 +178,26 @@ def unusable_lock(directory: str | Path) -> str | None:
     return f"is {what}, not a lock file: a fit or command that writes the run refuses it; remove it"
 
 
+def _can_create_files(directory: Path) -> None:
+    """A writer replaces its records through new files beside them (a temporary file, then a rename): a directory
+    whose mode lets its lock file (made before) be opened but no file be made in it would let the writer append
+    to what is there and then fail at its first record, a half-written run. So a file is made and removed first."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check.", dir=directory)
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise _not_writable(directory, error) from error
+        raise
+    os.close(fd)
+    os.unlink(name)
+
+
+def _not_writable(directory: Path, error: OSError) -> ConfigError:
+    return ConfigError(f"{str(directory)!r} cannot be written ({error.strerror}); make it writable, or give the "
+                       "command a directory you can write (--out; for a run, copy it somewhere writable and give "
+                       "--trainer.default_root_dir there)")  # fmt: skip
+
+
 def _open(path: Path) -> int:
     """The lock file, created if need be; never followed through a symlink."""
     try:
@@ -183,9 +210,7 @@ def _open(path: Path) -> int:
         return fd
     except OSError as error:
         if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # nobody holds it: the directory cannot be written
-            raise ConfigError(f"{str(path.parent)!r} cannot be written ({error.strerror}); make it writable, or give "
-                              "the command a directory you can write (--out; for a run, copy it somewhere writable "
-                              "and give --trainer.default_root_dir there)") from error  # fmt: skip
+            raise _not_writable(path.parent, error) from error
         if error.errno in (errno.ELOOP, errno.EISDIR):  # something else in the lock file's place: nobody holds it
             what = "a symlink" if error.errno == errno.ELOOP else "a directory"
             raise ConfigError(f"cannot lock {str(path.parent)!r}: {str(path)!r} is {what}, not a lock file, so no "
