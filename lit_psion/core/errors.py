@@ -9,6 +9,7 @@ import site
 import sys
 import sysconfig
 import traceback
+from pathlib import Path
 
 
 class LitPsionError(Exception):
@@ -179,6 +180,18 @@ def _innermost_not_a_librarys(error: BaseException) -> traceback.FrameSummary | 
     return None
 
 
+def _file_where_a_directory_belongs(error: BaseException) -> str | None:
+    """For a file made or opened under a path one of whose directories is a file (a cache's ``tokenizers`` left as
+    a file): that file; None for any other error (a directory that already exists is no such error)."""
+    if not isinstance(error, OSError) or error.errno not in (errno.ENOTDIR, errno.EEXIST) or not error.filename:
+        return None
+    path = Path(os.fsdecode(error.filename))
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else str(candidate)
+    return None
+
+
 def _link_loop(error: BaseException) -> str | None:
     """The path of a symbolic link loop ``error`` ran into (``Path.resolve`` raises a RuntimeError on one, opening
     through one an ELOOP OSError), else None."""
@@ -242,6 +255,12 @@ def lit_psion_cause(error: BaseException) -> LitPsionError | None:
         if (loop := _link_loop(current)) is not None:
             return ConfigError(f"{loop!r} is a symbolic link that leads back to itself (a link loop); remove or fix "
                                "the link, or give another path")  # fmt: skip
+        if (blocked := _file_where_a_directory_belongs(current)) is not None:
+            inside = "" if blocked == os.fsdecode(current.filename) else f" (for {os.fsdecode(current.filename)!r})"
+            return ConfigError(f"{blocked!r} is a file where a directory belongs{inside}; move it aside or remove it "
+                               "(a cache rebuilds what it held), or give another place "
+                               "(--data.cache_dir or LIT_PSION_CACHE for a cache, --trainer.default_root_dir for "
+                               "runs)")  # fmt: skip
         if isinstance(current, OSError) and current.errno == errno.ENAMETOOLONG:
             return ConfigError(f"path {current.filename!r} is too long for the file system (a name over 255 bytes, "
                                "or the whole path over 4,096); give a shorter path")  # fmt: skip
