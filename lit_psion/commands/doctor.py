@@ -119,14 +119,7 @@ def _not_a_number(metrics: Path) -> str | None:
 def _membership(layout: RunLayout) -> list[Verdict]:
     """A mesh run's membership: each receipted epoch follows the one before it (epoch, members, world size), and
     membership.json, which carries no digest, agrees with the last epoch the receipts and checkpoint record."""
-    from lit_psion.core.checkpoint import MANIFEST_FILE
-    from lit_psion.core.membership import (
-        Membership,
-        last_receipted,
-        read_membership,
-        receipted_epochs,
-        trusted_previous,
-    )
+    from lit_psion.core.membership import receipted_epochs, run_membership
 
     try:
         epochs = receipted_epochs(layout.receipts, layout.run_id)
@@ -143,16 +136,11 @@ def _membership(layout: RunLayout) -> list[Verdict]:
                             f"{after['previous_world_size']}): an epoch was started from an edited {name}; the run's "
                             "membership history is not the mesh's", EvidenceError.exit_code)]  # fmt: skip
     try:
-        pointer = read_json(layout.pointer) if layout.pointer.is_file() else {}
-        manifest = layout.checkpoints / str(pointer.get("checkpoint")) / MANIFEST_FILE
-        recorded = read_json(manifest).get("membership") if pointer and manifest.is_file() else None
-        checkpointed = Membership.from_json_dict(recorded) if isinstance(recorded, dict) else None
-        last = trusted_previous(checkpointed, last_receipted(layout.receipts, layout.run_id, epochs),
-                                read_membership(layout), layout.membership)  # fmt: skip
+        last, _ = run_membership(layout, epochs)
     except EvidenceError as error:
         return [Verdict(name, False, str(error), error.exit_code)]
-    except (OSError, ValueError, AttributeError):
-        return []  # (a pointer or manifest that cannot be read is the checkpoints verdict's)
+    except (OSError, ValueError):
+        return []  # (the receipts' verdict says what is wrong with the chain)
     where = f"epoch {last.epoch}, world size {last.world_size}" if last is not None else "no epoch yet"
     return [Verdict(name, True, f"{len(epochs)} receipted epoch(s), each following the last; the mesh continues "
                     f"from {where}")]

@@ -44,9 +44,10 @@ from lit_psion.core.membership import (
     NODE_INSTANCE_ENV,
     NODE_MARKERS_ENV,
     STOPPING,
+    Membership,
     check_global_batch,
     read_drain_requests,
-    read_membership,
+    run_membership,
     write_drain_requests,
 )
 from lit_psion.core.run import RUN_ID_ENV, RunRecord, RunStatus
@@ -143,6 +144,7 @@ def launch_node(parsed: object, extra: list[str]) -> int:
     _check_names(parsed)
     if (batch_size := _global_batch(parsed.config, extra)) is not None:
         check_global_batch(batch_size, parsed.nnodes, parsed.nproc_per_node)
+    strategy = _mesh_strategy(parsed.config, extra)
     _wait_for_the_store(host, int(port), parsed.node_id, parsed.join_timeout)
     rdzv_conf = f"{RDZV_CONF},join_timeout={parsed.join_timeout},last_call_timeout={parsed.last_call}"
     settings = {"nnodes": parsed.nnodes, "rdzv_backend": "c10d", "rdzv_endpoint": parsed.store,
@@ -158,7 +160,7 @@ def launch_node(parsed: object, extra: list[str]) -> int:
                "--nproc-per-node", str(parsed.nproc_per_node), "--rdzv-backend", "c10d",
                "--rdzv-endpoint", parsed.store, "--rdzv-id", parsed.run_id, "--rdzv-conf", rdzv_conf,
                "--max-restarts", str(parsed.max_restarts), "--monitor-interval", "1",
-               "-m", "lit_psion", "fit", *configs, *_mesh_strategy(parsed.config, extra), *extra]  # fmt: skip
+               "-m", "lit_psion", "fit", *configs, *strategy, *extra]  # fmt: skip
     agent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
                              start_new_session=True, preexec_fn=_die_with_the_launcher)  # fmt: skip
     timed_out, held = threading.Event(), []
@@ -366,11 +368,26 @@ def _wait_or_kill(process: subprocess.Popen, seconds: float) -> None:
 
 def _mesh_strategy(configs: list[str], extra: list[str]) -> list[str]:
     """``--trainer.strategy elastic_mesh`` unless a config or an argument already names a mesh strategy (whose
-    settings that flag would replace)."""
-    texts = [Path(path).read_text(errors="replace") for path in configs if Path(path).is_file()]
-    if any("ElasticMesh" in text or "elastic_mesh" in text for text in [*texts, " ".join(extra)]):
-        return []
-    return ["--trainer.strategy", "elastic_mesh"]
+    settings that flag would replace). Any other strategy is refused: the workers would train under torchrun's agent
+    with no membership epoch, receipt or drain (a flag given after ours would win over it)."""
+    import yaml
+
+    given: list[tuple[str, str]] = []
+    for path in configs:
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError, AttributeError):
+            trainer = (yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}
+            if trainer.get("strategy") is not None:
+                given.append((path, json.dumps(trainer["strategy"], default=str)))
+    for at, arg in enumerate(extra):
+        name, equals, value = arg.partition("=")
+        if name in ("--trainer.strategy", "--trainer.strategy.class_path"):
+            given.append((name, value if equals else (extra[at + 1] if at + 1 < len(extra) else "")))
+    for where, value in given:
+        if "elastic_mesh" not in value and "ElasticMesh" not in value:
+            raise ConfigError(f"{where} sets the strategy {value.strip(chr(34))[:80]!r}, but `mesh launch` trains with "
+                              "elastic_mesh (DDP with receipted membership epochs); leave the strategy out (a sharded "
+                              "run continues with `fit --config configs/overlays/fsdp.yaml`)")  # fmt: skip
+    return [] if given else ["--trainer.strategy", "elastic_mesh"]
 
 
 TRACEBACK_CONTINUED = re.compile(r"frame #\d+: |Exception raised from |<omitting python frames>|The above exception|"
@@ -408,7 +425,8 @@ def _echo(stream: IO[str], timed_out: threading.Event, tracebacks: list[str]) ->
 def request_drain(run_dir: Path, node: str) -> None:
     """Ask ``node`` to leave the mesh training ``run_dir`` after the next checkpoint."""
     layout = run_layout(run_dir)
-    membership = read_membership(layout)
+    last, ahead = _current_membership(layout)
+    membership = ahead or last  # (a start that stopped before it trained: its nodes may start again)
     if membership is None:
         raise ConfigError(f"{str(run_dir)!r} is not a mesh run (it has no membership); `mesh drain` applies to runs "
                           "trained by `mesh launch`")  # fmt: skip
@@ -439,17 +457,44 @@ def _run_state(layout: RunLayout) -> str:
     return f"{record.status} {'after' if record.status == 'failed' else 'at'} step {record.global_step}"
 
 
+def _current_membership(layout: RunLayout) -> tuple[Membership | None, Membership | None]:
+    """The membership the run's records vouch for, and ``membership.json``'s when it is the epoch after it: one
+    forming while a fit holds the run, else a start that stopped before it trained (whose nodes may start again):
+    :func:`~lit_psion.core.membership.run_membership`.
+
+    Raises:
+        EvidenceError: ``membership.json`` was edited or damaged, or the receipts cannot be read (exit 5).
+    """
+    from lit_psion.core.errors import EvidenceError
+
+    try:
+        return run_membership(layout)
+    except (OSError, ValueError) as error:
+        if isinstance(error, EvidenceError):
+            raise
+        raise EvidenceError(f"run {layout.run_id}: its receipts cannot be read ({error}); check the run with "
+                            f"python -m lit_psion doctor {layout.run_dir}") from error  # fmt: skip
+
+
 def print_status(run_dir: Path) -> None:
     layout = run_layout(run_dir)
-    membership = read_membership(layout)
+    last, ahead = _current_membership(layout)
+    holder = lock_holder(layout.run_dir)
+    membership, note = last, ""
+    if ahead is not None and holder is not None:
+        membership, note = ahead, f"  epoch {ahead.epoch} is forming (not receipted yet)"
+    elif ahead is not None:
+        note = (f"  {layout.membership.name} holds epoch {ahead.epoch}, a start that stopped before it trained; the "
+                f"next start continues from epoch {last.epoch if last else 0}")  # fmt: skip
     if membership is None:
-        print(f"{layout.run_id}: no membership yet (not a mesh run, or it has not started)")
+        print(f"{layout.run_id}: no membership yet (not a mesh run, or it has not started){chr(10) * bool(note)}{note}")
         return
     print(f"{layout.run_id}: {_run_state(layout)}, membership epoch {membership.epoch}, world size "
           f"{membership.world_size}")  # fmt: skip
     for node, state in sorted(membership.nodes.items()):
         print(f"  {node:<24} {state}")
-    if pending := sorted(node for node in read_drain_requests(layout) if node in membership.active):
+    if pending := sorted(node for node in read_drain_requests(layout) if node in (ahead or membership).active):
         print(f"  drain requested: {', '.join(pending)} (not yet picked up)")
-    holder = lock_holder(layout.run_dir)
+    if note:
+        print(note)
     print(f"  writer: {holder.describe() if holder else 'none (no fit is running)'}")

@@ -13,6 +13,7 @@ rank whatever each agent's own restart count says. Framework-free.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import math
@@ -240,6 +241,33 @@ def trusted_previous(checkpointed: Membership | None, receipted: Membership | No
     raise EvidenceError(f"{str(where)!r} does not match the run's receipts and checkpoint: it says epoch "
                         f"{recorded.epoch} ({_nodes(recorded)}, world size {recorded.world_size}), they record {said}; "
                         "it was edited or damaged: remove it, and the next start writes it again from them")
+
+
+def run_membership(
+    layout: RunLayout, epochs: list[dict[str, Any]] | None = None
+) -> tuple[Membership | None, Membership | None]:
+    """What a run's records say of its mesh: the last epoch its latest checkpoint and its receipts record (with
+    ``membership.json``'s drain marks and launch tokens where it agrees: :func:`trusted_previous`), and
+    ``membership.json``'s own epoch when it is the one after that (a start not receipted yet: forming while a fit
+    runs, else stopped before it trained), else None. ``epochs``: :func:`receipted_epochs`, if already read.
+
+    Raises:
+        EvidenceError: ``membership.json`` is damaged or says another epoch, other nodes or another world size.
+    """
+    from lit_psion.core.checkpoint import MANIFEST_FILE
+
+    epochs = receipted_epochs(layout.receipts, layout.run_id) if epochs is None else epochs
+    checkpointed = None
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):  # (the checkpoints' verdicts say why)
+        pointer = read_json(layout.pointer) if layout.pointer.is_file() else {}
+        manifest = layout.checkpoints / str(pointer.get("checkpoint")) / MANIFEST_FILE
+        recorded = read_json(manifest).get("membership") if pointer and manifest.is_file() else None
+        checkpointed = Membership.from_json_dict(recorded) if isinstance(recorded, dict) else None
+    recorded = read_membership(layout)
+    last = trusted_previous(checkpointed, last_receipted(layout.receipts, layout.run_id, epochs), recorded,
+                            layout.membership)  # fmt: skip
+    ahead = recorded if recorded is not None and recorded.epoch == (last.epoch if last else 0) + 1 else None
+    return last, ahead
 
 
 TRAINING = {NodeState.ACTIVE, NodeState.DRAINING}

@@ -302,7 +302,8 @@ DRAINS = [
     ("the last active node", lambda layout: _two_nodes_paused(layout) or layout.membership.write_text(json.dumps(
         {"epoch": 2, "world_size": 1, "nodes": {"node-a": "active", "node-b": "offline"}})), "node-a",
      "no active node"),
-    ("a run without a membership", lambda layout: layout.membership.unlink(), "node-a", "not a mesh run"),
+    ("a completed run whose membership.json is gone", lambda layout: layout.membership.unlink(), "node-a",
+     "has completed"),  # (its receipts still say it is a mesh run)
 ]
 
 
@@ -332,7 +333,19 @@ def test_mesh_drain_records_a_request_that_status_shows(mesh_run: RunLayout, tmp
     assert main(["mesh", "status", str(layout.run_dir)]) == 0
     out = capsys.readouterr().out
     step = read_json(layout.run_file)["global_step"]
-    assert f"{mesh_run.run_id}: paused at step {step}, membership epoch 2" in out and "drain requested: node-b" in out
+    assert f"{mesh_run.run_id}: paused at step {step}, membership epoch 1" in out and "drain requested: node-b" in out
+    assert "membership.json holds epoch 2, a start that stopped before it trained; the next start continues from " \
+        "epoch 1" in out, "the receipts' epoch is shown, not the file's one ahead of it"
+
+
+def test_mesh_status_and_drain_of_a_run_that_is_not_a_mesh_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2") == 0
+    layout = RunLayout(tmp_path, read_latest(tmp_path))
+    capsys.readouterr()
+    assert main(["mesh", "status", str(layout.run_dir)]) == 0
+    assert "no membership yet (not a mesh run, or it has not started)" in capsys.readouterr().out
+    assert main(["mesh", "drain", str(layout.run_dir), "A"]) == 2
+    assert "is not a mesh run" in capsys.readouterr().err
 
 
 def _one_node(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -29,6 +29,10 @@ REFUSED = [  # (case, arguments, what the one line says)
      "take (world sizes 1, 2, 3); give a --data.batch_size every one divides (such as 12)"),
     ("the config's batch, given with =", ["--nnodes", "3", "--data.batch_size=16"], "world size 3"),
     ("the config's own batch (8)", ["--nnodes", "1:3"], "batch_size 8 (the global batch)"),
+    ("another strategy", ["--trainer.strategy", "ddp"], "--trainer.strategy sets the strategy 'ddp', but `mesh "
+     "launch` trains with elastic_mesh (DDP with receipted membership epochs); leave the strategy out"),
+    ("another strategy, given with =", ["--trainer.strategy=transactional_ddp"], "'transactional_ddp'"),
+    ("a sharded overlay", ["--config", "configs/overlays/fsdp.yaml"], "configs/overlays/fsdp.yaml sets the strategy"),
     ("processes per node count", ["--nnodes", "1:2", "--nproc-per-node", "3", "--data.batch_size", "9"],
      "over world size 6, which --nnodes 1:2 x 3 processes per node"),
 ]  # fmt: skip
@@ -89,6 +93,41 @@ def run(request: pytest.FixtureRequest, tmp_path: Path) -> RunLayout:
     completed: RunLayout = request.getfixturevalue("mesh_run")
     shutil.copytree(completed.run_dir, tmp_path / completed.run_id)
     return RunLayout(tmp_path, completed.run_id)
+
+
+UNLIKE_ITS_RECEIPTS = [  # (case, membership.json as edited): docs/elastic.md says status and drain refuse these
+    ("a node added", {"epoch": 1, "world_size": 1, "nodes": {"node-a": "active", "C": "active"}}),
+    ("another epoch", {"epoch": 9, "world_size": 1, "nodes": {"node-a": "active"}}),
+    ("another world size", {"epoch": 1, "world_size": 3, "nodes": {"node-a": "active"}}),
+]
+
+
+@pytest.mark.parametrize(("case", "record"), UNLIKE_ITS_RECEIPTS, ids=[u[0] for u in UNLIKE_ITS_RECEIPTS])
+@pytest.mark.parametrize("command", [["status"], ["drain", "C"]])
+def test_mesh_status_and_drain_refuse_a_membership_file_unlike_the_receipts(
+    run: RunLayout, capsys: pytest.CaptureFixture, command: list, case: str, record: dict
+) -> None:
+    """They read the file alone: status showed a node C that never was (exit 0), and drain recorded a request to
+    drain it."""
+    layout = run
+    layout.membership.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["mesh", command[0], str(layout.run_dir), *command[1:]]) == 5
+    err = capsys.readouterr().err
+    assert "does not match the run's receipts and checkpoint" in err and err.count("\n") == 1, err
+    assert not layout.drain_requests.exists()
+
+
+def test_mesh_status_without_membership_json_shows_the_receipted_epoch(
+    run: RunLayout, capsys: pytest.CaptureFixture
+) -> None:
+    """The fix a damaged file's line gives (remove it) made status call the run "not a mesh run"."""
+    layout = run
+    layout.membership.unlink()
+    capsys.readouterr()
+    assert main(["mesh", "status", str(layout.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"{layout.run_id}: completed at step 3, membership epoch 1, world size 1" in out and "node-a" in out, out
 
 
 @pytest.mark.parametrize(("case", "text", "reason"), DAMAGED, ids=[d[0] for d in DAMAGED])
