@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load
 
 from lit_psion.core import (
@@ -150,11 +151,18 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     """The adapter's metadata and tensors, after checking that each binds the other and the tensors are finite.
 
     Raises:
-        ConfigError: ``directory`` holds no ``adapter.json``.
-        CheckpointError: a field missing, ``adapter.json`` edited (naming the fields that changed), the
-            tensor file changed, or a tensor not finite (exit 4).
+        ConfigError: ``directory`` holds no ``adapter.json`` (nor anything else an export writes).
+        CheckpointError: ``adapter.json`` gone from an export, a field missing, ``adapter.json`` edited (naming
+            the fields that changed), the tensor file changed or not a safetensors file, or a tensor not finite
+            (exit 4).
     """
     meta_path, path = directory / META_FILE, directory / ADAPTER_FILE
+    exported_log = (directory / RECEIPTS_FILE).exists() and not (directory / "merge.json").exists() and not (
+        RunLayout.of(directory).is_run())  # (a merge's, or a run's own log: another thing given, said below)
+    if not meta_path.is_file() and directory.is_dir() and (path.exists() or exported_log):
+        raise CheckpointError(f"{str(directory)!r} holds an export's {ADAPTER_FILE if path.exists() else RECEIPTS_FILE}"
+                              f" but no {META_FILE}, which binds it: the export lost its metadata file; export the "
+                              "adapter again (adapter export RUN_DIR)")  # fmt: skip
     if not meta_path.is_file():
         raise ConfigError(_not_an_adapter(directory))
     refuse_while_written(directory)
@@ -173,7 +181,12 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     if changed:  # both digests re-recorded over an edit: the copy exported inside the tensor file disagrees
         raise CheckpointError(f"{str(meta_path)!r} does not match the metadata exported in {str(path)!r}{changed}; "
                               "export the adapter again")  # fmt: skip
-    tensors = load(data)  # the bytes that were hashed
+    try:
+        tensors = load(data)  # the bytes that were hashed
+    except (SafetensorError, ValueError, OverflowError, RuntimeError) as error:  # both digests re-recorded over them
+        why = " ".join(str(error).split())[:160]
+        raise CheckpointError(f"adapter file {str(path)!r} matches adapter.json but is not a safetensors file "
+                              f"({why}); export the adapter again") from error  # fmt: skip
     _require_finite(tensors, repr(str(path)))
     _require_lora_shapes(tensors, meta["rank"], meta["dtype"], repr(str(path)))
     if (problem := _against_its_receipt(directory, meta)) is not None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from lit_psion.cli import main
+from lit_psion.core import read_json
 from tests.models.test_adapter import base, exported, tuned  # noqa: F401  (fixtures: a base, a tuned run, its export)
 
 
@@ -277,3 +279,55 @@ def test_an_output_written_over_another_adapters_says_what_it_replaces(
     err = capsys.readouterr().err
     assert f"'{copy}' held the export of adapter {replaced[:12]}..., which this replaces" in err, err
     assert "give another --out to keep both" in err
+
+
+NOT_SAFETENSORS = [  # (case, the tensor file's bytes, both of adapter.json's digests re-recorded over them)
+    ("an unreadable header", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":1}         xx'),
+    ("a header length past the end", (2**62).to_bytes(8, "little") + b"{}"),
+    ("an offset past the end", len(header := b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}').to_bytes(
+        8, "little") + header + b"\0" * 4),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "data"), NOT_SAFETENSORS, ids=[n[0] for n in NOT_SAFETENSORS])
+def test_an_adapter_file_that_is_no_safetensors_under_rerecorded_digests_is_exit_4(
+    exported: Path, tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str, data: bytes  # noqa: F811
+) -> None:
+    """safetensors' own error was exit 1 from adapter inspect and merge, and ended doctor before any verdict."""
+    from lit_psion.core import sha256_bytes, sha256_json
+
+    forged = tmp_path / "adapter"
+    shutil.copytree(exported, forged)
+    (forged / "adapter.safetensors").write_bytes(data)
+    meta = {key: value for key, value in read_json(forged / "adapter.json").items() if key != "metadata_sha256"}
+    meta["adapter_sha256"] = sha256_bytes(data)
+    (forged / "adapter.json").write_text(json.dumps({**meta, "metadata_sha256": sha256_json(meta)}))
+    capsys.readouterr()
+    assert main(["adapter", "inspect", str(forged)]) == 4
+    err = capsys.readouterr().err
+    assert "matches adapter.json but is not a safetensors file" in err and err.count("\n") == 1, err
+    run = tmp_path / "runs" / tuned.name
+    shutil.copytree(tuned, run)
+    shutil.rmtree(run / "adapter", ignore_errors=True)
+    shutil.copytree(forged, run / "adapter")
+    assert main(["doctor", str(run)]) == 4
+    out = capsys.readouterr().out
+    assert "FAIL adapter" in out and "not a safetensors file" in out and "ok   receipts.jsonl" in out, out
+
+
+@pytest.mark.parametrize("left", ["adapter.safetensors", "receipts.jsonl"])
+def test_an_export_that_lost_its_adapter_json_is_a_damaged_export(
+    exported: Path, tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture, left: str  # noqa: F811
+) -> None:
+    """doctor said exit 2 ("export an adapter from an adapter run first"): a damaged artifact is exit 4."""
+    run = tmp_path / "runs" / tuned.name
+    shutil.copytree(tuned, run)
+    shutil.rmtree(run / "adapter", ignore_errors=True)
+    shutil.copytree(exported, run / "adapter")
+    (run / "adapter" / "adapter.json").unlink()
+    for other in {"adapter.safetensors", "receipts.jsonl"} - {left}:
+        (run / "adapter" / other).unlink()
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 4
+    assert f"holds an export's {left} but no adapter.json" in capsys.readouterr().out
+    assert main(["adapter", "inspect", str(run / "adapter")]) == 4
