@@ -100,8 +100,6 @@ from lit_psion.core.lock import RunLock
 from lit_psion.core.manifest import data_builds_another_model
 from lit_psion.core.run import (
     RUN_ID_ENV,
-    RunRecord,
-    RunStatus,
     no_run_to_continue,
     other_runs,
     plain_run_id,
@@ -229,28 +227,29 @@ class LitPsionCLI(LightningCLI):
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             make_root(root)
         named = os.environ.get(RUN_ID_ENV) if self.subcommand == "fit" else None
-        if named is not None and config.get("ckpt_path") is None:
+        if by_name := named is not None and config.get("ckpt_path") is None:
             run_id, rejected = self._resume_named(config, RunLayout(root, plain_run_id(named)))
         if self.verified is not None:
             refuse_another_layout(self.verified, config.trainer.strategy, fitting=self.subcommand == "fit")
+        # Without ckpt_path: `fit --config RUN/config.yaml` would silently start from the checkpoint it names.
+        yaml = self._parser("fit").dump(config.clone().update(None, "ckpt_path"), skip_none=False) if (
+            self.subcommand == "fit") else ""  # fmt: skip
+        changed = changed_on_resume(RunLayout(root, run_id), yaml) if run_id is not None and yaml else ()
         if self.subcommand == "fit" and self.verified is not None:
             refuse_nothing_to_train(self.verified, config.trainer.get("max_steps"),
-                                    RunLayout(root, run_id) if run_id is not None else None)  # fmt: skip
+                                    RunLayout(root, run_id) if run_id is not None else None, changed, by_name)
         if "weights_only" in config:
             config.weights_only = True  # checkpoints hold tensors and plain data only: never unpickle code
         if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path") is None:
             print(f"lit_psion: warning: {self.subcommand} without --ckpt_path uses freshly initialised weights; "
                   "give --ckpt_path last or a checkpoint directory for a trained model", file=sys.stderr)  # fmt: skip
         if self.subcommand == "fit":
-            # Without ckpt_path: `fit --config RUN/config.yaml` would silently start from the checkpoint it names.
-            yaml = self._parser(self.subcommand).dump(config.clone().update(None, "ckpt_path"), skip_none=False)
             layout = RunLayout(root, run_id or (named and plain_run_id(named)) or new_run_id())
             if named is None:  # the worker processes Lightning starts for this fit must plan the same run
                 os.environ[RUN_ID_ENV], self._exported_run_id = layout.run_id, True
             if is_launcher_rank_zero() and LAUNCHER_PID_ENV not in os.environ:  # who they wait for (main())
                 os.environ[LAUNCHER_PID_ENV], self._exported_launcher_pid = str(os.getpid()), True
             start = self.verified
-            changed = changed_on_resume(layout, yaml) if run_id is not None else ()
             self.run_context = RunContext(layout=layout, resumed=run_id is not None, config_yaml=yaml,
                                           resume_from=start and start.path, resume_manifest=start and start.manifest,
                                           resume_manifest_sha256=start and start.manifest_sha256,
@@ -302,11 +301,6 @@ class LitPsionCLI(LightningCLI):
         self._lock(layout)
         self.verified = resolve_checkpoint(layout, rejected, receipted=receipted)
         refuse_without_its_records(layout, self.verified)
-        max_steps = config.trainer.get("max_steps")
-        if isinstance(max_steps, int) and 0 < max_steps <= self.verified.step and layout.is_run() and (
-                RunRecord.load(layout).status == RunStatus.COMPLETED):  # fmt: skip
-            print(f"lit_psion: run {layout.run_id} is complete at step {self.verified.step}", file=sys.stderr)
-            raise SystemExit(0)  # a mesh re-formed around the last step: nothing left to do, not an error
         config.ckpt_path = str(self.verified.path)
         return layout.run_id, tuple(rejected)
 

@@ -7,7 +7,6 @@ page that opens from the file system with no server.
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
@@ -18,10 +17,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from matplotlib.figure import Figure  # drawn to PNG bytes with Agg: no pyplot, no window, no global state
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -32,8 +30,12 @@ from lit_psion.core.chain import log_lines
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
 from lit_psion.core.layout import not_a_run
 from lit_psion.core.lock import LOCK_FILE, RunLock, lock_holder
+from lit_psion.core.metrics_csv import Series, one_line, read_metrics
 from lit_psion.core.pointer import read_pointer
 from lit_psion.core.vouched import unvouched_metric
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PANELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("loss", ("train/loss", "train/mse", "val/loss")),  # train/mse: the graph core's training loss
@@ -47,44 +49,6 @@ SEPARATE_SCALES = frozenset({"norms"})
 """Panels that give each metric its own axes: the parameter norm (~70) would flatten gradient and update norms (~1)."""
 TIMELINE = "timeline.png"
 """The PNG of a run's events (checkpoints, rollbacks, restores, membership changes, growth, promotions) by step."""
-
-Series = dict[str, list[tuple[int, float]]]
-"""metric key -> [(step, value), ...] in step order."""
-
-
-def read_metrics(run_dir: str | Path) -> Series:
-    """Every metric in ``run_dir/metrics.csv`` as (step, value) pairs; empty if there is no file yet.
-
-    Steps count the optimizer steps done, as receipts, checkpoints and ``run.json`` do: the CSV's ``step``
-    column (Lightning's) is one less.
-
-    Raises:
-        EvidenceError: the file is not the CSV a run writes (not UTF-8, no ``step`` column, a value not a number).
-    """
-    path = RunLayout.of(run_dir).metrics
-    series: Series = {}
-    if not path.exists() and not path.is_symlink():
-        return series
-    try:
-        if path.is_symlink() or not path.is_file():  # (doctor fails either: its values are not the run's to show)
-            raise ValueError("a symlink" if path.is_symlink() else "not a file")
-        with open(path, newline="", encoding="utf-8") as handle:
-            text = handle.read()
-        text = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # a row cut short by a kill: not a row
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if "step" not in (reader.fieldnames or ()):  # an empty file, or a header that is not a run's
-            header = reader.fieldnames
-            raise ValueError(f"its header {header} has no step column" if header else "it is empty")
-        for row in reader:
-            step = int(row["step"]) + 1  # Lightning writes step n's row at n - 1; receipts count steps done
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in (None, ""):
-                    series.setdefault(key, []).append((step, float(value)))
-    except (OSError, ValueError, TypeError, KeyError, csv.Error) as error:
-        raise EvidenceError(f"{str(path)!r} is not a run's metrics CSV ({_one_line(error)}); restore it, or leave "
-                            "this run out") from error  # fmt: skip
-    return {key: sorted(points) for key, points in series.items()}
-
 
 def last_values(series: Series) -> dict[str, float]:
     return {key: points[-1][1] for key, points in series.items() if points}
@@ -101,7 +65,7 @@ def plot_panel(runs: dict[str, Series], panel: str, path: Path) -> bool:
     if not present:
         return False
     rows = axes_rows(panel, present)
-    figure = Figure(figsize=(6.4, 3.6 if len(rows) == 1 else 1.9 * len(rows) + 0.6), dpi=100)
+    figure = _figure(3.6 if len(rows) == 1 else 1.9 * len(rows) + 0.6)
     grid = figure.subplots(len(rows), 1, sharex=True, squeeze=False)
     styles = ("-", "--", ":")
     for axes, row in zip(grid[:, 0], rows, strict=True):
@@ -136,6 +100,12 @@ cannot lay it out (a metrics.csv holding such values made `compare` and the dash
 
 def _finite(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return [(step, value) for step, value in points if math.isfinite(value) and abs(value) <= DRAWABLE]
+
+
+def _figure(height: float) -> Figure:
+    from matplotlib.figure import Figure  # PNG bytes with Agg (no pyplot, window or global state), imported to draw
+
+    return Figure(figsize=(6.4, height), dpi=100)
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -191,7 +161,7 @@ def plot_timeline(events: list[tuple[int, str, str]], path: Path) -> bool:
     if not events:
         return False
     rows = [row for row in TIMELINE_ROWS if any(event_row == row for _, event_row, _ in events)]
-    figure = Figure(figsize=(6.4, 0.5 * len(rows) + 1.4), dpi=100)
+    figure = _figure(0.5 * len(rows) + 1.4)
     axes = figure.subplots()
     for index, row in enumerate(rows):
         steps = [step for step, event_row, _ in events if event_row == row]
@@ -336,18 +306,13 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise EvidenceError(f"{str(path)!r} is nested too deeply to be the run's config YAML; restore it, or leave "
                             "this run out") from error  # fmt: skip
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as error:
-        raise EvidenceError(f"{str(path)!r} is not the run's config YAML ({_one_line(error)}); restore it, or "
+        raise EvidenceError(f"{str(path)!r} is not the run's config YAML ({one_line(error)}); restore it, or "
                             "leave this run out") from error  # fmt: skip
     if not isinstance(config, dict):
         what = "nothing" if config is None else f"a YAML {type(config).__name__}"
         raise EvidenceError(f"{str(path)!r} holds {what}, not the run's config mapping; restore it, or leave this "
                             "run out")  # fmt: skip
     return _flatten(config)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:160] + "..."
 
 
 class _Absent:

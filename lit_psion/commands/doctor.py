@@ -91,7 +91,7 @@ def _metrics(layout: RunLayout, chain_verified: bool) -> list[Verdict]:
                         "logger writes numbers only); restore it from a backup, or move it aside",
                         EvidenceError.exit_code)]  # fmt: skip
     if chain_verified:
-        from lit_psion.report import read_metrics  # (its rows as compare reads them)
+        from lit_psion.core.metrics_csv import read_metrics  # (its rows as compare reads them)
 
         if (edit := unvouched_metric(layout, read_metrics(layout.run_dir))) is not None:
             return [Verdict(layout.metrics.name, False, f"{edit}; restore it from a backup",

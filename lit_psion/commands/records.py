@@ -153,16 +153,28 @@ def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None
                           f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
 
 
-def refuse_nothing_to_train(checkpoint: VerifiedCheckpoint, max_steps: Any, resumed: RunLayout | None) -> None:
+def refuse_nothing_to_train(checkpoint: VerifiedCheckpoint, max_steps: Any, resumed: RunLayout | None,
+                            changed: tuple[tuple[str, Any, Any], ...] = (), named: bool = False) -> None:  # fmt: skip
     """A fit from a checkpoint already at ``max_steps`` would train nothing (and receipt an end with no start);
     except for the ``resumed`` run's own unfinished end (a kill after its last checkpoint, before its records said
-    completed), which such a fit completes."""
+    completed), which such a fit completes. A completed run that ``LIT_PSION_RUN_ID`` names (``named``: a mesh
+    re-formed around its last step) ends the command at once, exit 0, when the config is the run's own: one that
+    ``changed`` a model or data setting of the run's config.yaml is refused whichever way the run was named."""
     if resumed is not None and max_steps == checkpoint.step and _status(resumed) != "completed":
         return
-    if isinstance(max_steps, int) and 0 < max_steps <= checkpoint.step:
-        raise ConfigError(f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is already at step "
-                          f"{checkpoint.step}, and --trainer.max_steps is {max_steps}: nothing to train; raise "
-                          "--trainer.max_steps to train further")  # fmt: skip
+    if not (isinstance(max_steps, int) and 0 < max_steps <= checkpoint.step):
+        return
+    done = f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is already at step {checkpoint.step}"
+    if resumed is not None and (other := [c for c in changed if c[0].split(".")[0] in ("model", "data")]):
+        shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in other[:3])
+        more = f"; {len(other) - 3} more" if len(other) > 3 else ""
+        raise ConfigError(f"{done}, and this config is not the run's own: it sets {shown}{more}; give the run's "
+                          f"config ({resumed.config}) to continue it, or train another run")  # fmt: skip
+    if named and resumed is not None and _status(resumed) == "completed":
+        print(f"lit_psion: run {resumed.run_id} is complete at step {checkpoint.step}", file=sys.stderr)
+        raise SystemExit(0)  # nothing left to do, not an error
+    raise ConfigError(f"{done}, and --trainer.max_steps is {max_steps}: nothing to train; raise --trainer.max_steps "
+                      "to train further")  # fmt: skip
 
 
 def _status(layout: RunLayout) -> str | None:
