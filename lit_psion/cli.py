@@ -397,7 +397,8 @@ def _as_its_run_receipted(checkpoint: VerifiedCheckpoint) -> VerifiedCheckpoint:
         if not any(manifest == source for manifest, _ in receipted.recorded.values()) and not ((own / MANIFEST_FILE)
                 .is_file() and as_receipted(verify_checkpoint(own), receipted).manifest_sha256 == source):  # fmt: skip
             raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} was consolidated from a checkpoint the run's "
-                                  f"receipts do not record; consolidate again (ckpt consolidate {layout.run_dir})")
+                                  f"receipts do not record; move it aside, then consolidate again (ckpt consolidate "
+                                  f"{layout.run_dir})")  # fmt: skip
         return held_copy(checkpoint, layout)  # the gathering of that checkpoint, compared
     return as_receipted(checkpoint, receipted)
 

@@ -144,8 +144,8 @@ def held_copy(copy: VerifiedCheckpoint, layout: RunLayout) -> VerifiedCheckpoint
         raise CheckpointError(f"{str(copy.path)!r} is a consolidated copy of {copy.path.name}, which run "
                               f"{layout.run_id!r} no longer holds: a copy is held to the sharded checkpoint it "
                               "gathers, so this one is held to nothing; use a checkpoint the run keeps")  # fmt: skip
-    return _receipted_copy(copy.path, verify_in_its_run(source), "consolidate again (python -m lit_psion ckpt "
-                           f"consolidate {shell_words(layout.run_dir)})")  # fmt: skip
+    return _receipted_copy(copy.path, verify_in_its_run(source), f"move {str(copy.path)!r} aside, then consolidate "
+                           f"again (python -m lit_psion ckpt consolidate {shell_words(layout.run_dir)})")  # fmt: skip
 
 
 def _receipted_copy(path: Path, verified: VerifiedCheckpoint, hint: str) -> VerifiedCheckpoint:

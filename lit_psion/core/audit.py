@@ -448,7 +448,7 @@ def consolidation_log(layout: RunLayout) -> Verdict:
     log = layout.consolidated / RECEIPTS_FILE
     name = f"{layout.consolidated.name}/{RECEIPTS_FILE}"
     if not log.is_file():
-        return Verdict(name, False, "missing: the consolidated models have no receipts; consolidate again",
+        return Verdict(name, False, f"missing: the consolidated copies have no receipts; move {name[:-14]} aside",
                        EvidenceError.exit_code)  # fmt: skip
     result = verify_log(log)
     return Verdict(name, result.ok, result.describe(), 0 if result.ok else EvidenceError.exit_code)
@@ -478,7 +478,8 @@ def audit_consolidated(layout: RunLayout) -> list[Verdict]:
                                                 "consolidation receipt"))  # fmt: skip
         else:
             verdicts.append(Verdict(name, False, "its manifest is not one a verifying consolidation receipt recorded "
-                                                 "(replaced after it was written); consolidate again",
+                                                 f"(replaced after it was written); move {name} aside, then "
+                                                 "consolidate again",
                                     CheckpointError.exit_code))  # fmt: skip
     return verdicts
 

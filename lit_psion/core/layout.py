@@ -174,18 +174,20 @@ class RunLayout:
 
     def prune_checkpoints(self, keep_last_k: int, keep: Collection[str | None], untrusted: Collection[str]) -> None:
         """Delete all but the newest ``keep_last_k`` checkpoints (never one named in ``keep``: the pointed-to one, an
-        in-flight write's), the staging left by a process killed mid-write or mid-delete, and any ``step-*`` link.
-        A checkpoint a resume rejected (``untrusted``) is not counted: counted, the last verified ones before it
-        went, and it stayed (doctor names it, for its owner to delete). Each goes out of sight by a rename first,
-        so a kill mid-delete leaves no half checkpoint under a checkpoint's name."""
+        in-flight write's; nor one ``ckpt consolidate`` copied, which its copy is held to), the staging left by a
+        process killed mid-write or mid-delete, and any ``step-*`` link. A checkpoint a resume rejected
+        (``untrusted``) is not counted: counted, the last verified ones before it went, and it stayed (doctor names
+        it, for its owner to delete). Each goes out of sight by a rename first, so a kill mid-delete leaves no half
+        checkpoint under a checkpoint's name."""
         for staging in self.checkpoints.glob(".step-*.tmp-*"):
             if not any(name and staging.name.startswith(f".{name}.") for name in keep):
                 shutil.rmtree(staging, ignore_errors=True)
         for link in (link for link in self.checkpoints.glob("step-*") if link.is_symlink()):
             link.unlink()  # never one of ours, never followed: a checkpoint is a real directory
         saved = [path for path in self.checkpoint_dirs() if path.name not in untrusted]
+        copied = {path.name for path in self.consolidated.iterdir()} if self.consolidated.is_dir() else set()
         for old in saved[: max(0, len(saved) - keep_last_k)]:
-            if old.name not in keep:
+            if old.name not in keep and old.name not in copied:
                 gone = old.rename(old.with_name(f".{old.name}.tmp-pruned"))
                 fsync_path(self.checkpoints)
                 shutil.rmtree(gone)

@@ -365,3 +365,25 @@ def test_an_out_that_means_nothing_here_is_refused(uninterrupted: Path, capsys: 
     assert main(["ckpt", args[0], str(uninterrupted), *args[1:]]) == 2
     err = capsys.readouterr().err
     assert ("an empty value" if args[2] == "" else "ckpt verify writes nothing") in err, err
+
+
+@pytest.mark.slow  # default-suite budget: a world-2 resume of ~20-30 s, run by CI's slow step
+def test_a_run_continued_after_consolidate_keeps_the_checkpoint_its_copy_is_held_to(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Retention deleted step-000012 three checkpoints later, and doctor then failed the healthy run (exit 4: the copy
+    "held to nothing")."""
+    root = tmp_path / "root"
+    shutil.copytree(uninterrupted.parent, root)
+    run = root / uninterrupted.name
+    assert main(["ckpt", "consolidate", str(run)]) == 0
+    result = test_sharded.run_fit(root, "--trainer.max_steps", "24", "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = sorted(path.name for path in (run / "checkpoints").iterdir() if path.name.startswith("step-"))
+    assert kept == ["step-000012", "step-000018", "step-000021", "step-000024"], "the copied step, and the newest 3"
+    capsys.readouterr()
+    assert main(["doctor", str(run)]) == 0, capsys.readouterr().out
+    shutil.rmtree(run / "consolidated")
+    result = test_sharded.run_fit(root, "--trainer.max_steps", "27", "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (run / "checkpoints" / "step-000012").exists(), "without its copy, retention takes it as before"
