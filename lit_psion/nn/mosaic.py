@@ -72,6 +72,9 @@ class MosaicConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        if not problems and self.mem_hashes > MAX_HASHES:  # the read compares (batch, block, block, hashes) ids
+            problems.append(f"mem_hashes must be at most {MAX_HASHES}: each hash adds a (batch, block, block) "
+                            f"comparison to every step's memory read (the seed's is 2), got {self.mem_hashes!r}")
         if not problems and self.mem_buckets > 2**63:  # a bucket id is the sum of its bits' powers, in an int64
             problems.append(f"mem_buckets must be at most 2**63 (a bucket id is a 64-bit integer), got "
                             f"{self.mem_buckets!r}")  # fmt: skip
@@ -98,6 +101,11 @@ class MosaicConfig:
     @property
     def hash_bits(self) -> int:
         return max(1, math.ceil(math.log2(self.mem_buckets)))
+
+
+MAX_HASHES = 64
+"""The most hash functions a memory reads with: 100,000 passed the parameter check (the hyperplanes are small) and
+a fit's first step grew past this machine's 24 GB until the kernel killed it."""
 
 
 class HashedMemory(nn.Module):

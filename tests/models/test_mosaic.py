@@ -258,6 +258,9 @@ def test_recall_accuracy_counts_only_flagged_value_tokens(targets: list, mask: l
         ({"mem_buckets": 2**70}, r"mem_buckets must be at most 2\*\*63 \(a bucket id is a 64-bit integer\), got "
          "1180591620717411303424"),
         ({"mem_buckets": 0, "memory": 1}, "mem_buckets must be .* got 0; memory must be true or false, got 1"),
+        # 100000 passed (its hyperplanes are small) and the first step's read grew until the kernel killed the fit.
+        ({"mem_hashes": 100000}, r"mem_hashes must be at most 64: each hash adds a \(batch, block, block\) "
+         r"comparison to every step's memory read \(the seed's is 2\), got 100000"),
     ],
 )
 def test_bad_mosaic_config_is_refused_quoting_the_value(change: dict, message: str) -> None:
