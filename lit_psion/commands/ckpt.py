@@ -57,9 +57,14 @@ def main(args: list[str]) -> None:
         # A skipped checkpoint the receipts record as durable was damaged or replaced after it was written (one a
         # kill left unreceipted, or still in flight, is skipped as a resume would, and is not a failure).
         if damaged := [skipped for skipped in rejected if skipped.step in receipted.recorded]:
+            reason = damaged[0].reason
+            fix = ("give this user read access to its files (their mode, owner or mount): nothing shows they are "
+                   "damaged" if "Permission denied" in reason else "restore it from a backup" if "restore it" in
+                   reason else "restore it from a backup, or delete it if none holds it")  # fmt: skip
+            if "restore it from a backup" in reason or "Permission denied" in reason:
+                reason = reason.split("; ", 1)[0]  # (its own fix, said once below)
             raise CheckpointError(f"{damaged[0].path.name}, a durable checkpoint the receipts record, does not verify "
-                                  f"({damaged[0].reason}); restore it from a backup, or delete it if none holds it "
-                                  f"(a resume would use {checkpoint.path.name})")  # fmt: skip
+                                  f"({reason}); {fix} (a resume would use {checkpoint.path.name})")  # fmt: skip
         if (problem := _pointer_problem(layout, checkpoint.path.name, bool(receipted.recorded))) is not None:
             raise CheckpointError(f"{problem}; a resume would use {checkpoint.path.name} (the next checkpoint "
                                   "writes the pointer again)")  # fmt: skip
