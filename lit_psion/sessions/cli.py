@@ -132,7 +132,7 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
                           "--artifacts_root that `session init-base` wrote")  # fmt: skip
     sessions_dir = store.root / "sessions"
     found = sorted(p.name for p in sessions_dir.iterdir() if is_plain_name(p.name) and not p.name.startswith(".")
-                   and (p / "meta.json").is_file()) if sessions_dir.is_dir() else []  # fmt: skip
+                   and p.is_dir() and not p.is_symlink()) if sessions_dir.is_dir() else []  # fmt: skip
     listed, unreadable = [], []
     try:
         entries = store.index()["sessions"]

@@ -301,7 +301,8 @@ class Store:
         if not path.is_file():
             registered = self.index()["sessions"]
             if session_id in registered:
-                what = "its directory is gone" if not path.parent.is_dir() else "its meta.json is missing"
+                what = ("its directory is gone" if not path.parent.is_dir() else "its meta.json is missing" if not (
+                    path.exists() or path.is_symlink()) else "its meta.json is not a file")  # fmt: skip
                 raise EvidenceError(f"session {session_id!r} is registered in {str(self.root)!r}, but {what} "
                                     f"({str(path)!r}); restore it from a backup")  # fmt: skip
             known = ", ".join(sorted(registered)) or "none yet"

@@ -465,3 +465,20 @@ def test_list_says_an_unreadable_registry_and_exits_5(trained: Path, capsys: pyt
     assert session("list", "--artifacts_root", str(trained)) == 5
     captured = capsys.readouterr()
     assert "s1" in captured.out and "index.json' cannot be read" in captured.err and "restore it" in captured.err
+
+
+@pytest.mark.parametrize("damage", ["removed", "a directory"])
+def test_list_exits_5_for_a_session_whose_meta_json_is_gone(trained: Path, capsys: pytest.CaptureFixture,
+                                                            damage: str) -> None:  # fmt: skip
+    """list printed an empty table and a note, exit 0, while show and verify said exit 5 of the same session."""
+    meta = trained / "sessions" / "s1" / "meta.json"
+    meta.unlink()
+    if damage == "a directory":
+        meta.mkdir()
+    capsys.readouterr()
+    assert session("list", "--artifacts_root", str(trained)) == 5
+    err = capsys.readouterr().err
+    said = "its meta.json is missing" if damage == "removed" else "its meta.json is not a file"
+    assert f"session 's1' is not listed: session 's1' is registered in {str(trained)!r}, but {said}" in err, err
+    assert session("show", "--artifacts_root", str(trained), "--session_id", "s1") == 5
+    assert said in capsys.readouterr().err
