@@ -26,6 +26,7 @@ from lit_psion.core.audit import changed_records, check_chain, receipted_checkpo
 from lit_psion.core.checkpoint import MANIFEST_FILE, RejectedCheckpoint, VerifiedCheckpoint, resolve_checkpoint
 from lit_psion.core.contracts import DataFacts, ReplayData
 from lit_psion.core.errors import CheckpointError, ConfigError, EvidenceError
+from lit_psion.core.layout import no_run_or_checkpoint
 from lit_psion.core.lock import lock_holder
 from lit_psion.core.pointer import read_pointer
 
@@ -132,8 +133,7 @@ def load_run(location: str | Path, map_location: Any = None, exact: bool = False
         inside = location.resolve().parent in (layout.checkpoints, layout.consolidated)  # layouts are resolved
         layout = layout if layout.is_run() and inside else None
     elif not (location.exists() or location.is_symlink()):
-        raise ConfigError(f"{str(location)!r} does not exist; give a run directory (with run.json) or a checkpoint "
-                          "directory (step-NNNNNN with manifest.json)")  # fmt: skip
+        raise ConfigError(no_run_or_checkpoint(location))
     else:
         raise ConfigError(f"{str(location)!r} is neither a run directory (with run.json) nor a checkpoint "
                           "directory (step-NNNNNN with manifest.json)")  # fmt: skip

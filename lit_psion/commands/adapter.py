@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_psion.commands import CommandParser
+from lit_psion.core.errors import ConfigError
+from lit_psion.core.layout import RunLayout, not_a_run
 
 
 def main(args: list[str]) -> None:
@@ -22,6 +24,8 @@ def main(args: list[str]) -> None:
     merge_.add_argument("--out", type=Path, required=True, help="the directory, outside any run, to write the "
                         "merged model")  # fmt: skip
     parsed = parser.parse_args(args)
+    if parsed.command == "export" and not RunLayout.of(parsed.run_dir).is_run():  # said before torch is imported
+        raise ConfigError(not_a_run(parsed.run_dir, "give an AdapterLM run"))
     from lit_psion.adapters import ADAPTER_FILE, META_FILE, export, load_adapter, merge  # imports torch
 
     if parsed.command == "export":

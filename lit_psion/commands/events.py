@@ -19,6 +19,11 @@ def main(args: list[str]) -> None:
     parser.add_argument("events", type=Path, help="JSONL, one event envelope per line")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
     parsed = parser.parse_args(args)
+    if not (parsed.ckpt.exists() or parsed.ckpt.is_symlink()):  # said before torch is imported
+        from lit_psion.core.errors import ConfigError
+        from lit_psion.core.layout import no_run_or_checkpoint
+
+        raise ConfigError(no_run_or_checkpoint(parsed.ckpt))
     from lit_psion.events.predict import load_model, predict, read_events  # torch: only once there is work
 
     events = read_events(parsed.events)

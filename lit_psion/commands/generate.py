@@ -58,6 +58,8 @@ def main(args: list[str]) -> None:
     except UnicodeEncodeError as error:  # bytes the shell passed that are not UTF-8 (kept as surrogates)
         byte = error.object[error.start].encode("utf-8", "surrogateescape")
         parser.error(f"--prompt is not UTF-8 text (byte {byte!r} at character {error.start}); give UTF-8 text")
+    if not (parsed.path.exists() or parsed.path.is_symlink()):  # said before torch is imported
+        _refuse_what_generate_does_not_read(parsed.path)
     texts = sample(parsed.path, parsed.prompt, parsed.tokens, parsed.temperature, parsed.top_k, parsed.seed,
                    parsed.samples, parsed.tokenizer)  # fmt: skip
     for number, text in enumerate(texts, 1):

@@ -106,11 +106,11 @@ def main(args: list[str]) -> None:
 
 def serve_store(host: str, port: int) -> None:
     """Hold the rendezvous TCPStore until SIGTERM or Ctrl-C."""
-    from torch.distributed import TCPStore
-
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port!r}")
     _check_listening(host, port)
+    from torch.distributed import TCPStore
+
     try:
         store = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))  # noqa: F841
     except (RuntimeError, OSError) as error:  # DistNetworkError is a RuntimeError: the port was taken since the probe

@@ -237,6 +237,12 @@ def linked(path: Path, what: str, fix: str = "move the directory it points to in
             f"root, never followed out of it: {fix}")
 
 
+def no_run_or_checkpoint(location: Path) -> str:
+    """The refusal of a path that does not exist where a run or checkpoint directory is read."""
+    return (f"{str(location)!r} does not exist; give a run directory (with {RUN_FILE}) or a checkpoint directory "
+            "(step-NNNNNN with manifest.json)")
+
+
 def not_a_run(path: str | Path, advice: str = "give <root>/<run_id>") -> str:
     """Why ``path`` is not a run directory, and what to give instead, for a refusal's line: a file or folder
     inside a run (its run.json, a checkpoint) is pointed to the run."""

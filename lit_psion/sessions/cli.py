@@ -131,11 +131,13 @@ def list_sessions(store: Store) -> list[dict[str, Any]]:
         raise ConfigError(f"{str(store.root)!r} holds no base and no sessions: not an artifacts root; give the "
                           "--artifacts_root that `session init-base` wrote")  # fmt: skip
     sessions_dir = store.root / "sessions"
-    found = sorted(p.name for p in sessions_dir.iterdir() if is_plain_name(p.name) and not p.name.startswith(".")
-                   and p.is_dir() and not p.is_symlink()) if sessions_dir.is_dir() else []  # fmt: skip
+    dirs = [p for p in sessions_dir.iterdir() if is_plain_name(p.name) and not p.name.startswith(".") and p.is_dir()
+            and not p.is_symlink()] if sessions_dir.is_dir() else []  # fmt: skip
+    found = sorted(p.name for p in dirs if (p / "meta.json").is_file())
     listed, unreadable = [], []
     try:
         entries = store.index()["sessions"]
+        found = sorted({*found, *(p.name for p in dirs if p.name in entries)})  # a registered one lost its meta.json
     except (ConfigError, EvidenceError) as error:  # (the sessions are listed from their own records all the same)
         print(f"lit_psion: {error}", file=sys.stderr)
         entries = dict.fromkeys(found)
@@ -375,6 +377,11 @@ def _train(store: Store, parsed: argparse.Namespace) -> None:
         chunk = store.session_meta(parsed.session_id)["settings"].get("chunk")
         if isinstance(chunk, int) and parsed.steps < chunk:  # (a chunk setting it refuses: the run names it)
             raise ConfigError(f"--steps {parsed.steps} is shorter than one chunk ({chunk}); use at least that")
+    if parsed.command == "new" and not 0 <= parsed.mu <= MU_MAX:  # (before torch: a refusal answers at once)
+        raise ConfigError(f"--mu must be a drift size in [0, {MU_MAX:g}], got {parsed.mu!r}")
+    if parsed.command == "run" and parsed.steps > MAX_STEPS:  # each transition's record is held until it commits
+        raise ConfigError(f"--steps {parsed.steps} is more than one run takes ({MAX_STEPS:,}); run the session "
+                          "several times")  # fmt: skip
     from lit_psion.sessions import commands
 
     if parsed.command == "init-base":
@@ -383,8 +390,6 @@ def _train(store: Store, parsed: argparse.Namespace) -> None:
         commands.init_base(store, config, parsed.pretrain_steps, parsed.pretrain_batch, parsed.pretrain_seq,
                            parsed.lr, parsed.momentum, parsed.ns_steps, parsed.seed)  # fmt: skip
     elif parsed.command == "new":
-        if not 0 <= parsed.mu <= MU_MAX:
-            raise ConfigError(f"--mu must be a drift size in [0, {MU_MAX:g}], got {parsed.mu!r}")
         parsed.mu += 0.0  # -0.0 is 0.0, as the session records and says it
         settings = {key: getattr(parsed, key) for key in SETTINGS}
         commands.new_session(store, parsed.session_id, parsed.mu, parsed.env_mode, settings)
@@ -392,7 +397,4 @@ def _train(store: Store, parsed: argparse.Namespace) -> None:
         commands.fork_session(store, parsed.parent_session_id, parsed.child_session_id, parsed.copy_optimizer,
                               parsed.reset_optimizer)  # fmt: skip
     else:
-        if parsed.steps > MAX_STEPS:  # each transition's record is held until the run commits
-            raise ConfigError(f"--steps {parsed.steps} is more than one run takes ({MAX_STEPS:,}); run the session "
-                              "several times")  # fmt: skip
         commands.run_session(store, parsed.session_id, parsed.steps, parsed.seed)
