@@ -201,7 +201,10 @@ class ShardedStrategy(ModelParallelStrategy):
             if isinstance(cause := first_failure(error), CheckpointError):
                 raise cause from error
             raise OtherModelSettings(f"checkpoint {str(verified.path)!r} does not fit this model's shards "
-                                  f"({_reason(error)}); resume with the run's own model settings") from error
+                                     f"({_reason(error)}): this config's model settings are not the run's (resume "
+                                     "with its own), or its shard files do not hold what its .metadata describes "
+                                     "(swapped, cut short or altered under a re-hashed manifest: use an intact copy)"
+                                     ) from error  # fmt: skip
 
 
 def _record(path: Path) -> FileRecord:

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import pathlib
 import signal
 import sys
 import threading
@@ -42,6 +43,16 @@ class CommandParser(argparse.ArgumentParser):
                 return f"; {arg} was given, did you mean {near[0]}?"
         return ""
 
+    def _takes_a_path(self, flag: str) -> bool:
+        """Whether ``flag``, of this parser or any of its subcommands', takes a path (or is unknown here)."""
+        parsers, found = [self], []
+        while parsers:
+            actions = parsers.pop()._actions
+            found += [action for action in actions if flag in action.option_strings]
+            parsers += [parser for action in actions if isinstance(action, argparse._SubParsersAction)
+                        for parser in action.choices.values()]  # fmt: skip
+        return not found or any(action.type is pathlib.Path for action in found)
+
     def parse_args(self, args=None, namespace=None):  # argparse's own signature
         """As argparse's, except that arguments no parser takes are named by the subcommand they were given to (with
         the nearest of its flags), not by the top-level command."""
@@ -50,8 +61,8 @@ class CommandParser(argparse.ArgumentParser):
             flag = given[empty - 1] if empty and given[empty - 1].startswith("--") else None
             said = f"{flag} was given an empty value" if flag else f"an empty argument ({given[empty]!r}) was given"
             prog = self._named_before(given[:empty])
-            raise ConfigError(f"{prog}: {said} (a path of '' is read as the current directory); give one (see "
-                              f"{prog} --help)")  # fmt: skip
+            path = " (a path of '' is read as the current directory)" * (flag is None or self._takes_a_path(flag))
+            raise ConfigError(f"{prog}: {said}{path}; give one (see {prog} --help)")
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             parser = self._chosen(parsed)

@@ -68,7 +68,7 @@ def main(args: list[str]) -> None:
         if (problem := _pointer_problem(layout, checkpoint.path.name, bool(receipted.recorded))) is not None:
             raise CheckpointError(f"{problem}; a resume would use {checkpoint.path.name} (the next checkpoint "
                                   "writes the pointer again)")  # fmt: skip
-        kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
+        kind = f"{(n := len(checkpoint.manifest.files) - 2)} shard{'s' * (n != 1)}, " if checkpoint.sharded else ""
         print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
         return
     from lit_psion.consolidation import consolidate
@@ -132,7 +132,7 @@ def _verify_one(path: Path) -> None:
 
         held_copy(checkpoint, layout)
         where = f", the gathering of run {layout.run_id}'s {path.name}, which its receipts record"
-    kind = f"{len(checkpoint.manifest.files) - 2} shards, " if checkpoint.sharded else ""
+    kind = f"{(n := len(checkpoint.manifest.files) - 2)} shard{'s' * (n != 1)}, " if checkpoint.sharded else ""
     print(f"ok: {checkpoint.path} matches its manifest ({kind}step {checkpoint.step}{where})")
 
 

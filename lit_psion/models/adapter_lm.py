@@ -9,6 +9,7 @@ LoRA parameters train, and :meth:`setup` checks that. Muon touches adapter matri
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,8 +32,9 @@ def load_base(location: str | Path, unsettled_warning: bool = False) -> tuple[di
     digest of the tokenizer its run trained with (None for a checkpoint outside a run, or a run without one).
     ``unsettled_warning``: say so when the base run is still being written or did not complete (a fine-tune)."""
     if not Path(location).exists():  # moved since: a resume may name where it is now (the digests must still hold)
-        raise CheckpointError(f"base checkpoint {str(location)!r} does not exist; give the base run directory (or "
-                              "its checkpoint) where it is now")  # fmt: skip
+        where = "" if Path(location).is_absolute() else f" (a relative path, read from {os.getcwd()!r})"
+        raise CheckpointError(f"base checkpoint {str(location)!r} does not exist{where}; give the base run directory "
+                              "(or its checkpoint) where it is now")  # fmt: skip
     try:
         base = load_run(location, exact=True)  # every digest verified, each file read once; no silent fallback
     except ConfigError as error:
@@ -44,7 +46,8 @@ def load_base(location: str | Path, unsettled_warning: bool = False) -> tuple[di
                               "give the DecoderLM run it adapts")
     if "decoder_config" not in base.state:
         raise CheckpointError(f"base checkpoint {str(base.checkpoint.path)!r} does not record its decoder_config; "
-                              "it was not written by DecoderLM")  # fmt: skip
+                              "it was not written by DecoderLM; give a DecoderLM run (a LoRA adapter adapts a "
+                              "decoder's weights)")  # fmt: skip
     _check_decoder_weights(base.state, base.checkpoint.path, _family(base))
     if unsettled_warning:
         _warn_if_unsettled(base)
@@ -186,6 +189,11 @@ class AdapterLM(DecoderLM):
                 self._said_adamw = True  # (a resume asks for the optimizer again, to honour its settings)
                 print("lit_psion: note: optimizer.name is muon, but AdamW trains an AdapterLM's adapters unless "
                       "--model.init_args.muon_on_adapters true", file=sys.stderr)  # fmt: skip
+        elif self.muon_on_adapters and config.name != "muon" and not getattr(self, "_said_adamw", False) and (
+                self._trainer is None or self.trainer.is_global_zero):  # fmt: skip
+            self._said_adamw = True
+            print(f"lit_psion: note: muon_on_adapters is set, but optimizer.name is {config.name}, which trains the "
+                  "adapters; give --model.init_args.optimizer.name muon for Muon", file=sys.stderr)  # fmt: skip
         refuse_sharded_muon(self, config)
         optimizer = build_optimizer(config, self.model, hidden)
         return self._with_schedule(optimizer)

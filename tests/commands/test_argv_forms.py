@@ -42,3 +42,14 @@ def test_a_null_clears_a_nested_setting_and_keeps_its_siblings(null: str, capsys
     policy = config["trainer"]["strategy"]["init_args"]["policy"]
     assert policy["grad_norm_max"] is None and policy["rollback_tol"] == 0.5
     assert config["model"]["init_args"]["optimizer"]["decay_steps"] is None
+
+
+@pytest.mark.parametrize(("argv", "path"), [(["generate", "runs", "--prompt", ""], False),
+                                            (["adapter", "merge", "a", "--base", "", "--out", "b"], True),
+                                            (["doctor", ""], True)])  # fmt: skip
+def test_an_empty_value_is_told_of_paths_only_where_a_path_is_taken(argv: list[str], path: bool,
+                                                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """An empty --prompt was told "a path of '' is read as the current directory"."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("a path of '' is read as the current directory" in err) == path and "give one" in err, err

@@ -53,3 +53,26 @@ def test_muon_named_for_an_adapter_run_without_muon_on_adapters_says_adamw_train
     assert fit(*adapter_args(base, tmp_path / "ft2", "--trainer.max_steps", "2", "--model.init_args.optimizer.name",
                              "muon", "--model.init_args.muon_on_adapters", "true")) == 0  # fmt: skip
     assert note not in capsys.readouterr().err
+
+
+def test_muon_on_adapters_under_adamw_says_adamw_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The flag was ignored without a word under the presets' AdamW."""
+    base = _base(tmp_path / "base")
+    capsys.readouterr()
+    assert fit(*adapter_args(base, tmp_path / "ft", "--trainer.max_steps", "2", "--model.init_args.muon_on_adapters",
+                             "true")) == 0  # fmt: skip
+    assert capsys.readouterr().err.count("muon_on_adapters is set, but optimizer.name is adamw, which trains the "
+                                        "adapters; give --model.init_args.optimizer.name muon for Muon") == 1
+
+
+def test_a_relative_base_that_is_not_there_says_where_it_was_read_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume from another directory named the relative path alone, as if it were gone."""
+    from lit_psion.core.errors import CheckpointError
+    from lit_psion.models.adapter_lm import load_base
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=rf"'runs/base' does not exist \(a relative path, read from "
+                                              rf"'{tmp_path}'\); give the base run directory"):  # fmt: skip
+        load_base("runs/base")
