@@ -20,13 +20,31 @@ REFUSED = [  # (command, its exit code, what its one line says)
      "--mu must be a drift size in [0, 1e+06], got nan"),
     (["mesh", "store", "--port", "0"], 2, "--port must be in 1..65535, got 0"),
     (["compare", "/nonexistent"], 2, "/nonexistent"),
+    (["window", "plan", "/nonexistent"], 2, "'/nonexistent' holds no window program"),
+    (["window", "open", "/nonexistent", "w-0001"], 2, "'/nonexistent' holds no window program"),
+    (["window", "init", "ARTIFACTS", "--config", "/nonexistent.yaml", "--base", "ARTIFACTS"], 2,
+     "window config '/nonexistent.yaml' not found"),
+    (["ckpt", "consolidate", "RUN", "--out", "/etc/passwd"], 2, "--out '/etc/passwd' is a file; give a directory"),
+    (["ckpt", "consolidate", "RUN"], 2, "is not sharded; it already is one model.safetensors"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("args", "code", "says"), REFUSED, ids=[" ".join(r[0][:2]) for r in REFUSED])
-def test_a_refusal_needing_no_model_is_said_before_torch_is_imported(tmp_path: Path, args: list[str], code: int,
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lit_psion.core.run import read_latest
+    from tests.helpers import fit
+
+    root = tmp_path_factory.mktemp("runs")
+    assert fit("--trainer.default_root_dir", str(root), "--trainer.max_steps", "2") == 0
+    return root / read_latest(root)
+
+
+@pytest.mark.parametrize(("args", "code", "says"), REFUSED, ids=[" ".join(r[0][:3]) for r in REFUSED])
+def test_a_refusal_needing_no_model_is_said_before_torch_is_imported(request: pytest.FixtureRequest, tmp_path: Path,
+                                                                     args: list[str], code: int,
                                                                      says: str) -> None:  # fmt: skip
-    args = [str(tmp_path) if arg == "ARTIFACTS" else arg for arg in args]
+    places = {"ARTIFACTS": str(tmp_path), "RUN": str(request.getfixturevalue("run")) if "RUN" in args else ""}
+    args = [places.get(arg, arg) for arg in args]
     command = [sys.executable, "-X", "importtime", "-m", "lit_psion", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     lines = result.stderr.splitlines()

@@ -71,11 +71,13 @@ def main(args: list[str]) -> None:
         kind = f"{(n := len(checkpoint.manifest.files) - 2)} shard{'s' * (n != 1)}, " if checkpoint.sharded else ""
         print(f"ok: {checkpoint.path} matches its manifest ({kind}what --ckpt_path last loads)")
         return
-    from lit_psion.consolidation import consolidate
-
     refuse_output_in_a_run(parsed.out or layout.consolidated, own=layout.consolidated)
     if parsed.out is not None:
         _refuse_others_files(parsed.out)
+    if not checkpoint.sharded:  # (said before torch is imported; consolidate() refuses it too)
+        raise ConfigError(f"checkpoint {str(checkpoint.path)!r} is not sharded; it already is one model.safetensors "
+                          "(nothing to consolidate: read the run directly)")  # fmt: skip
+    from lit_psion.consolidation import consolidate  # (torch: once the output place is known to be fine)
     path, summary = consolidate(checkpoint, parsed.out or layout.consolidated)
     if summary.get("already"):
         print(f"already consolidated: {path} is {checkpoint.path.name}'s receipted copy and verifies "

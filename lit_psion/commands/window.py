@@ -51,6 +51,10 @@ def main(args: list[str]) -> None:
     verify.add_argument("root", type=Path, help="the window program's directory (window init makes it)")
     parsed = parser.parse_args(args)
     _checked(parser, parsed)
+    if parsed.command in ("plan", "open", "contribute", "close", "run", "status"):
+        from lit_psion.windows.program import Program
+
+        Program(parsed.root).require()  # (before the engine's imports: torch takes seconds to say no program is there)
     getattr(_Commands, parsed.command)(parsed)
 
 
@@ -76,11 +80,12 @@ def _checked(parser: CommandParser, parsed: object) -> None:
 class _Commands:
     @staticmethod
     def init(parsed: object) -> None:
-        from lit_psion.windows.coordinator import program_lock
-        from lit_psion.windows.founding import init_program
         from lit_psion.windows.settings import load_settings
 
-        settings = load_settings(parsed.config)
+        settings = load_settings(parsed.config)  # (before torch is imported: a bad config is said at once)
+        from lit_psion.windows.coordinator import program_lock
+        from lit_psion.windows.founding import init_program
+
         if parsed.data_files is not None:  # (a relative path in the config is read from where init runs)
             files = parsed.data_files[0] if len(parsed.data_files) == 1 else parsed.data_files
             settings = dataclasses.replace(settings, data={**settings.data, "files": files})
