@@ -19,6 +19,8 @@ REFUSED = [  # (command, its exit code, what its one line says)
     (["session", "new", "--artifacts_root", "ARTIFACTS", "--session_id", "s1", "--mu", "nan"], 2,
      "--mu must be a drift size in [0, 1e+06], got nan"),
     (["mesh", "store", "--port", "0"], 2, "--port must be in 1..65535, got 0"),
+    (["session", "fork", "--artifacts_root", "ARTIFACTS", "--parent_session_id", "s1", "--child_session_id", "s1"],
+     2, "fork needs a child id other than its parent's, got 's1' for both"),
     (["compare", "/nonexistent"], 2, "/nonexistent"),
     (["window", "plan", "/nonexistent"], 2, "'/nonexistent' holds no window program"),
     (["window", "open", "/nonexistent", "w-0001"], 2, "'/nonexistent' holds no window program"),

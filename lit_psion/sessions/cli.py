@@ -18,7 +18,7 @@ from lit_psion.core.policy import TransactionPolicy
 from lit_psion.core.text import shell_words
 from lit_psion.sessions.registry import registry_problem
 from lit_psion.sessions.run_binding import UNBOUND, binding_problem
-from lit_psion.sessions.settings import MAX_SEED, MAX_STEPS, WorldConfig
+from lit_psion.sessions.settings import MAX_SEED, MAX_STEPS, WorldConfig, fork_copies_optimizer
 from lit_psion.sessions.store import (
     BASE_CHECKPOINT,
     MU_MAX,
@@ -377,7 +377,10 @@ def _train(store: Store, parsed: argparse.Namespace) -> None:
         chunk = store.session_meta(parsed.session_id)["settings"].get("chunk")
         if isinstance(chunk, int) and parsed.steps < chunk:  # (a chunk setting it refuses: the run names it)
             raise ConfigError(f"--steps {parsed.steps} is shorter than one chunk ({chunk}); use at least that")
-    if parsed.command == "new" and not 0 <= parsed.mu <= MU_MAX:  # (before torch: a refusal answers at once)
+    if parsed.command == "fork":  # (before torch: a refusal answers at once)
+        fork_copies_optimizer(parsed.parent_session_id, parsed.child_session_id, parsed.copy_optimizer,
+                              parsed.reset_optimizer)  # fmt: skip
+    if parsed.command == "new" and not 0 <= parsed.mu <= MU_MAX:
         raise ConfigError(f"--mu must be a drift size in [0, {MU_MAX:g}], got {parsed.mu!r}")
     if parsed.command == "run" and parsed.steps > MAX_STEPS:  # each transition's record is held until it commits
         raise ConfigError(f"--steps {parsed.steps} is more than one run takes ({MAX_STEPS:,}); run the session "

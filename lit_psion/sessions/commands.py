@@ -25,7 +25,7 @@ from lit_psion.core.run import RunContext
 from lit_psion.nn.optim import LARGEST_RATE, a_rate
 from lit_psion.sessions.modules import BasePretrain, OnlineSession
 from lit_psion.sessions.run_binding import BINDING_FILE, binding_text
-from lit_psion.sessions.settings import MAX_PRETRAIN_STEPS, MAX_STEPS, MAX_VALUES, rollout_values
+from lit_psion.sessions.settings import MAX_PRETRAIN_STEPS, MAX_STEPS, MAX_VALUES, fork_copies_optimizer, rollout_values
 from lit_psion.sessions.state_checks import GATE_WINDOW, MAX_NS_STEPS, SERVED
 from lit_psion.sessions.store import (
     EVENTS,
@@ -192,15 +192,7 @@ def fork_session(store: Store, parent_id: str, child_id: str, copy_optimizer: bo
 
     Give one flag and the other follows (``reset_optimizer=True`` alone means no copy); neither means copy.
     """
-    if copy_optimizer is None:
-        copy_optimizer = not reset_optimizer if reset_optimizer is not None else True
-    if reset_optimizer is None:
-        reset_optimizer = not copy_optimizer
-    if copy_optimizer == reset_optimizer:
-        raise ConfigError("fork needs exactly one of --copy_optimizer 1 or --reset_optimizer 1, got "
-                          f"copy_optimizer={int(copy_optimizer)} reset_optimizer={int(reset_optimizer)}")  # fmt: skip
-    if parent_id == child_id:
-        raise ConfigError(f"fork needs a child id other than its parent's, got {child_id!r} for both")
+    copy_optimizer = fork_copies_optimizer(parent_id, child_id, copy_optimizer, reset_optimizer)
     store.session_meta(parent_id)  # says which sessions there are when there is no such one
     store.index()  # a registry it could not add the child to is refused before anything is written
     store.session_dir(child_id)  # a bad child id is refused before the parent is locked

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from lit_psion.core.errors import ConfigError
+
 ENV_MODES = ("linear",)
 MAX_SEED = 2**32 - 1
 """The largest ``--seed`` and ``--env_seed`` (numpy's seeding, which Lightning's seed_everything does, takes 0 to
@@ -53,3 +55,23 @@ class WorldConfig:
             raise ConfigError(f"env_seed must be a whole number in [0, {MAX_SEED}], got {self.env_seed!r}")
         if type(self.noise) not in (int, float) or not math.isfinite(self.noise) or self.noise < 0:
             raise ConfigError(f"noise must be a finite number >= 0, got {self.noise!r}")
+
+
+def fork_copies_optimizer(parent_id: str, child_id: str, copy_optimizer: bool | None,
+                          reset_optimizer: bool | None) -> bool:  # fmt: skip
+    """Whether a fork copies its parent's optimizer state, from its two flags: give one and the other follows
+    (``reset_optimizer=True`` alone means no copy); neither means copy (said without torch, before it is imported).
+
+    Raises:
+        ConfigError: both flags alike, or a child id that is its parent's.
+    """
+    if copy_optimizer is None:
+        copy_optimizer = not reset_optimizer if reset_optimizer is not None else True
+    if reset_optimizer is None:
+        reset_optimizer = not copy_optimizer
+    if copy_optimizer == reset_optimizer:
+        raise ConfigError("fork needs exactly one of --copy_optimizer 1 or --reset_optimizer 1, got "
+                          f"copy_optimizer={int(copy_optimizer)} reset_optimizer={int(reset_optimizer)}")  # fmt: skip
+    if parent_id == child_id:
+        raise ConfigError(f"fork needs a child id other than its parent's, got {child_id!r} for both")
+    return copy_optimizer
