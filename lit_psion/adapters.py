@@ -157,8 +157,8 @@ def load_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
             (exit 4).
     """
     meta_path, path = directory / META_FILE, directory / ADAPTER_FILE
-    exported_log = (directory / RECEIPTS_FILE).exists() and not (directory / "merge.json").exists() and not (
-        RunLayout.of(directory).is_run())  # (a merge's, or a run's own log: another thing given, said below)
+    exported_log = not meta_path.is_file() and (directory / RECEIPTS_FILE).is_file() and (
+        last_receipt(directory, "export")[0] is not None)  # (a log of something else: not an adapter, said below)
     if not meta_path.is_file() and directory.is_dir() and (path.exists() or exported_log):
         raise CheckpointError(f"{str(directory)!r} holds an export's {ADAPTER_FILE if path.exists() else RECEIPTS_FILE}"
                               f" but no {META_FILE}, which binds it: the export lost its metadata file; export the "

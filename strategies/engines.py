@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 from typing import Any
 
 import torch
@@ -27,6 +28,20 @@ def refuse_unrunnable_strategy(trainer: Any) -> None:
     _refuse_one_device_for_many(trainer)
     _refuse_deepspeed_without_cuda(trainer)
     _refuse_unverified_engine(trainer.strategy)
+    _refuse_a_non_mesh_strategy_under_mesh_launch(trainer.strategy)
+
+
+def _refuse_a_non_mesh_strategy_under_mesh_launch(strategy: Any) -> None:
+    """A worker ``mesh launch`` started trains with a mesh strategy, whatever form of argument named another (the
+    launcher checks the flags and configs it reads; ``--trainer '{strategy: ddp}'`` reaches the fit alone): else
+    it trains under torchrun's agent with no membership epoch, receipt or drain."""
+    from lit_psion.core.membership import MESH_SETTINGS_ENV
+
+    named = str(strategy.get("class_path") if hasattr(strategy, "get") else strategy)
+    if os.environ.get(MESH_SETTINGS_ENV) and "elastic_mesh" not in named and "ElasticMesh" not in named:
+        raise ConfigError(f"the strategy is {named!r}, but `mesh launch` trains with elastic_mesh (DDP with receipted "
+                          "membership epochs); leave the strategy out (a sharded run continues with `fit --config "
+                          "configs/overlays/fsdp.yaml`)")  # fmt: skip
 
 
 def _check_name(strategy: Any) -> None:

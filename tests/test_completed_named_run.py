@@ -1,5 +1,5 @@
 """A completed run named again: ``LIT_PSION_RUN_ID`` (a mesh re-formed around its last step) ends at once, exit 0,
-only when the config is the run's own; a config that changes the run's model or data settings is refused in one line
+only when the config is the run's own; a config that changes the run's model, data or trainer settings is refused
 whichever way the run is named (the run id said "is complete", exit 0, of another model on other data, and
 ``--ckpt_path last`` said to raise max_steps, which then failed as another model)."""
 
@@ -14,7 +14,8 @@ from lit_psion.core.run import RUN_ID_ENV, read_latest
 from tests.helpers import fit
 
 OTHER = {"a model setting": ("--model.init_args.decoder.n_layer", "1"),
-         "a data setting": ("--data.init_args.block_size", "16")}  # fmt: skip
+         "a data setting": ("--data.init_args.block_size", "16"),
+         "a trainer setting": ("--trainer.accumulate_grad_batches", "2")}  # fmt: skip
 
 
 @pytest.fixture
@@ -29,7 +30,8 @@ def test_the_run_named_again_with_its_own_config_is_complete(
 ) -> None:
     before = completed.receipts.read_bytes()
     capsys.readouterr()
-    assert fit("--trainer.default_root_dir", str(completed.root), "--trainer.max_steps", "4") == 0
+    assert fit("--trainer.default_root_dir", str(completed.root), "--trainer.max_steps", "4",
+               "--trainer.log_every_n_steps", "3") == 0  # (what is shown is no other run)
     assert "lit_psion: run r1 is complete at step 4" in capsys.readouterr().err
     assert completed.receipts.read_bytes() == before
 

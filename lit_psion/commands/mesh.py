@@ -426,7 +426,7 @@ def request_drain(run_dir: Path, node: str) -> None:
     """Ask ``node`` to leave the mesh training ``run_dir`` after the next checkpoint."""
     layout = run_layout(run_dir)
     last, ahead = _current_membership(layout)
-    membership = ahead or last  # (a start that stopped before it trained: its nodes may start again)
+    membership = ahead if ahead is not None and lock_holder(layout.run_dir) is not None else last  # (one forming)
     if membership is None:
         raise ConfigError(f"{str(run_dir)!r} is not a mesh run (it has no membership); `mesh drain` applies to runs "
                           "trained by `mesh launch`")  # fmt: skip

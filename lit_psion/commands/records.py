@@ -153,19 +153,28 @@ def refuse_another_family(layout: RunLayout, config: Any, checkpoint: str | None
                           f"({layout.config}), or use another --trainer.default_root_dir")  # fmt: skip
 
 
+NOT_THE_RUNS_SHAPE = frozenset({"trainer.max_steps", "trainer.max_epochs", "trainer.default_root_dir",
+                                "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                                "trainer.log_every_n_steps"})  # fmt: skip
+"""Settings a completed run named again may give otherwise and still be the run's own config (how long, where,
+what is shown): any other model, data or trainer setting is another run's."""
+
+
 def refuse_nothing_to_train(checkpoint: VerifiedCheckpoint, max_steps: Any, resumed: RunLayout | None,
                             changed: tuple[tuple[str, Any, Any], ...] = (), named: bool = False) -> None:  # fmt: skip
     """A fit from a checkpoint already at ``max_steps`` would train nothing (and receipt an end with no start);
     except for the ``resumed`` run's own unfinished end (a kill after its last checkpoint, before its records said
     completed), which such a fit completes. A completed run that ``LIT_PSION_RUN_ID`` names (``named``: a mesh
     re-formed around its last step) ends the command at once, exit 0, when the config is the run's own: one that
-    ``changed`` a model or data setting of the run's config.yaml is refused whichever way the run was named."""
+    ``changed`` a model, data or trainer setting of the run's config.yaml (but :data:`NOT_THE_RUNS_SHAPE`) is
+    refused whichever way the run was named."""
     if resumed is not None and max_steps == checkpoint.step and _status(resumed) != "completed":
         return
     if not (isinstance(max_steps, int) and 0 < max_steps <= checkpoint.step):
         return
     done = f"checkpoint {checkpoint.path.name} of run {checkpoint.manifest.run_id} is already at step {checkpoint.step}"
-    if resumed is not None and (other := [c for c in changed if c[0].split(".")[0] in ("model", "data")]):
+    if resumed is not None and (other := [c for c in changed if c[0].split(".")[0] in ("model", "data", "trainer")
+                                          and c[0] not in NOT_THE_RUNS_SHAPE]):  # fmt: skip
         shown = "; ".join(f"{key}: {before!r} -> {now!r}" for key, before, now in other[:3])
         more = f"; {len(other) - 3} more" if len(other) > 3 else ""
         raise ConfigError(f"{done}, and this config is not the run's own: it sets {shown}{more}; give the run's "

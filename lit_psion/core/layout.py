@@ -185,7 +185,8 @@ class RunLayout:
         for link in (link for link in self.checkpoints.glob("step-*") if link.is_symlink()):
             link.unlink()  # never one of ours, never followed: a checkpoint is a real directory
         saved = [path for path in self.checkpoint_dirs() if path.name not in untrusted]
-        copied = {path.name for path in self.consolidated.iterdir()} if self.consolidated.is_dir() else set()
+        copied = {path.name for path in self.consolidated.glob("step-*") if path.is_dir() and not path.is_symlink()
+                  and (path / "manifest.json").is_file()} if self.consolidated.is_dir() else set()  # fmt: skip
         for old in saved[: max(0, len(saved) - keep_last_k)]:
             if old.name not in keep and old.name not in copied:
                 gone = old.rename(old.with_name(f".{old.name}.tmp-pruned"))

@@ -94,7 +94,7 @@ class RunLock:
             raise LockedError(message) from None
         try:
             _can_create_files(self.directory)
-        except ConfigError:
+        except BaseException:  # (a full disk, an interrupt): the lock is not kept by a writer that cannot start
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             raise

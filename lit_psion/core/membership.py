@@ -258,7 +258,7 @@ def run_membership(
 
     epochs = receipted_epochs(layout.receipts, layout.run_id) if epochs is None else epochs
     checkpointed = None
-    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):  # (the checkpoints' verdicts say why)
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError, RecursionError):  # (checkpoints' verdicts)
         pointer = read_json(layout.pointer) if layout.pointer.is_file() else {}
         manifest = layout.checkpoints / str(pointer.get("checkpoint")) / MANIFEST_FILE
         recorded = read_json(manifest).get("membership") if pointer and manifest.is_file() else None

@@ -331,3 +331,16 @@ def test_an_export_that_lost_its_adapter_json_is_a_damaged_export(
     assert main(["doctor", str(run)]) == 4
     assert f"holds an export's {left} but no adapter.json" in capsys.readouterr().out
     assert main(["adapter", "inspect", str(run / "adapter")]) == 4
+
+
+def test_a_directory_holding_another_kind_of_receipt_log_is_no_adapter(
+    tuned: Path, tmp_path: Path, capsys: pytest.CaptureFixture  # noqa: F811
+) -> None:
+    """A run's consolidated/ (or any directory with a receipts.jsonl of something else) was told it is an export
+    that lost its adapter.json (exit 4): it is no adapter (exit 2)."""
+    other = tmp_path / "consolidated"
+    other.mkdir()
+    shutil.copy(tuned / "receipts.jsonl", other / "receipts.jsonl")
+    capsys.readouterr()
+    assert main(["adapter", "inspect", str(other)]) == 2
+    assert "holds no adapter.json" in capsys.readouterr().err

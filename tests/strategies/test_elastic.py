@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from lit_psion.cli import main
 from lit_psion.core import RunLayout, read_json, sha256_file
 from lit_psion.core.lock import lock_holder
+from lit_psion.core.membership import write_drain_requests
 from lit_psion.core.run import read_latest
 from tests.helpers import callbacks_config, fit, fit_subprocess
 
@@ -321,21 +322,23 @@ def test_mesh_drain_refuses_what_cannot_leave_in_one_line(
     assert not layout.drain_requests.exists()
 
 
-def test_mesh_drain_records_a_request_that_status_shows(mesh_run: RunLayout, tmp_path: Path,
+def test_mesh_drain_and_status_hold_a_stopped_starts_epoch_to_the_receipts(mesh_run: RunLayout, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     shutil.copytree(mesh_run.run_dir, tmp_path / mesh_run.run_id)
     layout = RunLayout(tmp_path, mesh_run.run_id)
-    _two_nodes_paused(layout)
-    assert main(["mesh", "drain", str(layout.run_dir), "node-b"]) == 0
-    assert list(read_json(layout.drain_requests)["nodes"]) == ["node-b"]
-    assert main(["mesh", "drain", str(layout.run_dir), "node-a"]) == 2, "then node-a is the last one left"
+    _two_nodes_paused(layout)  # (membership.json one epoch ahead, with a node-b: a start stopped before it trained)
     capsys.readouterr()
+    assert main(["mesh", "drain", str(layout.run_dir), "node-b"]) == 2, "no fit holds the run: the receipts' epoch"
+    assert "not an active member" in capsys.readouterr().err and not layout.drain_requests.exists()
     assert main(["mesh", "status", str(layout.run_dir)]) == 0
     out = capsys.readouterr().out
     step = read_json(layout.run_file)["global_step"]
-    assert f"{mesh_run.run_id}: paused at step {step}, membership epoch 1" in out and "drain requested: node-b" in out
+    assert f"{mesh_run.run_id}: paused at step {step}, membership epoch 1" in out
     assert "membership.json holds epoch 2, a start that stopped before it trained; the next start continues from " \
         "epoch 1" in out, "the receipts' epoch is shown, not the file's one ahead of it"
+    write_drain_requests(layout, {"node-a": 1.0})  # (as a drain asked of a live mesh leaves it)
+    assert main(["mesh", "status", str(layout.run_dir)]) == 0
+    assert "drain requested: node-a" in capsys.readouterr().out
 
 
 def test_mesh_status_and_drain_of_a_run_that_is_not_a_mesh_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

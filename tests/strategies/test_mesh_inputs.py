@@ -222,3 +222,31 @@ def test_doctor_holds_membership_json_to_the_epochs_the_receipts_record(run: Run
     assert main(["doctor", str(layout.run_dir)]) == 5
     out = capsys.readouterr().out
     assert "FAIL membership.json:" in out and "does not match the run's receipts and checkpoint" in out, out
+
+
+@pytest.mark.parametrize("given", [("--trainer", '{"strategy": "ddp"}'), ("--trainer.strategy", "ddp")])
+def test_a_worker_of_mesh_launch_refuses_another_strategy_however_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, given: tuple[str, str]
+) -> None:
+    """`--trainer '{"strategy": "ddp"}'` passed the launcher's check of its flags and configs, came after the
+    launcher's --trainer.strategy elastic_mesh, and trained plain DDP: no membership epoch, receipt or drain."""
+    from tests.helpers import fit
+
+    monkeypatch.setenv(MESH_SETTINGS_ENV, json.dumps({"nnodes": "1"}))
+    monkeypatch.setenv("LIT_PSION_NODE_ID", "A")
+    capsys.readouterr()
+    assert fit("--trainer.default_root_dir", str(tmp_path), "--trainer.strategy", "elastic_mesh", *given) == 2
+    err = capsys.readouterr().err
+    assert "the strategy is 'ddp', but `mesh launch` trains with elastic_mesh" in err and err.count("\n") == 1, err
+    assert not [path for path in tmp_path.iterdir() if path.is_dir()]
+
+
+def test_mesh_status_of_a_run_whose_checkpoint_manifest_nests_too_deep_is_no_bug(
+    run: RunLayout, capsys: pytest.CaptureFixture
+) -> None:
+    """RecursionError from the pointed checkpoint's manifest ended status and drain as exit 1."""
+    layout = run
+    (layout.checkpoints / read_json(layout.pointer)["checkpoint"] / "manifest.json").write_text("[" * 200000)
+    capsys.readouterr()
+    assert main(["mesh", "status", str(layout.run_dir)]) == 0
+    assert "unexpected error" not in capsys.readouterr().err
