@@ -14,7 +14,7 @@ import pytest
 
 from lit_psion.core import RunLayout
 from lit_psion.core.run import read_latest
-from tests.helpers import REPO_ROOT, TINY, callbacks_config, subprocess_env
+from tests.helpers import REPO_ROOT, TINY, callbacks_config, fit, subprocess_env
 
 ROOT_WITHOUT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
                          "--inh-caps=-dac_override,-dac_read_search"]  # fmt: skip
@@ -29,32 +29,19 @@ def _as_a_user(command: list[str]) -> subprocess.CompletedProcess:
                           env=subprocess_env(OMP_NUM_THREADS="1"))  # fmt: skip
 
 
-@pytest.mark.parametrize("status", ["completed", "paused"])
+@pytest.mark.parametrize("status", ["completed", pytest.param("paused", marks=pytest.mark.slow)])
 def test_a_resume_of_a_run_no_one_can_write_into_is_refused_before_any_record_changes(tmp_path: Path,
                                                                                     status: str) -> None:  # fmt: skip
     args = ["--trainer.default_root_dir", str(tmp_path), "--checkpoint.every_n_train_steps", "2"]
-    ctrl_c = ["--config", callbacks_config(tmp_path / "c.json", ("InterruptAt", {"step": 3}))]
-    first = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lit_psion",
-            "fit",
-            "--config",
-            TINY,
-            *args,
-            "--trainer.max_steps",
-            "4",
-            *(ctrl_c if status == "paused" else []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
-        start_new_session=True,
-    )  # fmt: skip (a Ctrl-C goes to its own process group)
-    assert first.returncode == (130 if status == "paused" else 0), first.stderr
+    if status == "completed":
+        assert fit(*args, "--trainer.max_steps", "4") == 0
+    else:  # a Ctrl-C at step 3, in a process group of its own
+        ctrl_c = ["--config", callbacks_config(tmp_path / "c.json", ("InterruptAt", {"step": 3}))]
+        first = subprocess.run([sys.executable, "-m", "lit_psion", "fit", "--config", TINY, *args, *ctrl_c,
+                                "--trainer.max_steps", "4"], capture_output=True, text=True, timeout=300,
+                               cwd=REPO_ROOT, env=subprocess_env(OMP_NUM_THREADS="1"),
+                               start_new_session=True)  # fmt: skip
+        assert first.returncode == 130, first.stderr
     layout = RunLayout(tmp_path, read_latest(tmp_path))
     assert f'"status": "{status}"' in layout.run_file.read_text()
     before = {path.name: path.read_bytes() for path in layout.run_dir.iterdir() if path.is_file()}
@@ -74,8 +61,5 @@ def test_a_resume_of_a_run_no_one_can_write_into_is_refused_before_any_record_ch
         "--trainer.default_root_dir there)")  # fmt: skip
     after = {path.name: path.read_bytes() for path in layout.run_dir.iterdir() if path.is_file()}
     assert after == before
-    again = subprocess.run([sys.executable, "-m", "lit_psion", "fit", "--config", TINY, *args, "--trainer.max_steps",
-                            "8", "--ckpt_path", "last"], capture_output=True, text=True, timeout=300,
-                           env=subprocess_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT)  # fmt: skip
-    assert again.returncode == 0, again.stderr
+    assert fit(*args, "--trainer.max_steps", "8", "--ckpt_path", "last") == 0
     assert '"global_step": 8' in layout.run_file.read_text()
