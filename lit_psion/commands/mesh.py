@@ -458,20 +458,15 @@ def _run_state(layout: RunLayout) -> str:
 
 
 def _current_membership(layout: RunLayout) -> tuple[Membership | None, Membership | None]:
-    """The membership the run's records vouch for, and ``membership.json``'s when it is the epoch after it: one
-    forming while a fit holds the run, else a start that stopped before it trained (whose nodes may start again):
-    :func:`~lit_psion.core.membership.run_membership`.
-
-    Raises:
-        EvidenceError: ``membership.json`` was edited or damaged, or the receipts cannot be read (exit 5).
-    """
+    """:func:`~lit_psion.core.membership.run_membership`, with receipts that cannot be read an EvidenceError too
+    (exit 5, as an edited or damaged ``membership.json`` is)."""
     from lit_psion.core.errors import EvidenceError
 
     try:
         return run_membership(layout)
+    except EvidenceError:
+        raise
     except (OSError, ValueError) as error:
-        if isinstance(error, EvidenceError):
-            raise
         raise EvidenceError(f"run {layout.run_id}: its receipts cannot be read ({error}); check the run with "
                             f"python -m lit_psion doctor {layout.run_dir}") from error  # fmt: skip
 
@@ -487,13 +482,15 @@ def print_status(run_dir: Path) -> None:
         note = (f"  {layout.membership.name} holds epoch {ahead.epoch}, a start that stopped before it trained; the "
                 f"next start continues from epoch {last.epoch if last else 0}")  # fmt: skip
     if membership is None:
-        print(f"{layout.run_id}: no membership yet (not a mesh run, or it has not started){chr(10) * bool(note)}{note}")
+        print(f"{layout.run_id}: no membership yet (not a mesh run, or it has not started)")
+        if note:
+            print(note)
         return
     print(f"{layout.run_id}: {_run_state(layout)}, membership epoch {membership.epoch}, world size "
           f"{membership.world_size}")  # fmt: skip
     for node, state in sorted(membership.nodes.items()):
         print(f"  {node:<24} {state}")
-    if pending := sorted(node for node in read_drain_requests(layout) if node in (ahead or membership).active):
+    if pending := sorted(node for node in read_drain_requests(layout) if node in membership.active):
         print(f"  drain requested: {', '.join(pending)} (not yet picked up)")
     if note:
         print(note)

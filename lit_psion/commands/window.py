@@ -54,7 +54,7 @@ def main(args: list[str]) -> None:
     if parsed.command in ("plan", "open", "contribute", "close", "run", "status"):
         from lit_psion.windows.program import Program
 
-        Program(parsed.root).require()  # (before the engine's imports: torch takes seconds to say no program is there)
+        Program(parsed.root).require()  # (here, before the engine's imports: torch takes seconds)
     getattr(_Commands, parsed.command)(parsed)
 
 
@@ -107,9 +107,8 @@ class _Commands:
     @staticmethod
     def plan(parsed: object) -> None:
         from lit_psion.windows.coordinator import program_lock
-        from lit_psion.windows.program import Program, plan_window
+        from lit_psion.windows.program import plan_window
 
-        Program(parsed.root).require()
         with program_lock(parsed.root, "window plan"):
             plan = plan_window(parsed.root, parsed.contributors)
         print(f"{plan.window_id} planned: {len(plan.assignments)} assignment(s) on revision "
@@ -123,9 +122,7 @@ class _Commands:
     @staticmethod
     def open(parsed: object) -> None:
         from lit_psion.windows.coordinator import open_window, program_lock
-        from lit_psion.windows.program import Program
 
-        Program(parsed.root).require()
         with program_lock(parsed.root, "window open"):
             open_window(parsed.root, parsed.window_id)
         print(f"{parsed.window_id} is active: contributors may submit")
@@ -133,18 +130,14 @@ class _Commands:
     @staticmethod
     def contribute(parsed: object) -> None:
         from lit_psion.windows.contribute import contribute
-        from lit_psion.windows.program import Program
 
-        Program(parsed.root).require()
         path = contribute(parsed.root, parsed.window_id, parsed.assignment_id, parsed.contributor)
         print(f"submitted {path}")
 
     @staticmethod
     def close(parsed: object) -> None:
         from lit_psion.windows.coordinator import close_window, program_lock
-        from lit_psion.windows.program import Program
 
-        Program(parsed.root).require()
         with program_lock(parsed.root, "window close"):
             promotion = close_window(parsed.root, parsed.window_id)
         print(f"{parsed.window_id}: {promotion['decision']} ({', '.join(promotion['reasons']) or 'held-out gain'}); "
@@ -155,9 +148,7 @@ class _Commands:
         from lit_psion.windows.coordinator import run_window
         from lit_psion.windows.program import Program
 
-        program = Program(parsed.root)
-        program.require()
-        _warn_unchecked_norms(parsed.contributors or program.settings().contributors)
+        _warn_unchecked_norms(parsed.contributors or Program(parsed.root).settings().contributors)
         for _ in range(parsed.windows):
             run_window(parsed.root, parsed.contributors, parsed.deadline)
         print(f"receipts and dispositions under {parsed.root / 'windows'}; "
@@ -165,10 +156,8 @@ class _Commands:
 
     @staticmethod
     def status(parsed: object) -> None:
-        from lit_psion.windows.program import Program
         from lit_psion.windows.status import program_status
 
-        Program(parsed.root).require()
         print(json.dumps(program_status(parsed.root), indent=2))
 
     @staticmethod
